@@ -1,0 +1,201 @@
+"""The one configuration object: a TOML file, overridden by `NEXTCLICK_*` environment variables.
+
+Environment variables are named `NEXTCLICK_<SECTION>__<KEY>` (double underscore between section
+and key), e.g. `NEXTCLICK_STATE__SHARDS=64`. Kafka client settings live in `[kafka]` under their
+librdkafka names and pass through unchanged; from the environment write dots as single
+underscores: `NEXTCLICK_KAFKA__SASL_MECHANISM=PLAIN` sets `sasl.mechanism`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
+
+DEFAULT_RULES_FILE = str(Path(__file__).resolve().parent / "default_rules.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    inputs: tuple[str, ...] = ("nextclick.web", "nextclick.email", "nextclick.mobile",
+                               "nextclick.store", "nextclick.call_center")
+    decisions: str = "nextclick.decisions"
+    dead_letter: str = "nextclick.dead_letter"
+    # Reading from the start of the topics the first time a group runs (before any recovery state).
+    start_from_beginning: bool = True
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: str = "var/state"
+    recovery_dir: str = "var/recovery"
+    # Fixed at deployment: changing it would move customers between shards.
+    shards: int = 16
+    # Profiles held in memory per shard beyond the ones touched in the current epoch.
+    cache_profiles_per_shard: int = 4096
+    # Undo records kept per shard: how many checkpoints back a restore can roll.
+    keep_checkpoints: int = 64
+    # fsync every checkpoint; off only for benchmarks on throwaway state.
+    sync: bool = True
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    # HMAC-SHA256 key for identifiers; `secret_file` wins over `secret`. Required outside demo mode.
+    secret: str = ""
+    secret_file: str = ""
+    demo: bool = False
+
+    def resolve_secret(self) -> bytes:
+        """The identifier-hashing key; refuses to run without one unless in demo mode."""
+        if self.secret_file:
+            try:
+                return Path(self.secret_file).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"privacy.secret_file: cannot read {self.secret_file}: "
+                                  f"{exc.strerror}") from None
+        if self.secret:
+            return self.secret.encode()
+        if self.demo:
+            return DEMO_SECRET.encode()
+        raise ConfigError("privacy.secret (or NEXTCLICK_PRIVACY__SECRET, or privacy.secret_file) "
+                          "is required outside demo mode")
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    max_message_bytes: int = 64 * 1024
+    # Events further ahead of the wall clock than this are refused.
+    max_future_skew_ms: int = 5 * 60 * 1000
+    # Events older than this are refused (0 disables the check, e.g. for backfills).
+    max_age_ms: int = 30 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    # Seconds per Bytewax epoch: how often state is checkpointed and input offsets recorded.
+    epoch_seconds: float = 2.0
+    rules_file: str = DEFAULT_RULES_FILE
+    # Kafka consumer group used only for offset commits that monitoring tools read.
+    group_id: str = "nextclick"
+    # Stop at the end of the input topics instead of tailing them (tests, backfills).
+    stop_at_end: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: Mapping[str, str] = field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
+    topics: TopicsConfig = TopicsConfig()
+    state: StateConfig = StateConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    parse: ParseConfig = ParseConfig()
+    flow: FlowConfig = FlowConfig()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return str(self.kafka.get("bootstrap.servers", ""))
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with whole sections or nested fields replaced: `replace(state={"shards": 4})`."""
+        changes: dict[str, Any] = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            if name == "kafka":
+                changes[name] = {**current, **value}
+            elif isinstance(value, dict):
+                changes[name] = dataclasses.replace(current, **value)
+            else:
+                changes[name] = value
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyConfig,
+             "parse": ParseConfig, "flow": FlowConfig}
+
+
+def _coerce(where: str, value: Any, default: Any) -> Any:
+    """Turn a TOML or environment value into the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
+
+
+def _section(name: str, raw: Mapping[str, Any], origin: str) -> Any:
+    cls = _SECTIONS[name]
+    defaults = cls()
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown key [{name}].{key} (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(f"{origin}: [{name}].{key}", value, getattr(defaults, key))
+    return cls(**values)
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Load the TOML file (if any), then apply `NEXTCLICK_*` overrides from `environ`."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    origin = str(path) if path else "defaults"
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                loaded = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        for name, body in loaded.items():
+            if name != "kafka" and name not in _SECTIONS:
+                raise ConfigError(f"{path}: unknown section [{name}]")
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: [{name}] must be a table")
+            raw[name] = dict(body)
+    for var, value in environ.items():
+        if not var.startswith("NEXTCLICK_") or "__" not in var:
+            continue
+        section, _, key = var[len("NEXTCLICK_"):].partition("__")
+        section = section.lower()
+        if section == "kafka":
+            key = key.lower().replace("_", ".")
+        elif section in _SECTIONS:
+            key = key.lower()
+        else:
+            raise ConfigError(f"{var}: unknown section {section!r}")
+        raw.setdefault(section, {})[key] = value
+        origin = f"{origin} + environment"
+    kafka = {str(k): str(v) for k, v in raw.pop("kafka", {}).items()}
+    kwargs: dict[str, Any] = {name: _section(name, body, origin) for name, body in raw.items()}
+    config = Config(**kwargs)
+    if kafka:
+        config = config.replace(kafka=kafka)
+    if config.state.shards < 1:
+        raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    return config

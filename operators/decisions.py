@@ -1,0 +1,57 @@
+"""Decisions as CloudEvents 1.0 in Kafka binary mode: the contract email and ad systems consume.
+
+Everything in the message derives from the decision itself (no wall clock, no random ids), so a
+replay after a crash produces byte-identical messages that consumers dedupe on (ce_source, ce_id).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import orjson
+
+from operators.rules import Decision
+
+SPEC_VERSION = "1.0"
+DECISION_TYPE = "io.nextclick.decision.v1"
+DECISION_SOURCE = "/nextclick/targeting"
+BODY_SCHEMA = "https://nextclick.dev/schemas/decision/v1.json"
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def decision_body(decision: Decision) -> dict[str, object]:
+    """The JSON body; its schema is `schemas/decision.v1.json`."""
+    return {
+        "decision_id": decision.decision_id,
+        "customer": decision.customer,
+        "action": decision.action,
+        "channel": decision.channel,
+        "offer": decision.offer,
+        "priority": decision.priority,
+        "trigger": {"name": decision.trigger, "id": decision.trigger_id, "ts": decision.decided_at},
+        "reasons": {"rule_id": decision.rule_id, "signals": decision.signals},
+        "profile_version": decision.profile_version,
+        "decided_at": rfc3339(decision.decided_at),
+        "expires_at": rfc3339(decision.expires_at),
+    }
+
+
+def encode_decision(decision: Decision, source: str = DECISION_SOURCE) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(Kafka key, value, headers): key is the pseudonymous customer key (CloudEvents partitionkey)."""
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", decision.decision_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", DECISION_TYPE.encode()),
+        ("ce_time", rfc3339(decision.decided_at).encode()),
+        ("ce_subject", decision.customer.encode()),
+        ("ce_dataschema", BODY_SCHEMA.encode()),
+        ("ce_partitionkey", decision.customer.encode()),
+        ("ce_expirytime", rfc3339(decision.expires_at).encode()),
+        ("content-type", b"application/json"),
+    ]
+    return decision.customer.encode(), orjson.dumps(decision_body(decision)), headers

@@ -1,0 +1,74 @@
+"""The canonical records that move between operators.
+
+Everything downstream of parsing sees only these types: an `Event` that passed validation and
+carries no PII, or a `DeadLetter` that carries the original bytes and the reason they were refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Channels a touch can arrive on. An event type maps to exactly one channel (see `EVENT_CHANNELS`).
+CHANNELS = ("web", "email", "mobile", "store", "call_center")
+
+# Every event type the flow understands, with the channel it belongs to. Each has a JSON Schema in
+# `schemas/events/<type>.json`; adding a type means adding both.
+EVENT_CHANNELS: dict[str, str] = {
+    "page_view": "web",
+    "add_to_cart": "web",
+    "purchase": "web",
+    "email_open": "email",
+    "email_click": "email",
+    "app_open": "mobile",
+    "app_purchase": "mobile",
+    "store_purchase": "store",
+    "call_center_contact": "call_center",
+    "consent": "web",
+    "complaint": "call_center",
+}
+
+# Event types that count as a purchase for the durable facts and the purchase suppressions.
+PURCHASE_TYPES = frozenset({"purchase", "app_purchase", "store_purchase"})
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a message came from, so a dead letter can name it and be replayed onto it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated event, keyed by the pseudonymous customer key.
+
+    `attrs` holds only the fields the event type's schema declares as targeting attributes
+    (amount, sku, category, consent purpose...); personal fields never get here.
+    """
+
+    event_id: str
+    type: str
+    ts: int  # event time, epoch milliseconds UTC
+    customer: str  # pseudonymous customer key (keyed hash of the raw identifier)
+    channel: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message the flow refused, byte for byte, with the reason it was refused.
+
+    `reason` is a stable machine-readable class (see docs/data-contract.md); `message` explains it
+    to a person and never quotes PII from the payload.
+    """
+
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    source: SourcePosition
+    reason: str
+    message: str
