@@ -1,0 +1,475 @@
+"""One state shard's key-value state in its own RocksDB directory, checkpointed in step with epochs.
+
+The stream engine only remembers a small integer `seq` per epoch. After a crash it hands back the
+last seq it committed, which can be older than what RocksDB holds, so every checkpoint also writes
+an undo record (the pre-image of each key it changed) and `rollback_to` replays those backwards.
+
+Layout inside the one DB, so a checkpoint is a single atomic WriteBatch:
+
+- ``b"d" + key``            user data (callers never see the prefix)
+- ``b"mseq"``               last committed seq, 8-byte big-endian
+- ``b"u" + seq (8 bytes)``  undo record that turns state ``seq`` back into state ``seq - 1``
+
+Undo records are length-prefixed binary: per entry ``>I`` key length, key, ``>i`` value length
+(-1 for "was absent"), value.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from types import TracebackType
+from typing import Self, cast
+
+from rocksdict import (
+    AccessType,
+    BlockBasedOptions,
+    Cache,
+    Options,
+    Rdict,
+    ReadOptions,
+    WriteBatch,
+    WriteOptions,
+)
+
+__all__ = ["ShardStore", "StateError"]
+
+_DATA = b"d"
+_UNDO = b"u"
+_META_SEQ = b"mseq"
+
+_U64 = struct.Struct(">Q")
+_KEY_LEN = struct.Struct(">I")
+_VAL_LEN = struct.Struct(">i")
+
+# Many shards live in one process: keep each DB's memtables small and share one block cache.
+_WRITE_BUFFER_BYTES = 4 << 20
+_MAX_WRITE_BUFFERS = 2
+_SHARED_BLOCK_CACHE_BYTES = 64 << 20
+_MAX_OPEN_FILES = 64
+
+
+class StateError(RuntimeError):
+    """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
+
+
+@functools.cache
+def _db_options(read_only: bool = False) -> Options:
+    """Build the RocksDB options once per process; one block cache is shared by every shard."""
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(not read_only)
+    opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    opts.set_max_write_buffer_number(_MAX_WRITE_BUFFERS)
+    opts.set_max_open_files(_MAX_OPEN_FILES)
+    # RocksDB's own info LOG would otherwise grow (and rotate) without bound on long runs.
+    opts.set_keep_log_file_num(2)
+    opts.set_max_log_file_size(1 << 20)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(_SHARED_BLOCK_CACHE_BYTES))
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """Smallest key greater than every key starting with `prefix` (None if there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _undo_key(seq: int) -> bytes:
+    return _UNDO + _U64.pack(seq)
+
+
+def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
+    parts: list[bytes] = []
+    for key, value in entries.items():
+        parts.append(_KEY_LEN.pack(len(key)))
+        parts.append(key)
+        if value is None:
+            parts.append(_VAL_LEN.pack(-1))
+        else:
+            parts.append(_VAL_LEN.pack(len(value)))
+            parts.append(value)
+    return b"".join(parts)
+
+
+def _decode_undo(blob: bytes) -> dict[bytes, bytes | None]:
+    entries: dict[bytes, bytes | None] = {}
+    pos, end = 0, len(blob)
+    while pos < end:
+        (klen,) = _KEY_LEN.unpack_from(blob, pos)
+        pos += _KEY_LEN.size
+        key = blob[pos:pos + klen]
+        pos += klen
+        (vlen,) = _VAL_LEN.unpack_from(blob, pos)
+        pos += _VAL_LEN.size
+        if vlen < 0:
+            entries[key] = None
+        else:
+            entries[key] = blob[pos:pos + vlen]
+            pos += vlen
+    return entries
+
+
+class ShardStore:
+    """Key-value state of one shard whose committed versions line up with engine epochs.
+
+    Writes stay pending in memory (and visible to reads) until `checkpoint`, so a crash loses exactly
+    the epoch the engine will replay. Not thread-safe: one shard is driven by one worker.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_size: int = 4096,
+        keep_checkpoints: int = 64,
+        sync: bool = True,
+    ) -> None:
+        self._open(path, cache_size=cache_size, keep_checkpoints=keep_checkpoints, sync=sync, read_only=False)
+
+    def _open(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        cache_size: int,
+        keep_checkpoints: int,
+        sync: bool,
+        read_only: bool,
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        if keep_checkpoints < 0:
+            raise ValueError(f"keep_checkpoints must be >= 0, got {keep_checkpoints}")
+        self._path = os.fspath(path)
+        self._cache_size = cache_size
+        self._keep = keep_checkpoints
+        self._read_only = read_only
+        self._closed = True
+        self._write_opts = WriteOptions()
+        self._write_opts.sync = sync
+        try:
+            if read_only:
+                self._db = Rdict(self._path, _db_options(True), access_type=AccessType.read_only())
+            else:
+                os.makedirs(self._path, exist_ok=True)
+                self._db = Rdict(self._path, _db_options())
+        except Exception as exc:  # rocksdict raises plain Exception for I/O, lock and corruption errors
+            mode = "read-only" if read_only else "read-write"
+            raise StateError(f"cannot open shard store {self._path!r} ({mode}): {exc}") from exc
+        self._closed = False
+        # key -> new value, or None for a pending delete.
+        self._pending: dict[bytes, bytes | None] = {}
+        # Committed values only (None = known absent), so a hit never needs RocksDB.
+        self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
+        raw_seq = self._db.get(_META_SEQ)
+        self._seq: int = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
+        # Smallest seq that still has an undo record, or seq + 1 when none is kept.
+        first_undo = next(self._iter_raw(_UNDO), None)
+        self._oldest_undo: int = _U64.unpack(first_undo[0][1:])[0] if first_undo else self._seq + 1
+
+    @classmethod
+    def open_read_only(cls, path: str | os.PathLike[str], *, cache_size: int = 4096) -> Self:
+        """Open without taking RocksDB's lock so CLI tools can inspect a shard the flow has open.
+
+        Sees the committed state as of opening; writes raise StateError.
+        """
+        store = cls.__new__(cls)
+        store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, read_only=True)
+        return store
+
+    # ----------------------------------------------------------------------------------------- info
+
+    @property
+    def seq(self) -> int:
+        """Last committed checkpoint; the engine stores this and hands it back on recovery."""
+        return self._seq
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def pending_count(self) -> int:
+        """Writes that a crash would lose right now."""
+        return len(self._pending)
+
+    def stats(self) -> dict[str, int]:
+        """Cheap numbers for dashboards and the CLI; `keys` is RocksDB's estimate, not a count."""
+        self._check_open()
+        estimate = self._db.property_int_value("rocksdb.estimate-num-keys") or 0
+        bookkeeping = (self._seq + 1 - self._oldest_undo) + (1 if self._seq > 0 else 0)
+        disk = 0
+        for root, _dirs, files in os.walk(self._path):
+            for name in files:
+                try:
+                    disk += os.path.getsize(os.path.join(root, name))
+                except OSError:  # RocksDB may delete an obsolete file while we walk
+                    pass
+        return {
+            "seq": self._seq,
+            "oldest_restorable_seq": self._oldest_undo - 1,
+            "keys": max(0, estimate - bookkeeping),
+            "disk_bytes": disk,
+        }
+
+    # ---------------------------------------------------------------------------------------- reads
+
+    def get(self, key: bytes) -> bytes | None:
+        """Current value including pending writes; None if absent."""
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """Batch read: pending, then the clean cache, then one RocksDB multi-get for the rest."""
+        self._check_open()
+        out: list[bytes | None] = [None] * len(keys)
+        missing: dict[bytes, list[int]] = {}
+        pending, cache = self._pending, self._cache
+        for i, key in enumerate(keys):
+            if key in pending:
+                out[i] = pending[key]
+            elif key in cache:
+                cache.move_to_end(key)
+                out[i] = cache[key]
+            else:
+                missing.setdefault(key, []).append(i)
+        if missing:
+            found = self._fetch_committed(list(missing))
+            for key, value in found.items():
+                for i in missing[key]:
+                    out[i] = value
+                self._cache_put(key, value)
+        return out
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Ordered (key, value) pairs under `prefix` (from `start` on), pending writes merged in.
+
+        Pending writes are captured when `scan` is called, so the caller may put/delete while
+        iterating (e.g. pop expired timers) without disturbing the walk.
+        """
+        self._check_open()
+        lower = prefix if start is None or start < prefix else start
+        overlay = sorted(
+            (k, v) for k, v in self._pending.items() if k.startswith(prefix) and k >= lower
+        )
+        committed = self._iter_raw(_DATA + prefix, _DATA + lower)
+        return self._merge(committed, overlay)
+
+    @staticmethod
+    def _merge(
+        committed: Iterator[tuple[bytes, bytes]], overlay: list[tuple[bytes, bytes | None]]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        j, n = 0, len(overlay)
+        for raw_key, value in committed:
+            key = raw_key[1:]
+            while j < n and overlay[j][0] < key:
+                pk, pv = overlay[j]
+                j += 1
+                if pv is not None:
+                    yield pk, pv
+            if j < n and overlay[j][0] == key:
+                pv = overlay[j][1]
+                j += 1
+                if pv is not None:
+                    yield key, pv
+                continue
+            yield key, value
+        for pk, pv in overlay[j:]:
+            if pv is not None:
+                yield pk, pv
+
+    # --------------------------------------------------------------------------------------- writes
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Stage a write; it becomes durable only at the next checkpoint."""
+        self._check_writable()
+        self._pending[key] = value
+
+    def delete(self, key: bytes) -> None:
+        """Stage a delete; it becomes durable only at the next checkpoint."""
+        self._check_writable()
+        self._pending[key] = None
+
+    def checkpoint(self) -> int:
+        """Commit pending writes plus their undo record atomically and return the new seq.
+
+        An empty checkpoint still advances seq so that seq counts engine epochs one to one.
+        """
+        self._check_writable()
+        new_seq = self._seq + 1
+        pending = self._pending
+        batch = WriteBatch(raw_mode=True)
+        if self._keep > 0:
+            pre_images: dict[bytes, bytes | None] = {}
+            unknown: list[bytes] = []
+            for key in pending:
+                if key in self._cache:
+                    pre_images[key] = self._cache[key]
+                else:
+                    unknown.append(key)
+            if unknown:
+                pre_images.update(self._fetch_committed(unknown))
+            batch.put(_undo_key(new_seq), _encode_undo(pre_images))
+        for key, value in pending.items():
+            if value is None:
+                batch.delete(_DATA + key)
+            else:
+                batch.put(_DATA + key, value)
+        batch.put(_META_SEQ, _U64.pack(new_seq))
+        trim_through = min(new_seq - self._keep, new_seq - 1)
+        for old in range(self._oldest_undo, trim_through + 1):
+            batch.delete(_undo_key(old))
+        self._db.write(batch, self._write_opts)
+
+        self._seq = new_seq
+        self._oldest_undo = max(self._oldest_undo, new_seq - self._keep + 1)
+        self._pending = {}
+        for key, value in pending.items():
+            self._cache_put(key, value)
+        return new_seq
+
+    def rollback_to(self, seq: int) -> None:
+        """Return to exactly the state committed at `seq`, the engine's last durable epoch.
+
+        A refused rollback (StateError) leaves pending writes and committed state untouched.
+
+        Applies the undo records above `seq` in one atomic batch, so a crash mid-rollback leaves
+        the store at either the old or the target seq and the rollback can simply be retried.
+        """
+        self._check_writable()
+        if seq > self._seq or seq < 0:
+            raise StateError(
+                f"shard store {self._path!r}: cannot roll back to seq {seq}; "
+                f"the committed seq is {self._seq}"
+            )
+        oldest = self._oldest_undo - 1
+        if seq < oldest:
+            raise StateError(
+                f"shard store {self._path!r}: cannot roll back from seq {self._seq} to seq {seq}; "
+                f"undo records older than seq {oldest} were trimmed (keep_checkpoints={self._keep}), "
+                f"so the oldest restorable seq is {oldest}"
+            )
+        self._pending = {}
+        self._cache.clear()
+        if seq == self._seq:
+            return
+        seqs = list(range(self._seq, seq, -1))  # newest first
+        blobs = cast(list[bytes | None], self._db.get([_undo_key(s) for s in seqs]))
+        restore: dict[bytes, bytes | None] = {}
+        for s, blob in zip(seqs, blobs, strict=True):
+            if blob is None:
+                raise StateError(
+                    f"shard store {self._path!r}: undo record for seq {s} is missing; cannot roll "
+                    f"back from seq {self._seq} to seq {seq} (oldest restorable seq {s})"
+                )
+            # Newest first, so older pre-images overwrite newer ones: the oldest one is the target.
+            restore.update(_decode_undo(blob))
+        batch = WriteBatch(raw_mode=True)
+        for key, value in restore.items():
+            if value is None:
+                batch.delete(_DATA + key)
+            else:
+                batch.put(_DATA + key, value)
+        for s in seqs:
+            batch.delete(_undo_key(s))
+        if seq > 0:
+            batch.put(_META_SEQ, _U64.pack(seq))
+        else:
+            batch.delete(_META_SEQ)
+        self._db.write(batch, self._write_opts)
+        self._seq = seq
+
+    def erase(self, keys: Sequence[bytes]) -> None:
+        """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.
+
+        Committed immediately and synced (not at the next checkpoint); seq does not change.
+        """
+        self._check_writable()
+        doomed = set(keys)
+        if not doomed:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key in doomed:
+            self._pending.pop(key, None)
+            batch.delete(_DATA + key)
+        for raw_key, blob in self._iter_raw(_UNDO):
+            entries = _decode_undo(blob)
+            if doomed.isdisjoint(entries):
+                continue
+            batch.put(raw_key, _encode_undo({k: v for k, v in entries.items() if k not in doomed}))
+        sync_opts = WriteOptions()
+        sync_opts.sync = True
+        self._db.write(batch, sync_opts)
+        for key in doomed:
+            self._cache_put(key, None)
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release RocksDB (and its lock); pending writes are dropped, as in a crash."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = {}
+        self._cache.clear()
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = " read-only" if self._read_only else ""
+        return f"<ShardStore{mode} {self._path!r} seq={self._seq} pending={len(self._pending)}>"
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateError(f"shard store {self._path!r} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._read_only:
+            raise StateError(f"shard store {self._path!r} is open read-only")
+
+    def _cache_put(self, key: bytes, value: bytes | None) -> None:
+        cache = self._cache
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def _fetch_committed(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+        values = cast(list[bytes | None], self._db.get([_DATA + k for k in keys]))
+        return dict(zip(keys, values, strict=True))
+
+    def _iter_raw(self, prefix: bytes, seek: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Raw (key, value) pairs of one namespace in key order, starting at `seek`."""
+        opts = ReadOptions()
+        end = _prefix_end(prefix)
+        if end is not None:
+            opts.set_iterate_upper_bound(end)
+        it = self._db.iter(opts)
+        try:
+            it.seek(seek if seek is not None else prefix)
+            while it.valid():
+                key = it.key()
+                if not key.startswith(prefix):
+                    break
+                yield key, it.value()
+                it.next()
+        finally:
+            del it
