@@ -1,0 +1,172 @@
+"""`nextclick`: demo, run, generate, and the state tools. Errors exit non-zero with one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Sequence
+
+import orjson
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from operators.config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    if getattr(args, "bootstrap", None):
+        config = config.replace(kafka={"bootstrap.servers": args.bootstrap})
+    return config
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    summary = run_demo(bootstrap=args.bootstrap, speed=args.speed, rate=args.rate, max_seconds=args.max_seconds)
+    return 0 if summary.decisions_by_rule else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from flows.targeting import build_flow
+    from operators.kafka_io import wait_for_broker
+    from operators.logs import configure_logging
+
+    configure_logging(args.log_level)
+    config = _config(args)
+    config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
+    if args.stop_at_end:
+        config = config.replace(flow={"stop_at_end": True})
+    wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    recovery = Path(config.state.recovery_dir)
+    if not recovery.exists() or not any(recovery.iterdir()):
+        recovery.mkdir(parents=True, exist_ok=True)
+        init_db_dir(recovery, args.recovery_partitions)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from operators.metrics import REGISTRY
+
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
+    addresses = args.addresses.split(";") if args.addresses else None
+    cli_main(build_flow(config), workers_per_process=args.workers, process_id=args.process_id,
+             addresses=addresses, epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
+             recovery_config=RecoveryConfig(str(recovery)))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from flows.generate import plan, stream
+    from operators.clock import ScaledClock, SystemClock
+    from operators.kafka_io import client_config, ensure_topics, wait_for_broker
+
+    config = _config(args)
+    topics = tuple(args.topics.split(",")) if args.topics else config.topics.inputs
+    wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    ensure_topics(config.kafka, {t: args.partitions for t in topics})
+    clock = SystemClock() if args.speed == 1 else ScaledClock(args.speed)
+    scripted = plan(clock.now_ms(), personas_each=args.personas, seed=args.seed) if args.personas else []
+    producer = Producer(client_config(config.kafka, **{"linger.ms": 5}))
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def progress() -> None:
+        while not stop.wait(5):
+            print(f"generating... {time.monotonic() - started:.0f}s", file=sys.stderr, flush=True)
+
+    threading.Thread(target=progress, daemon=True).start()
+    try:
+        stats = stream(producer, topics, clock, scripted, rate=args.rate, customers=args.customers,
+                       duration_ms=int(args.duration * 1000 * args.speed), garbage_every=args.garbage_every,
+                       seed=args.seed, stop=stop)
+    finally:
+        stop.set()
+    print(orjson.dumps({"sent": stats.sent, "garbage": stats.garbage, "by_channel": stats.by_channel}).decode())
+    return 0
+
+
+def cmd_profile_get(args: argparse.Namespace) -> int:
+    from operators.config import load_config
+    from operators.identity import pseudonymize
+    from operators.shard import read_profile
+
+    config = load_config(args.config)
+    customer = args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
+    profile = read_profile(config.state.dir, config.state.shards, customer)
+    if profile is None:
+        raise LookupError(f"no profile for that customer in {config.state.dir}")
+    print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nextclick", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole loop locally on the embedded broker and print decisions")
+    demo.add_argument("--bootstrap", help="use this Kafka cluster instead of starting the embedded broker")
+    demo.add_argument("--speed", type=float, default=150.0, help="simulated minutes per real minute (default 150)")
+    demo.add_argument("--rate", type=float, default=150.0, help="background events per real second")
+    demo.add_argument("--max-seconds", type=float, default=60.0, help="stop after this many real seconds")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the flow against a Kafka cluster (production entry point)")
+    run.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
+    run.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    run.add_argument("--workers", type=int, default=1, help="worker threads in this process")
+    run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster")
+    run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process)")
+    run.add_argument("--recovery-partitions", type=int, default=1, help="when creating the recovery dir")
+    run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--broker-timeout", type=float, default=120.0, help="seconds to wait for Kafka at start")
+    run.add_argument("--log-level", default=os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
+    run.set_defaults(func=cmd_run)
+
+    gen = sub.add_parser("generate", help="stream the synthetic multi-channel workload to Kafka")
+    gen.add_argument("--config", help="TOML configuration file (for kafka settings and topics)")
+    gen.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    gen.add_argument("--topics", help="comma-separated topics (default: the configured input topics)")
+    gen.add_argument("--partitions", type=int, default=2, help="partitions for topics it creates")
+    gen.add_argument("--rate", type=float, default=200.0, help="background events per second")
+    gen.add_argument("--customers", type=int, default=10_000, help="background customer pool")
+    gen.add_argument("--duration", type=float, default=30.0, help="seconds to run")
+    gen.add_argument("--personas", type=int, default=2, help="scripted customers per persona (0: none)")
+    gen.add_argument("--garbage-every", type=int, default=0, help="make every Nth message garbage (0: none)")
+    gen.add_argument("--speed", type=float, default=1.0, help="clock speed for event times (1 = real time)")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--broker-timeout", type=float, default=30.0)
+    gen.set_defaults(func=cmd_generate)
+
+    profile = sub.add_parser("profile", help="read profiles from the latest checkpoint")
+    profile_sub = profile.add_subparsers(dest="profile_command", required=True)
+    get = profile_sub.add_parser("get", help="print one customer's committed profile as JSON")
+    get.add_argument("key", help="the customer identifier (hashed with the configured secret)")
+    get.add_argument("--id-type", default="customer", help="identifier type (customer, cookie, device, email...)")
+    get.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
+    get.add_argument("--config", help="TOML configuration file")
+    get.set_defaults(func=cmd_profile_get)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one line, no traceback: the CLI contract
+        print(f"nextclick: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""`nextclick demo`: the whole event loop on real parts, on one machine, in about a minute.
+
+It starts the embedded broker (or uses the one you name), streams personas and background traffic
+on a clock that runs `speed` times faster than real time (so the 60-minute cart window passes in
+seconds without changing the rules), runs the flow, and prints decisions as they arrive on Kafka.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import run_main
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from flows.generate import MINUTE, PERSONAS, plan, stream
+from flows.local_broker import LocalBroker
+from flows.targeting import build_flow
+from operators import metrics
+from operators.clock import ScaledClock
+from operators.config import DEMO_SECRET, Config
+from operators.identity import pseudonymize
+from operators.kafka_io import client_config, ensure_topics, wait_for_broker
+from operators.rules import load_rules
+
+CHANNEL_ICONS = {"email": "✉", "ads": "◼", "call_center": "☎", "push": "➤", "sms": "✆", "web": "◎"}
+
+
+@dataclass
+class DemoSummary:
+    decisions_by_rule: Counter[str] = field(default_factory=Counter)
+    blocked_by_reason: Counter[str] = field(default_factory=Counter)
+    dead_letters_by_reason: Counter[str] = field(default_factory=Counter)
+    events_sent: int = 0
+    garbage_sent: int = 0
+    by_channel: dict[str, int] = field(default_factory=dict)
+    real_seconds: float = 0.0
+    simulated_minutes: float = 0.0
+    rules: tuple[str, ...] = ()
+
+    @property
+    def all_rules_fired(self) -> bool:
+        return all(self.decisions_by_rule[r] > 0 for r in self.rules)
+
+
+def _names_by_key() -> dict[str, str]:
+    """The demo knows who its synthetic customers are; decisions only carry the keyed hash."""
+    names = {}
+    for persona in PERSONAS:
+        for i in range(10):
+            customer = f"{persona}-{i}"
+            names[pseudonymize("customer", customer, DEMO_SECRET.encode())] = customer
+    return names
+
+
+def _counter_by(counter: Any, index: int) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for labels, value in metrics.counter_values(counter).items():
+        out[labels[index]] += int(value)
+    return out
+
+
+def run_demo(*, bootstrap: str | None = None, speed: float = 150.0, rate: float = 150.0,
+             max_seconds: float = 60.0, out: TextIO = sys.stdout) -> DemoSummary:
+    broker = None if bootstrap else LocalBroker().start()
+    address = broker.bootstrap if broker is not None else str(bootstrap)
+    workdir = Path(tempfile.mkdtemp(prefix="nextclick-demo-"))
+    try:
+        return _run(address, workdir, speed, rate, max_seconds, out)
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: float, out: TextIO) -> DemoSummary:
+    kafka = {"bootstrap.servers": bootstrap}
+    print(f"nextclick demo: broker {bootstrap}, clock at {speed:g}x (1 s real = {speed / 60:g} min simulated)",
+          file=out, flush=True)
+    wait_for_broker(kafka, timeout_s=30)
+    config = Config().replace(
+        kafka=kafka,
+        state={"dir": str(workdir / "state"), "recovery_dir": str(workdir / "recovery"), "shards": 8, "sync": False},
+        privacy={"demo": True},
+        # Lapsed customers come with purchase history from up to a year ago.
+        parse={"max_age_ms": 400 * 86_400_000},
+        flow={"epoch_seconds": 1.0, "group_id": "nextclick-demo"},
+    )
+    topics = config.topics
+    ensure_topics(kafka, {**{t: 2 for t in topics.inputs}, topics.decisions: 4, topics.dead_letter: 1})
+    recovery = Path(config.state.recovery_dir)
+    recovery.mkdir(parents=True)
+    init_db_dir(recovery, 1)
+
+    ruleset = load_rules(config.flow.rules_file)
+    clock = ScaledClock(speed)
+    start = clock.now_ms()
+    scripted = plan(start + MINUTE, personas_each=2)
+    # Long enough for the last cart to be abandoned (60 min) plus the allowed lateness, and a bit.
+    last_absence = max(p.at_ms for p in scripted) + 60 * MINUTE + ruleset.late.allowed_lateness_ms
+    end_sim = last_absence + 3 * MINUTE
+    stop_flow = threading.Event()
+    stop_generator = threading.Event()
+    before = {"rules": _counter_by(metrics.DECISIONS, 0), "blocked": _counter_by(metrics.BLOCKED, 1),
+              "dead": _counter_by(metrics.DEAD_LETTERS, 0)}
+    errors: list[BaseException] = []
+
+    def run_flow() -> None:
+        try:
+            run_main(build_flow(config, clock=clock, stop=stop_flow, ruleset=ruleset),
+                     epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
+                     recovery_config=RecoveryConfig(str(recovery)))
+        except BaseException as exc:  # reported after the live view ends
+            errors.append(exc)
+
+    gen_stats: list[Any] = []
+
+    def run_generator() -> None:
+        producer = Producer(client_config(kafka, **{"linger.ms": 5}))
+        gen_stats.append(stream(producer, topics.inputs, clock, scripted, rate=rate, customers=50_000,
+                                duration_ms=end_sim - start - 5 * MINUTE, garbage_every=97, stop=stop_generator))
+
+    flow_thread = threading.Thread(target=run_flow, name="nextclick-flow", daemon=True)
+    gen_thread = threading.Thread(target=run_generator, name="nextclick-generator", daemon=True)
+    summary = DemoSummary(rules=tuple(r.id for r in ruleset.rules))
+    real_start = time.monotonic()
+    flow_thread.start()
+    gen_thread.start()
+    names = _names_by_key()
+    consumer = Consumer(client_config(kafka, **{"group.id": f"nextclick-demo-view-{time.time_ns()}",
+                                                "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                                "fetch.queue.backoff.ms": 10}))
+    consumer.subscribe([topics.decisions, topics.dead_letter])
+    print(f"{'sim time':>9}  {'':1} {'channel':<11} {'rule':<26} {'customer':<20} offer / why", file=out)
+    try:
+        while clock.now_ms() < end_sim and time.monotonic() - real_start < max_seconds and not errors:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is not None:
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        print(f"  consumer: {msg.error().str()}", file=out)
+                    continue
+                _show(msg, topics.decisions, names, start, out)
+    except KeyboardInterrupt:
+        print("interrupted; stopping", file=out)
+    finally:
+        stop_generator.set()
+        gen_thread.join(30)
+        # Let the flow read what was produced last, then stop it and drain what it wrote.
+        time.sleep(2 * config.flow.epoch_seconds)
+        stop_flow.set()
+        flow_thread.join(60)
+        drain_until = time.monotonic() + 3
+        while time.monotonic() < drain_until:
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() is None:
+                    _show(msg, topics.decisions, names, start, out)
+        consumer.close()
+    if errors:
+        raise RuntimeError(f"the flow failed: {errors[0]!r}") from errors[0]
+    summary.real_seconds = time.monotonic() - real_start
+    summary.simulated_minutes = (clock.now_ms() - start) / MINUTE
+    summary.decisions_by_rule = _counter_by(metrics.DECISIONS, 0) - before["rules"]
+    summary.blocked_by_reason = _counter_by(metrics.BLOCKED, 1) - before["blocked"]
+    summary.dead_letters_by_reason = _counter_by(metrics.DEAD_LETTERS, 0) - before["dead"]
+    if gen_stats:
+        summary.events_sent = gen_stats[0].sent
+        summary.garbage_sent = gen_stats[0].garbage
+        summary.by_channel = dict(gen_stats[0].by_channel or {})
+    _print_summary(summary, out)
+    return summary
+
+
+def _show(msg: Any, decisions_topic: str, names: dict[str, str], start: int, out: TextIO) -> None:
+    headers = dict(msg.headers() or [])
+    if msg.topic() == decisions_topic:
+        body = orjson.loads(msg.value())
+        sim = (body["trigger"]["ts"] - start) / 1000
+        who = names.get(body["customer"], body["customer"][:12] + "…")
+        why = ", ".join(f"{k}={v}" for k, v in body["reasons"]["signals"].items())
+        icon = CHANNEL_ICONS.get(body["channel"], "•")
+        print(f"{_clock(sim)}  {icon} {body['channel']:<11} {body['reasons']['rule_id']:<26} {who:<20} "
+              f"{body['offer'] or body['action']}  ({body['trigger']['name']}{': ' + why if why else ''})",
+              file=out, flush=True)
+    else:
+        reason = headers.get("nextclick.errors.reason", b"?").decode()
+        where = (f"{headers.get('__connect.errors.topic', b'?').decode()}"
+                 f"[{headers.get('__connect.errors.partition', b'?').decode()}]"
+                 f"@{headers.get('__connect.errors.offset', b'?').decode()}")
+        text = headers.get("__connect.errors.exception.message", b"").decode()
+        print(f"{'':>9}  ✗ dead letter {reason:<24} {where:<24} {text}", file=out, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"+{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _print_summary(s: DemoSummary, out: TextIO) -> None:
+    print("", file=out)
+    print(f"Summary: {s.real_seconds:.1f} s real, {s.simulated_minutes:.0f} simulated minutes", file=out)
+    channels = ", ".join(f"{c} {n}" for c, n in sorted(s.by_channel.items()))
+    print(f"  messages sent      {s.events_sent} ({channels}), of which garbage {s.garbage_sent}", file=out)
+    print("  decisions by rule", file=out)
+    for rule in s.rules:
+        mark = "✓" if s.decisions_by_rule[rule] else "✗"
+        print(f"    {mark} {rule:<28} {s.decisions_by_rule[rule]}", file=out)
+    print("  blocked by reason  " + (", ".join(f"{r} {n}" for r, n in sorted(s.blocked_by_reason.items()))
+                                    or "none"), file=out)
+    print("  dead letters       " + (", ".join(f"{r} {n}" for r, n in sorted(s.dead_letters_by_reason.items()))
+                                    or "none"), file=out)
+    print(f"  every rule fired:  {'yes' if s.all_rules_fired else 'NO'}", file=out, flush=True)
