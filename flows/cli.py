@@ -13,9 +13,10 @@ from typing import Sequence
 
 import orjson
 
+from operators.config import Config, load_config
 
-def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from operators.config import load_config
+
+def _config(args: argparse.Namespace) -> Config:
 
     config = load_config(getattr(args, "config", None))
     if getattr(args, "bootstrap", None):
@@ -94,7 +95,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
-    from operators.config import load_config
     from operators.identity import pseudonymize
     from operators.shard import read_profile
 

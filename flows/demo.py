@@ -145,9 +145,10 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
     try:
         while clock.now_ms() < end_sim and time.monotonic() - real_start < max_seconds and not errors:
             for msg in consumer.consume(500, 0.2):
-                if msg.error() is not None:
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        print(f"  consumer: {msg.error().str()}", file=out)
+                error = msg.error()
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        print(f"  consumer: {error.str()}", file=out)
                     continue
                 _show(msg, topics.decisions, names, start, out)
     except KeyboardInterrupt:

@@ -93,8 +93,8 @@ def _persona(name: str, customer: str, start: int, rng: random.Random) -> list[P
         s.emit("store_purchase", order_id=f"o2-{customer}", amount=round(amount / 2 + 20, 2), currency="EUR")
     elif name == "lapsed_high_value":
         for days in (300, 240, 180):
-            s.emit("purchase", at=start - days * DAY, order_id=f"h{days}-{customer}", amount=round(rng.uniform(150, 400), 2),
-                   currency="EUR", items=2)
+            s.emit("purchase", at=start - days * DAY, order_id=f"h{days}-{customer}",
+                   amount=round(rng.uniform(150, 400), 2), currency="EUR", items=2)
         s.consent().emit("page_view", page_type="home").wait(3)
         s.emit("purchase", order_id=f"o-{customer}", amount=amount, currency="EUR").wait(5)
         s.emit("add_to_cart", sku="sku-7", amount=amount, quantity=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -25,6 +25,10 @@ from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.parse import parse_message
 from operators.rules import Decision, RuleSet, load_rules
 from operators.shard import ShardContext, ShardLogic, shard_of
+
+
+def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
+    return isinstance(item, Event)
 
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
@@ -60,7 +64,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop))
     parsed = op.flat_map_batch("parse", raw, parse_batch)
-    split = op.branch("valid", parsed, lambda x: isinstance(x, Event))
+    split = op.branch("valid", parsed, _is_event)
     refused = op.map("dead_letter", split.falses, dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
     keyed = op.key_on("by_shard", split.trues, lambda e: str(shard_of(e.customer, shards)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 # How often a shard re-checks a clock that does not follow real time (tests' manual clock).
@@ -32,7 +32,7 @@ class SystemClock:
         return time.time_ns() // 1_000_000
 
     def wall_deadline(self, deadline_ms: int) -> datetime:
-        return datetime.fromtimestamp(deadline_ms / 1000, tz=timezone.utc)
+        return datetime.fromtimestamp(deadline_ms / 1000, tz=UTC)
 
 
 class ScaledClock:
@@ -51,7 +51,7 @@ class ScaledClock:
 
     def wall_deadline(self, deadline_ms: int) -> datetime:
         real = self._real_start + (deadline_ms - self._start_ms) / 1000 / self.speed
-        return datetime.fromtimestamp(real, tz=timezone.utc)
+        return datetime.fromtimestamp(real, tz=UTC)
 
 
 class ManualClock:
@@ -74,7 +74,7 @@ class ManualClock:
             self._now += ms
 
     def wall_deadline(self, deadline_ms: int) -> datetime:
-        real_now = datetime.now(timezone.utc)
+        real_now = datetime.now(UTC)
         return real_now if deadline_ms <= self.now_ms() else real_now + POLL
 
 

@@ -16,13 +16,12 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
@@ -132,15 +131,16 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
                                                           "error": error.str()})
                 continue
             offset = msg.offset()
+            assert offset is not None
             self._next_offset = offset + 1
-            batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(),
-                                    tuple(msg.headers() or ())))
+            headers = cast(list[tuple[str, bytes]], msg.headers() or [])
+            batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(), tuple(headers)))
         self._idle = not batch
         return batch
 
     def next_awake(self) -> datetime | None:
         # An idle partition sleeps a few ms instead of Bytewax's 1 ms spin.
-        return datetime.now(timezone.utc) + _IDLE_BACKOFF if self._idle else None
+        return datetime.now(UTC) + _IDLE_BACKOFF if self._idle else None
 
     def snapshot(self) -> int:
         return self._next_offset

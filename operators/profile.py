@@ -85,9 +85,9 @@ def consent_state(profile: Profile, channel: str, purpose: str = "marketing") ->
     A revocation for channel "all" (do-not-contact) overrides any per-channel grant that is older.
     """
     family = CONSENT_CHANNEL.get(channel, channel)
-    specific = profile["consent"].get(f"{family}:{purpose}")
-    blanket = profile["consent"].get(f"all:{purpose}")
-    candidates = [c for c in (specific, blanket) if c is not None]
+    # Consent events may name an alias of the family (a "mobile" consent governs "push" decisions).
+    keys = [family, *sorted(c for c, f in CONSENT_CHANNEL.items() if f == family and c != family), "all"]
+    candidates = [c for c in (profile["consent"].get(f"{k}:{purpose}") for k in keys) if c is not None]
     if not candidates:
         return None
     latest = max(candidates, key=lambda c: (c[1], c[2]))

@@ -18,8 +18,7 @@ from typing import Any, Callable, Literal
 from operators.clock import parse_duration_ms
 from operators.events import EVENT_CHANNELS
 from operators.profile import Profile, consent_state, durable_view
-from operators.windows import (AbsenceSignal, LatePolicy, SessionSignal, Signal, Trigger, WindowSignal,
-                               signal_view)
+from operators.windows import AbsenceSignal, LatePolicy, SessionSignal, Signal, Trigger, WindowSignal, signal_view
 
 DECISION_CHANNELS = ("email", "ads", "sms", "push", "web", "call_center")
 
@@ -143,16 +142,17 @@ class _Where:
         return RulesError(f"{self.path}: {self.item}: field '{field}': {message}")
 
 
-def _duration(where: _Where, body: dict[str, Any], key: str, default: Any = None) -> int:
+def _duration(where: _Where, body: dict[str, Any], key: str, default: Any = None, name: str | None = None) -> int:
     raw = body.get(key, default)
+    name = name or key
     if raw is None:
-        raise where.fail(key, "is required (a duration such as 30m, 1h, 7d)")
+        raise where.fail(name, "is required (a duration such as 30m, 1h, 7d)")
     try:
         ms = parse_duration_ms(raw)
     except ValueError as exc:
-        raise where.fail(key, str(exc)) from None
+        raise where.fail(name, str(exc)) from None
     if ms <= 0:
-        raise where.fail(key, "must be positive")
+        raise where.fail(name, "must be positive")
     return ms
 
 
@@ -274,7 +274,13 @@ def _cap(where: _Where, key: str, raw: Any) -> Cap:
     limit = raw["limit"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise where.fail(f"{key}.limit", "must be a non-negative integer")
-    return Cap(limit, _duration(where, raw, "window"))
+    return Cap(limit, _duration(where, raw, "window", name=f"{key}.window"))
+
+
+def _table(path: str, item: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise RulesError(f"{path}: {item} must be a table; got {raw!r}")
+    return raw
 
 
 def load_rules(path: str | Path) -> RuleSet:
@@ -289,24 +295,25 @@ def load_rules(path: str | Path) -> RuleSet:
         raise RulesError(f"{path}: invalid TOML: {exc}") from None
     top = _Where(path, "top level")
     _check_keys(top, doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
-    signals = tuple(_load_signal(path, name, body) for name, body in doc.get("signals", {}).items())
+    signals = tuple(_load_signal(path, name, body) for name, body in _table(path, "[signals]", doc.get("signals", {})).items())
     triggers = set(EVENT_CHANNELS) | {s.name for s in signals if isinstance(s, AbsenceSignal)}
     attributes = _attribute_names(signals)
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list) or not raw_rules:
         raise RulesError(f"{path}: at least one [[rule]] is required")
-    rules = tuple(_load_rule(path, body, triggers, attributes) for body in raw_rules)
+    rules = tuple(_load_rule(path, _table(path, f"[[rule]] #{i + 1}", body), triggers, attributes)
+                  for i, body in enumerate(raw_rules))
     seen: set[str] = set()
     for rule in rules:
         if rule.id in seen:
             raise RulesError(f"{path}: rule '{rule.id}': field 'id': duplicate rule id")
         seen.add(rule.id)
-    caps = doc.get("caps", {})
+    caps = _table(path, "[caps]", doc.get("caps", {}))
     where = _Where(path, "[caps]")
     _check_keys(where, caps, {"overall", *DECISION_CHANNELS})
     channel_caps = {ch: _cap(where, ch, caps[ch]) for ch in DECISION_CHANNELS if ch in caps}
     overall = _cap(where, "overall", caps["overall"]) if "overall" in caps else None
-    consent = doc.get("consent", {})
+    consent = _table(path, "[consent]", doc.get("consent", {}))
     where = _Where(path, "[consent]")
     _check_keys(where, consent, set(DECISION_CHANNELS))
     policy: dict[str, Literal["opt_in", "opt_out"]] = {ch: "opt_in" for ch in DECISION_CHANNELS}
@@ -314,15 +321,15 @@ def load_rules(path: str | Path) -> RuleSet:
         if value not in ("opt_in", "opt_out"):
             raise where.fail(ch, "must be \"opt_in\" or \"opt_out\"")
         policy[ch] = value
-    late = doc.get("late", {})
+    late = _table(path, "[late]", doc.get("late", {}))
     where = _Where(path, "[late]")
     _check_keys(where, late, {"allowed_lateness", "policy"})
     if late.get("policy", "drop") not in ("drop", "apply"):
         raise where.fail("policy", "must be \"drop\" or \"apply\"")
-    suppression = doc.get("suppression", {})
+    suppression = _table(path, "[suppression]", doc.get("suppression", {}))
     where = _Where(path, "[suppression]")
     _check_keys(where, suppression, {"after_complaint"})
-    dedupe = doc.get("dedupe", {})
+    dedupe = _table(path, "[dedupe]", doc.get("dedupe", {}))
     _check_keys(_Where(path, "[dedupe]"), dedupe, {"horizon"})
     return RuleSet(
         rules=rules, signals=signals, channel_caps=channel_caps, overall_cap=overall,

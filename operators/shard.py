@@ -124,7 +124,7 @@ class TimerIndex:
 
     def pop_due(self, now_ms: int) -> list[str]:
         """Customers due by `now_ms`; they stay indexed until their profile is re-evaluated."""
-        out = []
+        out: list[str] = []
         while True:
             due = self.earliest()
             if due is None or due > now_ms:

@@ -252,7 +252,9 @@ def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...])
             if spec.events and event.type not in spec.events:
                 continue
             state = profile["signals"].get(spec.name)
-            if not state or event.ts - state["last"] >= spec.gap_ms or event.ts < state["start"] - spec.gap_ms:
+            if state and event.ts <= state["start"] - spec.gap_ms:
+                continue  # from an older session, long over: it must not replace the current one
+            if not state or event.ts - state["last"] >= spec.gap_ms:
                 profile["signals"][spec.name] = {"start": event.ts, "last": event.ts, "events": 1}
             else:
                 state["start"] = min(state["start"], event.ts)

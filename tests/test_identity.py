@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import hmac
-import sys
-from pathlib import Path
 
 import pytest
 
-try:
-    from operators.identity import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
-except ModuleNotFoundError:  # run as plain `pytest` without the project root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from operators.identity import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
+from operators.identity import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
 
 SECRET = b"test-secret"
 

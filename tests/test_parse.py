@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import string
-import sys
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,11 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-try:
-    from operators.config import ParseConfig
-except ModuleNotFoundError:  # run as plain `pytest` without the project root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from operators.config import ParseConfig
+from operators.config import ParseConfig
 from operators.deadletter import REASONS, dead_letter_headers
 from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
 from operators.identity import pseudonymize

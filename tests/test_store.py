@@ -13,11 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    from operators.store import ShardStore, StateError
-except ModuleNotFoundError:  # run as plain `pytest` without the project root on sys.path
-    sys.path.insert(0, str(ROOT))
-    from operators.store import ShardStore, StateError
+from operators.store import ShardStore, StateError
 
 
 def contents(store: ShardStore) -> dict[bytes, bytes]:
