@@ -94,7 +94,7 @@ def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s
     missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
     if not missing:
         return
-    for topic, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
+    for future in admin.create_topics(missing, operation_timeout=timeout_s).values():
         try:
             future.result()
         except KafkaException as exc:

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-ROOT = Path(__file__).resolve().parents[1]
 from operators.store import ShardStore, StateError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def contents(store: ShardStore) -> dict[bytes, bytes]:
