@@ -168,7 +168,8 @@ def stream(producer: Producer, topics: Sequence[str], clock: Clock, scripted: li
            rate: float, customers: int, duration_ms: int, garbage_every: int = 0, seed: int = 7,
            stop: threading.Event | None = None, on_sent: Callable[[Planned], None] | None = None) -> GenerationStats:
     """Send `scripted` messages when the clock reaches them, plus `rate` background events per real
-    second, for `duration_ms` of clock time; every `garbage_every`-th message is garbage."""
+    second, for `duration_ms` of clock time (scripted messages due later are not sent); every
+    `garbage_every`-th background message is followed by a garbage one."""
     rng = random.Random(seed + 1)
     stats = GenerationStats(by_channel={})
     start = clock.now_ms()
@@ -178,7 +179,7 @@ def stream(producer: Producer, topics: Sequence[str], clock: Clock, scripted: li
     n = 0
     while not (stop and stop.is_set()):
         now = clock.now_ms()
-        if now - start > duration_ms and upcoming is None:
+        if now - start > duration_ms:
             break
         batch: list[Planned] = []
         while upcoming is not None and upcoming.at_ms <= now:

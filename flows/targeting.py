@@ -17,7 +17,7 @@ from bytewax.dataflow import Dataflow
 
 from operators import metrics
 from operators.clock import Clock, SystemClock
-from operators.config import Config
+from operators.config import DEFAULT_RULES_FILE, Config
 from operators.deadletter import dead_letter_headers
 from operators.decisions import encode_decision
 from operators.events import DeadLetter, Event, SourcePosition
@@ -35,7 +35,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                ruleset: RuleSet | None = None, name: str = "nextclick") -> Dataflow:
     """Wire the flow; nothing here touches the network (partitions are listed when it runs)."""
     clock = clock or SystemClock()
-    ruleset = ruleset or load_rules(config.flow.rules_file)
+    ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
     secret = config.privacy.resolve_secret()
     shards = config.state.shards
     parse_config = config.parse

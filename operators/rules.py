@@ -295,7 +295,8 @@ def load_rules(path: str | Path) -> RuleSet:
         raise RulesError(f"{path}: invalid TOML: {exc}") from None
     top = _Where(path, "top level")
     _check_keys(top, doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
-    signals = tuple(_load_signal(path, name, body) for name, body in _table(path, "[signals]", doc.get("signals", {})).items())
+    raw_signals = _table(path, "[signals]", doc.get("signals", {}))
+    signals = tuple(_load_signal(path, name, body) for name, body in raw_signals.items())
     triggers = set(EVENT_CHANNELS) | {s.name for s in signals if isinstance(s, AbsenceSignal)}
     attributes = _attribute_names(signals)
     raw_rules = doc.get("rule", [])

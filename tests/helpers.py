@@ -1,0 +1,91 @@
+"""Shared builders for the domain-logic tests: events, rule files and a tiny per-customer driver."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import operators
+from operators.engine import Outcome, on_event, on_timers
+from operators.events import EVENT_CHANNELS, Event
+from operators.profile import Profile, new_profile
+from operators.rules import RuleSet, load_rules
+
+SEC = 1_000
+MIN = 60 * SEC
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+# A fixed, day-aligned event time (2026-11-18T00:00:00Z) so bucket and tumbling edges are predictable.
+T0 = 1_795_000_000_000 - 1_795_000_000_000 % DAY
+
+DEFAULT_RULES_PATH = Path(operators.__file__).resolve().parent / "default_rules.toml"
+TRANSIENT_KEYS = ("signals", "timers", "seen", "sent", "fired")
+
+_ids = itertools.count(1)
+
+
+def make_event(type: str, ts: int, customer: str = "c1", event_id: str | None = None, **attrs: Any) -> Event:
+    """A validated event as the parser would emit it (channel derived from the type)."""
+    return Event(event_id=event_id or f"ev-{next(_ids)}", type=type, ts=ts, customer=customer,
+                 channel=EVENT_CHANNELS[type], attrs=dict(attrs))
+
+
+def consent(ts: int, channel: str = "email", granted: bool = True, purpose: str = "marketing",
+            **kw: Any) -> Event:
+    return make_event("consent", ts, channel=channel, granted=granted, purpose=purpose, **kw)
+
+
+@lru_cache(maxsize=1)
+def default_rules() -> RuleSet:
+    return load_rules(DEFAULT_RULES_PATH)
+
+
+def durable_part(profile: Profile) -> dict[str, Any]:
+    return {k: v for k, v in profile.items() if k not in TRANSIENT_KEYS}
+
+
+def write_rules(tmp_path: Path, text: str, name: str = "rules.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+class Customer:
+    """One customer's profile driven through the engine, collecting everything that comes out."""
+
+    def __init__(self, ruleset: RuleSet | None = None, customer: str = "c1") -> None:
+        self.ruleset = ruleset or default_rules()
+        self.profile = new_profile(customer)
+        self.customer = customer
+        self.outcomes: list[Outcome] = []
+
+    def send(self, type: str, ts: int, **attrs: Any) -> Outcome:
+        return self.apply(make_event(type, ts, customer=self.customer, **attrs))
+
+    def apply(self, event: Event) -> Outcome:
+        out = on_event(self.profile, event, self.ruleset)
+        self.outcomes.append(out)
+        return out
+
+    def apply_all(self, events: Iterable[Event]) -> list[Outcome]:
+        return [self.apply(e) for e in events]
+
+    def tick(self, now_ms: int) -> Outcome:
+        out = on_timers(self.profile, self.ruleset, now_ms)
+        self.outcomes.append(out)
+        return out
+
+    def grant_email(self, ts: int) -> None:
+        self.apply(consent(ts, "email", True))
+
+
+def fired(out: Outcome) -> list[tuple[str, str, str]]:
+    """(rule_id, channel, trigger) of every decision in an outcome."""
+    return [(d.rule_id, d.channel, d.trigger) for d in out.decisions]
+
+
+def reasons(out: Outcome) -> list[tuple[str, str]]:
+    return [(b.rule_id, b.reason) for b in out.blocked]
