@@ -97,7 +97,8 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
         flow={"epoch_seconds": 1.0, "group_id": "nextclick-demo"},
     )
     topics = config.topics
-    ensure_topics(kafka, {**{t: 2 for t in topics.inputs}, topics.decisions: 4, topics.dead_letter: 1})
+    ensure_topics(kafka, {**{t: 2 for t in topics.inputs}, topics.decisions: 4, topics.dead_letter: 1,
+                          topics.control: 1})
     recovery = Path(config.state.recovery_dir)
     recovery.mkdir(parents=True)
     init_db_dir(recovery, 1)

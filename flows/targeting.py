@@ -1,7 +1,8 @@
 """The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
 
-    kafka_in ─ parse ─┬─ valid ─ key by shard ─ profiles (stateful_batch) ─ encode ─ decisions_out
-                      └─ refused ─ dead_letters_out
+    kafka_in ─── parse ───┬─ events ──┬─ key by shard ─ profiles (stateful_batch) ─ encode ─ decisions_out
+    control_in ─ control ─┼─ erasures ┘
+                          └─ refused ─ dead_letters_out
 
 Thin on purpose: every step is a function from `operators/`.
 """
@@ -20,7 +21,8 @@ from operators.clock import Clock, SystemClock
 from operators.config import DEFAULT_RULES_FILE, Config
 from operators.deadletter import dead_letter_headers
 from operators.decisions import encode_decision
-from operators.events import DeadLetter, Event, SourcePosition
+from operators.control import parse_control
+from operators.events import DeadLetter, EraseRequest, Event, SourcePosition
 from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.parse import parse_message
 from operators.rules import Decision, RuleSet, load_rules
@@ -29,6 +31,10 @@ from operators.shard import ShardContext, ShardLogic, shard_of
 
 def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
     return isinstance(item, Event)
+
+
+def _is_erase(item: EraseRequest | DeadLetter) -> TypeGuard[EraseRequest]:
+    return isinstance(item, EraseRequest)
 
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
@@ -49,6 +55,10 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         return [parse_message(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
                               secret=secret, now_ms=now, config=parse_config) for m in batch]
 
+    def parse_control_batch(batch: list[RawMessage]) -> list[EraseRequest | DeadLetter]:
+        return [parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
+                              secret=secret) for m in batch]
+
     def dead_letter(dl: Any) -> tuple[str, OutMessage]:
         assert isinstance(dl, DeadLetter)
         metrics.DEAD_LETTERS.labels(dl.reason).inc()
@@ -65,9 +75,15 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop))
     parsed = op.flat_map_batch("parse", raw, parse_batch)
     split = op.branch("valid", parsed, _is_event)
-    refused = op.map("dead_letter", split.falses, dead_letter)
+    control_raw = op.input("control_in", flow, KafkaInput(
+        config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
+        stop_at_end=config.flow.stop_at_end, stop=stop))
+    control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
+                        _is_erase)
+    refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
-    keyed = op.key_on("by_shard", split.trues, lambda e: str(shard_of(e.customer, shards)))
+    work = op.merge("events_and_erasures", split.trues, control.trues)
+    keyed = op.key_on("by_shard", work, lambda e: str(shard_of(e.customer, shards)))
     decisions = op.stateful_batch("profiles", keyed, lambda resume: ShardLogic(ctx, resume))
     op.output("decisions_out", op.map_value("encode", decisions, to_message), KafkaOutput(config.kafka, shards))
     return flow

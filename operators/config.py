@@ -30,6 +30,8 @@ class TopicsConfig:
                                "nextclick.store", "nextclick.call_center")
     decisions: str = "nextclick.decisions"
     dead_letter: str = "nextclick.dead_letter"
+    # Erase commands (the right to erasure) while the flow runs; see operators/control.py.
+    control: str = "nextclick.control"
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True
 

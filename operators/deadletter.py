@@ -25,6 +25,7 @@ REASONS: dict[str, str] = {
     "ts_in_future": "nextclick.parse.TimestampInFuture",
     "ts_too_old": "nextclick.parse.TimestampTooOld",
     "missing_identifier": "nextclick.parse.MissingIdentifier",
+    "unknown_command": "nextclick.control.UnknownCommand",
     # Not a property of the message: the parser hit a bug. Kept so that it still never raises.
     "internal_error": "nextclick.parse.InternalError",
 }

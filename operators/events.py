@@ -72,3 +72,12 @@ class DeadLetter:
     source: SourcePosition
     reason: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EraseRequest:
+    """Right to erasure, from the control topic: remove one customer from live state and checkpoints."""
+
+    customer: str  # pseudonymous customer key
+    request_id: str
+    source: SourcePosition | None = None

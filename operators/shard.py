@@ -10,7 +10,7 @@ resume rolls RocksDB back to the seq Bytewax committed (see operators/store.py).
 
 from __future__ import annotations
 
-import heapq
+import logging
 import struct
 import time
 import zlib
@@ -23,10 +23,10 @@ from typing import Any, Iterable
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from operators import metrics
+from operators import failpoints, metrics
 from operators.clock import Clock
 from operators.engine import Outcome, due_at, on_event, on_timers
-from operators.events import Event
+from operators.events import EraseRequest, Event
 from operators.profile import Profile, new_profile
 from operators.rules import Decision, RuleSet
 from operators.store import ShardStore, StateError
@@ -34,10 +34,13 @@ from operators.store import ShardStore, StateError
 PROFILE_PREFIX = b"p"
 TIMER_PREFIX = b"t"
 _DUE = struct.Struct(">Q")
-# Customers handled per RocksDB multi-get when many timers fall due at once.
+# Customers handled per RocksDB multi-get when many timers fall due at once, and per activation.
 _TIMER_CHUNK = 1000
+_TIMER_LIMIT = 20_000
 
 ResumeState = dict[str, int]
+
+log = logging.getLogger(__name__)
 
 
 def shard_of(customer: str, shards: int) -> int:
@@ -71,75 +74,47 @@ class ShardContext:
 
 
 class TimerIndex:
-    """Each customer's next due time, persisted as `t<due><customer>` keys and mirrored in a heap.
+    """Each customer's next due time as a `t<due><customer>` key in the shard's store.
 
-    The heap may hold stale entries (a customer's due time moved); they are skipped on pop and the
-    heap is rebuilt when they outnumber the live ones.
+    Keys sort by due time, so the earliest timers are a prefix scan away and nothing per customer
+    is held in memory: only `earliest()`, a hint that may be early (its timer moved or was
+    erased) but never late. Invariant: a key exists for exactly the due time of the stored profile.
     """
 
     def __init__(self, store: ShardStore) -> None:
         self._store = store
-        self._due: dict[str, int] = {}
-        self._heap: list[tuple[int, str]] = []
-        # Popped as due but not yet re-evaluated: they need a heap entry again even if unchanged.
-        self._unheaped: set[str] = set()
+        self._next: int | None = None
         for key, _ in store.scan(TIMER_PREFIX):
-            due = _DUE.unpack_from(key, 1)[0]
-            customer = key[1 + _DUE.size:].decode()
-            self._due[customer] = due
-        self._rebuild()
+            self._next = _DUE.unpack_from(key, 1)[0]
+            break
 
-    def _rebuild(self) -> None:
-        self._heap = [(due, customer) for customer, due in self._due.items()]
-        heapq.heapify(self._heap)
-
-    def __len__(self) -> int:
-        return len(self._due)
-
-    def set(self, customer: str, due: int | None) -> None:
-        old = self._due.get(customer)
-        requeue = customer in self._unheaped
-        self._unheaped.discard(customer)
-        if old == due:
-            if requeue and due is not None:
-                heapq.heappush(self._heap, (due, customer))
+    def move(self, customer: str, old: int | None, new: int | None) -> None:
+        if old == new:
             return
         if old is not None:
             self._store.delete(timer_key(old, customer))
-            del self._due[customer]
-        if due is not None:
-            self._store.put(timer_key(due, customer), b"")
-            self._due[customer] = due
-            heapq.heappush(self._heap, (due, customer))
-        if len(self._heap) > 2 * len(self._due) + 1024:
-            self._rebuild()
+        if new is not None:
+            self._store.put(timer_key(new, customer), b"")
+            if self._next is None or new < self._next:
+                self._next = new
 
     def earliest(self) -> int | None:
-        while self._heap:
-            due, customer = self._heap[0]
-            if self._due.get(customer) == due:
-                return due
-            heapq.heappop(self._heap)
-        return None
+        return self._next
 
-    def pop_due(self, now_ms: int) -> list[str]:
-        """Customers due by `now_ms`; they stay indexed until their profile is re-evaluated."""
-        out: list[str] = []
-        while True:
-            due = self.earliest()
-            if due is None or due > now_ms:
-                return out
-            _, customer = heapq.heappop(self._heap)
-            self._unheaped.add(customer)
-            out.append(customer)
-
-    def forget(self, customer: str) -> int | None:
-        """Drop a customer from the index (erasure); returns the due time it had."""
-        self._unheaped.discard(customer)
-        return self._due.pop(customer, None)
+    def due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` (customer, due) pairs due by `now_ms`, earliest first."""
+        out: list[tuple[str, int]] = []
+        self._next = None
+        for key, _ in self._store.scan(TIMER_PREFIX):
+            due = _DUE.unpack_from(key, 1)[0]
+            if due > now_ms or len(out) >= limit:
+                self._next = min(due, now_ms) if len(out) >= limit else due
+                break
+            out.append((key[1 + _DUE.size:].decode(), due))
+        return out
 
 
-class ShardLogic(StatefulBatchLogic[Event, Decision, ResumeState]):
+class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]):
     """One shard's profiles, timers and checkpoints."""
 
     def __init__(self, ctx: ShardContext, resume: ResumeState | None) -> None:
@@ -177,14 +152,25 @@ class ShardLogic(StatefulBatchLogic[Event, Decision, ResumeState]):
 
     # -- profile I/O ----------------------------------------------------------------------------
 
-    def _load(self, customers: list[str]) -> dict[str, Profile]:
+    def _load(self, customers: list[str]) -> tuple[dict[str, Profile], dict[str, int | None]]:
+        """Profiles (new ones for unknown customers) and the due time each is indexed under now."""
         raw = self.store.get_many([profile_key(c) for c in customers])
-        return {c: (orjson.loads(r) if r is not None else new_profile(c)) for c, r in zip(customers, raw)}
+        profiles: dict[str, Profile] = {}
+        indexed: dict[str, int | None] = {}
+        ruleset = self.ctx.ruleset
+        for customer, blob in zip(customers, raw):
+            if blob is None:
+                profiles[customer], indexed[customer] = new_profile(customer), None
+            else:
+                profile = orjson.loads(blob)
+                profiles[customer], indexed[customer] = profile, due_at(profile, ruleset)
+        return profiles, indexed
 
-    def _save(self, profiles: dict[str, Profile]) -> None:
+    def _save(self, profiles: dict[str, Profile], indexed: dict[str, int | None]) -> None:
+        ruleset = self.ctx.ruleset
         for customer, profile in profiles.items():
             self.store.put(profile_key(customer), orjson.dumps(profile))
-            self.timers.set(customer, due_at(profile, self.ctx.ruleset))
+            self.timers.move(customer, indexed[customer], due_at(profile, ruleset))
 
     @staticmethod
     def _account(outcomes: Iterable[Outcome], out: list[Decision]) -> None:
@@ -206,33 +192,48 @@ class ShardLogic(StatefulBatchLogic[Event, Decision, ResumeState]):
         if absences:
             metrics.ABSENCES.inc(absences)
 
+    def _apply_events(self, events: list[Event], decisions: list[Decision]) -> None:
+        profiles, indexed = self._load(list(dict.fromkeys(e.customer for e in events)))
+        ruleset = self.ctx.ruleset
+        outcomes = [on_event(profiles[e.customer], e, ruleset) for e in events]
+        self._save(profiles, indexed)
+        self._account(outcomes, decisions)
+        types = Counter(e.type for e, o in zip(events, outcomes) if not o.duplicate)
+        for event_type, n in types.items():
+            metrics.EVENTS.labels(event_type).inc(n)
+
     # -- Bytewax callbacks ----------------------------------------------------------------------
 
-    def on_batch(self, values: list[Event]) -> tuple[list[Decision], bool]:
+    def on_batch(self, values: list[Event | EraseRequest]) -> tuple[list[Decision], bool]:
         if self._store is None:
             # New to Bytewax's recovery: anything already on disk was never committed.
             self._open(shard_of(values[0].customer, self.ctx.shards), 0)
-        profiles = self._load(list(dict.fromkeys(e.customer for e in values)))
-        ruleset = self.ctx.ruleset
-        outcomes = [on_event(profiles[e.customer], e, ruleset) for e in values]
-        self._save(profiles)
         decisions: list[Decision] = []
-        self._account(outcomes, decisions)
+        run: list[Event] = []
+        for value in values:
+            if isinstance(value, Event):
+                run.append(value)
+                continue
+            # An erase applies after everything before it in the batch and before everything after.
+            if run:
+                self._apply_events(run, decisions)
+                run = []
+            self.erase(value.customer)
+        if run:
+            self._apply_events(run, decisions)
         for decision in decisions:
             metrics.DECISIONS.labels(decision.rule_id).inc()
-        types = Counter(e.type for e, o in zip(values, outcomes) if not o.duplicate)
-        for event_type, n in types.items():
-            metrics.EVENTS.labels(event_type).inc(n)
         return decisions, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Decision], bool]:
         now = self.ctx.clock.now_ms()
-        due = self.timers.pop_due(now)
         decisions: list[Decision] = []
+        due = self.timers.due(now, _TIMER_LIMIT)
         for start in range(0, len(due), _TIMER_CHUNK):
-            profiles = self._load(due[start:start + _TIMER_CHUNK])
+            chunk = due[start:start + _TIMER_CHUNK]
+            profiles, indexed = self._load([customer for customer, _ in chunk])
             outcomes = [on_timers(p, self.ctx.ruleset, now) for p in profiles.values()]
-            self._save(profiles)
+            self._save(profiles, indexed)
             self._account(outcomes, decisions)
         for decision in decisions:
             metrics.DECISIONS.labels(decision.rule_id).inc()
@@ -246,20 +247,32 @@ class ShardLogic(StatefulBatchLogic[Event, Decision, ResumeState]):
 
     def snapshot(self) -> ResumeState:
         started = time.perf_counter()
+        failpoints.hit("before_checkpoint")
         seq = self.store.checkpoint()
+        # The window a crash test aims at: RocksDB has the checkpoint, Bytewax has not committed it.
+        failpoints.hit("after_checkpoint")
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         assert self.shard is not None
         return {"shard": self.shard, "seq": seq}
 
-    # -- tools ----------------------------------------------------------------------------------
-
     def erase(self, customer: str) -> bool:
-        """Right to erasure: profile, timers and every undo pre-image go, committed at once."""
-        raw = self.store.get(profile_key(customer))
-        due = self.timers.forget(customer)
-        keys = [profile_key(customer)] + ([timer_key(due, customer)] if due is not None else [])
-        self.store.erase(keys)
-        return raw is not None
+        """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
+        existed = erase_customer(self.store, customer, self.ctx.ruleset)
+        metrics.ERASURES.inc()
+        log.info("customer erased", extra={"customer": customer, "shard": self.shard, "existed": existed})
+        return existed
+
+
+def erase_customer(store: ShardStore, customer: str, ruleset: RuleSet) -> bool:
+    """Remove one customer from a shard's store, committed immediately; True if they were there."""
+    raw = store.get(profile_key(customer))
+    keys = [profile_key(customer)]
+    if raw is not None:
+        due = due_at(orjson.loads(raw), ruleset)
+        if due is not None:
+            keys.append(timer_key(due, customer))
+    store.erase(keys)
+    return raw is not None
 
 
 def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:

@@ -80,7 +80,8 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
                                                      tmp_path: Path) -> None:
     topics = {ch: f"{topic_prefix}.{ch}" for ch in CHANNELS}
     decisions_topic, dlq_topic = f"{topic_prefix}.decisions", f"{topic_prefix}.dead_letter"
-    ensure_topics(kafka, {**{t: 1 for t in topics.values()}, decisions_topic: 2, dlq_topic: 1})
+    control_topic = f"{topic_prefix}.control"
+    ensure_topics(kafka, {**{t: 1 for t in topics.values()}, decisions_topic: 2, dlq_topic: 1, control_topic: 1})
     producer = Producer(kafka)
     for channel, key, payload in story():
         producer.produce(topics[channel], orjson.dumps(payload), key.encode())
@@ -89,7 +90,8 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
 
     config = Config().replace(
         kafka=kafka,
-        topics={"inputs": tuple(topics.values()), "decisions": decisions_topic, "dead_letter": dlq_topic},
+        topics={"inputs": tuple(topics.values()), "decisions": decisions_topic, "dead_letter": dlq_topic,
+                "control": control_topic},
         state={"dir": str(tmp_path / "state"), "shards": 4},
         privacy={"secret": SECRET},
     )

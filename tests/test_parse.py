@@ -185,7 +185,8 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
 
 
 def test_bad_cases_cover_every_reason():
-    assert {reason for *_, reason in BAD} == set(REASONS) - {"internal_error"}
+    # internal_error never happens for any input; unknown_command belongs to the control topic.
+    assert {reason for *_, reason in BAD} == set(REASONS) - {"internal_error", "unknown_command"}
 
 
 @pytest.mark.parametrize(("key", "value", "reason"), [case[1:] for case in BAD], ids=[c[0] for c in BAD])
@@ -248,7 +249,7 @@ def test_dead_letter_headers():
 def test_reason_class_names_are_unique_and_stable():
     assert len(set(REASONS.values())) == len(REASONS)
     assert REASONS["invalid_json"] == "nextclick.parse.InvalidJson"
-    assert all(name.startswith("nextclick.parse.") for name in REASONS.values())
+    assert all(name.startswith(("nextclick.parse.", "nextclick.control.")) for name in REASONS.values())
 
 
 # --- the schema files -------------------------------------------------------------------------------

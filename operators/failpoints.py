@@ -1,0 +1,24 @@
+"""Failpoints for crash tests: kill this process at an exact point, the way a real crash would.
+
+`NEXTCLICK_FAILPOINTS="after_checkpoint:3"` sends SIGKILL to the process the 3rd time the point
+`after_checkpoint` is reached. Unset (always, in production) it costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_PLAN: dict[str, int] = {}
+for _item in filter(None, os.environ.get("NEXTCLICK_FAILPOINTS", "").split(",")):
+    _name, _, _count = _item.partition(":")
+    _PLAN[_name.strip()] = int(_count or 1)
+_HITS: dict[str, int] = {}
+
+
+def hit(name: str) -> None:
+    """Reached point `name`: die here if the plan says this is the moment."""
+    if name in _PLAN:
+        _HITS[name] = _HITS.get(name, 0) + 1
+        if _HITS[name] == _PLAN[name]:
+            os.kill(os.getpid(), signal.SIGKILL)
