@@ -9,11 +9,11 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import orjson
 
-from operators.config import Config, load_config
+from operators.config import DEFAULT_RULES_FILE, Config, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -95,15 +95,97 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
-    from operators.identity import pseudonymize
     from operators.shard import read_profile
 
     config = load_config(args.config)
-    customer = args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
+    customer = _customer_key(args, config)
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
         raise LookupError(f"no profile for that customer in {config.state.dir}")
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _customer_key(args: argparse.Namespace, config: Config) -> str:
+    from operators.identity import pseudonymize
+
+    return args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
+
+
+def cmd_profile_erase(args: argparse.Namespace) -> int:
+    from operators.rules import load_rules
+    from operators.shard import erase_customer, shard_of, shard_path
+    from operators.store import ShardStore, StateError
+
+    config = load_config(args.config)
+    customer = _customer_key(args, config)
+    if args.online:
+        from confluent_kafka import Producer
+
+        from operators.kafka_io import client_config
+
+        request_id = args.request_id or f"cli-{time.time_ns()}"
+        producer = Producer(client_config(config.kafka))
+        producer.produce(config.topics.control, orjson.dumps(
+            {"command": "erase", "request_id": request_id, "customer_key": customer}), customer.encode())
+        if producer.flush(30):
+            raise ConnectionError(f"could not deliver the erase command to {config.topics.control}")
+        print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
+                            "state": "queued: the running flow erases it at its next batch"}).decode())
+        return 0
+    path = shard_path(config.state.dir, shard_of(customer, config.state.shards))
+    if not path.exists():
+        raise LookupError(f"no shard directory {path}: nothing stored for that customer")
+    try:
+        store = ShardStore(path, keep_checkpoints=config.state.keep_checkpoints)
+    except StateError:
+        raise StateError(f"{path} is in use by a running flow; use `nextclick profile erase --online` to send "
+                         f"the erase command through {config.topics.control}") from None
+    with store:
+        existed = erase_customer(store, customer, load_rules(config.flow.rules_file or DEFAULT_RULES_FILE))
+    print(orjson.dumps({"customer": customer, "erased": existed, "shard_dir": str(path)}).decode())
+    return 0
+
+
+def cmd_state_info(args: argparse.Namespace) -> int:
+    from operators.shard import PROFILE_PREFIX, shard_path
+    from operators.store import ShardStore
+
+    config = load_config(args.config)
+    state_dir = Path(config.state.dir)
+    if not state_dir.exists():
+        raise LookupError(f"no state directory at {state_dir}")
+    shards: list[dict[str, Any]] = []
+    for shard in range(config.state.shards):
+        path = shard_path(state_dir, shard)
+        if not path.exists():
+            continue
+        store = ShardStore.open_read_only(path)
+        try:
+            stats = store.stats()
+            customers = sum(1 for _ in store.scan(PROFILE_PREFIX)) if args.exact else None
+        finally:
+            store.close()
+        shards.append({"shard": shard, "seq": stats["seq"], "restorable_from_seq": stats["oldest_restorable_seq"],
+                       "keys_estimate": stats["keys"], "customers": customers, "bytes": stats["disk_bytes"]})
+        if args.exact:
+            print(f"counted shard {shard + 1}/{config.state.shards}", file=sys.stderr, flush=True)
+    recovery = Path(config.state.recovery_dir)
+    recovery_bytes = sum(f.stat().st_size for f in recovery.rglob("*") if f.is_file()) if recovery.exists() else 0
+    info = {
+        "state_dir": str(state_dir),
+        "shards_configured": config.state.shards,
+        "shards_on_disk": len(shards),
+        "customers": sum(s["customers"] or 0 for s in shards) if args.exact else None,
+        "keys_estimate": sum(s["keys_estimate"] for s in shards),
+        "bytes_on_disk": sum(s["bytes"] for s in shards),
+        "recovery_dir": str(recovery),
+        "recovery_bytes": recovery_bytes,
+        "checkpoints": {"kept_per_shard": config.state.keep_checkpoints,
+                        "newest_seq": max((s["seq"] for s in shards), default=0)},
+        "shards": shards,
+    }
+    print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -154,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     get.add_argument("--config", help="TOML configuration file")
     get.set_defaults(func=cmd_profile_get)
+    erase = profile_sub.add_parser("erase", help="right to erasure: remove a customer from state and checkpoints")
+    erase.add_argument("key", help="the customer identifier (hashed with the configured secret)")
+    erase.add_argument("--id-type", default="customer", help="identifier type (customer, cookie, device, email...)")
+    erase.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
+    erase.add_argument("--online", action="store_true",
+                       help="send the erase command to the control topic for the running flow")
+    erase.add_argument("--request-id", help="id of the erasure request (with --online)")
+    erase.add_argument("--config", help="TOML configuration file")
+    erase.set_defaults(func=cmd_profile_erase)
+
+    state = sub.add_parser("state", help="inspect the state directory")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    info = state_sub.add_parser("info", help="shards, customers, bytes on disk and checkpoints, as JSON")
+    info.add_argument("--exact", action="store_true", help="count customers exactly (reads every shard)")
+    info.add_argument("--config", help="TOML configuration file")
+    info.set_defaults(func=cmd_state_info)
     return parser
 
 
