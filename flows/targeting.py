@@ -18,10 +18,10 @@ from bytewax.dataflow import Dataflow
 
 from operators import metrics
 from operators.clock import Clock, SystemClock
-from operators.config import DEFAULT_RULES_FILE, Config
+from operators.config import DEFAULT_RULES_FILE, Config, decision_topic
+from operators.control import parse_control
 from operators.deadletter import dead_letter_headers
 from operators.decisions import encode_decision
-from operators.control import parse_control
 from operators.events import DeadLetter, EraseRequest, Event, SourcePosition
 from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.parse import parse_message
@@ -67,7 +67,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
 
     def to_message(decision: Decision) -> OutMessage:
         key, value, headers = encode_decision(decision)
-        return OutMessage(topics.decisions, key, value, headers)
+        return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 
     flow = Dataflow(name)
     raw = op.input("kafka_in", flow, KafkaInput(

@@ -28,12 +28,19 @@ class ConfigError(ValueError):
 class TopicsConfig:
     inputs: tuple[str, ...] = ("nextclick.web", "nextclick.email", "nextclick.mobile",
                                "nextclick.store", "nextclick.call_center")
+    # One topic for every decision, or one per channel: "nextclick.decisions.{channel}" sends email
+    # decisions to nextclick.decisions.email, ads to nextclick.decisions.ads, and so on.
     decisions: str = "nextclick.decisions"
     dead_letter: str = "nextclick.dead_letter"
     # Erase commands (the right to erasure) while the flow runs; see operators/control.py.
     control: str = "nextclick.control"
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True
+
+
+def decision_topic(template: str, channel: str) -> str:
+    """The topic a decision for `channel` goes to under the configured `topics.decisions`."""
+    return template.replace("{channel}", channel)
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,42 @@ def fired(out: Outcome) -> list[tuple[str, str, str]]:
 
 def reasons(out: Outcome) -> list[tuple[str, str]]:
     return [(b.rule_id, b.reason) for b in out.blocked]
+
+
+class FlowThread:
+    """The real flow (Kafka in and out, RocksDB state) in a background thread, stopped on request."""
+
+    def __init__(self, config: Any, clock: Any, recovery_dir: Any) -> None:
+        import threading
+        from datetime import timedelta
+        from pathlib import Path
+
+        from bytewax.recovery import RecoveryConfig, init_db_dir
+        from bytewax.testing import run_main
+
+        from flows.targeting import build_flow
+
+        Path(recovery_dir).mkdir(parents=True, exist_ok=True)
+        init_db_dir(Path(recovery_dir), 1)
+        self.stop_event = threading.Event()
+        self.failures: list[BaseException] = []
+        flow = build_flow(config, clock=clock, stop=self.stop_event)
+
+        def run() -> None:
+            try:
+                run_main(flow, epoch_interval=timedelta(milliseconds=500),
+                         recovery_config=RecoveryConfig(str(recovery_dir)))
+            except BaseException as exc:
+                self.failures.append(exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+
+    def __enter__(self) -> FlowThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the flow did not stop"
+        assert not self.failures, self.failures
