@@ -38,10 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.targeting import build_flow
     from operators.kafka_io import wait_for_broker
     from operators.logs import configure_logging
+    from operators.rules import load_rules
 
     configure_logging(args.log_level)
     config = _config(args)
     config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
+    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
@@ -56,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
     addresses = args.addresses.split(";") if args.addresses else None
-    cli_main(build_flow(config), workers_per_process=args.workers, process_id=args.process_id,
+    cli_main(build_flow(config, ruleset=ruleset), workers_per_process=args.workers, process_id=args.process_id,
              addresses=addresses, epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
              recovery_config=RecoveryConfig(str(recovery)))
     return 0
