@@ -129,7 +129,7 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
     def run_generator() -> None:
         producer = Producer(client_config(kafka, **{"linger.ms": 5}))
         gen_stats.append(stream(producer, topics.inputs, clock, scripted, rate=rate, customers=50_000,
-                                duration_ms=end_sim - start - 5 * MINUTE, garbage_every=97, stop=stop_generator))
+                                duration_ms=end_sim - start - 5 * MINUTE, garbage_every=250, stop=stop_generator))
 
     flow_thread = threading.Thread(target=run_flow, name="nextclick-flow", daemon=True)
     gen_thread = threading.Thread(target=run_generator, name="nextclick-generator", daemon=True)

@@ -20,7 +20,7 @@ from operators import metrics
 from operators.clock import Clock, SystemClock
 from operators.config import DEFAULT_RULES_FILE, Config, decision_topic
 from operators.control import parse_control
-from operators.deadletter import dead_letter_headers
+from operators.deadletter import dead_letter_record
 from operators.decisions import encode_decision
 from operators.events import DeadLetter, EraseRequest, Event, SourcePosition
 from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
@@ -62,7 +62,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     def dead_letter(dl: Any) -> tuple[str, OutMessage]:
         assert isinstance(dl, DeadLetter)
         metrics.DEAD_LETTERS.labels(dl.reason).inc()
-        msg = OutMessage(topics.dead_letter, dl.key, dl.value, dead_letter_headers(dl))
+        key, value, headers = dead_letter_record(dl, parse_config.redact_fields)
+        msg = OutMessage(topics.dead_letter, key, value, headers)
         return f"{dl.source.topic}#{dl.source.partition}", msg
 
     def to_message(decision: Decision) -> OutMessage:

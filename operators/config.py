@@ -87,6 +87,10 @@ class ParseConfig:
     max_future_skew_ms: int = 5 * 60 * 1000
     # Events older than this are refused (0 disables the check, e.g. for backfills).
     max_age_ms: int = 30 * 24 * 3600 * 1000
+    # Top-level JSON fields replaced by "[redacted]" in dead letters (TOML list or comma-separated
+    # env value). Default off: dead letters keep the original bytes and can be replayed unchanged;
+    # a redacted dead letter cannot. See docs/security.md.
+    redact_fields: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

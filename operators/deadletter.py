@@ -8,6 +8,10 @@ name per reason), `__connect.errors.exception.message`, plus `nextclick.errors.r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
+
 from operators.events import DeadLetter
 
 # Stable reason code -> stable exception class name shown in the Connect-style header.
@@ -36,6 +40,8 @@ OFFSET_HEADER = "__connect.errors.offset"
 CLASS_HEADER = "__connect.errors.exception.class.name"
 MESSAGE_HEADER = "__connect.errors.exception.message"
 REASON_HEADER = "nextclick.errors.reason"
+REDACTED_HEADER = "nextclick.errors.redacted"
+REDACTED = "[redacted]"
 
 
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
@@ -50,3 +56,43 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
         (MESSAGE_HEADER, dl.message.encode("utf-8", "replace")),
         (REASON_HEADER, dl.reason.encode("utf-8", "replace")),
     ]
+
+
+def redact_value(value: bytes | None, fields: Sequence[str]) -> tuple[bytes | None, list[str]]:
+    """`value` with the top-level `fields` of a JSON object replaced by "[redacted]", and which were.
+
+    A value that is not a JSON object (not JSON, not UTF-8, an array...) or has none of the fields
+    comes back unchanged, byte for byte, with an empty list. An object that can't be written back
+    (nested deeper than orjson writes) is replaced whole by the JSON string "[redacted]", listed as "*".
+    """
+    if not fields or not value:
+        return value, []
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value, []
+    if type(body) is not dict:
+        return value, []
+    hit = [f for f in dict.fromkeys(fields) if f in body]
+    if not hit:
+        return value, []
+    for f in hit:
+        body[f] = REDACTED
+    try:
+        return orjson.dumps(body), hit
+    except orjson.JSONEncodeError:  # e.g. nested deeper than orjson writes: fail closed, keep nothing
+        return orjson.dumps(REDACTED), ["*"]
+
+
+def dead_letter_record(dl: DeadLetter, redact_fields: Sequence[str] = ()) -> tuple[
+        bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of the dead-letter message; the value is redacted if fields are given.
+
+    With no `redact_fields` (the default) the value is the original bytes. A redacted record gets a
+    `nextclick.errors.redacted` header naming the fields, and is no longer replayable unchanged.
+    """
+    value, hit = redact_value(dl.value, redact_fields)
+    headers = dead_letter_headers(dl)
+    if hit:
+        headers.append((REDACTED_HEADER, ",".join(hit).encode("utf-8", "replace")))
+    return dl.key, value, headers
