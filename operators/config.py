@@ -131,6 +131,17 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def read_toml(path: str | os.PathLike[str], error: type[ValueError]) -> dict[str, Any]:
+    """Parse a TOML file; unreadable or invalid files raise `error` naming the file and the problem."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: invalid TOML: {exc}") from None
+
+
 _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyConfig,
              "parse": ParseConfig, "flow": FlowConfig}
 
@@ -178,13 +189,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     raw: dict[str, dict[str, Any]] = {}
     origin = str(path) if path else "defaults"
     if path:
-        try:
-            with open(path, "rb") as fh:
-                loaded = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        loaded = read_toml(path, ConfigError)
         for name, body in loaded.items():
             if name != "kafka" and name not in _SECTIONS:
                 raise ConfigError(f"{path}: unknown section [{name}]")

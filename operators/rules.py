@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from operators.clock import parse_duration_ms
+from operators.config import read_toml
 from operators.events import EVENT_CHANNELS
 from operators.profile import Profile, consent_state, durable_view
 from operators.windows import AbsenceSignal, LatePolicy, SessionSignal, Signal, Trigger, WindowSignal, signal_view
@@ -286,13 +287,7 @@ def _table(path: str, item: str, raw: Any) -> dict[str, Any]:
 def load_rules(path: str | Path) -> RuleSet:
     """Read and validate a rules file; raises RulesError naming file, rule and field."""
     path = str(path)
-    try:
-        with open(path, "rb") as fh:
-            doc = tomllib.load(fh)
-    except OSError as exc:
-        raise RulesError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"{path}: invalid TOML: {exc}") from None
+    doc = read_toml(path, RulesError)
     top = _Where(path, "top level")
     _check_keys(top, doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
     raw_signals = _table(path, "[signals]", doc.get("signals", {}))
