@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
@@ -36,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
     from flows.targeting import build_flow
-    from operators.kafka_io import wait_for_broker
+    from operators.kafka_io import redacted, wait_for_broker
     from operators.logs import configure_logging
     from operators.rules import load_rules
 
@@ -46,6 +47,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
+    logging.getLogger("nextclick").info("starting", extra={
+        "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
+        "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
+        "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
+        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
     recovery = Path(config.state.recovery_dir)
     if not recovery.exists() or not any(recovery.iterdir()):
