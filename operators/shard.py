@@ -232,6 +232,12 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         for start in range(0, len(due), _TIMER_CHUNK):
             chunk = due[start:start + _TIMER_CHUNK]
             profiles, indexed = self._load([customer for customer, _ in chunk])
+            for customer, at in chunk:
+                if indexed[customer] is None:
+                    # A timer with no profile behind it (its customer was erased): drop it, never
+                    # let it bring the customer back.
+                    self.timers.move(customer, at, None)
+                    del profiles[customer]
             outcomes = [on_timers(p, self.ctx.ruleset, now) for p in profiles.values()]
             self._save(profiles, indexed)
             self._account(outcomes, decisions)
@@ -264,15 +270,21 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
 
 def erase_customer(store: ShardStore, customer: str, ruleset: RuleSet) -> bool:
-    """Remove one customer from a shard's store, committed immediately; True if they were there."""
-    raw = store.get(profile_key(customer))
-    keys = [profile_key(customer)]
-    if raw is not None:
+    """Remove one customer from a shard's store, committed immediately; True if they were there.
+
+    Both the current profile's timer and the last checkpoint's (they differ when the timer moved in
+    this epoch) are removed, so no restore can leave a timer that points at the customer.
+    """
+    key = profile_key(customer)
+    versions = {store.get(key), store.get_committed(key)} - {None}
+    keys = [key]
+    for raw in versions:
+        assert raw is not None
         due = due_at(orjson.loads(raw), ruleset)
         if due is not None:
             keys.append(timer_key(due, customer))
     store.erase(keys)
-    return raw is not None
+    return bool(versions)
 
 
 def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from rocksdict import (
     Rdict,
     ReadOptions,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -45,10 +46,13 @@ _U64 = struct.Struct(">Q")
 _KEY_LEN = struct.Struct(">I")
 _VAL_LEN = struct.Struct(">i")
 
-# Many shards live in one process: keep each DB's memtables small and share one block cache.
+# Many shards live in one process: keep each DB's memtables small, cap all memtables together, and
+# share one block cache that also holds index and filter blocks, so RocksDB's memory is a fixed
+# budget (block cache + memtable cap) that does not grow with the number of customers stored.
 _WRITE_BUFFER_BYTES = 4 << 20
 _MAX_WRITE_BUFFERS = 2
 _SHARED_BLOCK_CACHE_BYTES = 64 << 20
+_SHARED_MEMTABLE_BYTES = 64 << 20
 _MAX_OPEN_FILES = 64
 
 
@@ -63,6 +67,7 @@ def _db_options(read_only: bool = False) -> Options:
     opts.create_if_missing(not read_only)
     opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
     opts.set_max_write_buffer_number(_MAX_WRITE_BUFFERS)
+    opts.set_write_buffer_manager(WriteBufferManager(_SHARED_MEMTABLE_BYTES, False))
     opts.set_max_open_files(_MAX_OPEN_FILES)
     # RocksDB's own info LOG would otherwise grow (and rotate) without bound on long runs.
     opts.set_keep_log_file_num(2)
@@ -70,6 +75,8 @@ def _db_options(read_only: bool = False) -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(_SHARED_BLOCK_CACHE_BYTES))
     table.set_bloom_filter(10, False)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     opts.set_block_based_table_factory(table)
     return opts
 
@@ -245,6 +252,13 @@ class ShardStore:
                     out[i] = value
                 self._cache_put(key, value)
         return out
+
+    def get_committed(self, key: bytes) -> bytes | None:
+        """The value as of the last checkpoint, ignoring pending writes (what a restore would see)."""
+        self._check_open()
+        if key in self._cache:
+            return self._cache[key]
+        return self._fetch_committed([key])[key]
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Ordered (key, value) pairs under `prefix` (from `start` on), pending writes merged in.
