@@ -1,0 +1,164 @@
+"""Exact profiles after repeated SIGKILLs: the crashed run ends where an uninterrupted run ends.
+
+Workload (tests/flowrun.workload, seeded): ~3,000 valid events over 600 customers (consents,
+page views, carts, purchases on three channels, complaints, call-center contacts), keyed and
+partitioned by customer, so each customer's events keep their order in any number of partitions.
+
+Why the comparison can be exact. Decisions and profiles are a function of each customer's event
+sequence, except for what the wall clock fires through a shard's timers (absences and expiry in
+`on_notify`). Event times are the last ~2.5 minutes before the test starts, so the earliest timer
+(a browse abandonment: 20 minutes plus 5 minutes of allowed lateness) is due long after the test
+ends: no timer fires in either run, and no decision depends on when a run happened to be killed.
+Decisions still come from events (call-backs for unresolved calls, post-purchase cross-sells with
+consent, complaint and cooldown suppressions), and absences that events complete would be handled
+the same way in both runs.
+
+1. Clean run: all input produced, then one uninterrupted `python -m bytewax.run flows.main:flow
+   -r REC -s 1 -b 0` with stop_at_end. Its profiles (every shard's RocksDB) and decisions are the
+   reference.
+2. Crashed run, same input topic, fresh output topics, state and recovery dirs: the input is
+   produced over ~20 s while the flow tails it (`nextclick run`, 0.3 s epochs, so a checkpoint
+   every 0.3 s) and is SIGKILLed 12 times, seeded: half at random moments (some during start-up
+   and resume), a quarter by `NEXTCLICK_FAILPOINTS=after_checkpoint:k` (RocksDB has the checkpoint,
+   Bytewax has not committed it: resume must roll it back) and a quarter by `before_checkpoint:k`.
+   Each restart resumes from the same dirs. Finally it runs to EOF with stop_at_end.
+3. Profiles must be equal, dict for dict. With one input partition, every clean decision must be
+   there after dedupe on ce_id and every extra copy must repeat an emitted one byte for byte
+   (at-least-once with stable ids). With four partitions profiles must still be exact; decisions
+   are checked the same way.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from operators.kafka_io import ensure_topics
+from tests.flowrun import (
+    DecisionRecord,
+    FlowSetup,
+    PacedProducer,
+    crash_run,
+    kill_plan,
+    produce,
+    read_decisions,
+    read_profiles,
+    run_to_end,
+    workload,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker]
+
+CUSTOMERS = 600
+KILLS = 12
+SHARDS = 4
+
+
+def dedupe(records: list[DecisionRecord]) -> dict[str, DecisionRecord]:
+    """First copy of each ce_id; asserts every later copy repeats it exactly."""
+    first: dict[str, DecisionRecord] = {}
+    for rec in records:
+        seen = first.setdefault(rec.ce_id, rec)
+        assert (seen.key, seen.body) == (rec.key, rec.body), f"ce_id {rec.ce_id} emitted with two bodies"
+        assert dict(seen.headers) == dict(rec.headers), f"ce_id {rec.ce_id} emitted with two header sets"
+    return first
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_profiles_exact_after_repeated_sigkill(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,
+                                               partitions: int) -> None:
+    started = time.monotonic()
+    messages = workload(CUSTOMERS, seed=20 + partitions)
+    clean_input, crash_input = f"{topic_prefix}.in-clean", f"{topic_prefix}.in-crash"
+    ensure_topics(kafka, {clean_input: partitions, crash_input: partitions})
+
+    produce(kafka, clean_input, messages, partitions)
+    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_input],
+                             shards=SHARDS, epoch_seconds=1)
+    clean_s = run_to_end(clean, runner="bytewax", log=tmp_path / "clean.log")
+    expected_profiles = read_profiles(clean.state_dir, SHARDS)
+    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    assert len(expected_profiles) == CUSTOMERS
+    rules = Counter(b.body.split(b'"rule_id":"')[1].split(b'"')[0] for b in expected_decisions.values())
+    assert len(expected_decisions) >= 50 and len(rules) >= 2, rules
+
+    crashed = FlowSetup.create(kafka, tmp_path / "crashed", f"{topic_prefix}.crashed", inputs=[crash_input],
+                               shards=SHARDS, epoch_seconds=0.3)
+    feeder = PacedProducer(kafka, crash_input, messages, partitions, seconds=20)
+    feeder.start()
+    plan = kill_plan(random.Random(1000 + partitions), KILLS)
+    done = crash_run(crashed, plan, log=tmp_path / "crashed.log")
+    feeder.join(60)
+    assert feeder.error is None, feeder.error
+    final_s = run_to_end(crashed, log=tmp_path / "crashed.log")
+    print(f"\npartitions={partitions} clean run {clean_s:.1f}s, final resume-to-EOF {final_s:.1f}s, kills:")
+    for kill in done:
+        print(f"  {kill.how} ({kill.seconds:.1f}s)")
+
+    assert sum(k.how.startswith("failpoint after_checkpoint") for k in done) >= 1, [k.how for k in done]
+    got_profiles = read_profiles(crashed.state_dir, SHARDS)
+    assert set(got_profiles) == set(expected_profiles)
+    different = [c for c in expected_profiles if got_profiles[c] != expected_profiles[c]]
+    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
+                           f"{got_profiles[different[0]]} != {expected_profiles[different[0]]}")
+
+    records = read_decisions(kafka, crashed.decisions)
+    got_decisions = dedupe(records)
+    missing = set(expected_decisions) - set(got_decisions)
+    assert not missing, f"{len(missing)} decisions of the clean run never emitted"
+    for ce_id, rec in expected_decisions.items():
+        assert (got_decisions[ce_id].key, got_decisions[ce_id].body) == (rec.key, rec.body)
+    # Nothing the clean run did not decide (no timer fired, no state invented by a replay).
+    assert set(got_decisions) == set(expected_decisions)
+    print(f"  {len(expected_decisions)} decisions, {len(records) - len(got_decisions)} duplicate copies; "
+          f"total {time.monotonic() - started:.1f}s")
+
+
+def test_online_erase_then_crash_leaves_no_trace_of_the_customer(tmp_path: Path) -> None:
+    """KNOWN BUG (operators/shard.py `erase_customer` and `ShardLogic.on_notify`), fails until fixed.
+
+    An online erase in the same epoch as an event that moved the customer's timer deletes the
+    profile and the *new* timer key at once, but the *committed* timer key is only deleted by the
+    pending write of the next checkpoint. A crash before that checkpoint leaves the committed timer
+    key of an erased customer; the replayed erase command no longer finds the profile, so it
+    deletes no timer; when the stale timer falls due, `on_notify` loads a missing profile as a new
+    customer and stores it: the erased customer's key is back in state, with a timer key that is
+    never removed.
+    """
+    from operators.clock import ManualClock
+    from operators.config import DEFAULT_RULES_FILE
+    from operators.events import EraseRequest, Event
+    from operators.rules import load_rules
+    from operators.shard import PROFILE_PREFIX, TIMER_PREFIX, ShardContext, ShardLogic
+
+    t0, minute = 1_795_428_000_000, 60_000
+    clock = ManualClock(t0)
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=load_rules(DEFAULT_RULES_FILE), clock=clock, sync=False)
+    who = "c" * 32
+    cart = Event("e1", "add_to_cart", t0, who, "web", {"sku": "s", "amount": 50.0, "quantity": 1})
+    view = Event("e2", "page_view", t0 + minute, who, "web", {"page_type": "home"})
+    erase = EraseRequest(who, "dsr-1")
+
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([cart])
+    committed = shard.snapshot()  # Bytewax commits this epoch
+    shard.on_batch([view, erase])  # the view moves the timer; the erase is synced at once
+    shard.store.close()  # SIGKILL before the epoch's checkpoint
+
+    shard = ShardLogic(ctx, committed)  # resume; Bytewax replays the epoch's input
+    shard.on_batch([view, erase])
+    shard.snapshot()
+    clock.set(t0 + 200 * minute)
+    shard.on_notify()
+    shard.snapshot()
+    profiles = [k for k, _ in shard.store.scan(PROFILE_PREFIX)]
+    timers = [k for k, _ in shard.store.scan(TIMER_PREFIX)]
+    shard.store.close()
+    assert profiles == [] and timers == [], (
+        f"erased customer resurrected after crash + replay: profiles {profiles}, timers {timers} "
+        "(erase_customer misses the committed timer key when the epoch moved it; on_notify stores a "
+        "profile for a due timer whose profile is missing)")
