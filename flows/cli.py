@@ -151,6 +151,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
                          f"the erase command through {config.topics.control}") from None
     with store:
         existed = erase_customer(store, customer, load_rules(config.flow.rules_file or DEFAULT_RULES_FILE))
+        store.purge()
     print(orjson.dumps({"customer": customer, "erased": existed, "shard_dir": str(path)}).decode())
     return 0
 

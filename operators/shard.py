@@ -122,6 +122,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         # a new one from the first event routed to it.
         self.ctx = ctx
         self.shard: int | None = None
+        # Erasures since the last checkpoint: their bytes are purged from the files at the epoch end.
+        self._erased = 0
         self._store: ShardStore | None = None
         self._timers: TimerIndex | None = None
         if resume is not None:
@@ -257,6 +259,9 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         seq = self.store.checkpoint()
         # The window a crash test aims at: RocksDB has the checkpoint, Bytewax has not committed it.
         failpoints.hit("after_checkpoint")
+        if self._erased:
+            self.store.purge()
+            self._erased = 0
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         assert self.shard is not None
         return {"shard": self.shard, "seq": seq}
@@ -264,6 +269,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
     def erase(self, customer: str) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
         existed = erase_customer(self.store, customer, self.ctx.ruleset)
+        self._erased += 1
         metrics.ERASURES.inc()
         log.info("customer erased", extra={"customer": customer, "shard": self.shard, "existed": existed})
         return existed

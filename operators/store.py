@@ -27,7 +27,9 @@ from typing import Self, cast
 from rocksdict import (
     AccessType,
     BlockBasedOptions,
+    BottommostLevelCompaction,
     Cache,
+    CompactOptions,
     Options,
     Rdict,
     ReadOptions,
@@ -421,6 +423,26 @@ class ShardStore:
         self._db.write(batch, sync_opts)
         for key in doomed:
             self._cache_put(key, None)
+
+    def purge(self) -> None:
+        """Make erased data leave the files, not only the key space.
+
+        A delete in RocksDB is a tombstone: the old bytes stay in SST files, the WAL and (as file
+        boundary keys) the MANIFEST until compaction. Flush, compact everything with the bottommost
+        level forced, then reopen, which starts a fresh MANIFEST and drops the old WAL. Pending
+        writes are kept. Costs a full compaction of this shard, so callers batch erasures.
+        """
+        self._check_writable()
+        self._db.flush(True)
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        self._db.compact_range(None, None, options)
+        self._db.close()
+        try:
+            self._db = Rdict(self._path, _db_options())
+        except Exception as exc:  # same contract as _open
+            self._closed = True
+            raise StateError(f"cannot reopen shard store {self._path!r} after purge: {exc}") from exc
 
     # ------------------------------------------------------------------------------------ lifecycle
 

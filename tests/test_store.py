@@ -429,3 +429,23 @@ StoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestStoreMachine = StoreMachine.TestCase
+
+
+def test_erase_then_purge_leaves_no_bytes_of_the_key_in_any_file(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    secret = b"customer-0123456789abcdef"
+    with ShardStore(path, keep_checkpoints=4) as store:
+        for i in range(200):
+            store.put(b"k%04d" % i, b"v" * 50)
+        store.put(secret, b"profile of " + secret)
+        store.checkpoint()
+        store.put(secret, b"newer profile of " + secret)  # pre-image lands in an undo record
+        store.checkpoint()
+        store.put(b"pending", b"kept")
+        store.erase([secret])
+        store.purge()
+        assert store.get(secret) is None and store.get(b"pending") == b"kept"
+        store.checkpoint()
+        assert store.get(b"k0001") == b"v" * 50
+    leftovers = [f.name for f in path.iterdir() if f.is_file() and secret in f.read_bytes()]
+    assert leftovers == []
