@@ -12,12 +12,14 @@ against any Kafka-protocol broker.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -125,6 +127,14 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
                     if self._stop_at_end:
                         self._eof = True
                     continue
+                if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    # Our offset is gone (retention deleted unread data, or the topic was recreated).
+                    # Never skip silently: say so, and go on from the earliest message there is.
+                    log.error("input offset out of range; resuming at the earliest available offset",
+                              extra={"topic": self._topic, "partition": self._partition,
+                                     "offset": self._next_offset, "error": error.str()})
+                    self._consumer.seek(TopicPartition(self._topic, self._partition, OFFSET_BEGINNING))
+                    continue
                 if error.fatal():
                     raise RuntimeError(f"Kafka consumer for {self._topic}[{self._partition}] failed: {error.str()}")
                 log.warning("kafka consume error", extra={"topic": self._topic, "partition": self._partition,
@@ -184,6 +194,8 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
             "group.id": self._group_id,
             "enable.auto.commit": False,
             "enable.partition.eof": self._stop_at_end,
+            # Report an out-of-range offset to us instead of silently jumping to the end.
+            "auto.offset.reset": "error",
             # librdkafka's default 1 s backoff stalls any consumer slower than the broker.
             "fetch.queue.backoff.ms": 10,
             "queued.max.messages.kbytes": 8192,
@@ -210,13 +222,23 @@ def shared_producer(kafka: Mapping[str, str]) -> Producer:
         return producer
 
 
-class _DeliveryFailed(RuntimeError):
-    pass
+def exit_process(message: str) -> None:
+    """Stop the whole process now, with one clear log line and a non-zero status.
+
+    An exception in a sink partition makes Bytewax panic in that worker while the others run on,
+    so the flow looks alive but commits nothing. Exiting is safe: the epoch was not committed, and
+    a restart replays it from the recovery store, losing nothing.
+    """
+    log.critical(message)
+    print(f"nextclick: fatal: {message}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(70)
 
 
 class _SinkPartition(StatefulSinkPartition[OutMessage, None]):
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, on_fatal: Callable[[str], None]) -> None:
         self._producer = producer
+        self._on_fatal = on_fatal
         self._failure: str | None = None
 
     def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
@@ -225,21 +247,27 @@ class _SinkPartition(StatefulSinkPartition[OutMessage, None]):
 
     def write_batch(self, values: list[OutMessage]) -> None:
         produce = self._producer.produce
-        for m in values:
-            while True:
-                try:
-                    produce(m.topic, m.value, m.key, headers=list(m.headers), on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
+        try:
+            for m in values:
+                while True:
+                    try:
+                        produce(m.topic, m.value, m.key, headers=list(m.headers), on_delivery=self._on_delivery)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+            self._producer.poll(0)
+        except KafkaException as exc:
+            self._on_fatal(f"Kafka producer failed: {exc.args[0].str() if exc.args else exc}")
 
     def snapshot(self) -> None:
         # Called by Bytewax at epoch close, before the epoch commits: everything written must be
-        # acknowledged now, or a crash after the commit would lose it.
-        remaining = self._producer.flush(60)
+        # acknowledged now, or a crash after the commit would lose it. flush() returns once every
+        # message is delivered or has failed (librdkafka's delivery.timeout.ms, 5 min by default),
+        # so a broker that comes back within that time costs a pause, not a restart.
+        remaining = self._producer.flush()
         if remaining or self._failure:
-            raise _DeliveryFailed(f"could not deliver {remaining} message(s) to Kafka: {self._failure or 'timeout'}")
+            self._on_fatal(f"could not deliver {remaining or 'some'} message(s) to Kafka "
+                           f"({self._failure or 'timeout'}); restart to replay the uncommitted epoch")
 
     def close(self) -> None:
         self._producer.flush(30)
@@ -248,9 +276,11 @@ class _SinkPartition(StatefulSinkPartition[OutMessage, None]):
 class KafkaOutput(FixedPartitionedSink[OutMessage, None]):
     """Writes (key, OutMessage) items; items keyed by a numeric shard id stay on that shard's worker."""
 
-    def __init__(self, kafka: Mapping[str, str], parts: int) -> None:
+    def __init__(self, kafka: Mapping[str, str], parts: int,
+                 on_fatal: Callable[[str], None] = exit_process) -> None:
         self._kafka = dict(kafka)
         self._parts = parts
+        self._on_fatal = on_fatal
 
     def list_parts(self) -> list[str]:
         return [str(i) for i in range(self._parts)]
@@ -259,7 +289,7 @@ class KafkaOutput(FixedPartitionedSink[OutMessage, None]):
         return int(item_key) if item_key.isdigit() else zlib.adler32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
-        return _SinkPartition(shared_producer(self._kafka))
+        return _SinkPartition(shared_producer(self._kafka), self._on_fatal)
 
 
 def consume_all(kafka: Mapping[str, str], topics: Iterable[str], *, idle_s: float = 1.0,
