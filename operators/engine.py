@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from operators.events import Event
 from operators.profile import Profile, apply_durable
 from operators.rules import Blocked, Decision, RuleSet, decide
-from operators.windows import Trigger, apply_transient, fire_absences, is_late, next_deadline, prune
+from operators.windows import Trigger, apply_transient, fire_absences, is_late, next_deadline, note_expiry, prune
 
-# Dedupe ids kept per customer, newest first out of the horizon; bounds a replay storm's state.
+# Dedupe ids kept per customer (the oldest to arrive goes first); bounds a replay storm's state.
 MAX_SEEN_IDS = 256
 
 
@@ -37,10 +37,11 @@ def _decide_all(profile: Profile, ruleset: RuleSet, triggers: list[Trigger], out
 
 def _remember_id(profile: Profile, event: Event, horizon_ms: int) -> None:
     seen: dict[str, int] = profile["seen"]
-    seen[event.event_id] = event.ts + horizon_ms
+    seen[event.event_id] = until = event.ts + horizon_ms
+    note_expiry(profile, until)
     if len(seen) > MAX_SEEN_IDS:
-        for event_id in sorted(seen, key=seen.__getitem__)[: len(seen) - MAX_SEEN_IDS]:
-            del seen[event_id]
+        # Oldest first by arrival (dicts keep insertion order, and orjson keeps it across a save).
+        del seen[next(iter(seen))]
 
 
 def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
@@ -61,7 +62,7 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
         out.absences = len(completed)
         _decide_all(profile, ruleset, completed, out)
     if not out.late or late.policy == "apply":
-        apply_transient(profile, event, ruleset.signals)
+        apply_transient(profile, event, ruleset.signals_for_event.get(event.type, ruleset.signals))
     apply_durable(profile, event)
     _remember_id(profile, event, ruleset.dedupe_horizon_ms)
     if not out.late:

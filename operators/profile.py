@@ -38,7 +38,8 @@ def new_profile(customer: str) -> Profile:
         # "<channel>:<purpose>" -> [granted, ts, event_id]; latest by (ts, event_id) wins.
         "consent": {},
         "last_complaint": None,
-        # Transient state lives under "signals", "timers", "seen", "sent" and "fired"; see windows.py.
+        # Transient state lives under "signals", "timers", "seen", "sent" and "fired", and "prune_at"
+        # (when its earliest entry expires) is added while any exists; see windows.py.
         "signals": {},
         "timers": {},
         "seen": {},

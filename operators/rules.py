@@ -7,6 +7,7 @@ file, the rule (or signal) and the field.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 import re
@@ -19,7 +20,17 @@ from operators.clock import parse_duration_ms
 from operators.config import read_toml
 from operators.events import EVENT_CHANNELS
 from operators.profile import Profile, consent_state, durable_view
-from operators.windows import AbsenceSignal, LatePolicy, SessionSignal, Signal, Trigger, WindowSignal, signal_view
+from operators.windows import (
+    AbsenceSignal,
+    LatePolicy,
+    SessionSignal,
+    Signal,
+    Trigger,
+    WindowSignal,
+    note_expiry,
+    signal_view,
+    signals_by_event,
+)
 
 DECISION_CHANNELS = ("email", "ads", "sms", "push", "web", "call_center")
 
@@ -75,6 +86,11 @@ class Rule:
     promotion: bool = True
     description: str = ""
 
+    @functools.cached_property
+    def needs(self) -> frozenset[str]:
+        """The attributes this rule's conditions read: all that must be computed to judge it."""
+        return frozenset(c.attribute for c in self.when)
+
 
 @dataclass(frozen=True)
 class Cap:
@@ -98,6 +114,23 @@ class RuleSet:
     @property
     def triggers(self) -> frozenset[str]:
         return frozenset().union(*(r.on for r in self.rules)) if self.rules else frozenset()
+
+    @functools.cached_property
+    def by_trigger(self) -> dict[str, tuple[Rule, ...]]:
+        """Rules per trigger name, highest priority first (ties by id): the order arbitration tries."""
+        ordered = sorted(self.rules, key=lambda r: (-r.priority, r.id))
+        return {name: tuple(r for r in ordered if name in r.on) for name in self.triggers}
+
+    @functools.cached_property
+    def signals_for_event(self) -> dict[str, tuple[Signal, ...]]:
+        """The signals each event type can change."""
+        return signals_by_event(self.signals, EVENT_CHANNELS)
+
+    @functools.cached_property
+    def cap_horizon_ms(self) -> int:
+        """How long a sent decision counts towards any cap."""
+        windows = [c.window_ms for c in self.channel_caps.values()]
+        return max(windows + ([self.overall_cap.window_ms] if self.overall_cap else []) + [0])
 
 
 @dataclass(frozen=True)
@@ -226,8 +259,7 @@ def _parse_condition(where: _Where, text: Any) -> Condition:
 
 
 def _attribute_names(signals: tuple[Signal, ...]) -> set[str]:
-    names = set(durable_view({"orders": 0, "revenue": 0.0, "first_purchase": None, "last_purchase": None,
-                              "last_complaint": None, "contacts": {}, "last_contact": {}}, 0))
+    names = set(_DURABLE_ATTRIBUTES)
     empty: Profile = {"signals": {}}
     names |= set(signal_view(empty, signals, 0))
     names |= {"trigger", "customer_channel"}
@@ -340,10 +372,17 @@ def load_rules(path: str | Path) -> RuleSet:
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-def rule_view(profile: Profile, ruleset: RuleSet, trigger: Trigger) -> dict[str, Any]:
-    """Everything a condition can name, as of the trigger's event time."""
-    view = durable_view(profile, trigger.ts)
-    view.update(signal_view(profile, ruleset.signals, trigger.ts))
+_DURABLE_ATTRIBUTES = frozenset(durable_view({"orders": 0, "revenue": 0.0, "first_purchase": None,
+                                              "last_purchase": None, "last_complaint": None, "contacts": {},
+                                              "last_contact": {}}, 0))
+
+
+def rule_view(profile: Profile, ruleset: RuleSet, trigger: Trigger,
+              names: frozenset[str] | None = None) -> dict[str, Any]:
+    """What conditions can name, as of the trigger's event time: everything, or at least `names`
+    (signals nobody asked for are not computed: this runs on every event)."""
+    view = {} if names is not None and names.isdisjoint(_DURABLE_ATTRIBUTES) else durable_view(profile, trigger.ts)
+    view.update(signal_view(profile, ruleset.signals, trigger.ts, names))
     view["trigger"] = trigger.name
     for key, value in trigger.attrs.items():
         view[f"trigger.{key}"] = value
@@ -382,13 +421,13 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger) -> tuple[Decisi
     Matching rules tried before the winner and refused by a gate are returned as Blocked, by reason.
     The winner is recorded in the profile (cooldown, caps), so the profile must be stored afterwards.
     """
-    candidates = [r for r in ruleset.rules if trigger.name in r.on]
+    candidates = ruleset.by_trigger.get(trigger.name)
     if not candidates:
         return None, []
-    view = rule_view(profile, ruleset, trigger)
+    view = rule_view(profile, ruleset, trigger, frozenset().union(*(r.needs for r in candidates)))
     blocked: list[Blocked] = []
     customer = profile["customer"]
-    for rule in sorted(candidates, key=lambda r: (-r.priority, r.id)):
+    for rule in candidates:
         if not all(c.holds(view) for c in rule.when):
             continue
         reason = _gate(profile, ruleset, rule, view, trigger.ts)
@@ -396,10 +435,11 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger) -> tuple[Decisi
             blocked.append(Blocked(customer, rule.id, rule.channel, reason, trigger.trigger_id))
             continue
         profile["fired"][rule.id] = [trigger.ts, trigger.ts + rule.cooldown_ms]
-        horizon = max([c.window_ms for c in ruleset.channel_caps.values()]
-                      + ([ruleset.overall_cap.window_ms] if ruleset.overall_cap else []) + [0])
+        note_expiry(profile, trigger.ts + rule.cooldown_ms)
+        horizon = ruleset.cap_horizon_ms
         if horizon:
             profile["sent"].setdefault(rule.channel, []).append([trigger.ts, trigger.ts + horizon])
+            note_expiry(profile, trigger.ts + horizon)
         fired_on = {c.attribute: view.get(c.attribute) for c in rule.when}
         return Decision(
             decision_id=decision_id(customer, rule.id, trigger.trigger_id), customer=customer,

@@ -14,7 +14,7 @@ import logging
 import struct
 import time
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ _DUE = struct.Struct(">Q")
 # Customers handled per RocksDB multi-get when many timers fall due at once, and per activation.
 _TIMER_CHUNK = 1000
 _TIMER_LIMIT = 20_000
+_STORE_CACHE = 256
 
 ResumeState = dict[str, int]
 
@@ -101,6 +102,11 @@ class TimerIndex:
     def earliest(self) -> int | None:
         return self._next
 
+    def hint(self, due: int | None) -> None:
+        """A profile's due time changed but is not written yet: wake up for it all the same."""
+        if due is not None and (self._next is None or due < self._next):
+            self._next = due
+
     def due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """Up to `limit` (customer, due) pairs due by `now_ms`, earliest first."""
         out: list[tuple[str, int]] = []
@@ -124,6 +130,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         self.shard: int | None = None
         # Erasures since the last checkpoint: their bytes are purged from the files at the epoch end.
         self._erased = 0
+        self._live: OrderedDict[str, Profile] = OrderedDict()
+        self._dirty: dict[str, int | None] = {}
         self._store: ShardStore | None = None
         self._timers: TimerIndex | None = None
         if resume is not None:
@@ -131,7 +139,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
     def _open(self, shard: int, seq: int) -> None:
         ctx = self.ctx
-        store = ShardStore(shard_path(ctx.state_dir, shard), cache_size=ctx.cache_profiles,
+        # Decoded profiles are cached in `_live`; the store's own cache of encoded bytes stays small.
+        store = ShardStore(shard_path(ctx.state_dir, shard), cache_size=_STORE_CACHE,
                            keep_checkpoints=ctx.keep_checkpoints, sync=ctx.sync)
         if store.seq != seq:
             try:
@@ -153,26 +162,61 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         return self._timers
 
     # -- profile I/O ----------------------------------------------------------------------------
+    #
+    # Decoded profiles stay in `_live` (an LRU bounded by cache_profiles) so a busy customer is not
+    # decoded and re-encoded on every batch. A changed profile is "dirty" until it is written to the
+    # store: at the epoch end (snapshot), when it is evicted, or before a timer scan. `_dirty` maps
+    # it to the due time the store's timer index still holds for it.
 
-    def _load(self, customers: list[str]) -> tuple[dict[str, Profile], dict[str, int | None]]:
-        """Profiles (new ones for unknown customers) and the due time each is indexed under now."""
-        raw = self.store.get_many([profile_key(c) for c in customers])
-        profiles: dict[str, Profile] = {}
-        indexed: dict[str, int | None] = {}
-        ruleset = self.ctx.ruleset
-        for customer, blob in zip(customers, raw):
-            if blob is None:
-                profiles[customer], indexed[customer] = new_profile(customer), None
+    def _profiles(self, customers: list[str]) -> tuple[dict[str, Profile], set[str]]:
+        """Decoded profiles (new ones for customers never seen) and which of them are new."""
+        live = self._live
+        out: dict[str, Profile] = {}
+        missing: list[str] = []
+        for customer in customers:
+            profile = live.get(customer)
+            if profile is None:
+                missing.append(customer)
             else:
-                profile = orjson.loads(blob)
-                profiles[customer], indexed[customer] = profile, due_at(profile, ruleset)
-        return profiles, indexed
+                live.move_to_end(customer)
+                out[customer] = profile
+        created: set[str] = set()
+        if missing:
+            for customer, blob in zip(missing, self.store.get_many([profile_key(c) for c in missing])):
+                if blob is None:
+                    created.add(customer)
+                    out[customer] = live[customer] = new_profile(customer)
+                else:
+                    out[customer] = live[customer] = orjson.loads(blob)
+        return out, created
 
-    def _save(self, profiles: dict[str, Profile], indexed: dict[str, int | None]) -> None:
+    def _changing(self, profiles: dict[str, Profile]) -> None:
+        """Call before changing these profiles: remember the due time their stored copy is indexed under."""
         ruleset = self.ctx.ruleset
         for customer, profile in profiles.items():
-            self.store.put(profile_key(customer), orjson.dumps(profile))
-            self.timers.move(customer, indexed[customer], due_at(profile, ruleset))
+            if customer not in self._dirty:
+                self._dirty[customer] = due_at(profile, ruleset)
+
+    def _changed(self, profiles: dict[str, Profile]) -> None:
+        ruleset = self.ctx.ruleset
+        for profile in profiles.values():
+            self.timers.hint(due_at(profile, ruleset))
+        live, limit = self._live, self.ctx.cache_profiles
+        while len(live) > limit:
+            customer, profile = live.popitem(last=False)
+            if customer in self._dirty:
+                self._write(customer, profile, self._dirty.pop(customer))
+
+    def _write(self, customer: str, profile: Profile, indexed: int | None) -> None:
+        self.store.put(profile_key(customer), orjson.dumps(profile))
+        self.timers.move(customer, indexed, due_at(profile, self.ctx.ruleset))
+
+    def _flush(self) -> None:
+        """Write every dirty profile (and its timer) to the store's pending set."""
+        live = self._live
+        for customer, indexed in self._dirty.items():
+            self._write(customer, live[customer], indexed)
+        self._dirty.clear()
 
     @staticmethod
     def _account(outcomes: Iterable[Outcome], out: list[Decision]) -> None:
@@ -195,10 +239,11 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             metrics.ABSENCES.inc(absences)
 
     def _apply_events(self, events: list[Event], decisions: list[Decision]) -> None:
-        profiles, indexed = self._load(list(dict.fromkeys(e.customer for e in events)))
+        profiles, _ = self._profiles(list(dict.fromkeys(e.customer for e in events)))
+        self._changing(profiles)
         ruleset = self.ctx.ruleset
         outcomes = [on_event(profiles[e.customer], e, ruleset) for e in events]
-        self._save(profiles, indexed)
+        self._changed(profiles)
         self._account(outcomes, decisions)
         types = Counter(e.type for e, o in zip(events, outcomes) if not o.duplicate)
         for event_type, n in types.items():
@@ -230,18 +275,21 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
     def on_notify(self) -> tuple[list[Decision], bool]:
         now = self.ctx.clock.now_ms()
         decisions: list[Decision] = []
+        self._flush()  # the scan reads the store's index, which must include this epoch's changes
         due = self.timers.due(now, _TIMER_LIMIT)
         for start in range(0, len(due), _TIMER_CHUNK):
             chunk = due[start:start + _TIMER_CHUNK]
-            profiles, indexed = self._load([customer for customer, _ in chunk])
+            profiles, created = self._profiles([customer for customer, _ in chunk])
             for customer, at in chunk:
-                if indexed[customer] is None:
+                if customer in created:
                     # A timer with no profile behind it (its customer was erased): drop it, never
                     # let it bring the customer back.
                     self.timers.move(customer, at, None)
                     del profiles[customer]
+                    del self._live[customer]
+            self._changing(profiles)
             outcomes = [on_timers(p, self.ctx.ruleset, now) for p in profiles.values()]
-            self._save(profiles, indexed)
+            self._changed(profiles)
             self._account(outcomes, decisions)
         for decision in decisions:
             metrics.DECISIONS.labels(decision.rule_id).inc()
@@ -255,6 +303,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
     def snapshot(self) -> ResumeState:
         started = time.perf_counter()
+        self._flush()
         failpoints.hit("before_checkpoint")
         seq = self.store.checkpoint()
         # The window a crash test aims at: RocksDB has the checkpoint, Bytewax has not committed it.
@@ -268,6 +317,9 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
     def erase(self, customer: str) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
+        # Unwritten changes go too: the store's versions (pending, committed) are erased below.
+        self._live.pop(customer, None)
+        self._dirty.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset)
         self._erased += 1
         metrics.ERASURES.inc()

@@ -9,7 +9,7 @@ used: state is per customer inside a shard, not per Bytewax key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Iterable, Literal, Union
 
 from operators.events import Event
 from operators.profile import Profile
@@ -102,17 +102,30 @@ def _window_floor(spec: WindowSignal, ref_ms: int) -> int:
     return ref_ms - ref_ms % spec.window_ms
 
 
-def _add_to_window(state: dict[str, Any], spec: WindowSignal, event: Event) -> None:
+def note_expiry(profile: Profile, expires_at: int) -> None:
+    """A transient entry was added or extended: keep `prune_at` (the earliest expiry, so pruning
+    can skip until something has expired) and the expire timer (the latest) current."""
+    prune_at = profile.get("prune_at")
+    if prune_at is None or expires_at < prune_at:
+        profile["prune_at"] = expires_at
+    timers = profile["timers"]
+    if expires_at > timers.get(EXPIRE_TIMER, expires_at - 1):
+        timers[EXPIRE_TIMER] = expires_at
+
+
+def _add_to_window(profile: Profile, state: dict[str, Any], spec: WindowSignal, event: Event) -> None:
     if spec.kind == "last":
         value = event.attrs.get(spec.field) if spec.field else event.type
         if "last" not in state or event.ts >= state["last"][0]:
             state["last"] = [event.ts, value]
+            note_expiry(profile, event.ts + spec.window_ms)
         return
     if spec.kind == "distinct":
         value = event.attrs.get(spec.field) if spec.field else event.type
         if value is None:
             return
         seen: list[list[Any]] = state.setdefault("values", [])
+        note_expiry(profile, event.ts + spec.window_ms)
         for pair in seen:
             if pair[0] == value:
                 pair[1] = max(pair[1], event.ts)
@@ -125,12 +138,15 @@ def _add_to_window(state: dict[str, Any], spec: WindowSignal, event: Event) -> N
     amount = 1.0 if spec.kind == "count" else float(event.attrs.get(spec.field or "", 0) or 0)
     start = _bucket_start(spec, event.ts)
     buckets: list[list[Any]] = state.setdefault("buckets", [])
-    for bucket in buckets:
+    for bucket in reversed(buckets):  # the newest bucket is the usual one
         if bucket[0] == start:
             bucket[1] += amount
             return
+    size = spec.bucket_ms if spec.sliding else spec.window_ms
+    note_expiry(profile, start + size - 1 + spec.window_ms)
     buckets.append([start, amount])
-    buckets.sort(key=lambda b: b[0])
+    if len(buckets) > 1 and buckets[-2][0] > start:
+        buckets.sort(key=lambda b: b[0])
 
 
 def _prune_window(state: dict[str, Any], spec: WindowSignal, ref_ms: int) -> None:
@@ -163,43 +179,38 @@ def window_value(state: dict[str, Any] | None, spec: WindowSignal, ref_ms: int) 
     return int(total) if spec.kind == "count" else round(total, 2)
 
 
-def _expires_at(state: dict[str, Any], spec: Signal) -> int | None:
-    """When everything currently in this signal's state will have expired (event time)."""
-    if isinstance(spec, WindowSignal):
-        times: list[int] = []
-        size = spec.bucket_ms if spec.sliding else spec.window_ms
-        times += [b[0] + size - 1 + spec.window_ms for b in state.get("buckets", [])]
-        times += [p[1] + spec.window_ms for p in state.get("values", [])]
-        if "last" in state:
-            times.append(state["last"][0] + spec.window_ms)
-        return max(times) if times else None
-    if isinstance(spec, SessionSignal):
-        return int(state["last"]) + spec.gap_ms if state else None
-    return int(state["deadline"]) if state else None
-
-
-def _set_expire_timer(profile: Profile, signals: tuple[Signal, ...]) -> None:
-    ends = [_expires_at(profile["signals"][s.name], s) for s in signals if profile["signals"].get(s.name)]
-    ends += _caps_expiry(profile)
-    live = [e for e in ends if e is not None]
-    if live:
-        profile["timers"][EXPIRE_TIMER] = max(live)
-    else:
-        profile["timers"].pop(EXPIRE_TIMER, None)
-
-
-def _caps_expiry(profile: Profile) -> list[int | None]:
-    """Decision history (cooldowns, caps) and dedupe ids expire too; their deadlines are stored."""
-    out: list[int | None] = []
+def _expiries(profile: Profile, signals: tuple[Signal, ...]) -> list[int]:
+    """When each transient entry expires (event time). Absences are not here: each has its own timer."""
+    out: list[int] = []
+    for spec in signals:
+        state = profile["signals"].get(spec.name)
+        if not state:
+            continue
+        if isinstance(spec, WindowSignal):
+            size = spec.bucket_ms if spec.sliding else spec.window_ms
+            out += [b[0] + size - 1 + spec.window_ms for b in state.get("buckets", ())]
+            out += [p[1] + spec.window_ms for p in state.get("values", ())]
+            if "last" in state:
+                out.append(state["last"][0] + spec.window_ms)
+        elif isinstance(spec, SessionSignal):
+            out.append(int(state["last"]) + spec.gap_ms)
+    # Decision history (cooldowns, caps) and dedupe ids expire too; their deadlines are stored.
     for entries in profile["sent"].values():
         out += [e[1] for e in entries]
     out += [v[1] for v in profile["fired"].values()]
-    out += [v for v in profile["seen"].values()]
+    out += profile["seen"].values()
     return out
 
 
 def prune(profile: Profile, signals: tuple[Signal, ...], ref_ms: int) -> None:
-    """Drop every transient entry whose lifetime has ended by event time `ref_ms`."""
+    """Drop every transient entry whose lifetime has ended by event time `ref_ms`.
+
+    Free until the earliest entry expires (`prune_at`); then one pass over the transient state,
+    which also recomputes `prune_at` and the expire timer (the time everything will be gone).
+    """
+    prune_at = profile.get("prune_at")
+    if prune_at is None or ref_ms < prune_at:
+        return
     for spec in signals:
         state = profile["signals"].get(spec.name)
         if not state:
@@ -219,7 +230,13 @@ def prune(profile: Profile, signals: tuple[Signal, ...], ref_ms: int) -> None:
         del profile["fired"][rule_id]
     for event_id in [e for e, until in profile["seen"].items() if until <= ref_ms]:
         del profile["seen"][event_id]
-    _set_expire_timer(profile, signals)
+    expiries = _expiries(profile, signals)
+    if expiries:
+        profile["prune_at"] = min(expiries)
+        profile["timers"][EXPIRE_TIMER] = max(expiries)
+    else:
+        profile.pop("prune_at", None)
+        profile["timers"].pop(EXPIRE_TIMER, None)
 
 
 def fire_absences(profile: Profile, signals: tuple[Signal, ...], now_ms: int) -> list[Trigger]:
@@ -247,7 +264,7 @@ def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...])
     for spec in signals:
         if isinstance(spec, WindowSignal):
             if event.type in spec.events:
-                _add_to_window(profile["signals"].setdefault(spec.name, {}), spec, event)
+                _add_to_window(profile, profile["signals"].setdefault(spec.name, {}), spec, event)
         elif isinstance(spec, SessionSignal):
             if spec.events and event.type not in spec.events:
                 continue
@@ -260,6 +277,7 @@ def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...])
                 state["start"] = min(state["start"], event.ts)
                 state["last"] = max(state["last"], event.ts)
                 state["events"] += 1
+            note_expiry(profile, profile["signals"][spec.name]["last"] + spec.gap_ms)
         else:
             state = profile["signals"].get(spec.name)
             if event.type in spec.cancel and state and event.ts >= state["since"]:
@@ -274,11 +292,48 @@ def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...])
                 profile["timers"][ABSENCE_TIMER_PREFIX + spec.name] = deadline
 
 
-def signal_view(profile: Profile, signals: tuple[Signal, ...], ref_ms: int) -> dict[str, Any]:
+def signal_attributes(spec: Signal) -> tuple[str, ...]:
+    """The names rules use for a signal's values."""
+    if isinstance(spec, WindowSignal):
+        return (spec.name,)
+    if isinstance(spec, AbsenceSignal):
+        return (f"{spec.name}_pending",)
+    return (f"{spec.name}_active", f"{spec.name}_events", f"{spec.name}_minutes")
+
+
+_ATTRIBUTES: dict[int, tuple[Signal, tuple[str, ...]]] = {}
+
+
+def _attributes(spec: Signal) -> tuple[str, ...]:
+    """signal_attributes, memoised per spec object (specs are immutable and live as long as the rules)."""
+    hit = _ATTRIBUTES.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        hit = _ATTRIBUTES[id(spec)] = (spec, signal_attributes(spec))
+    return hit[1]
+
+
+def signals_by_event(signals: tuple[Signal, ...], event_types: Iterable[str]) -> dict[str, tuple[Signal, ...]]:
+    """For each event type, the signals an event of that type can change (so each event visits
+    only those, in declaration order)."""
+    def touches(spec: Signal, event_type: str) -> bool:
+        if isinstance(spec, WindowSignal):
+            return event_type in spec.events
+        if isinstance(spec, SessionSignal):
+            return not spec.events or event_type in spec.events
+        return event_type in spec.start or event_type in spec.cancel
+
+    return {t: tuple(s for s in signals if touches(s, t)) for t in event_types}
+
+
+def signal_view(profile: Profile, signals: tuple[Signal, ...], ref_ms: int,
+                names: frozenset[str] | None = None) -> dict[str, Any]:
     """Signal values as rules name them: `<name>` for windows, `<name>_pending` for absences,
-    `<name>_active` / `<name>_events` / `<name>_minutes` for sessions."""
+    `<name>_active` / `<name>_events` / `<name>_minutes` for sessions. With `names`, only signals
+    that have one of those names are computed."""
     view: dict[str, Any] = {}
     for spec in signals:
+        if names is not None and names.isdisjoint(_attributes(spec)):
+            continue
         state = profile["signals"].get(spec.name)
         if isinstance(spec, WindowSignal):
             view[spec.name] = window_value(state, spec, ref_ms)

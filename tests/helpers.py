@@ -22,7 +22,7 @@ DAY = 24 * HOUR
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % DAY
 
 DEFAULT_RULES_PATH = Path(operators.__file__).resolve().parent / "default_rules.toml"
-TRANSIENT_KEYS = ("signals", "timers", "seen", "sent", "fired")
+TRANSIENT_KEYS = ("signals", "timers", "seen", "sent", "fired", "prune_at")
 
 _ids = itertools.count(1)
 
