@@ -198,6 +198,9 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
             "auto.offset.reset": "error",
             # librdkafka's default 1 s backoff stalls any consumer slower than the broker.
             "fetch.queue.backoff.ms": 10,
+            # How long the broker may hold a fetch when there is no data. Kafka answers as soon as
+            # data arrives; brokers that don't (Tansu) would add up to this much latency (default 500).
+            "fetch.wait.max.ms": 20,
             "queued.max.messages.kbytes": 8192,
         })
         offset = self._start if resume_state is None else resume_state
