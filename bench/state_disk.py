@@ -20,7 +20,6 @@ first `keep_checkpoints` undo records accumulate).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from operators.config import DEFAULT_RULES_FILE
 from operators.events import EraseRequest, Event
 from operators.rules import load_rules
 from operators.shard import ResumeState, ShardContext, ShardLogic, shard_of
+from operators.store import dir_bytes
 
 T0 = 1_795_428_000_000
 _checkpoints: dict[int, int] = {}
@@ -104,16 +104,6 @@ class PacedSource(FixedPartitionedSource[Event, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Part:
         return _Part(resume_state or 0, *self.args)
 
-
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from operators.config import DEFAULT_RULES_FILE
 from operators.events import Event
 from operators.rules import load_rules
 from operators.shard import PROFILE_PREFIX, ShardContext, ShardLogic, shard_of
+from operators.store import dir_bytes
 
 T0 = 1_795_428_000_000
 # Python object overhead per cached entry on top of the value bytes: the key bytes object
@@ -55,16 +55,6 @@ LEAN_EVENTS: dict[str, tuple[str, dict[str, Any]]] = {
 def customer_key(i: int) -> str:
     return f"{i * 2654435761 % (1 << 64):016x}{i:016x}"
 
-
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
-    return total
 
 
 def average_profile_bytes(logics: dict[int, ShardLogic], sample: int = 2000) -> float:

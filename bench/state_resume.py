@@ -42,6 +42,7 @@ from operators.events import Event
 from operators.kafka_io import ensure_topics
 from operators.rules import load_rules
 from operators.shard import ShardContext, ShardLogic, shard_of
+from operators.store import dir_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_795_428_000_000
@@ -49,10 +50,6 @@ T0 = 1_795_428_000_000
 
 def customer_key(i: int) -> str:
     return f"{i * 2654435761 % (1 << 64):016x}{i:016x}"
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def build(state_dir: Path, recovery_dir: Path, customers: int, shards: int, batch: int) -> float:

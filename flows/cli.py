@@ -158,7 +158,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
 def cmd_state_info(args: argparse.Namespace) -> int:
     from operators.shard import PROFILE_PREFIX, shard_path
-    from operators.store import ShardStore
+    from operators.store import ShardStore, dir_bytes
 
     config = load_config(args.config)
     state_dir = Path(config.state.dir)
@@ -180,7 +180,7 @@ def cmd_state_info(args: argparse.Namespace) -> int:
         if args.exact:
             print(f"counted shard {shard + 1}/{config.state.shards}", file=sys.stderr, flush=True)
     recovery = Path(config.state.recovery_dir)
-    recovery_bytes = sum(f.stat().st_size for f in recovery.rglob("*") if f.is_file()) if recovery.exists() else 0
+    recovery_bytes = dir_bytes(recovery)
     info = {
         "state_dir": str(state_dir),
         "shards_configured": config.state.shards,

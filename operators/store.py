@@ -38,7 +38,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-__all__ = ["ShardStore", "StateError"]
+__all__ = ["ShardStore", "StateError", "dir_bytes"]
 
 _DATA = b"d"
 _UNDO = b"u"
@@ -81,6 +81,18 @@ def _db_options(read_only: bool = False) -> Options:
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     opts.set_block_based_table_factory(table)
     return opts
+
+
+def dir_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of every file under `path` (0 if it doesn't exist)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:  # RocksDB may delete an obsolete file while we walk
+                pass
+    return total
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:
@@ -213,13 +225,7 @@ class ShardStore:
         self._check_open()
         estimate = self._db.property_int_value("rocksdb.estimate-num-keys") or 0
         bookkeeping = (self._seq + 1 - self._oldest_undo) + (1 if self._seq > 0 else 0)
-        disk = 0
-        for root, _dirs, files in os.walk(self._path):
-            for name in files:
-                try:
-                    disk += os.path.getsize(os.path.join(root, name))
-                except OSError:  # RocksDB may delete an obsolete file while we walk
-                    pass
+        disk = dir_bytes(self._path)
         return {
             "seq": self._seq,
             "oldest_restorable_seq": self._oldest_undo - 1,
