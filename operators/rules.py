@@ -122,6 +122,11 @@ class RuleSet:
         return {name: tuple(r for r in ordered if name in r.on) for name in self.triggers}
 
     @functools.cached_property
+    def needs_by_trigger(self) -> dict[str, frozenset[str]]:
+        """Per trigger name, every attribute its candidate rules read."""
+        return {name: frozenset().union(*(r.needs for r in rules)) for name, rules in self.by_trigger.items()}
+
+    @functools.cached_property
     def signals_for_event(self) -> dict[str, tuple[Signal, ...]]:
         """The signals each event type can change."""
         return signals_by_event(self.signals, EVENT_CHANNELS)
@@ -424,7 +429,7 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger) -> tuple[Decisi
     candidates = ruleset.by_trigger.get(trigger.name)
     if not candidates:
         return None, []
-    view = rule_view(profile, ruleset, trigger, frozenset().union(*(r.needs for r in candidates)))
+    view = rule_view(profile, ruleset, trigger, ruleset.needs_by_trigger[trigger.name])
     blocked: list[Blocked] = []
     customer = profile["customer"]
     for rule in candidates:
