@@ -10,6 +10,7 @@ resume rolls RocksDB back to the seq Bytewax committed (see operators/store.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import time
@@ -38,6 +39,8 @@ _DUE = struct.Struct(">Q")
 _TIMER_CHUNK = 1000
 _TIMER_LIMIT = 20_000
 _STORE_CACHE = 256
+# Dirty profiles a shard may hold before it writes the oldest half to the store's pending set.
+_DIRTY_LIMIT = 512
 
 ResumeState = dict[str, int]
 
@@ -206,6 +209,11 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             customer, profile = live.popitem(last=False)
             if customer in self._dirty:
                 self._write(customer, profile, self._dirty.pop(customer))
+        if len(self._dirty) > _DIRTY_LIMIT:
+            # Write the longest-dirty ones now, so the epoch end (which pauses the worker) has a
+            # bounded amount of encoding left to do.
+            for customer in list(itertools.islice(self._dirty, len(self._dirty) - _DIRTY_LIMIT // 2)):
+                self._write(customer, live[customer], self._dirty.pop(customer))
 
     def _write(self, customer: str, profile: Profile, indexed: int | None) -> None:
         self.store.put(profile_key(customer), orjson.dumps(profile))
