@@ -113,10 +113,6 @@ class Config:
     parse: ParseConfig = ParseConfig()
     flow: FlowConfig = FlowConfig()
 
-    @property
-    def bootstrap_servers(self) -> str:
-        return str(self.kafka.get("bootstrap.servers", ""))
-
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or nested fields replaced: `replace(state={"shards": 4})`."""
         changes: dict[str, Any] = {}
