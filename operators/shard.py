@@ -35,8 +35,9 @@ from operators.store import ShardStore, StateError
 PROFILE_PREFIX = b"p"
 TIMER_PREFIX = b"t"
 _DUE = struct.Struct(">Q")
-# Customers handled per RocksDB multi-get when many timers fall due at once, and per activation.
+# Customers handled per RocksDB multi-get when many timers fall due at once.
 _TIMER_CHUNK = 1000
+# Due customers handled per activation; the rest wait for the next one, so a burst can't stall input.
 _TIMER_LIMIT = 20_000
 _STORE_CACHE = 256
 # Dirty profiles a shard may hold before it writes the oldest half to the store's pending set.
@@ -326,9 +327,9 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
     def erase(self, customer: str) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
-        self._live.pop(customer, None)
+        in_memory = self._live.pop(customer, None) is not None
         self._dirty.pop(customer, None)
-        existed = erase_customer(self.store, customer, self.ctx.ruleset)
+        existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self._erased += 1
         metrics.ERASURES.inc()
         log.info("customer erased", extra={"customer": customer, "shard": self.shard, "existed": existed})
