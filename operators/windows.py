@@ -8,6 +8,7 @@ used: state is per customer inside a shard, not per Bytewax key.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Union
 
@@ -36,6 +37,11 @@ class WindowSignal:
     def lifetime_ms(self) -> int:
         return self.window_ms
 
+    @functools.cached_property
+    def attributes(self) -> tuple[str, ...]:
+        """The names rules use for this signal's values."""
+        return (self.name,)
+
 
 @dataclass(frozen=True)
 class AbsenceSignal:
@@ -51,6 +57,10 @@ class AbsenceSignal:
     def lifetime_ms(self) -> int:
         return self.after_ms
 
+    @functools.cached_property
+    def attributes(self) -> tuple[str, ...]:
+        return (f"{self.name}_pending",)
+
 
 @dataclass(frozen=True)
 class SessionSignal:
@@ -63,6 +73,10 @@ class SessionSignal:
     @property
     def lifetime_ms(self) -> int:
         return self.gap_ms
+
+    @functools.cached_property
+    def attributes(self) -> tuple[str, ...]:
+        return (f"{self.name}_active", f"{self.name}_events", f"{self.name}_minutes")
 
 
 Signal = Union[WindowSignal, AbsenceSignal, SessionSignal]
@@ -292,26 +306,6 @@ def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...])
                 profile["timers"][ABSENCE_TIMER_PREFIX + spec.name] = deadline
 
 
-def signal_attributes(spec: Signal) -> tuple[str, ...]:
-    """The names rules use for a signal's values."""
-    if isinstance(spec, WindowSignal):
-        return (spec.name,)
-    if isinstance(spec, AbsenceSignal):
-        return (f"{spec.name}_pending",)
-    return (f"{spec.name}_active", f"{spec.name}_events", f"{spec.name}_minutes")
-
-
-_ATTRIBUTES: dict[int, tuple[Signal, tuple[str, ...]]] = {}
-
-
-def _attributes(spec: Signal) -> tuple[str, ...]:
-    """signal_attributes, memoised per spec object (specs are immutable and live as long as the rules)."""
-    hit = _ATTRIBUTES.get(id(spec))
-    if hit is None or hit[0] is not spec:
-        hit = _ATTRIBUTES[id(spec)] = (spec, signal_attributes(spec))
-    return hit[1]
-
-
 def signals_by_event(signals: tuple[Signal, ...], event_types: Iterable[str]) -> dict[str, tuple[Signal, ...]]:
     """For each event type, the signals an event of that type can change (so each event visits
     only those, in declaration order)."""
@@ -332,7 +326,7 @@ def signal_view(profile: Profile, signals: tuple[Signal, ...], ref_ms: int,
     that have one of those names are computed."""
     view: dict[str, Any] = {}
     for spec in signals:
-        if names is not None and names.isdisjoint(_attributes(spec)):
+        if names is not None and names.isdisjoint(spec.attributes):
             continue
         state = profile["signals"].get(spec.name)
         if isinstance(spec, WindowSignal):
