@@ -1,24 +1,37 @@
 """One state shard's key-value state in its own RocksDB directory, checkpointed in step with epochs.
 
 The stream engine only remembers a small integer `seq` per epoch. After a crash it hands back the
-last seq it committed, which can be older than what RocksDB holds, so every checkpoint also writes
-an undo record (the pre-image of each key it changed) and `rollback_to` replays those backwards.
+last seq it committed, which can be older than what RocksDB holds, so every change is written
+together with its undo entry (the key's value at the last checkpoint) and `rollback_to` replays
+those backwards.
 
-Layout inside the one DB, so a checkpoint is a single atomic WriteBatch:
+Writes are staged into RocksDB during the epoch, a few dozen keys at a time, each stage one atomic
+WriteBatch of the new values plus an undo chunk holding the pre-images of the keys it touches
+first. A checkpoint then only stages the remainder and writes the new seq, synced; that keeps the
+pause at the epoch end (when the stream engine's worker waits) small and independent of how much
+changed in the epoch. Staged writes are not committed: reopening after a crash undoes every chunk
+above the committed seq before anything else.
 
-- ``b"d" + key``            user data (callers never see the prefix)
-- ``b"mseq"``               last committed seq, 8-byte big-endian
-- ``b"u" + seq (8 bytes)``  undo record that turns state ``seq`` back into state ``seq - 1``
+Layout inside the one DB:
 
-Undo records are length-prefixed binary: per entry ``>I`` key length, key, ``>i`` value length
+- ``b"d" + key``                         user data (callers never see the prefix)
+- ``b"mseq"``                            last committed seq, 8-byte big-endian
+- ``b"u" + seq (8 bytes) + chunk (4)``   undo chunk: together, the chunks of ``seq`` turn state
+  ``seq`` back into state ``seq - 1``; every committed seq has at least one (maybe empty) chunk
+
+Undo chunks are length-prefixed binary: per entry ``>I`` key length, key, ``>i`` value length
 (-1 for "was absent"), value.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import logging
 import os
 import struct
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from types import TracebackType
@@ -43,8 +56,10 @@ __all__ = ["ShardStore", "StateError", "dir_bytes"]
 _DATA = b"d"
 _UNDO = b"u"
 _META_SEQ = b"mseq"
+_UNDO_END = b"v"  # first key after every undo chunk
 
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 _KEY_LEN = struct.Struct(">I")
 _VAL_LEN = struct.Struct(">i")
 
@@ -56,6 +71,13 @@ _MAX_WRITE_BUFFERS = 2
 _SHARED_BLOCK_CACHE_BYTES = 64 << 20
 _SHARED_MEMTABLE_BYTES = 64 << 20
 _MAX_OPEN_FILES = 64
+# How often the background syncer flushes open stores' WALs (see _WalSyncer).
+_WAL_SYNC_INTERVAL_S = 0.1
+# Pending keys that trigger a stage into RocksDB: small, so the checkpoint has little left to do.
+STAGE_KEYS = 64
+
+
+log = logging.getLogger(__name__)
 
 
 class StateError(RuntimeError):
@@ -103,8 +125,17 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _undo_key(seq: int) -> bytes:
+def _undo_key(seq: int, chunk: int) -> bytes:
+    return _UNDO + _U64.pack(seq) + _U32.pack(chunk)
+
+
+def _undo_from(seq: int) -> bytes:
+    """Lower bound of the undo chunks of `seq` and every later seq."""
     return _UNDO + _U64.pack(seq)
+
+
+def _undo_seq(key: bytes) -> int:
+    return int(_U64.unpack_from(key, len(_UNDO))[0])
 
 
 def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
@@ -138,11 +169,63 @@ def _decode_undo(blob: bytes) -> dict[bytes, bytes | None]:
     return entries
 
 
+class _WalSyncer:
+    """Flushes the write-ahead logs of open stores to disk in the background, every `interval` s.
+
+    Durability never depends on it: a checkpoint is its own synced write. What it buys is that the
+    synced write finds little left to flush (its cost grows with the bytes written since the last
+    sync), so the epoch end, when the engine's worker waits, stays short. RocksDB's FlushWAL runs
+    without the GIL, so the worker goes on meanwhile. The thread runs while any store is registered
+    and is stopped and joined at interpreter exit (a thread killed inside RocksDB aborts the process).
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._stores: weakref.WeakSet[ShardStore] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        atexit.register(self.shutdown)
+
+    def register(self, store: ShardStore) -> None:
+        with self._lock:
+            self._stores.add(store)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="nextclick-wal-sync", daemon=True)
+                self._thread.start()
+
+    def unregister(self, store: ShardStore) -> None:
+        with self._lock:
+            self._stores.discard(store)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            with self._lock:
+                stores = list(self._stores)
+                if not stores:
+                    self._thread = None
+                    return
+            for store in stores:
+                if self._stop.is_set():
+                    return
+                store._sync_wal()
+
+
+_wal_syncer = _WalSyncer(_WAL_SYNC_INTERVAL_S)
+
+
 class ShardStore:
     """Key-value state of one shard whose committed versions line up with engine epochs.
 
-    Writes stay pending in memory (and visible to reads) until `checkpoint`, so a crash loses exactly
-    the epoch the engine will replay. Not thread-safe: one shard is driven by one worker.
+    Writes are visible to reads at once and become durable only at `checkpoint`, so a crash loses
+    exactly the epoch the engine will replay. Not thread-safe: one shard is driven by one worker.
     """
 
     def __init__(
@@ -152,8 +235,10 @@ class ShardStore:
         cache_size: int = 4096,
         keep_checkpoints: int = 64,
         sync: bool = True,
+        stage_keys: int = STAGE_KEYS,
     ) -> None:
-        self._open(path, cache_size=cache_size, keep_checkpoints=keep_checkpoints, sync=sync, read_only=False)
+        self._open(path, cache_size=cache_size, keep_checkpoints=keep_checkpoints, sync=sync,
+                   stage_keys=stage_keys, read_only=False)
 
     def _open(
         self,
@@ -162,19 +247,27 @@ class ShardStore:
         cache_size: int,
         keep_checkpoints: int,
         sync: bool,
+        stage_keys: int,
         read_only: bool,
     ) -> None:
         if cache_size < 0:
             raise ValueError(f"cache_size must be >= 0, got {cache_size}")
         if keep_checkpoints < 0:
             raise ValueError(f"keep_checkpoints must be >= 0, got {keep_checkpoints}")
+        if stage_keys < 1:
+            raise ValueError(f"stage_keys must be >= 1, got {stage_keys}")
         self._path = os.fspath(path)
         self._cache_size = cache_size
         self._keep = keep_checkpoints
+        self._stage_keys = stage_keys
         self._read_only = read_only
         self._closed = True
         self._write_opts = WriteOptions()
         self._write_opts.sync = sync
+        # Held while the background WAL syncer uses the DB, and while the DB is closed or swapped.
+        self._db_lock = threading.Lock()
+        self._stage_opts = WriteOptions()
+        self._stage_opts.sync = False
         try:
             if read_only:
                 self._db = Rdict(self._path, _db_options(True), access_type=AccessType.read_only())
@@ -185,15 +278,26 @@ class ShardStore:
             mode = "read-only" if read_only else "read-write"
             raise StateError(f"cannot open shard store {self._path!r} ({mode}): {exc}") from exc
         self._closed = False
-        # key -> new value, or None for a pending delete.
+        # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
-        # Committed values only (None = known absent), so a hit never needs RocksDB.
+        # Keys staged in this epoch -> their value at the last checkpoint (their undo entry is on disk).
+        self._staged: dict[bytes, bytes | None] = {}
+        self._chunk = 0  # next undo chunk number of this epoch
+        # Values as RocksDB holds them now (None = known absent), so a hit never needs RocksDB.
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
         raw_seq = self._db.get(_META_SEQ)
         self._seq: int = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
-        # Smallest seq that still has an undo record, or seq + 1 when none is kept.
+        # Smallest seq that still has an undo chunk, or seq + 1 when none is kept.
         first_undo = next(self._iter_raw(_UNDO), None)
-        self._oldest_undo: int = _U64.unpack(first_undo[0][1:])[0] if first_undo else self._seq + 1
+        self._oldest_undo: int = min(_undo_seq(first_undo[0]), self._seq + 1) if first_undo else self._seq + 1
+        # Chunks above the committed seq are an epoch a crash interrupted: never committed.
+        if read_only:
+            # Can't undo them here: overlay their pre-images so reads see the committed state.
+            self._pending.update(self._undo_above(self._seq))
+        elif self._has_undo_above(self._seq):
+            self._undo_to(self._seq)
+        if sync and not read_only:
+            _wal_syncer.register(self)
 
     @classmethod
     def open_read_only(cls, path: str | os.PathLike[str], *, cache_size: int = 4096) -> Self:
@@ -202,7 +306,8 @@ class ShardStore:
         Sees the committed state as of opening; writes raise StateError.
         """
         store = cls.__new__(cls)
-        store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, read_only=True)
+        store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, stage_keys=STAGE_KEYS,
+                    read_only=True)
         return store
 
     # ----------------------------------------------------------------------------------------- info
@@ -217,14 +322,16 @@ class ShardStore:
         return self._path
 
     def pending_count(self) -> int:
-        """Writes that a crash would lose right now."""
-        return len(self._pending)
+        """Keys changed since the last checkpoint: what a crash would undo right now."""
+        if self._read_only:
+            return 0
+        return len(self._staged.keys() | self._pending.keys())
 
     def stats(self) -> dict[str, int]:
         """Cheap numbers for dashboards and the CLI; `keys` is RocksDB's estimate, not a count."""
         self._check_open()
         estimate = self._db.property_int_value("rocksdb.estimate-num-keys") or 0
-        bookkeeping = (self._seq + 1 - self._oldest_undo) + (1 if self._seq > 0 else 0)
+        bookkeeping = (self._seq + 1 - self._oldest_undo) + self._chunk + (1 if self._seq > 0 else 0)
         disk = dir_bytes(self._path)
         return {
             "seq": self._seq,
@@ -236,11 +343,11 @@ class ShardStore:
     # ---------------------------------------------------------------------------------------- reads
 
     def get(self, key: bytes) -> bytes | None:
-        """Current value including pending writes; None if absent."""
+        """Current value including uncommitted writes; None if absent."""
         return self.get_many([key])[0]
 
     def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]:
-        """Batch read: pending, then the clean cache, then one RocksDB multi-get for the rest."""
+        """Batch read: pending, then the cache, then one RocksDB multi-get for the rest."""
         self._check_open()
         out: list[bytes | None] = [None] * len(keys)
         missing: dict[bytes, list[int]] = {}
@@ -254,7 +361,7 @@ class ShardStore:
             else:
                 missing.setdefault(key, []).append(i)
         if missing:
-            found = self._fetch_committed(list(missing))
+            found = self._fetch(list(missing))
             for key, value in found.items():
                 for i in missing[key]:
                     out[i] = value
@@ -262,11 +369,15 @@ class ShardStore:
         return out
 
     def get_committed(self, key: bytes) -> bytes | None:
-        """The value as of the last checkpoint, ignoring pending writes (what a restore would see)."""
+        """The value as of the last checkpoint, ignoring later writes (what a restore would see)."""
         self._check_open()
+        if self._read_only:
+            return self.get(key)
+        if key in self._staged:
+            return self._staged[key]
         if key in self._cache:
             return self._cache[key]
-        return self._fetch_committed([key])[key]
+        return self._fetch([key])[key]
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Ordered (key, value) pairs under `prefix` (from `start` on), pending writes merged in.
@@ -308,59 +419,86 @@ class ShardStore:
     # --------------------------------------------------------------------------------------- writes
 
     def put(self, key: bytes, value: bytes) -> None:
-        """Stage a write; it becomes durable only at the next checkpoint."""
+        """Write now (visible to reads); durable only at the next checkpoint."""
         self._check_writable()
         self._pending[key] = value
+        if len(self._pending) >= self._stage_keys:
+            self._stage()
 
     def delete(self, key: bytes) -> None:
-        """Stage a delete; it becomes durable only at the next checkpoint."""
+        """Delete now (visible to reads); durable only at the next checkpoint."""
         self._check_writable()
         self._pending[key] = None
+        if len(self._pending) >= self._stage_keys:
+            self._stage()
 
-    def checkpoint(self) -> int:
-        """Commit pending writes plus their undo record atomically and return the new seq.
-
-        An empty checkpoint still advances seq so that seq counts engine epochs one to one.
-        """
-        self._check_writable()
-        new_seq = self._seq + 1
+    def _stage_into(self, batch: WriteBatch) -> None:
+        """Add pending writes, with an undo chunk for keys new to this epoch, to `batch`."""
         pending = self._pending
-        batch = WriteBatch(raw_mode=True)
-        if self._keep > 0:
-            pre_images: dict[bytes, bytes | None] = {}
-            unknown: list[bytes] = []
-            for key in pending:
-                if key in self._cache:
-                    pre_images[key] = self._cache[key]
-                else:
-                    unknown.append(key)
-            if unknown:
-                pre_images.update(self._fetch_committed(unknown))
-            batch.put(_undo_key(new_seq), _encode_undo(pre_images))
+        if not pending:
+            return
+        first: dict[bytes, bytes | None] = {}
+        unknown: list[bytes] = []
+        for key in pending:
+            if key in self._staged:
+                continue
+            if key in self._cache:
+                first[key] = self._cache[key]
+            else:
+                unknown.append(key)
+        if unknown:
+            first.update(self._fetch(unknown))
+        if first:
+            batch.put(_undo_key(self._seq + 1, self._chunk), _encode_undo(first))
+            self._chunk += 1
+            self._staged.update(first)
         for key, value in pending.items():
             if value is None:
                 batch.delete(_DATA + key)
             else:
                 batch.put(_DATA + key, value)
-        batch.put(_META_SEQ, _U64.pack(new_seq))
-        trim_through = min(new_seq - self._keep, new_seq - 1)
-        for old in range(self._oldest_undo, trim_through + 1):
-            batch.delete(_undo_key(old))
-        self._db.write(batch, self._write_opts)
 
-        self._seq = new_seq
-        self._oldest_undo = max(self._oldest_undo, new_seq - self._keep + 1)
-        self._pending = {}
-        for key, value in pending.items():
+    def _staged_ok(self) -> None:
+        """After the batch from `_stage_into` is written: pending writes are now RocksDB's."""
+        for key, value in self._pending.items():
             self._cache_put(key, value)
+        self._pending = {}
+
+    def _stage(self) -> None:
+        batch = WriteBatch(raw_mode=True)
+        self._stage_into(batch)
+        self._db.write(batch, self._stage_opts)
+        self._staged_ok()
+
+    def checkpoint(self) -> int:
+        """Commit this epoch's writes (and their undo chunks) with one synced write; return the new seq.
+
+        An empty checkpoint still advances seq so that seq counts engine epochs one to one.
+        """
+        self._check_writable()
+        new_seq = self._seq + 1
+        batch = WriteBatch(raw_mode=True)
+        self._stage_into(batch)
+        if self._chunk == 0:
+            batch.put(_undo_key(new_seq, 0), b"")  # every committed seq has a chunk: "nothing changed"
+        batch.put(_META_SEQ, _U64.pack(new_seq))
+        trim_through = new_seq - self._keep
+        if trim_through >= self._oldest_undo:
+            batch.delete_range(_undo_from(self._oldest_undo), _undo_from(trim_through + 1))
+        self._db.write(batch, self._write_opts)
+        self._staged_ok()
+        self._seq = new_seq
+        self._oldest_undo = max(self._oldest_undo, trim_through + 1)
+        self._staged = {}
+        self._chunk = 0
         return new_seq
 
     def rollback_to(self, seq: int) -> None:
         """Return to exactly the state committed at `seq`, the engine's last durable epoch.
 
-        A refused rollback (StateError) leaves pending writes and committed state untouched.
+        Uncommitted writes are always discarded. A refused rollback (StateError) changes nothing.
 
-        Applies the undo records above `seq` in one atomic batch, so a crash mid-rollback leaves
+        Applies the undo chunks above `seq` in one atomic batch, so a crash mid-rollback leaves
         the store at either the old or the target seq and the rollback can simply be retried.
         """
         self._check_writable()
@@ -376,35 +514,47 @@ class ShardStore:
                 f"undo records older than seq {oldest} were trimmed (keep_checkpoints={self._keep}), "
                 f"so the oldest restorable seq is {oldest}"
             )
-        self._pending = {}
-        self._cache.clear()
-        if seq == self._seq:
-            return
-        seqs = list(range(self._seq, seq, -1))  # newest first
-        blobs = cast(list[bytes | None], self._db.get([_undo_key(s) for s in seqs]))
-        restore: dict[bytes, bytes | None] = {}
-        for s, blob in zip(seqs, blobs, strict=True):
-            if blob is None:
+        seqs_with_undo = {_undo_seq(k) for k, _ in self._iter_raw(_UNDO, _undo_from(seq + 1))}
+        for s in range(seq + 1, self._seq + 1):
+            if s not in seqs_with_undo:
                 raise StateError(
                     f"shard store {self._path!r}: undo record for seq {s} is missing; cannot roll "
                     f"back from seq {self._seq} to seq {seq} (oldest restorable seq {s})"
                 )
-            # Newest first, so older pre-images overwrite newer ones: the oldest one is the target.
-            restore.update(_decode_undo(blob))
+        self._undo_to(seq)
+
+    def _undo_to(self, seq: int) -> None:
+        """Apply (and delete) every undo chunk above `seq`, staged ones included; set seq."""
+        self._pending = {}
+        self._staged = {}
+        self._chunk = 0
+        self._cache.clear()
+        restore = self._undo_above(seq)
         batch = WriteBatch(raw_mode=True)
         for key, value in restore.items():
             if value is None:
                 batch.delete(_DATA + key)
             else:
                 batch.put(_DATA + key, value)
-        for s in seqs:
-            batch.delete(_undo_key(s))
+        batch.delete_range(_undo_from(seq + 1), _UNDO_END)
         if seq > 0:
             batch.put(_META_SEQ, _U64.pack(seq))
         else:
             batch.delete(_META_SEQ)
         self._db.write(batch, self._write_opts)
         self._seq = seq
+        self._oldest_undo = min(self._oldest_undo, seq + 1)
+
+    def _undo_above(self, seq: int) -> dict[bytes, bytes | None]:
+        """Pre-images that turn the DB back into state `seq`: the oldest one of each key wins."""
+        chunks = list(self._iter_raw(_UNDO, _undo_from(seq + 1)))
+        restore: dict[bytes, bytes | None] = {}
+        for _key, blob in reversed(chunks):  # newest first, so older pre-images overwrite newer ones
+            restore.update(_decode_undo(blob))
+        return restore
+
+    def _has_undo_above(self, seq: int) -> bool:
+        return next(self._iter_raw(_UNDO, _undo_from(seq + 1)), None) is not None
 
     def erase(self, keys: Sequence[bytes]) -> None:
         """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.
@@ -418,6 +568,8 @@ class ShardStore:
         batch = WriteBatch(raw_mode=True)
         for key in doomed:
             self._pending.pop(key, None)
+            # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
+            self._staged.pop(key, None)
             batch.delete(_DATA + key)
         for raw_key, blob in self._iter_raw(_UNDO):
             entries = _decode_undo(blob)
@@ -435,7 +587,7 @@ class ShardStore:
 
         A delete in RocksDB is a tombstone: the old bytes stay in SST files, the WAL and (as file
         boundary keys) the MANIFEST until compaction. Flush, compact everything with the bottommost
-        level forced, then reopen, which starts a fresh MANIFEST and drops the old WAL. Pending
+        level forced, then reopen, which starts a fresh MANIFEST and drops the old WAL. Uncommitted
         writes are kept. Costs a full compaction of this shard, so callers batch erasures.
         """
         self._check_writable()
@@ -443,23 +595,28 @@ class ShardStore:
         options = CompactOptions()
         options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
         self._db.compact_range(None, None, options)
-        self._db.close()
-        try:
-            self._db = Rdict(self._path, _db_options())
-        except Exception as exc:  # same contract as _open
-            self._closed = True
-            raise StateError(f"cannot reopen shard store {self._path!r} after purge: {exc}") from exc
+        with self._db_lock:
+            self._db.close()
+            try:
+                self._db = Rdict(self._path, _db_options())
+            except Exception as exc:  # same contract as _open
+                self._closed = True
+                _wal_syncer.unregister(self)
+                raise StateError(f"cannot reopen shard store {self._path!r} after purge: {exc}") from exc
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Release RocksDB (and its lock); pending writes are dropped, as in a crash."""
+        """Release RocksDB (and its lock); uncommitted writes are lost (undone at the next open), as in a crash."""
         if self._closed:
             return
-        self._closed = True
+        _wal_syncer.unregister(self)
+        with self._db_lock:
+            self._closed = True
+            self._db.close()
         self._pending = {}
+        self._staged = {}
         self._cache.clear()
-        self._db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -478,6 +635,16 @@ class ShardStore:
 
     # ------------------------------------------------------------------------------------ internals
 
+    def _sync_wal(self) -> None:
+        """Called by the background syncer: push staged writes to disk ahead of the checkpoint."""
+        with self._db_lock:
+            if self._closed:
+                return
+            try:
+                self._db.flush_wal(True)
+            except Exception as exc:  # a failed sync here is retried by the checkpoint's own sync
+                log.debug("background WAL sync failed", extra={"path": self._path, "error": str(exc)})
+
     def _check_open(self) -> None:
         if self._closed:
             raise StateError(f"shard store {self._path!r} is closed")
@@ -494,7 +661,7 @@ class ShardStore:
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
 
-    def _fetch_committed(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
+    def _fetch(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
         values = cast(list[bytes | None], self._db.get([_DATA + k for k in keys]))
         return dict(zip(keys, values, strict=True))
 

@@ -244,6 +244,79 @@ def test_sigkill_after_checkpoint_keeps_exactly_last_checkpoint(tmp_path: Path) 
         assert contents(store) == {b"k%03d" % i: b"v1" for i in range(100)}
 
 
+def test_sigkill_mid_epoch_undoes_staged_writes(tmp_path: Path) -> None:
+    """Writes staged into RocksDB during an epoch are undone when the store is opened again."""
+    path = tmp_path / "s"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from operators.store import ShardStore
+        store = ShardStore({str(path)!r}, stage_keys=8)
+        for i in range(100):
+            store.put(b"k%03d" % i, b"v1")
+        store.checkpoint()
+        for i in range(100):
+            store.put(b"k%03d" % i, b"staged")
+        for i in range(100, 150):
+            store.put(b"k%03d" % i, b"new")
+        store.delete(b"k000")
+        assert store._chunk > 5, "the test needs staged chunks on disk"
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=60)
+    assert result.returncode == -9, result.stderr.decode()
+    committed = {b"k%03d" % i: b"v1" for i in range(100)}
+    ro = ShardStore.open_read_only(path)
+    try:
+        assert ro.seq == 1
+        assert contents(ro) == committed  # a reader sees the committed state, not the staged one
+        assert ro.get_many([b"k000", b"k120"]) == [b"v1", None]
+    finally:
+        ro.close()
+    with ShardStore(path) as store:
+        assert store.seq == 1
+        assert contents(store) == committed
+        assert list(store._iter_raw(b"u\x00\x00\x00\x00\x00\x00\x00\x02")) == []
+        store.put(b"k001", b"v2")
+        store.checkpoint()
+        store.rollback_to(1)
+        assert contents(store) == committed
+
+
+def test_staged_writes_read_back_and_roll_back(tmp_path: Path) -> None:
+    with ShardStore(tmp_path / "s", stage_keys=1, cache_size=0) as store:
+        store.put(b"a", b"1")
+        store.put(b"b", b"1")
+        store.checkpoint()
+        store.put(b"a", b"2")  # staged at once: in RocksDB, uncommitted
+        store.delete(b"b")
+        store.put(b"c", b"2")
+        assert store.get_many([b"a", b"b", b"c"]) == [b"2", None, b"2"]
+        assert [store.get_committed(k) for k in (b"a", b"b", b"c")] == [b"1", b"1", None]
+        assert contents(store) == {b"a": b"2", b"c": b"2"}
+        assert store.pending_count() == 3
+        store.put(b"a", b"3")  # a second write in the epoch keeps the first pre-image
+        store.rollback_to(1)
+        assert contents(store) == {b"a": b"1", b"b": b"1"}
+        assert store.pending_count() == 0
+
+
+def test_erase_mid_epoch_then_rewrite_rolls_back_to_absent(tmp_path: Path) -> None:
+    with ShardStore(tmp_path / "s", stage_keys=1) as store:
+        store.put(b"alice", b"a1")
+        store.checkpoint()
+        store.put(b"alice", b"a2")  # staged: its undo chunk holds a1
+        store.erase([b"alice"])
+        assert store.get_committed(b"alice") is None
+        store.put(b"alice", b"a3")
+        store.rollback_to(1)
+        assert store.get(b"alice") is None
+        raw = list(store._iter_raw(b""))
+    assert all(b"a1" not in v and b"a2" not in v for _, v in raw)
+
+
 def test_cache_stays_bounded_and_reads_stay_correct(tmp_path: Path) -> None:
     n = 500
     with ShardStore(tmp_path / "s", cache_size=16) as store:
@@ -273,6 +346,8 @@ def test_read_only_open_while_writer_holds_the_db(tmp_path: Path) -> None:
         writer.put(b"t1", b"x")
         writer.checkpoint()
         writer.put(b"pending", b"p")
+        writer.put(b"a", b"staged")
+        writer._stage()  # in RocksDB, not committed: readers must not see it
         with pytest.raises(StateError):
             ShardStore(path)  # a second writer is refused by RocksDB's lock
         ro = ShardStore.open_read_only(path)
@@ -291,6 +366,7 @@ def test_read_only_open_while_writer_holds_the_db(tmp_path: Path) -> None:
         finally:
             ro.close()
         assert writer.get(b"pending") == b"p"
+        assert writer.get(b"a") == b"staged"
 
 
 def test_stats_and_closed_store(tmp_path: Path) -> None:
@@ -314,6 +390,7 @@ def test_stats_and_closed_store(tmp_path: Path) -> None:
 KEYS = st.sampled_from([b"a", b"b", b"c", b"ta", b"tb", b"t\xff", b""])
 VALUES = st.binary(max_size=4)
 KEEP = 3
+STAGE = 2  # stage into RocksDB every 2 pending keys, so most writes go through an undo chunk
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -328,7 +405,7 @@ class StoreMachine(RuleBasedStateMachine):
         import tempfile
 
         self.dir = tempfile.mkdtemp(prefix="shardstore-")
-        self.store = ShardStore(self.dir, keep_checkpoints=KEEP, cache_size=3)
+        self.store = ShardStore(self.dir, keep_checkpoints=KEEP, cache_size=3, stage_keys=STAGE)
         self.snapshots: dict[int, dict[bytes, bytes]] = {0: {}}
         self.seq = 0
         self.oldest = 0
@@ -408,7 +485,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self) -> None:
         self.s.close()
-        self.store = ShardStore(self.dir, keep_checkpoints=KEEP, cache_size=3)
+        self.store = ShardStore(self.dir, keep_checkpoints=KEEP, cache_size=3, stage_keys=STAGE)
         self.pending = {}
 
     @invariant()
@@ -418,8 +495,11 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.s.seq == self.seq
         assert self.s.pending_count() == len(self.pending)
         assert self.s.stats()["oldest_restorable_seq"] == self.oldest
-        # Exactly the undo records of the window are on disk: trimming leaves nothing behind.
-        assert len(list(self.s._iter_raw(b"u"))) == self.seq - self.oldest
+        # Exactly the committed seqs of the window have undo chunks: trimming leaves nothing behind.
+        # (Chunks above seq belong to the epoch in progress.)
+        seqs = {int.from_bytes(k[1:9], "big") for k, _ in self.s._iter_raw(b"u")}
+        assert {s for s in seqs if s <= self.seq} == set(range(self.oldest + 1, self.seq + 1))
+        assert all(s == self.seq + 1 for s in seqs if s > self.seq)
 
 
 StoreMachine.TestCase.settings = settings(
