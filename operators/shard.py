@@ -40,10 +40,12 @@ _TIMER_CHUNK = 1000
 # Due customers handled per activation; the rest wait for the next one, so a burst can't stall input.
 _TIMER_LIMIT = 20_000
 _STORE_CACHE = 256
-# Dirty profiles a shard may hold before it writes the oldest half to the store's pending set.
-_DIRTY_LIMIT = 512
+# Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half.
+# Whatever is dirty at the epoch end is encoded while the worker waits, so this bounds that pause.
+_DIRTY_LIMIT = 32
 
 ResumeState = dict[str, int]
+_CLEAN: Any = object()  # `_dirty` has no entry: the profile is as the store holds it
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +197,16 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         return out, created
 
     def _changing(self, profiles: dict[str, Profile]) -> None:
-        """Call before changing these profiles: remember the due time their stored copy is indexed under."""
+        """Call before changing these profiles: remember the due time their stored copy is indexed under.
+
+        `_dirty` is kept in order of last change, so the profiles written early are the ones least
+        likely to change again before the epoch ends.
+        """
         ruleset = self.ctx.ruleset
+        dirty = self._dirty
         for customer, profile in profiles.items():
-            if customer not in self._dirty:
-                self._dirty[customer] = due_at(profile, ruleset)
+            indexed = dirty.pop(customer, _CLEAN)
+            dirty[customer] = due_at(profile, ruleset) if indexed is _CLEAN else indexed
 
     def _changed(self, profiles: dict[str, Profile]) -> None:
         ruleset = self.ctx.ruleset
@@ -211,8 +218,6 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             if customer in self._dirty:
                 self._write(customer, profile, self._dirty.pop(customer))
         if len(self._dirty) > _DIRTY_LIMIT:
-            # Write the longest-dirty ones now, so the epoch end (which pauses the worker) has a
-            # bounded amount of encoding left to do.
             for customer in list(itertools.islice(self._dirty, len(self._dirty) - _DIRTY_LIMIT // 2)):
                 self._write(customer, live[customer], self._dirty.pop(customer))
 
