@@ -7,7 +7,11 @@ The flow is exactly `flows.main`'s (`build_flow(load_config())`, configured by `
 * `ShardLogic.snapshot` timed (start, duration) per shard, per call - the same span the per-process
   `nextclick_checkpoint_seconds` histogram observes;
 * at exit, a JSON file `BENCH_STATS_FILE` (`{pid}` is replaced) with the import and exit times, the
-  snapshot timings and the histogram's sum/count.
+  snapshot timings and the histogram's sum/count;
+* with `BENCH_PROBES=1`, the flow's own share of each probe's latency: the wall time its input
+  partition handed the event to Bytewax and the time its decision was handed to the Kafka producer
+  (`probes` in the stats file, as `[seq, received_ns, handed_ns]`). Probe events are keyed
+  `probe-<seq>` and their decisions carry `trigger.id` `L<seq>-<send ns>` (bench/workload.py).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import orjson
 
 from flows.targeting import build_flow
-from operators import metrics
+from operators import kafka_io, metrics
 from operators.config import load_config
 from operators.logs import configure_logging
 from operators.shard import ResumeState, ShardLogic
@@ -42,6 +46,36 @@ def _timed_snapshot(self: ShardLogic) -> ResumeState:
 ShardLogic.snapshot = _timed_snapshot  # type: ignore[method-assign]
 
 
+_probe_received: dict[int, int] = {}
+_probes: list[tuple[int, int, int]] = []
+_original_next_batch = kafka_io._KafkaPartition.next_batch
+_original_write_batch = kafka_io._SinkPartition.write_batch
+
+
+def _probe_next_batch(self: kafka_io._KafkaPartition) -> list[kafka_io.RawMessage]:
+    batch = _original_next_batch(self)
+    now = time.time_ns()
+    for msg in batch:
+        if msg.key is not None and msg.key.startswith(b"probe-"):
+            _probe_received[int(msg.key[6:])] = now
+    return batch
+
+
+def _probe_write_batch(self: kafka_io._SinkPartition, values: list[kafka_io.OutMessage]) -> None:
+    now = time.time_ns()
+    for m in values:
+        trigger = orjson.loads(m.value or b"{}").get("trigger") or {}
+        seq, _, _ = str(trigger.get("id", "")).partition("-")
+        if seq.startswith("L") and seq[1:].isdigit() and int(seq[1:]) in _probe_received:
+            _probes.append((int(seq[1:]), _probe_received.pop(int(seq[1:])), now))
+    _original_write_batch(self, values)
+
+
+if os.environ.get("BENCH_PROBES"):
+    kafka_io._KafkaPartition.next_batch = _probe_next_batch  # type: ignore[method-assign]
+    kafka_io._SinkPartition.write_batch = _probe_write_batch  # type: ignore[method-assign]
+
+
 def _histogram() -> dict[str, float]:
     out: dict[str, float] = {}
     for metric in metrics.CHECKPOINT_SECONDS.collect():
@@ -60,7 +94,8 @@ def _dump() -> None:
     stats: dict[str, Any] = {"pid": os.getpid(), "started": STARTED, "ended": time.time(),
                              "snapshots": _timings, "checkpoint_histogram": _histogram(),
                              "events": sum(metrics.counter_values(metrics.EVENTS).values()),
-                             "decisions": sum(metrics.counter_values(metrics.DECISIONS).values())}
+                             "decisions": sum(metrics.counter_values(metrics.DECISIONS).values()),
+                             "probes": _probes}
     with open(path.replace("{pid}", str(os.getpid())), "wb") as fh:
         fh.write(orjson.dumps(stats))
 

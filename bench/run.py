@@ -17,7 +17,11 @@ clock starts, to the single topic `bench.events`, 4 partitions). Then, each with
 
 Latency: per process count, the flow runs tailing on a fresh topic while a producer thread offers
 50% of that count's measured (a) rate and a consumer reads the decisions; latency is decision receive
-time minus the send time carried in the trigger's event id (both clocks are this process's).
+time minus the send time carried in the trigger's event id (both clocks are this process's). The
+flow also records, for probe events, when its input partition handed the event to Bytewax and when
+the decision was handed to the producer: the flow's own share. The same load then goes through
+bench.relay (the flow's Kafka client settings, nothing in between) to measure what the broker and
+the two client hops cost by themselves.
 
 `--profile` adds one more 1-process (a) run under `py-spy record` and summarises where time goes.
 """
@@ -51,7 +55,7 @@ from operators.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
 from operators.decisions import encode_decision
 from operators.engine import on_event
 from operators.events import Event, SourcePosition
-from operators.kafka_io import ensure_topics
+from operators.kafka_io import ensure_topics, sink_producer_config
 from operators.parse import parse_message
 from operators.profile import Profile, new_profile
 from operators.rules import load_rules
@@ -109,8 +113,7 @@ def _consumer(bootstrap: str, topic: str, partitions: int, **extra: Any) -> Cons
 
 def _flow_producer(bootstrap: str) -> Producer:
     # The flow's own sink settings (operators/kafka_io.shared_producer).
-    return Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True,
-                     "compression.type": "lz4"})
+    return Producer(sink_producer_config({"bootstrap.servers": bootstrap}))
 
 
 def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
@@ -223,49 +226,13 @@ def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
 
 # -- (a) the flow in subprocesses -------------------------------------------------------------------
 
-class FlowRun:
-    """`processes` bytewax.run subprocesses of bench.flow_entry:flow with a fresh state and recovery dir."""
+class ProcessGroup:
+    """Subprocesses run from the repository root, with peak RSS sampling, a stop file and logs."""
 
-    def __init__(self, s: Settings, bootstrap: str, work: Path, name: str, processes: int, *,
-                 input_topic: str, decisions_topic: str, stop_at_end: bool,
-                 wrap: list[str] | None = None) -> None:
-        self.dir = work / name
-        self.dir.mkdir(parents=True)
-        recovery = self.dir / "recovery"
-        recovery.mkdir()
-        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
-                       capture_output=True)
+    def __init__(self, directory: Path, commands: list[list[str]], env: dict[str, str]) -> None:
+        self.dir = directory
         self.stop_file = self.dir / "STOP"
-        # The flow also reads a control topic (erasure commands) and writes dead letters: its own, empty.
-        control_topic = f"{decisions_topic}.control"
-        ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{decisions_topic}.dlq": 1})
-        env = {**os.environ,
-               "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-               "NEXTCLICK_TOPICS__INPUTS": input_topic,
-               "NEXTCLICK_TOPICS__DECISIONS": decisions_topic,
-               "NEXTCLICK_TOPICS__DEAD_LETTER": f"{decisions_topic}.dlq",
-               "NEXTCLICK_TOPICS__CONTROL": control_topic,
-               "NEXTCLICK_STATE__DIR": str(self.dir / "state"),
-               "NEXTCLICK_STATE__RECOVERY_DIR": str(recovery),
-               "NEXTCLICK_STATE__SHARDS": str(s.shards),
-               "NEXTCLICK_STATE__SYNC": "true" if s.sync else "false",
-               "NEXTCLICK_PRIVACY__DEMO": "true",
-               "NEXTCLICK_FLOW__STOP_AT_END": "true" if stop_at_end else "false",
-               "NEXTCLICK_FLOW__EPOCH_SECONDS": str(s.epoch_seconds),
-               "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
-               "NEXTCLICK_LOG_LEVEL": "WARNING",
-               **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
-               "BENCH_STATS_FILE": str(self.dir / "stats-{pid}.json"),
-               "BENCH_STOP_FILE": str(self.stop_file),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-        base = [sys.executable, "-m", "bytewax.run", "bench.flow_entry:flow", "-r", str(recovery),
-                "-s", str(s.epoch_seconds), "-b", "0"]
-        if processes > 1:
-            addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-            commands = [base + ["-i", str(i), "-a", addresses] for i in range(processes)]
-        else:
-            commands = [base]
-        self.commands = [(wrap or []) + c for c in commands]
+        self.commands = commands
         self.started = time.time()
         self.procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=open(self.dir / f"out-{i}.log", "wb"),
                                        stderr=subprocess.STDOUT)
@@ -280,7 +247,7 @@ class FlowRun:
             try:
                 _check_broker()
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"flow run {self.dir.name} did not finish within {timeout:.0f}s")
+                    raise RuntimeError(f"run {self.dir.name} did not finish within {timeout:.0f}s")
             except RuntimeError:
                 for q in self.procs:
                     q.kill()
@@ -291,13 +258,73 @@ class FlowRun:
         bad = [(i, p.returncode) for i, p in enumerate(self.procs) if p.returncode != 0]
         if bad:
             logs = "\n".join((self.dir / f"out-{i}.log").read_text(errors="replace")[-3000:] for i, _ in bad)
-            raise RuntimeError(f"flow run {self.dir.name} failed: {bad}\n{logs}")
+            raise RuntimeError(f"run {self.dir.name} failed: {bad}\n{logs}")
 
     def request_stop(self) -> None:
         self.stop_file.touch()
 
+
+def _python_env() -> dict[str, str]:
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
+class FlowRun(ProcessGroup):
+    """`processes` bytewax.run subprocesses of bench.flow_entry:flow with a fresh state and recovery dir."""
+
+    def __init__(self, s: Settings, bootstrap: str, work: Path, name: str, processes: int, *,
+                 input_topic: str, decisions_topic: str, stop_at_end: bool,
+                 wrap: list[str] | None = None, probes: bool = False) -> None:
+        directory = work / name
+        directory.mkdir(parents=True)
+        recovery = directory / "recovery"
+        recovery.mkdir()
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery), "1"], check=True,
+                       capture_output=True)
+        # The flow also reads a control topic (erasure commands) and writes dead letters: its own, empty.
+        control_topic = f"{decisions_topic}.control"
+        ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{decisions_topic}.dlq": 1})
+        env = {**_python_env(),
+               "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+               "NEXTCLICK_TOPICS__INPUTS": input_topic,
+               "NEXTCLICK_TOPICS__DECISIONS": decisions_topic,
+               "NEXTCLICK_TOPICS__DEAD_LETTER": f"{decisions_topic}.dlq",
+               "NEXTCLICK_TOPICS__CONTROL": control_topic,
+               "NEXTCLICK_STATE__DIR": str(directory / "state"),
+               "NEXTCLICK_STATE__RECOVERY_DIR": str(recovery),
+               "NEXTCLICK_STATE__SHARDS": str(s.shards),
+               "NEXTCLICK_STATE__SYNC": "true" if s.sync else "false",
+               "NEXTCLICK_PRIVACY__DEMO": "true",
+               "NEXTCLICK_FLOW__STOP_AT_END": "true" if stop_at_end else "false",
+               "NEXTCLICK_FLOW__EPOCH_SECONDS": str(s.epoch_seconds),
+               "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
+               "NEXTCLICK_LOG_LEVEL": "WARNING",
+               **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
+               "BENCH_STATS_FILE": str(directory / "stats-{pid}.json"),
+               "BENCH_STOP_FILE": str(directory / "STOP"),
+               **({"BENCH_PROBES": "1"} if probes else {})}
+        base = [sys.executable, "-m", "bytewax.run", "bench.flow_entry:flow", "-r", str(recovery),
+                "-s", str(s.epoch_seconds), "-b", "0"]
+        if processes > 1:
+            addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+            commands = [base + ["-i", str(i), "-a", addresses] for i in range(processes)]
+        else:
+            commands = [base]
+        super().__init__(directory, [(wrap or []) + c for c in commands], env)
+
     def stats(self) -> list[dict[str, Any]]:
         return [orjson.loads(f.read_bytes()) for f in sorted(self.dir.glob("stats-*.json"))]
+
+
+class RelayRun(ProcessGroup):
+    """bench.relay in a subprocess: the broker and client hops alone, under the same offered load."""
+
+    def __init__(self, s: Settings, bootstrap: str, work: Path, name: str, *, source: str, sink: str) -> None:
+        directory = work / name
+        directory.mkdir(parents=True)
+        command = [sys.executable, "-m", "bench.relay", "--bootstrap", bootstrap, "--source", source,
+                   "--sink", sink, "--partitions", str(s.partitions), "--stop-file", str(directory / "STOP")]
+        super().__init__(directory, [command], _python_env())
 
 
 def checkpoint_summary(stats: list[dict[str, Any]], epoch_seconds: float) -> dict[str, Any]:
@@ -346,17 +373,17 @@ def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic:
 
 # -- latency ---------------------------------------------------------------------------------------
 
-def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: float) -> dict[str, Any]:
-    tag = f"bench.lat{processes}.{s.run_id}"
-    in_topic, out_topic = f"{tag}.events", f"{tag}.decisions"
-    ensure_topics({"bootstrap.servers": bootstrap},
-                  {in_topic: s.partitions, out_topic: s.partitions, f"{out_topic}.dlq": 1})
-    run = FlowRun(s, bootstrap, work, f"lat{processes}", processes, input_topic=in_topic,
-                  decisions_topic=out_topic, stop_at_end=False)
-    samples: list[tuple[float, float]] = []  # (send time s since phase start, latency s)
+def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: str, rate: float,
+                       run: ProcessGroup, seed: int) -> tuple[list[tuple[int, int, int]], int]:
+    """Offer `rate` ev/s of live events to `in_topic` for s.latency_seconds; read `out_topic` meanwhile.
+
+    Returns (seq, send ns, receive ns) for every output message that carries a `LiveEvents` id
+    (a decision's `trigger.id`, or a relayed event's own `event_id`) sent after the warm-up, and the
+    number of events sent. Stops `run` at the end.
+    """
+    received: list[tuple[int, int, int]] = []
     done = threading.Event()
     sending = threading.Event()
-    phase_start = time.time()
     sent = [0]
 
     def consume() -> None:
@@ -366,16 +393,17 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
             for msg in consumer.consume(500, 0.05):
                 if msg.error() is not None:
                     continue
-                received = time.time_ns()
-                trigger = orjson.loads(msg.value() or b"{}").get("trigger", {}).get("id", "")
-                sent_ns = workload.send_ns_of(trigger)
-                if sent_ns is not None:
-                    samples.append((sent_ns / 1e9 - phase_start, (received - sent_ns) / 1e9))
+                now = time.time_ns()
+                body = orjson.loads(msg.value() or b"{}")
+                live_id = (body.get("trigger") or {}).get("id") or body.get("event_id") or ""
+                parsed = workload.parse_live_id(str(live_id))
+                if parsed is not None:
+                    received.append((parsed[0], parsed[1], now))
         consumer.close()
 
     def produce() -> None:
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4"})
-        live = workload.LiveEvents(s.customers, seed=s.seed + processes)
+        live = workload.LiveEvents(s.customers, seed=seed)
         tick = 0.01
         next_tick = time.monotonic()
         owed = 0.0
@@ -395,21 +423,21 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
 
     consumer_thread = threading.Thread(target=consume, daemon=True)
     consumer_thread.start()
-    # Ready = the flow answers: send probes at a trickle until one decision comes back.
-    warm = workload.LiveEvents(s.customers, seed=s.seed + 100, probe_every=1)
+    # Ready = an answer comes back: send probes at a trickle until one does. Their seqs are far from
+    # the measured stream's, so no measured probe customer has been seen before.
+    warm = workload.LiveEvents(s.customers, seed=seed + 100, probe_every=1, first_seq=10**12)
     warm_producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     deadline = time.monotonic() + 120
-    while not samples and time.monotonic() < deadline:
+    while not received and time.monotonic() < deadline:
         key, value = warm.next()
         _produce(warm_producer, in_topic, value, key)
         warm_producer.flush(5)
         time.sleep(0.2)
-    if not samples:
+    if not received:
         run.request_stop()
         run.wait(60)
-        raise RuntimeError("latency phase: the flow produced no decision within 120 s")
-    phase_start = time.time()
-    samples.clear()
+        raise RuntimeError(f"latency phase ({run.dir.name}): no answer within 120 s")
+    measure_from = time.time_ns() + int(s.latency_warmup_seconds * 1e9)
     sending.set()
     producer_thread = threading.Thread(target=produce, daemon=True)
     producer_thread.start()
@@ -417,18 +445,65 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
     _check_broker()
     sending.clear()
     producer_thread.join()
-    time.sleep(2.0)  # let the tail of the decisions arrive
+    time.sleep(2.0)  # let the tail arrive
     done.set()
     consumer_thread.join()
     run.request_stop()
     run.wait(120)
-    steady = sorted(lat for t, lat in samples if t >= s.latency_warmup_seconds)
-    return {"processes": processes, "offered_rate": rate, "sent": sent[0],
-            "sent_rate": sent[0] / s.latency_seconds, "seconds": s.latency_seconds,
-            "warmup_excluded_s": s.latency_warmup_seconds, "decisions_measured": len(steady),
-            "p50_ms": _ms(_percentile(steady, 0.50)), "p95_ms": _ms(_percentile(steady, 0.95)),
-            "p99_ms": _ms(_percentile(steady, 0.99)), "max_ms": _ms(steady[-1] if steady else None),
-            "peak_rss_bytes": run.peak_rss, "series": [(round(t, 4), round(lat * 1000, 3)) for t, lat in samples]}
+    phase = [r for r in received if r[0] < 10**12]
+    if phase:
+        start = min(sent_ns for _, sent_ns, _ in phase)
+        measure_from = max(measure_from, start + int(s.latency_warmup_seconds * 1e9))
+    return [r for r in phase if r[1] >= measure_from], sent[0]
+
+
+def _summary(latencies_s: list[float]) -> dict[str, Any]:
+    values = sorted(latencies_s)
+    return {"count": len(values), "p50_ms": _ms(_percentile(values, 0.50)),
+            "p95_ms": _ms(_percentile(values, 0.95)), "p99_ms": _ms(_percentile(values, 0.99)),
+            "max_ms": _ms(values[-1] if values else None)}
+
+
+def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: float) -> dict[str, Any]:
+    """Event-to-decision latency through the flow, split into the flow's own share and the two hops."""
+    tag = f"bench.lat{processes}.{s.run_id}"
+    in_topic, out_topic = f"{tag}.events", f"{tag}.decisions"
+    ensure_topics({"bootstrap.servers": bootstrap},
+                  {in_topic: s.partitions, out_topic: s.partitions, f"{out_topic}.dlq": 1})
+    run = FlowRun(s, bootstrap, work, f"lat{processes}", processes, input_topic=in_topic,
+                  decisions_topic=out_topic, stop_at_end=False, probes=True)
+    samples, sent = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
+    stats = run.stats()
+    inside = {seq: (received, handed) for st in stats for seq, received, handed in st.get("probes", [])}
+    joined = [(sent_ns, inside[seq], got) for seq, sent_ns, got in samples if seq in inside]
+    start = min((sent_ns for _, sent_ns, _ in samples), default=0)
+    e2e = _summary([(got - sent_ns) / 1e9 for _, sent_ns, got in samples])
+    return {"processes": processes, "offered_rate": rate, "sent": sent, "sent_rate": sent / s.latency_seconds,
+            "seconds": s.latency_seconds, "warmup_excluded_s": s.latency_warmup_seconds,
+            "decisions_measured": len(samples),
+            **{k: e2e[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
+            "in_flow": _summary([(handed - received) / 1e9 for _, (received, handed), _ in joined]),
+            "input_hop": _summary([(received - sent_ns) / 1e9 for sent_ns, (received, _), _ in joined]),
+            "output_hop": _summary([(got - handed) / 1e9 for _, (_, handed), got in joined]),
+            "checkpoint": checkpoint_summary(stats, s.epoch_seconds),
+            "peak_rss_bytes": run.peak_rss,
+            "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
+                       for _, sent_ns, got in samples],
+            "in_flow_series": [(round((sent_ns - start) / 1e9, 4), round((handed - received) / 1e6, 3))
+                               for sent_ns, (received, handed), _ in joined]}
+
+
+def run_relay_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: float) -> dict[str, Any]:
+    """The same offered load through bench.relay: what the broker and client hops cost alone."""
+    tag = f"bench.relay{processes}.{s.run_id}"
+    in_topic, out_topic = f"{tag}.events", f"{tag}.out"
+    ensure_topics({"bootstrap.servers": bootstrap}, {in_topic: s.partitions, out_topic: s.partitions})
+    run = RelayRun(s, bootstrap, work, f"relay{processes}", source=in_topic, sink=out_topic)
+    samples, sent = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
+    start = min((sent_ns for _, sent_ns, _ in samples), default=0)
+    return {"offered_rate": rate, "sent": sent, **_summary([(got - sent_ns) / 1e9 for _, sent_ns, got in samples]),
+            "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
+                       for _, sent_ns, got in samples[::10]]}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -498,6 +573,12 @@ def _cpu_model() -> str | None:
     return None
 
 
+def _triple(summary: dict[str, Any] | None) -> str:
+    if not summary or summary.get("p50_ms") is None:
+        return "n/a"
+    return f"{summary['p50_ms']:.0f} / {summary['p95_ms']:.0f} / {summary['p99_ms']:.0f}"
+
+
 def markdown(result: dict[str, Any]) -> str:
     b = result["ceiling_b"]["events_per_s"]
     c = result["passthrough_c"]["events_per_s"]
@@ -506,20 +587,33 @@ def markdown(result: dict[str, Any]) -> str:
              f"Python {result['machine']['python']}, bytewax {result['machine']['versions']['bytewax']}",
              "",
              "| processes | a flow ev/s | a (excl. start-up) ev/s | b ceiling ev/s | c pass-through ev/s "
-             "| a/b | a/c | latency p50 / p95 / p99 ms (offered ev/s) | peak RSS MiB | checkpoint per epoch "
-             "mean / max ms (epochs) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| a/b | a/c | peak RSS MiB | checkpoint per epoch mean / max ms (epochs) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in result["settings"]["processes"]:
         a = result["flow_a"][str(p)]
-        lat = result["latency"].get(str(p), {})
         cp = a["checkpoint"]
-        lat_text = (f"{lat['p50_ms']} / {lat['p95_ms']} / {lat['p99_ms']} ({lat['offered_rate']:,.0f})"
-                    if lat and lat.get("p50_ms") is not None else "n/a")
         cp_text = (f"{1000 * cp['per_epoch_mean_s']:.1f} / {1000 * cp['per_epoch_max_s']:.1f} ({cp['epochs']})"
                    if cp["per_epoch_mean_s"] is not None else "n/a")
         lines.append(f"| {p} | {a['events_per_s']:,.0f} | {a['events_per_s_flow_only']:,.0f} | {b:,.0f} | {c:,.0f} "
-                     f"| {a['events_per_s'] / b:.2f} | {a['events_per_s'] / c:.2f} | {lat_text} "
+                     f"| {a['events_per_s'] / b:.2f} | {a['events_per_s'] / c:.2f} "
                      f"| {a['peak_rss_bytes'] / 2**20:,.0f} | {cp_text} |")
+    lines += ["", "Latency at 50% of (a), p50 / p95 / p99 ms. End to end = event sent -> decision received; "
+              "in the flow = the input partition hands the event to Bytewax -> its decision is handed to the "
+              "producer; broker relay = the same load through bench.relay (the flow's Kafka clients, nothing "
+              "in between).", "",
+              "| processes | offered ev/s | end to end | in the flow | input hop | output hop | broker relay alone "
+              "| checkpoint per epoch mean / max ms |",
+              "|---|---|---|---|---|---|---|---|"]
+    for p in result["settings"]["processes"]:
+        lat = result["latency"].get(str(p))
+        if not lat:
+            continue
+        cp = lat.get("checkpoint") or {}
+        cp_text = (f"{1000 * cp['per_epoch_mean_s']:.1f} / {1000 * cp['per_epoch_max_s']:.1f}"
+                   if cp.get("per_epoch_mean_s") is not None else "n/a")
+        lines.append(f"| {p} | {lat['offered_rate']:,.0f} | {_triple(lat)} | {_triple(lat.get('in_flow'))} "
+                     f"| {_triple(lat.get('input_hop'))} | {_triple(lat.get('output_hop'))} "
+                     f"| {_triple(lat.get('relay'))} | {cp_text} |")
     if result.get("profile"):
         prof = result["profile"]
         lines += ["", f"py-spy, 1 process ({prof['samples']} samples), top self time:", ""]
@@ -533,18 +627,24 @@ def plot_latency(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for p, lat in sorted(result["latency"].items()):
-        series = lat.get("series") or []
-        if series:
-            ax.plot([t for t, _ in series], [ms for _, ms in series], ".", markersize=2,
-                    label=f"{p} process(es) @ {lat['offered_rate']:,.0f} ev/s (p99 {lat['p99_ms']} ms)")
+        rate = f"{lat['offered_rate']:,.0f} ev/s"
+        for key, label, marker in (("series", "end to end", "."), ("in_flow_series", "in the flow", "x")):
+            series = lat.get(key) or []
+            if series:
+                ax.plot([t for t, _ in series], [ms for _, ms in series], marker, markersize=2,
+                        label=f"{p} process(es) @ {rate}, {label}")
+        relay = (lat.get("relay") or {}).get("series") or []
+        if relay:
+            ax.plot([t for t, _ in relay], [ms for _, ms in relay], "+", markersize=2, alpha=0.5,
+                    label=f"broker relay alone @ {rate} (every 10th message)")
     ax.set_xlabel("seconds since the offered load started")
-    ax.set_ylabel("event -> decision latency (ms)")
+    ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
-    ax.set_title("nextclick event-to-decision latency at 50% of max throughput")
+    ax.set_title("nextclick latency at 50% of max throughput: end to end, in the flow, and the broker alone")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7, markerscale=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -604,10 +704,12 @@ def run(s: Settings) -> dict[str, Any]:
         result["latency"] = {}
         for p in s.processes:
             rate = 0.5 * result["flow_a"][str(p)]["events_per_s_flow_only"]
-            result["latency"][str(p)] = run_latency(s, bootstrap, work, p, rate)
-            lat = result["latency"][str(p)]
-            print(f"latency, {p} process(es) @ {rate:,.0f} ev/s: p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, "
-                  f"p99 {lat['p99_ms']} ms", flush=True)
+            result["latency"][str(p)] = lat = run_latency(s, bootstrap, work, p, rate)
+            lat["relay"] = run_relay_latency(s, bootstrap, work, p, rate)
+            print(f"latency, {p} process(es) @ {rate:,.0f} ev/s: end to end p50/p95/p99 {lat['p50_ms']} / "
+                  f"{lat['p95_ms']} / {lat['p99_ms']} ms; in the flow {lat['in_flow']['p50_ms']} / "
+                  f"{lat['in_flow']['p95_ms']} / {lat['in_flow']['p99_ms']} ms; broker relay alone "
+                  f"{lat['relay']['p50_ms']} / {lat['relay']['p95_ms']} / {lat['relay']['p99_ms']} ms", flush=True)
         if s.profile:
             raw = s.out / f"{stamp}-pyspy.txt"
             result["profile"] = run_profile(s, bootstrap, work, out_topics["profile"], raw)

@@ -133,14 +133,14 @@ class LiveEvents:
     new customer, so those events always yield a decision.
     """
 
-    def __init__(self, customers: int, *, seed: int = 7, probe_every: int = 10) -> None:
+    def __init__(self, customers: int, *, seed: int = 7, probe_every: int = 10, first_seq: int = 0) -> None:
         self._rng = random.Random(seed)
         self._cdf = zipf_cdf(customers)
         self._types = [t for t, _ in MIX]
         self._type_cdf = list(itertools.accumulate(w for _, w in MIX))
         self._customers = customers
         self._probe_every = probe_every
-        self._seq = 0
+        self._seq = first_seq  # separate streams (warm-up, measurement) never share a probe customer
 
     def next(self) -> tuple[bytes, bytes]:
         rng = self._rng
@@ -161,7 +161,13 @@ class LiveEvents:
 
 def send_ns_of(trigger_id: str) -> int | None:
     """The send time a `LiveEvents` id carries, or None for any other id."""
-    if not trigger_id.startswith("L"):
+    parsed = parse_live_id(trigger_id)
+    return None if parsed is None else parsed[1]
+
+
+def parse_live_id(event_id: str) -> tuple[int, int] | None:
+    """(seq, send ns) of a `LiveEvents` id `L<seq>-<send ns>`, or None for any other id."""
+    if not event_id.startswith("L"):
         return None
-    _, _, ns = trigger_id.partition("-")
-    return int(ns) if ns.isdigit() else None
+    seq, _, ns = event_id[1:].partition("-")
+    return (int(seq), int(ns)) if seq.isdigit() and ns.isdigit() else None

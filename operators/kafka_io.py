@@ -104,6 +104,28 @@ def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s
                 raise
 
 
+def source_consumer_config(kafka: Mapping[str, str], group_id: str, *, stop_at_end: bool = False) -> dict[str, Any]:
+    """Settings of the consumer behind each input partition (offsets are ours, never committed)."""
+    return client_config(kafka, **{
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.partition.eof": stop_at_end,
+        # Report an out-of-range offset to us instead of silently jumping to the end.
+        "auto.offset.reset": "error",
+        # librdkafka's default 1 s backoff stalls any consumer slower than the broker.
+        "fetch.queue.backoff.ms": 10,
+        # How long the broker may hold a fetch when there is no data. Kafka answers as soon as
+        # data arrives; brokers that don't (Tansu) would add up to this much latency (default 500).
+        "fetch.wait.max.ms": 20,
+        "queued.max.messages.kbytes": 8192,
+    })
+
+
+def sink_producer_config(kafka: Mapping[str, str]) -> dict[str, Any]:
+    """Settings of the producer every sink partition shares."""
+    return client_config(kafka, **{"linger.ms": 5, "enable.idempotence": True, "compression.type": "lz4"})
+
+
 class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
                  batch_size: int, stop: threading.Event | None, stop_at_end: bool) -> None:
@@ -190,19 +212,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         topic, _, partition = for_part.rpartition("#")
-        config = client_config(self._kafka, **{
-            "group.id": self._group_id,
-            "enable.auto.commit": False,
-            "enable.partition.eof": self._stop_at_end,
-            # Report an out-of-range offset to us instead of silently jumping to the end.
-            "auto.offset.reset": "error",
-            # librdkafka's default 1 s backoff stalls any consumer slower than the broker.
-            "fetch.queue.backoff.ms": 10,
-            # How long the broker may hold a fetch when there is no data. Kafka answers as soon as
-            # data arrives; brokers that don't (Tansu) would add up to this much latency (default 500).
-            "fetch.wait.max.ms": 20,
-            "queued.max.messages.kbytes": 8192,
-        })
+        config = source_consumer_config(self._kafka, self._group_id, stop_at_end=self._stop_at_end)
         offset = self._start if resume_state is None else resume_state
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
                                self._stop_at_end)
@@ -218,9 +228,7 @@ def shared_producer(kafka: Mapping[str, str]) -> Producer:
     with _producers_lock:
         producer = _producers.get(key)
         if producer is None:
-            producer = Producer(client_config(kafka, **{
-                "linger.ms": 5, "enable.idempotence": True, "compression.type": "lz4",
-            }))
+            producer = Producer(sink_producer_config(kafka))
             _producers[key] = producer
         return producer
 

@@ -29,8 +29,11 @@ def test_workload_mix_and_contract() -> None:
         assert e["event_id"] and e["customer_id"] and isinstance(e["ts"], int)
     assert events == list(workload.generate(2000, 200, seed=1, end_ms=1_800_000_000_000))
     live = workload.LiveEvents(10)
-    _, value = live.next()
+    key, value = live.next()
+    assert key == b"probe-000000000"
     assert workload.send_ns_of(json.loads(value)["event_id"]) is not None
+    assert workload.parse_live_id(json.loads(value)["event_id"])[0] == 0  # type: ignore[index]
+    assert workload.parse_live_id("not-a-live-id") is None
 
 
 def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
@@ -53,9 +56,12 @@ def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
         assert key in a
     assert a["peak_rss_bytes"] > 0 and a["checkpoint"]["epochs"] >= 1
     lat = data["latency"]["1"]
-    for key in ("p50_ms", "p95_ms", "p99_ms", "offered_rate", "series"):
+    for key in ("p50_ms", "p95_ms", "p99_ms", "offered_rate", "series", "in_flow", "input_hop", "output_hop"):
         assert key in lat
     assert lat["decisions_measured"] > 0
+    # The flow's own share of the latency is measured for probes and is part of the end to end.
+    assert lat["in_flow"]["count"] > 0 and lat["in_flow"]["p50_ms"] <= lat["p99_ms"]
+    assert lat["relay"]["count"] > 0 and lat["relay"]["p50_ms"] is not None
 
     table = Path(files["markdown"]).read_text()
     assert "| processes |" in table and "a/b" in table
