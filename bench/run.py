@@ -155,6 +155,36 @@ class RssSampler:
         return self.peak
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes and their children (0 if gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+class CpuShare:
+    """Cores used by the measured pipeline, the broker and this harness over one window."""
+
+    def __init__(self, pipeline: list[int]) -> None:
+        broker = getattr(_broker, "_proc", None)
+        self._groups = {"pipeline": pipeline, "broker": [broker.pid] if broker is not None else [],
+                        "harness": [os.getpid()]}
+        self._start = {name: _cpu_seconds(pids) for name, pids in self._groups.items()}
+        self._t0 = time.perf_counter()
+
+    def cores(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        return {name: round((_cpu_seconds(pids) - self._start[name]) / wall, 2)
+                for name, pids in self._groups.items() if pids}
+
+
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -374,12 +404,12 @@ def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic:
 # -- latency ---------------------------------------------------------------------------------------
 
 def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: str, rate: float,
-                       run: ProcessGroup, seed: int) -> tuple[list[tuple[int, int, int]], int]:
+                       run: ProcessGroup, seed: int) -> tuple[list[tuple[int, int, int]], int, dict[str, float]]:
     """Offer `rate` ev/s of live events to `in_topic` for s.latency_seconds; read `out_topic` meanwhile.
 
     Returns (seq, send ns, receive ns) for every output message that carries a `LiveEvents` id
     (a decision's `trigger.id`, or a relayed event's own `event_id`) sent after the warm-up, and the
-    number of events sent. Stops `run` at the end.
+    number of events sent, and the cores each party used while the load ran. Stops `run` at the end.
     """
     received: list[tuple[int, int, int]] = []
     done = threading.Event()
@@ -438,11 +468,13 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
         run.wait(60)
         raise RuntimeError(f"latency phase ({run.dir.name}): no answer within 120 s")
     measure_from = time.time_ns() + int(s.latency_warmup_seconds * 1e9)
+    cpu = CpuShare([p.pid for p in run.procs])
     sending.set()
     producer_thread = threading.Thread(target=produce, daemon=True)
     producer_thread.start()
     time.sleep(s.latency_seconds)
     _check_broker()
+    cores = cpu.cores()
     sending.clear()
     producer_thread.join()
     time.sleep(2.0)  # let the tail arrive
@@ -454,7 +486,7 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
     if phase:
         start = min(sent_ns for _, sent_ns, _ in phase)
         measure_from = max(measure_from, start + int(s.latency_warmup_seconds * 1e9))
-    return [r for r in phase if r[1] >= measure_from], sent[0]
+    return [r for r in phase if r[1] >= measure_from], sent[0], cores
 
 
 def _summary(latencies_s: list[float]) -> dict[str, Any]:
@@ -472,7 +504,7 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
                   {in_topic: s.partitions, out_topic: s.partitions, f"{out_topic}.dlq": 1})
     run = FlowRun(s, bootstrap, work, f"lat{processes}", processes, input_topic=in_topic,
                   decisions_topic=out_topic, stop_at_end=False, probes=True)
-    samples, sent = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
+    samples, sent, cores = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
     stats = run.stats()
     inside = {seq: (received, handed) for st in stats for seq, received, handed in st.get("probes", [])}
     joined = [(sent_ns, inside[seq], got) for seq, sent_ns, got in samples if seq in inside]
@@ -486,6 +518,7 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
             "input_hop": _summary([(received - sent_ns) / 1e9 for sent_ns, (received, _), _ in joined]),
             "output_hop": _summary([(got - handed) / 1e9 for _, (_, handed), got in joined]),
             "checkpoint": checkpoint_summary(stats, s.epoch_seconds),
+            "cores_used": cores,
             "peak_rss_bytes": run.peak_rss,
             "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
                        for _, sent_ns, got in samples],
@@ -499,9 +532,10 @@ def run_relay_latency(s: Settings, bootstrap: str, work: Path, processes: int, r
     in_topic, out_topic = f"{tag}.events", f"{tag}.out"
     ensure_topics({"bootstrap.servers": bootstrap}, {in_topic: s.partitions, out_topic: s.partitions})
     run = RelayRun(s, bootstrap, work, f"relay{processes}", source=in_topic, sink=out_topic)
-    samples, sent = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
+    samples, sent, cores = _offer_and_measure(s, bootstrap, in_topic, out_topic, rate, run, s.seed + processes)
     start = min((sent_ns for _, sent_ns, _ in samples), default=0)
-    return {"offered_rate": rate, "sent": sent, **_summary([(got - sent_ns) / 1e9 for _, sent_ns, got in samples]),
+    return {"offered_rate": rate, "sent": sent, "cores_used": cores,
+            **_summary([(got - sent_ns) / 1e9 for _, sent_ns, got in samples]),
             "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
                        for _, sent_ns, got in samples[::10]]}
 
@@ -579,6 +613,12 @@ def _triple(summary: dict[str, Any] | None) -> str:
     return f"{summary['p50_ms']:.0f} / {summary['p95_ms']:.0f} / {summary['p99_ms']:.0f}"
 
 
+def _cores(cores: dict[str, float] | None) -> str:
+    if not cores:
+        return "n/a"
+    return " / ".join(f"{cores[k]:.2f}" if k in cores else "n/a" for k in ("pipeline", "broker", "harness"))
+
+
 def markdown(result: dict[str, Any]) -> str:
     b = result["ceiling_b"]["events_per_s"]
     c = result["passthrough_c"]["events_per_s"]
@@ -602,8 +642,8 @@ def markdown(result: dict[str, Any]) -> str:
               "producer; broker relay = the same load through bench.relay (the flow's Kafka clients, nothing "
               "in between).", "",
               "| processes | offered ev/s | end to end | in the flow | input hop | output hop | broker relay alone "
-              "| checkpoint per epoch mean / max ms |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| checkpoint per epoch mean / max ms | cores used: flow / broker / load generator |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for p in result["settings"]["processes"]:
         lat = result["latency"].get(str(p))
         if not lat:
@@ -613,7 +653,7 @@ def markdown(result: dict[str, Any]) -> str:
                    if cp.get("per_epoch_mean_s") is not None else "n/a")
         lines.append(f"| {p} | {lat['offered_rate']:,.0f} | {_triple(lat)} | {_triple(lat.get('in_flow'))} "
                      f"| {_triple(lat.get('input_hop'))} | {_triple(lat.get('output_hop'))} "
-                     f"| {_triple(lat.get('relay'))} | {cp_text} |")
+                     f"| {_triple(lat.get('relay'))} | {cp_text} | {_cores(lat.get('cores_used'))} |")
     if result.get("profile"):
         prof = result["profile"]
         lines += ["", f"py-spy, 1 process ({prof['samples']} samples), top self time:", ""]
