@@ -280,8 +280,8 @@ class ShardStore:
         self._closed = False
         # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
-        # Keys staged in this epoch -> their value at the last checkpoint (their undo entry is on disk).
-        self._staged: dict[bytes, bytes | None] = {}
+        # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
+        self._staged: set[bytes] = set()
         self._chunk = 0  # next undo chunk number of this epoch
         # Values as RocksDB holds them now (None = known absent), so a hit never needs RocksDB.
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
@@ -325,7 +325,7 @@ class ShardStore:
         """Keys changed since the last checkpoint: what a crash would undo right now."""
         if self._read_only:
             return 0
-        return len(self._staged.keys() | self._pending.keys())
+        return len(self._staged | self._pending.keys())
 
     def stats(self) -> dict[str, int]:
         """Cheap numbers for dashboards and the CLI; `keys` is RocksDB's estimate, not a count."""
@@ -374,7 +374,13 @@ class ShardStore:
         if self._read_only:
             return self.get(key)
         if key in self._staged:
-            return self._staged[key]
+            # Rare (erasure): read it back from this epoch's undo chunks rather than hold every
+            # pre-image of the epoch in memory.
+            for _chunk_key, blob in self._iter_raw(_undo_from(self._seq + 1)):
+                entries = _decode_undo(blob)
+                if key in entries:
+                    return entries[key]
+            raise StateError(f"shard store {self._path!r}: key staged in this epoch has no undo entry")
         if key in self._cache:
             return self._cache[key]
         return self._fetch([key])[key]
@@ -451,7 +457,7 @@ class ShardStore:
         if first:
             batch.put(_undo_key(self._seq + 1, self._chunk), _encode_undo(first))
             self._chunk += 1
-            self._staged.update(first)
+            self._staged.update(first.keys())
         for key, value in pending.items():
             if value is None:
                 batch.delete(_DATA + key)
@@ -489,7 +495,7 @@ class ShardStore:
         self._staged_ok()
         self._seq = new_seq
         self._oldest_undo = max(self._oldest_undo, trim_through + 1)
-        self._staged = {}
+        self._staged = set()
         self._chunk = 0
         return new_seq
 
@@ -526,7 +532,7 @@ class ShardStore:
     def _undo_to(self, seq: int) -> None:
         """Apply (and delete) every undo chunk above `seq`, staged ones included; set seq."""
         self._pending = {}
-        self._staged = {}
+        self._staged = set()
         self._chunk = 0
         self._cache.clear()
         restore = self._undo_above(seq)
@@ -569,7 +575,7 @@ class ShardStore:
         for key in doomed:
             self._pending.pop(key, None)
             # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
-            self._staged.pop(key, None)
+            self._staged.discard(key)
             batch.delete(_DATA + key)
         for raw_key, blob in self._iter_raw(_UNDO):
             entries = _decode_undo(blob)
@@ -615,7 +621,7 @@ class ShardStore:
             self._closed = True
             self._db.close()
         self._pending = {}
-        self._staged = {}
+        self._staged = set()
         self._cache.clear()
 
     def __enter__(self) -> Self:
