@@ -585,6 +585,18 @@ def run_profile(s: Settings, bootstrap: str, work: Path, out_topic: str, raw: Pa
 
 # -- report ----------------------------------------------------------------------------------------
 
+def source_revision() -> str | None:
+    """The git commit measured, with "+dirty" if the work tree differs from it (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     def version(dist: str) -> str | None:
         try:
@@ -624,7 +636,8 @@ def markdown(result: dict[str, Any]) -> str:
     c = result["passthrough_c"]["events_per_s"]
     lines = [f"nextclick benchmark: {result['settings']['events']:,} events, "
              f"{result['settings']['customers']:,} customers, {result['machine']['cpu_count']} CPUs, "
-             f"Python {result['machine']['python']}, bytewax {result['machine']['versions']['bytewax']}",
+             f"Python {result['machine']['python']}, bytewax {result['machine']['versions']['bytewax']}, "
+             f"revision {result.get('revision') or 'unknown'}",
              "",
              "| processes | a flow ev/s | a (excl. start-up) ev/s | b ceiling ev/s | c pass-through ev/s "
              "| a/b | a/c | peak RSS MiB | checkpoint per epoch mean / max ms (epochs) |",
@@ -721,7 +734,7 @@ def run(s: Settings) -> dict[str, Any]:
               f"produced in {produce_s:.1f}s", flush=True)
 
         result: dict[str, Any] = {
-            "timestamp": stamp, "machine": machine_info(),
+            "timestamp": stamp, "machine": machine_info(), "revision": source_revision(),
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
                          "latency_seconds": s.latency_seconds, "sync": s.sync, "seed": s.seed,
