@@ -77,6 +77,7 @@ class Settings:
     latency_warmup_seconds: float = 2.0
     sync: bool = True
     seed: int = 42
+    repeat: int = 1  # runs of c, b and each (a); the median of each is reported
     profile: bool = False
     bootstrap: str | None = None
     # Extra librdkafka settings for the flow's clients (NEXTCLICK_KAFKA__*), e.g. fetch.wait.max.ms.
@@ -155,13 +156,13 @@ class RssSampler:
         return self.peak
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds used so far by these processes and their children (0 if gone)."""
+def _cpu_seconds(pids: list[int], *, children: bool = True) -> float:
+    """User + system CPU seconds used so far by these processes (and their children); 0 if gone."""
     total = 0.0
     for pid in pids:
         try:
             proc = psutil.Process(pid)
-            for p in [proc, *proc.children(recursive=True)]:
+            for p in [proc, *(proc.children(recursive=True) if children else [])]:
                 times = p.cpu_times()
                 total += times.user + times.system
         except psutil.Error:
@@ -176,13 +177,17 @@ class CpuShare:
         broker = getattr(_broker, "_proc", None)
         self._groups = {"pipeline": pipeline, "broker": [broker.pid] if broker is not None else [],
                         "harness": [os.getpid()]}
-        self._start = {name: _cpu_seconds(pids) for name, pids in self._groups.items()}
+        self._start = {name: self._seconds(name) for name in self._groups}
         self._t0 = time.perf_counter()
 
     def cores(self) -> dict[str, float]:
         wall = time.perf_counter() - self._t0
-        return {name: round((_cpu_seconds(pids) - self._start[name]) / wall, 2)
+        return {name: round((self._seconds(name) - self._start[name]) / wall, 2)
                 for name, pids in self._groups.items() if pids}
+
+    def _seconds(self, name: str) -> float:
+        # The harness's children are the pipeline and the broker: count its own threads only.
+        return _cpu_seconds(self._groups[name], children=name != "harness")
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:
@@ -382,6 +387,12 @@ def checkpoint_summary(stats: list[dict[str, Any]], epoch_seconds: float) -> dic
             "per_epoch_max_s": per_epoch[-1] if per_epoch else None,
             "per_shard_mean_s": statistics.fmean(per_shard) if per_shard else None,
             "snapshots": len(per_shard)}
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median events/s (the lower middle one for an even count)."""
+    ordered = sorted(runs, key=lambda r: r["events_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic: str,
@@ -650,6 +661,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {p} | {a['events_per_s']:,.0f} | {a['events_per_s_flow_only']:,.0f} | {b:,.0f} | {c:,.0f} "
                      f"| {a['events_per_s'] / b:.2f} | {a['events_per_s'] / c:.2f} "
                      f"| {a['peak_rss_bytes'] / 2**20:,.0f} | {cp_text} |")
+    repeats = result.get("repeats") or {}
+    if result["settings"].get("repeat", 1) > 1:
+        lines += ["", f"Median of {result['settings']['repeat']} interleaved runs each; every run, ev/s: "
+                  + "; ".join(f"{name} {', '.join(f'{v:,}' for v in values)}" for name, values in repeats.items())]
     lines += ["", "Latency at 50% of (a), p50 / p95 / p99 ms. End to end = event sent -> decision received; "
               "in the flow = the input partition hands the event to Bytewax -> its decision is handed to the "
               "producer; broker relay = the same load through bench.relay (the flow's Kafka clients, nothing "
@@ -716,8 +731,10 @@ def run(s: Settings) -> dict[str, Any]:
             broker = _broker = LocalBroker(log_path=work / "broker.log").start()
         bootstrap = s.bootstrap or (broker.bootstrap if broker else "")
         kafka = {"bootstrap.servers": bootstrap}
-        out_topics = {"c": f"bench.out.c.{s.run_id}", "b": f"bench.out.b.{s.run_id}"}
-        out_topics.update({f"a{p}": f"bench.out.a{p}.{s.run_id}" for p in s.processes})
+        out_topics = {}
+        for r in range(s.repeat):
+            out_topics.update({f"c{r}": f"bench.out.c{r}.{s.run_id}", f"b{r}": f"bench.out.b{r}.{s.run_id}"})
+            out_topics.update({f"a{p}-{r}": f"bench.out.a{p}-{r}.{s.run_id}" for p in s.processes})
         if s.profile:
             out_topics["profile"] = f"bench.out.profile.{s.run_id}"
         topics = {s.input_topic: s.partitions, **{t: s.partitions for t in out_topics.values()},
@@ -738,22 +755,30 @@ def run(s: Settings) -> dict[str, Any]:
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
                          "latency_seconds": s.latency_seconds, "sync": s.sync, "seed": s.seed,
+                         "repeat": s.repeat,
                          "input_topic": s.input_topic, "flow_kafka": s.flow_kafka,
                          "mix": dict(workload.MIX), "zipf_s": workload.ZIPF_S},
             "workload": {"generate_s": generate_s, "produce_s": produce_s, "input_bytes": input_bytes},
         }
-        result["passthrough_c"] = run_passthrough(s, bootstrap, out_topics["c"])
-        print(f"c pass-through: {result['passthrough_c']['events_per_s']:,.0f} ev/s", flush=True)
-        result["ceiling_b"] = run_ceiling(s, bootstrap, out_topics["b"])
-        print(f"b ceiling: {result['ceiling_b']['events_per_s']:,.0f} ev/s", flush=True)
-        result["flow_a"] = {}
-        for p in s.processes:
-            result["flow_a"][str(p)] = run_flow(s, bootstrap, work, p, out_topics[f"a{p}"])
-            print(f"a flow, {p} process(es): {result['flow_a'][str(p)]['events_per_s']:,.0f} ev/s", flush=True)
-        for p in s.processes:
-            a = result["flow_a"][str(p)]
-            if a["events"] != s.events:
-                raise RuntimeError(f"flow with {p} process(es) applied {a['events']} events, expected {s.events}")
+        # Each repetition runs c, b and every (a) back to back, so slow spells of a shared machine
+        # hit all of them; the table reports each one's median run.
+        runs: dict[str, list[dict[str, Any]]] = {"c": [], "b": [], **{f"a{p}": [] for p in s.processes}}
+        for r in range(s.repeat):
+            tag = f" (repetition {r + 1} of {s.repeat})" if s.repeat > 1 else ""
+            runs["c"].append(run_passthrough(s, bootstrap, out_topics[f"c{r}"]))
+            print(f"c pass-through: {runs['c'][-1]['events_per_s']:,.0f} ev/s{tag}", flush=True)
+            runs["b"].append(run_ceiling(s, bootstrap, out_topics[f"b{r}"]))
+            print(f"b ceiling: {runs['b'][-1]['events_per_s']:,.0f} ev/s{tag}", flush=True)
+            for p in s.processes:
+                a = run_flow(s, bootstrap, work, p, out_topics[f"a{p}-{r}"], name=f"a{p}-{r}")
+                if a["events"] != s.events:
+                    raise RuntimeError(f"flow with {p} process(es) applied {a['events']} events, expected {s.events}")
+                runs[f"a{p}"].append(a)
+                print(f"a flow, {p} process(es): {a['events_per_s']:,.0f} ev/s{tag}", flush=True)
+        result["repeats"] = {name: [round(r["events_per_s"]) for r in rs] for name, rs in runs.items()}
+        result["passthrough_c"] = _median_run(runs["c"])
+        result["ceiling_b"] = _median_run(runs["b"])
+        result["flow_a"] = {str(p): _median_run(runs[f"a{p}"]) for p in s.processes}
         result["latency"] = {}
         for p in s.processes:
             rate = 0.5 * result["flow_a"][str(p)]["events_per_s_flow_only"]
@@ -795,6 +820,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--latency-warmup-seconds", type=float, default=2.0)
     parser.add_argument("--no-sync", action="store_true", help="state.sync=false (no fsync per checkpoint)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run c, b and each (a) this many times, interleaved; report each one's median")
     parser.add_argument("--profile", action="store_true", help="add a 1-process (a) run under py-spy")
     parser.add_argument("--bootstrap", help="use this broker instead of starting an embedded one")
     parser.add_argument("--flow-kafka", action="append", default=[], metavar="KEY=VALUE",
@@ -805,7 +832,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                     out=args.out, partitions=args.partitions, shards=args.shards,
                     epoch_seconds=args.epoch_seconds, latency_seconds=args.latency_seconds,
                     latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync,
-                    seed=args.seed, profile=args.profile, bootstrap=args.bootstrap,
+                    seed=args.seed, repeat=max(1, args.repeat), profile=args.profile, bootstrap=args.bootstrap,
                     flow_kafka=dict(kv.split("=", 1) for kv in args.flow_kafka))
 
 
