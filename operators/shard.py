@@ -40,8 +40,9 @@ _TIMER_CHUNK = 1000
 # Due customers handled per activation; the rest wait for the next one, so a burst can't stall input.
 _TIMER_LIMIT = 20_000
 _STORE_CACHE = 256
-# Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half.
-# Whatever is dirty at the epoch end is encoded while the worker waits, so this bounds that pause.
+# Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half
+# (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded
+# while the worker waits, so this bounds that pause when batches are small (live traffic).
 _DIRTY_LIMIT = 32
 
 ResumeState = dict[str, int]
@@ -218,7 +219,10 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             if customer in self._dirty:
                 self._write(customer, profile, self._dirty.pop(customer))
         if len(self._dirty) > _DIRTY_LIMIT:
-            for customer in list(itertools.islice(self._dirty, len(self._dirty) - _DIRTY_LIMIT // 2)):
+            # Never the ones this batch changed (they sit at the end of `_dirty`): in a backlog, a
+            # batch spans many customers, and the busy ones would otherwise be encoded every batch.
+            keep = max(_DIRTY_LIMIT // 2, len(profiles))
+            for customer in list(itertools.islice(self._dirty, len(self._dirty) - keep)):
                 self._write(customer, live[customer], self._dirty.pop(customer))
 
     def _write(self, customer: str, profile: Profile, indexed: int | None) -> None:
