@@ -44,6 +44,8 @@ _STORE_CACHE = 256
 # (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded
 # while the worker waits, so this bounds that pause when batches are small (live traffic).
 _DIRTY_LIMIT = 32
+# ... or this many times the customers the current batch changed, if that is more.
+_BACKLOG_DIRTY_FACTOR = 4
 
 ResumeState = dict[str, int]
 _CLEAN: Any = object()  # `_dirty` has no entry: the profile is as the store holds it
@@ -218,10 +220,13 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             customer, profile = live.popitem(last=False)
             if customer in self._dirty:
                 self._write(customer, profile, self._dirty.pop(customer))
-        if len(self._dirty) > _DIRTY_LIMIT:
-            # Never the ones this batch changed (they sit at the end of `_dirty`): in a backlog, a
-            # batch spans many customers, and the busy ones would otherwise be encoded every batch.
-            keep = max(_DIRTY_LIMIT // 2, len(profiles))
+        # A large batch means a backlog: the input is already late, throughput is what counts, and
+        # a busy customer should be encoded once per epoch rather than after every batch. A small
+        # batch means the flow keeps up, and a short epoch-end pause is what counts.
+        limit = max(_DIRTY_LIMIT, _BACKLOG_DIRTY_FACTOR * len(profiles))
+        if len(self._dirty) > limit:
+            # Never the ones this batch changed (they sit at the end of `_dirty`).
+            keep = max(limit // 2, len(profiles))
             for customer in list(itertools.islice(self._dirty, len(self._dirty) - keep)):
                 self._write(customer, live[customer], self._dirty.pop(customer))
 
