@@ -208,14 +208,18 @@ class _WalSyncer:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             with self._lock:
-                stores = list(self._stores)
-                if not stores:
+                if not self._stores:
                     self._thread = None
                     return
-            for store in stores:
-                if self._stop.is_set():
-                    return
+                refs = [weakref.ref(store) for store in self._stores]
+            # Only weak references between syncs: a store nobody else holds must be freed (and its
+            # RocksDB lock released) as before, not kept open by this thread.
+            for ref in refs:
+                store = ref()
+                if store is None or self._stop.is_set():
+                    continue
                 store._sync_wal()
+                del store
 
 
 _wal_syncer = _WalSyncer(_WAL_SYNC_INTERVAL_S)

@@ -529,3 +529,20 @@ def test_erase_then_purge_leaves_no_bytes_of_the_key_in_any_file(tmp_path: Path)
         assert store.get(b"k0001") == b"v" * 50
     leftovers = [f.name for f in path.iterdir() if f.is_file() and secret in f.read_bytes()]
     assert leftovers == []
+
+
+def test_a_dropped_store_releases_its_lock_despite_the_background_wal_sync(tmp_path: Path) -> None:
+    """Bytewax never closes a shard's store; dropping the last reference must free RocksDB's lock."""
+    import gc
+    import time
+
+    path = tmp_path / "s"
+    store = ShardStore(path)
+    store.put(b"a", b"1")
+    store.checkpoint()
+    time.sleep(0.35)  # the background syncer has visited the store a few times
+    del store
+    gc.collect()
+    time.sleep(0.25)
+    with ShardStore(path) as again:  # raises StateError (LOCK held) if anything kept the old one open
+        assert again.get(b"a") == b"1"
