@@ -138,6 +138,15 @@ def _undo_seq(key: bytes) -> int:
     return int(_U64.unpack_from(key, len(_UNDO))[0])
 
 
+def _write_data(batch: WriteBatch, values: dict[bytes, bytes | None]) -> None:
+    """Add user-data puts (and deletes, for None) to `batch`."""
+    for key, value in values.items():
+        if value is None:
+            batch.delete(_DATA + key)
+        else:
+            batch.put(_DATA + key, value)
+
+
 def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
     parts: list[bytes] = []
     for key, value in entries.items():
@@ -430,15 +439,15 @@ class ShardStore:
 
     def put(self, key: bytes, value: bytes) -> None:
         """Write now (visible to reads); durable only at the next checkpoint."""
-        self._check_writable()
-        self._pending[key] = value
-        if len(self._pending) >= self._stage_keys:
-            self._stage()
+        self._set(key, value)
 
     def delete(self, key: bytes) -> None:
         """Delete now (visible to reads); durable only at the next checkpoint."""
+        self._set(key, None)
+
+    def _set(self, key: bytes, value: bytes | None) -> None:
         self._check_writable()
-        self._pending[key] = None
+        self._pending[key] = value
         if len(self._pending) >= self._stage_keys:
             self._stage()
 
@@ -462,11 +471,7 @@ class ShardStore:
             batch.put(_undo_key(self._seq + 1, self._chunk), _encode_undo(first))
             self._chunk += 1
             self._staged.update(first.keys())
-        for key, value in pending.items():
-            if value is None:
-                batch.delete(_DATA + key)
-            else:
-                batch.put(_DATA + key, value)
+        _write_data(batch, pending)
 
     def _staged_ok(self) -> None:
         """After the batch from `_stage_into` is written: pending writes are now RocksDB's."""
@@ -539,13 +544,8 @@ class ShardStore:
         self._staged = set()
         self._chunk = 0
         self._cache.clear()
-        restore = self._undo_above(seq)
         batch = WriteBatch(raw_mode=True)
-        for key, value in restore.items():
-            if value is None:
-                batch.delete(_DATA + key)
-            else:
-                batch.put(_DATA + key, value)
+        _write_data(batch, self._undo_above(seq))
         batch.delete_range(_undo_from(seq + 1), _UNDO_END)
         if seq > 0:
             batch.put(_META_SEQ, _U64.pack(seq))
