@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from bench import workload
 from flows.targeting import build_flow
 from operators import kafka_io, metrics
 from operators.config import load_config
@@ -65,9 +66,9 @@ def _probe_write_batch(self: kafka_io._SinkPartition, values: list[kafka_io.OutM
     now = time.time_ns()
     for m in values:
         trigger = orjson.loads(m.value or b"{}").get("trigger") or {}
-        seq, _, _ = str(trigger.get("id", "")).partition("-")
-        if seq.startswith("L") and seq[1:].isdigit() and int(seq[1:]) in _probe_received:
-            _probes.append((int(seq[1:]), _probe_received.pop(int(seq[1:])), now))
+        parsed = workload.parse_live_id(str(trigger.get("id", "")))
+        if parsed is not None and parsed[0] in _probe_received:
+            _probes.append((parsed[0], _probe_received.pop(parsed[0]), now))
     _original_write_batch(self, values)
 
 

@@ -414,6 +414,15 @@ def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic:
 
 # -- latency ---------------------------------------------------------------------------------------
 
+# Warm-up probes are numbered from here, so they never share a probe customer with the measured stream.
+_WARM_UP_FIRST_SEQ = 10**12
+
+
+def _series(start_ns: int, points: list[tuple[int, float]]) -> list[tuple[float, float]]:
+    """(seconds since `start_ns`, ms) pairs for the plot, from (send ns, latency ns) pairs."""
+    return [(round((sent_ns - start_ns) / 1e9, 4), round(latency_ns / 1e6, 3)) for sent_ns, latency_ns in points]
+
+
 def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: str, rate: float,
                        run: ProcessGroup, seed: int) -> tuple[list[tuple[int, int, int]], int, dict[str, float]]:
     """Offer `rate` ev/s of live events to `in_topic` for s.latency_seconds; read `out_topic` meanwhile.
@@ -466,7 +475,7 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
     consumer_thread.start()
     # Ready = an answer comes back: send probes at a trickle until one does. Their seqs are far from
     # the measured stream's, so no measured probe customer has been seen before.
-    warm = workload.LiveEvents(s.customers, seed=seed + 100, probe_every=1, first_seq=10**12)
+    warm = workload.LiveEvents(s.customers, seed=seed + 100, probe_every=1, first_seq=_WARM_UP_FIRST_SEQ)
     warm_producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     deadline = time.monotonic() + 120
     while not received and time.monotonic() < deadline:
@@ -493,7 +502,7 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
     consumer_thread.join()
     run.request_stop()
     run.wait(120)
-    phase = [r for r in received if r[0] < 10**12]
+    phase = [r for r in received if r[0] < _WARM_UP_FIRST_SEQ]
     if phase:
         start = min(sent_ns for _, sent_ns, _ in phase)
         measure_from = max(measure_from, start + int(s.latency_warmup_seconds * 1e9))
@@ -531,10 +540,9 @@ def run_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: f
             "checkpoint": checkpoint_summary(stats, s.epoch_seconds),
             "cores_used": cores,
             "peak_rss_bytes": run.peak_rss,
-            "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
-                       for _, sent_ns, got in samples],
-            "in_flow_series": [(round((sent_ns - start) / 1e9, 4), round((handed - received) / 1e6, 3))
-                               for sent_ns, (received, handed), _ in joined]}
+            "series": _series(start, [(sent_ns, got - sent_ns) for _, sent_ns, got in samples]),
+            "in_flow_series": _series(start, [(sent_ns, handed - received)
+                                              for sent_ns, (received, handed), _ in joined])}
 
 
 def run_relay_latency(s: Settings, bootstrap: str, work: Path, processes: int, rate: float) -> dict[str, Any]:
@@ -547,8 +555,7 @@ def run_relay_latency(s: Settings, bootstrap: str, work: Path, processes: int, r
     start = min((sent_ns for _, sent_ns, _ in samples), default=0)
     return {"offered_rate": rate, "sent": sent, "cores_used": cores,
             **_summary([(got - sent_ns) / 1e9 for _, sent_ns, got in samples]),
-            "series": [(round((sent_ns - start) / 1e9, 4), round((got - sent_ns) / 1e6, 3))
-                       for _, sent_ns, got in samples[::10]]}
+            "series": _series(start, [(sent_ns, got - sent_ns) for _, sent_ns, got in samples[::10]])}
 
 
 def _ms(seconds: float | None) -> float | None:
