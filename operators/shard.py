@@ -19,7 +19,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 import orjson
 from bytewax.operators import StatefulBatchLogic
@@ -116,8 +116,12 @@ class TimerIndex:
         if due is not None and (self._next is None or due < self._next):
             self._next = due
 
-    def due(self, now_ms: int, limit: int) -> list[tuple[str, int]]:
-        """Up to `limit` (customer, due) pairs due by `now_ms`, earliest first."""
+    def due(self, now_ms: int, limit: int, skip: Container[str] = ()) -> list[tuple[str, int]]:
+        """Up to `limit` (customer, due) pairs due by `now_ms`, earliest first.
+
+        Customers in `skip` are passed over: their keys are stale (the shard holds a newer, unwritten
+        profile and answers for its due time itself).
+        """
         out: list[tuple[str, int]] = []
         self._next = None
         for key, _ in self._store.scan(TIMER_PREFIX):
@@ -125,7 +129,9 @@ class TimerIndex:
             if due > now_ms or len(out) >= limit:
                 self._next = min(due, now_ms) if len(out) >= limit else due
                 break
-            out.append((key[1 + _DUE.size:].decode(), due))
+            customer = key[1 + _DUE.size:].decode()
+            if customer not in skip:
+                out.append((customer, due))
         return out
 
 
@@ -141,6 +147,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         self._erased = 0
         self._live: OrderedDict[str, Profile] = OrderedDict()
         self._dirty: dict[str, int | None] = {}
+        # Each dirty profile's own due time (the store's timer index still holds the old one).
+        self._dirty_due: dict[str, int | None] = {}
         self._store: ShardStore | None = None
         self._timers: TimerIndex | None = None
         if resume is not None:
@@ -174,8 +182,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
     #
     # Decoded profiles stay in `_live` (an LRU bounded by cache_profiles) so a busy customer is not
     # decoded and re-encoded on every batch. A changed profile is "dirty" until it is written to the
-    # store: at the epoch end (snapshot), when it is evicted, or before a timer scan. `_dirty` maps
-    # it to the due time the store's timer index still holds for it.
+    # store: at the epoch end (snapshot), when it is evicted, or when too many are dirty. `_dirty`
+    # maps it to the due time the store's timer index still holds for it, `_dirty_due` to its own.
 
     def _profiles(self, customers: list[str]) -> tuple[dict[str, Profile], set[str]]:
         """Decoded profiles (new ones for customers never seen) and which of them are new."""
@@ -212,14 +220,15 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             dirty[customer] = due_at(profile, ruleset) if indexed is _CLEAN else indexed
 
     def _changed(self, profiles: dict[str, Profile]) -> None:
-        ruleset = self.ctx.ruleset
-        for profile in profiles.values():
-            self.timers.hint(due_at(profile, ruleset))
+        ruleset, timers, dirty_due = self.ctx.ruleset, self.timers, self._dirty_due
+        for customer, profile in profiles.items():
+            dirty_due[customer] = due = due_at(profile, ruleset)
+            timers.hint(due)
         live, limit = self._live, self.ctx.cache_profiles
         while len(live) > limit:
             customer, profile = live.popitem(last=False)
             if customer in self._dirty:
-                self._write(customer, profile, self._dirty.pop(customer))
+                self._write(customer, profile)
         # A large batch means a backlog: the input is already late, throughput is what counts, and
         # a busy customer should be encoded once per epoch rather than after every batch. A small
         # batch means the flow keeps up, and a short epoch-end pause is what counts.
@@ -228,18 +237,31 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             # Never the ones this batch changed (they sit at the end of `_dirty`).
             keep = max(limit // 2, len(profiles))
             for customer in list(itertools.islice(self._dirty, len(self._dirty) - keep)):
-                self._write(customer, live[customer], self._dirty.pop(customer))
+                self._write(customer, live[customer])
 
-    def _write(self, customer: str, profile: Profile, indexed: int | None) -> None:
+    def _write(self, customer: str, profile: Profile) -> None:
+        """Write one dirty profile and move its timer key to its own due time."""
+        indexed = self._dirty.pop(customer)
         self.store.put(profile_key(customer), orjson.dumps(profile))
-        self.timers.move(customer, indexed, due_at(profile, self.ctx.ruleset))
+        self.timers.move(customer, indexed, self._dirty_due.pop(customer))
 
     def _flush(self) -> None:
         """Write every dirty profile (and its timer) to the store's pending set."""
         live = self._live
-        for customer, indexed in self._dirty.items():
-            self._write(customer, live[customer], indexed)
-        self._dirty.clear()
+        for customer in list(self._dirty):
+            self._write(customer, live[customer])
+
+    def _due_customers(self, now_ms: int) -> list[tuple[str, int]]:
+        """Customers whose timers are due by `now_ms`: written ones from the store's index, dirty
+        ones from their own due time (their index keys are stale), so nothing is written first."""
+        dirty_due = self._dirty_due
+        due = self.timers.due(now_ms, _TIMER_LIMIT, skip=dirty_due)
+        for customer, at in dirty_due.items():
+            if at is not None and at <= now_ms:
+                due.append((customer, at))
+            else:
+                self.timers.hint(at)
+        return due
 
     @staticmethod
     def _account(outcomes: Iterable[Outcome], out: list[Decision]) -> None:
@@ -298,8 +320,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
     def on_notify(self) -> tuple[list[Decision], bool]:
         now = self.ctx.clock.now_ms()
         decisions: list[Decision] = []
-        self._flush()  # the scan reads the store's index, which must include this epoch's changes
-        due = self.timers.due(now, _TIMER_LIMIT)
+        due = self._due_customers(now)
         for start in range(0, len(due), _TIMER_CHUNK):
             chunk = due[start:start + _TIMER_CHUNK]
             profiles, created = self._profiles([customer for customer, _ in chunk])
@@ -343,6 +364,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
         in_memory = self._live.pop(customer, None) is not None
         self._dirty.pop(customer, None)
+        self._dirty_due.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self._erased += 1
         metrics.ERASURES.inc()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from operators.clock import ManualClock
-from operators.shard import ShardContext, ShardLogic, read_profile
-from tests.helpers import T0, default_rules, make_event
+from operators.shard import ShardContext, ShardLogic, profile_key, read_profile
+from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 
 def test_erasing_a_customer_seen_only_this_epoch_reports_and_removes_it(tmp_path: Path) -> None:
@@ -20,3 +20,47 @@ def test_erasing_a_customer_seen_only_this_epoch_reports_and_removes_it(tmp_path
     shard.store.close()
     assert read_profile(tmp_path, 1, "c1") is None
     assert read_profile(tmp_path, 1, "c2") is not None
+
+
+def _cart_customer_written(tmp_path: Path, clock: ManualClock) -> ShardLogic:
+    """c1 consented to email and viewed a page; both written at an epoch end (timer index: far out)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([consent(T0), make_event("page_view", T0 + SEC, page_type="home")])
+    shard.snapshot()
+    return shard
+
+
+def test_an_absence_fires_on_time_for_a_change_not_yet_written(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + MIN)
+    shard = _cart_customer_written(tmp_path, clock)
+    stored_before = shard.store.get(profile_key("c1"))
+    # The cart makes the absence timer the earliest; the change stays in memory until the epoch end.
+    shard.on_batch([make_event("add_to_cart", T0 + MIN, sku="s1", amount=30.0)])
+    assert shard.store.get(profile_key("c1")) == stored_before
+    clock.set(T0 + MIN + HOUR + 5 * MIN)  # the deadline plus the allowed lateness
+    at = shard.notify_at()
+    assert at is not None and at <= clock.wall_deadline(clock.now_ms())
+    decisions, _ = shard.on_notify()
+    assert [(d.rule_id, d.trigger) for d in decisions] == [("cart_abandonment_email", "cart_abandoned")]
+    # Firing the timer wrote nothing early either: the profile goes out once, at the epoch end.
+    assert shard.store.get(profile_key("c1")) == stored_before
+    shard.snapshot()
+    shard.store.close()
+    profile = read_profile(tmp_path, 1, "c1")
+    assert profile is not None and "cart_abandoned" not in profile["signals"]
+    assert "cart_abandonment_email" in profile["fired"]
+
+
+def test_a_timer_key_left_stale_by_an_unwritten_change_does_not_fire(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + MIN)
+    shard = _cart_customer_written(tmp_path, clock)
+    shard.on_batch([make_event("add_to_cart", T0 + MIN, sku="s1", amount=30.0)])
+    shard.snapshot()  # the index now holds the cart deadline
+    # The purchase cancels the cart; the index keeps the old deadline until this is written.
+    shard.on_batch([make_event("purchase", T0 + 2 * MIN, amount=30.0, order_id="o1")])
+    clock.set(T0 + 2 * HOUR)
+    decisions, _ = shard.on_notify()
+    assert [d.rule_id for d in decisions if d.trigger == "cart_abandoned"] == []
+    shard.snapshot()
+    shard.store.close()
