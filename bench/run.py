@@ -7,7 +7,8 @@ clock starts, to the single topic `bench.events`, 4 partitions). Then, each with
 
   c  consume-and-produce: a consumer and a producer of the same bytes, no parsing.
   b  the Python ceiling: one loop, consumer -> parse_message -> dict of profiles -> engine.on_event
-     -> encode_decision -> producer. No RocksDB, no Bytewax, no timers.
+     -> encode_decision -> producer, and after each consumed batch engine.on_timers for the customers
+     a heap says are due (bench/ceiling.py): the flow's decisions, without RocksDB or Bytewax.
   a  the full flow (`bench.flow_entry:flow` = `build_flow(load_config())` + instruments) under
      `python -m bytewax.run` in subprocesses, 1 and/or 2 processes (`-i/-a`), with a fresh state dir,
      a fresh recovery dir (`python -m bytewax.recovery DIR 1`, `-s <epoch> -b 0`) and stop_at_end.
@@ -50,15 +51,14 @@ import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench import workload
+from bench.ceiling import CeilingState
 from flows.local_broker import LocalBroker, free_port
 from operators.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
 from operators.decisions import encode_decision
-from operators.engine import on_event
 from operators.events import Event, SourcePosition
 from operators.kafka_io import ensure_topics, sink_producer_config
 from operators.parse import parse_message
-from operators.profile import Profile, new_profile
-from operators.rules import load_rules
+from operators.rules import Decision, load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_TOPIC = "bench.events"  # + ".<run id>", so runs sharing a broker never mix
@@ -227,13 +227,14 @@ def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
     started = time.perf_counter()
     consumer = _consumer(bootstrap, s.input_topic, s.partitions)
     producer = _flow_producer(bootstrap)
-    profiles: dict[str, Profile] = {}
+    state = CeilingState(ruleset)
     count = dead = decisions = 0
     deadline = time.monotonic() + 1200
     while count < s.events and time.monotonic() < deadline:
         _check_broker()
         msgs = consumer.consume(1000, 0.1)
         now = time.time_ns() // 1_000_000
+        out: list[Decision] = []
         for msg in msgs:
             if msg.error() is not None:
                 continue
@@ -244,19 +245,18 @@ def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
             if not isinstance(item, Event):
                 dead += 1
                 continue
-            profile = profiles.get(item.customer)
-            if profile is None:
-                profile = profiles[item.customer] = new_profile(item.customer)
-            for decision in on_event(profile, item, ruleset).decisions:
-                key, value, headers = encode_decision(decision)
-                _produce(producer, out_topic, value, key, headers)
-                decisions += 1
+            out.extend(state.on_event(item))
+        out.extend(state.on_timers(now))
+        for decision in out:
+            key, value, headers = encode_decision(decision)
+            _produce(producer, out_topic, value, key, headers)
+        decisions += len(out)
         producer.poll(0)
     producer.flush(60)
     seconds = time.perf_counter() - started
     consumer.close()
     return {"events": count, "seconds": seconds, "events_per_s": count / seconds, "dead_letters": dead,
-            "decisions": decisions, "profiles": len(profiles)}
+            "decisions": decisions, "profiles": len(state.profiles)}
 
 
 # -- (a) the flow in subprocesses -------------------------------------------------------------------
