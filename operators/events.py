@@ -7,7 +7,7 @@ carries no PII, or a `DeadLetter` that carries the original bytes and the reason
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # Channels a touch can arrive on. An event type maps to exactly one channel (see `EVENT_CHANNELS`).
 CHANNELS = ("web", "email", "mobile", "store", "call_center")
@@ -32,9 +32,10 @@ EVENT_CHANNELS: dict[str, str] = {
 PURCHASE_TYPES = frozenset({"purchase", "app_purchase", "store_purchase"})
 
 
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """Where a message came from, so a dead letter can name it and be replayed onto it."""
+class SourcePosition(NamedTuple):
+    """Where a message came from, so a dead letter can name it and be replayed onto it.
+
+    A NamedTuple for the same reason as `kafka_io.RawMessage`: one is built per input message."""
 
     topic: str
     partition: int

@@ -17,9 +17,8 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, cast
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -35,9 +34,11 @@ SECRET_SETTINGS = ("sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.p
 _IDLE_BACKOFF = timedelta(milliseconds=5)
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One Kafka record as read, before parsing; enough to dead-letter it byte for byte."""
+class RawMessage(NamedTuple):
+    """One Kafka record as read, before parsing; enough to dead-letter it byte for byte.
+
+    A NamedTuple, not a frozen dataclass: one is built per input message, and a frozen dataclass
+    costs about three times as much to build."""
 
     topic: str
     partition: int
@@ -47,8 +48,7 @@ class RawMessage:
     headers: tuple[tuple[str, bytes], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class OutMessage:
+class OutMessage(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
@@ -165,8 +165,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             offset = msg.offset()
             assert offset is not None
             self._next_offset = offset + 1
-            headers = cast(list[tuple[str, bytes]], msg.headers() or [])
-            batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(), tuple(headers)))
+            headers = msg.headers()
+            batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(),
+                                    tuple(cast(list[tuple[str, bytes]], headers)) if headers else ()))
         self._idle = not batch
         return batch
 
