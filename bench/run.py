@@ -262,14 +262,15 @@ def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
 # -- (a) the flow in subprocesses -------------------------------------------------------------------
 
 class ProcessGroup:
-    """Subprocesses run from the repository root, with peak RSS sampling, a stop file and logs."""
+    """Subprocesses run from a source tree (this repository's by default), with peak RSS sampling,
+    a stop file and logs."""
 
-    def __init__(self, directory: Path, commands: list[list[str]], env: dict[str, str]) -> None:
+    def __init__(self, directory: Path, commands: list[list[str]], env: dict[str, str], repo: Path = REPO) -> None:
         self.dir = directory
         self.stop_file = self.dir / "STOP"
         self.commands = commands
         self.started = time.time()
-        self.procs = [subprocess.Popen(c, cwd=REPO, env=env, stdout=open(self.dir / f"out-{i}.log", "wb"),
+        self.procs = [subprocess.Popen(c, cwd=repo, env=env, stdout=open(self.dir / f"out-{i}.log", "wb"),
                                        stderr=subprocess.STDOUT)
                       for i, c in enumerate(self.commands)]
         self.rss = RssSampler([p.pid for p in self.procs])
@@ -299,9 +300,10 @@ class ProcessGroup:
         self.stop_file.touch()
 
 
-def _python_env() -> dict[str, str]:
+def _python_env(repo: Path = REPO) -> dict[str, str]:
+    """The environment for subprocesses that import from `repo` ahead of any installed copy."""
     return {**os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+            "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 
 
 class FlowRun(ProcessGroup):
@@ -309,7 +311,7 @@ class FlowRun(ProcessGroup):
 
     def __init__(self, s: Settings, bootstrap: str, work: Path, name: str, processes: int, *,
                  input_topic: str, decisions_topic: str, stop_at_end: bool,
-                 wrap: list[str] | None = None, probes: bool = False) -> None:
+                 wrap: list[str] | None = None, probes: bool = False, repo: Path = REPO) -> None:
         directory = work / name
         directory.mkdir(parents=True)
         recovery = directory / "recovery"
@@ -319,7 +321,7 @@ class FlowRun(ProcessGroup):
         # The flow also reads a control topic (erasure commands) and writes dead letters: its own, empty.
         control_topic = f"{decisions_topic}.control"
         ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{decisions_topic}.dlq": 1})
-        env = {**_python_env(),
+        env = {**_python_env(repo),
                "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "NEXTCLICK_TOPICS__INPUTS": input_topic,
                "NEXTCLICK_TOPICS__DECISIONS": decisions_topic,
@@ -345,7 +347,7 @@ class FlowRun(ProcessGroup):
             commands = [base + ["-i", str(i), "-a", addresses] for i in range(processes)]
         else:
             commands = [base]
-        super().__init__(directory, [(wrap or []) + c for c in commands], env)
+        super().__init__(directory, [(wrap or []) + c for c in commands], env, repo)
 
     def stats(self) -> list[dict[str, Any]]:
         return [orjson.loads(f.read_bytes()) for f in sorted(self.dir.glob("stats-*.json"))]
@@ -396,9 +398,9 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_flow(s: Settings, bootstrap: str, work: Path, processes: int, out_topic: str,
-             wrap: list[str] | None = None, name: str | None = None) -> dict[str, Any]:
+             wrap: list[str] | None = None, name: str | None = None, repo: Path = REPO) -> dict[str, Any]:
     run = FlowRun(s, bootstrap, work, name or f"a{processes}", processes, input_topic=s.input_topic,
-                  decisions_topic=out_topic, stop_at_end=True, wrap=wrap)
+                  decisions_topic=out_topic, stop_at_end=True, wrap=wrap, repo=repo)
     run.wait(3600)
     assert run.ended is not None
     stats = run.stats()
@@ -727,15 +729,33 @@ def plot_latency(result: dict[str, Any], path: Path) -> None:
 
 # -- main ------------------------------------------------------------------------------------------
 
+def start_broker(work: Path) -> LocalBroker:
+    """The embedded broker, logging into `work`; the phases fail fast if it dies."""
+    global _broker
+    _broker = LocalBroker(log_path=work / "broker.log").start()
+    return _broker
+
+
+def produce_workload(s: Settings, bootstrap: str) -> dict[str, float]:
+    """Generate the reference workload and produce it to `s.input_topic` before any clock starts."""
+    t0 = time.perf_counter()
+    records = workload.serialise(s.events, s.customers, seed=s.seed)
+    generate_s = time.perf_counter() - t0
+    produce_s = workload.produce_events(bootstrap, s.input_topic, records)
+    input_bytes = sum(len(v) for _, v in records)
+    print(f"workload: {s.events:,} events ({input_bytes / 2**20:.0f} MiB) generated in {generate_s:.1f}s, "
+          f"produced in {produce_s:.1f}s", flush=True)
+    return {"generate_s": generate_s, "produce_s": produce_s, "input_bytes": input_bytes}
+
+
 def run(s: Settings) -> dict[str, Any]:
     s.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     broker: LocalBroker | None = None
     work = Path(tempfile.mkdtemp(prefix="nextclick-bench-"))
     try:
-        global _broker
         if s.bootstrap is None:
-            broker = _broker = LocalBroker(log_path=work / "broker.log").start()
+            broker = start_broker(work)
         bootstrap = s.bootstrap or (broker.bootstrap if broker else "")
         kafka = {"bootstrap.servers": bootstrap}
         out_topics = {}
@@ -748,14 +768,7 @@ def run(s: Settings) -> dict[str, Any]:
                   **{f"{t}.dlq": 1 for t in out_topics.values()}}
         ensure_topics(kafka, topics)
 
-        t0 = time.perf_counter()
-        records = workload.serialise(s.events, s.customers, seed=s.seed)
-        generate_s = time.perf_counter() - t0
-        produce_s = workload.produce_events(bootstrap, s.input_topic, records)
-        input_bytes = sum(len(v) for _, v in records)
-        del records
-        print(f"workload: {s.events:,} events ({input_bytes / 2**20:.0f} MiB) generated in {generate_s:.1f}s, "
-              f"produced in {produce_s:.1f}s", flush=True)
+        produced = produce_workload(s, bootstrap)
 
         result: dict[str, Any] = {
             "timestamp": stamp, "machine": machine_info(), "revision": source_revision(),
@@ -765,7 +778,7 @@ def run(s: Settings) -> dict[str, Any]:
                          "repeat": s.repeat,
                          "input_topic": s.input_topic, "flow_kafka": s.flow_kafka,
                          "mix": dict(workload.MIX), "zipf_s": workload.ZIPF_S},
-            "workload": {"generate_s": generate_s, "produce_s": produce_s, "input_bytes": input_bytes},
+            "workload": produced,
         }
         # Each repetition runs c, b and every (a) back to back, so slow spells of a shared machine
         # hit all of them; the table reports each one's median run.

@@ -68,3 +68,12 @@ def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
     png = Path(files["latency_png"])
     assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+
+def test_bench_ab_runs_two_revisions_on_one_workload(broker: LocalBroker) -> None:
+    from bench import ab
+
+    settings = bench_run.Settings(events=500, customers=50, processes=(1,), repeat=1, bootstrap=broker.bootstrap)
+    results = ab.compare(["HEAD", ab.WORKTREE], settings, processes=1)
+    assert set(results) == {"HEAD", ab.WORKTREE}
+    assert all(len(runs) == 1 and runs[0] > 0 for runs in results.values())
