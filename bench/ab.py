@@ -32,8 +32,10 @@ def _checkout(revision: str, into: Path) -> Path:
     if revision == WORKTREE:
         return REPO
     path = into / revision.replace("/", "_")
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO, check=True,
-                   capture_output=True)
+    done = subprocess.run(["git", "worktree", "add", "--detach", str(path), revision], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench.ab: cannot check out {revision!r}: {done.stderr.strip()}")
     return path
 
 
@@ -43,7 +45,8 @@ def compare(revisions: list[str], s: Settings, processes: int) -> dict[str, list
     broker: LocalBroker | None = None
     results: dict[str, list[float]] = {r: [] for r in revisions}
     try:
-        trees = [_checkout(r, work) for r in revisions]
+        for revision in revisions:  # one at a time, so a bad revision still leaves the others removable
+            trees.append(_checkout(revision, work))
         broker = start_broker(work) if s.bootstrap is None else None
         bootstrap = s.bootstrap or (broker.bootstrap if broker else "")
         outs = {(i, n): f"bench.out.ab{i}-{n}.{s.run_id}" for i in range(s.repeat) for n in range(len(revisions))}
