@@ -149,6 +149,8 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         self._dirty: dict[str, int | None] = {}
         # Each dirty profile's own due time (the store's timer index still holds the old one).
         self._dirty_due: dict[str, int | None] = {}
+        # How many may stay dirty: set by each batch of events (see `_apply_events`).
+        self._dirty_limit = _DIRTY_LIMIT
         self._store: ShardStore | None = None
         self._timers: TimerIndex | None = None
         if resume is not None:
@@ -229,10 +231,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             customer, profile = live.popitem(last=False)
             if customer in self._dirty:
                 self._write(customer, profile)
-        # A large batch means a backlog: the input is already late, throughput is what counts, and
-        # a busy customer should be encoded once per epoch rather than after every batch. A small
-        # batch means the flow keeps up, and a short epoch-end pause is what counts.
-        limit = max(_DIRTY_LIMIT, _BACKLOG_DIRTY_FACTOR * len(profiles))
+        limit = max(self._dirty_limit, _BACKLOG_DIRTY_FACTOR * len(profiles))
         if len(self._dirty) > limit:
             # Never the ones this batch changed (they sit at the end of `_dirty`).
             keep = max(limit // 2, len(profiles))
@@ -285,6 +284,11 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
     def _apply_events(self, events: list[Event], decisions: list[Decision]) -> None:
         profiles, _ = self._profiles(list(dict.fromkeys(e.customer for e in events)))
+        # A large batch means a backlog: the input is already late, throughput is what counts, and
+        # a busy customer should be encoded once per epoch rather than after every batch. A small
+        # batch means the flow keeps up, and a short epoch-end pause is what counts. Timer turns
+        # in between keep the limit the last batch set: a few due customers are no sign of either.
+        self._dirty_limit = max(_DIRTY_LIMIT, _BACKLOG_DIRTY_FACTOR * len(profiles))
         self._changing(profiles)
         ruleset = self.ctx.ruleset
         outcomes = [on_event(profiles[e.customer], e, ruleset) for e in events]

@@ -64,3 +64,22 @@ def test_a_timer_key_left_stale_by_an_unwritten_change_does_not_fire(tmp_path: P
     assert [d.rule_id for d in decisions if d.trigger == "cart_abandoned"] == []
     shard.snapshot()
     shard.store.close()
+
+
+def test_a_timer_turn_between_backlog_batches_does_not_write_the_batch_out(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + MIN)
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    # A backlog batch: 40 customers (more than a live flow may leave dirty) and one whose cart
+    # deadline has long passed by the clock.
+    batch = [make_event("page_view", T0, customer=f"c{i}", page_type="home") for i in range(40)]
+    batch.append(make_event("add_to_cart", T0 - 2 * HOUR, customer="late-cart", sku="s1", amount=5.0))
+    shard.on_batch(batch)
+    shard.on_notify()  # one customer is due
+    # Profiles wait for the epoch end: a turn with one due customer is no sign that the flow keeps up.
+    assert [c for c in (f"c{i}" for i in range(40)) if shard.store.get(profile_key(c)) is not None] == []
+    shard.snapshot()
+    assert all(shard.store.get(profile_key(f"c{i}")) is not None for i in range(40))
+    shard.store.close()
+    late_cart = read_profile(tmp_path, 1, "late-cart")
+    assert late_cart is not None and "cart_abandoned" not in late_cart["signals"]  # the turn did run
