@@ -30,6 +30,7 @@ from operators import kafka_io, metrics
 from operators.config import load_config
 from operators.logs import configure_logging
 from operators.shard import ResumeState, ShardLogic
+from operators.state_identity import check_start, runner_recovery_dir
 
 STARTED = time.time()
 _timings: list[tuple[float, float, int | None]] = []
@@ -118,4 +119,5 @@ if os.environ.get("BENCH_STOP_FILE"):
     threading.Thread(target=_watch_stop_file, args=(os.environ["BENCH_STOP_FILE"],), daemon=True).start()
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "WARNING"))
-flow = build_flow(load_config(os.environ.get("NEXTCLICK_CONFIG") or None), stop=stop)
+_config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
+flow = build_flow(_config, stop=stop, plan=check_start(_config, recovery_dir=runner_recovery_dir(_config)))

@@ -55,6 +55,9 @@ class StateConfig:
     keep_checkpoints: int = 64
     # fsync every checkpoint; off only for benchmarks on throwaway state.
     sync: bool = True
+    # Where online savepoints are written (`nextclick savepoint create --online`); the control topic
+    # names only a directory inside it.
+    savepoint_dir: str = "var/savepoints"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class ParseConfig:
     # env value). Default off: dead letters keep the original bytes and can be replayed unchanged;
     # a redacted dead letter cannot. See docs/security.md.
     redact_fields: tuple[str, ...] = ()
+    # Upper bound on `amount` fields; 0 keeps the schemas' own (1e9). A larger amount is a
+    # schema_violation: bounded amounts keep sums such as lifetime value finite.
+    max_amount: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,4 +218,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         config = config.replace(kafka=kafka)
     if config.state.shards < 1:
         raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    if not (0 <= config.parse.max_amount < float("inf")):
+        raise ConfigError(f"{origin}: [parse].max_amount must be a finite number >= 0 (0: the schemas' bound)")
     return config

@@ -1,29 +1,40 @@
-"""Commands on the control topic. Today one: erase a customer (the right to erasure).
+"""Commands on the control topic: erase a customer (the right to erasure), take a savepoint.
 
     {"command": "erase", "request_id": "dsr-123", "customer_id": "c-42"}
     {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
+    {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
 
-The identifier is hashed exactly as events' identifiers are, so it finds the same profile.
-A command that can't be read is dead-lettered like any bad event.
+The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
+savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
+the control topic cannot make the flow write elsewhere. A command that can't be read is
+dead-lettered like any bad event.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
+from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
 
-from operators.events import DeadLetter, EraseRequest, SourcePosition
+from operators.events import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 from operators.identity import ID_TYPES, pseudonymize
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
+SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+COMMANDS = ("erase", "savepoint")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
-                  source: SourcePosition, *, secret: bytes) -> EraseRequest | DeadLetter:
-    """Never raises: an EraseRequest, or a DeadLetter saying what is wrong (without echoing values)."""
+                  source: SourcePosition, *, secret: bytes,
+                  savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter:
+    """Never raises: a command, or a DeadLetter saying what is wrong (without echoing values).
+
+    A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
+    """
     def refuse(reason: str, message: str) -> DeadLetter:
         return DeadLetter(key, value, tuple(headers or ()), source, reason, message)
 
@@ -33,11 +44,18 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         return refuse("invalid_json", "control message is not valid JSON")
     if not isinstance(body, dict):
         return refuse("not_an_object", "control message is not a JSON object")
-    if body.get("command") != "erase":
-        return refuse("unknown_command", "control message 'command' must be \"erase\"")
+    command = body.get("command")
+    if command not in COMMANDS:
+        return refuse("unknown_command", "control message 'command' must be \"erase\" or \"savepoint\"")
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         return refuse("schema_violation", "control message needs a non-empty string 'request_id'")
+    if command == "savepoint":
+        name = body.get("name")
+        if not isinstance(name, str) or not SAVEPOINT_NAME.match(name):
+            return refuse("schema_violation", "savepoint needs 'name': a directory name of letters, digits, "
+                                              "'.', '_' and '-' (it is created inside state.savepoint_dir)")
+        return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source)
     customer_key = body.get("customer_key")
     if isinstance(customer_key, str) and _KEY.match(customer_key):
         return EraseRequest(customer_key, request_id, source)

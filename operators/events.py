@@ -57,6 +57,13 @@ class Event:
     channel: str
     attrs: dict[str, Any] = field(default_factory=dict)
     source: SourcePosition | None = None
+    # The message as read (key, value, headers), held only in memory so that an event whose
+    # processing fails can still be dead-lettered byte for byte; never stored, logged or emitted.
+    raw: RawRecord | None = field(default=None, repr=False, compare=False)
+
+
+# Kafka key, value and headers of a message as read.
+RawRecord = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,9 @@ class DeadLetter:
     source: SourcePosition
     reason: str
     message: str
+    # processing_error only: the Python exception class and the step that raised it.
+    exception_class: str | None = None
+    step: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +91,18 @@ class EraseRequest:
 
     customer: str  # pseudonymous customer key
     request_id: str
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavepointRequest:
+    """From the control topic, one copy per shard: copy the shard into `path` at the end of this epoch.
+
+    `token` is chosen once per parse of the command, so every shard's part of one attempt shares it
+    and a replayed command (a new parse) writes a separate attempt (operators/savepoint.py)."""
+
+    shard: int
+    request_id: str
+    path: str
+    token: str
     source: SourcePosition | None = None

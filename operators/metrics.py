@@ -30,3 +30,10 @@ def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
             if sample.name.endswith("_total"):
                 out[tuple(sample.labels.values())] = sample.value
     return out
+PROCESSING_ERRORS = Counter("nextclick_processing_errors_total",
+                            "Events dead-lettered because applying them raised (processing_error), by step and "
+                            "exception class; each leaves the customer's profile as it was before the event.",
+                            ["step", "exception"], registry=REGISTRY)
+QUARANTINED = Counter("nextclick_quarantined_profiles_total",
+                      "Stored profiles set aside for inspection (undecodable, unencodable, or a timer that "
+                      "failed), by step.", ["step"], registry=REGISTRY)

@@ -106,6 +106,8 @@ class FlowThread:
 
         Path(recovery_dir).mkdir(parents=True, exist_ok=True)
         init_db_dir(Path(recovery_dir), 1)
+        # The start-up checks read the recovery directory the flow runs with from the configuration.
+        config = config.replace(state={"recovery_dir": str(recovery_dir)})
         self.stop_event = threading.Event()
         self.failures: list[BaseException] = []
         flow = build_flow(config, clock=clock, stop=self.stop_event)

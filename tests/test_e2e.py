@@ -111,7 +111,7 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
         kafka=kafka,
         topics={"inputs": tuple(topics.values()), "decisions": decisions_topic, "dead_letter": dlq_topic,
                 "control": control_topic},
-        state={"dir": str(tmp_path / "state"), "shards": 4},
+        state={"dir": str(tmp_path / "state"), "shards": 4, "recovery_dir": str(tmp_path / "recovery")},
         privacy={"secret": SECRET},
     )
     (tmp_path / "recovery").mkdir()

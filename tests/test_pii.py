@@ -105,7 +105,7 @@ def _processed() -> float:
 def _rocksdb_contents(state_dir: Path) -> bytes:
     """Every key and value of every shard's RocksDB, decoded (undo records and metadata included)."""
     out = []
-    for shard in sorted(state_dir.iterdir()):
+    for shard in sorted(state_dir.glob("shard-*")):
         opts = Options(raw_mode=True)
         db = Rdict(str(shard), opts, access_type=AccessType.read_only())
         try:
