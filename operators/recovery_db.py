@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,25 @@ class RecoveryView:
         return self.snapshots.get(step_id, {})
 
 
+def _read_partition(file: Path, view: RecoveryView, exs: list[Any], fronts: list[Any], snaps: list[Any]) -> None:
+    conn = sqlite3.connect(file)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "parts" not in tables:
+            return
+        for index, count in conn.execute("SELECT part_index, part_count FROM parts"):
+            view.partitions.append(int(index))
+            view.part_count = int(count)
+        if "exs" in tables:
+            exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+        if "fronts" in tables:
+            fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+        if "snaps" in tables:
+            snaps += conn.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps").fetchall()
+    finally:
+        conn.close()
+
+
 def read_recovery(path: str | Path) -> RecoveryView:
     """Read every `*.sqlite3` partition under `path` (missing or empty directory: an empty view)."""
     view = RecoveryView(Path(path))
@@ -75,24 +96,17 @@ def read_recovery(path: str | Path) -> RecoveryView:
     fronts: list[tuple[int, int, int]] = []
     snaps: list[tuple[str, str, int, bytes | None]] = []
     for file in files:
-        # Read-only URI: never create a file or a WAL in somebody else's directory.
-        conn = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "parts" not in tables:
-                continue
-            for index, count in conn.execute("SELECT part_index, part_count FROM parts"):
-                view.partitions.append(int(index))
-                view.part_count = int(count)
-            if "exs" in tables:
-                exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
-            if "fronts" in tables:
-                fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
-            if "snaps" in tables:
-                snaps += conn.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps").fetchall()
-        finally:
-            conn.close()
+        with tempfile.TemporaryDirectory(prefix="nextclick-recovery-") as tmp:
+            # SQLite leaves -shm and -wal files behind even when it only reads a WAL-mode database, so
+            # read a copy (with its write-ahead log, which holds the newest commits after a crash).
+            copy = Path(tmp) / file.name
+            shutil.copyfile(file, copy)
+            wal = file.with_name(file.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            _read_partition(copy, view, exs, fronts, snaps)
     view.executions = len(exs)
+
     if exs:
         last_ex, workers, default_front = max(exs)
         progress = {w: default_front for w in range(workers)}

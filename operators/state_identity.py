@@ -20,6 +20,7 @@ Bytewax has no state of its own yet.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import hmac
@@ -306,72 +307,100 @@ def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_
     """Compare the state directory, the recovery directory and the configuration; refuse what would lose state.
 
     A brand-new deployment (both directories empty) is set up here: the manifest is written and, if
-    `init_recovery` is given, the recovery partitions are created. Raises StateMismatch (one line).
-    Changes nothing on disk when it refuses.
+    `init_recovery` is given, the recovery partitions are created. Raises StateMismatch (one line)
+    and then has changed nothing on disk: every check runs before any write, and the writes run
+    under a lock (processes sharing the directories start one at a time) after checking again.
     """
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
     secret = config.privacy.resolve_secret()
-    step = f"{flow_name}.profiles"
+    plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+    if not writes:
+        return plan
     with _start_lock(state_dir):
-        manifest = read_manifest(state_dir)
-        dirs = shard_dirs(state_dir)
+        plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+        for write in writes:
+            write()
+    if plan.fresh:
         view = read_recovery(recovery)
-        marker = read_marker(recovery)
-        if manifest is None and not dirs:
-            return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
-        notes: list[str] = []
-        if manifest is None:
-            if not view.exists or not view.has_progress:
-                raise _refuse(f"state.recovery_dir: {state_dir} holds shard state but the recovery directory "
-                              f"{recovery} is missing or empty, so every shard would be rolled back to nothing; "
-                              f"restore the recovery directory that goes with it")
-            manifest = _adopt_legacy(config, secret, state_dir, dirs)
-            write_manifest(state_dir, manifest)
-            write_marker(recovery, manifest.lineage)
-            marker = manifest.lineage
-            notes.append("adopted state written before state manifests")
-        else:
-            _compare(manifest, config, secret, state_dir)
-        if not view.exists:
-            raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
-                          f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
-                          f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
-        on_disk = {n: _shard_on_disk(p) for n, p in sorted(dirs.items())}
-        restore = manifest.restore
-        if marker is None:
-            uncommitted = all(s.floor <= (restore.seqs.get(n, 0) if restore else 0) for n, s in on_disk.items())
-            if view.has_progress or not uncommitted:
-                raise _refuse(f"state.recovery_dir: {recovery} was not created with the state in {state_dir} "
-                              f"(it has no nextclick marker: re-initialised, or another deployment's?); "
-                              f"rolling the shards back to match it would lose committed profiles")
-            write_marker(recovery, manifest.lineage)
-        elif marker != manifest.lineage:
-            raise _refuse(f"state.recovery_dir: {recovery} belongs to deployment {marker}, the state in "
-                          f"{state_dir} to {manifest.lineage}; point both settings at the same deployment")
-        committed = _check_shards(view, step, on_disk, dirs, restore, recovery)
-        return StartPlan(manifest.lineage, False, committed, restore, notes)
+        plan = dataclasses.replace(plan, committed={} if view.complete else None)
+    return plan
+
+
+def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, step: str,
+             init_recovery: Callable[[Path], None] | None) -> tuple[StartPlan, list[Callable[[], None]]]:
+    """Every check, and the writes a start needs; writes nothing itself."""
+    manifest = read_manifest(state_dir)
+    dirs = shard_dirs(state_dir)
+    view = read_recovery(recovery)
+    marker = read_marker(recovery)
+    writes: list[Callable[[], None]] = []
+    if manifest is None and not dirs:
+        return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
+    notes: list[str] = []
+    if manifest is None:
+        if not view.exists or not view.has_progress:
+            raise _refuse(f"state.recovery_dir: {state_dir} holds shard state but the recovery directory "
+                          f"{recovery} is missing or empty, so every shard would be rolled back to nothing; "
+                          f"restore the recovery directory that goes with it")
+        adopted = manifest = _adopt_legacy(config, secret, state_dir, dirs)
+        writes += [lambda: write_manifest(state_dir, adopted), lambda: write_marker(recovery, adopted.lineage)]
+        marker = manifest.lineage
+        notes.append("adopted state written before state manifests")
+    else:
+        _compare(manifest, config, secret, state_dir)
+    if not view.exists:
+        raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
+                      f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
+                      f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
+    on_disk = {n: _shard_on_disk(p) for n, p in sorted(dirs.items())}
+    restore = manifest.restore
+    lineage = manifest.lineage
+    if marker is None:
+        # Only a start interrupted between writing the manifest and the marker leaves no marker; then
+        # no shard has moved past its starting point. Anything else is a replaced recovery directory.
+        untouched = all(s.seq <= (restore.seqs.get(n, 0) if restore else 0) for n, s in on_disk.items())
+        if view.has_progress or not untouched:
+            raise _refuse(f"state.recovery_dir: {recovery} was not created with the state in {state_dir} "
+                          f"(it has no nextclick marker: re-initialised, or another deployment's?); "
+                          f"rolling the shards back to match it would lose committed profiles")
+        writes.append(lambda: write_marker(recovery, lineage))
+    elif marker != lineage:
+        raise _refuse(f"state.recovery_dir: {recovery} belongs to deployment {marker}, the state in "
+                      f"{state_dir} to {lineage}; point both settings at the same deployment")
+    committed = _check_shards(view, step, on_disk, dirs, restore, recovery)
+    return StartPlan(lineage, False, committed, restore, notes), writes
 
 
 def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,
-                 marker: str | None, init_recovery: Callable[[Path], None] | None) -> StartPlan:
+                 marker: str | None, init_recovery: Callable[[Path], None] | None
+                 ) -> tuple[StartPlan, list[Callable[[], None]]]:
     if view.has_progress or marker is not None:
         raise _refuse(f"state.dir: {recovery} holds committed epochs of deployment {marker or '(unmarked)'} but "
                       f"{state_dir} has no state (deleted, or the wrong directory?); restore the state directory, "
                       f"or start over with `nextclick state reset`")
+    writes: list[Callable[[], None]] = []
     if not view.exists:
         if init_recovery is None:
             raise _refuse(f"state.recovery_dir: {recovery} has no Bytewax recovery partitions; create them with "
                           f"`python -m bytewax.recovery {recovery} 1`")
-        recovery.mkdir(parents=True, exist_ok=True)
-        init_recovery(recovery)
-        view = read_recovery(recovery)
+        init = init_recovery
+
+        def create_recovery() -> None:
+            recovery.mkdir(parents=True, exist_ok=True)
+            init(recovery)
+
+        writes.append(create_recovery)
     manifest = new_manifest(config, secret)
-    write_manifest(state_dir, manifest)
-    write_marker(recovery, manifest.lineage)
-    log.info("new state", extra={"state_dir": str(state_dir), "recovery_dir": str(recovery),
-                                 "shards": manifest.shards, "lineage": manifest.lineage})
-    return StartPlan(manifest.lineage, True, {} if view.complete else None)
+
+    def create_state() -> None:
+        write_manifest(state_dir, manifest)
+        write_marker(recovery, manifest.lineage)
+        log.info("new state", extra={"state_dir": str(state_dir), "recovery_dir": str(recovery),
+                                     "shards": manifest.shards, "lineage": manifest.lineage})
+
+    writes.append(create_state)
+    return StartPlan(manifest.lineage, True, {}), writes
 
 
 def _check_shards(view: RecoveryView, step: str, on_disk: dict[int, _ShardOnDisk], dirs: dict[int, Path],
