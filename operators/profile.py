@@ -56,7 +56,7 @@ class ProfileEncodeError(ValueError):
 
 
 def _finite(value: float, what: str) -> float:
-    if not math.isfinite(value):
+    if type(value) not in (int, float) or not math.isfinite(value):
         raise ProfileEncodeError(f"{what} is not a finite number")
     return value
 

@@ -440,7 +440,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
             metrics.ABSENCES.inc(absences)
 
     def _apply_events(self, events: list[Event], out: list[ShardOutput]) -> None:
-        profiles, _, quarantined = self._profiles(list(dict.fromkeys(e.customer for e in events)))
+        profiles, created, _ = self._profiles(list(dict.fromkeys(e.customer for e in events)))
         # A large batch means a backlog: the input is already late, throughput is what counts, and
         # a busy customer should be encoded once per epoch rather than after every batch. A small
         # batch means the flow keeps up, and a short epoch-end pause is what counts. Timer turns
@@ -458,6 +458,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
                 metrics.PROCESSING_ERRORS.labels("quarantined_profile", "Quarantined").inc()
                 continue
             try:
+                if failpoints.FAIL_CUSTOMERS and customer in failpoints.FAIL_CUSTOMERS:
+                    raise failpoints.InjectedFailure("failpoint")
                 outcome = on_event(profile, event, ruleset)
             except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's dead letter
                 out.append(processing_error(event, "engine.on_event", exc))
@@ -470,6 +472,14 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
             outcomes.append(outcome)
             if not outcome.duplicate:
                 types[event.type] += 1
+        for customer in [c for c in profiles if c not in applied]:
+            # Every event of theirs failed since the profile was last written: it is as stored (a new
+            # customer: nothing is stored), so there is nothing to write.
+            self._dirty.pop(customer, None)
+            self._dirty_due.pop(customer, None)
+            if customer in created:
+                del profiles[customer]
+                self._live.pop(customer, None)
         self._changed({c: p for c, p in profiles.items() if c in self._live})
         self._account(outcomes, out)
         for event_type, n in types.items():
