@@ -33,6 +33,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -77,6 +78,8 @@ _SHARED_MEMTABLE_BYTES = 64 << 20
 _MAX_OPEN_FILES = 64
 # How often the background syncer flushes open stores' WALs (see _WalSyncer).
 _WAL_SYNC_INTERVAL_S = 0.1
+# A read-only open that races the writer replacing a file is retried this many times.
+_READ_ONLY_ATTEMPTS = 5
 # Pending keys that trigger a stage into RocksDB: small, so the checkpoint has little left to do.
 STAGE_KEYS = 64
 
@@ -324,12 +327,20 @@ class ShardStore:
     def open_read_only(cls, path: str | os.PathLike[str], *, cache_size: int = 4096) -> Self:
         """Open without taking RocksDB's lock so CLI tools can inspect a shard the flow has open.
 
-        Sees the committed state as of opening; writes raise StateError.
+        Sees the committed state as of opening; writes raise StateError. The writer may replace a
+        file (compaction, a new MANIFEST after a purge) while this opens, so a failed open is retried.
         """
-        store = cls.__new__(cls)
-        store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, stage_keys=STAGE_KEYS,
-                    read_only=True)
-        return store
+        for attempt in range(_READ_ONLY_ATTEMPTS):
+            store = cls.__new__(cls)
+            try:
+                store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, stage_keys=STAGE_KEYS,
+                            read_only=True)
+                return store
+            except StateError:
+                if attempt == _READ_ONLY_ATTEMPTS - 1 or not os.path.isdir(path):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------------------------------- info
 
