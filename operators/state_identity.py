@@ -297,8 +297,6 @@ def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int
                                   f"state.shards to the count it was written with")
         finally:
             store.close()
-    log.warning("adopting state written before state manifests; its identifier secret cannot be verified, "
-                "the configured one is recorded from now on", extra={"state_dir": str(state_dir), "shards": shards})
     return new_manifest(config, secret)
 
 
@@ -344,7 +342,15 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, ste
                           f"{recovery} is missing or empty, so every shard would be rolled back to nothing; "
                           f"restore the recovery directory that goes with it")
         adopted = manifest = _adopt_legacy(config, secret, state_dir, dirs)
-        writes += [lambda: write_manifest(state_dir, adopted), lambda: write_marker(recovery, adopted.lineage)]
+
+        def adopt() -> None:
+            write_manifest(state_dir, adopted)
+            write_marker(recovery, adopted.lineage)
+            log.warning("adopted state written before state manifests; its identifier secret cannot be "
+                        "verified, the configured one is recorded from now on",
+                        extra={"state_dir": str(state_dir), "shards": adopted.shards})
+
+        writes.append(adopt)
         marker = manifest.lineage
         notes.append("adopted state written before state manifests")
     else:
