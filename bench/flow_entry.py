@@ -26,11 +26,12 @@ import orjson
 
 from bench import workload
 from flows.targeting import build_flow
-from operators import kafka_io, metrics
-from operators.config import load_config
-from operators.logs import configure_logging
-from operators.shard import ResumeState, ShardLogic
-from operators.state_identity import check_start, runner_recovery_dir
+from operators.infra import metrics
+from operators.infra.config import load_config
+from operators.infra.logs import configure_logging
+from operators.io import kafka as kafka_io
+from operators.state.manifest import check_start, runner_recovery_dir
+from operators.state.shard import ResumeState, ShardLogic
 
 STARTED = time.time()
 _timings: list[tuple[float, float, int | None]] = []

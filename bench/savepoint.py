@@ -33,16 +33,16 @@ from bytewax.recovery import init_db_dir
 
 from bench import workload
 from bench.state_resume import build
-from operators.clock import SystemClock
-from operators.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
-from operators.events import Event, SavepointRequest, SourcePosition
-from operators.parse import parse_message
-from operators.recovery_db import read_recovery
+from operators.infra.clock import SystemClock
+from operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
+from operators.io.parse import parse_message
+from operators.records import Event, SavepointRequest, SourcePosition
 from operators.rules import load_rules
-from operators.savepoint import create_offline, finish_online, reshard, restore
-from operators.shard import ShardContext, ShardLogic, shard_of
-from operators.state_identity import check_start
-from operators.store import dir_bytes
+from operators.state.manifest import check_start
+from operators.state.recovery_db import read_recovery
+from operators.state.savepoint import create_offline, finish_online, reshard, restore
+from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.state.store import dir_bytes
 
 
 def _inodes(root: Path) -> set[int]:

@@ -37,12 +37,12 @@ from bytewax.operators import KeyedStream
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 
-from operators.clock import ManualClock
-from operators.config import DEFAULT_RULES_FILE
-from operators.events import Event
+from operators.infra.clock import ManualClock
+from operators.infra.config import DEFAULT_RULES_FILE
+from operators.records import Event
 from operators.rules import load_rules
-from operators.shard import ResumeState, ShardContext, ShardItem, ShardLogic, shard_of
-from operators.store import dir_bytes
+from operators.state.shard import ResumeState, ShardContext, ShardItem, ShardLogic, shard_of
+from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
 _checkpoints: dict[int, int] = {}

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.config import DEFAULT_RULES_FILE, Config, load_config
+from operators.infra.config import DEFAULT_RULES_FILE, Config, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -37,11 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig, init_db_dir
 
     from flows.targeting import build_flow
-    from operators.kafka_io import redacted, wait_for_broker
-    from operators.logs import configure_logging
+    from operators.infra.logs import configure_logging
+    from operators.io.kafka import redacted, wait_for_broker
     from operators.rules import load_rules
-    from operators.savepoint import restore
-    from operators.state_identity import check_start
+    from operators.state.manifest import check_start
+    from operators.state.savepoint import restore
 
     configure_logging(args.log_level)
     config = _config(args)
@@ -68,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        from operators.metrics import REGISTRY
+        from operators.infra.metrics import REGISTRY
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
     addresses = args.addresses.split(";") if args.addresses else None
@@ -83,8 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
     from flows.generate import plan, stream
-    from operators.clock import ScaledClock, SystemClock
-    from operators.kafka_io import client_config, ensure_topics, wait_for_broker
+    from operators.infra.clock import ScaledClock, SystemClock
+    from operators.io.kafka import client_config, ensure_topics, wait_for_broker
 
     config = _config(args)
     topics = tuple(args.topics.split(",")) if args.topics else config.topics.inputs
@@ -112,8 +112,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
-    from operators.shard import read_profile
-    from operators.state_identity import verify_config
+    from operators.state.manifest import verify_config
+    from operators.state.shard import read_profile
 
     config = load_config(args.config)
     verify_config(config)
@@ -126,16 +126,16 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
-    from operators.identity import pseudonymize
+    from operators.identity.pseudonyms import pseudonymize
 
     return args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
     from operators.rules import load_rules
-    from operators.shard import erase_customer, shard_of, shard_path
-    from operators.state_identity import verify_config
-    from operators.store import ShardStore, StateError
+    from operators.state.manifest import verify_config
+    from operators.state.shard import erase_customer, shard_of, shard_path
+    from operators.state.store import ShardStore, StateError
 
     config = load_config(args.config)
     verify_config(config)
@@ -143,7 +143,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
     if args.online:
         from confluent_kafka import Producer
 
-        from operators.kafka_io import client_config
+        from operators.io.kafka import client_config
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
         producer = Producer(client_config(config.kafka))
@@ -170,9 +170,9 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
-    from operators.shard import PROFILE_PREFIX, shard_path
-    from operators.state_identity import verify_config
-    from operators.store import ShardStore, dir_bytes
+    from operators.state.manifest import verify_config
+    from operators.state.shard import PROFILE_PREFIX, shard_path
+    from operators.state.store import ShardStore, dir_bytes
 
     config = load_config(args.config)
     state_dir = Path(config.state.dir)
@@ -219,7 +219,7 @@ def cmd_state_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state_reset(args: argparse.Namespace) -> int:
-    from operators.state_identity import reset_state
+    from operators.state.manifest import reset_state
 
     config = load_config(args.config)
     report = reset_state(config, dry_run=not args.yes)
@@ -238,7 +238,7 @@ def _progress(message: str) -> None:
 
 
 def cmd_savepoint_create(args: argparse.Namespace) -> int:
-    from operators.savepoint import SavepointError, create_offline, finish_online
+    from operators.state.savepoint import SavepointError, create_offline, finish_online
 
     config = load_config(args.config)
     dest = Path(args.dest)
@@ -248,8 +248,8 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
         return 0
     from confluent_kafka import Producer
 
-    from operators.control import SAVEPOINT_NAME
-    from operators.kafka_io import client_config
+    from operators.io.control import SAVEPOINT_NAME
+    from operators.io.kafka import client_config
 
     root = Path(config.state.savepoint_dir).resolve()
     if dest.resolve().parent != root or not SAVEPOINT_NAME.match(dest.name):
@@ -270,14 +270,14 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_info(args: argparse.Namespace) -> int:
-    from operators.savepoint import info
+    from operators.state.savepoint import info
 
     print(orjson.dumps(info(Path(args.src)), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
-    from operators.savepoint import reshard
+    from operators.state.savepoint import reshard
 
     manifest = reshard(Path(args.src), Path(args.dest), args.shards, progress=_progress)
     print(manifest.to_json().decode())

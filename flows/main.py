@@ -16,10 +16,10 @@ import os
 import sys
 
 from flows.targeting import build_flow
-from operators.config import ConfigError, load_config
-from operators.logs import configure_logging
-from operators.state_identity import check_start, runner_recovery_dir
-from operators.store import StateError
+from operators.infra.config import ConfigError, load_config
+from operators.infra.logs import configure_logging
+from operators.state.manifest import check_start, runner_recovery_dir
+from operators.state.store import StateError
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
 try:

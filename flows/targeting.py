@@ -7,7 +7,7 @@
 
 Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
 shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
-directories are checked against the configuration (operators/state_identity.py).
+directories are checked against the configuration (operators/state/manifest.py).
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from operators import metrics
-from operators.clock import Clock, SystemClock
-from operators.config import DEFAULT_RULES_FILE, Config, decision_topic
-from operators.control import parse_control
-from operators.deadletter import dead_letter_record
-from operators.decisions import encode_decision
-from operators.events import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
-from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
-from operators.parse import parse_message
+from operators.infra import metrics
+from operators.infra.clock import Clock, SystemClock
+from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic
+from operators.io.control import parse_control
+from operators.io.deadletter import dead_letter_record
+from operators.io.decisions import encode_decision
+from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
+from operators.io.parse import parse_message
+from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
 from operators.rules import Decision, RuleSet, load_rules
-from operators.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
-from operators.state_identity import StartPlan, check_start
+from operators.state.manifest import StartPlan, check_start
+from operators.state.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
 
 Routed = tuple[str, ShardItem]
 

@@ -12,16 +12,14 @@ from typing import Any
 
 import orjson
 
-from operators.events import PURCHASE_TYPES, Event
+from operators.channels import CONSENT_FAMILY, PURCHASE_TYPES
+from operators.records import Event
 
 Profile = dict[str, Any]
 
 PROFILE_FORMAT = 1
 DAY_MS = 86_400_000
 
-# Channels whose consent a rule's channel maps to (a decision's channel -> the consent key family).
-CONSENT_CHANNEL = {"email": "email", "ads": "ads", "sms": "sms", "push": "push",
-                   "mobile": "push", "web": "web", "call_center": "call_center"}
 
 
 def new_profile(customer: str) -> Profile:
@@ -116,9 +114,9 @@ def consent_state(profile: Profile, channel: str, purpose: str = "marketing") ->
 
     A revocation for channel "all" (do-not-contact) overrides any per-channel grant that is older.
     """
-    family = CONSENT_CHANNEL.get(channel, channel)
+    family = CONSENT_FAMILY.get(channel, channel)
     # Consent events may name an alias of the family (a "mobile" consent governs "push" decisions).
-    keys = [family, *sorted(c for c, f in CONSENT_CHANNEL.items() if f == family and c != family), "all"]
+    keys = [family, *sorted(c for c, f in CONSENT_FAMILY.items() if f == family and c != family), "all"]
     candidates = [c for c in (profile["consent"].get(f"{k}:{purpose}") for k in keys) if c is not None]
     if not candidates:
         return None

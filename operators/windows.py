@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Union
 
-from operators.events import Event
 from operators.profile import Profile, ProfileEncodeError
+from operators.records import Event
 
 EXPIRE_TIMER = "expire"
 ABSENCE_TIMER_PREFIX = "absence:"

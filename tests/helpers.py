@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import operators
+from operators.channels import EVENT_CHANNELS
 from operators.engine import Outcome, on_event, on_timers
-from operators.events import EVENT_CHANNELS, Event
 from operators.profile import Profile, new_profile
+from operators.records import Event
 from operators.rules import RuleSet, load_rules
 
 SEC = 1_000

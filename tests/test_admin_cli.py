@@ -14,10 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.config import PrivacyConfig
-from operators.identity import pseudonymize
-from operators.kafka_io import ensure_topics
-from operators.shard import read_profile
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.config import PrivacyConfig
+from operators.io.kafka import ensure_topics
+from operators.state.shard import read_profile
 from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
 
 CUSTOMERS = 30

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.kafka_io import ensure_topics
+from operators.io.kafka import ensure_topics
 from tests.flowrun import (
     DecisionRecord,
     FlowSetup,

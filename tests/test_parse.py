@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.config import ParseConfig
-from operators.deadletter import REASONS, dead_letter_headers
-from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
-from operators.identity import pseudonymize
-from operators.parse import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, load_schema, parse_message
+from operators.channels import EVENT_CHANNELS
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.config import ParseConfig
+from operators.io.deadletter import REASONS, dead_letter_headers
+from operators.io.parse import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, load_schema, parse_message
+from operators.records import DeadLetter, Event, SourcePosition
 
 SECRET = b"test-secret"
 NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z

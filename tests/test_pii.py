@@ -29,15 +29,15 @@ import pytest
 from confluent_kafka import Producer
 from rocksdict import AccessType, Options, Rdict
 
-from operators import metrics
-from operators.clock import ManualClock
-from operators.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
-from operators.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
-from operators.events import DeadLetter, SourcePosition
-from operators.identity import pseudonymize
-from operators.kafka_io import consume_all, ensure_topics
-from operators.logs import configure_logging
-from operators.shard import read_profile
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra import metrics
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
+from operators.infra.logs import configure_logging
+from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
+from operators.io.kafka import consume_all, ensure_topics
+from operators.records import DeadLetter, SourcePosition
+from operators.state.shard import read_profile
 from tests.helpers import FlowThread
 
 SECRET = "pii-test-secret"

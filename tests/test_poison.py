@@ -13,16 +13,16 @@ from typing import Any
 import orjson
 import pytest
 
-from operators import shard as shard_module
-from operators.clock import ManualClock
-from operators.config import ParseConfig
-from operators.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
-from operators.events import DeadLetter, Event, SourcePosition
-from operators.identity import pseudonymize
-from operators.kafka_io import consume_all, ensure_topics
-from operators.parse import parse_message
+from operators.state import shard as shard_module
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.clock import ManualClock
+from operators.infra.config import ParseConfig
+from operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
+from operators.io.kafka import consume_all, ensure_topics
+from operators.io.parse import parse_message
 from operators.profile import ProfileEncodeError, encode_profile, new_profile
-from operators.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
+from operators.records import DeadLetter, Event, SourcePosition
+from operators.state.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.kafka_io import consume_all, ensure_topics
+from operators.io.kafka import consume_all, ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,

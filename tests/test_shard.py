@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operators.clock import ManualClock
-from operators.events import EraseRequest
-from operators.shard import ShardContext, ShardLogic, profile_key, read_profile, timer_key
+from operators.infra.clock import ManualClock
+from operators.records import EraseRequest
+from operators.state.shard import ShardContext, ShardLogic, profile_key, read_profile, timer_key
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.events import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
-from operators.identity import ID_TYPES, pseudonymize
+from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
-DEFAULT_RULES_FILE = str(Path(__file__).resolve().parent / "default_rules.toml")
+DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "default_rules.toml")
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,7 @@ class TopicsConfig:
     # decisions to nextclick.decisions.email, ads to nextclick.decisions.ads, and so on.
     decisions: str = "nextclick.decisions"
     dead_letter: str = "nextclick.dead_letter"
-    # Erase commands (the right to erasure) while the flow runs; see operators/control.py.
+    # Erase commands (the right to erasure) while the flow runs; see operators/io/control.py.
     control: str = "nextclick.control"
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True

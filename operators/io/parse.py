@@ -23,11 +23,12 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from operators.config import ParseConfig
-from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
-from operators.identity import pseudonymize, resolve_identifier
+from operators.channels import EVENT_CHANNELS
+from operators.identity.pseudonyms import pseudonymize, resolve_identifier
+from operators.infra.config import ParseConfig
+from operators.records import DeadLetter, Event, SourcePosition
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "events"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 

@@ -37,17 +37,17 @@ from typing import Any
 
 import orjson
 
-from operators.config import Config
+from operators.infra.config import Config
 from operators.profile import PROFILE_FORMAT
-from operators.recovery_db import RecoveryView, read_recovery
-from operators.store import ShardStore, StateError
+from operators.state.recovery_db import RecoveryView, read_recovery
+from operators.state.store import ShardStore, StateError
 
 __all__ = ["MANIFEST_FILE", "RECOVERY_MARKER", "RestorePoint", "StartPlan", "StateManifest", "StateMismatch",
            "check_start", "read_manifest", "reset_state", "secret_fingerprint", "shard_dirs", "verify_config"]
 
 MANIFEST_FILE = "nextclick-state.json"
 RECOVERY_MARKER = "nextclick-recovery.json"
-# Layout of the state directory and of the keys inside a shard (operators/shard.py).
+# Layout of the state directory and of the keys inside a shard (operators/state/shard.py).
 STATE_FORMAT = 1
 SHARD_HASH = "crc32"
 _SHARD_DIR = re.compile(r"^shard-(\d{4,})$")
@@ -278,7 +278,7 @@ def verify_config(config: Config) -> StateManifest | None:
 
 def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int, Path]) -> StateManifest:
     """State from before manifests: adopt it only if its shards hold customers this shard count places there."""
-    from operators.shard import PROFILE_PREFIX, shard_of
+    from operators.state.shard import PROFILE_PREFIX, shard_of
 
     shards = config.state.shards
     beyond = sorted(n for n in dirs if n >= shards)

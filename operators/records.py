@@ -9,28 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-# Channels a touch can arrive on. An event type maps to exactly one channel (see `EVENT_CHANNELS`).
-CHANNELS = ("web", "email", "mobile", "store", "call_center")
-
-# Every event type the flow understands, with the channel it belongs to. Each has a JSON Schema in
-# `schemas/events/<type>.json`; adding a type means adding both.
-EVENT_CHANNELS: dict[str, str] = {
-    "page_view": "web",
-    "add_to_cart": "web",
-    "purchase": "web",
-    "email_open": "email",
-    "email_click": "email",
-    "app_open": "mobile",
-    "app_purchase": "mobile",
-    "store_purchase": "store",
-    "call_center_contact": "call_center",
-    "consent": "web",
-    "complaint": "call_center",
-}
-
-# Event types that count as a purchase for the durable facts and the purchase suppressions.
-PURCHASE_TYPES = frozenset({"purchase", "app_purchase", "store_purchase"})
-
 
 class SourcePosition(NamedTuple):
     """Where a message came from, so a dead letter can name it and be replayed onto it.
@@ -99,7 +77,7 @@ class SavepointRequest:
     """From the control topic, one copy per shard: copy the shard into `path` at the end of this epoch.
 
     `token` is chosen once per parse of the command, so every shard's part of one attempt shares it
-    and a replayed command (a new parse) writes a separate attempt (operators/savepoint.py)."""
+    and a replayed command (a new parse) writes a separate attempt (operators/state/savepoint.py)."""
 
     shard: int
     request_id: str

@@ -5,7 +5,7 @@ every pending timer on every activation, so customers are not Bytewax keys. A sh
 customers' profiles in its own RocksDB (behind a bounded cache), keeps its own timer index and asks
 Bytewax for one `notify_at`: its earliest deadline. Bytewax's recovery holds only `{"seq": n}` per
 shard; the RocksDB checkpoint with that seq is written in `snapshot`, at the epoch boundary, and a
-resume rolls RocksDB back to the seq Bytewax committed (see operators/store.py).
+resume rolls RocksDB back to the seq Bytewax committed (see operators/state/store.py).
 
 One customer's bad data never stops the flow. An event whose processing raises is dead-lettered
 (`processing_error`, the original bytes, the exception class and step, no payload values) and the
@@ -32,14 +32,14 @@ from typing import Any, Container, Iterable
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from operators import failpoints, metrics
-from operators.clock import Clock
 from operators.engine import Outcome, due_at, on_event, on_timers
-from operators.events import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
+from operators.infra import failpoints, metrics
+from operators.infra.clock import Clock
 from operators.profile import Profile, ProfileEncodeError, decode_profile, encode_profile, new_profile
+from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
 from operators.rules import Decision, RuleSet
-from operators.state_identity import StartPlan
-from operators.store import ShardStore, StateError
+from operators.state.manifest import StartPlan
+from operators.state.store import ShardStore, StateError
 
 PROFILE_PREFIX = b"p"
 TIMER_PREFIX = b"t"
@@ -127,7 +127,7 @@ class ShardContext:
     cache_profiles: int = 4096
     keep_checkpoints: int = 64
     sync: bool = True
-    # What the start-up checks found (operators/state_identity.py); None when a test drives shards directly.
+    # What the start-up checks found (operators/state/manifest.py); None when a test drives shards directly.
     plan: StartPlan | None = None
 
 
@@ -587,7 +587,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
         """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed."""
-        from operators.savepoint import write_shard_part
+        from operators.state.savepoint import write_shard_part
 
         started = time.perf_counter()
         assert self.shard is not None

@@ -6,7 +6,7 @@ Layout of a savepoint directory:
                                seq, the input positions (next offset per topic partition), when and how
     DEST/shard-0000/ ...       each shard's RocksDB at that seq (a RocksDB checkpoint: hard links)
 
-Each shard checkpoints the input positions of the events it applied (operators/shard.py), so the
+Each shard checkpoints the input positions of the events it applied (operators/state/shard.py), so the
 positions of a savepoint are the largest over its shards: every message before them was applied by
 its shard (or refused by the parser; a restore reads such trailing refusals again, and dead-letters
 them again). A savepoint is taken
@@ -36,10 +36,9 @@ from typing import Any
 
 import orjson
 
-from operators.config import Config
+from operators.infra.config import Config
 from operators.profile import PROFILE_FORMAT
-from operators.shard import POSITIONS_KEY, customer_of_key, shard_of, shard_path
-from operators.state_identity import (
+from operators.state.manifest import (
     SHARD_HASH,
     STATE_FORMAT,
     RestorePoint,
@@ -51,7 +50,8 @@ from operators.state_identity import (
     write_manifest,
     write_marker,
 )
-from operators.store import ShardStore, StateError, dir_bytes
+from operators.state.shard import POSITIONS_KEY, customer_of_key, shard_of, shard_path
+from operators.state.store import ShardStore, StateError, dir_bytes
 
 MANIFEST = "savepoint.json"
 _STAGING = ".parts-"
@@ -208,7 +208,7 @@ def _write_manifest(dest: Path, manifest: SavepointManifest) -> None:
 def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | None = None,
                    progress: Callable[[str], None] = lambda _m: None) -> SavepointManifest:
     """Copy every shard of a stopped flow at the seq Bytewax committed, with the input positions."""
-    from operators.state_identity import check_start
+    from operators.state.manifest import check_start
 
     state_dir = Path(config.state.dir)
     if read_manifest(state_dir) is None and not shard_dirs(state_dir):
