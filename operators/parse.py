@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import fastjsonschema
@@ -26,14 +26,14 @@ from operators.config import ParseConfig
 from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
 from operators.identity import pseudonymize, resolve_identifier
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "events"
+# Package data of the `schemas` package: read the same from a wheel as from a checkout.
+SCHEMA_DIR = files("schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 
 
 def _read(name: str) -> dict[str, Any]:
-    with open(SCHEMA_DIR / name, "rb") as fh:
-        data = orjson.loads(fh.read())
+    data = orjson.loads(SCHEMA_DIR.joinpath(name).read_bytes())
     if not isinstance(data, dict):
         raise TypeError(f"{name}: a schema must be a JSON object")
     return data
