@@ -110,17 +110,19 @@ def partitions_in(recovery_dir: Path) -> dict[int, int]:
 
 
 def prepare_recovery(recovery_dir: Path, indexes: tuple[int, ...], count: int, *, check: bool) -> str:
-    """Create the partitions in a missing or empty directory; with `check`, refuse a directory that
+    """Create the partitions in a directory without any; with `check`, refuse a directory that
     holds any other set (another process's volume, or a different process count). What it did."""
     from bytewax.recovery import init_db_dir
 
-    if not recovery_dir.exists() or not any(recovery_dir.iterdir()):
+    # Partitions, not any file: a fresh volume may hold lost+found, a lock file or a write probe.
+    if not recovery_dir.exists() or not any(recovery_dir.glob("*.sqlite3")):
         recovery_dir.mkdir(parents=True, exist_ok=True)
         if indexes == tuple(range(count)):
             init_db_dir(recovery_dir, count)
         else:
             # Bytewax creates all `count` partitions at once; keep ours, on the same file system.
             scratch = recovery_dir / ".init"
+            shutil.rmtree(scratch, ignore_errors=True)  # left by a start killed right here
             scratch.mkdir()
             try:
                 init_db_dir(scratch, count)

@@ -66,8 +66,9 @@ def test_per_process_recovery_keeps_only_this_process_partition() -> None:
 
 def test_prepare_recovery_creates_one_partition_that_bytewax_can_read(tmp_path: Path) -> None:
     pod1 = tmp_path / "pod-1" / "recovery"
+    (pod1 / "lost+found").mkdir(parents=True)  # a fresh volume's root is not empty
     assert "created recovery partition(s) [1] of 3" in prepare_recovery(pod1, (1,), 3, check=True)
-    assert [p.name for p in pod1.iterdir()] == ["part-1.sqlite3"]
+    assert sorted(p.name for p in pod1.iterdir()) == ["lost+found", "part-1.sqlite3"]
     assert partitions_in(pod1) == {1: 3}
     # A restart finds it and keeps it.
     assert prepare_recovery(pod1, (1,), 3, check=True).startswith("resuming")
