@@ -34,8 +34,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.recovery import RecoveryConfig
 
+    from flows import cluster as cl
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
     from operators.io.kafka import redacted, wait_for_broker
@@ -49,9 +50,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
+    place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))
+    parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
 
     def init_recovery(directory: Path) -> None:
-        init_db_dir(directory, args.recovery_partitions)
+        """Only for a new deployment (or a restore): the start-up checks decide when."""
+        cl.prepare_recovery(directory, parts, count, check=False)
 
     logging.getLogger("nextclick").info("starting", extra={
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
@@ -64,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         restored = restore(config, Path(args.from_savepoint), init_recovery=init_recovery)
         logging.getLogger("nextclick").info("restored savepoint", extra={
             "savepoint": args.from_savepoint, "shards": restored.shards, "positions": len(restored.positions)})
+    if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
+        cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -71,10 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from operators.infra.metrics import REGISTRY
 
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
-    addresses = args.addresses.split(";") if args.addresses else None
     cli_main(build_flow(config, ruleset=ruleset, plan=plan), workers_per_process=args.workers,
-             process_id=args.process_id,
-             addresses=addresses, epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
+             process_id=place.process_id, addresses=list(place.addresses) or None,
+             epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
              recovery_config=RecoveryConfig(str(recovery)))
     return 0
 
@@ -299,9 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
     run.add_argument("--bootstrap", help="override kafka bootstrap.servers")
     run.add_argument("--workers", type=int, default=1, help="worker threads in this process")
-    run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster")
-    run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process)")
+    run.add_argument("--process-id", type=int,
+                     help="this process's index in a multi-process cluster (default: the ordinal at the end of "
+                          "$NEXTCLICK_POD_NAME, a StatefulSet pod's name)")
+    run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process), or one "
+                                         "template with {i} for the process index, with --processes")
+    run.add_argument("--processes", type=int, help="how many processes an --addresses template expands to")
     run.add_argument("--recovery-partitions", type=int, default=1, help="when creating the recovery dir")
+    run.add_argument("--recovery-per-process", action="store_true",
+                     help="each process has its own recovery dir (per-pod volumes): create only partition "
+                          "<process id> of <processes> there, and refuse a dir holding any other")
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
     run.add_argument("--from-savepoint", metavar="SRC",
                      help="start from this savepoint (state.dir and state.recovery_dir must be empty)")
