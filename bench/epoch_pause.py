@@ -32,7 +32,7 @@ from operators.infra.clock import SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 from operators.state.shard import ShardContext, ShardLogic, shard_of
 
 

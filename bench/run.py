@@ -57,8 +57,8 @@ from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfi
 from operators.io.decisions import encode_decision
 from operators.io.kafka import ensure_topics, sink_producer_config
 from operators.io.parse import parse_message
-from operators.records import Event, SourcePosition
-from operators.rules import Decision, load_rules
+from operators.records import Decision, Event, SourcePosition
+from operators.rules.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_TOPIC = "bench.events"  # + ".<run id>", so runs sharing a broker never mix

@@ -37,7 +37,7 @@ from operators.infra.clock import SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
 from operators.io.parse import parse_message
 from operators.records import Event, SavepointRequest, SourcePosition
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 from operators.state.manifest import check_start
 from operators.state.recovery_db import read_recovery
 from operators.state.savepoint import create_offline, finish_online, reshard, restore

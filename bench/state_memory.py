@@ -37,7 +37,7 @@ import psutil
 from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.records import Event
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 from operators.state.shard import PROFILE_PREFIX, ShardContext, ShardLogic, shard_of
 from operators.state.store import dir_bytes
 

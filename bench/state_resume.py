@@ -40,7 +40,7 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.io.kafka import ensure_topics
 from operators.records import Event
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 from operators.state.shard import ShardContext, ShardLogic, shard_of
 from operators.state.store import dir_bytes
 

@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
     from operators.io.kafka import redacted, wait_for_broker
-    from operators.rules import load_rules
+    from operators.rules.loader import load_rules
     from operators.state.manifest import check_start
     from operators.state.savepoint import restore
 
@@ -137,7 +137,7 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
-    from operators.rules import load_rules
+    from operators.rules.loader import load_rules
     from operators.state.manifest import verify_config
     from operators.state.shard import erase_customer, shard_of, shard_path
     from operators.state.store import ShardStore, StateError

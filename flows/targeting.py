@@ -28,8 +28,9 @@ from operators.io.deadletter import dead_letter_record
 from operators.io.decisions import encode_decision
 from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
-from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
-from operators.rules import Decision, RuleSet, load_rules
+from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
+from operators.rules.loader import load_rules
+from operators.rules.model import RuleSet
 from operators.state.manifest import StartPlan, check_start
 from operators.state.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
 

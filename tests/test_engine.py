@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event, on_timers
-from operators.profile import apply_durable, new_profile
+from operators.profile.codec import encode_profile
+from operators.profile.facts import apply_facts
+from operators.profile.model import new_profile
 from operators.records import Event
-from operators.rules import decision_id, load_rules
+from operators.rules.arbitration import decision_id
+from operators.rules.loader import load_rules
 from tests.helpers import (
     DAY,
     DEFAULT_RULES_PATH,
     HOUR,
     MIN,
     T0,
-    TRANSIENT_KEYS,
     Customer,
     consent,
     default_rules,
     fired,
     make_event,
     reasons,
+    transient_parts,
     write_rules,
 )
 from tests.test_profile import event_lists
@@ -66,7 +68,7 @@ def test_browse_ad_needs_three_pages_within_two_hours():
     c = Customer()
     browse(c, T0, pages=2)
     assert c.tick(T0 + 30 * MIN).decisions == []
-    assert c.profile["signals"].get("browse_abandoned") is None
+    assert c.profile.signals.get("browse_abandoned") is None
 
 
 # --- complaint ----------------------------------------------------------------------------------
@@ -226,13 +228,13 @@ def test_transient_state_expires_back_to_the_durable_baseline(steps):
         if isinstance(item, Event):
             out = on_event(profile, item, ruleset)
             if not out.duplicate:
-                apply_durable(baseline, item)
+                apply_facts(baseline.facts, item)
             newest = max(newest, item.ts)
         else:
             on_timers(profile, ruleset, item)
     # past every lifetime: the longest is the 30-day win-back cooldown
     on_timers(profile, ruleset, newest + 40 * DAY)
-    for key in TRANSIENT_KEYS:
-        assert not profile.get(key), key  # empty, or (prune_at) gone
+    for key, part in transient_parts(profile).items():
+        assert not part, key  # empty, or (prune_at, expire_at) gone
     assert profile == baseline
-    assert len(orjson.dumps(profile)) == len(orjson.dumps(baseline))
+    assert len(encode_profile(profile)) == len(encode_profile(baseline))

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from operators.infra.clock import parse_duration_ms
-from operators.rules import RulesError, load_rules
-from operators.windows import AbsenceSignal, SessionSignal, WindowSignal
+from operators.rules.fields import RulesError
+from operators.rules.loader import load_rules
+from operators.signals.absence import Absence
+from operators.signals.count import Count
+from operators.signals.session import Session
 from tests.helpers import DAY, DEFAULT_RULES_PATH, HOUR, MIN, T0, Customer, fired, write_rules
 
 SIGNALS = '''
@@ -62,8 +65,8 @@ def test_default_rules_load():
     assert [r.id for r in rs.rules] == ["call_center_follow_up", "cart_abandonment_email", "high_value_winback",
                                        "post_purchase_cross_sell", "browse_abandonment_ad"]
     kinds = {s.name: type(s) for s in rs.signals}
-    assert kinds["cart_abandoned"] is AbsenceSignal and kinds["session"] is SessionSignal
-    assert kinds["page_views_30m"] is WindowSignal
+    assert kinds["cart_abandoned"] is Absence and kinds["session"] is Session
+    assert kinds["page_views_30m"] is Count
     assert rs.channel_caps["email"].limit == 2 and rs.channel_caps["email"].window_ms == DAY
     assert rs.overall_cap is not None and rs.overall_cap.limit == 4
     assert rs.consent_policy["email"] == "opt_in" and rs.consent_policy["ads"] == "opt_out"
@@ -138,6 +141,8 @@ SIGNAL_ERRORS = [
     ('kind = "sum"\nevents = ["purchase"]\nwindow = "1h"', "field", ["required for kind 'sum'"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\ntype = "hopping"', "type", ["tumbling"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nwindw = "2h"', "windw", ["unknown field"]),
+    # A field a kind does not use is an error, not silently ignored.
+    ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nfield = "category"', "field", ["unknown field"]),
     ('kind = "average"\nevents = ["page_view"]\nwindow = "1h"', "kind", ["average"]),
     ('kind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]', "after", ["required"]),
     ('kind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]\nafter = "1h"\ncarry = "sku"', "carry",

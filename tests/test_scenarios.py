@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from operators.engine import Outcome, on_event, on_timers
+from operators.engine import on_event, on_timers
 from operators.infra.clock import parse_duration_ms
-from operators.profile import Profile, new_profile
-from operators.rules import load_rules
+from operators.profile.model import Profile, new_profile
+from operators.records import Outcome
+from operators.rules.loader import load_rules
 from tests.helpers import T0, default_rules, make_event
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.toml"))

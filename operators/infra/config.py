@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
-DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "default_rules.toml")
+DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "rules" / "default_rules.toml")
 
 
 class ConfigError(ValueError):

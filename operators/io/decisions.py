@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from operators.rules import Decision
+from operators.records import Decision
 
 SPEC_VERSION = "1.0"
 DECISION_TYPE = "io.nextclick.decision.v1"

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 
 from operators.infra.config import Config
-from operators.profile import PROFILE_FORMAT
+from operators.profile.model import PROFILE_FORMAT
 from operators.state.recovery_db import RecoveryView, read_recovery
 from operators.state.store import ShardStore, StateError
 

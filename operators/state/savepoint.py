@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 
 from operators.infra.config import Config
-from operators.profile import PROFILE_FORMAT
+from operators.profile.model import PROFILE_FORMAT
 from operators.state.manifest import (
     SHARD_HASH,
     STATE_FORMAT,

@@ -18,6 +18,7 @@ seen, so any consistent set of shard checkpoints (a savepoint) says where the in
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import struct
@@ -32,12 +33,14 @@ from typing import Any, Container, Iterable
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
-from operators.engine import Outcome, due_at, on_event, on_timers
+from operators.engine import due_at, on_event, on_timers
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock
-from operators.profile import Profile, ProfileEncodeError, decode_profile, encode_profile, new_profile
-from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
-from operators.rules import Decision, RuleSet
+from operators.profile.codec import decode_profile, encode_profile, stored_as_dict
+from operators.profile.facts import ProfileEncodeError
+from operators.profile.model import Profile, new_profile
+from operators.records import DeadLetter, Decision, EraseRequest, Event, Outcome, SavepointRequest, SourcePosition
+from operators.rules.model import RuleSet
 from operators.state.manifest import StartPlan
 from operators.state.store import ShardStore, StateError
 
@@ -405,7 +408,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         if stored == QUARANTINED:
             return
         record = {"customer": customer, "step": step, "exception": type(exc).__name__,
-                  "stored": None if stored is None else stored.decode("utf-8", "replace")}
+                  "stored_base64": None if stored is None else base64.b64encode(stored).decode()}
         store.put(quarantine_key(customer), orjson.dumps(record))
         store.put(key, QUARANTINED)
         for due in indexed:
@@ -657,7 +660,7 @@ def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str,
         if raw == QUARANTINED:
             record = store.get(quarantine_key(customer))
             return {"customer": customer, "quarantined": orjson.loads(record) if record else {}}
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else stored_as_dict(raw)
     finally:
         store.close()
 

@@ -1,0 +1,38 @@
+"""`count`: how many events of the given types in an event-time window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from operators.profile.model import Profile
+from operators.records import Event
+from operators.rules.fields import Where
+from operators.signals import buckets
+from operators.signals.base import Expiring
+from operators.signals.window import WINDOW_FIELDS, Window
+
+
+class Count(Expiring):
+    kind = "count"
+
+    def __init__(self, name: str, events: frozenset[str], window: Window) -> None:
+        self.name, self.touched_by, self.window = name, events, window
+        self.attributes = (name,)
+
+    def apply(self, profile: Profile, event: Event) -> None:
+        buckets.add(profile, self.name, self.window, event.ts, 1.0)
+
+    def prune(self, state: Any, ref_ms: int) -> Any:
+        return buckets.prune(state, self.window, ref_ms)
+
+    def expiries(self, state: Any) -> Iterable[int]:
+        return buckets.expiries(state, self.window)
+
+    def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
+        return int(buckets.total(state, self.window, ref_ms))
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Count:
+    where.check_keys(body, WINDOW_FIELDS)
+    return Count(name, where.names(body, "events", event_types), Window.load(body, where))

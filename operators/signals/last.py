@@ -1,0 +1,47 @@
+"""`last`: the value of one attribute (or the event type) of the latest event, while it is in the window.
+
+State: [ts, value] of the event with the newest event time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from operators.profile.model import Profile
+from operators.records import Event
+from operators.rules.fields import Where
+from operators.signals.base import Expiring
+from operators.signals.window import WINDOW_FIELDS, Window
+
+
+class Last(Expiring):
+    kind = "last"
+
+    def __init__(self, name: str, events: frozenset[str], window: Window, field: str | None) -> None:
+        self.name, self.touched_by, self.window, self.field = name, events, window, field
+        self.attributes = (name,)
+
+    def apply(self, profile: Profile, event: Event) -> None:
+        value = event.attrs.get(self.field) if self.field else event.type
+        state = profile.signals.get(self.name)
+        if state is None or event.ts >= state[0]:
+            profile.signals[self.name] = [event.ts, value]
+            profile.note_expiry(event.ts + self.window.window_ms)
+
+    def prune(self, state: Any, ref_ms: int) -> Any:
+        return None if state[0] < self.window.floor(ref_ms) else state
+
+    def expiries(self, state: Any) -> Iterable[int]:
+        return (state[0] + self.window.window_ms,)
+
+    def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
+        if state and self.window.floor(ref_ms) <= state[0] <= ref_ms:
+            return state[1]
+        return None
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Last:
+    where.check_keys(body, WINDOW_FIELDS | {"field"})
+    return Last(name, where.names(body, "events", event_types), Window.load(body, where),
+                where.string(body, "field"))

@@ -1,0 +1,42 @@
+"""`sum`: the total of one numeric attribute over events of the given types in an event-time window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from operators.profile.model import Profile
+from operators.records import Event
+from operators.rules.fields import Where
+from operators.signals import buckets
+from operators.signals.base import Expiring
+from operators.signals.window import WINDOW_FIELDS, Window
+
+
+class Sum(Expiring):
+    kind = "sum"
+
+    def __init__(self, name: str, events: frozenset[str], window: Window, field: str) -> None:
+        self.name, self.touched_by, self.window, self.field = name, events, window, field
+        self.attributes = (name,)
+
+    def apply(self, profile: Profile, event: Event) -> None:
+        # A missing (or null) attribute adds nothing.
+        buckets.add(profile, self.name, self.window, event.ts, float(event.attrs.get(self.field, 0) or 0))
+
+    def prune(self, state: Any, ref_ms: int) -> Any:
+        return buckets.prune(state, self.window, ref_ms)
+
+    def expiries(self, state: Any) -> Iterable[int]:
+        return buckets.expiries(state, self.window)
+
+    def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
+        return round(buckets.total(state, self.window, ref_ms), 2)
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Sum:
+    where.check_keys(body, WINDOW_FIELDS | {"field"})
+    field = where.string(body, "field")
+    if field is None:
+        raise where.fail("field", "is required for kind 'sum'")
+    return Sum(name, where.names(body, "events", event_types), Window.load(body, where), field)
