@@ -1,4 +1,4 @@
-"""`nextclick`: demo, run, generate, and the state tools. Errors exit non-zero with one line."""
+"""`nextclick`: demo, run, generate, topics, and the state tools. Errors exit non-zero with one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from datetime import timedelta
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,40 +33,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-
-    from flows.targeting import build_flow
+    from flows.runner import FlowRunner
+    from operators.health import parse_address
     from operators.kafka_io import redacted, wait_for_broker
     from operators.logs import configure_logging
     from operators.rules import load_rules
 
+    runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
     config = _config(args)
     config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
+    metrics_address = args.metrics_address or (f"127.0.0.1:{args.metrics_port}" if args.metrics_port else None)
+    if metrics_address:
+        config = config.replace(flow={"metrics_address": metrics_address})
+    if config.flow.metrics_address:
+        parse_address(config.flow.metrics_address,
+                      "--metrics-address" if metrics_address else "flow.metrics_address")
     logging.getLogger("nextclick").info("starting", extra={
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
         "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
         "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
-        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers})
+        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
+        "process_id": args.process_id, "metrics_address": config.flow.metrics_address or None})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
-    recovery = Path(config.state.recovery_dir)
-    if not recovery.exists() or not any(recovery.iterdir()):
-        recovery.mkdir(parents=True, exist_ok=True)
-        init_db_dir(recovery, args.recovery_partitions)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        from operators.metrics import REGISTRY
-
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
     addresses = args.addresses.split(";") if args.addresses else None
-    cli_main(build_flow(config, ruleset=ruleset), workers_per_process=args.workers, process_id=args.process_id,
-             addresses=addresses, epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
-             recovery_config=RecoveryConfig(str(recovery)))
+    return runner.run(config, ruleset, workers=args.workers, process_id=args.process_id, addresses=addresses,
+                      recovery_partitions=args.recovery_partitions)
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from operators.kafka_io import wait_for_broker
+    from operators.topics import TopicsError, create_topics, plan_topics
+
+    config = _config(args)
+    wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    try:
+        report = create_topics(config.kafka, plan_topics(config), dry_run=args.dry_run)
+    except TopicsError as exc:
+        print(orjson.dumps({"topics": exc.report}, option=orjson.OPT_INDENT_2).decode())
+        raise
+    print(orjson.dumps({"topics": report}, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -200,6 +209,7 @@ def cmd_state_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextclick", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a fatal error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on the embedded broker and print decisions")
@@ -217,10 +227,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process)")
     run.add_argument("--recovery-partitions", type=int, default=1, help="when creating the recovery dir")
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
     run.add_argument("--broker-timeout", type=float, default=120.0, help="seconds to wait for Kafka at start")
     run.add_argument("--log-level", default=os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="print the traceback of a fatal error")
     run.set_defaults(func=cmd_run)
+
+    topics = sub.add_parser("topics", help="create the topics the flow reads and writes")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    create = topics_sub.add_parser(
+        "create", help="create the input, control, decision and dead-letter topics that are missing",
+        description="Create every topic of the configuration that does not exist yet, with the partitions, "
+                    "replication factor and retention of [topics]. Existing topics are reported, never changed.")
+    create.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
+    create.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
+    create.add_argument("--broker-timeout", type=float, default=60.0, help="seconds to wait for Kafka")
+    create.set_defaults(func=cmd_topics_create)
 
     gen = sub.add_parser("generate", help="stream the synthetic multi-channel workload to Kafka")
     gen.add_argument("--config", help="TOML configuration file (for kafka settings and topics)")
@@ -270,8 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one line, no traceback: the CLI contract
-        print(f"nextclick: error: {exc}", file=sys.stderr)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract
+        from operators.failures import one_line, root_cause
+
+        message = one_line(exc)
+        if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too
+            logging.getLogger("nextclick").critical("fatal error", extra={
+                "error": message, "exception": type(root_cause(exc)).__name__})
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
+        print(f"nextclick: error: {message}", file=sys.stderr, flush=True)
         return 1
 
 

@@ -56,8 +56,9 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                               secret=secret, now_ms=now, config=parse_config) for m in batch]
 
     def parse_control_batch(batch: list[RawMessage]) -> list[EraseRequest | DeadLetter]:
-        return [parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
-                              secret=secret) for m in batch]
+        parsed = (parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
+                                secret=secret) for m in batch)
+        return [c for c in parsed if c is not None]  # None: a drain request (operators/drain.py)
 
     def dead_letter(dl: Any) -> tuple[str, OutMessage]:
         assert isinstance(dl, DeadLetter)
@@ -67,6 +68,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         return f"{dl.source.topic}#{dl.source.partition}", msg
 
     def to_message(decision: Decision) -> OutMessage:
+        metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
         key, value, headers = encode_decision(decision)
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 

@@ -161,6 +161,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
         # Decoded profiles are cached in `_live`; the store's own cache of encoded bytes stays small.
         store = ShardStore(shard_path(ctx.state_dir, shard), cache_size=_STORE_CACHE,
                            keep_checkpoints=ctx.keep_checkpoints, sync=ctx.sync)
+        on_disk = store.seq
         if store.seq != seq:
             try:
                 store.rollback_to(seq)
@@ -169,6 +170,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
                 raise StateError(f"shard {shard}: state dir and recovery dir disagree ({exc}); "
                                  "was the recovery directory replaced or the state directory copied?") from exc
         self.shard, self._store, self._timers = shard, store, TimerIndex(store)
+        log.info("shard opened", extra={"shard": shard, "resume_seq": seq, "seq_on_disk": on_disk})
 
     @property
     def store(self) -> ShardStore:
@@ -317,8 +319,6 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             self.erase(value.customer)
         if run:
             self._apply_events(run, decisions)
-        for decision in decisions:
-            metrics.DECISIONS.labels(decision.rule_id).inc()
         return decisions, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Decision], bool]:
@@ -339,8 +339,6 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             outcomes = [on_timers(p, self.ctx.ruleset, now) for p in profiles.values()]
             self._changed(profiles)
             self._account(outcomes, decisions)
-        for decision in decisions:
-            metrics.DECISIONS.labels(decision.rule_id).inc()
         return decisions, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -351,6 +349,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
 
     def snapshot(self) -> ResumeState:
         started = time.perf_counter()
+        dirty = len(self._dirty)
         self._flush()
         failpoints.hit("before_checkpoint")
         seq = self.store.checkpoint()
@@ -361,6 +360,7 @@ class ShardLogic(StatefulBatchLogic[Event | EraseRequest, Decision, ResumeState]
             self._erased = 0
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         assert self.shard is not None
+        metrics.observe_shard(self.shard, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
         return {"shard": self.shard, "seq": seq}
 
     def erase(self, customer: str) -> bool:

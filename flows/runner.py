@@ -1,0 +1,123 @@
+"""`nextclick run` around the dataflow: checks, probes, progress, graceful stop, group offsets.
+
+    FlowRunner()              blocks SIGTERM/SIGINT in every thread, starts the signal thread
+    .run(config, ruleset...)  preflight -> metrics server, reporter, drain and peer watchers
+                              -> Bytewax (cluster_main) -> final group offsets -> "stopped"
+
+Bytewax runs through `cluster_main` even for one worker: its panic hook turns Rust panics into
+exceptions for us (run_main's default hook prints a panic message and backtrace to stderr), and
+its main thread only waits, so our own threads (signals, probes) keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Sequence
+
+from operators import drain, health
+from operators.config import Config
+from operators.failures import LostPeer, PeerWatch, is_comms_failure, lost_peer_message, root_cause
+from operators.rules import RuleSet
+
+log = logging.getLogger("nextclick")
+
+
+class FlowRunner:
+    """One `nextclick run` process. Create it first thing, before any thread exists."""
+
+    def __init__(self) -> None:
+        drain.block_signals()
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self._cluster: tuple[Config, int] | None = None
+        self._peer_watch: PeerWatch | None = None
+        self._lock = threading.Lock()
+        drain.SignalWaiter(self._on_signal).start()
+
+    # -- stopping ------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if health.STATUS.listed_at is None:
+            # No epoch has begun: nothing to finish, nothing to replay. Stop now.
+            log.info("stopped before the flow started", extra={"signal": name})
+            logging.shutdown()
+            os._exit(0 if signum == signal.SIGTERM else 128 + signum)
+        self.begin_drain(f"signal {name}", publish=True)
+
+    def begin_drain(self, reason: str, *, publish: bool) -> None:
+        """Stop the input; Bytewax then finishes and commits the current epoch, and `run` returns."""
+        with self._lock:
+            if self.stop.is_set():
+                return
+            self.stop.set()
+        health.STATUS.draining = True
+        log.info("draining: input stopped, finishing the current epoch", extra={"reason": reason})
+        if publish and self._cluster is not None:
+            config, process_id = self._cluster
+            request = drain.drain_request(config.flow.group_id, process_id, drain.now_ms(), reason)
+            threading.Thread(target=drain.publish_drain, args=(config.kafka, config.topics.control, request),
+                             name="nextclick-drain-publish", daemon=True).start()
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def run(self, config: Config, ruleset: RuleSet, *, workers: int = 1, process_id: int | None = None,
+            addresses: Sequence[str] | None = None, recovery_partitions: int = 1) -> int:
+        from bytewax._bytewax import cluster_main
+        from bytewax.recovery import RecoveryConfig
+
+        from flows.targeting import build_flow
+        from operators.kafka_io import commit_final_offsets
+        from operators.preflight import check_topics, init_recovery_dir, writable_dir
+
+        me = process_id or 0
+        cluster = list(addresses or [])
+        health.STATUS.reset(workers=workers)
+        check_topics(config.kafka, config)
+        writable_dir(config.state.dir, "state.dir")
+        recovery = writable_dir(config.state.recovery_dir, "state.recovery_dir")
+        init_recovery_dir(recovery, recovery_partitions)
+
+        epoch_s = config.flow.epoch_seconds
+        if config.flow.metrics_address:
+            health.serve(config.flow.metrics_address, epoch_s=epoch_s, stall_s=config.flow.stall_seconds)
+        reporter = health.Reporter(health.STATUS, every_s=config.flow.progress_seconds, epoch_s=epoch_s)
+        reporter.start()
+        watchers: list[Any] = []
+        if len(cluster) > 1:
+            self._cluster = (config, me)
+            self._peer_watch = PeerWatch(cluster, me)
+            watch = drain.DrainWatch(config.kafka, config.topics.control, config.flow.group_id, drain.now_ms(),
+                                     lambda req: self.begin_drain(
+                                         f"drain requested by process {req.get('from_process')}", publish=False))
+            watchers = [self._peer_watch, watch]
+            for w in watchers:
+                w.start()
+            watch.watching.wait(30)
+
+        flow = build_flow(config, ruleset=ruleset, stop=self.stop)
+        try:
+            cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
+                         recovery_config=RecoveryConfig(str(recovery)), worker_count_per_proc=workers)
+        except BaseException as exc:
+            watch_saw = self._peer_watch.lost if self._peer_watch is not None else []
+            if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
+                    watch_saw or is_comms_failure(exc)):
+                raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
+            raise
+        finally:
+            health.STATUS.finished = True
+            reporter.stop.set()
+            for w in watchers:
+                w.stopped.set()
+
+        committed = commit_final_offsets(config.kafka, config.flow.group_id)
+        log.info("stopped", extra={"reason": "drained" if self.stop.is_set() else "end of input",
+                                   "seconds": round(time.monotonic() - self.started, 2),
+                                   "group_offsets_committed": committed, **health.progress_figures()})
+        return 0
