@@ -21,7 +21,15 @@ from typing import Any, Sequence
 
 from operators import drain, health
 from operators.config import Config
-from operators.failures import LostPeer, PeerWatch, is_comms_failure, lost_peer_message, root_cause
+from operators.failures import (
+    Explained,
+    LostPeer,
+    PeerWatch,
+    is_comms_failure,
+    lost_peer_message,
+    one_line,
+    root_cause,
+)
 from operators.rules import RuleSet
 
 log = logging.getLogger("nextclick")
@@ -109,6 +117,10 @@ class FlowRunner:
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
+            line = one_line(exc)
+            for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
+                if str(path) in line:  # e.g. RocksDB's "IO error: ... <state.dir>/shard-0002/LOCK: ..."
+                    raise Explained(f"{line} ({setting})") from exc
             raise
         finally:
             health.STATUS.finished = True

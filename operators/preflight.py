@@ -30,19 +30,29 @@ def writable_dir(path: str | os.PathLike[str], setting: str) -> Path:
     """Create `path` if missing; prove a file can be created in it and in each directory in it (shards),
     and that each file in it (Bytewax's recovery partitions) opens for writing."""
     root = Path(path)
+
+    def refuse(where: object, exc: OSError) -> PreflightError:
+        return PreflightError(f"{setting}: cannot write to {where}: {exc.strerror or exc}")
+
     try:
         root.mkdir(parents=True, exist_ok=True)
         children = sorted(root.iterdir())
-        for where in [root, *(p for p in children if p.is_dir())]:
+    except OSError as exc:
+        raise refuse(exc.filename or root, exc) from None
+    for where in [root, *(p for p in children if p.is_dir())]:
+        try:
             fd, probe = tempfile.mkstemp(prefix=".nextclick-write-check-", dir=where)
             os.close(fd)
             os.unlink(probe)
-        for existing in children:
-            if existing.is_file():
+        except OSError as exc:
+            raise refuse(where, exc) from None
+    for existing in children:
+        if existing.is_file():
+            try:
                 with open(existing, "ab"):  # opening for append writes nothing
                     pass
-    except OSError as exc:
-        raise PreflightError(f"{setting}: cannot write to {exc.filename or root}: {exc.strerror or exc}") from None
+            except OSError as exc:
+                raise refuse(existing, exc) from None
     return root
 
 
