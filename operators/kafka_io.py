@@ -29,7 +29,8 @@ from operators import health, metrics
 
 log = logging.getLogger(__name__)
 
-# How often a partition refreshes its lag gauge from the watermark its consumer caches.
+# How often an idle partition refreshes its lag gauge from the watermark its consumer caches (a
+# partition that reads refreshes it with every batch).
 _LAG_REFRESH_S = 1.0
 # At most one log line per this many seconds about failed group-offset commits.
 _COMMIT_WARN_EVERY_S = 60.0
@@ -212,7 +213,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._status.last_poll = now
         if batch:
             self._read.inc(len(batch))
-        if now - self._lag_at >= _LAG_REFRESH_S:
+            self._refresh_lag(now)  # a local read of the watermark the fetch response carried: cheap
+        elif now - self._lag_at >= _LAG_REFRESH_S:
             self._refresh_lag(now)
         return batch
 

@@ -32,7 +32,7 @@ INPUT_MESSAGES = Counter("nextclick_input_messages_total",
                          ["topic", "partition"], registry=REGISTRY)
 CONSUMER_LAG = Gauge("nextclick_consumer_lag_messages",
                      "Messages in the partition after the flow's position: high watermark minus the next offset "
-                     "to read (refreshed about every second from the consumer's fetch responses).",
+                     "to read (from the consumer's last fetch response, at every batch and every second).",
                      ["topic", "partition"], registry=REGISTRY)
 EPOCH_SECONDS = Histogram("nextclick_epoch_seconds",
                           "Wall time between two epoch-end snapshots of an input partition (one observation per "

@@ -11,7 +11,11 @@ import pytest
 
 from operators import metrics
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "nextclick.json"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"
+RUNBOOK = ROOT / "docs" / "operations.md"
+# Prometheus' own series, present wherever it scrapes.
+PROMETHEUS_SERIES = {"up"}
 
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
              "offset", "inf", "nan"}
@@ -91,3 +95,34 @@ def test_the_dashboard_has_the_panels_the_runbook_names(title: str) -> None:
     dashboard = orjson.loads(DASHBOARD.read_bytes())
     titles = {p["title"] for p in dashboard["panels"]}
     assert title in titles
+
+
+def runbook_alerts() -> dict[str, str]:
+    """{alert: expr} of the Prometheus rules in docs/operations.md (expr may span indented lines)."""
+    block = RUNBOOK.read_text().split("```yaml", 1)[1].split("```", 1)[0]
+    alerts: dict[str, str] = {}
+    name, expr, indent = "", None, 0
+    for line in block.splitlines():
+        stripped = line.strip()
+        if expr is not None and stripped and len(line) - len(line.lstrip()) > indent:
+            expr += " " + stripped.split("   #")[0]
+            continue
+        if expr is not None:
+            alerts[name], expr = expr, None
+        if stripped.startswith("- alert:"):
+            name = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("expr:"):
+            expr, indent = stripped.split(":", 1)[1].split("   #")[0].strip(), len(line) - len(line.lstrip())
+    if expr is not None:
+        alerts[name] = expr
+    return alerts
+
+
+def test_runbook_alerts_query_only_exported_metrics() -> None:
+    alerts = runbook_alerts()
+    assert {"NextclickNotReady", "NextclickLagGrowing", "NextclickDeadLetterRate", "NextclickProcessingErrors",
+            "NextclickCheckpointSlow"} <= set(alerts)
+    exported = exported_names() | PROMETHEUS_SERIES
+    unknown = {(alert, name) for alert, expr in alerts.items() for name in metric_names(expr) if name not in exported}
+    assert not unknown, f"runbook alerts query metrics nothing exports: {sorted(unknown)}"
+    assert "nextclick_consumer_lag_messages" in alerts["NextclickLagGrowing"]
