@@ -11,8 +11,8 @@ from __future__ import annotations
 import heapq
 
 from operators.engine import due_at, on_event, on_timers
-from operators.events import Event
 from operators.profile import Profile, new_profile
+from operators.records import Event
 from operators.rules import Decision, RuleSet
 
 

@@ -9,7 +9,7 @@ ten) parsed with `parse_message`, grouped by shard in batches of `--rate`/100 ev
 input), and every `--epoch-seconds` of events, `snapshot()` on every shard in turn, timed.
 
 It runs as fast as it can, so an "epoch" of events is applied in less than its wall time; the
-background WAL sync (operators/store.py) therefore has less time to work than in a live flow, and
+background WAL sync (operators/state/store.py) therefore has less time to work than in a live flow, and
 the figures are an upper bound. Prints one line per epoch and a JSON summary (the first
 `--warmup` epochs are excluded from it).
 """
@@ -28,12 +28,12 @@ from typing import Any
 import orjson
 
 from bench import workload
-from operators.clock import SystemClock
-from operators.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
-from operators.events import Event, SourcePosition
-from operators.parse import parse_message
+from operators.infra.clock import SystemClock
+from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from operators.io.parse import parse_message
+from operators.records import Event, SourcePosition
 from operators.rules import load_rules
-from operators.shard import ShardContext, ShardLogic, shard_of
+from operators.state.shard import ShardContext, ShardLogic, shard_of
 
 
 def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: int, sync: bool,

@@ -26,10 +26,12 @@ import orjson
 
 from bench import workload
 from flows.targeting import build_flow
-from operators import kafka_io, metrics
-from operators.config import load_config
-from operators.logs import configure_logging
-from operators.shard import ResumeState, ShardLogic
+from operators.infra import metrics
+from operators.infra.config import load_config
+from operators.infra.logs import configure_logging
+from operators.io import kafka as kafka_io
+from operators.state.manifest import check_start, runner_recovery_dir
+from operators.state.shard import ResumeState, ShardLogic
 
 STARTED = time.time()
 _timings: list[tuple[float, float, int | None]] = []
@@ -118,4 +120,5 @@ if os.environ.get("BENCH_STOP_FILE"):
     threading.Thread(target=_watch_stop_file, args=(os.environ["BENCH_STOP_FILE"],), daemon=True).start()
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "WARNING"))
-flow = build_flow(load_config(os.environ.get("NEXTCLICK_CONFIG") or None), stop=stop)
+_config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
+flow = build_flow(_config, stop=stop, plan=check_start(_config, recovery_dir=runner_recovery_dir(_config)))

@@ -53,11 +53,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from bench import workload
 from bench.ceiling import CeilingState
 from flows.local_broker import LocalBroker, free_port
-from operators.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
-from operators.decisions import encode_decision
-from operators.events import Event, SourcePosition
-from operators.kafka_io import ensure_topics, sink_producer_config
-from operators.parse import parse_message
+from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from operators.io.decisions import encode_decision
+from operators.io.kafka import ensure_topics, sink_producer_config
+from operators.io.parse import parse_message
+from operators.records import Event, SourcePosition
 from operators.rules import Decision, load_rules
 
 REPO = Path(__file__).resolve().parent.parent

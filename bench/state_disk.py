@@ -37,12 +37,12 @@ from bytewax.operators import KeyedStream
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 
-from operators.clock import ManualClock
-from operators.config import DEFAULT_RULES_FILE
-from operators.events import EraseRequest, Event
+from operators.infra.clock import ManualClock
+from operators.infra.config import DEFAULT_RULES_FILE
+from operators.records import Event
 from operators.rules import load_rules
-from operators.shard import ResumeState, ShardContext, ShardLogic, shard_of
-from operators.store import dir_bytes
+from operators.state.shard import ResumeState, ShardContext, ShardItem, ShardLogic, shard_of
+from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
 _checkpoints: dict[int, int] = {}
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     flow = Dataflow("nextclick")
     src = op.input("paced_in", flow, PacedSource(args.per_batch, args.customers,
                                                  timedelta(milliseconds=args.pause_ms)))
-    keyed = cast(KeyedStream[Event | EraseRequest],
+    keyed = cast(KeyedStream[ShardItem],
                  op.key_on("by_shard", src, lambda e: str(shard_of(e.customer, args.shards))))
     op.output("out", op.stateful_batch("profiles", keyed, lambda resume: ShardLogic(ctx, resume)), TestingSink([]))
 

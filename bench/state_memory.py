@@ -34,12 +34,12 @@ from typing import Any
 import orjson
 import psutil
 
-from operators.clock import ManualClock
-from operators.config import DEFAULT_RULES_FILE
-from operators.events import Event
+from operators.infra.clock import ManualClock
+from operators.infra.config import DEFAULT_RULES_FILE
+from operators.records import Event
 from operators.rules import load_rules
-from operators.shard import PROFILE_PREFIX, ShardContext, ShardLogic, shard_of
-from operators.store import dir_bytes
+from operators.state.shard import PROFILE_PREFIX, ShardContext, ShardLogic, shard_of
+from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
 # Python object overhead per cached entry on top of the value bytes: the key bytes object

@@ -36,13 +36,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.local_broker import LocalBroker
-from operators.clock import ManualClock
-from operators.config import DEFAULT_RULES_FILE
-from operators.events import Event
-from operators.kafka_io import ensure_topics
+from operators.infra.clock import ManualClock
+from operators.infra.config import DEFAULT_RULES_FILE
+from operators.io.kafka import ensure_topics
+from operators.records import Event
 from operators.rules import load_rules
-from operators.shard import ShardContext, ShardLogic, shard_of
-from operators.store import dir_bytes
+from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.state.store import dir_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_795_428_000_000

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.config import DEFAULT_RULES_FILE, Config, load_config
+from operators.infra.config import DEFAULT_RULES_FILE, Config, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -33,11 +33,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.runner import FlowRunner
-    from operators.health import parse_address
-    from operators.kafka_io import redacted, wait_for_broker
-    from operators.logs import configure_logging
+    from bytewax.recovery import init_db_dir
+
+    from flows.runner import FlowRunner, metrics_settings, preflight
+    from flows.targeting import build_flow
+    from operators.infra.logs import configure_logging
+    from operators.io.kafka import redacted, wait_for_broker
     from operators.rules import load_rules
+    from operators.state.manifest import check_start
+    from operators.state.savepoint import restore
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -46,12 +50,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
-    metrics_address = args.metrics_address or (f"127.0.0.1:{args.metrics_port}" if args.metrics_port else None)
-    if metrics_address:
-        config = config.replace(flow={"metrics_address": metrics_address})
-    if config.flow.metrics_address:
-        parse_address(config.flow.metrics_address,
-                      "--metrics-address" if metrics_address else "flow.metrics_address")
+    config = metrics_settings(config, args.metrics_address, args.metrics_port)
+
+    def init_recovery(directory: Path) -> None:
+        init_db_dir(directory, args.recovery_partitions)
+
     logging.getLogger("nextclick").info("starting", extra={
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
         "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
@@ -59,14 +62,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
         "process_id": args.process_id, "metrics_address": config.flow.metrics_address or None})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    preflight(config)  # topics exist, directories writable: one clear line each, nothing written
+    if args.from_savepoint:
+        restored = restore(config, Path(args.from_savepoint), init_recovery=init_recovery)
+        logging.getLogger("nextclick").info("restored savepoint", extra={
+            "savepoint": args.from_savepoint, "shards": restored.shards, "positions": len(restored.positions)})
+    plan = check_start(config, init_recovery=init_recovery)
     addresses = args.addresses.split(";") if args.addresses else None
-    return runner.run(config, ruleset, workers=args.workers, process_id=args.process_id, addresses=addresses,
-                      recovery_partitions=args.recovery_partitions)
+    return runner.run(config, build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop),
+                      workers=args.workers, process_id=args.process_id, addresses=addresses)
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from operators.kafka_io import wait_for_broker
-    from operators.topics import TopicsError, create_topics, plan_topics
+    from operators.io.kafka import wait_for_broker
+    from operators.io.topics import TopicsError, create_topics, plan_topics
 
     config = _config(args)
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
@@ -83,8 +92,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
     from flows.generate import plan, stream
-    from operators.clock import ScaledClock, SystemClock
-    from operators.kafka_io import client_config, ensure_topics, wait_for_broker
+    from operators.infra.clock import ScaledClock, SystemClock
+    from operators.io.kafka import client_config, ensure_topics, wait_for_broker
 
     config = _config(args)
     topics = tuple(args.topics.split(",")) if args.topics else config.topics.inputs
@@ -112,9 +121,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
-    from operators.shard import read_profile
+    from operators.state.manifest import verify_config
+    from operators.state.shard import read_profile
 
     config = load_config(args.config)
+    verify_config(config)
     customer = _customer_key(args, config)
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
@@ -124,22 +135,24 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
-    from operators.identity import pseudonymize
+    from operators.identity.pseudonyms import pseudonymize
 
     return args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
     from operators.rules import load_rules
-    from operators.shard import erase_customer, shard_of, shard_path
-    from operators.store import ShardStore, StateError
+    from operators.state.manifest import verify_config
+    from operators.state.shard import erase_customer, shard_of, shard_path
+    from operators.state.store import ShardStore, StateError
 
     config = load_config(args.config)
+    verify_config(config)
     customer = _customer_key(args, config)
     if args.online:
         from confluent_kafka import Producer
 
-        from operators.kafka_io import client_config
+        from operators.io.kafka import client_config
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
         producer = Producer(client_config(config.kafka))
@@ -166,13 +179,15 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
-    from operators.shard import PROFILE_PREFIX, shard_path
-    from operators.store import ShardStore, dir_bytes
+    from operators.state.manifest import verify_config
+    from operators.state.shard import PROFILE_PREFIX, shard_path
+    from operators.state.store import ShardStore, dir_bytes
 
     config = load_config(args.config)
     state_dir = Path(config.state.dir)
     if not state_dir.exists():
         raise LookupError(f"no state directory at {state_dir}")
+    manifest = verify_config(config)
     shards: list[dict[str, Any]] = []
     for shard in range(config.state.shards):
         path = shard_path(state_dir, shard)
@@ -184,7 +199,8 @@ def cmd_state_info(args: argparse.Namespace) -> int:
             customers = sum(1 for _ in store.scan(PROFILE_PREFIX)) if args.exact else None
         finally:
             store.close()
-        shards.append({"shard": shard, "seq": stats["seq"], "restorable_from_seq": stats["oldest_restorable_seq"],
+        shards.append({"shard": shard, "seq": stats["seq"], "committed_floor": stats["committed_floor"],
+                       "restorable_from_seq": stats["oldest_restorable_seq"],
                        "keys_estimate": stats["keys"], "customers": customers, "bytes": stats["disk_bytes"]})
         if args.exact:
             print(f"counted shard {shard + 1}/{config.state.shards}", file=sys.stderr, flush=True)
@@ -192,6 +208,10 @@ def cmd_state_info(args: argparse.Namespace) -> int:
     recovery_bytes = dir_bytes(recovery)
     info = {
         "state_dir": str(state_dir),
+        "identity": None if manifest is None else {
+            "lineage": manifest.lineage, "shards": manifest.shards, "profile_format": manifest.profile_format,
+            "secret_fingerprint": manifest.secret_fingerprint, "created_at": manifest.created_at,
+            "restored_from": manifest.restore.savepoint if manifest.restore else None},
         "shards_configured": config.state.shards,
         "shards_on_disk": len(shards),
         "customers": sum(s["customers"] or 0 for s in shards) if args.exact else None,
@@ -204,6 +224,72 @@ def cmd_state_info(args: argparse.Namespace) -> int:
         "shards": shards,
     }
     print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_state_reset(args: argparse.Namespace) -> int:
+    from operators.state.manifest import reset_state
+
+    config = load_config(args.config)
+    report = reset_state(config, dry_run=not args.yes)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    if not args.yes:
+        print(f"nextclick: this would destroy {report['shard_directories']} shard directories (about "
+              f"{report['keys_estimate']} keys: every profile, consent and opt-out) in {report['state_dir']} and "
+              f"Bytewax's recovery in {report['recovery_dir']}; nothing was changed. Take a savepoint first if "
+              "you may need them, then add --yes", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_savepoint_create(args: argparse.Namespace) -> int:
+    from operators.state.savepoint import SavepointError, create_offline, finish_online
+
+    config = load_config(args.config)
+    dest = Path(args.dest)
+    if not args.online:
+        manifest = create_offline(config, dest, progress=_progress)
+        print(manifest.to_json().decode())
+        return 0
+    from confluent_kafka import Producer
+
+    from operators.io.control import SAVEPOINT_NAME
+    from operators.io.kafka import client_config
+
+    root = Path(config.state.savepoint_dir).resolve()
+    if dest.resolve().parent != root or not SAVEPOINT_NAME.match(dest.name):
+        raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
+                             f"{config.state.savepoint_dir}; give DEST as {config.state.savepoint_dir}/<name>")
+    if dest.exists() and any(dest.iterdir()):
+        raise SavepointError(f"{dest} exists and is not empty; a savepoint goes into a new directory")
+    request_id = args.request_id or f"savepoint-{time.time_ns()}"
+    producer = Producer(client_config(config.kafka))
+    producer.produce(config.topics.control, orjson.dumps(
+        {"command": "savepoint", "request_id": request_id, "name": dest.name}), request_id.encode())
+    if producer.flush(30):
+        raise ConnectionError(f"could not deliver the savepoint command to {config.topics.control}")
+    _progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
+    manifest = finish_online(config, dest, timeout_s=args.timeout, progress=_progress)
+    print(manifest.to_json().decode())
+    return 0
+
+
+def cmd_savepoint_info(args: argparse.Namespace) -> int:
+    from operators.state.savepoint import info
+
+    print(orjson.dumps(info(Path(args.src)), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
+    from operators.state.savepoint import reshard
+
+    manifest = reshard(Path(args.src), Path(args.dest), args.shards, progress=_progress)
+    print(manifest.to_json().decode())
     return 0
 
 
@@ -227,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process)")
     run.add_argument("--recovery-partitions", type=int, default=1, help="when creating the recovery dir")
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
+    run.add_argument("--from-savepoint", metavar="SRC",
+                     help="start from this savepoint (state.dir and state.recovery_dir must be empty)")
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
@@ -238,15 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = sub.add_parser("topics", help="create the topics the flow reads and writes")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
-    create = topics_sub.add_parser(
+    topics_create = topics_sub.add_parser(
         "create", help="create the input, control, decision and dead-letter topics that are missing",
         description="Create every topic of the configuration that does not exist yet, with the partitions, "
                     "replication factor and retention of [topics]. Existing topics are reported, never changed.")
-    create.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
-    create.add_argument("--bootstrap", help="override kafka bootstrap.servers")
-    create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
-    create.add_argument("--broker-timeout", type=float, default=60.0, help="seconds to wait for Kafka")
-    create.set_defaults(func=cmd_topics_create)
+    topics_create.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
+    topics_create.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    topics_create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
+    topics_create.add_argument("--broker-timeout", type=float, default=60.0, help="seconds to wait for Kafka")
+    topics_create.set_defaults(func=cmd_topics_create)
 
     gen = sub.add_parser("generate", help="stream the synthetic multi-channel workload to Kafka")
     gen.add_argument("--config", help="TOML configuration file (for kafka settings and topics)")
@@ -287,6 +375,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--exact", action="store_true", help="count customers exactly (reads every shard)")
     info.add_argument("--config", help="TOML configuration file")
     info.set_defaults(func=cmd_state_info)
+    reset = state_sub.add_parser("reset", help="start over: DESTROY all shards and recovery (asks for --yes)")
+    reset.add_argument("--yes", action="store_true", help="really destroy them (without it: say what would go)")
+    reset.add_argument("--config", help="TOML configuration file")
+    reset.set_defaults(func=cmd_state_reset)
+
+    savepoint = sub.add_parser("savepoint", help="consistent copies of all state, for backup, migration, re-sharding")
+    savepoint_sub = savepoint.add_subparsers(dest="savepoint_command", required=True)
+    create = savepoint_sub.add_parser("create", help="copy every shard and the input positions into DEST")
+    create.add_argument("dest", help="a new directory (with --online: state.savepoint_dir/<name>)")
+    create.add_argument("--online", action="store_true",
+                        help="the flow is running: ask it through the control topic and wait")
+    create.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an online savepoint")
+    create.add_argument("--request-id", help="id of the savepoint command (with --online)")
+    create.add_argument("--config", help="TOML configuration file")
+    create.set_defaults(func=cmd_savepoint_create)
+    sp_info = savepoint_sub.add_parser("info", help="what a savepoint holds, as JSON")
+    sp_info.add_argument("src")
+    sp_info.set_defaults(func=cmd_savepoint_info)
+    sp_reshard = savepoint_sub.add_parser("reshard", help="a copy of SRC with another shard count (offline)")
+    sp_reshard.add_argument("src")
+    sp_reshard.add_argument("dest", help="a new directory")
+    sp_reshard.add_argument("--shards", type=int, required=True, help="the new shard count")
+    sp_reshard.set_defaults(func=cmd_savepoint_reshard)
     return parser
 
 
@@ -299,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract
-        from operators.failures import one_line, root_cause
+        from operators.infra.failures import one_line, root_cause
 
         message = one_line(exc)
         if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too

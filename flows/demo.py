@@ -26,11 +26,11 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from flows.generate import MINUTE, PERSONAS, plan, stream
 from flows.local_broker import LocalBroker
 from flows.targeting import build_flow
-from operators import metrics
-from operators.clock import ScaledClock
-from operators.config import DEMO_SECRET, Config
-from operators.identity import pseudonymize
-from operators.kafka_io import client_config, ensure_topics, wait_for_broker
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra import metrics
+from operators.infra.clock import ScaledClock
+from operators.infra.config import DEMO_SECRET, Config
+from operators.io.kafka import client_config, ensure_topics, wait_for_broker
 from operators.rules import load_rules
 
 CHANNEL_ICONS = {"email": "✉", "ads": "◼", "call_center": "☎", "push": "➤", "sms": "✆", "web": "◎"}

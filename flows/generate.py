@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator, Sequence
 import orjson
 from confluent_kafka import Producer
 
-from operators.clock import Clock
-from operators.events import EVENT_CHANNELS
+from operators.channels import EVENT_CHANNELS
+from operators.infra.clock import Clock
 
 MINUTE = 60_000
 DAY = 86_400_000

@@ -6,16 +6,26 @@ Bytewax's recovery flags so state is exact after a restart, e.g.:
     python -m bytewax.recovery var/recovery 1
     NEXTCLICK_CONFIG=nextclick.toml python -m bytewax.run flows.main:flow -r var/recovery -s 2 -b 0
 
+Without `-r` the flow refuses to start: every shard would otherwise start over from nothing.
 `nextclick run --config FILE` does the same with less typing.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from flows.targeting import build_flow
-from operators.config import load_config
-from operators.logs import configure_logging
+from operators.infra.config import ConfigError, load_config
+from operators.infra.logs import configure_logging
+from operators.state.manifest import check_start, runner_recovery_dir
+from operators.state.store import StateError
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
-flow = build_flow(load_config(os.environ.get("NEXTCLICK_CONFIG") or None))
+try:
+    _config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
+    _recovery = runner_recovery_dir(_config)
+    flow = build_flow(_config, plan=check_start(_config, recovery_dir=_recovery))
+except (ConfigError, StateError) as _exc:
+    print(f"nextclick: error: {_exc}", file=sys.stderr)
+    raise SystemExit(2) from None

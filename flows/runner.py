@@ -1,7 +1,8 @@
 """`nextclick run` around the dataflow: checks, probes, progress, graceful stop, group offsets.
 
     FlowRunner()              blocks SIGTERM/SIGINT in every thread, starts the signal thread
-    .run(config, ruleset...)  preflight -> metrics server, reporter, drain and peer watchers
+    preflight(config)         topics exist, directories writable (before the start-up checks)
+    .run(config, flow...)     metrics server, reporter, drain and peer watchers
                               -> Bytewax (cluster_main) -> final group offsets -> "stopped"
 
 Bytewax runs through `cluster_main` even for one worker: its panic hook turns Rust panics into
@@ -19,9 +20,11 @@ import time
 from datetime import timedelta
 from typing import Any, Sequence
 
-from operators import drain, health
-from operators.config import Config
-from operators.failures import (
+from bytewax.dataflow import Dataflow
+
+from operators.infra import drain, health
+from operators.infra.config import Config
+from operators.infra.failures import (
     Explained,
     LostPeer,
     PeerWatch,
@@ -30,7 +33,6 @@ from operators.failures import (
     one_line,
     root_cause,
 )
-from operators.rules import RuleSet
 
 log = logging.getLogger("nextclick")
 
@@ -74,23 +76,17 @@ class FlowRunner:
 
     # -- running -------------------------------------------------------------------------------------
 
-    def run(self, config: Config, ruleset: RuleSet, *, workers: int = 1, process_id: int | None = None,
-            addresses: Sequence[str] | None = None, recovery_partitions: int = 1) -> int:
+    def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
+            addresses: Sequence[str] | None = None) -> int:
+        """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input."""
         from bytewax._bytewax import cluster_main
         from bytewax.recovery import RecoveryConfig
 
-        from flows.targeting import build_flow
-        from operators.kafka_io import commit_final_offsets
-        from operators.preflight import check_topics, init_recovery_dir, writable_dir
+        from operators.io.kafka import commit_final_offsets
 
         me = process_id or 0
         cluster = list(addresses or [])
         health.STATUS.reset(workers=workers)
-        check_topics(config.kafka, config)
-        writable_dir(config.state.dir, "state.dir")
-        recovery = writable_dir(config.state.recovery_dir, "state.recovery_dir")
-        init_recovery_dir(recovery, recovery_partitions)
-
         epoch_s = config.flow.epoch_seconds
         if config.flow.metrics_address:
             health.serve(config.flow.metrics_address, epoch_s=epoch_s, stall_s=config.flow.stall_seconds)
@@ -108,10 +104,9 @@ class FlowRunner:
                 w.start()
             watch.watching.wait(30)
 
-        flow = build_flow(config, ruleset=ruleset, stop=self.stop)
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
-                         recovery_config=RecoveryConfig(str(recovery)), worker_count_per_proc=workers)
+                         recovery_config=RecoveryConfig(config.state.recovery_dir), worker_count_per_proc=workers)
         except BaseException as exc:
             watch_saw = self._peer_watch.lost if self._peer_watch is not None else []
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
@@ -133,3 +128,21 @@ class FlowRunner:
                                    "seconds": round(time.monotonic() - self.started, 2),
                                    "group_offsets_committed": committed, **health.progress_figures()})
         return 0
+
+
+def metrics_settings(config: Config, address: str | None, port: int | None) -> Config:
+    """`--metrics-address`, or `--metrics-port` (127.0.0.1), over `flow.metrics_address`; validated."""
+    given = address or (f"127.0.0.1:{port}" if port else None)
+    if given:
+        config = config.replace(flow={"metrics_address": given})
+    if config.flow.metrics_address:
+        health.parse_address(config.flow.metrics_address, "--metrics-address" if given else "flow.metrics_address")
+    return config
+
+
+def preflight(config: Config) -> None:
+    """The topics the flow reads exist, the state and recovery directories are writable (writes nothing)."""
+    from operators.infra.preflight import check_directories, check_topics
+
+    check_topics(config.kafka, config)
+    check_directories(config)

@@ -1,14 +1,18 @@
 """The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
 
-    kafka_in ─── parse ───┬─ events ──┬─ key by shard ─ profiles (stateful_batch) ─ encode ─ decisions_out
-    control_in ─ control ─┼─ erasures ┘
-                          └─ refused ─ dead_letters_out
+    kafka_in ─── parse ─────┬─ (shard, event) ─────┬─ profiles (stateful_batch by shard) ─┬─ encode ─ decisions_out
+    control_in ─ control ───┼─ (shard, command) ───┘                                     │
+                            └─ refused ──────────────────────────────── dead_letter ─────┴─ processing errors
+                                                                            └─ dead_letters_out
 
-Thin on purpose: every step is a function from `operators/`.
+Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
+shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
+directories are checked against the configuration (operators/state/manifest.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -16,49 +20,75 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from operators import metrics
-from operators.clock import Clock, SystemClock
-from operators.config import DEFAULT_RULES_FILE, Config, decision_topic
-from operators.control import parse_control
-from operators.deadletter import dead_letter_record
-from operators.decisions import encode_decision
-from operators.events import DeadLetter, EraseRequest, Event, SourcePosition
-from operators.kafka_io import KafkaInput, KafkaOutput, OutMessage, RawMessage
-from operators.parse import parse_message
+from operators.infra import metrics
+from operators.infra.clock import Clock, SystemClock
+from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic
+from operators.io.control import parse_control
+from operators.io.deadletter import dead_letter_record
+from operators.io.decisions import encode_decision
+from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
+from operators.io.parse import parse_message
+from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
 from operators.rules import Decision, RuleSet, load_rules
-from operators.shard import ShardContext, ShardLogic, shard_of
+from operators.state.manifest import StartPlan, check_start
+from operators.state.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
+
+Routed = tuple[str, ShardItem]
 
 
-def _is_event(item: Event | DeadLetter) -> TypeGuard[Event]:
-    return isinstance(item, Event)
+def _is_routed(item: Routed | DeadLetter) -> TypeGuard[Routed]:
+    return type(item) is tuple
 
 
-def _is_erase(item: EraseRequest | DeadLetter) -> TypeGuard[EraseRequest]:
-    return isinstance(item, EraseRequest)
+def _is_decision(item: tuple[str, ShardOutput]) -> TypeGuard[tuple[str, Decision]]:
+    return type(item[1]) is Decision
+
+
+def _unkeyed(item: tuple[str, ShardOutput]) -> ShardOutput:
+    return item[1]
 
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
-               ruleset: RuleSet | None = None, name: str = "nextclick") -> Dataflow:
-    """Wire the flow; nothing here touches the network (partitions are listed when it runs)."""
+               ruleset: RuleSet | None = None, name: str = "nextclick", plan: StartPlan | None = None) -> Dataflow:
+    """Wire the flow; nothing here touches the network (partitions are listed when it runs).
+
+    `plan` is what the start-up checks found; without one they run here against
+    `config.state.recovery_dir`, which must be the recovery directory the flow runs with.
+    """
     clock = clock or SystemClock()
     ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
     secret = config.privacy.resolve_secret()
+    plan = plan if plan is not None else check_start(config, flow_name=name)
     shards = config.state.shards
+    keys = [str(n) for n in range(shards)]
     parse_config = config.parse
     topics = config.topics
+    savepoint_dir = Path(config.state.savepoint_dir)
     ctx = ShardContext(state_dir=Path(config.state.dir), shards=shards, ruleset=ruleset, clock=clock,
                        cache_profiles=config.state.cache_profiles_per_shard,
-                       keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync)
+                       keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan)
 
-    def parse_batch(batch: list[RawMessage]) -> list[Event | DeadLetter]:
+    def parse_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
         now = clock.now_ms()
-        return [parse_message(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
-                              secret=secret, now_ms=now, config=parse_config) for m in batch]
+        out: list[Routed | DeadLetter] = []
+        for m in batch:
+            item = parse_message(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
+                                 secret=secret, now_ms=now, config=parse_config)
+            out.append((keys[shard_of(item.customer, shards)], item) if isinstance(item, Event) else item)
+        return out
 
-    def parse_control_batch(batch: list[RawMessage]) -> list[EraseRequest | DeadLetter]:
-        parsed = (parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
-                                secret=secret) for m in batch)
-        return [c for c in parsed if c is not None]  # None: a drain request (operators/drain.py)
+    def parse_control_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
+        out: list[Routed | DeadLetter] = []
+        for m in batch:
+            item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
+                                 secret=secret, savepoint_dir=savepoint_dir)
+            if isinstance(item, EraseRequest):
+                out.append((keys[shard_of(item.customer, shards)], item))
+            elif isinstance(item, SavepointRequest):
+                out.extend((keys[n], dataclasses.replace(item, shard=n)) for n in range(shards))
+            elif item is not None:  # None: a drain request, for the drain watchers (operators/infra/drain.py)
+                out.append(item)
+        return out
 
     def dead_letter(dl: Any) -> tuple[str, OutMessage]:
         assert isinstance(dl, DeadLetter)
@@ -72,21 +102,23 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         key, value, headers = encode_decision(decision)
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 
+    start_positions = plan.restore.positions if plan.restore is not None else None
     flow = Dataflow(name)
     raw = op.input("kafka_in", flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
-        start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop))
-    parsed = op.flat_map_batch("parse", raw, parse_batch)
-    split = op.branch("valid", parsed, _is_event)
+        start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
+        start_positions=start_positions))
+    split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input("control_in", flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
-        stop_at_end=config.flow.stop_at_end, stop=stop))
+        stop_at_end=config.flow.stop_at_end, stop=stop, start_positions=start_positions))
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
-                        _is_erase)
-    refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses), dead_letter)
+                        _is_routed)
+    work = op.merge("events_and_commands", split.trues, control.trues)
+    results = op.branch("decided", op.stateful_batch("profiles", work, lambda resume: ShardLogic(ctx, resume)),
+                        _is_decision)
+    failed = op.map("processing_errors", results.falses, _unkeyed)
+    refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses, failed), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
-    work = op.merge("events_and_erasures", split.trues, control.trues)
-    keyed = op.key_on("by_shard", work, lambda e: str(shard_of(e.customer, shards)))
-    decisions = op.stateful_batch("profiles", keyed, lambda resume: ShardLogic(ctx, resume))
-    op.output("decisions_out", op.map_value("encode", decisions, to_message), KafkaOutput(config.kafka, shards))
+    op.output("decisions_out", op.map_value("encode", results.trues, to_message), KafkaOutput(config.kafka, shards))
     return flow

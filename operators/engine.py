@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from operators.events import Event
 from operators.profile import Profile, apply_durable
+from operators.records import Event
 from operators.rules import Blocked, Decision, RuleSet, decide
 from operators.windows import Trigger, apply_transient, fire_absences, is_late, next_deadline, note_expiry, prune
 

@@ -7,18 +7,19 @@ the durable part of a profile does not depend on the order events arrive in.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from operators.events import PURCHASE_TYPES, Event
+import orjson
+
+from operators.channels import CONSENT_FAMILY, PURCHASE_TYPES
+from operators.records import Event
 
 Profile = dict[str, Any]
 
 PROFILE_FORMAT = 1
 DAY_MS = 86_400_000
 
-# Channels whose consent a rule's channel maps to (a decision's channel -> the consent key family).
-CONSENT_CHANNEL = {"email": "email", "ads": "ads", "sms": "sms", "push": "push",
-                   "mobile": "push", "web": "web", "call_center": "call_center"}
 
 
 def new_profile(customer: str) -> Profile:
@@ -48,6 +49,33 @@ def new_profile(customer: str) -> Profile:
     }
 
 
+class ProfileEncodeError(ValueError):
+    """A profile holds a value that would not read back as written (JSON has no inf or nan)."""
+
+
+def _finite(value: float, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ProfileEncodeError(f"{what} is not a finite number")
+    return value
+
+
+def encode_profile(profile: Profile) -> bytes:
+    """The stored form. orjson writes inf and nan as null, silently: refuse them instead."""
+    _finite(profile["revenue"], "revenue")
+    for name, state in profile["signals"].items():
+        for bucket in state.get("buckets", ()):
+            _finite(bucket[1], f"signal {name}")
+    return orjson.dumps(profile)
+
+
+def decode_profile(blob: bytes) -> Profile:
+    """A stored profile; raises if the bytes are not one (the caller sets them aside)."""
+    profile = orjson.loads(blob)
+    if type(profile) is not dict or profile.get("format") != PROFILE_FORMAT or "customer" not in profile:
+        raise ValueError("stored bytes are not a profile of this format")
+    return profile
+
+
 def _min(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
 
@@ -67,7 +95,8 @@ def apply_durable(profile: Profile, event: Event) -> None:
     profile["contacts"][channel] = profile["contacts"].get(channel, 0) + 1
     if event.type in PURCHASE_TYPES:
         profile["orders"] += 1
-        profile["revenue"] = round(profile["revenue"] + float(event.attrs.get("amount", 0.0)), 2)
+        revenue = round(profile["revenue"] + float(event.attrs.get("amount", 0.0)), 2)
+        profile["revenue"] = _finite(revenue, "revenue")
         profile["first_purchase"] = _min(profile["first_purchase"], ts)
         profile["last_purchase"] = _max(profile["last_purchase"], ts)
     elif event.type == "consent":
@@ -85,9 +114,9 @@ def consent_state(profile: Profile, channel: str, purpose: str = "marketing") ->
 
     A revocation for channel "all" (do-not-contact) overrides any per-channel grant that is older.
     """
-    family = CONSENT_CHANNEL.get(channel, channel)
+    family = CONSENT_FAMILY.get(channel, channel)
     # Consent events may name an alias of the family (a "mobile" consent governs "push" decisions).
-    keys = [family, *sorted(c for c, f in CONSENT_CHANNEL.items() if f == family and c != family), "all"]
+    keys = [family, *sorted(c for c, f in CONSENT_FAMILY.items() if f == family and c != family), "all"]
     candidates = [c for c in (profile["consent"].get(f"{k}:{purpose}") for k in keys) if c is not None]
     if not candidates:
         return None

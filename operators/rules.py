@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from operators.clock import parse_duration_ms
-from operators.config import read_toml
-from operators.events import EVENT_CHANNELS
+from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
+from operators.infra.clock import parse_duration_ms
+from operators.infra.config import read_toml
 from operators.profile import Profile, consent_state, durable_view
 from operators.windows import (
     AbsenceSignal,
@@ -31,8 +31,6 @@ from operators.windows import (
     signal_view,
     signals_by_event,
 )
-
-DECISION_CHANNELS = ("email", "ads", "sms", "push", "web", "call_center")
 
 # Why a candidate decision was not sent; every blocked candidate is counted under one of these.
 BLOCK_REASONS = ("opted_out", "no_consent", "complaint_suppression", "cooldown",

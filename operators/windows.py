@@ -9,11 +9,12 @@ used: state is per customer inside a shard, not per Bytewax key.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Union
 
-from operators.events import Event
-from operators.profile import Profile
+from operators.profile import Profile, ProfileEncodeError
+from operators.records import Event
 
 EXPIRE_TIMER = "expire"
 ABSENCE_TIMER_PREFIX = "absence:"
@@ -155,6 +156,8 @@ def _add_to_window(profile: Profile, state: dict[str, Any], spec: WindowSignal, 
     for bucket in reversed(buckets):  # the newest bucket is the usual one
         if bucket[0] == start:
             bucket[1] += amount
+            if not math.isfinite(bucket[1]):
+                raise ProfileEncodeError(f"signal {spec.name} is not a finite number")
             return
     size = spec.bucket_ms if spec.sliding else spec.window_ms
     note_expiry(profile, start + size - 1 + spec.window_ms)

@@ -27,9 +27,9 @@ from bytewax.recovery import init_db_dir
 from confluent_kafka import Producer
 
 from flows.local_broker import free_port
-from operators.kafka_io import consume_all, ensure_topics
-from operators.shard import PROFILE_PREFIX, shard_path
-from operators.store import ShardStore
+from operators.io.kafka import consume_all, ensure_topics
+from operators.state.shard import PROFILE_PREFIX, shard_path
+from operators.state.store import ShardStore
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "flowrun-test-secret"

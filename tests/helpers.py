@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import operators
+from operators.channels import EVENT_CHANNELS
 from operators.engine import Outcome, on_event, on_timers
-from operators.events import EVENT_CHANNELS, Event
 from operators.profile import Profile, new_profile
+from operators.records import Event
 from operators.rules import RuleSet, load_rules
 
 SEC = 1_000
@@ -106,6 +107,8 @@ class FlowThread:
 
         Path(recovery_dir).mkdir(parents=True, exist_ok=True)
         init_db_dir(Path(recovery_dir), 1)
+        # The start-up checks read the recovery directory the flow runs with from the configuration.
+        config = config.replace(state={"recovery_dir": str(recovery_dir)})
         self.stop_event = threading.Event()
         self.failures: list[BaseException] = []
         flow = build_flow(config, clock=clock, stop=self.stop_event)

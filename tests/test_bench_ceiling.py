@@ -6,11 +6,11 @@ from pathlib import Path
 
 from bench import workload
 from bench.ceiling import CeilingState
-from operators.clock import ManualClock
-from operators.config import ParseConfig, PrivacyConfig
-from operators.events import Event, SourcePosition
-from operators.parse import parse_message
-from operators.shard import ShardContext, ShardLogic
+from operators.infra.clock import ManualClock
+from operators.infra.config import ParseConfig, PrivacyConfig
+from operators.io.parse import parse_message
+from operators.records import Event, SourcePosition
+from operators.state.shard import ShardContext, ShardLogic
 from tests.helpers import HOUR, T0, default_rules
 
 

@@ -22,11 +22,11 @@ import pytest
 from confluent_kafka import Producer
 
 from flows.local_broker import LocalBroker, free_port
-from operators import metrics
-from operators.clock import ManualClock
-from operators.config import Config
-from operators.kafka_io import consume_all, ensure_topics, redacted, wait_for_broker
-from operators.logs import configure_logging
+from operators.infra import metrics
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config
+from operators.infra.logs import configure_logging
+from operators.io.kafka import consume_all, ensure_topics, redacted, wait_for_broker
 from tests.helpers import FlowThread
 
 PLANTED_PASSWORD = "pl4nted-Sasl-Passw0rd!"

@@ -11,15 +11,15 @@ import pytest
 from confluent_kafka import Producer
 from rocksdict import AccessType, Options, Rdict
 
-from operators.clock import ManualClock
-from operators.config import Config, ParseConfig
-from operators.control import parse_control
-from operators.deadletter import REASONS
-from operators.events import DeadLetter, EraseRequest, SourcePosition
-from operators.identity import pseudonymize
-from operators.kafka_io import consume_all, ensure_topics
-from operators.parse import parse_message
-from operators.shard import read_profile, shard_of, shard_path
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, ParseConfig
+from operators.io.control import parse_control
+from operators.io.deadletter import REASONS
+from operators.io.kafka import consume_all, ensure_topics
+from operators.io.parse import parse_message
+from operators.records import DeadLetter, EraseRequest, SourcePosition
+from operators.state.shard import read_profile, shard_of, shard_path
 from tests.helpers import FlowThread
 
 SECRET = b"control-secret"

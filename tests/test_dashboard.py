@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
-from operators import metrics
+from operators.infra import metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"

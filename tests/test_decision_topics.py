@@ -9,9 +9,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.clock import ManualClock
-from operators.config import Config, decision_topic, load_config
-from operators.kafka_io import consume_all, ensure_topics
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, decision_topic, load_config
+from operators.io.kafka import consume_all, ensure_topics
 from tests.helpers import FlowThread
 
 T0 = 1_795_428_000_000

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import orjson
 
-from operators.decisions import DECISION_TYPE, encode_decision
+from operators.io.decisions import DECISION_TYPE, encode_decision
 from operators.rules import Decision, decision_id
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())

@@ -23,13 +23,13 @@ from bytewax.testing import run_main
 from confluent_kafka import Producer
 
 from flows.targeting import build_flow
-from operators.clock import ManualClock
-from operators.config import Config
-from operators.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
-from operators.identity import pseudonymize
-from operators.kafka_io import consume_all, ensure_topics
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config
+from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
+from operators.io.kafka import consume_all, ensure_topics
 from operators.rules import decision_id
-from operators.shard import read_profile
+from operators.state.shard import read_profile
 
 pytestmark = pytest.mark.broker
 
@@ -111,7 +111,7 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
         kafka=kafka,
         topics={"inputs": tuple(topics.values()), "decisions": decisions_topic, "dead_letter": dlq_topic,
                 "control": control_topic},
-        state={"dir": str(tmp_path / "state"), "shards": 4},
+        state={"dir": str(tmp_path / "state"), "shards": 4, "recovery_dir": str(tmp_path / "recovery")},
         privacy={"secret": SECRET},
     )
     (tmp_path / "recovery").mkdir()

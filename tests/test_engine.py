@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event, on_timers
-from operators.events import Event
 from operators.profile import apply_durable, new_profile
+from operators.records import Event
 from operators.rules import decision_id, load_rules
 from tests.helpers import (
     DAY,

@@ -24,10 +24,10 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators import metrics
-from operators.clock import ManualClock
-from operators.config import Config
-from operators.kafka_io import consume_all, ensure_topics
+from operators.infra import metrics
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config
+from operators.io.kafka import consume_all, ensure_topics
 from tests.helpers import FlowThread
 
 pytestmark = pytest.mark.broker

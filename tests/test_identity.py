@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from operators.identity import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
+from operators.identity.pseudonyms import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
 
 SECRET = b"test-secret"
 

@@ -27,8 +27,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 
 from flows.cli import main as cli_main
 from flows.local_broker import free_port
-from operators import metrics
-from operators.kafka_io import KafkaInput, consume_all, ensure_topics
+from operators.infra import metrics
+from operators.io.kafka import KafkaInput, consume_all, ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -255,7 +255,7 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
     assert_no_decision_twice(kafka, setup)
     assert read_profiles(setup.state_dir, SHARDS) == clean_profiles
     resumed = [line for line in log_lines(tmp_path / "run2.log") if line["msg"] == "shard opened"]
-    assert resumed and all(line["resume_seq"] > 0 for line in resumed)
+    assert resumed and all(line["resumed"] and line["seq"] > 0 for line in resumed)
 
 
 def test_sigterm_to_one_process_drains_the_whole_cluster(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,

@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.config import ParseConfig
-from operators.deadletter import REASONS, dead_letter_headers
-from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
-from operators.identity import pseudonymize
-from operators.parse import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, load_schema, parse_message
+from operators.channels import EVENT_CHANNELS
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.config import ParseConfig
+from operators.io.deadletter import REASONS, dead_letter_headers
+from operators.io.parse import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, load_schema, parse_message
+from operators.records import DeadLetter, Event, SourcePosition
 
 SECRET = b"test-secret"
 NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z
@@ -185,8 +186,9 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
 
 
 def test_bad_cases_cover_every_reason():
-    # internal_error never happens for any input; unknown_command belongs to the control topic.
-    assert {reason for *_, reason in BAD} == set(REASONS) - {"internal_error", "unknown_command"}
+    # internal_error never happens for any input; unknown_command belongs to the control topic;
+    # processing_error comes from the shards (tests/test_poison.py).
+    assert {reason for *_, reason in BAD} == set(REASONS) - {"internal_error", "unknown_command", "processing_error"}
 
 
 @pytest.mark.parametrize(("key", "value", "reason"), [case[1:] for case in BAD], ids=[c[0] for c in BAD])
@@ -249,7 +251,8 @@ def test_dead_letter_headers():
 def test_reason_class_names_are_unique_and_stable():
     assert len(set(REASONS.values())) == len(REASONS)
     assert REASONS["invalid_json"] == "nextclick.parse.InvalidJson"
-    assert all(name.startswith(("nextclick.parse.", "nextclick.control.")) for name in REASONS.values())
+    assert all(name.startswith(("nextclick.parse.", "nextclick.control.", "nextclick.processing."))
+               for name in REASONS.values())
 
 
 # --- the schema files -------------------------------------------------------------------------------
@@ -295,11 +298,11 @@ def _attr_strategy(prop: dict[str, Any]) -> st.SearchStrategy[Any]:
     if kind == "boolean":
         return st.booleans()
     if kind == "integer":
-        return st.integers(min_value=prop.get("minimum", -(2**63)), max_value=2**63 - 1)
+        return st.integers(min_value=prop.get("minimum", -(2**63)), max_value=prop.get("maximum", 2**63 - 1))
     if kind == "number":
-        low = prop.get("minimum", -1e300)
-        return st.integers(min_value=int(low), max_value=2**53) | st.floats(
-            min_value=low, max_value=1e300, allow_nan=False, allow_infinity=False)
+        low, high = prop.get("minimum", -1e300), prop.get("maximum", 1e300)
+        return st.integers(min_value=int(low), max_value=int(min(high, 2**53))) | st.floats(
+            min_value=low, max_value=high, allow_nan=False, allow_infinity=False)
     if "pattern" in prop:
         return st.text(alphabet=string.ascii_letters, min_size=3, max_size=3)
     return st.text(max_size=prop.get("maxLength", 128))

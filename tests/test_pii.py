@@ -29,15 +29,15 @@ import pytest
 from confluent_kafka import Producer
 from rocksdict import AccessType, Options, Rdict
 
-from operators import metrics
-from operators.clock import ManualClock
-from operators.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
-from operators.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
-from operators.events import DeadLetter, SourcePosition
-from operators.identity import pseudonymize
-from operators.kafka_io import consume_all, ensure_topics
-from operators.logs import configure_logging
-from operators.shard import read_profile
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra import metrics
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
+from operators.infra.logs import configure_logging
+from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
+from operators.io.kafka import consume_all, ensure_topics
+from operators.records import DeadLetter, SourcePosition
+from operators.state.shard import read_profile
 from tests.helpers import FlowThread
 
 SECRET = "pii-test-secret"
@@ -105,7 +105,7 @@ def _processed() -> float:
 def _rocksdb_contents(state_dir: Path) -> bytes:
     """Every key and value of every shard's RocksDB, decoded (undo records and metadata included)."""
     out = []
-    for shard in sorted(state_dir.iterdir()):
+    for shard in sorted(state_dir.glob("shard-*")):
         opts = Options(raw_mode=True)
         db = Rdict(str(shard), opts, access_type=AccessType.read_only())
         try:

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event
-from operators.events import Event
 from operators.profile import apply_durable, consent_state, durable_view, new_profile, preferred_channel, rfm_segment
+from operators.records import Event
 from tests.helpers import DAY, HOUR, MIN, T0, consent, default_rules, durable_part, make_event
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.kafka_io import ensure_topics
+from operators.io.kafka import ensure_topics
 from tests.flowrun import FlowSetup, produce, read_decisions, read_profiles, run_to_end, workload
 from tests.test_crash import dedupe
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.clock import parse_duration_ms
+from operators.infra.clock import parse_duration_ms
 from operators.rules import RulesError, load_rules
 from operators.windows import AbsenceSignal, SessionSignal, WindowSignal
 from tests.helpers import DAY, DEFAULT_RULES_PATH, HOUR, MIN, T0, Customer, fired, write_rules

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from operators.clock import parse_duration_ms
 from operators.engine import Outcome, on_event, on_timers
+from operators.infra.clock import parse_duration_ms
 from operators.profile import Profile, new_profile
 from operators.rules import load_rules
 from tests.helpers import T0, default_rules, make_event

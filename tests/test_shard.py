@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from operators.clock import ManualClock
-from operators.shard import ShardContext, ShardLogic, profile_key, read_profile
+from operators.infra.clock import ManualClock
+from operators.records import EraseRequest
+from operators.state.shard import ShardContext, ShardLogic, profile_key, read_profile, timer_key
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 
@@ -83,3 +84,50 @@ def test_a_timer_turn_between_backlog_batches_does_not_write_the_batch_out(tmp_p
     shard.store.close()
     late_cart = read_profile(tmp_path, 1, "late-cart")
     assert late_cart is not None and "cart_abandoned" not in late_cart["signals"]  # the turn did run
+
+
+# --- erasure can't be undone by a crash ----------------------------------------------------------
+#
+# An erased customer must never come back through a stale timer (docs/state.md). Two guards keep
+# it so: `erase_customer` deletes the timer keys of both the current and the last committed profile,
+# and `on_notify` drops a due timer whose profile is gone instead of creating one. Each test below
+# fails with its guard removed.
+
+
+def _keys_of(shard: ShardLogic, customer: str) -> list[bytes]:
+    return [k for k, _ in shard.store.scan(b"") if customer.encode() in k]
+
+
+def test_an_erase_after_an_early_write_removes_the_committed_timer_too(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + 2 * MIN)
+    # One cached profile: a second customer evicts the first, which writes it before the epoch ends,
+    # so its timer key moves in this epoch while the committed one still points at the old due time.
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock, cache_profiles=1)
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("add_to_cart", T0, customer="c1", sku="s1", amount=50.0)])
+    committed = shard.snapshot()  # Bytewax commits this epoch: profile and cart timer
+    epoch = [make_event("page_view", T0 + MIN, customer="c1", event_id="v1", page_type="product"),
+             make_event("page_view", T0 + MIN, customer="c2", event_id="v2", page_type="home"),
+             EraseRequest("c1", "dsr-1")]
+    shard.on_batch(epoch)  # the view moves c1's timer; c2 evicts c1, writing it; the erase is synced
+    shard.store.close()  # SIGKILL before the epoch's checkpoint
+
+    shard = ShardLogic(ctx, committed)  # resume; Bytewax replays the epoch's input
+    shard.on_batch(epoch)
+    shard.snapshot()
+    assert _keys_of(shard, "c1") == []  # no profile, no timer: nothing that could bring c1 back
+    shard.store.close()
+
+
+def test_a_due_timer_whose_profile_is_gone_never_creates_one(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("page_view", T0, customer="c2", page_type="home")])
+    shard.store.put(timer_key(T0 + MIN, "c1"), b"")  # a stale timer left by some earlier release
+    shard.snapshot()
+    clock.set(T0 + HOUR)
+    decisions, _ = shard.on_notify()
+    shard.snapshot()
+    assert decisions == [] and _keys_of(shard, "c1") == []
+    shard.store.close()

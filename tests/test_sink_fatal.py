@@ -12,7 +12,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.kafka_io import ensure_topics
+from operators.io.kafka import ensure_topics
 
 pytestmark = pytest.mark.broker
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from operators.engine import due_at
-from operators.events import Event
 from operators.profile import new_profile
+from operators.records import Event
 from operators.rules import load_rules
 from operators.windows import AbsenceSignal, SessionSignal, Signal, WindowSignal, apply_transient, prune, signal_view
 from tests.helpers import (

@@ -25,7 +25,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from operators import health, metrics
+from operators.infra import health, metrics
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,11 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
 
     def __init__(self, kafka: Mapping[str, str], topics: Sequence[str], *, group_id: str = "nextclick",
                  start_from_beginning: bool = True, stop_at_end: bool = False, batch_size: int = 1000,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, start_positions: Mapping[str, int] | None = None) -> None:
+        """`start_positions` ("topic#partition" -> next offset) is a restored savepoint's: partitions
+        Bytewax has no offset for start there, or at the beginning when the savepoint has none."""
         self._kafka = dict(kafka)
+        self._start_positions = start_positions
         self._topics = list(topics)
         self._group_id = group_id
         self._start = OFFSET_BEGINNING if start_from_beginning else OFFSET_END
@@ -301,7 +304,12 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         topic, _, partition = for_part.rpartition("#")
         config = source_consumer_config(self._kafka, self._group_id, stop_at_end=self._stop_at_end)
-        offset = self._start if resume_state is None else resume_state
+        if resume_state is not None:
+            offset = resume_state
+        elif self._start_positions is not None:
+            offset = self._start_positions.get(for_part, OFFSET_BEGINNING)
+        else:
+            offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
                                self._stop_at_end)
 

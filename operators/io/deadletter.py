@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from operators.events import DeadLetter
+from operators.records import DeadLetter
 
 # Stable reason code -> stable exception class name shown in the Connect-style header.
 REASONS: dict[str, str] = {
@@ -30,6 +30,8 @@ REASONS: dict[str, str] = {
     "ts_too_old": "nextclick.parse.TimestampTooOld",
     "missing_identifier": "nextclick.parse.MissingIdentifier",
     "unknown_command": "nextclick.control.UnknownCommand",
+    # The event was valid but applying it raised; the class header names the exception instead.
+    "processing_error": "nextclick.processing.ProcessingError",
     # Not a property of the message: the parser hit a bug. Kept so that it still never raises.
     "internal_error": "nextclick.parse.InternalError",
 }
@@ -41,21 +43,26 @@ CLASS_HEADER = "__connect.errors.exception.class.name"
 MESSAGE_HEADER = "__connect.errors.exception.message"
 REASON_HEADER = "nextclick.errors.reason"
 REDACTED_HEADER = "nextclick.errors.redacted"
+STEP_HEADER = "nextclick.errors.step"
 REDACTED = "[redacted]"
 
 
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     """The original message's headers, then the error headers (values as UTF-8 / decimal ASCII)."""
     src = dl.source
-    return [
+    cls = dl.exception_class or REASONS.get(dl.reason, "nextclick.parse.Unknown")
+    headers = [
         *dl.headers,
         (TOPIC_HEADER, str(src.topic).encode("utf-8", "replace")),
         (PARTITION_HEADER, str(int(src.partition)).encode("ascii")),
         (OFFSET_HEADER, str(int(src.offset)).encode("ascii")),
-        (CLASS_HEADER, REASONS.get(dl.reason, "nextclick.parse.Unknown").encode("ascii")),
+        (CLASS_HEADER, cls.encode("utf-8", "replace")),
         (MESSAGE_HEADER, dl.message.encode("utf-8", "replace")),
         (REASON_HEADER, dl.reason.encode("utf-8", "replace")),
     ]
+    if dl.step is not None:
+        headers.append((STEP_HEADER, dl.step.encode("utf-8", "replace")))
+    return headers
 
 
 def redact_value(value: bytes | None, fields: Sequence[str]) -> tuple[bytes | None, list[str]]:

@@ -6,7 +6,6 @@ the setting and the path or topic, before any state is touched.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import tempfile
@@ -15,9 +14,9 @@ from typing import Any, Mapping
 
 from confluent_kafka.admin import AdminClient
 
-from operators.config import Config, decision_topic
-from operators.kafka_io import client_config
-from operators.rules import DECISION_CHANNELS
+from operators.channels import DECISION_CHANNELS
+from operators.infra.config import Config, decision_topic
+from operators.io.kafka import client_config
 
 log = logging.getLogger("nextclick")
 
@@ -26,26 +25,29 @@ class PreflightError(RuntimeError):
     """The flow cannot start; the message names the setting and what to do."""
 
 
-def writable_dir(path: str | os.PathLike[str], setting: str) -> Path:
-    """Create `path` if missing; prove a file can be created in it and in each directory in it (shards),
-    and that each file in it (Bytewax's recovery partitions) opens for writing."""
-    root = Path(path)
+def writable_dir(path: str | os.PathLike[str], setting: str) -> None:
+    """Prove files can be created in `path` (or, if it is missing, in the directory that would hold it),
+    in each directory in it (shards), and that each file in it (Bytewax's recovery partitions) opens
+    for writing. Leaves nothing behind: the start-up checks that follow write only once all passed."""
+    root = Path(path).absolute()
+    where = root
+    while not where.exists() and where != where.parent:
+        where = where.parent
 
-    def refuse(where: object, exc: OSError) -> PreflightError:
-        return PreflightError(f"{setting}: cannot write to {where}: {exc.strerror or exc}")
+    def refuse(target: Path, exc: OSError) -> PreflightError:
+        reason = exc.strerror or str(exc)
+        if where != root:
+            return PreflightError(f"{setting}: cannot create {root}: {reason} (in {where})")
+        return PreflightError(f"{setting}: cannot write to {target}: {reason}")
 
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        children = sorted(root.iterdir())
-    except OSError as exc:
-        raise refuse(exc.filename or root, exc) from None
-    for where in [root, *(p for p in children if p.is_dir())]:
+    children = sorted(root.iterdir()) if where == root and root.is_dir() else []
+    for target in [where, *(p for p in children if p.is_dir())]:
         try:
-            fd, probe = tempfile.mkstemp(prefix=".nextclick-write-check-", dir=where)
+            fd, probe = tempfile.mkstemp(prefix=".nextclick-write-check-", dir=target)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise refuse(where, exc) from None
+            raise refuse(target, exc) from None
     for existing in children:
         if existing.is_file():
             try:
@@ -53,18 +55,11 @@ def writable_dir(path: str | os.PathLike[str], setting: str) -> Path:
                     pass
             except OSError as exc:
                 raise refuse(existing, exc) from None
-    return root
 
 
-def init_recovery_dir(path: Path, partitions: int) -> None:
-    """Create Bytewax's recovery partitions unless they exist; processes starting together take turns."""
-    from bytewax.recovery import init_db_dir
-
-    with open(path / ".nextclick-init.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not any(p.suffix == ".sqlite3" for p in path.iterdir()):
-            init_db_dir(path, partitions)
-            log.info("recovery directory initialised", extra={"recovery_dir": str(path), "partitions": partitions})
+def check_directories(config: Config) -> None:
+    writable_dir(config.state.dir, "state.dir")
+    writable_dir(config.state.recovery_dir, "state.recovery_dir")
 
 
 def output_topics(config: Config) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ fastjsonschema. Dead-letter messages name fields but never quote payload values 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,11 +23,12 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from operators.config import ParseConfig
-from operators.events import EVENT_CHANNELS, DeadLetter, Event, SourcePosition
-from operators.identity import pseudonymize, resolve_identifier
+from operators.channels import EVENT_CHANNELS
+from operators.identity.pseudonyms import pseudonymize, resolve_identifier
+from operators.infra.config import ParseConfig
+from operators.records import DeadLetter, Event, SourcePosition
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "events"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 
@@ -67,11 +69,19 @@ def load_schema(event_type: str) -> dict[str, Any]:
     return merged
 
 
+# Numeric attributes whose upper bound `[parse] max_amount` replaces.
+AMOUNT_FIELDS = ("amount",)
+
+
 class _TypeSpec:
     __slots__ = ("attrs", "channel", "int_attrs", "type", "validate")
 
-    def __init__(self, event_type: str) -> None:
+    def __init__(self, event_type: str, max_amount: float | None = None) -> None:
         schema = load_schema(event_type)
+        if max_amount is not None:
+            for name in AMOUNT_FIELDS:
+                if name in schema["properties"]:
+                    schema["properties"][name] = {**schema["properties"][name], "maximum": max_amount}
         self.type = event_type
         self.channel = EVENT_CHANNELS[event_type]
         # fastjsonschema fills in `default`s (consent `purpose`), so they land in attrs.
@@ -85,6 +95,16 @@ class _TypeSpec:
 
 # Every type's schema, loaded and compiled once per process (at import).
 SPECS: dict[str, _TypeSpec] = {t: _TypeSpec(t) for t in EVENT_CHANNELS}
+
+
+@functools.lru_cache(maxsize=4)
+def _specs_with(max_amount: float) -> dict[str, _TypeSpec]:
+    """The schemas with a configured bound on amounts, compiled once per bound."""
+    return {t: _TypeSpec(t, max_amount) for t in EVENT_CHANNELS}
+
+
+def specs_for(config: ParseConfig) -> dict[str, _TypeSpec]:
+    return _specs_with(config.max_amount) if config.max_amount else SPECS
 
 
 # RFC 3339 date-time with a mandatory offset; ASCII digits only.
@@ -200,6 +220,8 @@ def _schema_message(exc: fastjsonschema.JsonSchemaValueException, payload: dict[
 def _headers_tuple(headers: Any) -> tuple[tuple[str, bytes], ...]:
     if not headers:
         return ()
+    if type(headers) is tuple:  # as the Kafka source builds them
+        return headers
     try:
         return tuple((k, v) for k, v in headers)
     except (TypeError, ValueError):  # malformed headers: nothing safe to carry
@@ -213,8 +235,8 @@ def _seconds_hint(ts: int, now_ms: int, config: ParseConfig) -> str:
     return ""
 
 
-def _parse(key: bytes | None, value: bytes | None, source: SourcePosition, secret: bytes,
-           now_ms: int, config: ParseConfig) -> Event:
+def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
+           source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig) -> Event:
     if value is None:
         raise _Bad("empty_value", "message value is null (tombstone)")
     if len(value) > config.max_message_bytes:
@@ -237,7 +259,7 @@ def _parse(key: bytes | None, value: bytes | None, source: SourcePosition, secre
     event_type = payload.get("type")
     if event_type is None or event_type == "":
         raise _Bad("missing_type", "field 'type' is missing")
-    spec = SPECS.get(event_type) if type(event_type) is str else None
+    spec = specs_for(config).get(event_type) if type(event_type) is str else None
     if spec is None:
         raise _Bad("unknown_type", f"field 'type' is not a known event type "
                                    f"(got {_json_type(event_type)} that is not one of the "
@@ -270,7 +292,7 @@ def _parse(key: bytes | None, value: bytes | None, source: SourcePosition, secre
         if type(v) is float:
             attrs[a] = int(v)
     return Event(event_id=event_id, type=spec.type, ts=ts, customer=customer, channel=spec.channel,
-                 attrs=attrs, source=source)
+                 attrs=attrs, source=source, raw=(key, value, _headers_tuple(headers)))
 
 
 def parse_message(key: bytes | None, value: bytes | None,
@@ -278,7 +300,7 @@ def parse_message(key: bytes | None, value: bytes | None,
                   secret: bytes, now_ms: int, config: ParseConfig) -> Event | DeadLetter:
     """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes."""
     try:
-        return _parse(key, value, source, secret, now_ms, config)
+        return _parse(key, value, headers, source, secret, now_ms, config)
     except _Bad as bad:
         reason, message = bad.reason, bad.message
     except Exception as exc:  # noqa: BLE001 - a bug here must not stop the flow; the message goes to the DLQ

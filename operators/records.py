@@ -9,28 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-# Channels a touch can arrive on. An event type maps to exactly one channel (see `EVENT_CHANNELS`).
-CHANNELS = ("web", "email", "mobile", "store", "call_center")
-
-# Every event type the flow understands, with the channel it belongs to. Each has a JSON Schema in
-# `schemas/events/<type>.json`; adding a type means adding both.
-EVENT_CHANNELS: dict[str, str] = {
-    "page_view": "web",
-    "add_to_cart": "web",
-    "purchase": "web",
-    "email_open": "email",
-    "email_click": "email",
-    "app_open": "mobile",
-    "app_purchase": "mobile",
-    "store_purchase": "store",
-    "call_center_contact": "call_center",
-    "consent": "web",
-    "complaint": "call_center",
-}
-
-# Event types that count as a purchase for the durable facts and the purchase suppressions.
-PURCHASE_TYPES = frozenset({"purchase", "app_purchase", "store_purchase"})
-
 
 class SourcePosition(NamedTuple):
     """Where a message came from, so a dead letter can name it and be replayed onto it.
@@ -57,6 +35,13 @@ class Event:
     channel: str
     attrs: dict[str, Any] = field(default_factory=dict)
     source: SourcePosition | None = None
+    # The message as read (key, value, headers), held only in memory so that an event whose
+    # processing fails can still be dead-lettered byte for byte; never stored, logged or emitted.
+    raw: RawRecord | None = field(default=None, repr=False, compare=False)
+
+
+# Kafka key, value and headers of a message as read.
+RawRecord = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +58,9 @@ class DeadLetter:
     source: SourcePosition
     reason: str
     message: str
+    # processing_error only: the Python exception class and the step that raised it.
+    exception_class: str | None = None
+    step: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +69,18 @@ class EraseRequest:
 
     customer: str  # pseudonymous customer key
     request_id: str
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavepointRequest:
+    """From the control topic, one copy per shard: copy the shard into `path` at the end of this epoch.
+
+    `token` is chosen once per parse of the command, so every shard's part of one attempt shares it
+    and a replayed command (a new parse) writes a separate attempt (operators/state/savepoint.py)."""
+
+    shard: int
+    request_id: str
+    path: str
+    token: str
     source: SourcePosition | None = None

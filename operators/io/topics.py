@@ -12,9 +12,9 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from operators.config import Config
-from operators.kafka_io import client_config
-from operators.preflight import output_topics
+from operators.infra.config import Config
+from operators.infra.preflight import output_topics
+from operators.io.kafka import client_config
 
 
 @dataclass(frozen=True)

@@ -22,3 +22,12 @@ def hit(name: str) -> None:
         _HITS[name] = _HITS.get(name, 0) + 1
         if _HITS[name] == _PLAN[name]:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by a failpoint: the processing of this customer's event fails, as a bug would make it."""
+
+
+# `NEXTCLICK_FAIL_CUSTOMERS="<key>,<key>"`: applying any event of these pseudonymous customer keys
+# raises InjectedFailure (poison-isolation tests). Empty in production: one truthiness check per event.
+FAIL_CUSTOMERS = frozenset(filter(None, os.environ.get("NEXTCLICK_FAIL_CUSTOMERS", "").split(",")))

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per process, served by `operators/health.py` on `flow.metrics_address`.
+"""Prometheus metrics, one registry per process, served by `operators/infra/health.py` on `flow.metrics_address`.
 
 The registry is private (tests and the demo read it directly) but carries the standard process,
 platform and GC collectors, so RSS, CPU, open files and garbage collection are exported next to the
@@ -48,9 +48,12 @@ LATE = Counter("nextclick_late_events_total", "Events beyond the allowed latenes
 DEAD_LETTERS = Counter("nextclick_dead_letters_total", "Messages sent to the dead-letter topic, by reason.",
                        ["reason"], registry=REGISTRY)
 PROCESSING_ERRORS = Counter("nextclick_processing_errors_total",
-                            "Messages or customers whose processing raised, by step and exception class "
-                            "(each is dead-lettered with reason processing_error; the flow goes on).",
+                            "Events dead-lettered because applying them raised (processing_error), by step and "
+                            "exception class; each leaves the customer's profile as it was before the event.",
                             ["step", "exception"], registry=REGISTRY)
+QUARANTINED = Counter("nextclick_quarantined_profiles_total",
+                      "Stored profiles set aside for inspection (undecodable, unencodable, or a timer that "
+                      "failed), by step.", ["step"], registry=REGISTRY)
 ABSENCES = Counter("nextclick_absences_fired_total", "Absence signals that completed.", registry=REGISTRY)
 ERASURES = Counter("nextclick_erasures_total", "Customers erased.", registry=REGISTRY)
 

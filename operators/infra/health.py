@@ -27,7 +27,7 @@ from typing import Any, Callable
 import orjson
 from prometheus_client.exposition import choose_encoder
 
-from operators import metrics
+from operators.infra import metrics
 
 log = logging.getLogger("nextclick")
 

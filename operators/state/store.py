@@ -16,6 +16,8 @@ Layout inside the one DB:
 
 - ``b"d" + key``                         user data (callers never see the prefix)
 - ``b"mseq"``                            last committed seq, 8-byte big-endian
+- ``b"mfloor"``                          the newest seq known to be committed by the stream engine
+  (it handed that seq back on a resume, or a savepoint was restored at it): no rollback goes below
 - ``b"u" + seq (8 bytes) + chunk (4)``   undo chunk: together, the chunks of ``seq`` turn state
   ``seq`` back into state ``seq - 1``; every committed seq has at least one (maybe empty) chunk
 
@@ -31,6 +33,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -42,6 +45,7 @@ from rocksdict import (
     BlockBasedOptions,
     BottommostLevelCompaction,
     Cache,
+    Checkpoint,
     CompactOptions,
     Options,
     Rdict,
@@ -56,6 +60,7 @@ __all__ = ["ShardStore", "StateError", "dir_bytes"]
 _DATA = b"d"
 _UNDO = b"u"
 _META_SEQ = b"mseq"
+_META_FLOOR = b"mfloor"
 _UNDO_END = b"v"  # first key after every undo chunk
 
 _U64 = struct.Struct(">Q")
@@ -73,6 +78,8 @@ _SHARED_MEMTABLE_BYTES = 64 << 20
 _MAX_OPEN_FILES = 64
 # How often the background syncer flushes open stores' WALs (see _WalSyncer).
 _WAL_SYNC_INTERVAL_S = 0.1
+# A read-only open that races the writer replacing a file is retried this many times.
+_READ_ONLY_ATTEMPTS = 5
 # Pending keys that trigger a stage into RocksDB: small, so the checkpoint has little left to do.
 STAGE_KEYS = 64
 
@@ -291,6 +298,8 @@ class ShardStore:
             mode = "read-only" if read_only else "read-write"
             raise StateError(f"cannot open shard store {self._path!r} ({mode}): {exc}") from exc
         self._closed = False
+        self._bulk: WriteBatch | None = None
+        self._bulk_keys = 0
         # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
         # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
@@ -300,6 +309,8 @@ class ShardStore:
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
         raw_seq = self._db.get(_META_SEQ)
         self._seq: int = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
+        raw_floor = self._db.get(_META_FLOOR)
+        self._floor: int = _U64.unpack(raw_floor)[0] if raw_floor is not None else 0
         # Smallest seq that still has an undo chunk, or seq + 1 when none is kept.
         first_undo = next(self._iter_raw(_UNDO), None)
         self._oldest_undo: int = min(_undo_seq(first_undo[0]), self._seq + 1) if first_undo else self._seq + 1
@@ -316,12 +327,20 @@ class ShardStore:
     def open_read_only(cls, path: str | os.PathLike[str], *, cache_size: int = 4096) -> Self:
         """Open without taking RocksDB's lock so CLI tools can inspect a shard the flow has open.
 
-        Sees the committed state as of opening; writes raise StateError.
+        Sees the committed state as of opening; writes raise StateError. The writer may replace a
+        file (compaction, a new MANIFEST after a purge) while this opens, so a failed open is retried.
         """
-        store = cls.__new__(cls)
-        store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, stage_keys=STAGE_KEYS,
-                    read_only=True)
-        return store
+        for attempt in range(_READ_ONLY_ATTEMPTS):
+            store = cls.__new__(cls)
+            try:
+                store._open(path, cache_size=cache_size, keep_checkpoints=0, sync=False, stage_keys=STAGE_KEYS,
+                            read_only=True)
+                return store
+            except StateError:
+                if attempt == _READ_ONLY_ATTEMPTS - 1 or not os.path.isdir(path):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # ----------------------------------------------------------------------------------------- info
 
@@ -329,6 +348,16 @@ class ShardStore:
     def seq(self) -> int:
         """Last committed checkpoint; the engine stores this and hands it back on recovery."""
         return self._seq
+
+    @property
+    def committed_floor(self) -> int:
+        """The newest seq the stream engine is known to have committed; `rollback_to` never goes below it."""
+        return self._floor
+
+    @property
+    def oldest_restorable_seq(self) -> int:
+        """The oldest seq `rollback_to` can still reach (undo records older than it were trimmed)."""
+        return self._oldest_undo - 1
 
     @property
     def path(self) -> str:
@@ -348,6 +377,7 @@ class ShardStore:
         disk = dir_bytes(self._path)
         return {
             "seq": self._seq,
+            "committed_floor": self._floor,
             "oldest_restorable_seq": self._oldest_undo - 1,
             "keys": max(0, estimate - bookkeeping),
             "disk_bytes": disk,
@@ -522,6 +552,12 @@ class ShardStore:
                 f"shard store {self._path!r}: cannot roll back to seq {seq}; "
                 f"the committed seq is {self._seq}"
             )
+        if seq < self._floor:
+            raise StateError(
+                f"shard store {self._path!r}: refusing to roll back to seq {seq}: seq {self._floor} was "
+                f"committed (the recovery directory handed it back before, or a savepoint was restored at "
+                f"it), so rolling back past it would lose committed state"
+            )
         oldest = self._oldest_undo - 1
         if seq < oldest:
             raise StateError(
@@ -565,6 +601,61 @@ class ShardStore:
 
     def _has_undo_above(self, seq: int) -> bool:
         return next(self._iter_raw(_UNDO, _undo_from(seq + 1)), None) is not None
+
+    def mark_committed(self, seq: int) -> None:
+        """Record that the stream engine committed `seq` (synced); later rollbacks stop there."""
+        self._check_writable()
+        if seq > self._seq:
+            raise StateError(f"shard store {self._path!r}: cannot mark seq {seq} committed; the store is at "
+                             f"seq {self._seq}")
+        if seq <= self._floor:
+            return
+        sync_opts = WriteOptions()
+        sync_opts.sync = True
+        self._db.put(_META_FLOOR, _U64.pack(seq), sync_opts)
+        self._floor = seq
+
+    def create_checkpoint(self, dest: str | os.PathLike[str]) -> None:
+        """A consistent copy of the DB in `dest` (which must not exist): hard links where it can.
+
+        Writes staged since the last checkpoint are copied too and are undone when the copy is opened,
+        like after a crash, so the copy holds the committed state at `seq`.
+        """
+        self._check_writable()
+        self._stage()
+        try:
+            Checkpoint(self._db).create_checkpoint(os.fspath(dest))
+        except Exception as exc:  # rocksdict raises plain Exception for I/O errors
+            raise StateError(f"cannot copy shard store {self._path!r} to {os.fspath(dest)!r}: {exc}") from exc
+
+    def bulk_put(self, key: bytes, value: bytes, *, batch_keys: int = 10_000) -> None:
+        """Fill an empty store without undo records (re-sharding); `commit_bulk` makes it seq 1."""
+        self._check_writable()
+        if self._bulk is None:
+            if self._seq != 0 or self._pending or self._staged or next(self._iter_raw(_DATA), None) is not None:
+                raise StateError(f"shard store {self._path!r}: a bulk load needs an empty store")
+            self._bulk = WriteBatch(raw_mode=True)
+            self._bulk_keys = 0
+        self._bulk.put(_DATA + key, value)
+        self._bulk_keys += 1
+        if self._bulk_keys % batch_keys == 0:
+            self._db.write(self._bulk, self._stage_opts)
+            self._bulk = WriteBatch(raw_mode=True)
+
+    def commit_bulk(self) -> int:
+        """Commit a bulk load as seq 1, synced and flushed. There is nothing to roll back to (no undo
+        records), so seq 1 is also marked committed."""
+        self._check_writable()
+        if self._seq != 0:
+            raise StateError(f"shard store {self._path!r}: a bulk load needs an empty store")
+        batch = self._bulk if self._bulk is not None else WriteBatch(raw_mode=True)
+        self._bulk = None
+        batch.put(_META_SEQ, _U64.pack(1))
+        batch.put(_META_FLOOR, _U64.pack(1))
+        self._db.write(batch, self._write_opts)
+        self._db.flush(True)
+        self._seq, self._floor, self._oldest_undo = 1, 1, 2
+        return 1
 
     def erase(self, keys: Sequence[bytes]) -> None:
         """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.

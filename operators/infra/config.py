@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
-DEFAULT_RULES_FILE = str(Path(__file__).resolve().parent / "default_rules.toml")
+DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "default_rules.toml")
 
 
 class ConfigError(ValueError):
@@ -32,7 +32,7 @@ class TopicsConfig:
     # decisions to nextclick.decisions.email, ads to nextclick.decisions.ads, and so on.
     decisions: str = "nextclick.decisions"
     dead_letter: str = "nextclick.dead_letter"
-    # Erase commands (the right to erasure) while the flow runs; see operators/control.py.
+    # Erase commands (the right to erasure) while the flow runs; see operators/io/control.py.
     control: str = "nextclick.control"
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True
@@ -62,6 +62,9 @@ class StateConfig:
     keep_checkpoints: int = 64
     # fsync every checkpoint; off only for benchmarks on throwaway state.
     sync: bool = True
+    # Where online savepoints are written (`nextclick savepoint create --online`); the control topic
+    # names only a directory inside it.
+    savepoint_dir: str = "var/savepoints"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class ParseConfig:
     # env value). Default off: dead letters keep the original bytes and can be replayed unchanged;
     # a redacted dead letter cannot. See docs/security.md.
     redact_fields: tuple[str, ...] = ()
+    # Upper bound on `amount` fields; 0 keeps the schemas' own (1e9). A larger amount is a
+    # schema_violation: bounded amounts keep sums such as lifetime value finite.
+    max_amount: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -227,4 +233,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         config = config.replace(kafka=kafka)
     if config.state.shards < 1:
         raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    if not (0 <= config.parse.max_amount < float("inf")):
+        raise ConfigError(f"{origin}: [parse].max_amount must be a finite number >= 0 (0: the schemas' bound)")
     return config

@@ -1,0 +1,72 @@
+"""Commands on the control topic: erase a customer (the right to erasure), take a savepoint, drain.
+
+    {"command": "erase", "request_id": "dsr-123", "customer_id": "c-42"}
+    {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
+    {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
+    {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
+    {"command": "drain", ...}   (operators/infra/drain.py: for every process's drain watcher, not here)
+
+The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
+savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
+the control topic cannot make the flow write elsewhere. A command that can't be read is
+dead-lettered like any bad event.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
+
+_KEY = re.compile(r"^[0-9a-f]{32}$")
+SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+COMMANDS = ("erase", "savepoint", "drain")
+
+
+def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
+                  source: SourcePosition, *, secret: bytes,
+                  savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter | None:
+    """Never raises: a command, None for a drain request (nothing for the dataflow to do), or a
+    DeadLetter saying what is wrong (without echoing values).
+
+    A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
+    """
+    def refuse(reason: str, message: str) -> DeadLetter:
+        return DeadLetter(key, value, tuple(headers or ()), source, reason, message)
+
+    try:
+        body: Any = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return refuse("invalid_json", "control message is not valid JSON")
+    if not isinstance(body, dict):
+        return refuse("not_an_object", "control message is not a JSON object")
+    command = body.get("command")
+    if command not in COMMANDS:
+        return refuse("unknown_command",
+                      "control message 'command' must be \"erase\", \"savepoint\" or \"drain\"")
+    if command == "drain":
+        return None
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        return refuse("schema_violation", "control message needs a non-empty string 'request_id'")
+    if command == "savepoint":
+        name = body.get("name")
+        if not isinstance(name, str) or not SAVEPOINT_NAME.match(name):
+            return refuse("schema_violation", "savepoint needs 'name': a directory name of letters, digits, "
+                                              "'.', '_' and '-' (it is created inside state.savepoint_dir)")
+        return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source)
+    customer_key = body.get("customer_key")
+    if isinstance(customer_key, str) and _KEY.match(customer_key):
+        return EraseRequest(customer_key, request_id, source)
+    if isinstance(body.get("customer_id"), str) and body["customer_id"]:
+        return EraseRequest(pseudonymize("customer", body["customer_id"], secret), request_id, source)
+    id_type, raw_id = body.get("id_type"), body.get("id")
+    if id_type in ID_TYPES and isinstance(raw_id, str) and raw_id:
+        return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source)
+    return refuse("missing_identifier", "erase needs 'customer_key', 'customer_id', or 'id_type' and 'id'")

@@ -1,0 +1,500 @@
+"""The state's identity, and the start-up checks that keep a start from orphaning or rolling it back.
+
+State carries a small manifest (`<state.dir>/nextclick-state.json`): the shard count, the hash that
+places customers in shards, the profile format, a fingerprint of the identifier secret (never the
+secret) and a lineage id. The recovery directory carries a marker (`nextclick-recovery.json`) with
+the same lineage id. Every entry point calls `check_start` before Bytewax runs; it refuses, with one
+line naming the setting and both values, any start that would silently lose profiles:
+
+- a shard count, secret or format that differs from the one the state was written with (customers
+  would be looked up in the wrong shard, or under a different key, and start blank);
+- shard state without its recovery directory, or a recovery directory with commits and no state;
+- a recovery directory of another deployment, or one re-initialised next to existing state;
+- a shard that would be rolled back past a committed epoch, or that the recovery has no data for.
+
+Starting over is `nextclick state reset`, which says what it destroys. A savepoint restore writes
+the manifest with a restore point: the shard seqs and input positions the flow starts from when
+Bytewax has no state of its own yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from operators.infra.config import Config
+from operators.profile import PROFILE_FORMAT
+from operators.state.recovery_db import RecoveryView, read_recovery
+from operators.state.store import ShardStore, StateError
+
+__all__ = ["MANIFEST_FILE", "RECOVERY_MARKER", "RestorePoint", "StartPlan", "StateManifest", "StateMismatch",
+           "check_start", "read_manifest", "reset_state", "secret_fingerprint", "shard_dirs", "verify_config"]
+
+MANIFEST_FILE = "nextclick-state.json"
+RECOVERY_MARKER = "nextclick-recovery.json"
+# Layout of the state directory and of the keys inside a shard (operators/state/shard.py).
+STATE_FORMAT = 1
+SHARD_HASH = "crc32"
+_SHARD_DIR = re.compile(r"^shard-(\d{4,})$")
+# Profiles sampled per shard when adopting state written before manifests existed.
+_ADOPT_SAMPLE = 50
+
+log = logging.getLogger(__name__)
+
+
+class StateMismatch(StateError):
+    """A start that would orphan, reset or roll back state; the message is one line that says why."""
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """Tells two secrets apart without revealing either (a keyed hash of a fixed text)."""
+    return hmac.new(secret, b"nextclick state fingerprint v1", hashlib.sha256).hexdigest()[:16]
+
+
+def shard_dirs(state_dir: str | Path) -> dict[int, Path]:
+    """Shard directories present under `state_dir`, by shard number."""
+    root = Path(state_dir)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for child in root.iterdir():
+        m = _SHARD_DIR.match(child.name)
+        if m and child.is_dir():
+            out[int(m.group(1))] = child
+    return out
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """Where a restored savepoint starts: each shard's seq and each input partition's next offset."""
+
+    savepoint: str
+    seqs: dict[int, int]
+    positions: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"savepoint": self.savepoint, "seqs": {str(k): v for k, v in sorted(self.seqs.items())},
+                "positions": dict(sorted(self.positions.items()))}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RestorePoint:
+        return cls(str(raw["savepoint"]), {int(k): int(v) for k, v in raw["seqs"].items()},
+                   {str(k): int(v) for k, v in raw["positions"].items()})
+
+
+@dataclass(frozen=True)
+class StateManifest:
+    shards: int
+    secret_fingerprint: str
+    lineage: str
+    profile_format: int = PROFILE_FORMAT
+    state_format: int = STATE_FORMAT
+    shard_hash: str = SHARD_HASH
+    created_at: str = ""
+    restore: RestorePoint | None = None
+
+    def to_json(self) -> bytes:
+        body: dict[str, Any] = {
+            "kind": "nextclick-state", "state_format": self.state_format, "shards": self.shards,
+            "shard_hash": self.shard_hash, "profile_format": self.profile_format,
+            "secret_fingerprint": self.secret_fingerprint, "lineage": self.lineage, "created_at": self.created_at,
+            "restore": self.restore.to_json() if self.restore else None,
+        }
+        return orjson.dumps(body, option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, path: Path, raw: bytes) -> StateManifest:
+        try:
+            body = orjson.loads(raw)
+            return cls(shards=int(body["shards"]), secret_fingerprint=str(body["secret_fingerprint"]),
+                       lineage=str(body["lineage"]), profile_format=int(body["profile_format"]),
+                       state_format=int(body["state_format"]), shard_hash=str(body["shard_hash"]),
+                       created_at=str(body.get("created_at", "")),
+                       restore=RestorePoint.from_json(body["restore"]) if body.get("restore") else None)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StateMismatch(f"{path} is not a readable nextclick state manifest ({type(exc).__name__}); "
+                                f"it says which shard count and secret the state was written with: restore "
+                                f"it from a backup rather than deleting it") from None
+
+
+def new_manifest(config: Config, secret: bytes, restore: RestorePoint | None = None) -> StateManifest:
+    return StateManifest(shards=config.state.shards, secret_fingerprint=secret_fingerprint(secret),
+                         lineage=uuid.uuid4().hex, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                         restore=restore)
+
+
+def read_manifest(state_dir: str | Path) -> StateManifest | None:
+    path = Path(state_dir) / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    return StateManifest.from_json(path, raw)
+
+
+def write_manifest(state_dir: str | Path, manifest: StateManifest, *, replace: bool = False) -> None:
+    """Atomically (temp file, fsync, rename); without `replace`, only if none exists yet."""
+    root = Path(state_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / MANIFEST_FILE, manifest.to_json(), replace=replace)
+
+
+def _write_atomic(path: Path, data: bytes, *, replace: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if it exists: two processes starting at once keep the first
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_marker(recovery_dir: str | Path) -> str | None:
+    """The lineage the recovery directory belongs to, or None when it has no marker."""
+    path = Path(recovery_dir) / RECOVERY_MARKER
+    try:
+        body = orjson.loads(path.read_bytes())
+        return str(body["lineage"])
+    except FileNotFoundError:
+        return None
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise StateMismatch(f"{path} is not a readable nextclick recovery marker ({type(exc).__name__})") from None
+
+
+def write_marker(recovery_dir: str | Path, lineage: str) -> None:
+    _write_atomic(Path(recovery_dir) / RECOVERY_MARKER, orjson.dumps({"lineage": lineage}), replace=True)
+
+
+@contextlib.contextmanager
+def _start_lock(state_dir: Path) -> Iterator[None]:
+    """Processes sharing one state directory check and create it one at a time."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".nextclick-start.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """What the checks found, and what the flow needs to resume exactly."""
+
+    lineage: str
+    fresh: bool
+    # shard -> seq the recovery committed, when this directory holds every recovery partition
+    # (per-process recovery directories each see only part of it: then None).
+    committed: dict[int, int] | None
+    restore: RestorePoint | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def restore_seq(self, shard: int) -> int:
+        return self.restore.seqs.get(shard, 0) if self.restore else 0
+
+    def start_offset(self, topic: str, partition: int) -> int | None:
+        return self.restore.positions.get(f"{topic}#{partition}") if self.restore else None
+
+
+@dataclass(frozen=True)
+class _ShardOnDisk:
+    seq: int
+    floor: int
+    oldest: int
+
+
+def _shard_on_disk(path: Path) -> _ShardOnDisk:
+    store = ShardStore.open_read_only(path, cache_size=0)
+    try:
+        return _ShardOnDisk(store.seq, store.committed_floor, store.oldest_restorable_seq)
+    finally:
+        store.close()
+
+
+def _refuse(message: str) -> StateMismatch:
+    return StateMismatch(message)
+
+
+def _compare(manifest: StateManifest, config: Config, secret: bytes, state_dir: Path) -> None:
+    where = f"the state in {state_dir}"
+    if manifest.state_format != STATE_FORMAT or manifest.shard_hash != SHARD_HASH:
+        raise _refuse(f"{where} has state format {manifest.state_format} ({manifest.shard_hash}); this release "
+                      f"reads format {STATE_FORMAT} ({SHARD_HASH}): run the release that wrote it")
+    if manifest.shards != config.state.shards:
+        raise _refuse(f"state.shards: {where} was written with {manifest.shards} shards, the configuration says "
+                      f"{config.state.shards}; set it back to {manifest.shards}, or change it through "
+                      f"`nextclick savepoint reshard`")
+    fingerprint = secret_fingerprint(secret)
+    if manifest.secret_fingerprint != fingerprint:
+        raise _refuse(f"privacy.secret: {where} was written with a different identifier secret (fingerprint "
+                      f"{manifest.secret_fingerprint}, configured {fingerprint}); every customer would get a new "
+                      f"key and start blank: configure the secret the state was written with")
+    if manifest.profile_format > PROFILE_FORMAT:
+        raise _refuse(f"{where} holds profile format {manifest.profile_format}, newer than this release's "
+                      f"{PROFILE_FORMAT}: run the release that wrote it")
+
+
+def verify_config(config: Config) -> StateManifest | None:
+    """For tools that read or change state offline: refuse a configuration the state was not written
+    with (a wrong shard count would look customers up in the wrong shard). Changes nothing."""
+    state_dir = Path(config.state.dir)
+    manifest = read_manifest(state_dir)
+    if manifest is not None:
+        _compare(manifest, config, config.privacy.resolve_secret(), state_dir)
+    else:
+        beyond = sorted(n for n in shard_dirs(state_dir) if n >= config.state.shards)
+        if beyond:
+            raise _refuse(f"state.shards: {state_dir} has shard-{beyond[-1]:04d}, more than the configured "
+                          f"{config.state.shards} shards")
+    return manifest
+
+
+def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int, Path]) -> StateManifest:
+    """State from before manifests: adopt it only if its shards hold customers this shard count places there."""
+    from operators.state.shard import PROFILE_PREFIX, shard_of
+
+    shards = config.state.shards
+    beyond = sorted(n for n in dirs if n >= shards)
+    if beyond:
+        raise _refuse(f"state.shards: {state_dir} has shard-{beyond[-1]:04d}, so it was written with more than "
+                      f"the configured {shards} shards; set state.shards to the count it was written with")
+    for number, path in sorted(dirs.items()):
+        store = ShardStore.open_read_only(path, cache_size=0)
+        try:
+            for i, (key, _) in enumerate(store.scan(PROFILE_PREFIX)):
+                if i >= _ADOPT_SAMPLE:
+                    break
+                if shard_of(key[len(PROFILE_PREFIX):].decode(), shards) != number:
+                    raise _refuse(f"state.shards: {path} holds customers that {shards} shards would place "
+                                  f"elsewhere, so the state was written with another shard count; set "
+                                  f"state.shards to the count it was written with")
+        finally:
+            store.close()
+    return new_manifest(config, secret)
+
+
+def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_name: str = "nextclick",
+                init_recovery: Callable[[Path], None] | None = None) -> StartPlan:
+    """Compare the state directory, the recovery directory and the configuration; refuse what would lose state.
+
+    A brand-new deployment (both directories empty) is set up here: the manifest is written and, if
+    `init_recovery` is given, the recovery partitions are created. Raises StateMismatch (one line)
+    and then has changed nothing on disk: every check runs before any write, and the writes run
+    under a lock (processes sharing the directories start one at a time) after checking again.
+    """
+    state_dir = Path(config.state.dir)
+    recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
+    secret = config.privacy.resolve_secret()
+    plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+    if not writes:
+        return plan
+    with _start_lock(state_dir):
+        plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+        for write in writes:
+            write()
+    if plan.fresh:
+        view = read_recovery(recovery)
+        plan = dataclasses.replace(plan, committed={} if view.complete else None)
+    return plan
+
+
+def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, step: str,
+             init_recovery: Callable[[Path], None] | None) -> tuple[StartPlan, list[Callable[[], None]]]:
+    """Every check, and the writes a start needs; writes nothing itself."""
+    manifest = read_manifest(state_dir)
+    dirs = shard_dirs(state_dir)
+    view = read_recovery(recovery)
+    marker = read_marker(recovery)
+    writes: list[Callable[[], None]] = []
+    if manifest is None and not dirs:
+        return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
+    notes: list[str] = []
+    if manifest is None:
+        if not view.exists or not view.has_progress:
+            raise _refuse(f"state.recovery_dir: {state_dir} holds shard state but the recovery directory "
+                          f"{recovery} is missing or empty, so every shard would be rolled back to nothing; "
+                          f"restore the recovery directory that goes with it")
+        adopted = manifest = _adopt_legacy(config, secret, state_dir, dirs)
+
+        def adopt() -> None:
+            write_manifest(state_dir, adopted)
+            write_marker(recovery, adopted.lineage)
+            log.warning("adopted state written before state manifests; its identifier secret cannot be "
+                        "verified, the configured one is recorded from now on",
+                        extra={"state_dir": str(state_dir), "shards": adopted.shards})
+
+        writes.append(adopt)
+        marker = manifest.lineage
+        notes.append("adopted state written before state manifests")
+    else:
+        _compare(manifest, config, secret, state_dir)
+    if not view.exists:
+        raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
+                      f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
+                      f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
+    on_disk = {n: _shard_on_disk(p) for n, p in sorted(dirs.items())}
+    restore = manifest.restore
+    lineage = manifest.lineage
+    if marker is None:
+        # Only a start interrupted between writing the manifest and the marker leaves no marker; then
+        # no shard has moved past its starting point. Anything else is a replaced recovery directory.
+        untouched = all(s.seq <= (restore.seqs.get(n, 0) if restore else 0) for n, s in on_disk.items())
+        if view.has_progress or not untouched:
+            raise _refuse(f"state.recovery_dir: {recovery} was not created with the state in {state_dir} "
+                          f"(it has no nextclick marker: re-initialised, or another deployment's?); "
+                          f"rolling the shards back to match it would lose committed profiles")
+        writes.append(lambda: write_marker(recovery, lineage))
+    elif marker != lineage:
+        raise _refuse(f"state.recovery_dir: {recovery} belongs to deployment {marker}, the state in "
+                      f"{state_dir} to {lineage}; point both settings at the same deployment")
+    committed = _check_shards(view, step, on_disk, dirs, restore, recovery)
+    return StartPlan(lineage, False, committed, restore, notes), writes
+
+
+def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,
+                 marker: str | None, init_recovery: Callable[[Path], None] | None
+                 ) -> tuple[StartPlan, list[Callable[[], None]]]:
+    if view.has_progress or marker is not None:
+        raise _refuse(f"state.dir: {recovery} holds committed epochs of deployment {marker or '(unmarked)'} but "
+                      f"{state_dir} has no state (deleted, or the wrong directory?); restore the state directory, "
+                      f"or start over with `nextclick state reset`")
+    writes: list[Callable[[], None]] = []
+    if not view.exists:
+        if init_recovery is None:
+            raise _refuse(f"state.recovery_dir: {recovery} has no Bytewax recovery partitions; create them with "
+                          f"`python -m bytewax.recovery {recovery} 1`")
+        init = init_recovery
+
+        def create_recovery() -> None:
+            recovery.mkdir(parents=True, exist_ok=True)
+            init(recovery)
+
+        writes.append(create_recovery)
+    manifest = new_manifest(config, secret)
+
+    def create_state() -> None:
+        write_manifest(state_dir, manifest)
+        write_marker(recovery, manifest.lineage)
+        log.info("new state", extra={"state_dir": str(state_dir), "recovery_dir": str(recovery),
+                                     "shards": manifest.shards, "lineage": manifest.lineage})
+
+    writes.append(create_state)
+    return StartPlan(manifest.lineage, True, {}), writes
+
+
+def _check_shards(view: RecoveryView, step: str, on_disk: dict[int, _ShardOnDisk], dirs: dict[int, Path],
+                  restore: RestorePoint | None, recovery: Path) -> dict[int, int] | None:
+    """Per shard: the recovery's committed seq must be reachable from the directory without losing commits."""
+    committed = {int(k): int(v["seq"]) for k, v in view.committed(step).items() if isinstance(v, dict)}
+    for number, shard in on_disk.items():
+        seq = committed.get(number)
+        if seq is None:
+            if not view.complete:
+                continue  # its snapshot may be in another process's recovery partition
+            seq = restore.seqs.get(number, 0) if restore else 0
+            if shard.floor > seq:
+                raise _refuse(f"state.recovery_dir: shard {number} committed seq {shard.floor} but {recovery} has "
+                              f"no record of it (an older recovery directory?); starting would roll it back")
+            continue
+        where = dirs[number]
+        if seq > shard.seq:
+            raise _refuse(f"state.dir: {where} is at seq {shard.seq} but {recovery} committed seq {seq} for it: "
+                          f"the state directory is older than the recovery directory; restore them together")
+        if seq < shard.floor:
+            raise _refuse(f"state.recovery_dir: {recovery} would roll shard {number} back to seq {seq}, past its "
+                          f"committed seq {shard.floor} (an older recovery directory?)")
+        if seq < shard.oldest:
+            raise _refuse(f"state.recovery_dir: {recovery} would roll shard {number} back from seq {shard.seq} to "
+                          f"{seq}, but its undo records reach back only to seq {shard.oldest} "
+                          f"(state.keep_checkpoints); restore the directories from one moment")
+    if view.complete:
+        missing = sorted(set(committed) - set(on_disk))
+        if missing:
+            raise _refuse(f"state.dir: {recovery} has committed state for shard {missing[0]} "
+                          f"({len(missing)} shard(s) in all) but its directory is missing; restore the state "
+                          f"directory, or start over with `nextclick state reset`")
+        return committed
+    return None
+
+
+def runner_recovery_dir(config: Config) -> Path:
+    """The recovery directory `python -m bytewax.run` was given (-r or BYTEWAX_RECOVERY_DIRECTORY).
+
+    Refuses a run without one: Bytewax would hand every shard "no state" and they would start over.
+    Outside bytewax.run (imported by a test or a tool), the configured `state.recovery_dir`.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name != "bytewax.run":
+        return Path(config.state.recovery_dir)
+    from bytewax.run import _parse_args  # bytewax 0.21.1: the runner's own parser, so flags agree
+
+    given = _parse_args().recovery_directory
+    if given is None:
+        raise _refuse("bytewax.run was started without -r/--recovery-directory: every shard would be rolled "
+                      f"back to nothing; add -r {config.state.recovery_dir} (state.recovery_dir)")
+    if Path(given).resolve() != Path(config.state.recovery_dir).resolve():
+        log.warning("bytewax.run -r differs from state.recovery_dir; checking against -r",
+                    extra={"runner": str(given), "configured": config.state.recovery_dir})
+    return Path(given)
+
+
+def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
+                dry_run: bool = True) -> dict[str, Any]:
+    """What starting over destroys (every shard, the manifest, Bytewax's recovery); with dry_run False, destroy it."""
+    state_dir = Path(config.state.dir)
+    recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
+    dirs = shard_dirs(state_dir)
+    manifest = read_manifest(state_dir) if (state_dir / MANIFEST_FILE).exists() else None
+    recovery_files = sorted(p for p in recovery.iterdir() if p.name.startswith("part-") or
+                            p.name == RECOVERY_MARKER or ".sqlite3" in p.name) if recovery.is_dir() else []
+    keys = 0
+    for path in dirs.values():
+        with contextlib.suppress(StateError):
+            store = ShardStore.open_read_only(path, cache_size=0)
+            try:
+                keys += store.stats()["keys"]
+            finally:
+                store.close()
+    report = {"state_dir": str(state_dir), "shard_directories": len(dirs), "keys_estimate": keys,
+              "manifest": manifest.lineage if manifest else None, "recovery_dir": str(recovery),
+              "recovery_files": [p.name for p in recovery_files], "destroyed": not dry_run}
+    if dry_run:
+        return report
+    with _start_lock(state_dir):
+        for path in dirs.values():
+            shutil.rmtree(path)
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / MANIFEST_FILE).unlink()
+        for p in recovery_files:
+            p.unlink()
+    return report

@@ -1,0 +1,126 @@
+"""Read-only view of Bytewax 0.21's recovery partitions: what a resume would hand back.
+
+Bytewax keeps, per recovery partition (`<dir>/*.sqlite3`), the executions (`exs`), each worker's
+progress (`fronts`) and the state snapshots of every stateful step (`snaps`, pickled). A resume
+starts at the "resume epoch" (the slowest worker's frontier in the last execution) and loads, per
+state key, the newest snapshot taken before it. The start-up checks use this to compare each
+shard's committed seq with its RocksDB directory before Bytewax runs, so a mismatch is refused with
+a sentence instead of a panic. The SQL mirrors `src/recovery.rs` of bytewax 0.21.1 (`resume_from`
+and the snapshot loader). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RecoveryView", "read_recovery"]
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (dicts, lists, numbers, strings): a recovery file is not trusted code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"recovery snapshot refers to {module}.{name}; only plain data is read")
+
+
+def _loads(blob: bytes) -> Any:
+    return _PlainUnpickler(io.BytesIO(blob)).load()
+
+
+@dataclass
+class RecoveryView:
+    """What the recovery partitions in one directory say."""
+
+    path: Path
+    # Partition files found here, and how many partitions the whole cluster has.
+    partitions: list[int] = field(default_factory=list)
+    part_count: int | None = None
+    # Rows in `exs`: an execution has started against these partitions at least once.
+    executions: int = 0
+    # Epoch a resume would start at (1 when nothing was ever committed).
+    resume_epoch: int = 1
+    # step id -> state key -> committed snapshot (None: the key was discarded).
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.partitions)
+
+    @property
+    def complete(self) -> bool:
+        """Every partition of the cluster is in this directory, so the view is the whole truth."""
+        return self.part_count is not None and sorted(self.partitions) == list(range(self.part_count))
+
+    @property
+    def has_progress(self) -> bool:
+        """Some execution got past its first epoch: there are committed snapshots or progress."""
+        return self.resume_epoch > 1 or any(self.snapshots.values())
+
+    def committed(self, step_id: str) -> dict[str, Any]:
+        return self.snapshots.get(step_id, {})
+
+
+def _read_partition(file: Path, view: RecoveryView, exs: list[Any], fronts: list[Any], snaps: list[Any]) -> None:
+    conn = sqlite3.connect(file)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "parts" not in tables:
+            return
+        for index, count in conn.execute("SELECT part_index, part_count FROM parts"):
+            view.partitions.append(int(index))
+            view.part_count = int(count)
+        if "exs" in tables:
+            exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+        if "fronts" in tables:
+            fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+        if "snaps" in tables:
+            snaps += conn.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps").fetchall()
+    finally:
+        conn.close()
+
+
+def read_recovery(path: str | Path) -> RecoveryView:
+    """Read every `*.sqlite3` partition under `path` (missing or empty directory: an empty view)."""
+    view = RecoveryView(Path(path))
+    if not view.path.is_dir():
+        return view
+    files = sorted(p for p in view.path.iterdir() if p.suffix == ".sqlite3")
+    exs: list[tuple[int, int, int]] = []
+    fronts: list[tuple[int, int, int]] = []
+    snaps: list[tuple[str, str, int, bytes | None]] = []
+    for file in files:
+        with tempfile.TemporaryDirectory(prefix="nextclick-recovery-") as tmp:
+            # SQLite leaves -shm and -wal files behind even when it only reads a WAL-mode database, so
+            # read a copy (with its write-ahead log, which holds the newest commits after a crash).
+            copy = Path(tmp) / file.name
+            shutil.copyfile(file, copy)
+            wal = file.with_name(file.name + "-wal")
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            _read_partition(copy, view, exs, fronts, snaps)
+    view.executions = len(exs)
+
+    if exs:
+        last_ex, workers, default_front = max(exs)
+        progress = {w: default_front for w in range(workers)}
+        for ex_num, worker, front in fronts:
+            if ex_num == last_ex and worker in progress:
+                progress[worker] = max(progress[worker], front)
+        view.resume_epoch = min(progress.values()) if progress else default_front
+    newest: dict[tuple[str, str], tuple[int, bytes | None]] = {}
+    for step_id, key, epoch, blob in snaps:
+        if epoch >= view.resume_epoch:
+            continue  # taken in an epoch that was never committed
+        current = newest.get((step_id, key))
+        if current is None or epoch > current[0]:
+            newest[(step_id, key)] = (epoch, blob)
+    for (step_id, key), (_epoch, blob) in newest.items():
+        view.snapshots.setdefault(step_id, {})[key] = None if blob is None else _loads(blob)
+    return view

@@ -1,0 +1,149 @@
+"""The admin commands as an operator runs them: `nextclick profile get/erase`, `state info/reset`.
+
+One deployment is run through the broker; then each command runs as a subprocess with the same
+configuration (NEXTCLICK_* variables) and is judged by what it prints and what it leaves on disk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.config import PrivacyConfig
+from operators.io.kafka import ensure_topics
+from operators.state.shard import read_profile
+from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
+
+CUSTOMERS = 30
+
+
+def nextclick(setup: FlowSetup, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**setup.env(stop_at_end=True), **env}, timeout=120)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("nextclick: error: "), done.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def deployment(broker, tmp_path_factory: pytest.TempPathFactory) -> FlowSetup:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("admin")
+    kafka = {"bootstrap.servers": broker.bootstrap}
+    prefix = f"admin{root.name[-4:]}{int(time.time() * 1000) % 100000}"
+    ensure_topics(kafka, {f"{prefix}.in": 1})
+    produce(kafka, f"{prefix}.in", workload(CUSTOMERS, seed=5), 1)
+    setup = FlowSetup.create(kafka, root, prefix, inputs=[f"{prefix}.in"], shards=4)
+    run_to_end(setup, log=root / "run.log")
+    return setup
+
+
+def key(customer_id: str) -> str:
+    return pseudonymize("customer", customer_id, SECRET.encode())
+
+
+@pytest.mark.broker
+def test_profile_get_by_identifier_and_by_key(deployment: FlowSetup) -> None:
+    done = nextclick(deployment, "profile", "get", "cust-00001")
+    assert done.returncode == 0, done.stderr
+    profile = orjson.loads(done.stdout)
+    assert profile["customer"] == key("cust-00001") and profile["version"] >= 1
+    by_key = nextclick(deployment, "profile", "get", key("cust-00001"), "--hashed")
+    assert orjson.loads(by_key.stdout) == profile
+    assert "no profile" in one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all"))
+    # A wrong shard count would look in the wrong shard: refused, not "no profile".
+    error = one_line_error(nextclick(deployment, "profile", "get", "cust-00001", NEXTCLICK_STATE__SHARDS="8"))
+    assert "state.shards" in error and "4" in error and "8" in error
+
+
+@pytest.mark.broker
+def test_state_info_counts_what_is_there(deployment: FlowSetup) -> None:
+    done = nextclick(deployment, "state", "info", "--exact")
+    assert done.returncode == 0, done.stderr
+    info = orjson.loads(done.stdout)
+    assert info["customers"] == len(read_profiles(deployment.state_dir, 4)) == CUSTOMERS
+    assert info["identity"]["shards"] == 4 and info["shards_configured"] == 4
+    assert all(s["seq"] >= 1 for s in info["shards"])
+
+
+@pytest.mark.broker
+def test_offline_erase_then_the_flow_still_starts(deployment: FlowSetup) -> None:
+    done = nextclick(deployment, "profile", "erase", "cust-00002")
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["erased"] is True
+    assert read_profile(deployment.state_dir, 4, key("cust-00002")) is None
+    assert nextclick(deployment, "run", "--stop-at-end").returncode == 0
+    assert read_profile(deployment.state_dir, 4, key("cust-00002")) is None
+
+
+@pytest.mark.broker
+def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: Path) -> None:
+    who = key("cust-00003")
+    version = read_profile(deployment.state_dir, 4, who)["version"]  # type: ignore[index]
+    flow = start(deployment, stop_at_end=False, log=tmp_path / "flow.log")
+    try:
+        # One more event for the customer, so the running flow opens (and holds) their shard.
+        body = {"event_id": "extra-1", "type": "page_view", "ts": int(time.time() * 1000) - 1000,
+                "customer_id": "cust-00003", "page_type": "home"}
+        produce(deployment.kafka, deployment.inputs[0], [("cust-00003", b"cust-00003", orjson.dumps(body))], 1)
+        deadline = time.monotonic() + 30
+        while (read_profile(deployment.state_dir, 4, who) or {}).get("version") == version:
+            assert time.monotonic() < deadline and flow.poll() is None, (tmp_path / "flow.log").read_text()
+            time.sleep(0.2)
+        # The flow holds the shard open: an offline erase says what to do instead.
+        error = one_line_error(nextclick(deployment, "profile", "erase", "cust-00003"))
+        assert "--online" in error
+        done = nextclick(deployment, "profile", "erase", "cust-00003", "--online", "--request-id", "dsr-7")
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["request_id"] == "dsr-7"
+        deadline = time.monotonic() + 30
+        while read_profile(deployment.state_dir, 4, who) is not None:
+            assert time.monotonic() < deadline and flow.poll() is None, (tmp_path / "flow.log").read_text()
+            time.sleep(0.2)
+    finally:
+        flow.kill()
+        flow.wait()
+    assert read_profile(deployment.state_dir, 4, key("cust-00004")) is not None
+
+
+@pytest.mark.broker
+def test_state_reset_says_what_it_destroys_and_needs_yes(deployment: FlowSetup, tmp_path: Path) -> None:
+    dry = nextclick(deployment, "state", "reset")
+    assert dry.returncode != 0 and "--yes" in dry.stderr and "nothing was changed" in dry.stderr
+    assert orjson.loads(dry.stdout)["shard_directories"] == 4
+    assert len(read_profiles(deployment.state_dir, 4)) >= CUSTOMERS - 2
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(deployment.state_dir, copy / "state")
+    shutil.copytree(deployment.recovery_dir, copy / "recovery")
+    env = {"NEXTCLICK_STATE__DIR": str(copy / "state"), "NEXTCLICK_STATE__RECOVERY_DIR": str(copy / "recovery")}
+    done = nextclick(deployment, "state", "reset", "--yes", **env)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads(done.stdout)["destroyed"] is True
+    assert read_profiles(copy / "state", 4) == {} and not list((copy / "recovery").glob("*.sqlite3"))
+    # And the emptied directories start as a new deployment.
+    assert nextclick(deployment, "run", "--stop-at-end", **env).returncode == 0
+
+
+def test_the_secret_file_wins_and_its_trailing_whitespace_is_ignored(tmp_path: Path) -> None:
+    secret_file = tmp_path / "hmac"
+    secret_file.write_bytes(b"s3cret-from-file\n\t \n")
+    both = PrivacyConfig(secret="the-inline-one", secret_file=str(secret_file))
+    assert both.resolve_secret() == b"s3cret-from-file"
+    # The key a customer gets from the file equals the one from the same secret given inline.
+    inline = PrivacyConfig(secret="s3cret-from-file")
+    assert pseudonymize("customer", "c-1", both.resolve_secret()) == \
+        pseudonymize("customer", "c-1", inline.resolve_secret())
+    missing = PrivacyConfig(secret="x", secret_file=str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="privacy.secret_file"):
+        missing.resolve_secret()

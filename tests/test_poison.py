@@ -1,0 +1,240 @@
+"""One customer's bad data is that customer's dead letter, never the flow's stop.
+
+Unit tests drive a shard (real RocksDB) directly; the broker test runs the whole flow with one
+customer's processing made to fail and compares everyone else with a clean run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from operators.state import shard as shard_module
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.clock import ManualClock
+from operators.infra.config import ParseConfig
+from operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
+from operators.io.kafka import consume_all, ensure_topics
+from operators.io.parse import parse_message
+from operators.profile import ProfileEncodeError, encode_profile, new_profile
+from operators.records import DeadLetter, Event, SourcePosition
+from operators.state.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
+from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
+from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
+
+SRC = SourcePosition("shop.web", 0, 7)
+
+
+def shard(tmp_path: Path, clock: ManualClock | None = None) -> ShardLogic:
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock or ManualClock(T0))
+    return ShardLogic(ctx, None)
+
+
+def with_raw(event: Event, value: bytes = b'{"original": "bytes"}') -> Event:
+    return Event(event.event_id, event.type, event.ts, event.customer, event.channel, event.attrs,
+                 SourcePosition("shop.web", 0, int(event.event_id.rsplit("-", 1)[-1])),
+                 raw=(event.customer.encode(), value, (("origin", b"sdk"),)))
+
+
+def stored(logic: ShardLogic, customer: str) -> dict[str, Any] | None:
+    raw = logic.store.get(profile_key(customer))
+    return None if raw is None else orjson.loads(raw)
+
+
+def dead_letters(out: list[Any]) -> list[DeadLetter]:
+    return [o for o in out if isinstance(o, DeadLetter)]
+
+
+def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    logic = shard(tmp_path)
+    logic.on_batch([consent(T0, customer="c1"), make_event("page_view", T0, customer="c2", page_type="home")])
+    logic.snapshot()
+    # An earlier event of this epoch, not yet written: the failed one must not undo it either.
+    logic.on_batch([make_event("page_view", T0 + MIN, customer="c1", event_id="c1-2", page_type="home")])
+    before = orjson.loads(orjson.dumps(logic._live["c1"]))
+    real = shard_module.on_event
+
+    def breaks_on_boom(profile: dict[str, Any], event: Event, ruleset: Any) -> Any:
+        result = real(profile, event, ruleset)
+        if event.event_id.startswith("boom"):
+            raise KeyError("a-value-that-must-not-leak")  # after the profile was changed
+        return result
+
+    monkeypatch.setattr(shard_module, "on_event", breaks_on_boom)
+    boom = with_raw(make_event("purchase", T0 + 2 * MIN, customer="c1", event_id="boom-3", amount=40.0))
+    after = make_event("page_view", T0 + 3 * MIN, customer="c1", event_id="c1-4", page_type="home")
+    other = make_event("page_view", T0 + 3 * MIN, customer="c2", event_id="c2-5", page_type="home")
+    out, _ = logic.on_batch([boom, after, other])
+    [dl] = dead_letters(out)
+    assert (dl.reason, dl.step, dl.exception_class) == ("processing_error", "engine.on_event", "KeyError")
+    assert (dl.key, dl.value, dl.headers) == (b"c1", b'{"original": "bytes"}', (("origin", b"sdk"),))
+    assert "a-value-that-must-not-leak" not in dl.message
+    headers = dict(dead_letter_headers(dl))
+    assert headers[REASON_HEADER] == b"processing_error" and headers[CLASS_HEADER] == b"KeyError"
+    assert headers[STEP_HEADER] == b"engine.on_event"
+    # The failed purchase left no trace; the events before and after it did.
+    profile = logic._live["c1"]
+    assert profile["orders"] == 0 and "boom-3" not in profile["seen"]
+    assert profile["version"] == before["version"] + 1 and "c1-4" in profile["seen"]
+    assert logic._live["c2"]["version"] == 2
+    logic.snapshot()
+    assert stored(logic, "c1") == profile
+    logic.store.close()
+
+
+def test_a_new_customer_whose_only_event_fails_leaves_nothing_stored(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shard_module.failpoints, "FAIL_CUSTOMERS", frozenset({"c9"}))
+    logic = shard(tmp_path)
+    out, _ = logic.on_batch([with_raw(make_event("page_view", T0, customer="c9", event_id="e-1"))])
+    assert [d.step for d in dead_letters(out)] == ["engine.on_event"]
+    logic.snapshot()
+    assert stored(logic, "c9") is None
+    logic.store.close()
+
+
+def test_corrupt_stored_state_from_the_old_overflow_bug_fails_per_event_not_per_flow(tmp_path: Path) -> None:
+    """Revenue stored as null (orjson wrote inf as null) made every later event raise TypeError."""
+    logic = shard(tmp_path)
+    logic.on_batch([make_event("page_view", T0, customer="bad"), make_event("page_view", T0, customer="good")])
+    logic.snapshot()
+    broken = stored(logic, "bad")
+    assert broken is not None
+    broken.update(revenue=None, orders=2, last_purchase=T0 - HOUR, first_purchase=T0 - HOUR)
+    logic.store.put(profile_key("bad"), orjson.dumps(broken))
+    logic.snapshot()
+    logic.store.close()
+
+    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": 2})  # a restart
+    batch = [with_raw(make_event("page_view", T0 + MIN, customer="bad", event_id="bad-1")),
+             with_raw(make_event("purchase", T0 + MIN, customer="bad", event_id="bad-2", amount=5.0)),
+             with_raw(make_event("page_view", T0 + MIN, customer="good", event_id="good-3"))]
+    out, _ = logic.on_batch(batch)
+    assert sorted((d.value, d.exception_class) for d in dead_letters(out)) == [
+        (b'{"original": "bytes"}', "TypeError")] * 2
+    logic.snapshot()
+    assert stored(logic, "bad") == broken
+    good = stored(logic, "good")
+    assert good is not None and good["version"] == 2
+    logic.store.close()
+
+
+def test_an_undecodable_stored_profile_is_quarantined_and_its_events_dead_lettered(tmp_path: Path) -> None:
+    logic = shard(tmp_path)
+    logic.on_batch([make_event("page_view", T0, customer="odd")])
+    logic.snapshot()
+    logic.store.put(profile_key("odd"), b"\x00not json")  # bit rot, or a bug in an old release
+    logic.snapshot()
+    logic.store.close()
+    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": 2})
+    out, _ = logic.on_batch([with_raw(make_event("page_view", T0, customer="odd", event_id="odd-1")),
+                             make_event("page_view", T0, customer="ok")])
+    [dl] = dead_letters(out)
+    assert dl.step == "quarantined_profile" and dl.reason == "processing_error"
+    out, _ = logic.on_batch([with_raw(make_event("page_view", T0 + MIN, customer="odd", event_id="odd-2"))])
+    assert [d.step for d in dead_letters(out)] == ["quarantined_profile"]
+    logic.snapshot()
+    assert logic.store.get(profile_key("odd")) == QUARANTINED
+    logic.store.close()
+    seen = read_profile(tmp_path, 1, "odd")
+    assert seen is not None and seen["quarantined"]["step"] == "decode_profile"
+    assert seen["quarantined"]["stored"].endswith("not json")  # kept for inspection
+    # Erasing a quarantined customer removes the record too.
+    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": logic.store.seq})
+    assert logic.erase("odd") is True
+    logic.snapshot()
+    logic.store.close()
+    assert read_profile(tmp_path, 1, "odd") is None
+
+
+def test_a_timer_that_raises_quarantines_instead_of_spinning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(T0 + MIN)
+    logic = shard(tmp_path, clock)
+    logic.on_batch([consent(T0, customer="c1"), make_event("add_to_cart", T0, customer="c1", sku="s", amount=20.0)])
+    logic.snapshot()
+
+    def broken(*_a: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(shard_module, "on_timers", broken)
+    clock.set(T0 + 2 * HOUR)
+    out, _ = logic.on_notify()
+    assert out == []
+    logic.snapshot()
+    assert logic.store.get(profile_key("c1")) == QUARANTINED
+    assert [k for k, _ in logic.store.scan(shard_module.TIMER_PREFIX)] == []  # nothing left to fire
+    out, _ = logic.on_notify()
+    assert out == []
+    logic.store.close()
+
+
+def test_non_finite_values_never_reach_state() -> None:
+    profile = new_profile("c1")
+    profile["revenue"] = math.inf
+    with pytest.raises(ProfileEncodeError):
+        encode_profile(profile)
+    # The overflow that produced it raises where it happens, so poison isolation catches it per event.
+    customer = new_profile("c2")
+    customer["revenue"] = 1.7e308
+    from operators.profile import apply_durable
+    with pytest.raises(ProfileEncodeError):
+        apply_durable(customer, make_event("purchase", T0, customer="c2", amount=1.7e308))
+
+
+def test_huge_amounts_are_refused_at_parse_time_with_a_configurable_bound() -> None:
+    body = {"event_id": "e1", "type": "purchase", "ts": T0, "customer_id": "c", "amount": 1.7e308}
+    refused = parse_message(b"k", orjson.dumps(body), None, SRC, secret=b"s", now_ms=T0, config=ParseConfig())
+    assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation"
+    assert "maximum" in refused.message and "1.7e" not in refused.message
+    body["amount"] = 5000.0
+    tight = ParseConfig(max_amount=1000.0)
+    refused = parse_message(b"k", orjson.dumps(body), None, SRC, secret=b"s", now_ms=T0, config=tight)
+    assert isinstance(refused, DeadLetter) and "maximum 1000" in refused.message
+    assert isinstance(parse_message(b"k", orjson.dumps(body), None, SRC, secret=b"s", now_ms=T0,
+                                    config=ParseConfig()), Event)
+
+
+# --- through the broker ------------------------------------------------------------------------
+
+
+@pytest.mark.broker
+def test_one_poisoned_customer_does_not_stop_the_flow_or_touch_anyone_else(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    messages = workload(80, seed=31)
+    poisoned_id = "cust-00007"
+    poisoned = pseudonymize("customer", poisoned_id, SECRET.encode())
+    # The overflow regression rides along: two schema-valid-looking purchases of 1.7e308.
+    huge = [("cust-00011", b"cust-00011", orjson.dumps({"event_id": f"huge-{i}", "type": "purchase",
+                                                         "ts": orjson.loads(messages[-1][2])["ts"],
+                                                         "customer_id": "cust-00011", "amount": 1.7e308}))
+            for i in range(2)]
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 2})
+    produce(kafka, topic, messages + huge, 2)
+    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[topic])
+    run_to_end(clean, log=tmp_path / "clean.log")
+    dirty = FlowSetup.create(kafka, tmp_path / "dirty", f"{topic_prefix}.dirty", inputs=[topic],
+                             extra_env={"NEXTCLICK_FAIL_CUSTOMERS": poisoned})
+    run_to_end(dirty, log=tmp_path / "dirty.log")  # asserts exit 0
+
+    expected = read_profiles(clean.state_dir, clean.shards)
+    got = read_profiles(dirty.state_dir, dirty.shards)
+    assert poisoned in expected and poisoned not in got  # it was new: nothing of it was stored
+    del expected[poisoned]
+    assert got == expected
+
+    letters = consume_all(kafka, [dirty.dead_letter])
+    by_reason: dict[str, list[Any]] = {}
+    for msg in letters:
+        by_reason.setdefault(dict(msg.headers())[REASON_HEADER].decode(), []).append(msg)
+    poisoned_events = [m for m in messages if m[0] == poisoned_id]
+    failed = by_reason.pop("processing_error")
+    assert sorted(m.value() for m in failed) == sorted(v for _, _, v in poisoned_events)  # one each, as sent
+    assert {dict(m.headers())[STEP_HEADER] for m in failed} == {b"engine.on_event"}
+    assert len(by_reason.pop("schema_violation")) == 2  # the two 1.7e308 purchases
+    assert by_reason == {}

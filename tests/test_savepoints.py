@@ -1,0 +1,134 @@
+"""Savepoints through the CLI and the real broker: a round trip while running, and re-sharding.
+
+Event times are recent, so no timer fires during a test and profiles and decisions are a function
+of each customer's events alone (see tests/test_crash.py): a run that goes through a savepoint must
+end exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from operators.io.kafka import consume_all, ensure_topics
+from tests.flowrun import (
+    REPO,
+    FlowSetup,
+    produce,
+    read_decisions,
+    read_profiles,
+    run_to_end,
+    start,
+    workload,
+)
+from tests.test_crash import dedupe
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def cli(setup: FlowSetup, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**setup.env(stop_at_end=True), **env}, timeout=180)
+    assert done.returncode == 0, f"nextclick {' '.join(args)}: {done.stderr[-3000:]}"
+    return done
+
+
+def restored_run(setup: FlowSetup, savepoint: Path, log: Path, **env: str) -> None:
+    """Delete both volumes, then `nextclick run --from-savepoint` to the end of the input."""
+    shutil.rmtree(setup.state_dir)
+    shutil.rmtree(setup.recovery_dir)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--from-savepoint", str(savepoint)],
+                          cwd=REPO, env={**setup.env(stop_at_end=True), **env}, capture_output=True, text=True,
+                          timeout=180)
+    log.write_text(done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def same_decisions(expected: dict[str, Any], got: dict[str, Any]) -> None:
+    assert set(got) == set(expected)
+    for ce_id, rec in expected.items():
+        assert (got[ce_id].key, got[ce_id].body) == (rec.key, rec.body)
+
+
+def test_online_savepoint_then_restore_on_empty_volumes_ends_like_an_uninterrupted_run(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    messages = workload(300, seed=41)
+    half = len(messages) // 2
+    clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
+    ensure_topics(kafka, {clean_in: 2, topic: 2})
+    produce(kafka, clean_in, messages, 2)
+    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_in])
+    run_to_end(clean, log=tmp_path / "clean.log")
+    expected = read_profiles(clean.state_dir, clean.shards)
+    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+
+    savepoints = tmp_path / "savepoints"
+    setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.run", inputs=[topic],
+                             extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": str(savepoints)})
+    # A refused message at the head of each partition: a restore that ignored the savepoint's
+    # positions would read (and dead-letter) it again.
+    sentinels = [(f"cust-{n:05d}", b"k", f"not json {n}".encode()) for n in range(2)]
+    produce(kafka, topic, sentinels, 2)
+    produce(kafka, topic, messages[:half], 2)
+    flow = start(setup, stop_at_end=False, log=tmp_path / "running.log")
+    try:
+        deadline = time.monotonic() + 60
+        while sum(p["version"] for p in read_profiles(setup.state_dir, setup.shards).values()) < half:
+            assert flow.poll() is None, (tmp_path / "running.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first half was not applied in time"
+            time.sleep(0.3)
+        done = cli(setup, "savepoint", "create", str(savepoints / "sp1"), "--online", "--timeout", "60")
+        manifest = orjson.loads(done.stdout)
+        assert manifest["mode"] == "online" and manifest["shards"] == setup.shards
+        assert sum(manifest["positions"].values()) >= half
+    finally:
+        flow.kill()  # whatever it did after the savepoint is lost with the volumes
+        flow.wait()
+    info = orjson.loads(cli(setup, "savepoint", "info", str(savepoints / "sp1")).stdout)
+    assert info["id"] == "sp1" and info["keys_estimate"] > 0
+
+    produce(kafka, topic, messages[half:], 2)
+    restored_run(setup, savepoints / "sp1", tmp_path / "restored.log")
+    assert read_profiles(setup.state_dir, setup.shards) == expected
+    same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
+    letters = sorted(m.value() for m in consume_all(kafka, [setup.dead_letter]))
+    assert letters == sorted(v for _, _, v in sentinels)
+
+
+def test_resharding_8_to_16_to_4_keeps_every_profile(kafka: dict[str, str], topic_prefix: str,
+                                                    tmp_path: Path) -> None:
+    messages = workload(240, seed=43)
+    third = -(-len(messages) // 3)
+    clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
+    ensure_topics(kafka, {clean_in: 2, topic: 2})
+    produce(kafka, clean_in, messages, 2)
+    unsharded = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_in], shards=1)
+    run_to_end(unsharded, log=tmp_path / "clean.log")
+    expected = read_profiles(unsharded.state_dir, 1)
+    expected_decisions = dedupe(read_decisions(kafka, unsharded.decisions))
+
+    setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.run", inputs=[topic], shards=8)
+    produce(kafka, topic, messages[:third], 2)
+    run_to_end(setup, log=tmp_path / "run8.log")
+    saved = tmp_path / "sp8"
+    offline = orjson.loads(cli(setup, "savepoint", "create", str(saved)).stdout)
+    assert offline["mode"] == "offline" and offline["shards"] == 8
+    for shards, phase in ((16, 1), (4, 2)):
+        resharded = tmp_path / f"sp{shards}"
+        made = orjson.loads(cli(setup, "savepoint", "reshard", str(saved), str(resharded),
+                                "--shards", str(shards)).stdout)
+        assert made["shards"] == shards and made["derived_from"] == saved.name
+        produce(kafka, topic, messages[phase * third:(phase + 1) * third], 2)
+        env = {"NEXTCLICK_STATE__SHARDS": str(shards)}
+        restored_run(setup, resharded, tmp_path / f"run{shards}.log", **env)
+        saved = tmp_path / f"sp{shards}-after"
+        cli(setup, "savepoint", "create", str(saved), **env)
+    assert read_profiles(setup.state_dir, 4) == expected
+    same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))

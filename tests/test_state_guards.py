@@ -1,0 +1,155 @@
+"""Starts that would orphan, reset or roll back profiles are refused, with one line, touching nothing.
+
+One real deployment (8 shards, through the broker) is run to the end of its input; then each wrong
+start an operator could make is tried against its directories, through the real entry points
+(`nextclick run` and `python -m bytewax.run flows.main:flow`). Each must exit non-zero with one
+`nextclick: error:` line naming the setting and both values, and leave every file of the state and
+recovery directories byte-identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bytewax.recovery import init_db_dir
+
+from operators.io.kafka import ensure_topics
+from tests.flowrun import REPO, FlowSetup, produce, read_profiles, run_to_end, workload
+
+pytestmark = [pytest.mark.broker]
+
+SHARDS = 8
+
+
+def checksums(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                out[f"{root.name}/{path.relative_to(root)}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def start(setup: FlowSetup, *, runner: str = "cli", **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**setup.env(stop_at_end=True), **env}
+    if runner == "cli":
+        cmd = [sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "20"]
+    else:  # bytewax.run with whatever flags are given through BYTEWAX_* (none: no recovery)
+        cmd = [sys.executable, "-m", "bytewax.run", "flows.main:flow", "-s", "1", "-b", "0"]
+    return subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
+
+
+def refused(done: subprocess.CompletedProcess[str], *phrases: str) -> str:
+    assert done.returncode != 0, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("nextclick: error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for phrase in phrases:
+        assert phrase in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def deployment(broker, tmp_path_factory: pytest.TempPathFactory) -> FlowSetup:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("guards")
+    kafka = {"bootstrap.servers": broker.bootstrap}
+    topic = f"guards{root.name[-6:]}.in"
+    ensure_topics(kafka, {topic: 2})
+    produce(kafka, topic, workload(60, seed=3), 2)
+    setup = FlowSetup.create(kafka, root, f"guards{root.name[-6:]}", inputs=[topic], shards=SHARDS)
+    run_to_end(setup, log=root / "run.log")
+    assert len(read_profiles(setup.state_dir, SHARDS)) == 60
+    return setup
+
+
+@pytest.mark.parametrize(("env", "phrases"), [
+    ({"NEXTCLICK_STATE__SHARDS": "16"}, ("state.shards", "written with 8 shards", "says 16", "reshard")),
+    ({"NEXTCLICK_STATE__SHARDS": "4"}, ("state.shards", "written with 8 shards", "says 4")),
+    ({"NEXTCLICK_PRIVACY__SECRET": "another-secret"}, ("privacy.secret", "different identifier secret",
+                                                        "fingerprint")),
+], ids=["shards-8-to-16", "shards-8-to-4", "secret"])
+def test_a_changed_setting_is_refused(deployment: FlowSetup, env: dict[str, str], phrases: tuple[str, ...]) -> None:
+    before = checksums(deployment.state_dir, deployment.recovery_dir)
+    refused(start(deployment, **env), *phrases)
+    refused(start(deployment, runner="bytewax", BYTEWAX_RECOVERY_DIRECTORY=str(deployment.recovery_dir), **env),
+            *phrases)
+    assert checksums(deployment.state_dir, deployment.recovery_dir) == before
+
+
+def test_bytewax_run_without_recovery_is_refused(deployment: FlowSetup) -> None:
+    before = checksums(deployment.state_dir, deployment.recovery_dir)
+    refused(start(deployment, runner="bytewax"), "without -r", str(deployment.recovery_dir))
+    assert checksums(deployment.state_dir, deployment.recovery_dir) == before
+
+
+def _moved_away(path: Path) -> Path:
+    aside = path.with_name(path.name + ".aside")
+    shutil.move(path, aside)
+    return aside
+
+
+def test_state_without_its_recovery_directory_is_refused(deployment: FlowSetup) -> None:
+    before = checksums(deployment.state_dir, deployment.recovery_dir)
+    aside = _moved_away(deployment.recovery_dir)
+    try:
+        refused(start(deployment), "state.recovery_dir", "no recovery partitions")
+        assert not deployment.recovery_dir.exists()
+        # A re-initialised (empty) recovery directory is no better.
+        deployment.recovery_dir.mkdir()
+        init_db_dir(deployment.recovery_dir, 1)
+        empty = checksums(deployment.recovery_dir)
+        refused(start(deployment), "state.recovery_dir", "no nextclick marker")
+        assert checksums(deployment.recovery_dir) == empty
+    finally:
+        shutil.rmtree(deployment.recovery_dir, ignore_errors=True)
+        shutil.move(aside, deployment.recovery_dir)
+    assert checksums(deployment.state_dir, deployment.recovery_dir) == before
+
+
+def test_recovery_without_its_state_is_refused(deployment: FlowSetup) -> None:
+    before = checksums(deployment.state_dir, deployment.recovery_dir)
+    aside = _moved_away(deployment.state_dir)
+    try:
+        refused(start(deployment), "state.dir", "has no state")
+        assert not deployment.state_dir.exists()
+    finally:
+        shutil.move(aside, deployment.state_dir)
+    one_shard = deployment.state_dir / "shard-0003"
+    aside = _moved_away(one_shard)
+    try:
+        refused(start(deployment), "state.dir", "shard 3", "directory is missing")
+    finally:
+        shutil.move(aside, one_shard)
+    assert checksums(deployment.state_dir, deployment.recovery_dir) == before
+
+
+def test_the_deployment_still_starts_after_every_refusal(deployment: FlowSetup) -> None:
+    profiles = read_profiles(deployment.state_dir, SHARDS)
+    done = start(deployment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_profiles(deployment.state_dir, SHARDS) == profiles
+
+
+def test_an_older_recovery_directory_cannot_roll_shards_back(kafka: dict[str, str], topic_prefix: str,
+                                                              tmp_path: Path) -> None:
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 1})
+    messages = workload(40, seed=9)
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=2)
+    produce(kafka, topic, messages[:len(messages) // 2], 1)
+    run_to_end(setup, log=tmp_path / "run.log")
+    old = tmp_path / "recovery-backup"
+    shutil.copytree(setup.recovery_dir, old)
+    produce(kafka, topic, messages[len(messages) // 2:], 1)
+    run_to_end(setup, log=tmp_path / "run.log")  # resumes from the first run's commit, commits more
+    run_to_end(setup, log=tmp_path / "run.log")  # resumes from the second run's commit: now it is known
+    before = checksums(setup.state_dir)
+    shutil.rmtree(setup.recovery_dir)
+    shutil.copytree(old, setup.recovery_dir)
+    refused(start(setup), "state.recovery_dir", "roll shard", "past its committed seq")
+    assert checksums(setup.state_dir) == before
