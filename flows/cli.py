@@ -33,8 +33,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bytewax.recovery import init_db_dir
-
+    from flows import cluster as cl
     from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
@@ -51,26 +50,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
     config = metrics_settings(config, args.metrics_address, args.metrics_port)
+    place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))
+    parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
 
     def init_recovery(directory: Path) -> None:
-        init_db_dir(directory, args.recovery_partitions)
+        """Only for a new deployment (or a restore): the start-up checks decide when."""
+        cl.prepare_recovery(directory, parts, count, check=False)
 
     logging.getLogger("nextclick").info("starting", extra={
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
         "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
         "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
         "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
-        "process_id": args.process_id, "metrics_address": config.flow.metrics_address or None})
+        "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
+    recovery = Path(config.state.recovery_dir)
     if args.from_savepoint:
         restored = restore(config, Path(args.from_savepoint), init_recovery=init_recovery)
         logging.getLogger("nextclick").info("restored savepoint", extra={
             "savepoint": args.from_savepoint, "shards": restored.shards, "positions": len(restored.positions)})
+    if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
+        cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
-    addresses = args.addresses.split(";") if args.addresses else None
     return runner.run(config, build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop),
-                      workers=args.workers, process_id=args.process_id, addresses=addresses)
+                      workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
@@ -309,9 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
     run.add_argument("--bootstrap", help="override kafka bootstrap.servers")
     run.add_argument("--workers", type=int, default=1, help="worker threads in this process")
-    run.add_argument("--process-id", type=int, help="this process's index in a multi-process cluster")
-    run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process)")
+    run.add_argument("--process-id", type=int,
+                     help="this process's index in a multi-process cluster (default: the ordinal at the end of "
+                          "$NEXTCLICK_POD_NAME, a StatefulSet pod's name)")
+    run.add_argument("--addresses", help="all processes' host:port, separated by ';' (multi-process), or one "
+                                         "template with {i} for the process index, with --processes")
+    run.add_argument("--processes", type=int, help="how many processes an --addresses template expands to")
     run.add_argument("--recovery-partitions", type=int, default=1, help="when creating the recovery dir")
+    run.add_argument("--recovery-per-process", action="store_true",
+                     help="each process has its own recovery dir (per-pod volumes): create only partition "
+                          "<process id> of <processes> there, and refuse a dir holding any other")
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
     run.add_argument("--from-savepoint", metavar="SRC",
                      help="start from this savepoint (state.dir and state.recovery_dir must be empty)")

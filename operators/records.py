@@ -2,6 +2,8 @@
 
 Everything downstream of parsing sees only these types: an `Event` that passed validation and
 carries no PII, or a `DeadLetter` that carries the original bytes and the reason they were refused.
+What one customer's turn of the loop produces is here too: the `Trigger` rules react to, the
+`Decision` that goes out, the `Blocked` candidates, and the `Outcome` that collects them.
 """
 
 from __future__ import annotations
@@ -84,3 +86,56 @@ class SavepointRequest:
     path: str
     token: str
     source: SourcePosition | None = None
+
+
+class Trigger(NamedTuple):
+    """What a decision reacts to: an event (name = event type) or a fired absence signal.
+
+    A NamedTuple: one is built for every event that has rules to judge."""
+
+    name: str
+    trigger_id: str  # deterministic: the event id, or "<signal>:<start ts>"
+    ts: int
+    attrs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A targeting decision ready to be encoded as a CloudEvent."""
+
+    decision_id: str
+    customer: str
+    rule_id: str
+    action: str
+    channel: str
+    offer: str | None
+    priority: int
+    trigger: str
+    trigger_id: str
+    decided_at: int
+    expires_at: int
+    profile_version: int
+    signals: dict[str, Any]
+
+
+class Blocked(NamedTuple):
+    """A rule that matched but a gate refused (consent, complaint, cooldown, caps), by reason."""
+
+    customer: str
+    rule_id: str
+    channel: str
+    reason: str
+    trigger_id: str
+
+
+class Outcome:
+    """Everything one event or timer turn produced for one customer."""
+
+    __slots__ = ("absences", "blocked", "decisions", "duplicate", "late")
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+        self.blocked: list[Blocked] = []
+        self.duplicate = False
+        self.late = False
+        self.absences = 0

@@ -185,9 +185,9 @@ class FlowSetup:
 
 def start(setup: FlowSetup, *, stop_at_end: bool, runner: str = "cli", failpoints: str = "",
           process_id: int | None = None, addresses: Sequence[str] | None = None,
-          log: Path | None = None) -> subprocess.Popen[bytes]:
-    """Launch one process of the flow. `runner`: "cli" (`nextclick run`, sub-second epochs) or
-    "bytewax" (`python -m bytewax.run flows.main:flow -r REC -s <whole seconds> -b 0`)."""
+          log: Path | None = None, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """Launch one process of the flow. `runner`: "cli" (`nextclick run`, sub-second epochs, plus
+    `args`) or "bytewax" (`python -m bytewax.run flows.main:flow -r REC -s <whole seconds> -b 0`)."""
     if runner == "bytewax":
         cmd = [sys.executable, "-m", "bytewax.run", "flows.main:flow", "-r", str(setup.recovery_dir),
                "-s", str(max(1, round(setup.epoch_seconds))), "-b", "0"]
@@ -197,6 +197,7 @@ def start(setup: FlowSetup, *, stop_at_end: bool, runner: str = "cli", failpoint
         cmd = [sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "30"]
         if addresses:
             cmd += ["--process-id", str(process_id), "--addresses", ";".join(addresses)]
+        cmd += list(args)
     else:
         raise ValueError(runner)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process

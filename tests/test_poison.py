@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.state import shard as shard_module
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import ManualClock
 from operators.infra.config import ParseConfig
@@ -22,6 +21,7 @@ from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_message
 from operators.profile import ProfileEncodeError, encode_profile, new_profile
 from operators.records import DeadLetter, Event, SourcePosition
+from operators.state import shard as shard_module
 from operators.state.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event

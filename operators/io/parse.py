@@ -17,7 +17,7 @@ import copy
 import functools
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 
 import fastjsonschema
@@ -28,14 +28,14 @@ from operators.identity.pseudonyms import pseudonymize, resolve_identifier
 from operators.infra.config import ParseConfig
 from operators.records import DeadLetter, Event, SourcePosition
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "events"
+# Package data of the `schemas` package: read the same from a wheel as from a checkout.
+SCHEMA_DIR = files("schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 
 
 def _read(name: str) -> dict[str, Any]:
-    with open(SCHEMA_DIR / name, "rb") as fh:
-        data = orjson.loads(fh.read())
+    data = orjson.loads(SCHEMA_DIR.joinpath(name).read_bytes())
     if not isinstance(data, dict):
         raise TypeError(f"{name}: a schema must be a JSON object")
     return data
