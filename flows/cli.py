@@ -1,4 +1,4 @@
-"""`nextclick`: demo, run, generate, and the state tools. Errors exit non-zero with one line."""
+"""`nextclick`: demo, run, generate, topics, and the state tools. Errors exit non-zero with one line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from datetime import timedelta
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,10 +33,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig
-
     from flows import cluster as cl
+    from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
     from operators.io.kafka import redacted, wait_for_broker
@@ -44,12 +42,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from operators.state.manifest import check_start
     from operators.state.savepoint import restore
 
+    runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
     config = _config(args)
     config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
+    config = metrics_settings(config, args.metrics_address, args.metrics_port)
     place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))
     parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
 
@@ -61,8 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
         "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
         "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
-        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers})
+        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
+        "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    preflight(config)  # topics exist, directories writable: one clear line each, nothing written
     recovery = Path(config.state.recovery_dir)
     if args.from_savepoint:
         restored = restore(config, Path(args.from_savepoint), init_recovery=init_recovery)
@@ -71,16 +73,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
+    return runner.run(config, build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop),
+                      workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
 
-        from operators.infra.metrics import REGISTRY
 
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=REGISTRY)
-    cli_main(build_flow(config, ruleset=ruleset, plan=plan), workers_per_process=args.workers,
-             process_id=place.process_id, addresses=list(place.addresses) or None,
-             epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
-             recovery_config=RecoveryConfig(str(recovery)))
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from operators.io.kafka import wait_for_broker
+    from operators.io.topics import TopicsError, create_topics, plan_topics
+
+    config = _config(args)
+    wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    try:
+        report = create_topics(config.kafka, plan_topics(config), dry_run=args.dry_run)
+    except TopicsError as exc:
+        print(orjson.dumps({"topics": exc.report}, option=orjson.OPT_INDENT_2).decode())
+        raise
+    print(orjson.dumps({"topics": report}, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -291,6 +299,7 @@ def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextclick", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a fatal error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole loop locally on the embedded broker and print decisions")
@@ -317,10 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
     run.add_argument("--from-savepoint", metavar="SRC",
                      help="start from this savepoint (state.dir and state.recovery_dir must be empty)")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    run.add_argument("--metrics-address", metavar="HOST:PORT",
+                     help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
     run.add_argument("--broker-timeout", type=float, default=120.0, help="seconds to wait for Kafka at start")
     run.add_argument("--log-level", default=os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                     help="print the traceback of a fatal error")
     run.set_defaults(func=cmd_run)
+
+    topics = sub.add_parser("topics", help="create the topics the flow reads and writes")
+    topics_sub = topics.add_subparsers(dest="topics_command", required=True)
+    topics_create = topics_sub.add_parser(
+        "create", help="create the input, control, decision and dead-letter topics that are missing",
+        description="Create every topic of the configuration that does not exist yet, with the partitions, "
+                    "replication factor and retention of [topics]. Existing topics are reported, never changed.")
+    topics_create.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
+    topics_create.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    topics_create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
+    topics_create.add_argument("--broker-timeout", type=float, default=60.0, help="seconds to wait for Kafka")
+    topics_create.set_defaults(func=cmd_topics_create)
 
     gen = sub.add_parser("generate", help="stream the synthetic multi-channel workload to Kafka")
     gen.add_argument("--config", help="TOML configuration file (for kafka settings and topics)")
@@ -393,8 +418,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # one line, no traceback: the CLI contract
-        print(f"nextclick: error: {exc}", file=sys.stderr)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract
+        from operators.infra.failures import one_line, root_cause
+
+        message = one_line(exc)
+        if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too
+            logging.getLogger("nextclick").critical("fatal error", extra={
+                "error": message, "exception": type(root_cause(exc)).__name__})
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc)
+        print(f"nextclick: error: {message}", file=sys.stderr, flush=True)
         return 1
 
 

@@ -87,7 +87,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 out.append((keys[shard_of(item.customer, shards)], item))
             elif isinstance(item, SavepointRequest):
                 out.extend((keys[n], dataclasses.replace(item, shard=n)) for n in range(shards))
-            else:
+            elif item is not None:  # None: a drain request, for the drain watchers (operators/infra/drain.py)
                 out.append(item)
         return out
 
@@ -99,6 +99,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         return f"{dl.source.topic}#{dl.source.partition}", msg
 
     def to_message(decision: Decision) -> OutMessage:
+        metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
         key, value, headers = encode_decision(decision)
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 

@@ -223,8 +223,10 @@ def test_run_refuses_to_start_without_a_secret(kafka: dict[str, str], tmp_path: 
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("nextclick: error: ") and "privacy.secret" in lines[0]
+    # One JSON log line, then the one-line error (docs/operations.md, "Fatal errors").
+    assert len(lines) == 2, proc.stderr
+    assert lines[1].startswith("nextclick: error: ") and "privacy.secret" in lines[1]
+    assert orjson.loads(lines[0])["error"] == lines[1][len("nextclick: error: "):]
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - started < 30
     assert not (tmp_path / "recovery").exists()  # refused before touching anything

@@ -36,6 +36,13 @@ class TopicsConfig:
     control: str = "nextclick.control"
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True
+    # What `nextclick topics create` gives the topics it creates (existing topics are left alone).
+    partitions: int = 8  # inputs and decisions; -1: the broker's default
+    replication_factor: int = -1  # -1: the broker's default
+    retention_ms: int = 0  # 0: the broker's default; -1: keep forever
+    cleanup_policy: str = ""  # "": the broker's default ("delete")
+    dead_letter_retention_ms: int = 7 * 24 * 3600 * 1000  # dead letters hold PII: keep them short
+    control_partitions: int = 1
 
 
 def decision_topic(template: str, channel: str) -> str:
@@ -108,6 +115,14 @@ class FlowConfig:
     group_id: str = "nextclick"
     # Stop at the end of the input topics instead of tailing them (tests, backfills).
     stop_at_end: bool = False
+    # HOST:PORT serving /metrics, /healthz and /readyz (e.g. "0.0.0.0:9464"); empty: no server.
+    metrics_address: str = ""
+    # Seconds between progress log lines (0: none).
+    progress_seconds: float = 30.0
+    # /healthz fails when an input partition goes this long without being polled (a stuck worker).
+    # Keep it above the producer's delivery.timeout.ms (300 s by default): an epoch end waits that
+    # long for Kafka to take the decisions, and a broker outage should pause the flow, not restart it.
+    stall_seconds: float = 360.0
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,45 @@
-"""Prometheus metrics, one registry per process; `nextclick run --metrics-port` serves them."""
+"""Prometheus metrics, one registry per process, served by `operators/infra/health.py` on `flow.metrics_address`.
+
+The registry is private (tests and the demo read it directly) but carries the standard process,
+platform and GC collectors, so RSS, CPU, open files and garbage collection are exported next to the
+flow's own families. Every family is listed, with what to alert on, in docs/operations.md.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import time
+from typing import Callable
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# The default registry's standard collectors, registered on ours as well (a collector may sit in
+# several registries): process_* (RSS, CPU, fds, start time), python_info, python_gc_*.
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    REGISTRY.register(_collector)
 
+# -- input --------------------------------------------------------------------------------------
+INPUT_MESSAGES = Counter("nextclick_input_messages_total",
+                         "Messages read from Kafka, by topic and partition (counted at the source, before parsing).",
+                         ["topic", "partition"], registry=REGISTRY)
+CONSUMER_LAG = Gauge("nextclick_consumer_lag_messages",
+                     "Messages in the partition after the flow's position: high watermark minus the next offset "
+                     "to read (from the consumer's last fetch response, at every batch and every second).",
+                     ["topic", "partition"], registry=REGISTRY)
+EPOCH_SECONDS = Histogram("nextclick_epoch_seconds",
+                          "Wall time between two epoch-end snapshots of an input partition (one observation per "
+                          "partition and epoch): flow.epoch_seconds plus any time the epoch waited to close.",
+                          buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120), registry=REGISTRY)
+
+# -- profiles -----------------------------------------------------------------------------------
 EVENTS = Counter("nextclick_events_total", "Events applied to profiles, by type.", ["type"], registry=REGISTRY)
 DUPLICATES = Counter("nextclick_duplicate_events_total", "Events dropped as duplicates of a seen event_id.",
                      registry=REGISTRY)
@@ -13,13 +47,61 @@ LATE = Counter("nextclick_late_events_total", "Events beyond the allowed latenes
                registry=REGISTRY)
 DEAD_LETTERS = Counter("nextclick_dead_letters_total", "Messages sent to the dead-letter topic, by reason.",
                        ["reason"], registry=REGISTRY)
-DECISIONS = Counter("nextclick_decisions_total", "Decisions emitted, by rule.", ["rule"], registry=REGISTRY)
-BLOCKED = Counter("nextclick_decisions_blocked_total", "Candidate decisions blocked, by rule and reason.",
-                  ["rule", "reason"], registry=REGISTRY)
+PROCESSING_ERRORS = Counter("nextclick_processing_errors_total",
+                            "Events dead-lettered because applying them raised (processing_error), by step and "
+                            "exception class; each leaves the customer's profile as it was before the event.",
+                            ["step", "exception"], registry=REGISTRY)
+QUARANTINED = Counter("nextclick_quarantined_profiles_total",
+                      "Stored profiles set aside for inspection (undecodable, unencodable, or a timer that "
+                      "failed), by step.", ["step"], registry=REGISTRY)
 ABSENCES = Counter("nextclick_absences_fired_total", "Absence signals that completed.", registry=REGISTRY)
 ERASURES = Counter("nextclick_erasures_total", "Customers erased.", registry=REGISTRY)
+
+# -- decisions ----------------------------------------------------------------------------------
+DECISIONS = Counter("nextclick_decisions_total", "Decisions emitted, by rule and channel.", ["rule", "channel"],
+                    registry=REGISTRY)
+BLOCKED = Counter("nextclick_decisions_blocked_total", "Candidate decisions blocked, by rule and reason.",
+                  ["rule", "reason"], registry=REGISTRY)
+EVENT_TO_DECISION = Histogram(
+    "nextclick_event_to_decision_seconds",
+    "Wall clock when a decision is handed to the sink minus its trigger's time (the triggering event's "
+    "event time, or the due time of an absence), by decision channel.",
+    ["channel"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600), registry=REGISTRY)
+
+# -- state --------------------------------------------------------------------------------------
 CHECKPOINT_SECONDS = Histogram("nextclick_checkpoint_seconds", "Time to checkpoint one shard at an epoch end.",
                                buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5), registry=REGISTRY)
+SHARD_CACHED = Gauge("nextclick_shard_cached_profiles",
+                     "Decoded profiles a shard holds in memory, at its last epoch end.", ["shard"], registry=REGISTRY)
+SHARD_DIRTY = Gauge("nextclick_shard_dirty_profiles",
+                    "Changed profiles a shard had to write at its last epoch end.", ["shard"], registry=REGISTRY)
+SHARD_STATE_BYTES = Gauge("nextclick_shard_state_bytes",
+                          "Bytes on disk of a shard's RocksDB directory (measured every "
+                          "30 s at most, at an epoch end).", ["shard"], registry=REGISTRY)
+READY = Gauge("nextclick_ready", "1 when /readyz answers 200 (inputs assigned and consuming), else 0.",
+              registry=REGISTRY)
+
+# How often a shard's directory is walked to measure its bytes (it lists every file).
+STATE_BYTES_EVERY_S = 30.0
+_state_bytes_at: dict[int, float] = {}
+
+
+def observe_shard(shard: int, cached: int, dirty: int, disk_bytes: Callable[[], int],
+                  now: Callable[[], float] = time.monotonic) -> None:
+    """A shard's figures at an epoch end; its bytes on disk at most every STATE_BYTES_EVERY_S."""
+    label = str(shard)
+    SHARD_CACHED.labels(label).set(cached)
+    SHARD_DIRTY.labels(label).set(dirty)
+    at = now()
+    last = _state_bytes_at.get(shard)
+    if last is None or at - last >= STATE_BYTES_EVERY_S:
+        _state_bytes_at[shard] = at
+        SHARD_STATE_BYTES.labels(label).set(disk_bytes())
+
+
+def observe_decision(rule: str, channel: str, trigger_ms: int, now_ms: int) -> None:
+    DECISIONS.labels(rule, channel).inc()
+    EVENT_TO_DECISION.labels(channel).observe(max(0.0, (now_ms - trigger_ms) / 1000))
 
 
 def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
@@ -30,10 +112,8 @@ def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
             if sample.name.endswith("_total"):
                 out[tuple(sample.labels.values())] = sample.value
     return out
-PROCESSING_ERRORS = Counter("nextclick_processing_errors_total",
-                            "Events dead-lettered because applying them raised (processing_error), by step and "
-                            "exception class; each leaves the customer's profile as it was before the event.",
-                            ["step", "exception"], registry=REGISTRY)
-QUARANTINED = Counter("nextclick_quarantined_profiles_total",
-                      "Stored profiles set aside for inspection (undecodable, unencodable, or a timer that "
-                      "failed), by step.", ["step"], registry=REGISTRY)
+
+
+def gauge_values(gauge: Gauge) -> dict[tuple[str, ...], float]:
+    """Current values of a labelled gauge, by label values."""
+    return {tuple(s.labels.values()): s.value for m in gauge.collect() for s in m.samples}

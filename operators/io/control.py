@@ -1,9 +1,10 @@
-"""Commands on the control topic: erase a customer (the right to erasure), take a savepoint.
+"""Commands on the control topic: erase a customer (the right to erasure), take a savepoint, drain.
 
     {"command": "erase", "request_id": "dsr-123", "customer_id": "c-42"}
     {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
     {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
+    {"command": "drain", ...}   (operators/infra/drain.py: for every process's drain watcher, not here)
 
 The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
@@ -25,13 +26,14 @@ from operators.records import DeadLetter, EraseRequest, SavepointRequest, Source
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-COMMANDS = ("erase", "savepoint")
+COMMANDS = ("erase", "savepoint", "drain")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
                   source: SourcePosition, *, secret: bytes,
-                  savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter:
-    """Never raises: a command, or a DeadLetter saying what is wrong (without echoing values).
+                  savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter | None:
+    """Never raises: a command, None for a drain request (nothing for the dataflow to do), or a
+    DeadLetter saying what is wrong (without echoing values).
 
     A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
     """
@@ -46,7 +48,10 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         return refuse("not_an_object", "control message is not a JSON object")
     command = body.get("command")
     if command not in COMMANDS:
-        return refuse("unknown_command", "control message 'command' must be \"erase\" or \"savepoint\"")
+        return refuse("unknown_command",
+                      "control message 'command' must be \"erase\", \"savepoint\" or \"drain\"")
+    if command == "drain":
+        return None
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         return refuse("schema_violation", "control message needs a non-empty string 'request_id'")

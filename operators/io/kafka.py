@@ -25,7 +25,16 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from operators.infra import health, metrics
+
 log = logging.getLogger(__name__)
+
+# How often an idle partition refreshes its lag gauge from the watermark its consumer caches (a
+# partition that reads refreshes it with every batch).
+_LAG_REFRESH_S = 1.0
+# At most one log line per this many seconds about failed group-offset commits.
+_COMMIT_WARN_EVERY_S = 60.0
+_commit_warned_at = -_COMMIT_WARN_EVERY_S
 
 # Settings whose values must never reach a log line or an error message.
 SECRET_SETTINGS = ("sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.password",
@@ -104,11 +113,32 @@ def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s
                 raise
 
 
+def _warn_commit_failure(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+    """Group offsets are for monitoring only: a failed commit is logged (at most once a minute), never fatal."""
+    global _commit_warned_at
+    failed = [p for p in partitions or () if p.error is not None]
+    if err is None and not failed:
+        return
+    now = time.monotonic()
+    if now - _commit_warned_at < _COMMIT_WARN_EVERY_S:
+        return
+    _commit_warned_at = now
+    first = err if err is not None else failed[0].error
+    reason = first.str() if first is not None else "unknown error"
+    log.warning("could not commit input offsets to the consumer group (lag tools will lag; recovery is "
+                "unaffected)", extra={"error": reason, "partitions": [f"{p.topic}#{p.partition}" for p in failed]})
+
+
 def source_consumer_config(kafka: Mapping[str, str], group_id: str, *, stop_at_end: bool = False) -> dict[str, Any]:
-    """Settings of the consumer behind each input partition (offsets are ours, never committed)."""
+    """Settings of the consumer behind each input partition.
+
+    Recovery never reads the group's offsets (positions come from Bytewax's snapshots); the flow
+    commits them, one epoch behind, only so that standard lag tools see the group (see `snapshot`).
+    """
     return client_config(kafka, **{
         "group.id": group_id,
         "enable.auto.commit": False,
+        "on_commit": _warn_commit_failure,
         "enable.partition.eof": stop_at_end,
         # Report an out-of-range offset to us instead of silently jumping to the end.
         "auto.offset.reset": "error",
@@ -137,15 +167,25 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._stop, self._stop_at_end = stop, stop_at_end
         self._eof = False
         self._idle = False
+        # Monitoring: probes, the progress log, metrics, the consumer group's offsets.
+        self._status = health.STATUS.partition(topic, partition)
+        self._read = metrics.INPUT_MESSAGES.labels(topic, str(partition))
+        self._lag = metrics.CONSUMER_LAG.labels(topic, str(partition))
+        self._lag_at = 0.0
+        self._snapshot_at: float | None = None
+        self._committable: int | None = None
+        self._committed: int | None = None
 
     def next_batch(self) -> list[RawMessage]:
         if self._eof or (self._stop is not None and self._stop.is_set()):
+            self._status.ended = True
             raise StopIteration()
         batch: list[RawMessage] = []
         for msg in self._consumer.consume(self._batch_size, 0):
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
+                    self._lag_at = 0.0  # refresh below: the lag is 0 now unless more arrived
                     if self._stop_at_end:
                         self._eof = True
                     continue
@@ -169,16 +209,62 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(),
                                     tuple(cast(list[tuple[str, bytes]], headers)) if headers else ()))
         self._idle = not batch
+        now = time.monotonic()
+        self._status.last_poll = now
+        if batch:
+            self._read.inc(len(batch))
+            self._refresh_lag(now)  # a local read of the watermark the fetch response carried: cheap
+        elif now - self._lag_at >= _LAG_REFRESH_S:
+            self._refresh_lag(now)
         return batch
+
+    def _refresh_lag(self, now: float) -> None:
+        """High watermark (as the consumer's last fetch response gave it: no broker request) minus
+        the next offset to read."""
+        self._lag_at = now
+        position = self._next_offset
+        try:
+            if position < 0:  # nothing read yet: where the consumer will fetch from, once it knows
+                position = self._consumer.position([TopicPartition(self._topic, self._partition)])[0].offset
+            high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._partition),
+                                                        cached=True)[1]
+        except KafkaException:
+            return
+        if position is not None and position >= 0 and high is not None and high >= 0:
+            self._lag.set(max(0, high - position))
 
     def next_awake(self) -> datetime | None:
         # An idle partition sleeps a few ms instead of Bytewax's 1 ms spin.
         return datetime.now(UTC) + _IDLE_BACKOFF if self._idle else None
 
     def snapshot(self) -> int:
+        # Bytewax polls this partition in epoch k only once every earlier epoch has passed its
+        # recovery commit, and this snapshot ends epoch k: the previous snapshot's offset is
+        # committed state now. That one goes to the consumer group (one epoch behind, for lag
+        # tools only; recovery never reads it).
+        now = time.monotonic()
+        if self._snapshot_at is not None:
+            metrics.EPOCH_SECONDS.observe(now - self._snapshot_at)
+        self._snapshot_at = now
+        if self._committable is not None and self._committable != self._committed:
+            self._commit(self._committable)
+        if self._next_offset >= 0:
+            self._committable = self._next_offset
+            self._status.offset = self._next_offset
+        self._status.snapshots += 1
+        self._refresh_lag(now)
         return self._next_offset
 
+    def _commit(self, offset: int) -> None:
+        try:
+            self._consumer.commit(offsets=[TopicPartition(self._topic, self._partition, offset)],
+                                  asynchronous=True)
+            self._committed = offset
+        except KafkaException as exc:
+            _warn_commit_failure(exc.args[0] if exc.args else None, [])
+
     def close(self) -> None:
+        self._status.ended = True
         self._consumer.close()
 
 
@@ -210,6 +296,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
                     raise RuntimeError(f"input topic {topic!r} does not exist or has no partitions "
                                        f"({meta.error if meta is not None else 'missing'})")
                 parts += [f"{topic}#{p}" for p in sorted(meta.partitions)]
+            health.STATUS.listed()
             return parts
         finally:
             consumer.close()
@@ -225,6 +312,30 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
                                self._stop_at_end)
+
+
+def commit_final_offsets(kafka: Mapping[str, str], group_id: str,
+                         status: health.FlowStatus = health.STATUS, timeout_s: float = 10.0) -> int:
+    """After the dataflow completed (its last epoch committed), give the consumer group the final
+    positions of this process's input partitions, which the one-epoch-behind commits never reach.
+
+    Returns how many partitions were committed. Monitoring only: a failure is logged, not raised.
+    """
+    offsets = [TopicPartition(p.topic, p.partition, p.offset) for p in status.finished_partitions()
+               if p.offset is not None and p.offset >= 0]
+    if not offsets:
+        return 0
+    consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False,
+                                                "socket.timeout.ms": int(timeout_s * 1000)}))
+    try:
+        result = consumer.commit(offsets=offsets, asynchronous=False) or []
+        _warn_commit_failure(None, result)
+        return sum(1 for tp in result if tp.error is None)
+    except KafkaException as exc:
+        _warn_commit_failure(exc.args[0] if exc.args else None, offsets)
+        return 0
+    finally:
+        consumer.close()
 
 
 _producers: dict[tuple[tuple[str, str], ...], Producer] = {}

@@ -523,9 +523,6 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         if run:
             self._apply_events(run, out)
         self._note_positions(values)
-        for item in out:
-            if isinstance(item, Decision):
-                metrics.DECISIONS.labels(item.rule_id).inc()
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
@@ -557,9 +554,6 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
                 applied.setdefault(customer, []).append(now)
             self._changed(profiles)
             self._account(outcomes, out)
-        for item in out:
-            if isinstance(item, Decision):
-                metrics.DECISIONS.labels(item.rule_id).inc()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -570,6 +564,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
 
     def snapshot(self) -> ResumeState:
         started = time.perf_counter()
+        dirty = len(self._dirty)
         self._flush()
         if self._positions_changed:
             self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
@@ -586,6 +581,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
             self._write_savepoint(request, seq)
         self._savepoints = []
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        metrics.observe_shard(self.shard, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
         return {"shard": self.shard, "seq": seq}
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:

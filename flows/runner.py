@@ -1,0 +1,148 @@
+"""`nextclick run` around the dataflow: checks, probes, progress, graceful stop, group offsets.
+
+    FlowRunner()              blocks SIGTERM/SIGINT in every thread, starts the signal thread
+    preflight(config)         topics exist, directories writable (before the start-up checks)
+    .run(config, flow...)     metrics server, reporter, drain and peer watchers
+                              -> Bytewax (cluster_main) -> final group offsets -> "stopped"
+
+Bytewax runs through `cluster_main` even for one worker: its panic hook turns Rust panics into
+exceptions for us (run_main's default hook prints a panic message and backtrace to stderr), and
+its main thread only waits, so our own threads (signals, probes) keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Sequence
+
+from bytewax.dataflow import Dataflow
+
+from operators.infra import drain, health
+from operators.infra.config import Config
+from operators.infra.failures import (
+    Explained,
+    LostPeer,
+    PeerWatch,
+    is_comms_failure,
+    lost_peer_message,
+    one_line,
+    root_cause,
+)
+
+log = logging.getLogger("nextclick")
+
+
+class FlowRunner:
+    """One `nextclick run` process. Create it first thing, before any thread exists."""
+
+    def __init__(self) -> None:
+        drain.block_signals()
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self._cluster: tuple[Config, int] | None = None
+        self._peer_watch: PeerWatch | None = None
+        self._lock = threading.Lock()
+        drain.SignalWaiter(self._on_signal).start()
+
+    # -- stopping ------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if health.STATUS.listed_at is None:
+            # No epoch has begun: nothing to finish, nothing to replay. Stop now.
+            log.info("stopped before the flow started", extra={"signal": name})
+            logging.shutdown()
+            os._exit(0 if signum == signal.SIGTERM else 128 + signum)
+        self.begin_drain(f"signal {name}", publish=True)
+
+    def begin_drain(self, reason: str, *, publish: bool) -> None:
+        """Stop the input; Bytewax then finishes and commits the current epoch, and `run` returns."""
+        with self._lock:
+            if self.stop.is_set():
+                return
+            self.stop.set()
+        health.STATUS.draining = True
+        log.info("draining: input stopped, finishing the current epoch", extra={"reason": reason})
+        if publish and self._cluster is not None:
+            config, process_id = self._cluster
+            request = drain.drain_request(config.flow.group_id, process_id, drain.now_ms(), reason)
+            threading.Thread(target=drain.publish_drain, args=(config.kafka, config.topics.control, request),
+                             name="nextclick-drain-publish", daemon=True).start()
+
+    # -- running -------------------------------------------------------------------------------------
+
+    def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
+            addresses: Sequence[str] | None = None) -> int:
+        """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input."""
+        from bytewax._bytewax import cluster_main
+        from bytewax.recovery import RecoveryConfig
+
+        from operators.io.kafka import commit_final_offsets
+
+        me = process_id or 0
+        cluster = list(addresses or [])
+        health.STATUS.reset(workers=workers)
+        epoch_s = config.flow.epoch_seconds
+        if config.flow.metrics_address:
+            health.serve(config.flow.metrics_address, epoch_s=epoch_s, stall_s=config.flow.stall_seconds)
+        reporter = health.Reporter(health.STATUS, every_s=config.flow.progress_seconds, epoch_s=epoch_s)
+        reporter.start()
+        watchers: list[Any] = []
+        if len(cluster) > 1:
+            self._cluster = (config, me)
+            self._peer_watch = PeerWatch(cluster, me)
+            watch = drain.DrainWatch(config.kafka, config.topics.control, config.flow.group_id, drain.now_ms(),
+                                     lambda req: self.begin_drain(
+                                         f"drain requested by process {req.get('from_process')}", publish=False))
+            watchers = [self._peer_watch, watch]
+            for w in watchers:
+                w.start()
+            watch.watching.wait(30)
+
+        try:
+            cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
+                         recovery_config=RecoveryConfig(config.state.recovery_dir), worker_count_per_proc=workers)
+        except BaseException as exc:
+            watch_saw = self._peer_watch.lost if self._peer_watch is not None else []
+            if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
+                    watch_saw or is_comms_failure(exc)):
+                raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
+            line = one_line(exc)
+            for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
+                if str(path) in line:  # e.g. RocksDB's "IO error: ... <state.dir>/shard-0002/LOCK: ..."
+                    raise Explained(f"{line} ({setting})") from exc
+            raise
+        finally:
+            health.STATUS.finished = True
+            reporter.stop.set()
+            for w in watchers:
+                w.stopped.set()
+
+        committed = commit_final_offsets(config.kafka, config.flow.group_id)
+        log.info("stopped", extra={"reason": "drained" if self.stop.is_set() else "end of input",
+                                   "seconds": round(time.monotonic() - self.started, 2),
+                                   "group_offsets_committed": committed, **health.progress_figures()})
+        return 0
+
+
+def metrics_settings(config: Config, address: str | None, port: int | None) -> Config:
+    """`--metrics-address`, or `--metrics-port` (127.0.0.1), over `flow.metrics_address`; validated."""
+    given = address or (f"127.0.0.1:{port}" if port else None)
+    if given:
+        config = config.replace(flow={"metrics_address": given})
+    if config.flow.metrics_address:
+        health.parse_address(config.flow.metrics_address, "--metrics-address" if given else "flow.metrics_address")
+    return config
+
+
+def preflight(config: Config) -> None:
+    """The topics the flow reads exist, the state and recovery directories are writable (writes nothing)."""
+    from operators.infra.preflight import check_directories, check_topics
+
+    check_topics(config.kafka, config)
+    check_directories(config)

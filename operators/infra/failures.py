@@ -1,0 +1,194 @@
+"""Fatal errors as one line with their root cause, and which cluster peer was lost.
+
+Bytewax wraps an exception raised in a step into its own errors ("(src/worker.rs:149:10): error
+building production dataflow", caused by ..., caused by ours), so the line an operator needs is at
+the root of the chain. Rust panics are not printed: `nextclick run` runs the dataflow through
+Bytewax's `cluster_main`, whose panic hook hands the panic to the caller as an exception instead
+of writing "thread '...' panicked at" and a backtrace to stderr.
+
+A lost cluster peer surfaces as a panic of Timely's network threads that names nobody.
+`PeerWatch` polls this process's sockets to its peers and records which one hung up first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import select
+import socket
+import threading
+from typing import Sequence
+
+# Bytewax prefixes its messages with the Rust source location: "(src/worker.rs:149:10): ...".
+_LOCATION = re.compile(r"^\((?:src|pysrc)/[^)]*\):?\s*")
+# Exceptions whose message alone says nothing ("'key'"): the class name goes in front.
+_BARE = (KeyError, IndexError, TypeError, AttributeError, AssertionError, NameError, ZeroDivisionError)
+# What Timely's network threads panic with when a connection to a peer breaks.
+_COMMS = re.compile(r"(send|recv) thread panic|timely communication|connection reset|broken pipe|"
+                    r"failed to flush writer|write failure", re.IGNORECASE)
+
+
+class Explained(RuntimeError):
+    """An error whose message already is the explanation: its causes are kept for --debug only."""
+
+
+class LostPeer(Explained):
+    """A process of the cluster went away; this one stops too."""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of `exc`'s chain (`__cause__`, else an unsuppressed `__context__`),
+    or the first `Explained` one on the way."""
+    seen = {id(exc)}
+    while not isinstance(exc, Explained):
+        nxt = exc.__cause__ if exc.__cause__ is not None else (
+            None if exc.__suppress_context__ else exc.__context__)
+        if nxt is None or id(nxt) in seen:
+            return exc
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
+
+
+def one_line(exc: BaseException) -> str:
+    """The root cause as one line, without Bytewax's source locations or embedded tracebacks."""
+    root = root_cause(exc)
+    text = str(root).strip()
+    if "Caused by => " in text:  # Bytewax's `.raise()` folds the cause into the message text
+        text = text.rsplit("Caused by => ", 1)[1].strip()
+    line = _LOCATION.sub("", text.splitlines()[0]).strip() if text else ""
+    if not line:
+        return type(root).__name__
+    if isinstance(root, _BARE) or type(root).__name__ == "PanicException":
+        return f"{type(root).__name__}: {line}"
+    return line
+
+
+def is_comms_failure(exc: BaseException) -> bool:
+    """A Rust panic of the cluster's networking rather than an error of a step."""
+    root = root_cause(exc)
+    return type(root).__name__ == "PanicException" and bool(_COMMS.search(str(root)))
+
+
+def lost_peer_message(addresses: Sequence[str], me: int, lost: Sequence[int]) -> str:
+    """Which process was lost (or which it could have been) and what happens next."""
+    others = [i for i in range(len(addresses)) if i != me]
+    candidates = [i for i in lost if i in others] or others
+    if len(candidates) == 1:
+        who = f"process {candidates[0]} ({addresses[candidates[0]]})"
+    else:
+        who = "one of processes " + ", ".join(f"{i} ({addresses[i]})" for i in candidates)
+    return (f"lost cluster peer: {who}; process {me} stops too, and the cluster restarts from its last "
+            "committed epoch once every process is running again")
+
+
+# -- which peer hung up -------------------------------------------------------------------------------
+
+
+def _parse_proc_addr(text: str) -> tuple[str, int]:
+    """`0100007F:7531` (IPv4) or 32 hex digits + port (IPv6), as /proc/net/tcp{,6} writes them."""
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    # The kernel prints each 32-bit word in host byte order (little-endian here).
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    addr = ipaddress.ip_address(words)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped), int(port, 16)
+    return str(addr), int(port, 16)
+
+
+def _established() -> dict[int, tuple[tuple[str, int], tuple[str, int]]]:
+    """{socket inode: (local, remote)} of this process's established TCP connections."""
+    out = {}
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "01":  # ESTABLISHED
+                out[int(cols[9])] = (_parse_proc_addr(cols[1]), _parse_proc_addr(cols[2]))
+    return out
+
+
+def _socket_fds() -> dict[int, int]:
+    """{socket inode: fd} of this process."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out[int(target[8:-1])] = int(fd)
+    return out
+
+
+def _resolve(address: str) -> tuple[set[str], int]:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        ips = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        ips = set()
+    return ips, int(port)
+
+
+def peer_sockets(addresses: Sequence[str], me: int) -> dict[int, list[int]]:
+    """{fd: candidate peer indices} of this process's connections to its cluster peers.
+
+    Process i connects to every j < i (the remote end is j's address) and accepts from every j > i
+    (the local end is i's own port); an accepted connection is told apart by the peer's IP when the
+    peers have distinct IPs (pods), and is ambiguous among same-host peers.
+    """
+    resolved = [_resolve(a) for a in addresses]
+    my_port = resolved[me][1]
+    fds = _socket_fds()
+    out: dict[int, list[int]] = {}
+    for inode, (local, remote) in _established().items():
+        fd = fds.get(inode)
+        if fd is None:
+            continue
+        outgoing = [j for j in range(me) if remote[1] == resolved[j][1] and remote[0] in resolved[j][0]]
+        if outgoing:
+            out[fd] = outgoing[:1]
+        elif local[1] == my_port:
+            out[fd] = [j for j in range(me + 1, len(addresses)) if remote[0] in resolved[j][0]] or \
+                list(range(me + 1, len(addresses)))
+    return out
+
+
+class PeerWatch(threading.Thread):
+    """Records the peer whose connection closes first (Linux; elsewhere it records nothing).
+
+    Peers also close their connections when the dataflow completes, so `lost` means something only
+    when the dataflow failed.
+    """
+
+    def __init__(self, addresses: Sequence[str], me: int) -> None:
+        super().__init__(name="nextclick-peer-watch", daemon=True)
+        self.addresses, self.me = list(addresses), me
+        self.lost: list[int] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        if not hasattr(select, "poll") or not os.path.exists("/proc/self/net/tcp"):
+            return
+        expected = len(self.addresses) - 1
+        sockets: dict[int, list[int]] = {}
+        while not self.stopped.is_set() and len(sockets) < expected:
+            sockets = peer_sockets(self.addresses, self.me)
+            if len(sockets) < expected:
+                self.stopped.wait(0.5)
+        poller = select.poll()
+        hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+        for fd in sockets:
+            poller.register(fd, hangup)
+        while not self.stopped.is_set():
+            for fd, _event in poller.poll(500):
+                if fd in sockets:
+                    self.lost = sockets[fd]
+                return

@@ -1,0 +1,88 @@
+"""Checks `nextclick run` makes before it starts the dataflow, so that a mistake gets a clear line.
+
+Inside the dataflow the same mistakes surface as a Bytewax panic deep in a worker; here they name
+the setting and the path or topic, before any state is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from confluent_kafka.admin import AdminClient
+
+from operators.channels import DECISION_CHANNELS
+from operators.infra.config import Config, decision_topic
+from operators.io.kafka import client_config
+
+log = logging.getLogger("nextclick")
+
+
+class PreflightError(RuntimeError):
+    """The flow cannot start; the message names the setting and what to do."""
+
+
+def writable_dir(path: str | os.PathLike[str], setting: str) -> None:
+    """Prove files can be created in `path` (or, if it is missing, in the directory that would hold it),
+    in each directory in it (shards), and that each file in it (Bytewax's recovery partitions) opens
+    for writing. Leaves nothing behind: the start-up checks that follow write only once all passed."""
+    root = Path(path).absolute()
+    where = root
+    while not where.exists() and where != where.parent:
+        where = where.parent
+
+    def refuse(target: Path, exc: OSError) -> PreflightError:
+        reason = exc.strerror or str(exc)
+        if where != root:
+            return PreflightError(f"{setting}: cannot create {root}: {reason} (in {where})")
+        return PreflightError(f"{setting}: cannot write to {target}: {reason}")
+
+    children = sorted(root.iterdir()) if where == root and root.is_dir() else []
+    for target in [where, *(p for p in children if p.is_dir())]:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".nextclick-write-check-", dir=target)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise refuse(target, exc) from None
+    for existing in children:
+        if existing.is_file():
+            try:
+                with open(existing, "ab"):  # opening for append writes nothing
+                    pass
+            except OSError as exc:
+                raise refuse(existing, exc) from None
+
+
+def check_directories(config: Config) -> None:
+    writable_dir(config.state.dir, "state.dir")
+    writable_dir(config.state.recovery_dir, "state.recovery_dir")
+
+
+def output_topics(config: Config) -> list[tuple[str, str]]:
+    """(topic, setting) of every topic the flow writes."""
+    decisions = config.topics.decisions
+    names = sorted({decision_topic(decisions, c) for c in DECISION_CHANNELS}) if "{channel}" in decisions \
+        else [decisions]
+    return [(t, "topics.decisions") for t in names] + [(config.topics.dead_letter, "topics.dead_letter")]
+
+
+def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30.0) -> list[str]:
+    """Refuse to start without the topics the flow reads; return the missing topics it writes.
+
+    A missing output topic is only a warning: brokers that create topics on first write are common.
+    """
+    existing = set(AdminClient(client_config(kafka)).list_topics(timeout=timeout_s).topics)
+    for topic, setting in [*((t, "topics.inputs") for t in config.topics.inputs),
+                           (config.topics.control, "topics.control")]:
+        if topic not in existing:
+            raise PreflightError(f"input topic {topic!r} does not exist ({setting}); "
+                                 "create it with `nextclick topics create`")
+    missing = [t for t, _ in output_topics(config) if t not in existing]
+    for topic in missing:
+        log.warning("output topic does not exist: the broker must create it on first write, or decisions "
+                    "cannot be delivered (create it with `nextclick topics create`)", extra={"topic": topic})
+    return missing

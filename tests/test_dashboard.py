@@ -1,0 +1,128 @@
+"""The Grafana dashboard only queries metrics the code exports (deploy/grafana/nextclick.json)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from operators.infra import metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"
+RUNBOOK = ROOT / "docs" / "operations.md"
+# Prometheus' own series, present wherever it scrapes.
+PROMETHEUS_SERIES = {"up"}
+
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+             "offset", "inf", "nan"}
+_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+             "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",),
+             "unknown": ("",), "stateset": ("",), "gaugehistogram": ("_bucket", "_gsum", "_gcount")}
+
+
+def exported_names() -> set[str]:
+    """Every sample name the registry can produce, labelled families without children included."""
+    names: set[str] = set()
+    for family in metrics.REGISTRY.collect():
+        names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (functions, keywords, labels and variables excluded)."""
+    expr = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w$.])[A-Za-z_:][\w:]*", expr):
+        rest = expr[match.end():].lstrip()
+        if rest.startswith("(") or match.group() in _KEYWORDS:
+            continue  # a function or an operator keyword
+        names.add(match.group())
+    return names
+
+
+def queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every templating query."""
+    def walk(panels: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(dashboard["panels"])
+    for var in dashboard["templating"]["list"]:
+        query = var.get("query")
+        text = query.get("query") if isinstance(query, dict) else None
+        if var["type"] == "query" and text:
+            selector = re.fullmatch(r"\s*label_values\((.+),\s*\w+\)\s*", text)
+            yield f"variable {var['name']}", selector.group(1) if selector else text
+
+
+def test_metric_name_extraction() -> None:
+    assert metric_names('histogram_quantile(0.99, sum by (le, channel) (rate(a_bucket{job=~"$job"}[5m])))') == \
+        {"a_bucket"}
+    assert metric_names("sum(rate(a_sum[$__rate_interval])) / sum(rate(a_count[1m])) > bool 0") == \
+        {"a_sum", "a_count"}
+    assert metric_names('topk(10, max by (topic, partition) (lag{x="a b"}))') == {"lag"}
+    assert metric_names("up offset 5m and on(instance) process_open_fds") == {"up", "process_open_fds"}
+
+
+def test_dashboard_queries_only_exported_metrics() -> None:
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    exported = exported_names()
+    found = list(queries(dashboard))
+    assert len(found) >= 20
+    unknown = {(where, name) for where, expr in found for name in metric_names(expr) if name not in exported}
+    assert not unknown, f"the dashboard queries metrics nothing exports: {sorted(unknown)}"
+    # Every family the flow defines appears somewhere (a new metric gets a panel).
+    used = {name for _, expr in found for name in metric_names(expr)}
+    own = {f.name for f in metrics.REGISTRY.collect() if f.name.startswith("nextclick_")}
+    missing = sorted(name for name in own if not any(u.startswith(name) for u in used))
+    assert not missing, f"metric families without a panel: {missing}"
+
+
+@pytest.mark.parametrize("title", ["Consumer lag by topic", "Decisions/s by rule and channel",
+                                   "Dead letters/s by reason", "Epoch duration (p50, p99)",
+                                   "Checkpoint time per shard (p99, mean)", "Input messages/s by topic"])
+def test_the_dashboard_has_the_panels_the_runbook_names(title: str) -> None:
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert title in titles
+
+
+def runbook_alerts() -> dict[str, str]:
+    """{alert: expr} of the Prometheus rules in docs/operations.md (expr may span indented lines)."""
+    block = RUNBOOK.read_text().split("```yaml", 1)[1].split("```", 1)[0]
+    alerts: dict[str, str] = {}
+    name, expr, indent = "", None, 0
+    for line in block.splitlines():
+        stripped = line.strip()
+        if expr is not None and stripped and len(line) - len(line.lstrip()) > indent:
+            expr += " " + stripped.split("   #")[0]
+            continue
+        if expr is not None:
+            alerts[name], expr = expr, None
+        if stripped.startswith("- alert:"):
+            name = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("expr:"):
+            expr, indent = stripped.split(":", 1)[1].split("   #")[0].strip(), len(line) - len(line.lstrip())
+    if expr is not None:
+        alerts[name] = expr
+    return alerts
+
+
+def test_runbook_alerts_query_only_exported_metrics() -> None:
+    alerts = runbook_alerts()
+    assert {"NextclickNotReady", "NextclickLagGrowing", "NextclickDeadLetterRate", "NextclickProcessingErrors",
+            "NextclickCheckpointSlow"} <= set(alerts)
+    exported = exported_names() | PROMETHEUS_SERIES
+    unknown = {(alert, name) for alert, expr in alerts.items() for name in metric_names(expr) if name not in exported}
+    assert not unknown, f"runbook alerts query metrics nothing exports: {sorted(unknown)}"
+    assert "nextclick_consumer_lag_messages" in alerts["NextclickLagGrowing"]

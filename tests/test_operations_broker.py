@@ -1,0 +1,459 @@
+"""Operations through the real broker: lag and group offsets, graceful SIGTERM, topics, fatal errors.
+
+The flow runs as `nextclick run` subprocesses (tests/flowrun.py). Tansu's ListOffsets answers
+undercount high watermarks, so "the end of the input" is what a test produced, checked by
+consuming, never a watermark the broker reports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from flows.cli import main as cli_main
+from flows.local_broker import free_port
+from operators.infra import metrics
+from operators.io.kafka import KafkaInput, consume_all, ensure_topics
+from tests.flowrun import (
+    REPO,
+    FlowSetup,
+    Message,
+    partition_of,
+    produce,
+    read_decisions,
+    read_profiles,
+    run_to_end,
+    start,
+    workload,
+)
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 2
+SHARDS = 4
+BASE = workload(150, seed=41)
+FIRST = BASE[: len(BASE) * 2 // 3]
+REST = BASE[len(FIRST):]
+# New customers' unresolved calls: one call-back decision each, so every epoch of a stream of them
+# emits decisions, and a stop that does not finish its epoch re-emits some after a restart.
+CALLS: list[Message] = [
+    (f"caller-{i}", f"caller-{i}".encode(), orjson.dumps({
+        "event_id": f"call-{i}", "type": "call_center_contact", "ts": int(time.time() * 1000) - 60_000 + i,
+        "customer_id": f"caller-{i}", "topic": "billing", "outcome": "unresolved"}))
+    for i in range(240)]
+MESSAGES = BASE + CALLS
+
+
+def committed(kafka: dict[str, str], group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The consumer group's committed offsets for `topic`, as the broker reports them to lag tools."""
+    admin = AdminClient(kafka)  # kept alive until the future resolves
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in range(partitions)])
+    result = admin.list_consumer_group_offsets([request])[group].result()
+    return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+
+
+def end_offsets(kafka: dict[str, str], topic: str) -> dict[int, int]:
+    """The end of each partition, counted by consuming (Tansu's watermarks undercount)."""
+    ends: Counter[int] = Counter()
+    for msg in consume_all(kafka, [topic], idle_s=0.5):
+        ends[msg.partition()] = max(ends[msg.partition()], msg.offset() + 1)
+    return dict(ends)
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def sample(page: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in page.splitlines():
+        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def log_lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def clean_profiles(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Profiles of one uninterrupted run over MESSAGES: what every interrupted run must end with."""
+    kafka = {"bootstrap.servers": broker.bootstrap}
+    root = tmp_path_factory.mktemp("clean")
+    topic = f"ops-clean-{time.time_ns()}"
+    ensure_topics(kafka, {topic: PARTITIONS})
+    produce(kafka, topic, MESSAGES, PARTITIONS)
+    setup = FlowSetup.create(kafka, root, topic, inputs=[topic], shards=SHARDS)
+    run_to_end(setup, log=root / "clean.log")
+    profiles = read_profiles(setup.state_dir, SHARDS)
+    assert len(profiles) == 150 + len(CALLS)
+    return profiles
+
+
+class Paced(threading.Thread):
+    """Produce `messages` in `chunks` over about `seconds` with one producer (a new idempotent producer per
+    chunk costs a broker round trip of its own)."""
+
+    def __init__(self, kafka: dict[str, str], topic: str, messages: list[Message], seconds: float,
+                 chunks: int) -> None:
+        super().__init__(daemon=True)
+        self.kafka, self.topic, self.messages, self.seconds, self.chunks = kafka, topic, messages, seconds, chunks
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            producer = Producer({**self.kafka, "linger.ms": 5, "enable.idempotence": True})
+            size = -(-len(self.messages) // self.chunks)
+            for start in range(0, len(self.messages), size):
+                for who, key, value in self.messages[start:start + size]:
+                    producer.produce(self.topic, value, key, partition=partition_of(who, PARTITIONS))
+                assert producer.flush(10) == 0
+                time.sleep(self.seconds / self.chunks)
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+
+def assert_no_decision_twice(kafka: dict[str, str], setup: FlowSetup) -> int:
+    copies = Counter(d.ce_id for d in read_decisions(kafka, setup.decisions))
+    assert copies, "no decisions at all"
+    twice = {ce_id: n for ce_id, n in copies.items() if n > 1}
+    assert not twice, f"{len(twice)} decisions re-emitted after the restart, e.g. {next(iter(twice.items()))}"
+    return len(copies)
+
+
+# -- group offsets and lag ----------------------------------------------------------------------------
+
+
+def test_lag_and_group_offsets_of_a_partition_with_a_backlog(kafka: dict[str, str], topic_prefix: str) -> None:
+    """The lag metric is high watermark minus the next offset; the group gets the previous epoch's."""
+    topic, group = f"{topic_prefix}.in", f"{topic_prefix}-group"
+    ensure_topics(kafka, {topic: 1})
+    produce(kafka, topic, [(f"c{i}", b"k", b"{}") for i in range(50)], 1)
+    assert end_offsets(kafka, topic) == {0: 50}
+    part = KafkaInput(kafka, [topic], group_id=group, batch_size=5).build_part("in", f"{topic}#0", None)
+    try:
+        def read_until(target: int, so_far: int) -> int:
+            deadline = time.monotonic() + 10
+            while so_far < target:
+                assert time.monotonic() < deadline
+                so_far += len(part.next_batch())
+            return so_far
+
+        first = read_until(20, 0)
+        part.snapshot()  # epoch 1 ends: nothing earlier to commit
+        second = read_until(first + 10, first)
+        part.snapshot()  # epoch 2 ends: epoch 1 has committed, its offset goes to the group
+        wait_for(lambda: committed(kafka, group, topic, 1) == {0: first}, 10, "the group commit")
+        lag = metrics.gauge_values(metrics.CONSUMER_LAG)[(topic, "0")]
+        assert lag == 50 - second
+        broker_view = 50 - committed(kafka, group, topic, 1)[0]
+        assert broker_view - lag == second - first  # exactly one epoch behind, never ahead
+        assert metrics.counter_values(metrics.INPUT_MESSAGES)[(topic, "0")] == second
+    finally:
+        part.close()
+
+
+# -- graceful SIGTERM ------------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,
+                                                       clean_profiles: dict[str, dict[str, Any]]) -> None:
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: PARTITIONS})
+    port = free_port()
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=SHARDS, extra_env={
+        "NEXTCLICK_LOG_LEVEL": "INFO", "NEXTCLICK_FLOW__PROGRESS_SECONDS": "0.5",
+        "NEXTCLICK_FLOW__METRICS_ADDRESS": f"127.0.0.1:{port}"})
+    log = tmp_path / "run1.log"
+    proc = start(setup, stop_at_end=False, log=log)
+    try:
+        producer = Paced(kafka, topic, FIRST, seconds=1.5, chunks=6)
+        producer.start()
+        wait_for(lambda: scrape(port, "/readyz")[0] == 200, 20, "/readyz to answer 200")
+        producer.join(30)
+        assert producer.error is None
+
+        # Everything produced is read: the lag metric says 0, and so does the broker's view of the
+        # group (end - committed) one epoch later.
+        ends = end_offsets(kafka, topic)
+        assert sum(ends.values()) == len(FIRST)
+
+        def caught_up() -> bool:
+            page = scrape(port)[1]
+            return all(sample(page, "nextclick_input_messages_total", topic=topic, partition=str(p)) == ends[p]
+                       and sample(page, "nextclick_consumer_lag_messages", topic=topic, partition=str(p)) == 0
+                       for p in ends)
+
+        wait_for(caught_up, 20, "the flow to read everything")
+        wait_for(lambda: committed(kafka, "nextclick", topic, PARTITIONS) == ends, 10, "group offsets at the end")
+        page = scrape(port)[1]
+        assert sample(page, "process_resident_memory_bytes") and sample(page, "nextclick_ready") == 1
+        assert "nextclick_shard_state_bytes{" in page and "nextclick_epoch_seconds_count" in page
+        assert scrape(port, "/healthz")[0] == 200
+        assert read_decisions(kafka, setup.decisions)
+
+        # SIGTERM while input is flowing: the epoch in progress has decisions out already.
+        producer = Paced(kafka, topic, CALLS, seconds=2, chunks=20)
+        producer.start()
+        time.sleep(1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        drain_s = time.monotonic() - sent
+        producer.join(30)
+        assert producer.error is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert drain_s < 2 * setup.epoch_seconds + 5, drain_s
+
+    lines = log_lines(log)
+    msgs = [line["msg"] for line in lines]
+    assert msgs.count("ready") == 1 and "progress" in msgs
+    assert {line["shard"] for line in lines if line["msg"] == "shard opened"} == set(range(SHARDS))
+    assert msgs.index("draining: input stopped, finishing the current epoch") < msgs.index("stopped")
+    stopped = next(line for line in lines if line["msg"] == "stopped")
+    assert stopped["reason"] == "drained"
+    assert len(FIRST) < stopped["input_messages"] < len(FIRST) + len(CALLS)  # it stopped mid-stream
+    progress = [line for line in lines if line["msg"] == "progress"]
+    assert {"input_messages", "events", "decisions", "dead_letters", "lag"} <= set(progress[-1])
+    # The group has the final positions, not the epoch before them.
+    assert sum(committed(kafka, "nextclick", topic, PARTITIONS).values()) == stopped["input_messages"]
+
+    produce(kafka, topic, REST, PARTITIONS)
+    run_to_end(setup, log=tmp_path / "run2.log")
+    assert_no_decision_twice(kafka, setup)
+    assert read_profiles(setup.state_dir, SHARDS) == clean_profiles
+    resumed = [line for line in log_lines(tmp_path / "run2.log") if line["msg"] == "shard opened"]
+    assert resumed and all(line["resumed"] and line["seq"] > 0 for line in resumed)
+
+
+def test_sigterm_to_one_process_drains_the_whole_cluster(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,
+                                                         clean_profiles: dict[str, dict[str, Any]]) -> None:
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: PARTITIONS})
+    produce(kafka, topic, FIRST, PARTITIONS)
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=SHARDS,
+                             extra_env={"NEXTCLICK_LOG_LEVEL": "INFO"})
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    procs = [start(setup, stop_at_end=False, process_id=i, addresses=addresses, log=logs[i]) for i in range(2)]
+    try:
+        wait_for(lambda: all(any(line["msg"] == "ready" for line in log_lines(p)) for p in logs), 30, "both ready")
+        wait_for(lambda: len(read_decisions(kafka, setup.decisions)) > 0, 20, "decisions")
+        sent = time.monotonic()
+        procs[1].send_signal(signal.SIGTERM)
+        assert [p.wait(20) for p in procs] == [0, 0]
+        assert time.monotonic() - sent < 2 * setup.epoch_seconds + 5
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    drained = [next(line for line in log_lines(p) if line["msg"].startswith("draining")) for p in logs]
+    assert drained[1]["reason"] == "signal SIGTERM"
+    assert drained[0]["reason"] == "drain requested by process 1"
+
+    produce(kafka, topic, REST + CALLS, PARTITIONS)
+    run_to_end(setup, processes=2, log=tmp_path / "run2.log")
+    assert_no_decision_twice(kafka, setup)
+    assert read_profiles(setup.state_dir, SHARDS) == clean_profiles
+    # The drain request on the control topic is not a command the dataflow dead-letters.
+    assert consume_all(kafka, [setup.dead_letter], idle_s=0.5) == []
+
+
+# -- topics create ------------------------------------------------------------------------------------------
+
+
+def test_topics_create_is_idempotent_and_reports_what_it_found(
+        kafka: dict[str, str], topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    p = topic_prefix
+    env = {"NEXTCLICK_TOPICS__INPUTS": f"{p}.web,{p}.email", "NEXTCLICK_TOPICS__DECISIONS": f"{p}.dec.{{channel}}",
+           "NEXTCLICK_TOPICS__DEAD_LETTER": f"{p}.dlq", "NEXTCLICK_TOPICS__CONTROL": f"{p}.control",
+           "NEXTCLICK_TOPICS__PARTITIONS": "3", "NEXTCLICK_TOPICS__RETENTION_MS": "86400000"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ensure_topics(kafka, {f"{p}.email": 1})  # exists already, with fewer partitions than configured
+
+    def run(*extra: str) -> dict[str, dict[str, Any]]:
+        assert cli_main(["topics", "create", "--bootstrap", kafka["bootstrap.servers"], *extra]) == 0
+        return {t["topic"]: t for t in orjson.loads(capsys.readouterr().out)["topics"]}
+
+    planned = run("--dry-run")
+    assert {t["status"] for n, t in planned.items() if n != f"{p}.email"} == {"would_create"}
+    assert f"{p}.web" not in AdminClient(kafka).list_topics(timeout=10).topics
+
+    first = run()
+    decisions = {f"{p}.dec.{c}" for c in ("email", "ads", "sms", "push", "web", "call_center")}
+    assert set(first) == {f"{p}.web", f"{p}.email", f"{p}.dlq", f"{p}.control", *decisions}
+    assert first[f"{p}.email"]["status"] == "exists_with_fewer_partitions" and "1 partitions" in \
+        first[f"{p}.email"]["note"]
+    assert all(first[n]["status"] == "created" for n in first if n != f"{p}.email")
+    admin = AdminClient(kafka)
+    meta = admin.list_topics(timeout=10).topics
+    assert len(meta[f"{p}.web"].partitions) == 3 and len(meta[f"{p}.control"].partitions) == 1
+    assert all(len(meta[n].partitions) == 3 for n in decisions)
+    resources = [ConfigResource("topic", n) for n in (f"{p}.web", f"{p}.dlq")]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    assert configs[f"{p}.web"]["retention.ms"].value == "86400000"
+    assert configs[f"{p}.dlq"]["retention.ms"].value == str(7 * 24 * 3600 * 1000)
+
+    again = run()
+    assert {t["status"] for n, t in again.items() if n != f"{p}.email"} == {"exists"}
+    assert again[f"{p}.email"]["status"] == "exists_with_fewer_partitions"
+
+
+def test_topics_create_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "topics", "create", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "--dry-run" in done.stdout and "replication factor" in done.stdout
+
+
+# -- fatal errors: one JSON line, one `nextclick: error:` line, no backtrace ----------------------------------
+
+
+def run_failing(setup: FlowSetup, *prefix: str, extra: tuple[str, ...] = (), timeout: float = 60) -> str:
+    """Run `nextclick run` to its failure; check the stderr contract; return the error line."""
+    env = setup.env(stop_at_end=True)
+    env["RUST_BACKTRACE"] = "1"  # Rust would print a backtrace with this, if it printed anything
+    done = subprocess.run([*prefix, sys.executable, "-m", "flows.cli", *extra, "run", "--broker-timeout", "20"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 1, done.stderr[-3000:]
+    return check_stderr(done.stderr)
+
+
+def check_stderr(stderr: str, *, debug: bool = False) -> str:
+    lines = stderr.strip().splitlines()
+    last = lines[-1]
+    assert last.startswith("nextclick: error: "), stderr[-3000:]
+    message = last[len("nextclick: error: "):]
+    fatal = [orjson.loads(line) for line in lines if line.startswith("{") and '"level":"critical"' in line]
+    assert [f["error"] for f in fatal] == [message]
+    if not debug:
+        assert [line for line in lines if not line.startswith("{")] == [last], stderr[-3000:]
+        for noise in ("Traceback", "panicked", "stack backtrace", "PanicException"):
+            assert noise not in stderr
+    return message
+
+
+def read_only_prefix(path: Path) -> list[str]:
+    """A command prefix under which `path` is read-only for the child (root ignores permissions)."""
+    if os.geteuid() != 0:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        return []
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    assert probe.returncode == 0, "as root, the test needs `unshare -m` (CAP_SYS_ADMIN) for a read-only mount"
+    return ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(path)]
+
+
+@pytest.fixture()
+def setup(kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> FlowSetup:
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 1})
+    return FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=2)
+
+
+def test_a_missing_control_topic_is_named(setup: FlowSetup) -> None:
+    missing = setup.with_(control=f"{setup.control}-missing")
+    assert run_failing(missing) == (f"input topic '{missing.control}' does not exist (topics.control); "
+                                    "create it with `nextclick topics create`")
+    env = missing.env(stop_at_end=True)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "--debug", "run"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" in done.stderr and "PreflightError" in done.stderr
+    check_stderr(done.stderr, debug=True)
+
+
+def test_a_read_only_state_dir_is_named_with_its_setting(setup: FlowSetup) -> None:
+    setup.state_dir.mkdir()
+    message = run_failing(setup, *read_only_prefix(setup.state_dir))
+    assert message.startswith(f"state.dir: cannot write to {setup.state_dir}: ")
+    assert message.endswith(("Read-only file system", "Permission denied"))
+
+
+def test_a_read_only_recovery_dir_is_named_with_its_setting(setup: FlowSetup) -> None:
+    message = run_failing(setup, *read_only_prefix(setup.recovery_dir))
+    assert message.startswith(f"state.recovery_dir: cannot write to {setup.recovery_dir}")
+    assert message.endswith(("Read-only file system", "Permission denied"))
+
+
+def test_a_failure_inside_the_dataflow_is_its_root_cause_without_a_rust_backtrace(
+        kafka: dict[str, str], setup: FlowSetup) -> None:
+    """Past the preflight checks (here a shard's lock file is read-only), Bytewax panics in a worker."""
+    produce(kafka, setup.inputs[0], MESSAGES[:40], 1)
+    run_to_end(setup)
+    lock = setup.state_dir / "shard-0001" / "LOCK"
+    message = run_failing(setup, *read_only_prefix(lock))
+    assert message.startswith("IO error: ") and str(lock) in message and message.endswith("(state.dir)")
+
+
+def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup, tmp_path: Path) -> None:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    env = setup.env(stop_at_end=False)
+    env.update({"NEXTCLICK_LOG_LEVEL": "INFO", "RUST_BACKTRACE": "1"})
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--process-id", str(i), "--addresses",
+                               ";".join(addresses)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        seen: list[str] = []
+        assert procs[0].stderr is not None
+        deadline = time.monotonic() + 30
+        while not any('"msg":"ready"' in line for line in seen):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "".join(seen)
+            seen.append(procs[0].stderr.readline())
+        time.sleep(1)
+        procs[1].kill()
+        killed = time.monotonic()
+        _, rest = procs[0].communicate(timeout=20)
+        assert time.monotonic() - killed < 10
+        assert procs[0].returncode == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    message = check_stderr("".join(seen) + rest)
+    assert message == (f"lost cluster peer: process 1 ({addresses[1]}); process 0 stops too, and the cluster "
+                       "restarts from its last committed epoch once every process is running again")
+
+
+@pytest.fixture(autouse=True)
+def _restore_permissions(tmp_path: Path) -> Iterator[None]:
+    """chmod'ed paths (non-root runs) must be writable again for pytest to clean up."""
+    yield
+    if os.geteuid() != 0:
+        for path in [tmp_path, *tmp_path.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(tmp_path, ignore_errors=True)
