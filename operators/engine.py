@@ -7,8 +7,6 @@ steps and collects what comes out. Storing the profile and sending decisions is 
 
 from __future__ import annotations
 
-from itertools import chain
-
 from operators.profile import dedupe, history
 from operators.profile.facts import apply_facts
 from operators.profile.model import Profile
@@ -21,17 +19,20 @@ def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcom
     """Absences whose deadline has passed by `until_ms` fire (once) and leave state; then each is
     decided, in declaration order (so no fired absence still reads as pending to another's rules)."""
     signals = profile.signals
-    fired: list[Trigger] = []
+    fired: list[Trigger] | None = None
     for signal in ruleset.firing:
         state = signals.get(signal.name)
         if state is not None:
             deadline = signal.deadline(state)
             if deadline is not None and deadline <= until_ms:
+                if fired is None:
+                    fired = []
                 fired.append(signal.fire(state))
                 del signals[signal.name]
-    out.absences += len(fired)
-    for trigger in fired:
-        decide(profile, ruleset, trigger, out)
+    if fired is not None:
+        out.absences += len(fired)
+        for trigger in fired:
+            decide(profile, ruleset, trigger, out)
 
 
 def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
@@ -44,7 +45,7 @@ def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
     if prune_at is None or ref_ms < prune_at:
         return
     signals = profile.signals
-    left: list[int] = []
+    low = high = None
     for signal in ruleset.expiring:
         state = signals.get(signal.name)
         if state is None:
@@ -52,17 +53,20 @@ def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
         state = signal.prune(state, ref_ms)
         if state is None:
             del signals[signal.name]
-        else:
-            signals[signal.name] = state
-            left.extend(signal.expiries(state))
-    history.prune(profile.history, ref_ms)
-    dedupe.prune(profile.seen, ref_ms)
-    expiries = list(chain(left, history.expiries(profile.history), dedupe.expiries(profile.seen)))
-    if expiries:
-        profile.prune_at = min(expiries)
-        profile.expire_at = max(expiries)
-    else:
-        profile.prune_at = profile.expire_at = None
+            continue
+        signals[signal.name] = state
+        first, last = signal.expiry_bounds(state)
+        if low is None or first < low:
+            low = first
+        if high is None or last > high:
+            high = last
+    for bounds in (history.prune(profile.history, ref_ms), dedupe.prune(profile.seen, ref_ms)):
+        if bounds is not None:
+            if low is None or bounds[0] < low:
+                low = bounds[0]
+            if high is None or bounds[1] > high:
+                high = bounds[1]
+    profile.prune_at, profile.expire_at = low, high
 
 
 def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
@@ -78,23 +82,26 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
         return out
     late = ruleset.late
     lateness = late.allowed_lateness_ms
+    ts = event.ts
     newest = profile.facts.last_seen
-    is_late = out.late = newest is not None and event.ts < newest - lateness
+    is_late = out.late = newest is not None and ts < newest - lateness
     if not is_late:
         if ruleset.firing:
-            fire_absences(profile, ruleset, event.ts - lateness, out)
+            fire_absences(profile, ruleset, ts - lateness, out)
         for signal in ruleset.signals_for_event[event.type]:
             signal.apply(profile, event)
     elif late.policy == "apply":
         for signal in ruleset.signals_for_event[event.type]:
             signal.apply(profile, event)
-    apply_facts(profile.facts, event)
-    dedupe.remember(profile, event.event_id, event.ts, ruleset.dedupe_horizon_ms)
+    facts = profile.facts
+    apply_facts(facts, event)
+    dedupe.remember(profile, event.event_id, ts, ruleset.dedupe_horizon_ms)
     if not is_late and event.type in ruleset.by_trigger:
-        decide(profile, ruleset, Trigger(event.type, event.event_id, event.ts, event.attrs), out)
-    last_seen = profile.facts.last_seen
-    assert last_seen is not None
-    prune(profile, ruleset, last_seen - lateness)
+        decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs), out)
+    ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts
+    prune_at = profile.prune_at
+    if prune_at is not None and ref >= prune_at:
+        prune(profile, ruleset, ref)
     return out
 
 

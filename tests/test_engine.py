@@ -238,3 +238,44 @@ def test_transient_state_expires_back_to_the_durable_baseline(steps):
         assert not part, key  # empty, or (prune_at, expire_at) gone
     assert profile == baseline
     assert len(encode_profile(profile)) == len(encode_profile(baseline))
+
+
+# --- edges: each bound is pinned by a test that fails if it moves by one ---------------------------
+
+CAP_RULES = '''
+[[rule]]
+id = "follow_up"
+on = ["call_center_contact"]
+action = "call_back"
+channel = "call_center"
+cooldown = "1ms"
+
+[caps]
+call_center = { limit = 1, window = "1h" }
+
+[consent]
+call_center = "opt_out"
+'''
+
+
+def test_a_sent_decision_counts_towards_the_cap_for_exactly_the_cap_window(tmp_path):
+    c = Customer(load_rules(write_rules(tmp_path, CAP_RULES)))
+    assert fired(c.send("call_center_contact", T0))
+    # One millisecond before the window has passed, the cap is still full...
+    assert reasons(c.send("call_center_contact", T0 + HOUR - 1)) == [("follow_up", "frequency_cap_channel")]
+    # ...and at exactly one window later the first decision no longer counts.
+    assert fired(c.send("call_center_contact", T0 + HOUR)) == [("follow_up", "call_center", "call_center_contact")]
+
+
+def test_a_window_bucket_leaves_state_exactly_when_it_expires():
+    c = Customer()
+    c.send("email_open", T0)  # no signal counts email opens: only the dedupe id is transient
+    c.send("page_view", T0 + 30 * MIN + 5, page_type="home")
+    views = c.profile.signals["page_views_30m"]
+    (start, _), = views
+    lateness = c.ruleset.late.allowed_lateness_ms
+    expiry = start + MIN - 1 + 30 * MIN  # the bucket's last millisecond in the window, plus the window
+    c.tick(expiry - 1 + lateness)
+    assert "page_views_30m" in c.profile.signals
+    c.tick(expiry + lateness)
+    assert "page_views_30m" not in c.profile.signals

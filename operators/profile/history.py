@@ -5,8 +5,6 @@ Each entry carries the time it stops mattering, so the history prunes itself and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from operators.profile.model import History, Profile
 
 
@@ -35,22 +33,31 @@ def sent_since(history: History, channel: str | None, since_ms: int) -> int:
     return sum(1 for entries in history.sent.values() for entry in entries if entry[0] > since_ms)
 
 
-def prune(history: History, ref_ms: int) -> None:
+def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
+    """Drop what stopped mattering by `ref_ms`; the first and last expiry of what is left (None: nothing)."""
+    low = high = None
     sent = history.sent
-    for channel in list(sent):
-        kept = [entry for entry in sent[channel] if entry[1] > ref_ms]
-        if kept:
-            sent[channel] = kept
-        else:
-            del sent[channel]
+    if sent:
+        for channel in list(sent):
+            kept = [entry for entry in sent[channel] if entry[1] > ref_ms]
+            if kept:
+                sent[channel] = kept
+                for entry in kept:
+                    until = entry[1]
+                    if low is None or until < low:
+                        low = until
+                    if high is None or until > high:
+                        high = until
+            else:
+                del sent[channel]
     fired = history.fired
-    for rule_id in [r for r, entry in fired.items() if entry[1] <= ref_ms]:
-        del fired[rule_id]
-
-
-def expiries(history: History) -> Iterator[int]:
-    for entries in history.sent.values():
-        for entry in entries:
-            yield entry[1]
-    for entry in history.fired.values():
-        yield entry[1]
+    if fired:
+        for rule_id in [r for r, entry in fired.items() if entry[1] <= ref_ms]:
+            del fired[rule_id]
+        for entry in fired.values():
+            until = entry[1]
+            if low is None or until < low:
+                low = until
+            if high is None or until > high:
+                high = until
+    return None if low is None or high is None else (low, high)

@@ -47,7 +47,9 @@ class View:
 
 
 def _durable(get: Callable[[Any, int], Any]) -> Getter:
-    return lambda profile, trigger: get(profile.facts, trigger.ts)
+    def durable(profile: Profile, trigger: Trigger) -> Any:
+        return get(profile.facts, trigger.ts)
+    return durable
 
 
 def _signal(signal: Signal, attribute: str) -> Getter:

@@ -6,7 +6,6 @@ State: [since, deadline, carried attributes of the start event].
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators.profile.model import Profile
@@ -33,13 +32,17 @@ class Absence:
             del signals[self.name]
         elif event.type in self.start and (state is None or ts > state[0]):
             attrs = event.attrs
-            signals[self.name] = [ts, ts + self.after_ms, {k: attrs[k] for k in self.carry if k in attrs}]
+            carried = {k: attrs[k] for k in self.carry if k in attrs} if self.carry else {}
+            if state is None:
+                signals[self.name] = [ts, ts + self.after_ms, carried]
+            else:  # restart the one pending: same meaning, no new list
+                state[0], state[1], state[2] = ts, ts + self.after_ms, carried
 
     def prune(self, state: Any, ref_ms: int) -> Any:
         return state
 
-    def expiries(self, state: Any) -> Iterable[int]:
-        return ()
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        raise TypeError("absences do not expire: they fire or are cancelled")
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return state is not None

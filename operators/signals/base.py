@@ -8,7 +8,7 @@ reads that state, and says when each entry expires.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from operators.profile.model import Profile
@@ -46,8 +46,8 @@ class Signal(Protocol):
     def prune(self, state: Any, ref_ms: int) -> Any:
         """The state without what expired by event time `ref_ms` (None when nothing is left)."""
 
-    def expiries(self, state: Any) -> Iterable[int]:
-        """When each entry of the state expires (event time)."""
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        """When the first and the last entry of a (non-empty) state expire, in event time."""
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         """An attribute's value as of `ref_ms`; `state` is None when the profile holds none."""

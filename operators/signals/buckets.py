@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 from operators.profile.facts import ProfileEncodeError
@@ -18,12 +17,18 @@ def add(profile: Profile, name: str, window: Window, ts: int, amount: float) -> 
     buckets = signals.get(name)
     if buckets is None:
         buckets = signals[name] = []
-    for bucket in reversed(buckets):  # the newest bucket is the usual one
-        if bucket[0] == start:
-            bucket[1] += amount
-            if not math.isfinite(bucket[1]):
-                raise ProfileEncodeError(f"signal {name} is not a finite number")
-            return
+    elif buckets[-1][0] == start:  # the newest bucket is the usual one
+        total = buckets[-1][1] = buckets[-1][1] + amount
+        if not math.isfinite(total):
+            raise ProfileEncodeError(f"signal {name} is not a finite number")
+        return
+    else:
+        for bucket in buckets:
+            if bucket[0] == start:
+                bucket[1] += amount
+                if not math.isfinite(bucket[1]):
+                    raise ProfileEncodeError(f"signal {name} is not a finite number")
+                return
     profile.note_expiry(start + size - 1 + window.window_ms)
     buckets.append([start, amount])
     if len(buckets) > 1 and buckets[-2][0] > start:
@@ -38,12 +43,18 @@ def total(buckets: list[list[Any]] | None, window: Window, ref_ms: int) -> float
 
 
 def prune(buckets: list[list[Any]], window: Window, ref_ms: int) -> list[list[Any]] | None:
+    """Buckets are kept in start order, so the ones that left the window are a prefix."""
     floor, size = window.floor(ref_ms), window.size
-    kept = [b for b in buckets if b[0] + size > floor]
-    return kept or None
-
-
-def expiries(buckets: list[list[Any]], window: Window) -> Iterator[int]:
-    tail = window.size - 1 + window.window_ms
+    gone = 0
     for bucket in buckets:
-        yield bucket[0] + tail
+        if bucket[0] + size > floor:
+            break
+        gone += 1
+    if gone:
+        del buckets[:gone]
+    return buckets or None
+
+
+def expiry_bounds(buckets: list[list[Any]], window: Window) -> tuple[int, int]:
+    tail = window.size - 1 + window.window_ms
+    return buckets[0][0] + tail, buckets[-1][0] + tail

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators.profile.model import Profile
@@ -26,8 +25,8 @@ class Count(Expiring):
     def prune(self, state: Any, ref_ms: int) -> Any:
         return buckets.prune(state, self.window, ref_ms)
 
-    def expiries(self, state: Any) -> Iterable[int]:
-        return buckets.expiries(state, self.window)
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        return buckets.expiry_bounds(state, self.window)
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return int(buckets.total(state, self.window, ref_ms))

@@ -5,7 +5,6 @@ State: [[value, newest ts], ...], at most `max_distinct` values (the oldest seen
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators.profile.model import Profile
@@ -49,9 +48,9 @@ class Distinct(Expiring):
         floor = self.window.floor(ref_ms)
         return [p for p in state if p[1] >= floor] or None
 
-    def expiries(self, state: Any) -> Iterable[int]:
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
         window = self.window.window_ms
-        return (p[1] + window for p in state)
+        return min(p[1] for p in state) + window, max(p[1] for p in state) + window
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         if not state:

@@ -5,7 +5,6 @@ State: [ts, value] of the event with the newest event time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators.profile.model import Profile
@@ -32,8 +31,9 @@ class Last(Expiring):
     def prune(self, state: Any, ref_ms: int) -> Any:
         return None if state[0] < self.window.floor(ref_ms) else state
 
-    def expiries(self, state: Any) -> Iterable[int]:
-        return (state[0] + self.window.window_ms,)
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        at = state[0] + self.window.window_ms
+        return at, at
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         if state and self.window.floor(ref_ms) <= state[0] <= ref_ms:

@@ -5,7 +5,6 @@ State: [start, last, events] of the current session, in event time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from operators.profile.model import Profile
@@ -42,8 +41,9 @@ class Session(Expiring):
     def prune(self, state: Any, ref_ms: int) -> Any:
         return None if state[1] + self.gap_ms <= ref_ms else state
 
-    def expiries(self, state: Any) -> Iterable[int]:
-        return (state[1] + self.gap_ms,)
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        at = state[1] + self.gap_ms
+        return at, at
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         active = state is not None and ref_ms - state[1] < self.gap_ms
