@@ -33,7 +33,9 @@ from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfi
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
 from operators.rules.loader import load_rules
-from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.state.keys import shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
 
 
 def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: int, sync: bool,
@@ -71,7 +73,7 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
                 work += time.perf_counter() - started
             started = time.perf_counter()
             for logic in logics:
-                if logic.shard is not None:
+                if logic.state is not None:
                     logic.snapshot()
             pause = time.perf_counter() - started
             pauses.append(pause)
@@ -80,8 +82,8 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
                   f"epoch-end pause {pause * 1000:.1f} ms", flush=True)
     finally:
         for logic in logics:
-            if logic._store is not None:
-                logic._store.close()
+            if logic.state is not None:
+                logic.state.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     kept = sorted(pauses[warmup:]) or sorted(pauses)
     return {"rate": rate, "epoch_seconds": epoch_seconds, "epochs": epochs, "customers": customers,

@@ -42,7 +42,7 @@ def _timed_snapshot(self: ShardLogic) -> ResumeState:
     started = time.time()
     t0 = time.perf_counter()
     state = _original_snapshot(self)
-    _timings.append((started, time.perf_counter() - t0, self.shard))
+    _timings.append((started, time.perf_counter() - t0, state["shard"]))
     return state
 
 

@@ -126,7 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
     from operators.state.manifest import verify_config
-    from operators.state.shard import read_profile
+    from operators.state.shard_state import read_profile
 
     config = load_config(args.config)
     verify_config(config)
@@ -146,8 +146,9 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
     from operators.rules.loader import load_rules
+    from operators.state.keys import shard_of, shard_path
     from operators.state.manifest import verify_config
-    from operators.state.shard import erase_customer, shard_of, shard_path
+    from operators.state.shard_state import erase_customer
     from operators.state.store import ShardStore, StateError
 
     config = load_config(args.config)
@@ -183,8 +184,8 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
+    from operators.state.keys import PROFILE_PREFIX, shard_path
     from operators.state.manifest import verify_config
-    from operators.state.shard import PROFILE_PREFIX, shard_path
     from operators.state.store import ShardStore, dir_bytes
 
     config = load_config(args.config)

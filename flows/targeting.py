@@ -31,8 +31,10 @@ from operators.io.parse import parse_message
 from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
 from operators.rules.loader import load_rules
 from operators.rules.model import RuleSet
+from operators.state.keys import shard_of
 from operators.state.manifest import StartPlan, check_start
-from operators.state.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, ShardItem, ShardOutput
 
 Routed = tuple[str, ShardItem]
 

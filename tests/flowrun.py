@@ -29,7 +29,7 @@ from confluent_kafka import Producer
 from flows.local_broker import free_port
 from operators.io.kafka import consume_all, ensure_topics
 from operators.profile.codec import stored_as_dict
-from operators.state.shard import PROFILE_PREFIX, shard_path
+from operators.state.keys import PROFILE_PREFIX, shard_path
 from operators.state.store import ShardStore
 
 REPO = Path(__file__).resolve().parent.parent

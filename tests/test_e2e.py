@@ -29,7 +29,7 @@ from operators.infra.config import Config
 from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
 from operators.io.kafka import consume_all, ensure_topics
 from operators.rules.arbitration import decision_id
-from operators.state.shard import read_profile
+from operators.state.shard_state import read_profile
 
 pytestmark = pytest.mark.broker
 

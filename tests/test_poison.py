@@ -25,8 +25,10 @@ from operators.profile.codec import encode_profile, profile_as_dict, stored_as_d
 from operators.profile.facts import ProfileEncodeError, apply_facts
 from operators.profile.model import new_profile
 from operators.records import DeadLetter, Event, SourcePosition
-from operators.state import shard as shard_module
-from operators.state.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
+from operators.state import shard_state as shard_module
+from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 
@@ -60,7 +62,7 @@ def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(t
     logic.snapshot()
     # An earlier event of this epoch, not yet written: the failed one must not undo it either.
     logic.on_batch([make_event("page_view", T0 + MIN, customer="c1", event_id="c1-2", page_type="home")])
-    before = copy.deepcopy(logic._live["c1"])
+    before = copy.deepcopy(logic.state._live["c1"])
     real = shard_module.on_event
 
     def breaks_on_boom(profile: dict[str, Any], event: Event, ruleset: Any) -> Any:
@@ -82,10 +84,10 @@ def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(t
     assert headers[REASON_HEADER] == b"processing_error" and headers[CLASS_HEADER] == b"KeyError"
     assert headers[STEP_HEADER] == b"engine.on_event"
     # The failed purchase left no trace; the events before and after it did.
-    profile = logic._live["c1"]
+    profile = logic.state._live["c1"]
     assert profile.facts.orders == 0 and "boom-3" not in profile.seen
     assert profile.facts.version == before.facts.version + 1 and "c1-4" in profile.seen
-    assert logic._live["c2"].facts.version == 2
+    assert logic.state._live["c2"].facts.version == 2
     logic.snapshot()
     assert stored(logic, "c1") == profile_as_dict(profile)
     logic.store.close()
@@ -174,7 +176,7 @@ def test_a_timer_that_raises_quarantines_instead_of_spinning(tmp_path: Path, mon
     assert out == []
     logic.snapshot()
     assert logic.store.get(profile_key("c1")) == QUARANTINED
-    assert [k for k, _ in logic.store.scan(shard_module.TIMER_PREFIX)] == []  # nothing left to fire
+    assert [k for k, _ in logic.store.scan(TIMER_PREFIX)] == []  # nothing left to fire
     out, _ = logic.on_notify()
     assert out == []
     logic.store.close()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
-from operators.state.shard import ShardContext, ShardLogic, profile_key, read_profile, timer_key
+from operators.state.keys import profile_key, timer_key
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 

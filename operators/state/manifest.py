@@ -278,7 +278,7 @@ def verify_config(config: Config) -> StateManifest | None:
 
 def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int, Path]) -> StateManifest:
     """State from before manifests: adopt it only if its shards hold customers this shard count places there."""
-    from operators.state.shard import PROFILE_PREFIX, shard_of
+    from operators.state.keys import PROFILE_PREFIX, shard_of
 
     shards = config.state.shards
     beyond = sorted(n for n in dirs if n >= shards)

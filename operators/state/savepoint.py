@@ -38,6 +38,7 @@ import orjson
 
 from operators.infra.config import Config
 from operators.profile.model import PROFILE_FORMAT
+from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of, shard_path
 from operators.state.manifest import (
     SHARD_HASH,
     STATE_FORMAT,
@@ -50,8 +51,7 @@ from operators.state.manifest import (
     write_manifest,
     write_marker,
 )
-from operators.state.shard import POSITIONS_KEY, customer_of_key, shard_of, shard_path
-from operators.state.store import ShardStore, StateError, dir_bytes
+from operators.state.store import KeyValueStore, ShardStore, StateError, dir_bytes
 
 MANIFEST = "savepoint.json"
 _STAGING = ".parts-"
@@ -132,7 +132,7 @@ def _empty_dest(dest: Path) -> None:
 # -- online ------------------------------------------------------------------------------------
 
 
-def write_shard_part(store: ShardStore, dest: Path, shard: int, seq: int, positions: dict[str, int],
+def write_shard_part(store: KeyValueStore, dest: Path, shard: int, seq: int, positions: dict[str, int],
                      token: str, lineage: str | None) -> None:
     """One shard's part of an online savepoint (called by the shard right after its checkpoint)."""
     staging = dest / f"{_STAGING}{token}"

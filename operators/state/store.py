@@ -38,7 +38,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Self, cast
+from typing import Protocol, Self, cast
 
 from rocksdict import (
     AccessType,
@@ -55,7 +55,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-__all__ = ["ShardStore", "StateError", "dir_bytes"]
+__all__ = ["KeyValueStore", "ShardStore", "StateError", "dir_bytes"]
 
 _DATA = b"d"
 _UNDO = b"u"
@@ -89,6 +89,38 @@ log = logging.getLogger(__name__)
 
 class StateError(RuntimeError):
     """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
+
+
+class KeyValueStore(Protocol):
+    """What a shard needs from its store: reads that see its own writes, writes that become durable
+    only at `checkpoint`, immediate erasure, and copies. `ShardStore` (RocksDB) is the one the flow uses."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def get_committed(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+    def checkpoint(self) -> int: ...
+
+    def erase(self, keys: Sequence[bytes]) -> None: ...
+
+    def purge(self) -> None: ...
+
+    def create_checkpoint(self, dest: str | os.PathLike[str]) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 @functools.cache
