@@ -149,7 +149,7 @@ def _fast_type(where: str, prop: dict[str, Any]) -> Any:
     unknown = set(prop) - _FAST_KEYWORDS
     if unknown:
         raise ValueError(f"{where}: keyword(s) {sorted(unknown)} have no fast-path translation "
-                         f"(operators/parse.py)")
+                         f"(operators/io/parse.py)")
     if "const" in prop or "enum" in prop:
         values = [prop["const"]] if "const" in prop else list(prop["enum"])
         if not values or any(type(v) is not str for v in values) or \
