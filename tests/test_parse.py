@@ -646,7 +646,7 @@ def test_a_pattern_dollar_means_end_of_string_as_in_the_slow_path():
 
 @pytest.mark.parametrize("prop", [{"type": "string", "format": "email"}, {"type": "object"},
                                   {"type": "number", "exclusiveMinimum": 0}, {"enum": [1, "a"]},
-                                  {"description": "no type"}])
+                                  {"description": "no type"}, {"type": "string", "default": ["x"]}])
 def test_a_schema_keyword_the_fast_path_cannot_honour_stops_the_import(prop):
     with pytest.raises(ValueError, match="x.json"):
         _fast_type("x.json: property 'p'", prop)

@@ -153,6 +153,8 @@ def _fast_type(where: str, prop: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"{where}: keyword(s) {sorted(unknown)} have no fast-path translation "
                          f"(operators/io/parse.py)")
+    if type(prop.get("default", "")) not in (str, int, float, bool):  # one object serves every event
+        raise ValueError(f"{where}: only a string, number or boolean default is translated")
     if "const" in prop or "enum" in prop:
         values = [prop["const"]] if "const" in prop else list(prop["enum"])
         if not values or any(type(v) is not str for v in values) or \
@@ -235,7 +237,7 @@ class _TypeSpec:
                                    if schema["properties"][a].get("type") == "integer")
         # The fast path: the Struct, and where each field it reads sits in `astuple(struct)`.
         self.struct = _fast_struct(event_type, schema)
-        slot = {name: i for i, name in enumerate(n for n in schema["properties"] if n != "type")}
+        slot = {name: i for i, name in enumerate(self.struct.__struct_encode_fields__)}
         self.fields = len(slot)
         self.eid_slot, self.ts_slot = slot["event_id"], slot["ts"]
         self.cid_slot, self.idt_slot = slot["customer_id"], slot["id_type"]
