@@ -63,6 +63,9 @@ class DeadLetter:
     # processing_error only: the Python exception class and the step that raised it.
     exception_class: str | None = None
     step: str | None = None
+    # Measured quantities that depend on when the message was read (how far `ts` was off the clock),
+    # as (header name, value): extra headers, so that `message` stays the same on every replay.
+    measured: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

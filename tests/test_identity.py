@@ -6,7 +6,13 @@ import hmac
 
 import pytest
 
-from operators.identity.pseudonyms import CHANNEL_DEFAULT_ID_TYPE, pseudonymize, resolve_identifier
+from operators.identity.pseudonyms import (
+    CHANNEL_DEFAULT_ID_TYPE,
+    KEY_CACHE_SIZE,
+    pseudonymize,
+    pseudonymize_cached,
+    resolve_identifier,
+)
 
 SECRET = b"test-secret"
 
@@ -42,8 +48,8 @@ def test_customer_id_wins_over_key_and_id_type():
     assert resolve_identifier(payload, b"a@example.com", "web") == ("customer", "C-42")
 
 
-@pytest.mark.parametrize("customer_id", ["", None, 42, ["C-42"]])
-def test_empty_or_non_string_customer_id_falls_back_to_key(customer_id):
+@pytest.mark.parametrize("customer_id", ["", " ", "\t\n", "\u3000", None, 42, ["C-42"]])
+def test_blank_or_non_string_customer_id_falls_back_to_key(customer_id):
     assert resolve_identifier({"customer_id": customer_id}, b"ck-1", "web") == ("cookie", "ck-1")
 
 
@@ -61,10 +67,25 @@ def test_channel_defaults():
                                       "store": "customer", "call_center": "customer"}
 
 
-@pytest.mark.parametrize("key", [None, b"", b"\xff\xfe"])
+@pytest.mark.parametrize("key", [None, b"", b"\xff\xfe", b" ", b"\t\r\n", "\u00a0".encode()])
 def test_no_identifier(key):
     assert resolve_identifier({}, key, "web") is None
     assert resolve_identifier({"customer_id": ""}, key, "web") is None
+    assert resolve_identifier({"customer_id": "  "}, key, "web") is None
+
+
+def test_identifiers_are_not_trimmed():
+    assert resolve_identifier({"customer_id": " C-42 "}, None, "web") == ("customer", " C-42 ")
+    assert resolve_identifier({}, b" ck-1", "web") == ("cookie", " ck-1")
+
+
+def test_the_cached_key_is_the_key_under_each_secret():
+    pseudonymize_cached.cache_clear()
+    for _ in range(2):
+        for secret in (SECRET, b"other"):
+            assert pseudonymize_cached("email", "a@b.example", secret) == pseudonymize("email", "a@b.example", secret)
+    info = pseudonymize_cached.cache_info()
+    assert (info.hits, info.misses, info.maxsize) == (2, 2, KEY_CACHE_SIZE)
 
 
 def test_invalid_id_type_or_unknown_channel_gives_none_not_a_guess():

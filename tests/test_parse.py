@@ -1,4 +1,9 @@
-"""parse_message: valid events of every type, every dead-letter reason, and that it never raises."""
+"""parse_message: valid events of every type, every dead-letter reason, and that it never raises.
+
+Also: the fast path (msgspec) and the slow path (orjson + fastjsonschema) give the same result for
+valid, near-valid, arbitrary and hostile messages; duplicated keys, blank identifiers, and dead-letter
+messages that do not depend on the clock.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,18 @@ from hypothesis import strategies as st
 from operators.channels import EVENT_CHANNELS
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import ParseConfig
-from operators.io.deadletter import REASONS, dead_letter_headers
-from operators.io.parse import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, load_schema, parse_message
+from operators.io.deadletter import REASONS, TS_SKEW_HEADER, dead_letter_headers
+from operators.io.jsonkeys import duplicate_key
+from operators.io.parse import (
+    ATTRS_KEYWORD,
+    SCHEMA_DIR,
+    SPECS,
+    _fast_type,
+    _parse_fast,
+    load_schema,
+    parse_message,
+    parse_message_slow,
+)
 from operators.records import DeadLetter, Event, SourcePosition
 
 SECRET = b"test-secret"
@@ -351,8 +366,11 @@ def test_arbitrary_bytes_never_raise(key, value):
     _check_result(parse(value, key=key))
 
 
+NON_BLANK_KEYS = st.text(min_size=1, max_size=16).filter(lambda k: not k.isspace())
+
+
 @settings(max_examples=200, deadline=None)
-@given(event=valid_events(), raw_key=st.text(min_size=1, max_size=16))
+@given(event=valid_events(), raw_key=NON_BLANK_KEYS)
 def test_valid_events_round_trip(event, raw_key):
     body, expected, ts_ms = event
     result = parse(body, key=raw_key.encode())
@@ -411,3 +429,358 @@ def test_pathological_inputs_never_raise():
                   b'{"type":{"x":1}}', b'{"type":"consent","event_id":"e","ts":"9999-12-31T23:59:60+23:59"}',
                   bytearray(b'{"type": "page_view"}'), memoryview(b"{}")]:
         _check_result(parse(value))
+
+
+# --- the fast path and the slow path agree ----------------------------------------------------------
+
+CONFIGS = [CFG, ParseConfig(max_age_ms=0), ParseConfig(max_amount=250.5)]
+
+
+def _event_view(event: Event) -> tuple[Any, ...]:
+    """Everything an Event carries, with exact types: 2 and 2.0, or 0.0 and -0.0, differ here."""
+    return (event.event_id, event.type, type(event.ts), event.ts, event.customer, event.channel,
+            [(k, type(v).__name__, repr(v)) for k, v in event.attrs.items()], event.source, event.raw)
+
+
+def _dead_letter_view(dl: DeadLetter) -> tuple[Any, ...]:
+    return (dl.reason, dl.message, dl.measured, dl.key, dl.value, dl.headers, dl.source)
+
+
+def assert_paths_agree(value: Any, key: bytes | None = KEY, headers: Any = HEADERS,
+                       config: ParseConfig = CFG, now: int = NOW) -> Event | DeadLetter:
+    """The fast path accepts only what the slow path accepts, as the same Event; parse_message is
+    the slow path's result in every case. Returns that result."""
+    slow = parse_message_slow(key, value, headers, SRC, secret=SECRET, now_ms=now, config=config)
+    fast = _parse_fast(key, value, headers, SRC, SECRET, now, config)  # raises on a fast-path bug
+    full = parse_message(key, value, headers, SRC, secret=SECRET, now_ms=now, config=config)
+    if fast is not None:
+        assert isinstance(slow, Event), (value, slow)
+        assert _event_view(fast) == _event_view(slow)
+        assert fast == slow
+    if isinstance(slow, Event):
+        assert isinstance(full, Event) and _event_view(full) == _event_view(slow)
+    else:
+        assert isinstance(full, DeadLetter) and _dead_letter_view(full) == _dead_letter_view(slow)
+    return slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=valid_events(), raw_key=NON_BLANK_KEYS, config=st.sampled_from(CONFIGS),
+       indent=st.booleans())
+def test_fast_path_takes_every_valid_event_and_builds_the_slow_paths_event(event, raw_key, config, indent):
+    body, _, _ = event
+    value = orjson.dumps(body, option=orjson.OPT_INDENT_2 if indent else 0)
+    result = assert_paths_agree(value, key=raw_key.encode(), config=config)
+    if isinstance(result, Event):  # (an amount above max_amount is refused by both)
+        assert _parse_fast(raw_key.encode(), value, HEADERS, SRC, SECRET, NOW, config) is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=mutated_messages(), key=st.none() | st.binary(max_size=12), config=st.sampled_from(CONFIGS))
+def test_paths_agree_on_near_valid_messages(value, key, config):
+    assert_paths_agree(value, key=key, config=config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.none() | st.binary(max_size=20), value=st.none() | st.binary(max_size=300))
+def test_paths_agree_on_arbitrary_bytes(key, value):
+    assert_paths_agree(value, key=key)
+
+
+# Raw JSON the fast path's decoder reads differently from orjson, or only skims (in fields no schema
+# names): number ranges, UTF-8, escapes, nesting, duplicates, integral floats.
+HOSTILE_VALUES = [
+    b"1e400", b"-1e400", b"1" * 400, b"1e-400", b"9223372036854775807", b"9223372036854775808",
+    b"18446744073709551616", b"-9223372036854775809", b"2.0", b"1E2", b"-0", b"-0.0", b"1.5",
+    b'"\xff"', b'"\xed\xa0\x80"', b'"\xc0\x80"', b'"\xf4\x90\x80\x80"', b'"\xf0\x90\x80\x80"',
+    b'"caf\xc3\xa9"', b'"\\ud800"', b'"\\udc00"', b'"\\ud800\\udc00"', b'"\\u003a"', b'"\\u003A:"',
+    b'"a:b"', b'"\\\\u003a"', b'"\x01"', b'"\\u0000"', b'" "', b'"\\t"', b'"\\u3000"', b"NaN", b"tru",
+    b"null", b"true", b"{}", b"[]", b'{"a":1,"a":2}', b'[{"k":1},{"k":1,"k":1}]', b'{"a":{"b":[{"c":":"}]}}',
+    b"[" * 600 + b"]" * 600, b"[" * 1100 + b"]" * 1100, b'"EUR"', b'"EURO"', b'"eur\\n"', b'"email"',
+    b'"page_view"', b'"2026-11-18T11:05:40Z"', b'"2026-11-18T11:05:40\\u003a00Z"', b"1795000000000",
+    b"250", b"250.5", b"250.6", b"251", b"1000000000", b"1000000001", b"0", b"-1",
+]
+HOSTILE_KEYS = [
+    b'"x"', b'"x:y"', b'"type"', b'"\\u0074ype"', b'"event_id"', b'"ts"', b'"amount"', b'"quantity"',
+    b'"items"', b'"currency"', b'"customer_id"', b'"id_type"', b'"email"', b'"purpose"', b'"granted"',
+    b'"\xff"', b'"\\ud800"', b'""',
+]
+
+
+@st.composite
+def hostile_messages(draw: st.DrawFn) -> bytes:
+    body, _, _ = draw(valid_events())
+    raw = orjson.dumps(body)
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        member = draw(st.sampled_from(HOSTILE_KEYS)) + draw(st.sampled_from([b":", b" : ", b":\n"])) \
+            + draw(st.sampled_from(HOSTILE_VALUES))
+        if draw(st.booleans()):
+            raw = raw[:-1] + b"," + member + b"}"
+        else:
+            raw = b"{" + member + b"," + raw[1:]
+    return raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(value=hostile_messages(), key=st.sampled_from([KEY, b"", b" ", None]), config=st.sampled_from(CONFIGS))
+def test_paths_agree_on_hostile_json(value, key, config):
+    assert_paths_agree(value, key=key, config=config)
+
+
+@pytest.mark.parametrize(("name", "case_key", "value", "reason"), BAD, ids=[c[0] for c in BAD])
+def test_paths_agree_on_every_dead_letter_case(name, case_key, value, reason):
+    assert assert_paths_agree(value, key=case_key).reason == reason  # type: ignore[union-attr]
+
+
+def test_paths_agree_on_edge_cases():
+    edge: list[tuple[bytes, bytes | None]] = [
+        (orjson.dumps(payload("add_to_cart", quantity=2.0)), KEY),  # integral float: slow path's job
+        (orjson.dumps(payload(amount=250.5)), KEY),
+        (orjson.dumps(payload("consent", purpose="analytics")), KEY),
+        (orjson.dumps(payload(ts="2026-11-18T11:05:40.5+00:00", note="a:b")), KEY),
+        (orjson.dumps(payload(customer_id="C:1")), None),
+        (b'{"type":"page_view","event_id":"e","ts":1794999990000,"page_type":"\\u003a","x":1}', KEY),
+        (b'{"type":"page_view","event_id":"e","ts":"2026-11-18T11:05:40\\u003a00Z","x":1}', KEY),
+        (orjson.dumps(payload(ts=NOW + CFG.max_future_skew_ms)), KEY),
+        (orjson.dumps(payload(ts=NOW - CFG.max_age_ms)), KEY),
+        (orjson.dumps(payload(ts=NOW - CFG.max_age_ms - 1)), KEY),
+        # integers orjson reads as floats (beyond int64 / uint64): the fast path leaves them alone
+        (b'{"type":"page_view","event_id":"e","ts":-9223372036854775809}', KEY),
+        (b'{"type":"page_view","event_id":"e","ts":-18446744073709551617}', KEY),
+        (b'{"type":"purchase","event_id":"e","ts":1794999990000,"amount":100000000000000000000}', KEY),
+        (b'{"type":"purchase","event_id":"e","ts":1794999990000,"amount":9223372036854775808}', KEY),
+    ]
+    for value, key in edge:
+        for config in [*CONFIGS, ParseConfig(max_age_ms=0, max_amount=1e30)]:
+            assert_paths_agree(value, key=key, config=config)
+    assert _parse_fast(KEY, orjson.dumps(payload("add_to_cart", quantity=2.0)), None, SRC, SECRET, NOW,
+                       CFG) is None
+    assert expect_event(payload("add_to_cart", quantity=2.0)).attrs["quantity"] == 2
+
+
+def test_fast_path_events_are_real_events():
+    value = orjson.dumps(payload("consent", channel="email", granted=True))
+    event = _parse_fast(KEY, value, HEADERS, SRC, SECRET, NOW, CFG)
+    assert isinstance(event, Event) and event.attrs["purpose"] == "marketing"
+    assert event.raw == (KEY, value, tuple(HEADERS))
+    with pytest.raises(AttributeError):
+        event.ts = 0  # type: ignore[misc]
+    assert "raw=" not in repr(event) and event == Event(**{n: getattr(event, n) for n in Event.__slots__})
+
+
+def test_the_event_builder_follows_the_record_it_builds():
+    import dataclasses
+
+    from operators.io.parse import _event_builder
+
+    args = ("e", "page_view", 1, "k", "web", {"a": 1}, SRC, (KEY, b"{}", ()))
+    kw = dict(zip(("event_id", "type", "ts", "customer", "channel", "attrs", "source", "raw"), args))
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Reordered:  # the same fields in another order, one more with a default
+        ts: int
+        event_id: str
+        type: str
+        channel: str
+        customer: str
+        attrs: dict[str, Any]
+        source: Any
+        raw: Any
+        extra: int = 7
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Checked:  # the same fields, and a check the builder must not skip
+        event_id: str
+        type: str
+        ts: int
+        customer: str
+        channel: str
+        attrs: dict[str, Any]
+        source: Any
+        raw: Any
+
+        def __post_init__(self) -> None:
+            if self.ts < 0:
+                raise ValueError("ts")
+
+    for cls in (Event, Reordered, Checked):
+        built = _event_builder(cls)(*args)
+        assert built == cls(**kw) and built.raw == kw["raw"], cls
+    with pytest.raises(ValueError):
+        _event_builder(Checked)(*args[:2], -1, *args[3:])
+
+
+def test_max_amount_bounds_both_paths():
+    tight = ParseConfig(max_amount=100.0)
+    assert isinstance(_parse_fast(KEY, orjson.dumps(payload(amount=100)), None, SRC, SECRET, NOW, tight), Event)
+    for amount in (100.01, 101, 1e9):
+        result = assert_paths_agree(orjson.dumps(payload(amount=amount)), config=tight)
+        assert isinstance(result, DeadLetter) and result.reason == "schema_violation"
+    assert isinstance(assert_paths_agree(orjson.dumps(payload(amount=1e9))), Event)
+
+
+def test_the_fast_structs_mirror_the_schemas():
+    import msgspec
+
+    for event_type, spec in SPECS.items():
+        schema = load_schema(event_type)
+        fields = {f.encode_name: f for f in msgspec.structs.fields(spec.struct)}
+        assert set(fields) == set(schema["properties"]) - {"type"}
+        assert {n for n, f in fields.items() if f.required} == set(schema["required"]) - {"type"}
+        assert spec.struct.__struct_config__.tag == event_type
+
+
+def test_a_pattern_dollar_means_end_of_string_as_in_the_slow_path():
+    import fastjsonschema
+    import msgspec
+
+    prop = {"type": "string", "pattern": "^[a-z]{2}$"}
+    fast = _fast_type("x.json: property 'p'", prop)
+    slow = fastjsonschema.compile(prop)
+    assert msgspec.convert("ab", fast) == slow("ab") == "ab"
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert("ab\n", fast)
+    with pytest.raises(fastjsonschema.JsonSchemaValueException):
+        slow("ab\n")
+
+
+@pytest.mark.parametrize("prop", [{"type": "string", "format": "email"}, {"type": "object"},
+                                  {"type": "number", "exclusiveMinimum": 0}, {"enum": [1, "a"]},
+                                  {"description": "no type"}, {"type": "string", "default": ["x"]}])
+def test_a_schema_keyword_the_fast_path_cannot_honour_stops_the_import(prop):
+    with pytest.raises(ValueError, match="x.json"):
+        _fast_type("x.json: property 'p'", prop)
+
+
+# --- duplicated keys ---------------------------------------------------------------------------------
+
+def _reason_and_message(value: bytes, key: bytes | None = KEY) -> tuple[str, str]:
+    result = assert_paths_agree(value, key=key)
+    assert isinstance(result, DeadLetter), value
+    return result.reason, result.message
+
+
+def test_a_duplicated_type_is_invalid_json_naming_the_key_not_the_values():
+    for value in [b'{"type":"teleport","type":"page_view","event_id":"e","ts":1794999990000}',
+                  b'{"type":"page_view","event_id":"e","ts":1794999990000,"type":"page_view"}',
+                  b'{"type":"page_view","event_id":"e","ts":1794999990000,"\\u0074ype":"page_view"}']:
+        reason, message = _reason_and_message(value)
+        assert reason == "invalid_json"
+        assert message == ("message value has key 'type' more than once in the top-level object "
+                           "(a duplicated key is ambiguous JSON)")
+        assert "teleport" not in message and "page_view" not in message
+
+
+def test_duplicates_are_refused_at_any_depth_and_unknown_key_names_are_withheld():
+    base = orjson.dumps(payload())[:-1]
+    reason, message = _reason_and_message(base + b',"extra":{"a":1,"b":[{"z":1,"' + PLANTED.encode()
+                                          + b'":2,"' + PLANTED.encode() + b'":3}]}}')
+    assert reason == "invalid_json" and PLANTED not in message
+    assert "a key that is not a schema field more than once in an object nested 3 level(s) deep" in message
+    reason, message = _reason_and_message(base + b',"' + PLANTED.encode() + b'":1,"' + PLANTED.encode() + b'":1}')
+    assert reason == "invalid_json" and PLANTED not in message and "top-level" in message
+    assert _reason_and_message(b'[{"a":1,"a":1}]')[0] == "invalid_json"  # before not_an_object
+    # the same key in two different objects is no duplicate
+    assert isinstance(assert_paths_agree(base + b',"x":{"amount":1},"y":[{"amount":2},{"amount":3}]}'), Event)
+
+
+def test_escaped_colons_do_not_hide_a_duplicate():
+    # Each `\u003a` decodes to a colon the text does not have, which could balance a duplicate's
+    # extra key in the colon count; texts with such an escape are always scanned.
+    value = (b'{"type":"page_view","event_id":"e","ts":1794999990000,"page_type":"\\u003a",'
+             b'"category":"x","category":"y"}')
+    assert _reason_and_message(value)[0] == "invalid_json"
+    value = (b'{"type":"page_view","event_id":"e","ts":"2026-11-18T11\\u003a05:40Z",'
+             b'"category":"x","category":"y"}')
+    assert _reason_and_message(value)[0] == "invalid_json"
+    assert isinstance(assert_paths_agree(value.replace(b',"category":"y"', b"")), Event)
+
+
+@st.composite
+def json_with_known_duplicates(draw: st.DrawFn, depth: int = 0) -> tuple[str, bool]:
+    """(JSON text, whether some object in it has a key twice), written by hand so keys can repeat."""
+    keys = st.sampled_from(["a", "b", "a:b", ":", "\\u0061", "\\u003a", "\\\"", "k\\u003ab"])
+    scalars = st.sampled_from(['1', '"x"', '":"', '"\\u003a"', '"a:b:c"', 'null', '"\\\\u003a"', '2.5'])
+    if depth >= 3 or draw(st.booleans()):
+        return draw(scalars), False
+    if draw(st.booleans()):
+        items = [draw(json_with_known_duplicates(depth + 1)) for _ in range(draw(st.integers(0, 3)))]
+        return "[" + ",".join(t for t, _ in items) + "]", any(d for _, d in items)
+    members = [(draw(keys), draw(json_with_known_duplicates(depth + 1))) for _ in range(draw(st.integers(0, 4)))]
+    decoded = [json.loads(f'"{k}"') for k, _ in members]
+    dup = len(set(decoded)) != len(decoded) or any(d for _, (_, d) in members)
+    sep = draw(st.sampled_from([":", " : "]))
+    return "{" + ",".join(f'"{k}"{sep}{t}' for k, (t, _) in members) + "}", dup
+
+
+@settings(max_examples=500, deadline=None)
+@given(case=json_with_known_duplicates())
+def test_duplicate_key_finds_exactly_the_texts_with_a_duplicate(case):
+    text, has_duplicate = case
+    raw = text.encode()
+    assert (duplicate_key(raw, orjson.loads(raw)) is not None) is has_duplicate, text
+
+
+# --- blank identifiers -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("blank", [" ", "   ", "\t", "\n", " \r\n ", "\u3000", "\u00a0"])
+def test_a_blank_customer_id_names_nobody(blank):
+    # With a usable Kafka key the key is the identifier, as with an empty customer_id ...
+    event = assert_paths_agree(orjson.dumps(payload(customer_id=blank)))
+    assert isinstance(event, Event) and event.customer == pseudonymize("cookie", KEY.decode(), SECRET)
+    # ... and without one the event names nobody.
+    for key in (None, b"", blank.encode()):
+        result = assert_paths_agree(orjson.dumps(payload(customer_id=blank)), key=key)
+        assert isinstance(result, DeadLetter) and result.reason == "missing_identifier"
+        assert result.message == ("no identifier: neither a non-blank 'customer_id' in the payload nor "
+                                  "a non-blank UTF-8 Kafka key")
+
+
+def test_identifiers_are_used_as_sent_otherwise():
+    event = assert_paths_agree(orjson.dumps(payload(customer_id=" CUST-1 ")))
+    assert isinstance(event, Event) and event.customer == pseudonymize("customer", " CUST-1 ", SECRET)
+    event = assert_paths_agree(orjson.dumps(payload()), key=b" ck-1")
+    assert isinstance(event, Event) and event.customer == pseudonymize("cookie", " ck-1", SECRET)
+
+
+# --- dead-letter messages do not depend on the clock -------------------------------------------------
+
+@pytest.mark.parametrize(("ts", "reason"), [(NOW + 3_600_000, "ts_in_future"), (NOW - 40 * 86_400_000, "ts_too_old"),
+                                            (NOW // 1000 - 60, "ts_too_old")])
+def test_a_replayed_dead_letter_has_the_same_message(ts, reason):
+    value = orjson.dumps(payload(ts=ts))
+    read: list[DeadLetter] = []
+    for now in (NOW, NOW + 1, NOW + 7 * 60_000):
+        result = assert_paths_agree(value, now=now)
+        assert isinstance(result, DeadLetter) and result.reason == reason
+        assert result.measured == ((TS_SKEW_HEADER, str(ts - now)),)
+        read.append(result)
+    messages = {dict(dead_letter_headers(dl))["__connect.errors.exception.message"] for dl in read}
+    assert len(messages) == 1, messages
+    assert {dict(dead_letter_headers(dl))[TS_SKEW_HEADER] for dl in read} == {
+        str(ts - now).encode() for now in (NOW, NOW + 1, NOW + 7 * 60_000)}
+
+
+def test_the_ts_messages_state_the_rule():
+    future = parse(payload(ts=NOW + 3_600_000))
+    assert isinstance(future, DeadLetter)
+    assert future.message == ("field 'ts' is ahead of the clock by more than the limit of 300000 ms "
+                              "(parse.max_future_skew_ms)")
+    old = parse(payload(ts=NOW // 1000))
+    assert isinstance(old, DeadLetter)
+    assert old.message == ("field 'ts' is older than the limit of 2592000000 ms (parse.max_age_ms) "
+                           "(was it seconds? a 10-digit ts reads as epoch seconds)")
+    headers = dead_letter_headers(old)
+    assert headers[-1] == (TS_SKEW_HEADER, str(NOW // 1000 - NOW).encode())
+    assert [name for name, _ in headers].count(TS_SKEW_HEADER) == 1
+    assert TS_SKEW_HEADER not in dict(dead_letter_headers(parse(payload(amount=-1))))  # type: ignore[arg-type]
+
+
+# --- the benchmark harness runs ----------------------------------------------------------------------
+
+def test_bench_parse_smoke(capsys):
+    from bench.parse import main
+
+    main(["--events", "300", "--customers", "30", "--rounds", "1", "--batch", "100"])
+    out = capsys.readouterr().out
+    assert "slow / fast" in out and "x ref" in out

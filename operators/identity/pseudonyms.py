@@ -52,25 +52,45 @@ def pseudonymize(id_type: str, raw_id: str, secret: bytes) -> str:
     return outer.hexdigest()[:KEY_HEX_CHARS]
 
 
+# Raw identifier -> key, for the identifiers seen last. A hit costs ~0.1 us instead of ~1 us for
+# the HMAC. The secret is part of the cache key, so a cached key never outlives a secret change.
+# Memory only (about 20 MB when full); it holds raw identifiers just as the parser's input does.
+KEY_CACHE_SIZE = 65536
+
+
+@lru_cache(maxsize=KEY_CACHE_SIZE)
+def pseudonymize_cached(id_type: str, raw_id: str, secret: bytes) -> str:
+    """`pseudonymize` through a bounded LRU cache of the last `KEY_CACHE_SIZE` identifiers."""
+    return pseudonymize(id_type, raw_id, secret)
+
+
 def resolve_identifier(payload: dict[str, Any], kafka_key: bytes | None,
                        channel: str) -> tuple[str, str] | None:
     """The (id_type, raw_id) an event is about, or None if it names nobody.
 
-    A non-empty string `customer_id` in the payload wins, as ("customer", id). Otherwise the Kafka
-    key (strict UTF-8, non-empty) with the payload's `id_type`, or the channel's default id type when
+    A non-blank string `customer_id` in the payload wins, as ("customer", id). Otherwise the Kafka
+    key (strict UTF-8, non-blank) with the payload's `id_type`, or the channel's default id type when
     `id_type` is absent. A key that is not UTF-8, an `id_type` outside `ID_TYPES` or a channel with no
     default gives None rather than a guess (the parser's schema refuses a bad `id_type` earlier).
+    Blank means empty or only whitespace: such an id names nobody (it would put every producer's
+    blank ids on one profile). Identifiers are otherwise used as sent, never trimmed.
     """
-    customer_id = payload.get("customer_id")
-    if type(customer_id) is str and customer_id:
+    return identifier_of(payload.get("customer_id"), payload.get("id_type"), kafka_key, channel)
+
+
+def identifier_of(customer_id: Any, id_type: Any, kafka_key: bytes | None,
+                  channel: str) -> tuple[str, str] | None:
+    """`resolve_identifier` from the two payload fields it reads (None when a field is absent)."""
+    if type(customer_id) is str and customer_id and not customer_id.isspace():
         return ("customer", customer_id)
     if not kafka_key:
         return None
     try:
-        raw_id = bytes(kafka_key).decode("utf-8")
+        raw_id = (kafka_key if type(kafka_key) is bytes else bytes(kafka_key)).decode("utf-8")
     except (UnicodeDecodeError, TypeError, ValueError):
         return None
-    id_type = payload.get("id_type")
+    if raw_id.isspace():
+        return None
     if id_type is None:
         id_type = CHANNEL_DEFAULT_ID_TYPE.get(channel)
         if id_type is None:

@@ -3,7 +3,9 @@
 A refused message is re-published byte for byte (key, value, headers) to the dead-letter topic with
 the headers Kafka Connect's DLQ uses, so existing tooling can show where it came from and why:
 `__connect.errors.topic/partition/offset`, `__connect.errors.exception.class.name` (one stable class
-name per reason), `__connect.errors.exception.message`, plus `nextclick.errors.reason`.
+name per reason), `__connect.errors.exception.message`, plus `nextclick.errors.reason`. The message
+depends only on the message and the configuration, never on the clock: measured quantities such as
+`nextclick.errors.ts_skew_ms` go in headers of their own.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ MESSAGE_HEADER = "__connect.errors.exception.message"
 REASON_HEADER = "nextclick.errors.reason"
 REDACTED_HEADER = "nextclick.errors.redacted"
 STEP_HEADER = "nextclick.errors.step"
+# ts_in_future / ts_too_old: event time minus the clock when the message was read, in ms (signed).
+TS_SKEW_HEADER = "nextclick.errors.ts_skew_ms"
 REDACTED = "[redacted]"
 
 
@@ -62,6 +66,7 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     ]
     if dl.step is not None:
         headers.append((STEP_HEADER, dl.step.encode("utf-8", "replace")))
+    headers.extend((name, value.encode("utf-8", "replace")) for name, value in dl.measured)
     return headers
 
 
