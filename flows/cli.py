@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
+    from operators.infra.runtime import tune_gc
     from operators.io.kafka import redacted, wait_for_broker
     from operators.rules.loader import load_rules
     from operators.state.manifest import check_start
@@ -73,7 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
-    return runner.run(config, build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop),
+    flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
+    tune_gc()
+    return runner.run(config, flow,
                       workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
 
 

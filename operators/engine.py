@@ -69,22 +69,26 @@ def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
     profile.prune_at, profile.expire_at = low, high
 
 
-def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
+def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | None = None) -> Outcome:
     """Apply one event: absences it completes are decided first, then the event itself.
 
     A duplicate `event_id` (within the dedupe horizon) changes nothing. A late event (older than the
     customer's newest event minus the allowed lateness) still counts in the durable facts but, under
     the "drop" policy, neither enters transient signals nor triggers rules: its moment has passed.
+    What comes out is added to `out` (a new Outcome when none is given).
     """
-    out = Outcome()
+    if out is None:
+        out = Outcome()
     if event.event_id in profile.seen:
-        out.duplicate = True
+        out.duplicates += 1
         return out
     late = ruleset.late
     lateness = late.allowed_lateness_ms
     ts = event.ts
     newest = profile.facts.last_seen
-    is_late = out.late = newest is not None and ts < newest - lateness
+    is_late = newest is not None and ts < newest - lateness
+    if is_late:
+        out.lates += 1
     if not is_late:
         if ruleset.firing:
             fire_absences(profile, ruleset, ts - lateness, out)
@@ -105,9 +109,10 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
     return out
 
 
-def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int) -> Outcome:
+def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | None = None) -> Outcome:
     """Wall-clock turn: fire absences and drop expired state once the allowed lateness has passed."""
-    out = Outcome()
+    if out is None:
+        out = Outcome()
     until = now_ms - ruleset.late.allowed_lateness_ms
     fire_absences(profile, ruleset, until, out)
     prune(profile, ruleset, until)

@@ -22,7 +22,6 @@ import itertools
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,24 +320,25 @@ class ShardState:
     # -- applying -------------------------------------------------------------------------------
 
     @staticmethod
-    def _account(outcomes: Iterable[Outcome], out: list[ShardOutput]) -> None:
-        blocked: Counter[tuple[str, str]] = Counter()
-        duplicates = late = absences = 0
-        for o in outcomes:
-            out.extend(o.decisions)
-            for b in o.blocked:
-                blocked[(b.rule_id, b.reason)] += 1
-            duplicates += o.duplicate
-            late += o.late
-            absences += o.absences
-        for (rule, reason), n in blocked.items():
-            metrics.BLOCKED.labels(rule, reason).inc(n)
-        if duplicates:
-            metrics.DUPLICATES.inc(duplicates)
-        if late:
-            metrics.LATE.inc(late)
-        if absences:
-            metrics.ABSENCES.inc(absences)
+    def _account(outcome: Outcome, out: list[ShardOutput]) -> None:
+        out.extend(outcome.decisions)
+        if outcome.blocked:
+            blocked: Counter[tuple[str, str]] = Counter((b.rule_id, b.reason) for b in outcome.blocked)
+            for (rule, reason), n in blocked.items():
+                metrics.BLOCKED.labels(rule, reason).inc(n)
+        if outcome.duplicates:
+            metrics.DUPLICATES.inc(outcome.duplicates)
+        if outcome.lates:
+            metrics.LATE.inc(outcome.lates)
+        if outcome.absences:
+            metrics.ABSENCES.inc(outcome.absences)
+
+    @staticmethod
+    def _undo_outcome(outcome: Outcome, decisions: int, blocked: int, absences: int) -> None:
+        """Forget what a failed turn added to the batch's outcome (it is as if it never ran)."""
+        del outcome.decisions[decisions:]
+        del outcome.blocked[blocked:]
+        outcome.absences = absences
 
     def _apply_events(self, events: list[Event], out: list[ShardOutput]) -> None:
         profiles, created, _ = self._profiles(list(dict.fromkeys(e.customer for e in events)))
@@ -349,7 +349,7 @@ class ShardState:
         self._dirty_limit = max(_DIRTY_LIMIT, _BACKLOG_DIRTY_FACTOR * len(profiles))
         self._changing(profiles)
         ruleset, applied = self.ctx.ruleset, self._applied
-        outcomes: list[Outcome] = []
+        outcome = Outcome()  # one for the whole batch: one allocation, not one per event
         types: Counter[str] = Counter()
         for event in events:
             customer = event.customer
@@ -358,11 +358,13 @@ class ShardState:
                 out.append(processing_error(event, "quarantined_profile", _Quarantined()))
                 metrics.PROCESSING_ERRORS.labels("quarantined_profile", "Quarantined").inc()
                 continue
+            duplicates, marks = outcome.duplicates, (len(outcome.decisions), len(outcome.blocked), outcome.absences)
             try:
                 if failpoints.FAIL_CUSTOMERS and customer in failpoints.FAIL_CUSTOMERS:
                     raise failpoints.InjectedFailure("failpoint")
-                outcome = on_event(profile, event, ruleset)
+                on_event(profile, event, ruleset, outcome)
             except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's dead letter
+                self._undo_outcome(outcome, *marks)
                 out.append(processing_error(event, "engine.on_event", exc))
                 metrics.PROCESSING_ERRORS.labels("engine.on_event", type(exc).__name__).inc()
                 log.warning("event not applied", extra={"shard": self.shard, "customer": customer,
@@ -370,8 +372,7 @@ class ShardState:
                 self._restore_after_failure(customer, profiles)
                 continue
             applied.setdefault(customer, []).append(event)
-            outcomes.append(outcome)
-            if not outcome.duplicate:
+            if outcome.duplicates == duplicates:
                 types[event.type] += 1
         for customer in [c for c in profiles if c not in applied]:
             # Every event of theirs failed since the profile was last written: it is as stored (a new
@@ -382,7 +383,7 @@ class ShardState:
                 del profiles[customer]
                 self._live.pop(customer, None)
         self._changed({c: p for c, p in profiles.items() if c in self._live})
-        self._account(outcomes, out)
+        self._account(outcome, out)
         for event_type, n in types.items():
             metrics.EVENTS.labels(event_type).inc(n)
 
@@ -436,11 +437,13 @@ class ShardState:
                     del profiles[customer]
                     del self._live[customer]
             self._changing(profiles)
-            outcomes: list[Outcome] = []
+            outcome = Outcome()
             for customer, profile in list(profiles.items()):
+                marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
                 try:
-                    outcomes.append(on_timers(profile, ruleset, now))
+                    on_timers(profile, ruleset, now, outcome)
                 except Exception as exc:  # noqa: BLE001 - a timer that keeps failing would spin: set it aside
+                    self._undo_outcome(outcome, *marks)
                     metrics.PROCESSING_ERRORS.labels("engine.on_timers", type(exc).__name__).inc()
                     del profiles[customer]
                     self._live.pop(customer, None)
@@ -448,7 +451,7 @@ class ShardState:
                     continue
                 applied.setdefault(customer, []).append(now)
             self._changed(profiles)
-            self._account(outcomes, out)
+            self._account(outcome, out)
         return out
 
     def checkpoint(self) -> int:
