@@ -65,8 +65,8 @@ def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(t
     before = copy.deepcopy(logic.state._live["c1"])
     real = shard_module.on_event
 
-    def breaks_on_boom(profile: dict[str, Any], event: Event, ruleset: Any) -> Any:
-        result = real(profile, event, ruleset)
+    def breaks_on_boom(profile: Any, event: Event, ruleset: Any, *outcome: Any) -> Any:
+        result = real(profile, event, ruleset, *outcome)
         if event.event_id.startswith("boom"):
             raise KeyError("a-value-that-must-not-leak")  # after the profile was changed
         return result
