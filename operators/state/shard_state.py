@@ -47,7 +47,7 @@ from operators.state.keys import (
     timer_key,
 )
 from operators.state.manifest import StartPlan
-from operators.state.store import KeyValueStore, ShardStore, StateError
+from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError
 from operators.state.timers import TimerIndex
 
 # Customers handled per RocksDB multi-get when many timers fall due at once.
@@ -112,6 +112,9 @@ class ShardState:
         # Per dirty customer, what was applied since the profile was last written (events, and the
         # clock of timer turns): replayed onto the stored copy to undo a failed event exactly.
         self._applied: dict[str, list[Event | int]] = {}
+        # The committed bytes of profiles loaded since the last checkpoint and not yet written: the
+        # store's undo pre-image for them, so writing them needs no second read.
+        self._committed: dict[str, bytes | None] = {}
         # Next offset per input partition ("topic#partition") seen by this shard; checkpointed.
         raw = store.get(POSITIONS_KEY)
         self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
@@ -182,7 +185,11 @@ class ShardState:
         created: set[str] = set()
         quarantined: set[str] = set()
         if missing:
-            for customer, blob in zip(missing, self.store.get_many([profile_key(c) for c in missing])):
+            store, committed = self.store, self._committed
+            keys = [profile_key(c) for c in missing]
+            for customer, key, blob in zip(missing, keys, store.get_many(keys)):
+                if store.unchanged_since_checkpoint(key):
+                    committed[customer] = blob
                 if blob is None:
                     created.add(customer)
                     out[customer] = live[customer] = new_profile(customer)
@@ -240,7 +247,7 @@ class ShardState:
             return
         indexed = self._dirty.pop(customer)
         self._applied.pop(customer, None)
-        self.store.put(profile_key(customer), blob)
+        self.store.put(profile_key(customer), blob, committed=self._committed.pop(customer, UNKNOWN))
         self.timers.move(customer, indexed, self._dirty_due.pop(customer))
 
     def _flush(self) -> None:
@@ -299,6 +306,7 @@ class ShardState:
         store = self.store
         indexed = {self._dirty.pop(customer, None), profile_due, self._dirty_due.pop(customer, None)} - {None}
         self._applied.pop(customer, None)
+        self._committed.pop(customer, None)
         self._live.pop(customer, None)
         key = profile_key(customer)
         stored = blob if blob is not None else store.get(key)
@@ -379,6 +387,7 @@ class ShardState:
             # customer: nothing is stored), so there is nothing to write.
             self._dirty.pop(customer, None)
             self._dirty_due.pop(customer, None)
+            self._committed.pop(customer, None)
             if customer in created:
                 del profiles[customer]
                 self._live.pop(customer, None)
@@ -459,6 +468,7 @@ class ShardState:
         started = time.perf_counter()
         dirty = len(self._dirty)
         self._flush()
+        self._committed.clear()  # from here on, reads return what this epoch wrote
         if self._positions_changed:
             self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
             self._positions_changed = False
@@ -499,6 +509,7 @@ class ShardState:
         self._dirty.pop(customer, None)
         self._dirty_due.pop(customer, None)
         self._applied.pop(customer, None)
+        self._committed.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self._erased += 1
         metrics.ERASURES.inc()

@@ -91,6 +91,13 @@ class StateError(RuntimeError):
     """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
 
 
+class Unknown:
+    """The type of UNKNOWN: a caller does not know the key's committed value."""
+
+
+UNKNOWN = Unknown()
+
+
 class KeyValueStore(Protocol):
     """What a shard needs from its store: reads that see its own writes, writes that become durable
     only at `checkpoint`, immediate erasure, and copies. `ShardStore` (RocksDB) is the one the flow uses."""
@@ -106,9 +113,11 @@ class KeyValueStore(Protocol):
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
 
-    def put(self, key: bytes, value: bytes) -> None: ...
+    def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = ...) -> None: ...
 
     def delete(self, key: bytes) -> None: ...
+
+    def unchanged_since_checkpoint(self, key: bytes) -> bool: ...
 
     def checkpoint(self) -> int: ...
 
@@ -332,6 +341,8 @@ class ShardStore:
         self._closed = False
         self._bulk: WriteBatch | None = None
         self._bulk_keys = 0
+        # Committed values callers handed in with `put` (undo pre-images that need no RocksDB read).
+        self._preimages: dict[bytes, bytes | None] = {}
         # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
         # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
@@ -499,9 +510,20 @@ class ShardStore:
 
     # --------------------------------------------------------------------------------------- writes
 
-    def put(self, key: bytes, value: bytes) -> None:
-        """Write now (visible to reads); durable only at the next checkpoint."""
+    def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
+        """Write now (visible to reads); durable only at the next checkpoint.
+
+        `committed`: the value the caller read for this key while `unchanged_since_checkpoint` was
+        true (None: absent). It becomes the key's undo pre-image without reading RocksDB again; it is
+        ignored once the key was written in this epoch (its pre-image is then already known).
+        """
+        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
+            self._preimages[key] = committed  # type: ignore[assignment]
         self._set(key, value)
+
+    def unchanged_since_checkpoint(self, key: bytes) -> bool:
+        """No write to `key` since the last checkpoint: what reads return for it is its committed value."""
+        return key not in self._pending and key not in self._staged
 
     def delete(self, key: bytes) -> None:
         """Delete now (visible to reads); durable only at the next checkpoint."""
@@ -520,10 +542,13 @@ class ShardStore:
             return
         first: dict[bytes, bytes | None] = {}
         unknown: list[bytes] = []
+        preimages = self._preimages
         for key in pending:
             if key in self._staged:
                 continue
-            if key in self._cache:
+            if key in preimages:
+                first[key] = preimages.pop(key)
+            elif key in self._cache:
                 first[key] = self._cache[key]
             else:
                 unknown.append(key)
@@ -567,6 +592,7 @@ class ShardStore:
         self._seq = new_seq
         self._oldest_undo = max(self._oldest_undo, trim_through + 1)
         self._staged = set()
+        self._preimages = {}
         self._chunk = 0
         return new_seq
 
@@ -610,6 +636,7 @@ class ShardStore:
         """Apply (and delete) every undo chunk above `seq`, staged ones included; set seq."""
         self._pending = {}
         self._staged = set()
+        self._preimages = {}
         self._chunk = 0
         self._cache.clear()
         batch = WriteBatch(raw_mode=True)
@@ -701,6 +728,7 @@ class ShardStore:
         batch = WriteBatch(raw_mode=True)
         for key in doomed:
             self._pending.pop(key, None)
+            self._preimages.pop(key, None)
             # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
             self._staged.discard(key)
             batch.delete(_DATA + key)
@@ -749,6 +777,7 @@ class ShardStore:
             self._db.close()
         self._pending = {}
         self._staged = set()
+        self._preimages = {}
         self._cache.clear()
 
     def __enter__(self) -> Self:
