@@ -69,7 +69,8 @@ class Settings:
     events: int = 1_000_000
     customers: int = 100_000
     processes: tuple[int, ...] = (1, 2)
-    out: Path = Path("bench/results")
+    out: Path = Path("bench/results")  # raw output (JSON, plots, profiles): git-ignored
+    summaries: Path = Path("bench/summaries")  # the markdown table of each run: small, worth keeping
     partitions: int = 4
     shards: int = 16
     epoch_seconds: int = 2  # bytewax.run -s takes whole seconds
@@ -816,9 +817,11 @@ def run(s: Settings) -> dict[str, Any]:
         base = s.out / stamp
         base.with_suffix(".json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         table = markdown(result)
-        Path(f"{base}.md").write_text(table)
+        summary = s.summaries / f"{stamp}.md"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(table)
         plot_latency(result, Path(f"{base}-latency.png"))
-        result["files"] = {"json": f"{base}.json", "markdown": f"{base}.md", "latency_png": f"{base}-latency.png"}
+        result["files"] = {"json": f"{base}.json", "markdown": str(summary), "latency_png": f"{base}-latency.png"}
         print(table, flush=True)
         return result
     finally:
@@ -832,7 +835,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for (a)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"),
+                        help="raw output: JSON, latency plot, py-spy stacks (git-ignored)")
+    parser.add_argument("--summaries", type=Path, default=Path("bench/summaries"),
+                        help="where the markdown table of the run goes (kept in git)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--epoch-seconds", type=int, default=2)
@@ -849,7 +855,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     return Settings(events=args.events, customers=args.customers,
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
-                    out=args.out, partitions=args.partitions, shards=args.shards,
+                    out=args.out, summaries=args.summaries, partitions=args.partitions, shards=args.shards,
                     epoch_seconds=args.epoch_seconds, latency_seconds=args.latency_seconds,
                     latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync,
                     seed=args.seed, repeat=max(1, args.repeat), profile=args.profile, bootstrap=args.bootstrap,
