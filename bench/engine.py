@@ -12,6 +12,9 @@ then, in one process per revision, timed per event:
 - `reference`: a plain loop that `orjson.loads` each record and keeps a 30-minute window per customer
   in a dict: what a hand-written Python job would at least pay.
 
+With `--against`, `same_decisions` says whether both revisions made exactly the same decisions (a
+digest of the sorted decision ids): the equivalence check at the benchmark's scale.
+
 `--against REV` runs the same measurement on a git revision's `operators/` (taken with
 `git archive`, so the working tree is untouched) in a subprocess, interleaved with the current tree
 `--repeat` times; the medians and the ratio current/REV are printed. The measuring script adapts to
@@ -67,7 +70,7 @@ out["parse_us"] = (time.perf_counter() - started) / len(records) * 1e6
 assert all(hasattr(e, "event_id") for e in events), "the workload must be valid"
 rules = load_rules(DEFAULT_RULES_FILE)
 profiles = {}
-decisions = 0
+ids = []
 started = time.perf_counter()
 for e in events:
     p = profiles.get(e.customer)
@@ -75,9 +78,11 @@ for e in events:
         p = profiles[e.customer] = new_profile(e.customer)
     for d in on_event(p, e, rules).decisions:
         encode_decision(d)
-        decisions += 1
+        ids.append(d.decision_id)
 out["engine_us"] = (time.perf_counter() - started) / len(events) * 1e6
-out["decisions"] = decisions
+out["decisions"] = len(ids)
+import hashlib
+out["decision_ids_sha256"] = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 started = time.perf_counter()
 blobs = [encode_profile(p) for p in profiles.values()]
 out["encode_us_per_profile"] = (time.perf_counter() - started) / len(blobs) * 1e6
@@ -144,13 +149,17 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(measure(tree, records_file))
                 print(f"{name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     medians: dict[str, dict[str, Any]] = {
-        name: {key: round(statistics.median(r[key] for r in results), 2) for key in results[0]}
+        name: {key: (round(statistics.median(r[key] for r in results), 2) if isinstance(results[0][key], float)
+                     else results[0][key]) for key in results[0]}
         for name, results in runs.items()}
     report: dict[str, Any] = {"events": args.events, "customers": args.customers, "repeat": args.repeat,
                               "median": medians}
     if args.against:
         old, new = medians[args.against[:12]], medians["current"]
-        report["current_over_against"] = {key: round(new[key] / old[key], 3) for key in new if old.get(key)}
+        report["current_over_against"] = {key: round(new[key] / old[key], 3) for key in new
+                                          if isinstance(new[key], float) and old.get(key)}
+        # The same decisions, id for id, on the same workload: the rewrite changed no behaviour.
+        report["same_decisions"] = new["decision_ids_sha256"] == old["decision_ids_sha256"]
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -564,3 +564,28 @@ def test_a_committed_value_handed_in_with_put_is_what_a_rollback_restores(tmp_pa
         store.checkpoint()
         store.rollback_to(1)
         assert contents(store) == {b"a": b"1", b"b": b"1"}
+
+
+def test_undo_chunks_of_the_first_format_still_roll_back(tmp_path: Path) -> None:
+    """A store written before undo chunks became MessagePack rolls back through its old chunks."""
+    import struct
+
+    from rocksdict import Options, Rdict, WriteOptions
+
+    with ShardStore(tmp_path / "s") as store:
+        store.put(b"a", b"1")
+        store.checkpoint()
+        store.put(b"a", b"2")
+        store.put(b"b", b"new")
+        store.checkpoint()
+    # Rewrite seq 2's chunk the way the first format wrote it: >I key length, key, >i value length, value.
+    old = b"".join([struct.pack(">I", 1), b"a", struct.pack(">i", 1), b"1",
+                    struct.pack(">I", 1), b"b", struct.pack(">i", -1)])
+    db = Rdict(str(tmp_path / "s"), Options(raw_mode=True))
+    chunk = b"u" + struct.pack(">Q", 2) + struct.pack(">I", 0)
+    assert db.get(chunk) is not None
+    db.put(chunk, old, WriteOptions())
+    db.close()
+    with ShardStore(tmp_path / "s") as store:
+        store.rollback_to(1)
+        assert contents(store) == {b"a": b"1"}

@@ -247,8 +247,10 @@ class ShardState:
             return
         indexed = self._dirty.pop(customer)
         self._applied.pop(customer, None)
-        self.store.put(profile_key(customer), blob, committed=self._committed.pop(customer, UNKNOWN))
-        self.timers.move(customer, indexed, self._dirty_due.pop(customer))
+        committed = self._committed.pop(customer, UNKNOWN)
+        self.store.put(profile_key(customer), blob, committed=committed)
+        # Loaded unchanged since the checkpoint: its timer key is unchanged too.
+        self.timers.move(customer, indexed, self._dirty_due.pop(customer), committed=committed is not UNKNOWN)
 
     def _flush(self) -> None:
         """Write every dirty profile (and its timer) to the store's pending set."""

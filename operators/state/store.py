@@ -21,8 +21,9 @@ Layout inside the one DB:
 - ``b"u" + seq (8 bytes) + chunk (4)``   undo chunk: together, the chunks of ``seq`` turn state
   ``seq`` back into state ``seq - 1``; every committed seq has at least one (maybe empty) chunk
 
-Undo chunks are length-prefixed binary: per entry ``>I`` key length, key, ``>i`` value length
-(-1 for "was absent"), value.
+Undo chunks are a marker byte 0xff and MessagePack of ``[[key, pre-image or nil], ...]``; chunks
+written before that format (length-prefixed binary: ``>I`` key length, key, ``>i`` value length,
+-1 for "was absent", value) are still read.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, Self, cast
 
+import msgspec
 from rocksdict import (
     AccessType,
     BlockBasedOptions,
@@ -67,6 +69,11 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _KEY_LEN = struct.Struct(">I")
 _VAL_LEN = struct.Struct(">i")
+# Undo chunks: a marker byte, then MessagePack of [[key, pre-image or nil], ...]. The first format
+# began with a 4-byte big-endian key length, whose first byte is 0 for any key under 16 MiB.
+_UNDO_V2 = b"\xff"
+_UNDO_ENCODER = msgspec.msgpack.Encoder()
+_UNDO_DECODER = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
 
 # Many shards live in one process: keep each DB's memtables small, cap all memtables together, and
 # share one block cache that also holds index and filter blocks, so RocksDB's memory is a fixed
@@ -115,7 +122,7 @@ class KeyValueStore(Protocol):
 
     def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = ...) -> None: ...
 
-    def delete(self, key: bytes) -> None: ...
+    def delete(self, key: bytes, *, committed: bytes | None | Unknown = ...) -> None: ...
 
     def unchanged_since_checkpoint(self, key: bytes) -> bool: ...
 
@@ -196,19 +203,14 @@ def _write_data(batch: WriteBatch, values: dict[bytes, bytes | None]) -> None:
 
 
 def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
-    parts: list[bytes] = []
-    for key, value in entries.items():
-        parts.append(_KEY_LEN.pack(len(key)))
-        parts.append(key)
-        if value is None:
-            parts.append(_VAL_LEN.pack(-1))
-        else:
-            parts.append(_VAL_LEN.pack(len(value)))
-            parts.append(value)
-    return b"".join(parts)
+    """MessagePack of the (key, pre-image) pairs, after a marker byte no older chunk starts with."""
+    return _UNDO_V2 + _UNDO_ENCODER.encode(list(entries.items()))
 
 
 def _decode_undo(blob: bytes) -> dict[bytes, bytes | None]:
+    if blob[:1] == _UNDO_V2:
+        return dict(_UNDO_DECODER.decode(memoryview(blob)[1:]))
+    # The first format (kept readable: stores written before it changed still roll back).
     entries: dict[bytes, bytes | None] = {}
     pos, end = 0, len(blob)
     while pos < end:
@@ -513,9 +515,10 @@ class ShardStore:
     def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
         """Write now (visible to reads); durable only at the next checkpoint.
 
-        `committed`: the value the caller read for this key while `unchanged_since_checkpoint` was
-        true (None: absent). It becomes the key's undo pre-image without reading RocksDB again; it is
-        ignored once the key was written in this epoch (its pre-image is then already known).
+        `committed`: the value the caller knows this key had at the last checkpoint (None: absent),
+        e.g. read while `unchanged_since_checkpoint` was true. It becomes the key's undo pre-image
+        without reading RocksDB again; it is ignored once the key was written in this epoch (its
+        pre-image is then already known).
         """
         if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
             self._preimages[key] = committed  # type: ignore[assignment]
@@ -525,8 +528,10 @@ class ShardStore:
         """No write to `key` since the last checkpoint: what reads return for it is its committed value."""
         return key not in self._pending and key not in self._staged
 
-    def delete(self, key: bytes) -> None:
-        """Delete now (visible to reads); durable only at the next checkpoint."""
+    def delete(self, key: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
+        """Delete now (visible to reads); durable only at the next checkpoint. `committed` as for `put`."""
+        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
+            self._preimages[key] = committed  # type: ignore[assignment]
         self._set(key, None)
 
     def _set(self, key: bytes, value: bytes | None) -> None:
@@ -561,9 +566,16 @@ class ShardStore:
         _write_data(batch, pending)
 
     def _staged_ok(self) -> None:
-        """After the batch from `_stage_into` is written: pending writes are now RocksDB's."""
-        for key, value in self._pending.items():
-            self._cache_put(key, value)
+        """After the batch from `_stage_into` is written: pending writes are now RocksDB's.
+
+        Written values are dropped from the read cache rather than added: callers keep what they
+        write (the shard keeps decoded profiles), and timer keys are never read back, so filling the
+        cache with them would only evict what reads need.
+        """
+        cache = self._cache
+        if cache:
+            for key in self._pending:
+                cache.pop(key, None)
         self._pending = {}
 
     def _stage(self) -> None:

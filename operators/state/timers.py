@@ -23,13 +23,24 @@ class TimerIndex:
             self._next = DUE.unpack_from(key, 1)[0]
             break
 
-    def move(self, customer: str, old: int | None, new: int | None) -> None:
+    def move(self, customer: str, old: int | None, new: int | None, *, committed: bool = False) -> None:
+        """Move a customer's key from due time `old` to `new` (None: no timer).
+
+        `committed`: the customer's keys have not changed since the last checkpoint, so (by the
+        invariant) `old`'s key exists and `new`'s does not: the store needs no read for their undo.
+        """
         if old == new:
             return
         if old is not None:
-            self._store.delete(timer_key(old, customer))
+            if committed:
+                self._store.delete(timer_key(old, customer), committed=b"")
+            else:
+                self._store.delete(timer_key(old, customer))
         if new is not None:
-            self._store.put(timer_key(new, customer), b"")
+            if committed:
+                self._store.put(timer_key(new, customer), b"", committed=None)
+            else:
+                self._store.put(timer_key(new, customer), b"")
             if self._next is None or new < self._next:
                 self._next = new
 
