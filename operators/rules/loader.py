@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.infra.config import read_toml
+from operators.io.parse import event_attributes
 from operators.profile.facts import consent_keys
 from operators.rules.compiler import OPS, TRIGGER_PREFIX, attribute_getters, compile_conditions
 from operators.rules.fields import RulesError, Where, table
@@ -41,7 +42,8 @@ def parse_condition(where: Where, text: Any) -> Condition:
     return Condition(attribute, op, value, text)
 
 
-def _load_rule(path: str, body: dict[str, Any], triggers: set[str], attributes: set[str]) -> Rule:
+def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str]) -> Rule:
+    """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each carries."""
     rule_id = body.get("id")
     if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id or ""):
         raise RulesError(f"{path}: rule {rule_id!r}: field 'id': must be lowercase letters, digits, _ . -")
@@ -52,8 +54,15 @@ def _load_rule(path: str, body: dict[str, Any], triggers: set[str], attributes: 
     if not isinstance(when, list):
         raise where.fail("when", "must be a list of conditions")
     conditions = tuple(parse_condition(where, c) for c in when)
+    on = where.names(body, "on", set(triggers))
+    trigger_attributes = set().union(*(triggers[name] for name in on))
     for cond in conditions:
-        if cond.attribute not in attributes and not cond.attribute.startswith(TRIGGER_PREFIX):
+        if cond.attribute.startswith(TRIGGER_PREFIX):
+            if cond.attribute[len(TRIGGER_PREFIX):] not in trigger_attributes:
+                raise where.fail("when", f"in {cond.text!r}: {cond.attribute!r} is not an attribute of what the "
+                                         f"rule is on ({', '.join(sorted(on))}); those have: "
+                                         f"{sorted(trigger_attributes) or 'none'}")
+        elif cond.attribute not in attributes:
             raise where.fail("when", f"in {cond.text!r}: unknown attribute {cond.attribute!r}; "
                                      f"known: {sorted(attributes)} or trigger.<attribute>")
     action = body.get("action")
@@ -71,7 +80,7 @@ def _load_rule(path: str, body: dict[str, Any], triggers: set[str], attributes: 
     promotion = body.get("promotion", True)
     if not isinstance(promotion, bool):
         raise where.fail("promotion", "must be true or false")
-    return Rule(rule_id, where.names(body, "on", triggers), conditions, action, channel, offer, priority,
+    return Rule(rule_id, on, conditions, action, channel, offer, priority,
                 where.duration(body, "cooldown", "1d"), where.duration(body, "expiry", "1d"),
                 str(body.get("purpose", "marketing")), promotion, str(body.get("description", "")))
 
@@ -92,7 +101,8 @@ def load_rules(path: str | Path) -> RuleSet:
     Where(path, "top level").check_keys(doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
     raw_signals = table(path, "[signals]", doc.get("signals", {}))
     signals = tuple(load_signal(path, name, body, EVENT_TYPES) for name, body in raw_signals.items())
-    triggers = set(EVENT_TYPES) | {s.name for s in signals if s.fires}
+    triggers = {t: frozenset(event_attributes(t)) for t in EVENT_TYPES}
+    triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
     getters = attribute_getters(signals)
     raw_rules = doc.get("rule", [])
     if not isinstance(raw_rules, list) or not raw_rules:

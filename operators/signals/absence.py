@@ -23,6 +23,7 @@ class Absence:
         self.name, self.start, self.cancel, self.after_ms, self.carry = name, start, cancel, after_ms, carry
         self.touched_by = start | cancel
         self.attributes = (f"{name}_pending",)
+        self.trigger_attributes = frozenset(carry)
 
     def apply(self, profile: Profile, event: Event) -> None:
         signals = profile.signals

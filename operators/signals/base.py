@@ -58,6 +58,10 @@ class Signal(Protocol):
     def fire(self, state: Any) -> Trigger:
         """The trigger a due state fires (the engine then drops the state)."""
 
+    @property
+    def trigger_attributes(self) -> frozenset[str]:
+        """What a fired trigger carries, for rules `on` it to read as `trigger.<attribute>`."""
+
 
 # A kind's loader: (signal name, its TOML table, where it is for errors, the known event types).
 SignalLoader = Callable[[str, dict[str, Any], Where, frozenset[str]], Signal]
@@ -68,6 +72,7 @@ class Expiring:
 
     fires = False
     expires = True
+    trigger_attributes: frozenset[str] = frozenset()
 
     def deadline(self, state: Any) -> int | None:
         return None
