@@ -54,6 +54,14 @@ class Absence:
     def fire(self, state: Any) -> Trigger:
         return Trigger(self.name, f"{self.name}:{state[0]}", state[1], dict(state[2]))
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """A pending absence carries over; of two, the later start wins (as a second start restarts it)."""
+        def order(state: Any) -> tuple[Any, Any, str]:
+            return state[0], state[1], repr(sorted(state[2].items(), key=repr))
+
+        later = b if order(b) > order(a) else a
+        return [later[0], later[1], dict(later[2])]
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Absence:
     where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description"})

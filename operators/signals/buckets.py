@@ -58,3 +58,14 @@ def prune(buckets: list[list[Any]], window: Window, ref_ms: int) -> list[list[An
 def expiry_bounds(buckets: list[list[Any]], window: Window) -> tuple[int, int]:
     tail = window.size - 1 + window.window_ms
     return buckets[0][0] + tail, buckets[-1][0] + tail
+
+
+def merge(a: list[list[Any]], b: list[list[Any]], name: str) -> list[list[Any]]:
+    """Two bucket lists as one, bucket by bucket: amounts of the same bucket add (state of `count`, `sum`)."""
+    merged = {start: amount for start, amount in a}
+    for start, amount in b:
+        total = merged[start] + amount if start in merged else amount
+        if not math.isfinite(total):
+            raise ProfileEncodeError(f"signal {name} is not a finite number")
+        merged[start] = total
+    return [[start, merged[start]] for start in sorted(merged)]

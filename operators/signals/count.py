@@ -31,6 +31,9 @@ class Count(Expiring):
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return int(buckets.total(state, self.window, ref_ms))
 
+    def merge(self, a: Any, b: Any) -> Any:
+        return buckets.merge(a, b, self.name)
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Count:
     where.check_keys(body, WINDOW_FIELDS)

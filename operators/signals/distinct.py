@@ -58,6 +58,17 @@ class Distinct(Expiring):
         floor = self.window.floor(ref_ms)
         return sum(1 for p in state if p[1] >= floor)
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """The union of both profiles' values, each with its newest time; at most `max_distinct` (the
+        most recently seen), ordered by time."""
+        newest: dict[Any, int] = {}
+        for value, ts in [*a, *b]:
+            current = newest.get(value)
+            if current is None or ts > current:
+                newest[value] = ts
+        pairs = sorted(([value, ts] for value, ts in newest.items()), key=lambda p: (p[1], repr(p[0])))
+        return pairs[-self.max_distinct:]
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Distinct:
     where.check_keys(body, WINDOW_FIELDS | {"field"})

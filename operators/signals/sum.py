@@ -32,6 +32,9 @@ class Sum(Expiring):
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return round(buckets.total(state, self.window, ref_ms), 2)
 
+    def merge(self, a: Any, b: Any) -> Any:
+        return buckets.merge(a, b, self.name)
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Sum:
     where.check_keys(body, WINDOW_FIELDS | {"field"})
