@@ -46,7 +46,8 @@ def attrs_for(draw: st.DrawFn, event_type: str) -> dict[str, Any]:
     if event_type == "page_view":
         return {"page_type": "product", "category": draw(st.sampled_from(CATEGORIES))}
     if event_type == "add_to_cart":
-        return {"sku": f"sku-{draw(st.integers(1, 5))}", "amount": amount, "category": draw(st.sampled_from(CATEGORIES))}
+        return {"sku": f"sku-{draw(st.integers(1, 5))}", "amount": amount,
+                "category": draw(st.sampled_from(CATEGORIES))}
     if event_type in ("purchase", "app_purchase"):
         return {"order_id": "o", "amount": amount, "category": draw(st.sampled_from(CATEGORIES))}
     if event_type == "consent":

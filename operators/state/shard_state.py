@@ -702,6 +702,8 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
     Both the current profile's timer and the last checkpoint's (they differ when the timer moved in
     this epoch) are removed, so no restore can leave a timer that points at the customer. A
     quarantined customer's record goes too, and (their due times being unknown) every timer key of theirs.
+    So do the timer keys undo records hold for them whatever their due time: a profile moved out of the
+    shard (identity stitching) left its last timer's key only there.
     """
     key = profile_key(customer)
     versions = {store.get(key), store.get_committed(key)} - {None}
@@ -715,7 +717,8 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
             continue
         if due is not None:
             keys.append(timer_key(due, customer))
-    store.erase(keys)
+    suffix = customer.encode()
+    store.erase(keys, matching=lambda k: k[:1] == TIMER_PREFIX and k.endswith(suffix))
     return bool(versions)
 
 
