@@ -166,8 +166,8 @@ def test_a_first_link_merges_two_lone_identifiers_into_the_higher_type(graph: Id
     assert merge == Merge(c, "customer", ((None, ck), (None, c)), {"customer": [c], "cookie": [ck]})
     graph.apply(merge)
     assert graph.find(ck) == graph.find(c) == (c, "customer")
-    assert graph.decide([("customer", c), ("cookie", ck)]) == Component(c, "customer", True,
-                                                                        {"customer": [c], "cookie": [ck]})
+    assert graph.decide([("customer", c), ("cookie", ck)]) == Component(c, "customer", True, {})
+    assert graph.component("cookie", ck) == Component(c, "customer", True, {"customer": [c], "cookie": [ck]})
 
 
 def test_a_linked_profile_moves_up_into_a_higher_one(graph: IdentityGraph) -> None:

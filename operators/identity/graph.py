@@ -116,11 +116,20 @@ class IdentityGraph:
         return Component(into, into_type, True, self.group(into))
 
     def decide(self, identifiers: Sequence[tuple[str, str]]) -> Component | Refusal | Merge:
-        """What an event naming these (type, key) identifiers does: the component they already share,
-        a refused link, or a merge. The first identifier is the one the event is about."""
+        """What an event naming these (type, key) identifiers does: the component they already share
+        (its `ids` left empty when there was no need to read them), a refused link, or a merge. The
+        first identifier is the one the event is about."""
+        found = [self.find(key) for _, key in identifiers]
+        first = found[0]
+        if first is not None and all(f == first for f in found):
+            # Already one profile (a signed-in visitor's every event): no group to read.
+            return Component(first[0], first[1], True, {})
         components: dict[str, Component] = {}
-        for id_type, key in identifiers:
-            component = self.component(id_type, key)
+        for (id_type, key), resolved in zip(identifiers, found):
+            if resolved is None:
+                component = Component(key, id_type, False, {id_type: [key]})
+            else:
+                component = Component(resolved[0], resolved[1], True, self.group(resolved[0]))
             components.setdefault(component.key, component)
         if len(components) == 1:
             return next(iter(components.values()))
