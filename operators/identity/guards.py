@@ -19,6 +19,7 @@ from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import read_toml
 
 DEFAULT_IDENTITY_FILE = str(files("operators.identity").joinpath("default_identity.toml"))
+_BLOCKED_CACHE = 65536
 
 
 class IdentityRulesError(ValueError):
@@ -35,6 +36,9 @@ class IdentityRules:
     blocked_values: dict[str, frozenset[str]] = field(default_factory=dict)
     blocked_patterns: dict[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
     source: str = ""
+    # (type, raw) -> blocked, for the identifiers seen last: a signed-in visitor's every web event names
+    # the same two, and the patterns are regular expressions. Memory only, like the parser's key cache.
+    _seen: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
 
     @functools.cached_property
     def _rank(self) -> dict[str, int]:
@@ -56,6 +60,15 @@ class IdentityRules:
 
     def blocked(self, id_type: str, raw: str) -> bool:
         """A raw identifier that must never link (a placeholder, a test address...)."""
+        seen = self._seen
+        answer = seen.get((id_type, raw))
+        if answer is None:
+            if len(seen) >= _BLOCKED_CACHE:
+                seen.clear()
+            answer = seen[(id_type, raw)] = self._check(id_type, raw)
+        return answer
+
+    def _check(self, id_type: str, raw: str) -> bool:
         values = self.blocked_values.get(id_type)
         if values and raw.strip().casefold() in values:
             return True
