@@ -143,8 +143,7 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
         raise LookupError(f"no profile for that customer in {config.state.dir}")
     key, anchor = resolve_offline(config.state.dir, customer)
     # Which identifiers the profile holds, by type and how many: keys only, never a raw value.
-    profile["identity"] = {"looked_up_by": "key" if args.hashed else args.id_type, "profile_key": key,
-                           "linked": anchor is not None,
+    profile["identity"] = {"profile_key": key, "linked": anchor is not None,
                            "identifiers": {t: len(keys) for t, keys in (profile.get("ids") or {}).items()}}
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
     return 0

@@ -31,7 +31,7 @@ from operators.identity.guards import default_identity_rules
 from operators.io.kafka import consume_all, ensure_topics
 from operators.profile.codec import stored_as_dict
 from operators.state.keys import PROFILE_PREFIX
-from operators.state.layout import profile_families
+from operators.state.layout import has_store, profile_families
 from operators.state.store import ShardStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -346,7 +346,7 @@ def read_profiles(state_dir: Path, shards: int) -> dict[str, dict[str, Any]]:
     for family in profile_families(shards, default_identity_rules().anchors):
         for shard in range(shards):
             path = family.path(state_dir, shard)
-            if not path.exists():
+            if not has_store(path):
                 continue
             store = ShardStore.open_read_only(path)
             try:

@@ -346,7 +346,7 @@ def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -
     got = cli(env, "profile", "get", "ck-9", "--id-type", "cookie")
     assert got.returncode == 0, got.stderr
     shown = orjson.loads(got.stdout)
-    assert shown["identity"] == {"looked_up_by": "cookie", "profile_key": key(*c), "linked": True,
+    assert shown["identity"] == {"profile_key": key(*c), "linked": True,
                                  "identifiers": {"customer": 1, "email": 1, "cookie": 1}}
     for raw in ("ck-9", "C-9", "nine@example.com"):
         assert raw not in got.stdout
@@ -435,3 +435,27 @@ def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
     other = write_rules(tmp_path, 'priority = ["email", "customer", "phone", "device", "cookie"]', "id.toml")
     with pytest.raises(StateMismatch, match="identity.priority: .* was written with identifier priority"):
         check_start(config.replace(identity={"file": str(other)}))
+
+
+def test_a_store_a_crash_left_half_created_is_no_store(tmp_path: Path) -> None:
+    """A process killed while RocksDB created a shard's directory (a linked family's shard opens on its
+    first use, at any time) leaves a directory without CURRENT: the start-up checks and the read-only
+    tools pass over it, and the flow's shard creates the store there when it needs it."""
+    from bytewax.recovery import init_db_dir
+
+    from operators.state.manifest import check_start, family_dirs, state_families
+
+    config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r"), "shards": 2},
+                              privacy={"secret": "x"})
+    (tmp_path / "r").mkdir()
+    init_db_dir(tmp_path / "r", 1)
+    check_start(config)
+    half = tmp_path / "s" / "linked-email" / "shard-0001"
+    half.mkdir(parents=True)
+    (half / "LOCK").write_bytes(b"")
+    (half / "LOG").write_bytes(b"creating")
+    check_start(config)
+    assert all(family_dirs(tmp_path / "s", f) == {} for f in state_families(config))
+    assert read_profile(tmp_path / "s", 2, key("email", "e")) is None
+    ShardStore(half, sync=False).close()  # a writer creates it where it is
+    assert list(family_dirs(tmp_path / "s", state_families(config)[3])) == [1]

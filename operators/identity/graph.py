@@ -28,6 +28,7 @@ import msgspec
 
 from operators.identity.guards import IdentityRules
 from operators.state.keys import shard_path
+from operators.state.layout import has_store
 from operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
@@ -197,7 +198,7 @@ def resolve_offline(state_dir: str | Path, key: str) -> tuple[str, str | None]:
     """(profile key, type keying it or None) of an identifier, from the committed graph, read-only (works
     while the flow runs): a linked identifier resolves to its profile, any other to itself."""
     path = graph_path(state_dir)
-    if not path.is_dir():
+    if not has_store(path):
         return key, None
     store = ShardStore.open_read_only(path, cache_size=0)
     try:
@@ -213,7 +214,7 @@ def resolve_offline(state_dir: str | Path, key: str) -> tuple[str, str | None]:
 def read_group(state_dir: str | Path, into: str) -> dict[str, list[str]]:
     """Every identifier key of a linked profile, by type, from the committed graph (read-only)."""
     path = graph_path(state_dir)
-    if not path.is_dir():
+    if not has_store(path):
         return {}
     store = ShardStore.open_read_only(path, cache_size=0)
     try:

@@ -15,7 +15,7 @@ from operators.identity.graph import IdentityGraph
 from operators.infra.config import DEFAULT_RULES_FILE, Config
 from operators.rules.loader import load_rules
 from operators.state.keys import shard_of
-from operators.state.layout import IDENTITY
+from operators.state.layout import IDENTITY, has_store
 from operators.state.manifest import identity_rules, state_families
 from operators.state.shard_state import erase_customer
 from operators.state.store import ShardStore, StateError
@@ -36,7 +36,7 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
     families = state_families(config)
     members = [customer]
     graph_dir = next(f for f in families if f.name == IDENTITY).path(state_dir, 0)
-    if graph_dir.exists():
+    if has_store(graph_dir):
         with _open(graph_dir, config) as store:
             members = IdentityGraph(store, identity_rules(config), 16).erase(customer)
             store.purge()
@@ -51,14 +51,14 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
         for member in members:
             by_path.setdefault(family.path(state_dir, shard_of(member, shards)), []).append(member)
         for path, keys in sorted(by_path.items()):
-            if not path.exists():
+            if not has_store(path):
                 continue
             with _open(path, config) as store:
                 for key in keys:
                     existed = erase_customer(store, key, ruleset) or existed
                 store.purge()
             touched.append(str(path))
-    if not touched and not graph_dir.exists():
+    if not touched and not has_store(graph_dir):
         raise LookupError(f"no shard directory {own_shard}: nothing stored for that customer")
     return {"customer": customer, "erased": existed, "identifiers": len(members), "shard_dir": str(own_shard),
             "stores": touched}

@@ -55,6 +55,12 @@ class Family:
         return self.name != IDENTITY
 
 
+def has_store(path: str | Path) -> bool:
+    """A store is there: RocksDB writes CURRENT when it creates a database, before any data. A directory
+    without it was being created when the process died: it holds nothing, and a writer creates it again."""
+    return (Path(path) / "CURRENT").is_file()
+
+
 def linked(anchor: str, shards: int) -> Family:
     return Family(f"{LINKED_PREFIX}{anchor}", f"linked-{anchor}", shards, anchor)
 

@@ -40,7 +40,7 @@ import orjson
 from operators.identity.guards import IdentityRules, load_identity_rules
 from operators.infra.config import Config
 from operators.profile.model import PROFILE_FORMAT
-from operators.state.layout import PROFILES, Family, families
+from operators.state.layout import PROFILES, Family, families, has_store
 from operators.state.recovery_db import RecoveryView, read_recovery
 from operators.state.store import ShardStore, StateError
 
@@ -76,7 +76,7 @@ def shard_dirs(state_dir: str | Path) -> dict[int, Path]:
     out = {}
     for child in root.iterdir():
         m = _SHARD_DIR.match(child.name)
-        if m and child.is_dir():
+        if m and child.is_dir() and has_store(child):  # not one a crash interrupted while creating it
             out[int(m.group(1))] = child
     return out
 
@@ -554,9 +554,13 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
     with _start_lock(state_dir):
         for path in dirs.values():
             shutil.rmtree(path)
+        # And what a crash left half created (no RocksDB in it yet), and the families' own directories.
+        for path in state_dir.glob("shard-*") if state_dir.is_dir() else ():
+            if _SHARD_DIR.match(path.name) and path.is_dir():
+                shutil.rmtree(path)
         for family in state_families(config):
-            if family.subdir and family.root(state_dir).is_dir() and not any(family.root(state_dir).iterdir()):
-                family.root(state_dir).rmdir()
+            if family.subdir and family.root(state_dir).is_dir():
+                shutil.rmtree(family.root(state_dir))
         with contextlib.suppress(FileNotFoundError):
             (state_dir / MANIFEST_FILE).unlink()
         for p in recovery_files:

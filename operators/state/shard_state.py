@@ -730,11 +730,11 @@ def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str,
     customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
     """
     from operators.identity.graph import resolve_offline
-    from operators.state.layout import family_of_anchor
+    from operators.state.layout import family_of_anchor, has_store
 
     key, anchor = resolve_offline(state_dir, customer)
     path = family_of_anchor(anchor, shards).path(state_dir, shard_of(key, shards))
-    if not path.exists():
+    if not has_store(path):
         return None
     store = ShardStore.open_read_only(path)
     try:
