@@ -142,7 +142,7 @@ class IdentityState:
                         continue
                     into, anchor = found
                     if into != customer:
-                        value = dataclasses.replace(value, customer=into)
+                        value = dataclasses.replace(value, customer=into, id_type=anchor)
                     out.append((routes[anchor][crc32(into.encode()) % shards], value))
                     continue
                 self._link(value, out)
@@ -154,8 +154,8 @@ class IdentityState:
         return out
 
     def _to(self, component: Component, event: Event, out: list[Routed]) -> None:
-        if component.key != event.customer:
-            event = dataclasses.replace(event, customer=component.key)
+        if component.key != event.customer:  # the event now names the profile (key and type) it updates
+            event = dataclasses.replace(event, customer=component.key, id_type=component.type)
         out.append((self.route(component.type if component.linked else None, component.key), event))
 
     def _link(self, event: Event, out: list[Routed]) -> None:
@@ -180,7 +180,8 @@ class IdentityState:
         for anchor, key in merge.sources:
             out.append((self.route(anchor, key), MoveOut(key, into, target)))
         out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids)))
-        out.append((target, event if event.customer == into else dataclasses.replace(event, customer=into)))
+        out.append((target, event if event.customer == into else
+                    dataclasses.replace(event, customer=into, id_type=merge.anchor)))
         metrics.LINKS.labels(merge.anchor).inc()
         failpoints.hit("linked")
 
