@@ -27,7 +27,7 @@ import base64
 import itertools
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ from operators.state.keys import (
     timer_key,
 )
 from operators.state.manifest import StartPlan
-from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError
+from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError, Unknown
 from operators.state.timers import TimerIndex
 
 # Customers handled per RocksDB multi-get when many timers fall due at once.
@@ -475,23 +475,33 @@ class ShardState:
         return out
 
     def _process(self, values: list[ShardItem], out: list[ShardOutput]) -> None:
+        """Events are applied in runs (one multi-get, one dirty-set update per run); an item about a
+        customer applies after every earlier event of that customer in the batch and before every later
+        one. Only an item about a customer the current run holds ends the run, and what a completed
+        merge releases joins the run: a batch with identity moves keeps runs as long as one without."""
         run: list[Event] = []
+        in_run: set[str] = set()
         waiting, held = self._waiting, self._held
-        for value in values:
+        queue = deque(values)
+        while queue:
+            value = queue.popleft()
             if type(value) is Event:
-                if waiting and value.customer in waiting:
-                    held[value.customer].append(value)
+                customer = value.customer
+                if waiting and customer in waiting:
+                    held[customer].append(value)
                 else:
                     run.append(value)
+                    in_run.add(customer)
                 continue
-            # A command applies after everything before it in the batch and before everything after.
-            if run:
-                self._apply_events(run, out)
-                run = []
-            if isinstance(value, MoveIn):
-                self._move_in(value, out)
-            elif isinstance(value, SavepointRequest):
+            if isinstance(value, SavepointRequest):  # acts at the epoch end, whatever came before
                 self._savepoints.append(value)
+                continue
+            if value.customer in in_run:
+                self._apply_events(run, out)
+                run, in_run = [], set()
+            released: list[ShardItem] = []
+            if isinstance(value, MoveIn):
+                released = self._move_in(value)
             elif waiting and value.customer in waiting:
                 held[value.customer].append(value)  # after the merge, as it came after the link
             elif isinstance(value, EraseRequest):
@@ -499,7 +509,9 @@ class ShardState:
             elif isinstance(value, MoveOut):
                 out.append(self._move_out(value))
             elif isinstance(value, MergeExpect):
-                self._expect(value, out)
+                released = self._expect(value)
+            if released:  # the merged customer's items that waited: next, in their order
+                queue.extendleft(reversed(released))
         if run:
             self._apply_events(run, out)
 
@@ -508,30 +520,44 @@ class ShardState:
     def _move_out(self, request: MoveOut) -> MoveIn:
         """Take a profile out of this shard (its timer too; an ordinary change, undone by a rollback)."""
         customer = request.customer
-        profiles, created, quarantined = self._profiles([customer])
+        key = profile_key(customer)
+        profile = self._live.pop(customer, None)
         blob: bytes | None = None
-        if customer in quarantined:
-            # Its record stays here for inspection; the merged profile starts without it.
-            log.warning("quarantined profile not moved", extra={"shard": self.shard, "customer": customer,
-                                                                "into": request.into})
-        elif customer not in created:
-            profile = profiles[customer]
+        committed: bytes | None | Unknown = UNKNOWN
+        if profile is not None:
             blob = encode_profile(profile)
+            committed = self._committed.pop(customer, UNKNOWN)
+        else:
+            stored = self.store.get(key)
+            if self.store.unchanged_since_checkpoint(key):
+                committed = stored
+            if stored == QUARANTINED:
+                # Its record stays here for inspection; the merged profile starts without it.
+                log.warning("quarantined profile not moved", extra={"shard": self.shard, "customer": customer,
+                                                                    "into": request.into})
+                return MoveIn(request.into, customer, None, request.route)
+            if stored is not None:
+                try:
+                    profile = decode_profile(stored)
+                except Exception as exc:  # noqa: BLE001 - bad stored bytes are one customer's problem
+                    self._quarantine(customer, "decode_profile", exc, stored)
+                    return MoveIn(request.into, customer, None, request.route)
+                # What is stored goes as it is (format 1 is rewritten, so the merge reads one format).
+                blob = stored if stored[:1] != b"{" else encode_profile(profile)
+        if profile is not None:
             indexed = self._dirty.pop(customer, _CLEAN)
             if indexed is _CLEAN:
                 indexed = due_at(profile, self.ctx.ruleset)
             self._dirty_due.pop(customer, None)
             self._applied.pop(customer, None)
-            committed = self._committed.pop(customer, UNKNOWN)
-            self.store.delete(profile_key(customer), committed=committed)
+            self.store.delete(key, committed=committed)
             self.timers.move(customer, indexed, None, committed=committed is not UNKNOWN)
             metrics.PROFILES_MOVED.inc()
-        self._live.pop(customer, None)
         self._committed.pop(customer, None)
         failpoints.hit("moved_out")
         return MoveIn(request.into, customer, blob, request.route)
 
-    def _expect(self, request: MergeExpect, out: list[ShardOutput]) -> None:
+    def _expect(self, request: MergeExpect) -> list[ShardItem]:
         customer = request.customer
         early = self._early.get(customer, {})
         # Moved profiles of this merge that came first; those of a later merge of the same customer stay.
@@ -542,23 +568,21 @@ class ShardState:
         self._arrived[customer] = arrived
         self._merge_ids[customer] = request.ids
         self._held[customer] = []
-        if not self._waiting[customer]:
-            self._complete(customer, out)
+        return self._complete(customer) if not self._waiting[customer] else []
 
-    def _move_in(self, moved: MoveIn, out: list[ShardOutput]) -> None:
+    def _move_in(self, moved: MoveIn) -> list[ShardItem]:
         customer = moved.customer
         waiting = self._waiting.get(customer)
         if waiting is None or moved.moved not in waiting:
             # Here before its MergeExpect (the two come by different paths): kept until it comes.
             self._early.setdefault(customer, {})[moved.moved] = moved.blob
-            return
+            return []
         waiting.discard(moved.moved)
         self._arrived[customer][moved.moved] = moved.blob
-        if not waiting:
-            self._complete(customer, out)
+        return self._complete(customer) if not waiting else []
 
-    def _complete(self, customer: str, out: list[ShardOutput]) -> None:
-        """Every moved profile is here: merge them into the customer's, then run what waited."""
+    def _complete(self, customer: str) -> list[ShardItem]:
+        """Every moved profile is here: merge them into the customer's; returns what waited for it."""
         del self._waiting[customer]
         blobs = tuple(blob for _, blob in sorted(self._arrived.pop(customer).items()) if blob is not None)
         ids = self._merge_ids.pop(customer)
@@ -567,23 +591,22 @@ class ShardState:
         if customer in quarantined:
             log.error("moved profiles not merged into a quarantined profile", extra={
                 "shard": self.shard, "customer": customer, "moved": len(blobs)})
-        else:
-            self._changing(profiles)
-            profile = profiles[customer]
-            try:
-                merge_all(profile, [decode_profile(b) for b in blobs], self.ctx.ruleset)
-                profile.ids = {t: list(keys) for t, keys in ids.items()}
-            except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's problem
-                metrics.PROCESSING_ERRORS.labels("merge", type(exc).__name__).inc()
-                self._live.pop(customer, None)
-                self._quarantine(customer, "merge", exc, None, profile_due=self._dirty.get(customer))
-            else:
-                self._applied.setdefault(customer, []).append(_Merge(blobs, ids))
-                self._changed(profiles)
-                metrics.MERGES.inc()
-                failpoints.hit("merged")
-        if held:
-            self._process(held, out)
+            return held
+        self._changing(profiles)
+        profile = profiles[customer]
+        try:
+            merge_all(profile, [decode_profile(b) for b in blobs], self.ctx.ruleset)
+            profile.ids = {t: list(keys) for t, keys in ids.items()}
+        except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's problem
+            metrics.PROCESSING_ERRORS.labels("merge", type(exc).__name__).inc()
+            self._live.pop(customer, None)
+            self._quarantine(customer, "merge", exc, None, profile_due=self._dirty.get(customer))
+            return held
+        self._applied.setdefault(customer, []).append(_Merge(blobs, ids))
+        self._changed(profiles)
+        metrics.MERGES.inc()
+        failpoints.hit("merged")
+        return held
 
     def fire_timers(self, now: int) -> list[ShardOutput]:
         """The wall-clock turn: every customer due by `now` (a bounded number per call, so a storm of
