@@ -54,7 +54,9 @@ from operators.state.timers import TimerIndex
 _TIMER_CHUNK = 1000
 # Due customers handled per timer turn; the rest wait for the next one, so a burst can't stall input.
 _TIMER_LIMIT = 2000
-_STORE_CACHE = 256
+# The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
+# the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
+_STORE_CACHE = 0
 # Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half
 # (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded
 # while the worker waits, so this bounds that pause when batches are small (live traffic).
@@ -206,8 +208,9 @@ class ShardState:
                 out[customer] = live[customer] = profile
         return out, created, quarantined
 
-    def _changing(self, profiles: dict[str, Profile]) -> None:
-        """Call before changing these profiles: remember the due time their stored copy is indexed under.
+    def _changing(self, profiles: dict[str, Profile], indexed_at: dict[str, int] | None = None) -> None:
+        """Call before changing these profiles: remember the due time their stored copy is indexed under
+        (`indexed_at`: already known from the timer index, for clean ones).
 
         `_dirty` is kept in order of last change, so the profiles written early are the ones least
         likely to change again before the epoch ends.
@@ -216,7 +219,9 @@ class ShardState:
         dirty = self._dirty
         for customer, profile in profiles.items():
             indexed = dirty.pop(customer, _CLEAN)
-            dirty[customer] = due_at(profile, ruleset) if indexed is _CLEAN else indexed
+            if indexed is _CLEAN:
+                indexed = indexed_at[customer] if indexed_at and customer in indexed_at else due_at(profile, ruleset)
+            dirty[customer] = indexed
 
     def _changed(self, profiles: dict[str, Profile]) -> None:
         ruleset, timers, dirty_due = self.ctx.ruleset, self.timers, self._dirty_due
@@ -447,7 +452,7 @@ class ShardState:
                     self.timers.move(customer, at, None)
                     del profiles[customer]
                     del self._live[customer]
-            self._changing(profiles)
+            self._changing(profiles, dict(chunk))
             outcome = Outcome()
             for customer, profile in list(profiles.items()):
                 marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
