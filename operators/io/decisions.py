@@ -37,6 +37,8 @@ def decision_body(decision: Decision) -> dict[str, object]:
         "profile_version": decision.profile_version,
         "decided_at": rfc3339(decision.decided_at),
         "expires_at": rfc3339(decision.expires_at),
+        "purpose": decision.purpose,
+        "promotion": decision.promotion,
     }
 
 
