@@ -298,7 +298,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from operators.rules.loader import load_rules
-    from operators.rules.scenarios import load_scenario, report_line, run_scenario, worth_showing
+    from operators.rules.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
 
     ruleset = load_rules(args.file)
     scenarios = [load_scenario(path) for path in args.scenarios]  # every file is checked before any runs
@@ -314,7 +314,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                 print("  " + report_line(check))
     print(f"{len(scenarios)} scenario{'s' * (len(scenarios) != 1)}, {total} expectations, {failed} failed")
     if failed:
-        raise AssertionError(f"{failed} of {total} expectations failed (FAIL lines above)")
+        raise ScenarioFailed(f"{failed} of {total} expectations failed (FAIL lines above)")
     return 0
 
 

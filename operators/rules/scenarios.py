@@ -57,6 +57,10 @@ class ScenarioError(ValueError):
     """The scenario file is invalid; the message names the file, the step and the field."""
 
 
+class ScenarioFailed(ValueError):
+    """Some expectation of a scenario did not hold (`nextclick rules test` exits non-zero)."""
+
+
 def offset_ms(text: str) -> int:
     """'+5m', '+100d1m', '+65m59s' -> milliseconds after the start."""
     body = text.strip().removeprefix("+") if isinstance(text, str) else ""
