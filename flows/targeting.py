@@ -1,9 +1,9 @@
 """The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
 
-    kafka_in ─── parse ─────┬─ (shard, event) ─────┬─ profiles (stateful_batch by shard) ─┬─ unexpired ─ encode ─ out
-    control_in ─ control ───┼─ (shard, command) ───┘                                     │
-                            └─ refused ──────────────────────────────── dead_letter ─────┴─ processing errors
-                                                                            └─ dead_letters_out
+    kafka_in ─── parse ────┬─ (shard, event) ─────┬─ profiles (stateful by shard) ─┬─ unexpired ─ encode ─ decisions_out
+    control_in ─ control ──┼─ (shard, command) ───┘                               │
+                           └─ refused ────────────────────────── dead_letter ─────┴─ processing errors
+                                                                      └─ dead_letters_out
 
 Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
 shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
