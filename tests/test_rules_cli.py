@@ -188,3 +188,45 @@ def test_grouped_attributes_that_need_a_trigger_are_left_out():
     view = attributes_at(new_profile("c1"), rs, T0)
     assert view["product_views_20m.max"] == 0 and view["product_views_20m.top"] is None
     assert "product_views_20m.same_as_trigger" not in view
+
+
+# --- the docs say what the code does ---------------------------------------------------------------
+
+RULES_DOC = REPO / "docs" / "rules.md"
+
+
+def _toml_blocks(text: str) -> list[str]:
+    return [block.split("```", 1)[0] for block in text.split("```toml\n")[1:]]
+
+
+def test_the_cookbook_in_the_docs_is_the_cookbook_that_is_tested():
+    import tomllib
+
+    doc = RULES_DOC.read_text()
+    section = doc[doc.index("## Cookbook"):doc.index("## Walkthrough")]
+    tested = tomllib.loads((COOKBOOK / "rules.toml").read_text())
+    rules = {r["id"]: r for r in tested["rule"]}
+    shown = [tomllib.loads(block) for block in _toml_blocks(section)]
+    shown_rules = [r for block in shown for r in block.get("rule", [])]
+    assert {r["id"] for r in shown_rules} == set(rules)
+    for rule in shown_rules:
+        assert {k: v for k, v in rules[rule["id"]].items() if k in rule} == rule, rule["id"]
+    for block in shown:
+        for name, signal in block.get("signals", {}).items():
+            assert {k: v for k, v in tested["signals"][name].items() if k != "description"} == signal, name
+        if "suppression" in block:
+            assert block["suppression"] == tested["suppression"]
+
+
+def test_the_walkthrough_works_as_written(tmp_path, capsys):
+    doc = RULES_DOC.read_text()
+    walkthrough = doc[doc.index("## Walkthrough"):]
+    blocks = ["\n".join(line[3:] for line in block.splitlines()) for block in _toml_blocks(walkthrough)]
+    rule = next(b for b in blocks if "[[rule]]" in b)
+    story = next(b for b in blocks if "[[step]]" in b)
+    shipped = DEFAULT_RULES_PATH.read_text()
+    rules = write_rules(tmp_path, shipped.replace("# --- arbitration", rule + "\n# --- arbitration"))
+    scenario = write_rules(tmp_path, story, "discovery.toml")
+    assert main(["rules", "test", str(rules), str(scenario)]) == 0, capsys.readouterr().out
+    assert "PASS discovery.toml step 5 (+28m clock): decisions = discovery_push/push/browse_abandoned" in \
+        capsys.readouterr().out
