@@ -47,6 +47,10 @@ def test_scenario(path: Path):
     ('description = "x"\n[[step]]\nat = "+0m"\nevent = "page_vue"', ["step 1", "field 'event'", "page_vue"]),
     ('description = "x"\n[[step]]\nat = "+0m"\nevent = "page_view"\nattrs = { catgory = "shoes" }',
      ["step 1", "field 'attrs'", "catgory", "category"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "add_to_cart"\nattrs = { amount = 5.0 }',
+     ["step 1", "field 'attrs'", "not a valid add_to_cart", "sku"]),  # the type's schema, as the flow applies it
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "add_to_cart"\nattrs = { sku = "A", amount = "lots" }',
+     ["step 1", "field 'attrs'", "not a valid add_to_cart"]),
     ('description = "x"\n[[step]]\nat = "5 minutes"\nevent = "page_view"', ["step 1", "field 'at'", "bad offset"]),
     ('description = "x"\n[[step]]\nadvance = "+5m"\n[[step]]\nadvance = "+4m"', ["step 2", "only moves forward"]),
     ('description = "x"\n[[step]]\nat = "+0m"\nadvance = "+1m"', ["step 1", "either an event"]),

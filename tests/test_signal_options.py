@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import new_profile
 from operators.records import Trigger
 from operators.rules.compiler import View
@@ -413,3 +414,14 @@ def test_new_profile_reads_nothing_from_unused_options(tmp_path):
     view = View(p, Trigger("page_view", "t", T0, {"category": "shoes"}), rs.getters)
     assert [view.get(a) for a in ("product_views_20m.max", "product_views_20m.top",
                                   "product_views_20m.same_as_trigger", "cart_value_2h")] == [0, None, 0, 0]
+
+
+def test_every_new_state_shape_is_stored_and_read_back_as_it_was(tmp_path):
+    rs = ruleset(tmp_path, BY_CATEGORY + CART + ABANDONED, rule('["page_view"]', "[]"))
+    c = Customer(rs)
+    c.send("page_view", T0, page_type="product", category="shoes")
+    c.send("add_to_cart", T0 + MIN, amount=12.5, sku="a")
+    c.send("purchase", T0 + 2 * MIN, amount=12.5)
+    c.send("add_to_cart", T0 + 3 * MIN, amount=7.0, sku="b")
+    assert {"product_views_20m", "cart_value_2h", "cart_value_2h@reset", "cart_abandoned"} <= set(c.profile.signals)
+    assert decode_profile(encode_profile(c.profile)) == c.profile

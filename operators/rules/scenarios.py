@@ -39,7 +39,7 @@ from typing import Any
 from operators.channels import EVENT_CHANNELS
 from operators.engine import on_event, on_timers
 from operators.infra.clock import parse_duration_ms
-from operators.io.parse import event_attributes
+from operators.io.parse import SPECS, event_attributes
 from operators.profile.model import Profile, new_profile
 from operators.records import Blocked, Decision, Event, Outcome
 from operators.rules.model import RuleSet
@@ -192,6 +192,11 @@ def load_scenario(path: str | Path) -> Scenario:
         extra = sorted(set(attrs) - set(known))
         if extra:
             raise _fail(path, where, f"field 'attrs': {extra} not attributes of {event_type}; it has {list(known)}")
+        try:  # the type's schema, as the flow's parser applies it (it also fills in defaults)
+            checked = SPECS[event_type].validate({"event_id": "e", "type": event_type, "ts": at, **attrs})
+        except Exception as exc:  # noqa: BLE001 - fastjsonschema's exception: its message names the problem
+            raise _fail(path, where, f"field 'attrs': not a valid {event_type}: {exc}") from None
+        attrs = {k: checked[k] for k in known if k in checked}
         customer = raw.get("customer", "c1")
         event_id = raw.get("id", f"{path.stem}-{n}")
         if not isinstance(customer, str) or not isinstance(event_id, str):

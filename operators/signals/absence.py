@@ -1,13 +1,14 @@
 """`absence`: "A and no B within T". A start event opens it; a cancel event closes it; when T has
 passed with no cancel it fires, on the clock, as a trigger rules can be `on`.
 
-State: [since, deadline, carried attributes of the start event]; with totals declared (`sum`,
-`count`), a fourth item: {total name: value} over every start event since it began pending.
+State: [since, deadline, carried attributes of the start event]; with options declared, a fourth
+item: {total name: value} over every start event since it began pending.
 
-Options (operators/signals/absence.py `Tally`): `where` filters the events that start (or restart)
-it, not those that cancel it; `sum = {<name> = "<attribute>"}` and `count = "<name>"` keep totals
-since it began pending (a cart's value and item count, where `carry` only has the last item's
-attributes), readable by rules on it as `trigger.<name>`.
+Options (the `Tally` subclass below, so an absence without them pays nothing for them):
+- `where` filters the events that start (or restart) it, not those that cancel it;
+- `sum = {<name> = "<attribute>"}` and `count = "<name>"` keep totals since it began pending (a
+  cart's value and item count, where `carry` only has the last item's attributes), readable by rules
+  on it as `trigger.<name>`.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ class Grouped(Expiring):
             return self._top(state, ref_ms)[0]
         if attribute.endswith(".max"):
             return self._top(state, ref_ms)[1] or 0
-        raise KeyError(f"{attribute} needs the trigger: read it through `reader`")
+        return None  # same_as_trigger without a trigger: no group (rules read it through `reader`)
 
     def reader(self, attribute: str) -> Callable[[Any, Trigger], Any] | None:
         """`same_as_trigger` reads the trigger's group; the others need only its time."""
