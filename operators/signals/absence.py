@@ -135,7 +135,8 @@ def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[s
     where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description", "where", "sum", "count"})
     carry = body.get("carry", [])
     if not isinstance(carry, list) or not all(isinstance(x, str) for x in carry):
-        raise where.fail("carry", "must be a list of attribute names")
+        where.report("carry", "must be a list of attribute names")
+        carry = []
     start = where.names(body, "start", event_types)
     for attribute in carry:
         check_attribute(where, "carry", attribute, start)

@@ -48,8 +48,10 @@ def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[s
     events = where.names(body, "events", event_types)
     field = where.string(body, "field")
     if field is None:
-        raise where.fail("field", "is required for kind 'sum'")
-    check_attribute(where, "field", field, events)
+        where.report("field", "is required for kind 'sum'")
+        field = ""  # the signal is dropped: the mistake is recorded, the other fields are still read
+    else:
+        check_attribute(where, "field", field, events)
     window = Window.load(body, where)
     conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
     by, max_groups = read_by(body, where, events)
