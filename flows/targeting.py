@@ -1,9 +1,9 @@
 """The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
 
-    kafka_in ─── parse ─────┬─ (shard, event) ─────┬─ profiles (stateful_batch by shard) ─┬─ encode ─ decisions_out
-    control_in ─ control ───┼─ (shard, command) ───┘                                     │
-                            └─ refused ──────────────────────────────── dead_letter ─────┴─ processing errors
-                                                                            └─ dead_letters_out
+    kafka_in ─── parse ────┬─ (shard, event) ─────┬─ profiles (stateful by shard) ─┬─ unexpired ─ encode ─ decisions_out
+    control_in ─ control ──┼─ (shard, command) ───┘                               │
+                           └─ refused ────────────────────────── dead_letter ─────┴─ processing errors
+                                                                      └─ dead_letters_out
 
 Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
 shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
@@ -25,7 +25,7 @@ from operators.infra.clock import Clock, SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
-from operators.io.decisions import encode_decision
+from operators.io.decisions import encode_decision, expired
 from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
 from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
@@ -102,6 +102,13 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         msg = OutMessage(topics.dead_letter, key, value, headers)
         return f"{dl.source.topic}#{dl.source.partition}", msg
 
+    def unexpired(decision: Decision) -> bool:
+        """Decisions already stale when made (a backfill) are counted, not sent (docs/rules.md)."""
+        if expired(decision, clock.now_ms()):
+            metrics.EXPIRED.labels(decision.rule_id, decision.channel).inc()
+            return False
+        return True
+
     def to_message(decision: Decision) -> OutMessage:
         metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
         key, value, headers = encode_decision(decision)
@@ -125,5 +132,6 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     failed = op.map("processing_errors", results.falses, _unkeyed)
     refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses, failed), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
-    op.output("decisions_out", op.map_value("encode", results.trues, to_message), KafkaOutput(config.kafka, shards))
+    fresh = op.filter_value("unexpired", results.trues, unexpired)
+    op.output("decisions_out", op.map_value("encode", fresh, to_message), KafkaOutput(config.kafka, shards))
     return flow

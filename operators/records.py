@@ -119,6 +119,10 @@ class Decision:
     expires_at: int
     profile_version: int
     signals: dict[str, Any]
+    # The rule's consent purpose, and whether it is a promotion (false: a service message, which
+    # complaints do not suppress): additive decision fields (schemas/decision.v1.json).
+    purpose: str = "marketing"
+    promotion: bool = True
 
 
 class Blocked(NamedTuple):
