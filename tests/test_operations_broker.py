@@ -224,7 +224,14 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
         # SIGTERM while input is flowing: the epoch in progress has decisions out already.
         producer = Paced(kafka, topic, CALLS, seconds=2, chunks=20)
         producer.start()
-        time.sleep(1)
+
+        def reading_calls() -> bool:  # the flow has read some of them, however loaded the machine is
+            page = scrape(port)[1]
+            read = sum(sample(page, "nextclick_input_messages_total", topic=topic, partition=str(p)) or 0
+                       for p in ends)
+            return read > len(FIRST)
+
+        wait_for(reading_calls, 20, "the flow to read the second wave")
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
