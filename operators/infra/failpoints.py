@@ -41,7 +41,7 @@ def _throttles(spec: str) -> dict[str, tuple[int, float]]:
     return out
 
 
-# `NEXTCLICK_THROTTLE_INPUT="<topic>:<messages>:<ms>"`: each partition of that input topic takes at
-# most <messages> from its consumer every <ms> (a slow broker, for the alignment tests). Unset in
-# production: one dict lookup per partition at start.
+# `NEXTCLICK_THROTTLE_INPUT="<topic>[#<partition>]:<messages>:<ms>"`: that input partition (or every
+# partition of the topic) takes at most <messages> from its consumer every <ms>: a slow broker, for
+# the alignment tests. Unset in production: two dict lookups per partition at start.
 THROTTLE_INPUT = _throttles(os.environ.get("NEXTCLICK_THROTTLE_INPUT", ""))

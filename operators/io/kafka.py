@@ -190,7 +190,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._held = False
         self._retry = timedelta(0)
         self._floor_ms: int | None = None  # the latest event time delivered
-        self._throttle = failpoints.THROTTLE_INPUT.get(topic)
+        self._throttle = failpoints.THROTTLE_INPUT.get(f"{topic}#{partition}") or failpoints.THROTTLE_INPUT.get(topic)
         self._throttled_until = 0.0
         # Monitoring: probes, the progress log, metrics, the consumer group's offsets.
         self._status = health.STATUS.partition(topic, partition)
