@@ -58,6 +58,31 @@ def test_event_time_reads_ts_as_the_parser_does() -> None:
     assert event_time(b'{"a": [1, {"b": null}], "ts": 5, "z": "' + b"x" * 1000 + b'"}', 10, CFG) == 5
 
 
+RFC3339 = st.builds(
+    lambda d, frac, sep, tz: f"{d.year:04d}-{d.month:02d}-{d.day:02d}{sep}{d:%H:%M:%S}{frac}{tz}",
+    st.datetimes(),
+    st.sampled_from(["", ".1", ".12", ".123", ".1234", ".123456789", ",123", ".", ".12a"]),
+    st.sampled_from(["T", "t", " ", "_"]),
+    st.sampled_from(["Z", "z", "+01:00", "-23:59", "+24:00", "+01:60", "+0100", "+01", "", "+01:00:30", "Zulu"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(ts=st.one_of(RFC3339, RFC3339.map(lambda t: t[:17] + "60" + t[19:]), st.text(min_size=19, max_size=32)))
+def test_rfc3339_strings_read_as_the_parser_reads_them(ts: str) -> None:
+    from operators.io.alignment import _rfc3339_ms
+    from operators.io.parse import parse_ts
+
+    try:
+        expected: int | None = parse_ts(ts)
+    except Exception:  # noqa: BLE001 - the parser refuses it: so must the fast way
+        expected = None
+    try:
+        got: int | None = _rfc3339_ms(ts)
+    except Exception:  # noqa: BLE001
+        got = None
+    assert got == expected
+
+
 @pytest.mark.parametrize("value", [
     None, b"", b"not json", b"[1, 2]", b'{"ts": ', msg(None), msg(True), msg(1.5), msg("yesterday"),
     msg("2026-11-18T11:05:40"),  # no timezone
@@ -259,3 +284,14 @@ def test_alignment_settings() -> None:
 def test_bad_alignment_settings_are_refused_with_the_key(key: str, value: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, {f"NEXTCLICK_FLOW__{key}": value})
+
+
+# -- the benchmark harness runs ------------------------------------------------------------------------
+
+
+def test_bench_alignment_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.alignment import main
+
+    main(["--events", "300", "--customers", "30", "--rounds", "1", "--partitions", "4"])
+    out = capsys.readouterr().out
+    assert "ts int" in out and "ts rfc3339" in out and "us/poll" in out
