@@ -133,10 +133,11 @@ class FlowConfig:
     # Keep it above the producer's delivery.timeout.ms (300 s by default): an epoch end waits that
     # long for Kafka to take the decisions, and a broker outage should pause the flow, not restart it.
     stall_seconds: float = 360.0
-    # Event-time alignment of the input partitions (docs/rules.md#ordering): while the input is
+    # Event-time alignment of the input partitions (docs/rules.md, "Ordering"): while the input is
     # behind, no partition delivers events more than `alignment_bound` (event time) ahead of the
     # slowest input partition that still has data, across topics and processes. Caught up, nothing
-    # waits. Keep the bound well inside the rules' allowed lateness (5m by default).
+    # waits. Keep the bound well inside the rules' allowed lateness (5m by default); "0s" applies
+    # every customer's events in event-time order, at a cost in catch-up throughput.
     align: bool = True
     alignment_bound: str = "1m"
     # A partition that neither delivers nor reports its end for this long (wall time) stops holding

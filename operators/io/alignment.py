@@ -32,9 +32,10 @@ each publishes its partitions' floors to a small compacted topic (`topics.progre
 group and partition) and reads everyone else's, from the end (`ProgressExchange`). A peer's floor is
 a lower bound of its true position (floors only move forward in an ordered partition, and a floor
 is republished whenever it moved by a quarter of the bound), so pacing against it never lets a
-process run further ahead than the bound; the price is a publish round trip (~100 ms) each time the
-slowest partition changes hands between processes. Entries older than this process's start (an
-earlier run) or not refreshed within the idle timeout (a process that stopped) are ignored.
+process run further ahead than the bound; the price is a round trip through Kafka (~10-20 ms) each
+time the slowest partition changes hands between processes. Entries published before this process
+started (an earlier run) or not refreshed within the idle timeout (a process that stopped) are
+ignored.
 """
 
 from __future__ import annotations

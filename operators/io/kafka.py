@@ -228,6 +228,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             log.error("input offset out of range; resuming at the earliest available offset",
                       extra={"topic": self._topic, "partition": self._partition,
                              "offset": self._next_offset, "error": error.str()})
+            # Messages waiting for alignment came from before that offset: they are delivered as read.
             self._consumer.seek(TopicPartition(self._topic, self._partition, OFFSET_BEGINNING))
             return
         if error.fatal():
