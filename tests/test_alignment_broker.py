@@ -6,7 +6,7 @@ empty partition does not stall anyone, and that a snapshot never counts a fetche
 message (a restart reads it again).
 
 Flow (tests/flowrun.py: `nextclick run` in subprocesses, stop_at_end): one seeded backlog (`stories`:
-600 customers, ~4,000 events in the last ~16 minutes, plus garbage), produced twice: once on five
+600 customers, ~4,600 events in the last ~16 minutes, plus garbage), produced twice: once on five
 per-channel topics (2 partitions each; each event on its type's channel, so a customer's story runs
 across several topics for up to ~12 minutes: consent and browsing on the web, then email, app, store
 and call-center contacts, purchases on any of three channels) and once on a single topic in
