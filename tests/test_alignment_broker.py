@@ -2,8 +2,9 @@
 
 Partitions: the Kafka source's own partition objects, polled by hand as Bytewax would, show the
 rule at work (a partition ahead in event time delivers nothing until the others catch up), that an
-empty partition does not stall anyone, and that a snapshot never counts a fetched but undelivered
-message (a restart reads it again).
+empty partition does not stall anyone and one whose fetches never return stalls the others only
+until the idle timeout, and that a snapshot never counts a fetched but undelivered message (a
+restart reads it again).
 
 Flow (tests/flowrun.py: `nextclick run` in subprocesses, stop_at_end): one seeded backlog (`stories`:
 600 customers, ~4,600 events in the last ~16 minutes, plus garbage), produced twice: once on five
@@ -40,6 +41,7 @@ from confluent_kafka import Producer
 
 from flows.local_broker import LocalBroker
 from operators.channels import EVENT_CHANNELS
+from operators.infra import failpoints
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig
 from operators.io.alignment import UNREADABLE, Alignment, event_time
 from operators.io.deadletter import TS_SKEW_HEADER
@@ -136,6 +138,40 @@ def test_partitions_deliver_in_event_time_order_and_snapshots_skip_what_waits(
         assert first and first[0].offset == 0
     finally:
         resumed.close()
+
+
+def test_a_partition_that_never_fetches_stalls_the_others_only_until_the_idle_timeout(
+        kafka: dict[str, str], topic_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = int(time.time() * 1000)
+    stuck, busy = f"{topic_prefix}.stuck", f"{topic_prefix}.busy"
+    ensure_topics(kafka, {stuck: 1, busy: 1})
+    producer = Producer(kafka)
+    for value in _values(now - 20 * MIN, 10, 1000):
+        producer.produce(busy, value, b"c1")
+        producer.produce(stuck, value, b"c1")
+    assert producer.flush(10) == 0
+    # `stuck` has data but its fetches never return any (as with an unreachable leader).
+    monkeypatch.setitem(failpoints.THROTTLE_INPUT, stuck, (0, 0.0))
+    source = KafkaInput(kafka, [stuck, busy], group_id=topic_prefix, stop_at_end=True,
+                        aligned=Aligned(Alignment(MIN, 1500), lambda: now, ParseConfig()))
+    names = source.list_parts()
+    parts = {name: source.build_part("kafka_in", name, None) for name in names}
+    try:
+        started = time.monotonic()
+        first_at = None
+        got: list[RawMessage] = []
+        while len(got) < 10 and time.monotonic() - started < 15:
+            batch = parts[f"{busy}#0"].next_batch()
+            parts[f"{stuck}#0"].next_batch()
+            if batch and first_at is None:
+                first_at = time.monotonic() - started
+            got += batch
+            time.sleep(0.01)
+        assert len(got) == 10
+        assert first_at is not None and 1.4 <= first_at < 5, first_at
+    finally:
+        for part in parts.values():
+            part.close()
 
 
 # -- the flow -------------------------------------------------------------------------------------------
