@@ -307,7 +307,7 @@ class Alignment:
             exchange, self._exchange = self._exchange, None
         if exchange is not None:
             exchange.stop.set()
-            exchange.join(10)
+            exchange.join(3)  # it publishes the final states; a broker that is gone must not hold the stop
 
 
 def entry_key(group_id: str, name: str) -> bytes:
@@ -400,7 +400,7 @@ class ProgressExchange(threading.Thread):
                       extra={"error": str(exc)})
         finally:
             self.alignment.exchanging = False
-            self._producer.flush(5)
+            self._producer.flush(1)
             self._consumer.close()
 
     def _publish(self, *, final: bool) -> None:
