@@ -338,7 +338,7 @@ import importlib.util, json, sys
 import flows, operators, schemas
 from operators.infra.config import DEFAULT_RULES_FILE, load_config
 from operators.io.parse import SPECS
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 assert importlib.util.find_spec("bench") is None, "bench is in the runtime install"
 assert importlib.util.find_spec("tests") is None, "tests are in the runtime install"
 print(json.dumps({"flows": flows.__file__, "schemas": schemas.__file__, "event_types": len(SPECS),

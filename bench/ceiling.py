@@ -11,9 +11,9 @@ from __future__ import annotations
 import heapq
 
 from operators.engine import due_at, on_event, on_timers
-from operators.profile import Profile, new_profile
-from operators.records import Event
-from operators.rules import Decision, RuleSet
+from operators.profile.model import Profile, new_profile
+from operators.records import Decision, Event
+from operators.rules.model import RuleSet
 
 
 class CeilingState:

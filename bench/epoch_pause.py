@@ -30,10 +30,13 @@ import orjson
 from bench import workload
 from operators.infra.clock import SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from operators.infra.runtime import tune_gc
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
-from operators.rules import load_rules
-from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.rules.loader import load_rules
+from operators.state.keys import shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
 
 
 def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: int, sync: bool,
@@ -71,7 +74,7 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
                 work += time.perf_counter() - started
             started = time.perf_counter()
             for logic in logics:
-                if logic.shard is not None:
+                if logic.state is not None:
                     logic.snapshot()
             pause = time.perf_counter() - started
             pauses.append(pause)
@@ -80,8 +83,8 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
                   f"epoch-end pause {pause * 1000:.1f} ms", flush=True)
     finally:
         for logic in logics:
-            if logic._store is not None:
-                logic._store.close()
+            if logic.state is not None:
+                logic.state.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     kept = sorted(pauses[warmup:]) or sorted(pauses)
     return {"rate": rate, "epoch_seconds": epoch_seconds, "epochs": epochs, "customers": customers,
@@ -93,6 +96,7 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_gc()  # as the flow's entry points do
     parser = argparse.ArgumentParser(prog="python -m bench.epoch_pause", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=4000, help="events per second of event time")
     parser.add_argument("--epoch-seconds", type=float, default=2.0)

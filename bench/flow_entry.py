@@ -29,6 +29,7 @@ from flows.targeting import build_flow
 from operators.infra import metrics
 from operators.infra.config import load_config
 from operators.infra.logs import configure_logging
+from operators.infra.runtime import tune_gc
 from operators.io import kafka as kafka_io
 from operators.state.manifest import check_start, runner_recovery_dir
 from operators.state.shard import ResumeState, ShardLogic
@@ -42,7 +43,7 @@ def _timed_snapshot(self: ShardLogic) -> ResumeState:
     started = time.time()
     t0 = time.perf_counter()
     state = _original_snapshot(self)
-    _timings.append((started, time.perf_counter() - t0, self.shard))
+    _timings.append((started, time.perf_counter() - t0, state["shard"]))
     return state
 
 
@@ -122,3 +123,4 @@ if os.environ.get("BENCH_STOP_FILE"):
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "WARNING"))
 _config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
 flow = build_flow(_config, stop=stop, plan=check_start(_config, recovery_dir=runner_recovery_dir(_config)))
+tune_gc()

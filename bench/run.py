@@ -57,8 +57,8 @@ from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfi
 from operators.io.decisions import encode_decision
 from operators.io.kafka import ensure_topics, sink_producer_config
 from operators.io.parse import parse_message
-from operators.records import Event, SourcePosition
-from operators.rules import Decision, load_rules
+from operators.records import Decision, Event, SourcePosition
+from operators.rules.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_TOPIC = "bench.events"  # + ".<run id>", so runs sharing a broker never mix
@@ -69,7 +69,8 @@ class Settings:
     events: int = 1_000_000
     customers: int = 100_000
     processes: tuple[int, ...] = (1, 2)
-    out: Path = Path("bench/results")
+    out: Path = Path("bench/results")  # raw output (JSON, plots, profiles): git-ignored
+    summaries: Path = Path("bench/summaries")  # the markdown table of each run: small, worth keeping
     partitions: int = 4
     shards: int = 16
     epoch_seconds: int = 2  # bytewax.run -s takes whole seconds
@@ -824,9 +825,11 @@ def run(s: Settings) -> dict[str, Any]:
         base = s.out / stamp
         base.with_suffix(".json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         table = markdown(result)
-        Path(f"{base}.md").write_text(table)
+        summary = s.summaries / f"{stamp}.md"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(table)
         plot_latency(result, Path(f"{base}-latency.png"))
-        result["files"] = {"json": f"{base}.json", "markdown": f"{base}.md", "latency_png": f"{base}-latency.png"}
+        result["files"] = {"json": f"{base}.json", "markdown": str(summary), "latency_png": f"{base}-latency.png"}
         print(table, flush=True)
         return result
     finally:
@@ -840,7 +843,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=100_000)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts for (a)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results"),
+                        help="raw output: JSON, latency plot, py-spy stacks (git-ignored)")
+    parser.add_argument("--summaries", type=Path, default=Path("bench/summaries"),
+                        help="where the markdown table of the run goes (kept in git)")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--epoch-seconds", type=int, default=2)
@@ -861,7 +867,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     return Settings(events=args.events, customers=args.customers,
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
-                    out=args.out, partitions=args.partitions, shards=args.shards,
+                    out=args.out, summaries=args.summaries, partitions=args.partitions, shards=args.shards,
                     epoch_seconds=args.epoch_seconds, latency_seconds=args.latency_seconds,
                     latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync, align=not args.no_align,
                     latency_rate=args.latency_rate,

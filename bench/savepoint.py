@@ -37,11 +37,13 @@ from operators.infra.clock import SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
 from operators.io.parse import parse_message
 from operators.records import Event, SavepointRequest, SourcePosition
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
+from operators.state.keys import shard_of
 from operators.state.manifest import check_start
 from operators.state.recovery_db import read_recovery
 from operators.state.savepoint import create_offline, finish_online, reshard, restore
-from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 
 

@@ -40,8 +40,10 @@ from bytewax.testing import TestingSink, run_main
 from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.records import Event
-from operators.rules import load_rules
-from operators.state.shard import ResumeState, ShardContext, ShardItem, ShardLogic, shard_of
+from operators.rules.loader import load_rules
+from operators.state.keys import shard_of
+from operators.state.shard import ResumeState, ShardLogic
+from operators.state.shard_state import ShardContext, ShardItem
 from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000

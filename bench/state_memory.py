@@ -37,8 +37,10 @@ import psutil
 from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.records import Event
-from operators.rules import load_rules
-from operators.state.shard import PROFILE_PREFIX, ShardContext, ShardLogic, shard_of
+from operators.rules.loader import load_rules
+from operators.state.keys import PROFILE_PREFIX, shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                             "note": "RSS is flat in the customer count beyond the cache budget; "
                                     "the estimate repeats the last measured RSS"})
     for logic in logics.values():
-        if logic._store is not None:
+        if logic.state is not None:
             logic.store.close()
     report = {"benchmark": "state_memory", "shards": args.shards, "cache_profiles_per_shard": args.cache,
               "event_type": etype, "batch": args.batch, "snapshot_every": args.snapshot_every, "sync": args.sync,

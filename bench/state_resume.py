@@ -40,8 +40,10 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.io.kafka import ensure_topics
 from operators.records import Event
-from operators.rules import load_rules
-from operators.state.shard import ShardContext, ShardLogic, shard_of
+from operators.rules.loader import load_rules
+from operators.state.keys import shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 
 REPO = Path(__file__).resolve().parent.parent

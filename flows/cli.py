@@ -37,8 +37,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
     from operators.infra.logs import configure_logging
+    from operators.infra.runtime import tune_gc
     from operators.io.kafka import redacted, wait_for_broker
-    from operators.rules import load_rules
+    from operators.rules.loader import load_rules
     from operators.state.manifest import check_start
     from operators.state.savepoint import restore
 
@@ -73,7 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
-    return runner.run(config, build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop),
+    flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
+    tune_gc()
+    return runner.run(config, flow,
                       workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
 
 
@@ -126,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
     from operators.state.manifest import verify_config
-    from operators.state.shard import read_profile
+    from operators.state.shard_state import read_profile
 
     config = load_config(args.config)
     verify_config(config)
@@ -134,8 +137,39 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
         raise LookupError(f"no profile for that customer in {config.state.dir}")
+    if "quarantined" not in profile:
+        profile["derived"] = _derived(profile, config, args.at)
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _derived(stored: dict[str, Any], config: Config, at: str | None) -> dict[str, Any]:
+    """What a rule of the configured rules file would read for this profile at `at` (default: now)."""
+    import msgspec
+
+    from operators.infra.clock import SystemClock
+    from operators.profile.model import Profile
+    from operators.rules.explain import attributes_at, rfc3339
+    from operators.rules.loader import load_rules
+
+    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    at_ms = SystemClock().now_ms() if at is None else _time_ms(at)
+    profile = msgspec.convert(stored, Profile)
+    return {"at": rfc3339(at_ms), "rules_file": ruleset.source, "attributes": attributes_at(profile, ruleset, at_ms)}
+
+
+def _time_ms(text: str) -> int:
+    from datetime import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--at: {text!r} is not epoch milliseconds or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"--at: {text!r} has no UTC offset (add Z or +02:00)")
+    return int(moment.timestamp() * 1000)
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
@@ -145,9 +179,10 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
-    from operators.rules import load_rules
+    from operators.rules.loader import load_rules
+    from operators.state.keys import shard_of, shard_path
     from operators.state.manifest import verify_config
-    from operators.state.shard import erase_customer, shard_of, shard_path
+    from operators.state.shard_state import erase_customer
     from operators.state.store import ShardStore, StateError
 
     config = load_config(args.config)
@@ -183,8 +218,8 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
+    from operators.state.keys import PROFILE_PREFIX, shard_path
     from operators.state.manifest import verify_config
-    from operators.state.shard import PROFILE_PREFIX, shard_path
     from operators.state.store import ShardStore, dir_bytes
 
     config = load_config(args.config)
@@ -243,6 +278,53 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
               f"Bytewax's recovery in {report['recovery_dir']}; nothing was changed. Take a savepoint first if "
               "you may need them, then add --yes", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from operators.rules.fields import RulesError
+    from operators.rules.loader import check_rules
+
+    ruleset, errors = check_rules(args.file)
+    if ruleset is None:
+        for error in errors:
+            print(error)
+        raise RulesError(f"{args.file}: {len(errors)} error{'s' if len(errors) > 1 else ''} (listed above)")
+    print(orjson.dumps({"rules_file": ruleset.source, "valid": True, "rules": [r.id for r in ruleset.rules],
+                        "signals": [s.name for s in ruleset.signals], "triggers": sorted(ruleset.triggers)},
+                       option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from operators.rules.loader import load_rules
+    from operators.rules.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
+
+    ruleset = load_rules(args.file)
+    scenarios = [load_scenario(path) for path in args.scenarios]  # every file is checked before any runs
+    total = failed = 0
+    for scenario in scenarios:
+        print(f"{scenario.path}: {scenario.description}")
+        if scenario.rules is not None and scenario.rules.resolve() != Path(args.file).resolve():
+            print(f"  note: the scenario names {scenario.rules}; testing {args.file}")
+        for check in run_scenario(scenario, ruleset):
+            total += 1
+            failed += not check.ok
+            if worth_showing(check) or args.verbose:
+                print("  " + report_line(check))
+    print(f"{len(scenarios)} scenario{'s' * (len(scenarios) != 1)}, {total} expectations, {failed} failed")
+    if failed:
+        raise ScenarioFailed(f"{failed} of {total} expectations failed (FAIL lines above)")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from operators.rules.explain import explain, read_story, render
+    from operators.rules.loader import load_rules
+
+    ruleset = load_rules(args.file)
+    for entry in explain(ruleset, read_story(args.events)):
+        print(orjson.dumps(entry).decode() if args.json else render(entry) + "\n")
     return 0
 
 
@@ -364,11 +446,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = sub.add_parser("profile", help="read profiles from the latest checkpoint")
     profile_sub = profile.add_subparsers(dest="profile_command", required=True)
-    get = profile_sub.add_parser("get", help="print one customer's committed profile as JSON")
+    get = profile_sub.add_parser(
+        "get", help="print one customer's committed profile as JSON, with the attributes rules read now",
+        description="The stored profile (facts, signals, history) and, under \"derived\", every attribute a rule "
+                    "of the configured rules file would read at --at: segment, RFM scores, days since, signals.")
     get.add_argument("key", help="the customer identifier (hashed with the configured secret)")
     get.add_argument("--id-type", default="customer", help="identifier type (customer, cookie, device, email...)")
     get.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     get.add_argument("--config", help="TOML configuration file")
+    get.add_argument("--at", help="when the derived attributes are computed for (epoch ms or RFC 3339; default now)")
     get.set_defaults(func=cmd_profile_get)
     erase = profile_sub.add_parser("erase", help="right to erasure: remove a customer from state and checkpoints")
     erase.add_argument("key", help="the customer identifier (hashed with the configured secret)")
@@ -379,6 +465,29 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--request-id", help="id of the erasure request (with --online)")
     erase.add_argument("--config", help="TOML configuration file")
     erase.set_defaults(func=cmd_profile_erase)
+
+    rules = sub.add_parser("rules", help="check, test and explain a rules file (no Kafka needed)")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules file, listing every error",
+                                 description="Load a rules file as `nextclick run` would and list every mistake "
+                                             "(file, rule or signal, field), not only the first.")
+    check.add_argument("file", help="the rules file (TOML)")
+    check.set_defaults(func=cmd_rules_check)
+    test = rules_sub.add_parser("test", help="run scenario files on the engine with a manual clock",
+                                description="Run each scenario (docs/rules.md, \"Testing rules with scenarios\") "
+                                            "against FILE; print PASS or FAIL per expectation; exit 1 on a failure.")
+    test.add_argument("file", help="the rules file (TOML)")
+    test.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files (TOML)")
+    test.add_argument("--verbose", action="store_true", help="print every expectation, also the empty ones")
+    test.set_defaults(func=cmd_rules_test)
+    explain = rules_sub.add_parser("explain", help="show, trigger by trigger, why rules fired or did not",
+                                   description="Run a story of events (JSON lines, as on the input topics) "
+                                               "through the engine: for each trigger, each rule's conditions "
+                                               "with their values, the gate that blocked it, the decision.")
+    explain.add_argument("file", help="the rules file (TOML)")
+    explain.add_argument("--events", required=True, help="the story: one event per line (JSON)")
+    explain.add_argument("--json", action="store_true", help="one JSON object per trigger instead of text")
+    explain.set_defaults(func=cmd_rules_explain)
 
     state = sub.add_parser("state", help="inspect the state directory")
     state_sub = state.add_subparsers(dest="state_command", required=True)

@@ -31,7 +31,7 @@ from operators.infra import metrics
 from operators.infra.clock import ScaledClock
 from operators.infra.config import DEMO_SECRET, Config
 from operators.io.kafka import client_config, ensure_topics, wait_for_broker
-from operators.rules import load_rules
+from operators.rules.loader import load_rules
 
 CHANNEL_ICONS = {"email": "✉", "ads": "◼", "call_center": "☎", "push": "➤", "sms": "✆", "web": "◎"}
 

@@ -18,6 +18,7 @@ import sys
 from flows.targeting import build_flow
 from operators.infra.config import ConfigError, load_config
 from operators.infra.logs import configure_logging
+from operators.infra.runtime import tune_gc
 from operators.state.manifest import check_start, runner_recovery_dir
 from operators.state.store import StateError
 
@@ -26,6 +27,7 @@ try:
     _config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
     _recovery = runner_recovery_dir(_config)
     flow = build_flow(_config, plan=check_start(_config, recovery_dir=_recovery))
+    tune_gc()
 except (ConfigError, StateError) as _exc:
     print(f"nextclick: error: {_exc}", file=sys.stderr)
     raise SystemExit(2) from None

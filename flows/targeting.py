@@ -1,9 +1,9 @@
 """The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
 
-    kafka_in ─── parse ─────┬─ (shard, event) ─────┬─ profiles (stateful_batch by shard) ─┬─ encode ─ decisions_out
-    control_in ─ control ───┼─ (shard, command) ───┘                                     │
-                            └─ refused ──────────────────────────────── dead_letter ─────┴─ processing errors
-                                                                            └─ dead_letters_out
+    kafka_in ─── parse ────┬─ (shard, event) ─────┬─ profiles (stateful by shard) ─┬─ unexpired ─ encode ─ decisions_out
+    control_in ─ control ──┼─ (shard, command) ───┘                               │
+                           └─ refused ────────────────────────── dead_letter ─────┴─ processing errors
+                                                                      └─ dead_letters_out
 
 Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
 shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
@@ -26,15 +26,20 @@ from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic, p
 from operators.io.alignment import Alignment
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
-from operators.io.decisions import encode_decision
+from operators.io.decisions import encode_decision, expired
 from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
-from operators.records import DeadLetter, EraseRequest, Event, SavepointRequest, SourcePosition
-from operators.rules import Decision, RuleSet, load_rules
+from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
+from operators.rules.loader import load_rules
+from operators.rules.model import RuleSet
+from operators.state.keys import shard_of
 from operators.state.manifest import StartPlan, check_start
-from operators.state.shard import ShardContext, ShardItem, ShardLogic, ShardOutput, shard_of
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, ShardItem, ShardOutput
 
 Routed = tuple[str, ShardItem]
+# NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.
+position = tuple.__new__
 
 
 def _is_routed(item: Routed | DeadLetter) -> TypeGuard[Routed]:
@@ -73,7 +78,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
         for m in batch:
-            item = parse_message(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
+            item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
                                  secret=secret, now_ms=now, config=parse_config)
             out.append((keys[shard_of(item.customer, shards)], item) if isinstance(item, Event) else item)
         return out
@@ -97,6 +102,13 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         key, value, headers = dead_letter_record(dl, parse_config.redact_fields)
         msg = OutMessage(topics.dead_letter, key, value, headers)
         return f"{dl.source.topic}#{dl.source.partition}", msg
+
+    def unexpired(decision: Decision) -> bool:
+        """Decisions already stale when made (a backfill) are counted, not sent (docs/rules.md)."""
+        if expired(decision, clock.now_ms()):
+            metrics.EXPIRED.labels(decision.rule_id, decision.channel).inc()
+            return False
+        return True
 
     def to_message(decision: Decision) -> OutMessage:
         metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
@@ -125,5 +137,6 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     failed = op.map("processing_errors", results.falses, _unkeyed)
     refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses, failed), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
-    op.output("decisions_out", op.map_value("encode", results.trues, to_message), KafkaOutput(config.kafka, shards))
+    fresh = op.filter_value("unexpired", results.trues, unexpired)
+    op.output("decisions_out", op.map_value("encode", fresh, to_message), KafkaOutput(config.kafka, shards))
     return flow

@@ -1,88 +1,139 @@
-"""One customer's turn of the event loop, as pure functions over a profile dict.
+"""One customer's turn of the event loop: pure functions over a typed profile.
 
-`on_event` and `on_timers` are all the domain logic a shard runs: dedupe, lateness, durable facts,
-transient signals, absences and arbitration. They mutate the profile they are given and return what
-came out; storing the profile and sending the decisions is the caller's job.
+`on_event` and `on_timers` are all the domain logic a shard runs. Each part of the profile is
+changed by its own module (facts, signals by kind, history, dedupe); this module only orders their
+steps and collects what comes out. Storing the profile and sending decisions is the caller's job.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from operators.profile import Profile, apply_durable
-from operators.records import Event
-from operators.rules import Blocked, Decision, RuleSet, decide
-from operators.windows import Trigger, apply_transient, fire_absences, is_late, next_deadline, note_expiry, prune
-
-# Dedupe ids kept per customer (the oldest to arrive goes first); bounds a replay storm's state.
-MAX_SEEN_IDS = 256
+from operators.profile import dedupe, history
+from operators.profile.facts import apply_facts
+from operators.profile.model import Profile
+from operators.records import Event, Outcome, Trigger
+from operators.rules.arbitration import decide
+from operators.rules.model import RuleSet
 
 
-@dataclass
-class Outcome:
-    decisions: list[Decision] = field(default_factory=list)
-    blocked: list[Blocked] = field(default_factory=list)
-    duplicate: bool = False
-    late: bool = False
-    absences: int = 0
+def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcome) -> None:
+    """Absences whose deadline has passed by `until_ms` fire (once) and leave state; then each is
+    decided, in declaration order (so no fired absence still reads as pending to another's rules)."""
+    signals = profile.signals
+    fired: list[Trigger] | None = None
+    for signal in ruleset.firing:
+        state = signals.get(signal.name)
+        if state is not None:
+            deadline = signal.deadline(state)
+            if deadline is not None and deadline <= until_ms:
+                if fired is None:
+                    fired = []
+                fired.append(signal.fire(state))
+                del signals[signal.name]
+    if fired is not None:
+        out.absences += len(fired)
+        for trigger in fired:
+            decide(profile, ruleset, trigger, out)
 
 
-def _decide_all(profile: Profile, ruleset: RuleSet, triggers: list[Trigger], out: Outcome) -> None:
-    for trigger in triggers:
-        decision, blocked = decide(profile, ruleset, trigger)
-        if decision is not None:
-            out.decisions.append(decision)
-        out.blocked.extend(blocked)
+def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
+    """Drop every transient entry whose lifetime has ended by event time `ref_ms`.
+
+    Free until the earliest entry expires (`prune_at`); then one pass over every part, which also
+    recomputes `prune_at` and `expire_at` (the time everything will be gone).
+    """
+    prune_at = profile.prune_at
+    if prune_at is None or ref_ms < prune_at:
+        return
+    signals = profile.signals
+    low = high = None
+    for signal in ruleset.expiring:
+        state = signals.get(signal.name)
+        if state is None:
+            continue
+        state = signal.prune(state, ref_ms)
+        if state is None:
+            del signals[signal.name]
+            continue
+        signals[signal.name] = state
+        first, last = signal.expiry_bounds(state)
+        if low is None or first < low:
+            low = first
+        if high is None or last > high:
+            high = last
+    for bounds in (history.prune(profile.history, ref_ms), dedupe.prune(profile.seen, ref_ms)):
+        if bounds is not None:
+            if low is None or bounds[0] < low:
+                low = bounds[0]
+            if high is None or bounds[1] > high:
+                high = bounds[1]
+    profile.prune_at, profile.expire_at = low, high
 
 
-def _remember_id(profile: Profile, event: Event, horizon_ms: int) -> None:
-    seen: dict[str, int] = profile["seen"]
-    seen[event.event_id] = until = event.ts + horizon_ms
-    note_expiry(profile, until)
-    if len(seen) > MAX_SEEN_IDS:
-        # Oldest first by arrival (dicts keep insertion order, and orjson keeps it across a save).
-        del seen[next(iter(seen))]
-
-
-def on_event(profile: Profile, event: Event, ruleset: RuleSet) -> Outcome:
+def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | None = None) -> Outcome:
     """Apply one event: absences it completes are decided first, then the event itself.
 
     A duplicate `event_id` (within the dedupe horizon) changes nothing. A late event (older than the
     customer's newest event minus the allowed lateness) still counts in the durable facts but, under
     the "drop" policy, neither enters transient signals nor triggers rules: its moment has passed.
+    What comes out is added to `out` (a new Outcome when none is given).
     """
-    out = Outcome()
-    if event.event_id in profile["seen"]:
-        out.duplicate = True
+    if out is None:
+        out = Outcome()
+    if event.event_id in profile.seen:
+        out.duplicates += 1
         return out
     late = ruleset.late
-    out.late = is_late(profile, event, late)
-    if not out.late:
-        completed = fire_absences(profile, ruleset.signals, event.ts - late.allowed_lateness_ms)
-        out.absences = len(completed)
-        _decide_all(profile, ruleset, completed, out)
-    if not out.late or late.policy == "apply":
-        apply_transient(profile, event, ruleset.signals_for_event.get(event.type, ruleset.signals))
-    apply_durable(profile, event)
-    _remember_id(profile, event, ruleset.dedupe_horizon_ms)
-    if not out.late:
-        _decide_all(profile, ruleset, [Trigger(event.type, event.event_id, event.ts, event.attrs)], out)
-    prune(profile, ruleset.signals, profile["last_seen"] - late.allowed_lateness_ms)
+    lateness = late.allowed_lateness_ms
+    ts = event.ts
+    newest = profile.facts.last_seen
+    is_late = newest is not None and ts < newest - lateness
+    if is_late:
+        out.lates += 1
+    if not is_late:
+        if ruleset.firing:
+            fire_absences(profile, ruleset, ts - lateness, out)
+        for signal in ruleset.signals_for_event[event.type]:
+            signal.apply(profile, event)
+    elif late.policy == "apply":
+        for signal in ruleset.signals_for_event[event.type]:
+            signal.apply(profile, event)
+    facts = profile.facts
+    apply_facts(facts, event)
+    dedupe.remember(profile, event.event_id, ts, ruleset.dedupe_horizon_ms)
+    if not is_late and event.type in ruleset.by_trigger:
+        decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs), out)
+    ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts
+    prune_at = profile.prune_at
+    if prune_at is not None and ref >= prune_at:
+        prune(profile, ruleset, ref)
     return out
 
 
-def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int) -> Outcome:
+def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | None = None) -> Outcome:
     """Wall-clock turn: fire absences and drop expired state once the allowed lateness has passed."""
-    out = Outcome()
+    if out is None:
+        out = Outcome()
     until = now_ms - ruleset.late.allowed_lateness_ms
-    completed = fire_absences(profile, ruleset.signals, until)
-    out.absences = len(completed)
-    _decide_all(profile, ruleset, completed, out)
-    prune(profile, ruleset.signals, until)
+    fire_absences(profile, ruleset, until, out)
+    prune(profile, ruleset, until)
     return out
+
+
+def next_deadline(profile: Profile, ruleset: RuleSet) -> int | None:
+    """The earliest time (event time) this profile needs a timer turn: a pending absence's deadline,
+    or when all its transient state will have expired."""
+    due = profile.expire_at
+    signals = profile.signals
+    for signal in ruleset.firing:
+        state = signals.get(signal.name)
+        if state is not None:
+            deadline = signal.deadline(state)
+            if deadline is not None and (due is None or deadline < due):
+                due = deadline
+    return due
 
 
 def due_at(profile: Profile, ruleset: RuleSet) -> int | None:
     """Wall-clock ms at which this profile next needs `on_timers` (deadline + allowed lateness)."""
-    deadline = next_deadline(profile)
+    deadline = next_deadline(profile, ruleset)
     return None if deadline is None else deadline + ruleset.late.allowed_lateness_ms

@@ -119,6 +119,10 @@ class Decision:
     expires_at: int
     profile_version: int
     signals: dict[str, Any]
+    # The rule's consent purpose, and whether it is a promotion (false: a service message, which
+    # complaints do not suppress): additive decision fields (schemas/decision.v1.json).
+    purpose: str = "marketing"
+    promotion: bool = True
 
 
 class Blocked(NamedTuple):
@@ -132,13 +136,24 @@ class Blocked(NamedTuple):
 
 
 class Outcome:
-    """Everything one event or timer turn produced for one customer."""
+    """What one or more event or timer turns produced (a shard passes one per batch to save the
+    allocations): decisions, blocked candidates, and counts of duplicates, late events and absences."""
 
-    __slots__ = ("absences", "blocked", "decisions", "duplicate", "late")
+    __slots__ = ("absences", "blocked", "decisions", "duplicates", "lates")
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
         self.blocked: list[Blocked] = []
-        self.duplicate = False
-        self.late = False
+        self.duplicates = 0
+        self.lates = 0
         self.absences = 0
+
+    @property
+    def duplicate(self) -> bool:
+        """For one event's outcome: it repeated an event_id already applied."""
+        return self.duplicates > 0
+
+    @property
+    def late(self) -> bool:
+        """For one event's outcome: it was older than the allowed lateness."""
+        return self.lates > 0

@@ -28,7 +28,8 @@ from confluent_kafka import Producer
 
 from flows.local_broker import free_port
 from operators.io.kafka import consume_all, ensure_topics
-from operators.state.shard import PROFILE_PREFIX, shard_path
+from operators.profile.codec import stored_as_dict
+from operators.state.keys import PROFILE_PREFIX, shard_path
 from operators.state.store import ShardStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -291,7 +292,7 @@ def read_profiles(state_dir: Path, shards: int) -> dict[str, dict[str, Any]]:
         store = ShardStore.open_read_only(path)
         try:
             for key, value in store.scan(PROFILE_PREFIX):
-                out[key[len(PROFILE_PREFIX):].decode()] = orjson.loads(value)
+                out[key[len(PROFILE_PREFIX):].decode()] = stored_as_dict(value)
         finally:
             store.close()
     return out

@@ -10,10 +10,12 @@ from typing import Any
 
 import operators
 from operators.channels import EVENT_CHANNELS
-from operators.engine import Outcome, on_event, on_timers
-from operators.profile import Profile, new_profile
-from operators.records import Event
-from operators.rules import RuleSet, load_rules
+from operators.engine import on_event, on_timers
+from operators.profile.model import Facts, Profile, new_profile
+from operators.records import Event, Outcome
+from operators.rules.loader import load_rules
+from operators.rules.model import RuleSet
+from operators.signals.base import Signal
 
 SEC = 1_000
 MIN = 60 * SEC
@@ -22,8 +24,7 @@ DAY = 24 * HOUR
 # A fixed, day-aligned event time (2026-11-18T00:00:00Z) so bucket and tumbling edges are predictable.
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % DAY
 
-DEFAULT_RULES_PATH = Path(operators.__file__).resolve().parent / "default_rules.toml"
-TRANSIENT_KEYS = ("signals", "timers", "seen", "sent", "fired", "prune_at")
+DEFAULT_RULES_PATH = Path(operators.__file__).resolve().parent / "rules" / "default_rules.toml"
 
 _ids = itertools.count(1)
 
@@ -44,8 +45,27 @@ def default_rules() -> RuleSet:
     return load_rules(DEFAULT_RULES_PATH)
 
 
-def durable_part(profile: Profile) -> dict[str, Any]:
-    return {k: v for k, v in profile.items() if k not in TRANSIENT_KEYS}
+def durable_part(profile: Profile) -> Facts:
+    return profile.facts
+
+
+def transient_parts(profile: Profile) -> dict[str, Any]:
+    """Everything in a profile that expires: empty (and None) once it all has."""
+    return {"signals": profile.signals, "fired": profile.history.fired, "sent": profile.history.sent,
+            "seen": profile.seen, "prune_at": profile.prune_at, "expire_at": profile.expire_at}
+
+
+def apply_transient(profile: Profile, event: Event, signals: tuple[Signal, ...]) -> None:
+    """Fold an on-time event into these signals only, as the engine does for the signals it touches."""
+    for signal in signals:
+        if event.type in signal.touched_by:
+            signal.apply(profile, event)
+
+
+def signal_view(profile: Profile, signals: tuple[Signal, ...], ref_ms: int) -> dict[str, Any]:
+    """Every attribute of these signals as rules would read it at `ref_ms`."""
+    return {attribute: signal.value(attribute, profile.signals.get(signal.name), ref_ms)
+            for signal in signals for attribute in signal.attributes}
 
 
 def write_rules(tmp_path: Path, text: str, name: str = "rules.toml") -> Path:

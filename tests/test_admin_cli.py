@@ -17,7 +17,7 @@ import pytest
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import PrivacyConfig
 from operators.io.kafka import ensure_topics
-from operators.state.shard import read_profile
+from operators.state.shard_state import read_profile
 from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
 
 CUSTOMERS = 30
@@ -56,9 +56,13 @@ def test_profile_get_by_identifier_and_by_key(deployment: FlowSetup) -> None:
     done = nextclick(deployment, "profile", "get", "cust-00001")
     assert done.returncode == 0, done.stderr
     profile = orjson.loads(done.stdout)
-    assert profile["customer"] == key("cust-00001") and profile["version"] >= 1
-    by_key = nextclick(deployment, "profile", "get", key("cust-00001"), "--hashed")
-    assert orjson.loads(by_key.stdout) == profile
+    assert profile["customer"] == key("cust-00001") and profile["facts"]["version"] >= 1
+    # Beside the stored profile: what a rule would read now (segment, scores, days since, every signal).
+    derived = profile.pop("derived")
+    assert {"segment", "recency_score", "days_since_last_purchase", "page_views_30m", "session_active",
+            "cart_abandoned_pending"} <= set(derived["attributes"])
+    by_key = nextclick(deployment, "profile", "get", key("cust-00001"), "--hashed", "--at", derived["at"])
+    assert orjson.loads(by_key.stdout) == {**profile, "derived": derived}
     assert "no profile" in one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all"))
     # A wrong shard count would look in the wrong shard: refused, not "no profile".
     error = one_line_error(nextclick(deployment, "profile", "get", "cust-00001", NEXTCLICK_STATE__SHARDS="8"))
@@ -88,7 +92,7 @@ def test_offline_erase_then_the_flow_still_starts(deployment: FlowSetup) -> None
 @pytest.mark.broker
 def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: Path) -> None:
     who = key("cust-00003")
-    version = read_profile(deployment.state_dir, 4, who)["version"]  # type: ignore[index]
+    version = read_profile(deployment.state_dir, 4, who)["facts"]["version"]  # type: ignore[index]
     flow = start(deployment, stop_at_end=False, log=tmp_path / "flow.log")
     try:
         # One more event for the customer, so the running flow opens (and holds) their shard.
@@ -96,7 +100,7 @@ def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: 
                 "customer_id": "cust-00003", "page_type": "home"}
         produce(deployment.kafka, deployment.inputs[0], [("cust-00003", b"cust-00003", orjson.dumps(body))], 1)
         deadline = time.monotonic() + 30
-        while (read_profile(deployment.state_dir, 4, who) or {}).get("version") == version:
+        while (read_profile(deployment.state_dir, 4, who) or {"facts": {}})["facts"].get("version") == version:
             assert time.monotonic() < deadline and flow.poll() is None, (tmp_path / "flow.log").read_text()
             time.sleep(0.2)
         # The flow holds the shard open: an offline erase says what to do instead.

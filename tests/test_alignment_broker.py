@@ -220,7 +220,9 @@ def stories(customers: int, *, seed: int, start_ms: int, span_ms: int) -> list[M
 
 
 THROTTLE = "{topic}#0:50:100"  # at most 50 messages every 100 ms from one of web's partitions
-DECISION_HISTORY = ("sent", "fired")  # what decisions leave in a profile (cooldowns, caps)
+# What decisions leave in a stored profile (cooldowns, caps: "history" since profile format 2,
+# "sent" and "fired" before), and the expiry bookkeeping that follows from it.
+DECISION_HISTORY = ("history", "sent", "fired", "timers", "prune_at", "expire_at")
 
 
 def _garbage(now: int) -> list[tuple[str, bytes, bytes]]:
@@ -321,7 +323,7 @@ def _absences() -> set[str]:
 def _facts_and_windows(profile: dict[str, Any]) -> dict[str, Any]:
     """A profile without what depends on arrival order inside the bound: decisions and absences."""
     absences = _absences()
-    out = {k: v for k, v in profile.items() if k not in (*DECISION_HISTORY, "timers", "prune_at")}
+    out = {k: v for k, v in profile.items() if k not in DECISION_HISTORY}
     out["signals"] = {k: v for k, v in profile.get("signals", {}).items() if k not in absences}
     return out
 
@@ -360,7 +362,7 @@ def test_two_processes_within_the_default_bound(backlog: Backlog) -> None:
     # Facts and windowed signals do not depend on arrival order within the bound...
     assert _differing(reference.profiles, two.profiles, _facts_and_windows) == []
     # ...decisions and absences may: a consent or a purchase on one topic and a cart on another,
-    # less than the bound apart, can swap (docs/rules.md#ordering). Report how many.
+    # less than the bound apart, can swap (docs/rules.md#ordering-live-and-in-catch-up). Report how many.
     differing = _differing(reference.profiles, two.profiles)
     print(f"\n2 processes, bound 1m: {len(differing)} of {len(reference.profiles)} profiles differ (decisions, "
           f"absences); decision ids: {len(reference.decisions - two.decisions)} missing, "

@@ -38,7 +38,8 @@ def test_workload_mix_and_contract() -> None:
 
 def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
     settings = bench_run.parse_args(["--events", "2000", "--customers", "200", "--processes", "1",
-                                     "--out", str(tmp_path), "--latency-seconds", "3",
+                                     "--out", str(tmp_path), "--summaries", str(tmp_path / "summaries"),
+                                     "--latency-seconds", "3",
                                      "--latency-warmup-seconds", "0.5", "--no-sync"])
     settings.bootstrap = broker.bootstrap  # the session's broker (tests/conftest.py)
     result = bench_run.run(settings)

@@ -19,7 +19,8 @@ from operators.io.deadletter import REASONS
 from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_message
 from operators.records import DeadLetter, EraseRequest, SourcePosition
-from operators.state.shard import read_profile, shard_of, shard_path
+from operators.state.keys import shard_of, shard_path
+from operators.state.shard_state import read_profile
 from tests.helpers import FlowThread
 
 SECRET = b"control-secret"

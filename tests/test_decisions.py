@@ -9,7 +9,8 @@ import jsonschema
 import orjson
 
 from operators.io.decisions import DECISION_TYPE, encode_decision
-from operators.rules import Decision, decision_id
+from operators.records import Decision
+from operators.rules.arbitration import decision_id
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
 

@@ -28,8 +28,8 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
 from operators.io.kafka import consume_all, ensure_topics
-from operators.rules import decision_id
-from operators.state.shard import read_profile
+from operators.rules.arbitration import decision_id
+from operators.state.shard_state import read_profile
 
 pytestmark = pytest.mark.broker
 
@@ -135,7 +135,7 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
         # The decisions that events trigger.
         assert len(wait_for(kafka, decisions_topic, 3)) == 3, failures
         send(last)
-        wait_until(lambda: (profile("bob") or {}).get("orders") == 2, "bob's second purchase")
+        wait_until(lambda: (profile("bob") or {"facts": {}})["facts"].get("orders") == 2, "bob's second purchase")
         # Phase two: nothing arrives, the clock passes alice's deadline (cart + 60 min + 5 min lateness).
         clock.set(T0 + 70 * MIN)
         assert len(wait_for(kafka, decisions_topic, 4)) == 4, failures
@@ -191,7 +191,7 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
 
     # The profile was checkpointed to RocksDB and reads back with the tool's reader.
     bob = read_profile(tmp_path / "state", 4, customer_key("bob"))
-    assert bob is not None and bob["orders"] == 2 and bob["revenue"] == 160.0
+    assert bob is not None and bob["facts"]["orders"] == 2 and bob["facts"]["revenue"] == 160.0
     alice = read_profile(tmp_path / "state", 4, customer_key("alice"))
     assert alice is not None and "cart_abandoned" not in alice["signals"]
 

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event, on_timers
-from operators.profile import apply_durable, new_profile
+from operators.profile.codec import encode_profile
+from operators.profile.facts import apply_facts
+from operators.profile.model import new_profile
 from operators.records import Event
-from operators.rules import decision_id, load_rules
+from operators.rules.arbitration import decision_id
+from operators.rules.loader import load_rules
 from tests.helpers import (
     DAY,
     DEFAULT_RULES_PATH,
     HOUR,
     MIN,
     T0,
-    TRANSIENT_KEYS,
     Customer,
     consent,
     default_rules,
     fired,
     make_event,
     reasons,
+    transient_parts,
     write_rules,
 )
 from tests.test_profile import event_lists
@@ -66,7 +68,7 @@ def test_browse_ad_needs_three_pages_within_two_hours():
     c = Customer()
     browse(c, T0, pages=2)
     assert c.tick(T0 + 30 * MIN).decisions == []
-    assert c.profile["signals"].get("browse_abandoned") is None
+    assert c.profile.signals.get("browse_abandoned") is None
 
 
 # --- complaint ----------------------------------------------------------------------------------
@@ -226,13 +228,54 @@ def test_transient_state_expires_back_to_the_durable_baseline(steps):
         if isinstance(item, Event):
             out = on_event(profile, item, ruleset)
             if not out.duplicate:
-                apply_durable(baseline, item)
+                apply_facts(baseline.facts, item)
             newest = max(newest, item.ts)
         else:
             on_timers(profile, ruleset, item)
     # past every lifetime: the longest is the 30-day win-back cooldown
     on_timers(profile, ruleset, newest + 40 * DAY)
-    for key in TRANSIENT_KEYS:
-        assert not profile.get(key), key  # empty, or (prune_at) gone
+    for key, part in transient_parts(profile).items():
+        assert not part, key  # empty, or (prune_at, expire_at) gone
     assert profile == baseline
-    assert len(orjson.dumps(profile)) == len(orjson.dumps(baseline))
+    assert len(encode_profile(profile)) == len(encode_profile(baseline))
+
+
+# --- edges: each bound is pinned by a test that fails if it moves by one ---------------------------
+
+CAP_RULES = '''
+[[rule]]
+id = "follow_up"
+on = ["call_center_contact"]
+action = "call_back"
+channel = "call_center"
+cooldown = "1ms"
+
+[caps]
+call_center = { limit = 1, window = "1h" }
+
+[consent]
+call_center = "opt_out"
+'''
+
+
+def test_a_sent_decision_counts_towards_the_cap_for_exactly_the_cap_window(tmp_path):
+    c = Customer(load_rules(write_rules(tmp_path, CAP_RULES)))
+    assert fired(c.send("call_center_contact", T0))
+    # One millisecond before the window has passed, the cap is still full...
+    assert reasons(c.send("call_center_contact", T0 + HOUR - 1)) == [("follow_up", "frequency_cap_channel")]
+    # ...and at exactly one window later the first decision no longer counts.
+    assert fired(c.send("call_center_contact", T0 + HOUR)) == [("follow_up", "call_center", "call_center_contact")]
+
+
+def test_a_window_bucket_leaves_state_exactly_when_it_expires():
+    c = Customer()
+    c.send("email_open", T0)  # no signal counts email opens: only the dedupe id is transient
+    c.send("page_view", T0 + 30 * MIN + 5, page_type="home")
+    views = c.profile.signals["page_views_30m"]
+    (start, _), = views
+    lateness = c.ruleset.late.allowed_lateness_ms
+    expiry = start + MIN - 1 + 30 * MIN  # the bucket's last millisecond in the window, plus the window
+    c.tick(expiry - 1 + lateness)
+    assert "page_views_30m" in c.profile.signals
+    c.tick(expiry + lateness)
+    assert "page_views_30m" not in c.profile.signals

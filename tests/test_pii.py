@@ -37,7 +37,7 @@ from operators.infra.logs import configure_logging
 from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
 from operators.io.kafka import consume_all, ensure_topics
 from operators.records import DeadLetter, SourcePosition
-from operators.state.shard import read_profile
+from operators.state.shard_state import read_profile
 from tests.helpers import FlowThread
 
 SECRET = "pii-test-secret"

@@ -6,6 +6,8 @@ customer's processing made to fail and compares everyone else with a clean run.
 
 from __future__ import annotations
 
+import base64
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,14 @@ from operators.infra.config import ParseConfig
 from operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
 from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_message
-from operators.profile import ProfileEncodeError, encode_profile, new_profile
+from operators.profile.codec import encode_profile, profile_as_dict, stored_as_dict
+from operators.profile.facts import ProfileEncodeError, apply_facts
+from operators.profile.model import new_profile
 from operators.records import DeadLetter, Event, SourcePosition
-from operators.state import shard as shard_module
-from operators.state.shard import QUARANTINED, ShardContext, ShardLogic, profile_key, read_profile
+from operators.state import shard_state as shard_module
+from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 
@@ -42,7 +48,7 @@ def with_raw(event: Event, value: bytes = b'{"original": "bytes"}') -> Event:
 
 def stored(logic: ShardLogic, customer: str) -> dict[str, Any] | None:
     raw = logic.store.get(profile_key(customer))
-    return None if raw is None else orjson.loads(raw)
+    return None if raw is None else stored_as_dict(raw)
 
 
 def dead_letters(out: list[Any]) -> list[DeadLetter]:
@@ -56,11 +62,11 @@ def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(t
     logic.snapshot()
     # An earlier event of this epoch, not yet written: the failed one must not undo it either.
     logic.on_batch([make_event("page_view", T0 + MIN, customer="c1", event_id="c1-2", page_type="home")])
-    before = orjson.loads(orjson.dumps(logic._live["c1"]))
+    before = copy.deepcopy(logic.state._live["c1"])
     real = shard_module.on_event
 
-    def breaks_on_boom(profile: dict[str, Any], event: Event, ruleset: Any) -> Any:
-        result = real(profile, event, ruleset)
+    def breaks_on_boom(profile: Any, event: Event, ruleset: Any, *outcome: Any) -> Any:
+        result = real(profile, event, ruleset, *outcome)
         if event.event_id.startswith("boom"):
             raise KeyError("a-value-that-must-not-leak")  # after the profile was changed
         return result
@@ -78,12 +84,12 @@ def test_an_event_that_raises_is_dead_lettered_and_the_profile_is_as_before_it(t
     assert headers[REASON_HEADER] == b"processing_error" and headers[CLASS_HEADER] == b"KeyError"
     assert headers[STEP_HEADER] == b"engine.on_event"
     # The failed purchase left no trace; the events before and after it did.
-    profile = logic._live["c1"]
-    assert profile["orders"] == 0 and "boom-3" not in profile["seen"]
-    assert profile["version"] == before["version"] + 1 and "c1-4" in profile["seen"]
-    assert logic._live["c2"]["version"] == 2
+    profile = logic.state._live["c1"]
+    assert profile.facts.orders == 0 and "boom-3" not in profile.seen
+    assert profile.facts.version == before.facts.version + 1 and "c1-4" in profile.seen
+    assert logic.state._live["c2"].facts.version == 2
     logic.snapshot()
-    assert stored(logic, "c1") == profile
+    assert stored(logic, "c1") == profile_as_dict(profile)
     logic.store.close()
 
 
@@ -99,13 +105,15 @@ def test_a_new_customer_whose_only_event_fails_leaves_nothing_stored(tmp_path: P
 
 
 def test_corrupt_stored_state_from_the_old_overflow_bug_fails_per_event_not_per_flow(tmp_path: Path) -> None:
-    """Revenue stored as null (orjson wrote inf as null) made every later event raise TypeError."""
+    """Format 1 stored revenue as null (orjson wrote inf as null), which made every later event of that
+    customer raise and crash the flow. Such a profile is now set aside; its events are dead letters."""
     logic = shard(tmp_path)
-    logic.on_batch([make_event("page_view", T0, customer="bad"), make_event("page_view", T0, customer="good")])
+    logic.on_batch([make_event("page_view", T0, customer="good")])
     logic.snapshot()
-    broken = stored(logic, "bad")
-    assert broken is not None
-    broken.update(revenue=None, orders=2, last_purchase=T0 - HOUR, first_purchase=T0 - HOUR)
+    broken = {"format": 1, "customer": "bad", "version": 3, "first_seen": T0 - HOUR, "last_seen": T0 - HOUR,
+              "orders": 2, "revenue": None, "first_purchase": T0 - HOUR, "last_purchase": T0 - HOUR,
+              "last_contact": {"web": T0 - HOUR}, "contacts": {"web": 3}, "consent": {}, "last_complaint": None,
+              "signals": {}, "timers": {}, "seen": {}, "sent": {}, "fired": {}}
     logic.store.put(profile_key("bad"), orjson.dumps(broken))
     logic.snapshot()
     logic.store.close()
@@ -115,13 +123,14 @@ def test_corrupt_stored_state_from_the_old_overflow_bug_fails_per_event_not_per_
              with_raw(make_event("purchase", T0 + MIN, customer="bad", event_id="bad-2", amount=5.0)),
              with_raw(make_event("page_view", T0 + MIN, customer="good", event_id="good-3"))]
     out, _ = logic.on_batch(batch)
-    assert sorted((d.value, d.exception_class) for d in dead_letters(out)) == [
-        (b'{"original": "bytes"}', "TypeError")] * 2
+    assert sorted((d.value, d.step) for d in dead_letters(out)) == [
+        (b'{"original": "bytes"}', "quarantined_profile")] * 2
     logic.snapshot()
-    assert stored(logic, "bad") == broken
-    good = stored(logic, "good")
-    assert good is not None and good["version"] == 2
     logic.store.close()
+    seen = read_profile(tmp_path, 1, "bad")
+    assert seen is not None and orjson.loads(base64.b64decode(seen["quarantined"]["stored_base64"])) == broken
+    good = read_profile(tmp_path, 1, "good")
+    assert good is not None and good["facts"]["version"] == 2
 
 
 def test_an_undecodable_stored_profile_is_quarantined_and_its_events_dead_lettered(tmp_path: Path) -> None:
@@ -143,7 +152,7 @@ def test_an_undecodable_stored_profile_is_quarantined_and_its_events_dead_letter
     logic.store.close()
     seen = read_profile(tmp_path, 1, "odd")
     assert seen is not None and seen["quarantined"]["step"] == "decode_profile"
-    assert seen["quarantined"]["stored"].endswith("not json")  # kept for inspection
+    assert base64.b64decode(seen["quarantined"]["stored_base64"]).endswith(b"not json")  # kept for inspection
     # Erasing a quarantined customer removes the record too.
     logic = ShardLogic(logic.ctx, {"shard": 0, "seq": logic.store.seq})
     assert logic.erase("odd") is True
@@ -167,7 +176,7 @@ def test_a_timer_that_raises_quarantines_instead_of_spinning(tmp_path: Path, mon
     assert out == []
     logic.snapshot()
     assert logic.store.get(profile_key("c1")) == QUARANTINED
-    assert [k for k, _ in logic.store.scan(shard_module.TIMER_PREFIX)] == []  # nothing left to fire
+    assert [k for k, _ in logic.store.scan(TIMER_PREFIX)] == []  # nothing left to fire
     out, _ = logic.on_notify()
     assert out == []
     logic.store.close()
@@ -175,15 +184,14 @@ def test_a_timer_that_raises_quarantines_instead_of_spinning(tmp_path: Path, mon
 
 def test_non_finite_values_never_reach_state() -> None:
     profile = new_profile("c1")
-    profile["revenue"] = math.inf
+    profile.facts.revenue = math.inf
     with pytest.raises(ProfileEncodeError):
         encode_profile(profile)
     # The overflow that produced it raises where it happens, so poison isolation catches it per event.
     customer = new_profile("c2")
-    customer["revenue"] = 1.7e308
-    from operators.profile import apply_durable
+    customer.facts.revenue = 1.7e308
     with pytest.raises(ProfileEncodeError):
-        apply_durable(customer, make_event("purchase", T0, customer="c2", amount=1.7e308))
+        apply_facts(customer.facts, make_event("purchase", T0, customer="c2", amount=1.7e308))
 
 
 def test_huge_amounts_are_refused_at_parse_time_with_a_configurable_bound() -> None:

@@ -8,16 +8,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event
-from operators.profile import apply_durable, consent_state, durable_view, new_profile, preferred_channel, rfm_segment
+from operators.profile import facts as facts_module
+from operators.profile.facts import apply_facts, durable_view, preferred_channel
+from operators.profile.facts import rfm as rfm_segment
+from operators.profile.model import Facts, new_profile
 from operators.records import Event
 from tests.helpers import DAY, HOUR, MIN, T0, consent, default_rules, durable_part, make_event
 
 
-def profile_after(*events: Event, customer: str = "c1") -> dict:
-    profile = new_profile(customer)
+def profile_after(*events: Event) -> Facts:
+    facts = Facts()
     for event in events:
-        apply_durable(profile, event)
-    return profile
+        apply_facts(facts, event)
+    return facts
+
+
+apply_durable = apply_facts
+
+
+def consent_state(facts: Facts, channel: str, purpose: str = "marketing") -> bool | None:
+    return facts_module.consent_state(facts, facts_module.consent_keys(channel, purpose))
 
 
 # --- orders, value, purchases -------------------------------------------------------------------
@@ -36,8 +46,8 @@ def test_every_purchase_type_counts_as_an_order_and_adds_its_amount():
     assert view["average_order_value"] == 33.33
     assert view["first_purchase"] == T0
     assert view["last_purchase"] == T0 + 2 * HOUR
-    assert p["first_seen"] == T0 - HOUR and p["last_seen"] == T0 + 3 * HOUR
-    assert p["version"] == 5
+    assert p.first_seen == T0 - HOUR and p.last_seen == T0 + 3 * HOUR
+    assert p.version == 5
 
 
 def test_a_profile_without_purchases_is_a_prospect_with_zero_aov():
@@ -90,13 +100,13 @@ def test_last_contact_per_channel_is_the_latest_event_time_not_the_latest_arriva
         make_event("page_view", T0),
         make_event("call_center_contact", T0 + 5 * MIN, outcome="resolved"),
     )
-    assert p["last_contact"] == {"email": T0 + 2 * HOUR, "web": T0, "call_center": T0 + 5 * MIN}
+    assert p.last_contact == {"email": T0 + 2 * HOUR, "web": T0, "call_center": T0 + 5 * MIN}
     view = durable_view(p, T0 + 3 * HOUR)
     assert view["email_contacts"] == 2 and view["call_center_contacts"] == 1
 
 
 def test_preferred_channel_is_the_most_used_with_ties_to_the_most_recent():
-    assert preferred_channel(new_profile("c1")) is None
+    assert preferred_channel(Facts()) is None
     p = profile_after(make_event("page_view", T0), make_event("page_view", T0 + 1), make_event("email_open", T0 + 2))
     assert durable_view(p, T0)["preferred_channel"] == "web"
     apply_durable(p, make_event("email_click", T0 - 5))
@@ -113,7 +123,7 @@ def test_latest_consent_by_event_time_wins_whatever_the_arrival_order():
     assert consent_state(profile_after(grant, revoke), "email") is False
     assert consent_state(profile_after(revoke, grant), "email") is False
     assert consent_state(profile_after(grant), "email") is True
-    assert consent_state(new_profile("c1"), "email") is None
+    assert consent_state(Facts(), "email") is None
 
 
 def test_consent_ties_on_time_are_broken_by_event_id():
@@ -157,9 +167,9 @@ def test_mobile_consent_governs_push_decisions():
 
 def test_complaint_remembers_the_latest_complaint_time():
     p = profile_after(make_event("complaint", T0 + DAY, topic="late"), make_event("complaint", T0, topic="rude"))
-    assert p["last_complaint"] == T0 + DAY
+    assert p.last_complaint == T0 + DAY
     assert durable_view(p, T0 + 4 * DAY)["days_since_complaint"] == 3
-    assert durable_view(new_profile("c1"), T0)["days_since_complaint"] is None
+    assert durable_view(Facts(), T0)["days_since_complaint"] is None
 
 
 # --- properties: order independence and idempotence ----------------------------------------------
@@ -205,7 +215,7 @@ def test_durable_facts_do_not_depend_on_arrival_order(data, events):
     for e in shuffled:
         on_event(b, e, ruleset)
     assert durable_part(a) == durable_part(b)
-    assert durable_view(a, T0 + DAY) == durable_view(b, T0 + DAY)
+    assert durable_view(a.facts, T0 + DAY) == durable_view(b.facts, T0 + DAY)
 
 
 @PROPS

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from operators.infra.clock import parse_duration_ms
-from operators.rules import RulesError, load_rules
-from operators.windows import AbsenceSignal, SessionSignal, WindowSignal
+from operators.rules.fields import RulesError
+from operators.rules.loader import load_rules
+from operators.signals.absence import Absence
+from operators.signals.count import Count
+from operators.signals.session import Session
 from tests.helpers import DAY, DEFAULT_RULES_PATH, HOUR, MIN, T0, Customer, fired, write_rules
 
 SIGNALS = '''
@@ -62,8 +65,8 @@ def test_default_rules_load():
     assert [r.id for r in rs.rules] == ["call_center_follow_up", "cart_abandonment_email", "high_value_winback",
                                        "post_purchase_cross_sell", "browse_abandonment_ad"]
     kinds = {s.name: type(s) for s in rs.signals}
-    assert kinds["cart_abandoned"] is AbsenceSignal and kinds["session"] is SessionSignal
-    assert kinds["page_views_30m"] is WindowSignal
+    assert kinds["cart_abandoned"] is Absence and kinds["session"] is Session
+    assert kinds["page_views_30m"] is Count
     assert rs.channel_caps["email"].limit == 2 and rs.channel_caps["email"].window_ms == DAY
     assert rs.overall_cap is not None and rs.overall_cap.limit == 4
     assert rs.consent_policy["email"] == "opt_in" and rs.consent_policy["ads"] == "opt_out"
@@ -138,6 +141,8 @@ SIGNAL_ERRORS = [
     ('kind = "sum"\nevents = ["purchase"]\nwindow = "1h"', "field", ["required for kind 'sum'"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\ntype = "hopping"', "type", ["tumbling"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nwindw = "2h"', "windw", ["unknown field"]),
+    # A field a kind does not use is an error, not silently ignored.
+    ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nfield = "category"', "field", ["unknown field"]),
     ('kind = "average"\nevents = ["page_view"]\nwindow = "1h"', "kind", ["average"]),
     ('kind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]', "after", ["required"]),
     ('kind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]\nafter = "1h"\ncarry = "sku"', "carry",
@@ -216,16 +221,33 @@ def test_parse_duration():
 def test_conditions_on_lists_none_and_trigger_attributes(tmp_path):
     path = rules_file(
         tmp_path,
-        rule(id='"big"', on='["call_center_contact"]', channel='"call_center"', priority="2",
-             when='[\'trigger.topic in ["billing", "refund"]\', "trigger.minutes > 10"]'),
-        rule(id='"other"', on='["call_center_contact"]', channel='"call_center"', priority="1",
-             when='[\'trigger.topic not in ["billing"]\', "last_purchase == 0"]'),
-        tail='[consent]\ncall_center = "opt_out"\n',
+        rule(id='"big"', on='["purchase"]', channel='"ads"', priority="2",
+             when='[\'trigger.category in ["shoes", "bags"]\', "trigger.items > 1"]'),
+        rule(id='"other"', on='["purchase"]', channel='"ads"', priority="1",
+             when='[\'trigger.category not in ["shoes"]\', "last_purchase == 0"]'),
+        tail='[consent]\nads = "opt_out"\n',
     )
     rs = load_rules(path)
     c = Customer(rs)
-    assert fired(c.send("call_center_contact", T0, topic="billing", minutes=12)) == [
-        ("big", "call_center", "call_center_contact")]
+    assert fired(c.send("purchase", T0, category="shoes", items=2, amount=5.0)) == [("big", "ads", "purchase")]
     # a missing attribute never satisfies an ordering; a None value is simply not equal to 0
-    assert fired(c.send("call_center_contact", T0 + 1, topic="refund")) == []
-    assert fired(c.send("call_center_contact", T0 + 2, topic="shipping")) == []
+    assert fired(c.send("purchase", T0 + 1, category="bags", amount=5.0)) == []
+    assert fired(c.send("purchase", T0 + 2, category="hats", amount=5.0)) == []
+
+
+@pytest.mark.parametrize(("on", "condition", "words"), [
+    ('["purchase"]', "trigger.ammount >= 10", ["'trigger.ammount'", "purchase", "amount"]),
+    ('["page_view", "purchase"]', "trigger.sku == 1", ["'trigger.sku'", "page_view, purchase"]),
+    ('["gone"]', "trigger.amount >= 10", ["'trigger.amount'", "gone", "none"]),  # the absence carries nothing
+])
+def test_a_trigger_attribute_that_what_the_rule_is_on_does_not_carry_is_refused(tmp_path, on, condition, words):
+    message = load_error(rules_file(tmp_path, rule(on=on, when=f'["{condition}"]')))
+    assert "rule 'r1'" in message and "field 'when'" in message, message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_rule_on_an_absence_reads_what_it_carries(tmp_path):
+    signals = SIGNALS.replace('after = "1h"', 'after = "1h"\ncarry = ["sku", "amount"]')
+    rs = load_rules(rules_file(tmp_path, rule(on='["gone"]', when='["trigger.amount >= 10"]'), signals=signals))
+    assert rs.rules[0].when[0].attribute == "trigger.amount"

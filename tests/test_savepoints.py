@@ -80,7 +80,7 @@ def test_online_savepoint_then_restore_on_empty_volumes_ends_like_an_uninterrupt
     flow = start(setup, stop_at_end=False, log=tmp_path / "running.log")
     try:
         deadline = time.monotonic() + 60
-        while sum(p["version"] for p in read_profiles(setup.state_dir, setup.shards).values()) < half:
+        while sum(p["facts"]["version"] for p in read_profiles(setup.state_dir, setup.shards).values()) < half:
             assert flow.poll() is None, (tmp_path / "running.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the first half was not applied in time"
             time.sleep(0.3)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
-from operators.state.shard import ShardContext, ShardLogic, profile_key, read_profile, timer_key
+from operators.state.keys import profile_key, timer_key
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 
@@ -50,7 +52,7 @@ def test_an_absence_fires_on_time_for_a_change_not_yet_written(tmp_path: Path) -
     shard.store.close()
     profile = read_profile(tmp_path, 1, "c1")
     assert profile is not None and "cart_abandoned" not in profile["signals"]
-    assert "cart_abandonment_email" in profile["fired"]
+    assert "cart_abandonment_email" in profile["history"]["fired"]
 
 
 def test_a_timer_key_left_stale_by_an_unwritten_change_does_not_fire(tmp_path: Path) -> None:

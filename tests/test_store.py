@@ -546,3 +546,46 @@ def test_a_dropped_store_releases_its_lock_despite_the_background_wal_sync(tmp_p
     time.sleep(0.25)
     with ShardStore(path) as again:  # raises StateError (LOCK held) if anything kept the old one open
         assert again.get(b"a") == b"1"
+
+
+@pytest.mark.parametrize("stage_keys", [1, 64])  # staged at once, or still pending at the second put
+def test_a_committed_value_handed_in_with_put_is_what_a_rollback_restores(tmp_path: Path, stage_keys: int) -> None:
+    with ShardStore(tmp_path / "s", stage_keys=stage_keys) as store:
+        store.put(b"a", b"1")
+        store.put(b"b", b"1")
+        store.checkpoint()
+        assert store.unchanged_since_checkpoint(b"a")
+        seen = store.get(b"a")
+        store.put(b"a", b"2", committed=seen)  # no RocksDB read for its undo pre-image
+        assert not store.unchanged_since_checkpoint(b"a")
+        # Once the key changed in this epoch, a stale "committed" value is ignored.
+        store.put(b"a", b"3", committed=b"stale")
+        store.put(b"c", b"new", committed=None)
+        store.checkpoint()
+        store.rollback_to(1)
+        assert contents(store) == {b"a": b"1", b"b": b"1"}
+
+
+def test_undo_chunks_of_the_first_format_still_roll_back(tmp_path: Path) -> None:
+    """A store written before undo chunks became MessagePack rolls back through its old chunks."""
+    import struct
+
+    from rocksdict import Options, Rdict, WriteOptions
+
+    with ShardStore(tmp_path / "s") as store:
+        store.put(b"a", b"1")
+        store.checkpoint()
+        store.put(b"a", b"2")
+        store.put(b"b", b"new")
+        store.checkpoint()
+    # Rewrite seq 2's chunk the way the first format wrote it: >I key length, key, >i value length, value.
+    old = b"".join([struct.pack(">I", 1), b"a", struct.pack(">i", 1), b"1",
+                    struct.pack(">I", 1), b"b", struct.pack(">i", -1)])
+    db = Rdict(str(tmp_path / "s"), Options(raw_mode=True))
+    chunk = b"u" + struct.pack(">Q", 2) + struct.pack(">I", 0)
+    assert db.get(chunk) is not None
+    db.put(chunk, old, WriteOptions())
+    db.close()
+    with ShardStore(tmp_path / "s") as store:
+        store.rollback_to(1)
+        assert contents(store) == {b"a": b"1"}

@@ -19,7 +19,7 @@ from operators.infra.clock import parse_duration_ms
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
-DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "default_rules.toml")
+DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "rules" / "default_rules.toml")
 
 
 class ConfigError(ValueError):

@@ -71,6 +71,10 @@ DECISIONS = Counter("nextclick_decisions_total", "Decisions emitted, by rule and
                     registry=REGISTRY)
 BLOCKED = Counter("nextclick_decisions_blocked_total", "Candidate decisions blocked, by rule and reason.",
                   ["rule", "reason"], registry=REGISTRY)
+EXPIRED = Counter("nextclick_decisions_expired_total",
+                  "Decisions not sent because their expiry (event time) had passed on the wall clock when they "
+                  "were made: a backfill or a long backlog, by rule and channel.", ["rule", "channel"],
+                  registry=REGISTRY)
 EVENT_TO_DECISION = Histogram(
     "nextclick_event_to_decision_seconds",
     "Wall clock when a decision is handed to the sink minus its trigger's time (the triggering event's "

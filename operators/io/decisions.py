@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from operators.rules import Decision
+from operators.records import Decision
 
 SPEC_VERSION = "1.0"
 DECISION_TYPE = "io.nextclick.decision.v1"
@@ -21,6 +21,17 @@ BODY_SCHEMA = "https://nextclick.dev/schemas/decision/v1.json"
 def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def expired(decision: Decision, now_ms: int) -> bool:
+    """Whether a decision is already past its `ce_expirytime` on the wall clock: then it is not sent.
+
+    Expiry is event time (the trigger's time plus the rule's `expiry`), so the message stays the same
+    on every replay; a decision made in a backfill for a trigger long past is dropped here and counted
+    (`nextclick_decisions_expired_total`) instead of reaching consumers already stale. Its cooldown and
+    caps still count, as they would have when the trigger happened (docs/rules.md, "Expiry and backfills").
+    """
+    return decision.expires_at <= now_ms
 
 
 def decision_body(decision: Decision) -> dict[str, object]:
@@ -37,6 +48,8 @@ def decision_body(decision: Decision) -> dict[str, object]:
         "profile_version": decision.profile_version,
         "decided_at": rfc3339(decision.decided_at),
         "expires_at": rfc3339(decision.expires_at),
+        "purpose": decision.purpose,
+        "promotion": decision.promotion,
     }
 
 

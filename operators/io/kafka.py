@@ -45,6 +45,10 @@ SECRET_SETTINGS = ("sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.p
 _IDLE_BACKOFF = timedelta(milliseconds=5)
 
 
+# NamedTuple's generated __new__ costs twice tuple.__new__; one RawMessage is built per message.
+_new_tuple = tuple.__new__
+
+
 class RawMessage(NamedTuple):
     """One Kafka record as read, before parsing; enough to dead-letter it byte for byte.
 
@@ -257,8 +261,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             assert offset is not None
             self._next_offset = offset + 1
             headers = msg.headers()
-            batch.append(RawMessage(self._topic, self._partition, offset, msg.key(), msg.value(),
-                                    tuple(cast(list[tuple[str, bytes]], headers)) if headers else ()))
+            batch.append(_new_tuple(RawMessage, (self._topic, self._partition, offset, msg.key(), msg.value(),
+                                                 tuple(cast(list[tuple[str, bytes]], headers)) if headers else ())))
         self._idle = not batch
         self._polled(batch)
         return batch

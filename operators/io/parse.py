@@ -286,6 +286,12 @@ _DATE_ONLY_OR_NAIVE = re.compile(
 _DAYS_IN_MONTH = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
+def event_attributes(event_type: str) -> tuple[str, ...]:
+    """The attributes an event of this type keeps (its schema's `x-nextclick-attrs`): all that rules
+    can read as `trigger.<attribute>` and signals can filter or group on."""
+    return SPECS[event_type].attrs
+
+
 def _days_in_month(year: int, month: int) -> int:
     if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
         return 29

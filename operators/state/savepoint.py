@@ -37,12 +37,14 @@ from typing import Any
 import orjson
 
 from operators.infra.config import Config
-from operators.profile import PROFILE_FORMAT
+from operators.profile.model import PROFILE_FORMAT
+from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of, shard_path
 from operators.state.manifest import (
     SHARD_HASH,
     STATE_FORMAT,
     RestorePoint,
     StateMismatch,
+    check_identity,
     new_manifest,
     read_manifest,
     secret_fingerprint,
@@ -50,8 +52,7 @@ from operators.state.manifest import (
     write_manifest,
     write_marker,
 )
-from operators.state.shard import POSITIONS_KEY, customer_of_key, shard_of, shard_path
-from operators.state.store import ShardStore, StateError, dir_bytes
+from operators.state.store import KeyValueStore, ShardStore, StateError, dir_bytes
 
 MANIFEST = "savepoint.json"
 _STAGING = ".parts-"
@@ -132,7 +133,7 @@ def _empty_dest(dest: Path) -> None:
 # -- online ------------------------------------------------------------------------------------
 
 
-def write_shard_part(store: ShardStore, dest: Path, shard: int, seq: int, positions: dict[str, int],
+def write_shard_part(store: KeyValueStore, dest: Path, shard: int, seq: int, positions: dict[str, int],
                      token: str, lineage: str | None) -> None:
     """One shard's part of an online savepoint (called by the shard right after its checkpoint)."""
     staging = dest / f"{_STAGING}{token}"
@@ -321,20 +322,10 @@ def restore(config: Config, src: Path, *, recovery_dir: str | Path | None = None
     manifest = SavepointManifest.read(src)
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
-    if manifest.state_format != STATE_FORMAT or manifest.shard_hash != SHARD_HASH:
-        raise SavepointError(f"{src} has state format {manifest.state_format}; this release reads {STATE_FORMAT}")
-    if manifest.shards != config.state.shards:
-        raise StateMismatch(f"state.shards: the savepoint {src} has {manifest.shards} shards, the configuration "
-                            f"says {config.state.shards}; make a savepoint with that count first with "
-                            f"`nextclick savepoint reshard {src} DEST --shards {config.state.shards}`")
     secret = config.privacy.resolve_secret()
-    if manifest.secret_fingerprint != secret_fingerprint(secret):
-        raise StateMismatch(f"privacy.secret: the savepoint {src} was written with another identifier secret "
-                            f"(fingerprint {manifest.secret_fingerprint}, configured "
-                            f"{secret_fingerprint(secret)})")
-    if manifest.profile_format > PROFILE_FORMAT:
-        raise SavepointError(f"{src} holds profile format {manifest.profile_format}, newer than this "
-                             f"release's {PROFILE_FORMAT}")
+    check_identity(manifest, config, secret, f"the savepoint {src}",
+                   f"make a savepoint with that count first: `nextclick savepoint reshard {src} DEST "
+                   f"--shards {config.state.shards}`")
     for path, setting in ((state_dir, "state.dir"), (recovery, "state.recovery_dir")):
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise StateMismatch(f"{setting}: {path} is not empty; a savepoint is restored into empty directories "

@@ -21,8 +21,9 @@ Layout inside the one DB:
 - ``b"u" + seq (8 bytes) + chunk (4)``   undo chunk: together, the chunks of ``seq`` turn state
   ``seq`` back into state ``seq - 1``; every committed seq has at least one (maybe empty) chunk
 
-Undo chunks are length-prefixed binary: per entry ``>I`` key length, key, ``>i`` value length
-(-1 for "was absent"), value.
+Undo chunks are a marker byte 0xff and MessagePack of ``[[key, pre-image or nil], ...]``; chunks
+written before that format (length-prefixed binary: ``>I`` key length, key, ``>i`` value length,
+-1 for "was absent", value) are still read.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import Self, cast
+from typing import Protocol, Self, cast
 
+import msgspec
 from rocksdict import (
     AccessType,
     BlockBasedOptions,
@@ -55,7 +57,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-__all__ = ["ShardStore", "StateError", "dir_bytes"]
+__all__ = ["KeyValueStore", "ShardStore", "StateError", "dir_bytes"]
 
 _DATA = b"d"
 _UNDO = b"u"
@@ -67,6 +69,11 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _KEY_LEN = struct.Struct(">I")
 _VAL_LEN = struct.Struct(">i")
+# Undo chunks: a marker byte, then MessagePack of [[key, pre-image or nil], ...]. The first format
+# began with a 4-byte big-endian key length, whose first byte is 0 for any key under 16 MiB.
+_UNDO_V2 = b"\xff"
+_UNDO_ENCODER = msgspec.msgpack.Encoder()
+_UNDO_DECODER = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
 
 # Many shards live in one process: keep each DB's memtables small, cap all memtables together, and
 # share one block cache that also holds index and filter blocks, so RocksDB's memory is a fixed
@@ -89,6 +96,47 @@ log = logging.getLogger(__name__)
 
 class StateError(RuntimeError):
     """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
+
+
+class Unknown:
+    """The type of UNKNOWN: a caller does not know the key's committed value."""
+
+
+UNKNOWN = Unknown()
+
+
+class KeyValueStore(Protocol):
+    """What a shard needs from its store: reads that see its own writes, writes that become durable
+    only at `checkpoint`, immediate erasure, and copies. `ShardStore` (RocksDB) is the one the flow uses."""
+
+    @property
+    def seq(self) -> int: ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def get_many(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def get_committed(self, key: bytes) -> bytes | None: ...
+
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = ...) -> None: ...
+
+    def delete(self, key: bytes, *, committed: bytes | None | Unknown = ...) -> None: ...
+
+    def unchanged_since_checkpoint(self, key: bytes) -> bool: ...
+
+    def checkpoint(self) -> int: ...
+
+    def erase(self, keys: Sequence[bytes]) -> None: ...
+
+    def purge(self) -> None: ...
+
+    def create_checkpoint(self, dest: str | os.PathLike[str]) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 @functools.cache
@@ -155,19 +203,14 @@ def _write_data(batch: WriteBatch, values: dict[bytes, bytes | None]) -> None:
 
 
 def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
-    parts: list[bytes] = []
-    for key, value in entries.items():
-        parts.append(_KEY_LEN.pack(len(key)))
-        parts.append(key)
-        if value is None:
-            parts.append(_VAL_LEN.pack(-1))
-        else:
-            parts.append(_VAL_LEN.pack(len(value)))
-            parts.append(value)
-    return b"".join(parts)
+    """MessagePack of the (key, pre-image) pairs, after a marker byte no older chunk starts with."""
+    return _UNDO_V2 + _UNDO_ENCODER.encode(list(entries.items()))
 
 
 def _decode_undo(blob: bytes) -> dict[bytes, bytes | None]:
+    if blob[:1] == _UNDO_V2:
+        return dict(_UNDO_DECODER.decode(memoryview(blob)[1:]))
+    # The first format (kept readable: stores written before it changed still roll back).
     entries: dict[bytes, bytes | None] = {}
     pos, end = 0, len(blob)
     while pos < end:
@@ -300,6 +343,8 @@ class ShardStore:
         self._closed = False
         self._bulk: WriteBatch | None = None
         self._bulk_keys = 0
+        # Committed values callers handed in with `put` (undo pre-images that need no RocksDB read).
+        self._preimages: dict[bytes, bytes | None] = {}
         # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
         # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
@@ -467,12 +512,26 @@ class ShardStore:
 
     # --------------------------------------------------------------------------------------- writes
 
-    def put(self, key: bytes, value: bytes) -> None:
-        """Write now (visible to reads); durable only at the next checkpoint."""
+    def put(self, key: bytes, value: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
+        """Write now (visible to reads); durable only at the next checkpoint.
+
+        `committed`: the value the caller knows this key had at the last checkpoint (None: absent),
+        e.g. read while `unchanged_since_checkpoint` was true. It becomes the key's undo pre-image
+        without reading RocksDB again; it is ignored once the key was written in this epoch (its
+        pre-image is then already known).
+        """
+        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
+            self._preimages[key] = committed  # type: ignore[assignment]
         self._set(key, value)
 
-    def delete(self, key: bytes) -> None:
-        """Delete now (visible to reads); durable only at the next checkpoint."""
+    def unchanged_since_checkpoint(self, key: bytes) -> bool:
+        """No write to `key` since the last checkpoint: what reads return for it is its committed value."""
+        return key not in self._pending and key not in self._staged
+
+    def delete(self, key: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
+        """Delete now (visible to reads); durable only at the next checkpoint. `committed` as for `put`."""
+        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
+            self._preimages[key] = committed  # type: ignore[assignment]
         self._set(key, None)
 
     def _set(self, key: bytes, value: bytes | None) -> None:
@@ -488,10 +547,13 @@ class ShardStore:
             return
         first: dict[bytes, bytes | None] = {}
         unknown: list[bytes] = []
+        preimages = self._preimages
         for key in pending:
             if key in self._staged:
                 continue
-            if key in self._cache:
+            if key in preimages:
+                first[key] = preimages.pop(key)
+            elif key in self._cache:
                 first[key] = self._cache[key]
             else:
                 unknown.append(key)
@@ -504,9 +566,16 @@ class ShardStore:
         _write_data(batch, pending)
 
     def _staged_ok(self) -> None:
-        """After the batch from `_stage_into` is written: pending writes are now RocksDB's."""
-        for key, value in self._pending.items():
-            self._cache_put(key, value)
+        """After the batch from `_stage_into` is written: pending writes are now RocksDB's.
+
+        Written values are dropped from the read cache rather than added: callers keep what they
+        write (the shard keeps decoded profiles), and timer keys are never read back, so filling the
+        cache with them would only evict what reads need.
+        """
+        cache = self._cache
+        if cache:
+            for key in self._pending:
+                cache.pop(key, None)
         self._pending = {}
 
     def _stage(self) -> None:
@@ -535,6 +604,7 @@ class ShardStore:
         self._seq = new_seq
         self._oldest_undo = max(self._oldest_undo, trim_through + 1)
         self._staged = set()
+        self._preimages = {}
         self._chunk = 0
         return new_seq
 
@@ -578,6 +648,7 @@ class ShardStore:
         """Apply (and delete) every undo chunk above `seq`, staged ones included; set seq."""
         self._pending = {}
         self._staged = set()
+        self._preimages = {}
         self._chunk = 0
         self._cache.clear()
         batch = WriteBatch(raw_mode=True)
@@ -669,6 +740,7 @@ class ShardStore:
         batch = WriteBatch(raw_mode=True)
         for key in doomed:
             self._pending.pop(key, None)
+            self._preimages.pop(key, None)
             # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
             self._staged.discard(key)
             batch.delete(_DATA + key)
@@ -717,6 +789,7 @@ class ShardStore:
             self._db.close()
         self._pending = {}
         self._staged = set()
+        self._preimages = {}
         self._cache.clear()
 
     def __enter__(self) -> Self:
@@ -756,6 +829,8 @@ class ShardStore:
             raise StateError(f"shard store {self._path!r} is open read-only")
 
     def _cache_put(self, key: bytes, value: bytes | None) -> None:
+        if not self._cache_size:
+            return
         cache = self._cache
         cache[key] = value
         cache.move_to_end(key)

@@ -1,0 +1,149 @@
+"""Durable (near-real-time) facts: what one event adds to them, and the attributes rules read from them.
+
+Every update is commutative (sums, counts, min/max by event time, last-writer-wins by
+(ts, event_id)), so the facts do not depend on the order events arrive in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from operators.channels import CONSENT_FAMILY, PURCHASE_TYPES
+from operators.profile.model import Facts
+from operators.records import Event
+
+DAY_MS = 86_400_000
+
+
+class ProfileEncodeError(ValueError):
+    """A profile value that would not be stored as written (a non-finite number): refused where it arises."""
+
+
+def finite(value: float, what: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ProfileEncodeError(f"{what} is not a finite number")
+    return value
+
+
+def apply_facts(facts: Facts, event: Event) -> None:
+    """Fold one event into the durable facts, in place."""
+    ts = event.ts
+    facts.version += 1
+    first = facts.first_seen
+    if first is None or ts < first:
+        facts.first_seen = ts
+    last = facts.last_seen
+    if last is None or ts > last:
+        facts.last_seen = ts
+    channel = event.channel
+    contact = facts.last_contact.get(channel)
+    if contact is None or ts > contact:
+        facts.last_contact[channel] = ts
+    contacts = facts.contacts
+    contacts[channel] = contacts.get(channel, 0) + 1
+    event_type = event.type
+    if event_type in PURCHASE_TYPES:
+        facts.orders += 1
+        facts.revenue = finite(round(facts.revenue + float(event.attrs.get("amount", 0.0)), 2), "revenue")
+        first = facts.first_purchase
+        if first is None or ts < first:
+            facts.first_purchase = ts
+        last = facts.last_purchase
+        if last is None or ts > last:
+            facts.last_purchase = ts
+    elif event_type == "consent":
+        attrs = event.attrs
+        key = f"{attrs['channel']}:{attrs.get('purpose', 'marketing')}"
+        current = facts.consent.get(key)
+        if current is None or (ts, event.event_id) > (current[1], current[2]):
+            facts.consent[key] = [bool(attrs["granted"]), ts, event.event_id]
+    elif event_type == "complaint":
+        last = facts.last_complaint
+        if last is None or ts > last:
+            facts.last_complaint = ts
+
+
+def consent_keys(channel: str, purpose: str) -> tuple[str, ...]:
+    """The consent entries that decide a decision on `channel` for `purpose`, computed once per rule:
+    the channel's family, the family's aliases (a "mobile" consent governs "push"), and "all"."""
+    family = CONSENT_FAMILY.get(channel, channel)
+    names = [family, *sorted(c for c, f in CONSENT_FAMILY.items() if f == family and c != family), "all"]
+    return tuple(f"{name}:{purpose}" for name in names)
+
+
+def consent_state(facts: Facts, keys: tuple[str, ...]) -> bool | None:
+    """Explicit consent: True, False, or None when the customer never said (then the channel's policy
+    decides). The latest by (ts, event_id) of the entries named by `keys` wins, so a revocation for
+    "all" overrides any older per-channel grant and a newer grant overrides an older "all"."""
+    consent = facts.consent
+    latest: list[Any] | None = None
+    for key in keys:
+        entry = consent.get(key)
+        if entry is not None and (latest is None or (entry[1], entry[2]) > (latest[1], latest[2])):
+            latest = entry
+    return None if latest is None else bool(latest[0])
+
+
+def rfm(facts: Facts, now_ms: int) -> tuple[int, int, int, str]:
+    """Recency, frequency and monetary scores (1-5) and the segment they make (docs/rules.md)."""
+    last = facts.last_purchase
+    if last is None:
+        return (0, 0, 0, "prospect")
+    days = max(0, (now_ms - last) // DAY_MS)
+    r = 5 if days <= 7 else 4 if days <= 30 else 3 if days <= 90 else 2 if days <= 180 else 1
+    n = facts.orders
+    f = 5 if n >= 20 else 4 if n >= 10 else 3 if n >= 5 else 2 if n >= 2 else 1
+    v = facts.revenue
+    m = 5 if v >= 2000 else 4 if v >= 1000 else 3 if v >= 300 else 2 if v >= 100 else 1
+    if r >= 4 and f >= 4:
+        segment = "champion"
+    elif r >= 3 and f >= 3:
+        segment = "loyal"
+    elif r <= 2 and m >= 3:
+        segment = "lapsed_high_value"
+    elif r <= 2:
+        segment = "lapsed"
+    elif f == 1:
+        segment = "new_customer"
+    else:
+        segment = "active"
+    return (r, f, m, segment)
+
+
+def preferred_channel(facts: Facts) -> str | None:
+    """The channel the customer touches most often (ties broken by most recent contact, then name)."""
+    contacts = facts.contacts
+    if not contacts:
+        return None
+    last = facts.last_contact
+    return max(contacts, key=lambda c: (contacts[c], last.get(c, 0), c))
+
+
+def _days_since(at: int | None, now_ms: int) -> int | None:
+    return None if at is None else (now_ms - at) // DAY_MS
+
+
+# The durable attributes a rule can name, each computed on read as of the trigger's time.
+ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
+    "orders": lambda f, _now: f.orders,
+    "lifetime_value": lambda f, _now: f.revenue,
+    "average_order_value": lambda f, _now: round(f.revenue / f.orders, 2) if f.orders else 0.0,
+    "first_purchase": lambda f, _now: f.first_purchase,
+    "last_purchase": lambda f, _now: f.last_purchase,
+    "days_since_last_purchase": lambda f, now: _days_since(f.last_purchase, now),
+    "days_since_complaint": lambda f, now: _days_since(f.last_complaint, now),
+    "recency_score": lambda f, now: rfm(f, now)[0],
+    "frequency_score": lambda f, now: rfm(f, now)[1],
+    "monetary_score": lambda f, now: rfm(f, now)[2],
+    "segment": lambda f, now: rfm(f, now)[3],
+    "preferred_channel": lambda f, _now: preferred_channel(f),
+    "email_contacts": lambda f, _now: f.contacts.get("email", 0),
+    "call_center_contacts": lambda f, _now: f.contacts.get("call_center", 0),
+}
+
+
+def durable_view(facts: Facts, now_ms: int) -> dict[str, Any]:
+    """Every durable attribute as of `now_ms` (`nextclick profile get`, `rules explain`)."""
+    return {name: get(facts, now_ms) for name, get in ATTRIBUTES.items()}

@@ -1,0 +1,63 @@
+"""Decision history: which rule fired when (cooldowns) and what was sent per channel (frequency caps).
+
+Each entry carries the time it stops mattering, so the history prunes itself and reports its expiries.
+"""
+
+from __future__ import annotations
+
+from operators.profile.model import History, Profile
+
+
+def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: int, cap_horizon_ms: int) -> None:
+    """A decision went out: start the rule's cooldown and count it towards the channel's caps."""
+    history = profile.history
+    history.fired[rule_id] = [ts, ts + cooldown_ms]
+    profile.note_expiry(ts + cooldown_ms)
+    if cap_horizon_ms:
+        sent = history.sent.get(channel)
+        if sent is None:
+            sent = history.sent[channel] = []
+        sent.append([ts, ts + cap_horizon_ms])
+        profile.note_expiry(ts + cap_horizon_ms)
+
+
+def cooling_down(history: History, rule_id: str, ts: int) -> bool:
+    fired = history.fired.get(rule_id)
+    return fired is not None and fired[1] > ts
+
+
+def sent_since(history: History, channel: str | None, since_ms: int) -> int:
+    """Decisions sent after `since_ms` on `channel` (None: on every channel)."""
+    if channel is not None:
+        return sum(1 for entry in history.sent.get(channel, ()) if entry[0] > since_ms)
+    return sum(1 for entries in history.sent.values() for entry in entries if entry[0] > since_ms)
+
+
+def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
+    """Drop what stopped mattering by `ref_ms`; the first and last expiry of what is left (None: nothing)."""
+    low = high = None
+    sent = history.sent
+    if sent:
+        for channel in list(sent):
+            kept = [entry for entry in sent[channel] if entry[1] > ref_ms]
+            if kept:
+                sent[channel] = kept
+                for entry in kept:
+                    until = entry[1]
+                    if low is None or until < low:
+                        low = until
+                    if high is None or until > high:
+                        high = until
+            else:
+                del sent[channel]
+    fired = history.fired
+    if fired:
+        for rule_id in [r for r, entry in fired.items() if entry[1] <= ref_ms]:
+            del fired[rule_id]
+        for entry in fired.values():
+            until = entry[1]
+            if low is None or until < low:
+                low = until
+            if high is None or until > high:
+                high = until
+    return None if low is None or high is None else (low, high)

@@ -1,0 +1,1 @@
+"""Targeting rules: the model, the loader, compiled conditions and arbitration."""

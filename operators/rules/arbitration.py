@@ -1,0 +1,76 @@
+"""Arbitration: of the rules a trigger matches, the highest priority that passes every gate decides.
+
+Gates, in order: consent (an explicit "no", or no "yes" where the channel is opt-in), complaint
+suppression (promotions only, for as long as the rule's channel and purpose say), the rule's
+cooldown, the channel's frequency cap, the overall cap.
+A matching rule refused by a gate is counted as Blocked with that reason and the next one is tried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from operators.profile import history
+from operators.profile.facts import consent_state
+from operators.profile.model import Profile
+from operators.records import Blocked, Decision, Outcome, Trigger
+from operators.rules.compiler import View
+from operators.rules.model import CompiledRule, RuleSet
+
+
+def decision_id(customer: str, rule_id: str, trigger_id: str) -> str:
+    """Same customer, rule and trigger give the same id, so consumers can dedupe after a replay."""
+    return hashlib.sha256(f"{customer}|{rule_id}|{trigger_id}".encode()).hexdigest()[:32]
+
+
+def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -> str | None:
+    """The first reason this rule may not fire now, or None when it may."""
+    facts, rule = profile.facts, candidate.rule
+    consent = consent_state(facts, candidate.consent_keys)
+    if consent is False:
+        return "opted_out"
+    if consent is None and candidate.needs_consent:
+        return "no_consent"
+    suppression = candidate.complaint_suppression_ms  # 0 for service messages (ruleset.suppression_ms)
+    complaint = facts.last_complaint
+    if suppression and complaint is not None and ts - complaint < suppression:
+        return "complaint_suppression"
+    past = profile.history
+    if history.cooling_down(past, rule.id, ts):
+        return "cooldown"
+    cap = candidate.cap
+    if cap is not None and history.sent_since(past, rule.channel, ts - cap.window_ms) >= cap.limit:
+        return "frequency_cap_channel"
+    cap = ruleset.overall_cap
+    if cap is not None and history.sent_since(past, None, ts - cap.window_ms) >= cap.limit:
+        return "frequency_cap_overall"
+    return None
+
+
+def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -> None:
+    """At most one decision per trigger, added to `out`, with the candidates blocked before it.
+
+    The winner is recorded in the profile's history (cooldown, caps)."""
+    candidates = ruleset.by_trigger.get(trigger.name)
+    if not candidates:
+        return
+    view = View(profile, trigger, ruleset.getters)
+    customer = profile.customer
+    for candidate in candidates:
+        if not candidate.matches(view):
+            continue
+        rule = candidate.rule
+        reason = gate(profile, ruleset, candidate, trigger.ts)
+        if reason is not None:
+            out.blocked.append(Blocked(customer, rule.id, rule.channel, reason, trigger.trigger_id))
+            continue
+        ts = trigger.ts
+        history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms, ruleset.cap_horizon_ms)
+        out.decisions.append(Decision(
+            decision_id=decision_id(customer, rule.id, trigger.trigger_id), customer=customer,
+            rule_id=rule.id, action=rule.action, channel=rule.channel, offer=rule.offer,
+            priority=rule.priority, trigger=trigger.name, trigger_id=trigger.trigger_id,
+            decided_at=ts, expires_at=ts + rule.expiry_ms, profile_version=profile.facts.version,
+            signals={c.attribute: view.get(c.attribute) for c in rule.when},
+            purpose=rule.purpose, promotion=rule.promotion))
+        return

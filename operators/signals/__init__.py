@@ -1,0 +1,1 @@
+"""Transient signals: a protocol (base.py), a registry of kinds (registry.py), one module per kind."""

@@ -1,0 +1,579 @@
+"""One shard's state, without Bytewax: its profiles (a decoded cache in front of the store), its timer
+index, erasure, quarantine, the input positions it has seen, and its checkpoints.
+
+`ShardLogic` (operators/state/shard.py) adapts this to Bytewax's stateful step. Here:
+
+- Decoded profiles stay in an LRU (`cache_profiles`) so a busy customer is not decoded and re-encoded
+  on every batch. A changed profile is "dirty" until it is written to the store: at the epoch end,
+  when it is evicted, or when too many are dirty (bounding the epoch-end pause).
+- One customer's bad data never stops the flow. An event whose processing raises is dead-lettered
+  (`processing_error`: the original bytes, the exception class and step, no payload values) and the
+  customer's profile is rebuilt as it was before that event, from the stored copy plus the events and
+  timer turns applied since it was written. A stored profile that cannot be decoded is set aside
+  (quarantined) for inspection; that customer's events are dead-lettered until it is erased.
+- The input positions of the events applied are checkpointed with the profiles, so any consistent set
+  of shard checkpoints (a savepoint) says where the input resumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from operators.engine import due_at, on_event, on_timers
+from operators.infra import failpoints, metrics
+from operators.infra.clock import Clock
+from operators.profile.codec import decode_profile, encode_profile, stored_as_dict
+from operators.profile.facts import ProfileEncodeError
+from operators.profile.model import Profile, new_profile
+from operators.records import DeadLetter, Decision, EraseRequest, Event, Outcome, SavepointRequest, SourcePosition
+from operators.rules.model import RuleSet
+from operators.state.keys import (
+    POSITIONS_KEY,
+    QUARANTINED,
+    TIMER_PREFIX,
+    profile_key,
+    quarantine_key,
+    shard_of,
+    shard_path,
+    timer_key,
+)
+from operators.state.manifest import StartPlan
+from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError
+from operators.state.timers import TimerIndex
+
+# Customers handled per RocksDB multi-get when many timers fall due at once.
+_TIMER_CHUNK = 1000
+# Due customers handled per timer turn; the rest wait for the next one, so a burst can't stall input.
+_TIMER_LIMIT = 2000
+# The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
+# the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
+_STORE_CACHE = 0
+# Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half
+# (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded
+# while the worker waits, so this bounds that pause when batches are small (live traffic).
+_DIRTY_LIMIT = 32
+# ... or this many times the customers the current batch changed, if that is more.
+_BACKLOG_DIRTY_FACTOR = 4
+
+ShardItem = Event | EraseRequest | SavepointRequest
+ShardOutput = Decision | DeadLetter
+_CLEAN: Any = object()  # `_dirty` has no entry: the profile is as the store holds it
+
+log = logging.getLogger(__name__)
+
+
+def processing_error(event: Event, step: str, exc: BaseException) -> DeadLetter:
+    """The dead letter of an event whose processing raised: original bytes, class and step, no values."""
+    key, value, headers = event.raw if event.raw is not None else (None, None, ())
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    source = event.source if event.source is not None else SourcePosition("(unknown)", -1, -1)
+    return DeadLetter(key, value, headers, source, "processing_error",
+                      f"{step} raised {name}; the event was not applied and the customer's profile is as it "
+                      f"was before it", exception_class=name, step=step)
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of one flow shares: configuration, rules and the injectable clock."""
+
+    state_dir: Path
+    shards: int
+    ruleset: RuleSet
+    clock: Clock
+    cache_profiles: int = 4096
+    keep_checkpoints: int = 64
+    sync: bool = True
+    # What the start-up checks found (operators/state/manifest.py); None when a test drives shards directly.
+    plan: StartPlan | None = None
+
+
+class ShardState:
+    """One shard's customers, opened at a committed seq (see `open`)."""
+
+    def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore) -> None:
+        self.ctx, self.shard, self.store = ctx, shard, store
+        self.timers = TimerIndex(store)
+        # Erasures since the last checkpoint: their bytes are purged from the files at the epoch end.
+        self._erased = 0
+        self._live: OrderedDict[str, Profile] = OrderedDict()
+        self._dirty: dict[str, int | None] = {}
+        # Each dirty profile's own due time (the store's timer index still holds the old one).
+        self._dirty_due: dict[str, int | None] = {}
+        # How many may stay dirty: set by each batch of events (see `_apply_events`).
+        self._dirty_limit = _DIRTY_LIMIT
+        # Per dirty customer, what was applied since the profile was last written (events, and the
+        # clock of timer turns): replayed onto the stored copy to undo a failed event exactly.
+        self._applied: dict[str, list[Event | int]] = {}
+        # Replay logs of profiles written since the last turn, freed at the start of the next one.
+        self._retired: list[list[Event | int]] = []
+        # The committed bytes of profiles loaded since the last checkpoint and not yet written: the
+        # store's undo pre-image for them, so writing them needs no second read.
+        self._committed: dict[str, bytes | None] = {}
+        # Next offset per input partition ("topic#partition") seen by this shard; checkpointed.
+        raw = store.get(POSITIONS_KEY)
+        self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
+        self._positions_changed = False
+        self._savepoints: list[SavepointRequest] = []
+
+    @classmethod
+    def open(cls, ctx: ShardContext, shard: int, seq: int | None) -> ShardState:
+        """Open the shard's store at the seq Bytewax committed (`seq`), or, when Bytewax has no state for
+        it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits."""
+        plan = ctx.plan
+        path = shard_path(ctx.state_dir, shard)
+        if seq is None:
+            if plan is not None and plan.committed is not None and shard in plan.committed:
+                raise StateError(f"shard {shard}: the recovery directory committed seq {plan.committed[shard]} for "
+                                 "it but Bytewax resumed it with no state: was the flow started without its "
+                                 "recovery directory (bytewax.run -r)?")
+            target = plan.restore_seq(shard) if plan is not None else 0
+        else:
+            target = seq
+            if not path.exists():
+                raise StateError(f"shard {shard}: the recovery directory committed seq {seq} but there is no "
+                                 f"state directory {path} (state.dir): restore it, or restore a savepoint; after "
+                                 "a change in the number of processes with per-process volumes, move shards "
+                                 "through a savepoint")
+        # Decoded profiles are cached in the state; the store's own cache of encoded bytes stays small.
+        store = ShardStore(path, cache_size=_STORE_CACHE, keep_checkpoints=ctx.keep_checkpoints, sync=ctx.sync)
+        rolled_back_from = store.seq
+        try:
+            if store.seq != target:
+                store.rollback_to(target)
+            if seq is not None:
+                store.mark_committed(seq)
+        except StateError as exc:
+            store.close()
+            raise StateError(f"shard {shard}: state dir and recovery dir disagree ({exc}); "
+                             "was the recovery directory replaced or the state directory copied?") from exc
+        log.info("shard opened", extra={"shard": shard, "seq": store.seq, "resumed": seq is not None,
+                                        "rolled_back_from": rolled_back_from if rolled_back_from != store.seq else None,
+                                        "committed_floor": store.committed_floor})
+        return cls(ctx, shard, store)
+
+    def next_due(self) -> int | None:
+        """When the earliest timer falls due (wall clock, may be early but never late), or None."""
+        return self.timers.earliest()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- profile I/O ----------------------------------------------------------------------------
+    #
+    # `_live` holds decoded profiles (LRU); `_dirty` maps each changed-but-unwritten profile to the due
+    # time the store's timer index still holds for it, `_dirty_due` to its own.
+
+    def _profiles(self, customers: list[str]) -> tuple[dict[str, Profile], set[str], set[str]]:
+        """Decoded profiles (new ones for customers never seen), which of them are new, and which
+        customers are quarantined (not in the returned profiles)."""
+        live = self._live
+        out: dict[str, Profile] = {}
+        missing: list[str] = []
+        for customer in customers:
+            profile = live.get(customer)
+            if profile is None:
+                missing.append(customer)
+            else:
+                live.move_to_end(customer)
+                out[customer] = profile
+        created: set[str] = set()
+        quarantined: set[str] = set()
+        if missing:
+            store, committed = self.store, self._committed
+            keys = [profile_key(c) for c in missing]
+            for customer, key, blob in zip(missing, keys, store.get_many(keys)):
+                if store.unchanged_since_checkpoint(key):
+                    committed[customer] = blob
+                if blob is None:
+                    created.add(customer)
+                    out[customer] = live[customer] = new_profile(customer)
+                    continue
+                if blob == QUARANTINED:
+                    quarantined.add(customer)
+                    continue
+                try:
+                    profile = decode_profile(blob)
+                except Exception as exc:  # noqa: BLE001 - bad stored bytes are one customer's problem
+                    self._quarantine(customer, "decode_profile", exc, blob)
+                    quarantined.add(customer)
+                    continue
+                out[customer] = live[customer] = profile
+        return out, created, quarantined
+
+    def _changing(self, profiles: dict[str, Profile], indexed_at: dict[str, int] | None = None) -> None:
+        """Call before changing these profiles: remember the due time their stored copy is indexed under
+        (`indexed_at`: already known from the timer index, for clean ones).
+
+        `_dirty` is kept in order of last change, so the profiles written early are the ones least
+        likely to change again before the epoch ends.
+        """
+        ruleset = self.ctx.ruleset
+        dirty = self._dirty
+        for customer, profile in profiles.items():
+            indexed = dirty.pop(customer, _CLEAN)
+            if indexed is _CLEAN:
+                indexed = indexed_at[customer] if indexed_at and customer in indexed_at else due_at(profile, ruleset)
+            dirty[customer] = indexed
+
+    def _changed(self, profiles: dict[str, Profile]) -> None:
+        ruleset, timers, dirty_due = self.ctx.ruleset, self.timers, self._dirty_due
+        for customer, profile in profiles.items():
+            dirty_due[customer] = due = due_at(profile, ruleset)
+            timers.hint(due)
+        live, limit = self._live, self.ctx.cache_profiles
+        while len(live) > limit:
+            customer, profile = live.popitem(last=False)
+            if customer in self._dirty:
+                self._write(customer, profile)
+        limit = max(self._dirty_limit, _BACKLOG_DIRTY_FACTOR * len(profiles))
+        if len(self._dirty) > limit:
+            # Never the ones this batch changed (they sit at the end of `_dirty`).
+            keep = max(limit // 2, len(profiles))
+            for customer in list(itertools.islice(self._dirty, len(self._dirty) - keep)):
+                if customer in live:
+                    self._write(customer, live[customer])
+
+    def _write(self, customer: str, profile: Profile) -> None:
+        """Write one dirty profile and move its timer key to its own due time."""
+        try:
+            blob = encode_profile(profile)
+        except ProfileEncodeError as exc:
+            # Never store a value that would not read back as written (e.g. a non-finite number).
+            self._live.pop(customer, None)
+            self._quarantine(customer, "encode_profile", exc, None, profile_due=self._dirty_due.get(customer))
+            return
+        indexed = self._dirty.pop(customer)
+        applied = self._applied.pop(customer, None)
+        if applied:
+            # Freeing an event costs about a microsecond; at the epoch end that would lengthen the
+            # pause the worker waits through, so the next turn frees them instead.
+            self._retired.append(applied)
+        committed = self._committed.pop(customer, UNKNOWN)
+        self.store.put(profile_key(customer), blob, committed=committed)
+        # Loaded unchanged since the checkpoint: its timer key is unchanged too.
+        self.timers.move(customer, indexed, self._dirty_due.pop(customer), committed=committed is not UNKNOWN)
+
+    def _flush(self) -> None:
+        """Write every dirty profile (and its timer) to the store's pending set."""
+        live = self._live
+        for customer in list(self._dirty):
+            if customer in live:
+                self._write(customer, live[customer])
+
+    def _due_customers(self, now_ms: int) -> list[tuple[str, int]]:
+        """Customers whose timers are due by `now_ms`: written ones from the store's index, dirty
+        ones from their own due time (their index keys are stale), so nothing is written first."""
+        dirty_due = self._dirty_due
+        due = self.timers.due(now_ms, _TIMER_LIMIT, skip=dirty_due)
+        for customer, at in dirty_due.items():
+            if at is not None and at <= now_ms:
+                due.append((customer, at))
+            else:
+                self.timers.hint(at)
+        return due
+
+    # -- poison isolation -----------------------------------------------------------------------
+
+    def _rebuild(self, customer: str) -> Profile:
+        """The customer's profile as it was after the last step that succeeded: the stored copy with
+        everything applied since it was written replayed onto it (the engine is deterministic)."""
+        blob = self.store.get(profile_key(customer))
+        profile = new_profile(customer) if blob is None else decode_profile(blob)
+        ruleset = self.ctx.ruleset
+        for step in self._applied.get(customer, ()):
+            if isinstance(step, Event):
+                on_event(profile, step, ruleset)
+            else:
+                on_timers(profile, ruleset, step)
+        return profile
+
+    def _restore_after_failure(self, customer: str, profiles: dict[str, Profile]) -> bool:
+        """Put the customer's pre-failure profile back in place; False if it had to be quarantined."""
+        try:
+            profile = self._rebuild(customer)
+        except Exception as exc:  # noqa: BLE001 - a replay that fails too: set the customer aside
+            profiles.pop(customer, None)
+            self._live.pop(customer, None)
+            self._quarantine(customer, "replay", exc, None)
+            return False
+        profiles[customer] = self._live[customer] = profile
+        return True
+
+    def _quarantine(self, customer: str, step: str, exc: BaseException, blob: bytes | None,
+                    profile_due: int | None = None) -> None:
+        """Set a customer's stored profile aside for inspection and stop processing them.
+
+        The quarantine record keeps the stored bytes (pseudonymous state only) and why; the profile
+        key points at it; the customer's timer keys go, so nothing fires for them.
+        """
+        store = self.store
+        indexed = {self._dirty.pop(customer, None), profile_due, self._dirty_due.pop(customer, None)} - {None}
+        self._applied.pop(customer, None)
+        self._committed.pop(customer, None)
+        self._live.pop(customer, None)
+        key = profile_key(customer)
+        stored = blob if blob is not None else store.get(key)
+        if stored == QUARANTINED:
+            return
+        record = {"customer": customer, "step": step, "exception": type(exc).__name__,
+                  "stored_base64": None if stored is None else base64.b64encode(stored).decode()}
+        store.put(quarantine_key(customer), orjson.dumps(record))
+        store.put(key, QUARANTINED)
+        for due in indexed:
+            assert due is not None
+            store.delete(timer_key(due, customer))
+        for tkey in [k for k, _ in store.scan(TIMER_PREFIX) if k.endswith(customer.encode())]:
+            store.delete(tkey)
+        metrics.QUARANTINED.labels(step).inc()
+        log.error("customer profile quarantined", extra={"shard": self.shard, "customer": customer, "step": step,
+                                                         "exception": type(exc).__name__})
+
+    # -- applying -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _account(outcome: Outcome, out: list[ShardOutput]) -> None:
+        out.extend(outcome.decisions)
+        if outcome.blocked:
+            blocked: Counter[tuple[str, str]] = Counter((b.rule_id, b.reason) for b in outcome.blocked)
+            for (rule, reason), n in blocked.items():
+                metrics.BLOCKED.labels(rule, reason).inc(n)
+        if outcome.duplicates:
+            metrics.DUPLICATES.inc(outcome.duplicates)
+        if outcome.lates:
+            metrics.LATE.inc(outcome.lates)
+        if outcome.absences:
+            metrics.ABSENCES.inc(outcome.absences)
+
+    @staticmethod
+    def _undo_outcome(outcome: Outcome, decisions: int, blocked: int, absences: int) -> None:
+        """Forget what a failed turn added to the batch's outcome (it is as if it never ran)."""
+        del outcome.decisions[decisions:]
+        del outcome.blocked[blocked:]
+        outcome.absences = absences
+
+    def _apply_events(self, events: list[Event], out: list[ShardOutput]) -> None:
+        profiles, created, _ = self._profiles(list(dict.fromkeys(e.customer for e in events)))
+        # A large batch means a backlog: the input is already late, throughput is what counts, and
+        # a busy customer should be encoded once per epoch rather than after every batch. A small
+        # batch means the flow keeps up, and a short epoch-end pause is what counts. Timer turns
+        # in between keep the limit the last batch set: a few due customers are no sign of either.
+        self._dirty_limit = max(_DIRTY_LIMIT, _BACKLOG_DIRTY_FACTOR * len(profiles))
+        self._changing(profiles)
+        ruleset, applied = self.ctx.ruleset, self._applied
+        outcome = Outcome()  # one for the whole batch: one allocation, not one per event
+        types: Counter[str] = Counter()
+        for event in events:
+            customer = event.customer
+            profile = profiles.get(customer)
+            if profile is None:  # quarantined, now or earlier in this batch
+                out.append(processing_error(event, "quarantined_profile", _Quarantined()))
+                metrics.PROCESSING_ERRORS.labels("quarantined_profile", "Quarantined").inc()
+                continue
+            duplicates, marks = outcome.duplicates, (len(outcome.decisions), len(outcome.blocked), outcome.absences)
+            try:
+                if failpoints.FAIL_CUSTOMERS and customer in failpoints.FAIL_CUSTOMERS:
+                    raise failpoints.InjectedFailure("failpoint")
+                on_event(profile, event, ruleset, outcome)
+            except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's dead letter
+                self._undo_outcome(outcome, *marks)
+                out.append(processing_error(event, "engine.on_event", exc))
+                metrics.PROCESSING_ERRORS.labels("engine.on_event", type(exc).__name__).inc()
+                log.warning("event not applied", extra={"shard": self.shard, "customer": customer,
+                                                        "step": "engine.on_event", "exception": type(exc).__name__})
+                self._restore_after_failure(customer, profiles)
+                continue
+            applied.setdefault(customer, []).append(event)
+            if outcome.duplicates == duplicates:
+                types[event.type] += 1
+        for customer in [c for c in profiles if c not in applied]:
+            # Every event of theirs failed since the profile was last written: it is as stored (a new
+            # customer: nothing is stored), so there is nothing to write.
+            self._dirty.pop(customer, None)
+            self._dirty_due.pop(customer, None)
+            self._committed.pop(customer, None)
+            if customer in created:
+                del profiles[customer]
+                self._live.pop(customer, None)
+        self._changed({c: p for c, p in profiles.items() if c in self._live})
+        self._account(outcome, out)
+        for event_type, n in types.items():
+            metrics.EVENTS.labels(event_type).inc(n)
+
+    def _note_positions(self, values: list[ShardItem]) -> None:
+        positions = self._positions
+        for value in values:
+            src = value.source
+            if src is not None:
+                key = f"{src.topic}#{src.partition}"
+                if positions.get(key, -1) <= src.offset:
+                    positions[key] = src.offset + 1
+                    self._positions_changed = True
+
+    # -- turns --------------------------------------------------------------------------------------
+
+    def apply(self, values: list[ShardItem]) -> list[ShardOutput]:
+        """Events, erasures and savepoint requests, in order: decisions and dead letters out."""
+        self._retired.clear()
+        out: list[ShardOutput] = []
+        run: list[Event] = []
+        for value in values:
+            if isinstance(value, Event):
+                run.append(value)
+                continue
+            # A command applies after everything before it in the batch and before everything after.
+            if run:
+                self._apply_events(run, out)
+                run = []
+            if isinstance(value, EraseRequest):
+                self.erase(value.customer)
+            else:
+                self._savepoints.append(value)
+        if run:
+            self._apply_events(run, out)
+        self._note_positions(values)
+        return out
+
+    def fire_timers(self, now: int) -> list[ShardOutput]:
+        """The wall-clock turn: every customer due by `now` (a bounded number per call, so a storm of
+        due timers after downtime drains over several turns while input keeps flowing)."""
+        self._retired.clear()
+        out: list[ShardOutput] = []
+        due = self._due_customers(now)
+        ruleset, applied = self.ctx.ruleset, self._applied
+        for start in range(0, len(due), _TIMER_CHUNK):
+            chunk = due[start:start + _TIMER_CHUNK]
+            profiles, created, _ = self._profiles([customer for customer, _ in chunk])
+            for customer, at in chunk:
+                if customer in created:
+                    # A timer with no profile behind it (its customer was erased): drop it, never
+                    # let it bring the customer back.
+                    self.timers.move(customer, at, None)
+                    del profiles[customer]
+                    del self._live[customer]
+            self._changing(profiles, dict(chunk))
+            outcome = Outcome()
+            for customer, profile in list(profiles.items()):
+                marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
+                try:
+                    on_timers(profile, ruleset, now, outcome)
+                except Exception as exc:  # noqa: BLE001 - a timer that keeps failing would spin: set it aside
+                    self._undo_outcome(outcome, *marks)
+                    metrics.PROCESSING_ERRORS.labels("engine.on_timers", type(exc).__name__).inc()
+                    del profiles[customer]
+                    self._live.pop(customer, None)
+                    self._quarantine(customer, "engine.on_timers", exc, None, profile_due=self._dirty.get(customer))
+                    continue
+                applied.setdefault(customer, []).append(now)
+            self._changed(profiles)
+            self._account(outcome, out)
+        return out
+
+    def checkpoint(self) -> int:
+        """The epoch end: write what is dirty and commit it with the positions; the new seq."""
+        started = time.perf_counter()
+        dirty = len(self._dirty)
+        self._flush()
+        self._committed.clear()  # from here on, reads return what this epoch wrote
+        if self._positions_changed:
+            self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
+            self._positions_changed = False
+        failpoints.hit("before_checkpoint")
+        seq = self.store.checkpoint()
+        # The window a crash test aims at: RocksDB has the checkpoint, Bytewax has not committed it.
+        failpoints.hit("after_checkpoint")
+        if self._erased:
+            self.store.purge()
+            self._erased = 0
+        for request in self._savepoints:
+            self._write_savepoint(request, seq)
+        self._savepoints = []
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        metrics.observe_shard(self.shard, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
+        return seq
+
+    def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
+        """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed."""
+        from operators.state.savepoint import write_shard_part
+
+        started = time.perf_counter()
+        try:
+            write_shard_part(self.store, Path(request.path), self.shard, seq, self._positions,
+                             request.token, self.ctx.plan.lineage if self.ctx.plan else None)
+        except (OSError, StateError) as exc:
+            # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
+            log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,
+                                                           "error": str(exc)})
+            return
+        log.info("savepoint part written", extra={"shard": self.shard, "seq": seq, "path": request.path,
+                                                  "seconds": round(time.perf_counter() - started, 3)})
+
+    def erase(self, customer: str) -> bool:
+        """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
+        # Unwritten changes go too: the store's versions (pending, committed) are erased below.
+        in_memory = self._live.pop(customer, None) is not None
+        self._dirty.pop(customer, None)
+        self._dirty_due.pop(customer, None)
+        self._applied.pop(customer, None)
+        self._committed.pop(customer, None)
+        existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
+        self._erased += 1
+        metrics.ERASURES.inc()
+        log.info("customer erased", extra={"customer": customer, "shard": self.shard, "existed": existed})
+        return existed
+
+
+class _Quarantined(Exception):
+    """The customer's stored profile is set aside for inspection (see `ShardState._quarantine`)."""
+
+
+def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> bool:
+    """Remove one customer from a shard's store, committed immediately; True if they were there.
+
+    Both the current profile's timer and the last checkpoint's (they differ when the timer moved in
+    this epoch) are removed, so no restore can leave a timer that points at the customer. A
+    quarantined customer's record goes too, and (their due times being unknown) every timer key of theirs.
+    """
+    key = profile_key(customer)
+    versions = {store.get(key), store.get_committed(key)} - {None}
+    keys = [key, quarantine_key(customer)]
+    for raw in versions:
+        assert raw is not None
+        try:
+            due = due_at(decode_profile(raw), ruleset)
+        except Exception:  # noqa: BLE001 - quarantined or undecodable: find its timers by scanning
+            keys += [k for k, _ in store.scan(TIMER_PREFIX) if k.endswith(customer.encode())]
+            continue
+        if due is not None:
+            keys.append(timer_key(due, customer))
+    store.erase(keys)
+    return bool(versions)
+
+
+def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:
+    """The committed profile of one customer, read-only (works while the flow runs).
+
+    A quarantined customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
+    """
+    path = shard_path(state_dir, shard_of(customer, shards))
+    if not path.exists():
+        return None
+    store = ShardStore.open_read_only(path)
+    try:
+        raw = store.get(profile_key(customer))
+        if raw == QUARANTINED:
+            record = store.get(quarantine_key(customer))
+            return {"customer": customer, "quarantined": orjson.loads(record) if record else {}}
+        return None if raw is None else stored_as_dict(raw)
+    finally:
+        store.close()
+
