@@ -22,11 +22,12 @@ from bytewax.dataflow import Dataflow
 
 from operators.infra import metrics
 from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic
+from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic, progress_topic
+from operators.io.alignment import Alignment
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
 from operators.io.decisions import encode_decision, expired
-from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
+from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
 from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
 from operators.rules.loader import load_rules
@@ -115,11 +116,15 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 
     start_positions = plan.restore.positions if plan.restore is not None else None
+    # Event-time alignment of the inputs (not of the control topic: commands are not events).
+    aligned = Aligned(Alignment(config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms),
+                      clock.now_ms, parse_config) if config.flow.align else None
     flow = Dataflow(name)
     raw = op.input("kafka_in", flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
-        start_positions=start_positions))
+        start_positions=start_positions, aligned=aligned,
+        progress_topic=progress_topic(topics) if aligned is not None else None))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input("control_in", flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,

@@ -323,7 +323,7 @@ def test_topics_create_is_idempotent_and_reports_what_it_found(
 
     first = run()
     decisions = {f"{p}.dec.{c}" for c in ("email", "ads", "sms", "push", "web", "call_center")}
-    assert set(first) == {f"{p}.web", f"{p}.email", f"{p}.dlq", f"{p}.control", *decisions}
+    assert set(first) == {f"{p}.web", f"{p}.email", f"{p}.dlq", f"{p}.control", f"{p}.control.progress", *decisions}
     assert first[f"{p}.email"]["status"] == "exists_with_fewer_partitions" and "1 partitions" in \
         first[f"{p}.email"]["note"]
     assert all(first[n]["status"] == "created" for n in first if n != f"{p}.email")
@@ -331,8 +331,9 @@ def test_topics_create_is_idempotent_and_reports_what_it_found(
     meta = admin.list_topics(timeout=10).topics
     assert len(meta[f"{p}.web"].partitions) == 3 and len(meta[f"{p}.control"].partitions) == 1
     assert all(len(meta[n].partitions) == 3 for n in decisions)
-    resources = [ConfigResource("topic", n) for n in (f"{p}.web", f"{p}.dlq")]
+    resources = [ConfigResource("topic", n) for n in (f"{p}.web", f"{p}.dlq", f"{p}.control.progress")]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    assert configs[f"{p}.control.progress"]["cleanup.policy"].value == "compact"
     assert configs[f"{p}.web"]["retention.ms"].value == "86400000"
     assert configs[f"{p}.dlq"]["retention.ms"].value == str(7 * 24 * 3600 * 1000)
 
