@@ -12,6 +12,9 @@ then, in one process per revision, timed per event:
 - `reference`: a plain loop that `orjson.loads` each record and keeps a 30-minute window per customer
   in a dict: what a hand-written Python job would at least pay.
 
+Both revisions run with the collector settings the flow's entry points use (operators/infra/runtime.py):
+the loop keeps every event and profile alive, which the default settings would re-walk constantly.
+
 With `--against`, `same_decisions` says whether both revisions made exactly the same decisions (a
 digest of the sorted decision ids): the equivalence check at the benchmark's scale.
 
@@ -59,6 +62,8 @@ except ImportError:  # the dict-profile engine
     encode_profile, decode_profile = orjson.dumps, orjson.loads
 
 records = [tuple(r) for r in orjson.loads(open(sys.argv[1], "rb").read())]
+import gc
+gc.collect(); gc.freeze(); gc.set_threshold(100_000, 50, 100)  # the flow's collector settings, for every revision
 now = int(sys.argv[2])
 secret = PrivacyConfig(demo=True).resolve_secret()
 config = ParseConfig(max_age_ms=0)

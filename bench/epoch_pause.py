@@ -30,6 +30,7 @@ import orjson
 from bench import workload
 from operators.infra.clock import SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from operators.infra.runtime import tune_gc
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
 from operators.rules.loader import load_rules
@@ -95,6 +96,7 @@ def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_gc()  # as the flow's entry points do
     parser = argparse.ArgumentParser(prog="python -m bench.epoch_pause", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=4000, help="events per second of event time")
     parser.add_argument("--epoch-seconds", type=float, default=2.0)

@@ -83,6 +83,8 @@ class Settings:
     bootstrap: str | None = None
     # Extra librdkafka settings for the flow's clients (NEXTCLICK_KAFKA__*), e.g. fetch.wait.max.ms.
     flow_kafka: dict[str, str] = field(default_factory=dict)
+    align: bool = True  # flow.align: event-time alignment of the input partitions
+    latency_rate: float = 0.0  # offered ev/s in the latency phase; 0: half of (a)'s measured rate
     # "default": the reference workload; "identity": the same with anonymous web traffic and sign-ins
     # (bench/workload.py). Revisions before identity stitching cannot read the identity one (`login`).
     workload: str = "default"
@@ -324,7 +326,8 @@ class FlowRun(ProcessGroup):
                        capture_output=True)
         # The flow also reads a control topic (erasure commands) and writes dead letters: its own, empty.
         control_topic = f"{decisions_topic}.control"
-        ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{decisions_topic}.dlq": 1})
+        ensure_topics({"bootstrap.servers": bootstrap}, {control_topic: 1, f"{control_topic}.progress": 1,
+                                                         f"{decisions_topic}.dlq": 1})
         env = {**_python_env(repo),
                "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
                "NEXTCLICK_TOPICS__INPUTS": input_topic,
@@ -339,6 +342,7 @@ class FlowRun(ProcessGroup):
                "NEXTCLICK_FLOW__STOP_AT_END": "true" if stop_at_end else "false",
                "NEXTCLICK_FLOW__EPOCH_SECONDS": str(s.epoch_seconds),
                "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
+               "NEXTCLICK_FLOW__ALIGN": "true" if s.align else "false",
                "NEXTCLICK_LOG_LEVEL": "WARNING",
                **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
                "BENCH_STATS_FILE": str(directory / "stats-{pid}.json"),
@@ -678,7 +682,10 @@ def markdown(result: dict[str, Any]) -> str:
     if result["settings"].get("repeat", 1) > 1:
         lines += ["", f"Median of {result['settings']['repeat']} interleaved runs each; every run, ev/s: "
                   + "; ".join(f"{name} {', '.join(f'{v:,}' for v in values)}" for name, values in repeats.items())]
-    lines += ["", "Latency at 50% of (a), p50 / p95 / p99 ms. End to end = event sent -> decision received; "
+    offered = (f"{result['settings']['latency_rate']:,.0f} ev/s" if result["settings"].get("latency_rate")
+               else "50% of (a)")
+    align = "" if result["settings"].get("align", True) else " Input alignment off (flow.align = false)."
+    lines += ["", f"Latency at {offered}, p50 / p95 / p99 ms.{align} End to end = event sent -> decision received; "
               "in the flow = the input partition hands the event to Bytewax -> its decision is handed to the "
               "producer; broker relay = the same load through bench.relay (the flow's Kafka clients, nothing "
               "in between).", "",
@@ -778,7 +785,8 @@ def run(s: Settings) -> dict[str, Any]:
             "timestamp": stamp, "machine": machine_info(), "revision": source_revision(),
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
-                         "latency_seconds": s.latency_seconds, "sync": s.sync, "seed": s.seed,
+                         "latency_seconds": s.latency_seconds, "sync": s.sync, "align": s.align,
+                         "latency_rate": s.latency_rate, "seed": s.seed,
                          "repeat": s.repeat,
                          "input_topic": s.input_topic, "flow_kafka": s.flow_kafka, "workload": s.workload,
                          "mix": dict(workload.MIX), "zipf_s": workload.ZIPF_S},
@@ -805,7 +813,7 @@ def run(s: Settings) -> dict[str, Any]:
         result["flow_a"] = {str(p): _median_run(runs[f"a{p}"]) for p in s.processes}
         result["latency"] = {}
         for p in s.processes:
-            rate = 0.5 * result["flow_a"][str(p)]["events_per_s_flow_only"]
+            rate = s.latency_rate or 0.5 * result["flow_a"][str(p)]["events_per_s_flow_only"]
             result["latency"][str(p)] = lat = run_latency(s, bootstrap, work, p, rate)
             lat["relay"] = run_relay_latency(s, bootstrap, work, p, rate)
             print(f"latency, {p} process(es) @ {rate:,.0f} ev/s: end to end p50/p95/p99 {lat['p50_ms']} / "
@@ -847,7 +855,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--epoch-seconds", type=int, default=2)
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--latency-warmup-seconds", type=float, default=2.0)
+    parser.add_argument("--latency-rate", type=float, default=0.0,
+                        help="offered ev/s in the latency phase (default: half of the flow's measured rate)")
     parser.add_argument("--no-sync", action="store_true", help="state.sync=false (no fsync per checkpoint)")
+    parser.add_argument("--no-align", action="store_true",
+                        help="flow.align=false (no event-time alignment of the input partitions)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--repeat", type=int, default=1,
                         help="run c, b and each (a) this many times, interleaved; report each one's median")
@@ -862,7 +874,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
                     out=args.out, summaries=args.summaries, partitions=args.partitions, shards=args.shards,
                     epoch_seconds=args.epoch_seconds, latency_seconds=args.latency_seconds,
-                    latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync,
+                    latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync, align=not args.no_align,
+                    latency_rate=args.latency_rate,
                     seed=args.seed, repeat=max(1, args.repeat), profile=args.profile, bootstrap=args.bootstrap,
                     flow_kafka=dict(kv.split("=", 1) for kv in args.flow_kafka), workload=args.workload)
 

@@ -141,12 +141,43 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
         raise LookupError(f"no profile for that customer in {config.state.dir}")
+    if "quarantined" not in profile:
+        profile["derived"] = _derived(profile, config, args.at)
     key, anchor = resolve_offline(config.state.dir, customer)
     # Which identifiers the profile holds, by type and how many: keys only, never a raw value.
     profile["identity"] = {"profile_key": key, "linked": anchor is not None,
                            "identifiers": {t: len(keys) for t, keys in (profile.get("ids") or {}).items()}}
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _derived(stored: dict[str, Any], config: Config, at: str | None) -> dict[str, Any]:
+    """What a rule of the configured rules file would read for this profile at `at` (default: now)."""
+    import msgspec
+
+    from operators.infra.clock import SystemClock
+    from operators.profile.model import Profile
+    from operators.rules.explain import attributes_at, rfc3339
+    from operators.rules.loader import load_rules
+
+    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    at_ms = SystemClock().now_ms() if at is None else _time_ms(at)
+    profile = msgspec.convert(stored, Profile)
+    return {"at": rfc3339(at_ms), "rules_file": ruleset.source, "attributes": attributes_at(profile, ruleset, at_ms)}
+
+
+def _time_ms(text: str) -> int:
+    from datetime import datetime
+
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--at: {text!r} is not epoch milliseconds or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"--at: {text!r} has no UTC offset (add Z or +02:00)")
+    return int(moment.timestamp() * 1000)
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
@@ -277,6 +308,53 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    from operators.rules.fields import RulesError
+    from operators.rules.loader import check_rules
+
+    ruleset, errors = check_rules(args.file)
+    if ruleset is None:
+        for error in errors:
+            print(error)
+        raise RulesError(f"{args.file}: {len(errors)} error{'s' if len(errors) > 1 else ''} (listed above)")
+    print(orjson.dumps({"rules_file": ruleset.source, "valid": True, "rules": [r.id for r in ruleset.rules],
+                        "signals": [s.name for s in ruleset.signals], "triggers": sorted(ruleset.triggers)},
+                       option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from operators.rules.loader import load_rules
+    from operators.rules.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
+
+    ruleset = load_rules(args.file)
+    scenarios = [load_scenario(path) for path in args.scenarios]  # every file is checked before any runs
+    total = failed = 0
+    for scenario in scenarios:
+        print(f"{scenario.path}: {scenario.description}")
+        if scenario.rules is not None and scenario.rules.resolve() != Path(args.file).resolve():
+            print(f"  note: the scenario names {scenario.rules}; testing {args.file}")
+        for check in run_scenario(scenario, ruleset):
+            total += 1
+            failed += not check.ok
+            if worth_showing(check) or args.verbose:
+                print("  " + report_line(check))
+    print(f"{len(scenarios)} scenario{'s' * (len(scenarios) != 1)}, {total} expectations, {failed} failed")
+    if failed:
+        raise ScenarioFailed(f"{failed} of {total} expectations failed (FAIL lines above)")
+    return 0
+
+
+def cmd_rules_explain(args: argparse.Namespace) -> int:
+    from operators.rules.explain import explain, read_story, render
+    from operators.rules.loader import load_rules
+
+    ruleset = load_rules(args.file)
+    for entry in explain(ruleset, read_story(args.events)):
+        print(orjson.dumps(entry).decode() if args.json else render(entry) + "\n")
+    return 0
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -395,13 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = sub.add_parser("profile", help="read profiles from the latest checkpoint")
     profile_sub = profile.add_subparsers(dest="profile_command", required=True)
-    get = profile_sub.add_parser("get", help="print one customer's committed profile as JSON")
+    get = profile_sub.add_parser(
+        "get", help="print one customer's committed profile as JSON, with the attributes rules read now",
+        description="The stored profile (facts, signals, history) and, under \"derived\", every attribute a rule "
+                    "of the configured rules file would read at --at: segment, RFM scores, days since, signals. "
+                    "Any identifier of a linked profile shows that profile, and \"identity\" says how many "
+                    "identifiers of each type it holds (never a raw value).")
     get.add_argument("key", help="any identifier of the customer (hashed with the configured secret)")
     get.add_argument("--id-type", default="customer", choices=sorted(ID_TYPES),
-                     help="identifier type of KEY (default customer): a linked identifier shows the profile it "
-                          "belongs to, with how many identifiers of each type it holds")
+                     help="identifier type of KEY (default customer)")
     get.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     get.add_argument("--config", help="TOML configuration file")
+    get.add_argument("--at", help="when the derived attributes are computed for (epoch ms or RFC 3339; default now)")
     get.set_defaults(func=cmd_profile_get)
     erase = profile_sub.add_parser("erase", help="right to erasure: remove a customer from state and checkpoints")
     erase.add_argument("key", help="any identifier of the customer (hashed with the configured secret): every "
@@ -422,6 +505,29 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--id-type", required=True, choices=sorted(ID_TYPES), help="what the lines are (email...)")
     keys.add_argument("--config", help="TOML configuration file (privacy.secret_file / NEXTCLICK_PRIVACY__SECRET)")
     keys.set_defaults(func=cmd_keys)
+
+    rules = sub.add_parser("rules", help="check, test and explain a rules file (no Kafka needed)")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", help="validate a rules file, listing every error",
+                                 description="Load a rules file as `nextclick run` would and list every mistake "
+                                             "(file, rule or signal, field), not only the first.")
+    check.add_argument("file", help="the rules file (TOML)")
+    check.set_defaults(func=cmd_rules_check)
+    test = rules_sub.add_parser("test", help="run scenario files on the engine with a manual clock",
+                                description="Run each scenario (docs/rules.md, \"Testing rules with scenarios\") "
+                                            "against FILE; print PASS or FAIL per expectation; exit 1 on a failure.")
+    test.add_argument("file", help="the rules file (TOML)")
+    test.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files (TOML)")
+    test.add_argument("--verbose", action="store_true", help="print every expectation, also the empty ones")
+    test.set_defaults(func=cmd_rules_test)
+    explain = rules_sub.add_parser("explain", help="show, trigger by trigger, why rules fired or did not",
+                                   description="Run a story of events (JSON lines, as on the input topics) "
+                                               "through the engine: for each trigger, each rule's conditions "
+                                               "with their values, the gate that blocked it, the decision.")
+    explain.add_argument("file", help="the rules file (TOML)")
+    explain.add_argument("--events", required=True, help="the story: one event per line (JSON)")
+    explain.add_argument("--json", action="store_true", help="one JSON object per trigger instead of text")
+    explain.set_defaults(func=cmd_rules_explain)
 
     state = sub.add_parser("state", help="inspect the state directory")
     state_sub = state.add_subparsers(dest="state_command", required=True)

@@ -1,10 +1,10 @@
 """The targeting dataflow: Kafka events in, identity resolved, profiles in shards, CloudEvent decisions
 and dead letters out.
 
-    kafka_in ─── parse ─────┬─ ("identity", event) ──┬─ identity ─┬─ profiles ───────┬─ encode ─ decisions_out
-    control_in ─ control ───┼─ ("identity", command) ┘            ├─ linked_<type> ──┤   (moved profiles
-                            │                                     └─ ...            ─┤    flow to later
-                            └─ refused ──────────────────────────────── dead_letter ─┴─   families)
+    kafka_in ─── parse ─────┬─ ("identity", event) ──┬─ identity ─┬─ profiles ───────┬─ unexpired ─ encode ─┐
+    control_in ─ control ───┼─ ("identity", command) ┘            ├─ linked_<type> ──┤   (moved profiles   │
+                            │                                     └─ ...            ─┤    flow to later    │
+                            └─ refused ──────────────────────────────── dead_letter ─┴─   families)      decisions_out
                                                                             └─ dead_letters_out
 
 Thin on purpose: every step is a function from `operators/`. The identity stage (one key,
@@ -31,11 +31,12 @@ from operators.identity.guards import load_identity_rules
 from operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from operators.infra import metrics
 from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic
+from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic, progress_topic
+from operators.io.alignment import Alignment
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
-from operators.io.decisions import encode_decision
-from operators.io.kafka import KafkaInput, KafkaOutput, OutMessage, RawMessage
+from operators.io.decisions import encode_decision, expired
+from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
 from operators.records import DeadLetter, Decision, EraseRequest, Event, MoveIn, SavepointRequest, SourcePosition
 from operators.rules.loader import load_rules
@@ -136,17 +137,28 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         msg = OutMessage(topics.dead_letter, key, value, headers)
         return f"{dl.source.topic}#{dl.source.partition}", msg
 
+    def unexpired(decision: Decision) -> bool:
+        """Decisions already stale when made (a backfill) are counted, not sent (docs/rules.md)."""
+        if expired(decision, clock.now_ms()):
+            metrics.EXPIRED.labels(decision.rule_id, decision.channel).inc()
+            return False
+        return True
+
     def to_message(decision: Decision) -> OutMessage:
         metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
         key, value, headers = encode_decision(decision)
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 
     start_positions = plan.restore.positions if plan.restore is not None else None
+    # Event-time alignment of the inputs (not of the control topic: commands are not events).
+    aligned = Aligned(Alignment(config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms),
+                      clock.now_ms, parse_config) if config.flow.align else None
     flow = Dataflow(name)
     raw = op.input("kafka_in", flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
-        start_positions=start_positions))
+        start_positions=start_positions, aligned=aligned,
+        progress_topic=progress_topic(topics) if aligned is not None else None))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input("control_in", flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
@@ -188,5 +200,6 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     refused = op.map("dead_letter", op.merge("refused", *failed), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
     all_decided = decided[0] if len(decided) == 1 else op.merge("decisions", *decided)
-    op.output("decisions_out", op.map_value("encode", all_decided, to_message), KafkaOutput(config.kafka, shards))
+    fresh = op.filter_value("unexpired", all_decided, unexpired)
+    op.output("decisions_out", op.map_value("encode", fresh, to_message), KafkaOutput(config.kafka, shards))
     return flow

@@ -165,6 +165,10 @@ class Decision:
     expires_at: int
     profile_version: int
     signals: dict[str, Any]
+    # The rule's consent purpose, and whether it is a promotion (false: a service message, which
+    # complaints do not suppress): additive decision fields (schemas/decision.v1.json).
+    purpose: str = "marketing"
+    promotion: bool = True
     # How the profile can be reached (operators/identity/addressing.py): the decision channels it has
     # an identifier for, and for this decision's channel the (id type, pseudonymous key) to use.
     # None when the profile's identifiers are unknown (stored before they were recorded).

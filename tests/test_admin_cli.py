@@ -57,8 +57,12 @@ def test_profile_get_by_identifier_and_by_key(deployment: FlowSetup) -> None:
     assert done.returncode == 0, done.stderr
     profile = orjson.loads(done.stdout)
     assert profile["customer"] == key("cust-00001") and profile["facts"]["version"] >= 1
-    by_key = nextclick(deployment, "profile", "get", key("cust-00001"), "--hashed")
-    assert orjson.loads(by_key.stdout) == profile
+    # Beside the stored profile: what a rule would read now (segment, scores, days since, every signal).
+    derived = profile.pop("derived")
+    assert {"segment", "recency_score", "days_since_last_purchase", "page_views_30m", "session_active",
+            "cart_abandoned_pending"} <= set(derived["attributes"])
+    by_key = nextclick(deployment, "profile", "get", key("cust-00001"), "--hashed", "--at", derived["at"])
+    assert orjson.loads(by_key.stdout) == {**profile, "derived": derived}
     assert "no profile" in one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all"))
     # A wrong shard count would look in the wrong shard: refused, not "no profile".
     error = one_line_error(nextclick(deployment, "profile", "get", "cust-00001", NEXTCLICK_STATE__SHARDS="8"))

@@ -255,12 +255,15 @@ def test_topic_plan_follows_the_configuration() -> None:
                                 "NEXTCLICK_TOPICS__RETENTION_MS": "86400000",
                                 "NEXTCLICK_TOPICS__CLEANUP_POLICY": "delete"})
     plan = {s.name: s for s in plan_topics(config)}
-    assert set(plan) == {"a", "b", config.topics.control, config.topics.dead_letter,
-                         *(f"d.{c}" for c in DECISION_CHANNELS)}
+    assert set(plan) == {"a", "b", config.topics.control, f"{config.topics.control}.progress",
+                         config.topics.dead_letter, *(f"d.{c}" for c in DECISION_CHANNELS)}
     assert plan["a"].role == "input" and plan["a"].partitions == 12 and plan["a"].replication_factor == 3
     assert plan["a"].config == {"retention.ms": "86400000", "cleanup.policy": "delete"}
     assert plan["d.email"].role == "decisions" and plan["d.email"].partitions == 12
     assert plan[config.topics.control].partitions == 1
+    progress = plan[f"{config.topics.control}.progress"]
+    assert progress.role == "progress" and progress.partitions == 1
+    assert progress.config == {"cleanup.policy": "compact"}  # only the latest record per partition matters
     assert plan[config.topics.dead_letter].config["retention.ms"] == str(7 * 24 * 3600 * 1000)
 
 

@@ -224,7 +224,14 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
         # SIGTERM while input is flowing: the epoch in progress has decisions out already.
         producer = Paced(kafka, topic, CALLS, seconds=2, chunks=20)
         producer.start()
-        time.sleep(1)
+
+        def reading_calls() -> bool:  # the flow has read some of them, however loaded the machine is
+            page = scrape(port)[1]
+            read = sum(sample(page, "nextclick_input_messages_total", topic=topic, partition=str(p)) or 0
+                       for p in ends)
+            return read > len(FIRST)
+
+        wait_for(reading_calls, 20, "the flow to read the second wave")
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -316,7 +323,7 @@ def test_topics_create_is_idempotent_and_reports_what_it_found(
 
     first = run()
     decisions = {f"{p}.dec.{c}" for c in ("email", "ads", "sms", "push", "web", "call_center")}
-    assert set(first) == {f"{p}.web", f"{p}.email", f"{p}.dlq", f"{p}.control", *decisions}
+    assert set(first) == {f"{p}.web", f"{p}.email", f"{p}.dlq", f"{p}.control", f"{p}.control.progress", *decisions}
     assert first[f"{p}.email"]["status"] == "exists_with_fewer_partitions" and "1 partitions" in \
         first[f"{p}.email"]["note"]
     assert all(first[n]["status"] == "created" for n in first if n != f"{p}.email")
@@ -324,8 +331,9 @@ def test_topics_create_is_idempotent_and_reports_what_it_found(
     meta = admin.list_topics(timeout=10).topics
     assert len(meta[f"{p}.web"].partitions) == 3 and len(meta[f"{p}.control"].partitions) == 1
     assert all(len(meta[n].partitions) == 3 for n in decisions)
-    resources = [ConfigResource("topic", n) for n in (f"{p}.web", f"{p}.dlq")]
+    resources = [ConfigResource("topic", n) for n in (f"{p}.web", f"{p}.dlq", f"{p}.control.progress")]
     configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    assert configs[f"{p}.control.progress"]["cleanup.policy"].value == "compact"
     assert configs[f"{p}.web"]["retention.ms"].value == "86400000"
     assert configs[f"{p}.dlq"]["retention.ms"].value == str(7 * 24 * 3600 * 1000)
 

@@ -1,46 +1,30 @@
-"""Scenario files under tests/scenarios: events and clock advances through the engine, exact outcomes.
+"""Scenario files under tests/scenarios, run by the product's scenario runner (operators/rules/scenarios.py,
+the same one `nextclick rules test` uses): events and clock advances through the engine, exact outcomes.
 
-Each file is TOML: `description`, optional `rules` (a path relative to the file; default: the shipped rules)
-and a list of `[[step]]`s. A step is either an event (`at` = offset like "+5m" or "+100d1m", `event` = type,
-optional `attrs`, `id`, `customer`) or a clock advance (`advance` = offset; calls on_timers at that time).
-Every step lists exactly the `decisions` ({rule, channel, trigger}) and `blocked` ({rule, reason}) it yields
-(none when omitted), and may assert `late` / `duplicate` for an event.
+The format is documented in docs/rules.md ("Testing rules with scenarios").
 """
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from operators.engine import on_event, on_timers
-from operators.infra.clock import parse_duration_ms
-from operators.profile.model import Profile, new_profile
-from operators.records import Outcome
 from operators.rules.loader import load_rules
-from tests.helpers import T0, default_rules, make_event
+from operators.rules.scenarios import START_MS, ScenarioError, load_scenario, offset_ms, report_line, run_scenario
+from tests.helpers import T0, default_rules, write_rules
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.toml"))
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_STEP_KEYS = {"at", "event", "attrs", "id", "customer", "advance", "decisions", "blocked", "late", "duplicate"}
-
-
-def offset_ms(text: str) -> int:
-    """'+5m', '+100d1m', '+65m59s' -> milliseconds after T0."""
-    body = text.strip().removeprefix("+")
-    parts = _PART.findall(body)
-    if not parts or "".join(n + u for n, u in parts) != body:
-        raise ValueError(f"bad offset {text!r}")
-    return sum(parse_duration_ms(n + u) for n, u in parts)
 
 
 def test_offsets():
     assert offset_ms("+0m") == 0 and offset_ms("+1h30m") == 90 * 60_000 and offset_ms("+1d1m") == 86_460_000
     with pytest.raises(ValueError):
         offset_ms("+5 minutes")
+
+
+def test_scenarios_start_where_the_unit_tests_do():
+    assert START_MS == T0
 
 
 def test_every_default_rule_has_a_scenario():
@@ -52,33 +36,48 @@ def test_every_default_rule_has_a_scenario():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_scenario(path: Path):
-    doc = tomllib.loads(path.read_text())
-    assert doc.get("description"), f"{path.name}: describe the scenario"
-    ruleset = load_rules(path.parent / doc["rules"]) if "rules" in doc else default_rules()
-    profiles: dict[str, Profile] = {}
-    clock = T0
-    for n, step in enumerate(doc["step"], start=1):
-        where = f"{path.name} step {n}"
-        assert set(step) <= _STEP_KEYS, f"{where}: unknown keys {set(step) - _STEP_KEYS}"
-        out: Outcome
-        if "advance" in step:
-            now = T0 + offset_ms(step["advance"])
-            assert now >= clock, f"{where}: the clock only moves forward"
-            clock = now
-            out = Outcome()
-            for profile in profiles.values():
-                got = on_timers(profile, ruleset, clock)
-                out.decisions += got.decisions
-                out.blocked += got.blocked
-        else:
-            customer = step.get("customer", "c1")
-            profile = profiles.setdefault(customer, new_profile(customer))
-            event = make_event(step["event"], T0 + offset_ms(step["at"]), customer=customer,
-                               event_id=step.get("id"), **step.get("attrs", {}))
-            out = on_event(profile, event, ruleset)
-            assert out.late == step.get("late", False), f"{where}: late"
-            assert out.duplicate == step.get("duplicate", False), f"{where}: duplicate"
-        got_decisions = [{"rule": d.rule_id, "channel": d.channel, "trigger": d.trigger} for d in out.decisions]
-        got_blocked = [{"rule": b.rule_id, "reason": b.reason} for b in out.blocked]
-        expected: dict[str, Any] = {"decisions": step.get("decisions", []), "blocked": step.get("blocked", [])}
-        assert {"decisions": got_decisions, "blocked": got_blocked} == expected, where
+    scenario = load_scenario(path)
+    ruleset = load_rules(scenario.rules) if scenario.rules else default_rules()
+    failed = [report_line(c) for c in run_scenario(scenario, ruleset) if not c.ok]
+    assert not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ('[[step]]\nat = "+0m"\nevent = "page_view"', ["top level", "description"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "page_vue"', ["step 1", "field 'event'", "page_vue"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "page_view"\nattrs = { catgory = "shoes" }',
+     ["step 1", "field 'attrs'", "catgory", "category"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "add_to_cart"\nattrs = { amount = 5.0 }',
+     ["step 1", "field 'attrs'", "not a valid add_to_cart", "sku"]),  # the type's schema, as the flow applies it
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "add_to_cart"\nattrs = { sku = "A", amount = "lots" }',
+     ["step 1", "field 'attrs'", "not a valid add_to_cart"]),
+    ('description = "x"\n[[step]]\nat = "5 minutes"\nevent = "page_view"', ["step 1", "field 'at'", "bad offset"]),
+    ('description = "x"\n[[step]]\nadvance = "+5m"\n[[step]]\nadvance = "+4m"', ["step 2", "only moves forward"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nadvance = "+1m"', ["step 1", "either an event"]),
+    ('description = "x"\n[[step]]\nadvance = "+1m"\nlate = true', ["step 1", "late"]),
+    ('description = "x"\n[[step]]\nadvance = "+1m"\ndecisions = [{ rule = "r", chanel = "email" }]',
+     ["step 1", "field 'decisions'", "chanel"]),
+    ('description = "x"\n[[step]]\nat = "+0m"\nevent = "page_view"\nexpect = 1', ["step 1", "expect"]),
+])
+def test_a_bad_scenario_is_named_with_its_step_and_field(tmp_path, text, words):
+    path = write_rules(tmp_path, text, "story.toml")
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    message = str(err.value)
+    assert message.startswith(str(path)), message
+    for word in words:
+        assert word in message, message
+
+
+def test_a_failing_expectation_says_what_was_expected_and_what_came_out(tmp_path):
+    path = write_rules(tmp_path, '''description = "An unresolved call, expecting the wrong thing."
+[[step]]
+at = "+0m"
+event = "call_center_contact"
+attrs = { outcome = "unresolved" }
+decisions = [{ rule = "call_center_follow_up", channel = "email" }]
+''', "story.toml")
+    checks = run_scenario(load_scenario(path), default_rules())
+    (failed,) = [c for c in checks if not c.ok]
+    assert report_line(failed) == ("FAIL story.toml step 1 (+0m call_center_contact): decisions: expected "
+                                   "call_center_follow_up/email; got call_center_follow_up/call_center")

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from operators.infra.clock import parse_duration_ms
+
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
 DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "rules" / "default_rules.toml")
@@ -34,6 +36,9 @@ class TopicsConfig:
     dead_letter: str = "nextclick.dead_letter"
     # Erase commands (the right to erasure) while the flow runs; see operators/io/control.py.
     control: str = "nextclick.control"
+    # Event-time progress of every input partition, shared between the processes of a cluster
+    # (operators/io/alignment.py); compacted. "": "<control>.progress".
+    progress: str = ""
     # Reading from the start of the topics the first time a group runs (before any recovery state).
     start_from_beginning: bool = True
     # What `nextclick topics create` gives the topics it creates (existing topics are left alone).
@@ -43,6 +48,11 @@ class TopicsConfig:
     cleanup_policy: str = ""  # "": the broker's default ("delete")
     dead_letter_retention_ms: int = 7 * 24 * 3600 * 1000  # dead letters hold PII: keep them short
     control_partitions: int = 1
+
+
+def progress_topic(topics: TopicsConfig) -> str:
+    """The topic the processes share their input partitions' event-time progress on."""
+    return topics.progress or f"{topics.control}.progress"
 
 
 def decision_topic(template: str, channel: str) -> str:
@@ -123,6 +133,30 @@ class FlowConfig:
     # Keep it above the producer's delivery.timeout.ms (300 s by default): an epoch end waits that
     # long for Kafka to take the decisions, and a broker outage should pause the flow, not restart it.
     stall_seconds: float = 360.0
+    # Event-time alignment of the input partitions (docs/rules.md, "Ordering"): while the input is
+    # behind, no partition delivers events more than `alignment_bound` (event time) ahead of the
+    # slowest input partition that still has data, across topics and processes. Caught up, nothing
+    # waits. Keep the bound well inside the rules' allowed lateness (5m by default); "0s" applies
+    # every customer's events in event-time order, at a cost in catch-up throughput.
+    align: bool = True
+    alignment_bound: str = "1m"
+    # A partition that neither delivers nor reports its end for this long (wall time) stops holding
+    # the others back, like Kafka Streams' max.task.idle.ms; so does a process that stops publishing.
+    alignment_idle_timeout: str = "10s"
+
+    @property
+    def alignment_bound_ms(self) -> int:
+        return _duration_ms(self.alignment_bound)
+
+    @property
+    def alignment_idle_timeout_ms(self) -> int:
+        return _duration_ms(self.alignment_idle_timeout)
+
+
+def _duration_ms(text: str) -> int:
+    """'1m', '500ms', '10s' or plain milliseconds; raises ValueError."""
+    text = str(text).strip()
+    return int(text) if text.isdigit() else parse_duration_ms(text)
 
 
 @dataclass(frozen=True)
@@ -244,6 +278,15 @@ def load_config(path: str | os.PathLike[str] | None = None,
         config = config.replace(kafka=kafka)
     if config.state.shards < 1:
         raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    for key, minimum in (("alignment_bound", 0), ("alignment_idle_timeout", 1)):
+        text = getattr(config.flow, key)
+        try:
+            ms = _duration_ms(text)
+        except ValueError:
+            raise ConfigError(f"{origin}: [flow].{key}: not a duration: {text!r} (e.g. 1m, 30s, 500ms)") from None
+        if ms < minimum:
+            raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
+                              f"got {text!r}")
     if not (0 <= config.parse.max_amount < float("inf")):
         raise ConfigError(f"{origin}: [parse].max_amount must be a finite number >= 0 (0: the schemas' bound)")
     return config

@@ -31,3 +31,17 @@ class InjectedFailure(RuntimeError):
 # `NEXTCLICK_FAIL_CUSTOMERS="<key>,<key>"`: applying any event of these pseudonymous customer keys
 # raises InjectedFailure (poison-isolation tests). Empty in production: one truthiness check per event.
 FAIL_CUSTOMERS = frozenset(filter(None, os.environ.get("NEXTCLICK_FAIL_CUSTOMERS", "").split(",")))
+
+
+def _throttles(spec: str) -> dict[str, tuple[int, float]]:
+    out: dict[str, tuple[int, float]] = {}
+    for item in filter(None, spec.split(",")):
+        topic, messages, ms = item.strip().rsplit(":", 2)
+        out[topic] = (int(messages), int(ms) / 1000)
+    return out
+
+
+# `NEXTCLICK_THROTTLE_INPUT="<topic>[#<partition>]:<messages>:<ms>"`: that input partition (or every
+# partition of the topic) takes at most <messages> from its consumer every <ms>: a slow broker, for
+# the alignment tests. Unset in production: two dict lookups per partition at start.
+THROTTLE_INPUT = _throttles(os.environ.get("NEXTCLICK_THROTTLE_INPUT", ""))

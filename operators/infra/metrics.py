@@ -34,6 +34,15 @@ CONSUMER_LAG = Gauge("nextclick_consumer_lag_messages",
                      "Messages in the partition after the flow's position: high watermark minus the next offset "
                      "to read (from the consumer's last fetch response, at every batch and every second).",
                      ["topic", "partition"], registry=REGISTRY)
+INPUT_EVENT_TIME = Gauge("nextclick_input_event_time_seconds",
+                         "Event time (epoch seconds) of the next message an aligned input partition will "
+                         "deliver, or of the latest it delivered: the spread across partitions is what "
+                         "flow.alignment_bound bounds; the lowest is the partition the others wait for.",
+                         ["topic", "partition"], registry=REGISTRY)
+INPUT_HELD_SECONDS = Counter("nextclick_input_held_seconds_total",
+                             "Seconds an input partition had messages but held them back, waiting for slower "
+                             "partitions to catch up in event time (flow.alignment_bound).",
+                             ["topic", "partition"], registry=REGISTRY)
 EPOCH_SECONDS = Histogram("nextclick_epoch_seconds",
                           "Wall time between two epoch-end snapshots of an input partition (one observation per "
                           "partition and epoch): flow.epoch_seconds plus any time the epoch waited to close.",
@@ -76,6 +85,10 @@ DECISIONS = Counter("nextclick_decisions_total", "Decisions emitted, by rule and
                     registry=REGISTRY)
 BLOCKED = Counter("nextclick_decisions_blocked_total", "Candidate decisions blocked, by rule and reason.",
                   ["rule", "reason"], registry=REGISTRY)
+EXPIRED = Counter("nextclick_decisions_expired_total",
+                  "Decisions not sent because their expiry (event time) had passed on the wall clock when they "
+                  "were made: a backfill or a long backlog, by rule and channel.", ["rule", "channel"],
+                  registry=REGISTRY)
 EVENT_TO_DECISION = Histogram(
     "nextclick_event_to_decision_seconds",
     "Wall clock when a decision is handed to the sink minus its trigger's time (the triggering event's "

@@ -23,6 +23,17 @@ def rfc3339(ms: int) -> str:
         "+00:00", "Z")
 
 
+def expired(decision: Decision, now_ms: int) -> bool:
+    """Whether a decision is already past its `ce_expirytime` on the wall clock: then it is not sent.
+
+    Expiry is event time (the trigger's time plus the rule's `expiry`), so the message stays the same
+    on every replay; a decision made in a backfill for a trigger long past is dropped here and counted
+    (`nextclick_decisions_expired_total`) instead of reaching consumers already stale. Its cooldown and
+    caps still count, as they would have when the trigger happened (docs/rules.md, "Expiry and backfills").
+    """
+    return decision.expires_at <= now_ms
+
+
 def decision_body(decision: Decision) -> dict[str, object]:
     """The JSON body; its schema is `schemas/decision.v1.json`."""
     body = _core_body(decision)
@@ -46,6 +57,8 @@ def _core_body(decision: Decision) -> dict[str, object]:
         "profile_version": decision.profile_version,
         "decided_at": rfc3339(decision.decided_at),
         "expires_at": rfc3339(decision.expires_at),
+        "purpose": decision.purpose,
+        "promotion": decision.promotion,
     }
 
 

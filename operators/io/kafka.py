@@ -25,7 +25,9 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from operators.infra import health, metrics
+from operators.infra import failpoints, health, metrics
+from operators.infra.config import ParseConfig
+from operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITING, Alignment, cut, event_time
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +135,19 @@ def _warn_commit_failure(err: KafkaError | None, partitions: list[TopicPartition
                 "unaffected)", extra={"error": reason, "partitions": [f"{p.topic}#{p.partition}" for p in failed]})
 
 
-def source_consumer_config(kafka: Mapping[str, str], group_id: str, *, stop_at_end: bool = False) -> dict[str, Any]:
+def source_consumer_config(kafka: Mapping[str, str], group_id: str, *, stop_at_end: bool = False,
+                           partition_eof: bool = False) -> dict[str, Any]:
     """Settings of the consumer behind each input partition.
 
     Recovery never reads the group's offsets (positions come from Bytewax's snapshots); the flow
     commits them, one epoch behind, only so that standard lag tools see the group (see `snapshot`).
+    Partition-EOF events tell an aligned partition it has caught up (operators/io/alignment.py).
     """
     return client_config(kafka, **{
         "group.id": group_id,
         "enable.auto.commit": False,
         "on_commit": _warn_commit_failure,
-        "enable.partition.eof": stop_at_end,
+        "enable.partition.eof": stop_at_end or partition_eof,
         # Report an out-of-range offset to us instead of silently jumping to the end.
         "auto.offset.reset": "error",
         # librdkafka's default 1 s backoff stalls any consumer slower than the broker.
@@ -160,9 +164,18 @@ def sink_producer_config(kafka: Mapping[str, str]) -> dict[str, Any]:
     return client_config(kafka, **{"linger.ms": 5, "enable.idempotence": True, "compression.type": "lz4"})
 
 
+class Aligned(NamedTuple):
+    """What an input partition needs to take part in event-time alignment."""
+
+    alignment: Alignment
+    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it counts as now
+    parse: ParseConfig  # the parser's bounds: what it refuses never waits
+
+
 class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
-                 batch_size: int, stop: threading.Event | None, stop_at_end: bool) -> None:
+                 batch_size: int, stop: threading.Event | None, stop_at_end: bool,
+                 aligned: Aligned | None = None) -> None:
         self._consumer = Consumer(config)
         self._topic, self._partition = topic, partition
         self._next_offset = offset
@@ -171,40 +184,78 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._stop, self._stop_at_end = stop, stop_at_end
         self._eof = False
         self._idle = False
+        # Event-time alignment: fetched messages wait here until the others have caught up; the
+        # snapshot offset never passes them, so a restart reads them again.
+        self._aligned = aligned
+        self._slot = aligned.alignment.slot(f"{topic}#{partition}") if aligned is not None else None
+        self._pending: list[RawMessage] = []
+        self._pending_ts: list[int] = []
+        self._at_end = False
+        self._held = False
+        self._retry = timedelta(0)
+        self._floor_ms: int | None = None  # the latest event time delivered
+        self._throttle = failpoints.THROTTLE_INPUT.get(f"{topic}#{partition}") or failpoints.THROTTLE_INPUT.get(topic)
+        self._throttled_until = 0.0
         # Monitoring: probes, the progress log, metrics, the consumer group's offsets.
         self._status = health.STATUS.partition(topic, partition)
         self._read = metrics.INPUT_MESSAGES.labels(topic, str(partition))
         self._lag = metrics.CONSUMER_LAG.labels(topic, str(partition))
+        self._event_time = metrics.INPUT_EVENT_TIME.labels(topic, str(partition))
+        self._held_s = metrics.INPUT_HELD_SECONDS.labels(topic, str(partition))
+        self._polled_at = time.monotonic()
         self._lag_at = 0.0
         self._snapshot_at: float | None = None
         self._committable: int | None = None
         self._committed: int | None = None
 
+    def _fetch(self, room: int) -> list[Any]:
+        """Up to `room` records from the consumer's queue (fewer under a test throttle)."""
+        if self._throttle is not None:
+            per_fetch, pause_s = self._throttle
+            now = time.monotonic()
+            if now < self._throttled_until:
+                return []
+            self._throttled_until = now + pause_s
+            room = min(room, per_fetch)
+            if room <= 0:  # a partition that never gets anything (the idle-timeout test)
+                return []
+        return self._consumer.consume(room, 0)
+
+    def _handle_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._lag_at = 0.0  # refresh below: the lag is 0 now unless more arrived
+            self._at_end = True
+            if self._stop_at_end:
+                self._eof = True
+            return
+        if error.code() == KafkaError._AUTO_OFFSET_RESET:
+            # Our offset is gone (retention deleted unread data, or the topic was recreated).
+            # Never skip silently: say so, and go on from the earliest message there is.
+            log.error("input offset out of range; resuming at the earliest available offset",
+                      extra={"topic": self._topic, "partition": self._partition,
+                             "offset": self._next_offset, "error": error.str()})
+            # Messages waiting for alignment came from before that offset: they are delivered as read.
+            self._consumer.seek(TopicPartition(self._topic, self._partition, OFFSET_BEGINNING))
+            return
+        if error.fatal():
+            raise RuntimeError(f"Kafka consumer for {self._topic}[{self._partition}] failed: {error.str()}")
+        log.warning("kafka consume error", extra={"topic": self._topic, "partition": self._partition,
+                                                  "error": error.str()})
+
     def next_batch(self) -> list[RawMessage]:
-        if self._eof or (self._stop is not None and self._stop.is_set()):
+        if self._stop is not None and self._stop.is_set():
+            self._status.ended = True
+            raise StopIteration()
+        if self._aligned is not None:
+            return self._next_aligned()
+        if self._eof:
             self._status.ended = True
             raise StopIteration()
         batch: list[RawMessage] = []
-        for msg in self._consumer.consume(self._batch_size, 0):
+        for msg in self._fetch(self._batch_size):
             error = msg.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    self._lag_at = 0.0  # refresh below: the lag is 0 now unless more arrived
-                    if self._stop_at_end:
-                        self._eof = True
-                    continue
-                if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                    # Our offset is gone (retention deleted unread data, or the topic was recreated).
-                    # Never skip silently: say so, and go on from the earliest message there is.
-                    log.error("input offset out of range; resuming at the earliest available offset",
-                              extra={"topic": self._topic, "partition": self._partition,
-                                     "offset": self._next_offset, "error": error.str()})
-                    self._consumer.seek(TopicPartition(self._topic, self._partition, OFFSET_BEGINNING))
-                    continue
-                if error.fatal():
-                    raise RuntimeError(f"Kafka consumer for {self._topic}[{self._partition}] failed: {error.str()}")
-                log.warning("kafka consume error", extra={"topic": self._topic, "partition": self._partition,
-                                                          "error": error.str()})
+                self._handle_error(error)
                 continue
             offset = msg.offset()
             assert offset is not None
@@ -213,14 +264,73 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             batch.append(_new_tuple(RawMessage, (self._topic, self._partition, offset, msg.key(), msg.value(),
                                                  tuple(cast(list[tuple[str, bytes]], headers)) if headers else ())))
         self._idle = not batch
+        self._polled(batch)
+        return batch
+
+    def _next_aligned(self) -> list[RawMessage]:
+        aligned, slot = self._aligned, self._slot
+        assert aligned is not None and slot is not None
+        pending, pending_ts = self._pending, self._pending_ts
+        room = self._batch_size - len(pending)
+        if room > 0:
+            now_ms = aligned.now_ms()
+            parse = aligned.parse
+            for msg in self._fetch(room):
+                error = msg.error()
+                if error is not None:
+                    self._handle_error(error)
+                    continue
+                offset = msg.offset()
+                assert offset is not None
+                value = msg.value()
+                headers = msg.headers()
+                pending.append(RawMessage(self._topic, self._partition, offset, msg.key(), value,
+                                          tuple(cast(list[tuple[str, bytes]], headers)) if headers else ()))
+                pending_ts.append(event_time(value, now_ms, parse))
+                self._at_end = self._eof = False
+        if not pending:
+            if self._eof:
+                slot.set(END, None, aligned.alignment.now())
+                self._status.ended = True
+                raise StopIteration()
+            slot.set(END if self._at_end else WAITING, self._floor_ms, aligned.alignment.now())
+            self._idle, self._held = True, False
+            self._polled([])
+            return []
+        limit, retry_s = aligned.alignment.limit(slot)
+        n = cut(pending_ts, limit)
+        batch = pending[:n]
+        if n:
+            delivered = max(pending_ts[:n])
+            if delivered != UNREADABLE and (self._floor_ms is None or delivered > self._floor_ms):
+                self._floor_ms = delivered
+            del pending[:n], pending_ts[:n]
+            self._next_offset = batch[-1].offset + 1
+        now = aligned.alignment.now()
+        if pending:
+            slot.set(DATA if n else HELD, pending_ts[0], now)
+            self._event_time.set(pending_ts[0] / 1000)
+        else:
+            slot.set(END if self._at_end else WAITING, self._floor_ms, now)
+            if self._floor_ms is not None:
+                self._event_time.set(self._floor_ms / 1000)
+        if self._held:
+            self._held_s.inc(time.monotonic() - self._polled_at)
+        self._held = not n
+        self._retry = timedelta(seconds=retry_s)
+        self._idle = False
+        self._polled(batch)
+        return batch
+
+    def _polled(self, batch: list[RawMessage]) -> None:
         now = time.monotonic()
+        self._polled_at = now
         self._status.last_poll = now
         if batch:
             self._read.inc(len(batch))
             self._refresh_lag(now)  # a local read of the watermark the fetch response carried: cheap
         elif now - self._lag_at >= _LAG_REFRESH_S:
             self._refresh_lag(now)
-        return batch
 
     def _refresh_lag(self, now: float) -> None:
         """High watermark (as the consumer's last fetch response gave it: no broker request) minus
@@ -238,7 +348,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             self._lag.set(max(0, high - position))
 
     def next_awake(self) -> datetime | None:
-        # An idle partition sleeps a few ms instead of Bytewax's 1 ms spin.
+        # An idle partition sleeps a few ms instead of Bytewax's 1 ms spin; one held back by
+        # alignment looks again when the partition it waits for may have moved (alignment.limit).
+        if self._held:
+            return datetime.now(UTC) + self._retry
         return datetime.now(UTC) + _IDLE_BACKOFF if self._idle else None
 
     def snapshot(self) -> int:
@@ -269,6 +382,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
 
     def close(self) -> None:
         self._status.ended = True
+        if self._aligned is not None and self._slot is not None:
+            if self._aligned.alignment.release(self._slot):
+                self._aligned.alignment.stop_exchange()
         self._consumer.close()
 
 
@@ -277,10 +393,17 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
 
     def __init__(self, kafka: Mapping[str, str], topics: Sequence[str], *, group_id: str = "nextclick",
                  start_from_beginning: bool = True, stop_at_end: bool = False, batch_size: int = 1000,
-                 stop: threading.Event | None = None, start_positions: Mapping[str, int] | None = None) -> None:
+                 stop: threading.Event | None = None, start_positions: Mapping[str, int] | None = None,
+                 aligned: Aligned | None = None, progress_topic: str | None = None) -> None:
         """`start_positions` ("topic#partition" -> next offset) is a restored savepoint's: partitions
-        Bytewax has no offset for start there, or at the beginning when the savepoint has none."""
+        Bytewax has no offset for start there, or at the beginning when the savepoint has none.
+
+        `aligned`: pace the partitions in event time (operators/io/alignment.py); with
+        `progress_topic`, together with the other processes of the cluster.
+        """
         self._kafka = dict(kafka)
+        self._aligned = aligned
+        self._progress_topic = progress_topic
         self._start_positions = start_positions
         self._topics = list(topics)
         self._group_id = group_id
@@ -300,6 +423,8 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
                     raise RuntimeError(f"input topic {topic!r} does not exist or has no partitions "
                                        f"({meta.error if meta is not None else 'missing'})")
                 parts += [f"{topic}#{p}" for p in sorted(meta.partitions)]
+            if self._aligned is not None:
+                self._aligned.alignment.expect(parts)
             health.STATUS.listed()
             return parts
         finally:
@@ -307,7 +432,10 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
         topic, _, partition = for_part.rpartition("#")
-        config = source_consumer_config(self._kafka, self._group_id, stop_at_end=self._stop_at_end)
+        config = source_consumer_config(self._kafka, self._group_id, stop_at_end=self._stop_at_end,
+                                        partition_eof=self._aligned is not None)
+        if self._aligned is not None and self._progress_topic:
+            self._aligned.alignment.start_exchange(self._kafka, self._progress_topic, self._group_id)
         if resume_state is not None:
             offset = resume_state
         elif self._start_positions is not None:
@@ -315,7 +443,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
         else:
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
-                               self._stop_at_end)
+                               self._stop_at_end, self._aligned)
 
 
 def commit_final_offsets(kafka: Mapping[str, str], group_id: str,

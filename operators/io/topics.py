@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from operators.infra.config import Config
+from operators.infra.config import Config, progress_topic
 from operators.infra.preflight import output_topics
 from operators.io.kafka import client_config
 
@@ -20,7 +20,7 @@ from operators.io.kafka import client_config
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
-    role: str  # input, control, decisions, dead_letter
+    role: str  # input, control, progress, decisions, dead_letter
     partitions: int
     replication_factor: int
     config: dict[str, str] = field(default_factory=dict)
@@ -42,6 +42,9 @@ def plan_topics(config: Config) -> list[TopicSpec]:
              for name in t.inputs]
     specs.append(TopicSpec(t.control, "control", t.control_partitions, t.replication_factor,
                            settings(t.retention_ms)))
+    # The processes' event-time progress (operators/io/alignment.py): one small record per input
+    # partition, only the latest of which matters.
+    specs.append(TopicSpec(progress_topic(t), "progress", 1, t.replication_factor, {"cleanup.policy": "compact"}))
     for name, setting in output_topics(config):
         if setting == "topics.decisions":
             specs.append(TopicSpec(name, "decisions", t.partitions, t.replication_factor, settings(t.retention_ms)))

@@ -5,8 +5,9 @@ Each part is merged by the module that owns it (operators/profile/model.py lists
 - durable facts (`facts.merge`): counts and sums add, first is the minimum, last the maximum,
   consent the latest by (ts, event_id);
 - transient signals, by kind (`Signal.merge`): windowed counts and sums bucket by bucket, distinct
-  values as a union, the latest `last`, sessions less than a gap apart as one, and a pending absence
-  carries over;
+  values as a union, the latest `last`, sessions less than a gap apart as one, a pending absence
+  carries over (with the totals of both), grouped signals group by group, and a `reset_on` reset
+  either profile saw clears what the other gathered before it;
 - decision history (`history.merge`): cooldowns and caps become their union;
 - the dedupe window (`dedupe.merge`): the union of the ids seen.
 
@@ -41,6 +42,18 @@ def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
             signals[name] = merge(mine, state)
         # A signal the rules no longer declare, or a kind without `merge` (a plugin written before it
         # existed): the absorbing profile's state stays.
+    for signal in ruleset.signals:
+        target = getattr(signal, "target", None)
+        if signal.kind == "reset" and target is not None:
+            # A reset either profile saw clears what the other gathered before it, as it would have
+            # had the two been one profile all along (operators/signals/options.py).
+            at, state = signals.get(signal.name), signals.get(target.name)
+            if at is not None and state is not None:
+                kept = target.clear(state, at)
+                if kept is None:
+                    del signals[target.name]
+                else:
+                    signals[target.name] = kept
     history.merge(profile.history, other.history)
     dedupe.merge(profile, other.seen)
     for bound, pick in (("prune_at", min), ("expire_at", max)):

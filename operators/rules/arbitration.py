@@ -1,7 +1,8 @@
 """Arbitration: of the rules a trigger matches, the highest priority that passes every gate decides.
 
 Gates, in order: consent (an explicit "no", or no "yes" where the channel is opt-in), complaint
-suppression (promotions only), the rule's cooldown, the channel's frequency cap, the overall cap.
+suppression (promotions only, for as long as the rule's channel and purpose say), the rule's
+cooldown, the channel's frequency cap, the overall cap.
 A matching rule refused by a gate is counted as Blocked with that reason and the next one is tried.
 """
 
@@ -30,8 +31,9 @@ def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -
         return "opted_out"
     if consent is None and candidate.needs_consent:
         return "no_consent"
+    suppression = candidate.complaint_suppression_ms  # 0 for service messages (ruleset.suppression_ms)
     complaint = facts.last_complaint
-    if rule.promotion and complaint is not None and ts - complaint < ruleset.complaint_suppression_ms:
+    if suppression and complaint is not None and ts - complaint < suppression:
         return "complaint_suppression"
     past = profile.history
     if history.cooling_down(past, rule.id, ts):
@@ -69,5 +71,6 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -
             rule_id=rule.id, action=rule.action, channel=rule.channel, offer=rule.offer,
             priority=rule.priority, trigger=trigger.name, trigger_id=trigger.trigger_id,
             decided_at=ts, expires_at=ts + rule.expiry_ms, profile_version=profile.facts.version,
-            signals={c.attribute: view.get(c.attribute) for c in rule.when}))
+            signals={c.attribute: view.get(c.attribute) for c in rule.when},
+            purpose=rule.purpose, promotion=rule.promotion))
         return

@@ -3,17 +3,25 @@
 An attribute is computed on first use while one trigger is judged and remembered for the rest of
 that trigger's candidates (`View`), so a rule that names `segment` costs the RFM scores once, and
 a rule that names nothing durable costs nothing durable.
+
+The same comparison semantics (`_check`) serve a rule's `when` over a View and a signal's `where`
+over an event's attributes: a missing value (None) fails every operator but `==` and `!=`, which
+compare with null; mismatched types fail.
 """
 
 from __future__ import annotations
 
 import operator
+import re
+import tomllib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from operators.channels import EVENT_CHANNELS
 from operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
 from operators.profile.model import Profile
 from operators.records import Trigger
+from operators.rules.fields import Where
 from operators.rules.model import Condition
 from operators.signals.base import Signal
 
@@ -25,8 +33,28 @@ OPS: dict[str, Callable[[Any, Any], Any]] = {
     "in": lambda a, b: a in b, "not in": lambda a, b: a not in b,
 }
 TRIGGER_PREFIX = "trigger."
-# Named for rules but never set: kept so files that name it still load (docs/rules.md).
-RESERVED = ("customer_channel",)
+_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<|not in|in)\s*(.+?)\s*$")
+# The channel of the event that triggered the rule (web, email, mobile, store, call_center); None
+# when the trigger is an absence (it fires on the clock, not on a touch). See docs/rules.md.
+CUSTOMER_CHANNEL = "customer_channel"
+
+
+def parse_condition(where: Where, text: Any, field: str = "when") -> Condition:
+    """`<attribute> <op> <TOML literal>`, as written in a rule's `when` or a signal's `where`."""
+    if not isinstance(text, str):
+        raise where.fail(field, f"each condition must be a string like \"orders >= 1\"; got {text!r}")
+    m = _CONDITION.match(text)
+    if not m:
+        raise where.fail(field, f"cannot read condition {text!r}; write '<attribute> <op> <value>' "
+                                f"with op one of {', '.join(OPS)}")
+    attribute, op, literal = m.groups()
+    try:
+        value = tomllib.loads(f"v = {literal}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise where.fail(field, f"in {text!r}: {literal!r} is not a value (quote strings: \"loyal\")") from None
+    if op in ("in", "not in") and not isinstance(value, list):
+        raise where.fail(field, f"in {text!r}: '{op}' needs a list, e.g. [\"a\", \"b\"]")
+    return Condition(attribute, op, value, text)
 
 
 class View:
@@ -54,6 +82,12 @@ def _durable(get: Callable[[Any, int], Any]) -> Getter:
 
 def _signal(signal: Signal, attribute: str) -> Getter:
     name = signal.name
+    # A kind whose attribute needs more of the trigger than its time (a group's `same_as_trigger`)
+    # offers a reader of (state, trigger) for it.
+    reader = getattr(signal, "reader", None)
+    read = reader(attribute) if reader is not None else None
+    if read is not None:
+        return lambda profile, trigger: read(profile.signals.get(name), trigger)
     return lambda profile, trigger: signal.value(attribute, profile.signals.get(name), trigger.ts)
 
 
@@ -68,25 +102,23 @@ def attribute_getters(signals: Iterable[Signal]) -> dict[str, Getter]:
         for attribute in signal.attributes:
             getters[attribute] = _signal(signal, attribute)
     getters["trigger"] = lambda _profile, trigger: trigger.name
-    for name in RESERVED:
-        getters[name] = lambda _profile, _trigger: None
+    getters[CUSTOMER_CHANNEL] = lambda _profile, trigger: EVENT_CHANNELS.get(trigger.name)
     return getters
 
 
-def compile_condition(condition: Condition, getters: dict[str, Getter]) -> Callable[[View], bool]:
-    name, value, compare = condition.attribute, condition.value, OPS[condition.op]
-    if name.startswith(TRIGGER_PREFIX) and name not in getters:
-        getters[name] = _trigger_attribute(name[len(TRIGGER_PREFIX):])
-    if condition.op in ("==", "!="):
-        def equality(view: View) -> bool:
+def _check(op: str, value: Any, read: Callable[[Any, str], Any], name: str) -> Callable[[Any], bool]:
+    """`read(subject, name) <op> value`, with the documented semantics of missing values and types."""
+    compare = OPS[op]
+    if op in ("==", "!="):
+        def equality(subject: Any) -> bool:
             try:
-                return bool(compare(view.get(name), value))
+                return bool(compare(read(subject, name), value))
             except TypeError:
                 return False
         return equality
 
-    def ordered(view: View) -> bool:
-        actual = view.get(name)
+    def ordered(subject: Any) -> bool:
+        actual = read(subject, name)
         if actual is None:
             return False
         try:
@@ -94,6 +126,27 @@ def compile_condition(condition: Condition, getters: dict[str, Getter]) -> Calla
         except TypeError:
             return False
     return ordered
+
+
+def compile_condition(condition: Condition, getters: dict[str, Getter]) -> Callable[[View], bool]:
+    name = condition.attribute
+    if name.startswith(TRIGGER_PREFIX) and name not in getters:
+        getters[name] = _trigger_attribute(name[len(TRIGGER_PREFIX):])
+    return _check(condition.op, condition.value, View.get, name)
+
+
+def compile_filter(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool]:
+    """A signal's `where`: all conditions hold over an event's attributes (same semantics as `when`)."""
+    checks = tuple(_check(c.op, c.value, dict.get, c.attribute) for c in conditions)
+    if len(checks) == 1:
+        return checks[0]
+
+    def every(attrs: dict[str, Any]) -> bool:
+        for check in checks:
+            if not check(attrs):
+                return False
+        return True
+    return every
 
 
 def compile_conditions(conditions: tuple[Condition, ...], getters: dict[str, Getter]) -> Callable[[View], bool]:

@@ -1,13 +1,23 @@
 """Reading one table of a rules file: every error names the file, the item (rule or signal) and the field.
 
 Shared by the rules loader and every signal kind, so all of them report mistakes the same way.
+
+A `Where` either raises at the first mistake or, given an `errors` list, records each mistake its
+helpers find and returns a harmless placeholder so the item's other fields are still read: that is
+how `nextclick rules check` lists every error of a file, not only the first. A loader's own
+`raise where.fail(...)` still ends that item (the loader catches it and records it).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from operators.infra.clock import parse_duration_ms
+
+# What a duration that failed to read stands for while the rest of its item is checked.
+_PLACEHOLDER_MS = 60_000
+T = TypeVar("T")
 
 
 class RulesError(ValueError):
@@ -17,29 +27,51 @@ class RulesError(ValueError):
 class Where:
     """The item being read (`rule 'x'`, `signal 'y'`, `[caps]`) and its file, for error messages."""
 
-    def __init__(self, path: str, item: str) -> None:
-        self.path, self.item = path, item
+    def __init__(self, path: str, item: str, errors: list[RulesError] | None = None) -> None:
+        self.path, self.item, self.errors = path, item, errors
 
     def fail(self, field: str, message: str) -> RulesError:
         return RulesError(f"{self.path}: {self.item}: field '{field}': {message}")
+
+    def report(self, field: str, message: str) -> None:
+        """A mistake in one field: raised, or recorded when this Where collects them."""
+        error = self.fail(field, message)
+        if self.errors is None:
+            raise error
+        self.errors.append(error)
+
+    def attempt(self, read: Callable[..., T], *args: Any) -> T | None:
+        """`read(*args)`; a RulesError it raises is recorded (None returned) when this Where collects."""
+        try:
+            return read(*args)
+        except RulesError as error:
+            if self.errors is None:
+                raise
+            self.errors.append(error)
+            return None
 
     def check_keys(self, body: dict[str, Any], allowed: set[str]) -> None:
         """Unknown fields are errors: a field that is accepted and ignored misleads whoever wrote it."""
         for key in body:
             if key not in allowed:
-                raise self.fail(key, f"unknown field; allowed: {sorted(allowed)}")
+                self.report(key, f"unknown field; allowed: {sorted(allowed)}")
 
-    def duration(self, body: dict[str, Any], key: str, default: Any = None, name: str | None = None) -> int:
+    def duration(self, body: dict[str, Any], key: str, default: Any = None, name: str | None = None, *,
+                 zero: bool = False) -> int:
+        """A duration such as "30m"; `zero`: "0s" is allowed (it means "none")."""
         raw = body.get(key, default)
         name = name or key
         if raw is None:
-            raise self.fail(name, "is required (a duration such as 30m, 1h, 7d)")
+            self.report(name, "is required (a duration such as 30m, 1h, 7d)")
+            return _PLACEHOLDER_MS
         try:
             ms = parse_duration_ms(raw)
         except ValueError as exc:
-            raise self.fail(name, str(exc)) from None
-        if ms <= 0:
-            raise self.fail(name, "must be positive")
+            self.report(name, str(exc))
+            return _PLACEHOLDER_MS
+        if ms < 0 or (ms == 0 and not zero):
+            self.report(name, "must be positive" if not zero else "must not be negative")
+            return _PLACEHOLDER_MS
         return ms
 
     def names(self, body: dict[str, Any], key: str, known: set[str] | frozenset[str],
@@ -48,28 +80,31 @@ class Where:
         if isinstance(raw, str):
             raw = [raw]
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise self.fail(key, "must be a list of names")
+            self.report(key, "must be a list of names")
+            return frozenset()
         if required and not raw:
-            raise self.fail(key, "must name at least one")
+            self.report(key, "must name at least one")
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise self.fail(key, f"unknown name(s) {unknown}; known: {sorted(known)}")
-        return frozenset(raw)
+            self.report(key, f"unknown name(s) {unknown}; known: {sorted(known)}")
+        return frozenset(raw) & frozenset(known)
 
     def string(self, body: dict[str, Any], key: str, *, required: bool = False) -> str | None:
         raw = body.get(key)
         if raw is None:
             if required:
-                raise self.fail(key, "is required")
+                self.report(key, "is required")
             return None
         if not isinstance(raw, str) or not raw:
-            raise self.fail(key, "must be a non-empty string")
+            self.report(key, "must be a non-empty string")
+            return None
         return raw
 
     def integer(self, body: dict[str, Any], key: str, default: int, *, minimum: int = 0) -> int:
         raw = body.get(key, default)
         if not isinstance(raw, int) or isinstance(raw, bool) or raw < minimum:
-            raise self.fail(key, f"must be an integer >= {minimum}")
+            self.report(key, f"must be an integer >= {minimum}")
+            return default
         return raw
 
 

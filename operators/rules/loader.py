@@ -3,12 +3,14 @@
 The file declares the transient signals (each loaded by its kind, operators/signals/registry.py),
 the rules, the frequency caps, the consent policy per channel, the late-event policy, complaint
 suppression and the dedupe horizon. Rules are compiled here (operators/rules/compiler.py).
+
+`check_rules` reads the whole file and returns every mistake it finds (`nextclick rules check`);
+`load_rules` raises the first of them (what `nextclick run` does at start).
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,73 +18,84 @@ from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.infra.config import read_toml
 from operators.io.parse import event_attributes
 from operators.profile.facts import consent_keys
-from operators.rules.compiler import OPS, TRIGGER_PREFIX, attribute_getters, compile_conditions
+from operators.rules.compiler import TRIGGER_PREFIX, attribute_getters, compile_conditions, parse_condition
 from operators.rules.fields import RulesError, Where, table
-from operators.rules.model import Cap, CompiledRule, Condition, LatePolicy, Rule, RuleSet
+from operators.rules.model import Cap, CompiledRule, Condition, LatePolicy, Rule, RuleSet, SuppressionScope
+from operators.signals.base import Signal
 from operators.signals.registry import load_signal
 
-_CONDITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(>=|<=|==|!=|>|<|not in|in)\s*(.+?)\s*$")
+__all__ = ["EVENT_TYPES", "check_rules", "load_rules", "parse_condition"]
+
 EVENT_TYPES = frozenset(EVENT_CHANNELS)
+_RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "cooldown", "expiry", "purpose",
+                "promotion", "description"}
 
 
-def parse_condition(where: Where, text: Any) -> Condition:
-    if not isinstance(text, str):
-        raise where.fail("when", f"each condition must be a string like \"orders >= 1\"; got {text!r}")
-    m = _CONDITION.match(text)
-    if not m:
-        raise where.fail("when", f"cannot read condition {text!r}; write '<attribute> <op> <value>' "
-                                 f"with op one of {', '.join(OPS)}")
-    attribute, op, literal = m.groups()
-    try:
-        value = tomllib.loads(f"v = {literal}")["v"]
-    except tomllib.TOMLDecodeError:
-        raise where.fail("when", f"in {text!r}: {literal!r} is not a value (quote strings: \"loyal\")") from None
-    if op in ("in", "not in") and not isinstance(value, list):
-        raise where.fail("when", f"in {text!r}: '{op}' needs a list, e.g. [\"a\", \"b\"]")
-    return Condition(attribute, op, value, text)
+def _consequence(attribute: str, broken: set[str]) -> bool:
+    """Whether an unknown attribute is one of a signal that failed to load (its mistake is reported)."""
+    return any(attribute == b or attribute.startswith((b + ".", b + "_")) for b in broken)
 
 
-def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str]) -> Rule:
-    """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each carries."""
+def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str],
+               trigger_fields: dict[str, str], broken: set[str], errors: list[RulesError]) -> Rule | None:
+    """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each
+    carries. `trigger_fields`: signal attributes that read a trigger attribute. `broken`: signals
+    that failed to load. Mistakes go to `errors`; None when there was one."""
+    before = len(errors)
     rule_id = body.get("id")
     if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id or ""):
-        raise RulesError(f"{path}: rule {rule_id!r}: field 'id': must be lowercase letters, digits, _ . -")
-    where = Where(path, f"rule '{rule_id}'")
-    where.check_keys(body, {"id", "on", "when", "action", "channel", "offer", "priority", "cooldown",
-                            "expiry", "purpose", "promotion", "description"})
+        errors.append(RulesError(f"{path}: rule {rule_id!r}: field 'id': must be lowercase letters, digits, _ . -"))
+    where = Where(path, f"rule {rule_id!r}", errors)
+    where.check_keys(body, _RULE_FIELDS)
     when = body.get("when", [])
+    conditions: list[Condition] = []
     if not isinstance(when, list):
-        raise where.fail("when", "must be a list of conditions")
-    conditions = tuple(parse_condition(where, c) for c in when)
-    on = where.names(body, "on", set(triggers))
-    trigger_attributes = set().union(*(triggers[name] for name in on))
+        where.report("when", "must be a list of conditions")
+    else:
+        for text in when:
+            condition = where.attempt(parse_condition, where, text)
+            if condition is not None:
+                conditions.append(condition)
+    on = where.names(body, "on", set(triggers) | broken)
+    known_on = on - broken
+    trigger_attributes: set[str] = set().union(*(triggers[name] for name in known_on))
     for cond in conditions:
-        if cond.attribute.startswith(TRIGGER_PREFIX):
-            if cond.attribute[len(TRIGGER_PREFIX):] not in trigger_attributes:
-                raise where.fail("when", f"in {cond.text!r}: {cond.attribute!r} is not an attribute of what the "
-                                         f"rule is on ({', '.join(sorted(on))}); those have: "
-                                         f"{sorted(trigger_attributes) or 'none'}")
-        elif cond.attribute not in attributes:
-            raise where.fail("when", f"in {cond.text!r}: unknown attribute {cond.attribute!r}; "
+        name = cond.attribute
+        if name.startswith(TRIGGER_PREFIX):
+            if known_on == on and name[len(TRIGGER_PREFIX):] not in trigger_attributes:
+                where.report("when", f"in {cond.text!r}: {name!r} is not an attribute of what the rule is on "
+                                     f"({', '.join(sorted(on))}); those have: {sorted(trigger_attributes) or 'none'}")
+        elif name not in attributes:
+            if not _consequence(name, broken):
+                where.report("when", f"in {cond.text!r}: unknown attribute {name!r}; "
                                      f"known: {sorted(attributes)} or trigger.<attribute>")
+        elif name in trigger_fields and known_on == on and on and trigger_fields[name] not in trigger_attributes:
+            where.report("when", f"in {cond.text!r}: {name!r} is the value of the trigger's "
+                                 f"{trigger_fields[name]!r} group, and {', '.join(sorted(on))} carry no "
+                                 f"{trigger_fields[name]!r}")
     action = body.get("action")
     if not isinstance(action, str) or not action:
-        raise where.fail("action", "is required (e.g. send_email, show_ad, call_back)")
+        where.report("action", "is required (e.g. send_email, show_ad, call_back)")
     channel = body.get("channel")
     if channel not in DECISION_CHANNELS:
-        raise where.fail("channel", f"must be one of {list(DECISION_CHANNELS)}; got {channel!r}")
+        where.report("channel", f"must be one of {list(DECISION_CHANNELS)}; got {channel!r}")
     offer = body.get("offer")
     if offer is not None and not isinstance(offer, str):
-        raise where.fail("offer", "must be a string")
+        where.report("offer", "must be a string")
     priority = body.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool):
-        raise where.fail("priority", "must be an integer (higher wins)")
+        where.report("priority", "must be an integer (higher wins)")
     promotion = body.get("promotion", True)
     if not isinstance(promotion, bool):
-        raise where.fail("promotion", "must be true or false")
-    return Rule(rule_id, on, conditions, action, channel, offer, priority,
-                where.duration(body, "cooldown", "1d"), where.duration(body, "expiry", "1d"),
-                str(body.get("purpose", "marketing")), promotion, str(body.get("description", "")))
+        where.report("promotion", "must be true or false")
+    purpose = body.get("purpose", "marketing")
+    if not isinstance(purpose, str) or not purpose:
+        where.report("purpose", "must be a non-empty string (the consent purpose, e.g. marketing, service)")
+    cooldown, expiry = where.duration(body, "cooldown", "1d"), where.duration(body, "expiry", "1d")
+    if len(errors) > before:
+        return None
+    return Rule(rule_id, on, tuple(conditions), action, channel, offer, priority, cooldown, expiry,  # type: ignore[arg-type]
+                purpose, promotion, str(body.get("description", "")))
 
 
 def _cap(where: Where, key: str, raw: Any) -> Cap:
@@ -94,62 +107,156 @@ def _cap(where: Where, key: str, raw: Any) -> Cap:
     return Cap(limit, where.duration(raw, "window", name=f"{key}.window"))
 
 
-def load_rules(path: str | Path) -> RuleSet:
-    """Read, validate and compile a rules file; raises RulesError naming file, rule and field."""
+def _section(path: str, doc: dict[str, Any], key: str, errors: list[RulesError]) -> dict[str, Any]:
+    try:
+        return table(path, f"[{key}]", doc.get(key, {}))
+    except RulesError as error:
+        errors.append(error)
+        return {}
+
+
+def _signals(path: str, doc: dict[str, Any], errors: list[RulesError]) -> tuple[list[Signal], set[str]]:
+    """Every signal that loads (with the companions an option adds), and the names of those that don't."""
+    signals: list[Signal] = []
+    broken: set[str] = set()
+    for name, body in _section(path, doc, "signals", errors).items():
+        before = len(errors)
+        try:
+            signal = load_signal(path, name, body, EVENT_TYPES, errors)
+        except RulesError as error:
+            errors.append(error)
+        except Exception:
+            if len(errors) == before:
+                raise
+            # else: a consequence of a mistake already recorded (the loader read a placeholder)
+        if len(errors) > before:
+            broken.add(name)
+            continue
+        signals.append(signal)
+        signals.extend(getattr(signal, "companions", ()))
+    names = [s.name for s in signals]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        errors.append(RulesError(f"{path}: signal '{name}': the name is used twice (a companion of a "
+                                 f"signal with reset_on is named <signal>@reset)"))
+    return signals, broken
+
+
+def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionScope, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
+        errors.append(RulesError(f"{path}: [suppression]: field 'scope': write each as a [[suppression.scope]] table"))
+        return ()
+    scopes = []
+    for n, body in enumerate(raw, start=1):
+        where = Where(path, f"[[suppression.scope]] #{n}", errors)
+        where.check_keys(body, {"channels", "purposes", "after_complaint", "description"})
+        channels = where.names(body, "channels", set(DECISION_CHANNELS), required=False)
+        purposes = body.get("purposes")
+        if purposes is not None and (not isinstance(purposes, list) or not purposes
+                                     or not all(isinstance(p, str) and p for p in purposes)):
+            where.report("purposes", "must be a list of purposes, e.g. [\"marketing\"]")
+            purposes = None
+        if "after_complaint" not in body:
+            where.report("after_complaint", "is required (a duration; \"0s\": not suppressed)")
+        ms = where.duration(body, "after_complaint", "0s", zero=True)
+        scopes.append(SuppressionScope(channels or None, frozenset(purposes) if purposes else None, ms))
+    return tuple(scopes)
+
+
+def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
+    """Read, validate and compile a rules file: the RuleSet, or None and every mistake found, each
+    naming file, item and field (a mistake that only follows from another is not repeated)."""
     path = str(path)
-    doc = read_toml(path, RulesError)
-    Where(path, "top level").check_keys(doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
-    raw_signals = table(path, "[signals]", doc.get("signals", {}))
-    signals = tuple(load_signal(path, name, body, EVENT_TYPES) for name, body in raw_signals.items())
+    try:
+        doc = read_toml(path, RulesError)
+    except RulesError as error:
+        return None, [error]
+    errors: list[RulesError] = []
+    Where(path, "top level", errors).check_keys(
+        doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
+    signals, broken = _signals(path, doc, errors)
     triggers = {t: frozenset(event_attributes(t)) for t in EVENT_TYPES}
     triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
+    trigger_fields = {a: f for s in signals for a, f in getattr(s, "trigger_fields", {}).items()}
     getters = attribute_getters(signals)
     raw_rules = doc.get("rule", [])
+    rules: list[Rule] = []
     if not isinstance(raw_rules, list) or not raw_rules:
-        raise RulesError(f"{path}: at least one [[rule]] is required")
-    rules = tuple(_load_rule(path, table(path, f"[[rule]] #{i + 1}", body), triggers, set(getters))
-                  for i, body in enumerate(raw_rules))
+        errors.append(RulesError(f"{path}: at least one [[rule]] is required"))
+        raw_rules = []
+    for i, body in enumerate(raw_rules):
+        try:
+            body = table(path, f"[[rule]] #{i + 1}", body)
+        except RulesError as error:
+            errors.append(error)
+            continue
+        rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors)
+        if rule is not None:
+            rules.append(rule)
     seen: set[str] = set()
     for rule in rules:
         if rule.id in seen:
-            raise RulesError(f"{path}: rule '{rule.id}': field 'id': duplicate rule id")
+            errors.append(RulesError(f"{path}: rule '{rule.id}': field 'id': duplicate rule id"))
         seen.add(rule.id)
-    caps = table(path, "[caps]", doc.get("caps", {}))
-    where = Where(path, "[caps]")
+    caps = _section(path, doc, "caps", errors)
+    where = Where(path, "[caps]", errors)
     where.check_keys(caps, {"overall", *DECISION_CHANNELS})
-    channel_caps = {ch: _cap(where, ch, caps[ch]) for ch in DECISION_CHANNELS if ch in caps}
-    overall = _cap(where, "overall", caps["overall"]) if "overall" in caps else None
-    consent = table(path, "[consent]", doc.get("consent", {}))
-    where = Where(path, "[consent]")
+    channel_caps = {ch: cap for ch in DECISION_CHANNELS if ch in caps
+                    if (cap := where.attempt(_cap, where, ch, caps[ch])) is not None}
+    overall = where.attempt(_cap, where, "overall", caps["overall"]) if "overall" in caps else None
+    consent = _section(path, doc, "consent", errors)
+    where = Where(path, "[consent]", errors)
     where.check_keys(consent, set(DECISION_CHANNELS))
     policy: dict[str, Literal["opt_in", "opt_out"]] = dict.fromkeys(DECISION_CHANNELS, "opt_in")
     for ch, value in consent.items():
         if value not in ("opt_in", "opt_out"):
-            raise where.fail(ch, "must be \"opt_in\" or \"opt_out\"")
-        policy[ch] = value
-    late = table(path, "[late]", doc.get("late", {}))
-    where = Where(path, "[late]")
+            where.report(ch, "must be \"opt_in\" or \"opt_out\"")
+        elif ch in policy:
+            policy[ch] = value
+    late = _section(path, doc, "late", errors)
+    where = Where(path, "[late]", errors)
     where.check_keys(late, {"allowed_lateness", "policy"})
     if late.get("policy", "drop") not in ("drop", "apply"):
-        raise where.fail("policy", "must be \"drop\" or \"apply\"")
-    suppression = table(path, "[suppression]", doc.get("suppression", {}))
-    Where(path, "[suppression]").check_keys(suppression, {"after_complaint"})
-    dedupe = table(path, "[dedupe]", doc.get("dedupe", {}))
-    Where(path, "[dedupe]").check_keys(dedupe, {"horizon"})
+        where.report("policy", "must be \"drop\" or \"apply\"")
+    lateness = where.duration(late, "allowed_lateness", "5m")
+    suppression = _section(path, doc, "suppression", errors)
+    where = Where(path, "[suppression]", errors)
+    where.check_keys(suppression, {"after_complaint", "scope"})
+    after_complaint = where.duration(suppression, "after_complaint", "30d")
+    scopes = _scopes(path, suppression.get("scope"), errors)
+    dedupe = _section(path, doc, "dedupe", errors)
+    where = Where(path, "[dedupe]", errors)
+    where.check_keys(dedupe, {"horizon"})
+    horizon = where.duration(dedupe, "horizon", "1d")
+    if errors:
+        return None, errors
+    ruleset = RuleSet(
+        rules=tuple(rules), signals=tuple(signals), channel_caps=channel_caps, overall_cap=overall,
+        consent_policy=policy, complaint_suppression_ms=after_complaint,
+        late=LatePolicy(lateness, late.get("policy", "drop")), dedupe_horizon_ms=horizon,
+        source=path, getters=getters, suppression_scopes=scopes)
     # Per trigger, its rules by priority (ties by id), each compiled: the order arbitration tries.
     ordered = sorted(rules, key=lambda r: (-r.priority, r.id))
-    by_trigger = {
+    ruleset.by_trigger.update({
         name: tuple(CompiledRule(rule=r, matches=compile_conditions(r.when, getters),
                                  consent_keys=consent_keys(r.channel, r.purpose),
                                  needs_consent=policy.get(r.channel, "opt_in") == "opt_in",
-                                 cap=channel_caps.get(r.channel))
+                                 cap=channel_caps.get(r.channel),
+                                 complaint_suppression_ms=ruleset.suppression_ms(r))
                     for r in ordered if name in r.on)
         for name in sorted(set().union(*(r.on for r in rules)))
-    }
-    return RuleSet(
-        rules=rules, signals=signals, channel_caps=channel_caps, overall_cap=overall, consent_policy=policy,
-        complaint_suppression_ms=Where(path, "[suppression]").duration(suppression, "after_complaint", "30d"),
-        late=LatePolicy(Where(path, "[late]").duration(late, "allowed_lateness", "5m"), late.get("policy", "drop")),
-        dedupe_horizon_ms=Where(path, "[dedupe]").duration(dedupe, "horizon", "1d"),
-        source=path, by_trigger=by_trigger, getters=getters,
-    )
+    })
+    return ruleset, []
+
+
+def load_rules(path: str | Path) -> RuleSet:
+    """Read, validate and compile a rules file; raises RulesError naming file, rule and field (the
+    first mistake; `nextclick rules check` lists them all)."""
+    ruleset, errors = check_rules(path)
+    if ruleset is None:
+        more = len(errors) - 1
+        if more:
+            raise RulesError(f"{errors[0]} (and {more} more: `nextclick rules check {path}` lists them all)")
+        raise errors[0]
+    return ruleset

@@ -54,6 +54,20 @@ class Cap:
 
 
 @dataclass(frozen=True)
+class SuppressionScope:
+    """`[[suppression.scope]]`: how long promotions on these channels, for these purposes, are held
+    back after a complaint (0: not at all). None: every channel / every purpose."""
+
+    channels: frozenset[str] | None
+    purposes: frozenset[str] | None
+    after_complaint_ms: int
+
+    def covers(self, rule: Rule) -> bool:
+        return ((self.channels is None or rule.channel in self.channels)
+                and (self.purposes is None or rule.purpose in self.purposes))
+
+
+@dataclass(frozen=True)
 class LatePolicy:
     """Events older than the customer's newest event minus `allowed_lateness_ms` are late.
 
@@ -74,6 +88,8 @@ class CompiledRule:
     consent_keys: tuple[str, ...]
     needs_consent: bool  # the channel's policy is opt_in
     cap: Cap | None
+    # How long after a complaint this rule is held back (0: never; service messages are never held).
+    complaint_suppression_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ class RuleSet:
     overall_cap: Cap | None
     # channel -> "opt_in" (explicit consent needed) or "opt_out" (allowed unless revoked)
     consent_policy: dict[str, Literal["opt_in", "opt_out"]]
-    complaint_suppression_ms: int
+    complaint_suppression_ms: int  # the default for promotions that no suppression scope covers
     late: LatePolicy
     dedupe_horizon_ms: int
     source: str
@@ -92,6 +108,18 @@ class RuleSet:
     by_trigger: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     # attribute name -> how to compute it (operators/rules/compiler.py), for the names rules may use.
     getters: dict[str, Any] = field(default_factory=dict)
+    # [[suppression.scope]] in file order: the first that covers a promotion decides its suppression.
+    suppression_scopes: tuple[SuppressionScope, ...] = ()
+
+    def suppression_ms(self, rule: Rule) -> int:
+        """How long after a complaint `rule` is held back: never for service messages
+        (`promotion = false`); else the first scope that covers it, or `[suppression].after_complaint`."""
+        if not rule.promotion:
+            return 0
+        for scope in self.suppression_scopes:
+            if scope.covers(rule):
+                return scope.after_complaint_ms
+        return self.complaint_suppression_ms
 
     @property
     def triggers(self) -> frozenset[str]:

@@ -1,16 +1,29 @@
 """`absence`: "A and no B within T". A start event opens it; a cancel event closes it; when T has
 passed with no cancel it fires, on the clock, as a trigger rules can be `on`.
 
-State: [since, deadline, carried attributes of the start event].
+State: [since, deadline, carried attributes of the start event]; with options declared, a fourth
+item: {total name: value} over every start event since it began pending.
+
+Options (the `Tally` subclass below, so an absence without them pays nothing for them):
+- `where` filters the events that start (or restart) it, not those that cancel it;
+- `sum = {<name> = "<attribute>"}` and `count = "<name>"` keep totals since it began pending (a
+  cart's value and item count, where `carry` only has the last item's attributes), readable by rules
+  on it as `trigger.<name>`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 from operators.profile.model import Profile
 from operators.records import Event, Trigger
+from operators.rules.compiler import compile_filter
 from operators.rules.fields import Where
+from operators.signals.options import check_attribute, read_where
+
+_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 class Absence:
@@ -63,10 +76,91 @@ class Absence:
         return [later[0], later[1], dict(later[2])]
 
 
+class Tally(Absence):
+    """An absence with a `where` on its start events and/or totals since it began pending."""
+
+    def __init__(self, name: str, start: frozenset[str], cancel: frozenset[str], after_ms: int,
+                 carry: tuple[str, ...], sums: dict[str, str], count: str | None,
+                 accepts: Callable[[dict[str, Any]], bool] | None) -> None:
+        super().__init__(name, start, cancel, after_ms, carry)
+        self.sums, self.count, self.accepts = tuple(sums.items()), count, accepts
+        self.trigger_attributes = frozenset(carry) | frozenset(sums) | ({count} if count else set())
+
+    def _add(self, totals: dict[str, Any], attrs: dict[str, Any]) -> None:
+        for total, attribute in self.sums:
+            totals[total] = totals.get(total, 0) + float(attrs.get(attribute, 0) or 0)
+        if self.count:
+            totals[self.count] = totals.get(self.count, 0) + 1
+
+    def apply(self, profile: Profile, event: Event) -> None:
+        signals = profile.signals
+        state = signals.get(self.name)
+        ts = event.ts
+        if event.type in self.cancel and state is not None and ts >= state[0]:
+            del signals[self.name]
+        elif event.type in self.start:
+            attrs = event.attrs
+            if self.accepts is not None and not self.accepts(attrs):
+                return
+            carried = {k: attrs[k] for k in self.carry if k in attrs} if self.carry else {}
+            if state is None:
+                totals: dict[str, Any] = {}
+                self._add(totals, attrs)
+                signals[self.name] = [ts, ts + self.after_ms, carried, totals]
+                return
+            self._add(state[3], attrs)  # an older item of the same pending cart still adds to its totals
+            if ts > state[0]:
+                state[0], state[1], state[2] = ts, ts + self.after_ms, carried
+
+    def fire(self, state: Any) -> Trigger:
+        attrs = dict(state[2])
+        for total, value in state[3].items():
+            attrs[total] = value if total == self.count else round(value, 2)
+        return Trigger(self.name, f"{self.name}:{state[0]}", state[1], attrs)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """The later start wins, as for any absence; the totals of both pending starts add up (every
+        start event adds to the totals of the one pending: a cart filled under two identifiers)."""
+        later = Absence.merge(self, a, b)
+        totals = dict(a[3])
+        for name, value in b[3].items():
+            totals[name] = totals[name] + value if name in totals else value
+        return [*later[:3], totals]
+
+
+def _totals(body: dict[str, Any], where: Where, start: frozenset[str], carry: tuple[str, ...]
+            ) -> tuple[dict[str, str], str | None]:
+    sums = body.get("sum", {})
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        where.report("sum", 'must be a table of <name> = "<attribute>", e.g. { cart_value = "amount" }')
+        sums = {}
+    count = where.string(body, "count")
+    names = [*sums, *([count] if count else [])]
+    for name in names:
+        if not _NAME.fullmatch(name):
+            where.report("sum" if name in sums else "count", f"{name!r}: a name is lowercase letters, digits and _")
+    clash = sorted((set(sums) & {count}) | (set(names) & set(carry)))
+    if clash:
+        where.report("sum" if set(sums) & set(clash) else "count",
+                     f"{clash} named twice: the trigger carries one value per name (see 'carry')")
+    for attribute in sums.values():
+        check_attribute(where, "sum", attribute, start)
+    return sums, count
+
+
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Absence:
-    where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description"})
+    where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description", "where", "sum", "count"})
     carry = body.get("carry", [])
     if not isinstance(carry, list) or not all(isinstance(x, str) for x in carry):
-        raise where.fail("carry", "must be a list of attribute names")
-    return Absence(name, where.names(body, "start", event_types), where.names(body, "cancel", event_types),
-                   where.duration(body, "after"), tuple(carry))
+        where.report("carry", "must be a list of attribute names")
+        carry = []
+    start = where.names(body, "start", event_types)
+    for attribute in carry:
+        check_attribute(where, "carry", attribute, start)
+    cancel, after = where.names(body, "cancel", event_types), where.duration(body, "after")
+    conditions = read_where(body, where, start)
+    sums, count = _totals(body, where, start, tuple(carry))
+    if not conditions and not sums and not count:
+        return Absence(name, start, cancel, after, tuple(carry))
+    return Tally(name, start, cancel, after, tuple(carry), sums, count,
+                 compile_filter(conditions) if conditions else None)

@@ -1,4 +1,5 @@
-"""`count`: how many events of the given types in an event-time window."""
+"""`count`: how many events of the given types in an event-time window (options: `where`, `reset_on`,
+`by`; operators/signals/options.py and groups.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
 from operators.signals import buckets
-from operators.signals.base import Expiring
+from operators.signals.base import Expiring, Signal
+from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
+from operators.signals.options import OPTION_FIELDS, read_reset, read_where, with_options
 from operators.signals.window import WINDOW_FIELDS, Window
 
 
@@ -31,10 +34,27 @@ class Count(Expiring):
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return int(buckets.total(state, self.window, ref_ms))
 
+    def clear(self, state: Any, until_ms: int) -> Any:
+        return buckets.clear(state, until_ms)
+
     def merge(self, a: Any, b: Any) -> Any:
         return buckets.merge(a, b, self.name)
 
 
-def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Count:
-    where.check_keys(body, WINDOW_FIELDS)
-    return Count(name, where.names(body, "events", event_types), Window.load(body, where))
+def _one(_event: Event) -> float:
+    return 1.0
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
+    where.check_keys(body, WINDOW_FIELDS | OPTION_FIELDS | GROUP_FIELDS)
+    events = where.names(body, "events", event_types)
+    window = Window.load(body, where)
+    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
+    by, max_groups = read_by(body, where, events)
+    signal: Signal
+    if by is None:
+        signal = Count(name, events, window)
+    else:
+        signal = Grouped(name, "count", events, window, by, max_groups,
+                         buckets.BucketPart(name, window, _one, int))
+    return with_options(signal, conditions, reset_on, window.window_ms)

@@ -1,6 +1,7 @@
 """`distinct`: how many different values of one attribute in an event-time window.
 
 State: [[value, newest ts], ...], at most `max_distinct` values (the oldest seen goes first).
+Options: `where`, `reset_on`, `by` (operators/signals/options.py and groups.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from typing import Any
 from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
-from operators.signals.base import Expiring
+from operators.signals.base import Expiring, Signal
+from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
+from operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
 from operators.signals.window import WINDOW_FIELDS, Window
 
 MAX_DISTINCT = 100
@@ -58,6 +61,9 @@ class Distinct(Expiring):
         floor = self.window.floor(ref_ms)
         return sum(1 for p in state if p[1] >= floor)
 
+    def clear(self, state: Any, until_ms: int) -> Any:
+        return [p for p in state if p[1] > until_ms] or None
+
     def merge(self, a: Any, b: Any) -> Any:
         """The union of both profiles' values, each with its newest time; at most `max_distinct` (the
         most recently seen), ordered by time."""
@@ -70,9 +76,66 @@ class Distinct(Expiring):
         return pairs[-self.max_distinct:]
 
 
-def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Distinct:
-    where.check_keys(body, WINDOW_FIELDS | {"field"})
+class DistinctPart:
+    """One group's state for a grouped distinct: its [[value, newest ts], ...]."""
+
+    def __init__(self, field: str, window: Window, max_distinct: int = MAX_DISTINCT) -> None:
+        self.field, self.window, self.max_distinct = field, window, max_distinct
+        self.values = Distinct("", frozenset(), window, field, max_distinct)
+
+    def add(self, state: Any, event: Event, profile: Profile) -> Any:
+        value = event.attrs.get(self.field)
+        if state is None:
+            state = []
+        if value is None:
+            return state
+        ts = event.ts
+        profile.note_expiry(ts + self.window.window_ms)
+        for pair in state:
+            if pair[0] == value:
+                if ts > pair[1]:
+                    pair[1] = ts
+                return state
+        state.append([value, ts])
+        if len(state) > self.max_distinct:
+            state.sort(key=lambda p: p[1])
+            del state[0]
+        return state
+
+    def prune(self, state: Any, ref_ms: int) -> Any:
+        return self.values.prune(state, ref_ms)
+
+    def expiry_bounds(self, state: Any) -> tuple[int, int]:
+        return self.values.expiry_bounds(state)
+
+    def newest(self, state: Any) -> int:
+        return max((p[1] for p in state), default=0)
+
+    def value(self, state: Any, ref_ms: int) -> Any:
+        return self.values.value("", state, ref_ms)
+
+    def clear(self, state: Any, until_ms: int) -> Any:
+        return self.values.clear(state, until_ms)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return self.values.merge(a, b)
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
+    where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS | GROUP_FIELDS)
+    events = where.names(body, "events", event_types)
     field = where.string(body, "field")
     if field is None:
-        raise where.fail("field", "is required for kind 'distinct'")
-    return Distinct(name, where.names(body, "events", event_types), Window.load(body, where), field)
+        where.report("field", "is required for kind 'distinct'")
+        field = ""  # the signal is dropped: the mistake is recorded, the other fields are still read
+    else:
+        check_attribute(where, "field", field, events)
+    window = Window.load(body, where)
+    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
+    by, max_groups = read_by(body, where, events)
+    signal: Signal
+    if by is None:
+        signal = Distinct(name, events, window, field)
+    else:
+        signal = Grouped(name, "distinct", events, window, by, max_groups, DistinctPart(field, window))
+    return with_options(signal, conditions, reset_on, window.window_ms)

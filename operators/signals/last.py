@@ -1,6 +1,7 @@
 """`last`: the value of one attribute (or the event type) of the latest event, while it is in the window.
 
-State: [ts, value] of the event with the newest event time.
+State: [ts, value] of the event with the newest event time. Options: `where`, `reset_on`
+(operators/signals/options.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
-from operators.signals.base import Expiring
+from operators.signals.base import Expiring, Signal
+from operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
 from operators.signals.window import WINDOW_FIELDS, Window
 
 
@@ -40,13 +42,21 @@ class Last(Expiring):
             return state[1]
         return None
 
+    def clear(self, state: Any, until_ms: int) -> Any:
+        return None if state[0] <= until_ms else state
+
     def merge(self, a: Any, b: Any) -> Any:
         """The latest of the two (a tie in time goes to the greater value's text, so either order agrees)."""
         later = b if (b[0], repr(b[1])) > (a[0], repr(a[1])) else a
         return [later[0], later[1]]
 
 
-def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Last:
-    where.check_keys(body, WINDOW_FIELDS | {"field"})
-    return Last(name, where.names(body, "events", event_types), Window.load(body, where),
-                where.string(body, "field"))
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
+    where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS)
+    events = where.names(body, "events", event_types)
+    field = where.string(body, "field")
+    if field is not None:
+        check_attribute(where, "field", field, events)
+    window = Window.load(body, where)
+    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
+    return with_options(Last(name, events, window, field), conditions, reset_on, window.window_ms)

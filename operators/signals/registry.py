@@ -26,10 +26,13 @@ def register(kind: str, loader: SignalLoader) -> None:
     KINDS[kind] = loader
 
 
-def load_signal(path: str, name: str, body: Any, event_types: frozenset[str]) -> Signal:
+def load_signal(path: str, name: str, body: Any, event_types: frozenset[str],
+                errors: list[RulesError] | None = None) -> Signal:
+    """One `[signals.<name>]` table by its kind's loader. With `errors`, mistakes the loader's field
+    helpers find are recorded there and the loader carries on (the caller drops the signal)."""
     if not isinstance(body, dict):
         raise RulesError(f"{path}: signal '{name}' must be a table")
-    where = Where(path, f"signal '{name}'")
+    where = Where(path, f"signal '{name}'", errors)
     loader = KINDS.get(body.get("kind"))  # type: ignore[arg-type]
     if loader is None:
         raise where.fail("kind", f"must be one of {', '.join(KINDS)}; got {body.get('kind')!r}")

@@ -1,4 +1,5 @@
-"""`sum`: the total of one numeric attribute over events of the given types in an event-time window."""
+"""`sum`: the total of one numeric attribute over events of the given types in an event-time window
+(options: `where`, `reset_on`, `by`; operators/signals/options.py and groups.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
 from operators.signals import buckets
-from operators.signals.base import Expiring
+from operators.signals.base import Expiring, Signal
+from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
+from operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
 from operators.signals.window import WINDOW_FIELDS, Window
 
 
@@ -32,13 +35,34 @@ class Sum(Expiring):
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return round(buckets.total(state, self.window, ref_ms), 2)
 
+    def clear(self, state: Any, until_ms: int) -> Any:
+        return buckets.clear(state, until_ms)
+
     def merge(self, a: Any, b: Any) -> Any:
         return buckets.merge(a, b, self.name)
 
 
-def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Sum:
-    where.check_keys(body, WINDOW_FIELDS | {"field"})
+def _round(total: float) -> float:
+    return round(total, 2)
+
+
+def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
+    where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS | GROUP_FIELDS)
+    events = where.names(body, "events", event_types)
     field = where.string(body, "field")
     if field is None:
-        raise where.fail("field", "is required for kind 'sum'")
-    return Sum(name, where.names(body, "events", event_types), Window.load(body, where), field)
+        where.report("field", "is required for kind 'sum'")
+        field = ""  # the signal is dropped: the mistake is recorded, the other fields are still read
+    else:
+        check_attribute(where, "field", field, events)
+    window = Window.load(body, where)
+    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
+    by, max_groups = read_by(body, where, events)
+    signal: Signal
+    if by is None:
+        signal = Sum(name, events, window, field)
+    else:
+        def amount(event: Event) -> float:
+            return float(event.attrs.get(field, 0) or 0)
+        signal = Grouped(name, "sum", events, window, by, max_groups, buckets.BucketPart(name, window, amount, _round))
+    return with_options(signal, conditions, reset_on, window.window_ms)

@@ -31,6 +31,6 @@ class Window:
     def load(cls, body: dict[str, Any], where: Where) -> Window:
         kind = body.get("type", "sliding")
         if kind not in ("sliding", "tumbling"):
-            raise where.fail("type", "must be 'sliding' or 'tumbling'")
+            where.report("type", "must be 'sliding' or 'tumbling'")
         window = where.duration(body, "window")
         return cls(window, kind == "sliding", where.duration(body, "bucket", max(1000, window // 30)))

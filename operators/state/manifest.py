@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -283,28 +283,55 @@ def _refuse(message: str) -> StateMismatch:
     return StateMismatch(message)
 
 
-def _compare(manifest: StateManifest, config: Config, secret: bytes, state_dir: Path) -> None:
-    where = f"the state in {state_dir}"
-    if manifest.state_format != STATE_FORMAT or manifest.shard_hash != SHARD_HASH:
-        raise _refuse(f"{where} has state format {manifest.state_format} ({manifest.shard_hash}); this release "
+class Identity(Protocol):
+    """What decides where and how a customer's state is found: a state manifest's, or a savepoint's."""
+
+    @property
+    def shards(self) -> int: ...
+
+    @property
+    def secret_fingerprint(self) -> str: ...
+
+    @property
+    def profile_format(self) -> int: ...
+
+    @property
+    def state_format(self) -> int: ...
+
+    @property
+    def identity_priority(self) -> tuple[str, ...] | None: ...
+
+    @property
+    def shard_hash(self) -> str: ...
+
+
+def check_identity(identity: Identity, config: Config, secret: bytes, where: str, reshard: str) -> None:
+    """Refuse a configuration `identity` was not written with, in one line naming the setting and both
+    values. `where` names the state or savepoint; `reshard` says how to get another shard count."""
+    if identity.state_format != STATE_FORMAT or identity.shard_hash != SHARD_HASH:
+        raise _refuse(f"{where} has state format {identity.state_format} ({identity.shard_hash}); this release "
                       f"reads format {STATE_FORMAT} ({SHARD_HASH}): run the release that wrote it")
-    if manifest.shards != config.state.shards:
-        raise _refuse(f"state.shards: {where} was written with {manifest.shards} shards, the configuration says "
-                      f"{config.state.shards}; set it back to {manifest.shards}, or change it through "
-                      f"`nextclick savepoint reshard`")
+    if identity.shards != config.state.shards:
+        raise _refuse(f"state.shards: {where} was written with {identity.shards} shards, the configuration says "
+                      f"{config.state.shards}; set it back to {identity.shards}, or {reshard}")
     priority = identity_rules(config).priority
-    if manifest.identity_priority is not None and manifest.identity_priority != priority:
+    if identity.identity_priority is not None and identity.identity_priority != priority:
         raise _refuse(f"identity.priority: {where} was written with identifier priority "
-                      f"{list(manifest.identity_priority)}, the identity rules ({config.identity.file or 'default'}) "
+                      f"{list(identity.identity_priority)}, the identity rules ({config.identity.file or 'default'}) "
                       f"say {list(priority)}; linked profiles are keyed and placed by it: set it back")
     fingerprint = secret_fingerprint(secret)
-    if manifest.secret_fingerprint != fingerprint:
+    if identity.secret_fingerprint != fingerprint:
         raise _refuse(f"privacy.secret: {where} was written with a different identifier secret (fingerprint "
-                      f"{manifest.secret_fingerprint}, configured {fingerprint}); every customer would get a new "
+                      f"{identity.secret_fingerprint}, configured {fingerprint}); every customer would get a new "
                       f"key and start blank: configure the secret the state was written with")
-    if manifest.profile_format > PROFILE_FORMAT:
-        raise _refuse(f"{where} holds profile format {manifest.profile_format}, newer than this release's "
+    if identity.profile_format > PROFILE_FORMAT:
+        raise _refuse(f"{where} holds profile format {identity.profile_format}, newer than this release's "
                       f"{PROFILE_FORMAT}: run the release that wrote it")
+
+
+def _compare(manifest: StateManifest, config: Config, secret: bytes, state_dir: Path) -> None:
+    check_identity(manifest, config, secret, f"the state in {state_dir}",
+                   "change it through `nextclick savepoint reshard`")
 
 
 def verify_config(config: Config) -> StateManifest | None:

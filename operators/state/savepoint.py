@@ -48,6 +48,7 @@ from operators.state.manifest import (
     STATE_FORMAT,
     RestorePoint,
     StateMismatch,
+    check_identity,
     identity_rules,
     new_manifest,
     read_manifest,
@@ -381,24 +382,10 @@ def restore(config: Config, src: Path, *, recovery_dir: str | Path | None = None
     manifest = SavepointManifest.read(src)
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
-    if manifest.state_format != STATE_FORMAT or manifest.shard_hash != SHARD_HASH:
-        raise SavepointError(f"{src} has state format {manifest.state_format}; this release reads {STATE_FORMAT}")
-    if manifest.shards != config.state.shards:
-        raise StateMismatch(f"state.shards: the savepoint {src} has {manifest.shards} shards, the configuration "
-                            f"says {config.state.shards}; make a savepoint with that count first with "
-                            f"`nextclick savepoint reshard {src} DEST --shards {config.state.shards}`")
     secret = config.privacy.resolve_secret()
-    if manifest.secret_fingerprint != secret_fingerprint(secret):
-        raise StateMismatch(f"privacy.secret: the savepoint {src} was written with another identifier secret "
-                            f"(fingerprint {manifest.secret_fingerprint}, configured "
-                            f"{secret_fingerprint(secret)})")
-    priority = identity_rules(config).priority
-    if manifest.identity_priority is not None and manifest.identity_priority != priority:
-        raise StateMismatch(f"identity.priority: the savepoint {src} was written with identifier priority "
-                            f"{list(manifest.identity_priority)}, the identity rules say {list(priority)}")
-    if manifest.profile_format > PROFILE_FORMAT:
-        raise SavepointError(f"{src} holds profile format {manifest.profile_format}, newer than this "
-                             f"release's {PROFILE_FORMAT}")
+    check_identity(manifest, config, secret, f"the savepoint {src}",
+                   f"make a savepoint with that count first: `nextclick savepoint reshard {src} DEST "
+                   f"--shards {config.state.shards}`")
     for path, setting in ((state_dir, "state.dir"), (recovery, "state.recovery_dir")):
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise StateMismatch(f"{setting}: {path} is not empty; a savepoint is restored into empty directories "

@@ -73,7 +73,9 @@ from operators.state.timers import TimerIndex
 _TIMER_CHUNK = 1000
 # Due customers handled per timer turn; the rest wait for the next one, so a burst can't stall input.
 _TIMER_LIMIT = 2000
-_STORE_CACHE = 256
+# The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
+# the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
+_STORE_CACHE = 0
 # Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half
 # (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded
 # while the worker waits, so this bounds that pause when batches are small (live traffic).
@@ -179,6 +181,8 @@ class ShardState:
         # Per dirty customer, what was applied since the profile was last written (events, and the
         # clock of timer turns): replayed onto the stored copy to undo a failed event exactly.
         self._applied: dict[str, list[Event | int | _Merge]] = {}
+        # Replay logs of profiles written since the last turn, freed at the start of the next one.
+        self._retired: list[list[Event | int | _Merge]] = []
         # The committed bytes of profiles loaded since the last checkpoint and not yet written: the
         # store's undo pre-image for them, so writing them needs no second read.
         self._committed: dict[str, bytes | None] = {}
@@ -254,8 +258,9 @@ class ShardState:
                 out[customer] = live[customer] = profile
         return out, created, quarantined
 
-    def _changing(self, profiles: dict[str, Profile]) -> None:
-        """Call before changing these profiles: remember the due time their stored copy is indexed under.
+    def _changing(self, profiles: dict[str, Profile], indexed_at: dict[str, int] | None = None) -> None:
+        """Call before changing these profiles: remember the due time their stored copy is indexed under
+        (`indexed_at`: already known from the timer index, for clean ones).
 
         `_dirty` is kept in order of last change, so the profiles written early are the ones least
         likely to change again before the epoch ends.
@@ -264,7 +269,9 @@ class ShardState:
         dirty = self._dirty
         for customer, profile in profiles.items():
             indexed = dirty.pop(customer, _CLEAN)
-            dirty[customer] = due_at(profile, ruleset) if indexed is _CLEAN else indexed
+            if indexed is _CLEAN:
+                indexed = indexed_at[customer] if indexed_at and customer in indexed_at else due_at(profile, ruleset)
+            dirty[customer] = indexed
 
     def _changed(self, profiles: dict[str, Profile]) -> None:
         ruleset, timers, dirty_due = self.ctx.ruleset, self.timers, self._dirty_due
@@ -294,7 +301,11 @@ class ShardState:
             self._quarantine(customer, "encode_profile", exc, None, profile_due=self._dirty_due.get(customer))
             return
         indexed = self._dirty.pop(customer)
-        self._applied.pop(customer, None)
+        applied = self._applied.pop(customer, None)
+        if applied:
+            # Freeing an event costs about a microsecond; at the epoch end that would lengthen the
+            # pause the worker waits through, so the next turn frees them instead.
+            self._retired.append(applied)
         committed = self._committed.pop(customer, UNKNOWN)
         self.store.put(profile_key(customer), blob, committed=committed)
         # Loaded unchanged since the checkpoint: its timer key is unchanged too.
@@ -469,6 +480,7 @@ class ShardState:
     def apply(self, values: list[ShardItem]) -> list[ShardOutput]:
         """Events, erasures, savepoint requests and identity moves, in order: decisions, dead letters
         and moved profiles out."""
+        self._retired.clear()
         out: list[ShardOutput] = []
         self._process(values, out)
         self._note_positions(values)
@@ -611,6 +623,7 @@ class ShardState:
     def fire_timers(self, now: int) -> list[ShardOutput]:
         """The wall-clock turn: every customer due by `now` (a bounded number per call, so a storm of
         due timers after downtime drains over several turns while input keeps flowing)."""
+        self._retired.clear()
         out: list[ShardOutput] = []
         due = self._due_customers(now)
         if self._waiting:  # their turn comes once their merge is done
@@ -626,7 +639,7 @@ class ShardState:
                     self.timers.move(customer, at, None)
                     del profiles[customer]
                     del self._live[customer]
-            self._changing(profiles)
+            self._changing(profiles, dict(chunk))
             outcome = Outcome()
             for customer, profile in list(profiles.items()):
                 marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)

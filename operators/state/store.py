@@ -836,6 +836,8 @@ class ShardStore:
             raise StateError(f"shard store {self._path!r} is open read-only")
 
     def _cache_put(self, key: bytes, value: bytes | None) -> None:
+        if not self._cache_size:
+            return
         cache = self._cache
         cache[key] = value
         cache.move_to_end(key)

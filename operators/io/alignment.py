@@ -1,0 +1,419 @@
+"""Event-time alignment of the input partitions: in catch-up, every partition advances together.
+
+Kafka orders nothing across partitions. Live, every partition is near the present, so that does
+not matter; in catch-up (after downtime, a first start from the beginning, a backfill) one topic
+could otherwise run hours of event time ahead of another, and a customer's events from the slower
+topic would arrive late and drop out of the signals. So, as Flink's watermark alignment and Kafka
+Streams' timestamp-ordered task input do:
+
+    no input partition delivers an event whose event time is more than `bound` ahead of the
+    event-time floor of any other input partition that still has data.
+
+A partition's **floor** is the event time of its next undelivered message (state `data`: messages
+are buffered), or of the last message it delivered while its fetch is in flight (`waiting`; the
+next message is assumed no older); a partition that reported its end (`end`) has no floor and holds
+nobody back. A partition that has never read anything has an unknown floor: until it fetches, only
+messages without a readable `ts` pass. A `waiting` partition that neither delivers nor reports its
+end within the idle timeout stops counting (`idle`), as Kafka Streams' `max.task.idle.ms`. Once
+caught up every partition is at its end, or `bound` within the present, so nothing waits.
+
+"Has data" comes from the consumer itself: librdkafka's partition-EOF event (enable.partition.eof)
+says the fetch position reached the end of the partition as the broker's fetch response gave it,
+and a later message clears it. Watermarks from ListOffsets are not used: some brokers (Tansu)
+undercount them.
+
+Event time is the payload's `ts`, read cheaply here (msgspec decodes that one field and skims the
+rest). A message whose `ts` cannot be read, or that the parser will refuse as too old or too far
+ahead, never waits: it is delivered at once and dead-lettered downstream. A `ts` ahead of the clock
+counts as now, so a producer with a fast clock cannot hold its partition back in live traffic.
+
+Within a process the partitions share one `Alignment` (per flow). Across the processes of a cluster,
+each publishes its partitions' floors to a small compacted topic (`topics.progress`, keyed by
+group and partition) and reads everyone else's, from the end (`ProgressExchange`). A peer's floor is
+a lower bound of its true position (floors only move forward in an ordered partition, and a floor
+is republished whenever it moved by a quarter of the bound), so pacing against it never lets a
+process run further ahead than the bound; the price is a round trip through Kafka (~10-20 ms) each
+time the slowest partition changes hands between processes. Entries published before this process
+started (an earlier run) or not refreshed within the idle timeout (a process that stopped) are
+ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Union
+
+import msgspec
+import orjson
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
+
+from operators.infra.config import ParseConfig
+from operators.io.parse import parse_ts
+
+log = logging.getLogger(__name__)
+
+# The event time of a message that never waits (unreadable, or refused by the parser anyway). Also
+# the limit while some partition's floor is unknown: then only such messages pass.
+UNREADABLE = -(1 << 62)
+
+# A partition's state. HELD: it has messages but could deliver none (it publishes as DATA).
+DATA, HELD, WAITING, IDLE, END = "data", "held", "waiting", "idle", "end"
+
+# When a held partition looks again: at once if the partition it waits for is local and has
+# messages (it delivers at its next poll); after a fetch's worth if that one is fetching; after a
+# peer's publish's worth if it is another process's.
+RETRY_FETCH_S = 0.001
+RETRY_PEER_S = 0.005
+
+# How often the exchange publishes changed floors and polls the peers' (seconds).
+PUBLISH_EVERY_S = 0.005
+
+
+class _Ts(msgspec.Struct):
+    ts: Union[int, float, str, None] = None
+
+
+_decode_ts = msgspec.json.Decoder(_Ts).decode
+_DecodeError = msgspec.DecodeError
+
+
+def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
+    """The message's `ts` as the parser reads it, at most `now_ms`; UNREADABLE when it must not wait.
+
+    UNREADABLE: no value, too large, not a JSON object, no valid `ts`, or a `ts` the parser refuses
+    (older than `max_age_ms`, or further ahead than `max_future_skew_ms`).
+    """
+    if value is None or len(value) > config.max_message_bytes:
+        return UNREADABLE
+    try:
+        ts = _decode_ts(value).ts
+    except _DecodeError:
+        return UNREADABLE
+    if type(ts) is not int:
+        if ts is None or (type(ts) is float and not ts.is_integer()):
+            return UNREADABLE
+        try:
+            ts = _rfc3339_ms(ts) if type(ts) is str else parse_ts(ts)
+        except Exception:  # noqa: BLE001 - any unreadable ts is the parser's to dead-letter
+            return UNREADABLE
+    if ts > now_ms:
+        return UNREADABLE if ts - now_ms > config.max_future_skew_ms else now_ms
+    if config.max_age_ms > 0 and now_ms - ts > config.max_age_ms:
+        return UNREADABLE
+    return ts
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_fromisoformat = datetime.fromisoformat
+
+
+def _rfc3339_ms(ts: str) -> int:
+    """`parse_ts` for a string, about 8 times faster on the common shapes (datetime's C parser).
+
+    Only strings shaped exactly like RFC 3339 (`YYYY-MM-DDTHH:MM:SS`, an optional fraction, then `Z`
+    or `+HH:MM`) take the fast way; both truncate the fraction to milliseconds. Anything else, or
+    anything the C parser refuses, is `parse_ts`'s to read or refuse.
+    """
+    n = len(ts)
+    if n >= 20 and ts.isascii() and ts[10] == "T" and ts[4] == "-" and ts[7] == "-" and ts[13] == ":" \
+            and ts[16] == ":":
+        if ts[-1] == "Z":
+            zone = n - 1
+        elif n >= 25 and ts[-6] in "+-" and ts[-3] == ":" and ts[-5:-3] <= "23" and ts[-2:] <= "59":
+            zone = n - 6
+        else:
+            zone = 0
+        if zone == 19 or (zone > 20 and ts[19] == "." and ts[20:zone].isdigit()):
+            try:
+                dt = _fromisoformat(ts)
+            except ValueError:
+                return parse_ts(ts)
+            if dt.tzinfo is not None:
+                return (dt - _EPOCH) // _MS
+    return parse_ts(ts)
+
+
+def cut(ts: Sequence[int], limit: int | None) -> int:
+    """How many leading messages may go: the longest prefix whose event times are all <= `limit`.
+
+    Never reorders: a message past the limit holds back every message behind it in its partition.
+    """
+    if limit is None or not ts or max(ts) <= limit:
+        return len(ts)
+    for i, t in enumerate(ts):
+        if t > limit:
+            return i
+    return len(ts)  # pragma: no cover - max(ts) > limit means some t > limit
+
+
+def effective_floor(state: str, floor: int | None, quiet_s: float, idle_s: float) -> int | None:
+    """What one other partition contributes to the limit: None (holds nobody back) or a floor.
+
+    `quiet_s`: how long a `waiting` partition has been waiting (or how long ago a peer's entry
+    arrived). An unknown floor is UNREADABLE: only messages that never wait may pass.
+    """
+    if state == END or state == IDLE or quiet_s >= idle_s:
+        return None
+    return UNREADABLE if floor is None else floor
+
+
+class Slot:
+    """One local input partition's view, written by its worker thread, read by everyone else.
+
+    `view` is replaced whole (state, floor, since), so a reader on another thread never sees half an
+    update.
+    """
+
+    __slots__ = ("name", "view")
+
+    def __init__(self, name: str, now: float) -> None:
+        self.name = name
+        self.view: tuple[str, int | None, float] = (WAITING, None, now)
+
+    def set(self, state: str, floor: int | None, now: float) -> None:
+        old_state, _, since = self.view
+        self.view = (state, floor, since if state == old_state == WAITING else now)
+
+    def published(self, now: float, idle_s: float) -> tuple[str, int | None]:
+        state, floor, since = self.view
+        if state == WAITING and now - since >= idle_s:
+            return IDLE, floor
+        return (DATA if state == HELD else state), floor
+
+
+class Alignment:
+    """Every aligned input partition of one flow: this process's slots and the peers' entries."""
+
+    def __init__(self, bound_ms: int, idle_timeout_ms: int, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.bound_ms = bound_ms
+        self.idle_s = idle_timeout_ms / 1000
+        self._monotonic = monotonic
+        self.started = monotonic()
+        self._lock = threading.Lock()
+        self._slots: dict[str, Slot] = {}
+        self._local: tuple[Slot, ...] = ()
+        self._expected: set[str] = set()
+        self._remote_names: tuple[str, ...] = ()
+        # Peer entries: partition -> (state, floor, monotonic time received).
+        self._remote: dict[str, tuple[str, int | None, float]] = {}
+        # Peers count only while an exchange runs; without one, this process aligns its own partitions.
+        self.exchanging = False
+        self._open = 0
+        self._exchange: ProgressExchange | None = None
+
+    def now(self) -> float:
+        return self._monotonic()
+
+    # -- membership ----------------------------------------------------------------------------------
+
+    def expect(self, names: Iterable[str]) -> None:
+        """Every partition of the flow's inputs, local or not (from `list_parts`)."""
+        with self._lock:
+            self._expected.update(names)
+            self._refresh()
+
+    def slot(self, name: str) -> Slot:
+        """The slot of a partition this process reads (one per partition; reopened after a rebuild)."""
+        with self._lock:
+            slot = self._slots.get(name)
+            if slot is None:
+                slot = self._slots[name] = Slot(name, self.now())
+            else:
+                slot.set(WAITING, None, self.now())
+            self._open += 1
+            self._refresh()
+            return slot
+
+    def release(self, slot: Slot) -> bool:
+        """The partition closed: it holds nobody back any more. True when it was the last one open."""
+        slot.set(END, None, self.now())
+        with self._lock:
+            self._open -= 1
+            return self._open == 0
+
+    def _refresh(self) -> None:
+        self._local = tuple(self._slots.values())
+        self._remote_names = tuple(sorted(self._expected - self._slots.keys()))
+
+    def local_views(self) -> list[tuple[str, str, int | None]]:
+        now = self.now()
+        return [(s.name, *s.published(now, self.idle_s)) for s in self._local]
+
+    # -- peers ---------------------------------------------------------------------------------------
+
+    def peer(self, name: str, state: str, floor: int | None) -> bool:
+        """A peer's entry for partition `name` arrived; True if it is the first heard of it."""
+        if name in self._slots:
+            return False
+        first = name not in self._remote
+        self._remote[name] = (state, floor, self.now())
+        return first
+
+    # -- the rule ------------------------------------------------------------------------------------
+
+    def limit(self, me: Slot) -> tuple[int | None, float]:
+        """The latest event time `me` may deliver now (None: no limit), and how soon to look again
+        if that holds it back: at once when the slowest partition is one of this process's with
+        messages to deliver, else after a fetch or a peer's publish may have moved it."""
+        now = self.now()
+        idle = self.idle_s
+        lowest: int | None = None
+        retry = RETRY_FETCH_S
+        for slot in self._local:
+            if slot is me:
+                continue
+            state, floor, since = slot.view
+            f = effective_floor(state, floor, now - since if state == WAITING else 0.0, idle)
+            if f is None:
+                continue
+            if f == UNREADABLE:
+                return UNREADABLE, RETRY_FETCH_S
+            if lowest is None or f < lowest:
+                lowest, retry = f, (0.0 if state == DATA else RETRY_FETCH_S)
+        if self.exchanging:
+            remote = self._remote
+            for name in self._remote_names:
+                entry = remote.get(name)
+                if entry is None:
+                    # Not heard of yet: a peer that has not published. Wait for it, up to the idle timeout.
+                    if now - self.started < idle:
+                        return UNREADABLE, RETRY_PEER_S
+                    continue
+                f = effective_floor(entry[0], entry[1], now - entry[2], idle)
+                if f is None:
+                    continue
+                if f == UNREADABLE:
+                    return UNREADABLE, RETRY_PEER_S
+                if lowest is None or f < lowest:
+                    lowest, retry = f, RETRY_PEER_S
+        return (None if lowest is None else lowest + self.bound_ms), retry
+
+    # -- the exchange's lifetime ---------------------------------------------------------------------
+
+    def start_exchange(self, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+        with self._lock:
+            if self._exchange is None:
+                self._exchange = ProgressExchange(self, kafka, topic, group_id)
+                self._exchange.start()
+
+    def stop_exchange(self) -> None:
+        with self._lock:
+            exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            exchange.stop.set()
+            exchange.join(3)  # it publishes the final states; a broker that is gone must not hold the stop
+
+
+def entry_key(group_id: str, name: str) -> bytes:
+    return f"{group_id}/{name}".encode()
+
+
+def encode_entry(group_id: str, name: str, state: str, floor: int | None, at_ms: int) -> bytes:
+    return orjson.dumps({"group": group_id, "partition": name, "state": state, "floor": floor, "at": at_ms})
+
+
+def decode_entry(value: bytes | None, group_id: str, since_ms: int) -> tuple[str, str, int | None] | None:
+    """(partition, state, floor) of a progress entry for `group_id` published at or after `since_ms`.
+
+    Anything else (another flow's entry, an earlier run's, a malformed one) is None.
+    """
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or body.get("group") != group_id:
+        return None
+    at, name, state, floor = body.get("at"), body.get("partition"), body.get("state"), body.get("floor")
+    if type(at) is not int or at < since_ms or type(name) is not str or state not in (DATA, WAITING, IDLE, END):
+        return None
+    if floor is not None and type(floor) is not int:
+        return None
+    return name, state, floor
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ProgressExchange(threading.Thread):
+    """Publishes this process's partition floors and reads the peers' (from the topic's end).
+
+    A floor is republished when its state changed or it moved by a quarter of the bound, and every
+    partition at least every third of the idle timeout (a heartbeat), so a peer's view of it is
+    never staler than that. The topic is looked up before the thread starts, so that a process never
+    runs its partitions unpaced while its peers are still unheard of. Failures are logged: without
+    the exchange each process still aligns its own partitions.
+    """
+
+    def __init__(self, alignment: Alignment, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+        from operators.io.kafka import client_config
+
+        super().__init__(name="nextclick-progress", daemon=True)
+        self.alignment = alignment
+        self.topic, self.group_id = topic, group_id
+        self.stop = threading.Event()
+        self.since_ms = wall_ms()
+        self._sent: dict[str, tuple[str, int | None, float]] = {}
+        self._consumer = Consumer(client_config(kafka, **{
+            "group.id": group_id, "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+            "fetch.queue.backoff.ms": 5}))
+        self._producer = Producer(client_config(kafka, **{"linger.ms": 2, "compression.type": "lz4"}))
+        self._assigned = self._assign()
+        if not self._assigned:
+            log.warning("the progress topic does not exist: input alignment holds within each process only "
+                        "until it does (create it with `nextclick topics create`)", extra={"topic": topic})
+
+    def _assign(self) -> bool:
+        try:
+            meta = self._consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        except KafkaException:
+            return False
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in meta.partitions])
+        self.alignment.exchanging = True
+        return True
+
+    def run(self) -> None:
+        try:
+            while not self._assigned and not self.stop.wait(2):
+                self._assigned = self._assign()
+            while not self.stop.is_set():
+                self._publish(final=False)
+                for msg in self._consumer.consume(500, PUBLISH_EVERY_S):
+                    if msg.error() is not None:
+                        continue
+                    entry = decode_entry(msg.value(), self.group_id, self.since_ms)
+                    if entry is not None and self.alignment.peer(*entry):
+                        # A peer just started (or we did): it has not heard our floors yet.
+                        self._sent.clear()
+            if self._assigned:
+                self._publish(final=True)
+        except Exception as exc:  # noqa: BLE001 - progress sharing is best effort; the flow goes on
+            log.error("progress exchange stopped: input alignment now holds within this process only",
+                      extra={"error": str(exc)})
+        finally:
+            self.alignment.exchanging = False
+            self._producer.flush(1)
+            self._consumer.close()
+
+    def _publish(self, *, final: bool) -> None:
+        now = self.alignment.now()
+        heartbeat = self.alignment.idle_s / 3
+        step = self.alignment.bound_ms // 4
+        at = wall_ms()
+        for name, state, floor in self.alignment.local_views():
+            last = self._sent.get(name)
+            if not final and last is not None and last[0] == state and now - last[2] < heartbeat and (
+                    floor == last[1] or (floor is not None and last[1] is not None and 0 <= floor - last[1] < step)):
+                continue
+            self._producer.produce(self.topic, encode_entry(self.group_id, name, state, floor, at),
+                                   entry_key(self.group_id, name))
+            self._sent[name] = (state, floor, now)
+        self._producer.poll(0)

@@ -1,0 +1,218 @@
+"""Seeing what rules see: `nextclick rules explain` (a story of events, trigger by trigger) and the
+attributes of one profile as a rule would read them now (`nextclick profile get`).
+
+`explain` runs the real engine on the story. Each rule's compiled check is wrapped so that, when
+arbitration tries it, every condition is evaluated and recorded with the value it read; the gates'
+verdicts are the Blocked candidates and the Decision the engine itself produced. Nothing here
+decides differently from the flow: it only looks.
+
+The story's clock: events are taken as arriving at their event time (a flow that keeps up). Before
+each event, the timers that are due by its time run, as they would in the flow; after the last
+event, the clock runs on until every pending absence has fired.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from operators.engine import due_at, on_event, on_timers
+from operators.infra.config import ParseConfig
+from operators.io.parse import parse_message
+from operators.profile.facts import durable_view
+from operators.profile.model import Profile, new_profile
+from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
+from operators.rules.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_condition
+from operators.rules.model import CompiledRule, Rule, RuleSet
+
+# Customer ids in a story are hashed with this key only to run the parser; output shows them as written.
+_STORY_SECRET = b"nextclick rules explain"
+_STORY_PARSE = dataclasses.replace(ParseConfig(), max_age_ms=0, max_future_skew_ms=2**62)
+
+
+class StoryError(ValueError):
+    """A line of the story is not a valid event; the message names the file, the line and why."""
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def attributes_at(profile: Profile, ruleset: RuleSet, at_ms: int) -> dict[str, Any]:
+    """Every attribute a rule of `ruleset` could name, as it would read it at `at_ms`: the durable
+    ones and every signal's. Those that need a trigger (`trigger.*`, `customer_channel`, a group's
+    `same_as_trigger`) are left out: a profile alone has none."""
+    view = View(profile, Trigger("", "", at_ms, {}), ruleset.getters)
+    trigger_fields = {a for s in ruleset.signals for a in getattr(s, "trigger_fields", {})}
+    skip = {"trigger", CUSTOMER_CHANNEL} | trigger_fields
+    out = durable_view(profile.facts, at_ms)
+    for name in ruleset.getters:
+        if name not in skip and not name.startswith(TRIGGER_PREFIX) and name not in out:
+            out[name] = view.get(name)
+    return out
+
+
+# --- the story ---------------------------------------------------------------------------------------
+
+def read_story(path: str | Path) -> list[tuple[int, str, Event]]:
+    """(line number, customer as written, event) for every event line; blank lines are skipped.
+
+    Each line is an inbound event as the flow reads it (docs/data-contract.md), checked by the same
+    parser; `customer_id` names the customer (default "story")."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise StoryError(f"{path}: cannot read: {exc.strerror}") from None
+    events = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise StoryError(f"{path}: line {n}: not JSON: {exc}") from None
+        who = body.get("customer_id") if isinstance(body, dict) else None
+        who = who if isinstance(who, str) and who.strip() else "story"
+        item = parse_message(who.encode(), line, None, SourcePosition(str(path), 0, n), secret=_STORY_SECRET,
+                             now_ms=0, config=_STORY_PARSE)
+        if isinstance(item, DeadLetter):
+            raise StoryError(f"{path}: line {n}: {item.reason}: {item.message}")
+        events.append((n, who, item))
+    if not events:
+        raise StoryError(f"{path}: no events")
+    return events
+
+
+@dataclasses.dataclass
+class _Tried:
+    rule: Rule
+    conditions: list[dict[str, Any]]
+    matched: bool
+
+
+def _traced(ruleset: RuleSet, log: list[tuple[Trigger, _Tried]]) -> RuleSet:
+    """The ruleset with each rule's check wrapped to record every condition's value and verdict."""
+    getters = ruleset.getters
+
+    def wrap(compiled: CompiledRule) -> CompiledRule:
+        checks = [(c, compile_condition(c, getters)) for c in compiled.rule.when]
+
+        def matches(view: View) -> bool:
+            conditions = [{"condition": c.text, "value": view.get(c.attribute), "holds": check(view)}
+                          for c, check in checks]
+            matched = all(c["holds"] for c in conditions)
+            log.append((view.trigger, _Tried(compiled.rule, conditions, matched)))
+            return matched
+        return dataclasses.replace(compiled, matches=matches)
+
+    return dataclasses.replace(ruleset, by_trigger={name: tuple(wrap(c) for c in candidates)
+                                                    for name, candidates in ruleset.by_trigger.items()})
+
+
+def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigger, _Tried]],
+            out: Outcome) -> Iterator[dict[str, Any]]:
+    """One entry per trigger judged in this turn, in the order arbitration judged them."""
+    by_trigger: dict[str, tuple[Trigger, list[_Tried]]] = {}
+    for trigger, one in log:
+        by_trigger.setdefault(trigger.trigger_id, (trigger, []))[1].append(one)
+    for trigger_id, (trigger, tried) in by_trigger.items():
+        blocked = {b.rule_id: b.reason for b in out.blocked if b.trigger_id == trigger_id}
+        decision = next((d for d in out.decisions if d.trigger_id == trigger_id), None)
+        seen = {t.rule.id for t in tried}
+        rules = []
+        for t in tried:
+            if not t.matched:
+                verdict = "conditions failed"
+            elif t.rule.id in blocked:
+                verdict = f"blocked: {blocked[t.rule.id]}"
+            else:
+                verdict = "decided"
+            rules.append({"rule": t.rule.id, "priority": t.rule.priority, "conditions": t.conditions,
+                          "outcome": verdict})
+        for candidate in ruleset.by_trigger.get(trigger.name, ()):
+            if candidate.rule.id not in seen:
+                rules.append({"rule": candidate.rule.id, "priority": candidate.rule.priority, "conditions": [],
+                              "outcome": "not tried: a rule before it decided"})
+        yield {"customer": customer, "source": source, "trigger": trigger.name, "trigger_id": trigger_id,
+               "at": rfc3339(trigger.ts), "attributes": trigger.attrs, "rules": rules,
+               "decision": None if decision is None else {
+                   "rule": decision.rule_id, "action": decision.action, "channel": decision.channel,
+                   "offer": decision.offer, "purpose": decision.purpose, "promotion": decision.promotion,
+                   "expires_at": rfc3339(decision.expires_at), "signals": decision.signals}}
+
+
+def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[dict[str, Any]]:
+    """For each trigger of the story (events, then absences as the clock fires them): every rule on
+    it with its conditions' values and verdicts, the gate that blocked it, and the decision."""
+    log: list[tuple[Trigger, _Tried]] = []
+    traced = _traced(ruleset, log)
+    profiles: dict[str, Profile] = {}
+    names: dict[str, str] = {}
+
+    def turn(customer: str, source: str, run: Callable[[Profile, Outcome], Any]) -> tuple[list[dict[str, Any]],
+                                                                                             Outcome]:
+        out = Outcome()
+        log.clear()
+        run(profiles[customer], out)
+        return list(_report(names[customer], source, ruleset, log, out)), out
+
+    def timers_until(now: int, only_absences: bool = False) -> Iterator[dict[str, Any]]:
+        while True:
+            due = sorted((at, c) for c, p in profiles.items()
+                         if (at := _absence_due(p, ruleset) if only_absences else due_at(p, ruleset)) is not None
+                         and at <= now)
+            if not due:
+                return
+            at, customer = due[0]
+            yield from turn(customer, f"clock {rfc3339(at)}",
+                            lambda p, out: on_timers(p, traced, at, out))[0]  # noqa: B023 - called at once
+
+    for line, who, event in story:
+        yield from timers_until(event.ts)
+        names[event.customer] = who
+        if event.customer not in profiles:
+            profiles[event.customer] = new_profile(event.customer)
+        entries, out = turn(event.customer, f"line {line}",
+                            lambda p, out: on_event(p, event, traced, out))  # noqa: B023 - called at once
+        if (out.duplicate or out.late) and event.type in ruleset.by_trigger:
+            entries.append({"customer": who, "source": f"line {line}", "trigger": event.type,
+                            "trigger_id": event.event_id, "at": rfc3339(event.ts), "attributes": event.attrs,
+                            "rules": [], "decision": None,
+                            "note": "a repeated event_id: ignored" if out.duplicate else
+                                    "late (older than the customer's newest event minus the allowed lateness): "
+                                    "it triggers nothing"})
+        yield from entries
+    yield from timers_until(2**62, only_absences=True)
+
+
+def _absence_due(profile: Profile, ruleset: RuleSet) -> int | None:
+    """Wall-clock time the earliest pending absence fires at (deadline plus the allowed lateness)."""
+    deadlines = [d for s in ruleset.firing if (state := profile.signals.get(s.name)) is not None
+                 and (d := s.deadline(state)) is not None]
+    return min(deadlines) + ruleset.late.allowed_lateness_ms if deadlines else None
+
+
+def render(entry: dict[str, Any]) -> str:
+    """An entry as text: the trigger, then each rule with its conditions and outcome."""
+    attrs = ", ".join(f"{k}={v!r}" for k, v in entry["attributes"].items())
+    lines = [f"{entry['at']}  {entry['customer']}  {entry['trigger']}({attrs})  [{entry['source']}]"]
+    if "note" in entry:
+        lines.append(f"  {entry['note']}")
+    for rule in entry["rules"]:
+        lines.append(f"  {rule['rule']} (priority {rule['priority']}): {rule['outcome']}")
+        for c in rule["conditions"]:
+            lines.append(f"      {'ok  ' if c['holds'] else 'FAIL'} {c['condition']}   (value: {c['value']!r})")
+    decision = entry["decision"]
+    if decision is not None:
+        lines.append(f"  => {decision['action']} on {decision['channel']}"
+                     f"{' offer ' + decision['offer'] if decision['offer'] else ''} (rule {decision['rule']}, "
+                     f"expires {decision['expires_at']})")
+    elif entry["rules"]:
+        lines.append("  => no decision")
+    return "\n".join(lines)
