@@ -289,3 +289,101 @@ def test_facts_merge_as_one_profile_would_have_counted_them() -> None:
     # The same (ts), so the consent with the greater event id wins, whichever side it came from.
     assert f.consent["email:marketing"][:3] == [False, T0 + MIN, "x2"]
     assert copy.deepcopy(m.facts) == merged(a, c, ruleset=rules).facts
+
+
+# -- signals with options (operators/signals/options.py, groups.py, absence.Tally) -------------------
+
+OPTIONS = """
+[signals.views_by_category]
+kind = "count"
+events = ["page_view", "add_to_cart"]
+by = "category"
+max_groups = 2
+window = "2h"
+reset_on = ["purchase"]
+
+[signals.spend_by_category]
+kind = "sum"
+events = ["purchase", "app_purchase"]
+field = "amount"
+by = "category"
+window = "6h"
+
+[signals.skus_by_category]
+kind = "distinct"
+events = ["add_to_cart"]
+field = "sku"
+by = "category"
+window = "6h"
+
+[signals.carts_since_purchase]
+kind = "count"
+events = ["add_to_cart"]
+where = ["amount >= 20"]
+reset_on = ["purchase", "app_purchase"]
+window = "6h"
+
+[signals.cart]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase", "app_purchase"]
+after = "60m"
+carry = ["sku"]
+sum = { cart_value = "amount" }
+count = "items"
+
+[[rule]]
+id = "never"
+on = ["page_view"]
+when = ["carts_since_purchase < 0"]
+action = "none"
+channel = "web"
+"""
+
+
+def _options(tmp_path_factory: Any) -> RuleSet:
+    from operators.rules.loader import load_rules
+
+    return load_rules(write_rules(tmp_path_factory.mktemp("options"), OPTIONS))
+
+
+@settings(max_examples=150, deadline=None)
+@given(story=stories(who="PQR", max_size=40, max_gap_min=20))
+def test_signals_with_options_merge_in_any_order_and_grouping(story: list[tuple[str, Any]],
+                                                              tmp_path_factory: Any) -> None:
+    """Commutative for every part; associative too but for a group set held at `max_groups` (like a
+    session, a bounded slot: a group one grouping drops at the cap another keeps), which is why the
+    shard merges in the order of the keys."""
+    rules = _options(tmp_path_factory)
+    p, q, r = (built(story, who, rules) for who in "PQR")
+    assert view(merged(p, q, ruleset=rules)) == view(merged(q, p, ruleset=rules))
+    capped = ("views_by_category",)
+    assert view(merged(merged(p, q, ruleset=rules), r, ruleset=rules), without=capped) == \
+        view(merged(p, merged(q, r, ruleset=rules), ruleset=rules), without=capped)
+
+
+def test_a_reset_on_either_side_clears_what_the_other_gathered_before_it(tmp_path_factory: Any) -> None:
+    rules = _options(tmp_path_factory)
+    a, c = new_profile("A"), new_profile("C")
+    # Buckets of 12 minutes (6h / 30): the reset at +13m clears the buckets up to the one it falls in.
+    on_event(a, make_event("add_to_cart", T0, customer="A", amount=30.0, sku="s1", category="bags"), rules)
+    on_event(a, make_event("add_to_cart", T0 + 30 * MIN, customer="A", amount=25.0, sku="s2", category="bags"),
+             rules)
+    on_event(c, make_event("purchase", T0 + 13 * MIN, customer="C", amount=40.0, category="bags"), rules)
+    m = merged(c, a, ruleset=rules)
+    # The purchase at +13m reset the count: only the cart at +30m is left, as in one profile.
+    one = new_profile("O")
+    for event in [make_event("add_to_cart", T0, customer="O", amount=30.0, sku="s1", category="bags"),
+                  make_event("purchase", T0 + 13 * MIN, customer="O", amount=40.0, category="bags"),
+                  make_event("add_to_cart", T0 + 30 * MIN, customer="O", amount=25.0, sku="s2", category="bags")]:
+        on_event(one, event, rules)
+    assert one.signals["carts_since_purchase"] == [[T0 + 24 * MIN, 1.0]]
+    for name in ("carts_since_purchase", "views_by_category", "carts_since_purchase@reset"):
+        assert m.signals.get(name) == one.signals.get(name), name
+    # Grouped: group by group; the absence carries its totals over, added up.
+    assert m.signals["spend_by_category"] == {"bags": [[T0 + 12 * MIN, 40.0]]}
+    assert m.signals["skus_by_category"] == {"bags": [["s1", T0], ["s2", T0 + 30 * MIN]]}
+    b = new_profile("B")
+    on_event(b, make_event("add_to_cart", T0 + MIN, customer="B", amount=10.0, sku="s9", category="shoes"), rules)
+    cart = merged(b, a, ruleset=rules).signals["cart"]
+    assert cart[0] == T0 + 30 * MIN and cart[3] == {"cart_value": 65.0, "items": 3}
