@@ -566,7 +566,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     others: list[tuple[str, str]] | None = None
     if type(customer_id) is str and customer_id and not customer_id.isspace():
         id_type, raw_id = "customer", customer_id
-        if key:  # a key that is not the customer id itself is another identifier: a link
+        if key and key != customer_id.encode():  # a key that is not the customer id itself is a link
             keyed_type = fields[spec.idt_slot]
             keyed = identifier_of(None, None if keyed_type is _UNSET else keyed_type, key, spec.channel)
             if keyed is not None and keyed[1] != customer_id:

@@ -491,9 +491,17 @@ class ShardState:
         customer applies after every earlier event of that customer in the batch and before every later
         one. Only an item about a customer the current run holds ends the run, and what a completed
         merge releases joins the run: a batch with identity moves keeps runs as long as one without."""
+        waiting, held = self._waiting, self._held
+        if not waiting:
+            for value in values:
+                if type(value) is not Event:
+                    break
+            else:  # only events, no merge under way (the common case): one run, as before identity moves
+                if values:
+                    self._apply_events(values, out)  # type: ignore[arg-type]
+                return
         run: list[Event] = []
         in_run: set[str] = set()
-        waiting, held = self._waiting, self._held
         queue = deque(values)
         while queue:
             value = queue.popleft()
