@@ -78,9 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--bootstrap", help="an existing broker instead of the embedded one")
+    parser.add_argument("--workload", choices=("default", "identity"), default="default",
+                        help="the reference workload (every revision reads it), or the same with anonymous web "
+                             "traffic and sign-ins (revisions with identity stitching only)")
     args = parser.parse_args(argv)
     s = Settings(events=args.events, customers=args.customers, processes=(args.processes,), repeat=args.repeat,
-                 bootstrap=args.bootstrap)
+                 bootstrap=args.bootstrap, workload=args.workload)
     results = compare(args.revisions, s, args.processes)
     first = statistics.median(results[args.revisions[0]])
     for revision, runs in results.items():

@@ -85,6 +85,9 @@ class Settings:
     flow_kafka: dict[str, str] = field(default_factory=dict)
     align: bool = True  # flow.align: event-time alignment of the input partitions
     latency_rate: float = 0.0  # offered ev/s in the latency phase; 0: half of (a)'s measured rate
+    # "default": the reference workload; "identity": the same with anonymous web traffic and sign-ins
+    # (bench/workload.py). Revisions before identity stitching cannot read the identity one (`login`).
+    workload: str = "default"
     run_id: str = field(default_factory=lambda: f"{time.time_ns()}")
 
     @property
@@ -747,7 +750,7 @@ def start_broker(work: Path) -> LocalBroker:
 def produce_workload(s: Settings, bootstrap: str) -> dict[str, float]:
     """Generate the reference workload and produce it to `s.input_topic` before any clock starts."""
     t0 = time.perf_counter()
-    records = workload.serialise(s.events, s.customers, seed=s.seed)
+    records = workload.serialise(s.events, s.customers, seed=s.seed, identity=s.workload == "identity")
     generate_s = time.perf_counter() - t0
     produce_s = workload.produce_events(bootstrap, s.input_topic, records)
     input_bytes = sum(len(v) for _, v in records)
@@ -785,7 +788,7 @@ def run(s: Settings) -> dict[str, Any]:
                          "latency_seconds": s.latency_seconds, "sync": s.sync, "align": s.align,
                          "latency_rate": s.latency_rate, "seed": s.seed,
                          "repeat": s.repeat,
-                         "input_topic": s.input_topic, "flow_kafka": s.flow_kafka,
+                         "input_topic": s.input_topic, "flow_kafka": s.flow_kafka, "workload": s.workload,
                          "mix": dict(workload.MIX), "zipf_s": workload.ZIPF_S},
             "workload": produced,
         }
@@ -864,6 +867,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--bootstrap", help="use this broker instead of starting an embedded one")
     parser.add_argument("--flow-kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="extra librdkafka setting for the flow (repeatable), e.g. fetch.wait.max.ms=10")
+    parser.add_argument("--workload", choices=("default", "identity"), default="default",
+                        help="the reference workload, or the same with anonymous web traffic and sign-ins")
     args = parser.parse_args(argv)
     return Settings(events=args.events, customers=args.customers,
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
@@ -872,7 +877,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                     latency_warmup_seconds=args.latency_warmup_seconds, sync=not args.no_sync, align=not args.no_align,
                     latency_rate=args.latency_rate,
                     seed=args.seed, repeat=max(1, args.repeat), profile=args.profile, bootstrap=args.bootstrap,
-                    flow_kafka=dict(kv.split("=", 1) for kv in args.flow_kafka))
+                    flow_kafka=dict(kv.split("=", 1) for kv in args.flow_kafka), workload=args.workload)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,16 @@ the default allowed lateness (5 min) and the parser's age bound (30 days).
 Everything goes to ONE input topic (`bench.events` by default, 4 partitions), keyed by customer id,
 so a customer's events stay in one partition. Values are pre-serialised with orjson before any
 clock starts; `produce_events` pushes the bytes with a batching confluent-kafka producer.
+
+The `identity` variant (`serialise(..., identity=True)`, `bench.run --workload identity`) is the same
+stream of event types and times, with web traffic (page views, carts, purchases) as a site sees it:
+keyed by a cookie. A known customer's web events carry their cookie next to their customer id (the
+first links the two). A share of web events (`ANONYMOUS_SHARE`) come from anonymous visitors instead:
+a cookie from a pool as large as the customer base, no customer id (an anonymous purchase is a cart);
+`LOGIN_SHARE` of those are a `login` (the visitor's cookie, a customer id, an email), after which the
+visitor's anonymous events land on that customer's profile. Email and call-center events carry the
+customer id, keyed by it. With the defaults about 24% of all events are anonymous and about 1% are
+logins; every event is applied to a profile, so event counts compare with the default workload.
 """
 
 from __future__ import annotations
@@ -87,9 +97,45 @@ def generate(events: int, customers: int, *, seed: int = 42, end_ms: int | None 
         yield event
 
 
-def serialise(events: int, customers: int, **kwargs: Any) -> list[tuple[bytes, bytes]]:
-    """(key, value) pairs ready to produce: the key is the customer id, the value orjson bytes."""
-    return [(e["customer_id"].encode(), orjson.dumps(e)) for e in generate(events, customers, **kwargs)]
+ANONYMOUS_SHARE = 0.3  # of web events: an anonymous visitor's
+LOGIN_SHARE = 0.04  # of anonymous visitors' events: a sign-in
+WEB_TYPES = frozenset({"page_view", "add_to_cart", "purchase"})
+
+
+def with_identity(events: Iterator[dict[str, Any]], customers: int, *,
+                  seed: int = 42) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(Kafka key, event) of the `identity` variant (module docstring), from the reference events."""
+    rng = random.Random(seed + 7)
+    for event in events:
+        customer = event["customer_id"]
+        if event["type"] not in WEB_TYPES:
+            yield customer, event
+            continue
+        if rng.random() >= ANONYMOUS_SHARE:  # a known customer: their cookie and their customer id
+            yield f"k{customer[1:]}", event
+            continue
+        visitor = rng.randrange(1, customers + 1)
+        cookie = f"a{visitor:07d}"
+        if rng.random() < LOGIN_SHARE:
+            yield cookie, {"event_id": event["event_id"], "type": "login", "ts": event["ts"],
+                           "customer_id": customer_id(visitor), "email": f"{customer_id(visitor)}@example.com",
+                           "method": "password"}
+            continue
+        del event["customer_id"]
+        if event["type"] == "purchase":  # anonymous visitors do not buy: they fill carts
+            event = {"event_id": event["event_id"], "type": "add_to_cart", "ts": event["ts"], "sku": "sku-00001",
+                     "amount": event["amount"], "quantity": 1, "category": event["category"]}
+        yield cookie, event
+
+
+def serialise(events: int, customers: int, *, identity: bool = False, **kwargs: Any) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs ready to produce: the key is the customer id (in the `identity` variant, the
+    cookie for web events), the value orjson bytes."""
+    stream = generate(events, customers, **kwargs)
+    if identity:
+        return [(key.encode(), orjson.dumps(e))
+                for key, e in with_identity(stream, customers, seed=kwargs.get("seed", 42))]
+    return [(e["customer_id"].encode(), orjson.dumps(e)) for e in stream]
 
 
 def producer_config(bootstrap: str) -> dict[str, Any]:

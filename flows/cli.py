@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import orjson
 
+from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import DEFAULT_RULES_FILE, Config, load_config
 
 
@@ -36,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows import cluster as cl
     from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
+    from operators.identity.guards import load_identity_rules
     from operators.infra.logs import configure_logging
     from operators.infra.runtime import tune_gc
     from operators.io.kafka import redacted, wait_for_broker
@@ -48,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
     ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
+    load_identity_rules(config.identity.file or None)  # and so does a bad identity rules file
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
     config = metrics_settings(config, args.metrics_address, args.metrics_port)
@@ -128,6 +131,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
+    from operators.identity.graph import resolve_offline
     from operators.state.manifest import verify_config
     from operators.state.shard_state import read_profile
 
@@ -139,6 +143,10 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
         raise LookupError(f"no profile for that customer in {config.state.dir}")
     if "quarantined" not in profile:
         profile["derived"] = _derived(profile, config, args.at)
+    key, anchor = resolve_offline(config.state.dir, customer)
+    # Which identifiers the profile holds, by type and how many: keys only, never a raw value.
+    profile["identity"] = {"profile_key": key, "linked": anchor is not None,
+                           "identifiers": {t: len(keys) for t, keys in (profile.get("ids") or {}).items()}}
     print(orjson.dumps(profile, option=orjson.OPT_INDENT_2).decode())
     return 0
 
@@ -179,11 +187,7 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
-    from operators.rules.loader import load_rules
-    from operators.state.keys import shard_of, shard_path
     from operators.state.manifest import verify_config
-    from operators.state.shard_state import erase_customer
-    from operators.state.store import ShardStore, StateError
 
     config = load_config(args.config)
     verify_config(config)
@@ -202,24 +206,37 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
                             "state": "queued: the running flow erases it at its next batch"}).decode())
         return 0
-    path = shard_path(config.state.dir, shard_of(customer, config.state.shards))
-    if not path.exists():
-        raise LookupError(f"no shard directory {path}: nothing stored for that customer")
-    try:
-        store = ShardStore(path, keep_checkpoints=config.state.keep_checkpoints)
-    except StateError:
-        raise StateError(f"{path} is in use by a running flow; use `nextclick profile erase --online` to send "
-                         f"the erase command through {config.topics.control}") from None
-    with store:
-        existed = erase_customer(store, customer, load_rules(config.flow.rules_file or DEFAULT_RULES_FILE))
-        store.purge()
-    print(orjson.dumps({"customer": customer, "erased": existed, "shard_dir": str(path)}).decode())
+    from operators.state.erase import erase_offline
+
+    print(orjson.dumps(erase_offline(config, customer)).decode())
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`address,key` for every line of stdin: a delivery system's contact table, made where it lives."""
+    import csv
+
+    from operators.identity.pseudonyms import pseudonymize_cached
+
+    config = _config(args)
+    secret = config.privacy.resolve_secret()
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    written = 0
+    for line in sys.stdin:
+        raw = line.rstrip("\r\n")  # identifiers are hashed exactly as sent: never trimmed or folded
+        if not raw or raw.isspace():
+            continue
+        writer.writerow([raw, pseudonymize_cached(args.id_type, raw, secret)])
+        written += 1
+        if written % 100_000 == 0:
+            print(f"keys: {written} written", file=sys.stderr, flush=True)
+    print(f"keys: {written} {args.id_type} identifiers hashed with the configured secret", file=sys.stderr)
     return 0
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
-    from operators.state.keys import PROFILE_PREFIX, shard_path
-    from operators.state.manifest import verify_config
+    from operators.state.keys import PROFILE_PREFIX
+    from operators.state.manifest import family_dirs, state_families, verify_config
     from operators.state.store import ShardStore, dir_bytes
 
     config = load_config(args.config)
@@ -228,21 +245,27 @@ def cmd_state_info(args: argparse.Namespace) -> int:
         raise LookupError(f"no state directory at {state_dir}")
     manifest = verify_config(config)
     shards: list[dict[str, Any]] = []
-    for shard in range(config.state.shards):
-        path = shard_path(state_dir, shard)
-        if not path.exists():
-            continue
-        store = ShardStore.open_read_only(path)
-        try:
-            stats = store.stats()
-            customers = sum(1 for _ in store.scan(PROFILE_PREFIX)) if args.exact else None
-        finally:
-            store.close()
-        shards.append({"shard": shard, "seq": stats["seq"], "committed_floor": stats["committed_floor"],
-                       "restorable_from_seq": stats["oldest_restorable_seq"],
-                       "keys_estimate": stats["keys"], "customers": customers, "bytes": stats["disk_bytes"]})
-        if args.exact:
-            print(f"counted shard {shard + 1}/{config.state.shards}", file=sys.stderr, flush=True)
+    others: list[dict[str, Any]] = []
+    for family in state_families(config):
+        for shard, path in sorted(family_dirs(state_dir, family).items()):
+            if shard >= family.shards:
+                continue
+            store = ShardStore.open_read_only(path)
+            try:
+                stats = store.stats()
+                customers = sum(1 for _ in store.scan(PROFILE_PREFIX)) if args.exact and family.profiles else None
+            finally:
+                store.close()
+            entry = {"shard": shard, "seq": stats["seq"], "committed_floor": stats["committed_floor"],
+                     "restorable_from_seq": stats["oldest_restorable_seq"],
+                     "keys_estimate": stats["keys"], "customers": customers, "bytes": stats["disk_bytes"]}
+            if family.name == "profiles":
+                shards.append(entry)
+            else:
+                others.append({"family": family.name, **entry})
+            if args.exact:
+                print(f"counted {family.rel(shard)}", file=sys.stderr, flush=True)
+    every = shards + others
     recovery = Path(config.state.recovery_dir)
     recovery_bytes = dir_bytes(recovery)
     info = {
@@ -250,17 +273,21 @@ def cmd_state_info(args: argparse.Namespace) -> int:
         "identity": None if manifest is None else {
             "lineage": manifest.lineage, "shards": manifest.shards, "profile_format": manifest.profile_format,
             "secret_fingerprint": manifest.secret_fingerprint, "created_at": manifest.created_at,
-            "restored_from": manifest.restore.savepoint if manifest.restore else None},
+            "restored_from": manifest.restore.savepoint if manifest.restore else None,
+            "identity_priority": list(manifest.identity_priority) if manifest.identity_priority else None},
         "shards_configured": config.state.shards,
         "shards_on_disk": len(shards),
-        "customers": sum(s["customers"] or 0 for s in shards) if args.exact else None,
-        "keys_estimate": sum(s["keys_estimate"] for s in shards),
-        "bytes_on_disk": sum(s["bytes"] for s in shards),
+        # Every profile, whichever family holds it (linked profiles are one per customer, however
+        # many identifiers they hold).
+        "customers": sum(s["customers"] or 0 for s in every) if args.exact else None,
+        "keys_estimate": sum(s["keys_estimate"] for s in every),
+        "bytes_on_disk": sum(s["bytes"] for s in every),
         "recovery_dir": str(recovery),
         "recovery_bytes": recovery_bytes,
         "checkpoints": {"kept_per_shard": config.state.keep_checkpoints,
                         "newest_seq": max((s["seq"] for s in shards), default=0)},
         "shards": shards,
+        "other_stores": others,
     }
     print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
     return 0
@@ -449,22 +476,35 @@ def build_parser() -> argparse.ArgumentParser:
     get = profile_sub.add_parser(
         "get", help="print one customer's committed profile as JSON, with the attributes rules read now",
         description="The stored profile (facts, signals, history) and, under \"derived\", every attribute a rule "
-                    "of the configured rules file would read at --at: segment, RFM scores, days since, signals.")
-    get.add_argument("key", help="the customer identifier (hashed with the configured secret)")
-    get.add_argument("--id-type", default="customer", help="identifier type (customer, cookie, device, email...)")
+                    "of the configured rules file would read at --at: segment, RFM scores, days since, signals. "
+                    "Any identifier of a linked profile shows that profile, and \"identity\" says how many "
+                    "identifiers of each type it holds (never a raw value).")
+    get.add_argument("key", help="any identifier of the customer (hashed with the configured secret)")
+    get.add_argument("--id-type", default="customer", choices=sorted(ID_TYPES),
+                     help="identifier type of KEY (default customer)")
     get.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     get.add_argument("--config", help="TOML configuration file")
     get.add_argument("--at", help="when the derived attributes are computed for (epoch ms or RFC 3339; default now)")
     get.set_defaults(func=cmd_profile_get)
     erase = profile_sub.add_parser("erase", help="right to erasure: remove a customer from state and checkpoints")
-    erase.add_argument("key", help="the customer identifier (hashed with the configured secret)")
-    erase.add_argument("--id-type", default="customer", help="identifier type (customer, cookie, device, email...)")
+    erase.add_argument("key", help="any identifier of the customer (hashed with the configured secret): every "
+                                   "identifier linked with it goes too, with their profile")
+    erase.add_argument("--id-type", default="customer", choices=sorted(ID_TYPES), help="identifier type of KEY")
     erase.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     erase.add_argument("--online", action="store_true",
                        help="send the erase command to the control topic for the running flow")
     erase.add_argument("--request-id", help="id of the erasure request (with --online)")
     erase.add_argument("--config", help="TOML configuration file")
     erase.set_defaults(func=cmd_profile_erase)
+
+    keys = sub.add_parser(
+        "keys", help="print `address,key` for identifiers read from stdin, hashed with the deployment's secret",
+        description="Build a delivery system's contact table without sending addresses anywhere: each line of "
+                    "stdin is one identifier (hashed exactly as written: not trimmed, not lower-cased); each line "
+                    "of stdout is `identifier,key` (CSV), the key being what decisions carry in `address.key`.")
+    keys.add_argument("--id-type", required=True, choices=sorted(ID_TYPES), help="what the lines are (email...)")
+    keys.add_argument("--config", help="TOML configuration file (privacy.secret_file / NEXTCLICK_PRIVACY__SECRET)")
+    keys.set_defaults(func=cmd_keys)
 
     rules = sub.add_parser("rules", help="check, test and explain a rules file (no Kafka needed)")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)

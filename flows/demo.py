@@ -190,9 +190,14 @@ def _show(msg: Any, decisions_topic: str, names: dict[str, str], start: int, out
         who = names.get(body["customer"], body["customer"][:12] + "…")
         why = ", ".join(f"{k}={v}" for k, v in body["reasons"]["signals"].items())
         icon = CHANNEL_ICONS.get(body["channel"], "•")
+        address = body.get("address")
+        to = f"  → {address['id_type']} key {address['key'][:10]}…" if address else ""
         print(f"{_clock(sim)}  {icon} {body['channel']:<11} {body['reasons']['rule_id']:<26} {who:<20} "
-              f"{body['offer'] or body['action']}  ({body['trigger']['name']}{': ' + why if why else ''})",
+              f"{body['offer'] or body['action']}  ({body['trigger']['name']}{': ' + why if why else ''}){to}",
               file=out, flush=True)
+        if names.get(body["customer"], "").startswith("anonymous_shopper") and body["channel"] == "email":
+            print(f"{'':>9}    one profile for the cookie, the sign-in and the email; the decision body: "
+                  f"{orjson.dumps(body).decode()}", file=out, flush=True)
     else:
         reason = headers.get("nextclick.errors.reason", b"?").decode()
         where = (f"{headers.get('__connect.errors.topic', b'?').decode()}"

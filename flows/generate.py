@@ -2,8 +2,10 @@
 
 Personas behave the way real customers do, so every default rule, cap, suppression and consent
 path shows up: browsers, cart abandoners, buyers who come back and buy, loyal buyers, lapsed
-high-value customers, customers who opted out or never consented, complainers, callers. Some
-messages carry PII fields (they must be dropped) and a few are garbage (they must be dead-lettered).
+high-value customers, customers who opted out or never consented, complainers, callers, and an
+anonymous shopper who fills a cart before signing in (identity stitching). Web events carry the
+visitor's cookie as Kafka key next to the customer id, which links the two. Some messages carry PII
+fields (they must be dropped) and a few are garbage (they must be dead-lettered).
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ class _Script:
         self.t += int(minutes * MINUTE)
         return self
 
-    def emit(self, event_type: str, at: int | None = None, key: str | None = None, **attrs: Any) -> _Script:
+    def emit(self, event_type: str, at: int | None = None, key: str | None = None, anonymous: bool = False,
+             **attrs: Any) -> _Script:
+        """One event; `anonymous`: without the customer id (only the Kafka key names the visitor)."""
         self.n += 1
         ts = self.t if at is None else at
         channel = EVENT_CHANNELS[event_type]
         body = {"event_id": f"{self.customer}-{self.n}", "type": event_type, "ts": ts,
-                "customer_id": self.customer, **attrs}
+                **({} if anonymous else {"customer_id": self.customer}), **attrs}
         # The identifier the channel knows is the Kafka key; the payload names the customer.
         kafka_key = key or {"web": f"cookie-{self.customer}", "mobile": f"device-{self.customer}",
                             "email": f"{self.customer}@example.com"}.get(channel, self.customer)
@@ -108,13 +112,24 @@ def _persona(name: str, customer: str, start: int, rng: random.Random) -> list[P
         s.emit("call_center_contact", topic="delivery", outcome="unresolved", name="Jane Example")
     elif name == "caller":
         s.emit("call_center_contact", topic="billing", outcome="unresolved", email=f"{customer}@example.com")
+    elif name == "anonymous_shopper":
+        # Browses and fills a cart known only by a cookie, then signs in (cookie, customer id, email): the
+        # anonymous profile merges into the customer's, and the abandoned cart's email goes to the email key.
+        cookie = f"anon-{customer}"
+        for _ in range(3):
+            s.emit("page_view", key=cookie, anonymous=True, page_type="product",
+                   category=rng.choice(CATEGORIES)).wait(1.5)
+        s.emit("add_to_cart", key=cookie, anonymous=True, sku=f"sku-{rng.randint(1, 999)}", amount=amount,
+               quantity=1, category=rng.choice(CATEGORIES)).wait(4)
+        s.emit("login", key=cookie, email=f"{customer}@example.com", method="password").wait(1)
+        s.consent()
     else:
         raise ValueError(f"unknown persona {name!r}")
     return s.out
 
 
 PERSONAS = ("browser", "cart_abandoner", "cart_then_buyer", "loyal_buyer", "lapsed_high_value",
-            "opted_out", "no_consent", "complainer", "caller")
+            "opted_out", "no_consent", "complainer", "caller", "anonymous_shopper")
 
 
 def garbage(rng: random.Random, at: int, n: int) -> Planned:

@@ -1,25 +1,34 @@
-"""The targeting dataflow: Kafka events in, profiles in shards, CloudEvent decisions and dead letters out.
+"""The targeting dataflow: Kafka events in, identity resolved, profiles in shards, CloudEvent decisions
+and dead letters out.
 
-    kafka_in ─── parse ────┬─ (shard, event) ─────┬─ profiles (stateful by shard) ─┬─ unexpired ─ encode ─ decisions_out
-    control_in ─ control ──┼─ (shard, command) ───┘                               │
-                           └─ refused ────────────────────────── dead_letter ─────┴─ processing errors
-                                                                      └─ dead_letters_out
+    kafka_in ─── parse ─────┬─ ("identity", event) ──┬─ identity ─┬─ profiles ───────┬─ unexpired ─ encode ─┐
+    control_in ─ control ───┼─ ("identity", command) ┘            ├─ linked_<type> ──┤   (moved profiles   │
+                            │                                     └─ ...            ─┤    flow to later    │
+                            └─ refused ──────────────────────────────── dead_letter ─┴─   families)      decisions_out
+                                                                            └─ dead_letters_out
 
-Thin on purpose: every step is a function from `operators/`. The parse steps route each item to its
-shard (a savepoint command goes to every shard). Before anything is wired, the state and recovery
-directories are checked against the configuration (operators/state/manifest.py).
+Thin on purpose: every step is a function from `operators/`. The identity stage (one key,
+operators/identity/stage.py) sends each event to the shard of the profile it updates, in the family
+of stores that profile lives in (operators/state/layout.py): `profiles` for identifiers linked to
+nothing, as before identity stitching, and one `linked_<type>` family per identifier type a linked
+profile can be keyed by. A link moves profiles only to later families, so the graph has no cycle.
+Before anything is wired, the state and recovery directories are checked against the configuration
+(operators/state/manifest.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
+from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+from operators.identity.guards import load_identity_rules
+from operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from operators.infra import metrics
 from operators.infra.clock import Clock, SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic, progress_topic
@@ -29,17 +38,18 @@ from operators.io.deadletter import dead_letter_record
 from operators.io.decisions import encode_decision, expired
 from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
-from operators.records import DeadLetter, Decision, EraseRequest, Event, SavepointRequest, SourcePosition
+from operators.records import DeadLetter, Decision, EraseRequest, Event, MoveIn, SavepointRequest, SourcePosition
 from operators.rules.loader import load_rules
 from operators.rules.model import RuleSet
-from operators.state.keys import shard_of
+from operators.state.layout import profile_families
 from operators.state.manifest import StartPlan, check_start
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext, ShardItem, ShardOutput
+from operators.state.shard import ResumeState, ShardLogic
+from operators.state.shard_state import ShardContext, ShardOutput
 
-Routed = tuple[str, ShardItem]
+Routed = tuple[str, Any]
 # NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.
 position = tuple.__new__
+_routed = itemgetter(1)  # the identity stage emits (its key, (shard key, item)): keep the inner pair
 
 
 def _is_routed(item: Routed | DeadLetter) -> TypeGuard[Routed]:
@@ -50,8 +60,32 @@ def _is_decision(item: tuple[str, ShardOutput]) -> TypeGuard[tuple[str, Decision
     return type(item[1]) is Decision
 
 
+def _is_moved(item: tuple[str, ShardOutput]) -> bool:
+    return type(item[1]) is MoveIn
+
+
 def _unkeyed(item: tuple[str, ShardOutput]) -> ShardOutput:
     return item[1]
+
+
+def _moved_to(item: tuple[str, Any]) -> tuple[str, MoveIn]:
+    moved = item[1]
+    return moved.route, moved
+
+
+def _to_profiles(item: tuple[str, Any]) -> bool:
+    """`profiles` shards keep their historical keys: a number."""
+    return item[0].isdigit()
+
+
+def _shard_builder(ctx: ShardContext) -> Callable[[ResumeState | None], ShardLogic]:
+    return lambda resume: ShardLogic(ctx, resume)
+
+
+def _prefixed(prefix: str) -> Any:
+    def test(item: tuple[str, Any]) -> bool:
+        return bool(item[0].startswith(prefix))
+    return test
 
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
@@ -63,24 +97,26 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     """
     clock = clock or SystemClock()
     ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    identity_rules = load_identity_rules(config.identity.file or None)
     secret = config.privacy.resolve_secret()
     plan = plan if plan is not None else check_start(config, flow_name=name)
     shards = config.state.shards
-    keys = [str(n) for n in range(shards)]
     parse_config = config.parse
     topics = config.topics
     savepoint_dir = Path(config.state.savepoint_dir)
-    ctx = ShardContext(state_dir=Path(config.state.dir), shards=shards, ruleset=ruleset, clock=clock,
-                       cache_profiles=config.state.cache_profiles_per_shard,
-                       keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan)
+    state_dir = Path(config.state.dir)
+    families = profile_families(shards, identity_rules.anchors)
+    identity = IdentityContext(state_dir=state_dir, shards=shards, rules=identity_rules,
+                               cache_identifiers=config.identity.cache_identifiers,
+                               keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan)
 
     def parse_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
         for m in batch:
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
-                                 secret=secret, now_ms=now, config=parse_config)
-            out.append((keys[shard_of(item.customer, shards)], item) if isinstance(item, Event) else item)
+                                 secret=secret, now_ms=now, config=parse_config, guards=identity_rules)
+            out.append((IDENTITY_KEY, item) if isinstance(item, Event) else item)
         return out
 
     def parse_control_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
@@ -88,10 +124,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         for m in batch:
             item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
                                  secret=secret, savepoint_dir=savepoint_dir)
-            if isinstance(item, EraseRequest):
-                out.append((keys[shard_of(item.customer, shards)], item))
-            elif isinstance(item, SavepointRequest):
-                out.extend((keys[n], dataclasses.replace(item, shard=n)) for n in range(shards))
+            if isinstance(item, (EraseRequest, SavepointRequest)):
+                out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there
             elif item is not None:  # None: a drain request, for the drain watchers (operators/infra/drain.py)
                 out.append(item)
         return out
@@ -132,11 +166,40 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
                         _is_routed)
     work = op.merge("events_and_commands", split.trues, control.trues)
-    results = op.branch("decided", op.stateful_batch("profiles", work, lambda resume: ShardLogic(ctx, resume)),
-                        _is_decision)
-    failed = op.map("processing_errors", results.falses, _unkeyed)
-    refused = op.map("dead_letter", op.merge("refused", split.falses, control.falses, failed), dead_letter)
+    routed = op.map("routed", op.stateful_batch("identity", work, lambda resume: IdentityLogic(identity, resume)),
+                    _routed)
+    # Each family's share of what the identity stage routed; `profiles` (by far the most) first.
+    to_profiles = op.branch("to_profiles", routed, _to_profiles)
+    inputs = {families[0].name: [to_profiles.trues]}
+    rest = to_profiles.falses
+    for family in families[1:]:
+        share = op.branch(f"to_{family.name}", rest, _prefixed(f"{family.anchor}/"))
+        inputs[family.name] = [share.trues]
+        rest = share.falses
+    decided: list[Any] = []
+    failed: list[Any] = [split.falses, control.falses]
+    for n, family in enumerate(families):
+        ctx = ShardContext(state_dir=family.root(state_dir), shards=shards, ruleset=ruleset, clock=clock,
+                           cache_profiles=config.state.cache_profiles_per_shard,
+                           keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
+                           family=family.name)
+        first = n == 0  # `profiles` keeps the step names it always had
+        items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
+            op.merge(f"into_{family.name}", *inputs[family.name])
+        out = op.stateful_batch(family.name, items, _shard_builder(ctx))
+        results = op.branch("decided" if first else f"decided_{family.name}", out, _is_decision)
+        decided.append(results.trues)
+        others = op.branch(f"moved_from_{family.name}", results.falses, _is_moved)
+        failed.append(op.map("processing_errors" if first else f"processing_errors_{family.name}",
+                             others.falses, _unkeyed))
+        if n + 1 < len(families):  # profiles move only to later families
+            moved = op.map(f"moves_from_{family.name}", others.trues, _moved_to)
+            for later in families[n + 1:]:
+                inputs[later.name].append(op.filter(f"moves_{family.name}_to_{later.name}", moved,
+                                                    _prefixed(f"{later.anchor}/")))
+    refused = op.map("dead_letter", op.merge("refused", *failed), dead_letter)
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
-    fresh = op.filter_value("unexpired", results.trues, unexpired)
+    all_decided = decided[0] if len(decided) == 1 else op.merge("decisions", *decided)
+    fresh = op.filter_value("unexpired", all_decided, unexpired)
     op.output("decisions_out", op.map_value("encode", fresh, to_message), KafkaOutput(config.kafka, shards))
     return flow

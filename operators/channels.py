@@ -23,6 +23,9 @@ EVENT_CHANNELS: dict[str, str] = {
     "call_center_contact": "call_center",
     "consent": "web",
     "complaint": "call_center",
+    # Identity: the identifiers they name are linked into one profile (operators/identity/).
+    "login": "web",
+    "identify": "web",
 }
 
 # Event types that count as a purchase for the durable facts and the purchase suppressions.

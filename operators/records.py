@@ -40,6 +40,12 @@ class Event:
     # The message as read (key, value, headers), held only in memory so that an event whose
     # processing fails can still be dead-lettered byte for byte; never stored, logged or emitted.
     raw: RawRecord | None = field(default=None, repr=False, compare=False)
+    # Identity (operators/identity/): the type of the identifier `customer` was made from, the other
+    # identifiers the event names as (type, pseudonymous key) - each a link to `customer` -, and the
+    # types of those refused in the parser as blocked values. None/empty for events built elsewhere.
+    id_type: str | None = None
+    links: tuple[tuple[str, str], ...] = ()
+    blocked: tuple[str, ...] = ()
 
 
 # Kafka key, value and headers of a message as read.
@@ -75,6 +81,8 @@ class EraseRequest:
     customer: str  # pseudonymous customer key
     request_id: str
     source: SourcePosition | None = None
+    # One of the parts the identity stage sends every family for an erasure it has counted already.
+    part: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +96,44 @@ class SavepointRequest:
     request_id: str
     path: str
     token: str
+    source: SourcePosition | None = None
+    # The family of stores the shard belongs to: its directory under state.dir ("" for profiles;
+    # operators/state/layout.py).
+    store: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveOut:
+    """Identity stage -> the shard holding `customer`'s profile: take it out of the shard and send it
+    on to `into` (the key of the profile it merges into), whose shard's Bytewax key is `route`."""
+
+    customer: str
+    into: str
+    route: str
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeExpect:
+    """Identity stage -> the shard of `customer`, the key of a merged profile: the profiles keyed
+    `sources` are on their way (as MoveIn); hold this customer's items until all have arrived, merge
+    them in, and record `ids` (every identifier of the merged profile, by type)."""
+
+    customer: str
+    sources: tuple[str, ...]
+    ids: dict[str, list[str]]
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveIn:
+    """A profile taken out of its shard, on its way to the shard of `customer` (Bytewax key `route`).
+    `blob` is the profile as stored (None: the identifier had no profile)."""
+
+    customer: str
+    moved: str
+    blob: bytes | None
+    route: str
     source: SourcePosition | None = None
 
 
@@ -123,6 +169,11 @@ class Decision:
     # complaints do not suppress): additive decision fields (schemas/decision.v1.json).
     purpose: str = "marketing"
     promotion: bool = True
+    # How the profile can be reached (operators/identity/addressing.py): the decision channels it has
+    # an identifier for, and for this decision's channel the (id type, pseudonymous key) to use.
+    # None when the profile's identifiers are unknown (stored before they were recorded).
+    reachable: tuple[str, ...] | None = None
+    address: tuple[str, str] | None = None
 
 
 class Blocked(NamedTuple):

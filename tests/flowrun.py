@@ -27,9 +27,11 @@ from bytewax.recovery import init_db_dir
 from confluent_kafka import Producer
 
 from flows.local_broker import free_port
+from operators.identity.guards import default_identity_rules
 from operators.io.kafka import consume_all, ensure_topics
 from operators.profile.codec import stored_as_dict
-from operators.state.keys import PROFILE_PREFIX, shard_path
+from operators.state.keys import PROFILE_PREFIX
+from operators.state.layout import has_store, profile_families
 from operators.state.store import ShardStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,6 +85,61 @@ def workload(customers: int, *, seed: int = 11, start_ms: int | None = None, spa
             t += rng.randrange(1, step)
             value = orjson.dumps({"event_id": f"{who}-{i}", "type": etype, "ts": t, "customer_id": who, **attrs})
             timed.append((t, n, (who, who.encode(), value)))
+    timed.sort(key=lambda x: (x[0], x[1]))
+    return [m for _, _, m in timed]
+
+
+def identity_workload(persons: int, *, seed: int = 13, start_ms: int | None = None,
+                      span_ms: int = 120_000) -> list[Message]:
+    """Valid events of `persons` people who browse anonymously and then sign in, in event-time order.
+
+    Each person's story, seeded: page views (and often a cart) known only by a cookie; sometimes a
+    consent or a store purchase under their customer id before they sign in (then both identifiers
+    have a profile to merge); mostly a `login` naming the cookie, the customer id and an email; then
+    events by any of those (web events with the cookie and customer id, a purchase by the customer id,
+    an email click keyed by the address), a second browser's login, an `identify` linking a device.
+    A person's events are all tagged with the person (`Message[0]`), so `produce` keeps their order.
+    Times are recent, as in `workload`, so no absence falls due while a test runs.
+    """
+    rng = random.Random(seed)
+    start = start_ms if start_ms is not None else int(time.time() * 1000) - span_ms - 30_000
+    timed: list[tuple[int, int, Message]] = []
+    n = 0
+    for p in range(persons):
+        person, cookie, customer, email = f"p{p:05d}", f"ck-{p:05d}", f"cust-{p:05d}", f"p{p:05d}@example.com"
+        t = start + rng.randrange(0, span_ms // 2)
+        step = max(1, span_ms // 2 // 14)
+        story: list[tuple[str, dict[str, Any]]] = []
+        for _ in range(rng.randint(1, 3)):
+            story.append((cookie, {"type": "page_view", "page_type": "product", "category": rng.choice(CATEGORIES)}))
+        if rng.random() < 0.6:
+            story.append((cookie, {"type": "add_to_cart", "sku": f"sku-{rng.randrange(50)}", "quantity": 1,
+                                   "amount": round(rng.uniform(5, 150), 2), "category": rng.choice(CATEGORIES)}))
+        if rng.random() < 0.4:
+            story.append((customer, {"type": "consent", "customer_id": customer, "channel": "email",
+                                     "purpose": "marketing", "granted": rng.random() < 0.8}))
+        if rng.random() < 0.2:
+            story.append((customer, {"type": "store_purchase", "customer_id": customer, "order_id": f"s-{p}",
+                                     "amount": round(rng.uniform(10, 200), 2)}))
+        if rng.random() < 0.85:
+            story.append((cookie, {"type": "login", "customer_id": customer, "email": email, "method": "password"}))
+            if rng.random() < 0.5:
+                story.append((cookie, {"type": "page_view", "customer_id": customer, "page_type": "checkout"}))
+            if rng.random() < 0.4:
+                story.append((customer, {"type": "purchase", "customer_id": customer, "order_id": f"o-{p}",
+                                         "amount": round(rng.uniform(20, 300), 2), "currency": "EUR"}))
+            if rng.random() < 0.3:
+                story.append((email, {"type": "email_click", "customer_id": customer, "campaign_id": "weekly"}))
+            if rng.random() < 0.2:
+                story.append((f"ck2-{p:05d}", {"type": "login", "customer_id": customer, "method": "sso"}))
+            if rng.random() < 0.2:
+                story.append((f"dev-{p:05d}", {"type": "identify", "id_type": "device", "customer_id": customer,
+                                               "source": "app_link"}))
+        for i, (kafka_key, body) in enumerate(story):
+            n += 1
+            t += rng.randrange(1, step)
+            value = orjson.dumps({"event_id": f"{person}-{i}", "ts": t, **body})
+            timed.append((t, n, (person, kafka_key.encode(), value)))
     timed.sort(key=lambda x: (x[0], x[1]))
     return [m for _, _, m in timed]
 
@@ -283,18 +340,22 @@ def crash_run(setup: FlowSetup, plan: Sequence[Kill], *, runner: str = "cli", fa
 
 
 def read_profiles(state_dir: Path, shards: int) -> dict[str, dict[str, Any]]:
-    """Every committed profile of every shard, by customer key (read-only; the flow must be stopped)."""
+    """Every committed profile of every shard of every family (own and linked profiles), by profile key
+    (read-only; the flow must be stopped)."""
     out: dict[str, dict[str, Any]] = {}
-    for shard in range(shards):
-        path = shard_path(state_dir, shard)
-        if not path.exists():
-            continue
-        store = ShardStore.open_read_only(path)
-        try:
-            for key, value in store.scan(PROFILE_PREFIX):
-                out[key[len(PROFILE_PREFIX):].decode()] = stored_as_dict(value)
-        finally:
-            store.close()
+    for family in profile_families(shards, default_identity_rules().anchors):
+        for shard in range(shards):
+            path = family.path(state_dir, shard)
+            if not has_store(path):
+                continue
+            store = ShardStore.open_read_only(path)
+            try:
+                for key, value in store.scan(PROFILE_PREFIX):
+                    customer = key[len(PROFILE_PREFIX):].decode()
+                    assert customer not in out, f"{customer} has a profile in two families"
+                    out[customer] = stored_as_dict(value)
+            finally:
+                store.close()
     return out
 
 

@@ -123,7 +123,13 @@ def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: 
 def test_state_reset_says_what_it_destroys_and_needs_yes(deployment: FlowSetup, tmp_path: Path) -> None:
     dry = nextclick(deployment, "state", "reset")
     assert dry.returncode != 0 and "--yes" in dry.stderr and "nothing was changed" in dry.stderr
-    assert orjson.loads(dry.stdout)["shard_directories"] == 4
+    # Every store goes: the 4 profile shards, the identity graph, and linked profiles' shards opened so far.
+    from operators.state.layout import has_store
+
+    stores = sorted(p for p in deployment.state_dir.rglob("shard-*") if p.is_dir() and has_store(p))
+    assert len([p for p in stores if p.parent == deployment.state_dir]) == 4
+    assert (deployment.state_dir / "identity" / "shard-0000") in stores
+    assert orjson.loads(dry.stdout)["shard_directories"] == len(stores)
     assert len(read_profiles(deployment.state_dir, 4)) >= CUSTOMERS - 2
     import shutil
 

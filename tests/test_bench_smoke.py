@@ -36,6 +36,30 @@ def test_workload_mix_and_contract() -> None:
     assert workload.parse_live_id("not-a-live-id") is None
 
 
+def test_the_identity_workload_is_the_reference_one_seen_by_a_site() -> None:
+    """Same events, times and count; web traffic keyed by cookies, a quarter anonymous, about 1% sign-ins;
+    every message parses into an event (none is dead-lettered, so event counts compare across revisions)."""
+    import orjson
+
+    from operators.infra.config import ParseConfig
+    from operators.io.parse import parse_message
+    from operators.records import Event, SourcePosition
+
+    end = 1_800_000_000_000
+    plain = workload.serialise(20_000, 2_000, seed=3, end_ms=end)
+    stitched = workload.serialise(20_000, 2_000, seed=3, end_ms=end, identity=True)
+    assert len(plain) == len(stitched) == 20_000
+    events = [orjson.loads(v) for _, v in stitched]
+    assert [e["ts"] for e in events] == [orjson.loads(v)["ts"] for _, v in plain]
+    anonymous = sum("customer_id" not in e for e in events) / len(events)
+    logins = sum(e["type"] == "login" for e in events) / len(events)
+    assert 0.18 < anonymous < 0.3 and 0.005 < logins < 0.02, (anonymous, logins)
+    for key, value in stitched:
+        parsed = parse_message(key, value, None, SourcePosition("t", 0, 0), secret=b"s", now_ms=end,
+                               config=ParseConfig())
+        assert isinstance(parsed, Event), parsed
+
+
 def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
     settings = bench_run.parse_args(["--events", "2000", "--customers", "200", "--processes", "1",
                                      "--out", str(tmp_path), "--summaries", str(tmp_path / "summaries"),

@@ -162,3 +162,77 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
     # SST's smallest and largest key) until RocksDB compacts that SST away. See the report.
     with_key = sorted(p.name for p in shard_dir.iterdir() if p.is_file() and gone_key.encode() in p.read_bytes())
     assert with_key == [], f"{shard_dir}: the erased customer's key is still in the bytes of {with_key}"
+
+
+@pytest.mark.broker
+def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: dict[str, str], topic_prefix: str,
+                                                                         tmp_path: Path) -> None:
+    """A visitor browses anonymously, signs in (cookie, customer id, email), clicks an email: one profile.
+    Erasing the cookie alone takes all of it: the linked profile, every identifier in the identity graph,
+    and the profiles moved out of their shards at the link, from live state, undo records and files."""
+    from operators.identity.graph import resolve_offline
+    from operators.state.layout import families
+
+    web, email_topic = f"{topic_prefix}.web", f"{topic_prefix}.email"
+    decisions, dlq, ctl = f"{topic_prefix}.decisions", f"{topic_prefix}.dead_letter", f"{topic_prefix}.control"
+    ensure_topics(kafka, {web: 1, email_topic: 1, decisions: 1, dlq: 1, ctl: 1})
+    shards = 2
+    state = tmp_path / "state"
+    config = Config().replace(
+        kafka=kafka, topics={"inputs": (web, email_topic), "decisions": decisions, "dead_letter": dlq, "control": ctl},
+        state={"dir": str(state), "shards": shards}, privacy={"secret": SECRET.decode()})
+    cookie, customer, address = "ck-gone-1", "GONE-1", "gone.person@example.com"
+    gone = {pseudonymize("cookie", cookie, SECRET), pseudonymize("customer", customer, SECRET),
+            pseudonymize("email", address, SECRET)}
+    cookie_key = pseudonymize("cookie", cookie, SECRET)
+    kept_key = pseudonymize("customer", "KEPT-2", SECRET)
+    producer = Producer(kafka)
+
+    def send(topic: str, key: str, body: dict[str, object]) -> None:
+        producer.produce(topic, orjson.dumps(body), key.encode())
+
+    send(web, cookie, {"event_id": "g1", "type": "page_view", "ts": NOW - 10 * MIN, "page_type": "product"})
+    send(web, cookie, {"event_id": "g2", "type": "add_to_cart", "ts": NOW - 9 * MIN, "sku": "s", "amount": 30.0})
+    send(web, "ck-kept", {"event_id": "k1", "type": "login", "ts": NOW - 9 * MIN, "customer_id": "KEPT-2"})
+    assert producer.flush(10) == 0
+    with FlowThread(config, ManualClock(NOW), tmp_path / "recovery") as flow:
+        _wait(lambda: read_profile(state, shards, cookie_key) is not None, 30, "the anonymous profile", flow)
+        time.sleep(1.2)  # its shard checkpoints it: the move below leaves its bytes in an undo record
+        send(web, cookie, {"event_id": "g3", "type": "login", "ts": NOW - 8 * MIN, "customer_id": customer,
+                           "email": address})
+        send(email_topic, address, {"event_id": "g4", "type": "email_click", "ts": NOW - 7 * MIN,
+                                    "customer_id": customer, "campaign_id": "c"})
+        assert producer.flush(10) == 0
+        _wait(lambda: (read_profile(state, shards, cookie_key) or {}).get("facts", {}).get("version") == 4, 30,
+              "the linked profile", flow)
+        time.sleep(1.2)
+        assert resolve_offline(state, pseudonymize("email", address, SECRET))[0] == \
+            pseudonymize("customer", customer, SECRET)
+        producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "dsr-9", "id_type": "cookie",
+                                            "id": cookie}), b"dsr-9")
+        assert producer.flush(10) == 0
+        _wait(lambda: all(read_profile(state, shards, k) is None for k in gone), 30, "the erasure", flow)
+        time.sleep(1.2)  # more epochs: the final checkpoints (and purges) come after the erasure
+    for k in gone:
+        assert read_profile(state, shards, k) is None
+        assert resolve_offline(state, k) == (k, None)  # no identifier is linked any more
+    kept = read_profile(state, shards, kept_key)
+    assert kept is not None and kept["ids"]["cookie"] == [pseudonymize("cookie", "ck-kept", SECRET)]
+    assert consume_all(kafka, [dlq]) == []
+
+    stores = [p for f in families(shards, ("device", "phone", "email", "customer"))
+              for n in range(f.shards) if (p := f.path(state, n)).exists()]
+    assert (state / "identity" / "shard-0000") in stores and (state / "linked-customer") in [p.parent for p in stores]
+    for store_dir in stores:
+        # Logically gone: live data, timers, undo records (decoded: SST blocks may be compressed).
+        db = Rdict(str(store_dir), Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            entries = list(db.items())
+        finally:
+            db.close()
+        assert [k for k, v in entries if any(g.encode() in k + v for g in gone)] == [], store_dir
+        # Physically: no file of any store holds any of the keys.
+        for path in store_dir.iterdir():
+            if path.is_file():
+                blob = path.read_bytes()
+                assert not any(g.encode() in blob for g in gone), f"{path} still holds an erased key"

@@ -48,3 +48,27 @@ def test_headers_are_cloudevents_binary_mode_and_deterministic() -> None:
     assert dict(encode_decision(sample(trigger_id="cart_abandoned:2000",
                                        decision_id=decision_id(sample().customer, "cart_abandonment_email",
                                                                "cart_abandoned:2000")))[2])["ce_id"] != h["ce_id"]
+
+
+def test_how_to_reach_the_customer_is_an_additive_optional_part_of_the_body() -> None:
+    """Decisions of a profile whose identifiers are known say where it can be reached; a v1 consumer that
+    ignores unknown fields reads the rest as before, and both shapes fit the published schema."""
+    email = "fedcba9876543210fedcba9876543210"
+    _, plain, _ = encode_decision(sample())
+    _, addressed, _ = encode_decision(sample(reachable=("email", "web"), address=("email", email)))
+    _, unaddressable, _ = encode_decision(sample(channel="sms", reachable=("email",), address=None))
+    body = orjson.loads(addressed)
+    assert body["reachable"] == ["email", "web"] and body["address"] == {"id_type": "email", "key": email}
+    assert {k: v for k, v in body.items() if k not in ("reachable", "address")} == orjson.loads(plain)
+    assert "reachable" not in orjson.loads(plain) and "address" not in orjson.loads(plain)
+    assert orjson.loads(unaddressable)["address"] is None
+    for value in (plain, addressed, unaddressable):
+        jsonschema.validate(orjson.loads(value), SCHEMA)
+    with_raw = orjson.loads(addressed)
+    with_raw["address"]["key"] = "someone@example.com"
+    try:
+        jsonschema.validate(with_raw, SCHEMA)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("the schema must only accept a pseudonymous key as the address")

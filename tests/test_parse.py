@@ -64,6 +64,8 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "consent": ({"channel": "email", "granted": False}, {"channel": "email", "granted": False,
                                                           "purpose": "marketing"}),
     "complaint": ({"topic": "billing", "severity": "high"}, {"topic": "billing", "severity": "high"}),
+    "login": ({"method": "password"}, {"method": "password"}),
+    "identify": ({"source": "newsletter"}, {"source": "newsletter"}),
 }
 DEFAULT_ID_TYPE = {"web": "cookie", "email": "email", "mobile": "device", "store": "customer",
                    "call_center": "customer"}
@@ -279,6 +281,7 @@ CONTRACT_ATTRS = {
     "email_open": ["campaign_id"], "email_click": ["campaign_id", "link_category"],
     "app_open": ["app_version"], "call_center_contact": ["topic", "outcome"],
     "consent": ["channel", "purpose", "granted"], "complaint": ["topic", "severity"],
+    "login": ["method"], "identify": ["source"],
 }
 
 

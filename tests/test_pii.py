@@ -91,6 +91,10 @@ def pii_stream() -> list[tuple[str, bytes | None, bytes]]:
         ("call_center", b"agent-desk-1", ev("p-8", "call_center_contact", 4, customer_id=CUSTOMER_ID,
                                             topic="billing", outcome="unresolved", note=NOTE, address=ADDRESS)),
         ("store", CUSTOMER_ID.encode(), ev("p-9", "store_purchase", 5, amount=45.0, **pii)),
+        # A sign-in links the cookie, the customer id, an email address and a phone number (identity
+        # stitching): their keys are stored in the identity graph and the merged profile, never the values.
+        ("web", COOKIE.encode(), ev("p-9b", "login", 7, customer_id=CUSTOMER_ID, email=EMAIL_FIELD, phone=PHONE,
+                                    name=NAME)),
         # Refused: a schema violation carrying PII that appears nowhere else.
         ("web", GARBAGE_EMAIL.encode(), ev("p-10", "purchase", 6, amount="lots", email=GARBAGE_EMAIL,
                                            name=GARBAGE_NAME)),
@@ -103,9 +107,12 @@ def _processed() -> float:
 
 
 def _rocksdb_contents(state_dir: Path) -> bytes:
-    """Every key and value of every shard's RocksDB, decoded (undo records and metadata included)."""
+    """Every key and value of every store's RocksDB (profile shards of every family, the identity graph),
+    decoded (undo records and metadata included)."""
     out = []
-    for shard in sorted(state_dir.glob("shard-*")):
+    shards = sorted(state_dir.rglob("shard-*"))
+    assert any(s.parent.name == "identity" for s in shards) and any(s.parent.name.startswith("linked-") for s in shards)
+    for shard in shards:
         opts = Options(raw_mode=True)
         db = Rdict(str(shard), opts, access_type=AccessType.read_only())
         try:

@@ -249,6 +249,20 @@ def test_a_reset_does_not_depend_on_the_order_events_arrive_in(tmp_path):
     assert values == {"in order": 20.0, "purchase first": 20.0}
 
 
+def test_where_and_reset_on_together(tmp_path):
+    """Both options on one signal: the filter still filters and the reset still resets (each wraps the
+    one before it; they once shared a variable, and the filter then called itself forever)."""
+    signals = CART + 'where = ["amount >= 50"]\n'
+
+    c = Customer(ruleset(tmp_path, signals, rule('["page_view"]', "[]")))
+    c.send("add_to_cart", T0, amount=300.0)
+    c.send("add_to_cart", T0 + MIN, amount=20.0)  # filtered out
+    assert read(c, "cart_value_2h", T0 + MIN) == 300.0
+    c.send("purchase", T0 + 2 * MIN, amount=300.0)
+    c.send("add_to_cart", T0 + 3 * MIN, amount=60.0)
+    assert read(c, "cart_value_2h", T0 + 4 * MIN) == 60.0
+
+
 def test_the_reset_mark_expires_with_the_window(tmp_path):
     c = Customer(ruleset(tmp_path, CART, rule('["page_view"]', "[]")))
     c.send("purchase", T0, amount=5.0)

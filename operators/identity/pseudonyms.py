@@ -4,13 +4,21 @@ The raw identifier (customer id, cookie, device id, email address, phone number)
 parser: everything downstream sees only `pseudonymize(...)`, a truncated HMAC-SHA256 under the
 deployment's secret. The id type is part of the hashed text, so the same string used as a cookie and
 as a device id gives two different keys.
+
+An event names one identifier its profile is keyed by (`resolve_identifier`, as ever) and possibly
+others (`other_identifiers`): links, which the parser checks against the blocked values on the raw
+values (`guard_links`) and passes on only as keys.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from operators.identity.guards import IdentityRules
 
 ID_TYPES = frozenset({"customer", "cookie", "device", "email", "phone"})
 
@@ -98,3 +106,52 @@ def identifier_of(customer_id: Any, id_type: Any, kafka_key: bytes | None,
     elif type(id_type) is not str or id_type not in ID_TYPES:
         return None
     return (id_type, raw_id)
+
+
+def _names(value: Any) -> bool:
+    """A non-blank string: an identifier that names someone."""
+    return type(value) is str and bool(value) and not value.isspace()
+
+
+def other_identifiers(primary: tuple[str, str], customer_id: Any, id_type: Any, kafka_key: bytes | None,
+                      channel: str, named: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, str]]:
+    """The raw identifiers an event names besides `primary` (the one `resolve_identifier` chose): each
+    is a link to it (operators/identity/graph.py decides whether it holds).
+
+    - the Kafka key, when a `customer_id` won over it and the key is not that same customer id
+      (producers often key by the customer id: then it names nobody new). Its type is the payload's
+      `id_type`, else the channel's default, as when the key is the identifier;
+    - fields the event type's schema declares as identifiers (`x-nextclick-identifiers`: the email of
+      a `login`, the device id of an `identify`...), when they are non-blank strings.
+    Each (type, value) once; never `primary` itself.
+    """
+    out: list[tuple[str, str]] = []
+    if kafka_key and _names(customer_id):
+        keyed = identifier_of(None, id_type, kafka_key, channel)
+        if keyed is not None and keyed[1] != customer_id:
+            out.append(keyed)
+    for named_type, value in named:
+        if _names(value):
+            candidate = (named_type, value)
+            if candidate != primary and candidate not in out:
+                out.append(candidate)
+    return out
+
+
+def guard_links(primary: tuple[str, str], others: list[tuple[str, str]], guards: IdentityRules,
+                secret: bytes) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(links, blocked): the other identifiers as (type, pseudonymous key), without those whose raw
+    value is blocked (their types are returned instead). A blocked `primary` links nothing: the event
+    still counts for the profile it names, but one placeholder value must not join others to it."""
+    if not others:
+        return (), ()
+    if guards.blocked(*primary):
+        return (), (primary[0],)
+    links: list[tuple[str, str]] = []
+    blocked: list[str] = []
+    for id_type, raw in others:
+        if guards.blocked(id_type, raw):
+            blocked.append(id_type)
+        else:
+            links.append((id_type, pseudonymize_cached(id_type, raw, secret)))
+    return tuple(links), tuple(blocked)

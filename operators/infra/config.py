@@ -160,6 +160,16 @@ def _duration_ms(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    # The identity rules (priorities, limits per profile, blocked values); "" = the shipped defaults
+    # (operators/identity/default_identity.toml).
+    file: str = ""
+    # Identifiers whose resolution (linked to which profile, or not linked) the identity stage keeps
+    # in memory; the rest are read from its RocksDB.
+    cache_identifiers: int = 131072
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: Mapping[str, str] = field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
     topics: TopicsConfig = TopicsConfig()
@@ -167,6 +177,7 @@ class Config:
     privacy: PrivacyConfig = PrivacyConfig()
     parse: ParseConfig = ParseConfig()
     flow: FlowConfig = FlowConfig()
+    identity: IdentityConfig = IdentityConfig()
 
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or nested fields replaced: `replace(state={"shards": 4})`."""
@@ -194,7 +205,7 @@ def read_toml(path: str | os.PathLike[str], error: type[ValueError]) -> dict[str
 
 
 _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyConfig,
-             "parse": ParseConfig, "flow": FlowConfig}
+             "parse": ParseConfig, "flow": FlowConfig, "identity": IdentityConfig}
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:

@@ -66,6 +66,20 @@ QUARANTINED = Counter("nextclick_quarantined_profiles_total",
 ABSENCES = Counter("nextclick_absences_fired_total", "Absence signals that completed.", registry=REGISTRY)
 ERASURES = Counter("nextclick_erasures_total", "Customers erased.", registry=REGISTRY)
 
+# -- identity -----------------------------------------------------------------------------------
+LINKS = Counter("nextclick_identity_links_total",
+                "Links that joined profiles (identity stitching), by the id type keying the merged profile.",
+                ["id_type"], registry=REGISTRY)
+LINKS_REFUSED = Counter("nextclick_identity_links_refused_total",
+                        "Links refused by a guard (they change nothing), by reason (blocked_value, "
+                        "two_customer_ids, same_key_type, limit) and the id type it concerns.",
+                        ["reason", "id_type"], registry=REGISTRY)
+PROFILES_MOVED = Counter("nextclick_identity_profiles_moved_total",
+                         "Profiles taken out of their shard to be merged into a linked profile.", registry=REGISTRY)
+MERGES = Counter("nextclick_identity_merges_total",
+                 "Merges of moved profiles into a linked profile (one per link, whatever it joined).",
+                 registry=REGISTRY)
+
 # -- decisions ----------------------------------------------------------------------------------
 DECISIONS = Counter("nextclick_decisions_total", "Decisions emitted, by rule and channel.", ["rule", "channel"],
                     registry=REGISTRY)
@@ -96,10 +110,10 @@ READY = Gauge("nextclick_ready", "1 when /readyz answers 200 (inputs assigned an
 
 # How often a shard's directory is walked to measure its bytes (it lists every file).
 STATE_BYTES_EVERY_S = 30.0
-_state_bytes_at: dict[int, float] = {}
+_state_bytes_at: dict[int | str, float] = {}
 
 
-def observe_shard(shard: int, cached: int, dirty: int, disk_bytes: Callable[[], int],
+def observe_shard(shard: int | str, cached: int, dirty: int, disk_bytes: Callable[[], int],
                   now: Callable[[], float] = time.monotonic) -> None:
     """A shard's figures at an epoch end; its bytes on disk at most every STATE_BYTES_EVERY_S."""
     label = str(shard)

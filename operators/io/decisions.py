@@ -36,6 +36,15 @@ def expired(decision: Decision, now_ms: int) -> bool:
 
 def decision_body(decision: Decision) -> dict[str, object]:
     """The JSON body; its schema is `schemas/decision.v1.json`."""
+    body = _core_body(decision)
+    if decision.reachable is not None:  # how to reach the customer (additive, optional fields)
+        body["reachable"] = list(decision.reachable)
+        address = decision.address
+        body["address"] = None if address is None else {"id_type": address[0], "key": address[1]}
+    return body
+
+
+def _core_body(decision: Decision) -> dict[str, object]:
     return {
         "decision_id": decision.decision_id,
         "customer": decision.customer,

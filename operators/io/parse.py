@@ -37,7 +37,15 @@ import msgspec
 import orjson
 
 from operators.channels import EVENT_CHANNELS
-from operators.identity.pseudonyms import identifier_of, pseudonymize_cached, resolve_identifier
+from operators.identity.guards import IdentityRules, default_identity_rules
+from operators.identity.pseudonyms import (
+    ID_TYPES,
+    guard_links,
+    identifier_of,
+    other_identifiers,
+    pseudonymize_cached,
+    resolve_identifier,
+)
 from operators.infra.config import ParseConfig
 from operators.io.deadletter import TS_SKEW_HEADER
 from operators.io.jsonkeys import duplicate_key
@@ -47,6 +55,9 @@ from operators.records import DeadLetter, Event, SourcePosition
 SCHEMA_DIR = files("schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
+# {field: id type}: fields whose values are identifiers the event links to the one it is about
+# (operators/identity/pseudonyms.other_identifiers); hashed here, never kept as they are.
+IDENTIFIERS_KEYWORD = "x-nextclick-identifiers"
 
 
 def _read(name: str) -> dict[str, Any]:
@@ -81,6 +92,10 @@ def load_schema(event_type: str) -> dict[str, Any]:
     for attr in merged.get(ATTRS_KEYWORD, []):
         if attr not in properties:
             raise ValueError(f"{event_type}.json: attribute {attr!r} in {ATTRS_KEYWORD} has no schema")
+    for name, id_type in merged.get(IDENTIFIERS_KEYWORD, {}).items():
+        if name not in properties or id_type not in ID_TYPES or name in merged.get(ATTRS_KEYWORD, []):
+            raise ValueError(f"{event_type}.json: {IDENTIFIERS_KEYWORD} names {name!r} as {id_type!r}: it must be "
+                             f"a property that is not an attribute, of an identifier type {sorted(ID_TYPES)}")
     return merged
 
 
@@ -88,7 +103,8 @@ def load_schema(event_type: str) -> dict[str, Any]:
 AMOUNT_FIELDS = ("amount",)
 
 # The fast path builds Events in the order of these fields.
-_EVENT_ARGS = ("event_id", "type", "ts", "customer", "channel", "attrs", "source", "raw")
+_EVENT_ARGS = ("event_id", "type", "ts", "customer", "channel", "attrs", "source", "raw", "id_type", "links",
+               "blocked")
 
 
 def _event_builder(cls: Any = Event) -> Callable[..., Any]:
@@ -108,10 +124,11 @@ def _event_builder(cls: Any = Event) -> Callable[..., Any]:
 
         return by_keyword
     new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7 = (vars(cls)[name].__set__ for name in _EVENT_ARGS)
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (vars(cls)[name].__set__ for name in _EVENT_ARGS)
 
     def build(event_id: str, event_type: str, ts: int, customer: str, channel: str,
-              attrs: dict[str, Any], source: SourcePosition | None, raw: Any) -> Any:
+              attrs: dict[str, Any], source: SourcePosition | None, raw: Any, id_type: str | None = None,
+              links: tuple[tuple[str, str], ...] = (), blocked: tuple[str, ...] = ()) -> Any:
         event = new(cls)
         s0(event, event_id)
         s1(event, event_type)
@@ -121,6 +138,9 @@ def _event_builder(cls: Any = Event) -> Callable[..., Any]:
         s5(event, attrs)
         s6(event, source)
         s7(event, raw)
+        s8(event, id_type)
+        s9(event, links)
+        s10(event, blocked)
         return event
 
     return build
@@ -217,8 +237,8 @@ def _fast_struct(event_type: str, schema: dict[str, Any]) -> type[msgspec.Struct
 
 
 class _TypeSpec:
-    __slots__ = ("attr_slots", "attrs", "channel", "cid_slot", "eid_slot", "fields", "idt_slot",
-                 "int_attrs", "struct", "ts_slot", "type", "validate")
+    __slots__ = ("attr_slots", "attrs", "channel", "cid_slot", "eid_slot", "fields", "ident_fields", "ident_slots",
+                 "idt_slot", "int_attrs", "struct", "ts_slot", "type", "validate")
 
     def __init__(self, event_type: str, max_amount: float | None = None) -> None:
         schema = load_schema(event_type)
@@ -232,6 +252,8 @@ class _TypeSpec:
         self.validate: Callable[[Any], Any] = fastjsonschema.compile(copy.deepcopy(schema),
                                                                      use_default=True)
         self.attrs: tuple[str, ...] = tuple(schema.get(ATTRS_KEYWORD, ()))
+        # (field, id type) of the fields that name other identifiers (IDENTIFIERS_KEYWORD).
+        self.ident_fields: tuple[tuple[str, str], ...] = tuple(schema.get(IDENTIFIERS_KEYWORD, {}).items())
         # JSON Schema counts 2.0 as an integer; such attributes are stored as int.
         self.int_attrs = frozenset(a for a in self.attrs
                                    if schema["properties"][a].get("type") == "integer")
@@ -243,6 +265,7 @@ class _TypeSpec:
         self.cid_slot, self.idt_slot = slot["customer_id"], slot["id_type"]
         self.attr_slots: tuple[tuple[str, int, Any], ...] = tuple(
             (a, slot[a], schema["properties"][a].get("default", msgspec.UNSET)) for a in self.attrs)
+        self.ident_slots: tuple[tuple[str, int], ...] = tuple((t, slot[f]) for f, t in self.ident_fields)
 
 
 class _SpecSet:
@@ -422,7 +445,7 @@ def _duplicate_message(key: str, depth: int) -> str:
 
 
 def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
-           source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig) -> Event:
+           source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig, guards: IdentityRules) -> Event:
     if value is None:
         raise _Bad("empty_value", "message value is null (tombstone)")
     if len(value) > config.max_message_bytes:
@@ -475,6 +498,9 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
     if ident is None:
         raise _Bad("missing_identifier", NO_IDENTIFIER)
     customer = pseudonymize_cached(ident[0], ident[1], secret)
+    others = other_identifiers(ident, payload.get("customer_id"), payload.get("id_type"), key, spec.channel,
+                               [(t, payload.get(f)) for f, t in spec.ident_fields])
+    links, blocked = guard_links(ident, others, guards, secret)
 
     attrs = {a: payload[a] for a in spec.attrs if a in payload}
     for a in spec.int_attrs:
@@ -482,7 +508,8 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         if type(v) is float:
             attrs[a] = int(v)
     return Event(event_id=event_id, type=spec.type, ts=ts, customer=customer, channel=spec.channel,
-                 attrs=attrs, source=source, raw=(key, value, _headers_tuple(headers)))
+                 attrs=attrs, source=source, raw=(key, value, _headers_tuple(headers)), id_type=ident[0],
+                 links=links, blocked=blocked)
 
 
 NO_IDENTIFIER = ("no identifier: neither a non-blank 'customer_id' in the payload nor a non-blank "
@@ -495,7 +522,8 @@ _loads = orjson.loads
 
 
 def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
-                source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig) -> Event | None:
+                source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig,
+                guards: IdentityRules | None = None) -> Event | None:
     """The `Event` the slow path would build, or None: then only the slow path can tell.
 
     msgspec validates every field it decodes, but only skims the values of fields no schema names
@@ -535,14 +563,30 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     if skew > config.max_future_skew_ms or (config.max_age_ms > 0 and -skew > config.max_age_ms):
         return None
     customer_id = fields[spec.cid_slot]
+    others: list[tuple[str, str]] | None = None
     if type(customer_id) is str and customer_id and not customer_id.isspace():
         id_type, raw_id = "customer", customer_id
+        if key and key != customer_id.encode():  # a key that is not the customer id itself is a link
+            keyed_type = fields[spec.idt_slot]
+            keyed = identifier_of(None, None if keyed_type is _UNSET else keyed_type, key, spec.channel)
+            if keyed is not None and keyed[1] != customer_id:
+                others = [keyed]
     else:
         id_type = fields[spec.idt_slot]
         ident = identifier_of(None, None if id_type is _UNSET else id_type, key, spec.channel)
         if ident is None:
             return None
         id_type, raw_id = ident
+    if spec.ident_slots:  # login, identify: name other identifiers in fields of their own
+        named = [(t, fields[slot]) for t, slot in spec.ident_slots if fields[slot] is not _UNSET]
+        if named:
+            keyed_type = fields[spec.idt_slot]
+            others = other_identifiers((id_type, raw_id), None if customer_id is _UNSET else customer_id,
+                                       None if keyed_type is _UNSET else keyed_type, key, spec.channel, named)
+    links: tuple[tuple[str, str], ...] = ()
+    blocked: tuple[str, ...] = ()
+    if others:
+        links, blocked = guard_links((id_type, raw_id), others, guards or default_identity_rules(), secret)
     attrs = {}
     for name, slot, default in spec.attr_slots:
         v = fields[slot]
@@ -553,28 +597,34 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
         attrs[name] = v
     return _new_event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret),
                       spec.channel, attrs, source,
-                      (key, value, _headers_tuple(headers) if headers else ()))
+                      (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
 
 
 def parse_message(key: bytes | None, value: bytes | None,
                   headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
-                  secret: bytes, now_ms: int, config: ParseConfig) -> Event | DeadLetter:
-    """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes."""
+                  secret: bytes, now_ms: int, config: ParseConfig,
+                  guards: IdentityRules | None = None) -> Event | DeadLetter:
+    """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes.
+
+    `guards`: the identity rules whose blocked values the links are checked against (default: the
+    shipped ones)."""
     try:
-        event = _parse_fast(key, value, headers, source, secret, now_ms, config)
+        event = _parse_fast(key, value, headers, source, secret, now_ms, config, guards)
     except Exception:  # noqa: BLE001 - a fast-path bug must not cost the event: the slow path decides
         event = None
     if event is not None:
         return event
-    return parse_message_slow(key, value, headers, source, secret=secret, now_ms=now_ms, config=config)
+    return parse_message_slow(key, value, headers, source, secret=secret, now_ms=now_ms, config=config,
+                              guards=guards)
 
 
 def parse_message_slow(key: bytes | None, value: bytes | None,
                        headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
-                       secret: bytes, now_ms: int, config: ParseConfig) -> Event | DeadLetter:
+                       secret: bytes, now_ms: int, config: ParseConfig,
+                       guards: IdentityRules | None = None) -> Event | DeadLetter:
     """`parse_message` without the fast path: the reference it is tested and benchmarked against."""
     try:
-        return _parse(key, value, headers, source, secret, now_ms, config)
+        return _parse(key, value, headers, source, secret, now_ms, config, guards or default_identity_rules())
     except _Bad as bad:
         reason, message, measured = bad.reason, bad.message, bad.measured
     except Exception as exc:  # noqa: BLE001 - a bug here must not stop the flow; the message goes to the DLQ

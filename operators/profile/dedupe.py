@@ -32,3 +32,20 @@ def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
             return None
         low = min(untils)
     return low, max(untils)
+
+
+def merge(profile: Profile, other: dict[str, int]) -> None:
+    """Another profile's dedupe window, folded into this one (identity stitching): the union of both,
+    each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (those that stay
+    longest), ordered by horizon so that the next to go is the oldest."""
+    if not other:
+        return
+    seen = profile.seen
+    merged = dict(seen)
+    for event_id, until in other.items():
+        current = merged.get(event_id)
+        if current is None or until > current:
+            merged[event_id] = until
+    kept = sorted(merged.items(), key=lambda item: (item[1], item[0]))[-MAX_SEEN_IDS:]
+    seen.clear()
+    seen.update(kept)

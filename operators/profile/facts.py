@@ -65,6 +65,45 @@ def apply_facts(facts: Facts, event: Event) -> None:
             facts.last_complaint = ts
 
 
+def merge(facts: Facts, other: Facts) -> None:
+    """Fold another profile's facts into these, in place (identity stitching).
+
+    Every fact is a commutative monoid, as `apply_facts` already treats it: counts and sums add,
+    first is the minimum and last the maximum, consent goes to the latest by (ts, event_id). So the
+    result is the same whichever profile absorbs the other, and the same as if one profile had
+    applied both profiles' events.
+    """
+    facts.version += other.version
+    facts.first_seen = _earliest(facts.first_seen, other.first_seen)
+    facts.last_seen = _latest(facts.last_seen, other.last_seen)
+    facts.orders += other.orders
+    facts.revenue = finite(round(facts.revenue + other.revenue, 2), "revenue")
+    facts.first_purchase = _earliest(facts.first_purchase, other.first_purchase)
+    facts.last_purchase = _latest(facts.last_purchase, other.last_purchase)
+    last_contact = facts.last_contact
+    for channel, ts in other.last_contact.items():
+        current = last_contact.get(channel)
+        if current is None or ts > current:
+            last_contact[channel] = ts
+    contacts = facts.contacts
+    for channel, n in other.contacts.items():
+        contacts[channel] = contacts.get(channel, 0) + n
+    consent = facts.consent
+    for key, entry in other.consent.items():
+        mine = consent.get(key)
+        if mine is None or (entry[1], entry[2]) > (mine[1], mine[2]):
+            consent[key] = list(entry)
+    facts.last_complaint = _latest(facts.last_complaint, other.last_complaint)
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def consent_keys(channel: str, purpose: str) -> tuple[str, ...]:
     """The consent entries that decide a decision on `channel` for `purpose`, computed once per rule:
     the channel's family, the family's aliases (a "mobile" consent governs "push"), and "all"."""

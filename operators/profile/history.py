@@ -61,3 +61,17 @@ def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
             if high is None or until > high:
                 high = until
     return None if low is None or high is None else (low, high)
+
+
+def merge(history: History, other: History) -> None:
+    """Another profile's decision history, folded into this one (identity stitching): cooldowns and
+    caps become their union. A rule cools down until the later of the two ends; every decision sent
+    by either profile counts towards the caps (kept in time order)."""
+    fired = history.fired
+    for rule_id, entry in other.fired.items():
+        current = fired.get(rule_id)
+        if current is None or (entry[1], entry[0]) > (current[1], current[0]):
+            fired[rule_id] = list(entry)
+    sent = history.sent
+    for channel, entries in other.sent.items():
+        sent[channel] = sorted([*sent.get(channel, ()), *(list(e) for e in entries)])

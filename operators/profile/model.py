@@ -6,6 +6,10 @@
       history  History          cooldowns and caps        operators/profile/history.py
       seen     {event_id: until} the dedupe window        operators/profile/dedupe.py
       prune_at, expire_at       when the earliest / the last transient entry expires (event time)
+      ids      {id type: [key]} the identifiers it holds   operators/identity/ (set by the shard)
+
+Merging two profiles (identity stitching) is `operators/profile/merge.py`, each part merged by its
+owner: `facts.merge`, `history.merge`, `dedupe.merge`, and every signal kind's `merge`.
 
 msgspec Structs: attribute access as fast as slotted classes, checked by mypy, and encoded to
 MessagePack (operators/profile/codec.py) several times faster than JSON. A signal's state is the
@@ -56,6 +60,10 @@ class Profile(msgspec.Struct, gc=False):
     seen: dict[str, int] = msgspec.field(default_factory=dict)  # event_id -> until (arrival order)
     prune_at: int | None = None
     expire_at: int | None = None
+    # The pseudonymous keys of the identifiers this profile holds, by id type, oldest link first:
+    # how a decision says where the customer can be reached. Empty until known (a profile stored
+    # before they were recorded, or built by a caller that does not know its identifier's type).
+    ids: dict[str, list[str]] = msgspec.field(default_factory=dict)
     format: int = PROFILE_FORMAT
 
     def note_expiry(self, expires_at: int) -> None:

@@ -67,6 +67,14 @@ class Absence:
     def fire(self, state: Any) -> Trigger:
         return Trigger(self.name, f"{self.name}:{state[0]}", state[1], dict(state[2]))
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """A pending absence carries over; of two, the later start wins (as a second start restarts it)."""
+        def order(state: Any) -> tuple[Any, Any, str]:
+            return state[0], state[1], repr(sorted(state[2].items(), key=repr))
+
+        later = b if order(b) > order(a) else a
+        return [later[0], later[1], dict(later[2])]
+
 
 class Tally(Absence):
     """An absence with a `where` on its start events and/or totals since it began pending."""
@@ -109,6 +117,15 @@ class Tally(Absence):
         for total, value in state[3].items():
             attrs[total] = value if total == self.count else round(value, 2)
         return Trigger(self.name, f"{self.name}:{state[0]}", state[1], attrs)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """The later start wins, as for any absence; the totals of both pending starts add up (every
+        start event adds to the totals of the one pending: a cart filled under two identifiers)."""
+        later = Absence.merge(self, a, b)
+        totals = dict(a[3])
+        for name, value in b[3].items():
+            totals[name] = totals[name] + value if name in totals else value
+        return [*later[:3], totals]
 
 
 def _totals(body: dict[str, Any], where: Where, start: frozenset[str], carry: tuple[str, ...]

@@ -62,6 +62,11 @@ class Signal(Protocol):
     def trigger_attributes(self) -> frozenset[str]:
         """What a fired trigger carries, for rules `on` it to read as `trigger.<attribute>`."""
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """Two profiles' states of this signal as one (identity stitching: operators/profile/merge.py);
+        both are non-None and neither may be changed. The result must not depend on which is `a`, so
+        the merged profile does not depend on which profile absorbed which."""
+
 
 # A kind's loader: (signal name, its TOML table, where it is for errors, the known event types).
 SignalLoader = Callable[[str, dict[str, Any], Where, frozenset[str]], Signal]

@@ -120,3 +120,17 @@ class BucketPart:
 
     def clear(self, state: Any, until_ms: int) -> Any:
         return clear(state, until_ms)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return merge(a, b, self.name)
+
+
+def merge(a: list[list[Any]], b: list[list[Any]], name: str) -> list[list[Any]]:
+    """Two bucket lists as one, bucket by bucket: amounts of the same bucket add (state of `count`, `sum`)."""
+    merged = {start: amount for start, amount in a}
+    for start, amount in b:
+        total = merged[start] + amount if start in merged else amount
+        if not math.isfinite(total):
+            raise ProfileEncodeError(f"signal {name} is not a finite number")
+        merged[start] = total
+    return [[start, merged[start]] for start in sorted(merged)]

@@ -37,6 +37,9 @@ class Count(Expiring):
     def clear(self, state: Any, until_ms: int) -> Any:
         return buckets.clear(state, until_ms)
 
+    def merge(self, a: Any, b: Any) -> Any:
+        return buckets.merge(a, b, self.name)
+
 
 def _one(_event: Event) -> float:
     return 1.0

@@ -64,6 +64,17 @@ class Distinct(Expiring):
     def clear(self, state: Any, until_ms: int) -> Any:
         return [p for p in state if p[1] > until_ms] or None
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """The union of both profiles' values, each with its newest time; at most `max_distinct` (the
+        most recently seen), ordered by time."""
+        newest: dict[Any, int] = {}
+        for value, ts in [*a, *b]:
+            current = newest.get(value)
+            if current is None or ts > current:
+                newest[value] = ts
+        pairs = sorted(([value, ts] for value, ts in newest.items()), key=lambda p: (p[1], repr(p[0])))
+        return pairs[-self.max_distinct:]
+
 
 class DistinctPart:
     """One group's state for a grouped distinct: its [[value, newest ts], ...]."""
@@ -105,6 +116,9 @@ class DistinctPart:
 
     def clear(self, state: Any, until_ms: int) -> Any:
         return self.values.clear(state, until_ms)
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return self.values.merge(a, b)
 
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:

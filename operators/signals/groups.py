@@ -17,6 +17,7 @@ and expires on its own, so a quiet group leaves state one window after its last 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -139,3 +140,16 @@ class Grouped(Expiring):
                 group = str(group)
             return part.value(state.get(group) if state else None, trigger.ts)
         return same_as_trigger
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Group by group (the kind's own merge where both have a group); past `max_groups`, the groups
+        seen least recently go (a tie: the smaller name goes), as `apply` drops them."""
+        merge_part = getattr(self.part, "merge")  # noqa: B009 - every shipped part has one
+        merged = {group: copy.deepcopy(state) for group, state in a.items()}
+        for group, state in b.items():
+            merged[group] = merge_part(merged[group], state) if group in merged else copy.deepcopy(state)
+        if len(merged) > self.max_groups:
+            newest = self.part.newest
+            keep = sorted(merged, key=lambda g: (newest(merged[g]), g))[-self.max_groups:]
+            merged = {group: merged[group] for group in keep}
+        return merged

@@ -45,6 +45,11 @@ class Last(Expiring):
     def clear(self, state: Any, until_ms: int) -> Any:
         return None if state[0] <= until_ms else state
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """The latest of the two (a tie in time goes to the greater value's text, so either order agrees)."""
+        later = b if (b[0], repr(b[1])) > (a[0], repr(a[1])) else a
+        return [later[0], later[1]]
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
     where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS)

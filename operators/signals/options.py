@@ -112,25 +112,31 @@ class Reset(Expiring):
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         return state
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """The newer reset (operators/profile/merge.py then clears the merged target signal by it)."""
+        return max(a, b)
+
 
 def with_options(signal: Any, conditions: tuple[Condition, ...], reset_on: frozenset[str], lifetime_ms: int) -> Any:
     """The signal with its `where` and `reset_on` applied; a reset's companion is in `signal.companions`."""
     if conditions:
-        apply, accepts = signal.apply, compile_filter(conditions)
+        unfiltered, accepts = signal.apply, compile_filter(conditions)
 
         def filtered(profile: Profile, event: Event) -> None:
             if accepts(event.attrs):
-                apply(profile, event)
+                unfiltered(profile, event)
         _set_apply(signal, filtered)
         signal.where = conditions
     if reset_on:
         reset = Reset(signal, reset_on, lifetime_ms)
-        apply, marker = signal.apply, reset.name
+        # A name of its own: `filtered` above reads its own variable when it runs (one name for both
+        # made `filtered` call itself with `where` and `reset_on` together).
+        unreset, marker = signal.apply, reset.name
 
         def after_reset(profile: Profile, event: Event) -> None:
             at = profile.signals.get(marker)
             if at is None or event.ts > at:
-                apply(profile, event)
+                unreset(profile, event)
         _set_apply(signal, after_reset)
         signal.reset_on = reset_on
         signal.companions = (reset,)

@@ -53,6 +53,14 @@ class Session(Expiring):
             return state[2] if active else 0
         return (state[1] - state[0]) // 60_000 if active else 0
 
+    def merge(self, a: Any, b: Any) -> Any:
+        """One session if they are less than `gap` apart (the events of both count), else the later one."""
+        gap = self.gap_ms
+        if a[0] - b[1] < gap and b[0] - a[1] < gap:
+            return [min(a[0], b[0]), max(a[1], b[1]), a[2] + b[2]]
+        later = b if (b[1], b[0], b[2]) > (a[1], a[0], a[2]) else a
+        return [later[0], later[1], later[2]]
+
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Session:
     where.check_keys(body, {"kind", "gap", "events", "description"})

@@ -38,6 +38,9 @@ class Sum(Expiring):
     def clear(self, state: Any, until_ms: int) -> Any:
         return buckets.clear(state, until_ms)
 
+    def merge(self, a: Any, b: Any) -> Any:
+        return buckets.merge(a, b, self.name)
+
 
 def _round(total: float) -> float:
     return round(total, 2)

@@ -37,8 +37,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from operators.identity.guards import IdentityRules, load_identity_rules
 from operators.infra.config import Config
 from operators.profile.model import PROFILE_FORMAT
+from operators.state.layout import PROFILES, Family, families, has_store
 from operators.state.recovery_db import RecoveryView, read_recovery
 from operators.state.store import ShardStore, StateError
 
@@ -74,27 +76,39 @@ def shard_dirs(state_dir: str | Path) -> dict[int, Path]:
     out = {}
     for child in root.iterdir():
         m = _SHARD_DIR.match(child.name)
-        if m and child.is_dir():
+        if m and child.is_dir() and has_store(child):  # not one a crash interrupted while creating it
             out[int(m.group(1))] = child
     return out
 
 
 @dataclass(frozen=True)
 class RestorePoint:
-    """Where a restored savepoint starts: each shard's seq and each input partition's next offset."""
+    """Where a restored savepoint starts: each shard's seq and each input partition's next offset.
+
+    `seqs` are the `profiles` shards'; `families` the other families' (identity, linked profiles:
+    operators/state/layout.py), by family name and shard."""
 
     savepoint: str
     seqs: dict[int, int]
     positions: dict[str, int]
+    families: dict[str, dict[int, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"savepoint": self.savepoint, "seqs": {str(k): v for k, v in sorted(self.seqs.items())},
-                "positions": dict(sorted(self.positions.items()))}
+                "positions": dict(sorted(self.positions.items())),
+                "families": {name: {str(k): v for k, v in sorted(seqs.items())}
+                             for name, seqs in sorted(self.families.items())}}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> RestorePoint:
         return cls(str(raw["savepoint"]), {int(k): int(v) for k, v in raw["seqs"].items()},
-                   {str(k): int(v) for k, v in raw["positions"].items()})
+                   {str(k): int(v) for k, v in raw["positions"].items()},
+                   {str(name): {int(k): int(v) for k, v in seqs.items()}
+                    for name, seqs in raw.get("families", {}).items()})
+
+    def seq(self, shard: int, family: str = PROFILES) -> int:
+        seqs = self.seqs if family == PROFILES else self.families.get(family, {})
+        return seqs.get(shard, 0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +121,9 @@ class StateManifest:
     shard_hash: str = SHARD_HASH
     created_at: str = ""
     restore: RestorePoint | None = None
+    # The identity rules' priority the state was written with: it decides which identifier keys a
+    # linked profile and so which family it is in (None: state from before identity stitching).
+    identity_priority: tuple[str, ...] | None = None
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -114,6 +131,7 @@ class StateManifest:
             "shard_hash": self.shard_hash, "profile_format": self.profile_format,
             "secret_fingerprint": self.secret_fingerprint, "lineage": self.lineage, "created_at": self.created_at,
             "restore": self.restore.to_json() if self.restore else None,
+            "identity_priority": list(self.identity_priority) if self.identity_priority else None,
         }
         return orjson.dumps(body, option=orjson.OPT_INDENT_2)
 
@@ -125,7 +143,9 @@ class StateManifest:
                        lineage=str(body["lineage"]), profile_format=int(body["profile_format"]),
                        state_format=int(body["state_format"]), shard_hash=str(body["shard_hash"]),
                        created_at=str(body.get("created_at", "")),
-                       restore=RestorePoint.from_json(body["restore"]) if body.get("restore") else None)
+                       restore=RestorePoint.from_json(body["restore"]) if body.get("restore") else None,
+                       identity_priority=tuple(body["identity_priority"]) if body.get("identity_priority")
+                       else None)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StateMismatch(f"{path} is not a readable nextclick state manifest ({type(exc).__name__}); "
                                 f"it says which shard count and secret the state was written with: restore "
@@ -135,7 +155,21 @@ class StateManifest:
 def new_manifest(config: Config, secret: bytes, restore: RestorePoint | None = None) -> StateManifest:
     return StateManifest(shards=config.state.shards, secret_fingerprint=secret_fingerprint(secret),
                          lineage=uuid.uuid4().hex, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                         restore=restore)
+                         restore=restore, identity_priority=identity_rules(config).priority)
+
+
+def identity_rules(config: Config) -> IdentityRules:
+    return load_identity_rules(config.identity.file or None)
+
+
+def state_families(config: Config) -> list[Family]:
+    """Every family of stores the configuration's flow has (operators/state/layout.py)."""
+    return families(config.state.shards, identity_rules(config).anchors)
+
+
+def family_dirs(state_dir: str | Path, family: Family) -> dict[int, Path]:
+    """A family's shard directories present under `state_dir`, by shard number."""
+    return shard_dirs(family.root(state_dir)) if family.subdir else shard_dirs(state_dir)
 
 
 def read_manifest(state_dir: str | Path) -> StateManifest | None:
@@ -215,9 +249,16 @@ class StartPlan:
     committed: dict[int, int] | None
     restore: RestorePoint | None = None
     notes: list[str] = field(default_factory=list)
+    # The same for the other families (identity, linked profiles), by family name.
+    committed_families: dict[str, dict[int, int]] = field(default_factory=dict)
 
-    def restore_seq(self, shard: int) -> int:
-        return self.restore.seqs.get(shard, 0) if self.restore else 0
+    def restore_seq(self, shard: int, family: str = PROFILES) -> int:
+        return self.restore.seq(shard, family) if self.restore else 0
+
+    def committed_for(self, family: str) -> dict[int, int] | None:
+        if family == PROFILES or self.committed is None:
+            return self.committed
+        return self.committed_families.get(family, {})
 
     def start_offset(self, topic: str, partition: int) -> int | None:
         return self.restore.positions.get(f"{topic}#{partition}") if self.restore else None
@@ -258,6 +299,9 @@ class Identity(Protocol):
     def state_format(self) -> int: ...
 
     @property
+    def identity_priority(self) -> tuple[str, ...] | None: ...
+
+    @property
     def shard_hash(self) -> str: ...
 
 
@@ -270,6 +314,11 @@ def check_identity(identity: Identity, config: Config, secret: bytes, where: str
     if identity.shards != config.state.shards:
         raise _refuse(f"state.shards: {where} was written with {identity.shards} shards, the configuration says "
                       f"{config.state.shards}; set it back to {identity.shards}, or {reshard}")
+    priority = identity_rules(config).priority
+    if identity.identity_priority is not None and identity.identity_priority != priority:
+        raise _refuse(f"identity.priority: {where} was written with identifier priority "
+                      f"{list(identity.identity_priority)}, the identity rules ({config.identity.file or 'default'}) "
+                      f"say {list(priority)}; linked profiles are keyed and placed by it: set it back")
     fingerprint = secret_fingerprint(secret)
     if identity.secret_fingerprint != fingerprint:
         raise _refuse(f"privacy.secret: {where} was written with a different identifier secret (fingerprint "
@@ -336,11 +385,11 @@ def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
     secret = config.privacy.resolve_secret()
-    plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+    plan, writes = _inspect(config, secret, state_dir, recovery, flow_name, init_recovery)
     if not writes:
         return plan
     with _start_lock(state_dir):
-        plan, writes = _inspect(config, secret, state_dir, recovery, f"{flow_name}.profiles", init_recovery)
+        plan, writes = _inspect(config, secret, state_dir, recovery, flow_name, init_recovery)
         for write in writes:
             write()
     if plan.fresh:
@@ -349,7 +398,7 @@ def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_
     return plan
 
 
-def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, step: str,
+def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flow_name: str,
              init_recovery: Callable[[Path], None] | None) -> tuple[StartPlan, list[Callable[[], None]]]:
     """Every check, and the writes a start needs; writes nothing itself."""
     manifest = read_manifest(state_dir)
@@ -379,17 +428,24 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, ste
         notes.append("adopted state written before state manifests")
     else:
         _compare(manifest, config, secret, state_dir)
+        if manifest.identity_priority is None:
+            # State from before identity stitching: from now on it is placed by this priority.
+            recorded = dataclasses.replace(manifest, identity_priority=identity_rules(config).priority)
+            writes.append(lambda: write_manifest(state_dir, recorded, replace=True))
     if not view.exists:
         raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
                       f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
                       f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
-    on_disk = {n: _shard_on_disk(p) for n, p in sorted(dirs.items())}
+    fams = state_families(config)
+    all_dirs = {f.name: family_dirs(state_dir, f) for f in fams}
+    on_disk = {f.name: {n: _shard_on_disk(p) for n, p in sorted(all_dirs[f.name].items())} for f in fams}
     restore = manifest.restore
     lineage = manifest.lineage
     if marker is None:
         # Only a start interrupted between writing the manifest and the marker leaves no marker; then
         # no shard has moved past its starting point. Anything else is a replaced recovery directory.
-        untouched = all(s.seq <= (restore.seqs.get(n, 0) if restore else 0) for n, s in on_disk.items())
+        untouched = all(s.seq <= (restore.seq(n, name) if restore else 0)
+                        for name, shards in on_disk.items() for n, s in shards.items())
         if view.has_progress or not untouched:
             raise _refuse(f"state.recovery_dir: {recovery} was not created with the state in {state_dir} "
                           f"(it has no nextclick marker: re-initialised, or another deployment's?); "
@@ -398,8 +454,14 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, ste
     elif marker != lineage:
         raise _refuse(f"state.recovery_dir: {recovery} belongs to deployment {marker}, the state in "
                       f"{state_dir} to {lineage}; point both settings at the same deployment")
-    committed = _check_shards(view, step, on_disk, dirs, restore, recovery)
-    return StartPlan(lineage, False, committed, restore, notes), writes
+    committed_families: dict[str, dict[int, int]] = {}
+    for family in fams:
+        checked = _check_shards(view, f"{flow_name}.{family.name}", on_disk[family.name], all_dirs[family.name],
+                                restore, recovery, family.name)
+        if checked is not None:
+            committed_families[family.name] = checked
+    committed = committed_families.pop(PROFILES, None)
+    return StartPlan(lineage, False, committed, restore, notes, committed_families), writes
 
 
 def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,
@@ -434,17 +496,18 @@ def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path,
 
 
 def _check_shards(view: RecoveryView, step: str, on_disk: dict[int, _ShardOnDisk], dirs: dict[int, Path],
-                  restore: RestorePoint | None, recovery: Path) -> dict[int, int] | None:
+                  restore: RestorePoint | None, recovery: Path, family: str = PROFILES) -> dict[int, int] | None:
     """Per shard: the recovery's committed seq must be reachable from the directory without losing commits."""
-    committed = {int(k): int(v["seq"]) for k, v in view.committed(step).items() if isinstance(v, dict)}
+    committed = {int(v.get("shard", k)): int(v["seq"]) for k, v in view.committed(step).items() if isinstance(v, dict)}
+    what = "shard" if family == PROFILES else f"{family} shard"
     for number, shard in on_disk.items():
         seq = committed.get(number)
         if seq is None:
             if not view.complete:
                 continue  # its snapshot may be in another process's recovery partition
-            seq = restore.seqs.get(number, 0) if restore else 0
+            seq = restore.seq(number, family) if restore else 0
             if shard.floor > seq:
-                raise _refuse(f"state.recovery_dir: shard {number} committed seq {shard.floor} but {recovery} has "
+                raise _refuse(f"state.recovery_dir: {what} {number} committed seq {shard.floor} but {recovery} has "
                               f"no record of it (an older recovery directory?); starting would roll it back")
             continue
         where = dirs[number]
@@ -452,16 +515,16 @@ def _check_shards(view: RecoveryView, step: str, on_disk: dict[int, _ShardOnDisk
             raise _refuse(f"state.dir: {where} is at seq {shard.seq} but {recovery} committed seq {seq} for it: "
                           f"the state directory is older than the recovery directory; restore them together")
         if seq < shard.floor:
-            raise _refuse(f"state.recovery_dir: {recovery} would roll shard {number} back to seq {seq}, past its "
+            raise _refuse(f"state.recovery_dir: {recovery} would roll {what} {number} back to seq {seq}, past its "
                           f"committed seq {shard.floor} (an older recovery directory?)")
         if seq < shard.oldest:
-            raise _refuse(f"state.recovery_dir: {recovery} would roll shard {number} back from seq {shard.seq} to "
+            raise _refuse(f"state.recovery_dir: {recovery} would roll {what} {number} back from seq {shard.seq} to "
                           f"{seq}, but its undo records reach back only to seq {shard.oldest} "
                           f"(state.keep_checkpoints); restore the directories from one moment")
     if view.complete:
         missing = sorted(set(committed) - set(on_disk))
         if missing:
-            raise _refuse(f"state.dir: {recovery} has committed state for shard {missing[0]} "
+            raise _refuse(f"state.dir: {recovery} has committed state for {what} {missing[0]} "
                           f"({len(missing)} shard(s) in all) but its directory is missing; restore the state "
                           f"directory, or start over with `nextclick state reset`")
         return committed
@@ -497,7 +560,8 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
     """What starting over destroys (every shard, the manifest, Bytewax's recovery); with dry_run False, destroy it."""
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
-    dirs = shard_dirs(state_dir)
+    dirs = {f"{family.rel(n)}": path for family in state_families(config)
+            for n, path in family_dirs(state_dir, family).items()}
     manifest = read_manifest(state_dir) if (state_dir / MANIFEST_FILE).exists() else None
     recovery_files = sorted(p for p in recovery.iterdir() if p.name.startswith("part-") or
                             p.name == RECOVERY_MARKER or ".sqlite3" in p.name) if recovery.is_dir() else []
@@ -517,6 +581,13 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
     with _start_lock(state_dir):
         for path in dirs.values():
             shutil.rmtree(path)
+        # And what a crash left half created (no RocksDB in it yet), and the families' own directories.
+        for path in state_dir.glob("shard-*") if state_dir.is_dir() else ():
+            if _SHARD_DIR.match(path.name) and path.is_dir():
+                shutil.rmtree(path)
+        for family in state_families(config):
+            if family.subdir and family.root(state_dir).is_dir():
+                shutil.rmtree(family.root(state_dir))
         with contextlib.suppress(FileNotFoundError):
             (state_dir / MANIFEST_FILE).unlink()
         for p in recovery_files:

@@ -13,6 +13,12 @@ index, erasure, quarantine, the input positions it has seen, and its checkpoints
   (quarantined) for inspection; that customer's events are dead-lettered until it is erased.
 - The input positions of the events applied are checkpointed with the profiles, so any consistent set
   of shard checkpoints (a savepoint) says where the input resumes.
+- Identity stitching (operators/identity/): a `MoveOut` takes a profile out of this shard and sends it
+  on as a `MoveIn`; a `MergeExpect` says which profiles are on their way to one of this shard's
+  customers. Until they have all arrived (always within the epoch: they come from earlier steps of the
+  same epoch), that customer's items wait, so the moved profiles are merged before anything that came
+  after the link, whatever order the two paths deliver in. Decisions say how the customer can be
+  reached (`ids`, operators/identity/addressing.py).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import base64
 import itertools
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +35,25 @@ from typing import Any
 import orjson
 
 from operators.engine import due_at, on_event, on_timers
+from operators.identity.addressing import address
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock
 from operators.profile.codec import decode_profile, encode_profile, stored_as_dict
 from operators.profile.facts import ProfileEncodeError
+from operators.profile.merge import merge_all
 from operators.profile.model import Profile, new_profile
-from operators.records import DeadLetter, Decision, EraseRequest, Event, Outcome, SavepointRequest, SourcePosition
+from operators.records import (
+    DeadLetter,
+    Decision,
+    EraseRequest,
+    Event,
+    MergeExpect,
+    MoveIn,
+    MoveOut,
+    Outcome,
+    SavepointRequest,
+    SourcePosition,
+)
 from operators.rules.model import RuleSet
 from operators.state.keys import (
     POSITIONS_KEY,
@@ -47,7 +66,7 @@ from operators.state.keys import (
     timer_key,
 )
 from operators.state.manifest import StartPlan
-from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError
+from operators.state.store import UNKNOWN, KeyValueStore, ShardStore, StateError, Unknown
 from operators.state.timers import TimerIndex
 
 # Customers handled per RocksDB multi-get when many timers fall due at once.
@@ -64,8 +83,8 @@ _DIRTY_LIMIT = 32
 # ... or this many times the customers the current batch changed, if that is more.
 _BACKLOG_DIRTY_FACTOR = 4
 
-ShardItem = Event | EraseRequest | SavepointRequest
-ShardOutput = Decision | DeadLetter
+ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn
+ShardOutput = Decision | DeadLetter | MoveIn
 _CLEAN: Any = object()  # `_dirty` has no entry: the profile is as the store holds it
 
 log = logging.getLogger(__name__)
@@ -95,6 +114,54 @@ class ShardContext:
     sync: bool = True
     # What the start-up checks found (operators/state/manifest.py); None when a test drives shards directly.
     plan: StartPlan | None = None
+    # Which family of stores these shards are (operators/state/layout.py): its name in the plan.
+    family: str = "profiles"
+
+
+@dataclass(frozen=True)
+class _Merge:
+    """A merge applied to a profile (kept with the events applied since it was written, so that a
+    failed event can be undone exactly): the moved profiles' bytes and the identifiers recorded."""
+
+    blobs: tuple[bytes, ...]
+    ids: dict[str, list[str]]
+
+
+def open_store(state_dir: Path, family: str, shard: int, seq: int | None, plan: StartPlan | None, *,
+               keep_checkpoints: int, sync: bool, cache_size: int = _STORE_CACHE) -> ShardStore:
+    """Open one shard of a family at the seq Bytewax committed (`seq`), or, when Bytewax has no state
+    for it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits."""
+    path = shard_path(state_dir, shard)
+    label = f"shard {shard}" if family == "profiles" else f"{family} shard {shard}"
+    if seq is None:
+        committed = plan.committed_for(family) if plan is not None else None
+        if committed is not None and shard in committed:
+            raise StateError(f"{label}: the recovery directory committed seq {committed[shard]} for "
+                             "it but Bytewax resumed it with no state: was the flow started without its "
+                             "recovery directory (bytewax.run -r)?")
+        target = plan.restore_seq(shard, family) if plan is not None else 0
+    else:
+        target = seq
+        if not path.exists():
+            raise StateError(f"{label}: the recovery directory committed seq {seq} but there is no "
+                             f"state directory {path} (state.dir): restore it, or restore a savepoint; after "
+                             "a change in the number of processes with per-process volumes, move shards "
+                             "through a savepoint")
+    store = ShardStore(path, cache_size=cache_size, keep_checkpoints=keep_checkpoints, sync=sync)
+    rolled_back_from = store.seq
+    try:
+        if store.seq != target:
+            store.rollback_to(target)
+        if seq is not None:
+            store.mark_committed(seq)
+    except StateError as exc:
+        store.close()
+        raise StateError(f"{label}: state dir and recovery dir disagree ({exc}); "
+                         "was the recovery directory replaced or the state directory copied?") from exc
+    log.info("shard opened", extra={"family": family, "shard": shard, "seq": store.seq, "resumed": seq is not None,
+                                    "rolled_back_from": rolled_back_from if rolled_back_from != store.seq else None,
+                                    "committed_floor": store.committed_floor})
+    return store
 
 
 class ShardState:
@@ -113,9 +180,9 @@ class ShardState:
         self._dirty_limit = _DIRTY_LIMIT
         # Per dirty customer, what was applied since the profile was last written (events, and the
         # clock of timer turns): replayed onto the stored copy to undo a failed event exactly.
-        self._applied: dict[str, list[Event | int]] = {}
+        self._applied: dict[str, list[Event | int | _Merge]] = {}
         # Replay logs of profiles written since the last turn, freed at the start of the next one.
-        self._retired: list[list[Event | int]] = []
+        self._retired: list[list[Event | int | _Merge]] = []
         # The committed bytes of profiles loaded since the last checkpoint and not yet written: the
         # store's undo pre-image for them, so writing them needs no second read.
         self._committed: dict[str, bytes | None] = {}
@@ -124,41 +191,22 @@ class ShardState:
         self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
         self._positions_changed = False
         self._savepoints: list[SavepointRequest] = []
+        # Identity stitching, within one epoch: per customer, the moved profiles still to come, those
+        # that came, the identifiers to record, and the items held until the merge is done; and moved
+        # profiles that arrived before their MergeExpect.
+        self._waiting: dict[str, set[str]] = {}
+        self._arrived: dict[str, dict[str, bytes | None]] = {}
+        self._merge_ids: dict[str, dict[str, list[str]]] = {}
+        self._held: dict[str, list[ShardItem]] = {}
+        self._early: dict[str, dict[str, bytes | None]] = {}
 
     @classmethod
     def open(cls, ctx: ShardContext, shard: int, seq: int | None) -> ShardState:
         """Open the shard's store at the seq Bytewax committed (`seq`), or, when Bytewax has no state for
         it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits."""
-        plan = ctx.plan
-        path = shard_path(ctx.state_dir, shard)
-        if seq is None:
-            if plan is not None and plan.committed is not None and shard in plan.committed:
-                raise StateError(f"shard {shard}: the recovery directory committed seq {plan.committed[shard]} for "
-                                 "it but Bytewax resumed it with no state: was the flow started without its "
-                                 "recovery directory (bytewax.run -r)?")
-            target = plan.restore_seq(shard) if plan is not None else 0
-        else:
-            target = seq
-            if not path.exists():
-                raise StateError(f"shard {shard}: the recovery directory committed seq {seq} but there is no "
-                                 f"state directory {path} (state.dir): restore it, or restore a savepoint; after "
-                                 "a change in the number of processes with per-process volumes, move shards "
-                                 "through a savepoint")
         # Decoded profiles are cached in the state; the store's own cache of encoded bytes stays small.
-        store = ShardStore(path, cache_size=_STORE_CACHE, keep_checkpoints=ctx.keep_checkpoints, sync=ctx.sync)
-        rolled_back_from = store.seq
-        try:
-            if store.seq != target:
-                store.rollback_to(target)
-            if seq is not None:
-                store.mark_committed(seq)
-        except StateError as exc:
-            store.close()
-            raise StateError(f"shard {shard}: state dir and recovery dir disagree ({exc}); "
-                             "was the recovery directory replaced or the state directory copied?") from exc
-        log.info("shard opened", extra={"shard": shard, "seq": store.seq, "resumed": seq is not None,
-                                        "rolled_back_from": rolled_back_from if rolled_back_from != store.seq else None,
-                                        "committed_floor": store.committed_floor})
+        store = open_store(ctx.state_dir, ctx.family, shard, seq, ctx.plan, keep_checkpoints=ctx.keep_checkpoints,
+                           sync=ctx.sync)
         return cls(ctx, shard, store)
 
     def next_due(self) -> int | None:
@@ -292,7 +340,11 @@ class ShardState:
         ruleset = self.ctx.ruleset
         for step in self._applied.get(customer, ()):
             if isinstance(step, Event):
+                _note_ids(profile, step)
                 on_event(profile, step, ruleset)
+            elif isinstance(step, _Merge):
+                merge_all(profile, [decode_profile(b) for b in step.blobs], ruleset)
+                profile.ids = {t: list(keys) for t, keys in step.ids.items()}
             else:
                 on_timers(profile, ruleset, step)
         return profile
@@ -341,8 +393,10 @@ class ShardState:
     # -- applying -------------------------------------------------------------------------------
 
     @staticmethod
-    def _account(outcome: Outcome, out: list[ShardOutput]) -> None:
-        out.extend(outcome.decisions)
+    def _account(outcome: Outcome, out: list[ShardOutput], profiles: dict[str, Profile]) -> None:
+        for decision in outcome.decisions:
+            profile = profiles.get(decision.customer)
+            out.append(address(decision, profile.ids if profile is not None else None))
         if outcome.blocked:
             blocked: Counter[tuple[str, str]] = Counter((b.rule_id, b.reason) for b in outcome.blocked)
             for (rule, reason), n in blocked.items():
@@ -380,6 +434,8 @@ class ShardState:
                 metrics.PROCESSING_ERRORS.labels("quarantined_profile", "Quarantined").inc()
                 continue
             duplicates, marks = outcome.duplicates, (len(outcome.decisions), len(outcome.blocked), outcome.absences)
+            if not profile.ids and event.id_type is not None:
+                _note_ids(profile, event)
             try:
                 if failpoints.FAIL_CUSTOMERS and customer in failpoints.FAIL_CUSTOMERS:
                     raise failpoints.InjectedFailure("failpoint")
@@ -405,7 +461,7 @@ class ShardState:
                 del profiles[customer]
                 self._live.pop(customer, None)
         self._changed({c: p for c, p in profiles.items() if c in self._live})
-        self._account(outcome, out)
+        self._account(outcome, out, profiles)
         for event_type, n in types.items():
             metrics.EVENTS.labels(event_type).inc(n)
 
@@ -422,26 +478,155 @@ class ShardState:
     # -- turns --------------------------------------------------------------------------------------
 
     def apply(self, values: list[ShardItem]) -> list[ShardOutput]:
-        """Events, erasures and savepoint requests, in order: decisions and dead letters out."""
+        """Events, erasures, savepoint requests and identity moves, in order: decisions, dead letters
+        and moved profiles out."""
         self._retired.clear()
         out: list[ShardOutput] = []
-        run: list[Event] = []
-        for value in values:
-            if isinstance(value, Event):
-                run.append(value)
-                continue
-            # A command applies after everything before it in the batch and before everything after.
-            if run:
-                self._apply_events(run, out)
-                run = []
-            if isinstance(value, EraseRequest):
-                self.erase(value.customer)
-            else:
-                self._savepoints.append(value)
-        if run:
-            self._apply_events(run, out)
+        self._process(values, out)
         self._note_positions(values)
         return out
+
+    def _process(self, values: list[ShardItem], out: list[ShardOutput]) -> None:
+        """Events are applied in runs (one multi-get, one dirty-set update per run); an item about a
+        customer applies after every earlier event of that customer in the batch and before every later
+        one. Only an item about a customer the current run holds ends the run, and what a completed
+        merge releases joins the run: a batch with identity moves keeps runs as long as one without."""
+        waiting, held = self._waiting, self._held
+        if not waiting:
+            for value in values:
+                if type(value) is not Event:
+                    break
+            else:  # only events, no merge under way (the common case): one run, as before identity moves
+                if values:
+                    self._apply_events(values, out)  # type: ignore[arg-type]
+                return
+        run: list[Event] = []
+        in_run: set[str] = set()
+        queue = deque(values)
+        while queue:
+            value = queue.popleft()
+            if type(value) is Event:
+                customer = value.customer
+                if waiting and customer in waiting:
+                    held[customer].append(value)
+                else:
+                    run.append(value)
+                    in_run.add(customer)
+                continue
+            if isinstance(value, SavepointRequest):  # acts at the epoch end, whatever came before
+                self._savepoints.append(value)
+                continue
+            if value.customer in in_run:
+                self._apply_events(run, out)
+                run, in_run = [], set()
+            released: list[ShardItem] = []
+            if isinstance(value, MoveIn):
+                released = self._move_in(value)
+            elif waiting and value.customer in waiting:
+                held[value.customer].append(value)  # after the merge, as it came after the link
+            elif isinstance(value, EraseRequest):
+                self.erase(value.customer, count=not value.part)
+            elif isinstance(value, MoveOut):
+                out.append(self._move_out(value))
+            elif isinstance(value, MergeExpect):
+                released = self._expect(value)
+            if released:  # the merged customer's items that waited: next, in their order
+                queue.extendleft(reversed(released))
+        if run:
+            self._apply_events(run, out)
+
+    # -- identity: moving and merging profiles ------------------------------------------------------
+
+    def _move_out(self, request: MoveOut) -> MoveIn:
+        """Take a profile out of this shard (its timer too; an ordinary change, undone by a rollback)."""
+        customer = request.customer
+        key = profile_key(customer)
+        profile = self._live.pop(customer, None)
+        blob: bytes | None = None
+        committed: bytes | None | Unknown = UNKNOWN
+        if profile is not None:
+            blob = encode_profile(profile)
+            committed = self._committed.pop(customer, UNKNOWN)
+        else:
+            stored = self.store.get(key)
+            if self.store.unchanged_since_checkpoint(key):
+                committed = stored
+            if stored == QUARANTINED:
+                # Its record stays here for inspection; the merged profile starts without it.
+                log.warning("quarantined profile not moved", extra={"shard": self.shard, "customer": customer,
+                                                                    "into": request.into})
+                return MoveIn(request.into, customer, None, request.route)
+            if stored is not None:
+                try:
+                    profile = decode_profile(stored)
+                except Exception as exc:  # noqa: BLE001 - bad stored bytes are one customer's problem
+                    self._quarantine(customer, "decode_profile", exc, stored)
+                    return MoveIn(request.into, customer, None, request.route)
+                # What is stored goes as it is (format 1 is rewritten, so the merge reads one format).
+                blob = stored if stored[:1] != b"{" else encode_profile(profile)
+        if profile is not None:
+            indexed = self._dirty.pop(customer, _CLEAN)
+            if indexed is _CLEAN:
+                indexed = due_at(profile, self.ctx.ruleset)
+            self._dirty_due.pop(customer, None)
+            self._applied.pop(customer, None)
+            self.store.delete(key, committed=committed)
+            self.timers.move(customer, indexed, None, committed=committed is not UNKNOWN)
+            metrics.PROFILES_MOVED.inc()
+        self._committed.pop(customer, None)
+        failpoints.hit("moved_out")
+        return MoveIn(request.into, customer, blob, request.route)
+
+    def _expect(self, request: MergeExpect) -> list[ShardItem]:
+        customer = request.customer
+        early = self._early.get(customer, {})
+        # Moved profiles of this merge that came first; those of a later merge of the same customer stay.
+        arrived = {source: early.pop(source) for source in request.sources if source in early}
+        if not early:
+            self._early.pop(customer, None)
+        self._waiting[customer] = set(request.sources) - set(arrived)
+        self._arrived[customer] = arrived
+        self._merge_ids[customer] = request.ids
+        self._held[customer] = []
+        return self._complete(customer) if not self._waiting[customer] else []
+
+    def _move_in(self, moved: MoveIn) -> list[ShardItem]:
+        customer = moved.customer
+        waiting = self._waiting.get(customer)
+        if waiting is None or moved.moved not in waiting:
+            # Here before its MergeExpect (the two come by different paths): kept until it comes.
+            self._early.setdefault(customer, {})[moved.moved] = moved.blob
+            return []
+        waiting.discard(moved.moved)
+        self._arrived[customer][moved.moved] = moved.blob
+        return self._complete(customer) if not waiting else []
+
+    def _complete(self, customer: str) -> list[ShardItem]:
+        """Every moved profile is here: merge them into the customer's; returns what waited for it."""
+        del self._waiting[customer]
+        blobs = tuple(blob for _, blob in sorted(self._arrived.pop(customer).items()) if blob is not None)
+        ids = self._merge_ids.pop(customer)
+        held = self._held.pop(customer)
+        profiles, _, quarantined = self._profiles([customer])
+        if customer in quarantined:
+            log.error("moved profiles not merged into a quarantined profile", extra={
+                "shard": self.shard, "customer": customer, "moved": len(blobs)})
+            return held
+        self._changing(profiles)
+        profile = profiles[customer]
+        try:
+            merge_all(profile, [decode_profile(b) for b in blobs], self.ctx.ruleset)
+            profile.ids = {t: list(keys) for t, keys in ids.items()}
+        except Exception as exc:  # noqa: BLE001 - one customer's bad data is that customer's problem
+            metrics.PROCESSING_ERRORS.labels("merge", type(exc).__name__).inc()
+            self._live.pop(customer, None)
+            self._quarantine(customer, "merge", exc, None, profile_due=self._dirty.get(customer))
+            return held
+        self._applied.setdefault(customer, []).append(_Merge(blobs, ids))
+        self._changed(profiles)
+        metrics.MERGES.inc()
+        failpoints.hit("merged")
+        return held
 
     def fire_timers(self, now: int) -> list[ShardOutput]:
         """The wall-clock turn: every customer due by `now` (a bounded number per call, so a storm of
@@ -449,6 +634,8 @@ class ShardState:
         self._retired.clear()
         out: list[ShardOutput] = []
         due = self._due_customers(now)
+        if self._waiting:  # their turn comes once their merge is done
+            due = [(customer, at) for customer, at in due if customer not in self._waiting]
         ruleset, applied = self.ctx.ruleset, self._applied
         for start in range(0, len(due), _TIMER_CHUNK):
             chunk = due[start:start + _TIMER_CHUNK]
@@ -475,12 +662,17 @@ class ShardState:
                     continue
                 applied.setdefault(customer, []).append(now)
             self._changed(profiles)
-            self._account(outcome, out)
+            self._account(outcome, out, profiles)
         return out
 
     def checkpoint(self) -> int:
         """The epoch end: write what is dirty and commit it with the positions; the new seq."""
         started = time.perf_counter()
+        if self._waiting or self._early:
+            # Moved profiles come from earlier steps of the same epoch, which Bytewax has finished
+            # before it snapshots this one: anything still waiting is a bug, and committing would lose it.
+            raise StateError(f"{self.ctx.family} shard {self.shard}: an epoch ended with moved profiles still "
+                             f"expected for {len(self._waiting)} customer(s) and {len(self._early)} unclaimed")
         dirty = len(self._dirty)
         self._flush()
         self._committed.clear()  # from here on, reads return what this epoch wrote
@@ -498,7 +690,8 @@ class ShardState:
             self._write_savepoint(request, seq)
         self._savepoints = []
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
-        metrics.observe_shard(self.shard, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
+        label = self.shard if self.ctx.family == "profiles" else f"{self.ctx.family}/{self.shard}"
+        metrics.observe_shard(label, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
         return seq
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
@@ -508,7 +701,7 @@ class ShardState:
         started = time.perf_counter()
         try:
             write_shard_part(self.store, Path(request.path), self.shard, seq, self._positions,
-                             request.token, self.ctx.plan.lineage if self.ctx.plan else None)
+                             request.token, self.ctx.plan.lineage if self.ctx.plan else None, request.store)
         except (OSError, StateError) as exc:
             # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
             log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,
@@ -517,8 +710,11 @@ class ShardState:
         log.info("savepoint part written", extra={"shard": self.shard, "seq": seq, "path": request.path,
                                                   "seconds": round(time.perf_counter() - started, 3)})
 
-    def erase(self, customer: str) -> bool:
-        """Right to erasure: the profile, its timer and every undo pre-image of them, at once."""
+    def erase(self, customer: str, *, count: bool = True) -> bool:
+        """Right to erasure: the profile, its timer and every undo pre-image of them, at once.
+
+        `count` False for one of the parts of an erasure the identity stage counted (it erases every
+        identifier of a linked profile in every family)."""
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
         in_memory = self._live.pop(customer, None) is not None
         self._dirty.pop(customer, None)
@@ -527,9 +723,17 @@ class ShardState:
         self._committed.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self._erased += 1
-        metrics.ERASURES.inc()
-        log.info("customer erased", extra={"customer": customer, "shard": self.shard, "existed": existed})
+        if count:
+            metrics.ERASURES.inc()
+        log.info("customer erased", extra={"customer": customer, "family": self.ctx.family, "shard": self.shard,
+                                           "existed": existed})
         return existed
+
+
+def _note_ids(profile: Profile, event: Event) -> None:
+    """A profile of one identifier learns which type it is keyed by, from its first event that says."""
+    if not profile.ids and event.id_type is not None:
+        profile.ids = {event.id_type: [profile.customer]}
 
 
 class _Quarantined(Exception):
@@ -542,6 +746,8 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
     Both the current profile's timer and the last checkpoint's (they differ when the timer moved in
     this epoch) are removed, so no restore can leave a timer that points at the customer. A
     quarantined customer's record goes too, and (their due times being unknown) every timer key of theirs.
+    So do the timer keys undo records hold for them whatever their due time: a profile moved out of the
+    shard (identity stitching) left its last timer's key only there.
     """
     key = profile_key(customer)
     versions = {store.get(key), store.get_committed(key)} - {None}
@@ -555,25 +761,31 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
             continue
         if due is not None:
             keys.append(timer_key(due, customer))
-    store.erase(keys)
+    suffix = customer.encode()
+    store.erase(keys, matching=lambda k: k[:1] == TIMER_PREFIX and k.endswith(suffix))
     return bool(versions)
 
 
 def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:
     """The committed profile of one customer, read-only (works while the flow runs).
 
-    A quarantined customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
+    `customer` is the key of any of the customer's identifiers: a linked one reads as the profile it
+    belongs to (resolved through the identity graph, operators/identity/graph.py). A quarantined
+    customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
     """
-    path = shard_path(state_dir, shard_of(customer, shards))
-    if not path.exists():
+    from operators.identity.graph import resolve_offline
+    from operators.state.layout import family_of_anchor, has_store
+
+    key, anchor = resolve_offline(state_dir, customer)
+    path = family_of_anchor(anchor, shards).path(state_dir, shard_of(key, shards))
+    if not has_store(path):
         return None
     store = ShardStore.open_read_only(path)
     try:
-        raw = store.get(profile_key(customer))
+        raw = store.get(profile_key(key))
         if raw == QUARANTINED:
-            record = store.get(quarantine_key(customer))
-            return {"customer": customer, "quarantined": orjson.loads(record) if record else {}}
+            record = store.get(quarantine_key(key))
+            return {"customer": key, "quarantined": orjson.loads(record) if record else {}}
         return None if raw is None else stored_as_dict(raw)
     finally:
         store.close()
-

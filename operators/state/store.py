@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Protocol, Self, cast
 
@@ -128,7 +128,7 @@ class KeyValueStore(Protocol):
 
     def checkpoint(self) -> int: ...
 
-    def erase(self, keys: Sequence[bytes]) -> None: ...
+    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None) -> None: ...
 
     def purge(self) -> None: ...
 
@@ -728,24 +728,31 @@ class ShardStore:
         self._seq, self._floor, self._oldest_undo = 1, 1, 2
         return 1
 
-    def erase(self, keys: Sequence[bytes]) -> None:
+    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None) -> None:
         """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.
 
+        `matching`: also every key an undo record holds for which it is true (keys whose names the
+        caller cannot know any more, e.g. the timer of a profile deleted in an earlier epoch).
         Committed immediately and synced (not at the next checkpoint); seq does not change.
         """
         self._check_writable()
         doomed = set(keys)
-        if not doomed:
+        if not doomed and matching is None:
             return
         batch = WriteBatch(raw_mode=True)
+        undo: list[tuple[bytes, dict[bytes, bytes | None]]] = []
+        for raw_key, blob in self._iter_raw(_UNDO):
+            entries = _decode_undo(blob)
+            if matching is not None:
+                doomed.update(k for k in entries if matching(k))
+            undo.append((raw_key, entries))
         for key in doomed:
             self._pending.pop(key, None)
             self._preimages.pop(key, None)
             # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
             self._staged.discard(key)
             batch.delete(_DATA + key)
-        for raw_key, blob in self._iter_raw(_UNDO):
-            entries = _decode_undo(blob)
+        for raw_key, entries in undo:
             if doomed.isdisjoint(entries):
                 continue
             batch.put(raw_key, _encode_undo({k: v for k, v in entries.items() if k not in doomed}))

@@ -1,0 +1,72 @@
+"""The identity stage alone: how many events per second its one key routes (no Kafka, no Bytewax).
+
+    python -m bench.identity --events 300000 --customers 100000
+
+The reference workload (bench/workload.py) is parsed once, then the identity stage
+(operators/identity/stage.IdentityState, its graph in a fresh RocksDB, fsync off) routes it in
+batches of 500 with a checkpoint every 20 batches, as the flow would. Reported per workload: the
+default one (every event carries one identifier: the common case) and the identity one (a quarter
+anonymous, 1% sign-ins, half the events a cookie next to a customer id). The identity stage is one
+sequencer for the whole flow, so its rate is a ceiling on the flow's, whatever the process count:
+compare it with the flow's rate (bench.run, bench.ab).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench import workload
+from operators.identity.guards import default_identity_rules
+from operators.identity.stage import IdentityContext, IdentityState
+from operators.infra.config import ParseConfig
+from operators.io.parse import parse_message
+from operators.records import Event, SourcePosition
+
+END_MS = 1_800_000_000_000
+BATCH = 500
+
+
+def measure(events: int, customers: int, identity: bool, shards: int = 16) -> dict[str, float]:
+    records = workload.serialise(events, customers, seed=42, end_ms=END_MS, identity=identity)
+    parsed = []
+    for n, (key, value) in enumerate(records):
+        event = parse_message(key, value, None, SourcePosition("bench", 0, n), secret=b"bench", now_ms=END_MS,
+                              config=ParseConfig())
+        assert isinstance(event, Event), event
+        parsed.append(event)
+    root = Path(tempfile.mkdtemp(prefix="nextclick-bench-identity-"))
+    try:
+        state = IdentityState.open(IdentityContext(root, shards, default_identity_rules(), sync=False), None)
+        routed = 0
+        started = time.perf_counter()
+        for n, start in enumerate(range(0, len(parsed), BATCH)):
+            routed += len(state.apply(parsed[start:start + BATCH]))  # type: ignore[arg-type]
+            if n % 20 == 19:
+                state.checkpoint()
+        state.checkpoint()
+        seconds = time.perf_counter() - started
+        state.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"events": len(parsed), "routed_items": routed, "seconds": seconds,
+            "events_per_s": len(parsed) / seconds, "us_per_event": seconds / len(parsed) * 1e6}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--customers", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    for identity in (False, True):
+        r = measure(args.events, args.customers, identity)
+        name = "identity" if identity else "default"
+        print(f"{name} workload: {r['events']:,} events, {r['routed_items']:,} items routed in {r['seconds']:.2f}s: "
+              f"{r['events_per_s']:,.0f} events/s ({r['us_per_event']:.2f} us/event)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The identity graph: which identifiers are linked, which profile key they resolve to, and whether a
+new link may join them.
+
+Only pseudonymous keys are stored, in the identity stage's own store (operators/identity/stage.py):
+
+    n<key>        [profile key, its id type]    a linked identifier and the profile it belongs to
+    g<profile>    {id type: [key, ...]}         every identifier of a linked profile, oldest link first
+
+An identifier without a record is linked to nothing: its profile, if it has one, is keyed by itself
+and lives in the first profile stage (`profiles`), as before identity stitching. A linked profile is
+keyed by its highest-priority identifier (`IdentityRules.priority`: a customer id when it has one)
+and lives in the stage of that identifier's type (`linked_<type>`, operators/state/layout.py).
+
+A link joins the profiles of every identifier an event names. It passes the guards or changes
+nothing (`Refusal`): two different customer ids never merge; neither do two profiles keyed by the
+same type (one of them would have to move into a stage it is already in); no type may exceed its
+limit. Blocked values never get here: the parser drops them (operators/identity/pseudonyms.py).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from operators.identity.guards import IdentityRules
+from operators.state.keys import shard_path
+from operators.state.layout import has_store
+from operators.state.store import KeyValueStore, ShardStore
+
+NODE_PREFIX = b"n"
+GROUP_PREFIX = b"g"
+
+# Why a link was refused (nextclick_identity_links_refused_total{reason}); blocked_value is the parser's.
+REFUSAL_REASONS = ("blocked_value", "two_customer_ids", "same_key_type", "limit")
+
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE_NODE = msgspec.msgpack.Decoder(tuple[str, str]).decode
+_DECODE_GROUP = msgspec.msgpack.Decoder(dict[str, list[str]]).decode
+_MISSING = object()
+
+
+def node_key(key: str) -> bytes:
+    return NODE_PREFIX + key.encode()
+
+
+def group_key(key: str) -> bytes:
+    return GROUP_PREFIX + key.encode()
+
+
+@dataclass(frozen=True)
+class Component:
+    """The profile an identifier belongs to: `key` (its profile key) of type `type`; `linked` False
+    for an identifier linked to nothing (then `key` is the identifier itself)."""
+
+    key: str
+    type: str
+    linked: bool
+    ids: dict[str, list[str]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    id_type: str  # the type the guard is about (the one over its limit, the type keying both profiles)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A link that holds: the profiles at `sources` ((anchor of the stage they are in, None for the
+    first stage), key) become one, keyed `into` (of type `anchor`), holding `ids`."""
+
+    into: str
+    anchor: str
+    sources: tuple[tuple[str | None, str], ...]
+    ids: dict[str, list[str]]
+
+
+class IdentityGraph:
+    """The graph over a key-value store whose writes follow the stage's epochs (ShardStore)."""
+
+    def __init__(self, store: KeyValueStore, rules: IdentityRules, cache_size: int = 131072) -> None:
+        self.store, self.rules = store, rules
+        self._cache_size = max(1, cache_size)
+        # key -> (profile key, type) or None (linked to nothing): most identifiers are never linked,
+        # so the negative answers are what this saves. First in, first out (no reordering per hit).
+        self._cache: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+
+    def _remember(self, key: str, value: tuple[str, str] | None) -> None:
+        cache = self._cache
+        cache[key] = value
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+
+    def find(self, key: str) -> tuple[str, str] | None:
+        """(profile key, its type) if `key` is linked, else None."""
+        found = self._cache.get(key, _MISSING)
+        if found is not _MISSING:
+            return found  # type: ignore[return-value]
+        raw = self.store.get(node_key(key))
+        value = None if raw is None else _DECODE_NODE(raw)
+        self._remember(key, value)
+        return value
+
+    def group(self, into: str) -> dict[str, list[str]]:
+        raw = self.store.get(group_key(into))
+        return {} if raw is None else _DECODE_GROUP(raw)
+
+    def component(self, id_type: str, key: str) -> Component:
+        found = self.find(key)
+        if found is None:
+            return Component(key, id_type, False, {id_type: [key]})
+        into, into_type = found
+        return Component(into, into_type, True, self.group(into))
+
+    def decide(self, identifiers: Sequence[tuple[str, str]]) -> Component | Refusal | Merge:
+        """What an event naming these (type, key) identifiers does: the component they already share
+        (its `ids` left empty when there was no need to read them), a refused link, or a merge. The
+        first identifier is the one the event is about."""
+        found = [self.find(key) for _, key in identifiers]
+        first = found[0]
+        if first is not None and all(f == first for f in found):
+            # Already one profile (a signed-in visitor's every event): no group to read.
+            return Component(first[0], first[1], True, {})
+        components: dict[str, Component] = {}
+        for (id_type, key), resolved in zip(identifiers, found):
+            if resolved is None:
+                component = Component(key, id_type, False, {id_type: [key]})
+            else:
+                component = Component(resolved[0], resolved[1], True, self.group(resolved[0]))
+            components.setdefault(component.key, component)
+        if len(components) == 1:
+            return next(iter(components.values()))
+        rank = self.rules.rank
+        ids: dict[str, list[str]] = {}
+        for component in components.values():
+            for id_type, keys in component.ids.items():
+                mine = ids.setdefault(id_type, [])
+                mine.extend(k for k in keys if k not in mine)
+        if len(ids.get("customer", ())) > 1:
+            return Refusal("two_customer_ids", "customer")
+        top = min(ids, key=rank)
+        anchored = [c for c in components.values() if c.type == top]
+        if len(anchored) > 1:
+            return Refusal("same_key_type", top)
+        for id_type in sorted(ids, key=rank):
+            if len(ids[id_type]) > self.rules.limit(id_type):
+                return Refusal("limit", id_type)
+        into = anchored[0]
+        # The merged profile's identifiers: its own first (oldest links first), then the new ones.
+        ordered: dict[str, list[str]] = {t: list(keys) for t, keys in into.ids.items()}
+        for id_type, keys in ids.items():
+            mine = ordered.setdefault(id_type, [])
+            mine.extend(k for k in keys if k not in mine)
+        sources = tuple((c.type if c.linked else None, c.key) for c in components.values()
+                        if c.key != into.key or not c.linked)
+        return Merge(into.key, top, sources, {t: ordered[t] for t in sorted(ordered, key=rank)})
+
+    def apply(self, merge: Merge) -> None:
+        """Record a merge: every identifier points at the merged profile, which lists them all."""
+        store, target = self.store, _ENCODE((merge.into, merge.anchor))
+        for keys in merge.ids.values():
+            for key in keys:
+                store.put(node_key(key), target)
+                self._remember(key, (merge.into, merge.anchor))
+        store.put(group_key(merge.into), _ENCODE(merge.ids))
+        for level, key in merge.sources:
+            if level is not None and key != merge.into:
+                store.delete(group_key(key))
+
+    def erase(self, key: str) -> list[str]:
+        """Right to erasure through links: forget every identifier linked with `key`, and `key`, at once
+        (committed immediately and gone from every undo record, like a shard's erasure). Returns the
+        keys of every identifier of the profile (just `key` when it is linked to nothing)."""
+        found = self.find(key)
+        members = [key]
+        if found is not None:
+            members = [k for keys in self.group(found[0]).values() for k in keys] or [key]
+            if key not in members:
+                members.append(key)
+        # Any member may have keyed a profile once (a group record that a later merge deleted, still
+        # in an undo record): every member's group key goes too.
+        self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members])
+        for member in members:
+            self._cache.pop(member, None)
+        return members
+
+
+def graph_path(state_dir: str | Path) -> Path:
+    """The identity stage's store (operators/state/layout.py: family `identity`, one shard)."""
+    return shard_path(Path(state_dir) / "identity", 0)
+
+
+def resolve_offline(state_dir: str | Path, key: str) -> tuple[str, str | None]:
+    """(profile key, type keying it or None) of an identifier, from the committed graph, read-only (works
+    while the flow runs): a linked identifier resolves to its profile, any other to itself."""
+    path = graph_path(state_dir)
+    if not has_store(path):
+        return key, None
+    store = ShardStore.open_read_only(path, cache_size=0)
+    try:
+        raw = store.get(node_key(key))
+    finally:
+        store.close()
+    if raw is None:
+        return key, None
+    into, anchor = _DECODE_NODE(raw)
+    return into, anchor
+
+
+def read_group(state_dir: str | Path, into: str) -> dict[str, list[str]]:
+    """Every identifier key of a linked profile, by type, from the committed graph (read-only)."""
+    path = graph_path(state_dir)
+    if not has_store(path):
+        return {}
+    store = ShardStore.open_read_only(path, cache_size=0)
+    try:
+        raw = store.get(group_key(into))
+    finally:
+        store.close()
+    return {} if raw is None else _DECODE_GROUP(raw)

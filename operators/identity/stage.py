@@ -1,0 +1,269 @@
+"""The identity stage: the flow's first stateful step, which sends every event to the profile it updates.
+
+    parse ─ ("identity", item) ─ identity ─┬─ (shard key, item) ─ profiles ────────┬─ decisions, dead letters
+                                           └─ ("<type>/<shard>", item) ─ linked_<type> ─┘
+                                                             moved profiles ──┘ (to later families only)
+
+One Bytewax key, one store (`<state.dir>/identity/shard-0000`, a ShardStore checkpointed in step with
+the epochs like every shard). Why one: a link has to see the current state of every profile it joins,
+and its guards the whole merged profile (how many cookies, which customer id). Split over keys, one
+link would need a transaction across them, which a dataflow without cycles cannot run. One sequencer
+also keeps the order of each input partition all the way to the profiles, as before. What it costs
+per event is a dictionary lookup (an identifier linked to nothing, the common case, is remembered as
+such) and one more hop: measured in docs/performance.md.
+
+For each event:
+- no other identifier (the common case): the profile of its identifier, or of the linked profile it
+  belongs to (the event then carries that profile's key);
+- other identifiers: `IdentityGraph.decide`. Already one profile: sent there. A refused link: sent
+  where it would have gone without the link, counted by reason and logged (keys only, never raw
+  values). A merge: the graph records it, every profile that joins is sent a `MoveOut` (in its family
+  and shard), the merged profile's shard a `MergeExpect`, then the event goes there. The shard holds
+  that customer's items until every moved profile has arrived (operators/state/shard_state.py), so
+  what came after the link applies after the merge.
+
+An erasure of any identifier forgets every identifier linked with it (graph, at once) and sends every
+family's shard of each of them an erasure, so their profiles and the undo records of profiles moved
+out of a shard go too. A savepoint request is copied to every shard of every family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax.operators import StatefulBatchLogic
+
+from operators.identity.graph import Component, IdentityGraph, Merge, Refusal
+from operators.identity.guards import IdentityRules
+from operators.infra import failpoints, metrics
+from operators.records import EraseRequest, Event, MergeExpect, MoveOut, SavepointRequest
+from operators.state.keys import POSITIONS_KEY
+from operators.state.layout import IDENTITY, Family, profile_families
+from operators.state.manifest import StartPlan
+from operators.state.shard_state import open_store
+from operators.state.store import KeyValueStore, StateError
+
+IdentityItem = Event | EraseRequest | SavepointRequest
+Routed = tuple[str, Any]
+IDENTITY_KEY = "identity"  # the stage's one Bytewax key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IdentityContext:
+    state_dir: Path  # state.dir
+    shards: int
+    rules: IdentityRules
+    cache_identifiers: int = 131072
+    keep_checkpoints: int = 64
+    sync: bool = True
+    plan: StartPlan | None = None
+
+    @property
+    def family(self) -> Family:
+        return Family(IDENTITY, IDENTITY, 1)
+
+
+class _RefusalLog:
+    """One log line per refused link, at most `per_minute` per reason (a misbehaving producer can send a
+    placeholder id in every event); the next line says how many were not written."""
+
+    def __init__(self, per_minute: int = 20) -> None:
+        self.per_minute = per_minute
+        self._window: dict[str, tuple[float, int, int]] = {}  # reason -> (window start, written, skipped)
+
+    def write(self, reason: str, id_type: str, event: Event, profiles: list[str]) -> None:
+        now = time.monotonic()
+        start, written, skipped = self._window.get(reason, (now, 0, 0))
+        if now - start >= 60:
+            start, written = now, 0
+        if written >= self.per_minute:
+            self._window[reason] = (start, written, skipped + 1)
+            return
+        src = event.source
+        log.info("link refused", extra={
+            "reason": reason, "id_type": id_type, "profiles": profiles,
+            "source": f"{src.topic}#{src.partition}@{src.offset}" if src is not None else None,
+            "not_logged_before": skipped})
+        self._window[reason] = (start, written + 1, 0)
+
+
+class IdentityState:
+    """The identity stage's state and routing, without Bytewax (the adapter is IdentityLogic)."""
+
+    def __init__(self, ctx: IdentityContext, store: KeyValueStore) -> None:
+        self.ctx, self.store = ctx, store
+        self.graph = IdentityGraph(store, ctx.rules, ctx.cache_identifiers)
+        shards = ctx.shards
+        self.families = profile_families(shards, ctx.rules.anchors)
+        # Bytewax keys of every family's shards: routes[anchor][shard], anchor None for `profiles`.
+        self.routes: dict[str | None, list[str]] = {f.anchor: [f.route(n) for n in range(shards)]
+                                                    for f in self.families}
+        raw = store.get(POSITIONS_KEY)
+        self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
+        self._positions_changed = False
+        self._erased = 0
+        self._savepoints: list[SavepointRequest] = []
+        self._refusals = _RefusalLog()
+
+    @classmethod
+    def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
+        store = open_store(ctx.family.root(ctx.state_dir), IDENTITY, 0, seq, ctx.plan,
+                           keep_checkpoints=ctx.keep_checkpoints, sync=ctx.sync, cache_size=4096)
+        return cls(ctx, store)
+
+    def route(self, anchor: str | None, key: str) -> str:
+        return self.routes[anchor][zlib.crc32(key.encode()) % self.ctx.shards]
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def apply(self, values: list[IdentityItem]) -> list[Routed]:
+        out: list[Routed] = []
+        find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
+        crc32 = zlib.crc32
+        for value in values:
+            if type(value) is Event:
+                if value.blocked:
+                    self._refused_blocked(value)
+                if not value.links or value.id_type is None:
+                    customer = value.customer
+                    found = find(customer)
+                    if found is None:  # linked to nothing: its own profile, as before identity stitching
+                        out.append((route0[crc32(customer.encode()) % shards], value))
+                        continue
+                    into, anchor = found
+                    if into != customer:
+                        value = dataclasses.replace(value, customer=into, id_type=anchor)
+                    out.append((routes[anchor][crc32(into.encode()) % shards], value))
+                    continue
+                self._link(value, out)
+            elif type(value) is EraseRequest:
+                self._erase(value, out)
+            elif type(value) is SavepointRequest:
+                self._savepoint(value, out)
+        self._note_positions(values)
+        return out
+
+    def _to(self, component: Component, event: Event, out: list[Routed]) -> None:
+        if component.key != event.customer:  # the event now names the profile (key and type) it updates
+            event = dataclasses.replace(event, customer=component.key, id_type=component.type)
+        out.append((self.route(component.type if component.linked else None, component.key), event))
+
+    def _link(self, event: Event, out: list[Routed]) -> None:
+        assert event.id_type is not None
+        graph = self.graph
+        outcome = graph.decide([(event.id_type, event.customer), *event.links])
+        if isinstance(outcome, Component):
+            self._to(outcome, event, out)
+            return
+        if isinstance(outcome, Refusal):
+            metrics.LINKS_REFUSED.labels(outcome.reason, outcome.id_type).inc()
+            primary = graph.component(event.id_type, event.customer)
+            self._refusals.write(outcome.reason, outcome.id_type, event,
+                                 sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
+            self._to(primary, event, out)  # a refused link changes nothing
+            return
+        self._merge(outcome, event, out)
+
+    def _merge(self, merge: Merge, event: Event, out: list[Routed]) -> None:
+        self.graph.apply(merge)
+        into, target = merge.into, self.route(merge.anchor, merge.into)
+        for anchor, key in merge.sources:
+            out.append((self.route(anchor, key), MoveOut(key, into, target)))
+        out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids)))
+        out.append((target, event if event.customer == into else
+                    dataclasses.replace(event, customer=into, id_type=merge.anchor)))
+        metrics.LINKS.labels(merge.anchor).inc()
+        failpoints.hit("linked")
+
+    def _refused_blocked(self, event: Event) -> None:
+        for id_type in event.blocked:
+            metrics.LINKS_REFUSED.labels("blocked_value", id_type).inc()
+            self._refusals.write("blocked_value", id_type, event, [event.customer])
+
+    def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
+        """Every identifier linked with the one named, in the graph now and in every family's shards."""
+        members = self.graph.erase(request.customer)
+        self._erased += 1
+        metrics.ERASURES.inc()
+        log.info("identity erased", extra={"customer": request.customer, "identifiers": len(members)})
+        for member in members:
+            for family in self.families:
+                out.append((self.route(family.anchor, member),
+                            EraseRequest(member, request.request_id, request.source, part=True)))
+
+    def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:
+        self._savepoints.append(request)
+        for family in self.families:
+            for shard in range(family.shards):
+                out.append((family.route(shard), dataclasses.replace(request, shard=shard, store=family.subdir)))
+
+    def _note_positions(self, values: list[IdentityItem]) -> None:
+        positions = self._positions
+        for value in values:
+            src = value.source
+            if src is not None:
+                key = f"{src.topic}#{src.partition}"
+                if positions.get(key, -1) <= src.offset:
+                    positions[key] = src.offset + 1
+                    self._positions_changed = True
+
+    # -- epoch end ----------------------------------------------------------------------------------
+
+    def checkpoint(self) -> int:
+        started = time.perf_counter()
+        if self._positions_changed:
+            self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
+            self._positions_changed = False
+        failpoints.hit("before_checkpoint")
+        seq = self.store.checkpoint()
+        failpoints.hit("after_checkpoint")
+        if self._erased:
+            self.store.purge()
+            self._erased = 0
+        for request in self._savepoints:
+            self._write_savepoint(request, seq)
+        self._savepoints = []
+        metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        return seq
+
+    def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
+        from operators.state.savepoint import write_shard_part
+
+        try:
+            write_shard_part(self.store, Path(request.path), 0, seq, self._positions, request.token,
+                             self.ctx.plan.lineage if self.ctx.plan else None, IDENTITY)
+        except (OSError, StateError) as exc:
+            log.error("savepoint part not written", extra={"family": IDENTITY, "path": request.path,
+                                                           "error": str(exc)})
+
+    def close(self) -> None:
+        self.store.close()
+
+
+ResumeState = dict[str, int]
+
+
+class IdentityLogic(StatefulBatchLogic[IdentityItem, Routed, ResumeState]):
+    """Bytewax's callbacks for the identity stage's one key."""
+
+    def __init__(self, ctx: IdentityContext, resume: ResumeState | None) -> None:
+        self.state = IdentityState.open(ctx, None if resume is None else int(resume["seq"]))
+
+    def on_batch(self, values: list[IdentityItem]) -> tuple[list[Routed], bool]:
+        return self.state.apply(values), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return None
+
+    def snapshot(self) -> ResumeState:
+        return {"shard": 0, "seq": self.state.checkpoint()}

@@ -1,0 +1,69 @@
+"""Two profiles as one: what identity stitching does when linked identifiers had profiles of their own.
+
+Each part is merged by the module that owns it (operators/profile/model.py lists them):
+
+- durable facts (`facts.merge`): counts and sums add, first is the minimum, last the maximum,
+  consent the latest by (ts, event_id);
+- transient signals, by kind (`Signal.merge`): windowed counts and sums bucket by bucket, distinct
+  values as a union, the latest `last`, sessions less than a gap apart as one, a pending absence
+  carries over (with the totals of both), grouped signals group by group, and a `reset_on` reset
+  either profile saw clears what the other gathered before it;
+- decision history (`history.merge`): cooldowns and caps become their union;
+- the dedupe window (`dedupe.merge`): the union of the ids seen.
+
+Every part's merge is commutative, so the result does not depend on which profile absorbs which;
+the shard merges several profiles in the order of their keys, never in their order of arrival
+(operators/state/shard_state.py). `ids` are not merged here: the identity stage says what they are.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+from operators.profile import dedupe, facts, history
+from operators.profile.model import Profile
+from operators.rules.model import RuleSet
+
+
+def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
+    """Fold `other` into `profile`, in place; `other` is left as it was. `profile` keeps its key."""
+    facts.merge(profile.facts, other.facts)
+    kinds = {signal.name: signal for signal in ruleset.signals}
+    signals = profile.signals
+    for name, state in other.signals.items():
+        mine = signals.get(name)
+        if mine is None:
+            signals[name] = copy.deepcopy(state)
+            continue
+        signal = kinds.get(name)
+        merge = getattr(signal, "merge", None)
+        if merge is not None:
+            signals[name] = merge(mine, state)
+        # A signal the rules no longer declare, or a kind without `merge` (a plugin written before it
+        # existed): the absorbing profile's state stays.
+    for signal in ruleset.signals:
+        target = getattr(signal, "target", None)
+        if signal.kind == "reset" and target is not None:
+            # A reset either profile saw clears what the other gathered before it, as it would have
+            # had the two been one profile all along (operators/signals/options.py).
+            at, state = signals.get(signal.name), signals.get(target.name)
+            if at is not None and state is not None:
+                kept = target.clear(state, at)
+                if kept is None:
+                    del signals[target.name]
+                else:
+                    signals[target.name] = kept
+    history.merge(profile.history, other.history)
+    dedupe.merge(profile, other.seen)
+    for bound, pick in (("prune_at", min), ("expire_at", max)):
+        theirs = getattr(other, bound)
+        if theirs is not None:
+            mine_at = getattr(profile, bound)
+            setattr(profile, bound, theirs if mine_at is None else pick(mine_at, theirs))
+
+
+def merge_all(profile: Profile, others: Iterable[Profile], ruleset: RuleSet) -> None:
+    """Fold several profiles into `profile`, in the order of their keys (so never in arrival order)."""
+    for other in sorted(others, key=lambda p: p.customer):
+        merge_into(profile, other, ruleset)

@@ -1,0 +1,64 @@
+"""Right to erasure with the flow stopped (`nextclick profile erase`): through every link, in every store.
+
+The running flow does the same for an erase command on the control topic (operators/identity/stage.py):
+the identity graph forgets every identifier linked with the one named, and each of them is erased from
+every family of profile shards (its own profile, the linked profile it belongs to, and any undo record
+holding a profile that was moved out of a shard), committed at once and purged from the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from operators.identity.graph import IdentityGraph
+from operators.infra.config import DEFAULT_RULES_FILE, Config
+from operators.rules.loader import load_rules
+from operators.state.keys import shard_of
+from operators.state.layout import IDENTITY, has_store
+from operators.state.manifest import identity_rules, state_families
+from operators.state.shard_state import erase_customer
+from operators.state.store import ShardStore, StateError
+
+
+def _open(path: Path, config: Config) -> ShardStore:
+    try:
+        return ShardStore(path, keep_checkpoints=config.state.keep_checkpoints)
+    except StateError:
+        raise StateError(f"{path} is in use by a running flow; use `nextclick profile erase --online` to send "
+                         f"the erase command through {config.topics.control}") from None
+
+
+def erase_offline(config: Config, customer: str) -> dict[str, Any]:
+    """Erase the customer keyed `customer` (any of their identifiers' keys) and everything linked with it."""
+    state_dir = Path(config.state.dir)
+    shards = config.state.shards
+    families = state_families(config)
+    members = [customer]
+    graph_dir = next(f for f in families if f.name == IDENTITY).path(state_dir, 0)
+    if has_store(graph_dir):
+        with _open(graph_dir, config) as store:
+            members = IdentityGraph(store, identity_rules(config), 16).erase(customer)
+            store.purge()
+    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    existed = False
+    touched: list[str] = []
+    own_shard = families[0].path(state_dir, shard_of(customer, shards))
+    for family in families:
+        if not family.profiles:
+            continue
+        by_path: dict[Path, list[str]] = {}
+        for member in members:
+            by_path.setdefault(family.path(state_dir, shard_of(member, shards)), []).append(member)
+        for path, keys in sorted(by_path.items()):
+            if not has_store(path):
+                continue
+            with _open(path, config) as store:
+                for key in keys:
+                    existed = erase_customer(store, key, ruleset) or existed
+                store.purge()
+            touched.append(str(path))
+    if not touched and not has_store(graph_dir):
+        raise LookupError(f"no shard directory {own_shard}: nothing stored for that customer")
+    return {"customer": customer, "erased": existed, "identifiers": len(members), "shard_dir": str(own_shard),
+            "stores": touched}

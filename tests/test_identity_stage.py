@@ -1,0 +1,461 @@
+"""Identity stitching piece by piece, without the broker: the rules file, the parser's links and blocked
+values, the graph's decisions and guards, the shard's moves and merges (and what it holds back while a
+merge is under way), addresses, and the offline tools (`profile erase`, `keys`, `profile get`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators.identity.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
+from operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
+from operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
+from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.identity.stage import IdentityContext, IdentityLogic
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, ParseConfig
+from operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
+from operators.state.keys import TIMER_PREFIX, profile_key
+from operators.state.layout import profile_families
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext, read_profile
+from operators.state.store import ShardStore, StateError
+from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
+
+SECRET = b"identity-stage-secret"
+SRC = SourcePosition("web", 0, 1)
+NOW = T0 + HOUR
+REPO = Path(__file__).resolve().parent.parent
+
+
+def key(id_type: str, raw: str) -> str:
+    return pseudonymize(id_type, raw, SECRET)
+
+
+# -- the rules file ---------------------------------------------------------------------------------
+
+def test_the_shipped_rules() -> None:
+    rules = default_identity_rules()
+    assert rules.priority == ("customer", "email", "phone", "device", "cookie")
+    assert rules.anchors == ("device", "phone", "email", "customer")  # the order profiles move in
+    assert (rules.limit("customer"), rules.limit("cookie")) == (1, 5)
+    for id_type, raw in [("customer", "0"), ("customer", " NULL "), ("cookie", "anonymous"), ("device", "0000-0000"),
+                         ("customer", "00000000-0000-0000-0000-000000000000"), ("cookie", "undefined"),
+                         ("email", "test@whatever.org"), ("email", "a@mailinator.com"), ("email", "x@y.invalid"),
+                         ("phone", "+1234567890"), ("phone", "000 000"), ("cookie", "xxxxxxxxxx")]:
+        assert rules.blocked(id_type, raw), (id_type, raw)
+    for id_type, raw in [("customer", "C-100"), ("cookie", "ck-anon-7f31"), ("email", "ann.smith@example.com"),
+                         ("phone", "+49 170 5550199"), ("device", "a1b2c3"), ("customer", "10")]:
+        assert not rules.blocked(id_type, raw), (id_type, raw)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('priority = ["customer", "email"]', "priority: must list every identifier type once"),
+    ('priority = ["customer", "email", "phone", "device", "cookie", "cookie"]', "priority: must list"),
+    ("[limits]\ncustomer = 2", "limits.customer: must be 1: two different customer ids never merge"),
+    ("[limits]\ncookie = 0", "limits.cookie: must be an integer >= 1"),
+    ("[limits]\npassport = 1", "limits.passport: unknown identifier type"),
+    ("[blocked]\npatterns = ['(']", "blocked.patterns: '(' is not a regular expression"),
+    ("[blocked.fax]\nvalues = []", "blocked.fax: unknown key"),
+    ("merge_everything = true", "merge_everything: unknown key"),
+])
+def test_a_bad_rules_file_is_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write_rules(tmp_path, text, "identity.toml")
+    with pytest.raises(IdentityRulesError) as error:
+        load_identity_rules(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_rules_file_overrides_what_it_names(tmp_path: Path) -> None:
+    path = write_rules(tmp_path, "[limits]\ncookie = 2\n[blocked]\nvalues = ['guest-user']", "identity.toml")
+    rules = load_identity_rules(path)
+    assert (rules.limit("cookie"), rules.limit("email")) == (2, 3)
+    assert rules.blocked("cookie", "Guest-User") and not rules.blocked("cookie", "anonymous")
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+def parse(body: dict[str, Any], kafka_key: bytes | None, **kw: Any) -> Event:
+    event = parse_message(kafka_key, orjson.dumps({"event_id": "e1", "ts": T0, **body}), None, SRC, secret=SECRET,
+                          now_ms=NOW, config=ParseConfig(), **kw)
+    assert isinstance(event, Event), event
+    return event
+
+
+def test_what_an_event_links() -> None:
+    # The key next to a customer id is the channel's identifier (a cookie on the web).
+    e = parse({"type": "page_view", "customer_id": "C1"}, b"ck-1")
+    assert (e.customer, e.id_type, e.links, e.blocked) == (key("customer", "C1"), "customer",
+                                                           (("cookie", key("cookie", "ck-1")),), ())
+    # A key that is the customer id itself names nobody new.
+    assert parse({"type": "page_view", "customer_id": "C1"}, b"C1").links == ()
+    # The payload's id_type types the key; a login's email field is an identifier too.
+    e = parse({"type": "login", "customer_id": "C1", "id_type": "device", "email": "a@b.example"}, b"dev-1")
+    assert e.links == (("device", key("device", "dev-1")), ("email", key("email", "a@b.example")))
+    # An identify names identifiers in fields; without a customer id the key is what the event is about.
+    e = parse({"type": "identify", "email": "a@b.example", "device_id": "d9"}, b"ck-2")
+    assert (e.customer, e.links) == (key("cookie", "ck-2"), (("email", key("email", "a@b.example")),
+                                                             ("device", key("device", "d9"))))
+    # No other identifier: nothing to link, whatever the event.
+    assert parse({"type": "purchase", "amount": 3}, b"ck-3").links == ()
+    # The email field of other event types stays PII that is dropped: never a link.
+    assert parse({"type": "consent", "channel": "email", "granted": True, "email": "a@b.example"}, b"ck-4").links == ()
+
+
+def test_blocked_values_are_refused_before_hashing_and_never_passed_on() -> None:
+    e = parse({"type": "page_view", "customer_id": "anonymous"}, b"ck-1")
+    assert (e.customer, e.links, e.blocked) == (key("customer", "anonymous"), (), ("customer",))
+    e = parse({"type": "login", "customer_id": "C1", "email": "TEST@test.com"}, b"ck-1")
+    assert (e.links, e.blocked) == ((("cookie", key("cookie", "ck-1")),), ("email",))
+    assert "test.com" not in repr(e) and "TEST" not in repr(e)
+    # The guards come from the configured rules file.
+    rules = load_identity_rules(write_rules(Path(__import__("tempfile").mkdtemp()), "[blocked]\nvalues = ['ck-1']",
+                                            "identity.toml"))
+    e = parse({"type": "page_view", "customer_id": "C1"}, b"ck-1", guards=rules)
+    assert (e.links, e.blocked) == ((), ("cookie",))
+
+
+RAW = st.sampled_from(["C1", "C2", "ck-1", "anonymous", "null", "0000", "a@b.example", "test@test.com", " ", "",
+                       "+49 170 5550199", "dev-9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_type=st.sampled_from(["page_view", "login", "identify", "email_click", "store_purchase"]),
+       customer_id=st.none() | RAW, id_type=st.none() | st.sampled_from(sorted(ID_TYPES)),
+       kafka_key=st.none() | RAW, email=st.none() | RAW, device_id=st.none() | RAW)
+def test_both_parser_paths_make_the_same_links(event_type: str, customer_id: str | None, id_type: str | None,
+                                               kafka_key: str | None, email: str | None,
+                                               device_id: str | None) -> None:
+    body: dict[str, Any] = {"event_id": "e1", "type": event_type, "ts": T0}
+    for name, value in (("customer_id", customer_id), ("id_type", id_type), ("email", email)):
+        if value is not None:
+            body[name] = value
+    if device_id is not None and event_type == "identify":
+        body["device_id"] = device_id
+    value = orjson.dumps(body)
+    raw_key = None if kafka_key is None else kafka_key.encode()
+    slow = parse_message_slow(raw_key, value, None, SRC, secret=SECRET, now_ms=NOW, config=ParseConfig())
+    fast = _parse_fast(raw_key, value, None, SRC, SECRET, NOW, ParseConfig())
+    if fast is not None:
+        assert fast == slow and (fast.id_type, fast.links, fast.blocked) == (slow.id_type, slow.links, slow.blocked)
+    assert parse_message(raw_key, value, None, SRC, secret=SECRET, now_ms=NOW, config=ParseConfig()) == slow
+
+
+# -- the graph --------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def graph(tmp_path: Path) -> Any:
+    store = ShardStore(tmp_path / "g", sync=False)
+    yield IdentityGraph(store, default_identity_rules(), cache_size=4)
+    store.close()
+
+
+def test_a_first_link_merges_two_lone_identifiers_into_the_higher_type(graph: IdentityGraph) -> None:
+    ck, c = key("cookie", "ck"), key("customer", "C")
+    merge = graph.decide([("cookie", ck), ("customer", c)])
+    assert merge == Merge(c, "customer", ((None, ck), (None, c)), {"customer": [c], "cookie": [ck]})
+    graph.apply(merge)
+    assert graph.find(ck) == graph.find(c) == (c, "customer")
+    assert graph.decide([("customer", c), ("cookie", ck)]) == Component(c, "customer", True, {})
+    assert graph.component("cookie", ck) == Component(c, "customer", True, {"customer": [c], "cookie": [ck]})
+
+
+def test_a_linked_profile_moves_up_into_a_higher_one(graph: IdentityGraph) -> None:
+    ck, em, c, ck2 = key("cookie", "ck"), key("email", "e"), key("customer", "C"), key("cookie", "ck2")
+    graph.apply(graph.decide([("cookie", ck), ("email", em)]))  # a newsletter sign-up: keyed by the email
+    graph.apply(graph.decide([("customer", c), ("cookie", ck2)]))
+    merge = graph.decide([("email", em), ("customer", c)])
+    assert isinstance(merge, Merge)
+    assert (merge.into, merge.anchor, merge.sources) == (c, "customer", (("email", em),))
+    assert merge.ids == {"customer": [c], "email": [em], "cookie": [ck2, ck]}
+    graph.apply(merge)
+    assert all(graph.find(k) == (c, "customer") for k in (ck, em, c, ck2))
+    assert graph.group(em) == {}  # the email no longer keys a profile
+
+
+def test_the_guards(graph: IdentityGraph) -> None:
+    c1, c2 = key("customer", "C1"), key("customer", "C2")
+    cookies = [key("cookie", f"ck{n}") for n in range(6)]
+    for ck in cookies[:5]:
+        graph.apply(graph.decide([("customer", c1), ("cookie", ck)]))  # type: ignore[arg-type]
+    assert graph.decide([("customer", c1), ("cookie", cookies[5])]) == Refusal("limit", "cookie")
+    assert graph.decide([("customer", c2), ("cookie", cookies[0])]) == Refusal("two_customer_ids", "customer")
+    assert graph.decide([("customer", c2), ("customer", c1)]) == Refusal("two_customer_ids", "customer")
+    e1, e2 = key("email", "e1"), key("email", "e2")
+    graph.apply(graph.decide([("email", e1), ("device", key("device", "d1"))]))  # type: ignore[arg-type]
+    graph.apply(graph.decide([("email", e2), ("device", key("device", "d2"))]))  # type: ignore[arg-type]
+    # Two profiles keyed by emails, linked by a device: neither can move into the other's family.
+    assert graph.decide([("device", key("device", "d1")), ("email", e2)]) == Refusal("same_key_type", "email")
+    # A refused link changed nothing.
+    assert graph.find(cookies[5]) is None and graph.group(c1)["cookie"] == cookies[:5]
+
+
+# -- the stage and the shards, driven directly ------------------------------------------------------
+
+class Stitched:
+    """The identity stage and every family's shards in one process, delivering in Bytewax's order:
+    each step's output to the next steps, per key in order, moved profiles to later families."""
+
+    def __init__(self, root: Path, shards: int = 2, clock: ManualClock | None = None) -> None:
+        rules = default_identity_rules()
+        self.root, self.shards, self.clock = root, shards, clock or ManualClock(NOW)
+        self.identity = IdentityLogic(IdentityContext(root, shards, rules, sync=False), None)
+        self.families = profile_families(shards, rules.anchors)
+        self.logics: dict[str, ShardLogic] = {}
+        self.decisions: list[Decision] = []
+        self.dead: list[Any] = []
+
+    def logic(self, route: str) -> ShardLogic:
+        if route not in self.logics:
+            family = next(f for f in self.families if (f.anchor is None) == route.isdigit()
+                          and (f.anchor is None or route.startswith(f"{f.anchor}/")))
+            ctx = ShardContext(state_dir=family.root(self.root), shards=self.shards, ruleset=default_rules(),
+                               clock=self.clock, sync=False, family=family.name)
+            self.logics[route] = ShardLogic(ctx, None)
+        return self.logics[route]
+
+    def deliver(self, routed: list[tuple[str, Any]]) -> None:
+        queues: dict[str, list[Any]] = defaultdict(list)
+        for route, item in routed:
+            queues[route].append(item)
+        moved: list[tuple[str, Any]] = []
+        for route, items in queues.items():
+            for out in self.logic(route).on_batch(items)[0]:
+                if isinstance(out, MoveIn):
+                    moved.append((out.route, out))
+                elif isinstance(out, Decision):
+                    self.decisions.append(out)
+                else:
+                    self.dead.append(out)
+        if moved:
+            self.deliver(moved)
+
+    def send(self, events: list[Event]) -> None:
+        self.deliver(self.identity.on_batch(events)[0])  # type: ignore[arg-type]
+
+    def epoch_end(self) -> None:
+        self.identity.snapshot()
+        for logic in self.logics.values():
+            logic.snapshot()
+
+    def close(self) -> None:
+        self.identity.state.close()
+        for logic in self.logics.values():
+            logic.store.close()
+
+
+def web(eid: str, etype: str, ts: int, who: tuple[str, str], *links: tuple[str, str], **attrs: Any) -> Event:
+    """An event as the parser makes it: about `who` (type, raw), naming `links` (type, raw)."""
+    event = make_event(etype, ts, customer=key(*who), event_id=eid, **attrs)
+    return Event(event.event_id, event.type, event.ts, event.customer, event.channel, event.attrs, SRC, None,
+                 who[0], tuple((t, key(t, raw)) for t, raw in links))
+
+
+def test_what_comes_after_a_link_waits_for_the_moved_profiles(tmp_path: Path) -> None:
+    """A MergeExpect holds the customer's items until every moved profile is in, whichever arrives first;
+    a copy of an event the moved profile had already applied is then a duplicate, not counted twice."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(NOW), sync=False,
+                       family="linked_customer")
+    shard = ShardLogic(ctx, None)
+    anonymous = ShardLogic(ShardContext(state_dir=tmp_path / "p", shards=1, ruleset=default_rules(),
+                                        clock=ManualClock(NOW), sync=False), None)
+    cookie, customer = key("cookie", "ck"), key("customer", "C")
+    cart = make_event("add_to_cart", T0, customer=cookie, event_id="cart-1", amount=30.0, sku="s")
+    anonymous.on_batch([cart])
+    moved, _ = anonymous.on_batch([MoveOut(cookie, customer, "customer/0")])
+    assert isinstance(moved[0], MoveIn) and moved[0].blob is not None
+    assert anonymous.store.get(profile_key(cookie)) is None
+    assert [k for k, _ in anonymous.store.scan(TIMER_PREFIX) if k.endswith(cookie.encode())] == []
+    ids = {"customer": [customer], "cookie": [cookie]}
+    again = make_event("add_to_cart", T0, customer=customer, event_id="cart-1", amount=30.0, sku="s")
+    later = make_event("purchase", T0 + MIN, customer=customer, event_id="buy-1", amount=30.0)
+    out, _ = shard.on_batch([MergeExpect(customer, (cookie, customer), ids), again, later])
+    assert out == [] and shard.state is not None and customer in shard.state._waiting
+    with pytest.raises(StateError, match="moved profiles still expected"):
+        shard.snapshot()  # an epoch cannot end half way through a merge
+    shard.on_batch([MoveIn(customer, customer, None, "customer/0"), moved[0]])
+    profile = read_profile_live(shard, customer)
+    assert profile.facts.version == 2 and profile.facts.orders == 1  # the copy of the cart was a duplicate
+    assert "cart_abandoned" not in profile.signals  # the purchase came after the merged cart
+    assert profile.ids == ids
+    shard.snapshot()
+
+
+def read_profile_live(shard: ShardLogic, customer: str) -> Any:
+    assert shard.state is not None
+    profiles, _, _ = shard.state._profiles([customer])
+    return profiles[customer]
+
+
+def test_a_moved_profile_that_arrives_before_its_merge_expectation_waits_for_it(tmp_path: Path) -> None:
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(NOW), sync=False)
+    shard = ShardLogic(ctx, None)
+    a, w = key("cookie", "a"), key("customer", "w")
+    other = new_blob("A", a)
+    shard.on_batch([MoveIn(w, a, other, "0"), MoveIn(w, "later-merge", None, "0")])
+    shard.on_batch([MergeExpect(w, (a,), {"customer": [w], "cookie": [a]})])
+    assert read_profile_live(shard, w).facts.version == 1
+    assert shard.state is not None and shard.state._early == {w: {"later-merge": None}}
+    shard.on_batch([MergeExpect(w, ("later-merge",), {"customer": [w], "cookie": [a]})])
+    shard.snapshot()
+
+
+def new_blob(name: str, customer: str) -> bytes:
+    from operators.engine import on_event
+    from operators.profile.codec import encode_profile
+    from operators.profile.model import new_profile
+
+    profile = new_profile(customer)
+    on_event(profile, make_event("page_view", T0, customer=customer, event_id=f"{name}-1"), default_rules())
+    return encode_profile(profile)
+
+
+def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    flow = Stitched(root)
+    ck, c, em = ("cookie", "ck-9"), ("customer", "C-9"), ("email", "nine@example.com")
+    flow.send([web("1", "page_view", T0, ck, page_type="home"),
+               web("2", "add_to_cart", T0 + MIN, ck, amount=25.0, sku="s")])
+    flow.epoch_end()
+    flow.send([web("3", "login", T0 + 2 * MIN, c, ck, em),
+               web("4", "consent", T0 + 3 * MIN, c, channel="email", granted=True, purpose="marketing"),
+               web("5", "page_view", T0 + 4 * MIN, ck, page_type="home")])
+    flow.epoch_end()
+    flow.clock.set(T0 + MIN + HOUR + 6 * MIN)
+    for logic in list(flow.logics.values()):
+        flow.decisions += [d for d in logic.on_notify()[0] if isinstance(d, Decision)]
+    flow.epoch_end()
+    flow.close()
+    assert [(d.rule_id, d.customer, d.address) for d in flow.decisions] == \
+        [("cart_abandonment_email", key(*c), ("email", key(*em)))]
+    profile = read_profile(root, 2, key(*ck))
+    assert profile is not None and profile["customer"] == key(*c) and profile["facts"]["version"] == 5
+
+    env = {"NEXTCLICK_STATE__DIR": str(root), "NEXTCLICK_STATE__SHARDS": "2",
+           "NEXTCLICK_PRIVACY__SECRET": SECRET.decode(), "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "rec")}
+    got = cli(env, "profile", "get", "ck-9", "--id-type", "cookie")
+    assert got.returncode == 0, got.stderr
+    shown = orjson.loads(got.stdout)
+    assert shown["identity"] == {"profile_key": key(*c), "linked": True,
+                                 "identifiers": {"customer": 1, "email": 1, "cookie": 1}}
+    for raw in ("ck-9", "C-9", "nine@example.com"):
+        assert raw not in got.stdout
+
+    # Erasing the email address (offline) takes the profile, every link, and the moved-out profile.
+    erased = cli(env, "profile", "erase", "nine@example.com", "--id-type", "email")
+    assert erased.returncode == 0, erased.stderr
+    assert orjson.loads(erased.stdout)["identifiers"] == 3 and orjson.loads(erased.stdout)["erased"] is True
+    for k in (key(*ck), key(*c), key(*em)):
+        assert read_profile(root, 2, k) is None and resolve_offline(root, k) == (k, None)
+    for shard_dir in root.rglob("shard-*"):
+        store = ShardStore.open_read_only(shard_dir)
+        try:
+            assert not [k for k, _ in store.scan(b"") if key(*ck).encode() in k], shard_dir
+        finally:
+            store.close()
+
+
+def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          input=stdin, env={**{k: v for k, v in os.environ.items() if not k.startswith("NEXTCLICK_")},
+                                            **env}, timeout=60)
+
+
+def test_nextclick_keys_builds_a_contact_table_with_the_deployments_secret() -> None:
+    addresses = ["ann.smith@example.com", "bob@example.com", "", "Ann.Smith@example.com ", "x,y@example.com"]
+    done = cli({"NEXTCLICK_PRIVACY__SECRET": SECRET.decode()}, "keys", "--id-type", "email",
+               stdin="\n".join(addresses) + "\n")
+    assert done.returncode == 0, done.stderr
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    assert rows == [[a, key("email", a)] for a in addresses if a]  # as written: not trimmed, not folded
+    assert "4 email identifiers" in done.stderr
+    refused = cli({}, "keys", "--id-type", "email", stdin="a@b.example\n")
+    assert refused.returncode != 0 and refused.stderr.startswith("nextclick: error: privacy.secret")
+    assert cli({"NEXTCLICK_PRIVACY__SECRET": "s"}, "keys", "--id-type", "passport").returncode != 0
+
+
+# -- addresses -------------------------------------------------------------------------------------
+
+def test_every_decision_channel_has_its_address_types() -> None:
+    from operators.channels import DECISION_CHANNELS
+
+    assert set(CHANNEL_ADDRESS_TYPES) == set(DECISION_CHANNELS)
+    assert all(set(types) <= ID_TYPES for types in CHANNEL_ADDRESS_TYPES.values())
+    ids = {"customer": ["c"], "email": ["e1", "e2"], "cookie": ["k"]}
+    assert reachable(ids) == ("email", "ads", "web", "call_center")
+    assert address_for(ids, "email") == ("email", "e2")  # the most recently linked
+    assert address_for(ids, "call_center") == ("customer", "c")
+    assert address_for(ids, "sms") is None and reachable({}) == ()
+
+
+def test_an_unlinked_profile_knows_the_type_it_is_keyed_by(tmp_path: Path) -> None:
+    flow = Stitched(tmp_path)
+    flow.send([web("1", "call_center_contact", T0, ("customer", "K"), topic="x", outcome="unresolved")])
+    assert [(d.rule_id, d.reachable, d.address) for d in flow.decisions] == \
+        [("call_center_follow_up", ("call_center",), ("customer", key("customer", "K")))]
+    flow.close()
+
+
+def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Path) -> None:
+    flow = Stitched(tmp_path, shards=1)
+    flow.send([web("1", "login", T0, ("customer", "E"), ("cookie", "ck"))])
+    routed, _ = flow.identity.on_batch([EraseRequest(key("cookie", "ck"), "r1", SRC)])
+    parts = sorted((route, item.customer) for route, item in routed)
+    keys = sorted([key("customer", "E"), key("cookie", "ck")])
+    assert parts == sorted((f.route(0), k) for f in flow.families for k in keys)
+    assert all(item.part for _, item in routed)
+    flow.close()
+
+
+def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
+    from operators.state.manifest import StateMismatch, check_start
+
+    config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r")},
+                              privacy={"secret": "x"})
+    (tmp_path / "r").mkdir()
+    from bytewax.recovery import init_db_dir
+
+    init_db_dir(tmp_path / "r", 1)
+    check_start(config)
+    other = write_rules(tmp_path, 'priority = ["email", "customer", "phone", "device", "cookie"]', "id.toml")
+    with pytest.raises(StateMismatch, match="identity.priority: .* was written with identifier priority"):
+        check_start(config.replace(identity={"file": str(other)}))
+
+
+def test_a_store_a_crash_left_half_created_is_no_store(tmp_path: Path) -> None:
+    """A process killed while RocksDB created a shard's directory (a linked family's shard opens on its
+    first use, at any time) leaves a directory without CURRENT: the start-up checks and the read-only
+    tools pass over it, and the flow's shard creates the store there when it needs it."""
+    from bytewax.recovery import init_db_dir
+
+    from operators.state.manifest import check_start, family_dirs, state_families
+
+    config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r"), "shards": 2},
+                              privacy={"secret": "x"})
+    (tmp_path / "r").mkdir()
+    init_db_dir(tmp_path / "r", 1)
+    check_start(config)
+    half = tmp_path / "s" / "linked-email" / "shard-0001"
+    half.mkdir(parents=True)
+    (half / "LOCK").write_bytes(b"")
+    (half / "LOG").write_bytes(b"creating")
+    check_start(config)
+    assert all(family_dirs(tmp_path / "s", f) == {} for f in state_families(config))
+    assert read_profile(tmp_path / "s", 2, key("email", "e")) is None
+    ShardStore(half, sync=False).close()  # a writer creates it where it is
+    assert list(family_dirs(tmp_path / "s", state_families(config)[3])) == [1]
