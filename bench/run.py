@@ -342,7 +342,8 @@ class FlowRun(ProcessGroup):
                "NEXTCLICK_FLOW__STOP_AT_END": "true" if stop_at_end else "false",
                "NEXTCLICK_FLOW__EPOCH_SECONDS": str(s.epoch_seconds),
                "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
-               "NEXTCLICK_FLOW__ALIGN": "true" if s.align else "false",
+               # only when off: revisions from before input alignment know no such key, and true is its default
+               **({} if s.align else {"NEXTCLICK_FLOW__ALIGN": "false"}),
                "NEXTCLICK_LOG_LEVEL": "WARNING",
                **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
                "BENCH_STATS_FILE": str(directory / "stats-{pid}.json"),
