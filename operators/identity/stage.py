@@ -38,14 +38,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from bytewax.operators import StatefulBatchLogic
 
 from operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from operators.identity.guards import IdentityRules
 from operators.infra import failpoints, metrics
 from operators.records import EraseRequest, Event, MergeExpect, MoveOut, SavepointRequest
-from operators.state.keys import POSITIONS_KEY
+from operators.state.epoch import EpochLedger
 from operators.state.layout import IDENTITY, Family, profile_families
 from operators.state.manifest import StartPlan
 from operators.state.shard_state import open_store
@@ -108,11 +107,7 @@ class IdentityState:
         # Bytewax keys of every family's shards: routes[anchor][shard], anchor None for `profiles`.
         self.routes: dict[str | None, list[str]] = {f.anchor: [f.route(n) for n in range(shards)]
                                                     for f in self.families}
-        raw = store.get(POSITIONS_KEY)
-        self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
-        self._positions_changed = False
-        self._erased = 0
-        self._savepoints: list[SavepointRequest] = []
+        self.ledger = EpochLedger(store)
         self._refusals = _RefusalLog()
 
     @classmethod
@@ -150,7 +145,7 @@ class IdentityState:
                 self._erase(value, out)
             elif type(value) is SavepointRequest:
                 self._savepoint(value, out)
-        self._note_positions(values)
+        self.ledger.note_positions(values)
         return out
 
     def _to(self, component: Component, event: Event, out: list[Routed]) -> None:
@@ -193,7 +188,7 @@ class IdentityState:
     def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
         """Every identifier linked with the one named, in the graph now and in every family's shards."""
         members = self.graph.erase(request.customer)
-        self._erased += 1
+        self.ledger.note_erased()
         metrics.ERASURES.inc()
         log.info("identity erased", extra={"customer": request.customer, "identifiers": len(members)})
         for member in members:
@@ -202,37 +197,16 @@ class IdentityState:
                             EraseRequest(member, request.request_id, request.source, part=True)))
 
     def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:
-        self._savepoints.append(request)
+        self.ledger.savepoints.append(request)
         for family in self.families:
             for shard in range(family.shards):
                 out.append((family.route(shard), dataclasses.replace(request, shard=shard, store=family.subdir)))
-
-    def _note_positions(self, values: list[IdentityItem]) -> None:
-        positions = self._positions
-        for value in values:
-            src = value.source
-            if src is not None:
-                key = f"{src.topic}#{src.partition}"
-                if positions.get(key, -1) <= src.offset:
-                    positions[key] = src.offset + 1
-                    self._positions_changed = True
 
     # -- epoch end ----------------------------------------------------------------------------------
 
     def checkpoint(self) -> int:
         started = time.perf_counter()
-        if self._positions_changed:
-            self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
-            self._positions_changed = False
-        failpoints.hit("before_checkpoint")
-        seq = self.store.checkpoint()
-        failpoints.hit("after_checkpoint")
-        if self._erased:
-            self.store.purge()
-            self._erased = 0
-        for request in self._savepoints:
-            self._write_savepoint(request, seq)
-        self._savepoints = []
+        seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         return seq
 
@@ -240,7 +214,7 @@ class IdentityState:
         from operators.state.savepoint import write_shard_part
 
         try:
-            write_shard_part(self.store, Path(request.path), 0, seq, self._positions, request.token,
+            write_shard_part(self.store, Path(request.path), 0, seq, self.ledger.positions, request.token,
                              self.ctx.plan.lineage if self.ctx.plan else None, IDENTITY)
         except (OSError, StateError) as exc:
             log.error("savepoint part not written", extra={"family": IDENTITY, "path": request.path,

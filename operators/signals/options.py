@@ -47,6 +47,16 @@ def check_attribute(where: Where, field: str, attribute: str, events: frozenset[
     return False
 
 
+def read_field(body: dict[str, Any], where: Where, kind: str, events: frozenset[str]) -> str:
+    """The attribute a sum or distinct reads; "" (the signal is dropped) when missing, with the mistake recorded."""
+    field = where.string(body, "field")
+    if field is None:
+        where.report("field", f"is required for kind {kind!r}")
+        return ""  # the other fields are still read, so one load reports every mistake
+    check_attribute(where, "field", field, events)
+    return field
+
+
 def read_where(body: dict[str, Any], where: Where, events: frozenset[str]) -> tuple[Condition, ...]:
     raw = body.get("where")
     if raw is None:

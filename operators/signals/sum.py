@@ -11,7 +11,7 @@ from operators.rules.fields import Where
 from operators.signals import buckets
 from operators.signals.base import Expiring, Signal
 from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
-from operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
+from operators.signals.options import OPTION_FIELDS, read_field, read_reset, read_where, with_options
 from operators.signals.window import WINDOW_FIELDS, Window
 
 
@@ -49,12 +49,7 @@ def _round(total: float) -> float:
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
     where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS | GROUP_FIELDS)
     events = where.names(body, "events", event_types)
-    field = where.string(body, "field")
-    if field is None:
-        where.report("field", "is required for kind 'sum'")
-        field = ""  # the signal is dropped: the mistake is recorded, the other fields are still read
-    else:
-        check_attribute(where, "field", field, events)
+    field = read_field(body, where, "sum", events)
     window = Window.load(body, where)
     conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
     by, max_groups = read_by(body, where, events)

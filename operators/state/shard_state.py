@@ -55,8 +55,8 @@ from operators.records import (
     SourcePosition,
 )
 from operators.rules.model import RuleSet
+from operators.state.epoch import EpochLedger
 from operators.state.keys import (
-    POSITIONS_KEY,
     QUARANTINED,
     TIMER_PREFIX,
     profile_key,
@@ -170,8 +170,8 @@ class ShardState:
     def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore) -> None:
         self.ctx, self.shard, self.store = ctx, shard, store
         self.timers = TimerIndex(store)
-        # Erasures since the last checkpoint: their bytes are purged from the files at the epoch end.
-        self._erased = 0
+        # Input positions, erasures and savepoint requests, committed with the data at the epoch end.
+        self.ledger = EpochLedger(store)
         self._live: OrderedDict[str, Profile] = OrderedDict()
         self._dirty: dict[str, int | None] = {}
         # Each dirty profile's own due time (the store's timer index still holds the old one).
@@ -186,11 +186,6 @@ class ShardState:
         # The committed bytes of profiles loaded since the last checkpoint and not yet written: the
         # store's undo pre-image for them, so writing them needs no second read.
         self._committed: dict[str, bytes | None] = {}
-        # Next offset per input partition ("topic#partition") seen by this shard; checkpointed.
-        raw = store.get(POSITIONS_KEY)
-        self._positions: dict[str, int] = orjson.loads(raw) if raw is not None else {}
-        self._positions_changed = False
-        self._savepoints: list[SavepointRequest] = []
         # Identity stitching, within one epoch: per customer, the moved profiles still to come, those
         # that came, the identifiers to record, and the items held until the merge is done; and moved
         # profiles that arrived before their MergeExpect.
@@ -465,16 +460,6 @@ class ShardState:
         for event_type, n in types.items():
             metrics.EVENTS.labels(event_type).inc(n)
 
-    def _note_positions(self, values: list[ShardItem]) -> None:
-        positions = self._positions
-        for value in values:
-            src = value.source
-            if src is not None:
-                key = f"{src.topic}#{src.partition}"
-                if positions.get(key, -1) <= src.offset:
-                    positions[key] = src.offset + 1
-                    self._positions_changed = True
-
     # -- turns --------------------------------------------------------------------------------------
 
     def apply(self, values: list[ShardItem]) -> list[ShardOutput]:
@@ -483,7 +468,7 @@ class ShardState:
         self._retired.clear()
         out: list[ShardOutput] = []
         self._process(values, out)
-        self._note_positions(values)
+        self.ledger.note_positions(values)
         return out
 
     def _process(self, values: list[ShardItem], out: list[ShardOutput]) -> None:
@@ -514,7 +499,7 @@ class ShardState:
                     in_run.add(customer)
                 continue
             if isinstance(value, SavepointRequest):  # acts at the epoch end, whatever came before
-                self._savepoints.append(value)
+                self.ledger.savepoints.append(value)
                 continue
             if value.customer in in_run:
                 self._apply_events(run, out)
@@ -676,19 +661,7 @@ class ShardState:
         dirty = len(self._dirty)
         self._flush()
         self._committed.clear()  # from here on, reads return what this epoch wrote
-        if self._positions_changed:
-            self.store.put(POSITIONS_KEY, orjson.dumps(self._positions))
-            self._positions_changed = False
-        failpoints.hit("before_checkpoint")
-        seq = self.store.checkpoint()
-        # The window a crash test aims at: RocksDB has the checkpoint, Bytewax has not committed it.
-        failpoints.hit("after_checkpoint")
-        if self._erased:
-            self.store.purge()
-            self._erased = 0
-        for request in self._savepoints:
-            self._write_savepoint(request, seq)
-        self._savepoints = []
+        seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         label = self.shard if self.ctx.family == "profiles" else f"{self.ctx.family}/{self.shard}"
         metrics.observe_shard(label, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
@@ -700,7 +673,7 @@ class ShardState:
 
         started = time.perf_counter()
         try:
-            write_shard_part(self.store, Path(request.path), self.shard, seq, self._positions,
+            write_shard_part(self.store, Path(request.path), self.shard, seq, self.ledger.positions,
                              request.token, self.ctx.plan.lineage if self.ctx.plan else None, request.store)
         except (OSError, StateError) as exc:
             # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
@@ -722,7 +695,7 @@ class ShardState:
         self._applied.pop(customer, None)
         self._committed.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
-        self._erased += 1
+        self.ledger.note_erased()
         if count:
             metrics.ERASURES.inc()
         log.info("customer erased", extra={"customer": customer, "family": self.ctx.family, "shard": self.shard,
