@@ -10,9 +10,8 @@ from operators.records import Event
 from operators.rules.fields import Where
 from operators.signals import buckets
 from operators.signals.base import Expiring, Signal
-from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
-from operators.signals.options import OPTION_FIELDS, read_reset, read_where, with_options
-from operators.signals.window import WINDOW_FIELDS, Window
+from operators.signals.groups import load_windowed
+from operators.signals.window import Window
 
 
 class Count(Expiring):
@@ -46,15 +45,6 @@ def _one(_event: Event) -> float:
 
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
-    where.check_keys(body, WINDOW_FIELDS | OPTION_FIELDS | GROUP_FIELDS)
-    events = where.names(body, "events", event_types)
-    window = Window.load(body, where)
-    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
-    by, max_groups = read_by(body, where, events)
-    signal: Signal
-    if by is None:
-        signal = Count(name, events, window)
-    else:
-        signal = Grouped(name, "count", events, window, by, max_groups,
-                         buckets.BucketPart(name, window, _one, int))
-    return with_options(signal, conditions, reset_on, window.window_ms)
+    return load_windowed("count", name, body, where, event_types, reads_field=False,
+                         plain=lambda events, window, _: Count(name, events, window),
+                         part=lambda window, _: buckets.BucketPart(name, window, _one, int))

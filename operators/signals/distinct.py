@@ -12,9 +12,8 @@ from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
 from operators.signals.base import Expiring, Signal
-from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
-from operators.signals.options import OPTION_FIELDS, read_field, read_reset, read_where, with_options
-from operators.signals.window import WINDOW_FIELDS, Window
+from operators.signals.groups import load_windowed
+from operators.signals.window import Window
 
 MAX_DISTINCT = 100
 
@@ -122,15 +121,6 @@ class DistinctPart:
 
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
-    where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS | GROUP_FIELDS)
-    events = where.names(body, "events", event_types)
-    field = read_field(body, where, "distinct", events)
-    window = Window.load(body, where)
-    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
-    by, max_groups = read_by(body, where, events)
-    signal: Signal
-    if by is None:
-        signal = Distinct(name, events, window, field)
-    else:
-        signal = Grouped(name, "distinct", events, window, by, max_groups, DistinctPart(field, window))
-    return with_options(signal, conditions, reset_on, window.window_ms)
+    return load_windowed("distinct", name, body, where, event_types, reads_field=True,
+                         plain=lambda events, window, field: Distinct(name, events, window, field),
+                         part=lambda window, field: DistinctPart(field, window))

@@ -24,9 +24,16 @@ from typing import Any, Protocol
 from operators.profile.model import Profile
 from operators.records import Event, Trigger
 from operators.rules.fields import Where
-from operators.signals.base import Expiring
-from operators.signals.options import check_attribute
-from operators.signals.window import Window
+from operators.signals.base import Expiring, Signal
+from operators.signals.options import (
+    OPTION_FIELDS,
+    check_attribute,
+    read_field,
+    read_reset,
+    read_where,
+    with_options,
+)
+from operators.signals.window import WINDOW_FIELDS, Window
 
 MAX_GROUPS = 20
 GROUP_FIELDS = {"by", "max_groups"}
@@ -55,6 +62,25 @@ def read_by(body: dict[str, Any], where: Where, events: frozenset[str]) -> tuple
     if by is not None:
         check_attribute(where, "by", by, events)
     return by, where.integer(body, "max_groups", MAX_GROUPS, minimum=1)
+
+
+def load_windowed(kind: str, name: str, body: dict[str, Any], where: Where, event_types: frozenset[str], *,
+                  reads_field: bool, plain: Callable[[frozenset[str], Window, str], Signal],
+                  part: Callable[[Window, str], Part]) -> Signal:
+    """The loader count, sum and distinct share: their window, options and, with `by`, one `part` per group.
+
+    `plain` builds the ungrouped signal from (events, window, field); `field` is "" for a kind that
+    reads none. Fields are read in one order, so a file's mistakes are reported in that order.
+    """
+    where.check_keys(body, WINDOW_FIELDS | OPTION_FIELDS | GROUP_FIELDS | ({"field"} if reads_field else set()))
+    events = where.names(body, "events", event_types)
+    field = read_field(body, where, kind, events) if reads_field else ""
+    window = Window.load(body, where)
+    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
+    by, max_groups = read_by(body, where, events)
+    signal = (plain(events, window, field) if by is None
+              else Grouped(name, kind, events, window, by, max_groups, part(window, field)))
+    return with_options(signal, conditions, reset_on, window.window_ms)
 
 
 class Grouped(Expiring):

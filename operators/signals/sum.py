@@ -10,9 +10,8 @@ from operators.records import Event
 from operators.rules.fields import Where
 from operators.signals import buckets
 from operators.signals.base import Expiring, Signal
-from operators.signals.groups import GROUP_FIELDS, Grouped, read_by
-from operators.signals.options import OPTION_FIELDS, read_field, read_reset, read_where, with_options
-from operators.signals.window import WINDOW_FIELDS, Window
+from operators.signals.groups import load_windowed
+from operators.signals.window import Window
 
 
 class Sum(Expiring):
@@ -47,17 +46,10 @@ def _round(total: float) -> float:
 
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Signal:
-    where.check_keys(body, WINDOW_FIELDS | {"field"} | OPTION_FIELDS | GROUP_FIELDS)
-    events = where.names(body, "events", event_types)
-    field = read_field(body, where, "sum", events)
-    window = Window.load(body, where)
-    conditions, reset_on = read_where(body, where, events), read_reset(body, where, event_types, events)
-    by, max_groups = read_by(body, where, events)
-    signal: Signal
-    if by is None:
-        signal = Sum(name, events, window, field)
-    else:
+    def part(window: Window, field: str) -> buckets.BucketPart:
         def amount(event: Event) -> float:
             return float(event.attrs.get(field, 0) or 0)
-        signal = Grouped(name, "sum", events, window, by, max_groups, buckets.BucketPart(name, window, amount, _round))
-    return with_options(signal, conditions, reset_on, window.window_ms)
+        return buckets.BucketPart(name, window, amount, _round)
+
+    return load_windowed("sum", name, body, where, event_types, reads_field=True,
+                         plain=lambda events, window, field: Sum(name, events, window, field), part=part)
