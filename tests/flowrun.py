@@ -374,3 +374,46 @@ def read_decisions(kafka: dict[str, str], topic: str) -> list[DecisionRecord]:
         ce_id = dict(headers)["ce_id"].decode()
         out.append(DecisionRecord(ce_id, msg.key(), msg.value(), headers))
     return out
+
+
+def dedupe(records: list[DecisionRecord]) -> dict[str, DecisionRecord]:
+    """First copy of each ce_id; asserts every later copy repeats it exactly."""
+    first: dict[str, DecisionRecord] = {}
+    for rec in records:
+        seen = first.setdefault(rec.ce_id, rec)
+        assert (seen.key, seen.body) == (rec.key, rec.body), f"ce_id {rec.ce_id} emitted with two bodies"
+        assert dict(seen.headers) == dict(rec.headers), f"ce_id {rec.ce_id} emitted with two header sets"
+    return first
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An uninterrupted run's result: what a crashed, rescaled or restored run must end with."""
+
+    profiles: dict[str, dict[str, Any]]
+    decisions: dict[str, DecisionRecord]
+    seconds: float
+
+
+def reference_run(kafka: dict[str, str], root: Path, prefix: str, topic: str, messages: Sequence[Message],
+                  partitions: int, *, shards: int = 4, runner: str = "cli", **setup: Any) -> Reference:
+    """`messages` through a flow of its own on `topic`, from start to end with nothing in the way."""
+    produce(kafka, topic, messages, partitions)
+    clean = FlowSetup.create(kafka, root / "clean", f"{prefix}.clean", inputs=[topic], shards=shards, **setup)
+    seconds = run_to_end(clean, runner=runner, log=root / "clean.log")
+    return Reference(read_profiles(clean.state_dir, shards), dedupe(read_decisions(kafka, clean.decisions)), seconds)
+
+
+def assert_same_profiles(expected: dict[str, dict[str, Any]], got: dict[str, dict[str, Any]]) -> None:
+    """The same customers, dict for dict; a failure names how many differ and shows the first."""
+    assert set(got) == set(expected)
+    different = [c for c in expected if got[c] != expected[c]]
+    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
+                           f"{got[different[0]]} != {expected[different[0]]}")
+
+
+def assert_same_decisions(expected: dict[str, DecisionRecord], got: dict[str, DecisionRecord]) -> None:
+    """The same ce_ids (deduplicated), each with the same key and body."""
+    assert set(got) == set(expected)
+    for ce_id, rec in expected.items():
+        assert (got[ce_id].key, got[ce_id].body) == (rec.key, rec.body)

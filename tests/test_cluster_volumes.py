@@ -35,14 +35,15 @@ from operators.io.kafka import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     PacedProducer,
-    produce,
+    assert_same_decisions,
+    assert_same_profiles,
+    dedupe,
     read_decisions,
     read_profiles,
-    run_to_end,
+    reference_run,
     start,
     workload,
 )
-from tests.test_crash import dedupe
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -74,12 +75,9 @@ def test_two_processes_with_their_own_state_and_recovery_dirs_resume_exactly(
     clean_input, cluster_input = f"{topic_prefix}.in-clean", f"{topic_prefix}.in-cluster"
     ensure_topics(kafka, {clean_input: PARTITIONS, cluster_input: PARTITIONS})
 
-    produce(kafka, clean_input, messages, PARTITIONS)
-    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_input],
-                             shards=SHARDS, epoch_seconds=1)
-    run_to_end(clean, runner="bytewax", log=tmp_path / "clean.log")
-    expected_profiles = read_profiles(clean.state_dir, SHARDS)
-    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_input, messages, PARTITIONS, shards=SHARDS,
+                          runner="bytewax", epoch_seconds=1)
+    expected_profiles, expected_decisions = clean.profiles, clean.decisions
     assert len(expected_profiles) == CUSTOMERS and expected_decisions
 
     base = FlowSetup.create(kafka, tmp_path / "topics", f"{topic_prefix}.cluster", inputs=[cluster_input],
@@ -132,13 +130,8 @@ def test_two_processes_with_their_own_state_and_recovery_dirs_resume_exactly(
         profiles = read_profiles(pod.state_dir, SHARDS)
         assert not set(profiles) & set(got_profiles)
         got_profiles.update(profiles)
-    assert set(got_profiles) == set(expected_profiles)
-    different = [c for c in expected_profiles if got_profiles[c] != expected_profiles[c]]
-    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
-                           f"{got_profiles[different[0]]} != {expected_profiles[different[0]]}")
+    assert_same_profiles(expected_profiles, got_profiles)
     got_decisions = dedupe(read_decisions(kafka, base.decisions))
-    assert set(got_decisions) == set(expected_decisions)
-    for ce_id, rec in expected_decisions.items():
-        assert (got_decisions[ce_id].key, got_decisions[ce_id].body) == (rec.key, rec.body)
+    assert_same_decisions(expected_decisions, got_decisions)
     print(f"\nshards per process: {[sorted(d) for d in shard_dirs]}; outages: {'; '.join(outages)}; "
           f"{len(got_decisions)} decisions; total {time.monotonic() - started:.1f}s")

@@ -39,14 +39,16 @@ import pytest
 
 from operators.io.kafka import ensure_topics
 from tests.flowrun import (
-    DecisionRecord,
     FlowSetup,
     PacedProducer,
+    assert_same_decisions,
+    assert_same_profiles,
     crash_run,
+    dedupe,
     kill_plan,
-    produce,
     read_decisions,
     read_profiles,
+    reference_run,
     run_to_end,
     workload,
 )
@@ -58,16 +60,6 @@ KILLS = 12
 SHARDS = 4
 
 
-def dedupe(records: list[DecisionRecord]) -> dict[str, DecisionRecord]:
-    """First copy of each ce_id; asserts every later copy repeats it exactly."""
-    first: dict[str, DecisionRecord] = {}
-    for rec in records:
-        seen = first.setdefault(rec.ce_id, rec)
-        assert (seen.key, seen.body) == (rec.key, rec.body), f"ce_id {rec.ce_id} emitted with two bodies"
-        assert dict(seen.headers) == dict(rec.headers), f"ce_id {rec.ce_id} emitted with two header sets"
-    return first
-
-
 @pytest.mark.parametrize("partitions", [1, 4])
 def test_profiles_exact_after_repeated_sigkill(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,
                                                partitions: int) -> None:
@@ -76,12 +68,9 @@ def test_profiles_exact_after_repeated_sigkill(kafka: dict[str, str], topic_pref
     clean_input, crash_input = f"{topic_prefix}.in-clean", f"{topic_prefix}.in-crash"
     ensure_topics(kafka, {clean_input: partitions, crash_input: partitions})
 
-    produce(kafka, clean_input, messages, partitions)
-    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_input],
-                             shards=SHARDS, epoch_seconds=1)
-    clean_s = run_to_end(clean, runner="bytewax", log=tmp_path / "clean.log")
-    expected_profiles = read_profiles(clean.state_dir, SHARDS)
-    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_input, messages, partitions, shards=SHARDS,
+                          runner="bytewax", epoch_seconds=1)
+    expected_profiles, expected_decisions = clean.profiles, clean.decisions
     assert len(expected_profiles) == CUSTOMERS
     rules = Counter(b.body.split(b'"rule_id":"')[1].split(b'"')[0] for b in expected_decisions.values())
     assert len(expected_decisions) >= 50 and len(rules) >= 2, rules
@@ -95,24 +84,19 @@ def test_profiles_exact_after_repeated_sigkill(kafka: dict[str, str], topic_pref
     feeder.join(60)
     assert feeder.error is None, feeder.error
     final_s = run_to_end(crashed, log=tmp_path / "crashed.log")
-    print(f"\npartitions={partitions} clean run {clean_s:.1f}s, final resume-to-EOF {final_s:.1f}s, kills:")
+    print(f"\npartitions={partitions} clean run {clean.seconds:.1f}s, final resume-to-EOF {final_s:.1f}s, kills:")
     for kill in done:
         print(f"  {kill.how} ({kill.seconds:.1f}s)")
 
     assert sum(k.how.startswith("failpoint after_checkpoint") for k in done) >= 1, [k.how for k in done]
     got_profiles = read_profiles(crashed.state_dir, SHARDS)
-    assert set(got_profiles) == set(expected_profiles)
-    different = [c for c in expected_profiles if got_profiles[c] != expected_profiles[c]]
-    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
-                           f"{got_profiles[different[0]]} != {expected_profiles[different[0]]}")
+    assert_same_profiles(expected_profiles, got_profiles)
 
     records = read_decisions(kafka, crashed.decisions)
     got_decisions = dedupe(records)
     missing = set(expected_decisions) - set(got_decisions)
     assert not missing, f"{len(missing)} decisions of the clean run never emitted"
-    for ce_id, rec in expected_decisions.items():
-        assert (got_decisions[ce_id].key, got_decisions[ce_id].body) == (rec.key, rec.body)
-    # Nothing the clean run did not decide (no timer fired, no state invented by a replay).
-    assert set(got_decisions) == set(expected_decisions)
+    # Nothing the clean run did not decide either (no timer fired, no state invented by a replay).
+    assert_same_decisions(expected_decisions, got_decisions)
     print(f"  {len(expected_decisions)} decisions, {len(records) - len(got_decisions)} duplicate copies; "
           f"total {time.monotonic() - started:.1f}s")

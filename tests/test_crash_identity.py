@@ -35,14 +35,16 @@ from tests.flowrun import (
     FlowSetup,
     Kill,
     PacedProducer,
+    assert_same_decisions,
+    assert_same_profiles,
     crash_run,
+    dedupe,
     identity_workload,
-    produce,
     read_decisions,
     read_profiles,
+    reference_run,
     run_to_end,
 )
-from tests.test_crash import dedupe
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -68,12 +70,9 @@ def test_profiles_exact_after_sigkills_during_merges(kafka: dict[str, str], topi
     clean_input, crash_input = f"{topic_prefix}.in-clean", f"{topic_prefix}.in-crash"
     ensure_topics(kafka, {clean_input: PARTITIONS, crash_input: PARTITIONS})
 
-    produce(kafka, clean_input, messages, PARTITIONS)
-    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_input],
-                             shards=SHARDS, epoch_seconds=1)
-    clean_s = run_to_end(clean, runner="bytewax", log=tmp_path / "clean.log")
-    expected_profiles = read_profiles(clean.state_dir, SHARDS)
-    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_input, messages, PARTITIONS, shards=SHARDS,
+                          runner="bytewax", epoch_seconds=1)
+    expected_profiles, expected_decisions = clean.profiles, clean.decisions
     linked = [p for p in expected_profiles.values() if len(p["ids"]) > 1]
     assert len(linked) >= PERSONS // 2, "most people signed in: their profiles are linked"
     assert any(len(p["ids"].get("cookie", ())) == 2 for p in linked) and any("device" in p["ids"] for p in linked)
@@ -87,22 +86,17 @@ def test_profiles_exact_after_sigkills_during_merges(kafka: dict[str, str], topi
     feeder.join(60)
     assert feeder.error is None, feeder.error
     final_s = run_to_end(crashed, log=tmp_path / "crashed.log")
-    print(f"\nclean run {clean_s:.1f}s, final resume-to-EOF {final_s:.1f}s, kills:")
+    print(f"\nclean run {clean.seconds:.1f}s, final resume-to-EOF {final_s:.1f}s, kills:")
     for kill in done:
         print(f"  {kill.how} ({kill.seconds:.1f}s)")
     hit = [k.how for k in done if k.how.startswith("failpoint")]
     assert sum(h.startswith(("failpoint merged", "failpoint moved_out", "failpoint linked")) for h in hit) >= 3, hit
 
     got_profiles = read_profiles(crashed.state_dir, SHARDS)
-    assert set(got_profiles) == set(expected_profiles)
-    different = [c for c in expected_profiles if got_profiles[c] != expected_profiles[c]]
-    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
-                           f"{got_profiles[different[0]]} != {expected_profiles[different[0]]}")
+    assert_same_profiles(expected_profiles, got_profiles)
 
     records = read_decisions(kafka, crashed.decisions)
     got_decisions = dedupe(records)
-    assert set(got_decisions) == set(expected_decisions)
-    for ce_id, rec in expected_decisions.items():
-        assert (got_decisions[ce_id].key, got_decisions[ce_id].body) == (rec.key, rec.body)
+    assert_same_decisions(expected_decisions, got_decisions)
     print(f"  {len(expected_profiles)} profiles ({len(linked)} linked), {len(expected_decisions)} decisions, "
           f"{len(records) - len(got_decisions)} duplicate copies; total {time.monotonic() - started:.1f}s")

@@ -21,8 +21,18 @@ from pathlib import Path
 import pytest
 
 from operators.io.kafka import ensure_topics
-from tests.flowrun import FlowSetup, produce, read_decisions, read_profiles, run_to_end, workload
-from tests.test_crash import dedupe
+from tests.flowrun import (
+    FlowSetup,
+    assert_same_decisions,
+    assert_same_profiles,
+    dedupe,
+    produce,
+    read_decisions,
+    read_profiles,
+    reference_run,
+    run_to_end,
+    workload,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -37,12 +47,9 @@ def test_state_resumes_across_1_2_1_processes(kafka: dict[str, str], topic_prefi
     clean_input, grown_input = f"{topic_prefix}.in-clean", f"{topic_prefix}.in-grown"
     ensure_topics(kafka, {clean_input: PARTITIONS, grown_input: PARTITIONS})
 
-    produce(kafka, clean_input, messages, PARTITIONS)
-    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_input],
-                             shards=SHARDS, epoch_seconds=1)
-    run_to_end(clean, runner="bytewax", log=tmp_path / "clean.log")
-    expected_profiles = read_profiles(clean.state_dir, SHARDS)
-    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_input, messages, PARTITIONS, shards=SHARDS,
+                          runner="bytewax", epoch_seconds=1)
+    expected_profiles, expected_decisions = clean.profiles, clean.decisions
     assert len(expected_profiles) == CUSTOMERS and expected_decisions
 
     rescaled = FlowSetup.create(kafka, tmp_path / "rescaled", f"{topic_prefix}.rescaled", inputs=[grown_input],
@@ -58,12 +65,7 @@ def test_state_resumes_across_1_2_1_processes(kafka: dict[str, str], topic_prefi
             assert all((rescaled.state_dir / f"shard-{s:04d}").exists() for s in range(SHARDS))
 
     got_profiles = read_profiles(rescaled.state_dir, SHARDS)
-    assert set(got_profiles) == set(expected_profiles)
-    different = [c for c in expected_profiles if got_profiles[c] != expected_profiles[c]]
-    assert not different, (f"{len(different)} profiles differ, e.g. {different[0]}: "
-                           f"{got_profiles[different[0]]} != {expected_profiles[different[0]]}")
+    assert_same_profiles(expected_profiles, got_profiles)
     got_decisions = dedupe(read_decisions(kafka, rescaled.decisions))
-    assert set(got_decisions) == set(expected_decisions)
-    for ce_id, rec in expected_decisions.items():
-        assert (got_decisions[ce_id].key, got_decisions[ce_id].body) == (rec.key, rec.body)
+    assert_same_decisions(expected_decisions, got_decisions)
     print(f"\n{'; '.join(timings)}; {len(got_decisions)} decisions; total {time.monotonic() - started:.1f}s")

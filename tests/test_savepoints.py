@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,14 +20,16 @@ from operators.io.kafka import consume_all, ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
+    assert_same_decisions,
+    dedupe,
     produce,
     read_decisions,
     read_profiles,
+    reference_run,
     run_to_end,
     start,
     workload,
 )
-from tests.test_crash import dedupe
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -51,23 +52,14 @@ def restored_run(setup: FlowSetup, savepoint: Path, log: Path, **env: str) -> No
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def same_decisions(expected: dict[str, Any], got: dict[str, Any]) -> None:
-    assert set(got) == set(expected)
-    for ce_id, rec in expected.items():
-        assert (got[ce_id].key, got[ce_id].body) == (rec.key, rec.body)
-
-
 def test_online_savepoint_then_restore_on_empty_volumes_ends_like_an_uninterrupted_run(
         kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
     messages = workload(300, seed=41)
     half = len(messages) // 2
     clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
     ensure_topics(kafka, {clean_in: 2, topic: 2})
-    produce(kafka, clean_in, messages, 2)
-    clean = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_in])
-    run_to_end(clean, log=tmp_path / "clean.log")
-    expected = read_profiles(clean.state_dir, clean.shards)
-    expected_decisions = dedupe(read_decisions(kafka, clean.decisions))
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_in, messages, 2)
+    expected, expected_decisions = clean.profiles, clean.decisions
 
     savepoints = tmp_path / "savepoints"
     setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.run", inputs=[topic],
@@ -97,7 +89,7 @@ def test_online_savepoint_then_restore_on_empty_volumes_ends_like_an_uninterrupt
     produce(kafka, topic, messages[half:], 2)
     restored_run(setup, savepoints / "sp1", tmp_path / "restored.log")
     assert read_profiles(setup.state_dir, setup.shards) == expected
-    same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
+    assert_same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
     letters = sorted(m.value() for m in consume_all(kafka, [setup.dead_letter]))
     assert letters == sorted(v for _, _, v in sentinels)
 
@@ -108,11 +100,8 @@ def test_resharding_8_to_16_to_4_keeps_every_profile(kafka: dict[str, str], topi
     third = -(-len(messages) // 3)
     clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
     ensure_topics(kafka, {clean_in: 2, topic: 2})
-    produce(kafka, clean_in, messages, 2)
-    unsharded = FlowSetup.create(kafka, tmp_path / "clean", f"{topic_prefix}.clean", inputs=[clean_in], shards=1)
-    run_to_end(unsharded, log=tmp_path / "clean.log")
-    expected = read_profiles(unsharded.state_dir, 1)
-    expected_decisions = dedupe(read_decisions(kafka, unsharded.decisions))
+    unsharded = reference_run(kafka, tmp_path, topic_prefix, clean_in, messages, 2, shards=1)
+    expected, expected_decisions = unsharded.profiles, unsharded.decisions
 
     setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.run", inputs=[topic], shards=8)
     produce(kafka, topic, messages[:third], 2)
@@ -131,4 +120,4 @@ def test_resharding_8_to_16_to_4_keeps_every_profile(kafka: dict[str, str], topi
         saved = tmp_path / f"sp{shards}-after"
         cli(setup, "savepoint", "create", str(saved), **env)
     assert read_profiles(setup.state_dir, 4) == expected
-    same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
+    assert_same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
