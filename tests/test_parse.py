@@ -568,49 +568,7 @@ def test_fast_path_events_are_real_events():
     assert event.raw == (KEY, value, tuple(HEADERS))
     with pytest.raises(AttributeError):
         event.ts = 0  # type: ignore[misc]
-    assert "raw=" not in repr(event) and event == Event(**{n: getattr(event, n) for n in Event.__slots__})
-
-
-def test_the_event_builder_follows_the_record_it_builds():
-    import dataclasses
-
-    from operators.io.parse import _event_builder
-
-    args = ("e", "page_view", 1, "k", "web", {"a": 1}, SRC, (KEY, b"{}", ()))
-    kw = dict(zip(("event_id", "type", "ts", "customer", "channel", "attrs", "source", "raw"), args))
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Reordered:  # the same fields in another order, one more with a default
-        ts: int
-        event_id: str
-        type: str
-        channel: str
-        customer: str
-        attrs: dict[str, Any]
-        source: Any
-        raw: Any
-        extra: int = 7
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Checked:  # the same fields, and a check the builder must not skip
-        event_id: str
-        type: str
-        ts: int
-        customer: str
-        channel: str
-        attrs: dict[str, Any]
-        source: Any
-        raw: Any
-
-        def __post_init__(self) -> None:
-            if self.ts < 0:
-                raise ValueError("ts")
-
-    for cls in (Event, Reordered, Checked):
-        built = _event_builder(cls)(*args)
-        assert built == cls(**kw) and built.raw == kw["raw"], cls
-    with pytest.raises(ValueError):
-        _event_builder(Checked)(*args[:2], -1, *args[3:])
+    assert "raw=" not in repr(event) and event == Event(**{n: getattr(event, n) for n in Event.__struct_fields__})
 
 
 def test_max_amount_bounds_both_paths():

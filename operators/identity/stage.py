@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from operators.identity.graph import Component, IdentityGraph, Merge, Refusal
@@ -53,6 +54,7 @@ from operators.state.store import KeyValueStore, StateError
 IdentityItem = Event | EraseRequest | SavepointRequest
 Routed = tuple[str, Any]
 IDENTITY_KEY = "identity"  # the stage's one Bytewax key
+replace_event = msgspec.structs.replace  # an Event with some fields changed
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class IdentityState:
                         continue
                     into, anchor = found
                     if into != customer:
-                        value = dataclasses.replace(value, customer=into, id_type=anchor)
+                        value = replace_event(value, customer=into, id_type=anchor)
                     out.append((routes[anchor][crc32(into.encode()) % shards], value))
                     continue
                 self._link(value, out)
@@ -150,7 +152,7 @@ class IdentityState:
 
     def _to(self, component: Component, event: Event, out: list[Routed]) -> None:
         if component.key != event.customer:  # the event now names the profile (key and type) it updates
-            event = dataclasses.replace(event, customer=component.key, id_type=component.type)
+            event = replace_event(event, customer=component.key, id_type=component.type)
         out.append((self.route(component.type if component.linked else None, component.key), event))
 
     def _link(self, event: Event, out: list[Routed]) -> None:
@@ -176,7 +178,7 @@ class IdentityState:
             out.append((self.route(anchor, key), MoveOut(key, into, target)))
         out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids)))
         out.append((target, event if event.customer == into else
-                    dataclasses.replace(event, customer=into, id_type=merge.anchor)))
+                    replace_event(event, customer=into, id_type=merge.anchor)))
         metrics.LINKS.labels(merge.anchor).inc()
         failpoints.hit("linked")
 

@@ -23,7 +23,6 @@ checks both on arbitrary, near-valid and hostile messages.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import keyword
 import math
@@ -101,52 +100,6 @@ def load_schema(event_type: str) -> dict[str, Any]:
 
 # Numeric attributes whose upper bound `[parse] max_amount` replaces.
 AMOUNT_FIELDS = ("amount",)
-
-# The fast path builds Events in the order of these fields.
-_EVENT_ARGS = ("event_id", "type", "ts", "customer", "channel", "attrs", "source", "raw", "id_type", "links",
-               "blocked")
-
-
-def _event_builder(cls: Any = Event) -> Callable[..., Any]:
-    """`cls(**dict(zip(_EVENT_ARGS, args)))`, at half the cost when it can be done safely.
-
-    `Event` is a frozen slots dataclass: its `__init__` sets each field through `object.__setattr__`,
-    about 1 us for eight fields, a third of the fast path. Filling the slots through their
-    descriptors is the same assignment without the detour. That is done only while the class is
-    what it was written for (exactly these fields, slotted, nothing in `__post_init__`); otherwise
-    the builder calls the class by keyword. tests/test_parse.py checks both against `cls(...)`.
-    """
-    fields = dataclasses.fields(cls)
-    if tuple(f.name for f in fields) != _EVENT_ARGS or "__slots__" not in vars(cls) \
-            or hasattr(cls, "__post_init__"):
-        def by_keyword(*args: Any) -> Any:
-            return cls(**dict(zip(_EVENT_ARGS, args)))
-
-        return by_keyword
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10 = (vars(cls)[name].__set__ for name in _EVENT_ARGS)
-
-    def build(event_id: str, event_type: str, ts: int, customer: str, channel: str,
-              attrs: dict[str, Any], source: SourcePosition | None, raw: Any, id_type: str | None = None,
-              links: tuple[tuple[str, str], ...] = (), blocked: tuple[str, ...] = ()) -> Any:
-        event = new(cls)
-        s0(event, event_id)
-        s1(event, event_type)
-        s2(event, ts)
-        s3(event, customer)
-        s4(event, channel)
-        s5(event, attrs)
-        s6(event, source)
-        s7(event, raw)
-        s8(event, id_type)
-        s9(event, links)
-        s10(event, blocked)
-        return event
-
-    return build
-
-
-_new_event: Callable[..., Event] = _event_builder()
 
 # --- the fast path's Structs, generated from the schemas ---------------------------------------------
 
@@ -595,7 +548,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
                 continue
             v = default
         attrs[name] = v
-    return _new_event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret),
+    return Event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret),
                       spec.channel, attrs, source,
                       (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
 
