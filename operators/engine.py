@@ -92,11 +92,11 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     if not is_late:
         if ruleset.firing:
             fire_absences(profile, ruleset, ts - lateness, out)
-        for signal in ruleset.signals_for_event[event.type]:
-            signal.apply(profile, event)
+        for apply in ruleset.appliers_for_event[event.type]:
+            apply(profile, event)
     elif late.policy == "apply":
-        for signal in ruleset.signals_for_event[event.type]:
-            signal.apply(profile, event)
+        for apply in ruleset.appliers_for_event[event.type]:
+            apply(profile, event)
     facts = profile.facts
     apply_facts(facts, event)
     dedupe.remember(profile, event.event_id, ts, ruleset.dedupe_horizon_ms)

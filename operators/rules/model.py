@@ -6,10 +6,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from operators.channels import EVENT_CHANNELS
 from operators.signals.base import Signal
+
+if TYPE_CHECKING:
+    from operators.profile.model import Profile
+    from operators.records import Event
 
 # Why a candidate decision was not sent; every blocked candidate is counted under one of these.
 BLOCK_REASONS = ("opted_out", "no_consent", "complaint_suppression", "cooldown",
@@ -129,6 +133,11 @@ class RuleSet:
     def signals_for_event(self) -> dict[str, tuple[Signal, ...]]:
         """The signals each event type changes, in declaration order."""
         return {t: tuple(s for s in self.signals if t in s.touched_by) for t in EVENT_CHANNELS}
+
+    @functools.cached_property
+    def appliers_for_event(self) -> dict[str, tuple[Callable[[Profile, Event], None], ...]]:
+        """`signals_for_event` as their bound `apply` methods: the engine's per-event loop."""
+        return {t: tuple(s.apply for s in signals) for t, signals in self.signals_for_event.items()}
 
     @functools.cached_property
     def firing(self) -> tuple[Signal, ...]:

@@ -20,18 +20,20 @@ def add(profile: Profile, name: str, window: Window, ts: int, amount: float) -> 
     buckets = signals.get(name)
     if buckets is None:
         buckets = signals[name] = []
-    elif buckets[-1][0] == start:  # the newest bucket is the usual one
-        total = buckets[-1][1] = buckets[-1][1] + amount
-        if not math.isfinite(total):
-            raise ProfileEncodeError(f"signal {name} is not a finite number")
-        return
     else:
-        for bucket in buckets:
-            if bucket[0] == start:
-                bucket[1] += amount
-                if not math.isfinite(bucket[1]):
-                    raise ProfileEncodeError(f"signal {name} is not a finite number")
-                return
+        newest = buckets[-1][0]
+        if newest == start:  # the newest bucket is the usual one
+            total = buckets[-1][1] = buckets[-1][1] + amount
+            if not math.isfinite(total):
+                raise ProfileEncodeError(f"signal {name} is not a finite number")
+            return
+        if start < newest:  # an older bucket (buckets are in start order): look for it from the newest down
+            for bucket in reversed(buckets):
+                if bucket[0] == start:
+                    bucket[1] += amount
+                    if not math.isfinite(bucket[1]):
+                        raise ProfileEncodeError(f"signal {name} is not a finite number")
+                    return
     profile.note_expiry(start + size - 1 + window.window_ms)
     buckets.append([start, amount])
     if len(buckets) > 1 and buckets[-2][0] > start:
