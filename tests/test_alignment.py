@@ -212,6 +212,20 @@ def test_a_released_partition_holds_nobody_back() -> None:
 # -- peers --------------------------------------------------------------------------------------------
 
 
+def test_a_process_that_reads_every_partition_runs_no_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(Alignment, "start_exchange", lambda self, kafka, topic, group: started.append(topic))
+    a, _ = aligned()
+    a.expect(["web#0", "web#1"])
+    a.slot("web#0")
+    a.slot("web#1")
+    a.start_exchange_if_shared({}, "progress", "g")
+    assert started == []  # no peer holds a partition: nobody to pace against, nobody to tell
+    a.expect(["email#0"])  # another process (or a worker not yet polling) reads this one
+    a.start_exchange_if_shared({}, "progress", "g")
+    assert started == ["progress"]
+
+
 def test_peers_count_once_the_exchange_runs() -> None:
     a, clock = aligned()
     a.expect(["web#0", "web#1", "email#0"])

@@ -302,6 +302,17 @@ class Alignment:
                 self._exchange = ProgressExchange(self, kafka, topic, group_id)
                 self._exchange.start()
 
+    def start_exchange_if_shared(self, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+        """`start_exchange`, unless this process reads every partition of the flow: then no peer has a
+        floor to send, none needs this process's, and the exchange would only spend CPU polling.
+
+        Called by a partition's first poll, once its worker has opened all of its partitions; a
+        partition another worker has not opened yet counts as a peer's (the exchange then runs)."""
+        with self._lock:
+            shared = bool(self._remote_names)
+        if shared:
+            self.start_exchange(kafka, topic, group_id)
+
     def stop_exchange(self) -> None:
         with self._lock:
             exchange, self._exchange = self._exchange, None

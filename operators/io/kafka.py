@@ -175,7 +175,7 @@ class Aligned(NamedTuple):
 class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
                  batch_size: int, stop: threading.Event | None, stop_at_end: bool,
-                 aligned: Aligned | None = None) -> None:
+                 aligned: Aligned | None = None, exchange: Callable[[], None] | None = None) -> None:
         self._consumer = Consumer(config)
         self._topic, self._partition = topic, partition
         self._next_offset = offset
@@ -187,6 +187,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         # Event-time alignment: fetched messages wait here until the others have caught up; the
         # snapshot offset never passes them, so a restart reads them again.
         self._aligned = aligned
+        self._exchange = exchange  # joins the cross-process exchange at the first poll (if it must)
         self._slot = aligned.alignment.slot(f"{topic}#{partition}") if aligned is not None else None
         self._pending: list[RawMessage] = []
         self._pending_ts: list[int] = []
@@ -270,6 +271,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
     def _next_aligned(self) -> list[RawMessage]:
         aligned, slot = self._aligned, self._slot
         assert aligned is not None and slot is not None
+        if self._exchange is not None:
+            self._exchange()
+            self._exchange = None
         pending, pending_ts = self._pending, self._pending_ts
         room = self._batch_size - len(pending)
         if room > 0:
@@ -434,8 +438,10 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
         topic, _, partition = for_part.rpartition("#")
         config = source_consumer_config(self._kafka, self._group_id, stop_at_end=self._stop_at_end,
                                         partition_eof=self._aligned is not None)
+        exchange: Callable[[], None] | None = None
         if self._aligned is not None and self._progress_topic:
-            self._aligned.alignment.start_exchange(self._kafka, self._progress_topic, self._group_id)
+            alignment, progress = self._aligned.alignment, self._progress_topic
+            exchange = lambda: alignment.start_exchange_if_shared(self._kafka, progress, self._group_id)  # noqa: E731
         if resume_state is not None:
             offset = resume_state
         elif self._start_positions is not None:
@@ -443,7 +449,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
         else:
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
-                               self._stop_at_end, self._aligned)
+                               self._stop_at_end, self._aligned, exchange)
 
 
 def commit_final_offsets(kafka: Mapping[str, str], group_id: str,
