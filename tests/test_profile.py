@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.engine import on_event
+from operators.profile import dedupe
 from operators.profile import facts as facts_module
 from operators.profile.facts import apply_facts, durable_view, preferred_channel
 from operators.profile.facts import rfm as rfm_segment
@@ -242,3 +243,13 @@ def test_a_redelivered_event_changes_nothing(data, events):
     before = copy.deepcopy(once)
     assert all(on_event(once, e, ruleset).duplicate for e in events)
     assert once == before
+
+
+@given(st.dictionaries(st.text(max_size=4), st.integers(min_value=-(10**13), max_value=10**13), max_size=40),
+       st.integers(min_value=-(10**13), max_value=10**13))
+def test_the_dedupe_window_forgets_what_expired_and_bounds_the_rest(seen: dict[str, int], ref: int) -> None:
+    kept = {event_id: until for event_id, until in seen.items() if until > ref}
+    window = dict(seen)
+    bounds = dedupe.prune(window, ref)
+    assert list(window.items()) == list(kept.items())  # arrival order kept: the oldest goes first at the cap
+    assert bounds == ((min(kept.values()), max(kept.values())) if kept else None)
