@@ -6,7 +6,7 @@ from pathlib import Path
 
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
-from operators.state.keys import profile_key, timer_key
+from operators.state.keys import TIMER_PREFIX, profile_key, timer_key
 from operators.state.shard import ShardLogic
 from operators.state.shard_state import ShardContext, read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
@@ -86,6 +86,23 @@ def test_a_timer_turn_between_backlog_batches_does_not_write_the_batch_out(tmp_p
     shard.store.close()
     late_cart = read_profile(tmp_path, 1, "late-cart")
     assert late_cart is not None and "cart_abandoned" not in late_cart["signals"]  # the turn did run
+
+
+def test_a_backlog_event_already_due_on_the_clock_has_its_timer_turn_in_the_same_batch(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + 3 * HOUR)
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    # Catch-up: consent, then a cart two hours old; its reminder was due an hour ago by the clock.
+    out, _ = shard.on_batch([consent(T0), make_event("add_to_cart", T0 + MIN, sku="s1", amount=30.0)])
+    assert [(d.rule_id, d.trigger) for d in out] == [("cart_abandonment_email", "cart_abandoned")]
+    assert shard.on_notify()[0] == []  # nothing left for a later turn: it fired once
+    shard.snapshot()
+    # The timer index holds one key for c1: when the rest of its state (the dedupe ids) expires.
+    timers = [k for k, _ in shard.store.scan(TIMER_PREFIX)]
+    shard.store.close()
+    stored = read_profile(tmp_path, 1, "c1")
+    assert stored is not None and "cart_abandoned" not in stored["signals"]
+    assert timers == [timer_key(stored["expire_at"] + default_rules().late.allowed_lateness_ms, "c1")]
 
 
 # --- erasure can't be undone by a crash ----------------------------------------------------------

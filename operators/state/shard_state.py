@@ -268,10 +268,13 @@ class ShardState:
                 indexed = indexed_at[customer] if indexed_at and customer in indexed_at else due_at(profile, ruleset)
             dirty[customer] = indexed
 
-    def _changed(self, profiles: dict[str, Profile]) -> None:
+    def _changed(self, profiles: dict[str, Profile], dues: dict[str, int | None] | None = None) -> None:
+        """After changing these profiles: note their due times (`dues`: already computed, for some),
+        then write the least recently changed ones if the cache or the dirty set is over its bound."""
         ruleset, timers, dirty_due = self.ctx.ruleset, self.timers, self._dirty_due
         for customer, profile in profiles.items():
-            dirty_due[customer] = due = due_at(profile, ruleset)
+            due = dues[customer] if dues is not None and customer in dues else due_at(profile, ruleset)
+            dirty_due[customer] = due
             timers.hint(due)
         live, limit = self._live, self.ctx.cache_profiles
         while len(live) > limit:
@@ -455,7 +458,8 @@ class ShardState:
             if customer in created:
                 del profiles[customer]
                 self._live.pop(customer, None)
-        self._changed({c: p for c, p in profiles.items() if c in self._live})
+        changed = {c: p for c, p in profiles.items() if c in self._live}
+        self._changed(changed, self._timers_due_now(changed, outcome))
         self._account(outcome, out, profiles)
         for event_type, n in types.items():
             metrics.EVENTS.labels(event_type).inc(n)
@@ -621,7 +625,6 @@ class ShardState:
         due = self._due_customers(now)
         if self._waiting:  # their turn comes once their merge is done
             due = [(customer, at) for customer, at in due if customer not in self._waiting]
-        ruleset, applied = self.ctx.ruleset, self._applied
         for start in range(0, len(due), _TIMER_CHUNK):
             chunk = due[start:start + _TIMER_CHUNK]
             profiles, created, _ = self._profiles([customer for customer, _ in chunk])
@@ -635,20 +638,49 @@ class ShardState:
             self._changing(profiles, dict(chunk))
             outcome = Outcome()
             for customer, profile in list(profiles.items()):
-                marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
-                try:
-                    on_timers(profile, ruleset, now, outcome)
-                except Exception as exc:  # noqa: BLE001 - a timer that keeps failing would spin: set it aside
-                    self._undo_outcome(outcome, *marks)
-                    metrics.PROCESSING_ERRORS.labels("engine.on_timers", type(exc).__name__).inc()
-                    del profiles[customer]
-                    self._live.pop(customer, None)
-                    self._quarantine(customer, "engine.on_timers", exc, None, profile_due=self._dirty.get(customer))
-                    continue
-                applied.setdefault(customer, []).append(now)
+                self._run_timers(customer, profile, now, outcome, profiles)
             self._changed(profiles)
             self._account(outcome, out, profiles)
         return out
+
+    def _run_timers(self, customer: str, profile: Profile, now: int, outcome: Outcome,
+                    profiles: dict[str, Profile]) -> bool:
+        """One customer's timer turn at `now`; False if it failed and the customer was set aside."""
+        marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
+        try:
+            on_timers(profile, self.ctx.ruleset, now, outcome)
+        except Exception as exc:  # noqa: BLE001 - a timer that keeps failing would spin: set it aside
+            self._undo_outcome(outcome, *marks)
+            metrics.PROCESSING_ERRORS.labels("engine.on_timers", type(exc).__name__).inc()
+            del profiles[customer]
+            self._live.pop(customer, None)
+            self._quarantine(customer, "engine.on_timers", exc, None, profile_due=self._dirty.get(customer))
+            return False
+        self._applied.setdefault(customer, []).append(now)
+        return True
+
+    def _timers_due_now(self, profiles: dict[str, Profile], outcome: Outcome) -> dict[str, int | None]:
+        """Due times of profiles a batch just changed, after running the timer turn of those already due.
+
+        In catch-up (a backlog hours old) most profiles are due on the clock as soon as their events
+        are applied. Their turn would come at the next notification anyway, a moment later, after a
+        round through the timer index; running it here, on the profile in hand, is the same turn
+        without that round. Removes from `profiles` any customer whose turn failed (set aside).
+        """
+        ruleset = self.ctx.ruleset
+        dues: dict[str, int | None] = {}
+        now: int | None = None
+        for customer, profile in list(profiles.items()):
+            due = due_at(profile, ruleset)
+            if due is not None:
+                if now is None:
+                    now = self.ctx.clock.now_ms()
+                if due <= now:
+                    if not self._run_timers(customer, profile, now, outcome, profiles):
+                        continue
+                    due = due_at(profile, ruleset)
+            dues[customer] = due
+        return dues
 
     def checkpoint(self) -> int:
         """The epoch end: write what is dirty and commit it with the positions; the new seq."""
