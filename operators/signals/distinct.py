@@ -52,7 +52,8 @@ class Distinct(Expiring):
 
     def expiry_bounds(self, state: Any) -> tuple[int, int]:
         window = self.window.window_ms
-        return min(p[1] for p in state) + window, max(p[1] for p in state) + window
+        seen = [p[1] for p in state]  # one list, then C's min and max: not two generator passes
+        return min(seen) + window, max(seen) + window
 
     def value(self, attribute: str, state: Any, ref_ms: int) -> Any:
         if not state:
