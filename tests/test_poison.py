@@ -182,6 +182,25 @@ def test_a_timer_that_raises_quarantines_instead_of_spinning(tmp_path: Path, mon
     logic.store.close()
 
 
+def test_a_timer_that_raises_in_the_batch_that_made_it_due_sets_only_that_customer_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(T0 + 2 * HOUR)  # catch-up: c1's cart reminder is due as soon as it is applied
+    logic = shard(tmp_path, clock)
+
+    def broken(*_a: Any) -> Any:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(shard_module, "on_timers", broken)
+    out, _ = logic.on_batch([make_event("add_to_cart", T0, customer="c1", sku="s", amount=20.0),
+                             make_event("page_view", T0 + 2 * HOUR, customer="c2", page_type="home")])
+    assert out == []
+    logic.snapshot()
+    assert logic.store.get(profile_key("c1")) == QUARANTINED
+    assert [k for k, _ in logic.store.scan(TIMER_PREFIX) if k.endswith(b"c1")] == []  # nothing left to fire
+    logic.store.close()
+    assert read_profile(tmp_path, 1, "c2") is not None  # the rest of the batch went on
+
+
 def test_non_finite_values_never_reach_state() -> None:
     profile = new_profile("c1")
     profile.facts.revenue = math.inf
