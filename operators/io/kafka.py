@@ -11,6 +11,7 @@ against any Kafka-protocol broker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -440,8 +441,8 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
                                         partition_eof=self._aligned is not None)
         exchange: Callable[[], None] | None = None
         if self._aligned is not None and self._progress_topic:
-            alignment, progress = self._aligned.alignment, self._progress_topic
-            exchange = lambda: alignment.start_exchange_if_shared(self._kafka, progress, self._group_id)  # noqa: E731
+            exchange = functools.partial(self._aligned.alignment.start_exchange_if_shared, self._kafka,
+                                         self._progress_topic, self._group_id)
         if resume_state is not None:
             offset = resume_state
         elif self._start_positions is not None:

@@ -548,9 +548,8 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
                 continue
             v = default
         attrs[name] = v
-    return Event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret),
-                      spec.channel, attrs, source,
-                      (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
+    return Event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret), spec.channel,
+                 attrs, source, (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
 
 
 def parse_message(key: bytes | None, value: bytes | None,
