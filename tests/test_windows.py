@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from operators.channels import EVENT_CHANNELS
 from operators.engine import due_at, next_deadline, prune
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
@@ -44,8 +45,7 @@ def value(profile: Profile, signals: tuple[Signal, ...], name: str, at: int):
 
 
 PV = frozenset({"page_view"})
-ALL_TYPES = frozenset(default_rules().signals_for_event)
-ALL_TYPES = frozenset(default_rules().signals_for_event)
+ALL_TYPES = frozenset(EVENT_CHANNELS)
 
 
 # --- sliding windows ----------------------------------------------------------------------------

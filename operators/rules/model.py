@@ -130,14 +130,10 @@ class RuleSet:
         return frozenset(self.by_trigger)
 
     @functools.cached_property
-    def signals_for_event(self) -> dict[str, tuple[Signal, ...]]:
-        """The signals each event type changes, in declaration order."""
-        return {t: tuple(s for s in self.signals if t in s.touched_by) for t in EVENT_CHANNELS}
-
-    @functools.cached_property
     def appliers_for_event(self) -> dict[str, tuple[Callable[[Profile, Event], None], ...]]:
-        """`signals_for_event` as their bound `apply` methods: the engine's per-event loop."""
-        return {t: tuple(s.apply for s in signals) for t, signals in self.signals_for_event.items()}
+        """The bound `apply` of each signal an event type changes, in declaration order: the
+        engine's per-event loop."""
+        return {t: tuple(s.apply for s in self.signals if t in s.touched_by) for t in EVENT_CHANNELS}
 
     @functools.cached_property
     def firing(self) -> tuple[Signal, ...]:
