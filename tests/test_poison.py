@@ -265,3 +265,32 @@ def test_one_poisoned_customer_does_not_stop_the_flow_or_touch_anyone_else(
     assert {dict(m.headers())[STEP_HEADER] for m in failed} == {b"engine.on_event"}
     assert len(by_reason.pop("schema_violation")) == 2  # the two 1.7e308 purchases
     assert by_reason == {}
+
+
+def test_a_timer_that_raises_for_a_stored_profile_sets_only_that_customer_aside(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock(T0 + MIN)
+    logic = shard(tmp_path, clock)
+    logic.on_batch([e for c in ("c1", "c2") for e in
+                    (consent(T0, customer=c), make_event("add_to_cart", T0, customer=c, sku="s", amount=20.0))])
+    seq = logic.snapshot()["seq"]
+    logic.store.close()
+    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": seq})  # restarted: nothing cached
+    real = shard_module.on_timers
+
+    def broken_for_c1(profile: Any, *args: Any) -> Any:
+        if profile.customer == "c1":
+            raise ZeroDivisionError
+        return real(profile, *args)
+
+    monkeypatch.setattr(shard_module, "on_timers", broken_for_c1)
+    clock.set(T0 + 2 * HOUR)
+    out, _ = logic.on_notify()
+    assert [(d.customer, d.rule_id) for d in out] == [("c2", "cart_abandonment_email")]
+    logic.snapshot()
+    assert logic.store.get(profile_key("c1")) == QUARANTINED
+    assert [k for k, _ in logic.store.scan(TIMER_PREFIX) if k.endswith(b"c1")] == []  # nothing left to fire
+    assert logic.on_notify()[0] == []
+    logic.store.close()
+    c2 = read_profile(tmp_path, 1, "c2")
+    assert c2 is not None and "cart_abandoned" not in c2["signals"]

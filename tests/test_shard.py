@@ -150,3 +150,60 @@ def test_a_due_timer_whose_profile_is_gone_never_creates_one(tmp_path: Path) -> 
     shard.snapshot()
     assert decisions == [] and _keys_of(shard, "c1") == []
     shard.store.close()
+
+
+# --- a storm of timers after downtime: turns of profiles only the store holds ---------------------
+
+
+def _carts_written_then_reopened(tmp_path: Path, clock: ManualClock, customers: list[str]) -> ShardLogic:
+    """Each customer consented and left a cart; written at an epoch end, then the shard reopened as after
+    a restart (nothing decoded in its cache)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    batch = []
+    for c in customers:
+        batch += [consent(T0, customer=c), make_event("add_to_cart", T0 + MIN, customer=c, sku="s1", amount=30.0)]
+    shard.on_batch(batch)
+    seq = shard.snapshot()["seq"]
+    shard.store.close()
+    return ShardLogic(ctx, {"shard": 0, "seq": seq})
+
+
+def test_timer_turns_of_stored_profiles_fire_write_and_leave_the_cache_to_live_traffic(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + MIN)
+    customers = [f"c{i}" for i in range(5)]
+    shard = _carts_written_then_reopened(tmp_path, clock, customers)
+    shard.on_batch([make_event("page_view", T0 + 2 * MIN, customer="live", page_type="home")])
+    clock.set(T0 + 7 * 24 * HOUR)  # a week of downtime: every cart reminder, and all state, expired
+    decisions, _ = shard.on_notify()
+    assert sorted((d.customer, d.rule_id) for d in decisions) == [(c, "cart_abandonment_email") for c in customers]
+    assert shard.state is not None and list(shard.state._live) == ["live"]  # the storm evicted no one
+    # Written at once (no later write needed), with nothing left to fire for them.
+    assert [k for k, _ in shard.store.scan(TIMER_PREFIX) if not k.endswith(b"live")] == []
+    assert shard.on_notify()[0] == []
+    shard.snapshot()
+    shard.store.close()
+    for c in customers:
+        profile = read_profile(tmp_path, 1, c)
+        # Everything transient is gone, the reminder's cooldown included; the facts stay.
+        assert profile is not None and profile["signals"] == {} and profile["seen"] == {}
+        assert profile["history"]["fired"] == {} and profile["facts"]["last_seen"] == T0 + MIN
+
+
+def test_a_crash_after_timer_turns_of_stored_profiles_restores_them_exactly(tmp_path: Path) -> None:
+    clock = ManualClock(T0 + MIN)
+    customers = [f"c{i}" for i in range(50)]  # enough writes that some reach RocksDB before the crash
+    shard = _carts_written_then_reopened(tmp_path, clock, customers)
+    before = {c: shard.store.get(profile_key(c)) for c in customers}
+    timers_before = [k for k, _ in shard.store.scan(TIMER_PREFIX)]
+    seq = shard.store.seq
+    clock.set(T0 + 7 * 24 * HOUR)
+    first, _ = shard.on_notify()
+    assert len(first) == len(customers)
+    shard.store.close()  # killed before the epoch ended: the turns must be undone, not half-kept
+    shard = ShardLogic(shard.ctx, {"shard": 0, "seq": seq})
+    assert {c: shard.store.get(profile_key(c)) for c in customers} == before
+    assert [k for k, _ in shard.store.scan(TIMER_PREFIX)] == timers_before
+    again, _ = shard.on_notify()  # the replayed epoch makes the same decisions
+    assert sorted((d.customer, d.rule_id) for d in again) == sorted((d.customer, d.rule_id) for d in first)
+    shard.store.close()

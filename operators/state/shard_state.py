@@ -625,23 +625,66 @@ class ShardState:
         due = self._due_customers(now)
         if self._waiting:  # their turn comes once their merge is done
             due = [(customer, at) for customer, at in due if customer not in self._waiting]
-        for start in range(0, len(due), _TIMER_CHUNK):
-            chunk = due[start:start + _TIMER_CHUNK]
-            profiles, created, _ = self._profiles([customer for customer, _ in chunk])
-            for customer, at in chunk:
-                if customer in created:
-                    # A timer with no profile behind it (its customer was erased): drop it, never
-                    # let it bring the customer back.
-                    self.timers.move(customer, at, None)
-                    del profiles[customer]
-                    del self._live[customer]
-            self._changing(profiles, dict(chunk))
-            outcome = Outcome()
-            for customer, profile in list(profiles.items()):
-                self._run_timers(customer, profile, now, outcome, profiles)
-            self._changed(profiles)
-            self._account(outcome, out, profiles)
+        live = self._live
+        cold = [(customer, at) for customer, at in due if customer not in live]
+        if len(cold) < len(due):
+            self._fire_live([(customer, at) for customer, at in due if customer in live], now, out)
+        for start in range(0, len(cold), _TIMER_CHUNK):
+            self._fire_cold(cold[start:start + _TIMER_CHUNK], now, out)
         return out
+
+    def _fire_live(self, due: list[tuple[str, int]], now: int, out: list[ShardOutput]) -> None:
+        """Timer turns of profiles in the cache: changed in place, written with the rest of the dirty."""
+        profiles, _, _ = self._profiles([customer for customer, _ in due])
+        self._changing(profiles, dict(due))
+        outcome = Outcome()
+        for customer, profile in list(profiles.items()):
+            self._run_timers(customer, profile, now, outcome, profiles)
+        self._changed(profiles)
+        self._account(outcome, out, profiles)
+
+    def _fire_cold(self, due: list[tuple[str, int]], now: int, out: list[ShardOutput]) -> None:
+        """Timer turns of profiles only the store holds: read, turned and written back at once.
+
+        A storm after downtime is mostly these. They never enter the cache, so the drain neither evicts
+        the customers live traffic is using nor pays for the dirty bookkeeping of profiles that change
+        once; and, written at once, they need no replay log (a failed turn is undone by not writing).
+        """
+        store, timers, ruleset = self.store, self.timers, self.ctx.ruleset
+        keys = [profile_key(customer) for customer, _ in due]
+        outcome = Outcome()
+        turned: dict[str, Profile] = {}
+        for (customer, at), key, blob in zip(due, keys, store.get_many(keys), strict=True):
+            committed: bytes | None | Unknown = blob if store.unchanged_since_checkpoint(key) else UNKNOWN
+            if blob is None or blob == QUARANTINED:
+                # A timer with no profile behind it (erased), or one set aside: drop it, never let it
+                # bring the customer back or fire for them.
+                timers.move(customer, at, None)
+                continue
+            try:
+                profile = decode_profile(blob)
+            except Exception as exc:  # noqa: BLE001 - bad stored bytes are one customer's problem
+                self._quarantine(customer, "decode_profile", exc, blob, profile_due=at)
+                continue
+            marks = (len(outcome.decisions), len(outcome.blocked), outcome.absences)
+            try:
+                on_timers(profile, ruleset, now, outcome)
+            except Exception as exc:  # noqa: BLE001 - a timer that keeps failing would spin: set it aside
+                self._undo_outcome(outcome, *marks)
+                metrics.PROCESSING_ERRORS.labels("engine.on_timers", type(exc).__name__).inc()
+                self._quarantine(customer, "engine.on_timers", exc, blob, profile_due=at)
+                continue
+            try:
+                encoded = encode_profile(profile)
+            except ProfileEncodeError as exc:
+                # Never store a value that would not read back as written (e.g. a non-finite number).
+                self._undo_outcome(outcome, *marks)
+                self._quarantine(customer, "encode_profile", exc, blob, profile_due=at)
+                continue
+            store.put(key, encoded, committed=committed)
+            timers.move(customer, at, due_at(profile, ruleset), committed=committed is not UNKNOWN)
+            turned[customer] = profile
+        self._account(outcome, out, turned)
 
     def _run_timers(self, customer: str, profile: Profile, now: int, outcome: Outcome,
                     profiles: dict[str, Profile]) -> bool:
