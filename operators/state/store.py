@@ -349,6 +349,9 @@ class ShardStore:
         self._pending: dict[bytes, bytes | None] = {}
         # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
         self._staged: set[bytes] = set()
+        # Last epoch's staged-key set and pre-images, freed at the next stage rather than at the
+        # checkpoint: freeing thousands of keys would lengthen the epoch-end pause the worker waits in.
+        self._retired: list[object] = []
         self._chunk = 0  # next undo chunk number of this epoch
         # Values as RocksDB holds them now (None = known absent), so a hit never needs RocksDB.
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
@@ -579,6 +582,8 @@ class ShardStore:
         self._pending = {}
 
     def _stage(self) -> None:
+        if self._retired:
+            self._retired.clear()
         batch = WriteBatch(raw_mode=True)
         self._stage_into(batch)
         self._db.write(batch, self._stage_opts)
@@ -603,6 +608,7 @@ class ShardStore:
         self._staged_ok()
         self._seq = new_seq
         self._oldest_undo = max(self._oldest_undo, trim_through + 1)
+        self._retired = [self._staged, self._preimages]
         self._staged = set()
         self._preimages = {}
         self._chunk = 0
