@@ -6,7 +6,7 @@ from pathlib import Path
 
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
-from operators.state.keys import TIMER_PREFIX, profile_key, timer_key
+from operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
 from operators.state.shard import ShardLogic
 from operators.state.shard_state import ShardContext, read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
@@ -149,6 +149,19 @@ def test_a_due_timer_whose_profile_is_gone_never_creates_one(tmp_path: Path) -> 
     decisions, _ = shard.on_notify()
     shard.snapshot()
     assert decisions == [] and _keys_of(shard, "c1") == []
+    shard.store.close()
+
+
+def test_erasing_a_customer_leaves_the_timer_of_an_id_that_ends_the_same_way(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock)
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("add_to_cart", T0, customer=c, sku="s1", amount=50.0) for c in ("c1", "xc1")])
+    shard.snapshot()  # both timer keys are now in this epoch's undo record too
+    assert shard.erase("c1") is True
+    shard.snapshot()
+    assert [k for k, _ in shard.store.scan(b"") if customer_of_key(k) == "c1"] == []
+    assert [k for k, _ in shard.store.scan(TIMER_PREFIX) if k.endswith(b"xc1")] != []  # xc1's cart still fires
     shard.store.close()
 
 

@@ -40,6 +40,11 @@ def timer_key(due_ms: int, customer: str) -> bytes:
     return TIMER_PREFIX + DUE.pack(due_ms) + customer.encode()
 
 
+def is_timer_of(key: bytes, customer: bytes) -> bool:
+    """Whether `key` is one of this customer's timer keys (exactly: not another id ending the same way)."""
+    return key[:1] == TIMER_PREFIX and key[1 + DUE.size:] == customer
+
+
 def quarantine_key(customer: str) -> bytes:
     return QUARANTINE_PREFIX + customer.encode()
 

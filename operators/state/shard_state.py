@@ -59,6 +59,7 @@ from operators.state.epoch import EpochLedger
 from operators.state.keys import (
     QUARANTINED,
     TIMER_PREFIX,
+    is_timer_of,
     profile_key,
     quarantine_key,
     shard_of,
@@ -382,7 +383,8 @@ class ShardState:
         for due in indexed:
             assert due is not None
             store.delete(timer_key(due, customer))
-        for tkey in [k for k, _ in store.scan(TIMER_PREFIX) if k.endswith(customer.encode())]:
+        me = customer.encode()
+        for tkey in [k for k, _ in store.scan(TIMER_PREFIX) if is_timer_of(k, me)]:
             store.delete(tkey)
         metrics.QUARANTINED.labels(step).inc()
         log.error("customer profile quarantined", extra={"shard": self.shard, "customer": customer, "step": step,
@@ -805,12 +807,12 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
         try:
             due = due_at(decode_profile(raw), ruleset)
         except Exception:  # noqa: BLE001 - quarantined or undecodable: find its timers by scanning
-            keys += [k for k, _ in store.scan(TIMER_PREFIX) if k.endswith(customer.encode())]
+            keys += [k for k, _ in store.scan(TIMER_PREFIX) if is_timer_of(k, customer.encode())]
             continue
         if due is not None:
             keys.append(timer_key(due, customer))
     suffix = customer.encode()
-    store.erase(keys, matching=lambda k: k[:1] == TIMER_PREFIX and k.endswith(suffix))
+    store.erase(keys, matching=lambda k: is_timer_of(k, suffix))
     return bool(versions)
 
 
