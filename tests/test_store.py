@@ -453,6 +453,12 @@ class StoreMachine(RuleBasedStateMachine):
         expected = sorted((k, v) for k, v in self.current().items() if k.startswith(prefix) and k >= lower)
         assert list(self.s.scan(prefix, start)) == expected
 
+    @rule(bounds=st.tuples(KEYS, KEYS), limit=st.integers(0, 6))
+    def first_keys(self, bounds: tuple[bytes, bytes], limit: int) -> None:
+        lower, upper = sorted(bounds)
+        expected = sorted(k for k in self.current() if lower <= k < upper)[:limit]
+        assert self.s.first_keys(lower, upper, limit) == expected
+
     @rule()
     def checkpoint(self) -> None:
         view = self.current()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Collection
 
 from operators.state.keys import DUE, TIMER_PREFIX, timer_key
 from operators.state.store import KeyValueStore
+
+_TIMER_END = bytes([TIMER_PREFIX[0] + 1])  # the first key after every timer key
 
 
 class TimerIndex:
@@ -19,9 +21,8 @@ class TimerIndex:
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
         self._next: int | None = None
-        for key, _ in store.scan(TIMER_PREFIX):
+        for key in store.first_keys(TIMER_PREFIX, _TIMER_END, 1):
             self._next = DUE.unpack_from(key, 1)[0]
-            break
 
     def move(self, customer: str, old: int | None, new: int | None, *, committed: bool = False) -> None:
         """Move a customer's key from due time `old` to `new` (None: no timer).
@@ -52,20 +53,26 @@ class TimerIndex:
         if due is not None and (self._next is None or due < self._next):
             self._next = due
 
-    def due(self, now_ms: int, limit: int, skip: Container[str] = ()) -> list[tuple[str, int]]:
+    def due(self, now_ms: int, limit: int, skip: Collection[str] = ()) -> list[tuple[str, int]]:
         """Up to `limit` (customer, due) pairs due by `now_ms`, earliest first.
 
         Customers in `skip` are passed over: their keys are stale (the shard holds a newer, unwritten
         profile and answers for its due time itself).
         """
+        wanted = limit + len(skip)
+        upper = TIMER_PREFIX + DUE.pack(now_ms + 1)
+        keys = self._store.first_keys(TIMER_PREFIX, upper, wanted)
         out: list[tuple[str, int]] = []
-        self._next = None
-        for key, _ in self._store.scan(TIMER_PREFIX):
-            due = DUE.unpack_from(key, 1)[0]
-            if due > now_ms or len(out) >= limit:
-                self._next = min(due, now_ms) if len(out) >= limit else due
-                break
-            customer = key[1 + DUE.size:].decode()
+        unpack, size = DUE.unpack_from, 1 + DUE.size
+        for key in keys:
+            customer = key[size:].decode()
             if customer not in skip:
-                out.append((customer, due))
+                out.append((customer, unpack(key, 1)[0]))
+        if len(keys) == wanted or len(out) > limit:
+            # More may be due than one call takes: the next turn comes at once.
+            self._next = now_ms
+            return out[:limit]
+        self._next = None
+        for key in self._store.first_keys(upper, _TIMER_END, 1):
+            self._next = DUE.unpack_from(key, 1)[0]
         return out
