@@ -1,4 +1,4 @@
-"""Time to resume the production flow with 1M customers in state (< 10 s; the first, storm included, < 20 s).
+"""Time to resume the production flow with 1M customers in state (must be < 10 s, the first one included).
 
     python -m bench.state_resume --customers 1000000
 
@@ -137,16 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         "state_dir_mib": round(dir_bytes(state_dir) / 2**20, 1),
         "recovery_dir_mib": round(dir_bytes(recovery_dir) / 2**20, 2),
         "resume_seconds": [round(s, 2) for s in resumes],
-        # The one a real restart sees: with the build's clock a week back, it drains every due timer.
+        # The one a real restart sees. With the build's clock a week back every customer's timers
+        # are due, but a stop-at-end run ends with its input: it runs the timer turns it reaches
+        # before that (bounded per turn) and leaves the rest, durable in the timer index, to the
+        # next start. The drain of a running flow is bench.timer_storm.
         "first_resume_seconds": round(resumes[0], 2),
         "resume_seconds_median": round(statistics.median(resumes), 2),
         "baseline_empty_seconds": [round(s, 2) for s in baseline],
         "baseline_median": round(statistics.median(baseline), 2),
         "state_cost_seconds": round(statistics.median(resumes) - statistics.median(baseline), 2),
-        # The first resume after a week also drains every customer's due timers (a timer storm,
-        # target 20 s); the later ones measure what opening 1M customers' state costs (target 10 s).
-        "first_resume_under_20s": resumes[0] < 20,
-        "under_10s": max(resumes[1:] or resumes) < 10 and reopened == len(opened_before),
+        "under_10s": max(resumes) < 10 and reopened == len(opened_before),
         "command": "python -m bench.state_resume " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['state_cost_seconds']} s | {report['state_dir_mib']} MiB | {report['recovery_dir_mib']} MiB |")
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if report["under_10s"] and report["first_resume_under_20s"] else 1
+    return 0 if report["under_10s"] else 1
 
 
 if __name__ == "__main__":
