@@ -78,33 +78,47 @@ class _Ts(msgspec.Struct):
 
 
 _decode_ts = msgspec.json.Decoder(_Ts).decode
-_DecodeError = msgspec.DecodeError
 
 
 def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
     """The message's `ts` as the parser reads it, at most `now_ms`; UNREADABLE when it must not wait.
 
     UNREADABLE: no value, too large, not a JSON object, no valid `ts`, or a `ts` the parser refuses
-    (older than `max_age_ms`, or further ahead than `max_future_skew_ms`).
+    (older than `max_age_ms`, or further ahead than `max_future_skew_ms`). Never raises: this runs in
+    the source, before the parser, so an exception here would stop the flow on the same message at
+    every restart, with nothing dead-lettered. Whatever it cannot read is UNREADABLE, and the parser
+    names the reason.
     """
     if value is None or len(value) > config.max_message_bytes:
         return UNREADABLE
     try:
-        ts = _decode_ts(value).ts
-    except _DecodeError:
-        return UNREADABLE
-    if type(ts) is not int:
-        if ts is None or (type(ts) is float and not ts.is_integer()):
-            return UNREADABLE
         try:
+            ts = _decode_ts(value).ts
+        except RecursionError:
+            ts = _ts_without_recursion(value)
+        if type(ts) is not int:
+            if ts is None or (type(ts) is float and not ts.is_integer()):
+                return UNREADABLE
             ts = _rfc3339_ms(ts) if type(ts) is str else parse_ts(ts)
-        except Exception:  # noqa: BLE001 - any unreadable ts is the parser's to dead-letter
+        if ts > now_ms:
+            return UNREADABLE if ts - now_ms > config.max_future_skew_ms else now_ms
+        if config.max_age_ms > 0 and now_ms - ts > config.max_age_ms:
             return UNREADABLE
-    if ts > now_ms:
-        return UNREADABLE if ts - now_ms > config.max_future_skew_ms else now_ms
-    if config.max_age_ms > 0 and now_ms - ts > config.max_age_ms:
+        return ts
+    except Exception:  # noqa: BLE001 - malformed JSON (msgspec.DecodeError), a bad ts, or anything else
         return UNREADABLE
-    return ts
+
+
+def _ts_without_recursion(value: bytes) -> Any:
+    """`ts` read by orjson, for text nested deeper than msgspec may skip on this thread's stack.
+
+    msgspec skims nested values recursively, within the Python recursion limit, so where it gives
+    up depends on how deep the caller's stack already is. orjson, the parser's decoder, nests to a
+    fixed depth (1024) without Python recursion: reading `ts` with it keeps `event_time` agreeing with
+    the parser at any stack depth. Raises on what orjson refuses (the parser refuses it too).
+    """
+    payload = orjson.loads(value)
+    return payload.get("ts") if type(payload) is dict else None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

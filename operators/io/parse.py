@@ -397,6 +397,26 @@ def _duplicate_message(key: str, depth: int) -> str:
     return f"message value has {what} more than once in {where} (a duplicated key is ambiguous JSON)"
 
 
+# orjson refuses text nested deeper than this (arrays and objects), at a fixed depth that does not
+# depend on the Python stack.
+JSON_MAX_DEPTH = 1024
+# orjson's refusals that have a cause worth naming: (start of orjson's message, what the dead letter
+# adds). Anything else stays "not valid JSON". orjson's messages quote no payload value.
+_JSON_REFUSALS = (
+    ("depth limit exceeded", f"nested deeper than {JSON_MAX_DEPTH} levels of arrays and objects"),
+    ("number is infinity", "a number too large for a double"),
+)
+
+
+def _invalid_json_message(refusal: str) -> str:
+    """The dead letter's message for text orjson refused: the same for the same text, whatever the
+    stack or the clock, and never quoting the text."""
+    for start, cause in _JSON_REFUSALS:
+        if refusal.startswith(start):
+            return f"message value is not valid JSON: {cause}"
+    return "message value is not valid JSON"
+
+
 def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
            source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig, guards: IdentityRules) -> Event:
     if value is None:
@@ -408,13 +428,13 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         raise _Bad("empty_value", "message value is empty")
     try:
         payload = orjson.loads(value)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as refused:
         try:
             bytes(value).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise _Bad("invalid_utf8", f"message value is not valid UTF-8 (byte offset {exc.start})") \
                 from None
-        raise _Bad("invalid_json", "message value is not valid JSON") from None
+        raise _Bad("invalid_json", _invalid_json_message(refused.msg)) from None
     duplicate = duplicate_key(value if type(value) is bytes else bytes(value), payload)
     if duplicate is not None:
         raise _Bad("invalid_json", _duplicate_message(*duplicate))
