@@ -68,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
         "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+    if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
+        cl.wait_for_names(place.addresses, args.peer_dns_timeout)
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
     recovery = Path(config.state.recovery_dir)
     if args.from_savepoint:
@@ -439,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
     run.add_argument("--broker-timeout", type=float, default=120.0, help="seconds to wait for Kafka at start")
+    run.add_argument("--peer-dns-timeout", type=float, default=60.0,
+                     help="seconds to wait at start for every --addresses host name to resolve")
     run.add_argument("--log-level", default=os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="print the traceback of a fatal error")

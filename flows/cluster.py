@@ -17,12 +17,18 @@ creates only its own (`--recovery-per-process`): partition <process id> of <proc
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 ORDINAL_VAR = "NEXTCLICK_POD_NAME"
+
+log = logging.getLogger("nextclick")
 
 
 class ClusterError(ValueError):
@@ -82,6 +88,40 @@ def resolve(process_id: int | None, addresses: str | None, processes: int | None
         raise ClusterError(f"process id {process_id} is outside the {len(expanded)} processes of --addresses; "
                            f"the process count changes through a savepoint, not by adding processes")
     return Cluster(process_id, expanded)
+
+
+def wait_for_names(addresses: tuple[str, ...], timeout_s: float, *,
+                   lookup: Callable[..., Any] | None = None,
+                   sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> None:
+    """Block until the host of every address resolves, retrying with backoff up to `timeout_s`.
+
+    A StatefulSet pod can start before the headless Service publishes its own name or a peer's
+    (the records appear once each pod has an IP), and Bytewax does not retry: it exits at once
+    with "failed to initialize networking". Waiting here turns that race into a short delay.
+    """
+    lookup = lookup or socket.getaddrinfo  # looked up now, not at import: tests replace it
+    deadline = clock() + timeout_s
+    delay = 0.2
+    pending = list(dict.fromkeys(a.rpartition(":")[0] for a in addresses))
+    while True:
+        failed: dict[str, str] = {}
+        for host in pending:
+            try:
+                lookup(host.strip("[]"), None)
+            except (socket.gaierror, UnicodeError) as exc:
+                failed[host] = str(exc)
+        if not failed:
+            return
+        pending = list(failed)
+        if clock() + delay > deadline:
+            raise ClusterError(f"cluster address(es) did not resolve within {timeout_s:.0f}s: "
+                               + ", ".join(f"{h} ({e})" for h, e in failed.items())
+                               + "; check the headless Service and --addresses")
+        log.warning("cluster address(es) do not resolve yet, retrying",
+                    extra={"hosts": pending, "retry_in_s": round(delay, 2)})
+        sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def recovery_partitions(cluster: Cluster, shared_count: int, per_process: bool) -> tuple[tuple[int, ...], int]:
