@@ -453,28 +453,50 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
                                self._stop_at_end, self._aligned, exchange)
 
 
+# How long the final group commit may take. It is for lag tools only, and a drain must finish inside
+# the pod's grace period: with the broker down a synchronous commit waits for the coordinator (46 s
+# seen), so it runs in a thread that is abandoned after this long.
+FINAL_COMMIT_TIMEOUT_S = 5.0
+
+
 def commit_final_offsets(kafka: Mapping[str, str], group_id: str,
-                         status: health.FlowStatus = health.STATUS, timeout_s: float = 10.0) -> int:
+                         status: health.FlowStatus = health.STATUS,
+                         timeout_s: float = FINAL_COMMIT_TIMEOUT_S) -> int:
     """After the dataflow completed (its last epoch committed), give the consumer group the final
     positions of this process's input partitions, which the one-epoch-behind commits never reach.
 
-    Returns how many partitions were committed. Monitoring only: a failure is logged, not raised.
+    Returns how many partitions were committed. Monitoring only: a failure is logged, not raised,
+    and the call returns within `timeout_s` whatever the broker does.
     """
     offsets = [TopicPartition(p.topic, p.partition, p.offset) for p in status.finished_partitions()
                if p.offset is not None and p.offset >= 0]
     if not offsets:
         return 0
-    consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False,
-                                                "socket.timeout.ms": int(timeout_s * 1000)}))
-    try:
-        result = consumer.commit(offsets=offsets, asynchronous=False) or []
-        _warn_commit_failure(None, result)
-        return sum(1 for tp in result if tp.error is None)
-    except KafkaException as exc:
-        _warn_commit_failure(exc.args[0] if exc.args else None, offsets)
+    done: list[int] = []
+
+    def commit() -> None:
+        consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False,
+                                                    "socket.timeout.ms": int(timeout_s * 1000)}))
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=False) or []
+            _warn_commit_failure(None, result)
+            done.append(sum(1 for tp in result if tp.error is None))
+        except KafkaException as exc:
+            _warn_commit_failure(exc.args[0] if exc.args else None, offsets)
+            done.append(0)
+        finally:
+            consumer.close()
+
+    # A daemon thread: one still blocked in librdkafka when the process exits does not hold it up.
+    worker = threading.Thread(target=commit, name="nextclick-final-commit", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not done:
+        log.warning("gave up committing the final input offsets to the consumer group (lag tools will show "
+                    "the previous epoch's; recovery is unaffected)",
+                    extra={"timeout_s": timeout_s, "partitions": [f"{o.topic}#{o.partition}" for o in offsets]})
         return 0
-    finally:
-        consumer.close()
+    return done[0]
 
 
 _producers: dict[tuple[tuple[str, str], ...], Producer] = {}
