@@ -6,7 +6,6 @@ the setting and the path or topic, before any state is touched.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -17,8 +16,6 @@ from confluent_kafka.admin import AdminClient
 from operators.channels import DECISION_CHANNELS
 from operators.infra.config import Config, decision_topic
 from operators.io.kafka import client_config
-
-log = logging.getLogger("nextclick")
 
 
 class PreflightError(RuntimeError):
@@ -70,10 +67,11 @@ def output_topics(config: Config) -> list[tuple[str, str]]:
     return [(t, "topics.decisions") for t in names] + [(config.topics.dead_letter, "topics.dead_letter")]
 
 
-def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30.0) -> list[str]:
-    """Refuse to start without the topics the flow reads; return the missing topics it writes.
+def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30.0) -> None:
+    """Refuse to start without every topic the flow reads or writes.
 
-    A missing output topic is only a warning: brokers that create topics on first write are common.
+    A missing output topic is refused too, not left to the broker: one that creates topics on first
+    write gives it the default partitions and retention, and one that does not fails every epoch.
     """
     existing = set(AdminClient(client_config(kafka)).list_topics(timeout=timeout_s).topics)
     for topic, setting in [*((t, "topics.inputs") for t in config.topics.inputs),
@@ -81,8 +79,11 @@ def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30
         if topic not in existing:
             raise PreflightError(f"input topic {topic!r} does not exist ({setting}); "
                                  "create it with `nextclick topics create`")
-    missing = [t for t, _ in output_topics(config) if t not in existing]
-    for topic in missing:
-        log.warning("output topic does not exist: the broker must create it on first write, or decisions "
-                    "cannot be delivered (create it with `nextclick topics create`)", extra={"topic": topic})
-    return missing
+    missing = [(t, setting) for t, setting in output_topics(config) if t not in existing]
+    if missing:
+        named = ", ".join(f"{t!r} ({setting})" for t, setting in missing)
+        raise PreflightError(f"output topic{'s' if len(missing) > 1 else ''} {named} "
+                             f"do{'' if len(missing) > 1 else 'es'} not exist; create "
+                             f"{'them' if len(missing) > 1 else 'it'} with `nextclick topics create` "
+                             "(a broker that creates topics on first write uses its default partitions "
+                             "and retention)")
