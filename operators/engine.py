@@ -110,7 +110,8 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
 
 
 def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | None = None) -> Outcome:
-    """Wall-clock turn: fire absences and drop expired state once the allowed lateness has passed."""
+    """Timer turn at frontier `now_ms` (event time: the input's frontier, or the clock once it is
+    caught up): fire absences and drop expired state once the allowed lateness has passed."""
     if out is None:
         out = Outcome()
     until = now_ms - ruleset.late.allowed_lateness_ms
@@ -121,8 +122,12 @@ def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | No
 
 def next_deadline(profile: Profile, ruleset: RuleSet) -> int | None:
     """The earliest time (event time) this profile needs a timer turn: a pending absence's deadline,
-    or when all its transient state will have expired."""
-    due = profile.expire_at
+    or when its earliest transient entry expires (`prune_at`).
+
+    Each expiry gets its turn, not only the last one: nothing transient stays in state after it
+    expires, and a profile's state does not depend on whether some other timer happened to prune it
+    (the same events give the same profile whichever turns ran, live, in catch-up or after a restart)."""
+    due = profile.prune_at
     signals = profile.signals
     for signal in ruleset.firing:
         state = signals.get(signal.name)
@@ -134,6 +139,6 @@ def next_deadline(profile: Profile, ruleset: RuleSet) -> int | None:
 
 
 def due_at(profile: Profile, ruleset: RuleSet) -> int | None:
-    """Wall-clock ms at which this profile next needs `on_timers` (deadline + allowed lateness)."""
+    """The frontier (ms) at which this profile next needs `on_timers` (deadline + allowed lateness)."""
     deadline = next_deadline(profile, ruleset)
     return None if deadline is None else deadline + ruleset.late.allowed_lateness_ms
