@@ -38,7 +38,16 @@ from operators.io.deadletter import dead_letter_record
 from operators.io.decisions import encode_decision, expired
 from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
-from operators.records import DeadLetter, Decision, EraseRequest, Event, MoveIn, SavepointRequest, SourcePosition
+from operators.records import (
+    DeadLetter,
+    Decision,
+    EraseRequest,
+    Event,
+    MoveIn,
+    Progress,
+    SavepointRequest,
+    SourcePosition,
+)
 from operators.rules.loader import load_rules
 from operators.rules.model import RuleSet
 from operators.state.layout import profile_families
@@ -108,20 +117,26 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     families = profile_families(shards, identity_rules.anchors)
     identity = IdentityContext(state_dir=state_dir, shards=shards, rules=identity_rules,
                                cache_identifiers=config.identity.cache_identifiers,
-                               keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan)
+                               keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
+                               clock=clock)
 
-    def parse_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
+    def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
         for m in batch:
+            if isinstance(m, Progress):  # the source's event-time floor, on to the frontier (identity stage)
+                out.append((IDENTITY_KEY, m))
+                continue
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
                                  secret=secret, now_ms=now, config=parse_config, guards=identity_rules)
             out.append((IDENTITY_KEY, item) if isinstance(item, Event) else item)
         return out
 
-    def parse_control_batch(batch: list[RawMessage]) -> list[Routed | DeadLetter]:
+    def parse_control_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         out: list[Routed | DeadLetter] = []
         for m in batch:
+            if isinstance(m, Progress):  # not aligned: it reports none
+                continue
             item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
                                  secret=secret, savepoint_dir=savepoint_dir)
             if isinstance(item, (EraseRequest, SavepointRequest)):
@@ -150,15 +165,17 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
 
     start_positions = plan.restore.positions if plan.restore is not None else None
-    # Event-time alignment of the inputs (not of the control topic: commands are not events).
+    # Event-time alignment of the inputs (not of the control topic: commands are not events). Without
+    # it (`flow.align = false`) nothing is held back, but every partition still reports its floor for
+    # the event-time frontier the timers fire by (operators/frontier.py).
     aligned = Aligned(Alignment(config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms),
-                      clock.now_ms, parse_config) if config.flow.align else None
+                      clock.now_ms, parse_config, pace=config.flow.align)
     flow = Dataflow(name)
     raw = op.input("kafka_in", flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
         start_positions=start_positions, aligned=aligned,
-        progress_topic=progress_topic(topics) if aligned is not None else None))
+        progress_topic=progress_topic(topics) if config.flow.align else None))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input("control_in", flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
@@ -182,7 +199,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         ctx = ShardContext(state_dir=family.root(state_dir), shards=shards, ruleset=ruleset, clock=clock,
                            cache_profiles=config.state.cache_profiles_per_shard,
                            keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
-                           family=family.name)
+                           family=family.name, await_frontier=True)
         first = n == 0  # `profiles` keeps the step names it always had
         items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
             op.merge(f"into_{family.name}", *inputs[family.name])

@@ -148,6 +148,34 @@ class MoveIn:
     source: SourcePosition | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Source -> identity stage, in the stream right behind the messages it accounts for: how far one
+    input partition has got in event time.
+
+    `floor` is the event time of the partition's next message (nothing older is expected from it), or
+    None when the partition is caught up (at its end, idle, or within a moment of the present): then it
+    advances with the clock. `total` is how many input partitions the flow reads, so the frontier is
+    known only once every one of them has reported (operators/frontier.py).
+    """
+
+    partition: str
+    floor: int | None
+    total: int
+    source: None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Frontier:
+    """Identity stage -> every shard: the input's event-time frontier (None: caught up, follow the
+    clock). It comes after everything the stage routed before it, so a shard that fires its timers by
+    it has already applied every event older than it."""
+
+    shard: int
+    floor: int | None
+    source: None = None
+
+
 class Trigger(NamedTuple):
     """What a decision reacts to: an event (name = event type) or a fired absence signal.
 

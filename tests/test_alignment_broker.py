@@ -46,6 +46,7 @@ from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig
 from operators.io.alignment import UNREADABLE, Alignment, event_time
 from operators.io.deadletter import TS_SKEW_HEADER
 from operators.io.kafka import Aligned, KafkaInput, RawMessage, consume_all, ensure_topics
+from operators.records import Progress
 from tests.flowrun import CATEGORIES, FlowSetup, Message, read_decisions, read_profiles, run_to_end
 
 pytestmark = pytest.mark.broker
@@ -62,11 +63,19 @@ def _values(start: int, n: int, step: int) -> list[bytes]:
                           "customer_id": "c1"}) for i in range(n)]
 
 
-def _poll(parts: dict[str, Any], order: list[str]) -> list[tuple[str, RawMessage]]:
+def _poll(parts: dict[str, Any], order: list[str],
+          reports: list[Progress] | None = None) -> list[tuple[str, RawMessage]]:
+    """One poll of each partition still open: the messages delivered (event-time Progress reports,
+    which go behind them to the frontier, into `reports`)."""
     out = []
     for name in [n for n in order if n in parts]:
         try:
-            out += [(name, m) for m in parts[name].next_batch()]
+            for m in parts[name].next_batch():
+                if isinstance(m, Progress):
+                    if reports is not None:
+                        reports.append(m)
+                else:
+                    out.append((name, m))
         except StopIteration:
             del parts[name]
     return out
@@ -94,17 +103,24 @@ def test_partitions_deliver_in_event_time_order_and_snapshots_skip_what_waits(
     assert names == [f"{early}#0", f"{early}#1", f"{late}#0"]
     parts: dict[str, Any] = {name: source.build_part("kafka_in", name, None) for name in names}
     delivered: list[tuple[str, RawMessage]] = []
+    reports: list[Progress] = []
     first_late_snapshot = None
     deadline = time.monotonic() + 30
     while parts and time.monotonic() < deadline:
         # `late` is polled first every round: were it not held back, it would run ahead.
-        delivered += _poll(parts, [f"{late}#0", f"{early}#0", f"{early}#1"])
+        delivered += _poll(parts, [f"{late}#0", f"{early}#0", f"{early}#1"], reports)
         if first_late_snapshot is None and f"{late}#0" in parts and \
                 parts[f"{late}#0"]._pending:  # noqa: SLF001 - fetched, not delivered yet
             first_late_snapshot = parts[f"{late}#0"].snapshot()
         time.sleep(0.005)
     assert not parts, "the partitions did not all reach their end"
     assert len(delivered) == 81
+    # Each partition told the frontier how far it got, never backwards, and last that it caught up.
+    for name in names:
+        floors = [r.floor for r in reports if r.partition == name]
+        assert floors and floors[-1] is None, (name, floors)
+        assert [f for f in floors[:-1] if f is not None] == sorted(f for f in floors[:-1] if f is not None)
+    assert {r.total for r in reports} == {3}
     # One sequence in event time across both topics (bound 0); the unreadable message went at once.
     times = [event_time(m.value, now, ParseConfig()) for _, m in delivered]
     readable = [t for t in times if t != UNREADABLE]
@@ -160,15 +176,19 @@ def test_a_partition_that_never_fetches_stalls_the_others_only_until_the_idle_ti
         started = time.monotonic()
         first_at = None
         got: list[RawMessage] = []
+        stuck_reports: list[tuple[float, int | None]] = []
         while len(got) < 10 and time.monotonic() - started < 15:
-            batch = parts[f"{busy}#0"].next_batch()
-            parts[f"{stuck}#0"].next_batch()
+            batch = [m for m in parts[f"{busy}#0"].next_batch() if isinstance(m, RawMessage)]
+            stuck_reports += [(time.monotonic() - started, r.floor) for r in parts[f"{stuck}#0"].next_batch()
+                              if isinstance(r, Progress)]
             if batch and first_at is None:
                 first_at = time.monotonic() - started
             got += batch
             time.sleep(0.01)
         assert len(got) == 10
         assert first_at is not None and 1.4 <= first_at < 5, first_at
+        # The frontier heard nothing of `stuck` until its idle timeout; then that it follows the clock.
+        assert [floor for _, floor in stuck_reports] == [None] and stuck_reports[0][0] >= 1.4, stuck_reports
     finally:
         for part in parts.values():
             part.close()

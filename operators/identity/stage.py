@@ -22,6 +22,12 @@ For each event:
   that customer's items until every moved profile has arrived (operators/state/shard_state.py), so
   what came after the link applies after the merge.
 
+The stage also keeps the input's event-time frontier (operators/frontier.py): each input partition's
+Progress reports come in the stream behind its messages, and the frontier goes to every shard of every
+family (a Frontier item, at most every FRONTIER_EVERY_S) behind everything routed before it. A shard
+fires its timers by it, so it never fires one before an earlier event of its customer has arrived,
+whatever process read that event.
+
 An erasure of any identifier forgets every identifier linked with it (graph, at once) and sends every
 family's shard of each of them an erasure, so their profiles and the undo records of profiles moved
 out of a shard go too. A savepoint request is copied to every shard of every family.
@@ -34,26 +40,31 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
+from operators.frontier import InputFrontier
 from operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from operators.identity.guards import IdentityRules
 from operators.infra import failpoints, metrics
-from operators.records import EraseRequest, Event, MergeExpect, MoveOut, SavepointRequest
+from operators.infra.clock import Clock, SystemClock
+from operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
 from operators.state.epoch import EpochLedger
 from operators.state.layout import IDENTITY, Family, profile_families
 from operators.state.manifest import StartPlan
 from operators.state.shard_state import open_store
 from operators.state.store import KeyValueStore, StateError
 
-IdentityItem = Event | EraseRequest | SavepointRequest
+IdentityItem = Event | EraseRequest | SavepointRequest | Progress
 Routed = tuple[str, Any]
 IDENTITY_KEY = "identity"  # the stage's one Bytewax key
+# How often, at most, the frontier goes to every shard: each round is one item per shard of every
+# family, and in a backlog the frontier moves with nearly every batch.
+FRONTIER_EVERY_S = 0.05
 replace_event = msgspec.structs.replace  # an Event with some fields changed
 
 log = logging.getLogger(__name__)
@@ -68,6 +79,7 @@ class IdentityContext:
     keep_checkpoints: int = 64
     sync: bool = True
     plan: StartPlan | None = None
+    clock: Clock = dataclasses.field(default_factory=SystemClock)  # caught-up partitions follow it
 
     @property
     def family(self) -> Family:
@@ -111,6 +123,9 @@ class IdentityState:
                                                     for f in self.families}
         self.ledger = EpochLedger(store)
         self._refusals = _RefusalLog()
+        self.frontier = InputFrontier()
+        self.frontier_moved = False  # a Progress report came since the frontier was last sent
+        self._frontier_sent: tuple[int | None] | None = None
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -147,8 +162,20 @@ class IdentityState:
                 self._erase(value, out)
             elif type(value) is SavepointRequest:
                 self._savepoint(value, out)
+            elif type(value) is Progress:
+                self.frontier.note(value.partition, value.floor, value.total)
+                self.frontier_moved = True
         self.ledger.note_positions(values)
         return out
+
+    def frontier_items(self) -> list[Routed]:
+        """The frontier for every shard of every family, if it is known and moved since it was last sent."""
+        self.frontier_moved = False
+        known, floor = self.frontier.current(self.ctx.clock.now_ms())
+        if not known or self._frontier_sent == (floor,):
+            return []
+        self._frontier_sent = (floor,)
+        return [(route, Frontier(n, floor)) for routes in self.routes.values() for n, route in enumerate(routes)]
 
     def _to(self, component: Component, event: Event, out: list[Routed]) -> None:
         if component.key != event.customer:  # the event now names the profile (key and type) it updates
@@ -216,8 +243,9 @@ class IdentityState:
         from operators.state.savepoint import write_shard_part
 
         try:
-            write_shard_part(self.store, Path(request.path), 0, seq, self.ledger.positions, request.token,
-                             self.ctx.plan.lineage if self.ctx.plan else None, IDENTITY)
+            write_shard_part(self.store, request.path, 0, seq, self.ledger.positions, request.token,
+                             self.ctx.plan.lineage if self.ctx.plan else None, IDENTITY,
+                             scratch=self.ctx.state_dir / IDENTITY)
         except (OSError, StateError) as exc:
             log.error("savepoint part not written", extra={"family": IDENTITY, "path": request.path,
                                                            "error": str(exc)})
@@ -234,12 +262,27 @@ class IdentityLogic(StatefulBatchLogic[IdentityItem, Routed, ResumeState]):
 
     def __init__(self, ctx: IdentityContext, resume: ResumeState | None) -> None:
         self.state = IdentityState.open(ctx, None if resume is None else int(resume["seq"]))
+        self._frontier_next = datetime.now(UTC)  # when the frontier may go out again
 
     def on_batch(self, values: list[IdentityItem]) -> tuple[list[Routed], bool]:
-        return self.state.apply(values), StatefulBatchLogic.RETAIN
+        out = self.state.apply(values)
+        if self.state.frontier_moved and datetime.now(UTC) >= self._frontier_next:
+            out += self._send_frontier()
+        return out, StatefulBatchLogic.RETAIN
+
+    def _send_frontier(self) -> list[Routed]:
+        self._frontier_next = datetime.now(UTC) + timedelta(seconds=FRONTIER_EVERY_S)
+        return self.state.frontier_items()
 
     def notify_at(self) -> datetime | None:
-        return None
+        return self._frontier_next if self.state.frontier_moved else None
+
+    def on_notify(self) -> tuple[list[Routed], bool]:
+        return self._send_frontier(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Routed], bool]:
+        # The input ended: its last reports (with --stop-at-end, "caught up") go out now.
+        return self.state.frontier_items(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
         return {"shard": 0, "seq": self.state.checkpoint()}

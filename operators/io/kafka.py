@@ -26,9 +26,11 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from operators.frontier import LIVE_SLACK_MS
 from operators.infra import failpoints, health, metrics
 from operators.infra.config import ParseConfig
 from operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITING, Alignment, cut, event_time
+from operators.records import Progress
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ SECRET_SETTINGS = ("sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.p
                    "ssl.keystore.password", "ssl.key.pem", "sasl.oauthbearer.config")
 
 _IDLE_BACKOFF = timedelta(milliseconds=5)
+# At most one Progress report per partition this often (the first and a partition's last go at once).
+_PROGRESS_EVERY_S = 0.05
+_UNKNOWN: Any = object()  # a partition's floor before its first fetch: it reports nothing yet
 
 
 # NamedTuple's generated __new__ costs twice tuple.__new__; one RawMessage is built per message.
@@ -166,17 +171,22 @@ def sink_producer_config(kafka: Mapping[str, str]) -> dict[str, Any]:
 
 
 class Aligned(NamedTuple):
-    """What an input partition needs to take part in event-time alignment."""
+    """What an input partition needs to take part in event-time alignment and the event-time frontier.
+
+    With `pace` False the partitions are not held back (`flow.align = false`), but each still reports
+    its floor for the frontier the flow's timers fire by (operators/frontier.py)."""
 
     alignment: Alignment
     now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it counts as now
     parse: ParseConfig  # the parser's bounds: what it refuses never waits
+    pace: bool = True
 
 
-class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
+class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
                  batch_size: int, stop: threading.Event | None, stop_at_end: bool,
-                 aligned: Aligned | None = None, exchange: Callable[[], None] | None = None) -> None:
+                 aligned: Aligned | None = None, exchange: Callable[[], None] | None = None,
+                 total: int = 0) -> None:
         self._consumer = Consumer(config)
         self._topic, self._partition = topic, partition
         self._next_offset = offset
@@ -196,6 +206,11 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._held = False
         self._retry = timedelta(0)
         self._floor_ms: int | None = None  # the latest event time delivered
+        # The event-time frontier: what this partition last reported (operators/records.Progress), and
+        # when; `total` is how many input partitions the flow has.
+        self._total = total
+        self._reported: Any = _UNKNOWN
+        self._reported_at = 0.0
         self._throttle = failpoints.THROTTLE_INPUT.get(f"{topic}#{partition}") or failpoints.THROTTLE_INPUT.get(topic)
         self._throttled_until = 0.0
         # Monitoring: probes, the progress log, metrics, the consumer group's offsets.
@@ -244,7 +259,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         log.warning("kafka consume error", extra={"topic": self._topic, "partition": self._partition,
                                                   "error": error.str()})
 
-    def next_batch(self) -> list[RawMessage]:
+    def next_batch(self) -> list[RawMessage | Progress]:
         if self._stop is not None and self._stop.is_set():
             self._status.ended = True
             raise StopIteration()
@@ -253,7 +268,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         if self._eof:
             self._status.ended = True
             raise StopIteration()
-        batch: list[RawMessage] = []
+        batch: list[RawMessage | Progress] = []
         for msg in self._fetch(self._batch_size):
             error = msg.error()
             if error is not None:
@@ -269,7 +284,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._polled(batch)
         return batch
 
-    def _next_aligned(self) -> list[RawMessage]:
+    def _next_aligned(self) -> list[RawMessage | Progress]:
         aligned, slot = self._aligned, self._slot
         assert aligned is not None and slot is not None
         if self._exchange is not None:
@@ -277,8 +292,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
             self._exchange = None
         pending, pending_ts = self._pending, self._pending_ts
         room = self._batch_size - len(pending)
+        now_ms = aligned.now_ms()
         if room > 0:
-            now_ms = aligned.now_ms()
             parse = aligned.parse
             for msg in self._fetch(room):
                 error = msg.error()
@@ -296,21 +311,23 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         if not pending:
             if self._eof:
                 slot.set(END, None, aligned.alignment.now())
+                if self._reported is not None:  # its last word: caught up (then the input ends)
+                    return self._report([], None)
                 self._status.ended = True
                 raise StopIteration()
             slot.set(END if self._at_end else WAITING, self._floor_ms, aligned.alignment.now())
             self._idle, self._held = True, False
             self._polled([])
-            return []
-        limit, retry_s = aligned.alignment.limit(slot)
+            return self._report([], self._contribution(now_ms))
+        limit, retry_s = aligned.alignment.limit(slot) if aligned.pace else (None, 0.0)
         n = cut(pending_ts, limit)
-        batch = pending[:n]
+        batch = cast(list[RawMessage | Progress], pending[:n])
         if n:
             delivered = max(pending_ts[:n])
             if delivered != UNREADABLE and (self._floor_ms is None or delivered > self._floor_ms):
                 self._floor_ms = delivered
+            self._next_offset = pending[n - 1].offset + 1
             del pending[:n], pending_ts[:n]
-            self._next_offset = batch[-1].offset + 1
         now = aligned.alignment.now()
         if pending:
             slot.set(DATA if n else HELD, pending_ts[0], now)
@@ -325,9 +342,38 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._retry = timedelta(seconds=retry_s)
         self._idle = False
         self._polled(batch)
+        return self._report(batch, self._contribution(now_ms))
+
+    def _contribution(self, now_ms: int) -> Any:
+        """What this partition adds to the event-time frontier now: its floor, None when it is caught
+        up (at its end, idle, or reading events within LIVE_SLACK_MS of the present), or _UNKNOWN
+        before it knows anything (it has not fetched, and is not idle yet)."""
+        aligned = self._aligned
+        assert aligned is not None and self._slot is not None
+        state, floor, since = self._slot.view
+        if state == END:
+            return None
+        if state == WAITING:
+            if aligned.alignment.now() - since >= aligned.alignment.idle_s:
+                return None
+        if floor is None or floor == UNREADABLE:
+            return _UNKNOWN
+        return None if floor >= now_ms - LIVE_SLACK_MS else floor
+
+    def _report(self, batch: list[RawMessage | Progress], floor: Any) -> list[RawMessage | Progress]:
+        """Append a Progress report behind the batch when this partition's contribution changed (at most
+        every _PROGRESS_EVERY_S, except the first and the last, "caught up" at the input's end)."""
+        if floor is _UNKNOWN or floor == self._reported:
+            return batch
+        now = time.monotonic()
+        if self._reported is not _UNKNOWN and now - self._reported_at < _PROGRESS_EVERY_S and not (
+                floor is None and self._eof):
+            return batch  # reported at a later poll (an idle partition is polled every few ms)
+        self._reported, self._reported_at = floor, now
+        batch.append(Progress(f"{self._topic}#{self._partition}", floor, self._total))
         return batch
 
-    def _polled(self, batch: list[RawMessage]) -> None:
+    def _polled(self, batch: list[Any]) -> None:
         now = time.monotonic()
         self._polled_at = now
         self._status.last_poll = now
@@ -393,7 +439,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage, int]):
         self._consumer.close()
 
 
-class KafkaInput(FixedPartitionedSource[RawMessage, int]):
+class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
     """Every partition of every input topic, each resumed at the exact offset of the last epoch."""
 
     def __init__(self, kafka: Mapping[str, str], topics: Sequence[str], *, group_id: str = "nextclick",
@@ -416,6 +462,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
         self._stop_at_end = stop_at_end
         self._batch_size = batch_size
         self._stop = stop
+        self._total = 0  # how many partitions list_parts found (each worker lists them all)
 
     def list_parts(self) -> list[str]:
         config = client_config(self._kafka, **{"group.id": self._group_id})
@@ -428,6 +475,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
                     raise RuntimeError(f"input topic {topic!r} does not exist or has no partitions "
                                        f"({meta.error if meta is not None else 'missing'})")
                 parts += [f"{topic}#{p}" for p in sorted(meta.partitions)]
+            self._total = len(parts)
             if self._aligned is not None:
                 self._aligned.alignment.expect(parts)
             health.STATUS.listed()
@@ -450,7 +498,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, int]):
         else:
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
-                               self._stop_at_end, self._aligned, exchange)
+                               self._stop_at_end, self._aligned, exchange, self._total)
 
 
 # How long the final group commit may take. It is for lag tools only, and a drain must finish inside

@@ -3,19 +3,21 @@
 Bytewax keeps each key's state as Python objects in RAM, recovers it through SQLite and charges
 every pending timer on every activation, so customers are not Bytewax keys. A shard holds many
 customers in its own RocksDB (operators/state/shard_state.py), keeps its own timer index and asks
-Bytewax for one `notify_at`: its earliest deadline. Bytewax's recovery holds only
+Bytewax for one `notify_at`: its earliest deadline, judged by the input's event-time frontier
+(operators/frontier.py): on the clock while the input is caught up, otherwise as soon as a Frontier
+item from the identity stage passes it. Bytewax's recovery holds only
 `{"shard": n, "seq": k}` per shard; the RocksDB checkpoint with that seq is written in `snapshot`,
 at the epoch boundary, and a resume rolls RocksDB back to the seq Bytewax committed.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.records import SavepointRequest
-from operators.state.keys import shard_of
+from operators.records import Frontier, SavepointRequest
+from operators.state.keys import shard_of, shard_path
 from operators.state.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
 from operators.state.store import KeyValueStore
 
@@ -43,17 +45,43 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         if state is None:
             # New to Bytewax's recovery: open at the restore point (nothing on disk was committed).
             first = values[0]
-            shard = first.shard if isinstance(first, SavepointRequest) else shard_of(first.customer, self.ctx.shards)
+            if isinstance(first, (SavepointRequest, Frontier)):
+                shard = first.shard
+            else:
+                shard = shard_of(first.customer, self.ctx.shards)
+            if all(type(v) is Frontier for v in values) and not shard_path(self.ctx.state_dir, shard).exists():
+                # The frontier goes to every shard; one with no state has no timers: stay unopened.
+                return [], StatefulBatchLogic.DISCARD
             state = self.state = ShardState.open(self.ctx, shard, None)
+            for value in values:  # what it missed while unopened is caught up by the newest one
+                if type(value) is Frontier:
+                    state.frontier.advance(value.floor)
         return state.apply(values), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         assert self.state is not None, "notified before it was opened"
-        return self.state.fire_timers(self.ctx.clock.now_ms()), StatefulBatchLogic.RETAIN
+        now = self.state.frontier.now()
+        return ([] if now is None else self.state.fire_timers(now)), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        due = None if self.state is None else self.state.next_due()
-        return None if due is None else self.ctx.clock.wall_deadline(due)
+        state = self.state
+        due = None if state is None else state.next_due()
+        if due is None:
+            return None
+        assert state is not None
+        if state.frontier.live:  # caught up: the clock moves the frontier
+            return self.ctx.clock.wall_deadline(due)
+        # Behind: only a Frontier item moves it (on_batch), unless a turn left some due already.
+        return datetime.now(UTC) if state.due_now() else None
+
+    def on_eof(self) -> tuple[list[ShardOutput], bool]:
+        """The input ended: every timer the frontier has passed fires now (a turn takes a bounded
+        number of customers; here every one), so a backfill with --stop-at-end loses none."""
+        state = self.state
+        out: list[ShardOutput] = []
+        while state is not None and state.due_now():
+            out += state.fire_timers(state.frontier.now())  # type: ignore[arg-type]  # due_now: known
+        return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
         assert self.state is not None, "snapshot before it was opened"

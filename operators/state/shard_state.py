@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from operators.engine import due_at, on_event, on_timers
+from operators.frontier import ShardFrontier
 from operators.identity.addressing import address
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock
@@ -47,6 +48,7 @@ from operators.records import (
     Decision,
     EraseRequest,
     Event,
+    Frontier,
     MergeExpect,
     MoveIn,
     MoveOut,
@@ -84,7 +86,7 @@ _DIRTY_LIMIT = 32
 # ... or this many times the customers the current batch changed, if that is more.
 _BACKLOG_DIRTY_FACTOR = 4
 
-ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn
+ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier
 ShardOutput = Decision | DeadLetter | MoveIn
 _CLEAN: Any = object()  # `_dirty` has no entry: the profile is as the store holds it
 
@@ -117,6 +119,10 @@ class ShardContext:
     plan: StartPlan | None = None
     # Which family of stores these shards are (operators/state/layout.py): its name in the plan.
     family: str = "profiles"
+    # True in the flow: timers fire by the input's event-time frontier, which the identity stage sends
+    # (records.Frontier); nothing fires before the first one. False (tools and tests that drive a shard
+    # directly): the clock is the frontier, as for an input that is caught up.
+    await_frontier: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,7 @@ class ShardState:
     def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore) -> None:
         self.ctx, self.shard, self.store = ctx, shard, store
         self.timers = TimerIndex(store)
+        self.frontier = ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
         # Input positions, erasures and savepoint requests, committed with the data at the epoch end.
         self.ledger = EpochLedger(store)
         self._live: OrderedDict[str, Profile] = OrderedDict()
@@ -206,8 +213,13 @@ class ShardState:
         return cls(ctx, shard, store)
 
     def next_due(self) -> int | None:
-        """When the earliest timer falls due (wall clock, may be early but never late), or None."""
+        """When the earliest timer falls due (on the frontier; may be early but never late), or None."""
         return self.timers.earliest()
+
+    def due_now(self) -> bool:
+        """Whether a timer turn has work at the frontier as it stands (False while it is unknown)."""
+        due, now = self.timers.earliest(), self.frontier.now()
+        return due is not None and now is not None and due <= now
 
     def close(self) -> None:
         self.store.close()
@@ -507,6 +519,9 @@ class ShardState:
             if isinstance(value, SavepointRequest):  # acts at the epoch end, whatever came before
                 self.ledger.savepoints.append(value)
                 continue
+            if isinstance(value, Frontier):  # the timer turns after this batch may go as far as it
+                self.frontier.advance(value.floor)
+                continue
             if value.customer in in_run:
                 self._apply_events(run, out)
                 run, in_run = [], set()
@@ -620,8 +635,8 @@ class ShardState:
         return held
 
     def fire_timers(self, now: int) -> list[ShardOutput]:
-        """The wall-clock turn: every customer due by `now` (a bounded number per call, so a storm of
-        due timers after downtime drains over several turns while input keeps flowing)."""
+        """The timer turn at frontier `now`: every customer due by it (a bounded number per call, so a
+        storm of due timers after downtime drains over several turns while input keeps flowing)."""
         self._retired.clear()
         out: list[ShardOutput] = []
         due = self._due_customers(now)
@@ -707,20 +722,19 @@ class ShardState:
     def _timers_due_now(self, profiles: dict[str, Profile], outcome: Outcome) -> dict[str, int | None]:
         """Due times of profiles a batch just changed, after running the timer turn of those already due.
 
-        In catch-up (a backlog hours old) most profiles are due on the clock as soon as their events
-        are applied. Their turn would come at the next notification anyway, a moment later, after a
-        round through the timer index; running it here, on the profile in hand, is the same turn
-        without that round. Removes from `profiles` any customer whose turn failed (set aside).
+        A profile can be due on the frontier as soon as its events are applied (the frontier went past
+        its deadline in the same batch, or the input is caught up and its deadline is past). Its turn
+        would come at the next notification anyway, a moment later, after a round through the timer
+        index; running it here, on the profile in hand, is the same turn without that round. Removes
+        from `profiles` any customer whose turn failed (set aside).
         """
         ruleset = self.ctx.ruleset
         dues: dict[str, int | None] = {}
-        now: int | None = None
+        now = self.frontier.now()
         for customer, profile in list(profiles.items()):
             due = due_at(profile, ruleset)
             if due is not None:
-                if now is None:
-                    now = self.ctx.clock.now_ms()
-                if due <= now:
+                if now is not None and due <= now:
                     if not self._run_timers(customer, profile, now, outcome, profiles):
                         continue
                     due = due_at(profile, ruleset)
@@ -745,20 +759,22 @@ class ShardState:
         return seq
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
-        """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed."""
+        """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed, on the
+        shard's own volume, copied to the destination in the background (the epoch end does not wait)."""
         from operators.state.savepoint import write_shard_part
 
         started = time.perf_counter()
         try:
-            write_shard_part(self.store, Path(request.path), self.shard, seq, self.ledger.positions,
-                             request.token, self.ctx.plan.lineage if self.ctx.plan else None, request.store)
+            write_shard_part(self.store, request.path, self.shard, seq, self.ledger.positions,
+                             request.token, self.ctx.plan.lineage if self.ctx.plan else None, request.store,
+                             scratch=self.ctx.state_dir)
         except (OSError, StateError) as exc:
             # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
             log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,
                                                            "error": str(exc)})
             return
-        log.info("savepoint part written", extra={"shard": self.shard, "seq": seq, "path": request.path,
-                                                  "seconds": round(time.perf_counter() - started, 3)})
+        log.info("savepoint part checkpointed, copying", extra={
+            "shard": self.shard, "seq": seq, "path": request.path, "seconds": round(time.perf_counter() - started, 3)})
 
     def erase(self, customer: str, *, count: bool = True) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once.

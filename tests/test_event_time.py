@@ -1,0 +1,165 @@
+"""Timers in event time, through the real broker: a backlog hours old gives the decisions live traffic gives.
+
+After downtime the wall clock is hours ahead of the events being read. Absences must fire when the
+input's event-time frontier passes their deadline (operators/frontier.py), not when the clock does:
+otherwise a cart is "abandoned" before the purchase 30 minutes later is read, and a cookie's cart
+fires (blocked: no consent) before the sign-in that would have moved it to a consenting customer.
+
+Every backlog here lies between five and two hours in the past: every transient signal has expired
+by the end of a run, so two runs minutes apart must leave the same profiles.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from operators.identity.pseudonyms import pseudonymize
+from operators.io.kafka import consume_all, ensure_topics
+from operators.io.parse import parse_ts
+from tests.flowrun import (
+    SECRET,
+    FlowSetup,
+    Message,
+    assert_same_decisions,
+    assert_same_profiles,
+    dedupe,
+    produce,
+    read_decisions,
+    read_profiles,
+    run_to_end,
+    start,
+    workload,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+MIN = 60_000
+HOUR = 60 * MIN
+WEB_TYPES = {"page_view", "add_to_cart", "purchase", "login", "identify", "consent"}
+
+
+def key(id_type: str, raw: str) -> str:
+    return pseudonymize(id_type, raw, SECRET.encode())
+
+
+def _msg(who: str, kafka_key: str, body: dict[str, Any]) -> Message:
+    return who, kafka_key.encode(), orjson.dumps(body)
+
+
+class Story:
+    """Three customers whose decisions depend on when a timer fires, among thousands of others."""
+
+    def __init__(self, now: int) -> None:
+        self.t0 = t0 = now - 4 * HOUR
+        # Others: 1,200 customers over two hours around the stories (carts, purchases, sessions...).
+        self.background = workload(1200, seed=5, start_ms=t0 - 30 * MIN, span_ms=110 * MIN)
+
+        def ev(eid: str, etype: str, ts: int, **fields: Any) -> dict[str, Any]:
+            return {"event_id": eid, "type": etype, "ts": ts, **fields}
+
+        buyer, abandoner, customer, cookie, email = "buyer-1", "abandoner-1", "C-stitch", "ck-stitch", "s@example.org"
+        self.buyer, self.abandoner = key("customer", buyer), key("customer", abandoner)
+        self.customer, self.email = key("customer", customer), key("email", email)
+        cart = {"sku": "sku-7", "amount": 80.0, "quantity": 1, "category": "shoes"}
+        self.special: list[tuple[int, Message]] = [
+            # A buyer: cart, then the purchase 30 minutes later (on another topic, in the two-topic run).
+            (t0 - 10 * MIN, _msg(buyer, buyer, ev("b1", "consent", t0 - 10 * MIN, customer_id=buyer,
+                                                    channel="email", purpose="marketing", granted=True))),
+            (t0, _msg(buyer, buyer, ev("b2", "add_to_cart", t0, customer_id=buyer, **cart))),
+            (t0 + 30 * MIN, _msg(buyer, buyer, ev("b3", "store_purchase", t0 + 30 * MIN, customer_id=buyer,
+                                                  order_id="o-b", amount=80.0, currency="EUR"))),
+            # An abandoned cart: one reminder.
+            (t0 - 5 * MIN, _msg(abandoner, abandoner, ev("a1", "consent", t0 - 5 * MIN, customer_id=abandoner,
+                                                         channel="email", purpose="marketing", granted=True))),
+            (t0 + MIN, _msg(abandoner, abandoner, ev("a2", "add_to_cart", t0 + MIN, customer_id=abandoner,
+                                                     **cart))),
+            # A visitor's cart by cookie; 5 minutes later they sign in as a customer who consented to email.
+            (t0 - HOUR, _msg(customer, customer, ev("s1", "consent", t0 - HOUR, customer_id=customer,
+                                                    channel="email", purpose="marketing", granted=True))),
+            (t0 + 2 * MIN, _msg(cookie, cookie, ev("s2", "add_to_cart", t0 + 2 * MIN, **cart))),
+            (t0 + 7 * MIN, _msg(cookie, cookie, ev("s3", "login", t0 + 7 * MIN, customer_id=customer,
+                                                   email=email, method="password"))),
+        ]
+
+    def one_topic(self) -> list[Message]:
+        """Everything on one topic, in event-time order."""
+        timed = [(orjson.loads(m[2])["ts"], i, m) for i, m in enumerate(self.background)]
+        timed += [(ts, -1, m) for ts, m in self.special]
+        return [m for _, _, m in sorted(timed, key=lambda x: (x[0], x[1]))]
+
+    def two_topics(self) -> tuple[list[Message], list[Message]]:
+        """Web events on one topic, the rest (store purchases, call center, email, app) on another."""
+        web: list[Message] = []
+        rest: list[Message] = []
+        for m in self.one_topic():
+            (web if orjson.loads(m[2])["type"] in WEB_TYPES else rest).append(m)
+        return web, rest
+
+
+def _decisions(kafka: dict[str, str], topic: str) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
+    out = []
+    for m in consume_all(kafka, [topic], idle_s=1.0, timeout_s=60):
+        out.append((m.key().decode(), orjson.loads(m.value()), dict(m.headers() or ())))
+    return out
+
+
+def _check(story: Story, decisions: list[tuple[str, dict[str, Any], dict[str, bytes]]], now: int) -> None:
+    carts = [(k, body) for k, body, _ in decisions if body["reasons"]["rule_id"] == "cart_abandonment_email"]
+    # The buyer bought 30 minutes after the cart: no reminder, as live.
+    assert [k for k, _ in carts if k == story.buyer] == []
+    # The abandoned cart: exactly one reminder, still valid.
+    mine = [body for k, body in carts if k == story.abandoner]
+    assert len(mine) == 1, mine
+    expiry = [parse_ts(h["ce_expirytime"].decode()) for k, body, h in decisions
+              if k == story.abandoner and body["reasons"]["rule_id"] == "cart_abandonment_email"]
+    assert expiry[0] > now
+    # The stitched cart: judged on the merged, consenting profile; it goes to the customer's email key.
+    stitched = [body for k, body in carts if k == story.customer]
+    assert len(stitched) == 1, [body["customer"] for _, body in carts]
+    assert stitched[0]["address"] == {"id_type": "email", "key": story.email}
+
+
+def test_a_backlog_hours_old_gives_the_decisions_live_traffic_would(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    story = Story(now)
+    single = f"{topic_prefix}.all"
+    web, rest = f"{topic_prefix}.web", f"{topic_prefix}.rest"
+    ensure_topics(kafka, {single: 1, web: 1, rest: 1})
+    produce(kafka, single, story.one_topic(), 1)
+    web_events, rest_events = story.two_topics()
+    produce(kafka, web, web_events, 1)
+    produce(kafka, rest, rest_events, 1)
+
+    one = FlowSetup.create(kafka, tmp_path / "one", f"{topic_prefix}.one", inputs=[single])
+    run_to_end(one, log=tmp_path / "one.log")
+    one_decisions = _decisions(kafka, one.decisions)
+    _check(story, one_decisions, now)
+
+    two = FlowSetup.create(kafka, tmp_path / "two", f"{topic_prefix}.two", inputs=[web, rest])
+    ensure_topics(kafka, {f"{two.control}.progress": 1})
+    run_to_end(two, log=tmp_path / "two.log")
+    two_decisions = _decisions(kafka, two.decisions)
+    _check(story, two_decisions, now)
+    assert consume_all(kafka, [one.dead_letter, two.dead_letter]) == []
+
+    # A restart in the middle: the one-topic backlog, SIGKILLed halfway through and started again.
+    crashed = FlowSetup.create(kafka, tmp_path / "crashed", f"{topic_prefix}.crashed", inputs=[single])
+    proc = start(crashed, stop_at_end=True, log=tmp_path / "crashed.log")
+    decisions_topic = crashed.decisions
+    deadline = time.monotonic() + 60
+    # Halfway: once the first decisions are out (the buyer's cart is read by then, not its purchase).
+    while not consume_all(kafka, [decisions_topic], idle_s=0.2, timeout_s=2) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the flow ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_to_end(crashed, log=tmp_path / "crashed.log")
+    assert_same_profiles(read_profiles(one.state_dir, one.shards), read_profiles(crashed.state_dir, crashed.shards))
+    assert_same_decisions(dedupe(read_decisions(kafka, one.decisions)),
+                          dedupe(read_decisions(kafka, crashed.decisions)))
