@@ -243,7 +243,19 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
             proc.kill()
             proc.wait()
     assert drain_s < 2 * setup.epoch_seconds + 5, drain_s
+    group_at_stop = sum(committed(kafka, "nextclick", topic, PARTITIONS).values())
 
+    # What the drain is for, checked first: the epoch in progress at SIGTERM was finished and committed
+    # with its decisions, so the restart replays nothing and re-emits none of them. A stop that does not
+    # drain (an immediate exit) fails here.
+    produce(kafka, topic, REST, PARTITIONS)
+    run_to_end(setup, log=tmp_path / "run2.log")
+    assert_no_decision_twice(kafka, setup)
+    assert read_profiles(setup.state_dir, SHARDS) == clean_profiles
+    resumed = [line for line in log_lines(tmp_path / "run2.log") if line["msg"] == "shard opened"]
+    assert resumed and all(line["resumed"] and line["seq"] > 0 for line in resumed)
+
+    # How the stop went, from its log.
     lines = log_lines(log)
     msgs = [line["msg"] for line in lines]
     assert msgs.count("ready") == 1 and "progress" in msgs
@@ -254,15 +266,8 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
     assert len(FIRST) < stopped["input_messages"] < len(FIRST) + len(CALLS)  # it stopped mid-stream
     progress = [line for line in lines if line["msg"] == "progress"]
     assert {"input_messages", "events", "decisions", "dead_letters", "lag"} <= set(progress[-1])
-    # The group has the final positions, not the epoch before them.
-    assert sum(committed(kafka, "nextclick", topic, PARTITIONS).values()) == stopped["input_messages"]
-
-    produce(kafka, topic, REST, PARTITIONS)
-    run_to_end(setup, log=tmp_path / "run2.log")
-    assert_no_decision_twice(kafka, setup)
-    assert read_profiles(setup.state_dir, SHARDS) == clean_profiles
-    resumed = [line for line in log_lines(tmp_path / "run2.log") if line["msg"] == "shard opened"]
-    assert resumed and all(line["resumed"] and line["seq"] > 0 for line in resumed)
+    # The group had the final positions at the stop, not the epoch before them.
+    assert group_at_stop == stopped["input_messages"]
 
 
 def test_sigterm_to_one_process_drains_the_whole_cluster(kafka: dict[str, str], topic_prefix: str, tmp_path: Path,
@@ -430,9 +435,11 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     env = setup.env(stop_at_end=False)
     env.update({"NEXTCLICK_LOG_LEVEL": "INFO", "RUST_BACKTRACE": "1"})
-    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--process-id", str(i), "--addresses",
-                               ";".join(addresses)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    peer_log = tmp_path / "p1.log"
+    with open(peer_log, "wb") as peer_err:  # process 1's log goes to a file, read while it runs
+        procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--process-id", str(i), "--addresses",
+                                   ";".join(addresses)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE if i == 0 else peer_err, text=True) for i in range(2)]
     try:
         seen: list[str] = []
         assert procs[0].stderr is not None
@@ -440,7 +447,8 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
         while not any('"msg":"ready"' in line for line in seen):
             assert time.monotonic() < deadline and procs[0].poll() is None, "".join(seen)
             seen.append(procs[0].stderr.readline())
-        time.sleep(1)
+        # Both processes run the dataflow before one of them is lost.
+        wait_for(lambda: '"msg":"ready"' in peer_log.read_text(), 30, "process 1 to be ready")
         procs[1].kill()
         killed = time.monotonic()
         _, rest = procs[0].communicate(timeout=20)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -537,19 +538,37 @@ def test_erase_then_purge_leaves_no_bytes_of_the_key_in_any_file(tmp_path: Path)
     assert leftovers == []
 
 
-def test_a_dropped_store_releases_its_lock_despite_the_background_wal_sync(tmp_path: Path) -> None:
+def test_a_dropped_store_releases_its_lock_despite_the_background_wal_sync(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Bytewax never closes a shard's store; dropping the last reference must free RocksDB's lock."""
     import gc
     import time
+    import weakref
+    from collections import Counter
 
+    visits: Counter[str] = Counter()
+    sync_wal = ShardStore._sync_wal
+
+    def counted(self: ShardStore) -> None:
+        visits[self.path] += 1
+        sync_wal(self)
+
+    def wait(cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    monkeypatch.setattr(ShardStore, "_sync_wal", counted)
     path = tmp_path / "s"
     store = ShardStore(path)
     store.put(b"a", b"1")
     store.checkpoint()
-    time.sleep(0.35)  # the background syncer has visited the store a few times
+    wait(lambda: visits[str(path)] >= 3, "the background syncer to visit the store")
+    dropped = weakref.ref(store)
     del store
-    gc.collect()
-    time.sleep(0.25)
+    # Freed once the syncer is done with any sync under way: it must hold no reference between syncs.
+    wait(lambda: gc.collect() >= 0 and dropped() is None, "the dropped store to be freed")
     with ShardStore(path) as again:  # raises StateError (LOCK held) if anything kept the old one open
         assert again.get(b"a") == b"1"
 
