@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -174,3 +175,22 @@ def test_repeated_client_errors_are_throttled_with_a_count() -> None:
     assert throttle.filter(record) and not throttle.filter(record) and not throttle.filter(record)
     now[0] = 61
     assert throttle.filter(record) and record.repeated == 2  # the next line says how many were dropped
+
+
+@pytest.mark.broker
+def test_run_local_resumes_where_it_stopped_on_the_same_broker(tmp_path: Path) -> None:
+    """deploy/run-local.sh: the second run, on the broker the script keeps, reads only the new events."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTCLICK_")}
+    env.update({"PORT": str(free_port()), "LOCAL_DIR": str(tmp_path / "local"), "GENERATE_SECONDS": "1",
+                "MORE_SECONDS": "1", "NEXTCLICK_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)})
+    done = subprocess.run(["bash", str(REPO / "deploy" / "run-local.sh")], cwd=tmp_path, env=env, input="\n",
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sent = [orjson.loads(line)["sent"] for line in done.stdout.splitlines() if line.startswith('{"sent"')]
+    lines = [orjson.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    stopped = [line for line in lines if line["msg"] == "stopped"]
+    assert len(sent) == len(stopped) == 2 and all(sent)
+    assert [line["input_messages"] for line in stopped] == sent  # the second run read the new events only
+    opened = [line for line in lines if line["msg"] == "shard opened"]
+    assert opened and opened[-1]["resumed"] is True
+    assert (tmp_path / "local" / "state").is_dir()
