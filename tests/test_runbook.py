@@ -174,7 +174,7 @@ def test_repeated_client_errors_are_throttled_with_a_count() -> None:
     record = logging.LogRecord("librdkafka", logging.ERROR, "", 0, "refused (after %dms)", (1,), None)
     assert throttle.filter(record) and not throttle.filter(record) and not throttle.filter(record)
     now[0] = 61
-    assert throttle.filter(record) and record.repeated == 2  # the next line says how many were dropped
+    assert throttle.filter(record) and vars(record)["repeated"] == 2  # the next line: how many were dropped
 
 
 @pytest.mark.broker
