@@ -22,6 +22,7 @@ from operators.records import DeadLetter, EraseRequest, SourcePosition
 from operators.state.keys import shard_of, shard_path
 from operators.state.shard_state import read_profile
 from tests.helpers import FlowThread
+from tests.waits import store_seq
 
 SECRET = b"control-secret"
 SRC = SourcePosition("nextclick.control", 0, 9)
@@ -131,15 +132,18 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
     assert producer.flush(10) == 0
 
     clock = ManualClock(NOW)
+    gone_shard = shard_path(state, shard_of(gone_key, shards))
     with FlowThread(config, clock, tmp_path / "recovery") as flow:
-        _wait(lambda: read_profile(state, shards, gone_key) is not None
-              and read_profile(state, shards, kept_key) is not None, 30, "both profiles", flow)
+        _wait(lambda: all((read_profile(state, shards, k) or {}).get("facts", {}).get("version") == 5
+                          for k in (gone_key, kept_key)), 30, "every event applied and committed", flow)
+        before = store_seq(gone_shard)
         producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "r1", "customer_id": gone}),
                          b"r1")
         assert producer.flush(10) == 0
         _wait(lambda: read_profile(state, shards, gone_key) is None, 30, "the erasure", flow)
         assert read_profile(state, shards, kept_key) is not None
-        time.sleep(1.2)  # more epochs: the final checkpoints come after the erasure
+        # The checkpoint of the erasure's epoch (and its purge) comes after the erasure itself.
+        _wait(lambda: store_seq(gone_shard) > before, 30, "the shard's checkpoint after the erasure", flow)
     assert read_profile(state, shards, gone_key) is None
     kept_profile = read_profile(state, shards, kept_key)
     assert kept_profile is not None and kept_profile["customer"] == kept_key
@@ -171,7 +175,7 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
     Erasing the cookie alone takes all of it: the linked profile, every identifier in the identity graph,
     and the profiles moved out of their shards at the link, from live state, undo records and files."""
     from operators.identity.graph import resolve_offline
-    from operators.state.layout import families
+    from operators.state.layout import families, family_of_anchor
 
     web, email_topic = f"{topic_prefix}.web", f"{topic_prefix}.email"
     decisions, dlq, ctl = f"{topic_prefix}.decisions", f"{topic_prefix}.dead_letter", f"{topic_prefix}.control"
@@ -196,8 +200,9 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
     send(web, "ck-kept", {"event_id": "k1", "type": "login", "ts": NOW - 9 * MIN, "customer_id": "KEPT-2"})
     assert producer.flush(10) == 0
     with FlowThread(config, ManualClock(NOW), tmp_path / "recovery") as flow:
-        _wait(lambda: read_profile(state, shards, cookie_key) is not None, 30, "the anonymous profile", flow)
-        time.sleep(1.2)  # its shard checkpoints it: the move below leaves its bytes in an undo record
+        # Both anonymous events committed: the move below leaves the profile's bytes in an undo record.
+        _wait(lambda: (read_profile(state, shards, cookie_key) or {}).get("facts", {}).get("version") == 2, 30,
+              "the anonymous profile", flow)
         send(web, cookie, {"event_id": "g3", "type": "login", "ts": NOW - 8 * MIN, "customer_id": customer,
                            "email": address})
         send(email_topic, address, {"event_id": "g4", "type": "email_click", "ts": NOW - 7 * MIN,
@@ -205,14 +210,20 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
         assert producer.flush(10) == 0
         _wait(lambda: (read_profile(state, shards, cookie_key) or {}).get("facts", {}).get("version") == 4, 30,
               "the linked profile", flow)
-        time.sleep(1.2)
-        assert resolve_offline(state, pseudonymize("email", address, SECRET))[0] == \
-            pseudonymize("customer", customer, SECRET)
+        customer_key = pseudonymize("customer", customer, SECRET)
+        _wait(lambda: resolve_offline(state, pseudonymize("email", address, SECRET))[0] == customer_key, 30,
+              "the email linked in the committed identity graph", flow)
+        # The stores the erasure reaches for certain: the identity graph and the linked profile's shard.
+        erasing = [state / "identity" / "shard-0000",
+                   family_of_anchor("customer", shards).path(state, shard_of(customer_key, shards))]
+        before = {path: store_seq(path) for path in erasing}
         producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "dsr-9", "id_type": "cookie",
                                             "id": cookie}), b"dsr-9")
         assert producer.flush(10) == 0
         _wait(lambda: all(read_profile(state, shards, k) is None for k in gone), 30, "the erasure", flow)
-        time.sleep(1.2)  # more epochs: the final checkpoints (and purges) come after the erasure
+        # The checkpoints of the erasure's epoch (and their purges) come after the erasure itself.
+        _wait(lambda: all(store_seq(path) > seq for path, seq in before.items()), 30,
+              "the checkpoints after the erasure", flow)
     for k in gone:
         assert read_profile(state, shards, k) is None
         assert resolve_offline(state, k) == (k, None)  # no identifier is linked any more
