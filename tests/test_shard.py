@@ -97,12 +97,12 @@ def test_a_backlog_event_already_due_on_the_clock_has_its_timer_turn_in_the_same
     assert [(d.rule_id, d.trigger) for d in out] == [("cart_abandonment_email", "cart_abandoned")]
     assert shard.on_notify()[0] == []  # nothing left for a later turn: it fired once
     shard.snapshot()
-    # The timer index holds one key for c1: when the rest of its state (the dedupe ids) expires.
+    # The timer index holds one key for c1: when the earliest of the rest of its state expires.
     timers = [k for k, _ in shard.store.scan(TIMER_PREFIX)]
     shard.store.close()
     stored = read_profile(tmp_path, 1, "c1")
     assert stored is not None and "cart_abandoned" not in stored["signals"]
-    assert timers == [timer_key(stored["expire_at"] + default_rules().late.allowed_lateness_ms, "c1")]
+    assert timers == [timer_key(stored["prune_at"] + default_rules().late.allowed_lateness_ms, "c1")]
 
 
 # --- erasure can't be undone by a crash ----------------------------------------------------------

@@ -165,7 +165,8 @@ def test_cart_abandonment_fires_exactly_once_after_deadline_plus_allowed_latenes
     c.grant_email(T0)
     c.send("add_to_cart", T0 + MIN, sku="A", amount=25.0)
     deadline = T0 + 61 * MIN
-    assert due_at(c.profile, c.ruleset) == deadline + 5 * MIN
+    # A timer turn comes by the deadline plus the allowed lateness (earlier ones for expiring windows).
+    assert due_at(c.profile, c.ruleset) <= deadline + 5 * MIN
     assert fired(c.tick(deadline)) == []
     assert fired(c.tick(deadline + 5 * MIN - 1)) == []
     assert signal_view(c.profile, c.ruleset.signals, deadline)["cart_abandoned_pending"] is True
