@@ -89,6 +89,15 @@ def stored_profiles(state: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def in_first_family(state: Path, who: str) -> bytes | None:
+    """The committed profile `who` has in the first family's shard (profiles of unlinked identifiers)."""
+    store = ShardStore.open_read_only(shard_path(state, shard_of(who, SHARDS)))
+    try:
+        return store.get(profile_key(who))
+    finally:
+        store.close()
+
+
 def event(eid: str, etype: str, minute: float, **fields: Any) -> dict[str, Any]:
     return {"event_id": eid, "type": etype, "ts": T0 + int(minute * MIN), **fields}
 
@@ -122,7 +131,10 @@ def test_anonymous_cart_then_login_gives_one_profile_and_an_email_decision_to_th
         clock.set(T0 + 2 * MIN + 60 * MIN + 5 * MIN + 1)
         wait(lambda: len(consume_all(kafka, [topics["decisions"]], idle_s=0.5, timeout_s=5)) >= 1,
              "the cart-abandonment decision", flow)
-        time.sleep(1.2)  # more epochs: the last checkpoints come after the decision
+        # The decision goes out before its epoch commits: wait for the profile that fired it, committed.
+        wait(lambda: "cart_abandoned" not in (read_profile(state, SHARDS, customer_key)
+                                              or {"signals": {"cart_abandoned": None}})["signals"],
+             "the fired absence committed", flow)
 
     profiles = stored_profiles(state)
     mine = {k: v for k, v in profiles.items() if k in {cookie_key, customer_key, email_key}}
@@ -178,7 +190,16 @@ def test_guards_limit_blocked_values_and_two_customer_ids(kafka: dict[str, str],
     last = key("customer", "TWO-2")
     with FlowThread(config, ManualClock(T0 + 10 * MIN), tmp_path / "recovery") as flow:
         wait(lambda: read_profile(state, SHARDS, last) is not None, "the last event", flow)
-        time.sleep(1.2)
+
+        def committed() -> bool:
+            """Every store the events reached has committed them (the shards commit one by one)."""
+            profiles = [read_profile(state, SHARDS, key("customer", c)) for c in ("LIM-1", "BLK-2", "TWO-1")]
+            return (all(p is not None for p in profiles) and profiles[0] is not None
+                    and profiles[0]["facts"]["version"] == 6
+                    and resolve_offline(state, key("cookie", "ck-two"))[0] == key("customer", "TWO-1")
+                    and resolve_offline(state, key("cookie", "ck-blk-2"))[0] == key("customer", "BLK-2"))
+
+        wait(committed, "every login committed", flow)
 
     refused = {k: v - before.get(k, 0) for k, v in _refused().items() if v != before.get(k, 0)}
     assert refused == {("limit", "cookie"): 1, ("blocked_value", "customer"): 1, ("blocked_value", "email"): 1,
@@ -235,13 +256,11 @@ def test_stage_zero_profiles_move_out_of_their_shard(kafka: dict[str, str], topi
         send(kafka, topics["web"], [("ck-mv", event("m3", "login", 2, customer_id="MV-1"))])
         wait(lambda: (read_profile(state, SHARDS, customer_key) or {}).get("facts", {}).get("version") == 3,
              "the merged profile", flow)
-        time.sleep(1.2)
+        # The source shards commit the moves out in the same epoch, each at its own epoch end.
+        wait(lambda: all(in_first_family(state, who) is None for who in (cookie_key, customer_key)),
+             "the moves out committed", flow)
     for who in (cookie_key, customer_key):
-        store = ShardStore.open_read_only(shard_path(state, shard_of(who, SHARDS)))
-        try:
-            assert store.get(profile_key(who)) is None
-        finally:
-            store.close()
+        assert in_first_family(state, who) is None
     merged = read_profile(state, SHARDS, cookie_key)
     assert merged is not None and merged["customer"] == customer_key
     assert (merged["facts"]["orders"], merged["facts"]["revenue"], merged["facts"]["contacts"]) == (1, 20.0, {"web": 3})
