@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from operators.io.kafka import redacted, wait_for_broker
     from operators.rules.loader import load_rules
     from operators.state.manifest import check_start
-    from operators.state.savepoint import restore
+    from operators.state.savepoint import Placement, restore
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -73,9 +73,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
     recovery = Path(config.state.recovery_dir)
     if args.from_savepoint:
-        restored = restore(config, Path(args.from_savepoint), init_recovery=init_recovery)
-        logging.getLogger("nextclick").info("restored savepoint", extra={
-            "savepoint": args.from_savepoint, "shards": restored.shards, "positions": len(restored.positions)})
+        # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
+        placement = (Placement(place.process_id, place.processes, args.workers)
+                     if args.recovery_per_process and place.process_id is not None else None)
+        restored = restore(config, args.from_savepoint, init_recovery=init_recovery, placement=placement)
+        logging.getLogger("nextclick").info(
+            "state already restored from this savepoint; resuming" if restored.resumed else "restored savepoint",
+            extra={"savepoint": args.from_savepoint, "shards": restored.manifest.shards,
+                   "fetched": len(restored.shards), "bytes": restored.bytes,
+                   "seconds": round(restored.seconds, 2), "positions": len(restored.manifest.positions)})
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
@@ -362,25 +368,28 @@ def _progress(message: str) -> None:
 
 
 def cmd_savepoint_create(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import SavepointError, create_offline, finish_online
+    from operators.state.savepoint import Destination, Placement, create_offline, finish_online, online_destination
 
     config = load_config(args.config)
-    dest = Path(args.dest)
     if not args.online:
-        manifest = create_offline(config, dest, progress=_progress)
+        manifest = create_offline(config, Path(args.dest), recovery_dir=args.recovery_dir, progress=_progress)
         print(manifest.to_json().decode())
         return 0
     from confluent_kafka import Producer
 
-    from operators.io.control import SAVEPOINT_NAME
     from operators.io.kafka import client_config
 
-    root = Path(config.state.savepoint_dir).resolve()
-    if dest.resolve().parent != root or not SAVEPOINT_NAME.match(dest.name):
-        raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
-                             f"{config.state.savepoint_dir}; give DEST as {config.state.savepoint_dir}/<name>")
-    if dest.exists() and any(dest.iterdir()):
-        raise SavepointError(f"{dest} exists and is not empty; a savepoint goes into a new directory")
+    root = Destination(config.state.savepoint_dir)
+    # A bare name is a savepoint inside state.savepoint_dir (the only place the flow writes them).
+    dest = online_destination(config, args.dest if "/" in args.dest else root.describe(args.dest))
+    probe = f".probe-{time.time_ns()}"
+    try:  # this command assembles the parts there: a destination it cannot write fails now, not at the timeout
+        root.write_bytes(probe, b"")
+        root.remove(probe)
+    except OSError as exc:
+        raise OSError(f"state.savepoint_dir: cannot write to {root} ({exc}); it must be reachable from every "
+                      "process and from this command") from None
+    placement = Placement(0, args.processes, args.workers) if args.processes else None
     request_id = args.request_id or f"savepoint-{time.time_ns()}"
     producer = Producer(client_config(config.kafka))
     producer.produce(config.topics.control, orjson.dumps(
@@ -388,7 +397,7 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
     if producer.flush(30):
         raise ConnectionError(f"could not deliver the savepoint command to {config.topics.control}")
     _progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
-    manifest = finish_online(config, dest, timeout_s=args.timeout, progress=_progress)
+    manifest = finish_online(config, dest, timeout_s=args.timeout, progress=_progress, placement=placement)
     print(manifest.to_json().decode())
     return 0
 
@@ -396,7 +405,7 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
 def cmd_savepoint_info(args: argparse.Namespace) -> int:
     from operators.state.savepoint import info
 
-    print(orjson.dumps(info(Path(args.src)), option=orjson.OPT_INDENT_2).decode())
+    print(orjson.dumps(info(args.src), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
@@ -436,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "<process id> of <processes> there, and refuse a dir holding any other")
     run.add_argument("--stop-at-end", action="store_true", help="stop at the end of the input (backfill)")
     run.add_argument("--from-savepoint", metavar="SRC",
-                     help="start from this savepoint (state.dir and state.recovery_dir must be empty)")
+                     help="start from this savepoint (a directory or s3:// URL) on empty state.dir and "
+                          "state.recovery_dir; a start whose state already came from it resumes, so it may stay")
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
@@ -547,11 +557,16 @@ def build_parser() -> argparse.ArgumentParser:
     savepoint = sub.add_parser("savepoint", help="consistent copies of all state, for backup, migration, re-sharding")
     savepoint_sub = savepoint.add_subparsers(dest="savepoint_command", required=True)
     create = savepoint_sub.add_parser("create", help="copy every shard and the input positions into DEST")
-    create.add_argument("dest", help="a new directory (with --online: state.savepoint_dir/<name>)")
+    create.add_argument("dest", help="a new directory (with --online: state.savepoint_dir/<name>, or <name>)")
     create.add_argument("--online", action="store_true",
                         help="the flow is running: ask it through the control topic and wait")
     create.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an online savepoint")
     create.add_argument("--request-id", help="id of the savepoint command (with --online)")
+    create.add_argument("--processes", type=int,
+                        help="the running cluster's process count (with --online): a timeout names the processes "
+                             "whose shards did not answer")
+    create.add_argument("--workers", type=int, default=1, help="workers per process of the running cluster")
+    create.add_argument("--recovery-dir", help="offline: the recovery directory (default state.recovery_dir)")
     create.add_argument("--config", help="TOML configuration file")
     create.set_defaults(func=cmd_savepoint_create)
     sp_info = savepoint_sub.add_parser("info", help="what a savepoint holds, as JSON")

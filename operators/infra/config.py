@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,9 +73,12 @@ class StateConfig:
     keep_checkpoints: int = 64
     # fsync every checkpoint; off only for benchmarks on throwaway state.
     sync: bool = True
-    # Where online savepoints are written (`nextclick savepoint create --online`); the control topic
-    # names only a directory inside it.
-    savepoint_dir: str = "var/savepoints"
+    # Where savepoints go: an absolute path every process of the cluster reaches (a ReadWriteMany
+    # mount) or an object-store URL (s3://bucket/prefix). Every process writes its own shards' parts
+    # there, so a relative path (resolved in each process's own working directory) is refused. "":
+    # `<state.dir>/../savepoints`, on the state's own volume (right for one process, not for a
+    # cluster on per-pod volumes). The control topic names only a directory inside it.
+    savepoint_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,40 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
+    config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
     if not (0 <= config.parse.max_amount < float("inf")):
         raise ConfigError(f"{origin}: [parse].max_amount must be a finite number >= 0 (0: the schemas' bound)")
     return config
+
+
+_URL = re.compile(r"^([a-z][a-z0-9+.-]*)://(.+)$")
+SAVEPOINT_SCHEMES = ("s3",)
+
+
+def is_url(location: str) -> bool:
+    """An object-store location (`s3://bucket/prefix`), as opposed to a file-system path."""
+    return _URL.match(location) is not None
+
+
+def derived_savepoint_dir(state: StateConfig) -> str:
+    """The default savepoint directory: beside `state.dir`, on the same volume, made absolute (a
+    process that can write its state can write there; a relative path would be each process's own)."""
+    return os.path.join(os.path.dirname(os.path.abspath(state.dir)), "savepoints")
+
+
+def savepoint_root(state: StateConfig, origin: str = "configuration") -> str:
+    """`state.savepoint_dir` checked: an absolute path or a URL of a supported scheme; "" derived."""
+    value = state.savepoint_dir.strip()
+    if not value:
+        return derived_savepoint_dir(state)
+    url = _URL.match(value)
+    if url:
+        if url.group(1) not in SAVEPOINT_SCHEMES:
+            raise ConfigError(f"{origin}: [state].savepoint_dir: {value!r}: scheme {url.group(1)}:// is not "
+                              f"supported (an absolute path, or {', '.join(s + '://' for s in SAVEPOINT_SCHEMES)})")
+        return value.rstrip("/")
+    if not os.path.isabs(value):
+        raise ConfigError(f"{origin}: [state].savepoint_dir: {value!r} is relative, so every process would write "
+                          f"its parts under its own working directory; give an absolute path every process "
+                          f"reaches (a shared mount) or an s3:// URL")
+    return os.path.normpath(value)

@@ -1,13 +1,18 @@
 """Savepoints: a consistent copy of every shard and the input positions at one epoch.
 
-Layout of a savepoint directory:
+Layout of a savepoint (a directory, or an object-store prefix such as s3://bucket/savepoints/NAME):
 
-    DEST/savepoint.json        what it holds: shard count, format, secret fingerprint, each shard's
-                               seq, the input positions (next offset per topic partition), when and how
-    DEST/shard-0000/ ...       each shard's RocksDB at that seq (a RocksDB checkpoint: hard links)
-    DEST/linked-<type>/shard-0000/ ..., DEST/identity/shard-0000/
+    savepoint.json             what it holds: shard count, format, secret fingerprint, each shard's
+                               seq, the input positions (next offset per topic partition), when and how;
+                               written last: a savepoint without it is incomplete
+    shard-0000/ ...            each shard's RocksDB at that seq (a RocksDB checkpoint)
+    linked-<type>/shard-0000/ ..., identity/shard-0000/
                                the other families of stores (operators/state/layout.py): linked
                                profiles and the identity graph, each shard at its seq (`families`)
+
+An online savepoint in an object store keeps its shards under the prefix its parts were written to
+(`root` in the manifest, `.parts-<token>`): objects cannot be renamed, and copying every shard once
+more only to tidy the names would double the cost.
 
 Each shard checkpoints the input positions of the events it applied (operators/state/shard.py), so the
 positions of a savepoint are the largest over its shards: every message before them was applied by
@@ -16,22 +21,32 @@ them again). A savepoint is taken
 
 - offline (the flow stopped): each shard is copied and the copy rolled back to the seq Bytewax
   committed, so it holds exactly what a resume would start from;
-- online: a `savepoint` command on the control topic reaches every shard in one epoch; each writes
-  its RocksDB checkpoint right after its epoch-end checkpoint, into a staging directory named by a
-  token that the single parse of that command chose (a replay after a crash parses it again and
-  picks a new one, so parts of two attempts never mix). The CLI waits for every shard's part.
+- online: a `savepoint` command on the control topic reaches every shard in one epoch; each process
+  writes its own shards' parts into the destination (`state.savepoint_dir`, which every process must
+  reach): a RocksDB checkpoint on the shard's own volume right after its epoch-end checkpoint (hard
+  links, so the flow pauses for milliseconds), then a background copy into a staging prefix named by
+  a token that the single parse of that command chose (a replay after a crash parses it again and
+  picks a new one, so parts of two attempts never mix). The CLI waits for every shard's part, names
+  the shards and processes that did not answer, and writes the manifest last.
 
-Restoring copies the shards into an empty state directory and writes the manifest with a restore
-point; re-sharding reads every key of every shard and routes it by customer to the new count.
+Restoring fetches into a process only the shards Bytewax will route to its workers (`Placement`:
+Bytewax 0.21 sends a state key to worker `siphash13(key) % workers`, processes holding consecutive
+worker indexes), and is idempotent: a restart whose state came from that very savepoint resumes. Re-
+sharding reads every key of every shard and routes it by customer to the new count.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,10 +54,10 @@ from typing import Any
 
 import orjson
 
-from operators.infra.config import Config
+from operators.infra.config import Config, derived_savepoint_dir, is_url
 from operators.profile.model import PROFILE_FORMAT
 from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of, shard_path
-from operators.state.layout import PROFILES, Family, family_named
+from operators.state.layout import IDENTITY, PROFILES, Family, family_named
 from operators.state.manifest import (
     SHARD_HASH,
     STATE_FORMAT,
@@ -63,10 +78,207 @@ from operators.state.store import KeyValueStore, ShardStore, StateError, dir_byt
 MANIFEST = "savepoint.json"
 _STAGING = ".parts-"
 _PART_SUFFIX = ".part.json"
+_SCRATCH = ".savepoint-"  # a shard's local checkpoint, on its own volume, until it is copied out
+_RESTORING = ".nextclick-restoring.json"  # in state.dir while a restore puts shards in place
+
+log = logging.getLogger(__name__)
 
 
 class SavepointError(StateError):
     """A savepoint cannot be made, read or restored; the message says why in one line."""
+
+
+# -- where shards run ---------------------------------------------------------------------------------
+
+_MASK = (1 << 64) - 1
+
+
+def _rotl(x: int, bits: int) -> int:
+    return ((x << bits) | (x >> (64 - bits))) & _MASK
+
+
+def siphash13(data: bytes) -> int:
+    """SipHash-1-3 with zero keys: Rust's `DefaultHasher::default()`, which Bytewax routes state keys with."""
+    v0, v1, v2, v3 = 0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573
+
+    def sip_round() -> None:
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & _MASK
+        v1 = _rotl(v1, 13) ^ v0
+        v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & _MASK
+        v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & _MASK
+        v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & _MASK
+        v1 = _rotl(v1, 17) ^ v2
+        v2 = _rotl(v2, 32)
+
+    end = len(data) - len(data) % 8
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        sip_round()
+        v0 ^= m
+    last = ((len(data) & 0xFF) << 56) | int.from_bytes(data[end:], "little")
+    v3 ^= last
+    sip_round()
+    v0 ^= last
+    v2 ^= 0xFF
+    for _ in range(3):
+        sip_round()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def state_key(family: Family, shard: int) -> str:
+    """The Bytewax key a shard's items are routed by (the identity stage has one key, its family's name:
+    operators/identity/stage.py IDENTITY_KEY)."""
+    return IDENTITY if family.name == IDENTITY else family.route(shard)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which process of a cluster a shard runs on. Bytewax 0.21.1 hashes a state key (a Rust String: its
+    bytes and 0xFF) with SipHash-1-3 and sends it to worker `hash % total workers` (src/operators.rs,
+    `stateful_batch`); worker indexes are numbered process by process (`process_id * workers + thread`).
+    Checked against real clusters of 2x1, 3x1 and 2x2 workers in tests/test_savepoint_cluster.py."""
+
+    process_id: int
+    processes: int
+    workers: int = 1  # per process
+
+    def owner(self, family: Family, shard: int) -> int:
+        return siphash13(state_key(family, shard).encode() + b"\xff") % (self.processes * self.workers) // self.workers
+
+    def owns(self, family: Family, shard: int) -> bool:
+        return self.owner(family, shard) == self.process_id
+
+
+# -- where savepoints are -----------------------------------------------------------------------------
+
+_MANGLED_URL = re.compile(r"^([a-z][a-z0-9+.-]*):/(?!/)")
+
+
+class Destination:
+    """A savepoint's place: a directory (a shared mount) or an object-store prefix, reached through fsspec
+    (s3fs for s3://; credentials and endpoint from the usual AWS_* variables). Names inside it are
+    relative, with "/" separators."""
+
+    def __init__(self, location: str | Path) -> None:
+        # `Path("s3://b/p")` is "s3:/b/p": a location that went through a Path gets its "//" back.
+        text = _MANGLED_URL.sub(r"\1://", os.fspath(location))
+        self.remote = is_url(text)
+        self.location = text.rstrip("/") if self.remote else os.path.normpath(text)
+        if self.remote:
+            import fsspec
+
+            self.fs = fsspec.filesystem(text.split("://", 1)[0])
+            self._root = str(self.fs._strip_protocol(self.location)).rstrip("/")
+        self.path = Path(self.location)
+
+    def __str__(self) -> str:
+        return self.location
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> Destination:
+        return Destination(f"{self.location}/{name}")
+
+    def describe(self, rel: str) -> str:
+        return f"{self.location}/{rel}"
+
+    def _remote(self, rel: str) -> str:
+        return f"{self._root}/{rel}" if rel else self._root
+
+    def read_bytes(self, rel: str) -> bytes:
+        """FileNotFoundError when absent."""
+        if not self.remote:
+            return (self.path / rel).read_bytes()
+        with self.fs.open(self._remote(rel), "rb") as fh:
+            return bytes(fh.read())
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Whole or not at all: a temporary file renamed into place (one PUT for an object store)."""
+        if self.remote:
+            self.fs.pipe_file(self._remote(rel), data)
+            return
+        target = self.path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+
+    def files(self, under: str = "") -> list[str]:
+        """Every file below `under`, relative to the destination (fresh: no listing cache)."""
+        if not self.remote:
+            base = self.path / under if under else self.path
+            if not base.is_dir():
+                return []
+            return sorted(p.relative_to(self.path).as_posix() for p in base.rglob("*") if p.is_file())
+        self.fs.invalidate_cache()
+        prefix = self._remote(under)
+        try:
+            found = self.fs.find(prefix)
+        except FileNotFoundError:
+            return []
+        return sorted(str(f)[len(self._root) + 1:] for f in found)
+
+    def is_empty(self) -> bool:
+        if not self.remote:
+            return not self.path.exists() or not any(self.path.iterdir())
+        return not self.files()
+
+    def is_dir(self, rel: str) -> bool:
+        return (self.path / rel).is_dir() if not self.remote else bool(self.files(rel))
+
+    def put_dir(self, local: Path, rel: str) -> int:
+        """Copy a flat directory (a RocksDB checkpoint) to `rel`; hard links where the file system allows.
+        The bytes copied."""
+        total = 0
+        for item in sorted(local.iterdir()):
+            total += item.stat().st_size
+            if self.remote:
+                self.fs.put_file(str(item), self._remote(f"{rel}/{item.name}"))
+                continue
+            target = self.path / rel / item.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+        return total
+
+    def get_dir(self, rel: str, local: Path) -> None:
+        """Copy `rel` (a RocksDB directory) into the new directory `local`."""
+        if not self.remote:
+            _copy_db(self.path / rel, local)
+            return
+        local.mkdir(parents=True)
+        for name in self.files(rel):
+            self.fs.get_file(self._remote(name), str(local / name.rsplit("/", 1)[-1]))
+
+    def move(self, rel: str, to: str) -> None:
+        """Within a directory only (objects are left where they are: see `root`)."""
+        (self.path / to).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path / rel, self.path / to)
+
+    def remove(self, rel: str) -> None:
+        if self.remote:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(self._remote(rel), recursive=True)
+        elif (self.path / rel).is_dir():
+            shutil.rmtree(self.path / rel, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / rel).unlink()
+
+    def size(self) -> int:
+        if not self.remote:
+            return dir_bytes(self.path)
+        self.fs.invalidate_cache()
+        return int(self.fs.du(self._root))
 
 
 @dataclass(frozen=True)
@@ -87,6 +299,8 @@ class SavepointManifest:
     # Empty in savepoints of releases before identity stitching.
     families: dict[str, dict[int, int]] = field(default_factory=dict)
     identity_priority: tuple[str, ...] | None = None
+    # Where its shards are, relative to the savepoint ("": beside the manifest; see the module docstring).
+    root: str = ""
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -99,6 +313,7 @@ class SavepointManifest:
             "families": {name: {str(k): v for k, v in sorted(seqs.items())}
                          for name, seqs in sorted(self.families.items())},
             "identity_priority": list(self.identity_priority) if self.identity_priority else None,
+            **({"root": self.root} if self.root else {}),
         }, option=orjson.OPT_INDENT_2)
 
     def all_families(self) -> list[tuple[Family, dict[int, int]]]:
@@ -106,11 +321,22 @@ class SavepointManifest:
         return [(family_named(PROFILES, self.shards), self.seqs),
                 *((family_named(name, self.shards), seqs) for name, seqs in sorted(self.families.items()))]
 
+    def location(self, family: Family, shard: int) -> str:
+        """A shard's place relative to the savepoint."""
+        rel = family.rel(shard)
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def same_point(self, point: RestorePoint) -> bool:
+        """`point` (a state's restore point) was made from this savepoint."""
+        return (point.savepoint == self.id and point.seqs == self.seqs and point.positions == self.positions
+                and {k: v for k, v in point.families.items() if v} == {k: v for k, v in self.families.items() if v})
+
     @classmethod
-    def read(cls, src: str | Path) -> SavepointManifest:
-        path = Path(src) / MANIFEST
+    def read(cls, src: str | Path | Destination) -> SavepointManifest:
+        where = src if isinstance(src, Destination) else Destination(src)
+        path = where.describe(MANIFEST)
         try:
-            body = orjson.loads(path.read_bytes())
+            body = orjson.loads(where.read_bytes(MANIFEST))
             return cls(id=str(body["id"]), created_at=str(body["created_at"]), mode=str(body["mode"]),
                        shards=int(body["shards"]), secret_fingerprint=str(body["secret_fingerprint"]),
                        seqs={int(k): int(v) for k, v in body["seqs"].items()},
@@ -121,9 +347,9 @@ class SavepointManifest:
                        families={str(name): {int(k): int(v) for k, v in seqs.items()}
                                  for name, seqs in (body.get("families") or {}).items()},
                        identity_priority=tuple(body["identity_priority"]) if body.get("identity_priority")
-                       else None)
+                       else None, root=str(body.get("root") or ""))
         except FileNotFoundError:
-            raise SavepointError(f"{src} is not a complete savepoint (no {MANIFEST}; an online savepoint "
+            raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
                                  "still being written, or the wrong directory?)") from None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise SavepointError(f"{path} is not a readable savepoint manifest ({type(exc).__name__})") from None
@@ -154,23 +380,64 @@ def _empty_dest(dest: Path) -> None:
 
 # -- online ------------------------------------------------------------------------------------
 
+# One background copier per process: a shard's epoch end only takes a hard-linked checkpoint, and the
+# copy to the destination (another file system, or an object store) runs beside the flow. Not daemon
+# threads: a process that drains waits for the parts it started.
+_COPIER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="savepoint-copy")
 
-def write_shard_part(store: KeyValueStore, dest: Path, shard: int, seq: int, positions: dict[str, int],
-                     token: str, lineage: str | None, subdir: str = "") -> None:
+
+def _who() -> str:
+    """Names this process in a part, so a savepoint that misses parts can say who did not answer."""
+    return os.environ.get("NEXTCLICK_POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: int, positions: dict[str, int],
+                     token: str, lineage: str | None, subdir: str = "", *,
+                     scratch: Path | None = None) -> Future[None] | None:
     """One shard's part of an online savepoint (called by the shard right after its checkpoint).
-    `subdir`: its family's directory ("" for profiles; operators/state/layout.py)."""
-    staging = dest / f"{_STAGING}{token}"
-    where = staging / subdir if subdir else staging
-    where.mkdir(parents=True, exist_ok=True)
-    target = where / shard_path("", shard).name
-    if target.exists():
-        shutil.rmtree(target)
-    store.create_checkpoint(target)
+
+    `subdir`: its family's directory ("" for profiles; operators/state/layout.py). `scratch`: a directory
+    on the shard's own volume: the RocksDB checkpoint is taken there (hard links, milliseconds) and
+    copied to `dest` in the background (the future; errors are logged, the CLI names the missing part).
+    Without it the checkpoint is written straight into a local `dest` (tests, tools)."""
+    where = Destination(dest)
+    name = shard_path("", shard).name
+    rel = f"{_STAGING}{token}/{subdir}/{name}" if subdir else f"{_STAGING}{token}/{name}"
     part = {"shard": shard, "seq": seq, "positions": positions, "lineage": lineage, "token": token,
-            "family": subdir}
-    tmp = where / f".{target.name}{_PART_SUFFIX}.tmp"
-    tmp.write_bytes(orjson.dumps(part))
-    os.replace(tmp, where / f"{target.name}{_PART_SUFFIX}")
+            "family": subdir, "process": _who()}
+    if scratch is None and not where.remote:
+        target = where.path / rel
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.create_checkpoint(target)
+        part["bytes"] = dir_bytes(target)
+        where.write_bytes(f"{rel}{_PART_SUFFIX}", orjson.dumps(part))
+        return None
+    # One directory per shard and attempt, no shared parent: copies finish in any order, each removes its own.
+    local = (scratch or Path(os.environ.get("TMPDIR", "/tmp"))) / f"{_SCRATCH}{token}-{subdir or PROFILES}-{name}"
+    if local.exists():
+        shutil.rmtree(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    store.create_checkpoint(local)
+
+    def copy() -> None:
+        started = time.perf_counter()
+        try:
+            where.remove(rel)  # what an earlier, interrupted copy of this part left
+            part["bytes"] = where.put_dir(local, rel)
+            where.write_bytes(f"{rel}{_PART_SUFFIX}", orjson.dumps(part))  # last: the part is complete
+        except Exception as exc:  # noqa: BLE001 - a background copy: log it, the CLI names the missing part
+            log.error("savepoint part not copied", extra={"shard": shard, "family": subdir or PROFILES,
+                                                          "path": where.describe(rel), "error": str(exc)})
+            return
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        log.info("savepoint part written", extra={"shard": shard, "family": subdir or PROFILES, "seq": seq,
+                                                  "path": where.describe(rel), "bytes": part["bytes"],
+                                                  "seconds": round(time.perf_counter() - started, 3)})
+
+    return _COPIER.submit(copy)
 
 
 def request_token() -> str:
@@ -178,64 +445,119 @@ def request_token() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def finish_online(config: Config, dest: Path, *, timeout_s: float,
-                  progress: Callable[[str], None] = lambda _m: None) -> SavepointManifest:
-    """Wait until one attempt has every shard's part, then move it into place and write the manifest."""
+def online_destination(config: Config, dest: str) -> Destination:
+    """DEST of `savepoint create --online`, checked: the flow writes only inside state.savepoint_dir."""
+    from operators.io.control import SAVEPOINT_NAME
+
+    root = Destination(config.state.savepoint_dir)
+    where = Destination(dest)
+    parent = where.location.rstrip("/").rsplit("/", 1)[0]
+    same_root = parent == root.location if where.remote or root.remote else \
+        Path(parent).resolve() == Path(root.location).resolve()
+    if not same_root or not SAVEPOINT_NAME.match(where.name):
+        raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
+                             f"{root}; give DEST as {root}/<name>")
+    if not where.is_empty():
+        raise SavepointError(f"{where} exists and is not empty; a savepoint goes into a new directory")
+    return where
+
+
+def _missing(expected: dict[str, set[int]], have: dict[str, set[int]]) -> list[tuple[str, int]]:
+    return [(name, n) for name, shards in expected.items() for n in sorted(shards - have.get(name, set()))]
+
+
+def _describe_missing(missing: list[tuple[str, int]], fams: list[Family], parts: list[dict[str, Any]],
+                      placement: Placement | None) -> str:
+    by_subdir = {f.subdir: f for f in fams}  # parts name their family by its directory
+    shown = ", ".join(f"{by_subdir[sub].name} {n}" for sub, n in missing[:6]) + (", ..." if len(missing) > 6 else "")
+    answered = sorted({str(p.get("process")) for p in parts if p.get("process")})
+    text = f"no part from {len(missing)} shard(s) ({shown})"
+    if placement is not None:
+        owners = sorted({Placement(0, placement.processes, placement.workers).owner(by_subdir[sub], n)
+                         for sub, n in missing})
+        text += f", which run on process(es) {', '.join(map(str, owners))} of {placement.processes}"
+    return text + (f"; parts came from {', '.join(answered)}" if answered else "; no process wrote a part")
+
+
+def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: float,
+                  progress: Callable[[str], None] = lambda _m: None,
+                  placement: Placement | None = None) -> SavepointManifest:
+    """Wait until one attempt has every shard's part, then put it in place and write the manifest last.
+
+    On timeout, names the shards without a part, which processes answered and (with `placement`: the
+    cluster's process and worker counts) which processes run the missing shards."""
+    where = dest if isinstance(dest, Destination) else Destination(dest)
     shards = config.state.shards
     fams = state_families(config)
-    expected = sum(f.shards for f in fams)
+    expected = {f.subdir: set(range(f.shards)) for f in fams}
+    total = sum(f.shards for f in fams)
     deadline = time.monotonic() + timeout_s
-    last = ""
+    last, best = "", ([], [])  # type: tuple[str, tuple[list[tuple[str, int]], list[dict[str, Any]]]]
     while True:
+        by_token: dict[str, list[str]] = {}
+        for name in where.files():
+            if name.startswith(_STAGING) and name.endswith(_PART_SUFFIX) and "/." not in name:
+                by_token.setdefault(name.split("/", 1)[0], []).append(name)
         complete = None
-        for staging in sorted(dest.glob(f"{_STAGING}*")):
-            parts = sorted(staging.rglob(f"*{_PART_SUFFIX}"))
-            if len(parts) >= expected:
-                complete = staging
+        for token, names in sorted(by_token.items()):
+            parts = [orjson.loads(where.read_bytes(n)) for n in names]
+            have: dict[str, set[int]] = {}
+            for part in parts:
+                have.setdefault(str(part.get("family", "")), set()).add(int(part["shard"]))
+            missing = _missing(expected, have)
+            if not missing:
+                complete = token, parts
                 break
-            message = f"{len(parts)}/{expected} shards written"
+            if not best[1] or len(parts) > len(best[1]):
+                best = missing, parts
+            message = f"{total - len(missing)}/{total} shards written"
             if message != last:
                 progress(message)
                 last = message
         if complete is not None:
             break
         if time.monotonic() > deadline:
-            raise SavepointError(f"the running flow did not write every shard's part into {dest} within "
-                                 f"{timeout_s:.0f}s ({last or 'no part yet'}); is it running, does it read "
-                                 f"topics.control, and can it write to {dest}?")
+            what = _describe_missing(best[0], fams, best[1], placement) if best[1] else "no part yet"
+            derived = config.state.savepoint_dir == derived_savepoint_dir(config.state)
+            hint = (f"state.savepoint_dir is not set, so it is {config.state.savepoint_dir}, on each process's own "
+                    "volume: set it to a mount or s3:// URL every process shares" if derived else
+                    "is every process running, reading topics.control, and able to write there (see its log)?")
+            raise SavepointError(f"the running flow did not write every shard's part into {where} within "
+                                 f"{timeout_s:.0f}s: {what}; {hint}")
         time.sleep(0.2)
-    parts_json = [orjson.loads(p.read_bytes()) for p in sorted(complete.rglob(f"*{_PART_SUFFIX}"))]
+    token, parts_json = complete
+    extra = [p for p in parts_json if int(p["shard"]) >= next(f.shards for f in fams if f.subdir == p["family"])]
+    if extra:
+        raise SavepointError(f"{where}/{token} holds a part of shard {extra[0]['shard']}, beyond the configured "
+                             f"state.shards {shards}: the configuration differs from the running flow's")
     by_family: dict[str, dict[int, int]] = {}
     for part in parts_json:
         by_family.setdefault(str(part.get("family", "")), {})[int(part["shard"])] = int(part["seq"])
-    for family in fams:
-        if sorted(by_family.get(family.subdir, {})) != list(range(family.shards)):
-            raise SavepointError(f"{complete} holds parts of {family.name} shards "
-                                 f"{sorted(by_family.get(family.subdir, {}))}, not of all {family.shards}: "
-                                 f"state.shards or the identity rules differ from the running flow's")
-    for family in fams:
-        for shard in range(family.shards):
-            (dest / family.rel(shard)).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(complete / family.rel(shard), dest / family.rel(shard))
-    for staging in dest.glob(f"{_STAGING}*"):
-        shutil.rmtree(staging)
+    root = ""
+    if where.remote:
+        root = token  # objects stay where the processes wrote them
+    else:
+        for family in fams:
+            for shard in range(family.shards):
+                where.move(f"{token}/{family.rel(shard)}", family.rel(shard))
+    for other in {n.split("/", 1)[0] for n in where.files() if n.startswith(_STAGING)} - {root}:
+        where.remove(other)  # this attempt's part files, and every other attempt
     lineages = {p.get("lineage") for p in parts_json}
     manifest = SavepointManifest(
-        id=dest.name, created_at=_now(), mode="online", shards=shards,
+        id=where.name, created_at=_now(), mode="online", shards=shards,
         secret_fingerprint=secret_fingerprint(config.privacy.resolve_secret()),
         seqs=by_family[""],
         positions=_merge_positions([p["positions"] for p in parts_json]),
         source_lineage=lineages.pop() if len(lineages) == 1 else None,
         families={f.name: by_family[f.subdir] for f in fams if f.subdir},
-        identity_priority=identity_rules(config).priority)
-    _write_manifest(dest, manifest)
+        identity_priority=identity_rules(config).priority, root=root)
+    _write_manifest(where, manifest)
     return manifest
 
 
-def _write_manifest(dest: Path, manifest: SavepointManifest) -> None:
-    tmp = dest / f".{MANIFEST}.tmp"
-    tmp.write_bytes(manifest.to_json())
-    os.replace(tmp, dest / MANIFEST)  # last: a savepoint without it is incomplete
+def _write_manifest(dest: Path | Destination, manifest: SavepointManifest) -> None:
+    """Last: a savepoint without it is incomplete."""
+    (dest if isinstance(dest, Destination) else Destination(dest)).write_bytes(MANIFEST, manifest.to_json())
 
 
 # -- offline -----------------------------------------------------------------------------------
@@ -251,8 +573,15 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
         raise SavepointError(f"no state in {state_dir} (state.dir): nothing to save")
     plan = check_start(config, recovery_dir=recovery_dir)  # refuses state that disagrees with the config
     if plan.committed is None:
-        raise SavepointError("this recovery directory holds only some of the cluster's recovery partitions; "
-                             "take the savepoint with --online while the flow runs")
+        recovery = recovery_dir if recovery_dir is not None else config.state.recovery_dir
+        raise SavepointError(f"state.recovery_dir: {recovery} holds only some of the cluster's recovery partitions "
+                             "(per-pod volumes): the epochs Bytewax committed for this volume's shards are recorded "
+                             "in every pod's partition, so no single pod can tell where to cut an offline copy; "
+                             "start the cluster and take it with `nextclick savepoint create "
+                             "<state.savepoint_dir>/<name> --online` (every process writes its own shards)")
+    if is_url(str(dest)):
+        raise SavepointError(f"{dest}: an offline savepoint is written to a directory; copy it to the object "
+                             "store afterwards, or take it with --online (written there by the flow)")
     _empty_dest(dest)
     seqs: dict[str, dict[int, int]] = {}
     positions: list[dict[str, int]] = []
@@ -296,18 +625,22 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
 # -- reading, re-sharding, restoring ----------------------------------------------------------------
 
 
-def info(src: Path) -> dict[str, Any]:
-    manifest = SavepointManifest.read(src)
+def info(src: str | Path) -> dict[str, Any]:
+    """What a savepoint holds; its key estimate needs its shards on a file system (null for an object store)."""
+    where = Destination(src)
+    manifest = SavepointManifest.read(where)
     body = orjson.loads(manifest.to_json())
-    body["path"] = str(src)
-    body["bytes"] = dir_bytes(src)
-    keys = 0
+    body["path"] = str(where)
+    body["bytes"] = where.size()
+    keys: int | None = 0 if not where.remote else None
     for family, _seqs in manifest.all_families():
         for number in range(family.shards):
-            path = src / family.rel(number)
-            if not path.is_dir():
-                raise SavepointError(f"{src} lacks {family.rel(number)}: the savepoint is damaged")
-            store = ShardStore.open_read_only(path, cache_size=0)
+            rel = manifest.location(family, number)
+            if not where.is_dir(rel):
+                raise SavepointError(f"{where} lacks {rel}: the savepoint is damaged")
+            if keys is None:
+                continue
+            store = ShardStore.open_read_only(where.path / rel, cache_size=0)
             try:
                 keys += store.stats()["keys"]
             finally:
@@ -331,7 +664,12 @@ def reshard(src: Path, dest: Path, shards: int, *,
     is re-sharded the same way; the identity graph (one store) is copied as it is."""
     if shards < 1:
         raise SavepointError("--shards must be at least 1")
+    if is_url(str(src)) or is_url(str(dest)):
+        raise SavepointError("reshard reads and writes directories: copy the savepoint from the object store "
+                             "first (and back afterwards)")
     source = SavepointManifest.read(src)
+    if source.root:
+        src = src / source.root
     _empty_dest(dest)
     staging = dest / f"{_STAGING}reshard"
     positions_blob = orjson.dumps(source.positions)
@@ -376,44 +714,128 @@ def reshard(src: Path, dest: Path, shards: int, *,
     return manifest
 
 
-def restore(config: Config, src: Path, *, recovery_dir: str | Path | None = None,
-            init_recovery: Callable[[Path], None]) -> SavepointManifest:
-    """Put a savepoint into empty state and recovery directories, ready for the flow to start from it."""
-    manifest = SavepointManifest.read(src)
-    state_dir = Path(config.state.dir)
-    recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
-    secret = config.privacy.resolve_secret()
-    check_identity(manifest, config, secret, f"the savepoint {src}",
-                   f"make a savepoint with that count first: `nextclick savepoint reshard {src} DEST "
-                   f"--shards {config.state.shards}`")
+@dataclass(frozen=True)
+class Restored:
+    """What `restore` did: `resumed` when the state already came from that savepoint (nothing copied)."""
+
+    manifest: SavepointManifest
+    resumed: bool
+    shards: list[str]  # the shards fetched into this process (their directories under state.dir)
+    bytes: int
+    seconds: float
+
+
+def _not_ours(what: str, savepoint: SavepointManifest, where: Destination) -> StateMismatch:
+    return StateMismatch(f"state.dir: {what}, not from the savepoint {where} ({savepoint.id}, created "
+                         f"{savepoint.created_at}): a savepoint is restored into empty directories; drop "
+                         f"--from-savepoint to resume that state, or move it away (`nextclick state reset`) "
+                         f"to restore this one")
+
+
+def _restore_decision(config: Config, savepoint: SavepointManifest, where: Destination, state_dir: Path,
+                      recovery: Path) -> bool:
+    """True: the state already came from this savepoint (resume it). False: restore; refuses anything else,
+    before changing anything."""
+    state = read_manifest(state_dir)
+    if state is not None:
+        if state.restore is not None and savepoint.same_point(state.restore):
+            return True
+        what = (f"{state_dir} holds state restored from savepoint {state.restore.savepoint}" if state.restore
+                else f"{state_dir} holds the state of deployment {state.lineage}")
+        raise _not_ours(what, savepoint, where)
+    marker = state_dir / _RESTORING
+    if marker.exists():
+        try:
+            started = RestorePoint.from_json(orjson.loads(marker.read_bytes()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise StateMismatch(f"state.dir: {marker} is unreadable: a restore was interrupted; empty {state_dir} "
+                                f"and {recovery}, then restore again") from None
+        if not savepoint.same_point(started):
+            raise _not_ours(f"{state_dir} holds an interrupted restore of savepoint {started.savepoint}",
+                            savepoint, where)
+        return False  # the same restore, interrupted: it is done again from the start
     for path, setting in ((state_dir, "state.dir"), (recovery, "state.recovery_dir")):
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise StateMismatch(f"{setting}: {path} is not empty; a savepoint is restored into empty directories "
                                 f"(move the old state away, or `nextclick state reset` it)")
-    held = manifest.all_families()
-    for family, _ in held:
+    return False
+
+
+def _undo_partial_restore(config: Config, state_dir: Path, recovery: Path) -> None:
+    """Remove what an interrupted restore created (and only that: shard directories, recovery partitions)."""
+    from operators.state.manifest import RECOVERY_MARKER
+
+    for family in state_families(config):
         for number in range(family.shards):
-            if not (src / family.rel(number)).is_dir():
-                raise SavepointError(f"{src} lacks {family.rel(number)}: the savepoint is damaged")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    for family, seqs in held:
-        for number in range(family.shards):
-            name = family.rel(number)
-            (state_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            _copy_db(src / name, state_dir / name)
-            with ShardStore(state_dir / name, sync=True) as store:
-                if store.seq != seqs[number]:
-                    raise SavepointError(f"{src / name} is at seq {store.seq}, its manifest says "
-                                         f"{seqs[number]}: the savepoint is damaged")
-                store.mark_committed(store.seq)
+            shutil.rmtree(family.path(state_dir, number), ignore_errors=True)
+    for path in [*recovery.glob("*.sqlite3*"), recovery / RECOVERY_MARKER] if recovery.is_dir() else []:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None = None,
+            init_recovery: Callable[[Path], None], placement: Placement | None = None,
+            progress: Callable[[str], None] = lambda _m: None) -> Restored:
+    """Put a savepoint into empty state and recovery directories, ready for the flow to start from it.
+
+    With `placement` (per-pod volumes), only the shards Bytewax will route to this process's workers are
+    fetched. Idempotent: state that already came from this savepoint is left as it is (a manifest may keep
+    --from-savepoint), and a restore interrupted part way is done again; anything else is refused in one
+    line, with nothing changed."""
+    from operators.state.manifest import _start_lock
+
+    began = time.perf_counter()
+    where = Destination(src)
+    manifest = SavepointManifest.read(where)
+    state_dir = Path(config.state.dir)
+    recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
+    secret = config.privacy.resolve_secret()
+    check_identity(manifest, config, secret, f"the savepoint {where}",
+                   f"make a savepoint with that count first: `nextclick savepoint reshard {where} DEST "
+                   f"--shards {config.state.shards}`")
+    if _restore_decision(config, manifest, where, state_dir, recovery):
+        return Restored(manifest, True, [], 0, time.perf_counter() - began)
+    wanted = [(family, number, seqs[number]) for family, seqs in manifest.all_families()
+              for number in range(family.shards) if placement is None or placement.owns(family, number)]
+    present = {name.rsplit("/", 1)[0] for name in where.files(manifest.root)}
+    for family, number, _seq in wanted:
+        if manifest.location(family, number) not in present:
+            raise SavepointError(f"{where} lacks {manifest.location(family, number)}: the savepoint is damaged")
     point = RestorePoint(manifest.id, dict(manifest.seqs), dict(manifest.positions),
                          {name: dict(seqs) for name, seqs in manifest.families.items()})
-    state = new_manifest(config, secret, restore=point)
-    recovery.mkdir(parents=True, exist_ok=True)
-    init_recovery(recovery)
-    write_marker(recovery, state.lineage)
-    write_manifest(state_dir, state)  # last: until it exists the directories read as not restored
-    return manifest
+    with _start_lock(state_dir):  # processes sharing one state directory restore it once
+        if _restore_decision(config, manifest, where, state_dir, recovery):
+            return Restored(manifest, True, [], 0, time.perf_counter() - began)
+        marker = state_dir / _RESTORING
+        if marker.exists():
+            _undo_partial_restore(config, state_dir, recovery)
+        Destination(state_dir).write_bytes(_RESTORING, orjson.dumps(point.to_json()))
+        staging = state_dir / f".restore-{uuid.uuid4().hex[:8]}"
+        fetched: list[str] = []
+        total = 0
+        try:
+            for family, number, seq in wanted:
+                name = family.rel(number)
+                where.get_dir(manifest.location(family, number), staging / name)
+                with ShardStore(staging / name, sync=True) as store:
+                    if store.seq != seq:
+                        raise SavepointError(f"{where.describe(manifest.location(family, number))} is at seq "
+                                             f"{store.seq}, its manifest says {seq}: the savepoint is damaged")
+                    store.mark_committed(store.seq)
+                total += dir_bytes(staging / name)
+                (state_dir / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / name, state_dir / name)
+                fetched.append(name)
+                progress(f"restored {name} ({len(fetched)}/{len(wanted)})")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        state = new_manifest(config, secret, restore=point)
+        recovery.mkdir(parents=True, exist_ok=True)
+        init_recovery(recovery)
+        write_marker(recovery, state.lineage)
+        write_manifest(state_dir, state)  # last: until it exists the directories read as not restored
+        marker.unlink()
+    return Restored(manifest, False, fetched, total, time.perf_counter() - began)
 
 
 def _copy_db(src: Path, dest: Path) -> None:
