@@ -1,9 +1,13 @@
 """Decision history: which rule fired when (cooldowns) and what was sent per channel (frequency caps).
 
 Each entry carries the time it stops mattering, so the history prunes itself and reports its expiries.
+A channel's sent list is kept in time order ([ts, until] ascending) however the decisions came, as
+`merge` keeps it, so equal histories store the same bytes (operators/profile/codec.py).
 """
 
 from __future__ import annotations
+
+import bisect
 
 from operators.profile.model import History, Profile
 
@@ -11,13 +15,19 @@ from operators.profile.model import History, Profile
 def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: int, cap_horizon_ms: int) -> None:
     """A decision went out: start the rule's cooldown and count it towards the channel's caps."""
     history = profile.history
-    history.fired[rule_id] = [ts, ts + cooldown_ms]
+    fired = history.fired.get(rule_id)
+    if fired is None or (ts + cooldown_ms, ts) > (fired[1], fired[0]):  # the later end, as `merge` keeps
+        history.fired[rule_id] = [ts, ts + cooldown_ms]
     profile.note_expiry(ts + cooldown_ms)
     if cap_horizon_ms:
         sent = history.sent.get(channel)
         if sent is None:
             sent = history.sent[channel] = []
-        sent.append([ts, ts + cap_horizon_ms])
+        entry = [ts, ts + cap_horizon_ms]
+        if sent and entry < sent[-1]:  # an earlier decision than the last one: keep time order
+            bisect.insort(sent, entry)
+        else:
+            sent.append(entry)
         profile.note_expiry(ts + cap_horizon_ms)
 
 
