@@ -1,5 +1,6 @@
 """`absence`: "A and no B within T". A start event opens it; a cancel event closes it; when T has
-passed with no cancel it fires, on the clock, as a trigger rules can be `on`.
+passed with no cancel it fires, on the clock, as a trigger rules can be `on`. Of two starts at the
+same time, the one whose carried attributes have the greater text is kept, as a merge keeps it.
 
 State: [since, deadline, carried attributes of the start event]; with options declared, a fourth
 item: {total name: value} over every start event since it began pending.
@@ -44,12 +45,13 @@ class Absence:
         ts = event.ts
         if event.type in self.cancel and state is not None and ts >= state[0]:
             del signals[self.name]
-        elif event.type in self.start and (state is None or ts > state[0]):
+        elif event.type in self.start and (state is None or ts >= state[0]):
             attrs = event.attrs
             carried = {k: attrs[k] for k in self.carry if k in attrs} if self.carry else {}
             if state is None:
                 signals[self.name] = [ts, ts + self.after_ms, carried]
-            else:  # restart the one pending: same meaning, no new list
+            elif ts > state[0] or _carried_order(carried) > _carried_order(state[2]):
+                # restart the one pending: same meaning, no new list (a tie in time: as `merge` picks)
                 state[0], state[1], state[2] = ts, ts + self.after_ms, carried
 
     def prune(self, state: Any, ref_ms: int) -> Any:
@@ -70,10 +72,16 @@ class Absence:
     def merge(self, a: Any, b: Any) -> Any:
         """A pending absence carries over; of two, the later start wins (as a second start restarts it)."""
         def order(state: Any) -> tuple[Any, Any, str]:
-            return state[0], state[1], repr(sorted(state[2].items(), key=repr))
+            return state[0], state[1], _carried_order(state[2])
 
         later = b if order(b) > order(a) else a
         return [later[0], later[1], dict(later[2])]
+
+
+def _carried_order(carried: dict[str, Any]) -> str:
+    """Which of two starts at the same time an absence keeps: the greater text of what it carries, so
+    neither the order they arrived in nor which profile absorbed which decides."""
+    return repr(sorted(carried.items(), key=repr))
 
 
 class Tally(Absence):
@@ -109,7 +117,7 @@ class Tally(Absence):
                 signals[self.name] = [ts, ts + self.after_ms, carried, totals]
                 return
             self._add(state[3], attrs)  # an older item of the same pending cart still adds to its totals
-            if ts > state[0]:
+            if ts > state[0] or (ts == state[0] and _carried_order(carried) > _carried_order(state[2])):
                 state[0], state[1], state[2] = ts, ts + self.after_ms, carried
 
     def fire(self, state: Any) -> Trigger:

@@ -3,16 +3,20 @@
 A grouped signal answers three attributes instead of its plain `<name>`:
 
 - `<name>.max`: the value of the busiest group (0 when there is none);
-- `<name>.top`: that group's name (None when there is none; a tie goes to the group seen last);
+- `<name>.top`: that group's name (None when there is none; a tie goes to the group seen last, and
+  between groups last seen at the same time, to the greater name);
 - `<name>.same_as_trigger`: the value of the group the trigger belongs to, i.e. of the trigger's own
   `<by>` attribute (an absence's trigger: what it carried); 0 when that group holds nothing, None
   when the trigger has no such attribute (then, like any missing value, conditions on it are false).
 
 Events without the attribute count in no group. Group names are text (a number is compared as its
 text). State: {group: the kind's state for that group}, at most `max_groups` groups per customer
-(default MAX_GROUPS). Past the cap, the group seen least recently (newest event time; a tie: the one
-held longest) is dropped with everything it held; seen again, it starts from zero. Each group prunes
+(default MAX_GROUPS). Past the cap, the group seen least recently (newest event time; a tie: the
+smaller name) is dropped with everything it held; seen again, it starts from zero. Each group prunes
 and expires on its own, so a quiet group leaves state one window after its last event.
+
+Ties are broken by name, never by the dict's order: the codec stores the groups sorted by name
+(operators/profile/codec.py), and the order events arrived in must not decide which group goes.
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ class Grouped(Expiring):
         groups[group] = self.part.add(state, event, profile)
         if state is None and len(groups) > self.max_groups:
             newest = self.part.newest
-            del groups[min(groups, key=lambda g: newest(groups[g]))]  # the least recently seen
+            del groups[min(groups, key=lambda g: (newest(groups[g]), g))]  # the least recently seen
 
     def prune(self, state: Any, ref_ms: int) -> Any:
         return self._keep(state, lambda s: self.part.prune(s, ref_ms))
@@ -132,8 +136,10 @@ class Grouped(Expiring):
         return state or None
 
     def _top(self, state: Any, ref_ms: int) -> tuple[Any, Any]:
-        """(group, value) of the busiest group as of `ref_ms`; a tie goes to the group seen last."""
-        best = best_value = None
+        """(group, value) of the busiest group as of `ref_ms`; a tie goes to the group seen last, then
+        to the greater name (whatever the dict's order)."""
+        best: Any = None
+        best_value: Any = None
         best_seen = 0
         part = self.part
         for group, s in (state or {}).items():
@@ -141,7 +147,8 @@ class Grouped(Expiring):
             if not value:
                 continue
             seen = part.newest(s)
-            if best_value is None or value > best_value or (value == best_value and seen >= best_seen):
+            if (best_value is None or value > best_value
+                    or (value == best_value and (seen > best_seen or (seen == best_seen and group > best)))):
                 best, best_value, best_seen = group, value, seen
         return best, best_value
 

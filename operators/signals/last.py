@@ -1,7 +1,8 @@
 """`last`: the value of one attribute (or the event type) of the latest event, while it is in the window.
 
-State: [ts, value] of the event with the newest event time. Options: `where`, `reset_on`
-(operators/signals/options.py).
+State: [ts, value] of the event with the newest event time; of events at the same time, the value
+with the greater repr (as `merge` chooses), so the order they arrived in does not decide. Options:
+`where`, `reset_on` (operators/signals/options.py).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ class Last(Expiring):
     def apply(self, profile: Profile, event: Event) -> None:
         value = event.attrs.get(self.field) if self.field else event.type
         state = profile.signals.get(self.name)
-        if state is None or event.ts >= state[0]:
-            profile.signals[self.name] = [event.ts, value]
-            profile.note_expiry(event.ts + self.window.window_ms)
+        ts = event.ts
+        if state is None or ts > state[0] or (ts == state[0] and repr(value) >= repr(state[1])):
+            profile.signals[self.name] = [ts, value]
+            profile.note_expiry(ts + self.window.window_ms)
 
     def prune(self, state: Any, ref_ms: int) -> Any:
         return None if state[0] < self.window.floor(ref_ms) else state
