@@ -2,6 +2,10 @@
 
 Ids are kept for the rules file's dedupe horizon after their event time, and at most MAX_SEEN_IDS of
 them per customer (the oldest to arrive goes first), which bounds a replay storm's state.
+
+The window's order is its arrival order and carries meaning: it says which id goes first at the cap.
+Going by horizon instead would drop a late event's id on arrival, and its redelivery would count
+twice. So it is the one dict the codec stores as it is, not sorted (operators/profile/codec.py).
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
 def merge(profile: Profile, other: dict[str, int]) -> None:
     """Another profile's dedupe window, folded into this one (identity stitching): the union of both,
     each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (those that stay
-    longest), ordered by horizon so that the next to go is the oldest."""
-    if not other:
-        return
+    longest), ordered by horizon so that the next to go is the oldest. Ordered so even when `other`
+    is empty: either profile absorbing the other gives the same window, in the same order."""
     seen = profile.seen
+    if not other and not seen:
+        return
     merged = dict(seen)
     for event_id, until in other.items():
         current = merged.get(event_id)
