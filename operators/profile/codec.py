@@ -3,6 +3,14 @@
 Format 1 (every release before the engine rewrite) stored a JSON object; a store holding it keeps
 working: such a profile is converted when it is read, and written back in format 2 the next time it
 changes. Nothing is ever written in a form that reads back differently (orjson wrote inf as null).
+
+The encoding is canonical: two profiles equal as values are byte-equal, whatever order their parts
+were built or merged in (the five-topic and one-topic runs of the same events must store the same
+bytes). Dict keys are sorted by the encoder (`order="deterministic"`, in C), as no dict's order
+carries meaning (a grouped signal breaks its ties by name), but for the dedupe window's: its order is
+the arrival order that says which id goes first at the cap (operators/profile/dedupe.py), so it is
+stored as it is. The lists whose order carries no meaning are kept in a defined order by the module
+that builds them (a distinct signal's members, a channel's sent history: operators/profile/model.py).
 """
 
 from __future__ import annotations
@@ -14,14 +22,22 @@ import orjson
 
 from operators.profile.facts import finite
 from operators.profile.model import PROFILE_FORMAT, Facts, History, Profile
+from operators.signals.distinct import distinct_order
 
-_ENCODER = msgspec.msgpack.Encoder()
+_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_AS_IS = msgspec.msgpack.Encoder()  # the dedupe window, in its arrival order
 _DECODER = msgspec.msgpack.Decoder(Profile)
 
 
 def encode_profile(profile: Profile) -> bytes:
+    """The profile's canonical bytes (see the module docstring). The dedupe window goes in as bytes
+    already encoded in its own order (`msgspec.Raw`, which the sorting encoder copies as it is), on a
+    shallow copy of the profile: the profile itself is not touched."""
     finite(profile.facts.revenue, "revenue")
-    return _ENCODER.encode(profile)
+    seen = profile.seen
+    if len(seen) < 2:
+        return _ENCODER.encode(profile)
+    return _ENCODER.encode(msgspec.structs.replace(profile, seen=msgspec.Raw(_AS_IS.encode(seen))))
 
 
 def decode_profile(blob: bytes) -> Profile:
@@ -35,8 +51,9 @@ def decode_profile(blob: bytes) -> Profile:
 
 
 def profile_as_dict(profile: Profile) -> dict[str, Any]:
-    """Plain data (what `nextclick profile get` prints, what tests compare)."""
-    return msgspec.to_builtins(profile)
+    """Plain data (what `nextclick profile get` prints, what tests compare), every dict in key order,
+    the dedupe window's too, so equal profiles print the same text."""
+    return msgspec.to_builtins(profile, order="deterministic")
 
 
 def stored_as_dict(blob: bytes) -> dict[str, Any]:
@@ -45,11 +62,12 @@ def stored_as_dict(blob: bytes) -> dict[str, Any]:
 
 def _signal_v1(state: dict[str, Any]) -> Any:
     """A format-1 signal state ({"buckets": ...}, {"values": ...}, {"last": ...}, a session's or an
-    absence's fields) as its kind's format-2 list; empty states (format 1 left some) are dropped."""
+    absence's fields) as its kind's format-2 list, in its defined order; empty states (format 1 left
+    some) are dropped."""
     if "buckets" in state:
         return state["buckets"] or None
-    if "values" in state:
-        return state["values"] or None
+    if "values" in state:  # a distinct signal's members, into their defined order
+        return sorted(state["values"], key=distinct_order) or None
     if "last" in state and "start" not in state:
         return state["last"]
     if "start" in state:
@@ -75,5 +93,5 @@ def migrate_v1(old: dict[str, Any]) -> Profile:
             signals[name] = converted
     return Profile(customer=old["customer"], facts=facts, signals=signals,
                    history=History(fired={k: list(v) for k, v in old["fired"].items()},
-                                   sent={k: [list(e) for e in v] for k, v in old["sent"].items()}),
+                                   sent={k: sorted(list(e) for e in v) for k, v in old["sent"].items()}),
                    seen=dict(old["seen"]), prune_at=old.get("prune_at"), expire_at=old["timers"].get("expire"))

@@ -11,6 +11,12 @@
 Merging two profiles (identity stitching) is `operators/profile/merge.py`, each part merged by its
 owner: `facts.merge`, `history.merge`, `dedupe.merge`, and every signal kind's `merge`.
 
+Equal profiles store the same bytes (operators/profile/codec.py sorts every dict but `seen`, whose
+order is its arrival order and says which id goes first at the cap). The lists whose order carries
+no meaning have a defined one, kept by their owners: a distinct signal's members by (time, value),
+a channel's `sent` entries by time, count and sum buckets by start. `ids` keep their link order, which
+says which key addresses a decision.
+
 msgspec Structs: attribute access as fast as slotted classes, checked by mypy, and encoded to
 MessagePack (operators/profile/codec.py) several times faster than JSON. A signal's state is the
 plain list its kind defines (the kinds are pluggable, so the profile cannot name their types).
