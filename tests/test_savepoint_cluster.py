@@ -1,0 +1,327 @@
+"""Savepoints on per-pod volumes: a destination every process reaches, restores that fetch only a
+process's own shards, restores that are idempotent, and object storage.
+
+- Placement: the process a shard runs on, as Bytewax 0.21.1 routes it (checked against real clusters).
+- Destinations: a relative `state.savepoint_dir` is refused, an unset one derived beside state.dir.
+- Object storage: parts written to s3:// (a moto server the test starts), assembled, restored into two
+  "processes" each fetching only its shards; a second restore resumes; another savepoint is refused.
+- The cluster round trip (broker): two processes with their own state and recovery directories take
+  an online savepoint into one shared directory; three processes with empty directories restore it
+  and run to the end of the input: profiles and decisions equal a clean run's, and each process holds
+  exactly the shards Placement gives it. A restart with --from-savepoint still given resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from flows.local_broker import free_port
+from operators.identity.stage import IDENTITY_KEY
+from operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
+from operators.io.kafka import ensure_topics
+from operators.state.layout import IDENTITY, family_named
+from operators.state.manifest import StateMismatch, read_manifest, state_families
+from operators.state.savepoint import (
+    Placement,
+    SavepointError,
+    SavepointManifest,
+    finish_online,
+    restore,
+    siphash13,
+    write_shard_part,
+)
+from operators.state.store import ShardStore
+from tests.flowrun import (
+    REPO,
+    FlowSetup,
+    assert_same_decisions,
+    assert_same_profiles,
+    dedupe,
+    produce,
+    read_decisions,
+    read_profiles,
+    reference_run,
+    start,
+    workload,
+)
+
+# Which process each state key ran on in real Bytewax 0.21.1 clusters (a stateful_map over these keys,
+# run with `cluster_main` as N processes x W workers, each output tagged with its process).
+OBSERVED = {
+    (2, 1): {"0": 1, "1": 1, "4": 0, "5": 0, "11": 0, "14": 1, "identity": 1, "device/1": 0, "device/2": 1,
+             "email/0": 0, "email/2": 1},
+    (3, 1): {"0": 0, "1": 1, "2": 0, "3": 1, "identity": 2, "device/0": 1, "device/1": 0, "email/1": 0},
+}
+
+
+def test_placement_is_bytewax_routing() -> None:
+    assert siphash13(b"") == 0xD1FBA762150C532C  # Rust: DefaultHasher::new().finish()
+    assert IDENTITY_KEY == IDENTITY  # the identity stage's one Bytewax key is its family's name
+    profiles, device, email = (family_named(n, 16) for n in ("profiles", "linked_device", "linked_email"))
+    for (processes, workers), observed in OBSERVED.items():
+        for key, process in observed.items():
+            family, _, shard = key.rpartition("/")
+            fam = {"": profiles, "device": device, "email": email}[family]
+            if key == "identity":
+                fam, shard = family_named(IDENTITY, 16), "0"
+            assert Placement(process, processes, workers).owns(fam, int(shard)), (processes, key)
+    # Every shard has exactly one owner, and 2 processes x 2 workers is 4 workers, two per process.
+    owners = [Placement(0, 2, 2).owner(profiles, n) for n in range(16)]
+    assert set(owners) == {0, 1}
+    assert owners == [siphash13(str(n).encode() + b"\xff") % 4 // 2 for n in range(16)]
+
+
+def test_savepoint_dir_is_absolute_or_a_url() -> None:
+    derived = load_config(None, {"NEXTCLICK_STATE__DIR": "/data/state"}).state.savepoint_dir
+    assert derived == "/data/savepoints"
+    assert os.path.isabs(load_config(None, {}).state.savepoint_dir)
+    assert load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "s3://b/sp/"}).state.savepoint_dir == "s3://b/sp"
+    with pytest.raises(ConfigError, match="savepoint_dir: 'var/savepoints' is relative"):
+        load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "var/savepoints"})
+    with pytest.raises(ConfigError, match="scheme gs:// is not supported"):
+        load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "gs://b/sp"})
+
+
+# -- object storage ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """A local S3-compatible server (moto), and a bucket in it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    import fsspec
+
+    fsspec.filesystem("s3").mkdir("nextclick-test")
+    try:
+        yield "s3://nextclick-test/savepoints"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _deployment(tmp: Path, savepoint_dir: str, shards: int = 4) -> Config:
+    return Config().replace(state={"dir": str(tmp / "state"), "recovery_dir": str(tmp / "recovery"),
+                                   "shards": shards, "savepoint_dir": savepoint_dir},
+                            privacy=PrivacyConfig(demo=True))
+
+
+def _write_parts(config: Config, dest: str, token: str, *, skip: int | None = None) -> dict[str, str]:
+    """Every shard's part of an online savepoint as a running flow writes it (one customer per shard, the
+    flow's mangled `Path(s3://...)` location); `skip`: leave out the parts of this process of two."""
+    written = {}
+    futures = []
+    for family in state_families(config):
+        for number in range(family.shards):
+            if skip is not None and Placement(skip, 2).owns(family, number):
+                continue
+            value = f"{family.name}/{number}".encode()
+            with ShardStore(family.path(config.state.dir, number), sync=False) as store:
+                store.put(b"x" + value, value)
+                seq = store.checkpoint()
+                future = write_shard_part(store, str(Path(dest)), number, seq, {"in#0": 10 + number}, token,
+                                          "lineage-a", family.subdir, scratch=Path(config.state.dir))
+                if future is not None:
+                    futures.append(future)
+                    future.result(30)  # before the store closes
+            written[family.rel(number)] = value.decode()
+    return written
+
+
+def _keys(state_dir: Path) -> dict[str, str]:
+    found = {}
+    for shard in sorted(p for p in state_dir.rglob("shard-*") if p.is_dir()):
+        store = ShardStore.open_read_only(shard, cache_size=0)
+        try:
+            for key, value in store.scan(b"x"):
+                found[shard.relative_to(state_dir).as_posix()] = value.decode()
+                assert key == b"x" + value
+        finally:
+            store.close()
+    return found
+
+
+def test_object_storage_round_trip_fetches_only_each_process_shards(s3: str, tmp_path: Path) -> None:
+    config = _deployment(tmp_path / "source", s3)
+    written = _write_parts(config, f"{s3}/sp1", "tok1")
+    manifest = finish_online(config, f"{s3}/sp1", timeout_s=10)
+    assert manifest.root == ".parts-tok1" and manifest.positions == {"in#0": 13}
+    assert SavepointManifest.read(f"{s3}/sp1") == manifest
+
+    restored: dict[str, str] = {}
+    for process in range(2):
+        pod = _deployment(tmp_path / f"pod-{process}", s3)
+        done = restore(pod, f"{s3}/sp1", init_recovery=lambda d: d.mkdir(exist_ok=True),
+                       placement=Placement(process, 2))
+        assert not done.resumed and done.shards
+        held = _keys(Path(pod.state.dir))
+        owned = {f.rel(n) for f in state_families(pod) for n in range(f.shards) if Placement(process, 2).owns(f, n)}
+        assert set(held) == owned == set(done.shards), f"process {process} holds {sorted(held)}"
+        assert not set(held) & set(restored)
+        restored.update(held)
+        # A restart with the same --from-savepoint resumes, and changes nothing.
+        before = (Path(pod.state.dir) / "nextclick-state.json").read_bytes()
+        again = restore(pod, f"{s3}/sp1", init_recovery=lambda d: None, placement=Placement(process, 2))
+        assert again.resumed and (Path(pod.state.dir) / "nextclick-state.json").read_bytes() == before
+    assert restored == written
+
+    # Another savepoint onto state restored from sp1: refused in one line, nothing changed.
+    _write_parts(config, f"{s3}/sp2", "tok2")
+    finish_online(config, f"{s3}/sp2", timeout_s=10)
+    pod = _deployment(tmp_path / "pod-0", s3)
+    before_keys = _keys(Path(pod.state.dir))
+    with pytest.raises(StateMismatch, match="holds state restored from savepoint sp1, not from the savepoint"):
+        restore(pod, f"{s3}/sp2", init_recovery=lambda d: None, placement=Placement(0, 2))
+    assert _keys(Path(pod.state.dir)) == before_keys
+    assert read_manifest(pod.state.dir).restore.savepoint == "sp1"  # type: ignore[union-attr]
+
+
+def test_an_incomplete_online_savepoint_names_the_process_that_did_not_answer(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    _write_parts(config, str(shared / "sp"), "tok", skip=1)
+    with pytest.raises(SavepointError, match=r"no part from \d+ shard\(s\) \(.*\), which run on process\(es\) 1 "
+                                             r"of 2; parts came from "):
+        finish_online(config, shared / "sp", timeout_s=0.3, placement=Placement(0, 2))
+    assert not (shared / "sp" / "savepoint.json").exists()
+
+
+def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "source", str(shared))
+    written = _write_parts(config, str(shared / "sp"), "tok")
+    finish_online(config, shared / "sp", timeout_s=10)
+    pod = _deployment(tmp_path / "pod", str(shared))
+
+    def crash(_directory: Path) -> None:
+        raise OSError("killed while creating the recovery partitions")
+
+    with pytest.raises(OSError):
+        restore(pod, shared / "sp", init_recovery=crash)
+    assert read_manifest(pod.state.dir) is None  # not restored: the manifest comes last
+    restore(pod, shared / "sp", init_recovery=lambda d: d.mkdir(exist_ok=True))
+    assert _keys(Path(pod.state.dir)) == written
+
+    other = _deployment(tmp_path / "other", str(shared))
+    Path(other.state.dir).mkdir(parents=True)
+    (Path(other.state.dir) / "shard-0000").mkdir()
+    with pytest.raises(StateMismatch, match=r"state.dir: .* is not empty; a savepoint is restored into empty"):
+        restore(other, shared / "sp", init_recovery=lambda d: None)
+    with pytest.raises(SavepointError, match="is not a complete savepoint"):
+        restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
+
+
+# -- the cluster round trip ----------------------------------------------------------------------------
+
+CUSTOMERS = 300
+PARTITIONS = 4
+SHARDS = 8
+
+
+def _cluster(pods: list[FlowSetup], *, stop_at_end: bool, log: Path, args: list[str]) -> list[subprocess.Popen[bytes]]:
+    addresses = [f"127.0.0.1:{free_port()}" for _ in pods]
+    return [start(pod, stop_at_end=stop_at_end, process_id=i, addresses=addresses, log=log,
+                  args=["--recovery-per-process", *args]) for i, pod in enumerate(pods)]
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], log: Path, timeout: float = 120) -> None:
+    try:
+        for p in procs:
+            assert p.wait(timeout) == 0, f"a process exited with {p.returncode}; see {log}:\n" + \
+                log.read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _shards_held(pod: FlowSetup) -> set[str]:
+    return {p.relative_to(pod.state_dir).as_posix() for p in pod.state_dir.rglob("shard-*") if p.is_dir()}
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str], topic_prefix: str,
+                                                           tmp_path: Path) -> None:
+    started = time.monotonic()
+    messages = workload(CUSTOMERS, seed=53)
+    half = len(messages) // 2
+    clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
+    ensure_topics(kafka, {clean_in: PARTITIONS, topic: PARTITIONS})
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_in, messages, PARTITIONS, shards=SHARDS)
+
+    shared = tmp_path / "shared-savepoints"  # the ReadWriteMany volume: the only directory the pods share
+    base = FlowSetup.create(kafka, tmp_path / "unused", f"{topic_prefix}.run", inputs=[topic], shards=SHARDS,
+                            extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": str(shared)})
+    two = [base.with_(state_dir=tmp_path / f"two-{i}" / "state", recovery_dir=tmp_path / f"two-{i}" / "recovery")
+           for i in range(2)]
+    produce(kafka, topic, messages[:half], PARTITIONS)
+    log = tmp_path / "cluster.log"
+    procs = _cluster(two, stop_at_end=False, log=log, args=[])
+    try:
+        deadline = time.monotonic() + 60
+        while sum(p["facts"]["version"] for pod in two for p in read_profiles(pod.state_dir, SHARDS).values()) < half:
+            assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first half was not applied in time"
+            time.sleep(0.3)
+        took = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "savepoint", "create", "sp", "--online",
+                               "--processes", "2", "--timeout", "60"], cwd=REPO, capture_output=True, text=True,
+                              env=base.env(stop_at_end=False), timeout=90)
+        assert done.returncode == 0, done.stderr[-3000:]
+        create_s = time.monotonic() - took
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+    manifest = orjson.loads(done.stdout)
+    assert manifest["mode"] == "online" and sum(manifest["positions"].values()) >= half
+    assert sorted(p.name for p in shared.iterdir()) == ["sp"]  # no staging left behind
+
+    produce(kafka, topic, messages[half:], PARTITIONS)
+    three = [base.with_(state_dir=tmp_path / f"three-{i}" / "state",
+                        recovery_dir=tmp_path / f"three-{i}" / "recovery") for i in range(3)]
+    restore_from = ["--from-savepoint", str(shared / "sp")]
+    _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
+
+    config = load_config(None, base.env(stop_at_end=True))
+    every = [(f, n) for f in state_families(config) for n in range(f.shards)]
+    got: dict[str, dict[str, object]] = {}
+    for i, pod in enumerate(three):
+        owned = {f.rel(n) for f, n in every if Placement(i, 3).owns(f, n)}
+        assert _shards_held(pod) == owned, f"process {i} holds {sorted(_shards_held(pod))}, owns {sorted(owned)}"
+        profiles = read_profiles(pod.state_dir, SHARDS)
+        assert not set(profiles) & set(got)
+        got.update(profiles)
+    assert_same_profiles(clean.profiles, got)
+    assert_same_decisions(clean.decisions, dedupe(read_decisions(kafka, base.decisions)))
+
+    # The manifest keeps --from-savepoint: the next start resumes instead of crash-looping.
+    _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
+    again: dict[str, dict[str, object]] = {}
+    for pod in three:
+        again.update(read_profiles(pod.state_dir, SHARDS))
+    assert_same_profiles(clean.profiles, again)
+    print(f"\nonline savepoint of 2 processes: {create_s:.1f}s; restored into 3, each holding "
+          f"{[len(_shards_held(p)) for p in three]} shards; total {time.monotonic() - started:.1f}s")
