@@ -113,7 +113,10 @@ def _place(values: list[list[Any]], i: int) -> None:
     pair = values[i]
     if (i and not _in_order(values[i - 1], pair)) or (i + 1 < len(values) and not _in_order(pair, values[i + 1])):
         del values[i]
-        bisect.insort(values, pair, key=distinct_order)
+        if pair[1] > values[-1][1]:  # the usual case: seen again, now the newest
+            values.append(pair)
+        else:
+            bisect.insort(values, pair, key=distinct_order)
 
 
 def _in_order(a: list[Any], b: list[Any]) -> bool:
