@@ -7,7 +7,7 @@ until the idle timeout, and that a snapshot never counts a fetched but undeliver
 restart reads it again).
 
 Flow (tests/flowrun.py: `nextclick run` in subprocesses, stop_at_end): one seeded backlog (`stories`:
-600 customers, ~4,600 events in the last ~16 minutes, plus garbage), produced twice: once on five
+600 customers, ~4,600 events between five and two hours ago, plus garbage), produced twice: once on five
 per-channel topics (2 partitions each; each event on its type's channel, so a customer's story runs
 across several topics for up to ~12 minutes: consent and browsing on the web, then email, app, store
 and call-center contacts, purchases on any of three channels) and once on a single topic in
@@ -19,9 +19,12 @@ own way (as channels keyed by cookie, device or email would), so with two proces
 events are read by both, and only the shared progress topic keeps them in step.
 
 Why the comparison can be exact: profiles and decisions are a function of each customer's event
-sequence, except for what the wall clock fires (absences due on the clock); the earliest timer is
-due 25 minutes after the earliest event, well after every run here ends. With alignment_bound = 0
-one process applies every customer's events in event-time order, as the single topic does.
+sequence and of the timer turns, which fire by the input's event-time frontier (operators/frontier.py),
+not by the clock hours ahead: absences fire and sessions end in the middle of the backlog, after every
+earlier event of the customer is applied. With alignment_bound = 0 one process applies every
+customer's events in event-time order, as the single topic does. At the end every partition is caught
+up and the frontier is the clock, by which every window of this backlog has expired: runs minutes
+apart leave the same profiles.
 """
 
 from __future__ import annotations
@@ -255,7 +258,7 @@ def _garbage(now: int) -> list[tuple[str, bytes, bytes]]:
         ("call_center", b"g1", orjson.dumps({**ok, "event_id": "g4", "ts": now + 60 * MIN})),  # ts_in_future
         # schema_violation with a readable ts, older than every event: it goes at once. (A message whose
         # ts is ahead of the rest of its partition holds back what follows it, as it must.)
-        ("mobile", b"g1", orjson.dumps({**ok, "type": "app_purchase", "event_id": "g5", "ts": now - 20 * MIN,
+        ("mobile", b"g1", orjson.dumps({**ok, "type": "app_purchase", "event_id": "g5", "ts": now - 6 * 60 * MIN,
                                         "amount": "12"})),
     ]
 
@@ -284,7 +287,10 @@ class Backlog:
     def __init__(self, kafka: dict[str, str], root: Path, prefix: str, customers: int) -> None:
         self.kafka, self.root, self.prefix = kafka, root, prefix
         now = int(time.time() * 1000)
-        events = stories(customers, seed=23, start_ms=now - 16 * MIN, span_ms=15 * MIN)
+        # Hours old, as a backlog after an outage is: carts and browsing are abandoned and sessions end
+        # in the middle of it (by the event-time frontier), and by its end every window has expired,
+        # so runs minutes apart must leave the same profiles.
+        events = stories(customers, seed=23, start_ms=now - 5 * 60 * MIN, span_ms=165 * MIN)
         rng = random.Random(3)
         by_channel: dict[str, list[Message]] = {c: [] for c in CHANNELS}
         for who, key, value in events:
@@ -365,13 +371,14 @@ def test_a_skewed_catch_up_across_topics_gives_the_event_time_order_result(backl
 
 def test_without_alignment_the_same_catch_up_gives_another_result(backlog: Backlog) -> None:
     # The guard above, removed: the topics other than web are read at once, so a customer's later
-    # contacts and purchases come before their page views, which then arrive late and drop out.
+    # contacts and purchases come before their page views, which then arrive late and drop out of
+    # the windows (expired by the end of this backlog) and of the decisions those windows drive.
     reference = backlog.run(single=True)
     unaligned = backlog.run(align=False)
-    differing = _differing(reference.profiles, unaligned.profiles, _facts_and_windows)
-    assert len(differing) > len(reference.profiles) // 4
-    assert unaligned.decisions != reference.decisions
-    print(f"\nwithout alignment: {len(differing)} of {len(reference.profiles)} profiles differ in facts or windows; "
+    differing = _differing(reference.profiles, unaligned.profiles)
+    assert len(differing) > len(reference.profiles) // 10, len(differing)
+    assert len(reference.decisions ^ unaligned.decisions) > len(reference.decisions) // 10
+    print(f"\nwithout alignment: {len(differing)} of {len(reference.profiles)} profiles differ; "
           f"{len(reference.decisions - unaligned.decisions)} decision ids missing, "
           f"{len(unaligned.decisions - reference.decisions)} new")
 
