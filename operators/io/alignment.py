@@ -52,7 +52,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
 from operators.infra.config import ParseConfig
-from operators.io.parse import parse_ts
+from operators.io.parse import TS_MIN, parse_ts
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,10 @@ def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
     """The message's `ts` as the parser reads it, at most `now_ms`; UNREADABLE when it must not wait.
 
     UNREADABLE: no value, too large, not a JSON object, no valid `ts`, or a `ts` the parser refuses
-    (older than `max_age_ms`, or further ahead than `max_future_skew_ms`). Never raises: this runs in
-    the source, before the parser, so an exception here would stop the flow on the same message at
-    every restart, with nothing dead-lettered. Whatever it cannot read is UNREADABLE, and the parser
-    names the reason.
+    (older than `max_age_ms`, further ahead than `max_future_skew_ms`, before year 1). Never raises:
+    this runs in the source, before the parser, so an exception here would stop the flow on the same
+    message at every restart, with nothing dead-lettered. Whatever it cannot read is UNREADABLE, and
+    the parser names the reason.
     """
     if value is None or len(value) > config.max_message_bytes:
         return UNREADABLE
@@ -102,7 +102,10 @@ def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
             ts = _rfc3339_ms(ts) if type(ts) is str else parse_ts(ts)
         if ts > now_ms:
             return UNREADABLE if ts - now_ms > config.max_future_skew_ms else now_ms
-        if config.max_age_ms > 0 and now_ms - ts > config.max_age_ms:
+        if config.max_age_ms > 0:
+            if now_ms - ts > config.max_age_ms:
+                return UNREADABLE
+        elif ts < TS_MIN:  # no age limit: the parser still refuses a ts before year 1
             return UNREADABLE
         return ts
     except Exception:  # noqa: BLE001 - malformed JSON (msgspec.DecodeError), a bad ts, or anything else

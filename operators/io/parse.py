@@ -4,8 +4,8 @@ Checks, in order (the first that fails names the dead-letter reason, see `deadle
 size (`too_large`), presence (`empty_value`), JSON (`invalid_utf8`, `invalid_json` - which includes
 an object with a key twice, at any depth -, `not_an_object`), envelope (`missing_type`,
 `unknown_type`, `missing_event_id`, `invalid_ts`), the type's JSON Schema (`schema_violation`),
-event-time bounds (`ts_in_future`, `ts_too_old`) and the identifier (`missing_identifier`). A
-missing `ts` is `invalid_ts`.
+event-time bounds (`ts_in_future`, `ts_too_old`, then years 1 to 9999 as `invalid_ts`) and the
+identifier (`missing_identifier`). A missing `ts` is `invalid_ts`.
 
 The schemas in `schemas/events/` are plain JSON Schema (draft 2020-12); each type's schema refers to
 `_envelope.json` through `allOf`/`$ref`, which is inlined here at load time and compiled once with
@@ -106,6 +106,11 @@ AMOUNT_FIELDS = ("amount",)
 # The integers orjson (the slow path's decoder) keeps as int and msgspec can bound (int64); a larger
 # one is read as a float by orjson, so the fast path leaves it to the slow path.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# The event times the flow can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z in epoch
+# milliseconds, what an RFC 3339 `ts` can say and `datetime` can render. The age and future limits
+# refuse anything outside long before; with no age limit (`parse.max_age_ms = 0`, backfills) one
+# message with a `ts` of -2**63 stopped the flow, so the range is checked on its own (`invalid_ts`).
+TS_MIN, TS_MAX = -62_135_596_800_000, 253_402_300_799_999
 # Keywords the generator translates; any other makes the import fail rather than validate less.
 _FAST_KEYWORDS = frozenset({"type", "enum", "const", "minimum", "maximum", "minLength", "maxLength",
                             "pattern", "default", "description", "title"})
@@ -182,6 +187,8 @@ def _fast_struct(event_type: str, schema: dict[str, Any]) -> type[msgspec.Struct
         if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
             attr = f"field_{i}"
             rename[attr] = name
+        if name == "ts":  # an integer ts outside the range is the slow path's to refuse
+            prop = {**prop, "minimum": TS_MIN, "maximum": TS_MAX}
         kind = _fast_type(f"{event_type}.json: property {name!r}", prop)
         fields.append((attr, kind) if name in required else (attr, Union[kind, msgspec.UnsetType],
                                                              msgspec.UNSET))
@@ -466,6 +473,8 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         raise _Bad("ts_too_old", f"field 'ts' is older than the limit of {config.max_age_ms} ms "
                                  f"(parse.max_age_ms){_seconds_hint(ts)}",
                    ((TS_SKEW_HEADER, str(skew)),))
+    if not TS_MIN <= ts <= TS_MAX:  # reached only with no age limit (or limits of millennia)
+        raise _Bad("invalid_ts", TS_OUT_OF_RANGE)
 
     ident = resolve_identifier(payload, key, spec.channel)
     if ident is None:
@@ -485,6 +494,7 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
                  links=links, blocked=blocked)
 
 
+TS_OUT_OF_RANGE = "field 'ts' is not a time between the years 1 and 9999"
 NO_IDENTIFIER = ("no identifier: neither a non-blank 'customer_id' in the payload nor a non-blank "
                  "UTF-8 Kafka key")
 _UNSET = msgspec.UNSET
@@ -533,7 +543,9 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
         if duplicate_key(value, payload) is not None:
             return None
     skew = ts - now_ms
-    if skew > config.max_future_skew_ms or (config.max_age_ms > 0 and -skew > config.max_age_ms):
+    # Without an age limit, a string ts may still fall before year 1 (an integer one cannot: the Struct
+    # bounds it); the check costs nothing when there is an age limit.
+    if skew > config.max_future_skew_ms or (-skew > config.max_age_ms if config.max_age_ms > 0 else ts < TS_MIN):
         return None
     customer_id = fields[spec.cid_slot]
     others: list[tuple[str, str]] | None = None
