@@ -81,7 +81,8 @@ def test_kustomization_lists_every_manifest_and_no_secret_is_committed() -> None
     listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     kinds = sorted(doc["kind"] for _, doc in resources())
-    assert kinds == ["ConfigMap", "Job", "PodDisruptionBudget", "PodMonitor", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "Job", "PersistentVolumeClaim", "PodDisruptionBudget", "PodMonitor", "Service",
+                     "StatefulSet"]
     for path in (REPO / "deploy").rglob("*.y*ml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert not (doc and doc.get("kind") == "Secret"), f"{path} commits a Secret"

@@ -91,6 +91,25 @@ def test_savepoint_dir_is_absolute_or_a_url() -> None:
         load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "gs://b/sp"})
 
 
+def test_the_shipped_manifests_give_every_pod_the_same_savepoint_volume(tmp_path: Path) -> None:
+    import yaml
+
+    k8s = REPO / "deploy" / "k8s"
+    docs = [d for name in yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]
+            for d in yaml.safe_load_all((k8s / name).read_text()) if d]
+    (config_map,) = (d for d in docs if d["kind"] == "ConfigMap")
+    (tmp_path / "nextclick.toml").write_text(config_map["data"]["nextclick.toml"])
+    where = load_config(tmp_path / "nextclick.toml", environ={}).state.savepoint_dir
+    (sts,) = (d for d in docs if d["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    (mount,) = (m for m in pod["containers"][0]["volumeMounts"]
+              if where == m["mountPath"] or where.startswith(m["mountPath"].rstrip("/") + "/"))
+    (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])  # one volume, not a per-pod claim
+    (claim,) = (d for d in docs if d["kind"] == "PersistentVolumeClaim"
+                and d["metadata"]["name"] == volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and not mount.get("readOnly")
+
+
 # -- object storage ----------------------------------------------------------------------------------
 
 
