@@ -29,6 +29,7 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.io.kafka import consume_all, ensure_topics
 from tests.helpers import FlowThread
+from tests.waits import committed_versions, due_timers
 
 pytestmark = pytest.mark.broker
 
@@ -143,15 +144,6 @@ def _wait(cond: Any, timeout_s: float, what: str, flow: FlowThread) -> None:
         time.sleep(0.1)
 
 
-def _wait_stable(read: Any, quiet_s: float, timeout_s: float) -> None:
-    last, since, deadline = read(), time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = read()
-        if now != last:
-            last, since = now, time.monotonic()
-
-
 class Run:
     """Topics, config and a producer for one run of the flow."""
 
@@ -181,12 +173,16 @@ class Run:
         """Feed `stream`, apply it, fire timers; (ce_id -> body, dead letters, duplicates counted)."""
         self.produce(stream)
         dups_before = _sum(metrics.DUPLICATES)
-        start = _processed()
+        start, events = _processed(), _sum(metrics.EVENTS)
+        state = Path(self.config.state.dir)
         with FlowThread(self.config, self.clock, self.recovery) as flow:
             _wait(lambda: _processed() - start >= len(stream), 60, "the input to be applied", flow)
+            # Committed, every applied event's profile with it: the timer index now holds every due timer.
+            _wait(lambda: committed_versions(state) == _sum(metrics.EVENTS) - events, 30, "the input committed",
+                  flow)
             self.clock.set(NOW_TIMERS)
-            time.sleep(1.0)  # at least one epoch, so the timers are seen
-            _wait_stable(lambda: _sum(metrics.DECISIONS), 1.5, 20)
+            # Every timer due by then has fired, and its epoch (decisions flushed first) is committed.
+            _wait(lambda: due_timers(state, NOW_TIMERS) == 0, 30, "the due timers", flow)
             if after is not None:
                 after(flow)
         assert _processed() - start == len(stream) + (1 if after else 0)

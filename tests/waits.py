@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from operators.state.keys import DUE, TIMER_PREFIX
-from operators.state.layout import has_store
+from operators.profile.codec import stored_as_dict
+from operators.state.keys import DUE, PROFILE_PREFIX, QUARANTINED, TIMER_PREFIX
+from operators.state.layout import IDENTITY, has_store
 from operators.state.store import ShardStore
 
 
@@ -56,3 +57,19 @@ def due_timers(state_dir: Path, now_ms: int) -> int:
         finally:
             store.close()
     return due
+
+
+def committed_versions(state_dir: Path) -> int:
+    """The sum of every committed profile's version: each applied event adds one, so this equals the
+    events applied once all of them are committed (in a flow without identity merges)."""
+    total = 0
+    for path in stores(state_dir):
+        if path.parent.name == IDENTITY:
+            continue
+        store = ShardStore.open_read_only(path, cache_size=0)
+        try:
+            total += sum(int(stored_as_dict(v)["facts"]["version"]) for _, v in store.scan(PROFILE_PREFIX)
+                         if v != QUARANTINED)
+        finally:
+            store.close()
+    return total
