@@ -5,7 +5,7 @@ The flow is exactly `flows.main`'s (`build_flow(load_config())`, configured by `
 * a `stop` event set when the file named by `BENCH_STOP_FILE` appears (polled every 50 ms), so a
   tailing run ends through `build_flow`'s own stop path rather than a kill;
 * `ShardLogic.snapshot` timed (start, duration) per shard, per call - the same span the per-process
-  `nextclick_checkpoint_seconds` histogram observes;
+  `nextclick_checkpoint_duration_seconds` histogram observes;
 * at exit, a JSON file `BENCH_STATS_FILE` (`{pid}` is replaced) with the import and exit times, the
   snapshot timings and the histogram's sum/count;
 * with `BENCH_PROBES=1`, the flow's own share of each probe's latency: the wall time its input

@@ -39,7 +39,7 @@ def ready(status: health.FlowStatus) -> health.Verdict:
 def test_registry_exports_the_standard_process_and_gc_collectors() -> None:
     page = generate_latest(metrics.REGISTRY).decode()
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
-                 "python_gc_collections_total", "python_info", "nextclick_checkpoint_seconds_bucket"):
+                 "python_gc_collections_total", "python_info", "nextclick_checkpoint_duration_seconds_bucket"):
         assert f"\n{name}" in page, name
 
 
@@ -67,10 +67,45 @@ def test_decisions_are_counted_by_rule_and_channel_with_their_delay() -> None:
     metrics.observe_decision("r-ops", "sms", trigger_ms=10_000, now_ms=13_500)
     assert metrics.counter_values(metrics.DECISIONS)[("r-ops", "sms")] == before + 1
     page = generate_latest(metrics.REGISTRY).decode()
-    assert 'nextclick_event_to_decision_seconds_bucket{channel="sms",le="2.5"}' in page
+    assert 'nextclick_event_to_decision_duration_seconds_bucket{channel="sms",le="2.5"}' in page
     sms = [line for line in page.splitlines()
-           if line.startswith('nextclick_event_to_decision_seconds_sum{channel="sms"')]
+           if line.startswith('nextclick_event_to_decision_duration_seconds_sum{channel="sms"')]
     assert sms and float(sms[0].split()[-1]) >= 3.5
+
+
+def test_a_message_kafka_refused_is_counted_by_topic_and_error() -> None:
+    from confluent_kafka import KafkaError
+
+    from operators.io.kafka import _SinkPartition
+
+    class Refused:
+        def topic(self) -> str:
+            return "ops.decisions"
+
+    failures: list[str] = []
+    part = _SinkPartition(producer=None, on_fatal=failures.append)  # type: ignore[arg-type]
+    key = ("ops.decisions", "UNKNOWN_TOPIC_OR_PART")
+    before = metrics.counter_values(metrics.DELIVERY_ERRORS).get(key, 0)
+    for _ in range(2):
+        part._on_delivery(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART), Refused())
+    assert metrics.counter_values(metrics.DELIVERY_ERRORS)[key] == before + 2
+
+
+def test_each_closed_epoch_is_exported_with_its_wall_time() -> None:
+    import time
+
+    status = health.FlowStatus().partition("ops.in", 0)
+    metrics.EPOCH_CLOSED.set(0)
+    before = time.time()
+    status.snapshots += 1
+    closed = metrics.gauge_values(metrics.EPOCH_CLOSED)[()]
+    assert status.snapshots == 1 and before <= closed <= time.time()
+
+
+def test_the_build_is_exported_once_with_its_versions() -> None:
+    page = generate_latest(metrics.REGISTRY).decode()
+    info = [line for line in page.splitlines() if line.startswith("nextclick_build_info{")]
+    assert len(info) == 1 and info[0].endswith(" 1.0") and 'version="' in info[0] and 'librdkafka="' in info[0]
 
 
 # -- readiness and liveness ---------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def test_sigterm_drains_and_a_restart_re_emits_nothing(kafka: dict[str, str], to
         wait_for(lambda: committed(kafka, "nextclick", topic, PARTITIONS) == ends, 10, "group offsets at the end")
         page = scrape(port)[1]
         assert sample(page, "process_resident_memory_bytes") and sample(page, "nextclick_ready") == 1
-        assert "nextclick_shard_state_bytes{" in page and "nextclick_epoch_seconds_count" in page
+        assert "nextclick_shard_state_bytes{" in page and "nextclick_epoch_duration_seconds_count" in page
         assert scrape(port, "/healthz")[0] == 200
         assert read_decisions(kafka, setup.decisions)
 

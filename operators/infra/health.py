@@ -35,14 +35,25 @@ log = logging.getLogger("nextclick")
 class PartitionStatus:
     """One input partition built by this process; written by its worker thread, read by the server."""
 
-    __slots__ = ("topic", "partition", "last_poll", "snapshots", "offset", "ended")
+    __slots__ = ("topic", "partition", "last_poll", "_snapshots", "offset", "ended")
 
     def __init__(self, topic: str, partition: int, now: float) -> None:
         self.topic, self.partition = topic, partition
         self.last_poll = now
-        self.snapshots = 0
+        self._snapshots = 0
         self.offset: int | None = None  # the next offset to read, as of the last epoch snapshot
         self.ended = False
+
+    @property
+    def snapshots(self) -> int:
+        """Epochs this partition closed."""
+        return self._snapshots
+
+    @snapshots.setter
+    def snapshots(self, count: int) -> None:
+        # Each close is exported with its wall time: the age of the last committed epoch is alerted on.
+        self._snapshots = count
+        metrics.EPOCH_CLOSED.set(time.time())
 
     @property
     def name(self) -> str:

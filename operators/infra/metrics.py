@@ -7,9 +7,12 @@ flow's own families. Every family is listed, with what to alert on, in docs/oper
 
 from __future__ import annotations
 
+import platform
 import time
+from importlib import metadata
 from typing import Callable
 
+import confluent_kafka
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -18,6 +21,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
 )
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -25,6 +29,23 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # several registries): process_* (RSS, CPU, fds, start time), python_info, python_gc_*.
 for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
     REGISTRY.register(_collector)
+
+# -- build --------------------------------------------------------------------------------------
+# Which release runs where: a rollout that left one pod on the old image shows as two series.
+BUILD_INFO = Info("nextclick_build", "The running release and the versions of what it is built on (value 1).",
+                  registry=REGISTRY)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+BUILD_INFO.info({"version": _version("nextclick"), "bytewax": _version("bytewax"),
+                 "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
+                 "python": platform.python_version()})
 
 # -- input --------------------------------------------------------------------------------------
 INPUT_MESSAGES = Counter("nextclick_input_messages_total",
@@ -34,7 +55,7 @@ CONSUMER_LAG = Gauge("nextclick_consumer_lag_messages",
                      "Messages in the partition after the flow's position: high watermark minus the next offset "
                      "to read (from the consumer's last fetch response, at every batch and every second).",
                      ["topic", "partition"], registry=REGISTRY)
-INPUT_EVENT_TIME = Gauge("nextclick_input_event_time_seconds",
+INPUT_EVENT_TIME = Gauge("nextclick_input_event_timestamp_seconds",
                          "Event time (epoch seconds) of the next message an aligned input partition will "
                          "deliver, or of the latest it delivered: the spread across partitions is what "
                          "flow.alignment_bound bounds; the lowest is the partition the others wait for.",
@@ -43,10 +64,15 @@ INPUT_HELD_SECONDS = Counter("nextclick_input_held_seconds_total",
                              "Seconds an input partition had messages but held them back, waiting for slower "
                              "partitions to catch up in event time (flow.alignment_bound).",
                              ["topic", "partition"], registry=REGISTRY)
-EPOCH_SECONDS = Histogram("nextclick_epoch_seconds",
+EPOCH_SECONDS = Histogram("nextclick_epoch_duration_seconds",
                           "Wall time between two epoch-end snapshots of an input partition (one observation per "
                           "partition and epoch): flow.epoch_seconds plus any time the epoch waited to close.",
                           buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120), registry=REGISTRY)
+
+EPOCH_CLOSED = Gauge("nextclick_epoch_closed_timestamp_seconds",
+                     "Wall time (epoch seconds) an input partition of this process last closed an epoch. A "
+                     "partition closes epoch k+1 only once epoch k is committed, so the last committed epoch "
+                     "is at most one epoch older: its age is what a crash would replay.", registry=REGISTRY)
 
 # -- profiles -----------------------------------------------------------------------------------
 EVENTS = Counter("nextclick_events_total", "Events applied to profiles, by type.", ["type"], registry=REGISTRY)
@@ -90,13 +116,18 @@ EXPIRED = Counter("nextclick_decisions_expired_total",
                   "were made: a backfill or a long backlog, by rule and channel.", ["rule", "channel"],
                   registry=REGISTRY)
 EVENT_TO_DECISION = Histogram(
-    "nextclick_event_to_decision_seconds",
+    "nextclick_event_to_decision_duration_seconds",
     "Wall clock when a decision is handed to the sink minus its trigger's time (the triggering event's "
     "event time, or the due time of an absence), by decision channel.",
     ["channel"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600), registry=REGISTRY)
 
+DELIVERY_ERRORS = Counter("nextclick_producer_delivery_errors_total",
+                          "Messages (decisions, dead letters) Kafka did not acknowledge, by topic and librdkafka "
+                          "error name. Any is followed by an exit (70) at the epoch end and a replay of the epoch.",
+                          ["topic", "error"], registry=REGISTRY)
+
 # -- state --------------------------------------------------------------------------------------
-CHECKPOINT_SECONDS = Histogram("nextclick_checkpoint_seconds", "Time to checkpoint one shard at an epoch end.",
+CHECKPOINT_SECONDS = Histogram("nextclick_checkpoint_duration_seconds", "Time to checkpoint one shard at an epoch end.",
                                buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5), registry=REGISTRY)
 SHARD_CACHED = Gauge("nextclick_shard_cached_profiles",
                      "Decoded profiles a shard holds in memory, at its last epoch end.", ["shard"], registry=REGISTRY)

@@ -581,8 +581,11 @@ class _SinkPartition(StatefulSinkPartition[OutMessage, None]):
         self._on_fatal = on_fatal
         self._failure: str | None = None
 
-    def _on_delivery(self, err: KafkaError | None, _msg: Any) -> None:
-        if err is not None and self._failure is None:
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            return
+        metrics.DELIVERY_ERRORS.labels(msg.topic() or "", err.name()).inc()
+        if self._failure is None:
             self._failure = err.str()
 
     def write_batch(self, values: list[OutMessage]) -> None:
