@@ -31,6 +31,7 @@ from operators.io.kafka import ensure_topics
 from operators.state.layout import IDENTITY, family_named
 from operators.state.manifest import StateMismatch, read_manifest, state_families
 from operators.state.savepoint import (
+    Destination,
     Placement,
     SavepointError,
     SavepointManifest,
@@ -97,8 +98,8 @@ def test_the_shipped_manifests_give_every_pod_the_same_savepoint_volume(tmp_path
     k8s = REPO / "deploy" / "k8s"
     docs = [d for name in yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]
             for d in yaml.safe_load_all((k8s / name).read_text()) if d]
-    (config_map,) = (d for d in docs if d["kind"] == "ConfigMap")
-    (tmp_path / "nextclick.toml").write_text(config_map["data"]["nextclick.toml"])
+    # The ConfigMap is generated from nextclick.toml (kustomization.yaml, configMapGenerator).
+    (tmp_path / "nextclick.toml").write_text((k8s / "nextclick.toml").read_text())
     where = load_config(tmp_path / "nextclick.toml", environ={}).state.savepoint_dir
     (sts,) = (d for d in docs if d["kind"] == "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
@@ -281,8 +282,10 @@ def _shards_held(pod: FlowSetup) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.broker
+@pytest.mark.parametrize("destination", ["shared-directory", "object-store"])
 def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str], topic_prefix: str,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, destination: str,
+                                                           request: pytest.FixtureRequest) -> None:
     started = time.monotonic()
     messages = workload(CUSTOMERS, seed=53)
     half = len(messages) // 2
@@ -290,9 +293,12 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
     ensure_topics(kafka, {clean_in: PARTITIONS, topic: PARTITIONS})
     clean = reference_run(kafka, tmp_path, topic_prefix, clean_in, messages, PARTITIONS, shards=SHARDS)
 
-    shared = tmp_path / "shared-savepoints"  # the ReadWriteMany volume: the only directory the pods share
+    # The ReadWriteMany volume (the only directory the pods share), or a bucket of the S3 server the
+    # `s3` fixture started (the processes inherit its AWS_* variables).
+    shared = str(tmp_path / "shared-savepoints") if destination == "shared-directory" else \
+        f"{request.getfixturevalue('s3')}/{topic_prefix}"
     base = FlowSetup.create(kafka, tmp_path / "unused", f"{topic_prefix}.run", inputs=[topic], shards=SHARDS,
-                            extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": str(shared)})
+                            extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": shared})
     two = [base.with_(state_dir=tmp_path / f"two-{i}" / "state", recovery_dir=tmp_path / f"two-{i}" / "recovery")
            for i in range(2)]
     produce(kafka, topic, messages[:half], PARTITIONS)
@@ -316,12 +322,14 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
             p.wait()
     manifest = orjson.loads(done.stdout)
     assert manifest["mode"] == "online" and sum(manifest["positions"].values()) >= half
-    assert sorted(p.name for p in shared.iterdir()) == ["sp"]  # no staging left behind
+    saved = Destination(shared).child("sp")
+    staged = {name.split("/", 1)[0] for name in saved.files() if name.startswith(".")}
+    assert staged == ({manifest["root"]} if manifest.get("root") else set())  # no other attempt's staging left
 
     produce(kafka, topic, messages[half:], PARTITIONS)
     three = [base.with_(state_dir=tmp_path / f"three-{i}" / "state",
                         recovery_dir=tmp_path / f"three-{i}" / "recovery") for i in range(3)]
-    restore_from = ["--from-savepoint", str(shared / "sp")]
+    restore_from = ["--from-savepoint", str(saved)]
     _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
 
     config = load_config(None, base.env(stop_at_end=True))
@@ -342,5 +350,5 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
     for pod in three:
         again.update(read_profiles(pod.state_dir, SHARDS))
     assert_same_profiles(clean.profiles, again)
-    print(f"\nonline savepoint of 2 processes: {create_s:.1f}s; restored into 3, each holding "
+    print(f"\n{destination}: online savepoint of 2 processes: {create_s:.1f}s; restored into 3, each holding "
           f"{[len(_shards_held(p)) for p in three]} shards; total {time.monotonic() - started:.1f}s")
