@@ -103,6 +103,7 @@ class Image:
     cmd: list[str]
     healthcheck: Healthcheck | None
     workdir: str
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def final(self) -> Stage:
@@ -181,9 +182,12 @@ def parse(text: str) -> Image:
     entrypoint: list[str] = []
     cmd: list[str] = []
     health: Healthcheck | None = None
+    labels: dict[str, str] = {}
     for ins in final.instructions:
         if ins.keyword == "ENV":
             env.update(env_pairs(ins))
+        elif ins.keyword == "LABEL":
+            labels.update(env_pairs(ins))
         elif ins.keyword == "USER":
             user = ins.text
         elif ins.keyword == "WORKDIR":
@@ -207,7 +211,7 @@ def parse(text: str) -> Image:
             health = Healthcheck(options, Instruction("CMD", rest[4:].strip(), ins.line).exec_form())
     if not entrypoint:
         raise DockerfileError("the final stage has no ENTRYPOINT")
-    return Image(stages, env, user, expose, entrypoint, cmd, health, workdir)
+    return Image(stages, env, user, expose, entrypoint, cmd, health, workdir, labels)
 
 
 def env_pairs(ins: Instruction) -> dict[str, str]:
@@ -215,7 +219,7 @@ def env_pairs(ins: Instruction) -> dict[str, str]:
     for word in shlex.split(ins.text):
         key, sep, value = word.partition("=")
         if not sep:
-            raise DockerfileError(f"line {ins.line}: ENV KEY=VALUE (the legacy `ENV KEY VALUE` form is not used)")
+            raise DockerfileError(f"line {ins.line}: {ins.keyword} KEY=VALUE (not the legacy `KEY VALUE` form)")
         pairs[key] = value
     return pairs
 
@@ -401,6 +405,30 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -
     raise RuntimeError(f"broker not listening on {port} after {timeout_s}s")
 
 
+def as_the_image_runs(image: Image, root: Path, venv: Path, state: Path, secret: Path) -> tuple[list[str], str]:
+    """A command prefix that runs the flow as the image would: as its USER, with the image's files
+    (its root and the installed packages) read-only and only the state volume writable, the hashing
+    secret a file readable by the user's group (as Kubernetes mounts it: root-owned, 0440, fsGroup).
+
+    Needs root (a private mount namespace, then dropping to the user); elsewhere the flow runs as the
+    current user, and the returned description says what was left out.
+    """
+    uid, _, gid = image.user.partition(":")
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        return [], "(as the current user, root file system writable: the full check needs root)"
+    os.chown(secret, 0, int(gid or uid))
+    secret.chmod(0o440)
+    os.chown(state, int(uid), int(gid or uid))
+    for path in {venv, root, *root.parents}:  # the user must reach what it runs (mkdtemp makes 0700)
+        if path.is_relative_to(Path(tempfile.gettempdir())) and path != Path(tempfile.gettempdir()):
+            path.chmod(path.stat().st_mode | 0o755)
+    mounts = ('mount --bind "$1" "$1" && mount --rbind "$2" "$2" && mount -o remount,bind,ro "$2" && '
+              'mount --bind "$3" "$3" && mount -o remount,bind,ro "$3" && shift 3 && exec "$@"')
+    return (["unshare", "-m", "sh", "-c", mounts, "sh", str(state), str(root), str(venv),
+             "setpriv", f"--reuid={uid}", f"--regid={gid or uid}", "--clear-groups"],
+            f"(as {image.user}, read-only root, privacy.secret_file)")
+
+
 def entrypoint_check(image: Image, venv: Path, roots: dict[str, Path], scratch: Path) -> str:
     """ENTRYPOINT + CMD as the image runs them, with a config at the path CMD names."""
     root = roots[image.final.name]
@@ -427,17 +455,23 @@ def entrypoint_check(image: Image, venv: Path, roots: dict[str, Path], scratch: 
         config = mapped(root, config_arg)
         config.parent.mkdir(parents=True, exist_ok=True)
         state = mapped(root, "/var/lib/nextclick")
+        state.mkdir(parents=True, exist_ok=True)
+        secret = mapped(root, "/run/secrets/nextclick/hmac")  # as the manifests mount it
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("wheel-smoke-secret\n")
+        prefix, how = as_the_image_runs(image, root, venv, state, secret)
         config.write_text("\n".join([
             "[kafka]", f'"bootstrap.servers" = "{bootstrap}"', "",
             "[topics]", f"inputs = {json.dumps(inputs)}",
             *(f'{k} = "{topics[k]}"' for k in ("decisions", "dead_letter", "control")), "",
             "[state]", f'dir = "{state / "state"}"', f'recovery_dir = "{state / "recovery"}"', "shards = 4", "",
+            "[privacy]", f'secret_file = "{secret}"', "",
             "[flow]", "epoch_seconds = 1.0", 'group_id = "wheel-smoke"', ""]))
-        env = venv_env(venv, {**image.env, "NEXTCLICK_PRIVACY__SECRET": "wheel-smoke-secret"})
+        env = venv_env(venv, dict(image.env))
         log = scratch / "entrypoint.log"
         with open(log, "wb") as out:
-            flow = subprocess.Popen(argv, cwd=mapped(root, image.workdir), env=env, stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL)
+            flow = subprocess.Popen([*prefix, *argv], cwd=mapped(root, image.workdir), env=env, stdout=out,
+                                    stderr=out, stdin=subprocess.DEVNULL)
         health = "no HEALTHCHECK"
         if image.healthcheck is not None:
             probe = map_args(image.healthcheck.command, root, ports)
@@ -460,7 +494,10 @@ def entrypoint_check(image: Image, venv: Path, roots: dict[str, Path], scratch: 
         except subprocess.TimeoutExpired:
             flow.kill()
             raise RuntimeError("the flow did not stop within 60 s of SIGTERM") from None
-        return f"{' '.join(image.argv)}: {health}; {found} decision(s) on the topic; exit {rc} after SIGTERM"
+        if rc != 0:
+            raise RuntimeError(f"exit {rc} after SIGTERM, not 0:\n{log.read_text()[-3000:]}")
+        return (f"{' '.join(image.argv)} {how}: {health}; {found} decision(s) on the topic; "
+                f"exit {rc} after SIGTERM")
     finally:
         if flow is not None and flow.poll() is None:
             flow.kill()

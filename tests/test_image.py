@@ -44,7 +44,9 @@ def tagged_runs(stage: object) -> list[str]:
 
 def test_ci_runs_the_dockerfiles_own_build_and_pinned_installs_in_order() -> None:
     build, runtime = IMAGE.stages
-    assert [s.base for s in IMAGE.stages] == ["python:3.11-slim", "python:3.11-slim"]
+    # Both stages on the same base, pinned by digest (the tag stays for readers: Docker uses the digest).
+    assert len({s.base for s in IMAGE.stages}) == 1
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", runtime.base), runtime.base
     assert tagged_runs(build) == ["pip wheel --no-cache-dir --no-deps --wheel-dir dist ."]
     deps, wheel = tagged_runs(runtime)
     assert "--requirement constraints.txt" in deps and "--constraint constraints.txt" in wheel
@@ -54,6 +56,55 @@ def test_ci_runs_the_dockerfiles_own_build_and_pinned_installs_in_order() -> Non
     assert order[0] == ("COPY", "constraints.txt ./")
     copied = " ".join(i.text for i in runtime.instructions if i.keyword == "COPY")
     assert not re.search(r"\b(flows|operators|schemas|bench|tests)\b", copied), "source in the runtime stage"
+
+
+def test_the_image_carries_oci_labels_that_match_the_project() -> None:
+    labels = IMAGE.labels
+    assert labels["org.opencontainers.image.title"] == PYPROJECT["project"]["name"]
+    assert labels["org.opencontainers.image.version"] == PYPROJECT["project"]["version"]
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
+    name, _, digest = IMAGE.final.base.partition("@")
+    assert labels["org.opencontainers.image.base.digest"] == digest
+    assert labels["org.opencontainers.image.base.name"].endswith(name)
+
+
+def test_the_metrics_bind_works_through_docker_run_p() -> None:
+    """`docker run -p` forwards to the container's own address: a loopback bind would be unreachable."""
+    args = build_parser().parse_args(IMAGE.argv[1:])
+    host, _, port = args.metrics_address.rpartition(":")
+    assert host in ("0.0.0.0", "[::]") and int(port) in IMAGE.expose and args.metrics_port is None
+
+
+def dockerignore() -> list[str]:
+    return [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule, for the patterns used here: a pattern matches the path or a parent of it."""
+    import fnmatch
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    hit = False
+    for pattern in patterns:
+        negate, pattern = pattern.startswith("!"), pattern.lstrip("!")
+        pattern = pattern[3:] if pattern.startswith("**/") else pattern
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p.rsplit("/", 1)[-1], pattern) and "/" not in pattern
+               for p in prefixes):
+            hit = not negate
+    return hit
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_local() -> None:
+    patterns = dockerignore()
+    copied = [w for stage in IMAGE.stages for i in stage.instructions if i.keyword == "COPY"
+              for w in i.flags()[1][:-1] if "from" not in i.flags()[0]]
+    assert {"pyproject.toml", "README.md", "constraints.txt", "flows", "operators", "schemas"} <= set(copied)
+    for source in copied:
+        assert not ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
+    for local in (".git", ".venv", "var/state", "tests", "bench", "flows/__pycache__", "hmac.key", ".env"):
+        assert ignored(local, patterns), f"{local} would be sent to the builder"
 
 
 def test_the_runtime_is_non_root_and_runs_the_installed_entry_point() -> None:
@@ -66,7 +117,8 @@ def test_the_runtime_is_non_root_and_runs_the_installed_entry_point() -> None:
     assert IMAGE.healthcheck.command[0] == "python" and "curl" not in probe and "wget" not in probe
     url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", probe)
     assert url and url.group(2) == "/healthz"
-    assert int(url.group(1)) == args.metrics_port and args.metrics_port in IMAGE.expose
+    port = int(args.metrics_address.rpartition(":")[2])
+    assert int(url.group(1)) == port and port in IMAGE.expose
 
 
 @pytest.mark.parametrize("text, reason", [
