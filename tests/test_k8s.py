@@ -33,10 +33,24 @@ README = (REPO / "deploy" / "README.md").read_text()
 Doc = dict[str, Any]
 
 
+KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def generated() -> list[tuple[str, Doc]]:
+    """The ConfigMaps kustomize generates (configMapGenerator), before it adds the content hash to
+    their names and to the references (which name them by the generator's name)."""
+    out = []
+    for gen in KUSTOMIZATION.get("configMapGenerator", []):
+        doc = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": gen["name"], "labels": gen.get("options", {}).get("labels", {})},
+               "data": {Path(f).name: (K8S / f).read_text() for f in gen["files"]}}
+        out.append((f"configMapGenerator:{gen['name']}", doc))
+    return out
+
+
 def resources() -> list[tuple[str, Doc]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    return [(name, doc) for name in kustomization["resources"]
-            for doc in yaml.safe_load_all((K8S / name).read_text()) if doc]
+    return [(name, doc) for name in KUSTOMIZATION["resources"]
+            for doc in yaml.safe_load_all((K8S / name).read_text()) if doc] + generated()
 
 
 def one(kind: str) -> Doc:
@@ -78,11 +92,12 @@ def run_args() -> tuple[Any, str]:
 
 
 def test_kustomization_lists_every_manifest_and_no_secret_is_committed() -> None:
-    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    listed = set(KUSTOMIZATION["resources"])
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert {f for g in KUSTOMIZATION["configMapGenerator"] for f in g["files"]} == {p.name for p in K8S.glob("*.toml")}
     kinds = sorted(doc["kind"] for _, doc in resources())
-    assert kinds == ["ConfigMap", "Job", "PersistentVolumeClaim", "PodDisruptionBudget", "PodMonitor", "Service",
-                     "StatefulSet"]
+    assert kinds == ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
+                     "PodMonitor", "Service", "StatefulSet"]
     for path in (REPO / "deploy").rglob("*.y*ml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert not (doc and doc.get("kind") == "Secret"), f"{path} commits a Secret"
@@ -258,3 +273,69 @@ def test_grace_period_is_the_documented_drain_budget(tmp_path: Path) -> None:
     assert f"terminationGracePeriodSeconds: {grace}" in README
     # A drain finishes the current epoch first: the budget is many epochs, not a fraction of one.
     assert grace >= 10 * config_from_configmap(tmp_path).flow.epoch_seconds
+
+
+def test_the_configuration_is_generated_so_a_change_rolls_out() -> None:
+    """No ConfigMap manifest: kustomize generates it from nextclick.toml with a hash of the content in
+    its name and rewrites the pods' references, so an edit is a new pod template (a new revision)."""
+    assert not any(doc["kind"] == "ConfigMap" for name in KUSTOMIZATION["resources"]
+                   for doc in yaml.safe_load_all((K8S / name).read_text()) if doc)
+    (gen,) = KUSTOMIZATION["configMapGenerator"]
+    assert not gen.get("options", {}).get("disableNameSuffixHash")
+    assert not KUSTOMIZATION.get("generatorOptions", {}).get("disableNameSuffixHash")
+    for pod in (POD, JOB_POD):
+        assert gen["name"] in {v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v}
+
+
+def test_the_topics_job_is_named_after_the_image_tag_so_a_new_image_is_a_new_job() -> None:
+    """A Job's pod template is immutable: `kubectl apply` with a new image would fail on the old Job.
+    kustomize's replacement copies the image tag into the Job's name (checked by hand with
+    `kubectl kustomize deploy/k8s`: nextclick-topics-0.1.0); here, the same rule applied to tags."""
+    (rule,) = [r for r in KUSTOMIZATION["replacements"] if r["source"]["kind"] == "Job"]
+    source = rule["source"]
+    assert source["name"] == JOB["metadata"]["name"]
+    assert source["fieldPath"] == f"spec.template.spec.containers.[name={JOB_CONTAINER['name']}].image"
+    assert source["options"] == {"delimiter": ":", "index": 1}
+    (target,) = rule["targets"]
+    assert target["select"] == {"kind": "Job", "name": JOB["metadata"]["name"]}
+    assert target["fieldPaths"] == ["metadata.name"] and target["options"]["delimiter"] == "-"
+
+    def named(tag: str) -> str:
+        image = f"{JOB_CONTAINER['image'].split(':')[0]}:{tag}"
+        parts = JOB["metadata"]["name"].split("-")
+        parts[target["options"]["index"]] = image.split(source["options"]["delimiter"])[source["options"]["index"]]
+        return "-".join(parts)
+
+    (image,) = KUSTOMIZATION["images"]
+    names = {named(tag) for tag in (image["newTag"], "0.2.0", "0.2.0-rc.1")}
+    assert named(image["newTag"]) == f"nextclick-topics-{image['newTag']}" and len(names) == 3
+    for name in names:  # a Job's name becomes a label value: a DNS subdomain of at most 63 characters
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?", name), name
+
+
+def test_pods_get_no_service_account_token() -> None:
+    for pod in (POD, JOB_POD):
+        assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_network_policy_opens_the_cluster_port_to_the_flow_only_and_metrics_to_prometheus() -> None:
+    policy = one("NetworkPolicy")
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], POD["metadata"]["labels"])
+    assert not matches(policy["spec"]["podSelector"]["matchLabels"], JOB_POD["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = {p["name"]: p["containerPort"] for p in CONTAINER["ports"]}
+    rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+    assert set(rules) == set(ports) == {"cluster", "metrics"}  # every port has a rule; nothing else is open
+    assert all(len(rule["ports"]) == 1 and rule["ports"][0]["protocol"] == "TCP" for rule in rules.values())
+    (peers,) = rules["cluster"]["from"]
+    assert peers == {"podSelector": {"matchLabels": POD["metadata"]["labels"]}}  # the flow's pods only
+    (scraper,) = rules["metrics"]["from"]
+    assert set(scraper) == {"namespaceSelector", "podSelector"}  # one namespace's Prometheus, not any pod
+    security = (REPO / "docs" / "security.md").read_text()
+    assert str(ports["cluster"]) in security and "cleartext" in security and "networkpolicy.yaml" in security
+
+
+def test_the_podmonitor_carries_the_label_kube_prometheus_stack_selects() -> None:
+    labels = one("PodMonitor")["metadata"]["labels"]
+    assert labels.get("release"), "kube-prometheus-stack selects PodMonitors by `release: <helm release>`"
+    assert "release:" in (K8S / "podmonitor.yaml").read_text().split("apiVersion")[0]  # and says how to set it
