@@ -151,5 +151,8 @@ def test_an_older_recovery_directory_cannot_roll_shards_back(kafka: dict[str, st
     before = checksums(setup.state_dir)
     shutil.rmtree(setup.recovery_dir)
     shutil.copytree(old, setup.recovery_dir)
-    refused(start(setup), "state.recovery_dir", "roll shard", "past its committed seq")
-    assert checksums(setup.state_dir) == before
+    recovery = checksums(setup.recovery_dir)
+    done = start(setup)
+    # What the start-up check adds to the shard's own refusal: nothing is opened or recorded first.
+    assert checksums(setup.state_dir) == before and checksums(setup.recovery_dir) == recovery, done.stderr[-2000:]
+    refused(done, "state.recovery_dir", "roll shard", "past its committed seq")
