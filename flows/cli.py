@@ -409,6 +409,27 @@ def cmd_savepoint_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_savepoint_list(args: argparse.Namespace) -> int:
+    from operators.state.savepoint import catalogue
+
+    root = args.root or load_config(args.config).state.savepoint_dir
+    complete, incomplete = catalogue(root)
+    print(orjson.dumps({"savepoint_dir": str(root), "incomplete": incomplete, "savepoints": [
+        {"id": m.id, "created_at": m.created_at, "mode": m.mode, "shards": m.shards} for m in complete]},
+        option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_savepoint_prune(args: argparse.Namespace) -> int:
+    from operators.state.savepoint import prune
+
+    root = args.root or load_config(args.config).state.savepoint_dir
+    deleted = prune(root, args.keep, dry_run=args.dry_run)
+    print(orjson.dumps({"savepoint_dir": str(root), "kept": args.keep, "dry_run": args.dry_run,
+                        "deleted": deleted}).decode())
+    return 0
+
+
 def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
     from operators.state.savepoint import reshard
 
@@ -572,6 +593,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp_info = savepoint_sub.add_parser("info", help="what a savepoint holds, as JSON")
     sp_info.add_argument("src")
     sp_info.set_defaults(func=cmd_savepoint_info)
+    sp_list = savepoint_sub.add_parser("list", help="the savepoints in state.savepoint_dir, newest first, as JSON")
+    sp_list.add_argument("root", nargs="?", help="another savepoint directory or s3:// prefix")
+    sp_list.add_argument("--config", help="TOML configuration file")
+    sp_list.set_defaults(func=cmd_savepoint_list)
+    sp_prune = savepoint_sub.add_parser(
+        "prune", help="delete all but the newest N complete savepoints (retention)",
+        description="Keeps the newest --keep complete savepoints of state.savepoint_dir and deletes the older "
+                    "ones, manifest first; incomplete ones (no manifest: being written) are left alone.")
+    sp_prune.add_argument("root", nargs="?", help="another savepoint directory or s3:// prefix")
+    sp_prune.add_argument("--keep", type=int, required=True, help="how many of the newest to keep (at least 1)")
+    sp_prune.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
+    sp_prune.add_argument("--config", help="TOML configuration file")
+    sp_prune.set_defaults(func=cmd_savepoint_prune)
     sp_reshard = savepoint_sub.add_parser("reshard", help="a copy of SRC with another shard count (offline)")
     sp_reshard.add_argument("src")
     sp_reshard.add_argument("dest", help="a new directory")

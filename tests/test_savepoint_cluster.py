@@ -251,6 +251,27 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
         restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
 
 
+def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+    from operators.state.savepoint import _write_manifest, catalogue
+
+    root = tmp_path / "savepoints"
+    for day in (1, 2, 3):
+        (root / f"sp{day}" / "shard-0000").mkdir(parents=True)
+        _write_manifest(root / f"sp{day}", SavepointManifest(
+            id=f"sp{day}", created_at=f"2026-12-0{day}T00:00:00+00:00", mode="online", shards=1,
+            secret_fingerprint="f", seqs={0: day}, positions={}, source_lineage=None))
+    (root / "in-progress" / ".parts-tok").mkdir(parents=True)
+    assert [m.id for m in catalogue(root)[0]] == ["sp3", "sp2", "sp1"] and catalogue(root)[1] == ["in-progress"]
+
+    assert main(["savepoint", "prune", str(root), "--keep", "2", "--dry-run"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["deleted"] == ["sp1"] and (root / "sp1").exists()
+    assert main(["savepoint", "prune", str(root), "--keep", "1"]) == 0
+    assert sorted(p.name for p in root.iterdir()) == ["in-progress", "sp3"]  # an incomplete one may be in progress
+    assert main(["savepoint", "prune", str(root), "--keep", "0"]) == 1
+    assert "pruning never deletes the newest savepoint" in capsys.readouterr().err
+
+
 # -- the cluster round trip ----------------------------------------------------------------------------
 
 CUSTOMERS = 300

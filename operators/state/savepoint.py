@@ -225,6 +225,16 @@ class Destination:
             return []
         return sorted(str(f)[len(self._root) + 1:] for f in found)
 
+    def children(self) -> list[str]:
+        """The names directly inside (savepoints, in a savepoint_dir)."""
+        if not self.remote:
+            return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
+        self.fs.invalidate_cache()
+        try:
+            return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._root, detail=False))
+        except FileNotFoundError:
+            return []
+
     def is_empty(self) -> bool:
         if not self.remote:
             return not self.path.exists() or not any(self.path.iterdir())
@@ -526,10 +536,11 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
                                  f"{timeout_s:.0f}s: {what}; {hint}")
         time.sleep(0.2)
     token, parts_json = complete
-    extra = [p for p in parts_json if int(p["shard"]) >= next(f.shards for f in fams if f.subdir == p["family"])]
+    extra = [p for p in parts_json if int(p["shard"]) not in expected.get(str(p.get("family", "")), set())]
     if extra:
-        raise SavepointError(f"{where}/{token} holds a part of shard {extra[0]['shard']}, beyond the configured "
-                             f"state.shards {shards}: the configuration differs from the running flow's")
+        raise SavepointError(f"{where}/{token} holds a part of {extra[0].get('family') or PROFILES} shard "
+                             f"{extra[0]['shard']}, which this configuration does not have: state.shards or the "
+                             f"identity rules differ from the running flow's")
     by_family: dict[str, dict[int, int]] = {}
     for part in parts_json:
         by_family.setdefault(str(part.get("family", "")), {})[int(part["shard"])] = int(part["seq"])
@@ -647,6 +658,38 @@ def info(src: str | Path) -> dict[str, Any]:
                 store.close()
     body["keys_estimate"] = keys
     return body
+
+
+def catalogue(root: str | Path) -> tuple[list[SavepointManifest], list[str]]:
+    """The complete savepoints in a savepoint_dir, newest first, and the names of incomplete ones (being
+    written, or left by an attempt that did not finish: they have no manifest)."""
+    where = Destination(root)
+    complete, incomplete = [], []
+    for name in where.children():
+        if name.startswith("."):
+            continue
+        try:
+            complete.append(SavepointManifest.read(where.child(name)))
+        except SavepointError:
+            incomplete.append(name)
+    complete.sort(key=lambda m: (m.created_at, m.id), reverse=True)
+    return complete, incomplete
+
+
+def prune(root: str | Path, keep: int, *, dry_run: bool = False) -> list[str]:
+    """Delete the complete savepoints beyond the newest `keep` (retention); incomplete ones are left alone,
+    since one may be in progress. The names deleted (or that would be)."""
+    if keep < 1:
+        raise SavepointError("--keep must be at least 1: pruning never deletes the newest savepoint")
+    where = Destination(root)
+    complete, _ = catalogue(root)
+    doomed = [m.id for m in complete[keep:]]
+    if not dry_run:
+        for name in doomed:
+            # The manifest first: a savepoint half deleted must read as incomplete, never as complete.
+            where.child(name).remove(MANIFEST)
+            where.remove(name)
+    return doomed
 
 
 def _iter_shard(path: Path) -> Iterator[tuple[bytes, bytes]]:
