@@ -163,3 +163,42 @@ def test_a_backlog_hours_old_gives_the_decisions_live_traffic_would(
     assert_same_profiles(read_profiles(one.state_dir, one.shards), read_profiles(crashed.state_dir, crashed.shards))
     assert_same_decisions(dedupe(read_decisions(kafka, one.decisions)),
                           dedupe(read_decisions(kafka, crashed.decisions)))
+
+
+def test_live_a_shard_that_opens_after_the_input_caught_up_still_fires_by_the_clock(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    from operators.infra.clock import ManualClock
+    from operators.infra.config import Config
+    from tests.helpers import FlowThread
+
+    t0 = 1_795_428_000_000
+    topics = {"web": f"{topic_prefix}.web", "decisions": f"{topic_prefix}.decisions",
+              "dead_letter": f"{topic_prefix}.dlq", "control": f"{topic_prefix}.control"}
+    ensure_topics(kafka, {t: 1 for t in topics.values()})
+    config = Config().replace(
+        kafka=kafka, state={"dir": str(tmp_path / "state"), "shards": 8}, privacy={"secret": SECRET},
+        topics={"inputs": (topics["web"],), "decisions": topics["decisions"], "dead_letter": topics["dead_letter"],
+                "control": topics["control"]})
+    clock = ManualClock(t0)
+    with FlowThread(config, clock, tmp_path / "recovery") as flow:
+        # The empty input is caught up: the frontier (the clock) goes to every shard before any has state.
+        time.sleep(1.5)
+        producer = Producer(kafka)
+        for body in ({"event_id": "l1", "type": "consent", "ts": t0, "customer_id": "live-1", "channel": "email",
+                      "purpose": "marketing", "granted": True},
+                     {"event_id": "l2", "type": "add_to_cart", "ts": t0 + 1000, "customer_id": "live-1",
+                      "sku": "s", "amount": 20.0, "quantity": 1}):
+            producer.produce(topics["web"], orjson.dumps(body), b"live-1")
+        assert producer.flush(10) == 0
+        deadline = time.monotonic() + 30
+        while not any(p.exists() for p in (tmp_path / "state").glob("shard-*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the cart is applied
+        clock.set(t0 + 1000 + 65 * MIN + 1)  # its hour and the allowed lateness pass on the clock
+        got: list[Any] = []
+        while not got and time.monotonic() < deadline:
+            assert not flow.failures, flow.failures
+            got = consume_all(kafka, [topics["decisions"]], idle_s=0.5, timeout_s=3)
+    assert [orjson.loads(m.value())["reasons"]["rule_id"] for m in got] == ["cart_abandonment_email"]

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
+from operators.frontier import ShardFrontier
 from operators.records import Frontier, SavepointRequest
 from operators.state.keys import shard_of, shard_path
 from operators.state.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
 from operators.state.store import KeyValueStore
 
-ResumeState = dict[str, int]
+ResumeState = dict[str, int] | None  # None: a shard that never had state to open
 # Timer turns at the input's end at most (each takes up to 2,000 customers): a bound, never reached in
 # practice, so that no customer whose turn cannot run keeps the flow from ending.
 _EOF_TURNS = 100_000
@@ -35,8 +36,11 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         # a new one from the first item routed to it.
         self.ctx = ctx
         self.state: ShardState | None = None
+        # The input's frontier, kept from the first Frontier on, even while there is no state to open:
+        # the identity stage sends it again only when it moves (live: never), not to each new shard.
+        self.frontier = ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
         if resume is not None:
-            self.state = ShardState.open(ctx, int(resume["shard"]), int(resume["seq"]))
+            self.state = ShardState.open(ctx, int(resume["shard"]), int(resume["seq"]), self.frontier)
 
     @property
     def store(self) -> KeyValueStore:
@@ -53,12 +57,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
             else:
                 shard = shard_of(first.customer, self.ctx.shards)
             if all(type(v) is Frontier for v in values) and not shard_path(self.ctx.state_dir, shard).exists():
-                # The frontier goes to every shard; one with no state has no timers: stay unopened.
-                return [], StatefulBatchLogic.DISCARD
-            state = self.state = ShardState.open(self.ctx, shard, None)
-            for value in values:  # what it missed while unopened is caught up by the newest one
-                if type(value) is Frontier:
-                    state.frontier.advance(value.floor)
+                # The frontier goes to every shard; one with no state has no timers: it stays unopened
+                # (no store created) and only remembers the frontier.
+                for value in values:
+                    self.frontier.advance(value.floor)  # type: ignore[union-attr]  # all Frontier
+                return [], StatefulBatchLogic.RETAIN
+            state = self.state = ShardState.open(self.ctx, shard, None, self.frontier)
         return state.apply(values), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
@@ -90,7 +94,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
-        assert self.state is not None, "snapshot before it was opened"
+        if self.state is None:  # never had state: nothing to resume
+            return None
         return {"shard": self.state.shard, "seq": self.state.checkpoint()}
 
     def erase(self, customer: str) -> bool:

@@ -174,10 +174,11 @@ def open_store(state_dir: Path, family: str, shard: int, seq: int | None, plan: 
 class ShardState:
     """One shard's customers, opened at a committed seq (see `open`)."""
 
-    def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore) -> None:
+    def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore,
+                 frontier: ShardFrontier | None = None) -> None:
         self.ctx, self.shard, self.store = ctx, shard, store
         self.timers = TimerIndex(store)
-        self.frontier = ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
+        self.frontier = frontier or ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
         # Input positions, erasures and savepoint requests, committed with the data at the epoch end.
         self.ledger = EpochLedger(store)
         self._live: OrderedDict[str, Profile] = OrderedDict()
@@ -204,13 +205,15 @@ class ShardState:
         self._early: dict[str, dict[str, bytes | None]] = {}
 
     @classmethod
-    def open(cls, ctx: ShardContext, shard: int, seq: int | None) -> ShardState:
+    def open(cls, ctx: ShardContext, shard: int, seq: int | None,
+             frontier: ShardFrontier | None = None) -> ShardState:
         """Open the shard's store at the seq Bytewax committed (`seq`), or, when Bytewax has no state for
-        it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits."""
+        it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits.
+        `frontier`: what the shard learnt of the input's frontier before it had state to open."""
         # Decoded profiles are cached in the state; the store's own cache of encoded bytes stays small.
         store = open_store(ctx.state_dir, ctx.family, shard, seq, ctx.plan, keep_checkpoints=ctx.keep_checkpoints,
                            sync=ctx.sync)
-        return cls(ctx, shard, store)
+        return cls(ctx, shard, store, frontier)
 
     def next_due(self) -> int | None:
         """When the earliest timer falls due (on the frontier; may be early but never late), or None."""
