@@ -25,6 +25,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows.cli import main as cli_main
+from flows.cluster import prepare_recovery
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.profile.model import PROFILE_FORMAT
@@ -427,6 +428,11 @@ def test_a_savepoint_goes_into_a_new_directory(saved: tuple[Deployment, Path], t
     assert checksums(used) == {str(used / "notes.txt"): hashlib.sha256(b"mine").hexdigest()}
 
 
+def _as_nextclick_run(recovery: Path) -> None:
+    """How `nextclick run --from-savepoint` creates the recovery partitions: only where there are none."""
+    prepare_recovery(recovery, (0,), 1, check=False)
+
+
 def test_a_restore_refuses_directories_that_are_in_use(saved: tuple[Deployment, Path], tmp_path: Path) -> None:
     """`nextclick run --from-savepoint` onto a used state.dir or recovery_dir: refused in one line,
     before anything is copied; the deployment living there is untouched and still starts."""
@@ -439,18 +445,18 @@ def test_a_restore_refuses_directories_that_are_in_use(saved: tuple[Deployment, 
                                               "recovery_dir": str(other.recovery_dir)})
     with pytest.raises(StateMismatch, match=f"^state.recovery_dir: {other.recovery_dir} is not empty; a savepoint "
                                             "is restored into empty directories"):
-        restore(onto_recovery, savepoint, init_recovery=lambda d: init_db_dir(d, 1))
+        restore(onto_recovery, savepoint, init_recovery=_as_nextclick_run)
     assert checksums(dep.state_dir, dep.recovery_dir, other.state_dir, other.recovery_dir) == state_before
     assert not (tmp_path / "new-state").exists() or not any((tmp_path / "new-state").iterdir())
     # Onto a used state directory (with an empty recovery directory).
     onto_state = dep.config.replace(state={"recovery_dir": str(tmp_path / "new-recovery")})
     with pytest.raises(StateMismatch, match=f"^state.dir: {dep.state_dir} .*a savepoint is restored into empty "
                                             "directories"):
-        restore(onto_state, savepoint, init_recovery=lambda d: init_db_dir(d, 1))
+        restore(onto_state, savepoint, init_recovery=_as_nextclick_run)
     assert checksums(dep.state_dir, dep.recovery_dir, other.state_dir, other.recovery_dir) == state_before
     other.run()
     # Onto empty directories it restores.
     fresh = dep.config.replace(state={"dir": str(tmp_path / "fresh-state"),
                                       "recovery_dir": str(tmp_path / "fresh-recovery")})
-    restore(fresh, savepoint, init_recovery=lambda d: init_db_dir(d, 1))
+    restore(fresh, savepoint, init_recovery=_as_nextclick_run)
     assert read_profiles(tmp_path / "fresh-state", SHARDS) == read_profiles(dep.state_dir, SHARDS)
