@@ -121,9 +121,11 @@ def test_a_stored_profile_a_timer_turn_makes_unencodable_is_quarantined(tmp_path
     logic = _shard(tmp_path, clock)
     logic.on_batch([e for c in ("c1", "c2") for e in
                     (consent(T0, customer=c), make_event("add_to_cart", T0, customer=c, sku="s", amount=20.0))])
-    seq = logic.snapshot()["seq"]
+    committed = logic.snapshot()
+    assert committed is not None
     logic.store.close()
-    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": seq})  # restarted: nothing cached, every turn is cold
+    # Restarted: nothing cached, every timer turn is cold.
+    logic = ShardLogic(logic.ctx, {"shard": 0, "seq": committed["seq"]})
     real = shard_module.on_timers
 
     def overflows(profile: Any, *args: Any) -> Any:
