@@ -72,14 +72,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         cl.wait_for_names(place.addresses, args.peer_dns_timeout)
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
     recovery = Path(config.state.recovery_dir)
-    if args.from_savepoint:
+    source = args.from_savepoint or config.state.initial_savepoint.strip()
+    if source:
         # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
         placement = (Placement(place.process_id, place.processes, args.workers)
                      if args.recovery_per_process and place.process_id is not None else None)
-        restored = restore(config, args.from_savepoint, init_recovery=init_recovery, placement=placement)
+        restored = restore(config, source, init_recovery=init_recovery, placement=placement)
         logging.getLogger("nextclick").info(
             "state already restored from this savepoint; resuming" if restored.resumed else "restored savepoint",
-            extra={"savepoint": args.from_savepoint, "shards": restored.manifest.shards,
+            extra={"savepoint": source, "shards": restored.manifest.shards,
                    "fetched": len(restored.shards), "bytes": restored.bytes,
                    "seconds": round(restored.seconds, 2), "positions": len(restored.manifest.positions)})
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):

@@ -90,6 +90,8 @@ def test_savepoint_dir_is_absolute_or_a_url() -> None:
         load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "var/savepoints"})
     with pytest.raises(ConfigError, match="scheme gs:// is not supported"):
         load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_DIR": "gs://b/sp"})
+    with pytest.raises(ConfigError, match="initial_savepoint: 'sp1' is relative"):
+        load_config(None, {"NEXTCLICK_STATE__INITIAL_SAVEPOINT": "sp1"})
 
 
 def test_the_shipped_manifests_give_every_pod_the_same_savepoint_volume(tmp_path: Path) -> None:
@@ -365,8 +367,13 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
     assert_same_profiles(clean.profiles, got)
     assert_same_decisions(clean.decisions, dedupe(read_decisions(kafka, base.decisions)))
 
-    # The manifest keeps --from-savepoint: the next start resumes instead of crash-looping.
+    # The manifest keeps --from-savepoint (or state.initial_savepoint): the next starts resume instead of
+    # crash-looping.
     _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
+    if destination == "shared-directory":  # the key's path is the flag's; once is enough
+        keep_key = [pod.with_(extra_env={**pod.extra_env, "NEXTCLICK_STATE__INITIAL_SAVEPOINT": str(saved)})
+                    for pod in three]
+        _wait(_cluster(keep_key, stop_at_end=True, log=log, args=[]), log)
     again: dict[str, dict[str, object]] = {}
     for pod in three:
         again.update(read_profiles(pod.state_dir, SHARDS))

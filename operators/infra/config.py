@@ -79,6 +79,9 @@ class StateConfig:
     # `<state.dir>/../savepoints`, on the state's own volume (right for one process, not for a
     # cluster on per-pod volumes). The control topic names only a directory inside it.
     savepoint_dir: str = ""
+    # The savepoint a new deployment starts from (like `nextclick run --from-savepoint`, which wins): used
+    # when state.dir is empty, ignored once the state came from it (Flink's initialSavepointPath).
+    initial_savepoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
+    initial = config.state.initial_savepoint.strip()
+    if initial and not (is_url(initial) or os.path.isabs(initial)):
+        raise ConfigError(f"{origin}: [state].initial_savepoint: {initial!r} is relative; give the savepoint's "
+                          f"absolute path or s3:// URL")
     if not (0 <= config.parse.max_amount < float("inf")):
         raise ConfigError(f"{origin}: [parse].max_amount must be a finite number >= 0 (0: the schemas' bound)")
     return config
