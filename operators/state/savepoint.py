@@ -159,6 +159,29 @@ class Placement:
 _MANGLED_URL = re.compile(r"^([a-z][a-z0-9+.-]*):/(?!/)")
 
 
+class _Guarded:
+    """An fsspec file system whose failures (no credentials, access denied, no such bucket, endpoint down)
+    are one SavepointError line naming the location; FileNotFoundError stays itself (callers test for it)."""
+
+    def __init__(self, fs: Any, location: str) -> None:
+        self._fs, self._location = fs, location
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._fs, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - botocore and aiohttp raise many kinds
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise SavepointError(f"{self._location}: the object store failed ({type(exc).__name__}: {detail}); "
+                                     "check the bucket, the AWS_* credentials and AWS_ENDPOINT_URL") from None
+
+        return call
+
+
 class Destination:
     """A savepoint's place: a directory (a shared mount) or an object-store prefix, reached through fsspec
     (s3fs for s3://; credentials and endpoint from the usual AWS_* variables). Names inside it are
@@ -172,8 +195,9 @@ class Destination:
         if self.remote:
             import fsspec
 
-            self.fs = fsspec.filesystem(text.split("://", 1)[0])
-            self._root = str(self.fs._strip_protocol(self.location)).rstrip("/")
+            fs = fsspec.filesystem(text.split("://", 1)[0])
+            self._root = str(fs._strip_protocol(self.location)).rstrip("/")
+            self.fs = _Guarded(fs, self.location)
         self.path = Path(self.location)
 
     def __str__(self) -> str:
