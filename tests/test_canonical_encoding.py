@@ -2,7 +2,7 @@
 
 The five-topic and one-topic runs of the same events must store the same profiles, so nothing that
 depends only on the order in which parts were built may reach the bytes: dicts are stored sorted,
-a distinct signal's members by (time, value), a channel's sent history by time, and ties that the
+a distinct signal's members by value, a channel's sent history by time, and ties that the
 arrival order used to break (groups at the cap, `.top`, a `last` or an absence start at the same
 time) are broken by value. The one order kept is the dedupe window's: it is its arrival order, which
 says which id goes first at the cap (operators/profile/dedupe.py), so where the same events arrive in

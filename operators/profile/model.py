@@ -13,7 +13,7 @@ owner: `facts.merge`, `history.merge`, `dedupe.merge`, and every signal kind's `
 
 Equal profiles store the same bytes (operators/profile/codec.py sorts every dict but `seen`, whose
 order is its arrival order and says which id goes first at the cap). The lists whose order carries
-no meaning have a defined one, kept by their owners: a distinct signal's members by (time, value),
+no meaning have a defined one, kept by their owners: a distinct signal's members by value,
 a channel's `sent` entries by time, count and sum buckets by start. `ids` keep their link order, which
 says which key addresses a decision.
 

@@ -3,10 +3,11 @@
 State: [[value, newest ts], ...], at most `max_distinct` values (the one seen least recently goes
 first). Options: `where`, `reset_on`, `by` (operators/signals/options.py and groups.py).
 
-The members are kept in one defined order, by (newest ts, repr of the value): the order they leave
-in, and the same list whatever order the events came in or the profiles were merged in, so equal
-states store the same bytes (operators/profile/codec.py). Values that are equal but written
-differently (1, 1.0 and true) are one member, written as the smallest repr, again whatever came first.
+The members are kept in one defined order, by the repr of their value, so the same members are the
+same list whatever order the events came in or the profiles were merged in, and equal states store
+the same bytes (operators/profile/codec.py). Past the cap, the member seen least recently goes, a tie
+by the repr, not by arrival. Values that are equal but written differently (1, 1.0 and true) are one
+member, written as the smallest repr, again whatever came first.
 """
 
 from __future__ import annotations
@@ -65,17 +66,25 @@ class Distinct(Expiring):
 
     def merge(self, a: Any, b: Any) -> Any:
         """The union of both profiles' values, each with its newest time; at most `max_distinct` (the
-        most recently seen), in the defined order. Members are matched by equality, as `add` does (a
-        value may be a list, which no dict could key)."""
+        most recently seen, as `add` keeps them), in the defined order. Members are matched by
+        equality, as `add` does (a value may be a list, which no dict could key)."""
         merged = [[value, ts] for value, ts in a]
         for value, ts in b:
             add(merged, value, ts, len(merged) + 1)
+        if len(merged) > self.max_distinct:
+            merged = sorted(merged, key=_recency)[-self.max_distinct:]
         merged.sort(key=distinct_order)
-        return merged[-self.max_distinct:]
+        return merged
 
 
-def distinct_order(pair: list[Any]) -> tuple[Any, str]:
-    """The defined order of a distinct state: oldest first, a tie in time by the value's repr."""
+def distinct_order(pair: list[Any]) -> str:
+    """The defined order of a distinct state's members: by the repr of their value (a total order over
+    any values, which a time order is not without a tie-break: and a member seen again then stays put)."""
+    return repr(pair[0])
+
+
+def _recency(pair: list[Any]) -> tuple[int, str]:
+    """Which member goes first at the cap: the one seen least recently, a tie by the value's repr."""
     return pair[1], repr(pair[0])
 
 
@@ -84,44 +93,25 @@ _TS = itemgetter(1)
 
 def add(values: list[list[Any]], value: Any, ts: int, max_distinct: int) -> None:
     """Fold one value seen at `ts` into a state kept in the defined order (`distinct_order`); past
-    `max_distinct`, the first (seen least recently) goes.
+    `max_distinct`, the member seen least recently goes.
 
-    The usual case, a value seen again or a new one at the newest time, costs a scan and no repr.
-    A state stored before the order was defined is put in it when its order is next found broken, and
-    in any case within one window, when all of its members have been seen anew or have left."""
-    for i, pair in enumerate(values):
+    A value seen again only has its time raised, in place: the usual case costs what it did before
+    the order was defined. A new one is placed by a bisection (a few reprs). A state stored before the
+    order was defined gets it from its next merge, or member by member as its old members leave."""
+    for pair in values:
         if pair[0] == value:
-            if type(value) is not type(pair[0]) or type(value) is float:  # 1 and 1.0, 0.0 and -0.0
-                if repr(value) < repr(pair[0]):
-                    pair[0] = value
-                    if ts <= pair[1]:
-                        _place(values, i)
             if ts > pair[1]:
                 pair[1] = ts
-                _place(values, i)
+            if type(value) is not str and repr(value) < repr(pair[0]):  # text equals only text
+                values.remove(pair)  # 1 and 1.0, 0.0 and -0.0: one member, written as the smallest repr
+                pair[0] = value
+                bisect.insort(values, pair, key=distinct_order)
             return
-    values.append([value, ts])
-    _place(values, len(values) - 1)
+    bisect.insort(values, [value, ts], key=distinct_order)
     if len(values) > max_distinct:
-        if values[0][1] > min(map(_TS, values)):  # a state from before the order: put it in order first
-            values.sort(key=distinct_order)
-        del values[0]
-
-
-def _place(values: list[list[Any]], i: int) -> None:
-    """Move `values[i]`, just changed or appended, to where the order puts it (usually: where it is)."""
-    pair = values[i]
-    if (i and not _in_order(values[i - 1], pair)) or (i + 1 < len(values) and not _in_order(pair, values[i + 1])):
-        del values[i]
-        if pair[1] > values[-1][1]:  # the usual case: seen again, now the newest
-            values.append(pair)
-        else:
-            bisect.insort(values, pair, key=distinct_order)
-
-
-def _in_order(a: list[Any], b: list[Any]) -> bool:
-    """`distinct_order(a) <= distinct_order(b)`, with a repr only for a tie in time."""
-    return a[1] < b[1] or (a[1] == b[1] and repr(a[0]) <= repr(b[0]))
+        low = min(map(_TS, values))
+        oldest = [pair for pair in values if pair[1] == low]
+        values.remove(oldest[0] if len(oldest) == 1 else min(oldest, key=distinct_order))
 
 
 class DistinctPart:
