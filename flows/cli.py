@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from operators.io.kafka import redacted, wait_for_broker
     from operators.rules.loader import load_rules
     from operators.state.manifest import check_start
-    from operators.state.savepoint import Placement, restore
+    from operators.state.savepoint import Placement, clear_scratch, restore
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -72,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cl.wait_for_names(place.addresses, args.peer_dns_timeout)
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
     recovery = Path(config.state.recovery_dir)
+    if cleared := clear_scratch(config):
+        logging.getLogger("nextclick").warning("removed savepoint copies left by a killed process",
+                                               extra={"directories": cleared})
     source = args.from_savepoint or config.state.initial_savepoint.strip()
     if source:
         # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.

@@ -253,6 +253,18 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
         restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
 
 
+def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> None:
+    from operators.state.savepoint import clear_scratch
+
+    config = _deployment(tmp_path, str(tmp_path / "shared"))
+    linked = next(f for f in state_families(config) if f.subdir.startswith("linked-"))
+    for root in (Path(config.state.dir), linked.root(config.state.dir)):
+        (root / ".savepoint-tok-profiles-shard-0000").mkdir(parents=True)
+    (Path(config.state.dir) / "shard-0000").mkdir()
+    assert clear_scratch(config) == 2
+    assert sorted(p.name for p in Path(config.state.dir).iterdir()) == [linked.subdir, "shard-0000"]
+
+
 def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flows.cli import main
     from operators.state.savepoint import _write_manifest, catalogue

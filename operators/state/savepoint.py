@@ -474,6 +474,19 @@ def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: in
     return _COPIER.submit(copy)
 
 
+def clear_scratch(config: Config) -> int:
+    """Remove local checkpoints that a process killed while copying parts left on its volume (hard links
+    that would hold the disk space of old SST files for good). For `nextclick run` at start, when no
+    copy of this process can be running. How many it removed."""
+    removed = 0
+    for family in state_families(config):
+        root = family.root(config.state.dir)
+        for leftover in root.glob(f"{_SCRATCH}*") if root.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def request_token() -> str:
     """Names one attempt at an online savepoint (see the module docstring)."""
     return uuid.uuid4().hex[:12]
