@@ -34,7 +34,7 @@ from operators.rules.loader import load_rules
 from operators.state import shard_state as shard_module
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, shard_of
 from operators.state.manifest import MANIFEST_FILE, StateMismatch, check_start
-from operators.state.savepoint import SavepointError, create_offline, reshard, restore
+from operators.state.savepoint import create_offline, restore
 from operators.state.shard import ResumeState, ShardLogic
 from operators.state.shard_state import ShardContext, open_store, read_profile
 from operators.state.store import ShardStore, StateError
@@ -405,29 +405,30 @@ def saved(tmp_path: Path) -> tuple[Deployment, Path]:
     return dep, savepoint
 
 
+@pytest.mark.parametrize(("command", "into"), [
+    ("create", "used"), ("create", "savepoint"), ("create --online", "used"),
+    ("reshard", "used"), ("reshard", "savepoint"),
+], ids=["offline-into-other-files", "offline-into-a-savepoint", "online-into-other-files",
+        "reshard-into-other-files", "reshard-into-a-savepoint"])
 def test_a_savepoint_goes_into_a_new_directory(saved: tuple[Deployment, Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """Offline, online and reshard: a directory that holds anything (yesterday's savepoint, other
-    files) is refused with one line and left as it was, however the command is given."""
+                                               capsys: pytest.CaptureFixture[str], command: str, into: str) -> None:
+    """A directory that holds anything (yesterday's savepoint, other files) is refused with one line and
+    left as it was, however the savepoint is made."""
     dep, savepoint = saved
-    config = _config_file(dep)
-    used = tmp_path / "used"
-    used.mkdir()
-    (used / "notes.txt").write_text("mine")
-    online = Path(dep.config.state.savepoint_dir) / "used"
-    shutil.copytree(used, online)
-    for dest, command in ((used, ["savepoint", "create", str(used), "--config", config]),
-                          (savepoint, ["savepoint", "create", str(savepoint), "--config", config]),
-                          (online, ["savepoint", "create", str(online), "--online", "--config", config]),
-                          (used, ["savepoint", "reshard", str(savepoint), str(used), "--shards", "4"]),
-                          (savepoint, ["savepoint", "reshard", str(savepoint), str(savepoint), "--shards", "4"])):
-        before = checksums(dest)
-        err = _cli_refuses(capsys, *command)
-        assert f"{dest} exists and is not empty; a savepoint goes into a new directory" in err, err
-        assert checksums(dest) == before
-    with pytest.raises(SavepointError, match="not empty"):
-        reshard(savepoint, used, 4)
-    assert checksums(used) == {str(used / "notes.txt"): hashlib.sha256(b"mine").hexdigest()}
+    if into == "savepoint":
+        dest = savepoint
+    else:
+        dest = Path(dep.config.state.savepoint_dir) / "used" if "--online" in command else tmp_path / "used"
+        dest.mkdir(parents=True)
+        (dest / "notes.txt").write_text("mine")
+    before = checksums(dest)
+    if command.startswith("reshard"):
+        args = ["savepoint", "reshard", str(savepoint), str(dest), "--shards", "4"]
+    else:
+        args = ["savepoint", "create", str(dest), *command.split()[1:], "--config", _config_file(dep)]
+    err = _cli_refuses(capsys, *args)
+    assert f"{dest} exists and is not empty; a savepoint goes into a new directory" in err, err
+    assert checksums(dest) == before
 
 
 def _as_nextclick_run(recovery: Path) -> None:
