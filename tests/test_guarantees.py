@@ -463,3 +463,31 @@ def test_a_restore_refuses_directories_that_are_in_use(saved: tuple[Deployment, 
                                       "recovery_dir": str(tmp_path / "fresh-recovery")})
     restore(fresh, savepoint, init_recovery=_as_nextclick_run)
     assert read_profiles(tmp_path / "fresh-state", SHARDS) == read_profiles(dep.state_dir, SHARDS)
+
+
+def test_a_profile_that_cannot_be_encoded_when_a_link_moves_it_is_quarantined(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ShardState._move_out: a profile holding a value JSON cannot store, moved out by identity
+    stitching, is set aside and moves as nothing, instead of stopping the flow (a restart would
+    replay the same epoch and stop again)."""
+    from operators.records import MoveIn, MoveOut
+
+    real = shard_module.on_event
+
+    def overflows(profile: Any, event: Event, *args: Any) -> Any:
+        result = real(profile, event, *args)
+        if event.event_id == "overflow":
+            profile.facts.revenue = math.inf
+        return result
+
+    monkeypatch.setattr(shard_module, "on_event", overflows)
+    logic = _shard(tmp_path, ManualClock(T0))
+    logic.on_batch([make_event("purchase", T0, customer="c1", event_id="overflow", amount=5.0),
+                    make_event("page_view", T0, customer="c2", page_type="home")])
+    out, _ = logic.on_batch([MoveOut("c1", "cust-1", "linked/0")])
+    assert out == [MoveIn("cust-1", "c1", None, "linked/0")]
+    assert _quarantine_record(logic, "c1")["step"] == "encode_profile"
+    assert _timers_of(logic, "c1") == []
+    logic.snapshot()
+    logic.store.close()
+    assert (read_profile(tmp_path, 1, "c2") or {}).get("facts", {}).get("version") == 1

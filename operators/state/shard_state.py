@@ -554,7 +554,12 @@ class ShardState:
         blob: bytes | None = None
         committed: bytes | None | Unknown = UNKNOWN
         if profile is not None:
-            blob = encode_profile(profile)
+            try:
+                blob = encode_profile(profile)
+            except ProfileEncodeError as exc:
+                # As in _write: set the customer aside here; the merged profile starts without it.
+                self._quarantine(customer, "encode_profile", exc, None, profile_due=self._dirty_due.get(customer))
+                return MoveIn(request.into, customer, None, request.route)
             committed = self._committed.pop(customer, UNKNOWN)
         else:
             stored = self.store.get(key)
