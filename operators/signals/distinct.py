@@ -96,13 +96,15 @@ def add(values: list[list[Any]], value: Any, ts: int, max_distinct: int) -> None
     `max_distinct`, the member seen least recently goes.
 
     A value seen again only has its time raised, in place: the usual case costs what it did before
-    the order was defined. A new one is placed by a bisection (a few reprs). A state stored before the
-    order was defined gets it from its next merge, or member by member as its old members leave."""
+    the order was defined. A new one is placed by a bisection (a few reprs). A state stored by an
+    earlier release keeps the order it had until its next merge, or until it empties (one window
+    without its events), when it is rebuilt in this one."""
     for pair in values:
         if pair[0] == value:
             if ts > pair[1]:
                 pair[1] = ts
-            if type(value) is not str and repr(value) < repr(pair[0]):  # text equals only text
+            kind = type(value)
+            if (kind is not type(pair[0]) or (kind is float and value == 0.0)) and repr(value) < repr(pair[0]):
                 values.remove(pair)  # 1 and 1.0, 0.0 and -0.0: one member, written as the smallest repr
                 pair[0] = value
                 bisect.insort(values, pair, key=distinct_order)
