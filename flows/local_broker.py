@@ -73,6 +73,13 @@ class LocalBroker:
                 self._proc.wait()
         self._proc = None
 
+    def kill(self) -> None:
+        """Stop the broker at once (SIGKILL), as a crash or a lost node would: tests of a broker outage."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
     def __enter__(self) -> LocalBroker:
         return self.start()
 
