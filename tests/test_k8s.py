@@ -339,3 +339,11 @@ def test_the_podmonitor_carries_the_label_kube_prometheus_stack_selects() -> Non
     labels = one("PodMonitor")["metadata"]["labels"]
     assert labels.get("release"), "kube-prometheus-stack selects PodMonitors by `release: <helm release>`"
     assert "release:" in (K8S / "podmonitor.yaml").read_text().split("apiVersion")[0]  # and says how to set it
+
+
+def test_the_startup_probe_outlasts_the_waits_at_start() -> None:
+    """A pod waits for Kafka and then for the pods' DNS names before it serves /healthz: the startup
+    probe must allow both, or the kubelet restarts a pod that would have started."""
+    args, _ = run_args()
+    probe = CONTAINER["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= args.broker_timeout + args.peer_dns_timeout + 30
