@@ -31,6 +31,7 @@ from operators.infra.config import load_config
 from operators.infra.logs import configure_logging
 from operators.infra.runtime import tune_gc
 from operators.io import kafka as kafka_io
+from operators.records import Progress
 from operators.state.manifest import check_start, runner_recovery_dir
 from operators.state.shard import ResumeState, ShardLogic
 
@@ -43,7 +44,8 @@ def _timed_snapshot(self: ShardLogic) -> ResumeState:
     started = time.time()
     t0 = time.perf_counter()
     state = _original_snapshot(self)
-    _timings.append((started, time.perf_counter() - t0, state["shard"]))
+    if state is not None:  # None: a shard with no state (it only heard the frontier)
+        _timings.append((started, time.perf_counter() - t0, state["shard"]))
     return state
 
 
@@ -56,11 +58,11 @@ _original_next_batch = kafka_io._KafkaPartition.next_batch
 _original_write_batch = kafka_io._SinkPartition.write_batch
 
 
-def _probe_next_batch(self: kafka_io._KafkaPartition) -> list[kafka_io.RawMessage]:
+def _probe_next_batch(self: kafka_io._KafkaPartition) -> list[kafka_io.RawMessage | Progress]:
     batch = _original_next_batch(self)
     now = time.time_ns()
     for msg in batch:
-        if msg.key is not None and msg.key.startswith(b"probe-"):
+        if isinstance(msg, kafka_io.RawMessage) and msg.key is not None and msg.key.startswith(b"probe-"):
             _probe_received[int(msg.key[6:])] = now
     return batch
 

@@ -54,7 +54,8 @@ _original_snapshot = ShardLogic.snapshot
 
 def _counting_snapshot(self: ShardLogic) -> ResumeState:
     state = _original_snapshot(self)
-    _checkpoints[state["shard"]] = _checkpoints.get(state["shard"], 0) + 1
+    if state is not None:  # None: a shard with no state
+        _checkpoints[state["shard"]] = _checkpoints.get(state["shard"], 0) + 1
     return state
 
 
