@@ -175,6 +175,9 @@ class IdentityState:
         if not known or self._frontier_sent == (floor,):
             return []
         self._frontier_sent = (floor,)
+        clock = self.ctx.clock
+        metrics.FRONTIER.set_function(lambda: (clock.now_ms() if floor is None else floor) / 1000)
+        metrics.FRONTIER_CAUGHT_UP.set(floor is None)
         return [(route, Frontier(n, floor)) for routes in self.routes.values() for n, route in enumerate(routes)]
 
     def _to(self, component: Component, event: Event, out: list[Routed]) -> None:

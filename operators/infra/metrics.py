@@ -69,6 +69,14 @@ EPOCH_SECONDS = Histogram("nextclick_epoch_duration_seconds",
                           "partition and epoch): flow.epoch_seconds plus any time the epoch waited to close.",
                           buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120), registry=REGISTRY)
 
+FRONTIER = Gauge("nextclick_event_time_frontier_timestamp_seconds",
+                 "The input's event-time frontier (epoch seconds) as last sent to the shards: absences, "
+                 "session ends and pruning fire by it. The slowest input partition with data, or the "
+                 "clock once every partition is caught up (then nextclick_event_time_frontier_caught_up "
+                 "is 1). The clock minus it is how far behind the timers are judged.", registry=REGISTRY)
+FRONTIER_CAUGHT_UP = Gauge("nextclick_event_time_frontier_caught_up",
+                           "1 when every input partition is caught up and the frontier follows the clock "
+                           "(live), 0 while some partition has a backlog.", registry=REGISTRY)
 EPOCH_CLOSED = Gauge("nextclick_epoch_closed_timestamp_seconds",
                      "Wall time (epoch seconds) an input partition of this process last closed an epoch. A "
                      "partition closes epoch k+1 only once epoch k is committed, so the last committed epoch "
