@@ -38,12 +38,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.runner import FlowRunner, metrics_settings, preflight
     from flows.targeting import build_flow
     from operators.identity.guards import load_identity_rules
+    from operators.infra.config import ConfigError
     from operators.infra.logs import configure_logging
     from operators.infra.runtime import tune_gc
     from operators.io.kafka import redacted, wait_for_broker
     from operators.rules.loader import load_rules
-    from operators.state.manifest import check_start
-    from operators.state.savepoint import Placement, clear_scratch, restore
+    from operators.state.manifest import check_start, reset_state
+    from operators.state.savepoint import (
+        Generations,
+        Placement,
+        SavepointManifest,
+        check_input_covers,
+        clear_scratch,
+        restore,
+    )
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -75,7 +83,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cleared := clear_scratch(config):
         logging.getLogger("nextclick").warning("removed savepoint copies left by a killed process",
                                                extra={"directories": cleared})
-    source = args.from_savepoint or config.state.initial_savepoint.strip()
+    generations, rejoin = None, None
+    if config.state.on_lost_volume == "restore":
+        # Before anything is restored or created: a lost volume takes the whole cluster back to a savepoint.
+        if place.process_id is not None and not args.recovery_per_process:
+            raise ConfigError("state.on_lost_volume = \"restore\" is for per-pod volumes: add --recovery-per-process")
+        generations = Generations(config, place.process_id or 0, place.processes)
+        rejoin = generations.decide()
+        if rejoin.savepoint:
+            check_input_covers(config, SavepointManifest.read(rejoin.savepoint))  # before anything is cleared
+        if rejoin.reset:
+            logging.getLogger("nextclick").warning("the cluster goes back to a savepoint: clearing this process's "
+                                                   "state", extra={"savepoint": rejoin.savepoint,
+                                                                   "generation": rejoin.generation})
+            reset_state(config, dry_run=False)
+    source = (rejoin.savepoint if rejoin else None) or args.from_savepoint or config.state.initial_savepoint.strip()
     if source:
         # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
         placement = (Placement(place.process_id, place.processes, args.workers)
@@ -89,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
+    if generations is not None and rejoin is not None:
+        generations.joined(rejoin.generation)  # no process starts before every one is at this generation
     flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
     tune_gc()
     return runner.run(config, flow,

@@ -3,17 +3,22 @@ process's own shards, restores that are idempotent, and object storage.
 
 - Placement: the process a shard runs on, as Bytewax 0.21.1 routes it (checked against real clusters).
 - Destinations: a relative `state.savepoint_dir` is refused, an unset one derived beside state.dir.
-- Object storage: parts written to s3:// (a moto server the test starts), assembled, restored into two
-  "processes" each fetching only its shards; a second restore resumes; another savepoint is refused.
+- Restores: one killed part way is done again, a second one of the same savepoint resumes, another
+  savepoint or a non-empty directory is refused; missing parts are named with the process they run on.
 - The cluster round trip (broker): two processes with their own state and recovery directories take
   an online savepoint into one shared directory; three processes with empty directories restore it
   and run to the end of the input: profiles and decisions equal a clean run's, and each process holds
-  exactly the shards Placement gives it. A restart with --from-savepoint still given resumes.
+  exactly the shards Placement gives it. A restart with --from-savepoint still given resumes. The
+  same through object storage (s3:// on a moto server the test starts).
+- A lost volume (state.on_lost_volume = "restore"): the cluster SIGKILLed, one process's volume
+  deleted; at the next start every process goes back to the latest savepoint and replays the input,
+  and the profiles and decisions equal a clean run's.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,41 +188,6 @@ def _keys(state_dir: Path) -> dict[str, str]:
     return found
 
 
-def test_object_storage_round_trip_fetches_only_each_process_shards(s3: str, tmp_path: Path) -> None:
-    config = _deployment(tmp_path / "source", s3)
-    written = _write_parts(config, f"{s3}/sp1", "tok1")
-    manifest = finish_online(config, f"{s3}/sp1", timeout_s=10)
-    assert manifest.root == ".parts-tok1" and manifest.positions == {"in#0": 13}
-    assert SavepointManifest.read(f"{s3}/sp1") == manifest
-
-    restored: dict[str, str] = {}
-    for process in range(2):
-        pod = _deployment(tmp_path / f"pod-{process}", s3)
-        done = restore(pod, f"{s3}/sp1", init_recovery=lambda d: d.mkdir(exist_ok=True),
-                       placement=Placement(process, 2))
-        assert not done.resumed and done.shards
-        held = _keys(Path(pod.state.dir))
-        owned = {f.rel(n) for f in state_families(pod) for n in range(f.shards) if Placement(process, 2).owns(f, n)}
-        assert set(held) == owned == set(done.shards), f"process {process} holds {sorted(held)}"
-        assert not set(held) & set(restored)
-        restored.update(held)
-        # A restart with the same --from-savepoint resumes, and changes nothing.
-        before = (Path(pod.state.dir) / "nextclick-state.json").read_bytes()
-        again = restore(pod, f"{s3}/sp1", init_recovery=lambda d: None, placement=Placement(process, 2))
-        assert again.resumed and (Path(pod.state.dir) / "nextclick-state.json").read_bytes() == before
-    assert restored == written
-
-    # Another savepoint onto state restored from sp1: refused in one line, nothing changed.
-    _write_parts(config, f"{s3}/sp2", "tok2")
-    finish_online(config, f"{s3}/sp2", timeout_s=10)
-    pod = _deployment(tmp_path / "pod-0", s3)
-    before_keys = _keys(Path(pod.state.dir))
-    with pytest.raises(StateMismatch, match="holds state restored from savepoint sp1, not from the savepoint"):
-        restore(pod, f"{s3}/sp2", init_recovery=lambda d: None, placement=Placement(0, 2))
-    assert _keys(Path(pod.state.dir)) == before_keys
-    assert read_manifest(pod.state.dir).restore.savepoint == "sp1"  # type: ignore[union-attr]
-
-
 def test_an_incomplete_online_savepoint_names_the_process_that_did_not_answer(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     config = _deployment(tmp_path / "pod-0", str(shared))
@@ -243,6 +213,16 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     assert read_manifest(pod.state.dir) is None  # not restored: the manifest comes last
     restore(pod, shared / "sp", init_recovery=lambda d: d.mkdir(exist_ok=True))
     assert _keys(Path(pod.state.dir)) == written
+
+    # A restart with the same savepoint resumes and changes nothing; another savepoint is refused.
+    before = (Path(pod.state.dir) / "nextclick-state.json").read_bytes()
+    assert restore(pod, shared / "sp", init_recovery=lambda d: None).resumed
+    assert (Path(pod.state.dir) / "nextclick-state.json").read_bytes() == before
+    _write_parts(config, str(shared / "sp2"), "tok2")
+    finish_online(config, shared / "sp2", timeout_s=10)
+    with pytest.raises(StateMismatch, match="holds state restored from savepoint sp, not from the savepoint"):
+        restore(pod, shared / "sp2", init_recovery=lambda d: None)
+    assert _keys(Path(pod.state.dir)) == written and read_manifest(pod.state.dir).restore.savepoint == "sp"  # type: ignore[union-attr]
 
     other = _deployment(tmp_path / "other", str(shared))
     Path(other.state.dir).mkdir(parents=True)
@@ -392,3 +372,63 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
     assert_same_profiles(clean.profiles, again)
     print(f"\n{destination}: online savepoint of 2 processes: {create_s:.1f}s; restored into 3, each holding "
           f"{[len(_shards_held(p)) for p in three]} shards; total {time.monotonic() - started:.1f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dict[str, str], topic_prefix: str,
+                                                                       tmp_path: Path) -> None:
+    """state.on_lost_volume = "restore": SIGKILL the cluster, delete one process's volume (state and
+    recovery); at the next start every process goes back to the latest savepoint and replays the input."""
+    started = time.monotonic()
+    messages = workload(CUSTOMERS, seed=59)
+    half = len(messages) // 2
+    clean_in, topic = f"{topic_prefix}.clean-in", f"{topic_prefix}.in"
+    ensure_topics(kafka, {clean_in: PARTITIONS, topic: PARTITIONS})
+    clean = reference_run(kafka, tmp_path, topic_prefix, clean_in, messages, PARTITIONS, shards=SHARDS)
+
+    shared = tmp_path / "shared-savepoints"
+    base = FlowSetup.create(kafka, tmp_path / "unused", f"{topic_prefix}.run", inputs=[topic], shards=SHARDS,
+                            extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": str(shared),
+                                       "NEXTCLICK_STATE__ON_LOST_VOLUME": "restore"})
+    pods = [base.with_(state_dir=tmp_path / f"pod-{i}" / "state", recovery_dir=tmp_path / f"pod-{i}" / "recovery")
+            for i in range(2)]
+    produce(kafka, topic, messages[:half], PARTITIONS)
+    log = tmp_path / "cluster.log"
+
+    def applied() -> int:
+        return sum(p["facts"]["version"] for pod in pods for p in read_profiles(pod.state_dir, SHARDS).values())
+
+    procs = _cluster(pods, stop_at_end=False, log=log, args=[])
+    try:
+        deadline = time.monotonic() + 60
+        while applied() < half:
+            assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first half was not applied in time"
+            time.sleep(0.3)
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "savepoint", "create", "sp", "--online",
+                               "--timeout", "60"], cwd=REPO, capture_output=True, text=True,
+                              env=base.env(stop_at_end=False), timeout=90)
+        assert done.returncode == 0, done.stderr[-3000:]
+        produce(kafka, topic, messages[half:], PARTITIONS)
+        while applied() < half + 50:  # the state moves on past the savepoint before the loss
+            assert time.monotonic() < deadline, "the second half was not applied in time"
+            time.sleep(0.3)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+    lost_at = time.monotonic()
+    shutil.rmtree(tmp_path / "pod-1")  # process 1's volume: its shards and its recovery partition
+
+    _wait(_cluster(pods, stop_at_end=True, log=log, args=[]), log)
+    recovered_s = time.monotonic() - lost_at
+    generation = orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())
+    assert generation["savepoint"] == "sp"
+    got: dict[str, dict[str, object]] = {}
+    for pod in pods:
+        got.update(read_profiles(pod.state_dir, SHARDS))
+    assert_same_profiles(clean.profiles, got)
+    assert_same_decisions(clean.decisions, dedupe(read_decisions(kafka, base.decisions)))
+    print(f"\nlost volume: the cluster back from savepoint sp and at the end of the input in {recovered_s:.1f}s; "
+          f"total {time.monotonic() - started:.1f}s")

@@ -82,6 +82,10 @@ class StateConfig:
     # The savepoint a new deployment starts from (like `nextclick run --from-savepoint`, which wins): used
     # when state.dir is empty, ignored once the state came from it (Flink's initialSavepointPath).
     initial_savepoint: str = ""
+    # A process whose state is lost (its volume) while the cluster has run: "stop" (refuse, the operator
+    # restores) or "restore": the whole cluster goes back to the latest savepoint in savepoint_dir and
+    # replays the input from its positions (docs/state.md, "A lost volume").
+    on_lost_volume: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
+    if config.state.on_lost_volume not in ("stop", "restore"):
+        raise ConfigError(f"{origin}: [state].on_lost_volume must be \"stop\" or \"restore\", "
+                          f"not {config.state.on_lost_volume!r}")
     initial = config.state.initial_savepoint.strip()
     if initial and not (is_url(initial) or os.path.isabs(initial)):
         raise ConfigError(f"{origin}: [state].initial_savepoint: {initial!r} is relative; give the savepoint's "

@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -932,3 +933,204 @@ def _copy_db(src: Path, dest: Path) -> None:
             except OSError:
                 pass
         shutil.copy2(item, target)
+
+
+# -- a lost volume: the whole cluster back to the latest savepoint ------------------------------------
+
+_CLUSTER = ".cluster"
+# In state.dir: the generation this process's state is at (a dot file: a restore still sees an empty dir).
+_GENERATION_FILE = ".nextclick-generation.json"
+_FRESH_S = 6.0  # a report older than this is from a process that is not (or no longer) waiting
+
+
+@dataclass(frozen=True)
+class Rejoin:
+    """What a process does before it starts, decided by `Generations.decide`: restore `savepoint` (after
+    clearing its own state when `reset`), or start as it is (`savepoint` None)."""
+
+    generation: int
+    savepoint: str | None
+    reset: bool
+
+
+def _create_once(path: Path, data: bytes) -> bool:
+    """Create `path` with `data` unless it exists (O_EXCL): two processes deciding at once keep the first."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def check_input_covers(config: Config, manifest: SavepointManifest) -> None:
+    """Refuse a restore that Kafka can no longer replay: an input partition whose earliest offset is past
+    the savepoint's position (or past 0, for a partition the savepoint has no position for)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from operators.io.kafka import client_config
+
+    consumer = Consumer(client_config(config.kafka, **{"group.id": "nextclick-restore-check",
+                                                      "enable.auto.commit": False}))
+    log.info("checking that Kafka still holds the savepoint's positions", extra={"savepoint": manifest.id})
+    try:
+        metadata = consumer.list_topics(timeout=30)
+        for topic in (*config.topics.inputs, config.topics.control):
+            for partition in sorted((metadata.topics.get(topic) and metadata.topics[topic].partitions) or {}):
+                low, _high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                wanted = manifest.positions.get(f"{topic}#{partition}", 0)
+                if low > wanted:
+                    raise SavepointError(
+                        f"{topic} partition {partition} now starts at offset {low}, past the savepoint {manifest.id}'s "
+                        f"position {wanted}: Kafka's retention no longer covers it, so restoring it would skip "
+                        f"events; keep retention.ms above the savepoint interval (docs/state.md, 'A lost volume')")
+    finally:
+        consumer.close()
+
+
+class Generations:
+    """The cluster-wide rollback of `state.on_lost_volume = "restore"` (docs/state.md, "A lost volume").
+
+    In `<state.savepoint_dir>/.cluster/`: `generation-N.json` (the savepoint generation N restores, none
+    for 0, the first deployment), `running-N` (every process once agreed on N), and one report per
+    process (`process-I.json`: the generation its state is at, refreshed every second while it lives).
+    Before Bytewax starts, every process waits until all have a fresh report. A process whose volume was
+    lost (no state) while generation N has run raises N+1 with the latest savepoint; every process whose
+    state is not at the newest generation clears it and restores that savepoint; and none starts until
+    all report the newest generation, so no cluster forms from processes at different points."""
+
+    def __init__(self, config: Config, process_id: int, processes: int, *, timeout_s: float = 300.0) -> None:
+        root = Destination(config.state.savepoint_dir)
+        if root.remote:
+            raise SavepointError("state.on_lost_volume = \"restore\" needs state.savepoint_dir on a shared "
+                                 "directory (its generation files are created exclusively), not an object store")
+        self.config, self.process_id, self.processes, self.timeout_s = config, process_id, processes, timeout_s
+        self.dir = root.path / _CLUSTER
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state_dir = Path(config.state.dir)
+        self.has_state = read_manifest(state_dir) is not None or bool(shard_dirs(state_dir))
+        try:
+            recorded = int(orjson.loads((state_dir / _GENERATION_FILE).read_bytes())["generation"])
+        except FileNotFoundError:
+            # State without a generation: started before this mode, or killed before it joined: generation 0.
+            recorded = 0
+        self.mine: int | None = recorded if self.has_state else None
+        self._boot = uuid.uuid4().hex[:8]
+        # Only reports written after this process started count: a peer killed a moment ago leaves one
+        # that is recent but from its previous life (it would vouch for state that peer no longer has).
+        self._started = time.time()
+        self._stop = False
+        self._report()
+        # For the process's life: a peer still waiting must see this one as there, also once it runs.
+        threading.Thread(target=self._heartbeat, name="generation-report", daemon=True).start()
+
+    def _report(self) -> None:
+        Destination(self.dir).write_bytes(f"process-{self.process_id}.json", orjson.dumps(
+            {"generation": self.mine, "boot": self._boot, "at": time.time(), "processes": self.processes}))
+
+    def _heartbeat(self) -> None:
+        while not self._stop:
+            with contextlib.suppress(OSError):
+                self._report()
+            time.sleep(1.0)
+
+    def close(self) -> None:
+        self._stop = True
+
+    def current(self) -> tuple[int, str | None]:
+        """The newest generation and the savepoint it restores (None: generation 0, a new deployment)."""
+        newest = sorted(self.dir.glob("generation-*.json"))
+        if not newest:
+            return 0, None
+        body = orjson.loads(newest[-1].read_bytes())
+        return int(body["generation"]), body.get("savepoint")
+
+    def _reports(self) -> dict[int, int | None] | None:
+        """Every process's generation, when all have a report written since this process started and
+        refreshed within the last seconds (else None)."""
+        found: dict[int, int | None] = {}
+        for i in range(self.processes):
+            try:
+                body = orjson.loads((self.dir / f"process-{i}.json").read_bytes())
+            except (FileNotFoundError, orjson.JSONDecodeError):
+                return None
+            at = float(body["at"])
+            if at < self._started or time.time() - at > _FRESH_S or \
+                    int(body.get("processes", self.processes)) != self.processes:
+                return None
+            found[i] = None if body["generation"] is None else int(body["generation"])
+        return found
+
+    def _waiting(self, deadline: float, what: str) -> None:
+        if time.monotonic() > deadline:
+            stale = [i for i in range(self.processes) if not self._fresh(i)]
+            raise SavepointError(f"state.on_lost_volume: {what} within {self.timeout_s:.0f}s; process(es) "
+                                 f"{', '.join(map(str, stale)) or 'none'} of {self.processes} did not report in "
+                                 f"{self.dir}: are they running, and is it the same shared directory for all?")
+        time.sleep(0.25)
+
+    def _fresh(self, i: int) -> bool:
+        try:
+            return time.time() - float(orjson.loads((self.dir / f"process-{i}.json").read_bytes())["at"]) <= _FRESH_S
+        except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
+            return False
+
+    def _raise(self, generation: int) -> None:
+        complete, _ = catalogue(self.config.state.savepoint_dir)
+        if not complete:
+            raise SavepointError(f"state.on_lost_volume: a process's state is lost (generation {generation - 1}) "
+                                 f"and {self.config.state.savepoint_dir} holds no savepoint to restore the "
+                                 f"cluster from; restore its volume, or start over with `nextclick state reset`")
+        latest = complete[0]
+        if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
+                {"generation": generation, "savepoint": latest.id, "created_at": _now(),
+                 "by_process": self.process_id})):
+            log.warning("a process lost its state: the cluster goes back to the latest savepoint",
+                        extra={"generation": generation, "savepoint": latest.id})
+
+    def decide(self) -> Rejoin:
+        """Wait for every process, then say what this one does before it starts."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            generation, savepoint = self.current()
+            reports = self._reports()
+            if reports is None:
+                self._waiting(deadline, "not every process reported")
+                continue
+            if self.mine == generation:
+                lost = [i for i, g in reports.items() if g is None]
+                if lost and (self.dir / f"running-{generation:06d}").exists():
+                    self._raise(generation + 1)  # a process lost its state after the cluster ran at it
+                    continue
+                return Rejoin(generation, None, False)
+            if savepoint is None:  # generation 0: a new deployment, unless the others already run it
+                if (self.dir / f"running-{generation:06d}").exists():
+                    self._raise(generation + 1)
+                    continue
+                return Rejoin(generation, None, False)
+            log.info("rejoining at a newer generation", extra={"generation": generation, "savepoint": savepoint,
+                                                               "from": self.mine,
+                                                               "reports": {str(k): v for k, v in reports.items()}})
+            return Rejoin(generation, str(Path(self.config.state.savepoint_dir) / savepoint), self.has_state)
+
+    def joined(self, generation: int) -> None:
+        """This process's state is at `generation`: record it, and wait until every process is there."""
+        state_dir = Path(self.config.state.dir)
+        Destination(state_dir).write_bytes(_GENERATION_FILE, orjson.dumps({"generation": generation}))
+        self.mine = generation
+        self._report()
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            reports = self._reports()
+            if reports is not None and all(g == generation for g in reports.values()):
+                break
+            if self.current()[0] != generation:
+                raise SavepointError(f"state.on_lost_volume: the cluster moved to generation {self.current()[0]} "
+                                     f"while this process joined {generation}; restarting picks it up")
+            self._waiting(deadline, f"not every process reached generation {generation}")
+        running = self.dir / f"running-{generation:06d}"
+        if not running.exists():
+            _create_once(running, b"")
