@@ -213,6 +213,9 @@ class Decision:
     # None when the profile's identifiers are unknown (stored before they were recorded).
     reachable: tuple[str, ...] | None = None
     address: tuple[str, str] | None = None
+    # The rule's decision parameters (`params`: name -> value read from the trigger or the profile);
+    # None when the rule declares none, so such decisions' bodies are as before (additive field).
+    params: dict[str, Any] | None = None
 
 
 class Blocked(NamedTuple):

@@ -37,6 +37,8 @@ def expired(decision: Decision, now_ms: int) -> bool:
 def decision_body(decision: Decision) -> dict[str, object]:
     """The JSON body; its schema is `schemas/decision.v1.json`."""
     body = _core_body(decision)
+    if decision.params is not None:  # the rule's decision parameters (additive, optional field)
+        body["params"] = decision.params
     if decision.reachable is not None:  # how to reach the customer (additive, optional fields)
         body["reachable"] = list(decision.reachable)
         address = decision.address

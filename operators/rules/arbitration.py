@@ -1,8 +1,9 @@
 """Arbitration: of the rules a trigger matches, the highest priority that passes every gate decides.
 
-Gates, in order: consent (an explicit "no", or no "yes" where the channel is opt-in), complaint
-suppression (promotions only, for as long as the rule's channel and purpose say), the rule's
-cooldown, the channel's frequency cap, the overall cap.
+Gates, in order: reachability (a rule with `require_address`, when the profile's identifiers are known
+and none addresses its channel), consent (an explicit "no", or no "yes" where the channel is opt-in),
+complaint suppression (promotions only, for as long as the rule's channel and purpose say), the rule's
+cooldown, the channel's frequency cap, the overall cap (rules the caps apply to only).
 A matching rule refused by a gate is counted as Blocked with that reason and the next one is tried.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
+from operators.identity.addressing import address_for
 from operators.profile import history
 from operators.profile.facts import consent_state
 from operators.profile.model import Profile
@@ -26,6 +28,10 @@ def decision_id(customer: str, rule_id: str, trigger_id: str) -> str:
 def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -> str | None:
     """The first reason this rule may not fire now, or None when it may."""
     facts, rule = profile.facts, candidate.rule
+    if rule.require_address:
+        ids = profile.ids  # empty: not known yet (a profile stored before identifiers were recorded)
+        if ids and address_for(ids, rule.channel) is None:
+            return "unreachable"
     consent = consent_state(facts, candidate.consent_keys)
     if consent is False:
         return "opted_out"
@@ -38,6 +44,8 @@ def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -
     past = profile.history
     if history.cooling_down(past, rule.id, ts):
         return "cooldown"
+    if not candidate.capped:
+        return None
     cap = candidate.cap
     if cap is not None and history.sent_since(past, rule.channel, ts - cap.window_ms) >= cap.limit:
         return "frequency_cap_channel"
@@ -65,12 +73,15 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -
             out.blocked.append(Blocked(customer, rule.id, rule.channel, reason, trigger.trigger_id))
             continue
         ts = trigger.ts
-        history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms, ruleset.cap_horizon_ms)
+        # A rule outside the caps does not count towards them either.
+        history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms,
+                       ruleset.cap_horizon_ms if candidate.capped else 0)
         out.decisions.append(Decision(
             decision_id=decision_id(customer, rule.id, trigger.trigger_id), customer=customer,
             rule_id=rule.id, action=rule.action, channel=rule.channel, offer=rule.offer,
             priority=rule.priority, trigger=trigger.name, trigger_id=trigger.trigger_id,
             decided_at=ts, expires_at=ts + rule.expiry_ms, profile_version=profile.facts.version,
-            signals={c.attribute: view.get(c.attribute) for c in rule.when},
-            purpose=rule.purpose, promotion=rule.promotion))
+            signals={c.attribute: view.get(c.attribute) for c in rule.conditions},
+            purpose=rule.purpose, promotion=rule.promotion,
+            params={name: view.get(attribute) for name, attribute in rule.params} if rule.params else None))
         return

@@ -22,7 +22,7 @@ from operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
 from operators.profile.model import Profile
 from operators.records import Trigger
 from operators.rules.fields import Where
-from operators.rules.model import Condition
+from operators.rules.model import Condition, Group, When
 from operators.signals.base import Signal
 
 Getter = Callable[[Profile, Trigger], Any]
@@ -55,6 +55,32 @@ def parse_condition(where: Where, text: Any, field: str = "when") -> Condition:
     if op in ("in", "not in") and not isinstance(value, list):
         raise where.fail(field, f"in {text!r}: '{op}' needs a list, e.g. [\"a\", \"b\"]")
     return Condition(attribute, op, value, text)
+
+
+_GROUPS = ("any", "all", "not")
+
+
+def parse_when_item(where: Where, raw: Any, field: str = "when") -> Condition | Group:
+    """A condition string, or a group table: `{ any = [...] }` (at least one holds), `{ all = [...] }`
+    (every one holds) or `{ not = <condition, group or list> }` (a list under `not`: not all of it)."""
+    if not isinstance(raw, dict):
+        return parse_condition(where, raw, field)
+    if len(raw) != 1 or next(iter(raw)) not in _GROUPS:
+        raise where.fail(field, f"a group is a table with one key, any, all or not; got keys {sorted(raw)}")
+    kind, body = next(iter(raw.items()))
+    if kind == "not" and not isinstance(body, list):
+        body = [body]
+    if not isinstance(body, list) or not body:
+        raise where.fail(field, f"'{kind}' needs a non-empty list of conditions or groups")
+    items = tuple(parse_when_item(where, item, field) for item in body)
+    return Group(kind, items, f"{kind}({', '.join(i.text for i in items)})")
+
+
+def parse_when(where: Where, raw: Any, field: str = "when") -> When:
+    """A rule's `when`: a list of conditions and groups, all of which must hold."""
+    if not isinstance(raw, list):
+        raise where.fail(field, "must be a list of conditions")
+    return tuple(parse_when_item(where, item, field) for item in raw)
 
 
 class View:
@@ -128,11 +154,30 @@ def _check(op: str, value: Any, read: Callable[[Any, str], Any], name: str) -> C
     return ordered
 
 
-def compile_condition(condition: Condition, getters: dict[str, Getter]) -> Callable[[View], bool]:
-    name = condition.attribute
+def add_getter(name: str, getters: dict[str, Getter]) -> None:
+    """`trigger.<attribute>` gets its getter when a condition or a decision parameter names it."""
     if name.startswith(TRIGGER_PREFIX) and name not in getters:
         getters[name] = _trigger_attribute(name[len(TRIGGER_PREFIX):])
+
+
+def compile_condition(condition: Condition, getters: dict[str, Getter]) -> Callable[[View], bool]:
+    name = condition.attribute
+    add_getter(name, getters)
     return _check(condition.op, condition.value, View.get, name)
+
+
+def compile_item(item: Condition | Group, getters: dict[str, Getter]) -> Callable[[View], bool]:
+    """One condition or group: a group's items are tried in the order written, and stop as soon as
+    the result is known (the first true under `any`, the first false under `all` and `not`)."""
+    if isinstance(item, Condition):
+        return compile_condition(item, getters)
+    checks = tuple(compile_item(i, getters) for i in item.items)
+    if item.kind == "any":
+        return lambda view: any(check(view) for check in checks)
+    every = lambda view: all(check(view) for check in checks)  # noqa: E731
+    if item.kind == "all":
+        return every
+    return lambda view: not every(view)
 
 
 def compile_filter(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any]], bool]:
@@ -149,9 +194,9 @@ def compile_filter(conditions: tuple[Condition, ...]) -> Callable[[dict[str, Any
     return every
 
 
-def compile_conditions(conditions: tuple[Condition, ...], getters: dict[str, Getter]) -> Callable[[View], bool]:
+def compile_conditions(conditions: When, getters: dict[str, Getter]) -> Callable[[View], bool]:
     """All conditions must hold; they are tried in the order written and stop at the first false one."""
-    checks = tuple(compile_condition(c, getters) for c in conditions)
+    checks = tuple(compile_item(c, getters) for c in conditions)
     if not checks:
         return lambda _view: True
     if len(checks) == 1:

@@ -27,8 +27,8 @@ from operators.io.parse import parse_message
 from operators.profile.facts import durable_view
 from operators.profile.model import Profile, new_profile
 from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
-from operators.rules.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_condition
-from operators.rules.model import CompiledRule, Rule, RuleSet
+from operators.rules.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
+from operators.rules.model import CompiledRule, Condition, Group, Rule, RuleSet, leaves
 
 # Customer ids in a story are hashed with this key only to run the parser; output shows them as written.
 _STORY_SECRET = b"nextclick rules explain"
@@ -101,10 +101,16 @@ def _traced(ruleset: RuleSet, log: list[tuple[Trigger, _Tried]]) -> RuleSet:
     getters = ruleset.getters
 
     def wrap(compiled: CompiledRule) -> CompiledRule:
-        checks = [(c, compile_condition(c, getters)) for c in compiled.rule.when]
+        checks = [(c, compile_item(c, getters)) for c in compiled.rule.when]
+
+        def value(view: View, item: Condition | Group) -> Any:
+            """A condition's value; a group's: the value of every condition in it, by attribute."""
+            if isinstance(item, Condition):
+                return view.get(item.attribute)
+            return {c.attribute: view.get(c.attribute) for c in leaves(item.items)}
 
         def matches(view: View) -> bool:
-            conditions = [{"condition": c.text, "value": view.get(c.attribute), "holds": check(view)}
+            conditions = [{"condition": c.text, "value": value(view, c), "holds": check(view)}
                           for c, check in checks]
             matched = all(c["holds"] for c in conditions)
             log.append((view.trigger, _Tried(compiled.rule, conditions, matched)))
@@ -144,7 +150,8 @@ def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigge
                "decision": None if decision is None else {
                    "rule": decision.rule_id, "action": decision.action, "channel": decision.channel,
                    "offer": decision.offer, "purpose": decision.purpose, "promotion": decision.promotion,
-                   "expires_at": rfc3339(decision.expires_at), "signals": decision.signals}}
+                   "expires_at": rfc3339(decision.expires_at), "signals": decision.signals,
+                   **({} if decision.params is None else {"params": decision.params})}}
 
 
 def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[dict[str, Any]]:
@@ -212,7 +219,8 @@ def render(entry: dict[str, Any]) -> str:
     if decision is not None:
         lines.append(f"  => {decision['action']} on {decision['channel']}"
                      f"{' offer ' + decision['offer'] if decision['offer'] else ''} (rule {decision['rule']}, "
-                     f"expires {decision['expires_at']})")
+                     f"expires {decision['expires_at']})"
+                     + (f" params {decision['params']!r}" if "params" in decision else ""))
     elif entry["rules"]:
         lines.append("  => no decision")
     return "\n".join(lines)

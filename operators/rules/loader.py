@@ -18,9 +18,26 @@ from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.infra.config import read_toml
 from operators.io.parse import event_attributes
 from operators.profile.facts import consent_keys
-from operators.rules.compiler import TRIGGER_PREFIX, attribute_getters, compile_conditions, parse_condition
+from operators.rules.compiler import (
+    TRIGGER_PREFIX,
+    add_getter,
+    attribute_getters,
+    compile_conditions,
+    parse_condition,
+    parse_when_item,
+)
 from operators.rules.fields import RulesError, Where, table
-from operators.rules.model import Cap, CompiledRule, Condition, LatePolicy, Rule, RuleSet, SuppressionScope
+from operators.rules.model import (
+    Cap,
+    CompiledRule,
+    Condition,
+    Group,
+    LatePolicy,
+    Rule,
+    RuleSet,
+    SuppressionScope,
+    leaves,
+)
 from operators.signals.base import Signal
 from operators.signals.registry import load_signal
 
@@ -28,7 +45,8 @@ __all__ = ["EVENT_TYPES", "check_rules", "load_rules", "parse_condition"]
 
 EVENT_TYPES = frozenset(EVENT_CHANNELS)
 _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "cooldown", "expiry", "purpose",
-                "promotion", "description"}
+                "promotion", "description", "require_address", "capped", "params"}
+_PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def _consequence(attribute: str, broken: set[str]) -> bool:
@@ -48,31 +66,38 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     where = Where(path, f"rule {rule_id!r}", errors)
     where.check_keys(body, _RULE_FIELDS)
     when = body.get("when", [])
-    conditions: list[Condition] = []
+    conditions: list[Condition | Group] = []
     if not isinstance(when, list):
         where.report("when", "must be a list of conditions")
     else:
         for text in when:
-            condition = where.attempt(parse_condition, where, text)
+            condition = where.attempt(parse_when_item, where, text)
             if condition is not None:
                 conditions.append(condition)
     on = where.names(body, "on", set(triggers) | broken)
     known_on = on - broken
     trigger_attributes: set[str] = set().union(*(triggers[name] for name in known_on))
-    for cond in conditions:
-        name = cond.attribute
+
+    def known(field: str, name: str, text: str) -> None:
+        """Whether a rule can read `name` (in `when` or `params`); a mistake names the field."""
         if name.startswith(TRIGGER_PREFIX):
             if known_on == on and name[len(TRIGGER_PREFIX):] not in trigger_attributes:
-                where.report("when", f"in {cond.text!r}: {name!r} is not an attribute of what the rule is on "
-                                     f"({', '.join(sorted(on))}); those have: {sorted(trigger_attributes) or 'none'}")
+                where.report(field, f"in {text!r}: {name!r} is not an attribute of what the rule is on "
+                                    f"({', '.join(sorted(on))}); those have: {sorted(trigger_attributes) or 'none'}")
         elif name not in attributes:
             if not _consequence(name, broken):
-                where.report("when", f"in {cond.text!r}: unknown attribute {name!r}; "
-                                     f"known: {sorted(attributes)} or trigger.<attribute>")
+                where.report(field, f"in {text!r}: unknown attribute {name!r}; "
+                                    f"known: {sorted(attributes)} or trigger.<attribute>")
         elif name in trigger_fields and known_on == on and on and trigger_fields[name] not in trigger_attributes:
-            where.report("when", f"in {cond.text!r}: {name!r} is the value of the trigger's "
-                                 f"{trigger_fields[name]!r} group, and {', '.join(sorted(on))} carry no "
-                                 f"{trigger_fields[name]!r}")
+            where.report(field, f"in {text!r}: {name!r} is the value of the trigger's "
+                                f"{trigger_fields[name]!r} group, and {', '.join(sorted(on))} carry no "
+                                f"{trigger_fields[name]!r}")
+
+    for cond in leaves(tuple(conditions)):
+        known("when", cond.attribute, cond.text)
+    params = _params(where, body.get("params", {}))
+    for name, attribute in params:
+        known(f"params.{name}", attribute, attribute)
     action = body.get("action")
     if not isinstance(action, str) or not action:
         where.report("action", "is required (e.g. send_email, show_ad, call_back)")
@@ -91,11 +116,27 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     purpose = body.get("purpose", "marketing")
     if not isinstance(purpose, str) or not purpose:
         where.report("purpose", "must be a non-empty string (the consent purpose, e.g. marketing, service)")
+    flags = {key: body.get(key, default) for key, default in (("require_address", False), ("capped", True))}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            where.report(key, "must be true or false")
     cooldown, expiry = where.duration(body, "cooldown", "1d"), where.duration(body, "expiry", "1d")
     if len(errors) > before:
         return None
     return Rule(rule_id, on, tuple(conditions), action, channel, offer, priority, cooldown, expiry,  # type: ignore[arg-type]
-                purpose, promotion, str(body.get("description", "")))
+                purpose, promotion, str(body.get("description", "")), flags["require_address"], flags["capped"],
+                params)
+
+
+def _params(where: Where, raw: Any) -> tuple[tuple[str, str], ...]:
+    """`params = { product_id = "trigger.sku", segment = "segment" }`: decision parameter -> attribute."""
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        where.report("params", 'must be a table of <name> = "<attribute>", e.g. { product_id = "trigger.sku" }')
+        return ()
+    for name in raw:
+        if not _PARAM_NAME.fullmatch(name):
+            where.report(f"params.{name}", "a parameter name is lowercase letters, digits and _")
+    return tuple(raw.items())
 
 
 def _cap(where: Where, key: str, raw: Any) -> Cap:
@@ -201,7 +242,12 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         seen.add(rule.id)
     caps = _section(path, doc, "caps", errors)
     where = Where(path, "[caps]", errors)
-    where.check_keys(caps, {"overall", *DECISION_CHANNELS})
+    where.check_keys(caps, {"overall", "purposes", *DECISION_CHANNELS})
+    capped_purposes = caps.get("purposes")
+    if capped_purposes is not None and (not isinstance(capped_purposes, list) or not all(
+            isinstance(p, str) and p for p in capped_purposes)):
+        where.report("purposes", "must be a list of purposes, e.g. [\"marketing\"] (the caps apply to those only)")
+        capped_purposes = None
     channel_caps = {ch: cap for ch in DECISION_CHANNELS if ch in caps
                     if (cap := where.attempt(_cap, where, ch, caps[ch])) is not None}
     overall = where.attempt(_cap, where, "overall", caps["overall"]) if "overall" in caps else None
@@ -235,7 +281,11 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         rules=tuple(rules), signals=tuple(signals), channel_caps=channel_caps, overall_cap=overall,
         consent_policy=policy, complaint_suppression_ms=after_complaint,
         late=LatePolicy(lateness, late.get("policy", "drop")), dedupe_horizon_ms=horizon,
-        source=path, getters=getters, suppression_scopes=scopes)
+        source=path, getters=getters, suppression_scopes=scopes,
+        capped_purposes=None if capped_purposes is None else frozenset(capped_purposes))
+    for r in rules:
+        for _, attribute in r.params:
+            add_getter(attribute, getters)
     # Per trigger, its rules by priority (ties by id), each compiled: the order arbitration tries.
     ordered = sorted(rules, key=lambda r: (-r.priority, r.id))
     ruleset.by_trigger.update({
@@ -243,7 +293,8 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
                                  consent_keys=consent_keys(r.channel, r.purpose),
                                  needs_consent=policy.get(r.channel, "opt_in") == "opt_in",
                                  cap=channel_caps.get(r.channel),
-                                 complaint_suppression_ms=ruleset.suppression_ms(r))
+                                 complaint_suppression_ms=ruleset.suppression_ms(r),
+                                 capped=ruleset.is_capped(r))
                     for r in ordered if name in r.on)
         for name in sorted(set().union(*(r.on for r in rules)))
     })

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # Why a candidate decision was not sent; every blocked candidate is counted under one of these.
 BLOCK_REASONS = ("opted_out", "no_consent", "complaint_suppression", "cooldown",
-                 "frequency_cap_channel", "frequency_cap_overall")
+                 "frequency_cap_channel", "frequency_cap_overall", "unreachable")
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,34 @@ class Condition:
 
 
 @dataclass(frozen=True)
+class Group:
+    """`{ any = [...] }`, `{ all = [...] }` or `{ not = ... }` in a `when`: OR, AND and NOT over
+    conditions and groups, so "cart email unless email-fatigued" is one rule with one cooldown."""
+
+    kind: Literal["any", "all", "not"]
+    items: tuple[Condition | Group, ...]
+    text: str
+
+
+When = tuple[Condition | Group, ...]
+
+
+def leaves(when: When) -> tuple[Condition, ...]:
+    """Every condition in `when`, groups opened, in the order written (what a decision's `signals` name)."""
+    out: list[Condition] = []
+    for item in when:
+        if isinstance(item, Group):
+            out.extend(leaves(item.items))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     on: frozenset[str]
-    when: tuple[Condition, ...]
+    when: When
     action: str
     channel: str
     offer: str | None
@@ -49,6 +73,18 @@ class Rule:
     # Promotions are suppressed after a complaint; service messages (follow-ups) are not.
     promotion: bool = True
     description: str = ""
+    # Blocked as "unreachable" (the next candidate is tried, no cooldown or cap used) when the
+    # profile's identifiers are known and none addresses the channel (operators/identity/addressing.py).
+    require_address: bool = False
+    # False: outside the frequency caps (neither held back by them nor counted towards them).
+    capped: bool = True
+    # Decision parameters: name -> attribute (as conditions name them), carried into the decision.
+    params: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def conditions(self) -> tuple[Condition, ...]:
+        """Every condition of `when`, groups opened: the attributes a decision's `signals` report."""
+        return leaves(self.when)
 
 
 @dataclass(frozen=True)
@@ -94,6 +130,9 @@ class CompiledRule:
     cap: Cap | None
     # How long after a complaint this rule is held back (0: never; service messages are never held).
     complaint_suppression_ms: int = 0
+    # Whether the frequency caps apply to it (the rule's `capped` and `[caps] purposes`); when not,
+    # its decisions neither are held back by caps nor count towards them.
+    capped: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,6 +153,12 @@ class RuleSet:
     getters: dict[str, Any] = field(default_factory=dict)
     # [[suppression.scope]] in file order: the first that covers a promotion decides its suppression.
     suppression_scopes: tuple[SuppressionScope, ...] = ()
+    # `[caps] purposes`: the purposes the caps apply to (None: every purpose).
+    capped_purposes: frozenset[str] | None = None
+
+    def is_capped(self, rule: Rule) -> bool:
+        """Whether the frequency caps hold `rule` back and count its decisions."""
+        return rule.capped and (self.capped_purposes is None or rule.purpose in self.capped_purposes)
 
     def suppression_ms(self, rule: Rule) -> int:
         """How long after a complaint `rule` is held back: never for service messages

@@ -48,8 +48,11 @@ from operators.rules.model import RuleSet
 START_MS = 1_794_960_000_000
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _TOP_KEYS = {"description", "rules", "start", "step"}
-_STEP_KEYS = {"at", "event", "attrs", "id", "customer", "advance", "decisions", "blocked", "late", "duplicate"}
-_DECISION_KEYS = {"rule", "channel", "trigger", "action", "offer", "purpose", "promotion", "customer", "signals"}
+_STEP_KEYS = {"at", "event", "attrs", "id", "customer", "advance", "decisions", "blocked", "late", "duplicate", "ids"}
+_DECISION_KEYS = {"rule", "channel", "trigger", "action", "offer", "purpose", "promotion", "customer", "signals",
+                  "params"}
+# The identifier types a profile can hold (`ids` of an event step).
+_ID_TYPES = ("customer", "cookie", "device", "email", "phone")
 _BLOCKED_KEYS = {"rule", "reason", "channel", "customer"}
 
 
@@ -80,6 +83,9 @@ class Step:
     blocked: tuple[dict[str, Any], ...] = ()
     late: bool = False
     duplicate: bool = False
+    # The identifier types the customer's profile holds from this step on (None: unchanged), as the
+    # identity stage records them; `require_address` rules read them.
+    ids: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -173,7 +179,7 @@ def load_scenario(path: str | Path) -> Scenario:
         decisions = _entries(path, where, raw, "decisions", _DECISION_KEYS)
         blocked = _entries(path, where, raw, "blocked", _BLOCKED_KEYS)
         if key == "advance":
-            extra = sorted(set(raw) & {"event", "attrs", "id", "customer", "late", "duplicate"})
+            extra = sorted(set(raw) & {"event", "attrs", "id", "customer", "late", "duplicate", "ids"})
             if extra:
                 raise _fail(path, where, f"field(s) {extra} belong to event steps, not to a clock advance")
             if at < clock:
@@ -204,16 +210,20 @@ def load_scenario(path: str | Path) -> Scenario:
         for flag in ("late", "duplicate"):
             if not isinstance(raw.get(flag, False), bool):
                 raise _fail(path, where, f"field '{flag}': must be true or false")
+        ids = raw.get("ids")
+        if ids is not None and (not isinstance(ids, list) or not all(t in _ID_TYPES for t in ids)):
+            raise _fail(path, where, f"field 'ids': must be a list of identifier types ({', '.join(_ID_TYPES)})")
         event = Event(event_id=event_id, type=event_type, ts=at, customer=customer,
                       channel=EVENT_CHANNELS[event_type], attrs=dict(attrs))
         steps.append(Step(n, raw[key], at, event, decisions, blocked, raw.get("late", False),
-                          raw.get("duplicate", False)))
+                          raw.get("duplicate", False), None if ids is None else tuple(ids)))
     return Scenario(path, description.strip(), path.parent / rules if rules else None, tuple(steps))
 
 
 def _decision(d: Decision, keys: set[str]) -> dict[str, Any]:
     full = {"rule": d.rule_id, "channel": d.channel, "trigger": d.trigger, "action": d.action, "offer": d.offer,
-            "purpose": d.purpose, "promotion": d.promotion, "customer": d.customer, "signals": d.signals}
+            "purpose": d.purpose, "promotion": d.promotion, "customer": d.customer, "signals": d.signals,
+            "params": d.params}
     return {k: v for k, v in full.items() if k in keys}
 
 
@@ -240,6 +250,8 @@ def run_scenario(scenario: Scenario, ruleset: RuleSet) -> list[Check]:
             customer = step.event.customer
             if customer not in profiles:
                 profiles[customer] = new_profile(customer)
+            if step.ids is not None:  # a key per identifier type, as the identity stage would record them
+                profiles[customer].ids = {t: [f"{customer}:{t}"] for t in step.ids}
             on_event(profiles[customer], step.event, ruleset, out)
             checks.append(Check(scenario.path, step, "late", step.late, out.late))
             checks.append(Check(scenario.path, step, "duplicate", step.duplicate, out.duplicate))

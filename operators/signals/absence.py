@@ -10,6 +10,10 @@ Options (the `Tally` subclass below, so an absence without them pays nothing for
 - `sum = {<name> = "<attribute>"}` and `count = "<name>"` keep totals since it began pending (a
   cart's value and item count, where `carry` only has the last item's attributes), readable by rules
   on it as `trigger.<name>`.
+
+`restart = false` (the `Fixed` subclass, or a `Tally` told so): a later start does not move the
+deadline; the time counts from the first start of the pending absence ("within 30 minutes of the
+first add", not of the last). Of two starts the earlier is kept, whichever arrived first.
 """
 
 from __future__ import annotations
@@ -78,6 +82,37 @@ class Absence:
         return [later[0], later[1], dict(later[2])]
 
 
+class Fixed(Absence):
+    """`restart = false`: the earliest start of the pending absence sets its deadline and what it carries."""
+
+    def apply(self, profile: Profile, event: Event) -> None:
+        signals = profile.signals
+        state = signals.get(self.name)
+        ts = event.ts
+        if event.type in self.cancel and state is not None and ts >= state[0]:
+            del signals[self.name]
+        elif event.type in self.start:
+            attrs = event.attrs
+            carried = {k: attrs[k] for k in self.carry if k in attrs} if self.carry else {}
+            if state is None:
+                signals[self.name] = [ts, ts + self.after_ms, carried]
+            elif ts < state[0] or (ts == state[0] and _carried_order(carried) > _carried_order(state[2])):
+                state[0], state[1], state[2] = ts, ts + self.after_ms, carried
+
+    def merge(self, a: Any, b: Any) -> Any:
+        """Of two pending, the earlier start wins (as it would have, had both been one profile's)."""
+        return _earlier(a, b)
+
+
+def _earlier(a: Any, b: Any) -> Any:
+    """The pending state of the earlier start; a tie in time: the greater carried text, as `apply` keeps."""
+    if a[0] != b[0]:
+        first = a if a[0] < b[0] else b
+    else:
+        first = a if _carried_order(a[2]) >= _carried_order(b[2]) else b
+    return [first[0], first[1], dict(first[2])]
+
+
 def _carried_order(carried: dict[str, Any]) -> str:
     """Which of two starts at the same time an absence keeps: the greater text of what it carries, so
     neither the order they arrived in nor which profile absorbed which decides."""
@@ -89,9 +124,9 @@ class Tally(Absence):
 
     def __init__(self, name: str, start: frozenset[str], cancel: frozenset[str], after_ms: int,
                  carry: tuple[str, ...], sums: dict[str, str], count: str | None,
-                 accepts: Callable[[dict[str, Any]], bool] | None) -> None:
+                 accepts: Callable[[dict[str, Any]], bool] | None, restart: bool = True) -> None:
         super().__init__(name, start, cancel, after_ms, carry)
-        self.sums, self.count, self.accepts = tuple(sums.items()), count, accepts
+        self.sums, self.count, self.accepts, self.restart = tuple(sums.items()), count, accepts, restart
         self.trigger_attributes = frozenset(carry) | frozenset(sums) | ({count} if count else set())
 
     def _add(self, totals: dict[str, Any], attrs: dict[str, Any]) -> None:
@@ -117,7 +152,8 @@ class Tally(Absence):
                 signals[self.name] = [ts, ts + self.after_ms, carried, totals]
                 return
             self._add(state[3], attrs)  # an older item of the same pending cart still adds to its totals
-            if ts > state[0] or (ts == state[0] and _carried_order(carried) > _carried_order(state[2])):
+            moves = ts > state[0] if self.restart else ts < state[0]  # restart = false: the earliest start
+            if moves or (ts == state[0] and _carried_order(carried) > _carried_order(state[2])):
                 state[0], state[1], state[2] = ts, ts + self.after_ms, carried
 
     def fire(self, state: Any) -> Trigger:
@@ -129,7 +165,7 @@ class Tally(Absence):
     def merge(self, a: Any, b: Any) -> Any:
         """The later start wins, as for any absence; the totals of both pending starts add up (every
         start event adds to the totals of the one pending: a cart filled under two identifiers)."""
-        later = Absence.merge(self, a, b)
+        later = Absence.merge(self, a, b) if self.restart else _earlier(a, b)
         totals = dict(a[3])
         for name, value in b[3].items():
             totals[name] = totals[name] + value if name in totals else value
@@ -157,7 +193,12 @@ def _totals(body: dict[str, Any], where: Where, start: frozenset[str], carry: tu
 
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Absence:
-    where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description", "where", "sum", "count"})
+    where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description", "where", "sum", "count",
+                            "restart"})
+    restart = body.get("restart", True)
+    if not isinstance(restart, bool):
+        where.report("restart", "must be true (default: a later start moves the deadline) or false")
+        restart = True
     carry = body.get("carry", [])
     if not isinstance(carry, list) or not all(isinstance(x, str) for x in carry):
         where.report("carry", "must be a list of attribute names")
@@ -169,6 +210,7 @@ def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[s
     conditions = read_where(body, where, start)
     sums, count = _totals(body, where, start, tuple(carry))
     if not conditions and not sums and not count:
-        return Absence(name, start, cancel, after, tuple(carry))
+        return Absence(name, start, cancel, after, tuple(carry)) if restart else Fixed(
+            name, start, cancel, after, tuple(carry))
     return Tally(name, start, cancel, after, tuple(carry), sums, count,
-                 compile_filter(conditions) if conditions else None)
+                 compile_filter(conditions) if conditions else None, restart)

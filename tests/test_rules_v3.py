@@ -1,0 +1,411 @@
+"""Rules v3 (issue 26): any/all/not groups, reachability, rules outside the caps, decision parameters,
+absences that do not restart, and the event attributes they need (page_view.product_id,
+add_to_cart.channel). Each mistake in a rules file names the file, the rule and the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+
+from operators.io.decisions import decision_body, encode_decision
+from operators.io.parse import event_attributes
+from operators.rules.explain import explain, render
+from operators.rules.fields import RulesError
+from operators.rules.loader import check_rules, load_rules
+from operators.rules.model import Condition, Group
+from operators.rules.scenarios import ScenarioError, load_scenario
+from operators.signals.absence import Fixed, Tally
+from tests.helpers import MIN, T0, Customer, consent, fired, make_event, reasons, write_rules
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
+
+SIGNALS = '''
+[signals.views]
+kind = "count"
+events = ["page_view"]
+window = "30m"
+
+[signals.opens]
+kind = "count"
+events = ["email_open"]
+window = "30d"
+'''
+
+
+def rules(tmp_path: Path, *bodies: str, signals: str = SIGNALS, tail: str = "") -> Path:
+    return write_rules(tmp_path, signals + "\n" + "\n".join(bodies) + "\n" + tail)
+
+
+def rule(rule_id: str = "r1", *, on: str = '["page_view"]', channel: str = "email", priority: int = 10,
+         **extra: str) -> str:
+    lines = [f'id = "{rule_id}"', f"on = {on}", 'action = "act"', f'channel = "{channel}"',
+             f"priority = {priority}", *(f"{k} = {v}" for k, v in extra.items())]
+    return "[[rule]]\n" + "\n".join(lines) + "\n"
+
+
+def errors(path: Path) -> list[str]:
+    ruleset, found = check_rules(path)
+    assert ruleset is None
+    return [str(e) for e in found]
+
+
+def one_error(path: Path) -> str:
+    found = errors(path)
+    assert len(found) == 1, found
+    assert found[0].startswith(str(path)), found[0]
+    return found[0]
+
+
+KEY = "0" * 32  # a customer key as the decision schema wants it
+
+
+def granted(customer: Customer, *channels: str, purpose: str = "marketing") -> None:
+    for channel in channels:
+        customer.apply(consent(T0, channel, True, purpose, customer=customer.customer))
+
+
+# -- groups ----------------------------------------------------------------------------------------
+
+
+def test_groups_parse_into_any_all_not_with_their_text(tmp_path):
+    path = rules(tmp_path, rule(when='''[
+  { any = ["views >= 3", 'trigger.category == "shoes"'] },
+  { not = "opens == 0" },
+  { not = ["views >= 10", { all = ["opens >= 1"] }] },
+]'''))
+    when = load_rules(path).rule("r1").when
+    assert [type(w) for w in when] == [Group, Group, Group]
+    assert when[0].kind == "any" and isinstance(when[0].items[0], Condition)
+    assert when[0].text == "any(views >= 3, trigger.category == \"shoes\")"
+    assert when[2].text == "not(views >= 10, all(opens >= 1))"
+    assert [c.attribute for c in load_rules(path).rule("r1").conditions] == [
+        "views", "trigger.category", "opens", "views", "opens"]
+
+
+@pytest.mark.parametrize(("when", "words"), [
+    ('[{ anyy = ["views >= 3"] }]', "a group is a table with one key, any, all or not; got keys ['anyy']"),
+    ('[{ any = ["views >= 3"], not = "opens == 0" }]', "a group is a table with one key"),
+    ("[{ any = [] }]", "'any' needs a non-empty list"),
+    ('[{ all = "views >= 3" }]', "'all' needs a non-empty list"),
+    ('[{ any = ["views ~ 3"] }]', "cannot read condition 'views ~ 3'"),
+    ('[{ not = { any = ["viewz >= 3"] } }]', "unknown attribute 'viewz'"),
+    ('[{ any = ["trigger.amount > 1"] }]', "'trigger.amount' is not an attribute of what the rule is on"),
+])
+def test_a_mistake_inside_a_group_names_file_rule_and_when(tmp_path, when, words):
+    message = one_error(rules(tmp_path, rule(when=when)))
+    assert "rule 'r1': field 'when'" in message and words in message, message
+
+
+def groups_customer(tmp_path: Path) -> Customer:
+    path = rules(tmp_path, rule(when='''[
+  { any = ['trigger.category == "shoes"', "views >= 3"] },
+  { not = ["opens == 0", "views >= 2"] },
+]''', cooldown='"1m"'))
+    customer = Customer(load_rules(path))
+    granted(customer, "email")
+    return customer
+
+
+def test_any_holds_when_one_item_holds_and_not_negates_all_of_its_list(tmp_path):
+    customer = groups_customer(tmp_path)
+    # shoes: any holds; views 1 -> not(opens == 0 and views >= 2) holds
+    assert fired(customer.send("page_view", T0 + MIN, category="shoes")) == [("r1", "email", "page_view")]
+    # bags, views 2: any fails
+    assert fired(customer.send("page_view", T0 + 3 * MIN, category="bags")) == []
+    # bags, views 3: any holds through views; opens == 0 and views >= 2: not fails
+    assert fired(customer.send("page_view", T0 + 5 * MIN, category="bags")) == []
+    customer.send("email_open", T0 + 6 * MIN, campaign_id="x")
+    out = customer.send("page_view", T0 + 7 * MIN, category="bags")
+    assert fired(out) == [("r1", "email", "page_view")]
+    # the decision's signals name every condition the groups hold, with its value
+    assert out.decisions[0].signals == {"trigger.category": "bags", "views": 4, "opens": 1}
+
+
+def test_a_rule_with_groups_has_one_cooldown(tmp_path):
+    path = rules(tmp_path, rule(when='[{ any = [\'trigger.category == "shoes"\', "views >= 3"] }]'))
+    customer = Customer(load_rules(path))
+    granted(customer, "email")
+    assert fired(customer.send("page_view", T0 + MIN, category="shoes")) == [("r1", "email", "page_view")]
+    customer.send("page_view", T0 + 2 * MIN, category="bags")
+    assert reasons(customer.send("page_view", T0 + 3 * MIN, category="bags")) == [("r1", "cooldown")]
+
+
+def test_explain_shows_a_group_with_the_values_it_read(tmp_path):
+    path = rules(tmp_path, rule(when='[{ any = [\'trigger.category == "shoes"\', "views >= 3"] }]',
+                                params='{ cat = "trigger.category" }'))
+    ruleset = load_rules(path)
+    story = [(1, "ana", make_event("consent", T0, customer="ana", channel="email", granted=True,
+                                   purpose="marketing")),
+             (2, "ana", make_event("page_view", T0 + MIN, customer="ana", category="shoes"))]
+    entries = [e for e in explain(ruleset, story) if e["trigger"] == "page_view"]
+    condition = entries[0]["rules"][0]["conditions"][0]
+    assert condition == {"condition": "any(trigger.category == \"shoes\", views >= 3)",
+                         "value": {"trigger.category": "shoes", "views": 1}, "holds": True}
+    assert entries[0]["decision"]["params"] == {"cat": "shoes"}
+    assert "params {'cat': 'shoes'}" in render(entries[0])
+
+
+# -- reachability ----------------------------------------------------------------------------------
+
+
+def reach_rules(tmp_path: Path) -> Path:
+    return rules(tmp_path, rule("mail", priority=20, require_address="true"),
+                 rule("ad", channel="ads", priority=10, require_address="true"),
+                 tail='[caps]\nemail = { limit = 1, window = "24h" }\n[consent]\nads = "opt_out"\n')
+
+
+def test_an_unreachable_channel_is_blocked_uses_no_cooldown_and_falls_through(tmp_path):
+    customer = Customer(load_rules(reach_rules(tmp_path)))
+    granted(customer, "email")
+    customer.profile.ids = {"cookie": ["k1"]}
+    out = customer.send("page_view", T0 + MIN)
+    assert reasons(out) == [("mail", "unreachable")] and fired(out) == [("ad", "ads", "page_view")]
+    assert "mail" not in customer.profile.history.fired and "email" not in customer.profile.history.sent
+    customer.profile.ids = {"cookie": ["k1"], "email": ["e1"]}
+    assert fired(customer.send("page_view", T0 + 2 * MIN)) == [("mail", "email", "page_view")]
+
+
+def test_unknown_identifiers_do_not_block_and_rules_without_the_option_are_unchanged(tmp_path):
+    customer = Customer(load_rules(reach_rules(tmp_path)))
+    granted(customer, "email")
+    assert customer.profile.ids == {}  # not known (a profile stored before identifiers were recorded)
+    assert fired(customer.send("page_view", T0 + MIN)) == [("mail", "email", "page_view")]
+    plain = Customer(load_rules(rules(tmp_path, rule("mail"))))
+    granted(plain, "email")
+    plain.profile.ids = {"cookie": ["k1"]}
+    assert fired(plain.send("page_view", T0 + MIN)) == [("mail", "email", "page_view")]
+
+
+def test_require_address_and_capped_must_be_booleans(tmp_path):
+    assert "rule 'r1': field 'require_address': must be true or false" in one_error(
+        rules(tmp_path, rule(require_address='"yes"')))
+    assert "rule 'r1': field 'capped': must be true or false" in one_error(rules(tmp_path, rule(capped="1")))
+
+
+# -- caps by purpose -------------------------------------------------------------------------------
+
+CAPS = '[caps]\nemail = { limit = 1, window = "24h" }\noverall = { limit = 1, window = "24h" }\n'
+
+
+def test_a_rule_outside_the_caps_is_not_held_back_and_not_counted(tmp_path):
+    path = rules(tmp_path, rule("promo", cooldown='"1m"'),
+                 rule("service", on='["complaint"]', purpose='"service"', promotion="false", capped="false",
+                      cooldown='"1m"'), tail=CAPS)
+    customer = Customer(load_rules(path))
+    granted(customer, "email")
+    granted(customer, "email", purpose="service")
+    # the service message first: it does not count, so the promotion still has its one a day
+    assert fired(customer.send("complaint", T0 + MIN, topic="x")) == [("service", "email", "complaint")]
+    assert "email" not in customer.profile.history.sent
+    out = customer.send("page_view", T0 + 2 * MIN)
+    assert reasons(out) == [("promo", "complaint_suppression")]
+    # after the cap is full, the service message still goes out
+    customer2 = Customer(load_rules(path), customer="c2")
+    customer2.apply(consent(T0, "email", True, customer="c2"))
+    customer2.apply(consent(T0, "email", True, "service", customer="c2"))
+    assert fired(customer2.send("page_view", T0 + MIN)) == [("promo", "email", "page_view")]
+    assert reasons(customer2.send("page_view", T0 + 3 * MIN)) == [("promo", "frequency_cap_channel")]
+    assert fired(customer2.send("complaint", T0 + 4 * MIN, topic="x")) == [("service", "email", "complaint")]
+
+
+def test_caps_purposes_scope_the_caps(tmp_path):
+    path = rules(tmp_path, rule("promo", cooldown='"1m"'),
+                 rule("service", on='["complaint"]', purpose='"service"', promotion="false", cooldown='"1m"'),
+                 tail=CAPS + 'purposes = ["marketing"]\n')
+    ruleset = load_rules(path)
+    assert ruleset.capped_purposes == frozenset({"marketing"})
+    assert [c.capped for c in ruleset.by_trigger["complaint"]] == [False]
+    customer = Customer(ruleset)
+    granted(customer, "email")
+    granted(customer, "email", purpose="service")
+    assert fired(customer.send("page_view", T0 + MIN)) == [("promo", "email", "page_view")]
+    assert fired(customer.send("complaint", T0 + 2 * MIN, topic="x")) == [("service", "email", "complaint")]
+    # without `purposes`, the same service message is capped, as before
+    plain = Customer(load_rules(rules(tmp_path, rule("promo", cooldown='"1m"'),
+                                      rule("service", on='["complaint"]', purpose='"service"',
+                                           promotion="false"), tail=CAPS)))
+    granted(plain, "email")
+    granted(plain, "email", purpose="service")
+    plain.send("page_view", T0 + MIN)
+    assert reasons(plain.send("complaint", T0 + 2 * MIN, topic="x")) == [("service", "frequency_cap_channel")]
+
+
+def test_a_bad_caps_purposes_is_named(tmp_path):
+    message = one_error(rules(tmp_path, rule(), tail=CAPS + 'purposes = "marketing"\n'))
+    assert "[caps]: field 'purposes': must be a list of purposes" in message
+
+
+# -- decision parameters ---------------------------------------------------------------------------
+
+
+def test_params_carry_trigger_and_profile_values_into_the_decision_body(tmp_path):
+    path = rules(tmp_path, rule(when='["views >= 1"]', params='{ product_id = "trigger.product_id", '
+                                                            'segment = "segment", views = "views" }'))
+    customer = Customer(load_rules(path), customer=KEY)
+    granted(customer, "email")
+    out = customer.send("page_view", T0 + MIN, product_id="P-1")
+    decision = out.decisions[0]
+    assert decision.params == {"product_id": "P-1", "segment": "prospect", "views": 1}
+    assert decision.signals == {"views": 1}  # what the conditions read, as before
+    body = orjson.loads(encode_decision(decision)[1])
+    assert body["params"] == {"product_id": "P-1", "segment": "prospect", "views": 1}
+    jsonschema.validate(body, SCHEMA)
+
+
+def test_a_rule_without_params_makes_the_same_body_as_before(tmp_path):
+    customer = Customer(load_rules(rules(tmp_path, rule())))
+    granted(customer, "email")
+    decision = customer.send("page_view", T0 + MIN).decisions[0]
+    assert decision.params is None and "params" not in decision_body(decision)
+
+
+def test_a_missing_param_value_is_null(tmp_path):
+    customer = Customer(load_rules(rules(tmp_path, rule(params='{ product_id = "trigger.product_id" }'))),
+                        customer=KEY)
+    granted(customer, "email")
+    body = decision_body(customer.send("page_view", T0 + MIN).decisions[0])
+    assert body["params"] == {"product_id": None}
+    jsonschema.validate(body, SCHEMA)
+
+
+@pytest.mark.parametrize(("params", "field", "words"), [
+    ('{ p = "viewz" }', "params.p", "unknown attribute 'viewz'"),
+    ('{ p = "trigger.amount" }', "params.p", "'trigger.amount' is not an attribute of what the rule is on"),
+    ('{ Product = "views" }', "params.Product", "lowercase letters, digits and _"),
+    ('{ p = 3 }', "params", "must be a table of <name> = \"<attribute>\""),
+    ('"views"', "params", "must be a table"),
+])
+def test_a_bad_param_is_named_with_its_field(tmp_path, params, field, words):
+    message = one_error(rules(tmp_path, rule(params=params)))
+    assert f"rule 'r1': field '{field}'" in message and words in message, message
+
+
+# -- absences that do not restart ------------------------------------------------------------------
+
+ABSENCE = '''
+[signals.cart]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "30m"
+carry = ["sku"]
+restart = false
+'''
+
+
+def absence_customer(tmp_path: Path, signal: str = ABSENCE) -> Customer:
+    path = rules(tmp_path, rule(on='["cart"]', params='{ sku = "trigger.sku" }'), signals=signal)
+    customer = Customer(load_rules(path))
+    granted(customer, "email")
+    return customer
+
+
+def test_restart_false_counts_from_the_first_start(tmp_path):
+    customer = absence_customer(tmp_path)
+    assert isinstance(customer.ruleset.signals[0], Fixed)
+    customer.send("add_to_cart", T0 + MIN, sku="A")
+    customer.send("add_to_cart", T0 + 20 * MIN, sku="B")
+    assert customer.profile.signals["cart"][:2] == [T0 + MIN, T0 + 31 * MIN]
+    out = customer.tick(T0 + 36 * MIN)  # deadline + 5 minutes of lateness
+    assert fired(out) == [("r1", "email", "cart")] and out.decisions[0].params == {"sku": "A"}
+
+
+def test_restart_false_keeps_the_earliest_start_whatever_the_arrival_order(tmp_path):
+    early, late = (make_event("add_to_cart", T0 + MIN, sku="A"), make_event("add_to_cart", T0 + 3 * MIN, sku="B"))
+    one, other = absence_customer(tmp_path), absence_customer(tmp_path)
+    one.apply_all([early, late])
+    other.apply_all([late, early])
+    assert one.profile.signals["cart"] == other.profile.signals["cart"] == [T0 + MIN, T0 + 31 * MIN, {"sku": "A"}]
+    signal = one.ruleset.signals[0]
+    assert signal.merge([T0 + 3 * MIN, T0 + 33 * MIN, {"sku": "B"}], [T0 + MIN, T0 + 31 * MIN, {"sku": "A"}]) == \
+        [T0 + MIN, T0 + 31 * MIN, {"sku": "A"}]
+    assert signal.merge([T0, T0 + 30 * MIN, {"sku": "A"}], [T0, T0 + 30 * MIN, {"sku": "B"}])[2] == {"sku": "B"}
+
+
+def test_restart_false_with_totals_and_where(tmp_path):
+    customer = absence_customer(tmp_path, ABSENCE + 'count = "items"\nwhere = [\'channel == "mobile"\']\n')
+    signal = customer.ruleset.signals[0]
+    assert isinstance(signal, Tally) and not signal.restart
+    customer.send("add_to_cart", T0 + MIN, sku="A", channel="mobile")
+    customer.send("add_to_cart", T0 + 2 * MIN, sku="W", channel="web")  # not a start: where
+    customer.send("add_to_cart", T0 + 20 * MIN, sku="B", channel="mobile")
+    assert customer.profile.signals["cart"] == [T0 + MIN, T0 + 31 * MIN, {"sku": "A"}, {"items": 2}]
+    merged = signal.merge([T0 + 5 * MIN, T0 + 35 * MIN, {"sku": "C"}, {"items": 1}],
+                          customer.profile.signals["cart"])
+    assert merged == [T0 + MIN, T0 + 31 * MIN, {"sku": "A"}, {"items": 3}]
+
+
+def test_the_default_still_restarts_and_a_bad_restart_is_named(tmp_path):
+    customer = absence_customer(tmp_path, ABSENCE.replace("restart = false\n", ""))
+    customer.send("add_to_cart", T0 + MIN, sku="A")
+    customer.send("add_to_cart", T0 + 20 * MIN, sku="B")
+    assert customer.profile.signals["cart"][:2] == [T0 + 20 * MIN, T0 + 50 * MIN]
+    message = one_error(rules(tmp_path, rule(on='["cart"]'), signals=ABSENCE.replace("false", '"no"')))
+    assert "signal 'cart': field 'restart': must be true" in message
+
+
+# -- the data model --------------------------------------------------------------------------------
+
+
+def test_page_view_keeps_a_product_id_and_add_to_cart_its_channel():
+    assert "product_id" in event_attributes("page_view")
+    assert "channel" in event_attributes("add_to_cart")
+
+
+def test_rules_can_read_the_new_attributes(tmp_path):
+    path = rules(tmp_path, rule(on='["add_to_cart"]', when='[\'trigger.channel == "mobile"\']'),
+                 rule("r2", when='[\'trigger.product_id == "P-1"\']'))
+    customer = Customer(load_rules(path))
+    granted(customer, "email")
+    assert fired(customer.send("add_to_cart", T0 + MIN, sku="A", channel="web")) == []
+    assert fired(customer.send("add_to_cart", T0 + 2 * MIN, sku="A", channel="mobile")) == [
+        ("r1", "email", "add_to_cart")]
+    assert fired(customer.send("page_view", T0 + 3 * MIN, product_id="P-1")) == [("r2", "email", "page_view")]
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+def scenario(tmp_path: Path, step: str) -> Path:
+    return write_rules(tmp_path, f'description = "x"\n[[step]]\n{step}\n', "story.toml")
+
+
+@pytest.mark.parametrize(("step", "words"), [
+    ('at = "+0m"\nevent = "login"\nids = ["mail"]', "step 1: field 'ids': must be a list of identifier types"),
+    ('advance = "+1m"\nids = ["email"]', "field(s) ['ids'] belong to event steps"),
+])
+def test_a_bad_ids_field_in_a_scenario_is_named(tmp_path, step, words):
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(scenario(tmp_path, step))
+    assert words in str(err.value)
+
+
+def test_a_scenario_sets_the_profile_identifiers(tmp_path):
+    from operators.rules.scenarios import run_scenario
+
+    path = write_rules(tmp_path, '''description = "x"
+[[step]]
+at = "+0m"
+event = "consent"
+attrs = { channel = "email", granted = true }
+ids = ["cookie"]
+[[step]]
+at = "+1m"
+event = "page_view"
+blocked = [{ rule = "mail", reason = "unreachable" }]
+decisions = [{ rule = "ad", params = { p = "prospect" } }]
+''', "story.toml")
+    ruleset = load_rules(rules(tmp_path, rule("mail", priority=20, require_address="true"),
+                               rule("ad", channel="ads", priority=10, params='{ p = "segment" }'),
+                               tail='[consent]\nads = "opt_out"\n'))
+    checks = run_scenario(load_scenario(path), ruleset)
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+
+
+def test_load_rules_raises_the_first_mistake(tmp_path):
+    with pytest.raises(RulesError, match="field 'when'"):
+        load_rules(rules(tmp_path, rule(when="[{ any = [] }]")))
