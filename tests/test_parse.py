@@ -276,7 +276,8 @@ def test_reason_class_names_are_unique_and_stable():
 
 PURCHASE_ATTRS = ["order_id", "amount", "currency", "items", "category"]
 CONTRACT_ATTRS = {
-    "page_view": ["page_type", "category"], "add_to_cart": ["sku", "amount", "quantity", "category"],
+    "page_view": ["page_type", "category", "product_id"],
+    "add_to_cart": ["sku", "amount", "quantity", "category", "channel"],
     "purchase": PURCHASE_ATTRS, "app_purchase": PURCHASE_ATTRS, "store_purchase": PURCHASE_ATTRS,
     "email_open": ["campaign_id"], "email_click": ["campaign_id", "link_category"],
     "app_open": ["app_version"], "call_center_contact": ["topic", "outcome"],
