@@ -266,6 +266,57 @@ def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: 
     assert "pruning never deletes the newest savepoint" in capsys.readouterr().err
 
 
+def _peer_reports(shared: Path, generation: int | None, *, at: float | None = None, peer: int = 1) -> None:
+    (shared / ".cluster").mkdir(parents=True, exist_ok=True)
+    (shared / ".cluster" / f"process-{peer}.json").write_bytes(orjson.dumps(
+        {"generation": generation, "boot": "peer", "at": time.time() if at is None else at, "processes": 2}))
+
+
+def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
+    """The decisions of state.on_lost_volume = "restore", process 0 of 2 with a peer's reports written by hand."""
+    from operators.state.savepoint import Generations, Rejoin, _write_manifest
+
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+
+    # A new deployment: nobody has state, generation 0.
+    first = Generations(config, 0, 2, timeout_s=5)
+    _peer_reports(shared, None)
+    assert first.decide() == Rejoin(0, None)
+    (Path(config.state.dir) / "shard-0000").mkdir(parents=True)
+    (Path(config.state.dir) / "shard-0000" / "CURRENT").write_text("")
+    _peer_reports(shared, 0)
+    first.joined(0)
+    assert (shared / ".cluster" / "running-000000").exists()
+
+    # The peer lost its volume and there is no savepoint: refused, one line.
+    again = Generations(config, 0, 2, timeout_s=5)
+    _peer_reports(shared, None)
+    with pytest.raises(SavepointError, match="holds no savepoint to restore the cluster from"):
+        again.decide()
+
+    # With a savepoint: generation 1 names it, and this process (state at 0) clears and restores it.
+    (shared / "sp" / "shard-0000").mkdir(parents=True)
+    _write_manifest(shared / "sp", SavepointManifest(
+        id="sp", created_at="2026-12-06T00:00:00+00:00", mode="online", shards=4, secret_fingerprint="f",
+        seqs={0: 1}, positions={}, source_lineage=None))
+    assert again.decide() == Rejoin(1, str(shared / "sp"), reset=True, restore=True)
+    assert orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())["savepoint"] == "sp"
+
+    # Restored and joined: the next start resumes from the same savepoint, nothing restored again.
+    _peer_reports(shared, 1)
+    again.joined(1)
+    later = Generations(config, 0, 2, timeout_s=5)
+    _peer_reports(shared, 1)
+    assert later.decide() == Rejoin(1, str(shared / "sp"))
+
+    # A report written before this process started is a previous life's: it does not count.
+    stale = Generations(config, 0, 2, timeout_s=0.6)
+    _peer_reports(shared, 1, at=time.time() - 1)
+    with pytest.raises(SavepointError, match=r"process\(es\) 1 of 2 did not report"):
+        stale.decide()
+
+
 # -- the cluster round trip ----------------------------------------------------------------------------
 
 CUSTOMERS = 300

@@ -945,12 +945,14 @@ _FRESH_S = 6.0  # a report older than this is from a process that is not (or no 
 
 @dataclass(frozen=True)
 class Rejoin:
-    """What a process does before it starts, decided by `Generations.decide`: restore `savepoint` (after
-    clearing its own state when `reset`), or start as it is (`savepoint` None)."""
+    """What a process does before it starts, decided by `Generations.decide`. `savepoint`: the one the
+    generation restored (None for generation 0), which the process's state came from or must now;
+    `restore`: it must (its state is not at the generation), after clearing its own state when `reset`."""
 
     generation: int
     savepoint: str | None
-    reset: bool
+    reset: bool = False
+    restore: bool = False
 
 
 def _create_once(path: Path, data: bytes) -> bool:
@@ -1073,10 +1075,12 @@ class Generations:
         time.sleep(0.25)
 
     def _fresh(self, i: int) -> bool:
+        """Process i reported since this process started, and lately (the same test as `_reports`)."""
         try:
-            return time.time() - float(orjson.loads((self.dir / f"process-{i}.json").read_bytes())["at"]) <= _FRESH_S
+            at = float(orjson.loads((self.dir / f"process-{i}.json").read_bytes())["at"])
         except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
             return False
+        return at >= self._started and time.time() - at <= _FRESH_S
 
     def _raise(self, generation: int) -> None:
         complete, _ = catalogue(self.config.state.savepoint_dir)
@@ -1100,21 +1104,22 @@ class Generations:
             if reports is None:
                 self._waiting(deadline, "not every process reported")
                 continue
+            source = str(Path(self.config.state.savepoint_dir) / savepoint) if savepoint else None
             if self.mine == generation:
                 lost = [i for i, g in reports.items() if g is None]
                 if lost and (self.dir / f"running-{generation:06d}").exists():
                     self._raise(generation + 1)  # a process lost its state after the cluster ran at it
                     continue
-                return Rejoin(generation, None, False)
+                return Rejoin(generation, source)  # its state came from `source`: a restore of it resumes
             if savepoint is None:  # generation 0: a new deployment, unless the others already run it
                 if (self.dir / f"running-{generation:06d}").exists():
                     self._raise(generation + 1)
                     continue
-                return Rejoin(generation, None, False)
+                return Rejoin(generation, None)
             log.info("rejoining at a newer generation", extra={"generation": generation, "savepoint": savepoint,
                                                                "from": self.mine,
                                                                "reports": {str(k): v for k, v in reports.items()}})
-            return Rejoin(generation, str(Path(self.config.state.savepoint_dir) / savepoint), self.has_state)
+            return Rejoin(generation, source, reset=self.has_state, restore=True)
 
     def joined(self, generation: int) -> None:
         """This process's state is at `generation`: record it, and wait until every process is there."""
