@@ -24,6 +24,7 @@ from bench import workload as bench_workload
 from operators.channels import EVENT_CHANNELS
 from operators.engine import due_at, on_event, on_timers, prune
 from operators.profile.codec import migrate_v1, profile_as_dict
+from operators.profile.facts import ORDER_LIMITS
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
 from tests.flowrun import workload
@@ -176,6 +177,12 @@ def test_the_new_engine_makes_the_old_engines_decisions_and_profiles(tmp_path: P
         converted = {c: pruned(migrate_v1(p), tick) for c, p in before.items()}
         # `prune_at` is a hint (no entry expires before it): the new engine's, recomputed at each
         # expiry, is exact, the old one's could be late. Every entry it bounds is compared.
+        # Recent orders (facts.recent_orders) are new since the old engine, which kept no order: compared
+        # around here, and against the facts the old engine kept (one entry per order, up to the bound).
+        for c, p in new.items():
+            orders = p["facts"].pop("recent_orders")
+            assert len(orders) == min(p["facts"]["orders"], ORDER_LIMITS.keep), c
+            converted[c]["facts"].pop("recent_orders")
         different = [c for c in new if {**new[c], "prune_at": None} != {**converted[c], "prune_at": None}]
         assert not different, (f"at snapshot {moment}, {len(different)} profiles differ, e.g. {different[0]}: "
                                f"new {new[different[0]]} old {before[different[0]]}")

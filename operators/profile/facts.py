@@ -1,20 +1,74 @@
 """Durable (near-real-time) facts: what one event adds to them, and the attributes rules read from them.
 
 Every update is commutative (sums, counts, min/max by event time, last-writer-wins by
-(ts, event_id)), so the facts do not depend on the order events arrive in.
+(ts, event_id), the newest orders of a set), so the facts do not depend on the order events arrive in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 from operators.channels import CONSENT_FAMILY, PURCHASE_TYPES
-from operators.profile.model import Facts
+from operators.profile.model import Facts, Order
 from operators.records import Event
 
 DAY_MS = 86_400_000
+
+
+class OrderLimits(NamedTuple):
+    """How many recent orders a profile keeps, and how old the oldest may be next to the newest."""
+
+    keep: int = 10
+    max_age_ms: int = 365 * DAY_MS
+
+
+# One setting per process (every worker thread runs the same configuration): `configure_orders`, from
+# `[profile]` (operators/infra/config.py) when the flow is built. Read at each order, never per event.
+ORDER_LIMITS = OrderLimits()
+
+
+def configure_orders(keep: int, max_age_ms: int) -> None:
+    """Set the recent-orders bounds for this process (the flow does it before it starts)."""
+    global ORDER_LIMITS
+    if keep < 0 or max_age_ms < 0:
+        raise ValueError("recent orders: the number kept and the age must be at least 0")
+    ORDER_LIMITS = OrderLimits(keep, max_age_ms)
+
+
+def _order_key(order: Order) -> tuple[Any, ...]:
+    """The defined order of recent orders: by time, then every field (None before any value), so two
+    profiles holding the same orders hold them in the same order and store the same bytes."""
+    return (order.ts, order.order_id or "", order.order_id is not None, order.channel, order.amount,
+            order.currency or "", order.category or "")
+
+
+def bound_orders(orders: Iterable[Order], limits: OrderLimits | None = None) -> list[Order]:
+    """The orders a profile keeps of these: distinct, within `max_age_ms` of the newest, the newest
+    `keep`, oldest first.
+
+    A function of the set of orders alone (the age is judged against the newest order, not a clock), so
+    keeping it after every order and after every merge is the same as keeping it once over all of them:
+    an order dropped from one side was older than ones that outrank it in the union too.
+    """
+    limits = limits or ORDER_LIMITS
+    kept = sorted(set(orders), key=_order_key)
+    if not kept or limits.keep == 0:
+        return []
+    floor = kept[-1].ts - limits.max_age_ms
+    kept = [o for o in kept[-limits.keep:] if o.ts >= floor]
+    return kept
+
+
+def _order_of(event: Event) -> Order:
+    """The order an event records: ids and amounts only, never a name or an address."""
+    attrs = event.attrs
+    order_id, currency, category = attrs.get("order_id"), attrs.get("currency"), attrs.get("category")
+    return Order(event.ts, str(order_id) if order_id is not None else None,
+                 finite(float(attrs.get("amount", 0.0)), "order amount"),
+                 str(currency).upper() if currency is not None else None, event.channel,
+                 str(category) if category is not None else None)
 
 
 class ProfileEncodeError(ValueError):
@@ -53,6 +107,7 @@ def apply_facts(facts: Facts, event: Event) -> None:
         last = facts.last_purchase
         if last is None or ts > last:
             facts.last_purchase = ts
+        facts.recent_orders = bound_orders([*facts.recent_orders, _order_of(event)])
     elif event_type == "consent":
         attrs = event.attrs
         key = f"{attrs['channel']}:{attrs.get('purpose', 'marketing')}"
@@ -94,6 +149,8 @@ def merge(facts: Facts, other: Facts) -> None:
         if mine is None or (entry[1], entry[2]) > (mine[1], mine[2]):
             consent[key] = list(entry)
     facts.last_complaint = _latest(facts.last_complaint, other.last_complaint)
+    if other.recent_orders:
+        facts.recent_orders = bound_orders([*facts.recent_orders, *other.recent_orders])
 
 
 def _earliest(a: int | None, b: int | None) -> int | None:
@@ -164,6 +221,22 @@ def _days_since(at: int | None, now_ms: int) -> int | None:
     return None if at is None else (now_ms - at) // DAY_MS
 
 
+def recent_orders(facts: Facts, now_ms: int) -> list[Order]:
+    """The recent orders still within the age bound as of `now_ms`, oldest first."""
+    floor = now_ms - ORDER_LIMITS.max_age_ms
+    return [o for o in facts.recent_orders if o.ts >= floor]
+
+
+def _last_order(facts: Facts) -> Order | None:
+    orders = facts.recent_orders
+    return orders[-1] if orders else None
+
+
+def _last_order_field(facts: Facts, name: str) -> Any:
+    last = _last_order(facts)
+    return None if last is None else getattr(last, name)
+
+
 # The durable attributes a rule can name, each computed on read as of the trigger's time.
 ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
     "orders": lambda f, _now: f.orders,
@@ -180,6 +253,11 @@ ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
     "preferred_channel": lambda f, _now: preferred_channel(f),
     "email_contacts": lambda f, _now: f.contacts.get("email", 0),
     "call_center_contacts": lambda f, _now: f.contacts.get("call_center", 0),
+    # The newest recent order (missing when none is kept): "last week's web order".
+    "last_order_channel": lambda f, _now: _last_order_field(f, "channel"),
+    "last_order_category": lambda f, _now: _last_order_field(f, "category"),
+    "last_order_amount": lambda f, _now: _last_order_field(f, "amount"),
+    "hours_since_last_order": lambda f, now: None if (o := _last_order(f)) is None else (now - o.ts) // 3_600_000,
 }
 
 

@@ -3,7 +3,7 @@
 Each part is merged by the module that owns it (operators/profile/model.py lists them):
 
 - durable facts (`facts.merge`): counts and sums add, first is the minimum, last the maximum,
-  consent the latest by (ts, event_id);
+  consent the latest by (ts, event_id), recent orders the union kept within their bounds;
 - transient signals, by kind (`Signal.merge`): windowed counts and sums bucket by bucket, distinct
   values as a union, the latest `last`, sessions less than a gap apart as one, a pending absence
   carries over (with the totals of both), grouped signals group by group, and a `reset_on` reset

@@ -2,6 +2,7 @@
 
     Profile
       facts    Facts            durable facts             operators/profile/facts.py
+                 (recent_orders: the last N orders, no PII)
       signals  {name: state}    transient signals         operators/signals/ (one module per kind)
       history  History          cooldowns and caps        operators/profile/history.py
       seen     {event_id: until} the dedupe window        operators/profile/dedupe.py
@@ -14,7 +15,8 @@ owner: `facts.merge`, `history.merge`, `dedupe.merge`, and every signal kind's `
 Equal profiles store the same bytes (operators/profile/codec.py sorts every dict but `seen`, whose
 order is its arrival order and says which id goes first at the cap). The lists whose order carries
 no meaning have a defined one, kept by their owners: a distinct signal's members by value,
-a channel's `sent` entries by time, count and sum buckets by start. `ids` keep their link order, which
+a channel's `sent` entries by time, recent orders by
+(ts, order id, ...), count and sum buckets by start. `ids` keep their link order, which
 says which key addresses a decision.
 
 msgspec Structs: attribute access as fast as slotted classes, checked by mypy, and encoded to
@@ -34,6 +36,20 @@ import msgspec
 PROFILE_FORMAT = 2
 
 
+class Order(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One recent order, without PII: what an interaction needs to talk about it ("last week's web order").
+
+    Frozen (hashable: merged as a set) and stored as a list (compact). `order_id` and `category` are None
+    when the event did not say; `currency` too."""
+
+    ts: int
+    order_id: str | None
+    amount: float
+    currency: str | None
+    channel: str
+    category: str | None
+
+
 class Facts(msgspec.Struct, gc=False):
     """Durable facts: they keep their value for months and do not depend on arrival order."""
 
@@ -49,6 +65,8 @@ class Facts(msgspec.Struct, gc=False):
     # "<channel>:<purpose>" -> [granted, ts, event_id]; the latest by (ts, event_id) wins.
     consent: dict[str, list[Any]] = msgspec.field(default_factory=dict)
     last_complaint: int | None = None
+    # The newest orders on every channel, oldest first, bounded by count and age (facts.ORDER_LIMITS).
+    recent_orders: list[Order] = msgspec.field(default_factory=list)
 
 
 class History(msgspec.Struct, gc=False):
