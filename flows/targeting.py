@@ -38,6 +38,8 @@ from operators.io.deadletter import dead_letter_record
 from operators.io.decisions import encode_decision, expired
 from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
 from operators.io.parse import parse_message
+from operators.io.profile_view import ProfileViewWriter
+from operators.profile.facts import configure_orders
 from operators.records import (
     DeadLetter,
     Decision,
@@ -115,6 +117,9 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     savepoint_dir = Path(config.state.savepoint_dir)
     state_dir = Path(config.state.dir)
     families = profile_families(shards, identity_rules.anchors)
+    configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)
+    # The profile view topic: written by each shard's checkpoint, before the epoch commits.
+    view = ProfileViewWriter(config.kafka, topics.profiles, ruleset, clock).publish if topics.profiles else None
     identity = IdentityContext(state_dir=state_dir, shards=shards, rules=identity_rules,
                                cache_identifiers=config.identity.cache_identifiers,
                                keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
@@ -199,7 +204,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         ctx = ShardContext(state_dir=family.root(state_dir), shards=shards, ruleset=ruleset, clock=clock,
                            cache_profiles=config.state.cache_profiles_per_shard,
                            keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
-                           family=family.name, await_frontier=True)
+                           family=family.name, await_frontier=True, view=view)
         first = n == 0  # `profiles` keeps the step names it always had
         items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
             op.merge(f"into_{family.name}", *inputs[family.name])

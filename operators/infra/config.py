@@ -49,6 +49,10 @@ class TopicsConfig:
     cleanup_policy: str = ""  # "": the broker's default ("delete")
     dead_letter_retention_ms: int = 7 * 24 * 3600 * 1000  # dead letters hold PII: keep them short
     control_partitions: int = 1
+    # The profile view (operators/io/profile_view.py): compacted, one record per profile changed in an
+    # epoch, read by `nextclick serve`. "": not written.
+    profiles: str = ""
+    profiles_partitions: int = 8
 
 
 def progress_topic(topics: TopicsConfig) -> str:
@@ -181,6 +185,31 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    # Recent orders kept in each profile (operators/profile/facts.py): how many, and how much older than
+    # the newest the oldest may be (a duration, e.g. 90d).
+    recent_orders: int = 10
+    recent_orders_max_age: str = "365d"
+
+    @property
+    def recent_orders_max_age_ms(self) -> int:
+        return _duration_ms(self.recent_orders_max_age)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`nextclick serve` (flows/serve.py): the profile query service."""
+
+    address: str = "0.0.0.0:8080"
+    # One bearer token per line (blank lines and lines starting with # skipped); required.
+    token_file: str = ""
+    # Its own RocksDB of the view topic, rebuilt from the topic when missing.
+    store_dir: str = "var/serve"
+    # Requests per second per bearer token (a token bucket twice as deep); 0: unlimited.
+    rate_limit: float = 200.0
+
+
+@dataclass(frozen=True)
 class Config:
     kafka: Mapping[str, str] = field(default_factory=lambda: {"bootstrap.servers": "127.0.0.1:9092"})
     topics: TopicsConfig = TopicsConfig()
@@ -189,6 +218,8 @@ class Config:
     parse: ParseConfig = ParseConfig()
     flow: FlowConfig = FlowConfig()
     identity: IdentityConfig = IdentityConfig()
+    profile: ProfileConfig = ProfileConfig()
+    serve: ServeConfig = ServeConfig()
 
     def replace(self, **sections: Any) -> Config:
         """A copy with whole sections or nested fields replaced: `replace(state={"shards": 4})`."""
@@ -216,7 +247,8 @@ def read_toml(path: str | os.PathLike[str], error: type[ValueError]) -> dict[str
 
 
 _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyConfig,
-             "parse": ParseConfig, "flow": FlowConfig, "identity": IdentityConfig}
+             "parse": ParseConfig, "flow": FlowConfig, "identity": IdentityConfig, "profile": ProfileConfig,
+             "serve": ServeConfig}
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
@@ -289,6 +321,12 @@ def load_config(path: str | os.PathLike[str] | None = None,
         config = config.replace(kafka=kafka)
     if config.state.shards < 1:
         raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    try:
+        if config.profile.recent_orders < 0 or config.profile.recent_orders_max_age_ms < 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{origin}: [profile].recent_orders must be at least 0 and recent_orders_max_age a "
+                          f"duration (e.g. 90d), got {config.profile.recent_orders_max_age!r}") from None
     for key, minimum in (("alignment_bound", 0), ("alignment_idle_timeout", 1)):
         text = getattr(config.flow, key)
         try:

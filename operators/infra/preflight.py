@@ -64,7 +64,8 @@ def output_topics(config: Config) -> list[tuple[str, str]]:
     decisions = config.topics.decisions
     names = sorted({decision_topic(decisions, c) for c in DECISION_CHANNELS}) if "{channel}" in decisions \
         else [decisions]
-    return [(t, "topics.decisions") for t in names] + [(config.topics.dead_letter, "topics.dead_letter")]
+    view = [(config.topics.profiles, "topics.profiles")] if config.topics.profiles else []
+    return [(t, "topics.decisions") for t in names] + [(config.topics.dead_letter, "topics.dead_letter"), *view]
 
 
 def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30.0) -> None:

@@ -20,7 +20,7 @@ from operators.io.kafka import client_config
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
-    role: str  # input, control, progress, decisions, dead_letter
+    role: str  # input, control, progress, decisions, dead_letter, profiles
     partitions: int
     replication_factor: int
     config: dict[str, str] = field(default_factory=dict)
@@ -46,7 +46,12 @@ def plan_topics(config: Config) -> list[TopicSpec]:
     # partition, only the latest of which matters.
     specs.append(TopicSpec(progress_topic(t), "progress", 1, t.replication_factor, {"cleanup.policy": "compact"}))
     for name, setting in output_topics(config):
-        if setting == "topics.decisions":
+        if setting == "topics.profiles":
+            # The profile view (operators/io/profile_view.py): compacted, so the latest record per profile
+            # key stays for good and a tombstone removes the key (after delete.retention.ms).
+            specs.append(TopicSpec(name, "profiles", t.profiles_partitions, t.replication_factor,
+                                   {"cleanup.policy": "compact"}))
+        elif setting == "topics.decisions":
             specs.append(TopicSpec(name, "decisions", t.partitions, t.replication_factor, settings(t.retention_ms)))
         else:
             specs.append(TopicSpec(name, "dead_letter", t.partitions, t.replication_factor,

@@ -28,6 +28,7 @@ import itertools
 import logging
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,9 @@ class ShardContext:
     # (records.Frontier); nothing fires before the first one. False (tools and tests that drive a shard
     # directly): the clock is the frontier, as for an input that is caught up.
     await_frontier: bool = False
+    # The profile view topic's writer (operators/io/profile_view.py): given, at each checkpoint, the
+    # profiles changed in the epoch (None: erased or moved out); None when no view topic is configured.
+    view: Callable[[list[tuple[str, Profile | None]]], int] | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,9 @@ class ShardState:
         self._merge_ids: dict[str, dict[str, list[str]]] = {}
         self._held: dict[str, list[ShardItem]] = {}
         self._early: dict[str, dict[str, bytes | None]] = {}
+        # Customers whose stored profile changed (written, erased, moved out) in this epoch: the profile
+        # view's records at the checkpoint. Only kept when there is a view.
+        self._viewed: set[str] = set()
 
     @classmethod
     def open(cls, ctx: ShardContext, shard: int, seq: int | None,
@@ -322,6 +329,8 @@ class ShardState:
             self._retired.append(applied)
         committed = self._committed.pop(customer, UNKNOWN)
         self.store.put(profile_key(customer), blob, committed=committed)
+        if self.ctx.view is not None:
+            self._viewed.add(customer)
         # Loaded unchanged since the checkpoint: its timer key is unchanged too.
         self.timers.move(customer, indexed, self._dirty_due.pop(customer), committed=committed is not UNKNOWN)
 
@@ -586,6 +595,8 @@ class ShardState:
             self._applied.pop(customer, None)
             self.store.delete(key, committed=committed)
             self.timers.move(customer, indexed, None, committed=committed is not UNKNOWN)
+            if self.ctx.view is not None:
+                self._viewed.add(customer)  # absorbed by a merge: its tombstone on the view topic
             metrics.PROFILES_MOVED.inc()
         self._committed.pop(customer, None)
         failpoints.hit("moved_out")
@@ -707,6 +718,8 @@ class ShardState:
                 self._quarantine(customer, "encode_profile", exc, blob, profile_due=at)
                 continue
             store.put(key, encoded, committed=committed)
+            if self.ctx.view is not None:
+                self._viewed.add(customer)
             timers.move(customer, at, due_at(profile, ruleset), committed=committed is not UNKNOWN)
             turned[customer] = profile
         self._account(outcome, out, turned)
@@ -759,12 +772,37 @@ class ShardState:
                              f"expected for {len(self._waiting)} customer(s) and {len(self._early)} unclaimed")
         dirty = len(self._dirty)
         self._flush()
+        if self._viewed:
+            self._publish_view()
         self._committed.clear()  # from here on, reads return what this epoch wrote
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         label = self.shard if self.ctx.family == "profiles" else f"{self.ctx.family}/{self.shard}"
         metrics.observe_shard(label, len(self._live), dirty, lambda: self.store.stats()["disk_bytes"])
         return seq
+
+    def _publish_view(self) -> None:
+        """The profile view's records of this epoch, before it commits: each changed profile as the store
+        now holds it (the cached copy is the same once flushed), a tombstone for one that is gone; a
+        quarantined one is left as it was last shown."""
+        assert self.ctx.view is not None
+        live, store, family = self._live, self.store, self.ctx.family
+        changes: list[tuple[str, Profile | None]] = []
+        for customer in sorted(self._viewed):
+            profile = live.get(customer)
+            if profile is None:
+                blob = store.get(profile_key(customer))
+                if blob == QUARANTINED:
+                    continue
+                try:
+                    profile = None if blob is None else decode_profile(blob)
+                except Exception:  # noqa: BLE001 - it is quarantined when next read; not shown meanwhile
+                    continue
+            # Keyed by family too: a profile moved to a later family may keep its key there, and its
+            # tombstone in the first must not remove the merged record.
+            changes.append((f"{family}/{customer}", profile))
+        self._viewed.clear()
+        self.ctx.view(changes)
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
         """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed, on the
@@ -796,6 +834,8 @@ class ShardState:
         self._applied.pop(customer, None)
         self._committed.pop(customer, None)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
+        if self.ctx.view is not None:
+            self._viewed.add(customer)  # its tombstone on the view topic
         self.ledger.note_erased()
         if count:
             metrics.ERASURES.inc()

@@ -1,0 +1,83 @@
+"""The profile view topic (`[topics] profiles`): at each epoch commit, the latest version of every profile
+changed in that epoch, keyed by profile key; a tombstone for a profile erased or absorbed by a merge.
+
+At the edge on purpose: the shard (operators/state/shard_state.py) only says which profiles changed and
+hands over their current versions at its checkpoint; this module turns them into records
+(operators/profile/view.py) and owns the producer. It produces and flushes before the shard's
+checkpoint returns, so before Bytewax commits the epoch: a record is never missing for a committed
+epoch. A crash after the flush and before the commit replays the epoch and writes its records again,
+so they are at-least-once; the topic is compacted and a later record for a key replaces an earlier
+one, and a replay writes the same profiles again, so the last write wins with the latest version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from operators.infra import metrics
+from operators.infra.clock import Clock
+from operators.io.kafka import exit_process, shared_producer
+from operators.profile.model import Profile
+from operators.profile.view import VIEW_SCHEMA, profile_view
+from operators.rules.model import RuleSet
+
+log = logging.getLogger(__name__)
+
+HEADERS: list[tuple[str, str | bytes | None]] = [("schema", VIEW_SCHEMA.encode())]
+
+
+def view_record(key: str, profile: Profile | None, ruleset: RuleSet, now_ms: int) -> tuple[bytes, bytes | None]:
+    """(key, value) of one profile's record; value None is the tombstone."""
+    if profile is None:
+        return key.encode(), None
+    return key.encode(), orjson.dumps(profile_view(key, profile, ruleset, now_ms))
+
+
+class ProfileViewWriter:
+    """Writes the view records of one process's shards (every shard's checkpoint calls `publish`)."""
+
+    def __init__(self, kafka: Mapping[str, str], topic: str, ruleset: RuleSet, clock: Clock, *,
+                 on_fatal: Callable[[str], None] = exit_process, producer: Producer | None = None) -> None:
+        self.topic, self.ruleset, self.clock, self._on_fatal = topic, ruleset, clock, on_fatal
+        self._producer = producer if producer is not None else shared_producer(kafka)
+        self._lock = threading.Lock()  # one failure slot for the worker threads that share it
+        self._failure: str | None = None
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            metrics.DELIVERY_ERRORS.labels(msg.topic() or "", err.name()).inc()
+            with self._lock:
+                self._failure = self._failure or err.str()
+
+    def publish(self, changes: Iterable[tuple[str, Profile | None]]) -> int:
+        """Produce one record per changed profile and wait until every one is acknowledged; the count.
+
+        A record that cannot be delivered stops the process (as the decision sink does): the epoch is not
+        committed, and a restart replays it, writing its records again."""
+        now, ruleset, produce, topic = self.clock.now_ms(), self.ruleset, self._producer.produce, self.topic
+        n = 0
+        try:
+            for key, profile in changes:
+                rkey, value = view_record(key, profile, ruleset, now)
+                while True:
+                    try:
+                        produce(topic, value, rkey, headers=HEADERS, on_delivery=self._on_delivery)
+                        break
+                    except BufferError:
+                        self._producer.poll(0.05)
+                n += 1
+        except KafkaException as exc:
+            self._on_fatal(f"Kafka producer failed on the profile view: {exc.args[0].str() if exc.args else exc}")
+            return n
+        if n:
+            remaining = self._producer.flush()
+            if remaining or self._failure:
+                self._on_fatal(f"could not deliver {remaining or 'some'} profile view record(s) to Kafka "
+                               f"({self._failure or 'timeout'}); restart to replay the uncommitted epoch")
+        return n

@@ -1,0 +1,143 @@
+"""The profile view without a broker: which records a shard's checkpoint gives, their schema, the service's
+index whatever order records arrive in, and the topic plan."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import jsonschema
+import orjson
+
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config
+from operators.io.profile_view import view_record
+from operators.io.topics import plan_topics
+from operators.io.view_index import ViewIndex
+from operators.profile.model import Profile
+from operators.state.shard import ShardLogic
+from operators.state.shard_state import ShardContext
+from tests.helpers import MIN, SEC, T0, consent, default_rules, make_event
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "profile.v1.json").read_text())
+
+
+def _shard(tmp_path: Path, published: list[list[tuple[str, Profile | None]]], clock: ManualClock) -> ShardLogic:
+    def publish(changes: list[tuple[str, Profile | None]]) -> int:
+        published.append(changes)
+        return len(changes)
+
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock, view=publish)
+    return ShardLogic(ctx, None)
+
+
+def test_a_checkpoint_publishes_each_profile_changed_in_its_epoch_once_and_a_tombstone_for_an_erased_one(
+        tmp_path: Path) -> None:
+    published: list[list[tuple[str, Profile | None]]] = []
+    clock = ManualClock(T0 + 10 * MIN)
+    shard = _shard(tmp_path, published, clock)
+    shard.on_batch([consent(T0, customer="c1"), make_event("page_view", T0, customer="c2"),
+                    make_event("purchase", T0 + SEC, customer="c1", order_id="o1", amount=20.0)])
+    shard.snapshot()
+    assert [(k, p is not None and p.facts.version) for k, p in published[-1]] == [("profiles/c1", 2),
+                                                                                  ("profiles/c2", 1)]
+    shard.on_batch([make_event("page_view", T0 + MIN, customer="c1")])
+    shard.snapshot()
+    assert [k for k, _ in published[-1]] == ["profiles/c1"]  # only what changed
+    count = len(published)
+    shard.snapshot()
+    assert len(published) == count  # an epoch that changed nothing writes nothing
+    shard.erase("c2")
+    shard.snapshot()
+    assert published[-1] == [("profiles/c2", None)]
+    shard.store.close()
+
+
+def test_a_profile_evicted_from_the_cache_is_published_as_stored(tmp_path: Path) -> None:
+    published: list[list[tuple[str, Profile | None]]] = []
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + MIN),
+                       cache_profiles=1, view=lambda changes: published.append(changes) or len(changes))
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("page_view", T0, customer=f"c{n}") for n in range(3)])
+    shard.snapshot()
+    assert sorted(k for k, _ in published[0]) == ["profiles/c0", "profiles/c1", "profiles/c2"]
+    assert all(p is not None and p.facts.version == 1 for _, p in published[0])
+    shard.store.close()
+
+
+def test_a_view_record_has_the_schema_and_no_personal_data(tmp_path: Path) -> None:
+    published: list[list[tuple[str, Profile | None]]] = []
+    clock = ManualClock(T0 + 10 * MIN)
+    shard = _shard(tmp_path, published, clock)
+    shard.on_batch([consent(T0, customer="c1"),
+                    make_event("add_to_cart", T0 + SEC, customer="c1", sku="s1", amount=30.0),
+                    make_event("purchase", T0 + 2 * SEC, customer="c1", order_id="o1", amount=20.0, currency="usd"),
+                    make_event("add_to_cart", T0 + 3 * SEC, customer="c1", sku="s2", amount=10.0)])
+    shard.snapshot()
+    ((key, profile),) = published[-1]
+    assert profile is not None
+    profile.ids = {"customer": ["c1"]}
+    rkey, value = view_record(key, profile, default_rules(), T0 + 10 * MIN)
+    assert value is not None and rkey == b"profiles/c1"
+    body = orjson.loads(value)
+    jsonschema.validate(body, SCHEMA)
+    assert body["recent_orders"] == [{"ts": T0 + 2 * SEC, "order_id": "o1", "amount": 20.0, "currency": "USD",
+                                      "channel": "web", "category": None}]
+    assert body["consent"] == {"email:marketing": {"granted": True, "ts": T0}}
+    assert body["pending_absences"]["cart_abandoned"]["since"] == T0 + 3 * SEC
+    assert body["recent_decisions"]["rules"]  # the purchase's cross-sell
+    assert body["attributes"]["last_order_channel"] == "web" and body["id_counts"] == {"customer": 1}
+    assert view_record(key, None, default_rules(), T0) == (b"profiles/c1", None)
+    shard.store.close()
+
+
+def _record(key: str, ids: dict[str, list[str]], as_of: int, version: int) -> bytes:
+    return orjson.dumps({"profile_key": key, "ids": ids, "as_of": as_of, "version": version})
+
+
+def test_the_index_answers_the_same_whatever_order_the_partitions_are_read_in(tmp_path: Path) -> None:
+    """A merge writes the merged record in one partition and the absorbed profiles' tombstones in others;
+    the service reads partitions in no order between them."""
+    # Partition 0: the anonymous profile, then its tombstone; partition 1: another's record then the merge.
+    p0 = [(0, 0, b"profiles/A", _record("profiles/A", {"cookie": ["A"]}, 1, 1)), (0, 1, b"profiles/A", None)]
+    p1 = [(1, 0, b"profiles/B", _record("profiles/B", {"customer": ["B"]}, 1, 1)),
+          (1, 1, b"linked_customer/B", _record("linked_customer/B", {"customer": ["B"], "cookie": ["A"]}, 2, 2)),
+          (1, 2, b"profiles/B", None)]
+    answers = set()
+    rng = random.Random(3)
+    for n in range(30):
+        left, right, merged = list(p0), list(p1), []
+        while left or right:  # an interleaving that keeps each partition's order
+            source = left if (left and (not right or rng.random() < 0.5)) else right
+            merged.append(source.pop(0))
+        index = ViewIndex(tmp_path / f"i{n}")
+        while merged:  # in batches of one to three records (one atomic write each)
+            size = rng.randint(1, 3)
+            index.apply(merged[:size])
+            del merged[:size]
+        answers.add((index.lookup("cookie", "A"), index.lookup("customer", "B"), index.count()))
+        index.close()
+    assert len(answers) == 1
+    ((cookie, customer, count),) = answers
+    assert cookie == customer and cookie is not None and orjson.loads(cookie)["profile_key"] == "linked_customer/B"
+    assert count == 1
+
+
+def test_the_index_resumes_from_its_offsets_and_a_tombstone_removes_every_identifier(tmp_path: Path) -> None:
+    index = ViewIndex(tmp_path / "i")
+    index.apply([(0, 4, b"profiles/A", _record("profiles/A", {"cookie": ["A"], "email": ["E"]}, 1, 1))])
+    assert index.offsets() == {0: 5} and index.lookup("email", "E") is not None
+    index.close()
+    index = ViewIndex(tmp_path / "i")
+    assert index.offsets() == {0: 5}
+    index.apply([(0, 5, b"profiles/A", None)])
+    assert index.lookup("email", "E") is None and index.lookup("cookie", "A") is None and index.count() == 0
+    index.close()
+
+
+def test_the_topic_plan_makes_the_view_compacted_and_run_checks_it(tmp_path: Path) -> None:
+    config = Config().replace(topics={"profiles": "p.view", "profiles_partitions": 4})
+    (spec,) = [s for s in plan_topics(config) if s.role == "profiles"]
+    assert (spec.name, spec.partitions, spec.config) == ("p.view", 4, {"cleanup.policy": "compact"})
+    assert not [s for s in plan_topics(Config()) if s.role == "profiles"]  # not configured: none
