@@ -97,7 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    "state", extra={"savepoint": rejoin.savepoint,
                                                                    "generation": rejoin.generation})
             reset_state(config, dry_run=False)
-    source = (rejoin.savepoint if rejoin else None) or args.from_savepoint or config.state.initial_savepoint.strip()
+    if rejoin is not None and generations is not None and (rejoin.restore or generations.has_state):
+        # The generation decides: restore its savepoint, or resume state already at it (whatever the flag
+        # says, and even once that savepoint has been pruned).
+        source = rejoin.savepoint if rejoin.restore else None
+    else:
+        source = args.from_savepoint or config.state.initial_savepoint.strip()
     if source:
         # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
         placement = (Placement(place.process_id, place.processes, args.workers)
