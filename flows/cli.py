@@ -124,6 +124,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                       workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve
+    from operators.infra.logs import configure_logging
+
+    configure_logging(args.log_level)
+    return serve(_config(args))
+
+
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from operators.io.kafka import wait_for_broker
     from operators.io.topics import TopicsError, create_topics, plan_topics
@@ -511,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="print the traceback of a fatal error")
     run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="the profile query service: HTTP over the profile view topic")
+    serve.add_argument("--config", help="TOML configuration file ([serve], [topics] profiles, [privacy], [kafka])")
+    serve.add_argument("--bootstrap", help="override kafka bootstrap.servers")
+    serve.add_argument("--log-level", default="INFO", help="DEBUG logs one line per request (never the path)")
+    serve.set_defaults(func=cmd_serve)
 
     topics = sub.add_parser("topics", help="create the topics the flow reads and writes")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)

@@ -1,0 +1,337 @@
+"""`nextclick serve`: the profile query service, for the application at the moment of an interaction.
+
+It reads the profile view topic (`[topics] profiles`, operators/io/profile_view.py) into its own RocksDB
+(operators/io/view_index.py), indexed by every identifier key, and answers over HTTP (aiohttp):
+
+    GET /v1/profiles/{id_type}/{id}   the profile holding that identifier (Bearer token), JSON 404 if none
+    GET /healthz                      the process answers
+    GET /readyz                       200 once the store has caught up with the topic as it was at start
+    GET /metrics                      Prometheus text
+    GET /openapi.json                 the OpenAPI description
+
+The raw identifier is hashed with the deployment's secret, as the flow hashes it; neither it nor a
+token is ever logged (aiohttp's access log, which prints the path, is off). Replicas each read the
+whole topic: any of them answers for any customer. What it shows is as of the last epoch commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.infra.config import Config, ConfigError
+from operators.io.kafka import client_config
+from operators.io.view_index import ViewIndex
+
+log = logging.getLogger("nextclick.serve")
+
+_PROFILE_ROUTE = "/v1/profiles/{id_type}/{id}"
+_OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def load_tokens(path: str) -> frozenset[str]:
+    """The accepted bearer tokens: one a line, blank lines and # comments skipped. None is refused."""
+    if not path:
+        raise ConfigError("[serve].token_file is required: the service answers only with a bearer token")
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"[serve].token_file: cannot read {path}: {exc.strerror}") from None
+    tokens = frozenset(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not tokens:
+        raise ConfigError(f"[serve].token_file: {path} holds no token")
+    return tokens
+
+
+class Metrics:
+    """The service's own registry (the flow's metrics are another process's)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("nextclick_serve_requests_total", "Requests answered, by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.seconds = Histogram("nextclick_serve_request_seconds", "Time to answer, by route", ["route"],
+                                 buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5),
+                                 registry=self.registry)
+        self.records = Counter("nextclick_serve_view_records_total", "Profile view records applied",
+                               registry=self.registry)
+        self.lag = Gauge("nextclick_serve_view_lag_records", "Records on the view topic not yet applied",
+                         registry=self.registry)
+        self.ready = Gauge("nextclick_serve_ready", "1 once caught up with the view topic", registry=self.registry)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class RateLimiter:
+    """A token bucket per client credential: `rate` requests a second, bursts of twice that."""
+
+    rate: float
+    buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def allow(self, client: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        depth = 2 * self.rate
+        bucket = self.buckets.get(client)
+        if bucket is None:
+            bucket = self.buckets[client] = _Bucket(depth, now)
+        bucket.tokens = min(depth, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if bucket.tokens < 1:
+            return False
+        bucket.tokens -= 1
+        return True
+
+
+class ViewReader:
+    """Reads the view topic into the index, from where the index left off; says when it has caught up."""
+
+    def __init__(self, kafka: dict[str, str], topic: str, index: ViewIndex, metrics: Metrics) -> None:
+        self.topic, self.index, self.metrics = topic, index, metrics
+        self._consumer = Consumer(client_config(kafka, **{
+            "group.id": f"nextclick-serve-{topic}", "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest", "enable.partition.eof": False}))
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._run, name="view-reader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self._thread.join(30)
+        self._consumer.close()
+
+    def _partitions(self) -> list[int]:
+        while not self.stop.is_set():
+            meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+            if meta is not None and meta.error is None and meta.partitions:
+                return sorted(meta.partitions)
+            log.warning("profile view topic not there yet, retrying", extra={"topic": self.topic})
+            self.stop.wait(2.0)
+        return []
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log; the process stays up
+            self.failure = type(exc).__name__
+            log.error("profile view reader stopped", extra={"topic": self.topic, "exception": type(exc).__name__})
+
+    def _read(self) -> None:
+        consumer, index, topic = self._consumer, self.index, self.topic
+        partitions = self._partitions()
+        stored = index.offsets()
+        consumer.assign([TopicPartition(topic, p, stored.get(p, OFFSET_BEGINNING)) for p in partitions])
+        # Caught up: every partition read up to where it ended when the service started.
+        target = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
+        position = {p: stored.get(p, 0) for p in partitions}
+        started = time.monotonic()
+        while not self.stop.is_set():
+            messages = consumer.consume(500, 0.2)
+            batch = []
+            for m in messages:
+                error = m.error()
+                if error is not None:
+                    log.warning("profile view read error", extra={"error": error.str()})
+                    continue
+                partition, offset = m.partition(), m.offset()
+                assert partition is not None and offset is not None  # a message, not an event
+                batch.append((partition, offset, m.key() or b"", m.value()))
+                position[partition] = offset + 1
+            if batch:
+                self.metrics.records.inc(index.apply(batch))
+            lag = 0
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True) or (0, 0)
+                lag += max(0, high - position[p]) if high >= 0 else 0
+            self.metrics.lag.set(lag)
+            if not self.ready.is_set() and all(position[p] >= target[p] or self._at_end(p, target[p])
+                                               for p in partitions):
+                self.ready.set()
+                self.metrics.ready.set(1)
+                log.info("profile view caught up", extra={"topic": topic, "profiles": index.count(),
+                                                          "seconds": round(time.monotonic() - started, 3)})
+
+    def _at_end(self, partition: int, target: int) -> bool:
+        """A compacted partition can end on offsets no record holds: caught up once the consumer is there."""
+        try:
+            (tp,) = self._consumer.position([TopicPartition(self.topic, partition)])
+        except KafkaException:
+            return False
+        return tp.offset >= target
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metrics: Metrics,
+              tokens: frozenset[str], secret: bytes) -> web.Application:
+    """The HTTP application (no network here: `serve` runs it)."""
+    limiter = RateLimiter(config.serve.rate_limit)
+    encoded = [t.encode() for t in tokens]
+
+    def authorized(request: web.Request) -> str | None:
+        """A short, irreversible name of the caller's token (the rate limiter's key), or None."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return None
+        raw = given.strip().encode()
+        ok = False
+        for token in encoded:  # compare with every token, so the time says nothing of which matched
+            ok |= hmac.compare_digest(raw, token)
+        return hashlib.sha256(raw).hexdigest()[:12] if ok else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
+        if request.path in _OPEN:
+            response = await handler(request)
+        else:
+            caller = authorized(request)
+            if caller is None:
+                response = _json({"error": "unauthorized", "message": "a valid Authorization: Bearer token is "
+                                  "required"}, 401)
+                response.headers["WWW-Authenticate"] = "Bearer"
+            elif not limiter.allow(caller):
+                response = _json({"error": "rate_limited", "message": "too many requests"}, 429)
+                response.headers["Retry-After"] = "1"
+            else:
+                response = await handler(request)
+        elapsed = time.perf_counter() - started
+        metrics.requests.labels(route, str(response.status)).inc()
+        metrics.seconds.labels(route).observe(elapsed)
+        # The route, never the path (it holds the raw identifier) nor any header (the token).
+        log.debug("request", extra={"method": request.method, "route": route, "status": response.status,
+                                    "ms": round(elapsed * 1000, 3)})
+        return response
+
+    async def get_profile(request: web.Request) -> web.Response:
+        id_type, raw_id = request.match_info["id_type"], request.match_info["id"]
+        if id_type not in ID_TYPES:
+            return _json({"error": "unknown_id_type", "message": f"id_type must be one of {sorted(ID_TYPES)}"}, 400)
+        record = index.lookup(id_type, pseudonymize(id_type, raw_id, secret))
+        if record is None:
+            return _json({"error": "not_found", "message": "no profile holds this identifier"}, 404)
+        return web.Response(body=record, content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if reader is not None and reader.failure is not None:
+            return _json({"status": "failed", "reason": reader.failure}, 503)
+        if reader is None or reader.ready.is_set():
+            return _json({"status": "ready"})
+        return _json({"status": "catching_up"}, 503)
+
+    async def metrics_text(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return _json(OPENAPI)
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get(_PROFILE_ROUTE, get_profile)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/openapi.json", openapi_json)
+    return app
+
+
+def _body(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _body(description, "Error")
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "nextclick profile service", "version": "1",
+             "description": "Profiles as of the last epoch commit of the targeting flow (docs/profile-service.md)."},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error", "message"],
+                      "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "Profile": {"$ref": "https://nextclick.dev/schemas/profile/v1.json",
+                        "description": "schemas/profile.v1.json"},
+        },
+    },
+    "paths": {
+        "/v1/profiles/{id_type}/{id}": {"get": {
+            "summary": "The profile holding an identifier",
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "id_type", "in": "path", "required": True,
+                 "schema": {"enum": sorted(ID_TYPES)}},
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The raw identifier; hashed with the deployment's secret, never stored or logged."},
+            ],
+            "responses": {"200": _body("The profile", "Profile"),
+                          "400": _error("Unknown id_type"), "401": _error("No valid bearer token"),
+                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited")}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
+        "/readyz": {"get": {"summary": "Caught up with the profile view topic",
+                            "responses": {"200": {"description": "Ready"}, "503": {"description": "Catching up"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text format"}}}},
+    },
+}
+
+
+def serve(config: Config) -> int:
+    """Run the service until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
+    topic = config.topics.profiles
+    if not topic:
+        raise ConfigError("[topics].profiles is required: the service reads the profile view topic")
+    tokens = load_tokens(config.serve.token_file)
+    secret = config.privacy.resolve_secret()
+    host, sep, port = config.serve.address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"[serve].address must be host:port, got {config.serve.address!r}")
+    metrics = Metrics()
+    index = ViewIndex(config.serve.store_dir)
+    reader = ViewReader(dict(config.kafka), topic, index, metrics)
+    app = build_app(config, index, reader, metrics, tokens, secret)
+
+    async def start_reader(_app: web.Application) -> None:
+        reader.start()
+
+    async def stop_reader(_app: web.Application) -> None:
+        reader.close()
+        index.close()
+
+    app.on_startup.append(start_reader)
+    app.on_cleanup.append(stop_reader)
+    log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,
+                                                 "store": config.serve.store_dir, "tokens": len(tokens)})
+    web.run_app(app, host=host or "0.0.0.0", port=int(port), access_log=None, print=None)
+    return 0

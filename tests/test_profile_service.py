@@ -1,0 +1,255 @@
+"""The profile view topic and `nextclick serve`, through the real broker.
+
+The flow runs in a thread (tests/helpers.FlowThread) and writes the view topic at each epoch commit; the
+service runs as its own process (`nextclick serve`), as in production, so it can be killed and
+restarted. One story: an anonymous order, a login that links three identifiers, an erasure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from flows.serve import RateLimiter, load_tokens
+from operators.identity.pseudonyms import pseudonymize
+from operators.infra.clock import ManualClock
+from operators.infra.config import Config, ConfigError, load_config
+from operators.io.kafka import consume_all, ensure_topics
+from tests.helpers import FlowThread
+
+pytestmark = pytest.mark.broker
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((REPO / "schemas" / "profile.v1.json").read_text())
+SECRET = "profile-service-secret"
+TOKEN = "tok-7c1e9b0a5d2f4e68"
+T0 = 1_795_428_000_000
+MIN = 60_000
+COOKIE, CUSTOMER, EMAIL = "ck-svc-31", "C-7001", "dana.svc@example.com"
+
+
+def key(id_type: str, raw: str) -> str:
+    return pseudonymize(id_type, raw, SECRET.encode())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(base: str, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    request = urllib.request.Request(base + path)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def wait(cond: Callable[[], Any], what: str, timeout_s: float = 20) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            value = cond()
+        except (urllib.error.URLError, ConnectionError):
+            value = None
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Service:
+    """`nextclick serve` in a child process, its log in a file."""
+
+    def __init__(self, config_file: Path, log: Path, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "serve", "--config", str(config_file), "--log-level", "DEBUG"],
+                cwd=REPO, stdout=out, stderr=out, env={**os.environ, "PYTHONPATH": str(REPO)})
+        wait(lambda: self.process.poll() is None and get(self.base, "/readyz", None)[0] == 200, "the service ready")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture()
+def setup(kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    topics = {"web": f"{topic_prefix}.web", "decisions": f"{topic_prefix}.decisions",
+              "dead_letter": f"{topic_prefix}.dlq", "control": f"{topic_prefix}.control",
+              "profiles": f"{topic_prefix}.profiles"}
+    ensure_topics(kafka, {**{t: 1 for t in topics.values()}, topics["profiles"]: 2})
+    config = Config().replace(
+        kafka=kafka,
+        topics={"inputs": (topics["web"],), "decisions": topics["decisions"], "dead_letter": topics["dead_letter"],
+                "control": topics["control"], "profiles": topics["profiles"]},
+        state={"dir": str(tmp_path / "state"), "shards": 2},
+        privacy={"secret": SECRET},
+    )
+    (tmp_path / "tokens").write_text(f"# the call center\n{TOKEN}\n")
+    port = free_port()
+
+    def service_config(store: str) -> Path:
+        path = tmp_path / f"serve-{store}.toml"
+        path.write_text(f"""
+[kafka]
+"bootstrap.servers" = "{kafka['bootstrap.servers']}"
+[topics]
+profiles = "{topics['profiles']}"
+[privacy]
+secret = "{SECRET}"
+[serve]
+address = "127.0.0.1:{port}"
+token_file = "{tmp_path / 'tokens'}"
+store_dir = "{tmp_path / store}"
+rate_limit = 0
+""")
+        return path
+
+    yield {"kafka": kafka, "topics": topics, "config": config, "service_config": service_config, "port": port,
+           "tmp": tmp_path}
+
+
+def send(kafka: dict[str, str], topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+    producer = Producer(kafka)
+    for kafka_key, body in records:
+        producer.produce(topic, orjson.dumps(body), kafka_key.encode())
+    assert producer.flush(10) == 0
+
+
+def event(eid: str, etype: str, minute: float, **fields: Any) -> dict[str, Any]:
+    return {"event_id": eid, "type": etype, "ts": T0 + int(minute * MIN), **fields}
+
+
+def view_records(kafka: dict[str, str], topic: str) -> list[tuple[str, dict[str, Any] | None]]:
+    return [(m.key().decode(), None if m.value() is None else orjson.loads(m.value()))
+            for m in consume_all(kafka, [topic], idle_s=0.5, timeout_s=10)]
+
+
+def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup: dict[str, Any]) -> None:
+    kafka, topics, tmp = setup["kafka"], setup["topics"], setup["tmp"]
+    log = tmp / "serve.log"
+    service = Service(setup["service_config"]("store"), log, setup["port"])
+    base = service.base
+    try:
+        with FlowThread(setup["config"], ManualClock(T0 + 10 * MIN), tmp / "recovery") as flow:
+            # Without a token, or with a wrong one: 401, whatever the identifier.
+            assert get(base, f"/v1/profiles/cookie/{COOKIE}", None)[0] == 401
+            assert get(base, f"/v1/profiles/cookie/{COOKIE}", "not-the-token")[0] == 401
+            assert get(base, f"/v1/profiles/cookie/{COOKIE}")[0] == 404  # unknown: JSON 404
+
+            # An anonymous web order: the profile appears, with the order, within an epoch and a second.
+            sent = time.monotonic()
+            send(kafka, topics["web"], [(COOKIE, event("s1", "purchase", 1, order_id="ord-1", amount=59.9,
+                                                       currency="eur", category="shoes", name="Dana Svc"))])
+            status, profile = wait(lambda: (r := get(base, f"/v1/profiles/cookie/{COOKIE}"))[0] == 200 and r,
+                                   "the order in the service")
+            staleness = time.monotonic() - sent
+            assert staleness < 0.5 + 1.0 + 1.5, staleness  # the epoch (0.5 s), a second, and the broker's hops
+            jsonschema.validate(profile, SCHEMA)
+            assert profile["recent_orders"] == [{"ts": T0 + MIN, "order_id": "ord-1", "amount": 59.9,
+                                                 "currency": "EUR", "channel": "web", "category": "shoes"}]
+            assert profile["attributes"]["last_order_channel"] == "web"
+            assert profile["ids"] == {"cookie": [key("cookie", COOKIE)]}
+            anonymous = profile["profile_key"]
+
+            # The visitor logs in: cookie, customer id and email are one profile, found by each.
+            send(kafka, topics["web"], [(COOKIE, event("s2", "login", 2, customer_id=CUSTOMER, email=EMAIL,
+                                                       method="password"))])
+            linked = wait(lambda: (r := get(base, f"/v1/profiles/customer/{CUSTOMER}"))[0] == 200 and r[1],
+                          "the linked profile")
+            assert linked["profile_key"] == f"linked_customer/{key('customer', CUSTOMER)}"
+            assert linked["id_counts"] == {"cookie": 1, "customer": 1, "email": 1}
+            assert linked["recent_orders"][0]["order_id"] == "ord-1" and linked["version"] == 2
+            for id_type, raw in (("cookie", COOKIE), ("email", EMAIL)):
+                assert get(base, f"/v1/profiles/{id_type}/{raw}") == (200, linked)
+            records = view_records(kafka, topics["profiles"])
+            assert (anonymous, None) in records  # the absorbed profile's tombstone
+            answers = {t: get(base, f"/v1/profiles/{t}/{r}") for t, r in
+                       (("cookie", COOKIE), ("customer", CUSTOMER), ("email", EMAIL))}
+
+            # Killed and restarted on its store, and started on an empty one: the same answers.
+            service.kill()
+            service = Service(setup["service_config"]("store"), log, setup["port"])
+            assert {t: get(base, f"/v1/profiles/{t}/{r}") for t, r in
+                    (("cookie", COOKIE), ("customer", CUSTOMER), ("email", EMAIL))} == answers
+            service.stop()
+            service = Service(setup["service_config"]("fresh-store"), log, setup["port"])
+            assert {t: get(base, f"/v1/profiles/{t}/{r}") for t, r in
+                    (("cookie", COOKIE), ("customer", CUSTOMER), ("email", EMAIL))} == answers
+
+            # An erasure: 404 by every identifier within an epoch and a second, and a tombstone.
+            sent = time.monotonic()
+            send(kafka, topics["control"], [("erase", {"command": "erase", "request_id": "dsr-1",
+                                                       "customer_id": CUSTOMER})])
+            wait(lambda: get(base, f"/v1/profiles/email/{EMAIL}")[0] == 404, "the erasure in the service")
+            erased_in = time.monotonic() - sent
+            assert erased_in < 0.5 + 1.0 + 1.5, erased_in
+            for id_type, raw in (("cookie", COOKIE), ("customer", CUSTOMER)):
+                assert get(base, f"/v1/profiles/{id_type}/{raw}")[0] == 404
+            assert not flow.failures
+        records = view_records(kafka, topics["profiles"])
+        mine = [body for k, body in records if k == linked["profile_key"]]
+        assert mine[-1] is None and mine[0] is not None  # the erased profile's last record is its tombstone
+        for _, body in records:
+            if body is not None:
+                jsonschema.validate(body, SCHEMA)
+    finally:
+        service.stop()
+    # Neither the token nor a raw identifier nor any PII reached the service's log or the topic.
+    text = log.read_bytes()
+    assert b'"route"' in text  # requests were logged (DEBUG), by route
+    topic_bytes = b"".join(m.value() or b"" for m in consume_all(kafka, [topics["profiles"]]))
+    for secret in (TOKEN, COOKIE, CUSTOMER, EMAIL, "Dana Svc"):
+        assert secret.encode() not in text, secret
+        assert secret.encode() not in topic_bytes, secret
+
+
+def test_serve_and_profile_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[serve]\naddress = "127.0.0.1:9000"\ntoken_file = "t"\n'
+                    '[profile]\nrecent_orders = 5\nrecent_orders_max_age = "90d"\n')
+    config = load_config(path, environ={})
+    assert config.serve.address == "127.0.0.1:9000" and config.profile.recent_orders_max_age_ms == 90 * 86_400_000
+    path.write_text('[profile]\nrecent_orders_max_age = "soon"\n')
+    with pytest.raises(ConfigError, match="recent_orders"):
+        load_config(path, environ={})
+    (tmp_path / "tokens").write_text("# comment\n\n  abc  \n")
+    assert load_tokens(str(tmp_path / "tokens")) == frozenset({"abc"})
+    (tmp_path / "empty").write_text("# none\n")
+    for missing in ("", str(tmp_path / "empty"), str(tmp_path / "absent")):
+        with pytest.raises(ConfigError):
+            load_tokens(missing)
+
+
+def test_the_rate_limiter_allows_bursts_of_twice_the_rate_then_refuses() -> None:
+    limiter = RateLimiter(5.0)
+    allowed: list[Any] = [limiter.allow("a") for _ in range(20)]
+    assert allowed.count(True) == 10 and limiter.allow("b")
+    assert RateLimiter(0).allow("a")
