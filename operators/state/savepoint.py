@@ -271,12 +271,12 @@ class Destination:
     def put_dir(self, local: Path, rel: str) -> int:
         """Copy a flat directory (a RocksDB checkpoint) to `rel`; hard links where the file system allows.
         The bytes copied."""
-        total = 0
-        for item in sorted(local.iterdir()):
-            total += item.stat().st_size
-            if self.remote:
-                self.fs.put_file(str(item), self._remote(f"{rel}/{item.name}"))
-                continue
+        items = sorted(local.iterdir())
+        total = sum(item.stat().st_size for item in items)
+        if self.remote:  # one batch: fsspec uploads the files concurrently
+            self.fs.put([str(i) for i in items], [self._remote(f"{rel}/{i.name}") for i in items])
+            return total
+        for item in items:
             target = self.path / rel / item.name
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -291,8 +291,8 @@ class Destination:
             _copy_db(self.path / rel, local)
             return
         local.mkdir(parents=True)
-        for name in self.files(rel):
-            self.fs.get_file(self._remote(name), str(local / name.rsplit("/", 1)[-1]))
+        names = self.files(rel)  # one batch: fsspec downloads the files concurrently
+        self.fs.get([self._remote(n) for n in names], [str(local / n.rsplit("/", 1)[-1]) for n in names])
 
     def move(self, rel: str, to: str) -> None:
         """Within a directory only (objects are left where they are: see `root`)."""
