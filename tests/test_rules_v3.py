@@ -19,7 +19,7 @@ from operators.rules.loader import check_rules, load_rules
 from operators.rules.model import Condition, Group
 from operators.rules.scenarios import ScenarioError, load_scenario
 from operators.signals.absence import Fixed, Tally
-from tests.helpers import MIN, T0, Customer, consent, fired, make_event, reasons, write_rules
+from tests.helpers import MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
 
@@ -409,3 +409,73 @@ decisions = [{ rule = "ad", params = { p = "prospect" } }]
 def test_load_rules_raises_the_first_mistake(tmp_path):
     with pytest.raises(RulesError, match="field 'when'"):
         load_rules(rules(tmp_path, rule(when="[{ any = [] }]")))
+
+
+# -- related events: unmatched ---------------------------------------------------------------------
+
+UNMATCHED = '''
+[signals.unclicked]
+kind = "unmatched"
+events = ["email_open"]
+matched_by = ["email_click"]
+by = "campaign_id"
+window = "14d"
+max_keys = 3
+'''
+
+
+def unmatched_customer(tmp_path: Path) -> Customer:
+    path = rules(tmp_path, rule(on='["email_open"]', when='["unclicked >= 2"]', channel="ads"),
+                 signals=UNMATCHED, tail='[consent]\nads = "opt_out"\n')
+    return Customer(load_rules(path))
+
+
+def test_unmatched_counts_opens_with_no_click_of_the_same_campaign(tmp_path):
+    customer = unmatched_customer(tmp_path)
+    customer.send("email_open", T0 + MIN, campaign_id="A")
+    customer.send("email_click", T0 + 2 * MIN, campaign_id="C")  # a click, but of another campaign
+    assert fired(customer.send("email_open", T0 + 3 * MIN, campaign_id="B")) == [("r1", "ads", "email_open")]
+    other = unmatched_customer(tmp_path)
+    other.send("email_open", T0 + MIN, campaign_id="A")
+    other.send("email_click", T0 + 2 * MIN, campaign_id="A")
+    assert fired(other.send("email_open", T0 + 3 * MIN, campaign_id="B")) == []
+    signal = other.ruleset.signals[0]
+    state = other.profile.signals["unclicked"]
+    assert signal.value("unclicked", state, T0 + 3 * MIN) == 1
+    # the window is exact: the open of B counts until 14 days after it, not a bucket longer
+    assert signal.value("unclicked", state, T0 + 3 * MIN + 14 * 24 * 60 * MIN - 1) == 1
+    assert signal.value("unclicked", state, T0 + 3 * MIN + 14 * 24 * 60 * MIN) == 0
+
+
+def test_unmatched_is_the_same_whatever_the_order_and_merges_symmetrically(tmp_path):
+    # seconds apart: within the allowed lateness, so every order applies them all
+    events = [make_event("email_open", T0 + i * SEC, campaign_id=c)
+              for i, c in enumerate(["A", "B", "C", "D", "B"], start=1)]
+    events.append(make_event("email_click", T0 + 9 * SEC, campaign_id="C"))
+    one, other = unmatched_customer(tmp_path), unmatched_customer(tmp_path)
+    one.apply_all(events)
+    other.apply_all(list(reversed(events)))
+    state = one.profile.signals["unclicked"]
+    assert state == other.profile.signals["unclicked"]
+    # at most max_keys (3): A, seen least recently, went
+    assert state == [["B", T0 + 5 * SEC, None], ["C", T0 + 3 * SEC, T0 + 9 * SEC], ["D", T0 + 4 * SEC, None]]
+    signal = one.ruleset.signals[0]
+    a = [["A", T0, None], ["C", None, T0 + 9 * MIN]]
+    b = [["C", T0 + 3 * MIN, None], ["E", T0 + 8 * MIN, None]]
+    assert signal.merge(a, b) == signal.merge(b, a) == [
+        ["A", T0, None], ["C", T0 + 3 * MIN, T0 + 9 * MIN], ["E", T0 + 8 * MIN, None]]
+    assert signal.prune([["A", T0, T0 + 20 * MIN]], T0 + 14 * 24 * 60 * MIN + MIN) == [["A", None, T0 + 20 * MIN]]
+
+
+@pytest.mark.parametrize(("replace", "new", "field", "words"), [
+    ('matched_by = ["email_click"]', 'matched_by = ["email_clik"]', "matched_by", "unknown name(s) ['email_clik']"),
+    ('by = "campaign_id"', 'by = "link_category"', "by", "'link_category' is not an attribute of email_open"),
+    ('events = ["email_open"]', 'events = ["email_open", "email_click"]', "matched_by",
+     "['email_click'] also in 'events'"),
+    ("max_keys = 3", "max_keys = 5000", "max_keys", "must be at most 1000"),
+    ("max_keys = 3", 'bucket = "1m"', "bucket", "unknown field"),
+])
+def test_a_bad_unmatched_signal_is_named(tmp_path, replace, new, field, words):
+    path = rules(tmp_path, rule(on='["email_open"]'), signals=UNMATCHED.replace(replace, new))
+    found = errors(path)
+    assert any(f"signal 'unclicked': field '{field}'" in e and words in e for e in found), found

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from operators.rules.fields import RulesError, Where
-from operators.signals import absence, count, distinct, last, session
+from operators.signals import absence, count, distinct, last, session, unmatched
 from operators.signals import sum as sum_kind
 from operators.signals.base import Signal, SignalLoader
 
@@ -17,6 +17,7 @@ KINDS: dict[str, SignalLoader] = {
     "last": last.load,
     "absence": absence.load,
     "session": session.load,
+    "unmatched": unmatched.load,
 }
 
 
