@@ -233,6 +233,23 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
         restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
 
 
+def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: Path) -> None:
+    """Per-pod volumes: this pod's recovery partition is 1 of 2, so the seqs committed for its shards
+    may be in the other pod's; refused in one line, nothing written."""
+    from flows.cluster import prepare_recovery
+    from operators.state.manifest import check_start
+    from operators.state.savepoint import create_offline
+
+    config = _deployment(tmp_path / "pod-1", str(tmp_path / "shared"))
+    check_start(config, init_recovery=lambda d: prepare_recovery(d, (1,), 2, check=False))
+    dest = tmp_path / "shared" / "offline"
+    with pytest.raises(SavepointError, match=r"holds only some of the cluster's recovery partitions .* take "
+                                             r"it with `nextclick savepoint create <state.savepoint_dir>/<name> "
+                                             r"--online`"):
+        create_offline(config, dest)
+    assert not dest.exists()
+
+
 def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> None:
     from operators.state.savepoint import clear_scratch
 
