@@ -216,6 +216,9 @@ class Decision:
     # The rule's decision parameters (`params`: name -> value read from the trigger or the profile);
     # None when the rule declares none, so such decisions' bodies are as before (additive field).
     params: dict[str, Any] | None = None
+    # The rules file's `[addresses]` preference, every channel's (channel, id types best first), when
+    # it sets one; None: the defaults (operators/identity/addressing.py). Not part of the body.
+    address_types: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
 
 class Blocked(NamedTuple):

@@ -479,3 +479,42 @@ def test_a_bad_unmatched_signal_is_named(tmp_path, replace, new, field, words):
     path = rules(tmp_path, rule(on='["email_open"]'), signals=UNMATCHED.replace(replace, new))
     found = errors(path)
     assert any(f"signal 'unclicked': field '{field}'" in e and words in e for e in found), found
+
+
+# -- address preference ----------------------------------------------------------------------------
+
+
+def test_addresses_set_the_types_per_channel_for_the_address_and_the_reachability_gate(tmp_path):
+    from operators.identity.addressing import address
+
+    path = rules(tmp_path, rule("ad", channel="ads", require_address="true"),
+                 tail='[consent]\nads = "opt_out"\n[addresses]\nads = ["email", "device"]\n')
+    ruleset = load_rules(path)
+    assert ruleset.address_types["ads"] == ("email", "device") and ruleset.address_types["web"] == ("cookie",)
+    customer = Customer(ruleset)
+    customer.profile.ids = {"cookie": ["k1"]}
+    assert reasons(customer.send("page_view", T0 + MIN)) == [("ad", "unreachable")]
+    customer.profile.ids = {"cookie": ["k1"], "email": ["e1"]}
+    decision = customer.send("page_view", T0 + 2 * MIN).decisions[0]
+    addressed = address(decision, customer.profile.ids)
+    assert addressed.address == ("email", "e1")
+    assert addressed.reachable == ("email", "ads", "web")
+    assert "address_types" not in decision_body(addressed)
+
+
+def test_without_addresses_decisions_are_addressed_as_before(tmp_path):
+    from operators.identity.addressing import address
+
+    customer = Customer(load_rules(rules(tmp_path, rule("ad", channel="ads"), tail='[consent]\nads = "opt_out"\n')))
+    decision = customer.send("page_view", T0 + MIN).decisions[0]
+    assert decision.address_types is None
+    assert address(decision, {"cookie": ["k1"], "email": ["e1"]}).address == ("cookie", "k1")
+
+
+@pytest.mark.parametrize(("line", "field"), [
+    ('ads = ["email", "mail"]', "ads"), ("ads = []", "ads"), ('ads = ["email", "email"]', "ads"),
+    ('adz = ["email"]', "adz"),
+])
+def test_a_bad_address_preference_is_named(tmp_path, line, field):
+    message = one_error(rules(tmp_path, rule(), tail=f"[addresses]\n{line}\n"))
+    assert f"[addresses]: field '{field}'" in message

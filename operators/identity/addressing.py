@@ -8,6 +8,10 @@ the same keyed hash (`nextclick keys`, docs/data-contract.md). A decision carrie
 - `reachable`: the decision channels the profile has an identifier for;
 - `address`: for the decision's own channel, the (id type, key) to use: of the first type in
   `CHANNEL_ADDRESS_TYPES[channel]` the profile holds, the most recently linked key.
+
+A rules file's `[addresses]` can set the types per channel (an ad platform that matches audiences on
+hashed emails wants `ads = ["email", "device"]`, not the cookie); the decision then carries that
+preference (`Decision.address_types`) and both fields follow it.
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ CHANNEL_ADDRESS_TYPES: dict[str, tuple[str, ...]] = {
 }
 
 
-def reachable(ids: dict[str, list[str]]) -> tuple[str, ...]:
+Preferences = dict[str, tuple[str, ...]]
+
+
+def reachable(ids: dict[str, list[str]], types: Preferences = CHANNEL_ADDRESS_TYPES) -> tuple[str, ...]:
     """The decision channels (in DECISION_CHANNELS order) some identifier of the profile addresses."""
     return tuple(channel for channel in DECISION_CHANNELS
-                 if any(ids.get(t) for t in CHANNEL_ADDRESS_TYPES[channel]))
+                 if any(ids.get(t) for t in types[channel]))
 
 
-def address_for(ids: dict[str, list[str]], channel: str) -> tuple[str, str] | None:
+def address_for(ids: dict[str, list[str]], channel: str,
+                types: Preferences = CHANNEL_ADDRESS_TYPES) -> tuple[str, str] | None:
     """(id type, key) to deliver a decision on `channel` to, or None when the profile has none."""
-    for id_type in CHANNEL_ADDRESS_TYPES.get(channel, ()):
+    for id_type in types.get(channel, ()):
         keys = ids.get(id_type)
         if keys:
             return id_type, keys[-1]
@@ -48,4 +56,6 @@ def address(decision: Decision, ids: dict[str, list[str]] | None) -> Decision:
     when they are unknown (a profile stored before identifiers were recorded)."""
     if not ids:
         return decision
-    return dataclasses.replace(decision, reachable=reachable(ids), address=address_for(ids, decision.channel))
+    types = CHANNEL_ADDRESS_TYPES if decision.address_types is None else dict(decision.address_types)
+    return dataclasses.replace(decision, reachable=reachable(ids, types), address=address_for(ids, decision.channel,
+                                                                                               types))

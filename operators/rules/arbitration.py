@@ -30,7 +30,7 @@ def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -
     facts, rule = profile.facts, candidate.rule
     if rule.require_address:
         ids = profile.ids  # empty: not known yet (a profile stored before identifiers were recorded)
-        if ids and address_for(ids, rule.channel) is None:
+        if ids and address_for(ids, rule.channel, ruleset.address_types) is None:
             return "unreachable"
     consent = consent_state(facts, candidate.consent_keys)
     if consent is False:
@@ -83,5 +83,6 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -
             decided_at=ts, expires_at=ts + rule.expiry_ms, profile_version=profile.facts.version,
             signals={c.attribute: view.get(c.attribute) for c in rule.conditions},
             purpose=rule.purpose, promotion=rule.promotion,
-            params={name: view.get(attribute) for name, attribute in rule.params} if rule.params else None))
+            params={name: view.get(attribute) for name, attribute in rule.params} if rule.params else None,
+            address_types=ruleset.address_override))
         return

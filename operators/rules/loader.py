@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
+from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
+from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import read_toml
 from operators.io.parse import event_attributes
 from operators.profile.facts import consent_keys
@@ -139,6 +141,22 @@ def _params(where: Where, raw: Any) -> tuple[tuple[str, str], ...]:
     return tuple(raw.items())
 
 
+def _addresses(where: Where, section: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """`[addresses]`: per decision channel, the identifier types that address it, best first."""
+    where.check_keys(section, set(DECISION_CHANNELS))
+    chosen = {}
+    for channel, raw in section.items():
+        if channel not in DECISION_CHANNELS:
+            continue
+        if (not isinstance(raw, list) or not raw or len(set(raw)) != len(raw)
+                or not all(isinstance(t, str) and t in ID_TYPES for t in raw)):
+            where.report(channel, f"must list identifier types once each, best first, from {sorted(ID_TYPES)}; "
+                                  f"got {raw!r}")
+            continue
+        chosen[channel] = tuple(raw)
+    return chosen
+
+
 def _cap(where: Where, key: str, raw: Any) -> Cap:
     if not isinstance(raw, dict) or "limit" not in raw:
         raise where.fail(key, "must be a table like { limit = 2, window = \"24h\" }")
@@ -215,7 +233,7 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         return None, [error]
     errors: list[RulesError] = []
     Where(path, "top level", errors).check_keys(
-        doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe"})
+        doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe", "addresses"})
     signals, broken = _signals(path, doc, errors)
     triggers = {t: frozenset(event_attributes(t)) for t in EVENT_TYPES}
     triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
@@ -271,6 +289,7 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     where.check_keys(suppression, {"after_complaint", "scope"})
     after_complaint = where.duration(suppression, "after_complaint", "30d")
     scopes = _scopes(path, suppression.get("scope"), errors)
+    addresses = _addresses(Where(path, "[addresses]", errors), _section(path, doc, "addresses", errors))
     dedupe = _section(path, doc, "dedupe", errors)
     where = Where(path, "[dedupe]", errors)
     where.check_keys(dedupe, {"horizon"})
@@ -282,7 +301,9 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         consent_policy=policy, complaint_suppression_ms=after_complaint,
         late=LatePolicy(lateness, late.get("policy", "drop")), dedupe_horizon_ms=horizon,
         source=path, getters=getters, suppression_scopes=scopes,
-        capped_purposes=None if capped_purposes is None else frozenset(capped_purposes))
+        capped_purposes=None if capped_purposes is None else frozenset(capped_purposes),
+        address_types={**CHANNEL_ADDRESS_TYPES, **addresses},
+        address_override=tuple({**CHANNEL_ADDRESS_TYPES, **addresses}.items()) if addresses else None)
     for r in rules:
         for _, attribute in r.params:
             add_getter(attribute, getters)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from operators.channels import EVENT_CHANNELS
+from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.signals.base import Signal
 
 if TYPE_CHECKING:
@@ -155,6 +156,10 @@ class RuleSet:
     suppression_scopes: tuple[SuppressionScope, ...] = ()
     # `[caps] purposes`: the purposes the caps apply to (None: every purpose).
     capped_purposes: frozenset[str] | None = None
+    # The identifier types that address each channel, best first: the defaults with `[addresses]` over them.
+    address_types: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(CHANNEL_ADDRESS_TYPES))
+    # What decisions carry when `[addresses]` is set (every channel's types), for `address()`; else None.
+    address_override: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def is_capped(self, rule: Rule) -> bool:
         """Whether the frequency caps hold `rule` back and count its decisions."""
