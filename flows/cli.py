@@ -88,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Before anything is restored or created: a lost volume takes the whole cluster back to a savepoint.
         if place.process_id is not None and not args.recovery_per_process:
             raise ConfigError("state.on_lost_volume = \"restore\" is for per-pod volumes: add --recovery-per-process")
-        generations = Generations(config, place.process_id or 0, place.processes)
+        generations = Generations(config, place.process_id or 0, place.processes,
+                                  explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None)
         rejoin = generations.decide()
         if rejoin.restore and rejoin.savepoint:
             check_input_covers(config, SavepointManifest.read(rejoin.savepoint))  # before anything is cleared
@@ -117,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
     if generations is not None and rejoin is not None:
-        generations.joined(rejoin.generation)  # no process starts before every one is at this generation
+        generations.joined(rejoin.generation, source)  # no process starts before every one is at it
     flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
     tune_gc()
     return runner.run(config, flow,

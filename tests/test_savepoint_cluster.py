@@ -318,7 +318,8 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
         id="sp", created_at="2026-12-06T00:00:00+00:00", mode="online", shards=4, secret_fingerprint="f",
         seqs={0: 1}, positions={}, source_lineage=None))
     assert again.decide() == Rejoin(1, str(shared / "sp"), reset=True, restore=True)
-    assert orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())["savepoint"] == "sp"
+    opened = orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())
+    assert opened["savepoint"] == str(shared / "sp")
 
     # Restored and joined: the next start resumes from the same savepoint, nothing restored again.
     _peer_reports(shared, 1)
@@ -326,6 +327,21 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     later = Generations(config, 0, 2, timeout_s=5)
     _peer_reports(shared, 1)
     assert later.decide() == Rejoin(1, str(shared / "sp"))
+
+    # Every process empty (a rescale or a rollback on new volumes) with a savepoint named that no
+    # generation used: it opens the next generation; named again later (a stale flag), the latest wins.
+    (shared / "sp2" / "shard-0000").mkdir(parents=True)
+    _write_manifest(shared / "sp2", SavepointManifest(
+        id="sp2", created_at="2026-12-07T00:00:00+00:00", mode="online", shards=4, secret_fingerprint="f",
+        seqs={0: 1}, positions={}, source_lineage=None))
+    empty = _deployment(tmp_path / "new-0", str(shared))
+    rescaled = Generations(empty, 0, 2, explicit=str(shared / "sp2"), timeout_s=5)
+    _peer_reports(shared, None)
+    assert rescaled.decide() == Rejoin(2, str(shared / "sp2"), reset=False, restore=True)
+    (shared / ".cluster" / "running-000002").touch()
+    stale = Generations(empty, 0, 2, explicit=str(shared / "sp"), timeout_s=5)
+    _peer_reports(shared, None)
+    assert stale.decide() == Rejoin(3, str(shared / "sp2"), reset=False, restore=True)
 
     # A report written before this process started is a previous life's: it does not count.
     stale = Generations(config, 0, 2, timeout_s=0.6)
@@ -427,10 +443,11 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
     assert_same_profiles(clean.profiles, got)
     assert_same_decisions(clean.decisions, dedupe(read_decisions(kafka, base.decisions)))
 
-    # The manifest keeps --from-savepoint (or state.initial_savepoint): the next starts resume instead of
-    # crash-looping.
-    _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
-    if destination == "shared-directory":  # the key's path is the flag's; once is enough
+    # The manifest keeps --from-savepoint (here, through object storage) or state.initial_savepoint (the
+    # same path, from the configuration): the next start resumes instead of crash-looping.
+    if destination == "object-store":
+        _wait(_cluster(three, stop_at_end=True, log=log, args=restore_from), log)
+    else:
         keep_key = [pod.with_(extra_env={**pod.extra_env, "NEXTCLICK_STATE__INITIAL_SAVEPOINT": str(saved)})
                     for pod in three]
         _wait(_cluster(keep_key, stop_at_end=True, log=log, args=[]), log)
@@ -492,7 +509,7 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
     _wait(_cluster(pods, stop_at_end=True, log=log, args=[]), log)
     recovered_s = time.monotonic() - lost_at
     generation = orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())
-    assert generation["savepoint"] == "sp"
+    assert generation["savepoint"] == str(shared / "sp")
     got: dict[str, dict[str, object]] = {}
     for pod in pods:
         got.update(read_profiles(pod.state_dir, SHARDS))

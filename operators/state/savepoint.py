@@ -1004,12 +1004,15 @@ class Generations:
     state is not at the newest generation clears it and restores that savepoint; and none starts until
     all report the newest generation, so no cluster forms from processes at different points."""
 
-    def __init__(self, config: Config, process_id: int, processes: int, *, timeout_s: float = 300.0) -> None:
+    def __init__(self, config: Config, process_id: int, processes: int, *, explicit: str | None = None,
+                 timeout_s: float = 300.0) -> None:
+        """`explicit`: the savepoint the operator named (--from-savepoint, state.initial_savepoint)."""
         root = Destination(config.state.savepoint_dir)
         if root.remote:
             raise SavepointError("state.on_lost_volume = \"restore\" needs state.savepoint_dir on a shared "
                                  "directory (its generation files are created exclusively), not an object store")
         self.config, self.process_id, self.processes, self.timeout_s = config, process_id, processes, timeout_s
+        self.explicit = str(Destination(explicit)) if explicit else None
         self.dir = root.path / _CLUSTER
         self.dir.mkdir(parents=True, exist_ok=True)
         state_dir = Path(config.state.dir)
@@ -1043,12 +1046,17 @@ class Generations:
         self._stop = True
 
     def current(self) -> tuple[int, str | None]:
-        """The newest generation and the savepoint it restores (None: generation 0, a new deployment)."""
+        """The newest generation and the savepoint it restores (its location; None: generation 0 of a
+        deployment that started empty)."""
         newest = sorted(self.dir.glob("generation-*.json"))
         if not newest:
             return 0, None
         body = orjson.loads(newest[-1].read_bytes())
         return int(body["generation"]), body.get("savepoint")
+
+    def _used(self) -> set[str]:
+        """Every savepoint a generation has restored."""
+        return {str(orjson.loads(p.read_bytes()).get("savepoint")) for p in self.dir.glob("generation-*.json")}
 
     def _reports(self) -> dict[int, int | None] | None:
         """Every process's generation, when all have a report written since this process started and
@@ -1082,18 +1090,23 @@ class Generations:
             return False
         return at >= self._started and time.time() - at <= _FRESH_S
 
-    def _raise(self, generation: int) -> None:
-        complete, _ = catalogue(self.config.state.savepoint_dir)
-        if not complete:
-            raise SavepointError(f"state.on_lost_volume: a process's state is lost (generation {generation - 1}) "
-                                 f"and {self.config.state.savepoint_dir} holds no savepoint to restore the "
-                                 f"cluster from; restore its volume, or start over with `nextclick state reset`")
-        latest = complete[0]
+    def _raise(self, generation: int, reports: dict[int, int | None]) -> None:
+        """Open `generation`: the savepoint the operator named, when every process starts empty from one
+        no generation used yet (a rescale, a rollback, a move); else the latest one (a lost volume)."""
+        if self.explicit and all(g is None for g in reports.values()) and self.explicit not in self._used():
+            chosen, why = self.explicit, "every process starts empty from the savepoint given"
+        else:
+            complete, _ = catalogue(self.config.state.savepoint_dir)
+            if not complete:
+                raise SavepointError(f"state.on_lost_volume: a process's state is lost (generation "
+                                     f"{generation - 1}) and {self.config.state.savepoint_dir} holds no savepoint to "
+                                     f"restore the cluster from; restore its volume, or start over with "
+                                     f"`nextclick state reset` on every process and an empty {self.dir}")
+            chosen = str(Destination(self.config.state.savepoint_dir).child(complete[0].id))
+            why = "a process lost its state: the cluster goes back to the latest savepoint"
         if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
-                {"generation": generation, "savepoint": latest.id, "created_at": _now(),
-                 "by_process": self.process_id})):
-            log.warning("a process lost its state: the cluster goes back to the latest savepoint",
-                        extra={"generation": generation, "savepoint": latest.id})
+                {"generation": generation, "savepoint": chosen, "created_at": _now(), "by_process": self.process_id})):
+            log.warning(why, extra={"generation": generation, "savepoint": chosen})
 
     def decide(self) -> Rejoin:
         """Wait for every process, then say what this one does before it starts."""
@@ -1104,25 +1117,29 @@ class Generations:
             if reports is None:
                 self._waiting(deadline, "not every process reported")
                 continue
-            source = str(Path(self.config.state.savepoint_dir) / savepoint) if savepoint else None
+            ran = (self.dir / f"running-{generation:06d}").exists()
             if self.mine == generation:
-                lost = [i for i, g in reports.items() if g is None]
-                if lost and (self.dir / f"running-{generation:06d}").exists():
-                    self._raise(generation + 1)  # a process lost its state after the cluster ran at it
+                if ran and any(g is None for g in reports.values()):
+                    self._raise(generation + 1, reports)  # a process lost its state after the cluster ran at it
                     continue
-                return Rejoin(generation, source)  # its state came from `source`: a restore of it resumes
-            if savepoint is None:  # generation 0: a new deployment, unless the others already run it
-                if (self.dir / f"running-{generation:06d}").exists():
-                    self._raise(generation + 1)
-                    continue
+                return Rejoin(generation, savepoint)  # its state came from `savepoint` (if any): it resumes
+            if ran:  # behind a generation the cluster has run: this process's state is lost (or stale)
+                self._raise(generation + 1, reports)
+                continue
+            if savepoint is None:  # generation 0 before it ran: a new deployment
                 return Rejoin(generation, None)
             log.info("rejoining at a newer generation", extra={"generation": generation, "savepoint": savepoint,
                                                                "from": self.mine,
                                                                "reports": {str(k): v for k, v in reports.items()}})
-            return Rejoin(generation, source, reset=self.has_state, restore=True)
+            return Rejoin(generation, savepoint, reset=self.has_state, restore=True)
 
-    def joined(self, generation: int) -> None:
-        """This process's state is at `generation`: record it, and wait until every process is there."""
+    def joined(self, generation: int, restored: str | None = None) -> None:
+        """This process's state is at `generation` (`restored`: from that savepoint): record it, and wait
+        until every process is there."""
+        if generation == 0 and restored:  # a deployment that started from a savepoint: remember it was used
+            _create_once(self.dir / "generation-000000.json", orjson.dumps(
+                {"generation": 0, "savepoint": str(Destination(restored)), "created_at": _now(),
+                 "by_process": self.process_id}))
         state_dir = Path(self.config.state.dir)
         Destination(state_dir).write_bytes(_GENERATION_FILE, orjson.dumps({"generation": generation}))
         self.mine = generation
