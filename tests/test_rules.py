@@ -99,7 +99,7 @@ RULE_ERRORS = [
     ({"channel": '"fax"'}, "channel", ["fax"]),
     ({"channel": None}, "channel", ["None"]),
     ({"on": '["page_veiw"]'}, "on", ["unknown name", "page_veiw"]),
-    ({"on": '["views"]'}, "on", ["unknown name", "views"]),  # a window is not a trigger
+    ({"on": '["views"]'}, "on", ["['views'] can be read in 'when' but not triggered on"]),  # a window: no trigger
     ({"on": None}, "on", ["at least one"]),
     ({"action": None}, "action", ["required"]),
     ({"action": '""'}, "action", ["required"]),

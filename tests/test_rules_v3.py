@@ -19,7 +19,7 @@ from operators.rules.loader import check_rules, load_rules
 from operators.rules.model import Condition, Group
 from operators.rules.scenarios import ScenarioError, load_scenario
 from operators.signals.absence import Fixed, Tally
-from tests.helpers import MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
+from tests.helpers import HOUR, MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
 
@@ -518,3 +518,51 @@ def test_without_addresses_decisions_are_addressed_as_before(tmp_path):
 def test_a_bad_address_preference_is_named(tmp_path, line, field):
     message = one_error(rules(tmp_path, rule(), tail=f"[addresses]\n{line}\n"))
     assert f"[addresses]: field '{field}'" in message
+
+
+# -- traps -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cap", "field"), [
+    ('email = { limit = 2, window = "24h", promotions_only = true }', "email.promotions_only"),
+    ('email = { limit = 2, windw = "24h" }', "email.windw"),
+])
+def test_an_unknown_key_in_a_cap_is_refused_by_name(tmp_path, cap, field):
+    message = one_error(rules(tmp_path, rule(), tail=f"[caps]\n{cap}\n"))
+    assert f"[caps]: field '{field}': unknown field" in message
+
+
+def test_a_compound_duration_reads_as_in_scenarios(tmp_path):
+    from operators.rules.fields import duration_ms
+    from operators.rules.scenarios import offset_ms
+
+    assert duration_ms("1d12h") == offset_ms("+1d12h") == 36 * HOUR
+    assert duration_ms("30m") == 30 * MIN and duration_ms(1500) == 1500 and duration_ms("1.5h") == 90 * MIN
+    ruleset = load_rules(rules(tmp_path, rule(cooldown='"1d12h"')))
+    assert ruleset.rule("r1").cooldown_ms == 36 * HOUR
+    assert "field 'cooldown': not a duration" in one_error(rules(tmp_path, rule(cooldown='"1d12"')))
+
+
+def test_a_rule_on_a_window_says_it_is_not_a_trigger(tmp_path):
+    message = one_error(rules(tmp_path, rule(on='["opens", "page_view"]')))
+    assert "field 'on': ['opens'] can be read in 'when' but not triggered on" in message
+
+
+def test_scenario_signals_compare_only_the_attributes_named(tmp_path):
+    from operators.rules.scenarios import run_scenario
+
+    ruleset = load_rules(rules(tmp_path, rule(when='["views >= 1", "opens == 0"]')))
+    path = write_rules(tmp_path, '''description = "x"
+[[step]]
+at = "+0m"
+event = "consent"
+attrs = { channel = "email", granted = true }
+[[step]]
+at = "+1m"
+event = "page_view"
+decisions = [{ rule = "r1", signals = { views = 1 } }]
+''', "story.toml")
+    checks = run_scenario(load_scenario(path), ruleset)
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+    wrong = write_rules(tmp_path, path.read_text().replace("views = 1", "views = 2"), "wrong.toml")
+    assert not all(c.ok for c in run_scenario(load_scenario(wrong), ruleset))

@@ -10,6 +10,7 @@ how `nextclick rules check` lists every error of a file, not only the first. A l
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,6 +18,18 @@ from operators.infra.clock import parse_duration_ms
 
 # What a duration that failed to read stands for while the rest of its item is checked.
 _PLACEHOLDER_MS = 60_000
+# One part of a compound duration ("1d12h"): the syntax scenario offsets use too.
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def duration_ms(raw: Any) -> int:
+    """A rules-file duration: "30m", "1d12h" (parts add up, as in scenario offsets), or plain
+    milliseconds; what `parse_duration_ms` read before ("1.5h", "1 d") still reads the same."""
+    if isinstance(raw, str):
+        parts = _PART.findall(raw)
+        if len(parts) > 1 and "".join(n + u for n, u in parts) == raw:
+            return sum(parse_duration_ms(n + u) for n, u in parts)
+    return parse_duration_ms(raw)
 T = TypeVar("T")
 
 
@@ -65,7 +78,7 @@ class Where:
             self.report(name, "is required (a duration such as 30m, 1h, 7d)")
             return _PLACEHOLDER_MS
         try:
-            ms = parse_duration_ms(raw)
+            ms = duration_ms(raw)
         except ValueError as exc:
             self.report(name, str(exc))
             return _PLACEHOLDER_MS
@@ -75,7 +88,8 @@ class Where:
         return ms
 
     def names(self, body: dict[str, Any], key: str, known: set[str] | frozenset[str],
-              required: bool = True) -> frozenset[str]:
+              required: bool = True, ignore: set[str] | None = None) -> frozenset[str]:
+        """The names listed under `key`, of `known`; `ignore`: names whose mistake is reported already."""
         raw = body.get(key, [])
         if isinstance(raw, str):
             raw = [raw]
@@ -84,7 +98,7 @@ class Where:
             return frozenset()
         if required and not raw:
             self.report(key, "must name at least one")
-        unknown = sorted(set(raw) - set(known))
+        unknown = sorted(set(raw) - set(known) - (ignore or set()))
         if unknown:
             self.report(key, f"unknown name(s) {unknown}; known: {sorted(known)}")
         return frozenset(raw) & frozenset(known)

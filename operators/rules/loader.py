@@ -76,7 +76,13 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
             condition = where.attempt(parse_when_item, where, text)
             if condition is not None:
                 conditions.append(condition)
-    on = where.names(body, "on", set(triggers) | broken)
+    raw_on = body.get("on")
+    not_triggers = sorted({n for n in raw_on if isinstance(n, str) and n in attributes and n not in triggers}
+                          ) if isinstance(raw_on, list) else []
+    if not_triggers:  # `on = ["opens"]` where opens is a count: say what it is, not "unknown name"
+        where.report("on", f"{not_triggers} can be read in 'when' but not triggered on: a rule is on event "
+                           f"types and absences")
+    on = where.names(body, "on", set(triggers) | broken, ignore=set(not_triggers))
     known_on = on - broken
     trigger_attributes: set[str] = set().union(*(triggers[name] for name in known_on))
 
@@ -160,6 +166,10 @@ def _addresses(where: Where, section: dict[str, Any]) -> dict[str, tuple[str, ..
 def _cap(where: Where, key: str, raw: Any) -> Cap:
     if not isinstance(raw, dict) or "limit" not in raw:
         raise where.fail(key, "must be a table like { limit = 2, window = \"24h\" }")
+    unknown = sorted(set(raw) - {"limit", "window"})
+    if unknown:  # a typo (`windw`) or an option that does not exist (`promotions_only`) is not ignored
+        raise where.fail(f"{key}.{unknown[0]}", "unknown field; a cap has only limit and window "
+                                                "(caps by purpose: [caps] purposes, or a rule's capped = false)")
     limit = raw["limit"]
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise where.fail(f"{key}.limit", "must be a non-negative integer")

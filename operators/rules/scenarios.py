@@ -19,9 +19,10 @@ A scenario is TOML (the format is documented in docs/rules.md, "Testing rules wi
     blocked = [{ rule = "...", reason = "cooldown" }]
 
 Every step produces exactly the `decisions` and `blocked` it lists (none when omitted): a decision
-entry compares the keys it names (rule, channel, trigger, action, offer, purpose, promotion, customer,
-signals), a blocked entry its rule, reason, channel and customer. An event step may also expect
-`late = true` or `duplicate = true` (false when omitted).
+entry compares the keys it names (rule, channel, trigger, action, offer, purpose, promotion,
+customer, signals: only the attributes named, params), a blocked entry its rule, reason, channel and
+customer. An event step may also expect `late = true` or `duplicate = true` (false when omitted);
+`ids` sets the identifier types the customer's profile holds from that step on.
 
 The clock is manual: it moves only at `advance` steps, never backwards. An absence also fires when a
 later event of the customer arrives after its deadline plus the allowed lateness, as in the flow.
@@ -220,21 +221,27 @@ def load_scenario(path: str | Path) -> Scenario:
     return Scenario(path, description.strip(), path.parent / rules if rules else None, tuple(steps))
 
 
-def _decision(d: Decision, keys: set[str]) -> dict[str, Any]:
+def _decision(d: Decision, entry: dict[str, Any]) -> dict[str, Any]:
+    """The decision with the keys `entry` names; of `signals`, only the attributes it names."""
+    signals = d.signals
+    named = entry.get("signals")
+    if isinstance(named, dict):
+        signals = {k: v for k, v in signals.items() if k in named}
     full = {"rule": d.rule_id, "channel": d.channel, "trigger": d.trigger, "action": d.action, "offer": d.offer,
-            "purpose": d.purpose, "promotion": d.promotion, "customer": d.customer, "signals": d.signals,
+            "purpose": d.purpose, "promotion": d.promotion, "customer": d.customer, "signals": signals,
             "params": d.params}
-    return {k: v for k, v in full.items() if k in keys}
+    return {k: v for k, v in full.items() if k in entry}
 
 
-def _blocked(b: Blocked, keys: set[str]) -> dict[str, Any]:
+def _blocked(b: Blocked, entry: dict[str, Any]) -> dict[str, Any]:
     full = {"rule": b.rule_id, "reason": b.reason, "channel": b.channel, "customer": b.customer}
-    return {k: v for k, v in full.items() if k in keys}
+    return {k: v for k, v in full.items() if k in entry}
 
 
 def _compare(expected: tuple[dict[str, Any], ...], got: list[Any], view: Any, default: set[str]) -> list[Any]:
     """What came out, shown with the keys each expected entry names (the defaults past the last)."""
-    return [view(item, set(expected[i]) if i < len(expected) else default) for i, item in enumerate(got)]
+    return [view(item, expected[i] if i < len(expected) else dict.fromkeys(default))
+            for i, item in enumerate(got)]
 
 
 def run_scenario(scenario: Scenario, ruleset: RuleSet) -> list[Check]:
