@@ -566,3 +566,29 @@ decisions = [{ rule = "r1", signals = { views = 1 } }]
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
     wrong = write_rules(tmp_path, path.read_text().replace("views = 1", "views = 2"), "wrong.toml")
     assert not all(c.ok for c in run_scenario(load_scenario(wrong), ruleset))
+
+
+@pytest.mark.parametrize(("on", "condition", "words"), [
+    ('["purchase"]', "trigger.items > '2'", "'trigger.items' is integer, compared with a string: never true"),
+    ('["purchase"]', 'trigger.amount == "10"', "is number, compared with a string"),
+    ('["page_view"]', "trigger.category == 3", "'trigger.category' is string, compared with int"),
+    ('["page_view"]', 'trigger.category in [1, 2]', "compared with int"),
+    ('["login"]', 'trigger.method == "pasword"', "is one of ['password', 'sso'"),
+    ('["consent"]', 'trigger.channel in ["fax", "mail"]', "never matches"),
+    ('["cart"]', 'trigger.value >= "10"', "'trigger.value' is integer or number, compared with a string"),
+    ('["cart"]', "trigger.sku == 5", "'trigger.sku' is string, compared with int"),
+])
+def test_a_comparison_that_can_never_be_true_is_refused(tmp_path, on, condition, words):
+    signals = SIGNALS + ABSENCE.replace('restart = false', 'sum = { value = "amount" }')
+    message = one_error(rules(tmp_path, rule(on=on, when=f'["{condition}"]' if "'" in condition
+                                             else f"['{condition}']"), signals=signals))
+    assert "rule 'r1': field 'when'" in message and words in message, message
+
+
+@pytest.mark.parametrize(("on", "condition"), [
+    ('["purchase"]', "trigger.items > 2.5"), ('["purchase"]', "trigger.amount != 'x'"),
+    ('["page_view"]', "trigger.category not in [1]"), ('["login"]', 'trigger.method in ["sso", "pasword"]'),
+    ('["consent"]', "trigger.granted == 1"), ('["page_view", "purchase"]', 'trigger.category == "shoes"'),
+])
+def test_comparisons_that_can_be_true_still_load(tmp_path, on, condition):
+    load_rules(rules(tmp_path, rule(on=on, when=f'["{condition}"]' if "'" in condition else f"['{condition}']")))

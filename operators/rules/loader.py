@@ -10,6 +10,7 @@ suppression and the dedupe horizon. Rules are compiled here (operators/rules/com
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +19,7 @@ from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import read_toml
-from operators.io.parse import event_attributes
+from operators.io.parse import event_attributes, load_schema
 from operators.profile.facts import consent_keys
 from operators.rules.compiler import (
     TRIGGER_PREFIX,
@@ -51,13 +52,83 @@ _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "c
 _PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
+# What a trigger attribute can hold: its JSON types ("string", "number", "integer", "boolean") and
+# its enum (None: any value of those types).
+Kinds = tuple[frozenset[str], tuple[Any, ...] | None]
+_JSON_TYPE = {str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+@functools.cache
+def _schema_kinds(event_type: str) -> dict[str, Kinds]:
+    """The declared type and enum of each attribute of an event type (its schema)."""
+    properties = load_schema(event_type)["properties"]
+    kinds: dict[str, Kinds] = {}
+    for attribute in event_attributes(event_type):
+        prop = properties[attribute]
+        enum = tuple(prop["enum"]) if "enum" in prop else None
+        declared = prop.get("type")
+        types = {declared} if isinstance(declared, str) else set(declared or ())
+        if enum is not None:
+            types |= {_JSON_TYPE[type(v)] for v in enum if type(v) in _JSON_TYPE}
+        if types:
+            kinds[attribute] = (frozenset(types), enum)
+    return kinds
+
+
+def _trigger_kinds(signals: list[Signal]) -> dict[str, dict[str, Kinds]]:
+    """Per trigger (event type, absence), what each attribute it carries can hold."""
+    out = {t: _schema_kinds(t) for t in EVENT_TYPES}
+    for signal in signals:
+        if not signal.fires:
+            continue
+        kinds: dict[str, Kinds] = {}
+        for attribute in getattr(signal, "carry", ()):
+            known = [out[t][attribute] for t in getattr(signal, "start", ()) if attribute in out[t]]
+            if known:
+                kinds[attribute] = _union(known)
+        for total, _ in getattr(signal, "sums", ()):
+            kinds[total] = (frozenset({"number", "integer"}), None)
+        if getattr(signal, "count", None):
+            kinds[signal.count] = (frozenset({"integer"}), None)  # type: ignore[attr-defined]
+        out[signal.name] = kinds
+    return out
+
+
+def _union(kinds: list[Kinds]) -> Kinds:
+    enums = [enum for _, enum in kinds]
+    merged = None if any(e is None for e in enums) else tuple(v for e in enums for v in e)  # type: ignore[union-attr]
+    return frozenset().union(*(types for types, _ in kinds)), merged
+
+
+def _never_true(cond: Condition, kinds: Kinds) -> str | None:
+    """Why `cond` can never hold for an attribute of these kinds, or None. Only what is certain:
+    a string against a non-string attribute (or the reverse) under ==, ordering or `in`, and ==/in
+    with values outside an attribute's enum."""
+    if cond.op not in ("==", "<", "<=", ">", ">=", "in"):
+        return None
+    types, enum = kinds
+    values = cond.value if cond.op == "in" else [cond.value]
+    text_only = types == {"string"}
+
+    def mismatched(value: Any) -> bool:
+        return (isinstance(value, str) and "string" not in types) or (text_only and not isinstance(value, str))
+
+    if values and all(mismatched(v) for v in values):
+        return (f"{cond.attribute!r} is {' or '.join(sorted(types))}, compared with "
+                f"{'a string' if isinstance(values[0], str) else type(values[0]).__name__}: never true")
+    if enum is not None and cond.op in ("==", "in") and values and all(v not in enum for v in values):
+        return f"{cond.attribute!r} is one of {list(enum)}: {cond.value!r} never matches"
+    return None
+
+
 def _consequence(attribute: str, broken: set[str]) -> bool:
     """Whether an unknown attribute is one of a signal that failed to load (its mistake is reported)."""
     return any(attribute == b or attribute.startswith((b + ".", b + "_")) for b in broken)
 
 
 def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str],
-               trigger_fields: dict[str, str], broken: set[str], errors: list[RulesError]) -> Rule | None:
+               trigger_fields: dict[str, str], broken: set[str], errors: list[RulesError],
+               trigger_kinds: dict[str, dict[str, Kinds]] | None = None) -> Rule | None:
     """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each
     carries. `trigger_fields`: signal attributes that read a trigger attribute. `broken`: signals
     that failed to load. Mistakes go to `errors`; None when there was one."""
@@ -102,7 +173,15 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
                                 f"{trigger_fields[name]!r}")
 
     for cond in leaves(tuple(conditions)):
+        before_condition = len(errors)
         known("when", cond.attribute, cond.text)
+        if trigger_kinds is not None and len(errors) == before_condition and known_on == on \
+                and cond.attribute.startswith(TRIGGER_PREFIX):
+            attribute = cond.attribute[len(TRIGGER_PREFIX):]
+            found = [trigger_kinds[t][attribute] for t in on if attribute in trigger_kinds.get(t, {})]
+            why = _never_true(cond, _union(found)) if found else None
+            if why:
+                where.report("when", f"in {cond.text!r}: {why}")
     params = _params(where, body.get("params", {}))
     for name, attribute in params:
         known(f"params.{name}", attribute, attribute)
@@ -248,6 +327,7 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     triggers = {t: frozenset(event_attributes(t)) for t in EVENT_TYPES}
     triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
     trigger_fields = {a: f for s in signals for a, f in getattr(s, "trigger_fields", {}).items()}
+    trigger_kinds = _trigger_kinds(signals)
     getters = attribute_getters(signals)
     raw_rules = doc.get("rule", [])
     rules: list[Rule] = []
@@ -260,7 +340,7 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         except RulesError as error:
             errors.append(error)
             continue
-        rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors)
+        rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors, trigger_kinds)
         if rule is not None:
             rules.append(rule)
     seen: set[str] = set()
