@@ -49,14 +49,15 @@ def test_the_cookbook_campaigns_pass_their_scenarios_through_the_cli():
 
 def test_the_rules_v3_cookbook_campaigns_pass_their_scenarios_through_the_cli():
     scenarios = sorted(str(p.relative_to(REPO)) for p in (COOKBOOK / "v3" / "scenarios").glob("*.toml"))
-    assert len(scenarios) >= 9
+    assert len(scenarios) >= 10
     done = nextclick("rules", "test", "docs/cookbook/v3/rules.toml", *scenarios)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "FAIL" not in done.stdout and done.stdout.rstrip().endswith(", 0 failed")
     # each campaign's decision, and the blocks that show its option at work
     for words in ("cart_email/email", "cart_retarget_ad/ads", "cart_email/cooldown", "cart_email/unreachable",
                   "complaint_follow_up_email/email", "complaint_follow_up_email/no_consent",
-                  "product_interest_email/email", "app_cart_push/push", "unclicked_opens_ad/ads"):
+                  "product_interest_email/email", "app_cart_push/push", "unclicked_opens_ad/ads",
+                  "big_cart_push/push"):
         assert words in done.stdout, words
 
 

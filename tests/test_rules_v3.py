@@ -592,3 +592,61 @@ def test_a_comparison_that_can_never_be_true_is_refused(tmp_path, on, condition,
 ])
 def test_comparisons_that_can_be_true_still_load(tmp_path, on, condition):
     load_rules(rules(tmp_path, rule(on=on, when=f'["{condition}"]' if "'" in condition else f"['{condition}']")))
+
+
+# -- absences that start when a condition becomes true ---------------------------------------------
+
+BIG_CART = '''
+[signals.big_cart]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "30m"
+carry = ["sku"]
+restart = false
+start_when = ["cart_value >= 150"]
+
+[signals.cart_value]
+kind = "sum"
+events = ["add_to_cart"]
+field = "amount"
+window = "2h"
+bucket = "1m"
+reset_on = ["purchase"]
+'''
+
+
+def test_start_when_starts_on_the_event_that_makes_it_true(tmp_path):
+    path = rules(tmp_path, rule(on='["big_cart"]', params='{ sku = "trigger.sku" }'), signals=BIG_CART)
+    ruleset = load_rules(path)
+    # declared first, applied after the sum it reads
+    assert [s.name for s in ruleset.signals][-1] == "big_cart"
+    customer = Customer(ruleset)
+    granted(customer, "email")
+    customer.send("add_to_cart", T0 + MIN, sku="A", amount=100.0)
+    assert "big_cart" not in customer.profile.signals
+    customer.send("add_to_cart", T0 + 10 * MIN, sku="B", amount=60.0)  # 160: this add starts it
+    customer.send("add_to_cart", T0 + 20 * MIN, sku="C", amount=10.0)  # does not restart it
+    assert customer.profile.signals["big_cart"] == [T0 + 10 * MIN, T0 + 40 * MIN, {"sku": "B"}]
+    out = customer.tick(T0 + 45 * MIN)
+    assert fired(out) == [("r1", "email", "big_cart")] and out.decisions[0].params == {"sku": "B"}
+
+
+def test_start_when_a_purchase_cancels_and_the_cart_starts_again_from_zero(tmp_path):
+    customer = Customer(load_rules(rules(tmp_path, rule(on='["big_cart"]'), signals=BIG_CART)))
+    customer.send("add_to_cart", T0 + MIN, sku="A", amount=200.0)
+    customer.send("purchase", T0 + 2 * MIN, amount=200.0)
+    customer.send("add_to_cart", T0 + 3 * MIN, sku="B", amount=20.0)
+    assert "big_cart" not in customer.profile.signals
+
+
+@pytest.mark.parametrize(("start_when", "words"), [
+    ('["cart_valu >= 150"]', "unknown attribute 'cart_valu'"),
+    ('["big_cart_pending == true"]', "an absence cannot read itself"),
+    ('["trigger.items > 1"]', "'trigger.items' is not an attribute of its start events"),
+    ('"cart_value >= 150"', "must be a list of conditions"),
+])
+def test_a_bad_start_when_is_named(tmp_path, start_when, words):
+    signals = BIG_CART.replace('["cart_value >= 150"]', start_when)
+    message = one_error(rules(tmp_path, rule(on='["page_view"]'), signals=signals))
+    assert "signal 'big_cart': field 'start_when'" in message and words in message, message

@@ -289,6 +289,31 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError]) -> tuple[
     return signals, broken
 
 
+def _bind_start_when(path: str, signals: list[Signal], getters: dict[str, Any],
+                     errors: list[RulesError]) -> list[Signal]:
+    """Absences with `start_when` read other signals as they stand after the event: their conditions
+    are checked against every attribute and compiled, and they move after every other signal (the
+    engine applies signals in this order), keeping their own order."""
+    gated = [s for s in signals if getattr(s, "start_when", ())]
+    for signal in gated:
+        where = Where(path, f"signal '{signal.name}'", errors)
+        start: frozenset[str] = getattr(signal, "start", frozenset())
+        carried = {a for t in start for a in event_attributes(t)}
+        before = len(errors)
+        for cond in leaves(signal.start_when):  # type: ignore[attr-defined]
+            name = cond.attribute
+            if name.startswith(TRIGGER_PREFIX):
+                if name[len(TRIGGER_PREFIX):] not in carried:
+                    where.report("start_when", f"in {cond.text!r}: {name!r} is not an attribute of its start "
+                                               f"events; they have: {sorted(carried) or 'none'}")
+            elif name not in getters or name in signal.attributes:
+                where.report("start_when", f"in {cond.text!r}: unknown attribute {name!r} (an absence cannot "
+                                           f"read itself); known: {sorted(set(getters) - set(signal.attributes))}")
+        if len(errors) == before:
+            signal.bind_start_when(getters)  # type: ignore[attr-defined]
+    return [s for s in signals if s not in gated] + gated
+
+
 def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionScope, ...]:
     if raw is None:
         return ()
@@ -329,6 +354,7 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     trigger_fields = {a: f for s in signals for a, f in getattr(s, "trigger_fields", {}).items()}
     trigger_kinds = _trigger_kinds(signals)
     getters = attribute_getters(signals)
+    signals = _bind_start_when(path, signals, getters, errors)
     raw_rules = doc.get("rule", [])
     rules: list[Rule] = []
     if not isinstance(raw_rules, list) or not raw_rules:

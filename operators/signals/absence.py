@@ -11,6 +11,10 @@ Options (the `Tally` subclass below, so an absence without them pays nothing for
   cart's value and item count, where `carry` only has the last item's attributes), readable by rules
   on it as `trigger.<name>`.
 
+`start_when = [...]` (conditions over the profile, as a rule's `when`): a start event starts (or
+restarts) it only if they hold once every other signal has taken the event in: "the add that took
+the cart over 150". Compiled by the rules loader, which knows every attribute (`bind_start_when`).
+
 `restart = false` (the `Fixed` subclass, or a `Tally` told so): a later start does not move the
 deadline; the time counts from the first start of the pending absence ("within 30 minutes of the
 first add", not of the last). Of two starts the earlier is kept, whichever arrived first.
@@ -24,8 +28,9 @@ from typing import Any
 
 from operators.profile.model import Profile
 from operators.records import Event, Trigger
-from operators.rules.compiler import compile_filter
+from operators.rules.compiler import Getter, View, compile_conditions, compile_filter, parse_when
 from operators.rules.fields import Where
+from operators.rules.model import When
 from operators.signals.options import check_attribute, read_where
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -35,6 +40,19 @@ class Absence:
     kind = "absence"
     fires = True
     expires = False  # leaves state by firing or by being cancelled
+    start_when: When = ()
+
+    def bind_start_when(self, getters: dict[str, Getter]) -> None:
+        """Gate start events by `start_when`, now that every attribute it may name has a getter."""
+        check, inner, start, cancel = compile_conditions(self.start_when, getters), self.apply, self.start, self.cancel
+
+        def gated(profile: Profile, event: Event) -> None:
+            kind = event.type
+            if kind in start and kind not in cancel and not check(
+                    View(profile, Trigger(kind, event.event_id, event.ts, event.attrs), getters)):
+                return
+            inner(profile, event)
+        setattr(self, "apply", gated)  # noqa: B010 - an instance attribute: the plain method stays free
 
     def __init__(self, name: str, start: frozenset[str], cancel: frozenset[str], after_ms: int,
                  carry: tuple[str, ...] = ()) -> None:
@@ -194,7 +212,8 @@ def _totals(body: dict[str, Any], where: Where, start: frozenset[str], carry: tu
 
 def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[str]) -> Absence:
     where.check_keys(body, {"kind", "start", "cancel", "after", "carry", "description", "where", "sum", "count",
-                            "restart"})
+                            "restart", "start_when"})
+    start_when = where.attempt(parse_when, where, body["start_when"], "start_when") if "start_when" in body else ()
     restart = body.get("restart", True)
     if not isinstance(restart, bool):
         where.report("restart", "must be true (default: a later start moves the deadline) or false")
@@ -209,8 +228,13 @@ def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[s
     cancel, after = where.names(body, "cancel", event_types), where.duration(body, "after")
     conditions = read_where(body, where, start)
     sums, count = _totals(body, where, start, tuple(carry))
+    signal: Absence
     if not conditions and not sums and not count:
-        return Absence(name, start, cancel, after, tuple(carry)) if restart else Fixed(
+        signal = Absence(name, start, cancel, after, tuple(carry)) if restart else Fixed(
             name, start, cancel, after, tuple(carry))
-    return Tally(name, start, cancel, after, tuple(carry), sums, count,
-                 compile_filter(conditions) if conditions else None, restart)
+    else:
+        signal = Tally(name, start, cancel, after, tuple(carry), sums, count,
+                       compile_filter(conditions) if conditions else None, restart)
+    if start_when:
+        signal.start_when = start_when
+    return signal
