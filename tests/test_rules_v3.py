@@ -650,3 +650,29 @@ def test_a_bad_start_when_is_named(tmp_path, start_when, words):
     signals = BIG_CART.replace('["cart_value >= 150"]', start_when)
     message = one_error(rules(tmp_path, rule(on='["page_view"]'), signals=signals))
     assert "signal 'big_cart': field 'start_when'" in message and words in message, message
+
+
+def test_rules_test_drops_what_the_flow_drops_as_expired(tmp_path):
+    from operators.rules.scenarios import report_line, run_scenario
+
+    ruleset = load_rules(rules(tmp_path, rule(on='["cart"]', expiry='"2h"'), signals=ABSENCE))
+    story = '''description = "x"
+[[step]]
+at = "+0m"
+event = "consent"
+attrs = { channel = "email", granted = true }
+[[step]]
+at = "+1m"
+event = "add_to_cart"
+attrs = { sku = "A" }
+[[step]]
+advance = "+5h"
+'''
+    checks = run_scenario(load_scenario(write_rules(tmp_path, story, "late.toml")), ruleset)
+    failed = [report_line(c) for c in checks if not c.ok]
+    assert failed == ["FAIL late.toml step 3 (+5h clock): expired: expected none; got r1/email/cart"]
+    listed = write_rules(tmp_path, story + 'expired = [{ rule = "r1" }]\n', "listed.toml")
+    assert all(c.ok for c in run_scenario(load_scenario(listed), ruleset))
+    # within its expiry it is a decision, as before
+    on_time = write_rules(tmp_path, story.replace("+5h", "+2h") + 'decisions = [{ rule = "r1" }]\n', "ok.toml")
+    assert all(c.ok for c in run_scenario(load_scenario(on_time), ruleset))

@@ -40,6 +40,7 @@ from typing import Any
 from operators.channels import EVENT_CHANNELS
 from operators.engine import on_event, on_timers
 from operators.infra.clock import parse_duration_ms
+from operators.io.decisions import expired
 from operators.io.parse import SPECS, event_attributes
 from operators.profile.model import Profile, new_profile
 from operators.records import Blocked, Decision, Event, Outcome
@@ -49,7 +50,8 @@ from operators.rules.model import RuleSet
 START_MS = 1_794_960_000_000
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _TOP_KEYS = {"description", "rules", "start", "step"}
-_STEP_KEYS = {"at", "event", "attrs", "id", "customer", "advance", "decisions", "blocked", "late", "duplicate", "ids"}
+_STEP_KEYS = {"at", "event", "attrs", "id", "customer", "advance", "decisions", "blocked", "late", "duplicate", "ids",
+              "expired"}
 _DECISION_KEYS = {"rule", "channel", "trigger", "action", "offer", "purpose", "promotion", "customer", "signals",
                   "params"}
 # The identifier types a profile can hold (`ids` of an event step).
@@ -87,6 +89,8 @@ class Step:
     # The identifier types the customer's profile holds from this step on (None: unchanged), as the
     # identity stage records them; `require_address` rules read them.
     ids: tuple[str, ...] | None = None
+    # Decisions made but already past their expiry at this step's clock: the flow drops them.
+    expired: tuple[dict[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
@@ -179,6 +183,7 @@ def load_scenario(path: str | Path) -> Scenario:
             raise _fail(path, where, f"field '{key}': {exc}") from None
         decisions = _entries(path, where, raw, "decisions", _DECISION_KEYS)
         blocked = _entries(path, where, raw, "blocked", _BLOCKED_KEYS)
+        stale = _entries(path, where, raw, "expired", _DECISION_KEYS)
         if key == "advance":
             extra = sorted(set(raw) & {"event", "attrs", "id", "customer", "late", "duplicate", "ids"})
             if extra:
@@ -187,7 +192,7 @@ def load_scenario(path: str | Path) -> Scenario:
                 raise _fail(path, where, f"field 'advance': the clock only moves forward ({raw[key]} is before "
                                          f"an earlier advance)")
             clock = at
-            steps.append(Step(n, raw[key], at, None, decisions, blocked))
+            steps.append(Step(n, raw[key], at, None, decisions, blocked, expired=stale))
             continue
         event_type = raw.get("event")
         if event_type not in EVENT_CHANNELS:
@@ -217,7 +222,7 @@ def load_scenario(path: str | Path) -> Scenario:
         event = Event(event_id=event_id, type=event_type, ts=at, customer=customer,
                       channel=EVENT_CHANNELS[event_type], attrs=dict(attrs))
         steps.append(Step(n, raw[key], at, event, decisions, blocked, raw.get("late", False),
-                          raw.get("duplicate", False), None if ids is None else tuple(ids)))
+                          raw.get("duplicate", False), None if ids is None else tuple(ids), stale))
     return Scenario(path, description.strip(), path.parent / rules if rules else None, tuple(steps))
 
 
@@ -248,9 +253,11 @@ def run_scenario(scenario: Scenario, ruleset: RuleSet) -> list[Check]:
     """Every step through the engine; the checks of what each produced against what it expects."""
     profiles: dict[str, Profile] = {}
     checks: list[Check] = []
+    clock = None
     for step in scenario.steps:
         out = Outcome()
         if step.event is None:
+            clock = step.at_ms
             for profile in profiles.values():
                 on_timers(profile, ruleset, step.at_ms, out)
         else:
@@ -262,8 +269,16 @@ def run_scenario(scenario: Scenario, ruleset: RuleSet) -> list[Check]:
             on_event(profiles[customer], step.event, ruleset, out)
             checks.append(Check(scenario.path, step, "late", step.late, out.late))
             checks.append(Check(scenario.path, step, "duplicate", step.duplicate, out.duplicate))
+        # What the flow would send: a decision already past its expiry at the clock (an event's time,
+        # or the clock advanced to) is dropped (operators/io/decisions.expired).
+        now = step.at_ms if clock is None else max(clock, step.at_ms)
+        sent = [d for d in out.decisions if not expired(d, now)]
+        stale = [d for d in out.decisions if expired(d, now)]
+        if stale or step.expired:
+            checks.append(Check(scenario.path, step, "expired", list(step.expired),
+                                _compare(step.expired, stale, _decision, {"rule", "channel", "trigger"})))
         checks.append(Check(scenario.path, step, "decisions", list(step.decisions),
-                            _compare(step.decisions, out.decisions, _decision, {"rule", "channel", "trigger"})))
+                            _compare(step.decisions, sent, _decision, {"rule", "channel", "trigger"})))
         checks.append(Check(scenario.path, step, "blocked", list(step.blocked),
                             _compare(step.blocked, out.blocked, _blocked, {"rule", "reason"})))
     return checks
