@@ -53,8 +53,13 @@ def resources() -> list[tuple[str, Doc]]:
             for doc in yaml.safe_load_all((K8S / name).read_text()) if doc] + generated()
 
 
+# The profile query service's manifests (a Deployment and its Service): checked by the tests at the end;
+# `one` finds the flow's.
+PROFILE_SERVICE = "profile-service.yaml"
+
+
 def one(kind: str) -> Doc:
-    found = [doc for _, doc in resources() if doc["kind"] == kind]
+    found = [doc for name, doc in resources() if doc["kind"] == kind and name != PROFILE_SERVICE]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -96,8 +101,8 @@ def test_kustomization_lists_every_manifest_and_no_secret_is_committed() -> None
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert {f for g in KUSTOMIZATION["configMapGenerator"] for f in g["files"]} == {p.name for p in K8S.glob("*.toml")}
     kinds = sorted(doc["kind"] for _, doc in resources())
-    assert kinds == ["ConfigMap", "Job", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
-                     "PodMonitor", "Service", "StatefulSet"]
+    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
+                     "PodMonitor", "Service", "Service", "StatefulSet"]
     for path in (REPO / "deploy").rglob("*.y*ml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert not (doc and doc.get("kind") == "Secret"), f"{path} commits a Secret"
@@ -347,3 +352,56 @@ def test_the_startup_probe_outlasts_the_waits_at_start() -> None:
     args, _ = run_args()
     probe = CONTAINER["startupProbe"]
     assert probe["periodSeconds"] * probe["failureThreshold"] >= args.broker_timeout + args.peer_dns_timeout + 30
+
+
+# -- the profile query service (profile-service.yaml) -------------------------------------------------
+
+SERVICE_DOCS = {doc["kind"]: doc for name, doc in resources() if name == PROFILE_SERVICE}
+SERVE_POD = SERVICE_DOCS["Deployment"]["spec"]["template"]
+(SERVE_CONTAINER,) = SERVE_POD["spec"]["containers"]
+
+
+def test_the_profile_service_serves_the_flows_configuration_on_its_port_with_probes(tmp_path: Path) -> None:
+    config = config_from_configmap(tmp_path)
+    command = SERVE_CONTAINER["command"]
+    assert command[:2] == ["nextclick", "serve"]
+    args = build_parser().parse_args(command[1:])
+    assert args.config == run_args()[0].config  # the flow's file: same topic, same secret file
+    assert config.topics.profiles, "the flow writes the view topic the service reads"
+    host, _, port = config.serve.address.rpartition(":")
+    ports = {p["name"]: p["containerPort"] for p in SERVE_CONTAINER["ports"]}
+    annotations = SERVE_POD["metadata"]["annotations"]
+    assert host == "0.0.0.0" and int(port) == ports["http"] == int(annotations["prometheus.io/port"])
+    probes = {k: SERVE_CONTAINER[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {k: (v["path"], v["port"]) for k, v in probes.items()} == {"startupProbe": ("/healthz", "http"),
+                                                                      "livenessProbe": ("/healthz", "http"),
+                                                                      "readinessProbe": ("/readyz", "http")}
+    service = SERVICE_DOCS["Service"]
+    assert matches(service["spec"]["selector"], SERVE_POD["metadata"]["labels"])
+    assert not matches(service["spec"]["selector"], POD["metadata"]["labels"])  # never the flow's pods
+    assert not matches(one("Service")["spec"]["selector"], SERVE_POD["metadata"]["labels"])
+    assert not matches(one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], SERVE_POD["metadata"]["labels"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+
+
+def test_the_profile_service_mounts_its_tokens_secret_and_store(tmp_path: Path) -> None:
+    config = config_from_configmap(tmp_path)
+    by_path = mounts(SERVE_CONTAINER)
+    volumes = {v["name"]: v for v in SERVE_POD["spec"]["volumes"]}
+
+    def volume_of(path: str) -> Doc:
+        (mount,) = [m for m in by_path.values() if under(path, m["mountPath"])]
+        return volumes[mount["name"]]
+
+    assert volume_of(config.serve.token_file)["secret"]["secretName"] == "nextclick-profiles"
+    assert volume_of(config.privacy.secret_file)["secret"]["secretName"] == "nextclick"
+    assert "emptyDir" in volume_of(config.serve.store_dir)  # rebuilt from the topic, never precious
+    assert volume_of(run_args()[0].config)["configMap"]["name"] == one("ConfigMap")["metadata"]["name"]
+    ctx = SERVE_POD["spec"]["securityContext"]
+    assert ctx["runAsNonRoot"] is True and SERVE_POD["spec"]["automountServiceAccountToken"] is False
+    assert SERVE_CONTAINER["securityContext"]["readOnlyRootFilesystem"] is True
+    assert SERVE_CONTAINER["image"] == CONTAINER["image"]
+    # The tokens' Secret is created by the command the manifest and the docs show.
+    doc = (REPO / "docs" / "profile-service.md").read_text()
+    command = "kubectl create secret generic nextclick-profiles --from-file=tokens="
+    assert command in (K8S / PROFILE_SERVICE).read_text() and command in doc
