@@ -676,3 +676,25 @@ advance = "+5h"
     # within its expiry it is a decision, as before
     on_time = write_rules(tmp_path, story.replace("+5h", "+2h") + 'decisions = [{ rule = "r1" }]\n', "ok.toml")
     assert all(c.ok for c in run_scenario(load_scenario(on_time), ruleset))
+
+
+def test_explain_lists_the_fields_the_parser_dropped(tmp_path):
+    from operators.rules.explain import read_story
+
+    story = tmp_path / "story.jsonl"
+    story.write_bytes(b"\n".join(orjson.dumps(e) for e in [
+        {"event_id": "g", "type": "consent", "ts": "2026-11-18T10:00:00Z", "customer_id": "ana",
+         "channel": "email", "granted": True},
+        {"event_id": "v", "type": "page_view", "ts": "2026-11-18T10:01:00Z", "customer_id": "ana",
+         "category": "shoes", "produt_id": "P-1", "color": "red"},
+        {"event_id": "o", "type": "email_open", "ts": "2026-11-18T10:02:00Z", "customer_id": "ana",
+         "campaing": "x"},
+    ]) + b"\n")
+    ruleset = load_rules(rules(tmp_path, rule(when='["views >= 1"]')))
+    entries = list(explain(ruleset, read_story(story)))
+    view = next(e for e in entries if e["trigger"] == "page_view")
+    assert view["dropped"] == ["color", "produt_id"] and view["rules"][0]["outcome"] == "decided"
+    assert "dropped: color, produt_id (not in the page_view schema: rules cannot read them)" in render(view)
+    opened = next(e for e in entries if e["trigger"] == "email_open")  # no rule on it: still said
+    assert opened["dropped"] == ["campaing"] and opened["note"] == "no rule is on email_open"
+    assert all("dropped" not in e for e in entries if e["trigger"] == "consent")

@@ -23,7 +23,7 @@ import orjson
 
 from operators.engine import due_at, on_event, on_timers
 from operators.infra.config import ParseConfig
-from operators.io.parse import parse_message
+from operators.io.parse import load_schema, parse_message
 from operators.profile.facts import durable_view
 from operators.profile.model import Profile, new_profile
 from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
@@ -59,7 +59,18 @@ def attributes_at(profile: Profile, ruleset: RuleSet, at_ms: int) -> dict[str, A
 
 # --- the story ---------------------------------------------------------------------------------------
 
-def read_story(path: str | Path) -> list[tuple[int, str, Event]]:
+class Story(list[tuple[int, str, Event]]):
+    """The story's events, and per line the fields the parser dropped because the event type's
+    schema does not declare them (a misspelt or undeclared attribute), so explain can say so."""
+
+    dropped: dict[int, list[str]]
+
+
+def _undeclared(body: dict[str, Any], event_type: str) -> list[str]:
+    return sorted(k for k in body if k not in load_schema(event_type)["properties"])
+
+
+def read_story(path: str | Path) -> Story:
     """(line number, customer as written, event) for every event line; blank lines are skipped.
 
     Each line is an inbound event as the flow reads it (docs/data-contract.md), checked by the same
@@ -69,7 +80,8 @@ def read_story(path: str | Path) -> list[tuple[int, str, Event]]:
         lines = path.read_bytes().splitlines()
     except OSError as exc:
         raise StoryError(f"{path}: cannot read: {exc.strerror}") from None
-    events = []
+    events = Story()
+    events.dropped = {}
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -84,6 +96,9 @@ def read_story(path: str | Path) -> list[tuple[int, str, Event]]:
         if isinstance(item, DeadLetter):
             raise StoryError(f"{path}: line {n}: {item.reason}: {item.message}")
         events.append((n, who, item))
+        undeclared = _undeclared(body, item.type)
+        if undeclared:
+            events.dropped[n] = undeclared
     if not events:
         raise StoryError(f"{path}: no events")
     return events
@@ -187,6 +202,16 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[d
             profiles[event.customer] = new_profile(event.customer)
         entries, out = turn(event.customer, f"line {line}",
                             lambda p, out: on_event(p, event, traced, out))  # noqa: B023 - called at once
+        dropped = getattr(story, "dropped", {}).get(line)
+        if dropped:
+            own = [e for e in entries if e["trigger_id"] == event.event_id and e["trigger"] == event.type]
+            for entry in own:
+                entry["dropped"] = dropped
+            if not own:
+                entries.append({"customer": who, "source": f"line {line}", "trigger": event.type,
+                                "trigger_id": event.event_id, "at": rfc3339(event.ts), "attributes": event.attrs,
+                                "rules": [], "decision": None, "dropped": dropped,
+                                "note": f"no rule is on {event.type}"})
         if (out.duplicate or out.late) and event.type in ruleset.by_trigger:
             entries.append({"customer": who, "source": f"line {line}", "trigger": event.type,
                             "trigger_id": event.event_id, "at": rfc3339(event.ts), "attributes": event.attrs,
@@ -209,6 +234,9 @@ def render(entry: dict[str, Any]) -> str:
     """An entry as text: the trigger, then each rule with its conditions and outcome."""
     attrs = ", ".join(f"{k}={v!r}" for k, v in entry["attributes"].items())
     lines = [f"{entry['at']}  {entry['customer']}  {entry['trigger']}({attrs})  [{entry['source']}]"]
+    if "dropped" in entry:
+        lines.append(f"  dropped: {', '.join(entry['dropped'])} (not in the {entry['trigger']} schema: rules cannot "
+                     f"read them)")
     if "note" in entry:
         lines.append(f"  {entry['note']}")
     for rule in entry["rules"]:
