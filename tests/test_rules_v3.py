@@ -698,3 +698,17 @@ def test_explain_lists_the_fields_the_parser_dropped(tmp_path):
     opened = next(e for e in entries if e["trigger"] == "email_open")  # no rule on it: still said
     assert opened["dropped"] == ["campaing"] and opened["note"] == "no rule is on email_open"
     assert all("dropped" not in e for e in entries if e["trigger"] == "consent")
+
+
+def test_addresses_require_makes_require_address_every_rules_default(tmp_path):
+    path = rules(tmp_path, rule("mail", priority=20), rule("ad", channel="ads", require_address="false"),
+                 tail='[consent]\nads = "opt_out"\n[addresses]\nrequire = true\n')
+    ruleset = load_rules(path)
+    assert ruleset.rule("mail").require_address and not ruleset.rule("ad").require_address
+    customer = Customer(ruleset)
+    granted(customer, "email")
+    customer.profile.ids = {"phone": ["p1"]}
+    out = customer.send("page_view", T0 + MIN)
+    assert reasons(out) == [("mail", "unreachable")] and fired(out) == [("ad", "ads", "page_view")]
+    assert "[addresses]: field 'require': must be true" in one_error(
+        rules(tmp_path, rule(), tail='[addresses]\nrequire = "yes"\n'))

@@ -128,10 +128,12 @@ def _consequence(attribute: str, broken: set[str]) -> bool:
 
 def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str],
                trigger_fields: dict[str, str], broken: set[str], errors: list[RulesError],
-               trigger_kinds: dict[str, dict[str, Kinds]] | None = None) -> Rule | None:
+               trigger_kinds: dict[str, dict[str, Kinds]] | None = None, require_address: bool = False
+               ) -> Rule | None:
     """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each
     carries. `trigger_fields`: signal attributes that read a trigger attribute. `broken`: signals
-    that failed to load. Mistakes go to `errors`; None when there was one."""
+    that failed to load. `require_address`: the file's default (`[addresses] require`). Mistakes go to
+    `errors`; None when there was one."""
     before = len(errors)
     rule_id = body.get("id")
     if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id or ""):
@@ -203,7 +205,8 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     purpose = body.get("purpose", "marketing")
     if not isinstance(purpose, str) or not purpose:
         where.report("purpose", "must be a non-empty string (the consent purpose, e.g. marketing, service)")
-    flags = {key: body.get(key, default) for key, default in (("require_address", False), ("capped", True))}
+    flags = {key: body.get(key, default) for key, default in (("require_address", require_address),
+                                                              ("capped", True))}
     for key, value in flags.items():
         if not isinstance(value, bool):
             where.report(key, "must be true or false")
@@ -227,8 +230,11 @@ def _params(where: Where, raw: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _addresses(where: Where, section: dict[str, Any]) -> dict[str, tuple[str, ...]]:
-    """`[addresses]`: per decision channel, the identifier types that address it, best first."""
-    where.check_keys(section, set(DECISION_CHANNELS))
+    """`[addresses]`: per decision channel, the identifier types that address it, best first (`require`,
+    the rules' default for `require_address`, is read by `check_rules`)."""
+    where.check_keys(section, {*DECISION_CHANNELS, "require"})
+    if not isinstance(section.get("require", False), bool):
+        where.report("require", "must be true (every rule's require_address defaults to true) or false")
     chosen = {}
     for channel, raw in section.items():
         if channel not in DECISION_CHANNELS:
@@ -353,6 +359,9 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
     trigger_fields = {a: f for s in signals for a, f in getattr(s, "trigger_fields", {}).items()}
     trigger_kinds = _trigger_kinds(signals)
+    addressing = _section(path, doc, "addresses", errors)
+    addresses = _addresses(Where(path, "[addresses]", errors), addressing)
+    require_address = addressing.get("require") is True
     getters = attribute_getters(signals)
     signals = _bind_start_when(path, signals, getters, errors)
     raw_rules = doc.get("rule", [])
@@ -366,7 +375,8 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         except RulesError as error:
             errors.append(error)
             continue
-        rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors, trigger_kinds)
+        rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors, trigger_kinds,
+                          require_address)
         if rule is not None:
             rules.append(rule)
     seen: set[str] = set()
@@ -405,7 +415,6 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     where.check_keys(suppression, {"after_complaint", "scope"})
     after_complaint = where.duration(suppression, "after_complaint", "30d")
     scopes = _scopes(path, suppression.get("scope"), errors)
-    addresses = _addresses(Where(path, "[addresses]", errors), _section(path, doc, "addresses", errors))
     dedupe = _section(path, doc, "dedupe", errors)
     where = Where(path, "[dedupe]", errors)
     where.check_keys(dedupe, {"horizon"})
