@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Iterator
 
 import pytest
 
 from flows.local_broker import LocalBroker
+from operators.infra.logs import JsonFormatter
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,12 @@ def kafka(broker: LocalBroker) -> dict[str, str]:
 def topic_prefix() -> str:
     """Tests share the broker: each gets its own topic names."""
     return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_log_handlers() -> Iterator[None]:
+    """A command run in-process (`flows.cli.main`) points the root logger at the stderr of its test; the
+    next test's command would log into that closed stream. Each test starts without those handlers."""
+    yield
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)]
