@@ -1,0 +1,191 @@
+"""Profile service lookups: p50/p99 at a fixed request rate over an index of N profiles, and the index's disk.
+
+    python -m bench.profile_service --profiles 1000000 --rate 1000 --seconds 20
+
+Builds the service's index (operators/io/view_index.py) from synthetic view records (three identifiers
+each, a record of the size the engine-equivalence workload gives), then runs the HTTP app
+(flows/serve.py, with its auth and metrics middleware) in a child process and sends requests from this
+one at a fixed rate (open loop: a late response does not delay the next request), by random
+identifier types, 1 in 10 unknown (404). Latency is measured by the client, so it includes its own
+overhead on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from operators.identity.pseudonyms import pseudonymize
+
+SECRET = b"bench-secret"
+TOKEN = "bench-token"
+TYPES = ("customer", "email", "cookie")
+
+
+def record(n: int, now: int) -> tuple[bytes, bytes]:
+    keys = {t: pseudonymize(t, f"{t}-{n}", SECRET) for t in TYPES}
+    view_key = f"linked_customer/{keys['customer']}"
+    body = {"schema": "profile.v1", "profile_key": view_key, "version": 12, "as_of": now, "first_seen": now - 9e8,
+            "last_seen": now, "attributes": {"orders": 2, "lifetime_value": 180.5, "average_order_value": 90.25,
+                                             "first_purchase": now - 8e8, "last_purchase": now - 1e6,
+                                             "days_since_last_purchase": 0, "days_since_complaint": None,
+                                             "recency_score": 5, "frequency_score": 2, "monetary_score": 2,
+                                             "segment": "active", "preferred_channel": "web", "email_contacts": 3,
+                                             "call_center_contacts": 0, "last_order_channel": "web",
+                                             "last_order_category": "shoes", "last_order_amount": 90.0,
+                                             "hours_since_last_order": 0},
+            "recent_orders": [{"ts": now - 8e8, "order_id": f"o-{n}-1", "amount": 90.5, "currency": "EUR",
+                               "channel": "store", "category": None},
+                              {"ts": now - 1e6, "order_id": f"o-{n}-2", "amount": 90.0, "currency": "EUR",
+                               "channel": "web", "category": "shoes"}],
+            "consent": {"email:marketing": {"granted": True, "ts": now - 9e8}},
+            "last_contact": {"web": now, "email": now - 5e6},
+            "pending_absences": {}, "recent_decisions": {"rules": {}, "channels": {}},
+            "ids": {t: [k] for t, k in keys.items()}, "id_counts": {t: 1 for t in TYPES}}
+    return view_key.encode(), orjson.dumps(body)
+
+
+def build(path: Path, profiles: int) -> dict[str, Any]:
+    from operators.io.view_index import ViewIndex
+
+    index = ViewIndex(path, fresh=True)
+    now = 1_795_428_000_000
+    started = time.perf_counter()
+    sizes = []
+    for start in range(0, profiles, 1000):
+        batch = []
+        for n in range(start, min(start + 1000, profiles)):
+            key, value = record(n, now)
+            batch.append((n % 8, n // 8, key, value))
+            if n % 1000 == 0:
+                sizes.append(len(value))
+        index.apply(batch)
+    seconds = time.perf_counter() - started
+    index.close()
+    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return {"profiles": profiles, "build_seconds": round(seconds, 1), "records_per_s": round(profiles / seconds),
+            "record_bytes": round(statistics.mean(sizes)), "disk_bytes": disk,
+            "disk_bytes_per_profile": round(disk / profiles)}
+
+
+def serve(path: Path, port: int) -> None:
+    from aiohttp import web
+
+    from flows.serve import Metrics, build_app
+    from operators.infra.config import Config
+    from operators.io.view_index import ViewIndex
+
+    config = Config().replace(serve={"rate_limit": 0.0})
+    app = build_app(config, ViewIndex(path), None, Metrics(), frozenset({TOKEN}), SECRET)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def load(port: int, profiles: int, rate: float, seconds: float) -> dict[str, Any]:
+    import aiohttp
+
+    rng = random.Random(7)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}",
+                                     connector=aiohttp.TCPConnector(limit=64)) as session:
+        async def one(path: str) -> None:
+            started = time.perf_counter()
+            async with session.get(path, headers=headers) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+            latencies.append(time.perf_counter() - started)
+
+        for n in range(200):  # warm up the connections
+            await one(f"/v1/profiles/customer/customer-{n}")
+        latencies.clear()
+        statuses.clear()
+        tasks = []
+        begin = time.perf_counter()
+        total = int(rate * seconds)
+        for i in range(total):
+            due = begin + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            id_type = rng.choice(TYPES)
+            n = rng.randrange(profiles) if rng.random() < 0.9 else profiles + rng.randrange(profiles)
+            tasks.append(asyncio.create_task(one(f"/v1/profiles/{id_type}/{id_type}-{n}")))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - begin
+    latencies.sort()
+    return {"requests": len(latencies), "achieved_rate": round(len(latencies) / elapsed),
+            "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+            "max_ms": round(latencies[-1] * 1000, 2), "statuses": {str(k): v for k, v in statuses.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--port", type=int, default=18088)
+    parser.add_argument("--index", help="keep the index here and reuse it if it is there (a build of 1M takes minutes)")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="nextclick-serve-bench-"))
+    index = Path(args.index) if args.index else root / "index"
+    try:
+        if not (index / "CURRENT").exists():
+            built = build(index, args.profiles)
+            print(orjson.dumps({"index": built}).decode(), flush=True)
+        server = multiprocessing.get_context("spawn").Process(target=serve, args=(index, args.port))
+        server.start()
+        time.sleep(3)
+        result = asyncio.run(load(args.port, args.profiles, args.rate, args.seconds))
+        result["server_side"] = asyncio.run(server_side(args.port))
+        result["server_rss_mb"] = rss_mb(server.pid)
+        server.terminate()
+        server.join(10)
+        print(orjson.dumps({"lookups": result, "cpus": os.cpu_count(), "load_average": os.getloadavg()}).decode(),
+              flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """The service process's resident memory (Linux), after the run."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+async def server_side(port: int) -> dict[str, Any]:
+    """The service's own histogram of the profile route (its time, without the client's): the share of
+    requests answered within each bucket bound."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    buckets: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("nextclick_serve_request_seconds_bucket") and "/v1/profiles/" in line:
+            bound = line.split('le="')[1].split('"')[0]
+            buckets[bound] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0.0) or 1.0
+    return {f"within_{bound}s": round(n / total, 5) for bound, n in buckets.items() if bound != "+Inf"}
+
+
+if __name__ == "__main__":
+    main()
