@@ -255,3 +255,24 @@ def test_the_rate_limiter_allows_bursts_of_twice_the_rate_then_refuses() -> None
     allowed: list[Any] = [limiter.allow("a") for _ in range(20)]
     assert allowed.count(True) == 10 and limiter.allow("b")
     assert RateLimiter(0).allow("a")
+
+
+def test_topics_create_makes_the_view_topic_compacted(kafka: dict[str, str], topic_prefix: str,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from flows.cli import main as cli_main
+
+    p = topic_prefix
+    for k, v in {"NEXTCLICK_TOPICS__INPUTS": f"{p}.web", "NEXTCLICK_TOPICS__DECISIONS": f"{p}.dec",
+                 "NEXTCLICK_TOPICS__DEAD_LETTER": f"{p}.dlq", "NEXTCLICK_TOPICS__CONTROL": f"{p}.control",
+                 "NEXTCLICK_TOPICS__PROFILES": f"{p}.profiles", "NEXTCLICK_TOPICS__PROFILES_PARTITIONS": "3"}.items():
+        monkeypatch.setenv(k, v)
+    assert cli_main(["topics", "create", "--bootstrap", kafka["bootstrap.servers"]]) == 0
+    report = {t["topic"]: t for t in orjson.loads(capsys.readouterr().out)["topics"]}
+    assert report[f"{p}.profiles"]["role"] == "profiles" and report[f"{p}.profiles"]["status"] == "created"
+    admin = AdminClient(kafka)
+    assert len(admin.list_topics(timeout=10).topics[f"{p}.profiles"].partitions) == 3
+    ((_, future),) = admin.describe_configs([ConfigResource("topic", f"{p}.profiles")]).items()
+    assert future.result()["cleanup.policy"].value == "compact"
