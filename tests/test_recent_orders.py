@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from operators.profile.codec import decode_profile, encode_profile, profile_as_d
 from operators.profile.facts import ATTRIBUTES, DAY_MS, bound_orders, configure_orders, recent_orders
 from operators.profile.merge import merge_into
 from operators.profile.model import Order, Profile, new_profile
-from tests.helpers import MIN, default_rules, make_event
+from tests.helpers import MIN, consent, default_rules, make_event
 
 T0 = 1_795_428_000_000
 
@@ -96,3 +97,39 @@ def test_merging_recent_orders_is_commutative_associative_and_as_if_one_profile_
 def test_limits_refuse_negative_values() -> None:
     with pytest.raises(ValueError):
         configure_orders(-1, 0)
+
+
+RULE_ON_LAST_ORDER = """
+[[rule]]
+id = "store_order_follow_up"
+description = "A call-center contact after a store order: ask how it went."
+on = ["call_center_contact"]
+when = ['last_order_channel == "store"', "hours_since_last_order < 48"]
+action = "call_back"
+channel = "call_center"
+priority = 10
+expiry = "8h"
+purpose = "service"
+promotion = false
+"""
+
+
+def test_a_rule_reads_the_last_orders_channel_and_age(tmp_path: Path) -> None:
+    from operators.rules.loader import load_rules
+    from tests.helpers import write_rules
+
+    rules = load_rules(write_rules(tmp_path, RULE_ON_LAST_ORDER))
+
+    def fired(orders: list[tuple[str, int]], call_at: int) -> list[str]:
+        profile = new_profile("c1")
+        on_event(profile, consent(T0 - MIN, channel="call_center", purpose="service"), rules)
+        for n, (event_type, ts) in enumerate(orders):
+            on_event(profile, make_event(event_type, ts, event_id=f"o{n}", order_id=f"o{n}", amount=5.0), rules)
+        out = on_event(profile, make_event("call_center_contact", call_at, event_id="call", topic="billing",
+                                           outcome="resolved"), rules)
+        return [d.rule_id for d in out.decisions]
+
+    assert fired([("purchase", T0), ("store_purchase", T0 + MIN)], T0 + 3_600_000) == ["store_order_follow_up"]
+    assert fired([("store_purchase", T0), ("purchase", T0 + MIN)], T0 + 3_600_000) == []  # the last was web
+    assert fired([("store_purchase", T0)], T0 + 3 * DAY_MS) == []  # too long ago
+    assert fired([], T0) == []  # no order: the attribute is missing, the condition false
