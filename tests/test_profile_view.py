@@ -15,7 +15,7 @@ from operators.infra.config import Config
 from operators.io.profile_view import view_record
 from operators.io.topics import plan_topics
 from operators.io.view_index import ViewIndex
-from operators.profile.model import Profile
+from operators.profile.model import Profile, new_profile
 from operators.state.shard import ShardLogic
 from operators.state.shard_state import ShardContext
 from tests.helpers import MIN, SEC, T0, consent, default_rules, make_event
@@ -141,3 +141,17 @@ def test_the_topic_plan_makes_the_view_compacted_and_run_checks_it(tmp_path: Pat
     (spec,) = [s for s in plan_topics(config) if s.role == "profiles"]
     assert (spec.name, spec.partitions, spec.config) == ("p.view", 4, {"cleanup.policy": "compact"})
     assert not [s for s in plan_topics(Config()) if s.role == "profiles"]  # not configured: none
+
+
+def test_a_view_record_the_broker_does_not_acknowledge_stops_the_process_before_the_epoch_commits(
+        tmp_path: Path) -> None:
+    """The checkpoint waits for the records: one that cannot be delivered is fatal (the epoch is replayed)."""
+    from operators.io.profile_view import ProfileViewWriter
+
+    fatal: list[str] = []
+    nowhere = {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": "300"}
+    writer = ProfileViewWriter(nowhere, "view", default_rules(), ManualClock(T0), on_fatal=fatal.append)
+    profile = new_profile("c1")
+    assert writer.publish([("profiles/c1", profile)]) == 1
+    assert fatal and "could not deliver" in fatal[0] and "replay" in fatal[0]
+    assert "c1" not in fatal[0]  # no key in the message
