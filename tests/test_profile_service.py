@@ -41,6 +41,7 @@ TOKEN = "tok-7c1e9b0a5d2f4e68"
 T0 = 1_795_428_000_000
 MIN = 60_000
 COOKIE, CUSTOMER, EMAIL = "ck-svc-31", "C-7001", "dana.svc@example.com"
+EPOCH_S = 0.5  # tests/helpers.FlowThread's epoch interval
 
 
 def key(id_type: str, raw: str) -> str:
@@ -164,7 +165,10 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
             assert get(base, f"/v1/profiles/cookie/{COOKIE}", "not-the-token")[0] == 401
             assert get(base, f"/v1/profiles/cookie/{COOKIE}")[0] == 404  # unknown: JSON 404
 
-            # An anonymous web order: the profile appears, with the order, within an epoch and a second.
+            # The flow and the service running (another visitor's page view through both), then an anonymous
+            # web order: the profile appears, with the order, within an epoch and a second.
+            send(kafka, topics["web"], [("ck-warm-up", event("w1", "page_view", 0, page_type="home"))])
+            wait(lambda: get(base, "/v1/profiles/cookie/ck-warm-up")[0] == 200, "the flow and the service running")
             sent = time.monotonic()
             send(kafka, topics["web"], [(COOKIE, event("s1", "purchase", 1, order_id="ord-1", amount=59.9,
                                                        currency="eur", category="shoes", name="Dana Svc"))])
@@ -172,7 +176,7 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
                                    "the order in the service")
             staleness = time.monotonic() - sent
             print(f"order visible in the service after {staleness:.3f} s")
-            assert staleness < 0.5 + 1.0 + 1.5, staleness  # the epoch (0.5 s), a second, and the broker's hops
+            assert staleness <= EPOCH_S + 1.0, staleness  # the bound: one epoch and a second
             jsonschema.validate(profile, SCHEMA)
             assert profile["recent_orders"] == [{"ts": T0 + MIN, "order_id": "ord-1", "amount": 59.9,
                                                  "currency": "EUR", "channel": "web", "category": "shoes"}]
@@ -212,7 +216,7 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
             wait(lambda: get(base, f"/v1/profiles/email/{EMAIL}")[0] == 404, "the erasure in the service")
             erased_in = time.monotonic() - sent
             print(f"erasure answered 404 after {erased_in:.3f} s")
-            assert erased_in < 0.5 + 1.0 + 1.5, erased_in
+            assert erased_in <= EPOCH_S + 1.0, erased_in
             for id_type, raw in (("cookie", COOKIE), ("customer", CUSTOMER)):
                 assert get(base, f"/v1/profiles/{id_type}/{raw}")[0] == 404
             assert not flow.failures
