@@ -223,6 +223,31 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
         records = view_records(kafka, topics["profiles"])
         mine = [body for k, body in records if k == linked["profile_key"]]
         assert mine[-1] is None and mine[0] is not None  # the erased profile's last record is its tombstone
+
+        # An erasure with the flow stopped (`nextclick profile erase`) writes the tombstones itself.
+        assert get(base, "/v1/profiles/cookie/ck-warm-up")[0] == 200
+        flow_toml = tmp / "flow.toml"
+        flow_toml.write_text(f"""
+[kafka]
+"bootstrap.servers" = "{kafka['bootstrap.servers']}"
+[topics]
+inputs = ["{topics['web']}"]
+decisions = "{topics['decisions']}"
+dead_letter = "{topics['dead_letter']}"
+control = "{topics['control']}"
+profiles = "{topics['profiles']}"
+[state]
+dir = "{tmp / 'state'}"
+recovery_dir = "{tmp / 'recovery'}"
+shards = 2
+[privacy]
+secret = "{SECRET}"
+""")
+        from flows.cli import main as cli_main
+
+        assert cli_main(["profile", "erase", "ck-warm-up", "--id-type", "cookie", "--config", str(flow_toml)]) == 0
+        wait(lambda: get(base, "/v1/profiles/cookie/ck-warm-up")[0] == 404, "the offline erasure in the service")
+        assert (f"profiles/{key('cookie', 'ck-warm-up')}", None) in view_records(kafka, topics["profiles"])
         for _, body in records:
             if body is not None:
                 jsonschema.validate(body, SCHEMA)

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from operators.infra import metrics
 from operators.infra.clock import Clock
-from operators.io.kafka import exit_process, shared_producer
+from operators.io.kafka import client_config, exit_process, shared_producer
 from operators.profile.model import Profile
 from operators.profile.view import VIEW_SCHEMA, profile_view
 from operators.rules.model import RuleSet
@@ -81,3 +81,25 @@ class ProfileViewWriter:
                 self._on_fatal(f"could not deliver {remaining or 'some'} profile view record(s) to Kafka "
                                f"({self._failure or 'timeout'}); restart to replay the uncommitted epoch")
         return n
+
+
+def send_tombstones(kafka: Mapping[str, str], topic: str, keys: Iterable[str], *, timeout_s: float = 30.0) -> int:
+    """Tombstones for these view keys, acknowledged (an erasure made with the flow stopped, which writes none
+    itself); raises ConnectionError if the broker does not take them within `timeout_s`."""
+    producer = Producer(client_config(kafka, **{"enable.idempotence": True}))
+    failures: list[str] = []
+
+    def delivered(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err.str())
+
+    n = 0
+    for key in keys:
+        producer.produce(topic, None, key.encode(), headers=HEADERS, on_delivery=delivered)
+        n += 1
+    remaining = producer.flush(timeout_s)
+    if remaining or failures:
+        raise ConnectionError(f"could not deliver {remaining or len(failures)} tombstone(s) to {topic} "
+                              f"({failures[0] if failures else 'timeout'}); the state is erased: run the erase "
+                              "again once the broker is reachable, to write them")
+    return n

@@ -60,5 +60,14 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
             touched.append(str(path))
     if not touched and not has_store(graph_dir):
         raise LookupError(f"no shard directory {own_shard}: nothing stored for that customer")
-    return {"customer": customer, "erased": existed, "identifiers": len(members), "shard_dir": str(own_shard),
-            "stores": touched}
+    result = {"customer": customer, "erased": existed, "identifiers": len(members), "shard_dir": str(own_shard),
+              "stores": touched}
+    if config.topics.profiles:
+        # The profile view: the stopped flow writes no tombstone, so the erasure does, for every place
+        # (family and key) the profile can have been shown under (operators/io/profile_view.py).
+        from operators.io.profile_view import send_tombstones
+
+        result["view_tombstones"] = send_tombstones(
+            config.kafka, config.topics.profiles,
+            [f"{family.name}/{member}" for family in families if family.profiles for member in members])
+    return result
