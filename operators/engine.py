@@ -120,6 +120,10 @@ def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | No
     return out
 
 
+# Expired transient state leaves a profile at most this long (plus the allowed lateness) after it expires.
+PRUNE_GRANULE_MS = 10 * 60_000
+
+
 def next_deadline(profile: Profile, ruleset: RuleSet) -> int | None:
     """The earliest time (event time) this profile needs a timer turn: a pending absence's deadline,
     or when its earliest transient entry expires (`prune_at`).
@@ -127,7 +131,10 @@ def next_deadline(profile: Profile, ruleset: RuleSet) -> int | None:
     Each expiry gets its turn, not only the last one: nothing transient stays in state after it
     expires, and a profile's state does not depend on whether some other timer happened to prune it
     (the same events give the same profile whichever turns ran, live, in catch-up or after a restart)."""
-    due = profile.prune_at
+    prune_at = profile.prune_at
+    # Expiries are pruned on a grid of PRUNE_GRANULE_MS of event time: one turn takes every entry that
+    # expired in its granule, instead of one turn per expiring bucket.
+    due = None if prune_at is None else -(-prune_at // PRUNE_GRANULE_MS) * PRUNE_GRANULE_MS
     signals = profile.signals
     for signal in ruleset.firing:
         state = signals.get(signal.name)

@@ -23,7 +23,7 @@ import orjson
 from bench import workload as bench_workload
 from operators.channels import EVENT_CHANNELS
 from operators.engine import due_at, on_event, on_timers, prune
-from operators.profile.codec import migrate_v1, profile_as_dict
+from operators.profile.codec import decode_profile, encode_profile, migrate_v1, profile_as_dict
 from operators.profile.facts import ORDER_LIMITS
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
@@ -109,6 +109,15 @@ def steps(seed: int = 5) -> list[list[Any]]:
     return out
 
 
+def _as_of(profile: Profile, rules: Any, frontier: int) -> dict[str, Any]:
+    """A copy of the profile with what expired by the last timer turn's frontier pruned: the engines'
+    timers take expired entries at different moments (the old one once everything had expired, the
+    new one on a grid of PRUNE_GRANULE_MS), and both must leave the same entries as of one frontier."""
+    copy = decode_profile(encode_profile(profile))
+    prune(copy, rules, frontier - rules.late.allowed_lateness_ms)
+    return profile_as_dict(copy)
+
+
 def run_new(plan: list[list[Any]]) -> tuple[list[list[Any]], list[dict[str, Any]], list[int]]:
     """Decisions, the profiles at each snapshot, and the frontier of the last timer turn before each."""
     rules = default_rules()
@@ -128,7 +137,7 @@ def run_new(plan: list[list[Any]]) -> tuple[list[list[Any]], list[dict[str, Any]
             profile = profiles.setdefault(event.customer, new_profile(event.customer))
             record("event", on_event(profile, event, rules).decisions)
         elif kind == "snapshot":
-            snapshots.append({c: profile_as_dict(p) for c, p in profiles.items()})
+            snapshots.append({c: _as_of(p, rules, last_tick) for c, p in profiles.items()})
             ticks.append(last_tick)
         else:
             last_tick = item[0]
@@ -136,7 +145,7 @@ def run_new(plan: list[list[Any]]) -> tuple[list[list[Any]], list[dict[str, Any]
                 due = due_at(profiles[customer], rules)
                 if due is not None and due <= item[0]:
                     record("timer", on_timers(profiles[customer], rules, item[0]).decisions)
-    snapshots.append({c: profile_as_dict(p) for c, p in profiles.items()})
+    snapshots.append({c: _as_of(p, rules, last_tick) for c, p in profiles.items()})
     ticks.append(last_tick)
     return out, snapshots, ticks
 

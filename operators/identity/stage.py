@@ -64,7 +64,7 @@ Routed = tuple[str, Any]
 IDENTITY_KEY = "identity"  # the stage's one Bytewax key
 # How often, at most, the frontier goes to every shard: each round is one item per shard of every
 # family, and in a backlog the frontier moves with nearly every batch.
-FRONTIER_EVERY_S = 0.05
+FRONTIER_EVERY_S = 0.25
 replace_event = msgspec.structs.replace  # an Event with some fields changed
 
 log = logging.getLogger(__name__)
