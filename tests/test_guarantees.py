@@ -491,3 +491,37 @@ def test_a_profile_that_cannot_be_encoded_when_a_link_moves_it_is_quarantined(
     logic.snapshot()
     logic.store.close()
     assert (read_profile(tmp_path, 1, "c2") or {}).get("facts", {}).get("version") == 1
+
+
+def test_a_process_that_checks_while_another_sets_the_shared_directories_up_waits_for_it(tmp_path: Path) -> None:
+    """Two processes sharing one state and recovery directory start together: the second may look while
+    the first holds the start lock with its recovery marker written and its state manifest not yet. It
+    must judge the directories once the first is done, not refuse them as "state deleted"."""
+    import threading
+
+    from operators.state.manifest import _start_lock
+
+    dep = Deployment(tmp_path)
+    check_start(dep.config, init_recovery=lambda d: init_db_dir(d, 1))  # the first process's set-up...
+    manifest = dep.state_dir / MANIFEST_FILE
+    held = tmp_path / "manifest-being-written"
+    manifest.rename(held)  # ...caught half way: marker written, manifest not yet
+    locked, done = threading.Event(), threading.Event()
+
+    def first_process() -> None:
+        with _start_lock(dep.state_dir):
+            locked.set()
+            done.wait(10)
+            held.rename(manifest)
+
+    writer = threading.Thread(target=first_process)
+    writer.start()
+    assert locked.wait(10)
+    timer = threading.Timer(0.3, done.set)  # the first process finishes while the second waits
+    timer.start()
+    try:
+        plan = check_start(dep.config, init_recovery=lambda d: init_db_dir(d, 1))
+    finally:
+        done.set()
+        writer.join(10)
+    assert not plan.fresh and manifest.exists()

@@ -226,11 +226,14 @@ def write_marker(recovery_dir: str | Path, lineage: str) -> None:
     _write_atomic(Path(recovery_dir) / RECOVERY_MARKER, orjson.dumps({"lineage": lineage}), replace=True)
 
 
+_START_LOCK = ".nextclick-start.lock"
+
+
 @contextlib.contextmanager
 def _start_lock(state_dir: Path) -> Iterator[None]:
     """Processes sharing one state directory check and create it one at a time."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".nextclick-start.lock", "a+b") as fh:
+    with open(state_dir / _START_LOCK, "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -385,7 +388,14 @@ def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
     secret = config.privacy.resolve_secret()
-    plan, writes = _inspect(config, secret, state_dir, recovery, flow_name, init_recovery)
+    try:
+        plan, writes = _inspect(config, secret, state_dir, recovery, flow_name, init_recovery)
+    except StateMismatch:
+        # Judged while another process sharing the directories was setting them up (its recovery
+        # marker written, its state manifest not yet): judge again once it is done, under its lock.
+        if not (state_dir / _START_LOCK).exists():
+            raise
+        writes = [lambda: None]
     if not writes:
         return plan
     with _start_lock(state_dir):
