@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -309,6 +310,9 @@ OPENAPI: dict[str, Any] = {
 
 def serve(config: Config) -> int:
     """Run the service until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
+    # A parent that blocked them (a supervisor, `nextclick run`'s drain thread in the same session) must
+    # not leave the service unstoppable: the mask is inherited across exec.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     topic = config.topics.profiles
     if not topic:
         raise ConfigError("[topics].profiles is required: the service reads the profile view topic")

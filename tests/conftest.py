@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import uuid
 from typing import Iterator
 
@@ -36,3 +37,12 @@ def _no_leaked_log_handlers() -> Iterator[None]:
     yield
     root = logging.getLogger()
     root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_signal_mask() -> Iterator[None]:
+    """A drain test blocks SIGTERM and SIGINT in the test process (operators/infra/drain.py); processes
+    that later tests start would inherit that mask and ignore `terminate()`."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
