@@ -79,20 +79,26 @@ def _timers_of(logic: ShardLogic, customer: str) -> list[bytes]:
     return [k for k, _ in logic.store.scan(TIMER_PREFIX) if is_timer_of(k, customer.encode())]
 
 
+def _overflow_on(monkeypatch: pytest.MonkeyPatch, event_id: str) -> None:
+    """The event `event_id` leaves an infinite revenue behind (as a bug upstream could): a profile
+    that can no longer be stored."""
+    real = shard_module.on_event
+
+    def overflows(profile: Any, event: Event, *args: Any) -> Any:
+        result = real(profile, event, *args)
+        if event.event_id == event_id:
+            profile.facts.revenue = math.inf
+        return result
+
+    monkeypatch.setattr(shard_module, "on_event", overflows)
+
+
 def test_a_profile_that_cannot_be_encoded_at_the_epoch_end_is_quarantined(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """ShardState._write: a dirty profile holding a value JSON cannot store (a bug upstream let an
     infinite revenue through) is set aside at the epoch end instead of being written as null, and
     the customer is no longer dirty: their next events are dead letters, everyone else goes on."""
-    real = shard_module.on_event
-
-    def overflows(profile: Any, event: Event, *args: Any) -> Any:
-        result = real(profile, event, *args)
-        if event.event_id == "overflow":
-            profile.facts.revenue = math.inf
-        return result
-
-    monkeypatch.setattr(shard_module, "on_event", overflows)
+    _overflow_on(monkeypatch, "overflow")
     logic = _shard(tmp_path, ManualClock(T0))
     out, _ = logic.on_batch([consent(T0, customer="c1"), make_event("page_view", T0, customer="c2", page_type="home"),
                              make_event("add_to_cart", T0 + MIN, customer="c1", sku="s", amount=20.0),
@@ -472,15 +478,7 @@ def test_a_profile_that_cannot_be_encoded_when_a_link_moves_it_is_quarantined(
     replay the same epoch and stop again)."""
     from operators.records import MoveIn, MoveOut
 
-    real = shard_module.on_event
-
-    def overflows(profile: Any, event: Event, *args: Any) -> Any:
-        result = real(profile, event, *args)
-        if event.event_id == "overflow":
-            profile.facts.revenue = math.inf
-        return result
-
-    monkeypatch.setattr(shard_module, "on_event", overflows)
+    _overflow_on(monkeypatch, "overflow")
     logic = _shard(tmp_path, ManualClock(T0))
     logic.on_batch([make_event("purchase", T0, customer="c1", event_id="overflow", amount=5.0),
                     make_event("page_view", T0, customer="c2", page_type="home")])
