@@ -31,13 +31,12 @@ LIVE_SLACK_MS = 2_000
 class InputFrontier:
     """The frontier over every input partition, from their Progress reports (the identity stage's)."""
 
-    __slots__ = ("_floors", "_total", "_value", "_live")
+    __slots__ = ("_floors", "_total", "_reached")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], int]) -> None:
         self._floors: dict[str, int | None] = {}
         self._total = 0
-        self._value: int | None = None  # the highest frontier reached (event time), None: not yet
-        self._live = False
+        self._reached = EventTimeFrontier(clock, await_input=True)  # keeps it monotone
 
     def note(self, partition: str, floor: int | None, total: int) -> None:
         self._floors[partition] = floor
@@ -47,27 +46,21 @@ class InputFrontier:
     def known(self) -> bool:
         return self._total > 0 and len(self._floors) >= self._total
 
-    def current(self, now_ms: int) -> tuple[bool, int | None]:
+    def current(self) -> tuple[bool, int | None]:
         """(known, floor): floor None means every partition is caught up (follow the clock).
 
         Monotone: a floor lower than one reached before is reported as the one reached before."""
         if not self.known:
             return False, None
         floors = [f for f in self._floors.values() if f is not None]
-        if not floors:
-            self._value = now_ms if self._value is None else max(self._value, now_ms)
-            self._live = True
-            return True, None
-        if self._live:  # leaving the clock: it reached `now_ms`
-            self._value = now_ms if self._value is None else max(self._value, now_ms)
-            self._live = False
-        low = min(min(floors), now_ms)
-        self._value = low if self._value is None else max(self._value, low)
-        return True, self._value
+        reached = self._reached
+        reached.advance(min(floors) if floors else None)
+        return True, None if reached.live else reached.now()
 
 
-class ShardFrontier:
-    """One shard's view of the frontier: the last one the identity stage sent, or the clock.
+class EventTimeFrontier:
+    """The frontier as one reader has it: the highest floor it was given, or the clock while the input
+    is caught up. A shard holds one (fed by the identity stage's Frontier items); so does InputFrontier.
 
     `await_input` True (the flow): nothing is due until the first Frontier arrives. False (tools and
     tests that drive a shard directly): the clock is the frontier, as for an input that is caught up.

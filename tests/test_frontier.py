@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.frontier import InputFrontier, ShardFrontier
+from operators.frontier import EventTimeFrontier, InputFrontier
 
 NOW = 1_796_000_000_000
 HOUR = 3_600_000
@@ -14,8 +14,21 @@ floors = st.one_of(st.none(), st.integers(NOW - 10 * HOUR, NOW))
 reports = st.lists(st.tuples(st.integers(0, 3), floors), max_size=40)
 
 
+class _Input:
+    """An InputFrontier on a clock the test sets: `current(t)` is the frontier with the clock at t."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+        self.frontier = InputFrontier(lambda: self.now)
+        self.note = self.frontier.note
+
+    def current(self, now_ms: int) -> tuple[bool, int | None]:
+        self.now = now_ms
+        return self.frontier.current()
+
+
 def test_unknown_until_every_partition_has_reported() -> None:
-    f = InputFrontier()
+    f = _Input()
     f.note("web#0", NOW - HOUR, 2)
     assert f.current(NOW) == (False, None)
     f.note("store#0", NOW - 2 * HOUR, 2)
@@ -23,7 +36,7 @@ def test_unknown_until_every_partition_has_reported() -> None:
 
 
 def test_the_slowest_partition_with_data_sets_it_and_caught_up_ones_follow_the_clock() -> None:
-    f = InputFrontier()
+    f = _Input()
     f.note("web#0", NOW - HOUR, 3)
     f.note("store#0", None, 3)  # at its end
     f.note("app#0", NOW - 3 * HOUR, 3)
@@ -35,7 +48,7 @@ def test_the_slowest_partition_with_data_sets_it_and_caught_up_ones_follow_the_c
 
 
 def test_it_never_moves_back_not_even_after_following_the_clock() -> None:
-    f = InputFrontier()
+    f = _Input()
     f.note("web#0", None, 1)
     assert f.current(NOW) == (True, None)
     f.note("web#0", NOW - HOUR, 1)  # old events on a caught-up topic: late, as they would be live
@@ -44,7 +57,7 @@ def test_it_never_moves_back_not_even_after_following_the_clock() -> None:
 
 @given(reports)
 def test_monotone_and_never_ahead_of_the_clock_or_the_slowest_partition(steps: list[tuple[int, int | None]]) -> None:
-    f = InputFrontier()
+    f = _Input()
     seen: dict[int, int | None] = {}
     last = None
     was_live = False
@@ -71,7 +84,7 @@ def test_monotone_and_never_ahead_of_the_clock_or_the_slowest_partition(steps: l
 
 def test_a_shard_fires_nothing_before_its_first_frontier_in_the_flow() -> None:
     clock = [NOW]
-    shard = ShardFrontier(lambda: clock[0], await_input=True)
+    shard = EventTimeFrontier(lambda: clock[0], await_input=True)
     assert shard.now() is None
     shard.advance(NOW - 2 * HOUR)
     assert shard.now() == NOW - 2 * HOUR and not shard.live
@@ -87,5 +100,5 @@ def test_a_shard_fires_nothing_before_its_first_frontier_in_the_flow() -> None:
 
 def test_a_shard_driven_directly_follows_the_clock() -> None:
     clock = [NOW]
-    shard = ShardFrontier(lambda: clock[0], await_input=False)
+    shard = EventTimeFrontier(lambda: clock[0], await_input=False)
     assert shard.live and shard.now() == NOW

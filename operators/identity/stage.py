@@ -123,7 +123,7 @@ class IdentityState:
                                                     for f in self.families}
         self.ledger = EpochLedger(store)
         self._refusals = _RefusalLog()
-        self.frontier = InputFrontier()
+        self.frontier = InputFrontier(ctx.clock.now_ms)
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
 
@@ -171,7 +171,7 @@ class IdentityState:
     def frontier_items(self) -> list[Routed]:
         """The frontier for every shard of every family, if it is known and moved since it was last sent."""
         self.frontier_moved = False
-        known, floor = self.frontier.current(self.ctx.clock.now_ms())
+        known, floor = self.frontier.current()
         if not known or self._frontier_sent == (floor,):
             return []
         self._frontier_sent = (floor,)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.frontier import ShardFrontier
+from operators.frontier import EventTimeFrontier
 from operators.records import Frontier, SavepointRequest
 from operators.state.keys import shard_of, shard_path
 from operators.state.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
@@ -38,7 +38,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         self.state: ShardState | None = None
         # The input's frontier, kept from the first Frontier on, even while there is no state to open:
         # the identity stage sends it again only when it moves (live: never), not to each new shard.
-        self.frontier = ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
+        self.frontier = EventTimeFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
         if resume is not None:
             self.state = ShardState.open(ctx, int(resume["shard"]), int(resume["seq"]), self.frontier)
 
@@ -67,8 +67,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         assert self.state is not None, "notified before it was opened"
-        now = self.state.frontier.now()
-        return ([] if now is None else self.state.fire_timers(now)), StatefulBatchLogic.RETAIN
+        return self.state.fire_due(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         state = self.state
@@ -87,10 +86,9 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         state = self.state
         out: list[ShardOutput] = []
         for _ in range(_EOF_TURNS):
-            now = None if state is None else state.frontier.now()
-            if state is None or now is None or not state.due_now():
+            if state is None or not state.due_now():
                 break
-            out += state.fire_timers(now)
+            out += state.fire_due()
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:

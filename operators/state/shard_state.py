@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from operators.engine import due_at, on_event, on_timers
-from operators.frontier import ShardFrontier
+from operators.frontier import EventTimeFrontier
 from operators.identity.addressing import address
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock
@@ -179,10 +179,10 @@ class ShardState:
     """One shard's customers, opened at a committed seq (see `open`)."""
 
     def __init__(self, ctx: ShardContext, shard: int, store: KeyValueStore,
-                 frontier: ShardFrontier | None = None) -> None:
+                 frontier: EventTimeFrontier | None = None) -> None:
         self.ctx, self.shard, self.store = ctx, shard, store
         self.timers = TimerIndex(store)
-        self.frontier = frontier or ShardFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
+        self.frontier = frontier or EventTimeFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
         # Input positions, erasures and savepoint requests, committed with the data at the epoch end.
         self.ledger = EpochLedger(store)
         self._live: OrderedDict[str, Profile] = OrderedDict()
@@ -213,7 +213,7 @@ class ShardState:
 
     @classmethod
     def open(cls, ctx: ShardContext, shard: int, seq: int | None,
-             frontier: ShardFrontier | None = None) -> ShardState:
+             frontier: EventTimeFrontier | None = None) -> ShardState:
         """Open the shard's store at the seq Bytewax committed (`seq`), or, when Bytewax has no state for
         it (None), at the restore point (0 for a new deployment). Refuses anything that loses commits.
         `frontier`: what the shard learnt of the input's frontier before it had state to open."""
@@ -230,6 +230,11 @@ class ShardState:
         """Whether a timer turn has work at the frontier as it stands (False while it is unknown)."""
         due, now = self.timers.earliest(), self.frontier.now()
         return due is not None and now is not None and due <= now
+
+    def fire_due(self) -> list[ShardOutput]:
+        """The timer turn at the frontier as it stands (nothing while it is unknown)."""
+        now = self.frontier.now()
+        return [] if now is None else self.fire_timers(now)
 
     def close(self) -> None:
         self.store.close()
