@@ -11,10 +11,9 @@ and lives in the first profile stage (`profiles`), as before identity stitching.
 keyed by its highest-priority identifier (`IdentityRules.priority`: a customer id when it has one)
 and lives in the stage of that identifier's type (`linked_<type>`, operators/state/layout.py).
 
-A link joins the profiles of every identifier an event names. It passes the guards or changes
-nothing (`Refusal`): two different customer ids never merge; neither do two profiles keyed by the
-same type (one of them would have to move into a stage it is already in); no type may exceed its
-limit. Blocked values never get here: the parser drops them (operators/identity/pseudonyms.py).
+A link joins the profiles of every identifier an event names. It passes every link guard or changes
+nothing (`Refusal`); the guards are registered in operators/identity/guards.py, which also holds the
+raw guards the parser applies before an identifier gets here.
 """
 
 from __future__ import annotations
@@ -26,16 +25,13 @@ from pathlib import Path
 
 import msgspec
 
-from operators.identity.guards import IdentityRules
+from operators.identity.guards import IdentityRules, LinkProposal, refuse_link
 from operators.state.keys import shard_path
 from operators.state.layout import has_store
 from operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
 GROUP_PREFIX = b"g"
-
-# Why a link was refused (nextclick_identity_links_refused_total{reason}); blocked_value is the parser's.
-REFUSAL_REASONS = ("blocked_value", "two_customer_ids", "same_key_type", "limit")
 
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE_NODE = msgspec.msgpack.Decoder(tuple[str, str]).decode
@@ -140,16 +136,11 @@ class IdentityGraph:
             for id_type, keys in component.ids.items():
                 mine = ids.setdefault(id_type, [])
                 mine.extend(k for k in keys if k not in mine)
-        if len(ids.get("customer", ())) > 1:
-            return Refusal("two_customer_ids", "customer")
+        refused = refuse_link(LinkProposal(ids, tuple(c.type for c in components.values()), self.rules))
+        if refused is not None:
+            return Refusal(*refused)
         top = min(ids, key=rank)
-        anchored = [c for c in components.values() if c.type == top]
-        if len(anchored) > 1:
-            return Refusal("same_key_type", top)
-        for id_type in sorted(ids, key=rank):
-            if len(ids[id_type]) > self.rules.limit(id_type):
-                return Refusal("limit", id_type)
-        into = anchored[0]
+        into = next(c for c in components.values() if c.type == top)
         # The merged profile's identifiers: its own first (oldest links first), then the new ones.
         ordered: dict[str, list[str]] = {t: list(keys) for t, keys in into.ids.items()}
         for id_type, keys in ids.items():

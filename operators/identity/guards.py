@@ -1,21 +1,32 @@
-"""The identity rules: priorities among identifier types, limits per profile, blocked values.
+"""The identity rules and the guards that apply them: which links may never happen, and why.
 
-Loaded once at start from a TOML file (`[identity] file`; default: the shipped
-`default_identity.toml`), validated with one-line errors that name the file and the key. The parser
-asks `blocked` about raw identifiers (before hashing: a blocked value must be recognisable); the
-identity stage asks `rank` and `limit` when it decides a link (operators/identity/graph.py).
+The rules (priorities among identifier types, limits per profile, blocked values) are loaded once at
+start from a TOML file (`[identity] file`; default: the shipped `default_identity.toml`), validated
+with one-line errors that name the file and the key.
+
+Every guard is registered here, once, with its refusal reason (also its label on
+nextclick_identity_links_refused_total and in the refusal log) and where it runs:
+
+- `raw` guards run in the parser on raw identifiers, before hashing (a blocked value must be
+  recognisable): `guard_links`;
+- `link` guards run in the identity stage on the profiles a link would join
+  (`IdentityGraph.decide`, operators/identity/graph.py), in registration order; the first that
+  refuses names the identifier type it is about.
+
+A new guard is one function here with `@link_guard(...)` or `@raw_guard(...)`.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from operators.identity.pseudonyms import ID_TYPES
+from operators.identity.pseudonyms import ID_TYPES, pseudonymize_cached
 from operators.infra.config import read_toml
 
 DEFAULT_IDENTITY_FILE = str(files("operators.identity").joinpath("default_identity.toml"))
@@ -151,3 +162,120 @@ def load_identity_rules(path: str | Path | None = None) -> IdentityRules:
 def default_identity_rules() -> IdentityRules:
     """The shipped rules, loaded once (what the parser uses when it is not given any)."""
     return load_identity_rules(DEFAULT_IDENTITY_FILE)
+
+
+# -- the guards -----------------------------------------------------------------------------------
+
+class LinkProposal(NamedTuple):
+    """What a link would make: `ids`, every identifier the joined profile would hold by type; the
+    types keying the profiles it joins (`keyed_by`, one per profile, an unlinked identifier keying
+    its own); the rules in force."""
+
+    ids: dict[str, list[str]]
+    keyed_by: tuple[str, ...]
+    rules: IdentityRules
+
+    @property
+    def top(self) -> str:
+        """The type the joined profile would be keyed by: its highest-priority identifier's."""
+        return min(self.ids, key=self.rules.rank)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One guard: `reason` is its refusal reason and metric label; `where` is "raw" or "link"."""
+
+    reason: str
+    where: str
+    explains: str
+    check: Callable[..., Any]
+
+
+GUARDS: dict[str, Guard] = {}
+
+
+def _register(reason: str, where: str, explains: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def add(check: Callable[..., Any]) -> Callable[..., Any]:
+        if reason in GUARDS:
+            raise ValueError(f"identity guard {reason!r} is registered twice")
+        GUARDS[reason] = Guard(reason, where, explains, check)
+        return check
+    return add
+
+
+def raw_guard(reason: str, explains: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `check(rules, id_type, raw) -> bool` (True: refuse), run by the parser."""
+    return _register(reason, "raw", explains)
+
+
+def link_guard(reason: str, explains: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register `check(proposal) -> str | None` (the identifier type refused, or None), run by the
+    identity stage."""
+    return _register(reason, "link", explains)
+
+
+@raw_guard("blocked_value", "a raw identifier the rules block (a placeholder, a test address) links nothing")
+def _blocked_value(rules: IdentityRules, id_type: str, raw: str) -> bool:
+    return rules.blocked(id_type, raw)
+
+
+@link_guard("two_customer_ids", "two different customer ids never merge")
+def _two_customer_ids(proposal: LinkProposal) -> str | None:
+    return "customer" if len(proposal.ids.get("customer", ())) > 1 else None
+
+
+@link_guard("same_key_type", "two profiles keyed by the same type never merge (one would move into the "
+                             "stage it is already in)")
+def _same_key_type(proposal: LinkProposal) -> str | None:
+    top = proposal.top
+    return top if proposal.keyed_by.count(top) > 1 else None
+
+
+@link_guard("limit", "no identifier type may exceed its limit per profile ([limits])")
+def _limit(proposal: LinkProposal) -> str | None:
+    rules = proposal.rules
+    for id_type in sorted(proposal.ids, key=rules.rank):
+        if len(proposal.ids[id_type]) > rules.limit(id_type):
+            return id_type
+    return None
+
+
+RAW_GUARDS: tuple[Guard, ...] = tuple(g for g in GUARDS.values() if g.where == "raw")
+LINK_GUARDS: tuple[Guard, ...] = tuple(g for g in GUARDS.values() if g.where == "link")
+REFUSAL_REASONS: tuple[str, ...] = tuple(GUARDS)
+
+
+def refuse_raw(rules: IdentityRules, id_type: str, raw: str) -> str | None:
+    """The reason a raw identifier may not link, or None."""
+    for guard in RAW_GUARDS:
+        if guard.check(rules, id_type, raw):
+            return guard.reason
+    return None
+
+
+def refuse_link(proposal: LinkProposal) -> tuple[str, str] | None:
+    """(reason, identifier type) of the first link guard that refuses, or None: the link holds."""
+    for guard in LINK_GUARDS:
+        id_type = guard.check(proposal)
+        if id_type is not None:
+            return guard.reason, id_type
+    return None
+
+
+def guard_links(primary: tuple[str, str], others: Sequence[tuple[str, str]], rules: IdentityRules,
+                secret: bytes) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """(links, refused): the other identifiers as (type, pseudonymous key), without those a raw guard
+    refuses (their types are returned instead). A refused `primary` links nothing: the event still
+    counts for the profile it names, but one placeholder value must not join others to it."""
+    if not others:
+        return (), ()
+    if refuse_raw(rules, *primary) is not None:
+        return (), (primary[0],)
+    links: list[tuple[str, str]] = []
+    refused: list[str] = []
+    for id_type, raw in others:
+        if refuse_raw(rules, id_type, raw) is not None:
+            refused.append(id_type)
+        else:
+            links.append((id_type, pseudonymize_cached(id_type, raw, secret)))
+    return tuple(links), tuple(refused)

@@ -6,8 +6,8 @@ deployment's secret. The id type is part of the hashed text, so the same string 
 as a device id gives two different keys.
 
 An event names one identifier its profile is keyed by (`resolve_identifier`, as ever) and possibly
-others (`other_identifiers`): links, which the parser checks against the blocked values on the raw
-values (`guard_links`) and passes on only as keys.
+others (`other_identifiers`): links, which the parser checks against the identity guards on the raw
+values (operators/identity/guards.py, `guard_links`) and passes on only as keys.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from operators.identity.guards import IdentityRules
+from typing import Any
 
 ID_TYPES = frozenset({"customer", "cookie", "device", "email", "phone"})
 
@@ -136,22 +133,3 @@ def other_identifiers(primary: tuple[str, str], customer_id: Any, id_type: Any, 
             if candidate != primary and candidate not in out:
                 out.append(candidate)
     return out
-
-
-def guard_links(primary: tuple[str, str], others: list[tuple[str, str]], guards: IdentityRules,
-                secret: bytes) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """(links, blocked): the other identifiers as (type, pseudonymous key), without those whose raw
-    value is blocked (their types are returned instead). A blocked `primary` links nothing: the event
-    still counts for the profile it names, but one placeholder value must not join others to it."""
-    if not others:
-        return (), ()
-    if guards.blocked(*primary):
-        return (), (primary[0],)
-    links: list[tuple[str, str]] = []
-    blocked: list[str] = []
-    for id_type, raw in others:
-        if guards.blocked(id_type, raw):
-            blocked.append(id_type)
-        else:
-            links.append((id_type, pseudonymize_cached(id_type, raw, secret)))
-    return tuple(links), tuple(blocked)

@@ -36,10 +36,9 @@ import msgspec
 import orjson
 
 from operators.channels import EVENT_CHANNELS
-from operators.identity.guards import IdentityRules, default_identity_rules
+from operators.identity.guards import IdentityRules, default_identity_rules, guard_links
 from operators.identity.pseudonyms import (
     ID_TYPES,
-    guard_links,
     identifier_of,
     other_identifiers,
     pseudonymize_cached,
