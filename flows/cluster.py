@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from operators.errors import NextclickError
+
 ORDINAL_VAR = "NEXTCLICK_POD_NAME"
 
 log = logging.getLogger("nextclick")
 
 
-class ClusterError(ValueError):
+class ClusterError(NextclickError, ValueError):
     """The process id, addresses or recovery partitions do not describe one consistent cluster."""
 
 

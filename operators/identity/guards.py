@@ -26,6 +26,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from operators.errors import NextclickError
 from operators.identity.pseudonyms import ID_TYPES, pseudonymize_cached
 from operators.infra.config import read_toml
 
@@ -33,7 +34,7 @@ DEFAULT_IDENTITY_FILE = str(files("operators.identity").joinpath("default_identi
 _BLOCKED_CACHE = 65536
 
 
-class IdentityRulesError(ValueError):
+class IdentityRulesError(NextclickError, ValueError):
     """The identity rules file is invalid; the message names the file and the key."""
 
 

@@ -20,6 +20,8 @@ import socket
 import threading
 from typing import Sequence
 
+from operators.errors import NextclickError
+
 # Bytewax prefixes its messages with the Rust source location: "(src/worker.rs:149:10): ...".
 _LOCATION = re.compile(r"^\((?:src|pysrc)/[^)]*\):?\s*")
 # Exceptions whose message alone says nothing ("'key'"): the class name goes in front.
@@ -29,7 +31,7 @@ _COMMS = re.compile(r"(send|recv) thread panic|timely communication|connection r
                     r"failed to flush writer|write failure", re.IGNORECASE)
 
 
-class Explained(RuntimeError):
+class Explained(NextclickError, RuntimeError):
     """An error whose message already is the explanation: its causes are kept for --debug only."""
 
 
@@ -39,9 +41,9 @@ class LostPeer(Explained):
 
 def root_cause(exc: BaseException) -> BaseException:
     """The innermost exception of `exc`'s chain (`__cause__`, else an unsuppressed `__context__`),
-    or the first `Explained` one on the way."""
+    or the first `NextclickError` on the way (its message is already the explanation)."""
     seen = {id(exc)}
-    while not isinstance(exc, Explained):
+    while not isinstance(exc, NextclickError):
         nxt = exc.__cause__ if exc.__cause__ is not None else (
             None if exc.__suppress_context__ else exc.__context__)
         if nxt is None or id(nxt) in seen:

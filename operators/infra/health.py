@@ -27,6 +27,7 @@ from typing import Any, Callable
 import orjson
 from prometheus_client.exposition import choose_encoder
 
+from operators.errors import NextclickError
 from operators.infra import metrics
 
 log = logging.getLogger("nextclick")
@@ -176,7 +177,7 @@ def timely_worker_threads() -> int | None:
 # -- the HTTP server ----------------------------------------------------------------------------------
 
 
-class AddressError(ValueError):
+class AddressError(NextclickError, ValueError):
     pass
 
 

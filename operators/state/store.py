@@ -58,6 +58,8 @@ from rocksdict import (
     WriteOptions,
 )
 
+from operators.errors import NextclickError
+
 __all__ = ["KeyValueStore", "ShardStore", "StateError", "dir_bytes"]
 
 _DATA = b"d"
@@ -95,7 +97,7 @@ STAGE_KEYS = 64
 log = logging.getLogger(__name__)
 
 
-class StateError(RuntimeError):
+class StateError(NextclickError, RuntimeError):
     """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
 
 
