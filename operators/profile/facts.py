@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from operators.channels import CONSENT_FAMILY, PURCHASE_TYPES
+from operators.channels import CHANNELS, CONSENT_FAMILY, PURCHASE_TYPES
 from operators.profile.model import Facts, Order
 from operators.records import Event
 
@@ -237,6 +237,14 @@ def _last_order_field(facts: Facts, name: str) -> Any:
     return None if last is None else getattr(last, name)
 
 
+def _hours_since_contact(channel: str) -> Callable[[Facts, int], int | None]:
+    """Whole hours from the newest event on `channel` to `now_ms` (None: none on that channel yet)."""
+    def hours(facts: Facts, now_ms: int) -> int | None:
+        at = facts.last_contact.get(channel)
+        return None if at is None else (now_ms - at) // 3_600_000
+    return hours
+
+
 # The durable attributes a rule can name, each computed on read as of the trigger's time.
 ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
     "orders": lambda f, _now: f.orders,
@@ -258,6 +266,9 @@ ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
     "last_order_category": lambda f, _now: _last_order_field(f, "category"),
     "last_order_amount": lambda f, _now: _last_order_field(f, "amount"),
     "hours_since_last_order": lambda f, now: None if (o := _last_order(f)) is None else (now - o.ts) // 3_600_000,
+    # The customer's newest event on each touch channel (`last_contact`, kept since the first profile
+    # format): "no email opened or clicked for 72 hours", "called us within the last day".
+    **{f"hours_since_last_{channel}_contact": _hours_since_contact(channel) for channel in CHANNELS},
 }
 
 

@@ -5,6 +5,10 @@ and none addresses its channel), consent (an explicit "no", or no "yes" where th
 complaint suppression (promotions only, for as long as the rule's channel and purpose say), the rule's
 cooldown, the channel's frequency cap, the overall cap (rules the caps apply to only).
 A matching rule refused by a gate is counted as Blocked with that reason and the next one is tried.
+
+A decision made with no address (the profile's identifiers are known and none addresses its channel:
+`address: null`) uses up neither the rule's cooldown nor any cap, with or without `require_address`:
+nothing was delivered, so an identifier linked a moment later must not find the rule cooling down.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ def decision_id(customer: str, rule_id: str, trigger_id: str) -> str:
     return hashlib.sha256(f"{customer}|{rule_id}|{trigger_id}".encode()).hexdigest()[:32]
 
 
+def unaddressed(profile: Profile, ruleset: RuleSet, channel: str) -> bool:
+    """Whether a decision on `channel` would carry `address: null`: identifiers known, none for it (an
+    empty `ids` is "not known yet", a profile stored before identifiers were recorded: not unaddressed)."""
+    ids = profile.ids
+    return bool(ids) and address_for(ids, channel, ruleset.address_types) is None
+
+
 def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -> str | None:
     """The first reason this rule may not fire now, or None when it may."""
     facts, rule = profile.facts, candidate.rule
-    if rule.require_address:
-        ids = profile.ids  # empty: not known yet (a profile stored before identifiers were recorded)
-        if ids and address_for(ids, rule.channel, ruleset.address_types) is None:
-            return "unreachable"
+    if rule.require_address and unaddressed(profile, ruleset, rule.channel):
+        return "unreachable"
     consent = consent_state(facts, candidate.consent_keys)
     if consent is False:
         return "opted_out"
@@ -73,9 +82,11 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -
             out.blocked.append(Blocked(customer, rule.id, rule.channel, reason, trigger.trigger_id))
             continue
         ts = trigger.ts
-        # A rule outside the caps does not count towards them either.
-        history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms,
-                       ruleset.cap_horizon_ms if candidate.capped else 0)
+        # A rule outside the caps does not count towards them either; a decision with no address
+        # (nothing can deliver it) uses up neither its cooldown nor a cap.
+        if not unaddressed(profile, ruleset, rule.channel):
+            history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms,
+                           ruleset.cap_horizon_ms if candidate.capped else 0)
         out.decisions.append(Decision(
             decision_id=decision_id(customer, rule.id, trigger.trigger_id), customer=customer,
             rule_id=rule.id, action=rule.action, channel=rule.channel, offer=rule.offer,

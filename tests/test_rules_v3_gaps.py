@@ -1,0 +1,90 @@
+"""Rules v3 (issue 26), the items closed last: a decision with no address uses up no cooldown or cap
+(with or without require_address), the last contact per channel read by rules, and window edges."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from operators.profile.facts import ATTRIBUTES
+from operators.rules.loader import load_rules
+from tests.helpers import HOUR, MIN, T0, Customer, consent, fired, write_rules
+
+MAIL = '''
+[[rule]]
+id = "mail"
+on = ["page_view"]
+action = "send_email"
+channel = "email"
+priority = 20
+cooldown = "1d"
+
+[[rule]]
+id = "ad"
+on = ["app_open"]
+action = "show_ad"
+channel = "ads"
+priority = 10
+cooldown = "1d"
+
+[caps]
+email = { limit = 1, window = "24h" }
+overall = { limit = 1, window = "24h" }
+
+[consent]
+ads = "opt_out"
+'''
+
+
+def test_a_decision_with_no_address_uses_no_cooldown_or_cap_without_require_address(tmp_path: Path) -> None:
+    customer = Customer(load_rules(write_rules(tmp_path, MAIL)))
+    customer.apply(consent(T0, "email", True))
+    customer.profile.ids = {"customer": ["c1"]}  # known, and nothing addresses email: address null
+    assert fired(customer.send("page_view", T0 + MIN)) == [("mail", "email", "page_view")]
+    assert customer.profile.history.fired == {} and customer.profile.history.sent == {}
+    # a link a moment later: the next trigger is not held back by the unaddressed decision
+    customer.profile.ids = {"customer": ["c1"], "email": ["e1"]}
+    assert fired(customer.send("page_view", T0 + 2 * MIN)) == [("mail", "email", "page_view")]
+    # this one had an address: it starts the cooldown and counts towards the caps as before
+    assert "mail" in customer.profile.history.fired
+    assert [b.reason for b in customer.send("page_view", T0 + 3 * MIN).blocked] == ["cooldown"]
+    assert [b.reason for b in customer.send("app_open", T0 + 4 * MIN).blocked] == ["frequency_cap_overall"]
+
+
+def test_unknown_identifiers_still_use_the_cooldown(tmp_path: Path) -> None:
+    """A profile with no identifiers recorded (stored before they were) is not 'no address': its
+    decisions carry no address field at all and count as before (the engine-equivalence case)."""
+    customer = Customer(load_rules(write_rules(tmp_path, MAIL)))
+    customer.apply(consent(T0, "email", True))
+    assert fired(customer.send("page_view", T0 + MIN)) == [("mail", "email", "page_view")]
+    assert [b.reason for b in customer.send("page_view", T0 + 2 * MIN).blocked] == ["cooldown"]
+
+
+CONTACT = '''
+[[rule]]
+id = "quiet"
+on = ["app_open"]
+when = ["hours_since_last_email_contact >= 72", { not = "hours_since_last_call_center_contact < 24" }]
+action = "send_push"
+channel = "push"
+cooldown = "1m"
+
+[consent]
+push = "opt_out"
+'''
+
+
+def test_the_last_contact_per_channel_is_read_in_whole_hours(tmp_path: Path) -> None:
+    names = {f"hours_since_last_{c}_contact" for c in ("web", "email", "mobile", "store", "call_center")}
+    assert names <= set(ATTRIBUTES)
+    customer = Customer(load_rules(write_rules(tmp_path, CONTACT)))
+    assert fired(customer.send("app_open", T0)) == []  # no email event: missing, false
+    customer.send("email_open", T0 + HOUR, campaign_id="x")
+    assert fired(customer.send("app_open", T0 + 72 * HOUR + 59 * MIN)) == []  # 71 h 59 m: 71
+    out = customer.send("app_open", T0 + 73 * HOUR)  # the email open counts, not the app opens
+    assert fired(out) == [("quiet", "push", "app_open")]
+    assert out.decisions[0].signals == {"hours_since_last_email_contact": 72,
+                                        "hours_since_last_call_center_contact": None}
+    customer.send("call_center_contact", T0 + 80 * HOUR, outcome="resolved")
+    assert fired(customer.send("app_open", T0 + 103 * HOUR + 59 * MIN)) == []  # 23 h since the call
+    assert fired(customer.send("app_open", T0 + 104 * HOUR)) == [("quiet", "push", "app_open")]
+    assert ATTRIBUTES["hours_since_last_mobile_contact"](customer.profile.facts, T0 + 104 * HOUR) == 0
