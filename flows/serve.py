@@ -4,6 +4,9 @@ It reads the profile view topic (`[topics] profiles`, operators/io/profile_view.
 (operators/io/view_index.py), indexed by every identifier key, and answers over HTTP (aiohttp):
 
     GET /v1/profiles/{id_type}/{id}   the profile holding that identifier (Bearer token), JSON 404 if none
+    GET /v1/profiles/{id_type}/{id}/next-best-action?channel=call_center
+                                      the rules judged for an interaction on that channel now, and why;
+                                      no side effects (operators/next_best_action.py)
     GET /healthz                      the process answers
     GET /readyz                       200 once the store has caught up with the topic as it was at start
     GET /metrics                      Prometheus text
@@ -32,14 +35,21 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from operators.channels import CHANNELS
 from operators.identity.pseudonyms import ID_TYPES, pseudonymize
-from operators.infra.config import Config, ConfigError
+from operators.infra.clock import Clock, SystemClock
+from operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
 from operators.io.kafka import client_config
 from operators.io.view_index import ViewIndex
+from operators.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
+from operators.profile.facts import configure_orders
+from operators.rules.loader import load_rules
+from operators.rules.model import RuleSet
 
 log = logging.getLogger("nextclick.serve")
 
 _PROFILE_ROUTE = "/v1/profiles/{id_type}/{id}"
+_NBA_ROUTE = "/v1/profiles/{id_type}/{id}/next-best-action"
 _OPEN = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
 
 
@@ -189,8 +199,12 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 
 def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metrics: Metrics,
-              tokens: frozenset[str], secret: bytes) -> web.Application:
-    """The HTTP application (no network here: `serve` runs it)."""
+              tokens: frozenset[str], secret: bytes, ruleset: RuleSet | None = None,
+              clock: Clock | None = None) -> web.Application:
+    """The HTTP application (no network here: `serve` runs it). `ruleset`: the flow's rules, which
+    next-best-action judges (default: `[flow] rules_file`); `clock`: its "now" (default: the system's)."""
+    ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    clock = clock or SystemClock()
     limiter = RateLimiter(config.serve.rate_limit)
     encoded = [t.encode() for t in tokens]
 
@@ -231,14 +245,40 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
                                     "ms": round(elapsed * 1000, 3)})
         return response
 
-    async def get_profile(request: web.Request) -> web.Response:
+    def find(request: web.Request) -> bytes | web.Response:
+        """The view record of the profile holding the path's identifier, or the error to answer with."""
         id_type, raw_id = request.match_info["id_type"], request.match_info["id"]
         if id_type not in ID_TYPES:
             return _json({"error": "unknown_id_type", "message": f"id_type must be one of {sorted(ID_TYPES)}"}, 400)
         record = index.lookup(id_type, pseudonymize(id_type, raw_id, secret))
         if record is None:
             return _json({"error": "not_found", "message": "no profile holds this identifier"}, 404)
+        return record
+
+    async def get_profile(request: web.Request) -> web.Response:
+        record = find(request)
+        if isinstance(record, web.Response):
+            return record
         return web.Response(body=record, content_type="application/json")
+
+    async def next_best_action(request: web.Request) -> web.Response:
+        query = request.query
+        channel = query.get("channel")
+        if not channel:
+            return _json({"error": "bad_request", "message": "the query parameter channel is required "
+                          f"(e.g. channel=call_center; interactions: {sorted(INTERACTIONS)})"}, 400)
+        if any(len(query.getall(name)) > 1 for name in query):
+            return _json({"error": "bad_request", "message": "each query parameter at most once"}, 400)
+        record = find(request)
+        if isinstance(record, web.Response):
+            return record
+        attributes = {k: v for k, v in query.items() if k not in RESERVED}
+        try:
+            answer = judge(orjson.loads(record), ruleset, channel, attributes, clock.now_ms(),
+                           event_type=query.get("event"), parse=config.parse)
+        except NextBestActionError as exc:
+            return _json({"error": "bad_request", "message": str(exc)}, 400)
+        return _json(answer)
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
@@ -258,6 +298,7 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
 
     app = web.Application(middlewares=[guard])
     app.router.add_get(_PROFILE_ROUTE, get_profile)
+    app.router.add_get(_NBA_ROUTE, next_best_action)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
@@ -285,6 +326,32 @@ OPENAPI: dict[str, Any] = {
                       "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
             "Profile": {"$ref": "https://nextclick.dev/schemas/profile/v1.json",
                         "description": "schemas/profile.v1.json"},
+            "NextBestAction": {
+                "type": "object",
+                "required": ["profile_key", "as_of", "judged_at", "channel", "trigger", "action", "candidates",
+                             "approximated"],
+                "properties": {
+                    "profile_key": {"type": "string"},
+                    "as_of": {"type": "integer", "description": "The view record's epoch commit, epoch ms."},
+                    "judged_at": {"type": "integer", "description": "The trigger's time: now, epoch ms."},
+                    "channel": {"type": "string"},
+                    "trigger": {"type": "object", "description": "type, attributes, customer_channel"},
+                    "action": {"description": "The rule that would fire, or null.", "oneOf": [
+                        {"type": "null"},
+                        {"type": "object", "required": ["rule", "action", "channel", "offer", "params", "purpose",
+                                                        "promotion", "expires_at"]}]},
+                    "candidates": {"type": "array", "description": "Every rule on the trigger, by priority.",
+                                   "items": {"type": "object", "required": ["rule", "priority", "action", "channel",
+                                                                            "offer", "outcome", "reason",
+                                                                            "conditions"],
+                                             "properties": {"outcome": {"enum": ["fires", "blocked", "not_matched",
+                                                                                 "not_tried"]},
+                                                            "reason": {"type": ["string", "null"]}}}},
+                    "approximated": {"type": "array", "items": {"type": "string"},
+                                     "description": "Attributes the candidates name that the view does not "
+                                                    "carry (read as missing)."},
+                },
+            },
         },
     },
     "paths": {
@@ -299,6 +366,33 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": _body("The profile", "Profile"),
                           "400": _error("Unknown id_type"), "401": _error("No valid bearer token"),
+                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited")}}},
+        "/v1/profiles/{id_type}/{id}/next-best-action": {"get": {
+            "summary": "What to offer in an interaction on a channel now, and why; no side effects",
+            "description": "The flow's rules judged for a synthetic event of the channel's interaction type "
+                           f"({', '.join(f'{c}: {t}' for c, t in sorted(INTERACTIONS.items()))}) at the "
+                           "service's time, on the profile as of the last epoch commit: the rule that would "
+                           "fire, if any, and every candidate with why it is blocked or not matched. No decision "
+                           "is emitted, no cooldown or cap is used, nothing is written. Transient signals the "
+                           "view does not carry read as missing (`known: false`, listed in `approximated`); "
+                           "docs/profile-service.md says what else is approximated. Any other query parameter is "
+                           "an attribute of the trigger event (e.g. outcome=unresolved), typed and checked by the "
+                           "event type's schema.",
+            "security": [{"bearer": []}],
+            "parameters": [
+                {"name": "id_type", "in": "path", "required": True, "schema": {"enum": sorted(ID_TYPES)}},
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The raw identifier; hashed with the deployment's secret, never stored or logged."},
+                {"name": "channel", "in": "query", "required": True,
+                 "schema": {"enum": sorted(CHANNELS)}, "description": "Where the interaction happens."},
+                {"name": "event", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "The trigger's event type, if not the channel's interaction type (it must be "
+                                "on that channel, e.g. store_purchase on store)."},
+            ],
+            "responses": {"200": _body("The judgement", "NextBestAction"),
+                          "400": _error("Unknown id_type or channel, a channel no rule judges, or a trigger "
+                                        "attribute the event type does not declare or accept"),
+                          "401": _error("No valid bearer token"),
                           "404": _error("No profile holds this identifier"), "429": _error("Rate limited")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
         "/readyz": {"get": {"summary": "Caught up with the profile view topic",
@@ -321,10 +415,12 @@ def serve(config: Config) -> int:
     host, sep, port = config.serve.address.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"[serve].address must be host:port, got {config.serve.address!r}")
+    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rules file fails at start
+    configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)  # as the flow's
     metrics = Metrics()
     index = ViewIndex(config.serve.store_dir)
     reader = ViewReader(dict(config.kafka), topic, index, metrics)
-    app = build_app(config, index, reader, metrics, tokens, secret)
+    app = build_app(config, index, reader, metrics, tokens, secret, ruleset)
 
     async def start_reader(_app: web.Application) -> None:
         reader.start()

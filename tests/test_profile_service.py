@@ -29,8 +29,8 @@ from flows.serve import RateLimiter, load_tokens
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ConfigError, load_config
-from operators.io.kafka import consume_all, ensure_topics
-from tests.helpers import FlowThread
+from operators.io.kafka import client_config, ensure_topics
+from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker
 
@@ -262,6 +262,71 @@ secret = "{SECRET}"
         assert secret.encode() not in topic_bytes, secret
 
 
+def decisions(kafka: dict[str, str], topic: str) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value()) for m in consume_all(kafka, [topic], idle_s=0.5, timeout_s=10)]
+
+
+def timeless(answer: dict[str, Any]) -> dict[str, Any]:
+    """A next-best-action answer without what moves with the clock (when it was judged, the expiry)."""
+    return {**answer, "judged_at": 0, "action": answer["action"] and {**answer["action"], "expires_at": 0}}
+
+
+def test_next_best_action_for_a_call_is_the_rule_that_would_fire_and_emits_nothing(setup: dict[str, Any]) -> None:
+    kafka, topics, tmp = setup["kafka"], setup["topics"], setup["tmp"]
+    now = time.time_ns() // 1_000_000  # the service judges at its own clock: the events are recent ones
+    service = Service(setup["service_config"]("store"), tmp / "serve.log", setup["port"])
+    base, who = service.base, "C-NBA-1"
+    path = f"/v1/profiles/customer/{who}/next-best-action"
+    try:
+        with FlowThread(setup["config"], ManualClock(now), tmp / "recovery") as flow:
+            # A web order and a resolved call, through the flow: the follow-up did not fire.
+            send(kafka, topics["web"], [
+                (who, {"event_id": "n1", "type": "purchase", "ts": now - 5 * MIN, "customer_id": who,
+                       "order_id": "ord-n1", "amount": 42.0, "currency": "EUR"}),
+                (who, {"event_id": "n2", "type": "call_center_contact", "ts": now - 4 * MIN, "customer_id": who,
+                       "topic": "delivery", "outcome": "resolved"})])
+            wait(lambda: (r := get(base, f"/v1/profiles/customer/{who}"))[0] == 200 and r[1]["version"] == 2,
+                 "the profile in the service")
+            before = decisions(kafka, topics["decisions"])
+            assert not [d for d in before if d["reasons"]["rule_id"] == "call_center_follow_up"]
+
+            # The representative asks, while the call is unresolved: the call-back, and why.
+            status, answer = get(base, f"{path}?channel=call_center&outcome=unresolved&topic=delivery")
+            assert status == 200, answer
+            assert answer["action"]["rule"] == "call_center_follow_up" and answer["action"]["action"] == "call_back"
+            assert [(c["rule"], c["outcome"]) for c in answer["candidates"]] == [("call_center_follow_up", "fires")]
+            # Nothing emitted, nothing written: no decision arrives, the profile is as it was, and asking again
+            # (after an epoch) gives the same answer: no cooldown or cap was used.
+            time.sleep(2 * EPOCH_S)
+            assert decisions(kafka, topics["decisions"]) == before
+            assert get(base, f"/v1/profiles/customer/{who}")[1]["recent_decisions"] == {"rules": {}, "channels": {}}
+            again = get(base, f"{path}?channel=call_center&outcome=unresolved&topic=delivery")[1]
+            assert timeless(again) == timeless(answer)
+
+            # Same auth as the profile; a channel the rules do not know: a JSON 400 with one line.
+            assert get(base, f"{path}?channel=call_center", None)[0] == 401
+            status, error = get(base, f"{path}?channel=fax")
+            assert status == 400 and error["error"] == "bad_request" and "channel must be one of" in error["message"]
+            assert get(base, "/v1/profiles/customer/nobody/next-best-action?channel=call_center")[0] == 404
+
+            # A real unresolved call: the flow decides the call-back, and next-best-action now says its
+            # cooldown holds.
+            send(kafka, topics["web"], [(who, {"event_id": "n3", "type": "call_center_contact", "ts": now - MIN,
+                                               "customer_id": who, "outcome": "unresolved"})])
+            wait(lambda: (r := get(base, f"/v1/profiles/customer/{who}"))[0] == 200 and r[1]["version"] == 3,
+                 "the call in the service")
+            fired = [d for d in decisions(kafka, topics["decisions"]) if d not in before]
+            assert [d["reasons"]["rule_id"] for d in fired] == ["call_center_follow_up"]
+            answer = get(base, f"{path}?channel=call_center&outcome=unresolved")[1]
+            assert answer["action"] is None
+            assert [(c["rule"], c["outcome"], c["reason"]) for c in answer["candidates"]] == [
+                ("call_center_follow_up", "blocked", "cooldown")]
+            assert "/v1/profiles/{id_type}/{id}/next-best-action" in get(base, "/openapi.json", None)[1]["paths"]
+            assert not flow.failures
+    finally:
+        service.stop()
+
+
 def test_serve_and_profile_settings(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[serve]\naddress = "127.0.0.1:9000"\ntoken_file = "t"\n'
@@ -301,7 +366,7 @@ def test_topics_create_makes_the_view_topic_compacted(kafka: dict[str, str], top
     assert cli_main(["topics", "create", "--bootstrap", kafka["bootstrap.servers"]]) == 0
     report = {t["topic"]: t for t in orjson.loads(capsys.readouterr().out)["topics"]}
     assert report[f"{p}.profiles"]["role"] == "profiles" and report[f"{p}.profiles"]["status"] == "created"
-    admin = AdminClient(kafka)
+    admin = AdminClient(client_config(kafka))
     assert len(admin.list_topics(timeout=10).topics[f"{p}.profiles"].partitions) == 3
     ((_, future),) = admin.describe_configs([ConfigResource("topic", f"{p}.profiles")]).items()
     assert future.result()["cleanup.policy"].value == "compact"
