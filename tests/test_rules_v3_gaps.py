@@ -88,3 +88,58 @@ def test_the_last_contact_per_channel_is_read_in_whole_hours(tmp_path: Path) -> 
     assert fired(customer.send("app_open", T0 + 103 * HOUR + 59 * MIN)) == []  # 23 h since the call
     assert fired(customer.send("app_open", T0 + 104 * HOUR)) == [("quiet", "push", "app_open")]
     assert ATTRIBUTES["hours_since_last_mobile_contact"](customer.profile.facts, T0 + 104 * HOUR) == 0
+
+
+WEEK = '''
+[signals.views_7d]
+kind = "count"
+events = ["page_view"]
+window = "7d"
+
+[signals.views_1h]
+kind = "count"
+events = ["page_view"]
+window = "1h"
+
+[signals.views_10m]
+kind = "count"
+events = ["page_view"]
+window = "10m"
+
+[[rule]]
+id = "r"
+on = ["page_view"]
+when = ["views_7d >= 1"]
+action = "a"
+channel = "web"
+'''
+
+
+def test_a_window_edge_is_late_by_less_than_a_minute_by_default(tmp_path: Path) -> None:
+    from operators.signals.window import default_bucket_ms
+
+    ruleset = load_rules(write_rules(tmp_path, WEEK))
+    buckets = {s.name: s.window.bucket_ms for s in ruleset.signals}  # type: ignore[attr-defined]
+    assert buckets == {"views_7d": MIN, "views_1h": MIN, "views_10m": 20_000}
+    assert default_bucket_ms(10_000) == 1000 and default_bucket_ms(365 * 24 * HOUR) == MIN
+    customer = Customer(ruleset)
+    customer.send("page_view", T0 + 30 * 1000)  # 30 s into its minute bucket
+    week = 7 * 24 * HOUR
+    read = ruleset.getters["views_7d"]
+
+    def at(ts: int) -> int:
+        from operators.records import Trigger
+
+        return int(read(customer.profile, Trigger("page_view", "t", ts, {})))
+
+    assert at(T0 + 30 * 1000 + week - 1) == 1  # the last millisecond of its window
+    assert at(T0 + week + MIN - 2) == 1  # its bucket still touches the window: less than a minute late
+    assert at(T0 + week + MIN - 1) == 0  # was up to 7d5h36m with window / 30 alone
+
+
+def test_the_shipped_rules_keep_their_buckets_so_their_decisions_do_not_change() -> None:
+    from tests.helpers import default_rules
+
+    buckets = {s.name: s.window.bucket_ms for s in default_rules().signals if hasattr(s, "window")}
+    assert buckets == {"page_views_30m": MIN, "page_views_2h": 4 * MIN, "cart_value_1h": 2 * MIN,
+                       "categories_1h": 2 * MIN}

@@ -7,6 +7,15 @@ from typing import Any
 from operators.rules.fields import Where
 
 WINDOW_FIELDS = {"kind", "events", "window", "type", "bucket", "description"}
+# The default bucket of a sliding window: window / 30, at least 1 s and at most this. A bucket counts
+# whole while any of it is in the window, so an event counts at most one bucket longer than the window:
+# by default less than a minute (a 7-day window's edge was 5h36m late with window / 30 alone).
+MAX_DEFAULT_BUCKET_MS = 60_000
+
+
+def default_bucket_ms(window_ms: int) -> int:
+    """The bucket a sliding window gets without `bucket`: window / 30, between 1 s and 1 minute."""
+    return min(MAX_DEFAULT_BUCKET_MS, max(1000, window_ms // 30))
 
 
 class Window:
@@ -33,4 +42,4 @@ class Window:
         if kind not in ("sliding", "tumbling"):
             where.report("type", "must be 'sliding' or 'tumbling'")
         window = where.duration(body, "window")
-        return cls(window, kind == "sliding", where.duration(body, "bucket", max(1000, window // 30)))
+        return cls(window, kind == "sliding", where.duration(body, "bucket", default_bucket_ms(window)))
