@@ -52,6 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         clear_scratch,
         restore,
     )
+    from operators.state.schedule import check_recovery_plan, start_scheduler
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -79,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
         cl.wait_for_names(place.addresses, args.peer_dns_timeout)
     preflight(config)  # topics exist, directories writable: one clear line each, nothing written
+    check_recovery_plan(config)  # on_lost_volume = "restore": an interval, and retention that covers it
     recovery = Path(config.state.recovery_dir)
     if cleared := clear_scratch(config):
         logging.getLogger("nextclick").warning("removed savepoint copies left by a killed process",
@@ -121,8 +123,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         generations.joined(rejoin.generation, source)  # no process starts before every one is at it
     flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
     tune_gc()
-    return runner.run(config, flow,
-                      workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
+    scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain
+    try:
+        return runner.run(config, flow,
+                          workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
+    finally:
+        if scheduler is not None:
+            scheduler.close()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -410,36 +417,18 @@ def _progress(message: str) -> None:
 
 
 def cmd_savepoint_create(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import Destination, Placement, create_offline, finish_online, online_destination
+    from operators.state.savepoint import Destination, Placement, create_offline, create_online
 
     config = load_config(args.config)
     if not args.online:
         manifest = create_offline(config, Path(args.dest), recovery_dir=args.recovery_dir, progress=_progress)
         print(manifest.to_json().decode())
         return 0
-    from confluent_kafka import Producer
-
-    from operators.io.kafka import client_config
-
-    root = Destination(config.state.savepoint_dir)
     # A bare name is a savepoint inside state.savepoint_dir (the only place the flow writes them).
-    dest = online_destination(config, args.dest if "/" in args.dest else root.describe(args.dest))
-    probe = f".probe-{time.time_ns()}"
-    try:  # this command assembles the parts there: a destination it cannot write fails now, not at the timeout
-        root.write_bytes(probe, b"")
-        root.remove(probe)
-    except OSError as exc:
-        raise OSError(f"state.savepoint_dir: cannot write to {root} ({exc}); it must be reachable from every "
-                      "process and from this command") from None
+    dest = args.dest if "/" in args.dest else Destination(config.state.savepoint_dir).describe(args.dest)
     placement = Placement(0, args.processes, args.workers) if args.processes else None
-    request_id = args.request_id or f"savepoint-{time.time_ns()}"
-    producer = Producer(client_config(config.kafka))
-    producer.produce(config.topics.control, orjson.dumps(
-        {"command": "savepoint", "request_id": request_id, "name": dest.name}), request_id.encode())
-    if producer.flush(30):
-        raise ConnectionError(f"could not deliver the savepoint command to {config.topics.control}")
-    _progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
-    manifest = finish_online(config, dest, timeout_s=args.timeout, progress=_progress, placement=placement)
+    manifest = create_online(config, dest, timeout_s=args.timeout, request_id=args.request_id,
+                             placement=placement, progress=_progress)
     print(manifest.to_json().decode())
     return 0
 

@@ -475,7 +475,9 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
     shared = tmp_path / "shared-savepoints"
     base = FlowSetup.create(kafka, tmp_path / "unused", f"{topic_prefix}.run", inputs=[topic], shards=SHARDS,
                             extra_env={"NEXTCLICK_STATE__SAVEPOINT_DIR": str(shared),
-                                       "NEXTCLICK_STATE__ON_LOST_VOLUME": "restore"})
+                                       "NEXTCLICK_STATE__ON_LOST_VOLUME": "restore",
+                                       # required with "restore"; longer than the test: its savepoint is taken by hand
+                                       "NEXTCLICK_STATE__SAVEPOINT_INTERVAL": "1h"})
     pods = [base.with_(state_dir=tmp_path / f"pod-{i}" / "state", recovery_dir=tmp_path / f"pod-{i}" / "recovery")
             for i in range(2)]
     produce(kafka, topic, messages[:half], PARTITIONS)

@@ -90,6 +90,23 @@ class StateConfig:
     # restores) or "restore": the whole cluster goes back to the latest savepoint in savepoint_dir and
     # replays the input from its positions (docs/state.md, "A lost volume").
     on_lost_volume: str = "stop"
+    # Scheduled savepoints (operators/state/schedule.py): process 0 of a running cluster takes an online
+    # savepoint into savepoint_dir every interval (a duration, e.g. "1h"; "": none, the default: a
+    # savepoint copies every shard, so the cost is the operator's choice) and keeps the newest
+    # `savepoint_keep` complete ones. An attempt that does not complete within `savepoint_timeout` counts
+    # as failed; the next one still happens. on_lost_volume = "restore" requires an interval.
+    savepoint_interval: str = ""
+    savepoint_keep: int = 3
+    savepoint_timeout: str = "10m"
+
+    @property
+    def savepoint_interval_ms(self) -> int:
+        """0: no scheduled savepoints."""
+        return _duration_ms(self.savepoint_interval) if self.savepoint_interval.strip() else 0
+
+    @property
+    def savepoint_timeout_ms(self) -> int:
+        return _duration_ms(self.savepoint_timeout)
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,9 @@ class FlowConfig:
     # Seconds per Bytewax epoch: how often state is checkpointed and input offsets recorded.
     epoch_seconds: float = 2.0
     rules_file: str = DEFAULT_RULES_FILE
+    # The tracking plan (operators/io/tracking_plan.py): a TOML file adding event types and attributes to
+    # the shipped schemas (schemas/events), read by the parser and the rules; "": the shipped schemas.
+    tracking_plan: str = ""
     # Kafka consumer group used only for offset commits that monitoring tools read.
     group_id: str = "nextclick"
     # Stop at the end of the input topics instead of tailing them (tests, backfills).
@@ -340,6 +360,16 @@ def load_config(path: str | os.PathLike[str] | None = None,
     if config.state.on_lost_volume not in ("stop", "restore"):
         raise ConfigError(f"{origin}: [state].on_lost_volume must be \"stop\" or \"restore\", "
                           f"not {config.state.on_lost_volume!r}")
+    for key in ("savepoint_interval", "savepoint_timeout"):
+        text = getattr(config.state, key)
+        try:
+            ms = _duration_ms(text) if text.strip() or key == "savepoint_timeout" else 0
+        except ValueError:
+            raise ConfigError(f"{origin}: [state].{key}: not a duration: {text!r} (e.g. 1h, 30m)") from None
+        if ms < 0 or (ms == 0 and key == "savepoint_timeout"):
+            raise ConfigError(f"{origin}: [state].{key} must be positive, got {text!r}")
+    if config.state.savepoint_keep < 1:
+        raise ConfigError(f"{origin}: [state].savepoint_keep must be at least 1 (the newest is never deleted)")
     initial = config.state.initial_savepoint.strip()
     if initial and not (is_url(initial) or os.path.isabs(initial)):
         raise ConfigError(f"{origin}: [state].initial_savepoint: {initial!r} is relative; give the savepoint's "

@@ -529,11 +529,13 @@ def _describe_missing(missing: list[tuple[str, int]], fams: list[Family], parts:
 
 def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: float,
                   progress: Callable[[str], None] = lambda _m: None,
-                  placement: Placement | None = None) -> SavepointManifest:
+                  placement: Placement | None = None,
+                  cancelled: Callable[[], bool] = lambda: False) -> SavepointManifest:
     """Wait until one attempt has every shard's part, then put it in place and write the manifest last.
 
     On timeout, names the shards without a part, which processes answered and (with `placement`: the
-    cluster's process and worker counts) which processes run the missing shards."""
+    cluster's process and worker counts) which processes run the missing shards. `cancelled`: polled
+    while waiting (a draining flow's scheduler gives up at once instead of at the timeout)."""
     where = dest if isinstance(dest, Destination) else Destination(dest)
     shards = config.state.shards
     fams = state_families(config)
@@ -564,6 +566,9 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
                 last = message
         if complete is not None:
             break
+        if cancelled():
+            raise SavepointError(f"{where}: the savepoint was abandoned before every shard's part was written "
+                                 f"(the flow is stopping)")
         if time.monotonic() > deadline:
             what = _describe_missing(best[0], fams, best[1], placement) if best[1] else "no part yet"
             derived = config.state.savepoint_dir == derived_savepoint_dir(config.state)
@@ -602,6 +607,35 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
         identity_priority=identity_rules(config).priority, root=root)
     _write_manifest(where, manifest)
     return manifest
+
+
+def create_online(config: Config, dest: str, *, timeout_s: float, request_id: str | None = None,
+                  placement: Placement | None = None, progress: Callable[[str], None] = lambda _m: None,
+                  cancelled: Callable[[], bool] = lambda: False) -> SavepointManifest:
+    """Ask the running flow for an online savepoint into `dest` (inside state.savepoint_dir) and assemble it:
+    the one path of `savepoint create --online` and of the scheduler (operators/state/schedule.py)."""
+    from confluent_kafka import Producer
+
+    from operators.io.kafka import client_config
+
+    root = Destination(config.state.savepoint_dir)
+    where = online_destination(config, dest)
+    probe = f".probe-{time.time_ns()}"
+    try:  # the parts are assembled there: a destination this process cannot write fails now, not at the timeout
+        root.write_bytes(probe, b"")
+        root.remove(probe)
+    except OSError as exc:
+        raise OSError(f"state.savepoint_dir: cannot write to {root} ({exc}); it must be reachable from every "
+                      "process and from this command") from None
+    request_id = request_id or f"savepoint-{time.time_ns()}"
+    producer = Producer(client_config(config.kafka))
+    producer.produce(config.topics.control, orjson.dumps(
+        {"command": "savepoint", "request_id": request_id, "name": where.name}), request_id.encode())
+    if producer.flush(30):
+        raise ConnectionError(f"could not deliver the savepoint command to {config.topics.control}")
+    progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
+    return finish_online(config, where, timeout_s=timeout_s, progress=progress, placement=placement,
+                         cancelled=cancelled)
 
 
 def _write_manifest(dest: Path | Destination, manifest: SavepointManifest) -> None:
