@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from operators.infra import metrics
+from operators.state import schedule  # noqa: F401 - registers the scheduled-savepoint families on the registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"
@@ -134,7 +135,7 @@ def test_every_alert_has_a_severity_and_a_runbook_section() -> None:
         assert url.split("#")[0].endswith("/operations.md") and url.split("#")[1] in anchors, (rule["alert"], url)
         assert rule["annotations"]["summary"], rule["alert"]
     assert {"NextclickRestarting", "NextclickVolumeFilling", "NextclickVolumeAlmostFull",
-            "NextclickEpochNotCommitted", "NextclickDeliveryErrors"} <= set(runbook_alerts())
+            "NextclickEpochNotCommitted", "NextclickDeliveryErrors", "NextclickSavepointStale"} <= set(runbook_alerts())
 
 
 def test_alerts_on_counters_catch_the_first_occurrence_of_a_new_label_set() -> None:

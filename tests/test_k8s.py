@@ -2,9 +2,10 @@
 
 Schemas: kubernetes-validate bundles the Kubernetes JSON schemas for each version it supports, so
 nothing is fetched; strict mode rejects unknown fields (a typo is an error, not a silently ignored
-key). Checked against the oldest version targeted and the newest bundled. The PodMonitor is a CRD
-(Prometheus Operator) with no Kubernetes schema: it is checked against tests/k8s/podmonitor-monitoring-v1.json,
-written from the CRD's documented fields.
+key). Checked against the oldest version targeted and the newest bundled. The PodMonitor and the
+PrometheusRule are CRDs (Prometheus Operator) with no Kubernetes schema: they are checked against
+tests/k8s/podmonitor-monitoring-v1.json and tests/k8s/prometheusrule-monitoring-v1.json, written from the
+CRDs' documented fields.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
 VERSIONS = ("1.28.0", "1.37.0")
 PODMONITOR_SCHEMA = json.loads((Path(__file__).parent / "k8s" / "podmonitor-monitoring-v1.json").read_text())
+PROMETHEUSRULE_SCHEMA = json.loads((Path(__file__).parent / "k8s" / "prometheusrule-monitoring-v1.json").read_text())
 README = (REPO / "deploy" / "README.md").read_text()
 
 Doc = dict[str, Any]
@@ -67,6 +69,8 @@ def one(kind: str) -> Doc:
 def validate(doc: Doc, version: str) -> None:
     if doc["kind"] == "PodMonitor":
         jsonschema.Draft202012Validator(PODMONITOR_SCHEMA).validate(doc)
+    elif doc["kind"] == "PrometheusRule":
+        jsonschema.Draft202012Validator(PROMETHEUSRULE_SCHEMA).validate(doc)
     else:
         kubernetes_validate.validate(doc, version, strict=True)
 
@@ -102,7 +106,7 @@ def test_kustomization_lists_every_manifest_and_no_secret_is_committed() -> None
     assert {f for g in KUSTOMIZATION["configMapGenerator"] for f in g["files"]} == {p.name for p in K8S.glob("*.toml")}
     kinds = sorted(doc["kind"] for _, doc in resources())
     assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
-                     "PodMonitor", "Service", "Service", "StatefulSet"]
+                     "PodMonitor", "PrometheusRule", "Service", "Service", "StatefulSet"]
     for path in (REPO / "deploy").rglob("*.y*ml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert not (doc and doc.get("kind") == "Secret"), f"{path} commits a Secret"
@@ -126,6 +130,10 @@ def test_validation_rejects_a_misspelt_field() -> None:
     monitor["spec"]["podMetricEndpoints"] = monitor["spec"].pop("podMetricsEndpoints")
     with pytest.raises(jsonschema.ValidationError, match="podMetricEndpoints"):
         validate(monitor, VERSIONS[0])
+    rule = copy.deepcopy(one("PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["annotation"] = rule["spec"]["groups"][0]["rules"][0].pop("annotations")
+    with pytest.raises(jsonschema.ValidationError, match="annotation"):
+        validate(rule, VERSIONS[0])
 
 
 def test_the_cluster_addresses_are_the_pods_of_the_headless_service() -> None:
@@ -405,3 +413,28 @@ def test_the_profile_service_mounts_its_tokens_secret_and_store(tmp_path: Path) 
     doc = (REPO / "docs" / "profile-service.md").read_text()
     command = "kubectl create secret generic nextclick-profiles --from-file=tokens="
     assert command in (K8S / PROFILE_SERVICE).read_text() and command in doc
+
+
+def test_the_prometheus_rule_ships_the_runbooks_alerts() -> None:
+    """One set of alerts: docs/operations.md's yaml block is what deploy/k8s/prometheusrule.yaml carries."""
+    from tests.test_dashboard import RUNBOOK
+
+    block = RUNBOOK.read_text().split("```yaml", 1)[1].split("```", 1)[0]
+    rule = one("PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load(block)["groups"], \
+        "deploy/k8s/prometheusrule.yaml and docs/operations.md's alerts differ: change both"
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"NextclickSavepointStale", "NextclickDown", "NextclickEpochNotCommitted"} <= alerts
+    assert rule["metadata"]["labels"].get("release") == one("PodMonitor")["metadata"]["labels"]["release"]
+    assert "PrometheusRule" in README and "prometheusrule.yaml" in README
+
+
+def test_the_shipped_configuration_schedules_savepoints_its_input_retention_covers(tmp_path: Path) -> None:
+    """deploy/k8s restores a lost volume from the latest savepoint: the schedule is on, and the topics the
+    Job creates keep longer than it (the start-up check refuses otherwise)."""
+    from operators.state.schedule import check_recovery_plan
+
+    config = config_from_configmap(tmp_path)
+    assert config.state.on_lost_volume == "restore" and config.state.savepoint_interval_ms > 0
+    assert config.topics.retention_ms == -1 or config.topics.retention_ms >= 3 * config.state.savepoint_interval_ms
+    check_recovery_plan(config, lambda topics: {})  # the broker says nothing: [topics] retention_ms decides
