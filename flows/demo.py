@@ -3,15 +3,23 @@
 It starts the embedded broker (or uses the one you name), streams personas and background traffic
 on a clock that runs `speed` times faster than real time (so the 60-minute cart window passes in
 seconds without changing the rules), runs the flow, and prints decisions as they arrive on Kafka.
+It also starts the profile service (`nextclick serve`, a child process on a free 127.0.0.1 port with a
+generated token) on the profile view topic the flow writes, prints curl lines for one persona, and
+before it stops runs them itself and prints what they answered.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +41,8 @@ from operators.infra.config import DEMO_SECRET, Config
 from operators.io.kafka import client_config, ensure_topics, wait_for_broker
 from operators.rules.loader import load_rules
 
+# The persona whose profile and next best action the demo shows: last week's web order, and a call now.
+SERVE_PERSONA = "lapsed_high_value-0"
 CHANNEL_ICONS = {"email": "✉", "ads": "◼", "call_center": "☎", "push": "➤", "sms": "✆", "web": "◎"}
 
 
@@ -95,10 +105,21 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
         # Lapsed customers come with purchase history from up to a year ago.
         parse={"max_age_ms": 400 * 86_400_000},
         flow={"epoch_seconds": 1.0, "group_id": "nextclick-demo"},
+        topics={"profiles": "nextclick.profiles"},
     )
     topics = config.topics
     ensure_topics(kafka, {**{t: 2 for t in topics.inputs}, topics.decisions: 4, topics.dead_letter: 1,
-                          topics.control: 1})
+                          topics.control: 1, topics.profiles: 2})
+    service = ProfileService(config, workdir, out)
+    try:
+        return _run_flow(config, workdir, service, speed, rate, max_seconds, out)
+    finally:
+        service.stop()
+
+
+def _run_flow(config: Config, workdir: Path, service: ProfileService, speed: float, rate: float,
+              max_seconds: float, out: TextIO) -> DemoSummary:
+    kafka, topics = dict(config.kafka), config.topics
     recovery = Path(config.state.recovery_dir)
     recovery.mkdir(parents=True)
     init_db_dir(recovery, 1)
@@ -142,6 +163,7 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
                                                 "auto.offset.reset": "earliest", "enable.auto.commit": False,
                                                 "fetch.queue.backoff.ms": 10}))
     consumer.subscribe([topics.decisions, topics.dead_letter])
+    service.announce()
     print(f"{'sim time':>9}  {'':1} {'channel':<11} {'rule':<26} {'customer':<20} offer / why", file=out)
     try:
         while clock.now_ms() < end_sim and time.monotonic() - real_start < max_seconds and not errors:
@@ -169,6 +191,7 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
         consumer.close()
     if errors:
         raise RuntimeError(f"the flow failed: {errors[0]!r}") from errors[0]
+    service.show()
     summary.real_seconds = time.monotonic() - real_start
     summary.simulated_minutes = (clock.now_ms() - start) / MINUTE
     summary.decisions_by_rule = _counter_by(metrics.DECISIONS, 0) - before["rules"]
@@ -180,6 +203,97 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
         summary.by_channel = dict(gen_stats[0].by_channel or {})
     _print_summary(summary, out)
     return summary
+
+
+class ProfileService:
+    """`nextclick serve` for the demo: a child process on a free local port with a generated token, on
+    the view topic the flow writes; stopped (and its files removed with the work directory) at the end."""
+
+    def __init__(self, config: Config, workdir: Path, out: TextIO) -> None:
+        self.out = out
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        self.token_file = workdir / "serve-token"
+        self.token_file.write_text(secrets.token_urlsafe(24) + "\n")
+        self.token_file.chmod(0o600)
+        path = workdir / "serve.toml"
+        path.write_text(f"""[kafka]
+"bootstrap.servers" = "{config.kafka['bootstrap.servers']}"
+[topics]
+profiles = "{config.topics.profiles}"
+[privacy]
+demo = true
+[flow]
+rules_file = "{config.flow.rules_file}"
+[serve]
+address = "127.0.0.1:{port}"
+token_file = "{self.token_file}"
+store_dir = "{workdir / 'serve'}"
+""")
+        self.log = workdir / "serve.log"
+        with self.log.open("ab") as log:
+            self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "serve", "--config", str(path)], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL)
+        self.paths = (f"/v1/profiles/customer/{SERVE_PERSONA}",
+                      f"/v1/profiles/customer/{SERVE_PERSONA}/next-best-action?channel=call_center&outcome=unresolved")
+
+    def _ready(self, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process is not None and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.1)
+        return False
+
+    def curl(self, path: str) -> str:
+        return f"curl -s -H \"Authorization: Bearer $(cat {self.token_file})\" '{self.base}{path}'"
+
+    def announce(self) -> None:
+        """Print where the service is and the curl lines to try while the demo runs."""
+        if not self._ready():
+            print(f"profile service: did not start (see {self.log})", file=self.out, flush=True)
+            self.stop()
+            return
+        print(f"profile service: {self.base} (nextclick serve; token in {self.token_file}). While the demo runs:",
+              file=self.out)
+        for path in self.paths:
+            print(f"  {self.curl(path)}", file=self.out)
+        print("", file=self.out, flush=True)
+
+    def show(self) -> None:
+        """Run the curl lines' requests (the persona's profile, then its next best action) and print both."""
+        if self.process is None:
+            return
+        token = self.token_file.read_text().strip()
+        print("", file=self.out)
+        for path in self.paths:
+            request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    status, body = response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, exc.read()
+            except (urllib.error.URLError, ConnectionError) as exc:
+                status, body = 0, str(exc).encode()
+            print(f"$ {self.curl(path)}", file=self.out)
+            print(f"[HTTP {status}] {body.decode(errors='replace')}", file=self.out, flush=True)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
 
 
 def _show(msg: Any, decisions_topic: str, names: dict[str, str], start: int, out: TextIO) -> None:
