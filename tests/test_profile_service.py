@@ -370,3 +370,47 @@ def test_topics_create_makes_the_view_topic_compacted(kafka: dict[str, str], top
     assert len(admin.list_topics(timeout=10).topics[f"{p}.profiles"].partitions) == 3
     ((_, future),) = admin.describe_configs([ConfigResource("topic", f"{p}.profiles")]).items()
     assert future.result()["cleanup.policy"].value == "compact"
+
+
+def test_the_demos_service_prints_curl_lines_that_answer_for_its_persona(kafka: dict[str, str], topic_prefix: str,
+                                                                         tmp_path: Path) -> None:
+    import io
+    import shlex
+
+    from flows.demo import SERVE_PERSONA, ProfileService
+    from operators.infra.config import DEMO_SECRET
+    from operators.io.profile_view import view_record
+    from tests.helpers import Customer
+
+    topic = f"{topic_prefix}.profiles"
+    ensure_topics(kafka, {topic: 1})
+    who = pseudonymize("customer", SERVE_PERSONA, DEMO_SECRET.encode())
+    customer = Customer(customer=who)
+    now = time.time_ns() // 1_000_000
+    customer.send("purchase", now - 7 * 24 * 60 * MIN, order_id="o-demo", amount=40.1)
+    customer.profile.ids = {"customer": [who]}
+    rkey, value = view_record(f"linked_customer/{who}", customer.profile, customer.ruleset, now)
+    producer = Producer(kafka)
+    producer.produce(topic, value, rkey)
+    assert producer.flush(10) == 0
+    out = io.StringIO()
+    service = ProfileService(Config().replace(kafka=kafka, topics={"profiles": topic}), tmp_path, out)
+    try:
+        service.announce()
+        wait(lambda: get(service.base, f"/v1/profiles/customer/{SERVE_PERSONA}",
+                         service.token_file.read_text().strip())[0] == 200, "the persona in the service")
+        lines = [line.strip() for line in out.getvalue().splitlines() if line.strip().startswith("curl ")]
+        assert len(lines) == 2
+        for line in lines:  # what the printed line asks for, with the token its file holds
+            words = shlex.split(line.replace("$(cat ", "").replace(")", ""))
+            header, url = words[words.index("-H") + 1], words[-1]
+            token_file = header.removeprefix("Authorization: Bearer ")
+            status, body = get(service.base, url.removeprefix(service.base), Path(token_file).read_text().strip())
+            assert status == 200, body
+        service.show()
+        shown = out.getvalue()
+        assert shown.count("[HTTP 200]") == 2 and '"order_id":"o-demo"' in shown
+        assert '"action":{"rule":"call_center_follow_up"' in shown
+    finally:
+        service.stop()
+    assert service.process is None
