@@ -13,6 +13,14 @@ from flows.local_broker import LocalBroker
 from operators.infra.logs import JsonFormatter
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reaches the embedded broker (through any fixture) is marked `broker`, so the fast
+    loop (`pytest -m "not broker and not slow"`, README's Development) needs no marking by hand."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("broker"):
+            item.add_marker(pytest.mark.broker)
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[LocalBroker]:
     with LocalBroker() as running:
