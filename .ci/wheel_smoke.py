@@ -357,7 +357,7 @@ print(json.dumps({"flows": flows.__file__, "schemas": schemas.__file__, "event_t
 PRODUCE = """
 import sys, time, orjson
 from confluent_kafka import Producer
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 bootstrap, inputs, decisions, dead_letter, control = sys.argv[1:6]
 kafka = {"bootstrap.servers": bootstrap}
 ensure_topics(kafka, {**{t: 1 for t in inputs.split(",")}, decisions: 1, dead_letter: 1, control: 1})

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.run import REPO, Settings, produce_workload, run_flow, start_broker
 from flows.local_broker import LocalBroker
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 
 WORKTREE = "WORKTREE"
 

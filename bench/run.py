@@ -55,8 +55,9 @@ from bench.ceiling import CeilingState
 from flows.local_broker import LocalBroker, free_port
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
 from operators.io.decisions import encode_decision
-from operators.io.kafka import ensure_topics, sink_producer_config
+from operators.io.kafka_sink import sink_producer_config
 from operators.io.parse import parse_message
+from operators.io.topics import ensure_topics
 from operators.records import Decision, Event, SourcePosition
 from operators.rules.loader import load_rules
 

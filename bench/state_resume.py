@@ -38,7 +38,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from flows.local_broker import LocalBroker
 from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from operators.records import Event
 from operators.rules.loader import load_rules
 from operators.state.keys import shard_of

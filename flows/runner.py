@@ -33,6 +33,9 @@ from operators.infra.failures import (
     one_line,
     root_cause,
 )
+from operators.infra.preflight import check_directories, check_topics
+from operators.io.kafka_source import commit_final_offsets
+from operators.io.sink_registry import decision_sink
 
 log = logging.getLogger("nextclick")
 
@@ -81,8 +84,6 @@ class FlowRunner:
         """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input."""
         from bytewax._bytewax import cluster_main
         from bytewax.recovery import RecoveryConfig
-
-        from operators.io.kafka import commit_final_offsets
 
         me = process_id or 0
         cluster = list(addresses or [])
@@ -141,8 +142,8 @@ def metrics_settings(config: Config, address: str | None, port: int | None) -> C
 
 
 def preflight(config: Config) -> None:
-    """The topics the flow reads exist, the state and recovery directories are writable (writes nothing)."""
-    from operators.infra.preflight import check_directories, check_topics
-
+    """The topics the flow reads exist, the state and recovery directories are writable, the decision
+    sink is one the registry knows (writes nothing)."""
+    decision_sink(config)  # a wrong flow.decision_sink: one line, before the topics are checked
     check_topics(config.kafka, config)
     check_directories(config)

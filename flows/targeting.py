@@ -31,14 +31,17 @@ from operators.identity.guards import load_identity_rules
 from operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from operators.infra import metrics
 from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, decision_topic, progress_topic
+from operators.infra.config import DEFAULT_RULES_FILE, Config, progress_topic
 from operators.io.alignment import Alignment
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
-from operators.io.decisions import encode_decision, expired
-from operators.io.kafka import Aligned, KafkaInput, KafkaOutput, OutMessage, RawMessage
+from operators.io.decisions import decision_message, expired
+from operators.io.kafka_sink import KafkaOutput
+from operators.io.kafka_source import Aligned, KafkaInput, RawMessage
 from operators.io.parse import parse_message
 from operators.io.profile_view import ProfileViewWriter
+from operators.io.sink_registry import decision_sink
+from operators.io.sinks import OutMessage
 from operators.profile.facts import configure_orders
 from operators.records import (
     DeadLetter,
@@ -100,12 +103,15 @@ def _prefixed(prefix: str) -> Any:
 
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
-               ruleset: RuleSet | None = None, name: str = "nextclick", plan: StartPlan | None = None) -> Dataflow:
+               ruleset: RuleSet | None = None, name: str = "nextclick", plan: StartPlan | None = None,
+               sink: str | None = None) -> Dataflow:
     """Wire the flow; nothing here touches the network (partitions are listed when it runs).
 
     `plan` is what the start-up checks found; without one they run here against
-    `config.state.recovery_dir`, which must be the recovery directory the flow runs with.
+    `config.state.recovery_dir`, which must be the recovery directory the flow runs with. `sink`, if
+    given, replaces `flow.decision_sink` (operators/io/sink_registry.py): where decisions go.
     """
+    decisions_out = decision_sink(config, sink)  # first: a wrong value is refused before anything is opened
     clock = clock or SystemClock()
     ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
     identity_rules = load_identity_rules(config.identity.file or None)
@@ -166,8 +172,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
 
     def to_message(decision: Decision) -> OutMessage:
         metrics.observe_decision(decision.rule_id, decision.channel, decision.decided_at, clock.now_ms())
-        key, value, headers = encode_decision(decision)
-        return OutMessage(decision_topic(topics.decisions, decision.channel), key, value, headers)
+        return decision_message(decision, topics.decisions)
 
     start_positions = plan.restore.positions if plan.restore is not None else None
     # Event-time alignment of the inputs (not of the control topic: commands are not events). Without
@@ -223,5 +228,5 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     op.output("dead_letters_out", refused, KafkaOutput(config.kafka, shards))
     all_decided = decided[0] if len(decided) == 1 else op.merge("decisions", *decided)
     fresh = op.filter_value("unexpired", all_decided, unexpired)
-    op.output("decisions_out", op.map_value("encode", fresh, to_message), KafkaOutput(config.kafka, shards))
+    op.output("decisions_out", op.map_value("encode", fresh, to_message), decisions_out)
     return flow

@@ -28,11 +28,12 @@ from confluent_kafka import Producer
 
 from flows.local_broker import free_port
 from operators.identity.guards import default_identity_rules
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from operators.profile.codec import stored_as_dict
 from operators.state.keys import PROFILE_PREFIX
 from operators.state.layout import has_store, profile_families
 from operators.state.store import ShardStore
+from tests.helpers import consume_all
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "flowrun-test-secret"

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
 import operators
 from operators.channels import EVENT_CHANNELS
 from operators.engine import on_event, on_timers
+from operators.io.kafka_admin import client_config
 from operators.profile.model import Facts, Profile, new_profile
 from operators.records import Event, Outcome
 from operators.rules.loader import load_rules
@@ -115,7 +119,8 @@ def reasons(out: Outcome) -> list[tuple[str, str]]:
 class FlowThread:
     """The real flow (Kafka in and out, RocksDB state) in a background thread, stopped on request."""
 
-    def __init__(self, config: Any, clock: Any, recovery_dir: Any) -> None:
+    def __init__(self, config: Any, clock: Any, recovery_dir: Any, sink: str | None = None) -> None:
+        """`sink` replaces `flow.decision_sink` (operators/io/sink_registry.py)."""
         import threading
         from datetime import timedelta
         from pathlib import Path
@@ -131,7 +136,7 @@ class FlowThread:
         config = config.replace(state={"recovery_dir": str(recovery_dir)})
         self.stop_event = threading.Event()
         self.failures: list[BaseException] = []
-        flow = build_flow(config, clock=clock, stop=self.stop_event)
+        flow = build_flow(config, clock=clock, stop=self.stop_event, sink=sink)
 
         def run() -> None:
             try:
@@ -151,3 +156,34 @@ class FlowThread:
         self.thread.join(60)
         assert not self.thread.is_alive(), "the flow did not stop"
         assert not self.failures, self.failures
+
+
+def consume_all(kafka: Mapping[str, str], topics: Iterable[str], *, idle_s: float = 1.0,
+                timeout_s: float = 30.0) -> list[Any]:
+    """Read every message currently in `topics` (tests, tools): count by consuming, not watermarks."""
+    config = client_config(kafka, **{"group.id": f"nextclick-reader-{time.time_ns()}",
+                                     "enable.auto.commit": False, "enable.partition.eof": True,
+                                     "fetch.queue.backoff.ms": 10})
+    consumer = Consumer(config)
+    try:
+        assignments = []
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10).topics[topic]
+            assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+        consumer.assign(assignments)
+        pending = {(tp.topic, tp.partition) for tp in assignments}
+        out = []
+        deadline = time.monotonic() + timeout_s
+        last_seen = time.monotonic()
+        while pending and time.monotonic() < deadline and time.monotonic() - last_seen < max(idle_s, 5.0):
+            for msg in consumer.consume(1000, 0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((msg.topic(), msg.partition()))
+                    continue
+                last_seen = time.monotonic()
+                out.append(msg)
+        return out
+    finally:
+        consumer.close()

@@ -16,7 +16,7 @@ import pytest
 
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import PrivacyConfig
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from operators.state.shard_state import read_profile
 from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
 

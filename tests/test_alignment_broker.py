@@ -48,9 +48,11 @@ from operators.infra import failpoints
 from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig
 from operators.io.alignment import UNREADABLE, Alignment, event_time
 from operators.io.deadletter import TS_SKEW_HEADER
-from operators.io.kafka import Aligned, KafkaInput, RawMessage, consume_all, ensure_topics
+from operators.io.kafka_source import Aligned, KafkaInput, RawMessage
+from operators.io.topics import ensure_topics
 from operators.records import Progress
 from tests.flowrun import CATEGORIES, FlowSetup, Message, read_decisions, read_profiles, run_to_end
+from tests.helpers import consume_all
 
 pytestmark = pytest.mark.broker
 

@@ -18,8 +18,8 @@ from operators.infra import metrics
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.io.decisions import encode_decision, expired
-from operators.io.kafka import consume_all, ensure_topics
-from tests.helpers import DAY, HOUR, T0, Customer, FlowThread, fired
+from operators.io.topics import ensure_topics
+from tests.helpers import DAY, HOUR, T0, Customer, FlowThread, consume_all, fired
 
 
 def test_a_decision_is_expired_from_its_expiry_on():

@@ -26,8 +26,9 @@ from operators.infra import metrics
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.infra.logs import configure_logging
-from operators.io.kafka import consume_all, ensure_topics, redacted, wait_for_broker
-from tests.helpers import FlowThread
+from operators.io.kafka_admin import redacted, wait_for_broker
+from operators.io.topics import ensure_topics
+from tests.helpers import FlowThread, consume_all
 from tests.waits import wait_until
 
 PLANTED_PASSWORD = "pl4nted-Sasl-Passw0rd!"

@@ -31,7 +31,7 @@ import pytest
 
 from flows.cluster import partitions_in
 from flows.local_broker import free_port
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     PacedProducer,

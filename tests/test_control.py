@@ -16,12 +16,12 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ParseConfig
 from operators.io.control import parse_control
 from operators.io.deadletter import REASONS
-from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_message
+from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, EraseRequest, SourcePosition
 from operators.state.keys import shard_of, shard_path
 from operators.state.shard_state import read_profile
-from tests.helpers import FlowThread
+from tests.helpers import FlowThread, consume_all
 from tests.waits import store_seq
 
 SECRET = b"control-secret"

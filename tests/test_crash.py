@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     PacedProducer,

@@ -11,8 +11,8 @@ from confluent_kafka import Producer
 
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config, decision_topic, load_config
-from operators.io.kafka import consume_all, ensure_topics
-from tests.helpers import FlowThread
+from operators.io.topics import ensure_topics
+from tests.helpers import FlowThread, consume_all
 
 T0 = 1_795_428_000_000
 

@@ -27,9 +27,10 @@ from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
 from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from operators.rules.arbitration import decision_id
 from operators.state.shard_state import read_profile
+from tests.helpers import consume_all
 
 pytestmark = pytest.mark.broker
 

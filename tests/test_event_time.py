@@ -20,8 +20,8 @@ import orjson
 import pytest
 
 from operators.identity.pseudonyms import pseudonymize
-from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_ts
+from operators.io.topics import ensure_topics
 from tests.flowrun import (
     SECRET,
     FlowSetup,
@@ -36,6 +36,7 @@ from tests.flowrun import (
     start,
     workload,
 )
+from tests.helpers import consume_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

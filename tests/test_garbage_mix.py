@@ -27,8 +27,8 @@ from confluent_kafka import Producer
 from operators.infra import metrics
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
-from operators.io.kafka import consume_all, ensure_topics
-from tests.helpers import FlowThread
+from operators.io.topics import ensure_topics
+from tests.helpers import FlowThread, consume_all
 from tests.waits import committed_versions, due_timers
 
 pytestmark = pytest.mark.broker

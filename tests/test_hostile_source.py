@@ -39,12 +39,13 @@ from operators.io.deadletter import (
     TOPIC_HEADER,
     dead_letter_record,
 )
-from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import JSON_MAX_DEPTH, TS_MAX, TS_MIN, parse_message
+from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, Event, SourcePosition
 from operators.rules.arbitration import decision_id
 from tests.flowrun import SECRET as FLOW_SECRET
 from tests.flowrun import FlowSetup, read_decisions, read_profiles, run_to_end
+from tests.helpers import consume_all
 
 NOW = 1_795_428_000_000  # 2026-11-22T10:00:00Z
 MIN = 60_000

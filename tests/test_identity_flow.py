@@ -21,12 +21,12 @@ from operators.identity.pseudonyms import pseudonymize
 from operators.infra import metrics
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from operators.state.keys import PROFILE_PREFIX, profile_key, shard_of, shard_path
 from operators.state.layout import profile_families
 from operators.state.shard_state import read_profile
 from operators.state.store import ShardStore
-from tests.helpers import FlowThread
+from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker
 

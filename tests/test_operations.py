@@ -76,7 +76,7 @@ def test_decisions_are_counted_by_rule_and_channel_with_their_delay() -> None:
 def test_a_message_kafka_refused_is_counted_by_topic_and_error() -> None:
     from confluent_kafka import KafkaError
 
-    from operators.io.kafka import _SinkPartition
+    from operators.io.kafka_sink import _SinkPartition
 
     class Refused:
         def topic(self) -> str:

@@ -28,7 +28,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from flows.cli import main as cli_main
 from flows.local_broker import free_port
 from operators.infra import metrics
-from operators.io.kafka import KafkaInput, consume_all, ensure_topics
+from operators.io.kafka_source import KafkaInput
+from operators.io.topics import ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -41,6 +42,7 @@ from tests.flowrun import (
     start,
     workload,
 )
+from tests.helpers import consume_all
 
 pytestmark = pytest.mark.broker
 

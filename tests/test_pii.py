@@ -35,10 +35,10 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
 from operators.infra.logs import configure_logging
 from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, SourcePosition
 from operators.state.shard_state import read_profile
-from tests.helpers import FlowThread
+from tests.helpers import FlowThread, consume_all
 
 SECRET = "pii-test-secret"
 MIN = 60_000

@@ -19,8 +19,8 @@ from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import ManualClock
 from operators.infra.config import ParseConfig
 from operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
-from operators.io.kafka import consume_all, ensure_topics
 from operators.io.parse import parse_message
+from operators.io.topics import ensure_topics
 from operators.profile.codec import encode_profile, profile_as_dict, stored_as_dict
 from operators.profile.facts import ProfileEncodeError, apply_facts
 from operators.profile.model import new_profile
@@ -30,7 +30,7 @@ from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
 from operators.state.shard import ShardLogic
 from operators.state.shard_state import ShardContext, read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
-from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
+from tests.helpers import HOUR, MIN, T0, consent, consume_all, default_rules, make_event
 
 SRC = SourcePosition("shop.web", 0, 7)
 

@@ -24,8 +24,9 @@ import pytest
 from flows.cluster import ClusterError, wait_for_names
 from flows.local_broker import LocalBroker, free_port
 from operators.infra.logs import RepeatThrottle, configure_logging
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from tests.flowrun import REPO, FlowSetup, produce, start, workload
+from tests.helpers import consume_all
 
 # The drain budget this test holds the flow to: well inside the manifest's 120 s grace period, and
 # far below the 46 s a synchronous final group commit took with the broker down.

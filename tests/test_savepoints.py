@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.io.kafka import consume_all, ensure_topics
+from operators.io.topics import ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -30,6 +30,7 @@ from tests.flowrun import (
     start,
     workload,
 )
+from tests.helpers import consume_all
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

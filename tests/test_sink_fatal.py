@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from bytewax.recovery import init_db_dir
 
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from tests.flowrun import REPO, FlowSetup, produce, read_profiles, run_to_end, workload
 
 pytestmark = [pytest.mark.broker]

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
-from operators.io.kafka import client_config
+from operators.io.kafka_admin import client_config
 
 log = logging.getLogger("nextclick")
 

@@ -15,7 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from operators.channels import DECISION_CHANNELS
 from operators.infra.config import Config, decision_topic
-from operators.io.kafka import client_config
+from operators.io.kafka_admin import client_config
 
 
 class PreflightError(RuntimeError):

@@ -52,6 +52,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
 from operators.infra.config import ParseConfig
+from operators.io.kafka_admin import client_config
 from operators.io.parse import TS_MIN, parse_ts
 
 log = logging.getLogger(__name__)
@@ -381,8 +382,6 @@ class ProgressExchange(threading.Thread):
     """
 
     def __init__(self, alignment: Alignment, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
-        from operators.io.kafka import client_config
-
         super().__init__(name="nextclick-progress", daemon=True)
         self.alignment = alignment
         self.topic, self.group_id = topic, group_id

@@ -1,5 +1,8 @@
 """Decisions as CloudEvents 1.0 in Kafka binary mode: the contract email and ad systems consume.
 
+`decision_message` is what every decision sink receives (operators/io/sinks.py): the decision's
+topic, key, JSON body and CloudEvents attributes, encoded once whatever the sink.
+
 Everything in the message derives from the decision itself (no wall clock, no random ids), so a
 replay after a crash produces byte-identical messages that consumers dedupe on (ce_source, ce_id).
 """
@@ -10,6 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
+from operators.infra.config import decision_topic
+from operators.io.sinks import OutMessage
 from operators.records import Decision
 
 SPEC_VERSION = "1.0"
@@ -79,3 +84,9 @@ def encode_decision(decision: Decision, source: str = DECISION_SOURCE) -> tuple[
         ("content-type", b"application/json"),
     ]
     return decision.customer.encode(), orjson.dumps(decision_body(decision)), headers
+
+
+def decision_message(decision: Decision, topics: str) -> OutMessage:
+    """The record every decision sink receives; `topics` is the `topics.decisions` setting."""
+    key, value, headers = encode_decision(decision)
+    return OutMessage(decision_topic(topics, decision.channel), key, value, headers)

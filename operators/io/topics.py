@@ -1,4 +1,5 @@
-"""`nextclick topics create`: every topic the flow reads or writes, from the `[topics]` settings.
+"""Topic admin in one place: `nextclick topics create` (every topic the flow reads or writes, from the
+`[topics]` settings) and `ensure_topics` (given topics, given partition counts: demos, tests, benches).
 
 Idempotent: an existing topic is reported and left exactly as it is (partitions are never added: a
 keyed topic that gains partitions sends a customer's later events elsewhere, out of order).
@@ -14,7 +15,22 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from operators.infra.config import Config, progress_topic
 from operators.infra.preflight import output_topics
-from operators.io.kafka import client_config
+from operators.io.kafka_admin import client_config
+
+
+def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s: float = 30.0) -> None:
+    """Create missing topics with the given partition counts; existing ones are left as they are."""
+    admin = AdminClient(client_config(kafka))
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+    if not missing:
+        return
+    for future in admin.create_topics(missing, operation_timeout=timeout_s).values():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
 
 
 @dataclass(frozen=True)
