@@ -29,6 +29,7 @@ durable attributes, but not everything a rule can read. Approximated (docs/profi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +37,7 @@ import orjson
 
 from operators.channels import CHANNELS, EVENT_CHANNELS
 from operators.infra.config import ParseConfig
-from operators.io.parse import load_schema, parse_message
+from operators.io.parse import ATTRS_KEYWORD, load_schema, parse_message
 from operators.profile.facts import DAY_MS, apply_facts
 from operators.profile.model import Facts, History, Order, Profile
 from operators.records import DeadLetter, Outcome, SourcePosition, Trigger
@@ -82,13 +83,23 @@ def _types_on(channel: str) -> list[str]:
     return sorted(t for t, c in EVENT_CHANNELS.items() if c == channel)
 
 
+@functools.cache
+def _attribute_types(event_type: str) -> dict[str, tuple[str, ...]]:
+    """The type's attributes and their JSON types, read once (the schema is a file)."""
+    schema = load_schema(event_type)
+    out = {}
+    for name in schema.get(ATTRS_KEYWORD, []):
+        kinds = schema["properties"][name].get("type", "string")
+        out[name] = tuple(kinds) if isinstance(kinds, list) else (kinds,)
+    return out
+
+
 def _typed(event_type: str, name: str, text: str) -> Any:
     """A query-string value as the type's schema declares the attribute (the parser checks the rest)."""
-    declared = load_schema(event_type).get("x-nextclick-attrs", [])
+    declared = _attribute_types(event_type)
     if name not in declared:
         raise NextBestActionError(f"{name!r} is not an attribute of {event_type} (it has {sorted(declared)})")
-    kinds = load_schema(event_type)["properties"][name].get("type", "string")
-    kinds = kinds if isinstance(kinds, list) else [kinds]
+    kinds = declared[name]
     try:
         if "integer" in kinds:
             return int(text)
