@@ -369,7 +369,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     from operators.rules.fields import RulesError
     from operators.rules.loader import check_rules
 
-    ruleset, errors = check_rules(args.file)
+    ruleset, errors = check_rules(args.file, args.tracking_plan)
     if ruleset is None:
         for error in errors:
             print(error)
@@ -384,8 +384,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     from operators.rules.loader import load_rules
     from operators.rules.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
 
-    ruleset = load_rules(args.file)
-    scenarios = [load_scenario(path) for path in args.scenarios]  # every file is checked before any runs
+    ruleset = load_rules(args.file, args.tracking_plan)
+    scenarios = [load_scenario(path, ruleset.plan) for path in args.scenarios]  # all checked before any runs
     total = failed = 0
     for scenario in scenarios:
         print(f"{scenario.path}: {scenario.description}")
@@ -406,8 +406,8 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     from operators.rules.explain import explain, read_story, render
     from operators.rules.loader import load_rules
 
-    ruleset = load_rules(args.file)
-    for entry in explain(ruleset, read_story(args.events)):
+    ruleset = load_rules(args.file, args.tracking_plan)
+    for entry in explain(ruleset, read_story(args.events, ruleset.plan)):
         print(orjson.dumps(entry).decode() if args.json else render(entry) + "\n")
     return 0
 
@@ -467,6 +467,10 @@ def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
     manifest = reshard(Path(args.src), Path(args.dest), args.shards, progress=_progress)
     print(manifest.to_json().decode())
     return 0
+
+
+TRACKING_PLAN_HELP = ("the tracking plan (TOML) the flow runs with (flow.tracking_plan): event types and attributes "
+                      "added to the shipped schemas (default: the shipped schemas)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -584,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Load a rules file as `nextclick run` would and list every mistake "
                                              "(file, rule or signal, field), not only the first.")
     check.add_argument("file", help="the rules file (TOML)")
+    check.add_argument("--tracking-plan", metavar="PLAN", help=TRACKING_PLAN_HELP)
     check.set_defaults(func=cmd_rules_check)
     test = rules_sub.add_parser("test", help="run scenario files on the engine with a manual clock",
                                 description="Run each scenario (docs/rules.md, \"Testing rules with scenarios\") "
@@ -591,6 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("file", help="the rules file (TOML)")
     test.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files (TOML)")
     test.add_argument("--verbose", action="store_true", help="print every expectation, also the empty ones")
+    test.add_argument("--tracking-plan", metavar="PLAN", help=TRACKING_PLAN_HELP)
     test.set_defaults(func=cmd_rules_test)
     explain = rules_sub.add_parser("explain", help="show, trigger by trigger, why rules fired or did not",
                                    description="Run a story of events (JSON lines, as on the input topics) "
@@ -599,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("file", help="the rules file (TOML)")
     explain.add_argument("--events", required=True, help="the story: one event per line (JSON)")
     explain.add_argument("--json", action="store_true", help="one JSON object per trigger instead of text")
+    explain.add_argument("--tracking-plan", metavar="PLAN", help=TRACKING_PLAN_HELP)
     explain.set_defaults(func=cmd_rules_explain)
 
     state = sub.add_parser("state", help="inspect the state directory")

@@ -7,7 +7,10 @@ an object with a key twice, at any depth -, `not_an_object`), envelope (`missing
 event-time bounds (`ts_in_future`, `ts_too_old`, then years 1 to 9999 as `invalid_ts`) and the
 identifier (`missing_identifier`). A missing `ts` is `invalid_ts`.
 
-The schemas in `schemas/events/` are plain JSON Schema (draft 2020-12); each type's schema refers to
+The schemas in `schemas/events/` are plain JSON Schema (draft 2020-12) and the default tracking plan; a
+plan file (`flow.tracking_plan`, operators/io/tracking_plan.py) adds types and attributes as schemas of
+the same shape, from which both paths are generated when the plan is loaded (`plan=`); without one,
+the shipped specs below serve as they always did. Each type's schema refers to
 `_envelope.json` through `allOf`/`$ref`, which is inlined here at load time and compiled once with
 fastjsonschema. Dead-letter messages name fields but never quote payload values (they may be PII),
 and never depend on the clock: how far `ts` was off goes in a header of its own.
@@ -29,7 +32,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import fastjsonschema
 import msgspec
@@ -49,6 +52,9 @@ from operators.io.deadletter import TS_SKEW_HEADER
 from operators.io.jsonkeys import duplicate_key
 from operators.records import DeadLetter, Event, SourcePosition
 
+if TYPE_CHECKING:
+    from operators.io.tracking_plan import TrackingPlan
+
 # Package data of the `schemas` package: read the same from a wheel as from a checkout.
 SCHEMA_DIR = files("schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
@@ -63,6 +69,11 @@ def _read(name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TypeError(f"{name}: a schema must be a JSON object")
     return data
+
+
+def envelope() -> dict[str, Any]:
+    """`_envelope.json`: the fields every event type carries (a tracking plan's new types start from it)."""
+    return _read(ENVELOPE_FILE)
 
 
 def load_schema(event_type: str) -> dict[str, Any]:
@@ -199,14 +210,16 @@ class _TypeSpec:
     __slots__ = ("attr_slots", "attrs", "channel", "cid_slot", "eid_slot", "fields", "ident_fields", "ident_slots",
                  "idt_slot", "int_attrs", "struct", "ts_slot", "type", "validate")
 
-    def __init__(self, event_type: str, max_amount: float | None = None) -> None:
-        schema = load_schema(event_type)
+    def __init__(self, event_type: str, max_amount: float | None = None, schema: dict[str, Any] | None = None,
+                 channel: str | None = None) -> None:
+        # `schema`, `channel`: a tracking plan's (operators/io/tracking_plan.py); default the shipped ones.
+        schema = load_schema(event_type) if schema is None else copy.deepcopy(schema)
         if max_amount is not None:
             for name in AMOUNT_FIELDS:
                 if name in schema["properties"]:
                     schema["properties"][name] = {**schema["properties"][name], "maximum": max_amount}
         self.type = event_type
-        self.channel = EVENT_CHANNELS[event_type]
+        self.channel = EVENT_CHANNELS[event_type] if channel is None else channel
         # fastjsonschema fills in `default`s (consent `purpose`), so they land in attrs.
         self.validate: Callable[[Any], Any] = fastjsonschema.compile(copy.deepcopy(schema),
                                                                      use_default=True)
@@ -232,8 +245,12 @@ class _SpecSet:
 
     __slots__ = ("by_struct", "by_type", "decoder")
 
-    def __init__(self, max_amount: float | None = None) -> None:
-        self.by_type = {t: _TypeSpec(t, max_amount) for t in EVENT_CHANNELS}
+    def __init__(self, max_amount: float | None = None, schemas: dict[str, dict[str, Any]] | None = None,
+                 channels: dict[str, str] | None = None) -> None:
+        if schemas is None or channels is None:
+            self.by_type = {t: _TypeSpec(t, max_amount) for t in EVENT_CHANNELS}
+        else:
+            self.by_type = {t: _TypeSpec(t, max_amount, schemas[t], channels[t]) for t in channels}
         self.by_struct = {spec.struct: spec for spec in self.by_type.values()}
         self.decoder = msgspec.json.Decoder(Union[tuple(self.by_struct)])
 
@@ -253,8 +270,23 @@ def _spec_set(config: ParseConfig) -> _SpecSet:
     return _specs_with(config.max_amount) if config.max_amount else _DEFAULT_SPECS
 
 
-def specs_for(config: ParseConfig) -> dict[str, _TypeSpec]:
-    return _spec_set(config).by_type
+def specs_for(config: ParseConfig, plan: TrackingPlan | None = None) -> dict[str, _TypeSpec]:
+    return (_spec_set(config) if plan is None else plan.spec_set(config.max_amount)).by_type
+
+
+def default_spec_set(max_amount: float = 0.0) -> _SpecSet:
+    """The shipped schemas' specs (the shipped tracking plan's)."""
+    return _specs_with(max_amount) if max_amount else _DEFAULT_SPECS
+
+
+def spec_set_for(schemas: dict[str, dict[str, Any]], channels: dict[str, str],
+                 max_amount: float | None = None) -> _SpecSet:
+    """A tracking plan's specs: both paths generated from its schemas (raises ValueError on what the
+    fast path cannot translate, TypeError on what fastjsonschema cannot compile)."""
+    try:
+        return _SpecSet(max_amount, schemas, channels)
+    except fastjsonschema.JsonSchemaDefinitionException as exc:
+        raise ValueError(str(exc)) from None
 
 
 # RFC 3339 date-time with a mandatory offset; ASCII digits only.
@@ -424,7 +456,8 @@ def _invalid_json_message(refusal: str) -> str:
 
 
 def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
-           source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig, guards: IdentityRules) -> Event:
+           source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig, guards: IdentityRules,
+           plan: TrackingPlan | None = None) -> Event:
     if value is None:
         raise _Bad("empty_value", "message value is null (tombstone)")
     if len(value) > config.max_message_bytes:
@@ -450,11 +483,12 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
     event_type = payload.get("type")
     if event_type is None or event_type == "":
         raise _Bad("missing_type", "field 'type' is missing")
-    spec = specs_for(config).get(event_type) if type(event_type) is str else None
+    specs = specs_for(config, plan)
+    spec = specs.get(event_type) if type(event_type) is str else None
     if spec is None:
         raise _Bad("unknown_type", f"field 'type' is not a known event type "
                                    f"(got {_json_type(event_type)} that is not one of the "
-                                   f"{len(EVENT_CHANNELS)} types)")
+                                   f"{len(specs)} types)")
     event_id = payload.get("event_id")
     if event_id is None or event_id == "":
         raise _Bad("missing_event_id", "field 'event_id' is missing or empty")
@@ -505,7 +539,7 @@ _loads = orjson.loads
 
 def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
                 source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig,
-                guards: IdentityRules | None = None) -> Event | None:
+                guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | None:
     """The `Event` the slow path would build, or None: then only the slow path can tell.
 
     msgspec validates every field it decodes, but only skims the values of fields no schema names
@@ -517,7 +551,10 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     """
     if type(value) is not bytes or len(value) > config.max_message_bytes:
         return None
-    specs = _specs_with(config.max_amount) if config.max_amount else _DEFAULT_SPECS
+    if plan is None:
+        specs = _specs_with(config.max_amount) if config.max_amount else _DEFAULT_SPECS
+    else:
+        specs = plan.spec_set(config.max_amount)
     try:
         obj = specs.decoder.decode(value)
     except _DecodeError:
@@ -586,28 +623,29 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
 def parse_message(key: bytes | None, value: bytes | None,
                   headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
                   secret: bytes, now_ms: int, config: ParseConfig,
-                  guards: IdentityRules | None = None) -> Event | DeadLetter:
+                  guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
     """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes.
 
     `guards`: the identity rules whose blocked values the links are checked against (default: the
-    shipped ones)."""
+    shipped ones). `plan`: the tracking plan (`flow.tracking_plan`, operators/io/tracking_plan.py) whose
+    event types and attributes are read (default: the shipped schemas)."""
     try:
-        event = _parse_fast(key, value, headers, source, secret, now_ms, config, guards)
+        event = _parse_fast(key, value, headers, source, secret, now_ms, config, guards, plan)
     except Exception:  # noqa: BLE001 - a fast-path bug must not cost the event: the slow path decides
         event = None
     if event is not None:
         return event
     return parse_message_slow(key, value, headers, source, secret=secret, now_ms=now_ms, config=config,
-                              guards=guards)
+                              guards=guards, plan=plan)
 
 
 def parse_message_slow(key: bytes | None, value: bytes | None,
                        headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
                        secret: bytes, now_ms: int, config: ParseConfig,
-                       guards: IdentityRules | None = None) -> Event | DeadLetter:
+                       guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
     """`parse_message` without the fast path: the reference it is tested and benchmarked against."""
     try:
-        return _parse(key, value, headers, source, secret, now_ms, config, guards or default_identity_rules())
+        return _parse(key, value, headers, source, secret, now_ms, config, guards or default_identity_rules(), plan)
     except _Bad as bad:
         reason, message, measured = bad.reason, bad.message, bad.measured
     except Exception as exc:  # noqa: BLE001 - a bug here must not stop the flow; the message goes to the DLQ

@@ -14,7 +14,7 @@ from __future__ import annotations
 import operator
 import re
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from operators.channels import EVENT_CHANNELS
@@ -121,14 +121,15 @@ def _trigger_attribute(key: str) -> Getter:
     return lambda _profile, trigger: trigger.attrs.get(key)
 
 
-def attribute_getters(signals: Iterable[Signal]) -> dict[str, Getter]:
-    """Every attribute a condition may name, except `trigger.<attribute>` (added per condition)."""
+def attribute_getters(signals: Iterable[Signal], channels: Mapping[str, str] = EVENT_CHANNELS) -> dict[str, Getter]:
+    """Every attribute a condition may name, except `trigger.<attribute>` (added per condition).
+    `channels`: each event type's touch channel (the tracking plan's), for `customer_channel`."""
     getters: dict[str, Getter] = {name: _durable(get) for name, get in DURABLE_ATTRIBUTES.items()}
     for signal in signals:
         for attribute in signal.attributes:
             getters[attribute] = _signal(signal, attribute)
     getters["trigger"] = lambda _profile, trigger: trigger.name
-    getters[CUSTOMER_CHANNEL] = lambda _profile, trigger: EVENT_CHANNELS.get(trigger.name)
+    getters[CUSTOMER_CHANNEL] = lambda _profile, trigger: channels.get(trigger.name)
     return getters
 
 

@@ -23,7 +23,8 @@ import orjson
 
 from operators.engine import due_at, on_event, on_timers
 from operators.infra.config import ParseConfig
-from operators.io.parse import load_schema, parse_message
+from operators.io.parse import parse_message
+from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.profile.facts import durable_view
 from operators.profile.model import Profile, new_profile
 from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
@@ -66,15 +67,16 @@ class Story(list[tuple[int, str, Event]]):
     dropped: dict[int, list[str]]
 
 
-def _undeclared(body: dict[str, Any], event_type: str) -> list[str]:
-    return sorted(k for k in body if k not in load_schema(event_type)["properties"])
+def _undeclared(body: dict[str, Any], event_type: str, plan: TrackingPlan) -> list[str]:
+    return sorted(k for k in body if k not in plan.schemas[event_type]["properties"])
 
 
-def read_story(path: str | Path) -> Story:
+def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
     """(line number, customer as written, event) for every event line; blank lines are skipped.
 
     Each line is an inbound event as the flow reads it (docs/data-contract.md), checked by the same
-    parser; `customer_id` names the customer (default "story")."""
+    parser with the same tracking plan (the rules': `RuleSet.plan`); `customer_id` names the customer
+    (default "story")."""
     path = Path(path)
     try:
         lines = path.read_bytes().splitlines()
@@ -92,11 +94,11 @@ def read_story(path: str | Path) -> Story:
         who = body.get("customer_id") if isinstance(body, dict) else None
         who = who if isinstance(who, str) and who.strip() else "story"
         item = parse_message(who.encode(), line, None, SourcePosition(str(path), 0, n), secret=_STORY_SECRET,
-                             now_ms=0, config=_STORY_PARSE)
+                             now_ms=0, config=_STORY_PARSE, plan=plan)
         if isinstance(item, DeadLetter):
             raise StoryError(f"{path}: line {n}: {item.reason}: {item.message}")
         events.append((n, who, item))
-        undeclared = _undeclared(body, item.type)
+        undeclared = _undeclared(body, item.type, plan)
         if undeclared:
             events.dropped[n] = undeclared
     if not events:

@@ -19,7 +19,7 @@ from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import read_toml
-from operators.io.parse import event_attributes, load_schema
+from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from operators.profile.facts import consent_keys
 from operators.rules.compiler import (
     TRIGGER_PREFIX,
@@ -59,11 +59,11 @@ _JSON_TYPE = {str: "string", bool: "boolean", int: "integer", float: "number"}
 
 
 @functools.cache
-def _schema_kinds(event_type: str) -> dict[str, Kinds]:
-    """The declared type and enum of each attribute of an event type (its schema)."""
-    properties = load_schema(event_type)["properties"]
+def _schema_kinds(plan: TrackingPlan, event_type: str) -> dict[str, Kinds]:
+    """The declared type and enum of each attribute of an event type (its schema in the plan)."""
+    properties = plan.schemas[event_type]["properties"]
     kinds: dict[str, Kinds] = {}
-    for attribute in event_attributes(event_type):
+    for attribute in plan.attributes(event_type):
         prop = properties[attribute]
         enum = tuple(prop["enum"]) if "enum" in prop else None
         declared = prop.get("type")
@@ -75,9 +75,9 @@ def _schema_kinds(event_type: str) -> dict[str, Kinds]:
     return kinds
 
 
-def _trigger_kinds(signals: list[Signal]) -> dict[str, dict[str, Kinds]]:
+def _trigger_kinds(signals: list[Signal], plan: TrackingPlan) -> dict[str, dict[str, Kinds]]:
     """Per trigger (event type, absence), what each attribute it carries can hold."""
-    out = {t: _schema_kinds(t) for t in EVENT_TYPES}
+    out = {t: _schema_kinds(plan, t) for t in plan.types}
     for signal in signals:
         if not signal.fires:
             continue
@@ -269,14 +269,15 @@ def _section(path: str, doc: dict[str, Any], key: str, errors: list[RulesError])
         return {}
 
 
-def _signals(path: str, doc: dict[str, Any], errors: list[RulesError]) -> tuple[list[Signal], set[str]]:
+def _signals(path: str, doc: dict[str, Any], errors: list[RulesError],
+             event_types: frozenset[str] = EVENT_TYPES) -> tuple[list[Signal], set[str]]:
     """Every signal that loads (with the companions an option adds), and the names of those that don't."""
     signals: list[Signal] = []
     broken: set[str] = set()
     for name, body in _section(path, doc, "signals", errors).items():
         before = len(errors)
         try:
-            signal = load_signal(path, name, body, EVENT_TYPES, errors)
+            signal = load_signal(path, name, body, event_types, errors)
         except RulesError as error:
             errors.append(error)
         except Exception:
@@ -296,7 +297,7 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError]) -> tuple[
 
 
 def _bind_start_when(path: str, signals: list[Signal], getters: dict[str, Any],
-                     errors: list[RulesError]) -> list[Signal]:
+                     errors: list[RulesError], plan: TrackingPlan = SHIPPED) -> list[Signal]:
     """Absences with `start_when` read other signals as they stand after the event: their conditions
     are checked against every attribute and compiled, and they move after every other signal (the
     engine applies signals in this order), keeping their own order."""
@@ -304,7 +305,7 @@ def _bind_start_when(path: str, signals: list[Signal], getters: dict[str, Any],
     for signal in gated:
         where = Where(path, f"signal '{signal.name}'", errors)
         start: frozenset[str] = getattr(signal, "start", frozenset())
-        carried = {a for t in start for a in event_attributes(t)}
+        carried = {a for t in start for a in plan.attributes(t)}
         before = len(errors)
         for cond in leaves(signal.start_when):  # type: ignore[attr-defined]
             name = cond.attribute
@@ -343,10 +344,28 @@ def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionS
     return tuple(scopes)
 
 
-def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
+PlanLike = TrackingPlan | str | Path | None
+
+
+def _plan(tracking_plan: PlanLike) -> TrackingPlan:
+    return tracking_plan if isinstance(tracking_plan, TrackingPlan) else load_plan(tracking_plan)
+
+
+def check_rules(path: str | Path, tracking_plan: PlanLike = None) -> tuple[RuleSet | None, list[RulesError]]:
     """Read, validate and compile a rules file: the RuleSet, or None and every mistake found, each
-    naming file, item and field (a mistake that only follows from another is not repeated)."""
-    path = str(path)
+    naming file, item and field (a mistake that only follows from another is not repeated).
+
+    `tracking_plan`: the plan (or its file, `flow.tracking_plan`) whose event types and attributes the
+    rules may name; None or "": the shipped schemas. A bad plan is the one error reported."""
+    try:
+        plan = _plan(tracking_plan)
+    except PlanError as error:
+        return None, [RulesError(str(error))]
+    with reading_rules_with(plan):
+        return _check_rules(str(path), plan)
+
+
+def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[RulesError]]:
     try:
         doc = read_toml(path, RulesError)
     except RulesError as error:
@@ -354,16 +373,16 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     errors: list[RulesError] = []
     Where(path, "top level", errors).check_keys(
         doc, {"signals", "rule", "caps", "consent", "late", "suppression", "dedupe", "addresses"})
-    signals, broken = _signals(path, doc, errors)
-    triggers = {t: frozenset(event_attributes(t)) for t in EVENT_TYPES}
+    signals, broken = _signals(path, doc, errors, plan.types)
+    triggers = {t: frozenset(plan.attributes(t)) for t in plan.types}
     triggers.update({s.name: s.trigger_attributes for s in signals if s.fires})
     trigger_fields = {a: f for s in signals for a, f in getattr(s, "trigger_fields", {}).items()}
-    trigger_kinds = _trigger_kinds(signals)
+    trigger_kinds = _trigger_kinds(signals, plan)
     addressing = _section(path, doc, "addresses", errors)
     addresses = _addresses(Where(path, "[addresses]", errors), addressing)
     require_address = addressing.get("require") is True
-    getters = attribute_getters(signals)
-    signals = _bind_start_when(path, signals, getters, errors)
+    getters = attribute_getters(signals, plan.channels)
+    signals = _bind_start_when(path, signals, getters, errors, plan)
     raw_rules = doc.get("rule", [])
     rules: list[Rule] = []
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -428,7 +447,8 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
         source=path, getters=getters, suppression_scopes=scopes,
         capped_purposes=None if capped_purposes is None else frozenset(capped_purposes),
         address_types={**CHANNEL_ADDRESS_TYPES, **addresses},
-        address_override=tuple({**CHANNEL_ADDRESS_TYPES, **addresses}.items()) if addresses else None)
+        address_override=tuple({**CHANNEL_ADDRESS_TYPES, **addresses}.items()) if addresses else None,
+        plan=plan)
     for r in rules:
         for _, attribute in r.params:
             add_getter(attribute, getters)
@@ -447,10 +467,12 @@ def check_rules(path: str | Path) -> tuple[RuleSet | None, list[RulesError]]:
     return ruleset, []
 
 
-def load_rules(path: str | Path) -> RuleSet:
-    """Read, validate and compile a rules file; raises RulesError naming file, rule and field (the
-    first mistake; `nextclick rules check` lists them all)."""
-    ruleset, errors = check_rules(path)
+def load_rules(path: str | Path, tracking_plan: PlanLike = None) -> RuleSet:
+    """Read, validate and compile a rules file against a tracking plan (see `check_rules`); raises
+    RulesError naming file, rule and field (the first mistake; `nextclick rules check` lists them all),
+    or PlanError naming the plan's file and field."""
+    plan = _plan(tracking_plan)
+    ruleset, errors = check_rules(path, plan)
     if ruleset is None:
         more = len(errors) - 1
         if more:

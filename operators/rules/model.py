@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from operators.channels import EVENT_CHANNELS
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
+from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.signals.base import Signal
 
 if TYPE_CHECKING:
@@ -160,6 +160,8 @@ class RuleSet:
     address_types: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(CHANNEL_ADDRESS_TYPES))
     # What decisions carry when `[addresses]` is set (every channel's types), for `address()`; else None.
     address_override: tuple[tuple[str, tuple[str, ...]], ...] | None = None
+    # The tracking plan the file was checked against: the event types (and their attributes) it reads.
+    plan: TrackingPlan = SHIPPED
 
     def is_capped(self, rule: Rule) -> bool:
         """Whether the frequency caps hold `rule` back and count its decisions."""
@@ -183,7 +185,7 @@ class RuleSet:
     def appliers_for_event(self) -> dict[str, tuple[Callable[[Profile, Event], None], ...]]:
         """The bound `apply` of each signal an event type changes, in declaration order: the
         engine's per-event loop."""
-        return {t: tuple(s.apply for s in self.signals if t in s.touched_by) for t in EVENT_CHANNELS}
+        return {t: tuple(s.apply for s in self.signals if t in s.touched_by) for t in self.plan.channels}
 
     @functools.cached_property
     def firing(self) -> tuple[Signal, ...]:

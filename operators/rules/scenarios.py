@@ -37,11 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from operators.channels import EVENT_CHANNELS
 from operators.engine import on_event, on_timers
 from operators.infra.clock import parse_duration_ms
 from operators.io.decisions import expired
-from operators.io.parse import SPECS, event_attributes
+from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.profile.model import Profile, new_profile
 from operators.records import Blocked, Decision, Event, Outcome
 from operators.rules.model import RuleSet
@@ -145,8 +144,9 @@ def _start(path: Path, raw: Any) -> int:
     raise _fail(path, "top level", "field 'start': must be a date-time with an offset, e.g. 2026-11-18T00:00:00Z")
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file; raises ScenarioError naming file, step and field."""
+def load_scenario(path: str | Path, plan: TrackingPlan = SHIPPED) -> Scenario:
+    """Read and check a scenario file; raises ScenarioError naming file, step and field. Events are
+    checked against `plan` (the rules' tracking plan: `RuleSet.plan`), as the flow's parser would."""
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -195,17 +195,18 @@ def load_scenario(path: str | Path) -> Scenario:
             steps.append(Step(n, raw[key], at, None, decisions, blocked, expired=stale))
             continue
         event_type = raw.get("event")
-        if event_type not in EVENT_CHANNELS:
-            raise _fail(path, where, f"field 'event': must be one of {sorted(EVENT_CHANNELS)}; got {event_type!r}")
+        if event_type not in plan.channels:
+            raise _fail(path, where, f"field 'event': must be one of {sorted(plan.channels)}; got {event_type!r}")
         attrs = raw.get("attrs", {})
         if not isinstance(attrs, dict):
             raise _fail(path, where, "field 'attrs': must be a table, e.g. { amount = 25.0 }")
-        known = event_attributes(event_type)
+        known = plan.attributes(event_type)
         extra = sorted(set(attrs) - set(known))
         if extra:
             raise _fail(path, where, f"field 'attrs': {extra} not attributes of {event_type}; it has {list(known)}")
         try:  # the type's schema, as the flow's parser applies it (it also fills in defaults)
-            checked = SPECS[event_type].validate({"event_id": "e", "type": event_type, "ts": at, **attrs})
+            validate = plan.spec_set().by_type[event_type].validate
+            checked = validate({"event_id": "e", "type": event_type, "ts": at, **attrs})
         except Exception as exc:  # noqa: BLE001 - fastjsonschema's exception: its message names the problem
             raise _fail(path, where, f"field 'attrs': not a valid {event_type}: {exc}") from None
         attrs = {k: checked[k] for k in known if k in checked}
@@ -220,7 +221,7 @@ def load_scenario(path: str | Path) -> Scenario:
         if ids is not None and (not isinstance(ids, list) or not all(t in _ID_TYPES for t in ids)):
             raise _fail(path, where, f"field 'ids': must be a list of identifier types ({', '.join(_ID_TYPES)})")
         event = Event(event_id=event_id, type=event_type, ts=at, customer=customer,
-                      channel=EVENT_CHANNELS[event_type], attrs=dict(attrs))
+                      channel=plan.channels[event_type], attrs=dict(attrs))
         steps.append(Step(n, raw[key], at, event, decisions, blocked, raw.get("late", False),
                           raw.get("duplicate", False), None if ids is None else tuple(ids), stale))
     return Scenario(path, description.strip(), path.parent / rules if rules else None, tuple(steps))

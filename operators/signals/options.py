@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from operators.io.parse import event_attributes
+from operators.io.tracking_plan import loading_plan
 from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.compiler import compile_filter, parse_condition
@@ -32,8 +32,10 @@ RESET_SUFFIX = "@reset"
 
 
 def carried(events: frozenset[str]) -> set[str]:
-    """Every attribute at least one of these event types carries (their schemas' attributes)."""
-    return {a for t in events for a in event_attributes(t)}
+    """Every attribute at least one of these event types carries (their attributes in the tracking plan
+    the rules file is read against)."""
+    plan = loading_plan()
+    return {a for t in events for a in plan.attributes(t)}
 
 
 def check_attribute(where: Where, field: str, attribute: str, events: frozenset[str], text: str | None = None) -> bool:

@@ -1,0 +1,311 @@
+"""The tracking plan (operators/io/tracking_plan.py): a file adds attributes and event types to the
+shipped schemas, without code, and the parser (both paths), `rules check`, `rules test` and `rules explain`
+read the same plan; a bad plan is one line naming the file and the field."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.cli import main
+from operators.infra.config import FlowConfig, ParseConfig, load_config
+from operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
+from operators.records import DeadLetter, Event, SourcePosition
+from operators.rules.loader import check_rules, load_rules
+from operators.rules.scenarios import load_scenario, run_scenario
+from tests.helpers import write_rules
+
+SECRET = b"plan-secret"
+NOW = 1_795_000_000_000
+SRC = SourcePosition("nextclick.web", 0, 1)
+CFG = ParseConfig()
+
+PLAN = '''
+[events.page_view.attributes.referrer_campaign]
+type = "string"
+max_length = 32
+description = "The campaign of the link the visitor came by."
+
+[events.add_to_cart.attributes.size]
+type = "string"
+enum = ["S", "M", "L"]
+
+[events.wishlist_add]
+channel = "web"
+description = "A product was added to the wishlist."
+
+[events.wishlist_add.attributes.sku]
+type = "string"
+min_length = 1
+max_length = 64
+required = true
+
+[events.wishlist_add.attributes.price]
+type = "number"
+minimum = 0
+maximum = 100000
+
+[events.wishlist_add.attributes.quantity]
+type = "integer"
+minimum = 1
+maximum = 99
+'''
+
+RULES = '''
+[signals.wishlisted_7d]
+kind = "count"
+events = ["wishlist_add"]
+window = "7d"
+
+[[rule]]
+id = "campaign_landing_ad"
+on = ["page_view"]
+when = ['trigger.referrer_campaign == "spring"']
+params = { campaign = "trigger.referrer_campaign" }
+action = "show_ad"
+channel = "ads"
+priority = 20
+
+[[rule]]
+id = "wishlist_email"
+on = ["wishlist_add"]
+when = ["trigger.price >= 100", "wishlisted_7d >= 2", 'customer_channel == "web"']
+params = { sku = "trigger.sku" }
+action = "send_email"
+channel = "email"
+priority = 10
+
+[consent]
+ads = "opt_out"
+email = "opt_out"
+'''
+
+SCENARIO = '''
+description = "A landing from the spring campaign gets the ad naming it; the second wishlisted item over 100 the email."
+
+[[step]]
+at = "+0m"
+event = "page_view"
+attrs = { page_type = "home", referrer_campaign = "spring" }
+decisions = [{ rule = "campaign_landing_ad", channel = "ads", params = { campaign = "spring" } }]
+
+[[step]]
+at = "+1m"
+event = "page_view"
+attrs = { page_type = "home", referrer_campaign = "autumn" }
+
+[[step]]
+at = "+2m"
+event = "wishlist_add"
+attrs = { sku = "A-1", price = 150.0 }
+
+[[step]]
+at = "+3m"
+event = "wishlist_add"
+attrs = { sku = "B-2", price = 120.0, quantity = 2 }
+decisions = [{ rule = "wishlist_email", channel = "email", params = { sku = "B-2" }, signals = { wishlisted_7d = 2 } }]
+'''
+
+
+@pytest.fixture()
+def plan_file(tmp_path: Path) -> Path:
+    return write_rules(tmp_path, PLAN, "plan.toml")
+
+
+def parse(body: dict[str, Any], plan: Any = None, key: bytes = b"cookie-1") -> Event | DeadLetter:
+    value = orjson.dumps(body)
+    slow = parse_message_slow(key, value, None, SRC, secret=SECRET, now_ms=NOW, config=CFG, plan=plan)
+    fast = _parse_fast(key, value, None, SRC, SECRET, NOW, CFG, plan=plan)
+    full = parse_message(key, value, None, SRC, secret=SECRET, now_ms=NOW, config=CFG, plan=plan)
+    if fast is not None:  # the fast path, generated from the plan, accepts only what the slow path does
+        assert isinstance(slow, Event) and fast == slow
+    if isinstance(slow, Event):
+        assert full == slow
+    else:
+        assert isinstance(full, DeadLetter) and full.reason == slow.reason
+    return slow
+
+
+def view(**attrs: Any) -> dict[str, Any]:
+    return {"event_id": "e1", "type": "page_view", "ts": NOW - 1000, **attrs}
+
+
+def test_the_parser_keeps_an_attribute_the_plan_adds_on_both_paths(plan_file: Path) -> None:
+    plan = load_plan(plan_file)
+    body = view(page_type="home", referrer_campaign="spring")
+    dropped = parse(body)
+    assert isinstance(dropped, Event) and dropped.attrs == {"page_type": "home"}  # the shipped plan drops it
+    kept = parse(body, plan)
+    assert isinstance(kept, Event) and kept.attrs == {"page_type": "home", "referrer_campaign": "spring"}
+    assert _parse_fast(b"cookie-1", orjson.dumps(body), None, SRC, SECRET, NOW, CFG, plan=plan) == kept
+    too_long = parse(view(referrer_campaign="x" * 33), plan)
+    assert isinstance(too_long, DeadLetter) and too_long.reason == "schema_violation"
+    assert "referrer_campaign" in too_long.message
+    cart = parse({"event_id": "e2", "type": "add_to_cart", "ts": NOW, "sku": "A", "size": "XL"}, plan)
+    assert isinstance(cart, DeadLetter) and cart.reason == "schema_violation"
+
+
+def test_a_new_event_type_is_parsed_with_its_channel_bounds_and_required_fields(plan_file: Path) -> None:
+    plan = load_plan(plan_file)
+    body = {"event_id": "w1", "type": "wishlist_add", "ts": NOW, "sku": "A-1", "price": 12.5, "quantity": 3.0,
+            "email": "someone@example.com"}
+    unknown = parse(body)
+    assert isinstance(unknown, DeadLetter) and unknown.reason == "unknown_type"
+    event = parse(body, plan)
+    assert isinstance(event, Event) and event.channel == "web" and event.id_type == "cookie"
+    assert event.attrs == {"sku": "A-1", "price": 12.5, "quantity": 3} and type(event.attrs["quantity"]) is int
+    for bad in ({"sku": "A-1", "price": -1}, {"sku": "A-1", "quantity": 100}, {"price": 1.0}, {"sku": ""}):
+        refused = parse({"event_id": "w2", "type": "wishlist_add", "ts": NOW, **bad}, plan)
+        assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation", bad
+    assert sorted(plan.types - SHIPPED.types) == ["wishlist_add"]
+
+
+def test_a_rule_reads_a_plan_attribute_through_rules_check_test_and_explain(plan_file: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rules = write_rules(tmp_path, RULES)
+    scenario = write_rules(tmp_path, SCENARIO, "scenario.toml")
+    # without the plan the rules name what no event carries
+    ruleset, errors = check_rules(rules)
+    assert ruleset is None and any("unknown name(s) ['wishlist_add']" in str(e) for e in errors)
+    assert main(["rules", "check", str(rules), "--tracking-plan", str(plan_file)]) == 0
+    assert '"wishlist_add"' in capsys.readouterr().out
+    assert main(["rules", "test", str(rules), str(scenario), "--tracking-plan", str(plan_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(", 0 failed") and "campaign_landing_ad/ads" in out and "wishlist_email/email" in out
+    story = tmp_path / "story.jsonl"
+    story.write_bytes(b"\n".join(orjson.dumps(b) for b in (
+        {"event_id": "p1", "type": "page_view", "ts": NOW, "customer_id": "ana", "referrer_campaign": "spring",
+         "utm_source": "x"},)))
+    assert main(["rules", "explain", str(rules), "--events", str(story), "--json",
+                 "--tracking-plan", str(plan_file)]) == 0
+    entry = orjson.loads(capsys.readouterr().out.splitlines()[0])
+    assert entry["decision"]["params"] == {"campaign": "spring"}
+    assert entry["dropped"] == ["utm_source"]  # the plan's attribute is kept, not listed as dropped
+    # the same in-process, as the flow would load them
+    ruleset = load_rules(rules, plan_file)
+    assert ruleset.plan.source == str(plan_file)
+    assert all(c.ok for c in run_scenario(load_scenario(scenario, ruleset.plan), ruleset))
+
+
+def test_rules_check_refuses_comparisons_a_plan_attribute_can_never_meet(plan_file: Path, tmp_path: Path) -> None:
+    rules = write_rules(tmp_path, '''
+[[rule]]
+id = "r"
+on = ["add_to_cart"]
+when = ['trigger.size == "XXL"']
+action = "a"
+channel = "web"
+''')
+    ruleset, errors = check_rules(rules, plan_file)
+    assert ruleset is None and len(errors) == 1
+    assert "'trigger.size' is one of ['S', 'M', 'L']: 'XXL' never matches" in str(errors[0])
+
+
+@pytest.mark.parametrize(("text", "field", "words"), [
+    ('[events.page_view.attributes.x]\ntype = "strng"\n', "events.page_view.attributes.x.type",
+     "unknown type 'strng'"),
+    ('[events.page_view.attributes.x]\ntype = "number"\nminimum = 5\nmaximum = 1\n',
+     "events.page_view.attributes.x", "a bad bound: minimum 5 is above maximum 1"),
+    ('[events.page_view.attributes.x]\ntype = "string"\nmaximum = 3\n', "events.page_view.attributes.x.maximum",
+     "a bound on numbers"),
+    ('[events.page_view.attributes.x]\ntype = "string"\nmax_length = -1\n',
+     "events.page_view.attributes.x.max_length", "must be an integer >= 0"),
+    ('[events.page_view.attributes.x]\ntype = "number"\nmaximum = 9007199254740993\n',
+     "events.page_view.attributes.x.maximum", "exact as a double"),
+    ('[events.page_view.attributes.loyalty_email]\ntype = "string"\npii = true\n',
+     "events.page_view.attributes.loyalty_email.pii", "personal data cannot be a targeting attribute"),
+    ('[events.page_view.attributes.email]\ntype = "string"\n', "events.page_view.attributes.email",
+     "personal data cannot be a targeting attribute"),
+    ('[events.page_view.attributes.category]\ntype = "string"\n', "events.page_view.attributes.category",
+     "a duplicate: the shipped schema already declares 'category'"),
+    ('[events.page_view.attributes.x]\ntype = "string"\nenum = ["a", "b", "a"]\n',
+     "events.page_view.attributes.x.enum", "a duplicate: 'a' is listed twice"),
+    ('[events.wishlist_add.attributes.customer_id]\ntype = "string"\n[events.wishlist_add]\nchannel = "web"\n',
+     "events.wishlist_add.attributes.customer_id", "a duplicate: the envelope every event carries"),
+    ('[events.page_veiw.attributes.x]\ntype = "string"\n', "events.page_veiw.channel",
+     "is not a shipped event type"),
+    ('[events.wishlist_add]\nchannel = "fax"\n', "events.wishlist_add.channel", "must be one of"),
+    ('[events.purchase]\nchannel = "store"\n', "events.purchase.channel", "its channel cannot change"),
+    ('[events.page_view.attributes.x]\ntype = "string"\nmaxLength = 3\n', "events.page_view.attributes.x.maxLength",
+     "unknown field"),
+    ('[event.page_view]\n', "event", "unknown field"),
+])
+def test_a_bad_plan_is_one_line_naming_the_file_and_the_field(tmp_path: Path, text: str, field: str, words: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    plan = write_rules(tmp_path, text, "plan.toml")
+    with pytest.raises(PlanError) as raised:
+        load_plan(plan)
+    message = str(raised.value)
+    assert message.startswith(f"{plan}: {field}: ") and words in message and "\n" not in message, message
+    rules = write_rules(tmp_path, '[[rule]]\nid = "r"\non = ["page_view"]\naction = "a"\nchannel = "web"\n')
+    assert main(["rules", "check", str(rules), "--tracking-plan", str(plan)]) == 1
+    assert capsys.readouterr().out.strip() == message  # rules check: the same one line
+    with pytest.raises(PlanError):
+        load_rules(rules, plan)  # what the flow does at start
+
+
+def test_a_type_declared_twice_in_the_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    plan = write_rules(tmp_path, '[events.wishlist_add]\nchannel = "web"\n[events.wishlist_add]\nchannel = "web"\n',
+                       "plan.toml")
+    with pytest.raises(PlanError, match=r"plan\.toml: invalid TOML: .*line 3"):
+        load_plan(plan)
+
+
+def test_the_config_key_names_the_plan_and_empty_is_the_shipped_one(tmp_path: Path, plan_file: Path) -> None:
+    assert FlowConfig().tracking_plan == "" and load_plan("") is SHIPPED and load_plan(None) is SHIPPED
+    config = load_config(None, {"NEXTCLICK_FLOW__TRACKING_PLAN": str(plan_file)})
+    assert load_plan(config.flow.tracking_plan).types > SHIPPED.types
+    assert load_rules(Path(__file__).resolve().parents[1] / "operators" / "rules" / "default_rules.toml",
+                      config.flow.tracking_plan).plan.source == str(plan_file)
+
+
+def test_a_plan_costs_the_shipped_parser_nothing(plan_file: Path) -> None:
+    """The default path is untouched (the same spec objects); a plan compiles its own once, at load."""
+    from operators.io import parse as parse_module
+
+    assert SHIPPED.spec_set() is parse_module.default_spec_set()
+    plan = load_plan(plan_file)
+    assert plan.spec_set() is plan.spec_set() and plan.spec_set(250.0) is plan.spec_set(250.0)
+    started = time.perf_counter()
+    body = orjson.dumps(view(page_type="home", referrer_campaign="spring"))
+    for _ in range(2000):
+        assert _parse_fast(b"k", body, None, SRC, SECRET, NOW, CFG, plan=plan) is not None
+    assert time.perf_counter() - started < 2.0
+
+
+WISH = st.fixed_dictionaries({"sku": st.text(min_size=1, max_size=64)}, optional={
+    "price": st.one_of(st.integers(0, 100000), st.floats(0, 100000, allow_nan=False)),
+    "quantity": st.integers(1, 99),
+    "note": st.text(max_size=5),
+    "extra": st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=5), st.none()),
+})
+NEAR = st.fixed_dictionaries({}, optional={
+    "sku": st.one_of(st.text(max_size=70), st.integers(-(2**63), 2**63 - 1), st.none()),
+    "price": st.one_of(st.floats(-10, 2e5), st.integers(-5, 200_001), st.text(max_size=3), st.booleans()),
+    "quantity": st.one_of(st.integers(-1, 101), st.floats(0, 100), st.none()),
+})
+
+
+@functools.cache
+def _wishlist_plan() -> TrackingPlan:
+    path = Path(tempfile.mkdtemp(prefix="plan-")) / "plan.toml"
+    path.write_text(PLAN)
+    return load_plan(path)
+
+
+@settings(max_examples=150, deadline=None)
+@given(attrs=st.one_of(WISH, NEAR), ts=st.one_of(st.just(NOW), st.just("2026-11-18T11:00:00Z")))
+def test_both_parser_paths_agree_on_a_plans_new_type(attrs: dict[str, Any], ts: Any) -> None:
+    plan = _wishlist_plan()
+    result = parse({"event_id": "w", "type": "wishlist_add", "ts": ts, **attrs}, plan)
+    if isinstance(result, Event):
+        assert set(result.attrs) <= {"sku", "price", "quantity"}
