@@ -1,0 +1,90 @@
+"""What the parts of a shard (operators/state/shard_state.py) share: the items and outputs, the engine
+steps they call, the replay log's entries, and how a batch's outcome becomes outputs and metrics.
+
+Kept apart so the cache, the timer runner, the merge barrier and quarantine need nothing of each
+other's modules but the classes they are handed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from operators.identity.addressing import address
+from operators.infra import metrics
+from operators.profile.model import Profile
+from operators.records import (
+    DeadLetter,
+    Decision,
+    EraseRequest,
+    Event,
+    Frontier,
+    MergeExpect,
+    MoveIn,
+    MoveOut,
+    Outcome,
+    SavepointRequest,
+)
+from operators.rules.model import RuleSet
+
+ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier
+ShardOutput = Decision | DeadLetter | MoveIn
+
+# Every part logs as the shard always has: operators filter the shard's records by this one name.
+log = logging.getLogger("operators.state.shard_state")
+
+
+class EngineSteps(Protocol):
+    """The engine's two steps (operators/engine.py satisfies this): handed to the parts so that one
+    place (ShardState) decides which functions they call, e.g. a test's faulty replacement."""
+
+    def on_event(self, profile: Profile, event: Event, ruleset: RuleSet,
+                 out: Outcome | None = None) -> Outcome: ...
+
+    def on_timers(self, profile: Profile, ruleset: RuleSet, now_ms: int,
+                  out: Outcome | None = None) -> Outcome: ...
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A merge applied to a profile (kept with the events applied since it was written, so that a
+    failed event can be undone exactly): the moved profiles' bytes and the identifiers recorded."""
+
+    blobs: tuple[bytes, ...]
+    ids: dict[str, list[str]]
+
+
+# One entry of a profile's replay log: an event, the frontier of a timer turn, or a merge.
+Applied = Event | int | Merge
+
+
+def note_ids(profile: Profile, event: Event) -> None:
+    """A profile of one identifier learns which type it is keyed by, from its first event that says."""
+    if not profile.ids and event.id_type is not None:
+        profile.ids = {event.id_type: [profile.customer]}
+
+
+def account(outcome: Outcome, out: list[ShardOutput], profiles: dict[str, Profile]) -> None:
+    """A batch's or a turn's outcome: its decisions (addressed) into `out`, the rest into metrics."""
+    for decision in outcome.decisions:
+        profile = profiles.get(decision.customer)
+        out.append(address(decision, profile.ids if profile is not None else None))
+    if outcome.blocked:
+        blocked: Counter[tuple[str, str]] = Counter((b.rule_id, b.reason) for b in outcome.blocked)
+        for (rule, reason), n in blocked.items():
+            metrics.BLOCKED.labels(rule, reason).inc(n)
+    if outcome.duplicates:
+        metrics.DUPLICATES.inc(outcome.duplicates)
+    if outcome.lates:
+        metrics.LATE.inc(outcome.lates)
+    if outcome.absences:
+        metrics.ABSENCES.inc(outcome.absences)
+
+
+def undo_outcome(outcome: Outcome, decisions: int, blocked: int, absences: int) -> None:
+    """Forget what a failed turn added to the batch's outcome (it is as if it never ran)."""
+    del outcome.decisions[decisions:]
+    del outcome.blocked[blocked:]
+    outcome.absences = absences
