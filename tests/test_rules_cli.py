@@ -61,6 +61,27 @@ def test_the_rules_v3_cookbook_campaigns_pass_their_scenarios_through_the_cli():
         assert words in done.stdout, words
 
 
+def test_the_tracking_plan_campaign_passes_its_scenarios_through_the_cli_with_its_plan():
+    plan = COOKBOOK / "plan"
+    scenarios = sorted(str(p.relative_to(REPO)) for p in (plan / "scenarios").glob("*.toml"))
+    assert len(scenarios) >= 2
+    done = nextclick("rules", "test", "docs/cookbook/plan/rules.toml", *scenarios,
+                     "--tracking-plan", "docs/cookbook/plan/plan.toml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().endswith(", 0 failed")
+    for words in ("spring_landing_ad/ads", "wishlist_email/email"):
+        assert words in done.stdout, words
+    # without the plan, the rules name a type and attributes no shipped schema declares
+    refused = nextclick("rules", "check", "docs/cookbook/plan/rules.toml")
+    assert refused.returncode == 1 and "unknown name(s) ['wishlist_add']" in refused.stdout
+    # the plan shown in docs/rules.md is the plan tested
+    import tomllib
+
+    doc = RULES_DOC.read_text()
+    section = doc[doc.index("### The tracking plan"):]
+    assert tomllib.loads(_toml_blocks(section)[0]) == tomllib.loads((plan / "plan.toml").read_text())
+
+
 def test_the_shipped_rules_pass_the_projects_scenarios_through_the_cli(capsys):
     scenarios = [str(p) for p in sorted((REPO / "tests" / "scenarios").glob("*.toml"))]
     assert main(["rules", "test", str(DEFAULT_RULES_PATH), *scenarios]) == 0
