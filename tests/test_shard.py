@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 from operators.engine import PRUNE_GRANULE_MS
@@ -9,7 +11,7 @@ from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
 from operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
 from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext, read_profile
+from operators.state.shard_state import ShardContext, ShardState, read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 
@@ -223,3 +225,20 @@ def test_a_crash_after_timer_turns_of_stored_profiles_restores_them_exactly(tmp_
     again, _ = shard.on_notify()  # the replayed epoch makes the same decisions
     assert sorted((d.customer, d.rule_id) for d in again) == sorted((d.customer, d.rule_id) for d in first)
     shard.store.close()
+
+
+def test_a_dropped_shard_closes_its_store_without_the_collector(tmp_path: Path) -> None:
+    """ShardState's parts hold references one way only: when the flow drops a shard, reference counting
+    frees it and its RocksDB lock at once (a restart in the same process opens the same directory)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0))
+    state = ShardState.open(ctx, 0, None)
+    state.apply([make_event("page_view", T0, customer="c1")])
+    seq = state.checkpoint()
+    store = weakref.ref(state.store)
+    gc.disable()
+    try:
+        del state
+        assert store() is None
+        ShardState.open(ctx, 0, seq).close()
+    finally:
+        gc.enable()
