@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from operators.profile.facts import ATTRIBUTES
-from operators.rules.loader import load_rules
+from operators.rules.loader import check_rules, load_rules
 from tests.helpers import HOUR, MIN, T0, Customer, consent, fired, write_rules
 
 MAIL = '''
@@ -143,3 +145,36 @@ def test_the_shipped_rules_keep_their_buckets_so_their_decisions_do_not_change()
     buckets = {s.name: s.window.bucket_ms for s in default_rules().signals if hasattr(s, "window")}
     assert buckets == {"page_views_30m": MIN, "page_views_2h": 4 * MIN, "cart_value_1h": 2 * MIN,
                        "categories_1h": 2 * MIN}
+
+
+BASE_RULE = '[[rule]]\nid = "r"\non = ["page_view"]\naction = "a"\nchannel = "web"\n'
+UNKNOWN_KEYS = {
+    "count": '[signals.s]\nkind = "count"\nevents = ["page_view"]\nwindow = "1h"\nbogus = 1\n',
+    "sum": '[signals.s]\nkind = "sum"\nevents = ["add_to_cart"]\nfield = "amount"\nwindow = "1h"\nbogus = 1\n',
+    "distinct": '[signals.s]\nkind = "distinct"\nevents = ["page_view"]\nfield = "category"\nwindow = "1h"\n'
+                'bogus = 1\n',
+    "last": '[signals.s]\nkind = "last"\nevents = ["page_view"]\nwindow = "1h"\nbogus = 1\n',
+    "absence": '[signals.s]\nkind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]\nafter = "1h"\n'
+               'bogus = 1\n',
+    "session": '[signals.s]\nkind = "session"\nbogus = 1\n',
+    "unmatched": '[signals.s]\nkind = "unmatched"\nevents = ["email_open"]\nmatched_by = ["email_click"]\n'
+                 'by = "campaign_id"\nwindow = "1d"\nbogus = 1\n',
+    "grouped": '[signals.s]\nkind = "count"\nevents = ["page_view"]\nby = "category"\nwindow = "1h"\nbogus = 3\n',
+    "rule": BASE_RULE + "bogus = 1\n",
+    "late": "[late]\nbogus = 1\n",
+    "dedupe": "[dedupe]\nbogus = 1\n",
+    "caps": "[caps]\nbogus = 1\n",
+    "cap": '[caps]\nemail = { limit = 1, window = "1h", bogus = 1 }\n',
+    "consent": '[consent]\nbogus = "opt_in"\n',
+    "suppression": "[suppression]\nbogus = 1\n",
+    "scope": '[[suppression.scope]]\nafter_complaint = "1d"\nbogus = 1\n',
+    "addresses": '[addresses]\nbogus = ["email"]\n',
+    "top level": "bogus = 1\n",
+}
+
+
+@pytest.mark.parametrize("table", sorted(UNKNOWN_KEYS))
+def test_an_unknown_key_anywhere_in_a_rules_file_is_refused_by_name(tmp_path: Path, table: str) -> None:
+    text = UNKNOWN_KEYS[table]
+    ruleset, errors = check_rules(write_rules(tmp_path, text if table == "rule" else BASE_RULE + "\n" + text))
+    assert ruleset is None and any("bogus" in str(e) for e in errors), errors
