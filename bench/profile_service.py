@@ -1,6 +1,12 @@
 """Profile service lookups: p50/p99 at a fixed request rate over an index of N profiles, and the index's disk.
 
     python -m bench.profile_service --profiles 1000000 --rate 1000 --seconds 20
+    python -m bench.profile_service --staleness 40 [--epoch-seconds 2]
+
+`--staleness N`: end to end instead, on the embedded broker: the real flow (its default 2 s epochs) and
+`nextclick serve` (a child process) running, N orders of new customers produced about 1.1 s apart (so
+they fall at every phase of an epoch), each timed from the producer's acknowledgement to the service's
+first 200 for it (polled every 5 ms); the bound is one epoch plus a second.
 
 Builds the service's index (operators/io/view_index.py) from synthetic view records (three identifiers
 each, a record of the size the engine-equivalence workload gives), then runs the HTTP app
@@ -138,7 +144,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=18088)
     parser.add_argument("--index", help="keep the index here and reuse it if it is there (a build of 1M takes minutes)")
+    parser.add_argument("--staleness", type=int, default=0, metavar="N",
+                        help="measure staleness end to end over N events instead (embedded broker, flow, service)")
+    parser.add_argument("--epoch-seconds", type=float, default=2.0, help="the flow's epoch for --staleness")
     args = parser.parse_args()
+    if args.staleness:
+        print(orjson.dumps({"staleness": staleness(args.staleness, args.epoch_seconds), "cpus": os.cpu_count(),
+                            "load_average": os.getloadavg()}).decode(), flush=True)
+        return
     root = Path(tempfile.mkdtemp(prefix="nextclick-serve-bench-"))
     index = Path(args.index) if args.index else root / "index"
     try:
@@ -156,6 +169,115 @@ def main() -> None:
         print(orjson.dumps({"lookups": result, "cpus": os.cpu_count(), "load_average": os.getloadavg()}).decode(),
               flush=True)
     finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def staleness(events: int, epoch_s: float) -> dict[str, Any]:
+    """Seconds from an order's acknowledgement by the broker to the service answering 200 for its customer."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import urllib.error
+    import urllib.request
+    from datetime import timedelta
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import run_main
+    from confluent_kafka import Producer
+
+    from flows.local_broker import LocalBroker
+    from flows.targeting import build_flow
+    from operators.infra.clock import SystemClock
+    from operators.infra.config import Config
+    from operators.io.kafka import ensure_topics
+
+    root = Path(tempfile.mkdtemp(prefix="nextclick-staleness-"))
+    broker = LocalBroker().start()
+    kafka = {"bootstrap.servers": broker.bootstrap}
+    names = {"inputs": ("bench.web",), "decisions": "bench.decisions", "dead_letter": "bench.dlq",
+             "control": "bench.control", "profiles": "bench.profiles"}
+    service: subprocess.Popen[bytes] | None = None
+    stop = threading.Event()
+    flow_thread: threading.Thread | None = None
+    try:
+        ensure_topics(kafka, {"bench.web": 2, "bench.decisions": 2, "bench.dlq": 1, "bench.control": 1,
+                              "bench.profiles": 2})
+        recovery = root / "recovery"
+        recovery.mkdir()
+        init_db_dir(recovery, 1)
+        config = Config().replace(kafka=kafka, topics=names, privacy={"secret": SECRET.decode()},
+                                  state={"dir": str(root / "state"), "recovery_dir": str(recovery), "shards": 2},
+                                  flow={"epoch_seconds": epoch_s})
+        flow = build_flow(config, clock=SystemClock(), stop=stop)
+        flow_thread = threading.Thread(target=lambda: run_main(flow, epoch_interval=timedelta(seconds=epoch_s),
+                                                               recovery_config=RecoveryConfig(str(recovery))),
+                                       daemon=True)
+        flow_thread.start()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        (root / "tokens").write_text(TOKEN + "\n")
+        (root / "serve.toml").write_text(f"""[kafka]
+"bootstrap.servers" = "{broker.bootstrap}"
+[topics]
+profiles = "bench.profiles"
+[privacy]
+secret = "{SECRET.decode()}"
+[serve]
+address = "127.0.0.1:{port}"
+token_file = "{root / 'tokens'}"
+store_dir = "{root / 'serve'}"
+rate_limit = 0
+""")
+        with (root / "serve.log").open("ab") as log:
+            service = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config",
+                                        str(root / "serve.toml")], stdout=log, stderr=log)
+        base = f"http://127.0.0.1:{port}"
+
+        def status(path: str) -> int:
+            request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {TOKEN}"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return int(response.status)
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except (urllib.error.URLError, ConnectionError):
+                return 0
+
+        producer = Producer({**kafka, "linger.ms": 0})
+        measured = []
+        for n in range(-1, events):  # -1: a warm-up (the flow's and the service's first epoch), not counted
+            customer = f"stale-{n}"
+            producer.produce("bench.web", orjson.dumps({
+                "event_id": f"s{n}", "type": "purchase", "ts": time.time_ns() // 1_000_000, "customer_id": customer,
+                "order_id": f"o{n}", "amount": 10.0}), customer.encode())
+            if producer.flush(10):
+                raise TimeoutError("the broker did not acknowledge an order")
+            sent = time.monotonic()
+            deadline = sent + (120 if n < 0 else 30)
+            while status(f"/v1/profiles/customer/{customer}") != 200:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{customer} never reached the service (see {root / 'serve.log'})")
+                time.sleep(0.005)
+            if n >= 0:
+                measured.append(time.monotonic() - sent)
+            time.sleep(1.1 - (time.monotonic() - sent) % 1.1)
+        del producer  # closed before the broker stops
+        measured.sort()
+        return {"events": events, "epoch_seconds": epoch_s, "bound_seconds": epoch_s + 1.0,
+                "p50_s": round(statistics.median(measured), 3),
+                "p99_s": round(measured[min(len(measured) - 1, int(len(measured) * 0.99))], 3),
+                "max_s": round(measured[-1], 3), "min_s": round(measured[0], 3),
+                "within_bound": sum(1 for m in measured if m <= epoch_s + 1.0) / len(measured)}
+    finally:
+        if service is not None:
+            service.terminate()
+            service.wait(15)
+        stop.set()
+        if flow_thread is not None:
+            flow_thread.join(60)
+        broker.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -180,7 +302,7 @@ async def server_side(port: int) -> dict[str, Any]:
             text = await response.text()
     buckets: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("nextclick_serve_request_seconds_bucket") and "/v1/profiles/" in line:
+        if line.startswith("nextclick_serve_request_seconds_bucket") and 'route="/v1/profiles/{id_type}/{id}"' in line:
             bound = line.split('le="')[1].split('"')[0]
             buckets[bound] = float(line.rsplit(" ", 1)[1])
     total = buckets.get("+Inf", 0.0) or 1.0
