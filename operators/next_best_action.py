@@ -74,7 +74,8 @@ def interaction(ruleset: RuleSet, channel: str, event_type: str | None = None) -
         raise NextBestActionError(f"event must be an event type on channel {channel!r} "
                                   f"(one of {_types_on(channel)}), got {event_type!r}")
     if event_type not in ruleset.by_trigger:
-        raise NextBestActionError(f"no rule in {ruleset.source} is on {event_type}, the interaction on "
+        # The rules file's name stays out: the message goes to an HTTP client.
+        raise NextBestActionError(f"no rule in the rules file is on {event_type}, the interaction on "
                                   f"{channel}: nothing to judge")
     return event_type
 

@@ -153,7 +153,7 @@ priority = 1
 cooldown = "1h"
 expiry = "1h"
 """))
-    with pytest.raises(NextBestActionError, match="no rule in .* is on call_center_contact"):
+    with pytest.raises(NextBestActionError, match="no rule in the rules file is on call_center_contact"):
         judge(record, only_web, "call_center", {}, NOW)
     # A store purchase named explicitly is judged (the cross-sell fires on its amount).
     answer = judge(record, rules, "store", {"amount": "45.5", "order_id": "s1"}, NOW, event_type="store_purchase")
