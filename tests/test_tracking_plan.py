@@ -20,7 +20,7 @@ from operators.infra.config import FlowConfig, ParseConfig, load_config
 from operators.io.parse import _parse_fast, parse_message, parse_message_slow
 from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
 from operators.records import DeadLetter, Event, SourcePosition
-from operators.rules.loader import check_rules, load_rules
+from operators.rules.loader import check_rules, load_configured_rules, load_rules
 from operators.rules.scenarios import load_scenario, run_scenario
 from tests.helpers import write_rules
 
@@ -266,6 +266,10 @@ def test_the_config_key_names_the_plan_and_empty_is_the_shipped_one(tmp_path: Pa
     assert load_plan(config.flow.tracking_plan).types > SHIPPED.types
     assert load_rules(Path(__file__).resolve().parents[1] / "operators" / "rules" / "default_rules.toml",
                       config.flow.tracking_plan).plan.source == str(plan_file)
+    assert load_configured_rules(config).plan.source == str(plan_file)  # what a command that runs the rules loads
+    bad = write_rules(tmp_path, '[events.page_view.attributes.email]\ntype = "string"\n', "bad.toml")
+    with pytest.raises(PlanError, match="bad.toml: events.page_view.attributes.email: personal data"):
+        load_configured_rules(load_config(None, {"NEXTCLICK_FLOW__TRACKING_PLAN": str(bad)}))
 
 
 def test_a_plan_costs_the_shipped_parser_nothing(plan_file: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.identity.pseudonyms import ID_TYPES
-from operators.infra.config import read_toml
+from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
 from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from operators.profile.facts import consent_keys
 from operators.rules.compiler import (
@@ -44,7 +44,7 @@ from operators.rules.model import (
 from operators.signals.base import Signal
 from operators.signals.registry import load_signal
 
-__all__ = ["EVENT_TYPES", "check_rules", "load_rules", "parse_condition"]
+__all__ = ["EVENT_TYPES", "check_rules", "load_configured_rules", "load_rules", "parse_condition"]
 
 EVENT_TYPES = frozenset(EVENT_CHANNELS)
 _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "cooldown", "expiry", "purpose",
@@ -465,6 +465,12 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
         for name in sorted(set().union(*(r.on for r in rules)))
     })
     return ruleset, []
+
+
+def load_configured_rules(config: Config) -> RuleSet:
+    """The rules file and tracking plan a configuration names (`flow.rules_file`, `flow.tracking_plan`):
+    what every command that runs or reads the rules as the flow does should load, so that they agree."""
+    return load_rules(config.flow.rules_file or DEFAULT_RULES_FILE, config.flow.tracking_plan)
 
 
 def load_rules(path: str | Path, tracking_plan: PlanLike = None) -> RuleSet:
