@@ -430,7 +430,9 @@ def test_a_failure_inside_the_dataflow_is_its_root_cause_without_a_rust_backtrac
     run_to_end(setup)
     lock = setup.state_dir / "shard-0001" / "LOCK"
     message = run_failing(setup, *read_only_prefix(lock))
-    assert message.startswith("IO error: ") and str(lock) in message and message.endswith("(state.dir)")
+    # The store's own error (a NextclickError) is the line, with RocksDB's cause and the setting to check.
+    assert message.startswith("cannot open shard store ") and "IO error: " in message
+    assert str(lock) in message and message.endswith("(state.dir)")
 
 
 def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup, tmp_path: Path) -> None:
