@@ -105,8 +105,9 @@ def test_kustomization_lists_every_manifest_and_no_secret_is_committed() -> None
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert {f for g in KUSTOMIZATION["configMapGenerator"] for f in g["files"]} == {p.name for p in K8S.glob("*.toml")}
     kinds = sorted(doc["kind"] for _, doc in resources())
-    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "PersistentVolumeClaim", "PodDisruptionBudget",
-                     "PodMonitor", "PrometheusRule", "Service", "Service", "StatefulSet"]
+    # Two NetworkPolicies: the flow's (networkpolicy.yaml) and the profile service's (profile-service.yaml).
+    assert kinds == ["ConfigMap", "Deployment", "Job", "NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim",
+                     "PodDisruptionBudget", "PodMonitor", "PrometheusRule", "Service", "Service", "StatefulSet"]
     for path in (REPO / "deploy").rglob("*.y*ml"):
         for doc in yaml.safe_load_all(path.read_text()):
             assert not (doc and doc.get("kind") == "Secret"), f"{path} commits a Secret"

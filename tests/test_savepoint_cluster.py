@@ -241,7 +241,10 @@ def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: P
     from operators.state.savepoint import create_offline
 
     config = _deployment(tmp_path / "pod-1", str(tmp_path / "shared"))
-    check_start(config, init_recovery=lambda d: prepare_recovery(d, (1,), 2, check=False))
+    def init_recovery(directory: Path) -> None:
+        prepare_recovery(directory, (1,), 2, check=False)
+
+    check_start(config, init_recovery=init_recovery)
     dest = tmp_path / "shared" / "offline"
     with pytest.raises(SavepointError, match=r"holds only some of the cluster's recovery partitions .* take "
                                              r"it with `nextclick savepoint create <state.savepoint_dir>/<name> "
