@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import orjson
 
 from operators.identity.pseudonyms import ID_TYPES
-from operators.infra.config import DEFAULT_RULES_FILE, Config, load_config
+from operators.infra.config import Config, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from operators.infra.logs import configure_logging
     from operators.infra.runtime import tune_gc
     from operators.io.kafka import redacted, wait_for_broker
-    from operators.rules.loader import load_rules
+    from operators.rules.loader import load_configured_rules
     from operators.state.manifest import check_start, reset_state
     from operators.state.savepoint import (
         Generations,
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     config = _config(args)
     config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
-    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rule file fails fast too
+    ruleset = load_configured_rules(config)  # a bad rules file or tracking plan fails fast too
     load_identity_rules(config.identity.file or None)  # and so does a bad identity rules file
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
@@ -215,9 +215,9 @@ def _derived(stored: dict[str, Any], config: Config, at: str | None) -> dict[str
     from operators.infra.clock import SystemClock
     from operators.profile.model import Profile
     from operators.rules.explain import attributes_at, rfc3339
-    from operators.rules.loader import load_rules
+    from operators.rules.loader import load_configured_rules
 
-    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    ruleset = load_configured_rules(config)
     at_ms = SystemClock().now_ms() if at is None else _time_ms(at)
     profile = msgspec.convert(stored, Profile)
     return {"at": rfc3339(at_ms), "rules_file": ruleset.source, "attributes": attributes_at(profile, ruleset, at_ms)}
@@ -664,6 +664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): nothing left to say to it. Quietly, with the status a
+        # shell gives a process stopped by SIGPIPE; stdout goes to /dev/null so the exit flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except SystemExit:
         raise
     except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract

@@ -31,7 +31,7 @@ from operators.identity.guards import load_identity_rules
 from operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from operators.infra import metrics
 from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, progress_topic
+from operators.infra.config import Config, progress_topic
 from operators.io.alignment import Alignment
 from operators.io.control import parse_control
 from operators.io.deadletter import dead_letter_record
@@ -53,7 +53,7 @@ from operators.records import (
     SavepointRequest,
     SourcePosition,
 )
-from operators.rules.loader import load_rules
+from operators.rules.loader import load_configured_rules
 from operators.rules.model import RuleSet
 from operators.state.layout import profile_families
 from operators.state.manifest import StartPlan, check_start
@@ -113,7 +113,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     """
     decisions_out = decision_sink(config, sink)  # first: a wrong value is refused before anything is opened
     clock = clock or SystemClock()
-    ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    ruleset = ruleset or load_configured_rules(config)  # flow.rules_file and flow.tracking_plan
+    tracking_plan = ruleset.plan
     identity_rules = load_identity_rules(config.identity.file or None)
     secret = config.privacy.resolve_secret()
     plan = plan if plan is not None else check_start(config, flow_name=name)
@@ -139,7 +140,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 out.append((IDENTITY_KEY, m))
                 continue
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
-                                 secret=secret, now_ms=now, config=parse_config, guards=identity_rules)
+                                 secret=secret, now_ms=now, config=parse_config, guards=identity_rules,
+                                 plan=tracking_plan)
             out.append((IDENTITY_KEY, item) if isinstance(item, Event) else item)
         return out
 

@@ -313,3 +313,16 @@ def test_both_parser_paths_agree_on_a_plans_new_type(attrs: dict[str, Any], ts: 
     result = parse({"event_id": "w", "type": "wishlist_add", "ts": ts, **attrs}, plan)
     if isinstance(result, Event):
         assert set(result.attrs) <= {"sku", "price", "quantity"}
+
+
+def test_nextclick_run_refuses_a_bad_plan_before_it_touches_kafka(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The flow reads the plan the config names (flows/targeting.py): a bad one stops `run` at start."""
+    bad = tmp_path / "plan.toml"
+    bad.write_text('[events.page_view.attributes.email]\ntype = "string"\npii = true\n')
+    config = tmp_path / "nextclick.toml"
+    config.write_text(f'[flow]\ntracking_plan = "{bad}"\n[privacy]\nsecret = "{"s" * 32}"\n'
+                      f'[kafka]\n"bootstrap.servers" = "127.0.0.1:9"\n')
+    assert main(["run", "--config", str(config), "--broker-timeout", "1"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("nextclick: error: ") and str(bad) in line and "Connection" not in line

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from operators.identity.graph import IdentityGraph
-from operators.infra.config import DEFAULT_RULES_FILE, Config
-from operators.rules.loader import load_rules
+from operators.infra.config import Config
+from operators.rules.loader import load_configured_rules
 from operators.state.keys import shard_of
 from operators.state.layout import IDENTITY, has_store
 from operators.state.manifest import identity_rules, state_families
@@ -40,7 +40,7 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
         with _open(graph_dir, config) as store:
             members = IdentityGraph(store, identity_rules(config), 16).erase(customer)
             store.purge()
-    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    ruleset = load_configured_rules(config)
     existed = False
     touched: list[str] = []
     own_shard = families[0].path(state_dir, shard_of(customer, shards))
