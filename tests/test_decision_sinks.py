@@ -141,3 +141,15 @@ def test_the_file_sink_holds_the_decisions_the_kafka_sink_sends(kafka: dict[str,
     assert written == sent
     assert sorted(r["value"]["reasons"]["rule_id"] for r in written) == [
         "call_center_follow_up", "post_purchase_cross_sell", "post_purchase_cross_sell"]
+
+
+def test_the_sink_is_chosen_in_the_config_file_and_the_environment(tmp_path: Path) -> None:
+    from operators.infra.config import load_config
+
+    toml = tmp_path / "nextclick.toml"
+    toml.write_text(f'[flow]\ndecision_sink = "file:{tmp_path / "d.jsonl"}"\n')
+    assert configured(load_config(toml, environ={})) == f"file:{tmp_path / 'd.jsonl'}"
+    assert configured(load_config(toml, environ={"NEXTCLICK_FLOW__DECISION_SINK": "kafka"})) == "kafka"
+    assert configured(load_config(None, environ={})) == "kafka"
+    with pytest.raises(ConfigError, match="decision_sink"):
+        decision_sink(load_config(None, environ={"NEXTCLICK_FLOW__DECISION_SINK": "webhook"}))

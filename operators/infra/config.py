@@ -156,6 +156,9 @@ class FlowConfig:
     # The tracking plan (operators/io/tracking_plan.py): a TOML file adding event types and attributes to
     # the shipped schemas (schemas/events), read by the parser and the rules; "": the shipped schemas.
     tracking_plan: str = ""
+    # Where decisions go (operators/io/sink_registry.py): "kafka" (topics.decisions and its channel
+    # topics) or "file:<path>" (JSON lines, for local debugging); docs/architecture.md, "Adding a sink".
+    decision_sink: str = "kafka"
     # Kafka consumer group used only for offset commits that monitoring tools read.
     group_id: str = "nextclick"
     # Stop at the end of the input topics instead of tailing them (tests, backfills).

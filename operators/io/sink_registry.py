@@ -24,7 +24,7 @@ DECISION_SINKS: dict[str, DecisionSink] = {
 
 def configured(config: Config) -> str:
     """The configured sink; a configuration without the setting keeps the default."""
-    return str(getattr(config.flow, "decision_sink", DEFAULT))
+    return config.flow.decision_sink or DEFAULT
 
 
 def decision_sink(config: Config, spec: str | None = None, on_fatal: OnFatal = exit_process) -> Sink[DecisionItem]:
