@@ -272,3 +272,12 @@ def test_the_walkthrough_works_as_written(tmp_path, capsys):
     assert main(["rules", "test", str(rules), str(scenario)]) == 0, capsys.readouterr().out
     assert "PASS discovery.toml step 5 (+28m clock): decisions = discovery_push/push/browse_abandoned" in \
         capsys.readouterr().out
+
+
+def test_a_reader_that_goes_away_gets_no_error_line() -> None:
+    """`nextclick rules test ... --verbose | head -1`: no "[Errno 32] Broken pipe" on stderr."""
+    done = subprocess.run(
+        f"{sys.executable} -m flows.cli rules test {REPO}/docs/cookbook/v3/rules.toml "
+        f"{REPO}/docs/cookbook/v3/scenarios/*.toml --verbose | head -c 10 >/dev/null",
+        shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Broken pipe" not in done.stderr and "error" not in done.stderr, done.stderr
