@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.identity.pseudonyms import ID_TYPES
+from operators.channels import ID_TYPES
 from operators.infra.config import Config, load_config
 
 

@@ -35,8 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from operators.channels import CHANNELS
-from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.channels import CHANNELS, ID_TYPES
+from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import Clock, SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
 from operators.io.kafka import client_config

@@ -31,6 +31,10 @@ EVENT_CHANNELS: dict[str, str] = {
 # Event types that count as a purchase for the durable facts and the purchase suppressions.
 PURCHASE_TYPES = frozenset({"purchase", "app_purchase", "store_purchase"})
 
+# The identifier types an event can name (the payload's `id_type`); a customer key is the keyed hash
+# of one (operators/identity/pseudonyms.py).
+ID_TYPES = frozenset({"customer", "cookie", "device", "email", "phone"})
+
 # Channels a decision can be sent on (a rule's `channel`, caps and consent policy per channel).
 DECISION_CHANNELS = ("email", "ads", "sms", "push", "web", "call_center")
 

@@ -15,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators.channels import ID_TYPES
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
 from operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
 from operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
-from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.identity.pseudonyms import pseudonymize
 from operators.identity.stage import IdentityContext, IdentityLogic
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ParseConfig

@@ -26,8 +26,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from operators.channels import ID_TYPES
 from operators.errors import NextclickError
-from operators.identity.pseudonyms import ID_TYPES, pseudonymize_cached
+from operators.identity.pseudonyms import pseudonymize_cached
 from operators.infra.config import read_toml
 
 DEFAULT_IDENTITY_FILE = str(files("operators.identity").joinpath("default_identity.toml"))

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.identity.pseudonyms import ID_TYPES, pseudonymize
+from operators.channels import ID_TYPES
+from operators.identity.pseudonyms import pseudonymize
 from operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")

@@ -15,9 +15,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS
+from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
-from operators.identity.pseudonyms import ID_TYPES
 from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
 from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from operators.profile.facts import consent_keys
