@@ -345,7 +345,7 @@ INSTALLED = """
 import importlib.util, json, sys
 import flows, operators, schemas
 from operators.infra.config import DEFAULT_RULES_FILE, load_config
-from operators.io.parse import SPECS
+from operators.events.schemas import SPECS
 from operators.rules.loader import load_rules
 assert importlib.util.find_spec("bench") is None, "bench is in the runtime install"
 assert importlib.util.find_spec("tests") is None, "tests are in the runtime install"

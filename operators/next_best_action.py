@@ -36,8 +36,9 @@ from typing import Any
 import orjson
 
 from operators.channels import CHANNELS, EVENT_CHANNELS
+from operators.events.schemas import ATTRS_KEYWORD, load_schema
 from operators.infra.config import ParseConfig
-from operators.io.parse import ATTRS_KEYWORD, load_schema, parse_message
+from operators.io.parse import parse_message
 from operators.profile.facts import DAY_MS, apply_facts
 from operators.profile.model import Facts, History, Order, Profile
 from operators.records import DeadLetter, Outcome, SourcePosition, Trigger

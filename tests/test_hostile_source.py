@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from operators.events.schemas import TS_MAX, TS_MIN
 from operators.identity.guards import default_identity_rules
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import ParseConfig
@@ -39,7 +40,7 @@ from operators.io.deadletter import (
     TOPIC_HEADER,
     dead_letter_record,
 )
-from operators.io.parse import JSON_MAX_DEPTH, TS_MAX, TS_MIN, parse_message
+from operators.io.parse import JSON_MAX_DEPTH, parse_message
 from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, Event, SourcePosition
 from operators.rules.arbitration import decision_id

@@ -18,20 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.channels import EVENT_CHANNELS
+from operators.events.schemas import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, _fast_type, load_schema
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import ParseConfig
 from operators.io.deadletter import REASONS, TS_SKEW_HEADER, dead_letter_headers
 from operators.io.jsonkeys import duplicate_key
-from operators.io.parse import (
-    ATTRS_KEYWORD,
-    SCHEMA_DIR,
-    SPECS,
-    _fast_type,
-    _parse_fast,
-    load_schema,
-    parse_message,
-    parse_message_slow,
-)
+from operators.io.parse import _parse_fast, parse_message, parse_message_slow
 from operators.records import DeadLetter, Event, SourcePosition
 
 SECRET = b"test-secret"

@@ -11,8 +11,8 @@ import jsonschema
 import orjson
 import pytest
 
+from operators.events.schemas import event_attributes
 from operators.io.decisions import decision_body, encode_decision
-from operators.io.parse import event_attributes
 from operators.rules.explain import explain, render
 from operators.rules.fields import RulesError
 from operators.rules.loader import check_rules, load_rules

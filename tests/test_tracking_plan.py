@@ -1,4 +1,4 @@
-"""The tracking plan (operators/io/tracking_plan.py): a file adds attributes and event types to the
+"""The tracking plan (operators/events/tracking_plan.py): a file adds attributes and event types to the
 shipped schemas, without code, and the parser (both paths), `rules check`, `rules test` and `rules explain`
 read the same plan; a bad plan is one line naming the file and the field."""
 
@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.cli import main
+from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
 from operators.infra.config import FlowConfig, ParseConfig, load_config
 from operators.io.parse import _parse_fast, parse_message, parse_message_slow
-from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
 from operators.records import DeadLetter, Event, SourcePosition
 from operators.rules.loader import check_rules, load_configured_rules, load_rules
 from operators.rules.scenarios import load_scenario, run_scenario
@@ -274,9 +274,9 @@ def test_the_config_key_names_the_plan_and_empty_is_the_shipped_one(tmp_path: Pa
 
 def test_a_plan_costs_the_shipped_parser_nothing(plan_file: Path) -> None:
     """The default path is untouched (the same spec objects); a plan compiles its own once, at load."""
-    from operators.io import parse as parse_module
+    from operators.events import schemas
 
-    assert SHIPPED.spec_set() is parse_module.default_spec_set()
+    assert SHIPPED.spec_set() is schemas.default_spec_set()
     plan = load_plan(plan_file)
     assert plan.spec_set() is plan.spec_set() and plan.spec_set(250.0) is plan.spec_set(250.0)
     started = time.perf_counter()

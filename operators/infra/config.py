@@ -153,8 +153,8 @@ class FlowConfig:
     # Seconds per Bytewax epoch: how often state is checkpointed and input offsets recorded.
     epoch_seconds: float = 2.0
     rules_file: str = DEFAULT_RULES_FILE
-    # The tracking plan (operators/io/tracking_plan.py): a TOML file adding event types and attributes to
-    # the shipped schemas (schemas/events), read by the parser and the rules; "": the shipped schemas.
+    # The tracking plan (operators/events/tracking_plan.py): a TOML file adding event types and attributes
+    # to the shipped schemas (schemas/events), read by the parser and the rules; "": the shipped schemas.
     tracking_plan: str = ""
     # Where decisions go (operators/io/sink_registry.py): "kafka" (topics.decisions and its channel
     # topics) or "file:<path>" (JSON lines, for local debugging); docs/architecture.md, "Adding a sink".

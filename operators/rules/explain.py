@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 
 from operators.engine import due_at, on_event, on_timers
+from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.config import ParseConfig
 from operators.io.parse import parse_message
-from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.profile.facts import durable_view
 from operators.profile.model import Profile, new_profile
 from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger

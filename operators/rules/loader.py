@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
+from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
-from operators.io.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from operators.profile.facts import consent_keys
 from operators.rules.compiler import (
     TRIGGER_PREFIX,

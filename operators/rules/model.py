@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
-from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.signals.base import Signal
 
 if TYPE_CHECKING:

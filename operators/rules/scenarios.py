@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from operators.engine import on_event, on_timers
+from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.clock import parse_duration_ms
 from operators.io.decisions import expired
-from operators.io.tracking_plan import SHIPPED, TrackingPlan
 from operators.profile.model import Profile, new_profile
 from operators.records import Blocked, Decision, Event, Outcome
 from operators.rules.model import RuleSet

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from operators.io.tracking_plan import loading_plan
+from operators.events.tracking_plan import loading_plan
 from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.compiler import compile_filter, parse_condition

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from operators.channels import CHANNELS, EVENT_CHANNELS
+from operators.events.schemas import ATTRS_KEYWORD, default_spec_set, envelope, load_schema, spec_set_for
 from operators.infra.config import read_toml
-from operators.io import parse
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TYPES = ("boolean", "integer", "number", "string")
@@ -47,7 +47,7 @@ _EVENT_KEYS = {"channel", "description", "attributes"}
 _ATTRIBUTE_KEYS = {"type", "enum", "minimum", "maximum", "min_length", "max_length", "required", "pii",
                    "description"}
 # The envelope's fields that are personal data (accepted, never kept): a plan cannot keep them either.
-PII_FIELDS = frozenset(name for name, prop in parse.envelope()["properties"].items()
+PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
                        if str(prop.get("description", "")).startswith("PII"))
 
 
@@ -56,7 +56,7 @@ class PlanError(ValueError):
 
 
 class TrackingPlan:
-    """Per event type: its merged JSON Schema (envelope inlined, as `parse.load_schema` returns) and its
+    """Per event type: its merged JSON Schema (envelope inlined, as `load_schema` returns) and its
     touch channel; and the parser's specs compiled from them, once per amount bound."""
 
     def __init__(self, source: str, schemas: Mapping[str, dict[str, Any]], channels: Mapping[str, str]) -> None:
@@ -71,17 +71,17 @@ class TrackingPlan:
 
     def attributes(self, event_type: str) -> tuple[str, ...]:
         """The attributes an event of this type keeps: what rules read as `trigger.<attribute>`."""
-        return tuple(self.schemas[event_type].get(parse.ATTRS_KEYWORD, ()))
+        return tuple(self.schemas[event_type].get(ATTRS_KEYWORD, ()))
 
     def properties(self, event_type: str) -> dict[str, Any]:
         """Every field the type's schema declares (attributes, envelope, identifiers)."""
         return dict(self.schemas[event_type]["properties"])
 
     def spec_set(self, max_amount: float = 0.0) -> Any:
-        """The parser's specs (`parse._SpecSet`) for this plan and `[parse] max_amount`, built once."""
+        """The parser's specs (`schemas.SpecSet`) for this plan and `[parse] max_amount`, built once."""
         specs = self._specs.get(max_amount)
         if specs is None:
-            specs = self._specs[max_amount] = parse.spec_set_for(self.schemas, self.channels, max_amount or None)
+            specs = self._specs[max_amount] = spec_set_for(self.schemas, self.channels, max_amount or None)
         return specs
 
     def __repr__(self) -> str:
@@ -92,10 +92,10 @@ class _Shipped(TrackingPlan):
     """The shipped schemas: the parser's own default specs, so no plan costs nothing."""
 
     def spec_set(self, max_amount: float = 0.0) -> Any:
-        return parse.default_spec_set(max_amount)
+        return default_spec_set(max_amount)
 
 
-SHIPPED: TrackingPlan = _Shipped("schemas/events", {t: parse.load_schema(t) for t in EVENT_CHANNELS}, EVENT_CHANNELS)
+SHIPPED: TrackingPlan = _Shipped("schemas/events", {t: load_schema(t) for t in EVENT_CHANNELS}, EVENT_CHANNELS)
 
 
 def load_plan(path: str | Path | None) -> TrackingPlan:
@@ -152,15 +152,15 @@ def load_plan(path: str | Path | None) -> TrackingPlan:
 
 def _copy(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "properties": dict(schema["properties"]), "required": list(schema["required"]),
-            parse.ATTRS_KEYWORD: list(schema.get(parse.ATTRS_KEYWORD, ()))}
+            ATTRS_KEYWORD: list(schema.get(ATTRS_KEYWORD, ()))}
 
 
 def _new_type(name: str, body: dict[str, Any]) -> dict[str, Any]:
     """A new type's schema: the envelope's fields, its `type` constant, no attribute yet."""
-    envelope = parse.envelope()
-    properties = {**envelope["properties"], "type": {"const": name}}
+    fields = envelope()
+    properties = {**fields["properties"], "type": {"const": name}}
     return {"title": name, "description": str(body.get("description", "")), "type": "object",
-            "properties": properties, "required": list(envelope["required"]), parse.ATTRS_KEYWORD: []}
+            "properties": properties, "required": list(fields["required"]), ATTRS_KEYWORD: []}
 
 
 def _add_attribute(where: _Where, field: str, schema: dict[str, Any], name: str, spec: Any, shipped: bool) -> None:
@@ -218,7 +218,7 @@ def _add_attribute(where: _Where, field: str, schema: dict[str, Any], name: str,
             raise where.fail(f"{field}.description", "must be a string")
         prop["description"] = description
     schema["properties"][name] = prop
-    schema[parse.ATTRS_KEYWORD].append(name)
+    schema[ATTRS_KEYWORD].append(name)
     if required:
         schema["required"].append(name)
 
