@@ -22,7 +22,13 @@ import orjson
 
 from operators.profile.facts import finite
 from operators.profile.model import PROFILE_FORMAT, Facts, History, Profile
-from operators.signals.distinct import distinct_order
+
+
+def distinct_order(pair: list[Any]) -> str:
+    """The defined order of a distinct state's members: by the repr of their value (a total order over
+    any values, which a time order is not without a tie-break: and a member seen again then stays put)."""
+    return repr(pair[0])
+
 
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 _AS_IS = msgspec.msgpack.Encoder()  # the dedupe window, in its arrival order

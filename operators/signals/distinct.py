@@ -16,6 +16,7 @@ import bisect
 from operator import itemgetter
 from typing import Any
 
+from operators.profile.codec import distinct_order
 from operators.profile.model import Profile
 from operators.records import Event
 from operators.rules.fields import Where
@@ -75,12 +76,6 @@ class Distinct(Expiring):
             merged = sorted(merged, key=_recency)[-self.max_distinct:]
         merged.sort(key=distinct_order)
         return merged
-
-
-def distinct_order(pair: list[Any]) -> str:
-    """The defined order of a distinct state's members: by the repr of their value (a total order over
-    any values, which a time order is not without a tie-break: and a member seen again then stays put)."""
-    return repr(pair[0])
 
 
 def _recency(pair: list[Any]) -> tuple[int, str]:
