@@ -366,7 +366,7 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from operators.rules.fields import RulesError
+    from operators.conditions.fields import RulesError
     from operators.rules.loader import check_rules
 
     ruleset, errors = check_rules(args.file, args.tracking_plan)

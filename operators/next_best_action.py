@@ -36,6 +36,8 @@ from typing import Any
 import orjson
 
 from operators.channels import CHANNELS, EVENT_CHANNELS
+from operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
+from operators.conditions.model import Condition, Group, leaves
 from operators.events.schemas import ATTRS_KEYWORD, load_schema
 from operators.infra.config import ParseConfig
 from operators.io.parse import parse_message
@@ -43,9 +45,8 @@ from operators.profile.facts import DAY_MS, apply_facts
 from operators.profile.model import Facts, History, Order, Profile
 from operators.records import DeadLetter, Outcome, SourcePosition, Trigger
 from operators.rules.arbitration import decide
-from operators.rules.compiler import CUSTOMER_CHANNEL, Getter
 from operators.rules.explain import _traced, _Tried, rfc3339
-from operators.rules.model import Condition, Group, RuleSet, leaves
+from operators.rules.model import RuleSet
 
 # The event type an interaction on each channel is: what the flow would receive when it happens.
 # `store` has none short of a purchase: ask for `event=store_purchase` (with its amount) explicitly.

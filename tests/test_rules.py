@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from operators.conditions.fields import RulesError
 from operators.infra.clock import parse_duration_ms
-from operators.rules.fields import RulesError
 from operators.rules.loader import load_rules
 from operators.signals.absence import Absence
 from operators.signals.count import Count

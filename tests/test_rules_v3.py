@@ -11,12 +11,12 @@ import jsonschema
 import orjson
 import pytest
 
+from operators.conditions.fields import RulesError
+from operators.conditions.model import Condition, Group
 from operators.events.schemas import event_attributes
 from operators.io.decisions import decision_body, encode_decision
 from operators.rules.explain import explain, render
-from operators.rules.fields import RulesError
 from operators.rules.loader import check_rules, load_rules
-from operators.rules.model import Condition, Group
 from operators.rules.scenarios import ScenarioError, load_scenario
 from operators.signals.absence import Fixed, Tally
 from tests.helpers import HOUR, MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
@@ -533,7 +533,7 @@ def test_an_unknown_key_in_a_cap_is_refused_by_name(tmp_path, cap, field):
 
 
 def test_a_compound_duration_reads_as_in_scenarios(tmp_path):
-    from operators.rules.fields import duration_ms
+    from operators.conditions.fields import duration_ms
     from operators.rules.scenarios import offset_ms
 
     assert duration_ms("1d12h") == offset_ms("+1d12h") == 36 * HOUR

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from operators.conditions.compiler import View
 from operators.records import Trigger
-from operators.rules.compiler import View
 from operators.rules.loader import load_rules
 from tests.helpers import HOUR, MIN, T0, Customer, fired, reasons, write_rules
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from operators.conditions.fields import RulesError, Where
 from operators.profile.model import Profile
 from operators.records import Event
-from operators.rules.fields import RulesError, Where
 from operators.rules.loader import load_rules
 from operators.signals import registry
 from operators.signals.base import Expiring

@@ -9,8 +9,8 @@ import jsonschema
 import orjson
 import pytest
 
+from operators.conditions.fields import RulesError
 from operators.io.decisions import encode_decision
-from operators.rules.fields import RulesError
 from operators.rules.loader import load_rules
 from tests.helpers import DAY, HOUR, MIN, T0, Customer, consent, fired, reasons, write_rules
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
+from operators.conditions.model import Condition, Group, leaves
 from operators.engine import due_at, on_event, on_timers
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.config import ParseConfig
@@ -28,8 +30,7 @@ from operators.io.parse import parse_message
 from operators.profile.facts import durable_view
 from operators.profile.model import Profile, new_profile
 from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
-from operators.rules.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
-from operators.rules.model import CompiledRule, Condition, Group, Rule, RuleSet, leaves
+from operators.rules.model import CompiledRule, Rule, RuleSet
 
 # Customer ids in a story are hashed with this key only to run the parser; output shows them as written.
 _STORY_SECRET = b"nextclick rules explain"

@@ -2,7 +2,8 @@
 
 The file declares the transient signals (each loaded by its kind, operators/signals/registry.py),
 the rules, the frequency caps, the consent policy per channel, the late-event policy, complaint
-suppression and the dedupe horizon. Rules are compiled here (operators/rules/compiler.py).
+suppression and the dedupe horizon. Rules are compiled here (operators/conditions/compiler.py, with the
+attributes of operators/rules/compiler.py).
 
 `check_rules` reads the whole file and returns every mistake it finds (`nextclick rules check`);
 `load_rules` raises the first of them (what `nextclick run` does at start).
@@ -16,30 +17,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
-from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
-from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
-from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
-from operators.profile.facts import consent_keys
-from operators.rules.compiler import (
+from operators.conditions.compiler import (
     TRIGGER_PREFIX,
     add_getter,
-    attribute_getters,
     compile_conditions,
     parse_condition,
     parse_when_item,
 )
-from operators.rules.fields import RulesError, Where, table
-from operators.rules.model import (
-    Cap,
-    CompiledRule,
-    Condition,
-    Group,
-    LatePolicy,
-    Rule,
-    RuleSet,
-    SuppressionScope,
-    leaves,
-)
+from operators.conditions.fields import RulesError, Where, table
+from operators.conditions.model import Condition, Group, leaves
+from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
+from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
+from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
+from operators.profile.facts import consent_keys
+from operators.rules.compiler import attribute_getters
+from operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
 from operators.signals.base import Signal
 from operators.signals.registry import load_signal
 

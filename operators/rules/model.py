@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from operators.conditions.model import Condition, When, leaves
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.signals.base import Signal
@@ -19,44 +20,6 @@ if TYPE_CHECKING:
 # Why a candidate decision was not sent; every blocked candidate is counted under one of these.
 BLOCK_REASONS = ("opted_out", "no_consent", "complaint_suppression", "cooldown",
                  "frequency_cap_channel", "frequency_cap_overall", "unreachable")
-
-
-@dataclass(frozen=True)
-class Condition:
-    """`<attribute> <op> <literal>`, e.g. `page_views_30m >= 3` or `segment in ["loyal", "champion"]`.
-
-    A condition on an attribute with no value (None) is false, except `==` and `!=`, which compare
-    with None like any value; a comparison of mismatched types is false.
-    """
-
-    attribute: str
-    op: str
-    value: Any
-    text: str
-
-
-@dataclass(frozen=True)
-class Group:
-    """`{ any = [...] }`, `{ all = [...] }` or `{ not = ... }` in a `when`: OR, AND and NOT over
-    conditions and groups, so "cart email unless email-fatigued" is one rule with one cooldown."""
-
-    kind: Literal["any", "all", "not"]
-    items: tuple[Condition | Group, ...]
-    text: str
-
-
-When = tuple[Condition | Group, ...]
-
-
-def leaves(when: When) -> tuple[Condition, ...]:
-    """Every condition in `when`, groups opened, in the order written (what a decision's `signals` name)."""
-    out: list[Condition] = []
-    for item in when:
-        if isinstance(item, Group):
-            out.extend(leaves(item.items))
-        else:
-            out.append(item)
-    return tuple(out)
 
 
 @dataclass(frozen=True)

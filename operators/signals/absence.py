@@ -26,11 +26,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from operators.conditions.compiler import Getter, View, compile_conditions, compile_filter, parse_when
+from operators.conditions.fields import Where
+from operators.conditions.model import When
 from operators.profile.model import Profile
 from operators.records import Event, Trigger
-from operators.rules.compiler import Getter, View, compile_conditions, compile_filter, parse_when
-from operators.rules.fields import Where
-from operators.rules.model import When
 from operators.signals.options import check_attribute, read_where
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")

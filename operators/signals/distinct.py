@@ -16,10 +16,10 @@ import bisect
 from operator import itemgetter
 from typing import Any
 
+from operators.conditions.fields import Where
 from operators.profile.codec import distinct_order
 from operators.profile.model import Profile
 from operators.records import Event
-from operators.rules.fields import Where
 from operators.signals.base import Expiring, Signal
 from operators.signals.groups import load_windowed
 from operators.signals.window import Window

@@ -25,9 +25,9 @@ import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from operators.conditions.fields import Where
 from operators.profile.model import Profile
 from operators.records import Event, Trigger
-from operators.rules.fields import Where
 from operators.signals.base import Expiring, Signal
 from operators.signals.options import (
     OPTION_FIELDS,

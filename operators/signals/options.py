@@ -4,7 +4,7 @@ Each option is applied once, at load, by wrapping the signal's `apply`: a signal
 an option pays nothing for it per event.
 
 - `where = ['page_type == "product"', ...]`: only events whose attributes meet every condition count.
-  Same syntax and semantics as a rule's `when` (operators/rules/compiler.py), over the event's
+  Same syntax and semantics as a rule's `when` (operators/conditions/compiler.py), over the event's
   attributes; each attribute must be one that at least one of the signal's event types carries.
 - `reset_on = ["purchase", ...]`: an event of these types clears the signal: whatever it held at or
   before that event's time is gone, and events from before it that arrive later are ignored. The
@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from operators.conditions.compiler import compile_filter, parse_condition
+from operators.conditions.fields import Where
+from operators.conditions.model import Condition
 from operators.events.tracking_plan import loading_plan
 from operators.profile.model import Profile
 from operators.records import Event
-from operators.rules.compiler import compile_filter, parse_condition
-from operators.rules.fields import Where
-from operators.rules.model import Condition
 from operators.signals.base import Expiring, Signal
 
 OPTION_FIELDS = {"where", "reset_on"}

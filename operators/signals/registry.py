@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.rules.fields import RulesError, Where
+from operators.conditions.fields import RulesError, Where
 from operators.signals import absence, count, distinct, last, session, unmatched
 from operators.signals import sum as sum_kind
 from operators.signals.base import Signal, SignalLoader

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from operators.conditions.fields import Where
 from operators.profile.model import Profile
 from operators.records import Event
-from operators.rules.fields import Where
 from operators.signals.base import Expiring
 
 

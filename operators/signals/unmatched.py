@@ -22,9 +22,9 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
+from operators.conditions.fields import Where
 from operators.profile.model import Profile
 from operators.records import Event
-from operators.rules.fields import Where
 from operators.signals.base import Expiring, Signal
 from operators.signals.options import check_attribute
 
