@@ -208,7 +208,7 @@ class Decision:
     # complaints do not suppress): additive decision fields (schemas/decision.v1.json).
     purpose: str = "marketing"
     promotion: bool = True
-    # How the profile can be reached (operators/identity/addressing.py): the decision channels it has
+    # How the profile can be reached (operators/rules/addressing.py): the decision channels it has
     # an identifier for, and for this decision's channel the (id type, pseudonymous key) to use.
     # None when the profile's identifiers are unknown (stored before they were recorded).
     reachable: tuple[str, ...] | None = None
@@ -217,7 +217,7 @@ class Decision:
     # None when the rule declares none, so such decisions' bodies are as before (additive field).
     params: dict[str, Any] | None = None
     # The rules file's `[addresses]` preference, every channel's (channel, id types best first), when
-    # it sets one; None: the defaults (operators/identity/addressing.py). Not part of the body.
+    # it sets one; None: the defaults (operators/rules/addressing.py). Not part of the body.
     address_types: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
 

@@ -16,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.channels import ID_TYPES
-from operators.identity.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
 from operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
 from operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
 from operators.identity.pseudonyms import pseudonymize
@@ -25,6 +24,7 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ParseConfig
 from operators.io.parse import _parse_fast, parse_message, parse_message_slow
 from operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
+from operators.rules.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
 from operators.state.keys import TIMER_PREFIX, profile_key
 from operators.state.layout import profile_families
 from operators.state.shard import ShardLogic

@@ -485,7 +485,7 @@ def test_a_bad_unmatched_signal_is_named(tmp_path, replace, new, field, words):
 
 
 def test_addresses_set_the_types_per_channel_for_the_address_and_the_reachability_gate(tmp_path):
-    from operators.identity.addressing import address
+    from operators.rules.addressing import address
 
     path = rules(tmp_path, rule("ad", channel="ads", require_address="true"),
                  tail='[consent]\nads = "opt_out"\n[addresses]\nads = ["email", "device"]\n')
@@ -503,7 +503,7 @@ def test_addresses_set_the_types_per_channel_for_the_address_and_the_reachabilit
 
 
 def test_without_addresses_decisions_are_addressed_as_before(tmp_path):
-    from operators.identity.addressing import address
+    from operators.rules.addressing import address
 
     customer = Customer(load_rules(rules(tmp_path, rule("ad", channel="ads"), tail='[consent]\nads = "opt_out"\n')))
     decision = customer.send("page_view", T0 + MIN).decisions[0]

@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 
 from operators.conditions.compiler import View
-from operators.identity.addressing import address_for
 from operators.profile import history
 from operators.profile.facts import consent_state
 from operators.profile.model import Profile
 from operators.records import Blocked, Decision, Outcome, Trigger
+from operators.rules.addressing import address_for
 from operators.rules.model import CompiledRule, RuleSet
 
 

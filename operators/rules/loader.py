@@ -27,9 +27,9 @@ from operators.conditions.compiler import (
 from operators.conditions.fields import RulesError, Where, table
 from operators.conditions.model import Condition, Group, leaves
 from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
-from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
 from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
 from operators.profile.facts import consent_keys
+from operators.rules.addressing import CHANNEL_ADDRESS_TYPES
 from operators.rules.compiler import attribute_getters
 from operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
 from operators.signals.base import Signal

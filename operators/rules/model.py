@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from operators.conditions.model import Condition, When, leaves
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
-from operators.identity.addressing import CHANNEL_ADDRESS_TYPES
+from operators.rules.addressing import CHANNEL_ADDRESS_TYPES
 from operators.signals.base import Signal
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Rule:
     promotion: bool = True
     description: str = ""
     # Blocked as "unreachable" (the next candidate is tried, no cooldown or cap used) when the
-    # profile's identifiers are known and none addresses the channel (operators/identity/addressing.py).
+    # profile's identifiers are known and none addresses the channel (operators/rules/addressing.py).
     require_address: bool = False
     # False: outside the frequency caps (neither held back by them nor counted towards them).
     capped: bool = True

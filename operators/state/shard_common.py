@@ -12,7 +12,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from operators.identity.addressing import address
 from operators.infra import metrics
 from operators.profile.model import Profile
 from operators.records import (
@@ -27,6 +26,7 @@ from operators.records import (
     Outcome,
     SavepointRequest,
 )
+from operators.rules.addressing import address
 from operators.rules.model import RuleSet
 
 ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier

@@ -18,7 +18,7 @@ coordinator: it applies a batch in order, ends the epoch and erases, and hands e
   a `MoveOut` takes a profile out of this shard and sends it on as a `MoveIn`; a `MergeExpect` says
   which profiles are on their way to one of this shard's customers, whose items wait until they have
   all arrived (always within the epoch). Decisions say how the customer can be reached (`ids`,
-  operators/identity/addressing.py).
+  operators/rules/addressing.py).
 - the timer runner (operators/state/timer_runner.py): timer turns at the input's event-time frontier.
 
 The input positions of the events applied are checkpointed with the profiles, so any consistent set
