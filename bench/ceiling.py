@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 
-from operators.engine import due_at, on_event, on_timers
+from operators.engine.steps import due_at, on_event, on_timers
 from operators.profile.model import Profile, new_profile
 from operators.records import Decision, Event
 from operators.rules.model import RuleSet

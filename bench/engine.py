@@ -50,8 +50,11 @@ import sys, time, orjson
 from operators.infra.config import ParseConfig, PrivacyConfig, DEFAULT_RULES_FILE
 from operators.io.parse import parse_message
 from operators.io.decisions import encode_decision
-from operators.engine import on_event
 from operators.records import SourcePosition
+try:
+    from operators.engine.steps import on_event
+except ImportError:  # before operators/engine/ (a module, operators/engine.py)
+    from operators.engine import on_event
 try:
     from operators.rules.loader import load_rules
     from operators.profile.model import new_profile

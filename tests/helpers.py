@@ -13,7 +13,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 import operators
 from operators.channels import EVENT_CHANNELS
-from operators.engine import on_event, on_timers
+from operators.engine.steps import on_event, on_timers
 from operators.io.kafka_admin import client_config
 from operators.profile.model import Facts, Profile, new_profile
 from operators.records import Event, Outcome

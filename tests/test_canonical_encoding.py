@@ -27,10 +27,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine import on_event, prune
+from operators.engine.merge import merge_into
+from operators.engine.steps import on_event, prune
 from operators.profile import history
 from operators.profile.codec import decode_profile, encode_profile, profile_as_dict, stored_as_dict
-from operators.profile.merge import merge_into
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
 from operators.rules.loader import load_rules

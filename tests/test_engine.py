@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.engine import on_event, on_timers
+from operators.engine.steps import on_event, on_timers
 from operators.profile.codec import encode_profile
 from operators.profile.facts import apply_facts
 from operators.profile.model import new_profile

@@ -22,7 +22,7 @@ import orjson
 
 from bench import workload as bench_workload
 from operators.channels import EVENT_CHANNELS
-from operators.engine import due_at, on_event, on_timers, prune
+from operators.engine.steps import due_at, on_event, on_timers, prune
 from operators.profile.codec import decode_profile, encode_profile, migrate_v1, profile_as_dict
 from operators.profile.facts import ORDER_LIMITS
 from operators.profile.model import Profile, new_profile

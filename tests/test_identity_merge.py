@@ -27,9 +27,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine import on_event, prune
+from operators.engine.merge import merge_all, merge_into
+from operators.engine.steps import on_event, prune
 from operators.profile.codec import decode_profile, encode_profile, profile_as_dict
-from operators.profile.merge import merge_all, merge_into
 from operators.profile.model import Profile, new_profile
 from operators.rules.model import RuleSet
 from tests.helpers import MIN, T0, default_rules, make_event, write_rules

@@ -312,7 +312,7 @@ def test_a_moved_profile_that_arrives_before_its_merge_expectation_waits_for_it(
 
 
 def new_blob(name: str, customer: str) -> bytes:
-    from operators.engine import on_event
+    from operators.engine.steps import on_event
     from operators.profile.codec import encode_profile
     from operators.profile.model import new_profile
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from operators import engine
-from operators.engine import due_at
+from operators.engine import steps as engine
+from operators.engine.steps import due_at
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import new_profile
 from operators.records import MergeExpect, MoveIn, MoveOut

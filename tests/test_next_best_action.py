@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from operators.engine import on_event
+from operators.engine.steps import on_event
+from operators.engine.view import profile_view
 from operators.next_best_action import NextBestActionError, judge
-from operators.profile.view import profile_view
 from operators.rules.loader import load_rules
 from tests.helpers import DAY, MIN, T0, Customer, consent, default_rules, make_event, write_rules
 

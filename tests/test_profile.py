@@ -7,7 +7,7 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.engine import on_event
+from operators.engine.steps import on_event
 from operators.profile import dedupe
 from operators.profile import facts as facts_module
 from operators.profile.facts import apply_facts, durable_view, preferred_channel

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from operators import engine
-from operators.engine import due_at
+from operators.engine import steps as engine
+from operators.engine.steps import due_at
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import Profile
 from operators.state.cache import ProfileCache

@@ -11,9 +11,9 @@ import msgspec
 import orjson
 import pytest
 
-from operators import engine
+from operators.engine import steps as engine
+from operators.engine.merge import merge_all
 from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.merge import merge_all
 from operators.profile.model import new_profile
 from operators.records import Event, Outcome
 from operators.rules.model import RuleSet

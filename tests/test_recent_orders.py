@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine import on_event
+from operators.engine.merge import merge_into
+from operators.engine.steps import on_event
 from operators.profile import facts as facts_module
 from operators.profile.codec import decode_profile, encode_profile, profile_as_dict
 from operators.profile.facts import ATTRIBUTES, DAY_MS, bound_orders, configure_orders, recent_orders
-from operators.profile.merge import merge_into
 from operators.profile.model import Order, Profile, new_profile
 from tests.helpers import MIN, consent, default_rules, make_event
 

@@ -6,7 +6,7 @@ import gc
 import weakref
 from pathlib import Path
 
-from operators.engine import PRUNE_GRANULE_MS
+from operators.engine.steps import PRUNE_GRANULE_MS
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
 from operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key

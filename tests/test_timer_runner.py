@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from operators import engine
-from operators.engine import due_at
+from operators.engine import steps as engine
+from operators.engine.steps import due_at
 from operators.frontier import EventTimeFrontier
 from operators.infra.clock import ManualClock
 from operators.profile.codec import decode_profile

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from operators.channels import EVENT_CHANNELS
-from operators.engine import due_at, next_deadline, prune
+from operators.engine.steps import due_at, next_deadline, prune
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
 from operators.rules.loader import load_rules

@@ -3,7 +3,7 @@ changed in that epoch, keyed by profile key; a tombstone for a profile erased or
 
 At the edge on purpose: the shard (operators/state/shard_state.py) only says which profiles changed and
 hands over their current versions at its checkpoint; this module turns them into records
-(operators/profile/view.py) and owns the producer. It produces and flushes before the shard's
+(operators/engine/view.py) and owns the producer. It produces and flushes before the shard's
 checkpoint returns, so before Bytewax commits the epoch: a record is never missing for a committed
 epoch. A crash after the flush and before the commit replays the epoch and writes its records again,
 so they are at-least-once; the topic is compacted and a later record for a key replaces an earlier
@@ -20,11 +20,11 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from operators.engine.view import VIEW_SCHEMA, profile_view
 from operators.infra import metrics
 from operators.infra.clock import Clock
 from operators.io.kafka import client_config, exit_process, shared_producer
 from operators.profile.model import Profile
-from operators.profile.view import VIEW_SCHEMA, profile_view
 from operators.rules.model import RuleSet
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@
       prune_at, expire_at       when the earliest / the last transient entry expires (event time)
       ids      {id type: [key]} the identifiers it holds   operators/identity/ (set by the shard)
 
-Merging two profiles (identity stitching) is `operators/profile/merge.py`, each part merged by its
+Merging two profiles (identity stitching) is `operators/engine/merge.py`, each part merged by its
 owner: `facts.merge`, `history.merge`, `dedupe.merge`, and every signal kind's `merge`.
 
 Equal profiles store the same bytes (operators/profile/codec.py sorts every dict but `seen`, whose

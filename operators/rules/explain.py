@@ -23,7 +23,7 @@ import orjson
 
 from operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
 from operators.conditions.model import Condition, Group, leaves
-from operators.engine import due_at, on_event, on_timers
+from operators.engine.steps import due_at, on_event, on_timers
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.config import ParseConfig
 from operators.io.parse import parse_message

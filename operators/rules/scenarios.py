@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from operators.engine import on_event, on_timers
+from operators.engine.steps import on_event, on_timers
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.clock import parse_duration_ms
 from operators.io.decisions import expired

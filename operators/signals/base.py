@@ -63,7 +63,7 @@ class Signal(Protocol):
         """What a fired trigger carries, for rules `on` it to read as `trigger.<attribute>`."""
 
     def merge(self, a: Any, b: Any) -> Any:
-        """Two profiles' states of this signal as one (identity stitching: operators/profile/merge.py);
+        """Two profiles' states of this signal as one (identity stitching: operators/engine/merge.py);
         both are non-None and neither may be changed. The result must not depend on which is `a`, so
         the merged profile does not depend on which profile absorbed which."""
 

@@ -125,7 +125,7 @@ class Reset(Expiring):
         return state
 
     def merge(self, a: Any, b: Any) -> Any:
-        """The newer reset (operators/profile/merge.py then clears the merged target signal by it)."""
+        """The newer reset (operators/engine/merge.py then clears the merged target signal by it)."""
         return max(a, b)
 
 

@@ -13,7 +13,7 @@ import itertools
 from collections import OrderedDict
 from typing import Any
 
-from operators.engine import due_at
+from operators.engine.steps import due_at
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.facts import ProfileEncodeError
 from operators.profile.model import Profile, new_profile

@@ -10,10 +10,10 @@ deliver in. A moved profile that arrives before its `MergeExpect` waits for it (
 
 from __future__ import annotations
 
+from operators.engine.merge import merge_all
 from operators.infra import failpoints, metrics
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.facts import ProfileEncodeError
-from operators.profile.merge import merge_all
 from operators.profile.model import Profile
 from operators.records import MergeExpect, MoveIn, MoveOut
 from operators.rules.model import RuleSet

@@ -18,9 +18,9 @@ from collections.abc import Iterable
 
 import orjson
 
+from operators.engine.merge import merge_all
 from operators.infra import metrics
 from operators.profile.codec import decode_profile
-from operators.profile.merge import merge_all
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
 from operators.rules.model import RuleSet

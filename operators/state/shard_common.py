@@ -37,7 +37,7 @@ log = logging.getLogger("operators.state.shard_state")
 
 
 class EngineSteps(Protocol):
-    """The engine's two steps (operators/engine.py satisfies this): handed to the parts so that one
+    """The engine's two steps (operators/engine/steps.py satisfies this): handed to the parts so that one
     place (ShardState) decides which functions they call, e.g. a test's faulty replacement."""
 
     def on_event(self, profile: Profile, event: Event, ruleset: RuleSet,

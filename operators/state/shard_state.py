@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from operators.engine import due_at, on_event, on_timers
+from operators.engine.steps import due_at, on_event, on_timers
 from operators.frontier import EventTimeFrontier
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock

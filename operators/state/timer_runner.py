@@ -9,7 +9,7 @@ written back at once (`_fire_cold`), never entering the cache.
 
 from __future__ import annotations
 
-from operators.engine import due_at
+from operators.engine.steps import due_at
 from operators.frontier import EventTimeFrontier
 from operators.infra import metrics
 from operators.profile.codec import decode_profile, encode_profile
