@@ -214,8 +214,8 @@ def _derived(stored: dict[str, Any], config: Config, at: str | None) -> dict[str
 
     from operators.infra.clock import SystemClock
     from operators.profile.model import Profile
-    from operators.rules.explain import attributes_at, rfc3339
     from operators.rules.loader import load_configured_rules
+    from operators.tools.explain import attributes_at, rfc3339
 
     ruleset = load_configured_rules(config)
     at_ms = SystemClock().now_ms() if at is None else _time_ms(at)
@@ -382,7 +382,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from operators.rules.loader import load_rules
-    from operators.rules.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
+    from operators.tools.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
 
     ruleset = load_rules(args.file, args.tracking_plan)
     scenarios = [load_scenario(path, ruleset.plan) for path in args.scenarios]  # all checked before any runs
@@ -403,8 +403,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    from operators.rules.explain import explain, read_story, render
     from operators.rules.loader import load_rules
+    from operators.tools.explain import explain, read_story, render
 
     ruleset = load_rules(args.file, args.tracking_plan)
     for entry in explain(ruleset, read_story(args.events, ruleset.plan)):

@@ -6,7 +6,7 @@ It reads the profile view topic (`[topics] profiles`, operators/io/profile_view.
     GET /v1/profiles/{id_type}/{id}   the profile holding that identifier (Bearer token), JSON 404 if none
     GET /v1/profiles/{id_type}/{id}/next-best-action?channel=call_center
                                       the rules judged for an interaction on that channel now, and why;
-                                      no side effects (operators/next_best_action.py)
+                                      no side effects (operators/tools/next_best_action.py)
     GET /healthz                      the process answers
     GET /readyz                       200 once the store has caught up with the topic as it was at start
     GET /metrics                      Prometheus text
@@ -41,10 +41,10 @@ from operators.infra.clock import Clock, SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
 from operators.io.kafka import client_config
 from operators.io.view_index import ViewIndex
-from operators.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
 from operators.profile.facts import configure_orders
 from operators.rules.loader import load_rules
 from operators.rules.model import RuleSet
+from operators.tools.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
 
 log = logging.getLogger("nextclick.serve")
 

@@ -15,7 +15,7 @@ import pytest
 
 from flows.cli import main
 from operators.profile.model import new_profile
-from operators.rules.explain import attributes_at
+from operators.tools.explain import attributes_at
 from tests.helpers import DAY, DEFAULT_RULES_PATH, MIN, T0, Customer, default_rules, write_rules
 
 REPO = Path(__file__).resolve().parents[1]

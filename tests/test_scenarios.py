@@ -1,4 +1,4 @@
-"""Scenario files under tests/scenarios, run by the product's scenario runner (operators/rules/scenarios.py,
+"""Scenario files under tests/scenarios, run by the product's scenario runner (operators/tools/scenarios.py,
 the same one `nextclick rules test` uses): events and clock advances through the engine, exact outcomes.
 
 The format is documented in docs/rules.md ("Testing rules with scenarios").
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from operators.rules.loader import load_rules
-from operators.rules.scenarios import START_MS, ScenarioError, load_scenario, offset_ms, report_line, run_scenario
+from operators.tools.scenarios import START_MS, ScenarioError, load_scenario, offset_ms, report_line, run_scenario
 from tests.helpers import T0, default_rules, write_rules
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.toml"))

@@ -21,7 +21,7 @@ from operators.infra.config import FlowConfig, ParseConfig, load_config
 from operators.io.parse import _parse_fast, parse_message, parse_message_slow
 from operators.records import DeadLetter, Event, SourcePosition
 from operators.rules.loader import check_rules, load_configured_rules, load_rules
-from operators.rules.scenarios import load_scenario, run_scenario
+from operators.tools.scenarios import load_scenario, run_scenario
 from tests.helpers import write_rules
 
 SECRET = b"plan-secret"

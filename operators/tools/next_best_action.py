@@ -3,7 +3,7 @@
 `GET /v1/profiles/{id_type}/{id}/next-best-action?channel=call_center` (flows/serve.py) asks what the
 representative should offer, and why. The answer is the flow's own arbitration (operators/rules/
 arbitration.decide, gates and all) run on a throwaway profile rebuilt from the view record, with every
-condition traced as `nextclick rules explain` traces it (operators/rules/explain.py). Nothing is
+condition traced as `nextclick rules explain` traces it (operators/tools/explain.py). Nothing is
 emitted and nothing is written: no decision, no cooldown or cap used; the same call gives the same
 answer until the profile changes.
 
@@ -45,8 +45,8 @@ from operators.profile.facts import DAY_MS, apply_facts
 from operators.profile.model import Facts, History, Order, Profile
 from operators.records import DeadLetter, Outcome, SourcePosition, Trigger
 from operators.rules.arbitration import decide
-from operators.rules.explain import _traced, _Tried, rfc3339
 from operators.rules.model import RuleSet
+from operators.tools.explain import _traced, _Tried, rfc3339
 
 # The event type an interaction on each channel is: what the flow would receive when it happens.
 # `store` has none short of a purchase: ask for `event=store_purchase` (with its amount) explicitly.
