@@ -29,7 +29,7 @@ SCHEMA_DIR = files("schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 # {field: id type}: fields whose values are identifiers the event links to the one it is about
-# (operators/identity/pseudonyms.other_identifiers); hashed here, never kept as they are.
+# (operators/identity/pseudonyms.other_identifiers); hashed by the parser, never kept as they are.
 IDENTIFIERS_KEYWORD = "x-nextclick-identifiers"
 
 
