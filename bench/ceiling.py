@@ -14,6 +14,7 @@ from operators.engine.steps import due_at, on_event, on_timers
 from operators.profile.model import Profile, new_profile
 from operators.records import Decision, Event
 from operators.rules.model import RuleSet
+from operators.state.shard_common import note_ids
 
 
 class CeilingState:
@@ -36,6 +37,7 @@ class CeilingState:
         profile = self.profiles.get(event.customer)
         if profile is None:
             profile = self.profiles[event.customer] = new_profile(event.customer)
+        note_ids(profile, event)  # as the shard does: its type decides whether a decision is addressed
         decisions = on_event(profile, event, self.ruleset).decisions
         self._reschedule(event.customer, profile)
         return decisions

@@ -30,10 +30,10 @@ from operators.infra import metrics
 from operators.infra.config import load_config
 from operators.infra.logs import configure_logging
 from operators.infra.runtime import tune_gc
-from operators.io import kafka as kafka_io
+from operators.io import kafka_sink, kafka_source, sinks
 from operators.records import Progress
-from operators.state.manifest import check_start, runner_recovery_dir
 from operators.state.shard import ResumeState, ShardLogic
+from operators.tools.startup import check_start, runner_recovery_dir
 
 STARTED = time.time()
 _timings: list[tuple[float, float, int | None]] = []
@@ -54,20 +54,20 @@ ShardLogic.snapshot = _timed_snapshot  # type: ignore[method-assign]
 
 _probe_received: dict[int, int] = {}
 _probes: list[tuple[int, int, int]] = []
-_original_next_batch = kafka_io._KafkaPartition.next_batch
-_original_write_batch = kafka_io._SinkPartition.write_batch
+_original_next_batch = kafka_source._KafkaPartition.next_batch
+_original_write_batch = kafka_sink._SinkPartition.write_batch
 
 
-def _probe_next_batch(self: kafka_io._KafkaPartition) -> list[kafka_io.RawMessage | Progress]:
+def _probe_next_batch(self: kafka_source._KafkaPartition) -> list[kafka_source.RawMessage | Progress]:
     batch = _original_next_batch(self)
     now = time.time_ns()
     for msg in batch:
-        if isinstance(msg, kafka_io.RawMessage) and msg.key is not None and msg.key.startswith(b"probe-"):
+        if isinstance(msg, kafka_source.RawMessage) and msg.key is not None and msg.key.startswith(b"probe-"):
             _probe_received[int(msg.key[6:])] = now
     return batch
 
 
-def _probe_write_batch(self: kafka_io._SinkPartition, values: list[kafka_io.OutMessage]) -> None:
+def _probe_write_batch(self: kafka_sink._SinkPartition, values: list[sinks.OutMessage]) -> None:
     now = time.time_ns()
     for m in values:
         trigger = orjson.loads(m.value or b"{}").get("trigger") or {}
@@ -78,8 +78,8 @@ def _probe_write_batch(self: kafka_io._SinkPartition, values: list[kafka_io.OutM
 
 
 if os.environ.get("BENCH_PROBES"):
-    kafka_io._KafkaPartition.next_batch = _probe_next_batch  # type: ignore[method-assign]
-    kafka_io._SinkPartition.write_batch = _probe_write_batch  # type: ignore[method-assign]
+    kafka_source._KafkaPartition.next_batch = _probe_next_batch  # type: ignore[method-assign]
+    kafka_sink._SinkPartition.write_batch = _probe_write_batch  # type: ignore[method-assign]
 
 
 def _histogram() -> dict[str, float]:

@@ -190,7 +190,7 @@ def staleness(events: int, epoch_s: float) -> dict[str, Any]:
     from flows.targeting import build_flow
     from operators.infra.clock import SystemClock
     from operators.infra.config import Config
-    from operators.io.kafka import ensure_topics
+    from operators.io.topics import ensure_topics
 
     root = Path(tempfile.mkdtemp(prefix="nextclick-staleness-"))
     broker = LocalBroker().start()

@@ -40,9 +40,10 @@ from bytewax.recovery import init_db_dir
 
 from bench.state_resume import build
 from operators.infra.config import Config, PrivacyConfig
-from operators.state.manifest import state_families
-from operators.state.savepoint import Placement, _copy_db, finish_online, restore, write_shard_part
+from operators.state.savepoint_parts import copy_db, write_shard_part
 from operators.state.store import ShardStore, dir_bytes
+from operators.tools.savepoint import Placement, finish_online, restore
+from operators.tools.startup import state_families
 
 
 def split(built: Path, pods: list[Path], config: Config) -> None:
@@ -55,7 +56,7 @@ def split(built: Path, pods: list[Path], config: Config) -> None:
                 source, target = family.path(built, n), family.path(pod, n)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if source.is_dir():
-                    _copy_db(source, target)
+                    copy_db(source, target)
                 else:
                     with ShardStore(target, sync=False) as empty:
                         empty.checkpoint()
@@ -101,7 +102,7 @@ def lost_volume(config: Config, savepoint: Path, work: Path) -> dict[str, Any]:
     until both serve /readyz again."""
     from flows.local_broker import LocalBroker, free_port
     from operators.infra.config import TopicsConfig, progress_topic
-    from operators.io.kafka import ensure_topics
+    from operators.io.topics import ensure_topics
 
     out: dict[str, Any] = {}
     log = work / "lost-volume.log"

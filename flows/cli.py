@@ -41,10 +41,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from operators.infra.config import ConfigError
     from operators.infra.logs import configure_logging
     from operators.infra.runtime import tune_gc
-    from operators.io.kafka import redacted, wait_for_broker
+    from operators.io.kafka_admin import redacted, wait_for_broker
     from operators.rules.loader import load_configured_rules
-    from operators.state.manifest import check_start, reset_state
-    from operators.state.savepoint import (
+    from operators.tools.savepoint import (
         Generations,
         Placement,
         SavepointManifest,
@@ -52,7 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         clear_scratch,
         restore,
     )
-    from operators.state.schedule import check_recovery_plan, start_scheduler
+    from operators.tools.schedule import check_recovery_plan, start_scheduler
+    from operators.tools.startup import check_start, reset_state
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -141,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from operators.io.kafka import wait_for_broker
+    from operators.io.kafka_admin import wait_for_broker
     from operators.io.topics import TopicsError, create_topics, plan_topics
 
     config = _config(args)
@@ -160,7 +160,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from flows.generate import plan, stream
     from operators.infra.clock import ScaledClock, SystemClock
-    from operators.io.kafka import client_config, ensure_topics, wait_for_broker
+    from operators.io.kafka_admin import client_config, wait_for_broker
+    from operators.io.topics import ensure_topics
 
     config = _config(args)
     topics = tuple(args.topics.split(",")) if args.topics else config.topics.inputs
@@ -189,8 +190,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
     from operators.identity.graph import resolve_offline
-    from operators.state.manifest import verify_config
     from operators.state.shard_state import read_profile
+    from operators.tools.startup import verify_config
 
     config = load_config(args.config)
     verify_config(config)
@@ -244,7 +245,7 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
-    from operators.state.manifest import verify_config
+    from operators.tools.startup import verify_config
 
     config = load_config(args.config)
     verify_config(config)
@@ -252,7 +253,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
     if args.online:
         from confluent_kafka import Producer
 
-        from operators.io.kafka import client_config
+        from operators.io.kafka_admin import client_config
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
         producer = Producer(client_config(config.kafka))
@@ -263,7 +264,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
                             "state": "queued: the running flow erases it at its next batch"}).decode())
         return 0
-    from operators.state.erase import erase_offline
+    from operators.tools.erase import erase_offline
 
     print(orjson.dumps(erase_offline(config, customer)).decode())
     return 0
@@ -293,8 +294,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_state_info(args: argparse.Namespace) -> int:
     from operators.state.keys import PROFILE_PREFIX
-    from operators.state.manifest import family_dirs, state_families, verify_config
+    from operators.state.manifest import family_dirs
     from operators.state.store import ShardStore, dir_bytes
+    from operators.tools.startup import state_families, verify_config
 
     config = load_config(args.config)
     state_dir = Path(config.state.dir)
@@ -351,7 +353,7 @@ def cmd_state_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state_reset(args: argparse.Namespace) -> int:
-    from operators.state.manifest import reset_state
+    from operators.tools.startup import reset_state
 
     config = load_config(args.config)
     report = reset_state(config, dry_run=not args.yes)
@@ -417,7 +419,8 @@ def _progress(message: str) -> None:
 
 
 def cmd_savepoint_create(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import Destination, Placement, create_offline, create_online
+    from operators.state.savepoint_parts import Destination
+    from operators.tools.savepoint import Placement, create_offline, create_online
 
     config = load_config(args.config)
     if not args.online:
@@ -434,14 +437,14 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_info(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import info
+    from operators.tools.savepoint import info
 
     print(orjson.dumps(info(args.src), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def cmd_savepoint_list(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import catalogue
+    from operators.tools.savepoint import catalogue
 
     root = args.root or load_config(args.config).state.savepoint_dir
     complete, incomplete = catalogue(root)
@@ -452,7 +455,7 @@ def cmd_savepoint_list(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_prune(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import prune
+    from operators.tools.savepoint import prune
 
     root = args.root or load_config(args.config).state.savepoint_dir
     deleted = prune(root, args.keep, dry_run=args.dry_run)
@@ -462,7 +465,7 @@ def cmd_savepoint_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
-    from operators.state.savepoint import reshard
+    from operators.tools.savepoint import reshard
 
     manifest = reshard(Path(args.src), Path(args.dest), args.shards, progress=_progress)
     print(manifest.to_json().decode())

@@ -38,7 +38,8 @@ from operators.identity.pseudonyms import pseudonymize
 from operators.infra import metrics
 from operators.infra.clock import ScaledClock
 from operators.infra.config import DEMO_SECRET, Config
-from operators.io.kafka import client_config, ensure_topics, wait_for_broker
+from operators.io.kafka_admin import client_config, wait_for_broker
+from operators.io.topics import ensure_topics
 from operators.rules.loader import load_rules
 
 # The persona whose profile and next best action the demo shows: last week's web order, and a call now.

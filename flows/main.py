@@ -19,8 +19,8 @@ from flows.targeting import build_flow
 from operators.infra.config import ConfigError, load_config
 from operators.infra.logs import configure_logging
 from operators.infra.runtime import tune_gc
-from operators.state.manifest import check_start, runner_recovery_dir
 from operators.state.store import StateError
+from operators.tools.startup import check_start, runner_recovery_dir
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
 try:

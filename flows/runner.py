@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
 
-from operators.infra import drain, health
+from operators.infra import health
 from operators.infra.config import Config
 from operators.infra.failures import (
     Explained,
@@ -33,8 +33,9 @@ from operators.infra.failures import (
     one_line,
     root_cause,
 )
-from operators.infra.preflight import check_directories, check_topics
+from operators.io import drain
 from operators.io.kafka_source import commit_final_offsets
+from operators.io.preflight import check_directories, check_topics
 from operators.io.sink_registry import decision_sink
 
 log = logging.getLogger("nextclick")

@@ -39,7 +39,7 @@ from operators.channels import CHANNELS, ID_TYPES
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import Clock, SystemClock
 from operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
-from operators.io.kafka import client_config
+from operators.io.kafka_admin import client_config
 from operators.io.view_index import ViewIndex
 from operators.profile.facts import configure_orders
 from operators.rules.loader import load_rules

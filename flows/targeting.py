@@ -56,9 +56,10 @@ from operators.records import (
 from operators.rules.loader import load_configured_rules
 from operators.rules.model import RuleSet
 from operators.state.layout import profile_families
-from operators.state.manifest import StartPlan, check_start
+from operators.state.manifest import StartPlan
 from operators.state.shard import ResumeState, ShardLogic
 from operators.state.shard_state import ShardContext, ShardOutput
+from operators.tools.startup import check_start
 
 Routed = tuple[str, Any]
 # NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from operators.infra import metrics
-from operators.state import schedule  # noqa: F401 - registers the scheduled-savepoint families on the registry
+from operators.tools import schedule  # noqa: F401 - registers the scheduled-savepoint families on the registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"

@@ -33,11 +33,12 @@ from operators.records import DeadLetter, Decision, Event
 from operators.rules.loader import load_rules
 from operators.state import shard_state as shard_module
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, shard_of
-from operators.state.manifest import MANIFEST_FILE, StateMismatch, check_start
-from operators.state.savepoint import create_offline, restore
+from operators.state.manifest import MANIFEST_FILE, StateMismatch
 from operators.state.shard import ResumeState, ShardLogic
 from operators.state.shard_state import ShardContext, open_store, read_profile
 from operators.state.store import ShardStore, StateError
+from operators.tools.savepoint import create_offline, restore
+from operators.tools.startup import check_start
 from tests.flowrun import read_profiles
 from tests.helpers import HOUR, MIN, T0, Customer, consent, default_rules, fired, make_event, write_rules
 
@@ -497,7 +498,7 @@ def test_a_process_that_checks_while_another_sets_the_shared_directories_up_wait
     must judge the directories once the first is done, not refuse them as "state deleted"."""
     import threading
 
-    from operators.state.manifest import _start_lock
+    from operators.state.manifest import start_lock
 
     dep = Deployment(tmp_path)
     check_start(dep.config, init_recovery=lambda d: init_db_dir(d, 1))  # the first process's set-up...
@@ -507,7 +508,7 @@ def test_a_process_that_checks_while_another_sets_the_shared_directories_up_wait
     locked, done = threading.Event(), threading.Event()
 
     def first_process() -> None:
-        with _start_lock(dep.state_dir):
+        with start_lock(dep.state_dir):
             locked.set()
             done.wait(10)
             held.rename(manifest)

@@ -322,6 +322,7 @@ events = ["add_to_cart"]
 where = ["amount >= 20"]
 reset_on = ["purchase", "app_purchase"]
 window = "6h"
+bucket = "12m"
 
 [signals.cart]
 kind = "absence"
@@ -365,7 +366,7 @@ def test_signals_with_options_merge_in_any_order_and_grouping(story: list[tuple[
 def test_a_reset_on_either_side_clears_what_the_other_gathered_before_it(tmp_path_factory: Any) -> None:
     rules = _options(tmp_path_factory)
     a, c = new_profile("A"), new_profile("C")
-    # Buckets of 12 minutes (6h / 30): the reset at +13m clears the buckets up to the one it falls in.
+    # Buckets of 12 minutes (set in OPTIONS): the reset at +13m clears the buckets up to the one it falls in.
     on_event(a, make_event("add_to_cart", T0, customer="A", amount=30.0, sku="s1", category="bags"), rules)
     on_event(a, make_event("add_to_cart", T0 + 30 * MIN, customer="A", amount=25.0, sku="s2", category="bags"),
              rules)
@@ -381,7 +382,7 @@ def test_a_reset_on_either_side_clears_what_the_other_gathered_before_it(tmp_pat
     for name in ("carts_since_purchase", "views_by_category", "carts_since_purchase@reset"):
         assert m.signals.get(name) == one.signals.get(name), name
     # Grouped: group by group; the absence carries its totals over, added up.
-    assert m.signals["spend_by_category"] == {"bags": [[T0 + 12 * MIN, 40.0]]}
+    assert m.signals["spend_by_category"] == {"bags": [[T0 + 13 * MIN, 40.0]]}  # 1-minute buckets (6h / 30, at most 1m)
     assert m.signals["skus_by_category"] == {"bags": [["s1", T0], ["s2", T0 + 30 * MIN]]}
     b = new_profile("B")
     on_event(b, make_event("add_to_cart", T0 + MIN, customer="B", amount=10.0, sku="s9", category="shoes"), rules)

@@ -424,7 +424,8 @@ def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Pa
 
 
 def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
-    from operators.state.manifest import StateMismatch, check_start
+    from operators.state.manifest import StateMismatch
+    from operators.tools.startup import check_start
 
     config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r")},
                               privacy={"secret": "x"})
@@ -444,7 +445,8 @@ def test_a_store_a_crash_left_half_created_is_no_store(tmp_path: Path) -> None:
     tools pass over it, and the flow's shard creates the store there when it needs it."""
     from bytewax.recovery import init_db_dir
 
-    from operators.state.manifest import check_start, family_dirs, state_families
+    from operators.state.manifest import family_dirs
+    from operators.tools.startup import check_start, state_families
 
     config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r"), "shards": 2},
                               privacy={"secret": "x"})

@@ -433,7 +433,7 @@ def test_the_prometheus_rule_ships_the_runbooks_alerts() -> None:
 def test_the_shipped_configuration_schedules_savepoints_its_input_retention_covers(tmp_path: Path) -> None:
     """deploy/k8s restores a lost volume from the latest savepoint: the schedule is on, and the topics the
     Job creates keep longer than it (the start-up check refuses otherwise)."""
-    from operators.state.schedule import check_recovery_plan
+    from operators.tools.schedule import check_recovery_plan
 
     config = config_from_configmap(tmp_path)
     assert config.state.on_lost_volume == "restore" and config.state.savepoint_interval_ms > 0

@@ -14,9 +14,9 @@ from flows.local_broker import free_port
 from operators.channels import DECISION_CHANNELS
 from operators.infra import health, metrics
 from operators.infra.config import Config, load_config
-from operators.infra.drain import drain_request, parse_drain
 from operators.infra.failures import LostPeer, _parse_proc_addr, lost_peer_message, one_line, root_cause
 from operators.io.control import parse_control
+from operators.io.drain import drain_request, parse_drain
 from operators.io.topics import plan_topics
 from operators.records import SourcePosition
 

@@ -29,7 +29,8 @@ from flows.serve import RateLimiter, load_tokens
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.clock import ManualClock
 from operators.infra.config import Config, ConfigError, load_config
-from operators.io.kafka import client_config, ensure_topics
+from operators.io.kafka_admin import client_config
+from operators.io.topics import ensure_topics
 from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker

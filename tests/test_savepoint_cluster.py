@@ -32,20 +32,13 @@ import pytest
 from flows.local_broker import free_port
 from operators.identity.stage import IDENTITY_KEY
 from operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
-from operators.io.kafka import ensure_topics
+from operators.io.topics import ensure_topics
 from operators.state.layout import IDENTITY, family_named
-from operators.state.manifest import StateMismatch, read_manifest, state_families
-from operators.state.savepoint import (
-    Destination,
-    Placement,
-    SavepointError,
-    SavepointManifest,
-    finish_online,
-    restore,
-    siphash13,
-    write_shard_part,
-)
+from operators.state.manifest import StateMismatch, read_manifest
+from operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
 from operators.state.store import ShardStore
+from operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore, siphash13
+from operators.tools.startup import state_families
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -237,8 +230,8 @@ def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: P
     """Per-pod volumes: this pod's recovery partition is 1 of 2, so the seqs committed for its shards
     may be in the other pod's; refused in one line, nothing written."""
     from flows.cluster import prepare_recovery
-    from operators.state.manifest import check_start
-    from operators.state.savepoint import create_offline
+    from operators.tools.savepoint import create_offline
+    from operators.tools.startup import check_start
 
     config = _deployment(tmp_path / "pod-1", str(tmp_path / "shared"))
     def init_recovery(directory: Path) -> None:
@@ -254,7 +247,7 @@ def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: P
 
 
 def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> None:
-    from operators.state.savepoint import clear_scratch
+    from operators.tools.savepoint import clear_scratch
 
     config = _deployment(tmp_path, str(tmp_path / "shared"))
     linked = next(f for f in state_families(config) if f.subdir.startswith("linked-"))
@@ -267,7 +260,7 @@ def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> No
 
 def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flows.cli import main
-    from operators.state.savepoint import _write_manifest, catalogue
+    from operators.tools.savepoint import _write_manifest, catalogue
 
     root = tmp_path / "savepoints"
     for day in (1, 2, 3):
@@ -294,7 +287,7 @@ def _peer_reports(shared: Path, generation: int | None, *, at: float | None = No
 
 def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     """The decisions of state.on_lost_volume = "restore", process 0 of 2 with a peer's reports written by hand."""
-    from operators.state.savepoint import Generations, Rejoin, _write_manifest
+    from operators.tools.savepoint import Generations, Rejoin, _write_manifest
 
     shared = tmp_path / "shared"
     config = _deployment(tmp_path / "pod-0", str(shared))

@@ -24,9 +24,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from flows.local_broker import free_port
 from operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
-from operators.io.kafka import ensure_topics
-from operators.state import schedule
-from operators.state.savepoint import catalogue
+from operators.io.topics import ensure_topics
+from operators.tools import schedule
+from operators.tools.savepoint import catalogue
 from tests.flowrun import FlowSetup, produce, read_profiles, start, workload
 
 

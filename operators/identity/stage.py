@@ -56,6 +56,7 @@ from operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOu
 from operators.state.epoch import EpochLedger
 from operators.state.layout import IDENTITY, Family, profile_families
 from operators.state.manifest import StartPlan
+from operators.state.savepoint_parts import write_shard_part
 from operators.state.shard_state import open_store
 from operators.state.store import KeyValueStore, StateError
 
@@ -243,7 +244,6 @@ class IdentityState:
         return seq
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
-        from operators.state.savepoint import write_shard_part
 
         try:
             write_shard_part(self.store, request.path, 0, seq, self.ledger.positions, request.token,

@@ -23,7 +23,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from operators.engine.view import VIEW_SCHEMA, profile_view
 from operators.infra import metrics
 from operators.infra.clock import Clock
-from operators.io.kafka import client_config, exit_process, shared_producer
+from operators.io.kafka_admin import client_config
+from operators.io.kafka_sink import shared_producer
+from operators.io.sinks import exit_process
 from operators.profile.model import Profile
 from operators.rules.model import RuleSet
 

@@ -14,8 +14,8 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from operators.infra.config import Config, progress_topic
-from operators.infra.preflight import output_topics
 from operators.io.kafka_admin import client_config
+from operators.io.preflight import output_topics
 
 
 def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s: float = 30.0) -> None:

@@ -67,9 +67,11 @@ from operators.state.keys import (
     shard_path,
     timer_key,
 )
+from operators.state.layout import family_of_anchor, has_store
 from operators.state.manifest import StartPlan
 from operators.state.merge_barrier import MergeBarrier
 from operators.state.quarantine import Quarantine
+from operators.state.savepoint_parts import write_shard_part
 from operators.state.shard_common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
 from operators.state.store import KeyValueStore, ShardStore, StateError
 from operators.state.timer_runner import TimerRunner
@@ -388,7 +390,6 @@ class ShardState:
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
         """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed, on the
         shard's own volume, copied to the destination in the background (the epoch end does not wait)."""
-        from operators.state.savepoint import write_shard_part
 
         started = time.perf_counter()
         try:
@@ -458,7 +459,6 @@ def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str,
     customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
     """
     from operators.identity.graph import resolve_offline
-    from operators.state.layout import family_of_anchor, has_store
 
     key, anchor = resolve_offline(state_dir, customer)
     path = family_of_anchor(anchor, shards).path(state_dir, shard_of(key, shards))

@@ -40,14 +40,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,37 +53,42 @@ from typing import Any
 import orjson
 
 from operators.infra.config import Config, derived_savepoint_dir, is_url
+from operators.io.control import SAVEPOINT_NAME
+from operators.io.kafka_admin import client_config
 from operators.profile.model import PROFILE_FORMAT
-from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of, shard_path
+from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
 from operators.state.layout import IDENTITY, PROFILES, Family, family_named
 from operators.state.manifest import (
+    RECOVERY_MARKER,
     SHARD_HASH,
     STATE_FORMAT,
     RestorePoint,
     StateMismatch,
-    check_identity,
-    identity_rules,
-    new_manifest,
+    family_dirs,
     read_manifest,
     secret_fingerprint,
     shard_dirs,
-    state_families,
+    start_lock,
     write_manifest,
     write_marker,
 )
-from operators.state.store import KeyValueStore, ShardStore, StateError, dir_bytes
+from operators.state.savepoint_parts import (
+    MANIFEST,
+    PART_SUFFIX,
+    SCRATCH_PREFIX,
+    STAGING_PREFIX,
+    Destination,
+    SavepointError,
+    copy_db,
+)
+from operators.state.store import ShardStore, StateError, dir_bytes
+from operators.tools.startup import check_identity, check_start, identity_rules, new_manifest, state_families
 
-MANIFEST = "savepoint.json"
-_STAGING = ".parts-"
-_PART_SUFFIX = ".part.json"
-_SCRATCH = ".savepoint-"  # a shard's local checkpoint, on its own volume, until it is copied out
 _RESTORING = ".nextclick-restoring.json"  # in state.dir while a restore puts shards in place
 
 log = logging.getLogger(__name__)
 
 
-class SavepointError(StateError):
-    """A savepoint cannot be made, read or restored; the message says why in one line."""
 
 
 # -- where shards run ---------------------------------------------------------------------------------
@@ -157,163 +159,10 @@ class Placement:
 
 # -- where savepoints are -----------------------------------------------------------------------------
 
-_MANGLED_URL = re.compile(r"^([a-z][a-z0-9+.-]*):/(?!/)")
 
 
-class _Guarded:
-    """An fsspec file system whose failures (no credentials, access denied, no such bucket, endpoint down)
-    are one SavepointError line naming the location; FileNotFoundError stays itself (callers test for it)."""
-
-    def __init__(self, fs: Any, location: str) -> None:
-        self._fs, self._location = fs, location
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._fs, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - botocore and aiohttp raise many kinds
-                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise SavepointError(f"{self._location}: the object store failed ({type(exc).__name__}: {detail}); "
-                                     "check the bucket, the AWS_* credentials and AWS_ENDPOINT_URL") from None
-
-        return call
 
 
-class Destination:
-    """A savepoint's place: a directory (a shared mount) or an object-store prefix, reached through fsspec
-    (s3fs for s3://; credentials and endpoint from the usual AWS_* variables). Names inside it are
-    relative, with "/" separators."""
-
-    def __init__(self, location: str | Path) -> None:
-        # `Path("s3://b/p")` is "s3:/b/p": a location that went through a Path gets its "//" back.
-        text = _MANGLED_URL.sub(r"\1://", os.fspath(location))
-        self.remote = is_url(text)
-        self.location = text.rstrip("/") if self.remote else os.path.normpath(text)
-        if self.remote:
-            import fsspec
-
-            fs = fsspec.filesystem(text.split("://", 1)[0])
-            self._root = str(fs._strip_protocol(self.location)).rstrip("/")
-            self.fs = _Guarded(fs, self.location)
-        self.path = Path(self.location)
-
-    def __str__(self) -> str:
-        return self.location
-
-    @property
-    def name(self) -> str:
-        return self.location.rstrip("/").rsplit("/", 1)[-1]
-
-    def child(self, name: str) -> Destination:
-        return Destination(f"{self.location}/{name}")
-
-    def describe(self, rel: str) -> str:
-        return f"{self.location}/{rel}"
-
-    def _remote(self, rel: str) -> str:
-        return f"{self._root}/{rel}" if rel else self._root
-
-    def read_bytes(self, rel: str) -> bytes:
-        """FileNotFoundError when absent."""
-        if not self.remote:
-            return (self.path / rel).read_bytes()
-        with self.fs.open(self._remote(rel), "rb") as fh:
-            return bytes(fh.read())
-
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Whole or not at all: a temporary file renamed into place (one PUT for an object store)."""
-        if self.remote:
-            self.fs.pipe_file(self._remote(rel), data)
-            return
-        target = self.path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-
-    def files(self, under: str = "") -> list[str]:
-        """Every file below `under`, relative to the destination (fresh: no listing cache)."""
-        if not self.remote:
-            base = self.path / under if under else self.path
-            if not base.is_dir():
-                return []
-            return sorted(p.relative_to(self.path).as_posix() for p in base.rglob("*") if p.is_file())
-        self.fs.invalidate_cache()
-        prefix = self._remote(under)
-        try:
-            found = self.fs.find(prefix)
-        except FileNotFoundError:
-            return []
-        return sorted(str(f)[len(self._root) + 1:] for f in found)
-
-    def children(self) -> list[str]:
-        """The names directly inside (savepoints, in a savepoint_dir)."""
-        if not self.remote:
-            return sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
-        self.fs.invalidate_cache()
-        try:
-            return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._root, detail=False))
-        except FileNotFoundError:
-            return []
-
-    def is_empty(self) -> bool:
-        if not self.remote:
-            return not self.path.exists() or not any(self.path.iterdir())
-        return not self.files()
-
-    def is_dir(self, rel: str) -> bool:
-        return (self.path / rel).is_dir() if not self.remote else bool(self.files(rel))
-
-    def put_dir(self, local: Path, rel: str) -> int:
-        """Copy a flat directory (a RocksDB checkpoint) to `rel`; hard links where the file system allows.
-        The bytes copied."""
-        items = sorted(local.iterdir())
-        total = sum(item.stat().st_size for item in items)
-        if self.remote:  # one batch: fsspec uploads the files concurrently
-            self.fs.put([str(i) for i in items], [self._remote(f"{rel}/{i.name}") for i in items])
-            return total
-        for item in items:
-            target = self.path / rel / item.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(item, target)
-            except OSError:
-                shutil.copy2(item, target)
-        return total
-
-    def get_dir(self, rel: str, local: Path) -> None:
-        """Copy `rel` (a RocksDB directory) into the new directory `local`."""
-        if not self.remote:
-            _copy_db(self.path / rel, local)
-            return
-        local.mkdir(parents=True)
-        names = self.files(rel)  # one batch: fsspec downloads the files concurrently
-        self.fs.get([self._remote(n) for n in names], [str(local / n.rsplit("/", 1)[-1]) for n in names])
-
-    def move(self, rel: str, to: str) -> None:
-        """Within a directory only (objects are left where they are: see `root`)."""
-        (self.path / to).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.path / rel, self.path / to)
-
-    def remove(self, rel: str) -> None:
-        if self.remote:
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(self._remote(rel), recursive=True)
-        elif (self.path / rel).is_dir():
-            shutil.rmtree(self.path / rel, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                (self.path / rel).unlink()
-
-    def size(self) -> int:
-        if not self.remote:
-            return dir_bytes(self.path)
-        self.fs.invalidate_cache()
-        return int(self.fs.du(self._root))
 
 
 @dataclass(frozen=True)
@@ -415,64 +264,10 @@ def _empty_dest(dest: Path) -> None:
 
 # -- online ------------------------------------------------------------------------------------
 
-# One background copier per process: a shard's epoch end only takes a hard-linked checkpoint, and the
-# copy to the destination (another file system, or an object store) runs beside the flow. Not daemon
-# threads: a process that drains waits for the parts it started.
-_COPIER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="savepoint-copy")
 
 
-def _who() -> str:
-    """Names this process in a part, so a savepoint that misses parts can say who did not answer."""
-    return os.environ.get("NEXTCLICK_POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: int, positions: dict[str, int],
-                     token: str, lineage: str | None, subdir: str = "", *,
-                     scratch: Path | None = None) -> Future[None] | None:
-    """One shard's part of an online savepoint (called by the shard right after its checkpoint).
-
-    `subdir`: its family's directory ("" for profiles; operators/state/layout.py). `scratch`: a directory
-    on the shard's own volume: the RocksDB checkpoint is taken there (hard links, milliseconds) and
-    copied to `dest` in the background (the future; errors are logged, the CLI names the missing part).
-    Without it the checkpoint is written straight into a local `dest` (tests, tools)."""
-    where = Destination(dest)
-    name = shard_path("", shard).name
-    rel = f"{_STAGING}{token}/{subdir}/{name}" if subdir else f"{_STAGING}{token}/{name}"
-    part = {"shard": shard, "seq": seq, "positions": positions, "lineage": lineage, "token": token,
-            "family": subdir, "process": _who()}
-    if scratch is None and not where.remote:
-        target = where.path / rel
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        store.create_checkpoint(target)
-        part["bytes"] = dir_bytes(target)
-        where.write_bytes(f"{rel}{_PART_SUFFIX}", orjson.dumps(part))
-        return None
-    # One directory per shard and attempt, no shared parent: copies finish in any order, each removes its own.
-    local = (scratch or Path(os.environ.get("TMPDIR", "/tmp"))) / f"{_SCRATCH}{token}-{subdir or PROFILES}-{name}"
-    if local.exists():
-        shutil.rmtree(local)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    store.create_checkpoint(local)
-
-    def copy() -> None:
-        started = time.perf_counter()
-        try:
-            where.remove(rel)  # what an earlier, interrupted copy of this part left
-            part["bytes"] = where.put_dir(local, rel)
-            where.write_bytes(f"{rel}{_PART_SUFFIX}", orjson.dumps(part))  # last: the part is complete
-        except Exception as exc:  # noqa: BLE001 - a background copy: log it, the CLI names the missing part
-            log.error("savepoint part not copied", extra={"shard": shard, "family": subdir or PROFILES,
-                                                          "path": where.describe(rel), "error": str(exc)})
-            return
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-        log.info("savepoint part written", extra={"shard": shard, "family": subdir or PROFILES, "seq": seq,
-                                                  "path": where.describe(rel), "bytes": part["bytes"],
-                                                  "seconds": round(time.perf_counter() - started, 3)})
-
-    return _COPIER.submit(copy)
 
 
 def clear_scratch(config: Config) -> int:
@@ -482,7 +277,7 @@ def clear_scratch(config: Config) -> int:
     removed = 0
     for family in state_families(config):
         root = family.root(config.state.dir)
-        for leftover in root.glob(f"{_SCRATCH}*") if root.is_dir() else ():
+        for leftover in root.glob(f"{SCRATCH_PREFIX}*") if root.is_dir() else ():
             shutil.rmtree(leftover, ignore_errors=True)
             removed += 1
     return removed
@@ -495,7 +290,6 @@ def request_token() -> str:
 
 def online_destination(config: Config, dest: str) -> Destination:
     """DEST of `savepoint create --online`, checked: the flow writes only inside state.savepoint_dir."""
-    from operators.io.control import SAVEPOINT_NAME
 
     root = Destination(config.state.savepoint_dir)
     where = Destination(dest)
@@ -546,7 +340,7 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
     while True:
         by_token: dict[str, list[str]] = {}
         for name in where.files():
-            if name.startswith(_STAGING) and name.endswith(_PART_SUFFIX) and "/." not in name:
+            if name.startswith(STAGING_PREFIX) and name.endswith(PART_SUFFIX) and "/." not in name:
                 by_token.setdefault(name.split("/", 1)[0], []).append(name)
         complete = None
         for token, names in sorted(by_token.items()):
@@ -594,7 +388,7 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
         for family in fams:
             for shard in range(family.shards):
                 where.move(f"{token}/{family.rel(shard)}", family.rel(shard))
-    for other in {n.split("/", 1)[0] for n in where.files() if n.startswith(_STAGING)} - {root}:
+    for other in {n.split("/", 1)[0] for n in where.files() if n.startswith(STAGING_PREFIX)} - {root}:
         where.remove(other)  # this attempt's part files, and every other attempt
     lineages = {p.get("lineage") for p in parts_json}
     manifest = SavepointManifest(
@@ -616,7 +410,6 @@ def create_online(config: Config, dest: str, *, timeout_s: float, request_id: st
     the one path of `savepoint create --online` and of the scheduler (operators/state/schedule.py)."""
     from confluent_kafka import Producer
 
-    from operators.io.kafka import client_config
 
     root = Destination(config.state.savepoint_dir)
     where = online_destination(config, dest)
@@ -649,7 +442,6 @@ def _write_manifest(dest: Path | Destination, manifest: SavepointManifest) -> No
 def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | None = None,
                    progress: Callable[[str], None] = lambda _m: None) -> SavepointManifest:
     """Copy every shard of a stopped flow at the seq Bytewax committed, with the input positions."""
-    from operators.state.manifest import check_start, family_dirs
 
     state_dir = Path(config.state.dir)
     if read_manifest(state_dir) is None and not shard_dirs(state_dir):
@@ -786,13 +578,13 @@ def reshard(src: Path, dest: Path, shards: int, *,
     if source.root:
         src = src / source.root
     _empty_dest(dest)
-    staging = dest / f"{_STAGING}reshard"
+    staging = dest / f"{STAGING_PREFIX}reshard"
     positions_blob = orjson.dumps(source.positions)
     new_seqs: dict[str, dict[int, int]] = {}
     for family, seqs in source.all_families():
         if not family.profiles:
             for number in seqs:
-                _copy_db(src / family.rel(number), staging / family.rel(number))
+                copy_db(src / family.rel(number), staging / family.rel(number))
             new_seqs[family.name] = dict(seqs)
             continue
         target = family_named(family.name, shards)
@@ -878,7 +670,6 @@ def _restore_decision(config: Config, savepoint: SavepointManifest, where: Desti
 
 def _undo_partial_restore(config: Config, state_dir: Path, recovery: Path) -> None:
     """Remove what an interrupted restore created (and only that: shard directories, recovery partitions)."""
-    from operators.state.manifest import RECOVERY_MARKER
 
     for family in state_families(config):
         for number in range(family.shards):
@@ -897,7 +688,6 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
     fetched. Idempotent: state that already came from this savepoint is left as it is (a manifest may keep
     --from-savepoint), and a restore interrupted part way is done again; anything else is refused in one
     line, with nothing changed."""
-    from operators.state.manifest import _start_lock
 
     began = time.perf_counter()
     where = Destination(src)
@@ -918,7 +708,7 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
             raise SavepointError(f"{where} lacks {manifest.location(family, number)}: the savepoint is damaged")
     point = RestorePoint(manifest.id, dict(manifest.seqs), dict(manifest.positions),
                          {name: dict(seqs) for name, seqs in manifest.families.items()})
-    with _start_lock(state_dir):  # processes sharing one state directory restore it once
+    with start_lock(state_dir):  # processes sharing one state directory restore it once
         if _restore_decision(config, manifest, where, state_dir, recovery):
             return Restored(manifest, True, [], 0, time.perf_counter() - began)
         marker = state_dir / _RESTORING
@@ -953,20 +743,6 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
     return Restored(manifest, False, fetched, total, time.perf_counter() - began)
 
 
-def _copy_db(src: Path, dest: Path) -> None:
-    """Copy a RocksDB directory, hard-linking its immutable table files where the file system allows."""
-    dest.mkdir(parents=True)
-    for item in src.iterdir():
-        if item.name == "LOCK":
-            continue
-        target = dest / item.name
-        if item.suffix == ".sst":
-            try:
-                os.link(item, target)
-                continue
-            except OSError:
-                pass
-        shutil.copy2(item, target)
 
 
 # -- a lost volume: the whole cluster back to the latest savepoint ------------------------------------
@@ -1007,7 +783,6 @@ def check_input_covers(config: Config, manifest: SavepointManifest) -> None:
     the savepoint's position (or past 0, for a partition the savepoint has no position for)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from operators.io.kafka import client_config
 
     consumer = Consumer(client_config(config.kafka, **{"group.id": "nextclick-restore-check",
                                                       "enable.auto.commit": False}))

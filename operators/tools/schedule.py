@@ -26,7 +26,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from operators.infra.config import Config, ConfigError
 from operators.infra.metrics import REGISTRY
-from operators.state.savepoint import Destination, SavepointError, catalogue, create_online, prune
+from operators.io.kafka_admin import client_config
+from operators.state.savepoint_parts import Destination, SavepointError
+from operators.tools.savepoint import catalogue, create_online, prune
 
 log = logging.getLogger("nextclick.savepoint")
 
@@ -162,7 +164,6 @@ def topic_retention_ms(kafka: dict[str, str] | object, topics: Iterable[str]) ->
     reports only the configs a topic was created with)."""
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from operators.io.kafka import client_config
 
     admin = AdminClient(client_config(kafka))  # type: ignore[arg-type]
     names = list(dict.fromkeys(topics))

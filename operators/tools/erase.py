@@ -13,12 +13,13 @@ from typing import Any
 
 from operators.identity.graph import IdentityGraph
 from operators.infra.config import Config
+from operators.io.profile_view import send_tombstones
 from operators.rules.loader import load_configured_rules
 from operators.state.keys import shard_of
 from operators.state.layout import IDENTITY, has_store
-from operators.state.manifest import identity_rules, state_families
 from operators.state.shard_state import erase_customer
 from operators.state.store import ShardStore, StateError
+from operators.tools.startup import identity_rules, state_families
 
 
 def _open(path: Path, config: Config) -> ShardStore:
@@ -65,7 +66,6 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
     if config.topics.profiles:
         # The profile view: the stopped flow writes no tombstone, so the erasure does, for every place
         # (family and key) the profile can have been shown under (operators/io/profile_view.py).
-        from operators.io.profile_view import send_tombstones
 
         result["view_tombstones"] = send_tombstones(
             config.kafka, config.topics.profiles,
