@@ -14,7 +14,7 @@ from operators.engine.steps import due_at, on_event, on_timers
 from operators.profile.model import Profile, new_profile
 from operators.records import Decision, Event
 from operators.rules.model import RuleSet
-from operators.state.shard_common import note_ids
+from operators.shard.common import note_ids
 
 
 class CeilingState:

@@ -34,9 +34,9 @@ from operators.infra.runtime import tune_gc
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
 from operators.rules.loader import load_rules
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import shard_of
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
 
 
 def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: int, sync: bool,

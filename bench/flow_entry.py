@@ -32,7 +32,7 @@ from operators.infra.logs import configure_logging
 from operators.infra.runtime import tune_gc
 from operators.io import kafka_sink, kafka_source, sinks
 from operators.records import Progress
-from operators.state.shard import ResumeState, ShardLogic
+from operators.shard.logic import ResumeState, ShardLogic
 from operators.tools.startup import check_start, runner_recovery_dir
 
 STARTED = time.time()

@@ -38,10 +38,10 @@ from operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, Priv
 from operators.io.parse import parse_message
 from operators.records import Event, SavepointRequest, SourcePosition
 from operators.rules.loader import load_rules
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import shard_of
 from operators.state.recovery_db import read_recovery
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 from operators.tools.savepoint import create_offline, finish_online, reshard, restore
 from operators.tools.startup import check_start

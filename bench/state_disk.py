@@ -41,9 +41,9 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.records import Event
 from operators.rules.loader import load_rules
+from operators.shard.logic import ResumeState, ShardLogic
+from operators.shard.shard_state import ShardContext, ShardItem
 from operators.state.keys import shard_of
-from operators.state.shard import ResumeState, ShardLogic
-from operators.state.shard_state import ShardContext, ShardItem
 from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000

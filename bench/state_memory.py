@@ -38,9 +38,9 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import DEFAULT_RULES_FILE
 from operators.records import Event
 from operators.rules.loader import load_rules
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import PROFILE_PREFIX, shard_of
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000

@@ -41,9 +41,9 @@ from operators.infra.config import DEFAULT_RULES_FILE
 from operators.io.topics import ensure_topics
 from operators.records import Event
 from operators.rules.loader import load_rules
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import shard_of
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
 from operators.state.store import dir_bytes
 
 REPO = Path(__file__).resolve().parent.parent

@@ -33,8 +33,8 @@ from operators.infra.config import DEFAULT_RULES_FILE, Config, PrivacyConfig
 from operators.infra.runtime import tune_gc
 from operators.records import Event, SourcePosition
 from operators.rules.loader import load_rules
+from operators.shard.shard_state import ShardContext, ShardState
 from operators.state.keys import shard_of
-from operators.state.shard_state import ShardContext, ShardState
 from operators.tools.startup import check_start
 
 WEEK_MS = 7 * 86_400_000

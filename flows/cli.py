@@ -190,7 +190,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
     from operators.identity.graph import resolve_offline
-    from operators.state.shard_state import read_profile
+    from operators.tools.profiles import read_profile
     from operators.tools.startup import verify_config
 
     config = load_config(args.config)

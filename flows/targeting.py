@@ -13,7 +13,7 @@ of stores that profile lives in (operators/state/layout.py): `profiles` for iden
 nothing, as before identity stitching, and one `linked_<type>` family per identifier type a linked
 profile can be keyed by. A link moves profiles only to later families, so the graph has no cycle.
 Before anything is wired, the state and recovery directories are checked against the configuration
-(operators/state/manifest.py).
+(operators/tools/startup.py).
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from operators.records import (
 )
 from operators.rules.loader import load_configured_rules
 from operators.rules.model import RuleSet
+from operators.shard.logic import ResumeState, ShardLogic
+from operators.shard.shard_state import ShardContext, ShardOutput
 from operators.state.layout import profile_families
 from operators.state.manifest import StartPlan
-from operators.state.shard import ResumeState, ShardLogic
-from operators.state.shard_state import ShardContext, ShardOutput
 from operators.tools.startup import check_start
 
 Routed = tuple[str, Any]
@@ -155,7 +155,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                                  secret=secret, savepoint_dir=savepoint_dir)
             if isinstance(item, (EraseRequest, SavepointRequest)):
                 out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there
-            elif item is not None:  # None: a drain request, for the drain watchers (operators/infra/drain.py)
+            elif item is not None:  # None: a drain request, for the drain watchers (operators/io/drain.py)
                 out.append(item)
         return out
 

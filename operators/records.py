@@ -101,7 +101,7 @@ class SavepointRequest:
     """From the control topic, one copy per shard: copy the shard into `path` at the end of this epoch.
 
     `token` is chosen once per parse of the command, so every shard's part of one attempt shares it
-    and a replayed command (a new parse) writes a separate attempt (operators/state/savepoint.py)."""
+    and a replayed command (a new parse) writes a separate attempt (operators/tools/savepoint.py)."""
 
     shard: int
     request_id: str

@@ -49,7 +49,7 @@ def _no_leaked_log_handlers() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_signal_mask() -> Iterator[None]:
-    """A drain test blocks SIGTERM and SIGINT in the test process (operators/infra/drain.py); processes
+    """A drain test blocks SIGTERM and SIGINT in the test process (operators/io/drain.py); processes
     that later tests start would inherit that mask and ignore `terminate()`."""
     before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     yield

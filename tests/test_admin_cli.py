@@ -17,7 +17,7 @@ import pytest
 from operators.identity.pseudonyms import pseudonymize
 from operators.infra.config import PrivacyConfig
 from operators.io.topics import ensure_topics
-from operators.state.shard_state import read_profile
+from operators.tools.profiles import read_profile
 from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
 
 CUSTOMERS = 30

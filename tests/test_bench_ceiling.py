@@ -10,8 +10,8 @@ from operators.infra.clock import ManualClock
 from operators.infra.config import ParseConfig, PrivacyConfig
 from operators.io.parse import parse_message
 from operators.records import Event, SourcePosition
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from tests.helpers import HOUR, T0, default_rules
 
 

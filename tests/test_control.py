@@ -20,7 +20,7 @@ from operators.io.parse import parse_message
 from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, EraseRequest, SourcePosition
 from operators.state.keys import shard_of, shard_path
-from operators.state.shard_state import read_profile
+from operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 from tests.waits import store_seq
 

@@ -29,7 +29,7 @@ from operators.infra.config import Config
 from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
 from operators.io.topics import ensure_topics
 from operators.rules.arbitration import decision_id
-from operators.state.shard_state import read_profile
+from operators.tools.profiles import read_profile
 from tests.helpers import consume_all
 
 pytestmark = pytest.mark.broker

@@ -172,7 +172,7 @@ def test_live_a_shard_that_opens_after_the_input_caught_up_still_fires_by_the_cl
 
     from operators.infra.clock import ManualClock
     from operators.infra.config import Config
-    from operators.state.shard_state import read_profile
+    from operators.tools.profiles import read_profile
     from tests.helpers import FlowThread
 
     t0 = 1_795_428_000_000

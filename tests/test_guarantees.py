@@ -31,12 +31,13 @@ from operators.infra.config import Config
 from operators.profile.model import PROFILE_FORMAT
 from operators.records import DeadLetter, Decision, Event
 from operators.rules.loader import load_rules
-from operators.state import shard_state as shard_module
+from operators.shard import shard_state as shard_module
+from operators.shard.logic import ResumeState, ShardLogic
+from operators.shard.shard_state import ShardContext, open_store
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, shard_of
 from operators.state.manifest import MANIFEST_FILE, StateMismatch
-from operators.state.shard import ResumeState, ShardLogic
-from operators.state.shard_state import ShardContext, open_store, read_profile
 from operators.state.store import ShardStore, StateError
+from operators.tools.profiles import read_profile
 from operators.tools.savepoint import create_offline, restore
 from operators.tools.startup import check_start
 from tests.flowrun import read_profiles

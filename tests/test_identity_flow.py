@@ -24,8 +24,8 @@ from operators.infra.config import Config
 from operators.io.topics import ensure_topics
 from operators.state.keys import PROFILE_PREFIX, profile_key, shard_of, shard_path
 from operators.state.layout import profile_families
-from operators.state.shard_state import read_profile
 from operators.state.store import ShardStore
+from operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker

@@ -25,11 +25,12 @@ from operators.infra.config import Config, ParseConfig
 from operators.io.parse import _parse_fast, parse_message, parse_message_slow
 from operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
 from operators.rules.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import TIMER_PREFIX, profile_key
 from operators.state.layout import profile_families
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext, read_profile
 from operators.state.store import ShardStore, StateError
+from operators.tools.profiles import read_profile
 from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
 
 SECRET = b"identity-stage-secret"

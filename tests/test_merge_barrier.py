@@ -1,4 +1,4 @@
-"""MergeBarrier (operators/state/merge_barrier.py) on its own, against a real RocksDB store: moving a
+"""MergeBarrier (operators/shard/merge_barrier.py) on its own, against a real RocksDB store: moving a
 profile out takes its stored copy and timer with it; moved profiles are merged once all have come,
 whichever path delivered first; the items that waited come back in order; no epoch ends half-way."""
 
@@ -13,11 +13,11 @@ from operators.engine.steps import due_at
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import new_profile
 from operators.records import MergeExpect, MoveIn, MoveOut
-from operators.state.cache import ProfileCache
+from operators.shard.cache import ProfileCache
+from operators.shard.common import Merge
+from operators.shard.merge_barrier import MergeBarrier
+from operators.shard.quarantine import Quarantine
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
-from operators.state.merge_barrier import MergeBarrier
-from operators.state.quarantine import Quarantine
-from operators.state.shard_common import Merge
 from operators.state.store import ShardStore, StateError
 from operators.state.timers import TimerIndex
 from tests.helpers import MIN, T0, consent, default_rules, make_event

@@ -37,7 +37,7 @@ from operators.infra.logs import configure_logging
 from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
 from operators.io.topics import ensure_topics
 from operators.records import DeadLetter, SourcePosition
-from operators.state.shard_state import read_profile
+from operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 
 SECRET = "pii-test-secret"

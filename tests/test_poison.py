@@ -25,10 +25,11 @@ from operators.profile.codec import encode_profile, profile_as_dict, stored_as_d
 from operators.profile.facts import ProfileEncodeError, apply_facts
 from operators.profile.model import new_profile
 from operators.records import DeadLetter, Event, SourcePosition
-from operators.state import shard_state as shard_module
+from operators.shard import shard_state as shard_module
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext, read_profile
+from operators.tools.profiles import read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, consume_all, default_rules, make_event
 

@@ -1,4 +1,4 @@
-"""ProfileCache (operators/state/cache.py) on its own, against a real RocksDB store: the LRU of decoded
+"""ProfileCache (operators/shard/cache.py) on its own, against a real RocksDB store: the LRU of decoded
 profiles, the dirty set and its write-back with the timer keys, and the way into quarantine."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from operators.engine import steps as engine
 from operators.engine.steps import due_at
 from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import Profile
-from operators.state.cache import ProfileCache
+from operators.shard.cache import ProfileCache
+from operators.shard.quarantine import Quarantine
 from operators.state.keys import QUARANTINED, profile_key, quarantine_key, timer_key
-from operators.state.quarantine import Quarantine
 from operators.state.store import ShardStore
 from operators.state.timers import TimerIndex
 from tests.helpers import MIN, T0, consent, default_rules, make_event

@@ -24,9 +24,9 @@ from operators.profile.codec import decode_profile, migrate_v1, profile_as_dict
 from operators.profile.facts import ORDER_LIMITS
 from operators.profile.model import PROFILE_FORMAT
 from operators.records import Event
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from operators.state.keys import PROFILE_PREFIX
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
 from operators.state.store import ShardStore
 from tests.helpers import default_rules
 from tests.test_engine_equivalence import OLD_ENGINE, REPO, START, steps

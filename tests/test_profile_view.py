@@ -16,8 +16,8 @@ from operators.io.profile_view import view_record
 from operators.io.topics import plan_topics
 from operators.io.view_index import ViewIndex
 from operators.profile.model import Profile, new_profile
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext
 from tests.helpers import MIN, SEC, T0, consent, default_rules, make_event
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "profile.v1.json").read_text())

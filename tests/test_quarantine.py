@@ -1,4 +1,4 @@
-"""Quarantine (operators/state/quarantine.py) on its own, against a real RocksDB store: a customer set
+"""Quarantine (operators/shard/quarantine.py) on its own, against a real RocksDB store: a customer set
 aside leaves a record and no timer; a failed event is undone by replaying what succeeded before it."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.model import new_profile
 from operators.records import Event, Outcome
 from operators.rules.model import RuleSet
+from operators.shard.common import Applied, Merge
+from operators.shard.quarantine import Quarantine
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, timer_key
-from operators.state.quarantine import Quarantine
-from operators.state.shard_common import Applied, Merge
 from operators.state.store import ShardStore
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 

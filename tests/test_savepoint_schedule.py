@@ -1,4 +1,4 @@
-"""Scheduled savepoints (operators/state/schedule.py) and the start-up checks of on_lost_volume = "restore".
+"""Scheduled savepoints (operators/tools/schedule.py) and the start-up checks of on_lost_volume = "restore".
 
 - The schedule through the embedded broker: a running flow with state.savepoint_interval = 1s takes
   savepoints into the shared directory and prunes them to state.savepoint_keep; an attempt that fails

@@ -9,9 +9,10 @@ from pathlib import Path
 from operators.engine.steps import PRUNE_GRANULE_MS
 from operators.infra.clock import ManualClock
 from operators.records import EraseRequest
+from operators.shard.logic import ShardLogic
+from operators.shard.shard_state import ShardContext, ShardState
 from operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
-from operators.state.shard import ShardLogic
-from operators.state.shard_state import ShardContext, ShardState, read_profile
+from operators.tools.profiles import read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 

@@ -1,4 +1,4 @@
-"""TimerRunner (operators/state/timer_runner.py) on its own, against a real RocksDB store: turns by the
+"""TimerRunner (operators/shard/timer_runner.py) on its own, against a real RocksDB store: turns by the
 frontier, cold profiles written back at once and never cached, dirty ones by their own due time,
 bounded turns, and customers waiting for a merge left for later."""
 
@@ -14,12 +14,12 @@ from operators.frontier import EventTimeFrontier
 from operators.infra.clock import ManualClock
 from operators.profile.codec import decode_profile
 from operators.records import Decision
-from operators.state import timer_runner
-from operators.state.cache import ProfileCache
+from operators.shard import timer_runner
+from operators.shard.cache import ProfileCache
+from operators.shard.quarantine import Quarantine
+from operators.shard.timer_runner import TimerRunner
 from operators.state.keys import TIMER_PREFIX, profile_key, timer_key
-from operators.state.quarantine import Quarantine
 from operators.state.store import ShardStore
-from operators.state.timer_runner import TimerRunner
 from operators.state.timers import TimerIndex
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 

@@ -13,7 +13,7 @@ Each part is merged by the module that owns it (operators/profile/model.py lists
 
 Every part's merge is commutative, so the result does not depend on which profile absorbs which;
 the shard merges several profiles in the order of their keys, never in their order of arrival
-(operators/state/shard_state.py). `ids` are not merged here: the identity stage says what they are.
+(operators/shard/shard_state.py). `ids` are not merged here: the identity stage says what they are.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ For each event:
   where it would have gone without the link, counted by reason and logged (keys only, never raw
   values). A merge: the graph records it, every profile that joins is sent a `MoveOut` (in its family
   and shard), the merged profile's shard a `MergeExpect`, then the event goes there. The shard holds
-  that customer's items until every moved profile has arrived (operators/state/shard_state.py), so
+  that customer's items until every moved profile has arrived (operators/shard/shard_state.py), so
   what came after the link applies after the merge.
 
 The stage also keeps the input's event-time frontier (operators/frontier.py): each input partition's
@@ -53,11 +53,11 @@ from operators.identity.guards import IdentityRules
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock, SystemClock
 from operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
+from operators.shard.shard_state import open_store
 from operators.state.epoch import EpochLedger
 from operators.state.layout import IDENTITY, Family, profile_families
 from operators.state.manifest import StartPlan
 from operators.state.savepoint_parts import write_shard_part
-from operators.state.shard_state import open_store
 from operators.state.store import KeyValueStore, StateError
 
 IdentityItem = Event | EraseRequest | SavepointRequest | Progress

@@ -90,7 +90,7 @@ class StateConfig:
     # restores) or "restore": the whole cluster goes back to the latest savepoint in savepoint_dir and
     # replays the input from its positions (docs/state.md, "A lost volume").
     on_lost_volume: str = "stop"
-    # Scheduled savepoints (operators/state/schedule.py): process 0 of a running cluster takes an online
+    # Scheduled savepoints (operators/tools/schedule.py): process 0 of a running cluster takes an online
     # savepoint into savepoint_dir every interval (a duration, e.g. "1h"; "": none, the default: a
     # savepoint copies every shard, so the cost is the operator's choice) and keeps the newest
     # `savepoint_keep` complete ones. An attempt that does not complete within `savepoint_timeout` counts

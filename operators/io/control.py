@@ -4,7 +4,7 @@
     {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
     {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
-    {"command": "drain", ...}   (operators/infra/drain.py: for every process's drain watcher, not here)
+    {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
 
 The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write

@@ -1,7 +1,7 @@
 """The profile view topic (`[topics] profiles`): at each epoch commit, the latest version of every profile
 changed in that epoch, keyed by profile key; a tombstone for a profile erased or absorbed by a merge.
 
-At the edge on purpose: the shard (operators/state/shard_state.py) only says which profiles changed and
+At the edge on purpose: the shard (operators/shard/shard_state.py) only says which profiles changed and
 hands over their current versions at its checkpoint; this module turns them into records
 (operators/engine/view.py) and owns the producer. It produces and flushes before the shard's
 checkpoint returns, so before Bytewax commits the epoch: a record is never missing for a committed

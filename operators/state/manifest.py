@@ -34,7 +34,7 @@ MANIFEST_FILE = "nextclick-state.json"
 RECOVERY_MARKER = "nextclick-recovery.json"
 
 
-# Layout of the state directory and of the keys inside a shard (operators/state/shard.py).
+# Layout of the state directory and of the keys inside a shard (operators/shard/logic.py).
 STATE_FORMAT = 1
 
 

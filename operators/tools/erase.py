@@ -15,9 +15,9 @@ from operators.identity.graph import IdentityGraph
 from operators.infra.config import Config
 from operators.io.profile_view import send_tombstones
 from operators.rules.loader import load_configured_rules
+from operators.shard.shard_state import erase_customer
 from operators.state.keys import shard_of
 from operators.state.layout import IDENTITY, has_store
-from operators.state.shard_state import erase_customer
 from operators.state.store import ShardStore, StateError
 from operators.tools.startup import identity_rules, state_families
 

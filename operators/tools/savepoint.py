@@ -14,7 +14,7 @@ An online savepoint in an object store keeps its shards under the prefix its par
 (`root` in the manifest, `.parts-<token>`): objects cannot be renamed, and copying every shard once
 more only to tidy the names would double the cost.
 
-Each shard checkpoints the input positions of the events it applied (operators/state/shard.py), so the
+Each shard checkpoints the input positions of the events it applied (operators/shard/logic.py), so the
 positions of a savepoint are the largest over its shards: every message before them was applied by
 its shard (or refused by the parser; a restore reads such trailing refusals again, and dead-letters
 them again). A savepoint is taken
@@ -407,7 +407,7 @@ def create_online(config: Config, dest: str, *, timeout_s: float, request_id: st
                   placement: Placement | None = None, progress: Callable[[str], None] = lambda _m: None,
                   cancelled: Callable[[], bool] = lambda: False) -> SavepointManifest:
     """Ask the running flow for an online savepoint into `dest` (inside state.savepoint_dir) and assemble it:
-    the one path of `savepoint create --online` and of the scheduler (operators/state/schedule.py)."""
+    the one path of `savepoint create --online` and of the scheduler (operators/tools/schedule.py)."""
     from confluent_kafka import Producer
 
 

@@ -17,9 +17,9 @@ from operators.profile.facts import ProfileEncodeError
 from operators.profile.model import Profile
 from operators.records import MergeExpect, MoveIn, MoveOut
 from operators.rules.model import RuleSet
-from operators.state.cache import ProfileCache
+from operators.shard.cache import ProfileCache
+from operators.shard.common import Merge, ShardItem, log
 from operators.state.keys import QUARANTINED, profile_key
-from operators.state.shard_common import Merge, ShardItem, log
 from operators.state.store import UNKNOWN, KeyValueStore, StateError, Unknown
 
 

@@ -6,7 +6,7 @@ applied since it was written (the cache's replay log), replayed through the dete
 profile that cannot be read, written, turned or rebuilt is set aside (`record`): a quarantine record
 keeps its stored bytes for inspection, and the customer's events are dead-lettered until it is erased.
 
-The cache (operators/state/cache.py) is the way in (`ProfileCache.set_aside`, `ProfileCache.restore`):
+The cache (operators/shard/cache.py) is the way in (`ProfileCache.set_aside`, `ProfileCache.restore`):
 it forgets the customer first. This part holds no reference back to it, so a shard is freed (and its
 RocksDB closed) as soon as it is dropped, with no reference cycle left for the collector.
 """
@@ -24,8 +24,8 @@ from operators.profile.codec import decode_profile
 from operators.profile.model import Profile, new_profile
 from operators.records import Event
 from operators.rules.model import RuleSet
+from operators.shard.common import Applied, EngineSteps, Merge, log, note_ids
 from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, timer_key
-from operators.state.shard_common import Applied, EngineSteps, Merge, log, note_ids
 from operators.state.store import KeyValueStore
 
 

@@ -1,4 +1,4 @@
-"""What the parts of a shard (operators/state/shard_state.py) share: the items and outputs, the engine
+"""What the parts of a shard (operators/shard/shard_state.py) share: the items and outputs, the engine
 steps they call, the replay log's entries, and how a batch's outcome becomes outputs and metrics.
 
 Kept apart so the cache, the timer runner, the merge barrier and quarantine need nothing of each
@@ -33,7 +33,7 @@ ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | Mo
 ShardOutput = Decision | DeadLetter | MoveIn
 
 # Every part logs as the shard always has: operators filter the shard's records by this one name.
-log = logging.getLogger("operators.state.shard_state")
+log = logging.getLogger("operators.shard.shard_state")
 
 
 class EngineSteps(Protocol):

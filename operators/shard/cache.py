@@ -18,9 +18,9 @@ from operators.profile.codec import decode_profile, encode_profile
 from operators.profile.facts import ProfileEncodeError
 from operators.profile.model import Profile, new_profile
 from operators.rules.model import RuleSet
+from operators.shard.common import Applied
+from operators.shard.quarantine import Quarantine
 from operators.state.keys import QUARANTINED, profile_key
-from operators.state.quarantine import Quarantine
-from operators.state.shard_common import Applied
 from operators.state.store import UNKNOWN, KeyValueStore, Unknown
 from operators.state.timers import TimerIndex
 

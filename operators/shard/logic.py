@@ -2,7 +2,7 @@
 
 Bytewax keeps each key's state as Python objects in RAM, recovers it through SQLite and charges
 every pending timer on every activation, so customers are not Bytewax keys. A shard holds many
-customers in its own RocksDB (operators/state/shard_state.py), keeps its own timer index and asks
+customers in its own RocksDB (operators/shard/shard_state.py), keeps its own timer index and asks
 Bytewax for one `notify_at`: its earliest deadline, judged by the input's event-time frontier
 (operators/frontier.py): on the clock while the input is caught up, otherwise as soon as a Frontier
 item from the identity stage passes it. Bytewax's recovery holds only
@@ -18,8 +18,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators.frontier import EventTimeFrontier
 from operators.records import Frontier, SavepointRequest
+from operators.shard.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
 from operators.state.keys import shard_of, shard_path
-from operators.state.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
 from operators.state.store import KeyValueStore
 
 ResumeState = dict[str, int] | None  # None: a shard that never had state to open

@@ -17,9 +17,9 @@ from operators.profile.facts import ProfileEncodeError
 from operators.profile.model import Profile
 from operators.records import Outcome
 from operators.rules.model import RuleSet
-from operators.state.cache import ProfileCache
+from operators.shard.cache import ProfileCache
+from operators.shard.common import EngineSteps, ShardOutput, account, undo_outcome
 from operators.state.keys import QUARANTINED, profile_key
-from operators.state.shard_common import EngineSteps, ShardOutput, account, undo_outcome
 from operators.state.store import UNKNOWN, KeyValueStore, Unknown
 from operators.state.timers import TimerIndex
 

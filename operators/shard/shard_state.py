@@ -1,25 +1,25 @@
 """One shard's state, without Bytewax: its profiles (a decoded cache in front of the store), its timer
 index, erasure, quarantine, the input positions it has seen, and its checkpoints.
 
-`ShardLogic` (operators/state/shard.py) adapts this to Bytewax's stateful step. `ShardState` is the
+`ShardLogic` (operators/shard/logic.py) adapts this to Bytewax's stateful step. `ShardState` is the
 coordinator: it applies a batch in order, ends the epoch and erases, and hands each job to one part:
 
-- the cache and write-back (operators/state/cache.py): decoded profiles stay in an LRU
+- the cache and write-back (operators/shard/cache.py): decoded profiles stay in an LRU
   (`cache_profiles`) so a busy customer is not decoded and re-encoded on every batch. A changed profile
   is "dirty" until it is written to the store: at the epoch end, when it is evicted, or when too many
   are dirty (bounding the epoch-end pause).
-- quarantine and poison replay (operators/state/quarantine.py): one customer's bad data never stops
+- quarantine and poison replay (operators/shard/quarantine.py): one customer's bad data never stops
   the flow. An event whose processing raises is dead-lettered (`processing_error`: the original bytes,
   the exception class and step, no payload values) and the customer's profile is rebuilt as it was
   before that event, from the stored copy plus the events and timer turns applied since it was written.
   A stored profile that cannot be decoded is set aside (quarantined) for inspection; that customer's
   events are dead-lettered until it is erased.
-- the merge barrier (operators/state/merge_barrier.py), for identity stitching (operators/identity/):
+- the merge barrier (operators/shard/merge_barrier.py), for identity stitching (operators/identity/):
   a `MoveOut` takes a profile out of this shard and sends it on as a `MoveIn`; a `MergeExpect` says
   which profiles are on their way to one of this shard's customers, whose items wait until they have
   all arrived (always within the epoch). Decisions say how the customer can be reached (`ids`,
   operators/rules/addressing.py).
-- the timer runner (operators/state/timer_runner.py): timer turns at the input's event-time frontier.
+- the timer runner (operators/shard/timer_runner.py): timer turns at the input's event-time frontier.
 
 The input positions of the events applied are checkpointed with the profiles, so any consistent set
 of shard checkpoints (a savepoint) says where the input resumes.
@@ -32,15 +32,12 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from operators.engine.steps import due_at, on_event, on_timers
 from operators.frontier import EventTimeFrontier
 from operators.infra import failpoints, metrics
 from operators.infra.clock import Clock
-from operators.profile.codec import decode_profile, stored_as_dict
+from operators.profile.codec import decode_profile
 from operators.profile.model import Profile
 from operators.records import (
     DeadLetter,
@@ -55,30 +52,27 @@ from operators.records import (
     SourcePosition,
 )
 from operators.rules.model import RuleSet
-from operators.state.cache import BACKLOG_DIRTY_FACTOR, DIRTY_LIMIT, ProfileCache
+from operators.shard.cache import BACKLOG_DIRTY_FACTOR, DIRTY_LIMIT, ProfileCache
+from operators.shard.common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
+from operators.shard.merge_barrier import MergeBarrier
+from operators.shard.quarantine import Quarantine
+from operators.shard.timer_runner import TimerRunner
 from operators.state.epoch import EpochLedger
 from operators.state.keys import (
-    QUARANTINED,
     TIMER_PREFIX,
     is_timer_of,
     profile_key,
     quarantine_key,
-    shard_of,
     shard_path,
     timer_key,
 )
-from operators.state.layout import family_of_anchor, has_store
 from operators.state.manifest import StartPlan
-from operators.state.merge_barrier import MergeBarrier
-from operators.state.quarantine import Quarantine
 from operators.state.savepoint_parts import write_shard_part
-from operators.state.shard_common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
 from operators.state.store import KeyValueStore, ShardStore, StateError
-from operators.state.timer_runner import TimerRunner
 from operators.state.timers import TimerIndex
 
 __all__ = ["ShardContext", "ShardItem", "ShardOutput", "ShardState", "erase_customer", "open_store",
-           "processing_error", "read_profile"]
+           "processing_error"]
 
 # The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
 # the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
@@ -107,7 +101,7 @@ class ShardContext:
     cache_profiles: int = 4096
     keep_checkpoints: int = 64
     sync: bool = True
-    # What the start-up checks found (operators/state/manifest.py); None when a test drives shards directly.
+    # What the start-up checks found (operators/tools/startup.py); None when a test drives shards directly.
     plan: StartPlan | None = None
     # Which family of stores these shards are (operators/state/layout.py): its name in the plan.
     family: str = "profiles"
@@ -173,10 +167,10 @@ class _EngineSteps:
 class ShardState:
     """One shard's customers, opened at a committed seq (see `open`): a coordinator of its parts.
 
-    - `cache` (operators/state/cache.py): decoded profiles, the dirty set and its write-back;
-    - `quarantine` (operators/state/quarantine.py): setting customers aside, undoing a failed event;
-    - `barrier` (operators/state/merge_barrier.py): moving profiles out, merging moved ones in;
-    - `runner` (operators/state/timer_runner.py): timer turns at the frontier.
+    - `cache` (operators/shard/cache.py): decoded profiles, the dirty set and its write-back;
+    - `quarantine` (operators/shard/quarantine.py): setting customers aside, undoing a failed event;
+    - `barrier` (operators/shard/merge_barrier.py): moving profiles out, merging moved ones in;
+    - `runner` (operators/shard/timer_runner.py): timer turns at the frontier.
 
     Here: applying a batch in order, the epoch end (checkpoint, profile view, savepoints) and erasure.
     """
@@ -451,25 +445,3 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
     return bool(versions)
 
 
-def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:
-    """The committed profile of one customer, read-only (works while the flow runs).
-
-    `customer` is the key of any of the customer's identifiers: a linked one reads as the profile it
-    belongs to (resolved through the identity graph, operators/identity/graph.py). A quarantined
-    customer reads as `{"quarantined": {...}}`: why, and the stored bytes.
-    """
-    from operators.identity.graph import resolve_offline
-
-    key, anchor = resolve_offline(state_dir, customer)
-    path = family_of_anchor(anchor, shards).path(state_dir, shard_of(key, shards))
-    if not has_store(path):
-        return None
-    store = ShardStore.open_read_only(path)
-    try:
-        raw = store.get(profile_key(key))
-        if raw == QUARANTINED:
-            record = store.get(quarantine_key(key))
-            return {"customer": key, "quarantined": orjson.loads(record) if record else {}}
-        return None if raw is None else stored_as_dict(raw)
-    finally:
-        store.close()
