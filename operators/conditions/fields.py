@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from operators.errors import NextclickError
 from operators.infra.clock import parse_duration_ms
 
 # What a duration that failed to read stands for while the rest of its item is checked.
@@ -33,7 +34,7 @@ def duration_ms(raw: Any) -> int:
 T = TypeVar("T")
 
 
-class RulesError(ValueError):
+class RulesError(NextclickError, ValueError):
     """The rules file is invalid; the message names the file, the rule or signal, and the field."""
 
 

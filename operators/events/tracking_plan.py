@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.channels import CHANNELS, EVENT_CHANNELS
+from operators.errors import NextclickError
 from operators.events.schemas import ATTRS_KEYWORD, default_spec_set, envelope, load_schema, spec_set_for
 from operators.infra.config import read_toml
 
@@ -51,7 +52,7 @@ PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
                        if str(prop.get("description", "")).startswith("PII"))
 
 
-class PlanError(ValueError):
+class PlanError(NextclickError, ValueError):
     """The tracking plan is invalid; the message names the file and the field."""
 
 

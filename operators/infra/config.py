@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from operators.errors import NextclickError
 from operators.infra.clock import parse_duration_ms
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
@@ -23,7 +24,7 @@ DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 DEFAULT_RULES_FILE = str(Path(__file__).resolve().parents[1] / "rules" / "default_rules.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(NextclickError, ValueError):
     """A configuration value is missing or wrong; the message names the file and the key."""
 
 

@@ -14,11 +14,12 @@ from typing import Any, Mapping
 from confluent_kafka.admin import AdminClient
 
 from operators.channels import DECISION_CHANNELS
+from operators.errors import NextclickError
 from operators.infra.config import Config, decision_topic
 from operators.io.kafka_admin import client_config
 
 
-class PreflightError(RuntimeError):
+class PreflightError(NextclickError, RuntimeError):
     """The flow cannot start; the message names the setting and what to do."""
 
 

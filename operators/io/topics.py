@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from operators.errors import NextclickError
 from operators.infra.config import Config, progress_topic
 from operators.io.kafka_admin import client_config
 from operators.io.preflight import output_topics
@@ -120,7 +121,7 @@ def create_topics(kafka: Mapping[str, Any], specs: list[TopicSpec], *, dry_run: 
     return report
 
 
-class TopicsError(RuntimeError):
+class TopicsError(NextclickError, RuntimeError):
     def __init__(self, message: str, report: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.report = report

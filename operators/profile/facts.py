@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from operators.channels import CHANNELS, CONSENT_FAMILY, PURCHASE_TYPES
+from operators.errors import NextclickError
 from operators.profile.model import Facts, Order
 from operators.records import Event
 
@@ -71,7 +72,7 @@ def _order_of(event: Event) -> Order:
                  str(category) if category is not None else None)
 
 
-class ProfileEncodeError(ValueError):
+class ProfileEncodeError(NextclickError, ValueError):
     """A profile value that would not be stored as written (a non-finite number): refused where it arises."""
 
 

@@ -24,6 +24,7 @@ import orjson
 from operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
 from operators.conditions.model import Condition, Group, leaves
 from operators.engine.steps import due_at, on_event, on_timers
+from operators.errors import NextclickError
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.config import ParseConfig
 from operators.io.parse import parse_message
@@ -37,7 +38,7 @@ _STORY_SECRET = b"nextclick rules explain"
 _STORY_PARSE = dataclasses.replace(ParseConfig(), max_age_ms=0, max_future_skew_ms=2**62)
 
 
-class StoryError(ValueError):
+class StoryError(NextclickError, ValueError):
     """A line of the story is not a valid event; the message names the file, the line and why."""
 
 

@@ -38,6 +38,7 @@ import orjson
 from operators.channels import CHANNELS, EVENT_CHANNELS
 from operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
 from operators.conditions.model import Condition, Group, leaves
+from operators.errors import NextclickError
 from operators.events.schemas import ATTRS_KEYWORD, load_schema
 from operators.infra.config import ParseConfig
 from operators.io.parse import parse_message
@@ -58,7 +59,7 @@ _SOURCE = SourcePosition("next-best-action", 0, 0)
 _PARSE = ParseConfig()
 
 
-class NextBestActionError(ValueError):
+class NextBestActionError(NextclickError, ValueError):
     """A request that cannot be judged; the message is one line, for a JSON 400."""
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.engine.steps import on_event, on_timers
+from operators.errors import NextclickError
 from operators.events.tracking_plan import SHIPPED, TrackingPlan
 from operators.infra.clock import parse_duration_ms
 from operators.io.decisions import expired
@@ -58,11 +59,11 @@ _ID_TYPES = ("customer", "cookie", "device", "email", "phone")
 _BLOCKED_KEYS = {"rule", "reason", "channel", "customer"}
 
 
-class ScenarioError(ValueError):
+class ScenarioError(NextclickError, ValueError):
     """The scenario file is invalid; the message names the file, the step and the field."""
 
 
-class ScenarioFailed(ValueError):
+class ScenarioFailed(NextclickError, ValueError):
     """Some expectation of a scenario did not hold (`nextclick rules test` exits non-zero)."""
 
 
