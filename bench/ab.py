@@ -22,8 +22,8 @@ import tempfile
 from pathlib import Path
 
 from bench.run import REPO, Settings, produce_workload, run_flow, start_broker
-from flows.local_broker import LocalBroker
-from operators.io.topics import ensure_topics
+from nextclick.flows.local_broker import LocalBroker
+from nextclick.operators.io.topics import ensure_topics
 
 WORKTREE = "WORKTREE"
 

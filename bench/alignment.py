@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 import orjson
 
 from bench import workload
-from operators.identity.pseudonyms import pseudonymize_cached
-from operators.infra.config import ParseConfig, PrivacyConfig
-from operators.io.alignment import DATA, UNREADABLE, Alignment, event_time
-from operators.io.parse import parse_message
-from operators.records import SourcePosition
+from nextclick.operators.identity.pseudonyms import pseudonymize_cached
+from nextclick.operators.infra.config import ParseConfig, PrivacyConfig
+from nextclick.operators.io.alignment import DATA, UNREADABLE, Alignment, event_time
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import SourcePosition
 
 END_MS = 1_795_428_000_000  # 2026-11-22T10:00:00Z, as bench.parse uses
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import heapq
 
-from operators.engine.steps import due_at, on_event, on_timers
-from operators.profile.model import Profile, new_profile
-from operators.records import Decision, Event
-from operators.rules.model import RuleSet
-from operators.shard.common import note_ids
+from nextclick.operators.engine.steps import due_at, on_event, on_timers
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Decision, Event
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.common import note_ids
 
 
 class CeilingState:

@@ -46,22 +46,39 @@ END_MS = 1_795_428_000_000
 OLD_ENGINE = "b9f0b8a899a50521933c44047e9eb308a12503b1"
 
 MEASURE = r'''
-import sys, time, orjson
-from operators.infra.config import ParseConfig, PrivacyConfig, DEFAULT_RULES_FILE
-from operators.io.parse import parse_message
-from operators.io.decisions import encode_decision
-from operators.records import SourcePosition
+import importlib, sys, time, orjson
+try:  # the one-package layout (nextclick.operators, issue #24), else a revision from before it
+    importlib.import_module("nextclick.operators")
+    PREFIX = "nextclick.operators."
+except ImportError:
+    PREFIX = "operators."
+
+
+def load(*candidates):
+    """The names from the first module path this revision has: [("module", ("name", ...)), ...]."""
+    for module, names in candidates:
+        try:
+            found = importlib.import_module(PREFIX + module)
+        except ImportError:
+            continue
+        if all(hasattr(found, n) for n in names):
+            return [getattr(found, n) for n in names]
+    raise ImportError(candidates)
+
+
+ParseConfig, PrivacyConfig, DEFAULT_RULES_FILE = load(
+    ("infra.config", ("ParseConfig", "PrivacyConfig", "DEFAULT_RULES_FILE")))
+parse_message, = load(("io.parse", ("parse_message",)))
+encode_decision, = load(("io.decisions", ("encode_decision",)))
+SourcePosition, = load(("records", ("SourcePosition",)))
+on_event, = load(("engine.steps", ("on_event",)), ("engine", ("on_event",)))
 try:
-    from operators.engine.steps import on_event
-except ImportError:  # before operators/engine/ (a module, operators/engine.py)
-    from operators.engine import on_event
-try:
-    from operators.rules.loader import load_rules
-    from operators.profile.model import new_profile
-    from operators.profile.codec import encode_profile, decode_profile
+    load_rules, = load(("rules.loader", ("load_rules",)))
+    new_profile, = load(("profile.model", ("new_profile",)))
+    encode_profile, decode_profile = load(("profile.codec", ("encode_profile", "decode_profile")))
 except ImportError:  # the dict-profile engine
-    from operators.rules import load_rules
-    from operators.profile import new_profile
+    load_rules, = load(("rules", ("load_rules",)))
+    new_profile, = load(("profile", ("new_profile",)))
     encode_profile, decode_profile = orjson.dumps, orjson.loads
 
 records = [tuple(r) for r in orjson.loads(open(sys.argv[1], "rb").read())]

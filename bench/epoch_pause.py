@@ -28,15 +28,15 @@ from typing import Any
 import orjson
 
 from bench import workload
-from operators.infra.clock import SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
-from operators.infra.runtime import tune_gc
-from operators.io.parse import parse_message
-from operators.records import Event, SourcePosition
-from operators.rules.loader import load_rules
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import shard_of
+from nextclick.operators.infra.clock import SystemClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import Event, SourcePosition
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import shard_of
 
 
 def run(rate: int, epoch_seconds: float, epochs: int, customers: int, shards: int, sync: bool,

@@ -1,6 +1,6 @@
 """`python -m bytewax.run bench.flow_entry:flow`: the production flow plus benchmark instruments.
 
-The flow is exactly `flows.main`'s (`build_flow(load_config())`, configured by `NEXTCLICK_*`), with:
+The flow is exactly `nextclick.flows.main`'s (`build_flow(load_config())`, configured by `NEXTCLICK_*`), with:
 
 * a `stop` event set when the file named by `BENCH_STOP_FILE` appears (polled every 50 ms), so a
   tailing run ends through `build_flow`'s own stop path rather than a kill;
@@ -25,15 +25,15 @@ from typing import Any
 import orjson
 
 from bench import workload
-from flows.targeting import build_flow
-from operators.infra import metrics
-from operators.infra.config import load_config
-from operators.infra.logs import configure_logging
-from operators.infra.runtime import tune_gc
-from operators.io import kafka_sink, kafka_source, sinks
-from operators.records import Progress
-from operators.shard.logic import ResumeState, ShardLogic
-from operators.tools.startup import check_start, runner_recovery_dir
+from nextclick.flows.targeting import build_flow
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.config import load_config
+from nextclick.operators.infra.logs import configure_logging
+from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.io import kafka_sink, kafka_source, sinks
+from nextclick.operators.records import Progress
+from nextclick.operators.shard.logic import ResumeState, ShardLogic
+from nextclick.operators.tools.startup import check_start, runner_recovery_dir
 
 STARTED = time.time()
 _timings: list[tuple[float, float, int | None]] = []

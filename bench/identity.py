@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 from bench import workload
-from operators.identity.guards import default_identity_rules
-from operators.identity.stage import IdentityContext, IdentityState
-from operators.infra.config import ParseConfig
-from operators.io.parse import parse_message
-from operators.records import Event, SourcePosition
+from nextclick.operators.identity.guards import default_identity_rules
+from nextclick.operators.identity.stage import IdentityContext, IdentityState
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import Event, SourcePosition
 
 END_MS = 1_800_000_000_000
 BATCH = 500

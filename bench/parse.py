@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 import orjson
 
 from bench import workload
-from operators.identity.pseudonyms import pseudonymize_cached
-from operators.infra.config import ParseConfig, PrivacyConfig
-from operators.io.parse import parse_message, parse_message_slow
-from operators.records import Event, SourcePosition
+from nextclick.operators.identity.pseudonyms import pseudonymize_cached
+from nextclick.operators.infra.config import ParseConfig, PrivacyConfig
+from nextclick.operators.io.parse import parse_message, parse_message_slow
+from nextclick.operators.records import Event, SourcePosition
 
 END_MS = 1_795_428_000_000  # 2026-11-22T10:00:00Z, as quick checks of the engine use
 Records = Sequence[tuple[bytes, bytes]]

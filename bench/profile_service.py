@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.identity.pseudonyms import pseudonymize
 
 SECRET = b"bench-secret"
 TOKEN = "bench-token"
@@ -63,7 +63,7 @@ def record(n: int, now: int) -> tuple[bytes, bytes]:
 
 
 def build(path: Path, profiles: int) -> dict[str, Any]:
-    from operators.io.view_index import ViewIndex
+    from nextclick.operators.io.view_index import ViewIndex
 
     index = ViewIndex(path, fresh=True)
     now = 1_795_428_000_000
@@ -88,9 +88,9 @@ def build(path: Path, profiles: int) -> dict[str, Any]:
 def serve(path: Path, port: int) -> None:
     from aiohttp import web
 
-    from flows.serve import Metrics, build_app
-    from operators.infra.config import Config
-    from operators.io.view_index import ViewIndex
+    from nextclick.flows.serve import Metrics, build_app
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.io.view_index import ViewIndex
 
     config = Config().replace(serve={"rate_limit": 0.0})
     app = build_app(config, ViewIndex(path), None, Metrics(), frozenset({TOKEN}), SECRET)
@@ -186,11 +186,11 @@ def staleness(events: int, epoch_s: float) -> dict[str, Any]:
     from bytewax.testing import run_main
     from confluent_kafka import Producer
 
-    from flows.local_broker import LocalBroker
-    from flows.targeting import build_flow
-    from operators.infra.clock import SystemClock
-    from operators.infra.config import Config
-    from operators.io.topics import ensure_topics
+    from nextclick.flows.local_broker import LocalBroker
+    from nextclick.flows.targeting import build_flow
+    from nextclick.operators.infra.clock import SystemClock
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.io.topics import ensure_topics
 
     root = Path(tempfile.mkdtemp(prefix="nextclick-staleness-"))
     broker = LocalBroker().start()
@@ -231,7 +231,7 @@ store_dir = "{root / 'serve'}"
 rate_limit = 0
 """)
         with (root / "serve.log").open("ab") as log:
-            service = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config",
+            service = subprocess.Popen([sys.executable, "-m", "nextclick", "serve", "--config",
                                         str(root / "serve.toml")], stdout=log, stderr=log)
         base = f"http://127.0.0.1:{port}"
 

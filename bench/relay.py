@@ -16,8 +16,8 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from operators.io.kafka_sink import sink_producer_config
-from operators.io.kafka_source import source_consumer_config
+from nextclick.operators.io.kafka_sink import sink_producer_config
+from nextclick.operators.io.kafka_source import source_consumer_config
 
 
 def relay(bootstrap: str, source: str, sink: str, partitions: int, stop_file: str) -> int:

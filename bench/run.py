@@ -52,14 +52,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench import workload
 from bench.ceiling import CeilingState
-from flows.local_broker import LocalBroker, free_port
-from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
-from operators.io.decisions import encode_decision
-from operators.io.kafka_sink import sink_producer_config
-from operators.io.parse import parse_message
-from operators.io.topics import ensure_topics
-from operators.records import Decision, Event, SourcePosition
-from operators.rules.loader import load_rules
+from nextclick.flows.local_broker import LocalBroker, free_port
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
+from nextclick.operators.io.decisions import encode_decision
+from nextclick.operators.io.kafka_sink import sink_producer_config
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import Decision, Event, SourcePosition
+from nextclick.operators.rules.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 INPUT_TOPIC = "bench.events"  # + ".<run id>", so runs sharing a broker never mix
@@ -120,7 +120,7 @@ def _consumer(bootstrap: str, topic: str, partitions: int, **extra: Any) -> Cons
 
 
 def _flow_producer(bootstrap: str) -> Producer:
-    # The flow's own sink settings (operators/kafka_io.shared_producer).
+    # The flow's own sink settings (operators/io/kafka_sink.shared_producer).
     return Producer(sink_producer_config({"bootstrap.servers": bootstrap}))
 
 

@@ -33,18 +33,18 @@ from bytewax.recovery import init_db_dir
 
 from bench import workload
 from bench.state_resume import build
-from operators.infra.clock import SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
-from operators.io.parse import parse_message
-from operators.records import Event, SavepointRequest, SourcePosition
-from operators.rules.loader import load_rules
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import shard_of
-from operators.state.recovery_db import read_recovery
-from operators.state.store import dir_bytes
-from operators.tools.savepoint import create_offline, finish_online, reshard, restore
-from operators.tools.startup import check_start
+from nextclick.operators.infra.clock import SystemClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, ParseConfig, PrivacyConfig
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import Event, SavepointRequest, SourcePosition
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import shard_of
+from nextclick.operators.state.recovery_db import read_recovery
+from nextclick.operators.state.store import dir_bytes
+from nextclick.operators.tools.savepoint import create_offline, finish_online, reshard, restore
+from nextclick.operators.tools.startup import check_start
 
 
 def _inodes(root: Path) -> set[int]:

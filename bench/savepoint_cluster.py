@@ -39,11 +39,11 @@ import orjson
 from bytewax.recovery import init_db_dir
 
 from bench.state_resume import build
-from operators.infra.config import Config, PrivacyConfig
-from operators.state.savepoint_parts import copy_db, write_shard_part
-from operators.state.store import ShardStore, dir_bytes
-from operators.tools.savepoint import Placement, finish_online, restore
-from operators.tools.startup import state_families
+from nextclick.operators.infra.config import Config, PrivacyConfig
+from nextclick.operators.state.savepoint_parts import copy_db, write_shard_part
+from nextclick.operators.state.store import ShardStore, dir_bytes
+from nextclick.operators.tools.savepoint import Placement, finish_online, restore
+from nextclick.operators.tools.startup import state_families
 
 
 def split(built: Path, pods: list[Path], config: Config) -> None:
@@ -100,9 +100,9 @@ def _ready(port: int) -> bool:
 def lost_volume(config: Config, savepoint: Path, work: Path) -> dict[str, Any]:
     """Two `nextclick run` processes from `savepoint`; one SIGKILLed and its volume deleted; the seconds
     until both serve /readyz again."""
-    from flows.local_broker import LocalBroker, free_port
-    from operators.infra.config import TopicsConfig, progress_topic
-    from operators.io.topics import ensure_topics
+    from nextclick.flows.local_broker import LocalBroker, free_port
+    from nextclick.operators.infra.config import TopicsConfig, progress_topic
+    from nextclick.operators.io.topics import ensure_topics
 
     out: dict[str, Any] = {}
     log = work / "lost-volume.log"
@@ -130,7 +130,7 @@ def lost_volume(config: Config, savepoint: Path, work: Path) -> dict[str, Any]:
                            "NEXTCLICK_STATE__RECOVERY_DIR": str(pod / "recovery")}
                 with open(log, "ab") as fh:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "flows.cli", "run", "--process-id", str(i), "--addresses", addresses,
+                        [sys.executable, "-m", "nextclick", "run", "--process-id", str(i), "--addresses", addresses,
                          "--recovery-per-process", "--from-savepoint", str(savepoint),
                          "--metrics-port", str(ports[i])], env=pod_env, stdout=fh, stderr=fh,
                         stdin=subprocess.DEVNULL))

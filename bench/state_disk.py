@@ -37,14 +37,14 @@ from bytewax.operators import KeyedStream
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, run_main
 
-from operators.infra.clock import ManualClock
-from operators.infra.config import DEFAULT_RULES_FILE
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.shard.logic import ResumeState, ShardLogic
-from operators.shard.shard_state import ShardContext, ShardItem
-from operators.state.keys import shard_of
-from operators.state.store import dir_bytes
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.logic import ResumeState, ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext, ShardItem
+from nextclick.operators.state.keys import shard_of
+from nextclick.operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
 _checkpoints: dict[int, int] = {}

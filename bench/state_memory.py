@@ -34,14 +34,14 @@ from typing import Any
 import orjson
 import psutil
 
-from operators.infra.clock import ManualClock
-from operators.infra.config import DEFAULT_RULES_FILE
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import PROFILE_PREFIX, shard_of
-from operators.state.store import dir_bytes
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
+from nextclick.operators.state.store import dir_bytes
 
 T0 = 1_795_428_000_000
 # Python object overhead per cached entry on top of the value bytes: the key bytes object

@@ -9,7 +9,7 @@
    production run leaves: every shard's RocksDB plus Bytewax's recovery partitions holding
    `{"shard", "seq"}` per shard. (No Kafka on the build side: 1M events through the broker would
    only make the build slower; the state is the same.)
-2. Resume: `python -m bytewax.run flows.main:flow -r REC -s 1 -b 0` against those dirs, with
+2. Resume: `python -m bytewax.run nextclick.flows.main:flow -r REC -s 1 -b 0` against those dirs, with
    empty input topics and stop_at_end, on the embedded broker; wall time from launch to exit, for
    `--repeat` runs. The same command on empty state and recovery dirs is the baseline (interpreter,
    imports, broker round trips), so `resume - baseline` is what the state costs.
@@ -35,16 +35,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.local_broker import LocalBroker
-from operators.infra.clock import ManualClock
-from operators.infra.config import DEFAULT_RULES_FILE
-from operators.io.topics import ensure_topics
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import shard_of
-from operators.state.store import dir_bytes
+from nextclick.flows.local_broker import LocalBroker
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import shard_of
+from nextclick.operators.state.store import dir_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_795_428_000_000
@@ -90,7 +90,8 @@ def resume_once(bootstrap: str, topics: dict[str, str], state_dir: Path, recover
         "NEXTCLICK_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(REPO),
     })
-    cmd = [sys.executable, "-m", "bytewax.run", "flows.main:flow", "-r", str(recovery_dir), "-s", "1", "-b", "0"]
+    cmd = [sys.executable, "-m", "bytewax.run", "nextclick.flows.main:flow", "-r", str(recovery_dir),
+           "-s", "1", "-b", "0"]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=300)
     seconds = time.perf_counter() - started

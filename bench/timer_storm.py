@@ -28,14 +28,14 @@ from typing import Any
 import orjson
 
 from bench.state_resume import T0, build
-from operators.infra.clock import ManualClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, PrivacyConfig
-from operators.infra.runtime import tune_gc
-from operators.records import Event, SourcePosition
-from operators.rules.loader import load_rules
-from operators.shard.shard_state import ShardContext, ShardState
-from operators.state.keys import shard_of
-from operators.tools.startup import check_start
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, PrivacyConfig
+from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.records import Event, SourcePosition
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard.shard_state import ShardContext, ShardState
+from nextclick.operators.state.keys import shard_of
+from nextclick.operators.tools.startup import check_start
 
 WEEK_MS = 7 * 86_400_000
 

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.channels import ID_TYPES
-from operators.infra.config import Config, load_config
+from nextclick.operators.channels import ID_TYPES
+from nextclick.operators.infra.config import Config, load_config
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -27,23 +27,23 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from nextclick.flows.demo import run_demo
 
     summary = run_demo(bootstrap=args.bootstrap, speed=args.speed, rate=args.rate, max_seconds=args.max_seconds)
     return 0 if summary.decisions_by_rule else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows import cluster as cl
-    from flows.runner import FlowRunner, metrics_settings, preflight
-    from flows.targeting import build_flow
-    from operators.identity.guards import load_identity_rules
-    from operators.infra.config import ConfigError
-    from operators.infra.logs import configure_logging
-    from operators.infra.runtime import tune_gc
-    from operators.io.kafka_admin import redacted, wait_for_broker
-    from operators.rules.loader import load_configured_rules
-    from operators.tools.savepoint import (
+    from nextclick.flows import cluster as cl
+    from nextclick.flows.runner import FlowRunner, metrics_settings, preflight
+    from nextclick.flows.targeting import build_flow
+    from nextclick.operators.identity.guards import load_identity_rules
+    from nextclick.operators.infra.config import ConfigError
+    from nextclick.operators.infra.logs import configure_logging
+    from nextclick.operators.infra.runtime import tune_gc
+    from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
+    from nextclick.operators.rules.loader import load_configured_rules
+    from nextclick.operators.tools.savepoint import (
         Generations,
         Placement,
         SavepointManifest,
@@ -51,8 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         clear_scratch,
         restore,
     )
-    from operators.tools.schedule import check_recovery_plan, start_scheduler
-    from operators.tools.startup import check_start, reset_state
+    from nextclick.operators.tools.schedule import check_recovery_plan, start_scheduler
+    from nextclick.operators.tools.startup import check_start, reset_state
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
@@ -133,16 +133,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.serve import serve
-    from operators.infra.logs import configure_logging
+    from nextclick.flows.serve import serve
+    from nextclick.operators.infra.logs import configure_logging
 
     configure_logging(args.log_level)
     return serve(_config(args))
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    from operators.io.kafka_admin import wait_for_broker
-    from operators.io.topics import TopicsError, create_topics, plan_topics
+    from nextclick.operators.io.kafka_admin import wait_for_broker
+    from nextclick.operators.io.topics import TopicsError, create_topics, plan_topics
 
     config = _config(args)
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
@@ -158,10 +158,10 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from confluent_kafka import Producer
 
-    from flows.generate import plan, stream
-    from operators.infra.clock import ScaledClock, SystemClock
-    from operators.io.kafka_admin import client_config, wait_for_broker
-    from operators.io.topics import ensure_topics
+    from nextclick.flows.generate import plan, stream
+    from nextclick.operators.infra.clock import ScaledClock, SystemClock
+    from nextclick.operators.io.kafka_admin import client_config, wait_for_broker
+    from nextclick.operators.io.topics import ensure_topics
 
     config = _config(args)
     topics = tuple(args.topics.split(",")) if args.topics else config.topics.inputs
@@ -189,9 +189,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_get(args: argparse.Namespace) -> int:
-    from operators.identity.graph import resolve_offline
-    from operators.tools.profiles import read_profile
-    from operators.tools.startup import verify_config
+    from nextclick.operators.identity.graph import resolve_offline
+    from nextclick.operators.tools.profiles import read_profile
+    from nextclick.operators.tools.startup import verify_config
 
     config = load_config(args.config)
     verify_config(config)
@@ -213,10 +213,10 @@ def _derived(stored: dict[str, Any], config: Config, at: str | None) -> dict[str
     """What a rule of the configured rules file would read for this profile at `at` (default: now)."""
     import msgspec
 
-    from operators.infra.clock import SystemClock
-    from operators.profile.model import Profile
-    from operators.rules.loader import load_configured_rules
-    from operators.tools.explain import attributes_at, rfc3339
+    from nextclick.operators.infra.clock import SystemClock
+    from nextclick.operators.profile.model import Profile
+    from nextclick.operators.rules.loader import load_configured_rules
+    from nextclick.operators.tools.explain import attributes_at, rfc3339
 
     ruleset = load_configured_rules(config)
     at_ms = SystemClock().now_ms() if at is None else _time_ms(at)
@@ -239,13 +239,13 @@ def _time_ms(text: str) -> int:
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
-    from operators.identity.pseudonyms import pseudonymize
+    from nextclick.operators.identity.pseudonyms import pseudonymize
 
     return args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
-    from operators.tools.startup import verify_config
+    from nextclick.operators.tools.startup import verify_config
 
     config = load_config(args.config)
     verify_config(config)
@@ -253,7 +253,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
     if args.online:
         from confluent_kafka import Producer
 
-        from operators.io.kafka_admin import client_config
+        from nextclick.operators.io.kafka_admin import client_config
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
         producer = Producer(client_config(config.kafka))
@@ -264,7 +264,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
                             "state": "queued: the running flow erases it at its next batch"}).decode())
         return 0
-    from operators.tools.erase import erase_offline
+    from nextclick.operators.tools.erase import erase_offline
 
     print(orjson.dumps(erase_offline(config, customer)).decode())
     return 0
@@ -274,7 +274,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     """`address,key` for every line of stdin: a delivery system's contact table, made where it lives."""
     import csv
 
-    from operators.identity.pseudonyms import pseudonymize_cached
+    from nextclick.operators.identity.pseudonyms import pseudonymize_cached
 
     config = _config(args)
     secret = config.privacy.resolve_secret()
@@ -293,10 +293,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_state_info(args: argparse.Namespace) -> int:
-    from operators.state.keys import PROFILE_PREFIX
-    from operators.state.manifest import family_dirs
-    from operators.state.store import ShardStore, dir_bytes
-    from operators.tools.startup import state_families, verify_config
+    from nextclick.operators.state.keys import PROFILE_PREFIX
+    from nextclick.operators.state.manifest import family_dirs
+    from nextclick.operators.state.store import ShardStore, dir_bytes
+    from nextclick.operators.tools.startup import state_families, verify_config
 
     config = load_config(args.config)
     state_dir = Path(config.state.dir)
@@ -353,7 +353,7 @@ def cmd_state_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state_reset(args: argparse.Namespace) -> int:
-    from operators.tools.startup import reset_state
+    from nextclick.operators.tools.startup import reset_state
 
     config = load_config(args.config)
     report = reset_state(config, dry_run=not args.yes)
@@ -368,8 +368,8 @@ def cmd_state_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    from operators.conditions.fields import RulesError
-    from operators.rules.loader import check_rules
+    from nextclick.operators.conditions.fields import RulesError
+    from nextclick.operators.rules.loader import check_rules
 
     ruleset, errors = check_rules(args.file, args.tracking_plan)
     if ruleset is None:
@@ -383,8 +383,14 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from operators.rules.loader import load_rules
-    from operators.tools.scenarios import ScenarioFailed, load_scenario, report_line, run_scenario, worth_showing
+    from nextclick.operators.rules.loader import load_rules
+    from nextclick.operators.tools.scenarios import (
+        ScenarioFailed,
+        load_scenario,
+        report_line,
+        run_scenario,
+        worth_showing,
+    )
 
     ruleset = load_rules(args.file, args.tracking_plan)
     scenarios = [load_scenario(path, ruleset.plan) for path in args.scenarios]  # all checked before any runs
@@ -405,8 +411,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
-    from operators.rules.loader import load_rules
-    from operators.tools.explain import explain, read_story, render
+    from nextclick.operators.rules.loader import load_rules
+    from nextclick.operators.tools.explain import explain, read_story, render
 
     ruleset = load_rules(args.file, args.tracking_plan)
     for entry in explain(ruleset, read_story(args.events, ruleset.plan)):
@@ -419,8 +425,8 @@ def _progress(message: str) -> None:
 
 
 def cmd_savepoint_create(args: argparse.Namespace) -> int:
-    from operators.state.savepoint_parts import Destination
-    from operators.tools.savepoint import Placement, create_offline, create_online
+    from nextclick.operators.state.savepoint_parts import Destination
+    from nextclick.operators.tools.savepoint import Placement, create_offline, create_online
 
     config = load_config(args.config)
     if not args.online:
@@ -437,14 +443,14 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_info(args: argparse.Namespace) -> int:
-    from operators.tools.savepoint import info
+    from nextclick.operators.tools.savepoint import info
 
     print(orjson.dumps(info(args.src), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
 def cmd_savepoint_list(args: argparse.Namespace) -> int:
-    from operators.tools.savepoint import catalogue
+    from nextclick.operators.tools.savepoint import catalogue
 
     root = args.root or load_config(args.config).state.savepoint_dir
     complete, incomplete = catalogue(root)
@@ -455,7 +461,7 @@ def cmd_savepoint_list(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_prune(args: argparse.Namespace) -> int:
-    from operators.tools.savepoint import prune
+    from nextclick.operators.tools.savepoint import prune
 
     root = args.root or load_config(args.config).state.savepoint_dir
     deleted = prune(root, args.keep, dry_run=args.dry_run)
@@ -465,7 +471,7 @@ def cmd_savepoint_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_savepoint_reshard(args: argparse.Namespace) -> int:
-    from operators.tools.savepoint import reshard
+    from nextclick.operators.tools.savepoint import reshard
 
     manifest = reshard(Path(args.src), Path(args.dest), args.shards, progress=_progress)
     print(manifest.to_json().decode())
@@ -676,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract
-        from operators.infra.failures import one_line, root_cause
+        from nextclick.operators.infra.failures import one_line, root_cause
 
         message = one_line(exc)
         if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too

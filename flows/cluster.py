@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from operators.errors import NextclickError
+from nextclick.operators.errors import NextclickError
 
 ORDINAL_VAR = "NEXTCLICK_POD_NAME"
 

@@ -31,16 +31,16 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from flows.generate import MINUTE, PERSONAS, plan, stream
-from flows.local_broker import LocalBroker
-from flows.targeting import build_flow
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra import metrics
-from operators.infra.clock import ScaledClock
-from operators.infra.config import DEMO_SECRET, Config
-from operators.io.kafka_admin import client_config, wait_for_broker
-from operators.io.topics import ensure_topics
-from operators.rules.loader import load_rules
+from nextclick.flows.generate import MINUTE, PERSONAS, plan, stream
+from nextclick.flows.local_broker import LocalBroker
+from nextclick.flows.targeting import build_flow
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ScaledClock
+from nextclick.operators.infra.config import DEMO_SECRET, Config
+from nextclick.operators.io.kafka_admin import client_config, wait_for_broker
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.rules.loader import load_rules
 
 # The persona whose profile and next best action the demo shows: last week's web order, and a call now.
 SERVE_PERSONA = "lapsed_high_value-0"
@@ -236,7 +236,7 @@ store_dir = "{workdir / 'serve'}"
         self.log = workdir / "serve.log"
         with self.log.open("ab") as log:
             self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "serve", "--config", str(path)], stdout=log, stderr=log,
+                [sys.executable, "-m", "nextclick", "serve", "--config", str(path)], stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL)
         self.paths = (f"/v1/profiles/customer/{SERVE_PERSONA}",
                       f"/v1/profiles/customer/{SERVE_PERSONA}/next-best-action?channel=call_center&outcome=unresolved")

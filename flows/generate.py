@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterator, Sequence
 import orjson
 from confluent_kafka import Producer
 
-from operators.channels import EVENT_CHANNELS
-from operators.infra.clock import Clock
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.infra.clock import Clock
 
 MINUTE = 60_000
 DAY = 86_400_000

@@ -1,10 +1,10 @@
-"""`python -m bytewax.run flows.main:flow`: the production flow, configured from the environment.
+"""`python -m bytewax.run nextclick.flows.main:flow`: the production flow, configured from the environment.
 
 `NEXTCLICK_CONFIG` names the TOML file (optional); `NEXTCLICK_*` variables override it. Run with
 Bytewax's recovery flags so state is exact after a restart, e.g.:
 
     python -m bytewax.recovery var/recovery 1
-    NEXTCLICK_CONFIG=nextclick.toml python -m bytewax.run flows.main:flow -r var/recovery -s 2 -b 0
+    NEXTCLICK_CONFIG=nextclick.toml python -m bytewax.run nextclick.flows.main:flow -r var/recovery -s 2 -b 0
 
 Without `-r` the flow refuses to start: every shard would otherwise start over from nothing.
 `nextclick run --config FILE` does the same with less typing.
@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 import sys
 
-from flows.targeting import build_flow
-from operators.infra.config import ConfigError, load_config
-from operators.infra.logs import configure_logging
-from operators.infra.runtime import tune_gc
-from operators.state.store import StateError
-from operators.tools.startup import check_start, runner_recovery_dir
+from nextclick.flows.targeting import build_flow
+from nextclick.operators.infra.config import ConfigError, load_config
+from nextclick.operators.infra.logs import configure_logging
+from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.state.store import StateError
+from nextclick.operators.tools.startup import check_start, runner_recovery_dir
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
 try:

@@ -22,9 +22,9 @@ from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
 
-from operators.infra import health
-from operators.infra.config import Config
-from operators.infra.failures import (
+from nextclick.operators.infra import health
+from nextclick.operators.infra.config import Config
+from nextclick.operators.infra.failures import (
     Explained,
     LostPeer,
     PeerWatch,
@@ -33,10 +33,10 @@ from operators.infra.failures import (
     one_line,
     root_cause,
 )
-from operators.io import drain
-from operators.io.kafka_source import commit_final_offsets
-from operators.io.preflight import check_directories, check_topics
-from operators.io.sink_registry import decision_sink
+from nextclick.operators.io import drain
+from nextclick.operators.io.kafka_source import commit_final_offsets
+from nextclick.operators.io.preflight import check_directories, check_topics
+from nextclick.operators.io.sink_registry import decision_sink
 
 log = logging.getLogger("nextclick")
 

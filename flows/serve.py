@@ -35,16 +35,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from operators.channels import CHANNELS, ID_TYPES
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
-from operators.io.kafka_admin import client_config
-from operators.io.view_index import ViewIndex
-from operators.profile.facts import configure_orders
-from operators.rules.loader import load_rules
-from operators.rules.model import RuleSet
-from operators.tools.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
+from nextclick.operators.channels import CHANNELS, ID_TYPES
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.clock import Clock, SystemClock
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.view_index import ViewIndex
+from nextclick.operators.profile.facts import configure_orders
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.tools.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
 
 log = logging.getLogger("nextclick.serve")
 

@@ -27,23 +27,23 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from operators.identity.guards import load_identity_rules
-from operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
-from operators.infra import metrics
-from operators.infra.clock import Clock, SystemClock
-from operators.infra.config import Config, progress_topic
-from operators.io.alignment import Alignment
-from operators.io.control import parse_control
-from operators.io.deadletter import dead_letter_record
-from operators.io.decisions import decision_message, expired
-from operators.io.kafka_sink import KafkaOutput
-from operators.io.kafka_source import Aligned, KafkaInput, RawMessage
-from operators.io.parse import parse_message
-from operators.io.profile_view import ProfileViewWriter
-from operators.io.sink_registry import decision_sink
-from operators.io.sinks import OutMessage
-from operators.profile.facts import configure_orders
-from operators.records import (
+from nextclick.operators.identity.guards import load_identity_rules
+from nextclick.operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import Clock, SystemClock
+from nextclick.operators.infra.config import Config, progress_topic
+from nextclick.operators.io.alignment import Alignment
+from nextclick.operators.io.control import parse_control
+from nextclick.operators.io.deadletter import dead_letter_record
+from nextclick.operators.io.decisions import decision_message, expired
+from nextclick.operators.io.kafka_sink import KafkaOutput
+from nextclick.operators.io.kafka_source import Aligned, KafkaInput, RawMessage
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.io.profile_view import ProfileViewWriter
+from nextclick.operators.io.sink_registry import decision_sink
+from nextclick.operators.io.sinks import OutMessage
+from nextclick.operators.profile.facts import configure_orders
+from nextclick.operators.records import (
     DeadLetter,
     Decision,
     EraseRequest,
@@ -53,13 +53,13 @@ from operators.records import (
     SavepointRequest,
     SourcePosition,
 )
-from operators.rules.loader import load_configured_rules
-from operators.rules.model import RuleSet
-from operators.shard.logic import ResumeState, ShardLogic
-from operators.shard.shard_state import ShardContext, ShardOutput
-from operators.state.layout import profile_families
-from operators.state.manifest import StartPlan
-from operators.tools.startup import check_start
+from nextclick.operators.rules.loader import load_configured_rules
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.logic import ResumeState, ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext, ShardOutput
+from nextclick.operators.state.layout import profile_families
+from nextclick.operators.state.manifest import StartPlan
+from nextclick.operators.tools.startup import check_start
 
 Routed = tuple[str, Any]
 # NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.

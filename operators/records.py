@@ -17,7 +17,7 @@ import msgspec
 class SourcePosition(NamedTuple):
     """Where a message came from, so a dead letter can name it and be replayed onto it.
 
-    A NamedTuple for the same reason as `kafka_io.RawMessage`: one is built per input message."""
+    A NamedTuple for the same reason as `kafka_source.RawMessage`: one is built per input message."""
 
     topic: str
     partition: int

@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from flows.local_broker import LocalBroker
-from operators.infra.logs import JsonFormatter
+from nextclick.flows.local_broker import LocalBroker
+from nextclick.operators.infra.logs import JsonFormatter
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,7 +40,7 @@ def topic_prefix() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_leaked_log_handlers() -> Iterator[None]:
-    """A command run in-process (`flows.cli.main`) points the root logger at the stderr of its test; the
+    """A command run in-process (`nextclick.flows.cli.main`) points the root logger at the stderr of its test; the
     next test's command would log into that closed stream. Each test starts without those handlers."""
     yield
     root = logging.getLogger()

@@ -1,8 +1,8 @@
 """Shared helpers for the crash and rescale tests: a deterministic workload, the flow as subprocesses.
 
 The flow runs exactly as in production, as separate processes configured by `NEXTCLICK_*`
-variables, either through Bytewax's own runner (`python -m bytewax.run flows.main:flow -r REC -s N
--b 0`, whole-second epochs) or through `nextclick run` (`python -m flows.cli run`), which honours
+variables, either through Bytewax's own runner (`python -m bytewax.run nextclick.flows.main:flow -r REC -s N
+-b 0`, whole-second epochs) or through `nextclick run` (`python -m nextclick run`), which honours
 `NEXTCLICK_FLOW__EPOCH_SECONDS` so epochs (and checkpoints) can be sub-second. What a run leaves
 behind is read back from the outside: every shard's RocksDB (read-only) and the decisions topic.
 """
@@ -26,13 +26,13 @@ import orjson
 from bytewax.recovery import init_db_dir
 from confluent_kafka import Producer
 
-from flows.local_broker import free_port
-from operators.identity.guards import default_identity_rules
-from operators.io.topics import ensure_topics
-from operators.profile.codec import stored_as_dict
-from operators.state.keys import PROFILE_PREFIX
-from operators.state.layout import has_store, profile_families
-from operators.state.store import ShardStore
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.identity.guards import default_identity_rules
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.profile.codec import stored_as_dict
+from nextclick.operators.state.keys import PROFILE_PREFIX
+from nextclick.operators.state.layout import has_store, profile_families
+from nextclick.operators.state.store import ShardStore
 from tests.helpers import consume_all
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,14 +246,14 @@ def start(setup: FlowSetup, *, stop_at_end: bool, runner: str = "cli", failpoint
           process_id: int | None = None, addresses: Sequence[str] | None = None,
           log: Path | None = None, args: Sequence[str] = ()) -> subprocess.Popen[bytes]:
     """Launch one process of the flow. `runner`: "cli" (`nextclick run`, sub-second epochs, plus
-    `args`) or "bytewax" (`python -m bytewax.run flows.main:flow -r REC -s <whole seconds> -b 0`)."""
+    `args`) or "bytewax" (`python -m bytewax.run nextclick.flows.main:flow -r REC -s <whole seconds> -b 0`)."""
     if runner == "bytewax":
-        cmd = [sys.executable, "-m", "bytewax.run", "flows.main:flow", "-r", str(setup.recovery_dir),
+        cmd = [sys.executable, "-m", "bytewax.run", "nextclick.flows.main:flow", "-r", str(setup.recovery_dir),
                "-s", str(max(1, round(setup.epoch_seconds))), "-b", "0"]
         if addresses:
             cmd += ["-i", str(process_id), "-a", ";".join(addresses)]
     elif runner == "cli":
-        cmd = [sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "30"]
+        cmd = [sys.executable, "-m", "nextclick", "run", "--broker-timeout", "30"]
         if addresses:
             cmd += ["--process-id", str(process_id), "--addresses", ";".join(addresses)]
         cmd += list(args)

@@ -11,15 +11,15 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-import operators
-from operators.channels import EVENT_CHANNELS
-from operators.engine.steps import on_event, on_timers
-from operators.io.kafka_admin import client_config
-from operators.profile.model import Facts, Profile, new_profile
-from operators.records import Event, Outcome
-from operators.rules.loader import load_rules
-from operators.rules.model import RuleSet
-from operators.signals.base import Signal
+import nextclick.operators
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.engine.steps import on_event, on_timers
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.profile.model import Facts, Profile, new_profile
+from nextclick.operators.records import Event, Outcome
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.signals.base import Signal
 
 SEC = 1_000
 MIN = 60 * SEC
@@ -28,7 +28,7 @@ DAY = 24 * HOUR
 # A fixed, day-aligned event time (2026-11-18T00:00:00Z) so bucket and tumbling edges are predictable.
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % DAY
 
-DEFAULT_RULES_PATH = Path(operators.__file__).resolve().parent / "rules" / "default_rules.toml"
+DEFAULT_RULES_PATH = Path(nextclick.operators.__file__).resolve().parent / "rules" / "default_rules.toml"
 
 _ids = itertools.count(1)
 
@@ -128,7 +128,7 @@ class FlowThread:
         from bytewax.recovery import RecoveryConfig, init_db_dir
         from bytewax.testing import run_main
 
-        from flows.targeting import build_flow
+        from nextclick.flows.targeting import build_flow
 
         Path(recovery_dir).mkdir(parents=True, exist_ok=True)
         init_db_dir(Path(recovery_dir), 1)

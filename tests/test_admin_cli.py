@@ -14,17 +14,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.config import PrivacyConfig
-from operators.io.topics import ensure_topics
-from operators.tools.profiles import read_profile
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.config import PrivacyConfig
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.tools.profiles import read_profile
 from tests.flowrun import REPO, SECRET, FlowSetup, produce, read_profiles, run_to_end, start, workload
 
 CUSTOMERS = 30
 
 
 def nextclick(setup: FlowSetup, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nextclick", *args], cwd=REPO, capture_output=True, text=True,
                           env={**setup.env(stop_at_end=True), **env}, timeout=120)
 
 
@@ -124,7 +124,7 @@ def test_state_reset_says_what_it_destroys_and_needs_yes(deployment: FlowSetup, 
     dry = nextclick(deployment, "state", "reset")
     assert dry.returncode != 0 and "--yes" in dry.stderr and "nothing was changed" in dry.stderr
     # Every store goes: the 4 profile shards, the identity graph, and linked profiles' shards opened so far.
-    from operators.state.layout import has_store
+    from nextclick.operators.state.layout import has_store
 
     stores = sorted(p for p in deployment.state_dir.rglob("shard-*") if p.is_dir() and has_store(p))
     assert len([p for p in stores if p.parent == deployment.state_dir]) == 4

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.infra.config import ConfigError, ParseConfig, load_config
-from operators.io.alignment import (
+from nextclick.operators.infra.config import ConfigError, ParseConfig, load_config
+from nextclick.operators.io.alignment import (
     DATA,
     END,
     HELD,
@@ -33,8 +33,8 @@ from operators.io.alignment import (
     encode_entry,
     event_time,
 )
-from operators.io.parse import parse_message
-from operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
 
 NOW = 1_795_000_000_000
 MIN = 60_000
@@ -69,8 +69,8 @@ RFC3339 = st.builds(
 @settings(max_examples=500, deadline=None)
 @given(ts=st.one_of(RFC3339, RFC3339.map(lambda t: t[:17] + "60" + t[19:]), st.text(min_size=19, max_size=32)))
 def test_rfc3339_strings_read_as_the_parser_reads_them(ts: str) -> None:
-    from operators.io.alignment import _rfc3339_ms
-    from operators.io.parse import parse_ts
+    from nextclick.operators.io.alignment import _rfc3339_ms
+    from nextclick.operators.io.parse import parse_ts
 
     try:
         expected: int | None = parse_ts(ts)

@@ -42,15 +42,15 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from flows.local_broker import LocalBroker
-from operators.channels import EVENT_CHANNELS
-from operators.infra import failpoints
-from operators.infra.config import DEFAULT_RULES_FILE, ParseConfig
-from operators.io.alignment import UNREADABLE, Alignment, event_time
-from operators.io.deadletter import TS_SKEW_HEADER
-from operators.io.kafka_source import Aligned, KafkaInput, RawMessage
-from operators.io.topics import ensure_topics
-from operators.records import Progress
+from nextclick.flows.local_broker import LocalBroker
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.infra import failpoints
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, ParseConfig
+from nextclick.operators.io.alignment import UNREADABLE, Alignment, event_time
+from nextclick.operators.io.deadletter import TS_SKEW_HEADER
+from nextclick.operators.io.kafka_source import Aligned, KafkaInput, RawMessage
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import Progress
 from tests.flowrun import CATEGORIES, FlowSetup, Message, read_decisions, read_profiles, run_to_end
 from tests.helpers import consume_all
 

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.infra import metrics
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.io.decisions import encode_decision, expired
-from operators.io.topics import ensure_topics
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.decisions import encode_decision, expired
+from nextclick.operators.io.topics import ensure_topics
 from tests.helpers import DAY, HOUR, T0, Customer, FlowThread, consume_all, fired
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from bench import workload
 from bench.ceiling import CeilingState
-from operators.infra.clock import ManualClock
-from operators.infra.config import ParseConfig, PrivacyConfig
-from operators.io.parse import parse_message
-from operators.records import Event, SourcePosition
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import ParseConfig, PrivacyConfig
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.records import Event, SourcePosition
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
 from tests.helpers import HOUR, T0, default_rules
 
 

@@ -16,7 +16,7 @@ pytest.importorskip("psutil")
 
 from bench import run as bench_run  # noqa: E402
 from bench import workload  # noqa: E402
-from flows.local_broker import LocalBroker  # noqa: E402
+from nextclick.flows.local_broker import LocalBroker  # noqa: E402
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -41,9 +41,9 @@ def test_the_identity_workload_is_the_reference_one_seen_by_a_site() -> None:
     every message parses into an event (none is dead-lettered, so event counts compare across revisions)."""
     import orjson
 
-    from operators.infra.config import ParseConfig
-    from operators.io.parse import parse_message
-    from operators.records import Event, SourcePosition
+    from nextclick.operators.infra.config import ParseConfig
+    from nextclick.operators.io.parse import parse_message
+    from nextclick.operators.records import Event, SourcePosition
 
     end = 1_800_000_000_000
     plain = workload.serialise(20_000, 2_000, seed=3, end_ms=end)

@@ -21,13 +21,13 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from flows.local_broker import LocalBroker, free_port
-from operators.infra import metrics
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.infra.logs import configure_logging
-from operators.io.kafka_admin import redacted, wait_for_broker
-from operators.io.topics import ensure_topics
+from nextclick.flows.local_broker import LocalBroker, free_port
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.infra.logs import configure_logging
+from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
+from nextclick.operators.io.topics import ensure_topics
 from tests.helpers import FlowThread, consume_all
 from tests.waits import wait_until
 
@@ -82,7 +82,7 @@ def test_wait_for_broker_retries_with_backoff_then_raises() -> None:
 def _run_cli(*args: str, env_extra: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTCLICK_")}
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "nextclick", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -27,18 +27,18 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine.merge import merge_into
-from operators.engine.steps import on_event, prune
-from operators.profile import history
-from operators.profile.codec import decode_profile, encode_profile, profile_as_dict, stored_as_dict
-from operators.profile.model import Profile, new_profile
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.rules.model import RuleSet
-from operators.signals.buckets import BucketPart
-from operators.signals.distinct import Distinct
-from operators.signals.groups import Grouped
-from operators.signals.window import Window
+from nextclick.operators.engine.merge import merge_into
+from nextclick.operators.engine.steps import on_event, prune
+from nextclick.operators.profile import history
+from nextclick.operators.profile.codec import decode_profile, encode_profile, profile_as_dict, stored_as_dict
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.signals.buckets import BucketPart
+from nextclick.operators.signals.distinct import Distinct
+from nextclick.operators.signals.groups import Grouped
+from nextclick.operators.signals.window import Window
 from tests.helpers import DAY, HOUR, MIN, T0, default_rules, make_event, write_rules
 
 # Order-independent signals of every kind that has a set-like or tie-broken part. Late events still

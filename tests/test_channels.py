@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from operators.channels import CHANNELS, CONSENT_CHANNELS, CONSENT_FAMILY, DECISION_CHANNELS, EVENT_CHANNELS
+from nextclick.operators.channels import CHANNELS, CONSENT_CHANNELS, CONSENT_FAMILY, DECISION_CHANNELS, EVENT_CHANNELS
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 

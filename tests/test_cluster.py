@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.cluster import (
+from nextclick.flows.cli import main
+from nextclick.flows.cluster import (
     Cluster,
     ClusterError,
     expand_addresses,

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.cluster import partitions_in
-from flows.local_broker import free_port
-from operators.io.topics import ensure_topics
+from nextclick.flows.cluster import partitions_in
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     PacedProducer,

@@ -11,16 +11,16 @@ import pytest
 from confluent_kafka import Producer
 from rocksdict import AccessType, Options, Rdict
 
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, ParseConfig
-from operators.io.control import parse_control
-from operators.io.deadletter import REASONS
-from operators.io.parse import parse_message
-from operators.io.topics import ensure_topics
-from operators.records import DeadLetter, EraseRequest, SourcePosition
-from operators.state.keys import shard_of, shard_path
-from operators.tools.profiles import read_profile
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, ParseConfig
+from nextclick.operators.io.control import parse_control
+from nextclick.operators.io.deadletter import REASONS
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import DeadLetter, EraseRequest, SourcePosition
+from nextclick.operators.state.keys import shard_of, shard_path
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 from tests.waits import store_seq
 
@@ -174,8 +174,8 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
     """A visitor browses anonymously, signs in (cookie, customer id, email), clicks an email: one profile.
     Erasing the cookie alone takes all of it: the linked profile, every identifier in the identity graph,
     and the profiles moved out of their shards at the link, from live state, undo records and files."""
-    from operators.identity.graph import resolve_offline
-    from operators.state.layout import families, family_of_anchor
+    from nextclick.operators.identity.graph import resolve_offline
+    from nextclick.operators.state.layout import families, family_of_anchor
 
     web, email_topic = f"{topic_prefix}.web", f"{topic_prefix}.email"
     decisions, dlq, ctl = f"{topic_prefix}.decisions", f"{topic_prefix}.dead_letter", f"{topic_prefix}.control"

@@ -13,7 +13,7 @@ Decisions still come from events (call-backs for unresolved calls, post-purchase
 consent, complaint and cooldown suppressions), and absences that events complete would be handled
 the same way in both runs.
 
-1. Clean run: all input produced, then one uninterrupted `python -m bytewax.run flows.main:flow
+1. Clean run: all input produced, then one uninterrupted `python -m bytewax.run nextclick.flows.main:flow
    -r REC -s 1 -b 0` with stop_at_end. Its profiles (every shard's RocksDB) and decisions are the
    reference.
 2. Crashed run, same input topic, fresh output topics, state and recovery dirs: the input is
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     PacedProducer,

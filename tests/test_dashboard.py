@@ -10,8 +10,8 @@ import orjson
 import pytest
 import yaml
 
-from operators.infra import metrics
-from operators.tools import schedule  # noqa: F401 - registers the scheduled-savepoint families on the registry
+from nextclick.operators.infra import metrics
+from nextclick.operators.tools import schedule  # noqa: F401 - registers the scheduled-savepoint families on the registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "nextclick.json"

@@ -12,15 +12,15 @@ import pytest
 from bytewax.outputs import Sink
 from confluent_kafka import Producer
 
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, ConfigError, decision_topic
-from operators.io.decisions import decision_message, encode_decision
-from operators.io.file_sink import FileOutput, json_line
-from operators.io.kafka_sink import KafkaOutput
-from operators.io.sink_registry import DECISION_SINKS, SETTING, configured, decision_sink
-from operators.io.sinks import OutMessage
-from operators.io.topics import ensure_topics
-from operators.records import Decision
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, ConfigError, decision_topic
+from nextclick.operators.io.decisions import decision_message, encode_decision
+from nextclick.operators.io.file_sink import FileOutput, json_line
+from nextclick.operators.io.kafka_sink import KafkaOutput
+from nextclick.operators.io.sink_registry import DECISION_SINKS, SETTING, configured, decision_sink
+from nextclick.operators.io.sinks import OutMessage
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import Decision
 from tests.helpers import FlowThread, consume_all
 
 T0 = 1_795_428_000_000
@@ -56,7 +56,7 @@ def test_a_wrong_sink_is_one_line_naming_the_setting(spec: str, says: str) -> No
 
 
 def test_a_wrong_sink_is_refused_before_the_flow_is_wired(tmp_path: Path) -> None:
-    from flows.targeting import build_flow
+    from nextclick.flows.targeting import build_flow
 
     config = Config().replace(privacy={"secret": "s"}, state={"dir": str(tmp_path / "state"),
                                                               "recovery_dir": str(tmp_path / "rec")})
@@ -144,7 +144,7 @@ def test_the_file_sink_holds_the_decisions_the_kafka_sink_sends(kafka: dict[str,
 
 
 def test_the_sink_is_chosen_in_the_config_file_and_the_environment(tmp_path: Path) -> None:
-    from operators.infra.config import load_config
+    from nextclick.operators.infra.config import load_config
 
     toml = tmp_path / "nextclick.toml"
     toml.write_text(f'[flow]\ndecision_sink = "file:{tmp_path / "d.jsonl"}"\n')

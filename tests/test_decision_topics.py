@@ -9,9 +9,9 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, decision_topic, load_config
-from operators.io.topics import ensure_topics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, decision_topic, load_config
+from nextclick.operators.io.topics import ensure_topics
 from tests.helpers import FlowThread, consume_all
 
 T0 = 1_795_428_000_000

@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import orjson
 
-from operators.io.decisions import DECISION_TYPE, encode_decision
-from operators.records import Decision
-from operators.rules.arbitration import decision_id
+from nextclick.operators.io.decisions import DECISION_TYPE, encode_decision
+from nextclick.operators.records import Decision
+from nextclick.operators.rules.arbitration import decision_id
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
 

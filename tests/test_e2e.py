@@ -22,14 +22,14 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 from confluent_kafka import Producer
 
-from flows.targeting import build_flow
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
-from operators.io.topics import ensure_topics
-from operators.rules.arbitration import decision_id
-from operators.tools.profiles import read_profile
+from nextclick.flows.targeting import build_flow
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.decisions import DECISION_SOURCE, DECISION_TYPE, rfc3339
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.rules.arbitration import decision_id
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import consume_all
 
 pytestmark = pytest.mark.broker

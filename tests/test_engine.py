@@ -5,13 +5,13 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.engine.steps import on_event, on_timers
-from operators.profile.codec import encode_profile
-from operators.profile.facts import apply_facts
-from operators.profile.model import new_profile
-from operators.records import Event
-from operators.rules.arbitration import decision_id
-from operators.rules.loader import load_rules
+from nextclick.operators.engine.steps import on_event, on_timers
+from nextclick.operators.profile.codec import encode_profile
+from nextclick.operators.profile.facts import apply_facts
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.records import Event
+from nextclick.operators.rules.arbitration import decision_id
+from nextclick.operators.rules.loader import load_rules
 from tests.helpers import (
     DAY,
     DEFAULT_RULES_PATH,

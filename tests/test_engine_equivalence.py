@@ -21,12 +21,12 @@ from typing import Any
 import orjson
 
 from bench import workload as bench_workload
-from operators.channels import EVENT_CHANNELS
-from operators.engine.steps import due_at, on_event, on_timers, prune
-from operators.profile.codec import decode_profile, encode_profile, migrate_v1, profile_as_dict
-from operators.profile.facts import ORDER_LIMITS
-from operators.profile.model import Profile, new_profile
-from operators.records import Event
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.engine.steps import due_at, on_event, on_timers, prune
+from nextclick.operators.profile.codec import decode_profile, encode_profile, migrate_v1, profile_as_dict
+from nextclick.operators.profile.facts import ORDER_LIMITS
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Event
 from tests.flowrun import workload
 from tests.helpers import DEFAULT_RULES_PATH, HOUR, MIN, default_rules
 

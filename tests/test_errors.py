@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from operators.errors import NextclickError
-from operators.infra.failures import one_line, root_cause
-from operators.state.store import StateError
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra.failures import one_line, root_cause
+from nextclick.operators.state.store import StateError
 
 ROOT = Path(__file__).resolve().parent.parent
 # Control flow inside one module, never raised past it; and the failpoints' simulated crash.

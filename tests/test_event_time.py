@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.identity.pseudonyms import pseudonymize
-from operators.io.parse import parse_ts
-from operators.io.topics import ensure_topics
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.io.parse import parse_ts
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     SECRET,
     FlowSetup,
@@ -170,9 +170,9 @@ def test_live_a_shard_that_opens_after_the_input_caught_up_still_fires_by_the_cl
         kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
     from confluent_kafka import Producer
 
-    from operators.infra.clock import ManualClock
-    from operators.infra.config import Config
-    from operators.tools.profiles import read_profile
+    from nextclick.operators.infra.clock import ManualClock
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.tools.profiles import read_profile
     from tests.helpers import FlowThread
 
     t0 = 1_795_428_000_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.frontier import EventTimeFrontier, InputFrontier
+from nextclick.operators.frontier import EventTimeFrontier, InputFrontier
 
 NOW = 1_796_000_000_000
 HOUR = 3_600_000

@@ -24,10 +24,10 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.infra import metrics
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.io.topics import ensure_topics
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.topics import ensure_topics
 from tests.helpers import FlowThread, consume_all
 from tests.waits import committed_versions, due_timers
 

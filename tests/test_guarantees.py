@@ -24,22 +24,22 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from flows.cli import main as cli_main
-from flows.cluster import prepare_recovery
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.profile.model import PROFILE_FORMAT
-from operators.records import DeadLetter, Decision, Event
-from operators.rules.loader import load_rules
-from operators.shard import shard_state as shard_module
-from operators.shard.logic import ResumeState, ShardLogic
-from operators.shard.shard_state import ShardContext, open_store
-from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, shard_of
-from operators.state.manifest import MANIFEST_FILE, StateMismatch
-from operators.state.store import ShardStore, StateError
-from operators.tools.profiles import read_profile
-from operators.tools.savepoint import create_offline, restore
-from operators.tools.startup import check_start
+from nextclick.flows.cli import main as cli_main
+from nextclick.flows.cluster import prepare_recovery
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.records import DeadLetter, Decision, Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.shard import shard_state as shard_module
+from nextclick.operators.shard.logic import ResumeState, ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext, open_store
+from nextclick.operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, shard_of
+from nextclick.operators.state.manifest import MANIFEST_FILE, StateMismatch
+from nextclick.operators.state.store import ShardStore, StateError
+from nextclick.operators.tools.profiles import read_profile
+from nextclick.operators.tools.savepoint import create_offline, restore
+from nextclick.operators.tools.startup import check_start
 from tests.flowrun import read_profiles
 from tests.helpers import HOUR, MIN, T0, Customer, consent, default_rules, fired, make_event, write_rules
 
@@ -478,7 +478,7 @@ def test_a_profile_that_cannot_be_encoded_when_a_link_moves_it_is_quarantined(
     """ShardState._move_out: a profile holding a value JSON cannot store, moved out by identity
     stitching, is set aside and moves as nothing, instead of stopping the flow (a restart would
     replay the same epoch and stop again)."""
-    from operators.records import MoveIn, MoveOut
+    from nextclick.operators.records import MoveIn, MoveOut
 
     _overflow_on(monkeypatch, "overflow")
     logic = _shard(tmp_path, ManualClock(T0))
@@ -499,7 +499,7 @@ def test_a_process_that_checks_while_another_sets_the_shared_directories_up_wait
     must judge the directories once the first is done, not refuse them as "state deleted"."""
     import threading
 
-    from operators.state.manifest import start_lock
+    from nextclick.operators.state.manifest import start_lock
 
     dep = Deployment(tmp_path)
     check_start(dep.config, init_recovery=lambda d: init_db_dir(d, 1))  # the first process's set-up...

@@ -25,12 +25,12 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from operators.events.schemas import TS_MAX, TS_MIN
-from operators.identity.guards import default_identity_rules
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.config import ParseConfig
-from operators.io.alignment import UNREADABLE, cut, event_time
-from operators.io.deadletter import (
+from nextclick.operators.events.schemas import TS_MAX, TS_MIN
+from nextclick.operators.identity.guards import default_identity_rules
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.alignment import UNREADABLE, cut, event_time
+from nextclick.operators.io.deadletter import (
     CLASS_HEADER,
     MESSAGE_HEADER,
     OFFSET_HEADER,
@@ -40,10 +40,10 @@ from operators.io.deadletter import (
     TOPIC_HEADER,
     dead_letter_record,
 )
-from operators.io.parse import JSON_MAX_DEPTH, parse_message
-from operators.io.topics import ensure_topics
-from operators.records import DeadLetter, Event, SourcePosition
-from operators.rules.arbitration import decision_id
+from nextclick.operators.io.parse import JSON_MAX_DEPTH, parse_message
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.rules.arbitration import decision_id
 from tests.flowrun import SECRET as FLOW_SECRET
 from tests.flowrun import FlowSetup, read_decisions, read_profiles, run_to_end
 from tests.helpers import consume_all

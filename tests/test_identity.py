@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from operators.identity.pseudonyms import (
+from nextclick.operators.identity.pseudonyms import (
     CHANNEL_DEFAULT_ID_TYPE,
     KEY_CACHE_SIZE,
     pseudonymize,

@@ -16,16 +16,16 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.identity.graph import resolve_offline
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra import metrics
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.io.topics import ensure_topics
-from operators.state.keys import PROFILE_PREFIX, profile_key, shard_of, shard_path
-from operators.state.layout import profile_families
-from operators.state.store import ShardStore
-from operators.tools.profiles import read_profile
+from nextclick.operators.identity.graph import resolve_offline
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.state.keys import PROFILE_PREFIX, profile_key, shard_of, shard_path
+from nextclick.operators.state.layout import profile_families
+from nextclick.operators.state.store import ShardStore
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker
@@ -72,7 +72,7 @@ def wait(cond: Callable[[], bool], what: str, flow: FlowThread, timeout_s: float
 
 def stored_profiles(state: Path) -> dict[str, tuple[str, dict[str, Any]]]:
     """Every committed profile in every family: key -> (family, profile)."""
-    from operators.profile.codec import stored_as_dict
+    from nextclick.operators.profile.codec import stored_as_dict
 
     out = {}
     for family in profile_families(SHARDS, ANCHORS):
@@ -174,7 +174,7 @@ def test_guards_limit_blocked_values_and_two_customer_ids(kafka: dict[str, str],
                                                          tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     config, topics = setup(kafka, topic_prefix, tmp_path)
     state = tmp_path / "state"
-    caplog.set_level(logging.INFO, logger="operators.identity.stage")
+    caplog.set_level(logging.INFO, logger="nextclick.operators.identity.stage")
     before = _refused()
     events: list[tuple[str, dict[str, Any]]] = []
     # The limit: one customer logs in from six browsers; the default rules allow five cookies.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.identity.guards import (
+from nextclick.operators.identity.guards import (
     GUARDS,
     LINK_GUARDS,
     REFUSAL_REASONS,

@@ -27,11 +27,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine.merge import merge_all, merge_into
-from operators.engine.steps import on_event, prune
-from operators.profile.codec import decode_profile, encode_profile, profile_as_dict
-from operators.profile.model import Profile, new_profile
-from operators.rules.model import RuleSet
+from nextclick.operators.engine.merge import merge_all, merge_into
+from nextclick.operators.engine.steps import on_event, prune
+from nextclick.operators.profile.codec import decode_profile, encode_profile, profile_as_dict
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.rules.model import RuleSet
 from tests.helpers import MIN, T0, default_rules, make_event, write_rules
 
 CATEGORIES = ("shoes", "bags", "watches")
@@ -219,7 +219,7 @@ _RULESET: list[RuleSet] = []
 
 def _signals_only(tmp_path_factory: Any) -> RuleSet:
     if not _RULESET:
-        from operators.rules.loader import load_rules
+        from nextclick.operators.rules.loader import load_rules
 
         _RULESET.append(load_rules(write_rules(tmp_path_factory.mktemp("rules"), SIGNALS_ONLY)))
     return _RULESET[0]
@@ -343,7 +343,7 @@ channel = "web"
 
 
 def _options(tmp_path_factory: Any) -> RuleSet:
-    from operators.rules.loader import load_rules
+    from nextclick.operators.rules.loader import load_rules
 
     return load_rules(write_rules(tmp_path_factory.mktemp("options"), OPTIONS))
 

@@ -15,22 +15,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.channels import ID_TYPES
-from operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
-from operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
-from operators.identity.pseudonyms import pseudonymize
-from operators.identity.stage import IdentityContext, IdentityLogic
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, ParseConfig
-from operators.io.parse import _parse_fast, parse_message, parse_message_slow
-from operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
-from operators.rules.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import TIMER_PREFIX, profile_key
-from operators.state.layout import profile_families
-from operators.state.store import ShardStore, StateError
-from operators.tools.profiles import read_profile
+from nextclick.operators.channels import ID_TYPES
+from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
+from nextclick.operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, ParseConfig
+from nextclick.operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from nextclick.operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
+from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import TIMER_PREFIX, profile_key
+from nextclick.operators.state.layout import profile_families
+from nextclick.operators.state.store import ShardStore, StateError
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
 
 SECRET = b"identity-stage-secret"
@@ -313,9 +313,9 @@ def test_a_moved_profile_that_arrives_before_its_merge_expectation_waits_for_it(
 
 
 def new_blob(name: str, customer: str) -> bytes:
-    from operators.engine.steps import on_event
-    from operators.profile.codec import encode_profile
-    from operators.profile.model import new_profile
+    from nextclick.operators.engine.steps import on_event
+    from nextclick.operators.profile.codec import encode_profile
+    from nextclick.operators.profile.model import new_profile
 
     profile = new_profile(customer)
     on_event(profile, make_event("page_view", T0, customer=customer, event_id=f"{name}-1"), default_rules())
@@ -370,7 +370,7 @@ def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -
 def cli(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nextclick", *args], cwd=REPO, capture_output=True, text=True,
                           input=stdin, env={**{k: v for k, v in os.environ.items() if not k.startswith("NEXTCLICK_")},
                                             **env}, timeout=60)
 
@@ -394,7 +394,7 @@ def test_nextclick_keys_builds_a_contact_table_with_the_deployments_secret() -> 
 # -- addresses -------------------------------------------------------------------------------------
 
 def test_every_decision_channel_has_its_address_types() -> None:
-    from operators.channels import DECISION_CHANNELS
+    from nextclick.operators.channels import DECISION_CHANNELS
 
     assert set(CHANNEL_ADDRESS_TYPES) == set(DECISION_CHANNELS)
     assert all(set(types) <= ID_TYPES for types in CHANNEL_ADDRESS_TYPES.values())
@@ -425,8 +425,8 @@ def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Pa
 
 
 def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
-    from operators.state.manifest import StateMismatch
-    from operators.tools.startup import check_start
+    from nextclick.operators.state.manifest import StateMismatch
+    from nextclick.operators.tools.startup import check_start
 
     config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r")},
                               privacy={"secret": "x"})
@@ -446,8 +446,8 @@ def test_a_store_a_crash_left_half_created_is_no_store(tmp_path: Path) -> None:
     tools pass over it, and the flow's shard creates the store there when it needs it."""
     from bytewax.recovery import init_db_dir
 
-    from operators.state.manifest import family_dirs
-    from operators.tools.startup import check_start, state_families
+    from nextclick.operators.state.manifest import family_dirs
+    from nextclick.operators.tools.startup import check_start, state_families
 
     config = Config().replace(state={"dir": str(tmp_path / "s"), "recovery_dir": str(tmp_path / "r"), "shards": 2},
                               privacy={"secret": "x"})

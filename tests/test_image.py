@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 from packaging.requirements import Requirement
 
-from flows.cli import build_parser
+from nextclick.flows.cli import build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = (REPO / "deploy" / "Dockerfile").read_text()
@@ -188,4 +188,4 @@ def test_ci_installs_with_the_constraints_and_runs_the_smoke_after_the_tests() -
     assert "--constraint constraints.txt -e '.[dev]'" in ci
     assert ci.index(".venv/bin/pytest") < ci.index(".ci/wheel_smoke.py")
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {"flows", "operators", "operators.*", "schemas", "schemas.*"} == set(include)  # bench/ stays out
+    assert {"nextclick", "nextclick.*"} == set(include)  # one installed package; bench/ stays out

@@ -21,9 +21,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flows.cli import build_parser
-from flows.cluster import ClusterError, resolve
-from operators.infra.config import load_config
+from nextclick.flows.cli import build_parser
+from nextclick.flows.cluster import ClusterError, resolve
+from nextclick.operators.infra.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "deploy" / "k8s"
@@ -433,7 +433,7 @@ def test_the_prometheus_rule_ships_the_runbooks_alerts() -> None:
 def test_the_shipped_configuration_schedules_savepoints_its_input_retention_covers(tmp_path: Path) -> None:
     """deploy/k8s restores a lost volume from the latest savepoint: the schedule is on, and the topics the
     Job creates keep longer than it (the start-up check refuses otherwise)."""
-    from operators.tools.schedule import check_recovery_plan
+    from nextclick.operators.tools.schedule import check_recovery_plan
 
     config = config_from_configmap(tmp_path)
     assert config.state.on_lost_volume == "restore" and config.state.savepoint_interval_ms > 0

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from operators.engine import steps as engine
-from operators.engine.steps import due_at
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.model import new_profile
-from operators.records import MergeExpect, MoveIn, MoveOut
-from operators.shard.cache import ProfileCache
-from operators.shard.common import Merge
-from operators.shard.merge_barrier import MergeBarrier
-from operators.shard.quarantine import Quarantine
-from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
-from operators.state.store import ShardStore, StateError
-from operators.state.timers import TimerIndex
+from nextclick.operators.engine import steps as engine
+from nextclick.operators.engine.steps import due_at
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.records import MergeExpect, MoveIn, MoveOut
+from nextclick.operators.shard.cache import ProfileCache
+from nextclick.operators.shard.common import Merge
+from nextclick.operators.shard.merge_barrier import MergeBarrier
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
+from nextclick.operators.state.store import ShardStore, StateError
+from nextclick.operators.state.timers import TimerIndex
 from tests.helpers import MIN, T0, consent, default_rules, make_event
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from operators.engine.steps import on_event
-from operators.engine.view import profile_view
-from operators.rules.loader import load_rules
-from operators.tools.next_best_action import NextBestActionError, judge
+from nextclick.operators.engine.steps import on_event
+from nextclick.operators.engine.view import profile_view
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.tools.next_best_action import NextBestActionError, judge
 from tests.helpers import DAY, MIN, T0, Customer, consent, default_rules, make_event, write_rules
 
 NOW = T0 + 40 * DAY

@@ -10,15 +10,15 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from flows.local_broker import free_port
-from operators.channels import DECISION_CHANNELS
-from operators.infra import health, metrics
-from operators.infra.config import Config, load_config
-from operators.infra.failures import LostPeer, _parse_proc_addr, lost_peer_message, one_line, root_cause
-from operators.io.control import parse_control
-from operators.io.drain import drain_request, parse_drain
-from operators.io.topics import plan_topics
-from operators.records import SourcePosition
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.channels import DECISION_CHANNELS
+from nextclick.operators.infra import health, metrics
+from nextclick.operators.infra.config import Config, load_config
+from nextclick.operators.infra.failures import LostPeer, _parse_proc_addr, lost_peer_message, one_line, root_cause
+from nextclick.operators.io.control import parse_control
+from nextclick.operators.io.drain import drain_request, parse_drain
+from nextclick.operators.io.topics import plan_topics
+from nextclick.operators.records import SourcePosition
 
 
 class FakeClock:
@@ -76,7 +76,7 @@ def test_decisions_are_counted_by_rule_and_channel_with_their_delay() -> None:
 def test_a_message_kafka_refused_is_counted_by_topic_and_error() -> None:
     from confluent_kafka import KafkaError
 
-    from operators.io.kafka_sink import _SinkPartition
+    from nextclick.operators.io.kafka_sink import _SinkPartition
 
     class Refused:
         def topic(self) -> str:

@@ -25,11 +25,11 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from flows.cli import main as cli_main
-from flows.local_broker import free_port
-from operators.infra import metrics
-from operators.io.kafka_source import KafkaInput
-from operators.io.topics import ensure_topics
+from nextclick.flows.cli import main as cli_main
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.infra import metrics
+from nextclick.operators.io.kafka_source import KafkaInput
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -350,7 +350,7 @@ def test_topics_create_is_idempotent_and_reports_what_it_found(
 
 
 def test_topics_create_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "topics", "create", "--help"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "nextclick", "topics", "create", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "--dry-run" in done.stdout and "replication factor" in done.stdout
 
@@ -362,7 +362,7 @@ def run_failing(setup: FlowSetup, *prefix: str, extra: tuple[str, ...] = (), tim
     """Run `nextclick run` to its failure; check the stderr contract; return the error line."""
     env = setup.env(stop_at_end=True)
     env["RUST_BACKTRACE"] = "1"  # Rust would print a backtrace with this, if it printed anything
-    done = subprocess.run([*prefix, sys.executable, "-m", "flows.cli", *extra, "run", "--broker-timeout", "20"],
+    done = subprocess.run([*prefix, sys.executable, "-m", "nextclick", *extra, "run", "--broker-timeout", "20"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 1, done.stderr[-3000:]
     return check_stderr(done.stderr)
@@ -404,7 +404,7 @@ def test_a_missing_control_topic_is_named(setup: FlowSetup) -> None:
     assert run_failing(missing) == (f"input topic '{missing.control}' does not exist (topics.control); "
                                     "create it with `nextclick topics create`")
     env = missing.env(stop_at_end=True)
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "--debug", "run"], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-m", "nextclick", "--debug", "run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "Traceback" in done.stderr and "PreflightError" in done.stderr
     check_stderr(done.stderr, debug=True)
@@ -441,7 +441,7 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
     env.update({"NEXTCLICK_LOG_LEVEL": "INFO", "RUST_BACKTRACE": "1"})
     peer_log = tmp_path / "p1.log"
     with open(peer_log, "wb") as peer_err:  # process 1's log goes to a file, read while it runs
-        procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--process-id", str(i), "--addresses",
+        procs = [subprocess.Popen([sys.executable, "-m", "nextclick", "run", "--process-id", str(i), "--addresses",
                                    ";".join(addresses)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE if i == 0 else peer_err, text=True) for i in range(2)]
     try:

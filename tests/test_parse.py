@@ -17,14 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.channels import EVENT_CHANNELS
-from operators.events.schemas import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, _fast_type, load_schema
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.config import ParseConfig
-from operators.io.deadletter import REASONS, TS_SKEW_HEADER, dead_letter_headers
-from operators.io.jsonkeys import duplicate_key
-from operators.io.parse import _parse_fast, parse_message, parse_message_slow
-from operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.events.schemas import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, _fast_type, load_schema
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.deadletter import REASONS, TS_SKEW_HEADER, dead_letter_headers
+from nextclick.operators.io.jsonkeys import duplicate_key
+from nextclick.operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
 
 SECRET = b"test-secret"
 NOW = 1_795_000_000_000  # 2026-11-18T11:06:40Z

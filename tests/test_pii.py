@@ -29,15 +29,15 @@ import pytest
 from confluent_kafka import Producer
 from rocksdict import AccessType, Options, Rdict
 
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra import metrics
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
-from operators.infra.logs import configure_logging
-from operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
-from operators.io.topics import ensure_topics
-from operators.records import DeadLetter, SourcePosition
-from operators.tools.profiles import read_profile
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, ConfigError, ParseConfig, PrivacyConfig, load_config
+from nextclick.operators.infra.logs import configure_logging
+from nextclick.operators.io.deadletter import REDACTED_HEADER, dead_letter_headers, dead_letter_record, redact_value
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import DeadLetter, SourcePosition
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
 
 SECRET = "pii-test-secret"
@@ -227,7 +227,7 @@ def test_run_refuses_to_start_without_a_secret(kafka: dict[str, str], tmp_path: 
     env["NEXTCLICK_STATE__DIR"] = str(tmp_path / "state")
     env["NEXTCLICK_STATE__RECOVERY_DIR"] = str(tmp_path / "recovery")
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "5"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "nextclick", "run", "--broker-timeout", "5"], env=env,
                           cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

@@ -15,21 +15,21 @@ from typing import Any
 import orjson
 import pytest
 
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.clock import ManualClock
-from operators.infra.config import ParseConfig
-from operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
-from operators.io.parse import parse_message
-from operators.io.topics import ensure_topics
-from operators.profile.codec import encode_profile, profile_as_dict, stored_as_dict
-from operators.profile.facts import ProfileEncodeError, apply_facts
-from operators.profile.model import new_profile
-from operators.records import DeadLetter, Event, SourcePosition
-from operators.shard import shard_state as shard_module
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
-from operators.tools.profiles import read_profile
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.deadletter import CLASS_HEADER, REASON_HEADER, STEP_HEADER, dead_letter_headers
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.profile.codec import encode_profile, profile_as_dict, stored_as_dict
+from nextclick.operators.profile.facts import ProfileEncodeError, apply_facts
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.shard import shard_state as shard_module
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
+from nextclick.operators.tools.profiles import read_profile
 from tests.flowrun import SECRET, FlowSetup, produce, read_profiles, run_to_end, workload
 from tests.helpers import HOUR, MIN, T0, consent, consume_all, default_rules, make_event
 

@@ -7,13 +7,13 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from operators.engine.steps import on_event
-from operators.profile import dedupe
-from operators.profile import facts as facts_module
-from operators.profile.facts import apply_facts, durable_view, preferred_channel
-from operators.profile.facts import rfm as rfm_segment
-from operators.profile.model import Facts, new_profile
-from operators.records import Event
+from nextclick.operators.engine.steps import on_event
+from nextclick.operators.profile import dedupe
+from nextclick.operators.profile import facts as facts_module
+from nextclick.operators.profile.facts import apply_facts, durable_view, preferred_channel
+from nextclick.operators.profile.facts import rfm as rfm_segment
+from nextclick.operators.profile.model import Facts, new_profile
+from nextclick.operators.records import Event
 from tests.helpers import DAY, HOUR, MIN, T0, consent, default_rules, durable_part, make_event
 
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import orjson
 
-from operators.engine import steps as engine
-from operators.engine.steps import due_at
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.model import Profile
-from operators.shard.cache import ProfileCache
-from operators.shard.quarantine import Quarantine
-from operators.state.keys import QUARANTINED, profile_key, quarantine_key, timer_key
-from operators.state.store import ShardStore
-from operators.state.timers import TimerIndex
+from nextclick.operators.engine import steps as engine
+from nextclick.operators.engine.steps import due_at
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.shard.cache import ProfileCache
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.state.keys import QUARANTINED, profile_key, quarantine_key, timer_key
+from nextclick.operators.state.store import ShardStore
+from nextclick.operators.state.timers import TimerIndex
 from tests.helpers import MIN, T0, consent, default_rules, make_event
 
 

@@ -18,16 +18,16 @@ from typing import Any
 
 import orjson
 
-from operators.channels import PURCHASE_TYPES
-from operators.infra.clock import ManualClock
-from operators.profile.codec import decode_profile, migrate_v1, profile_as_dict
-from operators.profile.facts import ORDER_LIMITS
-from operators.profile.model import PROFILE_FORMAT
-from operators.records import Event
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
-from operators.state.keys import PROFILE_PREFIX
-from operators.state.store import ShardStore
+from nextclick.operators.channels import PURCHASE_TYPES
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.profile.codec import decode_profile, migrate_v1, profile_as_dict
+from nextclick.operators.profile.facts import ORDER_LIMITS
+from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.records import Event
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
+from nextclick.operators.state.keys import PROFILE_PREFIX
+from nextclick.operators.state.store import ShardStore
 from tests.helpers import default_rules
 from tests.test_engine_equivalence import OLD_ENGINE, REPO, START, steps
 

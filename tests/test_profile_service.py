@@ -25,12 +25,12 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from flows.serve import RateLimiter, load_tokens
-from operators.identity.pseudonyms import pseudonymize
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config, ConfigError, load_config
-from operators.io.kafka_admin import client_config
-from operators.io.topics import ensure_topics
+from nextclick.flows.serve import RateLimiter, load_tokens
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config, ConfigError, load_config
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.topics import ensure_topics
 from tests.helpers import FlowThread, consume_all
 
 pytestmark = pytest.mark.broker
@@ -87,7 +87,7 @@ class Service:
         self.log = log
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "serve", "--config", str(config_file), "--log-level", "DEBUG"],
+                [sys.executable, "-m", "nextclick", "serve", "--config", str(config_file), "--log-level", "DEBUG"],
                 cwd=REPO, stdout=out, stderr=out, env={**os.environ, "PYTHONPATH": str(REPO)})
         wait(lambda: self.process.poll() is None and get(self.base, "/readyz", None)[0] == 200, "the service ready")
 
@@ -244,7 +244,7 @@ shards = 2
 [privacy]
 secret = "{SECRET}"
 """)
-        from flows.cli import main as cli_main
+        from nextclick.flows.cli import main as cli_main
 
         assert cli_main(["profile", "erase", "ck-warm-up", "--id-type", "cookie", "--config", str(flow_toml)]) == 0
         wait(lambda: get(base, "/v1/profiles/cookie/ck-warm-up")[0] == 404, "the offline erasure in the service")
@@ -357,7 +357,7 @@ def test_topics_create_makes_the_view_topic_compacted(kafka: dict[str, str], top
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from confluent_kafka.admin import AdminClient, ConfigResource
 
-    from flows.cli import main as cli_main
+    from nextclick.flows.cli import main as cli_main
 
     p = topic_prefix
     for k, v in {"NEXTCLICK_TOPICS__INPUTS": f"{p}.web", "NEXTCLICK_TOPICS__DECISIONS": f"{p}.dec",
@@ -378,9 +378,9 @@ def test_the_demos_service_prints_curl_lines_that_answer_for_its_persona(kafka: 
     import io
     import shlex
 
-    from flows.demo import SERVE_PERSONA, ProfileService
-    from operators.infra.config import DEMO_SECRET
-    from operators.io.profile_view import view_record
+    from nextclick.flows.demo import SERVE_PERSONA, ProfileService
+    from nextclick.operators.infra.config import DEMO_SECRET
+    from nextclick.operators.io.profile_view import view_record
     from tests.helpers import Customer
 
     topic = f"{topic_prefix}.profiles"

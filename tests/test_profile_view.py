@@ -10,14 +10,14 @@ from pathlib import Path
 import jsonschema
 import orjson
 
-from operators.infra.clock import ManualClock
-from operators.infra.config import Config
-from operators.io.profile_view import view_record
-from operators.io.topics import plan_topics
-from operators.io.view_index import ViewIndex
-from operators.profile.model import Profile, new_profile
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.profile_view import view_record
+from nextclick.operators.io.topics import plan_topics
+from nextclick.operators.io.view_index import ViewIndex
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext
 from tests.helpers import MIN, SEC, T0, consent, default_rules, make_event
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "profile.v1.json").read_text())
@@ -146,7 +146,7 @@ def test_the_topic_plan_makes_the_view_compacted_and_run_checks_it(tmp_path: Pat
 def test_a_view_record_the_broker_does_not_acknowledge_stops_the_process_before_the_epoch_commits(
         tmp_path: Path) -> None:
     """The checkpoint waits for the records: one that cannot be delivered is fatal (the epoch is replayed)."""
-    from operators.io.profile_view import ProfileViewWriter
+    from nextclick.operators.io.profile_view import ProfileViewWriter
 
     fatal: list[str] = []
     nowhere = {"bootstrap.servers": "127.0.0.1:9", "message.timeout.ms": "300"}

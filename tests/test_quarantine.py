@@ -11,16 +11,23 @@ import msgspec
 import orjson
 import pytest
 
-from operators.engine import steps as engine
-from operators.engine.merge import merge_all
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.model import new_profile
-from operators.records import Event, Outcome
-from operators.rules.model import RuleSet
-from operators.shard.common import Applied, Merge
-from operators.shard.quarantine import Quarantine
-from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, timer_key
-from operators.state.store import ShardStore
+from nextclick.operators.engine import steps as engine
+from nextclick.operators.engine.merge import merge_all
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.records import Event, Outcome
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.common import Applied, Merge
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.state.keys import (
+    QUARANTINED,
+    TIMER_PREFIX,
+    is_timer_of,
+    profile_key,
+    quarantine_key,
+    timer_key,
+)
+from nextclick.operators.state.store import ShardStore
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 
 

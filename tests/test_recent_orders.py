@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.engine.merge import merge_into
-from operators.engine.steps import on_event
-from operators.profile import facts as facts_module
-from operators.profile.codec import decode_profile, encode_profile, profile_as_dict
-from operators.profile.facts import ATTRIBUTES, DAY_MS, bound_orders, configure_orders, recent_orders
-from operators.profile.model import Order, Profile, new_profile
+from nextclick.operators.engine.merge import merge_into
+from nextclick.operators.engine.steps import on_event
+from nextclick.operators.profile import facts as facts_module
+from nextclick.operators.profile.codec import decode_profile, encode_profile, profile_as_dict
+from nextclick.operators.profile.facts import ATTRIBUTES, DAY_MS, bound_orders, configure_orders, recent_orders
+from nextclick.operators.profile.model import Order, Profile, new_profile
 from tests.helpers import MIN, consent, default_rules, make_event
 
 T0 = 1_795_428_000_000
@@ -115,7 +115,7 @@ promotion = false
 
 
 def test_a_rule_reads_the_last_orders_channel_and_age(tmp_path: Path) -> None:
-    from operators.rules.loader import load_rules
+    from nextclick.operators.rules.loader import load_rules
     from tests.helpers import write_rules
 
     rules = load_rules(write_rules(tmp_path, RULE_ON_LAST_ORDER))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     FlowSetup,
     assert_same_decisions,

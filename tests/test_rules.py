@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from operators.conditions.fields import RulesError
-from operators.infra.clock import parse_duration_ms
-from operators.rules.loader import load_rules
-from operators.signals.absence import Absence
-from operators.signals.count import Count
-from operators.signals.session import Session
+from nextclick.operators.conditions.fields import RulesError
+from nextclick.operators.infra.clock import parse_duration_ms
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.signals.absence import Absence
+from nextclick.operators.signals.count import Count
+from nextclick.operators.signals.session import Session
 from tests.helpers import DAY, DEFAULT_RULES_PATH, HOUR, MIN, T0, Customer, fired, write_rules
 
 SIGNALS = '''

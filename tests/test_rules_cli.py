@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from flows.cli import main
-from operators.profile.model import new_profile
-from operators.tools.explain import attributes_at
+from nextclick.flows.cli import main
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.tools.explain import attributes_at
 from tests.helpers import DAY, DEFAULT_RULES_PATH, MIN, T0, Customer, default_rules, write_rules
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ COOKBOOK = REPO / "docs" / "cookbook"
 
 
 def nextclick(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nextclick", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -222,7 +222,7 @@ def test_profile_attributes_are_what_rules_read_at_a_time():
 
 
 def test_grouped_attributes_that_need_a_trigger_are_left_out():
-    from operators.rules.loader import load_rules
+    from nextclick.operators.rules.loader import load_rules
 
     rs = load_rules(COOKBOOK / "rules.toml")
     view = attributes_at(new_profile("c1"), rs, T0)
@@ -277,7 +277,7 @@ def test_the_walkthrough_works_as_written(tmp_path, capsys):
 def test_a_reader_that_goes_away_gets_no_error_line() -> None:
     """`nextclick rules test ... --verbose | head -1`: no "[Errno 32] Broken pipe" on stderr."""
     done = subprocess.run(
-        f"{sys.executable} -m flows.cli rules test {REPO}/docs/cookbook/v3/rules.toml "
+        f"{sys.executable} -m nextclick.flows.cli rules test {REPO}/docs/cookbook/v3/rules.toml "
         f"{REPO}/docs/cookbook/v3/scenarios/*.toml --verbose | head -c 10 >/dev/null",
         shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "Broken pipe" not in done.stderr and "error" not in done.stderr, done.stderr

@@ -11,14 +11,14 @@ import jsonschema
 import orjson
 import pytest
 
-from operators.conditions.fields import RulesError
-from operators.conditions.model import Condition, Group
-from operators.events.schemas import event_attributes
-from operators.io.decisions import decision_body, encode_decision
-from operators.rules.loader import check_rules, load_rules
-from operators.signals.absence import Fixed, Tally
-from operators.tools.explain import explain, render
-from operators.tools.scenarios import ScenarioError, load_scenario
+from nextclick.operators.conditions.fields import RulesError
+from nextclick.operators.conditions.model import Condition, Group
+from nextclick.operators.events.schemas import event_attributes
+from nextclick.operators.io.decisions import decision_body, encode_decision
+from nextclick.operators.rules.loader import check_rules, load_rules
+from nextclick.operators.signals.absence import Fixed, Tally
+from nextclick.operators.tools.explain import explain, render
+from nextclick.operators.tools.scenarios import ScenarioError, load_scenario
 from tests.helpers import HOUR, MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
@@ -385,7 +385,7 @@ def test_a_bad_ids_field_in_a_scenario_is_named(tmp_path, step, words):
 
 
 def test_a_scenario_sets_the_profile_identifiers(tmp_path):
-    from operators.tools.scenarios import run_scenario
+    from nextclick.operators.tools.scenarios import run_scenario
 
     path = write_rules(tmp_path, '''description = "x"
 [[step]]
@@ -485,7 +485,7 @@ def test_a_bad_unmatched_signal_is_named(tmp_path, replace, new, field, words):
 
 
 def test_addresses_set_the_types_per_channel_for_the_address_and_the_reachability_gate(tmp_path):
-    from operators.rules.addressing import address
+    from nextclick.operators.rules.addressing import address
 
     path = rules(tmp_path, rule("ad", channel="ads", require_address="true"),
                  tail='[consent]\nads = "opt_out"\n[addresses]\nads = ["email", "device"]\n')
@@ -503,7 +503,7 @@ def test_addresses_set_the_types_per_channel_for_the_address_and_the_reachabilit
 
 
 def test_without_addresses_decisions_are_addressed_as_before(tmp_path):
-    from operators.rules.addressing import address
+    from nextclick.operators.rules.addressing import address
 
     customer = Customer(load_rules(rules(tmp_path, rule("ad", channel="ads"), tail='[consent]\nads = "opt_out"\n')))
     decision = customer.send("page_view", T0 + MIN).decisions[0]
@@ -533,8 +533,8 @@ def test_an_unknown_key_in_a_cap_is_refused_by_name(tmp_path, cap, field):
 
 
 def test_a_compound_duration_reads_as_in_scenarios(tmp_path):
-    from operators.conditions.fields import duration_ms
-    from operators.tools.scenarios import offset_ms
+    from nextclick.operators.conditions.fields import duration_ms
+    from nextclick.operators.tools.scenarios import offset_ms
 
     assert duration_ms("1d12h") == offset_ms("+1d12h") == 36 * HOUR
     assert duration_ms("30m") == 30 * MIN and duration_ms(1500) == 1500 and duration_ms("1.5h") == 90 * MIN
@@ -549,7 +549,7 @@ def test_a_rule_on_a_window_says_it_is_not_a_trigger(tmp_path):
 
 
 def test_scenario_signals_compare_only_the_attributes_named(tmp_path):
-    from operators.tools.scenarios import run_scenario
+    from nextclick.operators.tools.scenarios import run_scenario
 
     ruleset = load_rules(rules(tmp_path, rule(when='["views >= 1", "opens == 0"]')))
     path = write_rules(tmp_path, '''description = "x"
@@ -653,7 +653,7 @@ def test_a_bad_start_when_is_named(tmp_path, start_when, words):
 
 
 def test_rules_test_drops_what_the_flow_drops_as_expired(tmp_path):
-    from operators.tools.scenarios import report_line, run_scenario
+    from nextclick.operators.tools.scenarios import report_line, run_scenario
 
     ruleset = load_rules(rules(tmp_path, rule(on='["cart"]', expiry='"2h"'), signals=ABSENCE))
     story = '''description = "x"
@@ -679,7 +679,7 @@ advance = "+5h"
 
 
 def test_explain_lists_the_fields_the_parser_dropped(tmp_path):
-    from operators.tools.explain import read_story
+    from nextclick.operators.tools.explain import read_story
 
     story = tmp_path / "story.jsonl"
     story.write_bytes(b"\n".join(orjson.dumps(e) for e in [

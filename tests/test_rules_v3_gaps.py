@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from operators.profile.facts import ATTRIBUTES
-from operators.rules.loader import check_rules, load_rules
+from nextclick.operators.profile.facts import ATTRIBUTES
+from nextclick.operators.rules.loader import check_rules, load_rules
 from tests.helpers import HOUR, MIN, T0, Customer, consent, fired, write_rules
 
 MAIL = '''
@@ -118,7 +118,7 @@ channel = "web"
 
 
 def test_a_window_edge_is_late_by_less_than_a_minute_by_default(tmp_path: Path) -> None:
-    from operators.signals.window import default_bucket_ms
+    from nextclick.operators.signals.window import default_bucket_ms
 
     ruleset = load_rules(write_rules(tmp_path, WEEK))
     buckets = {s.name: s.window.bucket_ms for s in ruleset.signals}  # type: ignore[attr-defined]
@@ -130,7 +130,7 @@ def test_a_window_edge_is_late_by_less_than_a_minute_by_default(tmp_path: Path) 
     read = ruleset.getters["views_7d"]
 
     def at(ts: int) -> int:
-        from operators.records import Trigger
+        from nextclick.operators.records import Trigger
 
         return int(read(customer.profile, Trigger("page_view", "t", ts, {})))
 

@@ -21,10 +21,10 @@ from typing import Iterator
 import orjson
 import pytest
 
-from flows.cluster import ClusterError, wait_for_names
-from flows.local_broker import LocalBroker, free_port
-from operators.infra.logs import RepeatThrottle, configure_logging
-from operators.io.topics import ensure_topics
+from nextclick.flows.cluster import ClusterError, wait_for_names
+from nextclick.flows.local_broker import LocalBroker, free_port
+from nextclick.operators.infra.logs import RepeatThrottle, configure_logging
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import REPO, FlowSetup, produce, start, workload
 from tests.helpers import consume_all
 
@@ -97,7 +97,7 @@ def flow_env(kafka: dict[str, str], prefix: str, root: Path) -> dict[str, str]:
 def test_a_missing_output_topic_refuses_to_start_with_one_line_and_touches_no_state(
         kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
     ensure_topics(kafka, {f"{topic_prefix}.in": 1, f"{topic_prefix}.control": 1, f"{topic_prefix}.decisions": 1})
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "20"], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "nextclick", "run", "--broker-timeout", "20"], cwd=REPO,
                           env=flow_env(kafka, topic_prefix, tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr[-3000:]
     others = [line for line in done.stderr.splitlines() if not line.startswith("{")]
@@ -118,7 +118,7 @@ def test_a_peer_name_that_resolves_only_after_a_few_tries_still_starts(
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")
     in_own_mounts = ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts)]
-    proc = subprocess.Popen([*in_own_mounts, sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "20",
+    proc = subprocess.Popen([*in_own_mounts, sys.executable, "-m", "nextclick", "run", "--broker-timeout", "20",
                              "--process-id", "0", "--addresses", f"{name}:{free_port()}"], cwd=REPO,
                             env=flow_env(kafka, topic_prefix, tmp_path / "flow"), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)

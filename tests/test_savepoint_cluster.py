@@ -29,16 +29,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from flows.local_broker import free_port
-from operators.identity.stage import IDENTITY_KEY
-from operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
-from operators.io.topics import ensure_topics
-from operators.state.layout import IDENTITY, family_named
-from operators.state.manifest import StateMismatch, read_manifest
-from operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
-from operators.state.store import ShardStore
-from operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore, siphash13
-from operators.tools.startup import state_families
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.identity.stage import IDENTITY_KEY
+from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.state.layout import IDENTITY, family_named
+from nextclick.operators.state.manifest import StateMismatch, read_manifest
+from nextclick.operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
+from nextclick.operators.state.store import ShardStore
+from nextclick.operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore, siphash13
+from nextclick.operators.tools.startup import state_families
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -229,9 +229,9 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
 def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: Path) -> None:
     """Per-pod volumes: this pod's recovery partition is 1 of 2, so the seqs committed for its shards
     may be in the other pod's; refused in one line, nothing written."""
-    from flows.cluster import prepare_recovery
-    from operators.tools.savepoint import create_offline
-    from operators.tools.startup import check_start
+    from nextclick.flows.cluster import prepare_recovery
+    from nextclick.operators.tools.savepoint import create_offline
+    from nextclick.operators.tools.startup import check_start
 
     config = _deployment(tmp_path / "pod-1", str(tmp_path / "shared"))
     def init_recovery(directory: Path) -> None:
@@ -247,7 +247,7 @@ def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: P
 
 
 def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> None:
-    from operators.tools.savepoint import clear_scratch
+    from nextclick.operators.tools.savepoint import clear_scratch
 
     config = _deployment(tmp_path, str(tmp_path / "shared"))
     linked = next(f for f in state_families(config) if f.subdir.startswith("linked-"))
@@ -259,8 +259,8 @@ def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> No
 
 
 def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.cli import main
-    from operators.tools.savepoint import _write_manifest, catalogue
+    from nextclick.flows.cli import main
+    from nextclick.operators.tools.savepoint import _write_manifest, catalogue
 
     root = tmp_path / "savepoints"
     for day in (1, 2, 3):
@@ -287,7 +287,7 @@ def _peer_reports(shared: Path, generation: int | None, *, at: float | None = No
 
 def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     """The decisions of state.on_lost_volume = "restore", process 0 of 2 with a peer's reports written by hand."""
-    from operators.tools.savepoint import Generations, Rejoin, _write_manifest
+    from nextclick.operators.tools.savepoint import Generations, Rejoin, _write_manifest
 
     shared = tmp_path / "shared"
     config = _deployment(tmp_path / "pod-0", str(shared))
@@ -406,7 +406,7 @@ def test_two_pods_online_savepoint_restores_into_three_pods(kafka: dict[str, str
             assert time.monotonic() < deadline, "the first half was not applied in time"
             time.sleep(0.3)
         took = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "savepoint", "create", "sp", "--online",
+        done = subprocess.run([sys.executable, "-m", "nextclick", "savepoint", "create", "sp", "--online",
                                "--processes", "2", "--timeout", "60"], cwd=REPO, capture_output=True, text=True,
                               env=base.env(stop_at_end=False), timeout=90)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -489,7 +489,7 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
             assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
             assert time.monotonic() < deadline, "the first half was not applied in time"
             time.sleep(0.3)
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "savepoint", "create", "sp", "--online",
+        done = subprocess.run([sys.executable, "-m", "nextclick", "savepoint", "create", "sp", "--online",
                                "--timeout", "60"], cwd=REPO, capture_output=True, text=True,
                               env=base.env(stop_at_end=False), timeout=90)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.local_broker import free_port
-from operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
-from operators.io.topics import ensure_topics
-from operators.tools import schedule
-from operators.tools.savepoint import catalogue
+from nextclick.flows.local_broker import free_port
+from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.tools import schedule
+from nextclick.operators.tools.savepoint import catalogue
 from tests.flowrun import FlowSetup, produce, read_profiles, start, workload
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def cli(setup: FlowSetup, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "nextclick", *args], cwd=REPO, capture_output=True, text=True,
                           env={**setup.env(stop_at_end=True), **env}, timeout=180)
     assert done.returncode == 0, f"nextclick {' '.join(args)}: {done.stderr[-3000:]}"
     return done
@@ -46,7 +46,7 @@ def restored_run(setup: FlowSetup, savepoint: Path, log: Path, **env: str) -> No
     """Delete both volumes, then `nextclick run --from-savepoint` to the end of the input."""
     shutil.rmtree(setup.state_dir)
     shutil.rmtree(setup.recovery_dir)
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--from-savepoint", str(savepoint)],
+    done = subprocess.run([sys.executable, "-m", "nextclick", "run", "--from-savepoint", str(savepoint)],
                           cwd=REPO, env={**setup.env(stop_at_end=True), **env}, capture_output=True, text=True,
                           timeout=180)
     log.write_text(done.stderr)

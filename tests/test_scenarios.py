@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from operators.rules.loader import load_rules
-from operators.tools.scenarios import START_MS, ScenarioError, load_scenario, offset_ms, report_line, run_scenario
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.tools.scenarios import (
+    START_MS,
+    ScenarioError,
+    load_scenario,
+    offset_ms,
+    report_line,
+    run_scenario,
+)
 from tests.helpers import T0, default_rules, write_rules
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.toml"))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from operators.conditions.compiler import View
-from operators.records import Trigger
-from operators.rules.loader import load_rules
+from nextclick.operators.conditions.compiler import View
+from nextclick.operators.records import Trigger
+from nextclick.operators.rules.loader import load_rules
 from tests.helpers import HOUR, MIN, T0, Customer, fired, reasons, write_rules
 
 # Each holds for the value 2; on a missing value, only `!=` holds.

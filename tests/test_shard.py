@@ -6,13 +6,13 @@ import gc
 import weakref
 from pathlib import Path
 
-from operators.engine.steps import PRUNE_GRANULE_MS
-from operators.infra.clock import ManualClock
-from operators.records import EraseRequest
-from operators.shard.logic import ShardLogic
-from operators.shard.shard_state import ShardContext, ShardState
-from operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
-from operators.tools.profiles import read_profile
+from nextclick.operators.engine.steps import PRUNE_GRANULE_MS
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.records import EraseRequest
+from nextclick.operators.shard.logic import ShardLogic
+from nextclick.operators.shard.shard_state import ShardContext, ShardState
+from nextclick.operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
+from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
 
 

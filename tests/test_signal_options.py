@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from operators.conditions.compiler import View
-from operators.conditions.fields import RulesError
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.model import new_profile
-from operators.records import Trigger
-from operators.rules.loader import check_rules, load_rules
-from operators.rules.model import RuleSet
+from nextclick.operators.conditions.compiler import View
+from nextclick.operators.conditions.fields import RulesError
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.model import new_profile
+from nextclick.operators.records import Trigger
+from nextclick.operators.rules.loader import check_rules, load_rules
+from nextclick.operators.rules.model import RuleSet
 from tests.helpers import DAY, HOUR, MIN, T0, Customer, fired, transient_parts, write_rules
 
 TAIL = '''

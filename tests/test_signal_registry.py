@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from operators.conditions.fields import RulesError, Where
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.signals import registry
-from operators.signals.base import Expiring
-from operators.signals.window import WINDOW_FIELDS, Window
+from nextclick.operators.conditions.fields import RulesError, Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.signals import registry
+from nextclick.operators.signals.base import Expiring
+from nextclick.operators.signals.window import WINDOW_FIELDS, Window
 from tests.helpers import DAY, HOUR, MIN, T0, Customer, fired, transient_parts, write_rules
 
 

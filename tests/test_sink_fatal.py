@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 
 pytestmark = pytest.mark.broker
 
@@ -37,7 +37,7 @@ def test_undeliverable_decisions_exit_non_zero_with_reason(kafka: dict[str, str]
     log = tmp_path / "run.log"
     started = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], env=env, stdout=out, stderr=out,
+        proc = subprocess.Popen([sys.executable, "-m", "nextclick", "run"], env=env, stdout=out, stderr=out,
                                 stdin=subprocess.DEVNULL)
     try:
         while '"msg":"ready"' not in log.read_text():

@@ -2,7 +2,7 @@
 
 One real deployment (8 shards, through the broker) is run to the end of its input; then each wrong
 start an operator could make is tried against its directories, through the real entry points
-(`nextclick run` and `python -m bytewax.run flows.main:flow`). Each must exit non-zero with one
+(`nextclick run` and `python -m bytewax.run nextclick.flows.main:flow`). Each must exit non-zero with one
 `nextclick: error:` line naming the setting and both values, and leave every file of the state and
 recovery directories byte-identical.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from bytewax.recovery import init_db_dir
 
-from operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import REPO, FlowSetup, produce, read_profiles, run_to_end, workload
 
 pytestmark = [pytest.mark.broker]
@@ -38,9 +38,9 @@ def checksums(*roots: Path) -> dict[str, str]:
 def start(setup: FlowSetup, *, runner: str = "cli", **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**setup.env(stop_at_end=True), **env}
     if runner == "cli":
-        cmd = [sys.executable, "-m", "flows.cli", "run", "--broker-timeout", "20"]
+        cmd = [sys.executable, "-m", "nextclick", "run", "--broker-timeout", "20"]
     else:  # bytewax.run with whatever flags are given through BYTEWAX_* (none: no recovery)
-        cmd = [sys.executable, "-m", "bytewax.run", "flows.main:flow", "-s", "1", "-b", "0"]
+        cmd = [sys.executable, "-m", "bytewax.run", "nextclick.flows.main:flow", "-s", "1", "-b", "0"]
     return subprocess.run(cmd, cwd=REPO, env=environment, capture_output=True, text=True, timeout=120)
 
 

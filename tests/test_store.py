@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from operators.state.store import ShardStore, StateError
+from nextclick.operators.state.store import ShardStore, StateError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +220,7 @@ def test_sigkill_after_checkpoint_keeps_exactly_last_checkpoint(tmp_path: Path) 
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from operators.state.store import ShardStore
+        from nextclick.operators.state.store import ShardStore
         store = ShardStore({str(path)!r})
         for i in range(100):
             store.put(b"k%03d" % i, b"v1")
@@ -252,7 +252,7 @@ def test_sigkill_mid_epoch_undoes_staged_writes(tmp_path: Path) -> None:
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from operators.state.store import ShardStore
+        from nextclick.operators.state.store import ShardStore
         store = ShardStore({str(path)!r}, stage_keys=8)
         for i in range(100):
             store.put(b"k%03d" % i, b"v1")

@@ -9,9 +9,9 @@ import jsonschema
 import orjson
 import pytest
 
-from operators.conditions.fields import RulesError
-from operators.io.decisions import encode_decision
-from operators.rules.loader import load_rules
+from nextclick.operators.conditions.fields import RulesError
+from nextclick.operators.io.decisions import encode_decision
+from nextclick.operators.rules.loader import load_rules
 from tests.helpers import DAY, HOUR, MIN, T0, Customer, consent, fired, reasons, write_rules
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())

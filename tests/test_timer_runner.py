@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from operators.engine import steps as engine
-from operators.engine.steps import due_at
-from operators.frontier import EventTimeFrontier
-from operators.infra.clock import ManualClock
-from operators.profile.codec import decode_profile
-from operators.records import Decision
-from operators.shard import timer_runner
-from operators.shard.cache import ProfileCache
-from operators.shard.quarantine import Quarantine
-from operators.shard.timer_runner import TimerRunner
-from operators.state.keys import TIMER_PREFIX, profile_key, timer_key
-from operators.state.store import ShardStore
-from operators.state.timers import TimerIndex
+from nextclick.operators.engine import steps as engine
+from nextclick.operators.engine.steps import due_at
+from nextclick.operators.frontier import EventTimeFrontier
+from nextclick.operators.infra.clock import ManualClock
+from nextclick.operators.profile.codec import decode_profile
+from nextclick.operators.records import Decision
+from nextclick.operators.shard import timer_runner
+from nextclick.operators.shard.cache import ProfileCache
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.shard.timer_runner import TimerRunner
+from nextclick.operators.state.keys import TIMER_PREFIX, profile_key, timer_key
+from nextclick.operators.state.store import ShardStore
+from nextclick.operators.state.timers import TimerIndex
 from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 
 FIRES = T0 + 2 * HOUR  # past the cart's deadline and the allowed lateness

@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.cli import main
-from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
-from operators.infra.config import FlowConfig, ParseConfig, load_config
-from operators.io.parse import _parse_fast, parse_message, parse_message_slow
-from operators.records import DeadLetter, Event, SourcePosition
-from operators.rules.loader import check_rules, load_configured_rules, load_rules
-from operators.tools.scenarios import load_scenario, run_scenario
+from nextclick.flows.cli import main
+from nextclick.operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan
+from nextclick.operators.infra.config import FlowConfig, ParseConfig, load_config
+from nextclick.operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.rules.loader import check_rules, load_configured_rules, load_rules
+from nextclick.operators.tools.scenarios import load_scenario, run_scenario
 from tests.helpers import write_rules
 
 SECRET = b"plan-secret"
@@ -274,7 +274,7 @@ def test_the_config_key_names_the_plan_and_empty_is_the_shipped_one(tmp_path: Pa
 
 def test_a_plan_costs_the_shipped_parser_nothing(plan_file: Path) -> None:
     """The default path is untouched (the same spec objects); a plan compiles its own once, at load."""
-    from operators.events import schemas
+    from nextclick.operators.events import schemas
 
     assert SHIPPED.spec_set() is schemas.default_spec_set()
     plan = load_plan(plan_file)

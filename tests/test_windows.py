@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from operators.channels import EVENT_CHANNELS
-from operators.engine.steps import due_at, next_deadline, prune
-from operators.profile.model import Profile, new_profile
-from operators.records import Event
-from operators.rules.loader import load_rules
-from operators.signals.absence import Absence
-from operators.signals.base import Signal
-from operators.signals.count import Count
-from operators.signals.distinct import Distinct
-from operators.signals.last import Last
-from operators.signals.session import Session
-from operators.signals.sum import Sum
-from operators.signals.window import Window
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.engine.steps import due_at, next_deadline, prune
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Event
+from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.signals.absence import Absence
+from nextclick.operators.signals.base import Signal
+from nextclick.operators.signals.count import Count
+from nextclick.operators.signals.distinct import Distinct
+from nextclick.operators.signals.last import Last
+from nextclick.operators.signals.session import Session
+from nextclick.operators.signals.sum import Sum
+from nextclick.operators.signals.window import Window
 from tests.helpers import (
     DEFAULT_RULES_PATH,
     HOUR,

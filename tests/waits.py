@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from operators.profile.codec import stored_as_dict
-from operators.state.keys import DUE, PROFILE_PREFIX, QUARANTINED, TIMER_PREFIX
-from operators.state.layout import IDENTITY, has_store
-from operators.state.store import ShardStore
+from nextclick.operators.profile.codec import stored_as_dict
+from nextclick.operators.state.keys import DUE, PROFILE_PREFIX, QUARANTINED, TIMER_PREFIX
+from nextclick.operators.state.layout import IDENTITY, has_store
+from nextclick.operators.state.store import ShardStore
 
 
 def wait_until(cond: Callable[[], bool], what: str, *, timeout_s: float = 30,

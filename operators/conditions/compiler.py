@@ -17,10 +17,10 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from operators.conditions.fields import Where
-from operators.conditions.model import Condition, Group, When
-from operators.profile.model import Profile
-from operators.records import Trigger
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.conditions.model import Condition, Group, When
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Trigger
 
 Getter = Callable[[Profile, Trigger], Any]
 

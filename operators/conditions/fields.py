@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from operators.errors import NextclickError
-from operators.infra.clock import parse_duration_ms
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra.clock import parse_duration_ms
 
 # What a duration that failed to read stands for while the rest of its item is checked.
 _PLACEHOLDER_MS = 60_000

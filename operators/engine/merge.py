@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from operators.profile import dedupe, facts, history
-from operators.profile.model import Profile
-from operators.rules.model import RuleSet
+from nextclick.operators.profile import dedupe, facts, history
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.rules.model import RuleSet
 
 
 def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:

@@ -7,12 +7,12 @@ steps and collects what comes out. Storing the profile and sending decisions is 
 
 from __future__ import annotations
 
-from operators.profile import dedupe, history
-from operators.profile.facts import apply_facts
-from operators.profile.model import Profile
-from operators.records import Event, Outcome, Trigger
-from operators.rules.arbitration import decide
-from operators.rules.model import RuleSet
+from nextclick.operators.profile import dedupe, history
+from nextclick.operators.profile.facts import apply_facts
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event, Outcome, Trigger
+from nextclick.operators.rules.arbitration import decide
+from nextclick.operators.rules.model import RuleSet
 
 
 def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcome) -> None:

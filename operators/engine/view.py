@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.profile.facts import durable_view, recent_orders
-from operators.profile.model import Profile
-from operators.rules.model import RuleSet
+from nextclick.operators.profile.facts import durable_view, recent_orders
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.rules.model import RuleSet
 
 VIEW_SCHEMA = "profile.v1"
 

@@ -22,10 +22,10 @@ import fastjsonschema
 import msgspec
 import orjson
 
-from operators.channels import EVENT_CHANNELS, ID_TYPES
+from nextclick.operators.channels import EVENT_CHANNELS, ID_TYPES
 
 # Package data of the `schemas` package: read the same from a wheel as from a checkout.
-SCHEMA_DIR = files("schemas").joinpath("events")
+SCHEMA_DIR = files("nextclick.schemas").joinpath("events")
 ENVELOPE_FILE = "_envelope.json"
 ATTRS_KEYWORD = "x-nextclick-attrs"
 # {field: id type}: fields whose values are identifiers the event links to the one it is about

@@ -37,10 +37,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from operators.channels import CHANNELS, EVENT_CHANNELS
-from operators.errors import NextclickError
-from operators.events.schemas import ATTRS_KEYWORD, default_spec_set, envelope, load_schema, spec_set_for
-from operators.infra.config import read_toml
+from nextclick.operators.channels import CHANNELS, EVENT_CHANNELS
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.events.schemas import ATTRS_KEYWORD, default_spec_set, envelope, load_schema, spec_set_for
+from nextclick.operators.infra.config import read_toml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TYPES = ("boolean", "integer", "number", "string")

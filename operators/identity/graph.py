@@ -25,10 +25,10 @@ from pathlib import Path
 
 import msgspec
 
-from operators.identity.guards import IdentityRules, LinkProposal, refuse_link
-from operators.state.keys import shard_path
-from operators.state.layout import has_store
-from operators.state.store import KeyValueStore, ShardStore
+from nextclick.operators.identity.guards import IdentityRules, LinkProposal, refuse_link
+from nextclick.operators.state.keys import shard_path
+from nextclick.operators.state.layout import has_store
+from nextclick.operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
 GROUP_PREFIX = b"g"

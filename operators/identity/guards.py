@@ -26,12 +26,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from operators.channels import ID_TYPES
-from operators.errors import NextclickError
-from operators.identity.pseudonyms import pseudonymize_cached
-from operators.infra.config import read_toml
+from nextclick.operators.channels import ID_TYPES
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.identity.pseudonyms import pseudonymize_cached
+from nextclick.operators.infra.config import read_toml
 
-DEFAULT_IDENTITY_FILE = str(files("operators.identity").joinpath("default_identity.toml"))
+DEFAULT_IDENTITY_FILE = str(files("nextclick.operators.identity").joinpath("default_identity.toml"))
 _BLOCKED_CACHE = 65536
 
 

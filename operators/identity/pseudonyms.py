@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from operators.channels import ID_TYPES
+from nextclick.operators.channels import ID_TYPES
 
 # What the Kafka key identifies when the payload does not say (`id_type`).
 CHANNEL_DEFAULT_ID_TYPE: dict[str, str] = {

@@ -47,18 +47,18 @@ from typing import Any
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
-from operators.frontier import InputFrontier
-from operators.identity.graph import Component, IdentityGraph, Merge, Refusal
-from operators.identity.guards import IdentityRules
-from operators.infra import failpoints, metrics
-from operators.infra.clock import Clock, SystemClock
-from operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
-from operators.shard.shard_state import open_store
-from operators.state.epoch import EpochLedger
-from operators.state.layout import IDENTITY, Family, profile_families
-from operators.state.manifest import StartPlan
-from operators.state.savepoint_parts import write_shard_part
-from operators.state.store import KeyValueStore, StateError
+from nextclick.operators.frontier import InputFrontier
+from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
+from nextclick.operators.identity.guards import IdentityRules
+from nextclick.operators.infra import failpoints, metrics
+from nextclick.operators.infra.clock import Clock, SystemClock
+from nextclick.operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
+from nextclick.operators.shard.shard_state import open_store
+from nextclick.operators.state.epoch import EpochLedger
+from nextclick.operators.state.layout import IDENTITY, Family, profile_families
+from nextclick.operators.state.manifest import StartPlan
+from nextclick.operators.state.savepoint_parts import write_shard_part
+from nextclick.operators.state.store import KeyValueStore, StateError
 
 IdentityItem = Event | EraseRequest | SavepointRequest | Progress
 Routed = tuple[str, Any]

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from operators.errors import NextclickError
-from operators.infra.clock import parse_duration_ms
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra.clock import parse_duration_ms
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 

@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import Sequence
 
-from operators.errors import NextclickError
+from nextclick.operators.errors import NextclickError
 
 # Bytewax prefixes its messages with the Rust source location: "(src/worker.rs:149:10): ...".
 _LOCATION = re.compile(r"^\((?:src|pysrc)/[^)]*\):?\s*")

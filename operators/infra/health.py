@@ -1,7 +1,7 @@
 """Is this process alive, is it ready, how is it doing: `/healthz`, `/readyz`, `/metrics` and progress logs.
 
 Every input partition a worker of this process builds reports here when it is polled, when it
-snapshots an epoch and when it ends (operators/kafka_io.py). From that:
+snapshots an epoch and when it ends (operators/io/kafka_source.py). From that:
 
 - **ready** (`/readyz`): the inputs were listed, every input partition of this process was polled
   (fetched, or found nothing new) within `ready_stale_s`, and one of them has closed an epoch;
@@ -27,8 +27,8 @@ from typing import Any, Callable
 import orjson
 from prometheus_client.exposition import choose_encoder
 
-from operators.errors import NextclickError
-from operators.infra import metrics
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra import metrics
 
 log = logging.getLogger("nextclick")
 

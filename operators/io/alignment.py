@@ -51,10 +51,10 @@ import msgspec
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
-from operators.events.schemas import TS_MIN
-from operators.infra.config import ParseConfig
-from operators.io.kafka_admin import client_config
-from operators.io.parse import parse_ts
+from nextclick.operators.events.schemas import TS_MIN
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.parse import parse_ts
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 
 import orjson
 
-from operators.channels import ID_TYPES
-from operators.identity.pseudonyms import pseudonymize
-from operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
+from nextclick.operators.channels import ID_TYPES
+from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

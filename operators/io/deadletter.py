@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from operators.records import DeadLetter
+from nextclick.operators.records import DeadLetter
 
 # Stable reason code -> stable exception class name shown in the Connect-style header.
 REASONS: dict[str, str] = {

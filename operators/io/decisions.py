@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 
 import orjson
 
-from operators.infra.config import decision_topic
-from operators.io.sinks import OutMessage
-from operators.records import Decision
+from nextclick.operators.infra.config import decision_topic
+from nextclick.operators.io.sinks import OutMessage
+from nextclick.operators.records import Decision
 
 SPEC_VERSION = "1.0"
 DECISION_TYPE = "io.nextclick.decision.v1"

@@ -10,7 +10,7 @@ A Bytewax cluster completes only when the inputs of every process are done, so a
 process must reach all of them: the signalled process publishes a drain request on the control
 topic, and every process of the cluster runs a `DrainWatch` (a consumer of the control topic, from
 its end) that stops its own input when a request for its consumer group arrives. The dataflow's
-own control reader skips drain requests (operators/control.py).
+own control reader skips drain requests (operators/io/control.py).
 
 Signals are blocked in every thread and a dedicated thread waits for them (`sigwait`), so they are
 handled even while the main thread is inside Bytewax's Rust code. A second signal exits at once,
@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 
-from operators.io.kafka_admin import client_config
+from nextclick.operators.io.kafka_admin import client_config
 
 log = logging.getLogger("nextclick")
 

@@ -19,8 +19,8 @@ from typing import BinaryIO
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from operators.infra.config import Config, ConfigError
-from operators.io.sinks import OnFatal, OutMessage, exit_process
+from nextclick.operators.infra.config import Config, ConfigError
+from nextclick.operators.io.sinks import OnFatal, OutMessage, exit_process
 
 
 def json_line(message: OutMessage) -> bytes:

@@ -15,10 +15,10 @@ from typing import Any, Callable, Mapping
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from operators.infra import metrics
-from operators.infra.config import Config, ConfigError
-from operators.io.kafka_admin import client_config
-from operators.io.sinks import OnFatal, OutMessage, exit_process
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.config import Config, ConfigError
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.sinks import OnFatal, OutMessage, exit_process
 
 
 def sink_producer_config(kafka: Mapping[str, str]) -> dict[str, Any]:

@@ -18,14 +18,14 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence, cast
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-from operators.frontier import LIVE_SLACK_MS
-from operators.infra import failpoints, health, metrics
-from operators.infra.config import ParseConfig
-from operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITING, Alignment, cut, event_time
-from operators.io.kafka_admin import client_config
-from operators.records import Progress
+from nextclick.operators.frontier import LIVE_SLACK_MS
+from nextclick.operators.infra import failpoints, health, metrics
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITING, Alignment, cut, event_time
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.records import Progress
 
-log = logging.getLogger("operators.io.kafka")  # the name the flow's log lines always had
+log = logging.getLogger("nextclick.operators.io.kafka")  # the name the flow's log lines always had
 
 # How often an idle partition refreshes its lag gauge from the watermark its consumer caches (a
 # partition that reads refreshes it with every batch).

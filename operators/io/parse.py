@@ -33,7 +33,7 @@ import fastjsonschema
 import msgspec
 import orjson
 
-from operators.events.schemas import (
+from nextclick.operators.events.schemas import (
     DEFAULT_SPECS,
     SPECS,
     TS_MAX,
@@ -43,20 +43,20 @@ from operators.events.schemas import (
     load_schema,
     specs_with,
 )
-from operators.identity.guards import IdentityRules, default_identity_rules, guard_links
-from operators.identity.pseudonyms import (
+from nextclick.operators.identity.guards import IdentityRules, default_identity_rules, guard_links
+from nextclick.operators.identity.pseudonyms import (
     identifier_of,
     other_identifiers,
     pseudonymize_cached,
     resolve_identifier,
 )
-from operators.infra.config import ParseConfig
-from operators.io.deadletter import TS_SKEW_HEADER
-from operators.io.jsonkeys import duplicate_key
-from operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.deadletter import TS_SKEW_HEADER
+from nextclick.operators.io.jsonkeys import duplicate_key
+from nextclick.operators.records import DeadLetter, Event, SourcePosition
 
 if TYPE_CHECKING:
-    from operators.events.tracking_plan import TrackingPlan
+    from nextclick.operators.events.tracking_plan import TrackingPlan
 
 
 def _spec_set(config: ParseConfig) -> SpecSet:

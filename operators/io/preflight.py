@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 from confluent_kafka.admin import AdminClient
 
-from operators.channels import DECISION_CHANNELS
-from operators.errors import NextclickError
-from operators.infra.config import Config, decision_topic
-from operators.io.kafka_admin import client_config
+from nextclick.operators.channels import DECISION_CHANNELS
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra.config import Config, decision_topic
+from nextclick.operators.io.kafka_admin import client_config
 
 
 class PreflightError(NextclickError, RuntimeError):

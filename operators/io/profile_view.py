@@ -20,14 +20,14 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from operators.engine.view import VIEW_SCHEMA, profile_view
-from operators.infra import metrics
-from operators.infra.clock import Clock
-from operators.io.kafka_admin import client_config
-from operators.io.kafka_sink import shared_producer
-from operators.io.sinks import exit_process
-from operators.profile.model import Profile
-from operators.rules.model import RuleSet
+from nextclick.operators.engine.view import VIEW_SCHEMA, profile_view
+from nextclick.operators.infra import metrics
+from nextclick.operators.infra.clock import Clock
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.kafka_sink import shared_producer
+from nextclick.operators.io.sinks import exit_process
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.rules.model import RuleSet
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from bytewax.outputs import Sink
 
-from operators.infra.config import Config, ConfigError
-from operators.io import file_sink, kafka_sink
-from operators.io.sinks import DecisionItem, DecisionSink, OnFatal, exit_process
+from nextclick.operators.infra.config import Config, ConfigError
+from nextclick.operators.io import file_sink, kafka_sink
+from nextclick.operators.io.sinks import DecisionItem, DecisionSink, OnFatal, exit_process
 
 # The setting, as `[flow] decision_sink = "<name>[:<target>]"`; the default keeps decisions on Kafka.
 SETTING = "flow.decision_sink"

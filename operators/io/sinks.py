@@ -15,9 +15,9 @@ from typing import Callable, NamedTuple, Protocol, Sequence
 
 from bytewax.outputs import Sink
 
-from operators.infra.config import Config
+from nextclick.operators.infra.config import Config
 
-log = logging.getLogger("operators.io.kafka")  # the name the fatal line always had
+log = logging.getLogger("nextclick.operators.io.kafka")  # the name the fatal line always had
 
 
 class OutMessage(NamedTuple):
@@ -59,7 +59,7 @@ class DecisionSink(Protocol):
 
     Called once per flow, before anything runs, and again by the start-up checks to validate the
     configuration: it must not touch the network or the disk, and it raises
-    `operators.infra.config.ConfigError` (one line, naming `flow.decision_sink`) for a bad `target`.
+    `nextclick.operators.infra.config.ConfigError` (one line, naming `flow.decision_sink`) for a bad `target`.
 
     `target` is what follows the sink's name in `flow.decision_sink` ("file:/tmp/d.jsonl" gives
     "/tmp/d.jsonl"; "kafka" gives ""). The sink receives `DecisionItem`s and must:

@@ -13,10 +13,10 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from operators.errors import NextclickError
-from operators.infra.config import Config, progress_topic
-from operators.io.kafka_admin import client_config
-from operators.io.preflight import output_topics
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.infra.config import Config, progress_topic
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.preflight import output_topics
 
 
 def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s: float = 30.0) -> None:

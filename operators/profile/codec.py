@@ -20,8 +20,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from operators.profile.facts import finite
-from operators.profile.model import PROFILE_FORMAT, Facts, History, Profile
+from nextclick.operators.profile.facts import finite
+from nextclick.operators.profile.model import PROFILE_FORMAT, Facts, History, Profile
 
 
 def distinct_order(pair: list[Any]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 
-from operators.profile.model import Profile
+from nextclick.operators.profile.model import Profile
 
 MAX_SEEN_IDS = 256
 

@@ -10,10 +10,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
-from operators.channels import CHANNELS, CONSENT_FAMILY, PURCHASE_TYPES
-from operators.errors import NextclickError
-from operators.profile.model import Facts, Order
-from operators.records import Event
+from nextclick.operators.channels import CHANNELS, CONSENT_FAMILY, PURCHASE_TYPES
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.profile.model import Facts, Order
+from nextclick.operators.records import Event
 
 DAY_MS = 86_400_000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 
-from operators.profile.model import History, Profile
+from nextclick.operators.profile.model import History, Profile
 
 
 def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: int, cap_horizon_ms: int) -> None:

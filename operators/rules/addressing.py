@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from operators.channels import DECISION_CHANNELS
-from operators.records import Decision
+from nextclick.operators.channels import DECISION_CHANNELS
+from nextclick.operators.records import Decision
 
 # The identifier types that address each decision channel, best first.
 CHANNEL_ADDRESS_TYPES: dict[str, tuple[str, ...]] = {

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 
-from operators.conditions.compiler import View
-from operators.profile import history
-from operators.profile.facts import consent_state
-from operators.profile.model import Profile
-from operators.records import Blocked, Decision, Outcome, Trigger
-from operators.rules.addressing import address_for
-from operators.rules.model import CompiledRule, RuleSet
+from nextclick.operators.conditions.compiler import View
+from nextclick.operators.profile import history
+from nextclick.operators.profile.facts import consent_state
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Blocked, Decision, Outcome, Trigger
+from nextclick.operators.rules.addressing import address_for
+from nextclick.operators.rules.model import CompiledRule, RuleSet
 
 
 def decision_id(customer: str, rule_id: str, trigger_id: str) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from operators.channels import EVENT_CHANNELS
-from operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
-from operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
-from operators.profile.model import Profile
-from operators.records import Trigger
-from operators.signals.base import Signal
+from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
+from nextclick.operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Trigger
+from nextclick.operators.signals.base import Signal
 
 
 def _durable(get: Callable[[Any, int], Any]) -> Getter:

@@ -16,24 +16,24 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
-from operators.conditions.compiler import (
+from nextclick.operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
+from nextclick.operators.conditions.compiler import (
     TRIGGER_PREFIX,
     add_getter,
     compile_conditions,
     parse_condition,
     parse_when_item,
 )
-from operators.conditions.fields import RulesError, Where, table
-from operators.conditions.model import Condition, Group, leaves
-from operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
-from operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
-from operators.profile.facts import consent_keys
-from operators.rules.addressing import CHANNEL_ADDRESS_TYPES
-from operators.rules.compiler import attribute_getters
-from operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
-from operators.signals.base import Signal
-from operators.signals.registry import load_signal
+from nextclick.operators.conditions.fields import RulesError, Where, table
+from nextclick.operators.conditions.model import Condition, Group, leaves
+from nextclick.operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
+from nextclick.operators.profile.facts import consent_keys
+from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES
+from nextclick.operators.rules.compiler import attribute_getters
+from nextclick.operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
+from nextclick.operators.signals.base import Signal
+from nextclick.operators.signals.registry import load_signal
 
 __all__ = ["EVENT_TYPES", "check_rules", "load_configured_rules", "load_rules", "parse_condition"]
 

@@ -8,14 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from operators.conditions.model import Condition, When, leaves
-from operators.events.tracking_plan import SHIPPED, TrackingPlan
-from operators.rules.addressing import CHANNEL_ADDRESS_TYPES
-from operators.signals.base import Signal
+from nextclick.operators.conditions.model import Condition, When, leaves
+from nextclick.operators.events.tracking_plan import SHIPPED, TrackingPlan
+from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES
+from nextclick.operators.signals.base import Signal
 
 if TYPE_CHECKING:
-    from operators.profile.model import Profile
-    from operators.records import Event
+    from nextclick.operators.profile.model import Profile
+    from nextclick.operators.records import Event
 
 # Why a candidate decision was not sent; every blocked candidate is counted under one of these.
 BLOCK_REASONS = ("opted_out", "no_consent", "complaint_suppression", "cooldown",

@@ -13,16 +13,16 @@ import itertools
 from collections import OrderedDict
 from typing import Any
 
-from operators.engine.steps import due_at
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.facts import ProfileEncodeError
-from operators.profile.model import Profile, new_profile
-from operators.rules.model import RuleSet
-from operators.shard.common import Applied
-from operators.shard.quarantine import Quarantine
-from operators.state.keys import QUARANTINED, profile_key
-from operators.state.store import UNKNOWN, KeyValueStore, Unknown
-from operators.state.timers import TimerIndex
+from nextclick.operators.engine.steps import due_at
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.facts import ProfileEncodeError
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.common import Applied
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.state.keys import QUARANTINED, profile_key
+from nextclick.operators.state.store import UNKNOWN, KeyValueStore, Unknown
+from nextclick.operators.state.timers import TimerIndex
 
 # Changed-but-unwritten profiles a shard may hold before it writes the least recently changed half
 # (but never the profiles the current batch changed). Whatever is dirty at the epoch end is encoded

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from operators.infra import metrics
-from operators.profile.model import Profile
-from operators.records import (
+from nextclick.operators.infra import metrics
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import (
     DeadLetter,
     Decision,
     EraseRequest,
@@ -26,14 +26,14 @@ from operators.records import (
     Outcome,
     SavepointRequest,
 )
-from operators.rules.addressing import address
-from operators.rules.model import RuleSet
+from nextclick.operators.rules.addressing import address
+from nextclick.operators.rules.model import RuleSet
 
 ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier
 ShardOutput = Decision | DeadLetter | MoveIn
 
 # Every part logs as the shard always has: operators filter the shard's records by this one name.
-log = logging.getLogger("operators.shard.shard_state")
+log = logging.getLogger("nextclick.operators.shard.shard_state")
 
 
 class EngineSteps(Protocol):

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
-from operators.frontier import EventTimeFrontier
-from operators.records import Frontier, SavepointRequest
-from operators.shard.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
-from operators.state.keys import shard_of, shard_path
-from operators.state.store import KeyValueStore
+from nextclick.operators.frontier import EventTimeFrontier
+from nextclick.operators.records import Frontier, SavepointRequest
+from nextclick.operators.shard.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
+from nextclick.operators.state.keys import shard_of, shard_path
+from nextclick.operators.state.store import KeyValueStore
 
 ResumeState = dict[str, int] | None  # None: a shard that never had state to open
 # Timer turns at the input's end at most (each takes up to 2,000 customers): a bound, never reached in

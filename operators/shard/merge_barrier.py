@@ -10,17 +10,17 @@ deliver in. A moved profile that arrives before its `MergeExpect` waits for it (
 
 from __future__ import annotations
 
-from operators.engine.merge import merge_all
-from operators.infra import failpoints, metrics
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.facts import ProfileEncodeError
-from operators.profile.model import Profile
-from operators.records import MergeExpect, MoveIn, MoveOut
-from operators.rules.model import RuleSet
-from operators.shard.cache import ProfileCache
-from operators.shard.common import Merge, ShardItem, log
-from operators.state.keys import QUARANTINED, profile_key
-from operators.state.store import UNKNOWN, KeyValueStore, StateError, Unknown
+from nextclick.operators.engine.merge import merge_all
+from nextclick.operators.infra import failpoints, metrics
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.facts import ProfileEncodeError
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import MergeExpect, MoveIn, MoveOut
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.cache import ProfileCache
+from nextclick.operators.shard.common import Merge, ShardItem, log
+from nextclick.operators.state.keys import QUARANTINED, profile_key
+from nextclick.operators.state.store import UNKNOWN, KeyValueStore, StateError, Unknown
 
 
 class MergeBarrier:

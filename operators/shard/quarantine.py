@@ -18,15 +18,22 @@ from collections.abc import Iterable
 
 import orjson
 
-from operators.engine.merge import merge_all
-from operators.infra import metrics
-from operators.profile.codec import decode_profile
-from operators.profile.model import Profile, new_profile
-from operators.records import Event
-from operators.rules.model import RuleSet
-from operators.shard.common import Applied, EngineSteps, Merge, log, note_ids
-from operators.state.keys import QUARANTINED, TIMER_PREFIX, is_timer_of, profile_key, quarantine_key, timer_key
-from operators.state.store import KeyValueStore
+from nextclick.operators.engine.merge import merge_all
+from nextclick.operators.infra import metrics
+from nextclick.operators.profile.codec import decode_profile
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Event
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.common import Applied, EngineSteps, Merge, log, note_ids
+from nextclick.operators.state.keys import (
+    QUARANTINED,
+    TIMER_PREFIX,
+    is_timer_of,
+    profile_key,
+    quarantine_key,
+    timer_key,
+)
+from nextclick.operators.state.store import KeyValueStore
 
 
 class Quarantine:

@@ -33,13 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from operators.engine.steps import due_at, on_event, on_timers
-from operators.frontier import EventTimeFrontier
-from operators.infra import failpoints, metrics
-from operators.infra.clock import Clock
-from operators.profile.codec import decode_profile
-from operators.profile.model import Profile
-from operators.records import (
+from nextclick.operators.engine.steps import due_at, on_event, on_timers
+from nextclick.operators.frontier import EventTimeFrontier
+from nextclick.operators.infra import failpoints, metrics
+from nextclick.operators.infra.clock import Clock
+from nextclick.operators.profile.codec import decode_profile
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import (
     DeadLetter,
     EraseRequest,
     Event,
@@ -51,14 +51,14 @@ from operators.records import (
     SavepointRequest,
     SourcePosition,
 )
-from operators.rules.model import RuleSet
-from operators.shard.cache import BACKLOG_DIRTY_FACTOR, DIRTY_LIMIT, ProfileCache
-from operators.shard.common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
-from operators.shard.merge_barrier import MergeBarrier
-from operators.shard.quarantine import Quarantine
-from operators.shard.timer_runner import TimerRunner
-from operators.state.epoch import EpochLedger
-from operators.state.keys import (
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.cache import BACKLOG_DIRTY_FACTOR, DIRTY_LIMIT, ProfileCache
+from nextclick.operators.shard.common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
+from nextclick.operators.shard.merge_barrier import MergeBarrier
+from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.shard.timer_runner import TimerRunner
+from nextclick.operators.state.epoch import EpochLedger
+from nextclick.operators.state.keys import (
     TIMER_PREFIX,
     is_timer_of,
     profile_key,
@@ -66,10 +66,10 @@ from operators.state.keys import (
     shard_path,
     timer_key,
 )
-from operators.state.manifest import StartPlan
-from operators.state.savepoint_parts import write_shard_part
-from operators.state.store import KeyValueStore, ShardStore, StateError
-from operators.state.timers import TimerIndex
+from nextclick.operators.state.manifest import StartPlan
+from nextclick.operators.state.savepoint_parts import write_shard_part
+from nextclick.operators.state.store import KeyValueStore, ShardStore, StateError
+from nextclick.operators.state.timers import TimerIndex
 
 __all__ = ["ShardContext", "ShardItem", "ShardOutput", "ShardState", "erase_customer", "open_store",
            "processing_error"]

@@ -9,19 +9,19 @@ written back at once (`_fire_cold`), never entering the cache.
 
 from __future__ import annotations
 
-from operators.engine.steps import due_at
-from operators.frontier import EventTimeFrontier
-from operators.infra import metrics
-from operators.profile.codec import decode_profile, encode_profile
-from operators.profile.facts import ProfileEncodeError
-from operators.profile.model import Profile
-from operators.records import Outcome
-from operators.rules.model import RuleSet
-from operators.shard.cache import ProfileCache
-from operators.shard.common import EngineSteps, ShardOutput, account, undo_outcome
-from operators.state.keys import QUARANTINED, profile_key
-from operators.state.store import UNKNOWN, KeyValueStore, Unknown
-from operators.state.timers import TimerIndex
+from nextclick.operators.engine.steps import due_at
+from nextclick.operators.frontier import EventTimeFrontier
+from nextclick.operators.infra import metrics
+from nextclick.operators.profile.codec import decode_profile, encode_profile
+from nextclick.operators.profile.facts import ProfileEncodeError
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Outcome
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.shard.cache import ProfileCache
+from nextclick.operators.shard.common import EngineSteps, ShardOutput, account, undo_outcome
+from nextclick.operators.state.keys import QUARANTINED, profile_key
+from nextclick.operators.state.store import UNKNOWN, KeyValueStore, Unknown
+from nextclick.operators.state.timers import TimerIndex
 
 # Customers handled per RocksDB multi-get when many timers fall due at once.
 TIMER_CHUNK = 1000

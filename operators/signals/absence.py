@@ -26,12 +26,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from operators.conditions.compiler import Getter, View, compile_conditions, compile_filter, parse_when
-from operators.conditions.fields import Where
-from operators.conditions.model import When
-from operators.profile.model import Profile
-from operators.records import Event, Trigger
-from operators.signals.options import check_attribute, read_where
+from nextclick.operators.conditions.compiler import Getter, View, compile_conditions, compile_filter, parse_when
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.conditions.model import When
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event, Trigger
+from nextclick.operators.signals.options import check_attribute, read_where
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 

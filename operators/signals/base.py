@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event, Trigger
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event, Trigger
 
 
 class Signal(Protocol):

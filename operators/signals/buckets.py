@@ -7,10 +7,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from operators.profile.facts import ProfileEncodeError
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals.window import Window
+from nextclick.operators.profile.facts import ProfileEncodeError
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals.window import Window
 
 
 def add(profile: Profile, name: str, window: Window, ts: int, amount: float) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals import buckets
-from operators.signals.base import Expiring, Signal
-from operators.signals.groups import load_windowed
-from operators.signals.window import Window
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals import buckets
+from nextclick.operators.signals.base import Expiring, Signal
+from nextclick.operators.signals.groups import load_windowed
+from nextclick.operators.signals.window import Window
 
 
 class Count(Expiring):

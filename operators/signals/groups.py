@@ -25,11 +25,11 @@ import copy
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event, Trigger
-from operators.signals.base import Expiring, Signal
-from operators.signals.options import (
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event, Trigger
+from nextclick.operators.signals.base import Expiring, Signal
+from nextclick.operators.signals.options import (
     OPTION_FIELDS,
     check_attribute,
     read_field,
@@ -37,7 +37,7 @@ from operators.signals.options import (
     read_where,
     with_options,
 )
-from operators.signals.window import WINDOW_FIELDS, Window
+from nextclick.operators.signals.window import WINDOW_FIELDS, Window
 
 MAX_GROUPS = 20
 GROUP_FIELDS = {"by", "max_groups"}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals.base import Expiring, Signal
-from operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
-from operators.signals.window import WINDOW_FIELDS, Window
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals.base import Expiring, Signal
+from nextclick.operators.signals.options import OPTION_FIELDS, check_attribute, read_reset, read_where, with_options
+from nextclick.operators.signals.window import WINDOW_FIELDS, Window
 
 
 class Last(Expiring):

@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from operators.conditions.compiler import compile_filter, parse_condition
-from operators.conditions.fields import Where
-from operators.conditions.model import Condition
-from operators.events.tracking_plan import loading_plan
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals.base import Expiring, Signal
+from nextclick.operators.conditions.compiler import compile_filter, parse_condition
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.conditions.model import Condition
+from nextclick.operators.events.tracking_plan import loading_plan
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals.base import Expiring, Signal
 
 OPTION_FIELDS = {"where", "reset_on"}
 RESET_SUFFIX = "@reset"

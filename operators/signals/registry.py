@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conditions.fields import RulesError, Where
-from operators.signals import absence, count, distinct, last, session, unmatched
-from operators.signals import sum as sum_kind
-from operators.signals.base import Signal, SignalLoader
+from nextclick.operators.conditions.fields import RulesError, Where
+from nextclick.operators.signals import absence, count, distinct, last, session, unmatched
+from nextclick.operators.signals import sum as sum_kind
+from nextclick.operators.signals.base import Signal, SignalLoader
 
 KINDS: dict[str, SignalLoader] = {
     "count": count.load,

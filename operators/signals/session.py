@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals.base import Expiring
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals.base import Expiring
 
 
 class Session(Expiring):

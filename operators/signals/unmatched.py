@@ -22,11 +22,11 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from operators.conditions.fields import Where
-from operators.profile.model import Profile
-from operators.records import Event
-from operators.signals.base import Expiring, Signal
-from operators.signals.options import check_attribute
+from nextclick.operators.conditions.fields import Where
+from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
+from nextclick.operators.signals.base import Expiring, Signal
+from nextclick.operators.signals.options import check_attribute
 
 MAX_KEYS = 50
 _MAX_KEYS_CEILING = 1000

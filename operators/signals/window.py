@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.conditions.fields import Where
+from nextclick.operators.conditions.fields import Where
 
 WINDOW_FIELDS = {"kind", "events", "window", "type", "bucket", "description"}
 # The default bucket of a sliding window: window / 30, at least 1 s and at most this. A bucket counts

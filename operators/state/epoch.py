@@ -13,10 +13,10 @@ from typing import Protocol
 
 import orjson
 
-from operators.infra import failpoints
-from operators.records import SavepointRequest, SourcePosition
-from operators.state.keys import POSITIONS_KEY
-from operators.state.store import KeyValueStore
+from nextclick.operators.infra import failpoints
+from nextclick.operators.records import SavepointRequest, SourcePosition
+from nextclick.operators.state.keys import POSITIONS_KEY
+from nextclick.operators.state.store import KeyValueStore
 
 
 class _Sourced(Protocol):

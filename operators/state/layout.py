@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from operators.state.keys import shard_path
+from nextclick.operators.state.keys import shard_path
 
 PROFILES = "profiles"
 IDENTITY = "identity"

@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from operators.profile.model import PROFILE_FORMAT
-from operators.state.layout import PROFILES, Family, has_store
-from operators.state.store import StateError
+from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.state.layout import PROFILES, Family, has_store
+from nextclick.operators.state.store import StateError
 
 MANIFEST_FILE = "nextclick-state.json"
 

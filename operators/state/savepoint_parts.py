@@ -24,10 +24,10 @@ from typing import Any
 
 import orjson
 
-from operators.infra.config import is_url
-from operators.state.keys import shard_path
-from operators.state.layout import PROFILES
-from operators.state.store import KeyValueStore, StateError, dir_bytes
+from nextclick.operators.infra.config import is_url
+from nextclick.operators.state.keys import shard_path
+from nextclick.operators.state.layout import PROFILES
+from nextclick.operators.state.store import KeyValueStore, StateError, dir_bytes
 
 log = logging.getLogger(__name__)
 

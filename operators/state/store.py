@@ -58,7 +58,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from operators.errors import NextclickError
+from nextclick.operators.errors import NextclickError
 
 __all__ = ["KeyValueStore", "ShardStore", "StateError", "dir_bytes"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from operators.state.keys import DUE, TIMER_PREFIX, timer_key
-from operators.state.store import KeyValueStore
+from nextclick.operators.state.keys import DUE, TIMER_PREFIX, timer_key
+from nextclick.operators.state.store import KeyValueStore
 
 _TIMER_END = bytes([TIMER_PREFIX[0] + 1])  # the first key after every timer key
 

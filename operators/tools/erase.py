@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from operators.identity.graph import IdentityGraph
-from operators.infra.config import Config
-from operators.io.profile_view import send_tombstones
-from operators.rules.loader import load_configured_rules
-from operators.shard.shard_state import erase_customer
-from operators.state.keys import shard_of
-from operators.state.layout import IDENTITY, has_store
-from operators.state.store import ShardStore, StateError
-from operators.tools.startup import identity_rules, state_families
+from nextclick.operators.identity.graph import IdentityGraph
+from nextclick.operators.infra.config import Config
+from nextclick.operators.io.profile_view import send_tombstones
+from nextclick.operators.rules.loader import load_configured_rules
+from nextclick.operators.shard.shard_state import erase_customer
+from nextclick.operators.state.keys import shard_of
+from nextclick.operators.state.layout import IDENTITY, has_store
+from nextclick.operators.state.store import ShardStore, StateError
+from nextclick.operators.tools.startup import identity_rules, state_families
 
 
 def _open(path: Path, config: Config) -> ShardStore:

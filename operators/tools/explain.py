@@ -21,17 +21,17 @@ from typing import Any
 
 import orjson
 
-from operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
-from operators.conditions.model import Condition, Group, leaves
-from operators.engine.steps import due_at, on_event, on_timers
-from operators.errors import NextclickError
-from operators.events.tracking_plan import SHIPPED, TrackingPlan
-from operators.infra.config import ParseConfig
-from operators.io.parse import parse_message
-from operators.profile.facts import durable_view
-from operators.profile.model import Profile, new_profile
-from operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
-from operators.rules.model import CompiledRule, Rule, RuleSet
+from nextclick.operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
+from nextclick.operators.conditions.model import Condition, Group, leaves
+from nextclick.operators.engine.steps import due_at, on_event, on_timers
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.events.tracking_plan import SHIPPED, TrackingPlan
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.profile.facts import durable_view
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
+from nextclick.operators.rules.model import CompiledRule, Rule, RuleSet
 
 # Customer ids in a story are hashed with this key only to run the parser; output shows them as written.
 _STORY_SECRET = b"nextclick rules explain"

@@ -35,19 +35,19 @@ from typing import Any
 
 import orjson
 
-from operators.channels import CHANNELS, EVENT_CHANNELS
-from operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
-from operators.conditions.model import Condition, Group, leaves
-from operators.errors import NextclickError
-from operators.events.schemas import ATTRS_KEYWORD, load_schema
-from operators.infra.config import ParseConfig
-from operators.io.parse import parse_message
-from operators.profile.facts import DAY_MS, apply_facts
-from operators.profile.model import Facts, History, Order, Profile
-from operators.records import DeadLetter, Outcome, SourcePosition, Trigger
-from operators.rules.arbitration import decide
-from operators.rules.model import RuleSet
-from operators.tools.explain import _traced, _Tried, rfc3339
+from nextclick.operators.channels import CHANNELS, EVENT_CHANNELS
+from nextclick.operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
+from nextclick.operators.conditions.model import Condition, Group, leaves
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.events.schemas import ATTRS_KEYWORD, load_schema
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.parse import parse_message
+from nextclick.operators.profile.facts import DAY_MS, apply_facts
+from nextclick.operators.profile.model import Facts, History, Order, Profile
+from nextclick.operators.records import DeadLetter, Outcome, SourcePosition, Trigger
+from nextclick.operators.rules.arbitration import decide
+from nextclick.operators.rules.model import RuleSet
+from nextclick.operators.tools.explain import _traced, _Tried, rfc3339
 
 # The event type an interaction on each channel is: what the flow would receive when it happens.
 # `store` has none short of a purchase: ask for `event=store_purchase` (with its amount) explicitly.

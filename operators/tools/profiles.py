@@ -8,16 +8,16 @@ from typing import Any
 
 import orjson
 
-from operators.identity.graph import resolve_offline
-from operators.profile.codec import stored_as_dict
-from operators.state.keys import (
+from nextclick.operators.identity.graph import resolve_offline
+from nextclick.operators.profile.codec import stored_as_dict
+from nextclick.operators.state.keys import (
     QUARANTINED,
     profile_key,
     quarantine_key,
     shard_of,
 )
-from operators.state.layout import family_of_anchor, has_store
-from operators.state.store import ShardStore
+from nextclick.operators.state.layout import family_of_anchor, has_store
+from nextclick.operators.state.store import ShardStore
 
 
 def read_profile(state_dir: str | Path, shards: int, customer: str) -> dict[str, Any] | None:

@@ -52,13 +52,13 @@ from typing import Any
 
 import orjson
 
-from operators.infra.config import Config, derived_savepoint_dir, is_url
-from operators.io.control import SAVEPOINT_NAME
-from operators.io.kafka_admin import client_config
-from operators.profile.model import PROFILE_FORMAT
-from operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
-from operators.state.layout import IDENTITY, PROFILES, Family, family_named
-from operators.state.manifest import (
+from nextclick.operators.infra.config import Config, derived_savepoint_dir, is_url
+from nextclick.operators.io.control import SAVEPOINT_NAME
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
+from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named
+from nextclick.operators.state.manifest import (
     RECOVERY_MARKER,
     SHARD_HASH,
     STATE_FORMAT,
@@ -72,7 +72,7 @@ from operators.state.manifest import (
     write_manifest,
     write_marker,
 )
-from operators.state.savepoint_parts import (
+from nextclick.operators.state.savepoint_parts import (
     MANIFEST,
     PART_SUFFIX,
     SCRATCH_PREFIX,
@@ -81,8 +81,8 @@ from operators.state.savepoint_parts import (
     SavepointError,
     copy_db,
 )
-from operators.state.store import ShardStore, StateError, dir_bytes
-from operators.tools.startup import check_identity, check_start, identity_rules, new_manifest, state_families
+from nextclick.operators.state.store import ShardStore, StateError, dir_bytes
+from nextclick.operators.tools.startup import check_identity, check_start, identity_rules, new_manifest, state_families
 
 _RESTORING = ".nextclick-restoring.json"  # in state.dir while a restore puts shards in place
 

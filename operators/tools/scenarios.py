@@ -37,14 +37,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from operators.engine.steps import on_event, on_timers
-from operators.errors import NextclickError
-from operators.events.tracking_plan import SHIPPED, TrackingPlan
-from operators.infra.clock import parse_duration_ms
-from operators.io.decisions import expired
-from operators.profile.model import Profile, new_profile
-from operators.records import Blocked, Decision, Event, Outcome
-from operators.rules.model import RuleSet
+from nextclick.operators.engine.steps import on_event, on_timers
+from nextclick.operators.errors import NextclickError
+from nextclick.operators.events.tracking_plan import SHIPPED, TrackingPlan
+from nextclick.operators.infra.clock import parse_duration_ms
+from nextclick.operators.io.decisions import expired
+from nextclick.operators.profile.model import Profile, new_profile
+from nextclick.operators.records import Blocked, Decision, Event, Outcome
+from nextclick.operators.rules.model import RuleSet
 
 # 2026-11-18T00:00:00Z: a day boundary, so bucket and tumbling-window edges fall on round offsets.
 START_MS = 1_794_960_000_000

@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from operators.infra.config import Config, ConfigError
-from operators.infra.metrics import REGISTRY
-from operators.io.kafka_admin import client_config
-from operators.state.savepoint_parts import Destination, SavepointError
-from operators.tools.savepoint import catalogue, create_online, prune
+from nextclick.operators.infra.config import Config, ConfigError
+from nextclick.operators.infra.metrics import REGISTRY
+from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.state.savepoint_parts import Destination, SavepointError
+from nextclick.operators.tools.savepoint import catalogue, create_online, prune
 
 log = logging.getLogger("nextclick.savepoint")
 

@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from operators.identity.guards import IdentityRules, load_identity_rules
-from operators.infra.config import Config
-from operators.profile.model import PROFILE_FORMAT
-from operators.state.keys import PROFILE_PREFIX, shard_of
-from operators.state.layout import PROFILES, Family, families
-from operators.state.manifest import (
+from nextclick.operators.identity.guards import IdentityRules, load_identity_rules
+from nextclick.operators.infra.config import Config
+from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
+from nextclick.operators.state.layout import PROFILES, Family, families
+from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
     SHARD_DIR,
@@ -53,8 +53,8 @@ from operators.state.manifest import (
     write_manifest,
     write_marker,
 )
-from operators.state.recovery_db import RecoveryView, read_recovery
-from operators.state.store import ShardStore, StateError
+from nextclick.operators.state.recovery_db import RecoveryView, read_recovery
+from nextclick.operators.state.store import ShardStore, StateError
 
 # Profiles sampled per shard when adopting state written before manifests existed.
 _ADOPT_SAMPLE = 50
