@@ -374,11 +374,12 @@ def test_a_skewed_catch_up_across_topics_gives_the_event_time_order_result(backl
 def test_without_alignment_the_same_catch_up_gives_another_result(backlog: Backlog) -> None:
     # The guard above, removed: the topics other than web are read at once, so a customer's later
     # contacts and purchases come before their page views, which then arrive late and drop out of
-    # the windows (expired by the end of this backlog) and of the decisions those windows drive.
+    # the windows and of the decisions those windows drive. By the end of this backlog the windows
+    # have expired and the decision history is pruned, so the profiles may end alike (since decisions
+    # with no address use no cooldown, they do): the decisions are what differ.
     reference = backlog.run(single=True)
     unaligned = backlog.run(align=False)
     differing = _differing(reference.profiles, unaligned.profiles)
-    assert len(differing) > len(reference.profiles) // 10, len(differing)
     assert len(reference.decisions ^ unaligned.decisions) > len(reference.decisions) // 10
     print(f"\nwithout alignment: {len(differing)} of {len(reference.profiles)} profiles differ; "
           f"{len(reference.decisions - unaligned.decisions)} decision ids missing, "

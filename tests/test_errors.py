@@ -33,7 +33,7 @@ def test_every_project_exception_derives_from_the_root() -> None:
     for path, name, _bases in classes:
         if name in NOT_ERRORS:
             continue
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module("nextclick." + path.removesuffix(".py").replace("/", "."))
         assert issubclass(getattr(module, name), NextclickError), f"{path}: {name}"
 
 
