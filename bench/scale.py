@@ -76,9 +76,11 @@ from nextclick.flows.local_broker import LocalBroker, free_port
 from nextclick.operators.io.topics import ensure_topics
 
 # Sets Bytewax's metrics endpoint for the process `-i I` (0 without -i) and execs the command: one
-# port per process, as FlowRun gives every process the same environment. No site, no imports.
+# port per process, as FlowRun gives every process the same environment; the endpoint's copy of the
+# dataflow (dataflow.json, in the working directory by default) goes to the run's directory. No site.
 LAUNCHER = ("import os,sys\n"
-            "ports=sys.argv[1].split(',');cmd=sys.argv[2:]\n"
+            "ports=sys.argv[1].split(',');cmd=sys.argv[3:]\n"
+            "os.environ['BYTEWAX_DATAFLOW_API_CACHE_PATH']=sys.argv[2]\n"
             "i=int(cmd[cmd.index('-i')+1]) if '-i' in cmd else 0\n"
             "os.environ['BYTEWAX_DATAFLOW_API_ENABLED']='true'\n"
             "os.environ['BYTEWAX_DATAFLOW_API_PORT']=ports[i]\n"
@@ -287,7 +289,7 @@ def _reap(run: FlowRun, timeout: float) -> tuple[list[float], list[float]]:
 def run_cluster(s: Settings, bootstrap: str, broker: LocalBroker | None, work: Path, processes: int,
                 out_topic: str) -> dict[str, Any]:
     api_ports = [free_port() for _ in range(processes)]
-    wrap = [sys.executable, "-I", "-S", "-c", LAUNCHER, ",".join(map(str, api_ports))]
+    wrap = [sys.executable, "-I", "-S", "-c", LAUNCHER, ",".join(map(str, api_ports)), str(work / f"scale{processes}")]
     run = FlowRun(s, bootstrap, work, f"scale{processes}", processes, input_topic=s.input_topic,
                   decisions_topic=out_topic, stop_at_end=True, wrap=wrap)
     cluster_ports: set[int] = set()
@@ -363,7 +365,7 @@ def idle_cores(s: Settings, bootstrap: str, work: Path, processes: int, seconds:
     topic = f"bench.scale.idle{processes}.{s.run_id}"
     ensure_topics({"bootstrap.servers": bootstrap}, {topic: s.partitions, f"{topic}.out": s.partitions})
     api_ports = [free_port() for _ in range(processes)]
-    wrap = [sys.executable, "-I", "-S", "-c", LAUNCHER, ",".join(map(str, api_ports))]
+    wrap = [sys.executable, "-I", "-S", "-c", LAUNCHER, ",".join(map(str, api_ports)), str(work / f"idle{processes}")]
     run = FlowRun(s, bootstrap, work, f"idle{processes}", processes, input_topic=topic,
                   decisions_topic=f"{topic}.out", stop_at_end=False, wrap=wrap)
     try:
