@@ -178,3 +178,13 @@ def test_an_unknown_key_anywhere_in_a_rules_file_is_refused_by_name(tmp_path: Pa
     text = UNKNOWN_KEYS[table]
     ruleset, errors = check_rules(write_rules(tmp_path, text if table == "rule" else BASE_RULE + "\n" + text))
     assert ruleset is None and any("bogus" in str(e) for e in errors), errors
+
+
+def test_a_rule_on_an_unknown_type_gets_one_error_not_a_second_about_its_attributes(tmp_path: Path) -> None:
+    """A type the plan does not have (a typo, a plan not given): one line for `on`, none for the trigger's
+    attributes the rule then reads."""
+    text = '[[rule]]\nid = "x"\non = ["wishlist_add"]\naction = "send_email"\nchannel = "email"\n' \
+           'when = [\'trigger.sku == "a"\']\n'
+    ruleset, errors = check_rules(write_rules(tmp_path, text))
+    assert ruleset is None and len(errors) == 1, errors
+    assert "field 'on': unknown name(s) ['wishlist_add']" in str(errors[0])

@@ -153,7 +153,8 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     def known(field: str, name: str, text: str) -> None:
         """Whether a rule can read `name` (in `when` or `params`); a mistake names the field."""
         if name.startswith(TRIGGER_PREFIX):
-            if known_on == on and name[len(TRIGGER_PREFIX):] not in trigger_attributes:
+            # Nothing known to be on (its names refused above): no second error about what it carries.
+            if known_on == on and on and name[len(TRIGGER_PREFIX):] not in trigger_attributes:
                 where.report(field, f"in {text!r}: {name!r} is not an attribute of what the rule is on "
                                     f"({', '.join(sorted(on))}); those have: {sorted(trigger_attributes) or 'none'}")
         elif name not in attributes:
