@@ -24,70 +24,44 @@ Layout inside the one DB:
 Undo chunks are a marker byte 0xff and MessagePack of ``[[key, pre-image or nil], ...]``; chunks
 written before that format (length-prefixed binary: ``>I`` key length, key, ``>i`` value length,
 -1 for "was absent", value) are still read.
+
+The store's parts, one job each: `ShardStore` (here) holds the writes not yet staged and the read
+cache and serves point reads; `UndoLog` (store_undo.py) the undo chunks and the seq bookkeeping
+(stage, checkpoint, rollback, committed floor); store_reads.py the range reads; `BulkLoad`
+(store_bulk.py) a bulk load's batches; store_erase.py erasure; store_db.py the RocksDB plumbing
+(options, opening, raw iteration, the background WAL syncer); store_errors.py `StateError`.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import itertools
 import logging
 import os
-import struct
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Protocol, Self, cast
+from typing import Protocol, Self
 
-import msgspec
-from rocksdict import (
-    AccessType,
-    BlockBasedOptions,
-    BottommostLevelCompaction,
-    Cache,
-    Checkpoint,
-    CompactOptions,
-    Options,
-    Rdict,
-    ReadOptions,
-    WriteBatch,
-    WriteBufferManager,
-    WriteOptions,
+from rocksdict import Checkpoint, Rdict, WriteBatch, WriteOptions
+
+from nextclick.operators.state import store_erase, store_reads
+from nextclick.operators.state.store_bulk import BulkLoad
+from nextclick.operators.state.store_db import (
+    DATA,
+    compact_all,
+    db_options,
+    dir_bytes,
+    fetch_data,
+    iter_raw,
+    open_db,
+    wal_syncer,
 )
-
-from nextclick.operators.errors import NextclickError
+from nextclick.operators.state.store_errors import StateError
+from nextclick.operators.state.store_undo import UndoLog
 
 __all__ = ["KeyValueStore", "ShardStore", "StateError", "dir_bytes"]
 
-_DATA = b"d"
-_UNDO = b"u"
-_META_SEQ = b"mseq"
-_META_FLOOR = b"mfloor"
-_UNDO_END = b"v"  # first key after every undo chunk
-
-_U64 = struct.Struct(">Q")
-_U32 = struct.Struct(">I")
-_KEY_LEN = struct.Struct(">I")
-_VAL_LEN = struct.Struct(">i")
-# Undo chunks: a marker byte, then MessagePack of [[key, pre-image or nil], ...]. The first format
-# began with a 4-byte big-endian key length, whose first byte is 0 for any key under 16 MiB.
-_UNDO_V2 = b"\xff"
-_UNDO_ENCODER = msgspec.msgpack.Encoder()
-_UNDO_DECODER = msgspec.msgpack.Decoder(list[tuple[bytes, bytes | None]])
-
-# Many shards live in one process: keep each DB's memtables small, cap all memtables together, and
-# share one block cache that also holds index and filter blocks, so RocksDB's memory is a fixed
-# budget (block cache + memtable cap) that does not grow with the number of customers stored.
-_WRITE_BUFFER_BYTES = 4 << 20
-_MAX_WRITE_BUFFERS = 2
-_SHARED_BLOCK_CACHE_BYTES = 64 << 20
-_SHARED_MEMTABLE_BYTES = 64 << 20
-_MAX_OPEN_FILES = 64
-# How often the background syncer flushes open stores' WALs (see _WalSyncer).
-_WAL_SYNC_INTERVAL_S = 0.1
 # A read-only open that races the writer replacing a file is retried this many times.
 _READ_ONLY_ATTEMPTS = 5
 # Pending keys that trigger a stage into RocksDB: small, so the checkpoint has little left to do.
@@ -95,10 +69,6 @@ STAGE_KEYS = 64
 
 
 log = logging.getLogger(__name__)
-
-
-class StateError(NextclickError, RuntimeError):
-    """The store cannot do what was asked without losing or inventing state (or it is read-only)."""
 
 
 class Unknown:
@@ -144,156 +114,12 @@ class KeyValueStore(Protocol):
     def close(self) -> None: ...
 
 
-@functools.cache
-def _db_options(read_only: bool = False) -> Options:
-    """Build the RocksDB options once per process; one block cache is shared by every shard."""
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(not read_only)
-    opts.set_write_buffer_size(_WRITE_BUFFER_BYTES)
-    opts.set_max_write_buffer_number(_MAX_WRITE_BUFFERS)
-    opts.set_write_buffer_manager(WriteBufferManager(_SHARED_MEMTABLE_BYTES, False))
-    opts.set_max_open_files(_MAX_OPEN_FILES)
-    # RocksDB's own info LOG would otherwise grow (and rotate) without bound on long runs.
-    opts.set_keep_log_file_num(2)
-    opts.set_max_log_file_size(1 << 20)
-    table = BlockBasedOptions()
-    table.set_block_cache(Cache(_SHARED_BLOCK_CACHE_BYTES))
-    table.set_bloom_filter(10, False)
-    table.set_cache_index_and_filter_blocks(True)
-    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-    opts.set_block_based_table_factory(table)
-    return opts
-
-
-def dir_bytes(path: str | os.PathLike[str]) -> int:
-    """Bytes of every file under `path` (0 if it doesn't exist)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:  # RocksDB may delete an obsolete file while we walk
-                pass
-    return total
-
-
-def _prefix_end(prefix: bytes) -> bytes | None:
-    """Smallest key greater than every key starting with `prefix` (None if there is none)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _undo_key(seq: int, chunk: int) -> bytes:
-    return _UNDO + _U64.pack(seq) + _U32.pack(chunk)
-
-
-def _undo_from(seq: int) -> bytes:
-    """Lower bound of the undo chunks of `seq` and every later seq."""
-    return _UNDO + _U64.pack(seq)
-
-
-def _undo_seq(key: bytes) -> int:
-    return int(_U64.unpack_from(key, len(_UNDO))[0])
-
-
-def _write_data(batch: WriteBatch, values: dict[bytes, bytes | None]) -> None:
-    """Add user-data puts (and deletes, for None) to `batch`."""
-    for key, value in values.items():
-        if value is None:
-            batch.delete(_DATA + key)
-        else:
-            batch.put(_DATA + key, value)
-
-
-def _encode_undo(entries: dict[bytes, bytes | None]) -> bytes:
-    """MessagePack of the (key, pre-image) pairs, after a marker byte no older chunk starts with."""
-    return _UNDO_V2 + _UNDO_ENCODER.encode(list(entries.items()))
-
-
-def _decode_undo(blob: bytes) -> dict[bytes, bytes | None]:
-    if blob[:1] == _UNDO_V2:
-        return dict(_UNDO_DECODER.decode(memoryview(blob)[1:]))
-    # The first format (kept readable: stores written before it changed still roll back).
-    entries: dict[bytes, bytes | None] = {}
-    pos, end = 0, len(blob)
-    while pos < end:
-        (klen,) = _KEY_LEN.unpack_from(blob, pos)
-        pos += _KEY_LEN.size
-        key = blob[pos:pos + klen]
-        pos += klen
-        (vlen,) = _VAL_LEN.unpack_from(blob, pos)
-        pos += _VAL_LEN.size
-        if vlen < 0:
-            entries[key] = None
-        else:
-            entries[key] = blob[pos:pos + vlen]
-            pos += vlen
-    return entries
-
-
-class _WalSyncer:
-    """Flushes the write-ahead logs of open stores to disk in the background, every `interval` s.
-
-    Durability never depends on it: a checkpoint is its own synced write. What it buys is that the
-    synced write finds little left to flush (its cost grows with the bytes written since the last
-    sync), so the epoch end, when the engine's worker waits, stays short. RocksDB's FlushWAL runs
-    without the GIL, so the worker goes on meanwhile. The thread runs while any store is registered
-    and is stopped and joined at interpreter exit (a thread killed inside RocksDB aborts the process).
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval = interval_s
-        self._stores: weakref.WeakSet[ShardStore] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        atexit.register(self.shutdown)
-
-    def register(self, store: ShardStore) -> None:
-        with self._lock:
-            self._stores.add(store)
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name="nextclick-wal-sync", daemon=True)
-                self._thread.start()
-
-    def unregister(self, store: ShardStore) -> None:
-        with self._lock:
-            self._stores.discard(store)
-
-    def shutdown(self) -> None:
-        self._stop.set()
-        with self._lock:
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            with self._lock:
-                if not self._stores:
-                    self._thread = None
-                    return
-                refs = [weakref.ref(store) for store in self._stores]
-            # Only weak references between syncs: a store nobody else holds must be freed (and its
-            # RocksDB lock released) as before, not kept open by this thread.
-            for ref in refs:
-                store = ref()
-                if store is None or self._stop.is_set():
-                    continue
-                store._sync_wal()
-                del store
-
-
-_wal_syncer = _WalSyncer(_WAL_SYNC_INTERVAL_S)
-
-
 class ShardStore:
     """Key-value state of one shard whose committed versions line up with engine epochs.
 
     Writes are visible to reads at once and become durable only at `checkpoint`, so a crash loses
     exactly the epoch the engine will replay. Not thread-safe: one shard is driven by one worker.
+    The undo log and seq bookkeeping are its `UndoLog`'s (the module docstring lists the parts).
     """
 
     def __init__(
@@ -326,7 +152,6 @@ class ShardStore:
             raise ValueError(f"stage_keys must be >= 1, got {stage_keys}")
         self._path = os.fspath(path)
         self._cache_size = cache_size
-        self._keep = keep_checkpoints
         self._stage_keys = stage_keys
         self._read_only = read_only
         self._closed = True
@@ -336,45 +161,22 @@ class ShardStore:
         self._db_lock = threading.Lock()
         self._stage_opts = WriteOptions()
         self._stage_opts.sync = False
-        try:
-            if read_only:
-                self._db = Rdict(self._path, _db_options(True), access_type=AccessType.read_only())
-            else:
-                os.makedirs(self._path, exist_ok=True)
-                self._db = Rdict(self._path, _db_options())
-        except Exception as exc:  # rocksdict raises plain Exception for I/O, lock and corruption errors
-            mode = "read-only" if read_only else "read-write"
-            raise StateError(f"cannot open shard store {self._path!r} ({mode}): {exc}") from exc
+        self._db: Rdict = open_db(self._path, read_only=read_only)
         self._closed = False
-        self._bulk: WriteBatch | None = None
-        self._bulk_keys = 0
-        # Committed values callers handed in with `put` (undo pre-images that need no RocksDB read).
-        self._preimages: dict[bytes, bytes | None] = {}
+        self._bulk: BulkLoad | None = None
         # key -> new value (None = delete) not yet staged into RocksDB.
         self._pending: dict[bytes, bytes | None] = {}
-        # Keys staged in this epoch: their checkpoint-time values are in this epoch's undo chunks.
-        self._staged: set[bytes] = set()
-        # Last epoch's staged-key set and pre-images, freed at the next stage rather than at the
-        # checkpoint: freeing thousands of keys would lengthen the epoch-end pause the worker waits in.
-        self._retired: list[object] = []
-        self._chunk = 0  # next undo chunk number of this epoch
         # Values as RocksDB holds them now (None = known absent), so a hit never needs RocksDB.
         self._cache: OrderedDict[bytes, bytes | None] = OrderedDict()
-        raw_seq = self._db.get(_META_SEQ)
-        self._seq: int = _U64.unpack(raw_seq)[0] if raw_seq is not None else 0
-        raw_floor = self._db.get(_META_FLOOR)
-        self._floor: int = _U64.unpack(raw_floor)[0] if raw_floor is not None else 0
-        # Smallest seq that still has an undo chunk, or seq + 1 when none is kept.
-        first_undo = next(self._iter_raw(_UNDO), None)
-        self._oldest_undo: int = min(_undo_seq(first_undo[0]), self._seq + 1) if first_undo else self._seq + 1
+        self._undo = UndoLog(self._db, self._path, keep=keep_checkpoints, write_opts=self._write_opts)
         # Chunks above the committed seq are an epoch a crash interrupted: never committed.
         if read_only:
             # Can't undo them here: overlay their pre-images so reads see the committed state.
-            self._pending.update(self._undo_above(self._seq))
-        elif self._has_undo_above(self._seq):
-            self._undo_to(self._seq)
+            self._pending.update(self._undo.undo_above(self._undo.seq))
+        elif self._undo.has_undo_above(self._undo.seq):
+            self._undo_to(self._undo.seq)
         if sync and not read_only:
-            _wal_syncer.register(self)
+            wal_syncer.register(self)
 
     @classmethod
     def open_read_only(cls, path: str | os.PathLike[str], *, cache_size: int = 4096) -> Self:
@@ -400,38 +202,44 @@ class ShardStore:
     @property
     def seq(self) -> int:
         """Last committed checkpoint; the engine stores this and hands it back on recovery."""
-        return self._seq
+        return self._undo.seq
 
     @property
     def committed_floor(self) -> int:
         """The newest seq the stream engine is known to have committed; `rollback_to` never goes below it."""
-        return self._floor
+        return self._undo.floor
 
     @property
     def oldest_restorable_seq(self) -> int:
         """The oldest seq `rollback_to` can still reach (undo records older than it were trimmed)."""
-        return self._oldest_undo - 1
+        return self._undo.oldest_undo - 1
 
     @property
     def path(self) -> str:
         return self._path
 
+    @property
+    def _chunk(self) -> int:
+        """Undo chunks staged in this epoch so far."""
+        return self._undo.chunk
+
     def pending_count(self) -> int:
         """Keys changed since the last checkpoint: what a crash would undo right now."""
         if self._read_only:
             return 0
-        return len(self._staged | self._pending.keys())
+        return len(self._undo.staged | self._pending.keys())
 
     def stats(self) -> dict[str, int]:
         """Cheap numbers for dashboards and the CLI; `keys` is RocksDB's estimate, not a count."""
         self._check_open()
+        undo = self._undo
         estimate = self._db.property_int_value("rocksdb.estimate-num-keys") or 0
-        bookkeeping = (self._seq + 1 - self._oldest_undo) + self._chunk + (1 if self._seq > 0 else 0)
+        bookkeeping = (undo.seq + 1 - undo.oldest_undo) + undo.chunk + (1 if undo.seq > 0 else 0)
         disk = dir_bytes(self._path)
         return {
-            "seq": self._seq,
-            "committed_floor": self._floor,
-            "oldest_restorable_seq": self._oldest_undo - 1,
+            "seq": undo.seq,
+            "committed_floor": undo.floor,
+            "oldest_restorable_seq": undo.oldest_undo - 1,
             "keys": max(0, estimate - bookkeeping),
             "disk_bytes": disk,
         }
@@ -457,7 +265,7 @@ class ShardStore:
             else:
                 missing.setdefault(key, []).append(i)
         if missing:
-            found = self._fetch(list(missing))
+            found = fetch_data(self._db, list(missing))
             for key, value in found.items():
                 for i in missing[key]:
                     out[i] = value
@@ -469,17 +277,13 @@ class ShardStore:
         self._check_open()
         if self._read_only:
             return self.get(key)
-        if key in self._staged:
+        if key in self._undo.staged:
             # Rare (erasure): read it back from this epoch's undo chunks rather than hold every
             # pre-image of the epoch in memory.
-            for _chunk_key, blob in self._iter_raw(_undo_from(self._seq + 1)):
-                entries = _decode_undo(blob)
-                if key in entries:
-                    return entries[key]
-            raise StateError(f"shard store {self._path!r}: key staged in this epoch has no undo entry")
+            return self._undo.committed_value(key)
         if key in self._cache:
             return self._cache[key]
-        return self._fetch([key])[key]
+        return fetch_data(self._db, [key])[key]
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Ordered (key, value) pairs under `prefix` (from `start` on), pending writes merged in.
@@ -488,12 +292,7 @@ class ShardStore:
         iterating (e.g. pop expired timers) without disturbing the walk.
         """
         self._check_open()
-        lower = prefix if start is None or start < prefix else start
-        overlay = sorted(
-            (k, v) for k, v in self._pending.items() if k.startswith(prefix) and k >= lower
-        )
-        committed = self._iter_raw(_DATA + prefix, _DATA + lower)
-        return self._merge(committed, overlay)
+        return store_reads.scan(self._db, self._pending, prefix, start)
 
     def first_keys(self, lower: bytes, upper: bytes, limit: int) -> list[bytes]:
         """The first `limit` keys in [lower, upper), in order, pending writes merged in.
@@ -503,44 +302,7 @@ class ShardStore:
         millions). Enough keys are read that pending deletes can't leave the result short.
         """
         self._check_open()
-        overlay = [(k, v) for k, v in self._pending.items() if lower <= k < upper]
-        opts = ReadOptions()
-        opts.set_iterate_upper_bound(_DATA + upper)
-        raw = cast(Iterator[bytes],  # raw mode: keys are bytes
-                   itertools.islice(self._db.keys(from_key=_DATA + lower, read_opt=opts), limit + len(overlay)))
-        keys = [k[1:] for k in raw]
-        if overlay:
-            merged = set(keys)
-            for key, value in overlay:
-                if value is None:
-                    merged.discard(key)
-                else:
-                    merged.add(key)
-            keys = sorted(merged)
-        return keys[:limit]
-
-    @staticmethod
-    def _merge(
-        committed: Iterator[tuple[bytes, bytes]], overlay: list[tuple[bytes, bytes | None]]
-    ) -> Iterator[tuple[bytes, bytes]]:
-        j, n = 0, len(overlay)
-        for raw_key, value in committed:
-            key = raw_key[1:]
-            while j < n and overlay[j][0] < key:
-                pk, pv = overlay[j]
-                j += 1
-                if pv is not None:
-                    yield pk, pv
-            if j < n and overlay[j][0] == key:
-                pv = overlay[j][1]
-                j += 1
-                if pv is not None:
-                    yield key, pv
-                continue
-            yield key, value
-        for pk, pv in overlay[j:]:
-            if pv is not None:
-                yield pk, pv
+        return store_reads.first_keys(self._db, self._pending, lower, upper, limit)
 
     # --------------------------------------------------------------------------------------- writes
 
@@ -552,18 +314,18 @@ class ShardStore:
         without reading RocksDB again; it is ignored once the key was written in this epoch (its
         pre-image is then already known).
         """
-        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
-            self._preimages[key] = committed  # type: ignore[assignment]
+        if committed is not UNKNOWN and key not in self._pending and key not in (undo := self._undo).staged:
+            undo.preimages[key] = committed  # type: ignore[assignment]
         self._set(key, value)
 
     def unchanged_since_checkpoint(self, key: bytes) -> bool:
         """No write to `key` since the last checkpoint: what reads return for it is its committed value."""
-        return key not in self._pending and key not in self._staged
+        return key not in self._pending and key not in self._undo.staged
 
     def delete(self, key: bytes, *, committed: bytes | None | Unknown = UNKNOWN) -> None:
         """Delete now (visible to reads); durable only at the next checkpoint. `committed` as for `put`."""
-        if committed is not UNKNOWN and key not in self._pending and key not in self._staged:
-            self._preimages[key] = committed  # type: ignore[assignment]
+        if committed is not UNKNOWN and key not in self._pending and key not in (undo := self._undo).staged:
+            undo.preimages[key] = committed  # type: ignore[assignment]
         self._set(key, None)
 
     def _set(self, key: bytes, value: bytes | None) -> None:
@@ -572,33 +334,17 @@ class ShardStore:
         if len(self._pending) >= self._stage_keys:
             self._stage()
 
-    def _stage_into(self, batch: WriteBatch) -> None:
-        """Add pending writes, with an undo chunk for keys new to this epoch, to `batch`."""
-        pending = self._pending
-        if not pending:
-            return
-        first: dict[bytes, bytes | None] = {}
-        unknown: list[bytes] = []
-        preimages = self._preimages
-        for key in pending:
-            if key in self._staged:
-                continue
-            if key in preimages:
-                first[key] = preimages.pop(key)
-            elif key in self._cache:
-                first[key] = self._cache[key]
-            else:
-                unknown.append(key)
-        if unknown:
-            first.update(self._fetch(unknown))
-        if first:
-            batch.put(_undo_key(self._seq + 1, self._chunk), _encode_undo(first))
-            self._chunk += 1
-            self._staged.update(first.keys())
-        _write_data(batch, pending)
+    def _stage(self) -> None:
+        """Write the pending writes and their undo chunk into RocksDB, unsynced and uncommitted."""
+        undo = self._undo
+        undo.release_retired()
+        batch = WriteBatch(raw_mode=True)
+        undo.stage_into(batch, self._pending, self._cache)
+        self._db.write(batch, self._stage_opts)
+        self._staged_ok()
 
     def _staged_ok(self) -> None:
-        """After the batch from `_stage_into` is written: pending writes are now RocksDB's.
+        """After a batch from `UndoLog.stage_into` is written: pending writes are now RocksDB's.
 
         Written values are dropped from the read cache rather than added: callers keep what they
         write (the shard keeps decoded profiles), and timer keys are never read back, so filling the
@@ -610,37 +356,16 @@ class ShardStore:
                 cache.pop(key, None)
         self._pending = {}
 
-    def _stage(self) -> None:
-        if self._retired:
-            self._retired.clear()
-        batch = WriteBatch(raw_mode=True)
-        self._stage_into(batch)
-        self._db.write(batch, self._stage_opts)
-        self._staged_ok()
-
     def checkpoint(self) -> int:
         """Commit this epoch's writes (and their undo chunks) with one synced write; return the new seq.
 
         An empty checkpoint still advances seq so that seq counts engine epochs one to one.
         """
         self._check_writable()
-        new_seq = self._seq + 1
         batch = WriteBatch(raw_mode=True)
-        self._stage_into(batch)
-        if self._chunk == 0:
-            batch.put(_undo_key(new_seq, 0), b"")  # every committed seq has a chunk: "nothing changed"
-        batch.put(_META_SEQ, _U64.pack(new_seq))
-        trim_through = new_seq - self._keep
-        if trim_through >= self._oldest_undo:
-            batch.delete_range(_undo_from(self._oldest_undo), _undo_from(trim_through + 1))
-        self._db.write(batch, self._write_opts)
+        self._undo.stage_into(batch, self._pending, self._cache)
+        new_seq = self._undo.commit(batch)
         self._staged_ok()
-        self._seq = new_seq
-        self._oldest_undo = max(self._oldest_undo, trim_through + 1)
-        self._retired = [self._staged, self._preimages]
-        self._staged = set()
-        self._preimages = {}
-        self._chunk = 0
         return new_seq
 
     def rollback_to(self, seq: int) -> None:
@@ -652,74 +377,19 @@ class ShardStore:
         the store at either the old or the target seq and the rollback can simply be retried.
         """
         self._check_writable()
-        if seq > self._seq or seq < 0:
-            raise StateError(
-                f"shard store {self._path!r}: cannot roll back to seq {seq}; "
-                f"the committed seq is {self._seq}"
-            )
-        if seq < self._floor:
-            raise StateError(
-                f"shard store {self._path!r}: refusing to roll back to seq {seq}: seq {self._floor} was "
-                f"committed (the recovery directory handed it back before, or a savepoint was restored at "
-                f"it), so rolling back past it would lose committed state"
-            )
-        oldest = self._oldest_undo - 1
-        if seq < oldest:
-            raise StateError(
-                f"shard store {self._path!r}: cannot roll back from seq {self._seq} to seq {seq}; "
-                f"undo records older than seq {oldest} were trimmed (keep_checkpoints={self._keep}), "
-                f"so the oldest restorable seq is {oldest}"
-            )
-        seqs_with_undo = {_undo_seq(k) for k, _ in self._iter_raw(_UNDO, _undo_from(seq + 1))}
-        for s in range(seq + 1, self._seq + 1):
-            if s not in seqs_with_undo:
-                raise StateError(
-                    f"shard store {self._path!r}: undo record for seq {s} is missing; cannot roll "
-                    f"back from seq {self._seq} to seq {seq} (oldest restorable seq {s})"
-                )
+        self._undo.check_rollback(seq)
         self._undo_to(seq)
 
     def _undo_to(self, seq: int) -> None:
-        """Apply (and delete) every undo chunk above `seq`, staged ones included; set seq."""
+        """Drop the pending writes and the read cache, then apply every undo chunk above `seq`."""
         self._pending = {}
-        self._staged = set()
-        self._preimages = {}
-        self._chunk = 0
         self._cache.clear()
-        batch = WriteBatch(raw_mode=True)
-        _write_data(batch, self._undo_above(seq))
-        batch.delete_range(_undo_from(seq + 1), _UNDO_END)
-        if seq > 0:
-            batch.put(_META_SEQ, _U64.pack(seq))
-        else:
-            batch.delete(_META_SEQ)
-        self._db.write(batch, self._write_opts)
-        self._seq = seq
-        self._oldest_undo = min(self._oldest_undo, seq + 1)
-
-    def _undo_above(self, seq: int) -> dict[bytes, bytes | None]:
-        """Pre-images that turn the DB back into state `seq`: the oldest one of each key wins."""
-        chunks = list(self._iter_raw(_UNDO, _undo_from(seq + 1)))
-        restore: dict[bytes, bytes | None] = {}
-        for _key, blob in reversed(chunks):  # newest first, so older pre-images overwrite newer ones
-            restore.update(_decode_undo(blob))
-        return restore
-
-    def _has_undo_above(self, seq: int) -> bool:
-        return next(self._iter_raw(_UNDO, _undo_from(seq + 1)), None) is not None
+        self._undo.undo_to(seq)
 
     def mark_committed(self, seq: int) -> None:
         """Record that the stream engine committed `seq` (synced); later rollbacks stop there."""
         self._check_writable()
-        if seq > self._seq:
-            raise StateError(f"shard store {self._path!r}: cannot mark seq {seq} committed; the store is at "
-                             f"seq {self._seq}")
-        if seq <= self._floor:
-            return
-        sync_opts = WriteOptions()
-        sync_opts.sync = True
-        self._db.put(_META_FLOOR, _U64.pack(seq), sync_opts)
-        self._floor = seq
+        self._undo.mark_committed(seq)
 
     def create_checkpoint(self, dest: str | os.PathLike[str]) -> None:
         """A consistent copy of the DB in `dest` (which must not exist): hard links where it can.
@@ -738,30 +408,21 @@ class ShardStore:
         """Fill an empty store without undo records (re-sharding); `commit_bulk` makes it seq 1."""
         self._check_writable()
         if self._bulk is None:
-            if self._seq != 0 or self._pending or self._staged or next(self._iter_raw(_DATA), None) is not None:
+            if (self._undo.seq != 0 or self._pending or self._undo.staged
+                    or next(iter_raw(self._db, DATA), None) is not None):
                 raise StateError(f"shard store {self._path!r}: a bulk load needs an empty store")
-            self._bulk = WriteBatch(raw_mode=True)
-            self._bulk_keys = 0
-        self._bulk.put(_DATA + key, value)
-        self._bulk_keys += 1
-        if self._bulk_keys % batch_keys == 0:
-            self._db.write(self._bulk, self._stage_opts)
-            self._bulk = WriteBatch(raw_mode=True)
+            self._bulk = BulkLoad(self._stage_opts)
+        self._bulk.put(self._db, key, value, batch_keys)
 
     def commit_bulk(self) -> int:
         """Commit a bulk load as seq 1, synced and flushed. There is nothing to roll back to (no undo
         records), so seq 1 is also marked committed."""
         self._check_writable()
-        if self._seq != 0:
+        if self._undo.seq != 0:
             raise StateError(f"shard store {self._path!r}: a bulk load needs an empty store")
-        batch = self._bulk if self._bulk is not None else WriteBatch(raw_mode=True)
+        batch = self._bulk.rest() if self._bulk is not None else WriteBatch(raw_mode=True)
         self._bulk = None
-        batch.put(_META_SEQ, _U64.pack(1))
-        batch.put(_META_FLOOR, _U64.pack(1))
-        self._db.write(batch, self._write_opts)
-        self._db.flush(True)
-        self._seq, self._floor, self._oldest_undo = 1, 1, 2
-        return 1
+        return self._undo.commit_bulk(batch)
 
     def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None) -> None:
         """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.
@@ -771,30 +432,7 @@ class ShardStore:
         Committed immediately and synced (not at the next checkpoint); seq does not change.
         """
         self._check_writable()
-        doomed = set(keys)
-        if not doomed and matching is None:
-            return
-        batch = WriteBatch(raw_mode=True)
-        undo: list[tuple[bytes, dict[bytes, bytes | None]]] = []
-        for raw_key, blob in self._iter_raw(_UNDO):
-            entries = _decode_undo(blob)
-            if matching is not None:
-                doomed.update(k for k in entries if matching(k))
-            undo.append((raw_key, entries))
-        for key in doomed:
-            self._pending.pop(key, None)
-            self._preimages.pop(key, None)
-            # Gone from the epoch's undo too: a later write in this epoch rolls back to "absent".
-            self._staged.discard(key)
-            batch.delete(_DATA + key)
-        for raw_key, entries in undo:
-            if doomed.isdisjoint(entries):
-                continue
-            batch.put(raw_key, _encode_undo({k: v for k, v in entries.items() if k not in doomed}))
-        sync_opts = WriteOptions()
-        sync_opts.sync = True
-        self._db.write(batch, sync_opts)
-        for key in doomed:
+        for key in store_erase.erase(self._db, self._undo, self._pending, keys, matching):
             self._cache_put(key, None)
 
     def purge(self) -> None:
@@ -806,17 +444,14 @@ class ShardStore:
         writes are kept. Costs a full compaction of this shard, so callers batch erasures.
         """
         self._check_writable()
-        self._db.flush(True)
-        options = CompactOptions()
-        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
-        self._db.compact_range(None, None, options)
+        compact_all(self._db)
         with self._db_lock:
             self._db.close()
             try:
-                self._db = Rdict(self._path, _db_options())
+                self._db = self._undo.db = Rdict(self._path, db_options())
             except Exception as exc:  # same contract as _open
                 self._closed = True
-                _wal_syncer.unregister(self)
+                wal_syncer.unregister(self)
                 raise StateError(f"cannot reopen shard store {self._path!r} after purge: {exc}") from exc
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -825,13 +460,13 @@ class ShardStore:
         """Release RocksDB (and its lock); uncommitted writes are lost (undone at the next open), as in a crash."""
         if self._closed:
             return
-        _wal_syncer.unregister(self)
+        wal_syncer.unregister(self)
         with self._db_lock:
             self._closed = True
             self._db.close()
         self._pending = {}
-        self._staged = set()
-        self._preimages = {}
+        self._undo.staged = set()
+        self._undo.preimages = {}
         self._cache.clear()
 
     def __enter__(self) -> Self:
@@ -847,7 +482,7 @@ class ShardStore:
 
     def __repr__(self) -> str:
         mode = " read-only" if self._read_only else ""
-        return f"<ShardStore{mode} {self._path!r} seq={self._seq} pending={len(self._pending)}>"
+        return f"<ShardStore{mode} {self._path!r} seq={self._undo.seq} pending={len(self._pending)}>"
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -879,24 +514,7 @@ class ShardStore:
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
 
-    def _fetch(self, keys: list[bytes]) -> dict[bytes, bytes | None]:
-        values = cast(list[bytes | None], self._db.get([_DATA + k for k in keys]))
-        return dict(zip(keys, values, strict=True))
-
     def _iter_raw(self, prefix: bytes, seek: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Raw (key, value) pairs of one namespace in key order, starting at `seek`."""
-        opts = ReadOptions()
-        end = _prefix_end(prefix)
-        if end is not None:
-            opts.set_iterate_upper_bound(end)
-        it = self._db.iter(opts)
-        try:
-            it.seek(seek if seek is not None else prefix)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    break
-                yield key, it.value()
-                it.next()
-        finally:
-            del it
+        return iter_raw(self._db, prefix, seek)
+
