@@ -1,7 +1,7 @@
 """Every test the documentation cites exists: a guarantee that points at a deleted test has none.
 
 The docs name tests three ways: a file (`tests/test_crash.py`), a test in a file
-(`tests/test_shard.py::test_name`) and a bare test name in backticks (`test_name[param]`). Bench
+(`tests/shard/test_shard.py::test_name`) and a bare test name in backticks (`test_name[param]`). Bench
 summaries are dated records of a run and are not checked.
 """
 

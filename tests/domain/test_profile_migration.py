@@ -28,8 +28,8 @@ from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.keys import PROFILE_PREFIX
 from nextclick.operators.state.store import ShardStore
+from tests.domain.test_engine_equivalence import OLD_ENGINE, REPO, START, steps
 from tests.helpers import default_rules
-from tests.test_engine_equivalence import OLD_ENGINE, REPO, START, steps
 
 # Runs inside the old tree: a real shard over the events on stdin, committed; prints the seq.
 OLD_SHARD = '''

@@ -12,6 +12,7 @@ from nextclick.operators.profile.model import new_profile
 from nextclick.operators.records import Event
 from nextclick.operators.rules.arbitration import decision_id
 from nextclick.operators.rules.loader import load_rules
+from tests.domain.test_profile import event_lists
 from tests.helpers import (
     DAY,
     DEFAULT_RULES_PATH,
@@ -27,7 +28,6 @@ from tests.helpers import (
     transient_parts,
     write_rules,
 )
-from tests.test_profile import event_lists
 
 
 def browse(c: Customer, start: int, pages: int = 3) -> None:

@@ -264,7 +264,7 @@ def test_the_config_key_names_the_plan_and_empty_is_the_shipped_one(tmp_path: Pa
     assert FlowConfig().tracking_plan == "" and load_plan("") is SHIPPED and load_plan(None) is SHIPPED
     config = load_config(None, {"NEXTCLICK_FLOW__TRACKING_PLAN": str(plan_file)})
     assert load_plan(config.flow.tracking_plan).types > SHIPPED.types
-    assert load_rules(Path(__file__).resolve().parents[1] / "operators" / "rules" / "default_rules.toml",
+    assert load_rules(Path(__file__).resolve().parents[2] / "operators" / "rules" / "default_rules.toml",
                       config.flow.tracking_plan).plan.source == str(plan_file)
     assert load_configured_rules(config).plan.source == str(plan_file)  # what a command that runs the rules loads
     bad = write_rules(tmp_path, '[events.page_view.attributes.email]\ntype = "string"\n', "bad.toml")

@@ -2,7 +2,7 @@
 
 store_db (plumbing), store_undo (UndoLog: undo chunks and seq bookkeeping), store_bulk (BulkLoad),
 store_reads (range reads with pending writes merged in), store_erase (erasure). ShardStore itself
-is tests/test_store.py's; the last test here pins the bytes it writes.
+is tests/state/test_store.py's; the last test here pins the bytes it writes.
 """
 
 from __future__ import annotations

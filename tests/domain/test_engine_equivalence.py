@@ -30,7 +30,7 @@ from nextclick.operators.records import Event
 from tests.flowrun import workload
 from tests.helpers import DEFAULT_RULES_PATH, HOUR, MIN, default_rules
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The last commit with the dict-profile engine (operators/engine.py, profile.py, windows.py, rules.py).
 OLD_ENGINE = "b9f0b8a899a50521933c44047e9eb308a12503b1"
 START = 1_795_428_000_000

@@ -19,7 +19,7 @@ from nextclick.operators.identity.guards import (
     refuse_raw,
 )
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_every_guard_is_documented_with_its_reason() -> None:

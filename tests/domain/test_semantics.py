@@ -69,7 +69,7 @@ def test_a_condition_on_a_missing_value_is_false_except_equality(tmp_path: Path,
 
 def test_a_mismatched_type_is_false_not_an_error(tmp_path: Path) -> None:
     # A trigger attribute's type is declared (its schema), so `rules check` refuses the comparison
-    # (tests/test_rules_v3.py); where a type is not declared, a mismatch is false at run time.
+    # (tests/domain/test_rules_v3.py); where a type is not declared, a mismatch is false at run time.
     text = rules("> 'one'").replace("trigger.items > 'one'", "trigger.items > 100")
     c = Customer(load_rules(write_rules(tmp_path, text)))
     assert fired(c.send("purchase", T0, amount=1.0, items=2)) == []

@@ -21,7 +21,7 @@ from nextclick.operators.tools.explain import explain, render
 from nextclick.operators.tools.scenarios import ScenarioError, load_scenario
 from tests.helpers import HOUR, MIN, SEC, T0, Customer, consent, fired, make_event, reasons, write_rules
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "decision.v1.json").read_text())
 
 SIGNALS = '''
 [signals.views]

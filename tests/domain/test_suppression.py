@@ -14,7 +14,7 @@ from nextclick.operators.io.decisions import encode_decision
 from nextclick.operators.rules.loader import load_rules
 from tests.helpers import DAY, HOUR, MIN, T0, Customer, consent, fired, reasons, write_rules
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "decision.v1.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "decision.v1.json").read_text())
 
 RULES = '''
 [[rule]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nextclick.operators.channels import CHANNELS, CONSENT_CHANNELS, CONSENT_FAMILY, DECISION_CHANNELS, EVENT_CHANNELS
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def test_every_event_type_has_a_schema_and_a_touch_channel() -> None:

@@ -36,7 +36,7 @@ from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
 SECRET = b"identity-stage-secret"
 SRC = SourcePosition("web", 0, 1)
 NOW = T0 + HOUR
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def key(id_type: str, raw: str) -> str:
