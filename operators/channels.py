@@ -1,7 +1,7 @@
 """The channel vocabulary, defined once: where touches arrive, where decisions go, what consent covers.
 
 The JSON Schemas (the consent event's `channel` enum, the decision body's `channel` enum) must list
-the same names; tests/test_channels.py holds them to it.
+the same names; tests/domain/test_channels.py holds them to it.
 """
 
 from __future__ import annotations

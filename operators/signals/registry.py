@@ -1,5 +1,5 @@
 """Signal kinds by name. Adding a kind is one module with a loader and one entry here (or a call to
-`register` from a plugin, which is how tests/test_signal_registry.py adds one)."""
+`register` from a plugin, which is how tests/domain/test_signal_registry.py adds one)."""
 
 from __future__ import annotations
 
