@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from nextclick.flows.local_broker import free_port
 from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
-from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.io.topics import ensure_topics, topic_retention_ms
 from nextclick.operators.tools import schedule
 from nextclick.operators.tools.savepoint import catalogue
 from tests.flowrun import FlowSetup, produce, read_profiles, start, workload
@@ -167,6 +167,6 @@ def test_the_broker_reports_the_retention_a_topic_was_created_with(kafka: dict[s
     for future in admin.create_topics([NewTopic(kept, 1, 1, config={"retention.ms": "7200000"}),
                                        NewTopic(plain, 1, 1)]).values():
         future.result(30)
-    found = schedule.topic_retention_ms(kafka, [kept, plain])
+    found = topic_retention_ms(kafka, [kept, plain])
     assert found[kept] == 7_200_000
     assert found[plain] is None or found[plain] != 0  # Tansu: not reported; Kafka: its default

@@ -7,11 +7,12 @@ keyed topic that gains partitions sends a customer's later events elsewhere, out
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from nextclick.operators.errors import NextclickError
 from nextclick.operators.infra.config import Config, progress_topic
@@ -32,6 +33,27 @@ def ensure_topics(kafka: Mapping[str, str], topics: Mapping[str, int], timeout_s
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
+
+
+def topic_retention_ms(kafka: Mapping[str, str], topics: Iterable[str],
+                       timeout_s: float = 30.0) -> dict[str, int | None]:
+    """retention.ms of each topic as the broker reports it (DescribeConfigs); None when it does not
+    (Tansu reports only the configs a topic was created with, and a broker may refuse the request)."""
+    admin = AdminClient(client_config(kafka))
+    names = list(dict.fromkeys(topics))
+    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in names],
+                                     request_timeout=timeout_s)
+    found: dict[str, int | None] = {}
+    for resource, future in futures.items():
+        try:
+            entries = future.result(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - a broker without DescribeConfigs: unknown, not fatal
+            found[resource.name] = None
+            continue
+        entry = entries.get("retention.ms")
+        value = getattr(entry, "value", None) if entry is not None else None
+        found[resource.name] = int(value) if value not in (None, "") else None
+    return found
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from nextclick.operators.infra.config import Config, ConfigError
 from nextclick.operators.infra.metrics import REGISTRY
-from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.topics import topic_retention_ms
 from nextclick.operators.state.savepoint_parts import Destination, SavepointError
 from nextclick.operators.tools.savepoint import catalogue, create_online, prune
 
@@ -157,29 +157,6 @@ def start_scheduler(config: Config, process_id: int | None, stop: threading.Even
 
 
 # -- start-up checks --------------------------------------------------------------------------------
-
-
-def topic_retention_ms(kafka: dict[str, str] | object, topics: Iterable[str]) -> dict[str, int | None]:
-    """retention.ms of each topic as the broker reports it (DescribeConfigs); None when it does not (Tansu
-    reports only the configs a topic was created with)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
-
-
-    admin = AdminClient(client_config(kafka))  # type: ignore[arg-type]
-    names = list(dict.fromkeys(topics))
-    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in names],
-                                     request_timeout=30)
-    found: dict[str, int | None] = {}
-    for resource, future in futures.items():
-        try:
-            entries = future.result(timeout=30)
-        except Exception:  # noqa: BLE001 - a broker without DescribeConfigs: unknown, not fatal
-            found[resource.name] = None
-            continue
-        entry = entries.get("retention.ms")
-        value = getattr(entry, "value", None) if entry is not None else None
-        found[resource.name] = int(value) if value not in (None, "") else None
-    return found
 
 
 def check_recovery_plan(config: Config, retention: Callable[[list[str]], dict[str, int | None]] | None = None) -> None:
