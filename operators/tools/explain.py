@@ -109,13 +109,15 @@ def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
 
 
 @dataclasses.dataclass
-class _Tried:
+class Tried:
+    """One rule tried on one trigger: each condition's value and verdict, and whether all held."""
+
     rule: Rule
     conditions: list[dict[str, Any]]
     matched: bool
 
 
-def _traced(ruleset: RuleSet, log: list[tuple[Trigger, _Tried]]) -> RuleSet:
+def traced_rules(ruleset: RuleSet, log: list[tuple[Trigger, Tried]]) -> RuleSet:
     """The ruleset with each rule's check wrapped to record every condition's value and verdict."""
     getters = ruleset.getters
 
@@ -132,7 +134,7 @@ def _traced(ruleset: RuleSet, log: list[tuple[Trigger, _Tried]]) -> RuleSet:
             conditions = [{"condition": c.text, "value": value(view, c), "holds": check(view)}
                           for c, check in checks]
             matched = all(c["holds"] for c in conditions)
-            log.append((view.trigger, _Tried(compiled.rule, conditions, matched)))
+            log.append((view.trigger, Tried(compiled.rule, conditions, matched)))
             return matched
         return dataclasses.replace(compiled, matches=matches)
 
@@ -140,10 +142,10 @@ def _traced(ruleset: RuleSet, log: list[tuple[Trigger, _Tried]]) -> RuleSet:
                                                     for name, candidates in ruleset.by_trigger.items()})
 
 
-def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigger, _Tried]],
+def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigger, Tried]],
             out: Outcome) -> Iterator[dict[str, Any]]:
     """One entry per trigger judged in this turn, in the order arbitration judged them."""
-    by_trigger: dict[str, tuple[Trigger, list[_Tried]]] = {}
+    by_trigger: dict[str, tuple[Trigger, list[Tried]]] = {}
     for trigger, one in log:
         by_trigger.setdefault(trigger.trigger_id, (trigger, []))[1].append(one)
     for trigger_id, (trigger, tried) in by_trigger.items():
@@ -176,8 +178,8 @@ def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigge
 def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[dict[str, Any]]:
     """For each trigger of the story (events, then absences as the clock fires them): every rule on
     it with its conditions' values and verdicts, the gate that blocked it, and the decision."""
-    log: list[tuple[Trigger, _Tried]] = []
-    traced = _traced(ruleset, log)
+    log: list[tuple[Trigger, Tried]] = []
+    traced = traced_rules(ruleset, log)
     profiles: dict[str, Profile] = {}
     names: dict[str, str] = {}
 

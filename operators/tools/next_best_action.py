@@ -47,7 +47,7 @@ from nextclick.operators.profile.model import Facts, History, Order, Profile
 from nextclick.operators.records import DeadLetter, Outcome, SourcePosition, Trigger
 from nextclick.operators.rules.arbitration import decide
 from nextclick.operators.rules.model import RuleSet
-from nextclick.operators.tools.explain import _traced, _Tried, rfc3339
+from nextclick.operators.tools.explain import Tried, rfc3339, traced_rules
 
 # The event type an interaction on each channel is: what the flow would receive when it happens.
 # `store` has none short of a purchase: ask for `event=store_purchase` (with its amount) explicitly.
@@ -195,8 +195,8 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
         raise NextBestActionError(f"the {event_type} trigger is not a valid event: {event.message}")
     profile = profile_from_view(record, ruleset)
     apply_facts(profile.facts, event)  # as the flow folds the event in before judging it
-    log: list[tuple[Trigger, _Tried]] = []
-    traced = _traced(dataclasses.replace(ruleset, getters=_view_getters(ruleset, record)), log)
+    log: list[tuple[Trigger, Tried]] = []
+    traced = traced_rules(dataclasses.replace(ruleset, getters=_view_getters(ruleset, record)), log)
     out = Outcome()
     trigger = Trigger(event.type, event.event_id, event.ts, event.attrs)
     decide(profile, traced, trigger, out)
