@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-log = logging.getLogger("nextclick.operators.io.kafka")
+log = logging.getLogger(__name__)
 
 # Settings whose values must never reach a log line or an error message.
 SECRET_SETTINGS = ("sasl.password", "sasl.oauthbearer.client.secret", "ssl.key.password",

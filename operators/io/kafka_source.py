@@ -25,7 +25,7 @@ from nextclick.operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITIN
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import Progress
 
-log = logging.getLogger("nextclick.operators.io.kafka")  # the name the flow's log lines always had
+log = logging.getLogger(__name__)
 
 # How often an idle partition refreshes its lag gauge from the watermark its consumer caches (a
 # partition that reads refreshes it with every batch).

@@ -17,7 +17,7 @@ from bytewax.outputs import Sink
 
 from nextclick.operators.infra.config import Config
 
-log = logging.getLogger("nextclick.operators.io.kafka")  # the name the fatal line always had
+log = logging.getLogger(__name__)
 
 
 class OutMessage(NamedTuple):
