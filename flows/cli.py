@@ -251,16 +251,11 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
     verify_config(config)
     customer = _customer_key(args, config)
     if args.online:
-        from confluent_kafka import Producer
-
-        from nextclick.operators.io.kafka_admin import client_config
+        from nextclick.operators.io.control import send_command
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
-        producer = Producer(client_config(config.kafka))
-        producer.produce(config.topics.control, orjson.dumps(
-            {"command": "erase", "request_id": request_id, "customer_key": customer}), customer.encode())
-        if producer.flush(30):
-            raise ConnectionError(f"could not deliver the erase command to {config.topics.control}")
+        send_command(config.kafka, config.topics.control, "erase", request_id, customer.encode(),
+                     customer_key=customer)
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
                             "state": "queued: the running flow erases it at its next batch"}).decode())
         return 0

@@ -16,18 +16,31 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
 
 import orjson
+from confluent_kafka import Producer
 
 from nextclick.operators.channels import ID_TYPES
 from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 COMMANDS = ("erase", "savepoint", "drain")
+
+
+def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
+                 **fields: str) -> None:
+    """Deliver one command (the format above) to the control topic, or raise naming the topic: what the
+    CLI and the savepoint scheduler send, read back by `parse_control`."""
+    producer = Producer(client_config(kafka))
+    producer.produce(topic, orjson.dumps({"command": command, "request_id": request_id, **fields}), key)
+    if producer.flush(30):
+        raise ConnectionError(f"could not deliver the {command} command to {topic}")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,

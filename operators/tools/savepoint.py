@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 
 from nextclick.operators.infra.config import Config, derived_savepoint_dir, is_url
-from nextclick.operators.io.control import SAVEPOINT_NAME
+from nextclick.operators.io.control import SAVEPOINT_NAME, send_command
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
@@ -408,9 +408,6 @@ def create_online(config: Config, dest: str, *, timeout_s: float, request_id: st
                   cancelled: Callable[[], bool] = lambda: False) -> SavepointManifest:
     """Ask the running flow for an online savepoint into `dest` (inside state.savepoint_dir) and assemble it:
     the one path of `savepoint create --online` and of the scheduler (operators/tools/schedule.py)."""
-    from confluent_kafka import Producer
-
-
     root = Destination(config.state.savepoint_dir)
     where = online_destination(config, dest)
     probe = f".probe-{time.time_ns()}"
@@ -421,11 +418,7 @@ def create_online(config: Config, dest: str, *, timeout_s: float, request_id: st
         raise OSError(f"state.savepoint_dir: cannot write to {root} ({exc}); it must be reachable from every "
                       "process and from this command") from None
     request_id = request_id or f"savepoint-{time.time_ns()}"
-    producer = Producer(client_config(config.kafka))
-    producer.produce(config.topics.control, orjson.dumps(
-        {"command": "savepoint", "request_id": request_id, "name": where.name}), request_id.encode())
-    if producer.flush(30):
-        raise ConnectionError(f"could not deliver the savepoint command to {config.topics.control}")
+    send_command(config.kafka, config.topics.control, "savepoint", request_id, request_id.encode(), name=where.name)
     progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
     return finish_online(config, where, timeout_s=timeout_s, progress=progress, placement=placement,
                          cancelled=cancelled)
