@@ -159,3 +159,32 @@ expiry = "1h"
     answer = judge(record, rules, "store", {"amount": "45.5", "order_id": "s1"}, NOW, event_type="store_purchase")
     assert answer["trigger"]["attributes"] == {"amount": 45.5, "order_id": "s1"}
     assert outcomes(answer)["post_purchase_cross_sell"] == ("blocked", "no_consent")  # email is opt-in
+
+
+def test_an_attribute_the_tracking_plan_adds_is_judged_as_the_flow_reads_it(tmp_path: Path) -> None:
+    """The flow's rules come with the flow's tracking plan: an interaction attribute only the plan declares
+    is typed, parsed and read by the rules as the flow would (not refused as unknown)."""
+    plan = write_rules(tmp_path, '[events.call_center_contact.attributes.queue]\ntype = "string"\n'
+                                 'enum = ["billing", "vip"]\n', "plan.toml")
+    rules = load_rules(write_rules(tmp_path, '''
+[[rule]]
+id = "vip_call_back"
+on = ["call_center_contact"]
+when = ['trigger.queue == "vip"']
+action = "call_back"
+channel = "call_center"
+cooldown = "1d"
+purpose = "service"
+promotion = false
+
+[consent]
+call_center = "opt_out"
+'''), plan)
+    c = Customer(rules)
+    c.send("purchase", NOW - 3 * DAY, order_id="o1", amount=80.0, category="shoes")
+    answer = judge(view(c, NOW - MIN), rules, "call_center", {"queue": "vip"}, NOW)
+    assert answer["action"] is not None and answer["action"]["rule"] == "vip_call_back"
+    assert answer["trigger"]["attributes"] == {"queue": "vip"}
+    assert engine_decides(c, "call_center_contact", NOW, queue="vip") == "vip_call_back"
+    with pytest.raises(NextBestActionError, match="queue"):
+        judge(view(c, NOW - MIN), rules, "call_center", {"queue": "gold"}, NOW)  # outside the plan's enum

@@ -39,7 +39,8 @@ from nextclick.operators.channels import CHANNELS, EVENT_CHANNELS
 from nextclick.operators.conditions.compiler import CUSTOMER_CHANNEL, Getter
 from nextclick.operators.conditions.model import Condition, Group, leaves
 from nextclick.operators.errors import NextclickError
-from nextclick.operators.events.schemas import ATTRS_KEYWORD, load_schema
+from nextclick.operators.events.schemas import ATTRS_KEYWORD
+from nextclick.operators.events.tracking_plan import TrackingPlan
 from nextclick.operators.infra.config import ParseConfig
 from nextclick.operators.io.parse import parse_message
 from nextclick.operators.profile.facts import DAY_MS, apply_facts
@@ -72,10 +73,10 @@ def interaction(ruleset: RuleSet, channel: str, event_type: str | None = None) -
         event_type = INTERACTIONS.get(channel)
         if event_type is None:
             raise NextBestActionError(f"no interaction event is defined for channel {channel!r}: name one with "
-                                      f"event=<type> (one of {_types_on(channel)})")
-    elif EVENT_CHANNELS.get(event_type) != channel:
+                                      f"event=<type> (one of {_types_on(ruleset.plan, channel)})")
+    elif ruleset.plan.channels.get(event_type) != channel:
         raise NextBestActionError(f"event must be an event type on channel {channel!r} "
-                                  f"(one of {_types_on(channel)}), got {event_type!r}")
+                                  f"(one of {_types_on(ruleset.plan, channel)}), got {event_type!r}")
     if event_type not in ruleset.by_trigger:
         # The rules file's name stays out: the message goes to an HTTP client.
         raise NextBestActionError(f"no rule in the rules file is on {event_type}, the interaction on "
@@ -83,14 +84,14 @@ def interaction(ruleset: RuleSet, channel: str, event_type: str | None = None) -
     return event_type
 
 
-def _types_on(channel: str) -> list[str]:
-    return sorted(t for t, c in EVENT_CHANNELS.items() if c == channel)
+def _types_on(plan: TrackingPlan, channel: str) -> list[str]:
+    return sorted(t for t, c in plan.channels.items() if c == channel)
 
 
 @functools.cache
-def _attribute_types(event_type: str) -> dict[str, tuple[str, ...]]:
-    """The type's attributes and their JSON types, read once (the schema is a file)."""
-    schema = load_schema(event_type)
+def _attribute_types(plan: TrackingPlan, event_type: str) -> dict[str, tuple[str, ...]]:
+    """The type's attributes and their JSON types in the rules' tracking plan, read once per plan."""
+    schema = plan.schemas[event_type]
     out = {}
     for name in schema.get(ATTRS_KEYWORD, []):
         kinds = schema["properties"][name].get("type", "string")
@@ -98,9 +99,9 @@ def _attribute_types(event_type: str) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _typed(event_type: str, name: str, text: str) -> Any:
+def _typed(plan: TrackingPlan, event_type: str, name: str, text: str) -> Any:
     """A query-string value as the type's schema declares the attribute (the parser checks the rest)."""
-    declared = _attribute_types(event_type)
+    declared = _attribute_types(plan, event_type)
     if name not in declared:
         raise NextBestActionError(f"{name!r} is not an attribute of {event_type} (it has {sorted(declared)})")
     kinds = declared[name]
@@ -118,11 +119,12 @@ def _typed(event_type: str, name: str, text: str) -> Any:
     return text
 
 
-def trigger_event_body(event_type: str, attributes: Mapping[str, str], now_ms: int) -> dict[str, Any]:
+def trigger_event_body(plan: TrackingPlan, event_type: str, attributes: Mapping[str, str],
+                       now_ms: int) -> dict[str, Any]:
     """The synthetic event of the interaction, as JSON the flow's parser reads."""
     body: dict[str, Any] = {"event_id": f"next-best-action:{now_ms}", "type": event_type, "ts": now_ms}
     for name, text in attributes.items():
-        body[name] = _typed(event_type, name, text)
+        body[name] = _typed(plan, event_type, name, text)
     return body
 
 
@@ -188,9 +190,9 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
     time, if later: a flow clock ahead of this one), and why; the record is only read."""
     event_type = interaction(ruleset, channel, event_type)
     now_ms = max(now_ms, int(record["as_of"]))
-    body = trigger_event_body(event_type, attributes, now_ms)
+    body = trigger_event_body(ruleset.plan, event_type, attributes, now_ms)
     event = parse_message(b"next-best-action", orjson.dumps(body), None, _SOURCE, secret=b"next-best-action",
-                          now_ms=now_ms, config=parse)
+                          now_ms=now_ms, config=parse, plan=ruleset.plan)
     if isinstance(event, DeadLetter):
         raise NextBestActionError(f"the {event_type} trigger is not a valid event: {event.message}")
     profile = profile_from_view(record, ruleset)
@@ -224,7 +226,7 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
     return {
         "profile_key": record["profile_key"], "as_of": int(record["as_of"]), "judged_at": now_ms,
         "channel": channel, "trigger": {"type": event_type, "attributes": event.attrs,
-                                        CUSTOMER_CHANNEL: EVENT_CHANNELS[event_type]},
+                                        CUSTOMER_CHANNEL: ruleset.plan.channels[event_type]},
         "action": None if decision is None else {
             "rule": decision.rule_id, "action": decision.action, "channel": decision.channel,
             "offer": decision.offer, "params": decision.params, "purpose": decision.purpose,
