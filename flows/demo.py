@@ -40,7 +40,7 @@ from nextclick.operators.infra.clock import ScaledClock
 from nextclick.operators.infra.config import DEMO_SECRET, Config
 from nextclick.operators.io.kafka_admin import client_config, wait_for_broker
 from nextclick.operators.io.topics import ensure_topics
-from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.rules.loader import load_configured_rules
 
 # The persona whose profile and next best action the demo shows: last week's web order, and a call now.
 SERVE_PERSONA = "lapsed_high_value-0"
@@ -125,7 +125,7 @@ def _run_flow(config: Config, workdir: Path, service: ProfileService, speed: flo
     recovery.mkdir(parents=True)
     init_db_dir(recovery, 1)
 
-    ruleset = load_rules(config.flow.rules_file)
+    ruleset = load_configured_rules(config)
     clock = ScaledClock(speed)
     start = clock.now_ms()
     scripted = plan(start + MINUTE, personas_each=2)

@@ -38,11 +38,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from nextclick.operators.channels import CHANNELS, ID_TYPES
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.infra.clock import Clock, SystemClock
-from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, ConfigError
+from nextclick.operators.infra.config import Config, ConfigError
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.io.view_index import ViewIndex
 from nextclick.operators.profile.facts import configure_orders
-from nextclick.operators.rules.loader import load_rules
+from nextclick.operators.rules.loader import load_configured_rules
 from nextclick.operators.rules.model import RuleSet
 from nextclick.operators.tools.next_best_action import INTERACTIONS, RESERVED, NextBestActionError, judge
 
@@ -203,7 +203,7 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
               clock: Clock | None = None) -> web.Application:
     """The HTTP application (no network here: `serve` runs it). `ruleset`: the flow's rules, which
     next-best-action judges (default: `[flow] rules_file`); `clock`: its "now" (default: the system's)."""
-    ruleset = ruleset or load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)
+    ruleset = ruleset or load_configured_rules(config)  # flow.rules_file with flow.tracking_plan, as the flow
     clock = clock or SystemClock()
     limiter = RateLimiter(config.serve.rate_limit)
     encoded = [t.encode() for t in tokens]
@@ -415,7 +415,7 @@ def serve(config: Config) -> int:
     host, sep, port = config.serve.address.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"[serve].address must be host:port, got {config.serve.address!r}")
-    ruleset = load_rules(config.flow.rules_file or DEFAULT_RULES_FILE)  # a bad rules file fails at start
+    ruleset = load_configured_rules(config)  # a bad rules file or tracking plan fails at start
     configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)  # as the flow's
     metrics = Metrics()
     index = ViewIndex(config.serve.store_dir)
