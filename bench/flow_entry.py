@@ -100,6 +100,7 @@ def _dump() -> None:
     stats: dict[str, Any] = {"pid": os.getpid(), "started": STARTED, "ended": time.time(),
                              "snapshots": _timings, "checkpoint_histogram": _histogram(),
                              "events": sum(metrics.counter_values(metrics.EVENTS).values()),
+                             "identity_items": sum(metrics.counter_values(metrics.IDENTITY_ITEMS).values()),
                              "decisions": sum(metrics.counter_values(metrics.DECISIONS).values()),
                              "probes": _probes}
     with open(path.replace("{pid}", str(os.getpid())), "wb") as fh:

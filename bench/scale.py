@@ -22,16 +22,16 @@ recovery dir each, stop_at_end. What it reports for each count, and how:
   metrics scrapes (their own ports) are not cluster ports, so they are excluded. Sampled every
   0.1 s and kept per connection, since the sockets close when the processes exit: the last
   < 0.1 s before a socket closes can be missed (shutdown traffic).
-* The share of events the busiest worker handles. Bytewax counts the items entering each step on
-  each worker (`bytewax_item_inp_count_total{step_id, worker_index}`), served on its own metrics
-  endpoint when `BYTEWAX_DATAFLOW_API_ENABLED` is set (`/metrics` on BYTEWAX_DATAFLOW_API_PORT,
-  one port per process, set by a tiny launcher in front of each command). nextclick's own
-  endpoint (flow.metrics_address) counts per process and per type, not per step, so this reads
-  Bytewax's. Per stage that carries events (input/parse, identity, the shard families), the
-  busiest worker's share of the stage's items; the worker's share of the events is at least the
-  largest of these. The counts include the input's progress markers and the frontier items sent
-  to every shard (a few %): shares are of items, taken from the last scrape before exit (every
-  0.25 s for the first 3 s of reading, then every second; each scrape costs the process a few ms).
+* The share of events the busiest worker handles, per stage that carries events. The input's:
+  Bytewax's count of the items entering `parse` on each worker (one per message read, plus the
+  input's progress reports), served on Bytewax's own metrics endpoint when
+  `BYTEWAX_DATAFLOW_API_ENABLED` is set (`/metrics` on BYTEWAX_DATAFLOW_API_PORT, one port per
+  process, set by a tiny launcher in front of each command), from the last scrape before exit
+  (every 0.25 s for the first 3 s of reading, then every second; each scrape costs a few ms). The
+  identity stage's and the shards': events, from each process's own counters at exit
+  (`stage_events`; one worker per process). Bytewax's item counts cannot say those: the identity
+  stage receives and sends one list per batch and shard (operators/exchange.py), so there its
+  items are lists. The worker's share of the events is at least the largest of the three.
 * Projected capacity with a core per process. A process's CPU per cluster event c_p over the
   window; c = sum of c_p. With a core each the cluster goes as fast as its busiest process:
   T(N) = 1 / max c_p. Writing max c_p = (c - s) / N + s, the serial part s = max c_p - mean of
@@ -148,8 +148,19 @@ def _port(address: str) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def busiest_shares(items: dict[str, dict[int, float]]) -> dict[str, dict[str, Any]]:
-    """Per event-carrying stage: total items, the busiest worker and its share."""
+def stage_events(stats: dict[int, dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Per worker, the events (and progress reports) its identity stage routed and its shards applied,
+    from each process's own counters (`stats-*.json`, one worker per process). Bytewax's item counts
+    cannot say it: the identity stage receives and sends a list per batch and shard
+    (operators/exchange.py), so its items are lists."""
+    return {"identity": {w: float(st.get("identity_items", 0)) for w, st in stats.items()},
+            "shards": {w: float(st.get("events", 0)) for w, st in stats.items()}}
+
+
+def busiest_shares(items: dict[str, dict[int, float]],
+                   events: dict[str, dict[int, float]] | None = None) -> dict[str, dict[str, Any]]:
+    """Per event-carrying stage: total items, the busiest worker and its share. `events` (stage_events)
+    replaces a stage's Bytewax item counts with its event counts."""
     stages = {"input": [INPUT_STEP], "identity": [IDENTITY_STEP],
               "shards": sorted(s for s in items if _SHARD_STEP.match(s))}
     out: dict[str, dict[str, Any]] = {}
@@ -158,6 +169,8 @@ def busiest_shares(items: dict[str, dict[int, float]]) -> dict[str, dict[str, An
         for step in steps:
             for worker, n in items.get(step, {}).items():
                 per_worker[worker] = per_worker.get(worker, 0.0) + n
+        if events and stage in events:
+            per_worker = {w: n for w, n in events[stage].items() if n}
         total = sum(per_worker.values())
         if not total:
             continue
@@ -324,7 +337,8 @@ def run_cluster(s: Settings, bootstrap: str, broker: LocalBroker | None, work: P
     window_s = max(ended) - start.t
     per_process = [(end - begin) / window_events for end, begin in zip(cpu_exit, start.cpu)]
     m = model(per_process)
-    busiest = busiest_shares(final_items)
+    worker_of = {p.pid: n for n, p in enumerate(run.procs)}  # the launcher execs the flow: same pid
+    busiest = busiest_shares(final_items, stage_events({worker_of[st["pid"]]: st for st in stats}))
     merged = _merged(sampler.last_metrics)
     durations = {step: sum(w.values())
                  for metric in ("bytewax_stateful_batch_on_batch_duration_seconds_sum",

@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     flow = Dataflow("nextclick")
     src = op.input("paced_in", flow, PacedSource(args.per_batch, args.customers,
                                                  timedelta(milliseconds=args.pause_ms)))
-    keyed = cast(KeyedStream[ShardItem],
+    keyed = cast(KeyedStream[ShardItem | list[ShardItem]],
                  op.key_on("by_shard", src, lambda e: str(shard_of(e.customer, args.shards))))
     op.output("out", op.stateful_batch("profiles", keyed, lambda resume: ShardLogic(ctx, resume)), TestingSink([]))
 

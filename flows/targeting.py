@@ -134,16 +134,24 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                                clock=clock)
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
+        """The batch's events and progress reports as one list for the identity stage
+        (operators/exchange.py), in the order read; dead letters on their own."""
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
+        to_identity: list[Event | Progress] = []
         for m in batch:
             if isinstance(m, Progress):  # the source's event-time floor, on to the frontier (identity stage)
-                out.append((IDENTITY_KEY, m))
+                to_identity.append(m)
                 continue
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
                                  secret=secret, now_ms=now, config=parse_config, guards=identity_rules,
                                  plan=tracking_plan)
-            out.append((IDENTITY_KEY, item) if isinstance(item, Event) else item)
+            if isinstance(item, Event):
+                to_identity.append(item)
+            else:
+                out.append(item)
+        if to_identity:
+            out.append((IDENTITY_KEY, to_identity))
         return out
 
     def parse_control_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:

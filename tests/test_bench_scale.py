@@ -44,6 +44,14 @@ def test_busiest_worker_per_stage() -> None:
     assert shares["shards"]["share"] == pytest.approx(60 / 100)  # profiles and linked_email together
 
 
+def test_identity_and_shard_shares_count_events_not_lists() -> None:
+    stats = {0: {"identity_items": 0, "events": 700}, 1: {"identity_items": 1000, "events": 300}}
+    shares = scale.busiest_shares(scale.step_items(scale.parse_metrics(METRICS)), scale.stage_events(stats))
+    assert shares["input"]["share"] == pytest.approx(0.6)  # messages read: Bytewax's count
+    assert shares["identity"] == {"items": 1000, "busiest_worker": 1, "share": 1.0, "per_worker": {"1": 1000}}
+    assert shares["shards"]["busiest_worker"] == 0 and shares["shards"]["share"] == pytest.approx(0.7)
+
+
 def test_socket_bytes_only_between_cluster_ports() -> None:
     assert scale.parse_ss(SS, {36255, 41000}) == {("127.0.0.1:52334", "127.0.0.1:36255"): 1000,
                                                   ("127.0.0.1:36255", "127.0.0.1:52334"): 2000}

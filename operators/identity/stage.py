@@ -47,6 +47,7 @@ from typing import Any
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
+from nextclick.operators.exchange import flatten, grouped
 from nextclick.operators.frontier import InputFrontier
 from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from nextclick.operators.identity.guards import IdentityRules
@@ -260,18 +261,20 @@ class IdentityState:
 ResumeState = dict[str, int]
 
 
-class IdentityLogic(StatefulBatchLogic[IdentityItem, Routed, ResumeState]):
+class IdentityLogic(StatefulBatchLogic[IdentityItem | list[IdentityItem], Routed, ResumeState]):
     """Bytewax's callbacks for the identity stage's one key."""
 
     def __init__(self, ctx: IdentityContext, resume: ResumeState | None) -> None:
         self.state = IdentityState.open(ctx, None if resume is None else int(resume["seq"]))
         self._frontier_next = datetime.now(UTC)  # when the frontier may go out again
 
-    def on_batch(self, values: list[IdentityItem]) -> tuple[list[Routed], bool]:
-        out = self.state.apply(values)
+    def on_batch(self, values: list[IdentityItem | list[IdentityItem]]) -> tuple[list[Routed], bool]:
+        items = flatten(values)
+        metrics.IDENTITY_ITEMS.inc(len(items))
+        out = self.state.apply(items)
         if self.state.frontier_moved and datetime.now(UTC) >= self._frontier_next:
             out += self._send_frontier()
-        return out, StatefulBatchLogic.RETAIN
+        return grouped(out), StatefulBatchLogic.RETAIN
 
     def _send_frontier(self) -> list[Routed]:
         self._frontier_next = datetime.now(UTC) + timedelta(seconds=FRONTIER_EVERY_S)
@@ -281,11 +284,11 @@ class IdentityLogic(StatefulBatchLogic[IdentityItem, Routed, ResumeState]):
         return self._frontier_next if self.state.frontier_moved else None
 
     def on_notify(self) -> tuple[list[Routed], bool]:
-        return self._send_frontier(), StatefulBatchLogic.RETAIN
+        return grouped(self._send_frontier()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Routed], bool]:
         # The input ended: its last reports (with --stop-at-end, "caught up") go out now.
-        return self.state.frontier_items(), StatefulBatchLogic.RETAIN
+        return grouped(self.state.frontier_items()), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
         return {"shard": 0, "seq": self.state.checkpoint()}

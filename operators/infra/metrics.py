@@ -84,6 +84,9 @@ EPOCH_CLOSED = Gauge("nextclick_epoch_closed_timestamp_seconds",
 
 # -- profiles -----------------------------------------------------------------------------------
 EVENTS = Counter("nextclick_events_total", "Events applied to profiles, by type.", ["type"], registry=REGISTRY)
+IDENTITY_ITEMS = Counter("nextclick_identity_items_total",
+                         "Items (events, commands, progress reports) this process's identity stage routed.",
+                         registry=REGISTRY)
 DUPLICATES = Counter("nextclick_duplicate_events_total", "Events dropped as duplicates of a seen event_id.",
                      registry=REGISTRY)
 LATE = Counter("nextclick_late_events_total", "Events beyond the allowed lateness (handled by the late policy).",

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulBatchLogic
 
+from nextclick.operators.exchange import flatten
 from nextclick.operators.frontier import EventTimeFrontier
 from nextclick.operators.records import Frontier, SavepointRequest
 from nextclick.operators.shard.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
@@ -28,7 +29,7 @@ ResumeState = dict[str, int] | None  # None: a shard that never had state to ope
 _EOF_TURNS = 100_000
 
 
-class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
+class ShardLogic(StatefulBatchLogic[ShardItem | list[ShardItem], ShardOutput, ResumeState]):
     """Bytewax's callbacks for one shard, each handed to its ShardState."""
 
     def __init__(self, ctx: ShardContext, resume: ResumeState | None) -> None:
@@ -47,7 +48,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, ShardOutput, ResumeState]):
         assert self.state is not None, "shard used before it was opened"
         return self.state.store
 
-    def on_batch(self, values: list[ShardItem]) -> tuple[list[ShardOutput], bool]:
+    def on_batch(self, received: list[ShardItem | list[ShardItem]]) -> tuple[list[ShardOutput], bool]:
+        values: list[ShardItem] = flatten(received)  # the identity stage sends a list per shard and batch
         state = self.state
         if state is None:
             # New to Bytewax's recovery: open at the restore point (nothing on disk was committed).
