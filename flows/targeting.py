@@ -7,7 +7,9 @@ and dead letters out.
                             └─ refused ──────────────────────────────── dead_letter ─┴─   families)      decisions_out
                                                                             └─ dead_letters_out
 
-Thin on purpose: every step is a function from `operators/`. The identity stage (one key,
+Thin on purpose: every step is a function from `operators/`. What crosses to the identity stage
+and from it to the shards is one list per batch and destination (operators/exchange.py), not one
+item per event: Bytewax routes and pickles per item. The identity stage (one key,
 operators/identity/stage.py) sends each event to the shard of the profile it updates, in the family
 of stores that profile lives in (operators/state/layout.py): `profiles` for identifiers linked to
 nothing, as before identity stitching, and one `linked_<type>` family per identifier type a linked
