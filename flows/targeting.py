@@ -222,7 +222,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         ctx = ShardContext(state_dir=family.root(state_dir), shards=shards, ruleset=ruleset, clock=clock,
                            cache_profiles=config.state.cache_profiles_per_shard,
                            keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
-                           family=family.name, await_frontier=True, view=view)
+                           family=family.name, await_frontier=True, view=view,
+                           epoch_s=config.flow.epoch_seconds)
         first = n == 0  # `profiles` keeps the step names it always had
         items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
             op.merge(f"into_{family.name}", *inputs[family.name])

@@ -30,6 +30,13 @@ from nextclick.operators.state.timers import TimerIndex
 DIRTY_LIMIT = 32
 # ... or this many times the customers the current batch changed, if that is more.
 BACKLOG_DIRTY_FACTOR = 4
+# Early in an epoch (ShardState.early_until), far from the pause, this many may stay dirty: a
+# profile that changes again before the epoch ends is then encoded once, not once per change (live,
+# most of a profile's writes were rewrites). The rest of the epoch winds down to DIRTY_LIMIT.
+EARLY_DIRTY_LIMIT = 512
+# Profiles written per batch when over the limit, at most (or twice the batch's customers, if that
+# is more): winding down from EARLY_DIRTY_LIMIT spreads over batches instead of stalling one.
+WRITE_CHUNK = 64
 
 CLEAN: Any = object()  # `dirty` has no entry: the profile is as the store holds it
 
@@ -136,10 +143,16 @@ class ProfileCache:
         limit = max(self.dirty_limit, BACKLOG_DIRTY_FACTOR * len(profiles))
         if len(self.dirty) > limit:
             # Never the ones this batch changed (they sit at the end of `dirty`).
-            keep = max(limit // 2, len(profiles))
-            for customer in list(itertools.islice(self.dirty, len(self.dirty) - keep)):
-                if customer in live:
-                    self.write(customer, live[customer])
+            self.write_oldest(max(WRITE_CHUNK, 2 * len(profiles)), keep=max(limit // 2, len(profiles)))
+
+    def write_oldest(self, most: int, *, keep: int) -> None:
+        """Write up to `most` of the least recently changed dirty profiles, leaving `keep` dirty."""
+        live, count = self.live, min(most, len(self.dirty) - keep)
+        if count <= 0:
+            return
+        for customer in list(itertools.islice(self.dirty, count)):
+            if customer in live:
+                self.write(customer, live[customer])
 
     def write(self, customer: str, profile: Profile) -> None:
         """Write one dirty profile and move its timer key to its own due time."""

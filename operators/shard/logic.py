@@ -12,7 +12,8 @@ at the epoch boundary, and a resume rolls RocksDB back to the seq Bytewax commit
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -68,15 +69,26 @@ class ShardLogic(StatefulBatchLogic[ShardItem | list[ShardItem], ShardOutput, Re
         return state.apply(values), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
-        assert self.state is not None, "notified before it was opened"
-        return self.state.fire_due(), StatefulBatchLogic.RETAIN
+        state = self.state
+        assert state is not None, "notified before it was opened"
+        state.wind_down()  # if that is what is due: dirty profiles to the store before the epoch ends
+        return state.fire_due(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         state = self.state
-        due = None if state is None else state.next_due()
+        if state is None:
+            return None
+        timers = self._timers_at(state)
+        wind = state.wind_down_at()
+        if wind is None:
+            return timers
+        at = datetime.now(UTC) + timedelta(seconds=max(0.0, wind - time.monotonic()))
+        return at if timers is None else min(timers, at)
+
+    def _timers_at(self, state: ShardState) -> datetime | None:
+        due = state.next_due()
         if due is None:
             return None
-        assert state is not None
         if state.frontier.live:  # caught up: the clock moves the frontier
             return self.ctx.clock.wall_deadline(due)
         # Behind: only a Frontier item moves it (on_batch), unless a turn left some due already.

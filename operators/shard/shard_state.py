@@ -52,7 +52,13 @@ from nextclick.operators.records import (
     SourcePosition,
 )
 from nextclick.operators.rules.model import RuleSet
-from nextclick.operators.shard.cache import BACKLOG_DIRTY_FACTOR, DIRTY_LIMIT, ProfileCache
+from nextclick.operators.shard.cache import (
+    BACKLOG_DIRTY_FACTOR,
+    DIRTY_LIMIT,
+    EARLY_DIRTY_LIMIT,
+    WRITE_CHUNK,
+    ProfileCache,
+)
 from nextclick.operators.shard.common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
 from nextclick.operators.shard.merge_barrier import MergeBarrier
 from nextclick.operators.shard.quarantine import Quarantine
@@ -77,6 +83,8 @@ __all__ = ["ShardContext", "ShardItem", "ShardOutput", "ShardState", "erase_cust
 # The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
 # the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
 _STORE_CACHE = 0
+# The share of an epoch, from its start, in which up to EARLY_DIRTY_LIMIT profiles may stay dirty.
+EARLY_SHARE = 0.7
 
 
 def processing_error(event: Event, step: str, exc: BaseException) -> DeadLetter:
@@ -112,6 +120,9 @@ class ShardContext:
     # The profile view topic's writer (operators/io/profile_view.py): given, at each checkpoint, the
     # profiles changed in the epoch (None: erased or moved out); None when no view topic is configured.
     view: Callable[[list[tuple[str, Profile | None]]], int] | None = None
+    # The flow's epoch length (flow.epoch_seconds): for its first EARLY_SHARE more profiles may stay
+    # dirty (cache.EARLY_DIRTY_LIMIT). None: DIRTY_LIMIT throughout (tools and tests).
+    epoch_s: float | None = None
 
 
 def open_store(state_dir: Path, family: str, shard: int, seq: int | None, plan: StartPlan | None, *,
@@ -190,6 +201,15 @@ class ShardState:
         self.barrier = MergeBarrier(store, self.cache, ruleset, shard)
         self.runner = TimerRunner(store, self.timers, self.frontier, self.cache, ruleset, _EngineSteps,
                                   self.barrier.waiting)
+        self.early_until = 0.0  # monotonic: until then the epoch is young (see `_epoch_started`)
+        self.late_limit = DIRTY_LIMIT  # how many may stay dirty once it is not: set by each batch
+        self._epoch_started()
+
+    def _epoch_started(self) -> None:
+        """The first EARLY_SHARE of an epoch lets more profiles stay dirty; the rest writes them down in
+        chunks, so the epoch-end pause finds DIRTY_LIMIT at most, as before (one measured in bench.live_cost)."""
+        epoch_s = self.ctx.epoch_s
+        self.early_until = time.monotonic() + epoch_s * EARLY_SHARE if epoch_s else 0.0
 
     @classmethod
     def open(cls, ctx: ShardContext, shard: int, seq: int | None,
@@ -233,6 +253,17 @@ class ShardState:
     def fire_due(self) -> list[ShardOutput]:
         """The timer turn at the frontier as it stands (nothing while it is unknown)."""
         return self.runner.fire_due()
+
+    def wind_down_at(self) -> float | None:
+        """When (monotonic) more dirty profiles than DIRTY_LIMIT must start going to the store, so the
+        epoch-end pause finds few even if no batch comes to write them; None if there are not that many."""
+        return self.early_until if len(self.cache.dirty) > self.late_limit else None
+
+    def wind_down(self) -> None:
+        """Past the epoch's young part: write a chunk of the least recently changed dirty profiles, down
+        to the limit the last batch set (a backlog's batch keeps its own profiles dirty)."""
+        if time.monotonic() >= self.early_until:
+            self.cache.write_oldest(WRITE_CHUNK, keep=self.late_limit)
 
     def fire_timers(self, now: int) -> list[ShardOutput]:
         """The timer turn at frontier `now`: every customer due by it (a bounded number per call, so a
@@ -314,7 +345,9 @@ class ShardState:
         # a busy customer should be encoded once per epoch rather than after every batch. A small
         # batch means the flow keeps up, and a short epoch-end pause is what counts. Timer turns
         # in between keep the limit the last batch set: a few due customers are no sign of either.
-        cache.dirty_limit = max(DIRTY_LIMIT, BACKLOG_DIRTY_FACTOR * len(profiles))
+        self.late_limit = max(DIRTY_LIMIT, BACKLOG_DIRTY_FACTOR * len(profiles))
+        cache.dirty_limit = max(EARLY_DIRTY_LIMIT, self.late_limit) if time.monotonic() < self.early_until \
+            else self.late_limit
         cache.changing(profiles)
         ruleset, applied = self.ctx.ruleset, cache.applied
         outcome = Outcome()  # one for the whole batch: one allocation, not one per event
@@ -372,6 +405,7 @@ class ShardState:
         cache.committed.clear()  # from here on, reads return what this epoch wrote
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+        self._epoch_started()
         label = self.shard if self.ctx.family == "profiles" else f"{self.ctx.family}/{self.shard}"
         metrics.observe_shard(label, len(cache.live), dirty, lambda: self.store.stats()["disk_bytes"])
         return seq
