@@ -7,7 +7,7 @@ coordinator: it applies a batch in order, ends the epoch and erases, and hands e
 - the cache and write-back (operators/shard/cache.py): decoded profiles stay in an LRU
   (`cache_profiles`) so a busy customer is not decoded and re-encoded on every batch. A changed profile
   is "dirty" until it is written to the store: at the epoch end, when it is evicted, or when too many
-  are dirty (bounding the epoch-end pause).
+  are dirty (bounding the epoch-end pause): more early in an epoch, few by its end (`_epoch_started`).
 - quarantine and poison replay (operators/shard/quarantine.py): one customer's bad data never stops
   the flow. An event whose processing raises is dead-lettered (`processing_error`: the original bytes,
   the exception class and step, no payload values) and the customer's profile is rebuilt as it was
