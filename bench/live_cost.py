@@ -40,6 +40,7 @@ from bench.run import (
     Settings,
     checkpoint_summary,
     machine_info,
+    produce_one,
     produce_workload,
     source_revision,
     start_broker,
@@ -80,12 +81,7 @@ def _offer(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float
         while owed >= 1 and n < len(events):
             event = events[n]
             event["ts"] = now_ms
-            while True:
-                try:
-                    producer.produce(topic, orjson.dumps(event), event["customer_id"].encode())
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_one(producer, topic, orjson.dumps(event), event["customer_id"].encode())
             n += 1
             owed -= 1
         sent[0] = n

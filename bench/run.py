@@ -124,8 +124,8 @@ def _flow_producer(bootstrap: str) -> Producer:
     return Producer(sink_producer_config({"bootstrap.servers": bootstrap}))
 
 
-def _produce(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
-             headers: Any = None) -> None:
+def produce_one(producer: Producer, topic: str, value: bytes | None, key: bytes | None,
+                headers: Any = None) -> None:
     while True:
         try:
             producer.produce(topic, value, key, headers=headers)
@@ -217,7 +217,7 @@ def run_passthrough(s: Settings, bootstrap: str, out_topic: str) -> dict[str, An
             if msg.error() is not None:
                 continue
             count += 1
-            _produce(producer, out_topic, msg.value(), msg.key())
+            produce_one(producer, out_topic, msg.value(), msg.key())
         producer.poll(0)
     producer.flush(60)
     seconds = time.perf_counter() - started
@@ -256,7 +256,7 @@ def run_ceiling(s: Settings, bootstrap: str, out_topic: str) -> dict[str, Any]:
         out.extend(state.on_timers(now))
         for decision in out:
             key, value, headers = encode_decision(decision)
-            _produce(producer, out_topic, value, key, headers)
+            produce_one(producer, out_topic, value, key, headers)
         decisions += len(out)
         producer.poll(0)
     producer.flush(60)
@@ -473,7 +473,7 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
             owed += rate * tick
             while owed >= 1:
                 key, value = live.next()
-                _produce(producer, in_topic, value, key)
+                produce_one(producer, in_topic, value, key)
                 sent[0] += 1
                 owed -= 1
             producer.poll(0)
@@ -492,7 +492,7 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
     deadline = time.monotonic() + 120
     while not received and time.monotonic() < deadline:
         key, value = warm.next()
-        _produce(warm_producer, in_topic, value, key)
+        produce_one(warm_producer, in_topic, value, key)
         warm_producer.flush(5)
         time.sleep(0.2)
     if not received:
