@@ -203,13 +203,15 @@ class ShardState:
                                   self.barrier.waiting)
         self.early_until = 0.0  # monotonic: until then the epoch is young (see `_epoch_started`)
         self.late_limit = DIRTY_LIMIT  # how many may stay dirty once it is not: set by each batch
+        self._wound_down = False  # a wind-down turn wrote nothing: no more until the next batch
         self._epoch_started()
 
     def _epoch_started(self) -> None:
         """The first EARLY_SHARE of an epoch lets more profiles stay dirty; the rest writes them down in
-        chunks, so the epoch-end pause finds DIRTY_LIMIT at most, as before (one measured in bench.live_cost)."""
+        chunks, so the epoch-end pause finds no more than before (bench.live_cost measures both)."""
         epoch_s = self.ctx.epoch_s
         self.early_until = time.monotonic() + epoch_s * EARLY_SHARE if epoch_s else 0.0
+        self._wound_down = False
 
     @classmethod
     def open(cls, ctx: ShardContext, shard: int, seq: int | None,
@@ -255,15 +257,19 @@ class ShardState:
         return self.runner.fire_due()
 
     def wind_down_at(self) -> float | None:
-        """When (monotonic) more dirty profiles than DIRTY_LIMIT must start going to the store, so the
-        epoch-end pause finds few even if no batch comes to write them; None if there are not that many."""
-        return self.early_until if len(self.cache.dirty) > self.late_limit else None
+        """When (monotonic) the dirty profiles over the late limit must start going to the store, so the
+        epoch-end pause finds few even if no batch comes to write them; None if none are over it."""
+        if self._wound_down or len(self.cache.dirty) <= self.late_limit:
+            return None
+        return self.early_until
 
     def wind_down(self) -> None:
         """Past the epoch's young part: write a chunk of the least recently changed dirty profiles, down
         to the limit the last batch set (a backlog's batch keeps its own profiles dirty)."""
         if time.monotonic() >= self.early_until:
+            dirty = len(self.cache.dirty)
             self.cache.write_oldest(WRITE_CHUNK, keep=self.late_limit)
+            self._wound_down = len(self.cache.dirty) == dirty  # nothing it could write: never spin
 
     def fire_timers(self, now: int) -> list[ShardOutput]:
         """The timer turn at frontier `now`: every customer due by it (a bounded number per call, so a
@@ -346,6 +352,7 @@ class ShardState:
         # batch means the flow keeps up, and a short epoch-end pause is what counts. Timer turns
         # in between keep the limit the last batch set: a few due customers are no sign of either.
         self.late_limit = max(DIRTY_LIMIT, BACKLOG_DIRTY_FACTOR * len(profiles))
+        self._wound_down = False
         cache.dirty_limit = max(EARLY_DIRTY_LIMIT, self.late_limit) if time.monotonic() < self.early_until \
             else self.late_limit
         cache.changing(profiles)
