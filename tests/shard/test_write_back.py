@@ -67,3 +67,16 @@ def test_the_epoch_end_finds_at_most_dirty_limit_even_when_no_batch_comes(tmp_pa
     shard.snapshot()
     assert not state.cache.dirty
     shard.store.close()
+
+
+def test_a_wind_down_that_can_write_nothing_stops_asking_until_the_next_batch(tmp_path: Path) -> None:
+    shard = _shard(tmp_path, epoch_s=3600.0)
+    _live_batches(shard, rounds=1)
+    state = shard.state
+    assert state is not None
+    state.early_until = 0.0
+    state.cache.live.clear()  # dirty entries the cache no longer holds: nothing a turn could write
+    shard.on_notify()
+    assert state.wind_down_at() is None  # no busy loop of notifications
+    shard.on_batch([make_event("page_view", T0, customer="c0", event_id="again", page_type="home")])
+    assert state.wind_down_at() is not None  # a batch came: it may try again
