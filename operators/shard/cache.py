@@ -34,6 +34,8 @@ BACKLOG_DIRTY_FACTOR = 4
 # profile that changes again before the epoch ends is then encoded once, not once per change (live,
 # most of a profile's writes were rewrites). The rest of the epoch winds down to DIRTY_LIMIT.
 EARLY_DIRTY_LIMIT = 512
+# The share of an epoch, from its start, in which up to EARLY_DIRTY_LIMIT may stay dirty.
+EARLY_SHARE = 0.7
 # Profiles written per batch when over the limit, at most (or twice the batch's customers, if that
 # is more): winding down from EARLY_DIRTY_LIMIT spreads over batches instead of stalling one.
 WRITE_CHUNK = 64

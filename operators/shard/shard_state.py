@@ -56,6 +56,7 @@ from nextclick.operators.shard.cache import (
     BACKLOG_DIRTY_FACTOR,
     DIRTY_LIMIT,
     EARLY_DIRTY_LIMIT,
+    EARLY_SHARE,
     WRITE_CHUNK,
     ProfileCache,
 )
@@ -83,8 +84,6 @@ __all__ = ["ShardContext", "ShardItem", "ShardOutput", "ShardState", "erase_cust
 # The store's own cache of encoded values: none. The shard keeps decoded profiles itself and hands
 # the store the committed bytes it loaded, so an encoded copy would only be read on rare paths.
 _STORE_CACHE = 0
-# The share of an epoch, from its start, in which up to EARLY_DIRTY_LIMIT profiles may stay dirty.
-EARLY_SHARE = 0.7
 
 
 def processing_error(event: Event, step: str, exc: BaseException) -> DeadLetter:
