@@ -34,7 +34,14 @@ _LAG_REFRESH_S = 1.0
 _COMMIT_WARN_EVERY_S = 60.0
 _commit_warned_at = -_COMMIT_WARN_EVERY_S
 
-_IDLE_BACKOFF = timedelta(milliseconds=5)
+# A partition that has nothing more to read right now (its fetch came back short) polls again at the
+# next tick of a grid shared by every partition of the process, not at once and not on its own
+# schedule: Bytewax polls every due partition in one activation of the input, so the whole dataflow
+# then runs once per tick for all of them instead of once per partition and message (live, that
+# per-activation cost was most of what a live event cost over a backlog one). A full fetch (a
+# backlog) polls again at once.
+POLL_TICK_S = 0.005
+_EPOCH = datetime.fromtimestamp(0, UTC)
 # At most one Progress report per partition this often (the first and a partition's last go at once).
 _PROGRESS_EVERY_S = 0.05
 _UNKNOWN: Any = object()  # a partition's floor before its first fetch: it reports nothing yet
@@ -98,6 +105,12 @@ def source_consumer_config(kafka: Mapping[str, str], group_id: str, *, stop_at_e
     })
 
 
+def next_tick(now_s: float, tick_s: float = POLL_TICK_S) -> datetime:
+    """The first tick of the shared polling grid after `now_s` (epoch seconds)."""
+    tick_us = round(tick_s * 1_000_000)  # in whole microseconds: 0.005 has no exact float
+    return _EPOCH + timedelta(microseconds=(int(now_s * 1_000_000) // tick_us + 1) * tick_us)
+
+
 class Aligned(NamedTuple):
     """What an input partition needs to take part in event-time alignment and the event-time frontier.
 
@@ -123,6 +136,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._stop, self._stop_at_end = stop, stop_at_end
         self._eof = False
         self._idle = False
+        self._drained = False  # the last fetch came back short: nothing more to read right now
         # Event-time alignment: fetched messages wait here until the others have caught up; the
         # snapshot offset never passes them, so a restart reads them again.
         self._aligned = aligned
@@ -197,7 +211,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             self._status.ended = True
             raise StopIteration()
         batch: list[RawMessage | Progress] = []
-        for msg in self._fetch(self._batch_size):
+        fetched = self._fetch(self._batch_size)
+        self._drained = len(fetched) < self._batch_size
+        for msg in fetched:
             error = msg.error()
             if error is not None:
                 self._handle_error(error)
@@ -221,9 +237,12 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         pending, pending_ts = self._pending, self._pending_ts
         room = self._batch_size - len(pending)
         now_ms = aligned.now_ms()
+        drained = True
         if room > 0:
             parse = aligned.parse
-            for msg in self._fetch(room):
+            fetched = self._fetch(room)
+            drained = len(fetched) < room
+            for msg in fetched:
                 error = msg.error()
                 if error is not None:
                     self._handle_error(error)
@@ -269,6 +288,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._held = not n
         self._retry = timedelta(seconds=retry_s)
         self._idle = False
+        self._drained = drained and not pending
         self._polled(batch)
         return self._report(batch, self._contribution(now_ms))
 
@@ -327,11 +347,11 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             self._lag.set(max(0, high - position))
 
     def next_awake(self) -> datetime | None:
-        # An idle partition sleeps a few ms instead of Bytewax's 1 ms spin; one held back by
-        # alignment looks again when the partition it waits for may have moved (alignment.limit).
+        # One held back by alignment looks again when the partition it waits for may have moved
+        # (alignment.limit); one with nothing more to read waits for the next tick (POLL_TICK_S).
         if self._held:
             return datetime.now(UTC) + self._retry
-        return datetime.now(UTC) + _IDLE_BACKOFF if self._idle else None
+        return next_tick(time.time()) if self._idle or self._drained else None
 
     def snapshot(self) -> int:
         # Bytewax polls this partition in epoch k only once every earlier epoch has passed its

@@ -1,0 +1,85 @@
+"""When an input partition asks Bytewax to poll it again (operators/io/kafka_source.py): at once while
+it has more to read, at the next tick of a grid shared by every partition once it has read what
+there was, so live traffic runs the dataflow once per tick for all partitions, not once per message."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.io.alignment import Alignment
+from nextclick.operators.io.kafka_source import POLL_TICK_S, Aligned, KafkaInput, next_tick
+from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.records import Progress
+
+TICK = timedelta(seconds=POLL_TICK_S)
+
+
+@given(st.floats(min_value=1.6e9, max_value=2.2e9, allow_nan=False))
+def test_the_next_tick_is_on_the_grid_and_at_most_one_tick_ahead(now_s: float) -> None:
+    tick = next_tick(now_s)
+    since_epoch = tick - datetime.fromtimestamp(0, UTC)
+    assert since_epoch % TICK < timedelta(microseconds=2) or TICK - since_epoch % TICK < timedelta(microseconds=2)
+    ahead = tick - datetime.fromtimestamp(now_s, UTC)  # which rounds to the microsecond
+    assert timedelta(microseconds=-1) < ahead <= TICK + timedelta(microseconds=1)
+
+
+def test_partitions_polled_within_one_tick_wake_together() -> None:
+    start = (time.time() // POLL_TICK_S) * POLL_TICK_S
+    assert {next_tick(start + f * POLL_TICK_S) for f in (0.01, 0.3, 0.6, 0.99)} == {next_tick(start + 0.01 * POLL_TICK_S)}
+
+
+def _events(n: int, now_ms: int) -> list[bytes]:
+    return [orjson.dumps({"event_id": f"e{i}", "type": "page_view", "ts": now_ms - 1000 + i, "customer_id": "c1"})
+            for i in range(n)]
+
+
+def _read_until(part: Any, n: int) -> list[Any]:
+    """Poll until `n` messages came, the way Bytewax would if it polled without waiting."""
+    got: list[Any] = []
+    deadline = time.monotonic() + 20
+    while len(got) < n and time.monotonic() < deadline:
+        got += [m for m in part.next_batch() if not isinstance(m, Progress)]
+    return got
+
+
+def test_a_partition_that_read_what_there_was_waits_for_the_next_tick_and_one_with_more_polls_at_once(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    topic = f"{topic_prefix}.events"
+    ensure_topics(kafka, {topic: 1})
+    now_ms = int(time.time() * 1000)
+    producer = Producer(kafka)
+    for value in _events(30, now_ms):
+        producer.produce(topic, value, b"c1", partition=0)
+    assert producer.flush(10) == 0
+    source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=False, batch_size=10,
+                        aligned=Aligned(Alignment(60_000, 10_000), lambda: now_ms, ParseConfig()))
+    part = source.build_part("kafka_in", f"{topic}#0", None)
+    try:
+        # Batches of 10 from a backlog of 30: the first fetches come back full, and poll again at once.
+        first = _read_until(part, 10)
+        assert len(first) == 10
+        assert part.next_awake() is None
+        rest = _read_until(part, 20)
+        assert len(rest) == 20
+        # Everything read, and a poll that finds nothing: the next comes at the next tick.
+        assert [m for m in part.next_batch() if not isinstance(m, Progress)] == []
+        before = datetime.now(UTC)
+        awake = part.next_awake()
+        assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
+        # A short fetch that did deliver waits for the tick too.
+        producer.produce(topic, _events(1, now_ms)[0], b"c1", partition=0)
+        assert producer.flush(10) == 0
+        assert len(_read_until(part, 1)) == 1
+        before = datetime.now(UTC)
+        awake = part.next_awake()
+        assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
+    finally:
+        part.close()
