@@ -171,7 +171,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
 
     def dead_letter(dl: Any) -> tuple[str, OutMessage]:
         assert isinstance(dl, DeadLetter)
-        metrics.DEAD_LETTERS.labels(dl.reason).inc()
+        metrics.labelled(metrics.DEAD_LETTERS, dl.reason).inc()
         key, value, headers = dead_letter_record(dl, parse_config.redact_fields)
         msg = OutMessage(topics.dead_letter, key, value, headers)
         return f"{dl.source.topic}#{dl.source.partition}", msg
@@ -179,7 +179,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     def unexpired(decision: Decision) -> bool:
         """Decisions already stale when made (a backfill) are counted, not sent (docs/rules.md)."""
         if expired(decision, clock.now_ms()):
-            metrics.EXPIRED.labels(decision.rule_id, decision.channel).inc()
+            metrics.labelled(metrics.EXPIRED, decision.rule_id, decision.channel).inc()
             return False
         return True
 

@@ -73,6 +73,15 @@ def test_decisions_are_counted_by_rule_and_channel_with_their_delay() -> None:
     assert sms and float(sms[0].split()[-1]) >= 3.5
 
 
+def test_a_kept_label_child_counts_into_the_same_series_as_the_client() -> None:
+    before = metrics.counter_values(metrics.EVENTS).get(("ops-kept",), 0)
+    metrics.labelled(metrics.EVENTS, "ops-kept").inc(2)
+    metrics.EVENTS.labels("ops-kept").inc()
+    metrics.labelled(metrics.EVENTS, "ops-kept").inc()
+    assert metrics.counter_values(metrics.EVENTS)[("ops-kept",)] == before + 4
+    assert metrics.labelled(metrics.EVENTS, "ops-kept") is metrics.EVENTS.labels("ops-kept")
+
+
 def test_a_message_kafka_refused_is_counted_by_topic_and_error() -> None:
     from confluent_kafka import KafkaError
 

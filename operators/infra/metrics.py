@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import time
 from importlib import metadata
-from typing import Callable
+from typing import Any, Callable
 
 import confluent_kafka
 from prometheus_client import (
@@ -168,9 +168,23 @@ def observe_shard(shard: int | str, cached: int, dirty: int, disk_bytes: Callabl
         SHARD_STATE_BYTES.labels(label).set(disk_bytes())
 
 
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def labelled(family: Counter | Gauge | Histogram, *values: str) -> Any:
+    """`family.labels(*values)`, kept: the client looks a child up with validation and a lock on every
+    call (a few µs), and the hot path asks for the same few children per batch, live once per event.
+    As many entries as the family has series."""
+    key = (family, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = family.labels(*values)
+    return child
+
+
 def observe_decision(rule: str, channel: str, trigger_ms: int, now_ms: int) -> None:
-    DECISIONS.labels(rule, channel).inc()
-    EVENT_TO_DECISION.labels(channel).observe(max(0.0, (now_ms - trigger_ms) / 1000))
+    labelled(DECISIONS, rule, channel).inc()
+    labelled(EVENT_TO_DECISION, channel).observe(max(0.0, (now_ms - trigger_ms) / 1000))
 
 
 def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:

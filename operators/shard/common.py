@@ -74,7 +74,7 @@ def account(outcome: Outcome, out: list[ShardOutput], profiles: dict[str, Profil
     if outcome.blocked:
         blocked: Counter[tuple[str, str]] = Counter((b.rule_id, b.reason) for b in outcome.blocked)
         for (rule, reason), n in blocked.items():
-            metrics.BLOCKED.labels(rule, reason).inc(n)
+            metrics.labelled(metrics.BLOCKED, rule, reason).inc(n)
     if outcome.duplicates:
         metrics.DUPLICATES.inc(outcome.duplicates)
     if outcome.lates:

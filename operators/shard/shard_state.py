@@ -28,7 +28,7 @@ of shard checkpoints (a savepoint) says where the input resumes.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +357,7 @@ class ShardState:
         cache.changing(profiles)
         ruleset, applied = self.ctx.ruleset, cache.applied
         outcome = Outcome()  # one for the whole batch: one allocation, not one per event
-        types: Counter[str] = Counter()
+        types: dict[str, int] = {}  # a plain dict: a Counter costs a microsecond to make, per batch
         for event in events:
             customer = event.customer
             profile = profiles.get(customer)
@@ -382,7 +382,7 @@ class ShardState:
                 continue
             applied.setdefault(customer, []).append(event)
             if outcome.duplicates == duplicates:
-                types[event.type] += 1
+                types[event.type] = types.get(event.type, 0) + 1
         live = cache.live
         for customer in [c for c in profiles if c not in applied]:
             # Every event of theirs failed since the profile was last written: it is as stored (a new
@@ -395,7 +395,7 @@ class ShardState:
         cache.changed(changed, self.runner.due_after_batch(changed, outcome))
         account(outcome, out, profiles)
         for event_type, n in types.items():
-            metrics.EVENTS.labels(event_type).inc(n)
+            metrics.labelled(metrics.EVENTS, event_type).inc(n)
 
     # -- the epoch end ----------------------------------------------------------------------------
 
