@@ -16,12 +16,19 @@ cannot be set against a backlog's. Here both halves use the reference events of 
   pause is the shards' snapshot time per epoch (bench/flow_entry.py), mean and max over the live
   run.
 
+With several rates (`--rate 2000,8000,12000`), each is a fresh live flow, and the table ends with the
+least-squares line through (rate, cores): live cores = fixed + rate x marginal. The marginal cost of
+a live event against the backlog's says whether an event costs more live, or the flow costs more
+per second when traffic trickles in (small batches: every poll tick runs the dataflow for a few
+events).
+
 Prints one markdown table; raw figures go to `--out` (JSON, git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import tempfile
 import threading
@@ -132,20 +139,40 @@ def run_live(s: Settings, bootstrap: str, work: Path, rate: float, seconds: floa
             "checkpoint": checkpoint_summary(stats, s.epoch_seconds)}
 
 
+def fit(lives: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """Least squares through (ev/s, cores): (fixed cores, marginal µs per event); None under 2 rates."""
+    points = [(lv["window_events"] / lv["window_s"], lv["cores"]) for lv in lives]
+    if len({round(x) for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - slope * mx, slope * 1e6
+
+
 def markdown(result: dict[str, Any]) -> str:
-    b, lv = result["backlog"], result["live"]
-    ratio = lv["cpu_per_event_us"] / b["cpu_per_event_us"]
-    cb, cl = b["checkpoint"], lv["checkpoint"]
-    return "\n".join([
+    b = result["backlog"]
+    lives = result["live"] if isinstance(result["live"], list) else [result["live"]]
+    cb = b["checkpoint"]
+    lines = [
         f"bench.live_cost: {result['settings']['events']:,} reference events, {result['settings']['customers']:,} "
         f"customers, 1 process, revision {result.get('revision') or 'unknown'}", "",
         "| run | ev/s | CPU/event µs | live / backlog | epoch-end pause mean / max ms |",
         "|---|---|---|---|---|",
         f"| backlog | {b['window_events_per_s']:,.0f} | {b['cpu_per_event_us']:.1f} | 1.00 "
-        f"| {_ms(cb.get('per_epoch_mean_s'))} / {_ms(cb.get('per_epoch_max_s'))} |",
-        f"| live at {lv['rate']:,.0f} ev/s ({lv['cores']:.2f} cores) | {lv['window_events'] / lv['window_s']:,.0f} "
-        f"| {lv['cpu_per_event_us']:.1f} | {ratio:.2f} (target ≤ 1.2) "
-        f"| {_ms(cl.get('per_epoch_mean_s'))} / {_ms(cl.get('per_epoch_max_s'))} (target max < 100) |", ""])
+        f"| {_ms(cb.get('per_epoch_mean_s'))} / {_ms(cb.get('per_epoch_max_s'))} |"]
+    for lv in lives:
+        cl = lv["checkpoint"]
+        lines.append(
+            f"| live at {lv['rate']:,.0f} ev/s ({lv['cores']:.2f} cores) | {lv['window_events'] / lv['window_s']:,.0f} "
+            f"| {lv['cpu_per_event_us']:.1f} | {lv['cpu_per_event_us'] / b['cpu_per_event_us']:.2f} (target ≤ 1.2) "
+            f"| {_ms(cl.get('per_epoch_mean_s'))} / {_ms(cl.get('per_epoch_max_s'))} (target max < 100) |")
+    line = fit(lives)
+    if line is not None:
+        fixed, marginal = line
+        lines += ["", f"live cores = {fixed:.3f} + rate x {marginal:.1f} µs (least squares over {len(lives)} rates): "
+                      f"a live event's marginal cost is {marginal / b['cpu_per_event_us']:.2f}x a backlog event's"]
+    return "\n".join([*lines, ""])
 
 
 def _ms(seconds: float | None) -> str:
@@ -156,11 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.live_cost", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--customers", type=int, default=50_000)
-    ap.add_argument("--rate", type=float, default=8_000, help="live ev/s offered")
+    ap.add_argument("--rate", default="8000", help="live ev/s offered; comma-separated for several live runs")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured live seconds")
     ap.add_argument("--warmup", type=float, default=3.0, help="live seconds offered before the window")
     ap.add_argument("--out", type=Path, default=Path("bench/results"), help="raw JSON (git-ignored)")
     args = ap.parse_args(argv)
+    try:
+        rates = [float(r) for r in args.rate.split(",")]
+    except ValueError:
+        raise SystemExit(f"bench.live_cost: --rate {args.rate!r}: give ev/s as numbers, comma-separated") from None
     s = run_settings(["--events", str(args.events), "--customers", str(args.customers), "--processes", "1",
                       "--out", str(args.out)])
     work = Path(tempfile.mkdtemp(prefix="nextclick-livecost-"))
@@ -172,12 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         backlog["checkpoint"] = checkpoint_summary(
             [orjson.loads(f.read_bytes()) for f in sorted(Path(backlog["dir"]).glob("stats-*.json"))],
             s.epoch_seconds)
-        live = run_live(s, broker.bootstrap, work, args.rate, args.seconds, args.warmup)
+        live = [run_live(dataclasses.replace(s, run_id=f"{s.run_id}-{n}"), broker.bootstrap, work / f"live-{n}",
+                         rate, args.seconds, args.warmup) for n, rate in enumerate(rates)]
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     result = {"settings": {"events": s.events, "customers": s.customers}, "machine": machine_info(),
-              "revision": source_revision(), "backlog": backlog, "live": live}
+              "revision": source_revision(), "backlog": backlog, "live": live if len(live) > 1 else live[0]}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-live-cost.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
