@@ -29,6 +29,7 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+from nextclick.operators.exchange import Batch
 from nextclick.operators.identity.guards import load_identity_rules
 from nextclick.operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from nextclick.operators.infra import metrics
@@ -140,7 +141,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         (operators/exchange.py), in the order read; dead letters on their own."""
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
-        to_identity: list[Event | Progress] = []
+        to_identity: Batch = Batch()
         for m in batch:
             if isinstance(m, Progress):  # the source's event-time floor, on to the frontier (identity stage)
                 to_identity.append(m)

@@ -59,8 +59,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
                 f"links={self.links!r}, blocked={self.blocked!r})")
 
 
-# Kafka key, value and headers of a message as read.
-RawRecord = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes], ...]]
+# Kafka key, value and headers of a message as read (a header may have no value).
+RawRecord = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ class DeadLetter:
 
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     source: SourcePosition
     reason: str
     message: str

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import pickle
+from typing import Any
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextclick.operators.exchange import flatten, grouped
+from nextclick.operators.exchange import Batch, flatten, grouped
+from nextclick.operators.records import Event, Frontier, MoveOut, Progress, SourcePosition
 
 pairs = st.lists(st.tuples(st.sampled_from(["0", "1", "customer/3", "email/0"]), st.integers()), max_size=60)
 
@@ -25,3 +29,57 @@ def test_a_step_reads_lists_and_lone_items_in_arrival_order(received: list[int |
     for value in received:
         expected += value if isinstance(value, list) else [value]
     assert flatten(received) == expected
+
+
+# -- between processes: a Batch's events as msgpack, everything else pickled, each in its place --------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+keys = st.text(alphabet="0123456789abcdef", min_size=1, max_size=32)
+events = st.builds(
+    Event,
+    event_id=st.text(max_size=12), type=st.sampled_from(["page_view", "purchase", "login"]),
+    ts=st.integers(min_value=0, max_value=2**53), customer=keys, channel=st.sampled_from(["web", "email"]),
+    attrs=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    source=st.none() | st.builds(SourcePosition, st.text(min_size=1, max_size=10), st.integers(0, 64),
+                                 st.integers(0, 2**62)),
+    raw=st.none() | st.tuples(st.none() | st.binary(max_size=12), st.none() | st.binary(max_size=40),
+                              st.lists(st.tuples(st.text(max_size=6), st.none() | st.binary(max_size=6)),
+                                       max_size=3).map(tuple)),
+    id_type=st.none() | st.sampled_from(["cookie", "email", "customer"]),
+    links=st.lists(st.tuples(st.sampled_from(["email", "customer"]), keys), max_size=2).map(tuple),
+    blocked=st.lists(st.sampled_from(["email", "phone"]), max_size=2).map(tuple))
+others = st.one_of(
+    st.builds(Progress, st.text(min_size=1, max_size=8), st.none() | st.integers(0, 2**50), st.integers(1, 8)),
+    st.builds(Frontier, st.integers(0, 16), st.none() | st.integers(0, 2**50)),
+    st.builds(MoveOut, keys, keys, st.text(max_size=10)))
+
+
+@settings(max_examples=150)
+@given(st.lists(st.one_of(events, others), max_size=20))
+def test_a_batch_crosses_a_process_boundary_unchanged(items: list[Any]) -> None:
+    batch = Batch(items)
+    back = pickle.loads(pickle.dumps(("shard", batch)))[1]
+    assert back == items
+    assert [type(x) for x in back] == [type(x) for x in items]
+    for got, sent in zip(back, items, strict=True):
+        if type(sent) is Event:  # the tuples stay tuples, field by field
+            assert [type(getattr(got, f)) for f in sent.__struct_fields__] == \
+                [type(getattr(sent, f)) for f in sent.__struct_fields__]
+            if sent.raw is not None:
+                assert type(got.raw[2]) is tuple and all(type(h) is tuple for h in got.raw[2])
+    assert flatten([back]) == flatten([batch]) == items
+
+
+def test_a_value_msgpack_cannot_hold_still_crosses_pickled() -> None:
+    huge = Event("e1", "purchase", 1, "c1", "web", attrs={"amount": 2**70})
+    batch = Batch([huge, Progress("t#0", None, 1)])
+    assert pickle.loads(pickle.dumps(batch)) == [huge, Progress("t#0", None, 1)]
+
+
+def test_grouped_lists_are_batches() -> None:
+    assert all(type(items) is Batch for _, items in grouped([("0", 1), ("1", 2), ("0", 3)]))
+    assert all(type(items) is Batch for _, items in grouped([("0", 1)]))

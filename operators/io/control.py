@@ -43,7 +43,7 @@ def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id:
         raise ConnectionError(f"could not deliver the {command} command to {topic}")
 
 
-def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
+def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
                   source: SourcePosition, *, secret: bytes,
                   savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter | None:
     """Never raises: a command, None for a drain request (nothing for the dataflow to do), or a

@@ -51,7 +51,7 @@ TS_SKEW_HEADER = "nextclick.errors.ts_skew_ms"
 REDACTED = "[redacted]"
 
 
-def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
+def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes | None]]:
     """The original message's headers, then the error headers (values as UTF-8 / decimal ASCII)."""
     src = dl.source
     cls = dl.exception_class or REASONS.get(dl.reason, "nextclick.parse.Unknown")
@@ -97,7 +97,7 @@ def redact_value(value: bytes | None, fields: Sequence[str]) -> tuple[bytes | No
 
 
 def dead_letter_record(dl: DeadLetter, redact_fields: Sequence[str] = ()) -> tuple[
-        bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
     """(key, value, headers) of the dead-letter message; the value is redacted if fields are given.
 
     With no `redact_fields` (the default) the value is the original bytes. A redacted record gets a

@@ -28,7 +28,8 @@ def json_line(message: OutMessage) -> bytes:
     envelope = orjson.dumps({
         "topic": message.topic,
         "key": None if message.key is None else message.key.decode("utf-8", "backslashreplace"),
-        "headers": {name: value.decode("utf-8", "backslashreplace") for name, value in message.headers},
+        "headers": {name: None if value is None else value.decode("utf-8", "backslashreplace")
+                    for name, value in message.headers},
     })
     value = b"null" if message.value is None else message.value
     return envelope[:-1] + b',"value":' + value + b"}\n"

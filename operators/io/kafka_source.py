@@ -62,7 +62,7 @@ class RawMessage(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]  # a header may have no value
 
 
 def _warn_commit_failure(err: KafkaError | None, partitions: list[TopicPartition]) -> None:
@@ -109,6 +109,9 @@ def next_tick(now_s: float, tick_s: float = POLL_TICK_S) -> datetime:
     """The first tick of the shared polling grid after `now_s` (epoch seconds)."""
     tick_us = round(tick_s * 1_000_000)  # in whole microseconds: 0.005 has no exact float
     return _EPOCH + timedelta(microseconds=(int(now_s * 1_000_000) // tick_us + 1) * tick_us)
+
+
+_Headers = list[tuple[str, bytes | None]]  # as confluent-kafka gives them: a header may have no value
 
 
 class Aligned(NamedTuple):
@@ -223,7 +226,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             self._next_offset = offset + 1
             headers = msg.headers()
             batch.append(_new_tuple(RawMessage, (self._topic, self._partition, offset, msg.key(), msg.value(),
-                                                 tuple(cast(list[tuple[str, bytes]], headers)) if headers else ())))
+                                                 tuple(cast(_Headers, headers)) if headers else ())))
         self._idle = not batch
         self._polled(batch)
         return batch
@@ -252,7 +255,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
                 value = msg.value()
                 headers = msg.headers()
                 pending.append(RawMessage(self._topic, self._partition, offset, msg.key(), value,
-                                          tuple(cast(list[tuple[str, bytes]], headers)) if headers else ()))
+                                          tuple(cast(_Headers, headers)) if headers else ()))
                 pending_ts.append(event_time(value, now_ms, parse))
                 self._at_end = self._eof = False
         if not pending:

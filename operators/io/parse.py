@@ -178,7 +178,7 @@ def _schema_message(exc: fastjsonschema.JsonSchemaValueException, payload: dict[
     return f"{path} violates schema rule {rule}"
 
 
-def _headers_tuple(headers: Any) -> tuple[tuple[str, bytes], ...]:
+def _headers_tuple(headers: Any) -> tuple[tuple[str, bytes | None], ...]:
     if not headers:
         return ()
     if type(headers) is tuple:  # as the Kafka source builds them
@@ -227,7 +227,7 @@ def _invalid_json_message(refusal: str) -> str:
     return "message value is not valid JSON"
 
 
-def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
+def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
            source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig, guards: IdentityRules,
            plan: TrackingPlan | None = None) -> Event:
     if value is None:
@@ -309,7 +309,7 @@ _JSONDecodeError = orjson.JSONDecodeError
 _loads = orjson.loads
 
 
-def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None,
+def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
                 source: SourcePosition, secret: bytes, now_ms: int, config: ParseConfig,
                 guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | None:
     """The `Event` the slow path would build, or None: then only the slow path can tell.
@@ -393,7 +393,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
 
 
 def parse_message(key: bytes | None, value: bytes | None,
-                  headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
+                  headers: Sequence[tuple[str, bytes | None]] | None, source: SourcePosition, *,
                   secret: bytes, now_ms: int, config: ParseConfig,
                   guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
     """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes.
@@ -412,7 +412,7 @@ def parse_message(key: bytes | None, value: bytes | None,
 
 
 def parse_message_slow(key: bytes | None, value: bytes | None,
-                       headers: Sequence[tuple[str, bytes]] | None, source: SourcePosition, *,
+                       headers: Sequence[tuple[str, bytes | None]] | None, source: SourcePosition, *,
                        secret: bytes, now_ms: int, config: ParseConfig,
                        guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
     """`parse_message` without the fast path: the reference it is tested and benchmarked against."""

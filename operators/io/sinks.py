@@ -30,7 +30,7 @@ class OutMessage(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes | None]]
 
 
 # What a sink partition calls, instead of raising, when it cannot make an epoch's writes durable.
