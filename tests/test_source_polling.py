@@ -84,3 +84,37 @@ def test_a_partition_that_read_what_there_was_waits_for_the_next_tick_and_one_wi
         assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
     finally:
         part.close()
+
+
+def test_a_partition_that_delivers_what_it_held_back_without_fetching_polls_again_at_once(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    """Its batch was full of messages alignment held back: whether more wait in Kafka is not known."""
+    topic = f"{topic_prefix}.held"
+    ensure_topics(kafka, {topic: 2})
+    now_ms = int(time.time() * 1000)
+    producer = Producer(kafka)
+    for i in range(30):  # partition 0: later events
+        producer.produce(topic, orjson.dumps({"event_id": f"a{i}", "type": "page_view", "ts": now_ms - 1000 + i,
+                                              "customer_id": "c1"}), b"c1", partition=0)
+    for i in range(5):  # partition 1: earlier ones, which partition 0 must wait for
+        producer.produce(topic, orjson.dumps({"event_id": f"b{i}", "type": "page_view", "ts": now_ms - 60_000 + i,
+                                              "customer_id": "c2"}), b"c2", partition=1)
+    assert producer.flush(10) == 0
+    source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=False, batch_size=10,
+                        aligned=Aligned(Alignment(0, 60_000), lambda: now_ms, ParseConfig()))
+    late, early = (source.build_part("kafka_in", f"{topic}#{n}", None) for n in (0, 1))
+    try:
+        deadline = time.monotonic() + 20
+        while len(late._pending) < 10 and time.monotonic() < deadline:  # noqa: SLF001 - fetched, held
+            assert [m for m in late.next_batch() if not isinstance(m, Progress)] == []
+        assert len(late._pending) == 10  # noqa: SLF001
+        assert len(_read_until(early, 5)) == 5
+        delivered: list[Any] = []
+        while not delivered and time.monotonic() < deadline:
+            early.next_batch()  # at its end: it holds nobody back
+            delivered = [m for m in late.next_batch() if not isinstance(m, Progress)]
+        assert len(delivered) == 10 and not late._pending  # noqa: SLF001
+        assert late.next_awake() is None  # 20 more are in Kafka: no tick's wait
+    finally:
+        late.close()
+        early.close()

@@ -240,7 +240,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         pending, pending_ts = self._pending, self._pending_ts
         room = self._batch_size - len(pending)
         now_ms = aligned.now_ms()
-        drained = True
+        drained = False  # no fetch (what waits filled the batch): more may be there, look again at once
         if room > 0:
             parse = aligned.parse
             fetched = self._fetch(room)
