@@ -49,6 +49,7 @@ from bench.run import (
     machine_info,
     produce_one,
     produce_workload,
+    send_paced,
     source_revision,
     start_broker,
 )
@@ -79,25 +80,19 @@ def _offer(bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float
            sent: list[int], stop: threading.Event) -> None:
     """Produce `events` in order at `rate` ev/s for `seconds` (or until `stop`), each with ts = now."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4"})
-    owed, n = 0.0, 0
-    next_tick = time.monotonic()
-    end = next_tick + seconds
-    while not stop.is_set() and time.monotonic() < end and n < len(events):
-        owed += rate * TICK_S
-        now_ms = time.time_ns() // 1_000_000
-        while owed >= 1 and n < len(events):
-            event = events[n]
-            event["ts"] = now_ms
-            produce_one(producer, topic, orjson.dumps(event), event["customer_id"].encode())
-            n += 1
-            owed -= 1
-        sent[0] = n
-        producer.poll(0)
-        next_tick += TICK_S
-        delay = next_tick - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    producer.flush(30)
+    end = time.monotonic() + seconds
+
+    def send() -> bool:
+        n = sent[0]
+        if n >= len(events):
+            return False
+        event = events[n]
+        event["ts"] = time.time_ns() // 1_000_000
+        produce_one(producer, topic, orjson.dumps(event), event["customer_id"].encode())
+        sent[0] = n + 1
+        return True
+
+    send_paced(producer, rate, TICK_S, send, lambda: not stop.is_set() and time.monotonic() < end)
 
 
 def run_live(s: Settings, bootstrap: str, work: Path, rate: float, seconds: float,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import psutil
@@ -132,6 +132,28 @@ def produce_one(producer: Producer, topic: str, value: bytes | None, key: bytes 
             return
         except BufferError:
             producer.poll(0.05)
+
+
+def send_paced(producer: Producer, rate: float, tick_s: float, send: Callable[[], bool],
+               running: Callable[[], bool]) -> None:
+    """Call `send` `rate` times a second, a tick's worth every `tick_s`, while `running()` and until
+    `send` returns False (nothing left); then flush `producer`."""
+    owed = 0.0
+    next_tick = time.monotonic()
+    try:
+        while running():
+            owed += rate * tick_s
+            while owed >= 1:
+                if not send():
+                    return
+                owed -= 1
+            producer.poll(0)
+            next_tick += tick_s
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    finally:
+        producer.flush(30)
 
 
 class RssSampler:
@@ -466,22 +488,14 @@ def _offer_and_measure(s: Settings, bootstrap: str, in_topic: str, out_topic: st
     def produce() -> None:
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "compression.type": "lz4"})
         live = workload.LiveEvents(s.customers, seed=seed)
-        tick = 0.01
-        next_tick = time.monotonic()
-        owed = 0.0
-        while sending.is_set():
-            owed += rate * tick
-            while owed >= 1:
-                key, value = live.next()
-                produce_one(producer, in_topic, value, key)
-                sent[0] += 1
-                owed -= 1
-            producer.poll(0)
-            next_tick += tick
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        producer.flush(30)
+
+        def send() -> bool:
+            key, value = live.next()
+            produce_one(producer, in_topic, value, key)
+            sent[0] += 1
+            return True
+
+        send_paced(producer, rate, 0.01, send, sending.is_set)
 
     consumer_thread = threading.Thread(target=consume, daemon=True)
     consumer_thread.start()

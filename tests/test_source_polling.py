@@ -37,9 +37,15 @@ def test_partitions_polled_within_one_tick_wake_together() -> None:
     assert ticks == {datetime.fromtimestamp(start, UTC) + TICK}
 
 
-def _events(n: int, now_ms: int) -> list[bytes]:
-    return [orjson.dumps({"event_id": f"e{i}", "type": "page_view", "ts": now_ms - 1000 + i, "customer_id": "c1"})
-            for i in range(n)]
+def _events(n: int, first_ts: int, prefix: str = "e", customer: str = "c1") -> list[bytes]:
+    return [orjson.dumps({"event_id": f"{prefix}{i}", "type": "page_view", "ts": first_ts + i,
+                          "customer_id": customer}) for i in range(n)]
+
+
+def _waits_for_the_next_tick(part: Any) -> None:
+    before = datetime.now(UTC)
+    awake = part.next_awake()
+    assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
 
 
 def _read_until(part: Any, n: int) -> list[Any]:
@@ -57,7 +63,7 @@ def test_a_partition_that_read_what_there_was_waits_for_the_next_tick_and_one_wi
     ensure_topics(kafka, {topic: 1})
     now_ms = int(time.time() * 1000)
     producer = Producer(kafka)
-    for value in _events(30, now_ms):
+    for value in _events(30, now_ms - 1000):
         producer.produce(topic, value, b"c1", partition=0)
     assert producer.flush(10) == 0
     source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=False, batch_size=10,
@@ -72,16 +78,12 @@ def test_a_partition_that_read_what_there_was_waits_for_the_next_tick_and_one_wi
         assert len(rest) == 20
         # Everything read, and a poll that finds nothing: the next comes at the next tick.
         assert [m for m in part.next_batch() if not isinstance(m, Progress)] == []
-        before = datetime.now(UTC)
-        awake = part.next_awake()
-        assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
+        _waits_for_the_next_tick(part)
         # A short fetch that did deliver waits for the tick too.
-        producer.produce(topic, _events(1, now_ms)[0], b"c1", partition=0)
+        producer.produce(topic, _events(1, now_ms - 1000)[0], b"c1", partition=0)
         assert producer.flush(10) == 0
         assert len(_read_until(part, 1)) == 1
-        before = datetime.now(UTC)
-        awake = part.next_awake()
-        assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
+        _waits_for_the_next_tick(part)
     finally:
         part.close()
 
@@ -93,12 +95,10 @@ def test_a_partition_that_delivers_what_it_held_back_without_fetching_polls_agai
     ensure_topics(kafka, {topic: 2})
     now_ms = int(time.time() * 1000)
     producer = Producer(kafka)
-    for i in range(30):  # partition 0: later events
-        producer.produce(topic, orjson.dumps({"event_id": f"a{i}", "type": "page_view", "ts": now_ms - 1000 + i,
-                                              "customer_id": "c1"}), b"c1", partition=0)
-    for i in range(5):  # partition 1: earlier ones, which partition 0 must wait for
-        producer.produce(topic, orjson.dumps({"event_id": f"b{i}", "type": "page_view", "ts": now_ms - 60_000 + i,
-                                              "customer_id": "c2"}), b"c2", partition=1)
+    for value in _events(30, now_ms - 1000, "a"):  # partition 0: later events
+        producer.produce(topic, value, b"c1", partition=0)
+    for value in _events(5, now_ms - 60_000, "b", "c2"):  # partition 1: earlier ones, which partition 0 waits for
+        producer.produce(topic, value, b"c2", partition=1)
     assert producer.flush(10) == 0
     source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=False, batch_size=10,
                         aligned=Aligned(Alignment(0, 60_000), lambda: now_ms, ParseConfig()))
