@@ -11,6 +11,11 @@ The list is a `Batch`: within a process it is handed over as it is (Bytewax pick
 to another process), and when it is pickled its events go as one msgpack array, a third of the
 pickle round trip per event (docs/architecture.md). Whatever else it holds (progress reports,
 frontiers, moves, commands) is pickled as before, and comes back in its place.
+
+Every process of a cluster must run one release. A pickled Batch names its format (`FORMAT`) and
+the sender's release, so a process handed a batch of another format stops with one line that says
+so, rather than misreading it. `_unpack` keeps its name and its first two parameters in every
+release for that reason; a new layout of the events is a new `FORMAT`.
 """
 
 from __future__ import annotations
@@ -20,10 +25,26 @@ from typing import Any
 
 import msgspec
 
+from nextclick import __version__
 from nextclick.operators.records import Event
 
+FORMAT = 2  # 1: releases up to a82b42e, whose `_unpack` took (blob, others) and cannot read this one
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(list[Event]).decode
+
+
+class ReleaseMismatch(RuntimeError):
+    """A process of this cluster runs a release whose batches this one cannot read."""
+
+
+# Bytewax reports a failed unpickle as a panic of its own ("Send thread panic") and the runner would
+# call that a lost peer: the reason is kept here for the runner's one line (flows/runner.py).
+_mismatches: list[str] = []
+
+
+def release_mismatch() -> str | None:
+    """Why this process stopped reading its peers' batches, if that is why it stopped."""
+    return _mismatches[0] if _mismatches else None
 
 
 class Batch(list[Any]):
@@ -43,11 +64,18 @@ class Batch(list[Any]):
             blob = _ENCODE(events)
         except (TypeError, ValueError, OverflowError):  # a value msgpack cannot hold: pickled as it is
             return list, (list(self),)
-        return _unpack, (blob, others)
+        return _unpack, (FORMAT, __version__, blob, others)
 
 
-def _unpack(blob: bytes, others: list[tuple[int, Any]]) -> list[Any]:
+def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]]) -> list[Any]:
     """A pickled Batch, back as a list: its events decoded, the other items put back in their places."""
+    if fmt != FORMAT:
+        reason = (
+            f"a process of this cluster runs nextclick {sender}, whose batches (exchange format {fmt}) this "
+            f"process (nextclick {__version__}, format {FORMAT}) cannot read: run one release in every process "
+            "(deploy/README.md, \"Upgrades\")")
+        _mismatches.append(reason)
+        raise ReleaseMismatch(reason)
     events = _DECODE(blob)
     if not others:
         return events

@@ -5,10 +5,12 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextclick.operators.exchange import Batch, flatten, grouped
+from nextclick.operators import exchange
+from nextclick.operators.exchange import Batch, ReleaseMismatch, flatten, grouped
 from nextclick.operators.records import Event, Frontier, MoveOut, Progress, SourcePosition
 
 pairs = st.lists(st.tuples(st.sampled_from(["0", "1", "customer/3", "email/0"]), st.integers()), max_size=60)
@@ -83,3 +85,19 @@ def test_a_value_msgpack_cannot_hold_still_crosses_pickled() -> None:
 def test_grouped_lists_are_batches() -> None:
     assert all(type(items) is Batch for _, items in grouped([("0", 1), ("1", 2), ("0", 3)]))
     assert all(type(items) is Batch for _, items in grouped([("0", 1)]))
+
+
+def test_a_batch_from_another_release_stops_with_one_line_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster that mixes releases: the receiving process says which, instead of misreading events."""
+    monkeypatch.setattr(exchange, "FORMAT", exchange.FORMAT + 1)
+    monkeypatch.setattr(exchange, "__version__", "9.9.9")
+    sent = pickle.dumps(Batch([Event("e1", "page_view", 1, "c1", "web")]))
+    monkeypatch.undo()
+    monkeypatch.setattr(exchange, "_mismatches", [])
+    with pytest.raises(ReleaseMismatch) as refused:
+        pickle.loads(sent)
+    reason = str(refused.value)
+    assert exchange.release_mismatch() == reason  # what the runner reports instead of a lost peer
+    assert "\n" not in reason
+    assert "nextclick 9.9.9" in reason and f"format {exchange.FORMAT + 1}" in reason
+    assert f"format {exchange.FORMAT})" in reason and "one release in every process" in reason

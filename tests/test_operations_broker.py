@@ -25,8 +25,10 @@ import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from nextclick import __version__
 from nextclick.flows.cli import main as cli_main
 from nextclick.flows.local_broker import free_port
+from nextclick.operators.exchange import FORMAT
 from nextclick.operators.infra import metrics
 from nextclick.operators.io.kafka_source import KafkaInput
 from nextclick.operators.io.topics import ensure_topics
@@ -466,6 +468,45 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
     message = check_stderr("".join(seen) + rest)
     assert message == (f"lost cluster peer: process 1 ({addresses[1]}); process 0 stops too, and the cluster "
                        "restarts from its last committed epoch once every process is running again")
+
+
+# Another release in the same cluster: this one with its exchange format moved on by one.
+OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT += 1; x.__version__ = '9.9.9'; "
+                 "from nextclick.flows.cli import main; sys.exit(main())")
+
+
+def test_a_cluster_of_two_releases_stops_with_one_line_naming_them(
+        kafka: dict[str, str], setup: FlowSetup) -> None:
+    """Events cross between the processes at once (one partition, the identity stage on one of them):
+    the process that cannot read its peer's batches says why, rather than calling the peer lost."""
+    produce(kafka, setup.inputs[0], MESSAGES[:40], 1)
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    env = setup.env(stop_at_end=True)
+    env["RUST_BACKTRACE"] = "1"
+    args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--process-id"]
+    procs = [subprocess.Popen([sys.executable, "-m", "nextclick", *args, "0"], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+             subprocess.Popen([sys.executable, "-c", OTHER_RELEASE, *args, "1"], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+    try:
+        errors = [p.communicate(timeout=90)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    assert [p.returncode for p in procs] == [1, 1]
+    messages = [check_stderr(e) for e in errors]
+    this = f"nextclick {__version__}"
+    refused = [m for m in messages if m.startswith("a process of this cluster runs nextclick ")]
+    assert refused, messages
+    for m in refused:  # whichever received first names the other's release and format, then its own
+        assert m in (f"a process of this cluster runs nextclick 9.9.9, whose batches (exchange format {FORMAT + 1}) "
+                     f"this process ({this}, format {FORMAT}) cannot read: run one release in every process "
+                     '(deploy/README.md, "Upgrades")',
+                     f"a process of this cluster runs {this}, whose batches (exchange format {FORMAT}) "
+                     f"this process (nextclick 9.9.9, format {FORMAT + 1}) cannot read: run one release in every "
+                     'process (deploy/README.md, "Upgrades")')
 
 
 @pytest.fixture(autouse=True)
