@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from nextclick import __version__
+from nextclick.operators.errors import NextclickError
 from nextclick.operators.records import Event
 
 FORMAT = 2  # 1: releases up to a82b42e, whose `_unpack` took (blob, others) and cannot read this one
@@ -33,7 +34,7 @@ _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(list[Event]).decode
 
 
-class ReleaseMismatch(RuntimeError):
+class ReleaseMismatch(NextclickError):
     """A process of this cluster runs a release whose batches this one cannot read."""
 
 
