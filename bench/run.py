@@ -52,6 +52,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from bench import workload
 from bench.ceiling import CeilingState
+from bench.workload import ZIPF_S
 from nextclick.flows.local_broker import LocalBroker, free_port
 from nextclick.operators.infra.config import DEFAULT_RULES_FILE, ParseConfig, PrivacyConfig
 from nextclick.operators.io.decisions import encode_decision
@@ -89,6 +90,7 @@ class Settings:
     # "default": the reference workload; "identity": the same with anonymous web traffic and sign-ins
     # (bench/workload.py). Revisions before identity stitching cannot read the identity one (`login`).
     workload: str = "default"
+    zipf_s: float = ZIPF_S  # customers' skew (bench/workload.py)
     run_id: str = field(default_factory=lambda: f"{time.time_ns()}")
 
     @property
@@ -766,7 +768,8 @@ def start_broker(work: Path) -> LocalBroker:
 def produce_workload(s: Settings, bootstrap: str) -> dict[str, float]:
     """Generate the reference workload and produce it to `s.input_topic` before any clock starts."""
     t0 = time.perf_counter()
-    records = workload.serialise(s.events, s.customers, seed=s.seed, identity=s.workload == "identity")
+    records = workload.serialise(s.events, s.customers, seed=s.seed, identity=s.workload == "identity",
+                                 zipf_s=s.zipf_s)
     generate_s = time.perf_counter() - t0
     produce_s = workload.produce_events(bootstrap, s.input_topic, records)
     input_bytes = sum(len(v) for _, v in records)

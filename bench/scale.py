@@ -72,6 +72,7 @@ import psutil
 
 from bench import run as bench_run
 from bench.run import FlowRun, Settings, machine_info, produce_workload, source_revision, start_broker
+from bench.workload import ZIPF_S
 from nextclick.flows.local_broker import LocalBroker, free_port
 from nextclick.operators.io.topics import ensure_topics
 
@@ -432,7 +433,8 @@ def markdown(result: dict[str, Any]) -> str:
     st = result["settings"]
     rows = result["runs"]
     one = rows[0]["cpu_per_event_us"] if rows and rows[0]["processes"] == 1 else None
-    lines = [f"bench.scale: {st['events']:,} events, {st['customers']:,} customers, {st['partitions']} partitions, "
+    lines = [f"bench.scale: {st['events']:,} events, {st['customers']:,} customers (Zipf s={st.get('zipf_s', 1.1)}), "
+             f"{st['partitions']} partitions, "
              f"{st['shards']} shards, {result['machine']['cpu_count']} CPUs, bytewax "
              f"{result['machine']['versions']['bytewax']}, revision {result.get('revision') or 'unknown'}", "",
              "| processes | ev/s after start-up | ev/s incl. start-up | start-up CPU s | CPU/event µs | × 1 process "
@@ -496,7 +498,7 @@ def run(s: Settings, idle_seconds: float = 5.0) -> dict[str, Any]:
             "timestamp": stamp, "machine": machine_info(), "revision": source_revision(),
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
-                         "sync": s.sync, "seed": s.seed, "workload": s.workload},
+                         "sync": s.sync, "seed": s.seed, "workload": s.workload, "zipf_s": s.zipf_s},
             "workload": produced, "runs": runs}
         largest = max((r for r in runs if r["serial_us"] is not None), key=lambda r: r["processes"], default=None)
         if largest is not None:
@@ -527,6 +529,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, float]:
     parser.add_argument("--no-sync", action="store_true", help="state.sync=false (no fsync per checkpoint)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workload", choices=("default", "identity"), default="default")
+    parser.add_argument("--zipf", type=float, default=ZIPF_S,
+                        help="customers' skew (at 1.1 the busiest of 50,000 sends 14%% of the events)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="raw JSON (git-ignored)")
     parser.add_argument("--bootstrap", help="use this broker instead of starting an embedded one")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
@@ -536,7 +540,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, float]:
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
                     partitions=args.partitions, shards=args.shards, epoch_seconds=args.epoch_seconds,
                     sync=not args.no_sync, seed=args.seed, workload=args.workload, out=args.out,
-                    bootstrap=args.bootstrap), args.idle_seconds
+                    bootstrap=args.bootstrap, zipf_s=args.zipf), args.idle_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
