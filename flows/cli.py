@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         source = args.from_savepoint or config.state.initial_savepoint.strip()
     if source:
         # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
-        placement = (Placement(place.process_id, place.processes, args.workers)
+        placement = (Placement(place.process_id, place.processes, args.workers, config.state.shard_placement)
                      if args.recovery_per_process and place.process_id is not None else None)
         restored = restore(config, source, init_recovery=init_recovery, placement=placement)
         logging.getLogger("nextclick").info(
@@ -430,7 +430,8 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
         return 0
     # A bare name is a savepoint inside state.savepoint_dir (the only place the flow writes them).
     dest = args.dest if "/" in args.dest else Destination(config.state.savepoint_dir).describe(args.dest)
-    placement = Placement(0, args.processes, args.workers) if args.processes else None
+    placement = (Placement(0, args.processes, args.workers, config.state.shard_placement)
+                 if args.processes else None)
     manifest = create_online(config, dest, timeout_s=args.timeout, request_id=args.request_id,
                              placement=placement, progress=_progress)
     print(manifest.to_json().decode())

@@ -92,8 +92,8 @@ def _moved_to(item: tuple[str, Any]) -> tuple[str, MoveIn]:
 
 
 def _to_profiles(item: tuple[str, Any]) -> bool:
-    """`profiles` shards keep their historical keys: a number."""
-    return item[0].isdigit()
+    """`profiles` shards' keys are a number (and a placement suffix); linked ones "<type>/<n>"."""
+    return "/" not in item[0]
 
 
 def _shard_builder(ctx: ShardContext) -> Callable[[ResumeState | None], ShardLogic]:
@@ -134,7 +134,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     identity = IdentityContext(state_dir=state_dir, shards=shards, rules=identity_rules,
                                cache_identifiers=config.identity.cache_identifiers,
                                keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
-                               clock=clock)
+                               clock=clock, placement=config.state.shard_placement)
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage

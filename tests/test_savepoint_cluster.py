@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,9 +36,10 @@ from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig,
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.state.layout import IDENTITY, family_named
 from nextclick.operators.state.manifest import StateMismatch, read_manifest
+from nextclick.operators.state.placement import BALANCED, HASH, siphash13, worker_of
 from nextclick.operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
 from nextclick.operators.state.store import ShardStore
-from nextclick.operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore, siphash13
+from nextclick.operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore
 from nextclick.operators.tools.startup import state_families
 from tests.flowrun import (
     REPO,
@@ -72,11 +74,28 @@ def test_placement_is_bytewax_routing() -> None:
             fam = {"": profiles, "device": device, "email": email}[family]
             if key == "identity":
                 fam, shard = family_named(IDENTITY, 16), "0"
-            assert Placement(process, processes, workers).owns(fam, int(shard)), (processes, key)
+            assert Placement(process, processes, workers, HASH).owns(fam, int(shard)), (processes, key)
     # Every shard has exactly one owner, and 2 processes x 2 workers is 4 workers, two per process.
-    owners = [Placement(0, 2, 2).owner(profiles, n) for n in range(16)]
+    owners = [Placement(0, 2, 2, HASH).owner(profiles, n) for n in range(16)]
     assert set(owners) == {0, 1}
     assert owners == [siphash13(str(n).encode() + b"\xff") % 4 // 2 for n in range(16)]
+
+
+def test_balanced_placement_sends_the_shards_round_the_workers() -> None:
+    """Under `balanced` keys shard n runs on worker n mod workers, for every worker count dividing the
+    modulus; under `hash` keys 16 shards over 4 workers land 2, 4, 4 and 6 (what it replaces)."""
+    for shards in (1, 7, 16, 64):
+        for fam in state_families(load_config(None, {"NEXTCLICK_STATE__SHARDS": str(shards)})):
+            if fam.name == IDENTITY:
+                continue
+            for workers in (1, 2, 3, 4, 5, 6, 8, 12, 16):
+                keys = [fam.route(n, BALANCED) for n in range(shards)]
+                assert [worker_of(k, workers) for k in keys] == [n % workers for n in range(shards)]
+                assert [Placement(0, workers).owner(fam, n) for n in range(shards)] == [n % workers for n in
+                                                                                         range(shards)]
+            assert all(k.startswith(f"{fam.route(n, HASH)}~") for n, k in enumerate(keys))
+    profiles = family_named("profiles", 16)
+    assert sorted(Counter(Placement(0, 4, 1, HASH).owner(profiles, n) for n in range(16)).values()) == [2, 4, 4, 6]
 
 
 def test_savepoint_dir_is_absolute_or_a_url() -> None:

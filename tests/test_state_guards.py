@@ -15,11 +15,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from bytewax.recovery import init_db_dir
 
 from nextclick.operators.io.topics import ensure_topics
-from tests.flowrun import REPO, FlowSetup, produce, read_profiles, run_to_end, workload
+from tests.flowrun import (
+    REPO,
+    FlowSetup,
+    assert_same_profiles,
+    produce,
+    read_profiles,
+    reference_run,
+    run_to_end,
+    workload,
+)
 
 pytestmark = [pytest.mark.broker]
 
@@ -72,7 +82,9 @@ def deployment(broker, tmp_path_factory: pytest.TempPathFactory) -> FlowSetup:  
     ({"NEXTCLICK_STATE__SHARDS": "4"}, ("state.shards", "written with 8 shards", "says 4")),
     ({"NEXTCLICK_PRIVACY__SECRET": "another-secret"}, ("privacy.secret", "different identifier secret",
                                                         "fingerprint")),
-], ids=["shards-8-to-16", "shards-8-to-4", "secret"])
+    ({"NEXTCLICK_STATE__SHARD_PLACEMENT": "hash"}, ("state.shard_placement", "was placed 'balanced'",
+                                                    "says 'hash'", "restore a savepoint into new state")),
+], ids=["shards-8-to-16", "shards-8-to-4", "secret", "placement"])
 def test_a_changed_setting_is_refused(deployment: FlowSetup, env: dict[str, str], phrases: tuple[str, ...]) -> None:
     before = checksums(deployment.state_dir, deployment.recovery_dir)
     refused(start(deployment, **env), *phrases)
@@ -156,3 +168,30 @@ def test_an_older_recovery_directory_cannot_roll_shards_back(kafka: dict[str, st
     # What the start-up check adds to the shard's own refusal: nothing is opened or recorded first.
     assert checksums(setup.state_dir) == before and checksums(setup.recovery_dir) == recovery, done.stderr[-2000:]
     refused(done, "state.recovery_dir", "roll shard", "past its committed seq")
+
+
+def test_state_from_before_shard_placement_resumes_under_hash_and_names_the_setting_otherwise(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """An upgrade: state an older release wrote (no placement in its manifest, its shards in Bytewax's
+    recovery under the keys "0", "1"...) is refused under the default `balanced` with one line that says
+    what to set, and resumes exactly under `hash`."""
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 2})
+    first, more = workload(40, seed=5), workload(40, seed=6)
+    produce(kafka, topic, first, 2)
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=SHARDS)
+    old = setup.with_(extra_env={"NEXTCLICK_STATE__SHARD_PLACEMENT": "hash"})
+    run_to_end(old, log=tmp_path / "run.log")
+    manifest = setup.state_dir / "nextclick-state.json"
+    body = orjson.loads(manifest.read_bytes())
+    del body["shard_placement"]  # as releases before the setting wrote it
+    manifest.write_bytes(orjson.dumps(body))
+    before = checksums(setup.state_dir, setup.recovery_dir)
+    refused(start(setup), "state.shard_placement", "was placed 'hash'", "says 'balanced'", "set it back to 'hash'")
+    assert checksums(setup.state_dir, setup.recovery_dir) == before
+    produce(kafka, topic, more, 2)
+    run_to_end(old, log=tmp_path / "run.log")
+    ref_topic = f"{topic_prefix}.ref"
+    ensure_topics(kafka, {ref_topic: 2})
+    reference = reference_run(kafka, tmp_path / "ref", topic_prefix, ref_topic, first + more, 2, shards=SHARDS)
+    assert_same_profiles(reference.profiles, read_profiles(setup.state_dir, SHARDS))

@@ -58,6 +58,7 @@ from nextclick.operators.shard.shard_state import open_store
 from nextclick.operators.state.epoch import EpochLedger
 from nextclick.operators.state.layout import IDENTITY, Family, profile_families
 from nextclick.operators.state.manifest import StartPlan
+from nextclick.operators.state.placement import BALANCED
 from nextclick.operators.state.savepoint_parts import write_shard_part
 from nextclick.operators.state.store import KeyValueStore, StateError
 
@@ -82,6 +83,7 @@ class IdentityContext:
     sync: bool = True
     plan: StartPlan | None = None
     clock: Clock = dataclasses.field(default_factory=SystemClock)  # caught-up partitions follow it
+    placement: str = BALANCED  # state.shard_placement: the shards' Bytewax keys (operators/state/placement.py)
 
     @property
     def family(self) -> Family:
@@ -121,7 +123,7 @@ class IdentityState:
         shards = ctx.shards
         self.families = profile_families(shards, ctx.rules.anchors)
         # Bytewax keys of every family's shards: routes[anchor][shard], anchor None for `profiles`.
-        self.routes: dict[str | None, list[str]] = {f.anchor: [f.route(n) for n in range(shards)]
+        self.routes: dict[str | None, list[str]] = {f.anchor: [f.route(n, ctx.placement) for n in range(shards)]
                                                     for f in self.families}
         self.ledger = EpochLedger(store)
         self._refusals = _RefusalLog()
@@ -234,7 +236,8 @@ class IdentityState:
         self.ledger.savepoints.append(request)
         for family in self.families:
             for shard in range(family.shards):
-                out.append((family.route(shard), dataclasses.replace(request, shard=shard, store=family.subdir)))
+                out.append((self.routes[family.anchor][shard],
+                            dataclasses.replace(request, shard=shard, store=family.subdir)))
 
     # -- epoch end ----------------------------------------------------------------------------------
 

@@ -72,6 +72,12 @@ class StateConfig:
     recovery_dir: str = "var/recovery"
     # Fixed at deployment: changing it would move customers between shards.
     shards: int = 16
+    # How shards are spread over the cluster's workers (operators/state/placement.py): "balanced" (each
+    # worker gets every Nth shard) or "hash" (where Bytewax's hash of keys "0", "1"... puts them: 16
+    # shards over 4 workers land 2, 4, 4 and 6). Fixed with the state's Bytewax recovery: state written
+    # before this setting is "hash"; another placement starts from a savepoint restored into new
+    # directories (docs/state.md, "Shard placement").
+    shard_placement: str = "balanced"
     # Profiles held in memory per shard beyond the ones touched in the current epoch.
     cache_profiles_per_shard: int = 4096
     # Undo records kept per shard: how many checkpoints back a restore can roll.
@@ -361,6 +367,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
+    if config.state.shard_placement not in ("balanced", "hash"):
+        raise ConfigError(f"{origin}: [state].shard_placement must be \"balanced\" or \"hash\", "
+                          f"not {config.state.shard_placement!r}")
     if config.state.on_lost_volume not in ("stop", "restore"):
         raise ConfigError(f"{origin}: [state].on_lost_volume must be \"stop\" or \"restore\", "
                           f"not {config.state.on_lost_volume!r}")

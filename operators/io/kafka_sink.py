@@ -95,7 +95,9 @@ class KafkaOutput(FixedPartitionedSink[OutMessage, None]):
         return [str(i) for i in range(self._parts)]
 
     def part_fn(self, item_key: str) -> int:
-        return int(item_key) if item_key.isdigit() else zlib.adler32(item_key.encode())
+        # A `profiles` shard's key is its number, with a placement suffix ("5~308") under balanced placement.
+        number = item_key.split("~", 1)[0]
+        return int(number) if number.isdigit() else zlib.adler32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:
         return _SinkPartition(shared_producer(self._kafka), self._on_fatal)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nextclick.operators.state.keys import shard_path
+from nextclick.operators.state.placement import BALANCED, balanced_key
 
 PROFILES = "profiles"
 IDENTITY = "identity"
@@ -45,9 +46,12 @@ class Family:
         name = shard_path("", shard).name
         return f"{self.subdir}/{name}" if self.subdir else name
 
-    def route(self, shard: int) -> str:
-        """The Bytewax key of a shard of this family (profiles keep their historical keys "0", "1"...)."""
-        return f"{self.anchor}/{shard}" if self.anchor else str(shard)
+    def route(self, shard: int, placement: str) -> str:
+        """The Bytewax key of a shard of this family: "<n>" (profiles) or "<type>/<n>" (linked), and under
+        `balanced` placement (`state.shard_placement`) that with the suffix which sends shard n to worker
+        n mod workers (operators/state/placement.py)."""
+        base = f"{self.anchor}/{shard}" if self.anchor else str(shard)
+        return balanced_key(base, shard) if placement == BALANCED else base
 
     @property
     def profiles(self) -> bool:

@@ -26,6 +26,7 @@ import orjson
 
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.layout import PROFILES, Family, has_store
+from nextclick.operators.state.placement import HASH
 from nextclick.operators.state.store import StateError
 
 MANIFEST_FILE = "nextclick-state.json"
@@ -109,6 +110,8 @@ class StateManifest:
     # The identity rules' priority the state was written with: it decides which identifier keys a
     # linked profile and so which family it is in (None: state from before identity stitching).
     identity_priority: tuple[str, ...] | None = None
+    # How its shards are spread over workers (operators/state/placement.py); "hash" before the setting.
+    shard_placement: str = HASH
 
     def to_json(self) -> bytes:
         body: dict[str, Any] = {
@@ -117,6 +120,7 @@ class StateManifest:
             "secret_fingerprint": self.secret_fingerprint, "lineage": self.lineage, "created_at": self.created_at,
             "restore": self.restore.to_json() if self.restore else None,
             "identity_priority": list(self.identity_priority) if self.identity_priority else None,
+            "shard_placement": self.shard_placement,
         }
         return orjson.dumps(body, option=orjson.OPT_INDENT_2)
 
@@ -130,7 +134,7 @@ class StateManifest:
                        created_at=str(body.get("created_at", "")),
                        restore=RestorePoint.from_json(body["restore"]) if body.get("restore") else None,
                        identity_priority=tuple(body["identity_priority"]) if body.get("identity_priority")
-                       else None)
+                       else None, shard_placement=str(body.get("shard_placement", HASH)))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise StateMismatch(f"{path} is not a readable nextclick state manifest ({type(exc).__name__}); "
                                 f"it says which shard count and secret the state was written with: restore "

@@ -31,13 +31,14 @@ them again). A savepoint is taken
 
 Restoring fetches into a process only the shards Bytewax will route to its workers (`Placement`:
 Bytewax 0.21 sends a state key to worker `siphash13(key) % workers`, processes holding consecutive
-worker indexes), and is idempotent: a restart whose state came from that very savepoint resumes. Re-
-sharding reads every key of every shard and routes it by customer to the new count.
+worker indexes: operators/state/placement.py), and is idempotent: a restart whose state came from
+that very savepoint resumes. Re-sharding reads every key of every shard and routes it by customer to the new count.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -72,6 +73,7 @@ from nextclick.operators.state.manifest import (
     write_manifest,
     write_marker,
 )
+from nextclick.operators.state.placement import BALANCED, worker_of
 from nextclick.operators.state.savepoint_parts import (
     MANIFEST,
     PART_SUFFIX,
@@ -93,65 +95,27 @@ log = logging.getLogger(__name__)
 
 # -- where shards run ---------------------------------------------------------------------------------
 
-_MASK = (1 << 64) - 1
-
-
-def _rotl(x: int, bits: int) -> int:
-    return ((x << bits) | (x >> (64 - bits))) & _MASK
-
-
-def siphash13(data: bytes) -> int:
-    """SipHash-1-3 with zero keys: Rust's `DefaultHasher::default()`, which Bytewax routes state keys with."""
-    v0, v1, v2, v3 = 0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573
-
-    def sip_round() -> None:
-        nonlocal v0, v1, v2, v3
-        v0 = (v0 + v1) & _MASK
-        v1 = _rotl(v1, 13) ^ v0
-        v0 = _rotl(v0, 32)
-        v2 = (v2 + v3) & _MASK
-        v3 = _rotl(v3, 16) ^ v2
-        v0 = (v0 + v3) & _MASK
-        v3 = _rotl(v3, 21) ^ v0
-        v2 = (v2 + v1) & _MASK
-        v1 = _rotl(v1, 17) ^ v2
-        v2 = _rotl(v2, 32)
-
-    end = len(data) - len(data) % 8
-    for i in range(0, end, 8):
-        m = int.from_bytes(data[i:i + 8], "little")
-        v3 ^= m
-        sip_round()
-        v0 ^= m
-    last = ((len(data) & 0xFF) << 56) | int.from_bytes(data[end:], "little")
-    v3 ^= last
-    sip_round()
-    v0 ^= last
-    v2 ^= 0xFF
-    for _ in range(3):
-        sip_round()
-    return v0 ^ v1 ^ v2 ^ v3
-
-
-def state_key(family: Family, shard: int) -> str:
+def state_key(family: Family, shard: int, placement: str) -> str:
     """The Bytewax key a shard's items are routed by (the identity stage has one key, its family's name:
     operators/identity/stage.py IDENTITY_KEY)."""
-    return IDENTITY if family.name == IDENTITY else family.route(shard)
+    return IDENTITY if family.name == IDENTITY else family.route(shard, placement)
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Which process of a cluster a shard runs on. Bytewax 0.21.1 hashes a state key (a Rust String: its
-    bytes and 0xFF) with SipHash-1-3 and sends it to worker `hash % total workers` (src/operators.rs,
-    `stateful_batch`); worker indexes are numbered process by process (`process_id * workers + thread`).
-    Checked against real clusters of 2x1, 3x1 and 2x2 workers in tests/test_savepoint_cluster.py."""
+    """Which process of a cluster a shard runs on (operators/state/placement.py): worker indexes are
+    numbered process by process (`process_id * workers + thread`). Checked against real clusters of
+    2x1, 3x1 and 2x2 workers in tests/test_savepoint_cluster.py. `shard_placement`: the cluster's
+    `state.shard_placement`."""
 
     process_id: int
     processes: int
     workers: int = 1  # per process
+    shard_placement: str = BALANCED
 
     def owner(self, family: Family, shard: int) -> int:
-        return siphash13(state_key(family, shard).encode() + b"\xff") % (self.processes * self.workers) // self.workers
+        key = state_key(family, shard, self.shard_placement)
+        return worker_of(key, self.processes * self.workers) // self.workers
 
     def owns(self, family: Family, shard: int) -> bool:
         return self.owner(family, shard) == self.process_id
@@ -315,7 +279,7 @@ def _describe_missing(missing: list[tuple[str, int]], fams: list[Family], parts:
     answered = sorted({str(p.get("process")) for p in parts if p.get("process")})
     text = f"no part from {len(missing)} shard(s) ({shown})"
     if placement is not None:
-        owners = sorted({Placement(0, placement.processes, placement.workers).owner(by_subdir[sub], n)
+        owners = sorted({dataclasses.replace(placement, process_id=0).owner(by_subdir[sub], n)
                          for sub, n in missing})
         text += f", which run on process(es) {', '.join(map(str, owners))} of {placement.processes}"
     return text + (f"; parts came from {', '.join(answered)}" if answered else "; no process wrote a part")

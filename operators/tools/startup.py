@@ -53,6 +53,7 @@ from nextclick.operators.state.manifest import (
     write_manifest,
     write_marker,
 )
+from nextclick.operators.state.placement import HASH
 from nextclick.operators.state.recovery_db import RecoveryView, read_recovery
 from nextclick.operators.state.store import ShardStore, StateError
 
@@ -75,7 +76,8 @@ log = logging.getLogger(__name__)
 def new_manifest(config: Config, secret: bytes, restore: RestorePoint | None = None) -> StateManifest:
     return StateManifest(shards=config.state.shards, secret_fingerprint=secret_fingerprint(secret),
                          lineage=uuid.uuid4().hex, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                         restore=restore, identity_priority=identity_rules(config).priority)
+                         restore=restore, identity_priority=identity_rules(config).priority,
+                         shard_placement=config.state.shard_placement)
 
 
 def identity_rules(config: Config) -> IdentityRules:
@@ -175,6 +177,15 @@ def _compare(manifest: StateManifest, config: Config, secret: bytes, state_dir: 
                    "change it through `nextclick savepoint reshard`")
 
 
+def _check_placement(manifest: StateManifest, config: Config, state_dir: Path) -> None:
+    """Bytewax's recovery holds each shard under its key: under other keys every shard would open twice."""
+    if manifest.shard_placement != config.state.shard_placement:
+        raise _refuse(f"state.shard_placement: the state in {state_dir} was placed {manifest.shard_placement!r} "
+                      f"(Bytewax's recovery keeps its shards under those keys), the configuration says "
+                      f"{config.state.shard_placement!r}; set it back to {manifest.shard_placement!r}, or restore a "
+                      f"savepoint into new state and recovery directories (docs/state.md, \"Shard placement\")")
+
+
 def verify_config(config: Config) -> StateManifest | None:
     """For tools that read or change state offline: refuse a configuration the state was not written
     with (a wrong shard count would look customers up in the wrong shard). Changes nothing."""
@@ -210,7 +221,8 @@ def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int
                                   f"state.shards to the count it was written with")
         finally:
             store.close()
-    return new_manifest(config, secret)
+    # Its Bytewax recovery holds the shards under the keys placed by hash, the only ones there were.
+    return dataclasses.replace(new_manifest(config, secret), shard_placement=HASH)
 
 
 def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_name: str = "nextclick",
@@ -279,6 +291,7 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             # State from before identity stitching: from now on it is placed by this priority.
             recorded = dataclasses.replace(manifest, identity_priority=identity_rules(config).priority)
             writes.append(lambda: write_manifest(state_dir, recorded, replace=True))
+    _check_placement(manifest, config, state_dir)
     if not view.exists:
         raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
                       f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "

@@ -29,6 +29,7 @@ from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.keys import TIMER_PREFIX, profile_key
 from nextclick.operators.state.layout import profile_families
+from nextclick.operators.state.placement import BALANCED
 from nextclick.operators.state.store import ShardStore, StateError
 from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
@@ -219,7 +220,7 @@ class Stitched:
 
     def logic(self, route: str) -> ShardLogic:
         if route not in self.logics:
-            family = next(f for f in self.families if (f.anchor is None) == route.isdigit()
+            family = next(f for f in self.families if (f.anchor is None) == ("/" not in route)
                           and (f.anchor is None or route.startswith(f"{f.anchor}/")))
             ctx = ShardContext(state_dir=family.root(self.root), shards=self.shards, ruleset=default_rules(),
                                clock=self.clock, sync=False, family=family.name)
@@ -421,7 +422,7 @@ def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Pa
     routed = [(route, item) for route, items in grouped for item in items]
     parts = sorted((route, item.customer) for route, item in routed)
     keys = sorted([key("customer", "E"), key("cookie", "ck")])
-    assert parts == sorted((f.route(0), k) for f in flow.families for k in keys)
+    assert parts == sorted((f.route(0, BALANCED), k) for f in flow.families for k in keys)
     assert all(item.part for _, item in routed)
     flow.close()
 
