@@ -199,7 +199,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
         start_positions=start_positions, aligned=aligned,
-        progress_topic=progress_topic(topics) if config.flow.align else None))
+        progress_topic=progress_topic(topics) if config.flow.align else None, poll_tick_s=config.flow.poll_tick_s))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input("control_in", flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,

@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Producer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nextclick.operators.infra.config import ParseConfig
+from nextclick.operators.infra.config import ConfigError, ParseConfig, load_config
 from nextclick.operators.io.alignment import Alignment
 from nextclick.operators.io.kafka_source import POLL_TICK_S, Aligned, KafkaInput, next_tick
 from nextclick.operators.io.topics import ensure_topics
@@ -42,10 +43,11 @@ def _events(n: int, first_ts: int, prefix: str = "e", customer: str = "c1") -> l
                           "customer_id": customer}) for i in range(n)]
 
 
-def _waits_for_the_next_tick(part: Any) -> None:
+def _waits_for_the_next_tick(part: Any, tick: timedelta = TICK) -> None:
     before = datetime.now(UTC)
     awake = part.next_awake()
-    assert awake is not None and before < awake <= before + TICK + timedelta(milliseconds=1)
+    assert awake is not None and before < awake <= before + tick + timedelta(milliseconds=1)
+    assert (awake - datetime.fromtimestamp(0, UTC)) % tick < timedelta(microseconds=2)  # on the grid
 
 
 def _read_until(part: Any, n: int) -> list[Any]:
@@ -118,3 +120,29 @@ def test_a_partition_that_delivers_what_it_held_back_without_fetching_polls_agai
     finally:
         late.close()
         early.close()
+
+
+def test_flow_poll_tick_sets_the_grid(kafka: dict[str, str], topic_prefix: str) -> None:
+    """A longer `flow.poll_tick`: a partition that read what there was waits for the next 50 ms tick."""
+    config = load_config(None, {"NEXTCLICK_FLOW__POLL_TICK": "50ms"})
+    assert config.flow.poll_tick_s == 0.05
+    topic = f"{topic_prefix}.tick"
+    ensure_topics(kafka, {topic: 1})
+    source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=False,
+                        poll_tick_s=config.flow.poll_tick_s)
+    part = source.build_part("kafka_in", f"{topic}#0", None)
+    try:
+        deadline = time.monotonic() + 20
+        while part.next_awake() is None and time.monotonic() < deadline:  # until a poll finds nothing
+            part.next_batch()
+        _waits_for_the_next_tick(part, timedelta(milliseconds=50))
+        time.sleep(0.05 - time.time() % 0.05 + 0.005)  # 5 ms into a 50 ms tick: the next is 45 ms away
+        assert part.next_awake() - datetime.now(UTC) > timedelta(milliseconds=30)  # type: ignore[operator]
+    finally:
+        part.close()
+
+
+@pytest.mark.parametrize("tick", ["0ms", "500ms", "soon"])
+def test_a_poll_tick_out_of_range_is_refused_in_one_line(tick: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[flow\]\.poll_tick"):
+        load_config(None, {"NEXTCLICK_FLOW__POLL_TICK": tick})

@@ -188,6 +188,16 @@ class FlowConfig:
     # A partition that neither delivers nor reports its end for this long (wall time) stops holding
     # the others back, like Kafka Streams' max.task.idle.ms; so does a process that stops publishing.
     alignment_idle_timeout: str = "10s"
+    # How often, at most, a partition that has read all there was polls again (operators/io/kafka_source.py):
+    # every partition of a process polls on one grid of this step, so live traffic runs the dataflow
+    # once per tick for all of them. Longer ticks put more events in each run and cost less CPU per
+    # event, and each event can wait up to one tick longer (docs/performance.md, "Live against
+    # backlog"). 1ms to 100ms; a backlog never waits for it.
+    poll_tick: str = "5ms"
+
+    @property
+    def poll_tick_s(self) -> float:
+        return _duration_ms(self.poll_tick) / 1000
 
     @property
     def alignment_bound_ms(self) -> int:
@@ -366,6 +376,14 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
+    try:
+        tick_ms = _duration_ms(config.flow.poll_tick)
+    except ValueError:
+        raise ConfigError(f"{origin}: [flow].poll_tick: not a duration: {config.flow.poll_tick!r} "
+                          "(e.g. 5ms, 20ms)") from None
+    if not 1 <= tick_ms <= 100:
+        raise ConfigError(f"{origin}: [flow].poll_tick must be from 1ms to 100ms (every event can wait one "
+                          f"tick), got {config.flow.poll_tick!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
     if config.state.shard_placement not in ("balanced", "hash"):
         raise ConfigError(f"{origin}: [state].shard_placement must be \"balanced\" or \"hash\", "

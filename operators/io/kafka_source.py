@@ -40,7 +40,7 @@ _commit_warned_at = -_COMMIT_WARN_EVERY_S
 # then runs once per tick for all of them instead of once per partition and message (live, that
 # per-activation cost was most of what a live event cost over a backlog one). A full fetch (a
 # backlog) polls again at once.
-POLL_TICK_S = 0.005
+POLL_TICK_S = 0.005  # flow.poll_tick's default
 _EPOCH = datetime.fromtimestamp(0, UTC)
 # At most one Progress report per partition this often (the first and a partition's last go at once).
 _PROGRESS_EVERY_S = 0.05
@@ -130,8 +130,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
                  batch_size: int, stop: threading.Event | None, stop_at_end: bool,
                  aligned: Aligned | None = None, exchange: Callable[[], None] | None = None,
-                 total: int = 0) -> None:
+                 total: int = 0, poll_tick_s: float = POLL_TICK_S) -> None:
         self._consumer = Consumer(config)
+        self._tick_s = poll_tick_s
         self._topic, self._partition = topic, partition
         self._next_offset = offset
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -351,10 +352,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
 
     def next_awake(self) -> datetime | None:
         # One held back by alignment looks again when the partition it waits for may have moved
-        # (alignment.limit); one with nothing more to read waits for the next tick (POLL_TICK_S).
+        # (alignment.limit); one with nothing more to read waits for the next tick (flow.poll_tick).
         if self._held:
             return datetime.now(UTC) + self._retry
-        return next_tick(time.time()) if self._idle or self._drained else None
+        return next_tick(time.time(), self._tick_s) if self._idle or self._drained else None
 
     def snapshot(self) -> int:
         # Bytewax polls this partition in epoch k only once every earlier epoch has passed its
@@ -396,12 +397,14 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
     def __init__(self, kafka: Mapping[str, str], topics: Sequence[str], *, group_id: str = "nextclick",
                  start_from_beginning: bool = True, stop_at_end: bool = False, batch_size: int = 1000,
                  stop: threading.Event | None = None, start_positions: Mapping[str, int] | None = None,
-                 aligned: Aligned | None = None, progress_topic: str | None = None) -> None:
+                 aligned: Aligned | None = None, progress_topic: str | None = None,
+                 poll_tick_s: float = POLL_TICK_S) -> None:
         """`start_positions` ("topic#partition" -> next offset) is a restored savepoint's: partitions
         Bytewax has no offset for start there, or at the beginning when the savepoint has none.
 
         `aligned`: pace the partitions in event time (operators/io/alignment.py); with
-        `progress_topic`, together with the other processes of the cluster.
+        `progress_topic`, together with the other processes of the cluster. `poll_tick_s`: the
+        polling grid's step (`flow.poll_tick`).
         """
         self._kafka = dict(kafka)
         self._aligned = aligned
@@ -414,6 +417,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
         self._batch_size = batch_size
         self._stop = stop
         self._total = 0  # how many partitions list_parts found (each worker lists them all)
+        self._tick_s = poll_tick_s
 
     def list_parts(self) -> list[str]:
         config = client_config(self._kafka, **{"group.id": self._group_id})
@@ -449,7 +453,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
         else:
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
-                               self._stop_at_end, self._aligned, exchange, self._total)
+                               self._stop_at_end, self._aligned, exchange, self._total, self._tick_s)
 
 
 # How long the final group commit may take. It is for lag tools only, and a drain must finish inside
