@@ -434,6 +434,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows = result["runs"]
     one = rows[0]["cpu_per_event_us"] if rows and rows[0]["processes"] == 1 else None
     lines = [f"bench.scale: {st['events']:,} events, {st['customers']:,} customers (Zipf s={st.get('zipf_s', 1.1)}), "
+             f"{'' if st.get('stitching', True) else 'no identity stitching, '}"
              f"{st['partitions']} partitions, "
              f"{st['shards']} shards, {result['machine']['cpu_count']} CPUs, bytewax "
              f"{result['machine']['versions']['bytewax']}, revision {result.get('revision') or 'unknown'}", "",
@@ -498,7 +499,8 @@ def run(s: Settings, idle_seconds: float = 5.0) -> dict[str, Any]:
             "timestamp": stamp, "machine": machine_info(), "revision": source_revision(),
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
-                         "sync": s.sync, "seed": s.seed, "workload": s.workload, "zipf_s": s.zipf_s},
+                         "sync": s.sync, "seed": s.seed, "workload": s.workload, "zipf_s": s.zipf_s,
+                         "stitching": os.environ.get("NEXTCLICK_IDENTITY__STITCHING", "true") != "false"},
             "workload": produced, "runs": runs}
         largest = max((r for r in runs if r["serial_us"] is not None), key=lambda r: r["processes"], default=None)
         if largest is not None:
@@ -529,6 +531,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, float]:
     parser.add_argument("--no-sync", action="store_true", help="state.sync=false (no fsync per checkpoint)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workload", choices=("default", "identity"), default="default")
+    parser.add_argument("--no-stitching", action="store_true",
+                        help="identity.stitching = false: events straight from their reader to their shard")
     parser.add_argument("--zipf", type=float, default=ZIPF_S,
                         help="customers' skew (at 1.1 the busiest of 50,000 sends 14%% of the events)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="raw JSON (git-ignored)")
@@ -545,6 +549,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, float]:
 
 def main(argv: list[str] | None = None) -> None:
     settings, idle_seconds = parse_args(argv)
+    if "--no-stitching" in (argv if argv is not None else sys.argv[1:]):
+        os.environ["NEXTCLICK_IDENTITY__STITCHING"] = "false"  # every flow process inherits it (bench.run.FlowRun)
     run(settings, idle_seconds)
 
 

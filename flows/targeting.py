@@ -29,7 +29,8 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from nextclick.operators.exchange import Batch
+from nextclick.operators.exchange import Batch, grouped
+from nextclick.operators.identity.direct import DirectRoutes
 from nextclick.operators.identity.guards import load_identity_rules
 from nextclick.operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
 from nextclick.operators.infra import metrics
@@ -127,7 +128,10 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     topics = config.topics
     savepoint_dir = Path(config.state.savepoint_dir)
     state_dir = Path(config.state.dir)
-    families = profile_families(shards, identity_rules.anchors)
+    stitching = config.identity.stitching
+    # Without stitching: no identity stage and no linked families; events go straight to their shard.
+    families = profile_families(shards, identity_rules.anchors if stitching else ())
+    direct = None if stitching else DirectRoutes(shards, config.state.shard_placement)
     configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)
     # The profile view topic: written by each shard's checkpoint, before the epoch commits.
     view = ProfileViewWriter(config.kafka, topics.profiles, ruleset, clock).publish if topics.profiles else None
@@ -138,23 +142,32 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage
-        (operators/exchange.py), in the order read; dead letters on their own."""
+        (operators/exchange.py), in the order read; dead letters on their own. Without stitching,
+        one list per shard instead (operators/identity/direct.py)."""
         now = clock.now_ms()
         out: list[Routed | DeadLetter] = []
         to_identity: Batch = Batch()
+        to_shards: list[Routed] = []
         for m in batch:
-            if isinstance(m, Progress):  # the source's event-time floor, on to the frontier (identity stage)
-                to_identity.append(m)
+            if isinstance(m, Progress):  # the source's event-time floor, on to the frontier
+                if direct is None:
+                    to_identity.append(m)
+                else:
+                    direct.progress(m, to_shards)
                 continue
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
                                  secret=secret, now_ms=now, config=parse_config, guards=identity_rules,
                                  plan=tracking_plan)
-            if isinstance(item, Event):
+            if not isinstance(item, Event):
+                out.append(item)
+            elif direct is None:
                 to_identity.append(item)
             else:
-                out.append(item)
+                direct.event(item, to_shards)
         if to_identity:
             out.append((IDENTITY_KEY, to_identity))
+        if to_shards:
+            out += grouped(to_shards)
         return out
 
     def parse_control_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
@@ -165,7 +178,10 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
             item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
                                  secret=secret, savepoint_dir=savepoint_dir)
             if isinstance(item, (EraseRequest, SavepointRequest)):
-                out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there
+                if direct is None:
+                    out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there
+                else:
+                    direct.command(item, out)  # type: ignore[arg-type]  # Routed pairs
             elif item is not None:  # None: a drain request, for the drain watchers (operators/io/drain.py)
                 out.append(item)
         return out
@@ -207,16 +223,19 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
                         _is_routed)
     work = op.merge("events_and_commands", split.trues, control.trues)
-    routed = op.map("routed", op.stateful_batch("identity", work, lambda resume: IdentityLogic(identity, resume)),
-                    _routed)
-    # Each family's share of what the identity stage routed; `profiles` (by far the most) first.
-    to_profiles = op.branch("to_profiles", routed, _to_profiles)
-    inputs = {families[0].name: [to_profiles.trues]}
-    rest = to_profiles.falses
-    for family in families[1:]:
-        share = op.branch(f"to_{family.name}", rest, _prefixed(f"{family.anchor}/"))
-        inputs[family.name] = [share.trues]
-        rest = share.falses
+    if direct is not None:
+        inputs = {families[0].name: [work]}  # already keyed by shard
+    else:
+        routed = op.map("routed", op.stateful_batch("identity", work, lambda resume: IdentityLogic(identity, resume)),
+                        _routed)
+        # Each family's share of what the identity stage routed; `profiles` (by far the most) first.
+        to_profiles = op.branch("to_profiles", routed, _to_profiles)
+        inputs = {families[0].name: [to_profiles.trues]}
+        rest = to_profiles.falses
+        for family in families[1:]:
+            share = op.branch(f"to_{family.name}", rest, _prefixed(f"{family.anchor}/"))
+            inputs[family.name] = [share.trues]
+            rest = share.falses
     decided: list[Any] = []
     failed: list[Any] = [split.falses, control.falses]
     for n, family in enumerate(families):
@@ -224,7 +243,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                            cache_profiles=config.state.cache_profiles_per_shard,
                            keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
                            family=family.name, await_frontier=True, view=view,
-                           epoch_s=config.flow.epoch_seconds)
+                           epoch_s=config.flow.epoch_seconds, direct=direct is not None)
         first = n == 0  # `profiles` keeps the step names it always had
         items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
             op.merge(f"into_{family.name}", *inputs[family.name])

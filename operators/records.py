@@ -166,6 +166,19 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardProgress:
+    """Source -> every shard, without identity stitching (`identity.stitching = false`): one input
+    partition's Progress, right behind the messages it accounts for on the channel to this shard, so a
+    shard that fires by the lowest floor over every partition has applied every event older than it."""
+
+    shard: int
+    partition: str
+    floor: int | None
+    total: int
+    source: None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Frontier:
     """Identity stage -> every shard: the input's event-time frontier (None: caught up, follow the
     clock). It comes after everything the stage routed before it, so a shard that fires its timers by

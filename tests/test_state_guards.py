@@ -24,6 +24,7 @@ from tests.flowrun import (
     REPO,
     FlowSetup,
     assert_same_profiles,
+    identity_workload,
     produce,
     read_profiles,
     reference_run,
@@ -195,3 +196,23 @@ def test_state_from_before_shard_placement_resumes_under_hash_and_names_the_sett
     ensure_topics(kafka, {ref_topic: 2})
     reference = reference_run(kafka, tmp_path / "ref", topic_prefix, ref_topic, first + more, 2, shards=SHARDS)
     assert_same_profiles(reference.profiles, read_profiles(setup.state_dir, SHARDS))
+
+
+def test_stitching_can_be_switched_off_only_on_state_without_links(
+        deployment: FlowSetup, kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """State whose events were all keyed by one identifier (the module's deployment: no link) starts
+    without stitching. State with links is refused in one line: its linked profiles would be left behind."""
+    profiles = read_profiles(deployment.state_dir, SHARDS)
+    done = start(deployment, NEXTCLICK_IDENTITY__STITCHING="false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_profiles(deployment.state_dir, SHARDS) == profiles
+
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 1})
+    produce(kafka, topic, identity_workload(3, seed=4), 1)
+    linked = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=SHARDS)
+    run_to_end(linked, log=tmp_path / "run.log")
+    before = checksums(linked.state_dir, linked.recovery_dir)
+    refused(start(linked, NEXTCLICK_IDENTITY__STITCHING="false"), "identity.stitching = false",
+            "an identity graph with links", "linked_", "keep identity.stitching = true")
+    assert checksums(linked.state_dir, linked.recovery_dir) == before

@@ -222,6 +222,13 @@ class IdentityConfig:
     # Identifiers whose resolution (linked to which profile, or not linked) the identity stage keeps
     # in memory; the rest are read from its RocksDB.
     cache_identifiers: int = 131072
+    # false: no identity stitching. Every event updates the profile of the identifier it is keyed by,
+    # other identifiers it names are not linked (counted as refused links, reason "stitching_off"),
+    # and events go from the process that read them straight to their shard: exchanged at most once,
+    # with no identity stage that sees them all (docs/architecture.md, "Scaling out"). For inputs
+    # keyed by one identifier throughout (a customer id on every channel). State with linked profiles
+    # cannot be switched off; switching on later starts with an empty identity graph.
+    stitching: bool = True
 
 
 @dataclass(frozen=True)

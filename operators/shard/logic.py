@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
 from nextclick.operators.exchange import flatten
-from nextclick.operators.frontier import EventTimeFrontier
-from nextclick.operators.records import Frontier, SavepointRequest
+from nextclick.operators.frontier import EventTimeFrontier, InputFrontier
+from nextclick.operators.records import Frontier, SavepointRequest, ShardProgress
 from nextclick.operators.shard.shard_state import ShardContext, ShardItem, ShardOutput, ShardState
 from nextclick.operators.state.keys import shard_of, shard_path
 from nextclick.operators.state.store import KeyValueStore
@@ -41,6 +42,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem | list[ShardItem], ShardOutput, Re
         # The input's frontier, kept from the first Frontier on, even while there is no state to open:
         # the identity stage sends it again only when it moves (live: never), not to each new shard.
         self.frontier = EventTimeFrontier(ctx.clock.now_ms, await_input=ctx.await_frontier)
+        # Without identity stitching (ctx.direct): every input partition's floor, from the sources.
+        self.inputs = InputFrontier(ctx.clock.now_ms)
         if resume is not None:
             self.state = ShardState.open(ctx, int(resume["shard"]), int(resume["seq"]), self.frontier)
 
@@ -51,6 +54,10 @@ class ShardLogic(StatefulBatchLogic[ShardItem | list[ShardItem], ShardOutput, Re
 
     def on_batch(self, received: list[ShardItem | list[ShardItem]]) -> tuple[list[ShardOutput], bool]:
         values: list[ShardItem] = flatten(received)  # the identity stage sends a list per shard and batch
+        if self.ctx.direct:
+            values = self._frontiers(values)
+            if not values:
+                return [], StatefulBatchLogic.RETAIN
         state = self.state
         if state is None:
             # New to Bytewax's recovery: open at the restore point (nothing on disk was committed).
@@ -67,6 +74,23 @@ class ShardLogic(StatefulBatchLogic[ShardItem | list[ShardItem], ShardOutput, Re
                 return [], StatefulBatchLogic.RETAIN
             state = self.state = ShardState.open(self.ctx, shard, None, self.frontier)
         return state.apply(values), StatefulBatchLogic.RETAIN
+
+    def _frontiers(self, values: list[Any]) -> list[ShardItem]:
+        """The sources' reports in place of the identity stage's Frontier: each one moves this shard's
+        view of the lowest floor over every input partition, which, once all have reported, is the
+        frontier. A report comes behind everything its partition sent this shard, so the frontier never
+        passes an event still on its way."""
+        out: list[ShardItem] = []
+        inputs = self.inputs
+        for value in values:
+            if type(value) is ShardProgress:
+                inputs.note(value.partition, value.floor, value.total)
+                known, floor = inputs.current()
+                if known:
+                    out.append(Frontier(value.shard, floor))
+            else:
+                out.append(value)
+        return out
 
     def on_notify(self) -> tuple[list[ShardOutput], bool]:
         state = self.state

@@ -122,6 +122,9 @@ class ShardContext:
     # The flow's epoch length (flow.epoch_seconds): for its first EARLY_SHARE more profiles may stay
     # dirty (cache.EARLY_DIRTY_LIMIT). None: DIRTY_LIMIT throughout (tools and tests).
     epoch_s: float | None = None
+    # Without identity stitching the sources report their floors to every shard (records.ShardProgress)
+    # and each shard keeps the frontier over them itself (operators/shard/logic.py).
+    direct: bool = False
 
 
 def open_store(state_dir: Path, family: str, shard: int, seq: int | None, plan: StartPlan | None, *,

@@ -84,7 +84,14 @@ from nextclick.operators.state.savepoint_parts import (
     copy_db,
 )
 from nextclick.operators.state.store import ShardStore, StateError, dir_bytes
-from nextclick.operators.tools.startup import check_identity, check_start, identity_rules, new_manifest, state_families
+from nextclick.operators.tools.startup import (
+    check_identity,
+    check_start,
+    flow_families,
+    identity_rules,
+    new_manifest,
+    state_families,
+)
 
 _RESTORING = ".nextclick-restoring.json"  # in state.dir while a restore puts shards in place
 
@@ -296,7 +303,7 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
     while waiting (a draining flow's scheduler gives up at once instead of at the timeout)."""
     where = dest if isinstance(dest, Destination) else Destination(dest)
     shards = config.state.shards
-    fams = state_families(config)
+    fams = flow_families(config)  # the families whose shards write parts
     expected = {f.subdir: set(range(f.shards)) for f in fams}
     total = sum(f.shards for f in fams)
     deadline = time.monotonic() + timeout_s

@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from nextclick.operators.identity.graph import GROUP_PREFIX, graph_path
 from nextclick.operators.identity.guards import IdentityRules, load_identity_rules
 from nextclick.operators.infra.config import Config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
-from nextclick.operators.state.layout import PROFILES, Family, families
+from nextclick.operators.state.layout import PROFILES, Family, families, has_store
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
@@ -87,6 +88,33 @@ def identity_rules(config: Config) -> IdentityRules:
 def state_families(config: Config) -> list[Family]:
     """Every family of stores the configuration's flow has (operators/state/layout.py)."""
     return families(config.state.shards, identity_rules(config).anchors)
+
+
+def flow_families(config: Config) -> list[Family]:
+    """The families the configured flow runs, and writes savepoint parts for: without identity stitching
+    (`identity.stitching = false`), `profiles` only."""
+    fams = state_families(config)
+    return fams if config.identity.stitching else [f for f in fams if f.name == PROFILES]
+
+
+def _check_stitching(config: Config, state_dir: Path) -> None:
+    """Without stitching the identity graph and linked profiles would be left behind: refuse state that has any."""
+    if config.identity.stitching:
+        return
+    linked = [f.name for f in state_families(config) if f.anchor is not None and family_dirs(state_dir, f)]
+    path = graph_path(state_dir)
+    links = False
+    if has_store(path):
+        store = ShardStore.open_read_only(path, cache_size=0)
+        try:
+            links = next(iter(store.scan(GROUP_PREFIX)), None) is not None
+        finally:
+            store.close()
+    if linked or links:
+        held = ", ".join(["an identity graph with links"] * links + [f"{name} shards" for name in linked])
+        raise _refuse(f"identity.stitching = false: the state in {state_dir} holds {held}, which a flow without "
+                      f"stitching would leave behind (their customers' events would start new profiles); keep "
+                      f"identity.stitching = true, or start over with `nextclick state reset`")
 
 
 
@@ -292,11 +320,12 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             recorded = dataclasses.replace(manifest, identity_priority=identity_rules(config).priority)
             writes.append(lambda: write_manifest(state_dir, recorded, replace=True))
     _check_placement(manifest, config, state_dir)
+    _check_stitching(config, state_dir)
     if not view.exists:
         raise _refuse(f"state.recovery_dir: {state_dir} holds the state of deployment {manifest.lineage} "
                       f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
                       f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
-    fams = state_families(config)
+    fams = flow_families(config)
     all_dirs = {f.name: family_dirs(state_dir, f) for f in fams}
     on_disk = {f.name: {n: _shard_on_disk(p) for n, p in sorted(all_dirs[f.name].items())} for f in fams}
     restore = manifest.restore
