@@ -14,6 +14,8 @@ operators/identity/stage.py) sends each event to the shard of the profile it upd
 of stores that profile lives in (operators/state/layout.py): `profiles` for identifiers linked to
 nothing, as before identity stitching, and one `linked_<type>` family per identifier type a linked
 profile can be keyed by. A link moves profiles only to later families, so the graph has no cycle.
+Without identity stitching (`identity.stitching = false`) there is no identity stage and no linked
+family: the parse step sends each event to its `profiles` shard itself (operators/identity/direct.py).
 Before anything is wired, the state and recovery directories are checked against the configuration
 (operators/tools/startup.py).
 """
