@@ -10,7 +10,6 @@ topic, 30 minutes after the cart, must be read before the cart counts as abandon
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,12 +24,12 @@ from tests.flowrun import (
     SECRET,
     DecisionRecord,
     FlowSetup,
+    Kill,
     Message,
     assert_same_decisions,
     assert_same_profiles,
     crash_run,
     dedupe,
-    kill_plan,
     produce,
     read_decisions,
     read_profiles,
@@ -52,7 +51,7 @@ WEB = {"page_view", "add_to_cart", "consent"}
 
 
 def _stories(now: int) -> tuple[list[Message], list[Message]]:
-    """Web events on one topic, the rest on another; a buyer and an abandoner among 300 others."""
+    """Web events on one topic, the rest on another; a buyer and an abandoner among 200 others."""
     t0 = now - 4 * HOUR
     cart = {"sku": "sku-7", "amount": 80.0, "quantity": 1, "category": "shoes"}
 
@@ -61,7 +60,7 @@ def _stories(now: int) -> tuple[list[Message], list[Message]]:
         return ts, (who, who.encode(), orjson.dumps(body))
 
     consent = {"channel": "email", "purpose": "marketing", "granted": True}
-    timed = [(orjson.loads(m[2])["ts"], m) for m in workload(300, seed=9, start_ms=t0 - 30 * MIN, span_ms=110 * MIN)]
+    timed = [(orjson.loads(m[2])["ts"], m) for m in workload(200, seed=9, start_ms=t0 - 30 * MIN, span_ms=110 * MIN)]
     timed += [msg("buyer-1", "b1", "consent", t0 - 10 * MIN, **consent),
               msg("buyer-1", "b2", "add_to_cart", t0, **cart),
               msg("buyer-1", "b3", "store_purchase", t0 + 30 * MIN, order_id="o-b", amount=80.0, currency="EUR"),
@@ -109,7 +108,7 @@ def test_without_stitching_a_backlog_hours_old_decides_as_with_it(
     crashed = FlowSetup.create(kafka, tmp_path / "crashed", f"{topic_prefix}.crashed", inputs=topics, shards=SHARDS,
                                epoch_seconds=0.3, extra_env={**EXACT_ORDER, **DIRECT,
                                                              "NEXTCLICK_THROTTLE_INPUT": throttle})
-    done = crash_run(crashed, kill_plan(random.Random(27), 3, max_after_s=2.0), log=tmp_path / "crashed.log")
+    done = crash_run(crashed, [Kill(failpoints="after_checkpoint:2"), Kill(after_s=1.5)], log=tmp_path / "crashed.log")
     run_to_end(crashed, log=tmp_path / "crashed.log")
     assert any(k.how.startswith("failpoint after_checkpoint") for k in done), [k.how for k in done]
     assert_same_profiles(profiles, read_profiles(crashed.state_dir, SHARDS))
