@@ -183,7 +183,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 if direct is None:
                     out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there
                 else:
-                    direct.command(item, out)  # type: ignore[arg-type]  # Routed pairs
+                    direct.command(item, out)
             elif item is not None:  # None: a drain request, for the drain watchers (operators/io/drain.py)
                 out.append(item)
         return out

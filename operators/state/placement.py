@@ -21,7 +21,6 @@ import itertools
 
 HASH = "hash"  # keys "0", "1"... (and "<type>/0"...): where Bytewax's hash puts them
 BALANCED = "balanced"  # keys chosen so that the shards go round the workers
-PLACEMENTS = (HASH, BALANCED)
 BALANCE_MODULUS = 240  # lcm(1..6, 8, 16): exact for the worker counts clusters are built with
 
 _MASK = (1 << 64) - 1
@@ -64,7 +63,6 @@ def siphash13(data: bytes) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
-
 def worker_of(key: str, workers: int) -> int:
     """The worker (0-based, over every process's workers) Bytewax routes `key` to."""
     return siphash13(key.encode() + b"\xff") % workers
@@ -76,6 +74,6 @@ def balanced_key(base: str, slot: int) -> str:
     target = slot % BALANCE_MODULUS
     for k in itertools.count():
         key = f"{base}~{k}"
-        if siphash13(key.encode() + b"\xff") % BALANCE_MODULUS == target:
+        if worker_of(key, BALANCE_MODULUS) == target:
             return key
     raise AssertionError("unreachable")  # itertools.count() never ends
