@@ -91,6 +91,7 @@ class Settings:
     # (bench/workload.py). Revisions before identity stitching cannot read the identity one (`login`).
     workload: str = "default"
     zipf_s: float = ZIPF_S  # customers' skew (bench/workload.py)
+    stitching: bool = True  # identity.stitching: false sends events straight from their reader to their shard
     run_id: str = field(default_factory=lambda: f"{time.time_ns()}")
 
     @property
@@ -369,6 +370,8 @@ class FlowRun(ProcessGroup):
                "NEXTCLICK_FLOW__GROUP_ID": f"bench-{name}-{s.run_id}",
                # only when off: revisions from before input alignment know no such key, and true is its default
                **({} if s.align else {"NEXTCLICK_FLOW__ALIGN": "false"}),
+               # the same: revisions from before `identity.stitching` know no such key
+               **({} if s.stitching else {"NEXTCLICK_IDENTITY__STITCHING": "false"}),
                "NEXTCLICK_LOG_LEVEL": "WARNING",
                **{"NEXTCLICK_KAFKA__" + k.upper().replace(".", "_"): v for k, v in s.flow_kafka.items()},
                "BENCH_STATS_FILE": str(directory / "stats-{pid}.json"),

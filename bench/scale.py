@@ -500,7 +500,7 @@ def run(s: Settings, idle_seconds: float = 5.0) -> dict[str, Any]:
             "settings": {"events": s.events, "customers": s.customers, "processes": list(s.processes),
                          "partitions": s.partitions, "shards": s.shards, "epoch_seconds": s.epoch_seconds,
                          "sync": s.sync, "seed": s.seed, "workload": s.workload, "zipf_s": s.zipf_s,
-                         "stitching": os.environ.get("NEXTCLICK_IDENTITY__STITCHING", "true") != "false"},
+                         "stitching": s.stitching},
             "workload": produced, "runs": runs}
         largest = max((r for r in runs if r["serial_us"] is not None), key=lambda r: r["processes"], default=None)
         if largest is not None:
@@ -544,13 +544,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, float]:
                     processes=tuple(int(p) for p in args.processes.split(",") if p.strip()),
                     partitions=args.partitions, shards=args.shards, epoch_seconds=args.epoch_seconds,
                     sync=not args.no_sync, seed=args.seed, workload=args.workload, out=args.out,
-                    bootstrap=args.bootstrap, zipf_s=args.zipf), args.idle_seconds
+                    bootstrap=args.bootstrap, zipf_s=args.zipf, stitching=not args.no_stitching), args.idle_seconds
 
 
 def main(argv: list[str] | None = None) -> None:
     settings, idle_seconds = parse_args(argv)
-    if "--no-stitching" in (argv if argv is not None else sys.argv[1:]):
-        os.environ["NEXTCLICK_IDENTITY__STITCHING"] = "false"  # every flow process inherits it (bench.run.FlowRun)
     run(settings, idle_seconds)
 
 

@@ -69,7 +69,8 @@ def test_model_and_projection() -> None:
 
 def test_markdown_and_arguments() -> None:
     settings, idle = scale.parse_args(["--events", "10", "--processes", "1,2", "--idle-seconds", "0"])
-    assert settings.processes == (1, 2) and idle == 0
+    assert settings.processes == (1, 2) and idle == 0 and settings.stitching
+    assert not scale.parse_args(["--no-stitching"])[0].stitching  # FlowRun then sets identity.stitching = false
     run = {"processes": 1, "window_events_per_s": 1000.0, "events_per_s": 900.0, "startup_cpu_s": 0.4,
            "cpu_per_event_us": 40.0, "exchange_bytes_per_event": 0.0, "serial_us": None,
            "capacity_events_per_s": 25000.0, "broker_cpu_per_event_us": 2.0,
