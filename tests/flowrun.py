@@ -175,10 +175,13 @@ class PacedProducer(threading.Thread):
     def run(self) -> None:
         kafka, topic, messages, partitions = self.args
         size = max(1, -(-len(messages) // self.chunks))
+        began = time.monotonic()
         try:
-            for start in range(0, len(messages), size):
+            for n, start in enumerate(range(0, len(messages), size)):
+                # Chunk n is due at n/chunks of the way: a chunk's own delivery time (about as long as
+                # the pause, on the embedded broker) does not stretch the whole beyond `seconds`.
+                time.sleep(max(0.0, began + n * self.seconds / self.chunks - time.monotonic()))
                 produce(kafka, topic, messages[start:start + size], partitions)
-                time.sleep(self.seconds / self.chunks)
         except BaseException as exc:  # surfaced by the test through .error
             self.error = exc
 
