@@ -37,6 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.flows import cluster as cl
     from nextclick.flows.runner import FlowRunner, metrics_settings, preflight
     from nextclick.flows.targeting import build_flow
+    from nextclick.operators.exchange import settings_digest
     from nextclick.operators.identity.guards import load_identity_rules
     from nextclick.operators.infra.config import ConfigError
     from nextclick.operators.infra.logs import configure_logging
@@ -52,12 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         restore,
     )
     from nextclick.operators.tools.schedule import check_recovery_plan, start_scheduler
-    from nextclick.operators.tools.startup import check_start, reset_state
+    from nextclick.operators.tools.startup import check_start, cluster_settings, reset_state
 
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
     config = _config(args)
-    config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
+    secret = config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
     ruleset = load_configured_rules(config)  # a bad rules file or tracking plan fails fast too
     load_identity_rules(config.identity.file or None)  # and so does a bad identity rules file
     if args.stop_at_end:
@@ -70,12 +71,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         """Only for a new deployment (or a restore): the start-up checks decide when."""
         cl.prepare_recovery(directory, parts, count, check=False)
 
+    shared = cluster_settings(config, secret)
     logging.getLogger("nextclick").info("starting", extra={
         "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
         "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
         "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
         "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
-        "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None})
+        "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None,
+        # What every process of a cluster must share; a peer's batch carrying other settings is refused.
+        "settings_digest": settings_digest(shared), "settings": shared})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
     if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
         cl.wait_for_names(place.addresses, args.peer_dns_timeout)

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
 
-from nextclick.operators.exchange import release_mismatch
+from nextclick.operators.exchange import cluster_mismatch
 from nextclick.operators.infra import health
 from nextclick.operators.infra.config import Config
 from nextclick.operators.infra.failures import (
@@ -111,7 +111,7 @@ class FlowRunner:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
                          recovery_config=RecoveryConfig(config.state.recovery_dir), worker_count_per_proc=workers)
         except BaseException as exc:
-            mismatch = release_mismatch()
+            mismatch = cluster_mismatch()
             if mismatch is not None:  # a peer of another release: not a lost peer, whatever Bytewax says
                 raise Explained(mismatch) from exc
             watch_saw = self._peer_watch.lost if self._peer_watch is not None else []

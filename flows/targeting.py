@@ -31,7 +31,7 @@ from typing import Any, TypeGuard
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
-from nextclick.operators.exchange import Batch, grouped
+from nextclick.operators.exchange import Batch, declare_settings, grouped
 from nextclick.operators.identity.direct import DirectRoutes
 from nextclick.operators.identity.guards import load_identity_rules
 from nextclick.operators.identity.stage import IDENTITY_KEY, IdentityContext, IdentityLogic
@@ -63,9 +63,9 @@ from nextclick.operators.rules.loader import load_configured_rules
 from nextclick.operators.rules.model import RuleSet
 from nextclick.operators.shard.logic import ResumeState, ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext, ShardOutput
-from nextclick.operators.state.layout import profile_families
+from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, profile_families
 from nextclick.operators.state.manifest import StartPlan
-from nextclick.operators.tools.startup import check_start
+from nextclick.operators.tools.startup import check_start, cluster_settings
 
 Routed = tuple[str, Any]
 # NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.
@@ -124,6 +124,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     tracking_plan = ruleset.plan
     identity_rules = load_identity_rules(config.identity.file or None)
     secret = config.privacy.resolve_secret()
+    declare_settings(cluster_settings(config, secret))  # what this process's batches carry to its peers
     plan = plan if plan is not None else check_start(config, flow_name=name)
     shards = config.state.shards
     parse_config = config.parse
@@ -213,13 +214,13 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     aligned = Aligned(Alignment(config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms),
                       clock.now_ms, parse_config, pace=config.flow.align)
     flow = Dataflow(name)
-    raw = op.input("kafka_in", flow, KafkaInput(
+    raw = op.input(INPUT_STEP, flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
         start_positions=start_positions, aligned=aligned,
         progress_topic=progress_topic(topics) if config.flow.align else None, poll_tick_s=config.flow.poll_tick_s))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
-    control_raw = op.input("control_in", flow, KafkaInput(
+    control_raw = op.input(CONTROL_STEP, flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
         stop_at_end=config.flow.stop_at_end, stop=stop, start_positions=start_positions))
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),

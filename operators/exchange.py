@@ -12,24 +12,30 @@ to another process), and when it is pickled its events go as one msgpack array, 
 pickle round trip per event (docs/architecture.md). Whatever else it holds (progress reports,
 frontiers, moves, commands) is pickled as before, and comes back in its place.
 
-Every process of a cluster must run one release. A pickled Batch names its format (`FORMAT`) and
-the sender's release, so a process handed a batch of another format stops with one line that says
-so, rather than misreading it. `_unpack` keeps its name and its first two parameters in every
-release for that reason; a new layout of the events is a new `FORMAT`.
+Every process of a cluster must run one release with one configuration. A pickled Batch names its
+format (`FORMAT`), the sender's release and the settings every process must share (`declare_settings`:
+shards, placement, secret, rules...), so a process handed a batch of another format, or of a process
+configured otherwise, stops with one line that says which, rather than misreading it or routing its
+customers to other shards. `_unpack` keeps its name and its first two parameters in every release,
+and takes what later releases add after them (`*rest`); a new layout of the events is a new `FORMAT`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
+import orjson
 
 from nextclick import __version__
 from nextclick.operators.errors import NextclickError
 from nextclick.operators.records import Event
 
-FORMAT = 2  # 1: releases up to a82b42e, whose `_unpack` took (blob, others) and cannot read this one
+# 1: releases up to a82b42e, whose `_unpack` took (blob, others); 2: up to f9b3d01, whose `_unpack` took four
+# arguments, no settings, and cannot read this one either.
+FORMAT = 3
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(list[Event]).decode
 
@@ -38,14 +44,47 @@ class ReleaseMismatch(NextclickError):
     """A process of this cluster runs a release whose batches this one cannot read."""
 
 
+class SettingsMismatch(NextclickError):
+    """A process of this cluster runs with settings that differ from this one's where they must agree."""
+
+
 # Bytewax reports a failed unpickle as a panic of its own ("Send thread panic") and the runner would
 # call that a lost peer: the reason is kept here for the runner's one line (flows/runner.py).
 _mismatches: list[str] = []
+# This process's shared settings (declare_settings): the first batches it pickles carry them whole, so
+# a receiver can name what differs (800 bytes); the rest carry their digest.
+_settings = b"{}"
+_settings_digest = hashlib.sha256(_settings).digest()[:12]
+_whole_left = 256
 
 
-def release_mismatch() -> str | None:
+def cluster_mismatch() -> str | None:
     """Why this process stopped reading its peers' batches, if that is why it stopped."""
     return _mismatches[0] if _mismatches else None
+
+
+def declare_settings(settings: dict[str, str]) -> None:
+    """The settings (name -> value or digest) every process of this cluster must share; each flow build
+    declares them, and a peer's batch that carries others is refused."""
+    global _settings, _settings_digest, _whole_left
+    _settings = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    _settings_digest = hashlib.sha256(_settings).digest()[:12]
+    _whole_left = 256
+
+
+def settings_digest(settings: dict[str, str]) -> str:
+    """The digest a process's batches carry for these settings, as a mismatch names it."""
+    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).digest()[:12].hex()
+
+
+def _differences(theirs: bytes) -> str:
+    if len(theirs) == len(_settings_digest):  # past the sender's first batches: which setting is not known
+        return (f"settings digest {theirs.hex()} there, {_settings_digest.hex()} here (each process's "
+                "\"starting\" log line lists its settings)")
+    peer, mine = orjson.loads(theirs), orjson.loads(_settings)
+    names = sorted(name for name in peer.keys() | mine.keys() if peer.get(name) != mine.get(name))
+    return "; ".join(f"{name} = {peer.get(name, '(not set)')} there, {mine.get(name, '(not set)')} here"
+                     for name in names)
 
 
 class Batch(list[Any]):
@@ -65,10 +104,14 @@ class Batch(list[Any]):
             blob = _ENCODE(events)
         except (TypeError, ValueError, OverflowError):  # a value msgpack cannot hold: pickled as it is
             return list, (list(self),)
-        return _unpack, (FORMAT, __version__, blob, others)
+        global _whole_left
+        if _whole_left > 0:
+            _whole_left -= 1
+            return _unpack, (FORMAT, __version__, blob, others, _settings)
+        return _unpack, (FORMAT, __version__, blob, others, _settings_digest)
 
 
-def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]]) -> list[Any]:
+def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]], *rest: Any) -> list[Any]:
     """A pickled Batch, back as a list: its events decoded, the other items put back in their places."""
     if fmt != FORMAT:
         reason = (
@@ -77,6 +120,11 @@ def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]]) -
             "(deploy/README.md, \"Upgrades\")")
         _mismatches.append(reason)
         raise ReleaseMismatch(reason)
+    if rest[0] != _settings_digest and rest[0] != _settings:
+        reason = (f"a process of this cluster runs with other settings than this one: {_differences(rest[0])}: give "
+                  "every process the same configuration (docs/operations.md, \"One configuration for every process\")")
+        _mismatches.append(reason)
+        raise SettingsMismatch(reason)
     events = _DECODE(blob)
     if not others:
         return events

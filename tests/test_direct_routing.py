@@ -1,6 +1,6 @@
 """Without identity stitching (`identity.stitching = false`), through the real broker: events go from
 their reader straight to their shard, and a backlog hours old gives the profiles and decisions of
-the flow with stitching, on 1 and 2 processes and after SIGKILLs.
+the flow with stitching, on 2 processes with their own volumes, and on 1 after SIGKILLs.
 
 The input has no links (every channel keyed by the customer id), so both flows must agree exactly.
 It lies between five and two hours in the past on two topics of two partitions each, so every timer
@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from nextclick.flows.local_broker import free_port
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
@@ -34,6 +35,7 @@ from tests.flowrun import (
     read_decisions,
     read_profiles,
     run_to_end,
+    start,
     workload,
 )
 
@@ -97,10 +99,26 @@ def test_without_stitching_a_backlog_hours_old_decides_as_with_it(
     assert rules[(buyer, "cart_abandonment_email")] == 0  # its purchase on the other topic came first
     assert len(decisions) >= 50 and len({rule for _, rule in rules}) >= 3, rules
 
-    setup, got_profiles, got_decisions = run("direct2", 2, **DIRECT)
-    assert_same_profiles(profiles, got_profiles)
-    assert_same_decisions(decisions, got_decisions)
-    assert not (setup.state_dir / "identity").exists()  # no identity stage ran
+    # Two processes with their own state and recovery directories, as pods with their own volumes.
+    base = FlowSetup.create(kafka, tmp_path / "direct2", f"{topic_prefix}.direct2", inputs=topics, shards=SHARDS,
+                            extra_env={**EXACT_ORDER, **DIRECT})
+    pods = [base.with_(state_dir=tmp_path / f"pod-{i}" / "state", recovery_dir=tmp_path / f"pod-{i}" / "recovery")
+            for i in range(2)]
+    addresses = [f"127.0.0.1:{free_port()}" for _ in pods]
+    procs = [start(pod, stop_at_end=True, process_id=i, addresses=addresses, log=tmp_path / "direct2.log",
+                   args=["--recovery-per-process"]) for i, pod in enumerate(pods)]
+    try:
+        assert [p.wait(120) for p in procs] == [0, 0], f"see {tmp_path / 'direct2.log'}"
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    on_pods = [read_profiles(pod.state_dir, SHARDS) for pod in pods]
+    assert all(on_pods) and not set(on_pods[0]) & set(on_pods[1])  # each profile on one volume
+    assert_same_profiles(profiles, {**on_pods[0], **on_pods[1]})
+    assert_same_decisions(decisions, dedupe(read_decisions(kafka, base.decisions)))
+    assert not any((pod.state_dir / "identity").exists() for pod in pods)  # no identity stage ran
 
     # One process, with SIGKILLs at random moments and inside checkpoints while the backlog is read
     # (throttled, so that the reading spans many checkpoints).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextclick.operators import exchange
-from nextclick.operators.exchange import Batch, ReleaseMismatch, flatten, grouped
+from nextclick.operators.exchange import Batch, ReleaseMismatch, SettingsMismatch, flatten, grouped
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config
 from nextclick.operators.records import Event, Frontier, MoveOut, Progress, SourcePosition
+from nextclick.operators.tools.startup import cluster_settings
 
 pairs = st.lists(st.tuples(st.sampled_from(["0", "1", "customer/3", "email/0"]), st.integers()), max_size=60)
 
@@ -97,7 +100,89 @@ def test_a_batch_from_another_release_stops_with_one_line_naming_both(monkeypatc
     with pytest.raises(ReleaseMismatch) as refused:
         pickle.loads(sent)
     reason = str(refused.value)
-    assert exchange.release_mismatch() == reason  # what the runner reports instead of a lost peer
+    assert exchange.cluster_mismatch() == reason  # what the runner reports instead of a lost peer
     assert "\n" not in reason
     assert "nextclick 9.9.9" in reason and f"format {exchange.FORMAT + 1}" in reason
     assert f"format {exchange.FORMAT})" in reason and "one release in every process" in reason
+
+
+@pytest.fixture(autouse=True)
+def _own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """declare_settings sets module state: each test's declarations end with it."""
+    for name in ("_settings", "_settings_digest", "_whole_left"):
+        monkeypatch.setattr(exchange, name, getattr(exchange, name))
+
+
+def _sent_with(settings: dict[str, str], monkeypatch: pytest.MonkeyPatch, *, whole: bool = True) -> bytes:
+    """A batch as a peer declaring `settings` pickles it (among its first batches, or past them)."""
+    exchange.declare_settings(settings)
+    if not whole:
+        monkeypatch.setattr(exchange, "_whole_left", 0)
+    return pickle.dumps(Batch([Event("e1", "page_view", 1, "c1", "web")]))
+
+
+SHARED = {"state.shards": "16", "privacy.secret": "fingerprint 01", "flow.rules_file": "sha256:aa"}
+
+
+def test_a_batch_from_a_process_with_other_settings_stops_with_one_line_naming_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pods of one cluster with different shard counts (or secrets, or rules) would put a customer's
+    events in different shards, or under different keys: the receiver refuses the first batch."""
+    sent = _sent_with({**SHARED, "state.shards": "8", "flow.rules_file": "sha256:bb"}, monkeypatch)
+    exchange.declare_settings(SHARED)
+    monkeypatch.setattr(exchange, "_mismatches", [])
+    with pytest.raises(SettingsMismatch) as refused:
+        pickle.loads(sent)
+    reason = str(refused.value)
+    assert exchange.cluster_mismatch() == reason
+    assert reason == ("a process of this cluster runs with other settings than this one: flow.rules_file = sha256:bb "
+                      "there, sha256:aa here; state.shards = 8 there, 16 here: give every process the same "
+                      'configuration (docs/operations.md, "One configuration for every process")')
+
+
+def test_past_its_first_batches_a_peer_sends_the_digest_which_still_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _sent_with({**SHARED, "privacy.secret": "fingerprint 02"}, monkeypatch, whole=False)
+    theirs = exchange.settings_digest({**SHARED, "privacy.secret": "fingerprint 02"})
+    exchange.declare_settings(SHARED)
+    monkeypatch.setattr(exchange, "_mismatches", [])
+    with pytest.raises(SettingsMismatch, match=f"settings digest {theirs} there, "
+                                               f"{exchange.settings_digest(SHARED)} here"):
+        pickle.loads(sent)
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_batch_from_a_process_with_the_same_settings_reads(monkeypatch: pytest.MonkeyPatch, whole: bool) -> None:
+    sent = _sent_with(dict(SHARED), monkeypatch, whole=whole)
+    exchange.declare_settings(dict(reversed(SHARED.items())))  # the same settings, declared in another order
+    assert pickle.loads(sent) == [Event("e1", "page_view", 1, "c1", "web")]
+
+
+def test_a_process_pickles_its_settings_whole_in_its_first_batches_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    exchange.declare_settings(SHARED)
+    monkeypatch.setattr(exchange, "_whole_left", 2)
+    sizes = [len(pickle.dumps(Batch([Event("e1", "page_view", 1, "c1", "web")]))) for _ in range(4)]
+    assert sizes[0] == sizes[1] > sizes[2] == sizes[3]
+
+
+def test_the_shared_settings_count_files_by_contents_and_leave_per_process_settings_out(tmp_path: Path) -> None:
+    """Pods mount the same rules at different paths, and keep their own directories and ports: only
+    what decides where an event goes, or what it does there, must agree."""
+    rules = (tmp_path / "a.toml", tmp_path / "b.toml")
+    for path in rules:
+        path.write_bytes(Path(DEFAULT_RULES_FILE).read_bytes())
+    base = Config().replace(flow={"rules_file": str(rules[0])})
+    pod = base.replace(state={"dir": "/elsewhere/state", "recovery_dir": "/elsewhere/recovery"},
+                       flow={"rules_file": str(rules[1]), "metrics_address": "0.0.0.0:9464"},
+                       topics={"partitions": 3})  # what `topics create` gives new topics: not read by the flow
+    assert cluster_settings(pod, b"secret") == cluster_settings(base, b"secret")
+    rules[1].write_bytes(rules[1].read_bytes() + b"\n# edited under one pod\n")
+    changed = {name for name, value in cluster_settings(pod, b"secret").items()
+               if value != cluster_settings(base, b"secret")[name]}
+    assert changed == {"flow.rules_file"}
+    others = {"state.shards": base.replace(state={"shards": 8}), "identity.stitching": base.replace(
+        identity={"stitching": False}), "parse.redact_fields": base.replace(parse={"redact_fields": ("email",)}),
+              "topics.inputs": base.replace(topics={"inputs": ("web",)})}
+    for name, config in others.items():
+        assert cluster_settings(config, b"secret")[name] != cluster_settings(base, b"secret")[name], name
+    assert cluster_settings(base, b"other")["privacy.secret"] != cluster_settings(base, b"secret")["privacy.secret"]
+    assert not any("hunter2" in v for v in cluster_settings(base, b"hunter2").values())  # a fingerprint, never it

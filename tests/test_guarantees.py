@@ -284,6 +284,22 @@ def refused(deployment: Deployment, *phrases: str, config: Config | None = None)
 # --- start-up refusals (docs/state.md, "Start-up checks") ----------------------------------------
 
 
+def test_a_start_that_wrote_no_state_gives_way_to_the_corrected_configuration(tmp_path: Path) -> None:
+    """A pod started with another shard count and secret than its cluster, refused by a peer before it
+    wrote any state: put right, it starts (the same deployment) and applies its events. Once it has
+    written state, the same wrong settings are refused as ever."""
+    dep = Deployment(tmp_path)
+    wrong = dep.config.replace(state={"shards": SHARDS * 2}, privacy={"secret": "another secret"})
+    check_start(wrong, init_recovery=lambda d: init_db_dir(d, 1))  # set up, then stopped by its peer
+    lineage = orjson.loads((dep.state_dir / MANIFEST_FILE).read_bytes())["lineage"]
+    dep.run(customers_of(0))
+    recorded = orjson.loads((dep.state_dir / MANIFEST_FILE).read_bytes())
+    assert (recorded["shards"], recorded["lineage"]) == (SHARDS, lineage)
+    assert {p["facts"]["version"] for p in read_profiles(dep.state_dir, SHARDS).values()} == {1}
+    assert len(read_profiles(dep.state_dir, SHARDS)) == len(customers_of(0))
+    refused(dep, "state.shards", f"written with {SHARDS} shards", config=wrong)
+
+
 def test_another_deployments_recovery_directory_is_refused(tmp_path: Path) -> None:
     """A fresh recovery directory of deployment B would hand A's shards "nothing committed": refused by
     the lineage the two directories share, since A's shards were never resumed (no committed floor)."""

@@ -32,8 +32,10 @@ from nextclick.operators.exchange import FORMAT
 from nextclick.operators.infra import metrics
 from nextclick.operators.io.kafka_source import KafkaInput
 from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.state.manifest import secret_fingerprint
 from tests.flowrun import (
     REPO,
+    SECRET,
     FlowSetup,
     Message,
     partition_of,
@@ -475,28 +477,37 @@ OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT
                  "from nextclick.flows.cli import main; sys.exit(main())")
 
 
-def test_a_cluster_of_two_releases_stops_with_one_line_naming_them(
-        kafka: dict[str, str], setup: FlowSetup) -> None:
-    """Events cross between the processes at once (one partition, the identity stage on one of them):
-    the process that cannot read its peer's batches says why, rather than calling the peer lost."""
-    produce(kafka, setup.inputs[0], MESSAGES[:40], 1)
+def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: dict[str, str],
+             *, fails: bool = True) -> list[str]:
+    """Two processes of one cluster to the end of the input, each with its own state and recovery
+    directories (per-pod volumes), the second started as `second` with `second_env` over the shared
+    environment: their one-line errors, if they must fail. Events cross between them at once (one
+    partition, the identity stage on one of them)."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    env = setup.env(stop_at_end=True)
-    env["RUST_BACKTRACE"] = "1"
-    args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--process-id"]
-    procs = [subprocess.Popen([sys.executable, "-m", "nextclick", *args, "0"], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
-             subprocess.Popen([sys.executable, "-c", OTHER_RELEASE, *args, "1"], cwd=REPO, env=env, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
-    try:
-        errors = [p.communicate(timeout=90)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    assert [p.returncode for p in procs] == [1, 1]
-    messages = [check_stderr(e) for e in errors]
+    args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--recovery-per-process",
+            "--process-id"]
+    procs = []
+    for i, (command, extra) in enumerate([(["-m", "nextclick"], {}), (second, second_env)]):
+        env = {**setup.env(stop_at_end=True), "RUST_BACKTRACE": "1", **extra,
+               "NEXTCLICK_STATE__DIR": str(tmp_path / f"pod-{i}" / "state"),
+               "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / f"pod-{i}" / "recovery")}
+        procs.append(subprocess.Popen([sys.executable, *command, *args, str(i)], cwd=REPO, env=env, text=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == ([1, 1] if fails else [0, 0]), errors
+    return [check_stderr(e) for e in errors] if fails else []
+
+
+def test_a_cluster_of_two_releases_stops_with_one_line_naming_them(setup: FlowSetup, tmp_path: Path) -> None:
+    """The process that cannot read its peer's batches says why, rather than calling the peer lost."""
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    messages = run_pair(setup, tmp_path, ["-c", OTHER_RELEASE], {})
     this = f"nextclick {__version__}"
     refused = [m for m in messages if m.startswith("a process of this cluster runs nextclick ")]
     assert refused, messages
@@ -507,6 +518,30 @@ def test_a_cluster_of_two_releases_stops_with_one_line_naming_them(
                      f"a process of this cluster runs {this}, whose batches (exchange format {FORMAT}) "
                      f"this process (nextclick 9.9.9, format {FORMAT + 1}) cannot read: run one release in every "
                      'process (deploy/README.md, "Upgrades")')
+
+
+def test_a_pod_configured_with_other_shards_and_secret_stops_the_cluster_naming_them(
+        setup: FlowSetup, tmp_path: Path) -> None:
+    """A pod whose configuration differs (a ConfigMap or Secret rolled out under one pod only) would send
+    customers' events to other shards, under other keys: the first batch between them is refused,
+    with the settings that differ. Nothing of theirs is committed: with the pod's configuration put
+    right, the cluster starts and applies every event once."""
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    n = setup.shards
+    messages = run_pair(setup, tmp_path, ["-m", "nextclick"],
+                        {"NEXTCLICK_STATE__SHARDS": str(2 * n), "NEXTCLICK_PRIVACY__SECRET": "another-secret"})
+    refused = [m for m in messages if m.startswith("a process of this cluster runs with other settings")]
+    assert refused, messages
+    ours, theirs = f"fingerprint {secret_fingerprint(SECRET.encode())}", \
+        f"fingerprint {secret_fingerprint(b'another-secret')}"
+    for m in refused:  # whichever received first names the other's values, then its own
+        assert m in (f"a process of this cluster runs with other settings than this one: privacy.secret = {a} there, "
+                     f"{b} here; state.shards = {x} there, {y} here: give every process the same configuration "
+                     '(docs/operations.md, "One configuration for every process")'
+                     for a, b, x, y in ((theirs, ours, 2 * n, n), (ours, theirs, n, 2 * n)))
+    run_pair(setup, tmp_path, ["-m", "nextclick"], {}, fails=False)
+    profiles = {**read_profiles(tmp_path / "pod-0" / "state", n), **read_profiles(tmp_path / "pod-1" / "state", n)}
+    assert sum(p["facts"]["version"] for p in profiles.values()) == 40
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,8 @@ from nextclick.operators.state.keys import shard_path
 from nextclick.operators.state.placement import BALANCED, balanced_key
 
 PROFILES = "profiles"
+# The flow's sources: what they commit is where their inputs were read to, not state.
+INPUT_STEP, CONTROL_STEP = "kafka_in", "control_in"
 IDENTITY = "identity"
 LINKED_PREFIX = "linked_"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import shutil
 import uuid
@@ -28,12 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
+
 from nextclick.operators.identity.graph import GROUP_PREFIX, graph_path
 from nextclick.operators.identity.guards import IdentityRules, load_identity_rules
-from nextclick.operators.infra.config import Config
+from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
-from nextclick.operators.state.layout import PROFILES, Family, families, has_store
+from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES, Family, families, has_store
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
@@ -64,14 +67,46 @@ _ADOPT_SAMPLE = 50
 log = logging.getLogger(__name__)
 
 
+def cluster_settings(config: Config, secret: bytes) -> dict[str, str]:
+    """The settings every process of a cluster must share, by name: where an event's customer lives
+    (shards, placement, stitching, the secret that keys identifiers) and what is done with it there
+    (rules, tracking plan, identity rules, parse and profile settings, alignment, topics). Files count by
+    their contents (a ConfigMap updated under one pod), the secret by its fingerprint. Per-process
+    settings (directories, addresses, the metrics port) are left out."""
+    def digest(path: str) -> str:
+        if not path:
+            return "shipped"
+        try:
+            return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+        except OSError as exc:
+            return f"unreadable ({exc.strerror})"
+
+    def text(value: Any) -> str:
+        shown = orjson.dumps(value).decode() if isinstance(value, tuple) else str(value)
+        return shown if len(shown) <= 40 else "sha256:" + hashlib.sha256(shown.encode()).hexdigest()[:12]
+
+    state, flow = config.state, config.flow
+    settings = {
+        "state.shards": str(state.shards), "state.shard_placement": state.shard_placement,
+        "identity.stitching": str(config.identity.stitching).lower(),
+        "privacy.secret": f"fingerprint {secret_fingerprint(secret)}",
+        "flow.rules_file": digest(flow.rules_file or DEFAULT_RULES_FILE),
+        "flow.tracking_plan": digest(flow.tracking_plan), "identity.file": digest(config.identity.file),
+        "flow.decision_sink": flow.decision_sink, "flow.align": str(flow.align).lower(),
+        "flow.alignment_bound": flow.alignment_bound, "flow.alignment_idle_timeout": flow.alignment_idle_timeout,
+    }
+    for section, names in (("parse", _ALL), ("profile", _ALL), ("topics", _TOPICS_READ_OR_WRITTEN)):
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            if names is _ALL or f.name in names:
+                settings[f"{section}.{f.name}"] = text(getattr(values, f.name))
+    return settings
 
 
-
-
-
-
-
-
+_ALL: frozenset[str] = frozenset()
+# The rest of [topics] is what `nextclick topics create` gives new topics.
+_TOPICS_READ_OR_WRITTEN = frozenset({"inputs", "decisions", "dead_letter", "control", "progress", "profiles",
+                                     "start_from_beginning"})
 
 
 def new_manifest(config: Config, secret: bytes, restore: RestorePoint | None = None) -> StateManifest:
@@ -296,6 +331,25 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
     if manifest is None and not dirs:
         return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
     notes: list[str] = []
+    if manifest is not None and _set_up_only(manifest, state_dir, view, marker):
+        try:
+            _compare(manifest, config, secret, state_dir)
+            _check_placement(manifest, config, state_dir)
+        except StateMismatch as mismatch:
+            # A start that stopped before it wrote any state (a peer refused its settings, say): its
+            # manifest holds settings no profile was written with, so the configuration, put right since,
+            # is recorded in their place (same deployment: the inputs resume where they were read to).
+            manifest = dataclasses.replace(new_manifest(config, secret), lineage=manifest.lineage,
+                                           created_at=manifest.created_at)
+            corrected, was = manifest, str(mismatch)
+
+            def record() -> None:
+                write_manifest(state_dir, corrected, replace=True)
+                log.warning("recorded the configured settings in state that a start with other settings set up "
+                            "and wrote nothing to", extra={"state_dir": str(state_dir), "was": was})
+
+            writes.append(record)
+            notes.append("recorded the configured settings over those of a start that wrote no state")
     if manifest is None:
         if not view.exists or not view.has_progress:
             raise _refuse(f"state.recovery_dir: {state_dir} holds shard state but the recovery directory "
@@ -351,6 +405,16 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             committed_families[family.name] = checked
     committed = committed_families.pop(PROFILES, None)
     return StartPlan(lineage, False, committed, restore, notes, committed_families), writes
+
+
+def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, marker: str | None) -> bool:
+    """Directories a start set up and never wrote state to: no shard or identity store, nothing
+    committed but where the inputs were read to (the first epoch commits the start positions), no
+    restore point."""
+    return (manifest.restore is None and marker in (None, manifest.lineage)
+            and all(step.rsplit(".", 1)[-1] in (INPUT_STEP, CONTROL_STEP)
+                    for step, snapshots in view.snapshots.items() if snapshots)
+            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE) for p in state_dir.iterdir()))
 
 
 def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,

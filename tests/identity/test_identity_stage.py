@@ -438,6 +438,10 @@ def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
 
     init_db_dir(tmp_path / "r", 1)
     check_start(config)
+    from nextclick.operators.identity.graph import graph_path
+    from nextclick.operators.state.store import ShardStore
+
+    ShardStore(graph_path(tmp_path / "s"), sync=False).close()  # the identity stage has written its store
     other = write_rules(tmp_path, 'priority = ["email", "customer", "phone", "device", "cookie"]', "id.toml")
     with pytest.raises(StateMismatch, match="identity.priority: .* was written with identifier priority"):
         check_start(config.replace(identity={"file": str(other)}))
