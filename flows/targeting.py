@@ -222,7 +222,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input(CONTROL_STEP, flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
-        stop_at_end=config.flow.stop_at_end, stop=stop, start_positions=start_positions))
+        stop_at_end=config.flow.stop_at_end, stop=stop, start_positions=start_positions,
+        poll_tick_s=config.flow.poll_tick_s))  # the same grid as the inputs: both advance their epochs at once
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
                         _is_routed)
     work = op.merge("events_and_commands", split.trues, control.trues)
