@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
 
+from nextclick import __version__
 from nextclick.operators.exchange import cluster_mismatch
 from nextclick.operators.infra import health
 from nextclick.operators.infra.config import Config
@@ -34,10 +35,11 @@ from nextclick.operators.infra.failures import (
     one_line,
     root_cause,
 )
-from nextclick.operators.io import drain
+from nextclick.operators.io import cluster_hello, drain
 from nextclick.operators.io.kafka_source import commit_final_offsets
 from nextclick.operators.io.preflight import check_directories, check_topics
 from nextclick.operators.io.sink_registry import decision_sink
+from nextclick.operators.tools.startup import cluster_settings
 
 log = logging.getLogger("nextclick")
 
@@ -107,6 +109,11 @@ class FlowRunner:
                 w.start()
             watch.watching.wait(30)
 
+        mine = None
+        if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
+            mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, __version__,
+                                       cluster_settings(config, config.privacy.resolve_secret()), drain.now_ms())
+            cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
                          recovery_config=RecoveryConfig(config.state.recovery_dir), worker_count_per_proc=workers)
@@ -114,6 +121,12 @@ class FlowRunner:
             mismatch = cluster_mismatch()
             if mismatch is not None:  # a peer of another release: not a lost peer, whatever Bytewax says
                 raise Explained(mismatch) from exc
+            if mine is not None and type(root_cause(exc)).__name__ == "PanicException":
+                peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
+                                                  mine["started_at"] - cluster_hello.LOOK_BACK_MS)
+                started_otherwise = cluster_hello.differences(mine, peers)
+                if started_otherwise is not None:  # e.g. other --workers: Bytewax says only "Send thread panic"
+                    raise Explained(started_otherwise) from exc
             watch_saw = self._peer_watch.lost if self._peer_watch is not None else []
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):

@@ -478,7 +478,7 @@ OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT
 
 
 def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: dict[str, str],
-             *, fails: bool = True) -> list[str]:
+             *, fails: bool = True, second_args: tuple[str, ...] = ()) -> list[str]:
     """Two processes of one cluster to the end of the input, each with its own state and recovery
     directories (per-pod volumes), the second started as `second` with `second_env` over the shared
     environment: their one-line errors, if they must fail. Events cross between them at once (one
@@ -487,11 +487,11 @@ def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: di
     args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--recovery-per-process",
             "--process-id"]
     procs = []
-    for i, (command, extra) in enumerate([(["-m", "nextclick"], {}), (second, second_env)]):
+    for i, (command, extra, more) in enumerate([(["-m", "nextclick"], {}, ()), (second, second_env, second_args)]):
         env = {**setup.env(stop_at_end=True), "RUST_BACKTRACE": "1", **extra,
                "NEXTCLICK_STATE__DIR": str(tmp_path / f"pod-{i}" / "state"),
                "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / f"pod-{i}" / "recovery")}
-        procs.append(subprocess.Popen([sys.executable, *command, *args, str(i)], cwd=REPO, env=env, text=True,
+        procs.append(subprocess.Popen([sys.executable, *command, *args, str(i), *more], cwd=REPO, env=env, text=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
@@ -542,6 +542,18 @@ def test_a_pod_configured_with_other_shards_and_secret_stops_the_cluster_naming_
     run_pair(setup, tmp_path, ["-m", "nextclick"], {}, fails=False)
     profiles = {**read_profiles(tmp_path / "pod-0" / "state", n), **read_profiles(tmp_path / "pod-1" / "state", n)}
     assert sum(p["facts"]["version"] for p in profiles.values()) == 40
+
+
+def test_a_pod_started_with_other_workers_names_them_rather_than_a_lost_peer(setup: FlowSetup, tmp_path: Path) -> None:
+    """Bytewax's processes need the same --workers; otherwise they fail with only "Send thread panic",
+    and each restart the same. Each process names the difference from its peer's hello instead."""
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    messages = run_pair(setup, tmp_path, ["-m", "nextclick"], {}, second_args=("--workers", "2"))
+    assert sorted(messages) == sorted(
+        f"the processes of this cluster were started differently (process {peer} runs with --workers {theirs} there, "
+        f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, release and "
+        'configuration (docs/operations.md, "One configuration for every process")'
+        for me, peer, ours, theirs in ((0, 1, 1, 2), (1, 0, 2, 1)))
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
     {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
     {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
+    {"command": "hello", ...}   (operators/io/cluster_hello.py: what a process started with, not here)
 
 The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
@@ -30,7 +31,7 @@ from nextclick.operators.records import DeadLetter, EraseRequest, SavepointReque
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-COMMANDS = ("erase", "savepoint", "drain")
+COMMANDS = ("erase", "savepoint", "drain", "hello")
 
 
 def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
@@ -46,7 +47,7 @@ def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id:
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
                   source: SourcePosition, *, secret: bytes,
                   savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter | None:
-    """Never raises: a command, None for a drain request (nothing for the dataflow to do), or a
+    """Never raises: a command, None for a drain request or a hello (nothing for the dataflow to do), or a
     DeadLetter saying what is wrong (without echoing values).
 
     A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
@@ -64,7 +65,7 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     if command not in COMMANDS:
         return refuse("unknown_command",
                       "control message 'command' must be \"erase\", \"savepoint\" or \"drain\"")
-    if command == "drain":
+    if command in ("drain", "hello"):  # for the processes themselves (drain.py, cluster_hello.py)
         return None
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:

@@ -1,0 +1,121 @@
+"""What each process of a cluster says about itself at start, so that a cluster that cannot form says why.
+
+Bytewax (Timely) needs every process started with the same `--workers` and the same list of
+`--addresses`; otherwise the processes connect and then fail with nothing but "Send thread panic",
+which the runner would report as a lost peer, again at every restart. So before the dataflow runs,
+each process of a multi-process run publishes a hello on the control topic (key
+`hello/<group>/<process>`): its release, workers, cluster size and shared settings (the
+`cluster_settings`, by name). When the cluster fails, the runner reads its peers' latest hellos and,
+if they differ from its own, names what differs in one line. The happy path costs one produce.
+
+The dataflow's control reader skips hellos (operators/io/control.py), as it skips drain requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from nextclick.operators.io.kafka_admin import client_config
+
+log = logging.getLogger("nextclick")
+
+# How far back a failing process looks for its peers' hellos: a peer waits for the others at most
+# as long as a pod's start-up allows, well within this.
+LOOK_BACK_MS = 30 * 60 * 1000
+
+
+def hello(group_id: str, process_id: int, processes: int, workers: int, release: str,
+          settings: Mapping[str, str], now_ms: int) -> dict[str, Any]:
+    return {"command": "hello", "group_id": group_id, "process": process_id, "processes": processes,
+            "workers": workers, "release": release, "settings": dict(settings), "started_at": now_ms}
+
+
+def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0) -> bool:
+    """Best effort: a hello that cannot be published only costs the explanation of a failed start."""
+    try:
+        producer = Producer(client_config(kafka))
+        producer.produce(topic, orjson.dumps(record), f"hello/{record['group_id']}/{record['process']}".encode())
+        left = producer.flush(timeout_s)
+    except KafkaException as exc:
+        left, error = 1, str(exc)
+    else:
+        error = "timed out"
+    if left:
+        log.warning("could not publish this process's hello on the control topic; a cluster that fails to form "
+                    "will be reported as a lost peer", extra={"topic": topic, "error": error})
+    return not left
+
+
+def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int,
+                timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
+    """Each process's latest hello for `group_id` published at or after `since_ms` (empty if unreadable)."""
+    found: dict[int, dict[str, Any]] = {}
+    consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False,
+                                                "enable.partition.eof": True}))
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return found
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions],
+                                            timeout=timeout_s)
+        consumer.assign([tp for tp in starts if tp.offset >= 0])
+        open_parts = {tp.partition for tp in starts if tp.offset >= 0}
+        idle = 0
+        while open_parts and idle < 20:
+            batch = consumer.consume(500, 0.5)
+            idle = 0 if batch else idle + 1
+            for msg in batch:
+                error = msg.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        open_parts.discard(msg.partition())
+                    continue
+                record = parse_hello(msg.value(), group_id)
+                if record is not None:
+                    found[record["process"]] = record
+    except KafkaException as exc:
+        log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
+    finally:
+        consumer.close()
+    return found
+
+
+def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if (not isinstance(body, dict) or body.get("command") != "hello" or body.get("group_id") != group_id
+            or not isinstance(body.get("process"), int) or not isinstance(body.get("settings"), dict)):
+        return None
+    return body
+
+
+def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """One line naming how the peers' hellos differ from this process's, or None if they do not."""
+    parts: list[str] = []
+    # A process past this cluster's size is an earlier, larger cluster's: not a peer now.
+    for process in sorted(p for p in peers if p != mine["process"] and 0 <= p < mine["processes"]):
+        theirs = peers[process]
+        said: list[str] = []
+        for name, flag in (("workers", "--workers"), ("processes", "processes in --addresses")):
+            if theirs.get(name) != mine[name]:
+                said.append(f"{flag} {theirs.get(name)} there, {mine[name]} here")
+        if theirs.get("release") != mine["release"]:
+            said.append(f"nextclick {theirs.get('release')} there, {mine['release']} here")
+        settings = theirs.get("settings", {})
+        said += [f"{name} = {settings.get(name, '(not set)')} there, {mine['settings'].get(name, '(not set)')} here"
+                 for name in sorted(settings.keys() | mine["settings"].keys())
+                 if settings.get(name) != mine["settings"].get(name)]
+        if said:
+            parts.append(f"process {process} runs with {'; '.join(said)}")
+    if not parts:
+        return None
+    return (f"the processes of this cluster were started differently ({' / '.join(parts)}; this is process "
+            f"{mine['process']}): start every process with the same --workers, --addresses, release and "
+            "configuration (docs/operations.md, \"One configuration for every process\")")

@@ -1,0 +1,60 @@
+"""What a process says at start (operators/io/cluster_hello.py), and the line a failed cluster gets from it.
+
+The broker test that starts two processes with different --workers is in test_operations_broker.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nextclick.operators.io.cluster_hello import differences, hello, parse_hello
+from nextclick.operators.io.control import parse_control
+from nextclick.operators.records import SourcePosition
+
+SETTINGS = {"state.shards": "16", "privacy.secret": "fingerprint aa"}
+
+
+def said(process: int, *, workers: int = 1, processes: int = 2, release: str = "1.0",
+         settings: dict[str, str] | None = None) -> dict[str, Any]:
+    return hello("g", process, processes, workers, release, settings or SETTINGS, 1_800_000_000_000)
+
+
+def test_peers_started_alike_explain_nothing() -> None:
+    assert differences(said(0), {0: said(0), 1: said(1)}) is None
+    assert differences(said(0), {}) is None  # no hello to read: the lost-peer line stands
+
+
+def test_each_difference_is_named_with_both_values_and_the_peer() -> None:
+    peers = {1: said(1, workers=2, release="1.1", settings={**SETTINGS, "state.shards": "8"}), 2: said(2)}
+    line = differences(said(0, processes=3), {**peers, 0: said(0, processes=3)})
+    assert line == (
+        "the processes of this cluster were started differently (process 1 runs with --workers 2 there, 1 here; "
+        "processes in --addresses 2 there, 3 here; nextclick 1.1 there, 1.0 here; state.shards = 8 there, 16 here / "
+        "process 2 runs with processes in --addresses 2 there, 3 here; this is process 0): start every process with "
+        'the same --workers, --addresses, release and configuration (docs/operations.md, "One configuration for every '
+        'process")')
+
+
+def test_a_process_beyond_this_clusters_size_is_an_earlier_clusters_and_ignored() -> None:
+    assert differences(said(0), {1: said(1), 2: said(2, processes=3, workers=4)}) is None
+
+
+def test_a_hello_is_read_only_for_its_group() -> None:
+    record = said(1)
+    assert parse_hello(orjson.dumps(record), "g") == record
+    assert parse_hello(orjson.dumps(record), "other") is None
+    assert parse_hello(orjson.dumps({**record, "command": "drain"}), "g") is None
+    assert parse_hello(orjson.dumps({**record, "process": "1"}), "g") is None
+
+
+@given(st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=100).map(str.encode)))
+def test_any_bytes_on_the_control_topic_are_a_hello_or_not_and_never_raise(value: bytes | None) -> None:
+    assert parse_hello(value, "g") is None or isinstance(parse_hello(value, "g"), dict)
+
+
+def test_the_dataflows_control_reader_passes_over_hellos() -> None:
+    value = orjson.dumps(said(1))
+    assert parse_control(b"hello/g/1", value, [], SourcePosition("c", 0, 1), secret=b"s") is None
