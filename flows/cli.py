@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
     config = metrics_settings(config, args.metrics_address, args.metrics_port)
+    if args.workers < 1:  # Bytewax would take it and fail later, with less to say
+        raise cl.ClusterError(f"--workers must be at least 1, not {args.workers}")
     place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))
     parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
 

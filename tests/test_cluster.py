@@ -105,3 +105,14 @@ def test_nextclick_run_names_a_misplaced_pod_in_one_line(monkeypatch: pytest.Mon
     assert err[-1] == ("nextclick: error: process id 4 is outside the 2 processes of --addresses; "
                        "the process count changes through a savepoint, not by adding processes")
     assert not (tmp_path / "recovery").exists()  # refused before touching anything
+
+
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_nextclick_run_refuses_fewer_than_one_worker_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: str) -> None:
+    monkeypatch.setenv("NEXTCLICK_PRIVACY__SECRET", "test-secret")
+    monkeypatch.setenv("NEXTCLICK_STATE__RECOVERY_DIR", str(tmp_path / "recovery"))
+    assert main(["run", "--workers", workers, "--broker-timeout", "1"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"nextclick: error: --workers must be at least 1, not {workers}")
+    assert not (tmp_path / "recovery").exists()
