@@ -132,6 +132,10 @@ class FlowRunner:
                     watch_saw or is_comms_failure(exc)):
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
             line = one_line(exc)
+            if len(cluster) > 1 and "failed to initialize networking" in line:
+                why = line.rsplit("failed to initialize networking: ", 1)[-1]
+                raise Explained(f"cannot listen on {cluster[me]}, process {me}'s address in --addresses: {why}; is "
+                                f"another process running as process {me}, or is the port taken?") from exc
             for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
                 if str(path) in line:  # e.g. RocksDB's "IO error: ... <state.dir>/shard-0002/LOCK: ..."
                     raise Explained(f"{line} ({setting})") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -362,11 +363,13 @@ def test_topics_create_help() -> None:
 # -- fatal errors: one JSON line, one `nextclick: error:` line, no backtrace ----------------------------------
 
 
-def run_failing(setup: FlowSetup, *prefix: str, extra: tuple[str, ...] = (), timeout: float = 60) -> str:
-    """Run `nextclick run` to its failure; check the stderr contract; return the error line."""
+def run_failing(setup: FlowSetup, *prefix: str, extra: tuple[str, ...] = (), timeout: float = 60,
+                run_args: tuple[str, ...] = ()) -> str:
+    """Run `nextclick [extra] run [run_args]` to its failure; check the stderr contract; return the error line."""
     env = setup.env(stop_at_end=True)
     env["RUST_BACKTRACE"] = "1"  # Rust would print a backtrace with this, if it printed anything
-    done = subprocess.run([*prefix, sys.executable, "-m", "nextclick", *extra, "run", "--broker-timeout", "20"],
+    done = subprocess.run([*prefix, sys.executable, "-m", "nextclick", *extra, "run", "--broker-timeout", "20",
+                           *run_args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 1, done.stderr[-3000:]
     return check_stderr(done.stderr)
@@ -554,6 +557,17 @@ def test_a_pod_started_with_other_workers_names_them_rather_than_a_lost_peer(set
         f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, release and "
         'configuration (docs/operations.md, "One configuration for every process")'
         for me, peer, ours, theirs in ((0, 1, 1, 2), (1, 0, 2, 1)))
+
+
+def test_a_process_whose_cluster_port_is_taken_says_so(setup: FlowSetup) -> None:
+    """Two processes started as the same --process-id on one host, or another program on the port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        line = run_failing(setup, run_args=("--addresses", f"{address};127.0.0.1:{free_port()}", "--process-id", "0"))
+    assert line == (f"cannot listen on {address}, process 0's address in --addresses: Address already in use "
+                    "(os error 98); is another process running as process 0, or is the port taken?")
 
 
 @pytest.fixture(autouse=True)
