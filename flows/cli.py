@@ -131,8 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     tune_gc()
     scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain
     try:
-        return runner.run(config, flow,
-                          workers=args.workers, process_id=place.process_id, addresses=list(place.addresses))
+        return runner.run(config, flow, workers=args.workers, process_id=place.process_id,
+                          addresses=list(place.addresses), recovery_partitions=count)
     finally:
         if scheduler is not None:
             scheduler.close()

@@ -84,8 +84,9 @@ class FlowRunner:
     # -- running -------------------------------------------------------------------------------------
 
     def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
-            addresses: Sequence[str] | None = None) -> int:
-        """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input."""
+            addresses: Sequence[str] | None = None, recovery_partitions: int = 1) -> int:
+        """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input.
+        `recovery_partitions`: the cluster's count of recovery partitions, as this process was told it."""
         from bytewax._bytewax import cluster_main
         from bytewax.recovery import RecoveryConfig
 
@@ -111,8 +112,9 @@ class FlowRunner:
 
         mine = None
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
-            mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, __version__,
-                                       cluster_settings(config, config.privacy.resolve_secret()), drain.now_ms())
+            mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
+                                       __version__, cluster_settings(config, config.privacy.resolve_secret()),
+                                       drain.now_ms())
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
@@ -121,7 +123,7 @@ class FlowRunner:
             mismatch = cluster_mismatch()
             if mismatch is not None:  # a peer of another release: not a lost peer, whatever Bytewax says
                 raise Explained(mismatch) from exc
-            if mine is not None and type(root_cause(exc)).__name__ == "PanicException":
+            if mine is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):  # panics are BaseExceptions
                 peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
                                                   mine["started_at"] - cluster_hello.LOOK_BACK_MS)
                 started_otherwise = cluster_hello.differences(mine, peers)

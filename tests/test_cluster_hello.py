@@ -17,9 +17,9 @@ from nextclick.operators.records import SourcePosition
 SETTINGS = {"state.shards": "16", "privacy.secret": "fingerprint aa"}
 
 
-def said(process: int, *, workers: int = 1, processes: int = 2, release: str = "1.0",
+def said(process: int, *, workers: int = 1, processes: int = 2, recovery: int = 2, release: str = "1.0",
          settings: dict[str, str] | None = None) -> dict[str, Any]:
-    return hello("g", process, processes, workers, release, settings or SETTINGS, 1_800_000_000_000)
+    return hello("g", process, processes, workers, recovery, release, settings or SETTINGS, 1_800_000_000_000)
 
 
 def test_peers_started_alike_explain_nothing() -> None:
@@ -28,14 +28,14 @@ def test_peers_started_alike_explain_nothing() -> None:
 
 
 def test_each_difference_is_named_with_both_values_and_the_peer() -> None:
-    peers = {1: said(1, workers=2, release="1.1", settings={**SETTINGS, "state.shards": "8"}), 2: said(2)}
+    peers = {1: said(1, workers=2, release="1.1", settings={**SETTINGS, "state.shards": "8"}), 2: said(2, recovery=1)}
     line = differences(said(0, processes=3), {**peers, 0: said(0, processes=3)})
     assert line == (
         "the processes of this cluster were started differently (process 1 runs with --workers 2 there, 1 here; "
         "processes in --addresses 2 there, 3 here; nextclick 1.1 there, 1.0 here; state.shards = 8 there, 16 here / "
-        "process 2 runs with processes in --addresses 2 there, 3 here; this is process 0): start every process with "
-        'the same --workers, --addresses, release and configuration (docs/operations.md, "One configuration for every '
-        'process")')
+        "process 2 runs with processes in --addresses 2 there, 3 here; recovery partitions (--recovery-per-process or "
+        "-partitions) 1 there, 2 here; this is process 0): start every process with the same --workers, --addresses, "
+        'recovery flags, release and configuration (docs/operations.md, "One configuration for every process")')
 
 
 def test_a_process_beyond_this_clusters_size_is_an_earlier_clusters_and_ignored() -> None:

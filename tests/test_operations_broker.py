@@ -554,8 +554,8 @@ def test_a_pod_started_with_other_workers_names_them_rather_than_a_lost_peer(set
     messages = run_pair(setup, tmp_path, ["-m", "nextclick"], {}, second_args=("--workers", "2"))
     assert sorted(messages) == sorted(
         f"the processes of this cluster were started differently (process {peer} runs with --workers {theirs} there, "
-        f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, release and "
-        'configuration (docs/operations.md, "One configuration for every process")'
+        f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, recovery "
+        'flags, release and configuration (docs/operations.md, "One configuration for every process")'
         for me, peer, ours, theirs in ((0, 1, 1, 2), (1, 0, 2, 1)))
 
 

@@ -1,12 +1,13 @@
 """What each process of a cluster says about itself at start, so that a cluster that cannot form says why.
 
-Bytewax (Timely) needs every process started with the same `--workers` and the same list of
-`--addresses`; otherwise the processes connect and then fail with nothing but "Send thread panic",
-which the runner would report as a lost peer, again at every restart. So before the dataflow runs,
-each process of a multi-process run publishes a hello on the control topic (key
-`hello/<group>/<process>`): its release, workers, cluster size and shared settings (the
-`cluster_settings`, by name). When the cluster fails, the runner reads its peers' latest hellos and,
-if they differ from its own, names what differs in one line. The happy path costs one produce.
+Bytewax (Timely) needs every process started with the same `--workers`, the same list of
+`--addresses` and one count of recovery partitions; otherwise the processes connect and then fail
+with nothing but "Send thread panic" (or a closed socket), which the runner would report as a lost
+peer, again at every restart. So before the dataflow runs, each process of a multi-process run
+publishes a hello on the control topic (key `hello/<group>/<process>`): its release, workers,
+cluster size, recovery partitions and shared settings (the `cluster_settings`, by name). When the
+cluster fails, the runner reads its peers' latest hellos and, if they differ from its own, names
+what differs in one line. The happy path costs one produce.
 
 The dataflow's control reader skips hellos (operators/io/control.py), as it skips drain requests.
 """
@@ -14,11 +15,12 @@ The dataflow's control reader skips hellos (operators/io/control.py), as it skip
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from nextclick.operators.io.kafka_admin import client_config
 
@@ -29,10 +31,11 @@ log = logging.getLogger("nextclick")
 LOOK_BACK_MS = 30 * 60 * 1000
 
 
-def hello(group_id: str, process_id: int, processes: int, workers: int, release: str,
+def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
           settings: Mapping[str, str], now_ms: int) -> dict[str, Any]:
     return {"command": "hello", "group_id": group_id, "process": process_id, "processes": processes,
-            "workers": workers, "release": release, "settings": dict(settings), "started_at": now_ms}
+            "workers": workers, "recovery_partitions": recovery_partitions, "release": release,
+            "settings": dict(settings), "started_at": now_ms}
 
 
 def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0) -> bool:
@@ -55,8 +58,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
                 timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` published at or after `since_ms` (empty if unreadable)."""
     found: dict[int, dict[str, Any]] = {}
-    consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False,
-                                                "enable.partition.eof": True}))
+    consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
@@ -64,19 +66,15 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
         starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions],
                                             timeout=timeout_s)
         consumer.assign([tp for tp in starts if tp.offset >= 0])
-        open_parts = {tp.partition for tp in starts if tp.offset >= 0}
-        idle = 0
-        while open_parts and idle < 20:
-            batch = consumer.consume(500, 0.5)
-            idle = 0 if batch else idle + 1
+        # Read until the topic goes quiet once it has answered (this process's own hello is there), not to
+        # an end-of-partition event: a broker's high watermark may lag what it has (Tansu's does).
+        deadline, quiet, answered = time.monotonic() + timeout_s, 0, False
+        while not (answered and quiet >= 3) and time.monotonic() < deadline:
+            batch = consumer.consume(500, 0.3)
+            answered = answered or bool(batch)
+            quiet = 0 if batch else quiet + 1
             for msg in batch:
-                error = msg.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(msg.partition())
-                    continue
-                record = parse_hello(msg.value(), group_id)
-                if record is not None:
+                if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
                     found[record["process"]] = record
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
@@ -103,7 +101,8 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
     for process in sorted(p for p in peers if p != mine["process"] and 0 <= p < mine["processes"]):
         theirs = peers[process]
         said: list[str] = []
-        for name, flag in (("workers", "--workers"), ("processes", "processes in --addresses")):
+        for name, flag in (("workers", "--workers"), ("processes", "processes in --addresses"),
+                           ("recovery_partitions", "recovery partitions (--recovery-per-process or -partitions)")):
             if theirs.get(name) != mine[name]:
                 said.append(f"{flag} {theirs.get(name)} there, {mine[name]} here")
         if theirs.get("release") != mine["release"]:
@@ -117,5 +116,5 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
     if not parts:
         return None
     return (f"the processes of this cluster were started differently ({' / '.join(parts)}; this is process "
-            f"{mine['process']}): start every process with the same --workers, --addresses, release and "
-            "configuration (docs/operations.md, \"One configuration for every process\")")
+            f"{mine['process']}): start every process with the same --workers, --addresses, recovery flags, release "
+            "and configuration (docs/operations.md, \"One configuration for every process\")")
