@@ -123,9 +123,14 @@ class FlowRunner:
             mismatch = cluster_mismatch()
             if mismatch is not None:  # a peer of another release: not a lost peer, whatever Bytewax says
                 raise Explained(mismatch) from exc
-            if mine is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):  # panics are BaseExceptions
+            line = one_line(exc)
+            if len(cluster) > 1 and "failed to initialize networking" in line:
+                why = line.rsplit("failed to initialize networking: ", 1)[-1]
+                raise Explained(f"cannot listen on {cluster[me]}, process {me}'s address in --addresses: {why}; is "
+                                f"another process running as process {me}, or is the port taken?") from exc
+            if mine is not None and type(root_cause(exc)).__name__ == "PanicException":  # how a cluster fails
                 peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
-                                                  mine["started_at"] - cluster_hello.LOOK_BACK_MS)
+                                                  mine["started_at"] - cluster_hello.LOOK_BACK_MS, len(cluster))
                 started_otherwise = cluster_hello.differences(mine, peers)
                 if started_otherwise is not None:  # e.g. other --workers: Bytewax says only "Send thread panic"
                     raise Explained(started_otherwise) from exc
@@ -133,11 +138,6 @@ class FlowRunner:
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
-            line = one_line(exc)
-            if len(cluster) > 1 and "failed to initialize networking" in line:
-                why = line.rsplit("failed to initialize networking: ", 1)[-1]
-                raise Explained(f"cannot listen on {cluster[me]}, process {me}'s address in --addresses: {why}; is "
-                                f"another process running as process {me}, or is the port taken?") from exc
             for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
                 if str(path) in line:  # e.g. RocksDB's "IO error: ... <state.dir>/shard-0002/LOCK: ..."
                     raise Explained(f"{line} ({setting})") from exc

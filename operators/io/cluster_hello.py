@@ -26,9 +26,9 @@ from nextclick.operators.io.kafka_admin import client_config
 
 log = logging.getLogger("nextclick")
 
-# How far back a failing process looks for its peers' hellos: a peer waits for the others at most
-# as long as a pod's start-up allows, well within this.
-LOOK_BACK_MS = 30 * 60 * 1000
+# How much earlier than this process a peer's hello may have been said to count: a cluster forms
+# within a pod's start-up allowance (4 minutes), and a hello older than this is an earlier start's.
+LOOK_BACK_MS = 10 * 60 * 1000
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
@@ -54,9 +54,10 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
     return not left
 
 
-def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int,
+def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
                 timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
-    """Each process's latest hello for `group_id` published at or after `since_ms` (empty if unreadable)."""
+    """Each process's latest hello for `group_id` published at or after `since_ms` (empty if unreadable);
+    read until every one of `processes` has said one and the topic is quiet, or `timeout_s`."""
     found: dict[int, dict[str, Any]] = {}
     consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
     try:
@@ -66,16 +67,16 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
         starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions],
                                             timeout=timeout_s)
         consumer.assign([tp for tp in starts if tp.offset >= 0])
-        # Read until the topic goes quiet once it has answered (this process's own hello is there), not to
-        # an end-of-partition event: a broker's high watermark may lag what it has (Tansu's does).
-        deadline, quiet, answered = time.monotonic() + timeout_s, 0, False
-        while not (answered and quiet >= 3) and time.monotonic() < deadline:
+        # Not to an end-of-partition event: a broker's high watermark may lag what it has (Tansu's does),
+        # and a peer whose hello is missing would be taken for one started alike.
+        deadline, quiet, everyone = time.monotonic() + timeout_s, 0, set(range(processes))
+        while not (quiet >= 2 and everyone <= found.keys()) and time.monotonic() < deadline:
             batch = consumer.consume(500, 0.3)
-            answered = answered or bool(batch)
             quiet = 0 if batch else quiet + 1
             for msg in batch:
                 if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
-                    found[record["process"]] = record
+                    if record.get("started_at", 0) >= since_ms:
+                        found[record["process"]] = record
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
     finally:
