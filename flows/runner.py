@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from datetime import timedelta
+from types import TracebackType
 from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
@@ -42,6 +44,21 @@ from nextclick.operators.io.sink_registry import decision_sink
 from nextclick.operators.tools.startup import cluster_settings
 
 log = logging.getLogger("nextclick")
+
+
+def _quiet_late_panics() -> None:
+    """Bytewax hands the first panic of a run to `cluster_main`'s caller; one that comes after it (another
+    thread of a failing cluster, its channel closed) it prints through sys.excepthook. Those go to the
+    debug log, so stderr keeps to the one-line contract (docs/operations.md, "Fatal errors")."""
+    fallback = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if type(value).__name__ == "PanicException" or "panicked at" in str(value):
+            log.debug("a further failure inside Bytewax after the first", extra={"error": one_line(value)})
+        else:
+            fallback(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 class FlowRunner:
@@ -116,6 +133,7 @@ class FlowRunner:
                                        __version__, cluster_settings(config, config.privacy.resolve_secret()),
                                        drain.now_ms())
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
+        _quiet_late_panics()
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),
                          recovery_config=RecoveryConfig(config.state.recovery_dir), worker_count_per_proc=workers)

@@ -333,3 +333,28 @@ def test_drain_requests_are_for_one_group_and_newer_than_the_watcher() -> None:
 def test_the_dataflow_skips_drain_requests_on_the_control_topic() -> None:
     request = drain_request("nextclick", 0, 1, "signal SIGTERM")
     assert parse_control(b"drain", request, [], SourcePosition("c", 0, 0), secret=b"s") is None
+
+
+def test_a_panic_bytewax_prints_after_the_first_goes_to_the_debug_log_not_stderr(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Bytewax hands a run's first panic to the caller; a later one (another thread of a failing cluster)
+    it prints with pyo3's `PyErr::print`: CPython's PyErr_PrintEx, which calls sys.excepthook. Here the
+    same C function prints it (PyRun_SimpleString's error path)."""
+    import ctypes
+    import logging
+    import sys
+
+    from nextclick.flows.runner import _quiet_late_panics
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+
+    def print_as_bytewax(raise_it: str) -> None:  # PyRun_SimpleString prints what it raises with PyErr_Print
+        assert ctypes.pythonapi.PyRun_SimpleString(raise_it.encode()) == -1
+
+    _quiet_late_panics()
+    with caplog.at_level(logging.DEBUG, logger="nextclick"):
+        print_as_bytewax("raise RuntimeError('(src/run.rs:292:17) panicked at tcp.rs:96:24: index out of bounds')")
+    assert capfd.readouterr().err == ""
+    assert [r.getMessage() for r in caplog.records] == ["a further failure inside Bytewax after the first"]
+    print_as_bytewax("raise ValueError(\"not Bytewax's\")")  # anything else is printed as before
+    assert "ValueError: not Bytewax's" in capfd.readouterr().err
