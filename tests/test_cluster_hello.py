@@ -47,7 +47,9 @@ def test_a_hello_is_read_only_for_its_group() -> None:
     assert parse_hello(orjson.dumps(record), "g") == record
     assert parse_hello(orjson.dumps(record), "other") is None
     assert parse_hello(orjson.dumps({**record, "command": "drain"}), "g") is None
-    assert parse_hello(orjson.dumps({**record, "process": "1"}), "g") is None
+    for field, bad in (("process", "1"), ("started_at", "soon"), ("workers", None), ("release", 1),
+                       ("settings", {"state.shards": 16}), ("recovery_partitions", True)):
+        assert parse_hello(orjson.dumps({**record, field: bad}), "g") is None, field
 
 
 @given(st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=100).map(str.encode)))

@@ -75,7 +75,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
             quiet = 0 if batch else quiet + 1
             for msg in batch:
                 if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
-                    if record.get("started_at", 0) >= since_ms:
+                    if record["started_at"] >= since_ms:
                         found[record["process"]] = record
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
@@ -89,9 +89,13 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
         body = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
-    if (not isinstance(body, dict) or body.get("command") != "hello" or body.get("group_id") != group_id
-            or not isinstance(body.get("process"), int) or not isinstance(body.get("settings"), dict)):
+    if not isinstance(body, dict) or body.get("command") != "hello" or body.get("group_id") != group_id:
         return None
+    counts = ("process", "processes", "workers", "recovery_partitions", "started_at")
+    if (not all(type(body.get(name)) is int for name in counts) or not isinstance(body.get("release"), str)
+            or not isinstance(body.get("settings"), dict)
+            or not all(isinstance(v, str) for v in body["settings"].values())):
+        return None  # not one a process of this release wrote
     return body
 
 

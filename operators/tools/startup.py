@@ -95,15 +95,14 @@ def cluster_settings(config: Config, secret: bytes) -> dict[str, str]:
         "flow.decision_sink": flow.decision_sink, "flow.align": str(flow.align).lower(),
         "flow.alignment_bound": flow.alignment_bound, "flow.alignment_idle_timeout": flow.alignment_idle_timeout,
     }
-    for section, names in (("parse", _ALL), ("profile", _ALL), ("topics", _TOPICS_READ_OR_WRITTEN)):
+    for section, names in (("parse", None), ("profile", None), ("topics", _TOPICS_READ_OR_WRITTEN)):
         values = getattr(config, section)
         for f in dataclasses.fields(values):
-            if names is _ALL or f.name in names:
+            if names is None or f.name in names:  # None: the whole section
                 settings[f"{section}.{f.name}"] = text(getattr(values, f.name))
     return settings
 
 
-_ALL: frozenset[str] = frozenset()
 # The rest of [topics] is what `nextclick topics create` gives new topics.
 _TOPICS_READ_OR_WRITTEN = frozenset({"inputs", "decisions", "dead_letter", "control", "progress", "profiles",
                                      "start_from_beginning"})
