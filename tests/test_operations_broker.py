@@ -481,16 +481,18 @@ OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT
 
 
 def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: dict[str, str],
-             *, fails: bool = True, second_args: tuple[str, ...] = ()) -> list[str]:
+             *, fails: bool = True, second_args: tuple[str, ...] = (), second_per_process: bool = True,
+             may_crash: bool = False) -> list[str]:
     """Two processes of one cluster to the end of the input, each with its own state and recovery
     directories (per-pod volumes), the second started as `second` with `second_env` over the shared
     environment: their one-line errors, if they must fail. Events cross between them at once (one
     partition, the identity stage on one of them)."""
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--recovery-per-process",
-            "--process-id"]
     procs = []
     for i, (command, extra, more) in enumerate([(["-m", "nextclick"], {}, ()), (second, second_env, second_args)]):
+        args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--process-id"]
+        if i == 0 or second_per_process:
+            args.insert(1, "--recovery-per-process")
         env = {**setup.env(stop_at_end=True), "RUST_BACKTRACE": "1", **extra,
                "NEXTCLICK_STATE__DIR": str(tmp_path / f"pod-{i}" / "state"),
                "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / f"pod-{i}" / "recovery")}
@@ -503,7 +505,11 @@ def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: di
         if p.poll() is None:
             p.kill()
     errors = [p.communicate()[1] for p in procs]
-    assert [p.returncode for p in procs] == ([1, 1] if fails else [0, 0]), errors
+    codes = [p.returncode for p in procs]
+    if may_crash:  # Bytewax's own threads may kill a process by a signal after the failure: the other explains
+        assert all(c == 1 or c < 0 for c in codes) and 1 in codes, (codes, errors)
+        return [check_stderr(e) for c, e in zip(codes, errors) if c == 1]
+    assert codes == ([1, 1] if fails else [0, 0]), errors
     return [check_stderr(e) for e in errors] if fails else []
 
 
@@ -547,16 +553,28 @@ def test_a_pod_configured_with_other_shards_and_secret_stops_the_cluster_naming_
     assert sum(p["facts"]["version"] for p in profiles.values()) == 40
 
 
-def test_a_pod_started_with_other_workers_names_them_rather_than_a_lost_peer(setup: FlowSetup, tmp_path: Path) -> None:
-    """Bytewax's processes need the same --workers; otherwise they fail with only "Send thread panic",
-    and each restart the same. Each process names the difference from its peer's hello instead."""
+@pytest.mark.parametrize(("second", "what", "values"), [
+    ({"second_args": ("--workers", "2")}, "--workers", (1, 2)),
+    # Here Bytewax's threads sometimes kill one process (SIGSEGV, SIGABRT) after the failure, before it
+    # has read the hellos: 3 runs in 13.
+    ({"second_per_process": False, "may_crash": True}, "recovery partitions (--recovery-per-process or -partitions)",
+     (2, 1)),
+], ids=["workers", "recovery"])
+def test_a_pod_started_otherwise_names_the_difference_rather_than_a_lost_peer(
+        setup: FlowSetup, tmp_path: Path, second: dict[str, Any], what: str, values: tuple[int, int]) -> None:
+    """Bytewax's processes need the same --workers and recovery partitions; otherwise they fail with only
+    "Send thread panic", and each restart the same. Each process names the difference from its peer's
+    hello instead."""
     produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
-    messages = run_pair(setup, tmp_path, ["-m", "nextclick"], {}, second_args=("--workers", "2"))
-    assert sorted(messages) == sorted(
-        f"the processes of this cluster were started differently (process {peer} runs with --workers {theirs} there, "
+    messages = run_pair(setup, tmp_path, ["-m", "nextclick"], {}, **second)
+    first, other = values
+    expected = [
+        f"the processes of this cluster were started differently (process {peer} runs with {what} {theirs} there, "
         f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, recovery "
         'flags, release and configuration (docs/operations.md, "One configuration for every process")'
-        for me, peer, ours, theirs in ((0, 1, 1, 2), (1, 0, 2, 1)))
+        for me, peer, ours, theirs in ((0, 1, first, other), (1, 0, other, first))]
+    assert messages and all(m in expected for m in messages), messages
+    assert len(messages) == 2 or second.get("may_crash"), messages
 
 
 def test_a_process_whose_cluster_port_is_taken_says_so(setup: FlowSetup) -> None:
