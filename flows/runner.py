@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from bytewax.dataflow import Dataflow
 
 from nextclick import __version__
-from nextclick.operators.exchange import cluster_mismatch
+from nextclick.operators.exchange import cluster_mismatch, declared_settings
 from nextclick.operators.infra import health
 from nextclick.operators.infra.config import Config
 from nextclick.operators.infra.failures import (
@@ -41,7 +41,6 @@ from nextclick.operators.io import cluster_hello, drain
 from nextclick.operators.io.kafka_source import commit_final_offsets
 from nextclick.operators.io.preflight import check_directories, check_topics
 from nextclick.operators.io.sink_registry import decision_sink
-from nextclick.operators.tools.startup import cluster_settings
 
 log = logging.getLogger("nextclick")
 
@@ -130,8 +129,7 @@ class FlowRunner:
         mine = None
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
-                                       __version__, cluster_settings(config, config.privacy.resolve_secret()),
-                                       drain.now_ms())
+                                       __version__, declared_settings(), drain.now_ms())  # as build_flow declared
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
         _quiet_late_panics()
         try:

@@ -23,7 +23,7 @@ and takes what later releases add after them (`*rest`); a new layout of the even
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -63,28 +63,41 @@ def cluster_mismatch() -> str | None:
     return _mismatches[0] if _mismatches else None
 
 
-def declare_settings(settings: dict[str, str]) -> None:
+def _encoded(settings: Mapping[str, str]) -> tuple[bytes, bytes]:
+    """The settings as a batch carries them whole, and their digest."""
+    whole = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    return whole, hashlib.sha256(whole).digest()[:12]
+
+
+def declare_settings(settings: Mapping[str, str]) -> None:
     """The settings (name -> value or digest) every process of this cluster must share; each flow build
     declares them, and a peer's batch that carries others is refused."""
     global _settings, _settings_digest, _whole_left
-    _settings = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
-    _settings_digest = hashlib.sha256(_settings).digest()[:12]
+    _settings, _settings_digest = _encoded(settings)
     _whole_left = 256
 
 
-def settings_digest(settings: dict[str, str]) -> str:
+def declared_settings() -> dict[str, str]:
+    """What this process declared last (the flow it runs)."""
+    return dict(orjson.loads(_settings))
+
+
+def settings_digest(settings: Mapping[str, str]) -> str:
     """The digest a process's batches carry for these settings, as a mismatch names it."""
-    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).digest()[:12].hex()
+    return _encoded(settings)[1].hex()
+
+
+def setting_differences(theirs: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
+    """Each setting the two differ in, as "name = their value there, mine here", by name."""
+    return [f"{name} = {theirs.get(name, '(not set)')} there, {mine.get(name, '(not set)')} here"
+            for name in sorted(theirs.keys() | mine.keys()) if theirs.get(name) != mine.get(name)]
 
 
 def _differences(theirs: bytes) -> str:
     if len(theirs) == len(_settings_digest):  # past the sender's first batches: which setting is not known
         return (f"settings digest {theirs.hex()} there, {_settings_digest.hex()} here (each process's "
                 "\"starting\" log line lists its settings)")
-    peer, mine = orjson.loads(theirs), orjson.loads(_settings)
-    names = sorted(name for name in peer.keys() | mine.keys() if peer.get(name) != mine.get(name))
-    return "; ".join(f"{name} = {peer.get(name, '(not set)')} there, {mine.get(name, '(not set)')} here"
-                     for name in names)
+    return "; ".join(setting_differences(orjson.loads(theirs), orjson.loads(_settings)))
 
 
 class Batch(list[Any]):

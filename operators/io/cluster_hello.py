@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from nextclick.operators.exchange import setting_differences
 from nextclick.operators.io.kafka_admin import client_config
 
 log = logging.getLogger("nextclick")
@@ -112,10 +113,7 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
                 said.append(f"{flag} {theirs.get(name)} there, {mine[name]} here")
         if theirs.get("release") != mine["release"]:
             said.append(f"nextclick {theirs.get('release')} there, {mine['release']} here")
-        settings = theirs.get("settings", {})
-        said += [f"{name} = {settings.get(name, '(not set)')} there, {mine['settings'].get(name, '(not set)')} here"
-                 for name in sorted(settings.keys() | mine["settings"].keys())
-                 if settings.get(name) != mine["settings"].get(name)]
+        said += setting_differences(theirs.get("settings", {}), mine["settings"])
         if said:
             parts.append(f"process {process} runs with {'; '.join(said)}")
     if not parts:
