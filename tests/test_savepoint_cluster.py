@@ -36,7 +36,7 @@ from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig,
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.state.layout import IDENTITY, family_named
 from nextclick.operators.state.manifest import StateMismatch, read_manifest
-from nextclick.operators.state.placement import BALANCED, HASH, siphash13, worker_of
+from nextclick.operators.state.placement import BALANCED, HASH, key_base, siphash13, worker_of
 from nextclick.operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
 from nextclick.operators.state.store import ShardStore
 from nextclick.operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore
@@ -94,6 +94,7 @@ def test_balanced_placement_sends_the_shards_round_the_workers() -> None:
                 assert [Placement(0, workers).owner(fam, n) for n in range(shards)] == [n % workers for n in
                                                                                          range(shards)]
             assert all(k.startswith(f"{fam.route(n, HASH)}~") for n, k in enumerate(keys))
+            assert [key_base(k) for k in keys] == [fam.route(n, HASH) for n in range(shards)]
     profiles = family_named("profiles", 16)
     assert sorted(Counter(Placement(0, 4, 1, HASH).owner(profiles, n) for n in range(16)).values()) == [2, 4, 4, 6]
 

@@ -19,6 +19,7 @@ from nextclick.operators.infra import metrics
 from nextclick.operators.infra.config import Config, ConfigError
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.io.sinks import OnFatal, OutMessage, exit_process
+from nextclick.operators.state.placement import key_base
 
 
 def sink_producer_config(kafka: Mapping[str, str]) -> dict[str, Any]:
@@ -95,8 +96,7 @@ class KafkaOutput(FixedPartitionedSink[OutMessage, None]):
         return [str(i) for i in range(self._parts)]
 
     def part_fn(self, item_key: str) -> int:
-        # A `profiles` shard's key is its number, with a placement suffix ("5~308") under balanced placement.
-        number = item_key.split("~", 1)[0]
+        number = key_base(item_key)  # a `profiles` shard's key is its number, with its placement suffix
         return int(number) if number.isdigit() else zlib.adler32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SinkPartition:

@@ -68,12 +68,20 @@ def worker_of(key: str, workers: int) -> int:
     return siphash13(key.encode() + b"\xff") % workers
 
 
+_SUFFIX = "~"
+
+
 @functools.cache
 def balanced_key(base: str, slot: int) -> str:
     """`base` with the first suffix "~k" whose hash is `slot` modulo BALANCE_MODULUS."""
     target = slot % BALANCE_MODULUS
     for k in itertools.count():
-        key = f"{base}~{k}"
+        key = f"{base}{_SUFFIX}{k}"
         if worker_of(key, BALANCE_MODULUS) == target:
             return key
     raise AssertionError("unreachable")  # itertools.count() never ends
+
+
+def key_base(key: str) -> str:
+    """A shard key without its placement suffix: "5" for "5~308" (and for "5")."""
+    return key.split(_SUFFIX, 1)[0]
