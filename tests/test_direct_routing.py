@@ -38,11 +38,10 @@ from tests.flowrun import (
     start,
     workload,
 )
+from tests.helpers import HOUR, MIN
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-MIN = 60_000
-HOUR = 60 * MIN
 SHARDS = 4
 DIRECT = {"NEXTCLICK_IDENTITY__STITCHING": "false"}
 # Every customer's events in event-time order across the topics: with the default bound (a minute) a

@@ -151,24 +151,6 @@ def _check_stitching(config: Config, state_dir: Path) -> None:
                       f"identity.stitching = true, or start over with `nextclick state reset`")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 @dataclass(frozen=True)
 class _ShardOnDisk:
     seq: int
