@@ -433,8 +433,8 @@ def markdown(result: dict[str, Any]) -> str:
     st = result["settings"]
     rows = result["runs"]
     one = rows[0]["cpu_per_event_us"] if rows and rows[0]["processes"] == 1 else None
-    lines = [f"bench.scale: {st['events']:,} events, {st['customers']:,} customers (Zipf s={st.get('zipf_s', 1.1)}), "
-             f"{'' if st.get('stitching', True) else 'no identity stitching, '}"
+    lines = [f"bench.scale: {st['events']:,} events, {st['customers']:,} customers "
+             f"(Zipf s={st.get('zipf_s', ZIPF_S)}), {'' if st.get('stitching', True) else 'no identity stitching, '}"
              f"{st['partitions']} partitions, "
              f"{st['shards']} shards, {result['machine']['cpu_count']} CPUs, bytewax "
              f"{result['machine']['versions']['bytewax']}, revision {result.get('revision') or 'unknown'}", "",
