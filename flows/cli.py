@@ -684,15 +684,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:
         raise
     except BaseException as exc:  # one line with the root cause, no traceback: the CLI contract
-        from nextclick.operators.infra.failures import one_line, root_cause
+        from nextclick.operators.infra.failures import announce_fatal, one_line, root_cause
 
-        message = one_line(exc)
-        if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too
-            logging.getLogger("nextclick").critical("fatal error", extra={
-                "error": message, "exception": type(root_cause(exc)).__name__})
         if getattr(args, "debug", False):
             traceback.print_exception(exc)
-        print(f"nextclick: error: {message}", file=sys.stderr, flush=True)
+        announce_fatal(one_line(exc), type(root_cause(exc)).__name__)
         return 1
 
 

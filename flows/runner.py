@@ -32,6 +32,7 @@ from nextclick.operators.infra.failures import (
     Explained,
     LostPeer,
     PeerWatch,
+    announce_fatal,
     is_comms_failure,
     lost_peer_message,
     one_line,
@@ -58,6 +59,14 @@ def _quiet_late_panics() -> None:
             fallback(kind, value, tb)
 
     sys.excepthook = hook
+
+
+def _refuse_to_wait(line: str) -> None:
+    """A live peer was started otherwise and this process still waits for its peers to connect: Timely
+    would wait for ever. Nothing has run, so nothing is lost by stopping here."""
+    announce_fatal(line, "Explained")
+    logging.shutdown()
+    os._exit(1)
 
 
 class FlowRunner:
@@ -129,8 +138,16 @@ class FlowRunner:
         mine = None
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
-                                       __version__, declared_settings(), drain.now_ms())  # as build_flow declared
+                                       __version__, declared_settings(), drain.now_ms(),  # as build_flow declared
+                                       cluster)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
+            connected = self._peer_watch.connected if self._peer_watch is not None else threading.Event()
+            hellos = cluster_hello.HelloWatch(  # formed once the peers connected or the dataflow was built
+                config.kafka, config.topics.control, dict(mine),
+                lambda: connected.is_set() or health.STATUS.listed_at is not None, _refuse_to_wait,
+                drain.now_ms)
+            hellos.start()
+            watchers.append(hellos)
         _quiet_late_panics()
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),

@@ -52,6 +52,14 @@ def test_a_hello_is_read_only_for_its_group() -> None:
         assert parse_hello(orjson.dumps({**record, field: bad}), "g") is None, field
 
 
+def test_a_hello_said_once_reads_as_said_at_its_start_and_bad_refresh_fields_are_refused() -> None:
+    record = said(1)
+    once = {k: v for k, v in record.items() if k not in ("said_at", "addresses")}  # as 0.x's runner wrote it
+    assert parse_hello(orjson.dumps(once), "g") == {**once, "said_at": record["started_at"], "addresses": []}
+    for field, bad in (("said_at", "now"), ("addresses", "a;b"), ("addresses", [1, 2])):
+        assert parse_hello(orjson.dumps({**record, field: bad}), "g") is None, field
+
+
 @given(st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=100).map(str.encode)))
 def test_any_bytes_on_the_control_topic_are_a_hello_or_not_and_never_raise(value: bytes | None) -> None:
     assert parse_hello(value, "g") is None or isinstance(parse_hello(value, "g"), dict)

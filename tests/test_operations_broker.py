@@ -7,6 +7,7 @@ consuming, never a watermark the broker reports.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from nextclick.flows.cli import main as cli_main
 from nextclick.flows.local_broker import free_port
 from nextclick.operators.exchange import FORMAT
 from nextclick.operators.infra import metrics
+from nextclick.operators.io import cluster_hello
 from nextclick.operators.io.kafka_source import KafkaInput
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.state.manifest import secret_fingerprint
@@ -482,15 +484,16 @@ OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT
 
 def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: dict[str, str],
              *, fails: bool = True, second_args: tuple[str, ...] = (), second_per_process: bool = True,
-             may_crash: bool = False) -> list[str]:
+             may_crash: bool = False, second_cluster: int = 2) -> list[str]:
     """Two processes of one cluster to the end of the input, each with its own state and recovery
     directories (per-pod volumes), the second started as `second` with `second_env` over the shared
-    environment: their one-line errors, if they must fail. Events cross between them at once (one
-    partition, the identity stage on one of them)."""
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    environment, and given `second_cluster` addresses: their one-line errors, if they must fail.
+    Events cross between them at once (one partition, the identity stage on one of them)."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(max(2, second_cluster))]
     procs = []
     for i, (command, extra, more) in enumerate([(["-m", "nextclick"], {}, ()), (second, second_env, second_args)]):
-        args = ["run", "--broker-timeout", "20", "--addresses", ";".join(addresses), "--process-id"]
+        given = addresses[:2] if i == 0 else addresses[:second_cluster]
+        args = ["run", "--broker-timeout", "20", "--addresses", ";".join(given), "--process-id"]
         if i == 0 or second_per_process:
             args.insert(1, "--recovery-per-process")
         env = {**setup.env(stop_at_end=True), "RUST_BACKTRACE": "1", **extra,
@@ -575,6 +578,57 @@ def test_a_pod_started_otherwise_names_the_difference_rather_than_a_lost_peer(
         for me, peer, ours, theirs in ((0, 1, first, other), (1, 0, other, first))]
     assert messages and all(m in expected for m in messages), messages
     assert len(messages) == 2 or second.get("may_crash"), messages
+
+
+def test_a_process_given_more_addresses_than_its_peer_says_so_rather_than_waiting_for_ever(
+        setup: FlowSetup, tmp_path: Path) -> None:
+    """Process 1 told of three processes waits in Timely's connection set-up for a process 2 that never
+    comes, and process 0 waits on it; without the hellos said while waiting, both would hang, silent."""
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    messages = run_pair(setup, tmp_path, ["-m", "nextclick"], {}, second_cluster=3)
+    expected = [
+        f"the processes of this cluster were started differently (process {peer} runs with processes in --addresses "
+        f"{theirs} there, {ours} here; recovery partitions (--recovery-per-process or -partitions) {theirs} there, "
+        f"{ours} here; this is process {me}): start every process with the same --workers, --addresses, recovery "
+        'flags, release and configuration (docs/operations.md, "One configuration for every process")'
+        for me, peer, ours, theirs in ((0, 1, 2, 3), (1, 0, 3, 2))]
+    assert sorted(messages) == sorted(expected), messages
+
+
+def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
+        setup: FlowSetup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A hello left by an earlier, larger cluster (before a rescale), said just before this process
+    started, must not stop a process that waits for a slow pod; the same hello said again by a running
+    process must. The waiting process says whom it waits for, and says its own hello again."""
+    monkeypatch.setattr(cluster_hello, "FORM_WAIT_S", 0.0)
+    monkeypatch.setattr(cluster_hello, "CHECK_S", 0.2)
+    monkeypatch.setattr(cluster_hello, "REFRESH_S", 0.5)
+    topic, now = setup.control, int(time.time() * 1000)
+    addresses = ["127.0.0.1:1", "127.0.0.1:2"]
+    earlier = cluster_hello.hello("g", 1, 3, 1, 3, __version__, {}, now - 5 * 60_000, [*addresses, "127.0.0.1:3"])
+    cluster_hello.publish_hello(setup.kafka, topic, {**earlier, "said_at": now - 2000})  # its last, as it stopped
+    mine = cluster_hello.hello("g", 0, 2, 1, 2, __version__, {}, now, addresses)
+    cluster_hello.publish_hello(setup.kafka, topic, mine)  # as the runner does before the watch starts
+    refused: list[str] = []
+    watch = cluster_hello.HelloWatch(setup.kafka, topic, mine, lambda: False, refused.append,
+                                     lambda: int(time.time() * 1000))
+    with caplog.at_level(logging.WARNING, logger="nextclick"):
+        watch.start()
+        try:
+            wait_for(lambda: any(getattr(r, "not_running", None) for r in caplog.records), 20, "the waiting line")
+            time.sleep(2)  # several checks, each of which reads the earlier cluster's hello
+            assert refused == []
+            waiting = next(r for r in caplog.records if getattr(r, "not_running", None))
+            assert waiting.not_running == ["process 1 (127.0.0.1:2)"]
+            cluster_hello.publish_hello(setup.kafka, topic, {**earlier, "said_at": int(time.time() * 1000)})
+            wait_for(lambda: bool(refused), 20, "the refusal")
+        finally:
+            watch.stopped.set()
+            watch.join(10)
+    assert refused == [cluster_hello.differences(mine, {1: earlier})]
+    assert "processes in --addresses 3 there, 2 here" in refused[0]
+    said = cluster_hello.peer_hellos(setup.kafka, topic, "g", now, 2, timeout_s=5)
+    assert said[0]["started_at"] == now < said[0]["said_at"]  # said again since its start
 
 
 def test_a_process_whose_cluster_port_is_taken_says_so(setup: FlowSetup) -> None:

@@ -13,10 +13,12 @@ A lost cluster peer surfaces as a panic of Timely's network threads that names n
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import select
 import socket
+import sys
 import threading
 from typing import Sequence
 
@@ -65,6 +67,14 @@ def one_line(exc: BaseException) -> str:
     if isinstance(root, _BARE) or type(root).__name__ == "PanicException":
         return f"{type(root).__name__}: {line}"
     return line
+
+
+def announce_fatal(message: str, kind: str) -> None:
+    """The fatal-error contract: one critical JSON log line (when logging is set up) and one
+    `nextclick: error:` line on stderr, both with `message`."""
+    if logging.getLogger().handlers:  # `run` logs JSON: the failure is one log line too
+        logging.getLogger("nextclick").critical("fatal error", extra={"error": message, "exception": kind})
+    print(f"nextclick: error: {message}", file=sys.stderr, flush=True)
 
 
 def is_comms_failure(exc: BaseException) -> bool:
@@ -175,9 +185,11 @@ class PeerWatch(threading.Thread):
         self.addresses, self.me = list(addresses), me
         self.lost: list[int] = []
         self.stopped = threading.Event()
+        self.connected = threading.Event()  # every peer's connection is up (or this cannot be watched)
 
     def run(self) -> None:
         if not hasattr(select, "poll") or not os.path.exists("/proc/self/net/tcp"):
+            self.connected.set()
             return
         expected = len(self.addresses) - 1
         sockets: dict[int, list[int]] = {}
@@ -185,6 +197,7 @@ class PeerWatch(threading.Thread):
             sockets = peer_sockets(self.addresses, self.me)
             if len(sockets) < expected:
                 self.stopped.wait(0.5)
+        self.connected.set()
         poller = select.poll()
         hangup = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
         for fd in sockets:

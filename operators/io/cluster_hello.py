@@ -9,14 +9,24 @@ cluster size, recovery partitions and shared settings (the `cluster_settings`, b
 cluster fails, the runner reads its peers' latest hellos and, if they differ from its own, names
 what differs in one line. The happy path costs one produce.
 
+A cluster can also fail to form without failing: a process given more `--addresses` than its peers
+waits in Timely's connection set-up for a process that will never come, and the peers it did reach
+wait on it. So each process says its hello again every REFRESH_S until its cluster has formed and
+for SAY_AFTER_FORMED_S after, and one whose cluster has not formed within FORM_WAIT_S (`HelloWatch`)
+compares the hellos its peers said since it started, within the last FRESH_MS: a live peer started
+otherwise stops it with the same one line. A hello of an earlier run (say of a larger cluster,
+before a rescale) was said before this process started, so it cannot stop a process that waits for
+a slow pod. Until the cluster forms, the process logs every WAIT_LOG_S whom it is waiting for.
+
 The dataflow's control reader skips hellos (operators/io/control.py), as it skips drain requests.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -30,19 +40,26 @@ log = logging.getLogger("nextclick")
 # How much earlier than this process a peer's hello may have been said to count: a cluster forms
 # within a pod's start-up allowance (4 minutes), and a hello older than this is an earlier start's.
 LOOK_BACK_MS = 10 * 60 * 1000
+REFRESH_S = 10.0  # how often a process says its hello again
+SAY_AFTER_FORMED_S = 120.0  # for peers still waiting (a peer's only hello may come from before they started)
+FRESH_MS = 30_000  # a hello said within this long is a live process's (three refreshes, and clock skew)
+FORM_WAIT_S = 15.0  # how long peers may take to connect before their hellos are compared
+WAIT_LOG_S = 30.0  # how often a process whose peers have not connected says who it waits for
+CHECK_S = 5.0
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
-          settings: Mapping[str, str], now_ms: int) -> dict[str, Any]:
+          settings: Mapping[str, str], now_ms: int, addresses: Sequence[str] = ()) -> dict[str, Any]:
     return {"command": "hello", "group_id": group_id, "process": process_id, "processes": processes,
             "workers": workers, "recovery_partitions": recovery_partitions, "release": release,
-            "settings": dict(settings), "started_at": now_ms}
+            "settings": dict(settings), "started_at": now_ms, "said_at": now_ms, "addresses": list(addresses)}
 
 
-def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0) -> bool:
+def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0,
+                  producer: Producer | None = None) -> bool:
     """Best effort: a hello that cannot be published only costs the explanation of a failed start."""
     try:
-        producer = Producer(client_config(kafka))
+        producer = producer or Producer(client_config(kafka))
         producer.produce(topic, orjson.dumps(record), f"hello/{record['group_id']}/{record['process']}".encode())
         left = producer.flush(timeout_s)
     except KafkaException as exc:
@@ -57,7 +74,7 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
 
 def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
                 timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
-    """Each process's latest hello for `group_id` published at or after `since_ms` (empty if unreadable);
+    """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
     read until every one of `processes` has said one and the topic is quiet, or `timeout_s`."""
     found: dict[int, dict[str, Any]] = {}
     consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
@@ -76,7 +93,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
             quiet = 0 if batch else quiet + 1
             for msg in batch:
                 if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
-                    if record["started_at"] >= since_ms:
+                    if record["said_at"] >= since_ms:
                         found[record["process"]] = record
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
@@ -93,9 +110,13 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     if not isinstance(body, dict) or body.get("command") != "hello" or body.get("group_id") != group_id:
         return None
     counts = ("process", "processes", "workers", "recovery_partitions", "started_at")
-    if (not all(type(body.get(name)) is int for name in counts) or not isinstance(body.get("release"), str)
+    body.setdefault("said_at", body.get("started_at"))  # a hello said once, at start
+    body.setdefault("addresses", [])
+    if (not all(type(body.get(name)) is int for name in (*counts, "said_at"))
+            or not isinstance(body.get("release"), str)
             or not isinstance(body.get("settings"), dict)
-            or not all(isinstance(v, str) for v in body["settings"].values())):
+            or not all(isinstance(v, str) for v in body["settings"].values())
+            or not isinstance(body["addresses"], list) or not all(isinstance(a, str) for a in body["addresses"])):
         return None  # not one a process of this release wrote
     return body
 
@@ -121,3 +142,54 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
     return (f"the processes of this cluster were started differently ({' / '.join(parts)}; this is process "
             f"{mine['process']}): start every process with the same --workers, --addresses, recovery flags, release "
             "and configuration (docs/operations.md, \"One configuration for every process\")")
+
+
+class HelloWatch(threading.Thread):
+    """Says this process's hello again every REFRESH_S until SAY_AFTER_FORMED_S after the cluster has
+    formed (`formed()`); while it has not, after FORM_WAIT_S, calls `refuse` with the line naming a
+    live peer started otherwise, and logs whom it waits for."""
+
+    def __init__(self, kafka: Mapping[str, Any], topic: str, mine: dict[str, Any], formed: Callable[[], bool],
+                 refuse: Callable[[str], None], now_ms: Callable[[], int]) -> None:
+        super().__init__(name="nextclick-hello", daemon=True)
+        self.kafka, self.topic, self.mine, self.formed = kafka, topic, mine, formed
+        self.refuse, self.now_ms = refuse, now_ms
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        producer = Producer(client_config(self.kafka))
+        started = said = time.monotonic()
+        logged = started - WAIT_LOG_S  # the first check that finds the cluster unformed says so
+        formed_at: float | None = None
+        while not self.stopped.wait(CHECK_S):
+            now = time.monotonic()
+            if formed_at is None and self.formed():
+                formed_at = now
+            if formed_at is not None and now - formed_at > SAY_AFTER_FORMED_S:
+                break
+            if now - said >= REFRESH_S:
+                said = now
+                self.mine["said_at"] = self.now_ms()
+                publish_hello(self.kafka, self.topic, self.mine, timeout_s=5.0, producer=producer)
+            if formed_at is None and now - started >= FORM_WAIT_S:
+                peers = self.live_peers()
+                line = differences(self.mine, peers)
+                if line is not None and not self.formed():
+                    self.refuse(line)
+                    return
+                if now - logged >= WAIT_LOG_S:
+                    logged = now
+                    self._log_waiting(now - started, peers)
+        producer.flush(1.0)
+
+    def live_peers(self) -> dict[int, dict[str, Any]]:
+        """The peers that said a hello since this process started, lately: processes running now."""
+        since = max(self.now_ms() - FRESH_MS, self.mine["started_at"])
+        return peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"], timeout_s=5.0)
+
+    def _log_waiting(self, waited: float, peers: Mapping[int, Mapping[str, Any]]) -> None:
+        me, addresses = self.mine["process"], self.mine["addresses"]
+        silent = [p for p in range(self.mine["processes"]) if p != me and p not in peers]
+        log.warning("the cluster has not formed: waiting for every process in --addresses to connect", extra={
+            "seconds": round(waited), "this_process": me,
+            "not_running": [f"process {p} ({addresses[p] if p < len(addresses) else '?'})" for p in silent]})
