@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.infra.runtime import tune_gc
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
+    from nextclick.operators.io.sink_registry import decision_sink
     from nextclick.operators.rules.loader import load_configured_rules
     from nextclick.operators.tools.savepoint import (
         Generations,
@@ -64,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.stop_at_end:
         config = config.replace(flow={"stop_at_end": True})
     config = metrics_settings(config, args.metrics_address, args.metrics_port)
+    decision_sink(config)  # a wrong flow.decision_sink: one line, before waiting for Kafka
     if args.workers < 1:  # Bytewax would take it and fail later, with less to say
         raise cl.ClusterError(f"--workers must be at least 1, not {args.workers}")
     place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))

@@ -308,15 +308,23 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if not isinstance(value, bool):  # `sync = 5` is a typo, not true
+                raise TypeError(value)
+            return value
         if isinstance(default, tuple):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
+        if isinstance(value, bool) and isinstance(default, (int, float)):
+            raise TypeError(value)  # true is not a count
         if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)  # `shards = 2.5` is not 2
             return int(value)
         if isinstance(default, float):
             return float(value)
+        if isinstance(value, (dict, list)):
+            raise TypeError(value)
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
@@ -332,6 +340,32 @@ def _section(name: str, raw: Mapping[str, Any], origin: str) -> Any:
             raise ConfigError(f"{origin}: unknown key [{name}].{key} (known: {', '.join(sorted(known))})")
         values[key] = _coerce(f"{origin}: [{name}].{key}", value, getattr(defaults, key))
     return cls(**values)
+
+
+# Numeric settings' lower bounds, checked at load: (section, key, least, what the line says).
+_BOUNDS: tuple[tuple[str, str, float, str], ...] = (
+    ("state", "shards", 1, "at least 1"),
+    ("state", "cache_profiles_per_shard", 1, "at least 1"),
+    ("state", "keep_checkpoints", 1, "at least 1"),
+    ("flow", "epoch_seconds", 0.01, "positive (seconds between checkpoints, e.g. 2)"),
+    ("flow", "progress_seconds", 0.01, "positive"),
+    ("flow", "stall_seconds", 0.01, "positive"),
+    ("parse", "max_message_bytes", 1, "at least 1"),
+    ("parse", "max_future_skew_ms", 0, "at least 0"),
+    ("parse", "max_age_ms", 1, "at least 1"),
+    ("identity", "cache_identifiers", 0, "at least 0"),
+    ("topics", "partitions", 1, "at least 1, or -1 for the broker's default"),
+    ("topics", "replication_factor", 1, "at least 1, or -1 for the broker's default"),
+    ("topics", "retention_ms", -1, "at least -1 (-1: keep for ever, 0: the broker's default)"),
+    ("topics", "dead_letter_retention_ms", -1, "at least -1 (-1: keep for ever, 0: the broker's default)"),
+    ("topics", "control_partitions", 1, "at least 1"),
+    ("topics", "profiles_partitions", 1, "at least 1, or -1 for the broker's default"),
+    ("serve", "rate_limit", 0, "at least 0 (requests a second per token; 0: no limit)"),
+)
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# Values below the bound that mean something: -1, the broker's default.
+_SPECIAL: dict[tuple[str, str], tuple[float, ...]] = {
+    ("topics", "partitions"): (-1,), ("topics", "replication_factor"): (-1,), ("topics", "profiles_partitions"): (-1,)}
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -360,14 +394,28 @@ def load_config(path: str | os.PathLike[str] | None = None,
         else:
             raise ConfigError(f"{var}: unknown section {section!r}")
         raw.setdefault(section, {})[key] = value
-        origin = f"{origin} + environment"
+        if not origin.endswith(" + environment"):
+            origin = f"{origin} + environment"
     kafka = {str(k): str(v) for k, v in raw.pop("kafka", {}).items()}
     kwargs: dict[str, Any] = {name: _section(name, body, origin) for name, body in raw.items()}
     config = Config(**kwargs)
     if kafka:
         config = config.replace(kafka=kafka)
-    if config.state.shards < 1:
-        raise ConfigError(f"{origin}: [state].shards must be at least 1")
+    for section, key, least, why in _BOUNDS:
+        value = getattr(getattr(config, section), key)
+        if value < least and value not in _SPECIAL.get((section, key), ()):
+            raise ConfigError(f"{origin}: [{section}].{key} must be {why}, got {value!r}")
+    t = config.topics
+    if not t.inputs or not all(name.strip() for name in t.inputs):
+        raise ConfigError(f"{origin}: [topics].inputs must name at least one topic, and no empty name, "
+                          f"got {list(t.inputs)!r}")
+    optional = [("progress", [t.progress] if t.progress else []), ("profiles", [t.profiles] if t.profiles else [])]
+    for key, names in [("inputs", t.inputs), ("decisions", [decision_topic(t.decisions, "email")]),
+                       ("dead_letter", [t.dead_letter]), ("control", [t.control]), *optional]:
+        for name in names:
+            if not _TOPIC_NAME.match(name):
+                raise ConfigError(f"{origin}: [topics].{key}: {name!r} is not a Kafka topic name (letters, digits, "
+                                  f"'.', '_' and '-', at most 249{', and {channel}' if key == 'decisions' else ''})")
     try:
         if config.profile.recent_orders < 0 or config.profile.recent_orders_max_age_ms < 0:
             raise ValueError

@@ -1,0 +1,70 @@
+"""An operator's typo in the configuration stops `nextclick` at load, in one line naming the setting,
+before it waits for Kafka (operators/infra/config.py). Section-specific checks (savepoints, the
+decision sink, alignment) are tested with their features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nextclick.operators.infra.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize(("var", "value", "line"), [
+    ("FLOW__EPOCH_SECONDS", "0", "[flow].epoch_seconds must be positive (seconds between checkpoints, e.g. 2), got 0.0"),
+    ("FLOW__STALL_SECONDS", "-1", "[flow].stall_seconds must be positive, got -1.0"),
+    ("STATE__KEEP_CHECKPOINTS", "0", "[state].keep_checkpoints must be at least 1, got 0"),
+    ("STATE__CACHE_PROFILES_PER_SHARD", "0", "[state].cache_profiles_per_shard must be at least 1, got 0"),
+    ("STATE__SHARDS", "2.5", "[state].shards: expected int, got '2.5'"),
+    ("PARSE__MAX_MESSAGE_BYTES", "0", "[parse].max_message_bytes must be at least 1, got 0"),
+    ("TOPICS__PARTITIONS", "0", "[topics].partitions must be at least 1, or -1 for the broker's default, got 0"),
+    ("TOPICS__RETENTION_MS", "-2", "[topics].retention_ms must be at least -1 (-1: keep for ever, 0: the broker's "
+                                   "default), got -2"),
+    ("SERVE__RATE_LIMIT", "-5", "[serve].rate_limit must be at least 0 (requests a second per token; 0: no limit), "
+                                "got -5.0"),
+    ("TOPICS__INPUTS", " , ", "[topics].inputs must name at least one topic, and no empty name, got []"),
+    ("TOPICS__INPUTS", "shop.web,[shop.email]", "[topics].inputs: '[shop.email]' is not a Kafka topic name (letters, "
+                                                "digits, '.', '_' and '-', at most 249)"),
+    ("TOPICS__DECISIONS", "out/{channel}", "[topics].decisions: 'out/email' is not a Kafka topic name (letters, "
+                                           "digits, '.', '_' and '-', at most 249, and {channel})"),
+    ("TOPICS__CONTROL", "", "[topics].control: '' is not a Kafka topic name"),
+])
+def test_a_setting_out_of_its_range_is_named_with_the_value_given(var: str, value: str, line: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {f"NEXTCLICK_{var}": value, "NEXTCLICK_FLOW__GROUP_ID": "g"})
+    assert str(refused.value).startswith(f"defaults + environment: {line}"), str(refused.value)
+
+
+def test_the_values_that_mean_the_brokers_default_or_no_limit_load() -> None:
+    config = load_config(None, {"NEXTCLICK_TOPICS__PARTITIONS": "-1", "NEXTCLICK_TOPICS__REPLICATION_FACTOR": "-1",
+                                "NEXTCLICK_TOPICS__RETENTION_MS": "-1", "NEXTCLICK_SERVE__RATE_LIMIT": "0",
+                                "NEXTCLICK_TOPICS__DECISIONS": "shop.decisions.{channel}"})
+    assert (config.topics.partitions, config.serve.rate_limit) == (-1, 0.0)
+
+
+@pytest.mark.parametrize(("toml", "line"), [
+    ("[state]\nsync = 5\n", "[state].sync: expected bool, got 5"),
+    ("[state]\nshards = true\n", "[state].shards: expected int, got True"),
+    ("[state]\nshards = 2.5\n", "[state].shards: expected int, got 2.5"),
+    ("[flow]\ngroup_id = [\"a\"]\n", "[flow].group_id: expected str, got ['a']"),
+])
+def test_a_value_of_the_wrong_kind_in_the_file_is_refused_not_converted(tmp_path: Path, toml: str, line: str) -> None:
+    path = tmp_path / "nextclick.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, {})
+    assert str(refused.value) == f"{path}: {line}"
+
+
+def test_a_whole_number_written_as_a_float_is_that_number(tmp_path: Path) -> None:
+    path = tmp_path / "nextclick.toml"
+    path.write_text("[state]\nshards = 4.0\n")
+    assert load_config(path, {}).state.shards == 4
+
+
+def test_the_origin_names_the_environment_once_however_many_variables_are_set() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {"NEXTCLICK_FLOW__GROUP_ID": "g", "NEXTCLICK_STATE__SHARDS": "0",
+                           "NEXTCLICK_FLOW__ALIGN": "true"})
+    assert str(refused.value) == "defaults + environment: [state].shards must be at least 1, got 0"
