@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nextclick.operators.io.cluster_hello import differences, hello, parse_hello
+from nextclick.operators.io.cluster_hello import HelloWatch, differences, hello, parse_hello
 from nextclick.operators.io.control import parse_control
 from nextclick.operators.records import SourcePosition
 
@@ -40,6 +41,18 @@ def test_each_difference_is_named_with_both_values_and_the_peer() -> None:
 
 def test_a_process_beyond_this_clusters_size_is_an_earlier_clusters_and_ignored() -> None:
     assert differences(said(0), {1: said(1), 2: said(2, processes=3, workers=4)}) is None
+
+
+def test_while_waiting_a_process_names_the_silent_peers_and_those_given_other_addresses(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ours, typo = ["a:1", "b:1", "c:1"], ["a:1", "bb:1", "c:1"]
+    mine = hello("g", 0, 3, 1, 3, "1.0", SETTINGS, 0, ours)
+    watch = HelloWatch({}, "control", mine, lambda: False, lambda line: None, lambda: 0)
+    with caplog.at_level("WARNING", logger="nextclick"):
+        watch._log_waiting(20.2, {0: mine, 1: hello("g", 1, 3, 1, 3, "1.0", SETTINGS, 0, typo)})
+    (record,) = caplog.records
+    assert (record.seconds, record.not_running, record.other_addresses) == (
+        20, ["process 2 (c:1)"], ["process 1: a:1;bb:1;c:1"])
 
 
 def test_a_hello_is_read_only_for_its_group() -> None:

@@ -619,7 +619,7 @@ def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
             time.sleep(2)  # several checks, each of which reads the earlier cluster's hello
             assert refused == []
             waiting = next(r for r in caplog.records if getattr(r, "not_running", None))
-            assert waiting.not_running == ["process 1 (127.0.0.1:2)"]
+            assert (waiting.not_running, waiting.other_addresses) == (["process 1 (127.0.0.1:2)"], [])
             cluster_hello.publish_hello(setup.kafka, topic, {**earlier, "said_at": int(time.time() * 1000)})
             wait_for(lambda: bool(refused), 20, "the refusal")
         finally:

@@ -190,6 +190,10 @@ class HelloWatch(threading.Thread):
     def _log_waiting(self, waited: float, peers: Mapping[int, Mapping[str, Any]]) -> None:
         me, addresses = self.mine["process"], self.mine["addresses"]
         silent = [p for p in range(self.mine["processes"]) if p != me and p not in peers]
+        # Same count, other names (a typo, another namespace): worth a look while nothing connects.
+        other = [f"process {p}: {';'.join(h['addresses'])}" for p, h in sorted(peers.items())
+                 if p != me and h["addresses"] and h["addresses"] != addresses]
         log.warning("the cluster has not formed: waiting for every process in --addresses to connect", extra={
             "seconds": round(waited), "this_process": me,
-            "not_running": [f"process {p} ({addresses[p] if p < len(addresses) else '?'})" for p in silent]})
+            "not_running": [f"process {p} ({addresses[p] if p < len(addresses) else '?'})" for p in silent],
+            "other_addresses": other})
