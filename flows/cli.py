@@ -202,6 +202,8 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
     from nextclick.operators.tools.startup import verify_config
 
     config = load_config(args.config)
+    if not Path(config.state.dir).is_dir():
+        raise LookupError(f"no state directory at {config.state.dir} (state.dir)")
     verify_config(config)
     customer = _customer_key(args, config)
     profile = read_profile(config.state.dir, config.state.shards, customer)

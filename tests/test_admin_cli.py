@@ -90,6 +90,20 @@ def test_offline_erase_then_the_flow_still_starts(deployment: FlowSetup) -> None
 
 
 @pytest.mark.broker
+def test_a_wrong_state_dir_is_named_never_taken_for_a_customer_with_nothing_stored(
+        deployment: FlowSetup, tmp_path: Path) -> None:
+    """An erasure run with another deployment's configuration must not report "nothing stored"."""
+    elsewhere = tmp_path / "not-the-state"
+    error = one_line_error(nextclick(deployment, "profile", "erase", "cust-00004", NEXTCLICK_STATE__DIR=str(elsewhere)))
+    assert error == (f"nextclick: error: no state directory at {elsewhere} (state.dir): nothing was erased; run this "
+                     "with the deployment's configuration")
+    error = one_line_error(nextclick(deployment, "profile", "get", "cust-00004", NEXTCLICK_STATE__DIR=str(elsewhere)))
+    assert error == f"nextclick: error: no state directory at {elsewhere} (state.dir)"
+    assert not elsewhere.exists()
+    assert read_profile(deployment.state_dir, 4, key("cust-00004")) is not None
+
+
+@pytest.mark.broker
 def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: Path) -> None:
     who = key("cust-00003")
     version = read_profile(deployment.state_dir, 4, who)["facts"]["version"]  # type: ignore[index]

@@ -12,12 +12,14 @@ from nextclick.operators.infra.config import ConfigError, load_config
 
 
 @pytest.mark.parametrize(("var", "value", "line"), [
-    ("FLOW__EPOCH_SECONDS", "0", "[flow].epoch_seconds must be positive (seconds between checkpoints, e.g. 2), got 0.0"),
+    ("FLOW__EPOCH_SECONDS", "0",
+     "[flow].epoch_seconds must be positive (seconds between checkpoints, e.g. 2), got 0.0"),
     ("FLOW__STALL_SECONDS", "-1", "[flow].stall_seconds must be positive, got -1.0"),
     ("STATE__KEEP_CHECKPOINTS", "0", "[state].keep_checkpoints must be at least 1, got 0"),
     ("STATE__CACHE_PROFILES_PER_SHARD", "0", "[state].cache_profiles_per_shard must be at least 1, got 0"),
     ("STATE__SHARDS", "2.5", "[state].shards: expected int, got '2.5'"),
     ("PARSE__MAX_MESSAGE_BYTES", "0", "[parse].max_message_bytes must be at least 1, got 0"),
+    ("PARSE__MAX_AGE_MS", "-1", "[parse].max_age_ms must be at least 0 (0: no age limit, for backfills), got -1"),
     ("TOPICS__PARTITIONS", "0", "[topics].partitions must be at least 1, or -1 for the broker's default, got 0"),
     ("TOPICS__RETENTION_MS", "-2", "[topics].retention_ms must be at least -1 (-1: keep for ever, 0: the broker's "
                                    "default), got -2"),
@@ -39,8 +41,10 @@ def test_a_setting_out_of_its_range_is_named_with_the_value_given(var: str, valu
 def test_the_values_that_mean_the_brokers_default_or_no_limit_load() -> None:
     config = load_config(None, {"NEXTCLICK_TOPICS__PARTITIONS": "-1", "NEXTCLICK_TOPICS__REPLICATION_FACTOR": "-1",
                                 "NEXTCLICK_TOPICS__RETENTION_MS": "-1", "NEXTCLICK_SERVE__RATE_LIMIT": "0",
+                                "NEXTCLICK_PARSE__MAX_AGE_MS": "0", "NEXTCLICK_FLOW__PROGRESS_SECONDS": "0",
                                 "NEXTCLICK_TOPICS__DECISIONS": "shop.decisions.{channel}"})
-    assert (config.topics.partitions, config.serve.rate_limit) == (-1, 0.0)
+    assert (config.topics.partitions, config.serve.rate_limit, config.parse.max_age_ms,
+            config.flow.progress_seconds) == (-1, 0.0, 0, 0.0)
 
 
 @pytest.mark.parametrize(("toml", "line"), [

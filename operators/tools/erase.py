@@ -33,6 +33,9 @@ def _open(path: Path, config: Config) -> ShardStore:
 def erase_offline(config: Config, customer: str) -> dict[str, Any]:
     """Erase the customer keyed `customer` (any of their identifiers' keys) and everything linked with it."""
     state_dir = Path(config.state.dir)
+    if not state_dir.is_dir():  # a wrong --config must not read as "nothing stored for that customer"
+        raise LookupError(f"no state directory at {state_dir} (state.dir): nothing was erased; run this with the "
+                          "deployment's configuration")
     shards = config.state.shards
     families = state_families(config)
     members = [customer]
