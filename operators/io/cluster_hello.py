@@ -43,7 +43,7 @@ LOOK_BACK_MS = 10 * 60 * 1000
 REFRESH_S = 10.0  # how often a process says its hello again
 SAY_AFTER_FORMED_S = 120.0  # for peers still waiting (a peer's only hello may come from before they started)
 FRESH_MS = 30_000  # a hello said within this long is a live process's (three refreshes, and clock skew)
-FORM_WAIT_S = 15.0  # how long peers may take to connect before their hellos are compared
+FORM_WAIT_S = 10.0  # how long peers may take to connect before their hellos are compared
 WAIT_LOG_S = 30.0  # how often a process whose peers have not connected says who it waits for
 CHECK_S = 5.0
 
@@ -185,7 +185,8 @@ class HelloWatch(threading.Thread):
     def live_peers(self) -> dict[int, dict[str, Any]]:
         """The peers that said a hello since this process started, lately: processes running now."""
         since = max(self.now_ms() - FRESH_MS, self.mine["started_at"])
-        return peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"], timeout_s=5.0)
+        # A short read: a peer that never started never says one, and the next check is CHECK_S away.
+        return peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"], timeout_s=2.0)
 
     def _log_waiting(self, waited: float, peers: Mapping[int, Mapping[str, Any]]) -> None:
         me, addresses = self.mine["process"], self.mine["addresses"]
