@@ -25,7 +25,7 @@ from nextclick.operators.infra.config import ConfigError, load_config
                                    "default), got -2"),
     ("SERVE__RATE_LIMIT", "-5", "[serve].rate_limit must be at least 0 (requests a second per token; 0: no limit), "
                                 "got -5.0"),
-    ("TOPICS__INPUTS", " , ", "[topics].inputs must name at least one topic, and no empty name, got []"),
+    ("TOPICS__INPUTS", " , ", "[topics].inputs must name at least one topic, got []"),
     ("TOPICS__INPUTS", "shop.web,[shop.email]", "[topics].inputs: '[shop.email]' is not a Kafka topic name (letters, "
                                                 "digits, '.', '_' and '-', at most 249)"),
     ("TOPICS__DECISIONS", "out/{channel}", "[topics].decisions: 'out/email' is not a Kafka topic name (letters, "

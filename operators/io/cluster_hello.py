@@ -45,7 +45,7 @@ SAY_AFTER_FORMED_S = 120.0  # for peers still waiting (a peer's only hello may c
 FRESH_MS = 30_000  # a hello said within this long is a live process's (three refreshes, and clock skew)
 FORM_WAIT_S = 10.0  # how long peers may take to connect before their hellos are compared
 WAIT_LOG_S = 30.0  # how often a process whose peers have not connected says who it waits for
-CHECK_S = 5.0
+CHECK_S = 5.0  # how often the watch wakes to say its hello again or compare its peers'
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
