@@ -13,7 +13,8 @@ It reads the profile view topic (`[topics] profiles`, operators/io/profile_view.
     GET /openapi.json                 the OpenAPI description
 
 The raw identifier is hashed with the deployment's secret, as the flow hashes it; neither it nor a
-token is ever logged (aiohttp's access log, which prints the path, is off). Replicas each read the
+token is ever logged (aiohttp's access log, which prints the path, is off, and its error records lose
+the message that would quote them: `HttpErrorLog`). Replicas each read the
 whole topic: any of them answers for any customer. What it shows is as of the last epoch commit.
 """
 
@@ -25,6 +26,7 @@ import logging
 import signal
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,19 +226,12 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         started = time.perf_counter()
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
-        if request.path in _OPEN:
-            response = await handler(request)
-        else:
-            caller = authorized(request)
-            if caller is None:
-                response = _json({"error": "unauthorized", "message": "a valid Authorization: Bearer token is "
-                                  "required"}, 401)
-                response.headers["WWW-Authenticate"] = "Bearer"
-            elif not limiter.allow(caller):
-                response = _json({"error": "rate_limited", "message": "too many requests"}, 429)
-                response.headers["Retry-After"] = "1"
-            else:
-                response = await handler(request)
+        try:
+            response = await _answer(request, handler)
+        except web.HTTPException as exc:  # no such route or method: JSON, like every other answer
+            response = _json({"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}, exc.status)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
         elapsed = time.perf_counter() - started
         metrics.requests.labels(route, str(response.status)).inc()
         metrics.seconds.labels(route).observe(elapsed)
@@ -244,6 +239,21 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
         log.debug("request", extra={"method": request.method, "route": route, "status": response.status,
                                     "ms": round(elapsed * 1000, 3)})
         return response
+
+    async def _answer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in _OPEN:
+            return await handler(request)
+        caller = authorized(request)
+        if caller is None:
+            response = _json({"error": "unauthorized", "message": "a valid Authorization: Bearer token is "
+                              "required"}, 401)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if not limiter.allow(caller):
+            response = _json({"error": "rate_limited", "message": "too many requests"}, 429)
+            response.headers["Retry-After"] = "1"
+            return response
+        return await handler(request)
 
     def find(request: web.Request) -> bytes | web.Response:
         """The view record of the profile holding the path's identifier, or the error to answer with."""
@@ -402,6 +412,29 @@ OPENAPI: dict[str, Any] = {
 }
 
 
+class HttpErrorLog(logging.Filter):
+    """aiohttp logs a request it could not handle with the exception, and a refused request's message
+    quotes the bytes it refused: the path (which holds the raw identifier) or a header (the token).
+    Such a record keeps its place, without the message: a request the HTTP parser refused (status
+    4xx) becomes one warning; anything else keeps its error level and the traceback's frames, which
+    name code, not values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        exc = record.exc_info[1]
+        status = getattr(exc, "code", None)
+        record.msg, record.args = "request not handled", ()
+        record.error = type(exc).__name__
+        if isinstance(status, int) and 400 <= status < 500:
+            record.msg, record.status = "request refused by the HTTP parser", status
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        else:
+            record.frames = "".join(traceback.format_tb(record.exc_info[2]))
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def serve(config: Config) -> int:
     """Run the service until SIGTERM/SIGINT (aiohttp's run_app handles both)."""
     # A parent that blocked them (a supervisor, `nextclick run`'s drain thread in the same session) must
@@ -429,6 +462,7 @@ def serve(config: Config) -> int:
         reader.close()
         index.close()
 
+    logging.getLogger("aiohttp.server").addFilter(HttpErrorLog())
     app.on_startup.append(start_reader)
     app.on_cleanup.append(stop_reader)
     log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,

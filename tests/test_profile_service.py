@@ -7,6 +7,7 @@ restarted. One story: an anonymous order, a login that links three identifiers, 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -261,6 +262,41 @@ secret = "{SECRET}"
     for secret in (TOKEN, COOKIE, CUSTOMER, EMAIL, "Dana Svc"):
         assert secret.encode() not in text, secret
         assert secret.encode() not in topic_bytes, secret
+
+
+def test_requests_the_parser_refuses_leave_no_identifier_or_token_in_the_log_and_every_route_answers_json(
+        setup: dict[str, Any]) -> None:
+    """A path or a header over aiohttp's 8,190-byte line limit makes aiohttp log the refused bytes: the
+    raw identifier in the path, or a token beside a padded header. None of it may reach the log."""
+    log = setup["tmp"] / "serve.log"
+    service = Service(setup["service_config"]("store"), log, setup["port"])
+    base, port = service.base, setup["port"]
+    try:
+        padded = [(f"/v1/profiles/email/{EMAIL}?pad={'p' * 9000}", {"Authorization": f"Bearer {TOKEN}"}),
+                  (f"/v1/profiles/email/{EMAIL}", {"Authorization": f"Bearer {TOKEN}", "X-Pad": TOKEN + "q" * 9000}),
+                  (f"/v1/profiles/email/{EMAIL}", {"Authorization": f"Bearer {TOKEN}{'r' * 9000}"})]
+        for path, headers in padded:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path, headers=headers)
+            assert connection.getresponse().status == 400
+        assert get(base, "/v1/nowhere") == (404, {"error": "not_found", "message": "Not Found"})
+        request = urllib.request.Request(base + f"/v1/profiles/email/{EMAIL}", method="DELETE",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET,HEAD"
+        assert orjson.loads(refused.value.read()) == {"error": "method_not_allowed", "message": "Method Not Allowed"}
+        assert get(base, "/healthz", None) == (200, {"status": "ok"})
+    finally:
+        service.stop()
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{")]
+    refusals = [line for line in lines if line["logger"] == "aiohttp.server"]
+    assert [(r["level"], r["msg"], r["error"], r["status"]) for r in refusals] == \
+        [("warning", "request refused by the HTTP parser", "LineTooLong", 400)] * 3
+    text = log.read_bytes()
+    for secret in (TOKEN, EMAIL, "ppppp", "qqqqq", "rrrrr"):
+        assert secret.encode() not in text, secret
+    assert b"Traceback" not in text
 
 
 def decisions(kafka: dict[str, str], topic: str) -> list[dict[str, Any]]:
