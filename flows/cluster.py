@@ -63,6 +63,9 @@ def expand_addresses(spec: str, processes: int | None) -> tuple[str, ...]:
         addresses = tuple(spec.replace("{i}", str(i)) for i in range(processes))
     else:
         addresses = tuple(a.strip() for a in spec.split(";") if a.strip())
+        if not addresses:
+            raise ClusterError(f"--addresses {spec!r} lists no address: give every process's host:port, "
+                               "separated by ';'")
         if processes is not None and processes != len(addresses):
             raise ClusterError(f"--processes {processes} but --addresses lists {len(addresses)}")
     for address in addresses:

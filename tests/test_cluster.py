@@ -42,6 +42,8 @@ def test_a_template_expands_over_the_process_count() -> None:
         expand_addresses("a:1;b", None)
     with pytest.raises(ClusterError, match="appears twice"):
         expand_addresses("a:1;a:1", None)
+    with pytest.raises(ClusterError, match="--addresses ' ;; ' lists no address"):
+        expand_addresses(" ;; ", None)
 
 
 def test_resolve_takes_the_id_from_the_pod_name_unless_given() -> None:
