@@ -32,12 +32,14 @@ from nextclick.operators.infra.config import ParseConfig
 from nextclick.operators.io.alignment import UNREADABLE, cut, event_time
 from nextclick.operators.io.deadletter import (
     CLASS_HEADER,
+    DEAD_LETTER_MAX_BYTES,
     MESSAGE_HEADER,
     OFFSET_HEADER,
     PARTITION_HEADER,
     REASON_HEADER,
     REASONS,
     TOPIC_HEADER,
+    TRUNCATED_HEADER,
     dead_letter_record,
 )
 from nextclick.operators.io.parse import JSON_MAX_DEPTH, parse_message
@@ -437,6 +439,45 @@ def test_hostile_messages_on_aligned_input_topics_are_dead_lettered_and_the_run_
     # The valid events around them were applied: every customer's profile and decisions are there.
     profiles = read_profiles(setup.state_dir, setup.shards)
     assert set(expected) <= set(profiles)
+    decided = {d.ce_id for d in read_decisions(kafka, setup.decisions)}
+    for customer, ids in expected.items():
+        assert ids <= decided, customer
+
+
+@pytest.mark.broker
+def test_a_message_of_a_mebibyte_is_dead_lettered_cut_and_the_run_goes_on(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """A producer with default settings may write a message of about 1 MiB; the dead-letter copy of it
+    (plus its headers) was over the flow's own producer limit, which stopped the flow at that message
+    on every restart. The copy is cut to DEAD_LETTER_MAX_BYTES and says what was cut."""
+    a, b, expected = _backlog(int(time.time() * 1000))
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 1})
+    big_value = envelope(extra=b',"x":"' + b"A" * 1_040_000 + b'"')
+    big_key = b"k" * 1_000_000
+    messages = [*a[:2], (b"big", big_value), *a[2:4], (big_key, b"{"), *a[4:], *b]
+    producer = Producer({**kafka, "message.max.bytes": 2_000_000})
+    for key, value in messages:
+        producer.produce(topic, value, key, headers=[("origin", b"big-source")])
+    assert producer.flush(30) == 0
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic])
+    run_to_end(setup, timeout_s=90, log=tmp_path / "flow.log")  # asserts exit 0
+
+    dead = {d.offset(): d for d in consume_all(kafka, [setup.dead_letter])}
+    assert len(dead) == 2
+    cut_value, cut_key = sorted(dead.values(), key=lambda d: int(dict(d.headers())[OFFSET_HEADER]))
+    for record, reason, offset in ((cut_value, "too_large", 2), (cut_key, "invalid_json", 5)):
+        named = dict(record.headers())
+        assert (named[REASON_HEADER], named[OFFSET_HEADER], named["origin"]) == (
+            reason.encode(), str(offset).encode(), b"big-source")
+        size = len(record.key() or b"") + len(record.value() or b"") + sum(
+            len(n) + len(v or b"") for n, v in record.headers())
+        assert size <= DEAD_LETTER_MAX_BYTES
+    assert dict(cut_value.headers())[TRUNCATED_HEADER] == f"value {len(big_value)} -> {len(cut_value.value())}".encode()
+    assert big_value.startswith(cut_value.value()) and cut_value.key() == b"big"
+    assert dict(cut_key.headers())[TRUNCATED_HEADER] == b"key 1000000 -> 16384"
+    assert cut_key.value() == b"{" and big_key.startswith(cut_key.key())
+
     decided = {d.ce_id for d in read_decisions(kafka, setup.decisions)}
     for customer, ids in expected.items():
         assert ids <= decided, customer

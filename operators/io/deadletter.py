@@ -3,7 +3,8 @@
 A refused message is re-published byte for byte (key, value, headers) to the dead-letter topic with
 the headers Kafka Connect's DLQ uses, so existing tooling can show where it came from and why:
 `__connect.errors.topic/partition/offset`, `__connect.errors.exception.class.name` (one stable class
-name per reason), `__connect.errors.exception.message`, plus `nextclick.errors.reason`. The message
+name per reason), `__connect.errors.exception.message`, plus `nextclick.errors.reason`. A record that
+would be too large to publish is cut to DEAD_LETTER_MAX_BYTES, saying so in a header. The message
 depends only on the message and the configuration, never on the clock: measured quantities such as
 `nextclick.errors.ts_skew_ms` go in headers of their own.
 """
@@ -49,6 +50,15 @@ STEP_HEADER = "nextclick.errors.step"
 # ts_in_future / ts_too_old: event time minus the clock when the message was read, in ms (signed).
 TS_SKEW_HEADER = "nextclick.errors.ts_skew_ms"
 REDACTED = "[redacted]"
+# What was cut from a dead letter too large to publish: "value 1048000 -> 838860, key ..., headers 300 -> 0".
+TRUNCATED_HEADER = "nextclick.errors.truncated"
+# A dead letter's key, value and headers together stay under this: librdkafka's producer refuses a
+# message over its message.max.bytes (1,000,000 by default), and a broker's default limit is about
+# 1 MiB, while a producer elsewhere may well write a message of 1 MiB. Refusing the dead letter would
+# stop the flow at that message on every restart; a cut copy keeps its place and says what was cut.
+DEAD_LETTER_MAX_BYTES = 900_000
+_KEY_KEEP = 16 * 1024  # of an oversized record: at most this much of its key
+_HEADERS_KEEP = 64 * 1024  # ... and its original headers only if they are no larger than this
 
 
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes | None]]:
@@ -107,4 +117,29 @@ def dead_letter_record(dl: DeadLetter, redact_fields: Sequence[str] = ()) -> tup
     headers = dead_letter_headers(dl)
     if hit:
         headers.append((REDACTED_HEADER, ",".join(hit).encode("utf-8", "replace")))
-    return dl.key, value, headers
+    key = dl.key
+    if _size(key, value, headers) > DEAD_LETTER_MAX_BYTES:
+        key, value, headers = _cut(dl, key, value, headers)
+    return key, value, headers
+
+
+def _size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(n) + len(v or b"") for n, v in headers)
+
+
+def _cut(dl: DeadLetter, key: bytes | None, value: bytes | None,
+         headers: list[tuple[str, bytes | None]]) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
+    """The oversized record's first bytes, and a header saying what each part was and became: the
+    reason and source headers stay whole, so it can still be found and explained, not replayed."""
+    said: list[str] = []
+    if _size(None, None, dl.headers) > _HEADERS_KEEP:
+        headers = headers[len(dl.headers):]  # the error headers follow the original ones
+        said.append(f"headers {len(dl.headers)} -> 0")
+    if key is not None and len(key) > _KEY_KEEP:
+        said.append(f"key {len(key)} -> {_KEY_KEEP}")
+        key = key[:_KEY_KEEP]
+    room = DEAD_LETTER_MAX_BYTES - _size(key, None, headers) - 200  # 200: the truncation header itself
+    if value is not None and len(value) > room:
+        said.append(f"value {len(value)} -> {max(room, 0)}")
+        value = value[:max(room, 0)]
+    return key, value, [*headers, (TRUNCATED_HEADER, ", ".join(said).encode())]
