@@ -55,6 +55,14 @@ def control(body: object | bytes | None, key: bytes | None = b"k") -> EraseReque
      "missing_identifier"),
     (orjson.dumps({"command": "erase", "request_id": "r1", "id_type": "email", "id": ""}), "missing_identifier"),
     (orjson.dumps({"command": "erase", "request_id": "r1", "id": "someone@example.com"}), "missing_identifier"),
+    # "$" matches before a final newline: a key or name with one must not pass as valid.
+    (orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32 + "\n"}), "missing_identifier"),
+    (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1\n"}), "schema_violation"),
+    # Which one would win is the decoder's choice, and an erasure must not hinge on it.
+    (b'{"command": "erase", "request_id": "r1", "customer_id": "victim", "customer_id": "bystander"}',
+     "invalid_json"),
+    (b'{"command": "erase", "request_id": "r1", "id_type": "email", "id": "a", "id": "someone@example.com"}',
+     "invalid_json"),
 ])
 def test_every_refusal(value: bytes | None, reason: str) -> None:
     result = control(value)
@@ -63,6 +71,15 @@ def test_every_refusal(value: bytes | None, reason: str) -> None:
     assert (result.key, result.value, result.headers, result.source) == (b"k", value, (("h", b"v"),), SRC)
     for planted in (b"someone@example.com", b"passport"):
         assert planted not in result.message.encode()
+
+
+def test_a_duplicated_key_is_named_only_if_it_is_a_control_field() -> None:
+    named = control(b'{"command": "erase", "request_id": "r1", "customer_id": "a", "customer_id": "b"}')
+    assert isinstance(named, DeadLetter)
+    assert named.message == "control message has 'customer_id' more than once (a duplicated key is ambiguous JSON)"
+    unnamed = control(b'{"command": "erase", "request_id": "r1", "customer_id": "a", "x@y.z": 1, "x@y.z": 2}')
+    assert isinstance(unnamed, DeadLetter)
+    assert unnamed.message == "control message has a key more than once (a duplicated key is ambiguous JSON)"
 
 
 def test_control_reasons_cover_the_control_only_reason() -> None:

@@ -26,11 +26,14 @@ from confluent_kafka import Producer
 
 from nextclick.operators.channels import ID_TYPES
 from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.io.jsonkeys import duplicate_key
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 
-_KEY = re.compile(r"^[0-9a-f]{32}$")
-SAVEPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_KEY = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would also match before a final newline
+SAVEPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch, as _KEY
+# The control message's fields: the only key names a refusal may quote.
+_FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name"})
 COMMANDS = ("erase", "savepoint", "drain", "hello")
 
 
@@ -61,6 +64,11 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         return refuse("invalid_json", "control message is not valid JSON")
     if not isinstance(body, dict):
         return refuse("not_an_object", "control message is not a JSON object")
+    duplicate = duplicate_key(value or b"", body)
+    if duplicate is not None:  # {"customer_id": "a", "customer_id": "b"} must not erase whichever came last
+        named = repr(duplicate[0]) if duplicate[0] in _FIELDS and duplicate[1] == 1 else "a key"
+        return refuse("invalid_json", f"control message has {named} more than once (a duplicated key is "
+                                      "ambiguous JSON)")
     command = body.get("command")
     if command not in COMMANDS:
         return refuse("unknown_command",
@@ -72,12 +80,12 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         return refuse("schema_violation", "control message needs a non-empty string 'request_id'")
     if command == "savepoint":
         name = body.get("name")
-        if not isinstance(name, str) or not SAVEPOINT_NAME.match(name):
+        if not isinstance(name, str) or not SAVEPOINT_NAME.fullmatch(name):
             return refuse("schema_violation", "savepoint needs 'name': a directory name of letters, digits, "
                                               "'.', '_' and '-' (it is created inside state.savepoint_dir)")
         return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source)
     customer_key = body.get("customer_key")
-    if isinstance(customer_key, str) and _KEY.match(customer_key):
+    if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
         return EraseRequest(customer_key, request_id, source)
     if isinstance(body.get("customer_id"), str) and body["customer_id"]:
         return EraseRequest(pseudonymize("customer", body["customer_id"], secret), request_id, source)

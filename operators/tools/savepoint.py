@@ -267,7 +267,7 @@ def online_destination(config: Config, dest: str) -> Destination:
     parent = where.location.rstrip("/").rsplit("/", 1)[0]
     same_root = parent == root.location if where.remote or root.remote else \
         Path(parent).resolve() == Path(root.location).resolve()
-    if not same_root or not SAVEPOINT_NAME.match(where.name):
+    if not same_root or not SAVEPOINT_NAME.fullmatch(where.name):
         raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
                              f"{root}; give DEST as {root}/<name>")
     if not where.is_empty():
