@@ -31,6 +31,7 @@ from nextclick.operators.infra.config import ConfigError, load_config
     ("TOPICS__DECISIONS", "out/{channel}", "[topics].decisions: 'out/email' is not a Kafka topic name (letters, "
                                            "digits, '.', '_' and '-', at most 249, and {channel})"),
     ("TOPICS__CONTROL", "", "[topics].control: '' is not a Kafka topic name"),
+    ("TOPICS__DEAD_LETTER", "shop.dlq\n", "[topics].dead_letter: 'shop.dlq\\n' is not a Kafka topic name"),
 ])
 def test_a_setting_out_of_its_range_is_named_with_the_value_given(var: str, value: str, line: str) -> None:
     with pytest.raises(ConfigError) as refused:

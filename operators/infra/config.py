@@ -412,7 +412,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     for key, names in [("inputs", t.inputs), ("decisions", [decision_topic(t.decisions, "email")]),
                        ("dead_letter", [t.dead_letter]), ("control", [t.control]), *optional]:
         for name in names:
-            if not _TOPIC_NAME.match(name):
+            if not _TOPIC_NAME.fullmatch(name):
                 raise ConfigError(f"{origin}: [topics].{key}: {name!r} is not a Kafka topic name (letters, digits, "
                                   f"'.', '_' and '-', at most 249{', and {channel}' if key == 'decisions' else ''})")
     try:

@@ -61,7 +61,7 @@ def shard_dirs(state_dir: str | Path) -> dict[int, Path]:
         return {}
     out = {}
     for child in root.iterdir():
-        m = SHARD_DIR.match(child.name)
+        m = SHARD_DIR.fullmatch(child.name)
         if m and child.is_dir() and has_store(child):  # not one a crash interrupted while creating it
             out[int(m.group(1))] = child
     return out

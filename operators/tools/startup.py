@@ -517,7 +517,7 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
             shutil.rmtree(path)
         # And what a crash left half created (no RocksDB in it yet), and the families' own directories.
         for path in state_dir.glob("shard-*") if state_dir.is_dir() else ():
-            if SHARD_DIR.match(path.name) and path.is_dir():
+            if SHARD_DIR.fullmatch(path.name) and path.is_dir():
                 shutil.rmtree(path)
         for family in state_families(config):
             if family.subdir and family.root(state_dir).is_dir():
