@@ -327,7 +327,9 @@ class ShardState:
                 self.frontier.advance(value.floor)
                 continue
             if value.customer in in_run:
-                self._apply_events(run, out)
+                # Applied now, as the item comes after them; their timer turns wait for the batch's
+                # end: the barrier may still release more of the customer's items (a second merge).
+                self._apply_events(run, out, turn=False)
                 run, in_run = [], set()
             released: list[ShardItem] = []
             if isinstance(value, MoveIn):
@@ -345,8 +347,9 @@ class ShardState:
         if run:
             self._apply_events(run, out)
 
-    def _apply_events(self, events: list[Event], out: list[ShardOutput]) -> None:
-        """One run of events: loaded once, applied in order, a failed one dead-lettered and undone."""
+    def _apply_events(self, events: list[Event], out: list[ShardOutput], *, turn: bool = True) -> None:
+        """One run of events: loaded once, applied in order, a failed one dead-lettered and undone.
+        `turn`: the timer turn of a profile the run leaves due may run at once (the batch's last run)."""
         cache = self.cache
         profiles, created, _ = cache.load(list(dict.fromkeys(e.customer for e in events)))
         # A large batch means a backlog: the input is already late, throughput is what counts, and
@@ -395,7 +398,7 @@ class ShardState:
                 del profiles[customer]
                 live.pop(customer, None)
         changed = {c: p for c, p in profiles.items() if c in live}
-        cache.changed(changed, self.runner.due_after_batch(changed, outcome))
+        cache.changed(changed, self.runner.due_after_batch(changed, outcome, turn=turn))
         account(outcome, out, profiles)
         for event_type, n in types.items():
             metrics.labelled(metrics.EVENTS, event_type).inc(n)

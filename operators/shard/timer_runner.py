@@ -155,7 +155,8 @@ class TimerRunner:
         self.cache.applied.setdefault(customer, []).append(now)
         return True
 
-    def due_after_batch(self, profiles: dict[str, Profile], outcome: Outcome) -> dict[str, int | None]:
+    def due_after_batch(self, profiles: dict[str, Profile], outcome: Outcome, *,
+                        turn: bool = True) -> dict[str, int | None]:
         """Due times of profiles a batch just changed, after running the timer turn of those already due.
 
         A profile can be due on the frontier as soon as its events are applied (the frontier went past
@@ -163,10 +164,16 @@ class TimerRunner:
         would come at the next notification anyway, a moment later, after a round through the timer
         index; running it here, on the profile in hand, is the same turn without that round. Removes
         from `profiles` any customer whose turn failed (set aside).
+
+        Not for a run applied in the middle of a batch (`turn` false): the rest of the batch may still
+        hold the customer's events before the deadline (a second merge's login, which the merge
+        barrier releases later in the batch), and the turn must see them, as it does however the
+        input was batched. Their turn comes at the next notification. (A customer still waiting for
+        moved profiles has its events held, so it is never in a run.)
         """
         ruleset = self.ruleset
         dues: dict[str, int | None] = {}
-        now = self.frontier.now()
+        now = self.frontier.now() if turn else None
         for customer, profile in list(profiles.items()):
             due = due_at(profile, ruleset)
             if due is not None:

@@ -5,22 +5,26 @@ whichever path delivered first; the items that waited come back in order; no epo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nextclick.operators.engine import steps as engine
 from nextclick.operators.engine.steps import due_at
+from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.profile.codec import decode_profile, encode_profile
 from nextclick.operators.profile.model import new_profile
-from nextclick.operators.records import MergeExpect, MoveIn, MoveOut
+from nextclick.operators.records import Decision, Frontier, MergeExpect, MoveIn, MoveOut
 from nextclick.operators.shard.cache import ProfileCache
 from nextclick.operators.shard.common import Merge
+from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.merge_barrier import MergeBarrier
 from nextclick.operators.shard.quarantine import Quarantine
+from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.keys import QUARANTINED, TIMER_PREFIX, profile_key
 from nextclick.operators.state.store import ShardStore, StateError
 from nextclick.operators.state.timers import TimerIndex
-from tests.helpers import MIN, T0, consent, default_rules, make_event
+from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
 
 
 def _barrier(tmp_path: Path, *, viewing: bool = False) -> MergeBarrier:
@@ -91,3 +95,48 @@ def test_a_moved_profile_that_arrives_before_its_merge_waits_for_it(tmp_path: Pa
     assert barrier.cache.live["w"].facts.revenue == 5.0
     barrier.cache.flush()
     assert decode_profile(barrier.store.get(profile_key("w")) or b"").facts.revenue == 5.0
+
+
+def _two_logins_in_one_batch(tmp_path: Path, frontier_first: bool) -> list[tuple[str, int]]:
+    """A customer with a cart, then one batch with two merges into them (two logins, each a new cookie)
+    and the frontier past the cart's deadline, before or after the moved profiles arrive: the decisions
+    the absences make, as (rule, profile version)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
+                       sync=False, await_frontier=True)
+    shard = ShardLogic(ctx, None)
+    out: list[Any] = []
+
+    def cookie(key: str) -> bytes:  # a cookie's profile that browsed once, as the source shard sends it
+        profile = new_profile(key)
+        engine.on_event(profile, make_event("page_view", T0, customer=key, event_id=f"{key}-pv",
+                                            page_type="product", category="bags"), default_rules())
+        return encode_profile(profile)
+
+    def login(event_id: str, at: int) -> Any:
+        return make_event("page_view", at, customer="w", event_id=event_id, page_type="product", category="bags")
+
+    out += shard.on_batch([consent(T0, customer="w", event_id="c"),
+                           make_event("add_to_cart", T0 + MIN, customer="w", event_id="cart", sku="s", amount=20.0,
+                                      quantity=1, category="bags"),
+                           Frontier(0, T0 + 2 * MIN)])[0]
+    batch: list[Any] = [MergeExpect("w", ("a",), {"customer": ["w", "a"]}), login("login-1", T0 + 5 * MIN),
+                        MergeExpect("w", ("b",), {"customer": ["w", "a", "b"]}), login("login-2", T0 + 6 * MIN)]
+    caught_up = Frontier(0, None)  # the clock, hours past the cart's deadline
+    out += shard.on_batch([*batch, caught_up] if frontier_first else batch)[0]
+    out += shard.on_batch([MoveIn("w", "a", cookie("a"), "0"), MoveIn("w", "b", cookie("b"), "0")])[0]
+    if not frontier_first:
+        out += shard.on_batch([caught_up])[0]
+    for _ in range(3):
+        out += shard.on_notify()[0]
+    return sorted((d.rule_id, d.profile_version) for d in out if isinstance(d, Decision))
+
+
+def test_a_second_merge_in_the_batch_is_applied_before_the_first_merges_timers_fire(tmp_path: Path) -> None:
+    """The first merge completes mid-batch and its customer's events are applied there, before the
+    second merge's items: a timer turn at that point fired the cart's absence on a profile without the
+    second login, or with it, depending on whether the frontier or the moved profiles came first
+    (two channels, no order between them). The same events must give the same decisions."""
+    late = _two_logins_in_one_batch(tmp_path / "frontier-last", frontier_first=False)
+    early = _two_logins_in_one_batch(tmp_path / "frontier-first", frontier_first=True)
+    assert early == late
+    assert late and all(version == 6 for _, version in late)  # 2 events of theirs, 2 logins, 2 moved
