@@ -32,10 +32,16 @@ from nextclick.operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
 GROUP_PREFIX = b"g"
+# Per identifier, the event ids of the last LINK_IDS_KEPT link events about it: a repeated link event
+# (same identifier, same event_id) links nothing, as the shard drops the repeated event itself. A
+# producer that reuses an id with other identifiers must not get a link its duplicate never makes.
+LINK_PREFIX = b"l"
+LINK_IDS_KEPT = 16
 
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE_NODE = msgspec.msgpack.Decoder(tuple[str, str]).decode
 _DECODE_GROUP = msgspec.msgpack.Decoder(dict[str, list[str]]).decode
+_DECODE_IDS = msgspec.msgpack.Decoder(list[str]).decode
 _MISSING = object()
 
 
@@ -45,6 +51,10 @@ def node_key(key: str) -> bytes:
 
 def group_key(key: str) -> bytes:
     return GROUP_PREFIX + key.encode()
+
+
+def link_ids_key(key: str) -> bytes:
+    return LINK_PREFIX + key.encode()
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,15 @@ class IdentityGraph:
             if level is not None and key != merge.into:
                 store.delete(group_key(key))
 
+    def seen_link(self, key: str, event_id: str) -> bool:
+        """Whether a link event `event_id` about identifier `key` came before; remembers it if not."""
+        raw = self.store.get(link_ids_key(key))
+        seen: list[str] = [] if raw is None else _DECODE_IDS(raw)
+        if event_id in seen:
+            return True
+        self.store.put(link_ids_key(key), _ENCODE([*seen[-(LINK_IDS_KEPT - 1):], event_id]))
+        return False
+
     def erase(self, key: str) -> list[str]:
         """Right to erasure through links: forget every identifier linked with `key`, and `key`, at once
         (committed immediately and gone from every undo record, like a shard's erasure). Returns the
@@ -174,7 +193,8 @@ class IdentityGraph:
                 members.append(key)
         # Any member may have keyed a profile once (a group record that a later merge deleted, still
         # in an undo record): every member's group key goes too.
-        self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members])
+        self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members]
+                         + [link_ids_key(m) for m in members])
         for member in members:
             self._cache.pop(member, None)
         return members

@@ -192,6 +192,11 @@ class IdentityState:
     def _link(self, event: Event, out: list[Routed]) -> None:
         assert event.id_type is not None
         graph = self.graph
+        if graph.seen_link(event.customer, event.event_id):
+            # A repeated link event: it goes where its identifier's events go, and the shard drops it
+            # as the duplicate it is; what it names is not linked (its first copy's links stand).
+            self._to(graph.component(event.id_type, event.customer), event, out)
+            return
         outcome = graph.decide([(event.id_type, event.customer), *event.links])
         if isinstance(outcome, Component):
             self._to(outcome, event, out)

@@ -16,7 +16,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextclick.operators.channels import ID_TYPES
-from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal, resolve_offline
+from nextclick.operators.identity.graph import (
+    Component,
+    IdentityGraph,
+    Merge,
+    Refusal,
+    link_ids_key,
+    resolve_offline,
+)
 from nextclick.operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
@@ -411,6 +418,28 @@ def test_an_unlinked_profile_knows_the_type_it_is_keyed_by(tmp_path: Path) -> No
     flow.send([web("1", "call_center_contact", T0, ("customer", "K"), topic="x", outcome="unresolved")])
     assert [(d.rule_id, d.reachable, d.address) for d in flow.decisions] == \
         [("call_center_follow_up", ("call_center",), ("customer", key("customer", "K")))]
+    flow.close()
+
+
+def test_a_repeated_link_event_links_nothing_it_did_not_link_the_first_time(tmp_path: Path) -> None:
+    """A producer that sends an event_id again with other identifiers: the repeat is dropped as a
+    duplicate by the shard, so the link it names must not be made either (found by a probe: the
+    second email ended up in the customer's profile). An erasure forgets the remembered ids too."""
+    flow = Stitched(tmp_path, shards=1)
+    flow.send([web("L1", "login", T0, ("cookie", "ck-1"), ("customer", "C-1"), ("email", "first@example.org"))])
+    flow.send([web("L1", "login", T0 + MIN, ("cookie", "ck-1"), ("customer", "C-1"), ("email", "second@example.org"))])
+    graph = flow.identity.state.graph
+    customer = key("customer", "C-1")
+    assert graph.find(key("email", "second@example.org")) is None
+    assert graph.group(customer)["email"] == [key("email", "first@example.org")]
+    profile = read_profile_live(flow.logic(next(iter(r for r in flow.logics if r.startswith("customer/")))), customer)
+    assert profile.facts.version == 1 and profile.ids["email"] == [key("email", "first@example.org")]
+    # Another event id of the same cookie links as before.
+    flow.send([web("L2", "login", T0 + 2 * MIN, ("cookie", "ck-1"), ("customer", "C-1"),
+                   ("email", "second@example.org"))])
+    assert graph.find(key("email", "second@example.org")) == (customer, "customer")
+    flow.identity.on_batch([EraseRequest(key("cookie", "ck-1"), "r1", SRC)])
+    assert flow.identity.state.store.get(link_ids_key(key("cookie", "ck-1"))) is None  # forgotten with it
     flow.close()
 
 
