@@ -141,7 +141,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     identity = IdentityContext(state_dir=state_dir, shards=shards, rules=identity_rules,
                                cache_identifiers=config.identity.cache_identifiers,
                                keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
-                               clock=clock, placement=config.state.shard_placement)
+                               clock=clock, placement=config.state.shard_placement,
+                               dedupe_horizon_ms=ruleset.dedupe_horizon_ms)
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage

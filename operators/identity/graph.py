@@ -32,16 +32,17 @@ from nextclick.operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
 GROUP_PREFIX = b"g"
-# Per identifier, the event ids of the last LINK_IDS_KEPT link events about it: a repeated link event
-# (same identifier, same event_id) links nothing, as the shard drops the repeated event itself. A
-# producer that reuses an id with other identifiers must not get a link its duplicate never makes.
+# Per identifier, the event ids (and times) of the last LINK_IDS_KEPT link events about it: a repeated
+# link event (same identifier, same event_id, within the dedupe horizon) links nothing, as the shard
+# drops the repeated event itself. A producer that reuses an id with other identifiers must not get a
+# link its duplicate never makes.
 LINK_PREFIX = b"l"
 LINK_IDS_KEPT = 16
 
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE_NODE = msgspec.msgpack.Decoder(tuple[str, str]).decode
 _DECODE_GROUP = msgspec.msgpack.Decoder(dict[str, list[str]]).decode
-_DECODE_IDS = msgspec.msgpack.Decoder(list[str]).decode
+_DECODE_IDS = msgspec.msgpack.Decoder(list[tuple[str, int]]).decode
 _MISSING = object()
 
 
@@ -172,13 +173,14 @@ class IdentityGraph:
             if level is not None and key != merge.into:
                 store.delete(group_key(key))
 
-    def seen_link(self, key: str, event_id: str) -> bool:
-        """Whether a link event `event_id` about identifier `key` came before; remembers it if not."""
+    def seen_link(self, key: str, event_id: str, ts: int, horizon_ms: int) -> bool:
+        """Whether a link event `event_id` at `ts` about identifier `key` came before, within
+        `horizon_ms` in event time (the shards' dedupe horizon); remembers it if not."""
         raw = self.store.get(link_ids_key(key))
-        seen: list[str] = [] if raw is None else _DECODE_IDS(raw)
-        if event_id in seen:
+        seen: list[tuple[str, int]] = [] if raw is None else _DECODE_IDS(raw)
+        if any(seen_id == event_id and abs(ts - seen_ts) <= horizon_ms for seen_id, seen_ts in seen):
             return True
-        self.store.put(link_ids_key(key), _ENCODE([*seen[-(LINK_IDS_KEPT - 1):], event_id]))
+        self.store.put(link_ids_key(key), _ENCODE([*seen[-(LINK_IDS_KEPT - 1):], (event_id, ts)]))
         return False
 
     def erase(self, key: str) -> list[str]:

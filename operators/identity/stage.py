@@ -84,6 +84,8 @@ class IdentityContext:
     plan: StartPlan | None = None
     clock: Clock = dataclasses.field(default_factory=SystemClock)  # caught-up partitions follow it
     placement: str = BALANCED  # state.shard_placement: the shards' Bytewax keys (operators/state/placement.py)
+    # The rules file's dedupe horizon: a link event repeated within it links nothing (IdentityGraph.seen_link).
+    dedupe_horizon_ms: int = 24 * 3600 * 1000
 
     @property
     def family(self) -> Family:
@@ -192,7 +194,7 @@ class IdentityState:
     def _link(self, event: Event, out: list[Routed]) -> None:
         assert event.id_type is not None
         graph = self.graph
-        if graph.seen_link(event.customer, event.event_id):
+        if graph.seen_link(event.customer, event.event_id, event.ts, self.ctx.dedupe_horizon_ms):
             # A repeated link event: it goes where its identifier's events go, and the shard drops it
             # as the duplicate it is; what it names is not linked (its first copy's links stand).
             self._to(graph.component(event.id_type, event.customer), event, out)

@@ -434,10 +434,14 @@ def test_a_repeated_link_event_links_nothing_it_did_not_link_the_first_time(tmp_
     assert graph.group(customer)["email"] == [key("email", "first@example.org")]
     profile = read_profile_live(flow.logic(next(iter(r for r in flow.logics if r.startswith("customer/")))), customer)
     assert profile.facts.version == 1 and profile.ids["email"] == [key("email", "first@example.org")]
-    # Another event id of the same cookie links as before.
+    # Another event id of the same cookie links as before, and so does the same id past the dedupe
+    # horizon (a day by default), where the shard no longer drops it either.
     flow.send([web("L2", "login", T0 + 2 * MIN, ("cookie", "ck-1"), ("customer", "C-1"),
                    ("email", "second@example.org"))])
     assert graph.find(key("email", "second@example.org")) == (customer, "customer")
+    flow.send([web("L1", "login", T0 + 25 * HOUR, ("cookie", "ck-1"), ("customer", "C-1"),
+                   ("email", "third@example.org"))])
+    assert graph.find(key("email", "third@example.org")) == (customer, "customer")
     flow.identity.on_batch([EraseRequest(key("cookie", "ck-1"), "r1", SRC)])
     assert flow.identity.state.store.get(link_ids_key(key("cookie", "ck-1"))) is None  # forgotten with it
     flow.close()
