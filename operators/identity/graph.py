@@ -32,10 +32,10 @@ from nextclick.operators.state.store import KeyValueStore, ShardStore
 
 NODE_PREFIX = b"n"
 GROUP_PREFIX = b"g"
-# Per identifier, the event ids (and times) of the last LINK_IDS_KEPT link events about it: a repeated
-# link event (same identifier, same event_id, within the dedupe horizon) links nothing, as the shard
-# drops the repeated event itself. A producer that reuses an id with other identifiers must not get a
-# link its duplicate never makes.
+# Per identifier, the event ids (and times) of the last LINK_IDS_KEPT link events about it that joined
+# profiles: a repeat of one (same identifier, same event_id, within the dedupe horizon) joins nothing,
+# as the shard drops the repeated event itself. A producer that reuses an id with other identifiers
+# must not get a join its duplicate never makes.
 LINK_PREFIX = b"l"
 LINK_IDS_KEPT = 16
 
@@ -174,8 +174,8 @@ class IdentityGraph:
                 store.delete(group_key(key))
 
     def seen_link(self, key: str, event_id: str, ts: int, horizon_ms: int) -> bool:
-        """Whether a link event `event_id` at `ts` about identifier `key` came before, within
-        `horizon_ms` in event time (the shards' dedupe horizon); remembers it if not."""
+        """Whether a link event `event_id` at `ts` about identifier `key` joined profiles before, within
+        `horizon_ms` in event time (the shards' dedupe horizon); remembers it if not (it is about to)."""
         raw = self.store.get(link_ids_key(key))
         seen: list[tuple[str, int]] = [] if raw is None else _DECODE_IDS(raw)
         if any(seen_id == event_id and abs(ts - seen_ts) <= horizon_ms for seen_id, seen_ts in seen):

@@ -194,11 +194,6 @@ class IdentityState:
     def _link(self, event: Event, out: list[Routed]) -> None:
         assert event.id_type is not None
         graph = self.graph
-        if graph.seen_link(event.customer, event.event_id, event.ts, self.ctx.dedupe_horizon_ms):
-            # A repeated link event: it goes where its identifier's events go, and the shard drops it
-            # as the duplicate it is; what it names is not linked (its first copy's links stand).
-            self._to(graph.component(event.id_type, event.customer), event, out)
-            return
         outcome = graph.decide([(event.id_type, event.customer), *event.links])
         if isinstance(outcome, Component):
             self._to(outcome, event, out)
@@ -209,6 +204,12 @@ class IdentityState:
             self._refusals.write(outcome.reason, outcome.id_type, event,
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
             self._to(primary, event, out)  # a refused link changes nothing
+            return
+        if graph.seen_link(event.customer, event.event_id, event.ts, self.ctx.dedupe_horizon_ms):
+            # A repeat of a link event that joined profiles: it goes where its identifier's events go,
+            # and the shard drops it as the duplicate it is; it joins nothing (the first copy's links
+            # stand). Only joins are remembered: a write per signed-in event would cost 10% of a backlog.
+            self._to(graph.component(event.id_type, event.customer), event, out)
             return
         self._merge(outcome, event, out)
 
