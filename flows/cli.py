@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
     from nextclick.operators.io.sink_registry import decision_sink
     from nextclick.operators.rules.loader import load_configured_rules
+    from nextclick.operators.state.manifest import hold_run_lock
     from nextclick.operators.tools.savepoint import (
         Generations,
         Placement,
@@ -127,6 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
+    # Before Bytewax opens the recovery: a second flow as this process on this state directory stops
+    # here (the checks above only read state that exists; a refused start leaves no lock file behind).
+    run_lock = hold_run_lock(Path(config.state.dir), place.process_id or 0)  # noqa: F841 - held until exit
     if generations is not None and rejoin is not None:
         generations.joined(rejoin.generation, source)  # no process starts before every one is at it
     flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)

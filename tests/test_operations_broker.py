@@ -631,6 +631,34 @@ def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
     assert said[0]["started_at"] == now < said[0]["said_at"]  # said again since its start
 
 
+def test_a_second_flow_on_a_running_flows_state_is_refused_and_changes_nothing(
+        setup: FlowSetup, tmp_path: Path) -> None:
+    """An operator starts `nextclick run` again on the directories of a flow that runs. The second
+    start used to reach Bytewax, which wrote its own execution into the first's recovery: once the
+    first was drained, no start could resume ("committed seq 1 but the recovery has no record of
+    it"). Now it stops at once, naming the holder; `state reset` refuses too; the first drains and
+    restarts as if nothing happened."""
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    first = start(setup, stop_at_end=False, log=tmp_path / "first.log")
+    try:
+        wait_for(lambda: (tmp_path / "first.log").exists() and '"msg":"ready"' in (tmp_path / "first.log").read_text()
+                 or bool(read_profiles(setup.state_dir, setup.shards)), 30, "the first flow to run")
+        line = run_failing(setup)
+        assert line == (f"state.dir {setup.state_dir} is in use: another nextclick process runs the flow there as "
+                        "process 0; stop it first (one flow per state directory and process id), or give this one "
+                        "its own state.dir and state.recovery_dir")
+        done = subprocess.run([sys.executable, "-m", "nextclick", "state", "reset", "--yes"], cwd=REPO,
+                              env=setup.env(stop_at_end=True), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and done.stderr.strip().endswith(
+            f"state.dir {setup.state_dir} is in use: a nextclick flow runs there as process 0; stop it before "
+            "resetting its state"), done.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+    run_to_end(setup)  # resumes: the refused start left nothing behind
+    assert sum(p["facts"]["version"] for p in read_profiles(setup.state_dir, setup.shards).values()) == 40
+
+
 def test_a_process_whose_cluster_port_is_taken_says_so(setup: FlowSetup) -> None:
     """Two processes started as the same --process-id on one host, or another program on the port."""
     with socket.socket() as taken:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -201,6 +201,44 @@ def write_marker(recovery_dir: str | Path, lineage: str) -> None:
 
 
 START_LOCK_FILE = ".nextclick-start.lock"
+# Held by a running flow for its whole life, one per process id: processes of one cluster may share
+# a state directory, two flows as the same process must not (the second would write its own
+# execution into the first's recovery, which no later start could resume from).
+RUN_LOCK_PREFIX = ".nextclick-run-"
+
+
+def run_lock_path(state_dir: Path, process_id: int) -> Path:
+    return state_dir / f"{RUN_LOCK_PREFIX}{process_id}.lock"
+
+
+def hold_run_lock(state_dir: Path, process_id: int) -> IO[bytes]:
+    """Take this process's run lock, or say in one line that another flow holds it. Keep the returned
+    file open for the life of the flow: the lock goes with the process, however it ends. Taken once
+    the start-up checks passed, so a start they refuse leaves no lock file behind."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(run_lock_path(state_dir, process_id), "a+b")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise StateError(f"state.dir {state_dir} is in use: another nextclick process runs the flow there as "
+                         f"process {process_id}; stop it first (one flow per state directory and process id), or "
+                         "give this one its own state.dir and state.recovery_dir") from None
+    return fh
+
+
+def running_flows(state_dir: Path) -> list[str]:
+    """The process ids whose run lock in `state_dir` is held now, as "process N" (empty: no flow runs)."""
+    held: list[str] = []
+    for path in sorted(state_dir.glob(f"{RUN_LOCK_PREFIX}*.lock")) if state_dir.is_dir() else ():
+        with open(path, "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(f"process {path.name[len(RUN_LOCK_PREFIX):-len('.lock')]}")
+            else:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return held
 
 
 @contextlib.contextmanager

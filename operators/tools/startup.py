@@ -40,6 +40,7 @@ from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES,
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
+    RUN_LOCK_PREFIX,
     SHARD_DIR,
     SHARD_HASH,
     START_LOCK_FILE,
@@ -51,6 +52,7 @@ from nextclick.operators.state.manifest import (
     family_dirs,
     read_manifest,
     read_marker,
+    running_flows,
     secret_fingerprint,
     shard_dirs,
     start_lock,
@@ -395,7 +397,8 @@ def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, m
     return (manifest.restore is None and marker in (None, manifest.lineage)
             and all(step.rsplit(".", 1)[-1] in (INPUT_STEP, CONTROL_STEP)
                     for step, snapshots in view.snapshots.items() if snapshots)
-            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE) for p in state_dir.iterdir()))
+            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE) or p.name.startswith(RUN_LOCK_PREFIX)
+                    for p in state_dir.iterdir()))
 
 
 def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,
@@ -512,6 +515,9 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
               "recovery_files": [p.name for p in recovery_files], "destroyed": not dry_run}
     if dry_run:
         return report
+    if held := running_flows(state_dir):  # deleting state under a running flow loses what it does next
+        raise StateError(f"state.dir {state_dir} is in use: a nextclick flow runs there as {', '.join(held)}; "
+                         "stop it before resetting its state")
     with start_lock(state_dir):
         for path in dirs.values():
             shutil.rmtree(path)
