@@ -217,9 +217,7 @@ def hold_run_lock(state_dir: Path, process_id: int) -> IO[bytes]:
     the start-up checks passed, so a start they refuse leaves no lock file behind."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fh = open(run_lock_path(state_dir, process_id), "a+b")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _try_lock(fh):
         fh.close()
         raise StateError(f"state.dir {state_dir} is in use: another nextclick process runs the flow there as "
                          f"process {process_id}; stop it first (one flow per state directory and process id), or "
@@ -232,13 +230,20 @@ def running_flows(state_dir: Path) -> list[str]:
     held: list[str] = []
     for path in sorted(state_dir.glob(f"{RUN_LOCK_PREFIX}*.lock")) if state_dir.is_dir() else ():
         with open(path, "a+b") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held.append(f"process {path.name[len(RUN_LOCK_PREFIX):-len('.lock')]}")
-            else:
+            if _try_lock(fh):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            else:
+                held.append(f"process {path.name[len(RUN_LOCK_PREFIX):-len('.lock')]}")
     return held
+
+
+def _try_lock(fh: IO[bytes]) -> bool:
+    """Take `fh`'s exclusive lock if nobody holds it; False if someone does."""
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextlib.contextmanager
