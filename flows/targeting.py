@@ -22,7 +22,9 @@ Before anything is wired, the state and recovery directories are checked against
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
@@ -39,7 +41,7 @@ from nextclick.operators.infra import metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.infra.config import Config, progress_topic
 from nextclick.operators.io.alignment import Alignment
-from nextclick.operators.io.control import parse_control
+from nextclick.operators.io.control import parse_control, savepoint_not_wanted
 from nextclick.operators.io.deadletter import dead_letter_record
 from nextclick.operators.io.decisions import decision_message, expired
 from nextclick.operators.io.kafka_sink import KafkaOutput
@@ -66,6 +68,8 @@ from nextclick.operators.shard.shard_state import ShardContext, ShardOutput
 from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, profile_families
 from nextclick.operators.state.manifest import StartPlan
 from nextclick.operators.tools.startup import check_start, cluster_settings
+
+log = logging.getLogger("nextclick")
 
 Routed = tuple[str, Any]
 # NamedTuple's generated __new__ costs twice tuple.__new__; one position is built per message.
@@ -181,6 +185,13 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 continue
             item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
                                  secret=secret, savepoint_dir=savepoint_dir)
+            if isinstance(item, SavepointRequest):
+                # The requester's wall clock set expires_at, so the wall clock judges it (not `clock`).
+                reason = savepoint_not_wanted(item, time.time_ns() // 1_000_000)
+                if reason is not None:
+                    log.warning("savepoint command not carried out", extra={
+                        "request_id": item.request_id, "path": item.path, "reason": reason})
+                    continue
             if isinstance(item, (EraseRequest, SavepointRequest)):
                 if direct is None:
                     out.append((IDENTITY_KEY, item))  # it reaches every shard it concerns from there

@@ -111,6 +111,9 @@ class SavepointRequest:
     # The family of stores the shard belongs to: its directory under state.dir ("" for profiles;
     # operators/state/layout.py).
     store: str = ""
+    # When the requester stops waiting (ms since the epoch), from the command's `expires_at`; None if it
+    # gave none. A command read after it (replayed, or read by a flow started late) is not carried out.
+    expires_at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

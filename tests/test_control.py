@@ -14,11 +14,11 @@ from rocksdict import AccessType, Options, Rdict
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.infra.config import Config, ParseConfig
-from nextclick.operators.io.control import parse_control
+from nextclick.operators.io.control import parse_control, savepoint_not_wanted
 from nextclick.operators.io.deadletter import REASONS
 from nextclick.operators.io.parse import parse_message
 from nextclick.operators.io.topics import ensure_topics
-from nextclick.operators.records import DeadLetter, EraseRequest, SourcePosition
+from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
 from nextclick.operators.state.keys import shard_of, shard_path
 from nextclick.operators.tools.profiles import read_profile
 from tests.helpers import FlowThread, consume_all
@@ -58,6 +58,12 @@ def control(body: object | bytes | None, key: bytes | None = b"k") -> EraseReque
     # "$" matches before a final newline: a key or name with one must not pass as valid.
     (orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32 + "\n"}), "missing_identifier"),
     (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1\n"}), "schema_violation"),
+    (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1", "expires_at": "soon"}),
+     "schema_violation"),
+    (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1", "expires_at": 1.5e12}),
+     "schema_violation"),
+    (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1", "expires_at": True}),
+     "schema_violation"),
     # Which one would win is the decoder's choice, and an erasure must not hinge on it.
     (b'{"command": "erase", "request_id": "r1", "customer_id": "victim", "customer_id": "bystander"}',
      "invalid_json"),
@@ -80,6 +86,24 @@ def test_a_duplicated_key_is_named_only_if_it_is_a_control_field() -> None:
     unnamed = control(b'{"command": "erase", "request_id": "r1", "customer_id": "a", "x@y.z": 1, "x@y.z": 2}')
     assert isinstance(unnamed, DeadLetter)
     assert unnamed.message == "control message has a key more than once (a duplicated key is ambiguous JSON)"
+
+
+def test_a_savepoint_command_is_carried_out_only_while_wanted(tmp_path: Path) -> None:
+    def request(**extra: object) -> SavepointRequest:
+        item = parse_control(b"k", orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1", **extra}),
+                             None, SRC, secret=SECRET, savepoint_dir=tmp_path)
+        assert isinstance(item, SavepointRequest)
+        return item
+
+    assert savepoint_not_wanted(request(), NOW) is None  # a hand-written command with no expiry
+    assert savepoint_not_wanted(request(expires_at=NOW), NOW) is None
+    late = savepoint_not_wanted(request(expires_at=NOW - 90_000), NOW)
+    assert late is not None and "stopped waiting 90s ago" in late
+    # Read again after a restore of an older savepoint: it would copy parts into a finished savepoint.
+    (tmp_path / "sp1").mkdir()
+    (tmp_path / "sp1" / "savepoint.json").write_bytes(b"{}")
+    done = savepoint_not_wanted(request(expires_at=NOW + 60_000), NOW)
+    assert done is not None and "already holds a complete savepoint" in done
 
 
 def test_control_reasons_cover_the_control_only_reason() -> None:

@@ -39,7 +39,13 @@ from nextclick.operators.state.manifest import StateMismatch, read_manifest
 from nextclick.operators.state.placement import BALANCED, HASH, key_base, siphash13, worker_of
 from nextclick.operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
 from nextclick.operators.state.store import ShardStore
-from nextclick.operators.tools.savepoint import Placement, SavepointManifest, finish_online, restore
+from nextclick.operators.tools.savepoint import (
+    Placement,
+    SavepointManifest,
+    finish_online,
+    online_destination,
+    restore,
+)
 from nextclick.operators.tools.startup import state_families
 from tests.flowrun import (
     REPO,
@@ -166,7 +172,8 @@ def _deployment(tmp: Path, savepoint_dir: str, shards: int = 4) -> Config:
                             privacy=PrivacyConfig(demo=True))
 
 
-def _write_parts(config: Config, dest: str, token: str, *, skip: int | None = None) -> dict[str, str]:
+def _write_parts(config: Config, dest: str, token: str, *, skip: int | None = None,
+                 request_id: str | None = None) -> dict[str, str]:
     """Every shard's part of an online savepoint as a running flow writes it (one customer per shard, the
     flow's mangled `Path(s3://...)` location); `skip`: leave out the parts of this process of two."""
     written = {}
@@ -180,7 +187,8 @@ def _write_parts(config: Config, dest: str, token: str, *, skip: int | None = No
                 store.put(b"x" + value, value)
                 seq = store.checkpoint()
                 future = write_shard_part(store, str(Path(dest)), number, seq, {"in#0": 10 + number}, token,
-                                          "lineage-a", family.subdir, scratch=Path(config.state.dir))
+                                          "lineage-a", family.subdir, scratch=Path(config.state.dir),
+                                          request_id=request_id)
                 if future is not None:
                     futures.append(future)
                     future.result(30)  # before the store closes
@@ -209,6 +217,30 @@ def test_an_incomplete_online_savepoint_names_the_process_that_did_not_answer(tm
                                              r"of 2; parts came from "):
         finish_online(config, shared / "sp", timeout_s=0.3, placement=Placement(0, 2))
     assert not (shared / "sp" / "savepoint.json").exists()
+
+
+def test_a_savepoint_given_up_can_be_asked_for_again_under_its_name_and_only_the_new_request_counts(
+        tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    # What a flow wrote for a `savepoint create --online` that timed out: every part, after the CLI left.
+    _write_parts(config, str(shared / "sp"), "old", request_id="req-old")
+    assert online_destination(config, str(shared / "sp")).name == "sp"  # a retry may use the name
+    with pytest.raises(SavepointError, match="did not write every shard's part"):
+        finish_online(config, shared / "sp", timeout_s=0.3, request_id="req-new")
+    _write_parts(config, str(shared / "sp"), "new", request_id="req-new")
+    where = Destination(shared / "sp")
+    parts = [orjson.loads(where.read_bytes(n)) for n in where.files(".parts-new") if n.endswith(".part.json")]
+    seqs = {p["shard"]: p["seq"] for p in parts if not p["family"]}
+    manifest = finish_online(config, shared / "sp", timeout_s=10, request_id="req-new")
+    assert manifest.seqs == seqs  # the new request's parts, not the earlier ones
+    assert not [n for n in Destination(shared / "sp").files() if n.startswith(".parts-")]
+    with pytest.raises(SavepointError, match="already holds a savepoint"):
+        online_destination(config, str(shared / "sp"))
+    (shared / "other").mkdir()
+    (shared / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SavepointError, match="exists and is not empty"):
+        online_destination(config, str(shared / "other"))
 
 
 def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from nextclick.operators.io.control import send_command
 from nextclick.operators.io.topics import ensure_topics
+from nextclick.operators.state.savepoint_parts import Destination
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -81,14 +83,23 @@ def test_online_savepoint_then_restore_on_empty_volumes_ends_like_an_uninterrupt
         manifest = orjson.loads(done.stdout)
         assert manifest["mode"] == "online" and manifest["shards"] == setup.shards
         assert sum(manifest["positions"].values()) >= half
+        # A later savepoint: restoring sp1 reads its command again, which must not write into it.
+        cli(setup, "savepoint", "create", str(savepoints / "sp2"), "--online", "--timeout", "60")
     finally:
         flow.kill()  # whatever it did after the savepoint is lost with the volumes
         flow.wait()
     info = orjson.loads(cli(setup, "savepoint", "info", str(savepoints / "sp1")).stdout)
     assert info["id"] == "sp1" and info["keys_estimate"] > 0
 
+    # A command its requester gave up on before the flow read it (`--online` timed out while it was down).
+    send_command(kafka, setup.control, "savepoint", "given-up", b"given-up", name="late",
+                 expires_at=time.time_ns() // 1_000_000 - 1000)
     produce(kafka, topic, messages[half:], 2)
+    sp2 = sorted(Destination(savepoints / "sp2").files())
     restored_run(setup, savepoints / "sp1", tmp_path / "restored.log")
+    assert sorted(Destination(savepoints / "sp2").files()) == sp2 and not (savepoints / "late").exists()
+    skipped = (tmp_path / "restored.log").read_text().count("savepoint command not carried out")
+    assert skipped == 2, (tmp_path / "restored.log").read_text()[-3000:]
     assert read_profiles(setup.state_dir, setup.shards) == expected
     assert_same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
     letters = sorted(m.value() for m in consume_all(kafka, [setup.dead_letter]))

@@ -3,7 +3,7 @@
     {"command": "erase", "request_id": "dsr-123", "customer_id": "c-42"}
     {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
-    {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00"}
+    {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00", "expires_at": 1764504000000}
     {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
     {"command": "hello", ...}   (operators/io/cluster_hello.py: what a process started with, not here)
 
@@ -11,6 +11,12 @@ The identifier is hashed exactly as events' identifiers are, so it finds the sam
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
 the control topic cannot make the flow write elsewhere. A command that can't be read is
 dead-lettered like any bad event.
+
+A savepoint command is read again whenever the flow resumes from before it (a restart after a crash,
+a restore of an older savepoint), and may be read long after it was sent (a flow started after
+`savepoint create --online` gave up). `expires_at` (ms since the epoch; the CLI sets it to the end of
+its wait) and the savepoint's own manifest say when it is no longer wanted (`savepoint_not_wanted`):
+nobody would assemble its parts, or they would be copied into a complete savepoint.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.io.jsonkeys import duplicate_key
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
+from nextclick.operators.state.savepoint_parts import MANIFEST, Destination
 
 _KEY = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would also match before a final newline
 SAVEPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch, as _KEY
 # The control message's fields: the only key names a refusal may quote.
-_FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name"})
+_FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name",
+                     "expires_at"})
 COMMANDS = ("erase", "savepoint", "drain", "hello")
 
 
 def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
-                 **fields: str) -> None:
+                 **fields: str | int) -> None:
     """Deliver one command (the format above) to the control topic, or raise naming the topic: what the
     CLI and the savepoint scheduler send, read back by `parse_control`."""
     producer = Producer(client_config(kafka))
@@ -83,7 +91,12 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         if not isinstance(name, str) or not SAVEPOINT_NAME.fullmatch(name):
             return refuse("schema_violation", "savepoint needs 'name': a directory name of letters, digits, "
                                               "'.', '_' and '-' (it is created inside state.savepoint_dir)")
-        return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source)
+        expires_at = body.get("expires_at")
+        if expires_at is not None and (type(expires_at) is not int or expires_at <= 0):
+            return refuse("schema_violation", "savepoint 'expires_at' must be a positive integer: milliseconds since "
+                                              "the epoch after which the request is not carried out")
+        return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source,
+                                expires_at_ms=expires_at)
     customer_key = body.get("customer_key")
     if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
         return EraseRequest(customer_key, request_id, source)
@@ -93,3 +106,19 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     if id_type in ID_TYPES and isinstance(raw_id, str) and raw_id:
         return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source)
     return refuse("missing_identifier", "erase needs 'customer_key', 'customer_id', or 'id_type' and 'id'")
+
+
+def savepoint_not_wanted(request: SavepointRequest, now_ms: int) -> str | None:
+    """Why a savepoint command read now is not carried out, or None to carry it out (see the docstring).
+
+    Decided once, where the command is read, so every shard writes its part or none does."""
+    if request.expires_at_ms is not None and now_ms > request.expires_at_ms:
+        return (f"its requester stopped waiting {(now_ms - request.expires_at_ms) / 1000:.0f}s ago (expires_at); "
+                "nothing would assemble its parts")
+    try:
+        Destination(request.path).read_bytes(MANIFEST)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None  # unreadable here: the shards' writes say what is wrong, as for any savepoint
+    return f"{request.path} already holds a complete savepoint (a command read again after a restart or restore)"

@@ -214,7 +214,7 @@ def _who() -> str:
 
 def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: int, positions: dict[str, int],
                      token: str, lineage: str | None, subdir: str = "", *,
-                     scratch: Path | None = None) -> Future[None] | None:
+                     scratch: Path | None = None, request_id: str | None = None) -> Future[None] | None:
     """One shard's part of an online savepoint (called by the shard right after its checkpoint).
 
     `subdir`: its family's directory ("" for profiles; operators/state/layout.py). `scratch`: a directory
@@ -225,7 +225,7 @@ def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: in
     name = shard_path("", shard).name
     rel = f"{STAGING_PREFIX}{token}/{subdir}/{name}" if subdir else f"{STAGING_PREFIX}{token}/{name}"
     part = {"shard": shard, "seq": seq, "positions": positions, "lineage": lineage, "token": token,
-            "family": subdir, "process": _who()}
+            "family": subdir, "process": _who(), "request_id": request_id}
     if scratch is None and not where.remote:
         target = where.path / rel
         if target.exists():

@@ -270,8 +270,12 @@ def online_destination(config: Config, dest: str) -> Destination:
     if not same_root or not SAVEPOINT_NAME.fullmatch(where.name):
         raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
                              f"{root}; give DEST as {root}/<name>")
-    if not where.is_empty():
+    if any(n == MANIFEST for n in where.files()):
+        raise SavepointError(f"{where} already holds a savepoint; a savepoint goes into a new directory")
+    if any(not n.startswith(STAGING_PREFIX) for n in where.files()):
         raise SavepointError(f"{where} exists and is not empty; a savepoint goes into a new directory")
+    # Only the parts of an attempt that was given up (the CLI timed out): a retry may use the name, and
+    # finish_online removes them once its own attempt is complete.
     return where
 
 
@@ -295,12 +299,15 @@ def _describe_missing(missing: list[tuple[str, int]], fams: list[Family], parts:
 def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: float,
                   progress: Callable[[str], None] = lambda _m: None,
                   placement: Placement | None = None,
-                  cancelled: Callable[[], bool] = lambda: False) -> SavepointManifest:
+                  cancelled: Callable[[], bool] = lambda: False,
+                  request_id: str | None = None) -> SavepointManifest:
     """Wait until one attempt has every shard's part, then put it in place and write the manifest last.
 
-    On timeout, names the shards without a part, which processes answered and (with `placement`: the
-    cluster's process and worker counts) which processes run the missing shards. `cancelled`: polled
-    while waiting (a draining flow's scheduler gives up at once instead of at the timeout)."""
+    `request_id`: only parts written for that request count (an earlier request's parts, left there by an
+    attempt that was given up, would make a savepoint of an earlier point). On timeout, names the shards
+    without a part, which processes answered and (with `placement`: the cluster's process and worker
+    counts) which processes run the missing shards. `cancelled`: polled while waiting
+    (a draining flow's scheduler gives up at once instead of at the timeout)."""
     where = dest if isinstance(dest, Destination) else Destination(dest)
     shards = config.state.shards
     fams = flow_families(config)  # the families whose shards write parts
@@ -316,6 +323,8 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
         complete = None
         for token, names in sorted(by_token.items()):
             parts = [orjson.loads(where.read_bytes(n)) for n in names]
+            if request_id is not None and any(p.get("request_id") != request_id for p in parts):
+                continue
             have: dict[str, set[int]] = {}
             for part in parts:
                 have.setdefault(str(part.get("family", "")), set()).add(int(part["shard"]))
@@ -389,10 +398,13 @@ def create_online(config: Config, dest: str, *, timeout_s: float, request_id: st
         raise OSError(f"state.savepoint_dir: cannot write to {root} ({exc}); it must be reachable from every "
                       "process and from this command") from None
     request_id = request_id or f"savepoint-{time.time_ns()}"
-    send_command(config.kafka, config.topics.control, "savepoint", request_id, request_id.encode(), name=where.name)
+    # The flow does not carry the command out once this stops waiting (operators/io/control.py).
+    expires_at = time.time_ns() // 1_000_000 + int(timeout_s * 1000)
+    send_command(config.kafka, config.topics.control, "savepoint", request_id, request_id.encode(), name=where.name,
+                 expires_at=expires_at)
     progress(f"savepoint requested ({request_id}); waiting for every shard at its next epoch end")
     return finish_online(config, where, timeout_s=timeout_s, progress=progress, placement=placement,
-                         cancelled=cancelled)
+                         cancelled=cancelled, request_id=request_id)
 
 
 def _write_manifest(dest: Path | Destination, manifest: SavepointManifest) -> None:
