@@ -46,7 +46,7 @@ from nextclick.operators.tools.savepoint import (
     online_destination,
     restore,
 )
-from nextclick.operators.tools.startup import state_families
+from nextclick.operators.tools.startup import check_start, state_families
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -256,6 +256,10 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     with pytest.raises(OSError):
         restore(pod, shared / "sp", init_recovery=crash)
     assert read_manifest(pod.state.dir) is None  # not restored: the manifest comes last
+    # Started again without the savepoint: told to give it, not that the recovery directory is missing.
+    with pytest.raises(StateMismatch, match=rf"the restore of savepoint sp into {pod.state.dir} was interrupted; "
+                                            rf"start again with --from-savepoint {shared / 'sp'} "):
+        check_start(pod)
     restore(pod, shared / "sp", init_recovery=lambda d: d.mkdir(exist_ok=True))
     assert _keys(Path(pod.state.dir)) == written
 
@@ -276,6 +280,9 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
         restore(other, shared / "sp", init_recovery=lambda d: None)
     with pytest.raises(SavepointError, match="is not a complete savepoint"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
+    with pytest.raises(SavepointError, match=r"sp/savepoint.json is a file: give the savepoint's directory"):
+        restore(_deployment(tmp_path / "x", str(shared)), shared / "sp" / "savepoint.json",
+                init_recovery=lambda d: None)
 
 
 def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard
 from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named
 from nextclick.operators.state.manifest import (
     RECOVERY_MARKER,
+    RESTORING_FILE,
     SHARD_HASH,
     STATE_FORMAT,
     RestorePoint,
@@ -92,8 +93,6 @@ from nextclick.operators.tools.startup import (
     new_manifest,
     state_families,
 )
-
-_RESTORING = ".nextclick-restoring.json"  # in state.dir while a restore puts shards in place
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +205,9 @@ class SavepointManifest:
         except FileNotFoundError:
             raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
                                  "still being written, or the wrong directory?)") from None
+        except NotADirectoryError:
+            raise SavepointError(f"{where} is a file: give the savepoint's directory, the one that holds "
+                                 f"{MANIFEST}") from None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise SavepointError(f"{path} is not a readable savepoint manifest ({type(exc).__name__})") from None
 
@@ -626,7 +628,7 @@ def _restore_decision(config: Config, savepoint: SavepointManifest, where: Desti
         what = (f"{state_dir} holds state restored from savepoint {state.restore.savepoint}" if state.restore
                 else f"{state_dir} holds the state of deployment {state.lineage}")
         raise _not_ours(what, savepoint, where)
-    marker = state_dir / _RESTORING
+    marker = state_dir / RESTORING_FILE
     if marker.exists():
         try:
             started = RestorePoint.from_json(orjson.loads(marker.read_bytes()))
@@ -687,10 +689,10 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
     with start_lock(state_dir):  # processes sharing one state directory restore it once
         if _restore_decision(config, manifest, where, state_dir, recovery):
             return Restored(manifest, True, [], 0, time.perf_counter() - began)
-        marker = state_dir / _RESTORING
+        marker = state_dir / RESTORING_FILE
         if marker.exists():
             _undo_partial_restore(config, state_dir, recovery)
-        Destination(state_dir).write_bytes(_RESTORING, orjson.dumps(point.to_json()))
+        Destination(state_dir).write_bytes(RESTORING_FILE, orjson.dumps({**point.to_json(), "from": str(where)}))
         staging = state_dir / f".restore-{uuid.uuid4().hex[:8]}"
         fetched: list[str] = []
         total = 0

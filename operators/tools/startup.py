@@ -40,6 +40,7 @@ from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES,
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
+    RESTORING_FILE,
     RUN_LOCK_PREFIX,
     SHARD_DIR,
     SHARD_HASH,
@@ -311,6 +312,8 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
     view = read_recovery(recovery)
     marker = read_marker(recovery)
     writes: list[Callable[[], None]] = []
+    if manifest is None and (state_dir / RESTORING_FILE).exists():
+        raise _interrupted_restore(state_dir, recovery)
     if manifest is None and not dirs:
         return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
     notes: list[str] = []
@@ -388,6 +391,19 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             committed_families[family.name] = checked
     committed = committed_families.pop(PROFILES, None)
     return StartPlan(lineage, False, committed, restore, notes, committed_families), writes
+
+
+def _interrupted_restore(state_dir: Path, recovery: Path) -> StateMismatch:
+    """A restore stopped part way (killed, a fetch failed) and a start without --from-savepoint: the same
+    savepoint again finishes it (it is done again from the start)."""
+    try:
+        started = orjson.loads((state_dir / RESTORING_FILE).read_bytes())
+        name, source = str(started["savepoint"]), str(started.get("from") or started["savepoint"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return _refuse(f"state.dir: a restore into {state_dir} was interrupted ({RESTORING_FILE} is unreadable); "
+                       f"empty {state_dir} and {recovery}, then restore again")
+    return _refuse(f"state.dir: the restore of savepoint {name} into {state_dir} was interrupted; start again "
+                   f"with --from-savepoint {source} (the restore is done again from the start)")
 
 
 def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, marker: str | None) -> bool:
