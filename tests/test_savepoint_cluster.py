@@ -29,13 +29,14 @@ from pathlib import Path
 
 import orjson
 import pytest
+from bytewax.recovery import init_db_dir
 
 from nextclick.flows.local_broker import free_port
 from nextclick.operators.identity.stage import IDENTITY_KEY
 from nextclick.operators.infra.config import Config, ConfigError, PrivacyConfig, load_config
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.state.layout import IDENTITY, family_named
-from nextclick.operators.state.manifest import StateMismatch, read_manifest
+from nextclick.operators.state.manifest import StateMismatch, hold_run_lock, read_manifest
 from nextclick.operators.state.placement import BALANCED, HASH, key_base, siphash13, worker_of
 from nextclick.operators.state.savepoint_parts import Destination, SavepointError, write_shard_part
 from nextclick.operators.state.store import ShardStore
@@ -283,6 +284,29 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     with pytest.raises(SavepointError, match=r"sp/savepoint.json is a file: give the savepoint's directory"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "sp" / "savepoint.json",
                 init_recovery=lambda d: None)
+
+
+def test_a_volume_a_refused_start_set_up_takes_a_restore_unless_a_flow_runs_on_it(tmp_path: Path) -> None:
+    """A 1-process deployment started as 2 without a savepoint: process 1's empty volume was set up (a
+    manifest, its recovery partition) before the cluster refused the rescale. The savepoint the operator
+    then takes and restores into 2 processes must not call that volume another deployment's."""
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "source", str(shared))
+    written = _write_parts(config, str(shared / "sp"), "tok")
+    finish_online(config, shared / "sp", timeout_s=10)
+    pod = _deployment(tmp_path / "pod-1", str(shared))
+    check_start(pod, init_recovery=lambda d: init_db_dir(d, 1))  # the refused start's set-up
+    set_up = read_manifest(pod.state.dir)
+    assert set_up is not None and set_up.restore is None
+    with hold_run_lock(Path(pod.state.dir), 0):  # ... unless a flow runs there now
+        with pytest.raises(StateMismatch, match="holds the state of deployment"):
+            restore(pod, shared / "sp", init_recovery=lambda d: init_db_dir(d, 1))
+    restored = restore(pod, shared / "sp", init_recovery=lambda d: init_db_dir(d, 1))
+    assert not restored.resumed and _keys(Path(pod.state.dir)) == written
+    manifest = read_manifest(pod.state.dir)
+    assert manifest is not None and manifest.restore is not None and manifest.restore.savepoint == "sp"
+    assert manifest.lineage != set_up.lineage
+    check_start(pod)  # and it starts
 
 
 def test_an_offline_savepoint_of_one_pod_says_why_not_and_what_to_do(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
 from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named
 from nextclick.operators.state.manifest import (
+    MANIFEST_FILE,
     RECOVERY_MARKER,
     RESTORING_FILE,
     SHARD_HASH,
@@ -68,6 +69,7 @@ from nextclick.operators.state.manifest import (
     StateMismatch,
     family_dirs,
     read_manifest,
+    running_flows,
     secret_fingerprint,
     shard_dirs,
     start_lock,
@@ -90,6 +92,7 @@ from nextclick.operators.tools.startup import (
     check_start,
     flow_families,
     identity_rules,
+    never_written,
     new_manifest,
     state_families,
 )
@@ -625,6 +628,8 @@ def _restore_decision(config: Config, savepoint: SavepointManifest, where: Desti
     if state is not None:
         if state.restore is not None and savepoint.same_point(state.restore):
             return True
+        if never_written(state_dir, recovery) and not running_flows(state_dir):
+            return False  # set up by a start that was refused: `restore` clears it
         what = (f"{state_dir} holds state restored from savepoint {state.restore.savepoint}" if state.restore
                 else f"{state_dir} holds the state of deployment {state.lineage}")
         raise _not_ours(what, savepoint, where)
@@ -692,6 +697,13 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
         marker = state_dir / RESTORING_FILE
         if marker.exists():
             _undo_partial_restore(config, state_dir, recovery)
+        elif read_manifest(state_dir) is not None:
+            # Never written (_restore_decision): a start refused with other settings (a rescale without a
+            # savepoint, say) left its manifest and empty recovery partitions on this volume.
+            log.info("clearing directories a refused start set up, before the restore",
+                     extra={"state_dir": str(state_dir), "recovery_dir": str(recovery)})
+            _undo_partial_restore(config, state_dir, recovery)
+            (state_dir / MANIFEST_FILE).unlink()
         Destination(state_dir).write_bytes(RESTORING_FILE, orjson.dumps({**point.to_json(), "from": str(where)}))
         staging = state_dir / f".restore-{uuid.uuid4().hex[:8]}"
         fetched: list[str] = []

@@ -406,6 +406,14 @@ def _interrupted_restore(state_dir: Path, recovery: Path) -> StateMismatch:
                    f"with --from-savepoint {source} (the restore is done again from the start)")
 
 
+def never_written(state_dir: Path, recovery: Path) -> bool:
+    """State directories a start set up and then stopped, before any state was written (a start its
+    peers refused): nothing a restore would replace is in them."""
+    manifest = read_manifest(state_dir)
+    return manifest is not None and _set_up_only(manifest, state_dir, read_recovery(recovery),
+                                                 read_marker(recovery))
+
+
 def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, marker: str | None) -> bool:
     """Directories a start set up and never wrote state to: no shard or identity store, nothing
     committed but where the inputs were read to (the first epoch commits the start positions), no
