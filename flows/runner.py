@@ -109,9 +109,10 @@ class FlowRunner:
     # -- running -------------------------------------------------------------------------------------
 
     def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
-            addresses: Sequence[str] | None = None, recovery_partitions: int = 1) -> int:
+            addresses: Sequence[str] | None = None, recovery_partitions: int = 1, resumes: bool | None = None) -> int:
         """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input.
-        `recovery_partitions`: the cluster's count of recovery partitions, as this process was told it."""
+        `recovery_partitions`: the cluster's count of recovery partitions, as this process was told it.
+        `resumes`: this process's state goes on from a committed epoch (StartPlan.resumes)."""
         from bytewax._bytewax import cluster_main
         from bytewax.recovery import RecoveryConfig
 
@@ -139,7 +140,7 @@ class FlowRunner:
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
                                        __version__, declared_settings(), drain.now_ms(),  # as build_flow declared
-                                       cluster)
+                                       cluster, resumes)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
             connected = self._peer_watch.connected if self._peer_watch is not None else threading.Event()
             hellos = cluster_hello.HelloWatch(  # formed once the peers connected or the dataflow was built
@@ -164,7 +165,7 @@ class FlowRunner:
             if mine is not None and type(root_cause(exc)).__name__ == "PanicException":  # how a cluster fails
                 peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
                                                   mine["started_at"] - cluster_hello.LOOK_BACK_MS, len(cluster))
-                started_otherwise = cluster_hello.differences(mine, peers)
+                started_otherwise = cluster_hello.differences(mine, peers) or cluster_hello.lost_volumes(mine, peers)
                 if started_otherwise is not None:  # e.g. other --workers: Bytewax says only "Send thread panic"
                     raise Explained(started_otherwise) from exc
             watch_saw = self._peer_watch.lost if self._peer_watch is not None else []

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nextclick.operators.io.cluster_hello import HelloWatch, differences, hello, parse_hello
+from nextclick.operators.io.cluster_hello import HelloWatch, differences, hello, lost_volumes, parse_hello
 from nextclick.operators.io.control import parse_control
 from nextclick.operators.records import SourcePosition
 
@@ -19,8 +19,9 @@ SETTINGS = {"state.shards": "16", "privacy.secret": "fingerprint aa"}
 
 
 def said(process: int, *, workers: int = 1, processes: int = 2, recovery: int = 2, release: str = "1.0",
-         settings: dict[str, str] | None = None) -> dict[str, Any]:
-    return hello("g", process, processes, workers, recovery, release, settings or SETTINGS, 1_800_000_000_000)
+         settings: dict[str, str] | None = None, resumes: bool | None = None) -> dict[str, Any]:
+    return hello("g", process, processes, workers, recovery, release, settings or SETTINGS, 1_800_000_000_000,
+                 resumes=resumes)
 
 
 def test_peers_started_alike_explain_nothing() -> None:
@@ -67,10 +68,27 @@ def test_a_hello_is_read_only_for_its_group() -> None:
 
 def test_a_hello_said_once_reads_as_said_at_its_start_and_bad_refresh_fields_are_refused() -> None:
     record = said(1)
-    once = {k: v for k, v in record.items() if k not in ("said_at", "addresses")}  # as 0.x's runner wrote it
-    assert parse_hello(orjson.dumps(once), "g") == {**once, "said_at": record["started_at"], "addresses": []}
-    for field, bad in (("said_at", "now"), ("addresses", "a;b"), ("addresses", [1, 2])):
+    once = {k: v for k, v in record.items() if k not in ("said_at", "addresses", "resumes")}  # as 0.x's runner wrote it
+    assert parse_hello(orjson.dumps(once), "g") == {**once, "said_at": record["started_at"], "addresses": [],
+                                                    "resumes": None}
+    for field, bad in (("said_at", "now"), ("addresses", "a;b"), ("addresses", [1, 2]), ("resumes", 1),
+                       ("resumes", "yes")):
         assert parse_hello(orjson.dumps({**record, field: bad}), "g") is None, field
+
+
+def test_a_process_that_lost_its_volume_is_named_by_every_process() -> None:
+    # A new deployment (none resumes), a restart (all do), a cluster-wide restore (none): nothing to say.
+    for resumes in (False, True):
+        assert lost_volumes(said(0, resumes=resumes), {1: said(1, resumes=resumes)}) is None
+    assert lost_volumes(said(0, resumes=True), {1: said(1)}) is None  # a peer of a release that does not say
+    assert lost_volumes(said(0, resumes=True, processes=2), {1: said(1, resumes=True), 5: said(5)}) is None
+    lost = {0: said(0, resumes=True, processes=3), 1: said(1, resumes=False, processes=3),
+            2: said(2, resumes=False, processes=3)}
+    line = lost_volumes(lost[0], lost)
+    assert line is not None and line.startswith(
+        "processes 1, 2 started with no committed state and process 0 with the cluster's (this is process 0): the "
+        "state and recovery volumes of processes 1, 2 were lost or replaced")
+    assert lost_volumes(lost[2], lost) == line.replace("this is process 0", "this is process 2")
 
 
 @given(st.one_of(st.none(), st.binary(max_size=200), st.text(max_size=100).map(str.encode)))

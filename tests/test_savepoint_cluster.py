@@ -587,6 +587,19 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
     lost_at = time.monotonic()
     shutil.rmtree(tmp_path / "pod-1")  # process 1's volume: its shards and its recovery partition
 
+    # First with on_lost_volume = "stop", the default: both processes name the lost volume (Bytewax
+    # itself says only "Send thread panic", and each process took the other for lost).
+    stop_log = tmp_path / "stop-mode.log"
+    stopped = [p.wait(90) for p in _cluster([pod.with_(extra_env={**pod.extra_env,
+                                                                   "NEXTCLICK_STATE__ON_LOST_VOLUME": "stop"})
+                                             for pod in pods], stop_at_end=True, log=stop_log, args=[])]
+    lines = [line for line in stop_log.read_text().splitlines() if line.startswith("nextclick: error:")]
+    assert stopped == [1, 1] and len(lines) == 2, stop_log.read_text()[-3000:]
+    for me, line in enumerate(sorted(lines, key=lambda text: "this is process 1" in text)):
+        assert line.startswith(f"nextclick: error: process 1 started with no committed state and process 0 with "
+                               f"the cluster's (this is process {me}): the state and recovery volumes of process 1 "
+                               "were lost or replaced"), line
+    # That start set up process 1's empty volume; the restore mode still takes it for lost.
     _wait(_cluster(pods, stop_at_end=True, log=log, args=[]), log)
     recovered_s = time.monotonic() - lost_at
     generation = orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())

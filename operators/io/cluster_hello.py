@@ -49,10 +49,13 @@ CHECK_S = 5.0  # how often the watch wakes to say its hello again or compare its
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
-          settings: Mapping[str, str], now_ms: int, addresses: Sequence[str] = ()) -> dict[str, Any]:
+          settings: Mapping[str, str], now_ms: int, addresses: Sequence[str] = (),
+          resumes: bool | None = None) -> dict[str, Any]:
+    """`resumes`: whether this process's state goes on from a committed epoch (StartPlan.resumes)."""
     return {"command": "hello", "group_id": group_id, "process": process_id, "processes": processes,
             "workers": workers, "recovery_partitions": recovery_partitions, "release": release,
-            "settings": dict(settings), "started_at": now_ms, "said_at": now_ms, "addresses": list(addresses)}
+            "settings": dict(settings), "started_at": now_ms, "said_at": now_ms, "addresses": list(addresses),
+            "resumes": resumes}
 
 
 def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0,
@@ -112,11 +115,13 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     counts = ("process", "processes", "workers", "recovery_partitions", "started_at")
     body.setdefault("said_at", body.get("started_at"))  # a hello said once, at start
     body.setdefault("addresses", [])
+    body.setdefault("resumes", None)  # a hello from before it was said
     if (not all(type(body.get(name)) is int for name in (*counts, "said_at"))
             or not isinstance(body.get("release"), str)
             or not isinstance(body.get("settings"), dict)
             or not all(isinstance(v, str) for v in body["settings"].values())
-            or not isinstance(body["addresses"], list) or not all(isinstance(a, str) for a in body["addresses"])):
+            or not isinstance(body["addresses"], list) or not all(isinstance(a, str) for a in body["addresses"])
+            or (body["resumes"] is not None and type(body["resumes"]) is not bool)):
         return None  # not one a process of this release wrote
     return body
 
@@ -142,6 +147,30 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
     return (f"the processes of this cluster were started differently ({' / '.join(parts)}; this is process "
             f"{mine['process']}): start every process with the same --workers, --addresses, recovery flags, release "
             "and configuration (docs/operations.md, \"One configuration for every process\")")
+
+
+def lost_volumes(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """One line when some processes start from no committed state while others resume theirs: the
+    volumes of the first were lost or replaced. Bytewax then fails with only "Send thread panic" on
+    every process, at every restart (each says the other was lost)."""
+    said = {p: h.get("resumes") for p, h in peers.items() if 0 <= p < mine["processes"]}
+    said[mine["process"]] = mine.get("resumes")
+    if None in said.values():
+        return None  # a peer of a release that does not say
+    empty = sorted(p for p, resumes in said.items() if not resumes)
+    resuming = sorted(p for p, resumes in said.items() if resumes)
+    if not empty or not resuming:
+        return None
+
+    def names(processes: list[int]) -> str:
+        return "process" + ("es " if len(processes) > 1 else " ") + ", ".join(map(str, processes))
+
+    return (f"{names(empty)} started with no committed state and {names(resuming)} with the cluster's (this is "
+            f"process {mine['process']}): the state and recovery volumes of {names(empty)} were lost or replaced, "
+            "and the cluster cannot go on without their shards; no event was applied. Restore every process from "
+            "the latest savepoint (stop them all, empty each one's volumes with `nextclick state reset`, then start "
+            "each with --from-savepoint DIR), "
+            "or set state.on_lost_volume = \"restore\" to do that at start (docs/state.md, \"A lost volume\")")
 
 
 class HelloWatch(threading.Thread):

@@ -274,6 +274,10 @@ class StartPlan:
     notes: list[str] = field(default_factory=list)
     # The same for the other families (identity, linked profiles), by family name.
     committed_families: dict[str, dict[int, int]] = field(default_factory=dict)
+    # The recovery directory holds a committed epoch: this process goes on from where its cluster was
+    # (False for a new deployment and right after a restore). Every process of a cluster agrees, unless
+    # a volume was lost (operators/io/cluster_hello.py).
+    resumes: bool = False
 
     def restore_seq(self, shard: int, family: str = PROFILES) -> int:
         return self.restore.seq(shard, family) if self.restore else 0

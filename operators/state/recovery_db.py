@@ -46,6 +46,8 @@ class RecoveryView:
     executions: int = 0
     # Epoch a resume would start at (1 when nothing was ever committed).
     resume_epoch: int = 1
+    # partition index -> the epoch Bytewax last committed there (none for a partition never run on).
+    commits: dict[int, int] = field(default_factory=dict)
     # step id -> state key -> committed snapshot (None: the key was discarded).
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -80,6 +82,9 @@ def _read_partition(file: Path, view: RecoveryView, exs: list[Any], fronts: list
             exs += conn.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
         if "fronts" in tables:
             fronts += conn.execute("SELECT ex_num, worker_index, worker_frontier FROM fronts").fetchall()
+        if "commits" in tables:
+            rows = conn.execute("SELECT part_index, commit_epoch FROM commits")
+            view.commits.update((int(index), int(epoch)) for index, epoch in rows)
         if "snaps" in tables:
             snaps += conn.execute("SELECT step_id, state_key, snap_epoch, ser_change FROM snaps").fetchall()
     finally:

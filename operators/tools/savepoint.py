@@ -815,7 +815,10 @@ class Generations:
         self.dir = root.path / _CLUSTER
         self.dir.mkdir(parents=True, exist_ok=True)
         state_dir = Path(config.state.dir)
-        self.has_state = read_manifest(state_dir) is not None or bool(shard_dirs(state_dir))
+        # A volume a refused start only set up holds nothing: lost, if the cluster has run (a start with
+        # on_lost_volume = "stop" set up the empty volume that replaced a lost one, before it was refused).
+        self.has_state = bool(shard_dirs(state_dir)) or (
+            read_manifest(state_dir) is not None and not never_written(state_dir, Path(config.state.recovery_dir)))
         try:
             recorded = int(orjson.loads((state_dir / _GENERATION_FILE).read_bytes())["generation"])
         except FileNotFoundError:

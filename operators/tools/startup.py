@@ -390,7 +390,7 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
         if checked is not None:
             committed_families[family.name] = checked
     committed = committed_families.pop(PROFILES, None)
-    return StartPlan(lineage, False, committed, restore, notes, committed_families), writes
+    return StartPlan(lineage, False, committed, restore, notes, committed_families, bool(view.commits)), writes
 
 
 def _interrupted_restore(state_dir: Path, recovery: Path) -> StateMismatch:
