@@ -45,7 +45,7 @@ from nextclick.operators.io.control import parse_control, savepoint_not_wanted
 from nextclick.operators.io.deadletter import dead_letter_record
 from nextclick.operators.io.decisions import decision_message, expired
 from nextclick.operators.io.kafka_sink import KafkaOutput
-from nextclick.operators.io.kafka_source import Aligned, KafkaInput, RawMessage
+from nextclick.operators.io.kafka_source import Aligned, KafkaInput, PollGrid, RawMessage
 from nextclick.operators.io.parse import parse_message
 from nextclick.operators.io.profile_view import ProfileViewWriter
 from nextclick.operators.io.sink_registry import decision_sink
@@ -226,16 +226,18 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     aligned = Aligned(Alignment(config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms),
                       clock.now_ms, parse_config, pace=config.flow.align)
     flow = Dataflow(name)
+    # One polling grid for every input of the process: Bytewax advances their epochs together.
+    grid = PollGrid(config.flow.poll_tick_s, config.flow.poll_tick_max_s)
     raw = op.input(INPUT_STEP, flow, KafkaInput(
         config.kafka, topics.inputs, group_id=config.flow.group_id,
         start_from_beginning=topics.start_from_beginning, stop_at_end=config.flow.stop_at_end, stop=stop,
         start_positions=start_positions, aligned=aligned,
-        progress_topic=progress_topic(topics) if config.flow.align else None, poll_tick_s=config.flow.poll_tick_s))
+        progress_topic=progress_topic(topics) if config.flow.align else None, grid=grid))
     split = op.branch("valid", op.flat_map_batch("parse", raw, parse_batch), _is_routed)
     control_raw = op.input(CONTROL_STEP, flow, KafkaInput(
         config.kafka, [topics.control], group_id=config.flow.group_id, start_from_beginning=True,
         stop_at_end=config.flow.stop_at_end, stop=stop, start_positions=start_positions,
-        poll_tick_s=config.flow.poll_tick_s))  # the same grid as the inputs: both advance their epochs at once
+        grid=grid))
     control = op.branch("valid_control", op.flat_map_batch("control", control_raw, parse_control_batch),
                         _is_routed)
     work = op.merge("events_and_commands", split.trues, control.trues)

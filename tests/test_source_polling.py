@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 from nextclick.flows.targeting import build_flow
 from nextclick.operators.infra.config import ConfigError, ParseConfig, load_config
 from nextclick.operators.io.alignment import Alignment
-from nextclick.operators.io.kafka_source import POLL_TICK_S, Aligned, KafkaInput, next_tick
+from nextclick.operators.io.kafka_source import (
+    POLL_TICK_S,
+    Aligned,
+    KafkaInput,
+    PollGrid,
+    grid_step,
+    next_tick,
+)
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.records import Progress
 
@@ -157,10 +164,34 @@ def test_every_input_of_the_flow_polls_on_the_configured_grid(tmp_path: Path) ->
                                 "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "recovery")})
     inputs = {step.step_id: step.source for step in build_flow(config).substeps if type(step).__name__ == "input"}
     assert set(inputs) == {"nextclick.kafka_in", "nextclick.control_in"}
-    assert {source._tick_s for source in inputs.values()} == {0.05}
+    grids = {id(source._grid): source._grid for source in inputs.values()}
+    assert len(grids) == 1 and next(iter(grids.values())).tick_s == 0.05  # one grid, shared
+
+
+@pytest.mark.parametrize(("rate", "step_ms"), [(0, 5), (1_000, 5), (1_600, 5), (2_000, 10), (2_500, 10), (3_000, 15),
+                                              (3_999, 15), (4_000, 20), (50_000, 20)])
+def test_a_busy_process_polls_on_a_longer_step_of_the_same_grid(rate: float, step_ms: int) -> None:
+    step = grid_step(rate, 0.005, 0.02)
+    assert step == pytest.approx(step_ms / 1000)
+    assert grid_step(rate, 0.005, 0.005) == 0.005  # poll_tick_max = poll_tick: fixed
+    assert grid_step(rate, 0.02, 0.005) == 0.02  # a max below the tick: the tick
+
+
+def test_the_grid_follows_the_rate_read_and_comes_back_when_traffic_stops() -> None:
+    grid = PollGrid(0.005, 0.02)
+    start = time.monotonic()
+    grid.read(0, start)
+    for i in range(1, 11):  # 5,000 events a second for half a second
+        grid.read(250, start + i * 0.05)
+    assert grid.step_s == pytest.approx(0.02)
+    tick = grid.next_tick(1_800_000_000.0)
+    assert (tick - datetime.fromtimestamp(0, UTC)) % timedelta(milliseconds=20) == timedelta(0)
+    grid.read(0, start + 1.2)  # nothing read for 0.7 s
+    assert grid.step_s == pytest.approx(0.005)
 
 
 @pytest.mark.parametrize("tick", ["0ms", "500ms", "soon"])
-def test_a_poll_tick_out_of_range_is_refused_in_one_line(tick: str) -> None:
-    with pytest.raises(ConfigError, match=r"\[flow\]\.poll_tick"):
-        load_config(None, {"NEXTCLICK_FLOW__POLL_TICK": tick})
+@pytest.mark.parametrize("key", ["POLL_TICK", "POLL_TICK_MAX"])
+def test_a_poll_tick_out_of_range_is_refused_in_one_line(tick: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[flow\]\.{key.lower()}"):
+        load_config(None, {f"NEXTCLICK_FLOW__{key}": tick})

@@ -194,10 +194,18 @@ class FlowConfig:
     # event, and each event can wait up to one tick longer (docs/performance.md, "Live against
     # backlog"). 1ms to 100ms; a backlog never waits for it.
     poll_tick: str = "5ms"
+    # The longest step that grid takes while the process is busy: from 1,000 events a second read the
+    # step grows in whole poll_ticks, to this at 4,000 (kafka_source.grid_step). Equal to poll_tick (or
+    # below it): the step never changes. 1ms to 100ms.
+    poll_tick_max: str = "20ms"
 
     @property
     def poll_tick_s(self) -> float:
         return _duration_ms(self.poll_tick) / 1000
+
+    @property
+    def poll_tick_max_s(self) -> float:
+        return _duration_ms(self.poll_tick_max) / 1000
 
     @property
     def alignment_bound_ms(self) -> int:
@@ -430,14 +438,15 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
-    try:
-        tick_ms = _duration_ms(config.flow.poll_tick)
-    except ValueError:
-        raise ConfigError(f"{origin}: [flow].poll_tick: not a duration: {config.flow.poll_tick!r} "
-                          "(e.g. 5ms, 20ms)") from None
-    if not 1 <= tick_ms <= 100:
-        raise ConfigError(f"{origin}: [flow].poll_tick must be from 1ms to 100ms (every event can wait one "
-                          f"tick), got {config.flow.poll_tick!r}")
+    for key in ("poll_tick", "poll_tick_max"):
+        text = getattr(config.flow, key)
+        try:
+            tick_ms = _duration_ms(text)
+        except ValueError:
+            raise ConfigError(f"{origin}: [flow].{key}: not a duration: {text!r} (e.g. 5ms, 20ms)") from None
+        if not 1 <= tick_ms <= 100:
+            raise ConfigError(f"{origin}: [flow].{key} must be from 1ms to 100ms (every event can wait one "
+                              f"tick), got {text!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
     if config.state.shard_placement not in ("balanced", "hash"):
         raise ConfigError(f"{origin}: [state].shard_placement must be \"balanced\" or \"hash\", "

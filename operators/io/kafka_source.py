@@ -41,6 +41,13 @@ _commit_warned_at = -_COMMIT_WARN_EVERY_S
 # per-activation cost was most of what a live event cost over a backlog one). A full fetch (a
 # backlog) polls again at once.
 POLL_TICK_S = 0.005  # flow.poll_tick's default
+# While the process reads more than QUIET_RATE events a second, the grid's step grows in whole ticks,
+# up to flow.poll_tick_max at BUSY_RATE: a busy process runs the dataflow less often, each time for
+# more events, which is where live events cost more than a backlog's (docs/performance.md); a quiet one
+# keeps the short step, since there a click waits for it and the CPU has room.
+QUIET_RATE = 1_000.0
+BUSY_RATE = 4_000.0
+_RATE_WINDOW_S = 0.5  # how long the grid counts events before it picks its step again
 _EPOCH = datetime.fromtimestamp(0, UTC)
 # At most one Progress report per partition this often (the first and a partition's last go at once).
 _PROGRESS_EVERY_S = 0.05
@@ -111,6 +118,43 @@ def next_tick(now_s: float, tick_s: float = POLL_TICK_S) -> datetime:
     return _EPOCH + timedelta(microseconds=(int(now_s * 1_000_000) // tick_us + 1) * tick_us)
 
 
+def grid_step(rate: float, tick_s: float, max_tick_s: float) -> float:
+    """The polling grid's step for a process reading `rate` events a second: `tick_s` up to QUIET_RATE,
+    `max_tick_s` from BUSY_RATE, whole ticks in between (so every step's ticks are ticks of the
+    shortest: partitions that picked their step a moment apart still wake together)."""
+    if max_tick_s <= tick_s or rate <= QUIET_RATE:
+        return tick_s
+    share = min(1.0, (rate - QUIET_RATE) / (BUSY_RATE - QUIET_RATE))
+    return tick_s * (1 + int(share * (max_tick_s / tick_s - 1) + 1e-9))
+
+
+class PollGrid:
+    """The grid every input partition of a process polls on once it has read what there was (the
+    inputs and the control reader share one: Bytewax advances their epochs together). Its step is
+    `grid_step` of the rate the partitions read at over the last _RATE_WINDOW_S."""
+
+    def __init__(self, tick_s: float = POLL_TICK_S, max_tick_s: float | None = None) -> None:
+        self.tick_s = tick_s
+        self.max_tick_s = max(tick_s, max_tick_s if max_tick_s is not None else tick_s)
+        self.step_s = tick_s
+        self._count = 0
+        self._since = time.monotonic()
+
+    def read(self, n: int, now: float) -> None:
+        """`n` events read at `now` (monotonic); worker threads race on the count, which only has to
+        be about right."""
+        self._count += n
+        elapsed = now - self._since
+        if elapsed >= _RATE_WINDOW_S:
+            rate, self._count, self._since = self._count / elapsed, 0, now
+            self.step_s = grid_step(rate, self.tick_s, self.max_tick_s)
+
+    def next_tick(self, now_s: float) -> datetime:
+        if self.max_tick_s > self.tick_s:
+            self.read(0, time.monotonic())  # traffic that stopped: back to the short step
+        return next_tick(now_s, self.step_s)
+
+
 _Headers = list[tuple[str, bytes | None]]  # as confluent-kafka gives them: a header may have no value
 
 
@@ -130,9 +174,9 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
     def __init__(self, config: dict[str, Any], topic: str, partition: int, offset: int,
                  batch_size: int, stop: threading.Event | None, stop_at_end: bool,
                  aligned: Aligned | None = None, exchange: Callable[[], None] | None = None,
-                 total: int = 0, poll_tick_s: float = POLL_TICK_S) -> None:
+                 total: int = 0, grid: PollGrid | None = None) -> None:
         self._consumer = Consumer(config)
-        self._tick_s = poll_tick_s
+        self._grid = grid or PollGrid()
         self._topic, self._partition = topic, partition
         self._next_offset = offset
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -331,6 +375,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._status.last_poll = now
         if batch:
             self._read.inc(len(batch))
+            self._grid.read(len(batch), now)
             self._refresh_lag(now)  # a local read of the watermark the fetch response carried: cheap
         elif now - self._lag_at >= _LAG_REFRESH_S:
             self._refresh_lag(now)
@@ -355,7 +400,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         # (alignment.limit); one with nothing more to read waits for the next tick (flow.poll_tick).
         if self._held:
             return datetime.now(UTC) + self._retry
-        return next_tick(time.time(), self._tick_s) if self._idle or self._drained else None
+        return self._grid.next_tick(time.time()) if self._idle or self._drained else None
 
     def snapshot(self) -> int:
         # Bytewax polls this partition in epoch k only once every earlier epoch has passed its
@@ -398,13 +443,13 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
                  start_from_beginning: bool = True, stop_at_end: bool = False, batch_size: int = 1000,
                  stop: threading.Event | None = None, start_positions: Mapping[str, int] | None = None,
                  aligned: Aligned | None = None, progress_topic: str | None = None,
-                 poll_tick_s: float = POLL_TICK_S) -> None:
+                 poll_tick_s: float = POLL_TICK_S, grid: PollGrid | None = None) -> None:
         """`start_positions` ("topic#partition" -> next offset) is a restored savepoint's: partitions
         Bytewax has no offset for start there, or at the beginning when the savepoint has none.
 
         `aligned`: pace the partitions in event time (operators/io/alignment.py); with
-        `progress_topic`, together with the other processes of the cluster. `poll_tick_s`: the
-        polling grid's step (`flow.poll_tick`).
+        `progress_topic`, together with the other processes of the cluster. `grid`: the polling grid,
+        shared with the process's other inputs (a fixed one of step `poll_tick_s` when not given).
         """
         self._kafka = dict(kafka)
         self._aligned = aligned
@@ -417,7 +462,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
         self._batch_size = batch_size
         self._stop = stop
         self._total = 0  # how many partitions list_parts found (each worker lists them all)
-        self._tick_s = poll_tick_s
+        self._grid = grid or PollGrid(poll_tick_s)
 
     def list_parts(self) -> list[str]:
         config = client_config(self._kafka, **{"group.id": self._group_id})
@@ -453,7 +498,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
         else:
             offset = self._start
         return _KafkaPartition(config, topic, int(partition), offset, self._batch_size, self._stop,
-                               self._stop_at_end, self._aligned, exchange, self._total, self._tick_s)
+                               self._stop_at_end, self._aligned, exchange, self._total, self._grid)
 
 
 # How long the final group commit may take. It is for lag tools only, and a drain must finish inside
