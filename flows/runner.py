@@ -164,7 +164,8 @@ class FlowRunner:
                                 f"another process running as process {me}, or is the port taken?") from exc
             if mine is not None and type(root_cause(exc)).__name__ == "PanicException":  # how a cluster fails
                 peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
-                                                  mine["started_at"] - cluster_hello.LOOK_BACK_MS, len(cluster))
+                                                  mine["started_at"] - cluster_hello.LOOK_BACK_MS, len(cluster),
+                                                  started_before_ms=drain.now_ms())
                 started_otherwise = cluster_hello.differences(mine, peers) or cluster_hello.lost_volumes(mine, peers)
                 if started_otherwise is not None:  # e.g. other --workers: Bytewax says only "Send thread panic"
                     raise Explained(started_otherwise) from exc

@@ -629,6 +629,15 @@ def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
     assert "processes in --addresses 3 there, 2 here" in refused[0]
     said = cluster_hello.peer_hellos(setup.kafka, topic, "g", now, 2, timeout_s=5)
     assert said[0]["started_at"] == now < said[0]["said_at"]  # said again since its start
+    # A cluster that failed is judged by the hellos of the starts that formed it, not by one a peer
+    # restarted since said (its state may read otherwise: it committed epochs in between).
+    failed_at = int(time.time() * 1000)
+    restarted = cluster_hello.hello("g", 1, 2, 1, 2, __version__, {}, failed_at + 1, addresses, resumes=True)
+    cluster_hello.publish_hello(setup.kafka, topic, {**mine, "process": 1, "said_at": failed_at - 1})
+    cluster_hello.publish_hello(setup.kafka, topic, restarted)
+    judged = cluster_hello.peer_hellos(setup.kafka, topic, "g", now, 2, timeout_s=5, started_before_ms=failed_at)
+    assert judged[1]["started_at"] == now and judged[1]["resumes"] is None
+    assert cluster_hello.peer_hellos(setup.kafka, topic, "g", now, 2, timeout_s=5)[1] == restarted
 
 
 def test_a_second_flow_on_a_running_flows_state_is_refused_and_changes_nothing(

@@ -76,9 +76,11 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
 
 
 def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
-                timeout_s: float = 10.0) -> dict[int, dict[str, Any]]:
+                timeout_s: float = 10.0, started_before_ms: int | None = None) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
-    read until every one of `processes` has said one and the topic is quiet, or `timeout_s`."""
+    read until every one of `processes` has said one and the topic is quiet, or `timeout_s`.
+    `started_before_ms`: only hellos of starts before then (a peer that restarted after the cluster
+    failed says what its next start found, not what the failed cluster ran with)."""
     found: dict[int, dict[str, Any]] = {}
     consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
     try:
@@ -96,7 +98,8 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
             quiet = 0 if batch else quiet + 1
             for msg in batch:
                 if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
-                    if record["said_at"] >= since_ms:
+                    if record["said_at"] >= since_ms and (started_before_ms is None
+                                                          or record["started_at"] < started_before_ms):
                         found[record["process"]] = record
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
