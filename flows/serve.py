@@ -64,6 +64,12 @@ def load_tokens(path: str) -> frozenset[str]:
     except OSError as exc:
         raise ConfigError(f"[serve].token_file: cannot read {path}: {exc.strerror}") from None
     tokens = frozenset(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    for number, line in enumerate(lines, 1):
+        token = line.strip()
+        if token and not token.startswith("#") and any(c.isspace() for c in token):
+            # `tok # note` would make "tok # note" the token and refuse every client sending "tok".
+            raise ConfigError(f"[serve].token_file: {path} line {number}: a token holds no spaces (a # comment "
+                              "goes on its own line)")
     if not tokens:
         raise ConfigError(f"[serve].token_file: {path} holds no token")
     return tokens

@@ -106,6 +106,14 @@ def test_a_savepoint_command_is_carried_out_only_while_wanted(tmp_path: Path) ->
     assert done is not None and "already holds a complete savepoint" in done
 
 
+def test_an_erase_with_a_bad_key_or_id_type_says_which_and_never_echoes_it() -> None:
+    bad_key = control({"command": "erase", "request_id": "r1", "customer_key": "NOTHEX-someone@example.com"})
+    assert isinstance(bad_key, DeadLetter) and "'customer_key' must be 32 lowercase hexadecimal" in bad_key.message
+    bad_type = control({"command": "erase", "request_id": "r1", "id_type": "fax", "id": "someone@example.com"})
+    assert isinstance(bad_type, DeadLetter) and "'id_type' must be one of [" in bad_type.message
+    assert "someone@example.com" not in bad_key.message + bad_type.message and "fax" not in bad_type.message
+
+
 def test_control_reasons_cover_the_control_only_reason() -> None:
     assert REASONS["unknown_command"] == "nextclick.control.UnknownCommand"
 

@@ -375,6 +375,9 @@ def test_serve_and_profile_settings(tmp_path: Path) -> None:
         load_config(path, environ={})
     (tmp_path / "tokens").write_text("# comment\n\n  abc  \n")
     assert load_tokens(str(tmp_path / "tokens")) == frozenset({"abc"})
+    (tmp_path / "inline").write_text("abc\ntok # the call center's\n")
+    with pytest.raises(ConfigError, match=r"line 2: a token holds no spaces \(a # comment goes on its own line\)"):
+        load_tokens(str(tmp_path / "inline"))
     (tmp_path / "empty").write_text("# none\n")
     for missing in ("", str(tmp_path / "empty"), str(tmp_path / "absent")):
         with pytest.raises(ConfigError):

@@ -57,11 +57,16 @@ def parse_condition(where: Where, text: Any, field: str = "when") -> Condition:
 _GROUPS = ("any", "all", "not")
 
 
-def parse_when_item(where: Where, raw: Any, field: str = "when") -> Condition | Group:
+MAX_GROUP_DEPTH = 16  # groups within groups: deeper is a generated file gone wrong, not a campaign
+
+
+def parse_when_item(where: Where, raw: Any, field: str = "when", depth: int = 1) -> Condition | Group:
     """A condition string, or a group table: `{ any = [...] }` (at least one holds), `{ all = [...] }`
     (every one holds) or `{ not = <condition, group or list> }` (a list under `not`: not all of it)."""
     if not isinstance(raw, dict):
         return parse_condition(where, raw, field)
+    if depth > MAX_GROUP_DEPTH:
+        raise where.fail(field, f"groups are nested more than {MAX_GROUP_DEPTH} deep")
     if len(raw) != 1 or next(iter(raw)) not in _GROUPS:
         raise where.fail(field, f"a group is a table with one key, any, all or not; got keys {sorted(raw)}")
     kind, body = next(iter(raw.items()))
@@ -69,7 +74,7 @@ def parse_when_item(where: Where, raw: Any, field: str = "when") -> Condition | 
         body = [body]
     if not isinstance(body, list) or not body:
         raise where.fail(field, f"'{kind}' needs a non-empty list of conditions or groups")
-    items = tuple(parse_when_item(where, item, field) for item in body)
+    items = tuple(parse_when_item(where, item, field, depth + 1) for item in body)
     return Group(kind, items, f"{kind}({', '.join(i.text for i in items)})")
 
 

@@ -19,6 +19,14 @@ from nextclick.operators.infra.clock import parse_duration_ms
 
 # What a duration that failed to read stands for while the rest of its item is checked.
 _PLACEHOLDER_MS = 60_000
+# The longest duration a rules file may give (a window, a cooldown, an expiry, a suppression): a
+# century, which stands for "for ever". Longer ones cannot be added to an event time (past year 9999,
+# or 64 bits), which stopped the flow at its first decision rather than at load.
+MAX_DURATION_MS = 36_500 * 86_400_000
+MAX_DURATION = "36500d"
+# The largest integer a rules file may give (a priority, a limit, a count): a decision carries some of
+# them as JSON numbers, which consumers read exactly only up to 2**53 - 1.
+MAX_INTEGER = 2**53 - 1
 # One part of a compound duration ("1d12h"): the syntax scenario offsets use too.
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -86,6 +94,9 @@ class Where:
         if ms < 0 or (ms == 0 and not zero):
             self.report(name, "must be positive" if not zero else "must not be negative")
             return _PLACEHOLDER_MS
+        if ms > MAX_DURATION_MS:
+            self.report(name, f"must be at most {MAX_DURATION} (100 years, for ever); got {raw!r}")
+            return _PLACEHOLDER_MS
         return ms
 
     def names(self, body: dict[str, Any], key: str, known: set[str] | frozenset[str],
@@ -115,10 +126,11 @@ class Where:
             return None
         return raw
 
-    def integer(self, body: dict[str, Any], key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, body: dict[str, Any], key: str, default: int, *, minimum: int = 0,
+                maximum: int = MAX_INTEGER) -> int:
         raw = body.get(key, default)
-        if not isinstance(raw, int) or isinstance(raw, bool) or raw < minimum:
-            self.report(key, f"must be an integer >= {minimum}")
+        if not isinstance(raw, int) or isinstance(raw, bool) or not minimum <= raw <= maximum:
+            self.report(key, f"must be an integer from {minimum} to {maximum}")
             return default
         return raw
 

@@ -50,6 +50,22 @@ _ATTRIBUTE_KEYS = {"type", "enum", "minimum", "maximum", "min_length", "max_leng
 # The envelope's fields that are personal data (accepted, never kept): a plan cannot keep them either.
 PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
                        if str(prop.get("description", "")).startswith("PII"))
+# Nor attributes named like personal data (`email_address`, `phone_number`, `date_of_birth`): any of
+# these words in the name, or a person's kind of name (`full_name`, `first_name`; `product_name` is not).
+PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "fax", "address", "ip", "ipv4",
+                       "ipv6", "surname", "firstname", "lastname", "fullname", "username", "birth", "birthday",
+                       "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode"})
+_PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
+                     "contact", "person", "real", "legal"})
+
+
+def looks_personal(name: str) -> bool:
+    """Whether an attribute's name reads as personal data (see PII_WORDS)."""
+    if name in PII_FIELDS:
+        return True
+    words = name.split("_")
+    return bool(PII_WORDS.intersection(words)) or any(
+        word == "name" and i > 0 and words[i - 1] in _PERSON for i, word in enumerate(words))
 
 
 class PlanError(NextclickError, ValueError):
@@ -168,10 +184,11 @@ def _add_attribute(where: _Where, field: str, schema: dict[str, Any], name: str,
     if not isinstance(spec, dict):
         raise where.fail(field, "must be a table, e.g. { type = \"string\", max_length = 128 }")
     where.keys(field, spec, _ATTRIBUTE_KEYS)
-    if spec.get("pii", False) is not False or name in PII_FIELDS:
+    if spec.get("pii", False) is not False or looks_personal(name):
         raise where.fail(field if "pii" not in spec else f"{field}.pii",
-                         "personal data cannot be a targeting attribute: the flow keeps none (send it, if at "
-                         "all, in an envelope PII field, which is accepted and dropped)")
+                         "personal data cannot be a targeting attribute (a name with a word such as email, phone, "
+                         "address, ip or birth, or a person's name, reads as personal data): the flow keeps none "
+                         "(send it, if at all, in an envelope PII field, which is accepted and dropped)")
     if not _NAME.fullmatch(name):
         raise where.fail(field, "an attribute's name is lowercase letters, digits and _ (at most 64)")
     if name in schema["properties"]:
@@ -213,6 +230,10 @@ def _add_attribute(where: _Where, field: str, schema: dict[str, Any], name: str,
     required = spec.get("required", False)
     if not isinstance(required, bool):
         raise where.fail(f"{field}.required", "must be true or false")
+    if required and shipped:
+        raise where.fail(f"{field}.required", f"a new attribute of the shipped type {field.split('.')[1]!r} "
+                                              "cannot be required: every event producers send today without it "
+                                              "would be dead-lettered; leave it optional")
     description = spec.get("description")
     if description is not None:
         if not isinstance(description, str):

@@ -299,6 +299,10 @@ def read_toml(path: str | os.PathLike[str], error: type[ValueError]) -> dict[str
         raise error(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: invalid TOML: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+    except RecursionError:
+        raise error(f"{path}: invalid TOML: arrays or tables nested too deep to read") from None
 
 
 _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyConfig,

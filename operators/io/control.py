@@ -105,6 +105,12 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     id_type, raw_id = body.get("id_type"), body.get("id")
     if id_type in ID_TYPES and isinstance(raw_id, str) and raw_id:
         return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source)
+    # Say which form was tried and what is wrong with it (never the value: it may be the identifier).
+    if customer_key is not None:
+        return refuse("missing_identifier", "erase 'customer_key' must be 32 lowercase hexadecimal characters "
+                                            "(the key `nextclick keys` prints)")
+    if id_type is not None and id_type not in ID_TYPES:
+        return refuse("missing_identifier", f"erase 'id_type' must be one of {sorted(ID_TYPES)}")
     return refuse("missing_identifier", "erase needs 'customer_key', 'customer_id', or 'id_type' and 'id'")
 
 

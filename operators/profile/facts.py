@@ -273,6 +273,22 @@ ATTRIBUTES: dict[str, Callable[[Facts, int], Any]] = {
 }
 
 
+_INTEGER, _NUMBER = frozenset({"integer"}), frozenset({"integer", "number"})
+SEGMENTS = ("prospect", "champion", "loyal", "lapsed_high_value", "lapsed", "new_customer", "active")
+# What each attribute above can hold: its JSON types and the values it takes (None: any), so that the
+# rules loader refuses a condition that can never hold (`segment == "loyl"`, `orders == true`).
+ATTRIBUTE_KINDS: dict[str, tuple[frozenset[str], tuple[str, ...] | None]] = {
+    **dict.fromkeys(("orders", "first_purchase", "last_purchase", "days_since_last_purchase", "days_since_complaint",
+                     "recency_score", "frequency_score", "monetary_score", "email_contacts", "call_center_contacts",
+                     "hours_since_last_order", *(f"hours_since_last_{c}_contact" for c in CHANNELS)), (_INTEGER, None)),
+    **dict.fromkeys(("lifetime_value", "average_order_value", "last_order_amount"), (_NUMBER, None)),
+    "segment": (frozenset({"string"}), SEGMENTS),
+    "preferred_channel": (frozenset({"string"}), tuple(CHANNELS)),
+    "last_order_channel": (frozenset({"string"}), tuple(CHANNELS)),
+    "last_order_category": (frozenset({"string"}), None),
+}
+
+
 def durable_view(facts: Facts, now_ms: int) -> dict[str, Any]:
     """Every durable attribute as of `now_ms` (`nextclick profile get`, `rules explain`)."""
     return {name: get(facts, now_ms) for name, get in ATTRIBUTES.items()}

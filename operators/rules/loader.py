@@ -16,19 +16,21 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from nextclick.operators.channels import DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
+from nextclick.operators.channels import CHANNELS, DECISION_CHANNELS, EVENT_CHANNELS, ID_TYPES
 from nextclick.operators.conditions.compiler import (
+    CUSTOMER_CHANNEL,
     TRIGGER_PREFIX,
     add_getter,
     compile_conditions,
     parse_condition,
     parse_when_item,
 )
-from nextclick.operators.conditions.fields import RulesError, Where, table
+from nextclick.operators.conditions.fields import MAX_INTEGER, RulesError, Where, table
 from nextclick.operators.conditions.model import Condition, Group, leaves
 from nextclick.operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
-from nextclick.operators.profile.facts import consent_keys
+from nextclick.operators.profile.facts import ATTRIBUTE_KINDS, consent_keys
+from nextclick.operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
 from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES
 from nextclick.operators.rules.compiler import attribute_getters
 from nextclick.operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
@@ -41,6 +43,10 @@ EVENT_TYPES = frozenset(EVENT_CHANNELS)
 _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "cooldown", "expiry", "purpose",
                 "promotion", "description", "require_address", "capped", "params"}
 _PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+# The attributes conditions read that no signal declares.
+_BUILT_IN = frozenset({*DURABLE_ATTRIBUTES, "trigger", CUSTOMER_CHANNEL})
+_BUILT_IN_KINDS: dict[str, Kinds] = {**ATTRIBUTE_KINDS, CUSTOMER_CHANNEL: (frozenset({"string"}), tuple(CHANNELS))}
 
 
 # What a trigger attribute can hold: its JSON types ("string", "number", "integer", "boolean") and
@@ -99,10 +105,13 @@ def _never_true(cond: Condition, kinds: Kinds) -> str | None:
         return None
     types, enum = kinds
     values = cond.value if cond.op == "in" else [cond.value]
+    if cond.op == "in" and not values:
+        return "'in' an empty list: never true"
     text_only = types == {"string"}
 
     def mismatched(value: Any) -> bool:
-        return (isinstance(value, str) and "string" not in types) or (text_only and not isinstance(value, str))
+        return ((isinstance(value, str) and "string" not in types) or (text_only and not isinstance(value, str))
+                or (isinstance(value, bool) and "boolean" not in types))
 
     if values and all(mismatched(v) for v in values):
         return (f"{cond.attribute!r} is {' or '.join(sorted(types))}, compared with "
@@ -119,17 +128,22 @@ def _consequence(attribute: str, broken: set[str]) -> bool:
 
 def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[str]], attributes: set[str],
                trigger_fields: dict[str, str], broken: set[str], errors: list[RulesError],
-               trigger_kinds: dict[str, dict[str, Kinds]] | None = None, require_address: bool = False
-               ) -> Rule | None:
+               trigger_kinds: dict[str, dict[str, Kinds]] | None = None, require_address: bool = False,
+               number: int = 0) -> Rule | None:
     """`triggers`: every name a rule can be `on` (event types, absences), with the attributes each
     carries. `trigger_fields`: signal attributes that read a trigger attribute. `broken`: signals
     that failed to load. `require_address`: the file's default (`[addresses] require`). Mistakes go to
     `errors`; None when there was one."""
     before = len(errors)
     rule_id = body.get("id")
-    if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id or ""):
-        errors.append(RulesError(f"{path}: rule {rule_id!r}: field 'id': must be lowercase letters, digits, _ . -"))
-    where = Where(path, f"rule {rule_id!r}", errors)
+    # A rule without a usable id is named by its place in the file.
+    label = f"rule {rule_id!r}" if isinstance(rule_id, str) and rule_id else f"[[rule]] #{number}"
+    if rule_id is None:
+        errors.append(RulesError(f"{path}: {label}: field 'id': is required (lowercase letters, digits, _ . -)"))
+    elif not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id):
+        errors.append(RulesError(f"{path}: {label}: field 'id': must be lowercase letters, digits, _ . -; "
+                                 f"got {rule_id!r}"))
+    where = Where(path, label, errors)
     where.check_keys(body, _RULE_FIELDS)
     when = body.get("when", [])
     conditions: list[Condition | Group] = []
@@ -169,28 +183,36 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     for cond in leaves(tuple(conditions)):
         before_condition = len(errors)
         known("when", cond.attribute, cond.text)
-        if trigger_kinds is not None and len(errors) == before_condition and known_on == on \
-                and cond.attribute.startswith(TRIGGER_PREFIX):
-            attribute = cond.attribute[len(TRIGGER_PREFIX):]
-            found = [trigger_kinds[t][attribute] for t in on if attribute in trigger_kinds.get(t, {})]
-            why = _never_true(cond, _union(found)) if found else None
-            if why:
-                where.report("when", f"in {cond.text!r}: {why}")
+        if len(errors) > before_condition:
+            continue
+        why = None
+        if cond.attribute.startswith(TRIGGER_PREFIX):
+            if trigger_kinds is not None and known_on == on:
+                attribute = cond.attribute[len(TRIGGER_PREFIX):]
+                found = [trigger_kinds[t][attribute] for t in on if attribute in trigger_kinds.get(t, {})]
+                why = _never_true(cond, _union(found)) if found else None
+        elif cond.attribute in _BUILT_IN_KINDS:  # a profile attribute (no signal may take its name)
+            why = _never_true(cond, _BUILT_IN_KINDS[cond.attribute])
+        if why:
+            where.report("when", f"in {cond.text!r}: {why}")
     params = _params(where, body.get("params", {}))
     for name, attribute in params:
         known(f"params.{name}", attribute, attribute)
     action = body.get("action")
-    if not isinstance(action, str) or not action:
+    if action is None:
         where.report("action", "is required (e.g. send_email, show_ad, call_back)")
+    elif not isinstance(action, str) or not action:
+        where.report("action", f"must be a non-empty string (e.g. send_email, show_ad, call_back); got {action!r}")
     channel = body.get("channel")
     if channel not in DECISION_CHANNELS:
         where.report("channel", f"must be one of {list(DECISION_CHANNELS)}; got {channel!r}")
+    for key in ("offer", "description"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            where.report(key, "must be a string")
     offer = body.get("offer")
-    if offer is not None and not isinstance(offer, str):
-        where.report("offer", "must be a string")
     priority = body.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        where.report("priority", "must be an integer (higher wins)")
+    if not isinstance(priority, int) or isinstance(priority, bool) or abs(priority) > MAX_INTEGER:
+        where.report("priority", f"must be an integer from -{MAX_INTEGER} to {MAX_INTEGER} (higher wins)")
     promotion = body.get("promotion", True)
     if not isinstance(promotion, bool):
         where.report("promotion", "must be true or false")
@@ -248,8 +270,8 @@ def _cap(where: Where, key: str, raw: Any) -> Cap:
         raise where.fail(f"{key}.{unknown[0]}", "unknown field; a cap has only limit and window "
                                                 "(caps by purpose: [caps] purposes, or a rule's capped = false)")
     limit = raw["limit"]
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise where.fail(f"{key}.limit", "must be a non-negative integer")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= MAX_INTEGER:
+        raise where.fail(f"{key}.limit", f"must be an integer from 0 to {MAX_INTEGER}")
     return Cap(limit, where.duration(raw, "window", name=f"{key}.window"))
 
 
@@ -268,6 +290,12 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError],
     broken: set[str] = set()
     for name, body in _section(path, doc, "signals", errors).items():
         before = len(errors)
+        if not _SIGNAL_NAME.fullmatch(name):
+            errors.append(RulesError(f"{path}: signal {name!r}: the name must be lowercase letters, digits and _, "
+                                     "starting with a letter (conditions read it as an attribute)"))
+        elif name in event_types:
+            errors.append(RulesError(f"{path}: signal '{name}': the name is an event type's: a rule on "
+                                     f"'{name}' would fire on both"))
         try:
             signal = load_signal(path, name, body, event_types, errors)
         except RulesError as error:
@@ -285,6 +313,18 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError],
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(RulesError(f"{path}: signal '{name}': the name is used twice (a companion of a "
                                  f"signal with reset_on is named <signal>@reset)"))
+    # What conditions read by name: a signal's attribute that is a profile attribute's, or another
+    # signal's, would replace it without a word (`[signals.orders]` counting page views).
+    provided: dict[str, str] = {}
+    for signal in signals:
+        for attribute in signal.attributes:
+            if attribute in _BUILT_IN:
+                errors.append(RulesError(f"{path}: signal '{signal.name}': it gives the attribute '{attribute}', "
+                                         "which is a profile attribute's name; name the signal otherwise"))
+            elif attribute in provided and provided[attribute] != signal.name:
+                errors.append(RulesError(f"{path}: signal '{signal.name}': it gives the attribute '{attribute}', "
+                                         f"which signal '{provided[attribute]}' gives too; name one otherwise"))
+            provided.setdefault(attribute, signal.name)
     return signals, broken
 
 
@@ -323,6 +363,8 @@ def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionS
     for n, body in enumerate(raw, start=1):
         where = Where(path, f"[[suppression.scope]] #{n}", errors)
         where.check_keys(body, {"channels", "purposes", "after_complaint", "description"})
+        if body.get("channels") == []:
+            where.report("channels", "must name at least one channel (leave it out: every channel)")
         channels = where.names(body, "channels", set(DECISION_CHANNELS), required=False)
         purposes = body.get("purposes")
         if purposes is not None and (not isinstance(purposes, list) or not purposes
@@ -387,7 +429,7 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
             errors.append(error)
             continue
         rule = _load_rule(path, body, triggers, set(getters), trigger_fields, broken, errors, trigger_kinds,
-                          require_address)
+                          require_address, i + 1)
         if rule is not None:
             rules.append(rule)
     seen: set[str] = set()
@@ -426,6 +468,15 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     where.check_keys(suppression, {"after_complaint", "scope"})
     after_complaint = where.duration(suppression, "after_complaint", "30d")
     scopes = _scopes(path, suppression.get("scope"), errors)
+    # A purpose no rule has (a typo: "marketting") would cap or suppress nothing, without a word.
+    purposes = {r.purpose for r in rules}
+    named = [("[caps]", "purposes", capped_purposes or ())] + [
+        (f"[[suppression.scope]] #{n}", "purposes", scope.purposes or ()) for n, scope in enumerate(scopes, 1)]
+    for item, field, listed in named:
+        unknown = sorted(set(listed) - purposes)
+        if unknown and len(rules) == len(raw_rules):  # every rule loaded: their purposes are all known
+            errors.append(RulesError(f"{path}: {item}: field '{field}': no rule has the purpose(s) {unknown}; "
+                                     f"the rules' purposes: {sorted(purposes)}"))
     dedupe = _section(path, doc, "dedupe", errors)
     where = Where(path, "[dedupe]", errors)
     where.check_keys(dedupe, {"horizon"})

@@ -65,7 +65,8 @@ def read_by(body: dict[str, Any], where: Where, events: frozenset[str]) -> tuple
     by = where.string(body, "by")
     if by is not None:
         check_attribute(where, "by", by, events)
-    return by, where.integer(body, "max_groups", MAX_GROUPS, minimum=1)
+    # State is kept per customer: as unmatched's max_keys, a thousand groups at most.
+    return by, where.integer(body, "max_groups", MAX_GROUPS, minimum=1, maximum=1000)
 
 
 def load_windowed(kind: str, name: str, body: dict[str, Any], where: Where, event_types: frozenset[str], *,

@@ -102,7 +102,7 @@ RULE_ERRORS = [
     ({"on": '["views"]'}, "on", ["['views'] can be read in 'when' but not triggered on"]),  # a window: no trigger
     ({"on": None}, "on", ["at least one"]),
     ({"action": None}, "action", ["required"]),
-    ({"action": '""'}, "action", ["required"]),
+    ({"action": '""'}, "action", ["non-empty string"]),
     ({"cooldown": '"3 weeks"'}, "cooldown", ["not a duration"]),
     ({"expiry": '"0m"'}, "expiry", ["must be positive"]),
     ({"cooldown": "-5"}, "cooldown", ["must be positive"]),

@@ -188,3 +188,54 @@ def test_a_rule_on_an_unknown_type_gets_one_error_not_a_second_about_its_attribu
     ruleset, errors = check_rules(write_rules(tmp_path, text))
     assert ruleset is None and len(errors) == 1, errors
     assert "field 'on': unknown name(s) ['wishlist_add']" in str(errors[0])
+
+
+# Mistakes that loaded and then stopped the flow at its first decision (numbers past what a decision
+# can carry), or that changed decisions without a word (a shadowed attribute, a purpose no rule has).
+MISTAKES = {
+    "priority past 2**53": (BASE_RULE + "priority = 99999999999999999999\n", "field 'priority': must be an integer"),
+    "expiry past year 9999": (BASE_RULE + 'expiry = "100000000d"\n', "field 'expiry': must be at most 36500d"),
+    "cooldown past 64 bits": (BASE_RULE + 'cooldown = "9999999999999999999999h"\n',
+                              "field 'cooldown': must be at most 36500d"),
+    "signal window": (BASE_RULE + '[signals.pv]\nkind = "count"\nevents = ["page_view"]\nwindow = "99999999999d"\n',
+                      "signal 'pv': field 'window': must be at most 36500d"),
+    "cap limit": (BASE_RULE + '[caps]\nemail = { limit = 99999999999999999999, window = "1d" }\n',
+                  "field 'email.limit': must be an integer from 0 to"),
+    "signal shadows orders": (BASE_RULE + '[signals.orders]\nkind = "count"\nevents = ["page_view"]\nwindow = "1h"\n',
+                              "signal 'orders': it gives the attribute 'orders', which is a profile attribute's"),
+    "two signals, one attribute": (
+        BASE_RULE + '[signals.cart]\nkind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]\n'
+                    'after = "1h"\n[signals.cart_pending]\nkind = "count"\nevents = ["page_view"]\nwindow = "1h"\n',
+        "signal 'cart_pending': it gives the attribute 'cart_pending', which signal 'cart' gives too"),
+    "signal named like an event type": (
+        BASE_RULE + '[signals.purchase]\nkind = "count"\nevents = ["page_view"]\nwindow = "1h"\n',
+        "signal 'purchase': the name is an event type's"),
+    "signal name with a dot": (BASE_RULE + '[signals."a.max"]\nkind = "count"\nevents = ["page_view"]\nwindow = "1h"\n',
+                               "signal 'a.max': the name must be lowercase letters, digits and _"),
+    "cap purpose typo": (BASE_RULE + '[caps]\npurposes = ["marketting"]\nemail = { limit = 1, window = "1d" }\n',
+                         "[caps]: field 'purposes': no rule has the purpose(s) ['marketting']"),
+    "scope purpose typo": (BASE_RULE + '[[suppression.scope]]\npurposes = ["marketting"]\nafter_complaint = "1d"\n',
+                           "[[suppression.scope]] #1: field 'purposes': no rule has the purpose(s) ['marketting']"),
+    "scope with no channel": (BASE_RULE + '[[suppression.scope]]\nchannels = []\nafter_complaint = "1d"\n',
+                              "field 'channels': must name at least one channel"),
+    "segment typo": (BASE_RULE + 'when = [\'segment == "loyl"\']\n', "'segment' is one of ["),
+    "orders compared with true": (BASE_RULE + "when = ['orders == true']\n", "'orders' is integer, compared with bool"),
+    "in an empty list": (BASE_RULE + "when = ['segment in []']\n", "'in' an empty list: never true"),
+    "groups nested 17 deep": (BASE_RULE + "when = [" + "{ not = " * 17 + "'orders > 1'" + " }" * 17 + "]\n",
+                              "groups are nested more than 16 deep"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_a_mistake_that_used_to_load_is_refused_by_name(tmp_path: Path, mistake: str) -> None:
+    text, words = MISTAKES[mistake]
+    ruleset, errors = check_rules(write_rules(tmp_path, text))
+    assert ruleset is None and len(errors) == 1 and words in str(errors[0]), errors
+
+
+def test_a_rules_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_bytes(b"\xff\xfe[[rule]]\n")
+    ruleset, errors = check_rules(path)
+    assert ruleset is None and [str(e) for e in errors] == [f"{path}: invalid TOML: not UTF-8 text (byte 0 cannot be "
+                                                            "decoded)"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nextclick.operators.conditions.compiler import View
+from nextclick.operators.conditions.fields import RulesError
 from nextclick.operators.records import Trigger
 from nextclick.operators.rules.loader import load_rules
 from tests.helpers import HOUR, MIN, T0, Customer, fired, reasons, write_rules
@@ -68,12 +69,15 @@ def test_a_condition_on_a_missing_value_is_false_except_equality(tmp_path: Path,
 
 
 def test_a_mismatched_type_is_false_not_an_error(tmp_path: Path) -> None:
-    # A trigger attribute's type is declared (its schema), so `rules check` refuses the comparison
-    # (tests/domain/test_rules_v3.py); where a type is not declared, a mismatch is false at run time.
+    # A trigger attribute's type is declared (its schema), and so is a profile attribute's, so `rules
+    # check` refuses the comparison (tests/domain/test_rules_v3.py); where a type is not declared (a
+    # signal's `where` over an event attribute), a mismatch is false at run time.
     text = rules("> 'one'").replace("trigger.items > 'one'", "trigger.items > 100")
+    with pytest.raises(RulesError, match="'days_since_last_purchase' is integer, compared with a string: never true"):
+        load_rules(write_rules(tmp_path, text))
+    text = text.replace("days_since_last_purchase > 'one'", "days_since_last_purchase > 100000")
     c = Customer(load_rules(write_rules(tmp_path, text)))
     assert fired(c.send("purchase", T0, amount=1.0, items=2)) == []
-    assert fired(c.send("app_open", T0 + 1)) == []  # days_since_last_purchase > 'one'
     c.send("add_to_cart", T0 + 1, quantity=2)
     assert View(c.profile, Trigger("page_view", "t", T0 + 2, {}), c.ruleset.getters).get("dear_carts") == 0
 

@@ -103,7 +103,7 @@ window = "1h"
     ('kind = "sum"\nevents = ["page_view"]\nwindow = "1h"\nfield = "amount"', ["field 'field'", "'amount'"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nby = "sku"', ["field 'by'", "'sku'"]),
     ('kind = "count"\nevents = ["page_view"]\nwindow = "1h"\nby = "category"\nmax_groups = 0',
-     ["field 'max_groups'", ">= 1"]),
+     ["field 'max_groups'", "from 1 to"]),
     ('kind = "last"\nevents = ["page_view"]\nwindow = "1h"\nby = "category"', ["field 'by'", "unknown field"]),
     ('kind = "sum"\nevents = ["add_to_cart"]\nfield = "amount"\nwindow = "1h"\nreset_on = ["purchace"]',
      ["field 'reset_on'", "purchace"]),
@@ -393,7 +393,7 @@ policy = "keep"
     expected = [("signal 'views'", "field 'events'", "page_veiw"), ("signal 'views'", "field 'window'", "soon"),
                 ("rule 'a'", "field 'when'", "okk"), ("rule 'a'", "field 'channel'", "fax"),
                 ("rule 'a'", "field 'cooldown'", "1 week"), ("rule 'B'", "field 'id'", "lowercase"),
-                ("[caps]", "field 'ads.limit'", "non-negative"), ("[late]", "field 'policy'", "drop")]
+                ("[caps]", "field 'ads.limit'", "from 0 to"), ("[late]", "field 'policy'", "drop")]
     assert len(messages) == len(expected), "\n".join(messages)
     for message, words in zip(messages, expected):
         assert all(w in message for w in words), (message, words)
