@@ -125,6 +125,9 @@ class MoveOut:
     into: str
     route: str
     source: SourcePosition | None = None
+    # The link event's time: the profile's absences due by it fire first, on the profile as it stands,
+    # as an event at that time would fire them (operators/engine/steps.py, `on_event`).
+    at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class MergeExpect:
     sources: tuple[str, ...]
     ids: dict[str, list[str]]
     source: SourcePosition | None = None
+    at_ms: int | None = None  # as MoveOut's: the customer's own absences due by it fire before the merge
 
 
 @dataclass(frozen=True, slots=True)

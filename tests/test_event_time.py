@@ -65,7 +65,9 @@ class Story:
             return {"event_id": eid, "type": etype, "ts": ts, **fields}
 
         buyer, abandoner, customer, cookie, email = "buyer-1", "abandoner-1", "C-stitch", "ck-stitch", "s@example.org"
+        late_customer, late_cookie = "C-late", "ck-late"
         self.buyer, self.abandoner = key("customer", buyer), key("customer", abandoner)
+        self.late_customer = key("customer", late_customer)
         self.customer, self.email = key("customer", customer), key("email", email)
         cart = {"sku": "sku-7", "amount": 80.0, "quantity": 1, "category": "shoes"}
         self.special: list[tuple[int, Message]] = [
@@ -86,10 +88,23 @@ class Story:
             (t0 + 2 * MIN, _msg(cookie, cookie, ev("s2", "add_to_cart", t0 + 2 * MIN, **cart))),
             (t0 + 7 * MIN, _msg(cookie, cookie, ev("s3", "login", t0 + 7 * MIN, customer_id=customer,
                                                    email=email, method="password"))),
+            # A visitor's cart by cookie, and the sign-in 3 minutes after its hour and the allowed lateness
+            # passed: the cart was abandoned on the cookie's profile, which has no consent (no email).
+            # Judged after the merge, on the customer's, when the merge reached the shard first.
+            (t0 - HOUR, _msg(late_customer, late_customer, ev("l1", "consent", t0 - HOUR, customer_id=late_customer,
+                                                              channel="email", purpose="marketing", granted=True))),
+            (t0 + 3 * MIN, _msg(late_cookie, late_cookie, ev("l2", "add_to_cart", t0 + 3 * MIN, **cart))),
+            (t0 + 71 * MIN, _msg(late_cookie, late_cookie, ev("l3", "login", t0 + 71 * MIN,
+                                                              customer_id=late_customer, method="password"))),
+            # A producer with a fast clock, right after the buyer's cart (placed there, dated four minutes
+            # ahead of the clock): read as "now", it made its partition look caught up, the frontier
+            # jumped to the clock and the buyer's cart fired before the purchase was read.
+            (t0 + 1, _msg("fast-clock", "fast-clock", ev("f1", "page_view", now + 4 * MIN,
+                                                         page_type="home", category="shoes"))),
         ]
 
     def one_topic(self) -> list[Message]:
-        """Everything on one topic, in event-time order."""
+        """Everything on one topic, in event-time order (the fast clock's event where it is placed)."""
         timed = [(orjson.loads(m[2])["ts"], i, m) for i, m in enumerate(self.background)]
         timed += [(ts, -1, m) for ts, m in self.special]
         return [m for _, _, m in sorted(timed, key=lambda x: (x[0], x[1]))]
@@ -124,6 +139,8 @@ def _check(story: Story, decisions: list[tuple[str, dict[str, Any], dict[str, by
     stitched = [body for k, body in carts if k == story.customer]
     assert len(stitched) == 1, [body["customer"] for _, body in carts]
     assert stitched[0]["address"] == {"id_type": "email", "key": story.email}
+    # The cart abandoned before the late sign-in: judged on the cookie's profile, with no consent.
+    assert [k for k, _ in carts if k == story.late_customer] == []
 
 
 def test_a_backlog_hours_old_gives_the_decisions_live_traffic_would(

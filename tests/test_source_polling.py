@@ -195,3 +195,37 @@ def test_the_grid_follows_the_rate_read_and_comes_back_when_traffic_stops() -> N
 def test_a_poll_tick_out_of_range_is_refused_in_one_line(tick: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"\[flow\]\.{key.lower()}"):
         load_config(None, {f"NEXTCLICK_FLOW__{key}": tick})
+
+
+def test_one_event_ahead_of_the_clock_in_a_backlog_leaves_the_partition_behind(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    """A backlog three hours old with one event a minute ahead of the clock (a producer's fast clock,
+    within the parser's limit) in its middle. Read as "now", it made the partition look caught up: its
+    report said None, the frontier jumped to the clock and every pending timer fired hours early. Its
+    reports must stay at the backlog's event times until the partition reaches its end."""
+    topic = f"{topic_prefix}.future"
+    ensure_topics(kafka, {topic: 1})
+    now_ms = int(time.time() * 1000)
+    old = now_ms - 3 * 3_600_000
+    producer = Producer(kafka)
+    values = _events(20, old, "a") + _events(1, now_ms + 60_000, "future") + _events(20, old + 100, "b")
+    for value in values:
+        producer.produce(topic, value, b"c1", partition=0)
+    assert producer.flush(10) == 0
+    source = KafkaInput(kafka, [topic], group_id=topic_prefix, stop_at_end=True, batch_size=5,
+                        aligned=Aligned(Alignment(60_000, 10_000), lambda: now_ms, ParseConfig()))
+    part = source.build_part("kafka_in", f"{topic}#0", None)
+    reports: list[tuple[int, int | None]] = []  # (messages read by then, the floor reported)
+    read = 0
+    try:
+        deadline = time.monotonic() + 20
+        while read < len(values) and time.monotonic() < deadline:
+            batch = part.next_batch()
+            read += sum(1 for m in batch if not isinstance(m, Progress))
+            reports += [(read, m.floor) for m in batch if isinstance(m, Progress)]
+            time.sleep(0.06)  # past the reports' rate limit: every poll may report
+    finally:
+        part.close()
+    assert read == len(values) and len(reports) > 3
+    before_the_end = [floor for at, floor in reports if at < len(values)]
+    assert before_the_end and all(f is not None and f <= old + 120 for f in before_the_end), reports

@@ -217,8 +217,8 @@ class IdentityState:
         self.graph.apply(merge)
         into, target = merge.into, self.route(merge.anchor, merge.into)
         for anchor, key in merge.sources:
-            out.append((self.route(anchor, key), MoveOut(key, into, target)))
-        out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids)))
+            out.append((self.route(anchor, key), MoveOut(key, into, target, at_ms=event.ts)))
+        out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids, at_ms=event.ts)))
         out.append((target, event if event.customer == into else
                     replace_event(event, customer=into, id_type=merge.anchor)))
         metrics.LINKS.labels(merge.anchor).inc()

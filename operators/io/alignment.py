@@ -24,8 +24,11 @@ undercount them.
 
 Event time is the payload's `ts`, read cheaply here (msgspec decodes that one field and skims the
 rest). A message whose `ts` cannot be read, or that the parser will refuse as too old or too far
-ahead, never waits: it is delivered at once and dead-lettered downstream. A `ts` ahead of the clock
-counts as now, so a producer with a fast clock cannot hold its partition back in live traffic.
+ahead, never waits: it is delivered at once and dead-lettered downstream. Nor does a `ts` ahead of
+the clock (within the parser's limit): it goes at once and does not move its partition's floor. Read
+as "now", one such event in a backlog hours old made its partition look caught up, and the
+event-time frontier jumped to the clock, firing every pending timer hours early; it also held the
+rest of its partition back until every other one had ended.
 
 Within a process the partitions share one `Alignment` (per flow). Across the processes of a cluster,
 each publishes its partitions' floors to a small compacted topic (`topics.progress`, keyed by
@@ -83,10 +86,11 @@ _decode_ts = msgspec.json.Decoder(_Ts).decode
 
 
 def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
-    """The message's `ts` as the parser reads it, at most `now_ms`; UNREADABLE when it must not wait.
+    """The message's `ts` as the parser reads it; UNREADABLE when it must not wait.
 
-    UNREADABLE: no value, too large, not a JSON object, no valid `ts`, or a `ts` the parser refuses
-    (older than `max_age_ms`, further ahead than `max_future_skew_ms`, before year 1). Never raises:
+    UNREADABLE: no value, too large, not a JSON object, no valid `ts`, a `ts` the parser refuses
+    (older than `max_age_ms`, further ahead than `max_future_skew_ms`, before year 1), or a `ts`
+    ahead of `now_ms` (see the module docstring: it must not stand for the partition's position). Never raises:
     this runs in the source, before the parser, so an exception here would stop the flow on the same
     message at every restart, with nothing dead-lettered. Whatever it cannot read is UNREADABLE, and
     the parser names the reason.
@@ -103,7 +107,7 @@ def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
                 return UNREADABLE
             ts = _rfc3339_ms(ts) if type(ts) is str else parse_ts(ts)
         if ts > now_ms:
-            return UNREADABLE if ts - now_ms > config.max_future_skew_ms else now_ms
+            return UNREADABLE
         if config.max_age_ms > 0:
             if now_ms - ts > config.max_age_ms:
                 return UNREADABLE

@@ -165,7 +165,7 @@ class Aligned(NamedTuple):
     its floor for the frontier the flow's timers fire by (operators/frontier.py)."""
 
     alignment: Alignment
-    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it counts as now
+    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it never waits and moves no floor
     parse: ParseConfig  # the parser's bounds: what it refuses never waits
     pace: bool = True
 

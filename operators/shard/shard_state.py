@@ -339,13 +339,41 @@ class ShardState:
             elif isinstance(value, EraseRequest):
                 self.erase(value.customer, count=not value.part)
             elif isinstance(value, MoveOut):
+                self._turn_before_merge(value.customer, value.at_ms, out)
                 out.append(barrier.move_out(value))
             elif isinstance(value, MergeExpect):
+                self._turn_before_merge(value.customer, value.at_ms, out)
                 released = barrier.expect(value)
             if released:  # the merged customer's items that waited: next, in their order
                 queue.extendleft(reversed(released))
         if run:
             self._apply_events(run, out)
+
+    def _turn_before_merge(self, customer: str, at_ms: int | None, out: list[ShardOutput]) -> None:
+        """A merge is an event at its link's time on every profile it joins: absences due by then fire
+        first, on the profile as it stands (an event would fire them before it is applied), not later
+        on the merged profile. Otherwise whether a cart abandoned before a sign-in is judged with the
+        signed-in profile's consent and addresses would depend on whether the frontier's timer turn or
+        the merge reached the shard first: on batching, partitions and processes."""
+        if at_ms is None:
+            return
+        cache = self.cache
+        profiles, created, _ = cache.load([customer])
+        if customer in created:  # nothing stored: nothing due
+            del profiles[customer]
+            cache.live.pop(customer, None)
+            return
+        profile = profiles.get(customer)
+        if profile is None:  # quarantined
+            return
+        due = due_at(profile, self.ctx.ruleset)
+        if due is None or due > at_ms:
+            return
+        cache.changing(profiles)
+        outcome = Outcome()
+        self.runner.run(customer, profile, at_ms, outcome, profiles)
+        cache.changed(profiles)
+        account(outcome, out, profiles)
 
     def _apply_events(self, events: list[Event], out: list[ShardOutput], *, turn: bool = True) -> None:
         """One run of events: loaded once, applied in order, a failed one dead-lettered and undone.

@@ -140,3 +140,38 @@ def test_a_second_merge_in_the_batch_is_applied_before_the_first_merges_timers_f
     early = _two_logins_in_one_batch(tmp_path / "frontier-first", frontier_first=True)
     assert early == late
     assert late and all(version == 6 for _, version in late)  # 2 events of theirs, 2 logins, 2 moved
+
+
+def _late_sign_in(tmp_path: Path, frontier_first: bool) -> list[tuple[str, str]]:
+    """A cookie's cart with no consent, then a sign-in (the cookie's profile merged into a customer who
+    consented) 70 minutes later: after the cart's deadline and the allowed lateness. The frontier's
+    timer turn and the merge reach the shard in either order. The decisions, as (rule, customer)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
+                       sync=False, await_frontier=True)
+    shard = ShardLogic(ctx, None)
+    out: list[Any] = []
+    out += shard.on_batch([consent(T0, customer="w", event_id="c"),
+                           make_event("add_to_cart", T0 + MIN, customer="a", event_id="cart", sku="s", amount=20.0,
+                                      quantity=1, category="bags"),
+                           Frontier(0, T0 + 2 * MIN)])[0]
+    at = T0 + 70 * MIN
+    merge = [MoveOut("a", "w", "0", at_ms=at), MergeExpect("w", ("a",), {"customer": ["w"], "cookie": ["a"]}, at_ms=at),
+             make_event("login", at, customer="w", event_id="login")]
+    past_the_cart = Frontier(0, T0 + 2 * HOUR)
+    steps: list[list[Any]] = [[past_the_cart], merge] if frontier_first else [merge, [past_the_cart]]
+    for items in steps:
+        result = shard.on_batch(items)[0] + shard.on_notify()[0]
+        out += result
+        moved = [m for m in result if isinstance(m, MoveIn)]
+        if moved:
+            out += shard.on_batch(moved)[0] + shard.on_notify()[0]
+    return sorted((d.rule_id, d.customer) for d in out if isinstance(d, Decision))
+
+
+def test_a_cart_abandoned_before_a_sign_in_is_judged_on_the_profile_it_was_abandoned_on(tmp_path: Path) -> None:
+    """The merge is an event at the sign-in's time on the cookie's profile: the cart, due before it, is
+    judged there (no consent: no email) whether the frontier's timer turn or the merge came first. It
+    used to move with the profile when the merge came first and be sent, with the customer's consent."""
+    late = _late_sign_in(tmp_path / "merge-first", frontier_first=False)
+    early = _late_sign_in(tmp_path / "frontier-first", frontier_first=True)
+    assert late == early == []
