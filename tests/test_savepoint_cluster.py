@@ -47,7 +47,7 @@ from nextclick.operators.tools.savepoint import (
     online_destination,
     restore,
 )
-from nextclick.operators.tools.startup import check_start, state_families
+from nextclick.operators.tools.startup import check_start, reset_state, state_families
 from tests.flowrun import (
     REPO,
     FlowSetup,
@@ -284,6 +284,27 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     with pytest.raises(SavepointError, match=r"sp/savepoint.json is a file: give the savepoint's directory"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "sp" / "savepoint.json",
                 init_recovery=lambda d: None)
+
+
+def test_state_reset_clears_an_interrupted_restore(tmp_path: Path) -> None:
+    """Reset said "destroyed" but left the restore's marker, and every later start was refused with a
+    line that sent the operator back to reset; and a killed restore's staging stayed for ever."""
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "source", str(shared))
+    _write_parts(config, str(shared / "sp"), "tok")
+    finish_online(config, shared / "sp", timeout_s=10)
+    pod = _deployment(tmp_path / "pod", str(shared))
+
+    def crash(_directory: Path) -> None:
+        raise OSError("killed while creating the recovery partitions")
+
+    with pytest.raises(OSError):
+        restore(pod, shared / "sp", init_recovery=crash)
+    state_dir = Path(pod.state.dir)
+    (state_dir / ".restore-0badc0de" / "shard-0000").mkdir(parents=True)  # a killed fetch's staging
+    reset_state(pod, dry_run=False)
+    assert sorted(p.name for p in state_dir.iterdir() if not p.name.endswith(".lock")) == []
+    assert check_start(pod, init_recovery=lambda d: init_db_dir(d, 1)).fresh
 
 
 def test_a_volume_a_refused_start_set_up_takes_a_restore_unless_a_flow_runs_on_it(tmp_path: Path) -> None:

@@ -204,6 +204,7 @@ START_LOCK_FILE = ".nextclick-start.lock"
 # In state.dir while a restore puts shards in place (operators/tools/savepoint.py): the restore point,
 # and "from", the savepoint's location.
 RESTORING_FILE = ".nextclick-restoring.json"
+RESTORE_STAGING_PREFIX = ".restore-"  # in state.dir: the shards a restore fetched, until renamed into place
 # Held by a running flow for its whole life, one per process id: processes of one cluster may share
 # a state directory, two flows as the same process must not (the second would write its own
 # execution into the first's recovery, which no later start could resume from).

@@ -62,6 +62,7 @@ from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
+    RESTORE_STAGING_PREFIX,
     RESTORING_FILE,
     SHARD_HASH,
     STATE_FORMAT,
@@ -705,7 +706,9 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
             _undo_partial_restore(config, state_dir, recovery)
             (state_dir / MANIFEST_FILE).unlink()
         Destination(state_dir).write_bytes(RESTORING_FILE, orjson.dumps({**point.to_json(), "from": str(where)}))
-        staging = state_dir / f".restore-{uuid.uuid4().hex[:8]}"
+        for left in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*"):  # what a killed restore fetched
+            shutil.rmtree(left, ignore_errors=True)
+        staging = state_dir / f"{RESTORE_STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
         fetched: list[str] = []
         total = 0
         try:

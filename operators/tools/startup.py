@@ -40,6 +40,7 @@ from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES,
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
+    RESTORE_STAGING_PREFIX,
     RESTORING_FILE,
     RUN_LOCK_PREFIX,
     SHARD_DIR,
@@ -403,7 +404,8 @@ def _interrupted_restore(state_dir: Path, recovery: Path) -> StateMismatch:
         return _refuse(f"state.dir: a restore into {state_dir} was interrupted ({RESTORING_FILE} is unreadable); "
                        f"empty {state_dir} and {recovery}, then restore again")
     return _refuse(f"state.dir: the restore of savepoint {name} into {state_dir} was interrupted; start again "
-                   f"with --from-savepoint {source} (the restore is done again from the start)")
+                   f"with --from-savepoint {source} (the restore is done again from the start), or start over "
+                   "with `nextclick state reset`")
 
 
 def never_written(state_dir: Path, recovery: Path) -> bool:
@@ -554,6 +556,11 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
                 shutil.rmtree(family.root(state_dir))
         with contextlib.suppress(FileNotFoundError):
             (state_dir / MANIFEST_FILE).unlink()
+        # What an interrupted restore left: its marker (which refuses every later start) and its staging.
+        with contextlib.suppress(FileNotFoundError):
+            (state_dir / RESTORING_FILE).unlink()
+        for path in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*") if state_dir.is_dir() else ():
+            shutil.rmtree(path, ignore_errors=True)
         for p in recovery_files:
             p.unlink()
     return report
