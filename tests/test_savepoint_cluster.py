@@ -364,7 +364,7 @@ def test_copies_a_killed_process_left_are_cleared_at_start(tmp_path: Path) -> No
 
 def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from nextclick.flows.cli import main
-    from nextclick.operators.tools.savepoint import _write_manifest, catalogue
+    from nextclick.operators.tools.savepoint import _write_manifest, catalogue, prune
 
     root = tmp_path / "savepoints"
     for day in (1, 2, 3):
@@ -381,6 +381,25 @@ def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: 
     assert sorted(p.name for p in root.iterdir()) == ["in-progress", "sp3"]  # an incomplete one may be in progress
     assert main(["savepoint", "prune", str(root), "--keep", "0"]) == 1
     assert "pruning never deletes the newest savepoint" in capsys.readouterr().err
+
+    # Savepoints are their directories: one renamed keeps its manifest's old name, and a new one takes
+    # that name. Pruning by the manifest's name deleted the newest and kept the renamed, older one.
+    (root / "sp3").rename(root / "nightly-2026-12-03")
+    (root / "sp3" / "shard-0000").mkdir(parents=True)
+    _write_manifest(root / "sp3", SavepointManifest(
+        id="sp3", created_at="2026-12-04T00:00:00+00:00", mode="online", shards=1, secret_fingerprint="f",
+        seqs={0: 4}, positions={}, source_lineage=None))
+    assert [m.id for m in catalogue(root)[0]] == ["sp3", "nightly-2026-12-03"]
+    assert prune(root, 1) == ["nightly-2026-12-03"] and (root / "sp3" / "savepoint.json").exists()
+    assert not (root / "nightly-2026-12-03").exists()
+    # The scheduler counts and prunes only its own: an operator's savepoint before an upgrade stays.
+    for day, name in ((5, "scheduled-20261205T000000Z"), (6, "scheduled-20261206T000000Z")):
+        (root / name / "shard-0000").mkdir(parents=True)
+        _write_manifest(root / name, SavepointManifest(
+            id=name, created_at=f"2026-12-0{day}T00:00:00+00:00", mode="online", shards=1, secret_fingerprint="f",
+            seqs={0: day}, positions={}, source_lineage=None))
+    assert prune(root, 1, prefix="scheduled-") == ["scheduled-20261205T000000Z"]
+    assert sorted(m.id for m in catalogue(root)[0]) == ["scheduled-20261206T000000Z", "sp3"]
 
 
 def _peer_reports(shared: Path, generation: int | None, *, at: float | None = None, peer: int = 1) -> None:

@@ -508,28 +508,33 @@ def info(src: str | Path) -> dict[str, Any]:
 
 def catalogue(root: str | Path) -> tuple[list[SavepointManifest], list[str]]:
     """The complete savepoints in a savepoint_dir, newest first, and the names of incomplete ones (being
-    written, or left by an attempt that did not finish: they have no manifest)."""
+    written, or left by an attempt that did not finish: they have no manifest).
+
+    Each is named by its directory (its `id`): the name inside its manifest is the one it was written
+    under, which a rename or a copy leaves behind (pruning by it deleted the newest of two)."""
     where = Destination(root)
     complete, incomplete = [], []
     for name in where.children():
         if name.startswith("."):
             continue
         try:
-            complete.append(SavepointManifest.read(where.child(name)))
+            complete.append(dataclasses.replace(SavepointManifest.read(where.child(name)), id=name))
         except SavepointError:
             incomplete.append(name)
     complete.sort(key=lambda m: (m.created_at, m.id), reverse=True)
     return complete, incomplete
 
 
-def prune(root: str | Path, keep: int, *, dry_run: bool = False) -> list[str]:
+def prune(root: str | Path, keep: int, *, dry_run: bool = False, prefix: str = "") -> list[str]:
     """Delete the complete savepoints beyond the newest `keep` (retention); incomplete ones are left alone,
-    since one may be in progress. The names deleted (or that would be)."""
+    since one may be in progress. `prefix`: only those whose name starts with it count and go (the
+    scheduler's own: an operator's savepoint taken before an upgrade is the way back, not retention's).
+    The names deleted (or that would be)."""
     if keep < 1:
         raise SavepointError("--keep must be at least 1: pruning never deletes the newest savepoint")
     where = Destination(root)
     complete, _ = catalogue(root)
-    doomed = [m.id for m in complete[keep:]]
+    doomed = [m.id for m in [m for m in complete if m.id.startswith(prefix)][keep:]]
     if not dry_run:
         for name in doomed:
             # The manifest first: a savepoint half deleted must read as incomplete, never as complete.

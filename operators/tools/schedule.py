@@ -120,7 +120,7 @@ class SavepointScheduler:
         LAST_SUCCESS.set(self.clock())
         self.successes += 1
         try:
-            deleted = prune(root.location, self.config.state.savepoint_keep)
+            deleted = prune(root.location, self.config.state.savepoint_keep, prefix=SCHEDULED_PREFIX)
             self._clear_abandoned(root, keep=name)
         except (SavepointError, OSError) as exc:
             log.warning("scheduled savepoint taken, but pruning failed", extra={"error": str(exc)})
