@@ -492,6 +492,17 @@ TRACKING_PLAN_HELP = ("the tracking plan (TOML) the flow runs with (flow.trackin
                       "added to the shipped schemas (default: the shipped schemas)")
 
 
+def _seconds(text: str) -> float:
+    """A wait in seconds: more than zero (a timeout of 0 or -5 can only fail)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nextclick", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="print the traceback of a fatal error")
@@ -525,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", metavar="HOST:PORT",
                      help="serve /metrics, /healthz and /readyz here (default: flow.metrics_address; none)")
     run.add_argument("--metrics-port", type=int, metavar="PORT", help="same as --metrics-address 127.0.0.1:PORT")
-    run.add_argument("--broker-timeout", type=float, default=120.0, help="seconds to wait for Kafka at start")
-    run.add_argument("--peer-dns-timeout", type=float, default=60.0,
+    run.add_argument("--broker-timeout", type=_seconds, default=120.0, help="seconds to wait for Kafka at start")
+    run.add_argument("--peer-dns-timeout", type=_seconds, default=60.0,
                      help="seconds to wait at start for every --addresses host name to resolve")
     run.add_argument("--log-level", default=os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -548,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics_create.add_argument("--config", help="TOML configuration file (NEXTCLICK_* variables override it)")
     topics_create.add_argument("--bootstrap", help="override kafka bootstrap.servers")
     topics_create.add_argument("--dry-run", action="store_true", help="report what would be created; create nothing")
-    topics_create.add_argument("--broker-timeout", type=float, default=60.0, help="seconds to wait for Kafka")
+    topics_create.add_argument("--broker-timeout", type=_seconds, default=60.0, help="seconds to wait for Kafka")
     topics_create.set_defaults(func=cmd_topics_create)
 
     gen = sub.add_parser("generate", help="stream the synthetic multi-channel workload to Kafka")
@@ -563,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--garbage-every", type=int, default=0, help="make every Nth message garbage (0: none)")
     gen.add_argument("--speed", type=float, default=1.0, help="clock speed for event times (1 = real time)")
     gen.add_argument("--seed", type=int, default=7)
-    gen.add_argument("--broker-timeout", type=float, default=30.0)
+    gen.add_argument("--broker-timeout", type=_seconds, default=30.0)
     gen.set_defaults(func=cmd_generate)
 
     profile = sub.add_parser("profile", help="read profiles from the latest checkpoint")
@@ -644,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("dest", help="a new directory (with --online: state.savepoint_dir/<name>, or <name>)")
     create.add_argument("--online", action="store_true",
                         help="the flow is running: ask it through the control topic and wait")
-    create.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an online savepoint")
+    create.add_argument("--timeout", type=_seconds, default=120.0, help="seconds to wait for an online savepoint")
     create.add_argument("--request-id", help="id of the savepoint command (with --online)")
     create.add_argument("--processes", type=int,
                         help="the running cluster's process count (with --online): a timeout names the processes "

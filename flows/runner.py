@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -173,6 +174,13 @@ class FlowRunner:
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
+            missing = re.search(r"Missing recovery partitions .* of (\d+)", line)
+            if missing:  # Bytewax's words for a volume of one process of a cluster, run on its own
+                raise Explained(f"{config.state.recovery_dir} (state.recovery_dir) holds only some of the "
+                                f"{missing.group(1)} recovery partitions of a cluster: it is one process's volume "
+                                f"of a {missing.group(1)}-process cluster (start every process, with --addresses "
+                                "and --recovery-per-process), or partitions were lost; to change the number of "
+                                "processes, go through a savepoint (docs/state.md)") from exc
             for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
                 if str(path) in line:  # e.g. RocksDB's "IO error: ... <state.dir>/shard-0002/LOCK: ..."
                     raise Explained(f"{line} ({setting})") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
@@ -358,3 +359,26 @@ def test_a_panic_bytewax_prints_after_the_first_goes_to_the_debug_log_not_stderr
     assert [r.getMessage() for r in caplog.records] == ["a further failure inside Bytewax after the first"]
     print_as_bytewax("raise ValueError(\"not Bytewax's\")")  # anything else is printed as before
     assert "ValueError: not Bytewax's" in capfd.readouterr().err
+
+
+def test_one_process_started_on_one_volume_of_a_cluster_says_so(tmp_path: Path) -> None:
+    """Bytewax says only "Missing recovery partitions {PartitionIndex(0)} of 2; can't resume"."""
+    from bytewax import operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.recovery import init_db_dir
+    from bytewax.testing import TestingSource
+
+    from nextclick.flows.runner import FlowRunner
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.infra.failures import Explained
+
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 2)
+    (recovery / "part-0.sqlite3").unlink()  # process 1's volume holds partition 1 of 2
+    flow = Dataflow("f")
+    op.inspect("seen", op.input("in", flow, TestingSource([1])))
+    config = Config().replace(state={"recovery_dir": str(recovery), "dir": str(tmp_path / "state")})
+    with pytest.raises(Explained, match=r"holds only some of the 2 recovery partitions of a cluster: it is one "
+                                        r"process's volume of a 2-process cluster"):
+        FlowRunner().run(config, flow)
