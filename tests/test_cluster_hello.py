@@ -40,6 +40,16 @@ def test_each_difference_is_named_with_both_values_and_the_peer() -> None:
         'recovery flags, release and configuration (docs/operations.md, "One configuration for every process")')
 
 
+def test_the_same_count_of_addresses_in_another_list_is_named() -> None:
+    mine = {**said(0), "addresses": ["10.0.0.1:2101", "10.0.0.2:2101"]}
+    theirs = {**said(1), "addresses": ["10.0.0.2:2101", "10.0.0.1:2101"]}
+    line = differences(mine, {1: theirs})
+    assert line is not None and "process 1 runs with --addresses 10.0.0.2:2101;10.0.0.1:2101 there, " \
+                                "10.0.0.1:2101;10.0.0.2:2101 here" in line
+    assert differences(mine, {1: {**theirs, "addresses": mine["addresses"]}}) is None
+    assert differences(mine, {1: {**theirs, "addresses": []}}) is None  # a hello that does not say
+
+
 def test_a_process_beyond_this_clusters_size_is_an_earlier_clusters_and_ignored() -> None:
     assert differences(said(0), {1: said(1), 2: said(2, processes=3, workers=4)}) is None
 

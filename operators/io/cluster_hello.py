@@ -140,6 +140,10 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
                            ("recovery_partitions", "recovery partitions (--recovery-per-process or -partitions)")):
             if theirs.get(name) != mine[name]:
                 said.append(f"{flag} {theirs.get(name)} there, {mine[name]} here")
+        if theirs.get("processes") == mine["processes"] and theirs.get("addresses") and mine.get("addresses") \
+                and theirs["addresses"] != mine["addresses"]:
+            # Same count, another list (a swapped or mistyped address): each waits for a peer where none listens.
+            said.append(f"--addresses {';'.join(theirs['addresses'])} there, {';'.join(mine['addresses'])} here")
         if theirs.get("release") != mine["release"]:
             said.append(f"nextclick {theirs.get('release')} there, {mine['release']} here")
         said += setting_differences(theirs.get("settings", {}), mine["settings"])
