@@ -203,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_profile_get(args: argparse.Namespace) -> int:
     from nextclick.operators.identity.graph import resolve_offline
     from nextclick.operators.tools.profiles import read_profile
-    from nextclick.operators.tools.startup import verify_config
+    from nextclick.operators.tools.startup import partial_volume, verify_config
 
     config = load_config(args.config)
     if not Path(config.state.dir).is_dir():
@@ -212,6 +212,10 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
     customer = _customer_key(args, config)
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
+        partial = partial_volume(config)
+        if partial:  # the profile, or the identity store that resolves the identifier, may be elsewhere
+            raise LookupError(f"no profile for that customer on this volume: {partial}; ask the profile service "
+                              "(`nextclick serve`), or read a directory holding every store")
         raise LookupError(f"no profile for that customer in {config.state.dir}")
     if "quarantined" not in profile:
         profile["derived"] = _derived(profile, config, args.at)

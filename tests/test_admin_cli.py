@@ -104,6 +104,26 @@ def test_a_wrong_state_dir_is_named_never_taken_for_a_customer_with_nothing_stor
 
 
 @pytest.mark.broker
+def test_one_pods_volume_is_named_as_such_never_taken_for_a_whole_deployment(
+        deployment: FlowSetup, tmp_path: Path) -> None:
+    """Per-pod volumes hold each process's own shards, and the identity store is on one of them: an
+    offline erase there erased part of a linked customer and said "erased": true; a get said "no profile"."""
+    import shutil
+
+    volume = tmp_path / "pod-1-state"
+    shutil.copytree(deployment.state_dir, volume)
+    for path in [*volume.glob("shard-000[23]"), volume / "identity"]:  # process 0's stores, elsewhere
+        shutil.rmtree(path)
+    before = sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*") if p.is_file())
+    error = one_line_error(nextclick(deployment, "profile", "erase", "cust-00006", NEXTCLICK_STATE__DIR=str(volume)))
+    assert error.startswith(f"nextclick: error: {volume} (state.dir) holds ") and "nothing was erased" in error
+    assert "shard-0002, shard-0003" in error and "--online" in error
+    assert sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*") if p.is_file()) == before
+    error = one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all", NEXTCLICK_STATE__DIR=str(volume)))
+    assert error.startswith("nextclick: error: no profile for that customer on this volume: ")
+
+
+@pytest.mark.broker
 def test_online_erase_reaches_the_running_flow(deployment: FlowSetup, tmp_path: Path) -> None:
     who = key("cust-00003")
     version = read_profile(deployment.state_dir, 4, who)["facts"]["version"]  # type: ignore[index]

@@ -19,7 +19,7 @@ from nextclick.operators.shard.shard_state import erase_customer
 from nextclick.operators.state.keys import shard_of
 from nextclick.operators.state.layout import IDENTITY, has_store
 from nextclick.operators.state.store import ShardStore, StateError
-from nextclick.operators.tools.startup import identity_rules, state_families
+from nextclick.operators.tools.startup import identity_rules, partial_volume, state_families
 
 
 def _open(path: Path, config: Config) -> ShardStore:
@@ -36,6 +36,11 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
     if not state_dir.is_dir():  # a wrong --config must not read as "nothing stored for that customer"
         raise LookupError(f"no state directory at {state_dir} (state.dir): nothing was erased; run this with the "
                           "deployment's configuration")
+    partial = partial_volume(config)
+    if partial:  # the customer's other identifiers and profiles may be on the other volumes
+        raise LookupError(f"{partial}: an offline erase here would erase part of the customer and leave the "
+                          "rest; nothing was erased. Erase through the running cluster: `nextclick profile erase "
+                          "--online ...`, or offline on a directory holding every store (a restored savepoint)")
     shards = config.state.shards
     families = state_families(config)
     members = [customer]
