@@ -51,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         Placement,
         SavepointManifest,
         check_input_covers,
+        check_volume_placement,
         clear_scratch,
         restore,
     )
@@ -128,6 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
+    if args.recovery_per_process and place.process_id is not None and plan.resumes:
+        check_volume_placement(config, Placement(place.process_id, place.processes, args.workers,
+                                                 config.state.shard_placement))
     # Before Bytewax opens the recovery: a second flow as this process on this state directory stops
     # here (the checks above only read state that exists; a refused start leaves no lock file behind).
     run_lock = hold_run_lock(Path(config.state.dir), place.process_id or 0)  # noqa: F841 - held until exit

@@ -43,6 +43,7 @@ from nextclick.operators.state.store import ShardStore
 from nextclick.operators.tools.savepoint import (
     Placement,
     SavepointManifest,
+    check_volume_placement,
     finish_online,
     online_destination,
     restore,
@@ -284,6 +285,23 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     with pytest.raises(SavepointError, match=r"sp/savepoint.json is a file: give the savepoint's directory"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "sp" / "savepoint.json",
                 init_recovery=lambda d: None)
+
+
+def test_a_worker_count_changed_without_a_savepoint_is_named_before_the_cluster_forms(tmp_path: Path) -> None:
+    """Process 0 of 2 wrote the stores it ran with one worker each; given --workers 2 it runs other
+    shards, whose stores are on the other volume. Each process took the other for a lost peer."""
+    config = _deployment(tmp_path / "pod-0", str(tmp_path / "shared"), shards=8)
+    before = Placement(0, 2, 1)
+    for family in state_families(config):
+        if family.name in ("profiles", "identity"):
+            for n in range(family.shards):
+                if before.owns(family, n):
+                    ShardStore(family.path(config.state.dir, n), sync=False).close()
+    check_volume_placement(config, before)
+    with pytest.raises(StateMismatch, match=r"state.dir: with --workers 2 on 2 processes, process 0 runs .*, whose "
+                                            r"stores are not on this volume .*: the number of workers or processes "
+                                            r"changed"):
+        check_volume_placement(config, Placement(0, 2, 2))
 
 
 def test_state_reset_clears_an_interrupted_restore(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ from nextclick.operators.io.control import SAVEPOINT_NAME, send_command
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
-from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named
+from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named, has_store
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
@@ -129,6 +129,26 @@ class Placement:
 
     def owns(self, family: Family, shard: int) -> bool:
         return self.owner(family, shard) == self.process_id
+
+
+def check_volume_placement(config: Config, placement: Placement) -> None:
+    """On a per-pod volume that resumes committed state: every store this process will run is there.
+
+    With another `--workers` (or placement) the same process runs other shards, whose stores are on
+    the other volumes: a shard would find no directory and fail in its worker, which the cluster only
+    reports as "Send thread panic" (each process took the other for a lost peer). Refused here, first."""
+    state_dir = Path(config.state.dir)
+    wanted = [(f, n) for f in state_families(config) if f.name in (PROFILES, IDENTITY)
+              for n in range(f.shards) if placement.owns(f, n)]
+    missing = [f.rel(n) for f, n in wanted if not has_store(f.path(state_dir, n))]
+    if missing:
+        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+        raise StateMismatch(
+            f"state.dir: with --workers {placement.workers} on {placement.processes} processes, process "
+            f"{placement.process_id} runs {shown}, whose stores are not on this volume ({state_dir}): the number of "
+            "workers or processes changed since this state was written, and shards move between volumes; "
+            "change it through a savepoint (take one with the old settings, then start every process with the "
+            "new ones and --from-savepoint; docs/state.md)")
 
 
 # -- where savepoints are -----------------------------------------------------------------------------
