@@ -446,12 +446,13 @@ def cmd_savepoint_create(args: argparse.Namespace) -> int:
     from nextclick.operators.tools.savepoint import Placement, create_offline, create_online
 
     config = load_config(args.config)
+    # A bare name is a savepoint inside state.savepoint_dir (the only place the flow writes them), online
+    # or offline alike.
+    dest = args.dest if "/" in args.dest else Destination(config.state.savepoint_dir).describe(args.dest)
     if not args.online:
-        manifest = create_offline(config, Path(args.dest), recovery_dir=args.recovery_dir, progress=_progress)
+        manifest = create_offline(config, Path(dest), recovery_dir=args.recovery_dir, progress=_progress)
         print(manifest.to_json().decode())
         return 0
-    # A bare name is a savepoint inside state.savepoint_dir (the only place the flow writes them).
-    dest = args.dest if "/" in args.dest else Destination(config.state.savepoint_dir).describe(args.dest)
     placement = (Placement(0, args.processes, args.workers, config.state.shard_placement)
                  if args.processes else None)
     manifest = create_online(config, dest, timeout_s=args.timeout, request_id=args.request_id,

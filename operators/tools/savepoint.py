@@ -459,6 +459,9 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
     if is_url(str(dest)):
         raise SavepointError(f"{dest}: an offline savepoint is written to a directory; copy it to the object "
                              "store afterwards, or take it with --online (written there by the flow)")
+    if held := running_flows(state_dir):  # before anything is created at dest
+        raise SavepointError(f"{state_dir} is in use: the flow is running ({', '.join(held)}); take the savepoint "
+                             "with --online, or stop the flow first")
     _empty_dest(dest)
     seqs: dict[str, dict[int, int]] = {}
     positions: list[dict[str, int]] = []
