@@ -110,16 +110,21 @@ def test_one_pods_volume_is_named_as_such_never_taken_for_a_whole_deployment(
     offline erase there erased part of a linked customer and said "erased": true; a get said "no profile"."""
     import shutil
 
-    volume = tmp_path / "pod-1-state"
+    from bytewax.recovery import init_db_dir
+
+    volume, recovery = tmp_path / "pod-1-state", tmp_path / "pod-1-recovery"
     shutil.copytree(deployment.state_dir, volume)
-    for path in [*volume.glob("shard-000[23]"), volume / "identity"]:  # process 0's stores, elsewhere
-        shutil.rmtree(path)
+    recovery.mkdir()
+    init_db_dir(recovery, 2)
+    (recovery / "part-0.sqlite3").unlink()  # process 1's: partition 1 of 2
+    pod = {"NEXTCLICK_STATE__DIR": str(volume), "NEXTCLICK_STATE__RECOVERY_DIR": str(recovery)}
     before = sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*") if p.is_file())
-    error = one_line_error(nextclick(deployment, "profile", "erase", "cust-00006", NEXTCLICK_STATE__DIR=str(volume)))
-    assert error.startswith(f"nextclick: error: {volume} (state.dir) holds ") and "nothing was erased" in error
-    assert "shard-0002, shard-0003" in error and "--online" in error
+    error = one_line_error(nextclick(deployment, "profile", "erase", "cust-00006", **pod))
+    assert error.startswith(f"nextclick: error: {volume} (state.dir) is one process's volume of a 2-process cluster "
+                            "(its recovery directory holds partition(s) 1 of 2)") and "nothing was erased" in error
+    assert "--online" in error
     assert sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*") if p.is_file()) == before
-    error = one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all", NEXTCLICK_STATE__DIR=str(volume)))
+    error = one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all", **pod))
     assert error.startswith("nextclick: error: no profile for that customer on this volume: ")
 
 

@@ -245,7 +245,9 @@ def test_a_savepoint_given_up_can_be_asked_for_again_under_its_name_and_only_the
         online_destination(config, str(shared / "other"))
 
 
-def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: Path) -> None:
+def _restore_killed(tmp_path: Path) -> tuple[Config, Config, Path, dict[str, str]]:
+    """A savepoint `sp` of a source deployment, and a pod whose restore of it was killed part way: the
+    source's config, the pod's, the shared directory and what the savepoint holds."""
     shared = tmp_path / "shared"
     config = _deployment(tmp_path / "source", str(shared))
     written = _write_parts(config, str(shared / "sp"), "tok")
@@ -257,6 +259,11 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
 
     with pytest.raises(OSError):
         restore(pod, shared / "sp", init_recovery=crash)
+    return config, pod, shared, written
+
+
+def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: Path) -> None:
+    config, pod, shared, written = _restore_killed(tmp_path)
     assert read_manifest(pod.state.dir) is None  # not restored: the manifest comes last
     # Started again without the savepoint: told to give it, not that the recovery directory is missing.
     with pytest.raises(StateMismatch, match=rf"the restore of savepoint sp into {pod.state.dir} was interrupted; "
@@ -288,8 +295,8 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
 
 
 def test_a_worker_count_changed_without_a_savepoint_is_named_before_the_cluster_forms(tmp_path: Path) -> None:
-    """Process 0 of 2 wrote the stores it ran with one worker each; given --workers 2 it runs other
-    shards, whose stores are on the other volume. Each process took the other for a lost peer."""
+    """Process 0 of 2 wrote the stores it ran with one worker each; given --workers 2, other processes
+    run some of them. Each process took the other for a lost peer."""
     config = _deployment(tmp_path / "pod-0", str(tmp_path / "shared"), shards=8)
     before = Placement(0, 2, 1)
     for family in state_families(config):
@@ -298,26 +305,16 @@ def test_a_worker_count_changed_without_a_savepoint_is_named_before_the_cluster_
                 if before.owns(family, n):
                     ShardStore(family.path(config.state.dir, n), sync=False).close()
     check_volume_placement(config, before)
-    with pytest.raises(StateMismatch, match=r"state.dir: with --workers 2 on 2 processes, process 0 runs .*, whose "
-                                            r"stores are not on this volume .*: the number of workers or processes "
-                                            r"changed"):
+    with pytest.raises(StateMismatch, match=r"state.dir: .* holds stores that, with --workers 2 on 2 processes, other "
+                                            r"processes run: shard-\d+ \(process 1\).*The number of workers or "
+                                            r"processes changed"):
         check_volume_placement(config, Placement(0, 2, 2))
 
 
 def test_state_reset_clears_an_interrupted_restore(tmp_path: Path) -> None:
     """Reset said "destroyed" but left the restore's marker, and every later start was refused with a
     line that sent the operator back to reset; and a killed restore's staging stayed for ever."""
-    shared = tmp_path / "shared"
-    config = _deployment(tmp_path / "source", str(shared))
-    _write_parts(config, str(shared / "sp"), "tok")
-    finish_online(config, shared / "sp", timeout_s=10)
-    pod = _deployment(tmp_path / "pod", str(shared))
-
-    def crash(_directory: Path) -> None:
-        raise OSError("killed while creating the recovery partitions")
-
-    with pytest.raises(OSError):
-        restore(pod, shared / "sp", init_recovery=crash)
+    _, pod, _, _ = _restore_killed(tmp_path)
     state_dir = Path(pod.state.dir)
     (state_dir / ".restore-0badc0de" / "shard-0000").mkdir(parents=True)  # a killed fetch's staging
     reset_state(pod, dry_run=False)

@@ -132,23 +132,23 @@ class Placement:
 
 
 def check_volume_placement(config: Config, placement: Placement) -> None:
-    """On a per-pod volume that resumes committed state: every store this process will run is there.
+    """On a per-pod volume that resumes committed state: no store here belongs to another process.
 
     With another `--workers` (or placement) the same process runs other shards, whose stores are on
     the other volumes: a shard would find no directory and fail in its worker, which the cluster only
-    reports as "Send thread panic" (each process took the other for a lost peer). Refused here, first."""
+    reports as "Send thread panic" (each process took the other for a lost peer). Refused here, first.
+    (A store this process runs may be missing: stores are made when first written.)"""
     state_dir = Path(config.state.dir)
-    wanted = [(f, n) for f in state_families(config) if f.name in (PROFILES, IDENTITY)
-              for n in range(f.shards) if placement.owns(f, n)]
-    missing = [f.rel(n) for f, n in wanted if not has_store(f.path(state_dir, n))]
-    if missing:
-        shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+    elsewhere = [(f, n) for f in state_families(config) for n in range(f.shards)
+                 if has_store(f.path(state_dir, n)) and not placement.owns(f, n)]
+    if elsewhere:
+        shown = ", ".join(f"{f.rel(n)} (process {placement.owner(f, n)})" for f, n in elsewhere[:4]) + (
+            ", ..." if len(elsewhere) > 4 else "")
         raise StateMismatch(
-            f"state.dir: with --workers {placement.workers} on {placement.processes} processes, process "
-            f"{placement.process_id} runs {shown}, whose stores are not on this volume ({state_dir}): the number of "
-            "workers or processes changed since this state was written, and shards move between volumes; "
-            "change it through a savepoint (take one with the old settings, then start every process with the "
-            "new ones and --from-savepoint; docs/state.md)")
+            f"state.dir: {state_dir} holds stores that, with --workers {placement.workers} on {placement.processes} "
+            f"processes, other processes run: {shown}. The number of workers or processes changed since this "
+            "state was written, and shards move between volumes; change it through a savepoint (take one with "
+            "the old settings, then start every process with the new ones and --from-savepoint; docs/state.md)")
 
 
 # -- where savepoints are -----------------------------------------------------------------------------

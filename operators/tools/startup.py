@@ -36,7 +36,7 @@ from nextclick.operators.identity.guards import IdentityRules, load_identity_rul
 from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
-from nextclick.operators.state.layout import CONTROL_STEP, IDENTITY, INPUT_STEP, PROFILES, Family, families, has_store
+from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES, Family, families, has_store
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
@@ -408,30 +408,16 @@ def _interrupted_restore(state_dir: Path, recovery: Path) -> StateMismatch:
                    "with `nextclick state reset`")
 
 
-def stores_on_volume(config: Config) -> tuple[list[str], list[str]]:
-    """The stores every run opens (the `profiles` shards, the identity store) this state directory holds,
-    and those it does not: on per-pod volumes each process's holds only its own (operators/tools/
-    savepoint.py, Placement), so a tool that must see a customer everywhere cannot work from one. (The
-    linked families' shards are made when first written: one missing says nothing.)"""
-    state_dir = Path(config.state.dir)
-    present: list[str] = []
-    absent: list[str] = []
-    for family in state_families(config):
-        if family.name not in (PROFILES, IDENTITY):
-            continue
-        for n in range(family.shards):
-            (present if has_store(family.path(state_dir, n)) else absent).append(family.rel(n))
-    return present, absent
-
-
 def partial_volume(config: Config) -> str | None:
-    """Why this state directory is not a whole deployment's (one line), or None."""
-    present, absent = stores_on_volume(config)
-    if not present or not absent:
+    """Why this state directory is not a whole deployment's (one line), or None: on per-pod volumes each
+    process's holds only its own shards (and one of them the identity store), and its recovery directory
+    only its own partitions, which is how it shows (stores themselves are made when first written)."""
+    view = read_recovery(config.state.recovery_dir)
+    if not view.exists or view.complete:
         return None
-    shown = ", ".join(absent[:4]) + (", ..." if len(absent) > 4 else "")
-    return (f"{config.state.dir} (state.dir) holds {len(present)} of the {len(present) + len(absent)} stores; "
-            f"{shown} are not here: one process's volume of a cluster, or stores lost")
+    return (f"{config.state.dir} (state.dir) is one process's volume of a {view.part_count}-process cluster (its "
+            f"recovery directory holds partition(s) {', '.join(map(str, sorted(view.partitions)))} of "
+            f"{view.part_count}): the customer's other stores are on the other volumes")
 
 
 def never_written(state_dir: Path, recovery: Path) -> bool:
