@@ -183,6 +183,40 @@ def test_a_backlog_hours_old_gives_the_decisions_live_traffic_would(
                           dedupe(read_decisions(kafka, crashed.decisions)))
 
 
+def test_one_event_from_a_fast_clock_in_a_backlog_fires_no_timer_early(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """A backlog three hours old on one partition; right after a buyer's cart, a page view dated four
+    minutes ahead of the clock (a producer whose clock runs fast: the parser takes up to five). Read as
+    "now", it made the partition look caught up: the frontier jumped to the clock and the cart fired
+    before the purchase 30 minutes later, thousands of messages on, was read."""
+    now = int(time.time() * 1000)
+    t0 = now - 3 * HOUR
+    buyer, abandoner = "buyer-fc", "abandoner-fc"
+    cart = {"sku": "sku-7", "amount": 80.0, "quantity": 1, "category": "shoes"}
+
+    def ev(who: str, eid: str, etype: str, ts: int, **fields: Any) -> Message:
+        return _msg(who, who, {"event_id": eid, "type": etype, "ts": ts, **fields})
+
+    filler = [ev(f"visitor-{i}", f"v{i}", "page_view", t0 + 2 + i * 300, page_type="home", customer_id=f"visitor-{i}")
+              for i in range(6000)]  # 30 minutes of others' page views: several of the source's batches
+    messages = [ev(who, f"{who}-c", "consent", t0 - 10 * MIN, customer_id=who, channel="email", purpose="marketing",
+                   granted=True) for who in (buyer, abandoner)]
+    messages += [ev(buyer, "b-cart", "add_to_cart", t0, customer_id=buyer, **cart),
+                 ev(abandoner, "a-cart", "add_to_cart", t0 + 1, customer_id=abandoner, **cart),
+                 ev("fast-clock", "f1", "page_view", now + 4 * MIN, page_type="home"),
+                 *filler,
+                 ev(buyer, "b-buy", "purchase", t0 + 30 * MIN, customer_id=buyer, order_id="o-1", amount=80.0,
+                    currency="EUR")]
+    topic = f"{topic_prefix}.fast"
+    ensure_topics(kafka, {topic: 1})
+    produce(kafka, topic, messages, 1)
+    setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.fc", inputs=[topic])
+    run_to_end(setup, log=tmp_path / "run.log")
+    carts = [k for k, body, _ in _decisions(kafka, setup.decisions)
+             if body["reasons"]["rule_id"] == "cart_abandonment_email"]
+    assert carts == [key("customer", abandoner)]
+
+
 def test_live_a_shard_that_opens_after_the_input_caught_up_still_fires_by_the_clock(
         kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
     from confluent_kafka import Producer
