@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import signal
 import threading
 import time
@@ -473,5 +474,10 @@ def serve(config: Config) -> int:
     app.on_cleanup.append(stop_reader)
     log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,
                                                  "store": config.serve.store_dir, "tokens": len(tokens)})
-    web.run_app(app, host=host or "0.0.0.0", port=int(port), access_log=None, print=None)
+    def listening(text: str) -> None:
+        """aiohttp's banner names the address bound (the port chosen, for `:0`): one log line instead."""
+        bound = re.findall(r"https?://\S+?(?=,|\s|$)", text)
+        log.info("profile service listening", extra={"addresses": bound})
+
+    web.run_app(app, host=host or "0.0.0.0", port=int(port), access_log=None, print=listening)
     return 0

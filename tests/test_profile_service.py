@@ -290,6 +290,9 @@ def test_requests_the_parser_refuses_leave_no_identifier_or_token_in_the_log_and
     finally:
         service.stop()
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines() if line.startswith(b"{")]
+    # The address bound, in the log (with `:0`, the port chosen): aiohttp's own banner is not printed.
+    assert [line["addresses"] for line in lines if line["msg"] == "profile service listening"] == \
+        [[f"http://127.0.0.1:{port}"]]
     refusals = [line for line in lines if line["logger"] == "aiohttp.server"]
     assert [(r["level"], r["msg"], r["error"], r["status"]) for r in refusals] == \
         [("warning", "request refused by the HTTP parser", "LineTooLong", 400)] * 3
