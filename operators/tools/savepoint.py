@@ -370,7 +370,8 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
             raise SavepointError(f"{where}: the savepoint was abandoned before every shard's part was written "
                                  f"(the flow is stopping)")
         if time.monotonic() > deadline:
-            what = _describe_missing(best[0], fams, best[1], placement) if best[1] else "no part yet"
+            what = _describe_missing(best[0], fams, best[1], placement) if best[1] else (
+                f"no part yet from any of the {placement.processes} processes" if placement else "no part yet")
             derived = config.state.savepoint_dir == derived_savepoint_dir(config.state)
             hint = (f"state.savepoint_dir is not set, so it is {config.state.savepoint_dir}, on each process's own "
                     "volume: set it to a mount or s3:// URL every process shares" if derived else
