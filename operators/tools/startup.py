@@ -383,7 +383,8 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
         writes.append(lambda: write_marker(recovery, lineage))
     elif marker != lineage:
         raise _refuse(f"state.recovery_dir: {recovery} belongs to deployment {marker}, the state in "
-                      f"{state_dir} to {lineage}; point both settings at the same deployment")
+                      f"{state_dir} to {lineage}: they were not written together (two pods' volumes swapped or "
+                      "mixed, or another deployment's); point both settings at the same volume's directories")
     committed_families: dict[str, dict[int, int]] = {}
     for family in fams:
         checked = _check_shards(view, f"{flow_name}.{family.name}", on_disk[family.name], all_dirs[family.name],
