@@ -191,7 +191,8 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
                 attribute = cond.attribute[len(TRIGGER_PREFIX):]
                 found = [trigger_kinds[t][attribute] for t in on if attribute in trigger_kinds.get(t, {})]
                 why = _never_true(cond, _union(found)) if found else None
-        elif cond.attribute in _BUILT_IN_KINDS:  # a profile attribute (no signal may take its name)
+        elif cond.attribute in _BUILT_IN_KINDS and not _consequence(cond.attribute, broken):
+            # A profile attribute (no signal may take its name: one that tried is reported already).
             why = _never_true(cond, _BUILT_IN_KINDS[cond.attribute])
         if why:
             where.report("when", f"in {cond.text!r}: {why}")
@@ -321,6 +322,7 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError],
             if attribute in _BUILT_IN:
                 errors.append(RulesError(f"{path}: signal '{signal.name}': it gives the attribute '{attribute}', "
                                          "which is a profile attribute's name; name the signal otherwise"))
+                broken.add(signal.name)  # what rules read of it follows from this mistake: not repeated
             elif attribute in provided and provided[attribute] != signal.name:
                 errors.append(RulesError(f"{path}: signal '{signal.name}': it gives the attribute '{attribute}', "
                                          f"which signal '{provided[attribute]}' gives too; name one otherwise"))
