@@ -281,3 +281,22 @@ def test_a_reader_that_goes_away_gets_no_error_line() -> None:
         f"{REPO}/docs/cookbook/v3/scenarios/*.toml --verbose | head -c 10 >/dev/null",
         shell=True, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "Broken pipe" not in done.stderr and "error" not in done.stderr, done.stderr
+
+
+def test_explain_agrees_with_the_flow_on_a_decision_with_no_address(tmp_path, capsys):
+    """A customer known only by a customer id has no address on ads: their decision starts no cooldown
+    (docs/rules.md, Arbitration), as the flow and `rules test` have it. Explain showed the second one
+    blocked by a cooldown, because its profiles never learnt what they are keyed by."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "r1"\non = ["page_view", "purchase"]\naction = "show_ad"\nchannel = "ads"\n'
+                     'cooldown = "1d"\n\n[consent]\nads = "opt_out"\n')
+    story = tmp_path / "story.jsonl"
+    story.write_bytes(b"\n".join(orjson.dumps(e) for e in [
+        {"event_id": "e1", "type": "page_view", "ts": "2026-11-18T10:00:00Z", "customer_id": "ana",
+         "page_type": "product"},
+        {"event_id": "e2", "type": "purchase", "ts": "2026-11-18T10:00:01Z", "customer_id": "ana", "amount": 50,
+         "currency": "EUR", "order_id": "o1"}]) + b"\n")
+    assert main(["rules", "explain", str(rules), "--events", str(story), "--json"]) == 0
+    entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["trigger"], (e["decision"] or {}).get("rule")) for e in entries] == \
+        [("page_view", "r1"), ("purchase", "r1")]

@@ -32,6 +32,7 @@ from nextclick.operators.profile.facts import durable_view
 from nextclick.operators.profile.model import Profile, new_profile
 from nextclick.operators.records import DeadLetter, Event, Outcome, SourcePosition, Trigger
 from nextclick.operators.rules.model import CompiledRule, Rule, RuleSet
+from nextclick.operators.shard.common import note_ids
 
 # Customer ids in a story are hashed with this key only to run the parser; output shows them as written.
 _STORY_SECRET = b"nextclick rules explain"
@@ -207,7 +208,7 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[d
         if event.customer not in profiles:
             profiles[event.customer] = new_profile(event.customer)
         entries, out = turn(event.customer, f"line {line}",
-                            lambda p, out: on_event(p, event, traced, out))  # noqa: B023 - called at once
+                            lambda p, out: _apply(p, event, traced, out))  # noqa: B023 - called at once
         dropped = getattr(story, "dropped", {}).get(line)
         if dropped:
             own = [e for e in entries if e["trigger_id"] == event.event_id and e["trigger"] == event.type]
@@ -227,6 +228,13 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[d
                                     "it triggers nothing"})
         yield from entries
     yield from timers_until(2**62, only_absences=True)
+
+
+def _apply(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome) -> None:
+    """As the flow's shard applies an event: the profile first learns the type of identifier it is keyed
+    by (whether a channel has an address, and so whether a decision uses up a cooldown, depends on it)."""
+    note_ids(profile, event)
+    on_event(profile, event, ruleset, out)
 
 
 def _absence_due(profile: Profile, ruleset: RuleSet) -> int | None:
