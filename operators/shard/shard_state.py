@@ -355,25 +355,8 @@ class ShardState:
         on the merged profile. Otherwise whether a cart abandoned before a sign-in is judged with the
         signed-in profile's consent and addresses would depend on whether the frontier's timer turn or
         the merge reached the shard first: on batching, partitions and processes."""
-        if at_ms is None:
-            return
-        cache = self.cache
-        profiles, created, _ = cache.load([customer])
-        if customer in created:  # nothing stored: nothing due
-            del profiles[customer]
-            cache.live.pop(customer, None)
-            return
-        profile = profiles.get(customer)
-        if profile is None:  # quarantined
-            return
-        due = due_at(profile, self.ctx.ruleset)
-        if due is None or due > at_ms:
-            return
-        cache.changing(profiles)
-        outcome = Outcome()
-        self.runner.run(customer, profile, at_ms, outcome, profiles)
-        cache.changed(profiles)
-        account(outcome, out, profiles)
+        if at_ms is not None:
+            self.runner.fire_one(customer, at_ms, out)
 
     def _apply_events(self, events: list[Event], out: list[ShardOutput], *, turn: bool = True) -> None:
         """One run of events: loaded once, applied in order, a failed one dead-lettered and undone.

@@ -81,6 +81,16 @@ class TimerRunner:
                 self.timers.hint(at)
         return due
 
+    def fire_one(self, customer: str, now: int, out: list[ShardOutput]) -> None:
+        """One customer's timer turn at `now`, if anything of theirs is due by then (a merge's, at its link's
+        time: operators/shard/shard_state.py). A customer with nothing stored is not created."""
+        profiles, created, _ = self.cache.load([customer])
+        profile = profiles.get(customer)  # None: quarantined
+        if customer in created:
+            self.cache.live.pop(customer, None)
+        elif profile is not None and (due := due_at(profile, self.ruleset)) is not None and due <= now:
+            self._fire_live([(customer, due)], now, out)
+
     def _fire_live(self, due: list[tuple[str, int]], now: int, out: list[ShardOutput]) -> None:
         """Timer turns of profiles in the cache: changed in place, written with the rest of the dirty."""
         cache = self.cache

@@ -296,9 +296,10 @@ def online_destination(config: Config, dest: str) -> Destination:
     if not same_root or not SAVEPOINT_NAME.fullmatch(where.name):
         raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
                              f"{root}; give DEST as {root}/<name>")
-    if any(n == MANIFEST for n in where.files()):
+    there = where.files()  # one listing (an object store's is a request)
+    if MANIFEST in there:
         raise SavepointError(f"{where} already holds a savepoint; a savepoint goes into a new directory")
-    if any(not n.startswith(STAGING_PREFIX) for n in where.files()):
+    if any(not n.startswith(STAGING_PREFIX) for n in there):
         raise SavepointError(f"{where} exists and is not empty; a savepoint goes into a new directory")
     # Only the parts of an attempt that was given up (the CLI timed out): a retry may use the name, and
     # finish_online removes them once its own attempt is complete.
