@@ -30,7 +30,6 @@ from nextclick.operators.conditions.model import Condition, Group, leaves
 from nextclick.operators.events.tracking_plan import SHIPPED, PlanError, TrackingPlan, load_plan, reading_rules_with
 from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config, read_toml
 from nextclick.operators.profile.facts import ATTRIBUTE_KINDS, consent_keys
-from nextclick.operators.profile.facts import ATTRIBUTES as DURABLE_ATTRIBUTES
 from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES
 from nextclick.operators.rules.compiler import attribute_getters
 from nextclick.operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
@@ -44,9 +43,9 @@ _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "c
                 "promotion", "description", "require_address", "capped", "params"}
 _PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]*")
-# The attributes conditions read that no signal declares.
-_BUILT_IN = frozenset({*DURABLE_ATTRIBUTES, "trigger", CUSTOMER_CHANNEL})
+# The attributes conditions read that no signal declares, with what each holds where that is known.
 _BUILT_IN_KINDS: dict[str, Kinds] = {**ATTRIBUTE_KINDS, CUSTOMER_CHANNEL: (frozenset({"string"}), tuple(CHANNELS))}
+_BUILT_IN = frozenset({*_BUILT_IN_KINDS, "trigger"})
 
 
 # What a trigger attribute can hold: its JSON types ("string", "number", "integer", "boolean") and

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,12 @@ START_LOCK_FILE = ".nextclick-start.lock"
 # and "from", the savepoint's location.
 RESTORING_FILE = ".nextclick-restoring.json"
 RESTORE_STAGING_PREFIX = ".restore-"  # in state.dir: the shards a restore fetched, until renamed into place
+
+
+def clear_restore_staging(state_dir: Path) -> None:
+    """Remove what killed restores fetched and never renamed into place (nothing reads it again)."""
+    for path in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*") if state_dir.is_dir() else ():
+        shutil.rmtree(path, ignore_errors=True)
 # Held by a running flow for its whole life, one per process id: processes of one cluster may share
 # a state directory, two flows as the same process must not (the second would write its own
 # execution into the first's recovery, which no later start could resume from).

@@ -68,6 +68,7 @@ from nextclick.operators.state.manifest import (
     STATE_FORMAT,
     RestorePoint,
     StateMismatch,
+    clear_restore_staging,
     family_dirs,
     read_manifest,
     running_flows,
@@ -736,8 +737,7 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
             _undo_partial_restore(config, state_dir, recovery)
             (state_dir / MANIFEST_FILE).unlink()
         Destination(state_dir).write_bytes(RESTORING_FILE, orjson.dumps({**point.to_json(), "from": str(where)}))
-        for left in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*"):  # what a killed restore fetched
-            shutil.rmtree(left, ignore_errors=True)
+        clear_restore_staging(state_dir)
         staging = state_dir / f"{RESTORE_STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
         fetched: list[str] = []
         total = 0

@@ -40,7 +40,6 @@ from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES,
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
     RECOVERY_MARKER,
-    RESTORE_STAGING_PREFIX,
     RESTORING_FILE,
     RUN_LOCK_PREFIX,
     SHARD_DIR,
@@ -51,6 +50,7 @@ from nextclick.operators.state.manifest import (
     StartPlan,
     StateManifest,
     StateMismatch,
+    clear_restore_staging,
     family_dirs,
     read_manifest,
     read_marker,
@@ -572,8 +572,7 @@ def reset_state(config: Config, *, recovery_dir: str | Path | None = None,
         # What an interrupted restore left: its marker (which refuses every later start) and its staging.
         with contextlib.suppress(FileNotFoundError):
             (state_dir / RESTORING_FILE).unlink()
-        for path in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*") if state_dir.is_dir() else ():
-            shutil.rmtree(path, ignore_errors=True)
+        clear_restore_staging(state_dir)
         for p in recovery_files:
             p.unlink()
     return report

@@ -239,3 +239,11 @@ def test_a_rules_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     ruleset, errors = check_rules(path)
     assert ruleset is None and [str(e) for e in errors] == [f"{path}: invalid TOML: not UTF-8 text (byte 0 cannot be "
                                                             "decoded)"]
+
+
+def test_every_profile_attribute_declares_what_it_holds() -> None:
+    """The rules loader refuses never-true comparisons, and signals named like profile attributes, from
+    these kinds: an attribute added without one would be neither checked nor protected."""
+    from nextclick.operators.profile.facts import ATTRIBUTE_KINDS
+
+    assert set(ATTRIBUTE_KINDS) == set(ATTRIBUTES)
