@@ -429,11 +429,15 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 def cmd_rules_explain(args: argparse.Namespace) -> int:
     from nextclick.operators.rules.loader import load_rules
-    from nextclick.operators.tools.explain import explain, read_story, render
+    from nextclick.operators.tools.explain import explain, read_story, refused_lines, render
 
     ruleset = load_rules(args.file, args.tracking_plan)
-    for entry in explain(ruleset, read_story(args.events, ruleset.plan)):
+    story = read_story(args.events, ruleset.plan)
+    for entry in explain(ruleset, story):
         print(orjson.dumps(entry).decode() if args.json else render(entry) + "\n")
+    refused = refused_lines(args.events, story)
+    if refused is not None:
+        raise refused
     return 0
 
 

@@ -197,12 +197,29 @@ def test_explain_as_text(tmp_path, capsys):
     assert "=> show_ad on ads offer category-picks (rule category_interest_ad" in out
 
 
-def test_a_bad_story_line_is_named(tmp_path, capsys):
+def test_a_line_the_flow_would_dead_letter_is_named_and_the_story_goes_on(tmp_path, capsys):
+    """As in the flow, a bad line is dead-lettered and what follows it still counts: the events after it
+    are explained, and the command exits 1 naming the line."""
     path = tmp_path / "story.jsonl"
-    path.write_bytes(orjson.dumps(STORY[0]) + b"\n" + orjson.dumps({"event_id": "x", "type": "page_view"}) + b"\n")
-    assert main(["rules", "explain", str(COOKBOOK / "rules.toml"), "--events", str(path)]) == 1
-    err = error_line(capsys.readouterr().err)
+    path.write_bytes(b"\n".join([orjson.dumps(STORY[0]), orjson.dumps({"event_id": "x", "type": "page_view"}),
+                                 b"{not json", *(orjson.dumps(e) for e in STORY[1:])]) + b"\n")
+    assert main(["rules", "explain", str(COOKBOOK / "rules.toml"), "--events", str(path), "--json"]) == 1
+    captured = capsys.readouterr()
+    err = error_line(captured.err)
     assert err.startswith(f"nextclick: error: {path}: line 2: ") and "ts" in err, err
+    assert "2 lines would be dead-lettered" in err
+    entries = [orjson.loads(line) for line in captured.out.splitlines()]
+    assert [(e["source"], e["dead_letter"]) for e in entries if "dead_letter" in e] == [
+        ("line 2", "invalid_ts"), ("line 3", "invalid_json")]
+    whole = tmp_path / "whole.jsonl"
+    whole.write_bytes(b"\n".join(orjson.dumps(e) for e in STORY) + b"\n")
+    assert main(["rules", "explain", str(COOKBOOK / "rules.toml"), "--events", str(whole), "--json"]) == 0
+    clean = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    def moved_down(entry: dict) -> dict:  # the story's line 2 onwards is line 4 onwards with the bad lines
+        n = int(entry["source"][5:]) if entry["source"].startswith("line ") else 1
+        return {**entry, "source": f"line {n + 2}"} if n > 1 else entry
+    assert len(clean) > 4 and [e for e in entries if "dead_letter" not in e] == [moved_down(e) for e in clean]
 
 
 # --- what `nextclick profile get` adds: the attributes a rule would read now -------------------------

@@ -69,7 +69,12 @@ def looks_personal(name: str) -> bool:
 
 
 class PlanError(NextclickError, ValueError):
-    """The tracking plan is invalid; the message names the file and the field."""
+    """The tracking plan is invalid; the message names the file and the field of its first mistake, and
+    `mistakes` holds every one found (a plan is fixed in one pass, as a rules file is)."""
+
+    def __init__(self, message: str, mistakes: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.mistakes = mistakes if mistakes is not None else [message]
 
 
 class TrackingPlan:
@@ -128,43 +133,61 @@ def load_plan(path: str | Path | None) -> TrackingPlan:
         raise where.fail("events", "must be a table of event types ([events.<type>])")
     schemas = {t: _copy(s) for t, s in SHIPPED.schemas.items()}
     channels = dict(SHIPPED.channels)
+    mistakes: list[str] = []
     for name, body in events.items():
-        field = f"events.{name}"
-        if not isinstance(body, dict):
-            raise where.fail(field, "must be a table")
-        where.keys(field, body, _EVENT_KEYS)
-        shipped = name in SHIPPED.channels
-        channel = body.get("channel")
-        if shipped:
-            if channel is not None and channel != SHIPPED.channels[name]:
-                raise where.fail(f"{field}.channel", f"{name} is a shipped type on channel "
-                                                     f"{SHIPPED.channels[name]!r}; its channel cannot change")
-        else:
-            if not _NAME.fullmatch(name):
-                raise where.fail(field, "an event type's name is lowercase letters, digits and _ (at most 64)")
-            if channel is None:
-                raise where.fail(f"{field}.channel", f"is required: {name!r} is not a shipped event type "
-                                                     f"({', '.join(sorted(SHIPPED.channels))}), so it is a new "
-                                                     f"one and needs its touch channel")
-            if channel not in CHANNELS:
-                raise where.fail(f"{field}.channel", f"must be one of {list(CHANNELS)}; got {channel!r}")
-            schemas[name] = _new_type(name, body)
-            channels[name] = channel
-        description = body.get("description")
-        if description is not None and not isinstance(description, str):
-            raise where.fail(f"{field}.description", "must be a string")
-        attributes = body.get("attributes", {})
-        if not isinstance(attributes, dict):
-            raise where.fail(f"{field}.attributes", "must be a table of attributes")
-        schema = schemas[name]
-        for attribute, spec in attributes.items():
-            _add_attribute(where, f"{field}.attributes.{attribute}", schema, attribute, spec, shipped)
+        try:
+            _add_type(where, name, body, schemas, channels, mistakes)
+        except PlanError as error:
+            mistakes.append(str(error))
+    if mistakes:
+        more = (f" (and {len(mistakes) - 1} more: `nextclick rules check RULES --tracking-plan {source}` lists "
+                "them all)") if len(mistakes) > 1 else ""
+        raise PlanError(mistakes[0] + more, mistakes)
     plan = TrackingPlan(source, schemas, channels)
     try:  # both parser paths compile from the schemas now: at start, not at the first event
         plan.spec_set()
     except (ValueError, TypeError) as exc:
         raise PlanError(f"{source}: {exc}") from None
     return plan
+
+
+def _add_type(where: _Where, name: str, body: Any, schemas: dict[str, dict[str, Any]], channels: dict[str, str],
+              mistakes: list[str]) -> None:
+    """One `[events.<name>]` into `schemas` and `channels`: raises on a mistake in the type itself, and
+    appends each bad attribute's to `mistakes` (the others still count)."""
+    field = f"events.{name}"
+    if not isinstance(body, dict):
+        raise where.fail(field, "must be a table")
+    where.keys(field, body, _EVENT_KEYS)
+    shipped = name in SHIPPED.channels
+    channel = body.get("channel")
+    if shipped:
+        if channel is not None and channel != SHIPPED.channels[name]:
+            raise where.fail(f"{field}.channel", f"{name} is a shipped type on channel "
+                                                 f"{SHIPPED.channels[name]!r}; its channel cannot change")
+    else:
+        if not _NAME.fullmatch(name):
+            raise where.fail(field, "an event type's name is lowercase letters, digits and _ (at most 64)")
+        if channel is None:
+            raise where.fail(f"{field}.channel", f"is required: {name!r} is not a shipped event type "
+                                                 f"({', '.join(sorted(SHIPPED.channels))}), so it is a new "
+                                                 f"one and needs its touch channel")
+        if channel not in CHANNELS:
+            raise where.fail(f"{field}.channel", f"must be one of {list(CHANNELS)}; got {channel!r}")
+        schemas[name] = _new_type(name, body)
+        channels[name] = channel
+    description = body.get("description")
+    if description is not None and not isinstance(description, str):
+        raise where.fail(f"{field}.description", "must be a string")
+    attributes = body.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise where.fail(f"{field}.attributes", "must be a table of attributes")
+    schema = schemas[name]
+    for attribute, spec in attributes.items():
+        try:
+            _add_attribute(where, f"{field}.attributes.{attribute}", schema, attribute, spec, shipped)
+        except PlanError as error:
+            mistakes.append(str(error))
 
 
 def _copy(schema: dict[str, Any]) -> dict[str, Any]:

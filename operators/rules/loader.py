@@ -391,11 +391,11 @@ def check_rules(path: str | Path, tracking_plan: PlanLike = None) -> tuple[RuleS
     naming file, item and field (a mistake that only follows from another is not repeated).
 
     `tracking_plan`: the plan (or its file, `flow.tracking_plan`) whose event types and attributes the
-    rules may name; None or "": the shipped schemas. A bad plan is the one error reported."""
+    rules may name; None or "": the shipped schemas. A bad plan's mistakes are the errors reported."""
     try:
         plan = _plan(tracking_plan)
     except PlanError as error:
-        return None, [RulesError(str(error))]
+        return None, [RulesError(mistake) for mistake in error.mistakes]
     with reading_rules_with(plan):
         return _check_rules(str(path), plan)
 

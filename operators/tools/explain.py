@@ -63,11 +63,16 @@ def attributes_at(profile: Profile, ruleset: RuleSet, at_ms: int) -> dict[str, A
 
 # --- the story ---------------------------------------------------------------------------------------
 
-class Story(list[tuple[int, str, Event]]):
-    """The story's events, and per line the fields the parser dropped because the event type's
-    schema does not declare them (a misspelt or undeclared attribute), so explain can say so."""
+class Story(list[tuple[int, str, Event | DeadLetter]]):
+    """The story's lines in order: each an event, or the dead letter the flow would write for it; and per
+    line the fields the parser dropped because the event type's schema does not declare them (a
+    misspelt or undeclared attribute), so explain can say so."""
 
     dropped: dict[int, list[str]]
+
+    @property
+    def dead_letters(self) -> list[tuple[int, DeadLetter]]:
+        return [(n, item) for n, _, item in self if isinstance(item, DeadLetter)]
 
 
 def _undeclared(body: dict[str, Any], event_type: str, plan: TrackingPlan) -> list[str]:
@@ -75,11 +80,12 @@ def _undeclared(body: dict[str, Any], event_type: str, plan: TrackingPlan) -> li
 
 
 def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
-    """(line number, customer as written, event) for every event line; blank lines are skipped.
+    """(line number, customer as written, event or dead letter) for every line; blank lines are skipped.
 
     Each line is an inbound event as the flow reads it (docs/data-contract.md), checked by the same
     parser with the same tracking plan (the rules': `RuleSet.plan`); `customer_id` names the customer
-    (default "story")."""
+    (default "story"). A line the flow would dead-letter stays in the story as that dead letter: the
+    flow goes on past it, and so does the story."""
     path = Path(path)
     try:
         lines = path.read_bytes().splitlines()
@@ -92,21 +98,32 @@ def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
             continue
         try:
             body = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise StoryError(f"{path}: line {n}: not JSON: {exc}") from None
+        except orjson.JSONDecodeError:
+            body = None
         who = body.get("customer_id") if isinstance(body, dict) else None
         who = who if isinstance(who, str) and who.strip() else "story"
         item = parse_message(who.encode(), line, None, SourcePosition(str(path), 0, n), secret=_STORY_SECRET,
                              now_ms=0, config=_STORY_PARSE, plan=plan)
-        if isinstance(item, DeadLetter):
-            raise StoryError(f"{path}: line {n}: {item.reason}: {item.message}")
         events.append((n, who, item))
-        undeclared = _undeclared(body, item.type, plan)
-        if undeclared:
-            events.dropped[n] = undeclared
+        if isinstance(item, Event) and isinstance(body, dict):
+            undeclared = _undeclared(body, item.type, plan)
+            if undeclared:
+                events.dropped[n] = undeclared
     if not events:
         raise StoryError(f"{path}: no events")
     return events
+
+
+def refused_lines(path: str | Path, story: Story) -> StoryError | None:
+    """The error `rules explain` exits with when the flow would dead-letter lines of the story: the first
+    one's reason, and how many there are (each is also in the explanation, where it stands)."""
+    dead = story.dead_letters
+    if not dead:
+        return None
+    n, first = dead[0]
+    more = f"; {len(dead)} lines would be dead-lettered" if len(dead) > 1 else ""
+    return StoryError(f"{path}: line {n}: {first.reason}: {first.message} (the flow would dead-letter it and go "
+                      f"on, as the explanation above does{more})")
 
 
 @dataclasses.dataclass
@@ -176,9 +193,10 @@ def _report(customer: str, source: str, ruleset: RuleSet, log: list[tuple[Trigge
                    **({} if decision.params is None else {"params": decision.params})}}
 
 
-def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[dict[str, Any]]:
+def explain(ruleset: RuleSet, story: list[tuple[int, str, Event | DeadLetter]]) -> Iterator[dict[str, Any]]:
     """For each trigger of the story (events, then absences as the clock fires them): every rule on
-    it with its conditions' values and verdicts, the gate that blocked it, and the decision."""
+    it with its conditions' values and verdicts, the gate that blocked it, and the decision; for a line
+    the flow would dead-letter, its reason."""
     log: list[tuple[Trigger, Tried]] = []
     traced = traced_rules(ruleset, log)
     profiles: dict[str, Profile] = {}
@@ -203,6 +221,9 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event]]) -> Iterator[d
                             lambda p, out: on_timers(p, traced, at, out))[0]  # noqa: B023 - called at once
 
     for line, who, event in story:
+        if isinstance(event, DeadLetter):
+            yield {"customer": who, "source": f"line {line}", "dead_letter": event.reason, "message": event.message}
+            continue
         yield from timers_until(event.ts)
         names[event.customer] = who
         if event.customer not in profiles:
@@ -246,6 +267,8 @@ def _absence_due(profile: Profile, ruleset: RuleSet) -> int | None:
 
 def render(entry: dict[str, Any]) -> str:
     """An entry as text: the trigger, then each rule with its conditions and outcome."""
+    if "dead_letter" in entry:
+        return f"{entry['source']}: dead-lettered ({entry['dead_letter']}): {entry['message']}"
     attrs = ", ".join(f"{k}={v!r}" for k, v in entry["attributes"].items())
     lines = [f"{entry['at']}  {entry['customer']}  {entry['trigger']}({attrs})  [{entry['source']}]"]
     if "dropped" in entry:

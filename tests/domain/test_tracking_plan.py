@@ -335,3 +335,21 @@ def test_nextclick_run_refuses_a_bad_plan_before_it_touches_kafka(tmp_path: Path
     assert main(["run", "--config", str(config), "--broker-timeout", "1"]) == 1
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("nextclick: error: ") and str(bad) in line and "Connection" not in line
+
+
+def test_every_mistake_in_a_plan_is_listed_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plan with three mistakes in two types is fixed in one pass: `rules check` lists each, and the
+    flow's start line names the first and how many more there are."""
+    plan = write_rules(tmp_path, '[events.page_view.attributes.email]\ntype = "string"\n'
+                                 '[events.page_view.attributes.ok]\ntype = "string"\n'
+                                 '[events.page_view.attributes.size]\ntype = "strng"\n'
+                                 '[events.wishlist_add]\nchannel = "fax"\n', "plan.toml")
+    with pytest.raises(PlanError) as raised:
+        load_plan(plan)
+    assert [m.split(": ")[1] for m in raised.value.mistakes] == [
+        "events.page_view.attributes.email", "events.page_view.attributes.size.type", "events.wishlist_add.channel"]
+    assert str(raised.value).endswith(f"(and 2 more: `nextclick rules check RULES --tracking-plan {plan}` "
+                                      "lists them all)")
+    rules = write_rules(tmp_path, '[[rule]]\nid = "r"\non = ["page_view"]\naction = "a"\nchannel = "web"\n')
+    assert main(["rules", "check", str(rules), "--tracking-plan", str(plan)]) == 1
+    assert capsys.readouterr().out.splitlines() == raised.value.mistakes
