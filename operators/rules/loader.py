@@ -46,6 +46,7 @@ _SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]*")
 # The attributes conditions read that no signal declares, with what each holds where that is known.
 _BUILT_IN_KINDS: dict[str, Kinds] = {**ATTRIBUTE_KINDS, CUSTOMER_CHANNEL: (frozenset({"string"}), tuple(CHANNELS))}
 _BUILT_IN = frozenset({*_BUILT_IN_KINDS, "trigger"})
+_PURPOSE = re.compile(r"[a-z][a-z0-9_]{0,127}")
 
 
 # What a trigger attribute can hold: its JSON types ("string", "number", "integer", "boolean") and
@@ -379,6 +380,20 @@ def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionS
     return tuple(scopes)
 
 
+# The consent purposes a rule may have unless `[consent] purposes` lists the deployment's own.
+DEFAULT_CONSENT_PURPOSES = ("marketing", "service")
+
+
+def _consent_purposes(where: Where, raw: Any) -> frozenset[str] | None:
+    """The purposes consent events are sent for, or None when the list is itself a mistake (reported)."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(p, str) and _PURPOSE.fullmatch(p) for p in raw):
+        where.report("purposes", "must be a non-empty list of purposes, each lowercase letters, digits and _ "
+                                 "(e.g. [\"marketing\", \"service\", \"newsletter\"]): the purposes your consent "
+                                 "events carry")
+        return None
+    return frozenset(raw)
+
+
 PlanLike = TrackingPlan | str | Path | None
 
 
@@ -451,9 +466,12 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     overall = where.attempt(_cap, where, "overall", caps["overall"]) if "overall" in caps else None
     consent = _section(path, doc, "consent", errors)
     where = Where(path, "[consent]", errors)
-    where.check_keys(consent, set(DECISION_CHANNELS))
+    where.check_keys(consent, {*DECISION_CHANNELS, "purposes"})
+    consent_purposes = _consent_purposes(where, consent.get("purposes", list(DEFAULT_CONSENT_PURPOSES)))
     policy: dict[str, Literal["opt_in", "opt_out"]] = dict.fromkeys(DECISION_CHANNELS, "opt_in")
     for ch, value in consent.items():
+        if ch == "purposes":
+            continue
         if value not in ("opt_in", "opt_out"):
             where.report(ch, "must be \"opt_in\" or \"opt_out\"")
         elif ch in policy:
@@ -469,6 +487,15 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     where.check_keys(suppression, {"after_complaint", "scope"})
     after_complaint = where.duration(suppression, "after_complaint", "30d")
     scopes = _scopes(path, suppression.get("scope"), errors)
+    # A rule's purpose no consent event carries (a typo: "marketting") would never be granted on an opt_in
+    # channel, and, worse, never revoked on an opt_out one: the customer who opted out still gets it.
+    for rule in rules:
+        if consent_purposes is not None and rule.purpose not in consent_purposes:
+            errors.append(RulesError(
+                f"{path}: rule '{rule.id}': field 'purpose': {rule.purpose!r} is not one of the consent purposes "
+                f"{sorted(consent_purposes)}: no consent event would grant or revoke it (on an opt_out channel "
+                "it would reach customers who opted out); if your consent source sends it, add it to "
+                "[consent] purposes"))
     # A purpose no rule has (a typo: "marketting") would cap or suppress nothing, without a word.
     purposes = {r.purpose for r in rules}
     named = [("[caps]", "purposes", capped_purposes or ())] + [

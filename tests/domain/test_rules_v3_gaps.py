@@ -9,7 +9,7 @@ import pytest
 
 from nextclick.operators.profile.facts import ATTRIBUTES
 from nextclick.operators.rules.loader import check_rules, load_rules
-from tests.helpers import HOUR, MIN, T0, Customer, consent, fired, write_rules
+from tests.helpers import HOUR, MIN, T0, Customer, consent, fired, reasons, write_rules
 
 MAIL = '''
 [[rule]]
@@ -216,6 +216,12 @@ MISTAKES = {
                          "[caps]: field 'purposes': no rule has the purpose(s) ['marketting']"),
     "scope purpose typo": (BASE_RULE + '[[suppression.scope]]\npurposes = ["marketting"]\nafter_complaint = "1d"\n',
                            "[[suppression.scope]] #1: field 'purposes': no rule has the purpose(s) ['marketting']"),
+    "rule purpose typo": (BASE_RULE + 'purpose = "marketting"\n',
+                          "rule 'r': field 'purpose': 'marketting' is not one of the consent purposes"),
+    "rule purpose in capitals": (BASE_RULE + 'purpose = "Marketing"\n',
+                                 "field 'purpose': 'Marketing' is not one of the consent purposes"),
+    "consent purposes not a list": (BASE_RULE + '[consent]\npurposes = "marketing"\n',
+                                    "[consent]: field 'purposes': must be a non-empty list of purposes"),
     "scope with no channel": (BASE_RULE + '[[suppression.scope]]\nchannels = []\nafter_complaint = "1d"\n',
                               "field 'channels': must name at least one channel"),
     "segment typo": (BASE_RULE + 'when = [\'segment == "loyl"\']\n', "'segment' is one of ["),
@@ -247,3 +253,18 @@ def test_every_profile_attribute_declares_what_it_holds() -> None:
     from nextclick.operators.profile.facts import ATTRIBUTE_KINDS
 
     assert set(ATTRIBUTE_KINDS) == set(ATTRIBUTES)
+
+
+def test_a_purpose_the_consent_source_sends_is_declared_once_and_then_gated_like_marketing(tmp_path: Path) -> None:
+    """A deployment's own purpose loads once `[consent] purposes` names it, and then its revocation holds
+    on an opt_out channel, where an undeclared typo would have reached the customer who opted out."""
+    text = BASE_RULE.replace('channel = "web"', 'channel = "ads"') + 'purpose = "newsletter"\ncooldown = "1ms"\n'
+    ruleset, errors = check_rules(write_rules(tmp_path, text))
+    assert ruleset is None and "'newsletter' is not one of the consent purposes ['marketing', 'service']" in \
+        str(errors[0]), errors
+    ruleset = load_rules(write_rules(tmp_path, text + '[consent]\nads = "opt_out"\n'
+                                                      'purposes = ["marketing", "service", "newsletter"]\n'))
+    c = Customer(ruleset=ruleset)
+    assert [d[1] for d in fired(c.send("page_view", T0))] == ["ads"]
+    c.send("consent", T0 + 1, channel="all", purpose="newsletter", granted=False)
+    assert reasons(c.send("page_view", T0 + 2)) == [("r", "opted_out")]

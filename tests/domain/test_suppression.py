@@ -53,6 +53,7 @@ cooldown = "1ms"
 [consent]
 email = "opt_out"
 ads = "opt_out"
+purposes = ["marketing", "service", "newsletter"]
 
 [suppression]
 after_complaint = "30d"   # every other promotion
