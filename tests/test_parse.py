@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextclick.operators.channels import EVENT_CHANNELS
+from nextclick.operators.channels import EVENT_CHANNELS, ID_TYPES
 from nextclick.operators.events.schemas import ATTRS_KEYWORD, SCHEMA_DIR, SPECS, _fast_type, load_schema
+from nextclick.operators.identity.guards import default_identity_rules
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.infra.config import ParseConfig
 from nextclick.operators.io.deadletter import REASONS, TS_SKEW_HEADER, dead_letter_headers
@@ -191,6 +192,13 @@ BAD: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("no_key", None, orjson.dumps(payload(email=PLANTED)), "missing_identifier"),
     ("empty_key", b"", orjson.dumps(payload(email=PLANTED, customer_id="")), "missing_identifier"),
     ("bad_key", b"\xff" + PLANTED.encode(), orjson.dumps(payload(email=PLANTED)), "missing_identifier"),
+    ("placeholder_key", b"undefined", orjson.dumps(payload(email=PLANTED)), "invalid_identifier"),
+    ("placeholder_both", b"null", orjson.dumps(payload(customer_id="NULL")), "invalid_identifier"),
+    ("placeholder_no_key", None, orjson.dumps(payload(customer_id="null")), "missing_identifier"),
+    ("huge_key", PLANTED.encode() * 20, orjson.dumps(payload()), "invalid_identifier"),
+    ("huge_customer_id", KEY, orjson.dumps(payload(customer_id=PLANTED * 20)), "invalid_identifier"),
+    ("blank_event_id", KEY, orjson.dumps(payload(event_id="   ")), "missing_event_id"),
+    ("control_event_id", KEY, orjson.dumps(payload(event_id="\x00e1")), "missing_event_id"),
 ]
 
 
@@ -322,6 +330,11 @@ def _attr_strategy(prop: dict[str, Any]) -> st.SearchStrategy[Any]:
 KNOWN_FIELDS = {name for spec in SPECS.values() for name in load_schema(spec.type)["properties"]}
 
 
+# Event ids that tell events apart: not blank, no control characters (test_dead_letter_reason has those).
+EVENT_IDS = st.text(min_size=1, max_size=128).filter(
+    lambda e: not e.isspace() and not any(ord(c) < 32 or ord(c) == 127 for c in e))
+
+
 @st.composite
 def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], int]:
     event_type = draw(st.sampled_from(sorted(EVENT_CHANNELS)))
@@ -339,7 +352,7 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any], int]:
         local = datetime.fromtimestamp(ts_ms / 1000, timezone(timedelta(minutes=offset)))
         local = local.replace(microsecond=(ts_ms % 1000) * 1000)
         ts = local.isoformat(timespec="milliseconds")
-    body = {"event_id": draw(st.text(min_size=1, max_size=128)), "type": event_type, "ts": ts, **attrs}
+    body = {"event_id": draw(EVENT_IDS), "type": event_type, "ts": ts, **attrs}
     extras = draw(st.dictionaries(st.text(max_size=10).filter(lambda k: k not in KNOWN_FIELDS),
                                   st.none() | INT64 | st.text(max_size=10), max_size=3))
     body.update(extras)
@@ -362,7 +375,9 @@ def test_arbitrary_bytes_never_raise(key, value):
     _check_result(parse(value, key=key))
 
 
-NON_BLANK_KEYS = st.text(min_size=1, max_size=16).filter(lambda k: not k.isspace())
+# Keys that name someone: not blank, and not a placeholder the identity rules block (test_a_placeholder_names_nobody).
+NON_BLANK_KEYS = st.text(min_size=1, max_size=16).filter(
+    lambda k: not k.isspace() and not any(default_identity_rules().blocked(t, k) for t in ID_TYPES))
 
 
 @settings(max_examples=200, deadline=None)
@@ -688,6 +703,21 @@ def test_a_blank_customer_id_names_nobody(blank):
         assert isinstance(result, DeadLetter) and result.reason == "missing_identifier"
         assert result.message == ("no identifier: neither a non-blank 'customer_id' in the payload nor "
                                   "a non-blank UTF-8 Kafka key")
+
+
+@pytest.mark.parametrize("placeholder", ["null", "NULL ", "undefined", "0", "00000000-0000-0000-0000-000000000000"])
+def test_a_placeholder_names_nobody(placeholder):
+    """A hard-coded placeholder must not gather everyone who carries it on one profile: as a customer id
+    it is passed over for the key (counted as a refused link), and as the key it is dead-lettered."""
+    event = assert_paths_agree(orjson.dumps(payload(customer_id=placeholder)))
+    assert isinstance(event, Event) and event.customer == pseudonymize("cookie", KEY.decode(), SECRET)
+    assert event.blocked == ("customer",) and event.links == ()
+    result = assert_paths_agree(orjson.dumps(payload()), key=placeholder.encode())
+    assert isinstance(result, DeadLetter) and result.reason == "invalid_identifier"
+    assert placeholder.strip() not in result.message.replace("'null'", "").replace("'undefined'", "")
+    login = assert_paths_agree(orjson.dumps(payload("login", customer_id=placeholder, email="ana@example.com")))
+    assert isinstance(login, Event) and login.customer == pseudonymize("cookie", KEY.decode(), SECRET)
+    assert login.links == (("email", pseudonymize("email", "ana@example.com", SECRET)),)
 
 
 def test_identifiers_are_used_as_sent_otherwise():

@@ -32,6 +32,7 @@ REASONS: dict[str, str] = {
     "ts_in_future": "nextclick.parse.TimestampInFuture",
     "ts_too_old": "nextclick.parse.TimestampTooOld",
     "missing_identifier": "nextclick.parse.MissingIdentifier",
+    "invalid_identifier": "nextclick.parse.InvalidIdentifier",
     "unknown_command": "nextclick.control.UnknownCommand",
     # The event was valid but applying it raised; the class header names the exception instead.
     "processing_error": "nextclick.processing.ProcessingError",

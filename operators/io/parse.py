@@ -264,6 +264,9 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
     event_id = payload.get("event_id")
     if event_id is None or event_id == "":
         raise _Bad("missing_event_id", "field 'event_id' is missing or empty")
+    if type(event_id) is str and _bad_event_id(event_id):
+        raise _Bad("missing_event_id", "field 'event_id' is blank or holds control characters: it would not "
+                                       "tell a redelivery from another event")
     ts = parse_ts(payload.get("ts"))
     try:
         spec.validate(payload)
@@ -282,12 +285,27 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         raise _Bad("invalid_ts", TS_OUT_OF_RANGE)
 
     ident = resolve_identifier(payload, key, spec.channel)
+    customer_id = payload.get("customer_id")
+    placeholder: tuple[str, ...] = ()
+    if type(customer_id) is str and customer_id and not customer_id.isspace():  # it is the identifier
+        if len(customer_id) > MAX_IDENTIFIER_CHARS:
+            raise _Bad("invalid_identifier", f"field 'customer_id' is {len(customer_id)} characters, over the "
+                                             f"limit of {MAX_IDENTIFIER_CHARS} for an identifier")
+        if guards.blocked("customer", customer_id):  # names nobody, as a blank one: the key is the identifier
+            placeholder, customer_id = ("customer",), None
+            ident = resolve_identifier({"id_type": payload.get("id_type")}, key, spec.channel)
     if ident is None:
-        raise _Bad("missing_identifier", NO_IDENTIFIER)
+        raise _Bad("missing_identifier", NO_IDENTIFIER_BUT_A_PLACEHOLDER if placeholder else NO_IDENTIFIER)
+    if len(ident[1]) > MAX_IDENTIFIER_CHARS:
+        raise _Bad("invalid_identifier", f"the Kafka key is {len(ident[1])} characters, over the limit of "
+                                         f"{MAX_IDENTIFIER_CHARS} for an identifier")
+    if guards.blocked(*ident):
+        raise _Bad("invalid_identifier", PLACEHOLDER_KEY)
     customer = pseudonymize_cached(ident[0], ident[1], secret)
-    others = other_identifiers(ident, payload.get("customer_id"), payload.get("id_type"), key, spec.channel,
+    others = other_identifiers(ident, customer_id, payload.get("id_type"), key, spec.channel,
                                [(t, payload.get(f)) for f, t in spec.ident_fields])
     links, blocked = guard_links(ident, others, guards, secret)
+    blocked += placeholder
 
     attrs = {a: payload[a] for a in spec.attrs if a in payload}
     for a in spec.int_attrs:
@@ -300,6 +318,19 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
 
 
 TS_OUT_OF_RANGE = "field 'ts' is not a time between the years 1 and 9999"
+# The longest identifier an event may be about: an email field's limit (identify, login). Longer ones
+# name nobody real, and each would sit in the parser's cache of identifiers (64k of them) for good.
+MAX_IDENTIFIER_CHARS = 320
+NO_IDENTIFIER_BUT_A_PLACEHOLDER = ("no identifier: 'customer_id' is a placeholder value the identity rules block "
+                                   "([blocked]), and there is no non-blank UTF-8 Kafka key")
+PLACEHOLDER_KEY = ("the Kafka key is a placeholder value the identity rules block ([blocked]; e.g. 'null', "
+                   "'undefined', zeros): it names nobody, and one profile would gather the events of everyone "
+                   "it stands for")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bad_event_id(event_id: str) -> bool:
+    return event_id.isspace() or (not event_id.isprintable() and _CONTROL.search(event_id) is not None)
 NO_IDENTIFIER = ("no identifier: neither a non-blank 'customer_id' in the payload nor a non-blank "
                  "UTF-8 Kafka key")
 _UNSET = msgspec.UNSET
@@ -370,6 +401,13 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
         if ident is None:
             return None
         id_type, raw_id = ident
+    if guards is None:
+        guards = default_identity_rules()
+    if len(raw_id) > MAX_IDENTIFIER_CHARS or guards.blocked(id_type, raw_id):
+        return None  # the slow path says which, or takes the key for a placeholder customer id
+    event_id = fields[spec.eid_slot]
+    if _bad_event_id(event_id):
+        return None
     if spec.ident_slots:  # login, identify: name other identifiers in fields of their own
         named = [(t, fields[slot]) for t, slot in spec.ident_slots if fields[slot] is not _UNSET]
         if named:
@@ -379,7 +417,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     links: tuple[tuple[str, str], ...] = ()
     blocked: tuple[str, ...] = ()
     if others:
-        links, blocked = guard_links((id_type, raw_id), others, guards or default_identity_rules(), secret)
+        links, blocked = guard_links((id_type, raw_id), others, guards, secret)
     attrs = {}
     for name, slot, default in spec.attr_slots:
         v = fields[slot]
@@ -388,7 +426,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
                 continue
             v = default
         attrs[name] = v
-    return Event(fields[spec.eid_slot], spec.type, ts, pseudonymize_cached(id_type, raw_id, secret), spec.channel,
+    return Event(event_id, spec.type, ts, pseudonymize_cached(id_type, raw_id, secret), spec.channel,
                  attrs, source, (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
 
 

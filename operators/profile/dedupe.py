@@ -1,28 +1,54 @@
 """The dedupe window: event ids seen recently, so a redelivered event changes nothing.
 
-Ids are kept for the rules file's dedupe horizon after their event time, and at most MAX_SEEN_IDS of
-them per customer (the oldest to arrive goes first), which bounds a replay storm's state.
+Each id is kept for the rules file's dedupe horizon from the customer's event-time frontier when it
+arrived (the later of its own time and the newest event's before it), so a late event's redelivery
+is caught as surely as a fresh one's. At most MAX_SEEN_IDS ids are kept per customer, which bounds a
+replay storm's state: at the cap the oldest to arrive goes first, except that ids of the events a
+profile keeps for months (purchases, consents, complaints, call-center contacts: `KEPT_TYPES`) go
+only when nothing else is left, so a burst of page views cannot make a retried purchase count twice.
+Those ids are stored with a prefix (`KEPT`) that no event id has (the parser refuses control
+characters in one), which says which they are without changing the stored format.
 
 The window's order is its arrival order and carries meaning: it says which id goes first at the cap.
-Going by horizon instead would drop a late event's id on arrival, and its redelivery would count
-twice. So it is the one dict the codec stores as it is, not sorted (operators/profile/codec.py).
+So it is the one dict the codec stores as it is, not sorted (operators/profile/codec.py).
 """
 
 from __future__ import annotations
 
 import bisect
 
+from nextclick.operators.channels import PURCHASE_TYPES
 from nextclick.operators.profile.model import Profile
 
 MAX_SEEN_IDS = 256
 
+# Event types whose redelivery would change what a profile keeps for months (orders and revenue,
+# consent, complaints, contact counts): their ids outlast the rest at the cap.
+KEPT_TYPES = frozenset({*PURCHASE_TYPES, "consent", "complaint", "call_center_contact"})
+KEPT = "\x00"
 
-def remember(profile: Profile, event_id: str, ts: int, horizon_ms: int) -> None:
-    seen = profile.seen
-    seen[event_id] = until = ts + horizon_ms
+
+def seen(profile: Profile, event_id: str) -> bool:
+    """Whether this event id was applied to the profile within the horizon (whatever its type)."""
+    window = profile.seen
+    return event_id in window or KEPT + event_id in window
+
+
+def remember(profile: Profile, event_id: str, event_type: str, until: int) -> None:
+    """Keep `event_id` until `until` (event time); at the cap, forget the oldest id that is not kept."""
+    window = profile.seen
+    key = KEPT + event_id if event_type in KEPT_TYPES else event_id
+    window[key] = until
     profile.note_expiry(until)
-    if len(seen) > MAX_SEEN_IDS:
-        del seen[next(iter(seen))]  # dicts keep arrival order, and MessagePack keeps it across a save
+    if len(window) > MAX_SEEN_IDS:
+        victim = None
+        for candidate in window:  # dicts keep arrival order, and MessagePack keeps it across a save
+            if candidate[:1] != KEPT:
+                victim = candidate
+                break
+        if victim is None or victim == key:  # nothing else to forget: the oldest kept id goes
+            victim = next(iter(window))
+        del window[victim]
 
 
 def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
@@ -46,8 +72,8 @@ def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
 
 def merge(profile: Profile, other: dict[str, int]) -> None:
     """Another profile's dedupe window, folded into this one (identity stitching): the union of both,
-    each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (those that stay
-    longest), ordered by horizon so that the next to go is the oldest. Ordered so even when `other`
+    each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (kept ids first, then
+    those that stay longest), ordered by horizon so that the next to go is the oldest. Ordered so even when `other`
     is empty: either profile absorbing the other gives the same window, in the same order."""
     seen = profile.seen
     if not other and not seen:
@@ -57,6 +83,7 @@ def merge(profile: Profile, other: dict[str, int]) -> None:
         current = merged.get(event_id)
         if current is None or until > current:
             merged[event_id] = until
-    kept = sorted(merged.items(), key=lambda item: (item[1], item[0]))[-MAX_SEEN_IDS:]
+    kept = sorted(merged.items(), key=lambda item: (item[0][:1] == KEPT, item[1], item[0]))[-MAX_SEEN_IDS:]
+    kept.sort(key=lambda item: (item[1], item[0]))
     seen.clear()
     seen.update(kept)

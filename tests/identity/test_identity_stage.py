@@ -123,8 +123,8 @@ def test_what_an_event_links() -> None:
 
 
 def test_blocked_values_are_refused_before_hashing_and_never_passed_on() -> None:
-    e = parse({"type": "page_view", "customer_id": "anonymous"}, b"ck-1")
-    assert (e.customer, e.links, e.blocked) == (key("customer", "anonymous"), (), ("customer",))
+    e = parse({"type": "page_view", "customer_id": "anonymous"}, b"ck-1")  # names nobody: the key is the identifier
+    assert (e.customer, e.links, e.blocked) == (key("cookie", "ck-1"), (), ("customer",))
     e = parse({"type": "login", "customer_id": "C1", "email": "TEST@test.com"}, b"ck-1")
     assert (e.links, e.blocked) == ((("cookie", key("cookie", "ck-1")),), ("email",))
     assert "test.com" not in repr(e) and "TEST" not in repr(e)
