@@ -229,3 +229,70 @@ def test_one_event_ahead_of_the_clock_in_a_backlog_leaves_the_partition_behind(
     assert read == len(values) and len(reports) > 3
     before_the_end = [floor for at, floor in reports if at < len(values)]
     assert before_the_end and all(f is not None and f <= old + 120 for f in before_the_end), reports
+
+
+def test_an_event_ahead_of_the_clock_waits_for_an_earlier_one_on_another_partition(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    """A consent withdrawal on one topic, then a purchase from a store whose clock runs 90 s fast on
+    another, both read after downtime. Delivered at once, the purchase overtook the withdrawal and its
+    email went out (an outside probe: 40 of 40). It waits as an event at its own time: more than the
+    bound after the withdrawal, so until that partition delivered it."""
+    email, store = f"{topic_prefix}.email", f"{topic_prefix}.store"
+    ensure_topics(kafka, {email: 1, store: 1})
+    now_ms = int(time.time() * 1000)
+    producer = Producer(kafka)
+    producer.produce(store, _events(1, now_ms + 90_000, "purchase")[0], b"c1", partition=0)
+    producer.produce(email, _events(1, now_ms - 3_000, "withdrawal")[0], b"c1", partition=0)
+    assert producer.flush(10) == 0
+    alignment = Alignment(60_000, 2_000)
+    aligned = Aligned(alignment, lambda: now_ms, ParseConfig())
+    source = KafkaInput(kafka, [email, store], group_id=topic_prefix, stop_at_end=False, batch_size=5,
+                        aligned=aligned)
+    store_part = source.build_part("kafka_in", f"{store}#0", None)
+    email_part = source.build_part("kafka_in", f"{email}#0", None)
+    delivered: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(delivered) < 2 and time.monotonic() < deadline:
+            for part in (store_part, email_part):  # the store's partition is polled first, every round
+                delivered += [m.value for m in part.next_batch() if not isinstance(m, Progress)]
+            time.sleep(0.01)
+    finally:
+        store_part.close()
+        email_part.close()
+    assert [orjson.loads(v)["event_id"] for v in delivered] == ["withdrawal0", "purchase0"]
+
+
+def test_an_event_ahead_of_the_clock_in_a_backlog_goes_with_its_neighbours(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    """Two partitions three hours behind, one with an event a minute ahead of the clock in its middle.
+    Held as "now", it held the rest of its partition back until the other had read all of its three
+    hours, so those events came hours out of order. It waits at most the bound past its own
+    partition's time instead: each partition delivers within the bound of the other."""
+    a, b = f"{topic_prefix}.a", f"{topic_prefix}.b"
+    ensure_topics(kafka, {a: 1, b: 1})
+    now_ms = int(time.time() * 1000)
+    old = now_ms - 3 * 3_600_000
+    producer = Producer(kafka)
+    values = {a: _events(10, old, "a") + _events(1, now_ms + 60_000, "future") + _events(10, old + 100, "b"),
+              b: [orjson.dumps({"event_id": f"o{i}", "type": "page_view", "ts": old + i * 270_000,
+                                "customer_id": "c2"}) for i in range(20)]}
+    for topic, batch in values.items():
+        for value in batch:
+            producer.produce(topic, value, b"c1", partition=0)
+    assert producer.flush(10) == 0
+    source = KafkaInput(kafka, [a, b], group_id=topic_prefix, stop_at_end=False, batch_size=5,
+                        aligned=Aligned(Alignment(60_000, 60_000), lambda: now_ms, ParseConfig()))
+    parts = [source.build_part("kafka_in", f"{topic}#0", None) for topic in (a, b)]
+    order: list[str] = []
+    try:
+        deadline = time.monotonic() + 15
+        while len(order) < 41 and time.monotonic() < deadline:
+            for part in parts:
+                order += [orjson.loads(m.value)["event_id"] for m in part.next_batch() if not isinstance(m, Progress)]
+            time.sleep(0.01)
+    finally:
+        for part in parts:
+            part.close()
+    assert len(order) == 41
+    assert order.index("b9") < order.index("o2"), order  # o2 is 9 minutes after every "b": past the bound

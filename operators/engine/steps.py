@@ -99,8 +99,8 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
             apply(profile, event)
     facts = profile.facts
     apply_facts(facts, event)
-    # From the customer's frontier, not the event's own time: a late event's id must outlive its arrival.
-    dedupe.remember(profile, event.event_id, event.type, facts.last_seen + ruleset.dedupe_horizon_ms)  # type: ignore[operator]
+    # A late event's id is kept from the customer's frontier, not its own time: it must outlive its arrival.
+    dedupe.remember(profile, event.event_id, event.type, (newest if is_late else ts) + ruleset.dedupe_horizon_ms)  # type: ignore[operator]
     if not is_late and event.type in ruleset.by_trigger:
         decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs), out)
     ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts

@@ -24,11 +24,16 @@ undercount them.
 
 Event time is the payload's `ts`, read cheaply here (msgspec decodes that one field and skims the
 rest). A message whose `ts` cannot be read, or that the parser will refuse as too old or too far
-ahead, never waits: it is delivered at once and dead-lettered downstream. Nor does a `ts` ahead of
-the clock (within the parser's limit): it goes at once and does not move its partition's floor. Read
-as "now", one such event in a backlog hours old made its partition look caught up, and the
-event-time frontier jumped to the clock, firing every pending timer hours early; it also held the
-rest of its partition back until every other one had ended.
+ahead, never waits: it is delivered at once and dead-lettered downstream.
+
+A `ts` ahead of the clock (a producer's fast clock, within the parser's limit) is a time nobody has
+reached, and says little about where its partition is. It never moves its partition's floor: read as
+"now", one such event in a backlog hours old made the partition look caught up, and the event-time
+frontier jumped to the clock, firing every pending timer hours early. It waits as an event at its
+own time, but at most `bound` past its partition's newest time (`ahead_release`): in a backlog it
+goes with its neighbours instead of holding its partition back until every other has caught up, and
+an event 90 s ahead cannot overtake a withdrawal dated before it on another topic. Live, a skew
+under the bound never waits. `event_time` marks such a time by giving it as a float.
 
 Within a process the partitions share one `Alignment` (per flow). Across the processes of a cluster,
 each publishes its partitions' floors to a small compacted topic (`topics.progress`, keyed by
@@ -85,12 +90,12 @@ class _Ts(msgspec.Struct):
 _decode_ts = msgspec.json.Decoder(_Ts).decode
 
 
-def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
-    """The message's `ts` as the parser reads it; UNREADABLE when it must not wait.
+def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int | float:
+    """The message's `ts` as the parser reads it; UNREADABLE when it must not wait; a float when it is
+    ahead of `now_ms` (see the module docstring: it must not stand for the partition's position).
 
     UNREADABLE: no value, too large, not a JSON object, no valid `ts`, a `ts` the parser refuses
-    (older than `max_age_ms`, further ahead than `max_future_skew_ms`, before year 1), or a `ts`
-    ahead of `now_ms` (see the module docstring: it must not stand for the partition's position). Never raises:
+    (older than `max_age_ms`, further ahead than `max_future_skew_ms`, before year 1). Never raises:
     this runs in the source, before the parser, so an exception here would stop the flow on the same
     message at every restart, with nothing dead-lettered. Whatever it cannot read is UNREADABLE, and
     the parser names the reason.
@@ -107,7 +112,7 @@ def event_time(value: bytes | None, now_ms: int, config: ParseConfig) -> int:
                 return UNREADABLE
             ts = _rfc3339_ms(ts) if type(ts) is str else parse_ts(ts)
         if ts > now_ms:
-            return UNREADABLE
+            return float(ts) if ts - now_ms <= config.max_future_skew_ms else UNREADABLE
         if config.max_age_ms > 0:
             if now_ms - ts > config.max_age_ms:
                 return UNREADABLE
@@ -162,7 +167,13 @@ def _rfc3339_ms(ts: str) -> int:
     return parse_ts(ts)
 
 
-def cut(ts: Sequence[int], limit: int | None) -> int:
+def ahead_release(ts: float, newest: int | None, bound_ms: int) -> float:
+    """The time a message dated ahead of the clock waits as (still a float: it moves no floor): its own,
+    but at most `bound_ms` past `newest`, the latest readable time its partition had before it."""
+    return ts if newest is None or ts <= newest + bound_ms else float(newest + bound_ms)
+
+
+def cut(ts: Sequence[int | float], limit: int | None) -> int:
     """How many leading messages may go: the longest prefix whose event times are all <= `limit`.
 
     Never reorders: a message past the limit holds back every message behind it in its partition.

@@ -21,7 +21,17 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from nextclick.operators.frontier import LIVE_SLACK_MS
 from nextclick.operators.infra import failpoints, health, metrics
 from nextclick.operators.infra.config import ParseConfig
-from nextclick.operators.io.alignment import DATA, END, HELD, UNREADABLE, WAITING, Alignment, cut, event_time
+from nextclick.operators.io.alignment import (
+    DATA,
+    END,
+    HELD,
+    UNREADABLE,
+    WAITING,
+    Alignment,
+    ahead_release,
+    cut,
+    event_time,
+)
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import Progress
 
@@ -165,7 +175,7 @@ class Aligned(NamedTuple):
     its floor for the frontier the flow's timers fire by (operators/frontier.py)."""
 
     alignment: Alignment
-    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it never waits and moves no floor
+    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it moves no floor (alignment.ahead_release)
     parse: ParseConfig  # the parser's bounds: what it refuses never waits
     pace: bool = True
 
@@ -191,7 +201,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._exchange = exchange  # joins the cross-process exchange at the first poll (if it must)
         self._slot = aligned.alignment.slot(f"{topic}#{partition}") if aligned is not None else None
         self._pending: list[RawMessage] = []
-        self._pending_ts: list[int] = []
+        self._pending_ts: list[int | float] = []
         self._at_end = False
         self._held = False
         self._retry = timedelta(0)
@@ -301,7 +311,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
                 headers = msg.headers()
                 pending.append(RawMessage(self._topic, self._partition, offset, msg.key(), value,
                                           tuple(cast(_Headers, headers)) if headers else ()))
-                pending_ts.append(event_time(value, now_ms, parse))
+                ts = event_time(value, now_ms, parse)
+                if type(ts) is float:  # ahead of the clock: see alignment's module docstring
+                    ts = ahead_release(ts, self._newest_readable(), aligned.alignment.bound_ms)
+                pending_ts.append(ts)
                 self._at_end = self._eof = False
         if not pending:
             if self._eof:
@@ -319,13 +332,15 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         batch = cast(list[RawMessage | Progress], pending[:n])
         if n:
             delivered = max(pending_ts[:n])
+            if type(delivered) is float:  # times ahead of the clock stand for no position
+                delivered = max((t for t in pending_ts[:n] if type(t) is int), default=UNREADABLE)
             if delivered != UNREADABLE and (self._floor_ms is None or delivered > self._floor_ms):
-                self._floor_ms = delivered
+                self._floor_ms = int(delivered)
             self._next_offset = pending[n - 1].offset + 1
             del pending[:n], pending_ts[:n]
         now = aligned.alignment.now()
         if pending:
-            slot.set(DATA if n else HELD, pending_ts[0], now)
+            slot.set(DATA if n else HELD, int(pending_ts[0]), now)
             self._event_time.set(pending_ts[0] / 1000)
         else:
             slot.set(END if self._at_end else WAITING, self._floor_ms, now)
@@ -339,6 +354,14 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._drained = drained and not pending
         self._polled(batch)
         return self._report(batch, self._contribution(now_ms))
+
+    def _newest_readable(self) -> int | None:
+        """The latest time this partition read that stands for its position: the last readable one
+        waiting, else its floor (what a message ahead of the clock is held to, `ahead_release`)."""
+        for t in reversed(self._pending_ts):
+            if type(t) is int and t != UNREADABLE:
+                return t if self._floor_ms is None or t > self._floor_ms else self._floor_ms
+        return self._floor_ms
 
     def _contribution(self, now_ms: int) -> Any:
         """What this partition adds to the event-time frontier now: its floor, None when it is caught

@@ -1,8 +1,9 @@
 """The dedupe window: event ids seen recently, so a redelivered event changes nothing.
 
-Each id is kept for the rules file's dedupe horizon from the customer's event-time frontier when it
-arrived (the later of its own time and the newest event's before it), so a late event's redelivery
-is caught as surely as a fresh one's. At most MAX_SEEN_IDS ids are kept per customer, which bounds a
+Each id is kept for the rules file's dedupe horizon from its event time; a late event's (older than
+the customer's newest event minus the allowed lateness) from that newest time instead, so its
+redelivery is caught too (from its own time it would expire on arrival). Only late events depend on
+arrival order here, as their lateness itself does. At most MAX_SEEN_IDS ids are kept per customer, which bounds a
 replay storm's state: at the cap the oldest to arrive goes first, except that ids of the events a
 profile keeps for months (purchases, consents, complaints, call-center contacts: `KEPT_TYPES`) go
 only when nothing else is left, so a burst of page views cannot make a retried purchase count twice.

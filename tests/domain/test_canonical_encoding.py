@@ -167,16 +167,13 @@ def as_value(profile: Profile) -> Any:
         if name in data["signals"]:
             data["signals"][name] = unordered(data["signals"][name])
     data["history"]["sent"] = {c: sorted(v) for c, v in data["history"]["sent"].items()}
-    data["seen"] = sorted(data["seen"])  # which ids: their order and expiries follow arrival (below)
     return data
 
 
 def same_window_order(profile: Profile, like: Profile) -> Profile:
-    """`profile` with `like`'s dedupe window: its order is arrival order, and each id is kept from the
-    customer's newest event when it arrived (operators/profile/dedupe.py), both meant."""
-    assert set(profile.seen) == set(like.seen)
+    """`profile` with its dedupe window in `like`'s order: that order is arrival order, and meant."""
     out = copy.deepcopy(profile)
-    out.seen = dict(like.seen)
+    out.seen = {event_id: profile.seen[event_id] for event_id in like.seen}
     return out
 
 
