@@ -53,6 +53,7 @@ from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, 
 from nextclick.operators.identity.guards import IdentityRules
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
+from nextclick.operators.profile.dedupe import event_key
 from nextclick.operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
 from nextclick.operators.shard.shard_state import open_store
 from nextclick.operators.state.epoch import EpochLedger
@@ -205,7 +206,7 @@ class IdentityState:
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
             self._to(primary, event, out)  # a refused link changes nothing
             return
-        if graph.seen_link(event.customer, event.event_id, event.ts, self.ctx.dedupe_horizon_ms):
+        if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms):
             # A repeat of a link event that joined profiles: it goes where its identifier's events go,
             # and the shard drops it as the duplicate it is; it joins nothing (the first copy's links
             # stand). Only joins are remembered: a write per signed-in event would cost 10% of a backlog.

@@ -1,5 +1,8 @@
 """The dedupe window: event ids seen recently, so a redelivered event changes nothing.
 
+An event is its id within its source, the input topic it was read from (`event_key`): producers keep
+ids unique per source, and two systems' id 1001 are two events.
+
 Each id is kept for the rules file's dedupe horizon from its event time; a late event's (older than
 the customer's newest event minus the allowed lateness) from that newest time instead, so its
 redelivery is caught too (from its own time it would expire on arrival). Only late events depend on
@@ -20,6 +23,7 @@ import bisect
 
 from nextclick.operators.channels import PURCHASE_TYPES
 from nextclick.operators.profile.model import Profile
+from nextclick.operators.records import Event
 
 MAX_SEEN_IDS = 256
 
@@ -29,16 +33,27 @@ KEPT_TYPES = frozenset({*PURCHASE_TYPES, "consent", "complaint", "call_center_co
 KEPT = "\x00"
 
 
-def seen(profile: Profile, event_id: str) -> bool:
-    """Whether this event id was applied to the profile within the horizon (whatever its type)."""
-    window = profile.seen
-    return event_id in window or KEPT + event_id in window
+def event_key(event: Event) -> str:
+    """What a redelivery repeats: the event id within its source, the input topic (`event_id` is unique per
+    source, ../shared conventions: a store's and a call center's id 1001 are two events)."""
+    source = event.source
+    return event.event_id if source is None else f"{source.topic}/{event.event_id}"
 
 
-def remember(profile: Profile, event_id: str, event_type: str, until: int) -> None:
-    """Keep `event_id` until `until` (event time); at the cap, forget the oldest id that is not kept."""
+def seen(profile: Profile, event: Event) -> bool:
+    """Whether this event was applied to the profile within the horizon (whatever its type)."""
     window = profile.seen
-    key = KEPT + event_id if event_type in KEPT_TYPES else event_id
+    key = event_key(event)
+    # A bare id: remembered by a release before ids were kept per source, within one horizon of it.
+    return key in window or KEPT + key in window or (event.event_id in window and event.source is not None)
+
+
+def remember(profile: Profile, event: Event, until: int) -> None:
+    """Keep the event's key until `until` (event time); at the cap, forget the oldest that is not kept."""
+    window = profile.seen
+    key = event_key(event)
+    if event.type in KEPT_TYPES:
+        key = KEPT + key
     window[key] = until
     profile.note_expiry(until)
     if len(window) > MAX_SEEN_IDS:

@@ -88,3 +88,31 @@ def test_merging_prefers_kept_ids_and_commutes(left: list[tuple[bool, int]], rig
     dedupe.merge(two, a.seen)
     assert list(one.seen.items()) == list(two.seen.items())
     assert sum(k.startswith(dedupe.KEPT) for k in one.seen) == min(kept, dedupe.MAX_SEEN_IDS)
+
+
+def from_topic(event: object, topic: str) -> object:
+    import msgspec
+
+    from nextclick.operators.records import SourcePosition
+
+    return msgspec.structs.replace(event, source=SourcePosition(topic, 0, 0))  # type: ignore[type-var]
+
+
+def test_an_event_id_is_unique_per_source_so_two_systems_may_reuse_one() -> None:
+    """A web shop's order 1001 and a store till's sale 1001 are two purchases, and a call center's
+    contact 1001 a third event; a retry on the same topic is still a duplicate (the probe case)."""
+    c = Customer()
+    web = from_topic(purchase(T0, event_id="1001"), "shop.web")
+    store = from_topic(make_event("store_purchase", T0 + SEC, event_id="1001", order_id="S-9", amount=45.0,
+                                  currency="EUR", items=1, category="bags"), "shop.store")
+    call = from_topic(make_event("call_center_contact", T0 + 2 * SEC, event_id="1001", resolved=False),
+                      "shop.call_center")
+    assert [c.apply(e).duplicates for e in (web, store, call)] == [0, 0, 0]
+    assert [c.apply(e).duplicates for e in (web, store, call)] == [1, 1, 1]
+    assert (c.profile.facts.orders, c.profile.facts.revenue) == (2, 145.0)
+
+
+def test_an_id_remembered_before_ids_were_kept_per_source_still_counts() -> None:
+    c = Customer()
+    c.profile.seen["1001"] = T0 + DAY  # a bare id, as an earlier release stored it
+    assert c.apply(from_topic(purchase(T0, event_id="1001"), "shop.web")).duplicates == 1
