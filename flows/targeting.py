@@ -189,8 +189,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 # The requester's wall clock set expires_at, so the wall clock judges it (not `clock`).
                 reason = savepoint_not_wanted(item, time.time_ns() // 1_000_000)
                 if reason is not None:
-                    log.warning("savepoint command not carried out", extra={
-                        "request_id": item.request_id, "path": item.path, "reason": reason})
+                    # Not the request_id: free text from whoever writes to the control topic (logs hold no PII).
+                    log.warning("savepoint command not carried out", extra={"path": item.path, "reason": reason})
                     continue
             if isinstance(item, (EraseRequest, SavepointRequest)):
                 if direct is None:

@@ -35,8 +35,8 @@ def control(body: object | bytes | None, key: bytes | None = b"k") -> EraseReque
 
 
 @pytest.mark.parametrize(("value", "reason"), [
-    (None, "invalid_json"),
-    (b"", "invalid_json"),
+    (None, "empty_value"),
+    (b"", "empty_value"),
     (b'{"command": "erase",', "invalid_json"),
     (b"\xff\xfe", "invalid_json"),
     (orjson.dumps(["erase"]), "not_an_object"),

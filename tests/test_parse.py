@@ -265,6 +265,23 @@ def test_dead_letter_headers():
     assert sum(name.startswith("__connect.errors.") for name, _ in headers) == 5
 
 
+def test_a_producer_cannot_forge_a_dead_letters_error_headers():
+    """A message carrying its own `__connect.errors.*` or `nextclick.errors.*` headers (an outside probe:
+    a forged topic, offset, reason and truncation mark, read first by a reader taking the first header
+    of a name): those are not copied; its other headers are, in order."""
+    forged = [("__connect.errors.topic", b"other.topic"), ("traceparent", b"00-abc-01"),
+              ("nextclick.errors.reason", b"ts_in_future"), ("nextclick.errors.truncated", b"1"),
+              ("x-app", b"shop")]
+    result = parse(payload(amount=-1), headers=forged)
+    assert isinstance(result, DeadLetter)
+    headers = dead_letter_headers(result)
+    assert headers[:2] == [("traceparent", b"00-abc-01"), ("x-app", b"shop")]
+    assert dict(headers)["__connect.errors.topic"] == b"nextclick.web"
+    assert [n for n, _ in headers].count("__connect.errors.topic") == 1
+    assert [v for n, v in headers if n == "nextclick.errors.reason"] == [b"schema_violation"]
+    assert "nextclick.errors.truncated" not in dict(headers)
+
+
 def test_reason_class_names_are_unique_and_stable():
     assert len(set(REASONS.values())) == len(REASONS)
     assert REASONS["invalid_json"] == "nextclick.parse.InvalidJson"

@@ -66,8 +66,11 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     def refuse(reason: str, message: str) -> DeadLetter:
         return DeadLetter(key, value, tuple(headers or ()), source, reason, message)
 
+    if not value:  # as on the input topics: a tombstone or an empty value is not a command
+        return refuse("empty_value", "control message value is null (tombstone)" if value is None
+                      else "control message value is empty")
     try:
-        body: Any = orjson.loads(value or b"")
+        body: Any = orjson.loads(value)
     except orjson.JSONDecodeError:
         return refuse("invalid_json", "control message is not valid JSON")
     if not isinstance(body, dict):

@@ -62,12 +62,19 @@ _KEY_KEEP = 16 * 1024  # of an oversized record: at most this much of its key
 _HEADERS_KEEP = 64 * 1024  # ... and its original headers only if they are no larger than this
 
 
+# The namespaces of the headers a dead letter adds: a message's own headers there are not copied, so
+# that a producer cannot forge a dead letter's position, reason or truncation for a reader that takes
+# the first header of a name (a replay strips both namespaces anyway).
+RESERVED_PREFIXES = ("__connect.errors.", "nextclick.errors.")
+
+
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes | None]]:
-    """The original message's headers, then the error headers (values as UTF-8 / decimal ASCII)."""
+    """The original message's headers (but those in `RESERVED_PREFIXES`), then the error headers (values
+    as UTF-8 / decimal ASCII)."""
     src = dl.source
     cls = dl.exception_class or REASONS.get(dl.reason, "nextclick.parse.Unknown")
     headers = [
-        *dl.headers,
+        *(h for h in dl.headers if not h[0].startswith(RESERVED_PREFIXES)),
         (TOPIC_HEADER, str(src.topic).encode("utf-8", "replace")),
         (PARTITION_HEADER, str(int(src.partition)).encode("ascii")),
         (OFFSET_HEADER, str(int(src.offset)).encode("ascii")),
