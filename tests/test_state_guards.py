@@ -214,3 +214,64 @@ def test_stitching_can_be_switched_off_only_on_state_without_links(
     refused(start(linked, NEXTCLICK_IDENTITY__STITCHING="false"), "identity.stitching = false",
             "an identity graph with links", "linked_", "keep identity.stitching = true")
     assert checksums(linked.state_dir, linked.recovery_dir) == before
+
+
+def _stale_copy(deployment: FlowSetup, root: Path) -> tuple[FlowSetup, Path, str, str, dict, int]:
+    """A copy of the deployment whose recovery holds what a process killed at the wrong moment leaves: the
+    snapshot of a shard one seq further, taken in the epoch a resume starts at, which never committed."""
+    import pickle
+    import sqlite3
+
+    from nextclick.operators.state.recovery_db import read_recovery
+
+    copy = deployment.with_(state_dir=root / "state", recovery_dir=root / "recovery")
+    shutil.copytree(deployment.state_dir, copy.state_dir)
+    shutil.copytree(deployment.recovery_dir, copy.recovery_dir)
+    view = read_recovery(copy.recovery_dir)
+    step = "nextclick.profiles"
+    key, state = sorted(view.committed(step).items())[0]
+    with sqlite3.connect(copy.recovery_dir / "part-0.sqlite3") as conn:
+        conn.execute("INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+                     (step, key, view.resume_epoch, pickle.dumps({**state, "seq": state["seq"] + 1})))
+    conn.close()
+    return copy, copy.recovery_dir / "part-0.sqlite3", step, key, state, view.resume_epoch
+
+
+def test_a_snapshot_of_an_epoch_that_never_committed_is_dropped_before_it_can_count(
+        deployment: FlowSetup, tmp_path: Path) -> None:
+    """Bytewax snapshots only the keys an epoch woke and keeps a dead execution's snapshots of the epochs
+    a resume runs again: once the new execution commits that epoch without waking the shard, the stale
+    snapshot counts, and every start after is refused ("the state directory is older than the recovery
+    directory", an outside probe after six SIGKILLs). A start drops them before Bytewax runs."""
+    import sqlite3
+
+    from nextclick.operators.infra.config import load_config
+    from nextclick.operators.state.recovery_db import read_recovery
+    from nextclick.operators.tools.startup import check_start
+
+    # The hazard: the epoch committed by a later execution (its worker's frontier past it) brings it in.
+    copy, part, step, key, state, epoch = _stale_copy(deployment, tmp_path / "hazard")
+    with sqlite3.connect(part) as conn:
+        ex = conn.execute("SELECT MAX(ex_num) FROM exs").fetchone()[0]
+        conn.execute("INSERT INTO fronts (ex_num, worker_index, worker_frontier) VALUES (?, 0, ?) "
+                     "ON CONFLICT (ex_num, worker_index) DO UPDATE SET worker_frontier = EXCLUDED.worker_frontier",
+                     (ex, epoch + 1))
+    conn.close()
+    assert read_recovery(copy.recovery_dir).committed(step)[key]["seq"] == state["seq"] + 1
+    refused(start(copy), "is at seq", "older than the recovery directory")
+
+    # The guard: a start deletes it (and nothing committed), then runs and resumes exactly.
+    copy, part, step, key, state, epoch = _stale_copy(deployment, tmp_path / "guarded")
+    with sqlite3.connect(part) as conn:
+        before = conn.execute("SELECT * FROM snaps WHERE snap_epoch < ? ORDER BY 1, 2, 3", (epoch,)).fetchall()
+    conn.close()
+    check_start(load_config(None, copy.env(stop_at_end=True)))
+    with sqlite3.connect(part) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM snaps WHERE snap_epoch >= ?", (epoch,)).fetchone()[0] == 0
+        assert conn.execute("SELECT * FROM snaps WHERE snap_epoch < ? ORDER BY 1, 2, 3", (epoch,)).fetchall() == before
+    conn.close()
+    profiles = read_profiles(copy.state_dir, SHARDS)
+    for _ in range(2):
+        done = start(copy)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert read_profiles(copy.state_dir, SHARDS) == profiles

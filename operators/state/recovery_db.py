@@ -6,7 +6,17 @@ starts at the "resume epoch" (the slowest worker's frontier in the last executio
 state key, the newest snapshot taken before it. The start-up checks use this to compare each
 shard's committed seq with its RocksDB directory before Bytewax runs, so a mismatch is refused with
 a sentence instead of a panic. The SQL mirrors `src/recovery.rs` of bytewax 0.21.1 (`resume_from`
-and the snapshot loader). Nothing here writes.
+and the snapshot loader). Only `drop_uncommitted_snapshots` writes.
+
+**Snapshots of epochs that were never committed.** Bytewax snapshots, at each epoch's end, only the
+state keys that epoch woke, and never deletes a snapshot taken at or after the epoch a resume starts
+at. So a process killed after writing epoch 5's snapshots but before epoch 5 committed leaves them;
+the next execution resumes at 5 and runs its own epoch 5, and a key it does not wake then (a shard
+that received nothing) keeps the dead execution's snapshot, which counts as committed once this
+execution's epoch 5 does. A shard rolled back at the resume (its RocksDB at seq 0) then meets a
+recovery that says seq 1, and every later start is refused (an outside probe: six SIGKILLs 1-3 s
+after each start). A start therefore deletes every snapshot at or after its resume epoch before
+Bytewax runs: none of them can be loaded by this resume, and none must be by a later one.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RecoveryView", "read_recovery"]
+__all__ = ["RecoveryView", "drop_uncommitted_snapshots", "read_recovery"]
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -50,6 +60,8 @@ class RecoveryView:
     commits: dict[int, int] = field(default_factory=dict)
     # step id -> state key -> committed snapshot (None: the key was discarded).
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Snapshots taken at or after the resume epoch: epochs that never committed (module docstring).
+    uncommitted: int = 0
 
     @property
     def exists(self) -> bool:
@@ -122,6 +134,7 @@ def read_recovery(path: str | Path) -> RecoveryView:
     newest: dict[tuple[str, str], tuple[int, bytes | None]] = {}
     for step_id, key, epoch, blob in snaps:
         if epoch >= view.resume_epoch:
+            view.uncommitted += 1
             continue  # taken in an epoch that was never committed
         current = newest.get((step_id, key))
         if current is None or epoch > current[0]:
@@ -129,3 +142,22 @@ def read_recovery(path: str | Path) -> RecoveryView:
     for (step_id, key), (_epoch, blob) in newest.items():
         view.snapshots.setdefault(step_id, {})[key] = None if blob is None else _loads(blob)
     return view
+
+
+def drop_uncommitted_snapshots(view: RecoveryView) -> int:
+    """Delete the snapshots taken at or after the view's resume epoch (module docstring); how many.
+
+    Only for a complete view: with some partitions on another process's volume, the progress read here
+    is partial, and a resume epoch computed from it could be earlier than the cluster's (then committed
+    snapshots would go). Call it under the start lock, before Bytewax runs."""
+    if not view.complete:
+        raise ValueError("the recovery view does not hold every partition: its resume epoch is not known here")
+    dropped = 0
+    for file in sorted(p for p in view.path.iterdir() if p.suffix == ".sqlite3"):
+        conn = sqlite3.connect(file)
+        try:
+            with conn:
+                dropped += conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (view.resume_epoch,)).rowcount
+        finally:
+            conn.close()
+    return dropped

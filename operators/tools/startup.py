@@ -62,7 +62,7 @@ from nextclick.operators.state.manifest import (
     write_marker,
 )
 from nextclick.operators.state.placement import HASH
-from nextclick.operators.state.recovery_db import RecoveryView, read_recovery
+from nextclick.operators.state.recovery_db import RecoveryView, drop_uncommitted_snapshots, read_recovery
 from nextclick.operators.state.store import ShardStore, StateError
 
 # Profiles sampled per shard when adopting state written before manifests existed.
@@ -392,6 +392,15 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
         if checked is not None:
             committed_families[family.name] = checked
     committed = committed_families.pop(PROFILES, None)
+    if view.uncommitted and view.complete:
+        stale = view
+
+        def drop_stale() -> None:
+            dropped = drop_uncommitted_snapshots(stale)
+            log.info("dropped snapshots of epochs that never committed", extra={
+                "recovery_dir": str(recovery), "snapshots": dropped, "resume_epoch": stale.resume_epoch})
+
+        writes.append(drop_stale)
     return StartPlan(lineage, False, committed, restore, notes, committed_families, bool(view.commits)), writes
 
 
