@@ -1,7 +1,7 @@
 """The dedupe window: event ids seen recently, so a redelivered event changes nothing.
 
-An event is its id within its source, the input topic it was read from (`event_key`): producers keep
-ids unique per source, and two systems' id 1001 are two events.
+An event is its id within its source, its type's touch channel (`event_key`): producers keep ids
+unique per source, and two systems' id 1001 (a web shop's, a store till's) are two events.
 
 Each id is kept for the rules file's dedupe horizon from its event time; a late event's (older than
 the customer's newest event minus the allowed lateness) from that newest time instead, so its
@@ -34,10 +34,11 @@ KEPT = "\x00"
 
 
 def event_key(event: Event) -> str:
-    """What a redelivery repeats: the event id within its source, the input topic (`event_id` is unique per
-    source, ../shared conventions: a store's and a call center's id 1001 are two events)."""
-    source = event.source
-    return event.event_id if source is None else f"{source.topic}/{event.event_id}"
+    """What a redelivery repeats: the event id within its source, taken to be its type's touch channel
+    (`event_id` is unique per source: a store till's sale 1001 and a call center's contact 1001 are two
+    events). Not the topic: the same events read from another topic (a mirror, a renamed topic) must
+    make the same profile."""
+    return f"{event.channel}/{event.event_id}"
 
 
 def seen(profile: Profile, event: Event) -> bool:
@@ -45,7 +46,7 @@ def seen(profile: Profile, event: Event) -> bool:
     window = profile.seen
     key = event_key(event)
     # A bare id: remembered by a release before ids were kept per source, within one horizon of it.
-    return key in window or KEPT + key in window or (event.event_id in window and event.source is not None)
+    return key in window or KEPT + key in window or event.event_id in window
 
 
 def remember(profile: Profile, event: Event, until: int) -> None:
