@@ -214,10 +214,11 @@ def test_guards_limit_blocked_values_and_two_customer_ids(kafka: dict[str, str],
     assert resolve_offline(state, key("cookie", "ck-lim-6")) == (key("cookie", "ck-lim-6"), None)
     assert read_profile(state, SHARDS, key("cookie", "ck-lim-6")) is None
 
-    # "anonymous" links nothing: the event counts for the profile it names, as without stitching.
+    # "anonymous" names nobody: it links nothing, and the event counts for the cookie it was keyed by.
     assert resolve_offline(state, key("cookie", "ck-blk-1")) == (key("cookie", "ck-blk-1"), None)
     assert resolve_offline(state, key("customer", "anonymous")) == (key("customer", "anonymous"), None)
-    assert read_profile(state, SHARDS, key("cookie", "ck-blk-1")) is None
+    assert read_profile(state, SHARDS, key("customer", "anonymous")) is None
+    assert read_profile(state, SHARDS, key("cookie", "ck-blk-1"))["facts"]["version"] == 1
     # The login's cookie links; its test address does not.
     blk = read_profile(state, SHARDS, key("customer", "BLK-2"))
     assert blk is not None and blk["ids"] == {"customer": [key("customer", "BLK-2")],
