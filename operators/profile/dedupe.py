@@ -13,8 +13,9 @@ only when nothing else is left, so a burst of page views cannot make a retried p
 Those ids are stored with a prefix (`KEPT`) that no event id has (the parser refuses control
 characters in one), which says which they are without changing the stored format.
 
-The window's order is its arrival order and carries meaning: it says which id goes first at the cap.
-So it is the one dict the codec stores as it is, not sorted (operators/profile/codec.py).
+The window's order is its arrival order (a kept id stepping aside at the cap goes to the back) and
+carries meaning: it says which id goes first at the cap. So it is the one dict the codec stores as it
+is, not sorted (operators/profile/codec.py).
 """
 
 from __future__ import annotations
@@ -58,14 +59,26 @@ def remember(profile: Profile, event: Event, until: int) -> None:
     window[key] = until
     profile.note_expiry(until)
     if len(window) > MAX_SEEN_IDS:
-        victim = None
-        for candidate in window:  # dicts keep arrival order, and MessagePack keeps it across a save
-            if candidate[:1] != KEPT:
-                victim = candidate
-                break
-        if victim is None or victim == key:  # nothing else to forget: the oldest kept id goes
-            victim = next(iter(window))
-        del window[victim]
+        _evict(window, key)
+
+
+def _evict(window: dict[str, int], key: str) -> None:
+    """Forget the oldest id that is not kept; a kept id met at the front steps aside to the back (so the
+    next eviction does not walk past it again: a hot customer's window is at the cap on every event).
+    With nothing else left but `key`, the kept id at the front goes. Dicts keep insertion order, and
+    MessagePack keeps it across a save."""
+    for _ in range(len(window)):
+        first = next(iter(window))
+        if first == key:
+            break
+        if first[:1] != KEPT:
+            del window[first]
+            return
+        window[first] = window.pop(first)
+    for candidate in window:
+        if candidate != key:
+            del window[candidate]
+            return
 
 
 def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
