@@ -6,32 +6,24 @@ unique per source, and two systems' id 1001 (a web shop's, a store till's) are t
 Each id is kept for the rules file's dedupe horizon from its event time; a late event's (older than
 the customer's newest event minus the allowed lateness) from that newest time instead, so its
 redelivery is caught too (from its own time it would expire on arrival). Only late events depend on
-arrival order here, as their lateness itself does. At most MAX_SEEN_IDS ids are kept per customer, which bounds a
-replay storm's state: at the cap the oldest to arrive goes first, except that ids of the events a
-profile keeps for months (purchases, consents, complaints, call-center contacts: `KEPT_TYPES`) go
-only when nothing else is left, so a burst of page views cannot make a retried purchase count twice.
-Those ids are stored with a prefix (`KEPT`) that no event id has (the parser refuses control
-characters in one), which says which they are without changing the stored format.
+arrival order here, as their lateness itself does. At most MAX_SEEN_IDS ids are kept per customer
+(the oldest to arrive goes first), which bounds a replay storm's state: a redelivery that comes after
+that many newer events of its customer counts again. (Keeping purchases' ids longer at the cap was
+tried: a busy customer's window then filled with them, and finding the next id to forget cost 9% of
+the flow's time.)
 
-The window's order is its arrival order (a kept id stepping aside at the cap goes to the back) and
-carries meaning: it says which id goes first at the cap. So it is the one dict the codec stores as it
-is, not sorted (operators/profile/codec.py).
+The window's order is its arrival order and carries meaning: it says which id goes first at the cap.
+So it is the one dict the codec stores as it is, not sorted (operators/profile/codec.py).
 """
 
 from __future__ import annotations
 
 import bisect
 
-from nextclick.operators.channels import PURCHASE_TYPES
 from nextclick.operators.profile.model import Profile
 from nextclick.operators.records import Event
 
 MAX_SEEN_IDS = 256
-
-# Event types whose redelivery would change what a profile keeps for months (orders and revenue,
-# consent, complaints, contact counts): their ids outlast the rest at the cap.
-KEPT_TYPES = frozenset({*PURCHASE_TYPES, "consent", "complaint", "call_center_contact"})
-KEPT = "\x00"
 
 
 def event_key(event: Event) -> str:
@@ -45,40 +37,17 @@ def event_key(event: Event) -> str:
 def seen(profile: Profile, event: Event) -> bool:
     """Whether this event was applied to the profile within the horizon (whatever its type)."""
     window = profile.seen
-    key = event_key(event)
     # A bare id: remembered by a release before ids were kept per source, within one horizon of it.
-    return key in window or KEPT + key in window or event.event_id in window
+    return event_key(event) in window or event.event_id in window
 
 
 def remember(profile: Profile, event: Event, until: int) -> None:
-    """Keep the event's key until `until` (event time); at the cap, forget the oldest that is not kept."""
+    """Keep the event's key until `until` (event time); at the cap, forget the oldest to arrive."""
     window = profile.seen
-    key = event_key(event)
-    if event.type in KEPT_TYPES:
-        key = KEPT + key
-    window[key] = until
+    window[event_key(event)] = until
     profile.note_expiry(until)
     if len(window) > MAX_SEEN_IDS:
-        _evict(window, key)
-
-
-def _evict(window: dict[str, int], key: str) -> None:
-    """Forget the oldest id that is not kept; a kept id met at the front steps aside to the back (so the
-    next eviction does not walk past it again: a hot customer's window is at the cap on every event).
-    With nothing else left but `key`, the kept id at the front goes. Dicts keep insertion order, and
-    MessagePack keeps it across a save."""
-    for _ in range(len(window)):
-        first = next(iter(window))
-        if first == key:
-            break
-        if first[:1] != KEPT:
-            del window[first]
-            return
-        window[first] = window.pop(first)
-    for candidate in window:
-        if candidate != key:
-            del window[candidate]
-            return
+        del window[next(iter(window))]  # dicts keep arrival order, and MessagePack keeps it across a save
 
 
 def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
@@ -102,8 +71,8 @@ def prune(seen: dict[str, int], ref_ms: int) -> tuple[int, int] | None:
 
 def merge(profile: Profile, other: dict[str, int]) -> None:
     """Another profile's dedupe window, folded into this one (identity stitching): the union of both,
-    each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (kept ids first, then
-    those that stay longest), ordered by horizon so that the next to go is the oldest. Ordered so even when `other`
+    each id kept until the later of its two horizons, at most MAX_SEEN_IDS of them (those that stay
+    longest), ordered by horizon so that the next to go is the oldest. Ordered so even when `other`
     is empty: either profile absorbing the other gives the same window, in the same order."""
     seen = profile.seen
     if not other and not seen:
@@ -113,7 +82,6 @@ def merge(profile: Profile, other: dict[str, int]) -> None:
         current = merged.get(event_id)
         if current is None or until > current:
             merged[event_id] = until
-    kept = sorted(merged.items(), key=lambda item: (item[0][:1] == KEPT, item[1], item[0]))[-MAX_SEEN_IDS:]
-    kept.sort(key=lambda item: (item[1], item[0]))
+    kept = sorted(merged.items(), key=lambda item: (item[1], item[0]))[-MAX_SEEN_IDS:]
     seen.clear()
     seen.update(kept)

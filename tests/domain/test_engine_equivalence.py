@@ -192,9 +192,9 @@ def test_the_new_engine_makes_the_old_engines_decisions_and_profiles(tmp_path: P
             orders = p["facts"].pop("recent_orders")
             assert len(orders) == min(p["facts"]["orders"], ORDER_LIMITS.keep), c
             converted[c]["facts"].pop("recent_orders")
-        # The dedupe window differs by design since: a late event's id is kept from the customer's newest
-        # time, and those of purchases, consents, complaints and contacts outlast the rest at the cap
-        # (operators/profile/dedupe.py; tests/domain/test_dedupe.py). Every other part is compared.
+        # The dedupe window differs by design since: ids are kept per source (`web/e1`), and a late event's
+        # from the customer's newest time (operators/profile/dedupe.py; tests/domain/test_dedupe.py).
+        # Every other part is compared.
         different = [c for c in new if {**new[c], "prune_at": None, "seen": None} !=
                      {**converted[c], "prune_at": None, "seen": None}]
         assert not different, (f"at snapshot {moment}, {len(different)} profiles differ, e.g. {different[0]}: "
