@@ -79,7 +79,8 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     """
     if out is None:
         out = Outcome()
-    if dedupe.seen(profile, event):
+    key = dedupe.event_key(event)
+    if dedupe.seen(profile, key, event.event_id):
         out.duplicates += 1
         return out
     late = ruleset.late
@@ -100,7 +101,7 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     facts = profile.facts
     apply_facts(facts, event)
     # A late event's id is kept from the customer's frontier, not its own time: it must outlive its arrival.
-    dedupe.remember(profile, event, (newest if is_late else ts) + ruleset.dedupe_horizon_ms)  # type: ignore[operator]
+    dedupe.remember(profile, key, (newest if is_late else ts) + ruleset.dedupe_horizon_ms)  # type: ignore[operator]
     if not is_late and event.type in ruleset.by_trigger:
         decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs), out)
     ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts

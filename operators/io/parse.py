@@ -401,13 +401,11 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
         if ident is None:
             return None
         id_type, raw_id = ident
-    if guards is None:
-        guards = default_identity_rules()
-    if len(raw_id) > MAX_IDENTIFIER_CHARS or guards.blocked(id_type, raw_id):
+    if len(raw_id) > MAX_IDENTIFIER_CHARS or (guards or default_identity_rules()).blocked(id_type, raw_id):
         return None  # the slow path says which, or takes the key for a placeholder customer id
     event_id = fields[spec.eid_slot]
-    if _bad_event_id(event_id):
-        return None
+    if event_id.isspace() or (not event_id.isprintable() and _CONTROL.search(event_id) is not None):
+        return None  # _bad_event_id, inlined
     if spec.ident_slots:  # login, identify: name other identifiers in fields of their own
         named = [(t, fields[slot]) for t, slot in spec.ident_slots if fields[slot] is not _UNSET]
         if named:
@@ -417,7 +415,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     links: tuple[tuple[str, str], ...] = ()
     blocked: tuple[str, ...] = ()
     if others:
-        links, blocked = guard_links((id_type, raw_id), others, guards, secret)
+        links, blocked = guard_links((id_type, raw_id), others, guards or default_identity_rules(), secret)
     attrs = {}
     for name, slot, default in spec.attr_slots:
         v = fields[slot]

@@ -34,17 +34,17 @@ def event_key(event: Event) -> str:
     return f"{event.channel}/{event.event_id}"
 
 
-def seen(profile: Profile, event: Event) -> bool:
-    """Whether this event was applied to the profile within the horizon (whatever its type)."""
+def seen(profile: Profile, key: str, event_id: str) -> bool:
+    """Whether the event of this `event_key` was applied to the profile within the horizon."""
     window = profile.seen
     # A bare id: remembered by a release before ids were kept per source, within one horizon of it.
-    return event_key(event) in window or event.event_id in window
+    return key in window or event_id in window
 
 
-def remember(profile: Profile, event: Event, until: int) -> None:
-    """Keep the event's key until `until` (event time); at the cap, forget the oldest to arrive."""
+def remember(profile: Profile, key: str, until: int) -> None:
+    """Keep an `event_key` until `until` (event time); at the cap, forget the oldest to arrive."""
     window = profile.seen
-    window[event_key(event)] = until
+    window[key] = until
     profile.note_expiry(until)
     if len(window) > MAX_SEEN_IDS:
         del window[next(iter(window))]  # dicts keep arrival order, and MessagePack keeps it across a save
