@@ -63,8 +63,8 @@ def test_the_identity_workload_is_the_reference_one_seen_by_a_site() -> None:
 def test_bench_smoke(tmp_path: Path, broker: LocalBroker) -> None:
     settings = bench_run.parse_args(["--events", "2000", "--customers", "200", "--processes", "1",
                                      "--out", str(tmp_path), "--summaries", str(tmp_path / "summaries"),
-                                     "--latency-seconds", "3",
-                                     "--latency-warmup-seconds", "0.5", "--no-sync"])
+                                     "--latency-seconds", "1.5",
+                                     "--latency-warmup-seconds", "0.3", "--no-sync"])
     settings.bootstrap = broker.bootstrap  # the session's broker (tests/conftest.py)
     result = bench_run.run(settings)
 
