@@ -206,7 +206,7 @@ class IdentityState:
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
             self._to(primary, event, out)  # a refused link changes nothing
             return
-        if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms):
+        if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms, event.event_id):
             # A repeat of a link event that joined profiles: it goes where its identifier's events go,
             # and the shard drops it as the duplicate it is; it joins nothing (the first copy's links
             # stand). Only joins are remembered: a write per signed-in event would cost 10% of a backlog.

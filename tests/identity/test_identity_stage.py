@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -503,3 +504,15 @@ def test_a_store_a_crash_left_half_created_is_no_store(tmp_path: Path) -> None:
     assert read_profile(tmp_path / "s", 2, key("email", "e")) is None
     ShardStore(half, sync=False).close()  # a writer creates it where it is
     assert list(family_dirs(tmp_path / "s", state_families(config)[3])) == [1]
+
+
+def test_a_repeated_link_event_is_known_by_its_source_and_id_and_by_its_bare_id_from_before(graph: Any) -> None:
+    """Link events' ids are kept per source, as the shards' dedupe keys are (operators/profile/dedupe.py):
+    another source's link event with the same id is a new one; an id remembered bare by an earlier
+    release still counts within the horizon."""
+    horizon, T0 = 86_400_000, 1_795_000_000_000
+    assert graph.seen_link("k1", "web/e1", T0, horizon, "e1") is False
+    assert graph.seen_link("k1", "web/e1", T0 + 1, horizon, "e1") is True
+    assert graph.seen_link("k1", "mobile/e1", T0 + 2, horizon, "e1") is False
+    graph.store.put(link_ids_key("k2"), msgspec.msgpack.encode([["e2", T0]]))  # as an earlier release wrote it
+    assert graph.seen_link("k2", "web/e2", T0 + 3, horizon, "e2") is True
