@@ -648,7 +648,9 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
     stopped = [p.wait(90) for p in _cluster([pod.with_(extra_env={**pod.extra_env,
                                                                    "NEXTCLICK_STATE__ON_LOST_VOLUME": "stop"})
                                              for pod in pods], stop_at_end=True, log=stop_log, args=[])]
-    lines = [line for line in stop_log.read_text().splitlines() if line.startswith("nextclick: error:")]
+    # Both processes write to one log: one's line can land inside the other's (no newline between).
+    text = stop_log.read_text().replace("nextclick: error:", "\nnextclick: error:")
+    lines = [line for line in text.splitlines() if line.startswith("nextclick: error:")]
     assert stopped == [1, 1] and len(lines) == 2, stop_log.read_text()[-3000:]
     for me, line in enumerate(sorted(lines, key=lambda text: "this is process 1" in text)):
         assert line.startswith(f"nextclick: error: process 1 started with no committed state and process 0 with "
