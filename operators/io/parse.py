@@ -287,13 +287,13 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
     ident = resolve_identifier(payload, key, spec.channel)
     customer_id = payload.get("customer_id")
     placeholder: tuple[str, ...] = ()
-    if type(customer_id) is str and customer_id and not customer_id.isspace():  # it is the identifier
-        if len(customer_id) > MAX_IDENTIFIER_CHARS:
-            raise _Bad("invalid_identifier", f"field 'customer_id' is {len(customer_id)} characters, over the "
+    if ident is not None and ident == ("customer", customer_id):  # the payload's customer id won
+        if len(ident[1]) > MAX_IDENTIFIER_CHARS:
+            raise _Bad("invalid_identifier", f"field 'customer_id' is {len(ident[1])} characters, over the "
                                              f"limit of {MAX_IDENTIFIER_CHARS} for an identifier")
-        if guards.blocked("customer", customer_id):  # names nobody, as a blank one: the key is the identifier
+        if guards.blocked(*ident):  # names nobody, as a blank one: the key is the identifier
             placeholder, customer_id = ("customer",), None
-            ident = resolve_identifier({"id_type": payload.get("id_type")}, key, spec.channel)
+            ident = identifier_of(None, payload.get("id_type"), key, spec.channel)
     if ident is None:
         raise _Bad("missing_identifier", NO_IDENTIFIER_BUT_A_PLACEHOLDER if placeholder else NO_IDENTIFIER)
     if len(ident[1]) > MAX_IDENTIFIER_CHARS:
@@ -326,13 +326,16 @@ NO_IDENTIFIER_BUT_A_PLACEHOLDER = ("no identifier: 'customer_id' is a placeholde
 PLACEHOLDER_KEY = ("the Kafka key is a placeholder value the identity rules block ([blocked]; e.g. 'null', "
                    "'undefined', zeros): it names nobody, and one profile would gather the events of everyone "
                    "it stands for")
+NO_IDENTIFIER = ("no identifier: neither a non-blank 'customer_id' in the payload nor a non-blank "
+                 "UTF-8 Kafka key")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _bad_event_id(event_id: str) -> bool:
+    """Blank, or holding a control character: it would not tell a redelivery from another event."""
     return event_id.isspace() or (not event_id.isprintable() and _CONTROL.search(event_id) is not None)
-NO_IDENTIFIER = ("no identifier: neither a non-blank 'customer_id' in the payload nor a non-blank "
-                 "UTF-8 Kafka key")
+
+
 _UNSET = msgspec.UNSET
 _astuple = msgspec.structs.astuple
 _DecodeError = msgspec.DecodeError  # includes msgspec.ValidationError
@@ -401,11 +404,12 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
         if ident is None:
             return None
         id_type, raw_id = ident
-    if len(raw_id) > MAX_IDENTIFIER_CHARS or (guards or default_identity_rules()).blocked(id_type, raw_id):
+    rules = guards or default_identity_rules()
+    if len(raw_id) > MAX_IDENTIFIER_CHARS or rules.blocked(id_type, raw_id):
         return None  # the slow path says which, or takes the key for a placeholder customer id
     event_id = fields[spec.eid_slot]
-    if event_id.isspace() or (not event_id.isprintable() and _CONTROL.search(event_id) is not None):
-        return None  # _bad_event_id, inlined
+    if _bad_event_id(event_id):
+        return None
     if spec.ident_slots:  # login, identify: name other identifiers in fields of their own
         named = [(t, fields[slot]) for t, slot in spec.ident_slots if fields[slot] is not _UNSET]
         if named:
@@ -415,7 +419,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
     links: tuple[tuple[str, str], ...] = ()
     blocked: tuple[str, ...] = ()
     if others:
-        links, blocked = guard_links((id_type, raw_id), others, guards or default_identity_rules(), secret)
+        links, blocked = guard_links((id_type, raw_id), others, rules, secret)
     attrs = {}
     for name, slot, default in spec.attr_slots:
         v = fields[slot]
