@@ -212,6 +212,8 @@ def clear_restore_staging(state_dir: Path) -> None:
     """Remove what killed restores fetched and never renamed into place (nothing reads it again)."""
     for path in state_dir.glob(f"{RESTORE_STAGING_PREFIX}*") if state_dir.is_dir() else ():
         shutil.rmtree(path, ignore_errors=True)
+
+
 # Held by a running flow for its whole life, one per process id: processes of one cluster may share
 # a state directory, two flows as the same process must not (the second would write its own
 # execution into the first's recovery, which no later start could resume from).

@@ -103,12 +103,16 @@ def _read_partition(file: Path, view: RecoveryView, exs: list[Any], fronts: list
         conn.close()
 
 
+def _partition_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if p.suffix == ".sqlite3")
+
+
 def read_recovery(path: str | Path) -> RecoveryView:
     """Read every `*.sqlite3` partition under `path` (missing or empty directory: an empty view)."""
     view = RecoveryView(Path(path))
     if not view.path.is_dir():
         return view
-    files = sorted(p for p in view.path.iterdir() if p.suffix == ".sqlite3")
+    files = _partition_files(view.path)
     exs: list[tuple[int, int, int]] = []
     fronts: list[tuple[int, int, int]] = []
     snaps: list[tuple[str, str, int, bytes | None]] = []
@@ -153,7 +157,7 @@ def drop_uncommitted_snapshots(view: RecoveryView) -> int:
     if not view.complete:
         raise ValueError("the recovery view does not hold every partition: its resume epoch is not known here")
     dropped = 0
-    for file in sorted(p for p in view.path.iterdir() if p.suffix == ".sqlite3"):
+    for file in _partition_files(view.path):
         conn = sqlite3.connect(file)
         try:
             with conn:

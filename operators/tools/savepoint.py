@@ -560,7 +560,7 @@ def prune(root: str | Path, keep: int, *, dry_run: bool = False, prefix: str = "
         raise SavepointError("--keep must be at least 1: pruning never deletes the newest savepoint")
     where = Destination(root)
     complete, _ = catalogue(root)
-    doomed = [m.id for m in [m for m in complete if m.id.startswith(prefix)][keep:]]
+    doomed = [m.id for m in complete if m.id.startswith(prefix)][keep:]
     if not dry_run:
         for name in doomed:
             # The manifest first: a savepoint half deleted must read as incomplete, never as complete.

@@ -393,12 +393,10 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             committed_families[family.name] = checked
     committed = committed_families.pop(PROFILES, None)
     if view.uncommitted and view.complete:
-        stale = view
-
         def drop_stale() -> None:
-            dropped = drop_uncommitted_snapshots(stale)
+            dropped = drop_uncommitted_snapshots(view)
             log.info("dropped snapshots of epochs that never committed", extra={
-                "recovery_dir": str(recovery), "snapshots": dropped, "resume_epoch": stale.resume_epoch})
+                "recovery_dir": str(recovery), "snapshots": dropped, "resume_epoch": view.resume_epoch})
 
         writes.append(drop_stale)
     return StartPlan(lineage, False, committed, restore, notes, committed_families, bool(view.commits)), writes
