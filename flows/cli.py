@@ -724,5 +724,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def entry() -> None:
+    """The `nextclick` script and `python -m nextclick`. A process that ran a flow ends with os._exit
+    once its output is flushed: the interpreter's teardown ends daemon threads that may be inside
+    librdkafka or RocksDB, which can abort a failed run ("FATAL: exception not rethrown", SIGABRT or
+    SIGSEGV) in place of its exit status. Skipping it loses nothing: every epoch's effect was committed,
+    or is replayed, exactly as after SIGKILL."""
+    code = main()
+    runner = sys.modules.get("nextclick.flows.runner")
+    if runner is not None and runner.FLOW_PROCESS.is_set():
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

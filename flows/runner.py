@@ -46,6 +46,10 @@ from nextclick.operators.io.sink_registry import decision_sink
 
 log = logging.getLogger("nextclick")
 
+FLOW_PROCESS = threading.Event()
+"""Set by FlowRunner: this process runs a flow, and ends without the interpreter's teardown
+(cli.entry)."""
+
 
 def _quiet_late_panics() -> None:
     """Bytewax hands the first panic of a run to `cluster_main`'s caller; one that comes after it (another
@@ -74,6 +78,7 @@ class FlowRunner:
     """One `nextclick run` process. Create it first thing, before any thread exists."""
 
     def __init__(self) -> None:
+        FLOW_PROCESS.set()
         drain.block_signals()
         self.stop = threading.Event()
         self.started = time.monotonic()
