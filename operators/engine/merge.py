@@ -6,8 +6,9 @@ Each part is merged by the module that owns it (operators/profile/model.py lists
   consent the latest by (ts, event_id), recent orders the union kept within their bounds;
 - transient signals, by kind (`Signal.merge`): windowed counts and sums bucket by bucket, distinct
   values as a union, the latest `last`, sessions less than a gap apart as one, a pending absence
-  carries over (with the totals of both), grouped signals group by group, and a `reset_on` reset
-  either profile saw clears what the other gathered before it;
+  carries over (with the totals of both) unless the other profile saw a cancel at or after its start,
+  grouped signals group by group, and a `reset_on` reset either profile saw clears what the other
+  gathered before it;
 - decision history (`history.merge`): cooldowns and caps become their union;
 - the dedupe window (`dedupe.merge`): the union of the ids seen.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import Any
 
 from nextclick.operators.profile import dedupe, facts, history
 from nextclick.operators.profile.model import Profile
@@ -31,13 +33,33 @@ def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
     facts.merge(profile.facts, other.facts)
     kinds = {signal.name: signal for signal in ruleset.signals}
     signals = profile.signals
+    # A reset (or an absence's cancel) either profile saw clears both sides before they merge: what the
+    # other side gathered after it survives, as it would have in one profile (an earliest-start absence
+    # would otherwise keep a start the reset had cancelled over a later one it had not).
+    reset_at: dict[str, tuple[Any, int]] = {}  # target name -> (target, the newer reset's time)
+    for signal in ruleset.signals:
+        target = getattr(signal, "target", None)
+        if signal.kind == "reset" and target is not None:
+            times = [t for t in (signals.get(signal.name), other.signals.get(signal.name)) if t is not None]
+            if times:
+                reset_at[target.name] = (target, max(times))
     for name, state in other.signals.items():
+        cleared = reset_at.get(name)
+        if cleared is not None:
+            state = cleared[0].clear(copy.deepcopy(state), cleared[1])
+            if state is None:
+                continue
         mine = signals.get(name)
+        if mine is not None and cleared is not None:
+            mine = cleared[0].clear(mine, cleared[1])
+            if mine is None:
+                del signals[name]
+            else:
+                signals[name] = mine
         if mine is None:
             signals[name] = copy.deepcopy(state)
             continue
-        signal = kinds.get(name)
-        merge = getattr(signal, "merge", None)
+        merge = getattr(kinds.get(name), "merge", None)
         if merge is not None:
             signals[name] = merge(mine, state)
         # A signal the rules no longer declare, or a kind without `merge` (a plugin written before it

@@ -34,6 +34,7 @@ from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES
 from nextclick.operators.rules.compiler import attribute_getters
 from nextclick.operators.rules.model import Cap, CompiledRule, LatePolicy, Rule, RuleSet, SuppressionScope
 from nextclick.operators.signals.base import Signal
+from nextclick.operators.signals.options import Reset
 from nextclick.operators.signals.registry import load_signal
 
 __all__ = ["EVENT_TYPES", "check_rules", "load_configured_rules", "load_rules", "parse_condition"]
@@ -119,6 +120,27 @@ def _never_true(cond: Condition, kinds: Kinds) -> str | None:
     if enum is not None and cond.op in ("==", "in") and values and all(v not in enum for v in values):
         return f"{cond.attribute!r} is one of {list(enum)}: {cond.value!r} never matches"
     return None
+
+
+def _never_true_on(cond: Condition, attribute: str, events: frozenset[str], plan: TrackingPlan) -> str | None:
+    """`_never_true` for an attribute of these event types, as their schemas declare it."""
+    found = [kinds[attribute] for t in events if attribute in (kinds := _schema_kinds(plan, t))]
+    return _never_true(cond, _union(found)) if found else None
+
+
+def _check_signal_where(path: str, signals: list[Signal], errors: list[RulesError], plan: TrackingPlan) -> None:
+    """A signal's `where` that no event can meet (`amount >= "100"` on a number) counts nothing: refused,
+    as the same condition in a rule's `when` is."""
+    for signal in signals:
+        conditions = getattr(signal, "where", ())
+        if not conditions:
+            continue
+        events = getattr(signal, "start", None) or signal.touched_by
+        where = Where(path, f"signal '{signal.name}'", errors)
+        for cond in leaves(tuple(conditions)):
+            why = _never_true_on(cond, cond.attribute, events, plan)
+            if why:
+                where.report("where", f"in {cond.text!r}: {why}")
 
 
 def _consequence(attribute: str, broken: set[str]) -> bool:
@@ -343,13 +365,20 @@ def _bind_start_when(path: str, signals: list[Signal], getters: dict[str, Any],
         before = len(errors)
         for cond in leaves(signal.start_when):  # type: ignore[attr-defined]
             name = cond.attribute
+            why = None
             if name.startswith(TRIGGER_PREFIX):
                 if name[len(TRIGGER_PREFIX):] not in carried:
                     where.report("start_when", f"in {cond.text!r}: {name!r} is not an attribute of its start "
                                                f"events; they have: {sorted(carried) or 'none'}")
+                else:
+                    why = _never_true_on(cond, name[len(TRIGGER_PREFIX):], start, plan)
             elif name not in getters or name in signal.attributes:
                 where.report("start_when", f"in {cond.text!r}: unknown attribute {name!r} (an absence cannot "
                                            f"read itself); known: {sorted(set(getters) - set(signal.attributes))}")
+            elif name in _BUILT_IN_KINDS:
+                why = _never_true(cond, _BUILT_IN_KINDS[name])
+            if why:  # as a rule's `when`: a start that could never happen is a mistake, not a quiet no-op
+                where.report("start_when", f"in {cond.text!r}: {why}")
         if len(errors) == before:
             signal.bind_start_when(getters)  # type: ignore[attr-defined]
     return [s for s in signals if s not in gated] + gated
@@ -433,6 +462,7 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     require_address = addressing.get("require") is True
     getters = attribute_getters(signals, plan.channels)
     signals = _bind_start_when(path, signals, getters, errors, plan)
+    _check_signal_where(path, signals, errors, plan)
     raw_rules = doc.get("rule", [])
     rules: list[Rule] = []
     if not isinstance(raw_rules, list) or not raw_rules:
@@ -482,6 +512,9 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     if late.get("policy", "drop") not in ("drop", "apply"):
         where.report("policy", "must be \"drop\" or \"apply\"")
     lateness = where.duration(late, "allowed_lateness", "5m")
+    for signal in signals:  # an absence's newest cancel is kept until any start it cancels would have fired
+        if isinstance(signal, Reset) and getattr(signal.target, "kind", None) == "absence":
+            signal.lifetime_ms = signal.target.after_ms + lateness
     suppression = _section(path, doc, "suppression", errors)
     where = Where(path, "[suppression]", errors)
     where.check_keys(suppression, {"after_complaint", "scope"})

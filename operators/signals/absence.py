@@ -18,6 +18,13 @@ the cart over 150". Compiled by the rules loader, which knows every attribute (`
 `restart = false` (the `Fixed` subclass, or a `Tally` told so): a later start does not move the
 deadline; the time counts from the first start of the pending absence ("within 30 minutes of the
 first add", not of the last). Of two starts the earlier is kept, whichever arrived first.
+
+The newest cancel is remembered by a companion, `<name>@reset` (options.Reset), for `after` plus the
+allowed lateness (the loader adds the lateness), whether or not anything was pending. A profile
+that took a purchase under a customer id and then merges with the cookie profile holding the cart
+(a sign-in after both) cancels that cart as one profile would have (operators/engine/merge.py), and a
+cart added before a purchase but arriving after it starts nothing. Event types that both start and
+cancel keep their toggle and have no companion.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from nextclick.operators.conditions.fields import Where
 from nextclick.operators.conditions.model import When
 from nextclick.operators.profile.model import Profile
 from nextclick.operators.records import Event, Trigger
-from nextclick.operators.signals.options import check_attribute, read_where
+from nextclick.operators.signals.options import Reset, check_attribute, read_where
 
 _NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -87,6 +94,10 @@ class Absence:
 
     def deadline(self, state: Any) -> int | None:
         return int(state[1])
+
+    def clear(self, state: Any, until_ms: int) -> Any:
+        """What a cancel at `until_ms` leaves: nothing if the pending start is at or before it."""
+        return None if state[0] <= until_ms else state
 
     def fire(self, state: Any) -> Trigger:
         return Trigger(self.name, f"{self.name}:{state[0]}", state[1], dict(state[2]))
@@ -235,6 +246,25 @@ def load(name: str, body: dict[str, Any], where: Where, event_types: frozenset[s
     else:
         signal = Tally(name, start, cancel, after, tuple(carry), sums, count,
                        compile_filter(conditions) if conditions else None, restart)
+        signal.where = conditions  # type: ignore[attr-defined]  # checked by the loader against the schemas
     if start_when:
         signal.start_when = start_when
+    return _remember_cancels(signal)
+
+
+def _remember_cancels(signal: Absence) -> Absence:
+    """The signal with its `<name>@reset` companion: the newest cancel's time (module docstring).
+    A start at or before it is one the cancel came after: it starts nothing."""
+    cancels = signal.cancel - signal.start
+    if not cancels:
+        return signal
+    mark = Reset(signal, cancels, signal.after_ms)
+    inner, name = signal.apply, mark.name
+
+    def after_cancels(profile: Profile, event: Event) -> None:
+        at = profile.signals.get(name)
+        if at is None or event.ts > at:
+            inner(profile, event)
+    setattr(signal, "apply", after_cancels)  # noqa: B010 - an instance attribute: the plain method stays free
+    signal.companions = (mark,)  # type: ignore[attr-defined]
     return signal

@@ -12,11 +12,11 @@ What is proved here, with hypothesis, on profiles the engine built from random s
 3. Where the link falls in the stories does not matter: for any position of the link, and any moment
    after it at which the moved profile arrives (events of the moved identifier applied to the other
    profile first), the result equals the profile one identifier would have built from all events, for
-   the durable facts, windowed counts and sums, distinct values, last values and the dedupe window.
-   Two things are left out because the separate profiles never held the information a merge would
-   need: a session split by the link (the anonymous profile already closed it) and an absence that the
-   other identifier cancelled before the link (a profile with nothing pending remembers no cancel):
-   a pending absence carries over, as the issue's merge rules say (4).
+   the durable facts, windowed counts and sums, distinct values, last values, a pending absence (a
+   cart on the cookie, a purchase under the customer id after it, then the sign-in: each profile keeps
+   its newest cancel, so the merge cancels the cart) and the dedupe window. One thing is left out
+   because the separate profiles never held the information a merge would need: a session split by
+   the link (the anonymous profile already closed it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextclick.operators.engine.merge import merge_all, merge_into
-from nextclick.operators.engine.steps import on_event, prune
+from nextclick.operators.engine.steps import on_event, on_timers, prune
 from nextclick.operators.profile.codec import decode_profile, encode_profile, profile_as_dict
 from nextclick.operators.profile.model import Profile, new_profile
 from nextclick.operators.rules.model import RuleSet
@@ -163,6 +163,13 @@ events = ["page_view", "add_to_cart"]
 field = "category"
 window = "45m"
 
+[signals.cart_open]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase", "app_purchase"]
+after = "60m"
+carry = ["sku"]
+
 # A rules file needs a rule; this one never decides. Decisions two separate profiles made before a link
 # stay made (their history merges as a union, above), so they are not what this property is about.
 [[rule]]
@@ -238,6 +245,7 @@ def test_a_reference_story_really_exercises_every_part(tmp_path_factory: Any) ->
     reference = settled(linked_at(story, 0, 0, ruleset), ruleset)
     assert reference["signals"]["views_30m"] and reference["signals"]["cart_value_1h"]
     assert reference["facts"]["orders"] == 2 and reference["facts"]["revenue"] == 42.5
+    assert reference["signals"]["cart_open"][:2] == [T0 + 6 * MIN, T0 + 66 * MIN]
     assert sorted(reference["signals"]["categories_1h"]) == [["bags", T0 + 2 * MIN], ["shoes", T0 + 3 * MIN],
                                                               ["watches", T0 + 6 * MIN]]
     for link in range(len(story) + 1):
@@ -256,6 +264,63 @@ def test_a_pending_absence_carries_over_and_of_two_the_later_start_wins() -> Non
     on_event(known, make_event("add_to_cart", T0 + 5 * MIN, customer="C", amount=15.0, sku="s2"), rules)
     assert merged(known, anonymous, ruleset=rules).signals["cart_abandoned"][0] == T0 + 5 * MIN
     assert merged(anonymous, known, ruleset=rules).signals["cart_abandoned"][0] == T0 + 5 * MIN
+
+
+def test_a_purchase_under_the_other_identifier_after_the_cart_cancels_it_at_the_sign_in() -> None:
+    """A cart on the cookie, a store purchase under the customer id 5 minutes later, the sign-in that
+    links them 5 minutes after that: no cart reminder, as if the customer had been signed in all along,
+    whichever profile absorbs the other; a cart added after the purchase still waits."""
+    rules = default_rules()
+    cookie, customer = new_profile("A"), new_profile("C")
+    on_event(cookie, make_event("add_to_cart", T0, customer="A", amount=40.0, sku="s1"), rules)
+    on_event(customer, make_event("store_purchase", T0 + 5 * MIN, customer="C", amount=40.0), rules)
+    for one in (merged(customer, cookie, ruleset=rules), merged(cookie, customer, ruleset=rules)):
+        assert "cart_abandoned" not in one.signals
+        out = on_timers(one, rules, T0 + 3 * 60 * MIN)
+        assert [d.rule_id for d in out.decisions] == []
+    on_event(cookie, make_event("add_to_cart", T0 + 7 * MIN, customer="A", amount=15.0, sku="s2"), rules)
+    assert merged(customer, cookie, ruleset=rules).signals["cart_abandoned"][0] == T0 + 7 * MIN
+
+
+def test_a_cart_added_before_a_purchase_that_arrives_after_it_starts_nothing() -> None:
+    rules = default_rules()
+    profile = new_profile("C")
+    on_event(profile, make_event("purchase", T0 + 5 * MIN, customer="C", amount=40.0, order_id="o1"), rules)
+    on_event(profile, make_event("add_to_cart", T0 + 2 * MIN, customer="C", amount=40.0, sku="s1"), rules)
+    assert "cart_abandoned" not in profile.signals
+    on_event(profile, make_event("add_to_cart", T0 + 6 * MIN, customer="C", amount=40.0, sku="s2"), rules)
+    assert profile.signals["cart_abandoned"][0] == T0 + 6 * MIN
+
+
+FIRST_ADD = """
+[signals.first_add]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "30m"
+restart = false
+
+[[rule]]
+id = "never"
+on = ["first_add"]
+when = ["orders < 0"]
+action = "none"
+channel = "web"
+"""
+
+
+def test_a_cancel_clears_both_sides_before_an_earliest_start_absence_merges(tmp_path: Any) -> None:
+    """`restart = false` keeps the earliest start: merged first, the cart the purchase cancelled would
+    win over the one added after it, and the cancel would then take both."""
+    from nextclick.operators.rules.loader import load_rules
+
+    rules = load_rules(write_rules(tmp_path, FIRST_ADD))
+    a, c = new_profile("A"), new_profile("C")
+    on_event(a, make_event("add_to_cart", T0, customer="A", amount=10.0, sku="s1"), rules)
+    on_event(c, make_event("purchase", T0 + 2 * MIN, customer="C", amount=10.0, order_id="o1"), rules)
+    on_event(c, make_event("add_to_cart", T0 + 3 * MIN, customer="C", amount=10.0, sku="s2"), rules)
+    for one in (merged(c, a, ruleset=rules), merged(a, c, ruleset=rules)):
+        assert one.signals["first_add"][:2] == [T0 + 3 * MIN, T0 + 33 * MIN]
 
 
 def test_cooldowns_and_caps_become_their_union() -> None:
@@ -353,12 +418,13 @@ def _options(tmp_path_factory: Any) -> RuleSet:
 def test_signals_with_options_merge_in_any_order_and_grouping(story: list[tuple[str, Any]],
                                                               tmp_path_factory: Any) -> None:
     """Commutative for every part; associative too but for a group set held at `max_groups` (like a
-    session, a bounded slot: a group one grouping drops at the cap another keeps), which is why the
-    shard merges in the order of the keys."""
+    session, a bounded slot: a group one grouping drops at the cap another keeps) and an absence's
+    totals (two pending carts merged first add up before a third profile's purchase, made between
+    them, can take the older one's share out), which is why the shard merges in the order of the keys."""
     rules = _options(tmp_path_factory)
     p, q, r = (built(story, who, rules) for who in "PQR")
     assert view(merged(p, q, ruleset=rules)) == view(merged(q, p, ruleset=rules))
-    capped = ("views_by_category",)
+    capped = ("views_by_category", "cart")
     assert view(merged(merged(p, q, ruleset=rules), r, ruleset=rules), without=capped) == \
         view(merged(p, merged(q, r, ruleset=rules), ruleset=rules), without=capped)
 
