@@ -645,11 +645,24 @@ def test_start_when_a_purchase_cancels_and_the_cart_starts_again_from_zero(tmp_p
     ('["big_cart_pending == true"]', "an absence cannot read itself"),
     ('["trigger.items > 1"]', "'trigger.items' is not an attribute of its start events"),
     ('"cart_value >= 150"', "must be a list of conditions"),
+    # Never true, as in a rule's `when`: the absence would never start.
+    ('[\'trigger.amount >= "100"\']', "'trigger.amount' is number, compared with a string: never true"),
+    ('[\'segment == "loyl"\']', "'loyl' never matches"),
+    ('["orders == true"]', "'orders' is integer, compared with bool: never true"),
 ])
 def test_a_bad_start_when_is_named(tmp_path, start_when, words):
     signals = BIG_CART.replace('["cart_value >= 150"]', start_when)
     message = one_error(rules(tmp_path, rule(on='["page_view"]'), signals=signals))
     assert "signal 'big_cart': field 'start_when'" in message and words in message, message
+
+
+@pytest.mark.parametrize("kind", ["count", "absence"])
+def test_a_signal_where_no_event_can_meet_is_named(tmp_path, kind):
+    body = ('kind = "count"\nevents = ["add_to_cart"]\nwindow = "1h"' if kind == "count" else
+            'kind = "absence"\nstart = ["add_to_cart"]\ncancel = ["purchase"]\nafter = "30m"')
+    signals = f'[signals.big_adds]\n{body}\nwhere = [\'amount >= "100"\']\n'
+    message = one_error(rules(tmp_path, rule(on='["page_view"]'), signals=signals))
+    assert "signal 'big_adds': field 'where'" in message and "'amount' is number, compared with a string" in message
 
 
 def test_rules_test_drops_what_the_flow_drops_as_expired(tmp_path):
