@@ -216,11 +216,12 @@ def cmd_profile_get(args: argparse.Namespace) -> int:
     customer = _customer_key(args, config)
     profile = read_profile(config.state.dir, config.state.shards, customer)
     if profile is None:
+        what = "that hashed key" if args.hashed else f"that {args.id_type} identifier"
         partial = partial_volume(config)
         if partial:  # the profile, or the identity store that resolves the identifier, may be elsewhere
-            raise LookupError(f"no profile for that customer on this volume: {partial}; ask the profile service "
+            raise LookupError(f"no profile holds {what} on this volume: {partial}; ask the profile service "
                               "(`nextclick serve`), or read a directory holding every store")
-        raise LookupError(f"no profile for that customer in {config.state.dir}")
+        raise LookupError(f"no profile holds {what} in {config.state.dir}")
     if "quarantined" not in profile:
         profile["derived"] = _derived(profile, config, args.at)
     key, anchor = resolve_offline(config.state.dir, customer)
@@ -412,15 +413,23 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     ruleset = load_rules(args.file, args.tracking_plan)
     scenarios = [load_scenario(path, ruleset.plan) for path in args.scenarios]  # all checked before any runs
     total = failed = 0
+    without_ids = 0
     for scenario in scenarios:
         print(f"{scenario.path}: {scenario.description}")
         if scenario.rules is not None and scenario.rules.resolve() != Path(args.file).resolve():
             print(f"  note: the scenario names {scenario.rules}; testing {args.file}")
+        without_ids += all(step.ids is None for step in scenario.steps)
         for check in run_scenario(scenario, ruleset):
             total += 1
             failed += not check.ok
             if worth_showing(check) or args.verbose:
                 print("  " + report_line(check))
+    if without_ids:
+        print(f"note: {without_ids} scenario{'s' * (without_ids != 1)} set no `ids`: their customers count as "
+              "reachable on every channel, so every decision uses its cooldown and caps. In the flow a profile "
+              "holds the identifiers it was keyed by and linked to, and a decision for a channel none of them "
+              "addresses goes out with address null and uses neither: set `ids` to test that (docs/rules.md, "
+              "\"Testing rules with scenarios\")")
     print(f"{len(scenarios)} scenario{'s' * (len(scenarios) != 1)}, {total} expectations, {failed} failed")
     if failed:
         raise ScenarioFailed(f"{failed} of {total} expectations failed (FAIL lines above)")

@@ -125,7 +125,7 @@ def test_one_pods_volume_is_named_as_such_never_taken_for_a_whole_deployment(
     assert "--online" in error
     assert sorted(p.relative_to(volume).as_posix() for p in volume.rglob("*") if p.is_file()) == before
     error = one_line_error(nextclick(deployment, "profile", "get", "nobody-at-all", **pod))
-    assert error.startswith("nextclick: error: no profile for that customer on this volume: ")
+    assert error.startswith("nextclick: error: no profile holds that customer identifier on this volume: ")
 
 
 @pytest.mark.broker

@@ -105,6 +105,26 @@ decisions = [{ rule = "post_purchase_cross_sell", channel = "email" }]
     assert error_line(captured.err) == "nextclick: error: 2 of 4 expectations failed (FAIL lines above)"
 
 
+def test_a_cooldown_tested_without_ids_is_flagged_and_with_the_flows_ids_decides_again(tmp_path, capsys):
+    """Two purchases an hour apart: without `ids` the second is cooling down; with the identifiers the
+    flow records for a customer known by a customer id (no email), both go out with no address, as the
+    flow sends them, and `rules test` says which scenarios assumed every channel reachable."""
+    steps = (
+        '[[step]]\nat = "+0m"\nevent = "consent"\nattrs = {{ channel = "email", granted = true }}{ids}\n\n'
+        '[[step]]\nat = "+1m"\nevent = "purchase"\nattrs = {{ amount = 50.0, order_id = "o1" }}\n'
+        'decisions = [{{ rule = "post_purchase_cross_sell", channel = "email" }}]\n\n'
+        '[[step]]\nat = "+61m"\nevent = "purchase"\nattrs = {{ amount = 50.0, order_id = "o2" }}\n{second}\n')
+    assumed = write_rules(tmp_path, 'description = "x"\n' + steps.format(
+        ids="", second='blocked = [{ rule = "post_purchase_cross_sell", reason = "cooldown" }]'), "assumed.toml")
+    known = write_rules(tmp_path, 'description = "x"\n' + steps.format(
+        ids='\nids = ["customer"]', second='decisions = [{ rule = "post_purchase_cross_sell", channel = "email" }]'),
+        "known.toml")
+    assert main(["rules", "test", str(DEFAULT_RULES_PATH), str(assumed), str(known)]) == 0
+    out = capsys.readouterr().out.rstrip().splitlines()
+    assert out[-1] == "2 scenarios, 24 expectations, 0 failed"
+    assert out[-2].startswith("note: 1 scenario set no `ids`: their customers count as reachable on every channel")
+
+
 def test_rules_check_lists_every_error_then_fails_with_one_line(tmp_path, capsys):
     path = write_rules(tmp_path, '''
 [signals.views]
