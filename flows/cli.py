@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -129,6 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
         cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
     plan = check_start(config, init_recovery=init_recovery)
+    if rejoin is not None:  # online savepoints record the generation that took them (their line)
+        plan = dataclasses.replace(plan, generation=rejoin.generation)
     if args.recovery_per_process and place.process_id is not None and plan.resumes:
         check_volume_placement(config, Placement(place.process_id, place.processes, args.workers,
                                                  config.state.shard_placement))

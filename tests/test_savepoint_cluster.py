@@ -417,6 +417,25 @@ def test_retention_keeps_the_newest_complete_savepoints(tmp_path: Path, capsys: 
     assert sorted(m.id for m in catalogue(root)[0]) == ["scheduled-20261206T000000Z", "sp3"]
 
 
+def _hold_state(config: Config) -> None:
+    """The volume holds state, as after a start: a shard and the recovery partitions."""
+    (Path(config.state.dir) / "shard-0000").mkdir(parents=True, exist_ok=True)
+    (Path(config.state.dir) / "shard-0000" / "CURRENT").write_text("")
+    recovery = Path(config.state.recovery_dir)
+    if not any(recovery.glob("*.sqlite3")):
+        recovery.mkdir(parents=True, exist_ok=True)
+        init_db_dir(recovery, 1)
+
+
+def _savepoint(shared: Path, name: str, created_at: str, *, generation: int | None = None) -> None:
+    from nextclick.operators.tools.savepoint import _write_manifest
+
+    (shared / name / "shard-0000").mkdir(parents=True)
+    _write_manifest(shared / name, SavepointManifest(
+        id=name, created_at=created_at, mode="online", shards=4, secret_fingerprint="f", seqs={0: 1}, positions={},
+        source_lineage=None, generation=generation))
+
+
 def _peer_reports(shared: Path, generation: int | None, *, at: float | None = None, peer: int = 1) -> None:
     (shared / ".cluster").mkdir(parents=True, exist_ok=True)
     (shared / ".cluster" / f"process-{peer}.json").write_bytes(orjson.dumps(
@@ -434,8 +453,7 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     first = Generations(config, 0, 2, timeout_s=5)
     _peer_reports(shared, None)
     assert first.decide() == Rejoin(0, None)
-    (Path(config.state.dir) / "shard-0000").mkdir(parents=True)
-    (Path(config.state.dir) / "shard-0000" / "CURRENT").write_text("")
+    _hold_state(config)
     _peer_reports(shared, 0)
     first.joined(0)
     assert (shared / ".cluster" / "running-000000").exists()
@@ -443,7 +461,7 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     # The peer lost its volume and there is no savepoint: refused, one line.
     again = Generations(config, 0, 2, timeout_s=5)
     _peer_reports(shared, None)
-    with pytest.raises(SavepointError, match="holds no savepoint to restore the cluster from"):
+    with pytest.raises(SavepointError, match="holds no savepoint of the cluster's current line to restore it from"):
         again.decide()
 
     # With a savepoint: generation 1 names it, and this process (state at 0) clears and restores it.
@@ -462,8 +480,8 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     _peer_reports(shared, 1)
     assert later.decide() == Rejoin(1, str(shared / "sp"))
 
-    # Every process empty (a rescale or a rollback on new volumes) with a savepoint named that no
-    # generation used: it opens the next generation; named again later (a stale flag), the latest wins.
+    # Every process empty (a rescale or a rollback on new volumes) with a savepoint named: it opens the
+    # next generation, also when a generation restored it before (a second rollback to it).
     (shared / "sp2" / "shard-0000").mkdir(parents=True)
     _write_manifest(shared / "sp2", SavepointManifest(
         id="sp2", created_at="2026-12-07T00:00:00+00:00", mode="online", shards=4, secret_fingerprint="f",
@@ -473,9 +491,42 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     _peer_reports(shared, None)
     assert rescaled.decide() == Rejoin(2, str(shared / "sp2"), reset=False, restore=True)
     (shared / ".cluster" / "running-000002").touch()
-    stale = Generations(empty, 0, 2, explicit=str(shared / "sp"), timeout_s=5)
+    rolled = Generations(empty, 0, 2, explicit=str(shared / "sp"), timeout_s=5)
     _peer_reports(shared, None)
-    assert stale.decide() == Rejoin(3, str(shared / "sp2"), reset=False, restore=True)
+    assert rolled.decide() == Rejoin(3, str(shared / "sp"), reset=False, restore=True)
+    _hold_state(empty)
+    _peer_reports(shared, 3)
+    rolled.joined(3)
+
+    # The line the rollback left had taken a newer savepoint (generation 2, with what the rollback undid):
+    # a lost volume goes back to the newest savepoint of the current line, here the rollback's own.
+    _savepoint(shared, "sp-abandoned", "2026-12-10T00:00:00+00:00", generation=2)
+    lost = Generations(empty, 0, 2, timeout_s=5)
+    _peer_reports(shared, None)
+    assert lost.decide() == Rejoin(4, str(shared / "sp"), reset=True, restore=True)
+    _peer_reports(shared, 4)
+    lost.joined(4)
+    _savepoint(shared, "sp-line", "2026-12-09T00:00:00+00:00", generation=4)  # taken by the cluster at 4
+    again = Generations(empty, 0, 2, timeout_s=5)
+    _peer_reports(shared, None)
+    assert again.decide() == Rejoin(5, str(shared / "sp-line"), reset=True, restore=True)
+    _peer_reports(shared, 5)
+    again.joined(5)
+
+    # Half a volume is a lost one: state without its recovery partitions, or these without the state.
+    # Both are cleared before the restore (a restore refuses a recovery directory that is not empty).
+    for half in (Path(empty.state.recovery_dir), Path(empty.state.dir)):
+        shutil.rmtree(half)
+        half.mkdir()
+        halved = Generations(empty, 0, 2, timeout_s=5)
+        _peer_reports(shared, 5)
+        (shared / ".cluster" / "running-000005").touch()
+        generation = halved.current()[0] + 1
+        assert halved.decide() == Rejoin(generation, str(shared / "sp-line"), reset=True, restore=True)
+        _hold_state(empty)
+        _peer_reports(shared, generation)
+        halved.joined(generation)
+        _peer_reports(shared, 5)
 
     # A report written before this process started is a previous life's: it does not count.
     stale = Generations(config, 0, 2, timeout_s=0.6)
@@ -631,6 +682,7 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
                                "--timeout", "60"], cwd=REPO, capture_output=True, text=True,
                               env=base.env(stop_at_end=False), timeout=90)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert SavepointManifest.read(shared / "sp").generation == 0  # the line it is on (the first deployment)
         produce(kafka, topic, messages[half:], PARTITIONS)
         while applied() < half + 50:  # the state moves on past the savepoint before the loss
             assert time.monotonic() < deadline, "the second half was not applied in time"

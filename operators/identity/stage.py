@@ -261,7 +261,8 @@ class IdentityState:
         try:
             write_shard_part(self.store, request.path, 0, seq, self.ledger.positions, request.token,
                              self.ctx.plan.lineage if self.ctx.plan else None, IDENTITY,
-                             scratch=self.ctx.state_dir / IDENTITY, request_id=request.request_id)
+                             scratch=self.ctx.state_dir / IDENTITY, request_id=request.request_id,
+                             generation=self.ctx.plan.generation if self.ctx.plan else None)
         except (OSError, StateError) as exc:
             log.error("savepoint part not written", extra={"family": IDENTITY, "path": request.path,
                                                            "error": str(exc)})

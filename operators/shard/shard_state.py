@@ -446,7 +446,8 @@ class ShardState:
         try:
             write_shard_part(self.store, request.path, self.shard, seq, self.ledger.positions,
                              request.token, self.ctx.plan.lineage if self.ctx.plan else None, request.store,
-                             scratch=self.ctx.state_dir, request_id=request.request_id)
+                             scratch=self.ctx.state_dir, request_id=request.request_id,
+                             generation=self.ctx.plan.generation if self.ctx.plan else None)
         except (OSError, StateError) as exc:
             # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
             log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,

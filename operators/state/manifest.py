@@ -288,6 +288,9 @@ class StartPlan:
     # (False for a new deployment and right after a restore). Every process of a cluster agrees, unless
     # a volume was lost (operators/io/cluster_hello.py).
     resumes: bool = False
+    # The cluster generation of state.on_lost_volume = "restore" (operators/tools/savepoint.py) this
+    # process runs at; None without that mode. Online savepoint parts carry it.
+    generation: int | None = None
 
     def restore_seq(self, shard: int, family: str = PROFILES) -> int:
         return self.restore.seq(shard, family) if self.restore else 0

@@ -214,18 +214,20 @@ def _who() -> str:
 
 def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: int, positions: dict[str, int],
                      token: str, lineage: str | None, subdir: str = "", *,
-                     scratch: Path | None = None, request_id: str | None = None) -> Future[None] | None:
+                     scratch: Path | None = None, request_id: str | None = None,
+                     generation: int | None = None) -> Future[None] | None:
     """One shard's part of an online savepoint (called by the shard right after its checkpoint).
 
     `subdir`: its family's directory ("" for profiles; operators/state/layout.py). `scratch`: a directory
     on the shard's own volume: the RocksDB checkpoint is taken there (hard links, milliseconds) and
     copied to `dest` in the background (the future; errors are logged, the CLI names the missing part).
-    Without it the checkpoint is written straight into a local `dest` (tests, tools)."""
+    Without it the checkpoint is written straight into a local `dest` (tests, tools). `generation`: the
+    cluster generation the process runs at (StartPlan.generation), which the savepoint records."""
     where = Destination(dest)
     name = shard_path("", shard).name
     rel = f"{STAGING_PREFIX}{token}/{subdir}/{name}" if subdir else f"{STAGING_PREFIX}{token}/{name}"
     part = {"shard": shard, "seq": seq, "positions": positions, "lineage": lineage, "token": token,
-            "family": subdir, "process": _who(), "request_id": request_id}
+            "family": subdir, "process": _who(), "request_id": request_id, "generation": generation}
     if scratch is None and not where.remote:
         target = where.path / rel
         if target.exists():

@@ -180,6 +180,9 @@ class SavepointManifest:
     identity_priority: tuple[str, ...] | None = None
     # Where its shards are, relative to the savepoint ("": beside the manifest; see the module docstring).
     root: str = ""
+    # The cluster generation that took it (state.on_lost_volume = "restore"): which line of the cluster's
+    # history it is on. None: taken without that mode, by an older release, or offline.
+    generation: int | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps({
@@ -193,6 +196,7 @@ class SavepointManifest:
                          for name, seqs in sorted(self.families.items())},
             "identity_priority": list(self.identity_priority) if self.identity_priority else None,
             **({"root": self.root} if self.root else {}),
+            **({"generation": self.generation} if self.generation is not None else {}),
         }, option=orjson.OPT_INDENT_2)
 
     def all_families(self) -> list[tuple[Family, dict[int, int]]]:
@@ -226,7 +230,8 @@ class SavepointManifest:
                        families={str(name): {int(k): int(v) for k, v in seqs.items()}
                                  for name, seqs in (body.get("families") or {}).items()},
                        identity_priority=tuple(body["identity_priority"]) if body.get("identity_priority")
-                       else None, root=str(body.get("root") or ""))
+                       else None, root=str(body.get("root") or ""),
+                       generation=int(body["generation"]) if body.get("generation") is not None else None)
         except FileNotFoundError:
             raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
                                  "still being written, or the wrong directory?)") from None
@@ -400,8 +405,10 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
     for other in {n.split("/", 1)[0] for n in where.files() if n.startswith(STAGING_PREFIX)} - {root}:
         where.remove(other)  # this attempt's part files, and every other attempt
     lineages = {p.get("lineage") for p in parts_json}
+    generations = {p.get("generation") for p in parts_json}
     manifest = SavepointManifest(
         id=where.name, created_at=_now(), mode="online", shards=shards,
+        generation=generations.pop() if len(generations) == 1 else None,
         secret_fingerprint=secret_fingerprint(config.privacy.resolve_secret()),
         seqs=by_family[""],
         positions=_merge_positions([p["positions"] for p in parts_json]),
@@ -500,7 +507,7 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
         id=dest.name, created_at=_now(), mode="offline", shards=config.state.shards,
         secret_fingerprint=secret_fingerprint(config.privacy.resolve_secret()), seqs=seqs.pop(PROFILES),
         positions=_merge_positions(positions), source_lineage=plan.lineage, families=seqs,
-        identity_priority=identity_rules(config).priority)
+        identity_priority=identity_rules(config).priority, generation=_state_generation(state_dir))
     _write_manifest(dest, manifest)
     return manifest
 
@@ -629,7 +636,7 @@ def reshard(src: Path, dest: Path, shards: int, *,
         id=dest.name, created_at=_now(), mode="reshard", shards=shards,
         secret_fingerprint=source.secret_fingerprint, seqs=new_seqs.pop(PROFILES),
         positions=source.positions, source_lineage=source.source_lineage, derived_from=source.id,
-        families=new_seqs, identity_priority=source.identity_priority)
+        families=new_seqs, identity_priority=source.identity_priority, generation=source.generation)
     _write_manifest(dest, manifest)
     return manifest
 
@@ -776,6 +783,14 @@ _GENERATION_FILE = ".nextclick-generation.json"
 _FRESH_S = 6.0  # a report older than this is from a process that is not (or no longer) waiting
 
 
+def _state_generation(state_dir: str | Path) -> int | None:
+    """The generation a process's state is at (written when it joined one), or None outside the mode."""
+    try:
+        return int(orjson.loads((Path(state_dir) / _GENERATION_FILE).read_bytes())["generation"])
+    except (FileNotFoundError, KeyError, ValueError, TypeError, orjson.JSONDecodeError):
+        return None
+
+
 @dataclass(frozen=True)
 class Rejoin:
     """What a process does before it starts, decided by `Generations.decide`. `savepoint`: the one the
@@ -847,17 +862,18 @@ class Generations:
         self.explicit = str(Destination(explicit)) if explicit else None
         self.dir = root.path / _CLUSTER
         self.dir.mkdir(parents=True, exist_ok=True)
-        state_dir = Path(config.state.dir)
+        state_dir, recovery_dir = Path(config.state.dir), Path(config.state.recovery_dir)
         # A volume a refused start only set up holds nothing: lost, if the cluster has run (a start with
         # on_lost_volume = "stop" set up the empty volume that replaced a lost one, before it was refused).
         self.has_state = bool(shard_dirs(state_dir)) or (
-            read_manifest(state_dir) is not None and not never_written(state_dir, Path(config.state.recovery_dir)))
-        try:
-            recorded = int(orjson.loads((state_dir / _GENERATION_FILE).read_bytes())["generation"])
-        except FileNotFoundError:
-            # State without a generation: started before this mode, or killed before it joined: generation 0.
-            recorded = 0
-        self.mine: int | None = recorded if self.has_state else None
+            read_manifest(state_dir) is not None and not never_written(state_dir, recovery_dir))
+        # Half a volume (the state without its recovery partitions, or these without the state) cannot
+        # resume either: the process counts as lost, and what is left is cleared before the restore.
+        self.has_leftovers = self.has_state or (recovery_dir.is_dir() and any(recovery_dir.iterdir()))
+        intact = self.has_state and any(recovery_dir.glob("*.sqlite3"))
+        # State without a generation: started before this mode, or killed before it joined: generation 0.
+        recorded = _state_generation(state_dir)
+        self.mine: int | None = (recorded or 0) if intact else None
         self._boot = uuid.uuid4().hex[:8]
         # Only reports written after this process started count: a peer killed a moment ago leaves one
         # that is recent but from its previous life (it would vouch for state that peer no longer has).
@@ -880,18 +896,35 @@ class Generations:
     def close(self) -> None:
         self._stop = True
 
+    def _newest(self) -> dict[str, Any] | None:
+        """The newest generation's file, or None before any (generation 0 of a deployment that started empty)."""
+        newest = sorted(self.dir.glob("generation-*.json"))
+        return orjson.loads(newest[-1].read_bytes()) if newest else None
+
     def current(self) -> tuple[int, str | None]:
         """The newest generation and the savepoint it restores (its location; None: generation 0 of a
         deployment that started empty)."""
-        newest = sorted(self.dir.glob("generation-*.json"))
-        if not newest:
-            return 0, None
-        body = orjson.loads(newest[-1].read_bytes())
-        return int(body["generation"]), body.get("savepoint")
+        body = self._newest()
+        return (0, None) if body is None else (int(body["generation"]), body.get("savepoint"))
 
-    def _used(self) -> set[str]:
-        """Every savepoint a generation has restored."""
-        return {str(orjson.loads(p.read_bytes()).get("savepoint")) for p in self.dir.glob("generation-*.json")}
+    def latest_on_line(self) -> SavepointManifest | None:
+        """The newest complete savepoint on the cluster's current line: the one the newest generation
+        restored, or one taken since by the cluster at that generation. A rollback leaves the savepoints
+        of the abandoned line behind (newer, but with what the rollback undid): a lost volume must not
+        bring them back. A savepoint that does not say its generation (an older release's) counts when
+        it was created after the generation was opened."""
+        complete, _ = catalogue(self.config.state.savepoint_dir)
+        body = self._newest()
+        if body is None:
+            return complete[0] if complete else None
+        generation, opened = int(body["generation"]), str(body.get("created_at") or "")
+        start = str(Destination(body["savepoint"])) if body.get("savepoint") else None
+        root = Destination(self.config.state.savepoint_dir)
+        for manifest in complete:  # newest first
+            if manifest.generation == generation or str(root.child(manifest.id)) == start or (
+                    manifest.generation is None and manifest.created_at > opened):
+                return manifest
+        return None
 
     def _reports(self) -> dict[int, int | None] | None:
         """Every process's generation, when all have a report written since this process started and
@@ -926,19 +959,20 @@ class Generations:
         return at >= self._started and time.time() - at <= _FRESH_S
 
     def _raise(self, generation: int, reports: dict[int, int | None]) -> None:
-        """Open `generation`: the savepoint the operator named, when every process starts empty from one
-        no generation used yet (a rescale, a rollback, a move); else the latest one (a lost volume)."""
-        if self.explicit and all(g is None for g in reports.values()) and self.explicit not in self._used():
+        """Open `generation`: the savepoint the operator named, when every process starts empty (a
+        rescale, a rollback, a move: also to a savepoint restored before); else the latest one on the
+        cluster's current line (a lost volume)."""
+        if self.explicit and all(g is None for g in reports.values()):
             chosen, why = self.explicit, "every process starts empty from the savepoint given"
         else:
-            complete, _ = catalogue(self.config.state.savepoint_dir)
-            if not complete:
+            latest = self.latest_on_line()
+            if latest is None:
                 raise SavepointError(f"state.on_lost_volume: a process's state is lost (generation "
-                                     f"{generation - 1}) and {self.config.state.savepoint_dir} holds no savepoint to "
-                                     f"restore the cluster from; restore its volume, or start over with "
-                                     f"`nextclick state reset` on every process and an empty {self.dir}")
-            chosen = str(Destination(self.config.state.savepoint_dir).child(complete[0].id))
-            why = "a process lost its state: the cluster goes back to the latest savepoint"
+                                     f"{generation - 1}) and {self.config.state.savepoint_dir} holds no savepoint of "
+                                     f"the cluster's current line to restore it from; restore its volume, or start "
+                                     f"over with `nextclick state reset` on every process and an empty {self.dir}")
+            chosen = str(Destination(self.config.state.savepoint_dir).child(latest.id))
+            why = "a process lost its state: the cluster goes back to the latest savepoint of its current line"
         if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
                 {"generation": generation, "savepoint": chosen, "created_at": _now(), "by_process": self.process_id})):
             log.warning(why, extra={"generation": generation, "savepoint": chosen})
@@ -966,7 +1000,7 @@ class Generations:
             log.info("rejoining at a newer generation", extra={"generation": generation, "savepoint": savepoint,
                                                                "from": self.mine,
                                                                "reports": {str(k): v for k, v in reports.items()}})
-            return Rejoin(generation, savepoint, reset=self.has_state, restore=True)
+            return Rejoin(generation, savepoint, reset=self.has_leftovers, restore=True)
 
     def joined(self, generation: int, restored: str | None = None) -> None:
         """This process's state is at `generation` (`restored`: from that savepoint): record it, and wait
