@@ -535,6 +535,25 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
         stale.decide()
 
 
+def test_a_peer_that_stops_while_the_cluster_forms_is_named_at_once(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer refused at start (another shard count, a missing flag) exits with its own line; this
+    process said nothing for 300 s. Now it stops too, naming the peer, once the peer's reports end."""
+    from nextclick.operators.tools import savepoint as module
+
+    monkeypatch.setattr(module, "_FRESH_S", 0.5)
+    monkeypatch.setattr(module, "_GONE_S", 1.0)
+    shared = tmp_path / "shared"
+    waiting = module.Generations(_deployment(tmp_path / "pod-0", str(shared)), 0, 2, timeout_s=60)
+    _peer_reports(shared, None)  # it reported, and then no more: it exited
+    started = time.monotonic()
+    with pytest.raises(SavepointError, match=r"process\(es\) 1 of 2 stopped while the cluster was forming "
+                                             r"\(not every process reached generation 0\): its log says why"):
+        waiting.joined(0)
+    assert time.monotonic() - started < 10
+    waiting.close()
+
+
 # -- the cluster round trip ----------------------------------------------------------------------------
 
 CUSTOMERS = 300

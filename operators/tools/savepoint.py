@@ -781,6 +781,7 @@ _CLUSTER = ".cluster"
 # In state.dir: the generation this process's state is at (a dot file: a restore still sees an empty dir).
 _GENERATION_FILE = ".nextclick-generation.json"
 _FRESH_S = 6.0  # a report older than this is from a process that is not (or no longer) waiting
+_GONE_S = 15.0  # a peer that reported since this process started and then not for this long has exited
 
 
 def _state_generation(state_dir: str | Path) -> int | None:
@@ -878,6 +879,7 @@ class Generations:
         # Only reports written after this process started count: a peer killed a moment ago leaves one
         # that is recent but from its previous life (it would vouch for state that peer no longer has).
         self._started = time.time()
+        self._seen: set[int] = set()  # peers that reported since this process started
         self._stop = False
         self._report()
         # For the process's life: a peer still waiting must see this one as there, also once it runs.
@@ -943,6 +945,14 @@ class Generations:
         return found
 
     def _waiting(self, deadline: float, what: str) -> None:
+        seen = [i for i in range(self.processes) if i != self.process_id and self._fresh(i)]
+        self._seen.update(seen)
+        gone = sorted(i for i in self._seen - set(seen) if not self._fresh(i, within_s=_GONE_S))
+        if gone:  # it refused to start (its log says why) or crashed: waiting the full timeout says nothing
+            raise SavepointError(f"state.on_lost_volume: process(es) {', '.join(map(str, gone))} of {self.processes} "
+                                 f"stopped while the cluster was forming ({what}): its log says why (a refused "
+                                 "start or a crash); this process stops too, and the cluster forms once every "
+                                 "process starts again")
         if time.monotonic() > deadline:
             stale = [i for i in range(self.processes) if not self._fresh(i)]
             raise SavepointError(f"state.on_lost_volume: {what} within {self.timeout_s:.0f}s; process(es) "
@@ -950,13 +960,14 @@ class Generations:
                                  f"{self.dir}: are they running, and is it the same shared directory for all?")
         time.sleep(0.25)
 
-    def _fresh(self, i: int) -> bool:
-        """Process i reported since this process started, and lately (the same test as `_reports`)."""
+    def _fresh(self, i: int, within_s: float | None = None) -> bool:
+        """Process i reported since this process started, and within the last `within_s` (by default
+        _FRESH_S: the same test as `_reports`)."""
         try:
             at = float(orjson.loads((self.dir / f"process-{i}.json").read_bytes())["at"])
         except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
             return False
-        return at >= self._started and time.time() - at <= _FRESH_S
+        return at >= self._started and time.time() - at <= (_FRESH_S if within_s is None else within_s)
 
     def _raise(self, generation: int, reports: dict[int, int | None]) -> None:
         """Open `generation`: the savepoint the operator named, when every process starts empty (a
