@@ -444,7 +444,7 @@ def cmd_rules_explain(args: argparse.Namespace) -> int:
     from nextclick.operators.tools.explain import explain, read_story, refused_lines, render
 
     ruleset = load_rules(args.file, args.tracking_plan)
-    story = read_story(args.events, ruleset.plan)
+    story = read_story(args.events, ruleset.plan, ruleset.consent_purposes)
     for entry in explain(ruleset, story):
         print(orjson.dumps(entry).decode() if args.json else render(entry) + "\n")
     refused = refused_lines(args.events, story)

@@ -165,7 +165,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                 continue
             item = parse_message(m.key, m.value, m.headers, position(SourcePosition, (m.topic, m.partition, m.offset)),
                                  secret=secret, now_ms=now, config=parse_config, guards=identity_rules,
-                                 plan=tracking_plan)
+                                 plan=tracking_plan, consent_purposes=ruleset.consent_purposes)
             if not isinstance(item, Event):
                 out.append(item)
             elif direct is None:

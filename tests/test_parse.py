@@ -785,3 +785,22 @@ def test_bench_parse_smoke(capsys):
     main(["--events", "300", "--customers", "30", "--rounds", "1", "--batch", "100"])
     out = capsys.readouterr().out
     assert "slow / fast" in out and "x ref" in out
+
+
+@pytest.mark.parametrize("path", [parse_message, parse_message_slow])
+def test_a_consent_for_a_purpose_no_rule_reads_is_dead_lettered_by_both_paths(path: Any) -> None:
+    """A withdrawal written "Marketing" would revoke nothing, and the customer would keep receiving what
+    they refused: with the rules' purposes given, it is a schema violation naming them."""
+    purposes = frozenset({"marketing", "service"})
+
+    def consent(**fields: Any) -> Event | DeadLetter:
+        body = orjson.dumps(payload("consent", channel="email", granted=False, **fields))
+        return path(KEY, body, HEADERS, SRC, secret=SECRET, now_ms=NOW, config=CFG, consent_purposes=purposes)
+
+    refused = consent(purpose="Marketing")
+    assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation"
+    assert refused.message == ("consent: data.purpose 'Marketing' is not one of the consent purposes ['marketing', "
+                               "'service'] (the rules file's [consent] purposes): it would grant or revoke nothing")
+    assert refused.value == orjson.dumps(payload("consent", channel="email", granted=False, purpose="Marketing"))
+    assert isinstance(consent(purpose="service"), Event)
+    assert isinstance(consent(), Event)  # no purpose: marketing

@@ -435,29 +435,51 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
 def parse_message(key: bytes | None, value: bytes | None,
                   headers: Sequence[tuple[str, bytes | None]] | None, source: SourcePosition, *,
                   secret: bytes, now_ms: int, config: ParseConfig,
-                  guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
+                  guards: IdentityRules | None = None, plan: TrackingPlan | None = None,
+                  consent_purposes: frozenset[str] | None = None) -> Event | DeadLetter:
     """Validate one Kafka message into an `Event`, or a `DeadLetter` with the original bytes.
 
     `guards`: the identity rules whose blocked values the links are checked against (default: the
     shipped ones). `plan`: the tracking plan (`flow.tracking_plan`, operators/events/tracking_plan.py) whose
-    event types and attributes are read (default: the shipped schemas)."""
+    event types and attributes are read (default: the shipped schemas). `consent_purposes`: the rules'
+    `[consent] purposes`; a consent for another is refused (`_purpose_refused`)."""
     try:
         event = _parse_fast(key, value, headers, source, secret, now_ms, config, guards, plan)
     except Exception:  # noqa: BLE001 - a fast-path bug must not cost the event: the slow path decides
         event = None
     if event is not None:
+        if consent_purposes is not None and event.type == "consent":
+            return _purpose_refused(event, consent_purposes, key, value, headers, source) or event
         return event
     return parse_message_slow(key, value, headers, source, secret=secret, now_ms=now_ms, config=config,
-                              guards=guards, plan=plan)
+                              guards=guards, plan=plan, consent_purposes=consent_purposes)
+
+
+def _purpose_refused(event: Event, purposes: frozenset[str], key: bytes | None, value: bytes | None,
+                     headers: Sequence[tuple[str, bytes | None]] | None, source: SourcePosition) -> DeadLetter | None:
+    """A consent for a purpose no rule can read ("Marketing", "marketting") would grant or revoke
+    nothing: a withdrawal sent that way would leave the customer receiving what they refused. Refused
+    as a schema violation, with the purposes that are read."""
+    purpose = event.attrs.get("purpose", "marketing")
+    if purpose in purposes:
+        return None
+    return DeadLetter(key=key, value=value, headers=_headers_tuple(headers), source=source, reason="schema_violation",
+                      message=f"consent: data.purpose {purpose!r} is not one of the consent purposes "
+                              f"{sorted(purposes)} (the rules file's [consent] purposes): it would grant or revoke "
+                              "nothing")
 
 
 def parse_message_slow(key: bytes | None, value: bytes | None,
                        headers: Sequence[tuple[str, bytes | None]] | None, source: SourcePosition, *,
                        secret: bytes, now_ms: int, config: ParseConfig,
-                       guards: IdentityRules | None = None, plan: TrackingPlan | None = None) -> Event | DeadLetter:
+                       guards: IdentityRules | None = None, plan: TrackingPlan | None = None,
+                       consent_purposes: frozenset[str] | None = None) -> Event | DeadLetter:
     """`parse_message` without the fast path: the reference it is tested and benchmarked against."""
     try:
-        return _parse(key, value, headers, source, secret, now_ms, config, guards or default_identity_rules(), plan)
+        event = _parse(key, value, headers, source, secret, now_ms, config, guards or default_identity_rules(), plan)
+        if consent_purposes is not None and event.type == "consent":
+            return _purpose_refused(event, consent_purposes, key, value, headers, source) or event
+        return event
     except _Bad as bad:
         reason, message, measured = bad.reason, bad.message, bad.measured
     except Exception as exc:  # noqa: BLE001 - a bug here must not stop the flow; the message goes to the DLQ

@@ -552,7 +552,7 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
         capped_purposes=None if capped_purposes is None else frozenset(capped_purposes),
         address_types={**CHANNEL_ADDRESS_TYPES, **addresses},
         address_override=tuple({**CHANNEL_ADDRESS_TYPES, **addresses}.items()) if addresses else None,
-        plan=plan)
+        plan=plan, consent_purposes=consent_purposes)
     for r in rules:
         for _, attribute in r.params:
             add_getter(attribute, getters)

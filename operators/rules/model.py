@@ -125,6 +125,9 @@ class RuleSet:
     address_override: tuple[tuple[str, tuple[str, ...]], ...] | None = None
     # The tracking plan the file was checked against: the event types (and their attributes) it reads.
     plan: TrackingPlan = SHIPPED
+    # `[consent] purposes`: the purposes consent events may carry (the parser dead-letters another:
+    # it would grant or revoke nothing a rule reads). None: not checked.
+    consent_purposes: frozenset[str] | None = None
 
     def is_capped(self, rule: Rule) -> bool:
         """Whether the frequency caps hold `rule` back and count its decisions."""

@@ -79,11 +79,11 @@ def _undeclared(body: dict[str, Any], event_type: str, plan: TrackingPlan) -> li
     return sorted(k for k in body if k not in plan.schemas[event_type]["properties"])
 
 
-def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
+def read_story(path: str | Path, plan: TrackingPlan = SHIPPED, consent_purposes: frozenset[str] | None = None) -> Story:
     """(line number, customer as written, event or dead letter) for every line; blank lines are skipped.
 
     Each line is an inbound event as the flow reads it (docs/data-contract.md), checked by the same
-    parser with the same tracking plan (the rules': `RuleSet.plan`); `customer_id` names the customer
+    parser with the same tracking plan and consent purposes (the rules'); `customer_id` names the customer
     (default "story"). A line the flow would dead-letter stays in the story as that dead letter: the
     flow goes on past it, and so does the story."""
     path = Path(path)
@@ -103,7 +103,7 @@ def read_story(path: str | Path, plan: TrackingPlan = SHIPPED) -> Story:
         who = body.get("customer_id") if isinstance(body, dict) else None
         who = who if isinstance(who, str) and who.strip() else "story"
         item = parse_message(who.encode(), line, None, SourcePosition(str(path), 0, n), secret=_STORY_SECRET,
-                             now_ms=0, config=_STORY_PARSE, plan=plan)
+                             now_ms=0, config=_STORY_PARSE, plan=plan, consent_purposes=consent_purposes)
         events.append((n, who, item))
         if isinstance(item, Event) and isinstance(body, dict):
             undeclared = _undeclared(body, item.type, plan)
