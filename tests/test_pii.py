@@ -81,10 +81,11 @@ def pii_stream() -> list[tuple[str, bytes | None, bytes]]:
         ("email", EMAIL_KEY.encode(), ev("p-2", "email_open", 1, campaign_id="c-1", **pii)),
         ("email", EMAIL_KEY.encode(), ev("p-3", "email_click", 2, campaign_id="c-1", link_category="sale")),
         ("email", EMAIL_KEY.encode(), ev("p-3b", "purchase", 3, amount=50.0, id_type="email", **pii)),
-        # Web: a cookie as key, PII in the payload, a cart that will be abandoned (decision on the clock).
+        # Web: a cookie as key, PII in the payload, a cart that will be abandoned (decision on the clock):
+        # added after every purchase of the identifiers the sign-in below links, which would cancel it.
         ("web", COOKIE.encode(), ev("p-4", "consent", 0, channel="email", granted=True, email=EMAIL_FIELD)),
         ("web", COOKIE.encode(), ev("p-5", "page_view", 1, page_type="product", category="shoes", **pii)),
-        ("web", COOKIE.encode(), ev("p-6", "add_to_cart", 2, sku="sku-1", amount=80.0, **pii)),
+        ("web", COOKIE.encode(), ev("p-6", "add_to_cart", 6, sku="sku-1", amount=80.0, **pii)),
         # Mobile: a device id; a purchase that triggers cross-sell (no consent: blocked, still no PII).
         ("mobile", DEVICE.encode(), ev("p-7", "app_purchase", 3, amount=99.0, phone=PHONE, name=NAME)),
         # Call center: customer_id in the payload and a free-text note; an unresolved call -> call back.
