@@ -292,20 +292,13 @@ def test_a_cart_added_before_a_purchase_that_arrives_after_it_starts_nothing() -
     assert profile.signals["cart_abandoned"][0] == T0 + 6 * MIN
 
 
-FIRST_ADD = """
+FIRST_ADD = SIGNALS_ONLY + """
 [signals.first_add]
 kind = "absence"
 start = ["add_to_cart"]
 cancel = ["purchase"]
 after = "30m"
 restart = false
-
-[[rule]]
-id = "never"
-on = ["first_add"]
-when = ["orders < 0"]
-action = "none"
-channel = "web"
 """
 
 
