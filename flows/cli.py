@@ -281,7 +281,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
 
         request_id = args.request_id or f"cli-{time.time_ns()}"
         send_command(config.kafka, config.topics.control, "erase", request_id, customer.encode(),
-                     customer_key=customer)
+                     customer_key=customer, requested_at=int(time.time() * 1000))
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
                             "state": "queued: the running flow erases it at its next batch"}).decode())
         return 0

@@ -94,6 +94,9 @@ class EraseRequest:
     source: SourcePosition | None = None
     # One of the parts the identity stage sends every family for an erasure it has counted already.
     part: bool = False
+    # When it was asked for (ms; the command's `requested_at`): events of the erased identifiers dated
+    # at or before it are not applied again (operators/identity/graph.py, ERASED_PREFIX). None: when read.
+    requested_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

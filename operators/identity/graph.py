@@ -26,6 +26,8 @@ from pathlib import Path
 import msgspec
 
 from nextclick.operators.identity.guards import IdentityRules, LinkProposal, refuse_link
+from nextclick.operators.records import Event
+from nextclick.operators.state.erased import ErasedKeys
 from nextclick.operators.state.keys import shard_path
 from nextclick.operators.state.layout import has_store
 from nextclick.operators.state.store import KeyValueStore, ShardStore
@@ -56,6 +58,7 @@ def group_key(key: str) -> bytes:
 
 def link_ids_key(key: str) -> bytes:
     return LINK_PREFIX + key.encode()
+
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class IdentityGraph:
         # key -> (profile key, type) or None (linked to nothing): most identifiers are never linked,
         # so the negative answers are what this saves. First in, first out (no reordering per hit).
         self._cache: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
+        self.erased = ErasedKeys(store)  # erased identifiers: their older events are not applied again
 
     def _remember(self, key: str, value: tuple[str, str] | None) -> None:
         cache = self._cache
@@ -201,6 +205,16 @@ class IdentityGraph:
         for member in members:
             self._cache.pop(member, None)
         return members
+
+    def mark_erased(self, keys: list[str], at_ms: int) -> None:
+        """Remember that these identifiers were erased at `at_ms` (operators/state/erased.py)."""
+        for key in keys:
+            self.erased.mark(key, at_ms)
+
+    def of_erased(self, event: Event) -> bool:
+        """The event names an identifier erased at or after its time: the erased person's, from before."""
+        before, ts = self.erased.before_erasure, event.ts
+        return before(event.customer, ts) or any(before(key, ts) for _, key in event.links)
 
 
 def graph_path(state_dir: str | Path) -> Path:

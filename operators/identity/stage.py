@@ -149,8 +149,16 @@ class IdentityState:
         out: list[Routed] = []
         find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
         crc32 = zlib.crc32
+        erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
         for value in values:
             if type(value) is Event:
+                if erased and self.graph.of_erased(value):
+                    # An erased person's event from before the erasure (a replay after a crash or a
+                    # restore reads it after the erasure): applying it would bring them back.
+                    metrics.EVENTS_OF_ERASED.inc()
+                    if value.links:
+                        self._erase_linked(value, out)
+                    continue
                 if value.blocked:
                     self._refused_blocked(value)
                 if not value.links or value.id_type is None:
@@ -230,16 +238,33 @@ class IdentityState:
             metrics.LINKS_REFUSED.labels("blocked_value", id_type).inc()
             self._refusals.write("blocked_value", id_type, event, [event.customer])
 
-    def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
-        """Every identifier linked with the one named, in the graph now and in every family's shards."""
+    def _erase_linked(self, event: Event, out: list[Routed]) -> None:
+        """A link event from before an erasure names identifiers that it joined to the erased person
+        when it was first read, and that the erasure then took with them: a replay reads the erasure
+        first, when the graph does not hold that link yet. They go now, as they went then (the cookie's
+        cart applied before this sign-in included)."""
+        erased = self.graph.erased
+        named = [event.customer, *(key for _, key in event.links)]
+        at = max(t for key in named if (t := erased.erased_at(key)) is not None and event.ts <= t)
+        for key in named:
+            if (erased.erased_at(key) or -1) < at:
+                self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at),
+                            out, counted=False)
+
+    def _erase(self, request: EraseRequest, out: list[Routed], *, counted: bool = True) -> None:
+        """Every identifier linked with the one named, in the graph now and in every family's shards.
+        `counted` False: part of an erasure counted already (`_erase_linked`)."""
         members = self.graph.erase(request.customer)
+        at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
+        self.graph.mark_erased([request.customer, *members], at)
         self.ledger.note_erased()
-        metrics.ERASURES.inc()
+        if counted:
+            metrics.ERASURES.inc()
         log.info("identity erased", extra={"customer": request.customer, "identifiers": len(members)})
         for member in members:
             for family in self.families:
                 out.append((self.route(family.anchor, member),
-                            EraseRequest(member, request.request_id, request.source, part=True)))
+                            EraseRequest(member, request.request_id, request.source, part=True, requested_at=at)))
 
     def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:
         self.ledger.savepoints.append(request)

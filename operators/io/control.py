@@ -100,14 +100,20 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
                                               "the epoch after which the request is not carried out")
         return SavepointRequest(-1, request_id, str(savepoint_dir / name), uuid.uuid4().hex[:12], source,
                                 expires_at_ms=expires_at)
+    requested_at = body.get("requested_at")
+    if requested_at is not None and (type(requested_at) is not int or requested_at <= 0):
+        return refuse("schema_violation", "erase 'requested_at' must be a positive integer: milliseconds since the "
+                                          "epoch when the erasure was asked for")
     customer_key = body.get("customer_key")
     if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
-        return EraseRequest(customer_key, request_id, source)
+        return EraseRequest(customer_key, request_id, source, requested_at=requested_at)
     if isinstance(body.get("customer_id"), str) and body["customer_id"]:
-        return EraseRequest(pseudonymize("customer", body["customer_id"], secret), request_id, source)
+        return EraseRequest(pseudonymize("customer", body["customer_id"], secret), request_id, source,
+                            requested_at=requested_at)
     id_type, raw_id = body.get("id_type"), body.get("id")
     if id_type in ID_TYPES and isinstance(raw_id, str) and raw_id:
-        return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source)
+        return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source,
+                            requested_at=requested_at)
     # Say which form was tried and what is wrong with it (never the value: it may be the identifier).
     if customer_key is not None:
         return refuse("missing_identifier", "erase 'customer_key' must be 32 lowercase hexadecimal characters "

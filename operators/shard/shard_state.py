@@ -65,6 +65,7 @@ from nextclick.operators.shard.merge_barrier import MergeBarrier
 from nextclick.operators.shard.quarantine import Quarantine
 from nextclick.operators.shard.timer_runner import TimerRunner
 from nextclick.operators.state.epoch import EpochLedger
+from nextclick.operators.state.erased import ErasedKeys
 from nextclick.operators.state.keys import (
     TIMER_PREFIX,
     is_timer_of,
@@ -206,6 +207,7 @@ class ShardState:
         self.early_until = 0.0  # monotonic: until then the epoch is young (see `_epoch_started`)
         self.late_limit = DIRTY_LIMIT  # how many may stay dirty once it is not: set by each batch
         self._wound_down = False  # a wind-down turn wrote nothing: no more until the next batch
+        self.erased = ErasedKeys(store)  # erased customers: their older events are not applied again
         self._epoch_started()
 
     def _epoch_started(self) -> None:
@@ -288,6 +290,8 @@ class ShardState:
         and moved profiles out."""
         self.cache.new_turn()
         out: list[ShardOutput] = []
+        if self.erased:
+            values = self._without_erased(values)
         self._process(values, out)
         self.ledger.note_positions(values)
         return out
@@ -337,7 +341,7 @@ class ShardState:
             elif waiting and value.customer in waiting:
                 held[value.customer].append(value)  # after the merge, as it came after the link
             elif isinstance(value, EraseRequest):
-                self.erase(value.customer, count=not value.part)
+                self.erase(value.customer, count=not value.part, at_ms=value.requested_at)
             elif isinstance(value, MoveOut):
                 self._turn_before_merge(value.customer, value.at_ms, out)
                 out.append(barrier.move_out(value))
@@ -456,11 +460,25 @@ class ShardState:
         log.info("savepoint part checkpointed, copying", extra={
             "shard": self.shard, "seq": seq, "path": request.path, "seconds": round(time.perf_counter() - started, 3)})
 
-    def erase(self, customer: str, *, count: bool = True) -> bool:
-        """Right to erasure: the profile, its timer and every undo pre-image of them, at once.
+    def _without_erased(self, values: list[ShardItem]) -> list[ShardItem]:
+        """Without the events of erased customers dated at or before their erasure: a replay after a
+        crash or a restore reads them after the erasure (the control topic is not aligned), and
+        applying them would bring the customer back (without identity stitching, nothing else stops them)."""
+        before, kept = self.erased.before_erasure, []
+        for value in values:
+            if type(value) is Event and before(value.customer, value.ts):
+                metrics.EVENTS_OF_ERASED.inc()
+                continue
+            kept.append(value)
+        return kept
+
+    def erase(self, customer: str, *, count: bool = True, at_ms: int | None = None) -> bool:
+        """Right to erasure: the profile, its timer and every undo pre-image of them, at once; the
+        customer's events dated at or before `at_ms` (default: now) are not applied again.
 
         `count` False for one of the parts of an erasure the identity stage counted (it erases every
         identifier of a linked profile in every family)."""
+        self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
         in_memory = self.cache.forget(customer)
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory

@@ -4,6 +4,7 @@
     t<due: 8 bytes><customer>   the customer's next timer; keys sort by due time
     q<customer>                 a quarantined profile's record: why, and the stored bytes
     s:positions                 the input positions of the events this shard applied
+    x<digest of a customer>     when it was erased (operators/state/erased.py): not the key itself
 """
 
 from __future__ import annotations

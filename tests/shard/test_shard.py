@@ -243,3 +243,25 @@ def test_a_dropped_shard_closes_its_store_without_the_collector(tmp_path: Path) 
         ShardState.open(ctx, 0, seq).close()
     finally:
         gc.enable()
+
+
+def test_an_erased_customers_events_from_before_the_erasure_are_not_applied_again(tmp_path: Path) -> None:
+    """Without identity stitching the shard alone sees the erasure: a replay that reads the erasure before
+    the events that preceded it (after a crash, or a restore of an older savepoint) must not bring the
+    customer back, also after a restart; an event dated after the erasure starts a new profile."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR))
+    shard = ShardLogic(ctx, None)
+    story = [consent(T0), make_event("purchase", T0 + MIN, amount=50.0, order_id="o1")]
+    shard.on_batch(story)
+    shard.on_batch([EraseRequest("c1", "r1", requested_at=T0 + 10 * MIN)])
+    shard.on_batch(story)
+    seq = shard.snapshot()
+    shard.store.close()
+    assert read_profile(tmp_path, 1, "c1") is None
+    again = ShardLogic(ctx, seq)  # the erasure is remembered with the shard's state
+    again.on_batch(story)
+    again.on_batch([make_event("page_view", T0 + 20 * MIN, page_type="home")])
+    again.snapshot()
+    again.store.close()
+    profile = read_profile(tmp_path, 1, "c1")
+    assert profile is not None and profile["facts"]["orders"] == 0 and profile["facts"]["version"] == 1

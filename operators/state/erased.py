@@ -1,0 +1,64 @@
+"""What a store keeps of an erasure: that a key was erased, and when, without the key itself.
+
+A replay (after a crash, or a restore of an older savepoint) reads an erasure before the events that
+came before it, as the control topic is not aligned with the inputs; those events must not bring the
+person back. So each store that erases (the identity graph, each profile shard) remembers every erased
+key with the erasure's time, and the events of that key dated at or before it are not applied again.
+
+The key is not stored: the erased key must be in no file of the store (tests/test_control.py reads
+them). A mark is a one-way 16-byte digest of the key, and its value holds the erasure's time and a
+32-bit checksum of the key, so that the check an event costs is a crc32 and a set lookup (the digest
+is only computed for the few keys whose checksum matches). A few bytes per erasure, kept for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+
+from nextclick.operators.state.store import KeyValueStore
+
+ERASED_PREFIX = b"x"
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.blake2b(key.encode(), digest_size=16, person=b"nextclick-erase").digest()
+
+
+class ErasedKeys:
+    """The erased keys of one store, read once (erasures are few)."""
+
+    __slots__ = ("_at", "_store", "checksums")
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self._store = store
+        self._at: dict[bytes, int] = {}
+        # The erased keys' crc32s: empty (falsy) until the first erasure, so a hot loop tests it first.
+        self.checksums: set[int] = set()
+        for key, value in store.scan(ERASED_PREFIX):
+            at, checksum = value.decode().split(",")
+            self._at[key[len(ERASED_PREFIX):]] = int(at)
+            self.checksums.add(int(checksum))
+
+    def __bool__(self) -> bool:
+        return bool(self._at)
+
+    def mark(self, key: str, at_ms: int) -> None:
+        """`key` was erased at `at_ms`: its events dated at or before it are not applied again."""
+        digest = _digest(key)
+        if at_ms > self._at.get(digest, -1):
+            checksum = zlib.crc32(key.encode())
+            self._at[digest] = at_ms
+            self.checksums.add(checksum)
+            self._store.put(ERASED_PREFIX + digest, f"{at_ms},{checksum}".encode())
+
+    def erased_at(self, key: str) -> int | None:
+        """When `key` was erased, or None."""
+        if zlib.crc32(key.encode()) not in self.checksums:
+            return None
+        return self._at.get(_digest(key))
+
+    def before_erasure(self, key: str, ts: int) -> bool:
+        """An event of `key` at `ts` is from before the key's erasure."""
+        at = self.erased_at(key)
+        return at is not None and ts <= at
