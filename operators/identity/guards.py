@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -82,13 +83,31 @@ class IdentityRules:
         return answer
 
     def _check(self, id_type: str, raw: str) -> bool:
+        text = placeholder_form(raw)
         values = self.blocked_values.get(id_type)
-        if values and raw.strip().casefold() in values:
+        if values and text in values:
             return True
         for pattern in self.blocked_patterns.get(id_type, ()):
-            if pattern.search(raw):
+            if pattern.search(text):
                 return True
         return False
+
+
+# Invisible format characters a copied or generated value may carry: soft hyphen, zero-width space and
+# joiners, direction marks and embeddings, word joiner and invisible operators, byte-order mark.
+_INVISIBLE = dict.fromkeys([0xAD, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                            *range(0x2066, 0x206A), 0xFEFF])
+
+
+def placeholder_form(raw: str) -> str:
+    """What blocked values and patterns are matched against: compatibility forms folded (full-width
+    `ｎｕｌｌ` is `null`), invisible format characters (zero-width spaces) dropped, surrounding spaces
+    and one pair of quotes (`"null"`, a value serialized twice) taken off, case folded. Only for the
+    check: an identifier that is not blocked is used exactly as sent."""
+    text = (raw if raw.isascii() else unicodedata.normalize("NFKC", raw).translate(_INVISIBLE)).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text.casefold()
 
 
 def _fail(path: str, key: str, message: str) -> IdentityRulesError:
@@ -138,7 +157,7 @@ def load_identity_rules(path: str | Path | None = None) -> IdentityRules:
     blocked = doc.get("blocked", defaults["blocked"])
     if not isinstance(blocked, dict):
         raise _fail(source, "blocked", "must be a table")
-    common_values = {v.strip().casefold() for v in _strings(source, "blocked.values", blocked.get("values", []))}
+    common_values = {placeholder_form(v) for v in _strings(source, "blocked.values", blocked.get("values", []))}
     common_patterns = _patterns(source, "blocked.patterns", blocked.get("patterns", []))
     values: dict[str, frozenset[str]] = {}
     patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
@@ -151,7 +170,7 @@ def load_identity_rules(path: str | Path | None = None) -> IdentityRules:
             raise _fail(source, f"blocked.{key}", "must be a table of values and patterns")
     for id_type in ID_TYPES:
         body = blocked.get(id_type, {})
-        own_values = {v.strip().casefold() for v in _strings(source, f"blocked.{id_type}.values",
+        own_values = {placeholder_form(v) for v in _strings(source, f"blocked.{id_type}.values",
                                                              body.get("values", []))}
         values[id_type] = frozenset(common_values | own_values)
         patterns[id_type] = common_patterns + _patterns(source, f"blocked.{id_type}.patterns",

@@ -128,6 +128,8 @@ def test_blocked_values_are_refused_before_hashing_and_never_passed_on() -> None
     assert (e.customer, e.links, e.blocked) == (key("cookie", "ck-1"), (), ("customer",))
     e = parse({"type": "login", "customer_id": "C1", "email": "TEST@test.com"}, b"ck-1")
     assert (e.links, e.blocked) == ((("cookie", key("cookie", "ck-1")),), ("email",))
+    e = parse({"type": "login", "customer_id": "C1", "email": " x@mailinator.com "}, b"ck-1")  # spaces too
+    assert e.blocked == ("email",)
     assert "test.com" not in repr(e) and "TEST" not in repr(e)
     # The guards come from the configured rules file.
     rules = load_identity_rules(write_rules(Path(__import__("tempfile").mkdtemp()), "[blocked]\nvalues = ['ck-1']",
