@@ -48,6 +48,7 @@ class Absence:
     fires = True
     expires = False  # leaves state by firing or by being cancelled
     start_when: When = ()
+    cancelled_at: str | None = None  # the name of its newest cancel's companion (`_remember_cancels`)
 
     def bind_start_when(self, getters: dict[str, Getter]) -> None:
         """Gate start events by `start_when`, now that every attribute it may name has a getter."""
@@ -70,8 +71,10 @@ class Absence:
 
     def apply(self, profile: Profile, event: Event) -> None:
         signals = profile.signals
-        state = signals.get(self.name)
         ts = event.ts
+        if self.cancelled_at is not None and (at := signals.get(self.cancelled_at)) is not None and ts <= at:
+            return  # a cancel at or after it was applied first: it starts and cancels nothing
+        state = signals.get(self.name)
         if event.type in self.cancel and state is not None and ts >= state[0]:
             del signals[self.name]
         elif event.type in self.start and (state is None or ts >= state[0]):
@@ -116,8 +119,10 @@ class Fixed(Absence):
 
     def apply(self, profile: Profile, event: Event) -> None:
         signals = profile.signals
-        state = signals.get(self.name)
         ts = event.ts
+        if self.cancelled_at is not None and (at := signals.get(self.cancelled_at)) is not None and ts <= at:
+            return
+        state = signals.get(self.name)
         if event.type in self.cancel and state is not None and ts >= state[0]:
             del signals[self.name]
         elif event.type in self.start:
@@ -166,8 +171,10 @@ class Tally(Absence):
 
     def apply(self, profile: Profile, event: Event) -> None:
         signals = profile.signals
-        state = signals.get(self.name)
         ts = event.ts
+        if self.cancelled_at is not None and (at := signals.get(self.cancelled_at)) is not None and ts <= at:
+            return
+        state = signals.get(self.name)
         if event.type in self.cancel and state is not None and ts >= state[0]:
             del signals[self.name]
         elif event.type in self.start:
@@ -259,12 +266,6 @@ def _remember_cancels(signal: Absence) -> Absence:
     if not cancels:
         return signal
     mark = Reset(signal, cancels, signal.after_ms)
-    inner, name = signal.apply, mark.name
-
-    def after_cancels(profile: Profile, event: Event) -> None:
-        at = profile.signals.get(name)
-        if at is None or event.ts > at:
-            inner(profile, event)
-    setattr(signal, "apply", after_cancels)  # noqa: B010 - an instance attribute: the plain method stays free
+    signal.cancelled_at = mark.name  # read by `apply` itself: no wrapper call on every start event
     signal.companions = (mark,)  # type: ignore[attr-defined]
     return signal
