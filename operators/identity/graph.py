@@ -60,7 +60,6 @@ def link_ids_key(key: str) -> bytes:
     return LINK_PREFIX + key.encode()
 
 
-
 @dataclass(frozen=True)
 class Component:
     """The profile an identifier belongs to: `key` (its profile key) of type `type`; `linked` False

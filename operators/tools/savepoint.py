@@ -57,6 +57,7 @@ from nextclick.operators.infra.config import Config, derived_savepoint_dir, is_u
 from nextclick.operators.io.control import SAVEPOINT_NAME, send_command
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.profile.model import PROFILE_FORMAT
+from nextclick.operators.state.erased import ERASED_PREFIX
 from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
 from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named, has_store
 from nextclick.operators.state.manifest import (
@@ -618,6 +619,9 @@ def reshard(src: Path, dest: Path, shards: int, *,
                     customer = customer_of_key(key)
                     if customer is not None:  # the shard's own records (positions) come from the manifest
                         outputs[shard_of(customer, shards)].bulk_put(key, value)
+                    elif key.startswith(ERASED_PREFIX):  # an erasure's mark names no shard: every one keeps it
+                        for store in outputs:
+                            store.bulk_put(key, value)
                 progress(f"read {family.name} shard {number + 1}/{family.shards}")
             for store in outputs:
                 store.bulk_put(POSITIONS_KEY, positions_blob)

@@ -265,3 +265,31 @@ def test_an_erased_customers_events_from_before_the_erasure_are_not_applied_agai
     again.store.close()
     profile = read_profile(tmp_path, 1, "c1")
     assert profile is not None and profile["facts"]["orders"] == 0 and profile["facts"]["version"] == 1
+
+
+def test_an_erasure_is_remembered_by_every_shard_of_a_resharded_savepoint(tmp_path: Path) -> None:
+    """The mark names no customer (a digest), so no shard owns it: re-sharding gives it to every one."""
+    import shutil
+
+    from nextclick.operators.state.erased import ErasedKeys
+    from nextclick.operators.state.store import ShardStore
+    from nextclick.operators.tools.savepoint import SavepointManifest, _write_manifest, reshard
+
+    ctx = ShardContext(state_dir=tmp_path / "state", shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR))
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([consent(T0), EraseRequest("c1", "r1", requested_at=T0 + 10 * MIN)])
+    resume = shard.snapshot()
+    shard.store.close()
+    assert resume is not None
+    seq = int(resume["seq"])
+    shutil.copytree(tmp_path / "state" / "shard-0000", tmp_path / "sp" / "shard-0000")
+    _write_manifest(tmp_path / "sp", SavepointManifest(
+        id="sp", created_at="2026-12-07T00:00:00+00:00", mode="offline", shards=1, secret_fingerprint="f",
+        seqs={0: seq}, positions={}, source_lineage=None))
+    reshard(tmp_path / "sp", tmp_path / "sp4", 4)
+    for n in range(4):
+        store = ShardStore.open_read_only(tmp_path / "sp4" / f"shard-{n:04d}")
+        try:
+            assert ErasedKeys(store).before_erasure("c1", T0 + 5 * MIN), n
+        finally:
+            store.close()
