@@ -60,6 +60,12 @@ def link_ids_key(key: str) -> bytes:
     return LINK_PREFIX + key.encode()
 
 
+# A cookie or device two customer ids signed in on (a kiosk, a family tablet): it stays where its past
+# went, but its later events are nobody's in particular and go to its own profile, and it links no more.
+SHARED_PREFIX = b"h"
+SHAREABLE_TYPES = frozenset({"cookie", "device"})
+
+
 @dataclass(frozen=True)
 class Component:
     """The profile an identifier belongs to: `key` (its profile key) of type `type`; `linked` False
@@ -98,6 +104,7 @@ class IdentityGraph:
         # so the negative answers are what this saves. First in, first out (no reordering per hit).
         self._cache: OrderedDict[str, tuple[str, str] | None] = OrderedDict()
         self.erased = ErasedKeys(store)  # erased identifiers: their older events are not applied again
+        self.shared: set[str] = {k[len(SHARED_PREFIX):].decode() for k, _ in store.scan(SHARED_PREFIX)}
 
     def _remember(self, key: str, value: tuple[str, str] | None) -> None:
         cache = self._cache
@@ -200,10 +207,24 @@ class IdentityGraph:
         # Any member may have keyed a profile once (a group record that a later merge deleted, still
         # in an undo record): every member's group key goes too.
         self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members]
-                         + [link_ids_key(m) for m in members])
+                         + [link_ids_key(m) for m in members] + [SHARED_PREFIX + m.encode() for m in members])
         for member in members:
             self._cache.pop(member, None)
+        self.shared.difference_update(members)
         return members
+
+    def mark_shared(self, identifiers: Sequence[tuple[str, str]], customer: str) -> list[str]:
+        """After a sign-in as `customer` was refused because a cookie or device it names is linked to
+        another customer id: those cookies and devices are shared from now on (SHARED_PREFIX)."""
+        marked = []
+        for id_type, key in identifiers:
+            if id_type in SHAREABLE_TYPES and key not in self.shared:
+                found = self.find(key)
+                if found is not None and customer not in self.group(found[0]).get("customer", [customer]):
+                    self.shared.add(key)
+                    self.store.put(SHARED_PREFIX + key.encode(), b"1")
+                    marked.append(key)
+        return marked
 
     def mark_erased(self, keys: list[str], at_ms: int) -> None:
         """Remember that these identifiers were erased at `at_ms` (operators/state/erased.py)."""

@@ -150,6 +150,7 @@ class IdentityState:
         find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
         crc32 = zlib.crc32
         erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
+        shared = self.graph.shared  # empty until two customer ids sign in on one cookie or device
         for value in values:
             if type(value) is Event:
                 if erased and self.graph.of_erased(value):
@@ -161,6 +162,11 @@ class IdentityState:
                     continue
                 if value.blocked:
                     self._refused_blocked(value)
+                if shared and (value.customer in shared or any(key in shared for _, key in value.links)):
+                    kept = self._unshared(value, out)
+                    if kept is None:
+                        continue
+                    value = kept
                 if not value.links or value.id_type is None:
                     customer = value.customer
                     found = find(customer)
@@ -209,6 +215,12 @@ class IdentityState:
             return
         if isinstance(outcome, Refusal):
             metrics.LINKS_REFUSED.labels(outcome.reason, outcome.id_type).inc()
+            if outcome.reason == "two_customer_ids":  # a second customer signed in on this cookie or device
+                named = [(event.id_type, event.customer), *event.links]
+                for customer in (k for t, k in named if t == "customer"):
+                    for key in graph.mark_shared(named, customer):
+                        log.info("a cookie or device is shared: its later events go to its own profile",
+                                 extra={"identifier": key})
             primary = graph.component(event.id_type, event.customer)
             self._refusals.write(outcome.reason, outcome.id_type, event,
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
@@ -237,6 +249,22 @@ class IdentityState:
         for id_type in event.blocked:
             metrics.LINKS_REFUSED.labels("blocked_value", id_type).inc()
             self._refusals.write("blocked_value", id_type, event, [event.customer])
+
+    def _unshared(self, event: Event, out: list[Routed]) -> Event | None:
+        """An event that names a shared cookie or device (`IdentityGraph.mark_shared`): whoever uses it
+        now may be any of the customers who signed in on it. Keyed by it, it goes to the identifier's
+        own profile (None: routed); naming it beside another identifier, it links it to nothing."""
+        shared = self.graph.shared
+        refused = [(t, k) for t, k in event.links if k in shared]
+        for id_type, _ in refused:
+            metrics.LINKS_REFUSED.labels("shared_identifier", id_type).inc()
+        if event.customer in shared:
+            if event.links:
+                metrics.LINKS_REFUSED.labels("shared_identifier", event.id_type or "unknown").inc()
+            own = replace_event(event, links=()) if event.links else event
+            out.append((self.routes[None][zlib.crc32(event.customer.encode()) % self.ctx.shards], own))
+            return None
+        return replace_event(event, links=tuple(link for link in event.links if link[1] not in shared))
 
     def _erase_linked(self, event: Event, out: list[Routed]) -> None:
         """A link event from before an erasure names identifiers that it joined to the erased person

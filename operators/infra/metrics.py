@@ -112,7 +112,7 @@ LINKS = Counter("nextclick_identity_links_total",
                 ["id_type"], registry=REGISTRY)
 LINKS_REFUSED = Counter("nextclick_identity_links_refused_total",
                         "Links refused by a guard (they change nothing), by reason (blocked_value, "
-                        "two_customer_ids, same_key_type, limit) and the id type it concerns.",
+                        "two_customer_ids, same_key_type, limit, shared_identifier) and the id type it concerns.",
                         ["reason", "id_type"], registry=REGISTRY)
 PROFILES_MOVED = Counter("nextclick_identity_profiles_moved_total",
                          "Profiles taken out of their shard to be merged into a linked profile.", registry=REGISTRY)

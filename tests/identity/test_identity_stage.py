@@ -559,3 +559,27 @@ def test_a_replay_that_reads_the_erasure_before_the_sign_in_still_erases_what_th
     flow.close()
     for identifier in (ck, ann, email):
         assert read_profile(tmp_path, 2, key(*identifier)) is None, identifier
+
+
+def test_a_cookie_two_customers_signed_in_on_is_nobodys_afterwards(tmp_path: Path) -> None:
+    """A kiosk: Alice signs in on the cookie, then Bob (refused: two customer ids). Bob's anonymous cart
+    afterwards must not go to Alice's profile (and her email): it goes to the cookie's own profile, and the
+    cookie links to nobody from then on. What the cookie did before stays Alice's."""
+    flow = Stitched(tmp_path, shards=2)
+    kiosk, alice, bob = ("cookie", "kiosk-1"), ("customer", "ALICE"), ("customer", "BOB")
+
+    def routed(events: list[Event]) -> list[tuple[str, str]]:
+        grouped, _ = flow.identity.on_batch(events)  # type: ignore[arg-type]
+        return [(item.event_id, item.customer) for _, items in grouped for item in items if isinstance(item, Event)]
+
+    assert routed([web("a1", "login", T0, alice, kiosk, ("email", "alice@example.com"))]) == [("a1", key(*alice))]
+    assert routed([web("v1", "page_view", T0 + MIN, kiosk, page_type="home")]) == [("v1", key(*alice))]
+    assert routed([web("b1", "login", T0 + 2 * MIN, bob, kiosk)]) == [("b1", key(*bob))]  # refused: Bob's own
+    assert flow.identity.state.graph.shared == {key(*kiosk)}
+    assert routed([web("c1", "add_to_cart", T0 + 3 * MIN, kiosk, sku="s", amount=99.0)]) == [("c1", key(*kiosk))]
+    assert routed([web("a2", "login", T0 + 4 * MIN, alice, kiosk)]) == [("a2", key(*alice))]  # links nothing
+    assert flow.identity.state.graph.find(key(*kiosk)) == (key(*alice), "customer")  # its past stays Alice's
+    # Erasing Alice takes the cookie with her, its mark as shared included (no erased key stays stored).
+    flow.deliver(flow.identity.on_batch([EraseRequest(key(*alice), "r1", SRC, requested_at=T0 + 5 * MIN)])[0])  # type: ignore[arg-type]
+    assert flow.identity.state.graph.shared == set()
+    flow.close()
