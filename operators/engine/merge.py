@@ -33,16 +33,26 @@ def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
     facts.merge(profile.facts, other.facts)
     kinds = {signal.name: signal for signal in ruleset.signals}
     signals = profile.signals
-    # A reset (or an absence's cancel) either profile saw clears both sides before they merge: what the
-    # other side gathered after it survives, as it would have in one profile (an earliest-start absence
-    # would otherwise keep a start the reset had cancelled over a later one it had not).
+    # A reset (or an absence's cancel) either profile saw clears what both sides gathered before it, and
+    # then they merge: what either gathered after it survives, as it would have had the two been one
+    # profile all along (operators/signals/options.py; clearing only the merged state would let an
+    # earliest-start absence keep a start the cancel had ended over a later one it had not).
     reset_at: dict[str, tuple[Any, int]] = {}  # target name -> (target, the newer reset's time)
     for signal in ruleset.signals:
         target = getattr(signal, "target", None)
         if signal.kind == "reset" and target is not None:
             times = [t for t in (signals.get(signal.name), other.signals.get(signal.name)) if t is not None]
-            if times:
-                reset_at[target.name] = (target, max(times))
+            if not times:
+                continue
+            at = max(times)
+            reset_at[target.name] = (target, at)
+            mine = signals.get(target.name)
+            if mine is not None:
+                kept = target.clear(mine, at)
+                if kept is None:
+                    del signals[target.name]
+                else:
+                    signals[target.name] = kept
     for name, state in other.signals.items():
         cleared = reset_at.get(name)
         if cleared is not None:
@@ -50,12 +60,6 @@ def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
             if state is None:
                 continue
         mine = signals.get(name)
-        if mine is not None and cleared is not None:
-            mine = cleared[0].clear(mine, cleared[1])
-            if mine is None:
-                del signals[name]
-            else:
-                signals[name] = mine
         if mine is None:
             signals[name] = copy.deepcopy(state)
             continue
@@ -64,18 +68,6 @@ def merge_into(profile: Profile, other: Profile, ruleset: RuleSet) -> None:
             signals[name] = merge(mine, state)
         # A signal the rules no longer declare, or a kind without `merge` (a plugin written before it
         # existed): the absorbing profile's state stays.
-    for signal in ruleset.signals:
-        target = getattr(signal, "target", None)
-        if signal.kind == "reset" and target is not None:
-            # A reset either profile saw clears what the other gathered before it, as it would have
-            # had the two been one profile all along (operators/signals/options.py).
-            at, state = signals.get(signal.name), signals.get(target.name)
-            if at is not None and state is not None:
-                kept = target.clear(state, at)
-                if kept is None:
-                    del signals[target.name]
-                else:
-                    signals[target.name] = kept
     history.merge(profile.history, other.history)
     dedupe.merge(profile, other.seen)
     for bound, pick in (("prune_at", min), ("expire_at", max)):
