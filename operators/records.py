@@ -95,7 +95,7 @@ class EraseRequest:
     # One of the parts the identity stage sends every family for an erasure it has counted already.
     part: bool = False
     # When it was asked for (ms; the command's `requested_at`): events of the erased identifiers dated
-    # at or before it are not applied again (operators/identity/graph.py, ERASED_PREFIX). None: when read.
+    # at or before it are not applied again (operators/state/erased.py). None: when the flow reads it.
     requested_at: int | None = None
 
 

@@ -271,11 +271,10 @@ class IdentityState:
         when it was first read, and that the erasure then took with them: a replay reads the erasure
         first, when the graph does not hold that link yet. They go now, as they went then (the cookie's
         cart applied before this sign-in included)."""
-        erased = self.graph.erased
-        named = [event.customer, *(key for _, key in event.links)]
-        at = max(t for key in named if (t := erased.erased_at(key)) is not None and event.ts <= t)
-        for key in named:
-            if (erased.erased_at(key) or -1) < at:
+        erased_at = {key: self.graph.erased.erased_at(key) for key in (event.customer, *(k for _, k in event.links))}
+        at = max(t for t in erased_at.values() if t is not None and event.ts <= t)
+        for key, since in erased_at.items():
+            if since is None or since < at:
                 self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at),
                             out, counted=False)
 
