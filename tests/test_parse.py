@@ -725,7 +725,10 @@ def test_a_blank_customer_id_names_nobody(blank):
 @pytest.mark.parametrize("placeholder", [
     "null", "NULL ", "undefined", "0", "00000000-0000-0000-0000-000000000000",
     # found by an outside probe: 8 cookies' purchases with customer_id "NaN" made one customer of 8 orders
-    "NaN", "(null)", '"null"', "#N/A", "false", "${customer_id}", "{{customer_id}}", "\u200bnull", "ｎｕｌｌ"])
+    "NaN", "(null)", '"null"', "#N/A", "false", "${customer_id}", "{{customer_id}}", "\u200bnull", "ｎｕｌｌ",
+    # and by the next one: only invisible characters, other template styles, typographic quotes
+    "\u200b", "\u2060", "{customer_id}", "<customer_id>", "#{customer_id}", "%{customer_id}", "<%= customer_id %>",
+    "$customer_id", "__CUSTOMER_ID__", "\u201cnull\u201d"])
 def test_a_placeholder_names_nobody(placeholder):
     """A hard-coded placeholder must not gather everyone who carries it on one profile: as a customer id
     it is passed over for the key (counted as a refused link), and as the key it is dead-lettered."""

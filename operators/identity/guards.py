@@ -84,6 +84,8 @@ class IdentityRules:
 
     def _check(self, id_type: str, raw: str) -> bool:
         text = placeholder_form(raw)
+        if not text:  # nothing but invisible characters (a zero-width space): it names nobody
+            return True
         values = self.blocked_values.get(id_type)
         if values and text in values:
             return True
@@ -99,13 +101,17 @@ _INVISIBLE = dict.fromkeys([0xAD, *range(0x200B, 0x2010), *range(0x202A, 0x202F)
                             *range(0x2066, 0x206A), 0xFEFF])
 
 
+# Typographic quotes a word processor or a template engine puts around a value: “null”, ‘null’, «null».
+_QUOTE_PAIRS = frozenset({"\u201c\u201d", "\u2018\u2019", "\u201e\u201c", "\u00ab\u00bb", "\u2039\u203a"})
+
+
 def placeholder_form(raw: str) -> str:
     """What blocked values and patterns are matched against: compatibility forms folded (full-width
     `ｎｕｌｌ` is `null`), invisible format characters (zero-width spaces) dropped, surrounding spaces
-    and one pair of quotes (`"null"`, a value serialized twice) taken off, case folded. Only for the
+    and one pair of quotes (`"null"`, a value serialized twice; `“null”`) taken off, case folded. Only for the
     check: an identifier that is not blocked is used exactly as sent."""
     text = (raw if raw.isascii() else unicodedata.normalize("NFKC", raw).translate(_INVISIBLE)).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+    if len(text) >= 2 and (text[0] == text[-1] and text[0] in "\"'`" or text[0] + text[-1] in _QUOTE_PAIRS):
         text = text[1:-1].strip()
     return text.casefold()
 
