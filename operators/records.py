@@ -147,6 +147,17 @@ class MergeExpect:
 
 
 @dataclass(frozen=True, slots=True)
+class Detach:
+    """Identity stage -> the shard of `customer`: `key` (a cookie or device a second customer id signed
+    in on, now shared) no longer addresses this profile. Its past stays in the profile; decisions stop
+    naming it, so the next person at the kiosk is not shown this customer's offers."""
+
+    customer: str
+    key: str
+    source: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MoveIn:
     """A profile taken out of its shard, on its way to the shard of `customer` (Bytewax key `route`).
     `blob` is the profile as stored (None: the identifier had no profile)."""

@@ -24,7 +24,7 @@ from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.profile.codec import encode_profile, profile_as_dict, stored_as_dict
 from nextclick.operators.profile.facts import ProfileEncodeError, apply_facts
 from nextclick.operators.profile.model import new_profile
-from nextclick.operators.records import DeadLetter, Event, SourcePosition
+from nextclick.operators.records import DeadLetter, Detach, Event, MergeExpect, SourcePosition
 from nextclick.operators.shard import shard_state as shard_module
 from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
@@ -102,6 +102,23 @@ def test_a_new_customer_whose_only_event_fails_leaves_nothing_stored(tmp_path: P
     assert [d.step for d in dead_letters(out)] == ["engine.on_event"]
     logic.snapshot()
     assert stored(logic, "c9") is None
+    logic.store.close()
+
+
+def test_undoing_a_failed_event_keeps_a_shared_cookie_detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event that fails after a shared cookie left the profile is undone by replaying what was applied
+    since the profile was stored: the detachment is part of that, so the kiosk does not come back."""
+    logic = shard(tmp_path)
+    ids = {"customer": ["c9"], "cookie": ["home", "kiosk"]}
+    logic.on_batch([MergeExpect("c9", (), ids), make_event("page_view", T0, customer="c9", event_id="e-1")])
+    logic.snapshot()
+    logic.on_batch([Detach("c9", "kiosk")])
+    monkeypatch.setattr(shard_module.failpoints, "FAIL_CUSTOMERS", frozenset({"c9"}))
+    out, _ = logic.on_batch([with_raw(make_event("page_view", T0 + MIN, customer="c9", event_id="e-2"))])
+    assert [d.step for d in dead_letters(out)] == ["engine.on_event"]
+    assert logic.state is not None and logic.state._live["c9"].ids == {"customer": ["c9"], "cookie": ["home"]}
+    logic.snapshot()
+    assert (stored(logic, "c9") or {})["ids"] == {"customer": ["c9"], "cookie": ["home"]}
     logic.store.close()
 
 

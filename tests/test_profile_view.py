@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import orjson
+import pytest
 
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.infra.config import Config
@@ -122,6 +123,36 @@ def test_the_index_answers_the_same_whatever_order_the_partitions_are_read_in(tm
     ((cookie, customer, count),) = answers
     assert cookie == customer and cookie is not None and orjson.loads(cookie)["profile_key"] == "linked_customer/B"
     assert count == 1
+
+
+@pytest.mark.parametrize("own_record", [True, False])
+def test_a_cookie_a_profile_stops_listing_is_no_longer_answered_with_that_profile(tmp_path: Path,
+                                                                                  own_record: bool) -> None:
+    """A kiosk cookie becomes shared: Alice's profile stops listing it, and its later events make a profile
+    of its own. Asked for the cookie, the service answers with that profile (or with nothing, before it
+    has one), never Alice's, in whatever order the partitions are read."""
+    # The cookie's own record is older than Alice's last record that still lists it.
+    p0 = [(0, 0, b"profiles/K", _record("profiles/K", {"cookie": ["K"]}, 2, 1))] if own_record else []
+    p1 = [(1, 0, b"linked_customer/A", _record("linked_customer/A", {"customer": ["A"], "cookie": ["K"]}, 1, 1)),
+          (1, 1, b"linked_customer/A", _record("linked_customer/A", {"customer": ["A"], "cookie": ["K"]}, 3, 2)),
+          (1, 2, b"linked_customer/A", _record("linked_customer/A", {"customer": ["A"]}, 4, 3))]
+    rng = random.Random(5)
+    for n in range(12):
+        left, right, merged = list(p0), list(p1), []
+        while left or right:
+            source = left if (left and (not right or rng.random() < 0.5)) else right
+            merged.append(source.pop(0))
+        index = ViewIndex(tmp_path / f"i{n}")
+        for record in merged:
+            index.apply([record])
+        cookie = index.lookup("cookie", "K")
+        if own_record:
+            assert cookie is not None and orjson.loads(cookie)["profile_key"] == "profiles/K"
+        else:
+            assert cookie is None
+        alice = index.lookup("customer", "A")
+        assert alice is not None and orjson.loads(alice)["profile_key"] == "linked_customer/A"
+        index.close()
 
 
 def test_the_index_resumes_from_its_offsets_and_a_tombstone_removes_every_identifier(tmp_path: Path) -> None:

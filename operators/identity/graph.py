@@ -251,6 +251,9 @@ def resolve_offline(state_dir: str | Path, key: str) -> tuple[str, str | None]:
     store = ShardStore.open_read_only(path, cache_size=0)
     try:
         raw = store.get(node_key(key))
+        # A shared cookie or device keeps its link (for erasure), but what it does now is its own profile's.
+        if raw is not None and store.get(SHARED_PREFIX + key.encode()) is not None:
+            raw = None
     finally:
         store.close()
     if raw is None:

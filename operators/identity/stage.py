@@ -54,7 +54,16 @@ from nextclick.operators.identity.guards import IdentityRules
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.profile.dedupe import event_key
-from nextclick.operators.records import EraseRequest, Event, Frontier, MergeExpect, MoveOut, Progress, SavepointRequest
+from nextclick.operators.records import (
+    Detach,
+    EraseRequest,
+    Event,
+    Frontier,
+    MergeExpect,
+    MoveOut,
+    Progress,
+    SavepointRequest,
+)
 from nextclick.operators.shard.shard_state import open_store
 from nextclick.operators.state.epoch import EpochLedger
 from nextclick.operators.state.layout import IDENTITY, Family, profile_families
@@ -215,15 +224,30 @@ class IdentityState:
             return
         if isinstance(outcome, Refusal):
             metrics.LINKS_REFUSED.labels(outcome.reason, outcome.id_type).inc()
+            marked = False
             if outcome.reason == "two_customer_ids":  # a second customer signed in on this cookie or device
                 named = [(event.id_type, event.customer), *event.links]
                 for customer in (k for t, k in named if t == "customer"):
                     for key in graph.mark_shared(named, customer):
                         log.info("a cookie or device is shared: its later events go to its own profile",
                                  extra={"identifier": key})
+                        # The first customer's decisions stop addressing it (their ads would follow
+                        # whoever uses the kiosk next); the graph keeps the link, for erasure.
+                        owner = graph.component(next(t for t, k in named if k == key), key)
+                        out.append((self.route(owner.type, owner.key), Detach(owner.key, key)))
+                        marked = True
             primary = graph.component(event.id_type, event.customer)
             self._refusals.write(outcome.reason, outcome.id_type, event,
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
+            if marked:
+                # Without the identifiers it just made shared, the event does what it will do when it comes
+                # again: the rest of its links (the new customer's email) are made.
+                kept = self._unshared(event, out, count=False)
+                if kept is not None and kept.links:
+                    self._link(kept, out)
+                elif kept is not None:
+                    self._plain(kept, out)
+                return
             self._to(primary, event, out)  # a refused link changes nothing
             return
         if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms, event.event_id):
@@ -239,7 +263,12 @@ class IdentityState:
         into, target = merge.into, self.route(merge.anchor, merge.into)
         for anchor, key in merge.sources:
             out.append((self.route(anchor, key), MoveOut(key, into, target, at_ms=event.ts)))
-        out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), merge.ids, at_ms=event.ts)))
+        ids = merge.ids
+        shared = self.graph.shared
+        if shared:  # a shared cookie or device stays in the graph's group, never in the profile's addresses
+            ids = {t: [k for k in keys if k not in shared] for t, keys in ids.items()}
+            ids = {t: keys for t, keys in ids.items() if keys}
+        out.append((target, MergeExpect(into, tuple(key for _, key in merge.sources), ids, at_ms=event.ts)))
         out.append((target, event if event.customer == into else
                     replace_event(event, customer=into, id_type=merge.anchor)))
         metrics.LINKS.labels(merge.anchor).inc()
@@ -250,21 +279,39 @@ class IdentityState:
             metrics.LINKS_REFUSED.labels("blocked_value", id_type).inc()
             self._refusals.write("blocked_value", id_type, event, [event.customer])
 
-    def _unshared(self, event: Event, out: list[Routed]) -> Event | None:
+    def _unshared(self, event: Event, out: list[Routed], *, count: bool = True) -> Event | None:
         """An event that names a shared cookie or device (`IdentityGraph.mark_shared`): whoever uses it
-        now may be any of the customers who signed in on it. Keyed by it, it goes to the identifier's
-        own profile (None: routed); naming it beside another identifier, it links it to nothing."""
+        now may be any of the customers who signed in on it, so it links to nobody. Keyed by it and naming
+        nobody else, the event goes to the identifier's own profile (None: routed); naming someone else
+        (a sign-in on the kiosk), it is theirs: the highest-priority other identifier keys it, and the rest
+        still link. `count` False: the refusal is counted already (the sign-in that made it shared)."""
         shared = self.graph.shared
-        refused = [(t, k) for t, k in event.links if k in shared]
-        for id_type, _ in refused:
-            metrics.LINKS_REFUSED.labels("shared_identifier", id_type).inc()
-        if event.customer in shared:
-            if event.links:
-                metrics.LINKS_REFUSED.labels("shared_identifier", event.id_type or "unknown").inc()
+        links = tuple(link for link in event.links if link[1] not in shared)
+        if count:
+            for id_type, _ in (link for link in event.links if link[1] in shared):
+                metrics.LINKS_REFUSED.labels("shared_identifier", id_type).inc()
+        if event.customer not in shared:
+            return replace_event(event, links=links)
+        if event.links and count:
+            metrics.LINKS_REFUSED.labels("shared_identifier", event.id_type or "unknown").inc()
+        if not links:
             own = replace_event(event, links=()) if event.links else event
             out.append((self.routes[None][zlib.crc32(event.customer.encode()) % self.ctx.shards], own))
             return None
-        return replace_event(event, links=tuple(link for link in event.links if link[1] not in shared))
+        id_type, key = min(links, key=lambda link: self.ctx.rules.rank(link[0]))
+        rest = tuple(link for link in links if link[1] != key)
+        return replace_event(event, customer=key, id_type=id_type, links=rest)
+
+    def _plain(self, event: Event, out: list[Routed]) -> None:
+        """An event that names no other identifier: to its profile (apply's loop inlines this)."""
+        found = self.graph.find(event.customer)
+        if found is None:
+            out.append((self.routes[None][zlib.crc32(event.customer.encode()) % self.ctx.shards], event))
+            return
+        into, anchor = found
+        if into != event.customer:
+            event = replace_event(event, customer=into, id_type=anchor)
+        out.append((self.route(anchor, into), event))
 
     def _erase_linked(self, event: Event, out: list[Routed]) -> None:
         """A link event from before an erasure names identifiers that it joined to the erased person

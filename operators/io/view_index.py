@@ -94,6 +94,15 @@ class ViewIndex:
                 n += 1
                 continue
             body: dict[str, Any] = orjson.loads(value)
+            if old is not None:  # identifiers the profile no longer lists (a shared cookie) stop pointing at it
+                now = body.get("ids", {})
+                for id_type, keys in orjson.loads(old).get("ids", {}).items():
+                    for key in keys:
+                        if key not in now.get(id_type, ()):
+                            ikey = _index_key(id_type, key)
+                            entry = get(ikey)
+                            if entry is not None and entry.split(b"\t", 2)[2] == rkey:
+                                delete(ikey)
             put(record_key, value)
             rank = (int(body["as_of"]), int(body["version"]))
             entry_value = f"{rank[0]}\t{rank[1]}\t{view_key}".encode()
@@ -116,16 +125,16 @@ class ViewIndex:
         """The record of the profile holding identifier `key` of `id_type`, or None.
 
         A profile whose identifier types were never recorded (stored before they were, operators/profile/
-        model.py) has no index entries: it is found under its own key in the first family."""
+        model.py) has no index entries, nor has an identifier that a profile listed and no longer does (a
+        shared cookie): either is found under its own key in the first family."""
         entry = self._db.get(_index_key(id_type, key))
         if entry is not None:
             record: bytes | None = self._db.get(RECORD + entry.split(b"\t", 2)[2])
             if record is not None:
                 return record
+        # No profile lists it (or the one that did no longer does: a shared cookie): its own, if it has one.
         fallback: bytes | None = self._db.get(RECORD + f"profiles/{key}".encode())
-        if fallback is not None and not orjson.loads(fallback).get("ids"):
-            return fallback
-        return None
+        return fallback
 
     def count(self) -> int:
         """Records held (a scan: for tests and the startup log, not per request)."""

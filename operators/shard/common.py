@@ -17,6 +17,7 @@ from nextclick.operators.profile.model import Profile
 from nextclick.operators.records import (
     DeadLetter,
     Decision,
+    Detach,
     EraseRequest,
     Event,
     Frontier,
@@ -29,7 +30,7 @@ from nextclick.operators.records import (
 from nextclick.operators.rules.addressing import address
 from nextclick.operators.rules.model import RuleSet
 
-ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier
+ShardItem = Event | EraseRequest | SavepointRequest | MoveOut | MergeExpect | MoveIn | Frontier | Detach
 ShardOutput = Decision | DeadLetter | MoveIn
 
 # Every part logs as the shard always has: operators filter the shard's records by this one name.

@@ -15,7 +15,7 @@ from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.profile.codec import decode_profile, encode_profile
 from nextclick.operators.profile.facts import ProfileEncodeError
 from nextclick.operators.profile.model import Profile
-from nextclick.operators.records import MergeExpect, MoveIn, MoveOut
+from nextclick.operators.records import Detach, MergeExpect, MoveIn, MoveOut
 from nextclick.operators.rules.model import RuleSet
 from nextclick.operators.shard.cache import ProfileCache
 from nextclick.operators.shard.common import Merge, ShardItem, log
@@ -109,6 +109,23 @@ class MergeBarrier:
         waiting.discard(moved.moved)
         self.arrived[customer][moved.moved] = moved.blob
         return self._complete(customer) if not waiting else []
+
+    def detach(self, request: Detach) -> None:
+        """A shared cookie or device leaves the profile's identifiers (its past stays merged in): kept in
+        the replay log as a merge of nothing with the identifiers left, so an undo replays it too."""
+        customer, cache = request.customer, self.cache
+        profiles, created, _ = cache.load([customer])
+        profile = profiles.get(customer)
+        if profile is None or customer in created or not any(request.key in keys for keys in profile.ids.values()):
+            if customer in created:  # nothing stored: nothing to detach it from
+                cache.unchanged(customer)
+                cache.live.pop(customer, None)
+            return
+        cache.changing(profiles)
+        ids = {t: [k for k in keys if k != request.key] for t, keys in profile.ids.items()}
+        profile.ids = {t: keys for t, keys in ids.items() if keys}
+        cache.applied.setdefault(customer, []).append(Merge((), {t: list(keys) for t, keys in profile.ids.items()}))
+        cache.changed(profiles)
 
     def _complete(self, customer: str) -> list[ShardItem]:
         """Every moved profile is here: merge them into the customer's; returns what waited for it."""

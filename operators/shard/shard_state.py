@@ -41,6 +41,7 @@ from nextclick.operators.profile.codec import decode_profile
 from nextclick.operators.profile.model import Profile
 from nextclick.operators.records import (
     DeadLetter,
+    Detach,
     EraseRequest,
     Event,
     Frontier,
@@ -348,6 +349,8 @@ class ShardState:
             elif isinstance(value, MergeExpect):
                 self._turn_before_merge(value.customer, value.at_ms, out)
                 released = barrier.expect(value)
+            elif isinstance(value, Detach):
+                barrier.detach(value)
             if released:  # the merged customer's items that waited: next, in their order
                 queue.extendleft(reversed(released))
         if run:

@@ -561,6 +561,55 @@ def test_a_replay_that_reads_the_erasure_before_the_sign_in_still_erases_what_th
         assert read_profile(tmp_path, 2, key(*identifier)) is None, identifier
 
 
+def test_a_shared_cookie_no_longer_addresses_the_first_customers_decisions(tmp_path: Path) -> None:
+    """Alice signs in at home, then on a kiosk: the kiosk is her newest cookie, so her ads went to it.
+    Once Bob signs in there too, her profile stops naming the kiosk: her ads follow her home cookie,
+    not whoever uses the kiosk next; a later link of Alice's does not bring it back."""
+    flow = Stitched(tmp_path, shards=2)
+    home, kiosk, alice, bob = ("cookie", "home-1"), ("cookie", "kiosk-1"), ("customer", "ALICE"), ("customer", "BOB")
+    flow.send([web("a1", "login", T0, home, alice)])
+    flow.send([web("a2", "login", T0 + MIN, kiosk, alice)])
+    flow.epoch_end()
+    before = read_profile(tmp_path, 2, key(*alice))
+    assert before is not None and address_for(before["ids"], "ads") == ("cookie", key(*kiosk))
+    flow.send([web("b1", "login", T0 + 2 * MIN, kiosk, bob)])
+    flow.epoch_end()
+    after = read_profile(tmp_path, 2, key(*alice))
+    assert after is not None and after["ids"] == {"customer": [key(*alice)], "cookie": [key(*home)]}
+    assert address_for(after["ids"], "ads") == ("cookie", key(*home))
+    flow.send([web("a3", "login", T0 + 3 * MIN, ("email", "alice@example.com"), alice)])
+    flow.epoch_end()
+    merged = read_profile(tmp_path, 2, key(*alice))
+    assert merged is not None and key(*kiosk) not in merged["ids"].get("cookie", [])
+    assert flow.identity.state.graph.find(key(*kiosk)) == (key(*alice), "customer")  # kept for erasure
+    flow.close()
+
+
+def test_the_sign_in_that_makes_a_cookie_shared_links_the_rest_as_its_repeat_would(tmp_path: Path) -> None:
+    """Bob signs in on Alice's kiosk cookie with his customer id and email. The cookie becomes shared and
+    links to nobody, but Bob's email joins Bob's profile, as the same sign-in sent again does; and the
+    cookie, looked up offline, is its own profile, no longer Alice's."""
+    flow = Stitched(tmp_path, shards=2)
+    kiosk, alice, bob, email = ("cookie", "kiosk-1"), ("customer", "ALICE"), ("customer", "BOB"), ("email", "b@x.org")
+
+    def routed(events: list[Event]) -> list[tuple[str, str]]:
+        grouped, _ = flow.identity.on_batch(events)  # type: ignore[arg-type]
+        flow.deliver(grouped)
+        return [(item.event_id, item.customer) for _, items in grouped for item in items if isinstance(item, Event)]
+
+    routed([web("a1", "login", T0, kiosk, alice)])
+    assert routed([web("b1", "login", T0 + MIN, kiosk, bob, email)]) == [("b1", key(*bob))]
+    graph = flow.identity.state.graph
+    assert graph.find(key(*email)) == (key(*bob), "customer") and graph.shared == {key(*kiosk)}
+    assert routed([web("b2", "login", T0 + 2 * MIN, kiosk, bob, email)]) == [("b2", key(*bob))]
+    assert routed([web("v1", "page_view", T0 + 3 * MIN, kiosk, page_type="home")]) == [("v1", key(*kiosk))]
+    flow.epoch_end()
+    assert resolve_offline(tmp_path, key(*kiosk)) == (key(*kiosk), None)
+    bobs = read_profile(tmp_path, 2, key(*email))
+    assert bobs is not None and bobs["ids"] == {"customer": [key(*bob)], "email": [key(*email)]}
+    flow.close()
+
+
 def test_a_cookie_two_customers_signed_in_on_is_nobodys_afterwards(tmp_path: Path) -> None:
     """A kiosk: Alice signs in on the cookie, then Bob (refused: two customer ids). Bob's anonymous cart
     afterwards must not go to Alice's profile (and her email): it goes to the cookie's own profile, and the
