@@ -88,59 +88,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         # What every process of a cluster must share; a peer's batch carrying other settings is refused.
         "settings_digest": settings_digest(shared), "settings": shared})
     wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
-    if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
-        cl.wait_for_names(place.addresses, args.peer_dns_timeout)
-    preflight(config)  # topics exist, directories writable: one clear line each, nothing written
-    check_recovery_plan(config)  # on_lost_volume = "restore": an interval, and retention that covers it
-    recovery = Path(config.state.recovery_dir)
-    if cleared := clear_scratch(config):
-        logging.getLogger("nextclick").warning("removed savepoint copies left by a killed process",
-                                               extra={"directories": cleared})
-    generations, rejoin = None, None
-    if config.state.on_lost_volume == "restore":
-        # Before anything is restored or created: a lost volume takes the whole cluster back to a savepoint.
-        if place.process_id is not None and not args.recovery_per_process:
-            raise ConfigError("state.on_lost_volume = \"restore\" is for per-pod volumes: add --recovery-per-process")
-        generations = Generations(config, place.process_id or 0, place.processes,
-                                  explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None)
-        rejoin = generations.decide()
-        if rejoin.restore and rejoin.savepoint:
-            check_input_covers(config, SavepointManifest.read(rejoin.savepoint))  # before anything is cleared
-        if rejoin.reset:
-            logging.getLogger("nextclick").warning("the cluster goes back to a savepoint: clearing this process's "
-                                                   "state", extra={"savepoint": rejoin.savepoint,
-                                                                   "generation": rejoin.generation})
-            reset_state(config, dry_run=False)
-    if rejoin is not None and generations is not None and (rejoin.restore or generations.has_state):
-        # The generation decides: restore its savepoint, or resume state already at it (whatever the flag
-        # says, and even once that savepoint has been pruned).
-        source = rejoin.savepoint if rejoin.restore else None
-    else:
-        source = args.from_savepoint or config.state.initial_savepoint.strip()
-    if source:
-        # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
-        placement = (Placement(place.process_id, place.processes, args.workers, config.state.shard_placement)
-                     if args.recovery_per_process and place.process_id is not None else None)
-        restored = restore(config, source, init_recovery=init_recovery, placement=placement)
-        logging.getLogger("nextclick").info(
-            "state already restored from this savepoint; resuming" if restored.resumed else "restored savepoint",
-            extra={"savepoint": source, "shards": restored.manifest.shards,
-                   "fetched": len(restored.shards), "bytes": restored.bytes,
-                   "seconds": round(restored.seconds, 2), "positions": len(restored.manifest.positions)})
-    if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
-        cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
-    plan = check_start(config, init_recovery=init_recovery)
-    if rejoin is not None:  # online savepoints record the generation that took them (their line)
-        plan = dataclasses.replace(plan, generation=rejoin.generation)
-    if args.recovery_per_process and place.process_id is not None and plan.resumes:
-        check_volume_placement(config, Placement(place.process_id, place.processes, args.workers,
-                                                 config.state.shard_placement))
-    # Before Bytewax opens the recovery: a second flow as this process on this state directory stops
-    # here (the checks above only read state that exists; a refused start leaves no lock file behind).
-    run_lock = hold_run_lock(Path(config.state.dir), place.process_id or 0)  # noqa: F841 - held until exit
-    if generations is not None and rejoin is not None:
-        generations.joined(rejoin.generation, source)  # no process starts before every one is at it
-    flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
+    try:
+        if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
+            cl.wait_for_names(place.addresses, args.peer_dns_timeout)
+        preflight(config)  # topics exist, directories writable: one clear line each, nothing written
+        check_recovery_plan(config)  # on_lost_volume = "restore": an interval, and retention that covers it
+        recovery = Path(config.state.recovery_dir)
+        if cleared := clear_scratch(config):
+            logging.getLogger("nextclick").warning("removed savepoint copies left by a killed process",
+                                                   extra={"directories": cleared})
+        generations, rejoin = None, None
+        if config.state.on_lost_volume == "restore":
+            # Before anything is restored or created: a lost volume takes the whole cluster back to a savepoint.
+            if place.process_id is not None and not args.recovery_per_process:
+                raise ConfigError("state.on_lost_volume = \"restore\" is for per-pod volumes: "
+                                  "add --recovery-per-process")
+            generations = Generations(config, place.process_id or 0, place.processes,
+                                      explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None)
+            rejoin = generations.decide()
+            if rejoin.restore and rejoin.savepoint:
+                check_input_covers(config, SavepointManifest.read(rejoin.savepoint))  # before anything is cleared
+            if rejoin.reset:
+                logging.getLogger("nextclick").warning("the cluster goes back to a savepoint: clearing this process's "
+                                                       "state", extra={"savepoint": rejoin.savepoint,
+                                                                       "generation": rejoin.generation})
+                reset_state(config, dry_run=False)
+        if rejoin is not None and generations is not None and (rejoin.restore or generations.has_state):
+            # The generation decides: restore its savepoint, or resume state already at it (whatever the flag
+            # says, and even once that savepoint has been pruned).
+            source = rejoin.savepoint if rejoin.restore else None
+        else:
+            source = args.from_savepoint or config.state.initial_savepoint.strip()
+        if source:
+            # Per-pod volumes: fetch only the shards Bytewax will route to this process's workers.
+            placement = (Placement(place.process_id, place.processes, args.workers, config.state.shard_placement)
+                         if args.recovery_per_process and place.process_id is not None else None)
+            restored = restore(config, source, init_recovery=init_recovery, placement=placement)
+            logging.getLogger("nextclick").info(
+                "state already restored from this savepoint; resuming" if restored.resumed else "restored savepoint",
+                extra={"savepoint": source, "shards": restored.manifest.shards,
+                       "fetched": len(restored.shards), "bytes": restored.bytes,
+                       "seconds": round(restored.seconds, 2), "positions": len(restored.manifest.positions)})
+        if args.recovery_per_process and any(recovery.glob("*.sqlite3")):
+            cl.prepare_recovery(recovery, parts, count, check=True)  # another pod's volume is refused
+        plan = check_start(config, init_recovery=init_recovery)
+        if rejoin is not None:  # online savepoints record the generation that took them (their line)
+            plan = dataclasses.replace(plan, generation=rejoin.generation)
+        if args.recovery_per_process and place.process_id is not None and plan.resumes:
+            check_volume_placement(config, Placement(place.process_id, place.processes, args.workers,
+                                                     config.state.shard_placement))
+        # Before Bytewax opens the recovery: a second flow as this process on this state directory stops
+        # here (the checks above only read state that exists; a refused start leaves no lock file behind).
+        run_lock = hold_run_lock(Path(config.state.dir), place.process_id or 0)  # noqa: F841 - held until exit
+        if generations is not None and rejoin is not None:
+            generations.joined(rejoin.generation, source)  # no process starts before every one is at it
+        flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
+    except Exception as exc:
+        if len(place.addresses) > 1:  # its peers, waiting for it to connect, say why it does not
+            say_refused(config, place.process_id or 0, exc)
+        raise
     tune_gc()
     scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain
     try:
@@ -149,6 +155,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if scheduler is not None:
             scheduler.close()
+
+
+def say_refused(config: Config, process_id: int, exc: BaseException) -> None:
+    """Best effort: this process of a cluster will not start; its one line goes to the control topic, where
+    the peers waiting for it to connect read it (operators/io/cluster_hello.py)."""
+    from nextclick.operators.infra.failures import one_line
+    from nextclick.operators.io import cluster_hello
+    from nextclick.operators.io.drain import now_ms
+
+    record = cluster_hello.refusal(config.flow.group_id, process_id, one_line(exc), now_ms())
+    cluster_hello.publish_hello(config.kafka, config.topics.control, record, timeout_s=5.0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

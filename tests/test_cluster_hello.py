@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nextclick.operators.io.cluster_hello import HelloWatch, differences, hello, lost_volumes, parse_hello
+from nextclick.operators.io.cluster_hello import (
+    HelloWatch,
+    differences,
+    hello,
+    lost_volumes,
+    parse_hello,
+    parse_refusal,
+    refusal,
+)
 from nextclick.operators.io.control import parse_control
 from nextclick.operators.records import SourcePosition
 
@@ -109,3 +117,12 @@ def test_any_bytes_on_the_control_topic_are_a_hello_or_not_and_never_raise(value
 def test_the_dataflows_control_reader_passes_over_hellos() -> None:
     value = orjson.dumps(said(1))
     assert parse_control(b"hello/g/1", value, [], SourcePosition("c", 0, 1), secret=b"s") is None
+
+
+def test_a_refusal_is_read_only_for_its_group_and_the_dataflow_passes_over_it() -> None:
+    record = refusal("g", 1, "input topic 'x' does not exist (topics.inputs)", 1_800_000_000_000)
+    assert parse_refusal(orjson.dumps(record), "g") == record
+    assert parse_refusal(orjson.dumps(record), "other") is None and parse_hello(orjson.dumps(record), "g") is None
+    for field, bad in (("process", "1"), ("said_at", None), ("reason", 3)):
+        assert parse_refusal(orjson.dumps({**record, field: bad}), "g") is None, field
+    assert parse_control(b"refused/g/1", orjson.dumps(record), [], SourcePosition("c", 0, 1), secret=b"s") is None

@@ -444,6 +444,30 @@ def test_a_failure_inside_the_dataflow_is_its_root_cause_without_a_rust_backtrac
     assert str(lock) in message and message.endswith("(state.dir)")
 
 
+def test_a_process_refused_at_start_tells_the_peers_waiting_for_it(setup: FlowSetup,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Process 1 of a cluster will not start (here: an input topic that does not exist). Process 0, waiting
+    for it to connect, logs that line rather than only "process 1 is not running"; once process 1 says
+    a newer hello (started again, put right), the line goes."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    missing = setup.with_(inputs=(f"{setup.control}-no-such-input",))
+    line = run_failing(missing, run_args=("--process-id", "1", "--addresses", ";".join(addresses)))
+    assert "does not exist" in line
+    now = int(time.time() * 1000)
+    mine = cluster_hello.hello("nextclick", 0, 2, 1, 2, __version__, {}, now, addresses)
+    watch = cluster_hello.HelloWatch(setup.kafka, setup.control, mine, lambda: False, lambda _line: None,
+                                     lambda: int(time.time() * 1000))
+    with caplog.at_level(logging.WARNING, logger="nextclick"):
+        watch._log_waiting(10.0, watch.live_peers())
+    assert watch.refused == {1: line}
+    told = next(r for r in caplog.records if getattr(r, "reason", None))
+    assert (told.refused_process, told.address, told.reason) == (1, addresses[1], line)
+    again = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, int(time.time() * 1000), addresses)
+    cluster_hello.publish_hello(setup.kafka, setup.control, again)
+    watch.live_peers()
+    assert watch.refused == {}
+
+
 def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup, tmp_path: Path) -> None:
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     env = setup.env(stop_at_end=False)

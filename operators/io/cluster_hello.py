@@ -16,7 +16,9 @@ for SAY_AFTER_FORMED_S after, and one whose cluster has not formed within FORM_W
 compares the hellos its peers said since it started, within the last FRESH_MS: a live peer started
 otherwise stops it with the same one line. A hello of an earlier run (say of a larger cluster,
 before a rescale) was said before this process started, so it cannot stop a process that waits for
-a slow pod. Until the cluster forms, the process logs every WAIT_LOG_S whom it is waiting for.
+a slow pod. Until the cluster forms, the process logs every WAIT_LOG_S whom it is waiting for, and the
+one line of any peer that refused to start (`refusal`: a process of a cluster says it on the control
+topic when it will not start, say with another shard count), so that line is read where the wait is.
 
 The dataflow's control reader skips hellos (operators/io/control.py), as it skips drain requests.
 """
@@ -58,12 +60,21 @@ def hello(group_id: str, process_id: int, processes: int, workers: int, recovery
             "resumes": resumes}
 
 
+def refusal(group_id: str, process_id: int, reason: str, now_ms: int) -> dict[str, Any]:
+    """What a process of a cluster says when it will not start (a refused configuration, a volume of
+    another deployment): its peers, waiting for it to connect, name it with that line."""
+    return {"command": "refused", "group_id": group_id, "process": process_id, "reason": reason[:1000],
+            "said_at": now_ms}
+
+
 def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0,
                   producer: Producer | None = None) -> bool:
-    """Best effort: a hello that cannot be published only costs the explanation of a failed start."""
+    """Best effort: a hello (or a refusal) that cannot be published only costs the explanation of a
+    failed start."""
     try:
         producer = producer or Producer(client_config(kafka))
-        producer.produce(topic, orjson.dumps(record), f"hello/{record['group_id']}/{record['process']}".encode())
+        producer.produce(topic, orjson.dumps(record),
+                         f"{record['command']}/{record['group_id']}/{record['process']}".encode())
         left = producer.flush(timeout_s)
     except KafkaException as exc:
         left, error = 1, str(exc)
@@ -76,18 +87,23 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
 
 
 def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
-                timeout_s: float = 10.0, started_before_ms: int | None = None) -> dict[int, dict[str, Any]]:
+                timeout_s: float = 10.0, started_before_ms: int | None = None,
+                refusals: dict[int, dict[str, Any]] | None = None,
+                refusals_since_ms: int | None = None) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
     read until every one of `processes` has said one and the topic is quiet, or `timeout_s`.
     `started_before_ms`: only hellos of starts before then (a peer that restarted after the cluster
-    failed says what its next start found, not what the failed cluster ran with)."""
+    failed says what its next start found, not what the failed cluster ran with). `refusals`, if given,
+    gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`)."""
     found: dict[int, dict[str, Any]] = {}
+    refused_since = since_ms if refusals_since_ms is None else refusals_since_ms
     consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
             return found
-        starts = consumer.offsets_for_times([TopicPartition(topic, p, since_ms) for p in meta.partitions],
+        first = min(since_ms, refused_since) if refusals is not None else since_ms
+        starts = consumer.offsets_for_times([TopicPartition(topic, p, first) for p in meta.partitions],
                                             timeout=timeout_s)
         consumer.assign([tp for tp in starts if tp.offset >= 0])
         # Not to an end-of-partition event: a broker's high watermark may lag what it has (Tansu's does),
@@ -97,10 +113,15 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
             batch = consumer.consume(500, 0.3)
             quiet = 0 if batch else quiet + 1
             for msg in batch:
-                if msg.error() is None and (record := parse_hello(msg.value(), group_id)) is not None:
+                if msg.error() is not None:
+                    continue
+                if (record := parse_hello(msg.value(), group_id)) is not None:
                     if record["said_at"] >= since_ms and (started_before_ms is None
                                                           or record["started_at"] < started_before_ms):
                         found[record["process"]] = record
+                elif refusals is not None and (refused := parse_refusal(msg.value(), group_id)) is not None:
+                    if refused["said_at"] >= refused_since:
+                        refusals[refused["process"]] = refused
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
     finally:
@@ -126,6 +147,18 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
             or not isinstance(body["addresses"], list) or not all(isinstance(a, str) for a in body["addresses"])
             or (body["resumes"] is not None and type(body["resumes"]) is not bool)):
         return None  # not one a process of this release wrote
+    return body
+
+
+def parse_refusal(value: bytes | None, group_id: str) -> dict[str, Any] | None:
+    try:
+        body = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if (not isinstance(body, dict) or body.get("command") != "refused" or body.get("group_id") != group_id
+            or type(body.get("process")) is not int or type(body.get("said_at")) is not int
+            or not isinstance(body.get("reason"), str)):
+        return None
     return body
 
 
@@ -191,6 +224,7 @@ class HelloWatch(threading.Thread):
         self.kafka, self.topic, self.mine, self.formed = kafka, topic, mine, formed
         self.refuse, self.now_ms = refuse, now_ms
         self.stopped = threading.Event()
+        self.refused: dict[int, str] = {}  # peer -> the line it refused to start with (live_peers)
 
     def run(self) -> None:
         producer = Producer(client_config(self.kafka))
@@ -219,14 +253,25 @@ class HelloWatch(threading.Thread):
         producer.flush(1.0)
 
     def live_peers(self) -> dict[int, dict[str, Any]]:
-        """The peers that said a hello since this process started, lately: processes running now."""
-        since = max(self.now_ms() - FRESH_MS, self.mine["started_at"])
+        """The peers that said a hello since this process started, lately: processes running now. Also
+        keeps `refused`: the peers whose latest word, within LOOK_BACK_MS, is that they will not start."""
+        now = self.now_ms()
+        since = max(now - FRESH_MS, self.mine["started_at"])
+        refusals: dict[int, dict[str, Any]] = {}
         # A short read: a peer that never started never says one, and the next check is CHECK_S away.
-        return peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"], timeout_s=2.0)
+        peers = peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"],
+                            timeout_s=2.0, refusals=refusals, refusals_since_ms=now - LOOK_BACK_MS)
+        self.refused = {p: r["reason"] for p, r in refusals.items()
+                        if p != self.mine["process"] and (p not in peers or peers[p]["said_at"] < r["said_at"])}
+        return peers
 
     def _log_waiting(self, waited: float, peers: Mapping[int, Mapping[str, Any]]) -> None:
         me, addresses = self.mine["process"], self.mine["addresses"]
         silent = [p for p in range(self.mine["processes"]) if p != me and p not in peers]
+        for process, reason in sorted(self.refused.items()):  # why it is not running, in its own words
+            log.warning("the cluster has not formed: a process refused to start; put right what it says and "
+                        "start it again", extra={"refused_process": process, "address": addresses[process]
+                                                 if process < len(addresses) else "?", "reason": reason})
         # Same count, other names (a typo, another namespace): worth a look while nothing connects.
         other = [f"process {p}: {';'.join(h['addresses'])}" for p, h in sorted(peers.items())
                  if p != me and h["addresses"] and h["addresses"] != addresses]

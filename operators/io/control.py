@@ -6,6 +6,7 @@
     {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00", "expires_at": 1764504000000}
     {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
     {"command": "hello", ...}   (operators/io/cluster_hello.py: what a process started with, not here)
+    {"command": "refused", ...} (operators/io/cluster_hello.py: why a process will not start, not here)
 
 The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
@@ -42,7 +43,7 @@ SAVEPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch, a
 # The control message's fields: the only key names a refusal may quote.
 _FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name",
                      "expires_at"})
-COMMANDS = ("erase", "savepoint", "drain", "hello")
+COMMANDS = ("erase", "savepoint", "drain", "hello", "refused")
 
 
 def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
@@ -84,7 +85,7 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     if command not in COMMANDS:
         return refuse("unknown_command",
                       "control message 'command' must be \"erase\", \"savepoint\" or \"drain\"")
-    if command in ("drain", "hello"):  # for the processes themselves (drain.py, cluster_hello.py)
+    if command in ("drain", "hello", "refused"):  # for the processes themselves (drain.py, cluster_hello.py)
         return None
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
