@@ -95,24 +95,28 @@ class IdentityRules:
         return False
 
 
-# Invisible format characters a copied or generated value may carry: soft hyphen, zero-width space and
-# joiners, direction marks and embeddings, word joiner and invisible operators, byte-order mark.
-_INVISIBLE = dict.fromkeys([0xAD, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
-                            *range(0x2066, 0x206A), 0xFEFF])
-
-
-# Typographic quotes a word processor or a template engine puts around a value: “null”, ‘null’, «null».
-_QUOTE_PAIRS = frozenset({"\u201c\u201d", "\u2018\u2019", "\u201e\u201c", "\u00ab\u00bb", "\u2039\u203a"})
+# Characters that show nothing: every format character (zero-width spaces and joiners, direction marks,
+# tags, the byte-order mark), combining marks and control characters by their Unicode category, and the
+# blank letters and fillers some fonts draw as nothing.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Mn", "Me", "Cc"})
+_BLANKS = frozenset("\u115f\u1160\u180e\u2800\u3164\uffa0")
+# Quotes a value may come wrapped in, once or twice: straight, typographic, guillemets.
+_QUOTES = frozenset("\"'`\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a")
 
 
 def placeholder_form(raw: str) -> str:
     """What blocked values and patterns are matched against: compatibility forms folded (full-width
-    `ｎｕｌｌ` is `null`), invisible format characters (zero-width spaces) dropped, surrounding spaces
-    and one pair of quotes (`"null"`, a value serialized twice; `“null”`) taken off, case folded. Only for the
-    check: an identifier that is not blocked is used exactly as sent."""
-    text = (raw if raw.isascii() else unicodedata.normalize("NFKC", raw).translate(_INVISIBLE)).strip()
-    if len(text) >= 2 and (text[0] == text[-1] and text[0] in "\"'`" or text[0] + text[-1] in _QUOTE_PAIRS):
-        text = text[1:-1].strip()
+    `ｎｕｌｌ` is `null`), characters that show nothing dropped (zero-width spaces, marks, fillers),
+    surrounding spaces and quotes taken off (`"null"`, a value serialized twice; `“null”`; twice at
+    most), case folded. Only for the check: an identifier that is not blocked is used exactly as sent."""
+    if raw.isascii():
+        text = raw.strip()
+    else:
+        text = "".join(ch for ch in unicodedata.normalize("NFKC", raw)
+                       if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES and ch not in _BLANKS).strip()
+    for _ in range(2):
+        if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+            text = text[1:-1].strip()
     return text.casefold()
 
 
