@@ -196,7 +196,7 @@ def test_guards_limit_blocked_values_and_two_customer_ids(kafka: dict[str, str],
             profiles = [read_profile(state, SHARDS, key("customer", c)) for c in ("LIM-1", "BLK-2", "TWO-1")]
             return (all(p is not None for p in profiles) and profiles[0] is not None
                     and profiles[0]["facts"]["version"] == 6
-                    and resolve_offline(state, key("cookie", "ck-two"))[0] == key("customer", "TWO-1")
+                    and profiles[2] is not None and "cookie" not in profiles[2]["ids"]  # shared: detached
                     and resolve_offline(state, key("cookie", "ck-blk-2"))[0] == key("customer", "BLK-2"))
 
         wait(committed, "every login committed", flow)
@@ -224,11 +224,13 @@ def test_guards_limit_blocked_values_and_two_customer_ids(kafka: dict[str, str],
     assert blk is not None and blk["ids"] == {"customer": [key("customer", "BLK-2")],
                                               "cookie": [key("cookie", "ck-blk-2")]}
 
-    # The browser stays with the first customer; the second customer's login counts for them alone.
+    # The browser's past stays with the first customer, but it is shared now: neither customer's profile
+    # names it, and it resolves to itself. The second customer's login counts for them alone.
     first = read_profile(state, SHARDS, key("customer", "TWO-1"))
     second = read_profile(state, SHARDS, key("customer", "TWO-2"))
     assert first is not None and second is not None
-    assert first["ids"] == {"customer": [key("customer", "TWO-1")], "cookie": [key("cookie", "ck-two")]}
+    assert first["ids"] == {"customer": [key("customer", "TWO-1")]}
+    assert resolve_offline(state, key("cookie", "ck-two")) == (key("cookie", "ck-two"), None)
     assert first["facts"]["version"] == 1
     assert second["ids"] == {"customer": [key("customer", "TWO-2")]} and second["facts"]["version"] == 1
 
