@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.infra.config import ConfigError
     from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.infra.runtime import tune_gc
+    from nextclick.operators.io.cluster_hello import peer_refusals
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
     from nextclick.operators.io.sink_registry import decision_sink
     from nextclick.operators.rules.loader import load_configured_rules
@@ -104,7 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise ConfigError("state.on_lost_volume = \"restore\" is for per-pod volumes: "
                                   "add --recovery-per-process")
             generations = Generations(config, place.process_id or 0, place.processes,
-                                      explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None)
+                                      explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None,
+                                      refusals=lambda since: peer_refusals(
+                                          config.kafka, config.topics.control, config.flow.group_id,
+                                          int(since * 1000), place.processes))
             rejoin = generations.decide()
             if rejoin.restore and rejoin.savepoint:
                 check_input_covers(config, SavepointManifest.read(rejoin.savepoint))  # before anything is cleared

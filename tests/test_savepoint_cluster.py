@@ -554,6 +554,29 @@ def test_a_peer_that_stops_while_the_cluster_forms_is_named_at_once(tmp_path: Pa
     waiting.close()
 
 
+def test_a_peer_that_refuses_before_it_reports_is_named_with_its_own_line(
+        tmp_path: Path, kafka: dict[str, str], topic_prefix: str) -> None:
+    """Process 1 is refused before it reports to the generation decision (a missing topic, a bad flag): it
+    never reports, so only the 300-s timeout named it, without its reason. Its refusal on the control
+    topic now stops the waiting process at once, with that line."""
+    from nextclick.operators.io import cluster_hello
+    from nextclick.operators.tools import savepoint as module
+
+    control = f"{topic_prefix}.control"
+    ensure_topics(kafka, {control: 1})
+    config = _deployment(tmp_path / "pod-0", str(tmp_path / "shared"))
+    waiting = module.Generations(config, 0, 2, timeout_s=60, refusals=lambda since: cluster_hello.peer_refusals(
+        kafka, control, "g", int(since * 1000), 2))
+    line = "input topic 'shop.store' does not exist (topics.inputs); create it with `nextclick topics create`"
+    cluster_hello.publish_hello(kafka, control, cluster_hello.refusal("g", 1, line, int(time.time() * 1000)))
+    started = time.monotonic()
+    with pytest.raises(SavepointError, match=r"process 1 of 2 refused to start while the cluster was forming "
+                                             r"\(not every process reported\): input topic 'shop.store' does not"):
+        waiting.decide()
+    assert time.monotonic() - started < 10
+    waiting.close()
+
+
 # -- the cluster round trip ----------------------------------------------------------------------------
 
 CUSTOMERS = 300

@@ -150,6 +150,14 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     return body
 
 
+def peer_refusals(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
+                  timeout_s: float = 2.0) -> dict[int, str]:
+    """The line each process of the cluster last refused to start with, said at or after `since_ms`."""
+    refusals: dict[int, dict[str, Any]] = {}
+    peer_hellos(kafka, topic, group_id, since_ms, processes, timeout_s=timeout_s, refusals=refusals)
+    return {process: record["reason"] for process, record in refusals.items()}
+
+
 def parse_refusal(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     try:
         body = orjson.loads(value or b"")

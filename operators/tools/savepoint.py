@@ -786,6 +786,7 @@ _CLUSTER = ".cluster"
 _GENERATION_FILE = ".nextclick-generation.json"
 _FRESH_S = 6.0  # a report older than this is from a process that is not (or no longer) waiting
 _GONE_S = 15.0  # a peer that reported since this process started and then not for this long has exited
+_REFUSALS_EVERY_S = 5.0  # how often a waiting process reads its peers' refusals (a short read of the control topic)
 
 
 def _state_generation(state_dir: str | Path) -> int | None:
@@ -857,8 +858,10 @@ class Generations:
     all report the newest generation, so no cluster forms from processes at different points."""
 
     def __init__(self, config: Config, process_id: int, processes: int, *, explicit: str | None = None,
-                 timeout_s: float = 300.0) -> None:
-        """`explicit`: the savepoint the operator named (--from-savepoint, state.initial_savepoint)."""
+                 timeout_s: float = 300.0, refusals: Callable[[float], dict[int, str]] | None = None) -> None:
+        """`explicit`: the savepoint the operator named (--from-savepoint, state.initial_savepoint).
+        `refusals`: the lines peers refused to start with since a time (epoch seconds), read from the
+        control topic (operators/io/cluster_hello.py); a peer that never reports is then named with its own."""
         root = Destination(config.state.savepoint_dir)
         if root.remote:
             raise SavepointError("state.on_lost_volume = \"restore\" needs state.savepoint_dir on a shared "
@@ -884,6 +887,7 @@ class Generations:
         # that is recent but from its previous life (it would vouch for state that peer no longer has).
         self._started = time.time()
         self._seen: set[int] = set()  # peers that reported since this process started
+        self._refusals, self._refusals_next = refusals, 0.0
         self._stop = False
         self._report()
         # For the process's life: a peer still waiting must see this one as there, also once it runs.
@@ -957,6 +961,15 @@ class Generations:
                                  f"stopped while the cluster was forming ({what}): its log says why (a refused "
                                  "start or a crash); this process stops too, and the cluster forms once every "
                                  "process starts again")
+        if self._refusals is not None and time.monotonic() >= self._refusals_next:
+            self._refusals_next = time.monotonic() + _REFUSALS_EVERY_S
+            refused = {i: line for i, line in self._refusals(self._started).items()
+                       if i != self.process_id and i < self.processes and not self._fresh(i)}
+            if refused:  # not running, and its last word was why: say it here, where the wait is
+                i, line = min(refused.items())
+                raise SavepointError(f"state.on_lost_volume: process {i} of {self.processes} refused to start while "
+                                     f"the cluster was forming ({what}): {line}; this process stops too, and the "
+                                     "cluster forms once every process starts again")
         if time.monotonic() > deadline:
             stale = [i for i in range(self.processes) if not self._fresh(i)]
             raise SavepointError(f"state.on_lost_volume: {what} within {self.timeout_s:.0f}s; process(es) "
