@@ -43,7 +43,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.infra.config import ConfigError
     from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.infra.runtime import tune_gc
-    from nextclick.operators.io.cluster_hello import peer_refusals
+    from nextclick.operators.io.cluster_hello import peer_refusals, publish_hello, starting
+    from nextclick.operators.io.drain import now_ms
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
     from nextclick.operators.io.sink_registry import decision_sink
     from nextclick.operators.rules.loader import load_configured_rules
@@ -63,33 +64,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = FlowRunner()  # first: SIGTERM/SIGINT are handled by its thread from here on
     configure_logging(args.log_level)
     config = _config(args)
-    secret = config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
-    ruleset = load_configured_rules(config)  # a bad rules file or tracking plan fails fast too
-    load_identity_rules(config.identity.file or None)  # and so does a bad identity rules file
-    if args.stop_at_end:
-        config = config.replace(flow={"stop_at_end": True})
-    config = metrics_settings(config, args.metrics_address, args.metrics_port)
-    decision_sink(config)  # a wrong flow.decision_sink: one line, before waiting for Kafka
-    if args.workers < 1:  # Bytewax would take it and fail later, with less to say
-        raise cl.ClusterError(f"--workers must be at least 1, not {args.workers}")
     place = cl.resolve(args.process_id, args.addresses, args.processes, os.environ.get(cl.ORDINAL_VAR))
-    parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
-
-    def init_recovery(directory: Path) -> None:
-        """Only for a new deployment (or a restore): the start-up checks decide when."""
-        cl.prepare_recovery(directory, parts, count, check=False)
-
-    shared = cluster_settings(config, secret)
-    logging.getLogger("nextclick").info("starting", extra={
-        "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
-        "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
-        "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
-        "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
-        "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None,
-        # What every process of a cluster must share; a peer's batch carrying other settings is refused.
-        "settings_digest": settings_digest(shared), "settings": shared})
-    wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
     try:
+        secret = config.privacy.resolve_secret()  # refuse to start without the hashing secret, before anything else
+        ruleset = load_configured_rules(config)  # a bad rules file or tracking plan fails fast too
+        load_identity_rules(config.identity.file or None)  # and so does a bad identity rules file
+        if args.stop_at_end:
+            config = config.replace(flow={"stop_at_end": True})
+        config = metrics_settings(config, args.metrics_address, args.metrics_port)
+        decision_sink(config)  # a wrong flow.decision_sink: one line, before waiting for Kafka
+        if args.workers < 1:  # Bytewax would take it and fail later, with less to say
+            raise cl.ClusterError(f"--workers must be at least 1, not {args.workers}")
+        parts, count = cl.recovery_partitions(place, args.recovery_partitions, args.recovery_per_process)
+
+        def init_recovery(directory: Path) -> None:
+            """Only for a new deployment (or a restore): the start-up checks decide when."""
+            cl.prepare_recovery(directory, parts, count, check=False)
+
+        shared = cluster_settings(config, secret)
+        logging.getLogger("nextclick").info("starting", extra={
+            "kafka": redacted(config.kafka), "inputs": list(config.topics.inputs),
+            "decisions": config.topics.decisions, "dead_letter": config.topics.dead_letter,
+            "control": config.topics.control, "shards": config.state.shards, "state_dir": config.state.dir,
+            "rules": ruleset.source, "rule_ids": [r.id for r in ruleset.rules], "workers": args.workers,
+            "process_id": place.process_id, "metrics_address": config.flow.metrics_address or None,
+            # What every process of a cluster must share; a peer's batch carrying other settings is refused.
+            "settings_digest": settings_digest(shared), "settings": shared})
+        wait_for_broker(config.kafka, timeout_s=args.broker_timeout)
+        if len(place.addresses) > 1:  # supersedes what an earlier start of this process said (a refusal)
+            publish_hello(config.kafka, config.topics.control,
+                          starting(config.flow.group_id, place.process_id or 0, now_ms()), timeout_s=5.0)
         if place.addresses:  # a pod may start before its headless-DNS name (or a peer's) resolves
             cl.wait_for_names(place.addresses, args.peer_dns_timeout)
         preflight(config)  # topics exist, directories writable: one clear line each, nothing written

@@ -19,6 +19,7 @@ from nextclick.operators.io.cluster_hello import (
     parse_hello,
     parse_refusal,
     refusal,
+    starting,
 )
 from nextclick.operators.io.control import parse_control
 from nextclick.operators.records import SourcePosition
@@ -126,3 +127,6 @@ def test_a_refusal_is_read_only_for_its_group_and_the_dataflow_passes_over_it() 
     for field, bad in (("process", "1"), ("said_at", None), ("reason", 3)):
         assert parse_refusal(orjson.dumps({**record, field: bad}), "g") is None, field
     assert parse_control(b"refused/g/1", orjson.dumps(record), [], SourcePosition("c", 0, 1), secret=b"s") is None
+    again = starting("g", 1, 1_800_000_000_001)
+    assert parse_refusal(orjson.dumps(again), "g") == again
+    assert parse_control(b"starting/g/1", orjson.dumps(again), [], SourcePosition("c", 0, 2), secret=b"s") is None

@@ -459,11 +459,19 @@ def test_a_process_refused_at_start_tells_the_peers_waiting_for_it(setup: FlowSe
                                      lambda: int(time.time() * 1000))
     with caplog.at_level(logging.WARNING, logger="nextclick"):
         watch._log_waiting(10.0, watch.live_peers())
-    assert watch.refused == {1: line}
+    assert [reason for reason, _ in watch.refused.values()] == [line] and list(watch.refused) == [1]
     told = next(r for r in caplog.records if getattr(r, "reason", None))
     assert (told.refused_process, told.address, told.reason) == (1, addresses[1], line)
-    again = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, int(time.time() * 1000), addresses)
-    cluster_hello.publish_hello(setup.kafka, setup.control, again)
+    # Started again and refused otherwise: the new line, not the old one (an outside probe saw the old one
+    # for ten minutes when the next start failed earlier, before it could say anything).
+    other = setup.with_(extra_env={"NEXTCLICK_PRIVACY__SECRET_FILE": "/nonexistent/hmac"})
+    second = run_failing(other, run_args=("--process-id", "1", "--addresses", ";".join(addresses)))
+    assert second != line
+    watch.live_peers()
+    assert [reason for reason, _ in watch.refused.values()] == [second]
+    # Started again and running (said a start, then its hello): no refusal holds.
+    cluster_hello.publish_hello(setup.kafka, setup.control,
+                                cluster_hello.starting("nextclick", 1, int(time.time() * 1000)))
     watch.live_peers()
     assert watch.refused == {}
 

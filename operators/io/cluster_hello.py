@@ -61,10 +61,15 @@ def hello(group_id: str, process_id: int, processes: int, workers: int, recovery
 
 
 def refusal(group_id: str, process_id: int, reason: str, now_ms: int) -> dict[str, Any]:
-    """What a process of a cluster says when it will not start (a refused configuration, a volume of
-    another deployment): its peers, waiting for it to connect, name it with that line."""
+    """What a process of a cluster says when it will not start (a refused configuration, a missing
+    topic): its peers, waiting for it to connect, name it with that line."""
     return {"command": "refused", "group_id": group_id, "process": process_id, "reason": reason[:1000],
             "said_at": now_ms}
+
+
+def starting(group_id: str, process_id: int, now_ms: int) -> dict[str, Any]:
+    """What a process of a cluster says as it starts: what an earlier start of it refused no longer holds."""
+    return {"command": "starting", "group_id": group_id, "process": process_id, "said_at": now_ms}
 
 
 def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], timeout_s: float = 10.0,
@@ -96,6 +101,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
     failed says what its next start found, not what the failed cluster ran with). `refusals`, if given,
     gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`)."""
     found: dict[int, dict[str, Any]] = {}
+    latest: dict[int, dict[str, Any]] = {}  # per process, its latest refusal or start
     refused_since = since_ms if refusals_since_ms is None else refusals_since_ms
     consumer = Consumer(client_config(kafka, **{"group.id": group_id, "enable.auto.commit": False}))
     try:
@@ -119,13 +125,19 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
                     if record["said_at"] >= since_ms and (started_before_ms is None
                                                           or record["started_at"] < started_before_ms):
                         found[record["process"]] = record
-                elif refusals is not None and (refused := parse_refusal(msg.value(), group_id)) is not None:
-                    if refused["said_at"] >= refused_since:
-                        refusals[refused["process"]] = refused
+                elif refusals is not None and (said := parse_refusal(msg.value(), group_id)) is not None:
+                    last = latest.get(said["process"])
+                    if last is None or said["said_at"] >= last["said_at"]:
+                        latest[said["process"]] = said
     except KafkaException as exc:
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
     finally:
         consumer.close()
+    if refusals is not None:  # a refusal holds until the process starts again or says a hello
+        for process, said in latest.items():
+            hello_at = found[process]["said_at"] if process in found else -1
+            if said["command"] == "refused" and said["said_at"] >= refused_since and said["said_at"] > hello_at:
+                refusals[process] = said
     return found
 
 
@@ -159,13 +171,15 @@ def peer_refusals(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms:
 
 
 def parse_refusal(value: bytes | None, group_id: str) -> dict[str, Any] | None:
+    """A refusal (`refusal`) or a start (`starting`) of a process of this group, else None."""
     try:
         body = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
         return None
-    if (not isinstance(body, dict) or body.get("command") != "refused" or body.get("group_id") != group_id
+    if (not isinstance(body, dict) or body.get("command") not in ("refused", "starting")
+            or body.get("group_id") != group_id
             or type(body.get("process")) is not int or type(body.get("said_at")) is not int
-            or not isinstance(body.get("reason"), str)):
+            or (body["command"] == "refused" and not isinstance(body.get("reason"), str))):
         return None
     return body
 
@@ -232,7 +246,7 @@ class HelloWatch(threading.Thread):
         self.kafka, self.topic, self.mine, self.formed = kafka, topic, mine, formed
         self.refuse, self.now_ms = refuse, now_ms
         self.stopped = threading.Event()
-        self.refused: dict[int, str] = {}  # peer -> the line it refused to start with (live_peers)
+        self.refused: dict[int, tuple[str, int]] = {}  # peer -> its last start's refusal and when (live_peers)
 
     def run(self) -> None:
         producer = Producer(client_config(self.kafka))
@@ -262,24 +276,25 @@ class HelloWatch(threading.Thread):
 
     def live_peers(self) -> dict[int, dict[str, Any]]:
         """The peers that said a hello since this process started, lately: processes running now. Also
-        keeps `refused`: the peers whose latest word, within LOOK_BACK_MS, is that they will not start."""
+        keeps `refused`: the peers whose latest word, within LOOK_BACK_MS, is that their start was refused
+        (a start or a hello since supersedes it)."""
         now = self.now_ms()
         since = max(now - FRESH_MS, self.mine["started_at"])
         refusals: dict[int, dict[str, Any]] = {}
         # A short read: a peer that never started never says one, and the next check is CHECK_S away.
         peers = peer_hellos(self.kafka, self.topic, self.mine["group_id"], since, self.mine["processes"],
                             timeout_s=2.0, refusals=refusals, refusals_since_ms=now - LOOK_BACK_MS)
-        self.refused = {p: r["reason"] for p, r in refusals.items()
-                        if p != self.mine["process"] and (p not in peers or peers[p]["said_at"] < r["said_at"])}
+        self.refused = {p: (r["reason"], r["said_at"]) for p, r in refusals.items() if p != self.mine["process"]}
         return peers
 
     def _log_waiting(self, waited: float, peers: Mapping[int, Mapping[str, Any]]) -> None:
         me, addresses = self.mine["process"], self.mine["addresses"]
         silent = [p for p in range(self.mine["processes"]) if p != me and p not in peers]
-        for process, reason in sorted(self.refused.items()):  # why it is not running, in its own words
-            log.warning("the cluster has not formed: a process refused to start; put right what it says and "
-                        "start it again", extra={"refused_process": process, "address": addresses[process]
-                                                 if process < len(addresses) else "?", "reason": reason})
+        for process, (reason, said_at) in sorted(self.refused.items()):  # why it is not running, in its words
+            log.warning("the cluster has not formed: a process's last start was refused; put right what it says "
+                        "and start it again", extra={
+                            "refused_process": process, "address": addresses[process] if process < len(addresses)
+                            else "?", "reason": reason, "seconds_ago": max(0, round((self.now_ms() - said_at) / 1000))})
         # Same count, other names (a typo, another namespace): worth a look while nothing connects.
         other = [f"process {p}: {';'.join(h['addresses'])}" for p, h in sorted(peers.items())
                  if p != me and h["addresses"] and h["addresses"] != addresses]

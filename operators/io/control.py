@@ -7,6 +7,7 @@
     {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
     {"command": "hello", ...}   (operators/io/cluster_hello.py: what a process started with, not here)
     {"command": "refused", ...} (operators/io/cluster_hello.py: why a process will not start, not here)
+    {"command": "starting", ...} (operators/io/cluster_hello.py: a process starts again, not here)
 
 The identifier is hashed exactly as events' identifiers are, so it finds the same profile. A
 savepoint command names a directory inside `state.savepoint_dir`, never a path: whoever can write
@@ -43,7 +44,7 @@ SAVEPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch, a
 # The control message's fields: the only key names a refusal may quote.
 _FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name",
                      "expires_at"})
-COMMANDS = ("erase", "savepoint", "drain", "hello", "refused")
+COMMANDS = ("erase", "savepoint", "drain", "hello", "refused", "starting")
 
 
 def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
@@ -85,7 +86,7 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     if command not in COMMANDS:
         return refuse("unknown_command",
                       "control message 'command' must be \"erase\", \"savepoint\" or \"drain\"")
-    if command in ("drain", "hello", "refused"):  # for the processes themselves (drain.py, cluster_hello.py)
+    if command in ("drain", "hello", "refused", "starting"):  # for the processes (drain.py, cluster_hello.py)
         return None
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
