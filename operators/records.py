@@ -219,6 +219,8 @@ class Trigger(NamedTuple):
     trigger_id: str  # deterministic: the event id, or "<signal>:<start ts>"
     ts: int
     attrs: dict[str, Any]
+    # An event's (its id is unique only within its source: the type tells two sources' ids apart).
+    event: bool = False
 
 
 @dataclass(frozen=True, slots=True)

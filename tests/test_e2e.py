@@ -157,9 +157,13 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
         got[headers["ce_id"].decode()] = (body["action"], body["channel"], body["offer"], body["reasons"],
                                           headers["ce_time"].decode(), headers["ce_expirytime"].decode())
 
+    TYPES = {"b-2": "app_purchase", "b-3": "store_purchase", "c-1": "call_center_contact", "e-3": "purchase"}
+
     def expect(who: str, rule: str, trigger_id: str, action: str, channel: str, offer: str | None,
                signals: dict[str, Any], at: int, valid_ms: int) -> tuple[str, tuple[Any, ...]]:
-        return decision_id(customer_key(who), rule, trigger_id), (
+        # An event's decision id covers its type (arbitration.decision_id); a fired absence's names its signal.
+        on = None if trigger_id.startswith("cart_abandoned:") else TYPES[trigger_id]
+        return decision_id(customer_key(who), rule, trigger_id, on), (
             action, channel, offer, {"rule_id": rule, "signals": signals}, rfc3339(at), rfc3339(at + valid_ms))
 
     expected = dict([

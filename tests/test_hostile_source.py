@@ -366,8 +366,8 @@ def _backlog(now: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, byt
                                               "ts": t + 3 * MIN, "customer_id": who, "topic": "billing",
                                               "outcome": "unresolved"})))
         key = pseudonymize("customer", who, FLOW_SECRET.encode())
-        expected[key] = {decision_id(key, "post_purchase_cross_sell", f"{who}-buy"),
-                         decision_id(key, "call_center_follow_up", f"{who}-call")}
+        expected[key] = {decision_id(key, "post_purchase_cross_sell", f"{who}-buy", "purchase"),
+                         decision_id(key, "call_center_follow_up", f"{who}-call", "call_center_contact")}
     return a, b, expected
 
 

@@ -103,7 +103,7 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     # A late event's id is kept from the customer's frontier, not its own time: it must outlive its arrival.
     dedupe.remember(profile, key, (newest if is_late else ts) + ruleset.dedupe_horizon_ms)  # type: ignore[operator]
     if not is_late and event.type in ruleset.by_trigger:
-        decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs), out)
+        decide(profile, ruleset, Trigger(event.type, event.event_id, ts, event.attrs, True), out)
     ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts
     prune_at = profile.prune_at
     if prune_at is not None and ref >= prune_at:

@@ -24,8 +24,15 @@ from nextclick.operators.rules.addressing import address_for
 from nextclick.operators.rules.model import CompiledRule, RuleSet
 
 
-def decision_id(customer: str, rule_id: str, trigger_id: str) -> str:
-    """Same customer, rule and trigger give the same id, so consumers can dedupe after a replay."""
+def decision_id(customer: str, rule_id: str, trigger_id: str, event_type: str | None = None) -> str:
+    """Same customer, rule and trigger give the same id, so consumers can dedupe after a replay.
+
+    `event_type`: the trigger is that event. An event id is unique only within its source (a web order
+    1001 and a store sale 1001 are two events), so the type is part of the id: two decisions of one rule
+    on both would otherwise share one, and a consumer that dedupes by it would drop the second. An
+    absence's trigger id already names its signal."""
+    if event_type is not None:
+        return hashlib.sha256(f"{customer}|{rule_id}|{event_type}/{trigger_id}".encode()).hexdigest()[:32]
     return hashlib.sha256(f"{customer}|{rule_id}|{trigger_id}".encode()).hexdigest()[:32]
 
 
@@ -88,7 +95,8 @@ def decide(profile: Profile, ruleset: RuleSet, trigger: Trigger, out: Outcome) -
             history.record(profile, rule.id, rule.channel, ts, rule.cooldown_ms,
                            ruleset.cap_horizon_ms if candidate.capped else 0)
         out.decisions.append(Decision(
-            decision_id=decision_id(customer, rule.id, trigger.trigger_id), customer=customer,
+            decision_id=decision_id(customer, rule.id, trigger.trigger_id, trigger.name if trigger.event else None),
+            customer=customer,
             rule_id=rule.id, action=rule.action, channel=rule.channel, offer=rule.offer,
             priority=rule.priority, trigger=trigger.name, trigger_id=trigger.trigger_id,
             decided_at=ts, expires_at=ts + rule.expiry_ms, profile_version=profile.facts.version,

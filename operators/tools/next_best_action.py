@@ -200,7 +200,7 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
     log: list[tuple[Trigger, Tried]] = []
     traced = traced_rules(dataclasses.replace(ruleset, getters=_view_getters(ruleset, record)), log)
     out = Outcome()
-    trigger = Trigger(event.type, event.event_id, event.ts, event.attrs)
+    trigger = Trigger(event.type, event.event_id, event.ts, event.attrs, True)
     decide(profile, traced, trigger, out)
     unknown = _unknown(ruleset)
     blocked = {b.rule_id: b.reason for b in out.blocked}

@@ -197,6 +197,22 @@ def test_decision_carries_rule_signals_version_expiry_and_a_deterministic_id():
     assert {d.decision_id for d in other}.isdisjoint(d.decision_id for d in first)
 
 
+def test_two_sources_events_with_one_id_make_two_decisions_with_two_ids():
+    """Event ids are unique per source: web order 1001 and app order 1001 are two purchases. Each gets
+    its cross-sell (past the cooldown), and a consumer deduping by decision id must keep both (an
+    outside probe: both carried one ce_id, and the second order's email was dropped)."""
+    rules = default_rules()
+    profile = new_profile("c1")
+    on_event(profile, consent(T0 - MIN), rules)
+    web = on_event(profile, make_event("purchase", T0, event_id="1001", amount=50.0, order_id="w1"), rules)
+    app = on_event(profile, make_event("app_purchase", T0 + 4 * DAY, event_id="1001", amount=60.0,
+                                       order_id="a1"), rules)
+    [first] = [d for d in web.decisions if d.rule_id == "post_purchase_cross_sell"]
+    [second] = [d for d in app.decisions if d.rule_id == "post_purchase_cross_sell"]
+    assert first.trigger_id == second.trigger_id == "1001"  # the body still says which event
+    assert first.decision_id != second.decision_id
+
+
 def test_decision_ids_differ_per_rule_and_trigger():
     ids = {decision_id("c1", "r", "t"), decision_id("c1", "r", "t2"), decision_id("c1", "r2", "t"),
            decision_id("c2", "r", "t")}
