@@ -7,6 +7,8 @@ steps and collects what comes out. Storing the profile and sending decisions is 
 
 from __future__ import annotations
 
+from typing import Any
+
 from nextclick.operators.profile import dedupe, history
 from nextclick.operators.profile.facts import apply_facts
 from nextclick.operators.profile.model import Profile
@@ -16,23 +18,36 @@ from nextclick.operators.rules.model import RuleSet
 
 
 def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcome) -> None:
-    """Absences whose deadline has passed by `until_ms` fire (once) and leave state; then each is
-    decided, in declaration order (so no fired absence still reads as pending to another's rules)."""
+    """Absences whose deadline has passed by `until_ms` fire (once) and leave state, in deadline order:
+    each deadline's absences leave state together, then each is decided (in declaration order), then the
+    next deadline's. So how far the frontier jumped between two turns (one turn past both deadlines, or
+    one turn each) never changes which is decided first, and so which a cap or a cooldown blocks."""
     signals = profile.signals
-    fired: list[Trigger] | None = None
-    for signal in ruleset.firing:
+    due: list[tuple[int, int, Any]] | None = None
+    for n, signal in enumerate(ruleset.firing):
         state = signals.get(signal.name)
         if state is not None:
             deadline = signal.deadline(state)
             if deadline is not None and deadline <= until_ms:
-                if fired is None:
-                    fired = []
-                fired.append(signal.fire(state))
-                del signals[signal.name]
-    if fired is not None:
-        out.absences += len(fired)
+                if due is None:
+                    due = []
+                due.append((deadline, n, signal))
+    if due is None:
+        return
+    out.absences += len(due)
+    if len(due) > 1:
+        due.sort(key=lambda entry: (entry[0], entry[1]))
+    start = 0
+    while start < len(due):
+        end = start + 1
+        while end < len(due) and due[end][0] == due[start][0]:
+            end += 1
+        fired = []
+        for _, _, signal in due[start:end]:  # no fired absence still reads as pending to another's rules
+            fired.append(signal.fire(signals.pop(signal.name)))
         for trigger in fired:
             decide(profile, ruleset, trigger, out)
+        start = end
 
 
 def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:

@@ -197,6 +197,33 @@ def test_decision_carries_rule_signals_version_expiry_and_a_deterministic_id():
     assert {d.decision_id for d in other}.isdisjoint(d.decision_id for d in first)
 
 
+def test_absences_due_in_one_turn_are_decided_in_deadline_order(tmp_path):
+    """A cart at T (its reminder due at T+60m), three page views at T+30m (the browse ad due at T+50m),
+    one message a day at most. In event time the ad goes and the reminder is capped, however far the
+    frontier jumps: one turn past both deadlines decides as two turns, one each. (An outside probe: the
+    reminder, declared first, won whenever both fell in one turn, so a backlog's decisions changed with
+    the process count and after a SIGKILL.)"""
+    text = DEFAULT_RULES_PATH.read_text().replace('overall = { limit = 4, window = "24h" }',
+                                                  'overall = { limit = 1, window = "24h" }')
+    rules = load_rules(write_rules(tmp_path, text))
+    lateness = rules.late.allowed_lateness_ms
+
+    def story():
+        profile = new_profile("c1")
+        profile.ids = {"customer": ["c1"], "email": ["e1"], "cookie": ["k1"]}
+        on_event(profile, consent(T0 - MIN), rules)
+        on_event(profile, make_event("add_to_cart", T0, sku="s", amount=80.0), rules)
+        for n in range(3):
+            on_event(profile, make_event("page_view", T0 + 30 * MIN + n, page_type="product"), rules)
+        return profile
+
+    one_turn = on_timers(story(), rules, T0 + 70 * MIN + lateness).decisions
+    profile = story()
+    two_turns = [*on_timers(profile, rules, T0 + 55 * MIN + lateness).decisions,
+                 *on_timers(profile, rules, T0 + 70 * MIN + lateness).decisions]
+    assert [d.rule_id for d in one_turn] == [d.rule_id for d in two_turns] == ["browse_abandonment_ad"]
+
+
 def test_two_sources_events_with_one_id_make_two_decisions_with_two_ids():
     """Event ids are unique per source: web order 1001 and app order 1001 are two purchases. Each gets
     its cross-sell (past the cooldown), and a consumer deduping by decision id must keep both (an

@@ -180,7 +180,13 @@ def test_the_new_engine_makes_the_old_engines_decisions_and_profiles(tmp_path: P
 
     expected = [[kind, as_now(did, customer, rule, trigger, trigger_id), customer, rule, channel, trigger, trigger_id,
                  *rest] for kind, did, customer, rule, channel, trigger, trigger_id, *rest in old["decisions"]]
-    assert [orjson.loads(orjson.dumps(d)) for d in decisions] == expected
+    # Absences due in one timer turn are decided in deadline order since (the old engine: declaration
+    # order, so which one a cap blocked depended on how far the frontier had jumped). The same decisions;
+    # within a turn, in another order.
+    def in_order(found: list[list[Any]]) -> list[list[Any]]:
+        return sorted(found, key=lambda d: (d[2], d[7], d[3]))
+
+    assert in_order([orjson.loads(orjson.dumps(d)) for d in decisions]) == in_order(expected)
     assert len(snapshots) == len(old["snapshots"]) == 3
     rules = default_rules()
 
