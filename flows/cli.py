@@ -159,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain
     try:
         return runner.run(config, flow, workers=args.workers, process_id=place.process_id,
-                          addresses=list(place.addresses), recovery_partitions=count, resumes=plan.resumes)
+                          addresses=list(place.addresses), recovery_partitions=count, resumes=plan.resumes,
+                          lineage=plan.lineage)
     finally:
         if scheduler is not None:
             scheduler.close()

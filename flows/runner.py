@@ -115,7 +115,8 @@ class FlowRunner:
     # -- running -------------------------------------------------------------------------------------
 
     def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
-            addresses: Sequence[str] | None = None, recovery_partitions: int = 1, resumes: bool | None = None) -> int:
+            addresses: Sequence[str] | None = None, recovery_partitions: int = 1, resumes: bool | None = None,
+            lineage: str | None = None) -> int:
         """Run `flow` (built with `stop=self.stop`) to its end; 0 once drained or at the end of input.
         `recovery_partitions`: the cluster's count of recovery partitions, as this process was told it.
         `resumes`: this process's state goes on from a committed epoch (StartPlan.resumes)."""
@@ -143,16 +144,28 @@ class FlowRunner:
             watch.watching.wait(30)
 
         mine = None
+        hellos: cluster_hello.HelloWatch | None = None
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
+            ran_with = cluster_hello.read_ran_with(config.state.dir, lineage) if lineage else None
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
                                        __version__, declared_settings(), drain.now_ms(),  # as build_flow declared
-                                       cluster, resumes)
+                                       cluster, resumes, lineage, ran_with)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
+            if ran_with:  # before the cluster forms: a volume of another cluster mixes nothing in
+                peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
+                                                  mine["started_at"] - cluster_hello.FRESH_MS, len(cluster),
+                                                  timeout_s=3.0, current=True)
+                foreign = cluster_hello.foreign_states(mine, peers)
+                if foreign is not None:
+                    cluster_hello.publish_hello(config.kafka, config.topics.control, cluster_hello.refusal(
+                        config.flow.group_id, me, foreign, drain.now_ms()), timeout_s=5.0)
+                    raise Explained(foreign)
             connected = self._peer_watch.connected if self._peer_watch is not None else threading.Event()
+            state_dir = config.state.dir
             hellos = cluster_hello.HelloWatch(  # formed once the peers connected or the dataflow was built
                 config.kafka, config.topics.control, dict(mine),
                 lambda: connected.is_set() or health.STATUS.listed_at is not None, _refuse_to_wait,
-                drain.now_ms)
+                drain.now_ms, on_formed=lambda peers: cluster_hello.record_ran_with(state_dir, peers, len(cluster)))
             hellos.start()
             watchers.append(hellos)
         _quiet_late_panics()
@@ -196,6 +209,9 @@ class FlowRunner:
             for w in watchers:
                 w.stopped.set()
 
+        if hellos is not None:  # the run formed and ended: who it ran with, if the watch had no time to say
+            hellos.join(5.0)
+            hellos.tell_formed()
         committed = commit_final_offsets(config.kafka, config.flow.group_id)
         log.info("stopped", extra={"reason": "drained" if self.stop.is_set() else "end of input",
                                    "seconds": round(time.monotonic() - self.started, 2),

@@ -14,10 +14,13 @@ from hypothesis import strategies as st
 from nextclick.operators.io.cluster_hello import (
     HelloWatch,
     differences,
+    foreign_states,
     hello,
     lost_volumes,
     parse_hello,
     parse_refusal,
+    read_ran_with,
+    record_ran_with,
     refusal,
     starting,
 )
@@ -130,3 +133,26 @@ def test_a_refusal_is_read_only_for_its_group_and_the_dataflow_passes_over_it() 
     again = starting("g", 1, 1_800_000_000_001)
     assert parse_refusal(orjson.dumps(again), "g") == again
     assert parse_control(b"starting/g/1", orjson.dumps(again), [], SourcePosition("c", 0, 2), secret=b"s") is None
+
+
+def test_states_that_never_ran_together_are_named_and_new_or_shared_ones_say_nothing(tmp_path) -> None:
+    """A pod of cluster A started beside a pod of cluster B (a volume of another deployment): each state
+    last ran with others, so they are named before any epoch. A state that never ran in a cluster (new,
+    or restored) says nothing, nor does one that ran with this one."""
+    def at(process: int, lineage: str, ran_with: list[str] | None) -> dict[str, Any]:
+        return hello("g", process, 2, 1, 2, "1.0", SETTINGS, 0, ("a:1", "b:1"), True, lineage, ran_with)
+
+    a0, b1 = at(0, "a0", ["a0", "a1"]), at(1, "b1", ["b0", "b1"])
+    line = foreign_states(a0, {0: a0, 1: b1})
+    assert line is not None and "process 1's (state b1)" in line and "process 0, state a0" in line
+    assert foreign_states(a0, {1: at(1, "a1", ["a0", "a1"])}) is None  # its own cluster's
+    assert foreign_states(a0, {1: at(1, "n1", None)}) is None  # a new or restored volume: the lost-volume checks
+    assert foreign_states(at(0, "n0", None), {1: b1}) is None
+    assert foreign_states(a0, {2: b1}) is None  # beyond this cluster's size: an earlier cluster's hello
+    # What a formed cluster records, and only about the state it was written for.
+    assert record_ran_with(tmp_path, {0: a0, 1: at(1, "a1", None)}, 2)
+    assert read_ran_with(tmp_path, "a0") == ["a0", "a1"] and read_ran_with(tmp_path, "restored") is None
+    assert not record_ran_with(tmp_path / "x", {0: a0}, 2)  # not every process's hello: nothing written
+    assert parse_hello(orjson.dumps(b1), "g") == b1
+    for field, bad in (("lineage", 3), ("ran_with", "b0"), ("ran_with", [1])):
+        assert parse_hello(orjson.dumps({**b1, field: bad}), "g") is None, field

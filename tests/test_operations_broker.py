@@ -35,7 +35,7 @@ from nextclick.operators.infra import metrics
 from nextclick.operators.io import cluster_hello
 from nextclick.operators.io.kafka_source import KafkaInput
 from nextclick.operators.io.topics import ensure_topics
-from nextclick.operators.state.manifest import secret_fingerprint
+from nextclick.operators.state.manifest import read_manifest, secret_fingerprint
 from tests.flowrun import (
     REPO,
     SECRET,
@@ -474,6 +474,27 @@ def test_a_process_refused_at_start_tells_the_peers_waiting_for_it(setup: FlowSe
                                 cluster_hello.starting("nextclick", 1, int(time.time() * 1000)))
     watch.live_peers()
     assert watch.refused == {}
+
+
+def test_a_volume_of_another_cluster_is_named_before_any_epoch(setup: FlowSetup) -> None:
+    """A cluster records, once formed, which states ran together. A pod of another deployment started as
+    one of its processes (a wrong volume claim) used to run, mixing both deployments' state, and the
+    owner could not start again; now it stops before the cluster forms, with one line naming both."""
+    produce(setup.kafka, setup.inputs[0], workload(5), 1)
+    run_to_end(setup, processes=2)
+    manifest = read_manifest(setup.state_dir)
+    assert manifest is not None
+    recorded = orjson.loads((setup.state_dir / cluster_hello.RAN_WITH_FILE).read_bytes())
+    assert recorded == {"ran_with": [manifest.lineage]}  # one state directory, shared by both processes
+    now = int(time.time() * 1000)
+    other = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, now, [], True, "b-pod-1",
+                                ["b-pod-0", "b-pod-1"])  # process 1 now runs on a volume of deployment B
+    cluster_hello.publish_hello(setup.kafka, setup.control, other)
+    line = run_failing(setup, run_args=("--process-id", "0", "--addresses",
+                                        f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"))
+    assert line.startswith("the state volumes of this cluster never ran together: process 1's (state b-pod-1) "
+                           f"and this one's (process 0, state {manifest.lineage})"), line
+    assert read_manifest(setup.state_dir) == manifest
 
 
 def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup, tmp_path: Path) -> None:

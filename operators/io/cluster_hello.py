@@ -26,9 +26,11 @@ The dataflow's control reader skips hellos (operators/io/control.py), as it skip
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,16 +50,68 @@ FRESH_MS = 30_000  # a hello said within this long is a live process's (three re
 FORM_WAIT_S = 10.0  # how long peers may take to connect before their hellos are compared
 WAIT_LOG_S = 30.0  # how often a process whose peers have not connected says who it waits for
 CHECK_S = 5.0  # how often the watch wakes to say its hello again or compare its peers'
+FIRST_CHECKS_S = 0.5  # how often in the first FORM_WAIT_S, when the cluster forms: only a flag is read
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
           settings: Mapping[str, str], now_ms: int, addresses: Sequence[str] = (),
-          resumes: bool | None = None) -> dict[str, Any]:
-    """`resumes`: whether this process's state goes on from a committed epoch (StartPlan.resumes)."""
+          resumes: bool | None = None, lineage: str | None = None,
+          ran_with: Sequence[str] | None = None) -> dict[str, Any]:
+    """`resumes`: whether this process's state goes on from a committed epoch (StartPlan.resumes).
+    `lineage`: its state's (the manifest's); `ran_with`: the lineages of the states its state last ran
+    with in one cluster (`read_ran_with`), so a volume of another cluster is named before any epoch."""
     return {"command": "hello", "group_id": group_id, "process": process_id, "processes": processes,
             "workers": workers, "recovery_partitions": recovery_partitions, "release": release,
             "settings": dict(settings), "started_at": now_ms, "said_at": now_ms, "addresses": list(addresses),
-            "resumes": resumes}
+            "resumes": resumes, "lineage": lineage, "ran_with": list(ran_with) if ran_with is not None else None}
+
+
+# In the state directory: the lineages of the states this state last ran with in one cluster.
+RAN_WITH_FILE = ".nextclick-cluster.json"
+
+
+def read_ran_with(state_dir: str | Path, lineage: str) -> list[str] | None:
+    """What `record_ran_with` wrote, if it is about this state (a restore or a reset makes a new lineage,
+    and a file of the old one says nothing about it)."""
+    try:
+        ran_with = orjson.loads((Path(state_dir) / RAN_WITH_FILE).read_bytes())["ran_with"]
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(ran_with, list) or lineage not in ran_with or not all(isinstance(x, str) for x in ran_with):
+        return None
+    return ran_with
+
+
+def record_ran_with(state_dir: str | Path, peers: Mapping[int, Mapping[str, Any]], processes: int) -> bool:
+    """Once the cluster has formed: the lineage of every process's state, from their hellos (all of them,
+    or nothing is written). Written whole (a rename), so a crash leaves the old file or the new one."""
+    lineages = [peers[p].get("lineage") for p in range(processes) if p in peers]
+    if len(lineages) < processes or not all(isinstance(x, str) for x in lineages):
+        return False
+    path = Path(state_dir) / RAN_WITH_FILE
+    scratch = path.with_name(f"{RAN_WITH_FILE}.{os.getpid()}.tmp")  # processes sharing a directory write alike
+    scratch.write_bytes(orjson.dumps({"ran_with": sorted(set(lineages))}))
+    os.replace(scratch, path)
+    return True
+
+
+def foreign_states(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """One line when a peer's state and this one's never ran together in one cluster, by what each
+    recorded the last time its cluster formed (a state that never ran in one says nothing): a volume of
+    another deployment, or of another cluster's pod, was attached, and running would mix their states."""
+    ran_with, lineage = mine.get("ran_with"), mine.get("lineage")
+    if not ran_with or not lineage:
+        return None
+    foreign = sorted(p for p, theirs in peers.items()
+                     if p != mine["process"] and 0 <= p < mine["processes"] and theirs.get("ran_with")
+                     and theirs.get("lineage") not in ran_with and lineage not in theirs["ran_with"])
+    if not foreign:
+        return None
+    shown = ", ".join(f"process {p}'s (state {peers[p]['lineage']})" for p in foreign)
+    return (f"the state volumes of this cluster never ran together: {shown} and this one's (process "
+            f"{mine['process']}, state {lineage}) each last ran in another cluster, so one of them is another "
+            "deployment's or another pod's volume; nothing was applied. Attach each pod's own volume, or restore "
+            "a savepoint onto empty volumes (docs/state.md, \"What a cluster needs from its volumes\")")
 
 
 def refusal(group_id: str, process_id: int, reason: str, now_ms: int) -> dict[str, Any]:
@@ -94,12 +148,14 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
 def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
                 timeout_s: float = 10.0, started_before_ms: int | None = None,
                 refusals: dict[int, dict[str, Any]] | None = None,
-                refusals_since_ms: int | None = None) -> dict[int, dict[str, Any]]:
+                refusals_since_ms: int | None = None, current: bool = False) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
     read until every one of `processes` has said one and the topic is quiet, or `timeout_s`.
     `started_before_ms`: only hellos of starts before then (a peer that restarted after the cluster
     failed says what its next start found, not what the failed cluster ran with). `refusals`, if given,
-    gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`)."""
+    gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`). `current`: only
+    hellos of each process's latest start (one said before its latest start or refusal is an earlier
+    life's: another volume, maybe)."""
     found: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # per process, its latest refusal or start
     refused_since = since_ms if refusals_since_ms is None else refusals_since_ms
@@ -125,7 +181,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
                     if record["said_at"] >= since_ms and (started_before_ms is None
                                                           or record["started_at"] < started_before_ms):
                         found[record["process"]] = record
-                elif refusals is not None and (said := parse_refusal(msg.value(), group_id)) is not None:
+                elif (refusals is not None or current) and (said := parse_refusal(msg.value(), group_id)) is not None:
                     last = latest.get(said["process"])
                     if last is None or said["said_at"] >= last["said_at"]:
                         latest[said["process"]] = said
@@ -133,6 +189,10 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
         log.warning("could not read the peers' hellos", extra={"topic": topic, "error": str(exc)})
     finally:
         consumer.close()
+    if current:
+        for process, said in latest.items():
+            if process in found and found[process]["said_at"] < said["said_at"]:
+                del found[process]
     if refusals is not None:  # a refusal holds until the process starts again or says a hello
         for process, said in latest.items():
             hello_at = found[process]["said_at"] if process in found else -1
@@ -152,12 +212,17 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     body.setdefault("said_at", body.get("started_at"))  # a hello said once, at start
     body.setdefault("addresses", [])
     body.setdefault("resumes", None)  # a hello from before it was said
+    body.setdefault("lineage", None)  # and before these were
+    body.setdefault("ran_with", None)
     if (not all(type(body.get(name)) is int for name in (*counts, "said_at"))
             or not isinstance(body.get("release"), str)
             or not isinstance(body.get("settings"), dict)
             or not all(isinstance(v, str) for v in body["settings"].values())
             or not isinstance(body["addresses"], list) or not all(isinstance(a, str) for a in body["addresses"])
-            or (body["resumes"] is not None and type(body["resumes"]) is not bool)):
+            or (body["resumes"] is not None and type(body["resumes"]) is not bool)
+            or (body["lineage"] is not None and not isinstance(body["lineage"], str))
+            or (body["ran_with"] is not None and (not isinstance(body["ran_with"], list)
+                                                  or not all(isinstance(x, str) for x in body["ran_with"])))):
         return None  # not one a process of this release wrote
     return body
 
@@ -241,10 +306,13 @@ class HelloWatch(threading.Thread):
     live peer started otherwise, and logs whom it waits for."""
 
     def __init__(self, kafka: Mapping[str, Any], topic: str, mine: dict[str, Any], formed: Callable[[], bool],
-                 refuse: Callable[[str], None], now_ms: Callable[[], int]) -> None:
+                 refuse: Callable[[str], None], now_ms: Callable[[], int],
+                 on_formed: Callable[[dict[int, dict[str, Any]]], bool] | None = None) -> None:
+        """`on_formed`: given every process's hello once the cluster has formed (`record_ran_with`); asked
+        again at each check until it says it is done, while hellos are said."""
         super().__init__(name="nextclick-hello", daemon=True)
         self.kafka, self.topic, self.mine, self.formed = kafka, topic, mine, formed
-        self.refuse, self.now_ms = refuse, now_ms
+        self.refuse, self.now_ms, self.on_formed = refuse, now_ms, on_formed
         self.stopped = threading.Event()
         self.refused: dict[int, tuple[str, int]] = {}  # peer -> its last start's refusal and when (live_peers)
 
@@ -253,10 +321,15 @@ class HelloWatch(threading.Thread):
         started = said = time.monotonic()
         logged = started - WAIT_LOG_S  # the first check that finds the cluster unformed says so
         formed_at: float | None = None
-        while not self.stopped.wait(CHECK_S):
+        wait = FIRST_CHECKS_S  # the cluster forms in a moment: a short run must still record who it ran with
+        while not self.stopped.wait(wait):
             now = time.monotonic()
+            if now - started >= FORM_WAIT_S or (formed_at is not None and self.on_formed is None):
+                wait = CHECK_S
             if formed_at is None and self.formed():
                 formed_at = now
+            if formed_at is not None:
+                self.tell_formed()
             if formed_at is not None and now - formed_at > SAY_AFTER_FORMED_S:
                 break
             if now - said >= REFRESH_S:
@@ -273,6 +346,17 @@ class HelloWatch(threading.Thread):
                     logged = now
                     self._log_waiting(now - started, peers)
         producer.flush(1.0)
+
+    def tell_formed(self) -> None:
+        """Hand `on_formed` every process's hello, until it says it is done (also once the run ends: a
+        short run may end before the watch's next check)."""
+        on_formed = self.on_formed
+        if on_formed is None:
+            return
+        peers = peer_hellos(self.kafka, self.topic, self.mine["group_id"], self.mine["started_at"] - FRESH_MS,
+                            self.mine["processes"], timeout_s=2.0)
+        if on_formed({**peers, self.mine["process"]: self.mine}):
+            self.on_formed = None
 
     def live_peers(self) -> dict[int, dict[str, Any]]:
         """The peers that said a hello since this process started, lately: processes running now. Also

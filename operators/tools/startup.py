@@ -34,6 +34,7 @@ import orjson
 from nextclick.operators.identity.graph import GROUP_PREFIX, graph_path
 from nextclick.operators.identity.guards import IdentityRules, load_identity_rules
 from nextclick.operators.infra.config import DEFAULT_RULES_FILE, Config
+from nextclick.operators.io.cluster_hello import RAN_WITH_FILE
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.keys import PROFILE_PREFIX, shard_of
 from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP, PROFILES, Family, families, has_store
@@ -443,7 +444,7 @@ def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, m
     return (manifest.restore is None and marker in (None, manifest.lineage)
             and all(step.rsplit(".", 1)[-1] in (INPUT_STEP, CONTROL_STEP)
                     for step, snapshots in view.snapshots.items() if snapshots)
-            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE) or p.name.startswith(RUN_LOCK_PREFIX)
+            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE, RAN_WITH_FILE) or p.name.startswith(RUN_LOCK_PREFIX)
                     for p in state_dir.iterdir()))
 
 
