@@ -148,14 +148,16 @@ def publish_hello(kafka: Mapping[str, Any], topic: str, record: dict[str, Any], 
 def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
                 timeout_s: float = 10.0, started_before_ms: int | None = None,
                 refusals: dict[int, dict[str, Any]] | None = None,
-                refusals_since_ms: int | None = None, current: bool = False) -> dict[int, dict[str, Any]]:
+                refusals_since_ms: int | None = None, current: bool = False,
+                poll_s: float = 0.3) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
     read until every one of `processes` has said one and the topic is quiet, or `timeout_s`.
     `started_before_ms`: only hellos of starts before then (a peer that restarted after the cluster
     failed says what its next start found, not what the failed cluster ran with). `refusals`, if given,
     gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`). `current`: only
     hellos of each process's latest start (one said before its latest start or refusal is an earlier
-    life's: another volume, maybe)."""
+    life's: another volume, maybe). `poll_s`: how long a read waits for more (twice with nothing: the
+    topic is quiet); a start reads with a short one, not to delay its cluster's forming."""
     found: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # per process, its latest refusal or start
     refused_since = since_ms if refusals_since_ms is None else refusals_since_ms
@@ -172,7 +174,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
         # and a peer whose hello is missing would be taken for one started alike.
         deadline, quiet, everyone = time.monotonic() + timeout_s, 0, set(range(processes))
         while not (quiet >= 2 and everyone <= found.keys()) and time.monotonic() < deadline:
-            batch = consumer.consume(500, 0.3)
+            batch = consumer.consume(500, poll_s)
             quiet = 0 if batch else quiet + 1
             for msg in batch:
                 if msg.error() is not None:
@@ -354,7 +356,7 @@ class HelloWatch(threading.Thread):
         if on_formed is None:
             return
         peers = peer_hellos(self.kafka, self.topic, self.mine["group_id"], self.mine["started_at"] - FRESH_MS,
-                            self.mine["processes"], timeout_s=2.0)
+                            self.mine["processes"], timeout_s=2.0, poll_s=0.1)
         if on_formed({**peers, self.mine["process"]: self.mine}):
             self.on_formed = None
 
