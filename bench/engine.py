@@ -133,7 +133,13 @@ print(orjson.dumps(out).decode())
 
 
 def _tree(revision: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", revision, "operators", "schemas"], cwd=REPO, capture_output=True)
+    """The revision's code, package included: without `nextclick/` (the one-package layout), its
+    `nextclick.operators` would be imported from this checkout's installed package, and both sides of the
+    comparison would run this code."""
+    archive = subprocess.run(["git", "archive", revision, "operators", "schemas", "nextclick"], cwd=REPO,
+                             capture_output=True)
+    if archive.returncode != 0:  # a revision from before the package
+        archive = subprocess.run(["git", "archive", revision, "operators", "schemas"], cwd=REPO, capture_output=True)
     if archive.returncode != 0:
         raise SystemExit(f"bench.engine: cannot read {revision!r} from git: {archive.stderr.decode().strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
