@@ -808,8 +808,12 @@ def test_a_consent_for_a_purpose_no_rule_reads_is_dead_lettered_by_both_paths(pa
 
     refused = consent(purpose="Marketing")
     assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation"
-    assert refused.message == ("consent: data.purpose 'Marketing' is not one of the consent purposes ['marketing', "
-                               "'service'] (the rules file's [consent] purposes): it would grant or revoke nothing")
+    assert refused.message == ("consent: data.purpose is not one of the consent purposes ['marketing', 'service'] "
+                               "(the rules file's [consent] purposes; compared exactly, in lower case): it would "
+                               "grant or revoke nothing")
+    # The message names the field, never its value: a producer's free text may be an email address.
+    leaked = consent(purpose="jane.doe@example.com")
+    assert isinstance(leaked, DeadLetter) and "jane.doe" not in leaked.message
     assert refused.value == orjson.dumps(payload("consent", channel="email", granted=False, purpose="Marketing"))
     assert isinstance(consent(purpose="service"), Event)
     assert isinstance(consent(), Event)  # no purpose: marketing

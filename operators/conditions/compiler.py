@@ -11,6 +11,8 @@ compare with null; mismatched types fail.
 
 from __future__ import annotations
 
+import datetime
+import math
 import operator
 import re
 import tomllib
@@ -51,7 +53,29 @@ def parse_condition(where: Where, text: Any, field: str = "when") -> Condition:
         raise where.fail(field, f"in {text!r}: {literal!r} is not a value (quote strings: \"loyal\")") from None
     if op in ("in", "not in") and not isinstance(value, list):
         raise where.fail(field, f"in {text!r}: '{op}' needs a list, e.g. [\"a\", \"b\"]")
+    for item in value if op in ("in", "not in") else [value]:
+        why = _not_comparable(item)
+        if why:
+            raise where.fail(field, f"in {text!r}: {why}")
     return Condition(attribute, op, value, text)
+
+
+def _not_comparable(value: Any) -> str | None:
+    """Why a literal can never equal or order against an attribute's value, or None. Attributes hold
+    strings, numbers and booleans; times are epoch milliseconds."""
+    if isinstance(value, datetime.datetime):
+        hint = (f" (write {int(value.timestamp() * 1000)} for {value.isoformat()})" if value.tzinfo is not None
+                else " (with its offset, e.g. Z for UTC, the number is the instant's)")
+        return ("a date-time is not a value an attribute holds: times are epoch milliseconds" + hint +
+                ", or compare an attribute such as days_since_last_purchase")
+    if isinstance(value, (datetime.date, datetime.time)):
+        return "a date or a time of day is not a value an attribute holds: times are epoch milliseconds"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a number a condition can compare: write a finite number"
+    if isinstance(value, (dict, list)):
+        return f"a {'table' if isinstance(value, dict) else 'list'} is not a value an attribute holds " \
+               "(only 'in' and 'not in' take a list, of strings, numbers or booleans)"
+    return None
 
 
 _GROUPS = ("any", "all", "not")

@@ -464,9 +464,9 @@ def _purpose_refused(event: Event, purposes: frozenset[str], key: bytes | None, 
     if purpose in purposes:
         return None
     return DeadLetter(key=key, value=value, headers=_headers_tuple(headers), source=source, reason="schema_violation",
-                      message=f"consent: data.purpose {purpose!r} is not one of the consent purposes "
-                              f"{sorted(purposes)} (the rules file's [consent] purposes): it would grant or revoke "
-                              "nothing")
+                      message=f"consent: data.purpose is not one of the consent purposes {sorted(purposes)} (the "
+                              "rules file's [consent] purposes; compared exactly, in lower case): it would grant or "
+                              "revoke nothing")  # never the value: a producer's free text may be anything
 
 
 def parse_message_slow(key: bytes | None, value: bytes | None,

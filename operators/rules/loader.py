@@ -208,7 +208,12 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
         if len(errors) > before_condition:
             continue
         why = None
-        if cond.attribute.startswith(TRIGGER_PREFIX):
+        if cond.attribute == "trigger" and cond.op in ("==", "in") and on:
+            # The trigger's name: only the names the rule is `on` can match (a typo never does).
+            names = cond.value if cond.op == "in" else [cond.value]
+            if names and all(n not in on for n in names):
+                why = f"the rule is on {sorted(on)}: {cond.value!r} never matches"
+        elif cond.attribute.startswith(TRIGGER_PREFIX):
             if trigger_kinds is not None and known_on == on:
                 attribute = cond.attribute[len(TRIGGER_PREFIX):]
                 found = [trigger_kinds[t][attribute] for t in on if attribute in trigger_kinds.get(t, {})]
@@ -487,9 +492,11 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     where = Where(path, "[caps]", errors)
     where.check_keys(caps, {"overall", "purposes", *DECISION_CHANNELS})
     capped_purposes = caps.get("purposes")
-    if capped_purposes is not None and (not isinstance(capped_purposes, list) or not all(
+    if capped_purposes is not None and (not isinstance(capped_purposes, list) or not capped_purposes or not all(
             isinstance(p, str) and p for p in capped_purposes)):
-        where.report("purposes", "must be a list of purposes, e.g. [\"marketing\"] (the caps apply to those only)")
+        # An empty list would cap nothing at all: every cap of the file silently off.
+        where.report("purposes", "must be a non-empty list of purposes, e.g. [\"marketing\"] (the caps apply to "
+                                 "those only; leave it out to cap every purpose)")
         capped_purposes = None
     channel_caps = {ch: cap for ch in DECISION_CHANNELS if ch in caps
                     if (cap := where.attempt(_cap, where, ch, caps[ch])) is not None}

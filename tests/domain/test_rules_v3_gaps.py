@@ -229,6 +229,19 @@ MISTAKES = {
     "in an empty list": (BASE_RULE + "when = ['segment in []']\n", "'in' an empty list: never true"),
     "groups nested 17 deep": (BASE_RULE + "when = [" + "{ not = " * 17 + "'orders > 1'" + " }" * 17 + "]\n",
                               "groups are nested more than 16 deep"),
+    # Found by a marketer probe: each loaded, and its rule never fired.
+    "a date-time literal": (BASE_RULE + "when = ['last_purchase >= 2026-11-01T00:00:00Z']\n",
+                            "a date-time is not a value an attribute holds: times are epoch milliseconds (write "
+                            "1793491200000 for 2026-11-01T00:00:00+00:00)"),
+    "a local date": (BASE_RULE + "when = ['last_purchase >= 2026-11-01']\n", "a date or a time of day"),
+    "a NaN threshold": (BASE_RULE + "when = ['lifetime_value >= nan']\n",
+                        "nan is not a number a condition can compare"),
+    "a table": (BASE_RULE + "when = ['orders == {n = 1}']\n", "a table is not a value an attribute holds"),
+    "a list under ==": (BASE_RULE + "when = ['orders == [1]']\n", "a list is not a value an attribute holds"),
+    "a trigger name the rule is not on": (BASE_RULE + "when = ['trigger == \"page_veiw\"']\n",
+                                          "the rule is on ['page_view']: 'page_veiw' never matches"),
+    "caps for no purpose": (BASE_RULE + '[caps]\npurposes = []\nemail = { limit = 1, window = "1d" }\n',
+                            "[caps]: field 'purposes': must be a non-empty list of purposes"),
 }
 
 
