@@ -43,6 +43,14 @@ MAX_GROUPS = 20
 GROUP_FIELDS = {"by", "max_groups"}
 
 
+
+def group_name(value: Any) -> str:
+    """A group's name for a value that is not a string: one number is one group however the producer
+    wrote it (`10` and `10.0`), as `distinct` counts it once."""
+    if type(value) is float and value.is_integer():
+        return str(int(value))
+    return str(value)
+
 class Part(Protocol):
     """What one group's state is to its kind: how an event adds to it and how it is read."""
 
@@ -104,7 +112,7 @@ class Grouped(Expiring):
         if group is None:
             return
         if type(group) is not str:
-            group = str(group)
+            group = group_name(group)
         signals = profile.signals
         groups = signals.get(self.name)
         if groups is None:
@@ -171,7 +179,7 @@ class Grouped(Expiring):
             if group is None:
                 return None
             if type(group) is not str:
-                group = str(group)
+                group = group_name(group)
             return part.value(state.get(group) if state else None, trigger.ts)
         return same_as_trigger
 

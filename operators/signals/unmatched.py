@@ -26,6 +26,7 @@ from nextclick.operators.conditions.fields import Where
 from nextclick.operators.profile.model import Profile
 from nextclick.operators.records import Event
 from nextclick.operators.signals.base import Expiring, Signal
+from nextclick.operators.signals.groups import group_name
 from nextclick.operators.signals.options import check_attribute
 
 MAX_KEYS = 50
@@ -55,7 +56,7 @@ class Unmatched(Expiring):
         value = event.attrs.get(self.by)
         if value is None:
             return
-        key, ts = str(value), event.ts
+        key, ts = group_name(value), event.ts
         slot = 1 if event.type in self.events else 2
         state = profile.signals.get(self.name)
         if state is None:

@@ -151,6 +151,16 @@ def test_four_shoes_and_a_bag_is_four_in_the_shoes_group(tmp_path):
     assert read(c, "product_views_20m.same_as_trigger", at) is None  # the trigger has no category
 
 
+def test_one_number_is_one_group_however_the_producer_wrote_it(tmp_path):
+    """Two carts of 10, one sent as 10 and one as 10.0, are one group (as `distinct` counts them one
+    value): a marketer probe saw "the same amount twice" fire only on the third cart."""
+    by_amount = '[signals.carts_by_amount]\nkind = "count"\nevents = ["add_to_cart"]\nby = "amount"\nwindow = "1h"\n'
+    c = Customer(ruleset(tmp_path, by_amount, rule('["add_to_cart"]', '["carts_by_amount.same_as_trigger >= 2"]')))
+    assert fired(c.send("add_to_cart", T0, sku="a", amount=10)) == []
+    assert fired(c.send("add_to_cart", T0 + MIN, sku="b", amount=10.0)) == [("r", "ads", "add_to_cart")]
+    assert read(c, "carts_by_amount.same_as_trigger", T0 + MIN, amount=10) == 2
+
+
 def test_grouped_values_follow_the_window_per_group(tmp_path):
     c = Customer(ruleset(tmp_path, BY_CATEGORY, rule('["page_view"]', "[]")))
     c.send("page_view", T0, page_type="product", category="bags")
