@@ -236,7 +236,7 @@ def test_caps_purposes_scope_the_caps(tmp_path):
 
 def test_a_bad_caps_purposes_is_named(tmp_path):
     message = one_error(rules(tmp_path, rule(), tail=CAPS + 'purposes = "marketing"\n'))
-    assert "[caps]: field 'purposes': must be a list of purposes" in message
+    assert "[caps]: field 'purposes': must be a non-empty list of purposes" in message
 
 
 # -- decision parameters ---------------------------------------------------------------------------
