@@ -337,3 +337,24 @@ def test_explain_agrees_with_the_flow_on_a_decision_with_no_address(tmp_path, ca
     entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["trigger"], (e["decision"] or {}).get("rule")) for e in entries] == \
         [("page_view", "r1"), ("purchase", "r1")]
+
+
+def test_explain_links_what_a_sign_in_names_as_the_flow_does(tmp_path, capsys):
+    """A sign-in with a customer id and an email, a consent, a cart: the flow links the email and the
+    cart email goes to it. Explain said `unreachable`, because it never recorded a login's linked
+    identifiers (a marketer probe)."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rule]]\nid = "cart_email"\non = ["add_to_cart"]\naction = "send_email"\nchannel = "email"\n'
+                     'require_address = true\n')
+    story = tmp_path / "story.jsonl"
+    story.write_bytes(b"\n".join(orjson.dumps(e) for e in [
+        {"event_id": "l1", "type": "login", "ts": "2026-11-18T10:00:00Z", "customer_id": "C-1",
+         "email": "c1@example.org", "method": "password"},
+        {"event_id": "k1", "type": "consent", "ts": "2026-11-18T10:00:01Z", "customer_id": "C-1",
+         "channel": "email", "granted": True},
+        {"event_id": "a1", "type": "add_to_cart", "ts": "2026-11-18T10:00:02Z", "customer_id": "C-1", "sku": "s",
+         "amount": 80.0}]) + b"\n")
+    assert main(["rules", "explain", str(rules), "--events", str(story), "--json"]) == 0
+    entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [cart] = [e for e in entries if e["trigger"] == "add_to_cart"]
+    assert cart["decision"] is not None and cart["decision"]["rule"] == "cart_email", cart

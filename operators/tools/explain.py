@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from nextclick.operators.conditions.compiler import CUSTOMER_CHANNEL, TRIGGER_PREFIX, View, compile_item
 from nextclick.operators.conditions.model import Condition, Group, leaves
+from nextclick.operators.engine.merge import merge_all
 from nextclick.operators.engine.steps import due_at, on_event, on_timers
 from nextclick.operators.errors import NextclickError
 from nextclick.operators.events.tracking_plan import SHIPPED, TrackingPlan
@@ -220,14 +222,20 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event | DeadLetter]]) 
             yield from turn(customer, f"clock {rfc3339(at)}",
                             lambda p, out: on_timers(p, traced, at, out))[0]  # noqa: B023 - called at once
 
+    linked: dict[str, str] = {}  # an identifier's key -> the key of the story's profile it was linked into
     for line, who, event in story:
         if isinstance(event, DeadLetter):
             yield {"customer": who, "source": f"line {line}", "dead_letter": event.reason, "message": event.message}
             continue
         yield from timers_until(event.ts)
-        names[event.customer] = who
+        home = linked.get(event.customer, event.customer)
+        if home != event.customer:  # keyed by an identifier linked before: its profile is the linked one
+            event = msgspec.structs.replace(event, customer=home)
+        names.setdefault(event.customer, who)
         if event.customer not in profiles:
             profiles[event.customer] = new_profile(event.customer)
+        if event.links:
+            _link(profiles, names, linked, event, ruleset)
         entries, out = turn(event.customer, f"line {line}",
                             lambda p, out: _apply(p, event, traced, out))  # noqa: B023 - called at once
         dropped = getattr(story, "dropped", {}).get(line)
@@ -249,6 +257,29 @@ def explain(ruleset: RuleSet, story: list[tuple[int, str, Event | DeadLetter]]) 
                                     "it triggers nothing"})
         yield from entries
     yield from timers_until(2**62, only_absences=True)
+
+
+def _link(profiles: dict[str, Profile], names: dict[str, str], linked: dict[str, str], event: Event,
+          ruleset: RuleSet) -> None:
+    """As the identity stage links what an event names (a login's email, an identify's device): each
+    identifier joins the event's profile, and a profile the story kept for it so far merges in. A second
+    customer id never joins (two customer ids never merge); the other guards (limits, blocked values:
+    the parser's) are not applied here."""
+    profile = profiles[event.customer]
+    note_ids(profile, event)
+    for id_type, key in event.links:
+        if linked.get(key, key) == event.customer:
+            continue
+        if id_type == "customer" and profile.ids.get("customer"):
+            continue
+        own = profiles.pop(key, None)
+        if own is not None:
+            merge_all(profile, [own], ruleset)
+            names.pop(key, None)
+        linked[key] = event.customer
+        keys = profile.ids.setdefault(id_type, [])
+        if key not in keys:
+            keys.append(key)
 
 
 def _apply(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome) -> None:
