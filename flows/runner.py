@@ -152,10 +152,7 @@ class FlowRunner:
                                        cluster, resumes, lineage, ran_with)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
             if ran_with:  # before the cluster forms: a volume of another cluster mixes nothing in
-                peers = cluster_hello.peer_hellos(config.kafka, config.topics.control, config.flow.group_id,
-                                                  mine["started_at"] - cluster_hello.FRESH_MS, len(cluster),
-                                                  timeout_s=3.0, current=True, poll_s=0.1)
-                foreign = cluster_hello.foreign_states(mine, peers)
+                foreign = cluster_hello.check_same_cluster(config.kafka, config.topics.control, mine)
                 if foreign is not None:
                     cluster_hello.publish_hello(config.kafka, config.topics.control, cluster_hello.refusal(
                         config.flow.group_id, me, foreign, drain.now_ms()), timeout_s=5.0)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from nextclick.operators.io.cluster_hello import (
     HelloWatch,
+    check_same_cluster,
     differences,
     foreign_states,
     hello,
@@ -156,3 +157,25 @@ def test_states_that_never_ran_together_are_named_and_new_or_shared_ones_say_not
     assert parse_hello(orjson.dumps(b1), "g") == b1
     for field, bad in (("lineage", 3), ("ran_with", "b0"), ("ran_with", [1])):
         assert parse_hello(orjson.dumps({**b1, field: bad}), "g") is None, field
+
+
+@pytest.mark.parametrize(("said_again", "refused"), [("live", True), ("stopped", False), ("replaced", False)])
+def test_a_foreign_peer_is_refused_only_once_it_says_so_since_this_start(monkeypatch, said_again, refused):
+    """A stopped process's last hello stays on the control topic: refusing on it would stop the owner's
+    own pods for half a minute (a recheck probe), naming a volume no longer attached. A live peer says
+    its hello again within REFRESH_S; a new start of that process replaces it."""
+    from nextclick.operators.io import cluster_hello as module
+
+    monkeypatch.setattr(module, "SAY_AGAIN_WAIT_S", 1.0)
+    monkeypatch.setattr(module, "SAY_AGAIN_POLL_S", 0.05)
+    mine = hello("g", 0, 2, 1, 2, "1.0", SETTINGS, 1_000, ("a:1", "b:1"), True, "a0", ["a0", "a1"])
+    before = {**hello("g", 1, 2, 1, 2, "1.0", SETTINGS, 500, ("a:1", "b:1"), True, "b1", ["b0", "b1"]),
+              "said_at": 900}
+    later = {"live": {**before, "said_at": 1_500}, "stopped": before,
+             "replaced": hello("g", 1, 2, 1, 2, "1.0", SETTINGS, 1_200, ("a:1", "b:1"), True, "a1", ["a0", "a1"])}
+    reads = iter([{1: before}])
+    monkeypatch.setattr(module, "peer_hellos", lambda *a, **k: next(reads, {1: later[said_again]}))
+    line = check_same_cluster({}, "control", mine)
+    assert (line is not None) is refused
+    if refused:
+        assert line is not None and "process 1's (state b1)" in line

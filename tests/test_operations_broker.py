@@ -486,12 +486,25 @@ def test_a_volume_of_another_cluster_is_named_before_any_epoch(setup: FlowSetup)
     assert manifest is not None
     recorded = orjson.loads((setup.state_dir / cluster_hello.RAN_WITH_FILE).read_bytes())
     assert recorded == {"ran_with": [manifest.lineage]}  # one state directory, shared by both processes
-    now = int(time.time() * 1000)
-    other = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, now, [], True, "b-pod-1",
-                                ["b-pod-0", "b-pod-1"])  # process 1 now runs on a volume of deployment B
-    cluster_hello.publish_hello(setup.kafka, setup.control, other)
-    line = run_failing(setup, run_args=("--process-id", "0", "--addresses",
-                                        f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"))
+    env = {**setup.env(stop_at_end=True), "RUST_BACKTRACE": "1"}
+    started = subprocess.Popen([sys.executable, "-m", "nextclick", "run", "--broker-timeout", "20", "--process-id",
+                                "0", "--addresses", f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"],
+                               cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    # Process 1, running on a volume of deployment B, says its hello again and again, as a live one does.
+    other = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, int(time.time() * 1000), [], True,
+                                "b-pod-1", ["b-pod-0", "b-pod-1"])
+    until = time.monotonic() + 30
+    while started.poll() is None and time.monotonic() < until:
+        cluster_hello.publish_hello(setup.kafka, setup.control, {**other, "said_at": int(time.time() * 1000)})
+        time.sleep(0.5)
+    try:
+        _, stderr = started.communicate(timeout=60)
+    finally:
+        if started.poll() is None:
+            started.kill()
+            started.communicate()
+    assert started.returncode == 1, stderr[-3000:]
+    line = check_stderr(stderr)
     assert line.startswith("the state volumes of this cluster never ran together: process 1's (state b-pod-1) "
                            f"and this one's (process 0, state {manifest.lineage})"), line
     assert read_manifest(setup.state_dir) == manifest

@@ -25,6 +25,7 @@ The dataflow's control reader skips hellos (operators/io/control.py), as it skip
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -51,6 +52,11 @@ FORM_WAIT_S = 10.0  # how long peers may take to connect before their hellos are
 WAIT_LOG_S = 30.0  # how often a process whose peers have not connected says who it waits for
 CHECK_S = 5.0  # how often the watch wakes to say its hello again or compare its peers'
 FIRST_CHECKS_S = 0.5  # how often in the first FORM_WAIT_S, when the cluster forms: only a flag is read
+# How long a start waits for a peer whose hello says its state ran in another cluster to say so again
+# (it does every REFRESH_S while it waits) before taking that hello for a stopped process's, and how often
+# it reads meanwhile.
+SAY_AGAIN_WAIT_S = REFRESH_S + 3.0
+SAY_AGAIN_POLL_S = 1.0
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
@@ -68,6 +74,27 @@ def hello(group_id: str, process_id: int, processes: int, workers: int, recovery
 
 # In the state directory: the lineages of the states this state last ran with in one cluster.
 RAN_WITH_FILE = ".nextclick-cluster.json"
+
+
+def check_same_cluster(kafka: Mapping[str, Any], topic: str, mine: Mapping[str, Any]) -> str | None:
+    """Before the cluster forms: one line if a live peer's state never ran with this one's
+    (`foreign_states`), else None. A peer whose hello says so but was said before this start may be a
+    process that stopped (its last word stays on the topic): it must say so again, as a waiting process
+    does every REFRESH_S, or be replaced by a start of its own (its `starting` supersedes it)."""
+    read = functools.partial(peer_hellos, kafka, topic, mine["group_id"], mine["started_at"] - FRESH_MS,
+                             mine["processes"], timeout_s=3.0, current=True, poll_s=0.1)
+    if foreign_states(mine, read()) is None:
+        return None
+    deadline = time.monotonic() + SAY_AGAIN_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(SAY_AGAIN_POLL_S)
+        peers = read()
+        if foreign_states(mine, peers) is None:
+            return None
+        line = foreign_states(mine, peers, said_since_ms=mine["started_at"])
+        if line is not None:
+            return line
+    return None  # nothing said it again: a stopped process's hello
 
 
 def read_ran_with(state_dir: str | Path, lineage: str) -> list[str] | None:
@@ -95,16 +122,20 @@ def record_ran_with(state_dir: str | Path, peers: Mapping[int, Mapping[str, Any]
     return True
 
 
-def foreign_states(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]]) -> str | None:
+def foreign_states(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]],
+                   said_since_ms: int | None = None) -> str | None:
     """One line when a peer's state and this one's never ran together in one cluster, by what each
     recorded the last time its cluster formed (a state that never ran in one says nothing): a volume of
-    another deployment, or of another cluster's pod, was attached, and running would mix their states."""
+    another deployment, or of another cluster's pod, was attached, and running would mix their states.
+    `said_since_ms`: only peers that said their hello since then count (a stopped process's last hello
+    stays on the topic; one said since this process started is a live one's)."""
     ran_with, lineage = mine.get("ran_with"), mine.get("lineage")
     if not ran_with or not lineage:
         return None
     foreign = sorted(p for p, theirs in peers.items()
                      if p != mine["process"] and 0 <= p < mine["processes"] and theirs.get("ran_with")
-                     and theirs.get("lineage") not in ran_with and lineage not in theirs["ran_with"])
+                     and theirs.get("lineage") not in ran_with and lineage not in theirs["ran_with"]
+                     and (said_since_ms is None or theirs["said_at"] >= said_since_ms))
     if not foreign:
         return None
     shown = ", ".join(f"process {p}'s (state {peers[p]['lineage']})" for p in foreign)
