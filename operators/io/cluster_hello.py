@@ -81,8 +81,9 @@ def check_same_cluster(kafka: Mapping[str, Any], topic: str, mine: Mapping[str, 
     (`foreign_states`), else None. A peer whose hello says so but was said before this start may be a
     process that stopped (its last word stays on the topic): it must say so again, as a waiting process
     does every REFRESH_S, or be replaced by a start of its own (its `starting` supersedes it)."""
+    # A peer that has said nothing yet is not waited for: it reads this hello when it starts.
     read = functools.partial(peer_hellos, kafka, topic, mine["group_id"], mine["started_at"] - FRESH_MS,
-                             mine["processes"], timeout_s=3.0, current=True, poll_s=0.1)
+                             mine["processes"], timeout_s=3.0, current=True, poll_s=0.1, everyone_said=False)
     if foreign_states(mine, read()) is None:
         return None
     deadline = time.monotonic() + SAY_AGAIN_WAIT_S
@@ -180,7 +181,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
                 timeout_s: float = 10.0, started_before_ms: int | None = None,
                 refusals: dict[int, dict[str, Any]] | None = None,
                 refusals_since_ms: int | None = None, current: bool = False,
-                poll_s: float = 0.3) -> dict[int, dict[str, Any]]:
+                poll_s: float = 0.3, everyone_said: bool = True) -> dict[int, dict[str, Any]]:
     """Each process's latest hello for `group_id` said at or after `since_ms` (empty if unreadable);
     read until every one of `processes` has said one and the topic is quiet, or `timeout_s`.
     `started_before_ms`: only hellos of starts before then (a peer that restarted after the cluster
@@ -188,7 +189,8 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
     gets each process's latest refusal said at or after `refusals_since_ms` (`refusal`). `current`: only
     hellos of each process's latest start (one said before its latest start or refusal is an earlier
     life's: another volume, maybe). `poll_s`: how long a read waits for more (twice with nothing: the
-    topic is quiet); a start reads with a short one, not to delay its cluster's forming."""
+    topic is quiet); a start reads with a short one, not to delay its cluster's forming. `everyone_said`
+    False: read to the topic's quiet end only, not waiting for processes that have said nothing yet."""
     found: dict[int, dict[str, Any]] = {}
     latest: dict[int, dict[str, Any]] = {}  # per process, its latest refusal or start
     refused_since = since_ms if refusals_since_ms is None else refusals_since_ms
@@ -204,7 +206,7 @@ def peer_hellos(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: i
         # Not to an end-of-partition event: a broker's high watermark may lag what it has (Tansu's does),
         # and a peer whose hello is missing would be taken for one started alike.
         deadline, quiet, everyone = time.monotonic() + timeout_s, 0, set(range(processes))
-        while not (quiet >= 2 and everyone <= found.keys()) and time.monotonic() < deadline:
+        while not (quiet >= 2 and (not everyone_said or everyone <= found.keys())) and time.monotonic() < deadline:
             batch = consumer.consume(500, poll_s)
             quiet = 0 if batch else quiet + 1
             for msg in batch:
@@ -264,7 +266,8 @@ def peer_refusals(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms:
                   timeout_s: float = 2.0) -> dict[int, str]:
     """The line each process of the cluster last refused to start with, said at or after `since_ms`."""
     refusals: dict[int, dict[str, Any]] = {}
-    peer_hellos(kafka, topic, group_id, since_ms, processes, timeout_s=timeout_s, refusals=refusals)
+    peer_hellos(kafka, topic, group_id, since_ms, processes, timeout_s=timeout_s, refusals=refusals, poll_s=0.1,
+                everyone_said=False)  # to the topic's end: a peer waiting with this one has said no hello
     return {process: record["reason"] for process, record in refusals.items()}
 
 
