@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.infra.config import ConfigError
     from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.infra.runtime import tune_gc
-    from nextclick.operators.io.cluster_hello import peer_refusals, publish_hello, starting
+    from nextclick.operators.io.cluster_hello import peer_refusals, publish_hello, say_refused, starting
     from nextclick.operators.io.drain import now_ms
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
     from nextclick.operators.io.sink_registry import decision_sink
@@ -153,7 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
     except Exception as exc:
         if len(place.addresses) > 1:  # its peers, waiting for it to connect, say why it does not
-            say_refused(config, place.process_id or 0, exc)
+            from nextclick.operators.infra.failures import one_line
+
+            say_refused(config.kafka, config.topics.control, config.flow.group_id, place.process_id or 0,
+                        one_line(exc))
         raise
     tune_gc()
     scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain
@@ -164,17 +167,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if scheduler is not None:
             scheduler.close()
-
-
-def say_refused(config: Config, process_id: int, exc: BaseException) -> None:
-    """Best effort: this process of a cluster will not start; its one line goes to the control topic, where
-    the peers waiting for it to connect read it (operators/io/cluster_hello.py)."""
-    from nextclick.operators.infra.failures import one_line
-    from nextclick.operators.io import cluster_hello
-    from nextclick.operators.io.drain import now_ms
-
-    record = cluster_hello.refusal(config.flow.group_id, process_id, one_line(exc), now_ms())
-    cluster_hello.publish_hello(config.kafka, config.topics.control, record, timeout_s=5.0)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

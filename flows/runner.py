@@ -154,8 +154,7 @@ class FlowRunner:
             if ran_with:  # before the cluster forms: a volume of another cluster mixes nothing in
                 foreign = cluster_hello.check_same_cluster(config.kafka, config.topics.control, mine)
                 if foreign is not None:
-                    cluster_hello.publish_hello(config.kafka, config.topics.control, cluster_hello.refusal(
-                        config.flow.group_id, me, foreign, drain.now_ms()), timeout_s=5.0)
+                    cluster_hello.say_refused(config.kafka, config.topics.control, config.flow.group_id, me, foreign)
                     raise Explained(foreign)
             connected = self._peer_watch.connected if self._peer_watch is not None else threading.Event()
             state_dir = config.state.dir

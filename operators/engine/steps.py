@@ -7,6 +7,7 @@ steps and collects what comes out. Storing the profile and sending decisions is 
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Any
 
 from nextclick.operators.profile import dedupe, history
@@ -37,17 +38,11 @@ def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcom
     out.absences += len(due)
     if len(due) > 1:
         due.sort(key=lambda entry: (entry[0], entry[1]))
-    start = 0
-    while start < len(due):
-        end = start + 1
-        while end < len(due) and due[end][0] == due[start][0]:
-            end += 1
-        fired = []
-        for _, _, signal in due[start:end]:  # no fired absence still reads as pending to another's rules
-            fired.append(signal.fire(signals.pop(signal.name)))
+    for _, same_deadline in groupby(due, key=lambda entry: entry[0]):
+        # All of them leave state first: no fired absence still reads as pending to another's rules.
+        fired = [signal.fire(signals.pop(signal.name)) for _, _, signal in same_deadline]
         for trigger in fired:
             decide(profile, ruleset, trigger, out)
-        start = end
 
 
 def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:

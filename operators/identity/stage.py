@@ -296,7 +296,7 @@ class IdentityState:
             metrics.LINKS_REFUSED.labels("shared_identifier", event.id_type or "unknown").inc()
         if not links:
             own = replace_event(event, links=()) if event.links else event
-            out.append((self.routes[None][zlib.crc32(event.customer.encode()) % self.ctx.shards], own))
+            out.append((self.route(None, event.customer), own))
             return None
         id_type, key = min(links, key=lambda link: self.ctx.rules.rank(link[0]))
         rest = tuple(link for link in links if link[1] != key)
@@ -306,7 +306,7 @@ class IdentityState:
         """An event that names no other identifier: to its profile (apply's loop inlines this)."""
         found = self.graph.find(event.customer)
         if found is None:
-            out.append((self.routes[None][zlib.crc32(event.customer.encode()) % self.ctx.shards], event))
+            out.append((self.route(None, event.customer), event))
             return
         into, anchor = found
         if into != event.customer:

@@ -153,6 +153,12 @@ def refusal(group_id: str, process_id: int, reason: str, now_ms: int) -> dict[st
             "said_at": now_ms}
 
 
+def say_refused(kafka: Mapping[str, Any], topic: str, group_id: str, process_id: int, line: str) -> None:
+    """Best effort: this process of a cluster will not start; its one line goes to the control topic, where
+    the peers waiting for it to connect read it."""
+    publish_hello(kafka, topic, refusal(group_id, process_id, line, int(time.time() * 1000)), timeout_s=5.0)
+
+
 def starting(group_id: str, process_id: int, now_ms: int) -> dict[str, Any]:
     """What a process of a cluster says as it starts: what an earlier start of it refused no longer holds."""
     return {"command": "starting", "group_id": group_id, "process": process_id, "said_at": now_ms}

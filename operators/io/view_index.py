@@ -75,6 +75,17 @@ class ViewIndex:
             pending[key] = None
             batch.delete(key)
 
+        def unindex(rkey: bytes, old: bytes, kept: dict[str, list[str]]) -> None:
+            """The identifiers the record `old` listed and `kept` does not stop pointing at it (those
+            that point at a newer record of another profile already are left alone)."""
+            for id_type, keys in orjson.loads(old).get("ids", {}).items():
+                for key in keys:
+                    if key not in kept.get(id_type, ()):
+                        ikey = _index_key(id_type, key)
+                        entry = get(ikey)
+                        if entry is not None and entry.split(b"\t", 2)[2] == rkey:
+                            delete(ikey)
+
         n = 0
         offsets: dict[int, int] = {}
         for partition, offset, rkey, value in records:
@@ -85,24 +96,12 @@ class ViewIndex:
             if value is None:  # a tombstone: the record goes, and the identifiers that point at it
                 if old is not None:
                     delete(record_key)
-                    for id_type, keys in orjson.loads(old).get("ids", {}).items():
-                        for key in keys:
-                            ikey = _index_key(id_type, key)
-                            entry = get(ikey)
-                            if entry is not None and entry.split(b"\t", 2)[2] == rkey:
-                                delete(ikey)
+                    unindex(rkey, old, {})
                 n += 1
                 continue
             body: dict[str, Any] = orjson.loads(value)
             if old is not None:  # identifiers the profile no longer lists (a shared cookie) stop pointing at it
-                now = body.get("ids", {})
-                for id_type, keys in orjson.loads(old).get("ids", {}).items():
-                    for key in keys:
-                        if key not in now.get(id_type, ()):
-                            ikey = _index_key(id_type, key)
-                            entry = get(ikey)
-                            if entry is not None and entry.split(b"\t", 2)[2] == rkey:
-                                delete(ikey)
+                unindex(rkey, old, body.get("ids", {}))
             put(record_key, value)
             rank = (int(body["as_of"]), int(body["version"]))
             entry_value = f"{rank[0]}\t{rank[1]}\t{view_key}".encode()
