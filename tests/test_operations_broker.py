@@ -544,8 +544,9 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
 
 
 # Another release in the same cluster: this one with its exchange format moved on by one.
-OTHER_RELEASE = ("import sys; import nextclick.operators.exchange as x; x.FORMAT += 1; x.__version__ = '9.9.9'; "
-                 "from nextclick.flows.cli import main; sys.exit(main())")
+# Through `entry`, as the installed script: its os._exit skips a teardown that can abort a failed run.
+OTHER_RELEASE = ("import nextclick.operators.exchange as x; x.FORMAT += 1; x.__version__ = '9.9.9'; "
+                 "from nextclick.flows.cli import entry; entry()")
 
 
 def run_pair(setup: FlowSetup, tmp_path: Path, second: list[str], second_env: dict[str, str],
