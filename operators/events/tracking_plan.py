@@ -51,21 +51,32 @@ _ATTRIBUTE_KEYS = {"type", "enum", "minimum", "maximum", "min_length", "max_leng
 PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
                        if str(prop.get("description", "")).startswith("PII"))
 # Nor attributes named like personal data (`email_address`, `phone_number`, `date_of_birth`): any of
-# these words in the name, or a person's kind of name (`full_name`, `first_name`; `product_name` is not).
+# these words in the name (split at `_` and digits, a plural `s` taken off: `emails`, `phone1`), a
+# stem from PII_STEMS anywhere in it (`cellphone`, `secondary_emailaddress`), or a person's kind of
+# name on either side of `name` (`full_name`, `name_full`; `product_name` is not).
 PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "fax", "address", "ip", "ipv4",
                        "ipv6", "surname", "firstname", "lastname", "fullname", "username", "birth", "birthday",
-                       "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode"})
+                       "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode",
+                       "msisdn", "imei"})
+PII_STEMS = ("email", "phone", "msisdn", "address", "passport", "password", "surname", "firstname", "lastname",
+             "fullname", "username", "birth", "postcode", "zipcode")
 _PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
                      "contact", "person", "real", "legal"})
+_WORD_BREAK = re.compile(r"[_0-9]+")
 
 
 def looks_personal(name: str) -> bool:
-    """Whether an attribute's name reads as personal data (see PII_WORDS)."""
-    if name in PII_FIELDS:
+    """Whether an attribute's name reads as personal data (see PII_WORDS): a plan that could name one
+    would put a raw email or phone number in profile state."""
+    if name in PII_FIELDS or any(stem in name for stem in PII_STEMS):
         return True
-    words = name.split("_")
-    return bool(PII_WORDS.intersection(words)) or any(
-        word == "name" and i > 0 and words[i - 1] in _PERSON for i, word in enumerate(words))
+    words = [word[:-1] if len(word) > 2 and word.endswith("s") else word
+             for word in _WORD_BREAK.split(name) if word]
+    if PII_WORDS.intersection(words) or PII_WORDS.intersection(name.split("_")):
+        return True
+    return any(word == "name" and ((i > 0 and words[i - 1] in _PERSON) or
+                                   (i + 1 < len(words) and words[i + 1] in _PERSON))
+               for i, word in enumerate(words))
 
 
 class PlanError(NextclickError, ValueError):
