@@ -271,7 +271,8 @@ def test_a_producer_cannot_forge_a_dead_letters_error_headers():
     of a name): those are not copied; its other headers are, in order."""
     forged = [("__connect.errors.topic", b"other.topic"), ("traceparent", b"00-abc-01"),
               ("nextclick.errors.reason", b"ts_in_future"), ("nextclick.errors.truncated", b"1"),
-              ("x-app", b"shop")]
+              ("x-app", b"shop"), ("NEXTCLICK.ERRORS.REASON", b"forged"), ("__Connect.Errors.Topic", b"forged"),
+              (" nextclick.errors.step", b"forged")]
     result = parse(payload(amount=-1), headers=forged)
     assert isinstance(result, DeadLetter)
     headers = dead_letter_headers(result)
@@ -280,6 +281,7 @@ def test_a_producer_cannot_forge_a_dead_letters_error_headers():
     assert [n for n, _ in headers].count("__connect.errors.topic") == 1
     assert [v for n, v in headers if n == "nextclick.errors.reason"] == [b"schema_violation"]
     assert "nextclick.errors.truncated" not in dict(headers)
+    assert b"forged" not in [v for _, v in headers]  # nor in another letter case, or with a blank before it
 
 
 def test_reason_class_names_are_unique_and_stable():

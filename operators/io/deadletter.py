@@ -64,8 +64,13 @@ _HEADERS_KEEP = 64 * 1024  # ... and its original headers only if they are no la
 
 # The namespaces of the headers a dead letter adds: a message's own headers there are not copied, so
 # that a producer cannot forge a dead letter's position, reason or truncation for a reader that takes
-# the first header of a name (a replay strips both namespaces anyway).
+# the first header of a name (a replay strips both namespaces anyway). Compared in any letter case and
+# without surrounding blanks: a triage tool may look names up so (`NEXTCLICK.ERRORS.REASON`).
 RESERVED_PREFIXES = ("__connect.errors.", "nextclick.errors.")
+
+
+def _reserved(name: str) -> bool:
+    return name.strip().casefold().startswith(RESERVED_PREFIXES)
 
 
 def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes | None]]:
@@ -74,7 +79,7 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes | None]]:
     src = dl.source
     cls = dl.exception_class or REASONS.get(dl.reason, "nextclick.parse.Unknown")
     headers = [
-        *(h for h in dl.headers if not h[0].startswith(RESERVED_PREFIXES)),
+        *(h for h in dl.headers if not _reserved(h[0])),
         (TOPIC_HEADER, str(src.topic).encode("utf-8", "replace")),
         (PARTITION_HEADER, str(int(src.partition)).encode("ascii")),
         (OFFSET_HEADER, str(int(src.offset)).encode("ascii")),
