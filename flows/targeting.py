@@ -184,7 +184,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
             if isinstance(m, Progress):  # not aligned: it reports none
                 continue
             item = parse_control(m.key, m.value, m.headers, SourcePosition(m.topic, m.partition, m.offset),
-                                 secret=secret, savepoint_dir=savepoint_dir)
+                                 secret=secret, savepoint_dir=savepoint_dir, now_ms=clock.now_ms(),
+                                 max_future_skew_ms=parse_config.max_future_skew_ms)
             if isinstance(item, SavepointRequest):
                 # The requester's wall clock set expires_at, so the wall clock judges it (not `clock`).
                 reason = savepoint_not_wanted(item, time.time_ns() // 1_000_000)

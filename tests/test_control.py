@@ -125,6 +125,19 @@ def _event_customer(payload: dict[str, object], key: bytes | None) -> str:
     return event.customer
 
 
+def test_an_erasure_dated_ahead_of_the_clock_is_refused_as_an_events_ts_would_be() -> None:
+    body = {"command": "erase", "request_id": "r1", "customer_id": "CUST-9"}
+    value = orjson.dumps({**body, "requested_at": NOW * 1000})  # microseconds
+    refused = parse_control(b"k", value, [], SRC, secret=SECRET, now_ms=NOW, max_future_skew_ms=300_000)
+    assert isinstance(refused, DeadLetter) and refused.reason == "ts_in_future"
+    assert "micro" in refused.message and "CUST-9" not in refused.message
+    assert refused.measured == (("nextclick.errors.ts_skew_ms", str(NOW * 1000 - NOW)),)
+    for ahead in (0, 300_000, -86_400_000):  # within the limit, or in the past: carried out as dated
+        value = orjson.dumps({**body, "requested_at": NOW + ahead})
+        request = parse_control(b"k", value, [], SRC, secret=SECRET, now_ms=NOW, max_future_skew_ms=300_000)
+        assert isinstance(request, EraseRequest) and request.requested_at == NOW + ahead
+
+
 def test_the_three_identifier_forms_hash_like_events() -> None:
     by_id = control({"command": "erase", "request_id": "r1", "customer_id": "CUST-9"})
     assert isinstance(by_id, EraseRequest) and by_id.request_id == "r1" and by_id.source == SRC
@@ -186,6 +199,10 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
         _wait(lambda: all((read_profile(state, shards, k) or {}).get("facts", {}).get("version") == 5
                           for k in (gone_key, kept_key)), 30, "every event applied and committed", flow)
         before = store_seq(gone_shard)
+        # A careless sender's microseconds: taken as an erasure dated 55,000 years ahead it would erase
+        # `kept` and drop every later event of theirs as from before it. Refused, as an event's `ts` is.
+        producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "r0", "customer_id": kept,
+                                            "requested_at": NOW * 1000}), b"r0")
         producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "r1", "customer_id": gone}),
                          b"r1")
         assert producer.flush(10) == 0
@@ -196,7 +213,8 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
     assert read_profile(state, shards, gone_key) is None
     kept_profile = read_profile(state, shards, kept_key)
     assert kept_profile is not None and kept_profile["customer"] == kept_key
-    assert consume_all(kafka, [dlq]) == []
+    [refused] = consume_all(kafka, [dlq])
+    assert dict(refused.headers())["nextclick.errors.reason"] == b"ts_in_future"
 
     # Logically gone everywhere in the shard's RocksDB: live data, timers and undo records (decoded,
     # since SST data blocks are compressed and a raw byte scan would not see a value in them).

@@ -34,6 +34,7 @@ from confluent_kafka import Producer
 
 from nextclick.operators.channels import ID_TYPES
 from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.io.deadletter import TS_SKEW_HEADER
 from nextclick.operators.io.jsonkeys import duplicate_key
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.records import DeadLetter, EraseRequest, SavepointRequest, SourcePosition
@@ -59,9 +60,14 @@ def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id:
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
                   source: SourcePosition, *, secret: bytes,
-                  savepoint_dir: Path = Path("var/savepoints")) -> EraseRequest | SavepointRequest | DeadLetter | None:
+                  savepoint_dir: Path = Path("var/savepoints"), now_ms: int | None = None,
+                  max_future_skew_ms: int = 5 * 60 * 1000) -> EraseRequest | SavepointRequest | DeadLetter | None:
     """Never raises: a command, None for a drain request or a hello (nothing for the dataflow to do), or a
     DeadLetter saying what is wrong (without echoing values).
+
+    An erasure's `requested_at` more than `max_future_skew_ms` ahead of `now_ms` (the read time, as for an
+    event's `ts`) is refused: every event of that person dated before it would be dropped as from before
+    the erasure, a returning customer's opt-out among them, with nothing but a counter to show it.
 
     A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
     """
@@ -106,6 +112,11 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
     if requested_at is not None and (type(requested_at) is not int or requested_at <= 0):
         return refuse("schema_violation", "erase 'requested_at' must be a positive integer: milliseconds since the "
                                           "epoch when the erasure was asked for")
+    if requested_at is not None and now_ms is not None and requested_at - now_ms > max_future_skew_ms:
+        return DeadLetter(key, value, tuple(headers or ()), source, "ts_in_future",
+                          f"erase 'requested_at' is ahead of the clock by more than the limit of {max_future_skew_ms} "
+                          "ms (parse.max_future_skew_ms): milliseconds since the epoch, not micro- or nanoseconds",
+                          measured=((TS_SKEW_HEADER, str(requested_at - now_ms)),))
     customer_key = body.get("customer_key")
     if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
         return EraseRequest(customer_key, request_id, source, requested_at=requested_at)
