@@ -20,20 +20,23 @@ whole topic: any of them answers for any customer. What it shows is as of the la
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
-import re
 import signal
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -474,10 +477,54 @@ def serve(config: Config) -> int:
     app.on_cleanup.append(stop_reader)
     log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,
                                                  "store": config.serve.store_dir, "tokens": len(tokens)})
-    def listening(text: str) -> None:
-        """aiohttp's banner names the address bound (the port chosen, for `:0`): one log line instead."""
-        bound = re.findall(r"https?://\S+?(?=,|\s|$)", text)
-        log.info("profile service listening", extra={"addresses": bound})
-
-    web.run_app(app, host=host or "0.0.0.0", port=int(port), access_log=None, print=listening)
+    try:
+        asyncio.run(_run(app, host or "0.0.0.0", int(port)))
+    except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT: the runner has cleaned up
+        pass
     return 0
+
+
+async def _run(app: web.Application, host: str, port: int) -> None:
+    """What `web.run_app` does (SIGTERM and SIGINT end it, the app's cleanup runs), with a server whose
+    handlers answer a request the HTTP parser refused without quoting it (QuietRequestHandler)."""
+    runner = web.AppRunner(app, handle_signals=True, access_log=None)
+    await runner.setup()
+    server = runner.server
+    assert server is not None
+    server.__class__ = QuietServer
+    try:
+        await web.TCPSite(runner, host, port).start()
+        # The address bound (the port chosen, for `:0`): one log line, not aiohttp's banner.
+        bound = [f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p, *_ in runner.addresses]
+        log.info("profile service listening", extra={"addresses": bound})
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+class QuietRequestHandler(RequestHandler):
+    """aiohttp answers a request its parser refused (a line or header over 8,190 bytes, a method or version
+    that is not HTTP) with a 400 whose body quotes the bytes it refused: the path holds the raw
+    identifier, a header the token. This answer names the status only; HttpErrorLog keeps the log
+    clean the same way."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status != HTTPStatus.INTERNAL_SERVER_ERROR:  # a 500's body is aiohttp's fixed text already
+            message = PARSER_REFUSAL.format(status=status, phrase=HTTPStatus(status).phrase)
+        return super().handle_error(request, status, exc, message)
+
+
+PARSER_REFUSAL = ("{status} {phrase}: not a request this service reads (a request line or header over 8,190 "
+                  "bytes, or bytes that are not HTTP/1.1)")
+
+
+class QuietServer(web.Server):
+    """A web.Server whose connections are QuietRequestHandlers."""
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = QuietRequestHandler
+        return handler

@@ -275,10 +275,24 @@ def test_requests_the_parser_refuses_leave_no_identifier_or_token_in_the_log_and
         padded = [(f"/v1/profiles/email/{EMAIL}?pad={'p' * 9000}", {"Authorization": f"Bearer {TOKEN}"}),
                   (f"/v1/profiles/email/{EMAIL}", {"Authorization": f"Bearer {TOKEN}", "X-Pad": TOKEN + "q" * 9000}),
                   (f"/v1/profiles/email/{EMAIL}", {"Authorization": f"Bearer {TOKEN}{'r' * 9000}"})]
+        answers = []
         for path, headers in padded:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", path, headers=headers)
-            assert connection.getresponse().status == 400
+            response = connection.getresponse()
+            assert response.status == 400
+            answers.append(response.read())
+        # Not HTTP at all: a method or a version the parser refuses, the identifier in the request line.
+        for line in (f"GE\x01T /v1/profiles/email/{EMAIL} HTTP/1.1", f"GET /v1/profiles/email/{EMAIL} HTTP/9.x"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                raw.sendall(f"{line}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+                answer = b"".join(iter(lambda: raw.recv(65536), b""))
+            assert answer.split(b" ", 2)[1] == b"400", answer[:80]
+            answers.append(answer)
+        # The answers name the status, never the bytes refused (aiohttp's own text quoted them).
+        assert all(b"400 Bad Request: not a request this service reads" in answer for answer in answers), answers
+        for secret in (TOKEN, EMAIL, "ppppp", "qqqqq", "rrrrr"):
+            assert not any(secret.encode() in answer for answer in answers), secret
         assert get(base, "/v1/nowhere") == (404, {"error": "not_found", "message": "Not Found"})
         request = urllib.request.Request(base + f"/v1/profiles/email/{EMAIL}", method="DELETE",
                                          headers={"Authorization": f"Bearer {TOKEN}"})
@@ -295,7 +309,8 @@ def test_requests_the_parser_refuses_leave_no_identifier_or_token_in_the_log_and
         [[f"http://127.0.0.1:{port}"]]
     refusals = [line for line in lines if line["logger"] == "aiohttp.server"]
     assert [(r["level"], r["msg"], r["error"], r["status"]) for r in refusals] == \
-        [("warning", "request refused by the HTTP parser", "LineTooLong", 400)] * 3
+        [("warning", "request refused by the HTTP parser", "LineTooLong", 400)] * 3 + \
+        [("warning", "request refused by the HTTP parser", error, 400) for error in ("BadHttpMethod", "BadStatusLine")]
     text = log.read_bytes()
     for secret in (TOKEN, EMAIL, "ppppp", "qqqqq", "rrrrr"):
         assert secret.encode() not in text, secret
