@@ -137,6 +137,10 @@ def test_requests_the_rules_cannot_judge_are_refused_with_one_line(tmp_path: Pat
              ("web", {}, "call_center_contact", "event must be an event type on channel 'web'"),
              ("call_center", {"mood": "angry"}, None, "'mood' is not an attribute of call_center_contact"),
              ("store", {"amount": "lots"}, "store_purchase", "amount must be a number"),
+             # Only as JSON writes a number: Python's int() and float() take all of these, no event can.
+             *(("store", {"amount": text}, "store_purchase", "amount must be a number as JSON writes it")
+               for text in ("1_000", "\u0662", "\uff11\uff12", "nan", "inf", "1e400", "+5", " 5")),
+             ("store", {"items": "2.5"}, "store_purchase", "items must be an integer"),
              ("call_center", {"outcome": "x" * 200}, None, "not a valid event")]
     for channel, attrs, event_type, message in cases:
         with pytest.raises(NextBestActionError, match=message.replace("(", r"\(")) as info:
@@ -158,6 +162,9 @@ expiry = "1h"
     # A store purchase named explicitly is judged (the cross-sell fires on its amount).
     answer = judge(record, rules, "store", {"amount": "45.5", "order_id": "s1"}, NOW, event_type="store_purchase")
     assert answer["trigger"]["attributes"] == {"amount": 45.5, "order_id": "s1"}
+    # 2.0 is an integer to the flow's parser (JSON Schema), so it is to the service too.
+    answer = judge(record, rules, "store", {"amount": "45", "items": "2.0"}, NOW, event_type="store_purchase")
+    assert answer["trigger"]["attributes"] == {"amount": 45, "items": 2}
     assert outcomes(answer)["post_purchase_cross_sell"] == ("blocked", "no_consent")  # email is opt-in
 
 

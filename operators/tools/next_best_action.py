@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,19 +101,28 @@ def _attribute_types(plan: TrackingPlan, event_type: str) -> dict[str, tuple[str
     return out
 
 
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
 def _typed(plan: TrackingPlan, event_type: str, name: str, text: str) -> Any:
     """A query-string value as the type's schema declares the attribute (the parser checks the rest)."""
     declared = _attribute_types(plan, event_type)
     if name not in declared:
         raise NextBestActionError(f"{name!r} is not an attribute of {event_type} (it has {sorted(declared)})")
     kinds = declared[name]
-    try:
-        if "integer" in kinds:
-            return int(text)
-        if "number" in kinds:
-            return float(text)
-    except ValueError:
-        raise NextBestActionError(f"{name} must be a number, got {text!r}") from None
+    if "integer" in kinds or "number" in kinds:
+        # As JSON writes a number, and only so: Python's int() and float() also take `1_000`, full-width
+        # or Arabic-Indic digits, `nan` and `inf`, which no event could carry.
+        try:
+            number = orjson.loads(text) if _JSON_NUMBER.fullmatch(text) else None
+        except orjson.JSONDecodeError:  # out of a double's range
+            number = None
+        if "integer" in kinds and (type(number) is int or (type(number) is float and number.is_integer())):
+            return int(number)  # 2.0 is an integer to JSON Schema, as the flow's parser judges it
+        if "number" in kinds and isinstance(number, (int, float)) and math.isfinite(number):
+            return number
+        what = "a number as JSON writes it (e.g. 19.99)" if "number" in kinds else "an integer (e.g. 2)"
+        raise NextBestActionError(f"{name} must be {what}, got {text!r}")
     if "boolean" in kinds:
         if text not in ("true", "false"):
             raise NextBestActionError(f"{name} must be true or false, got {text!r}")
