@@ -819,3 +819,11 @@ def test_a_consent_for_a_purpose_no_rule_reads_is_dead_lettered_by_both_paths(pa
     assert refused.value == orjson.dumps(payload("consent", channel="email", granted=False, purpose="Marketing"))
     assert isinstance(consent(purpose="service"), Event)
     assert isinstance(consent(), Event)  # no purpose: marketing
+
+
+@pytest.mark.parametrize(("body", "message"), [({"event_id": "e"}, "field 'type' is missing"),
+                                               ({"type": None}, "field 'type' is null"),
+                                               ({"type": ""}, "field 'type' is empty")])
+def test_a_missing_type_says_whether_it_was_absent_null_or_empty(body: dict[str, object], message: str) -> None:
+    result = parse(orjson.dumps({"ts": NOW, **body}))
+    assert isinstance(result, DeadLetter) and (result.reason, result.message) == ("missing_type", message)

@@ -254,7 +254,8 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
 
     event_type = payload.get("type")
     if event_type is None or event_type == "":
-        raise _Bad("missing_type", "field 'type' is missing")
+        raise _Bad("missing_type", "field 'type' is missing" if "type" not in payload else
+                   f"field 'type' is {'null' if event_type is None else 'empty'}")
     specs = specs_for(config, plan)
     spec = specs.get(event_type) if type(event_type) is str else None
     if spec is None:
