@@ -133,3 +133,29 @@ def test_resharding_8_to_16_to_4_keeps_every_profile(kafka: dict[str, str], topi
         cli(setup, "savepoint", "create", str(saved), **env)
     assert read_profiles(setup.state_dir, 4) == expected
     assert_same_decisions(expected_decisions, dedupe(read_decisions(kafka, setup.decisions)))
+
+
+def test_an_offline_erasure_survives_a_restore_from_an_earlier_savepoint(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """An outside probe: savepoint, `profile erase` offline, restore the savepoint: the customer was back,
+    and their backlog events dated before the erasure were applied (a cross-sell decision). The offline
+    erasure now records itself on the control topic, which the restore replays from the savepoint's
+    position, as for `--online`."""
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 1})
+    setup = FlowSetup.create(kafka, tmp_path / "run", f"{topic_prefix}.run", inputs=[topic], shards=2)
+    produce(kafka, topic, workload(12, seed=47), 1)
+    run_to_end(setup, log=tmp_path / "run.log")
+    cli(setup, "savepoint", "create", str(tmp_path / "sp"))
+    gone = "cust-00003"
+    erased = orjson.loads(cli(setup, "profile", "erase", gone, "--request-id", "dsr-9").stdout)
+    assert erased["erased"] is True and erased["recorded_on"] == setup.control
+    gone_key = erased["customer"]
+    # Read after the erasure, dated before it: a backlog the stopped flow has not read yet.
+    late = {"event_id": "late-1", "type": "purchase", "ts": int(time.time() * 1000) - 60_000, "customer_id": gone,
+            "order_id": "o-late", "amount": 80.0, "currency": "EUR"}
+    produce(kafka, topic, [(gone, gone.encode(), orjson.dumps(late))], 1)
+    restored_run(setup, tmp_path / "sp", tmp_path / "restored.log")
+    profiles = read_profiles(setup.state_dir, setup.shards)
+    assert gone_key not in profiles and len(profiles) == 11
+    assert not [d for d in read_decisions(kafka, setup.decisions) if b'"id":"late-1"' in d.body]

@@ -8,11 +8,15 @@ holding a profile that was moved out of a shard), committed at once and purged f
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from nextclick.operators.identity.graph import IdentityGraph
 from nextclick.operators.infra.config import Config
+from nextclick.operators.io.control import send_command
 from nextclick.operators.io.profile_view import send_tombstones
 from nextclick.operators.rules.loader import load_configured_rules
 from nextclick.operators.shard.shard_state import erase_customer
@@ -30,8 +34,29 @@ def _open(path: Path, config: Config) -> ShardStore:
                          f"the erase command through {config.topics.control}") from None
 
 
-def erase_offline(config: Config, customer: str) -> dict[str, Any]:
-    """Erase the customer keyed `customer` (any of their identifiers' keys) and everything linked with it."""
+def _record(config: Config, members: list[str], request_id: str | None) -> str:
+    """An erase command per identifier erased, on the control topic, as `--online` sends one: a restore
+    from a savepoint taken before now replays the control topic from the savepoint's position and erases
+    them again (the savepoint still holds them), and the flow's next start remembers them as erased, so
+    their events dated before now are not applied again (docs/state.md). Raises, naming what to run, if
+    the topic cannot be written: the state is erased by then, but a restore would bring them back."""
+    request_id = request_id or f"cli-offline-{time.time_ns()}"
+    at = time.time_ns() // 1_000_000
+    try:
+        for member in members:
+            send_command(config.kafka, config.topics.control, "erase", request_id, member.encode(),
+                         customer_key=member, requested_at=at)
+    except (ConnectionError, KafkaException) as exc:
+        raise ConnectionError(
+            f"erased from {config.state.dir}, but the erasure is not recorded on {config.topics.control} "
+            f"({exc}): a restore from an earlier savepoint would bring the customer back; run `nextclick profile "
+            "erase KEY --online` with the same KEY once Kafka is reachable") from None
+    return config.topics.control
+
+
+def erase_offline(config: Config, customer: str, request_id: str | None = None) -> dict[str, Any]:
+    """Erase the customer keyed `customer` (any of their identifiers' keys) and everything linked with it,
+    and record the erasure on the control topic (`_record`)."""
     state_dir = Path(config.state.dir)
     if not state_dir.is_dir():  # a wrong --config must not read as "nothing stored for that customer"
         raise LookupError(f"no state directory at {state_dir} (state.dir): nothing was erased; run this with the "
@@ -70,7 +95,7 @@ def erase_offline(config: Config, customer: str) -> dict[str, Any]:
     if not touched and not has_store(graph_dir):
         raise LookupError(f"no shard directory {own_shard}: nothing stored for that customer")
     result = {"customer": customer, "erased": existed, "identifiers": len(members), "shard_dir": str(own_shard),
-              "stores": touched}
+              "stores": touched, "recorded_on": _record(config, members, request_id)}
     if config.topics.profiles:
         # The profile view: the stopped flow writes no tombstone, so the erasure does, for every place
         # (family and key) the profile can have been shown under (operators/io/profile_view.py).
