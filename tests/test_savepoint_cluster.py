@@ -442,6 +442,25 @@ def _peer_reports(shared: Path, generation: int | None, *, at: float | None = No
         {"generation": generation, "boot": "peer", "at": time.time() if at is None else at, "processes": 2}))
 
 
+def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: Path) -> None:
+    """An outside probe: a cluster ran with on_lost_volume = "stop", pod 1's volume was lost, and the refusal
+    said to set "restore". With it, no record said the cluster had run, so the empty pod started as a new
+    deployment beside pod 0's state, and the same refusal came back at every restart."""
+    from nextclick.operators.tools.savepoint import Generations, Rejoin
+
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    _hold_state(config)  # pod 0 holds what the cluster committed (stop mode records no generation)
+    _savepoint(shared, "sp", "2026-12-06T00:00:00+00:00")
+    survivor = Generations(config, 0, 2, timeout_s=5)
+    _peer_reports(shared, None)  # pod 1: an empty volume
+    assert survivor.decide() == Rejoin(1, str(shared / "sp"), reset=True, restore=True)
+    _peer_reports(shared, None)
+    lost = Generations(_deployment(tmp_path / "pod-1", str(shared)), 1, 2, timeout_s=5)
+    _peer_reports(shared, 1, peer=0)
+    assert lost.decide() == Rejoin(1, str(shared / "sp"), reset=False, restore=True)
+
+
 def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     """The decisions of state.on_lost_volume = "restore", process 0 of 2 with a peer's reports written by hand."""
     from nextclick.operators.tools.savepoint import Generations, Rejoin, _write_manifest

@@ -1014,7 +1014,11 @@ class Generations:
             if reports is None:
                 self._waiting(deadline, "not every process reported")
                 continue
-            ran = (self.dir / f"running-{generation:06d}").exists()
+            # A process whose state the cluster committed beside one with none: the cluster ran, though no
+            # record says so when it ran before this mode was set (state.on_lost_volume = "stop", whose
+            # refusal names this mode as the way out): the empty one's volume is lost.
+            ran = (self.dir / f"running-{generation:06d}").exists() or (
+                generation == 0 and self._newest() is None and 0 in reports.values() and None in reports.values())
             if self.mine == generation:
                 if ran and any(g is None for g in reports.values()):
                     self._raise(generation + 1, reports)  # a process lost its state after the cluster ran at it
