@@ -436,10 +436,12 @@ def _savepoint(shared: Path, name: str, created_at: str, *, generation: int | No
         source_lineage=None, generation=generation))
 
 
-def _peer_reports(shared: Path, generation: int | None, *, at: float | None = None, peer: int = 1) -> None:
+def _peer_reports(shared: Path, generation: int | None, *, at: float | None = None, peer: int = 1,
+                  intact: bool = False) -> None:
     (shared / ".cluster").mkdir(parents=True, exist_ok=True)
     (shared / ".cluster" / f"process-{peer}.json").write_bytes(orjson.dumps(
-        {"generation": generation, "boot": "peer", "at": time.time() if at is None else at, "processes": 2}))
+        {"generation": generation, "boot": "peer", "at": time.time() if at is None else at, "processes": 2,
+         "intact": intact}))
 
 
 def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: Path) -> None:
@@ -459,6 +461,12 @@ def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: P
     lost = Generations(_deployment(tmp_path / "pod-1", str(shared)), 1, 2, timeout_s=5)
     _peer_reports(shared, 1, peer=0)
     assert lost.decide() == Rejoin(1, str(shared / "sp"), reset=False, restore=True)
+
+    # A new deployment whose process 0 joined generation 0 before process 1 decided: not a lost volume.
+    fresh = tmp_path / "fresh"
+    late = Generations(_deployment(tmp_path / "fresh-1", str(fresh)), 1, 2, timeout_s=5)
+    _peer_reports(fresh, 0, peer=0, intact=False)
+    assert late.decide() == Rejoin(0, None)
 
 
 def test_generations_decide_who_restores_what(tmp_path: Path) -> None:

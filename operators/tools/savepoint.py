@@ -879,6 +879,8 @@ class Generations:
         # resume either: the process counts as lost, and what is left is cleared before the restore.
         self.has_leftovers = self.has_state or (recovery_dir.is_dir() and any(recovery_dir.iterdir()))
         intact = self.has_state and any(recovery_dir.glob("*.sqlite3"))
+        self.intact = intact  # reported: committed state at this start (a peer's join of generation 0 is not)
+        self._intact: dict[int, bool] = {}  # each process's, from its report
         # State without a generation: started before this mode, or killed before it joined: generation 0.
         recorded = _state_generation(state_dir)
         self.mine: int | None = (recorded or 0) if intact else None
@@ -895,7 +897,8 @@ class Generations:
 
     def _report(self) -> None:
         Destination(self.dir).write_bytes(f"process-{self.process_id}.json", orjson.dumps(
-            {"generation": self.mine, "boot": self._boot, "at": time.time(), "processes": self.processes}))
+            {"generation": self.mine, "boot": self._boot, "at": time.time(), "processes": self.processes,
+             "intact": self.intact}))
 
     def _heartbeat(self) -> None:
         while not self._stop:
@@ -950,6 +953,7 @@ class Generations:
                     int(body.get("processes", self.processes)) != self.processes:
                 return None
             found[i] = None if body["generation"] is None else int(body["generation"])
+            self._intact[i] = bool(body.get("intact"))
         return found
 
     def _waiting(self, deadline: float, what: str) -> None:
@@ -1014,11 +1018,12 @@ class Generations:
             if reports is None:
                 self._waiting(deadline, "not every process reported")
                 continue
-            # A process whose state the cluster committed beside one with none: the cluster ran, though no
-            # record says so when it ran before this mode was set (state.on_lost_volume = "stop", whose
-            # refusal names this mode as the way out): the empty one's volume is lost.
+            # A process that started with state the cluster committed beside one with none: the cluster ran,
+            # though no record says so when it ran before this mode was set (state.on_lost_volume = "stop",
+            # whose refusal names this mode as the way out): the empty one's volume is lost.
             ran = (self.dir / f"running-{generation:06d}").exists() or (
-                generation == 0 and self._newest() is None and 0 in reports.values() and None in reports.values())
+                generation == 0 and self._newest() is None and None in reports.values() and
+                any(self._intact.get(i) for i, g in reports.items() if g == 0))
             if self.mine == generation:
                 if ran and any(g is None for g in reports.values()):
                     self._raise(generation + 1, reports)  # a process lost its state after the cluster ran at it
