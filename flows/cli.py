@@ -289,7 +289,10 @@ def _customer_key(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:
+    from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.tools.startup import verify_config
+
+    configure_logging("WARNING")  # librdkafka's complaints (a broker down) as JSON lines, beside the one line
 
     config = load_config(args.config)
     verify_config(config)
@@ -305,7 +308,7 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
         return 0
     from nextclick.operators.tools.erase import erase_offline
 
-    print(orjson.dumps(erase_offline(config, customer)).decode())
+    print(orjson.dumps(erase_offline(config, customer, args.request_id)).decode())
     return 0
 
 
@@ -642,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--hashed", action="store_true", help="KEY is already the pseudonymous key")
     erase.add_argument("--online", action="store_true",
                        help="send the erase command to the control topic for the running flow")
-    erase.add_argument("--request-id", help="id of the erasure request (with --online)")
+    erase.add_argument("--request-id", help="id of the erasure request (sent on the control topic)")
     erase.add_argument("--config", help="TOML configuration file")
     erase.set_defaults(func=cmd_profile_erase)
 

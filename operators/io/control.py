@@ -49,13 +49,13 @@ COMMANDS = ("erase", "savepoint", "drain", "hello", "refused", "starting")
 
 
 def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id: str, key: bytes,
-                 **fields: str | int) -> None:
+                 timeout_s: float = 30.0, **fields: str | int) -> None:
     """Deliver one command (the format above) to the control topic, or raise naming the topic: what the
     CLI and the savepoint scheduler send, read back by `parse_control`."""
     producer = Producer(client_config(kafka))
     producer.produce(topic, orjson.dumps({"command": command, "request_id": request_id, **fields}), key)
-    if producer.flush(30):
-        raise ConnectionError(f"could not deliver the {command} command to {topic}")
+    if producer.flush(timeout_s):
+        raise ConnectionError(f"could not deliver the {command} command to {topic} within {timeout_s:g} s")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,

@@ -45,7 +45,7 @@ def _record(config: Config, members: list[str], request_id: str | None) -> str:
     try:
         for member in members:
             send_command(config.kafka, config.topics.control, "erase", request_id, member.encode(),
-                         customer_key=member, requested_at=at)
+                         timeout_s=10.0, customer_key=member, requested_at=at)
     except (ConnectionError, KafkaException) as exc:
         raise ConnectionError(
             f"erased from {config.state.dir}, but the erasure is not recorded on {config.topics.control} "

@@ -31,6 +31,7 @@ from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.infra.config import Config, ParseConfig
 from nextclick.operators.io.parse import _parse_fast, parse_message, parse_message_slow
+from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.records import Decision, EraseRequest, Event, MergeExpect, MoveIn, MoveOut, SourcePosition
 from nextclick.operators.rules.addressing import CHANNEL_ADDRESS_TYPES, address_for, reachable
 from nextclick.operators.shard.logic import ShardLogic
@@ -40,7 +41,7 @@ from nextclick.operators.state.layout import profile_families
 from nextclick.operators.state.placement import BALANCED
 from nextclick.operators.state.store import ShardStore, StateError
 from nextclick.operators.tools.profiles import read_profile
-from tests.helpers import HOUR, MIN, T0, default_rules, make_event, write_rules
+from tests.helpers import HOUR, MIN, T0, consume_all, default_rules, make_event, write_rules
 
 SECRET = b"identity-stage-secret"
 SRC = SourcePosition("web", 0, 1)
@@ -333,7 +334,9 @@ def new_blob(name: str, customer: str) -> bytes:
     return encode_profile(profile)
 
 
-def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -> None:
+@pytest.mark.broker
+def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path, kafka: dict[str, str],
+                                                               topic_prefix: str) -> None:
     root = tmp_path / "state"
     flow = Stitched(root)
     ck, c, em = ("cookie", "ck-9"), ("customer", "C-9"), ("email", "nine@example.com")
@@ -354,8 +357,11 @@ def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -
     profile = read_profile(root, 2, key(*ck))
     assert profile is not None and profile["customer"] == key(*c) and profile["facts"]["version"] == 5
 
+    control = f"{topic_prefix}.control"  # where the offline erasure records itself
+    ensure_topics(kafka, {control: 1})
     env = {"NEXTCLICK_STATE__DIR": str(root), "NEXTCLICK_STATE__SHARDS": "2",
-           "NEXTCLICK_PRIVACY__SECRET": SECRET.decode(), "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "rec")}
+           "NEXTCLICK_PRIVACY__SECRET": SECRET.decode(), "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "rec"),
+           "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS": kafka["bootstrap.servers"], "NEXTCLICK_TOPICS__CONTROL": control}
     got = cli(env, "profile", "get", "ck-9", "--id-type", "cookie")
     assert got.returncode == 0, got.stderr
     shown = orjson.loads(got.stdout)
@@ -368,6 +374,10 @@ def test_stitching_end_to_end_in_process_and_the_offline_tools(tmp_path: Path) -
     erased = cli(env, "profile", "erase", "nine@example.com", "--id-type", "email")
     assert erased.returncode == 0, erased.stderr
     assert orjson.loads(erased.stdout)["identifiers"] == 3 and orjson.loads(erased.stdout)["erased"] is True
+    # One erase command per identifier erased, for a restore from an earlier savepoint and the next start.
+    recorded = [orjson.loads(m.value()) for m in consume_all(kafka, [control])]
+    assert sorted(r["customer_key"] for r in recorded) == sorted(key(*i) for i in (ck, c, em))
+    assert {r["command"] for r in recorded} == {"erase"} and all(r["requested_at"] > T0 for r in recorded)
     for k in (key(*ck), key(*c), key(*em)):
         assert read_profile(root, 2, k) is None and resolve_offline(root, k) == (k, None)
     for shard_dir in root.rglob("shard-*"):
