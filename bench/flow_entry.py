@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -29,7 +30,7 @@ from nextclick.flows.targeting import build_flow
 from nextclick.operators.infra import metrics
 from nextclick.operators.infra.config import load_config
 from nextclick.operators.infra.logs import configure_logging
-from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.infra.runtime import bytewax_run_readers, tune_gc
 from nextclick.operators.io import kafka_sink, kafka_source, sinks
 from nextclick.operators.records import Progress
 from nextclick.operators.shard.logic import ResumeState, ShardLogic
@@ -125,5 +126,6 @@ if os.environ.get("BENCH_STOP_FILE"):
 
 configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "WARNING"))
 _config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
-flow = build_flow(_config, stop=stop, plan=check_start(_config, recovery_dir=runner_recovery_dir(_config)))
+flow = build_flow(_config, stop=stop, plan=check_start(_config, recovery_dir=runner_recovery_dir(_config)),
+                  readers=bytewax_run_readers(sys.argv))
 tune_gc()

@@ -209,7 +209,7 @@ def staleness(events: int, epoch_s: float) -> dict[str, Any]:
         config = Config().replace(kafka=kafka, topics=names, privacy={"secret": SECRET.decode()},
                                   state={"dir": str(root / "state"), "recovery_dir": str(recovery), "shards": 2},
                                   flow={"epoch_seconds": epoch_s})
-        flow = build_flow(config, clock=SystemClock(), stop=stop)
+        flow = build_flow(config, clock=SystemClock(), stop=stop, readers=1)
         flow_thread = threading.Thread(target=lambda: run_main(flow, epoch_interval=timedelta(seconds=epoch_s),
                                                                recovery_config=RecoveryConfig(str(recovery))),
                                        daemon=True)

@@ -150,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_lock = hold_run_lock(Path(config.state.dir), place.process_id or 0)  # noqa: F841 - held until exit
         if generations is not None and rejoin is not None:
             generations.joined(rejoin.generation, source)  # no process starts before every one is at it
-        flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop)
+        flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop,
+                          readers=args.workers * max(1, len(place.addresses)))
     except Exception as exc:
         if len(place.addresses) > 1:  # its peers, waiting for it to connect, say why it does not
             from nextclick.operators.infra.failures import one_line

@@ -140,7 +140,7 @@ def _run_flow(config: Config, workdir: Path, service: ProfileService, speed: flo
 
     def run_flow() -> None:
         try:
-            run_main(build_flow(config, clock=clock, stop=stop_flow, ruleset=ruleset),
+            run_main(build_flow(config, clock=clock, stop=stop_flow, ruleset=ruleset, readers=1),
                      epoch_interval=timedelta(seconds=config.flow.epoch_seconds),
                      recovery_config=RecoveryConfig(str(recovery)))
         except BaseException as exc:  # reported after the live view ends

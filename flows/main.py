@@ -18,7 +18,7 @@ import sys
 from nextclick.flows.targeting import build_flow
 from nextclick.operators.infra.config import ConfigError, load_config
 from nextclick.operators.infra.logs import configure_logging
-from nextclick.operators.infra.runtime import tune_gc
+from nextclick.operators.infra.runtime import bytewax_run_readers, tune_gc
 from nextclick.operators.state.store import StateError
 from nextclick.operators.tools.startup import check_start, runner_recovery_dir
 
@@ -26,7 +26,7 @@ configure_logging(os.environ.get("NEXTCLICK_LOG_LEVEL", "INFO"))
 try:
     _config = load_config(os.environ.get("NEXTCLICK_CONFIG") or None)
     _recovery = runner_recovery_dir(_config)
-    flow = build_flow(_config, plan=check_start(_config, recovery_dir=_recovery))
+    flow = build_flow(_config, plan=check_start(_config, recovery_dir=_recovery), readers=bytewax_run_readers(sys.argv))
     tune_gc()
 except (ConfigError, StateError) as _exc:
     print(f"nextclick: error: {_exc}", file=sys.stderr)

@@ -115,12 +115,15 @@ def _prefixed(prefix: str) -> Any:
 
 def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Event | None = None,
                ruleset: RuleSet | None = None, name: str = "nextclick", plan: StartPlan | None = None,
-               sink: str | None = None) -> Dataflow:
+               sink: str | None = None, readers: int | None = None) -> Dataflow:
     """Wire the flow; nothing here touches the network (partitions are listed when it runs).
 
     `plan` is what the start-up checks found; without one they run here against
     `config.state.recovery_dir`, which must be the recovery directory the flow runs with. `sink`, if
-    given, replaces `flow.decision_sink` (operators/io/sink_registry.py): where decisions go.
+    given, replaces `flow.decision_sink` (operators/io/sink_registry.py): where decisions go. `readers`:
+    how many workers read the input in the whole cluster (None: not known, taken as several); with more
+    than one, the identity stage restores event-time order across their channels
+    (operators/identity/order.py).
     """
     decisions_out = decision_sink(config, sink)  # first: a wrong value is refused before anything is opened
     clock = clock or SystemClock()
@@ -146,7 +149,9 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                                cache_identifiers=config.identity.cache_identifiers,
                                keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
                                clock=clock, placement=config.state.shard_placement,
-                               dedupe_horizon_ms=ruleset.dedupe_horizon_ms)
+                               dedupe_horizon_ms=ruleset.dedupe_horizon_ms,
+                               order_bound_ms=config.flow.alignment_bound_ms
+                               if config.flow.align and (readers is None or readers > 1) else None)
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage

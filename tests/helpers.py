@@ -136,7 +136,7 @@ class FlowThread:
         config = config.replace(state={"recovery_dir": str(recovery_dir)})
         self.stop_event = threading.Event()
         self.failures: list[BaseException] = []
-        flow = build_flow(config, clock=clock, stop=self.stop_event, sink=sink)
+        flow = build_flow(config, clock=clock, stop=self.stop_event, sink=sink, readers=1)
 
         def run() -> None:
             try:

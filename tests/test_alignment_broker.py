@@ -265,13 +265,13 @@ def _garbage(now: int) -> list[tuple[str, bytes, bytes]]:
     ]
 
 
-def _produce(kafka: dict[str, str], topic: str, messages: list[Message], *, salt: str) -> None:
+def _produce(kafka: dict[str, str], topic: str, messages: list[Message], *, salt: str, partitions: int = 2) -> None:
     """Keyed by customer, each channel's topic partitioned its own way (as when channels key by
     cookie, device, email...): a customer's partitions differ across topics, and so, with two
     processes, do the processes that read them."""
     producer = Producer({**kafka, "linger.ms": 5})
     for who, key, value in messages:
-        producer.produce(topic, value, key, partition=zlib.crc32(f"{salt}/{who}".encode()) % 2)
+        producer.produce(topic, value, key, partition=zlib.crc32(f"{salt}/{who}".encode()) % partitions)
     assert producer.flush(30) == 0
 
 
@@ -421,3 +421,43 @@ def test_dead_letters_are_byte_identical_across_runs(backlog: Backlog) -> None:
     # ...except the one measured quantity, in a header of its own.
     skews = [dict(h)[TS_SKEW_HEADER] for _, _, h in one.dead_letters if TS_SKEW_HEADER in dict(h)]
     assert len(skews) == 2
+
+
+def test_events_more_than_the_bound_apart_on_two_topics_keep_their_order_across_two_processes(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """An outside probe's backlog: each customer buys in the store and withdraws email consent on the web
+    70 s later (even customers), or the other way round (odd). Each pair is more than the default bound
+    (1 minute) apart, so a cross-sell goes to the even customers and to no odd one. Two processes read the
+    topics' partitions: the stage got one reader's later withdrawal before the other's purchase, and
+    cross-sells went to customers who had withdrawn (3 runs of 3)."""
+    now, rng, customers = int(time.time() * 1000), random.Random(7), 2000
+    by_topic: dict[str, list[Message]] = {"web": [], "store": [], "mobile": []}
+    for i in range(customers):
+        who, t = f"xo-{i:04d}", now - 5 * 60 * MIN + rng.randrange(0, 3 * 60 * MIN)
+        web = [("consent", t - 30 * MIN, {"channel": "email", "purpose": "marketing", "granted": True}),
+               *(("page_view", t - 28 * MIN + k * MIN, {"page_type": "home"}) for k in range(3))]
+        withdrawal = ("consent", t + 70_000 if i % 2 == 0 else t,
+                      {"channel": "email", "purpose": "marketing", "granted": False})
+        purchase = ("store_purchase", t if i % 2 == 0 else t + 70_000,
+                    {"order_id": f"o-{who}", "amount": 50.0, "currency": "EUR"})
+        for topic, (etype, ts, attrs) in [*(("web", e) for e in (*web, withdrawal)), ("store", purchase)]:
+            body = {"event_id": f"{who}-{etype}-{ts}", "type": etype, "ts": ts, "customer_id": who, **attrs}
+            key = f"ck-{who}" if topic == "web" else who  # signed in on the web: keyed by the cookie
+            by_topic[topic].append((key, key.encode(), orjson.dumps(body)))
+    for j in range(3 * customers):  # anonymous browsing and app opens around them
+        t = now - 5 * 60 * MIN + rng.randrange(0, 3 * 60 * MIN)
+        for topic, etype, extra in (("web", "page_view", {"page_type": "home"}), ("mobile", "app_open", {})):
+            body = {"event_id": f"n{j}-{etype}", "type": etype, "ts": t, **extra}
+            by_topic[topic].append((f"n{j}", f"anon-{j}".encode(), orjson.dumps(body)))
+    topics = {name: f"{topic_prefix}.{name}" for name in by_topic}
+    ensure_topics(kafka, {topic: 4 for topic in topics.values()})
+    for name, messages in by_topic.items():
+        messages.sort(key=lambda m: orjson.loads(m[2])["ts"])
+        _produce(kafka, topics[name], messages, salt=name, partitions=4)
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=tuple(topics.values()))
+    ensure_topics(kafka, {f"{setup.control}.progress": 1})
+    run_to_end(setup, processes=2, timeout_s=120, log=tmp_path / "run.log")
+    sold = sorted(orjson.loads(d.body)["trigger"]["id"].split("-store_purchase-")[0]
+                  for d in read_decisions(kafka, setup.decisions)
+                  if orjson.loads(d.body)["reasons"]["rule_id"] == "post_purchase_cross_sell")
+    assert sold == [f"xo-{i:04d}" for i in range(0, customers, 2)]

@@ -123,7 +123,7 @@ def test_story_gives_exact_decisions_and_dead_letter(kafka: dict[str, str], topi
 
     def run() -> None:
         try:
-            run_main(build_flow(config, clock=clock, stop=stop), epoch_interval=timedelta(milliseconds=500),
+            run_main(build_flow(config, clock=clock, stop=stop, readers=1), epoch_interval=timedelta(milliseconds=500),
                      recovery_config=RecoveryConfig(str(tmp_path / "recovery")))
         except BaseException as exc:
             failures.append(exc)

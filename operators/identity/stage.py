@@ -51,6 +51,7 @@ from nextclick.operators.exchange import flatten, grouped
 from nextclick.operators.frontier import InputFrontier
 from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from nextclick.operators.identity.guards import IdentityRules
+from nextclick.operators.identity.order import HELD_KEY, CrossPartitionOrder
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.profile.dedupe import event_key
@@ -96,6 +97,9 @@ class IdentityContext:
     placement: str = BALANCED  # state.shard_placement: the shards' Bytewax keys (operators/state/placement.py)
     # The rules file's dedupe horizon: a link event repeated within it links nothing (IdentityGraph.seen_link).
     dedupe_horizon_ms: int = 24 * 3600 * 1000
+    # With several readers (workers or processes) and alignment on: flow.alignment_bound, by which events
+    # are held until the frontier lets them go (operators/identity/order.py). None: read order is kept.
+    order_bound_ms: int | None = None
 
     @property
     def family(self) -> Family:
@@ -142,6 +146,14 @@ class IdentityState:
         self.frontier = InputFrontier(ctx.clock.now_ms)
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
+        self.order: CrossPartitionOrder | None = None
+        stored = store.get(HELD_KEY)
+        if ctx.order_bound_ms is not None or stored:
+            # Events held by a run with several readers stay held when one resumes them (a rescale to
+            # one process): until they are let go, so is everything read after them.
+            self.order = CrossPartitionOrder(ctx.order_bound_ms or 0)
+            self.order.restore(stored)
+        self._held_stored = bool(stored)
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -155,6 +167,30 @@ class IdentityState:
     # -- one batch ----------------------------------------------------------------------------------
 
     def apply(self, values: list[IdentityItem]) -> list[Routed]:
+        order = self.order
+        if order is None:
+            out = self._apply(values)
+        else:  # events wait for the frontier (operators/identity/order.py); commands and reports do not
+            rest: list[IdentityItem] = []
+            for value in values:
+                if type(value) is Event:
+                    order.hold(value)
+                else:
+                    rest.append(value)
+            out = self._apply(rest)
+            out += self.release()
+            if self.ctx.order_bound_ms is None and not order.held:
+                self.order = None  # what a run with several readers held is let go: read order from here
+        self.ledger.note_positions(values)
+        return out
+
+    def release(self) -> list[Routed]:
+        """The held events the frontier lets go, routed (none without a CrossPartitionOrder)."""
+        if self.order is None or not self.order.held:
+            return []
+        return self._apply(self.order.release(*self.frontier.current()))
+
+    def _apply(self, values: list[IdentityItem] | list[Event]) -> list[Routed]:
         out: list[Routed] = []
         find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
         crc32 = zlib.crc32
@@ -195,7 +231,6 @@ class IdentityState:
             elif type(value) is Progress:
                 self.frontier.note(value.partition, value.floor, value.total)
                 self.frontier_moved = True
-        self.ledger.note_positions(values)
         return out
 
     def frontier_items(self) -> list[Routed]:
@@ -351,6 +386,13 @@ class IdentityState:
 
     def checkpoint(self) -> int:
         started = time.perf_counter()
+        held = self.order.held if self.order is not None else 0
+        if held or self._held_stored:  # what is held is state: a resume holds it again
+            if self.order is not None and held:
+                self.store.put(HELD_KEY, self.order.encode())
+            else:
+                self.store.delete(HELD_KEY)
+            self._held_stored = held > 0
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         return seq
@@ -399,8 +441,9 @@ class IdentityLogic(StatefulBatchLogic[IdentityItem | list[IdentityItem], Routed
         return grouped(self._send_frontier()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Routed], bool]:
-        # The input ended: its last reports (with --stop-at-end, "caught up") go out now.
-        return grouped(self.state.frontier_items()), StatefulBatchLogic.RETAIN
+        # The input ended: its last reports (with --stop-at-end, "caught up") go out now, behind what
+        # they release.
+        return grouped(self.state.release() + self.state.frontier_items()), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
         return {"shard": 0, "seq": self.state.checkpoint()}

@@ -23,3 +23,20 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def bytewax_run_readers(argv: list[str]) -> int | None:
+    """How many workers read the input in the cluster, from `python -m bytewax.run`'s arguments
+    (`-w/--workers-per-process`, the processes of `-a/--addresses`); None if `argv` does not say. The
+    identity stage restores event-time order across several readers' channels, which one does not need."""
+    workers, processes = 1, 1
+    try:
+        for i, arg in enumerate(argv):
+            name, _, inline = arg.partition("=")
+            if name in ("-w", "--workers-per-process"):
+                workers = int(inline or argv[i + 1])
+            elif name in ("-a", "--addresses"):
+                processes = len([a for a in (inline or argv[i + 1]).split(";") if a])
+    except (IndexError, ValueError):
+        return None
+    return workers * processes

@@ -1,0 +1,125 @@
+"""Event-time order across the channels of several readers, at the identity stage (operators/identity/order.py).
+
+An outside probe ran a 2-process cluster (and one process with --workers 2) on a backlog where each
+customer bought in the store and withdrew email consent on the web 70 s later, or the other way round:
+with the default bound of one minute, cross-sells went to customers who had withdrawn and were missing
+for some who had not, in every run. Each reader sends on its own channel, and the stage saw the
+withdrawal, read later, first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nextclick.operators.identity.guards import default_identity_rules
+from nextclick.operators.identity.order import HELD_KEY, CrossPartitionOrder
+from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
+from nextclick.operators.records import Event, Progress, SourcePosition
+from tests.helpers import MIN, T0, consent, make_event
+
+BOUND = MIN
+
+
+def at(event: Event, topic: str, offset: int) -> Event:
+    return msgspec.structs.replace(event, source=SourcePosition(topic, 0, offset))
+
+
+def routed_events(out: list[tuple[str, object]]) -> list[str]:
+    return [item.event_id for _, batch in out for item in (batch if isinstance(batch, list) else [batch])
+            if isinstance(item, Event)]
+
+
+def stage(root: Path, bound: int | None) -> IdentityLogic:
+    return IdentityLogic(IdentityContext(root, 2, default_identity_rules(), sync=False, order_bound_ms=bound), None)
+
+
+def the_probes_batches() -> list[list[object]]:
+    """The web reader's batch reaches the stage first: the withdrawal, 70 s after the store purchase."""
+    withdrawal = at(consent(T0 + 70_000, granted=False, event_id="withdrawal"), "web", 0)
+    purchase = at(make_event("store_purchase", T0, event_id="purchase", order_id="o1", amount=50.0), "store", 0)
+    return [[withdrawal, Progress("web#0", T0 + 80_000, 2)], [purchase, Progress("store#0", T0 + 90_000, 2)]]
+
+
+def test_events_more_than_the_bound_apart_reach_the_shards_in_event_time_order(tmp_path: Path) -> None:
+    ordered = stage(tmp_path / "ordered", BOUND)
+    out = [item for batch in the_probes_batches() for item in ordered.on_batch(batch)[0]]
+    assert routed_events(out) == ["purchase", "withdrawal"]
+    as_read = stage(tmp_path / "as-read", None)  # one reader: nothing held, read order kept
+    out = [item for batch in the_probes_batches() for item in as_read.on_batch(batch)[0]]
+    assert routed_events(out) == ["withdrawal", "purchase"]
+
+
+def test_what_is_held_at_a_checkpoint_is_held_again_after_a_resume(tmp_path: Path) -> None:
+    first, second = the_probes_batches()
+    before = stage(tmp_path / "s", BOUND)
+    assert routed_events(before.on_batch(first)[0]) == []  # the store partition has not reported
+    resume = before.snapshot()
+    before.state.close()
+    # SIGKILL after that checkpoint: the input resumes after the withdrawal, which the stage holds.
+    after = IdentityLogic(IdentityContext(tmp_path / "s", 2, default_identity_rules(), sync=False,
+                                          order_bound_ms=BOUND), resume)
+    assert after.state.order is not None and after.state.order.held == 1
+    # Every partition reports again once it reads after the resume; the web one has nothing new.
+    assert routed_events(after.on_batch([Progress("web#0", T0 + 80_000, 2), *second])[0]) == \
+        ["purchase", "withdrawal"]
+
+
+def test_what_several_readers_held_is_let_go_when_one_resumes_it(tmp_path: Path) -> None:
+    """A rescale to one process resumes a stage that holds events: they still wait for the frontier,
+    and so does what is read after them; then read order again, and the store forgets them."""
+    first, second = the_probes_batches()
+    before = stage(tmp_path / "s", BOUND)
+    before.on_batch(first)
+    resume = before.snapshot()
+    before.state.close()
+    one = IdentityLogic(IdentityContext(tmp_path / "s", 2, default_identity_rules(), sync=False), resume)
+    assert routed_events(one.on_batch([second[0]])[0]) == []
+    out = one.on_batch([Progress("web#0", T0 + 80_000, 2), second[1]])[0]
+    assert routed_events(out) == ["purchase", "withdrawal"] and one.state.order is None
+    one.snapshot()
+    assert one.state.store.get(HELD_KEY) is None
+
+
+def test_the_end_of_the_input_releases_everything(tmp_path: Path) -> None:
+    logic = stage(tmp_path / "s", BOUND)
+    first, second = the_probes_batches()
+    logic.on_batch(first + [second[0]])  # the store partition never reports
+    assert routed_events(logic.on_eof()[0]) == []  # the frontier is still unknown: nothing is let go
+    logic.on_batch([Progress("store#0", None, 2), Progress("web#0", None, 2)])
+    assert logic.state.order is not None and logic.state.order.held == 0
+
+
+EVENTS = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 10 * MIN)), max_size=40)
+
+
+@given(EVENTS, st.integers(0, 2 * MIN), st.lists(st.integers(0, 12 * MIN), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_the_order_keeps_each_partition_and_puts_events_more_than_the_bound_apart_in_time_order(
+        read: list[tuple[str, int]], bound: int, floors: list[int]) -> None:
+    """Whatever the partitions hold and however the frontier moves: every event comes out once, each
+    partition's in the order read, and of two events of different partitions more than the bound apart
+    whose partitions are in time order, the earlier first."""
+    order = CrossPartitionOrder(bound)
+    events = [make_event("page_view", ts, event_id=f"{p}{i}") for i, (p, ts) in enumerate(read)]
+    events = [at(e, p, i) for i, (e, (p, _)) in enumerate(zip(events, read))]
+    for e in events:
+        order.hold(e)
+    out: list[Event] = []
+    for floor in sorted(floors):
+        out += order.release(True, floor)
+    out += order.release(True, None)
+    assert sorted(e.event_id for e in out) == sorted(e.event_id for e in events) and order.held == 0
+    for p in "abc":
+        assert [e.event_id for e in out if e.source.topic == p] == [e.event_id for e in events if e.source.topic == p]
+    monotone = {p: all(x.ts <= y.ts for x, y in zip(q, q[1:]))
+                for p in "abc" for q in [[e for e in events if e.source.topic == p]]}
+    position = {e.event_id: n for n, e in enumerate(out)}
+    for x in events:
+        for y in events:
+            if x.source.topic != y.source.topic and monotone[x.source.topic] and monotone[y.source.topic] \
+                    and y.ts - x.ts > bound:
+                assert position[x.event_id] < position[y.event_id], (x, y)
