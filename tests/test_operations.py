@@ -266,6 +266,19 @@ def test_bytewax_locations_and_folded_tracebacks_are_stripped() -> None:
     assert one_line(KeyError("shard")) == "KeyError: 'shard'"
 
 
+def test_a_rust_panic_says_what_it_panicked_with_and_a_full_recovery_volume_is_named() -> None:
+    """An outside probe filled state.recovery_dir (a tmpfs): the one line was "panicked at
+    src/recovery.rs:626:22:", the cause on the panic's next line."""
+    full = RuntimeError("(src/run.rs:292:17) panicked at src/recovery.rs:626:22:\ncalled `Result::unwrap()` on an "
+                        "`Err` value: SqliteFailure(Error { code: DiskFull, extended_code: 13 }, Some(\"database or "
+                        "disk is full\"))")
+    line = one_line(full)
+    assert line.startswith("state.recovery_dir: the device is full (Bytewax could not write its recovery partitions: "
+                           "called `Result::unwrap()`") and line.endswith("the last committed epoch is intact")
+    other = RuntimeError("(src/run.rs:292:17) panicked at src/worker.rs:7:9:\nindex out of bounds")
+    assert one_line(other) == "RuntimeError: panicked at src/worker.rs:7:9: index out of bounds"
+
+
 def test_an_explained_error_is_not_dug_into() -> None:
     try:
         try:

@@ -55,13 +55,28 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+# A Rust panic's message: "panicked at src/recovery.rs:626:22:" on one line, what it says on the next.
+_PANIC_AT = re.compile(r"^panicked at (\S+?):\d+:\d+:?$")
+_FULL = re.compile(r"DiskFull|disk is full|No space left on device|StorageFull", re.IGNORECASE)
+
+
 def one_line(exc: BaseException) -> str:
     """The root cause as one line, without Bytewax's source locations or embedded tracebacks."""
     root = root_cause(exc)
     text = str(root).strip()
     if "Caused by => " in text:  # Bytewax's `.raise()` folds the cause into the message text
         text = text.rsplit("Caused by => ", 1)[1].strip()
-    line = _LOCATION.sub("", text.splitlines()[0]).strip() if text else ""
+    lines = [_LOCATION.sub("", raw).strip() for raw in text.splitlines() if raw.strip()]
+    line = lines[0] if lines else ""
+    panic = _PANIC_AT.match(line)
+    if panic:
+        said = " ".join(lines[1:2])
+        if panic.group(1).endswith("recovery.rs") and _FULL.search(text):
+            # An outside probe's full recovery volume read only "panicked at src/recovery.rs:626:22:".
+            return ("state.recovery_dir: the device is full (Bytewax could not write its recovery partitions: "
+                    f"{said}); free or grow the volume and start again: the last committed epoch is intact")
+        if said:
+            return f"{type(root).__name__}: {line} {said}"
     if not line:
         return type(root).__name__
     if isinstance(root, _BARE) or type(root).__name__ == "PanicException":
