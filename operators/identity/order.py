@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from operator import attrgetter
 
 import msgspec
@@ -80,6 +81,21 @@ class CrossPartitionOrder:
         released = prefixes[0] if len(prefixes) == 1 else list(heapq.merge(*prefixes, key=_ts))
         self.held -= len(released)
         return released
+
+    def take(self, which: Callable[[Event], bool]) -> list[Event]:
+        """The held events `which` picks, out of the queues now (an erasure's: its person's held events go
+        at once rather than wait, in the stage's state, for the frontier)."""
+        taken: list[Event] = []
+        if not self.held:
+            return taken
+        for partition, queue in self._queues.items():
+            if any(which(e) for e in queue):
+                kept: deque[Event] = deque()
+                for e in queue:
+                    (taken if which(e) else kept).append(e)
+                self._queues[partition] = kept
+        self.held -= len(taken)
+        return taken
 
     def encode(self) -> bytes:
         """The held events in the order they were held per partition, without the raw message."""

@@ -366,6 +366,8 @@ class IdentityState:
         members = self.graph.erase(request.customer)
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
         self.graph.mark_erased([request.customer, *members], at)
+        if self.order is not None:  # held events from before it are the erased person's: they go now
+            out += self._apply(self.order.take(self.graph.of_erased))
         self.ledger.note_erased()
         if counted:
             metrics.ERASURES.inc()

@@ -123,3 +123,23 @@ def test_the_order_keeps_each_partition_and_puts_events_more_than_the_bound_apar
             if x.source.topic != y.source.topic and monotone[x.source.topic] and monotone[y.source.topic] \
                     and y.ts - x.ts > bound:
                 assert position[x.event_id] < position[y.event_id], (x, y)
+
+
+def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_path: Path) -> None:
+    """Held events are in the stage's checkpoints: an erased person's from before the erasure must not
+    wait there for the frontier, or the erased key would stay in the store's files."""
+    from nextclick.operators.records import EraseRequest
+
+    logic = stage(tmp_path / "s", BOUND)
+    first, _ = the_probes_batches()
+    withdrawal = first[0]
+    assert isinstance(withdrawal, Event)
+    later = at(make_event("page_view", T0 + 200_000, customer=withdrawal.customer, event_id="after"), "web", 1)
+    logic.on_batch([withdrawal, later])
+    assert logic.state.order is not None and logic.state.order.held == 2
+    erase = EraseRequest(withdrawal.customer, "dsr-1", None, requested_at=T0 + 100_000)
+    assert routed_events(logic.on_batch([erase])[0]) == []
+    assert logic.state.order.held == 1  # the page view after the erasure is new data: it still waits
+    logic.snapshot()
+    held = logic.state.store.get(HELD_KEY)
+    assert held is not None and b"withdrawal" not in held and b"after" in held
