@@ -57,9 +57,9 @@ PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
 PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "fax", "address", "ip", "ipv4",
                        "ipv6", "surname", "firstname", "lastname", "fullname", "username", "birth", "birthday",
                        "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode",
-                       "msisdn", "imei"})
+                       "msisdn", "imei", "street", "gsm", "ssn", "pan", "cvv", "cvc"})
 PII_STEMS = ("email", "phone", "msisdn", "address", "passport", "password", "surname", "firstname", "lastname",
-             "fullname", "username", "birth", "postcode", "zipcode")
+             "fullname", "username", "birth", "postcode", "zipcode", "cardnumber", "creditcard", "streetname")
 _PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
                      "contact", "person", "real", "legal"})
 _WORD_BREAK = re.compile(r"[_0-9]+")
@@ -73,6 +73,9 @@ def looks_personal(name: str) -> bool:
     words = [word[:-1] if len(word) > 2 and word.endswith("s") else word
              for word in _WORD_BREAK.split(name) if word]
     if PII_WORDS.intersection(words) or PII_WORDS.intersection(name.split("_")):
+        return True
+    if any(word == "card" and i + 1 < len(words) and words[i + 1] in ("number", "no", "num")
+           for i, word in enumerate(words)):  # card_number; not gift_card_amount
         return True
     return any(word == "name" and ((i > 0 and words[i - 1] in _PERSON) or
                                    (i + 1 < len(words) and words[i + 1] in _PERSON))

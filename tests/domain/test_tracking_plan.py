@@ -265,7 +265,8 @@ def test_a_bad_plan_is_one_line_naming_the_file_and_the_field(tmp_path: Path, te
 # A plan that named any of these kept the raw value in profile state (an outside probe found a `distinct`
 # signal on `emails` with raw addresses in RocksDB): plurals, digits, run-together words, reversed names.
 @pytest.mark.parametrize("name", ["emails", "phones", "addresses", "email2", "phone1", "secondary_emailaddress",
-                                  "cellphone", "msisdn", "name_full", "names_first", "ips", "ipv4", "imei"])
+                                  "cellphone", "msisdn", "name_full", "names_first", "ips", "ipv4", "imei",
+                                  "street", "gsm", "card_number", "creditcard_last4"])
 def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     with pytest.raises(PlanError, match=f"attributes.{name}: personal data cannot be a targeting attribute"):
@@ -273,7 +274,7 @@ def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_pa
 
 
 @pytest.mark.parametrize("name", ["product_name", "device_class", "referrer_campaign", "loyalty_tier", "coupon_code",
-                                  "tips", "hotel_stars", "level2", "status"])
+                                  "tips", "hotel_stars", "level2", "status", "gift_card_amount", "panel"])
 def test_an_attribute_that_only_resembles_personal_data_loads(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     assert name in load_plan(plan).attributes("page_view")
