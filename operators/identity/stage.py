@@ -28,6 +28,10 @@ family (a Frontier item, at most every FRONTIER_EVERY_S) behind everything route
 fires its timers by it, so it never fires one before an earlier event of its customer has arrived,
 whatever process read that event.
 
+With several readers (workers or processes) it first holds each event until that frontier has reached
+its time less the alignment bound (operators/identity/order.py): alignment orders the reading, and each
+reader's batches reach this stage on their own channel.
+
 An erasure of any identifier forgets every identifier linked with it (graph, at once) and sends every
 family's shard of each of them an erasure, so their profiles and the undo records of profiles moved
 out of a shard go too. A savepoint request is copied to every shard of every family.
