@@ -57,7 +57,7 @@ PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
 PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "fax", "address", "ip", "ipv4",
                        "ipv6", "surname", "firstname", "lastname", "fullname", "username", "birth", "birthday",
                        "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode",
-                       "msisdn", "imei", "street", "gsm", "ssn", "pan", "cvv", "cvc"})
+                       "msisdn", "imei", "street", "gsm", "pan", "cvv", "cvc"})
 PII_STEMS = ("email", "phone", "msisdn", "address", "passport", "password", "surname", "firstname", "lastname",
              "fullname", "username", "birth", "postcode", "zipcode", "cardnumber", "creditcard", "streetname")
 _PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
