@@ -142,6 +142,13 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     # Without stitching: no identity stage and no linked families; events go straight to their shard.
     families = profile_families(shards, identity_rules.anchors if stitching else ())
     direct = None if stitching else DirectRoutes(shards, config.state.shard_placement)
+    several = readers is None or readers > 1
+    if direct is not None and several and config.flow.align:
+        # Not held for event-time order across readers (docs/rules.md, "Ordering"): say so once.
+        log.warning("identity.stitching = false with several readers: a customer's events on two partitions "
+                    "more than flow.alignment_bound apart are applied in the order their readers' batches "
+                    "arrive, not always in event-time order; key every input by the customer id on one "
+                    "partition per customer, or run one reader, where that order decides", extra={"readers": readers})
     configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)
     # The profile view topic: written by each shard's checkpoint, before the epoch commits.
     view = ProfileViewWriter(config.kafka, topics.profiles, ruleset, clock).publish if topics.profiles else None
@@ -151,7 +158,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                                clock=clock, placement=config.state.shard_placement,
                                dedupe_horizon_ms=ruleset.dedupe_horizon_ms,
                                order_bound_ms=config.flow.alignment_bound_ms
-                               if config.flow.align and (readers is None or readers > 1) else None)
+                               if config.flow.align and several else None)
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage
