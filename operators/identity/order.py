@@ -18,12 +18,15 @@ their order; events less than the bound apart keep no promised order, as documen
 
 Held events are part of the stage's state: written to its store at every checkpoint (without the raw
 message, which is never stored), read back when it resumes, so a replay after SIGKILL or a restored
-savepoint holds them as the run that read them did.
+savepoint holds them as the run that read them did. Each is its own key, named with every identifier
+it names (`held_key`), so that an erasure removes it and its undo pre-images as it does the
+identifiers' own records.
 """
 
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import deque
 from collections.abc import Callable
 from operator import attrgetter
@@ -32,9 +35,34 @@ import msgspec
 
 from nextclick.operators.records import Event
 
-HELD_KEY = b"s:held"  # in the identity store: the events held at the checkpoint, as a msgpack list
+HELD_PREFIX = b"w"  # (waiting) in the identity store: one key per event held at the checkpoint (`held_key`)
+_POSITION = struct.Struct(">IQ")
 _ENCODE = msgspec.msgpack.Encoder().encode
-_DECODE = msgspec.msgpack.Decoder(list[Event]).decode
+_DECODE = msgspec.msgpack.Decoder(Event).decode
+
+
+def held_key(event: Event) -> bytes:
+    """`w<every identifier key the event names, comma-separated>\0<topic>\0<partition, offset>`."""
+    named = ",".join([event.customer, *(key for _, key in event.links)]).encode()
+    source = event.source
+    where = (event.event_id.encode() if source is None
+             else source.topic.encode() + b"\0" + _POSITION.pack(source.partition, source.offset))
+    return HELD_PREFIX + named + b"\0" + where
+
+
+def encode_held(event: Event) -> bytes:
+    """The event as stored while held: without the raw message, which is never stored."""
+    return _ENCODE(msgspec.structs.replace(event, raw=None) if event.raw is not None else event)
+
+
+def decode_held(data: bytes) -> Event:
+    return _DECODE(data)
+
+
+def read_order(event: Event) -> tuple[str, int, int]:
+    """Where the event was read: how held events read back from a store go back in their order."""
+    source = event.source
+    return ("", -1, 0) if source is None else (source.topic, source.partition, source.offset)
 _ts = attrgetter("ts")
 Partition = tuple[str, int]
 
@@ -97,13 +125,5 @@ class CrossPartitionOrder:
         self.held -= len(taken)
         return taken
 
-    def encode(self) -> bytes:
-        """The held events in the order they were held per partition, without the raw message."""
-        return _ENCODE([msgspec.structs.replace(e, raw=None) if e.raw is not None else e
-                        for queue in self._queues.values() for e in queue])
-
-    def restore(self, data: bytes | None) -> None:
-        self._queues.clear()
-        self.held = 0
-        for event in _DECODE(data) if data else []:
-            self.hold(event)
+    def events(self) -> list[Event]:
+        return [e for queue in self._queues.values() for e in queue]

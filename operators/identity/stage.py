@@ -55,7 +55,14 @@ from nextclick.operators.exchange import flatten, grouped
 from nextclick.operators.frontier import InputFrontier
 from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from nextclick.operators.identity.guards import IdentityRules
-from nextclick.operators.identity.order import HELD_KEY, CrossPartitionOrder
+from nextclick.operators.identity.order import (
+    HELD_PREFIX,
+    CrossPartitionOrder,
+    decode_held,
+    encode_held,
+    held_key,
+    read_order,
+)
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.profile.dedupe import event_key
@@ -151,13 +158,14 @@ class IdentityState:
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
         self.order: CrossPartitionOrder | None = None
-        stored = store.get(HELD_KEY)
+        stored = {key: decode_held(value) for key, value in store.scan(HELD_PREFIX)}
+        self._held_stored: set[bytes] = set(stored)
         if ctx.order_bound_ms is not None or stored:
             # Events held by a run with several readers stay held when one resumes them (a rescale to
             # one process): until they are let go, so is everything read after them.
             self.order = CrossPartitionOrder(ctx.order_bound_ms or 0)
-            self.order.restore(stored)
-        self._held_stored = bool(stored)
+            for event in sorted(stored.values(), key=read_order):
+                self.order.hold(event)
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -176,8 +184,11 @@ class IdentityState:
             out = self._apply(values)
         else:  # events wait for the frontier (operators/identity/order.py); commands and reports do not
             rest: list[IdentityItem] = []
+            erased = self.graph.erased.checksums
             for value in values:
-                if type(value) is Event:
+                # An erased person's event from before the erasure is not held (nor stored): it goes
+                # now, to be dropped as such.
+                if type(value) is Event and not (erased and self.graph.of_erased(value)):
                     order.hold(value)
                 else:
                     rest.append(value)
@@ -357,7 +368,7 @@ class IdentityState:
         when it was first read, and that the erasure then took with them: a replay reads the erasure
         first, when the graph does not hold that link yet. They go now, as they went then (the cookie's
         cart applied before this sign-in included)."""
-        erased_at = {key: self.graph.erased.erased_at(key) for key in (event.customer, *(k for _, k in event.links))}
+        erased_at = {key: self.graph.erased.erased_at(key) for key in self.graph.personal_keys(event)}
         at = max(t for t in erased_at.values() if t is not None and event.ts <= t)
         for key, since in erased_at.items():
             if since is None or since < at:
@@ -367,11 +378,21 @@ class IdentityState:
     def _erase(self, request: EraseRequest, out: list[Routed], *, counted: bool = True) -> None:
         """Every identifier linked with the one named, in the graph now and in every family's shards.
         `counted` False: part of an erasure counted already (`_erase_linked`)."""
+        shared = set(self.graph.shared)  # the erasure forgets which were shared: remember it with the marks
         members = self.graph.erase(request.customer)
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
-        self.graph.mark_erased([request.customer, *members], at)
+        self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
         if self.order is not None:  # held events from before it are the erased person's: they go now
             out += self._apply(self.order.take(self.graph.of_erased))
+        if self._held_stored:  # and what was stored of any held event naming them, undo records included
+            named = [key.encode() for key in (request.customer, *members)]
+
+            def naming(key: bytes) -> bool:
+                return key[:1] == HELD_PREFIX and any(n in key for n in named)
+
+            doomed = [key for key in self._held_stored if naming(key)]
+            self.store.erase(doomed, matching=naming)
+            self._held_stored.difference_update(doomed)
         self.ledger.note_erased()
         if counted:
             metrics.ERASURES.inc()
@@ -392,13 +413,13 @@ class IdentityState:
 
     def checkpoint(self) -> int:
         started = time.perf_counter()
-        held = self.order.held if self.order is not None else 0
+        held = {held_key(e): e for e in self.order.events()} if self.order is not None else {}
         if held or self._held_stored:  # what is held is state: a resume holds it again
-            if self.order is not None and held:
-                self.store.put(HELD_KEY, self.order.encode())
-            else:
-                self.store.delete(HELD_KEY)
-            self._held_stored = held > 0
+            for key in self._held_stored.difference(held):
+                self.store.delete(key)
+            for key in held.keys() - self._held_stored:
+                self.store.put(key, encode_held(held[key]))
+            self._held_stored = set(held)
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         return seq

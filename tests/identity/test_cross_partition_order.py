@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nextclick.operators.identity.guards import default_identity_rules
-from nextclick.operators.identity.order import HELD_KEY, CrossPartitionOrder
+from nextclick.operators.identity.order import HELD_PREFIX, CrossPartitionOrder
 from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
 from nextclick.operators.records import Event, Progress, SourcePosition
 from tests.helpers import MIN, T0, consent, make_event
@@ -81,7 +81,7 @@ def test_what_several_readers_held_is_let_go_when_one_resumes_it(tmp_path: Path)
     out = one.on_batch([Progress("web#0", T0 + 80_000, 2), second[1]])[0]
     assert routed_events(out) == ["purchase", "withdrawal"] and one.state.order is None
     one.snapshot()
-    assert one.state.store.get(HELD_KEY) is None
+    assert list(one.state.store.scan(HELD_PREFIX)) == []
 
 
 def test_the_end_of_the_input_releases_everything(tmp_path: Path) -> None:
@@ -127,19 +127,38 @@ def test_the_order_keeps_each_partition_and_puts_events_more_than_the_bound_apar
 
 def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_path: Path) -> None:
     """Held events are in the stage's checkpoints: an erased person's from before the erasure must not
-    wait there for the frontier, or the erased key would stay in the store's files."""
+    wait there for the frontier, and no undo record may keep a copy (an outside probe found their keys in
+    the identity store's files, in undo pre-images of the held list, after the erasure)."""
+    from rocksdict import AccessType, Options, Rdict
+
     from nextclick.operators.records import EraseRequest
 
     logic = stage(tmp_path / "s", BOUND)
     first, _ = the_probes_batches()
     withdrawal = first[0]
     assert isinstance(withdrawal, Event)
+    logic.on_batch([withdrawal])
+    logic.snapshot()  # held and stored
     later = at(make_event("page_view", T0 + 200_000, customer=withdrawal.customer, event_id="after"), "web", 1)
-    logic.on_batch([withdrawal, later])
-    assert logic.state.order is not None and logic.state.order.held == 2
+    other = at(make_event("page_view", T0 + 100, customer="someone-else", event_id="other"), "web", 2)
+    logic.on_batch([later, other])
+    logic.snapshot()  # the undo record of this checkpoint holds what the one before stored
+    assert logic.state.order is not None and logic.state.order.held == 3
     erase = EraseRequest(withdrawal.customer, "dsr-1", None, requested_at=T0 + 100_000)
     assert routed_events(logic.on_batch([erase])[0]) == []
-    assert logic.state.order.held == 1  # the page view after the erasure is new data: it still waits
+    # The page view after the erasure is new data: it still waits, as does someone else's.
+    assert sorted(e.event_id for e in logic.state.order.events()) == ["after", "other"]
+    # Read after the erasure, dated before it: not held (nor stored), dropped as the erased person's.
+    again = at(make_event("page_view", T0 + 50_000, customer=withdrawal.customer, event_id="replayed"), "web", 3)
+    assert routed_events(logic.on_batch([again])[0]) == [] and logic.state.order.held == 2
     logic.snapshot()
-    held = logic.state.store.get(HELD_KEY)
-    assert held is not None and b"withdrawal" not in held and b"after" in held
+    logic.state.store.purge()
+    logic.state.close()
+    db = Rdict(str(tmp_path / "s" / "identity" / "shard-0000"), Options(raw_mode=True),
+               access_type=AccessType.read_only())
+    try:
+        entries = list(db.items())
+    finally:
+        db.close()
+    assert not [k for k, v in entries if b"withdrawal" in k + v or b"replayed" in k + v]
+    assert any(b"other" in v for _, v in entries)  # someone else's held event is still stored
