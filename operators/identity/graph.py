@@ -19,7 +19,7 @@ raw guards the parser applies before an identifier gets here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,15 +226,28 @@ class IdentityGraph:
                     marked.append(key)
         return marked
 
-    def mark_erased(self, keys: list[str], at_ms: int) -> None:
-        """Remember that these identifiers were erased at `at_ms` (operators/state/erased.py)."""
+    def mark_erased(self, keys: list[str], at_ms: int, shared: Collection[str] = ()) -> None:
+        """Remember that these identifiers were erased at `at_ms` (operators/state/erased.py), and which
+        of them were shared."""
         for key in keys:
-            self.erased.mark(key, at_ms)
+            self.erased.mark(key, at_ms, shared=key in shared)
 
     def of_erased(self, event: Event) -> bool:
         """The event names an identifier erased at or after its time: the erased person's, from before."""
         before, ts = self.erased.before_erasure, event.ts
-        return before(event.customer, ts) or any(before(key, ts) for _, key in event.links)
+        return any(before(key, ts) for key in self.personal_keys(event))
+
+    def personal_keys(self, event: Event) -> list[str]:
+        """The identifiers an event names that say whose it is: a shared cookie or device beside someone
+        else's identifier says nothing (`mark_shared`). An outside probe: erasing one kiosk user erased
+        the shared cookie with them, and then every other customer whose event before it named the
+        cookie, one after the other (a thousand in one backlog)."""
+        named = [event.customer, *(key for _, key in event.links)]
+        shared, erased = self.shared, self.erased
+        if shared or erased:
+            personal = [key for key in named if key not in shared and not erased.was_shared(key)]
+            return personal or named
+        return named
 
 
 def graph_path(state_dir: str | Path) -> Path:

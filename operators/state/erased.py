@@ -28,29 +28,40 @@ def _digest(key: str) -> bytes:
 class ErasedKeys:
     """The erased keys of one store, read once (erasures are few)."""
 
-    __slots__ = ("_at", "_store", "checksums")
+    __slots__ = ("_at", "_shared", "_store", "checksums")
 
     def __init__(self, store: KeyValueStore) -> None:
         self._store = store
         self._at: dict[bytes, int] = {}
+        self._shared: set[bytes] = set()  # erased keys that were a shared cookie or device (`mark`)
         # The erased keys' crc32s: empty (falsy) until the first erasure, so a hot loop tests it first.
         self.checksums: set[int] = set()
         for key, value in store.scan(ERASED_PREFIX):
-            at, checksum = value.decode().split(",")
+            at, checksum, *shared = value.decode().split(",")
             self._at[key[len(ERASED_PREFIX):]] = int(at)
+            if shared:
+                self._shared.add(key[len(ERASED_PREFIX):])
             self.checksums.add(int(checksum))
 
     def __bool__(self) -> bool:
         return bool(self._at)
 
-    def mark(self, key: str, at_ms: int) -> None:
-        """`key` was erased at `at_ms`: its events dated at or before it are not applied again."""
+    def mark(self, key: str, at_ms: int, *, shared: bool = False) -> None:
+        """`key` was erased at `at_ms`: its events dated at or before it are not applied again. `shared`:
+        it was a cookie or device several customers signed in on, which says nothing of whose an event
+        naming it beside someone's own identifier is (IdentityGraph.personal_keys)."""
         digest = _digest(key)
-        if at_ms > self._at.get(digest, -1):
+        if at_ms > self._at.get(digest, -1) or (shared and digest not in self._shared):
             checksum = zlib.crc32(key.encode())
-            self._at[digest] = at_ms
+            self._at[digest] = max(at_ms, self._at.get(digest, -1))
             self.checksums.add(checksum)
-            self._store.put(ERASED_PREFIX + digest, f"{at_ms},{checksum}".encode())
+            if shared:
+                self._shared.add(digest)
+            self._store.put(ERASED_PREFIX + digest,
+                            f"{self._at[digest]},{checksum}{',s' if digest in self._shared else ''}".encode())
+
+    def was_shared(self, key: str) -> bool:
+        return bool(self._shared) and zlib.crc32(key.encode()) in self.checksums and _digest(key) in self._shared
 
     def erased_at(self, key: str) -> int | None:
         """When `key` was erased, or None."""

@@ -595,6 +595,32 @@ def test_a_shared_cookie_no_longer_addresses_the_first_customers_decisions(tmp_p
     flow.close()
 
 
+def test_erasing_one_kiosk_user_erases_nobody_else_who_used_the_kiosk(tmp_path: Path) -> None:
+    """An outside probe: erasing one customer erased the shared cookie with them (the graph keeps it), and
+    then every other customer whose event before the erasure named that cookie, each erasing the next
+    (a thousand in one backlog). A shared cookie beside someone's own identifier says nothing of whose
+    the event is."""
+    flow = Stitched(tmp_path, shards=2)
+    kiosk, alice, bob, carol = ("cookie", "kiosk-1"), ("customer", "ALICE"), ("customer", "BOB"), ("customer", "CAROL")
+    story = [web("a1", "login", T0, kiosk, alice), web("b1", "login", T0 + MIN, kiosk, bob),
+             web("c1", "login", T0 + 2 * MIN, kiosk, carol),
+             web("b2", "purchase", T0 + 3 * MIN, bob, kiosk, amount=30.0, order_id="ob")]
+    flow.send(story)
+    flow.epoch_end()
+    assert key(*kiosk) in flow.identity.state.graph.shared
+    flow.deliver(flow.identity.on_batch([EraseRequest(key(*alice), "r1", SRC, requested_at=T0 + 10 * MIN)])[0])  # type: ignore[arg-type]
+    replayed, _ = flow.identity.on_batch(story)  # a replay reads the erasure first
+    routed = [item.event_id for _, items in replayed for item in items if isinstance(item, Event)]
+    assert sorted(routed) == ["b1", "b2", "c1"]  # Alice's sign-in is hers; Bob's and Carol's are theirs
+    flow.deliver(replayed)
+    flow.epoch_end()
+    for who in (bob, carol):
+        assert flow.identity.state.graph.find(key(*who)) is not None or read_profile(tmp_path, 2, key(*who)), who
+    assert flow.identity.state.graph.erased.erased_at(key(*bob)) is None
+    assert flow.identity.state.graph.erased.erased_at(key(*carol)) is None
+    flow.close()
+
+
 def test_the_sign_in_that_makes_a_cookie_shared_links_the_rest_as_its_repeat_would(tmp_path: Path) -> None:
     """Bob signs in on Alice's kiosk cookie with his customer id and email. The cookie becomes shared and
     links to nobody, but Bob's email joins Bob's profile, as the same sign-in sent again does; and the

@@ -293,3 +293,24 @@ def test_an_erasure_is_remembered_by_every_shard_of_a_resharded_savepoint(tmp_pa
             assert ErasedKeys(store).before_erasure("c1", T0 + 5 * MIN), n
         finally:
             store.close()
+
+
+def test_an_erased_shared_cookie_is_remembered_as_shared(tmp_path: Path) -> None:
+    """The mark keeps whether the key was shared, across a reopen, and marking it again keeps that."""
+    from nextclick.operators.state.erased import ErasedKeys
+    from nextclick.operators.state.store import ShardStore
+
+    store = ShardStore(tmp_path / "s", sync=False)
+    marks = ErasedKeys(store)
+    marks.mark("kiosk", T0, shared=True)
+    marks.mark("ann", T0)
+    marks.mark("kiosk", T0 + MIN)  # a later erasure of someone else who used it
+    store.checkpoint()
+    store.close()
+    store = ShardStore(tmp_path / "s", sync=False)
+    try:
+        again = ErasedKeys(store)
+        assert again.was_shared("kiosk") and not again.was_shared("ann") and not again.was_shared("other")
+        assert again.erased_at("kiosk") == T0 + MIN and again.erased_at("ann") == T0
+    finally:
+        store.close()
