@@ -384,15 +384,17 @@ class IdentityState:
         self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
         if self.order is not None:  # held events from before it are the erased person's: they go now
             out += self._apply(self.order.take(self.graph.of_erased))
-        if self._held_stored:  # and what was stored of any held event naming them, undo records included
-            named = [key.encode() for key in (request.customer, *members)]
+        # And what was stored of any held event naming them, undo records included: also of events let go
+        # since (their keys deleted at a checkpoint, their pre-images still in its undo record), and of
+        # a run with several readers before this one.
+        named = [key.encode() for key in (request.customer, *members)]
 
-            def naming(key: bytes) -> bool:
-                return key[:1] == HELD_PREFIX and any(n in key for n in named)
+        def naming(key: bytes) -> bool:
+            return key[:1] == HELD_PREFIX and any(n in key for n in named)
 
-            doomed = [key for key in self._held_stored if naming(key)]
-            self.store.erase(doomed, matching=naming)
-            self._held_stored.difference_update(doomed)
+        doomed = [key for key in self._held_stored if naming(key)]
+        self.store.erase(doomed, matching=naming)
+        self._held_stored.difference_update(doomed)
         self.ledger.note_erased()
         if counted:
             metrics.ERASURES.inc()

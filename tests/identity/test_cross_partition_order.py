@@ -162,3 +162,32 @@ def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_pa
         db.close()
     assert not [k for k, v in entries if b"withdrawal" in k + v or b"replayed" in k + v]
     assert any(b"other" in v for _, v in entries)  # someone else's held event is still stored
+
+
+def test_an_erasure_leaves_no_copy_of_its_persons_events_that_were_held_and_let_go(tmp_path: Path) -> None:
+    """The recheck of that probe: a held event let go before the erasure had its key deleted at a
+    checkpoint, whose undo record kept the event; the erasure must remove it there too."""
+    from rocksdict import AccessType, Options, Rdict
+
+    from nextclick.operators.records import EraseRequest
+
+    logic = stage(tmp_path / "s", BOUND)
+    first, second = the_probes_batches()
+    logic.on_batch(first)
+    logic.snapshot()  # the withdrawal held and stored
+    logic.on_batch(second)  # both let go
+    logic.snapshot()  # its key deleted: the undo record of this checkpoint holds the event
+    assert logic.state.order is not None and logic.state.order.held == 0
+    withdrawal = first[0]
+    assert isinstance(withdrawal, Event)
+    logic.on_batch([EraseRequest(withdrawal.customer, "dsr-1", None, requested_at=T0 + 100_000)])
+    logic.snapshot()
+    logic.state.store.purge()
+    logic.state.close()
+    db = Rdict(str(tmp_path / "s" / "identity" / "shard-0000"), Options(raw_mode=True),
+               access_type=AccessType.read_only())
+    try:
+        entries = list(db.items())
+    finally:
+        db.close()
+    assert not [k for k, v in entries if b"withdrawal" in k + v or withdrawal.customer.encode() in k + v]
