@@ -33,6 +33,17 @@ def routed_events(out: list[tuple[str, object]]) -> list[str]:
             if isinstance(item, Event)]
 
 
+def raw_entries(path: Path) -> list[tuple[bytes, bytes]]:
+    """Every key and value of a store as RocksDB holds them: data, undo records and bookkeeping."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        return list(db.items())
+    finally:
+        db.close()
+
+
 def stage(root: Path, bound: int | None) -> IdentityLogic:
     return IdentityLogic(IdentityContext(root, 2, default_identity_rules(), sync=False, order_bound_ms=bound), None)
 
@@ -129,8 +140,6 @@ def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_pa
     """Held events are in the stage's checkpoints: an erased person's from before the erasure must not
     wait there for the frontier, and no undo record may keep a copy (an outside probe found their keys in
     the identity store's files, in undo pre-images of the held list, after the erasure)."""
-    from rocksdict import AccessType, Options, Rdict
-
     from nextclick.operators.records import EraseRequest
 
     logic = stage(tmp_path / "s", BOUND)
@@ -154,12 +163,7 @@ def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_pa
     logic.snapshot()
     logic.state.store.purge()
     logic.state.close()
-    db = Rdict(str(tmp_path / "s" / "identity" / "shard-0000"), Options(raw_mode=True),
-               access_type=AccessType.read_only())
-    try:
-        entries = list(db.items())
-    finally:
-        db.close()
+    entries = raw_entries(tmp_path / "s" / "identity" / "shard-0000")
     assert not [k for k, v in entries if b"withdrawal" in k + v or b"replayed" in k + v]
     assert any(b"other" in v for _, v in entries)  # someone else's held event is still stored
 
@@ -167,8 +171,6 @@ def test_an_erasure_takes_its_persons_held_events_out_of_the_stages_state(tmp_pa
 def test_an_erasure_leaves_no_copy_of_its_persons_events_that_were_held_and_let_go(tmp_path: Path) -> None:
     """The recheck of that probe: a held event let go before the erasure had its key deleted at a
     checkpoint, whose undo record kept the event; the erasure must remove it there too."""
-    from rocksdict import AccessType, Options, Rdict
-
     from nextclick.operators.records import EraseRequest
 
     logic = stage(tmp_path / "s", BOUND)
@@ -184,10 +186,5 @@ def test_an_erasure_leaves_no_copy_of_its_persons_events_that_were_held_and_let_
     logic.snapshot()
     logic.state.store.purge()
     logic.state.close()
-    db = Rdict(str(tmp_path / "s" / "identity" / "shard-0000"), Options(raw_mode=True),
-               access_type=AccessType.read_only())
-    try:
-        entries = list(db.items())
-    finally:
-        db.close()
+    entries = raw_entries(tmp_path / "s" / "identity" / "shard-0000")
     assert not [k for k, v in entries if b"withdrawal" in k + v or withdrawal.customer.encode() in k + v]
