@@ -19,7 +19,7 @@ raw guards the parser applies before an identifier gets here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,20 +194,28 @@ class IdentityGraph:
         self.store.put(link_ids_key(key), _ENCODE([*seen[-(LINK_IDS_KEPT - 1):], (event_id, ts)]))
         return False
 
-    def erase(self, key: str) -> list[str]:
-        """Right to erasure through links: forget every identifier linked with `key`, and `key`, at once
-        (committed immediately and gone from every undo record, like a shard's erasure). Returns the
-        keys of every identifier of the profile (just `key` when it is linked to nothing)."""
+    def members(self, key: str) -> list[str]:
+        """The keys of every identifier of `key`'s profile (just `key` when it is linked to nothing)."""
         found = self.find(key)
         members = [key]
         if found is not None:
             members = [k for keys in self.group(found[0]).values() for k in keys] or [key]
             if key not in members:
                 members.append(key)
+        return members
+
+    def erase(self, key: str, *, also: Sequence[bytes] = (),
+              matching: Callable[[bytes], bool] | None = None) -> list[str]:
+        """Right to erasure through links: forget every identifier linked with `key`, and `key`, at once
+        (committed immediately and gone from every undo record, like a shard's erasure). Returns
+        `members(key)`. `also` and `matching`: more of the store to erase in the same pass over the undo
+        records (the identity stage's held events, `Store.erase`)."""
+        members = self.members(key)
         # Any member may have keyed a profile once (a group record that a later merge deleted, still
         # in an undo record): every member's group key goes too.
         self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members]
-                         + [link_ids_key(m) for m in members] + [SHARED_PREFIX + m.encode() for m in members])
+                         + [link_ids_key(m) for m in members] + [SHARED_PREFIX + m.encode() for m in members]
+                         + list(also), matching=matching)
         for member in members:
             self._cache.pop(member, None)
         self.shared.difference_update(members)

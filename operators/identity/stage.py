@@ -379,22 +379,22 @@ class IdentityState:
         """Every identifier linked with the one named, in the graph now and in every family's shards.
         `counted` False: part of an erasure counted already (`_erase_linked`)."""
         shared = set(self.graph.shared)  # the erasure forgets which were shared: remember it with the marks
-        members = self.graph.erase(request.customer)
-        at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
-        self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
-        if self.order is not None:  # held events from before it are the erased person's: they go now
-            out += self._apply(self.order.take(self.graph.of_erased))
-        # And what was stored of any held event naming them, undo records included: also of events let go
-        # since (their keys deleted at a checkpoint, their pre-images still in its undo record), and of
-        # a run with several readers before this one.
-        named = [key.encode() for key in (request.customer, *members)]
+        # With the graph's records goes what was stored of any held event naming them, undo records
+        # included: also of events let go since (their keys deleted at a checkpoint, their pre-images
+        # still in its undo record), and of a run with several readers before this one. One pass over
+        # the undo records for both.
+        named = [key.encode() for key in (request.customer, *self.graph.members(request.customer))]
 
         def naming(key: bytes) -> bool:
             return key[:1] == HELD_PREFIX and any(n in key for n in named)
 
         doomed = [key for key in self._held_stored if naming(key)]
-        self.store.erase(doomed, matching=naming)
+        members = self.graph.erase(request.customer, also=doomed, matching=naming)
         self._held_stored.difference_update(doomed)
+        at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
+        self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
+        if self.order is not None:  # held events from before it are the erased person's: they go now
+            out += self._apply(self.order.take(self.graph.of_erased))
         self.ledger.note_erased()
         if counted:
             metrics.ERASURES.inc()
