@@ -52,10 +52,26 @@ def send_command(kafka: Mapping[str, str], topic: str, command: str, request_id:
                  timeout_s: float = 30.0, **fields: str | int) -> None:
     """Deliver one command (the format above) to the control topic, or raise naming the topic: what the
     CLI and the savepoint scheduler send, read back by `parse_control`."""
+    send_commands(kafka, topic, command, [(key, {"request_id": request_id, **fields})], timeout_s)
+
+
+def send_commands(kafka: Mapping[str, str], topic: str, command: str,
+                  commands: Sequence[tuple[bytes, Mapping[str, str | int]]], timeout_s: float = 30.0) -> None:
+    """`send_command` for several keys through one producer; raises unless the broker took every one
+    (a delivery error, not only a timeout: a refused record must not read as sent)."""
     producer = Producer(client_config(kafka))
-    producer.produce(topic, orjson.dumps({"command": command, "request_id": request_id, **fields}), key)
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err.str() if hasattr(err, "str") else err))
+
+    for key, fields in commands:
+        producer.produce(topic, orjson.dumps({"command": command, **fields}), key, on_delivery=delivered)
     if producer.flush(timeout_s):
         raise ConnectionError(f"could not deliver the {command} command to {topic} within {timeout_s:g} s")
+    if failed:
+        raise ConnectionError(f"the broker refused the {command} command on {topic}: {failed[0]}")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,

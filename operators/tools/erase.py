@@ -16,7 +16,7 @@ from confluent_kafka import KafkaException
 
 from nextclick.operators.identity.graph import IdentityGraph
 from nextclick.operators.infra.config import Config
-from nextclick.operators.io.control import send_command
+from nextclick.operators.io.control import send_commands
 from nextclick.operators.io.profile_view import send_tombstones
 from nextclick.operators.rules.loader import load_configured_rules
 from nextclick.operators.shard.shard_state import erase_customer
@@ -43,9 +43,9 @@ def _record(config: Config, members: list[str], request_id: str | None) -> str:
     request_id = request_id or f"cli-offline-{time.time_ns()}"
     at = time.time_ns() // 1_000_000
     try:
-        for member in members:
-            send_command(config.kafka, config.topics.control, "erase", request_id, member.encode(),
-                         timeout_s=10.0, customer_key=member, requested_at=at)
+        send_commands(config.kafka, config.topics.control, "erase",
+                      [(member.encode(), {"request_id": request_id, "customer_key": member, "requested_at": at})
+                       for member in members], timeout_s=10.0)
     except (ConnectionError, KafkaException) as exc:
         raise ConnectionError(
             f"erased from {config.state.dir}, but the erasure is not recorded on {config.topics.control} "
