@@ -221,6 +221,30 @@ def test_an_incomplete_online_savepoint_names_the_process_that_did_not_answer(tm
     assert not (shared / "sp" / "savepoint.json").exists()
 
 
+def test_a_part_that_cannot_be_copied_is_named_at_once_with_its_cause(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator probe: `savepoint create --online` into a full destination waited out its whole timeout
+    and then said only that parts were missing, while the flow's log said why."""
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    put_dir = Destination.put_dir
+
+    def full(self: Destination, local: Path, rel: str) -> int:
+        if rel.endswith("shard-0002") and rel.count("/") == 1:  # the profiles family
+            raise OSError(28, "No space left on device")
+        return put_dir(self, local, rel)
+
+    monkeypatch.setattr(Destination, "put_dir", full)
+    _write_parts(config, str(shared / "sp"), "tok", request_id="req-1")
+    with pytest.raises(SavepointError, match=r"could not write profiles shard 2's part: .*No space left on device"
+                                             r".*free space there"):
+        finish_online(config, shared / "sp", timeout_s=20, request_id="req-1")
+    # A note of another request does not stop this one.
+    monkeypatch.setattr(Destination, "put_dir", put_dir)
+    _write_parts(config, str(shared / "sp"), "tok2", request_id="req-2")
+    assert finish_online(config, shared / "sp", timeout_s=10, request_id="req-2").seqs
+
+
 def test_a_savepoint_given_up_can_be_asked_for_again_under_its_name_and_only_the_new_request_counts(
         tmp_path: Path) -> None:
     shared = tmp_path / "shared"

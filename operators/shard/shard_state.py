@@ -76,7 +76,7 @@ from nextclick.operators.state.keys import (
     timer_key,
 )
 from nextclick.operators.state.manifest import StartPlan
-from nextclick.operators.state.savepoint_parts import write_shard_part
+from nextclick.operators.state.savepoint_parts import report_part_failed, write_shard_part
 from nextclick.operators.state.store import KeyValueStore, ShardStore, StateError
 from nextclick.operators.state.timers import TimerIndex
 
@@ -459,6 +459,8 @@ class ShardState:
             # The flow goes on; the savepoint is incomplete and `nextclick savepoint create` says so.
             log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,
                                                            "error": str(exc)})
+            report_part_failed(request.path, self.shard, request.token, request.store, request.request_id,
+                               f"the shard's checkpoint on its own volume failed: {exc}")
             return
         log.info("savepoint part checkpointed, copying", extra={
             "shard": self.shard, "seq": seq, "path": request.path, "seconds": round(time.perf_counter() - started, 3)})

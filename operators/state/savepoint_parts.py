@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "savepoint.json"
 STAGING_PREFIX = ".parts-"
 PART_SUFFIX = ".part.json"
+FAILED_SUFFIX = ".failed.json"  # a shard's part could not be written: why, for the waiting CLI
 SCRATCH_PREFIX = ".savepoint-"  # a shard's local checkpoint, on its own volume, until it is copied out
 
 
@@ -212,6 +213,27 @@ def _who() -> str:
     return os.environ.get("NEXTCLICK_POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _part_rel(token: str, shard: int, subdir: str) -> str:
+    name = shard_path("", shard).name
+    return f"{STAGING_PREFIX}{token}/{subdir}/{name}" if subdir else f"{STAGING_PREFIX}{token}/{name}"
+
+
+def report_part_failed(dest: str | Path, shard: int, token: str, subdir: str, request_id: str | None,
+                       error: str) -> None:
+    """Leave a note beside the part that could not be written, so `savepoint create --online` names the
+    cause at once instead of waiting out its timeout (an operator probe: a full destination). Removes
+    what the failed copy left first: on a full destination, that is what makes room for the note."""
+    where = Destination(dest)
+    rel = _part_rel(token, shard, subdir)
+    note = {"shard": shard, "family": subdir, "process": _who(), "request_id": request_id, "error": error[:500]}
+    try:
+        where.remove(rel)
+        where.write_bytes(f"{rel}{FAILED_SUFFIX}", orjson.dumps(note))
+    except Exception as exc:  # noqa: BLE001 - the log line is then all there is
+        log.error("savepoint failure not reported at the destination", extra={
+            "shard": shard, "path": where.describe(rel), "error": str(exc)})
+
+
 def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: int, positions: dict[str, int],
                      token: str, lineage: str | None, subdir: str = "", *,
                      scratch: Path | None = None, request_id: str | None = None,
@@ -225,7 +247,7 @@ def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: in
     cluster generation the process runs at (StartPlan.generation), which the savepoint records."""
     where = Destination(dest)
     name = shard_path("", shard).name
-    rel = f"{STAGING_PREFIX}{token}/{subdir}/{name}" if subdir else f"{STAGING_PREFIX}{token}/{name}"
+    rel = _part_rel(token, shard, subdir)
     part = {"shard": shard, "seq": seq, "positions": positions, "lineage": lineage, "token": token,
             "family": subdir, "process": _who(), "request_id": request_id, "generation": generation}
     if scratch is None and not where.remote:
@@ -253,6 +275,7 @@ def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: in
         except Exception as exc:  # noqa: BLE001 - a background copy: log it, the CLI names the missing part
             log.error("savepoint part not copied", extra={"shard": shard, "family": subdir or PROFILES,
                                                           "path": where.describe(rel), "error": str(exc)})
+            report_part_failed(dest, shard, token, subdir, request_id, str(exc))
             return
         finally:
             shutil.rmtree(local, ignore_errors=True)

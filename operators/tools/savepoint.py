@@ -81,6 +81,7 @@ from nextclick.operators.state.manifest import (
 )
 from nextclick.operators.state.placement import BALANCED, worker_of
 from nextclick.operators.state.savepoint_parts import (
+    FAILED_SUFFIX,
     MANIFEST,
     PART_SUFFIX,
     SCRATCH_PREFIX,
@@ -330,6 +331,20 @@ def _describe_missing(missing: list[tuple[str, int]], fams: list[Family], parts:
     return text + (f"; parts came from {', '.join(answered)}" if answered else "; no process wrote a part")
 
 
+def _raise_failed(where: Destination, name: str, request_id: str | None) -> None:
+    """A process could not write its part of this request (`report_part_failed`): say why now."""
+    try:
+        note = orjson.loads(where.read_bytes(name))
+    except (OSError, ValueError):
+        return  # being written, or unreadable: the timeout still names the missing part
+    if request_id is not None and note.get("request_id") != request_id:
+        return
+    family = note.get("family") or PROFILES
+    raise SavepointError(f"{where}: process {note.get('process')} could not write {family} shard {note.get('shard')}'s "
+                         f"part: {note.get('error')}; free space there (or choose another destination) and "
+                         "run the command again")
+
+
 def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: float,
                   progress: Callable[[str], None] = lambda _m: None,
                   placement: Placement | None = None,
@@ -354,6 +369,8 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
         for name in where.files():
             if name.startswith(STAGING_PREFIX) and name.endswith(PART_SUFFIX) and "/." not in name:
                 by_token.setdefault(name.split("/", 1)[0], []).append(name)
+            elif name.startswith(STAGING_PREFIX) and name.endswith(FAILED_SUFFIX) and "/." not in name:
+                _raise_failed(where, name, request_id)
         complete = None
         for token, names in sorted(by_token.items()):
             parts = [orjson.loads(where.read_bytes(n)) for n in names]
