@@ -1,0 +1,120 @@
+"""Event-time order across input partitions read by several workers: events held until the input's
+frontier reaches their time less the bound, then let go partition by partition in the order read,
+merged by event time.
+
+Each reader sends its batches on its own channel, and Timely orders the items of one channel, never two
+channels against each other. Where the events of several readers meet (the identity stage,
+operators/identity/order.py; without identity stitching, each shard, operators/shard/shard_state.py),
+this restores event-time order for events more than `flow.alignment_bound` apart: once the frontier
+(the lowest floor over every partition, from the Progress reports that follow each partition's
+messages on its channel) has reached an event's time less the bound, every event more than the bound
+older, from any partition, has arrived, since a partition's floor is the time of its next message.
+Events of one partition keep their order; events less than the bound apart keep no promised order,
+as documented (docs/rules.md, "Ordering").
+
+Held events are state where they are held: written at each checkpoint (`encode_held`, without the raw
+message, which is never stored) and held again on resume, in `read_order`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from collections import deque
+from collections.abc import Callable
+from operator import attrgetter
+
+import msgspec
+
+from nextclick.operators.records import Event
+
+_POSITION = struct.Struct(">IQ")
+_ENCODE = msgspec.msgpack.Encoder().encode
+_DECODE = msgspec.msgpack.Decoder(Event).decode
+
+
+def where_read(event: Event) -> bytes:
+    """`<topic>\0<partition, offset>` (its event id when it has no position): what makes a held event's
+    key its own."""
+    source = event.source
+    return (event.event_id.encode() if source is None
+            else source.topic.encode() + b"\0" + _POSITION.pack(source.partition, source.offset))
+
+
+def encode_held(event: Event) -> bytes:
+    """The event as stored while held: without the raw message, which is never stored."""
+    return _ENCODE(msgspec.structs.replace(event, raw=None) if event.raw is not None else event)
+
+
+def decode_held(data: bytes) -> Event:
+    return _DECODE(data)
+
+
+def read_order(event: Event) -> tuple[str, int, int]:
+    """Where the event was read: how held events read back from a store go back in their order."""
+    source = event.source
+    return ("", -1, 0) if source is None else (source.topic, source.partition, source.offset)
+_ts = attrgetter("ts")
+Partition = tuple[str, int]
+
+
+class CrossPartitionOrder:
+    """Events held until the frontier reaches their time less `bound_ms`, one FIFO queue per partition."""
+
+    __slots__ = ("bound_ms", "_queues", "held")
+
+    def __init__(self, bound_ms: int) -> None:
+        self.bound_ms = bound_ms
+        self._queues: dict[Partition, deque[Event]] = {}
+        self.held = 0
+
+    def hold(self, event: Event) -> None:
+        source = event.source
+        partition = ("", -1) if source is None else (source.topic, source.partition)
+        queue = self._queues.get(partition)
+        if queue is None:
+            queue = self._queues[partition] = deque()
+        queue.append(event)
+        self.held += 1
+
+    def release(self, known: bool, floor: int | None) -> list[Event]:
+        """What the frontier lets go: `known` False (not every partition has reported) releases nothing,
+        `floor` None (every partition caught up) everything. Each partition's releasable prefix, in the
+        order read, merged with the others' by event time."""
+        if not self.held or not known:
+            return []
+        prefixes: list[list[Event]] = []
+        limit = None if floor is None else floor + self.bound_ms
+        for queue in self._queues.values():
+            if limit is None:
+                prefix = list(queue)
+                queue.clear()
+            else:
+                prefix = []
+                while queue and queue[0].ts <= limit:
+                    prefix.append(queue.popleft())
+            if prefix:
+                prefixes.append(prefix)
+        if not prefixes:
+            return []
+        released = prefixes[0] if len(prefixes) == 1 else list(heapq.merge(*prefixes, key=_ts))
+        self.held -= len(released)
+        return released
+
+    def take(self, which: Callable[[Event], bool]) -> list[Event]:
+        """The held events `which` picks, out of the queues now (an erasure's: its person's held events go
+        at once rather than wait, in the stage's state, for the frontier)."""
+        taken: list[Event] = []
+        if not self.held:
+            return taken
+        for partition, queue in self._queues.items():
+            if any(which(e) for e in queue):
+                kept: deque[Event] = deque()
+                for e in queue:
+                    (taken if which(e) else kept).append(e)
+                self._queues[partition] = kept
+        self.held -= len(taken)
+        return taken
+
+    def events(self) -> list[Event]:
+        return [e for queue in self._queues.values() for e in queue]
