@@ -123,7 +123,7 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     given, replaces `flow.decision_sink` (operators/io/sink_registry.py): where decisions go. `readers`:
     how many workers read the input in the whole cluster (None: not known, taken as several); with more
     than one, the identity stage restores event-time order across their channels
-    (operators/identity/order.py).
+    (operators/identity/order.py), or without stitching each shard does (operators/shard/held.py).
     """
     decisions_out = decision_sink(config, sink)  # first: a wrong value is refused before anything is opened
     clock = clock or SystemClock()
@@ -143,12 +143,6 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
     families = profile_families(shards, identity_rules.anchors if stitching else ())
     direct = None if stitching else DirectRoutes(shards, config.state.shard_placement)
     several = readers is None or readers > 1
-    if direct is not None and several and config.flow.align:
-        # Not held for event-time order across readers (docs/rules.md, "Ordering"): say so once.
-        log.warning("identity.stitching = false with several readers: a customer's events on two partitions "
-                    "more than flow.alignment_bound apart are applied in the order their readers' batches "
-                    "arrive, not always in event-time order; key every input by the customer id on one "
-                    "partition per customer, or run one reader, where that order decides", extra={"readers": readers})
     configure_orders(config.profile.recent_orders, config.profile.recent_orders_max_age_ms)
     # The profile view topic: written by each shard's checkpoint, before the epoch commits.
     view = ProfileViewWriter(config.kafka, topics.profiles, ruleset, clock).publish if topics.profiles else None
@@ -274,7 +268,10 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                            cache_profiles=config.state.cache_profiles_per_shard,
                            keep_checkpoints=config.state.keep_checkpoints, sync=config.state.sync, plan=plan,
                            family=family.name, await_frontier=True, view=view,
-                           epoch_s=config.flow.epoch_seconds, direct=direct is not None)
+                           epoch_s=config.flow.epoch_seconds, direct=direct is not None,
+                           # Without the identity stage the shards restore event-time order across readers.
+                           order_bound_ms=config.flow.alignment_bound_ms
+                           if direct is not None and config.flow.align and several else None)
         first = n == 0  # `profiles` keeps the step names it always had
         items = inputs[family.name][0] if len(inputs[family.name]) == 1 else \
             op.merge(f"into_{family.name}", *inputs[family.name])

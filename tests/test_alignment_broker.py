@@ -423,13 +423,15 @@ def test_dead_letters_are_byte_identical_across_runs(backlog: Backlog) -> None:
     assert len(skews) == 2
 
 
+@pytest.mark.parametrize("stitching", [True, False], ids=["stitching", "direct"])
 def test_events_more_than_the_bound_apart_on_two_topics_keep_their_order_across_two_processes(
-        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path, stitching: bool) -> None:
     """An outside probe's backlog: each customer buys in the store and withdraws email consent on the web
     70 s later (even customers), or the other way round (odd). Each pair is more than the default bound
     (1 minute) apart, so a cross-sell goes to the even customers and to no odd one. Two processes read the
     topics' partitions: the stage got one reader's later withdrawal before the other's purchase, and
-    cross-sells went to customers who had withdrawn (3 runs of 3)."""
+    cross-sells went to customers who had withdrawn (3 runs of 3). Without stitching (the web keyed by
+    the customer id) the shards hold events for that order themselves (operators/shard/held.py)."""
     now, rng, customers = int(time.time() * 1000), random.Random(7), 2000
     by_topic: dict[str, list[Message]] = {"web": [], "store": [], "mobile": []}
     for i in range(customers):
@@ -442,7 +444,7 @@ def test_events_more_than_the_bound_apart_on_two_topics_keep_their_order_across_
                     {"order_id": f"o-{who}", "amount": 50.0, "currency": "EUR"})
         for topic, (etype, ts, attrs) in [*(("web", e) for e in (*web, withdrawal)), ("store", purchase)]:
             body = {"event_id": f"{who}-{etype}-{ts}", "type": etype, "ts": ts, "customer_id": who, **attrs}
-            key = f"ck-{who}" if topic == "web" else who  # signed in on the web: keyed by the cookie
+            key = f"ck-{who}" if topic == "web" and stitching else who  # signed in on the web: the cookie
             by_topic[topic].append((key, key.encode(), orjson.dumps(body)))
     for j in range(3 * customers):  # anonymous browsing and app opens around them
         t = now - 5 * 60 * MIN + rng.randrange(0, 3 * 60 * MIN)
@@ -454,7 +456,8 @@ def test_events_more_than_the_bound_apart_on_two_topics_keep_their_order_across_
     for name, messages in by_topic.items():
         messages.sort(key=lambda m: orjson.loads(m[2])["ts"])
         _produce(kafka, topics[name], messages, salt=name, partitions=4)
-    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=tuple(topics.values()))
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=tuple(topics.values()),
+                             extra_env={} if stitching else {"NEXTCLICK_IDENTITY__STITCHING": "false"})
     ensure_topics(kafka, {f"{setup.control}.progress": 1})
     run_to_end(setup, processes=2, timeout_s=120, log=tmp_path / "run.log")
     sold = sorted(orjson.loads(d.body)["trigger"]["id"].split("-store_purchase-")[0]

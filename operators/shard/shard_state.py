@@ -62,13 +62,16 @@ from nextclick.operators.shard.cache import (
     ProfileCache,
 )
 from nextclick.operators.shard.common import ShardItem, ShardOutput, account, log, note_ids, undo_outcome
+from nextclick.operators.shard.held import HeldEvents
 from nextclick.operators.shard.merge_barrier import MergeBarrier
 from nextclick.operators.shard.quarantine import Quarantine
 from nextclick.operators.shard.timer_runner import TimerRunner
 from nextclick.operators.state.epoch import EpochLedger
 from nextclick.operators.state.erased import ErasedKeys
 from nextclick.operators.state.keys import (
+    HELD_EVENT_PREFIX,
     TIMER_PREFIX,
+    is_held_of,
     is_timer_of,
     profile_key,
     quarantine_key,
@@ -127,6 +130,10 @@ class ShardContext:
     # Without identity stitching the sources report their floors to every shard (records.ShardProgress)
     # and each shard keeps the frontier over them itself (operators/shard/logic.py).
     direct: bool = False
+    # Without identity stitching and with several readers: events wait for that frontier to reach their
+    # time less this bound (flow.alignment_bound), for event-time order across readers
+    # (operators/shard/held.py). None: one reader, or the identity stage orders them.
+    order_bound_ms: int | None = None
 
 
 def open_store(state_dir: Path, family: str, shard: int, seq: int | None, plan: StartPlan | None, *,
@@ -209,6 +216,7 @@ class ShardState:
         self.late_limit = DIRTY_LIMIT  # how many may stay dirty once it is not: set by each batch
         self._wound_down = False  # a wind-down turn wrote nothing: no more until the next batch
         self.erased = ErasedKeys(store)  # erased customers: their older events are not applied again
+        self.held = HeldEvents(store, ctx.order_bound_ms, self.frontier)  # event-time order across readers, if held
         self._epoch_started()
 
     def _epoch_started(self) -> None:
@@ -291,6 +299,9 @@ class ShardState:
         and moved profiles out."""
         self.cache.new_turn()
         out: list[ShardOutput] = []
+        if self.held.order is not None:
+            self.ledger.note_positions(values)  # held events are state from here: the input goes on after them
+            values = self.held.ordered(values)
         if self.erased:
             values = self._without_erased(values)
         self._process(values, out)
@@ -430,6 +441,7 @@ class ShardState:
         self.barrier.settled(f"{self.ctx.family} shard {self.shard}")
         dirty = len(cache.dirty)
         cache.flush()
+        self.held.checkpoint()
         if cache.viewed:
             self._publish_view()
         cache.committed.clear()  # from here on, reads return what this epoch wrote
@@ -486,6 +498,9 @@ class ShardState:
         self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
         in_memory = self.cache.forget(customer)
+        # Their held events from before it go now, counted as an erased person's are (`_without_erased`).
+        metrics.EVENTS_OF_ERASED.inc(len(self.held.take(customer, lambda e: self.erased.before_erasure(
+            customer, e.ts))))
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self.cache.mark_viewed(customer)  # its tombstone on the view topic
         self.ledger.note_erased()
@@ -522,7 +537,9 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
         if due is not None:
             keys.append(timer_key(due, customer))
     suffix = customer.encode()
-    store.erase(keys, matching=lambda k: is_timer_of(k, suffix))
+    # Held events (operators/shard/held.py) too, stored or in undo records: their keys start with the customer.
+    store.erase(keys + [k for k, _ in store.scan(HELD_EVENT_PREFIX + suffix + b"\0")],
+                matching=lambda k: is_timer_of(k, suffix) or is_held_of(k, suffix))
     return bool(versions)
 
 

@@ -3,6 +3,8 @@
     p<customer>                 the profile (format 2 MessagePack; QUARANTINED when set aside)
     t<due: 8 bytes><customer>   the customer's next timer; keys sort by due time
     q<customer>                 a quarantined profile's record: why, and the stored bytes
+    h<customer>\0<where read>   an event held for event-time order across readers (without identity
+                                stitching: operators/shard/shard_state.py), until the frontier lets it go
     s:positions                 the input positions of the events this shard applied
     x<digest of a customer>     when it was erased (operators/state/erased.py): not the key itself
 """
@@ -21,6 +23,8 @@ QUARANTINE_PREFIX = b"q"
 QUARANTINED = b"Q"
 # Per-shard records: the input positions (next offset per topic partition) this shard has seen.
 POSITIONS_KEY = b"s:positions"
+# An event held at the checkpoint, stored under its customer so that an erasure and a re-shard find it.
+HELD_EVENT_PREFIX = b"h"
 DUE = struct.Struct(">Q")
 
 
@@ -50,6 +54,16 @@ def quarantine_key(customer: str) -> bytes:
     return QUARANTINE_PREFIX + customer.encode()
 
 
+def held_event_key(customer: str, where: bytes) -> bytes:
+    """`where`: what makes the event's key its own (operators/event_order.py `where_read`)."""
+    return HELD_EVENT_PREFIX + customer.encode() + b"\0" + where
+
+
+def is_held_of(key: bytes, customer: bytes) -> bool:
+    """Whether `key` is one of this customer's held events (exactly: not another id starting the same way)."""
+    return key[:1] == HELD_EVENT_PREFIX and key[1:len(customer) + 2] == customer + b"\0"
+
+
 def customer_of_key(key: bytes) -> str | None:
     """The customer a shard key belongs to (None for the shard's own records): how re-sharding routes keys."""
     prefix = key[:1]
@@ -57,4 +71,6 @@ def customer_of_key(key: bytes) -> str | None:
         return key[1:].decode()
     if prefix == TIMER_PREFIX:
         return key[1 + DUE.size:].decode()
+    if prefix == HELD_EVENT_PREFIX:
+        return key[1:key.index(b"\0")].decode()
     return None
