@@ -284,9 +284,19 @@ def _time_ms(text: str) -> int:
 
 
 def _customer_key(args: argparse.Namespace, config: Config) -> str:
+    """The key KEY names; refuses one no event can have (an outside probe: `profile erase ""` exited 0 and
+    left the flow an erase command it dead-lettered)."""
     from nextclick.operators.identity.pseudonyms import pseudonymize
+    from nextclick.operators.io.control import is_customer_key, names_someone
 
-    return args.key if args.hashed else pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
+    if args.hashed:
+        if not is_customer_key(args.key):
+            raise ValueError("KEY with --hashed must be 32 lowercase hexadecimal characters (the key `nextclick keys` "
+                             "prints)")
+        return str(args.key)
+    if not names_someone(args.key):
+        raise ValueError("KEY is empty or shows nothing: no event is keyed by such an identifier")
+    return pseudonymize(args.id_type, args.key, config.privacy.resolve_secret())
 
 
 def cmd_profile_erase(args: argparse.Namespace) -> int:

@@ -90,6 +90,21 @@ def test_offline_erase_then_the_flow_still_starts(deployment: FlowSetup) -> None
 
 
 @pytest.mark.broker
+@pytest.mark.parametrize(("args", "why"), [
+    (("",), "KEY is empty or shows nothing"), (("   ",), "KEY is empty or shows nothing"),
+    (("\u200b",), "KEY is empty or shows nothing"),
+    (("ABCDEF", "--hashed"), "KEY with --hashed must be 32 lowercase hexadecimal characters"),
+])
+def test_an_erase_of_a_key_no_event_can_have_is_refused_before_anything_is_done(
+        deployment: FlowSetup, args: tuple[str, ...], why: str) -> None:
+    """An outside probe: these exited 0, wrote profile-view tombstones and recorded an erase command that
+    the flow then dead-lettered."""
+    for how in ((), ("--online",)):
+        error = one_line_error(nextclick(deployment, "profile", "erase", *args, *how))
+        assert error.startswith(f"nextclick: error: {why}"), error
+
+
+@pytest.mark.broker
 def test_a_wrong_state_dir_is_named_never_taken_for_a_customer_with_nothing_stored(
         deployment: FlowSetup, tmp_path: Path) -> None:
     """An erasure run with another deployment's configuration must not report "nothing stored"."""

@@ -151,10 +151,30 @@ def test_the_three_identifier_forms_hash_like_events() -> None:
     by_cookie = control({"command": "erase", "request_id": "r4", "id_type": "cookie", "id": "ck-1"})
     assert isinstance(by_cookie, EraseRequest)
     assert by_cookie.customer == _event_customer({}, b"ck-1")  # web's default id type is cookie
-    # customer_key wins over customer_id; the identifier is never echoed in the request.
-    both = control({"command": "erase", "request_id": "r5", "customer_key": key, "customer_id": "other"})
-    assert isinstance(both, EraseRequest) and both.customer == key
+    # The identifier is never echoed in the request.
     assert "CUST-9" not in repr(by_id) and "a@example.com" not in repr(by_email)
+
+
+@pytest.mark.parametrize("names", [
+    {"customer_id": "C-NOBODY", "id_type": "email", "id": "erin3@example.net"},
+    {"customer_key": "a" * 32, "customer_id": "C-1"},
+    {"customer_key": "ZZ" * 16, "customer_id": "C-1"},  # a bad key did not fall back to the id
+    {"customer_key": "a" * 32, "id": "erin3@example.net"},
+])
+def test_an_erase_naming_two_identifiers_is_refused_not_half_done(names: dict[str, str]) -> None:
+    """An outside probe: a customer_id beside the id_type/id of the person to erase erased only the
+    customer id (nobody's), kept her profile, and counted an erasure: the request read as done."""
+    refused = control({"command": "erase", "request_id": "r1", **names})
+    assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation"
+    assert "names one identifier" in refused.message and "send one command for each" in refused.message
+    assert "erin3" not in refused.message and "C-" not in refused.message
+
+
+@pytest.mark.parametrize("names", [{"customer_id": "   "}, {"customer_id": "\u200b"}, {"customer_id": 42},
+                                   {"id_type": "email", "id": "\u2060 "}, {"id_type": "email"}])
+def test_an_erase_of_an_identifier_no_event_can_have_is_refused(names: dict[str, object]) -> None:
+    refused = control({"command": "erase", "request_id": "r1", **names})
+    assert isinstance(refused, DeadLetter) and refused.reason == "missing_identifier", refused
 
 
 # --- end to end through the broker --------------------------------------------------------------

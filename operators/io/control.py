@@ -33,6 +33,7 @@ import orjson
 from confluent_kafka import Producer
 
 from nextclick.operators.channels import ID_TYPES
+from nextclick.operators.identity.guards import placeholder_form
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.io.deadletter import TS_SKEW_HEADER
 from nextclick.operators.io.jsonkeys import duplicate_key
@@ -133,23 +134,46 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
                           f"erase 'requested_at' is ahead of the clock by more than the limit of {max_future_skew_ms} "
                           "ms (parse.max_future_skew_ms): milliseconds since the epoch, not micro- or nanoseconds",
                           measured=((TS_SKEW_HEADER, str(requested_at - now_ms)),))
-    customer_key = body.get("customer_key")
-    if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
-        return EraseRequest(customer_key, request_id, source, requested_at=requested_at)
-    if isinstance(body.get("customer_id"), str) and body["customer_id"]:
-        return EraseRequest(pseudonymize("customer", body["customer_id"], secret), request_id, source,
-                            requested_at=requested_at)
-    id_type, raw_id = body.get("id_type"), body.get("id")
-    if id_type in ID_TYPES and isinstance(raw_id, str) and raw_id:
-        return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source,
-                            requested_at=requested_at)
+    # One identifier, in one form: a command naming two (an outside probe: a customer_id beside the
+    # id_type/id of the person to erase) erased one and kept the other, and read as done.
+    forms = [form for form, present in (("'customer_key'", "customer_key" in body),
+                                        ("'customer_id'", "customer_id" in body),
+                                        ("'id_type' and 'id'", "id_type" in body or "id" in body)) if present]
+    if len(forms) > 1:
+        return refuse("schema_violation", f"erase names one identifier, in one form; this one names {len(forms)} "
+                                          f"({', '.join(forms)}): send one command for each")
     # Say which form was tried and what is wrong with it (never the value: it may be the identifier).
-    if customer_key is not None:
+    if "customer_key" in body:
+        customer_key = body["customer_key"]
+        if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
+            return EraseRequest(customer_key, request_id, source, requested_at=requested_at)
         return refuse("missing_identifier", "erase 'customer_key' must be 32 lowercase hexadecimal characters "
                                             "(the key `nextclick keys` prints)")
-    if id_type is not None and id_type not in ID_TYPES:
-        return refuse("missing_identifier", f"erase 'id_type' must be one of {sorted(ID_TYPES)}")
+    if "customer_id" in body:
+        customer_id = body["customer_id"]
+        if isinstance(customer_id, str) and names_someone(customer_id):
+            return EraseRequest(pseudonymize("customer", customer_id, secret), request_id, source,
+                                requested_at=requested_at)
+        return refuse("missing_identifier", "erase 'customer_id' must be a string with a visible character")
+    id_type, raw_id = body.get("id_type"), body.get("id")
+    if "id_type" in body or "id" in body:
+        if id_type not in ID_TYPES:
+            return refuse("missing_identifier", f"erase 'id_type' must be one of {sorted(ID_TYPES)}")
+        if isinstance(raw_id, str) and names_someone(raw_id):
+            return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source,
+                                requested_at=requested_at)
+        return refuse("missing_identifier", "erase 'id' must be a string with a visible character")
     return refuse("missing_identifier", "erase needs 'customer_key', 'customer_id', or 'id_type' and 'id'")
+
+
+def names_someone(identifier: str) -> bool:
+    """Not empty, blank or invisible (a zero-width space): no event is keyed by such an identifier."""
+    return bool(placeholder_form(identifier))
+
+
+def is_customer_key(text: str) -> bool:
+    """A pseudonymous key as `nextclick keys` prints it: 32 lowercase hexadecimal characters."""
+    return _KEY.fullmatch(text) is not None
 
 
 def savepoint_not_wanted(request: SavepointRequest, now_ms: int) -> str | None:
