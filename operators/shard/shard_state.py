@@ -299,13 +299,15 @@ class ShardState:
         and moved profiles out."""
         self.cache.new_turn()
         out: list[ShardOutput] = []
-        if self.held.order is not None:
+        ordering = self.held.order is not None
+        if ordering:
             self.ledger.note_positions(values)  # held events are state from here: the input goes on after them
             values = self.held.ordered(values)
         if self.erased:
             values = self._without_erased(values)
         self._process(values, out)
-        self.ledger.note_positions(values)
+        if not ordering:
+            self.ledger.note_positions(values)
         return out
 
     def _process(self, values: list[ShardItem], out: list[ShardOutput]) -> None:
