@@ -187,3 +187,15 @@ def consume_all(kafka: Mapping[str, str], topics: Iterable[str], *, idle_s: floa
         return out
     finally:
         consumer.close()
+
+
+def raw_entries(path: Path) -> list[tuple[bytes, bytes]]:
+    """Every key and value of a store as RocksDB holds them: data, undo records and bookkeeping (what an
+    erasure must leave no trace in)."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        return list(db.items())
+    finally:
+        db.close()

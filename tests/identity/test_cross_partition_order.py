@@ -19,7 +19,7 @@ from nextclick.operators.identity.guards import default_identity_rules
 from nextclick.operators.identity.order import HELD_PREFIX, CrossPartitionOrder
 from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
 from nextclick.operators.records import Event, Progress, SourcePosition
-from tests.helpers import MIN, T0, consent, make_event
+from tests.helpers import MIN, T0, consent, make_event, raw_entries
 
 BOUND = MIN
 
@@ -31,17 +31,6 @@ def at(event: Event, topic: str, offset: int) -> Event:
 def routed_events(out: list[tuple[str, object]]) -> list[str]:
     return [item.event_id for _, batch in out for item in (batch if isinstance(batch, list) else [batch])
             if isinstance(item, Event)]
-
-
-def raw_entries(path: Path) -> list[tuple[bytes, bytes]]:
-    """Every key and value of a store as RocksDB holds them: data, undo records and bookkeeping."""
-    from rocksdict import AccessType, Options, Rdict
-
-    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
-    try:
-        return list(db.items())
-    finally:
-        db.close()
 
 
 def stage(root: Path, bound: int | None) -> IdentityLogic:

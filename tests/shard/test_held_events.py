@@ -19,7 +19,7 @@ from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.keys import HELD_EVENT_PREFIX, customer_of_key, held_event_key, is_held_of
 from nextclick.operators.state.store import ShardStore
-from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event
+from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event, raw_entries
 
 BOUND = MIN
 
@@ -49,15 +49,13 @@ def cross_sells(out: list[object]) -> list[str]:
     return [d.customer for d in out if isinstance(d, Decision) and d.rule_id == "post_purchase_cross_sell"]
 
 
-def raw_entries(path: Path) -> list[tuple[bytes, bytes]]:
-    """Every key and value of a store as RocksDB holds them: data, undo records and bookkeeping."""
-    from rocksdict import AccessType, Options, Rdict
-
-    db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
-    try:
-        return list(db.items())
-    finally:
-        db.close()
+def erase_c1_and_read_what_stays(logic: ShardLogic, root: Path) -> list[bytes]:
+    """Erase c1, commit, purge: every raw entry of the store that still holds c1's withdrawal."""
+    logic.on_batch([EraseRequest("c1", "dsr-1", None, requested_at=T0 + 100_000)])
+    logic.snapshot()
+    logic.store.purge()
+    logic.store.close()
+    return [k for k, v in raw_entries(root / "shard-0000") if b"c1-withdrawal" in k + v]
 
 
 def test_a_purchase_read_after_a_later_withdrawal_is_applied_first(tmp_path: Path) -> None:
@@ -139,11 +137,7 @@ def test_an_erasure_leaves_no_copy_of_held_events_let_go_before_it(tmp_path: Pat
     logic.snapshot()  # held and stored
     logic.on_batch(second)  # let go
     logic.snapshot()  # its key deleted: the undo record of this checkpoint holds it
-    logic.on_batch([EraseRequest("c1", "dsr-1", None, requested_at=T0 + 100_000)])
-    logic.snapshot()
-    logic.store.purge()
-    logic.store.close()
-    assert not [k for k, v in raw_entries(tmp_path / "shard-0000") if b"c1-withdrawal" in k + v]
+    assert not erase_c1_and_read_what_stays(logic, tmp_path)
 
 
 def test_an_erasure_removes_held_events_stored_before_the_undo_records_kept(tmp_path: Path) -> None:
@@ -155,11 +149,7 @@ def test_an_erasure_removes_held_events_stored_before_the_undo_records_kept(tmp_
         logic.on_batch([at(make_event("page_view", T0 + n, customer="c9", event_id=f"pv{n}"), "web", 50 + n)])
         logic.snapshot()
     logic.store.purge()
-    logic.on_batch([EraseRequest("c1", "dsr-1", None, requested_at=T0 + 100_000)])
-    logic.snapshot()
-    logic.store.purge()
-    logic.store.close()
-    assert not [k for k, v in raw_entries(tmp_path / "shard-0000") if b"c1-withdrawal" in k + v]
+    assert not erase_c1_and_read_what_stays(logic, tmp_path)
 
 
 def test_held_events_move_with_their_customer_in_a_reshard(tmp_path: Path) -> None:
