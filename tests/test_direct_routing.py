@@ -10,6 +10,8 @@ topic, 30 minutes after the cart, must be read before the cart counts as abandon
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +24,7 @@ from nextclick.flows.local_broker import free_port
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.io.topics import ensure_topics
 from tests.flowrun import (
+    REPO,
     SECRET,
     DecisionRecord,
     FlowSetup,
@@ -130,3 +133,21 @@ def test_without_stitching_a_backlog_hours_old_decides_as_with_it(
     assert any(k.how.startswith("failpoint after_checkpoint") for k in done), [k.how for k in done]
     assert_same_profiles(profiles, read_profiles(crashed.state_dir, SHARDS))
     assert_same_decisions(decisions, dedupe(read_decisions(kafka, crashed.decisions)))
+
+    # An offline savepoint of that deployment restores into a new one without stitching (an outside
+    # probe: it held empty identity and linked stores, and the restore was refused as stitched state).
+    savepoint = tmp_path / "offline-sp"
+    done = subprocess.run([sys.executable, "-m", "nextclick", "savepoint", "create", str(savepoint)], cwd=REPO,
+                          env=crashed.env(stop_at_end=True), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert not (savepoint / "identity").exists() and not list(savepoint.glob("linked*"))
+    restored = FlowSetup.create(kafka, tmp_path / "restored", f"{topic_prefix}.restored", inputs=topics,
+                                shards=SHARDS, extra_env={**EXACT_ORDER, **DIRECT})
+    restored = restored.with_(recovery_dir=tmp_path / "restored" / "empty-recovery")  # a restore makes it
+    restored.recovery_dir.mkdir()
+    done = subprocess.run([sys.executable, "-m", "nextclick", "run", "--stop-at-end", "--from-savepoint",
+                           str(savepoint)], cwd=REPO, env=restored.env(stop_at_end=True), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_same_profiles(profiles, read_profiles(restored.state_dir, SHARDS))
+

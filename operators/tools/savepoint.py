@@ -493,7 +493,7 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
     _empty_dest(dest)
     seqs: dict[str, dict[int, int]] = {}
     positions: list[dict[str, int]] = []
-    fams = state_families(config)
+    fams = flow_families(config)  # the families the flow has: without stitching, profiles only
     total, done = sum(f.shards for f in fams), 0
     for family in fams:
         dirs = family_dirs(state_dir, family)

@@ -140,7 +140,10 @@ def _check_stitching(config: Config, state_dir: Path) -> None:
     """Without stitching the identity graph and linked profiles would be left behind: refuse state that has any."""
     if config.identity.stitching:
         return
-    linked = [f.name for f in state_families(config) if f.anchor is not None and family_dirs(state_dir, f)]
+    # Linked shards that hold a profile: empty ones (an offline savepoint before 2026-12-07 wrote every
+    # family of the configuration, stitching or not: an outside probe could not restore it) leave nothing.
+    linked = [f.name for f in state_families(config) if f.anchor is not None
+              and any(_holds_profiles(path) for path in family_dirs(state_dir, f).values())]
     path = graph_path(state_dir)
     links = False
     if has_store(path):
@@ -154,6 +157,14 @@ def _check_stitching(config: Config, state_dir: Path) -> None:
         raise _refuse(f"identity.stitching = false: the state in {state_dir} holds {held}, which a flow without "
                       f"stitching would leave behind (their customers' events would start new profiles); keep "
                       f"identity.stitching = true, or start over with `nextclick state reset`")
+
+
+def _holds_profiles(path: Path) -> bool:
+    store = ShardStore.open_read_only(path, cache_size=0)
+    try:
+        return next(iter(store.scan(PROFILE_PREFIX)), None) is not None
+    finally:
+        store.close()
 
 
 @dataclass(frozen=True)
