@@ -209,6 +209,18 @@ def test_a_fetching_partition_counts_at_what_it_last_delivered() -> None:
     assert a.limit(web) == (NOW - MIN + 1, 0.0)
 
 
+def test_a_partition_that_delivers_at_every_poll_is_never_idle() -> None:
+    """It hands on all it fetched, so it waits again after every poll: that is not idleness."""
+    a, clock = aligned(bound_ms=0)
+    web, email = a.slot("web#0"), a.slot("email#0")
+    web.set(HELD, NOW, clock())
+    for step in range(30):  # 30 s of polls, 10 ms of event time each
+        clock.t += 1
+        email.set(WAITING, NOW - MIN + 10 * step, clock(), delivered=True)
+        assert a.limit(web)[0] == NOW - MIN + 10 * step
+    assert dict((name, state) for name, state, _ in a.local_views())["email#0"] == WAITING
+
+
 def test_a_released_partition_holds_nobody_back() -> None:
     a, clock = aligned()
     web, email = a.slot("web#0"), a.slot("email#0")

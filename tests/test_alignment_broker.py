@@ -199,6 +199,46 @@ def test_a_partition_that_never_fetches_stalls_the_others_only_until_the_idle_ti
             part.close()
 
 
+def test_a_partition_that_delivers_all_it_fetches_is_never_idle_while_it_has_data(
+        kafka: dict[str, str], topic_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside probe throttled every input (10 messages every 100 ms): each poll handed on all it had
+    fetched, so the partition was waiting again after every poll, and after the idle timeout it counted as
+    caught up while it still read its backlog. The frontier and the other partitions went past its
+    unread events (89 customers got cross-sells after withdrawing consent, 1 run of 3 on a loaded machine)."""
+    now = int(time.time() * 1000)
+    slow, busy = f"{topic_prefix}.slow", f"{topic_prefix}.busy"
+    ensure_topics(kafka, {slow: 1, busy: 1})
+    producer = Producer(kafka)
+    for value in _values(now - 300 * MIN, 200, 60_000):  # 200 minutes of backlog, a minute apart
+        producer.produce(busy, value, b"c1")
+        producer.produce(slow, value, b"c1")
+    assert producer.flush(10) == 0
+    monkeypatch.setitem(failpoints.THROTTLE_INPUT, slow, (2, 0.1))  # 2 messages every 100 ms: 10 s in all
+    source = KafkaInput(kafka, [slow, busy], group_id=topic_prefix, stop_at_end=True,
+                        aligned=Aligned(Alignment(MIN, 1500), lambda: now, ParseConfig()))
+    parts = {name: source.build_part("kafka_in", name, None) for name in source.list_parts()}
+    try:
+        started = time.monotonic()
+        reports: list[Progress] = []
+        delivered: list[tuple[str, RawMessage]] = []
+        slow_floor: int | None = None
+        while time.monotonic() - started < 4.5:  # three idle timeouts, well before `slow` is read
+            for name, message in _poll(parts, [f"{slow}#0", f"{busy}#0"], reports):
+                ts = orjson.loads(message.value or b"{}")["ts"]
+                if name.startswith(slow):
+                    slow_floor = ts
+                elif slow_floor is not None:
+                    assert ts <= slow_floor + MIN, "the busy partition ran ahead of the slow one's backlog"
+                delivered.append((name, message))
+            time.sleep(0.01)
+        slow_reports = [r.floor for r in reports if r.partition == f"{slow}#0"]
+        assert slow_reports and None not in slow_reports, slow_reports  # never "caught up" while reading
+        assert sum(1 for name, _ in delivered if name.startswith(slow)) < 200
+    finally:
+        for part in parts.values():
+            part.close()
+
+
 # -- the flow -------------------------------------------------------------------------------------------
 
 def stories(customers: int, *, seed: int, start_ms: int, span_ms: int) -> list[Message]:

@@ -210,9 +210,13 @@ class Slot:
         self.name = name
         self.view: tuple[str, int | None, float] = (WAITING, None, now)
 
-    def set(self, state: str, floor: int | None, now: float) -> None:
+    def set(self, state: str, floor: int | None, now: float, *, delivered: bool = False) -> None:
+        """`delivered`: this poll handed messages on. A partition that hands on all it fetches waits
+        again after every poll, and is not idle for that (an outside probe: throttled partitions that
+        delivered every 100 ms went idle after `idle_s`, the frontier passed their unread backlog, and
+        customers got cross-sells after withdrawing consent)."""
         old_state, _, since = self.view
-        self.view = (state, floor, since if state == old_state == WAITING else now)
+        self.view = (state, floor, since if state == old_state == WAITING and not delivered else now)
 
     def published(self, now: float, idle_s: float) -> tuple[str, int | None]:
         state, floor, since = self.view

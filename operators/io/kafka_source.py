@@ -343,7 +343,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             slot.set(DATA if n else HELD, int(pending_ts[0]), now)
             self._event_time.set(pending_ts[0] / 1000)
         else:
-            slot.set(END if self._at_end else WAITING, self._floor_ms, now)
+            slot.set(END if self._at_end else WAITING, self._floor_ms, now, delivered=n > 0)
             if self._floor_ms is not None:
                 self._event_time.set(self._floor_ms / 1000)
         if self._held:
