@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.records import Decision, EraseRequest, Event, ShardProgress, SourcePosition
@@ -183,3 +184,11 @@ def test_held_events_move_with_their_customer_in_a_reshard(tmp_path: Path) -> No
         finally:
             store.close()
     assert held == {f"c{n}": 2 for n in range(8)}
+
+
+def test_bench_held_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.held runs (the figure itself is for docs/performance.md, not for a test)."""
+    from bench import held
+
+    held.main(["--events", "2000", "--customers", "500", "--repeat", "1"])
+    assert "several readers (held)" in capsys.readouterr().out
