@@ -211,3 +211,29 @@ def test_the_secret_file_wins_and_its_trailing_whitespace_is_ignored(tmp_path: P
     missing = PrivacyConfig(secret="x", secret_file=str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="privacy.secret_file"):
         missing.resolve_secret()
+
+
+@pytest.mark.broker
+def test_the_read_only_tools_work_on_a_read_only_mount_of_the_state(deployment: FlowSetup, tmp_path: Path) -> None:
+    """An outside probe: `profile get`, `state info` and an offline savepoint failed on a volume snapshot
+    mounted read-only (rocksdict rewrites its config file even when it opens a store read-only). The
+    mount is made in a mount namespace of its own (`unshare`), so the test needs no privileges."""
+    import shutil
+
+    copy, mount = tmp_path / "snapshot", tmp_path / "mnt"
+    shutil.copytree(deployment.state_dir, copy / "state")
+    shutil.copytree(deployment.recovery_dir, copy / "recovery")
+    mount.mkdir()
+    on_mount = deployment.with_(state_dir=mount / "state", recovery_dir=mount / "recovery")
+    savepoint = tmp_path / "sp"
+    commands = [f"{sys.executable} -m nextclick profile get cust-00001 > {tmp_path / 'get.json'}",
+                f"{sys.executable} -m nextclick state info > {tmp_path / 'info.json'}",
+                f"{sys.executable} -m nextclick savepoint create {savepoint} > /dev/null"]
+    script = (f"mount --bind {copy} {mount} && mount -o remount,ro,bind {mount} && "
+              f"! touch {mount}/state/x 2>/dev/null && " + " && ".join(commands))
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], cwd=REPO,
+                          env=on_mount.env(stop_at_end=True), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert orjson.loads((tmp_path / "get.json").read_bytes())["customer"] == key("cust-00001")
+    assert orjson.loads((tmp_path / "info.json").read_bytes())["shards"]
+    assert read_profiles(savepoint, 4) == read_profiles(copy / "state", 4) != {}

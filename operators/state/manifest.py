@@ -242,7 +242,7 @@ def running_flows(state_dir: Path) -> list[str]:
     """The process ids whose run lock in `state_dir` is held now, as "process N" (empty: no flow runs)."""
     held: list[str] = []
     for path in sorted(state_dir.glob(f"{RUN_LOCK_PREFIX}*.lock")) if state_dir.is_dir() else ():
-        with open(path, "a+b") as fh:
+        with open(path, "rb") as fh:  # a read only descriptor locks as well (a read-only snapshot)
             if _try_lock(fh):
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             else:

@@ -98,12 +98,38 @@ def open_db(path: str, *, read_only: bool) -> Rdict:
     """Open (or create, read-write) the DB at `path`; StateError if RocksDB refuses."""
     try:
         if read_only:
-            return Rdict(path, db_options(True), access_type=AccessType.read_only())
+            try:
+                return Rdict(path, db_options(True), access_type=AccessType.read_only())
+            except Exception:  # noqa: BLE001 - perhaps a read-only mount: see _read_only_mirror
+                mirror = _read_only_mirror(path)
+                if mirror is None:
+                    raise
+                return Rdict(mirror, db_options(True), access_type=AccessType.read_only())
         os.makedirs(path, exist_ok=True)
         return Rdict(path, db_options())
     except Exception as exc:  # rocksdict raises plain Exception for I/O, lock and corruption errors
         mode = "read-only" if read_only else "read-write"
         raise StateError(f"cannot open shard store {path!r} ({mode}): {exc}") from exc
+
+
+def _read_only_mirror(path: str) -> str | None:
+    """A directory of links to the store's files, for a store this process cannot write to.
+
+    rocksdict rewrites its `rocksdict-config.json` even when it opens a store read-only, so the
+    read-only tools (`profile get`, `state info`, an offline savepoint) failed on a volume snapshot
+    mounted read-only (an outside probe). RocksDB reads the files through the links; nothing is written
+    where they point. None when `path` is not a store directory. Removed when the process exits."""
+    if not os.path.isfile(os.path.join(path, "CURRENT")):
+        return None
+    import shutil
+    import tempfile
+
+    mirror = tempfile.mkdtemp(prefix="nextclick-read-only-")
+    atexit.register(shutil.rmtree, mirror, ignore_errors=True)
+    for name in os.listdir(path):
+        if name not in ("rocksdict-config.json", "LOCK") and not name.startswith("LOG"):
+            os.symlink(os.path.join(os.path.abspath(path), name), os.path.join(mirror, name))
+    return mirror
 
 
 def compact_all(db: Rdict) -> None:

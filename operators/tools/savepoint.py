@@ -506,13 +506,17 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
                 with ShardStore(target, sync=False) as empty:
                     family_seqs[number] = empty.checkpoint()
                 continue
-            try:
-                store = ShardStore(dirs[number], sync=False)
-            except StateError:
-                raise SavepointError(f"{dirs[number]} is in use: the flow is running; take the savepoint with "
-                                     f"--online, or stop the flow first") from None
-            with store:
-                store.create_checkpoint(target)
+            if not os.access(dirs[number], os.W_OK):
+                # A read-only mount (a volume snapshot): nobody writes there, so its files are the copy.
+                copy_db(dirs[number], target)
+            else:
+                try:
+                    store = ShardStore(dirs[number], sync=False)
+                except StateError:
+                    raise SavepointError(f"{dirs[number]} is in use: the flow is running; take the savepoint "
+                                         f"with --online, or stop the flow first") from None
+                with store:
+                    store.create_checkpoint(target)
             committed = committed_seqs.get(number, plan.restore_seq(number, family.name))
             with ShardStore(target, sync=False) as copy:
                 if copy.seq != committed:
