@@ -54,6 +54,8 @@ def read_order(event: Event) -> tuple[str, int, int]:
     """Where the event was read: how held events read back from a store go back in their order."""
     source = event.source
     return ("", -1, 0) if source is None else (source.topic, source.partition, source.offset)
+
+
 _ts = attrgetter("ts")
 Partition = tuple[str, int]
 
@@ -103,7 +105,7 @@ class CrossPartitionOrder:
 
     def take(self, which: Callable[[Event], bool]) -> list[Event]:
         """The held events `which` picks, out of the queues now (an erasure's: its person's held events go
-        at once rather than wait, in the stage's state, for the frontier)."""
+        at once rather than wait, in the holder's state, for the frontier)."""
         taken: list[Event] = []
         if not self.held:
             return taken
