@@ -474,7 +474,7 @@ class ShardState:
             log.error("savepoint part not written", extra={"shard": self.shard, "path": request.path,
                                                            "error": str(exc)})
             report_part_failed(request.path, self.shard, request.token, request.store, request.request_id,
-                               f"the shard's checkpoint on its own volume failed: {exc}")
+                               f"the shard's checkpoint on its own volume failed: {exc}", getattr(exc, "errno", None))
             return
         log.info("savepoint part checkpointed, copying", extra={
             "shard": self.shard, "seq": seq, "path": request.path, "seconds": round(time.perf_counter() - started, 3)})

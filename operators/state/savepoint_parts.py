@@ -10,6 +10,8 @@ S3-compatible URL (fsspec).
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import logging
 import os
 import re
@@ -36,6 +38,14 @@ MANIFEST = "savepoint.json"
 STAGING_PREFIX = ".parts-"
 PART_SUFFIX = ".part.json"
 FAILED_SUFFIX = ".failed.json"  # a shard's part could not be written: why, for the waiting CLI
+# When not even that note fits (a destination full to the last byte): an empty file whose name says it,
+# `<shard>.failed.<request digest>.<errno name>`.
+FAILED_MARK = ".failed."
+
+
+def request_digest(request_id: str | None) -> str:
+    """Names a request in an empty failure mark (`FAILED_MARK`), whose name is all it can carry."""
+    return hashlib.sha256((request_id or "").encode()).hexdigest()[:12]
 SCRATCH_PREFIX = ".savepoint-"  # a shard's local checkpoint, on its own volume, until it is copied out
 
 
@@ -118,8 +128,13 @@ class Destination:
         target = self.path / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a full destination keeps no empty leftovers
+            raise
 
     def files(self, under: str = "") -> list[str]:
         """Every file below `under`, relative to the destination (fresh: no listing cache)."""
@@ -219,7 +234,7 @@ def _part_rel(token: str, shard: int, subdir: str) -> str:
 
 
 def report_part_failed(dest: str | Path, shard: int, token: str, subdir: str, request_id: str | None,
-                       error: str) -> None:
+                       error: str, code: int | None = None) -> None:
     """Leave a note beside the part that could not be written, so `savepoint create --online` names the
     cause at once instead of waiting out its timeout (an operator probe: a full destination). Removes
     what the failed copy left first: on a full destination, that is what makes room for the note."""
@@ -229,6 +244,12 @@ def report_part_failed(dest: str | Path, shard: int, token: str, subdir: str, re
     try:
         where.remove(rel)
         where.write_bytes(f"{rel}{FAILED_SUFFIX}", orjson.dumps(note))
+        return
+    except Exception:  # noqa: BLE001 - no room for the note: an empty file's name, below
+        pass
+    reason = errno.errorcode.get(code or 0, "EIO")
+    try:
+        where.write_bytes(f"{rel}{FAILED_MARK}{request_digest(request_id)}.{reason}", b"")
     except Exception as exc:  # noqa: BLE001 - the log line is then all there is
         log.error("savepoint failure not reported at the destination", extra={
             "shard": shard, "path": where.describe(rel), "error": str(exc)})
@@ -275,7 +296,7 @@ def write_shard_part(store: KeyValueStore, dest: str | Path, shard: int, seq: in
         except Exception as exc:  # noqa: BLE001 - a background copy: log it, the CLI names the missing part
             log.error("savepoint part not copied", extra={"shard": shard, "family": subdir or PROFILES,
                                                           "path": where.describe(rel), "error": str(exc)})
-            report_part_failed(dest, shard, token, subdir, request_id, str(exc))
+            report_part_failed(dest, shard, token, subdir, request_id, str(exc), getattr(exc, "errno", None))
             return
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -81,6 +82,7 @@ from nextclick.operators.state.manifest import (
 )
 from nextclick.operators.state.placement import BALANCED, worker_of
 from nextclick.operators.state.savepoint_parts import (
+    FAILED_MARK,
     FAILED_SUFFIX,
     MANIFEST,
     PART_SUFFIX,
@@ -89,6 +91,7 @@ from nextclick.operators.state.savepoint_parts import (
     Destination,
     SavepointError,
     copy_db,
+    request_digest,
 )
 from nextclick.operators.state.store import ShardStore, StateError, dir_bytes
 from nextclick.operators.tools.startup import (
@@ -345,6 +348,20 @@ def _raise_failed(where: Destination, name: str, request_id: str | None) -> None
                          "run the command again")
 
 
+def _raise_marked(where: Destination, name: str, request_id: str | None) -> None:
+    """The empty mark a process leaves when not even its note fits (`report_part_failed`)."""
+    parts = name.split("/")
+    shard, _, rest = parts[-1].partition(FAILED_MARK)
+    digest, _, reason = rest.partition(".")
+    if digest != request_digest(request_id):
+        return
+    family = parts[1] if len(parts) > 2 else PROFILES
+    code = getattr(errno, reason, None)
+    cause = f"{reason}: {os.strerror(code)}" if isinstance(code, int) else reason
+    raise SavepointError(f"{where}: a process could not write {family} {shard}'s part ({cause}); free space there "
+                         "(or choose another destination) and run the command again")
+
+
 def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: float,
                   progress: Callable[[str], None] = lambda _m: None,
                   placement: Placement | None = None,
@@ -371,6 +388,8 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
                 by_token.setdefault(name.split("/", 1)[0], []).append(name)
             elif name.startswith(STAGING_PREFIX) and name.endswith(FAILED_SUFFIX) and "/." not in name:
                 _raise_failed(where, name, request_id)
+            elif name.startswith(STAGING_PREFIX) and FAILED_MARK in name.rsplit("/", 1)[-1] and "/." not in name:
+                _raise_marked(where, name, request_id)
         complete = None
         for token, names in sorted(by_token.items()):
             parts = [orjson.loads(where.read_bytes(n)) for n in names]
