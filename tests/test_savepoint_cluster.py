@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -225,21 +225,28 @@ def test_a_part_that_cannot_be_copied_is_named_at_once_with_its_cause(tmp_path: 
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An operator probe: `savepoint create --online` into a full destination waited out its whole timeout
     and then said only that parts were missing, while the flow's log said why."""
+    _a_part_fails(tmp_path, monkeypatch, lambda rel: rel.endswith("shard-0002") and rel.count("/") == 1,
+                  r"could not write profiles shard 2's part: .*No space left on device.*free space there")
+
+
+def _a_part_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: Callable[[str], bool],
+                  error: str) -> None:
+    """Parts written for request 1 with the copy of the `failing` one refused for want of space: the
+    command says why at once (within a timeout that would otherwise fail the test); then a request 2
+    whose parts all fit is assembled, whatever request 1 left."""
     shared = tmp_path / "shared"
     config = _deployment(tmp_path / "pod-0", str(shared))
     put_dir = Destination.put_dir
 
     def full(self: Destination, local: Path, rel: str) -> int:
-        if rel.endswith("shard-0002") and rel.count("/") == 1:  # the profiles family
+        if failing(rel):
             raise OSError(28, "No space left on device")
         return put_dir(self, local, rel)
 
     monkeypatch.setattr(Destination, "put_dir", full)
     _write_parts(config, str(shared / "sp"), "tok", request_id="req-1")
-    with pytest.raises(SavepointError, match=r"could not write profiles shard 2's part: .*No space left on device"
-                                             r".*free space there"):
+    with pytest.raises(SavepointError, match=error):
         finish_online(config, shared / "sp", timeout_s=20, request_id="req-1")
-    # A note of another request does not stop this one.
     monkeypatch.setattr(Destination, "put_dir", put_dir)
     _write_parts(config, str(shared / "sp"), "tok2", request_id="req-2")
     assert finish_online(config, shared / "sp", timeout_s=10, request_id="req-2").seqs
@@ -249,30 +256,17 @@ def test_a_destination_full_to_the_last_byte_is_named_at_once_too(tmp_path: Path
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The recheck of that probe: with no byte free the note itself could not be written, and the command
     waited out its timeout again. An empty file's name carries the cause then."""
-    shared = tmp_path / "shared"
-    config = _deployment(tmp_path / "pod-0", str(shared))
-    put_dir, write_bytes = Destination.put_dir, Destination.write_bytes
-
-    def full(self: Destination, local: Path, rel: str) -> int:
-        if rel.endswith("shard-0001") and "linked-email" in rel:
-            raise OSError(28, "No space left on device")
-        return put_dir(self, local, rel)
+    write_bytes = Destination.write_bytes
 
     def no_byte_free(self: Destination, rel: str, data: bytes) -> None:
         if data and ".failed" in rel:  # every note with content: an empty file still fits (a free inode)
             raise OSError(28, "No space left on device")
         write_bytes(self, rel, data)
 
-    monkeypatch.setattr(Destination, "put_dir", full)
     monkeypatch.setattr(Destination, "write_bytes", no_byte_free)
-    _write_parts(config, str(shared / "sp"), "tok", request_id="req-1")
-    with pytest.raises(SavepointError, match=r"could not write linked-email shard-0001's part "
-                                             r"\(ENOSPC: No space left on device\); free space there"):
-        finish_online(config, shared / "sp", timeout_s=20, request_id="req-1")
-    # Another request's mark does not stop this one.
-    monkeypatch.setattr(Destination, "put_dir", put_dir)
-    _write_parts(config, str(shared / "sp"), "tok2", request_id="req-2")
-    assert finish_online(config, shared / "sp", timeout_s=10, request_id="req-2").seqs
+    _a_part_fails(tmp_path, monkeypatch, lambda rel: rel.endswith("shard-0001") and "linked-email" in rel,
+                  r"could not write linked-email shard-0001's part \(ENOSPC: No space left on device\); "
+                  r"free space there")
 
 
 def test_a_savepoint_given_up_can_be_asked_for_again_under_its_name_and_only_the_new_request_counts(
