@@ -522,6 +522,19 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
     for signal in signals:  # an absence's newest cancel is kept until any start it cancels would have fired
         if isinstance(signal, Reset) and getattr(signal.target, "kind", None) == "absence":
             signal.lifetime_ms = signal.target.after_ms + lateness
+    # An absence is decided at its deadline but fires once the allowed lateness has passed (an event
+    # dated before the deadline may still come): a rule on it that expires within that wait never
+    # reaches anyone live, yet uses its cooldown and caps, and no lower rule on the trigger is tried
+    # (an outside probe: a 2-minute cart push was never sent).
+    absences = {signal.name for signal in signals if getattr(signal, "kind", None) == "absence"}
+    for rule in rules:
+        if rule.on & absences and rule.expiry_ms <= lateness:
+            errors.append(RulesError(
+                f"{path}: rule '{rule.id}': field 'expiry': {_duration_text(rule.expiry_ms)} is not longer than "
+                f"[late] allowed_lateness ({_duration_text(lateness)}): a decision on the absence "
+                f"{sorted(rule.on & absences)[0]!r} is dated at its deadline and made once the allowed lateness "
+                "has passed, so every one would be expired when sent (and still use the rule's cooldown and "
+                "caps); give it an expiry well beyond the allowed lateness"))
     suppression = _section(path, doc, "suppression", errors)
     where = Where(path, "[suppression]", errors)
     where.check_keys(suppression, {"after_complaint", "scope"})
@@ -596,3 +609,11 @@ def load_rules(path: str | Path, tracking_plan: PlanLike = None) -> RuleSet:
             raise RulesError(f"{errors[0]} (and {more} more: `nextclick rules check {path}` lists them all)")
         raise errors[0]
     return ruleset
+
+
+def _duration_text(ms: int) -> str:
+    """A duration as the rules file would write it (the largest unit that divides it)."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f'"{ms // size}{unit}"'
+    return f'"{ms}ms"'

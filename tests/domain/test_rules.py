@@ -251,3 +251,20 @@ def test_a_rule_on_an_absence_reads_what_it_carries(tmp_path):
     signals = SIGNALS.replace('after = "1h"', 'after = "1h"\ncarry = ["sku", "amount"]')
     rs = load_rules(rules_file(tmp_path, rule(on='["gone"]', when='["trigger.amount >= 10"]'), signals=signals))
     assert rs.rules[0].when[0].attribute == "trigger.amount"
+
+
+@pytest.mark.parametrize(("expiry", "lateness", "refused"), [
+    ('"2m"', None, True), ('"5m"', None, True), ('"6m"', None, False),
+    ('"20m"', '"30m"', True), ('"1h"', '"30m"', False),
+])
+def test_a_rule_on_an_absence_must_outlive_the_allowed_lateness(tmp_path, expiry, lateness, refused):
+    """An outside probe: a cart push with `expiry = "2m"` loaded, and never reached anyone live. An
+    absence is decided at its deadline and made once the allowed lateness has passed: expired by then."""
+    tail = TAIL + (f"\n[late]\nallowed_lateness = {lateness}\n" if lateness else "")
+    path = rules_file(tmp_path, rule(on='["gone"]', when=None, expiry=expiry), tail=tail)
+    if not refused:
+        assert load_rules(path).rules[0].expiry_ms == parse_duration_ms(expiry.strip('"'))
+        return
+    message = load_error(path)
+    assert f"rule 'r1': field 'expiry': {expiry} is not longer than [late] allowed_lateness" in message
+    assert "'gone'" in message and "every one would be expired when sent" in message
