@@ -446,7 +446,8 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     )
 
     ruleset = load_rules(args.file, args.tracking_plan)
-    scenarios = [load_scenario(path, ruleset.plan) for path in args.scenarios]  # all checked before any runs
+    scenarios = [load_scenario(path, ruleset.plan, ruleset.consent_purposes)  # all checked before any runs
+                 for path in args.scenarios]
     total = failed = 0
     without_ids = 0
     for scenario in scenarios:

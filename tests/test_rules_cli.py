@@ -105,6 +105,19 @@ decisions = [{ rule = "post_purchase_cross_sell", channel = "email" }]
     assert error_line(captured.err) == "nextclick: error: 2 of 4 expectations failed (FAIL lines above)"
 
 
+def test_a_scenario_consent_the_flow_would_dead_letter_is_refused_before_anything_runs(tmp_path, capsys):
+    """An outside probe: a scenario withdrew consent for "Marketing" (the source's casing); `rules test`
+    passed it and the promotion went out in the test as expected, while the flow dead-letters such a
+    consent and the customer keeps getting what they refused."""
+    story = write_rules(tmp_path, 'description = "A withdrawal in the source casing."\n[[step]]\nat = "+0m"\n'
+                                  'event = "consent"\n'
+                                  'attrs = { channel = "email", granted = false, purpose = "Marketing" }\n',
+                        "story.toml")
+    assert main(["rules", "test", str(DEFAULT_RULES_PATH), str(story)]) != 0
+    err = error_line(capsys.readouterr().err)
+    assert "step 1" in err and "not one of the consent purposes" in err and "dead-letters it" in err, err
+
+
 def test_a_cooldown_tested_without_ids_is_flagged_and_with_the_flows_ids_decides_again(tmp_path, capsys):
     """Two purchases an hour apart: without `ids` the second is cooling down; with the identifiers the
     flow records for a customer known by a customer id (no email), both go out with no address, as the

@@ -145,7 +145,8 @@ def _start(path: Path, raw: Any) -> int:
     raise _fail(path, "top level", "field 'start': must be a date-time with an offset, e.g. 2026-11-18T00:00:00Z")
 
 
-def load_scenario(path: str | Path, plan: TrackingPlan = SHIPPED) -> Scenario:
+def load_scenario(path: str | Path, plan: TrackingPlan = SHIPPED,
+                  consent_purposes: frozenset[str] | None = None) -> Scenario:
     """Read and check a scenario file; raises ScenarioError naming file, step and field. Events are
     checked against `plan` (the rules' tracking plan: `RuleSet.plan`), as the flow's parser would."""
     path = Path(path)
@@ -211,6 +212,14 @@ def load_scenario(path: str | Path, plan: TrackingPlan = SHIPPED) -> Scenario:
         except Exception as exc:  # noqa: BLE001 - fastjsonschema's exception: its message names the problem
             raise _fail(path, where, f"field 'attrs': not a valid {event_type}: {exc}") from None
         attrs = {k: checked[k] for k in known if k in checked}
+        purpose = attrs.get("purpose", "marketing")
+        if event_type == "consent" and consent_purposes is not None and purpose not in consent_purposes:
+            # As the flow's parser refuses it (operators/io/parse.py): an outside probe's scenario withdrew
+            # consent for "Promotions", passed, and the flow would have thrown that withdrawal away.
+            raise _fail(path, where, f"field 'attrs': this consent's purpose is not one of the consent purposes "
+                                     f"{sorted(consent_purposes)} (the rules file's [consent] purposes, compared "
+                                     "exactly): the flow dead-letters it (schema_violation), so it would grant or "
+                                     "revoke nothing")
         customer = raw.get("customer", "c1")
         event_id = raw.get("id", f"{path.stem}-{n}")
         if not isinstance(customer, str) or not isinstance(event_id, str):
