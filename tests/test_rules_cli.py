@@ -371,3 +371,23 @@ def test_explain_links_what_a_sign_in_names_as_the_flow_does(tmp_path, capsys):
     entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     [cart] = [e for e in entries if e["trigger"] == "add_to_cart"]
     assert cart["decision"] is not None and cart["decision"]["rule"] == "cart_email", cart
+
+
+def test_explain_reads_a_cookie_keyed_cart_then_a_sign_in_as_the_flow_does(tmp_path, capsys):
+    """A marketer probe: an anonymous cart keyed by its cookie, then a sign-in on that cookie, then the
+    customer's consent. The flow merged the cart into the signed-in profile and sent the cart email;
+    explain could not be given the cookie (a story line had no key) and showed an ad on a profile
+    called "story". A line may now be the message as the topic holds it: {"key": ..., "value": {...}}."""
+    story = tmp_path / "story.jsonl"
+    story.write_bytes(b"\n".join(orjson.dumps(m) for m in [
+        {"key": "ck-1", "value": {"event_id": "k0", "ts": "2026-11-18T10:00:00Z", "type": "add_to_cart",
+                                  "sku": "S-1", "amount": 60.0}},
+        {"key": "ck-1", "value": {"event_id": "k1", "ts": "2026-11-18T10:01:00Z", "type": "login",
+                                  "customer_id": "C9", "email": "c9@shop.example", "method": "password"}},
+        {"key": "C9", "value": {"event_id": "k2", "ts": "2026-11-18T10:02:00Z", "type": "consent",
+                                "customer_id": "C9", "channel": "email", "granted": True}}]) + b"\n")
+    rules = Path(__file__).resolve().parent.parent / "docs" / "cookbook" / "v3" / "rules.toml"
+    assert main(["rules", "explain", str(rules), "--events", str(story), "--json"]) == 0
+    entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    carts = [e for e in entries if e["trigger"] == "cart_abandoned"]
+    assert [(e["customer"], (e["decision"] or {}).get("rule")) for e in carts] == [("C9", "cart_email")], carts
