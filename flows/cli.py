@@ -428,7 +428,9 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     if ruleset is None:
         for error in errors:
             print(error)
-        raise RulesError(f"{args.file}: {len(errors)} error{'s' if len(errors) > 1 else ''} (listed above)")
+        # The errors name their own file; a tracking plan's are in the plan, not in the rules file.
+        files = [args.file] + ([str(args.tracking_plan)] if args.tracking_plan else [])
+        raise RulesError(f"{' and '.join(files)}: {len(errors)} error{'s' if len(errors) > 1 else ''} (listed above)")
     print(orjson.dumps({"rules_file": ruleset.source, "valid": True, "rules": [r.id for r in ruleset.rules],
                         "signals": [s.name for s in ruleset.signals], "triggers": sorted(ruleset.triggers)},
                        option=orjson.OPT_INDENT_2).decode())

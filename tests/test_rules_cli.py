@@ -391,3 +391,15 @@ def test_explain_reads_a_cookie_keyed_cart_then_a_sign_in_as_the_flow_does(tmp_p
     entries = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     carts = [e for e in entries if e["trigger"] == "cart_abandoned"]
     assert [(e["customer"], (e["decision"] or {}).get("rule")) for e in carts] == [("C9", "cart_email")], carts
+
+
+def test_a_tracking_plan_mistake_is_summed_up_with_the_plan_named(tmp_path, capsys):
+    """A marketer probe: a mistake in the plan was summed up as "rules.toml: 1 error", the wrong file."""
+    repo = Path(__file__).resolve().parent.parent
+    plan = tmp_path / "plan.toml"
+    plan.write_text((repo / "docs/cookbook/plan/plan.toml").read_text().replace('type = "number"', 'type = "money"', 1))
+    rules = repo / "docs/cookbook/plan/rules.toml"
+    assert main(["rules", "check", str(rules), "--tracking-plan", str(plan)]) != 0
+    captured = capsys.readouterr()
+    assert str(plan) in captured.out  # the error itself names the plan
+    assert error_line(captured.err).startswith(f"nextclick: error: {rules} and {plan}: "), captured.err
