@@ -21,8 +21,9 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import attrgetter
+from typing import Protocol
 
 import msgspec
 
@@ -120,3 +121,37 @@ class CrossPartitionOrder:
 
     def events(self) -> list[Event]:
         return [e for queue in self._queues.values() for e in queue]
+
+
+class HeldStore(Protocol):
+    """What of a store the held events are written through (operators/state/store.py)."""
+
+    def put(self, key: bytes, value: bytes) -> None: ...
+
+    def delete(self, key: bytes) -> None: ...
+
+
+def load_held(stored: Iterable[tuple[bytes, bytes]],
+              bound_ms: int | None) -> tuple[CrossPartitionOrder | None, set[bytes]]:
+    """The order a holder resumes with, and the keys its store holds: events held by a run with several
+    readers stay held when one reader resumes them (a rescale to one process), until the frontier lets
+    them go, and so does what is read after them. None when nothing is to be held."""
+    events = {key: decode_held(value) for key, value in stored}
+    if bound_ms is None and not events:
+        return None, set()
+    order = CrossPartitionOrder(bound_ms or 0)
+    for event in sorted(events.values(), key=read_order):
+        order.hold(event)
+    return order, set(events)
+
+
+def write_held(store: HeldStore, stored: set[bytes], held: dict[bytes, Event]) -> set[bytes]:
+    """At a checkpoint: the held events' keys that changed since the last one (`stored`) put or deleted;
+    the keys stored now."""
+    if not held and not stored:
+        return stored
+    for key in stored.difference(held):
+        store.delete(key)
+    for key in held.keys() - stored:
+        store.put(key, encode_held(held[key]))
+    return set(held)

@@ -51,18 +51,12 @@ from typing import Any
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
+from nextclick.operators.event_order import load_held, write_held
 from nextclick.operators.exchange import flatten, grouped
 from nextclick.operators.frontier import InputFrontier
 from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
 from nextclick.operators.identity.guards import IdentityRules
-from nextclick.operators.identity.order import (
-    HELD_PREFIX,
-    CrossPartitionOrder,
-    decode_held,
-    encode_held,
-    held_key,
-    read_order,
-)
+from nextclick.operators.identity.order import HELD_PREFIX, held_key
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.profile.dedupe import event_key
@@ -157,15 +151,7 @@ class IdentityState:
         self.frontier = InputFrontier(ctx.clock.now_ms)
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
-        self.order: CrossPartitionOrder | None = None
-        stored = {key: decode_held(value) for key, value in store.scan(HELD_PREFIX)}
-        self._held_stored: set[bytes] = set(stored)
-        if ctx.order_bound_ms is not None or stored:
-            # Events held by a run with several readers stay held when one resumes them (a rescale to
-            # one process): until they are let go, so is everything read after them.
-            self.order = CrossPartitionOrder(ctx.order_bound_ms or 0)
-            for event in sorted(stored.values(), key=read_order):
-                self.order.hold(event)
+        self.order, self._held_stored = load_held(store.scan(HELD_PREFIX), ctx.order_bound_ms)
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -416,12 +402,7 @@ class IdentityState:
     def checkpoint(self) -> int:
         started = time.perf_counter()
         held = {held_key(e): e for e in self.order.events()} if self.order is not None else {}
-        if held or self._held_stored:  # what is held is state: a resume holds it again
-            for key in self._held_stored.difference(held):
-                self.store.delete(key)
-            for key in held.keys() - self._held_stored:
-                self.store.put(key, encode_held(held[key]))
-            self._held_stored = set(held)
+        self._held_stored = write_held(self.store, self._held_stored, held)  # a resume holds them again
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         return seq

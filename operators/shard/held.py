@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from nextclick.operators.event_order import CrossPartitionOrder, decode_held, encode_held, read_order, where_read
+from nextclick.operators.event_order import load_held, where_read, write_held
 from nextclick.operators.frontier import EventTimeFrontier
 from nextclick.operators.records import Event, Frontier
 from nextclick.operators.shard.common import ShardItem
@@ -33,13 +33,7 @@ class HeldEvents:
         stored) are let go by the frontier all the same, and read order is kept behind them. `frontier`:
         the shard's, as its Frontier items have moved it so far."""
         self.store, self.bound_ms, self.frontier = store, bound_ms, frontier
-        stored = {key: decode_held(value) for key, value in store.scan(HELD_EVENT_PREFIX)}
-        self._stored: set[bytes] = set(stored)
-        self.order: CrossPartitionOrder | None = None
-        if bound_ms is not None or stored:
-            self.order = CrossPartitionOrder(bound_ms or 0)
-            for event in sorted(stored.values(), key=read_order):
-                self.order.hold(event)
+        self.order, self._stored = load_held(store.scan(HELD_EVENT_PREFIX), bound_ms)
 
     def ordered(self, values: list[ShardItem]) -> list[ShardItem]:
         """The batch with its events held, and what the frontier lets go put before the Frontier item
@@ -80,10 +74,4 @@ class HeldEvents:
         """What is held is state: the keys that changed since the last checkpoint."""
         held = {held_event_key(e.customer, where_read(e)): e for e in self.order.events()} \
             if self.order is not None else {}
-        if not held and not self._stored:
-            return
-        for key in self._stored.difference(held):
-            self.store.delete(key)
-        for key in held.keys() - self._stored:
-            self.store.put(key, encode_held(held[key]))
-        self._stored = set(held)
+        self._stored = write_held(self.store, self._stored, held)
