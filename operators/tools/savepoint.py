@@ -353,7 +353,7 @@ def _raise_marked(where: Destination, name: str, request_id: str | None) -> None
     parts = name.split("/")
     shard, _, rest = parts[-1].partition(FAILED_MARK)
     digest, _, reason = rest.partition(".")
-    if digest != request_digest(request_id):
+    if request_id is not None and digest != request_digest(request_id):  # as for a note: this request's
         return
     family = parts[1] if len(parts) > 2 else PROFILES
     code = getattr(errno, reason, None)
@@ -384,11 +384,13 @@ def finish_online(config: Config, dest: str | Path | Destination, *, timeout_s: 
     while True:
         by_token: dict[str, list[str]] = {}
         for name in where.files():
-            if name.startswith(STAGING_PREFIX) and name.endswith(PART_SUFFIX) and "/." not in name:
+            if not name.startswith(STAGING_PREFIX) or "/." in name:
+                continue
+            if name.endswith(PART_SUFFIX):
                 by_token.setdefault(name.split("/", 1)[0], []).append(name)
-            elif name.startswith(STAGING_PREFIX) and name.endswith(FAILED_SUFFIX) and "/." not in name:
+            elif name.endswith(FAILED_SUFFIX):
                 _raise_failed(where, name, request_id)
-            elif name.startswith(STAGING_PREFIX) and FAILED_MARK in name.rsplit("/", 1)[-1] and "/." not in name:
+            elif FAILED_MARK in name.rsplit("/", 1)[-1]:
                 _raise_marked(where, name, request_id)
         complete = None
         for token, names in sorted(by_token.items()):
