@@ -497,7 +497,8 @@ def create_offline(config: Config, dest: Path, *, recovery_dir: str | Path | Non
     state_dir = Path(config.state.dir)
     if read_manifest(state_dir) is None and not shard_dirs(state_dir):
         raise SavepointError(f"no state in {state_dir} (state.dir): nothing to save")
-    plan = check_start(config, recovery_dir=recovery_dir)  # refuses state that disagrees with the config
+    # Refuses state that disagrees with the config; writes nothing where it reads (a read-only snapshot).
+    plan = check_start(config, recovery_dir=recovery_dir, read_only=True)
     if plan.committed is None:
         recovery = recovery_dir if recovery_dir is not None else config.state.recovery_dir
         raise SavepointError(f"state.recovery_dir: {recovery} holds only some of the cluster's recovery partitions "

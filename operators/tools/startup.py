@@ -143,15 +143,9 @@ def _check_stitching(config: Config, state_dir: Path) -> None:
     # Linked shards that hold a profile: empty ones (an offline savepoint before 2026-12-07 wrote every
     # family of the configuration, stitching or not: an outside probe could not restore it) leave nothing.
     linked = [f.name for f in state_families(config) if f.anchor is not None
-              and any(_holds_profiles(path) for path in family_dirs(state_dir, f).values())]
+              and any(_holds(path, PROFILE_PREFIX) for path in family_dirs(state_dir, f).values())]
     path = graph_path(state_dir)
-    links = False
-    if has_store(path):
-        store = ShardStore.open_read_only(path, cache_size=0)
-        try:
-            links = next(iter(store.scan(GROUP_PREFIX)), None) is not None
-        finally:
-            store.close()
+    links = has_store(path) and _holds(path, GROUP_PREFIX)
     if linked or links:
         held = ", ".join(["an identity graph with links"] * links + [f"{name} shards" for name in linked])
         raise _refuse(f"identity.stitching = false: the state in {state_dir} holds {held}, which a flow without "
@@ -159,10 +153,11 @@ def _check_stitching(config: Config, state_dir: Path) -> None:
                       f"identity.stitching = true, or start over with `nextclick state reset`")
 
 
-def _holds_profiles(path: Path) -> bool:
+def _holds(path: Path, prefix: bytes) -> bool:
+    """Whether the store at `path` holds a key starting with `prefix`."""
     store = ShardStore.open_read_only(path, cache_size=0)
     try:
-        return next(iter(store.scan(PROFILE_PREFIX)), None) is not None
+        return next(iter(store.scan(prefix)), None) is not None
     finally:
         store.close()
 
@@ -286,13 +281,15 @@ def _adopt_legacy(config: Config, secret: bytes, state_dir: Path, dirs: dict[int
 
 
 def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_name: str = "nextclick",
-                init_recovery: Callable[[Path], None] | None = None) -> StartPlan:
+                init_recovery: Callable[[Path], None] | None = None, read_only: bool = False) -> StartPlan:
     """Compare the state directory, the recovery directory and the configuration; refuse what would lose state.
 
     A brand-new deployment (both directories empty) is set up here: the manifest is written and, if
     `init_recovery` is given, the recovery partitions are created. Raises StateMismatch (one line)
     and then has changed nothing on disk: every check runs before any write, and the writes run
     under a lock (processes sharing the directories start one at a time) after checking again.
+    `read_only`: the checks and the plan only, none of the writes a start would make (its bookkeeping:
+    an offline savepoint reads the directories, perhaps a read-only snapshot of them, and changes nothing).
     """
     state_dir = Path(config.state.dir)
     recovery = Path(recovery_dir if recovery_dir is not None else config.state.recovery_dir)
@@ -302,10 +299,10 @@ def check_start(config: Config, *, recovery_dir: str | Path | None = None, flow_
     except StateMismatch:
         # Judged while another process sharing the directories was setting them up (its recovery
         # marker written, its state manifest not yet): judge again once it is done, under its lock.
-        if not (state_dir / START_LOCK_FILE).exists():
+        if read_only or not (state_dir / START_LOCK_FILE).exists():
             raise
         writes = [lambda: None]
-    if not writes:
+    if not writes or read_only:
         return plan
     with start_lock(state_dir):
         plan, writes = _inspect(config, secret, state_dir, recovery, flow_name, init_recovery)
