@@ -228,7 +228,9 @@ def test_a_partition_that_delivers_all_it_fetches_is_never_idle_while_it_has_dat
                 if name.startswith(slow):
                     slow_floor = ts
                 elif slow_floor is not None:
-                    assert ts <= slow_floor + MIN, "the busy partition ran ahead of the slow one's backlog"
+                    # The slow one's next event (a minute after its last delivered) may wait fetched: busy may
+                    # go to that time plus the bound, and no further.
+                    assert ts <= slow_floor + 60_000 + MIN, "the busy partition ran ahead of the slow one's backlog"
                 delivered.append((name, message))
             time.sleep(0.01)
         slow_reports = [r.floor for r in reports if r.partition == f"{slow}#0"]
