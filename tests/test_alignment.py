@@ -309,13 +309,16 @@ def test_alignment_settings() -> None:
     config = load_config(None, env)
     assert (config.flow.align, config.flow.alignment_bound_ms, config.flow.alignment_idle_timeout_ms) == \
         (False, 0, 2500)
-    assert load_config(None, {"NEXTCLICK_FLOW__ALIGNMENT_BOUND": "90000"}).flow.alignment_bound_ms == 90_000
+    assert load_config(None, {"NEXTCLICK_FLOW__ALIGNMENT_BOUND": "90000ms"}).flow.alignment_bound_ms == 90_000
 
 
 @pytest.mark.parametrize(("key", "value", "error"), [
     ("ALIGNMENT_BOUND", "soon", "[flow].alignment_bound: not a duration: 'soon'"),
     ("ALIGNMENT_BOUND", "-1m", "[flow].alignment_bound: not a duration: '-1m'"),
     ("ALIGNMENT_IDLE_TIMEOUT", "0", "[flow].alignment_idle_timeout must be positive, got '0'"),
+    # Meant as 10 seconds, read as 10 ms it would let every partition count as idle at once.
+    ("ALIGNMENT_IDLE_TIMEOUT", "10", '[flow].alignment_idle_timeout: 10 has no unit: write "10s" for seconds'),
+    ("ALIGNMENT_BOUND", "90000", '[flow].alignment_bound: 90000 has no unit'),
 ])
 def test_bad_alignment_settings_are_refused_with_the_key(key: str, value: str, error: str) -> None:
     with pytest.raises(ConfigError, match=error.replace("[", r"\[").replace("]", r"\]")):

@@ -138,6 +138,8 @@ def test_restore_without_an_interval_is_refused_in_one_line() -> None:
     schedule.check_recovery_plan(Config(), lambda topics: {})  # "stop": nothing to check, no broker asked
     with pytest.raises(ConfigError, match=r"savepoint_interval: not a duration: 'hourly'"):
         load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_INTERVAL": "hourly"})
+    with pytest.raises(ConfigError, match=r'savepoint_interval: 3600 has no unit: write "3600s"'):  # not 3.6 s
+        load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_INTERVAL": "3600"})
     with pytest.raises(ConfigError, match=r"savepoint_keep must be at least 1"):
         load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_KEEP": "0"})
     assert load_config(None, {"NEXTCLICK_STATE__SAVEPOINT_INTERVAL": "90m"}).state.savepoint_interval_ms == 5_400_000

@@ -86,6 +86,11 @@ class Where:
         if raw is None:
             self.report(name, "is required (a duration such as 30m, 1h, 7d)")
             return _PLACEHOLDER_MS
+        if key in body and isinstance(raw, int | float) and not isinstance(raw, bool) and raw != 0:
+            # `cooldown = 3600` means an hour to whoever wrote it; read as milliseconds it let a
+            # customer get the same email every 3.6 seconds.
+            self.report(name, f"{raw} has no unit: write \"{raw}s\" for seconds or \"{raw}ms\" for milliseconds")
+            return _PLACEHOLDER_MS
         try:
             ms = duration_ms(raw)
         except ValueError as exc:

@@ -217,9 +217,24 @@ class FlowConfig:
 
 
 def _duration_ms(text: str) -> int:
-    """'1m', '500ms', '10s' or plain milliseconds; raises ValueError."""
+    """'1m', '500ms', '10s', or 0; raises ValueError. Any other number without a unit is refused: an
+    operator who writes `alignment_idle_timeout = 10` means seconds, and read as milliseconds it would
+    let every partition count as idle at once (a backlog decided out of event-time order)."""
     text = str(text).strip()
-    return int(text) if text.isdigit() else parse_duration_ms(text)
+    if text.isdigit():
+        if int(text) == 0:
+            return 0
+        raise ValueError(f"{text} has no unit: write \"{text}s\" for seconds or \"{text}ms\" for milliseconds")
+    return parse_duration_ms(text)
+
+
+def _check_duration(origin: str, name: str, text: str, examples: str) -> int:
+    """`_duration_ms` of a setting, or a ConfigError naming it."""
+    try:
+        return _duration_ms(text)
+    except ValueError as exc:
+        reason = str(exc) if "no unit" in str(exc) else f"not a duration: {text!r} ({examples})"
+        raise ConfigError(f"{origin}: {name}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -427,27 +442,18 @@ def load_config(path: str | os.PathLike[str] | None = None,
             if not _TOPIC_NAME.fullmatch(name):
                 raise ConfigError(f"{origin}: [topics].{key}: {name!r} is not a Kafka topic name (letters, digits, "
                                   f"'.', '_' and '-', at most 249{', and {channel}' if key == 'decisions' else ''})")
-    try:
-        if config.profile.recent_orders < 0 or config.profile.recent_orders_max_age_ms < 0:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"{origin}: [profile].recent_orders must be at least 0 and recent_orders_max_age a "
-                          f"duration (e.g. 90d), got {config.profile.recent_orders_max_age!r}") from None
+    if config.profile.recent_orders < 0:
+        raise ConfigError(f"{origin}: [profile].recent_orders must be at least 0, got {config.profile.recent_orders}")
+    _check_duration(origin, "[profile].recent_orders_max_age", config.profile.recent_orders_max_age, "e.g. 90d")
     for key, minimum in (("alignment_bound", 0), ("alignment_idle_timeout", 1)):
         text = getattr(config.flow, key)
-        try:
-            ms = _duration_ms(text)
-        except ValueError:
-            raise ConfigError(f"{origin}: [flow].{key}: not a duration: {text!r} (e.g. 1m, 30s, 500ms)") from None
+        ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 1m, 30s, 500ms")
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
     for key in ("poll_tick", "poll_tick_max"):
         text = getattr(config.flow, key)
-        try:
-            tick_ms = _duration_ms(text)
-        except ValueError:
-            raise ConfigError(f"{origin}: [flow].{key}: not a duration: {text!r} (e.g. 5ms, 20ms)") from None
+        tick_ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 5ms, 20ms")
         if not 1 <= tick_ms <= 100:
             raise ConfigError(f"{origin}: [flow].{key} must be from 1ms to 100ms (every event can wait one "
                               f"tick), got {text!r}")
@@ -460,10 +466,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
                           f"not {config.state.on_lost_volume!r}")
     for key in ("savepoint_interval", "savepoint_timeout"):
         text = getattr(config.state, key)
-        try:
-            ms = _duration_ms(text) if text.strip() or key == "savepoint_timeout" else 0
-        except ValueError:
-            raise ConfigError(f"{origin}: [state].{key}: not a duration: {text!r} (e.g. 1h, 30m)") from None
+        ms = (_check_duration(origin, f"[state].{key}", text, "e.g. 1h, 30m")
+              if text.strip() or key == "savepoint_timeout" else 0)
         if ms < 0 or (ms == 0 and key == "savepoint_timeout"):
             raise ConfigError(f"{origin}: [state].{key} must be positive, got {text!r}")
     if config.state.savepoint_keep < 1:

@@ -15,10 +15,11 @@ from nextclick.operators.profile.model import History, Profile
 def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: int, cap_horizon_ms: int) -> None:
     """A decision went out: start the rule's cooldown and count it towards the channel's caps."""
     history = profile.history
-    fired = history.fired.get(rule_id)
-    if fired is None or (ts + cooldown_ms, ts) > (fired[1], fired[0]):  # the later end, as `merge` keeps
-        history.fired[rule_id] = [ts, ts + cooldown_ms]
-    profile.note_expiry(ts + cooldown_ms)
+    if cooldown_ms > 0:  # `cooldown = "0s"`: every trigger may fire, so there is nothing to remember
+        fired = history.fired.get(rule_id)
+        if fired is None or (ts + cooldown_ms, ts) > (fired[1], fired[0]):  # the later end, as `merge` keeps
+            history.fired[rule_id] = [ts, ts + cooldown_ms]
+        profile.note_expiry(ts + cooldown_ms)
     if cap_horizon_ms:
         sent = history.sent.get(channel)
         if sent is None:

@@ -252,7 +252,7 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     for key, value in flags.items():
         if not isinstance(value, bool):
             where.report(key, "must be true or false")
-    cooldown, expiry = where.duration(body, "cooldown", "1d"), where.duration(body, "expiry", "1d")
+    cooldown, expiry = where.duration(body, "cooldown", "1d", zero=True), where.duration(body, "expiry", "1d")
     if len(errors) > before:
         return None
     return Rule(rule_id, on, tuple(conditions), action, channel, offer, priority, cooldown, expiry,  # type: ignore[arg-type]

@@ -310,6 +310,16 @@ def test_a_sent_decision_counts_towards_the_cap_for_exactly_the_cap_window(tmp_p
     assert fired(c.send("call_center_contact", T0 + HOUR)) == [("follow_up", "call_center", "call_center_contact")]
 
 
+def test_a_rule_with_no_cooldown_fires_on_every_trigger_within_the_caps(tmp_path):
+    """`cooldown = "0s"`: a marketer's "every purchase" (it was refused as "must be positive")."""
+    rules = CAP_RULES.replace('cooldown = "1ms"', 'cooldown = "0s"').replace("limit = 1", "limit = 3")
+    c = Customer(load_rules(write_rules(tmp_path, rules)))
+    for _ in range(3):  # the same millisecond each time: nothing cools down
+        assert fired(c.send("call_center_contact", T0)) == [("follow_up", "call_center", "call_center_contact")]
+    assert reasons(c.send("call_center_contact", T0)) == [("follow_up", "frequency_cap_channel")]
+    assert c.profile.history.fired == {}  # nothing to remember, nothing to expire
+
+
 def test_a_window_bucket_leaves_state_exactly_when_it_expires():
     c = Customer()
     c.send("email_open", T0)  # no signal counts email opens: only the dedupe id is transient

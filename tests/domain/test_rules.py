@@ -105,7 +105,9 @@ RULE_ERRORS = [
     ({"action": '""'}, "action", ["non-empty string"]),
     ({"cooldown": '"3 weeks"'}, "cooldown", ["not a duration"]),
     ({"expiry": '"0m"'}, "expiry", ["must be positive"]),
-    ({"cooldown": "-5"}, "cooldown", ["must be positive"]),
+    ({"cooldown": "-5"}, "cooldown", ["no unit"]),
+    ({"cooldown": "3600"}, "cooldown", ['3600 has no unit: write "3600s" for seconds']),  # not 3.6 s
+    ({"expiry": "1.5"}, "expiry", ["no unit"]),
     ({"cooldown": "true"}, "cooldown", ["not a duration"]),
     ({"chanel": '"email"'}, "chanel", ["unknown field"]),
     ({"priority": '"high"'}, "priority", ["integer"]),
