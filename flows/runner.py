@@ -39,7 +39,7 @@ from nextclick.operators.infra.failures import (
     one_line,
     root_cause,
 )
-from nextclick.operators.io import cluster_hello, drain
+from nextclick.operators.io import alignment, cluster_hello, drain
 from nextclick.operators.io.kafka_source import commit_final_offsets
 from nextclick.operators.io.preflight import check_directories, check_topics
 from nextclick.operators.io.sink_registry import decision_sink
@@ -74,11 +74,21 @@ def _refuse_to_wait(line: str) -> None:
     os._exit(1)
 
 
+def _second_deployment(line: str) -> None:
+    """This process started after another deployment that reads the same partitions (operators/io/
+    alignment.Senders): it stops at once, as a crash would, so the other keeps the topics to itself. Its
+    state resumes exactly from its last checkpoint; nothing of the other's is touched."""
+    announce_fatal(line, "Explained")
+    logging.shutdown()
+    os._exit(1)
+
+
 class FlowRunner:
     """One `nextclick run` process. Create it first thing, before any thread exists."""
 
     def __init__(self) -> None:
         FLOW_PROCESS.set()
+        alignment.on_conflict = _second_deployment
         drain.block_signals()
         self.stop = threading.Event()
         self.started = time.monotonic()

@@ -27,6 +27,8 @@ from nextclick.operators.io.alignment import (
     UNREADABLE,
     WAITING,
     Alignment,
+    Entry,
+    Senders,
     ahead_release,
     cut,
     decode_entry,
@@ -234,18 +236,41 @@ def test_a_released_partition_holds_nobody_back() -> None:
 # -- peers --------------------------------------------------------------------------------------------
 
 
-def test_a_process_that_reads_every_partition_runs_no_exchange(monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[str] = []
-    monkeypatch.setattr(Alignment, "start_exchange", lambda self, kafka, topic, group: started.append(topic))
+def test_a_process_that_reads_every_partition_runs_the_exchange_for_presence_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[tuple[str, bool]] = []
+    monkeypatch.setattr(Alignment, "start_exchange",
+                        lambda self, kafka, topic, group, presence: started.append((topic, presence)))
     a, _ = aligned()
     a.expect(["web#0", "web#1"])
     a.slot("web#0")
     a.slot("web#1")
-    a.start_exchange_if_shared({}, "progress", "g")
-    assert started == []  # no peer holds a partition: nobody to pace against, nobody to tell
+    a.join_exchange({}, "progress", "g")
+    assert started == [("progress", True)]  # nobody to pace against: heartbeats only, for another deployment
     a.expect(["email#0"])  # another process (or a worker not yet polling) reads this one
-    a.start_exchange_if_shared({}, "progress", "g")
-    assert started == ["progress"]
+    a.join_exchange({}, "progress", "g")
+    assert started[-1] == ("progress", False)
+
+
+def test_a_live_sender_of_a_partition_this_process_reads_is_another_deployment() -> None:
+    """Each partition has one reader in a deployment: another live reader of it is a second deployment
+    on the same topics (an outside probe: a restore started on new volumes while the old cluster ran,
+    and both sent decisions, two ce_ids with different bodies). The later-started one stops."""
+    mine = Senders("me", 10_000)
+    other = Entry("web#0", DATA, NOW, 10_500, by="them", started=9_000)  # started before this one
+    assert mine.saw(other, "g") is None  # one entry could be a stopping process's last
+    assert mine.saw(other._replace(at=11_400), "g") is None
+    line, stop = mine.saw(other._replace(at=11_500), "g") or ("", False)
+    assert stop and "two deployments read web#0 as consumer group 'g'" in line and "this one started later" in line
+    assert mine.saw(other._replace(at=20_000), "g") is None  # said once
+    older = Senders("me", 10_000)
+    newer = Entry("web#0", DATA, NOW, 10_500, by="them", started=12_000)
+    older.saw(newer, "g")
+    assert older.saw(newer._replace(at=12_000), "g") == (
+        "two deployments read web#0 as consumer group 'g' (the other started 1970-01-01T00:00:12+00:00): both "
+        "would send decisions and commit offsets; stop one; the other started later and stops", False)
+    assert Senders("me", 1).saw(other._replace(by="me"), "g") is None  # its own entries come back
+    assert Senders("me", 1).saw(other._replace(by=""), "g") is None  # an older version names no sender
 
 
 def test_peers_count_once_the_exchange_runs() -> None:
@@ -287,11 +312,11 @@ def test_published_states() -> None:
 
 
 def test_progress_entries_are_for_one_group_and_this_run() -> None:
-    entry = encode_entry("g1", "web#3", DATA, NOW, 5_000)
-    assert decode_entry(entry, "g1", 5_000) == ("web#3", DATA, NOW)
-    assert decode_entry(entry, "g2", 0) is None  # another deployment sharing the topic
+    entry = encode_entry("g1", "web#3", DATA, NOW, 5_000, "s1", 4_000)
+    assert decode_entry(entry, "g1", 5_000) == ("web#3", DATA, NOW, 5_000, "s1", 4_000)
+    assert decode_entry(entry, "g2", 0) is None  # another flow sharing the topic
     assert decode_entry(entry, "g1", 5_001) is None  # published before this process started
-    assert decode_entry(encode_entry("g1", "web#3", END, None, 5_000), "g1", 0) == ("web#3", END, None)
+    assert decode_entry(encode_entry("g1", "web#3", END, None, 5_000), "g1", 0) == ("web#3", END, None, 5_000, "", 0)
     for other in (None, b"", b"[]", b"{", orjson.dumps({"group": "g1", "partition": "w#0", "state": "x",
                                                         "floor": 1, "at": 1}),
                   orjson.dumps({"group": "g1", "partition": "w#0", "state": DATA, "floor": "1", "at": 1})):

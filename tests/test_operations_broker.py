@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import orjson
 import pytest
+from bytewax.recovery import init_db_dir
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
@@ -751,3 +752,34 @@ def _restore_permissions(tmp_path: Path) -> Iterator[None]:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_second_deployment_on_the_same_topics_stops_and_the_first_goes_on(setup: FlowSetup, tmp_path: Path) -> None:
+    """An outside probe restored a savepoint on new volumes while the old deployment still ran: both read
+    every partition and sent decisions, and two decisions came with one ce_id and different bodies. Now
+    the one started later stops within seconds, naming the partition and the group; the first logs it
+    and keeps running."""
+    fast = {"NEXTCLICK_FLOW__ALIGNMENT_IDLE_TIMEOUT": "3s"}  # heartbeats every second
+    first_setup = setup.with_(extra_env={**fast, "NEXTCLICK_LOG_LEVEL": "INFO"})  # its "ready" line
+    second_root = tmp_path / "second"
+    second_root.mkdir()
+    second_setup = setup.with_(extra_env=fast, state_dir=second_root / "state", recovery_dir=second_root / "recovery")
+    second_setup.recovery_dir.mkdir()
+    init_db_dir(second_setup.recovery_dir, 1)
+    ensure_topics(setup.kafka, {f"{setup.control}.progress": 1})  # as `nextclick topics create` makes it
+    produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
+    first_log = tmp_path / "first.log"
+    first = start(first_setup, stop_at_end=False, log=first_log)
+    try:
+        wait_for(lambda: first_log.exists() and '"msg":"ready"' in first_log.read_text(), 30, "the first flow to run")
+        second = subprocess.run([sys.executable, "-m", "nextclick", "run", "--broker-timeout", "30"], cwd=REPO,
+                                env=second_setup.env(stop_at_end=False), capture_output=True, text=True, timeout=90)
+        assert second.returncode == 1
+        line = check_stderr(second.stderr)
+        assert line.startswith(f"two deployments read {setup.inputs[0]}#0 as consumer group ") and line.endswith(
+            "both would send decisions and commit offsets; stop one; this one started later and stops"), line
+        wait_for(lambda: "the other started later and stops" in first_log.read_text(), 10, "the first to log it")
+        assert first.poll() is None  # the first goes on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0

@@ -44,6 +44,12 @@ process run further ahead than the bound; the price is a round trip through Kafk
 time the slowest partition changes hands between processes. Entries published before this process
 started (an earlier run) or not refreshed within the idle timeout (a process that stopped) are
 ignored.
+
+The same entries tell **two deployments on one set of topics** apart (a restore started on new
+volumes while the old cluster still runs): in one deployment each partition has one reader, so a
+live entry for a partition this process reads, from another sender, is another deployment's. The
+one that started later stops with one line (`on_conflict`); the other logs it and goes on. A process
+that reads every partition publishes its entries for this alone, at a heartbeat's pace.
 """
 
 from __future__ import annotations
@@ -51,9 +57,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import msgspec
 import orjson
@@ -280,6 +287,10 @@ class Alignment:
         self._local = tuple(self._slots.values())
         self._remote_names = tuple(sorted(self._expected - self._slots.keys()))
 
+    def reads(self, name: str) -> bool:
+        """This process reads partition `name`."""
+        return name in self._slots
+
     def local_views(self) -> list[tuple[str, str, int | None]]:
         now = self.now()
         return [(s.name, *s.published(now, self.idle_s)) for s in self._local]
@@ -335,22 +346,22 @@ class Alignment:
 
     # -- the exchange's lifetime ---------------------------------------------------------------------
 
-    def start_exchange(self, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+    def start_exchange(self, kafka: Mapping[str, Any], topic: str, group_id: str, *, presence: bool = False) -> None:
         with self._lock:
             if self._exchange is None:
-                self._exchange = ProgressExchange(self, kafka, topic, group_id)
+                self._exchange = ProgressExchange(self, kafka, topic, group_id, presence=presence)
                 self._exchange.start()
 
-    def start_exchange_if_shared(self, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
-        """`start_exchange`, unless this process reads every partition of the flow: then no peer has a
-        floor to send, none needs this process's, and the exchange would only spend CPU polling.
+    def join_exchange(self, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+        """`start_exchange`; when this process reads every partition of the flow no peer has a floor to
+        send and none needs this process's, so it runs for presence only: heartbeats that tell another
+        deployment on the same topics, at a fraction of the polling.
 
         Called by a partition's first poll, once its worker has opened all of its partitions; a
         partition another worker has not opened yet counts as a peer's (the exchange then runs)."""
         with self._lock:
             shared = bool(self._remote_names)
-        if shared:
-            self.start_exchange(kafka, topic, group_id)
+        self.start_exchange(kafka, topic, group_id, presence=not shared)
 
     def stop_exchange(self) -> None:
         with self._lock:
@@ -364,12 +375,25 @@ def entry_key(group_id: str, name: str) -> bytes:
     return f"{group_id}/{name}".encode()
 
 
-def encode_entry(group_id: str, name: str, state: str, floor: int | None, at_ms: int) -> bytes:
-    return orjson.dumps({"group": group_id, "partition": name, "state": state, "floor": floor, "at": at_ms})
+class Entry(NamedTuple):
+    """One progress entry; `by` and `started` name its sender's run ("" and 0 from an older version)."""
+
+    partition: str
+    state: str
+    floor: int | None
+    at: int
+    by: str = ""
+    started: int = 0
 
 
-def decode_entry(value: bytes | None, group_id: str, since_ms: int) -> tuple[str, str, int | None] | None:
-    """(partition, state, floor) of a progress entry for `group_id` published at or after `since_ms`.
+def encode_entry(group_id: str, name: str, state: str, floor: int | None, at_ms: int, by: str = "",
+                 started_ms: int = 0) -> bytes:
+    return orjson.dumps({"group": group_id, "partition": name, "state": state, "floor": floor, "at": at_ms,
+                         "by": by, "started": started_ms})
+
+
+def decode_entry(value: bytes | None, group_id: str, since_ms: int) -> Entry | None:
+    """A progress entry for `group_id` published at or after `since_ms`.
 
     Anything else (another flow's entry, an earlier run's, a malformed one) is None.
     """
@@ -384,11 +408,51 @@ def decode_entry(value: bytes | None, group_id: str, since_ms: int) -> tuple[str
         return None
     if floor is not None and type(floor) is not int:
         return None
-    return name, state, floor
+    by, started = body.get("by", ""), body.get("started", 0)
+    return Entry(name, state, floor, at, by if type(by) is str else "", started if type(started) is int else 0)
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# A sender seen this long (its own clock) is alive: a stopping process's final entries are one burst.
+CONFLICT_CONFIRM_MS = 1_000
+# How long a process that only publishes (it reads every partition) waits for entries between rounds.
+PRESENCE_POLL_S = 0.5
+
+
+def _log_conflict(line: str) -> None:
+    log.error(line)
+
+
+on_conflict: Callable[[str], None] = _log_conflict
+"""What the later-started of two deployments on one set of topics does (flows/runner: stop, one line)."""
+
+
+class Senders:
+    """Other senders' entries for partitions this process reads: another deployment, once one is live."""
+
+    def __init__(self, token: str, started_ms: int) -> None:
+        self.token, self.started_ms = token, started_ms
+        self._seen: dict[str, list[int]] = {}  # sender -> [first at, last at]
+        self._told: set[str] = set()
+
+    def saw(self, entry: Entry, group_id: str) -> tuple[str, bool] | None:
+        """When `entry` confirms another live deployment (once per sender): the line to report, and
+        whether this process is the later-started one, which stops."""
+        if not entry.by or entry.by == self.token or entry.by in self._told:
+            return None
+        span = self._seen.setdefault(entry.by, [entry.at, entry.at])
+        span[0], span[1] = min(span[0], entry.at), max(span[1], entry.at)
+        if span[1] - span[0] < CONFLICT_CONFIRM_MS:
+            return None
+        self._told.add(entry.by)
+        later = (self.started_ms, self.token) > (entry.started, entry.by)
+        started = datetime.fromtimestamp(entry.started / 1000, UTC).isoformat(timespec="seconds")
+        line = (f"two deployments read {entry.partition} as consumer group {group_id!r} (the other started "
+                f"{started}): both would send decisions and commit offsets; stop one")
+        return line + ("; this one started later and stops" if later else "; the other started later and stops"), later
 
 
 class ProgressExchange(threading.Thread):
@@ -401,12 +465,15 @@ class ProgressExchange(threading.Thread):
     the exchange each process still aligns its own partitions.
     """
 
-    def __init__(self, alignment: Alignment, kafka: Mapping[str, Any], topic: str, group_id: str) -> None:
+    def __init__(self, alignment: Alignment, kafka: Mapping[str, Any], topic: str, group_id: str, *,
+                 presence: bool = False) -> None:
         super().__init__(name="nextclick-progress", daemon=True)
         self.alignment = alignment
         self.topic, self.group_id = topic, group_id
+        self.presence = presence  # this process reads every partition: it publishes for `Senders` only
         self.stop = threading.Event()
         self.since_ms = wall_ms()
+        self.senders = Senders(uuid.uuid4().hex[:16], self.since_ms)
         self._sent: dict[str, tuple[str, int | None, float]] = {}
         self._consumer = Consumer(client_config(kafka, **{
             "group.id": group_id, "enable.auto.commit": False, "fetch.wait.max.ms": 10,
@@ -432,13 +499,20 @@ class ProgressExchange(threading.Thread):
         try:
             while not self._assigned and not self.stop.wait(2):
                 self._assigned = self._assign()
+            wait_s = PRESENCE_POLL_S if self.presence else PUBLISH_EVERY_S
             while not self.stop.is_set():
                 self._publish(final=False)
-                for msg in self._consumer.consume(500, PUBLISH_EVERY_S):
+                for msg in self._consumer.consume(500, wait_s):
                     if msg.error() is not None:
                         continue
                     entry = decode_entry(msg.value(), self.group_id, self.since_ms)
-                    if entry is not None and self.alignment.peer(*entry):
+                    if entry is None:
+                        continue
+                    if self.alignment.reads(entry.partition):
+                        conflict = self.senders.saw(entry, self.group_id)
+                        if conflict is not None:
+                            (on_conflict if conflict[1] else _log_conflict)(conflict[0])
+                    elif self.alignment.peer(entry.partition, entry.state, entry.floor):
                         # A peer just started (or we did): it has not heard our floors yet.
                         self._sent.clear()
             if self._assigned:
@@ -461,7 +535,8 @@ class ProgressExchange(threading.Thread):
             if not final and last is not None and last[0] == state and now - last[2] < heartbeat and (
                     floor == last[1] or (floor is not None and last[1] is not None and 0 <= floor - last[1] < step)):
                 continue
-            self._producer.produce(self.topic, encode_entry(self.group_id, name, state, floor, at),
+            self._producer.produce(self.topic, encode_entry(self.group_id, name, state, floor, at,
+                                                            self.senders.token, self.since_ms),
                                    entry_key(self.group_id, name))
             self._sent[name] = (state, floor, now)
         self._producer.poll(0)

@@ -512,7 +512,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage | Progress, int]):
                                         partition_eof=self._aligned is not None)
         exchange: Callable[[], None] | None = None
         if self._aligned is not None and self._progress_topic:
-            exchange = functools.partial(self._aligned.alignment.start_exchange_if_shared, self._kafka,
+            exchange = functools.partial(self._aligned.alignment.join_exchange, self._kafka,
                                          self._progress_topic, self._group_id)
         if resume_state is not None:
             offset = resume_state
