@@ -90,7 +90,7 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     if out is None:
         out = Outcome()
     key = dedupe.event_key(event)
-    if dedupe.seen(profile, key, event.event_id):
+    if dedupe.seen(profile, event, key):
         out.duplicates += 1
         return out
     late = ruleset.late

@@ -183,13 +183,14 @@ class IdentityGraph:
             if level is not None and key != merge.into:
                 store.delete(group_key(key))
 
-    def seen_link(self, key: str, event_id: str, ts: int, horizon_ms: int, bare_id: str | None = None) -> bool:
+    def seen_link(self, key: str, event_id: str, ts: int, horizon_ms: int, earlier: tuple[str, ...] = ()) -> bool:
         """Whether a link event `event_id` (its dedupe key) at `ts` about identifier `key` joined profiles
         before, within `horizon_ms` in event time (the shards' dedupe horizon); remembers it if not (it is
-        about to). `bare_id`: the id as releases before per-source keys remembered it."""
+        about to). `earlier`: the keys earlier releases remembered it by (profile/dedupe.earlier_keys)."""
         raw = self.store.get(link_ids_key(key))
         seen: list[tuple[str, int]] = [] if raw is None else _DECODE_IDS(raw)
-        if any(seen_id in (event_id, bare_id) and abs(ts - seen_ts) <= horizon_ms for seen_id, seen_ts in seen):
+        if any((seen_id == event_id or seen_id in earlier) and abs(ts - seen_ts) <= horizon_ms
+               for seen_id, seen_ts in seen):
             return True
         self.store.put(link_ids_key(key), _ENCODE([*seen[-(LINK_IDS_KEPT - 1):], (event_id, ts)]))
         return False

@@ -59,7 +59,7 @@ from nextclick.operators.identity.guards import IdentityRules
 from nextclick.operators.identity.order import HELD_PREFIX, held_key
 from nextclick.operators.infra import failpoints, metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
-from nextclick.operators.profile.dedupe import event_key
+from nextclick.operators.profile.dedupe import earlier_keys, event_key
 from nextclick.operators.records import (
     Detach,
     EraseRequest,
@@ -286,7 +286,8 @@ class IdentityState:
                 return
             self._to(primary, event, out)  # a refused link changes nothing
             return
-        if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms, event.event_id):
+        if graph.seen_link(event.customer, event_key(event), event.ts, self.ctx.dedupe_horizon_ms,
+                           earlier_keys(event)):
             # A repeat of a link event that joined profiles: it goes where its identifier's events go,
             # and the shard drops it as the duplicate it is; it joins nothing (the first copy's links
             # stand). Only joins are remembered: a write per signed-in event would cost 10% of a backlog.

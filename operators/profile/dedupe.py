@@ -1,7 +1,10 @@
 """The dedupe window: event ids seen recently, so a redelivered event changes nothing.
 
-An event is its id within its source, its type's touch channel (`event_key`): producers keep ids
-unique per source, and two systems' id 1001 (a web shop's, a store till's) are two events.
+An event is its type and id within its source, its type's touch channel (`event_key`): producers keep
+ids unique per source, and two systems' id 1001 (a web shop's, a store till's) are two events. A
+redelivery repeats its type too, so a source that reuses an id for another type (a page view's id on
+a consent withdrawal, an outside probe) sends two events: keyed by id alone, the withdrawal was
+dropped as a duplicate and the customer kept getting marketing email.
 
 Each id is kept for the rules file's dedupe horizon from its event time; a late event's (older than
 the customer's newest event minus the allowed lateness) from that newest time instead, so its
@@ -27,18 +30,27 @@ MAX_SEEN_IDS = 256
 
 
 def event_key(event: Event) -> str:
-    """What a redelivery repeats: the event id within its source, taken to be its type's touch channel
-    (`event_id` is unique per source: a store till's sale 1001 and a call center's contact 1001 are two
-    events). Not the topic: the same events read from another topic (a mirror, a renamed topic) must
-    make the same profile."""
-    return f"{event.channel}/{event.event_id}"
+    """What a redelivery repeats: the event's type and id within its source, taken to be its type's touch
+    channel (`event_id` is unique per source: a store till's sale 1001 and a call center's contact 1001
+    are two events). Not the topic: the same events read from another topic (a mirror, a renamed
+    topic) must make the same profile."""
+    return f"{event.channel}/{event.type}/{event.event_id}"
 
 
-def seen(profile: Profile, key: str, event_id: str) -> bool:
-    """Whether the event of this `event_key` was applied to the profile within the horizon."""
+def earlier_keys(event: Event) -> tuple[str, str]:
+    """The keys releases before this one remembered `event` by: its id within its source, and its id."""
+    return f"{event.channel}/{event.event_id}", event.event_id
+
+
+def seen(profile: Profile, event: Event, key: str) -> bool:
+    """Whether `event` (its `event_key`) was applied to the profile within the horizon."""
     window = profile.seen
-    # A bare id: remembered by a release before ids were kept per source, within one horizon of it.
-    return key in window or event_id in window
+    if key in window:
+        return True
+    if not window:
+        return False
+    # Remembered by an earlier release, within one horizon of it.
+    return event.event_id in window or f"{event.channel}/{event.event_id}" in window
 
 
 def remember(profile: Profile, key: str, until: int) -> None:

@@ -6,7 +6,7 @@ two sources reusing an id lost the second one's event."""
 from __future__ import annotations
 
 from nextclick.operators.profile import dedupe
-from tests.helpers import DAY, MIN, SEC, T0, Customer, make_event
+from tests.helpers import DAY, MIN, SEC, T0, Customer, consent, make_event
 
 
 def purchase(ts: int, event_id: str = "order-1") -> object:
@@ -44,16 +44,6 @@ def test_a_burst_of_more_ids_than_the_window_holds_forgets_the_oldest() -> None:
     assert c.send("page_view", T0, event_id="first", page_type="home").duplicates == 0
 
 
-def test_an_event_id_is_one_event_whatever_its_type_within_a_source() -> None:
-    """As documented: a reused id is a duplicate, even on another type of the same channel."""
-    c = Customer()
-    c.apply(purchase(T0, event_id="x"))
-    assert c.send("page_view", T0 + SEC, event_id="x", page_type="home").duplicates == 1
-    c.send("page_view", T0 + 2 * SEC, event_id="y", page_type="home")
-    assert c.apply(purchase(T0 + 3 * SEC, event_id="y")).duplicates == 1
-    assert c.profile.facts.orders == 1
-
-
 def test_an_event_id_is_unique_per_source_so_two_systems_may_reuse_one() -> None:
     """A web shop's order 1001 and a store till's sale 1001 are two purchases, and a call center's
     contact 1001 a third event; a retry from the same source is still a duplicate (the probe case)."""
@@ -67,7 +57,22 @@ def test_an_event_id_is_unique_per_source_so_two_systems_may_reuse_one() -> None
     assert (c.profile.facts.orders, c.profile.facts.revenue) == (2, 145.0)
 
 
-def test_an_id_remembered_before_ids_were_kept_per_source_still_counts() -> None:
+def test_an_id_remembered_before_ids_were_kept_per_source_and_type_still_counts() -> None:
     c = Customer()
     c.profile.seen["1001"] = T0 + DAY  # a bare id, as an earlier release stored it
     assert c.apply(purchase(T0, event_id="1001")).duplicates == 1 and c.profile.facts.orders == 0
+    c.profile.seen["web/1002"] = T0 + DAY  # an id within its source, as the release before this one did
+    assert c.apply(purchase(T0, event_id="1002")).duplicates == 1 and c.profile.facts.orders == 0
+
+
+def test_an_id_a_source_reused_for_another_type_is_another_event() -> None:
+    """An outside probe: a consent withdrawal sent with the id of an earlier page view from the web was
+    dropped as a duplicate, and the purchase after it sent a marketing email. A redelivery repeats its
+    type; another type under the same id is another event."""
+    c = Customer()
+    c.grant_email(T0)
+    c.send("page_view", T0 + SEC, event_id="X", page_type="home")
+    withdrawal = consent(T0 + 2 * SEC, granted=False, event_id="X")
+    assert c.apply(withdrawal).duplicates == 0
+    assert c.send("purchase", T0 + 3 * SEC, amount=50.0).decisions == []  # no cross-sell: consent withdrawn
+    assert c.apply(withdrawal).duplicates == 1  # its redelivery is still one

@@ -523,11 +523,13 @@ def test_a_repeated_link_event_is_known_by_its_source_and_id_and_by_its_bare_id_
     another source's link event with the same id is a new one; an id remembered bare by an earlier
     release still counts within the horizon."""
     horizon, T0 = 86_400_000, 1_795_000_000_000
-    assert graph.seen_link("k1", "web/e1", T0, horizon, "e1") is False
-    assert graph.seen_link("k1", "web/e1", T0 + 1, horizon, "e1") is True
-    assert graph.seen_link("k1", "mobile/e1", T0 + 2, horizon, "e1") is False
-    graph.store.put(link_ids_key("k2"), msgspec.msgpack.encode([["e2", T0]]))  # as an earlier release wrote it
-    assert graph.seen_link("k2", "web/e2", T0 + 3, horizon, "e2") is True
+    earlier = ("web/e1", "e1")
+    assert graph.seen_link("k1", "web/login/e1", T0, horizon, earlier) is False
+    assert graph.seen_link("k1", "web/login/e1", T0 + 1, horizon, earlier) is True
+    assert graph.seen_link("k1", "mobile/app_open/e1", T0 + 2, horizon, ("mobile/e1", "e1")) is False
+    graph.store.put(link_ids_key("k2"), msgspec.msgpack.encode([["e2", T0], ["web/e3", T0]]))  # earlier releases
+    assert graph.seen_link("k2", "web/login/e2", T0 + 3, horizon, ("web/e2", "e2")) is True
+    assert graph.seen_link("k2", "web/login/e3", T0 + 3, horizon, ("web/e3", "e3")) is True
 
 
 def test_an_erased_persons_events_from_before_the_erasure_are_not_applied_again(tmp_path: Path) -> None:
