@@ -733,7 +733,9 @@ def test_a_blank_customer_id_names_nobody(blank):
     "$customer_id", "__CUSTOMER_ID__", "\u201cnull\u201d",
     # and by its recheck: more template styles, blank letters and marks, quotes twice or unpaired
     "%s", "%(customer_id)s", "*|CUSTOMER_ID|*", "[customer_id]", "{ customer_id }", "{customer.id}",
-    "%%customer_id%%", "\u3164", "\u2800", "\u034f", "\U000e0020", "\u201dnull\u201d", '"\u201cnull\u201d"'])
+    "%%customer_id%%", "\u3164", "\u2800", "\u034f", "\U000e0020", "\u201dnull\u201d", '"\u201cnull\u201d"',
+    # and by a consumer probe: ASCII control characters only (a C string's NUL keyed everyone on one profile)
+    "\x00", "\x00\x00", "\x01", "\x7f", "\x1b\x00", "null\x00"])
 def test_a_placeholder_names_nobody(placeholder):
     """A hard-coded placeholder must not gather everyone who carries it on one profile: as a customer id
     it is passed over for the key (counted as a refused link), and as the key it is dead-lettered."""

@@ -109,8 +109,8 @@ def placeholder_form(raw: str) -> str:
     `ｎｕｌｌ` is `null`), characters that show nothing dropped (zero-width spaces, marks, fillers),
     surrounding spaces and quotes taken off (`"null"`, a value serialized twice; `“null”`; twice at
     most), case folded. Only for the check: an identifier that is not blocked is used exactly as sent."""
-    if raw.isascii():
-        text = raw.strip()
+    if raw.isascii():  # control characters show nothing either: a C string's NUL keyed everyone's events
+        text = (raw if raw.isprintable() else "".join(ch for ch in raw if ch.isprintable())).strip()
     else:
         text = "".join(ch for ch in unicodedata.normalize("NFKC", raw)
                        if unicodedata.category(ch) not in _INVISIBLE_CATEGORIES and ch not in _BLANKS).strip()
