@@ -102,6 +102,12 @@ class _Bucket:
     at: float
 
 
+_MAX_BUCKETS = 100_000
+# Requests a second with a missing or wrong token, per caller address, before 429: guessing tokens is
+# slowed down, and a client with a stale token is told so without crowding out the others.
+FAILED_AUTH_RATE = 5.0
+
+
 @dataclass
 class RateLimiter:
     """A token bucket per client credential: `rate` requests a second, bursts of twice that."""
@@ -116,6 +122,8 @@ class RateLimiter:
         depth = 2 * self.rate
         bucket = self.buckets.get(client)
         if bucket is None:
+            if len(self.buckets) >= _MAX_BUCKETS:  # many callers (addresses): forget them all, not the memory
+                self.buckets.clear()
             bucket = self.buckets[client] = _Bucket(depth, now)
         bucket.tokens = min(depth, bucket.tokens + (now - bucket.at) * self.rate)
         bucket.at = now
@@ -218,6 +226,7 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
     ruleset = ruleset or load_configured_rules(config)  # flow.rules_file with flow.tracking_plan, as the flow
     clock = clock or SystemClock()
     limiter = RateLimiter(config.serve.rate_limit)
+    refused = RateLimiter(FAILED_AUTH_RATE)  # per caller address, requests without a valid token
     encoded = [t.encode() for t in tokens]
 
     def authorized(request: web.Request) -> str | None:
@@ -255,6 +264,11 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
             return await handler(request)
         caller = authorized(request)
         if caller is None:
+            if not refused.allow(request.remote or ""):
+                response = _json({"error": "rate_limited", "message": "too many requests without a valid token "
+                                  "from this address"}, 429)
+                response.headers["Retry-After"] = "1"
+                return response
             response = _json({"error": "unauthorized", "message": "a valid Authorization: Bearer token is "
                               "required"}, 401)
             response.headers["WWW-Authenticate"] = "Bearer"

@@ -165,6 +165,12 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
             # Without a token, or with a wrong one: 401, whatever the identifier.
             assert get(base, f"/v1/profiles/cookie/{COOKIE}", None)[0] == 401
             assert get(base, f"/v1/profiles/cookie/{COOKIE}", "not-the-token")[0] == 401
+            # Guessing tokens is slowed down per address (a consumer probe: 300 wrong tokens, 300 answers
+            # of 401); a valid token is not held back by it.
+            guesses = [get(base, f"/v1/profiles/cookie/{COOKIE}", f"guess-{i}") for i in range(15)]
+            assert {status for status, _ in guesses} == {401, 429}
+            assert guesses[-1] == (429, {"error": "rate_limited",
+                                         "message": "too many requests without a valid token from this address"})
             assert get(base, f"/v1/profiles/cookie/{COOKIE}")[0] == 404  # unknown: JSON 404
 
             # The flow and the service running (another visitor's page view through both), then an anonymous

@@ -479,10 +479,15 @@ class ProgressExchange(threading.Thread):
             "group.id": group_id, "enable.auto.commit": False, "fetch.wait.max.ms": 10,
             "fetch.queue.backoff.ms": 5}))
         self._producer = Producer(client_config(kafka, **{"linger.ms": 2, "compression.type": "lz4"}))
-        self._assigned = self._assign()
-        if not self._assigned:
-            log.warning("the progress topic does not exist: input alignment holds within each process only "
-                        "until it does (create it with `nextclick topics create`)", extra={"topic": topic})
+        # Pacing needs the topic before the partitions run; presence alone looks it up in its thread.
+        self._assigned = False if presence else self._assign()
+        if not self._assigned and not presence:
+            self._missing()
+
+    def _missing(self) -> None:
+        log.warning("the progress topic does not exist: input alignment holds within each process only, and "
+                    "a second deployment on these topics goes unseen, until it does (create it with "
+                    "`nextclick topics create`)", extra={"topic": self.topic})
 
     def _assign(self) -> bool:
         try:
@@ -497,6 +502,10 @@ class ProgressExchange(threading.Thread):
 
     def run(self) -> None:
         try:
+            if self.presence:
+                self._assigned = self._assign()
+                if not self._assigned:
+                    self._missing()
             while not self._assigned and not self.stop.wait(2):
                 self._assigned = self._assign()
             wait_s = PRESENCE_POLL_S if self.presence else PUBLISH_EVERY_S
