@@ -829,3 +829,20 @@ def test_a_consent_for_a_purpose_no_rule_reads_is_dead_lettered_by_both_paths(pa
 def test_a_missing_type_says_whether_it_was_absent_null_or_empty(body: dict[str, object], message: str) -> None:
     result = parse(orjson.dumps({"ts": NOW, **body}))
     assert isinstance(result, DeadLetter) and (result.reason, result.message) == ("missing_type", message)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("category", "jane.doe@example.com"), ("category", "gifts for JANE@EXAMPLE.CO.UK"),
+    ("order_id", "o-1?ref=a.b+c@mail.example.org")])
+def test_an_email_address_inside_a_kept_attribute_is_dead_lettered_not_stored(field: str, value: str) -> None:
+    """A consumer probe: `category = "jane.doe@example.com"` went into state, and into decisions that
+    carry the trigger's attributes, as sent. Personal data never enters them: the event is refused, and
+    the message names the field, not the value."""
+    result = assert_paths_agree(orjson.dumps(payload(**{field: value})))
+    assert isinstance(result, DeadLetter) and result.reason == "schema_violation"
+    assert result.message == (f"purchase: field '{field}' holds an email address: kept attributes go into profiles "
+                              "and decisions as sent, and personal data never does (an identifier goes in its own "
+                              "field, where it is pseudonymized)")
+    assert value not in result.message
+    for fine in ("spring@2026", "a@b", "bags & shoes"):  # an at sign alone is no address
+        assert isinstance(assert_paths_agree(orjson.dumps(payload(**{field: fine}))), Event)

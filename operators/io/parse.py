@@ -313,6 +313,11 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
         v = attrs.get(a)
         if type(v) is float:
             attrs[a] = int(v)
+    personal = personal_field(attrs)
+    if personal is not None:
+        raise _Bad("schema_violation", f"{spec.type}: field '{personal}' holds an email address: kept attributes "
+                                       "go into profiles and decisions as sent, and personal data never does (an "
+                                       "identifier goes in its own field, where it is pseudonymized)")
     return Event(event_id=event_id, type=spec.type, ts=ts, customer=customer, channel=spec.channel,
                  attrs=attrs, source=source, raw=(key, value, _headers_tuple(headers)), id_type=ident[0],
                  links=links, blocked=blocked)
@@ -322,6 +327,19 @@ TS_OUT_OF_RANGE = "field 'ts' is not a time between the years 1 and 9999"
 # The longest identifier an event may be about: an email field's limit (identify, login). Longer ones
 # name nobody real, and each would sit in the parser's cache of identifiers (64k of them) for good.
 MAX_IDENTIFIER_CHARS = 320
+# An email address inside a kept attribute (a category, a sku, a campaign id, a URL's query): an outside
+# probe's `category = "jane.doe@example.com"` went into state and decisions as sent.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+
+
+def personal_field(attrs: dict[str, Any]) -> str | None:
+    """The first kept attribute whose text holds an email address, or None."""
+    for name, value in attrs.items():
+        if type(value) is str and "@" in value and _EMAIL.search(value):
+            return name
+    return None
+
+
 NO_IDENTIFIER_BUT_A_PLACEHOLDER = ("no identifier: 'customer_id' is a placeholder value the identity rules block "
                                    "([blocked]), and there is no non-blank UTF-8 Kafka key")
 PLACEHOLDER_KEY = ("the Kafka key is a placeholder value the identity rules block ([blocked]; e.g. 'null', "
@@ -429,6 +447,8 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
                 continue
             v = default
         attrs[name] = v
+    if personal_field(attrs) is not None:
+        return None  # the slow path says which
     return Event(event_id, spec.type, ts, pseudonymize_cached(id_type, raw_id, secret), spec.channel,
                  attrs, source, (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
 
