@@ -263,6 +263,40 @@ def test_an_event_ahead_of_the_clock_waits_for_an_earlier_one_on_another_partiti
     assert [orjson.loads(v)["event_id"] for v in delivered] == ["withdrawal0", "purchase0"]
 
 
+def test_the_last_event_of_a_quiet_partition_dated_ahead_waits_for_the_others_to_catch_up(
+        kafka: dict[str, str], topic_prefix: str) -> None:
+    """A quiet store topic: a sale twenty minutes ago, then one from a till whose clock runs 30 s fast;
+    a consent withdrawal two minutes ago on the web topic. Waiting as "its partition's newest plus the
+    bound" (19 minutes ago), the fast till's sale went before the withdrawal, and 100 of 100 customers
+    got a cross-sell after withdrawing (an outside probe; with two readers the shards' hold put it
+    back in order, so the same events decided otherwise by reader count). Last in its partition, it
+    waits as its own time."""
+    web, store = f"{topic_prefix}.web", f"{topic_prefix}.store"
+    ensure_topics(kafka, {web: 1, store: 1})
+    now_ms = int(time.time() * 1000)
+    producer = Producer(kafka)
+    producer.produce(store, _events(1, now_ms - 20 * 60_000, "old-sale")[0], b"c2", partition=0)
+    producer.produce(store, _events(1, now_ms + 30_000, "fast-sale")[0], b"c1", partition=0)
+    producer.produce(web, _events(1, now_ms - 2 * 60_000, "withdrawal")[0], b"c1", partition=0)
+    assert producer.flush(10) == 0
+    source = KafkaInput(kafka, [web, store], group_id=topic_prefix, stop_at_end=False, batch_size=5,
+                        aligned=Aligned(Alignment(60_000, 2_000), lambda: now_ms, ParseConfig()))
+    store_part = source.build_part("kafka_in", f"{store}#0", None)
+    web_part = source.build_part("kafka_in", f"{web}#0", None)
+    delivered: list[str] = []
+    try:
+        deadline = time.monotonic() + 20
+        while len(delivered) < 3 and time.monotonic() < deadline:
+            for part in (store_part, web_part):  # the store's partition is polled first, every round
+                delivered += [orjson.loads(m.value)["event_id"] for m in part.next_batch()
+                              if not isinstance(m, Progress)]
+            time.sleep(0.01)
+    finally:
+        store_part.close()
+        web_part.close()
+    assert delivered == ["old-sale0", "withdrawal0", "fast-sale0"]
+
+
 def test_an_event_ahead_of_the_clock_in_a_backlog_goes_with_its_neighbours(
         kafka: dict[str, str], topic_prefix: str) -> None:
     """Two partitions three hours behind, one with an event a minute ahead of the clock in its middle.

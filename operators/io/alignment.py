@@ -30,10 +30,11 @@ A `ts` ahead of the clock (a producer's fast clock, within the parser's limit) i
 reached, and says little about where its partition is. It never moves its partition's floor: read as
 "now", one such event in a backlog hours old made the partition look caught up, and the event-time
 frontier jumped to the clock, firing every pending timer hours early. It waits as an event at its
-own time, but at most `bound` past its partition's newest time (`ahead_release`): in a backlog it
-goes with its neighbours instead of holding its partition back until every other has caught up, and
-an event 90 s ahead cannot overtake a withdrawal dated before it on another topic. Live, a skew
-under the bound never waits. `event_time` marks such a time by giving it as a float.
+own time, but no later than the next readable event behind it in its partition (`ahead_waits`): in a
+backlog it goes with its neighbours instead of holding its partition back until every other has
+caught up; last in its partition it waits for the others to catch up with it, so an event 90 s ahead
+cannot overtake a withdrawal dated before it on another topic. Live, a skew under the bound never
+waits. `event_time` marks such a time by giving it as a float.
 
 Within a process the partitions share one `Alignment` (per flow). Across the processes of a cluster,
 each publishes its partitions' floors to a small compacted topic (`topics.progress`, keyed by
@@ -55,6 +56,7 @@ that reads every partition publishes its entries for this alone, at a heartbeat'
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -174,10 +176,24 @@ def _rfc3339_ms(ts: str) -> int:
     return parse_ts(ts)
 
 
-def ahead_release(ts: float, newest: int | None, bound_ms: int) -> float:
-    """The time a message dated ahead of the clock waits as (still a float: it moves no floor): its own,
-    but at most `bound_ms` past `newest`, the latest readable time its partition had before it."""
-    return ts if newest is None or ts <= newest + bound_ms else float(newest + bound_ms)
+def ahead_waits(ts: list[int | float], at_end: bool) -> list[int | float]:
+    """The times a partition's waiting messages wait as, with each one dated ahead of the clock (a float)
+    resolved: its own time, but no later than the next readable time behind it in its partition (in a
+    backlog it goes with its neighbours: a device with a wrong clock does not hold its partition back
+    until every other has caught up). With nothing readable behind it, the partition has read all it
+    has: at its end it waits as its own time, until the others have caught up with it (an outside probe:
+    waiting as "its partition's newest plus the bound", the last purchases of a quiet store topic, dated
+    seconds ahead, went before withdrawals minutes older on the web topic and got cross-sells); before
+    the end is known it waits for the next fetch to tell (inf). Still floats: they move no floor."""
+    out = list(ts)
+    behind: int | None = None  # the next readable time behind position i
+    for i in range(len(out) - 1, -1, -1):
+        t = out[i]
+        if type(t) is float:
+            out[i] = min(t, float(behind)) if behind is not None else (t if at_end else math.inf)
+        elif t != UNREADABLE:
+            behind = t  # type: ignore[assignment]
+    return out
 
 
 def cut(ts: Sequence[int | float], limit: int | None) -> int:

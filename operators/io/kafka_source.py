@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from nextclick.operators.io.alignment import (
     UNREADABLE,
     WAITING,
     Alignment,
-    ahead_release,
+    ahead_waits,
     cut,
     event_time,
 )
@@ -175,7 +176,7 @@ class Aligned(NamedTuple):
     its floor for the frontier the flow's timers fire by (operators/frontier.py)."""
 
     alignment: Alignment
-    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it moves no floor (alignment.ahead_release)
+    now_ms: Callable[[], int]  # the flow's clock: a `ts` ahead of it moves no floor (alignment.ahead_waits)
     parse: ParseConfig  # the parser's bounds: what it refuses never waits
     pace: bool = True
 
@@ -202,6 +203,7 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._slot = aligned.alignment.slot(f"{topic}#{partition}") if aligned is not None else None
         self._pending: list[RawMessage] = []
         self._pending_ts: list[int | float] = []
+        self._ahead = 0  # how many of them are dated ahead of the clock (floats)
         self._at_end = False
         self._held = False
         self._retry = timedelta(0)
@@ -312,8 +314,8 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
                 pending.append(RawMessage(self._topic, self._partition, offset, msg.key(), value,
                                           tuple(cast(_Headers, headers)) if headers else ()))
                 ts = event_time(value, now_ms, parse)
-                if type(ts) is float:  # ahead of the clock: see alignment's module docstring
-                    ts = ahead_release(ts, self._newest_readable(), aligned.alignment.bound_ms)
+                if type(ts) is float:  # ahead of the clock: it waits as `ahead_waits` says
+                    self._ahead += 1
                 pending_ts.append(ts)
                 self._at_end = self._eof = False
         if not pending:
@@ -328,8 +330,10 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             self._polled([])
             return self._report([], self._contribution(now_ms))
         limit, retry_s = aligned.alignment.limit(slot) if aligned.pace else (None, 0.0)
-        n = cut(pending_ts, limit)
+        waits = ahead_waits(pending_ts, self._at_end) if self._ahead else pending_ts
+        n = cut(waits, limit)
         batch = cast(list[RawMessage | Progress], pending[:n])
+        head = waits[n] if n < len(waits) else None
         if n:
             delivered = max(pending_ts[:n])
             if type(delivered) is float:  # times ahead of the clock stand for no position
@@ -337,11 +341,17 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
             if delivered != UNREADABLE and (self._floor_ms is None or delivered > self._floor_ms):
                 self._floor_ms = int(delivered)
             self._next_offset = pending[n - 1].offset + 1
+            if self._ahead:
+                self._ahead -= sum(1 for t in pending_ts[:n] if type(t) is float)
             del pending[:n], pending_ts[:n]
         now = aligned.alignment.now()
         if pending:
-            slot.set(DATA if n else HELD, int(pending_ts[0]), now)
-            self._event_time.set(pending_ts[0] / 1000)
+            assert head is not None
+            if head == math.inf:  # dated ahead, and whether anything follows it is not known yet
+                slot.set(DATA if n else HELD, self._floor_ms, now)
+            else:
+                slot.set(DATA if n else HELD, int(head), now)
+                self._event_time.set(head / 1000)
         else:
             slot.set(END if self._at_end else WAITING, self._floor_ms, now, delivered=n > 0)
             if self._floor_ms is not None:
@@ -354,14 +364,6 @@ class _KafkaPartition(StatefulSourcePartition[RawMessage | Progress, int]):
         self._drained = drained and not pending
         self._polled(batch)
         return self._report(batch, self._contribution(now_ms))
-
-    def _newest_readable(self) -> int | None:
-        """The latest time this partition read that stands for its position: the last readable one
-        waiting, else its floor (what a message ahead of the clock is held to, `ahead_release`)."""
-        for t in reversed(self._pending_ts):
-            if type(t) is int and t != UNREADABLE:
-                return t if self._floor_ms is None or t > self._floor_ms else self._floor_ms
-        return self._floor_ms
 
     def _contribution(self, now_ms: int) -> Any:
         """What this partition adds to the event-time frontier now: its floor, None when it is caught
