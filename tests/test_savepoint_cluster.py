@@ -492,6 +492,28 @@ def _peer_reports(shared: Path, generation: int | None, *, at: float | None = No
          "intact": intact}))
 
 
+def test_retention_keeps_the_savepoint_a_lost_volume_would_be_restored_from_after_a_rollback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An outside probe rolled a 2-pod cluster back to an older savepoint, then ran `savepoint prune
+    --keep 1`: it kept the abandoned line's newest and deleted the one the cluster now ran from, and
+    the next lost volume could only be met by starting over (2 of 2)."""
+    from nextclick.flows.cli import main
+    from nextclick.operators.tools.savepoint import _write_manifest
+
+    root = tmp_path / "savepoints"
+    for day in (1, 2, 3):
+        (root / f"sp{day}" / "shard-0000").mkdir(parents=True)
+        _write_manifest(root / f"sp{day}", SavepointManifest(
+            id=f"sp{day}", created_at=f"2026-12-0{day}T00:00:00+00:00", mode="online", shards=1,
+            secret_fingerprint="f", seqs={0: day}, positions={}, source_lineage=None, generation=1))
+    (root / ".cluster").mkdir()  # the rollback: generation 2 restored sp1
+    (root / ".cluster" / "generation-000002.json").write_bytes(orjson.dumps(
+        {"generation": 2, "savepoint": str(root / "sp1"), "created_at": "2026-12-04T00:00:00+00:00"}))
+    assert main(["savepoint", "prune", str(root), "--keep", "1"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["deleted"] == ["sp2"]
+    assert sorted(p.name for p in root.iterdir()) == [".cluster", "sp1", "sp3"]
+
+
 def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: Path) -> None:
     """An outside probe: a cluster ran with on_lost_volume = "stop", pod 1's volume was lost, and the refusal
     said to set "restore". With it, no record said the cluster had run, so the empty pod started as a new

@@ -602,16 +602,44 @@ def catalogue(root: str | Path) -> tuple[list[SavepointManifest], list[str]]:
     return complete, incomplete
 
 
+def latest_on_line(root: str | Path) -> SavepointManifest | None:
+    """The newest complete savepoint in `root` on the cluster's current line (state.on_lost_volume =
+    "restore", whose generation files are in `root`/.cluster): the one the newest generation restored,
+    or one taken since by the cluster at that generation. A rollback leaves the savepoints of the
+    abandoned line behind (newer, but with what the rollback undid): a lost volume must not bring them
+    back. A savepoint that does not say its generation (an older release's) counts when it was created
+    after the generation was opened. Without generation files, the newest."""
+    where = Destination(root)
+    complete, _ = catalogue(root)
+    newest = sorted((where.path / _CLUSTER).glob("generation-*.json")) if not where.remote else []
+    if not newest:
+        return complete[0] if complete else None
+    body = orjson.loads(newest[-1].read_bytes())
+    generation, opened = int(body["generation"]), str(body.get("created_at") or "")
+    start = str(Destination(body["savepoint"])) if body.get("savepoint") else None
+    for manifest in complete:  # newest first
+        if manifest.generation == generation or str(where.child(manifest.id)) == start or (
+                manifest.generation is None and manifest.created_at > opened):
+            return manifest
+    return None
+
+
 def prune(root: str | Path, keep: int, *, dry_run: bool = False, prefix: str = "") -> list[str]:
     """Delete the complete savepoints beyond the newest `keep` (retention); incomplete ones are left alone,
-    since one may be in progress. `prefix`: only those whose name starts with it count and go (the
-    scheduler's own: an operator's savepoint taken before an upgrade is the way back, not retention's).
+    since one may be in progress, and so is the newest of the cluster's current line (`latest_on_line`),
+    which a lost volume is restored from: after a rollback it is older than the abandoned line's (an
+    outside probe: `prune --keep 1` deleted it, and the next lost volume could only be met by starting
+    over). `prefix`: only those whose name starts with it count and go (the scheduler's own: an
+    operator's savepoint taken before an upgrade is the way back, not retention's).
     The names deleted (or that would be)."""
     if keep < 1:
         raise SavepointError("--keep must be at least 1: pruning never deletes the newest savepoint")
     where = Destination(root)
     complete, _ = catalogue(root)
+    line = latest_on_line(root)
     doomed = [m.id for m in complete if m.id.startswith(prefix)][keep:]
+    if line is not None:
+        doomed = [name for name in doomed if name != line.id]
     if not dry_run:
         for name in doomed:
             # The manifest first: a savepoint half deleted must read as incomplete, never as complete.
@@ -964,23 +992,7 @@ class Generations:
         return (0, None) if body is None else (int(body["generation"]), body.get("savepoint"))
 
     def latest_on_line(self) -> SavepointManifest | None:
-        """The newest complete savepoint on the cluster's current line: the one the newest generation
-        restored, or one taken since by the cluster at that generation. A rollback leaves the savepoints
-        of the abandoned line behind (newer, but with what the rollback undid): a lost volume must not
-        bring them back. A savepoint that does not say its generation (an older release's) counts when
-        it was created after the generation was opened."""
-        complete, _ = catalogue(self.config.state.savepoint_dir)
-        body = self._newest()
-        if body is None:
-            return complete[0] if complete else None
-        generation, opened = int(body["generation"]), str(body.get("created_at") or "")
-        start = str(Destination(body["savepoint"])) if body.get("savepoint") else None
-        root = Destination(self.config.state.savepoint_dir)
-        for manifest in complete:  # newest first
-            if manifest.generation == generation or str(root.child(manifest.id)) == start or (
-                    manifest.generation is None and manifest.created_at > opened):
-                return manifest
-        return None
+        return latest_on_line(self.config.state.savepoint_dir)
 
     def _reports(self) -> dict[int, int | None] | None:
         """Every process's generation, when all have a report written since this process started and
