@@ -610,6 +610,21 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     _peer_reports(shared, 5)
     again.joined(5)
 
+    # A rollback with one volume left behind (an outside probe): the savepoint named was never restored
+    # here and a process holds state. It went back to the line's latest with a warning, 2 of 2 read as
+    # the rollback done; now it is refused in one line, and nothing is opened.
+    partial = Generations(empty, 0, 2, explicit=str(shared / "sp-abandoned"), timeout_s=5)
+    _peer_reports(shared, None)
+    with pytest.raises(SavepointError, match=r"the savepoint given \(.*sp-abandoned: --from-savepoint or state."
+                                             r"initial_savepoint\) is not restored while process\(es\) 0 of 2 still "
+                                             r"hold state: a rollback starts every process empty"):
+        partial.decide()
+    assert partial.current()[0] == 5
+    # Named again after the cluster restored it (the flag stays in the pod's arguments): a lost volume
+    # goes back to the line's latest, as without it.
+    kept = Generations(empty, 0, 2, explicit=str(shared / "sp"), timeout_s=5)
+    assert kept._restored_before(str(shared / "sp")) and not kept._restored_before(str(shared / "sp-abandoned"))
+
     # Half a volume is a lost one: state without its recovery partitions, or these without the state.
     # Both are cleared before the restore (a restore refuses a recovery directory that is not empty).
     for half in (Path(empty.state.recovery_dir), Path(empty.state.dir)):

@@ -1051,6 +1051,15 @@ class Generations:
         cluster's current line (a lost volume)."""
         if self.explicit and all(g is None for g in reports.values()):
             chosen, why = self.explicit, "every process starts empty from the savepoint given"
+        elif self.explicit and not self._restored_before(self.explicit):
+            # A rollback with a volume left behind (an outside probe): going back to the line's latest
+            # savepoint instead, with a warning, read as done to whoever asked for this one.
+            holding = ", ".join(str(i) for i, g in sorted(reports.items()) if g is not None)
+            raise SavepointError(f"the savepoint given ({self.explicit}: --from-savepoint or state.initial_savepoint) "
+                                 f"is not restored while process(es) {holding} of {self.processes} still hold state: "
+                                 "a rollback starts every process empty; stop them all and empty each one's "
+                                 "state.dir and state.recovery_dir, or start without it to go on from the state "
+                                 "they hold")
         else:
             latest = self.latest_on_line()
             if latest is None:
@@ -1063,6 +1072,15 @@ class Generations:
         if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
                 {"generation": generation, "savepoint": chosen, "created_at": _now(), "by_process": self.process_id})):
             log.warning(why, extra={"generation": generation, "savepoint": chosen})
+
+    def _restored_before(self, savepoint: str) -> bool:
+        """A generation of this cluster restored `savepoint` (so naming it again at a start is no rollback:
+        the flag or setting stayed in the deployment's configuration)."""
+        for path in self.dir.glob("generation-*.json"):
+            named = orjson.loads(path.read_bytes()).get("savepoint")
+            if named and str(Destination(named)) == savepoint:
+                return True
+        return False
 
     def decide(self) -> Rejoin:
         """Wait for every process, then say what this one does before it starts."""
