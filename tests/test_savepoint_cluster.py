@@ -647,6 +647,37 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
         stale.decide()
 
 
+def test_two_processes_started_as_one_id_are_named_rather_than_waited_for(tmp_path: Path) -> None:
+    """An outside probe started two pods as --process-id 0 in restore mode: both waited 300 s, then said
+    process 1 did not report. Each rewrites the same report; the one that reads the other's says so."""
+    import threading
+
+    from nextclick.operators.tools.savepoint import Generations
+
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    waiting = Generations(config, 0, 2, timeout_s=20)
+    stop = threading.Event()
+
+    def twin() -> None:  # the other process 0, reporting every 0.1 s
+        while not stop.is_set():
+            _peer_reports(shared, None, peer=0)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=twin, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(SavepointError, match=r"another process reports as process 0 in .*: two processes started "
+                                                 r"as the same --process-id \(or pod name\); stop one of them"):
+            waiting.decide()
+    finally:
+        stop.set()
+        thread.join()
+        waiting.close()
+    assert time.monotonic() - started < 10
+
+
 def test_a_peer_that_stops_while_the_cluster_forms_is_named_at_once(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A peer refused at start (another shard count, a missing flag) exits with its own line; this

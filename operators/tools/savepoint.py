@@ -1012,6 +1012,14 @@ class Generations:
         return found
 
     def _waiting(self, deadline: float, what: str) -> None:
+        try:  # this process's own report, rewritten every second by another as well: two started as one id
+            mine = orjson.loads((self.dir / f"process-{self.process_id}.json").read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            mine = None
+        if mine is not None and mine.get("boot") != self._boot and float(mine.get("at", 0)) >= self._started:
+            raise SavepointError(f"state.on_lost_volume: another process reports as process {self.process_id} in "
+                                 f"{self.dir}: two processes started as the same --process-id (or pod name); stop one "
+                                 "of them, and give each process of the cluster its own id")
         seen = [i for i in range(self.processes) if i != self.process_id and self._fresh(i)]
         self._seen.update(seen)
         gone = sorted(i for i in self._seen - set(seen) if not self._fresh(i, within_s=_GONE_S))
