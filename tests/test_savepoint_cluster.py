@@ -335,8 +335,11 @@ def test_an_interrupted_restore_is_done_again_and_a_wrong_one_refused(tmp_path: 
     (Path(other.state.dir) / "shard-0000").mkdir()
     with pytest.raises(StateMismatch, match=r"state.dir: .* is not empty; a savepoint is restored into empty"):
         restore(other, shared / "sp", init_recovery=lambda d: None)
-    with pytest.raises(SavepointError, match="is not a complete savepoint"):
+    with pytest.raises(SavepointError, match=r"nothing does not exist \(`nextclick savepoint list` shows"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "nothing", init_recovery=lambda d: None)
+    (shared / "half").mkdir()
+    with pytest.raises(SavepointError, match="is not a complete savepoint"):
+        restore(_deployment(tmp_path / "x", str(shared)), shared / "half", init_recovery=lambda d: None)
     with pytest.raises(SavepointError, match=r"sp/savepoint.json is a file: give the savepoint's directory"):
         restore(_deployment(tmp_path / "x", str(shared)), shared / "sp" / "savepoint.json",
                 init_recovery=lambda d: None)

@@ -238,6 +238,9 @@ class SavepointManifest:
                        else None, root=str(body.get("root") or ""),
                        generation=int(body["generation"]) if body.get("generation") is not None else None)
         except FileNotFoundError:
+            if not where.remote and not where.path.exists():
+                raise SavepointError(f"{where} does not exist (`nextclick savepoint list` shows the savepoints "
+                                     "of state.savepoint_dir)") from None
             raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
                                  "still being written, or the wrong directory?)") from None
         except NotADirectoryError:
