@@ -38,6 +38,7 @@ from nextclick.operators.infra.failures import (
     lost_peer_message,
     one_line,
     root_cause,
+    storage_failure,
 )
 from nextclick.operators.io import alignment, cluster_hello, drain
 from nextclick.operators.io.kafka_source import commit_final_offsets
@@ -197,6 +198,11 @@ class FlowRunner:
             watch_saw = self._peer_watch.lost if self._peer_watch is not None else []
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
+                failed = storage_failure()
+                if failed is not None:  # this process failed first; its peers only saw it go
+                    raise Explained(f"this process's state could not be written: {failed} (state.dir); free or grow "
+                                    "that volume: the cluster stops with it, and restarts from its last committed "
+                                    "epoch once every process is running again") from exc
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
             missing = re.search(r"Missing recovery partitions .* of (\d+)", line)
             if missing:  # Bytewax's words for a volume of one process of a cluster, run on its own

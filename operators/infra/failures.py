@@ -84,6 +84,23 @@ def one_line(exc: BaseException) -> str:
     return line
 
 
+_STORAGE_FAILURES: list[str] = []
+
+
+def note_storage_failure(where: str, error: BaseException) -> None:
+    """A state store's write failed where nothing raises (RocksDB's background WAL sync): the first one is
+    what a cluster's failure is then told with. An outside probe filled one pod's state volume: every
+    pod said "lost cluster peer", and "No space left on device" was in no log."""
+    if not _STORAGE_FAILURES:
+        _STORAGE_FAILURES.append(f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}")
+        logging.getLogger("nextclick").error("a state store could not write", extra={"error": _STORAGE_FAILURES[0]})
+
+
+def storage_failure() -> str | None:
+    """The first state store failure noted in this process, or None."""
+    return _STORAGE_FAILURES[0] if _STORAGE_FAILURES else None
+
+
 def announce_fatal(message: str, kind: str) -> None:
     """The fatal-error contract: one critical JSON log line (when logging is set up) and one
     `nextclick: error:` line on stderr, both with `message`."""

@@ -45,6 +45,7 @@ from typing import Protocol, Self
 
 from rocksdict import Checkpoint, Rdict, WriteBatch, WriteOptions
 
+from nextclick.operators.infra.failures import note_storage_failure
 from nextclick.operators.state import store_erase, store_reads
 from nextclick.operators.state.store_bulk import BulkLoad
 from nextclick.operators.state.store_db import (
@@ -340,7 +341,12 @@ class ShardStore:
         undo.release_retired()
         batch = WriteBatch(raw_mode=True)
         undo.stage_into(batch, self._pending, self._cache)
-        self._db.write(batch, self._stage_opts)
+        try:
+            self._db.write(batch, self._stage_opts)
+        except Exception as exc:  # rocksdict raises plain Exception for I/O errors
+            if type(exc) is Exception:  # a cluster may then fail on a peer's broken channel first
+                note_storage_failure(self._path, exc)
+            raise
         self._staged_ok()
 
     def _staged_ok(self) -> None:
@@ -364,7 +370,12 @@ class ShardStore:
         self._check_writable()
         batch = WriteBatch(raw_mode=True)
         self._undo.stage_into(batch, self._pending, self._cache)
-        new_seq = self._undo.commit(batch)
+        try:
+            new_seq = self._undo.commit(batch)
+        except Exception as exc:
+            if type(exc) is Exception:  # rocksdict's I/O errors; a StateError is not the device's
+                note_storage_failure(self._path, exc)
+            raise
         self._staged_ok()
         return new_seq
 
@@ -495,6 +506,8 @@ class ShardStore:
                 self._db.flush_wal(True)
             except Exception as exc:  # a failed sync here is retried by the checkpoint's own sync
                 log.debug("background WAL sync failed", extra={"path": self._path, "error": str(exc)})
+                if "IO error" in str(exc) or "No space" in str(exc):  # the device, not a passing hiccup
+                    note_storage_failure(self._path, exc)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -614,3 +615,37 @@ def test_undo_chunks_of_the_first_format_still_roll_back(tmp_path: Path) -> None
     with ShardStore(tmp_path / "s") as store:
         store.rollback_to(1)
         assert contents(store) == {b"a": b"1"}
+
+
+def test_a_full_device_is_noted_as_this_process_s_state_failure(tmp_path: Path) -> None:
+    """An outside probe filled one pod's state volume: every pod of the cluster said "lost cluster peer",
+    and "No space left on device" was in no log. A store that cannot write notes it (and logs it), so
+    that the process that failed first says why (flows/runner.py). The device is a 4 MiB tmpfs mounted
+    in a mount namespace of the test's own (`unshare`: no privileges needed)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    script = (
+        "import os\n"
+        "from nextclick.operators.infra import failures\n"
+        "from nextclick.operators.state.store import ShardStore\n"
+        "store = ShardStore(os.environ['STORE'])\n"
+        "try:\n"
+        "    for i in range(100_000):\n"
+        "        store.put(b'p%d' % i, os.urandom(4096))\n"
+        "        if i % 100 == 99:\n"
+        "            store.checkpoint()\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print(failures.storage_failure())\n")
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c",
+                           'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$@"', str(mount), sys.executable, "-c",
+                           script], cwd=repo, env={**os.environ, "STORE": str(mount / "shard-0000"),
+                                                   "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    noted = done.stdout.strip().splitlines()[-1]
+    assert noted.startswith(f"{mount / 'shard-0000'}: ") and "No space left on device" in noted, noted
