@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -82,6 +83,25 @@ def _second_deployment(line: str) -> None:
     announce_fatal(line, "Explained")
     logging.shutdown()
     os._exit(1)
+
+
+# Free space under which a volume counts as full when a cluster fails: RocksDB and Bytewax's recovery
+# partitions write megabytes at a time (a write-ahead log file, a SQLite journal).
+FULL_BELOW_BYTES = 16 << 20
+
+
+def _full_volume(config: Config) -> str | None:
+    """"<path> (<setting>) has N bytes free" for the state or recovery volume that is full, else None.
+    Bytewax's own failure to write its recovery partitions reaches a cluster's process as a broken
+    channel to a peer (an outside probe: every pod said "lost cluster peer", the cause in no log)."""
+    for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
+        try:
+            free = shutil.disk_usage(path).free
+        except OSError:
+            continue
+        if free < FULL_BELOW_BYTES:
+            return f"{path} ({setting}) has {free} bytes free"
+    return None
 
 
 class FlowRunner:
@@ -199,10 +219,13 @@ class FlowRunner:
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
                 failed = storage_failure()
-                if failed is not None:  # this process failed first; its peers only saw it go
-                    raise Explained(f"this process's state could not be written: {failed} (state.dir); free or grow "
-                                    "that volume: the cluster stops with it, and restarts from its last committed "
-                                    "epoch once every process is running again") from exc
+                full = _full_volume(config)
+                if failed is not None or full is not None:  # this process failed first; its peers saw it go
+                    what = (f"its state could not be written: {failed}" if failed is not None
+                            else f"its volume is full: {full}")
+                    raise Explained(f"this process stops because {what}; free or grow that volume: the cluster "
+                                    "stops with it, and restarts from its last committed epoch once every process "
+                                    "is running again") from exc
                 raise LostPeer(lost_peer_message(cluster, me, watch_saw)) from exc
             missing = re.search(r"Missing recovery partitions .* of (\d+)", line)
             if missing:  # Bytewax's words for a volume of one process of a cluster, run on its own

@@ -395,3 +395,23 @@ def test_one_process_started_on_one_volume_of_a_cluster_says_so(tmp_path: Path) 
     with pytest.raises(Explained, match=r"holds only some of the 2 recovery partitions of a cluster: it is one "
                                         r"process's volume of a 2-process cluster"):
         FlowRunner().run(config, flow)
+
+
+def test_a_cluster_process_whose_volume_is_full_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside probe filled one pod's state volume: every pod said "lost cluster peer" (Bytewax's own
+    failure to write reaches a cluster's process as a broken channel). The process checks its volumes
+    when the cluster fails (checked by hand through a 3-pod cluster on a 20 MB tmpfs: the full pod
+    named its state.dir, its peers named it)."""
+    import shutil
+    from collections import namedtuple
+
+    from nextclick.flows import runner
+    from nextclick.operators.infra.config import Config
+
+    config = Config().replace(state={"dir": str(tmp_path / "state"), "recovery_dir": str(tmp_path / "recovery")})
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 30))
+    assert runner._full_volume(config) is None
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(20 << 20, 20 << 20, 8192 if "recovery" in str(path)
+                                                                  else 1 << 30))
+    assert runner._full_volume(config) == f"{tmp_path / 'recovery'} (state.recovery_dir) has 8192 bytes free"

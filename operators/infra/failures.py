@@ -92,7 +92,8 @@ def note_storage_failure(where: str, error: BaseException) -> None:
     what a cluster's failure is then told with. An outside probe filled one pod's state volume: every
     pod said "lost cluster peer", and "No space left on device" was in no log."""
     if not _STORAGE_FAILURES:
-        _STORAGE_FAILURES.append(f"{where}: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}")
+        said = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        _STORAGE_FAILURES.append(f"{where}: {said} (state.dir)")
         logging.getLogger("nextclick").error("a state store could not write", extra={"error": _STORAGE_FAILURES[0]})
 
 
