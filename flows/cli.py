@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nextclick.operators.infra.config import ConfigError
     from nextclick.operators.infra.logs import configure_logging
     from nextclick.operators.infra.runtime import tune_gc
-    from nextclick.operators.io.cluster_hello import peer_refusals, publish_hello, say_refused, starting
+    from nextclick.operators.io.cluster_hello import peers_not_joining, publish_hello, say_refused, starting
     from nextclick.operators.io.drain import now_ms
     from nextclick.operators.io.kafka_admin import redacted, wait_for_broker
     from nextclick.operators.io.sink_registry import decision_sink
@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   "add --recovery-per-process")
             generations = Generations(config, place.process_id or 0, place.processes,
                                       explicit=args.from_savepoint or config.state.initial_savepoint.strip() or None,
-                                      refusals=lambda since: peer_refusals(
+                                      refusals=lambda since: peers_not_joining(
                                           config.kafka, config.topics.control, config.flow.group_id,
                                           int(since * 1000), place.processes))
             rejoin = generations.decide()

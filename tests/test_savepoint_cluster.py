@@ -711,16 +711,30 @@ def test_a_peer_that_refuses_before_it_reports_is_named_with_its_own_line(
     control = f"{topic_prefix}.control"
     ensure_topics(kafka, {control: 1})
     config = _deployment(tmp_path / "pod-0", str(tmp_path / "shared"))
-    waiting = module.Generations(config, 0, 2, timeout_s=60, refusals=lambda since: cluster_hello.peer_refusals(
-        kafka, control, "g", int(since * 1000), 2))
+    def peers(since: float) -> dict[int, str]:
+        return cluster_hello.peers_not_joining(kafka, control, "g", int(since * 1000), 2)
+
+    waiting = module.Generations(config, 0, 2, timeout_s=60, refusals=peers)
     line = "input topic 'shop.store' does not exist (topics.inputs); create it with `nextclick topics create`"
     cluster_hello.publish_hello(kafka, control, cluster_hello.refusal("g", 1, line, int(time.time() * 1000)))
     started = time.monotonic()
-    with pytest.raises(SavepointError, match=r"process 1 of 2 refused to start while the cluster was forming "
+    with pytest.raises(SavepointError, match=r"process 1 of 2 does not join while the cluster is forming "
                                              r"\(not every process reported\): input topic 'shop.store' does not"):
         waiting.decide()
     assert time.monotonic() - started < 10
     waiting.close()
+
+    # A peer whose ConfigMap says on_lost_volume = "stop" (an outside probe: the others waited 300 s, then
+    # said it had not reported) waits for the cluster to form, after its hello: that names it.
+    again = module.Generations(config, 0, 2, timeout_s=60, refusals=peers)
+    now = int(time.time() * 1000)
+    cluster_hello.publish_hello(kafka, control, cluster_hello.hello(
+        "g", 1, 2, 1, 2, "x", {"state.on_lost_volume": "stop"}, now + 1))
+    with pytest.raises(SavepointError, match=r"process 1 of 2 does not join while the cluster is forming \(not every "
+                                             r"process reported\): it started with state.on_lost_volume = \"stop\", "
+                                             r"and every process of the cluster needs the same"):
+        again.decide()
+    again.close()
 
 
 # -- the cluster round trip ----------------------------------------------------------------------------

@@ -268,13 +268,22 @@ def parse_hello(value: bytes | None, group_id: str) -> dict[str, Any] | None:
     return body
 
 
-def peer_refusals(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
-                  timeout_s: float = 2.0) -> dict[int, str]:
-    """The line each process of the cluster last refused to start with, said at or after `since_ms`."""
+def peers_not_joining(kafka: Mapping[str, Any], topic: str, group_id: str, since_ms: int, processes: int,
+                      timeout_s: float = 2.0) -> dict[int, str]:
+    """Why each process of the cluster will not join a wait for its generations (state.on_lost_volume =
+    "restore"), said at or after `since_ms`: the line it refused to start with, or that it started with
+    another state.on_lost_volume (its hello: it waits for the cluster to form instead). An outside probe's
+    ConfigMap reached only one pod: the others waited 300 s and then said that pod had not reported."""
     refusals: dict[int, dict[str, Any]] = {}
-    peer_hellos(kafka, topic, group_id, since_ms, processes, timeout_s=timeout_s, refusals=refusals, poll_s=0.1,
-                everyone_said=False)  # to the topic's end: a peer waiting with this one has said no hello
-    return {process: record["reason"] for process, record in refusals.items()}
+    hellos = peer_hellos(kafka, topic, group_id, since_ms, processes, timeout_s=timeout_s, refusals=refusals,
+                         poll_s=0.1, everyone_said=False)
+    lines = {process: str(record["reason"]) for process, record in refusals.items()}
+    for process, said in hellos.items():
+        mode = said.get("settings", {}).get("state.on_lost_volume")
+        if process not in lines and mode not in (None, "restore"):
+            lines[process] = (f"it started with state.on_lost_volume = \"{mode}\", and every process of the cluster "
+                              "needs the same (docs/operations.md, \"One configuration for every process\")")
+    return lines
 
 
 def parse_refusal(value: bytes | None, group_id: str) -> dict[str, Any] | None:

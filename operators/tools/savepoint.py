@@ -1037,8 +1037,8 @@ class Generations:
                        if i != self.process_id and i < self.processes and not self._fresh(i)}
             if refused:  # not running, and its last word was why: say it here, where the wait is
                 i, line = min(refused.items())
-                raise SavepointError(f"state.on_lost_volume: process {i} of {self.processes} refused to start while "
-                                     f"the cluster was forming ({what}): {line}; this process stops too, and the "
+                raise SavepointError(f"state.on_lost_volume: process {i} of {self.processes} does not join while "
+                                     f"the cluster is forming ({what}): {line}; this process stops too, and the "
                                      "cluster forms once every process starts again")
         if time.monotonic() > deadline:
             stale = [i for i in range(self.processes) if not self._fresh(i)]

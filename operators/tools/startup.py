@@ -99,6 +99,8 @@ def cluster_settings(config: Config, secret: bytes) -> dict[str, str]:
         "flow.tracking_plan": digest(flow.tracking_plan), "identity.file": digest(config.identity.file),
         "flow.decision_sink": flow.decision_sink, "flow.align": str(flow.align).lower(),
         "flow.alignment_bound": flow.alignment_bound, "flow.alignment_idle_timeout": flow.alignment_idle_timeout,
+        # A process in the other mode never joins the wait for the cluster's generations (tools/savepoint.py).
+        "state.on_lost_volume": state.on_lost_volume,
     }
     for section, names in (("parse", None), ("profile", None), ("topics", _TOPICS_READ_OR_WRITTEN)):
         values = getattr(config, section)
