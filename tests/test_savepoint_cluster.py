@@ -922,3 +922,28 @@ def test_a_lost_volume_takes_the_cluster_back_to_the_latest_savepoint(kafka: dic
     assert_same_decisions(clean.decisions, dedupe(read_decisions(kafka, base.decisions)))
     print(f"\nlost volume: the cluster back from savepoint sp and at the end of the input in {recovered_s:.1f}s; "
           f"total {time.monotonic() - started:.1f}s")
+
+
+def test_a_read_only_savepoint_dir_in_restore_mode_is_named_with_its_setting(tmp_path: Path) -> None:
+    """An outside probe's read-only savepoint_dir said only "[Errno 30] Read-only file system:
+    '.../.cluster/.process-0.json.bb5978f6.tmp'"."""
+    import pickle
+
+    shared = tmp_path / "shared"
+    (shared / ".cluster").mkdir(parents=True)
+    config = _deployment(tmp_path / "pod-0", str(shared))
+    repo = Path(__file__).resolve().parent.parent
+    # The read-only mount needs a mount namespace of its own (`unshare`): the check runs in a child process.
+    done = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(shared),
+         sys.executable, "-c",
+         "import sys, pickle\nfrom nextclick.operators.tools.savepoint import Generations, SavepointError\n"
+         "config = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+         "try:\n    Generations(config, 0, 2, timeout_s=1)\nexcept SavepointError as e:\n    print(e)\n",
+         pickle.dumps(config).hex()],
+        capture_output=True, text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (
+        f"state.savepoint_dir {shared}: Read-only file system: with state.on_lost_volume = \"restore\" every "
+        f"process writes its report in {shared / '.cluster'} before the cluster forms; mount that directory "
+        "read-write on every process")

@@ -943,7 +943,10 @@ class Generations:
         self.config, self.process_id, self.processes, self.timeout_s = config, process_id, processes, timeout_s
         self.explicit = str(Destination(explicit)) if explicit else None
         self.dir = root.path / _CLUSTER
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         state_dir, recovery_dir = Path(config.state.dir), Path(config.state.recovery_dir)
         # A volume a refused start only set up holds nothing: lost, if the cluster has run (a start with
         # on_lost_volume = "stop" set up the empty volume that replaced a lost one, before it was refused).
@@ -965,9 +968,17 @@ class Generations:
         self._seen: set[int] = set()  # peers that reported since this process started
         self._refusals, self._refusals_next = refusals, 0.0
         self._stop = False
-        self._report()
+        try:
+            self._report()
+        except OSError as exc:  # an outside probe's read-only mount: "[Errno 30] ...process-0.json.<hex>.tmp"
+            raise self._unwritable(exc) from None
         # For the process's life: a peer still waiting must see this one as there, also once it runs.
         threading.Thread(target=self._heartbeat, name="generation-report", daemon=True).start()
+
+    def _unwritable(self, exc: OSError) -> SavepointError:
+        return SavepointError(f"state.savepoint_dir {self.config.state.savepoint_dir}: {exc.strerror or exc}: with "
+                              "state.on_lost_volume = \"restore\" every process writes its report in "
+                              f"{self.dir} before the cluster forms; mount that directory read-write on every process")
 
     def _report(self) -> None:
         Destination(self.dir).write_bytes(f"process-{self.process_id}.json", orjson.dumps(
