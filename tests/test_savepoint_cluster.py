@@ -291,6 +291,11 @@ def test_a_savepoint_given_up_can_be_asked_for_again_under_its_name_and_only_the
     (shared / "other" / "notes.txt").write_text("mine")
     with pytest.raises(SavepointError, match="exists and is not empty"):
         online_destination(config, str(shared / "other"))
+    # A name the control topic cannot carry says why (an outside probe read only "give DEST as .../<name>").
+    with pytest.raises(SavepointError, match=r"^'a b' is not a savepoint name: letters, digits"):
+        online_destination(config, str(shared / "a b"))
+    with pytest.raises(SavepointError, match=r"give DEST as .*/<name>$"):
+        online_destination(config, str(tmp_path / "elsewhere" / "sp"))
 
 
 def _restore_killed(tmp_path: Path) -> tuple[Config, Config, Path, dict[str, str]]:

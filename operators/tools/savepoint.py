@@ -307,7 +307,10 @@ def online_destination(config: Config, dest: str) -> Destination:
     parent = where.location.rstrip("/").rsplit("/", 1)[0]
     same_root = parent == root.location if where.remote or root.remote else \
         Path(parent).resolve() == Path(root.location).resolve()
-    if not same_root or not SAVEPOINT_NAME.fullmatch(where.name):
+    if same_root and not SAVEPOINT_NAME.fullmatch(where.name):
+        raise SavepointError(f"{where.name!r} is not a savepoint name: letters, digits, '.', '_' and '-', starting "
+                             "with a letter or digit, at most 128 (it travels in a command on the control topic)")
+    if not same_root:
         raise SavepointError(f"state.savepoint_dir: an online savepoint is written by the flow into "
                              f"{root}; give DEST as {root}/<name>")
     there = where.files()  # one listing (an object store's is a request)
