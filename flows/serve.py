@@ -46,6 +46,7 @@ from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.infra.config import Config, ConfigError
 from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.io.profile_view import is_erasure
 from nextclick.operators.io.view_index import ViewIndex
 from nextclick.operators.profile.facts import configure_orders
 from nextclick.operators.rules.loader import load_configured_rules
@@ -133,6 +134,10 @@ class RateLimiter:
         return True
 
 
+# An erasure's purge rewrites the whole store: erasures read within this of one another share one.
+PURGE_EVERY_S = 5.0
+
+
 class ViewReader:
     """Reads the view topic into the index, from where the index left off; says when it has caught up."""
 
@@ -179,6 +184,7 @@ class ViewReader:
         target = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions}
         position = {p: stored.get(p, 0) for p in partitions}
         started = time.monotonic()
+        erased, purged_at = 0, 0.0
         while not self.stop.is_set():
             messages = consumer.consume(500, 0.2)
             batch = []
@@ -189,10 +195,19 @@ class ViewReader:
                     continue
                 partition, offset = m.partition(), m.offset()
                 assert partition is not None and offset is not None  # a message, not an event
-                batch.append((partition, offset, m.key() or b"", m.value()))
+                value = m.value()
+                batch.append((partition, offset, m.key() or b"", value))
                 position[partition] = offset + 1
+                if value is None and is_erasure(m.headers()):
+                    erased += 1
             if batch:
                 self.metrics.records.inc(index.apply(batch))
+            if erased and time.monotonic() - purged_at >= PURGE_EVERY_S:
+                # As the flow's shards do after an erasure: no file of the store keeps the erased bytes.
+                index.purge()
+                purged_at = time.monotonic()
+                log.info("purged the store of erased profiles", extra={"erased": erased})
+                erased = 0
             lag = 0
             for p in partitions:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True) or (0, 0)

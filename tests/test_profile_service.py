@@ -231,6 +231,11 @@ def test_an_order_then_a_link_then_an_erasure_as_the_service_answers_them(setup:
         records = view_records(kafka, topics["profiles"])
         mine = [body for k, body in records if k == linked["profile_key"]]
         assert mine[-1] is None and mine[0] is not None  # the erased profile's last record is its tombstone
+        # The service's own store keeps none of it in its files either (a consumer probe found the erased
+        # record in its write-ahead log and tables): the tombstone says "erased", and the store is purged.
+        wait(lambda: "purged the store of erased profiles" in log.read_text(), "the service's purge")
+        files = [p for p in (tmp / "fresh-store").rglob("*") if p.is_file()]
+        assert files and [p.name for p in files if b"ord-1" in p.read_bytes()] == []
 
         # An erasure with the flow stopped (`nextclick profile erase`) writes the tombstones itself.
         assert get(base, "/v1/profiles/cookie/ck-warm-up")[0] == 200

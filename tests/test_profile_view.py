@@ -24,9 +24,12 @@ from tests.helpers import MIN, SEC, T0, consent, default_rules, make_event
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "profile.v1.json").read_text())
 
 
-def _shard(tmp_path: Path, published: list[list[tuple[str, Profile | None]]], clock: ManualClock) -> ShardLogic:
-    def publish(changes: list[tuple[str, Profile | None]]) -> int:
+def _shard(tmp_path: Path, published: list[list[tuple[str, Profile | None]]], clock: ManualClock,
+           erased: list[set[str]] | None = None) -> ShardLogic:
+    def publish(changes: list[tuple[str, Profile | None]], gone: set[str]) -> int:
         published.append(changes)
+        if erased is not None:
+            erased.append(gone)
         return len(changes)
 
     ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=clock, view=publish)
@@ -36,8 +39,9 @@ def _shard(tmp_path: Path, published: list[list[tuple[str, Profile | None]]], cl
 def test_a_checkpoint_publishes_each_profile_changed_in_its_epoch_once_and_a_tombstone_for_an_erased_one(
         tmp_path: Path) -> None:
     published: list[list[tuple[str, Profile | None]]] = []
+    erased: list[set[str]] = []
     clock = ManualClock(T0 + 10 * MIN)
-    shard = _shard(tmp_path, published, clock)
+    shard = _shard(tmp_path, published, clock, erased)
     shard.on_batch([consent(T0, customer="c1"), make_event("page_view", T0, customer="c2"),
                     make_event("purchase", T0 + SEC, customer="c1", order_id="o1", amount=20.0)])
     shard.snapshot()
@@ -52,13 +56,14 @@ def test_a_checkpoint_publishes_each_profile_changed_in_its_epoch_once_and_a_tom
     shard.erase("c2")
     shard.snapshot()
     assert published[-1] == [("profiles/c2", None)]
+    assert erased[-1] == {"profiles/c2"} and erased[0] == set()  # its tombstone says it was erased
     shard.store.close()
 
 
 def test_a_profile_evicted_from_the_cache_is_published_as_stored(tmp_path: Path) -> None:
     published: list[list[tuple[str, Profile | None]]] = []
     ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + MIN),
-                       cache_profiles=1, view=lambda changes: published.append(changes) or len(changes))
+                       cache_profiles=1, view=lambda changes, _erased: published.append(changes) or len(changes))
     shard = ShardLogic(ctx, None)
     shard.on_batch([make_event("page_view", T0, customer=f"c{n}") for n in range(3)])
     shard.snapshot()

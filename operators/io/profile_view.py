@@ -32,6 +32,14 @@ from nextclick.operators.rules.model import RuleSet
 log = logging.getLogger(__name__)
 
 HEADERS: list[tuple[str, str | bytes | None]] = [("schema", VIEW_SCHEMA.encode())]
+# An erased profile's tombstone says so (a merged-away profile's says nothing): the profile service then
+# purges its own store's files of the record (flows/serve.py), as a shard does.
+ERASED_HEADERS: list[tuple[str, str | bytes | None]] = [*HEADERS, ("reason", b"erased")]
+
+
+def is_erasure(headers: Any) -> bool:
+    """A view record's headers (as confluent-kafka gives them) say it is an erased profile's tombstone."""
+    return isinstance(headers, list) and ("reason", b"erased") in headers
 
 
 def view_record(key: str, profile: Profile | None, ruleset: RuleSet, now_ms: int) -> tuple[bytes, bytes | None]:
@@ -57,8 +65,10 @@ class ProfileViewWriter:
             with self._lock:
                 self._failure = self._failure or err.str()
 
-    def publish(self, changes: Iterable[tuple[str, Profile | None]]) -> int:
+    def publish(self, changes: Iterable[tuple[str, Profile | None]],
+                erased: set[str] | frozenset[str] = frozenset()) -> int:
         """Produce one record per changed profile and wait until every one is acknowledged; the count.
+        `erased`: the keys of those gone by the right to erasure (their tombstones say so).
 
         A record that cannot be delivered stops the process (as the decision sink does): the epoch is not
         committed, and a restart replays it, writing its records again."""
@@ -67,9 +77,10 @@ class ProfileViewWriter:
         try:
             for key, profile in changes:
                 rkey, value = view_record(key, profile, ruleset, now)
+                headers = ERASED_HEADERS if value is None and key in erased else HEADERS
                 while True:
                     try:
-                        produce(topic, value, rkey, headers=HEADERS, on_delivery=self._on_delivery)
+                        produce(topic, value, rkey, headers=headers, on_delivery=self._on_delivery)
                         break
                     except BufferError:
                         self._producer.poll(0.05)
@@ -97,7 +108,7 @@ def send_tombstones(kafka: Mapping[str, str], topic: str, keys: Iterable[str], *
 
     n = 0
     for key in keys:
-        producer.produce(topic, None, key.encode(), headers=HEADERS, on_delivery=delivered)
+        producer.produce(topic, None, key.encode(), headers=ERASED_HEADERS, on_delivery=delivered)
         n += 1
     remaining = producer.flush(timeout_s)
     if remaining or failures:

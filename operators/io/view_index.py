@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 from rocksdict import Options, Rdict, WriteBatch
 
+from nextclick.operators.state.store_db import compact_all
+
 RECORD, INDEX, OFFSET = b"p", b"i", b"o"
 
 
@@ -42,6 +44,11 @@ class ViewIndex:
 
     def close(self) -> None:
         self._db.close()
+
+    def purge(self) -> None:
+        """Rewrite the store's files without what was deleted (its log flushed, every level compacted): an
+        erased profile's bytes stay in RocksDB's files until then (an outside probe found them there)."""
+        compact_all(self._db)
 
     def offsets(self) -> dict[int, int]:
         """The next offset to read per partition, as last stored."""

@@ -71,15 +71,20 @@ class ProfileCache:
         # Customers whose stored profile changed (written, erased, moved out) in this epoch: the profile
         # view's records at the checkpoint. Only kept when there is a view.
         self.viewed: set[str] = set()
+        # Those of them erased (right to erasure): their tombstones say so, so the profile service purges.
+        self.erased_viewed: set[str] = set()
 
     def new_turn(self) -> None:
         """Free the replay logs retired since the last turn (see `write`)."""
         self.retired.clear()
 
-    def mark_viewed(self, customer: str) -> None:
-        """The customer's stored profile changed in this epoch: a record for the view, if there is one."""
+    def mark_viewed(self, customer: str, *, erased: bool = False) -> None:
+        """The customer's stored profile changed in this epoch: a record for the view, if there is one.
+        `erased`: by the right to erasure, which its tombstone says."""
         if self.viewing:
             self.viewed.add(customer)
+            if erased:
+                self.erased_viewed.add(customer)
 
     def load(self, customers: list[str]) -> tuple[dict[str, Profile], set[str], set[str]]:
         """Decoded profiles (new ones for customers never seen), which of them are new, and which
@@ -239,12 +244,13 @@ class ProfileCache:
         self.timers.move(customer, indexed, None, committed=committed is not UNKNOWN)
         self.mark_viewed(customer)
 
-    def view_changes(self, family: str) -> list[tuple[str, Profile | None]]:
+    def view_changes(self, family: str) -> tuple[list[tuple[str, Profile | None]], set[str]]:
         """The profile view's records of this epoch (call once flushed): each changed profile as the
         store now holds it (the cached copy is the same), None for one that is gone; a quarantined one
-        is left as it was last shown."""
+        is left as it was last shown. And the view keys of those erased (still gone)."""
         live, store = self.live, self.store
         changes: list[tuple[str, Profile | None]] = []
+        erased: set[str] = set()
         for customer in sorted(self.viewed):
             profile = live.get(customer)
             if profile is None:
@@ -258,5 +264,8 @@ class ProfileCache:
             # Keyed by family too: a profile moved to a later family may keep its key there, and its
             # tombstone in the first must not remove the merged record.
             changes.append((f"{family}/{customer}", profile))
+            if profile is None and customer in self.erased_viewed:
+                erased.add(f"{family}/{customer}")
         self.viewed.clear()
-        return changes
+        self.erased_viewed.clear()
+        return changes, erased

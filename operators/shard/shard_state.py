@@ -123,7 +123,7 @@ class ShardContext:
     await_frontier: bool = False
     # The profile view topic's writer (operators/io/profile_view.py): given, at each checkpoint, the
     # profiles changed in the epoch (None: erased or moved out); None when no view topic is configured.
-    view: Callable[[list[tuple[str, Profile | None]]], int] | None = None
+    view: Callable[[list[tuple[str, Profile | None]], set[str]], int] | None = None
     # The flow's epoch length (flow.epoch_seconds): for its first EARLY_SHARE more profiles may stay
     # dirty (cache.EARLY_DIRTY_LIMIT). None: DIRTY_LIMIT throughout (tools and tests).
     epoch_s: float | None = None
@@ -457,7 +457,7 @@ class ShardState:
     def _publish_view(self) -> None:
         """The profile view's records of this epoch, before it commits (see `ProfileCache.view_changes`)."""
         assert self.ctx.view is not None
-        self.ctx.view(self.cache.view_changes(self.ctx.family))
+        self.ctx.view(*self.cache.view_changes(self.ctx.family))
 
     def _write_savepoint(self, request: SavepointRequest, seq: int) -> None:
         """This shard's part of an online savepoint: a RocksDB checkpoint of the seq just committed, on the
@@ -504,7 +504,7 @@ class ShardState:
         metrics.EVENTS_OF_ERASED.inc(len(self.held.take(customer, lambda e: self.erased.before_erasure(
             customer, e.ts))))
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
-        self.cache.mark_viewed(customer)  # its tombstone on the view topic
+        self.cache.mark_viewed(customer, erased=True)  # its tombstone on the view topic, saying so
         self.ledger.note_erased()
         if count:
             metrics.ERASURES.inc()
