@@ -952,3 +952,35 @@ def test_a_read_only_savepoint_dir_in_restore_mode_is_named_with_its_setting(tmp
         f"state.savepoint_dir {shared}: Read-only file system: with state.on_lost_volume = \"restore\" every "
         f"process writes its report in {shared / '.cluster'} before the cluster forms; mount that directory "
         "read-write on every process")
+
+
+def test_a_restore_onto_a_full_volume_names_state_dir(tmp_path: Path) -> None:
+    """An outside probe's restore onto a full volume named only a shard's path. The state volume is a
+    4 MiB tmpfs in a mount namespace of the test's own (`unshare`); the savepoint's first shard carries
+    8 MiB more than the volume holds."""
+    import pickle
+
+    shared = tmp_path / "shared"
+    config = _deployment(tmp_path / "source", str(shared))
+    _write_parts(config, str(shared / "sp"), "tok")
+    finish_online(config, shared / "sp", timeout_s=10)
+    shard = next(p for p in (shared / "sp").rglob("shard-0000") if p.is_dir())
+    (shard / "padding.bin").write_bytes(os.urandom(8 << 20))  # a file RocksDB does not read
+    pod_root = tmp_path / "pod"
+    pod_root.mkdir()
+    pod = _deployment(pod_root, str(shared))
+    repo = Path(__file__).resolve().parent.parent
+    script = ("import sys, pickle\nfrom pathlib import Path\n"
+              "from nextclick.operators.tools.savepoint import SavepointError, restore\n"
+              "pod = pickle.loads(bytes.fromhex(sys.argv[1]))\n"
+              "try:\n    restore(pod, sys.argv[2], init_recovery=lambda d: d.mkdir(exist_ok=True))\n"
+              "except SavepointError as e:\n    print(e)\n")
+    done = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "sh", "-c", 'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$@"',
+         str(pod_root), sys.executable, "-c", script, pickle.dumps(pod).hex(), str(shared / "sp")],
+        capture_output=True, text=True, timeout=60, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    shards = sum(family.shards for family in state_families(pod))
+    assert done.stdout.strip() == (  # a restore interrupted so is done again: test_an_interrupted_restore_...
+        f"state.dir {pod.state.dir}: no space left on the device while restoring {shared / 'sp'} (0 of {shards} "
+        "shards done); free or grow the volume and start again: the restore is done again from the start")

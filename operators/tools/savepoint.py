@@ -843,6 +843,14 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
                 os.replace(staging / name, state_dir / name)
                 fetched.append(name)
                 progress(f"restored {name} ({len(fetched)}/{len(wanted)})")
+        except Exception as exc:  # a copy's OSError, or RocksDB's plain Exception opening a copied shard
+            if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+                raise
+            # An outside probe's full volume named only the shard's path. Nothing is lost: the restore is
+            # done again at the next start (its marker stays), once there is room.
+            raise SavepointError(f"state.dir {state_dir}: no space left on the device while restoring {where} "
+                                 f"({len(fetched)} of {len(wanted)} shards done); free or grow the volume and "
+                                 "start again: the restore is done again from the start") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         state = new_manifest(config, secret, restore=point)
