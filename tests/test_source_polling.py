@@ -244,23 +244,26 @@ def test_an_event_ahead_of_the_clock_waits_for_an_earlier_one_on_another_partiti
     producer.produce(store, _events(1, now_ms + 90_000, "purchase")[0], b"c1", partition=0)
     producer.produce(email, _events(1, now_ms - 3_000, "withdrawal")[0], b"c1", partition=0)
     assert producer.flush(10) == 0
-    alignment = Alignment(60_000, 2_000)
-    aligned = Aligned(alignment, lambda: now_ms, ParseConfig())
-    source = KafkaInput(kafka, [email, store], group_id=topic_prefix, stop_at_end=False, batch_size=5,
-                        aligned=aligned)
-    store_part = source.build_part("kafka_in", f"{store}#0", None)
-    email_part = source.build_part("kafka_in", f"{email}#0", None)
-    delivered: list[bytes] = []
+    assert _store_first(kafka, topic_prefix, store, email, now_ms, 2) == ["withdrawal0", "purchase0"]
+
+
+def _store_first(kafka: dict[str, str], group: str, store: str, other: str, now_ms: int, expected: int) -> list[str]:
+    """The event ids two aligned partitions deliver (bound 1 min), the store's polled first every round."""
+    source = KafkaInput(kafka, [other, store], group_id=group, stop_at_end=False, batch_size=5,
+                        aligned=Aligned(Alignment(60_000, 2_000), lambda: now_ms, ParseConfig()))
+    parts = [source.build_part("kafka_in", f"{topic}#0", None) for topic in (store, other)]
+    delivered: list[str] = []
     try:
         deadline = time.monotonic() + 20
-        while len(delivered) < 2 and time.monotonic() < deadline:
-            for part in (store_part, email_part):  # the store's partition is polled first, every round
-                delivered += [m.value for m in part.next_batch() if not isinstance(m, Progress)]
+        while len(delivered) < expected and time.monotonic() < deadline:
+            for part in parts:
+                delivered += [orjson.loads(m.value)["event_id"] for m in part.next_batch()
+                              if not isinstance(m, Progress)]
             time.sleep(0.01)
     finally:
-        store_part.close()
-        email_part.close()
-    assert [orjson.loads(v)["event_id"] for v in delivered] == ["withdrawal0", "purchase0"]
+        for part in parts:
+            part.close()
+    return delivered
 
 
 def test_the_last_event_of_a_quiet_partition_dated_ahead_waits_for_the_others_to_catch_up(
@@ -279,22 +282,7 @@ def test_the_last_event_of_a_quiet_partition_dated_ahead_waits_for_the_others_to
     producer.produce(store, _events(1, now_ms + 30_000, "fast-sale")[0], b"c1", partition=0)
     producer.produce(web, _events(1, now_ms - 2 * 60_000, "withdrawal")[0], b"c1", partition=0)
     assert producer.flush(10) == 0
-    source = KafkaInput(kafka, [web, store], group_id=topic_prefix, stop_at_end=False, batch_size=5,
-                        aligned=Aligned(Alignment(60_000, 2_000), lambda: now_ms, ParseConfig()))
-    store_part = source.build_part("kafka_in", f"{store}#0", None)
-    web_part = source.build_part("kafka_in", f"{web}#0", None)
-    delivered: list[str] = []
-    try:
-        deadline = time.monotonic() + 20
-        while len(delivered) < 3 and time.monotonic() < deadline:
-            for part in (store_part, web_part):  # the store's partition is polled first, every round
-                delivered += [orjson.loads(m.value)["event_id"] for m in part.next_batch()
-                              if not isinstance(m, Progress)]
-            time.sleep(0.01)
-    finally:
-        store_part.close()
-        web_part.close()
-    assert delivered == ["old-sale0", "withdrawal0", "fast-sale0"]
+    assert _store_first(kafka, topic_prefix, store, web, now_ms, 3) == ["old-sale0", "withdrawal0", "fast-sale0"]
 
 
 def test_an_event_ahead_of_the_clock_in_a_backlog_goes_with_its_neighbours(
