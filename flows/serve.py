@@ -202,8 +202,9 @@ class ViewReader:
                     erased += 1
             if batch:
                 self.metrics.records.inc(index.apply(batch))
-            if erased and time.monotonic() - purged_at >= PURGE_EVERY_S:
+            if erased and self.ready.is_set() and time.monotonic() - purged_at >= PURGE_EVERY_S:
                 # As the flow's shards do after an erasure: no file of the store keeps the erased bytes.
+                # (Reading the topic from the start, the erasures in it share one purge once caught up.)
                 index.purge()
                 purged_at = time.monotonic()
                 log.info("purged the store of erased profiles", extra={"erased": erased})
