@@ -846,3 +846,8 @@ def test_an_email_address_inside_a_kept_attribute_is_dead_lettered_not_stored(fi
     assert value not in result.message
     for fine in ("spring@2026", "a@b", "bags & shoes"):  # an at sign alone is no address
         assert isinstance(assert_paths_agree(orjson.dumps(payload(**{field: fine}))), Event)
+    # The at sign escaped in the JSON (a recheck probe: the fast path let it through, the slow one did not).
+    escaped = orjson.dumps(payload(**{field: value})).replace(b"@", b"\\u0040")
+    assert b"@" not in escaped
+    result = assert_paths_agree(escaped)
+    assert isinstance(result, DeadLetter) and result.reason == "schema_violation"
