@@ -628,9 +628,16 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
                                              r"hold state: a rollback starts every process empty"):
         partial.decide()
     assert partial.current()[0] == 5
-    # Named again after the cluster restored it (the flag stays in the pod's arguments): a lost volume
-    # goes back to the line's latest, as without it.
+    # Nor is it when no volume was emptied at all (a recheck probe: the flag was ignored without a word).
+    whole = Generations(empty, 0, 2, explicit=str(shared / "sp-abandoned"), timeout_s=5)
+    _peer_reports(shared, 5)
+    with pytest.raises(SavepointError, match=r"is not restored while process\(es\) 0, 1 of 2 still hold state"):
+        whole.decide()
+    # Named again after the cluster restored it (the flag stays in the pod's arguments): the start
+    # resumes, and a lost volume goes back to the line's latest, as without it.
     kept = Generations(empty, 0, 2, explicit=str(shared / "sp"), timeout_s=5)
+    _peer_reports(shared, 5)
+    assert kept.decide() == Rejoin(5, str(shared / "sp-line"))
     assert kept._restored_before(str(shared / "sp")) and not kept._restored_before(str(shared / "sp-abandoned"))
 
     # Half a volume is a lost one: state without its recovery partitions, or these without the state.

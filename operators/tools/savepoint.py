@@ -1087,12 +1087,7 @@ class Generations:
         elif self.explicit and not self._restored_before(self.explicit):
             # A rollback with a volume left behind (an outside probe): going back to the line's latest
             # savepoint instead, with a warning, read as done to whoever asked for this one.
-            holding = ", ".join(str(i) for i, g in sorted(reports.items()) if g is not None)
-            raise SavepointError(f"the savepoint given ({self.explicit}: --from-savepoint or state.initial_savepoint) "
-                                 f"is not restored while process(es) {holding} of {self.processes} still hold state: "
-                                 "a rollback starts every process empty; stop them all and empty each one's "
-                                 "state.dir and state.recovery_dir, or start without it to go on from the state "
-                                 "they hold")
+            raise self._not_restored(reports)
         else:
             latest = self.latest_on_line()
             if latest is None:
@@ -1105,6 +1100,14 @@ class Generations:
         if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
                 {"generation": generation, "savepoint": chosen, "created_at": _now(), "by_process": self.process_id})):
             log.warning(why, extra={"generation": generation, "savepoint": chosen})
+
+    def _not_restored(self, reports: dict[int, int | None]) -> SavepointError:
+        holding = ", ".join(str(i) for i, g in sorted(reports.items()) if g is not None)
+        return SavepointError(f"the savepoint given ({self.explicit}: --from-savepoint or state.initial_savepoint) "
+                              f"is not restored while process(es) {holding} of {self.processes} still hold state: "
+                              "a rollback starts every process empty; stop them all and empty each one's "
+                              "state.dir and state.recovery_dir, or start without it to go on from the state "
+                              "they hold")
 
     def _restored_before(self, savepoint: str) -> bool:
         """A generation of this cluster restored `savepoint` (so naming it again at a start is no rollback:
@@ -1134,6 +1137,10 @@ class Generations:
                 if ran and any(g is None for g in reports.values()):
                     self._raise(generation + 1, reports)  # a process lost its state after the cluster ran at it
                     continue
+                if self.explicit and not self._restored_before(self.explicit):
+                    # Every process holds state and one names a savepoint never restored here: a rollback
+                    # that emptied no volume (a recheck probe: the flag was ignored without a word).
+                    raise self._not_restored(reports)
                 return Rejoin(generation, savepoint)  # its state came from `savepoint` (if any): it resumes
             if ran:  # behind a generation the cluster has run: this process's state is lost (or stale)
                 self._raise(generation + 1, reports)
