@@ -12,6 +12,13 @@ older, from any partition, has arrived, since a partition's floor is the time of
 Events of one partition keep their order; events less than the bound apart keep no promised order,
 as documented (docs/rules.md, "Ordering").
 
+An event dated ahead of the clock (a device whose clock runs fast) is judged as the sources judge it
+(operators/io/alignment.ahead_waits): as its own time, but no later than the next event behind it in
+its partition that is not ahead. So in a backlog it goes with its neighbours, where its own time held
+the rest of its partition back until the input had caught up, and those events came too late (an
+outside probe: with two readers, a wrong clock in a backlog five hours old changed 33 decisions); last
+in its partition it waits for the frontier to reach it.
+
 Held events are state where they are held: written at each checkpoint (`encode_held`, without the raw
 message, which is never stored) and held again on resume, in `read_order`.
 """
@@ -64,10 +71,11 @@ Partition = tuple[str, int]
 class CrossPartitionOrder:
     """Events held until the frontier reaches their time less `bound_ms`, one FIFO queue per partition."""
 
-    __slots__ = ("bound_ms", "_queues", "held")
+    __slots__ = ("bound_ms", "now_ms", "_queues", "held")
 
-    def __init__(self, bound_ms: int) -> None:
-        self.bound_ms = bound_ms
+    def __init__(self, bound_ms: int, now_ms: Callable[[], int]) -> None:
+        """`now_ms`: the flow's clock, which an event dated ahead of it is (see the module docstring)."""
+        self.bound_ms, self.now_ms = bound_ms, now_ms
         self._queues: dict[Partition, deque[Event]] = {}
         self.held = 0
 
@@ -88,19 +96,35 @@ class CrossPartitionOrder:
             return []
         prefixes: list[list[Event]] = []
         limit = None if floor is None else floor + self.bound_ms
+        waits: dict[int, int] = {}  # id(event) -> the time an event dated ahead of the clock went as
+        now: int | None = None
         for queue in self._queues.values():
             if limit is None:
                 prefix = list(queue)
                 queue.clear()
             else:
                 prefix = []
-                while queue and queue[0].ts <= limit:
+                while queue:
+                    head = queue[0]
+                    if head.ts > limit:
+                        if now is None:
+                            now = self.now_ms()
+                        if head.ts <= now:
+                            break
+                        behind = next((e.ts for e in queue if e.ts <= now), None)  # its partition's time
+                        if behind is None or behind > limit:
+                            break
+                        waits[id(head)] = behind
                     prefix.append(queue.popleft())
             if prefix:
                 prefixes.append(prefix)
         if not prefixes:
             return []
-        released = prefixes[0] if len(prefixes) == 1 else list(heapq.merge(*prefixes, key=_ts))
+        if len(prefixes) == 1:
+            released = prefixes[0]
+        else:
+            key = _ts if not waits else (lambda e: waits.get(id(e), e.ts))
+            released = list(heapq.merge(*prefixes, key=key))
         self.held -= len(released)
         return released
 
@@ -131,15 +155,15 @@ class HeldStore(Protocol):
     def delete(self, key: bytes) -> None: ...
 
 
-def load_held(stored: Iterable[tuple[bytes, bytes]],
-              bound_ms: int | None) -> tuple[CrossPartitionOrder | None, set[bytes]]:
+def load_held(stored: Iterable[tuple[bytes, bytes]], bound_ms: int | None,
+              now_ms: Callable[[], int]) -> tuple[CrossPartitionOrder | None, set[bytes]]:
     """The order a holder resumes with, and the keys its store holds: events held by a run with several
     readers stay held when one reader resumes them (a rescale to one process), until the frontier lets
     them go, and so does what is read after them. None when nothing is to be held."""
     events = {key: decode_held(value) for key, value in stored}
     if bound_ms is None and not events:
         return None, set()
-    order = CrossPartitionOrder(bound_ms or 0)
+    order = CrossPartitionOrder(bound_ms or 0, now_ms)
     for event in sorted(events.values(), key=read_order):
         order.hold(event)
     return order, set(events)

@@ -151,7 +151,7 @@ class IdentityState:
         self.frontier = InputFrontier(ctx.clock.now_ms)
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
-        self.order, self._held_stored = load_held(store.scan(HELD_PREFIX), ctx.order_bound_ms)
+        self.order, self._held_stored = load_held(store.scan(HELD_PREFIX), ctx.order_bound_ms, ctx.clock.now_ms)
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:

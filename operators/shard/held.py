@@ -28,12 +28,13 @@ from nextclick.operators.state.store import KeyValueStore
 class HeldEvents:
     """A shard's held events: `order` holds and lets go, `checkpoint` stores what is held."""
 
-    def __init__(self, store: KeyValueStore, bound_ms: int | None, frontier: EventTimeFrontier) -> None:
+    def __init__(self, store: KeyValueStore, bound_ms: int | None, frontier: EventTimeFrontier,
+                 now_ms: Callable[[], int]) -> None:
         """`bound_ms` None: one reader, nothing to hold; events a run with several readers held (and
         stored) are let go by the frontier all the same, and read order is kept behind them. `frontier`:
         the shard's, as its Frontier items have moved it so far."""
         self.store, self.bound_ms, self.frontier = store, bound_ms, frontier
-        self.order, self._stored = load_held(store.scan(HELD_EVENT_PREFIX), bound_ms)
+        self.order, self._stored = load_held(store.scan(HELD_EVENT_PREFIX), bound_ms, now_ms)
 
     def ordered(self, values: list[ShardItem]) -> list[ShardItem]:
         """The batch with its events held, and what the frontier lets go put before the Frontier item

@@ -216,7 +216,8 @@ class ShardState:
         self.late_limit = DIRTY_LIMIT  # how many may stay dirty once it is not: set by each batch
         self._wound_down = False  # a wind-down turn wrote nothing: no more until the next batch
         self.erased = ErasedKeys(store)  # erased customers: their older events are not applied again
-        self.held = HeldEvents(store, ctx.order_bound_ms, self.frontier)  # event-time order across readers, if held
+        # Event-time order across readers, if held.
+        self.held = HeldEvents(store, ctx.order_bound_ms, self.frontier, ctx.clock.now_ms)
         self._epoch_started()
 
     def _epoch_started(self) -> None:
