@@ -122,9 +122,11 @@ def test_view_changes_show_written_profiles_as_stored_and_gone_ones_as_none(tmp_
     _change(cache, "c2", T0)  # evicts c1: written, shown from the store
     cache.flush()
     cache.mark_viewed("gone")
-    changes = cache.view_changes("profiles")
-    assert [key for key, _ in changes] == ["profiles/c1", "profiles/c2", "profiles/gone"]
+    cache.mark_viewed("erased", erased=True)
+    changes, erased = cache.view_changes("profiles")
+    assert [key for key, _ in changes] == ["profiles/c1", "profiles/c2", "profiles/erased", "profiles/gone"]
+    assert erased == {"profiles/erased"}  # its tombstone says why; "gone" (merged away) says nothing
     c1 = changes[0][1]
     assert c1 is not None and encode_profile(c1) == store.get(profile_key("c1"))
-    assert changes[2][1] is None and cache.viewed == set()
+    assert changes[3][1] is None and cache.viewed == set() == cache.erased_viewed
     assert decode_profile(store.get(profile_key("c2")) or b"").customer == "c2"
