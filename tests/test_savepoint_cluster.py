@@ -674,9 +674,13 @@ def test_two_processes_started_as_one_id_are_named_rather_than_waited_for(tmp_pa
     waiting = Generations(config, 0, 2, timeout_s=20)
     stop = threading.Event()
 
+    later = {"started": 0.0}  # the twin's start: before this one's, unless set
+
     def twin() -> None:  # the other process 0, reporting every 0.1 s
         while not stop.is_set():
-            _peer_reports(shared, None, peer=0)
+            (shared / ".cluster" / "process-0.json").write_bytes(orjson.dumps(
+                {"generation": None, "boot": "twin", "at": time.time(), "started": later["started"],
+                 "processes": 2, "intact": False}))
             time.sleep(0.1)
 
     thread = threading.Thread(target=twin, daemon=True)
@@ -691,6 +695,20 @@ def test_two_processes_started_as_one_id_are_named_rather_than_waited_for(tmp_pa
         thread.join()
         waiting.close()
     assert time.monotonic() - started < 10
+    # The one started first waits on (a recheck probe saw the first pod, on its own volume, stop): the
+    # twin started after it is the one that stops.
+    first = Generations(config, 0, 2, timeout_s=2)
+    later["started"] = time.time() + 60
+    stop.clear()
+    thread = threading.Thread(target=twin, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SavepointError, match=r"process\(es\) 1 of 2 did not report"):
+            first.decide()
+    finally:
+        stop.set()
+        thread.join()
+        first.close()
 
 
 def test_a_peer_that_stops_while_the_cluster_forms_is_named_at_once(tmp_path: Path,

@@ -993,7 +993,8 @@ class Generations:
 
     def _report(self) -> None:
         Destination(self.dir).write_bytes(f"process-{self.process_id}.json", orjson.dumps(
-            {"generation": self.mine, "boot": self._boot, "at": time.time(), "processes": self.processes,
+            {"generation": self.mine, "boot": self._boot, "at": time.time(), "started": self._started,
+             "processes": self.processes,
              "intact": self.intact}))
 
     def _heartbeat(self) -> None:
@@ -1041,7 +1042,10 @@ class Generations:
             mine = orjson.loads((self.dir / f"process-{self.process_id}.json").read_bytes())
         except (FileNotFoundError, orjson.JSONDecodeError):
             mine = None
-        if mine is not None and mine.get("boot") != self._boot and float(mine.get("at", 0)) >= self._started:
+        # The one started later stops (a recheck probe saw the first, on its own volume, stop instead); the
+        # other waits on, its report rewritten at its next heartbeat.
+        if mine is not None and mine.get("boot") != self._boot and float(mine.get("at", 0)) >= self._started and \
+                (float(mine.get("started", 0)), str(mine.get("boot"))) < (self._started, self._boot):
             raise SavepointError(f"state.on_lost_volume: another process reports as process {self.process_id} in "
                                  f"{self.dir}: two processes started as the same --process-id (or pod name); stop one "
                                  "of them, and give each process of the cluster its own id")
