@@ -35,6 +35,8 @@ def duration_ms(raw: Any) -> int:
     """A rules-file duration: "30m", "1d12h" (parts add up, as in scenario offsets), or plain
     milliseconds; what `parse_duration_ms` read before ("1.5h", "1 d") still reads the same."""
     if isinstance(raw, str):
+        if raw.strip() == "0":  # as the configuration reads it: nothing, with no unit to give
+            return 0
         parts = _PART.findall(raw)
         if len(parts) > 1 and "".join(n + u for n, u in parts) == raw:
             return sum(parse_duration_ms(n + u) for n, u in parts)

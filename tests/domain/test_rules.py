@@ -108,6 +108,7 @@ RULE_ERRORS = [
     ({"cooldown": "-5"}, "cooldown", ["no unit"]),
     ({"cooldown": "3600"}, "cooldown", ['3600 has no unit: write "3600s" for seconds']),  # not 3.6 s
     ({"expiry": "1.5"}, "expiry", ["no unit"]),
+    ({"expiry": '"0"'}, "expiry", ["must be positive"]),  # "0" reads as the configuration reads it: nothing
     ({"cooldown": "true"}, "cooldown", ["not a duration"]),
     ({"chanel": '"email"'}, "chanel", ["unknown field"]),
     ({"priority": '"high"'}, "priority", ["integer"]),
