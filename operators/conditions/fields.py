@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nextclick.operators.errors import NextclickError
-from nextclick.operators.infra.clock import parse_duration_ms
+from nextclick.operators.infra.clock import UnitlessDuration, parse_duration_ms
 
 # What a duration that failed to read stands for while the rest of its item is checked.
 _PLACEHOLDER_MS = 60_000
@@ -89,9 +89,7 @@ class Where:
             self.report(name, "is required (a duration such as 30m, 1h, 7d)")
             return _PLACEHOLDER_MS
         if key in body and isinstance(raw, int | float) and not isinstance(raw, bool) and raw != 0:
-            # `cooldown = 3600` means an hour to whoever wrote it; read as milliseconds it let a
-            # customer get the same email every 3.6 seconds.
-            self.report(name, f"{raw} has no unit: write \"{raw}s\" for seconds or \"{raw}ms\" for milliseconds")
+            self.report(name, str(UnitlessDuration(raw)))
             return _PLACEHOLDER_MS
         try:
             ms = duration_ms(raw)

@@ -78,6 +78,15 @@ class ManualClock:
         return real_now if deadline_ms <= self.now_ms() else real_now + POLL
 
 
+class UnitlessDuration(ValueError):
+    """A duration written as a bare number other than 0: seconds to whoever wrote `10`, milliseconds to a
+    reader, so neither the configuration nor a rules file guesses (`alignment_idle_timeout = 10` let every
+    partition count as idle at once; `cooldown = 3600` sent the same email every 3.6 seconds)."""
+
+    def __init__(self, number: object) -> None:
+        super().__init__(f'{number} has no unit: write "{number}s" for seconds or "{number}ms" for milliseconds')
+
+
 def parse_duration_ms(text: str | int) -> int:
     """'30m', '1h', '45s', '7d', '250ms' or plain milliseconds -> milliseconds."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nextclick.operators.errors import NextclickError
-from nextclick.operators.infra.clock import parse_duration_ms
+from nextclick.operators.infra.clock import UnitlessDuration, parse_duration_ms
 
 DEMO_SECRET = "nextclick-demo-secret-DO-NOT-USE-IN-PRODUCTION"
 
@@ -217,14 +217,12 @@ class FlowConfig:
 
 
 def _duration_ms(text: str) -> int:
-    """'1m', '500ms', '10s', or 0; raises ValueError. Any other number without a unit is refused: an
-    operator who writes `alignment_idle_timeout = 10` means seconds, and read as milliseconds it would
-    let every partition count as idle at once (a backlog decided out of event-time order)."""
+    """'1m', '500ms', '10s', or 0; raises ValueError (UnitlessDuration for any other bare number)."""
     text = str(text).strip()
     if text.isdigit():
         if int(text) == 0:
             return 0
-        raise ValueError(f"{text} has no unit: write \"{text}s\" for seconds or \"{text}ms\" for milliseconds")
+        raise UnitlessDuration(text)
     return parse_duration_ms(text)
 
 
@@ -232,9 +230,10 @@ def _check_duration(origin: str, name: str, text: str, examples: str) -> int:
     """`_duration_ms` of a setting, or a ConfigError naming it."""
     try:
         return _duration_ms(text)
-    except ValueError as exc:
-        reason = str(exc) if "no unit" in str(exc) else f"not a duration: {text!r} ({examples})"
-        raise ConfigError(f"{origin}: {name}: {reason}") from None
+    except UnitlessDuration as exc:
+        raise ConfigError(f"{origin}: {name}: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"{origin}: {name}: not a duration: {text!r} ({examples})") from None
 
 
 @dataclass(frozen=True)
