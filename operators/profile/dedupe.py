@@ -49,8 +49,8 @@ def seen(profile: Profile, event: Event, key: str) -> bool:
         return True
     if not window:
         return False
-    # Remembered by an earlier release, within one horizon of it.
-    return event.event_id in window or f"{event.channel}/{event.event_id}" in window
+    in_source, bare = earlier_keys(event)  # remembered by an earlier release, within one horizon of it
+    return bare in window or in_source in window
 
 
 def remember(profile: Profile, key: str, until: int) -> None:
