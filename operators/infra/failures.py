@@ -12,6 +12,7 @@ A lost cluster peer surfaces as a panic of Timely's network threads that names n
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
@@ -82,6 +83,11 @@ def one_line(exc: BaseException) -> str:
     if isinstance(root, _BARE) or type(root).__name__ == "PanicException":
         return f"{type(root).__name__}: {line}"
     return line
+
+
+def is_device_full(exc: BaseException) -> bool:
+    """The error says the device is full: ENOSPC, or its words in a library's message (RocksDB, SQLite)."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or bool(_FULL.search(str(exc)))
 
 
 _STORAGE_FAILURES: list[str] = []

@@ -34,6 +34,7 @@ cache and serves point reads; `UndoLog` (store_undo.py) the undo chunks and the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -45,7 +46,7 @@ from typing import Protocol, Self
 
 from rocksdict import Checkpoint, Rdict, WriteBatch, WriteOptions
 
-from nextclick.operators.infra.failures import note_storage_failure
+from nextclick.operators.infra.failures import is_device_full, note_storage_failure
 from nextclick.operators.state import store_erase, store_reads
 from nextclick.operators.state.store_bulk import BulkLoad
 from nextclick.operators.state.store_db import (
@@ -341,12 +342,8 @@ class ShardStore:
         undo.release_retired()
         batch = WriteBatch(raw_mode=True)
         undo.stage_into(batch, self._pending, self._cache)
-        try:
+        with self._device_failures_noted():
             self._db.write(batch, self._stage_opts)
-        except Exception as exc:  # rocksdict raises plain Exception for I/O errors
-            if type(exc) is Exception:  # a cluster may then fail on a peer's broken channel first
-                note_storage_failure(self._path, exc)
-            raise
         self._staged_ok()
 
     def _staged_ok(self) -> None:
@@ -370,12 +367,8 @@ class ShardStore:
         self._check_writable()
         batch = WriteBatch(raw_mode=True)
         self._undo.stage_into(batch, self._pending, self._cache)
-        try:
+        with self._device_failures_noted():
             new_seq = self._undo.commit(batch)
-        except Exception as exc:
-            if type(exc) is Exception:  # rocksdict's I/O errors; a StateError is not the device's
-                note_storage_failure(self._path, exc)
-            raise
         self._staged_ok()
         return new_seq
 
@@ -506,8 +499,20 @@ class ShardStore:
                 self._db.flush_wal(True)
             except Exception as exc:  # a failed sync here is retried by the checkpoint's own sync
                 log.debug("background WAL sync failed", extra={"path": self._path, "error": str(exc)})
-                if "IO error" in str(exc) or "No space" in str(exc):  # the device, not a passing hiccup
+                if "IO error" in str(exc) or is_device_full(exc):  # the device, not a passing hiccup
                     note_storage_failure(self._path, exc)
+
+    @contextlib.contextmanager
+    def _device_failures_noted(self) -> Iterator[None]:
+        """A write that fails on the device is noted (`note_storage_failure`): a cluster may then fail on a
+        peer's broken channel first, and the process says why (flows/runner.py). rocksdict raises a plain
+        Exception for I/O errors; a StateError is the store's own refusal, not the device's."""
+        try:
+            yield
+        except Exception as exc:
+            if type(exc) is Exception:
+                note_storage_failure(self._path, exc)
+            raise
 
     def _check_open(self) -> None:
         if self._closed:

@@ -55,6 +55,7 @@ from typing import Any
 import orjson
 
 from nextclick.operators.infra.config import Config, derived_savepoint_dir, is_url
+from nextclick.operators.infra.failures import is_device_full
 from nextclick.operators.io.control import SAVEPOINT_NAME, send_command
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.profile.model import PROFILE_FORMAT
@@ -844,7 +845,7 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
                 fetched.append(name)
                 progress(f"restored {name} ({len(fetched)}/{len(wanted)})")
         except Exception as exc:  # a copy's OSError, or RocksDB's plain Exception opening a copied shard
-            if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+            if not is_device_full(exc):
                 raise
             # An outside probe's full volume named only the shard's path. Nothing is lost: the restore is
             # done again at the next start (its marker stays), once there is room.
