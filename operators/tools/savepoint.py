@@ -609,6 +609,17 @@ def catalogue(root: str | Path) -> tuple[list[SavepointManifest], list[str]]:
     return complete, incomplete
 
 
+def _generations(cluster_dir: Path) -> list[Path]:
+    """Every generation's file in `cluster_dir` (`<state.savepoint_dir>/.cluster`), oldest first."""
+    return sorted(cluster_dir.glob("generation-*.json"))
+
+
+def _newest_generation(cluster_dir: Path) -> dict[str, Any] | None:
+    """The newest generation's file, or None before any (generation 0 of a deployment that started empty)."""
+    files = _generations(cluster_dir)
+    return orjson.loads(files[-1].read_bytes()) if files else None
+
+
 def latest_on_line(root: str | Path) -> SavepointManifest | None:
     """The newest complete savepoint in `root` on the cluster's current line (state.on_lost_volume =
     "restore", whose generation files are in `root`/.cluster): the one the newest generation restored,
@@ -618,10 +629,9 @@ def latest_on_line(root: str | Path) -> SavepointManifest | None:
     after the generation was opened. Without generation files, the newest."""
     where = Destination(root)
     complete, _ = catalogue(root)
-    newest = sorted((where.path / _CLUSTER).glob("generation-*.json")) if not where.remote else []
-    if not newest:
+    body = _newest_generation(where.path / _CLUSTER) if not where.remote else None
+    if body is None:
         return complete[0] if complete else None
-    body = orjson.loads(newest[-1].read_bytes())
     generation, opened = int(body["generation"]), str(body.get("created_at") or "")
     start = str(Destination(body["savepoint"])) if body.get("savepoint") else None
     for manifest in complete:  # newest first
@@ -1008,9 +1018,15 @@ class Generations:
         self._stop = True
 
     def _newest(self) -> dict[str, Any] | None:
-        """The newest generation's file, or None before any (generation 0 of a deployment that started empty)."""
-        newest = sorted(self.dir.glob("generation-*.json"))
-        return orjson.loads(newest[-1].read_bytes()) if newest else None
+        return _newest_generation(self.dir)
+
+    def _report_of(self, process: int) -> dict[str, Any] | None:
+        """Process `process`'s report (`_report`), or None while it has written none (or half of one)."""
+        try:
+            body = orjson.loads((self.dir / f"process-{process}.json").read_bytes())
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
 
     def current(self) -> tuple[int, str | None]:
         """The newest generation and the savepoint it restores (its location; None: generation 0 of a
@@ -1026,9 +1042,8 @@ class Generations:
         refreshed within the last seconds (else None)."""
         found: dict[int, int | None] = {}
         for i in range(self.processes):
-            try:
-                body = orjson.loads((self.dir / f"process-{i}.json").read_bytes())
-            except (FileNotFoundError, orjson.JSONDecodeError):
+            body = self._report_of(i)
+            if body is None:
                 return None
             at = float(body["at"])
             if at < self._started or time.time() - at > _FRESH_S or \
@@ -1039,10 +1054,7 @@ class Generations:
         return found
 
     def _waiting(self, deadline: float, what: str) -> None:
-        try:  # this process's own report, rewritten every second by another as well: two started as one id
-            mine = orjson.loads((self.dir / f"process-{self.process_id}.json").read_bytes())
-        except (FileNotFoundError, orjson.JSONDecodeError):
-            mine = None
+        mine = self._report_of(self.process_id)  # rewritten every second by another too: two as one id
         # The one started later stops (a recheck probe saw the first, on its own volume, stop instead); the
         # other waits on, its report rewritten at its next heartbeat.
         if mine is not None and mine.get("boot") != self._boot and float(mine.get("at", 0)) >= self._started and \
@@ -1077,10 +1089,10 @@ class Generations:
     def _fresh(self, i: int, within_s: float | None = None) -> bool:
         """Process i reported since this process started, and within the last `within_s` (by default
         _FRESH_S: the same test as `_reports`)."""
-        try:
-            at = float(orjson.loads((self.dir / f"process-{i}.json").read_bytes())["at"])
-        except (FileNotFoundError, orjson.JSONDecodeError, KeyError):
+        body = self._report_of(i)
+        if body is None or "at" not in body:
             return False
+        at = float(body["at"])
         return at >= self._started and time.time() - at <= (_FRESH_S if within_s is None else within_s)
 
     def _raise(self, generation: int, reports: dict[int, int | None]) -> None:
@@ -1117,7 +1129,7 @@ class Generations:
     def _restored_before(self, savepoint: str) -> bool:
         """A generation of this cluster restored `savepoint` (so naming it again at a start is no rollback:
         the flag or setting stayed in the deployment's configuration)."""
-        for path in self.dir.glob("generation-*.json"):
+        for path in _generations(self.dir):
             named = orjson.loads(path.read_bytes()).get("savepoint")
             if named and str(Destination(named)) == savepoint:
                 return True
