@@ -11,6 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from nextclick.operators.errors import NextclickError
+
 # How often a shard re-checks a clock that does not follow real time (tests' manual clock).
 POLL = timedelta(milliseconds=50)
 
@@ -78,7 +80,7 @@ class ManualClock:
         return real_now if deadline_ms <= self.now_ms() else real_now + POLL
 
 
-class UnitlessDuration(ValueError):
+class UnitlessDuration(NextclickError, ValueError):
     """A duration written as a bare number other than 0: seconds to whoever wrote `10`, milliseconds to a
     reader, so neither the configuration nor a rules file guesses (`alignment_idle_timeout = 10` let every
     partition count as idle at once; `cooldown = 3600` sent the same email every 3.6 seconds)."""
