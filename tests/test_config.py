@@ -53,6 +53,12 @@ def test_the_values_that_mean_the_brokers_default_or_no_limit_load() -> None:
     ("[state]\nshards = true\n", "[state].shards: expected int, got True"),
     ("[state]\nshards = 2.5\n", "[state].shards: expected int, got 2.5"),
     ("[flow]\ngroup_id = [\"a\"]\n", "[flow].group_id: expected str, got ['a']"),
+    ("[state]\nsavepoint_keep = \"24\"\n",
+     "[state].savepoint_keep: expected int, got the string '24' (write it without quotes)"),
+    ("[flow]\nepoch_seconds = \"2\"\n",
+     "[flow].epoch_seconds: expected float, got the string '2' (write it without quotes)"),
+    ("[state]\nsync = \"false\"\n",
+     "[state].sync: expected true or false, got the string 'false' (write it without quotes)"),
 ])
 def test_a_value_of_the_wrong_kind_in_the_file_is_refused_not_converted(tmp_path: Path, toml: str, line: str) -> None:
     path = tmp_path / "nextclick.toml"
@@ -60,6 +66,13 @@ def test_a_value_of_the_wrong_kind_in_the_file_is_refused_not_converted(tmp_path
     with pytest.raises(ConfigError) as refused:
         load_config(path, {})
     assert str(refused.value) == f"{path}: {line}"
+
+
+def test_an_environment_variable_is_text_and_is_read_as_the_settings_kind(tmp_path: Path) -> None:
+    path = tmp_path / "nextclick.toml"
+    path.write_text("[state]\nsavepoint_keep = 3\n")
+    config = load_config(path, {"NEXTCLICK_STATE__SAVEPOINT_KEEP": "24", "NEXTCLICK_STATE__SYNC": "false"})
+    assert (config.state.savepoint_keep, config.state.sync) == (24, False)
 
 
 def test_a_whole_number_written_as_a_float_is_that_number(tmp_path: Path) -> None:

@@ -324,8 +324,14 @@ _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyCon
              "serve": ServeConfig}
 
 
-def _coerce(where: str, value: Any, default: Any) -> Any:
-    """Turn a TOML or environment value into the type of the field's default."""
+def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any:
+    """Turn a TOML or environment value into the type of the field's default.
+
+    An environment variable is always text, so text is read as a number or a switch there; in TOML a
+    quoted number (`savepoint_keep = "24"`) is a mistake the file can say plainly, so it is refused."""
+    if not from_env and isinstance(value, str) and isinstance(default, (bool, int, float)):
+        kind = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise ConfigError(f"{where}: expected {kind}, got the string {value!r} (write it without quotes)")
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
@@ -356,7 +362,8 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
 
 
-def _section(name: str, raw: Mapping[str, Any], origin: str) -> Any:
+def _section(name: str, raw: Mapping[str, Any], origin: str, from_env: frozenset[str] = frozenset()) -> Any:
+    """One section's dataclass; `from_env` names its keys an environment variable set."""
     cls = _SECTIONS[name]
     defaults = cls()
     known = {f.name for f in dataclasses.fields(cls)}
@@ -364,7 +371,7 @@ def _section(name: str, raw: Mapping[str, Any], origin: str) -> Any:
     for key, value in raw.items():
         if key not in known:
             raise ConfigError(f"{origin}: unknown key [{name}].{key} (known: {', '.join(sorted(known))})")
-        values[key] = _coerce(f"{origin}: [{name}].{key}", value, getattr(defaults, key))
+        values[key] = _coerce(f"{origin}: [{name}].{key}", value, getattr(defaults, key), key in from_env)
     return cls(**values)
 
 
@@ -399,6 +406,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     """Load the TOML file (if any), then apply `NEXTCLICK_*` overrides from `environ`."""
     environ = os.environ if environ is None else environ
     raw: dict[str, dict[str, Any]] = {}
+    env_keys: dict[str, set[str]] = {}  # section -> keys an environment variable set (always text)
     origin = str(path) if path else "defaults"
     if path:
         loaded = read_toml(path, ConfigError)
@@ -420,10 +428,12 @@ def load_config(path: str | os.PathLike[str] | None = None,
         else:
             raise ConfigError(f"{var}: unknown section {section!r}")
         raw.setdefault(section, {})[key] = value
+        env_keys.setdefault(section, set()).add(key)
         if not origin.endswith(" + environment"):
             origin = f"{origin} + environment"
     kafka = {str(k): str(v) for k, v in raw.pop("kafka", {}).items()}
-    kwargs: dict[str, Any] = {name: _section(name, body, origin) for name, body in raw.items()}
+    kwargs: dict[str, Any] = {name: _section(name, body, origin, frozenset(env_keys.get(name, ())))
+                              for name, body in raw.items()}
     config = Config(**kwargs)
     if kafka:
         config = config.replace(kafka=kafka)
