@@ -522,6 +522,37 @@ def test_retention_keeps_the_savepoint_a_lost_volume_would_be_restored_from_afte
     assert sorted(p.name for p in root.iterdir()) == [".cluster", "sp1", "sp3"]
 
 
+def test_a_copied_savepoint_directory_keeps_its_line_and_restores_from_the_copy(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A recheck probe copied state.savepoint_dir elsewhere (a new share): its generation files named the
+    savepoints by absolute path, in the old directory, so prune on the copy deleted the one the cluster ran
+    from, and a lost volume would have restored from the old share."""
+    import shutil
+
+    from nextclick.flows.cli import main
+    from nextclick.operators.tools.savepoint import Generations, Rejoin
+
+    old = tmp_path / "old-share"
+    for day in (1, 2, 3):
+        _savepoint(old, f"sp{day}", f"2026-12-0{day}T00:00:00+00:00", generation=1)
+    # A deployment started from sp1 (a rollback onto new volumes): generation 0 records it.
+    started = Generations(_deployment(tmp_path / "new-0", str(old)), 0, 2, explicit=str(old / "sp1"), timeout_s=5)
+    _peer_reports(old, None)
+    assert started.decide() == Rejoin(0, None)
+    _peer_reports(old, 0)
+    started.joined(0, str(old / "sp1"))
+    started.close()
+
+    copy = tmp_path / "new-share"
+    shutil.copytree(old, copy)
+    shutil.rmtree(old)
+    assert main(["savepoint", "prune", str(copy), "--keep", "1"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["deleted"] == ["sp2"]
+    moved = Generations(_deployment(tmp_path / "pod-0b", str(copy)), 0, 2, timeout_s=5)
+    assert moved.current() == (0, str(copy / "sp1"))
+    moved.close()
+
+
 def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: Path) -> None:
     """An outside probe: a cluster ran with on_lost_volume = "stop", pod 1's volume was lost, and the refusal
     said to set "restore". With it, no record said the cluster had run, so the empty pod started as a new
@@ -576,7 +607,7 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
         seqs={0: 1}, positions={}, source_lineage=None))
     assert again.decide() == Rejoin(1, str(shared / "sp"), reset=True, restore=True)
     opened = orjson.loads((shared / ".cluster" / "generation-000001.json").read_bytes())
-    assert opened["savepoint"] == str(shared / "sp")
+    assert opened["savepoint"] == "sp"  # by name: a copy of the directory finds it in the copy
 
     # Restored and joined: the next start resumes from the same savepoint, nothing restored again.
     _peer_reports(shared, 1)

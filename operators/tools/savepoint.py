@@ -620,6 +620,25 @@ def _newest_generation(cluster_dir: Path) -> dict[str, Any] | None:
     return orjson.loads(files[-1].read_bytes()) if files else None
 
 
+def _recorded(root: Destination, location: str) -> str:
+    """How a generation file records the savepoint it restores: by name when it is in `root` (the
+    savepoint directory), so a copy of that directory, or a pod that mounts it at another path, finds
+    it (an outside probe: absolute paths made prune on a copy protect nothing); else its location."""
+    where = Destination(location)
+    inside = not where.remote and not root.remote and os.path.abspath(where.path.parent) == os.path.abspath(root.path)
+    return where.name if inside else str(where)
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Two savepoint locations name one place (a relative path and the absolute one it stands for)."""
+    return a == b or (not is_url(a) and not is_url(b) and os.path.abspath(a) == os.path.abspath(b))
+
+
+def _located(root: Destination, recorded: str) -> str:
+    """The location of a savepoint a generation file records (`_recorded`; older releases wrote locations)."""
+    return str(root.child(recorded)) if "/" not in recorded else str(Destination(recorded))
+
+
 def latest_on_line(root: str | Path) -> SavepointManifest | None:
     """The newest complete savepoint in `root` on the cluster's current line (state.on_lost_volume =
     "restore", whose generation files are in `root`/.cluster): the one the newest generation restored,
@@ -633,10 +652,11 @@ def latest_on_line(root: str | Path) -> SavepointManifest | None:
     if body is None:
         return complete[0] if complete else None
     generation, opened = int(body["generation"]), str(body.get("created_at") or "")
-    start = str(Destination(body["savepoint"])) if body.get("savepoint") else None
+    start = _located(where, body["savepoint"]) if body.get("savepoint") else None
     for manifest in complete:  # newest first
-        if manifest.generation == generation or str(where.child(manifest.id)) == start or (
-                manifest.generation is None and manifest.created_at > opened):
+        on_line = start is not None and _same_place(str(where.child(manifest.id)), start)
+        taken_since = manifest.generation is None and manifest.created_at > opened
+        if manifest.generation == generation or on_line or taken_since:
             return manifest
     return None
 
@@ -964,6 +984,7 @@ class Generations:
                                  "directory (its generation files are created exclusively), not an object store")
         self.config, self.process_id, self.processes, self.timeout_s = config, process_id, processes, timeout_s
         self.explicit = str(Destination(explicit)) if explicit else None
+        self.root = root
         self.dir = root.path / _CLUSTER
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -1032,7 +1053,10 @@ class Generations:
         """The newest generation and the savepoint it restores (its location; None: generation 0 of a
         deployment that started empty)."""
         body = self._newest()
-        return (0, None) if body is None else (int(body["generation"]), body.get("savepoint"))
+        if body is None:
+            return 0, None
+        recorded = body.get("savepoint")
+        return int(body["generation"]), _located(self.root, recorded) if recorded else None
 
     def latest_on_line(self) -> SavepointManifest | None:
         return latest_on_line(self.config.state.savepoint_dir)
@@ -1115,7 +1139,8 @@ class Generations:
             chosen = str(Destination(self.config.state.savepoint_dir).child(latest.id))
             why = "a process lost its state: the cluster goes back to the latest savepoint of its current line"
         if _create_once(self.dir / f"generation-{generation:06d}.json", orjson.dumps(
-                {"generation": generation, "savepoint": chosen, "created_at": _now(), "by_process": self.process_id})):
+                {"generation": generation, "savepoint": _recorded(self.root, chosen), "created_at": _now(),
+                 "by_process": self.process_id})):
             log.warning(why, extra={"generation": generation, "savepoint": chosen})
 
     def _not_restored(self, reports: dict[int, int | None]) -> SavepointError:
@@ -1131,7 +1156,7 @@ class Generations:
         the flag or setting stayed in the deployment's configuration)."""
         for path in _generations(self.dir):
             named = orjson.loads(path.read_bytes()).get("savepoint")
-            if named and str(Destination(named)) == savepoint:
+            if named and _same_place(_located(self.root, named), savepoint):
                 return True
         return False
 
@@ -1174,7 +1199,7 @@ class Generations:
         until every process is there."""
         if generation == 0 and restored:  # a deployment that started from a savepoint: remember it was used
             _create_once(self.dir / "generation-000000.json", orjson.dumps(
-                {"generation": 0, "savepoint": str(Destination(restored)), "created_at": _now(),
+                {"generation": 0, "savepoint": _recorded(self.root, restored), "created_at": _now(),
                  "by_process": self.process_id}))
         state_dir = Path(self.config.state.dir)
         Destination(state_dir).write_bytes(_GENERATION_FILE, orjson.dumps({"generation": generation}))
