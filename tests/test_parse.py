@@ -851,3 +851,18 @@ def test_an_email_address_inside_a_kept_attribute_is_dead_lettered_not_stored(fi
     assert b"@" not in escaped
     result = assert_paths_agree(escaped)
     assert isinstance(result, DeadLetter) and result.reason == "schema_violation"
+
+
+@pytest.mark.parametrize("value", [
+    "jane.doe%40example.com", "?ref=jane%40EXAMPLE.com&x=1", "jane.doe\uff20example.com", "jane\ufe6bexample.org",
+    "jane&#64;example.com", "jane&#x40;example.com", "jane&commat;example.com", "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"])
+def test_an_email_address_written_with_an_encoded_at_sign_is_dead_lettered_too(value: str) -> None:
+    """The outside probe's note: percent-encoded or full-width at signs passed the check; whoever decodes
+    the attribute further down (a URL's query, an HTML template, NFKC) reads an address."""
+    for body in (orjson.dumps(payload(category=value)),
+                 orjson.dumps(payload(category=value)).replace(b"%", b"\\u0025").replace(b"&", b"\\u0026")):
+        result = assert_paths_agree(body)
+        assert isinstance(result, DeadLetter) and result.reason == "schema_violation", (value, body)
+        assert value not in result.message
+    for fine in ("50%40off", "100%", "&#169; 2026", "a\uff20b", "tom &amp; jerry"):
+        assert isinstance(assert_paths_agree(orjson.dumps(payload(category=fine))), Event), fine
