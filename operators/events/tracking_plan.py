@@ -43,6 +43,11 @@ from nextclick.operators.events.schemas import ATTRS_KEYWORD, default_spec_set, 
 from nextclick.operators.infra.config import read_toml
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# The widest value a plan's integer or number attribute takes, also where the plan sets no bound: an
+# outside probe's `hits = 2**64` passed the parser and stopped the flow where decisions and profiles are
+# encoded (64-bit integers), at every restart; and two values of 1e308 made a sum infinite, sent as null.
+# 2^53 - 1 is the largest integer every JSON reader (JavaScript's too) holds exactly.
+PLAN_NUMBER_LIMIT = 2**53 - 1
 _TYPES = ("boolean", "integer", "number", "string")
 _EVENT_KEYS = {"channel", "description", "attributes"}
 _ATTRIBUTE_KEYS = {"type", "enum", "minimum", "maximum", "min_length", "max_length", "required", "pii",
@@ -59,7 +64,13 @@ PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "
                        "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode",
                        "msisdn", "imei", "street", "gsm", "pan", "cvv", "cvc"})
 PII_STEMS = ("email", "phone", "msisdn", "address", "passport", "password", "surname", "firstname", "lastname",
-             "fullname", "username", "birth", "postcode", "zipcode", "cardnumber", "creditcard", "streetname")
+             "fullname", "username", "birth", "postcode", "zipcode", "cardnumber", "creditcard", "streetname",
+             # read with the name's `_` and digits taken out (`social_security_number`, `postal_code`)
+             "socialsecurity", "postalcode", "displayname", "nickname", "licenceplate", "licenseplate",
+             "nationalinsurance")
+# Two words that are personal data together, each harmless alone (`tax_id`; `taxi_distance` is fine).
+PII_PAIRS = frozenset({("tax", "id"), ("national", "id"), ("cc", "number"), ("cc", "no"), ("cc", "num"),
+                       ("credit", "card"), ("id", "card"), ("vat", "id")})
 _PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
                      "contact", "person", "real", "legal"})
 _WORD_BREAK = re.compile(r"[_0-9]+")
@@ -68,11 +79,14 @@ _WORD_BREAK = re.compile(r"[_0-9]+")
 def looks_personal(name: str) -> bool:
     """Whether an attribute's name reads as personal data (see PII_WORDS): a plan that could name one
     would put a raw email or phone number in profile state."""
-    if name in PII_FIELDS or any(stem in name for stem in PII_STEMS):
+    joined = _WORD_BREAK.sub("", name)
+    if name in PII_FIELDS or any(stem in joined for stem in PII_STEMS):
         return True
     words = [word[:-1] if len(word) > 2 and word.endswith("s") else word
              for word in _WORD_BREAK.split(name) if word]
     if PII_WORDS.intersection(words) or PII_WORDS.intersection(name.split("_")):
+        return True
+    if any(pair in PII_PAIRS for pair in zip(words, words[1:], strict=False)):
         return True
     if any(word == "card" and i + 1 < len(words) and words[i + 1] in ("number", "no", "num")
            for i, word in enumerate(words)):  # card_number; not gift_card_amount
@@ -252,7 +266,13 @@ def _add_attribute(where: _Where, field: str, schema: dict[str, Any], name: str,
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or float(value) != value:
                 raise where.fail(f"{field}.{key}", f"must be a finite number exact as a double; got {value!r}")
+            if abs(value) > PLAN_NUMBER_LIMIT:
+                raise where.fail(f"{field}.{key}", f"must be within ±{PLAN_NUMBER_LIMIT} (2^53 - 1): larger values "
+                                                   f"lose digits in JSON readers and overflow sums; got {value!r}")
             prop[json_key] = value
+    if kind in ("integer", "number"):  # unbounded, one event's 2**64 stopped the flow at every restart
+        prop.setdefault("minimum", -PLAN_NUMBER_LIMIT)
+        prop.setdefault("maximum", PLAN_NUMBER_LIMIT)
     for key, json_key in (("min_length", "minLength"), ("max_length", "maxLength")):
         if key in spec:
             value = spec[key]

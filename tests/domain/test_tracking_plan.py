@@ -154,6 +154,28 @@ def test_the_parser_keeps_an_attribute_the_plan_adds_on_both_paths(plan_file: Pa
     assert isinstance(cart, DeadLetter) and cart.reason == "schema_violation"
 
 
+def test_a_plan_number_without_bounds_still_refuses_what_json_readers_and_sums_cannot_hold(tmp_path: Path) -> None:
+    """An outside probe: a plan integer with no maximum let `"hits": 18446744073709551616` through, and
+    the flow stopped where decisions are encoded, at every restart; two `1e308`s made a sum infinite,
+    sent as null. Unbounded plan numbers now hold within 2^53 - 1, on both paths."""
+    plan = load_plan(write_rules(tmp_path, '[events.page_view.attributes.hits]\ntype = "integer"\n'
+                                           '[events.page_view.attributes.score]\ntype = "number"\n', "plan.toml"))
+    for raw in (b"18446744073709551616", b"9223372036854775807", b"9007199254740992", b"-9007199254740992"):
+        body = b'{"event_id":"e1","type":"page_view","ts":%d,"hits":%s}' % (NOW - 1000, raw)
+        for path in (parse_message_slow, parse_message):
+            refused = path(b"cookie-1", body, None, SRC, secret=SECRET, now_ms=NOW, config=CFG, plan=plan)
+            assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation", (raw, refused)
+            assert "hits" in refused.message
+    for score in (1e308, -1e16):
+        refused = parse(view(score=score), plan)
+        assert isinstance(refused, DeadLetter) and refused.reason == "schema_violation"
+    kept = parse(view(hits=2**53 - 1, score=-(2**53 - 1)), plan)
+    assert isinstance(kept, Event) and kept.attrs == {"hits": 2**53 - 1, "score": -(2**53 - 1)}
+    with pytest.raises(PlanError, match=r"attributes.hits.maximum: must be within ±9007199254740991"):
+        load_plan(write_rules(tmp_path, '[events.page_view.attributes.hits]\ntype = "integer"\nmaximum = 1e300\n',
+                              "plan2.toml"))
+
+
 def test_a_new_event_type_is_parsed_with_its_channel_bounds_and_required_fields(plan_file: Path) -> None:
     plan = load_plan(plan_file)
     body = {"event_id": "w1", "type": "wishlist_add", "ts": NOW, "sku": "A-1", "price": 12.5, "quantity": 3.0,
@@ -266,7 +288,10 @@ def test_a_bad_plan_is_one_line_naming_the_file_and_the_field(tmp_path: Path, te
 # signal on `emails` with raw addresses in RocksDB): plurals, digits, run-together words, reversed names.
 @pytest.mark.parametrize("name", ["emails", "phones", "addresses", "email2", "phone1", "secondary_emailaddress",
                                   "cellphone", "msisdn", "name_full", "names_first", "ips", "ipv4", "imei",
-                                  "street", "gsm", "card_number", "creditcard_last4"])
+                                  "street", "gsm", "card_number", "creditcard_last4",
+                                  # a later probe's, each accepted before
+                                  "social_security_number", "credit_card", "cc_number", "postal_code", "national_id",
+                                  "tax_id", "display_name", "nickname", "licence_plate", "license_plate_no"])
 def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     with pytest.raises(PlanError, match=f"attributes.{name}: personal data cannot be a targeting attribute"):
@@ -274,7 +299,8 @@ def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_pa
 
 
 @pytest.mark.parametrize("name", ["product_name", "device_class", "referrer_campaign", "loyalty_tier", "coupon_code",
-                                  "tips", "hotel_stars", "level2", "status", "gift_card_amount", "panel"])
+                                  "tips", "hotel_stars", "level2", "status", "gift_card_amount", "panel",
+                                  "taxi_distance", "tax_rate", "national_holiday", "card_type"])
 def test_an_attribute_that_only_resembles_personal_data_loads(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     assert name in load_plan(plan).attributes("page_view")
