@@ -866,3 +866,27 @@ def test_an_email_address_written_with_an_encoded_at_sign_is_dead_lettered_too(v
         assert value not in result.message
     for fine in ("50%40off", "100%", "&#169; 2026", "a\uff20b", "tom &amp; jerry"):
         assert isinstance(assert_paths_agree(orjson.dumps(payload(category=fine))), Event), fine
+
+
+@pytest.mark.parametrize(("event_id", "kind"), [
+    ("jane.a1@example.com", "an email address"), ("jane.a1%40example.com", "an email address"),
+    ("+4915112345678", "a phone number"), ("+49 151 1234-5678", "a phone number"),
+    ("+1 (415) 555-0100", "a phone number")])
+def test_an_event_id_that_holds_personal_data_is_dead_lettered(event_id: str, kind: str) -> None:
+    """An outside probe: `event_id = "jane.a1@example.com"` went into a decision's trigger.id and the
+    dedupe keys in RocksDB as sent. Both paths refuse it, naming the field and never the value."""
+    for body in (orjson.dumps(payload(event_id=event_id)),
+                 orjson.dumps(payload(event_id=event_id)).replace(b"+", b"\\u002b")):
+        result = assert_paths_agree(body)
+        assert isinstance(result, DeadLetter) and result.reason == "schema_violation", (event_id, result)
+        assert result.message.startswith(f"purchase: field 'event_id' holds {kind}: ")
+        assert event_id not in result.message
+    for fine in ("evt-1", "+1", "+12", "2026-12-07+01:00", "order+4915112345678", "a@b", "+49abc"):
+        assert isinstance(assert_paths_agree(orjson.dumps(payload(event_id=fine))), Event), fine
+
+
+@pytest.mark.parametrize("value", ["jane@exämple.com", "+4915112345678", "+44 20 7946 0958"])
+def test_a_phone_number_or_an_address_at_a_non_ascii_domain_in_a_kept_attribute_is_dead_lettered(value: str) -> None:
+    result = assert_paths_agree(orjson.dumps(payload(category=value)))
+    assert isinstance(result, DeadLetter) and result.reason == "schema_violation", (value, result)
+    assert value not in result.message

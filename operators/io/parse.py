@@ -318,9 +318,13 @@ def _parse(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, 
             attrs[a] = int(v)
     personal = personal_field(attrs)
     if personal is not None:
-        raise _Bad("schema_violation", f"{spec.type}: field '{personal}' holds an email address: kept attributes "
+        raise _Bad("schema_violation", f"{spec.type}: field '{personal[0]}' holds {personal[1]}: kept attributes "
                                        "go into profiles and decisions as sent, and personal data never does (an "
                                        "identifier goes in its own field, where it is pseudonymized)")
+    if type(event_id) is str and (kind := personal_kind(event_id)) is not None:
+        raise _Bad("schema_violation", f"{spec.type}: field 'event_id' holds {kind}: an event id goes into "
+                                       "decisions (trigger.id) and deduplication state as sent, and personal data "
+                                       "never does; build event ids from anything else (a UUID)")
     return Event(event_id=event_id, type=spec.type, ts=ts, customer=customer, channel=spec.channel,
                  attrs=attrs, source=source, raw=(key, value, _headers_tuple(headers)), id_type=ident[0],
                  links=links, blocked=blocked)
@@ -332,7 +336,13 @@ TS_OUT_OF_RANGE = "field 'ts' is not a time between the years 1 and 9999"
 MAX_IDENTIFIER_CHARS = 320
 # An email address inside a kept attribute (a category, a sku, a campaign id, a URL's query): an outside
 # probe's `category = "jane.doe@example.com"` went into state and decisions as sent.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# Any script's letters (`jane@exämple.com`: an outside probe's passed); a domain of digits alone is no
+# address (`spring@2026`).
+_EMAIL = re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")
+# A phone number in international form (E.164: a country code, up to 15 digits), once its usual
+# separators are taken out.
+_PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
+_PHONE_SEPARATORS = re.compile(r"[\s\-.()/]")
 
 
 # Ways an at sign is written that read as one to whoever decodes the text further down: full-width and
@@ -356,17 +366,32 @@ def may_hold_an_email(raw: bytes) -> bool:
     return len(raw.translate(None, _AT_LEADS)) != len(raw)
 
 
-def personal_field(attrs: dict[str, Any]) -> str | None:
-    """The first kept attribute whose text holds an email address, or None. Escaped forms count
-    (`jane%40example.com`, `jane＠example.com`): an outside probe found them passed as sent."""
-    for name, value in attrs.items():
-        if type(value) is not str:
-            continue
-        if "@" in value and _EMAIL.search(value):
-            return name
-        if any(form in value for form in _AT_FORMS) and _EMAIL.search(_decoded(value)):
-            return name
+def personal_kind(text: str) -> str | None:
+    """"an email address" or "a phone number" when `text` holds one, else None. Escaped at signs count
+    (`jane%40example.com`, `jane＠example.com`: an outside probe found them passed as sent); a phone
+    number only as the whole text, in international form (`+49 151 1234567`), since digits inside a
+    text cannot be told from an order number."""
+    if "@" in text and _EMAIL.search(text):
+        return "an email address"
+    if any(form in text for form in _AT_FORMS) and _EMAIL.search(_decoded(text)):
+        return "an email address"
+    if text[:1] == "+" and _PHONE.fullmatch(_PHONE_SEPARATORS.sub("", text)):
+        return "a phone number"
     return None
+
+
+def personal_field(attrs: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, what it holds) of the first kept attribute whose text holds personal data, or None."""
+    for name, value in attrs.items():
+        if type(value) is str and (kind := personal_kind(value)) is not None:
+            return name, kind
+    return None
+
+
+def may_hold_personal_data(raw: bytes) -> bool:
+    """Whether `personal_kind` could find anything in a message's strings: an at sign in any form, or
+    a string that starts with "+"."""
+    return may_hold_an_email(raw) or b'"+' in raw
 
 
 NO_IDENTIFIER_BUT_A_PLACEHOLDER = ("no identifier: 'customer_id' is a placeholder value the identity rules block "
@@ -476,7 +501,7 @@ def _parse_fast(key: bytes | None, value: bytes | None, headers: Sequence[tuple[
                 continue
             v = default
         attrs[name] = v
-    if may_hold_an_email(value) and personal_field(attrs) is not None:  # most events spell no at sign
+    if may_hold_personal_data(value) and (personal_field(attrs) is not None or personal_kind(event_id)):
         return None  # the slow path says which (a recheck probe escaped it, "\u0040", past the bytes' check)
     return Event(event_id, spec.type, ts, pseudonymize_cached(id_type, raw_id, secret), spec.channel,
                  attrs, source, (key, value, _headers_tuple(headers) if headers else ()), id_type, links, blocked)
