@@ -224,6 +224,12 @@ def test_non_finite_values_never_reach_state() -> None:
     profile.facts.revenue = math.inf
     with pytest.raises(ProfileEncodeError):
         encode_profile(profile)
+    # An integer past 64 bits (an outside probe's plan attribute, kept by a `last` signal) stopped the
+    # flow at every checkpoint: it is the same customer's error now.
+    huge = new_profile("c3")
+    huge.signals["hits_last"] = 2**64
+    with pytest.raises(ProfileEncodeError, match="profile value cannot be stored"):
+        encode_profile(huge)
     # The overflow that produced it raises where it happens, so poison isolation catches it per event.
     customer = new_profile("c2")
     customer.facts.revenue = 1.7e308
