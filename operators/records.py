@@ -155,6 +155,9 @@ class Detach:
     customer: str
     key: str
     source: SourcePosition | None = None
+    # The link event's time, as MoveOut's: the profile's absences due by it fire first, still addressed
+    # by the key (an outside probe: in a backlog they fired after it, without the cookie's address).
+    at_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -270,7 +270,7 @@ class IdentityState:
                         # The first customer's decisions stop addressing it (their ads would follow
                         # whoever uses the kiosk next); the graph keeps the link, for erasure.
                         owner = graph.component(next(t for t, k in named if k == key), key)
-                        out.append((self.route(owner.type, owner.key), Detach(owner.key, key)))
+                        out.append((self.route(owner.type, owner.key), Detach(owner.key, key, at_ms=event.ts)))
                         marked = True
             primary = graph.component(event.id_type, event.customer)
             self._refusals.write(outcome.reason, outcome.id_type, event,

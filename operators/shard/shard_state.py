@@ -364,6 +364,7 @@ class ShardState:
                 self._turn_before_merge(value.customer, value.at_ms, out)
                 released = barrier.expect(value)
             elif isinstance(value, Detach):
+                self._turn_before_merge(value.customer, value.at_ms, out)
                 barrier.detach(value)
             if released:  # the merged customer's items that waited: next, in their order
                 queue.extendleft(reversed(released))

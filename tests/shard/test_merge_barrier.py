@@ -175,3 +175,35 @@ def test_a_cart_abandoned_before_a_sign_in_is_judged_on_the_profile_it_was_aband
     late = _late_sign_in(tmp_path / "merge-first", frontier_first=False)
     early = _late_sign_in(tmp_path / "frontier-first", frontier_first=True)
     assert late == early == []
+
+
+def _shared_after_the_cart(tmp_path: Path, frontier_first: bool) -> list[tuple[str, Any, Any]]:
+    """A signed-in customer's cart, then, 90 minutes later (past its deadline and the lateness), the
+    cookie signs in as someone else and is detached as shared. The frontier's timer turn and the Detach
+    reach the shard in either order. The decisions, as (rule, reachable, address)."""
+    from nextclick.operators.records import Detach
+
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
+                       sync=False, await_frontier=True)
+    shard = ShardLogic(ctx, None)
+    out: list[Any] = []
+    out += shard.on_batch([consent(T0, customer="w", event_id="c"),
+                           MergeExpect("w", ("a",), {"customer": ["w"], "cookie": ["a"]}, at_ms=T0)])[0]
+    out += shard.on_batch([MoveIn("w", "a", None, "0")])[0]
+    out += shard.on_batch([make_event("add_to_cart", T0 + MIN, customer="w", event_id="cart", sku="s", amount=20.0,
+                                      quantity=1, category="bags"), Frontier(0, T0 + 2 * MIN)])[0]
+    detach, past_the_cart = [Detach("w", "a", at_ms=T0 + 90 * MIN)], [Frontier(0, T0 + 2 * HOUR)]
+    for items in ([past_the_cart, detach] if frontier_first else [detach, past_the_cart]):
+        out += shard.on_batch(items)[0] + shard.on_notify()[0]
+    return sorted((d.rule_id, d.reachable, d.address) for d in out if isinstance(d, Decision))
+
+
+def test_a_cart_due_before_its_cookie_was_shared_is_judged_with_the_cookie(tmp_path: Path) -> None:
+    """An outside probe: in a backlog the Detach of a cookie that became shared reached the shard before
+    the frontier's timer turn, so the cart email due an hour before it lost the cookie's reach (and an
+    ad with require_address was not sent); live, or with the turn first, it had it. The Detach is an event
+    at the sign-in's time: what was due by then fires first."""
+    late = _shared_after_the_cart(tmp_path / "detach-first", frontier_first=False)
+    early = _shared_after_the_cart(tmp_path / "frontier-first", frontier_first=True)
+    assert late == early
+    assert late and all("ads" in (reachable or ()) for _, reachable, _ in late), late
