@@ -97,6 +97,11 @@ class EraseRequest:
     # When it was asked for (ms; the command's `requested_at`): events of the erased identifiers dated
     # at or before it are not applied again (operators/state/erased.py). None: when the flow reads it.
     requested_at: int | None = None
+    # An erasure a link event from before it carries to the identifiers it joined (the identity stage's
+    # `_erase_linked`): that event's time. The profile's absences due by then fire first, as they did
+    # when the event was read before the erasure (an outside probe: in a backlog the cookie's cart, due
+    # before its sign-in, was erased unsent, or sent, as the frontier's timer turn happened to come).
+    fire_before: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,8 +359,8 @@ class IdentityState:
         at = max(t for t in erased_at.values() if t is not None and event.ts <= t)
         for key, since in erased_at.items():
             if since is None or since < at:
-                self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at),
-                            out, counted=False)
+                self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at,
+                                         fire_before=event.ts), out, counted=False)
 
     def _erase(self, request: EraseRequest, out: list[Routed], *, counted: bool = True) -> None:
         """Every identifier linked with the one named, in the graph now and in every family's shards.
@@ -389,7 +389,8 @@ class IdentityState:
         for member in members:
             for family in self.families:
                 out.append((self.route(family.anchor, member),
-                            EraseRequest(member, request.request_id, request.source, part=True, requested_at=at)))
+                            EraseRequest(member, request.request_id, request.source, part=True, requested_at=at,
+                                         fire_before=request.fire_before)))
 
     def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:
         self.ledger.savepoints.append(request)

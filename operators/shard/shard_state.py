@@ -356,6 +356,7 @@ class ShardState:
             elif waiting and value.customer in waiting:
                 held[value.customer].append(value)  # after the merge, as it came after the link
             elif isinstance(value, EraseRequest):
+                self._turn_before_merge(value.customer, value.fire_before, out)
                 self.erase(value.customer, count=not value.part, at_ms=value.requested_at)
             elif isinstance(value, MoveOut):
                 self._turn_before_merge(value.customer, value.at_ms, out)

@@ -573,6 +573,20 @@ def test_a_replay_that_reads_the_erasure_before_the_sign_in_still_erases_what_th
         assert read_profile(tmp_path, 2, key(*identifier)) is None, identifier
 
 
+def test_what_a_sign_in_from_before_an_erasure_joined_is_erased_at_the_sign_ins_time(tmp_path: Path) -> None:
+    """The erasure of the cookie a replayed (or backlogged) sign-in joined to an erased person carries the
+    sign-in's time, so its shard fires the cookie's absences due by then first (an outside probe: whether
+    the cart's email went out depended on the frontier's timer turn)."""
+    flow = Stitched(tmp_path, shards=2)
+    ck, ann = ("cookie", "ck"), ("customer", "ANN")
+    flow.deliver(flow.identity.on_batch([EraseRequest(key(*ann), "r1", SRC, requested_at=T0 + 10 * MIN)])[0])  # type: ignore[arg-type]
+    flow.send([web("c1", "add_to_cart", T0, ck, sku="s", amount=10.0)])
+    routed, _ = flow.identity.on_batch([web("l1", "login", T0 + 5 * MIN, ck, ann)])
+    parts = [item for _, items in routed for item in items if isinstance(item, EraseRequest)]
+    assert {(p.customer, p.fire_before) for p in parts if p.customer == key(*ck)} == {(key(*ck), T0 + 5 * MIN)}
+    flow.close()
+
+
 def test_a_shared_cookie_no_longer_addresses_the_first_customers_decisions(tmp_path: Path) -> None:
     """Alice signs in at home, then on a kiosk: the kiosk is her newest cookie, so her ads went to it.
     Once Bob signs in there too, her profile stops naming the kiosk: her ads follow her home cookie,

@@ -207,3 +207,34 @@ def test_a_cart_due_before_its_cookie_was_shared_is_judged_with_the_cookie(tmp_p
     early = _shared_after_the_cart(tmp_path / "frontier-first", frontier_first=True)
     assert late == early
     assert late and all("ads" in (reachable or ()) for _, reachable, _ in late), late
+
+
+def _erased_through_a_later_sign_in(tmp_path: Path, frontier_first: bool) -> list[tuple[str, str]]:
+    """A cookie's consented cart; 90 minutes later it signs in as a customer whose erasure the flow read
+    first (a backlog reads the control topic ahead of the inputs), so the identity stage erases the cookie
+    with the sign-in's time (`fire_before`). The frontier's timer turn and the erasure reach the shard in
+    either order. The decisions, as (rule, customer)."""
+    from nextclick.operators.records import EraseRequest
+
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
+                       sync=False, await_frontier=True)
+    shard = ShardLogic(ctx, None)
+    out: list[Any] = []
+    out += shard.on_batch([consent(T0, customer="a", event_id="c"),
+                           make_event("add_to_cart", T0 + MIN, customer="a", event_id="cart", sku="s", amount=20.0,
+                                      quantity=1, category="bags"), Frontier(0, T0 + 2 * MIN)])[0]
+    erase = [EraseRequest("a", "linked-by-an-erased-persons-event", part=True, requested_at=T0 + 100 * MIN,
+                          fire_before=T0 + 90 * MIN)]
+    past_the_cart = [Frontier(0, T0 + 2 * HOUR)]
+    for items in ([past_the_cart, erase] if frontier_first else [erase, past_the_cart]):
+        out += shard.on_batch(items)[0] + shard.on_notify()[0]
+    return sorted((d.rule_id, d.customer) for d in out if isinstance(d, Decision))
+
+
+def test_a_cart_due_before_the_sign_in_that_links_it_to_an_erased_person_is_judged_as_live(tmp_path: Path) -> None:
+    """An outside probe: in a 5-hour backlog 70 of 100 such carts (86 with two workers) got their email;
+    live, all 100, as the cart was due long before the sign-in. Now the erasure fires what was due by the
+    sign-in first, whichever reaches the shard first."""
+    late = _erased_through_a_later_sign_in(tmp_path / "erasure-first", frontier_first=False)
+    early = _erased_through_a_later_sign_in(tmp_path / "frontier-first", frontier_first=True)
+    assert late == early == [("cart_abandonment_email", "a")]
