@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from bytewax.dataflow import Dataflow
 
-from nextclick import __version__
+from nextclick import release
 from nextclick.operators.exchange import cluster_mismatch, declared_settings
 from nextclick.operators.infra import health
 from nextclick.operators.infra.config import Config
@@ -179,7 +179,7 @@ class FlowRunner:
         if len(cluster) > 1:  # said before the cluster forms: peers read it if it cannot form
             ran_with = cluster_hello.read_ran_with(config.state.dir, lineage) if lineage else None
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
-                                       __version__, declared_settings(), drain.now_ms(),  # as build_flow declared
+                                       release(), declared_settings(), drain.now_ms(),  # as build_flow declared
                                        cluster, resumes, lineage, ran_with)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
             if ran_with:  # before the cluster forms: a volume of another cluster mixes nothing in

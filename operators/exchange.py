@@ -29,9 +29,11 @@ from typing import Any
 import msgspec
 import orjson
 
-from nextclick import __version__
+from nextclick import release
 from nextclick.operators.errors import NextclickError
 from nextclick.operators.records import Event
+
+_release = release()  # this build's (nextclick.release): what each pickled Batch says it was sent by
 
 # 1: releases up to a82b42e, whose `_unpack` took (blob, others); 2: up to f9b3d01, whose `_unpack` took four
 # arguments, no settings, and cannot read this one either.
@@ -120,8 +122,8 @@ class Batch(list[Any]):
         global _whole_left
         if _whole_left > 0:
             _whole_left -= 1
-            return _unpack, (FORMAT, __version__, blob, others, _settings)
-        return _unpack, (FORMAT, __version__, blob, others, _settings_digest)
+            return _unpack, (FORMAT, _release, blob, others, _settings)
+        return _unpack, (FORMAT, _release, blob, others, _settings_digest)
 
 
 def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]], *rest: Any) -> list[Any]:
@@ -129,8 +131,14 @@ def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]], *
     if fmt != FORMAT:
         reason = (
             f"a process of this cluster runs nextclick {sender}, whose batches (exchange format {fmt}) this "
-            f"process (nextclick {__version__}, format {FORMAT}) cannot read: run one release in every process "
+            f"process (nextclick {_release}, format {FORMAT}) cannot read: run one release in every process "
             "(deploy/README.md, \"Upgrades\")")
+        _mismatches.append(reason)
+        raise ReleaseMismatch(reason)
+    if rest[0] != _settings_digest and rest[0] != _settings and sender != _release:
+        # Another build declares other settings: the release, not a ConfigMap, is what differs.
+        reason = (f"a process of this cluster runs nextclick {sender}, this one {_release}: run one release in every "
+                  "process (deploy/README.md, \"Upgrades\")")
         _mismatches.append(reason)
         raise ReleaseMismatch(reason)
     if rest[0] != _settings_digest and rest[0] != _settings:

@@ -47,10 +47,19 @@ def test_each_difference_is_named_with_both_values_and_the_peer() -> None:
     line = differences(said(0, processes=3), {**peers, 0: said(0, processes=3)})
     assert line == (
         "the processes of this cluster were started differently (process 1 runs with --workers 2 there, 1 here; "
-        "processes in --addresses 2 there, 3 here; nextclick 1.1 there, 1.0 here; state.shards = 8 there, 16 here / "
+        "processes in --addresses 2 there, 3 here; nextclick 1.1 there, 1.0 here / "
         "process 2 runs with processes in --addresses 2 there, 3 here; recovery partitions (--recovery-per-process or "
         "-partitions) 1 there, 2 here; this is process 0): start every process with the same --workers, --addresses, "
         'recovery flags, release and configuration (docs/operations.md, "One configuration for every process")')
+
+
+def test_another_release_is_named_without_the_settings_it_declares_differently() -> None:
+    """An outside probe: a pod upgraded beside the previous release was told `state.on_lost_volume = (not
+    set) there`, a setting the older release does not declare, not that the releases differ."""
+    older = said(1, release="0.1.0+aaaaaaaa", settings={k: v for k, v in SETTINGS.items() if k != "state.shards"})
+    line = differences(said(0), {1: older})
+    assert line is not None and "nextclick 0.1.0+aaaaaaaa there, 1.0 here" in line and "state.shards" not in line
+    assert differences(said(0), {1: said(1, settings={**SETTINGS, "state.shards": "8"})}) is not None
 
 
 def test_the_same_count_of_addresses_in_another_list_is_named() -> None:

@@ -93,7 +93,7 @@ def test_grouped_lists_are_batches() -> None:
 def test_a_batch_from_another_release_stops_with_one_line_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster that mixes releases: the receiving process says which, instead of misreading events."""
     monkeypatch.setattr(exchange, "FORMAT", exchange.FORMAT + 1)
-    monkeypatch.setattr(exchange, "__version__", "9.9.9")
+    monkeypatch.setattr(exchange, "_release", "9.9.9")
     sent = pickle.dumps(Batch([Event("e1", "page_view", 1, "c1", "web")]))
     monkeypatch.undo()
     monkeypatch.setattr(exchange, "_mismatches", [])
@@ -104,6 +104,23 @@ def test_a_batch_from_another_release_stops_with_one_line_naming_both(monkeypatc
     assert "\n" not in reason
     assert "nextclick 9.9.9" in reason and f"format {exchange.FORMAT + 1}" in reason
     assert f"format {exchange.FORMAT})" in reason and "one release in every process" in reason
+
+
+def test_a_batch_from_another_build_of_the_same_version_names_the_builds_not_settings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outside probe upgraded one pod: both said 0.1.0, and the refusal named a setting the older build
+    did not know as "not set", sending the operator to a ConfigMap that was fine."""
+    monkeypatch.setattr(exchange, "_release", "0.1.0+00000000")
+    exchange.declare_settings({"state.shards": "16"})
+    sent = pickle.dumps(Batch([Event("e1", "page_view", 1, "c1", "web")]))
+    monkeypatch.undo()
+    exchange.declare_settings({"state.shards": "16", "state.on_lost_volume": "stop"})
+    monkeypatch.setattr(exchange, "_mismatches", [])
+    with pytest.raises(ReleaseMismatch) as refused:
+        pickle.loads(sent)
+    assert str(refused.value) == (f"a process of this cluster runs nextclick 0.1.0+00000000, this one "
+                                  f"{exchange._release}: run one release in every process (deploy/README.md, "
+                                  '"Upgrades")')
 
 
 @pytest.fixture(autouse=True)

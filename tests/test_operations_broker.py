@@ -28,7 +28,7 @@ from bytewax.recovery import init_db_dir
 from confluent_kafka import ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from nextclick import __version__
+from nextclick import release
 from nextclick.flows.cli import main as cli_main
 from nextclick.flows.local_broker import free_port
 from nextclick.operators.exchange import FORMAT
@@ -455,7 +455,7 @@ def test_a_process_refused_at_start_tells_the_peers_waiting_for_it(setup: FlowSe
     line = run_failing(missing, run_args=("--process-id", "1", "--addresses", ";".join(addresses)))
     assert "does not exist" in line
     now = int(time.time() * 1000)
-    mine = cluster_hello.hello("nextclick", 0, 2, 1, 2, __version__, {}, now, addresses)
+    mine = cluster_hello.hello("nextclick", 0, 2, 1, 2, release(), {}, now, addresses)
     watch = cluster_hello.HelloWatch(setup.kafka, setup.control, mine, lambda: False, lambda _line: None,
                                      lambda: int(time.time() * 1000))
     with caplog.at_level(logging.WARNING, logger="nextclick"):
@@ -492,7 +492,7 @@ def test_a_volume_of_another_cluster_is_named_before_any_epoch(setup: FlowSetup)
                                 "0", "--addresses", f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"],
                                cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     # Process 1, running on a volume of deployment B, says its hello again and again, as a live one does.
-    other = cluster_hello.hello("nextclick", 1, 2, 1, 2, __version__, {}, int(time.time() * 1000), [], True,
+    other = cluster_hello.hello("nextclick", 1, 2, 1, 2, release(), {}, int(time.time() * 1000), [], True,
                                 "b-pod-1", ["b-pod-0", "b-pod-1"])
     until = time.monotonic() + 30
     while started.poll() is None and time.monotonic() < until:
@@ -546,7 +546,7 @@ def test_a_lost_peer_is_named_and_the_cluster_restart_announced(setup: FlowSetup
 
 # Another release in the same cluster: this one with its exchange format moved on by one.
 # Through `entry`, as the installed script: its os._exit skips a teardown that can abort a failed run.
-OTHER_RELEASE = ("import nextclick.operators.exchange as x; x.FORMAT += 1; x.__version__ = '9.9.9'; "
+OTHER_RELEASE = ("import nextclick.operators.exchange as x; x.FORMAT += 1; x._release = '9.9.9'; "
                  "from nextclick.flows.cli import entry; entry()")
 
 
@@ -585,7 +585,7 @@ def test_a_cluster_of_two_releases_stops_with_one_line_naming_them(setup: FlowSe
     """The process that cannot read its peer's batches says why, rather than calling the peer lost."""
     produce(setup.kafka, setup.inputs[0], MESSAGES[:40], 1)
     messages = run_pair(setup, tmp_path, ["-c", OTHER_RELEASE], {})
-    this = f"nextclick {__version__}"
+    this = f"nextclick {release()}"
     refused = [m for m in messages if m.startswith("a process of this cluster runs nextclick ")]
     assert refused, messages
     for m in refused:  # whichever received first names the other's release and format, then its own
@@ -669,9 +669,9 @@ def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
     monkeypatch.setattr(cluster_hello, "REFRESH_S", 0.5)
     topic, now = setup.control, int(time.time() * 1000)
     addresses = ["127.0.0.1:1", "127.0.0.1:2"]
-    earlier = cluster_hello.hello("g", 1, 3, 1, 3, __version__, {}, now - 5 * 60_000, [*addresses, "127.0.0.1:3"])
+    earlier = cluster_hello.hello("g", 1, 3, 1, 3, release(), {}, now - 5 * 60_000, [*addresses, "127.0.0.1:3"])
     cluster_hello.publish_hello(setup.kafka, topic, {**earlier, "said_at": now - 2000})  # its last, as it stopped
-    mine = cluster_hello.hello("g", 0, 2, 1, 2, __version__, {}, now, addresses)
+    mine = cluster_hello.hello("g", 0, 2, 1, 2, release(), {}, now, addresses)
     cluster_hello.publish_hello(setup.kafka, topic, mine)  # as the runner does before the watch starts
     refused: list[str] = []
     watch = cluster_hello.HelloWatch(setup.kafka, topic, mine, lambda: False, refused.append,
@@ -696,7 +696,7 @@ def test_only_a_live_peers_hello_stops_a_process_waiting_for_its_cluster(
     # A cluster that failed is judged by the hellos of the starts that formed it, not by one a peer
     # restarted since said (its state may read otherwise: it committed epochs in between).
     failed_at = int(time.time() * 1000)
-    restarted = cluster_hello.hello("g", 1, 2, 1, 2, __version__, {}, failed_at + 1, addresses, resumes=True)
+    restarted = cluster_hello.hello("g", 1, 2, 1, 2, release(), {}, failed_at + 1, addresses, resumes=True)
     cluster_hello.publish_hello(setup.kafka, topic, {**mine, "process": 1, "said_at": failed_at - 1})
     cluster_hello.publish_hello(setup.kafka, topic, restarted)
     judged = cluster_hello.peer_hellos(setup.kafka, topic, "g", now, 2, timeout_s=5, started_before_ms=failed_at)

@@ -316,8 +316,11 @@ def differences(mine: Mapping[str, Any], peers: Mapping[int, Mapping[str, Any]])
             # Same count, another list (a swapped or mistyped address): each waits for a peer where none listens.
             said.append(f"--addresses {';'.join(theirs['addresses'])} there, {';'.join(mine['addresses'])} here")
         if theirs.get("release") != mine["release"]:
+            # Another release declares other settings (one it does not know reads "not set"): naming them
+            # would send the operator to a ConfigMap that is fine.
             said.append(f"nextclick {theirs.get('release')} there, {mine['release']} here")
-        said += setting_differences(theirs.get("settings", {}), mine["settings"])
+        else:
+            said += setting_differences(theirs.get("settings", {}), mine["settings"])
         if said:
             parts.append(f"process {process} runs with {'; '.join(said)}")
     if not parts:
