@@ -26,6 +26,15 @@ from nextclick.operators.infra.config import ConfigError, load_config
     ("SERVE__RATE_LIMIT", "-5", "[serve].rate_limit must be at least 0 (requests a second per token; 0: no limit), "
                                 "got -5.0"),
     ("TOPICS__INPUTS", " , ", "[topics].inputs must name at least one topic, got []"),
+    # An outside probe: nan passed every bound, and `run` then stopped naming no setting; a huge shard
+    # count hung the first epoch and the drain.
+    ("FLOW__EPOCH_SECONDS", "nan", "[flow].epoch_seconds: expected a finite float, got 'nan'"),
+    ("FLOW__EPOCH_SECONDS", "inf", "[flow].epoch_seconds: expected a finite float, got 'inf'"),
+    ("FLOW__EPOCH_SECONDS", "1e300", "[flow].epoch_seconds must be at most 3600 (seconds between checkpoints, "
+                                     "e.g. 2), got 1e+300"),
+    ("STATE__SHARDS", "100000", "[state].shards must be at most 1024 (each shard is a RocksDB of its own; 4-8 per "
+                                "core is plenty, docs/state.md), got 100000"),
+    ("STATE__SHARDS", "1e400", "[state].shards: expected int, got '1e400'"),
     ("TOPICS__INPUTS", "shop.web,[shop.email]", "[topics].inputs: '[shop.email]' is not a Kafka topic name (letters, "
                                                 "digits, '.', '_' and '-', at most 249)"),
     ("TOPICS__DECISIONS", "out/{channel}", "[topics].decisions: 'out/email' is not a Kafka topic name (letters, "
@@ -86,3 +95,16 @@ def test_the_origin_names_the_environment_once_however_many_variables_are_set() 
         load_config(None, {"NEXTCLICK_FLOW__GROUP_ID": "g", "NEXTCLICK_STATE__SHARDS": "0",
                            "NEXTCLICK_FLOW__ALIGN": "true"})
     assert str(refused.value) == "defaults + environment: [state].shards must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("where", ["state", "state/savepoints", "recovery/sp"])
+def test_savepoints_inside_the_state_or_recovery_directory_are_refused(tmp_path: Path, where: str) -> None:
+    """An outside probe set state.savepoint_dir to state.dir: `state reset --yes` deleted a savepoint
+    named shard-0009 that its dry run had not listed."""
+    env = {"NEXTCLICK_STATE__DIR": str(tmp_path / "state"), "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "recovery"),
+           "NEXTCLICK_STATE__SAVEPOINT_DIR": str(tmp_path / where)}
+    with pytest.raises(ConfigError, match=r"\[state\].savepoint_dir .* is inside state.(dir|recovery_dir) .*: "
+                                          "`state reset` and a lost volume would take the savepoints"):
+        load_config(None, env)
+    env["NEXTCLICK_STATE__SAVEPOINT_DIR"] = str(tmp_path / "savepoints")
+    assert load_config(None, env).state.savepoint_dir == str(tmp_path / "savepoints")

@@ -9,6 +9,7 @@ underscores: `NEXTCLICK_KAFKA__SASL_MECHANISM=PLAIN` sets `sasl.mechanism`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -354,12 +355,16 @@ def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any
                 raise ValueError(value)  # `shards = 2.5` is not 2
             return int(value)
         if isinstance(default, float):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan passes every `<` check, and inf stopped `run` with no setting named
+                raise ValueError(value)
+            return number
         if isinstance(value, (dict, list)):
             raise TypeError(value)
         return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = "a finite float" if type(default) is float else type(default).__name__
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
 
 
 def _section(name: str, raw: Mapping[str, Any], origin: str, from_env: frozenset[str] = frozenset()) -> Any:
@@ -394,6 +399,16 @@ _BOUNDS: tuple[tuple[str, str, float, str], ...] = (
     ("topics", "control_partitions", 1, "at least 1"),
     ("topics", "profiles_partitions", 1, "at least 1, or -1 for the broker's default"),
     ("serve", "rate_limit", 0, "at least 0 (requests a second per token; 0: no limit)"),
+)
+# Upper bounds, checked at load as the lower ones are: (section, key, most, what the line says).
+_UPPER: tuple[tuple[str, str, float, str], ...] = (
+    # Each shard is a RocksDB of its own and a Bytewax key: an outside probe's 100000 never finished its
+    # first epoch, nor a drain after SIGTERM (4096: not ready after 25 s).
+    ("state", "shards", 1024, "at most 1024 (each shard is a RocksDB of its own; 4-8 per core is plenty, "
+                              "docs/state.md)"),
+    ("flow", "epoch_seconds", 3600, "at most 3600 (seconds between checkpoints, e.g. 2)"),
+    ("flow", "stall_seconds", 7 * 24 * 3600, "at most a week (604800)"),
+    ("flow", "progress_seconds", 24 * 3600, "at most a day (86400)"),
 )
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Values below the bound that mean something: -1, the broker's default.
@@ -441,6 +456,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
         value = getattr(getattr(config, section), key)
         if value < least and value not in _SPECIAL.get((section, key), ()):
             raise ConfigError(f"{origin}: [{section}].{key} must be {why}, got {value!r}")
+    for section, key, most, why in _UPPER:
+        value = getattr(getattr(config, section), key)
+        if value > most:
+            raise ConfigError(f"{origin}: [{section}].{key} must be {why}, got {value!r}")
     t = config.topics
     if not t.inputs:
         raise ConfigError(f"{origin}: [topics].inputs must name at least one topic, got []")
@@ -467,6 +486,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{origin}: [flow].{key} must be from 1ms to 100ms (every event can wait one "
                               f"tick), got {text!r}")
     config = config.replace(state={"savepoint_dir": savepoint_root(config.state, origin)})
+    _check_savepoints_apart(config.state, origin)
     if config.state.shard_placement not in ("balanced", "hash"):
         raise ConfigError(f"{origin}: [state].shard_placement must be \"balanced\" or \"hash\", "
                           f"not {config.state.shard_placement!r}")
@@ -503,6 +523,21 @@ def derived_savepoint_dir(state: StateConfig) -> str:
     """The default savepoint directory: beside `state.dir`, on the same volume, made absolute (a
     process that can write its state can write there; a relative path would be each process's own)."""
     return os.path.join(os.path.dirname(os.path.abspath(state.dir)), "savepoints")
+
+
+def _check_savepoints_apart(state: StateConfig, origin: str) -> None:
+    """Savepoints are the way back when a volume or a state goes: inside state.dir or state.recovery_dir,
+    `state reset` deletes them with the state (an outside probe's savepoint named shard-0009 went without
+    being listed), and a lost volume takes them along."""
+    if is_url(state.savepoint_dir):
+        return
+    savepoints = os.path.abspath(state.savepoint_dir)
+    for key, where in (("dir", state.dir), ("recovery_dir", state.recovery_dir)):
+        inside = os.path.abspath(where)
+        if savepoints == inside or savepoints.startswith(inside.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"{origin}: [state].savepoint_dir {state.savepoint_dir} is inside state.{key} "
+                              f"({where}): `state reset` and a lost volume would take the savepoints with the state; "
+                              "give savepoints a directory of their own (docs/state.md, \"Where savepoints go\")")
 
 
 def savepoint_root(state: StateConfig, origin: str = "configuration") -> str:
