@@ -238,7 +238,9 @@ def test_the_read_only_tools_work_on_a_read_only_mount_of_the_state(deployment: 
     savepoint = tmp_path / "sp"
     commands = [f"{sys.executable} -m nextclick profile get cust-00001 > {tmp_path / 'get.json'}",
                 f"{sys.executable} -m nextclick state info > {tmp_path / 'info.json'}",
-                f"{sys.executable} -m nextclick savepoint create {savepoint} > /dev/null"]
+                f"{sys.executable} -m nextclick savepoint create {savepoint} > /dev/null",
+                # A write on the read-only mount: refused naming why, not "in use by a running flow".
+                f"({sys.executable} -m nextclick profile erase cust-00001 >/dev/null 2>{tmp_path / 'erase.err'}; true)"]
     script = (f"mount --bind {copy} {mount} && mount -o remount,ro,bind {mount} && "
               f"! touch {mount}/state/x 2>/dev/null && " + " && ".join(commands))
     done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script], cwd=REPO,
@@ -247,3 +249,6 @@ def test_the_read_only_tools_work_on_a_read_only_mount_of_the_state(deployment: 
     assert orjson.loads((tmp_path / "get.json").read_bytes())["customer"] == key("cust-00001")
     assert orjson.loads((tmp_path / "info.json").read_bytes())["shards"]
     assert read_profiles(savepoint, 4) == read_profiles(copy / "state", 4) != {}
+    refused = (tmp_path / "erase.err").read_text()
+    assert "to erase offline (" in refused and "Read-only file system" in refused, refused
+    assert "in use by a running flow" not in refused

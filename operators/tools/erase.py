@@ -8,6 +8,7 @@ holding a profile that was moved out of a shard), committed at once and purged f
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from confluent_kafka import KafkaException
 
 from nextclick.operators.identity.graph import IdentityGraph
 from nextclick.operators.infra.config import Config
+from nextclick.operators.infra.failures import one_line
 from nextclick.operators.io.control import send_commands
 from nextclick.operators.io.profile_view import send_tombstones
 from nextclick.operators.rules.loader import load_configured_rules
@@ -25,13 +27,22 @@ from nextclick.operators.state.layout import IDENTITY, has_store
 from nextclick.operators.state.store import ShardStore, StateError
 from nextclick.operators.tools.startup import identity_rules, partial_volume, state_families
 
+# RocksDB's words when another process holds the store's LOCK (a running flow).
+_LOCKED = re.compile(r"lock.*(temporarily unavailable|no locks available|lock hold by current process)",
+                     re.IGNORECASE)
+
 
 def _open(path: Path, config: Config) -> ShardStore:
     try:
         return ShardStore(path, keep_checkpoints=config.state.keep_checkpoints)
-    except StateError:
-        raise StateError(f"{path} is in use by a running flow; use `nextclick profile erase --online` to send "
-                         f"the erase command through {config.topics.control}") from None
+    except StateError as exc:
+        said = one_line(exc)
+        if _LOCKED.search(said):
+            raise StateError(f"{path} is in use by a running flow; use `nextclick profile erase --online` to send "
+                             f"the erase command through {config.topics.control}") from None
+        # A read-only mount, a full disk, permissions: an outside probe was told "in use by a running flow".
+        raise StateError(f"state.dir {config.state.dir}: cannot open {path} to erase offline ({said}); it needs "
+                         "state.dir writable and the flow stopped") from None
 
 
 def _record(config: Config, members: list[str], request_id: str | None) -> str:
