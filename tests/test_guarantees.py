@@ -541,3 +541,16 @@ def test_a_process_that_checks_while_another_sets_the_shared_directories_up_wait
         done.set()
         writer.join(10)
     assert not plan.fresh and manifest.exists()
+
+
+def test_a_state_dir_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
+    """An outside probe's `state reset --yes` on a read-only mount printed only "[Errno 30] Read-only file
+    system: '…/.nextclick-start.lock'"; a start did the same. Here the path is a file, the same refusal."""
+    from nextclick.operators.state.manifest import start_lock
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(StateError, match=r"^state.dir .*/not-a-directory/state: Not a directory: every start and "
+                                         r"`state reset` write there first: give a writable directory$"):
+        with start_lock(blocker / "state"):
+            pass

@@ -262,8 +262,13 @@ def _try_lock(fh: IO[bytes]) -> bool:
 @contextlib.contextmanager
 def start_lock(state_dir: Path) -> Iterator[None]:
     """Processes sharing one state directory check and create it one at a time."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / START_LOCK_FILE, "a+b") as fh:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(state_dir / START_LOCK_FILE, "a+b")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:  # an outside probe's read-only mount read "[Errno 30] Read-only file system: '…'"
+        raise StateError(f"state.dir {state_dir}: {exc.strerror or exc}: every start and `state reset` write "
+                         "there first: give a writable directory") from None
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
