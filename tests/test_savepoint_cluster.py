@@ -693,6 +693,25 @@ def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
         stale.decide()
 
 
+def test_a_wait_for_peers_says_who_is_missing_and_where_it_looks_while_it_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An outside probe gave one pod another state.savepoint_dir: every process waited 300 s with no word
+    (each looked for its peers' reports in its own directory). It now says so every 30 s."""
+    from nextclick.operators.tools import savepoint as module
+    from nextclick.operators.tools.savepoint import Generations
+
+    monkeypatch.setattr(module, "_SAY_EVERY_S", 0.2)
+    shared = tmp_path / "shared"
+    waiting = Generations(_deployment(tmp_path / "pod-0", str(shared)), 0, 2, timeout_s=1.0)
+    with caplog.at_level("WARNING", logger="nextclick"), pytest.raises(SavepointError):
+        waiting.decide()
+    said = [r.getMessage() for r in caplog.records if "have not reported" in r.getMessage()]
+    assert said and said[0].startswith(f"state.on_lost_volume: process(es) 1 of 2 have not reported in "
+                                       f"{shared / '.cluster'} (not every process reported); every process must "
+                                       "run with the same state.savepoint_dir"), said
+    waiting.close()
+
+
 def test_two_processes_started_as_one_id_are_named_rather_than_waited_for(tmp_path: Path) -> None:
     """An outside probe started two pods as --process-id 0 in restore mode: both waited 300 s, then said
     process 1 did not report. Each rewrites the same report; the one that reads the other's says so."""

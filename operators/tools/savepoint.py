@@ -903,6 +903,7 @@ _GENERATION_FILE = ".nextclick-generation.json"
 _FRESH_S = 6.0  # a report older than this is from a process that is not (or no longer) waiting
 _GONE_S = 15.0  # a peer that reported since this process started and then not for this long has exited
 _REFUSALS_EVERY_S = 5.0  # how often a waiting process reads its peers' refusals (a short read of the control topic)
+_SAY_EVERY_S = 30.0  # how often a waiting process logs which peers have not reported
 
 
 def _state_generation(state_dir: str | Path) -> int | None:
@@ -1010,6 +1011,7 @@ class Generations:
         self._started = time.time()
         self._seen: set[int] = set()  # peers that reported since this process started
         self._refusals, self._refusals_next = refusals, 0.0
+        self._said_next = 0.0
         self._stop = False
         try:
             self._report()
@@ -1103,6 +1105,16 @@ class Generations:
                 raise SavepointError(f"state.on_lost_volume: process {i} of {self.processes} does not join while "
                                      f"the cluster is forming ({what}): {line}; this process stops too, and the "
                                      "cluster forms once every process starts again")
+        if time.monotonic() >= self._said_next:
+            # An outside probe's pod with another state.savepoint_dir waited 300 s with no word: say every
+            # 30 s who is missing, and where this process looks for them.
+            self._said_next = time.monotonic() + _SAY_EVERY_S
+            missing = [i for i in range(self.processes) if i != self.process_id and not self._fresh(i)]
+            if missing and time.time() - self._started >= _SAY_EVERY_S:
+                left = deadline - time.monotonic()
+                log.warning(f"state.on_lost_volume: process(es) {', '.join(map(str, missing))} of {self.processes} "
+                            f"have not reported in {self.dir} ({what}); every process must run with the same "
+                            f"state.savepoint_dir, a directory they all share; waiting {left:.0f}s more")
         if time.monotonic() > deadline:
             stale = [i for i in range(self.processes) if not self._fresh(i)]
             raise SavepointError(f"state.on_lost_volume: {what} within {self.timeout_s:.0f}s; process(es) "
