@@ -142,18 +142,23 @@ def test_a_second_merge_in_the_batch_is_applied_before_the_first_merges_timers_f
     assert late and all(version == 6 for _, version in late)  # 2 events of theirs, 2 logins, 2 moved
 
 
+def _cart_on_a_shard(tmp_path: Path, customer: str, consented: str, *before: Any) -> tuple[ShardLogic, list[Any]]:
+    """A shard that waits for the frontier, and `customer`'s cart a minute after `consented` consented
+    (`before`: items between the two); what it sent so far."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
+                       sync=False, await_frontier=True)
+    shard = ShardLogic(ctx, None)
+    out = shard.on_batch([consent(T0, customer=consented, event_id="c"), *before])[0]
+    out += shard.on_batch([make_event("add_to_cart", T0 + MIN, customer=customer, event_id="cart", sku="s",
+                                      amount=20.0, quantity=1, category="bags"), Frontier(0, T0 + 2 * MIN)])[0]
+    return shard, out
+
+
 def _late_sign_in(tmp_path: Path, frontier_first: bool) -> list[tuple[str, str]]:
     """A cookie's cart with no consent, then a sign-in (the cookie's profile merged into a customer who
     consented) 70 minutes later: after the cart's deadline and the allowed lateness. The frontier's
     timer turn and the merge reach the shard in either order. The decisions, as (rule, customer)."""
-    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
-                       sync=False, await_frontier=True)
-    shard = ShardLogic(ctx, None)
-    out: list[Any] = []
-    out += shard.on_batch([consent(T0, customer="w", event_id="c"),
-                           make_event("add_to_cart", T0 + MIN, customer="a", event_id="cart", sku="s", amount=20.0,
-                                      quantity=1, category="bags"),
-                           Frontier(0, T0 + 2 * MIN)])[0]
+    shard, out = _cart_on_a_shard(tmp_path, "a", "w")
     at = T0 + 70 * MIN
     merge = [MoveOut("a", "w", "0", at_ms=at), MergeExpect("w", ("a",), {"customer": ["w"], "cookie": ["a"]}, at_ms=at),
              make_event("login", at, customer="w", event_id="login")]
@@ -183,15 +188,8 @@ def _shared_after_the_cart(tmp_path: Path, frontier_first: bool) -> list[tuple[s
     reach the shard in either order. The decisions, as (rule, reachable, address)."""
     from nextclick.operators.records import Detach
 
-    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
-                       sync=False, await_frontier=True)
-    shard = ShardLogic(ctx, None)
-    out: list[Any] = []
-    out += shard.on_batch([consent(T0, customer="w", event_id="c"),
-                           MergeExpect("w", ("a",), {"customer": ["w"], "cookie": ["a"]}, at_ms=T0)])[0]
-    out += shard.on_batch([MoveIn("w", "a", None, "0")])[0]
-    out += shard.on_batch([make_event("add_to_cart", T0 + MIN, customer="w", event_id="cart", sku="s", amount=20.0,
-                                      quantity=1, category="bags"), Frontier(0, T0 + 2 * MIN)])[0]
+    shard, out = _cart_on_a_shard(tmp_path, "w", "w", MergeExpect("w", ("a",), {"customer": ["w"], "cookie": ["a"]},
+                                                                  at_ms=T0), MoveIn("w", "a", None, "0"))
     detach, past_the_cart = [Detach("w", "a", at_ms=T0 + 90 * MIN)], [Frontier(0, T0 + 2 * HOUR)]
     for items in ([past_the_cart, detach] if frontier_first else [detach, past_the_cart]):
         out += shard.on_batch(items)[0] + shard.on_notify()[0]
@@ -216,13 +214,7 @@ def _erased_through_a_later_sign_in(tmp_path: Path, frontier_first: bool) -> lis
     either order. The decisions, as (rule, customer)."""
     from nextclick.operators.records import EraseRequest
 
-    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + 3 * HOUR),
-                       sync=False, await_frontier=True)
-    shard = ShardLogic(ctx, None)
-    out: list[Any] = []
-    out += shard.on_batch([consent(T0, customer="a", event_id="c"),
-                           make_event("add_to_cart", T0 + MIN, customer="a", event_id="cart", sku="s", amount=20.0,
-                                      quantity=1, category="bags"), Frontier(0, T0 + 2 * MIN)])[0]
+    shard, out = _cart_on_a_shard(tmp_path, "a", "a")
     erase = [EraseRequest("a", "linked-by-an-erased-persons-event", part=True, requested_at=T0 + 100 * MIN,
                           fire_before=T0 + 90 * MIN)]
     past_the_cart = [Frontier(0, T0 + 2 * HOUR)]
