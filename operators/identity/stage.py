@@ -182,7 +182,6 @@ class IdentityState:
         self.erasures: list[EraseRequest] = sorted((_decode_erasure(v) for _, v in store.scan(ERASURE_PREFIX)),
                                                    key=_erasure_order)
         self._erasures_stored = {_erasure_key(e) for e in self.erasures}
-        metrics.ERASURES_WAITING.set(len(self.erasures))
         self.after_erasure: list[Event] = []
 
     @classmethod
@@ -246,7 +245,6 @@ class IdentityState:
             return
         self.erasures.append(request)
         self.erasures.sort(key=_erasure_order)
-        metrics.ERASURES_WAITING.set(len(self.erasures))
         log.info("erasure waits for the input to reach its time",
                  extra={"customer": request.customer, "requested_at": request.requested_at})
 
@@ -257,7 +255,6 @@ class IdentityState:
         erasures = self.erasures
         while erasures and self._reached(erasures[0].requested_at):  # type: ignore[arg-type]
             request = erasures.pop(0)
-            metrics.ERASURES_WAITING.set(len(erasures))
             self._erase(dataclasses.replace(request, fire_before=request.requested_at), out)
         if self.after_erasure and (not erasures or any(e.ts <= erasures[0].requested_at  # type: ignore[operator]
                                                        for e in self.after_erasure)):

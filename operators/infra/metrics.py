@@ -102,9 +102,6 @@ QUARANTINED = Counter("nextclick_quarantined_profiles_total",
                       "failed), by step.", ["step"], registry=REGISTRY)
 ABSENCES = Counter("nextclick_absences_fired_total", "Absence signals that completed.", registry=REGISTRY)
 ERASURES = Counter("nextclick_erasures_total", "Customers erased.", registry=REGISTRY)
-ERASURES_WAITING = Gauge("nextclick_erasures_waiting",
-                         "Erasures read ahead of a backlog, waiting for the input to reach their requested_at.",
-                         registry=REGISTRY)
 EVENTS_OF_ERASED = Counter("nextclick_events_of_erased_total",
                            "Events not applied: they name an identifier erased after their time (a replay "
                            "after a crash or a restore, or a late event of the erased person).", registry=REGISTRY)
