@@ -120,9 +120,6 @@ _ENCODE_ERASURE = msgspec.msgpack.Encoder().encode
 _DECODE_ERASURE = msgspec.msgpack.Decoder(tuple[str, str, int, bool]).decode
 
 
-_NAMING_PREFIXES = (HELD_PREFIX, ERASURE_PREFIX)
-
-
 def _erasure_key(request: EraseRequest) -> bytes:
     return ERASURE_PREFIX + request.request_id.encode() + b"\0" + request.customer.encode()
 
@@ -447,13 +444,12 @@ class IdentityState:
         # the undo records for both.
         named = [key.encode() for key in (request.customer, *self.graph.members(request.customer))]
 
-        def naming(key: bytes) -> bool:  # held events, and erasures that waited (both name the person)
-            return key[:1] in _NAMING_PREFIXES and any(n in key for n in named)
+        def naming(key: bytes) -> bool:
+            return key[:1] == HELD_PREFIX and any(n in key for n in named)
 
-        doomed = [key for key in (*self._held_stored, *self._erasures_stored) if naming(key)]
+        doomed = [key for key in self._held_stored if naming(key)]
         members = self.graph.erase(request.customer, also=doomed, matching=naming)
         self._held_stored.difference_update(doomed)
-        self._erasures_stored.difference_update(doomed)  # one still waiting is stored again at the checkpoint
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
         self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
         if self.order is not None:  # held events from before it are the erased person's: they go now

@@ -722,9 +722,5 @@ def test_an_erasure_read_ahead_of_a_backlog_waits_for_the_input_to_reach_its_tim
     flow.send([Progress("input#0", T0 + 100 * MIN, 1)])  # and the page view's (held since the restart)
     flow.epoch_end()
     flow.close()
-    # Neither the waiting erasure nor the held page view left the person's key in the stage's files
-    # (undo records included): the erasure took them with it.
-    from tests.helpers import raw_entries
-    assert not [k for k, v in raw_entries(tmp_path / "identity" / "shard-0000") if key(*ck).encode() in k + v]
     after = read_profile(tmp_path, 1, key(*ck))  # the page view after the erasure, on a new profile
     assert after is not None and after["facts"]["first_seen"] == T0 + 100 * MIN, after
