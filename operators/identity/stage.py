@@ -34,10 +34,7 @@ reader's batches reach this stage on their own channel.
 
 An erasure of any identifier forgets every identifier linked with it (graph, at once) and sends every
 family's shard of each of them an erasure, so their profiles and the undo records of profiles moved
-out of a shard go too. It takes effect at its time: read ahead of a backlog, it waits (stored) until
-the input's frontier reaches its `requested_at`, the events dated after it waiting behind it, and each
-shard fires what was due by then before it erases (`_erase_in_event_time`). A savepoint request is
-copied to every shard of every family.
+out of a shard go too. A savepoint request is copied to every shard of every family.
 """
 
 from __future__ import annotations
@@ -114,25 +111,6 @@ class IdentityContext:
         return Family(IDENTITY, IDENTITY, 1)
 
 
-# In the stage's store: one key per erasure waiting for the input to reach its time.
-ERASURE_PREFIX = b"E"
-_ENCODE_ERASURE = msgspec.msgpack.Encoder().encode
-_DECODE_ERASURE = msgspec.msgpack.Decoder(tuple[str, str, int, bool]).decode
-
-
-def _erasure_key(request: EraseRequest) -> bytes:
-    return ERASURE_PREFIX + request.request_id.encode() + b"\0" + request.customer.encode()
-
-
-def _decode_erasure(data: bytes) -> EraseRequest:
-    customer, request_id, at, part = _DECODE_ERASURE(data)
-    return EraseRequest(customer, request_id, requested_at=at, part=part)
-
-
-def _erasure_order(request: EraseRequest) -> tuple[int, str, str]:
-    return request.requested_at or 0, request.request_id, request.customer
-
-
 class _RefusalLog:
     """One log line per refused link, at most `per_minute` per reason (a misbehaving producer can send a
     placeholder id in every event); the next line says how many were not written."""
@@ -174,12 +152,6 @@ class IdentityState:
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
         self.order, self._held_stored = load_held(store.scan(HELD_PREFIX), ctx.order_bound_ms, ctx.clock.now_ms)
-        # Erasures waiting for the input to reach their time, oldest first, and the events dated after the
-        # first of them, which wait behind it (see `_erase_in_event_time`). Stored at each checkpoint.
-        self.erasures: list[EraseRequest] = sorted((_decode_erasure(v) for _, v in store.scan(ERASURE_PREFIX)),
-                                                   key=_erasure_order)
-        self._erasures_stored = {_erasure_key(e) for e in self.erasures}
-        self.after_erasure: list[Event] = []
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -210,8 +182,6 @@ class IdentityState:
             out += self.release()
             if self.ctx.order_bound_ms is None and not order.held:
                 self.order = None  # what a run with several readers held is let go: read order from here
-        if self.erasures:
-            out += self.release_erasures()
         self.ledger.note_positions(values)
         return out
 
@@ -221,56 +191,14 @@ class IdentityState:
             return []
         return self._apply(self.order.release(*self.frontier.current()))
 
-    # -- erasures in event time -----------------------------------------------------------------------
-
-    def _reached(self, at: int) -> bool:
-        """The input's frontier is at `at` or past it: every event dated before it has been read."""
-        known, floor = self.frontier.current()
-        return known and (floor if floor is not None else self.ctx.clock.now_ms()) >= at
-
-    def _erase_in_event_time(self, request: EraseRequest, out: list[Routed]) -> None:
-        """An erasure takes effect at its time (`requested_at`; without one, when read), in event-time order
-        with the events: those dated before it are applied first and what they left due by then is decided,
-        as live; those dated after it start afresh. The control topic is read ahead of the inputs in a
-        backlog (commands are not events), so the erasure waits here until the input reaches its time (an
-        outside probe: whether a cart due before the erasure got its email depended on when the erasure
-        was read, 70 to 100 of 100). It waits in the stage's store, so a crash does not lose it."""
-        if request.requested_at is None:
-            request = dataclasses.replace(request, requested_at=self.ctx.clock.now_ms())
-        if not self.erasures and self._reached(request.requested_at):  # type: ignore[arg-type]
-            self._erase(dataclasses.replace(request, fire_before=request.requested_at), out)
-            return
-        self.erasures.append(request)
-        self.erasures.sort(key=_erasure_order)
-        log.info("erasure waits for the input to reach its time",
-                 extra={"customer": request.customer, "requested_at": request.requested_at})
-
-    def release_erasures(self) -> list[Routed]:
-        """The waiting erasures the frontier has reached, carried out in their order, then the events that
-        waited behind them (those behind a later erasure wait on)."""
-        out: list[Routed] = []
-        erasures = self.erasures
-        while erasures and self._reached(erasures[0].requested_at):  # type: ignore[arg-type]
-            request = erasures.pop(0)
-            self._erase(dataclasses.replace(request, fire_before=request.requested_at), out)
-        if self.after_erasure and (not erasures or any(e.ts <= erasures[0].requested_at  # type: ignore[operator]
-                                                       for e in self.after_erasure)):
-            waiting, self.after_erasure = self.after_erasure, []
-            out += self._apply(waiting)
-        return out
-
     def _apply(self, values: list[IdentityItem] | list[Event]) -> list[Routed]:
         out: list[Routed] = []
         find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
         crc32 = zlib.crc32
         erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
         shared = self.graph.shared  # empty until two customer ids sign in on one cookie or device
-        erasures = self.erasures
         for value in values:
             if type(value) is Event:
-                if erasures and value.ts > erasures[0].requested_at:  # type: ignore[operator]
-                    self.after_erasure.append(value)  # after the erasure, as read live: once it is done
-                    continue
                 if erased and self.graph.of_erased(value):
                     # An erased person's event from before the erasure (a replay after a crash or a
                     # restore reads it after the erasure): applying it would bring them back.
@@ -298,7 +226,7 @@ class IdentityState:
                     continue
                 self._link(value, out)
             elif type(value) is EraseRequest:
-                self._erase_in_event_time(value, out)
+                self._erase(value, out)
             elif type(value) is SavepointRequest:
                 self._savepoint(value, out)
             elif type(value) is Progress:
@@ -476,15 +404,7 @@ class IdentityState:
     def checkpoint(self) -> int:
         started = time.perf_counter()
         held = {held_key(e): e for e in self.order.events()} if self.order is not None else {}
-        held.update((held_key(e), e) for e in self.after_erasure)
         self._held_stored = write_held(self.store, self._held_stored, held)  # a resume holds them again
-        waiting = {_erasure_key(e): e for e in self.erasures}
-        for key in self._erasures_stored - waiting.keys():
-            self.store.delete(key)
-        for key in waiting.keys() - self._erasures_stored:
-            self.store.put(key, _ENCODE_ERASURE((waiting[key].customer, waiting[key].request_id,
-                                                 waiting[key].requested_at, waiting[key].part)))
-        self._erasures_stored = set(waiting)
         seq = self.ledger.commit(self._write_savepoint)
         metrics.CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
         return seq
@@ -527,21 +447,15 @@ class IdentityLogic(StatefulBatchLogic[IdentityItem | list[IdentityItem], Routed
         return self.state.frontier_items()
 
     def notify_at(self) -> datetime | None:
-        if self.state.erasures:  # a caught-up input's frontier is the clock: it reaches them with no report
-            return min(self._frontier_next, datetime.now(UTC) + timedelta(seconds=FRONTIER_EVERY_S))
         return self._frontier_next if self.state.frontier_moved else None
 
     def on_notify(self) -> tuple[list[Routed], bool]:
-        out = self.state.release_erasures() if self.state.erasures else []
-        return grouped(out + self._send_frontier()), StatefulBatchLogic.RETAIN
+        return grouped(self._send_frontier()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Routed], bool]:
         # The input ended: its last reports (with --stop-at-end, "caught up") go out now, behind what
         # they release.
-        out = self.state.release()
-        if self.state.erasures:
-            out += self.state.release_erasures()
-        return grouped(out + self.state.frontier_items()), StatefulBatchLogic.RETAIN
+        return grouped(self.state.release() + self.state.frontier_items()), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ResumeState:
         return {"shard": 0, "seq": self.state.checkpoint()}

@@ -224,9 +224,6 @@ class Stitched:
         rules = default_identity_rules()
         self.root, self.shards, self.clock = root, shards, clock or ManualClock(NOW)
         self.identity = IdentityLogic(IdentityContext(root, shards, rules, sync=False), None)
-        # An input that is caught up (its one partition's report): an erasure is carried out when read,
-        # as its time has passed. Tests of an erasure that waits for a backlog give their own frontier.
-        self.identity.state.frontier.note("input#0", None, 1)
         self.families = profile_families(shards, rules.anchors)
         self.logics: dict[str, ShardLogic] = {}
         self.decisions: list[Decision] = []
@@ -687,40 +684,3 @@ def test_a_cookie_two_customers_signed_in_on_is_nobodys_afterwards(tmp_path: Pat
     flow.deliver(flow.identity.on_batch([EraseRequest(key(*alice), "r1", SRC, requested_at=T0 + 5 * MIN)])[0])  # type: ignore[arg-type]
     assert flow.identity.state.graph.shared == set()
     flow.close()
-
-
-def test_an_erasure_read_ahead_of_a_backlog_waits_for_the_input_to_reach_its_time(tmp_path: Path) -> None:
-    """An outside probe: in a backlog the control topic is read ahead of the inputs, so an erasure
-    was carried out before the events dated before it had had their effect: whether a cart abandoned an
-    hour before the erasure got its email depended on when the erasure was read (70 to 100 of 100; live,
-    100). Now the erasure waits, in the stage's store across a restart, until the input reaches its time;
-    what was due by then is decided first, and an event dated after it starts afresh."""
-    from nextclick.operators.records import Progress
-
-    flow = Stitched(tmp_path, shards=1, clock=ManualClock(T0))  # shards fire nothing by their clock
-    state = flow.identity.state
-    state.frontier = type(state.frontier)(state.ctx.clock.now_ms)
-    ck = ("cookie", "ck")
-    flow.send([Progress("input#0", T0, 1)])  # the backlog: the input is at T0
-    flow.send([web("c", "consent", T0, ck, channel="email", granted=True),
-               web("cart", "add_to_cart", T0 + MIN, ck, sku="s", amount=20.0, quantity=1, category="bags")])
-    flow.send([EraseRequest(key(*ck), "dsr-1", SRC, requested_at=T0 + 90 * MIN)])  # read ahead of the input
-    flow.send([web("v", "page_view", T0 + 100 * MIN, ck, page_type="home")])  # after the erasure: it waits
-    assert [e.request_id for e in flow.identity.state.erasures] == ["dsr-1"]
-    assert [e.event_id for e in flow.identity.state.after_erasure] == ["v"]
-    assert flow.decisions == [] and read_profile(tmp_path, 1, key(*ck)) is None  # nothing committed yet
-    seq = flow.identity.snapshot()["seq"]
-    for logic in flow.logics.values():
-        logic.snapshot()
-    flow.identity.state.close()
-    flow.identity = IdentityLogic(state.ctx, {"shard": 0, "seq": seq})  # a restart: it still waits
-    flow.identity.state.frontier.note("input#0", T0, 1)
-    assert [e.request_id for e in flow.identity.state.erasures] == ["dsr-1"]
-    flow.send([Progress("input#0", T0 + 95 * MIN, 1)])  # the input reaches the erasure's time
-    assert flow.identity.state.erasures == []
-    assert [(d.rule_id, d.customer) for d in flow.decisions] == [("cart_abandonment_email", key(*ck))]
-    flow.send([Progress("input#0", T0 + 100 * MIN, 1)])  # and the page view's (held since the restart)
-    flow.epoch_end()
-    flow.close()
-    after = read_profile(tmp_path, 1, key(*ck))  # the page view after the erasure, on a new profile
-    assert after is not None and after["facts"]["first_seen"] == T0 + 100 * MIN, after
