@@ -108,3 +108,17 @@ def test_savepoints_inside_the_state_or_recovery_directory_are_refused(tmp_path:
         load_config(None, env)
     env["NEXTCLICK_STATE__SAVEPOINT_DIR"] = str(tmp_path / "savepoints")
     assert load_config(None, env).state.savepoint_dir == str(tmp_path / "savepoints")
+
+
+def test_savepoints_reached_through_a_symlink_into_the_state_or_around_it_are_refused(tmp_path: Path) -> None:
+    """A recheck probe: a savepoint_dir that is a symlink to state.dir passed the check, and the reset
+    deleted the savepoint again. A state.dir inside savepoint_dir is refused too."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "state")
+    env = {"NEXTCLICK_STATE__DIR": str(tmp_path / "state"), "NEXTCLICK_STATE__RECOVERY_DIR": str(tmp_path / "recovery"),
+           "NEXTCLICK_STATE__SAVEPOINT_DIR": str(tmp_path / "link")}
+    with pytest.raises(ConfigError, match=r"is inside state.dir"):
+        load_config(None, env)
+    env["NEXTCLICK_STATE__SAVEPOINT_DIR"] = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"state.dir .* is inside \[state\].savepoint_dir"):
+        load_config(None, env)

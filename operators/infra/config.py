@@ -531,13 +531,22 @@ def _check_savepoints_apart(state: StateConfig, origin: str) -> None:
     being listed), and a lost volume takes them along."""
     if is_url(state.savepoint_dir):
         return
-    savepoints = os.path.abspath(state.savepoint_dir)
+
+    def within(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    # Resolved: a recheck probe's savepoint_dir was a symlink to state.dir, and the reset ate its savepoint.
+    savepoints = os.path.realpath(state.savepoint_dir)
     for key, where in (("dir", state.dir), ("recovery_dir", state.recovery_dir)):
-        inside = os.path.abspath(where)
-        if savepoints == inside or savepoints.startswith(inside.rstrip(os.sep) + os.sep):
+        other = os.path.realpath(where)
+        if within(savepoints, other):
             raise ConfigError(f"{origin}: [state].savepoint_dir {state.savepoint_dir} is inside state.{key} "
                               f"({where}): `state reset` and a lost volume would take the savepoints with the state; "
                               "give savepoints a directory of their own (docs/state.md, \"Where savepoints go\")")
+        if within(other, savepoints):  # a savepoint named like the state's directory would be written into it
+            raise ConfigError(f"{origin}: state.{key} {where} is inside [state].savepoint_dir {state.savepoint_dir}: "
+                              "savepoints and state each need a directory of their own (docs/state.md, \"Where "
+                              "savepoints go\")")
 
 
 def savepoint_root(state: StateConfig, origin: str = "configuration") -> str:
