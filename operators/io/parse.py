@@ -345,18 +345,20 @@ _PHONE = re.compile(r"\+[1-9][0-9]{6,14}")
 _PHONE_SEPARATORS = re.compile(r"[\s\-.()/]")
 
 
-# Ways an at sign is written that read as one to whoever decodes the text further down: full-width and
-# small forms (NFKC makes them "@"), percent-encoding (a URL's query) and HTML character references.
-_AT_FORMS = ("@", "\uff20", "\ufe6b", "%40", "&#", "&commat")
-
-
 def _decoded(text: str) -> str:
-    """`text` as a reader who decodes it sees it: percent-decoded, HTML references resolved, NFKC."""
-    return unicodedata.normalize("NFKC", html.unescape(urllib.parse.unquote(text)))
+    """`text` as a reader who decodes it sees it: percent-decoded (again, for `%2540`), HTML references
+    resolved, NFKC (full-width and small forms), invisible format characters (a zero-width space) out."""
+    for _ in range(3):
+        once = urllib.parse.unquote(text)
+        if once == text:
+            break
+        text = once
+    text = unicodedata.normalize("NFKC", html.unescape(text))
+    return text if text.isascii() else "".join(c for c in text if unicodedata.category(c) != "Cf")
 
 
 # Bytes without which no form of an at sign `personal_field` decodes can be spelled: a JSON escape
-# (`\\u0040`, `\\u0025`) may spell any of them, and 0xEF leads the full-width and small forms' UTF-8.
+# (`\u0040`, `\u0025`) may spell any of them, and 0xEF leads the full-width and small forms' UTF-8.
 _AT_LEADS = b"@%&\\\xef"
 
 
@@ -366,17 +368,25 @@ def may_hold_an_email(raw: bytes) -> bool:
     return len(raw.translate(None, _AT_LEADS)) != len(raw)
 
 
+_PHONE_STARTS = ("+", "\uff0b", "%", "tel:", "TEL:", "Tel:")
+
+
 def personal_kind(text: str) -> str | None:
-    """"an email address" or "a phone number" when `text` holds one, else None. Escaped at signs count
-    (`jane%40example.com`, `jane＠example.com`: an outside probe found them passed as sent); a phone
-    number only as the whole text, in international form (`+49 151 1234567`), since digits inside a
-    text cannot be told from an order number."""
+    """"an email address" or "a phone number" when `text` holds one, else None. Encoded forms count
+    (`jane%40example.com`, `jane＠example.com`, a zero-width space before the at sign: outside probes
+    found each passed as sent); a phone number only as the whole text, in international form (`+49 151
+    1234567`, `tel:+49…`, full-width digits), since digits inside a text cannot be told from an order
+    number, nor a national number from one."""
     if "@" in text and _EMAIL.search(text):
         return "an email address"
-    if any(form in text for form in _AT_FORMS) and _EMAIL.search(_decoded(text)):
+    plain = text.isascii() and "%" not in text and "&" not in text
+    decoded = text if plain else _decoded(text)
+    if not plain and "@" in decoded and _EMAIL.search(decoded):
         return "an email address"
-    if text[:1] == "+" and _PHONE.fullmatch(_PHONE_SEPARATORS.sub("", text)):
-        return "a phone number"
+    if text.startswith(_PHONE_STARTS):
+        number = decoded[4:] if decoded[:4].lower() == "tel:" else decoded
+        if number[:1] == "+" and _PHONE.fullmatch(_PHONE_SEPARATORS.sub("", number)):
+            return "a phone number"
     return None
 
 
@@ -389,9 +399,9 @@ def personal_field(attrs: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def may_hold_personal_data(raw: bytes) -> bool:
-    """Whether `personal_kind` could find anything in a message's strings: an at sign in any form, or
-    a string that starts with "+"."""
-    return may_hold_an_email(raw) or b'"+' in raw
+    """Whether `personal_kind` could find anything in a message's strings: an at sign in any form, or a
+    string that starts as a phone number does (the full-width plus and "%" are in `may_hold_an_email`)."""
+    return may_hold_an_email(raw) or b'"+' in raw or b'"tel:' in raw or b'"TEL:' in raw or b'"Tel:' in raw
 
 
 NO_IDENTIFIER_BUT_A_PLACEHOLDER = ("no identifier: 'customer_id' is a placeholder value the identity rules block "
