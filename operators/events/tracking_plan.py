@@ -62,15 +62,22 @@ PII_FIELDS = frozenset(name for name, prop in envelope()["properties"].items()
 PII_WORDS = frozenset({"email", "mail", "phone", "mobile", "telephone", "tel", "fax", "address", "ip", "ipv4",
                        "ipv6", "surname", "firstname", "lastname", "fullname", "username", "birth", "birthday",
                        "birthdate", "dob", "ssn", "passport", "iban", "password", "postcode", "zip", "zipcode",
-                       "msisdn", "imei", "street", "gsm", "pan", "cvv", "cvc"})
+                       "msisdn", "imei", "street", "gsm", "pan", "cvv", "cvc",
+                       # a recheck probe's, each accepted before: secrets, location, special categories of
+                       # personal data (GDPR art. 9), pay, and the German words a team may use
+                       "pwd", "passwd", "addr", "bday", "lat", "lng", "lon", "latitude", "longitude", "geo",
+                       "geolocation", "gps", "salary", "income", "religion", "ethnicity", "ethnic", "race",
+                       "health", "medical", "diagnosis", "disability", "biometric", "sexuality", "plz",
+                       "telefon", "handy", "adresse", "geburtsdatum", "vorname", "nachname"})
 PII_STEMS = ("email", "phone", "msisdn", "address", "passport", "password", "surname", "firstname", "lastname",
              "fullname", "username", "birth", "postcode", "zipcode", "cardnumber", "creditcard", "streetname",
              # read with the name's `_` and digits taken out (`social_security_number`, `postal_code`)
              "socialsecurity", "postalcode", "displayname", "nickname", "licenceplate", "licenseplate",
-             "nationalinsurance")
+             "nationalinsurance", "sozialversicherung", "steuernummer", "steuerid", "geburtstag")
 # Two words that are personal data together, each harmless alone (`tax_id`; `taxi_distance` is fine).
 PII_PAIRS = frozenset({("tax", "id"), ("national", "id"), ("cc", "number"), ("cc", "no"), ("cc", "num"),
-                       ("credit", "card"), ("id", "card"), ("vat", "id")})
+                       ("credit", "card"), ("id", "card"), ("vat", "id"), ("account", "number"), ("account", "no"),
+                       ("tax", "number"), ("tax", "no"), ("bank", "account"), ("sort", "code"), ("routing", "number")})
 _PERSON = frozenset({"first", "last", "full", "given", "family", "middle", "maiden", "nick", "user", "customer",
                      "contact", "person", "real", "legal"})
 _WORD_BREAK = re.compile(r"[_0-9]+")

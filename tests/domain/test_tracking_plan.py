@@ -291,7 +291,11 @@ def test_a_bad_plan_is_one_line_naming_the_file_and_the_field(tmp_path: Path, te
                                   "street", "gsm", "card_number", "creditcard_last4",
                                   # a later probe's, each accepted before
                                   "social_security_number", "credit_card", "cc_number", "postal_code", "national_id",
-                                  "tax_id", "display_name", "nickname", "licence_plate", "license_plate_no"])
+                                  "tax_id", "display_name", "nickname", "licence_plate", "license_plate_no",
+                                  # and a recheck probe's
+                                  "pwd", "account_number", "tax_number", "geo_lat", "latitude", "lng", "addr", "bday",
+                                  "salary", "religion", "ethnicity", "health_condition", "plz", "telefon",
+                                  "adresse", "geburtsdatum", "vorname", "nachname", "sozialversicherungsnummer"])
 def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     with pytest.raises(PlanError, match=f"attributes.{name}: personal data cannot be a targeting attribute"):
@@ -300,7 +304,8 @@ def test_an_attribute_named_like_personal_data_in_any_spelling_is_refused(tmp_pa
 
 @pytest.mark.parametrize("name", ["product_name", "device_class", "referrer_campaign", "loyalty_tier", "coupon_code",
                                   "tips", "hotel_stars", "level2", "status", "gift_card_amount", "panel",
-                                  "taxi_distance", "tax_rate", "national_holiday", "card_type"])
+                                  "taxi_distance", "tax_rate", "national_holiday", "card_type", "city", "gender",
+                                  "latency_ms", "plan_tier", "long_stay", "account_tier"])
 def test_an_attribute_that_only_resembles_personal_data_loads(tmp_path: Path, name: str) -> None:
     plan = write_rules(tmp_path, f'[events.page_view.attributes.{name}]\ntype = "string"\n', "plan.toml")
     assert name in load_plan(plan).attributes("page_view")
