@@ -201,3 +201,32 @@ def test_an_erasure_leaves_no_copy_of_its_persons_events_that_were_held_and_let_
     logic.state.close()
     entries = raw_entries(tmp_path / "s" / "identity" / "shard-0000")
     assert not [k for k, v in entries if b"withdrawal" in k + v or withdrawal.customer.encode() in k + v]
+
+
+def test_an_erasure_lets_a_cookies_held_cart_go_before_the_held_sign_in_that_joins_it_to_the_person(
+        tmp_path: Path) -> None:
+    """A recheck probe, two readers: the erasure of a customer id came while the start of the backlog still
+    waited in the hold, the cookie's cart and then its sign-in as that customer. The sign-in went at once
+    and erased the cookie; the cart, let go later, counted as the erased person's, and its email, due
+    before the sign-in, was never decided (4 runs of 10). The cart goes first, then the cookie's erasure
+    with the sign-in's time, so its shard decides what was due by then."""
+    from nextclick.operators.identity.pseudonyms import pseudonymize
+    from nextclick.operators.records import EraseRequest
+
+    secret = b"s"
+    cookie, customer = pseudonymize("cookie", "ck", secret), pseudonymize("customer", "cu", secret)
+    logic = stage(tmp_path / "s", BOUND)
+    cart = at(make_event("add_to_cart", T0, customer=cookie, event_id="cart", sku="s", amount=20.0, quantity=1,
+                         category="bags"), "web", 0)
+    cart = msgspec.structs.replace(cart, id_type="cookie")
+    sign_in = msgspec.structs.replace(at(make_event("login", T0 + 90 * MIN, customer=cookie, event_id="login"),
+                                         "web", 1), id_type="cookie", links=(("customer", customer),))
+    assert logic.on_batch([cart, sign_in])[0] == []  # both held: the frontier is not known yet
+    out = logic.on_batch([EraseRequest(customer, "dsr-1", None, requested_at=T0 + 100 * MIN)])[0]
+    items = [item for _, batch in out for item in (batch if isinstance(batch, list) else [batch])]
+    kinds = [(type(i).__name__, getattr(i, "event_id", None) or getattr(i, "customer", None)) for i in items
+             if isinstance(i, (Event, EraseRequest))]
+    assert kinds.index(("Event", "cart")) < kinds.index(("EraseRequest", cookie)), kinds
+    assert [i.fire_before for i in items if isinstance(i, EraseRequest) and i.customer == cookie] == \
+        [T0 + 90 * MIN] * len([i for i in items if isinstance(i, EraseRequest) and i.customer == cookie])
+    assert logic.state.order is not None and logic.state.order.held == 0
