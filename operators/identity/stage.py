@@ -173,8 +173,12 @@ class IdentityState:
             erased = self.graph.erased.checksums
             for value in values:
                 # An erased person's event from before the erasure is not held (nor stored): it goes
-                # now, to be dropped as such.
-                if type(value) is Event and not (erased and self.graph.of_erased(value)):
+                # now, to be dropped as such. Unless it joins identifiers not erased yet (a sign-in read
+                # after the erasure): those go with it, after their own events before it, which wait in
+                # the hold (a recheck probe: with two workers the sign-in went first, erased the cookie,
+                # and the cookie's page views, let go later, were dropped with the ad due from them).
+                if type(value) is Event and not (erased and self.graph.of_erased(value)
+                                                 and not self._joins_others(value)):
                     order.hold(value)
                 else:
                     rest.append(value)
@@ -391,6 +395,11 @@ class IdentityState:
                 out.append((self.route(family.anchor, member),
                             EraseRequest(member, request.request_id, request.source, part=True, requested_at=at,
                                          fire_before=request.fire_before)))
+
+    def _joins_others(self, event: Event) -> bool:
+        """A link event that names an identifier not erased (yet): `_erase_linked` will erase it."""
+        erased_at = self.graph.erased.erased_at
+        return bool(event.links) and any(erased_at(key) is None for key in self.graph.personal_keys(event))
 
     def _take_erased(self, order: CrossPartitionOrder) -> list[Event]:
         """The erased person's held events, and those a held link event of theirs joins to them (a cookie's

@@ -230,3 +230,28 @@ def test_an_erasure_lets_a_cookies_held_cart_go_before_the_held_sign_in_that_joi
     assert [i.fire_before for i in items if isinstance(i, EraseRequest) and i.customer == cookie] == \
         [T0 + 90 * MIN] * len([i for i in items if isinstance(i, EraseRequest) and i.customer == cookie])
     assert logic.state.order is not None and logic.state.order.held == 0
+
+
+def test_a_sign_in_read_after_its_persons_erasure_waits_behind_the_cookies_earlier_events(tmp_path: Path) -> None:
+    """The recheck probe's runs, two readers: the erasure came first, then the cookie's page views (held)
+    and its sign-in as the erased person. The sign-in went at once and erased the cookie; the page views,
+    let go later, counted as the erased person's and were dropped, with the ad due from them (4 runs of
+    6). It waits in the hold behind them, and erases the cookie after they are routed."""
+    from nextclick.operators.identity.pseudonyms import pseudonymize
+    from nextclick.operators.records import EraseRequest
+
+    secret = b"s"
+    cookie, email = pseudonymize("cookie", "ck", secret), pseudonymize("email", "e@x.com", secret)
+    logic = stage(tmp_path / "s", BOUND)
+    logic.on_batch([EraseRequest(email, "dsr-1", None, requested_at=T0 + 100 * MIN)])
+    view = msgspec.structs.replace(at(make_event("page_view", T0, customer=cookie, event_id="view"), "web", 0),
+                                   id_type="cookie")
+    sign_in = msgspec.structs.replace(at(make_event("login", T0 + 30 * MIN, customer=cookie, event_id="login"),
+                                         "web", 1), id_type="cookie", links=(("email", email),))
+    assert logic.on_batch([view, sign_in])[0] == []  # both wait for the frontier
+    out = logic.on_batch([Progress("web#0", T0 + 40 * MIN, 1)])[0]
+    items = [item for _, batch in out for item in (batch if isinstance(batch, list) else [batch])]
+    kinds = [(type(i).__name__, getattr(i, "event_id", None) or getattr(i, "customer", None)) for i in items
+             if isinstance(i, (Event, EraseRequest))]
+    assert kinds.index(("Event", "view")) < kinds.index(("EraseRequest", cookie)), kinds
+    assert {i.fire_before for i in items if isinstance(i, EraseRequest) and i.customer == cookie} == {T0 + 30 * MIN}
