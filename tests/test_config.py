@@ -40,6 +40,19 @@ from nextclick.operators.infra.config import ConfigError, load_config
     ("TOPICS__DECISIONS", "out/{channel}", "[topics].decisions: 'out/email' is not a Kafka topic name (letters, "
                                            "digits, '.', '_' and '-', at most 249, and {channel})"),
     ("TOPICS__CONTROL", "", "[topics].control: '' is not a Kafka topic name"),
+    # An outside probe: past Kafka's limits `topics create` stopped with "Python int too large to convert to
+    # C long", naming nothing; a savepoint interval of a million days killed the scheduler with a traceback.
+    ("TOPICS__PARTITIONS", "3000000000", "[topics].partitions must be at most 2147483647 (Kafka's limit), "
+                                         "got 3000000000"),
+    ("TOPICS__REPLICATION_FACTOR", "70000", "[topics].replication_factor must be at most 10000 (Kafka's limit)"),
+    ("TOPICS__RETENTION_MS", "1" + "0" * 23, "[topics].retention_ms: must be a 64-bit integer (at most "
+                                             "9223372036854775807), got '1" + "0" * 23 + "'"),
+    ("STATE__CACHE_PROFILES_PER_SHARD", "1" + "0" * 12, "[state].cache_profiles_per_shard must be at most 10000000"),
+    ("IDENTITY__CACHE_IDENTIFIERS", "1" + "0" * 12, "[identity].cache_identifiers must be at most 100000000"),
+    ("PROFILE__RECENT_ORDERS", "1000000", "[profile].recent_orders must be from 0 to 1000, got 1000000"),
+    ("STATE__SAVEPOINT_INTERVAL", "1000000d", "[state].savepoint_interval must be at most 366d, got '1000000d'"),
+    ("FLOW__ALIGNMENT_BOUND", "1000000d", "[flow].alignment_bound must be at most 366d, got '1000000d'"),
+    ("PROFILE__RECENT_ORDERS_MAX_AGE", "100000000d", "[profile].recent_orders_max_age must be at most 36600d"),
     ("TOPICS__DEAD_LETTER", "shop.dlq\n", "[topics].dead_letter: 'shop.dlq\\n' is not a Kafka topic name"),
 ])
 def test_a_setting_out_of_its_range_is_named_with_the_value_given(var: str, value: str, line: str) -> None:

@@ -325,6 +325,10 @@ _SECTIONS = {"topics": TopicsConfig, "state": StateConfig, "privacy": PrivacyCon
              "serve": ServeConfig}
 
 
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+
+
 def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any:
     """Turn a TOML or environment value into the type of the field's default.
 
@@ -353,7 +357,10 @@ def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)  # `shards = 2.5` is not 2
-            return int(value)
+            number = int(value)
+            if not _INT64_MIN <= number <= _INT64_MAX:  # Kafka and RocksDB take 64-bit integers at most
+                raise ConfigError(f"{where}: must be a 64-bit integer (at most {_INT64_MAX}), got {value!r}")
+            return number
         if isinstance(default, float):
             number = float(value)
             if not math.isfinite(number):  # nan passes every `<` check, and inf stopped `run` with no setting named
@@ -362,6 +369,8 @@ def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any
         if isinstance(value, (dict, list)):
             raise TypeError(value)
         return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError, OverflowError):
         kind = "a finite float" if type(default) is float else type(default).__name__
         raise ConfigError(f"{where}: expected {kind}, got {value!r}") from None
@@ -409,7 +418,19 @@ _UPPER: tuple[tuple[str, str, float, str], ...] = (
     ("flow", "epoch_seconds", 3600, "at most 3600 (seconds between checkpoints, e.g. 2)"),
     ("flow", "stall_seconds", 7 * 24 * 3600, "at most a week (604800)"),
     ("flow", "progress_seconds", 24 * 3600, "at most a day (86400)"),
+    # Each cached profile or identifier is held in memory until evicted: past this a cache is a leak.
+    ("state", "cache_profiles_per_shard", 10_000_000, "at most 10000000 (profiles held in memory per shard)"),
+    ("identity", "cache_identifiers", 100_000_000, "at most 100000000 (identifiers held in memory)"),
+    # The Kafka protocol's own limits (partition counts are 32-bit; the client takes replication
+    # factors up to 10000): past them `topics create` stopped with a C conversion error naming nothing.
+    ("topics", "partitions", 2**31 - 1, "at most 2147483647 (Kafka's limit)"),
+    ("topics", "profiles_partitions", 2**31 - 1, "at most 2147483647 (Kafka's limit)"),
+    ("topics", "control_partitions", 2**31 - 1, "at most 2147483647 (Kafka's limit)"),
+    ("topics", "replication_factor", 10_000, "at most 10000 (Kafka's limit)"),
 )
+# Durations' upper bound: a longer wait overflowed the savepoint scheduler's timer (a traceback, and no
+# savepoint ever), and a longer bound or timeout than a year is a typo, not a setting.
+_MAX_DURATION_MS = 366 * 24 * 3600 * 1000
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Values below the bound that mean something: -1, the broker's default.
 _SPECIAL: dict[tuple[str, str], tuple[float, ...]] = {
@@ -470,12 +491,18 @@ def load_config(path: str | os.PathLike[str] | None = None,
             if not _TOPIC_NAME.fullmatch(name):
                 raise ConfigError(f"{origin}: [topics].{key}: {name!r} is not a Kafka topic name (letters, digits, "
                                   f"'.', '_' and '-', at most 249{', and {channel}' if key == 'decisions' else ''})")
-    if config.profile.recent_orders < 0:
-        raise ConfigError(f"{origin}: [profile].recent_orders must be at least 0, got {config.profile.recent_orders}")
-    _check_duration(origin, "[profile].recent_orders_max_age", config.profile.recent_orders_max_age, "e.g. 90d")
+    if not 0 <= config.profile.recent_orders <= 1000:  # every read and write of the profile carries them
+        raise ConfigError(f"{origin}: [profile].recent_orders must be from 0 to 1000, "
+                          f"got {config.profile.recent_orders}")
+    if _check_duration(origin, "[profile].recent_orders_max_age", config.profile.recent_orders_max_age,
+                       "e.g. 90d") > 100 * _MAX_DURATION_MS:
+        raise ConfigError(f"{origin}: [profile].recent_orders_max_age must be at most 36600d, "
+                          f"got {config.profile.recent_orders_max_age!r}")
     for key, minimum in (("alignment_bound", 0), ("alignment_idle_timeout", 1)):
         text = getattr(config.flow, key)
         ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 1m, 30s, 500ms")
+        if ms > _MAX_DURATION_MS:
+            raise ConfigError(f"{origin}: [flow].{key} must be at most 366d, got {text!r}")
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
@@ -499,6 +526,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
               if text.strip() or key == "savepoint_timeout" else 0)
         if ms < 0 or (ms == 0 and key == "savepoint_timeout"):
             raise ConfigError(f"{origin}: [state].{key} must be positive, got {text!r}")
+        if ms > _MAX_DURATION_MS:
+            raise ConfigError(f"{origin}: [state].{key} must be at most 366d, got {text!r}")
     if config.state.savepoint_keep < 1:
         raise ConfigError(f"{origin}: [state].savepoint_keep must be at least 1 (the newest is never deleted)")
     initial = config.state.initial_savepoint.strip()
