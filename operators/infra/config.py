@@ -357,10 +357,10 @@ def _coerce(where: str, value: Any, default: Any, from_env: bool = False) -> Any
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)  # `shards = 2.5` is not 2
-            number = int(value)
-            if not _INT64_MIN <= number <= _INT64_MAX:  # Kafka and RocksDB take 64-bit integers at most
+            count = int(value)
+            if not _INT64_MIN <= count <= _INT64_MAX:  # Kafka and RocksDB take 64-bit integers at most
                 raise ConfigError(f"{where}: must be a 64-bit integer (at most {_INT64_MAX}), got {value!r}")
-            return number
+            return count
         if isinstance(default, float):
             number = float(value)
             if not math.isfinite(number):  # nan passes every `<` check, and inf stopped `run` with no setting named
