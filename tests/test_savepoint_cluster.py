@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -553,6 +554,30 @@ def test_a_copied_savepoint_directory_keeps_its_line_and_restores_from_the_copy(
     moved.close()
 
 
+@pytest.fixture
+def one_life_per_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each `Generations` a test makes for a process id is that process's next life: the one before it
+    has exited, and its heartbeat with it (`close`). Left running, an earlier life rewrote the id's report
+    every second, and on a loaded machine the next life read it as a second process started as its id."""
+    from nextclick.operators.tools import savepoint as module
+
+    lives: dict[tuple[str, int], Any] = {}
+    start = module.Generations.__init__
+
+    def next_life(self: Any, config: Any, process_id: int, *args: Any, **kwargs: Any) -> None:
+        before = lives.pop((str(config.state.savepoint_dir), process_id), None)
+        if before is not None:
+            before.close()
+        start(self, config, process_id, *args, **kwargs)
+        lives[(str(config.state.savepoint_dir), process_id)] = self
+
+    monkeypatch.setattr(module.Generations, "__init__", next_life)
+    yield
+    for life in lives.values():
+        life.close()
+
+
+@pytest.mark.usefixtures("one_life_per_process")
 def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: Path) -> None:
     """An outside probe: a cluster ran with on_lost_volume = "stop", pod 1's volume was lost, and the refusal
     said to set "restore". With it, no record said the cluster had run, so the empty pod started as a new
@@ -566,6 +591,7 @@ def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: P
     survivor = Generations(config, 0, 2, timeout_s=5)
     _peer_reports(shared, None)  # pod 1: an empty volume
     assert survivor.decide() == Rejoin(1, str(shared / "sp"), reset=True, restore=True)
+    survivor.close()  # process 0's report is written by hand below
     _peer_reports(shared, None)
     lost = Generations(_deployment(tmp_path / "pod-1", str(shared)), 1, 2, timeout_s=5)
     _peer_reports(shared, 1, peer=0)
@@ -578,6 +604,7 @@ def test_a_volume_lost_before_restore_mode_was_set_is_restored_by_it(tmp_path: P
     assert late.decide() == Rejoin(0, None)
 
 
+@pytest.mark.usefixtures("one_life_per_process")
 def test_generations_decide_who_restores_what(tmp_path: Path) -> None:
     """The decisions of state.on_lost_volume = "restore", process 0 of 2 with a peer's reports written by hand."""
     from nextclick.operators.tools.savepoint import Generations, Rejoin, _write_manifest

@@ -1012,13 +1012,14 @@ class Generations:
         self._seen: set[int] = set()  # peers that reported since this process started
         self._refusals, self._refusals_next = refusals, 0.0
         self._said_next = 0.0
-        self._stop = False
+        self._stopped = threading.Event()
         try:
             self._report()
         except OSError as exc:  # an outside probe's read-only mount: "[Errno 30] ...process-0.json.<hex>.tmp"
             raise self._unwritable(exc) from None
         # For the process's life: a peer still waiting must see this one as there, also once it runs.
-        threading.Thread(target=self._heartbeat, name="generation-report", daemon=True).start()
+        self._heart = threading.Thread(target=self._heartbeat, name="generation-report", daemon=True)
+        self._heart.start()
 
     def _unwritable(self, exc: OSError) -> SavepointError:
         return SavepointError(f"state.savepoint_dir {self.config.state.savepoint_dir}: {exc.strerror or exc}: with "
@@ -1032,13 +1033,17 @@ class Generations:
              "intact": self.intact}))
 
     def _heartbeat(self) -> None:
-        while not self._stop:
+        while not self._stopped.wait(1.0):
             with contextlib.suppress(OSError):
                 self._report()
-            time.sleep(1.0)
 
     def close(self) -> None:
-        self._stop = True
+        """Stop reporting, and return once no report of this process's can be written any more: a
+        process that restarts in place (and a test's next life of the same id) must not read its
+        previous life's heartbeat as a second process started as its id."""
+        self._stopped.set()
+        if self._heart is not threading.current_thread():
+            self._heart.join()
 
     def _newest(self) -> dict[str, Any] | None:
         return _newest_generation(self.dir)
