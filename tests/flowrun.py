@@ -417,7 +417,18 @@ def assert_same_profiles(expected: dict[str, dict[str, Any]], got: dict[str, dic
 
 
 def assert_same_decisions(expected: dict[str, DecisionRecord], got: dict[str, DecisionRecord]) -> None:
-    """The same ce_ids (deduplicated), each with the same key and body."""
-    assert set(got) == set(expected)
+    """The same ce_ids (deduplicated), each with the same key and body; a failure names what is missing
+    and what is new, by rule and trigger."""
+    def named(records: dict[str, DecisionRecord], ids: set[str]) -> list[str]:
+        out = []
+        for ce_id in sorted(ids)[:5]:
+            body = orjson.loads(records[ce_id].body)
+            out.append(f"{body['reasons']['rule_id']} on {body['trigger']['name']} {body['trigger']['id']} "
+                       f"(customer {body['customer'][:8]}, profile version {body.get('profile_version')})")
+        return out
+
+    missing, new = set(expected) - set(got), set(got) - set(expected)
+    assert not missing and not new, (f"{len(missing)} decisions missing, e.g. {named(expected, missing)}; "
+                                     f"{len(new)} new, e.g. {named(got, new)}; of {len(expected)}")
     for ce_id, rec in expected.items():
         assert (got[ce_id].key, got[ce_id].body) == (rec.key, rec.body)
