@@ -45,6 +45,12 @@ from nextclick.operators.io import alignment, cluster_hello, drain
 from nextclick.operators.io.kafka_source import commit_final_offsets
 from nextclick.operators.io.preflight import check_directories, check_topics
 from nextclick.operators.io.sink_registry import decision_sink
+from nextclick.operators.state.recovery_db import (
+    cluster_resume_epoch,
+    drop_snapshots_from,
+    progress_report,
+    read_recovery,
+)
 
 log = logging.getLogger("nextclick")
 
@@ -145,6 +151,25 @@ class FlowRunner:
 
     # -- running -------------------------------------------------------------------------------------
 
+    def _drop_uncommitted_across(self, config: Config, mine: dict[str, Any]) -> None:
+        """Per-pod volumes: delete this process's snapshots of epochs the cluster never committed, by the
+        resume epoch every process's partitions give together (recovery_db's module docstring). Left, a
+        shard that its cluster's next start did not wake in that epoch kept the dead start's snapshot,
+        which then counted as committed: the next resume opened it where the dead start had got to, with
+        decisions of that start's last epoch recorded and never sent."""
+        reports = cluster_hello.recovery_barrier(config.kafka, config.topics.control, mine,
+                                                 lambda: self.stop.is_set())
+        if self.stop.is_set():  # stopped while it waited: nothing runs
+            return
+        epoch = cluster_resume_epoch(reports) if reports is not None else None
+        if epoch is None:
+            log.warning("the cluster's resume epoch is not known here (a peer said no recovery progress, or "
+                        "its partitions do not add up): snapshots of epochs that never committed are left")
+            return
+        dropped = drop_snapshots_from(config.state.recovery_dir, epoch)
+        log.info("dropped snapshots of epochs that never committed", extra={
+            "recovery_dir": config.state.recovery_dir, "snapshots": dropped, "resume_epoch": epoch})
+
     def run(self, config: Config, flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
             addresses: Sequence[str] | None = None, recovery_partitions: int = 1, resumes: bool | None = None,
             lineage: str | None = None) -> int:
@@ -181,6 +206,9 @@ class FlowRunner:
             mine = cluster_hello.hello(config.flow.group_id, me, len(cluster), workers, recovery_partitions,
                                        release(), declared_settings(), drain.now_ms(),  # as build_flow declared
                                        cluster, resumes, lineage, ran_with)
+            recovery = read_recovery(config.state.recovery_dir)
+            if recovery.exists and not recovery.complete:  # per-pod volumes: peers need this one's progress
+                mine["recovery"] = progress_report(recovery)
             cluster_hello.publish_hello(config.kafka, config.topics.control, mine)
             if ran_with:  # before the cluster forms: a volume of another cluster mixes nothing in
                 foreign = cluster_hello.check_same_cluster(config.kafka, config.topics.control, mine)
@@ -195,6 +223,8 @@ class FlowRunner:
                 drain.now_ms, on_formed=lambda peers: cluster_hello.record_ran_with(state_dir, peers, len(cluster)))
             hellos.start()
             watchers.append(hellos)
+            if "recovery" in mine and recovery.newest_snapshot_epoch:
+                self._drop_uncommitted_across(config, mine)
         _quiet_late_panics()
         try:
             cluster_main(flow, cluster or None, me, epoch_interval=timedelta(seconds=epoch_s),

@@ -57,6 +57,9 @@ FIRST_CHECKS_S = 0.5  # how often in the first FORM_WAIT_S, when the cluster for
 # it reads meanwhile.
 SAY_AGAIN_WAIT_S = REFRESH_S + 3.0
 SAY_AGAIN_POLL_S = 1.0
+BARRIER_REFRESH_S = 1.0  # how often an unformed process says its hello in its first BARRIER_FAST_S
+BARRIER_FAST_S = 60.0
+BARRIER_LOG_S = 30.0  # how often a start waiting for its peers' recovery progress says whom it waits for
 
 
 def hello(group_id: str, process_id: int, processes: int, workers: int, recovery_partitions: int, release: str,
@@ -376,21 +379,30 @@ class HelloWatch(threading.Thread):
         logged = started - WAIT_LOG_S  # the first check that finds the cluster unformed says so
         formed_at: float | None = None
         wait = FIRST_CHECKS_S  # the cluster forms in a moment: a short run must still record who it ran with
-        while not self.stopped.wait(wait):
+        checked = started
+        while not self.stopped.wait(wait if formed_at is not None or time.monotonic() - started >= BARRIER_FAST_S
+                                    else min(wait, BARRIER_REFRESH_S)):
             now = time.monotonic()
             if now - started >= FORM_WAIT_S or (formed_at is not None and self.on_formed is None):
                 wait = CHECK_S
             if formed_at is None and self.formed():
                 formed_at = now
+                # What its recovery partitions said at start no longer holds once the cluster runs: a peer
+                # that starts later must not take it for this process's progress (`recovery_barrier`).
+                self.mine.pop("recovery", None)
             if formed_at is not None:
                 self.tell_formed()
             if formed_at is not None and now - formed_at > SAY_AFTER_FORMED_S:
                 break
-            if now - said >= REFRESH_S:
+            # A peer that starts while this one waits needs a hello said since its start (`recovery_barrier`):
+            # said every second for the first minute, then every REFRESH_S.
+            refresh = BARRIER_REFRESH_S if formed_at is None and now - started < BARRIER_FAST_S else REFRESH_S
+            if now - said >= refresh:
                 said = now
                 self.mine["said_at"] = self.now_ms()
                 publish_hello(self.kafka, self.topic, self.mine, timeout_s=5.0, producer=producer)
-            if formed_at is None and now - started >= FORM_WAIT_S:
+            if formed_at is None and now - started >= FORM_WAIT_S and now - checked >= wait:
+                checked = now
                 peers = self.live_peers()
                 line = differences(self.mine, peers)
                 if line is not None and not self.formed():
@@ -440,3 +452,30 @@ class HelloWatch(threading.Thread):
             "seconds": round(waited), "this_process": me,
             "not_running": [f"process {p} ({addresses[p] if p < len(addresses) else '?'})" for p in silent],
             "other_addresses": other})
+
+
+def recovery_barrier(kafka: Mapping[str, Any], topic: str, mine: Mapping[str, Any],
+                     stopped: Callable[[], bool] = lambda: False) -> list[dict[str, Any]] | None:
+    """Every process's recovery progress (`recovery_db.progress_report`, in its hello as "recovery"), each
+    said since this process started: rows a peer read before its cluster last ran would give an older
+    resume epoch, and deleting from there would delete committed snapshots. Waits for all of them, saying
+    every BARRIER_LOG_S whom it waits for, until `stopped()`; None if a live peer says no progress (another
+    release, or a recovery directory with every partition) or the wait was stopped."""
+    me, processes = mine["process"], mine["processes"]
+    started, logged = time.monotonic(), time.monotonic()
+    while not stopped():
+        peers = peer_hellos(kafka, topic, mine["group_id"], mine["started_at"], processes, timeout_s=3.0,
+                            current=True, poll_s=0.1, everyone_said=False)
+        peers[me] = dict(mine)
+        if len(peers) == processes:
+            if not all(isinstance(peers[p].get("recovery"), dict) for p in peers):
+                return None
+            return [peers[p]["recovery"] for p in sorted(peers)]
+        if time.monotonic() - logged >= BARRIER_LOG_S:
+            logged = time.monotonic()
+            log.warning("waiting for every process of the cluster to say its recovery progress before this one "
+                        "resumes", extra={"seconds": round(time.monotonic() - started), "this_process": me,
+                                          "waiting_for": sorted(set(range(processes)) - peers.keys())})
+        time.sleep(0.5)
+    return None
+

@@ -16,7 +16,12 @@ that received nothing) keeps the dead execution's snapshot, which counts as comm
 execution's epoch 5 does. A shard rolled back at the resume (its RocksDB at seq 0) then meets a
 recovery that says seq 1, and every later start is refused (an outside probe: six SIGKILLs 1-3 s
 after each start). A start therefore deletes every snapshot at or after its resume epoch before
-Bytewax runs: none of them can be loaded by this resume, and none must be by a later one.
+Bytewax runs: none of them can be loaded by this resume, and none must be by a later one. On per-pod
+volumes each process holds only its own partitions, and the resume epoch needs every partition's
+progress rows: each process says its rows in its hello (`progress_report`), waits for every peer's
+said since it started, and deletes from its own partitions what `cluster_resume_epoch` says never
+committed (flows/runner.py; a recheck found a cluster killed twice within seconds that lost 21-39
+decisions of its second start's last epoch on process 1's shards, in 2 runs of 6 under load).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import pickle
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RecoveryView", "drop_uncommitted_snapshots", "read_recovery"]
+__all__ = ["RecoveryView", "cluster_resume_epoch", "drop_snapshots_from", "drop_uncommitted_snapshots",
+           "progress_report", "read_recovery", "resume_epoch"]
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -62,6 +69,11 @@ class RecoveryView:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Snapshots taken at or after the resume epoch: epochs that never committed (module docstring).
     uncommitted: int = 0
+    # The `exs` and `fronts` rows of these partitions (`progress_report`).
+    exs: list[tuple[int, ...]] = field(default_factory=list)
+    fronts: list[tuple[int, ...]] = field(default_factory=list)
+    # The newest snapshot epoch here (0: none): a report's peers need not wait when nothing could be stale.
+    newest_snapshot_epoch: int = 0
 
     @property
     def exists(self) -> bool:
@@ -127,15 +139,10 @@ def read_recovery(path: str | Path) -> RecoveryView:
                 shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
             _read_partition(copy, view, exs, fronts, snaps)
     view.executions = len(exs)
-
-    if exs:
-        last_ex, workers, default_front = max(exs)
-        progress = {w: default_front for w in range(workers)}
-        for ex_num, worker, front in fronts:
-            if ex_num == last_ex and worker in progress:
-                progress[worker] = max(progress[worker], front)
-        view.resume_epoch = min(progress.values()) if progress else default_front
+    view.exs, view.fronts = [tuple(r) for r in exs], [tuple(r) for r in fronts]
+    view.resume_epoch = resume_epoch(exs, fronts)
     newest: dict[tuple[str, str], tuple[int, bytes | None]] = {}
+    view.newest_snapshot_epoch = max((int(epoch) for _s, _k, epoch, _b in snaps), default=0)
     for step_id, key, epoch, blob in snaps:
         if epoch >= view.resume_epoch:
             view.uncommitted += 1
@@ -148,6 +155,54 @@ def read_recovery(path: str | Path) -> RecoveryView:
     return view
 
 
+def resume_epoch(exs: Sequence[Sequence[int]], fronts: Sequence[Sequence[int]]) -> int:
+    """The epoch Bytewax resumes at, from every partition's `exs` and `fronts` rows (its resume_from):
+    the slowest worker's frontier in the last execution, each worker at least at that execution's start."""
+    if not exs:
+        return 1
+    last_ex, workers, default_front = max(tuple(r) for r in exs)
+    progress = {w: default_front for w in range(workers)}
+    for ex_num, worker, front in fronts:
+        if ex_num == last_ex and worker in progress:
+            progress[worker] = max(progress[worker], front)
+    return min(progress.values()) if progress else default_front
+
+
+def progress_report(view: RecoveryView) -> dict[str, Any]:
+    """What this process's partitions say about the cluster's progress, for its peers (per-pod volumes:
+    each holds some partitions, and the resume epoch needs every one's rows; `cluster_resume_epoch`)."""
+    return {"partitions": sorted(view.partitions), "part_count": view.part_count,
+            "exs": [list(r) for r in view.exs], "fronts": [list(r) for r in view.fronts]}
+
+
+def cluster_resume_epoch(reports: Sequence[Mapping[str, Any]]) -> int | None:
+    """The resume epoch from every process's `progress_report`, or None unless together they hold every
+    partition of one count (then nothing may be inferred: a resume would refuse to start anyway)."""
+    counts = {r.get("part_count") for r in reports}
+    if len(counts) != 1 or not isinstance(count := counts.pop(), int):
+        return None
+    held = {int(p) for r in reports for p in r.get("partitions", ())}
+    if held != set(range(count)):
+        return None
+    exs = [tuple(int(x) for x in row) for r in reports for row in r.get("exs", ())]
+    fronts = [tuple(int(x) for x in row) for r in reports for row in r.get("fronts", ())]
+    return resume_epoch(exs, fronts)
+
+
+def drop_snapshots_from(path: str | Path, epoch: int) -> int:
+    """Delete the snapshots of `epoch` and later from the partitions in `path`; how many. Only with the
+    cluster's resume epoch, before Bytewax runs (`drop_uncommitted_snapshots`)."""
+    dropped = 0
+    for file in _partition_files(Path(path)):
+        conn = sqlite3.connect(file)
+        try:
+            with conn:
+                dropped += conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
+        finally:
+            conn.close()
+    return dropped
+
+
 def drop_uncommitted_snapshots(view: RecoveryView) -> int:
     """Delete the snapshots taken at or after the view's resume epoch (module docstring); how many.
 
@@ -156,12 +211,4 @@ def drop_uncommitted_snapshots(view: RecoveryView) -> int:
     snapshots would go). Call it under the start lock, before Bytewax runs."""
     if not view.complete:
         raise ValueError("the recovery view does not hold every partition: its resume epoch is not known here")
-    dropped = 0
-    for file in _partition_files(view.path):
-        conn = sqlite3.connect(file)
-        try:
-            with conn:
-                dropped += conn.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (view.resume_epoch,)).rowcount
-        finally:
-            conn.close()
-    return dropped
+    return drop_snapshots_from(view.path, view.resume_epoch)
