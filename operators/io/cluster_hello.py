@@ -390,6 +390,7 @@ class HelloWatch(threading.Thread):
                 # What its recovery partitions said at start no longer holds once the cluster runs: a peer
                 # that starts later must not take it for this process's progress (`recovery_barrier`).
                 self.mine.pop("recovery", None)
+                self.mine["formed"] = True
             if formed_at is not None:
                 self.tell_formed()
             if formed_at is not None and now - formed_at > SAY_AFTER_FORMED_S:
@@ -467,7 +468,9 @@ def recovery_barrier(kafka: Mapping[str, Any], topic: str, mine: Mapping[str, An
         peers = peer_hellos(kafka, topic, mine["group_id"], mine["started_at"], processes, timeout_s=3.0,
                             current=True, poll_s=0.1, everyone_said=False)
         peers[me] = dict(mine)
-        if len(peers) == processes:
+        # A peer still in the cluster this process left (its hellos say it formed) stops and starts again:
+        # its next start's hello holds its progress.
+        if len(peers) == processes and not any(peers[p].get("formed") for p in peers):
             if not all(isinstance(peers[p].get("recovery"), dict) for p in peers):
                 return None
             return [peers[p]["recovery"] for p in sorted(peers)]

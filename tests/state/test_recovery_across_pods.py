@@ -123,11 +123,14 @@ def test_a_peers_progress_counts_only_when_said_since_this_process_started(
     mine = said(0, now, {"partitions": [0], "part_count": 2, "exs": [], "fronts": []})
     deadline = time.monotonic() + 4
     assert recovery_barrier(kafka, topic, mine, lambda: time.monotonic() > deadline) is None  # still waiting
-
+    # Nor a hello the peer says since from the cluster this process left (it ran: its rows moved on): the
+    # wait goes on for its next start's.
+    assert publish_hello(kafka, topic, {**said(1, now - 60_000, None), "said_at": now + 1, "formed": True})
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(recovery_barrier(kafka, topic, mine)))
     waiter.start()
-    time.sleep(1)
+    time.sleep(3)
+    assert got == []
     assert publish_hello(kafka, topic, said(1, int(time.time() * 1000), progress))  # said since: it counts
     waiter.join(20)
     assert got == [[mine["recovery"], progress]]
