@@ -43,6 +43,7 @@ import dataclasses
 import logging
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,6 +153,9 @@ class IdentityState:
         self.frontier_moved = False  # a Progress report came since the frontier was last sent
         self._frontier_sent: tuple[int | None] | None = None
         self.order, self._held_stored = load_held(store.scan(HELD_PREFIX), ctx.order_bound_ms, ctx.clock.now_ms)
+        # What `_apply` calls (innermost last) have still to route: an erasure met part way through a run
+        # of released events takes from them too (`_take_erased`).
+        self._applying: list[deque[IdentityItem]] = []
 
     @classmethod
     def open(cls, ctx: IdentityContext, seq: int | None) -> IdentityState:
@@ -201,7 +205,19 @@ class IdentityState:
         crc32 = zlib.crc32
         erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
         shared = self.graph.shared  # empty until two customer ids sign in on one cookie or device
-        for value in values:
+        queue: deque[IdentityItem] = deque(values)
+        self._applying.append(queue)
+        try:
+            self._route(queue, out, find, route0, shards, routes, crc32, erased, shared)
+        finally:
+            self._applying.pop()
+        return out
+
+    def _route(self, queue: deque[IdentityItem], out: list[Routed], find: Any, route0: list[str], shards: int,
+               routes: dict[str | None, list[str]], crc32: Any, erased: Any, shared: Any) -> None:
+        popleft = queue.popleft
+        while queue:
+            value = popleft()
             if type(value) is Event:
                 if erased and self.graph.of_erased(value):
                     # An erased person's event from before the erasure (a replay after a crash or a
@@ -236,7 +252,6 @@ class IdentityState:
             elif type(value) is Progress:
                 self.frontier.note(value.partition, value.floor, value.total)
                 self.frontier_moved = True
-        return out
 
     def frontier_items(self) -> list[Routed]:
         """The frontier for every shard of every family, if it is known and moved since it was last sent."""
@@ -414,7 +429,20 @@ class IdentityState:
                 for key in self.graph.personal_keys(event):
                     joined[key] = max(joined.get(key, event.ts), event.ts)
         if joined:
-            theirs += order.take(lambda e: e.ts <= joined.get(e.customer, -1))
+            def joined_before(e: Event) -> bool:
+                return e.ts <= joined.get(e.customer, -1)
+
+            theirs += order.take(joined_before)
+            # Also what the run of released events this erasure was met in has still to route: the cookie's
+            # page views released with another person's sign-in whose erasure this is went after the sign-in
+            # it took, counted as the erased person's, and the ad due from them was never decided (a probe
+            # with --workers 2: 1-12 of 60 erased people's ads, every run).
+            for pending in self._applying:
+                if any(type(e) is Event and joined_before(e) for e in pending):
+                    kept = [e for e in pending if not (type(e) is Event and joined_before(e))]
+                    theirs += [e for e in pending if type(e) is Event and joined_before(e)]
+                    pending.clear()
+                    pending.extend(kept)
         return sorted(theirs, key=lambda e: (e.ts, read_order(e)))
 
     def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:
