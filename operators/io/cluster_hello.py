@@ -10,15 +10,16 @@ cluster fails, the runner reads its peers' latest hellos and, if they differ fro
 what differs in one line. The happy path costs one produce.
 
 A cluster can also fail to form without failing: a process given more `--addresses` than its peers
-waits in Timely's connection set-up for a process that will never come, and the peers it did reach
-wait on it. So each process says its hello again every REFRESH_S until its cluster has formed and
-for SAY_AFTER_FORMED_S after, and one whose cluster has not formed within FORM_WAIT_S (`HelloWatch`)
-compares the hellos its peers said since it started, within the last FRESH_MS: a live peer started
-otherwise stops it with the same one line. A hello of an earlier run (say of a larger cluster,
-before a rescale) was said before this process started, so it cannot stop a process that waits for
-a slow pod. Until the cluster forms, the process logs every WAIT_LOG_S whom it is waiting for, and the
-one line of any peer that refused to start (`refusal`: a process of a cluster says it on the control
-topic when it will not start, say with another shard count), so that line is read where the wait is.
+waits in Timely's connection set-up for a process that will never come, and the peers it did reach wait
+on it. So each process says its hello again (every BARRIER_REFRESH_S in its first BARRIER_FAST_S, then
+every REFRESH_S) until its cluster has formed and for SAY_AFTER_FORMED_S after, and one whose cluster
+has not formed within FORM_WAIT_S (`HelloWatch`) compares the hellos its peers said since it started,
+within the last FRESH_MS: a live peer started otherwise stops it with the same one line. A hello of an
+earlier run (say of a larger cluster, before a rescale) was said before this process started, so it
+cannot stop a process that waits for a slow pod. Until the cluster forms, the process logs every
+WAIT_LOG_S whom it is waiting for, and the one line of any peer that refused to start (`refusal`: a
+process of a cluster says it on the control topic when it will not start, say with another shard
+count), so that line is read where the wait is.
 
 The dataflow's control reader skips hellos (operators/io/control.py), as it skips drain requests.
 """
