@@ -30,7 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from operator import attrgetter
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -66,6 +66,20 @@ def read_order(event: Event) -> tuple[str, int, int]:
 
 _ts = attrgetter("ts")
 Partition = tuple[str, int]
+T = TypeVar("T")
+
+
+def take_from(queue: deque[T], which: Callable[[T], bool]) -> list[T]:
+    """The items of `queue` that `which` picks, taken out of it in place; the rest keep their order."""
+    if not any(which(item) for item in queue):
+        return []
+    taken: list[T] = []
+    kept: list[T] = []
+    for item in queue:
+        (taken if which(item) else kept).append(item)
+    queue.clear()
+    queue.extend(kept)
+    return taken
 
 
 class CrossPartitionOrder:
@@ -134,12 +148,8 @@ class CrossPartitionOrder:
         taken: list[Event] = []
         if not self.held:
             return taken
-        for partition, queue in self._queues.items():
-            if any(which(e) for e in queue):
-                kept: deque[Event] = deque()
-                for e in queue:
-                    (taken if which(e) else kept).append(e)
-                self._queues[partition] = kept
+        for queue in self._queues.values():
+            taken += take_from(queue, which)
         self.held -= len(taken)
         return taken
 

@@ -135,13 +135,12 @@ def _unpack(fmt: int, sender: str, blob: bytes, others: list[tuple[int, Any]], *
             "(deploy/README.md, \"Upgrades\")")
         _mismatches.append(reason)
         raise ReleaseMismatch(reason)
-    if rest[0] != _settings_digest and rest[0] != _settings and sender != _release:
-        # Another build declares other settings: the release, not a ConfigMap, is what differs.
-        reason = (f"a process of this cluster runs nextclick {sender}, this one {_release}: run one release in every "
-                  "process (deploy/README.md, \"Upgrades\")")
-        _mismatches.append(reason)
-        raise ReleaseMismatch(reason)
     if rest[0] != _settings_digest and rest[0] != _settings:
+        if sender != _release:  # another build declares other settings: the release, not a ConfigMap, differs
+            reason = (f"a process of this cluster runs nextclick {sender}, this one {_release}: run one release in "
+                      "every process (deploy/README.md, \"Upgrades\")")
+            _mismatches.append(reason)
+            raise ReleaseMismatch(reason)
         reason = (f"a process of this cluster runs with other settings than this one: {_differences(rest[0])}: give "
                   "every process the same configuration (docs/operations.md, \"One configuration for every process\")")
         _mismatches.append(reason)

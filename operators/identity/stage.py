@@ -52,7 +52,7 @@ from typing import Any
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
-from nextclick.operators.event_order import CrossPartitionOrder, load_held, read_order, write_held
+from nextclick.operators.event_order import CrossPartitionOrder, load_held, read_order, take_from, write_held
 from nextclick.operators.exchange import flatten, grouped
 from nextclick.operators.frontier import InputFrontier
 from nextclick.operators.identity.graph import Component, IdentityGraph, Merge, Refusal
@@ -201,20 +201,20 @@ class IdentityState:
 
     def _apply(self, values: list[IdentityItem] | list[Event]) -> list[Routed]:
         out: list[Routed] = []
-        find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
-        crc32 = zlib.crc32
-        erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
-        shared = self.graph.shared  # empty until two customer ids sign in on one cookie or device
         queue: deque[IdentityItem] = deque(values)
         self._applying.append(queue)
         try:
-            self._route(queue, out, find, route0, shards, routes, crc32, erased, shared)
+            self._route(queue, out)
         finally:
             self._applying.pop()
         return out
 
-    def _route(self, queue: deque[IdentityItem], out: list[Routed], find: Any, route0: list[str], shards: int,
-               routes: dict[str | None, list[str]], crc32: Any, erased: Any, shared: Any) -> None:
+    def _route(self, queue: deque[IdentityItem], out: list[Routed]) -> None:
+        """Route what `queue` holds, in order (an erasure met on the way may take some of it: `_take_erased`)."""
+        find, route0, shards, routes = self.graph.find, self.routes[None], self.ctx.shards, self.routes
+        crc32 = zlib.crc32
+        erased = self.graph.erased.checksums  # empty until the first erasure: one set test per event
+        shared = self.graph.shared  # empty until two customer ids sign in on one cookie or device
         popleft = queue.popleft
         while queue:
             value = popleft()
@@ -429,8 +429,8 @@ class IdentityState:
                 for key in self.graph.personal_keys(event):
                     joined[key] = max(joined.get(key, event.ts), event.ts)
         if joined:
-            def joined_before(e: Event) -> bool:
-                return e.ts <= joined.get(e.customer, -1)
+            def joined_before(e: IdentityItem) -> bool:
+                return type(e) is Event and e.ts <= joined.get(e.customer, -1)
 
             theirs += order.take(joined_before)
             # Also what the run of released events this erasure was met in has still to route: the cookie's
@@ -438,11 +438,7 @@ class IdentityState:
             # it took, counted as the erased person's, and the ad due from them was never decided (a probe
             # with --workers 2: 1-12 of 60 erased people's ads, every run).
             for pending in self._applying:
-                if any(type(e) is Event and joined_before(e) for e in pending):
-                    kept = [e for e in pending if not (type(e) is Event and joined_before(e))]
-                    theirs += [e for e in pending if type(e) is Event and joined_before(e)]
-                    pending.clear()
-                    pending.extend(kept)
+                theirs += take_from(pending, joined_before)  # type: ignore[arg-type]  # Events, by joined_before
         return sorted(theirs, key=lambda e: (e.ts, read_order(e)))
 
     def _savepoint(self, request: SavepointRequest, out: list[Routed]) -> None:

@@ -227,14 +227,17 @@ def _duration_ms(text: str) -> int:
     return parse_duration_ms(text)
 
 
-def _check_duration(origin: str, name: str, text: str, examples: str) -> int:
-    """`_duration_ms` of a setting, or a ConfigError naming it."""
+def _check_duration(origin: str, name: str, text: str, examples: str, most_days: int | None = None) -> int:
+    """`_duration_ms` of a setting, or a ConfigError naming it (also past `most_days`)."""
     try:
-        return _duration_ms(text)
+        ms = _duration_ms(text)
     except UnitlessDuration as exc:
         raise ConfigError(f"{origin}: {name}: {exc}") from None
     except ValueError:
         raise ConfigError(f"{origin}: {name}: not a duration: {text!r} ({examples})") from None
+    if most_days is not None and ms > most_days * _DAY_MS:
+        raise ConfigError(f"{origin}: {name} must be at most {most_days}d, got {text!r}")
+    return ms
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,8 @@ _UPPER: tuple[tuple[str, str, float, str], ...] = (
 )
 # Durations' upper bound: a longer wait overflowed the savepoint scheduler's timer (a traceback, and no
 # savepoint ever), and a longer bound or timeout than a year is a typo, not a setting.
-_MAX_DURATION_MS = 366 * 24 * 3600 * 1000
+_MAX_DURATION_DAYS = 366
+_DAY_MS = 24 * 3600 * 1000
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # Values below the bound that mean something: -1, the broker's default.
 _SPECIAL: dict[tuple[str, str], tuple[float, ...]] = {
@@ -494,15 +498,11 @@ def load_config(path: str | os.PathLike[str] | None = None,
     if not 0 <= config.profile.recent_orders <= 1000:  # every read and write of the profile carries them
         raise ConfigError(f"{origin}: [profile].recent_orders must be from 0 to 1000, "
                           f"got {config.profile.recent_orders}")
-    if _check_duration(origin, "[profile].recent_orders_max_age", config.profile.recent_orders_max_age,
-                       "e.g. 90d") > 100 * _MAX_DURATION_MS:
-        raise ConfigError(f"{origin}: [profile].recent_orders_max_age must be at most 36600d, "
-                          f"got {config.profile.recent_orders_max_age!r}")
+    _check_duration(origin, "[profile].recent_orders_max_age", config.profile.recent_orders_max_age, "e.g. 90d",
+                    most_days=100 * _MAX_DURATION_DAYS)
     for key, minimum in (("alignment_bound", 0), ("alignment_idle_timeout", 1)):
         text = getattr(config.flow, key)
-        ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 1m, 30s, 500ms")
-        if ms > _MAX_DURATION_MS:
-            raise ConfigError(f"{origin}: [flow].{key} must be at most 366d, got {text!r}")
+        ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 1m, 30s, 500ms", most_days=_MAX_DURATION_DAYS)
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
@@ -522,12 +522,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
                           f"not {config.state.on_lost_volume!r}")
     for key in ("savepoint_interval", "savepoint_timeout"):
         text = getattr(config.state, key)
-        ms = (_check_duration(origin, f"[state].{key}", text, "e.g. 1h, 30m")
+        ms = (_check_duration(origin, f"[state].{key}", text, "e.g. 1h, 30m", most_days=_MAX_DURATION_DAYS)
               if text.strip() or key == "savepoint_timeout" else 0)
         if ms < 0 or (ms == 0 and key == "savepoint_timeout"):
             raise ConfigError(f"{origin}: [state].{key} must be positive, got {text!r}")
-        if ms > _MAX_DURATION_MS:
-            raise ConfigError(f"{origin}: [state].{key} must be at most 366d, got {text!r}")
     if config.state.savepoint_keep < 1:
         raise ConfigError(f"{origin}: [state].savepoint_keep must be at least 1 (the newest is never deleted)")
     initial = config.state.initial_savepoint.strip()

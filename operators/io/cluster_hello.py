@@ -380,9 +380,8 @@ class HelloWatch(threading.Thread):
         logged = started - WAIT_LOG_S  # the first check that finds the cluster unformed says so
         formed_at: float | None = None
         wait = FIRST_CHECKS_S  # the cluster forms in a moment: a short run must still record who it ran with
-        checked = started
-        while not self.stopped.wait(wait if formed_at is not None or time.monotonic() - started >= BARRIER_FAST_S
-                                    else min(wait, BARRIER_REFRESH_S)):
+        checked, sleep = started, min(wait, BARRIER_REFRESH_S)
+        while not self.stopped.wait(sleep):
             now = time.monotonic()
             if now - started >= FORM_WAIT_S or (formed_at is not None and self.on_formed is None):
                 wait = CHECK_S
@@ -398,8 +397,9 @@ class HelloWatch(threading.Thread):
                 break
             # A peer that starts while this one waits needs a hello said since its start (`recovery_barrier`):
             # said every second for the first minute, then every REFRESH_S.
-            refresh = BARRIER_REFRESH_S if formed_at is None and now - started < BARRIER_FAST_S else REFRESH_S
-            if now - said >= refresh:
+            fast = formed_at is None and now - started < BARRIER_FAST_S
+            sleep = min(wait, BARRIER_REFRESH_S) if fast else wait
+            if now - said >= (BARRIER_REFRESH_S if fast else REFRESH_S):
                 said = now
                 self.mine["said_at"] = self.now_ms()
                 publish_hello(self.kafka, self.topic, self.mine, timeout_s=5.0, producer=producer)
