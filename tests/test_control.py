@@ -9,9 +9,12 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rocksdict import AccessType, Options, Rdict
 
 from nextclick.operators.identity.pseudonyms import pseudonymize
+from nextclick.operators.infra import metrics
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.infra.config import Config, ParseConfig
 from nextclick.operators.io.control import parse_control, savepoint_not_wanted
@@ -55,6 +58,12 @@ def control(body: object | bytes | None, key: bytes | None = b"k") -> EraseReque
      "missing_identifier"),
     (orjson.dumps({"command": "erase", "request_id": "r1", "id_type": "email", "id": ""}), "missing_identifier"),
     (orjson.dumps({"command": "erase", "request_id": "r1", "id": "someone@example.com"}), "missing_identifier"),
+    # An outside probe: an id_type that is a list or an object stopped the flow (unhashable), and every
+    # restart that read it again.
+    (orjson.dumps({"command": "erase", "request_id": "r1", "id_type": ["email"], "id": "x@example.com"}),
+     "missing_identifier"),
+    (orjson.dumps({"command": "erase", "request_id": "r1", "id_type": {"t": "email"}, "id": "x@example.com"}),
+     "missing_identifier"),
     # "$" matches before a final newline: a key or name with one must not pass as valid.
     (orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32 + "\n"}), "missing_identifier"),
     (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1\n"}), "schema_violation"),
@@ -112,6 +121,33 @@ def test_an_erase_with_a_bad_key_or_id_type_says_which_and_never_echoes_it() -> 
     bad_type = control({"command": "erase", "request_id": "r1", "id_type": "fax", "id": "someone@example.com"})
     assert isinstance(bad_type, DeadLetter) and "'id_type' must be one of [" in bad_type.message
     assert "someone@example.com" not in bad_key.message + bad_type.message and "fax" not in bad_type.message
+
+
+_SCALARS = st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=9)
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                         max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(command=st.sampled_from(["erase", "savepoint"]) | _JSON,
+       fields=st.dictionaries(st.sampled_from(["request_id", "customer_key", "customer_id", "id_type", "id", "name",
+                                               "expires_at", "requested_at"]), _JSON))
+def test_any_json_in_a_command_is_a_command_or_a_dead_letter_never_a_stop(command: object,
+                                                                          fields: dict[str, object]) -> None:
+    """Whoever can write the control topic must not stop the flow: every restart would read it again."""
+    result = parse_control(b"k", orjson.dumps({"command": command, **fields}), None, SRC, secret=SECRET,
+                           now_ms=NOW)
+    assert result is None or isinstance(result, (EraseRequest, SavepointRequest, DeadLetter))
+
+
+def test_a_bug_in_reading_a_command_dead_letters_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("nextclick.operators.io.control.pseudonymize", broken)
+    result = control({"command": "erase", "request_id": "r1", "customer_id": "C-1"})
+    assert isinstance(result, DeadLetter) and result.reason == "internal_error"
+    assert result.message == "internal error while reading the control message (RuntimeError)"
 
 
 def test_control_reasons_cover_the_control_only_reason() -> None:
@@ -223,6 +259,9 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
         # `kept` and drop every later event of theirs as from before it. Refused, as an event's `ts` is.
         producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "r0", "customer_id": kept,
                                             "requested_at": NOW * 1000}), b"r0")
+        # A hostile or broken sender's id_type (an outside probe: it stopped the flow, and every restart).
+        producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "rx", "id_type": ["email"],
+                                            "id": "x@example.com"}), b"rx")
         producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "r1", "customer_id": gone}),
                          b"r1")
         assert producer.flush(10) == 0
@@ -233,8 +272,9 @@ def test_online_erase_removes_one_customer(kafka: dict[str, str], topic_prefix: 
     assert read_profile(state, shards, gone_key) is None
     kept_profile = read_profile(state, shards, kept_key)
     assert kept_profile is not None and kept_profile["customer"] == kept_key
-    [refused] = consume_all(kafka, [dlq])
+    refused, unread = consume_all(kafka, [dlq])
     assert dict(refused.headers())["nextclick.errors.reason"] == b"ts_in_future"
+    assert dict(unread.headers())["nextclick.errors.reason"] == b"missing_identifier"
 
     # Logically gone everywhere in the shard's RocksDB: live data, timers and undo records (decoded,
     # since SST data blocks are compressed and a raw byte scan would not see a value in them).
@@ -285,6 +325,8 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
     send(web, cookie, {"event_id": "g1", "type": "page_view", "ts": NOW - 10 * MIN, "page_type": "product"})
     send(web, cookie, {"event_id": "g2", "type": "add_to_cart", "ts": NOW - 9 * MIN, "sku": "s", "amount": 30.0})
     send(web, "ck-kept", {"event_id": "k1", "type": "login", "ts": NOW - 9 * MIN, "customer_id": "KEPT-2"})
+    send(web, "ck-last", {"event_id": "l1", "type": "login", "ts": NOW - 9 * MIN, "customer_id": "LAST-3"})
+    last_key = pseudonymize("customer", "LAST-3", SECRET)
     assert producer.flush(10) == 0
     with FlowThread(config, ManualClock(NOW), tmp_path / "recovery") as flow:
         # Both anonymous events committed: the move below leaves the profile's bytes in an undo record.
@@ -304,10 +346,19 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
         erasing = [state / "identity" / "shard-0000",
                    family_of_anchor("customer", shards).path(state, shard_of(customer_key, shards))]
         before = {path: store_seq(path) for path in erasing}
-        producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": "dsr-9", "id_type": "cookie",
-                                            "id": cookie}), b"dsr-9")
+        erased_before = metrics.counter_values(metrics.ERASURES).get((), 0.0)
+        # The same erasure again and one of an identifier no event named erase nothing, and are not counted
+        # as people erased (an outside probe: both were); the last one shows all were read (one partition).
+        for request_id, body in (("dsr-9", {"id_type": "cookie", "id": cookie}),
+                                 ("dsr-9", {"id_type": "cookie", "id": cookie}),
+                                 ("dsr-10", {"customer_id": "NOBODY-0"}), ("dsr-11", {"customer_id": "LAST-3"})):
+            producer.produce(ctl, orjson.dumps({"command": "erase", "request_id": request_id, **body}),
+                             request_id.encode())
         assert producer.flush(10) == 0
-        _wait(lambda: all(read_profile(state, shards, k) is None for k in gone), 30, "the erasure", flow)
+        _wait(lambda: all(read_profile(state, shards, k) is None for k in gone | {last_key}), 30, "the erasures",
+              flow)
+        # One for the linked profile, however many identifiers and families its erasure reached, one for LAST-3.
+        assert metrics.counter_values(metrics.ERASURES)[()] - erased_before == 2
         # The checkpoints of the erasure's epoch (and their purges) come after the erasure itself.
         _wait(lambda: all(store_seq(path) > seq for path, seq in before.items()), 30,
               "the checkpoints after the erasure", flow)

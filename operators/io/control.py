@@ -88,6 +88,16 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
 
     A savepoint command comes back with shard -1 and a fresh token; the flow sends a copy to every shard.
     """
+    try:
+        return _parse_control(key, value, headers, source, secret, savepoint_dir, now_ms, max_future_skew_ms)
+    except Exception as exc:  # noqa: BLE001 - a bug here must not stop the flow, nor every restart that reads it again
+        return DeadLetter(key, value, tuple(headers or ()), source, "internal_error",
+                          f"internal error while reading the control message ({type(exc).__name__})")
+
+
+def _parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
+                   source: SourcePosition, secret: bytes, savepoint_dir: Path, now_ms: int | None,
+                   max_future_skew_ms: int) -> EraseRequest | SavepointRequest | DeadLetter | None:
     def refuse(reason: str, message: str) -> DeadLetter:
         return DeadLetter(key, value, tuple(headers or ()), source, reason, message)
 
@@ -157,10 +167,10 @@ def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tupl
         return refuse("missing_identifier", "erase 'customer_id' must be a string with a visible character")
     id_type, raw_id = body.get("id_type"), body.get("id")
     if "id_type" in body or "id" in body:
-        if id_type not in ID_TYPES:
+        if not isinstance(id_type, str) or id_type not in ID_TYPES:  # a list or an object is not hashable
             return refuse("missing_identifier", f"erase 'id_type' must be one of {sorted(ID_TYPES)}")
         if isinstance(raw_id, str) and names_someone(raw_id):
-            return EraseRequest(pseudonymize(str(id_type), raw_id, secret), request_id, source,
+            return EraseRequest(pseudonymize(id_type, raw_id, secret), request_id, source,
                                 requested_at=requested_at)
         return refuse("missing_identifier", "erase 'id' must be a string with a visible character")
     return refuse("missing_identifier", "erase needs 'customer_key', 'customer_id', or 'id_type' and 'id'")
