@@ -92,8 +92,6 @@ class EraseRequest:
     customer: str  # pseudonymous customer key
     request_id: str
     source: SourcePosition | None = None
-    # One of the parts the identity stage sends every family for an erasure it has counted already.
-    part: bool = False
     # When it was asked for (ms; the command's `requested_at`): events of the erased identifiers dated
     # at or before it are not applied again (operators/state/erased.py). None: when the flow reads it.
     requested_at: int | None = None

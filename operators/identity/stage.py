@@ -379,11 +379,11 @@ class IdentityState:
         for key, since in erased_at.items():
             if since is None or since < at:
                 self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at,
-                                         fire_before=event.ts), out, counted=False)
+                                         fire_before=event.ts), out)
 
-    def _erase(self, request: EraseRequest, out: list[Routed], *, counted: bool = True) -> None:
-        """Every identifier linked with the one named, in the graph now and in every family's shards.
-        `counted` False: part of an erasure counted already (`_erase_linked`)."""
+    def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
+        """Every identifier linked with the one named, in the graph now and in every family's shards
+        (the shard that holds the profile counts the erasure)."""
         shared = set(self.graph.shared)  # the erasure forgets which were shared: remember it with the marks
         # With the graph's records goes what was stored of any held event naming them, undo records
         # included: also of events let go since (their keys deleted at a checkpoint, their pre-images
@@ -402,13 +402,11 @@ class IdentityState:
         if self.order is not None:  # held events from before it are the erased person's: they go now
             out += self._apply(self._take_erased(self.order))
         self.ledger.note_erased()
-        if counted:
-            metrics.ERASURES.inc()
         log.info("identity erased", extra={"customer": request.customer, "identifiers": len(members)})
         for member in members:
             for family in self.families:
                 out.append((self.route(family.anchor, member),
-                            EraseRequest(member, request.request_id, request.source, part=True, requested_at=at,
+                            EraseRequest(member, request.request_id, request.source, requested_at=at,
                                          fire_before=request.fire_before)))
 
     def _joins_others(self, event: Event) -> bool:

@@ -357,7 +357,7 @@ class ShardState:
                 held[value.customer].append(value)  # after the merge, as it came after the link
             elif isinstance(value, EraseRequest):
                 self._turn_before_merge(value.customer, value.fire_before, out)
-                self.erase(value.customer, count=not value.part, at_ms=value.requested_at)
+                self.erase(value.customer, at_ms=value.requested_at)
             elif isinstance(value, MoveOut):
                 self._turn_before_merge(value.customer, value.at_ms, out)
                 out.append(barrier.move_out(value))
@@ -494,13 +494,16 @@ class ShardState:
             kept.append(value)
         return kept
 
-    def erase(self, customer: str, *, count: bool = True, at_ms: int | None = None) -> bool:
+    def erase(self, customer: str, *, at_ms: int | None = None) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once; the
         customer's events dated at or before `at_ms` (default: now) are not applied again.
 
-        `count` False for one of the parts of an erasure the identity stage counted (it erases every
-        identifier of a linked profile in every family)."""
+        Counted only where a profile is there now: the identity stage sends a part to every family's
+        shard of every identifier of a linked profile, and one of them holds it; an erasure repeated, or
+        of an identifier nothing was ever keyed by, erases nothing (an outside probe: both were counted,
+        so a report built on the counter named people who never were)."""
         self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
+        present = customer in self.cache.live or self.store.get(profile_key(customer)) is not None
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
         in_memory = self.cache.forget(customer)
         # Their held events from before it go now, counted as an erased person's are (`_without_erased`).
@@ -509,7 +512,7 @@ class ShardState:
         existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
         self.cache.mark_viewed(customer, erased=True)  # its tombstone on the view topic, saying so
         self.ledger.note_erased()
-        if count:
+        if present:
             metrics.ERASURES.inc()
         log.info("customer erased", extra={"customer": customer, "family": self.ctx.family, "shard": self.shard,
                                            "existed": existed})

@@ -28,6 +28,7 @@ from nextclick.operators.identity.graph import (
 from nextclick.operators.identity.guards import IdentityRulesError, default_identity_rules, load_identity_rules
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.identity.stage import IdentityContext, IdentityLogic
+from nextclick.operators.infra import metrics
 from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.infra.config import Config, ParseConfig
 from nextclick.operators.io.parse import _parse_fast, parse_message, parse_message_slow
@@ -469,7 +470,13 @@ def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Pa
     parts = sorted((route, item.customer) for route, item in routed)
     keys = sorted([key("customer", "E"), key("cookie", "ck")])
     assert parts == sorted((f.route(0, BALANCED), k) for f in flow.families for k in keys)
-    assert all(item.part for _, item in routed)
+    # The shard that holds the linked profile counts it, once; the other parts erase nothing and count nothing,
+    # and neither does the same erasure again.
+    erased = metrics.counter_values(metrics.ERASURES).get((), 0.0)
+    flow.deliver(routed)
+    assert metrics.counter_values(metrics.ERASURES)[()] - erased == 1
+    flow.send([EraseRequest(key("cookie", "ck"), "r1", SRC)])  # type: ignore[list-item]
+    assert metrics.counter_values(metrics.ERASURES)[()] - erased == 1
     flow.close()
 
 

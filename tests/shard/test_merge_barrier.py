@@ -215,7 +215,7 @@ def _erased_through_a_later_sign_in(tmp_path: Path, frontier_first: bool) -> lis
     from nextclick.operators.records import EraseRequest
 
     shard, out = _cart_on_a_shard(tmp_path, "a", "a")
-    erase = [EraseRequest("a", "linked-by-an-erased-persons-event", part=True, requested_at=T0 + 100 * MIN,
+    erase = [EraseRequest("a", "linked-by-an-erased-persons-event", requested_at=T0 + 100 * MIN,
                           fire_before=T0 + 90 * MIN)]
     past_the_cart = [Frontier(0, T0 + 2 * HOUR)]
     for items in ([past_the_cart, erase] if frontier_first else [erase, past_the_cart]):
