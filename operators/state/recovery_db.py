@@ -177,7 +177,11 @@ def progress_report(view: RecoveryView) -> dict[str, Any]:
 
 def cluster_resume_epoch(reports: Sequence[Mapping[str, Any]]) -> int | None:
     """The resume epoch from every process's `progress_report`, or None unless together they hold every
-    partition of one count (then nothing may be inferred: a resume would refuse to start anyway)."""
+    partition of one count (then nothing may be inferred: a resume would refuse to start anyway), or one of
+    them is not shaped as `progress_report` makes it (a hello anyone who can write the control topic can
+    say: it must neither stop the start nor pick the epoch whose snapshots are deleted)."""
+    if not all(_is_report(r) for r in reports):
+        return None
     counts = {r.get("part_count") for r in reports}
     if len(counts) != 1 or not isinstance(count := counts.pop(), int):
         return None
@@ -187,6 +191,20 @@ def cluster_resume_epoch(reports: Sequence[Mapping[str, Any]]) -> int | None:
     exs = [tuple(int(x) for x in row) for r in reports for row in r.get("exs", ())]
     fronts = [tuple(int(x) for x in row) for r in reports for row in r.get("fronts", ())]
     return resume_epoch(exs, fronts)
+
+
+def _ints(value: Any, length: int | None = None) -> bool:
+    return (isinstance(value, list) and all(type(x) is int for x in value)
+            and (length is None or len(value) == length))
+
+
+def _is_report(report: Any) -> bool:
+    """Shaped as `progress_report` makes it: exs rows (ex_num, worker_count, resume_epoch), fronts rows
+    (ex_num, worker_index, worker_frontier)."""
+    return (isinstance(report, dict) and type(report.get("part_count")) is int
+            and _ints(report.get("partitions"))
+            and all(isinstance(rows, list) and all(_ints(row, 3) for row in rows)
+                    for rows in (report.get("exs"), report.get("fronts"))))
 
 
 def drop_snapshots_from(path: str | Path, epoch: int) -> int:

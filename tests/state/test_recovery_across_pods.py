@@ -101,6 +101,12 @@ def test_reports_of_other_partition_counts_or_malformed_rows_infer_nothing() -> 
     assert cluster_resume_epoch([ok, {**ok, "partitions": [1], "part_count": 3}]) is None
     assert cluster_resume_epoch([ok, {**ok, "partitions": [0]}]) is None
     assert cluster_resume_epoch([ok, {**ok, "partitions": [1]}]) == 1  # nothing ever ran: epoch 1
+    # Hellos are said on the control topic, which others can write: a report not shaped as a process makes
+    # it infers nothing (before: unhashable part_count or a non-number row stopped the start with a TypeError).
+    for bad in ({"part_count": [2]}, {"partitions": [[1]]}, {"partitions": ["1"]}, {"exs": [[1, 2]]},
+                {"exs": [[1, 2, "x"]]}, {"fronts": [[1, 0, None]]}, {"fronts": {"0": 1}}, {"exs": None}):
+        assert cluster_resume_epoch([ok, {**ok, "partitions": [1], **bad}]) is None, bad
+    assert cluster_resume_epoch([ok, ["not", "a", "report"]]) is None  # type: ignore[list-item]
 
 
 @pytest.mark.broker
