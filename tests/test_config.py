@@ -97,6 +97,32 @@ def test_an_environment_variable_is_text_and_is_read_as_the_settings_kind(tmp_pa
     assert (config.state.savepoint_keep, config.state.sync) == (24, False)
 
 
+@pytest.mark.parametrize(("var", "meant"), [
+    ("NEXTCLICK_STATE_DIR", "NEXTCLICK_STATE__DIR"),
+    ("NEXTCLICK_STATE_RECOVERY_DIR", "NEXTCLICK_STATE__RECOVERY_DIR"),
+    ("NEXTCLICK_PRIVACY_SECRET", "NEXTCLICK_PRIVACY__SECRET"),
+    ("NEXTCLICK_state_shards", "NEXTCLICK_STATE__SHARDS"),
+    ("NEXTCLICK_KAFKA_BOOTSTRAP_SERVERS", "NEXTCLICK_KAFKA__BOOTSTRAP_SERVERS"),
+])
+def test_a_setting_with_one_underscore_for_two_is_refused_naming_the_one_meant(var: str, meant: str) -> None:
+    """An outside probe: NEXTCLICK_STATE_DIR was skipped as not a setting, and the pod started an empty
+    state in ./var/state, replayed the input from its start and sent decisions from it."""
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, {var: "x"})
+    assert str(refused.value) == (f"{var} is not a setting: a section and its key are joined by two underscores "
+                                  f"({meant})")
+
+
+@pytest.mark.parametrize("var", [
+    "NEXTCLICK_LOG_LEVEL", "NEXTCLICK_CONFIG", "NEXTCLICK_POD_NAME", "NEXTCLICK_NAMESPACE", "NEXTCLICK_FAILPOINTS",
+    # What Kubernetes sets for Services named nextclick, nextclick-kafka, nextclick-profiles, nextclick-state.
+    "NEXTCLICK_SERVICE_HOST", "NEXTCLICK_PORT", "NEXTCLICK_PORT_9100_TCP_ADDR", "NEXTCLICK_KAFKA_SERVICE_HOST",
+    "NEXTCLICK_KAFKA_PORT_9092_TCP", "NEXTCLICK_PROFILES_SERVICE_PORT_HTTP", "NEXTCLICK_STATE_SERVICE_HOST",
+])
+def test_other_nextclick_variables_are_not_settings_and_are_left_alone(var: str) -> None:
+    assert load_config(None, {var: "x"}) == load_config(None, {})
+
+
 def test_a_whole_number_written_as_a_float_is_that_number(tmp_path: Path) -> None:
     path = tmp_path / "nextclick.toml"
     path.write_text("[state]\nshards = 4.0\n")

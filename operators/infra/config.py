@@ -441,6 +441,28 @@ _SPECIAL: dict[tuple[str, str], tuple[float, ...]] = {
     ("topics", "partitions"): (-1,), ("topics", "replication_factor"): (-1,), ("topics", "profiles_partitions"): (-1,)}
 
 
+# What Kubernetes puts in a pod's environment for a Service named nextclick-kafka (say): not a setting.
+_SERVICE_VARIABLE = re.compile(r"_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_(ADDR|PORT|PROTO))?)?)$")
+
+
+def _meant_setting(var: str) -> str | None:
+    """The setting a NEXTCLICK_ variable with one underscore where two go was meant for
+    (NEXTCLICK_STATE_DIR: NEXTCLICK_STATE__DIR), or None for a variable that names none (NEXTCLICK_LOG_LEVEL,
+    a Kubernetes Service's NEXTCLICK_SERVICE_HOST). An outside probe: NEXTCLICK_STATE_DIR was ignored, and the
+    pod started an empty state on scratch disk and sent decisions from it."""
+    rest = var[len("NEXTCLICK_"):]
+    for section in ("kafka", *_SECTIONS):
+        if not rest.lower().startswith(f"{section}_"):
+            continue
+        key = rest[len(section) + 1:]
+        if section == "kafka":
+            if key and not _SERVICE_VARIABLE.search(rest):
+                return f"NEXTCLICK_KAFKA__{key}"
+        elif key.lower() in {f.name for f in dataclasses.fields(_SECTIONS[section])}:
+            return f"NEXTCLICK_{section.upper()}__{key.upper()}"
+    return None
+
+
 def load_config(path: str | os.PathLike[str] | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
     """Load the TOML file (if any), then apply `NEXTCLICK_*` overrides from `environ`."""
@@ -457,7 +479,13 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 raise ConfigError(f"{path}: [{name}] must be a table")
             raw[name] = dict(body)
     for var, value in environ.items():
-        if not var.startswith("NEXTCLICK_") or "__" not in var:
+        if not var.startswith("NEXTCLICK_"):
+            continue
+        if "__" not in var:
+            meant = _meant_setting(var)
+            if meant is not None:  # ignored, it started a new, empty deployment beside the real one
+                raise ConfigError(f"{var} is not a setting: a section and its key are joined by two underscores "
+                                  f"({meant})")
             continue
         section, _, key = var[len("NEXTCLICK_"):].partition("__")
         section = section.lower()
