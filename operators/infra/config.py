@@ -412,12 +412,14 @@ _BOUNDS: tuple[tuple[str, str, float, str], ...] = (
     ("topics", "profiles_partitions", 1, "at least 1, or -1 for the broker's default"),
     ("serve", "rate_limit", 0, "at least 0 (requests a second per token; 0: no limit)"),
 )
+MAX_SHARDS = 1024  # state.shards, and what `savepoint reshard --shards` may make
+
 # Upper bounds, checked at load as the lower ones are: (section, key, most, what the line says).
 _UPPER: tuple[tuple[str, str, float, str], ...] = (
     # Each shard is a RocksDB of its own and a Bytewax key: an outside probe's 100000 never finished its
     # first epoch, nor a drain after SIGTERM (4096: not ready after 25 s).
-    ("state", "shards", 1024, "at most 1024 (each shard is a RocksDB of its own; 4-8 per core is plenty, "
-                              "docs/state.md)"),
+    ("state", "shards", MAX_SHARDS, f"at most {MAX_SHARDS} (each shard is a RocksDB of its own; 4-8 per core is "
+                                    "plenty, docs/state.md)"),
     ("flow", "epoch_seconds", 3600, "at most 3600 (seconds between checkpoints, e.g. 2)"),
     ("flow", "stall_seconds", 7 * 24 * 3600, "at most a week (604800)"),
     ("flow", "progress_seconds", 24 * 3600, "at most a day (86400)"),

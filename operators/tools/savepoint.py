@@ -54,13 +54,13 @@ from typing import Any
 
 import orjson
 
-from nextclick.operators.infra.config import Config, derived_savepoint_dir, is_url
+from nextclick.operators.infra.config import MAX_SHARDS, Config, derived_savepoint_dir, is_url
 from nextclick.operators.infra.failures import is_device_full
 from nextclick.operators.io.control import SAVEPOINT_NAME, send_command
 from nextclick.operators.io.kafka_admin import client_config
 from nextclick.operators.profile.model import PROFILE_FORMAT
 from nextclick.operators.state.erased import ERASED_PREFIX
-from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of
+from nextclick.operators.state.keys import POSITIONS_KEY, customer_of_key, shard_of, shard_path
 from nextclick.operators.state.layout import IDENTITY, PROFILES, Family, family_named, has_store
 from nextclick.operators.state.manifest import (
     MANIFEST_FILE,
@@ -698,16 +698,27 @@ def reshard(src: Path, dest: Path, shards: int, *,
     """A new savepoint with `shards` shards holding exactly the customers (profiles, timers,
     quarantine records) of `src`, each in the shard that count places it in. Every family of profiles
     is re-sharded the same way; the identity graph (one store) is copied as it is."""
-    if shards < 1:
-        raise SavepointError("--shards must be at least 1")
+    if not 1 <= shards <= MAX_SHARDS:
+        # Above it no configuration loads the result (an outside probe: 2000 wrote 588 MB that no start could
+        # use, and 5000 ran out of file handles half way).
+        raise SavepointError(f"--shards must be from 1 to {MAX_SHARDS} (state.shards' limit), got {shards}")
     if is_url(str(src)) or is_url(str(dest)):
         raise SavepointError("reshard reads and writes directories: copy the savepoint from the object store "
                              "first (and back afterwards)")
     source = SavepointManifest.read(src)
     if source.root:
         src = src / source.root
-    _empty_dest(dest)
     staging = dest / f"{STAGING_PREFIX}reshard"
+    if staging.is_dir() and not (dest / MANIFEST).exists():
+        # A reshard into DEST was stopped part way (killed, a full disk): what it wrote goes, and this one
+        # starts again; anything else there is refused below, as for any savepoint.
+        written = {staging.name, *(shard_path("", n).name for n in range(shards)),
+                   *(family.subdir.split("/")[0] for family, _ in source.all_families() if family.subdir)}
+        for entry in dest.iterdir():
+            if entry.name in written:
+                shutil.rmtree(entry)
+        progress(f"removed what an interrupted reshard left in {dest}")
+    _empty_dest(dest)
     positions_blob = orjson.dumps(source.positions)
     new_seqs: dict[str, dict[int, int]] = {}
     for family, seqs in source.all_families():
