@@ -242,6 +242,9 @@ class SavepointManifest:
             if not where.remote and not where.path.exists():
                 raise SavepointError(f"{where} does not exist (`nextclick savepoint list` shows the savepoints "
                                      "of state.savepoint_dir)") from None
+            if not where.remote and (where.path / f"{STAGING_PREFIX}reshard").is_dir():
+                raise SavepointError(f"{where} is not a complete savepoint: a reshard into it was stopped part "
+                                     "way (run the same `nextclick savepoint reshard` again)") from None
             raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
                                  "still being written, or the wrong directory?)") from None
         except NotADirectoryError:

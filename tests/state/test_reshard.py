@@ -73,6 +73,8 @@ def test_a_reshard_stopped_part_way_is_done_again_by_the_same_command(tmp_path: 
         reshard(source, tmp_path / "again", 4)
     monkeypatch.setattr(os, "replace", real_replace)
     assert (tmp_path / "again" / ".parts-reshard").is_dir() and (tmp_path / "again" / "shard-0000").is_dir()
+    with pytest.raises(SavepointError, match="a reshard into it was stopped part way"):
+        SavepointManifest.read(tmp_path / "again")
     manifest = reshard(source, tmp_path / "again", 4)
     assert manifest.shards == 4 and not (tmp_path / "again" / ".parts-reshard").exists()
     assert _profiles(tmp_path / "again", 4) == _profiles(tmp_path / "clean", 4)
