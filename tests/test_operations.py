@@ -415,3 +415,12 @@ def test_a_cluster_process_whose_volume_is_full_names_it(tmp_path: Path, monkeyp
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(20 << 20, 20 << 20, 8192 if "recovery" in str(path)
                                                                   else 1 << 30))
     assert runner._full_volume(config) == f"{tmp_path / 'recovery'} (state.recovery_dir) has 8192 bytes free"
+
+
+def test_the_partitions_recovery_read_from_that_a_topic_no_longer_has() -> None:
+    from nextclick.operators.io.preflight import vanished_partitions
+
+    known = ["web#0", "web#10", "web#2", "web#3", "app#0", "other#7", "web#x", "ctl#0"]
+    assert vanished_partitions({"web": 2, "app": 1, "ctl": 1}, known) == {"web": ["web#2", "web#3", "web#10"]}
+    assert vanished_partitions({"web": 11, "app": 1}, known) == {}
+    assert vanished_partitions({"app": 0}, known) == {"app": ["app#0"]}

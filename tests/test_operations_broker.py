@@ -420,6 +420,32 @@ def test_a_missing_control_topic_is_named(setup: FlowSetup) -> None:
     check_stderr(done.stderr, debug=True)
 
 
+def test_an_input_topic_created_again_with_fewer_partitions_is_named_and_nothing_is_changed(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """An outside probe: a topic deleted and created again with 2 partitions instead of 4 stopped one process
+    with Bytewax's "Key StateKey(..#2) is not in this worker's routing map" (after rewriting its recovery
+    partition), and a cluster with each process blaming the other as a lost peer, on every restart."""
+    topic = f"{topic_prefix}.in"
+    ensure_topics(kafka, {topic: 3})
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[topic], shards=2)
+    produce(kafka, topic, workload(12, seed=5), 3)
+    run_to_end(setup)
+    admin = AdminClient(kafka)
+    for future in admin.delete_topics([topic]).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while topic in admin.list_topics(timeout=10).topics:
+        assert time.monotonic() < deadline, "the topic was not deleted"
+        time.sleep(0.2)
+    ensure_topics(kafka, {topic: 1})
+    before = {p: p.read_bytes() for p in sorted(setup.recovery_dir.rglob("*")) if p.is_file()}
+    assert run_failing(setup) == (
+        f"input topic '{topic}' has 1 partition, but state.recovery_dir holds read positions of partitions it no "
+        f"longer has ({topic}#1, {topic}#2): was it deleted and created again? Nothing was started or changed; "
+        "docs/operations.md, \"An input topic with fewer partitions\", says what to do")
+    assert {p: p.read_bytes() for p in sorted(setup.recovery_dir.rglob("*")) if p.is_file()} == before
+
+
 def test_a_read_only_state_dir_is_named_with_its_setting(setup: FlowSetup) -> None:
     setup.state_dir.mkdir()
     message = run_failing(setup, *read_only_prefix(setup.state_dir))

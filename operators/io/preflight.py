@@ -17,6 +17,8 @@ from nextclick.operators.channels import DECISION_CHANNELS
 from nextclick.operators.errors import NextclickError
 from nextclick.operators.infra.config import Config, decision_topic
 from nextclick.operators.io.kafka_admin import client_config
+from nextclick.operators.state.layout import CONTROL_STEP, INPUT_STEP
+from nextclick.operators.state.recovery_db import read_recovery
 
 
 class PreflightError(NextclickError, RuntimeError):
@@ -75,12 +77,22 @@ def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30
     A missing output topic is refused too, not left to the broker: one that creates topics on first
     write gives it the default partitions and retention, and one that does not fails every epoch.
     """
-    existing = set(AdminClient(client_config(kafka)).list_topics(timeout=timeout_s).topics)
-    for topic, setting in [*((t, "topics.inputs") for t in config.topics.inputs),
-                           (config.topics.control, "topics.control")]:
+    metadata = AdminClient(client_config(kafka)).list_topics(timeout=timeout_s).topics
+    existing = set(metadata)
+    inputs = [*((t, "topics.inputs") for t in config.topics.inputs), (config.topics.control, "topics.control")]
+    for topic, setting in inputs:
         if topic not in existing:
             raise PreflightError(f"input topic {topic!r} does not exist ({setting}); "
                                  "create it with `nextclick topics create`")
+    counts = {t: len(metadata[t].partitions) for t, _ in inputs}
+    gone = vanished_partitions(counts, read_positions(config.state.recovery_dir))
+    if gone:
+        topic = next(iter(gone))
+        count = f"{counts[topic]} partition{'' if counts[topic] == 1 else 's'}"
+        raise PreflightError(
+            f"input topic {topic!r} has {count}, but state.recovery_dir holds read positions of "
+            f"partitions it no longer has ({', '.join(gone[topic])}): was it deleted and created again? Nothing "
+            "was started or changed; docs/operations.md, \"An input topic with fewer partitions\", says what to do")
     missing = [(t, setting) for t, setting in output_topics(config) if t not in existing]
     if missing:
         named = ", ".join(f"{t!r} ({setting})" for t, setting in missing)
@@ -89,3 +101,23 @@ def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30
                              f"{'them' if len(missing) > 1 else 'it'} with `nextclick topics create` "
                              "(a broker that creates topics on first write uses its default partitions "
                              "and retention)")
+
+
+def read_positions(recovery_dir: str | Path) -> list[str]:
+    """The input partitions ("topic#n") whose read positions Bytewax's recovery holds here, committed."""
+    view = read_recovery(recovery_dir)
+    return [key for step, snapshots in view.snapshots.items()
+            if step.rsplit(".", 1)[-1] in (INPUT_STEP, CONTROL_STEP) for key in snapshots]
+
+
+def vanished_partitions(counts: Mapping[str, int], known: list[str]) -> dict[str, list[str]]:
+    """Per topic, the partitions recovery read from that the topic no longer has, in order. Bytewax
+    resumes each one it holds a position for and panics on one the topic does not list (one process:
+    "Key StateKey(...) is not in this worker's routing map"; a cluster: each process blames the other
+    as a lost peer, on every restart). Topics not in `counts` are not ours to judge."""
+    gone: dict[str, list[str]] = {}
+    for key in known:
+        topic, _, number = key.rpartition("#")
+        if topic in counts and number.isdigit() and int(number) >= counts[topic]:
+            gone.setdefault(topic, []).append(key)
+    return {topic: sorted(keys, key=lambda k: int(k.rpartition("#")[2])) for topic, keys in sorted(gone.items())}
