@@ -801,13 +801,19 @@ def _restore_decision(config: Config, savepoint: SavepointManifest, where: Desti
     marker = state_dir / RESTORING_FILE
     if marker.exists():
         try:
-            started = RestorePoint.from_json(orjson.loads(marker.read_bytes()))
+            said = orjson.loads(marker.read_bytes())
+            started = RestorePoint.from_json(said)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise StateMismatch(f"state.dir: {marker} is unreadable: a restore was interrupted; empty {state_dir} "
                                 f"and {recovery}, then restore again") from None
         if not savepoint.same_point(started):
-            raise _not_ours(f"{state_dir} holds an interrupted restore of savepoint {started.savepoint}",
-                            savepoint, where)
+            # Not _not_ours's "drop --from-savepoint to resume that state": an interrupted restore is no state
+            # to resume (an outside probe followed that advice and was told to restore the other savepoint).
+            source = str(said.get("from") or started.savepoint)
+            raise StateMismatch(f"state.dir: {state_dir} holds an interrupted restore of savepoint "
+                                f"{started.savepoint}, not of {where} ({savepoint.id}): finish that one with "
+                                f"--from-savepoint {source}, or move it away (`nextclick state reset`) to "
+                                "restore this one")
         return False  # the same restore, interrupted: it is done again from the start
     for path, setting in ((state_dir, "state.dir"), (recovery, "state.recovery_dir")):
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):

@@ -1,4 +1,5 @@
-"""`savepoint reshard`: its bounds, and a retry after it was stopped part way."""
+"""Offline savepoint commands: `savepoint reshard`'s bounds and a retry after it was stopped part way; the line
+a restore gives when another one was interrupted."""
 
 from __future__ import annotations
 
@@ -93,3 +94,26 @@ def test_what_a_reshard_did_not_write_is_never_removed(tmp_path: Path) -> None:
     reshard(source, done, 2)
     with pytest.raises(SavepointError, match="exists and is not empty"):  # a finished one is never redone
         reshard(source, done, 2)
+
+
+def test_an_interrupted_restore_of_another_savepoint_says_how_to_finish_it(tmp_path: Path) -> None:
+    """An outside probe: a start with another savepoint was told to drop --from-savepoint "to resume that
+    state"; doing so was refused, telling it to restore the first savepoint."""
+    import orjson
+
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.state.manifest import RESTORING_FILE, RestorePoint, StateMismatch
+    from nextclick.operators.tools.savepoint import Destination, _restore_decision
+
+    state, recovery = tmp_path / "state", tmp_path / "recovery"
+    state.mkdir()
+    first = RestorePoint("sp1", {0: 3}, {"web#0": 10})
+    (state / RESTORING_FILE).write_bytes(orjson.dumps({**first.to_json(), "from": "/backups/sp1"}))
+    other = SavepointManifest(id="sp2", created_at="2026-12-08T00:00:00+00:00", mode="offline", shards=1,
+                              secret_fingerprint="f", seqs={0: 4}, positions={"web#0": 20}, source_lineage=None)
+    config = Config().replace(state={"dir": str(state), "recovery_dir": str(recovery), "shards": 1})
+    with pytest.raises(StateMismatch) as refused:
+        _restore_decision(config, other, Destination("/backups/sp2"), state, recovery)
+    assert str(refused.value) == (
+        f"state.dir: {state} holds an interrupted restore of savepoint sp1, not of /backups/sp2 (sp2): finish that "
+        "one with --from-savepoint /backups/sp1, or move it away (`nextclick state reset`) to restore this one")
