@@ -199,3 +199,16 @@ def raw_entries(path: Path) -> list[tuple[bytes, bytes]]:
         return list(db.items())
     finally:
         db.close()
+
+
+def one_shard_savepoint(shard_dir: Path, dest: Path, seq: int) -> Path:
+    """An offline savepoint of one `profiles` shard (checkpointed at `seq`), as `savepoint create` lays it out."""
+    import shutil
+
+    from nextclick.operators.tools.savepoint import SavepointManifest, _write_manifest
+
+    shutil.copytree(shard_dir, dest / "shard-0000")
+    _write_manifest(dest, SavepointManifest(
+        id=dest.name, created_at="2026-12-07T00:00:00+00:00", mode="offline", shards=1, secret_fingerprint="f",
+        seqs={0: seq}, positions={}, source_lineage=None))
+    return dest

@@ -8,7 +8,6 @@ shard on its own channel, and the shard must hold them itself.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import msgspec
@@ -20,7 +19,7 @@ from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.keys import HELD_EVENT_PREFIX, customer_of_key, held_event_key, is_held_of
 from nextclick.operators.state.store import ShardStore
-from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event, raw_entries
+from tests.helpers import HOUR, MIN, T0, consent, default_rules, make_event, one_shard_savepoint, raw_entries
 
 BOUND = MIN
 
@@ -155,7 +154,7 @@ def test_an_erasure_removes_held_events_stored_before_the_undo_records_kept(tmp_
 
 def test_held_events_move_with_their_customer_in_a_reshard(tmp_path: Path) -> None:
     """A re-shard routes keys by their customer: a held event's key names its customer, and no other."""
-    from nextclick.operators.tools.savepoint import SavepointManifest, _write_manifest, reshard
+    from nextclick.operators.tools.savepoint import reshard
 
     key = held_event_key("c1", b"web\0" + bytes(12))
     assert customer_of_key(key) == "c1" and is_held_of(key, b"c1") and not is_held_of(key, b"c")
@@ -166,10 +165,7 @@ def test_held_events_move_with_their_customer_in_a_reshard(tmp_path: Path) -> No
     resume = logic.snapshot()
     logic.store.close()
     assert resume is not None
-    shutil.copytree(tmp_path / "state" / "shard-0000", tmp_path / "sp" / "shard-0000")
-    _write_manifest(tmp_path / "sp", SavepointManifest(
-        id="sp", created_at="2026-12-07T00:00:00+00:00", mode="offline", shards=1, secret_fingerprint="f",
-        seqs={0: int(resume["seq"])}, positions={}, source_lineage=None))
+    one_shard_savepoint(tmp_path / "state" / "shard-0000", tmp_path / "sp", int(resume["seq"]))
     reshard(tmp_path / "sp", tmp_path / "sp4", 4)
     from nextclick.operators.state.keys import shard_of
 

@@ -13,7 +13,7 @@ from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext, ShardState
 from nextclick.operators.state.keys import TIMER_PREFIX, customer_of_key, profile_key, timer_key
 from nextclick.operators.tools.profiles import read_profile
-from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event
+from tests.helpers import HOUR, MIN, SEC, T0, consent, default_rules, make_event, one_shard_savepoint
 
 
 def test_erasing_a_customer_seen_only_this_epoch_reports_and_removes_it(tmp_path: Path) -> None:
@@ -269,11 +269,10 @@ def test_an_erased_customers_events_from_before_the_erasure_are_not_applied_agai
 
 def test_an_erasure_is_remembered_by_every_shard_of_a_resharded_savepoint(tmp_path: Path) -> None:
     """The mark names no customer (a digest), so no shard owns it: re-sharding gives it to every one."""
-    import shutil
 
     from nextclick.operators.state.erased import ErasedKeys
     from nextclick.operators.state.store import ShardStore
-    from nextclick.operators.tools.savepoint import SavepointManifest, _write_manifest, reshard
+    from nextclick.operators.tools.savepoint import reshard
 
     ctx = ShardContext(state_dir=tmp_path / "state", shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR))
     shard = ShardLogic(ctx, None)
@@ -282,10 +281,7 @@ def test_an_erasure_is_remembered_by_every_shard_of_a_resharded_savepoint(tmp_pa
     shard.store.close()
     assert resume is not None
     seq = int(resume["seq"])
-    shutil.copytree(tmp_path / "state" / "shard-0000", tmp_path / "sp" / "shard-0000")
-    _write_manifest(tmp_path / "sp", SavepointManifest(
-        id="sp", created_at="2026-12-07T00:00:00+00:00", mode="offline", shards=1, secret_fingerprint="f",
-        seqs={0: seq}, positions={}, source_lineage=None))
+    one_shard_savepoint(tmp_path / "state" / "shard-0000", tmp_path / "sp", seq)
     reshard(tmp_path / "sp", tmp_path / "sp4", 4)
     for n in range(4):
         store = ShardStore.open_read_only(tmp_path / "sp4" / f"shard-{n:04d}")

@@ -4,7 +4,6 @@ a restore gives when another one was interrupted."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,8 @@ from nextclick.operators.infra.clock import ManualClock
 from nextclick.operators.shard.logic import ShardLogic
 from nextclick.operators.shard.shard_state import ShardContext
 from nextclick.operators.state.store import ShardStore
-from nextclick.operators.tools.savepoint import SavepointError, SavepointManifest, _write_manifest, reshard
-from tests.helpers import T0, default_rules, make_event
+from nextclick.operators.tools.savepoint import SavepointError, SavepointManifest, reshard
+from tests.helpers import T0, default_rules, make_event, one_shard_savepoint
 
 
 def _savepoint(tmp_path: Path) -> Path:
@@ -25,11 +24,7 @@ def _savepoint(tmp_path: Path) -> Path:
     resume = shard.snapshot()
     shard.store.close()
     assert resume is not None
-    shutil.copytree(tmp_path / "state" / "shard-0000", tmp_path / "sp" / "shard-0000")
-    _write_manifest(tmp_path / "sp", SavepointManifest(
-        id="sp", created_at="2026-12-08T00:00:00+00:00", mode="offline", shards=1, secret_fingerprint="f",
-        seqs={0: int(resume["seq"])}, positions={}, source_lineage=None))
-    return tmp_path / "sp"
+    return one_shard_savepoint(tmp_path / "state" / "shard-0000", tmp_path / "sp", int(resume["seq"]))
 
 
 def _profiles(savepoint: Path, shards: int) -> dict[int, list[bytes]]:
