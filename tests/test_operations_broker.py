@@ -446,6 +446,38 @@ def test_an_input_topic_created_again_with_fewer_partitions_is_named_and_nothing
     assert {p: p.read_bytes() for p in sorted(setup.recovery_dir.rglob("*")) if p.is_file()} == before
 
 
+def test_an_input_topic_taken_out_of_the_configuration_is_named_and_a_savepoint_retires_it(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """Taking a channel's topic out of [topics].inputs stopped the start with Bytewax's "Key StateKey(...#0)
+    is not in this worker's routing map": its read positions are in the recovery directory. Refused in one
+    line before anything is touched; a savepoint restored with the new inputs keeps every profile."""
+    web, store = f"{topic_prefix}.web", f"{topic_prefix}.store"
+    ensure_topics(kafka, {web: 1, store: 1})
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[web, store], shards=2)
+    produce(kafka, web, workload(8, seed=5), 1)
+    produce(kafka, store, workload(8, seed=6), 1)
+    run_to_end(setup)
+    profiles = read_profiles(setup.state_dir, setup.shards)
+    web_only = setup.with_(inputs=[web])
+    before = {p: p.read_bytes() for p in sorted(setup.recovery_dir.rglob("*")) if p.is_file()}
+    assert run_failing(web_only) == (
+        f"'{store}' is no longer an input (topics.inputs, topics.control), but state.recovery_dir holds its read "
+        f"positions ({store}#0), and the flow cannot resume without them: name it again to go on reading it; to "
+        "stop reading it, go through a savepoint (docs/operations.md, \"Removing an input topic\"). Nothing was "
+        "started or changed")
+    assert {p: p.read_bytes() for p in sorted(setup.recovery_dir.rglob("*")) if p.is_file()} == before
+    # What operations.md says: a savepoint, empty volumes, a restore with the new inputs.
+    env = web_only.env(stop_at_end=True)
+    for args in (["savepoint", "create", str(tmp_path / "sp")], ["run", "--from-savepoint", str(tmp_path / "sp")]):
+        done = subprocess.run([sys.executable, "-m", "nextclick", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if args[0] == "savepoint":
+            shutil.rmtree(setup.state_dir)
+            shutil.rmtree(setup.recovery_dir)
+    assert read_profiles(setup.state_dir, setup.shards) == profiles
+
+
 def test_a_read_only_state_dir_is_named_with_its_setting(setup: FlowSetup) -> None:
     setup.state_dir.mkdir()
     message = run_failing(setup, *read_only_prefix(setup.state_dir))

@@ -85,7 +85,16 @@ def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30
             raise PreflightError(f"input topic {topic!r} does not exist ({setting}); "
                                  "create it with `nextclick topics create`")
     counts = {t: len(metadata[t].partitions) for t, _ in inputs}
-    gone = vanished_partitions(counts, read_positions(config.state.recovery_dir))
+    positions = read_positions(config.state.recovery_dir)
+    dropped = sorted({key.rpartition("#")[0] for key in positions} - counts.keys())
+    if dropped:
+        held = ", ".join(key for key in sorted(positions) if key.rpartition("#")[0] == dropped[0])
+        raise PreflightError(
+            f"{dropped[0]!r} is no longer an input (topics.inputs, topics.control), but state.recovery_dir holds its "
+            f"read positions ({held}), "
+            "and the flow cannot resume without them: name it again to go on reading it; to stop reading it, go "
+            "through a savepoint (docs/operations.md, \"Removing an input topic\"). Nothing was started or changed")
+    gone = vanished_partitions(counts, positions)
     if gone:
         topic = next(iter(gone))
         count = f"{counts[topic]} partition{'' if counts[topic] == 1 else 's'}"
