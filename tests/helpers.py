@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 import nextclick.operators
 from nextclick.operators.channels import EVENT_CHANNELS
@@ -169,7 +169,10 @@ def consume_all(kafka: Mapping[str, str], topics: Iterable[str], *, idle_s: floa
         assignments = []
         for topic in topics:
             meta = consumer.list_topics(topic, timeout=10).topics[topic]
-            assignments += [TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions]
+            # Offset 0, not OFFSET_BEGINNING: an outside probe saw Tansu answer 2 for a partition's earliest
+            # offset while offsets 0 and 1 still held two decisions, which then read as missing. Test topics
+            # have no retention, so 0 is where every partition starts.
+            assignments += [TopicPartition(topic, p, 0) for p in meta.partitions]
         consumer.assign(assignments)
         pending = {(tp.topic, tp.partition) for tp in assignments}
         out = []
