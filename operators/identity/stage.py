@@ -279,18 +279,8 @@ class IdentityState:
             return
         if isinstance(outcome, Refusal):
             metrics.LINKS_REFUSED.labels(outcome.reason, outcome.id_type).inc()
-            marked = False
-            if outcome.reason == "two_customer_ids":  # a second customer signed in on this cookie or device
-                named = [(event.id_type, event.customer), *event.links]
-                for customer in (k for t, k in named if t == "customer"):
-                    for key in graph.mark_shared(named, customer):
-                        log.info("a cookie or device is shared: its later events go to its own profile",
-                                 extra={"identifier": key})
-                        # The first customer's decisions stop addressing it (their ads would follow
-                        # whoever uses the kiosk next); the graph keeps the link, for erasure.
-                        owner = graph.component(next(t for t, k in named if k == key), key)
-                        out.append((self.route(owner.type, owner.key), Detach(owner.key, key, at_ms=event.ts)))
-                        marked = True
+            # A second customer signed in on this cookie or device.
+            marked = outcome.reason == "two_customer_ids" and self._share(event, out)
             primary = graph.component(event.id_type, event.customer)
             self._refusals.write(outcome.reason, outcome.id_type, event,
                                  sorted({graph.component(t, k).key for t, k in event.links} | {primary.key}))
@@ -329,6 +319,24 @@ class IdentityState:
                     replace_event(event, customer=into, id_type=merge.anchor)))
         metrics.LINKS.labels(merge.anchor).inc()
         failpoints.hit("linked")
+
+    def _share(self, event: Event, out: list[Routed]) -> bool:
+        """After a sign-in as a second customer id was refused: the cookies and devices it names that are
+        another customer's are shared from now on; True if it made any so."""
+        graph = self.graph
+        assert event.id_type is not None  # a link event: its identifier's type is known
+        named = [(event.id_type, event.customer), *event.links]
+        marked = False
+        for customer in (k for t, k in named if t == "customer"):
+            for key in graph.mark_shared(named, customer):
+                log.info("a cookie or device is shared: its later events go to its own profile",
+                         extra={"identifier": key})
+                # The first customer's decisions stop addressing it (their ads would follow whoever uses
+                # the kiosk next); the graph keeps the link, for erasure.
+                owner = graph.component(next(t for t, k in named if k == key), key)
+                out.append((self.route(owner.type, owner.key), Detach(owner.key, key, at_ms=event.ts)))
+                marked = True
+        return marked
 
     def _refused_blocked(self, event: Event) -> None:
         for id_type in event.blocked:
@@ -373,9 +381,22 @@ class IdentityState:
         """A link event from before an erasure names identifiers that it joined to the erased person
         when it was first read, and that the erasure then took with them: a replay reads the erasure
         first, when the graph does not hold that link yet. They go now, as they went then (the cookie's
-        cart applied before this sign-in included)."""
-        erased_at = {key: self.graph.erased.erased_at(key) for key in self.graph.personal_keys(event)}
+        cart applied before this sign-in included).
+
+        Unless the link was refused when it was first read, as it is now: a sign-in on another customer's
+        cookie (a household's computer) joined the cookie to nobody and made it shared, so the cookie is
+        shared again here and the other customer keeps it (an outside probe: in a backlog the erasure of
+        the second person to sign in erased the first one's whole profile, their opt-out included). Any
+        other refusal joined nothing to the erased person."""
+        graph = self.graph
+        erased_at = {key: graph.erased.erased_at(key) for key in graph.personal_keys(event)}
         at = max(t for t in erased_at.values() if t is not None and event.ts <= t)
+        if event.id_type is not None:
+            outcome = graph.decide([(event.id_type, event.customer), *event.links])
+            if isinstance(outcome, Refusal):
+                if outcome.reason != "two_customer_ids" or not self._share(event, out):
+                    return
+                erased_at = {key: graph.erased.erased_at(key) for key in graph.personal_keys(event)}  # not shared
         for key, since in erased_at.items():
             if since is None or since < at:
                 self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at,
