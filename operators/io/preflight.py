@@ -88,7 +88,8 @@ def check_topics(kafka: Mapping[str, Any], config: Config, timeout_s: float = 30
     positions = read_positions(config.state.recovery_dir)
     dropped = sorted({key.rpartition("#")[0] for key in positions} - counts.keys())
     if dropped:
-        held = ", ".join(key for key in sorted(positions) if key.rpartition("#")[0] == dropped[0])
+        held = ", ".join(sorted((key for key in positions if key.rpartition("#")[0] == dropped[0]),
+                                key=_partition_number))
         raise PreflightError(
             f"{dropped[0]!r} is no longer an input (topics.inputs, topics.control), but state.recovery_dir holds its "
             f"read positions ({held}), "
@@ -129,4 +130,10 @@ def vanished_partitions(counts: Mapping[str, int], known: list[str]) -> dict[str
         topic, _, number = key.rpartition("#")
         if topic in counts and number.isdigit() and int(number) >= counts[topic]:
             gone.setdefault(topic, []).append(key)
-    return {topic: sorted(keys, key=lambda k: int(k.rpartition("#")[2])) for topic, keys in sorted(gone.items())}
+    return {topic: sorted(keys, key=_partition_number) for topic, keys in sorted(gone.items())}
+
+
+def _partition_number(key: str) -> int:
+    """"web#10" -> 10, so that partitions are named in their order (#2 before #10)."""
+    number = key.rpartition("#")[2]
+    return int(number) if number.isdigit() else -1

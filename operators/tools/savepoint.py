@@ -106,6 +106,8 @@ from nextclick.operators.tools.startup import (
 )
 
 log = logging.getLogger(__name__)
+# Inside a reshard's DEST until it is complete: what it has written so far (`reshard`, `SavepointManifest.read`).
+RESHARD_STAGING = f"{STAGING_PREFIX}reshard"
 
 
 
@@ -242,7 +244,7 @@ class SavepointManifest:
             if not where.remote and not where.path.exists():
                 raise SavepointError(f"{where} does not exist (`nextclick savepoint list` shows the savepoints "
                                      "of state.savepoint_dir)") from None
-            if not where.remote and (where.path / f"{STAGING_PREFIX}reshard").is_dir():
+            if not where.remote and (where.path / RESHARD_STAGING).is_dir():
                 raise SavepointError(f"{where} is not a complete savepoint: a reshard into it was stopped part "
                                      "way (run the same `nextclick savepoint reshard` again)") from None
             raise SavepointError(f"{where} is not a complete savepoint (no {MANIFEST}; an online savepoint "
@@ -711,7 +713,7 @@ def reshard(src: Path, dest: Path, shards: int, *,
     source = SavepointManifest.read(src)
     if source.root:
         src = src / source.root
-    staging = dest / f"{STAGING_PREFIX}reshard"
+    staging = dest / RESHARD_STAGING
     if staging.is_dir() and not (dest / MANIFEST).exists():
         # A reshard into DEST was stopped part way (killed, a full disk): what it wrote goes, and this one
         # starts again; anything else there is refused below, as for any savepoint.
