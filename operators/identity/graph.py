@@ -19,7 +19,7 @@ raw guards the parser applies before an identifier gets here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,18 +205,24 @@ class IdentityGraph:
                 members.append(key)
         return members
 
-    def erase(self, key: str, *, also: Sequence[bytes] = (),
+    def erase(self, key: str, *, at_ms: int | None = None, also: Sequence[bytes] = (),
               matching: Callable[[bytes], bool] | None = None) -> list[str]:
         """Right to erasure through links: forget every identifier linked with `key`, and `key`, at once
         (committed immediately and gone from every undo record, like a shard's erasure). Returns
-        `members(key)`. `also` and `matching`: more of the store to erase in the same pass over the undo
-        records (the identity stage's held events, `Store.erase`)."""
+        `members(key)`. `at_ms`: the erasure's time, marked for every member in the same write
+        (`ErasedKeys.mark`; which of them were shared is remembered with it). `also` and `matching`: more
+        of the store to erase in the same pass over the undo records (the identity stage's held events,
+        `Store.erase`)."""
         members = self.members(key)
+        marks: dict[bytes, bytes] = {}
+        if at_ms is not None:
+            for member in members:
+                marks.update(self.erased.mark(member, at_ms, shared=member in self.shared))
         # Any member may have keyed a profile once (a group record that a later merge deleted, still
         # in an undo record): every member's group key goes too.
         self.store.erase([node_key(m) for m in members] + [group_key(m) for m in members]
                          + [link_ids_key(m) for m in members] + [SHARED_PREFIX + m.encode() for m in members]
-                         + list(also), matching=matching)
+                         + list(also), matching=matching, written=marks)
         for member in members:
             self._cache.pop(member, None)
         self.shared.difference_update(members)
@@ -234,12 +240,6 @@ class IdentityGraph:
                     self.store.put(SHARED_PREFIX + key.encode(), b"1")
                     marked.append(key)
         return marked
-
-    def mark_erased(self, keys: list[str], at_ms: int, shared: Collection[str] = ()) -> None:
-        """Remember that these identifiers were erased at `at_ms` (operators/state/erased.py), and which
-        of them were shared."""
-        for key in keys:
-            self.erased.mark(key, at_ms, shared=key in shared)
 
     def of_erased(self, event: Event) -> bool:
         """The event names an identifier erased at or after its time: the erased person's, from before."""

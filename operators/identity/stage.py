@@ -405,7 +405,6 @@ class IdentityState:
     def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
         """Every identifier linked with the one named, in the graph now and in every family's shards
         (the shard that holds the profile counts the erasure)."""
-        shared = set(self.graph.shared)  # the erasure forgets which were shared: remember it with the marks
         # With the graph's records goes what was stored of any held event naming them, undo records
         # included: also of events let go since (their keys deleted at a checkpoint, their pre-images
         # still in its undo record), and of a run with several readers before this one. One pass over
@@ -416,10 +415,9 @@ class IdentityState:
             return key[:1] == HELD_PREFIX and any(n in key for n in named)
 
         doomed = [key for key in self._held_stored if naming(key)]
-        members = self.graph.erase(request.customer, also=doomed, matching=naming)
-        self._held_stored.difference_update(doomed)
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
-        self.graph.mark_erased([request.customer, *members], at, shared.intersection(members))
+        members = self.graph.erase(request.customer, at_ms=at, also=doomed, matching=naming)
+        self._held_stored.difference_update(doomed)
         if self.order is not None:  # held events from before it are the erased person's: they go now
             out += self._apply(self._take_erased(self.order))
         self.ledger.note_erased()

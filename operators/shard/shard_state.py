@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -502,18 +502,29 @@ class ShardState:
         shard of every identifier of a linked profile, and one of them holds it; an erasure repeated, or
         of an identifier nothing was ever keyed by, erases nothing (an outside probe: both were counted,
         so a report built on the counter named people who never were)."""
-        self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
+        marks = self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
         present = customer in self.cache.live or self.store.get(profile_key(customer)) is not None
+        cache = self.cache
+        if present and self.ctx.view is not None:
+            # Its tombstone goes out (acknowledged) before the erasure is committed, not at the checkpoint:
+            # a crash in between left the view's last record live for good, as the replay finds nothing to
+            # erase (an outside probe: the profile service showed an erased person's profile and orders).
+            view_key = f"{self.ctx.family}/{customer}"
+            self.ctx.view([(view_key, None)], {view_key})
+            cache.viewed.discard(customer)
+            cache.erased_viewed.discard(customer)
+        else:
+            cache.mark_viewed(customer, erased=True)  # its tombstone on the view topic, saying so
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
-        in_memory = self.cache.forget(customer)
+        in_memory = cache.forget(customer)
         # Their held events from before it go now, counted as an erased person's are (`_without_erased`).
         metrics.EVENTS_OF_ERASED.inc(len(self.held.take(customer, lambda e: self.erased.before_erasure(
             customer, e.ts))))
-        existed = erase_customer(self.store, customer, self.ctx.ruleset) or in_memory
-        self.cache.mark_viewed(customer, erased=True)  # its tombstone on the view topic, saying so
+        existed = erase_customer(self.store, customer, self.ctx.ruleset, marks=marks) or in_memory
         self.ledger.note_erased()
         if present:
             metrics.ERASURES.inc()
+            failpoints.hit("erased")
         log.info("customer erased", extra={"customer": customer, "family": self.ctx.family, "shard": self.shard,
                                            "existed": existed})
         return existed
@@ -523,8 +534,10 @@ class _Quarantined(Exception):
     """The customer's stored profile is set aside for inspection (see `Quarantine.set_aside`). Kept in
     this module: dead letters name it by its module (`exception_class`)."""
 
-def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> bool:
-    """Remove one customer from a shard's store, committed immediately; True if they were there.
+def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet,
+                   marks: Mapping[bytes, bytes] | None = None) -> bool:
+    """Remove one customer from a shard's store, committed immediately; True if they were there. `marks`:
+    the erasure's marks (`ErasedKeys.mark`), written in the same synced write.
 
     Both the current profile's timer and the last checkpoint's (they differ when the timer moved in
     this epoch) are removed, so no restore can leave a timer that points at the customer. A
@@ -547,7 +560,7 @@ def erase_customer(store: KeyValueStore, customer: str, ruleset: RuleSet) -> boo
     suffix = customer.encode()
     # Held events (operators/shard/held.py) too, stored or in undo records: their keys start with the customer.
     store.erase(keys + [k for k, _ in store.scan(HELD_EVENT_PREFIX + suffix + b"\0")],
-                matching=lambda k: is_timer_of(k, suffix) or is_held_of(k, suffix))
+                matching=lambda k: is_timer_of(k, suffix) or is_held_of(k, suffix), written=marks)
     return bool(versions)
 
 

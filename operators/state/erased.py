@@ -28,10 +28,9 @@ def _digest(key: str) -> bytes:
 class ErasedKeys:
     """The erased keys of one store, read once (erasures are few)."""
 
-    __slots__ = ("_at", "_shared", "_store", "checksums")
+    __slots__ = ("_at", "_shared", "checksums")
 
     def __init__(self, store: KeyValueStore) -> None:
-        self._store = store
         self._at: dict[bytes, int] = {}
         self._shared: set[bytes] = set()  # erased keys that were a shared cookie or device (`mark`)
         # The erased keys' crc32s: empty (falsy) until the first erasure, so a hot loop tests it first.
@@ -46,10 +45,15 @@ class ErasedKeys:
     def __bool__(self) -> bool:
         return bool(self._at)
 
-    def mark(self, key: str, at_ms: int, *, shared: bool = False) -> None:
+    def mark(self, key: str, at_ms: int, *, shared: bool = False) -> dict[bytes, bytes]:
         """`key` was erased at `at_ms`: its events dated at or before it are not applied again. `shared`:
         it was a cookie or device several customers signed in on, which says nothing of whose an event
-        naming it beside someone's own identifier is (IdentityGraph.personal_keys)."""
+        naming it beside someone's own identifier is (IdentityGraph.personal_keys).
+
+        Returns the record to write, which the caller puts in the erasure's own synced write
+        (`KeyValueStore.erase(written=...)`): a mark staged for the next checkpoint was lost to a crash
+        before it while the erasure stayed done, and the replay then applied the person's earlier events
+        again (an outside probe: an erased customer's purchase came back as a new profile)."""
         digest = _digest(key)
         if at_ms > self._at.get(digest, -1) or (shared and digest not in self._shared):
             checksum = zlib.crc32(key.encode())
@@ -57,8 +61,9 @@ class ErasedKeys:
             self.checksums.add(checksum)
             if shared:
                 self._shared.add(digest)
-            self._store.put(ERASED_PREFIX + digest,
-                            f"{self._at[digest]},{checksum}{',s' if digest in self._shared else ''}".encode())
+            return {ERASED_PREFIX + digest:
+                    f"{self._at[digest]},{checksum}{',s' if digest in self._shared else ''}".encode()}
+        return {}
 
     def was_shared(self, key: str) -> bool:
         return bool(self._shared) and zlib.crc32(key.encode()) in self.checksums and _digest(key) in self._shared

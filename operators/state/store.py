@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -105,7 +105,8 @@ class KeyValueStore(Protocol):
 
     def checkpoint(self) -> int: ...
 
-    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None) -> None: ...
+    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None,
+              written: Mapping[bytes, bytes] | None = None) -> None: ...
 
     def purge(self) -> None: ...
 
@@ -428,16 +429,20 @@ class ShardStore:
         self._bulk = None
         return self._undo.commit_bulk(batch)
 
-    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None) -> None:
+    def erase(self, keys: Sequence[bytes], *, matching: Callable[[bytes], bool] | None = None,
+              written: Mapping[bytes, bytes] | None = None) -> None:
         """Right to erasure: remove `keys` now, everywhere, so that no rollback can restore them.
 
         `matching`: also every key an undo record holds for which it is true (keys whose names the
         caller cannot know any more, e.g. the timer of a profile deleted in an earlier epoch).
+        `written`: records the erasure keeps (its marks), put in the same write and as far beyond rollback.
         Committed immediately and synced (not at the next checkpoint); seq does not change.
         """
         self._check_writable()
-        for key in store_erase.erase(self._db, self._undo, self._pending, keys, matching):
+        for key in store_erase.erase(self._db, self._undo, self._pending, keys, matching, written):
             self._cache_put(key, None)
+        for key, value in (written or {}).items():
+            self._cache_put(key, value)
 
     def purge(self) -> None:
         """Make erased data leave the files, not only the key space.

@@ -480,6 +480,27 @@ def test_an_erase_request_reaches_every_family_for_every_identifier(tmp_path: Pa
     flow.close()
 
 
+def test_an_erasure_by_a_linked_identifier_holds_when_the_process_dies_before_the_checkpoint(
+        tmp_path: Path) -> None:
+    """The graph's erasure is committed at once and its marks with it: a crash before the checkpoint replays
+    the customer's purchase from before the erasure, which must not start a new profile (an outside probe:
+    the marks were staged for the checkpoint; the replayed erasure by the cookie found the cookie alone, so
+    the customer id and email were not marked and the purchase came back)."""
+    ctx = IdentityContext(tmp_path, 1, default_identity_rules(), sync=False)
+    identity = IdentityLogic(ctx, None)
+    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
+    resume = identity.snapshot()
+    purchase = web("2", "purchase", T0 + MIN, ("customer", "E"), amount=40.0)
+    identity.on_batch([purchase, EraseRequest(key("cookie", "ck"), "r1", SRC, requested_at=T0 + 10 * MIN)])
+    identity.state.close()  # SIGKILL: no checkpoint of this epoch
+
+    again = IdentityLogic(ctx, resume)  # the epoch is read again: the purchase, then the erasure
+    grouped, _ = again.on_batch([purchase, EraseRequest(key("cookie", "ck"), "r1", SRC, requested_at=T0 + 10 * MIN)])
+    routed = [item for _, items in grouped for item in items]
+    assert [item for item in routed if isinstance(item, Event)] == []
+    again.state.close()
+
+
 def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
     from nextclick.operators.state.manifest import StateMismatch
     from nextclick.operators.tools.startup import check_start

@@ -298,9 +298,9 @@ def test_an_erased_shared_cookie_is_remembered_as_shared(tmp_path: Path) -> None
 
     store = ShardStore(tmp_path / "s", sync=False)
     marks = ErasedKeys(store)
-    marks.mark("kiosk", T0, shared=True)
-    marks.mark("ann", T0)
-    marks.mark("kiosk", T0 + MIN)  # a later erasure of someone else who used it
+    store.erase([], written=marks.mark("kiosk", T0, shared=True))
+    store.erase([], written=marks.mark("ann", T0))
+    store.erase([], written=marks.mark("kiosk", T0 + MIN))  # a later erasure of someone else who used it
     store.checkpoint()
     store.close()
     store = ShardStore(tmp_path / "s", sync=False)
@@ -310,3 +310,43 @@ def test_an_erased_shared_cookie_is_remembered_as_shared(tmp_path: Path) -> None
         assert again.erased_at("kiosk") == T0 + MIN and again.erased_at("ann") == T0
     finally:
         store.close()
+
+
+def test_an_erasure_stays_whole_when_the_process_dies_before_the_checkpoint(tmp_path: Path) -> None:
+    """The erasure is committed at once, its mark with it: a crash before the epoch's checkpoint replays
+    the customer's purchase from before the erasure, which must not bring them back (an outside probe: the
+    mark was staged for the checkpoint, lost with the crash, and the purchase made a new profile)."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR))
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([consent(T0)])
+    resume = shard.snapshot()
+    purchase = make_event("purchase", T0 + MIN, order_id="o1", amount=40.0)
+    shard.on_batch([purchase, EraseRequest("c1", "r1", requested_at=T0 + 10 * MIN)])
+    shard.store.close()  # SIGKILL: no checkpoint of this epoch
+
+    again = ShardLogic(ctx, resume)  # resumed from the last checkpoint; the epoch is read again
+    again.on_batch([purchase])
+    again.snapshot()
+    again.store.close()
+    assert read_profile(tmp_path, 1, "c1") is None
+
+
+def test_an_erased_profiles_tombstone_is_on_the_view_before_the_erasure_is_done(tmp_path: Path) -> None:
+    """Its tombstone is acknowledged before the erasure commits, so a crash before the checkpoint cannot
+    leave the view's last record live (a replay finds nothing to erase and writes nothing)."""
+    published: list[tuple[list[tuple[str, object]], set[str]]] = []
+
+    def view(changes: list[tuple[str, object]], erased: set[str]) -> int:
+        published.append((changes, erased))
+        assert shard.store.get(profile_key("c1")) is not None, "the tombstone goes out first"
+        return len(changes)
+
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR),
+                       view=view)  # type: ignore[arg-type]
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([consent(T0)])
+    shard.snapshot()
+    published.clear()
+    shard.on_batch([EraseRequest("c1", "r1", requested_at=T0 + 10 * MIN)])
+    assert published == [([("profiles/c1", None)], {"profiles/c1"})]
+    shard.store.close()
