@@ -70,7 +70,8 @@ def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
             low = first
         if high is None or last > high:
             high = last
-    for bounds in (history.prune(profile.history, ref_ms), dedupe.prune(profile.seen, ref_ms)):
+    for bounds in (history.prune(profile.history, ref_ms, ruleset.cooldowns_ms, ruleset.cap_horizon_ms),
+                   dedupe.prune(profile.seen, ref_ms)):
         if bounds is not None:
             if low is None or bounds[0] < low:
                 low = bounds[0]

@@ -27,6 +27,7 @@ def profile_view(key: str, profile: Profile, ruleset: RuleSet, now_ms: int) -> d
         if signal.kind == "absence" and (state := profile.signals.get(signal.name)) is not None:
             absences[signal.name] = {"since": state[0], "deadline": signal.deadline(state)}
     sent = profile.history.sent
+    cooldowns = ruleset.cooldowns_ms  # a decision's cooldown ends as the rules say now (profile/history.py)
     return {
         "schema": VIEW_SCHEMA,
         "profile_key": key,
@@ -42,7 +43,8 @@ def profile_view(key: str, profile: Profile, ruleset: RuleSet, now_ms: int) -> d
         "last_contact": dict(sorted(facts.last_contact.items())),
         "pending_absences": absences,
         "recent_decisions": {
-            "rules": {rule: {"at": at, "until": until} for rule, (at, until) in sorted(profile.history.fired.items())},
+            "rules": {rule: {"at": at, "until": at + cooldowns[rule] if rule in cooldowns else until}
+                      for rule, (at, until) in sorted(profile.history.fired.items())},
             "channels": {channel: [entry[0] for entry in entries] for channel, entries in sorted(sent.items())},
         },
         "ids": {id_type: list(keys) for id_type, keys in sorted(profile.ids.items())},

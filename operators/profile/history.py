@@ -1,6 +1,10 @@
 """Decision history: which rule fired when (cooldowns) and what was sent per channel (frequency caps).
 
 Each entry carries the time it stops mattering, so the history prunes itself and reports its expiries.
+That time is worked out again from the rules in force whenever it is judged (`cooling_down`, `prune`):
+a cooldown or cap window changed between two runs applies to the decisions made before the change (an
+outside probe: a cooldown shortened from a day to an hour still blocked for a day, one lengthened still
+let the next decision out at the old end, and a cap window lengthened forgot what was sent before).
 A channel's sent list is kept in time order ([ts, until] ascending) however the decisions came, as
 `merge` keeps it, so equal histories store the same bytes (operators/profile/codec.py).
 """
@@ -8,6 +12,7 @@ A channel's sent list is kept in time order ([ts, until] ascending) however the 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Mapping
 
 from nextclick.operators.profile.model import History, Profile
 
@@ -17,7 +22,7 @@ def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: i
     history = profile.history
     if cooldown_ms > 0:  # `cooldown = "0s"`: every trigger may fire, so there is nothing to remember
         fired = history.fired.get(rule_id)
-        if fired is None or (ts + cooldown_ms, ts) > (fired[1], fired[0]):  # the later end, as `merge` keeps
+        if fired is None or (ts, ts + cooldown_ms) > (fired[0], fired[1]):  # the later one, as `merge` keeps
             history.fired[rule_id] = [ts, ts + cooldown_ms]
         profile.note_expiry(ts + cooldown_ms)
     if cap_horizon_ms:
@@ -32,9 +37,10 @@ def record(profile: Profile, rule_id: str, channel: str, ts: int, cooldown_ms: i
         profile.note_expiry(ts + cap_horizon_ms)
 
 
-def cooling_down(history: History, rule_id: str, ts: int) -> bool:
+def cooling_down(history: History, rule_id: str, ts: int, cooldown_ms: int) -> bool:
+    """The rule fired less than its cooldown (as the rules say now) before `ts`."""
     fired = history.fired.get(rule_id)
-    return fired is not None and fired[1] > ts
+    return fired is not None and fired[0] + cooldown_ms > ts
 
 
 def sent_since(history: History, channel: str | None, since_ms: int) -> int:
@@ -44,12 +50,17 @@ def sent_since(history: History, channel: str | None, since_ms: int) -> int:
     return sum(1 for entries in history.sent.values() for entry in entries if entry[0] > since_ms)
 
 
-def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
-    """Drop what stopped mattering by `ref_ms`; the first and last expiry of what is left (None: nothing)."""
+def prune(history: History, ref_ms: int, cooldowns_ms: Mapping[str, int], cap_horizon_ms: int
+          ) -> tuple[int, int] | None:
+    """Drop what stopped mattering by `ref_ms`, each entry's end worked out from the rules in force (a
+    rule's cooldown now, `cooldowns_ms`; the longest cap window now; a rule no longer in the rules keeps
+    the end it was given); the first and last expiry of what is left (None: nothing)."""
     low = high = None
     sent = history.sent
     if sent:
         for channel in list(sent):
+            for entry in sent[channel]:
+                entry[1] = entry[0] + cap_horizon_ms
             kept = [entry for entry in sent[channel] if entry[1] > ref_ms]
             if kept:
                 sent[channel] = kept
@@ -63,6 +74,10 @@ def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
                 del sent[channel]
     fired = history.fired
     if fired:
+        for rule_id, entry in fired.items():
+            cooldown = cooldowns_ms.get(rule_id)
+            if cooldown is not None:
+                entry[1] = entry[0] + cooldown
         for rule_id in [r for r, entry in fired.items() if entry[1] <= ref_ms]:
             del fired[rule_id]
         for entry in fired.values():
@@ -76,12 +91,12 @@ def prune(history: History, ref_ms: int) -> tuple[int, int] | None:
 
 def merge(history: History, other: History) -> None:
     """Another profile's decision history, folded into this one (identity stitching): cooldowns and
-    caps become their union. A rule cools down until the later of the two ends; every decision sent
+    caps become their union. A rule cools down from the later of the two decisions; every decision sent
     by either profile counts towards the caps (kept in time order)."""
     fired = history.fired
     for rule_id, entry in other.fired.items():
         current = fired.get(rule_id)
-        if current is None or (entry[1], entry[0]) > (current[1], current[0]):
+        if current is None or (entry[0], entry[1]) > (current[0], current[1]):
             fired[rule_id] = list(entry)
     sent = history.sent
     for channel, entries in other.sent.items():

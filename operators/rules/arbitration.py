@@ -58,7 +58,7 @@ def gate(profile: Profile, ruleset: RuleSet, candidate: CompiledRule, ts: int) -
     if suppression and complaint is not None and ts - complaint < suppression:
         return "complaint_suppression"
     past = profile.history
-    if history.cooling_down(past, rule.id, ts):
+    if history.cooling_down(past, rule.id, ts, rule.cooldown_ms):
         return "cooldown"
     if not candidate.capped:
         return None

@@ -162,6 +162,11 @@ class RuleSet:
         return tuple(s for s in self.signals if s.expires)
 
     @functools.cached_property
+    def cooldowns_ms(self) -> dict[str, int]:
+        """Each rule's cooldown: how long a decision it made keeps it from firing again."""
+        return {r.id: r.cooldown_ms for r in self.rules}
+
+    @functools.cached_property
     def cap_horizon_ms(self) -> int:
         """How long a sent decision counts towards any cap."""
         windows = [c.window_ms for c in self.channel_caps.values()]
