@@ -44,6 +44,7 @@ _RULE_FIELDS = {"id", "on", "when", "action", "channel", "offer", "priority", "c
                 "promotion", "description", "require_address", "capped", "params"}
 _PARAM_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+MAX_NAME = 64  # a rule id's or signal's name, at most, as the tracking plan's names
 # The attributes conditions read that no signal declares, with what each holds where that is known.
 _BUILT_IN_KINDS: dict[str, Kinds] = {**ATTRIBUTE_KINDS, CUSTOMER_CHANNEL: (frozenset({"string"}), tuple(CHANNELS))}
 _BUILT_IN = frozenset({*_BUILT_IN_KINDS, "trigger"})
@@ -159,9 +160,13 @@ def _load_rule(path: str, body: dict[str, Any], triggers: dict[str, frozenset[st
     before = len(errors)
     rule_id = body.get("id")
     # A rule without a usable id is named by its place in the file.
-    label = f"rule {rule_id!r}" if isinstance(rule_id, str) and rule_id else f"[[rule]] #{number}"
+    label = (f"rule {rule_id!r}" if isinstance(rule_id, str) and rule_id and len(rule_id) <= MAX_NAME
+             else f"[[rule]] #{number}")
     if rule_id is None:
         errors.append(RulesError(f"{path}: {label}: field 'id': is required (lowercase letters, digits, _ . -)"))
+    elif isinstance(rule_id, str) and len(rule_id) > MAX_NAME:
+        # A rule's id is in every decision, metric label and log line about it.
+        errors.append(RulesError(f"{path}: {label}: field 'id': at most {MAX_NAME} characters; got {len(rule_id)}"))
     elif not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9_.-]+", rule_id):
         errors.append(RulesError(f"{path}: {label}: field 'id': must be lowercase letters, digits, _ . -; "
                                  f"got {rule_id!r}"))
@@ -316,9 +321,12 @@ def _signals(path: str, doc: dict[str, Any], errors: list[RulesError],
     """Every signal that loads (with the companions an option adds), and the names of those that don't."""
     signals: list[Signal] = []
     broken: set[str] = set()
-    for name, body in _section(path, doc, "signals", errors).items():
+    for number, (name, body) in enumerate(_section(path, doc, "signals", errors).items(), 1):
         before = len(errors)
-        if not _SIGNAL_NAME.fullmatch(name):
+        if len(name) > MAX_NAME:
+            errors.append(RulesError(f"{path}: signal #{number} ({name[:24]!r}...): the name is {len(name)} "
+                                     f"characters; at most {MAX_NAME} (conditions and decisions carry it)"))
+        elif not _SIGNAL_NAME.fullmatch(name):
             errors.append(RulesError(f"{path}: signal {name!r}: the name must be lowercase letters, digits and _, "
                                      "starting with a letter (conditions read it as an attribute)"))
         elif name in event_types:
@@ -386,7 +394,32 @@ def _bind_start_when(path: str, signals: list[Signal], getters: dict[str, Any],
                 where.report("start_when", f"in {cond.text!r}: {why}")
         if len(errors) == before:
             signal.bind_start_when(getters)  # type: ignore[attr-defined]
-    return [s for s in signals if s not in gated] + gated
+    return [s for s in signals if s not in gated] + _gated_in_reading_order(path, gated, errors)
+
+
+def _gated_in_reading_order(path: str, gated: list[Signal], errors: list[RulesError]) -> list[Signal]:
+    """Absences with `start_when`, each after the gated ones it reads (declaration order otherwise), so
+    that one reads another as it stands after the event whatever the order they are written in. Two that
+    read each other are refused: which one starts would depend on that order (an outside probe: swapping
+    two tables in the file changed which absence ever fired)."""
+    reads = {s.name: {o.name for o in gated if o is not s
+                      and any(c.attribute in o.attributes for c in leaves(s.start_when))}  # type: ignore[attr-defined]
+             for s in gated}
+    ordered: list[Signal] = []
+    placed: set[str] = set()
+    while len(ordered) < len(gated):
+        ready = [s for s in gated if s.name not in placed and reads[s.name] <= placed]
+        if not ready:
+            for s in gated:
+                if s.name not in placed:
+                    others = sorted(reads[s.name] - placed)
+                    Where(path, f"signal '{s.name}'", errors).report(
+                        "start_when", f"reads {', '.join(repr(o) for o in others)}, whose start_when reads it in "
+                                      "turn: which one starts would depend on the order they are declared in")
+            return ordered + [s for s in gated if s.name not in placed]
+        ordered += ready[:1]
+        placed.add(ready[0].name)
+    return ordered
 
 
 def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionScope, ...]:
@@ -395,7 +428,7 @@ def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionS
     if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
         errors.append(RulesError(f"{path}: [suppression]: field 'scope': write each as a [[suppression.scope]] table"))
         return ()
-    scopes = []
+    scopes: list[SuppressionScope] = []
     for n, body in enumerate(raw, start=1):
         where = Where(path, f"[[suppression.scope]] #{n}", errors)
         where.check_keys(body, {"channels", "purposes", "after_complaint", "description"})
@@ -410,8 +443,20 @@ def _scopes(path: str, raw: Any, errors: list[RulesError]) -> tuple[SuppressionS
         if "after_complaint" not in body:
             where.report("after_complaint", "is required (a duration; \"0s\": not suppressed)")
         ms = where.duration(body, "after_complaint", "0s", zero=True)
-        scopes.append(SuppressionScope(channels or None, frozenset(purposes) if purposes else None, ms))
+        scope = SuppressionScope(channels or None, frozenset(purposes) if purposes else None, ms)
+        # The first scope that matches decides: one an earlier scope covers whole would never apply.
+        covering = next((m for m, earlier in enumerate(scopes, start=1) if _covers(earlier, scope)), None)
+        if covering is not None:
+            where.report("channels", f"this scope never applies: #{covering} comes first and covers every channel "
+                                     "and purpose it names (the first scope that matches decides)")
+        scopes.append(scope)
     return tuple(scopes)
+
+
+def _covers(earlier: SuppressionScope, later: SuppressionScope) -> bool:
+    """Every decision `later` matches, `earlier` matches too (None: every channel, every purpose)."""
+    return ((earlier.channels is None or (later.channels is not None and later.channels <= earlier.channels))
+            and (earlier.purposes is None or (later.purposes is not None and later.purposes <= earlier.purposes)))
 
 
 # The consent purposes a rule may have unless `[consent] purposes` lists the deployment's own.
@@ -558,6 +603,14 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
         if unknown and len(rules) == len(raw_rules):  # every rule loaded: their purposes are all known
             errors.append(RulesError(f"{path}: {item}: field '{field}': no rule has the purpose(s) {unknown}; "
                                      f"the rules' purposes: {sorted(purposes)}"))
+    if capped_purposes is not None:
+        for body in raw_rules:
+            purpose = body.get("purpose", "marketing") if isinstance(body, dict) else None
+            if isinstance(body, dict) and body.get("capped") is True and purpose not in capped_purposes:
+                errors.append(RulesError(
+                    f"{path}: rule {body.get('id')!r}: field 'capped': true, but its purpose {purpose!r} is not in "
+                    f"[caps] purposes {sorted(capped_purposes)}, so no cap applies to it; add the purpose there, "
+                    "or leave capped out"))
     dedupe = _section(path, doc, "dedupe", errors)
     where = Where(path, "[dedupe]", errors)
     where.check_keys(dedupe, {"horizon"})

@@ -656,6 +656,67 @@ def test_a_bad_start_when_is_named(tmp_path, start_when, words):
     assert "signal 'big_cart': field 'start_when'" in message and words in message, message
 
 
+FIRST_CART = '''
+[signals.first_cart]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "10m"
+'''
+LATER_CART = '''
+[signals.later_cart]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "20m"
+start_when = ["first_cart_pending == true"]
+'''
+
+
+@pytest.mark.parametrize("first_declared", [True, False])
+def test_an_absence_reads_another_gated_one_as_it_stands_after_the_event_in_any_order(tmp_path, first_declared):
+    """`later_cart` starts when `first_cart` is pending: both start on the one add, whichever is written first
+    (before, the one declared first read the other as it was before the event)."""
+    first = FIRST_CART.replace('after = "10m"', 'after = "10m"\nstart_when = ["cart_value >= 100"]')
+    signals = (first + LATER_CART if first_declared else LATER_CART + first) + BIG_CART[BIG_CART.index(
+        "[signals.cart_value]"):]
+    ruleset = load_rules(rules(tmp_path, rule(on='["later_cart"]'), signals=signals))
+    assert [s.name for s in ruleset.signals][-2:] == ["first_cart", "later_cart"]
+    customer = Customer(ruleset)
+    customer.send("add_to_cart", T0 + MIN, sku="A", amount=120.0)
+    assert {"first_cart", "later_cart"} <= set(customer.profile.signals)
+
+
+def test_two_absences_whose_start_when_read_each_other_are_refused(tmp_path):
+    """Which one starts would depend on the order they are written in (an outside probe: swapping the two
+    tables changed which absence ever fired)."""
+    signals = (FIRST_CART.replace('after = "10m"', 'after = "10m"\nstart_when = ["later_cart_pending == false"]')
+               + LATER_CART.replace("== true", "== false"))
+    found = errors(rules(tmp_path, rule(on='["later_cart"]'), signals=signals))
+    assert len(found) == 2 and all("whose start_when reads it in turn" in e for e in found), found
+    assert "signal 'first_cart': field 'start_when': reads 'later_cart'" in found[0] + found[1]
+
+
+def test_capped_true_on_a_purpose_the_caps_leave_out_is_refused(tmp_path):
+    """The two settings contradict each other; before, the rule went out uncapped without a word."""
+    path = rules(tmp_path, rule(purpose='"service"', capped="true"),
+                 tail='[caps]\nemail = { limit = 1, window = "1h" }\npurposes = ["marketing"]\n'
+                      '[[rule]]\nid = "promo"\non = ["page_view"]\naction = "a"\nchannel = "email"\n')
+    message = one_error(path)
+    assert "rule 'r1': field 'capped': true, but its purpose 'service' is not in [caps] purposes" in message, message
+
+
+def test_a_rule_id_or_signal_name_longer_than_64_characters_is_refused(tmp_path):
+    """They name the rule in every decision, metric label and log line, as the tracking plan's names (64)."""
+    message = one_error(rules(tmp_path, rule("r" * 65)))
+    assert "[[rule]] #1: field 'id': at most 64 characters; got 65" in message, message
+    assert "r" * 65 not in message
+    message = one_error(rules(tmp_path, rule(), signals=SIGNALS + '[signals.' + "v" * 65 + ']\nkind = "count"\n'
+                              'events = ["page_view"]\nwindow = "1h"\n'))
+    assert "the name is 65 characters; at most 64" in message, message
+    load_rules(rules(tmp_path, rule("r" * 64)))
+
+
 @pytest.mark.parametrize("kind", ["count", "absence"])
 def test_a_signal_where_no_event_can_meet_is_named(tmp_path, kind):
     body = ('kind = "count"\nevents = ["add_to_cart"]\nwindow = "1h"' if kind == "count" else

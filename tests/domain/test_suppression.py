@@ -104,12 +104,23 @@ def test_a_service_message_is_never_suppressed_and_says_so(tmp_path):
 
 def test_the_first_scope_that_covers_a_rule_decides(tmp_path):
     text = RULES.replace('[[suppression.scope]]\nchannels = ["email"]', '[[suppression.scope]]\nchannels = ["ads"]\n'
-                         'after_complaint = "1h"\n\n[[suppression.scope]]\nchannels = ["email"]', 1)
+                         'purposes = ["marketing"]\nafter_complaint = "1h"\n\n[[suppression.scope]]\n'
+                         'channels = ["email"]', 1)
     c = customer(tmp_path, text)
     assert reasons(c.send("page_view", T0 + HOUR - 1)) == [("promo_email", "complaint_suppression"),
                                                            ("promo_ad", "complaint_suppression")]
     rs = c.ruleset
     assert [rs.suppression_ms(r) for r in rs.rules] == [14 * DAY, 30 * DAY, HOUR, 0]
+
+
+def test_a_scope_an_earlier_one_covers_whole_is_refused(tmp_path):
+    """It could never apply (an outside probe: accepted without a word); one that overlaps in part is fine."""
+    text = RULES.replace('[[suppression.scope]]\nchannels = ["email"]', '[[suppression.scope]]\n'
+                         'channels = ["ads", "email"]\nafter_complaint = "1h"\n\n[[suppression.scope]]\n'
+                         'channels = ["email"]', 1)
+    with pytest.raises(RulesError, match=r"\[\[suppression.scope\]\] #2: field 'channels': this scope never applies: "
+                                         r"#1 comes first"):
+        load_rules(write_rules(tmp_path, text))
 
 
 def test_without_scopes_after_complaint_covers_every_promotion_as_before(tmp_path):
