@@ -277,7 +277,7 @@ class Outcome:
     """What one or more event or timer turns produced (a shard passes one per batch to save the
     allocations): decisions, blocked candidates, and counts of duplicates, late events and absences."""
 
-    __slots__ = ("absences", "blocked", "decisions", "duplicates", "lates")
+    __slots__ = ("absences", "blocked", "decisions", "duplicates", "lates", "stale_signals")
 
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
@@ -285,6 +285,8 @@ class Outcome:
         self.duplicates = 0
         self.lates = 0
         self.absences = 0
+        # Names of signals a profile held state of that the rules no longer have (renamed or removed).
+        self.stale_signals: list[str] = []
 
     @property
     def duplicate(self) -> bool:

@@ -45,16 +45,26 @@ def fire_absences(profile: Profile, ruleset: RuleSet, until_ms: int, out: Outcom
             decide(profile, ruleset, trigger, out)
 
 
-def prune(profile: Profile, ruleset: RuleSet, ref_ms: int) -> None:
+def prune(profile: Profile, ruleset: RuleSet, ref_ms: int, out: Outcome | None = None) -> None:
     """Drop every transient entry whose lifetime has ended by event time `ref_ms`.
 
     Free until the earliest entry expires (`prune_at`); then one pass over every part, which also
-    recomputes `prune_at` and `expire_at` (the time everything will be gone).
+    recomputes `prune_at` and `expire_at` (the time everything will be gone). The state of a signal the
+    rules no longer have (renamed or removed between runs) goes too, named in `out.stale_signals`: nothing
+    reads, fires or expires it any more (an outside probe: a renamed absence's pending carts stayed in
+    every profile for good, without a word).
     """
     prune_at = profile.prune_at
     if prune_at is None or ref_ms < prune_at:
         return
     signals = profile.signals
+    if signals:
+        known = ruleset.signal_names
+        stale = [name for name in signals if name not in known]
+        for name in stale:
+            del signals[name]
+        if stale and out is not None:
+            out.stale_signals += stale
     low = high = None
     for signal in ruleset.expiring:
         state = signals.get(signal.name)
@@ -118,7 +128,7 @@ def on_event(profile: Profile, event: Event, ruleset: RuleSet, out: Outcome | No
     ref = facts.last_seen - lateness  # type: ignore[operator]  # set by apply_facts
     prune_at = profile.prune_at
     if prune_at is not None and ref >= prune_at:
-        prune(profile, ruleset, ref)
+        prune(profile, ruleset, ref, out)
     return out
 
 
@@ -129,7 +139,7 @@ def on_timers(profile: Profile, ruleset: RuleSet, now_ms: int, out: Outcome | No
         out = Outcome()
     until = now_ms - ruleset.late.allowed_lateness_ms
     fire_absences(profile, ruleset, until, out)
-    prune(profile, ruleset, until)
+    prune(profile, ruleset, until, out)
     return out
 
 

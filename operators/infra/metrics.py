@@ -102,6 +102,9 @@ QUARANTINED = Counter("nextclick_quarantined_profiles_total",
                       "failed), by step.", ["step"], registry=REGISTRY)
 ABSENCES = Counter("nextclick_absences_fired_total", "Absence signals that completed.", registry=REGISTRY)
 ERASURES = Counter("nextclick_erasures_total", "Customers erased.", registry=REGISTRY)
+STALE_SIGNAL_STATE = Counter("nextclick_stale_signal_state_total",
+                             "Profiles whose state of a signal the rules no longer have was dropped, by signal.",
+                             ["signal"], registry=REGISTRY)
 EVENTS_OF_ERASED = Counter("nextclick_events_of_erased_total",
                            "Events not applied: they name an identifier erased after their time (a replay "
                            "after a crash or a restore, or a late event of the erased person).", registry=REGISTRY)

@@ -162,6 +162,10 @@ class RuleSet:
         return tuple(s for s in self.signals if s.expires)
 
     @functools.cached_property
+    def signal_names(self) -> frozenset[str]:
+        return frozenset(s.name for s in self.signals)
+
+    @functools.cached_property
     def cooldowns_ms(self) -> dict[str, int]:
         """Each rule's cooldown: how long a decision it made keeps it from firing again."""
         return {r.id: r.cooldown_ms for r in self.rules}

@@ -82,6 +82,17 @@ def account(outcome: Outcome, out: list[ShardOutput], profiles: dict[str, Profil
         metrics.LATE.inc(outcome.lates)
     if outcome.absences:
         metrics.ABSENCES.inc(outcome.absences)
+    if outcome.stale_signals:
+        for name in outcome.stale_signals:
+            metrics.labelled(metrics.STALE_SIGNAL_STATE, name).inc()
+            if name not in _STALE_LOGGED:
+                _STALE_LOGGED.add(name)
+                log.warning("profile state of a signal the rules no longer have is dropped as each profile is next "
+                            "pruned (a renamed or removed signal: a pending absence under that name will not fire)",
+                            extra={"signal": name})
+
+
+_STALE_LOGGED: set[str] = set()  # signals whose dropped state was logged, once a process each
 
 
 def undo_outcome(outcome: Outcome, decisions: int, blocked: int, absences: int) -> None:

@@ -81,3 +81,38 @@ def test_the_view_shows_a_cooldowns_end_by_the_rules_in_force(tmp_path: Path) ->
     restarted(customer, hour)
     view = profile_view("profiles/c1", customer.profile, hour, T0 + 2 * MIN)
     assert view["recent_decisions"]["rules"]["browse_email"] == {"at": T0 + MIN, "until": T0 + MIN + HOUR}
+
+
+CART = """
+[signals.{name}]
+kind = "absence"
+start = ["add_to_cart"]
+cancel = ["purchase"]
+after = "1h"
+
+[[rule]]
+id = "cart_email"
+on = ["{name}"]
+action = "send_cart_email"
+channel = "email"
+"""
+
+
+def test_a_renamed_signals_state_is_dropped_and_named_not_kept_for_good(tmp_path: Path) -> None:
+    """A cart pending under the old name will not fire under the new one; its state goes at the profile's
+    next prune and the outcome names the signal, for the shard's one warning and metric (an outside probe: the old
+    state stayed in every profile for good and the start said nothing)."""
+    from nextclick.operators.infra import metrics
+    from nextclick.operators.shard.common import account
+
+    customer = Customer(load_rules(write_rules(tmp_path, CART.format(name="cart_abandoned"), "old.toml")))
+    customer.send("add_to_cart", T0, sku="s", amount=30.0)
+    assert "cart_abandoned" in customer.profile.signals
+    restarted(customer, load_rules(write_rules(tmp_path, CART.format(name="cart_left"), "new.toml")))
+    assert fired(customer.tick(T0 + 2 * HOUR)) == []  # its deadline passed: nothing fires under either name
+    out = customer.tick(T0 + 25 * HOUR)  # the next prune (the event id's dedupe entry expires after a day)
+    assert out.stale_signals == ["cart_abandoned"]
+    assert customer.profile.signals == {}
+    before = metrics.counter_values(metrics.STALE_SIGNAL_STATE).get(("cart_abandoned",), 0.0)
+    account(out, [], {})
+    assert metrics.counter_values(metrics.STALE_SIGNAL_STATE)[("cart_abandoned",)] - before == 1
