@@ -475,6 +475,19 @@ def test_an_input_topic_taken_out_of_the_configuration_is_named_and_a_savepoint_
         if args[0] == "savepoint":
             shutil.rmtree(setup.state_dir)
             shutil.rmtree(setup.recovery_dir)
+            # Not what a restore may do without a word: read a renamed (or mirrored) copy of a topic the
+            # savepoint has positions in from its beginning (an outside probe: every order applied twice).
+            mirror = f"{topic_prefix}.mirror.store"
+            ensure_topics(kafka, {mirror: 1})
+            renamed = setup.with_(inputs=[web, mirror], state_dir=tmp_path / "renamed" / "state",
+                                  recovery_dir=tmp_path / "renamed" / "recovery")
+            refused = subprocess.run([sys.executable, "-m", "nextclick", "run", "--from-savepoint",
+                                      str(tmp_path / "sp")], cwd=REPO, env=renamed.env(stop_at_end=True),
+                                     capture_output=True, text=True, timeout=120)
+            assert refused.returncode == 1 and (
+                f"read ['{store}'], which this configuration does not, and this configuration reads ['{mirror}'], "
+                "of which it has no position") in refused.stderr, refused.stderr[-3000:]
+            assert not (tmp_path / "renamed" / "state" / "nextclick-state.json").exists()
     assert read_profiles(setup.state_dir, setup.shards) == profiles
 
 

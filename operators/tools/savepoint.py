@@ -856,6 +856,7 @@ def restore(config: Config, src: str | Path, *, recovery_dir: str | Path | None 
                    f"--shards {config.state.shards}`")
     if _restore_decision(config, manifest, where, state_dir, recovery):
         return Restored(manifest, True, [], 0, time.perf_counter() - began)
+    check_inputs_renamed(config, manifest)
     wanted = [(family, number, seqs[number]) for family, seqs in manifest.all_families()
               for number in range(family.shards) if placement is None or placement.owns(family, number)]
     present = {name.rsplit("/", 1)[0] for name in where.files(manifest.root)}
@@ -959,6 +960,26 @@ def _create_once(path: Path, data: bytes) -> bool:
         return False
     finally:
         tmp.unlink()
+
+
+def check_inputs_renamed(config: Config, manifest: SavepointManifest) -> None:
+    """Refuse a restore whose inputs look renamed: the savepoint read topics this configuration does not,
+    and this configuration reads topics the savepoint has no position in, which would be read from their
+    beginning. If they hold the same events (a rename, a MirrorMaker copy), every one would be applied a
+    second time (an outside probe: 1 order became 2, without a word). Retiring topics alone, or adding
+    topics alone, is what a restore is for (docs/operations.md) and passes."""
+    read = {key.rsplit("#", 1)[0] for key in manifest.positions} - {config.topics.control}
+    if not read:
+        return
+    dropped = sorted(read - set(config.topics.inputs))
+    new = sorted(set(config.topics.inputs) - read)
+    if dropped and new:
+        raise SavepointError(
+            f"the savepoint {manifest.id} read {dropped}, which this configuration does not, and this configuration "
+            f"reads {new}, of which it has no position, so they would be read from their beginning: if they hold the "
+            "same events (a renamed or mirrored topic) each would be applied again; name the old topics in "
+            "[topics] inputs, or retire them first (a restore without them) and add the new ones at the next start "
+            "(docs/operations.md, 'Removing an input topic')")
 
 
 def check_input_covers(config: Config, manifest: SavepointManifest) -> None:
