@@ -300,6 +300,42 @@ def test_a_start_that_wrote_no_state_gives_way_to_the_corrected_configuration(tm
     refused(dep, "state.shards", f"written with {SHARDS} shards", config=wrong)
 
 
+@pytest.mark.parametrize("opened", ["identity", "every"])
+def test_a_start_refused_after_opening_its_stores_gives_way_to_the_corrected_configuration(
+        tmp_path: Path, opened: str) -> None:
+    """As above, but the refused start had opened stores before its peer stopped it (an outside probe: a
+    cluster process that had opened its identity store was refused again once put right, and told to set
+    the wrong shard count back). They hold nothing: they go with its settings. One that holds a key stays."""
+    from nextclick.operators.identity.graph import graph_path
+    from nextclick.operators.state.keys import shard_path
+
+    dep = Deployment(tmp_path)
+    wrong = dep.config.replace(state={"shards": SHARDS * 2}, privacy={"secret": "another secret"})
+    check_start(wrong, init_recovery=lambda d: init_db_dir(d, 1))
+    paths = [graph_path(dep.state_dir)] + ([shard_path(dep.state_dir, n) for n in range(SHARDS * 2)]
+                                           if opened == "every" else [])
+    for path in paths:
+        ShardStore(path, sync=False).close()
+    dep.run(customers_of(0))
+    assert orjson.loads((dep.state_dir / MANIFEST_FILE).read_bytes())["shards"] == SHARDS
+    assert len(read_profiles(dep.state_dir, SHARDS)) == len(customers_of(0))
+    assert not shard_path(dep.state_dir, SHARDS * 2 - 1).exists()  # what it had opened went with it
+    dep.run(customers_of(1))  # and the next start resumes
+    assert len(read_profiles(dep.state_dir, SHARDS)) == len(customers_of(0)) + len(customers_of(1))
+
+
+def test_a_refused_start_whose_store_holds_a_key_is_refused_again(tmp_path: Path) -> None:
+    from nextclick.operators.identity.graph import graph_path
+
+    dep = Deployment(tmp_path)
+    wrong = dep.config.replace(state={"shards": SHARDS * 2})
+    check_start(wrong, init_recovery=lambda d: init_db_dir(d, 1))
+    store = ShardStore(graph_path(dep.state_dir), sync=False)
+    store.erase([], written={b"xmark": b"1"})  # an erasure's mark, written at once (no checkpoint)
+    store.close()
+    refused(dep, "state.shards", f"written with {SHARDS * 2} shards")
+
+
 def test_another_deployments_recovery_directory_is_refused(tmp_path: Path) -> None:
     """A fresh recovery directory of deployment B would hand A's shards "nothing committed": refused by
     the lineage the two directories share, since A's shards were never resumed (no committed floor)."""

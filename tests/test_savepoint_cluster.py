@@ -172,6 +172,7 @@ def s3() -> Iterator[str]:
 def _deployment(tmp: Path, savepoint_dir: str, shards: int = 4) -> Config:
     return Config().replace(state={"dir": str(tmp / "state"), "recovery_dir": str(tmp / "recovery"),
                                    "shards": shards, "savepoint_dir": savepoint_dir},
+                            topics={"inputs": ("in",)},  # the topic the parts below read (`_write_parts`)
                             privacy=PrivacyConfig(demo=True))
 
 

@@ -329,7 +329,8 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
     if manifest is None and not dirs:
         return _fresh_start(config, secret, state_dir, recovery, view, marker, init_recovery)
     notes: list[str] = []
-    if manifest is not None and _set_up_only(manifest, state_dir, view, marker):
+    unwritten: list[Path] = []  # stores a refused start opened and wrote nothing to: removed with its settings
+    if manifest is not None and (empty := _set_up_only(manifest, state_dir, view, marker)) is not None:
         try:
             _compare(manifest, config, secret, state_dir)
             _check_placement(manifest, config, state_dir)
@@ -337,11 +338,16 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
             # A start that stopped before it wrote any state (a peer refused its settings, say): its
             # manifest holds settings no profile was written with, so the configuration, put right since,
             # is recorded in their place (same deployment: the inputs resume where they were read to).
+            # Stores it opened before it was refused hold nothing (an outside probe: a pod that had opened
+            # its identity store was refused again with the corrected settings, told to set them back).
             manifest = dataclasses.replace(new_manifest(config, secret), lineage=manifest.lineage,
                                            created_at=manifest.created_at)
             corrected, was = manifest, str(mismatch)
+            unwritten = empty
 
             def record() -> None:
+                for path in unwritten:
+                    shutil.rmtree(path)
                 write_manifest(state_dir, corrected, replace=True)
                 log.warning("recorded the configured settings in state that a start with other settings set up "
                             "and wrote nothing to", extra={"state_dir": str(state_dir), "was": was})
@@ -378,7 +384,7 @@ def _inspect(config: Config, secret: bytes, state_dir: Path, recovery: Path, flo
                       f"({manifest.shards} shards) but {recovery} has no recovery partitions (missing or "
                       f"deleted?); restore it, restore a savepoint, or start over with `nextclick state reset`")
     fams = flow_families(config)
-    all_dirs = {f.name: family_dirs(state_dir, f) for f in fams}
+    all_dirs = {f.name: {n: p for n, p in family_dirs(state_dir, f).items() if p not in unwritten} for f in fams}
     on_disk = {f.name: {n: _shard_on_disk(p) for n, p in sorted(all_dirs[f.name].items())} for f in fams}
     restore = manifest.restore
     lineage = manifest.lineage
@@ -444,18 +450,40 @@ def never_written(state_dir: Path, recovery: Path) -> bool:
     peers refused): nothing a restore would replace is in them."""
     manifest = read_manifest(state_dir)
     return manifest is not None and _set_up_only(manifest, state_dir, read_recovery(recovery),
-                                                 read_marker(recovery))
+                                                 read_marker(recovery)) == []
 
 
-def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, marker: str | None) -> bool:
-    """Directories a start set up and never wrote state to: no shard or identity store, nothing
-    committed but where the inputs were read to (the first epoch commits the start positions), no
-    restore point."""
-    return (manifest.restore is None and marker in (None, manifest.lineage)
+def _set_up_only(manifest: StateManifest, state_dir: Path, view: RecoveryView, marker: str | None
+                 ) -> list[Path] | None:
+    """Directories a start set up and never wrote state to: no store but ones never checkpointed and
+    holding no key (returned: a start refused after opening them), nothing committed but where the inputs
+    were read to (the first epoch commits the start positions), no restore point. None otherwise."""
+    if not (manifest.restore is None and marker in (None, manifest.lineage)
             and all(step.rsplit(".", 1)[-1] in (INPUT_STEP, CONTROL_STEP)
-                    for step, snapshots in view.snapshots.items() if snapshots)
-            and all(p.name in (MANIFEST_FILE, START_LOCK_FILE, RAN_WITH_FILE) or p.name.startswith(RUN_LOCK_PREFIX)
-                    for p in state_dir.iterdir()))
+                    for step, snapshots in view.snapshots.items() if snapshots)):
+        return None
+    empty: list[Path] = []
+    for path in state_dir.iterdir():
+        if path.name in (MANIFEST_FILE, START_LOCK_FILE, RAN_WITH_FILE) or path.name.startswith(RUN_LOCK_PREFIX):
+            continue
+        if not path.is_dir():
+            return None
+        stores = [path] if has_store(path) else [c for c in sorted(path.iterdir()) if c.is_dir()]
+        if (path not in stores and any(not c.is_dir() for c in path.iterdir())) or not all(map(_holds_nothing, stores)):
+            return None
+        empty += stores
+    return empty
+
+
+def _holds_nothing(path: Path) -> bool:
+    """A store never checkpointed, with no key at all (or a directory a crash left before RocksDB created it)."""
+    if not has_store(path):
+        return not any(path.iterdir())
+    store = ShardStore.open_read_only(path, cache_size=0)
+    try:
+        return store.seq == 0 and next(iter(store.scan(b"")), None) is None
+    finally:
+        store.close()
 
 
 def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path, view: RecoveryView,
