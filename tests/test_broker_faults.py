@@ -62,6 +62,21 @@ def _lines(stream: io.StringIO) -> list[dict[str, object]]:
 
 # --- (a) broker down at start --------------------------------------------------------------------
 
+@pytest.mark.broker
+def test_a_security_setting_the_broker_refuses_is_named_at_once_not_retried(kafka: dict[str, str]) -> None:
+    """SASL against a plaintext listener: librdkafka's own reason, in one line, without two minutes of
+    retries (an outside probe: it read as "Kafka did not answer" and was retried for 120 s)."""
+    sasl = {**kafka, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl.username": "nextclick", "sasl.password": "not-a-secret"}
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        wait_for_broker(sasl, timeout_s=60, attempt_s=1)
+    assert time.monotonic() - started < 30
+    message = str(info.value)
+    assert message.startswith(f"Kafka at {kafka['bootstrap.servers']} refused the connection's security settings (")
+    assert "SASL" in message and "not-a-secret" not in message and "\n" not in message, message
+
+
 def test_wait_for_broker_retries_with_backoff_then_raises() -> None:
     kafka = {"bootstrap.servers": f"127.0.0.1:{closed_port()}"}
     started = time.monotonic()

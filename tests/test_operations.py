@@ -116,6 +116,11 @@ def test_the_build_is_exported_once_with_its_versions() -> None:
     page = generate_latest(metrics.REGISTRY).decode()
     info = [line for line in page.splitlines() if line.startswith("nextclick_build_info{")]
     assert len(info) == 1 and info[0].endswith(" 1.0") and 'version="' in info[0] and 'librdkafka="' in info[0]
+    import confluent_kafka
+
+    found = confluent_kafka.version()
+    client = found if isinstance(found, str) else found[0]
+    assert f'confluent_kafka="{client}"' in info[0] and len(client) > 1  # the whole version, not its first character
 
 
 # -- readiness and liveness ---------------------------------------------------------------------------

@@ -43,8 +43,15 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+def _client_version() -> str:
+    """confluent-kafka's version: a string in 2.x (its first character was all the metric showed), a
+    (string, int) pair in older releases."""
+    found: Any = confluent_kafka.version()
+    return found if isinstance(found, str) else str(found[0])
+
+
 BUILD_INFO.info({"version": _version("nextclick"), "bytewax": _version("bytewax"),
-                 "confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0],
+                 "confluent_kafka": _client_version(), "librdkafka": confluent_kafka.libversion()[0],
                  "python": platform.python_version()})
 
 # -- input --------------------------------------------------------------------------------------
