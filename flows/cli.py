@@ -153,11 +153,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         flow = build_flow(config, ruleset=ruleset, plan=plan, stop=runner.stop,
                           readers=args.workers * max(1, len(place.addresses)))
     except Exception as exc:
-        if len(place.addresses) > 1:  # its peers, waiting for it to connect, say why it does not
-            from nextclick.operators.infra.failures import one_line
+        from nextclick.flows.runner import full_volume
+        from nextclick.operators.infra.failures import is_device_full, one_line
 
+        full = full_volume(config) if is_device_full(exc) else None
+        if full:
+            full = f"no space left on the device: {full}; free or grow the volume and start again, nothing is lost"
+        if len(place.addresses) > 1:  # its peers, waiting for it to connect, say why it does not
             say_refused(config.kafka, config.topics.control, config.flow.group_id, place.process_id or 0,
-                        one_line(exc))
+                        full or one_line(exc))
+        if full:
+            raise OSError(full) from None
         raise
     tune_gc()
     scheduler = start_scheduler(config, place.process_id, runner.stop)  # process 0 only; stops on drain

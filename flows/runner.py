@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Sequence
 
@@ -96,13 +97,18 @@ def _second_deployment(line: str) -> None:
 FULL_BELOW_BYTES = 16 << 20
 
 
-def _full_volume(config: Config) -> str | None:
+def full_volume(config: Config) -> str | None:
     """"<path> (<setting>) has N bytes free" for the state or recovery volume that is full, else None.
     Bytewax's own failure to write its recovery partitions reaches a cluster's process as a broken
-    channel to a peer (an outside probe: every pod said "lost cluster peer", the cause in no log)."""
+    channel to a peer (an outside probe: every pod said "lost cluster peer", the cause in no log); a
+    first start on a full volume said only "[Errno 28] No space left on device". A directory not made
+    yet is judged by its nearest existing parent."""
     for setting, path in (("state.dir", config.state.dir), ("state.recovery_dir", config.state.recovery_dir)):
+        where = Path(path).absolute()
+        while not where.exists() and where != where.parent:
+            where = where.parent
         try:
-            free = shutil.disk_usage(path).free
+            free = shutil.disk_usage(where).free
         except OSError:
             continue
         if free < FULL_BELOW_BYTES:
@@ -249,7 +255,7 @@ class FlowRunner:
             if len(cluster) > 1 and type(root_cause(exc)).__name__ == "PanicException" and (
                     watch_saw or is_comms_failure(exc)):
                 failed = storage_failure()
-                full = _full_volume(config)
+                full = full_volume(config)
                 if failed is not None or full is not None:  # this process failed first; its peers saw it go
                     what = (f"its state could not be written: {failed}" if failed is not None
                             else f"its volume is full: {full}")

@@ -414,12 +414,21 @@ def test_a_cluster_process_whose_volume_is_full_names_it(tmp_path: Path, monkeyp
     from nextclick.operators.infra.config import Config
 
     config = Config().replace(state={"dir": str(tmp_path / "state"), "recovery_dir": str(tmp_path / "recovery")})
+    (tmp_path / "state").mkdir()
+    (tmp_path / "recovery").mkdir()
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 30))
-    assert runner._full_volume(config) is None
+    assert runner.full_volume(config) is None
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(20 << 20, 20 << 20, 8192 if "recovery" in str(path)
                                                                   else 1 << 30))
-    assert runner._full_volume(config) == f"{tmp_path / 'recovery'} (state.recovery_dir) has 8192 bytes free"
+    assert runner.full_volume(config) == f"{tmp_path / 'recovery'} (state.recovery_dir) has 8192 bytes free"
+    # A first start whose directories are not made yet: judged by the nearest parent (an outside probe's full
+    # volume read only "[Errno 28] No space left on device").
+    new = config.replace(state={"dir": str(tmp_path / "vol" / "state"), "recovery_dir": str(tmp_path / "recovery")})
+    (tmp_path / "vol").mkdir()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(20 << 20, 20 << 20, 0 if path.name == "vol"
+                                                                  else 1 << 30))
+    assert runner.full_volume(new) == f"{tmp_path / 'vol' / 'state'} (state.dir) has 0 bytes free"
 
 
 def test_the_partitions_recovery_read_from_that_a_topic_no_longer_has() -> None:
