@@ -3,7 +3,7 @@
 `NEXTCLICK_CONFIG` names the TOML file (optional); `NEXTCLICK_*` variables override it. Run with
 Bytewax's recovery flags so state is exact after a restart, e.g.:
 
-    python -m bytewax.recovery var/recovery 1
+    mkdir -p var/recovery && python -m bytewax.recovery var/recovery 1
     NEXTCLICK_CONFIG=nextclick.toml python -m bytewax.run nextclick.flows.main:flow -r var/recovery -s 2 -b 0
 
 Without `-r` the flow refuses to start: every shard would otherwise start over from nothing.

@@ -403,3 +403,14 @@ def test_a_tracking_plan_mistake_is_summed_up_with_the_plan_named(tmp_path, caps
     captured = capsys.readouterr()
     assert str(plan) in captured.out  # the error itself names the plan
     assert error_line(captured.err).startswith(f"nextclick: error: {rules} and {plan}: "), captured.err
+
+
+def test_a_missing_rules_file_is_named_by_its_setting(tmp_path: Path) -> None:
+    """Not "<path>: cannot read", which reads like a missing --config (an outside probe)."""
+    from nextclick.operators.conditions.fields import RulesError
+    from nextclick.operators.infra.config import Config
+    from nextclick.operators.rules.loader import load_configured_rules
+
+    for path, why in ((tmp_path / "nonexistent.toml", "no such file"), (tmp_path, "a directory")):
+        with pytest.raises(RulesError, match=rf"^flow.rules_file: {path} is not a readable file \({why}\)$"):
+            load_configured_rules(Config().replace(flow={"rules_file": str(path)}))

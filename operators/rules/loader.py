@@ -647,7 +647,13 @@ def _check_rules(path: str, plan: TrackingPlan) -> tuple[RuleSet | None, list[Ru
 def load_configured_rules(config: Config) -> RuleSet:
     """The rules file and tracking plan a configuration names (`flow.rules_file`, `flow.tracking_plan`):
     what every command that runs or reads the rules as the flow does should load, so that they agree."""
-    return load_rules(config.flow.rules_file or DEFAULT_RULES_FILE, config.flow.tracking_plan)
+    path = config.flow.rules_file or DEFAULT_RULES_FILE
+    if config.flow.rules_file and not Path(path).is_file():
+        # Before, "<path>: cannot read ..." alone, which reads like a missing --config (an outside probe).
+        raise RulesError(f"flow.rules_file: {path} is not a readable file"
+                         + (" (a directory)" if Path(path).is_dir() else " (no such file)" if not Path(path).exists()
+                            else ""))
+    return load_rules(path, config.flow.tracking_plan)
 
 
 def load_rules(path: str | Path, tracking_plan: PlanLike = None) -> RuleSet:

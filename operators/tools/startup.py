@@ -497,7 +497,7 @@ def _fresh_start(config: Config, secret: bytes, state_dir: Path, recovery: Path,
     if not view.exists:
         if init_recovery is None:
             raise _refuse(f"state.recovery_dir: {recovery} has no Bytewax recovery partitions; create them with "
-                          f"`python -m bytewax.recovery {recovery} 1`")
+                          f"`mkdir -p {recovery} && python -m bytewax.recovery {recovery} 1`")
         init = init_recovery
 
         def create_recovery() -> None:
