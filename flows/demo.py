@@ -37,7 +37,7 @@ from nextclick.flows.targeting import build_flow
 from nextclick.operators.identity.pseudonyms import pseudonymize
 from nextclick.operators.infra import metrics
 from nextclick.operators.infra.clock import ScaledClock
-from nextclick.operators.infra.config import DEMO_SECRET, Config
+from nextclick.operators.infra.config import DEMO_SECRET, Config, progress_topic
 from nextclick.operators.io.kafka_admin import client_config, wait_for_broker
 from nextclick.operators.io.topics import ensure_topics
 from nextclick.operators.rules.loader import load_configured_rules
@@ -110,7 +110,7 @@ def _run(bootstrap: str, workdir: Path, speed: float, rate: float, max_seconds: 
     )
     topics = config.topics
     ensure_topics(kafka, {**{t: 2 for t in topics.inputs}, topics.decisions: 4, topics.dead_letter: 1,
-                          topics.control: 1, topics.profiles: 2})
+                          topics.control: 1, topics.profiles: 2, progress_topic(topics): 1})
     service = ProfileService(config, workdir, out)
     try:
         return _run_flow(config, workdir, service, speed, rate, max_seconds, out)
