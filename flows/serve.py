@@ -16,6 +16,10 @@ The raw identifier is hashed with the deployment's secret, as the flow hashes it
 token is ever logged (aiohttp's access log, which prints the path, is off, and its error records lose
 the message that would quote them: `HttpErrorLog`). Replicas each read the
 whole topic: any of them answers for any customer. What it shows is as of the last epoch commit.
+
+The token file is read again when it changes (TokenFile). Connections that send no whole request in
+KEEPALIVE_TIMEOUT_S are closed, at most MAX_CONNECTIONS are held, and accept errors of a process out
+of file descriptors are one log line in a while (AcceptErrorLog). Every answer is JSON, a bug's 500 too.
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
+import resource
 import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from aiohttp import web
@@ -78,6 +86,53 @@ def load_tokens(path: str) -> frozenset[str]:
     if not tokens:
         raise ConfigError(f"[serve].token_file: {path} holds no token")
     return tokens
+
+
+# How often, at most, a request looks whether the token file changed (a rotated Kubernetes Secret).
+TOKEN_CHECK_EVERY_S = 1.0
+
+
+def _file_version(path: str) -> tuple[int, ...] | str:
+    """What changes when the file is rewritten or replaced: the stat of the path, symlinks followed (a
+    Secret volume's update swaps the `..data` symlink), or why it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class TokenFile:
+    """The token file's tokens, read again when the file changes (looked at no more than once every
+    `every_s`, on a request). A file that becomes unreadable, empty or invalid keeps the tokens read
+    before, with one error line per change (never a token)."""
+
+    def __init__(self, path: str, *, every_s: float = TOKEN_CHECK_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self._every, self._clock = path, every_s, clock
+        self._version = _file_version(path)  # before reading: a change while it is read is seen next time
+        self.tokens = load_tokens(path)
+        self._checked = clock()
+
+    def current(self) -> frozenset[str]:
+        now = self._clock()
+        if now - self._checked >= self._every:
+            self._checked = now
+            version = _file_version(self.path)
+            if version != self._version:
+                self._version = version
+                self._reload()
+        return self.tokens
+
+    def _reload(self) -> None:
+        try:
+            tokens = load_tokens(self.path)
+        except ConfigError as exc:  # its message names the path and the line, never a token
+            log.error("token file not reloaded: the previous tokens stay accepted", extra={"reason": str(exc)})
+            return
+        if tokens != self.tokens:
+            self.tokens = tokens
+            log.info("token file reloaded", extra={"tokens": len(tokens)})
 
 
 class Metrics:
@@ -234,19 +289,36 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def query_is_utf8(raw_query: str) -> bool:
+    """Whether the query string's %-escapes are UTF-8 (`%ff` is not: yarl would read it as U+FFFD, and
+    the attribute would be judged with a character the caller never sent)."""
+    try:
+        unquote_to_bytes(raw_query).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metrics: Metrics,
-              tokens: frozenset[str], secret: bytes, ruleset: RuleSet | None = None,
+              tokens: frozenset[str] | TokenFile, secret: bytes, ruleset: RuleSet | None = None,
               clock: Clock | None = None) -> web.Application:
-    """The HTTP application (no network here: `serve` runs it). `ruleset`: the flow's rules, which
-    next-best-action judges (default: `[flow] rules_file`); `clock`: its "now" (default: the system's)."""
+    """The HTTP application (no network here: `serve` runs it). `tokens`: fixed, or a TokenFile read
+    again when it changes; `ruleset`: the flow's rules, which next-best-action judges (default: `[flow]
+    rules_file`); `clock`: its "now" (default: the system's)."""
     ruleset = ruleset or load_configured_rules(config)  # flow.rules_file with flow.tracking_plan, as the flow
     clock = clock or SystemClock()
     limiter = RateLimiter(config.serve.rate_limit)
     refused = RateLimiter(FAILED_AUTH_RATE)  # per caller address, requests without a valid token
-    encoded = [t.encode() for t in tokens]
+    source = tokens if isinstance(tokens, TokenFile) else None
+    accepted = tokens.tokens if isinstance(tokens, TokenFile) else tokens
+    encoded = [t.encode() for t in accepted]
 
     def authorized(request: web.Request) -> str | None:
         """A short, irreversible name of the caller's token (the rate limiter's key), or None."""
+        nonlocal accepted, encoded
+        if source is not None and source.current() is not accepted:
+            accepted = source.tokens
+            encoded = [t.encode() for t in accepted]
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given:
@@ -267,6 +339,11 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
             response = _json({"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}, exc.status)
             if "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except Exception as exc:  # noqa: BLE001 - a bug: a JSON 500, counted, logged without its message
+            # The message may quote a value (an identifier); the frames name code only.
+            log.error("request failed", extra={"route": route, "error": type(exc).__name__,
+                                               "frames": "".join(traceback.format_tb(exc.__traceback__))})
+            response = _json({"error": "internal_error", "message": "the service failed to answer"}, 500)
         elapsed = time.perf_counter() - started
         metrics.requests.labels(route, str(response.status)).inc()
         metrics.seconds.labels(route).observe(elapsed)
@@ -312,6 +389,9 @@ def build_app(config: Config, index: ViewIndex, reader: ViewReader | None, metri
         return web.Response(body=record, content_type="application/json")
 
     async def next_best_action(request: web.Request) -> web.Response:
+        if not query_is_utf8(request.rel_url.raw_query_string):
+            return _json({"error": "bad_request", "message": "the query string must be UTF-8 (a %-escape of "
+                          "bytes that are not UTF-8)"}, 400)
         query = request.query
         channel = query.get("channel")
         if not channel:
@@ -399,7 +479,9 @@ OPENAPI: dict[str, Any] = {
                                                             "reason": {"type": ["string", "null"]}}}},
                     "approximated": {"type": "array", "items": {"type": "string"},
                                      "description": "Attributes the candidates name that the view does not "
-                                                    "carry (read as missing)."},
+                                                    "carry (read as missing), and consent_tie when a candidate "
+                                                    "was judged on consent entries at the same millisecond "
+                                                    "(judged opted out)."},
                 },
             },
         },
@@ -416,7 +498,8 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": _body("The profile", "Profile"),
                           "400": _error("Unknown id_type"), "401": _error("No valid bearer token"),
-                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited")}}},
+                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited"),
+                          "500": _error("The service failed to answer")}}},
         "/v1/profiles/{id_type}/{id}/next-best-action": {"get": {
             "summary": "What to offer in an interaction on a channel now, and why; no side effects",
             "description": "The flow's rules judged for a synthetic event of the channel's interaction type "
@@ -440,10 +523,12 @@ OPENAPI: dict[str, Any] = {
                                 "on that channel, e.g. store_purchase on store)."},
             ],
             "responses": {"200": _body("The judgement", "NextBestAction"),
-                          "400": _error("Unknown id_type or channel, a channel no rule judges, or a trigger "
-                                        "attribute the event type does not declare or accept"),
+                          "400": _error("Unknown id_type or channel, a channel no rule judges, a trigger "
+                                        "attribute the event type does not declare or accept, or a query "
+                                        "string that is not UTF-8"),
                           "401": _error("No valid bearer token"),
-                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited")}}},
+                          "404": _error("No profile holds this identifier"), "429": _error("Rate limited"),
+                          "500": _error("The service failed to answer")}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
         "/readyz": {"get": {"summary": "Caught up with the profile view topic",
                             "responses": {"200": {"description": "Ready"}, "503": {"description": "Catching up"}}}},
@@ -483,7 +568,7 @@ def serve(config: Config) -> int:
     topic = config.topics.profiles
     if not topic:
         raise ConfigError("[topics].profiles is required: the service reads the profile view topic")
-    tokens = load_tokens(config.serve.token_file)
+    tokens = TokenFile(config.serve.token_file)  # read again when it changes (a rotated Secret)
     secret = config.privacy.resolve_secret()
     host, sep, port = config.serve.address.rpartition(":")
     if not sep or not port.isdigit():
@@ -506,7 +591,7 @@ def serve(config: Config) -> int:
     app.on_startup.append(start_reader)
     app.on_cleanup.append(stop_reader)
     log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,
-                                                 "store": config.serve.store_dir, "tokens": len(tokens)})
+                                                 "store": config.serve.store_dir, "tokens": len(tokens.tokens)})
     try:
         asyncio.run(_run(app, host or "0.0.0.0", int(port)))
     except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT: the runner has cleaned up
@@ -514,16 +599,52 @@ def serve(config: Config) -> int:
     return 0
 
 
-async def _run(app: web.Application, host: str, port: int) -> None:
-    """What `web.run_app` does (SIGTERM and SIGINT end it, the app's cleanup runs), with a server whose
-    handlers answer a request the HTTP parser refused without quoting it (QuietRequestHandler)."""
-    runner = web.AppRunner(app, handle_signals=True, access_log=None)
+# A connection is closed when it has not sent a whole request's headers this long after it opened or
+# after its last answer: idle keep-alive connections, and slowloris ones trickling header bytes (aiohttp's
+# keep-alive timer runs from the connection's start and closes it while no request has been read).
+KEEPALIVE_TIMEOUT_S = 15.0
+# Connections held at once, at most (and at most 3/4 of the open-file limit, which RocksDB and Kafka
+# share): past it, the oldest connection waiting for a request is closed (the new one, if none is).
+MAX_CONNECTIONS = 10_000
+# asyncio logs an accept() that failed for want of file descriptors with a traceback, many times a
+# millisecond: one line at most this often instead.
+ACCEPT_ERROR_LOG_EVERY_S = 10.0
+
+
+def connection_cap(open_files_limit: int, most: int = MAX_CONNECTIONS) -> int:
+    """The connections to hold at once with this soft RLIMIT_NOFILE (RLIM_INFINITY: -1)."""
+    if open_files_limit < 0:
+        return most
+    return max(16, min(most, open_files_limit * 3 // 4))
+
+
+async def start_server(app: web.Application, host: str, port: int, *, handle_signals: bool = False,
+                       keepalive_s: float = KEEPALIVE_TIMEOUT_S, max_connections: int | None = None) -> web.AppRunner:
+    """The app listening on host:port, with a server whose handlers answer a request the HTTP parser
+    refused without quoting it (QuietRequestHandler), close idle and slow connections after
+    `keepalive_s`, and hold at most `max_connections` (default: connection_cap of the process's limit)."""
+    runner = web.AppRunner(app, handle_signals=handle_signals, access_log=None, keepalive_timeout=keepalive_s)
     await runner.setup()
     server = runner.server
     assert server is not None
     server.__class__ = QuietServer
+    cast(QuietServer, server).max_connections = (
+        max_connections if max_connections is not None
+        else connection_cap(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     try:
         await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
+
+
+async def _run(app: web.Application, host: str, port: int) -> None:
+    """What `web.run_app` does (SIGTERM and SIGINT end it, the app's cleanup runs), with start_server's
+    server, and the accept errors of a process out of file descriptors logged once in a while."""
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+    runner = await start_server(app, host, port, handle_signals=True)
+    try:
         # The address bound (the port chosen, for `:0`): one log line, not aiohttp's banner.
         bound = [f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p, *_ in runner.addresses]
         log.info("profile service listening", extra={"addresses": bound})
@@ -552,9 +673,65 @@ PARSER_REFUSAL = ("{status} {phrase}: not a request this service reads (a reques
 
 
 class QuietServer(web.Server):
-    """A web.Server whose connections are QuietRequestHandlers."""
+    """A web.Server whose connections are QuietRequestHandlers, at most `max_connections` of them."""
+
+    max_connections = MAX_CONNECTIONS
 
     def __call__(self) -> RequestHandler:
         handler = super().__call__()
         handler.__class__ = QuietRequestHandler
         return handler
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self._connections) <= self.max_connections:
+            return
+        # The oldest connection waiting for a request (idle, or still reading headers) makes room; a
+        # request being answered is never cut. None waiting: the new one is closed.
+        victim = next((h for h in self._connections if _waiting(h)), handler)
+        victim.force_close()
+
+
+def _waiting(handler: RequestHandler) -> bool:
+    """Whether the connection waits for a request (aiohttp's own test before its keep-alive close)."""
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done() and not handler._force_close
+
+
+class AcceptErrorLog:
+    """The event loop's exception handler: asyncio's `socket.accept() out of system resource` (no file
+    descriptor left, EMFILE) becomes one error line every `every_s` at most, with the count since the
+    last, instead of a traceback each time; everything else goes to asyncio's default handler."""
+
+    def __init__(self, every_s: float = ACCEPT_ERROR_LOG_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every, self._clock = every_s, clock
+        self._logged_at: float | None = None
+        self._count = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if _retry_after_close(context):
+            # asyncio retries the accept a second after each failure; a retry due after the service closed
+            # its listening socket (SIGTERM) fails on it: nothing is wrong, and no traceback is needed.
+            log.debug("accept retried after the listening socket closed")
+            return
+        if not str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        self._count += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < self._every:
+            return
+        exc = context.get("exception")
+        log.error("cannot accept connections: out of file descriptors or memory",
+                  extra={"error": type(exc).__name__ if exc is not None else None,
+                         "errno": getattr(exc, "errno", None), "failures": self._count})
+        self._logged_at, self._count = now, 0
+
+
+
+def _retry_after_close(context: dict[str, Any]) -> bool:
+    """Whether the loop's error is asyncio's accept retry (`_start_serving`, scheduled by the accept error)
+    run on a listening socket closed since: ValueError (file descriptor -1) or OSError."""
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", "") == "_start_serving" and \
+        isinstance(context.get("exception"), (ValueError, OSError))

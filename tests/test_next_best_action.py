@@ -12,7 +12,7 @@ import pytest
 from nextclick.operators.engine.steps import on_event
 from nextclick.operators.engine.view import profile_view
 from nextclick.operators.rules.loader import load_rules
-from nextclick.operators.tools.next_best_action import NextBestActionError, judge
+from nextclick.operators.tools.next_best_action import NextBestActionError, consent_tie, judge
 from tests.helpers import DAY, MIN, T0, Customer, consent, default_rules, make_event, write_rules
 
 NOW = T0 + 40 * DAY
@@ -195,3 +195,48 @@ call_center = "opt_out"
     assert engine_decides(c, "call_center_contact", NOW, queue="vip") == "vip_call_back"
     with pytest.raises(NextBestActionError, match="queue"):
         judge(view(c, NOW - MIN), rules, "call_center", {"queue": "gold"}, NOW)  # outside the plan's enum
+
+
+@pytest.mark.parametrize("withdrawal_id_first", [True, False])
+def test_consent_entries_at_the_same_millisecond_are_judged_opted_out_and_said_so(withdrawal_id_first: bool) -> None:
+    """An email grant and an `all` withdrawal at one millisecond: the flow takes the later event id, which
+    the view does not carry. Next best action errs on the safe side (opted out) and says it approximated."""
+    c = Customer()
+    at = NOW - DAY
+    grant, withdrawal = ("ev-b", "ev-a") if withdrawal_id_first else ("ev-a", "ev-b")
+    c.apply(consent(at, "email", True, event_id=grant))
+    c.apply(consent(at, "all", False, event_id=withdrawal))
+    record = view(c, NOW - MIN)
+    assert record["consent"] == {"all:marketing": {"granted": False, "ts": at},
+                                 "email:marketing": {"granted": True, "ts": at}}
+    attrs = {"amount": "50", "order_id": "s1", "currency": "EUR"}
+    answer = judge(record, c.ruleset, "store", attrs, NOW, event_type="store_purchase")
+    assert answer["action"] is None
+    assert outcomes(answer)["post_purchase_cross_sell"] == ("blocked", "opted_out")
+    assert answer["approximated"] == ["consent_tie"]
+    flow = engine_decides(c, "store_purchase", NOW, amount=50.0, order_id="s1", currency="EUR")
+    # The flow takes the later event id: opted out too when it is the withdrawal's; when it is the grant's,
+    # the flow sends and next best action errs on the safe side (and says so).
+    assert flow == (None if not withdrawal_id_first else "post_purchase_cross_sell")
+
+    # A millisecond apart there is no tie: the later one decides, exactly, and nothing is approximated.
+    c.apply(consent(at + 1, "email", True))
+    answer = judge(view(c, NOW - MIN), c.ruleset, "store", attrs, NOW, event_type="store_purchase")
+    assert (answer["action"] or {}).get("rule") == "post_purchase_cross_sell" and answer["approximated"] == []
+
+
+def test_consent_tie_is_a_disagreement_at_the_latest_millisecond_of_the_keys_judged() -> None:
+    keys = ("email:marketing", "all:marketing")
+    assert not consent_tie({}, keys)
+    assert consent_tie({"email:marketing": [True, 5, ""], "all:marketing": [False, 5, ""]}, keys)
+    assert not consent_tie({"email:marketing": [False, 5, ""], "all:marketing": [False, 5, ""]}, keys)  # agree
+    assert not consent_tie({"email:marketing": [True, 6, ""], "all:marketing": [False, 5, ""]}, keys)  # later wins
+    assert not consent_tie({"sms:marketing": [True, 5, ""], "all:marketing": [False, 5, ""]}, keys)  # not judged
+
+
+@pytest.mark.parametrize("text", ["1e308", "99999999999999999999", "9223372036854775808", "-1e19"])
+def test_an_integer_beyond_64_bits_is_refused_with_one_line(text: str) -> None:
+    c = Customer()
+    c.send("page_view", NOW - DAY)
+    with pytest.raises(NextBestActionError, match="items must be an integer within 64 bits"):
+        judge(view(c, NOW - MIN), c.ruleset, "store", {"amount": "5", "items": text}, NOW, event_type="store_purchase")

@@ -21,8 +21,10 @@ durable attributes, but not everything a rule can read. Approximated (docs/profi
 - the last complaint: the view has whole days since it (`days_since_complaint`); taken as the latest time
   those days allow (and no later than the last call-center contact), so complaint suppression is never
   shorter than the flow's, at most a day longer;
-- consent: the view has each entry's time but not its event id, so two entries at the same millisecond
-  tie-break by key order (the channel's family first), not by event id;
+- consent: the view has each entry's time but not its event id, by which the flow breaks a tie: of two
+  entries at the same millisecond that disagree (a grant and a withdrawal), the withdrawal is taken as
+  the later (the safe side: `opted_out`, as complaint suppression errs long), and `approximated` lists
+  `consent_tie` when a candidate whose conditions hold is judged on such a tie;
 - everything as of the record (`as_of`, the last epoch commit): later events are not seen.
 """
 
@@ -101,6 +103,9 @@ def _attribute_types(plan: TrackingPlan, event_type: str) -> dict[str, tuple[str
     return out
 
 
+# An integer attribute beyond 64 bits (`1e308`, `99999999999999999999`) is no event's: JSON encoders
+# (the flow's orjson) refuse it.
+_INT64 = (-(2**63), 2**63 - 1)
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
@@ -117,11 +122,13 @@ def _typed(plan: TrackingPlan, event_type: str, name: str, text: str) -> Any:
             number = orjson.loads(text) if _JSON_NUMBER.fullmatch(text) else None
         except orjson.JSONDecodeError:  # out of a double's range
             number = None
-        if "integer" in kinds and (type(number) is int or (type(number) is float and number.is_integer())):
-            return int(number)  # 2.0 is an integer to JSON Schema, as the flow's parser judges it
+        whole = int(number) if type(number) is int or (type(number) is float and number.is_integer()) else None
+        if "integer" in kinds and whole is not None and _INT64[0] <= whole <= _INT64[1]:
+            return whole  # 2.0 is an integer to JSON Schema, as the flow's parser judges it
         if "number" in kinds and isinstance(number, (int, float)) and math.isfinite(number):
             return number
-        what = "a number as JSON writes it (e.g. 19.99)" if "number" in kinds else "an integer (e.g. 2)"
+        what = "a number as JSON writes it (e.g. 19.99)" if "number" in kinds else \
+            "an integer within 64 bits" if whole is not None else "an integer (e.g. 2)"
         raise NextBestActionError(f"{name} must be {what}, got {text!r}")
     if "boolean" in kinds:
         if text not in ("true", "false"):
@@ -159,7 +166,7 @@ def profile_from_view(record: Mapping[str, Any], ruleset: RuleSet) -> Profile:
         orders=int(attributes.get("orders") or 0), revenue=float(attributes.get("lifetime_value") or 0.0),
         first_purchase=attributes.get("first_purchase"), last_purchase=attributes.get("last_purchase"),
         last_contact=last_contact, contacts=contacts,
-        consent={k: [bool(v["granted"]), int(v["ts"]), ""] for k, v in record["consent"].items()},
+        consent={k: _consent_entry(v) for k, v in record["consent"].items()},
         last_complaint=last_complaint,
         recent_orders=[Order(o["ts"], o["order_id"], o["amount"], o["currency"], o["channel"], o["category"])
                        for o in record["recent_orders"]])
@@ -179,6 +186,28 @@ def profile_from_view(record: Mapping[str, Any], ruleset: RuleSet) -> Profile:
             signals[name] = state
     return Profile(customer=str(record["profile_key"]), facts=facts, signals=signals, history=history,
                    ids={t: list(keys) for t, keys in record["ids"].items()})
+
+
+# The event ids the view does not carry: at the same millisecond, a withdrawal sorts after a grant, so
+# consent_state (latest by (ts, event_id)) takes it; the flow would take the later event id.
+_GRANT_ID, _WITHDRAWAL_ID = "view:grant", "view:withdrawal"
+# In `approximated`: a candidate was judged on consent entries the flow would tie-break by event id.
+CONSENT_TIE = "consent_tie"
+
+
+def _consent_entry(entry: Mapping[str, Any]) -> list[Any]:
+    granted = bool(entry["granted"])
+    return [granted, int(entry["ts"]), _GRANT_ID if granted else _WITHDRAWAL_ID]
+
+
+def consent_tie(consent: Mapping[str, list[Any]], keys: tuple[str, ...]) -> bool:
+    """Whether the latest of the entries `keys` names are several at one millisecond that disagree: the
+    flow decides between them by event id, which a view record does not carry."""
+    entries = [consent[k] for k in keys if k in consent]
+    if not entries:
+        return False
+    latest = max(int(e[1]) for e in entries)
+    return len({bool(e[0]) for e in entries if int(e[1]) == latest}) > 1
 
 
 def _unknown(ruleset: RuleSet) -> frozenset[str]:
@@ -202,7 +231,11 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
     event_type = interaction(ruleset, channel, event_type)
     now_ms = max(now_ms, int(record["as_of"]))
     body = trigger_event_body(ruleset.plan, event_type, attributes, now_ms)
-    event = parse_message(b"next-best-action", orjson.dumps(body), None, _SOURCE, secret=b"next-best-action",
+    try:
+        raw = orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:  # what no event can carry (_typed refuses what it knows of)
+        raise NextBestActionError(f"the {event_type} trigger is not a valid event: {exc}") from None
+    event = parse_message(b"next-best-action", raw, None, _SOURCE, secret=b"next-best-action",
                           now_ms=now_ms, config=parse, plan=ruleset.plan)
     if isinstance(event, DeadLetter):
         raise NextBestActionError(f"the {event_type} trigger is not a valid event: {event.message}")
@@ -218,6 +251,7 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
     tried = {t.rule.id: t for _, t in log}
     decision = out.decisions[0] if out.decisions else None
     candidates = []
+    tie = False
     for compiled in ruleset.by_trigger[event_type]:
         rule = compiled.rule
         one = tried.get(rule.id)
@@ -229,6 +263,8 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
             outcome, reason = "blocked", blocked[rule.id]
         else:
             outcome, reason = "fires", None
+        # Gated (its conditions hold) on consent entries the flow tie-breaks by event id: judged opted out.
+        tie |= one is not None and one.matched and consent_tie(profile.facts.consent, compiled.consent_keys)
         candidates.append({
             "rule": rule.id, "priority": rule.priority, "action": rule.action, "channel": rule.channel,
             "offer": rule.offer, "outcome": outcome, "reason": reason,
@@ -243,8 +279,10 @@ def judge(record: Mapping[str, Any], ruleset: RuleSet, channel: str, attributes:
             "offer": decision.offer, "params": decision.params, "purpose": decision.purpose,
             "promotion": decision.promotion, "expires_at": rfc3339(decision.expires_at)},
         "candidates": candidates,
-        # The attributes read as missing because the view does not carry them (the candidates name them).
-        "approximated": sorted({a for t in tried.values() for item in t.rule.when for a in _names(item) & unknown}),
+        # The attributes read as missing because the view does not carry them (the candidates name them),
+        # and `consent_tie` when a candidate's consent was a same-millisecond tie.
+        "approximated": sorted({a for t in tried.values() for item in t.rule.when for a in _names(item) & unknown}
+                               | ({CONSENT_TIE} if tie else set())),
     }
 
 
