@@ -515,7 +515,10 @@ def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
     from nextclick.operators.identity.graph import graph_path
     from nextclick.operators.state.store import ShardStore
 
-    ShardStore(graph_path(tmp_path / "s"), sync=False).close()  # the identity stage has written its store
+    store = ShardStore(graph_path(tmp_path / "s"), sync=False)  # the identity stage has written its store
+    store.put(b"n-someone", b"linked")
+    store.checkpoint()
+    store.close()
     other = write_rules(tmp_path, 'priority = ["email", "customer", "phone", "device", "cookie"]', "id.toml")
     with pytest.raises(StateMismatch, match="identity.priority: .* was written with identifier priority"):
         check_start(config.replace(identity={"file": str(other)}))
