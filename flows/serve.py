@@ -593,7 +593,7 @@ def serve(config: Config) -> int:
     log.info("profile service starting", extra={"address": config.serve.address, "topic": topic,
                                                  "store": config.serve.store_dir, "tokens": len(tokens.tokens)})
     try:
-        asyncio.run(_run(app, host or "0.0.0.0", int(port)))
+        asyncio.run(_run(app, host or "0.0.0.0", int(port), config.serve.idle_timeout_s))
     except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM / SIGINT: the runner has cleaned up
         pass
     return 0
@@ -639,11 +639,12 @@ async def start_server(app: web.Application, host: str, port: int, *, handle_sig
     return runner
 
 
-async def _run(app: web.Application, host: str, port: int) -> None:
+async def _run(app: web.Application, host: str, port: int, keepalive_s: float = KEEPALIVE_TIMEOUT_S) -> None:
     """What `web.run_app` does (SIGTERM and SIGINT end it, the app's cleanup runs), with start_server's
-    server, and the accept errors of a process out of file descriptors logged once in a while."""
+    server, and the accept errors of a process out of file descriptors logged once in a while.
+    `keepalive_s`: `[serve] idle_timeout`."""
     asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
-    runner = await start_server(app, host, port, handle_signals=True)
+    runner = await start_server(app, host, port, handle_signals=True, keepalive_s=keepalive_s)
     try:
         # The address bound (the port chosen, for `:0`): one log line, not aiohttp's banner.
         bound = [f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}" for h, p, *_ in runner.addresses]

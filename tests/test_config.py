@@ -26,6 +26,8 @@ from nextclick.operators.infra.config import ConfigError, load_config
     ("SERVE__RATE_LIMIT", "-5", "[serve].rate_limit must be at least 0 (requests a second per token; 0: no limit), "
                                 "got -5.0"),
     ("TOPICS__INPUTS", " , ", "[topics].inputs must name at least one topic, got []"),
+    ("SERVE__IDLE_TIMEOUT", "500ms", "[serve].idle_timeout must be at least 1s, got '500ms'"),
+    ("SERVE__IDLE_TIMEOUT", "15", "[serve].idle_timeout"),
     # An outside probe: nan passed every bound, and `run` then stopped naming no setting; a huge shard
     # count hung the first epoch and the drain.
     ("FLOW__EPOCH_SECONDS", "nan", "[flow].epoch_seconds: expected a finite float, got 'nan'"),

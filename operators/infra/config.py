@@ -280,6 +280,13 @@ class ServeConfig:
     store_dir: str = "var/serve"
     # Requests per second per bearer token (a token bucket twice as deep); 0: unlimited.
     rate_limit: float = 200.0
+    # A connection that sends no whole request for this long is closed (idle keep-alive, a slow client);
+    # above a proxy's own idle timeout in front of the service, so the proxy closes first.
+    idle_timeout: str = "15s"
+
+    @property
+    def idle_timeout_s(self) -> float:
+        return _duration_ms(self.idle_timeout) / 1000
 
 
 @dataclass(frozen=True)
@@ -536,6 +543,10 @@ def load_config(path: str | os.PathLike[str] | None = None,
         if ms < minimum:
             raise ConfigError(f"{origin}: [flow].{key} must be {'positive' if minimum else 'at least 0'}, "
                               f"got {text!r}")
+    idle_ms = _check_duration(origin, "[serve].idle_timeout", config.serve.idle_timeout, "e.g. 15s, 75s",
+                              most_days=1)
+    if idle_ms < 1000:
+        raise ConfigError(f"{origin}: [serve].idle_timeout must be at least 1s, got {config.serve.idle_timeout!r}")
     for key in ("poll_tick", "poll_tick_max"):
         text = getattr(config.flow, key)
         tick_ms = _check_duration(origin, f"[flow].{key}", text, "e.g. 5ms, 20ms")
