@@ -41,7 +41,7 @@ from nextclick.operators.infra import metrics
 from nextclick.operators.infra.clock import Clock, SystemClock
 from nextclick.operators.infra.config import Config, progress_topic
 from nextclick.operators.io.alignment import Alignment
-from nextclick.operators.io.control import parse_control, savepoint_not_wanted
+from nextclick.operators.io.control import ErasureRecorder, parse_control, savepoint_not_wanted
 from nextclick.operators.io.deadletter import dead_letter_record
 from nextclick.operators.io.decisions import decision_message, expired
 from nextclick.operators.io.kafka_sink import KafkaOutput
@@ -152,7 +152,8 @@ def build_flow(config: Config, *, clock: Clock | None = None, stop: threading.Ev
                                clock=clock, placement=config.state.shard_placement,
                                dedupe_horizon_ms=ruleset.dedupe_horizon_ms,
                                order_bound_ms=config.flow.alignment_bound_ms
-                               if config.flow.align and several else None)
+                               if config.flow.align and several else None,
+                               record_erasure=ErasureRecorder(config.kafka, config.topics.control))
 
     def parse_batch(batch: list[RawMessage | Progress]) -> list[Routed | DeadLetter]:
         """The batch's events and progress reports as one list for the identity stage

@@ -100,6 +100,12 @@ class EraseRequest:
     # when the event was read before the erasure (an outside probe: in a backlog the cookie's cart, due
     # before its sign-in, was erased unsent, or sent, as the frontier's timer turn happened to come).
     fire_before: int | None = None
+    # One of the identifiers a linked erasure reached, recorded by the identity stage on the control topic
+    # before it erased the graph (`follow_up: true`): carried out on that key alone (the graph is not
+    # consulted, a new link may be there), and its profiles only if they hold data from at or before
+    # `requested_at` (a profile started later is someone's activity after the erasure). It finishes an
+    # erasure that a crash stopped between the graph and the shards.
+    follow_up: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,13 @@ def control(body: object | bytes | None, key: bytes | None = b"k") -> EraseReque
      "schema_violation"),
     (orjson.dumps({"command": "savepoint", "request_id": "r1", "name": "sp1", "expires_at": True}),
      "schema_violation"),
+    # A follow-up (what the identity stage records of an erasure) is by customer_key, with requested_at.
+    (orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32, "follow_up": True}),
+     "schema_violation"),
+    (orjson.dumps({"command": "erase", "request_id": "r1", "customer_id": "c", "requested_at": 5, "follow_up": True}),
+     "schema_violation"),
+    (orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32, "requested_at": 5,
+                   "follow_up": "yes"}), "schema_violation"),
     # Which one would win is the decoder's choice, and an erasure must not hinge on it.
     (b'{"command": "erase", "request_id": "r1", "customer_id": "victim", "customer_id": "bystander"}',
      "invalid_json"),
@@ -86,6 +93,14 @@ def test_every_refusal(value: bytes | None, reason: str) -> None:
     assert (result.key, result.value, result.headers, result.source) == (b"k", value, (("h", b"v"),), SRC)
     for planted in (b"someone@example.com", b"passport"):
         assert planted not in result.message.encode()
+
+
+def test_a_follow_up_erasure_is_read_as_one() -> None:
+    result = control(orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32,
+                                   "requested_at": 5, "follow_up": True}))
+    assert isinstance(result, EraseRequest) and result.follow_up and result.requested_at == 5
+    plain = control(orjson.dumps({"command": "erase", "request_id": "r1", "customer_key": "a" * 32}))
+    assert isinstance(plain, EraseRequest) and not plain.follow_up
 
 
 def test_a_duplicated_key_is_named_only_if_it_is_a_control_field() -> None:

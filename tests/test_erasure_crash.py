@@ -89,3 +89,50 @@ def test_an_erasure_killed_before_its_checkpoint_leaves_nothing_of_the_person(
     live = [k.decode() for k, v in last.items() if v is not None and any(g in k.decode() for g in gone)]
     assert live == [], f"the view still shows the erased person under {live}"
     assert last.get(f"profiles/{kept}".encode()) is not None
+
+
+def test_a_batch_of_erasures_killed_at_the_first_shards_erasure_leaves_nothing_of_anyone(
+        kafka: dict[str, str], topic_prefix: str, tmp_path: Path) -> None:
+    """An outside probe's wider window: the identity stage erases the graph for every erasure of its batch
+    before the shards come to them, so a kill at the first shard's erasure left every other person's
+    linked profile in state and on the view for good. Their other identifiers are recorded on the control
+    topic first (follow-ups), which the replay carries out."""
+    web = f"{topic_prefix}.web"
+    view = f"{topic_prefix}.profiles"
+    ensure_topics(kafka, {web: 1, view: 1})
+    setup = FlowSetup.create(kafka, tmp_path, topic_prefix, inputs=[web], shards=2, epoch_seconds=1.0,
+                             extra_env={"NEXTCLICK_TOPICS__PROFILES": view})
+    secret = SECRET.encode()
+    start_ms = int(time.time() * 1000) - 3 * HOUR
+    people = [(f"ck-batch-{n}", f"BATCH-{n}", f"batch.{n}@example.com") for n in range(4)]
+    producer = Producer(kafka)
+    for n, (cookie, customer, address) in enumerate(people):
+        for i, body in enumerate(({"type": "page_view", "page_type": "product"},
+                                  {"type": "login", "customer_id": customer, "email": address},
+                                  {"type": "purchase", "customer_id": customer, "order_id": f"o-{n}", "amount": 9.0})):
+            producer.produce(web, orjson.dumps({"event_id": f"b{n}-{i}", "ts": start_ms + n * 1000 + i * 60_000,
+                                                **body}), cookie.encode())
+    assert producer.flush(10) == 0
+    run_to_end(setup, log=tmp_path / "flow.log")
+    gone = {pseudonymize(t, raw, secret) for person in people
+            for t, raw in zip(("cookie", "customer", "email"), person, strict=True)}
+    assert gone & set(read_profiles(setup.state_dir, 2))
+    for n, (_, _, address) in enumerate(people):
+        producer.produce(setup.control, orjson.dumps({"command": "erase", "request_id": f"dsr-{n}", "id_type": "email",
+                                                      "id": address}), f"dsr-{n}".encode())
+    assert producer.flush(10) == 0
+    proc = start(setup, stop_at_end=False, failpoints="erased:1", log=tmp_path / "flow.log")
+    try:
+        assert proc.wait(60) == -signal.SIGKILL, "killed at the first shard's erasure"
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail("the failpoint after the erasure was not reached")
+    run_to_end(setup, log=tmp_path / "flow.log")
+
+    assert not gone & set(read_profiles(setup.state_dir, 2)), "an erased person's profile was left"
+    last: dict[bytes, bytes | None] = {}
+    for msg in consume_all(kafka, [view]):
+        last[msg.key()] = msg.value()
+    live = [k.decode() for k, v in last.items() if v is not None and any(g in k.decode() for g in gone)]
+    assert live == [], f"the view still shows erased people under {live}"

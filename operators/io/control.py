@@ -3,6 +3,8 @@
     {"command": "erase", "request_id": "dsr-123", "customer_id": "c-42"}
     {"command": "erase", "request_id": "dsr-124", "id_type": "email", "id": "someone@example.com"}
     {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>"}
+    {"command": "erase", "request_id": "dsr-125", "customer_key": "<32 hex chars>", "requested_at": 1764504000000,
+     "follow_up": true}   (the identity stage's record of an erasure's other identifiers: EraseRequest.follow_up)
     {"command": "savepoint", "request_id": "sp-1", "name": "2026-11-30T12-00", "expires_at": 1764504000000}
     {"command": "drain", ...}   (operators/io/drain.py: for every process's drain watcher, not here)
     {"command": "hello", ...}   (operators/io/cluster_hello.py: what a process started with, not here)
@@ -45,7 +47,7 @@ _KEY = re.compile(r"[0-9a-f]{32}")  # fullmatch: "$" would also match before a f
 SAVEPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch, as _KEY
 # The control message's fields: the only key names a refusal may quote.
 _FIELDS = frozenset({"command", "request_id", "customer_key", "customer_id", "id_type", "id", "name",
-                     "expires_at"})
+                     "expires_at", "requested_at", "follow_up"})
 COMMANDS = ("erase", "savepoint", "drain", "hello", "refused", "starting")
 
 
@@ -73,6 +75,34 @@ def send_commands(kafka: Mapping[str, str], topic: str, command: str,
         raise ConnectionError(f"could not deliver the {command} command to {topic} within {timeout_s:g} s")
     if failed:
         raise ConnectionError(f"the broker refused the {command} command on {topic}: {failed[0]}")
+
+
+class ErasureRecorder:
+    """The identity stage's `record_erasure`: an erasure's other identifiers, as follow-up erase commands
+    on the control topic (`EraseRequest.follow_up`), acknowledged before the stage erases the graph. A
+    broker that does not take them stops the process before anything is erased; a restart replays it."""
+
+    def __init__(self, kafka: Mapping[str, str], topic: str, timeout_s: float = 30.0) -> None:
+        self.kafka, self.topic, self.timeout_s = kafka, topic, timeout_s
+        self._producer: Producer | None = None
+
+    def __call__(self, keys: list[str], request_id: str, requested_at: int) -> None:
+        if self._producer is None:
+            self._producer = Producer(client_config(self.kafka, **{"enable.idempotence": True}))
+        failed: list[str] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failed.append(str(err.str() if hasattr(err, "str") else err))
+
+        for key in keys:
+            self._producer.produce(self.topic, orjson.dumps({
+                "command": "erase", "request_id": request_id, "customer_key": key, "requested_at": requested_at,
+                "follow_up": True}), key.encode(), on_delivery=delivered)
+        if self._producer.flush(self.timeout_s) or failed:
+            raise ConnectionError(f"could not record an erasure's follow-ups on {self.topic} "
+                                  f"({failed[0] if failed else 'timeout'}); nothing was erased, a restart does it "
+                                  "again")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
@@ -153,10 +183,14 @@ def _parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tup
         return refuse("schema_violation", f"erase names one identifier, in one form; this one names {len(forms)} "
                                           f"({', '.join(forms)}): send one command for each")
     # Say which form was tried and what is wrong with it (never the value: it may be the identifier).
+    follow_up = body.get("follow_up", False)
+    if follow_up is not False and (follow_up is not True or "customer_key" not in body or requested_at is None):
+        return refuse("schema_violation", "erase 'follow_up' is true or absent, and only with 'customer_key' and "
+                                          "'requested_at' (what the flow itself records)")
     if "customer_key" in body:
         customer_key = body["customer_key"]
         if isinstance(customer_key, str) and _KEY.fullmatch(customer_key):
-            return EraseRequest(customer_key, request_id, source, requested_at=requested_at)
+            return EraseRequest(customer_key, request_id, source, requested_at=requested_at, follow_up=follow_up)
         return refuse("missing_identifier", "erase 'customer_key' must be 32 lowercase hexadecimal characters "
                                             "(the key `nextclick keys` prints)")
     if "customer_id" in body:

@@ -70,6 +70,7 @@ from nextclick.operators.state.epoch import EpochLedger
 from nextclick.operators.state.erased import ErasedKeys
 from nextclick.operators.state.keys import (
     HELD_EVENT_PREFIX,
+    QUARANTINED,
     TIMER_PREFIX,
     is_held_of,
     is_timer_of,
@@ -357,7 +358,7 @@ class ShardState:
                 held[value.customer].append(value)  # after the merge, as it came after the link
             elif isinstance(value, EraseRequest):
                 self._turn_before_merge(value.customer, value.fire_before, out)
-                self.erase(value.customer, at_ms=value.requested_at)
+                self.erase(value.customer, at_ms=value.requested_at, follow_up=value.follow_up)
             elif isinstance(value, MoveOut):
                 self._turn_before_merge(value.customer, value.at_ms, out)
                 out.append(barrier.move_out(value))
@@ -494,7 +495,7 @@ class ShardState:
             kept.append(value)
         return kept
 
-    def erase(self, customer: str, *, at_ms: int | None = None) -> bool:
+    def erase(self, customer: str, *, at_ms: int | None = None, follow_up: bool = False) -> bool:
         """Right to erasure: the profile, its timer and every undo pre-image of them, at once; the
         customer's events dated at or before `at_ms` (default: now) are not applied again.
 
@@ -502,9 +503,18 @@ class ShardState:
         shard of every identifier of a linked profile, and one of them holds it; an erasure repeated, or
         of an identifier nothing was ever keyed by, erases nothing (an outside probe: both were counted,
         so a report built on the counter named people who never were)."""
-        marks = self.erased.mark(customer, self.ctx.clock.now_ms() if at_ms is None else at_ms)
-        present = customer in self.cache.live or self.store.get(profile_key(customer)) is not None
+        at = self.ctx.clock.now_ms() if at_ms is None else at_ms
+        key = profile_key(customer)
+        # Also a profile this epoch moved out (a sign-in's merge) whose last record on the view is the one
+        # committed before: it needs its tombstone as much (an outside probe: the cookie stayed on the view).
+        present = (customer in self.cache.live or self.store.get(key) is not None
+                   or self.store.get_committed(key) is not None)
         cache = self.cache
+        if follow_up and present and self._started_after(customer, at):
+            log.info("a follow-up erasure leaves a profile started after the erasure",
+                     extra={"customer": customer, "family": self.ctx.family, "shard": self.shard})
+            return False
+        marks = self.erased.mark(customer, at)
         if present and self.ctx.view is not None:
             # Its tombstone goes out (acknowledged) before the erasure is committed, not at the checkpoint:
             # a crash in between left the view's last record live for good, as the replay finds nothing to
@@ -528,6 +538,18 @@ class ShardState:
         log.info("customer erased", extra={"customer": customer, "family": self.ctx.family, "shard": self.shard,
                                            "existed": existed})
         return existed
+
+    def _started_after(self, customer: str, at_ms: int) -> bool:
+        """The customer's profile holds nothing from at or before `at_ms` (its first event is later)."""
+        profile = self.cache.live.get(customer)
+        if profile is None:
+            blob = self.store.get(profile_key(customer))
+            try:
+                profile = decode_profile(blob) if blob is not None and blob != QUARANTINED else None
+            except Exception:  # noqa: BLE001 - unreadable: erased, on the safe side
+                return False
+        first = profile.facts.first_seen if profile is not None else None
+        return first is not None and first > at_ms
 
 
 class _Quarantined(Exception):

@@ -501,6 +501,35 @@ def test_an_erasure_by_a_linked_identifier_holds_when_the_process_dies_before_th
     again.state.close()
 
 
+def test_an_erasures_other_identifiers_are_recorded_before_the_graph_forgets_them(tmp_path: Path) -> None:
+    """What a crash between the graph's erasure and the shards' would lose is on the control topic first;
+    a follow-up read back goes to that key's shards alone, whatever the graph links it to by then."""
+    recorded: list[tuple[list[str], str, int]] = []
+    identity: IdentityLogic
+
+    def record(keys: list[str], request_id: str, at: int) -> None:
+        assert identity.state.graph.find(key("email", "e@example.com")) is not None, "recorded before the erase"
+        recorded.append((sorted(keys), request_id, at))
+
+    ctx = IdentityContext(tmp_path, 1, default_identity_rules(), sync=False, record_erasure=record)
+    identity = IdentityLogic(ctx, None)
+    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
+    identity.on_batch([EraseRequest(key("email", "e@example.com"), "r1", SRC, requested_at=T0 + MIN)])
+    assert recorded == [(sorted([key("cookie", "ck"), key("customer", "E")]), "r1", T0 + MIN)]
+    assert identity.state.graph.find(key("cookie", "ck")) is None
+
+    # Someone signs in on the cookie since; the follow-up of the cookie, read back, leaves that link alone.
+    identity.on_batch([web("2", "login", T0 + 2 * MIN, ("cookie", "ck"), ("customer", "F"))])
+    grouped, _ = identity.on_batch([EraseRequest(key("cookie", "ck"), "r1", SRC, requested_at=T0 + MIN,
+                                                 follow_up=True)])
+    parts = [item for _, items in grouped for item in items]
+    assert parts and all(isinstance(p, EraseRequest) and p.customer == key("cookie", "ck") and p.follow_up
+                         for p in parts)
+    assert identity.state.graph.find(key("customer", "F")) is not None
+    assert len(recorded) == 1
+    identity.state.close()
+
+
 def test_a_start_with_another_priority_is_refused(tmp_path: Path) -> None:
     from nextclick.operators.state.manifest import StateMismatch
     from nextclick.operators.tools.startup import check_start

@@ -350,3 +350,43 @@ def test_an_erased_profiles_tombstone_is_on_the_view_before_the_erasure_is_done(
     shard.on_batch([EraseRequest("c1", "r1", requested_at=T0 + 10 * MIN)])
     assert published == [([("profiles/c1", None)], {"profiles/c1"})]
     shard.store.close()
+
+
+def test_a_follow_up_erasure_keeps_a_profile_started_after_the_erasure_and_erases_an_older_one(
+        tmp_path: Path) -> None:
+    """A follow-up (one identifier of a linked erasure, recorded by the identity stage) finishes what a crash
+    left, but a profile whose first event is after the erasure is someone's activity since: kept."""
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR))
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("page_view", T0, customer="old"),
+                    make_event("page_view", T0 + 20 * MIN, customer="new")])
+    shard.on_batch([EraseRequest("old", "r1", requested_at=T0 + 10 * MIN, follow_up=True),
+                    EraseRequest("new", "r1", requested_at=T0 + 10 * MIN, follow_up=True)])
+    shard.snapshot()
+    shard.store.close()
+    assert read_profile(tmp_path, 1, "old") is None
+    assert read_profile(tmp_path, 1, "new") is not None
+
+
+def test_a_profile_moved_out_in_this_epoch_gets_its_tombstone_at_once_when_erased(tmp_path: Path) -> None:
+    """A sign-in's merge took the cookie's profile out of its shard earlier in the epoch: its last record on
+    the view is still the committed one, and an erasure must tombstone it before it commits (an outside
+    probe: the kill lost the staged tombstones and the service answered for the cookie)."""
+    from nextclick.operators.records import MoveOut
+
+    published: list[tuple[list[tuple[str, object]], set[str]]] = []
+
+    def view(changes: list[tuple[str, object]], erased: set[str]) -> int:
+        published.append((changes, erased))
+        return len(changes)
+
+    ctx = ShardContext(state_dir=tmp_path, shards=1, ruleset=default_rules(), clock=ManualClock(T0 + HOUR),
+                       view=view)  # type: ignore[arg-type]
+    shard = ShardLogic(ctx, None)
+    shard.on_batch([make_event("add_to_cart", T0, customer="ck", sku="s", amount=5.0)])
+    shard.snapshot()
+    published.clear()
+    shard.on_batch([MoveOut("ck", "cust", "customer/0")])
+    shard.on_batch([EraseRequest("ck", "r1", requested_at=T0 + 10 * MIN)])
+    assert published == [([("profiles/ck", None)], {"profiles/ck"})]
+    shard.store.close()
