@@ -321,7 +321,8 @@ def cmd_profile_erase(args: argparse.Namespace) -> int:
         send_command(config.kafka, config.topics.control, "erase", request_id, customer.encode(),
                      customer_key=customer, requested_at=int(time.time() * 1000))
         print(orjson.dumps({"customer": customer, "request_id": request_id, "sent_to": config.topics.control,
-                            "state": "queued: the running flow erases it at its next batch"}).decode())
+                            "state": "queued: the flow erases it when it reads the command (at its next batch "
+                                     "when running, at its next start when stopped)"}).decode())
         return 0
     from nextclick.operators.tools.erase import erase_offline
 
