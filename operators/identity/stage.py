@@ -404,9 +404,9 @@ class IdentityState:
         for key, since in erased_at.items():
             if since is None or since < at:
                 self._erase(EraseRequest(key, "linked-by-an-erased-persons-event", event.source, requested_at=at,
-                                         fire_before=event.ts), out)
+                                         fire_before=event.ts), out, on_control=False)
 
-    def _erase(self, request: EraseRequest, out: list[Routed]) -> None:
+    def _erase(self, request: EraseRequest, out: list[Routed], *, on_control: bool = True) -> None:
         """Every identifier linked with the one named, in the graph now and in every family's shards
         (the shard that holds the profile counts the erasure).
 
@@ -414,7 +414,10 @@ class IdentityState:
         left the other identifiers' profiles for good, as the replayed command found the graph's records
         gone (an outside probe: one erasure in 50 under random SIGKILLs, every one of a batch but the first
         under a kill at the first shard's erasure). So they are first recorded on the control topic as
-        follow-ups (`record_erasure`), which a replay reads after the command and carries out."""
+        follow-ups (`record_erasure`), which a replay reads after the command and carries out.
+        `on_control`: the request's own key is on the control topic (a command); an erasure a late
+        sign-in carries (`_erase_linked`) records its own key too, since the replay finds it marked and
+        carries nothing (an outside probe: a kill there left the cookie's profile for good)."""
         if request.follow_up:
             self._follow_up(request, out)
             return
@@ -430,6 +433,8 @@ class IdentityState:
         doomed = [key for key in self._held_stored if naming(key)]
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
         others = [key.decode() for key in named[1:] if key.decode() != request.customer]
+        if not on_control:
+            others.insert(0, request.customer)
         if others and self.ctx.record_erasure is not None:
             self.ctx.record_erasure(others, request.request_id, at)
         members = self.graph.erase(request.customer, at_ms=at, also=doomed, matching=naming)
@@ -446,8 +451,14 @@ class IdentityState:
 
     def _follow_up(self, request: EraseRequest, out: list[Routed]) -> None:
         """One identifier of an erasure the identity stage recorded: to every family's shard of that key
-        alone (the graph is not read: it may hold a link made since), where profiles holding data from
-        at or before the erasure go (`EraseRequest.follow_up`)."""
+        alone, where a profile the erasure has not reached goes (`EraseRequest.follow_up`). Not when the
+        graph links the key again: a link made since the erasure is someone else's, and so is the profile
+        it keys (an outside probe: a family tablet's device, linked to another person's older cookie a
+        second after the erasure, lost that person's cart to the follow-up)."""
+        if self.graph.find(request.customer) is not None:
+            log.info("a follow-up erasure leaves an identifier linked again since",
+                     extra={"customer": request.customer})
+            return
         for family in self.families:
             out.append((self.route(family.anchor, request.customer), request))
 

@@ -507,15 +507,18 @@ class ShardState:
         key = profile_key(customer)
         # Also a profile this epoch moved out (a sign-in's merge) whose last record on the view is the one
         # committed before: it needs its tombstone as much (an outside probe: the cookie stayed on the view).
-        present = (customer in self.cache.live or self.store.get(key) is not None
-                   or self.store.get_committed(key) is not None)
+        present = customer in self.cache.live or self.store.get(key) is not None
+        on_view = present or self.store.get_committed(key) is not None
         cache = self.cache
-        if follow_up and present and self._started_after(customer, at):
-            log.info("a follow-up erasure leaves a profile started after the erasure",
-                     extra={"customer": customer, "family": self.ctx.family, "shard": self.shard})
+        done_here = self.erased.erased_at(customer)
+        if follow_up and (done_here is not None and done_here >= at or present and self._started_after(customer, at)):
+            # Done here already (this shard's own mark), or a profile started after the erasure: not the
+            # erased person's (a follow-up finishes an erasure a crash stopped before it reached this shard).
+            log.info("a follow-up erasure leaves this shard as it is", extra={
+                "customer": customer, "family": self.ctx.family, "shard": self.shard})
             return False
         marks = self.erased.mark(customer, at)
-        if present and self.ctx.view is not None:
+        if on_view and self.ctx.view is not None:
             # Its tombstone goes out (acknowledged) before the erasure is committed, not at the checkpoint:
             # a crash in between left the view's last record live for good, as the replay finds nothing to
             # erase (an outside probe: the profile service showed an erased person's profile and orders).

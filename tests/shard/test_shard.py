@@ -387,6 +387,11 @@ def test_a_profile_moved_out_in_this_epoch_gets_its_tombstone_at_once_when_erase
     shard.snapshot()
     published.clear()
     shard.on_batch([MoveOut("ck", "cust", "customer/0")])
+    from nextclick.operators.infra import metrics
+
+    erased = metrics.counter_values(metrics.ERASURES).get((), 0.0)
     shard.on_batch([EraseRequest("ck", "r1", requested_at=T0 + 10 * MIN)])
     assert published == [([("profiles/ck", None)], {"profiles/ck"})]
+    # Counted where the profile is now (the linked family), not here too (a probe saw one person counted twice).
+    assert metrics.counter_values(metrics.ERASURES).get((), 0.0) == erased
     shard.store.close()
