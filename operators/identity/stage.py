@@ -452,13 +452,18 @@ class IdentityState:
     def _follow_up(self, request: EraseRequest, out: list[Routed]) -> None:
         """One identifier of an erasure the identity stage recorded: to every family's shard of that key
         alone, where a profile the erasure has not reached goes (`EraseRequest.follow_up`). Not when the
-        graph links the key again: a link made since the erasure is someone else's, and so is the profile
-        it keys (an outside probe: a family tablet's device, linked to another person's older cookie a
-        second after the erasure, lost that person's cart to the follow-up)."""
-        if self.graph.find(request.customer) is not None:
-            log.info("a follow-up erasure leaves an identifier linked again since",
-                     extra={"customer": request.customer})
-            return
+        graph links the key again since to an identifier the erasure did not take: the profile it keys
+        holds someone else's data (an outside probe: a family tablet's device, linked to another person's
+        older cookie a second after the erasure, lost that person's cart to the follow-up). Linked again
+        only with the erased person's own identifiers (they signed in again), it goes: a crash had left
+        their profile from before the erasure under it (a third probe)."""
+        graph, at = self.graph, request.requested_at
+        if at is not None and graph.find(request.customer) is not None:
+            erased_at = graph.erased.erased_at
+            if any((erased_at(member) or -1) < at for member in graph.members(request.customer)):
+                log.info("a follow-up erasure leaves an identifier linked since to another's",
+                         extra={"customer": request.customer})
+                return
         for family in self.families:
             out.append((self.route(family.anchor, request.customer), request))
 

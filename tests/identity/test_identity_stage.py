@@ -535,6 +535,27 @@ def test_an_erasures_other_identifiers_are_recorded_before_the_graph_forgets_the
     identity.state.close()
 
 
+def test_a_follow_up_goes_on_when_the_erased_person_signed_in_again_with_their_own_identifiers(
+        tmp_path: Path) -> None:
+    """They came back (the same cookie and customer id, after the erasure) before a crash's replay read the
+    follow-ups: the profile a crash left under the customer id holds their data from before the erasure,
+    so the follow-up goes to its shards (a probe: it was skipped as a link made since, and the old profile
+    stayed for good)."""
+    ctx = IdentityContext(tmp_path, 1, default_identity_rules(), sync=False,
+                          record_erasure=lambda _keys, _rid, _at: None)
+    identity = IdentityLogic(ctx, None)
+    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
+    identity.on_batch([EraseRequest(key("email", "e@example.com"), "r1", SRC, requested_at=T0 + MIN)])
+    identity.on_batch([web("2", "login", T0 + 2 * MIN, ("cookie", "ck"), ("customer", "E"))])
+    assert identity.state.graph.find(key("customer", "E")) is not None
+    grouped, _ = identity.on_batch([EraseRequest(key("customer", "E"), "r1", SRC, requested_at=T0 + MIN,
+                                                 follow_up=True)])
+    parts = [item for _, items in grouped for item in items]
+    assert parts and all(isinstance(p, EraseRequest) and p.customer == key("customer", "E") and p.follow_up
+                         for p in parts)
+    identity.state.close()
+
+
 def test_an_erasure_a_late_sign_in_carries_records_its_own_key_too(tmp_path: Path) -> None:
     """The customer id was erased before the graph knew the cookie; the sign-in read after it erases the
     cookie, whose key is on no control command: a replay finds it marked and would carry nothing (an outside
