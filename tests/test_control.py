@@ -400,3 +400,28 @@ def test_erasing_one_identifier_erases_the_linked_profile_and_every_link(kafka: 
             if path.is_file():
                 blob = path.read_bytes()
                 assert not any(g.encode() in blob for g in gone), f"{path} still holds an erased key"
+
+
+def test_follow_ups_the_broker_does_not_take_stop_the_erasure_before_anything_is_erased() -> None:
+    """The identity stage erases the graph only after the follow-ups are acknowledged: a broker that does not
+    take them is a one-line failure, and the restart does the erasure again."""
+    from nextclick.operators.io.control import ErasureRecorder
+
+    class Unanswered:
+        produced: list[bytes] = []
+
+        def produce(self, topic: str, value: bytes, key: bytes, on_delivery: object) -> None:
+            self.produced.append(value)
+
+        def flush(self, timeout: float) -> int:
+            return len(self.produced)
+
+    recorder = ErasureRecorder({"bootstrap.servers": "127.0.0.1:9"}, "ctl", timeout_s=0.1)
+    recorder._producer = Unanswered()  # type: ignore[assignment]
+    with pytest.raises(ConnectionError, match=r"^could not record an erasure's follow-ups \(could not deliver the "
+                                              r"erase command to ctl within 0.1 s\); nothing was erased"):
+        recorder(["a" * 32], "dsr-1", 5)
+    sent = orjson.loads(Unanswered.produced[0])
+    assert sent == {"command": "erase", "request_id": "dsr-1", "customer_key": "a" * 32, "requested_at": 5,
+                    "follow_up": True}
+    assert isinstance(control(sent), EraseRequest)  # what the flow writes, it reads back as a follow-up

@@ -62,7 +62,14 @@ def send_commands(kafka: Mapping[str, str], topic: str, command: str,
                   commands: Sequence[tuple[bytes, Mapping[str, str | int]]], timeout_s: float = 30.0) -> None:
     """`send_command` for several keys through one producer; raises unless the broker took every one
     (a delivery error, not only a timeout: a refused record must not read as sent)."""
-    producer = Producer(client_config(kafka))
+    failure = deliver(Producer(client_config(kafka)), topic, command, commands, timeout_s)
+    if failure is not None:
+        raise ConnectionError(failure)
+
+
+def deliver(producer: Producer, topic: str, command: str, commands: Sequence[tuple[bytes, Mapping[str, Any]]],
+            timeout_s: float) -> str | None:
+    """Produce the commands and wait for the broker to take every one; what went wrong, or None."""
     failed: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -72,9 +79,10 @@ def send_commands(kafka: Mapping[str, str], topic: str, command: str,
     for key, fields in commands:
         producer.produce(topic, orjson.dumps({"command": command, **fields}), key, on_delivery=delivered)
     if producer.flush(timeout_s):
-        raise ConnectionError(f"could not deliver the {command} command to {topic} within {timeout_s:g} s")
+        return f"could not deliver the {command} command to {topic} within {timeout_s:g} s"
     if failed:
-        raise ConnectionError(f"the broker refused the {command} command on {topic}: {failed[0]}")
+        return f"the broker refused the {command} command on {topic}: {failed[0]}"
+    return None
 
 
 class ErasureRecorder:
@@ -89,20 +97,12 @@ class ErasureRecorder:
     def __call__(self, keys: list[str], request_id: str, requested_at: int) -> None:
         if self._producer is None:
             self._producer = Producer(client_config(self.kafka, **{"enable.idempotence": True}))
-        failed: list[str] = []
-
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failed.append(str(err.str() if hasattr(err, "str") else err))
-
-        for key in keys:
-            self._producer.produce(self.topic, orjson.dumps({
-                "command": "erase", "request_id": request_id, "customer_key": key, "requested_at": requested_at,
-                "follow_up": True}), key.encode(), on_delivery=delivered)
-        if self._producer.flush(self.timeout_s) or failed:
-            raise ConnectionError(f"could not record an erasure's follow-ups on {self.topic} "
-                                  f"({failed[0] if failed else 'timeout'}); nothing was erased, a restart does it "
-                                  "again")
+        failure = deliver(self._producer, self.topic, "erase", [
+            (key.encode(), {"request_id": request_id, "customer_key": key, "requested_at": requested_at,
+                            "follow_up": True}) for key in keys], self.timeout_s)
+        if failure is not None:
+            raise ConnectionError(f"could not record an erasure's follow-ups ({failure}); nothing was erased, a "
+                                  "restart does it again")
 
 
 def parse_control(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes | None]] | None,
