@@ -425,18 +425,17 @@ class IdentityState:
         # included: also of events let go since (their keys deleted at a checkpoint, their pre-images
         # still in its undo record), and of a run with several readers before this one. One pass over
         # the undo records for both.
-        named = [key.encode() for key in (request.customer, *self.graph.members(request.customer))]
+        linked = self.graph.members(request.customer)  # the key itself among them
+        named = [key.encode() for key in linked]
 
         def naming(key: bytes) -> bool:
             return key[:1] == HELD_PREFIX and any(n in key for n in named)
 
         doomed = [key for key in self._held_stored if naming(key)]
         at = request.requested_at if request.requested_at is not None else self.ctx.clock.now_ms()
-        others = [key.decode() for key in named[1:] if key.decode() != request.customer]
-        if not on_control:
-            others.insert(0, request.customer)
-        if others and self.ctx.record_erasure is not None:
-            self.ctx.record_erasure(others, request.request_id, at)
+        unrecorded = [key for key in linked if not on_control or key != request.customer]
+        if unrecorded and self.ctx.record_erasure is not None:
+            self.ctx.record_erasure(unrecorded, request.request_id, at)
         members = self.graph.erase(request.customer, at_ms=at, also=doomed, matching=naming)
         self._held_stored.difference_update(doomed)
         if self.order is not None:  # held events from before it are the erased person's: they go now

@@ -86,6 +86,11 @@ class ProfileCache:
             if erased:
                 self.erased_viewed.add(customer)
 
+    def unmark_viewed(self, customer: str) -> None:
+        """Its record for the view went out already (an erasure's tombstone, at once)."""
+        self.viewed.discard(customer)
+        self.erased_viewed.discard(customer)
+
     def load(self, customers: list[str]) -> tuple[dict[str, Profile], set[str], set[str]]:
         """Decoded profiles (new ones for customers never seen), which of them are new, and which
         customers are quarantined (not in the returned profiles)."""

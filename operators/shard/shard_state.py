@@ -524,8 +524,7 @@ class ShardState:
             # erase (an outside probe: the profile service showed an erased person's profile and orders).
             view_key = f"{self.ctx.family}/{customer}"
             self.ctx.view([(view_key, None)], {view_key})
-            cache.viewed.discard(customer)
-            cache.erased_viewed.discard(customer)
+            cache.unmark_viewed(customer)
         else:
             cache.mark_viewed(customer, erased=True)  # its tombstone on the view topic, saying so
         # Unwritten changes go too: the store's versions (pending, committed) are erased below.
