@@ -501,6 +501,23 @@ def test_an_erasure_by_a_linked_identifier_holds_when_the_process_dies_before_th
     again.state.close()
 
 
+def follow_up_parts(identity: IdentityLogic, customer: str, requested_at: int) -> list[Any]:
+    """What the identity stage sends on for a follow-up erasure of `customer` read back from the control topic."""
+    grouped, _ = identity.on_batch([EraseRequest(customer, "r1", SRC, requested_at=requested_at, follow_up=True)])
+    return [item for _, items in grouped for item in items]
+
+
+def signed_in(tmp_path: Path, record: Any) -> IdentityLogic:
+    """A cookie, a customer id and an email signed in together at T0 (`ERASE_BY_EMAIL` erases them)."""
+    identity = IdentityLogic(IdentityContext(tmp_path, 1, default_identity_rules(), sync=False,
+                                             record_erasure=record), None)
+    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
+    return identity
+
+
+ERASE_BY_EMAIL = EraseRequest(key("email", "e@example.com"), "r1", SRC, requested_at=T0 + MIN)
+
+
 def test_an_erasures_other_identifiers_are_recorded_before_the_graph_forgets_them(tmp_path: Path) -> None:
     """What a crash between the graph's erasure and the shards' would lose is on the control topic first;
     a follow-up read back goes to that key's shards alone, whatever the graph links it to by then."""
@@ -511,24 +528,18 @@ def test_an_erasures_other_identifiers_are_recorded_before_the_graph_forgets_the
         assert identity.state.graph.find(key("email", "e@example.com")) is not None, "recorded before the erase"
         recorded.append((sorted(keys), request_id, at))
 
-    ctx = IdentityContext(tmp_path, 1, default_identity_rules(), sync=False, record_erasure=record)
-    identity = IdentityLogic(ctx, None)
-    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
-    identity.on_batch([EraseRequest(key("email", "e@example.com"), "r1", SRC, requested_at=T0 + MIN)])
+    identity = signed_in(tmp_path, record)
+    identity.on_batch([ERASE_BY_EMAIL])
     assert recorded == [(sorted([key("cookie", "ck"), key("customer", "E")]), "r1", T0 + MIN)]
     assert identity.state.graph.find(key("cookie", "ck")) is None
 
     # Someone signs in on the cookie since: the cookie's follow-up, read back, leaves it and its profile alone
     # (that link and what it keys are someone else's).
     identity.on_batch([web("2", "login", T0 + 2 * MIN, ("cookie", "ck"), ("customer", "F"))])
-    grouped, _ = identity.on_batch([EraseRequest(key("cookie", "ck"), "r1", SRC, requested_at=T0 + MIN,
-                                                 follow_up=True)])
-    assert [item for _, items in grouped for item in items] == []
+    assert follow_up_parts(identity, key("cookie", "ck"), T0 + MIN) == []
     assert identity.state.graph.find(key("customer", "F")) is not None
     # The customer id is linked to nobody since: its follow-up goes to its shards alone, not through the graph.
-    grouped, _ = identity.on_batch([EraseRequest(key("customer", "E"), "r1", SRC, requested_at=T0 + MIN,
-                                                 follow_up=True)])
-    parts = [item for _, items in grouped for item in items]
+    parts = follow_up_parts(identity, key("customer", "E"), T0 + MIN)
     assert parts and all(isinstance(p, EraseRequest) and p.customer == key("customer", "E") and p.follow_up
                          for p in parts)
     assert len(recorded) == 1
@@ -541,16 +552,11 @@ def test_a_follow_up_goes_on_when_the_erased_person_signed_in_again_with_their_o
     follow-ups: the profile a crash left under the customer id holds their data from before the erasure,
     so the follow-up goes to its shards (a probe: it was skipped as a link made since, and the old profile
     stayed for good)."""
-    ctx = IdentityContext(tmp_path, 1, default_identity_rules(), sync=False,
-                          record_erasure=lambda _keys, _rid, _at: None)
-    identity = IdentityLogic(ctx, None)
-    identity.on_batch([web("1", "login", T0, ("cookie", "ck"), ("customer", "E"), ("email", "e@example.com"))])
-    identity.on_batch([EraseRequest(key("email", "e@example.com"), "r1", SRC, requested_at=T0 + MIN)])
+    identity = signed_in(tmp_path, lambda _keys, _rid, _at: None)
+    identity.on_batch([ERASE_BY_EMAIL])
     identity.on_batch([web("2", "login", T0 + 2 * MIN, ("cookie", "ck"), ("customer", "E"))])
     assert identity.state.graph.find(key("customer", "E")) is not None
-    grouped, _ = identity.on_batch([EraseRequest(key("customer", "E"), "r1", SRC, requested_at=T0 + MIN,
-                                                 follow_up=True)])
-    parts = [item for _, items in grouped for item in items]
+    parts = follow_up_parts(identity, key("customer", "E"), T0 + MIN)
     assert parts and all(isinstance(p, EraseRequest) and p.customer == key("customer", "E") and p.follow_up
                          for p in parts)
     identity.state.close()
